@@ -1,0 +1,1 @@
+//! NFS host provisioning: probe the host, plan the steps, run them; the NFS PersistentVolumes.

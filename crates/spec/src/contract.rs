@@ -1,0 +1,105 @@
+//! Names shared by the deployer and the in-pod agent: env vars, labels, ports, paths.
+//!
+//! Every string that two crates must agree on lives here exactly once.
+
+/// Field manager used for every server-side apply and label patch.
+pub const FIELD_MANAGER: &str = "pgset";
+
+/// Label keys.
+pub mod labels {
+    /// `app.kubernetes.io/name`, always [`APP_NAME`](super::APP_NAME).
+    pub const NAME: &str = "app.kubernetes.io/name";
+    /// `app.kubernetes.io/instance`, the cluster name.
+    pub const INSTANCE: &str = "app.kubernetes.io/instance";
+    /// `app.kubernetes.io/managed-by`, always [`APP_NAME`](super::APP_NAME).
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    /// `app.kubernetes.io/component`.
+    pub const COMPONENT: &str = "app.kubernetes.io/component";
+    /// The role label the agent sets on its own pod (the seed's `role`), selected by the
+    /// `<name>-master` and `<name>-replica` Services.
+    pub const ROLE: &str = "role";
+}
+
+/// Value of the `app.kubernetes.io/name` and `managed-by` labels.
+pub const APP_NAME: &str = "pgset";
+
+/// Values of the [`labels::ROLE`] label.
+pub mod roles {
+    /// The primary, ordinal 0.
+    pub const MASTER: &str = "master";
+    /// Every other ordinal.
+    pub const REPLICA: &str = "replica";
+}
+
+/// Environment variables the deployer sets in the pod and the agent reads.
+pub mod env {
+    /// Name of this member (the pod name, `<cluster>-<ordinal>`).
+    pub const POD_NAME: &str = "PGSET_POD_NAME";
+    /// Namespace of the pod (from the downward API).
+    pub const NAMESPACE: &str = "PGSET_NAMESPACE";
+    /// Cluster name (the StatefulSet name).
+    pub const CLUSTER: &str = "PGSET_CLUSTER";
+    /// Directory under which the member keeps its data in `<root>/<pod-name>`.
+    pub const DATA_ROOT: &str = "PGSET_DATA_ROOT";
+    /// Host replicas stream from (the master Service in a cluster, 127.0.0.1 locally).
+    pub const MASTER_HOST: &str = "PGSET_MASTER_HOST";
+    /// Port of the master.
+    pub const MASTER_PORT: &str = "PGSET_MASTER_PORT";
+    /// Port this member's postgres listens on.
+    pub const PORT: &str = "PGSET_PORT";
+    /// Address postgres listens on (`*` in a pod, `127.0.0.1` locally).
+    pub const LISTEN_ADDRESSES: &str = "PGSET_LISTEN_ADDRESSES";
+    /// Directory for postgres's unix socket.
+    pub const SOCKET_DIR: &str = "PGSET_SOCKET_DIR";
+    /// Directory holding the password files named by [`SUPERUSER_PASSWORD_KEY`](super::secret::SUPERUSER_PASSWORD_KEY)
+    /// and [`REPLICATION_PASSWORD_KEY`](super::secret::REPLICATION_PASSWORD_KEY).
+    pub const SECRET_DIR: &str = "PGSET_SECRET_DIR";
+    /// `kubernetes` (label the pod through the API) or `local` (no API).
+    pub const MODE: &str = "PGSET_MODE";
+    /// Address of the agent's health endpoint (`/healthz`, `/readyz`), e.g. `0.0.0.0:8008`.
+    pub const HEALTH_ADDR: &str = "PGSET_HEALTH_ADDR";
+    /// Directory holding the PostgreSQL server binaries (initdb, postgres, pg_basebackup, ...).
+    /// Optional: found on `PATH` or in the usual places when unset.
+    pub const PG_BIN_DIR: &str = "PGSET_PG_BIN_DIR";
+    /// Log filter / verbosity for the agent.
+    pub const LOG: &str = "PGSET_LOG";
+}
+
+/// Values of [`env::MODE`].
+pub mod modes {
+    /// Running in a pod: label the pod through the API.
+    pub const KUBERNETES: &str = "kubernetes";
+    /// Running as a local process (tests, demos): no API.
+    pub const LOCAL: &str = "local";
+}
+
+/// The Secret's keys, also the file names under [`env::SECRET_DIR`].
+pub mod secret {
+    /// Password of the `postgres` superuser.
+    pub const SUPERUSER_PASSWORD_KEY: &str = "superuser-password";
+    /// Password of the replication role.
+    pub const REPLICATION_PASSWORD_KEY: &str = "replication-password";
+}
+
+/// The PostgreSQL superuser.
+pub const SUPERUSER: &str = "postgres";
+/// The role replicas connect as.
+pub const REPLICATION_USER: &str = "replicator";
+/// PostgreSQL port inside the pod.
+pub const POSTGRES_PORT: u16 = 5432;
+/// The agent's health endpoint port inside the pod.
+pub const HEALTH_PORT: u16 = 8008;
+/// Path of the health endpoint that says postgres is alive.
+pub const HEALTH_LIVE_PATH: &str = "/healthz";
+/// Path of the health endpoint that says the member serves its role.
+pub const HEALTH_READY_PATH: &str = "/readyz";
+/// Where the data volume is mounted in the pod.
+pub const DATA_MOUNT: &str = "/pgdata";
+/// Where the Secret's password files are mounted in the pod.
+pub const SECRET_MOUNT: &str = "/etc/pgset/secret";
+/// Where the init container installs the agent binary (an emptyDir).
+pub const AGENT_DIR: &str = "/pgset/bin";
+/// File name of the agent binary.
+pub const AGENT_BIN: &str = "pgset-agent";
+/// Socket directory inside the pod.
+pub const SOCKET_DIR: &str = "/var/run/postgresql";

@@ -1,0 +1,535 @@
+//! The cluster spec: what pgset builds, loaded from `pgset.yaml` and flags, validated once.
+//!
+//! [`ClusterSpec::load`] reads the file (unknown fields rejected, errors with line and column),
+//! applies [`Overrides`] from the command line and validates the result. Everything downstream
+//! (host plan, objects, agent env) takes a `&ClusterSpec` that is known to be valid.
+
+pub mod contract;
+mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use validate::{
+    is_dns1123_label, is_dns1123_subdomain, is_image_reference, parse_quantity_bytes,
+    validate_export_path,
+};
+
+/// Version of pgset (also the agent image's tag).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The file read when `--config` is not given and it exists in the working directory.
+pub const DEFAULT_CONFIG_FILE: &str = "pgset.yaml";
+
+/// Default cluster name (the seed's).
+pub const DEFAULT_NAME: &str = "pgset";
+/// Default namespace.
+pub const DEFAULT_NAMESPACE: &str = "default";
+/// Default number of members.
+pub const DEFAULT_REPLICAS: i32 = 2;
+/// Largest number of members pgset accepts.
+pub const MAX_REPLICAS: i32 = 32;
+/// Default NFS export (the seed's).
+pub const DEFAULT_EXPORT: &str = "/nfsfileshare";
+/// Default PostgreSQL image: the official image of a current major.
+pub const DEFAULT_POSTGRES_IMAGE: &str = "postgres:18";
+/// uid and gid of the `postgres` user in the official image.
+pub const DEFAULT_POSTGRES_UID: i64 = 999;
+/// Longest cluster name: pod names `<name>-NN` and the StatefulSet's
+/// `controller-revision-hash` label (name + 11 characters) must stay within 63.
+pub const MAX_NAME_LEN: usize = 52;
+
+/// The default agent image reference, tagged with this version.
+pub fn default_agent_image() -> String {
+    format!("docker.io/library/pgset-agent:{VERSION}")
+}
+
+/// Errors from loading or validating a spec.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The config file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid YAML for the spec (syntax, type or unknown field).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A field has a value pgset does not accept.
+    #[error("invalid {field} {value:?}: {problem}; {fix}")]
+    Invalid {
+        /// The field, as written in `pgset.yaml` (and the matching flag).
+        field: &'static str,
+        /// The offending value.
+        value: String,
+        /// What is wrong with it.
+        problem: String,
+        /// What to do instead.
+        fix: String,
+    },
+}
+
+/// Result with this crate's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How member data is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageMode {
+    /// One ReadWriteMany claim (`<name>-pvc`) on NFS shared by every pod; each member keeps its
+    /// data in `<mount>/<pod-name>` (seeds 000/001).
+    #[default]
+    Shared,
+    /// `volumeClaimTemplates`: one claim `data-<pod-name>` per member (seeds 003/004).
+    Templates,
+}
+
+impl StorageMode {
+    /// The name used in YAML and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageMode::Shared => "shared",
+            StorageMode::Templates => "templates",
+        }
+    }
+}
+
+impl fmt::Display for StorageMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for StorageMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "shared" => Ok(StorageMode::Shared),
+            "templates" => Ok(StorageMode::Templates),
+            other => Err(format!(
+                "unknown storage mode {other:?}: use `shared` or `templates`"
+            )),
+        }
+    }
+}
+
+/// The whole cluster spec. Field names are those of `pgset.yaml` (camelCase).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ClusterSpec {
+    /// Cluster name: StatefulSet, headless Service, prefix of every object.
+    pub name: String,
+    /// Namespace of every namespaced object.
+    pub namespace: String,
+    /// Number of members (pods); ordinal 0 is the master.
+    pub replicas: i32,
+    /// Storage.
+    pub storage: StorageSpec,
+    /// The NFS export backing the volumes.
+    pub nfs: NfsSpec,
+    /// PostgreSQL.
+    pub postgres: PostgresSpec,
+    /// The agent image.
+    pub agent: AgentSpec,
+    /// Compute resources of the postgres container.
+    pub resources: ResourcesSpec,
+    /// Probe timings.
+    pub probes: ProbesSpec,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        ClusterSpec {
+            name: DEFAULT_NAME.into(),
+            namespace: DEFAULT_NAMESPACE.into(),
+            replicas: DEFAULT_REPLICAS,
+            storage: StorageSpec::default(),
+            nfs: NfsSpec::default(),
+            postgres: PostgresSpec::default(),
+            agent: AgentSpec::default(),
+            resources: ResourcesSpec::default(),
+            probes: ProbesSpec::default(),
+        }
+    }
+}
+
+/// Storage settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct StorageSpec {
+    /// `shared` (default) or `templates`.
+    pub mode: StorageMode,
+    /// Size of each volume and claim, a Kubernetes quantity.
+    pub size: String,
+    /// `templates` mode: a StorageClass to provision claims from. Unset: pgset's own NFS
+    /// PersistentVolumes, pre-bound per ordinal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<String>,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        StorageSpec {
+            mode: StorageMode::Shared,
+            size: "1Gi".into(),
+            storage_class: None,
+        }
+    }
+}
+
+/// The NFS export.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct NfsSpec {
+    /// Absolute path of the export on the NFS host.
+    pub export: PathBuf,
+    /// Address of the NFS server as the nodes reach it. Unset: detected by the provisioner.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// NFS protocol version mounted by the nodes.
+    pub version: String,
+}
+
+impl Default for NfsSpec {
+    fn default() -> Self {
+        NfsSpec {
+            export: PathBuf::from(DEFAULT_EXPORT),
+            server: None,
+            version: "4.1".into(),
+        }
+    }
+}
+
+/// PostgreSQL settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PostgresSpec {
+    /// The official `postgres` image (or one built like it).
+    pub image: String,
+    /// uid of the postgres user in the image; owner of the data.
+    pub uid: i64,
+    /// gid of the postgres user in the image.
+    pub gid: i64,
+}
+
+impl Default for PostgresSpec {
+    fn default() -> Self {
+        PostgresSpec {
+            image: DEFAULT_POSTGRES_IMAGE.into(),
+            uid: DEFAULT_POSTGRES_UID,
+            gid: DEFAULT_POSTGRES_UID,
+        }
+    }
+}
+
+impl PostgresSpec {
+    /// The major version named by the image tag (`postgres:18`, `postgres:17.6-bookworm`), when
+    /// the tag names one.
+    pub fn major(&self) -> Option<u32> {
+        let tag = image_tag(&self.image)?;
+        let digits: String = tag.chars().take_while(|c| c.is_ascii_digit()).collect();
+        digits.parse().ok()
+    }
+}
+
+/// The agent image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AgentSpec {
+    /// Image holding the static `pgset-agent` binary.
+    pub image: String,
+    /// `IfNotPresent` (default: the image is imported into the node's containerd), `Always` or
+    /// `Never`.
+    pub pull_policy: String,
+}
+
+impl Default for AgentSpec {
+    fn default() -> Self {
+        AgentSpec {
+            image: default_agent_image(),
+            pull_policy: "IfNotPresent".into(),
+        }
+    }
+}
+
+/// Requests and limits of the postgres container, as Kubernetes quantities.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ResourcesSpec {
+    /// CPU request.
+    pub cpu_request: String,
+    /// Memory request.
+    pub memory_request: String,
+    /// Memory limit (no CPU limit: throttling a database hurts more than it helps).
+    pub memory_limit: String,
+}
+
+impl Default for ResourcesSpec {
+    fn default() -> Self {
+        ResourcesSpec {
+            cpu_request: "100m".into(),
+            memory_request: "256Mi".into(),
+            memory_limit: "1Gi".into(),
+        }
+    }
+}
+
+/// Probe timings, in seconds. The agent answers its probes over HTTP, so they are cheap and
+/// can be frequent; liveness stays patient.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ProbesSpec {
+    /// Readiness period: how soon a ready member is noticed (and the next ordinal started).
+    pub readiness_period_seconds: i32,
+    /// Startup period.
+    pub startup_period_seconds: i32,
+    /// How long a member may take to start (initdb, base backup) before it is restarted.
+    pub startup_timeout_seconds: i32,
+    /// Liveness period.
+    pub liveness_period_seconds: i32,
+    /// Consecutive liveness failures before a restart.
+    pub liveness_failure_threshold: i32,
+    /// Timeout of each probe request.
+    pub timeout_seconds: i32,
+    /// Grace period for a clean (fast) shutdown.
+    pub termination_grace_period_seconds: i64,
+}
+
+impl Default for ProbesSpec {
+    fn default() -> Self {
+        ProbesSpec {
+            readiness_period_seconds: 1,
+            startup_period_seconds: 1,
+            startup_timeout_seconds: 1800,
+            liveness_period_seconds: 10,
+            liveness_failure_threshold: 6,
+            timeout_seconds: 2,
+            termination_grace_period_seconds: 90,
+        }
+    }
+}
+
+/// Values from the command line that override the file. `None` leaves the file's value.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    /// `--name`
+    pub name: Option<String>,
+    /// `-n/--namespace`
+    pub namespace: Option<String>,
+    /// `--replicas`
+    pub replicas: Option<i32>,
+    /// `--storage`
+    pub storage: Option<StorageMode>,
+    /// `--nfs-export`
+    pub nfs_export: Option<PathBuf>,
+    /// `--nfs-server`
+    pub nfs_server: Option<String>,
+    /// `--postgres-image`
+    pub postgres_image: Option<String>,
+    /// `--agent-image`
+    pub agent_image: Option<String>,
+}
+
+impl ClusterSpec {
+    /// Loads the spec: `config` if given (it must exist), else `./pgset.yaml` when present,
+    /// else the defaults; then applies `overrides` and validates.
+    pub fn load(config: Option<&Path>, overrides: &Overrides) -> Result<ClusterSpec> {
+        let mut spec = match config {
+            Some(path) => Self::read(path)?,
+            None => {
+                let path = Path::new(DEFAULT_CONFIG_FILE);
+                if path.exists() {
+                    Self::read(path)?
+                } else {
+                    ClusterSpec::default()
+                }
+            }
+        };
+        spec.apply(overrides);
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Reads and parses a spec file without validating it.
+    pub fn read(path: &Path) -> Result<ClusterSpec> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| Error::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses spec YAML without validating it. An empty document gives the defaults.
+    pub fn parse(text: &str) -> std::result::Result<ClusterSpec, String> {
+        if text.trim().is_empty() || text.lines().all(|l| l.trim_start().starts_with('#')) {
+            return Ok(ClusterSpec::default());
+        }
+        serde_saphyr::from_str::<ClusterSpec>(text).map_err(|e| e.to_string())
+    }
+
+    /// Applies command-line overrides.
+    pub fn apply(&mut self, o: &Overrides) {
+        if let Some(v) = &o.name {
+            self.name = v.clone();
+        }
+        if let Some(v) = &o.namespace {
+            self.namespace = v.clone();
+        }
+        if let Some(v) = o.replicas {
+            self.replicas = v;
+        }
+        if let Some(v) = o.storage {
+            self.storage.mode = v;
+        }
+        if let Some(v) = &o.nfs_export {
+            self.nfs.export = v.clone();
+        }
+        if let Some(v) = &o.nfs_server {
+            self.nfs.server = Some(v.clone());
+        }
+        if let Some(v) = &o.postgres_image {
+            self.postgres.image = v.clone();
+        }
+        if let Some(v) = &o.agent_image {
+            self.agent.image = v.clone();
+        }
+    }
+
+    /// Checks every field; the first problem found is returned with the field and the fix.
+    pub fn validate(&self) -> Result<()> {
+        validate::spec(self)
+    }
+
+    /// The spec as YAML (for `pgset.yaml` examples and `--dry-run`).
+    pub fn to_yaml(&self) -> String {
+        serde_saphyr::to_string(self).unwrap_or_default()
+    }
+
+    // ---- names derived from the spec: the one place they are spelled ----
+
+    /// StatefulSet and headless Service name.
+    pub fn statefulset_name(&self) -> &str {
+        &self.name
+    }
+    /// Headless Service (the StatefulSet's `serviceName`).
+    pub fn headless_service_name(&self) -> &str {
+        &self.name
+    }
+    /// Service selecting the master.
+    pub fn master_service_name(&self) -> String {
+        format!("{}-master", self.name)
+    }
+    /// Service selecting the replicas.
+    pub fn replica_service_name(&self) -> String {
+        format!("{}-replica", self.name)
+    }
+    /// Secret with the passwords.
+    pub fn secret_name(&self) -> String {
+        format!("{}-secret", self.name)
+    }
+    /// ServiceAccount of the pods.
+    pub fn service_account_name(&self) -> String {
+        format!("{}-sa", self.name)
+    }
+    /// Role and RoleBinding of the ServiceAccount.
+    pub fn role_name(&self) -> String {
+        format!("{}-agent", self.name)
+    }
+    /// The shared claim (shared mode).
+    pub fn shared_claim_name(&self) -> String {
+        format!("{}-pvc", self.name)
+    }
+    /// Name of the volume claim template (templates mode) and of the data volume.
+    pub fn data_volume_name(&self) -> &'static str {
+        "data"
+    }
+    /// Claim of one member in templates mode: `data-<name>-<ordinal>`.
+    pub fn member_claim_name(&self, ordinal: i32) -> String {
+        format!("{}-{}", self.data_volume_name(), self.pod_name(ordinal))
+    }
+    /// Pod name of an ordinal.
+    pub fn pod_name(&self, ordinal: i32) -> String {
+        format!("{}-{}", self.name, ordinal)
+    }
+    /// Stable DNS name of a member: `<pod>.<headless>.<ns>.svc.cluster.local`.
+    pub fn pod_fqdn(&self, ordinal: i32) -> String {
+        format!(
+            "{}.{}.{}.svc.cluster.local",
+            self.pod_name(ordinal),
+            self.headless_service_name(),
+            self.namespace
+        )
+    }
+    /// StorageClass name of pgset's own NFS volumes, so a default StorageClass cannot take
+    /// the claims.
+    pub fn storage_class_name(&self) -> String {
+        format!("{}-nfs", self.name)
+    }
+    /// Names of the shared-mode PersistentVolumes, `pv1..pvN` as in the seed.
+    pub fn shared_pv_names(&self) -> Vec<String> {
+        (1..=self.replicas.max(3))
+            .map(|i| format!("pv{i}"))
+            .collect()
+    }
+    /// Name of the PersistentVolume pre-bound to a member's claim in templates mode.
+    pub fn member_pv_name(&self, ordinal: i32) -> String {
+        format!("{}-{}-{}", self.name, self.namespace, ordinal)
+    }
+    /// Directory of a member's data under the export (both modes).
+    pub fn member_export_dir(&self, ordinal: i32) -> PathBuf {
+        self.nfs.export.join(self.pod_name(ordinal))
+    }
+    /// Labels every object carries.
+    pub fn common_labels(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (contract::labels::NAME, contract::APP_NAME.to_string()),
+            (contract::labels::INSTANCE, self.name.clone()),
+            (contract::labels::MANAGED_BY, contract::APP_NAME.to_string()),
+        ]
+    }
+    /// Labels selecting this cluster's pods.
+    pub fn selector_labels(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (contract::labels::NAME, contract::APP_NAME.to_string()),
+            (contract::labels::INSTANCE, self.name.clone()),
+        ]
+    }
+}
+
+/// The tag of an image reference, if it has one (`repo:tag` or `repo:tag@digest`).
+pub fn image_tag(image: &str) -> Option<&str> {
+    let without_digest = image.split('@').next()?;
+    let last = without_digest.rsplit('/').next()?;
+    last.split_once(':').map(|(_, tag)| tag)
+}
+
+/// Parses the ordinal of a StatefulSet pod name: `pgset-12` → 12.
+pub fn ordinal_of(pod_name: &str) -> Option<i32> {
+    let (prefix, n) = pod_name.rsplit_once('-')?;
+    if prefix.is_empty()
+        || prefix.ends_with('-')
+        || n.is_empty()
+        || !n.bytes().all(|b| b.is_ascii_digit())
+        || (n.len() > 1 && n.starts_with('0'))
+    {
+        return None;
+    }
+    n.parse().ok()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,328 @@
+//! Tests of loading, overriding and validating the spec.
+
+use super::*;
+
+fn invalid_field(spec: &ClusterSpec) -> &'static str {
+    match spec.validate() {
+        Err(Error::Invalid { field, .. }) => field,
+        other => panic!("expected an invalid field, got {other:?}"),
+    }
+}
+
+#[test]
+fn defaults_are_the_seeds_names_and_valid() {
+    let s = ClusterSpec::default();
+    s.validate().unwrap();
+    assert_eq!(s.name, "pgset");
+    assert_eq!(s.namespace, "default");
+    assert_eq!(s.replicas, 2);
+    assert_eq!(s.storage.mode, StorageMode::Shared);
+    assert_eq!(s.nfs.export, PathBuf::from("/nfsfileshare"));
+    assert_eq!(s.postgres.uid, 999);
+    assert_eq!(s.master_service_name(), "pgset-master");
+    assert_eq!(s.replica_service_name(), "pgset-replica");
+    assert_eq!(s.service_account_name(), "pgset-sa");
+    assert_eq!(s.shared_claim_name(), "pgset-pvc");
+    assert_eq!(s.secret_name(), "pgset-secret");
+    assert_eq!(s.shared_pv_names(), ["pv1", "pv2", "pv3"]);
+    assert_eq!(s.member_claim_name(2), "data-pgset-2");
+    assert_eq!(s.pod_fqdn(1), "pgset-1.pgset.default.svc.cluster.local");
+    assert_eq!(
+        s.member_export_dir(0),
+        PathBuf::from("/nfsfileshare/pgset-0")
+    );
+    assert!(s.agent.image.ends_with(&format!(":{VERSION}")));
+    assert_eq!(s.postgres.major(), Some(18));
+}
+
+#[test]
+fn parses_a_full_file_and_round_trips() {
+    let yaml = r#"
+name: db
+namespace: lab
+replicas: 3
+storage:
+  mode: templates
+  size: 5Gi
+  storageClass: fast
+nfs:
+  export: /srv/nfs/pg
+  server: 192.168.56.10
+  version: "4.2"
+postgres:
+  image: postgres:17.6
+  uid: 999
+  gid: 999
+agent:
+  image: registry.local:5000/pgset-agent:0.1.0
+  pullPolicy: Always
+probes:
+  readinessPeriodSeconds: 2
+"#;
+    let s = ClusterSpec::parse(yaml).unwrap();
+    s.validate().unwrap();
+    assert_eq!(s.name, "db");
+    assert_eq!(s.replicas, 3);
+    assert_eq!(s.storage.mode, StorageMode::Templates);
+    assert_eq!(s.storage.storage_class.as_deref(), Some("fast"));
+    assert_eq!(s.nfs.server.as_deref(), Some("192.168.56.10"));
+    assert_eq!(s.probes.readiness_period_seconds, 2);
+    assert_eq!(
+        s.probes.liveness_period_seconds, 10,
+        "unset fields keep defaults"
+    );
+    assert_eq!(s.postgres.major(), Some(17));
+    let again = ClusterSpec::parse(&s.to_yaml()).unwrap();
+    assert_eq!(again, s);
+}
+
+#[test]
+fn empty_or_comment_only_file_gives_defaults() {
+    assert_eq!(ClusterSpec::parse("").unwrap(), ClusterSpec::default());
+    assert_eq!(
+        ClusterSpec::parse("# nothing yet\n").unwrap(),
+        ClusterSpec::default()
+    );
+}
+
+#[test]
+fn unknown_field_is_rejected_with_its_name_and_position() {
+    let err = ClusterSpec::parse("name: pgset\nreplica: 3\n").unwrap_err();
+    assert!(err.contains("replica"), "{err}");
+    assert!(err.contains('2'), "line number missing: {err}");
+    let err = ClusterSpec::parse("nfs:\n  exprt: /x\n").unwrap_err();
+    assert!(err.contains("exprt"), "{err}");
+}
+
+#[test]
+fn wrong_type_and_bad_syntax_are_rejected() {
+    let err = ClusterSpec::parse("replicas: three\n").unwrap_err();
+    assert!(
+        err.to_lowercase().contains("replicas") || err.contains("three"),
+        "{err}"
+    );
+    assert!(ClusterSpec::parse("name: [unclosed\n").is_err());
+    let err = ClusterSpec::parse("storage:\n  mode: nfs\n").unwrap_err();
+    assert!(err.contains("nfs"), "{err}");
+}
+
+#[test]
+fn load_reads_the_file_applies_overrides_then_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgset.yaml");
+    std::fs::write(&path, "replicas: 3\nnfs:\n  export: /data/pg\n").unwrap();
+    let s = ClusterSpec::load(
+        Some(&path),
+        &Overrides {
+            replicas: Some(4),
+            storage: Some(StorageMode::Templates),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(s.replicas, 4, "flag wins over file");
+    assert_eq!(s.storage.mode, StorageMode::Templates);
+    assert_eq!(
+        s.nfs.export,
+        PathBuf::from("/data/pg"),
+        "file wins over default"
+    );
+
+    let bad = ClusterSpec::load(
+        Some(&path),
+        &Overrides {
+            replicas: Some(0),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(bad.to_string().contains("--replicas"), "{bad}");
+
+    let missing = ClusterSpec::load(Some(&dir.path().join("nope.yaml")), &Overrides::default());
+    assert!(matches!(missing, Err(Error::Read { .. })));
+}
+
+#[test]
+fn invalid_names_are_rejected() {
+    for name in [
+        "",
+        "PgSet",
+        "pg_set",
+        "-pg",
+        "pg-",
+        "1pg",
+        &"a".repeat(53),
+        "pg.set",
+    ] {
+        let s = ClusterSpec {
+            name: name.into(),
+            ..Default::default()
+        };
+        assert_eq!(invalid_field(&s), "name (--name)", "{name:?}");
+    }
+    let s = ClusterSpec {
+        namespace: "Kube System".into(),
+        ..Default::default()
+    };
+    assert_eq!(invalid_field(&s), "namespace (-n/--namespace)");
+}
+
+#[test]
+fn replica_bounds() {
+    for r in [0, -1, MAX_REPLICAS + 1, 1000] {
+        let s = ClusterSpec {
+            replicas: r,
+            ..Default::default()
+        };
+        assert_eq!(invalid_field(&s), "replicas (--replicas)", "{r}");
+    }
+    for r in [1, 2, MAX_REPLICAS] {
+        ClusterSpec {
+            replicas: r,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+    }
+}
+
+#[test]
+fn export_paths() {
+    for bad in [
+        "nfsfileshare",
+        "./x",
+        "/",
+        "/nfs share",
+        "/nfs\nshare",
+        "/nfs\tx",
+        "/a/../b",
+        "/a/./b",
+        "/a//b",
+        "/a/",
+        "/a#b",
+        "/a\"b",
+        "/a*",
+        "",
+    ] {
+        assert!(
+            validate_export_path(Path::new(bad)).is_err(),
+            "{bad:?} should be rejected"
+        );
+        let s = ClusterSpec {
+            nfs: NfsSpec {
+                export: bad.into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(invalid_field(&s), "nfs.export (--nfs-export)");
+    }
+    for good in ["/nfsfileshare", "/srv/nfs/pg-data", "/exports/pg_01"] {
+        validate_export_path(Path::new(good)).unwrap();
+    }
+}
+
+#[test]
+fn image_references() {
+    for good in [
+        "postgres",
+        "postgres:18",
+        "postgres:17.6-bookworm",
+        "docker.io/library/postgres:18",
+        "localhost:5000/pgset-agent:0.1.0",
+        "registry.example.com/team/pg@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        "ghcr.io/org/img:v1.2.3@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    ] {
+        assert!(is_image_reference(good), "{good}");
+    }
+    for bad in [
+        "",
+        "Postgres:18",
+        "postgres:",
+        "postgres:-x",
+        "post gres",
+        "postgres:18@sha256:xyz",
+        "/postgres",
+        "postgres//x",
+        "host:port/x",
+    ] {
+        assert!(!is_image_reference(bad), "{bad}");
+    }
+    let s = ClusterSpec {
+        postgres: PostgresSpec {
+            image: "Postgres:18".into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    assert_eq!(invalid_field(&s), "postgres.image (--postgres-image)");
+}
+
+#[test]
+fn quantities() {
+    assert_eq!(parse_quantity_bytes("1Gi"), Some(1024.0 * 1024.0 * 1024.0));
+    assert_eq!(parse_quantity_bytes("100m"), Some(0.1));
+    assert_eq!(parse_quantity_bytes("2"), Some(2.0));
+    assert_eq!(parse_quantity_bytes("1e3"), Some(1000.0));
+    assert_eq!(parse_quantity_bytes("1.5G"), Some(1.5e9));
+    for bad in ["", "1 Gi", "Gi", "1GB", "1..2", "ten", "1gi"] {
+        assert_eq!(parse_quantity_bytes(bad), None, "{bad:?}");
+    }
+    let s = ClusterSpec {
+        storage: StorageSpec {
+            size: "10GB".into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    assert_eq!(invalid_field(&s), "storage.size");
+    let s = ClusterSpec {
+        storage: StorageSpec {
+            size: "0".into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    assert_eq!(invalid_field(&s), "storage.size");
+}
+
+#[test]
+fn storage_class_only_in_templates_mode() {
+    let mut s = ClusterSpec::default();
+    s.storage.storage_class = Some("fast".into());
+    assert_eq!(invalid_field(&s), "storage.storageClass");
+    s.storage.mode = StorageMode::Templates;
+    s.validate().unwrap();
+}
+
+#[test]
+fn short_grace_period_and_odd_probes_are_rejected() {
+    let mut s = ClusterSpec::default();
+    s.probes.termination_grace_period_seconds = 10;
+    assert_eq!(invalid_field(&s), "probes.terminationGracePeriodSeconds");
+    let mut s = ClusterSpec::default();
+    s.probes.readiness_period_seconds = 0;
+    assert_eq!(invalid_field(&s), "probes.readinessPeriodSeconds");
+}
+
+#[test]
+fn ordinals() {
+    assert_eq!(ordinal_of("pgset-0"), Some(0));
+    assert_eq!(ordinal_of("my-db-12"), Some(12));
+    for bad in [
+        "pgset", "pgset-", "pgset-x", "pgset-01", "pgset--1", "pgset-1a",
+    ] {
+        assert_eq!(ordinal_of(bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn error_message_names_field_and_fix() {
+    let s = ClusterSpec {
+        replicas: 0,
+        ..Default::default()
+    };
+    let msg = s.validate().unwrap_err().to_string();
+    assert!(msg.contains("replicas (--replicas)"), "{msg}");
+    assert!(msg.contains("between 1 and"), "{msg}");
+}

@@ -1,0 +1,415 @@
+//! Validation of a [`ClusterSpec`]: names, bounds, paths, image references, quantities.
+
+use std::path::{Component, Path};
+
+use crate::{ClusterSpec, Error, MAX_NAME_LEN, MAX_REPLICAS, Result, StorageMode};
+
+fn invalid(
+    field: &'static str,
+    value: impl Into<String>,
+    problem: impl Into<String>,
+    fix: impl Into<String>,
+) -> Error {
+    Error::Invalid {
+        field,
+        value: value.into(),
+        problem: problem.into(),
+        fix: fix.into(),
+    }
+}
+
+/// Validates the whole spec; the first problem wins.
+pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
+    if !is_dns1123_label(&s.name) || s.name.len() > MAX_NAME_LEN {
+        return Err(invalid(
+            "name (--name)",
+            &s.name,
+            format!("not a DNS-1123 label of at most {MAX_NAME_LEN} characters"),
+            "use lowercase letters, digits and '-', starting with a letter and ending with a letter or digit, e.g. `pgset`",
+        ));
+    }
+    if !s.name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return Err(invalid(
+            "name (--name)",
+            &s.name,
+            "must start with a letter (it names Services)",
+            "e.g. `pgset`",
+        ));
+    }
+    if !is_dns1123_label(&s.namespace) {
+        return Err(invalid(
+            "namespace (-n/--namespace)",
+            &s.namespace,
+            "not a DNS-1123 label",
+            "use lowercase letters, digits and '-', at most 63 characters, e.g. `default`",
+        ));
+    }
+    if !(1..=MAX_REPLICAS).contains(&s.replicas) {
+        return Err(invalid(
+            "replicas (--replicas)",
+            s.replicas.to_string(),
+            format!("must be between 1 and {MAX_REPLICAS}"),
+            "one master plus replicas: 2 or 3 is usual; use `down` to remove the cluster",
+        ));
+    }
+    positive_quantity("storage.size", &s.storage.size)?;
+    if let Some(class) = &s.storage.storage_class {
+        if !is_dns1123_subdomain(class) {
+            return Err(invalid(
+                "storage.storageClass",
+                class,
+                "not a valid StorageClass name",
+                "name an existing StorageClass (`kubectl get storageclass`), or leave it unset for pgset's NFS volumes",
+            ));
+        }
+        if s.storage.mode == StorageMode::Shared {
+            return Err(invalid(
+                "storage.storageClass",
+                class,
+                "only used in `templates` storage mode",
+                "set storage.mode: templates (--storage templates), or remove storageClass",
+            ));
+        }
+    }
+    validate_export_path(&s.nfs.export).map_err(|problem| {
+        invalid(
+            "nfs.export (--nfs-export)",
+            s.nfs.export.display().to_string(),
+            problem,
+            "use an absolute path without spaces or special characters, e.g. /nfsfileshare",
+        )
+    })?;
+    if let Some(server) = &s.nfs.server {
+        if !is_host_or_ip(server) {
+            return Err(invalid(
+                "nfs.server (--nfs-server)",
+                server,
+                "not an IP address or DNS name",
+                "give the address the nodes reach the NFS host at, e.g. 192.168.56.10",
+            ));
+        }
+    }
+    if !matches!(s.nfs.version.as_str(), "3" | "4" | "4.0" | "4.1" | "4.2") {
+        return Err(invalid(
+            "nfs.version",
+            &s.nfs.version,
+            "not an NFS version",
+            "use 4.1 (default), 4.2, 4 or 3",
+        ));
+    }
+    if !is_image_reference(&s.postgres.image) {
+        return Err(invalid(
+            "postgres.image (--postgres-image)",
+            &s.postgres.image,
+            "not a valid image reference",
+            "e.g. postgres:18 or registry.example.com/postgres:18.1",
+        ));
+    }
+    if !is_image_reference(&s.agent.image) {
+        return Err(invalid(
+            "agent.image (--agent-image)",
+            &s.agent.image,
+            "not a valid image reference",
+            "e.g. docker.io/library/pgset-agent:0.1.0 (built by `cargo xtask image --import`)",
+        ));
+    }
+    if !matches!(
+        s.agent.pull_policy.as_str(),
+        "IfNotPresent" | "Always" | "Never"
+    ) {
+        return Err(invalid(
+            "agent.pullPolicy",
+            &s.agent.pull_policy,
+            "not an image pull policy",
+            "use IfNotPresent, Always or Never",
+        ));
+    }
+    for (field, v) in [
+        ("postgres.uid", s.postgres.uid),
+        ("postgres.gid", s.postgres.gid),
+    ] {
+        if !(1..=2_147_483_647).contains(&v) {
+            return Err(invalid(
+                field,
+                v.to_string(),
+                "must be a non-root id",
+                "use the postgres user's id in the image (999 in the official image)",
+            ));
+        }
+    }
+    positive_quantity("resources.cpuRequest", &s.resources.cpu_request)?;
+    positive_quantity("resources.memoryRequest", &s.resources.memory_request)?;
+    positive_quantity("resources.memoryLimit", &s.resources.memory_limit)?;
+    if let (Some(req), Some(lim)) = (
+        parse_quantity_bytes(&s.resources.memory_request),
+        parse_quantity_bytes(&s.resources.memory_limit),
+    ) {
+        if req > lim {
+            return Err(invalid(
+                "resources.memoryRequest",
+                &s.resources.memory_request,
+                format!("larger than memoryLimit {}", s.resources.memory_limit),
+                "make the request at most the limit",
+            ));
+        }
+    }
+    let p = &s.probes;
+    for (field, v, max) in [
+        (
+            "probes.readinessPeriodSeconds",
+            p.readiness_period_seconds,
+            300,
+        ),
+        ("probes.startupPeriodSeconds", p.startup_period_seconds, 300),
+        (
+            "probes.startupTimeoutSeconds",
+            p.startup_timeout_seconds,
+            86_400,
+        ),
+        (
+            "probes.livenessPeriodSeconds",
+            p.liveness_period_seconds,
+            300,
+        ),
+        (
+            "probes.livenessFailureThreshold",
+            p.liveness_failure_threshold,
+            100,
+        ),
+        ("probes.timeoutSeconds", p.timeout_seconds, 60),
+    ] {
+        if !(1..=max).contains(&v) {
+            return Err(invalid(
+                field,
+                v.to_string(),
+                format!("must be between 1 and {max}"),
+                "see the defaults in the README",
+            ));
+        }
+    }
+    if p.startup_timeout_seconds < p.startup_period_seconds {
+        return Err(invalid(
+            "probes.startupTimeoutSeconds",
+            p.startup_timeout_seconds.to_string(),
+            "shorter than startupPeriodSeconds",
+            "allow at least one startup probe period",
+        ));
+    }
+    if !(60..=3600).contains(&p.termination_grace_period_seconds) {
+        return Err(invalid(
+            "probes.terminationGracePeriodSeconds",
+            p.termination_grace_period_seconds.to_string(),
+            "must be between 60 and 3600",
+            "PostgreSQL needs time for a clean shutdown checkpoint: 60 or more",
+        ));
+    }
+    Ok(())
+}
+
+fn positive_quantity(field: &'static str, v: &str) -> Result<()> {
+    match parse_quantity_bytes(v) {
+        Some(n) if n > 0.0 => Ok(()),
+        Some(_) => Err(invalid(
+            field,
+            v,
+            "must be greater than zero",
+            "e.g. 1Gi, 512Mi, 100m",
+        )),
+        None => Err(invalid(
+            field,
+            v,
+            "not a Kubernetes quantity",
+            "e.g. 1Gi, 512Mi, 100m, 2",
+        )),
+    }
+}
+
+/// A DNS-1123 label: at most 63 of `[a-z0-9-]`, starting and ending alphanumeric.
+pub fn is_dns1123_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// A DNS-1123 subdomain: dot-separated labels, at most 253 characters.
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
+
+fn is_host_or_ip(s: &str) -> bool {
+    s.parse::<std::net::IpAddr>().is_ok()
+        || (is_dns1123_subdomain(&s.to_ascii_lowercase()) && s.len() <= 253)
+}
+
+/// Checks an NFS export path: absolute, normalized, not `/`, and free of characters that
+/// `/etc/exports` or a mount option would misread. Returns the problem in words.
+pub fn validate_export_path(p: &Path) -> std::result::Result<(), String> {
+    let Some(s) = p.to_str() else {
+        return Err("not valid UTF-8".into());
+    };
+    if s.is_empty() {
+        return Err("empty".into());
+    }
+    if !p.is_absolute() {
+        return Err("not an absolute path".into());
+    }
+    if s == "/" {
+        return Err("the root directory cannot be the export".into());
+    }
+    if let Some(c) = s.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "contains whitespace or a control character ({c:?})"
+        ));
+    }
+    if let Some(c) = s.chars().find(|c| {
+        matches!(
+            c,
+            '#' | '"' | '\'' | '\\' | '(' | ')' | ',' | '*' | '?' | '$' | '`'
+        )
+    }) {
+        return Err(format!(
+            "contains {c:?}, which /etc/exports or a shell would misread"
+        ));
+    }
+    if p.components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+        || s.contains("//")
+        || s.contains("/./")
+        || s.ends_with("/.")
+        || (s.len() > 1 && s.ends_with('/'))
+    {
+        return Err("not a normalized path (no `.`, `..`, `//` or trailing `/`)".into());
+    }
+    if s.len() > 1024 {
+        return Err("longer than 1024 characters".into());
+    }
+    Ok(())
+}
+
+/// A container image reference: `[registry[:port]/]path[:tag][@algo:digest]` as the
+/// distribution reference grammar allows it.
+pub fn is_image_reference(s: &str) -> bool {
+    if s.is_empty() || s.len() > 4096 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return false;
+    }
+    let (rest, digest) = match s.split_once('@') {
+        Some((r, d)) => (r, Some(d)),
+        None => (s, None),
+    };
+    if let Some(d) = digest {
+        let Some((algo, hex)) = d.split_once(':') else {
+            return false;
+        };
+        if algo.is_empty()
+            || !algo
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b))
+            || hex.len() < 32
+            || !hex.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return false;
+        }
+    }
+    // Split off the tag: a ':' after the last '/'.
+    let last_slash = rest.rfind('/');
+    let (name, tag) = match rest.rfind(':') {
+        Some(i) if last_slash.is_none_or(|j| i > j) => (&rest[..i], Some(&rest[i + 1..])),
+        _ => (rest, None),
+    };
+    if let Some(t) = tag {
+        let ok = !t.is_empty()
+            && t.len() <= 128
+            && t.bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !ok {
+            return false;
+        }
+    }
+    let mut parts: Vec<&str> = name.split('/').collect();
+    if parts.is_empty() || parts.iter().any(|p| p.is_empty()) {
+        return false;
+    }
+    // A first part with '.', ':' or "localhost" is a registry host.
+    if parts.len() > 1
+        && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost")
+    {
+        let host = parts.remove(0);
+        let (h, port) = match host.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host, None),
+        };
+        if let Some(p) = port {
+            if p.parse::<u16>().is_err() {
+                return false;
+            }
+        }
+        if h.is_empty()
+            || !h
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        {
+            return false;
+        }
+    }
+    parts.iter().all(|p| {
+        let b = p.as_bytes();
+        b.first()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && b.last()
+                .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(c))
+    })
+}
+
+/// Parses a Kubernetes quantity (`1Gi`, `500m`, `2`, `1e3`, `1.5G`) into its value
+/// (bytes for memory, cores for CPU). `None` when it is not a quantity.
+pub fn parse_quantity_bytes(s: &str) -> Option<f64> {
+    let s = s.trim();
+    if s.is_empty() || s != s.trim() {
+        return None;
+    }
+    let num_end = s
+        .char_indices()
+        .find(|(_, c)| !(c.is_ascii_digit() || *c == '.' || *c == '+' || *c == '-'))
+        .map(|(i, _)| i)
+        .unwrap_or(s.len());
+    let (num, suffix) = s.split_at(num_end);
+    let unsigned = num.strip_prefix(['+', '-']).unwrap_or(num);
+    if unsigned.is_empty()
+        || unsigned.contains(['+', '-'])
+        || unsigned.matches('.').count() > 1
+        || unsigned == "."
+    {
+        return None;
+    }
+    let value: f64 = num.parse().ok()?;
+    let mult = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        e if e.starts_with(['e', 'E']) => {
+            let exp: i32 = e[1..].parse().ok()?;
+            10f64.powi(exp)
+        }
+        _ => return None,
+    };
+    Some(value * mult)
+}

@@ -1,0 +1,175 @@
+//! Arguments shared by the tasks: the spec (file + overrides), the cluster client, progress output.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use pgset_spec::{ClusterSpec, Overrides, StorageMode};
+
+/// `--config` and the flags that override it.
+#[derive(Debug, Clone, Args, Default)]
+pub struct SpecArgs {
+    /// Spec file [default: ./pgset.yaml when present]
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// Cluster name
+    #[arg(long, value_name = "NAME", global = true)]
+    pub name: Option<String>,
+    /// Number of members (ordinal 0 is the master)
+    #[arg(long, value_name = "N", global = true, allow_negative_numbers = true)]
+    pub replicas: Option<i32>,
+    /// Storage mode: shared (one NFS claim, seeds 000/001) or templates (a claim per member)
+    #[arg(long, value_name = "MODE", global = true)]
+    pub storage: Option<StorageMode>,
+    /// NFS export path on the NFS host
+    #[arg(long, value_name = "PATH", global = true)]
+    pub nfs_export: Option<PathBuf>,
+    /// NFS server address as the nodes reach it
+    #[arg(long, value_name = "ADDR", global = true)]
+    pub nfs_server: Option<String>,
+    /// PostgreSQL image
+    #[arg(long, value_name = "IMAGE", global = true)]
+    pub postgres_image: Option<String>,
+    /// Agent image
+    #[arg(long, value_name = "IMAGE", global = true)]
+    pub agent_image: Option<String>,
+}
+
+impl SpecArgs {
+    /// Loads and validates the spec; `namespace` comes from `-n/--namespace`.
+    pub fn load(&self, client: &ClientArgs) -> Result<ClusterSpec> {
+        let overrides = Overrides {
+            name: self.name.clone(),
+            namespace: client.namespace.clone(),
+            replicas: self.replicas,
+            storage: self.storage,
+            nfs_export: self.nfs_export.clone(),
+            nfs_server: self.nfs_server.clone(),
+            postgres_image: self.postgres_image.clone(),
+            agent_image: self.agent_image.clone(),
+        };
+        Ok(ClusterSpec::load(self.config.as_deref(), &overrides)?)
+    }
+}
+
+/// kubectl-style client flags. A named kubeconfig or context that fails is an error, never a
+/// silent fallback to another cluster.
+#[derive(Debug, Clone, Args, Default)]
+pub struct ClientArgs {
+    /// Path to the kubeconfig file [default: $KUBECONFIG, then ~/.kube/config]
+    #[arg(long, value_name = "FILE", global = true)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context to use [default: the current context]
+    #[arg(long, value_name = "NAME", global = true)]
+    pub context: Option<String>,
+    /// Namespace of the cluster's objects [default: the spec's, else `default`]
+    #[arg(short = 'n', long, value_name = "NS", global = true)]
+    pub namespace: Option<String>,
+}
+
+impl ClientArgs {
+    /// The kubeconfig file that will be read, if any: `--kubeconfig`, `$KUBECONFIG` (first
+    /// entry), `~/.kube/config`.
+    pub fn kubeconfig_path(&self) -> Option<PathBuf> {
+        if let Some(p) = &self.kubeconfig {
+            return Some(p.clone());
+        }
+        if let Some(v) = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
+            return std::env::split_paths(&v).next();
+        }
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".kube").join("config"))
+    }
+
+    /// Builds the client configuration without contacting the cluster.
+    pub async fn config(&self) -> Result<kube::Config> {
+        let options = kube::config::KubeConfigOptions {
+            context: self.context.clone(),
+            cluster: None,
+            user: None,
+        };
+        let explicit = self.kubeconfig.is_some()
+            || std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty());
+        let path = self.kubeconfig_path();
+        match path {
+            Some(path) if explicit || path.exists() => {
+                if !path.exists() {
+                    bail!(
+                        "kubeconfig {} does not exist: pass --kubeconfig FILE or set KUBECONFIG to a cluster's kubeconfig (on a kubeadm host: /etc/kubernetes/admin.conf)",
+                        path.display()
+                    );
+                }
+                let kubeconfig = kube::config::Kubeconfig::read_from(&path)
+                    .with_context(|| format!("read kubeconfig {}", path.display()))?;
+                if let Some(ctx) = &self.context {
+                    if !kubeconfig.contexts.iter().any(|c| &c.name == ctx) {
+                        let known: Vec<&str> = kubeconfig
+                            .contexts
+                            .iter()
+                            .map(|c| c.name.as_str())
+                            .collect();
+                        bail!(
+                            "context {ctx:?} is not in {}: use one of {known:?}",
+                            path.display()
+                        );
+                    }
+                }
+                kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+                    .await
+                    .with_context(|| format!("load kubeconfig {}", path.display()))
+            }
+            _ => {
+                if self.context.is_some() {
+                    bail!(
+                        "--context given but no kubeconfig found: pass --kubeconfig FILE or set KUBECONFIG"
+                    );
+                }
+                kube::Config::incluster().map_err(|_| {
+                    anyhow::anyhow!(
+                        "no kubeconfig found: pass --kubeconfig FILE or set KUBECONFIG (on a kubeadm host: /etc/kubernetes/admin.conf)"
+                    )
+                })
+            }
+        }
+    }
+
+    /// Builds a client (does not contact the cluster yet).
+    pub async fn client(&self) -> Result<kube::Client> {
+        let config = self.config().await?;
+        kube::Client::try_from(config).context("create the Kubernetes client")
+    }
+}
+
+/// Progress on stderr: one line when a stage starts, one when it ends with the elapsed time.
+pub struct Stage {
+    label: String,
+    started: Instant,
+}
+
+impl Stage {
+    /// Announces a stage.
+    pub fn start(label: impl Into<String>) -> Stage {
+        let label = label.into();
+        eprintln!("==> {label}");
+        Stage {
+            label,
+            started: Instant::now(),
+        }
+    }
+
+    /// Reports the stage done, with the elapsed time.
+    pub fn done(self, detail: &str) {
+        let secs = self.started.elapsed().as_secs_f64();
+        if detail.is_empty() {
+            eprintln!("    {} done in {secs:.1}s", self.label);
+        } else {
+            eprintln!("    {} done in {secs:.1}s: {detail}", self.label);
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent().map(PathBuf::from).unwrap_or(here)
+}

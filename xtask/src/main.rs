@@ -1,0 +1,87 @@
+//! `cargo xtask`: the pgset orchestrator. `main` parses once and dispatches to one module per task.
+
+mod bench;
+mod cli;
+mod deploy;
+mod down;
+mod image;
+mod local;
+mod nfs;
+mod render;
+mod scale;
+mod status;
+mod test;
+mod up;
+mod vagrant;
+mod verify;
+mod volumes;
+
+use clap::{Parser, Subcommand};
+
+/// From a lab host to a verified, replicating PostgreSQL cluster on a Kubernetes StatefulSet.
+#[derive(Debug, Parser)]
+#[command(bin_name = "cargo xtask", version, arg_required_else_help = true)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Preflight, NFS host, volumes, agent image, deploy, rollout, verify: the whole flow
+    Up(up::Args),
+    /// Scale to 0, then delete the objects in reverse order; claims and data stay unless --purge --yes
+    Down(down::Args),
+    /// Make this host the NFS server for the cluster (packages, services, SELinux, /etc/exports)
+    Nfs(nfs::Args),
+    /// Create the NFS PersistentVolumes (and the shared claim)
+    Volumes(volumes::Args),
+    /// Build the agent's OCI image archive; --import loads it into containerd
+    Image(image::Args),
+    /// Apply Secret, RBAC, Services, claim and StatefulSet; wait for the ordered rollout
+    Deploy(deploy::Args),
+    /// Run the checks against the live cluster
+    Verify(verify::Args),
+    /// Scale the StatefulSet (ordered; scale-down keeps claims and data)
+    Scale(scale::Args),
+    /// One screen: each member's role, readiness, node, data, streaming state and lag
+    Status(status::Args),
+    /// Write the objects as YAML into manifests/ (--check: fail when they differ)
+    Render(render::Args),
+    /// A primary and replicas as local processes on 127.0.0.1, driven by the same agent
+    Local(local::Args),
+    /// The test suite: fmt, clippy, cargo tests, manifest validation, lab files, NFS in a VM
+    Test(test::Args),
+    /// Benchmarks (replica bootstrap, local formation, live rollout when KUBECONFIG is set)
+    Bench(bench::Args),
+    /// The Vagrant lab: a Rocky Linux 9 VM with kubeadm, NFS and a verified cluster
+    Vagrant(vagrant::Args),
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Up(a) => up::run(a).await,
+        Task::Down(a) => down::run(a).await,
+        Task::Nfs(a) => nfs::run(a).await,
+        Task::Volumes(a) => volumes::run(a).await,
+        Task::Image(a) => image::run(a).await,
+        Task::Deploy(a) => deploy::run(a).await,
+        Task::Verify(a) => verify::run(a).await,
+        Task::Scale(a) => scale::run(a).await,
+        Task::Status(a) => status::run(a).await,
+        Task::Render(a) => render::run(a).await,
+        Task::Local(a) => local::run(a).await,
+        Task::Test(a) => test::run(a).await,
+        Task::Bench(a) => bench::run(a).await,
+        Task::Vagrant(a) => vagrant::run(a).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
