@@ -326,3 +326,15 @@ fn error_message_names_field_and_fix() {
     assert!(msg.contains("replicas (--replicas)"), "{msg}");
     assert!(msg.contains("between 1 and"), "{msg}");
 }
+
+#[test]
+fn the_example_file_in_the_repository_is_the_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pgset.example.yaml");
+    let s = ClusterSpec::read(&path).unwrap();
+    s.validate().unwrap();
+    assert_eq!(
+        s,
+        ClusterSpec::default(),
+        "pgset.example.yaml must document the defaults"
+    );
+}
