@@ -1,4 +1,6 @@
-//! `cargo xtask up`.
+//! `cargo xtask up`: preflight, NFS host, volumes, agent image, deploy, rollout, verify.
+
+mod preflight;
 
 use anyhow::{Result, bail};
 
@@ -8,5 +10,7 @@ pub struct Args {}
 
 /// Runs the task.
 pub async fn run(_args: Args) -> Result<()> {
+    let _ = preflight::judge;
+    let _ = preflight::gather;
     bail!("`cargo xtask up` is not built yet")
 }
