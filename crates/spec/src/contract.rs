@@ -63,6 +63,14 @@ pub mod env {
     pub const PG_BIN_DIR: &str = "PGSET_PG_BIN_DIR";
     /// Log filter / verbosity for the agent.
     pub const LOG: &str = "PGSET_LOG";
+    /// Local mode only: a file listing the current members' names, one per line. The primary's
+    /// agent drops the replication slot of a member that is not listed (in a cluster it asks the
+    /// API whether the member's pod exists instead).
+    pub const MEMBERS_FILE: &str = "PGSET_MEMBERS_FILE";
+    /// Seconds a replica waits for the master before it gives up with an error (default 600).
+    pub const MASTER_WAIT_TIMEOUT: &str = "PGSET_MASTER_WAIT_TIMEOUT";
+    /// Optional `pg_basebackup --max-rate` for a replica's first copy (e.g. `50M`).
+    pub const BASEBACKUP_MAX_RATE: &str = "PGSET_BASEBACKUP_MAX_RATE";
 }
 
 /// Values of [`env::MODE`].
