@@ -111,3 +111,6 @@ pub const AGENT_DIR: &str = "/pgset/bin";
 pub const AGENT_BIN: &str = "pgset-agent";
 /// Socket directory inside the pod.
 pub const SOCKET_DIR: &str = "/var/run/postgresql";
+/// Path of the static agent binary inside the agent image (its entrypoint); the init container
+/// runs `<this> install <AGENT_DIR>/<AGENT_BIN>`.
+pub const AGENT_IMAGE_BINARY: &str = "/pgset-agent";
