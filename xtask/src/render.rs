@@ -1,12 +1,78 @@
-//! `cargo xtask render`.
+//! `cargo xtask render`: the objects as YAML files in `manifests/`; `--check` fails when the
+//! committed files differ from what the code builds.
 
-use anyhow::{Result, bail};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use pgset_deploy::render::{ALL_MANIFEST_FILES, manifest_files};
+
+use crate::cli::{ClientArgs, SpecArgs, workspace_root};
 
 /// Arguments of `cargo xtask render`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Directory to write into [default: manifests/ of the workspace]
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Write nothing; fail when the files differ from the code
+    #[arg(long)]
+    pub check: bool,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
 
 /// Runs the task.
-pub async fn run(_args: Args) -> Result<()> {
-    bail!("`cargo xtask render` is not built yet")
+pub async fn run(args: Args) -> Result<()> {
+    let spec = args.spec.load(&args.client)?;
+    let dir = args
+        .out
+        .unwrap_or_else(|| workspace_root().join("manifests"));
+    let files = manifest_files(&spec).context("render the objects")?;
+    if args.check {
+        let mut stale = Vec::new();
+        for file in &files {
+            let path = dir.join(file.name);
+            match std::fs::read_to_string(&path) {
+                Ok(on_disk) if on_disk == file.content => {}
+                Ok(_) => stale.push(format!("{} differs", path.display())),
+                Err(_) => stale.push(format!("{} is missing", path.display())),
+            }
+        }
+        for name in ALL_MANIFEST_FILES {
+            let path = dir.join(name);
+            if !files.iter().any(|f| f.name == *name) && path.exists() {
+                stale.push(format!("{} is not rendered any more", path.display()));
+            }
+        }
+        if !stale.is_empty() {
+            bail!(
+                "manifests are out of date ({}): run `cargo xtask render`",
+                stale.join("; ")
+            );
+        }
+        eprintln!("manifests in {} are up to date", dir.display());
+        return Ok(());
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    for file in &files {
+        let path = dir.join(file.name);
+        let unchanged = std::fs::read_to_string(&path).is_ok_and(|c| c == file.content);
+        if unchanged {
+            eprintln!("unchanged {}", path.display());
+            continue;
+        }
+        std::fs::write(&path, &file.content)
+            .with_context(|| format!("write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    for name in ALL_MANIFEST_FILES {
+        let path = dir.join(name);
+        if !files.iter().any(|f| f.name == *name) && path.exists() {
+            std::fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
+            eprintln!("removed {} (not rendered for this spec)", path.display());
+        }
+    }
+    Ok(())
 }

@@ -1,2 +1,192 @@
 //! Kubernetes objects of a pgset cluster, built purely from a `ClusterSpec`, and the thin edge
 //! that applies them, waits for the rollout, scales and tears down.
+//!
+//! The builders ([`rbac`], [`secret`], [`services`], [`storage`], [`statefulset`]) are pure
+//! functions of a validated [`ClusterSpec`]; [`ClusterObjects::build`] gathers them. Only
+//! [`apply`], [`rollout`], [`scale`] and [`teardown`] hold a [`kube::Client`].
+
+pub mod apply;
+pub mod rbac;
+pub mod render;
+// pub mod rollout;
+// pub mod scale;
+pub mod secret;
+pub mod services;
+pub mod statefulset;
+pub mod storage;
+// pub mod teardown;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use pgset_spec::{ClusterSpec, StorageMode};
+
+/// Errors of the Kubernetes edge.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request to the API server failed.
+    #[error("{action} {kind} {name} in namespace {namespace}")]
+    Api {
+        /// What was being done (`apply`, `get`, `delete`, ...).
+        action: &'static str,
+        /// Kind of the object.
+        kind: &'static str,
+        /// Name of the object (or the label selector of a list).
+        name: String,
+        /// Namespace (`-` for cluster-scoped objects).
+        namespace: String,
+        /// The client's error, with the API server's message.
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// The Secret exists but lacks a key pgset needs; it is never modified by pgset.
+    #[error(
+        "Secret {name} exists but has no non-empty key {key:?}; pgset never overwrites a Secret: add the key (kubectl edit secret {name}) or, if no data was ever created with it, delete it (kubectl delete secret {name}) and deploy again"
+    )]
+    SecretIncomplete {
+        /// Secret name.
+        name: String,
+        /// The missing key.
+        key: &'static str,
+    },
+    /// The operating system's random source failed.
+    #[error("generate passwords: the system random source failed: {0}")]
+    Random(String),
+    /// The StatefulSet to scale does not exist.
+    #[error(
+        "StatefulSet {name} not found in namespace {namespace}: run `cargo xtask deploy` first"
+    )]
+    NotDeployed {
+        /// StatefulSet name.
+        name: String,
+        /// Namespace.
+        namespace: String,
+    },
+    /// A wait ran out of time.
+    #[error("timed out after {}s waiting for {what}: {status}", waited.as_secs())]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long.
+        waited: Duration,
+        /// The state found when the time ran out (pod, condition, container reason, last event).
+        status: String,
+    },
+    /// An object could not be written as YAML.
+    #[error("write {kind} {name} as YAML: {message}")]
+    Yaml {
+        /// Kind of the object.
+        kind: &'static str,
+        /// Name of the object.
+        name: String,
+        /// The serializer's message.
+        message: String,
+    },
+}
+
+impl Error {
+    /// An [`Error::Api`] for `action` on `kind` `name` in `namespace`.
+    pub(crate) fn api(
+        action: &'static str,
+        kind: &'static str,
+        name: impl Into<String>,
+        namespace: impl Into<String>,
+    ) -> impl FnOnce(kube::Error) -> Error {
+        let (name, namespace) = (name.into(), namespace.into());
+        move |source| Error::Api {
+            action,
+            kind,
+            name,
+            namespace,
+            source: Box::new(source),
+        }
+    }
+
+    /// True when the API server answered 404 Not Found.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Api { source, .. } if is_status(source, 404))
+    }
+}
+
+/// True when `error` is an API answer with HTTP status `code`.
+pub(crate) fn is_status(error: &kube::Error, code: u16) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == code)
+}
+
+/// Result with this crate's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every object pgset applies with server-side apply, built from one spec.
+///
+/// The Secret is not here: its content depends on the cluster (get-or-create, never
+/// overwritten), see [`apply::ensure_secret`]. Where the objects are applied, this struct is
+/// destructured without `..`, so an object added here and never applied fails to compile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterObjects {
+    /// `<name>-sa`, the pods' identity towards the API.
+    pub service_account: ServiceAccount,
+    /// `<name>-agent`: get/patch on the member pods.
+    pub role: Role,
+    /// `<name>-agent`: binds the Role to the ServiceAccount.
+    pub role_binding: RoleBinding,
+    /// `<name>`, headless: stable per-pod DNS names.
+    pub headless_service: Service,
+    /// `<name>-master`: the pod labelled role=master.
+    pub master_service: Service,
+    /// `<name>-replica`: the pods labelled role=replica.
+    pub replica_service: Service,
+    /// `<name>-pvc` in shared mode; `None` in templates mode.
+    pub shared_claim: Option<PersistentVolumeClaim>,
+    /// `<name>`: the members.
+    pub statefulset: StatefulSet,
+}
+
+impl ClusterObjects {
+    /// Builds every object from a validated spec.
+    pub fn build(spec: &ClusterSpec) -> ClusterObjects {
+        ClusterObjects {
+            service_account: rbac::service_account(spec),
+            role: rbac::role(spec),
+            role_binding: rbac::role_binding(spec),
+            headless_service: services::headless(spec),
+            master_service: services::master(spec),
+            replica_service: services::replica(spec),
+            shared_claim: match spec.storage.mode {
+                StorageMode::Shared => Some(storage::shared_claim(spec)),
+                StorageMode::Templates => None,
+            },
+            statefulset: statefulset::statefulset(spec),
+        }
+    }
+}
+
+/// Turns `(key, value)` label pairs into the map Kubernetes objects carry.
+pub(crate) fn label_map(pairs: Vec<(&'static str, String)>) -> BTreeMap<String, String> {
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+/// Metadata of a namespaced object of this cluster: name, namespace, common labels.
+pub(crate) fn object_meta(spec: &ClusterSpec, name: impl Into<String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(spec.namespace.clone()),
+        labels: Some(label_map(spec.common_labels())),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The label selector string (`k=v,k=v`) of this cluster's pods and claims.
+pub fn selector_string(spec: &ClusterSpec) -> String {
+    spec.selector_labels()
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+pub(crate) mod testutil;

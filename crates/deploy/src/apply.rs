@@ -1,0 +1,204 @@
+//! Server-side apply of a cluster's objects in a fixed order (RBAC, Secret, Services, claim,
+//! StatefulSet) with one field manager; the Secret is get-or-create and never overwritten.
+
+use std::fmt::Debug;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client, Resource};
+use pgset_spec::ClusterSpec;
+use pgset_spec::contract::FIELD_MANAGER;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::secret::{Passwords, missing_keys, secret};
+use crate::{ClusterObjects, Error, Result, is_status};
+
+/// Whether changes are made or only checked by the API server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyMode {
+    /// Apply for real.
+    Apply,
+    /// `dryRun=All`: the server validates, defaults and admits, but stores nothing.
+    ServerDryRun,
+}
+
+impl ApplyMode {
+    fn is_dry_run(self) -> bool {
+        self == ApplyMode::ServerDryRun
+    }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            ApplyMode::Apply => "",
+            ApplyMode::ServerDryRun => " (server dry run)",
+        }
+    }
+}
+
+/// What happened to the Secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretOutcome {
+    /// It existed with both keys and was left as it was.
+    Kept,
+    /// It was created with fresh random passwords.
+    Created,
+}
+
+/// Server-side apply parameters: pgset's field manager, taking over conflicting fields.
+pub fn apply_params(mode: ApplyMode) -> PatchParams {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    if mode.is_dry_run() {
+        params.dry_run()
+    } else {
+        params
+    }
+}
+
+/// Applies one namespaced object with server-side apply and returns the server's version.
+pub async fn apply_object<K>(
+    client: &Client,
+    namespace: &str,
+    object: &K,
+    mode: ApplyMode,
+) -> Result<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + Debug,
+{
+    let kind = kind_of::<K>();
+    let name = object.meta().name.clone().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    api.patch(&name, &apply_params(mode), &Patch::Apply(object))
+        .await
+        .map_err(Error::api("apply", kind, name, namespace))
+}
+
+/// The static kind name of a k8s-openapi type.
+pub(crate) fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
+    match K::kind(&()) {
+        std::borrow::Cow::Borrowed(kind) => kind,
+        std::borrow::Cow::Owned(_) => "object",
+    }
+}
+
+/// Makes sure Secret `<name>-secret` exists with both passwords: an existing Secret is never
+/// written; an absent one is created with fresh random passwords.
+pub async fn ensure_secret(
+    client: &Client,
+    spec: &ClusterSpec,
+    mode: ApplyMode,
+) -> Result<SecretOutcome> {
+    let name = spec.secret_name();
+    let ns = spec.namespace.as_str();
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let existing = api
+        .get_opt(&name)
+        .await
+        .map_err(Error::api("get", "Secret", &name, ns))?;
+    if let Some(existing) = existing {
+        return check_existing(&existing, &name);
+    }
+    let passwords = Passwords::generate()?;
+    let params = PostParams {
+        dry_run: mode.is_dry_run(),
+        field_manager: Some(FIELD_MANAGER.to_string()),
+    };
+    match api.create(&params, &secret(spec, &passwords)).await {
+        Ok(_) => Ok(SecretOutcome::Created),
+        // Created by someone else between our get and create: use theirs.
+        Err(e) if is_status(&e, 409) => {
+            let theirs = api
+                .get(&name)
+                .await
+                .map_err(Error::api("get", "Secret", &name, ns))?;
+            check_existing(&theirs, &name)
+        }
+        Err(e) => Err(Error::api("create", "Secret", &name, ns)(e)),
+    }
+}
+
+fn check_existing(existing: &Secret, name: &str) -> Result<SecretOutcome> {
+    match missing_keys(existing).first() {
+        Some(key) => Err(Error::SecretIncomplete {
+            name: name.to_string(),
+            key,
+        }),
+        None => Ok(SecretOutcome::Kept),
+    }
+}
+
+/// Applies every object of `spec` in order (RBAC, Secret, Services, claim, StatefulSet),
+/// reporting one line per object to `progress`.
+pub async fn deploy(
+    client: &Client,
+    spec: &ClusterSpec,
+    mode: ApplyMode,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<()> {
+    let ClusterObjects {
+        service_account,
+        role,
+        role_binding,
+        headless_service,
+        master_service,
+        replica_service,
+        shared_claim,
+        statefulset,
+    } = ClusterObjects::build(spec);
+    let ns = spec.namespace.as_str();
+    let suffix = mode.suffix();
+
+    apply_one::<ServiceAccount>(client, ns, &service_account, mode, progress).await?;
+    apply_one::<Role>(client, ns, &role, mode, progress).await?;
+    apply_one::<RoleBinding>(client, ns, &role_binding, mode, progress).await?;
+
+    let outcome = ensure_secret(client, spec, mode).await?;
+    progress(&match outcome {
+        SecretOutcome::Kept => format!("kept Secret {} (existing passwords)", spec.secret_name()),
+        SecretOutcome::Created => format!(
+            "created Secret {} with new random passwords{suffix}",
+            spec.secret_name()
+        ),
+    });
+
+    for service in [&headless_service, &master_service, &replica_service] {
+        apply_one::<Service>(client, ns, service, mode, progress).await?;
+    }
+    if let Some(claim) = &shared_claim {
+        apply_one::<PersistentVolumeClaim>(client, ns, claim, mode, progress).await?;
+    }
+    apply_one::<StatefulSet>(client, ns, &statefulset, mode, progress).await?;
+    Ok(())
+}
+
+async fn apply_one<K>(
+    client: &Client,
+    namespace: &str,
+    object: &K,
+    mode: ApplyMode,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<()>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + Debug,
+{
+    let before = object.meta().name.clone().unwrap_or_default();
+    let applied = apply_object(client, namespace, object, mode).await?;
+    let version = applied.meta().resource_version.clone().unwrap_or_default();
+    progress(&format!(
+        "applied {} {before} (resourceVersion {version}){}",
+        kind_of::<K>(),
+        mode.suffix()
+    ));
+    Ok(())
+}

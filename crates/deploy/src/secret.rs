@@ -1,0 +1,164 @@
+//! Secret `<name>-secret`: the superuser and replication passwords, mounted into the pods as
+//! files. The builder takes the passwords; generating them is the edge's job.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use pgset_spec::ClusterSpec;
+use pgset_spec::contract::secret::{REPLICATION_PASSWORD_KEY, SUPERUSER_PASSWORD_KEY};
+
+use crate::{Error, Result, object_meta};
+
+/// Length of a generated password.
+pub const PASSWORD_LEN: usize = 32;
+
+/// Characters of a generated password: letters and digits only, so it survives every quoting
+/// context (connection strings, `.pgpass`, shells) without escaping.
+const PASSWORD_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+
+/// The two passwords of a cluster. `Debug` never shows them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Passwords {
+    /// Password of the `postgres` superuser.
+    pub superuser: String,
+    /// Password of the replication role.
+    pub replication: String,
+}
+
+impl fmt::Debug for Passwords {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Passwords { superuser: <redacted>, replication: <redacted> }")
+    }
+}
+
+impl Passwords {
+    /// Two fresh passwords of [`PASSWORD_LEN`] characters from the operating system's random
+    /// source (about 190 bits each).
+    pub fn generate() -> Result<Passwords> {
+        Ok(Passwords {
+            superuser: random_password()?,
+            replication: random_password()?,
+        })
+    }
+}
+
+/// One password: uniform over [`PASSWORD_ALPHABET`] (rejection sampling, no modulo bias).
+fn random_password() -> Result<String> {
+    let alphabet_len = PASSWORD_ALPHABET.len();
+    // Largest multiple of the alphabet size that fits in a byte: bytes at or above it are
+    // drawn again so every character is equally likely.
+    let limit = 256 - 256 % alphabet_len;
+    let mut out = String::with_capacity(PASSWORD_LEN);
+    let mut buf = [0u8; 64];
+    while out.len() < PASSWORD_LEN {
+        getrandom::fill(&mut buf).map_err(|e| Error::Random(e.to_string()))?;
+        for &b in &buf {
+            if (b as usize) < limit && out.len() < PASSWORD_LEN {
+                out.push(PASSWORD_ALPHABET[b as usize % alphabet_len] as char);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Secret `<name>-secret` holding `passwords` under the contract's keys.
+pub fn secret(spec: &ClusterSpec, passwords: &Passwords) -> Secret {
+    let data: BTreeMap<String, ByteString> = [
+        (SUPERUSER_PASSWORD_KEY, &passwords.superuser),
+        (REPLICATION_PASSWORD_KEY, &passwords.replication),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+    .collect();
+    Secret {
+        metadata: object_meta(spec, spec.secret_name()),
+        type_: Some("Opaque".into()),
+        data: Some(data),
+        ..Secret::default()
+    }
+}
+
+/// The keys pgset needs that `secret` lacks (absent or empty).
+pub fn missing_keys(secret: &Secret) -> Vec<&'static str> {
+    [SUPERUSER_PASSWORD_KEY, REPLICATION_PASSWORD_KEY]
+        .into_iter()
+        .filter(|key| {
+            let in_data = secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(*key))
+                .is_some_and(|v| !v.0.is_empty());
+            let in_string_data = secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(*key))
+                .is_some_and(|v| !v.is_empty());
+            !(in_data || in_string_data)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::named_spec;
+
+    #[test]
+    fn generated_passwords_are_long_alphanumeric_and_distinct() {
+        let a = Passwords::generate().unwrap();
+        let b = Passwords::generate().unwrap();
+        for p in [&a.superuser, &a.replication, &b.superuser, &b.replication] {
+            assert_eq!(p.len(), PASSWORD_LEN);
+            assert!(p.bytes().all(|c| c.is_ascii_alphanumeric()), "{p}");
+        }
+        assert_ne!(a.superuser, a.replication);
+        assert_ne!(a.superuser, b.superuser);
+    }
+
+    #[test]
+    fn debug_never_shows_passwords() {
+        let p = Passwords {
+            superuser: "s3cretSuper".into(),
+            replication: "s3cretRepl".into(),
+        };
+        let shown = format!("{p:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
+
+    #[test]
+    fn secret_holds_both_keys_with_the_given_passwords() {
+        let spec = named_spec("db", "prod");
+        let p = Passwords {
+            superuser: "aaa".into(),
+            replication: "bbb".into(),
+        };
+        let s = secret(&spec, &p);
+        assert_eq!(s.metadata.name.as_deref(), Some("db-secret"));
+        assert_eq!(s.metadata.namespace.as_deref(), Some("prod"));
+        assert_eq!(s.type_.as_deref(), Some("Opaque"));
+        let data = s.data.as_ref().unwrap();
+        assert_eq!(data[SUPERUSER_PASSWORD_KEY].0, b"aaa");
+        assert_eq!(data[REPLICATION_PASSWORD_KEY].0, b"bbb");
+        assert!(missing_keys(&s).is_empty());
+    }
+
+    #[test]
+    fn missing_keys_reports_absent_and_empty_keys() {
+        let spec = named_spec("db", "prod");
+        let mut s = secret(
+            &spec,
+            &Passwords {
+                superuser: "x".into(),
+                replication: String::new(),
+            },
+        );
+        assert_eq!(missing_keys(&s), vec![REPLICATION_PASSWORD_KEY]);
+        s.data = None;
+        assert_eq!(
+            missing_keys(&s),
+            vec![SUPERUSER_PASSWORD_KEY, REPLICATION_PASSWORD_KEY]
+        );
+    }
+}

@@ -1,0 +1,386 @@
+//! StatefulSet `<name>`: ordered members running the agent (delivered by an init container)
+//! in the official postgres image, non-root with a read-only root filesystem, probed over the
+//! agent's HTTP endpoint, with the data volume per storage mode.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    RollingUpdateStatefulSetStrategy, StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy,
+    StatefulSetSpec, StatefulSetUpdateStrategy,
+};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaimVolumeSource, PodAffinityTerm,
+    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    WeightedPodAffinityTerm,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use pgset_spec::contract::{self, env, modes};
+use pgset_spec::{ClusterSpec, StorageMode};
+
+use crate::services::POSTGRES_PORT_NAME;
+use crate::storage::claim_template;
+use crate::{label_map, object_meta};
+
+/// Name of the postgres container (also the pod's default container for kubectl).
+pub const POSTGRES_CONTAINER: &str = "postgres";
+/// Name of the init container that installs the agent.
+pub const INSTALL_AGENT_CONTAINER: &str = "install-agent";
+/// Name of the agent's health port on the container.
+pub const HEALTH_PORT_NAME: &str = "health";
+/// Mode of the password files: owner (root) and group (the pod's fsGroup) may read.
+pub const SECRET_FILE_MODE: i32 = 0o440;
+
+const AGENT_VOLUME: &str = "agent";
+const SECRET_VOLUME: &str = "secret";
+const SOCKET_VOLUME: &str = "socket";
+const TMP_VOLUME: &str = "tmp";
+const SHM_VOLUME: &str = "shm";
+
+/// Path of the installed agent binary in the pod.
+pub fn agent_path() -> String {
+    format!("{}/{}", contract::AGENT_DIR, contract::AGENT_BIN)
+}
+
+/// StatefulSet `<name>`.
+pub fn statefulset(spec: &ClusterSpec) -> StatefulSet {
+    let (claim_volume, claim_templates) = match spec.storage.mode {
+        StorageMode::Shared => (
+            Some(Volume {
+                name: spec.data_volume_name().into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: spec.shared_claim_name(),
+                    read_only: None,
+                }),
+                ..Volume::default()
+            }),
+            None,
+        ),
+        StorageMode::Templates => (None, Some(vec![claim_template(spec)])),
+    };
+    let mut volumes = vec![
+        empty_dir(AGENT_VOLUME, None),
+        Volume {
+            name: SECRET_VOLUME.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(spec.secret_name()),
+                default_mode: Some(SECRET_FILE_MODE),
+                optional: Some(false),
+                items: None,
+            }),
+            ..Volume::default()
+        },
+        empty_dir(SOCKET_VOLUME, None),
+        empty_dir(TMP_VOLUME, None),
+        empty_dir(SHM_VOLUME, Some("Memory")),
+    ];
+    volumes.extend(claim_volume);
+
+    let template_labels = label_map(spec.common_labels());
+    StatefulSet {
+        metadata: object_meta(spec, spec.statefulset_name()),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(spec.replicas),
+            service_name: Some(spec.headless_service_name().to_string()),
+            pod_management_policy: Some("OrderedReady".into()),
+            selector: LabelSelector {
+                match_labels: Some(label_map(spec.selector_labels())),
+                match_expressions: None,
+            },
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateStatefulSetStrategy {
+                    partition: Some(0),
+                    max_unavailable: None,
+                }),
+            }),
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some("Retain".into()),
+                    when_scaled: Some("Retain".into()),
+                },
+            ),
+            volume_claim_templates: claim_templates,
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(template_labels),
+                    annotations: Some(BTreeMap::from([(
+                        "kubectl.kubernetes.io/default-container".to_string(),
+                        POSTGRES_CONTAINER.to_string(),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(spec.service_account_name()),
+                    automount_service_account_token: Some(true),
+                    // Service links would inject PGSET_MASTER_PORT=tcp://... from the
+                    // `<name>-master` Service, clashing with the env contract.
+                    enable_service_links: Some(false),
+                    termination_grace_period_seconds: Some(
+                        spec.probes.termination_grace_period_seconds,
+                    ),
+                    security_context: Some(PodSecurityContext {
+                        run_as_user: Some(spec.postgres.uid),
+                        run_as_group: Some(spec.postgres.gid),
+                        run_as_non_root: Some(true),
+                        fs_group: Some(spec.postgres.gid),
+                        fs_group_change_policy: Some("OnRootMismatch".into()),
+                        seccomp_profile: Some(runtime_default_seccomp()),
+                        ..PodSecurityContext::default()
+                    }),
+                    affinity: Some(spread_members(spec)),
+                    init_containers: Some(vec![install_agent_container(spec)]),
+                    containers: vec![postgres_container(spec)],
+                    volumes: Some(volumes),
+                    ..PodSpec::default()
+                }),
+            },
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    }
+}
+
+fn empty_dir(name: &str, medium: Option<&str>) -> Volume {
+    Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: medium.map(str::to_string),
+            size_limit: None,
+        }),
+        ..Volume::default()
+    }
+}
+
+fn runtime_default_seccomp() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        localhost_profile: None,
+    }
+}
+
+/// Members prefer different nodes (a preference: a one-node lab still runs them all).
+fn spread_members(spec: &ClusterSpec) -> Affinity {
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        topology_key: "kubernetes.io/hostname".into(),
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(label_map(spec.selector_labels())),
+                            match_expressions: None,
+                        }),
+                        ..PodAffinityTerm::default()
+                    },
+                },
+            ]),
+            ..PodAntiAffinity::default()
+        }),
+        ..Affinity::default()
+    }
+}
+
+/// The container security context: the image's postgres user, no privilege escalation, no
+/// capabilities, read-only root filesystem (everything written goes to volumes).
+fn restricted_security_context(spec: &ClusterSpec) -> SecurityContext {
+    SecurityContext {
+        run_as_user: Some(spec.postgres.uid),
+        run_as_group: Some(spec.postgres.gid),
+        run_as_non_root: Some(true),
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        seccomp_profile: Some(runtime_default_seccomp()),
+        ..SecurityContext::default()
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
+    }
+}
+
+/// Init container `install-agent`: copies the agent binary from its image into the emptyDir.
+fn install_agent_container(spec: &ClusterSpec) -> Container {
+    Container {
+        name: INSTALL_AGENT_CONTAINER.into(),
+        image: Some(spec.agent.image.clone()),
+        image_pull_policy: Some(spec.agent.pull_policy.clone()),
+        command: Some(vec![
+            contract::AGENT_IMAGE_BINARY.into(),
+            "install".into(),
+            agent_path(),
+        ]),
+        security_context: Some(restricted_security_context(spec)),
+        volume_mounts: Some(vec![mount(AGENT_VOLUME, contract::AGENT_DIR, false)]),
+        ..Container::default()
+    }
+}
+
+fn value_env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+fn field_env(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                api_version: Some("v1".into()),
+                field_path: field_path.into(),
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+/// The env contract of the agent in a pod. No password: those are files under the secret dir.
+pub fn agent_env(spec: &ClusterSpec) -> Vec<EnvVar> {
+    vec![
+        value_env(env::MODE, modes::KUBERNETES),
+        field_env(env::POD_NAME, "metadata.name"),
+        field_env(env::NAMESPACE, "metadata.namespace"),
+        value_env(env::CLUSTER, spec.name.clone()),
+        value_env(env::DATA_ROOT, contract::DATA_MOUNT),
+        value_env(env::MASTER_HOST, spec.master_service_name()),
+        value_env(env::MASTER_PORT, contract::POSTGRES_PORT.to_string()),
+        value_env(env::PORT, contract::POSTGRES_PORT.to_string()),
+        value_env(env::LISTEN_ADDRESSES, "*"),
+        value_env(env::SOCKET_DIR, contract::SOCKET_DIR),
+        value_env(env::SECRET_DIR, contract::SECRET_MOUNT),
+        value_env(
+            env::HEALTH_ADDR,
+            format!("0.0.0.0:{}", contract::HEALTH_PORT),
+        ),
+    ]
+}
+
+fn http_probe(path: &str, period: i32, timeout: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String(HEALTH_PORT_NAME.into()),
+            scheme: Some("HTTP".into()),
+            ..HTTPGetAction::default()
+        }),
+        initial_delay_seconds: Some(0),
+        period_seconds: Some(period),
+        timeout_seconds: Some(timeout),
+        success_threshold: Some(1),
+        failure_threshold: Some(failure_threshold),
+        ..Probe::default()
+    }
+}
+
+/// Startup probe: `/healthz` every startup period, for up to the startup timeout (initdb or a
+/// base backup may take long; liveness only starts after it).
+pub fn startup_probe(spec: &ClusterSpec) -> Probe {
+    let p = &spec.probes;
+    let period = p.startup_period_seconds.max(1);
+    let failures = (p.startup_timeout_seconds + period - 1) / period;
+    http_probe(
+        contract::HEALTH_LIVE_PATH,
+        period,
+        p.timeout_seconds,
+        failures.max(1),
+    )
+}
+
+/// Liveness probe: `/healthz`, patient (period × threshold before a restart).
+pub fn liveness_probe(spec: &ClusterSpec) -> Probe {
+    let p = &spec.probes;
+    http_probe(
+        contract::HEALTH_LIVE_PATH,
+        p.liveness_period_seconds,
+        p.timeout_seconds,
+        p.liveness_failure_threshold,
+    )
+}
+
+/// Readiness probe: `/readyz`, frequent, so a ready member is noticed (and the next ordinal
+/// started) within a period.
+pub fn readiness_probe(spec: &ClusterSpec) -> Probe {
+    let p = &spec.probes;
+    http_probe(
+        contract::HEALTH_READY_PATH,
+        p.readiness_period_seconds,
+        p.timeout_seconds,
+        3,
+    )
+}
+
+fn postgres_resources(spec: &ClusterSpec) -> ResourceRequirements {
+    let r = &spec.resources;
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity(r.cpu_request.clone())),
+            ("memory".to_string(), Quantity(r.memory_request.clone())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            Quantity(r.memory_limit.clone()),
+        )])),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// The postgres container: the official image running the installed agent.
+fn postgres_container(spec: &ClusterSpec) -> Container {
+    Container {
+        name: POSTGRES_CONTAINER.into(),
+        image: Some(spec.postgres.image.clone()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        command: Some(vec![agent_path(), "run".into()]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some(POSTGRES_PORT_NAME.into()),
+                container_port: i32::from(contract::POSTGRES_PORT),
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some(HEALTH_PORT_NAME.into()),
+                container_port: i32::from(contract::HEALTH_PORT),
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+        ]),
+        env: Some(agent_env(spec)),
+        resources: Some(postgres_resources(spec)),
+        security_context: Some(restricted_security_context(spec)),
+        startup_probe: Some(startup_probe(spec)),
+        liveness_probe: Some(liveness_probe(spec)),
+        readiness_probe: Some(readiness_probe(spec)),
+        volume_mounts: Some(vec![
+            mount(spec.data_volume_name(), contract::DATA_MOUNT, false),
+            mount(AGENT_VOLUME, contract::AGENT_DIR, true),
+            mount(SECRET_VOLUME, contract::SECRET_MOUNT, true),
+            mount(SOCKET_VOLUME, contract::SOCKET_DIR, false),
+            mount(TMP_VOLUME, "/tmp", false),
+            mount(SHM_VOLUME, "/dev/shm", false),
+        ]),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Container::default()
+    }
+}
+
+#[cfg(test)]
+mod tests;
