@@ -1,12 +1,575 @@
-//! `cargo xtask vagrant`.
+//! `cargo xtask vagrant`: the Vagrant lab in `vagrant/` driven from the host — bring it up, run
+//! the end-to-end verification inside it, open a shell on a node, destroy it.
 
-use anyhow::{Result, bail};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Subcommand, ValueEnum};
+use pgset_nfs::{CommandRunner, Duct, HostCommand};
+use serde::Deserialize;
+
+use crate::cli::{Stage, workspace_root};
+
+/// The command the end-to-end run executes inside the control plane (`pgset-lab` is the lab's
+/// wrapper around `cargo xtask` with the cluster's kubeconfig and the lab's spec).
+const VERIFY_IN_LAB: &str = "sudo pgset-lab verify --scale-test --disruptive --output json";
 
 /// Arguments of `cargo xtask vagrant`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    #[command(subcommand)]
+    command: LabCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum LabCommand {
+    /// Create and provision the VMs: kubeadm, Flannel, NFS, then `cargo xtask up` inside
+    Up(UpArgs),
+    /// Up, then `verify --scale-test --disruptive --output json` inside; prints the report and
+    /// exits non-zero when a check failed; destroys the VMs it created unless --keep
+    E2e(E2eArgs),
+    /// A shell on a node (default: the control plane), or one command there with -c
+    Ssh(SshArgs),
+    /// Destroy the lab's VMs (Vagrant asks for each unless --yes)
+    Destroy(DestroyArgs),
+}
+
+/// Where the lab runs: worker count and provider.
+#[derive(Debug, Clone, clap::Args)]
+struct LabArgs {
+    /// Worker nodes besides the control plane [default: `workers` in vagrant/settings.yaml]
+    #[arg(long, env = "WORKERS", value_name = "N")]
+    workers: Option<u32>,
+    /// Vagrant provider [default: $VAGRANT_DEFAULT_PROVIDER, else the first usable of
+    /// virtualbox, libvirt]
+    #[arg(long, value_enum)]
+    provider: Option<Provider>,
+}
+
+#[derive(Debug, clap::Args)]
+struct UpArgs {
+    #[command(flatten)]
+    lab: LabArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct E2eArgs {
+    #[command(flatten)]
+    lab: LabArgs,
+    /// Keep the VMs after the run (they are destroyed otherwise, when this run created them)
+    #[arg(long)]
+    keep: bool,
+    /// Where to write the JSON report [default: target/vagrant-e2e-report.json]
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct SshArgs {
+    /// Node to log into (`<prefix>-cp`, `<prefix>-w1`, ...) [default: the control plane]
+    node: Option<String>,
+    /// Run this command instead of a login shell
+    #[arg(short = 'c', long, value_name = "COMMAND")]
+    command: Option<String>,
+    #[command(flatten)]
+    lab: LabArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct DestroyArgs {
+    /// Destroy without asking
+    #[arg(long)]
+    yes: bool,
+    #[command(flatten)]
+    lab: LabArgs,
+}
+
+/// The Vagrant providers the lab's Vagrantfile configures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Provider {
+    Virtualbox,
+    Libvirt,
+}
+
+impl Provider {
+    fn name(self) -> &'static str {
+        match self {
+            Provider::Virtualbox => "virtualbox",
+            Provider::Libvirt => "libvirt",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Provider> {
+        match name {
+            "virtualbox" => Some(Provider::Virtualbox),
+            "libvirt" => Some(Provider::Libvirt),
+            _ => None,
+        }
+    }
+}
+
+/// The values of `vagrant/settings.yaml` the host side needs (the Vagrantfile reads the rest).
+#[derive(Debug, Deserialize)]
+struct LabSettings {
+    name_prefix: String,
+    workers: u32,
+}
+
+/// The lab directory, its settings and the environment every `vagrant` call gets.
+struct Lab {
+    dir: PathBuf,
+    settings: LabSettings,
+    /// Passed as WORKERS; when `None` the Vagrantfile takes settings.yaml's value and keeps
+    /// workers that already exist in view (for ssh and destroy).
+    workers: Option<u32>,
+}
+
+impl Lab {
+    /// The lab as `up` and `e2e` make it: the worker count is always explicit.
+    fn for_up(args: &LabArgs) -> Result<Lab> {
+        let mut lab = Lab::load(args)?;
+        lab.workers = Some(lab.worker_count());
+        Ok(lab)
+    }
+
+    fn load(args: &LabArgs) -> Result<Lab> {
+        let dir = workspace_root().join("vagrant");
+        let path = dir.join("settings.yaml");
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        let settings: LabSettings =
+            serde_saphyr::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+        Ok(Lab {
+            dir,
+            settings,
+            workers: args.workers,
+        })
+    }
+
+    fn control_plane(&self) -> String {
+        format!("{}-cp", self.settings.name_prefix)
+    }
+
+    fn worker_count(&self) -> u32 {
+        self.workers.unwrap_or(self.settings.workers)
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![("VAGRANT_CWD", self.dir.display().to_string())];
+        if let Some(n) = self.workers {
+            env.push(("WORKERS", n.to_string()));
+        }
+        env
+    }
+
+    fn command<I, S>(&self, args: I) -> HostCommand
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.env()
+            .iter()
+            .fold(HostCommand::new("vagrant", args), |cmd, (k, v)| {
+                cmd.env(k, v)
+            })
+    }
+
+    /// Runs `vagrant ARGS` with the terminal attached (provisioning output, prompts, shells).
+    fn attached(&self, args: &[&str]) -> Result<()> {
+        let cmd = self.command(args.iter().copied());
+        eprintln!("    $ {cmd}");
+        let mut expr = duct::cmd("vagrant", args).unchecked();
+        for (k, v) in self.env() {
+            expr = expr.env(k, v);
+        }
+        let out = expr
+            .run()
+            .with_context(|| format!("start `{cmd}`: is vagrant installed?"))?;
+        if !out.status.success() {
+            bail!(
+                "`{cmd}` failed with {} (its output is above)",
+                status_words(out.status.code())
+            );
+        }
+        Ok(())
+    }
+
+    /// The lab's machines and their states, from `vagrant status --machine-readable`.
+    fn machine_states(&self) -> Result<Vec<(String, String)>> {
+        let out = Duct::default()
+            .run(&self.command(["status", "--machine-readable"]))
+            .context("read the lab's machine states")?;
+        Ok(parse_machine_states(&out.stdout))
+    }
+}
+
+fn status_words(code: Option<i32>) -> String {
+    match code {
+        Some(c) => format!("exit status {c}"),
+        None => "a signal".to_string(),
+    }
+}
 
 /// Runs the task.
-pub async fn run(_args: Args) -> Result<()> {
-    bail!("`cargo xtask vagrant` is not built yet")
+pub async fn run(args: Args) -> Result<()> {
+    require_vagrant()?;
+    match args.command {
+        LabCommand::Up(a) => {
+            let lab = Lab::for_up(&a.lab)?;
+            let provider = usable_provider(a.lab.provider)?;
+            up(&lab, provider)
+        }
+        LabCommand::E2e(a) => e2e(a),
+        LabCommand::Ssh(a) => {
+            let lab = Lab::load(&a.lab)?;
+            let node = a.node.unwrap_or_else(|| lab.control_plane());
+            match &a.command {
+                Some(c) => lab.attached(&["ssh", &node, "-c", c]),
+                None => lab.attached(&["ssh", &node]),
+            }
+        }
+        LabCommand::Destroy(a) => {
+            let lab = Lab::load(&a.lab)?;
+            if a.yes {
+                lab.attached(&["destroy", "--force"])
+            } else {
+                lab.attached(&["destroy"])
+            }
+        }
+    }
+}
+
+fn require_vagrant() -> Result<()> {
+    if which::which("vagrant").is_err() {
+        bail!(
+            "`vagrant` not found: install Vagrant (2.3 or newer) and a provider — VirtualBox, or \
+             libvirt with the vagrant-libvirt plugin"
+        );
+    }
+    Ok(())
+}
+
+/// The provider to bring the lab up with: the one asked for (checked), else
+/// $VAGRANT_DEFAULT_PROVIDER (checked), else the first usable one.
+fn usable_provider(asked: Option<Provider>) -> Result<Provider> {
+    let from_env = std::env::var("VAGRANT_DEFAULT_PROVIDER")
+        .ok()
+        .filter(|v| !v.is_empty());
+    let wanted = match (asked, from_env) {
+        (Some(p), _) => Some(p),
+        (None, Some(name)) => Some(Provider::parse(&name).with_context(|| {
+            format!(
+                "VAGRANT_DEFAULT_PROVIDER={name} is not a provider the lab configures: use \
+                 virtualbox or libvirt"
+            )
+        })?),
+        (None, None) => None,
+    };
+    match wanted {
+        Some(p) => provider_problem(p).map_or(Ok(p), |why| {
+            Err(anyhow::anyhow!("provider {}: {why}", p.name()))
+        }),
+        None => [Provider::Virtualbox, Provider::Libvirt]
+            .into_iter()
+            .find(|p| provider_problem(*p).is_none())
+            .context(
+                "no usable Vagrant provider: install VirtualBox (VBoxManage on PATH), or libvirt \
+                 (virsh on PATH) with `vagrant plugin install vagrant-libvirt`",
+            ),
+    }
+}
+
+/// Why a provider cannot be used on this host, or `None` when it can.
+fn provider_problem(p: Provider) -> Option<String> {
+    match p {
+        Provider::Virtualbox => which::which("VBoxManage")
+            .is_err()
+            .then(|| "VBoxManage not found: install VirtualBox".to_string()),
+        Provider::Libvirt => {
+            if which::which("virsh").is_err() {
+                return Some(
+                    "virsh not found: install libvirt (libvirt-daemon-system, libvirt-clients)"
+                        .into(),
+                );
+            }
+            let plugins = Duct::default().output(&HostCommand::new("vagrant", ["plugin", "list"]));
+            match plugins {
+                Ok(out) if out.stdout.contains("vagrant-libvirt") => None,
+                Ok(_) => Some(
+                    "the vagrant-libvirt plugin is missing: vagrant plugin install vagrant-libvirt"
+                        .into(),
+                ),
+                Err(e) => Some(format!("cannot list Vagrant plugins: {e}")),
+            }
+        }
+    }
+}
+
+fn up(lab: &Lab, provider: Provider) -> Result<()> {
+    let stage = Stage::start(format!(
+        "lab up: {} + {} worker(s) on {}",
+        lab.control_plane(),
+        lab.worker_count(),
+        provider.name()
+    ));
+    lab.attached(&["up", "--provider", provider.name()])
+        .context("bring the lab's VMs up and provision them")?;
+    if lab.worker_count() > 0 {
+        // With workers, the control plane's `pgset` step waits for them: it runs last.
+        lab.attached(&[
+            "provision",
+            &lab.control_plane(),
+            "--provision-with",
+            "pgset",
+        ])
+        .context("run `cargo xtask up` on the control plane once the workers joined")?;
+    }
+    stage.done("");
+    eprintln!(
+        "    connect: cargo xtask vagrant ssh, then `sudo pgset-lab status` (see vagrant/README.md)"
+    );
+    Ok(())
+}
+
+fn e2e(args: E2eArgs) -> Result<()> {
+    let lab = Lab::for_up(&args.lab)?;
+    let provider = usable_provider(args.lab.provider)?;
+    let existed = lab
+        .machine_states()?
+        .iter()
+        .any(|(_, state)| state != "not_created");
+    let result = e2e_on(&lab, provider, args.report.as_deref());
+    if args.keep || existed {
+        if existed && !args.keep {
+            eprintln!("    the lab existed before this run: kept (cargo xtask vagrant destroy)");
+        }
+    } else {
+        let stage = Stage::start("lab destroy");
+        lab.attached(&["destroy", "--force"])
+            .context("destroy the VMs this run created")?;
+        stage.done("");
+    }
+    result
+}
+
+fn e2e_on(lab: &Lab, provider: Provider, report_path: Option<&Path>) -> Result<()> {
+    up(lab, provider)?;
+    let stage = Stage::start("verify inside the lab");
+    let cp = lab.control_plane();
+    let cmd = lab.command(["ssh", cp.as_str(), "--no-tty", "-c", VERIFY_IN_LAB]);
+    eprintln!("    $ {cmd}");
+    let mut expr = duct::cmd(
+        "vagrant",
+        ["ssh", cp.as_str(), "--no-tty", "-c", VERIFY_IN_LAB],
+    )
+    .stdout_capture()
+    .unchecked();
+    for (k, v) in lab.env() {
+        expr = expr.env(k, v);
+    }
+    let out = expr.run().with_context(|| format!("start `{cmd}`"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = extract_report(&stdout).with_context(|| {
+        format!(
+            "`{cmd}` ({}) printed no JSON report; its stdout was:\n{}",
+            status_words(out.status.code()),
+            stdout.trim()
+        )
+    })?;
+    let pretty = serde_json::to_string_pretty(&report).context("format the report")?;
+    let path = report_path.map(Path::to_path_buf).unwrap_or_else(|| {
+        workspace_root()
+            .join("target")
+            .join("vagrant-e2e-report.json")
+    });
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+    }
+    std::fs::write(&path, format!("{pretty}\n"))
+        .with_context(|| format!("write the report to {}", path.display()))?;
+    println!("{pretty}");
+    let summary = ReportSummary::of(&report)?;
+    stage.done(&format!("{summary} (report: {})", path.display()));
+    if !summary.failed.is_empty() {
+        bail!("checks failed in the lab: {}", summary.failed.join(", "));
+    }
+    if !out.status.success() {
+        bail!(
+            "verify exited with {} although its report shows no failed check",
+            status_words(out.status.code())
+        );
+    }
+    Ok(())
+}
+
+/// `(machine, state)` pairs from `vagrant status --machine-readable` lines
+/// (`timestamp,target,type,data...`).
+fn parse_machine_states(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.trim().splitn(4, ',');
+            let (_ts, target, kind, data) = (
+                fields.next()?,
+                fields.next()?,
+                fields.next()?,
+                fields.next()?,
+            );
+            (kind == "state" && !target.is_empty()).then(|| (target.to_string(), data.to_string()))
+        })
+        .collect()
+}
+
+/// The JSON report in verify's stdout: the whole output, or failing that the first line that
+/// starts a JSON document up to the end (anything printed before it is ignored).
+fn extract_report(stdout: &str) -> Option<serde_json::Value> {
+    let trimmed = stdout.trim();
+    if let Ok(v) = serde_json::from_str(trimmed) {
+        return Some(v);
+    }
+    let mut offset = 0;
+    for line in stdout.split_inclusive('\n') {
+        let t = line.trim_start();
+        if (t.starts_with('{') || t.starts_with('['))
+            && let Ok(v) = serde_json::from_str(stdout[offset..].trim())
+        {
+            return Some(v);
+        }
+        offset += line.len();
+    }
+    None
+}
+
+/// The outcome of a verify report: check names by verdict.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ReportSummary {
+    passed: Vec<String>,
+    failed: Vec<String>,
+    skipped: Vec<String>,
+}
+
+impl std::fmt::Display for ReportSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} passed, {} failed, {} skipped",
+            self.passed.len(),
+            self.failed.len(),
+            self.skipped.len()
+        )
+    }
+}
+
+impl ReportSummary {
+    /// Reads a report: a list of checks, or an object with `checks` (and maybe `ok`). Each check
+    /// has a `name` and a `verdict` (`"pass"`, `"fail"`, `"skipped"`, or an object keyed by one of
+    /// them). A verdict it cannot read counts as failed; so does `"ok": false`, and a report with
+    /// no checks at all.
+    fn of(report: &serde_json::Value) -> Result<ReportSummary> {
+        let (checks, ok) = match report {
+            serde_json::Value::Array(checks) => (checks, None),
+            serde_json::Value::Object(map) => (
+                map.get("checks")
+                    .and_then(serde_json::Value::as_array)
+                    .context("the report has no `checks` list")?,
+                map.get("ok").and_then(serde_json::Value::as_bool),
+            ),
+            _ => bail!("the report is neither a list of checks nor an object with `checks`"),
+        };
+        if checks.is_empty() {
+            bail!("the report lists no checks");
+        }
+        let mut summary = ReportSummary::default();
+        for (i, check) in checks.iter().enumerate() {
+            let name = check
+                .get("name")
+                .and_then(serde_json::Value::as_str)
+                .map_or_else(|| format!("check #{}", i + 1), str::to_string);
+            let verdict = match check.get("verdict") {
+                Some(serde_json::Value::String(s)) => s.to_ascii_lowercase(),
+                Some(serde_json::Value::Object(m)) if m.len() == 1 => m
+                    .keys()
+                    .next()
+                    .map(|k| k.to_ascii_lowercase())
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
+            match verdict.as_str() {
+                "pass" | "passed" | "ok" => summary.passed.push(name),
+                "skip" | "skipped" => summary.skipped.push(name),
+                "fail" | "failed" => summary.failed.push(name),
+                other => summary
+                    .failed
+                    .push(format!("{name} (unreadable verdict {other:?})")),
+            }
+        }
+        if ok == Some(false) && summary.failed.is_empty() {
+            summary.failed.push("report (\"ok\": false)".to_string());
+        }
+        Ok(summary)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn machine_states_come_from_state_lines_only() {
+        let text = "1700000000,pgset-cp,metadata,provider,virtualbox\n\
+                    1700000000,pgset-cp,state,not_created\n\
+                    1700000000,pgset-w1,state,running\n\
+                    1700000000,,ui,info,Current machine states:\n";
+        assert_eq!(
+            parse_machine_states(text),
+            vec![
+                ("pgset-cp".to_string(), "not_created".to_string()),
+                ("pgset-w1".to_string(), "running".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_report_with_a_failed_check_fails() {
+        let report = json!({"ok": false, "checks": [
+            {"name": "pods-ready", "verdict": "pass"},
+            {"name": "streaming", "verdict": "fail", "message": "1 of 2"},
+            {"name": "scale", "verdict": {"skipped": "no --scale-test"}},
+        ]});
+        let s = ReportSummary::of(&report).unwrap();
+        assert_eq!(s.passed, vec!["pods-ready"]);
+        assert_eq!(s.failed, vec!["streaming"]);
+        assert_eq!(s.skipped, vec!["scale"]);
+    }
+
+    #[test]
+    fn ok_false_fails_even_when_every_check_passed() {
+        let report = json!({"ok": false, "checks": [{"name": "a", "verdict": "Pass"}]});
+        assert_eq!(ReportSummary::of(&report).unwrap().failed.len(), 1);
+    }
+
+    #[test]
+    fn unreadable_or_missing_verdicts_and_empty_reports_fail() {
+        let report = json!([{"name": "a", "verdict": "maybe"}, {"name": "b"}]);
+        assert_eq!(ReportSummary::of(&report).unwrap().failed.len(), 2);
+        assert!(ReportSummary::of(&json!([])).is_err());
+        assert!(ReportSummary::of(&json!({"ok": true})).is_err());
+        assert!(ReportSummary::of(&json!("pass")).is_err());
+    }
+
+    #[test]
+    fn a_passing_list_report_passes() {
+        let report = json!([{"name": "a", "verdict": "pass"}, {"name": "b", "verdict": "skipped"}]);
+        let s = ReportSummary::of(&report).unwrap();
+        assert!(s.failed.is_empty());
+        assert_eq!(s.to_string(), "1 passed, 0 failed, 1 skipped");
+    }
+
+    #[test]
+    fn the_report_is_found_after_stray_lines() {
+        let out = "Warning: Permanently added '192.168.56.10'\n{\n  \"checks\": []\n}\n";
+        assert_eq!(extract_report(out), Some(json!({"checks": []})));
+        assert_eq!(extract_report("[1]"), Some(json!([1])));
+        assert_eq!(extract_report("no json here\n"), None);
+    }
 }
