@@ -1,12 +1,323 @@
-//! `cargo xtask image`.
+//! `cargo xtask image`: builds the static agent, packs it into an OCI image archive and, with
+//! `--import`, loads the archive into the node's containerd where the kubelet finds it.
 
-use anyhow::{Result, bail};
+mod host_command;
+mod oci;
+mod reference;
+mod static_binary;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use pgset_spec::VERSION;
+
+use crate::cli::{ClientArgs, SpecArgs, Stage, workspace_root};
+use host_command::HostCommand;
+use reference::ImageName;
+
+/// The containerd namespace the kubelet's images live in.
+pub const CONTAINERD_NAMESPACE: &str = "k8s.io";
+/// The platform imported from the archive.
+pub const IMPORT_PLATFORM: &str = "linux/amd64";
 
 /// Arguments of `cargo xtask image`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    #[command(flatten)]
+    spec: SpecArgs,
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Where to write the archive [default: target/pgset-agent-<version>.oci.tar in the
+    /// workspace]
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Then load the archive into containerd's k8s.io namespace with `ctr` (as root, on the node)
+    #[arg(long)]
+    import: bool,
+    /// Print the build, the archive and the import that would happen, and change nothing
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// The default archive path: `target/pgset-agent-<version>.oci.tar` in the workspace.
+pub fn default_archive_path(workspace: &Path) -> PathBuf {
+    workspace.join("target").join(format!(
+        "{}-{VERSION}.oci.tar",
+        pgset_spec::contract::AGENT_BIN
+    ))
+}
 
 /// Runs the task.
-pub async fn run(_args: Args) -> Result<()> {
-    bail!("`cargo xtask image` is not built yet")
+pub async fn run(args: Args) -> Result<()> {
+    let spec = args.spec.load(&args.client)?;
+    let name = ImageName::parse(&spec.agent.image)
+        .map_err(|problem| anyhow!(problem))
+        .context("name the agent image")?;
+    let workspace = workspace_root();
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| default_archive_path(&workspace));
+
+    if args.dry_run {
+        print_plan(&workspace, &out, &name, args.import);
+        if args.import {
+            import_preflight()?;
+        }
+        return Ok(());
+    }
+    // Refuse an import that cannot happen before spending minutes on the build.
+    let ctr = if args.import {
+        Some(import_preflight()?)
+    } else {
+        None
+    };
+
+    let archive = {
+        let (workspace, out, name) = (workspace.clone(), out.clone(), name.clone());
+        tokio::task::spawn_blocking(move || build_archive(&workspace, &out, &name))
+            .await
+            .context("join the image build")??
+    };
+    println!("{}", archive.summary());
+
+    if let Some(ctr) = ctr {
+        import(&ctr, &out, &name)?;
+        println!(
+            "imported {} into containerd namespace {CONTAINERD_NAMESPACE}",
+            name.full
+        );
+    }
+    Ok(())
+}
+
+/// The archive written by [`build_archive`].
+#[derive(Debug, Clone)]
+pub struct ArchiveReport {
+    /// The archive file.
+    pub path: PathBuf,
+    /// The image name recorded in it.
+    pub name: String,
+    /// `sha256:…` of the manifest (the image's digest).
+    pub manifest_digest: String,
+    /// Size of the archive in bytes.
+    pub size: u64,
+    /// False when the file already held exactly these bytes and was left alone.
+    pub written: bool,
+}
+
+impl ArchiveReport {
+    fn summary(&self) -> String {
+        format!(
+            "{} {} ({} bytes): image {} {}",
+            if self.written { "wrote" } else { "unchanged" },
+            self.path.display(),
+            self.size,
+            self.name,
+            self.manifest_digest
+        )
+    }
+}
+
+/// Builds the static agent and writes the image archive to `out` (atomically; left untouched
+/// when it already holds the same bytes).
+pub fn build_archive(workspace: &Path, out: &Path, name: &ImageName) -> Result<ArchiveReport> {
+    let stage = Stage::start("build the static pgset-agent (release, crt-static)");
+    let target_dir = static_binary::image_target_dir(workspace);
+    let executable_path = static_binary::build(workspace, &target_dir, VERSION)?;
+    stage.done(&executable_path.display().to_string());
+
+    let stage = Stage::start(format!("pack the image archive {}", out.display()));
+    let executable = std::fs::read(&executable_path)
+        .with_context(|| format!("read {}", executable_path.display()))?;
+    let archive = oci::pack(oci::ImageContents {
+        executable: &executable,
+        name,
+        version: VERSION,
+    })
+    .context("pack the OCI image archive")?;
+    let written = write_if_changed(out, &archive.bytes)?;
+    stage.done(&format!(
+        "manifest {}, layer {} bytes",
+        archive.manifest.digest, archive.layer.size
+    ));
+    Ok(ArchiveReport {
+        path: out.to_owned(),
+        name: name.full.clone(),
+        manifest_digest: archive.manifest.digest,
+        size: archive.bytes.len() as u64,
+        written,
+    })
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory renamed over it, so
+/// a reader never sees half an archive. Returns false, writing nothing, when the file already
+/// holds exactly these bytes.
+pub fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<bool> {
+    if std::fs::read(path).is_ok_and(|existing| existing == bytes) {
+        return Ok(false);
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let mut file = tempfile::NamedTempFile::new_in(&dir)
+        .with_context(|| format!("create a temporary file in {}", dir.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.as_file().sync_all())
+        .with_context(|| format!("write {}", file.path().display()))?;
+    std::fs::set_permissions(
+        file.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .with_context(|| format!("set the mode of {}", file.path().display()))?;
+    file.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("rename the new archive to {}", path.display()))?;
+    Ok(true)
+}
+
+/// `ctr -n k8s.io images import --platform linux/amd64 ARCHIVE`.
+fn import_command(ctr: &Path, archive: &Path) -> HostCommand {
+    HostCommand::new(ctr)
+        .args(["-n", CONTAINERD_NAMESPACE, "images", "import"])
+        .args(["--platform", IMPORT_PLATFORM])
+        .arg(archive)
+}
+
+/// `ctr -n k8s.io images ls -q`: one image name a line.
+fn list_command(ctr: &Path) -> HostCommand {
+    HostCommand::new(ctr).args(["-n", CONTAINERD_NAMESPACE, "images", "ls", "-q"])
+}
+
+/// Checks an import can run here: `ctr` on PATH and root (ctr talks to containerd's socket,
+/// which only root may open). Returns the path of `ctr`.
+fn import_preflight() -> Result<PathBuf> {
+    let ctr = which::which("ctr").map_err(|_| {
+        anyhow!(
+            "--import needs `ctr`, containerd's client, which is not on PATH: run the import on a \
+             Kubernetes node using containerd (it installs ctr with the containerd or \
+             containerd.io package), or copy the archive there and run \
+             `ctr -n {CONTAINERD_NAMESPACE} images import --platform {IMPORT_PLATFORM} FILE` as root"
+        )
+    })?;
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "--import must run as root: ctr talks to containerd's socket (/run/containerd/containerd.sock), which only root may open"
+        );
+    }
+    Ok(ctr)
+}
+
+/// Imports the archive into containerd's `k8s.io` namespace, then confirms containerd lists the
+/// image under its full name.
+fn import(ctr: &Path, archive: &Path, name: &ImageName) -> Result<()> {
+    let stage = Stage::start(format!("import {} into containerd", name.full));
+    import_command(ctr, archive)
+        .output()
+        .context("import the agent image into containerd")?;
+    let listed = list_command(ctr)
+        .output()
+        .context("list containerd's images")?;
+    if !lists_image(&listed, &name.full) {
+        bail!(
+            "ctr imported {} but `ctr -n {CONTAINERD_NAMESPACE} images ls -q` does not list {}",
+            archive.display(),
+            name.full
+        );
+    }
+    stage.done(&name.full);
+    Ok(())
+}
+
+/// Whether `ctr images ls -q` output lists `full_name`.
+fn lists_image(listed: &str, full_name: &str) -> bool {
+    listed.lines().any(|line| line.trim() == full_name)
+}
+
+/// What the task would do, for `--dry-run`.
+fn print_plan(workspace: &Path, out: &Path, name: &ImageName, import: bool) {
+    let target_dir = static_binary::image_target_dir(workspace);
+    let cargo = static_binary::cargo_program();
+    println!(
+        "would build:   {}",
+        static_binary::build_command(&cargo, workspace, &target_dir)
+    );
+    println!(
+        "would check:   {} is a static x86-64 executable and its --version prints {VERSION}",
+        static_binary::built_path(&target_dir).display()
+    );
+    println!(
+        "would write:   {} (image {}, tag {}, {}/{}, entrypoint {}, user {})",
+        out.display(),
+        name.full,
+        name.tag,
+        oci::OS,
+        oci::ARCHITECTURE,
+        pgset_spec::contract::AGENT_IMAGE_BINARY,
+        oci::IMAGE_USER
+    );
+    if import {
+        let ctr = which::which("ctr").unwrap_or_else(|_| PathBuf::from("ctr"));
+        println!("would import:  {}", import_command(&ctr, out));
+        println!("would confirm: {} lists {}", list_command(&ctr), name.full);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_archive_is_versioned_under_target() {
+        assert_eq!(
+            default_archive_path(Path::new("/w")),
+            PathBuf::from(format!("/w/target/pgset-agent-{VERSION}.oci.tar"))
+        );
+    }
+
+    #[test]
+    fn the_import_commands_name_the_kubelets_namespace() {
+        let ctr = Path::new("/usr/bin/ctr");
+        assert_eq!(
+            import_command(ctr, Path::new("/tmp/a b.tar")).to_string(),
+            "/usr/bin/ctr -n k8s.io images import --platform linux/amd64 '/tmp/a b.tar'"
+        );
+        assert_eq!(
+            list_command(ctr).to_string(),
+            "/usr/bin/ctr -n k8s.io images ls -q"
+        );
+    }
+
+    #[test]
+    fn the_image_list_must_hold_the_exact_name() {
+        let listed = "docker.io/library/postgres:18\ndocker.io/library/pgset-agent:0.1.0\n";
+        assert!(lists_image(listed, "docker.io/library/pgset-agent:0.1.0"));
+        assert!(!lists_image(listed, "docker.io/library/pgset-agent:0.1"));
+        assert!(!lists_image("", "docker.io/library/pgset-agent:0.1.0"));
+    }
+
+    #[test]
+    fn an_archive_is_written_once_and_then_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("agent.oci.tar");
+        assert!(write_if_changed(&path, b"first").unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), b"first");
+        let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+        assert!(!write_if_changed(&path, b"first").unwrap());
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().modified().unwrap(),
+            modified
+        );
+        assert!(write_if_changed(&path, b"second").unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o644);
+        let leftovers = std::fs::read_dir(path.parent().unwrap()).unwrap().count();
+        assert_eq!(leftovers, 1, "no temporary file is left behind");
+    }
 }
