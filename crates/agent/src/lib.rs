@@ -1,2 +1,95 @@
 //! The in-pod agent: role by ordinal, per-pod PGDATA, primary init or replica base backup,
-//! self-labelling through the API, supervising postgres.
+//! self-labelling through the API, supervising postgres; and local mode, which runs the same
+//! agent as processes on 127.0.0.1.
+
+pub mod bootstrap;
+pub mod cmd;
+pub mod datadir;
+pub mod health;
+pub mod install;
+pub mod kube_api;
+pub mod local;
+pub mod log;
+pub mod pgbin;
+pub mod privilege;
+pub mod render;
+pub mod run;
+pub mod settings;
+pub mod supervise;
+
+use std::path::PathBuf;
+
+/// Everything that can stop the agent, with the context a user needs to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An environment variable of the contract is missing or malformed.
+    #[error("environment variable {var}: {problem}")]
+    Env {
+        /// The variable.
+        var: &'static str,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
+    /// The data root or a data directory is unusable.
+    #[error("{}: {problem}", path.display())]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
+    /// A file operation failed.
+    #[error("{action}")]
+    Io {
+        /// What the agent was doing.
+        action: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A host command failed.
+    #[error("`{command}` failed ({status}){}", if stderr.is_empty() { String::new() } else { format!(": {stderr}") })]
+    Command {
+        /// The shell-escaped command line.
+        command: String,
+        /// Its exit status, or why it did not run.
+        status: String,
+        /// Its trimmed stderr.
+        stderr: String,
+    },
+    /// The PostgreSQL binaries were not found.
+    #[error("PostgreSQL binaries not found: {0}")]
+    PgBinaries(String),
+    /// The master did not answer within the deadline.
+    #[error(
+        "the master {host}:{port} did not accept connections within {secs} s (raise {var} or check the master)"
+    )]
+    MasterTimeout {
+        /// Master host.
+        host: String,
+        /// Master port.
+        port: u16,
+        /// The deadline in seconds.
+        secs: u64,
+        /// The env var that sets it.
+        var: &'static str,
+    },
+    /// Dropping root privileges to the postgres user failed.
+    #[error("cannot run as the postgres user: {0}")]
+    Privilege(String),
+    /// A Kubernetes API call failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(String),
+    /// A local-mode operation failed.
+    #[error("{0}")]
+    Local(String),
+}
+
+/// The agent's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Wraps an I/O error with what the agent was doing.
+pub(crate) fn io_err(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let action = action.into();
+    move |source| Error::Io { action, source }
+}

@@ -1,6 +1,49 @@
-//! `pgset-agent`: the container entrypoint.
+//! `pgset-agent`: the container entrypoint (`run`), the init container's installer (`install`).
 
-fn main() {
-    eprintln!("pgset-agent {}", pgset_spec::VERSION);
-    std::process::exit(2);
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The pgset member agent: role by ordinal, PGDATA per member, initdb or base backup,
+/// self-labelling, supervising postgres.
+#[derive(Debug, Parser)]
+#[command(name = "pgset-agent", version = pgset_spec::VERSION)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Prepare this member's data directory and run postgres (configured by PGSET_* variables)
+    #[command(after_help = format!("Environment: {}", pgset_agent::run::env_help()))]
+    Run,
+    /// Copy this binary to DEST (atomically, mode 0755)
+    Install {
+        /// Destination path, e.g. /pgset/bin/pgset-agent
+        dest: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run => pgset_agent::run::run().await,
+        Command::Install { dest } => pgset_agent::install::install(&dest).map(|()| 0),
+    };
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            eprintln!("pgset-agent: error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,195 @@
+//! Pure rendering of the files and statements the agent writes: the managed configuration include,
+//! pg_hba.conf, the libpq passfile, `primary_conninfo`, and the replication-role SQL.
+//! Everything here is version-agnostic for PostgreSQL 12 and later.
+
+use pgset_spec::contract;
+
+use crate::settings::{Role, Settings};
+
+/// The configuration file the agent owns inside PGDATA, rewritten on every start.
+pub const MANAGED_CONF: &str = "pgset.conf";
+/// The line appended once to `postgresql.conf` so the managed file wins over earlier settings.
+pub const INCLUDE_LINE: &str = "include_if_exists = 'pgset.conf'";
+/// The WAL a slot may hold back before PostgreSQL invalidates it: bounds the disk a replica that
+/// went away can pin.
+pub const MAX_SLOT_WAL_KEEP_SIZE: &str = "1GB";
+/// WAL kept regardless of slots, so a replica that restarts quickly catches up by streaming.
+pub const WAL_KEEP_SIZE: &str = "128MB";
+/// Sender and slot capacity: every member of the largest set, plus room for base backups.
+pub const MAX_WAL_SENDERS: i32 = pgset_spec::MAX_REPLICAS + 8;
+
+/// A `postgresql.conf` string literal.
+pub fn conf_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// A libpq connection-string value.
+pub fn conninfo_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\\', r"\\").replace('\'', r"\'"))
+}
+
+/// A SQL string literal (standard_conforming_strings is on by default since 9.1).
+pub fn sql_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// An entry of a libpq passfile (`host:port:db:user:password`) matching any host, port and database.
+pub fn passfile_entry(user: &str, password: &str) -> String {
+    let esc = |s: &str| s.replace('\\', r"\\").replace(':', r"\:");
+    format!("*:*:*:{}:{}\n", esc(user), esc(password))
+}
+
+/// The connection string replicas use to reach the master (no password: it is in the passfile).
+pub fn primary_conninfo(s: &Settings) -> String {
+    [
+        ("host", s.master_host.clone()),
+        ("port", s.master_port.to_string()),
+        ("user", contract::REPLICATION_USER.to_string()),
+        ("passfile", s.replication_passfile().display().to_string()),
+        ("application_name", s.pod_name.clone()),
+        ("connect_timeout", "5".to_string()),
+    ]
+    .iter()
+    .map(|(k, v)| format!("{k}={}", conninfo_quote(v)))
+    .collect::<Vec<_>>()
+    .join(" ")
+}
+
+/// The managed configuration include for this member's role.
+pub fn managed_conf(s: &Settings) -> String {
+    let mut lines = vec![
+        "# Written by pgset-agent on every start; edits here are replaced.".to_string(),
+        format!("listen_addresses = {}", conf_quote(&s.listen_addresses)),
+        format!("port = {}", s.port),
+        format!("unix_socket_directories = {}", conf_quote(&s.socket_dir.display().to_string())),
+        "password_encryption = 'scram-sha-256'".to_string(),
+        "wal_level = replica".to_string(),
+        format!("max_wal_senders = {MAX_WAL_SENDERS}"),
+        format!("max_replication_slots = {MAX_WAL_SENDERS}"),
+        format!("max_slot_wal_keep_size = {}", conf_quote(MAX_SLOT_WAL_KEEP_SIZE)),
+        format!("wal_keep_size = {}", conf_quote(WAL_KEEP_SIZE)),
+        "hot_standby = on".to_string(),
+        "hot_standby_feedback = on".to_string(),
+        "lc_messages = 'C'".to_string(),
+        "log_line_prefix = '%m [%p] '".to_string(),
+        format!("cluster_name = {}", conf_quote(&s.pod_name)),
+    ];
+    if s.role == Role::Replica {
+        lines.push(format!("primary_conninfo = {}", conf_quote(&primary_conninfo(s))));
+        lines.push(format!("primary_slot_name = {}", conf_quote(&s.slot())));
+        lines.push("wal_receiver_timeout = '30s'".to_string());
+        lines.push("wal_retrieve_retry_interval = '1s'".to_string());
+    }
+    lines.join("\n") + "\n"
+}
+
+/// pg_hba.conf of a new primary: the local socket as the official image does, scram over TCP for
+/// replication (the replication role only) and for clients.
+pub fn pg_hba() -> String {
+    format!(
+        "# Written by pgset-agent at initdb.\n\
+         # TYPE  DATABASE     USER        ADDRESS  METHOD\n\
+         local   all          all                  trust\n\
+         local   replication  all                  trust\n\
+         host    replication  {user}  all      scram-sha-256\n\
+         host    all          all         all      scram-sha-256\n",
+        user = contract::REPLICATION_USER
+    )
+}
+
+/// SQL (fed on stdin, never logged) that creates the replication role when missing and sets its
+/// password; statement logging is switched off for the session so the password cannot reach the log.
+pub fn replication_role_sql(password: &str) -> String {
+    let user = contract::REPLICATION_USER;
+    format!(
+        "SET log_statement = 'none';\n\
+         SET log_min_error_statement = 'panic';\n\
+         SET log_min_duration_statement = -1;\n\
+         SELECT 'CREATE ROLE {user}' WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {name})\\gexec\n\
+         ALTER ROLE {user} WITH REPLICATION LOGIN PASSWORD {pw};\n",
+        name = sql_quote(user),
+        pw = sql_quote(password),
+    )
+}
+
+/// Adds the include line to a `postgresql.conf` text unless it is there.
+pub fn with_include(postgresql_conf: &str) -> Option<String> {
+    if postgresql_conf.lines().any(|l| l.trim() == INCLUDE_LINE) {
+        return None;
+    }
+    let mut text = postgresql_conf.to_string();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str("\n# pgset: the managed settings come last so they win.\n");
+    text.push_str(INCLUDE_LINE);
+    text.push('\n');
+    Some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgset_spec::contract::env;
+    use std::collections::HashMap;
+
+    fn settings(pod: &str) -> Settings {
+        let m = HashMap::from([
+            (env::MODE, "local".to_string()),
+            (env::CLUSTER, "pgset".to_string()),
+            (env::POD_NAME, pod.to_string()),
+            (env::DATA_ROOT, "/data".to_string()),
+            (env::MASTER_HOST, "pgset-master".to_string()),
+            (env::MASTER_PORT, "5432".to_string()),
+            (env::PORT, "5433".to_string()),
+            (env::SOCKET_DIR, "/run/pg".to_string()),
+            (env::SECRET_DIR, "/secret".to_string()),
+        ]);
+        Settings::from_lookup(|k| m.get(k).cloned()).unwrap()
+    }
+
+    #[test]
+    fn replica_conf_streams_from_the_master_with_its_slot() {
+        let c = managed_conf(&settings("pgset-2"));
+        assert!(c.contains("port = 5433\n"));
+        assert!(c.contains("unix_socket_directories = '/run/pg'\n"));
+        assert!(c.contains(
+            "primary_conninfo = 'host=''pgset-master'' port=''5432'' user=''replicator'' \
+             passfile=''/run/pg/pgset-2.pgpass'' application_name=''pgset-2'' connect_timeout=''5'''\n"
+        ));
+        assert!(c.contains("primary_slot_name = 'pgset_2'\n"));
+        assert!(c.contains("max_slot_wal_keep_size = '1GB'\n"));
+    }
+
+    #[test]
+    fn primary_conf_has_no_standby_settings() {
+        let c = managed_conf(&settings("pgset-0"));
+        assert!(c.contains("wal_level = replica\n"));
+        assert!(c.contains("password_encryption = 'scram-sha-256'\n"));
+        assert!(!c.contains("primary_conninfo"));
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(conf_quote("it's"), "'it''s'");
+        assert_eq!(conninfo_quote(r"a'b\c"), r"'a\'b\\c'");
+        assert_eq!(passfile_entry("replicator", r"p:w\d"), "*:*:*:replicator:p\\:w\\\\d\n");
+        let sql = replication_role_sql("x'y");
+        assert!(sql.contains("PASSWORD 'x''y';"));
+        assert!(sql.starts_with("SET log_statement = 'none';"));
+    }
+
+    #[test]
+    fn include_is_added_once() {
+        let once = with_include("port = 5432").unwrap();
+        assert!(once.ends_with("include_if_exists = 'pgset.conf'\n"));
+        assert_eq!(with_include(&once), None);
+    }
+
+    #[test]
+    fn hba_uses_scram_for_tcp() {
+        let h = pg_hba();
+        assert!(h.contains("host    replication  replicator  all      scram-sha-256"));
+        assert!(!h.contains("md5"));
+    }
+}
