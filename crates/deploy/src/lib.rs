@@ -8,13 +8,13 @@
 pub mod apply;
 pub mod rbac;
 pub mod render;
-// pub mod rollout;
-// pub mod scale;
+pub mod rollout;
+pub mod scale;
 pub mod secret;
 pub mod services;
 pub mod statefulset;
 pub mod storage;
-// pub mod teardown;
+pub mod teardown;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

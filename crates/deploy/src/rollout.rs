@@ -1,0 +1,370 @@
+//! Waiting for the StatefulSet's ordered rollout: one progress line per member as it becomes
+//! Ready (with how long it took), and on timeout the state of the member that holds it up.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ContainerStatus, Event, Pod};
+use kube::api::ListParams;
+use kube::{Api, Client};
+use pgset_spec::{ClusterSpec, ordinal_of};
+use tokio::time::Instant;
+
+use crate::{Error, Result, selector_string};
+
+/// How often the StatefulSet and its pods are read while waiting.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// Budget for collecting the diagnosis after a timeout.
+const DIAGNOSIS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Label the StatefulSet controller puts on each pod: the revision it was created from.
+const REVISION_LABEL: &str = "controller-revision-hash";
+
+/// How a rollout went: each member and how long it took to become Ready.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutReport {
+    /// `(pod name, time from first seen to Ready)`; `None` when it was Ready already.
+    pub members: Vec<(String, Option<Duration>)>,
+    /// Time from the start of the wait until every member was Ready.
+    pub total: Duration,
+}
+
+/// The first reported Ready condition of a pod.
+pub fn pod_is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn pod_ordinal(pod: &Pod) -> Option<i32> {
+    ordinal_of(pod.metadata.name.as_deref()?)
+}
+
+/// True when `pod` is Ready, not being deleted, and (when the StatefulSet names one) created
+/// from the current revision.
+fn member_done(pod: &Pod, update_revision: Option<&str>) -> bool {
+    let current = match update_revision {
+        Some(rev) => pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(REVISION_LABEL))
+            .is_some_and(|r| r == rev),
+        None => true,
+    };
+    current && pod.metadata.deletion_timestamp.is_none() && pod_is_ready(pod)
+}
+
+/// True when the StatefulSet reports `replicas` members, all Ready and at its current revision.
+fn statefulset_settled(sts: &StatefulSet, replicas: i32) -> bool {
+    let generation = sts.metadata.generation.unwrap_or(0);
+    let Some(status) = sts.status.as_ref() else {
+        return false;
+    };
+    status.observed_generation.unwrap_or(0) >= generation
+        && status.replicas == replicas
+        && status.ready_replicas.unwrap_or(0) == replicas
+        && status.updated_replicas.unwrap_or(0) == replicas
+}
+
+struct Snapshot {
+    statefulset: Option<StatefulSet>,
+    pods: BTreeMap<i32, Pod>,
+}
+
+async fn snapshot(client: &Client, spec: &ClusterSpec) -> Result<Snapshot> {
+    let ns = spec.namespace.as_str();
+    let name = spec.statefulset_name();
+    let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let statefulset =
+        sts_api
+            .get_opt(name)
+            .await
+            .map_err(Error::api("get", "StatefulSet", name, ns))?;
+    let selector = selector_string(spec);
+    let list = pod_api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::api("list", "Pod", &selector, ns))?;
+    let pods = list
+        .items
+        .into_iter()
+        .filter_map(|p| pod_ordinal(&p).map(|o| (o, p)))
+        .collect();
+    Ok(Snapshot { statefulset, pods })
+}
+
+/// Waits until the StatefulSet has exactly `replicas` members, all Ready at its current
+/// revision, and no member above them. Reports each member as it becomes Ready, and the
+/// member holding the rollout up whenever its state changes. Fails after `timeout` with the
+/// state of that member.
+pub async fn wait_for_rollout(
+    client: &Client,
+    spec: &ClusterSpec,
+    replicas: i32,
+    timeout: Duration,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<RolloutReport> {
+    let started = Instant::now();
+    let mut first_seen: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut reported: Vec<(String, Option<Duration>)> = Vec::new();
+    let mut last_hold_up = String::new();
+    let mut first_poll = true;
+    let waiting = async {
+        loop {
+            let snap = snapshot(client, spec).await?;
+            let update_revision = snap
+                .statefulset
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .and_then(|s| s.update_revision.clone());
+            for ordinal in 0..replicas {
+                let Some(pod) = snap.pods.get(&ordinal) else {
+                    continue;
+                };
+                let name = spec.pod_name(ordinal);
+                if reported.iter().any(|(n, _)| *n == name) {
+                    continue;
+                }
+                if member_done(pod, update_revision.as_deref()) {
+                    let took = first_seen.get(&name).map(|t| t.elapsed());
+                    match took {
+                        Some(d) => progress(&format!(
+                            "{name} Ready after {:.1}s (at +{:.1}s)",
+                            d.as_secs_f64(),
+                            started.elapsed().as_secs_f64()
+                        )),
+                        None if first_poll => progress(&format!("{name} Ready (already)")),
+                        None => progress(&format!(
+                            "{name} Ready (at +{:.1}s)",
+                            started.elapsed().as_secs_f64()
+                        )),
+                    }
+                    reported.push((name, took));
+                } else {
+                    first_seen.entry(name).or_insert_with(Instant::now);
+                }
+            }
+            first_poll = false;
+            let extra_members = snap.pods.keys().any(|o| *o >= replicas);
+            let settled = snap
+                .statefulset
+                .as_ref()
+                .is_some_and(|s| statefulset_settled(s, replicas));
+            if settled && !extra_members && reported.len() == replicas as usize {
+                return Ok::<(), Error>(());
+            }
+            let hold_up = hold_up(spec, &snap, replicas, update_revision.as_deref());
+            if hold_up != last_hold_up {
+                progress(&format!("waiting: {hold_up}"));
+                last_hold_up = hold_up;
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    };
+    match tokio::time::timeout(timeout, waiting).await {
+        Ok(result) => {
+            result?;
+            Ok(RolloutReport {
+                members: reported,
+                total: started.elapsed(),
+            })
+        }
+        Err(_) => Err(Error::Timeout {
+            what: format!(
+                "StatefulSet {} in namespace {} to have {replicas} Ready members",
+                spec.statefulset_name(),
+                spec.namespace
+            ),
+            waited: timeout,
+            status: diagnose(client, spec, replicas).await,
+        }),
+    }
+}
+
+/// One line naming the member the rollout waits for and its state.
+fn hold_up(
+    spec: &ClusterSpec,
+    snap: &Snapshot,
+    replicas: i32,
+    update_revision: Option<&str>,
+) -> String {
+    let Some(sts) = &snap.statefulset else {
+        return format!("StatefulSet {} does not exist", spec.statefulset_name());
+    };
+    for ordinal in 0..replicas {
+        let name = spec.pod_name(ordinal);
+        match snap.pods.get(&ordinal) {
+            None => {
+                return format!("pod {name} not created yet ({})", statefulset_summary(sts));
+            }
+            Some(pod) if !member_done(pod, update_revision) => {
+                return format!("pod {name}: {}", describe_pod(pod));
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some((_, pod)) = snap.pods.iter().find(|(o, _)| **o >= replicas) {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        return format!(
+            "pod {name} still exists (scaling down): {}",
+            describe_pod(pod)
+        );
+    }
+    format!(
+        "StatefulSet status catching up ({})",
+        statefulset_summary(sts)
+    )
+}
+
+fn statefulset_summary(sts: &StatefulSet) -> String {
+    let desired = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    match &sts.status {
+        Some(s) => format!(
+            "StatefulSet: {desired} desired, {} created, {} ready, {} updated",
+            s.replicas,
+            s.ready_replicas.unwrap_or(0),
+            s.updated_replicas.unwrap_or(0)
+        ),
+        None => format!("StatefulSet: {desired} desired, no status yet"),
+    }
+}
+
+fn describe_container(kind: &str, c: &ContainerStatus) -> Option<String> {
+    let state = c.state.as_ref();
+    let mut parts = Vec::new();
+    if let Some(w) = state.and_then(|s| s.waiting.as_ref()) {
+        let reason = w.reason.clone().unwrap_or_else(|| "Waiting".into());
+        match w.message.as_deref().filter(|m| !m.is_empty()) {
+            Some(m) => parts.push(format!("waiting: {reason}: {}", shorten(m))),
+            None => parts.push(format!("waiting: {reason}")),
+        }
+    } else if let Some(t) = state.and_then(|s| s.terminated.as_ref()) {
+        parts.push(format!(
+            "terminated: {} (exit {})",
+            t.reason.clone().unwrap_or_default(),
+            t.exit_code
+        ));
+    } else if state.and_then(|s| s.running.as_ref()).is_some() && !c.ready {
+        parts.push("running, not ready".into());
+    }
+    if let Some(t) = c.last_state.as_ref().and_then(|s| s.terminated.as_ref()) {
+        let mut last = format!(
+            "last exit {} ({})",
+            t.exit_code,
+            t.reason.clone().unwrap_or_default()
+        );
+        if let Some(m) = t.message.as_deref().filter(|m| !m.is_empty()) {
+            last.push_str(&format!(": {}", shorten(m)));
+        }
+        parts.push(last);
+    }
+    if c.restart_count > 0 {
+        parts.push(format!("{} restarts", c.restart_count));
+    }
+    (!parts.is_empty()).then(|| format!("{kind} {} {}", c.name, parts.join(", ")))
+}
+
+/// A pod's state in one line: phase, the conditions that are not True, containers waiting or
+/// failing.
+pub fn describe_pod(pod: &Pod) -> String {
+    let Some(status) = &pod.status else {
+        return "no status yet".into();
+    };
+    let mut parts = vec![status.phase.clone().unwrap_or_else(|| "Unknown".into())];
+    if pod.metadata.deletion_timestamp.is_some() {
+        parts.push("terminating".into());
+    }
+    for c in status.conditions.iter().flatten() {
+        if c.status != "True" {
+            let mut s = format!("{}={}", c.type_, c.status);
+            if let Some(r) = &c.reason {
+                s.push_str(&format!(" ({r}"));
+                if let Some(m) = c.message.as_deref().filter(|m| !m.is_empty()) {
+                    s.push_str(&format!(": {}", shorten(m)));
+                }
+                s.push(')');
+            }
+            parts.push(s);
+        }
+    }
+    for c in status.init_container_statuses.iter().flatten() {
+        parts.extend(describe_container("init container", c));
+    }
+    for c in status.container_statuses.iter().flatten() {
+        parts.extend(describe_container("container", c));
+    }
+    parts.join("; ")
+}
+
+fn shorten(message: &str) -> String {
+    let one_line = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() > 300 {
+        let cut: String = one_line.chars().take(300).collect();
+        format!("{cut}…")
+    } else {
+        one_line
+    }
+}
+
+/// The state of the member holding the rollout up, with its last event, for a timeout error.
+async fn diagnose(client: &Client, spec: &ClusterSpec, replicas: i32) -> String {
+    let work = async {
+        let snap = match snapshot(client, spec).await {
+            Ok(s) => s,
+            Err(e) => return format!("could not read the state: {e}"),
+        };
+        let update_revision = snap
+            .statefulset
+            .as_ref()
+            .and_then(|s| s.status.as_ref())
+            .and_then(|s| s.update_revision.clone());
+        let mut line = hold_up(spec, &snap, replicas, update_revision.as_deref());
+        let culprit = (0..replicas)
+            .find(|o| {
+                snap.pods
+                    .get(o)
+                    .is_none_or(|p| !member_done(p, update_revision.as_deref()))
+            })
+            .and_then(|o| snap.pods.get(&o))
+            .or_else(|| {
+                snap.pods
+                    .iter()
+                    .find(|(o, _)| **o >= replicas)
+                    .map(|(_, p)| p)
+            });
+        if let Some(name) = culprit.and_then(|p| p.metadata.name.clone())
+            && let Some(event) = last_event(client, &spec.namespace, &name).await
+        {
+            line.push_str(&format!("; last event: {event}"));
+        }
+        line
+    };
+    tokio::time::timeout(DIAGNOSIS_TIMEOUT, work)
+        .await
+        .unwrap_or_else(|_| "the cluster did not answer in time to say why".into())
+}
+
+/// The most recent event about pod `name`, as `Type Reason: message`.
+async fn last_event(client: &Client, namespace: &str, name: &str) -> Option<String> {
+    let api: Api<Event> = Api::namespaced(client.clone(), namespace);
+    let params = ListParams::default().fields(&format!(
+        "involvedObject.kind=Pod,involvedObject.name={name}"
+    ));
+    let events = api.list(&params).await.ok()?.items;
+    let latest = events.into_iter().max_by_key(|e| {
+        e.last_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .or_else(|| e.event_time.as_ref().map(|t| t.0))
+            .or_else(|| e.metadata.creation_timestamp.as_ref().map(|t| t.0))
+    })?;
+    Some(format!(
+        "{} {}: {}",
+        latest.type_.unwrap_or_default(),
+        latest.reason.unwrap_or_default(),
+        shorten(&latest.message.unwrap_or_default())
+    ))
+}

@@ -1,0 +1,353 @@
+//! Taking a cluster off: scale to 0 and wait for the pods to go, then delete the objects in
+//! the reverse of the apply order. Claims, PersistentVolumes and the Secret (whose passwords
+//! belong to the data) stay unless purging.
+
+use std::fmt::Debug;
+use std::time::Duration;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{
+    PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
+};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{DeleteParams, ListParams};
+use kube::{Api, Client, Resource};
+use pgset_spec::ClusterSpec;
+use pgset_spec::contract::{APP_NAME, labels};
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+
+use crate::apply::kind_of;
+use crate::rollout::POLL_INTERVAL;
+use crate::scale::set_replicas;
+use crate::{Error, Result, is_status, selector_string};
+
+/// Whether the user's data goes too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purge {
+    /// Keep claims, PersistentVolumes and the Secret.
+    Keep,
+    /// Delete them as well (`--purge --yes`).
+    Everything,
+}
+
+/// A time budget shared by the waits of one teardown.
+struct Deadline {
+    end: Instant,
+    total: Duration,
+}
+
+impl Deadline {
+    fn new(total: Duration) -> Deadline {
+        Deadline {
+            end: Instant::now() + total,
+            total,
+        }
+    }
+
+    fn remaining(&self) -> Duration {
+        self.end.saturating_duration_since(Instant::now())
+    }
+}
+
+/// Deletes one namespaced object; `Ok(false)` when it was already absent.
+async fn delete_named<K>(client: &Client, namespace: &str, name: &str) -> Result<bool>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + DeserializeOwned
+        + Clone
+        + Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(true),
+        Err(e) if is_status(&e, 404) => Ok(false),
+        Err(e) => Err(Error::api("delete", kind_of::<K>(), name, namespace)(e)),
+    }
+}
+
+async fn delete_reporting<K>(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<()>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + DeserializeOwned
+        + Clone
+        + Debug,
+{
+    let kind = kind_of::<K>();
+    if delete_named::<K>(client, namespace, name).await? {
+        progress(&format!("deleted {kind} {name}"));
+    } else {
+        progress(&format!("{kind} {name} already absent"));
+    }
+    Ok(())
+}
+
+/// Polls `still_there` until it returns an empty list or the deadline passes.
+async fn wait_until_gone<F, Fut>(
+    what: String,
+    deadline: &Deadline,
+    mut still_there: F,
+) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Vec<String>>>,
+{
+    let mut last: Vec<String> = Vec::new();
+    let polling = async {
+        loop {
+            let left = still_there().await?;
+            if left.is_empty() {
+                return Ok::<(), Error>(());
+            }
+            last = left;
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    };
+    match tokio::time::timeout(deadline.remaining(), polling).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::Timeout {
+            what,
+            waited: deadline.total,
+            status: format!("still present: {}", last.join(", ")),
+        }),
+    }
+}
+
+fn names<K: Resource>(items: &[K]) -> Vec<String> {
+    items.iter().filter_map(|o| o.meta().name.clone()).collect()
+}
+
+/// This cluster's claims: those carrying its selector labels (the shared claim and the
+/// StatefulSet's per-member claims), plus the shared claim by name.
+async fn cluster_claims(client: &Client, spec: &ClusterSpec) -> Result<Vec<String>> {
+    let ns = spec.namespace.as_str();
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let selector = selector_string(spec);
+    let list = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::api("list", "PersistentVolumeClaim", &selector, ns))?;
+    let mut found = names(&list.items);
+    let shared = spec.shared_claim_name();
+    if !found.contains(&shared)
+        && api
+            .get_opt(&shared)
+            .await
+            .map_err(Error::api("get", "PersistentVolumeClaim", &shared, ns))?
+            .is_some()
+    {
+        found.push(shared);
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// pgset's PersistentVolumes of this cluster: labelled managed-by=pgset and instance=<name>,
+/// and either bound (or pre-bound) to a claim of this namespace, or unbound with a name this
+/// spec gives its volumes. PersistentVolumes of other clusters are never selected.
+pub fn is_cluster_volume(spec: &ClusterSpec, pv: &PersistentVolume) -> bool {
+    let labels_match = pv.metadata.labels.as_ref().is_some_and(|l| {
+        l.get(labels::MANAGED_BY).map(String::as_str) == Some(APP_NAME)
+            && l.get(labels::INSTANCE) == Some(&spec.name)
+    });
+    if !labels_match {
+        return false;
+    }
+    let name = pv.metadata.name.clone().unwrap_or_default();
+    match pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) {
+        Some(claim) => claim.namespace.as_deref() == Some(spec.namespace.as_str()),
+        None => {
+            spec.shared_pv_names().contains(&name)
+                || (0..pgset_spec::MAX_REPLICAS).any(|o| spec.member_pv_name(o) == name)
+        }
+    }
+}
+
+async fn cluster_volumes(client: &Client, spec: &ClusterSpec) -> Result<Vec<String>> {
+    let api: Api<PersistentVolume> = Api::all(client.clone());
+    let selector = format!(
+        "{}={APP_NAME},{}={}",
+        labels::MANAGED_BY,
+        labels::INSTANCE,
+        spec.name
+    );
+    let list = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::api("list", "PersistentVolume", &selector, "-"))?;
+    let mut found: Vec<String> = list
+        .items
+        .iter()
+        .filter(|pv| is_cluster_volume(spec, pv))
+        .filter_map(|pv| pv.metadata.name.clone())
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+async fn cluster_pods(client: &Client, spec: &ClusterSpec) -> Result<Vec<String>> {
+    let ns = spec.namespace.as_str();
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let selector = selector_string(spec);
+    let list = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::api("list", "Pod", &selector, ns))?;
+    Ok(names(&list.items))
+}
+
+/// Takes the cluster off: scale to 0 and wait (up to `timeout` for the whole teardown), then
+/// delete StatefulSet, (claims and PersistentVolumes when purging), Services, (Secret when
+/// purging), RBAC. Objects already absent are fine: a second run changes nothing.
+pub async fn down(
+    client: &Client,
+    spec: &ClusterSpec,
+    purge: Purge,
+    timeout: Duration,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<()> {
+    let deadline = Deadline::new(timeout);
+    let ns = spec.namespace.as_str();
+    let sts_name = spec.statefulset_name();
+
+    match set_replicas(client, spec, 0).await {
+        Ok(0) => progress(&format!("StatefulSet {sts_name} already at 0 members")),
+        Ok(from) => progress(&format!("StatefulSet {sts_name}: {from} -> 0 members")),
+        Err(Error::NotDeployed { .. }) => progress(&format!("StatefulSet {sts_name} absent")),
+        Err(e) => return Err(e),
+    }
+    let started = Instant::now();
+    wait_until_gone(
+        format!("the pods of {sts_name} in namespace {ns} to stop"),
+        &deadline,
+        || cluster_pods(client, spec),
+    )
+    .await?;
+    progress(&format!(
+        "all pods stopped after {:.1}s",
+        started.elapsed().as_secs_f64()
+    ));
+    delete_reporting::<StatefulSet>(client, ns, sts_name, progress).await?;
+
+    match purge {
+        Purge::Everything => {
+            let claims = cluster_claims(client, spec).await?;
+            for claim in &claims {
+                delete_reporting::<PersistentVolumeClaim>(client, ns, claim, progress).await?;
+            }
+            wait_until_gone(
+                format!("the claims of {sts_name} in namespace {ns} to be deleted"),
+                &deadline,
+                || cluster_claims(client, spec),
+            )
+            .await?;
+            let api: Api<PersistentVolume> = Api::all(client.clone());
+            for pv in cluster_volumes(client, spec).await? {
+                match api.delete(&pv, &DeleteParams::default()).await {
+                    Ok(_) => progress(&format!("deleted PersistentVolume {pv}")),
+                    Err(e) if is_status(&e, 404) => {}
+                    Err(e) => return Err(Error::api("delete", "PersistentVolume", &pv, "-")(e)),
+                }
+            }
+            wait_until_gone(
+                format!("the PersistentVolumes of {sts_name} to be deleted"),
+                &deadline,
+                || cluster_volumes(client, spec),
+            )
+            .await?;
+        }
+        Purge::Keep => {
+            for claim in cluster_claims(client, spec).await? {
+                progress(&format!(
+                    "kept PersistentVolumeClaim {claim} (data stays; --purge --yes deletes it)"
+                ));
+            }
+        }
+    }
+
+    for service in [
+        spec.replica_service_name(),
+        spec.master_service_name(),
+        spec.headless_service_name().to_string(),
+    ] {
+        delete_reporting::<Service>(client, ns, &service, progress).await?;
+    }
+    match purge {
+        Purge::Everything => {
+            delete_reporting::<Secret>(client, ns, &spec.secret_name(), progress).await?;
+        }
+        Purge::Keep => progress(&format!(
+            "kept Secret {} (its passwords belong to the data; --purge --yes deletes it)",
+            spec.secret_name()
+        )),
+    }
+    delete_reporting::<RoleBinding>(client, ns, &spec.role_name(), progress).await?;
+    delete_reporting::<Role>(client, ns, &spec.role_name(), progress).await?;
+    delete_reporting::<ServiceAccount>(client, ns, &spec.service_account_name(), progress).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::named_spec;
+    use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn pv(name: &str, instance: &str, claim_ns: Option<&str>) -> PersistentVolume {
+        PersistentVolume {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some(
+                    [
+                        (labels::MANAGED_BY.to_string(), APP_NAME.to_string()),
+                        (labels::INSTANCE.to_string(), instance.to_string()),
+                    ]
+                    .into(),
+                ),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PersistentVolumeSpec {
+                claim_ref: claim_ns.map(|ns| ObjectReference {
+                    namespace: Some(ns.into()),
+                    name: Some("data-db-0".into()),
+                    ..ObjectReference::default()
+                }),
+                ..PersistentVolumeSpec::default()
+            }),
+            status: None,
+        }
+    }
+
+    #[test]
+    fn only_this_clusters_volumes_are_selected() {
+        let spec = named_spec("db", "prod");
+        assert!(is_cluster_volume(
+            &spec,
+            &pv("db-prod-0", "db", Some("prod"))
+        ));
+        assert!(is_cluster_volume(&spec, &pv("pv1", "db", None)));
+        assert!(is_cluster_volume(&spec, &pv("db-prod-3", "db", None)));
+        // Same cluster name in another namespace.
+        assert!(!is_cluster_volume(
+            &spec,
+            &pv("db-test-0", "db", Some("test"))
+        ));
+        assert!(!is_cluster_volume(&spec, &pv("db-test-0", "db", None)));
+        // Another cluster.
+        assert!(!is_cluster_volume(
+            &spec,
+            &pv("other-prod-0", "other", Some("prod"))
+        ));
+        // Not pgset's.
+        let mut foreign = pv("db-prod-1", "db", Some("prod"));
+        foreign.metadata.labels = None;
+        assert!(!is_cluster_volume(&spec, &foreign));
+    }
+}

@@ -1,0 +1,618 @@
+//! The Kubernetes edge against a mock API server: apply order, field manager, the Secret's
+//! get-or-create, scale, rollout waits and teardown.
+
+mod mock_api;
+
+use std::time::Duration;
+
+use mock_api::{Call, echo_with_version, mock_client, not_found, query_pairs};
+use pgset_deploy::apply::{ApplyMode, deploy};
+use pgset_deploy::rollout::wait_for_rollout;
+use pgset_deploy::scale::scale;
+use pgset_deploy::teardown::{Purge, down};
+use pgset_spec::{ClusterSpec, StorageMode};
+use serde_json::{Value, json};
+
+const NS: &str = "default";
+
+fn spec() -> ClusterSpec {
+    let s = ClusterSpec::default();
+    s.validate().unwrap();
+    s
+}
+
+fn existing_secret() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "pgset-secret", "namespace": NS, "resourceVersion": "7"},
+        "type": "Opaque",
+        "data": {"superuser-password": "b2xkLXN1cGVy", "replication-password": "b2xkLXJlcGw="}
+    })
+}
+
+/// A handler for deploy: applies echo, the Secret is `secret` (absent when `None`).
+fn deploy_handler(secret: Option<Value>) -> impl FnMut(&Call) -> (u16, Value) + Send + 'static {
+    move |call: &Call| {
+        let secret_path = format!("/api/v1/namespaces/{NS}/secrets/pgset-secret");
+        match (call.method.as_str(), call.path.as_str()) {
+            ("GET", p) if p == secret_path => match &secret {
+                Some(s) => (200, s.clone()),
+                None => not_found(p),
+            },
+            ("POST", p) if p == format!("/api/v1/namespaces/{NS}/secrets") => {
+                echo_with_version(call, "1")
+            }
+            ("PATCH", _) => echo_with_version(call, "1"),
+            (_, p) => panic!("unexpected request {} {p}", call.method),
+        }
+    }
+}
+
+#[tokio::test]
+async fn deploy_applies_in_order_with_pgsets_field_manager_and_creates_the_secret() {
+    let (client, calls) = mock_client(deploy_handler(None));
+    let mut lines = Vec::new();
+    deploy(&client, &spec(), ApplyMode::Apply, &mut |l: &str| {
+        lines.push(l.to_string())
+    })
+    .await
+    .unwrap();
+    let calls = calls.lock().unwrap().clone();
+    let order: Vec<String> = calls.iter().map(Call::line).collect();
+    assert_eq!(
+        order,
+        [
+            "PATCH /api/v1/namespaces/default/serviceaccounts/pgset-sa",
+            "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/default/roles/pgset-agent",
+            "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings/pgset-agent",
+            "GET /api/v1/namespaces/default/secrets/pgset-secret",
+            "POST /api/v1/namespaces/default/secrets",
+            "PATCH /api/v1/namespaces/default/services/pgset",
+            "PATCH /api/v1/namespaces/default/services/pgset-master",
+            "PATCH /api/v1/namespaces/default/services/pgset-replica",
+            "PATCH /api/v1/namespaces/default/persistentvolumeclaims/pgset-pvc",
+            "PATCH /apis/apps/v1/namespaces/default/statefulsets/pgset",
+        ]
+    );
+    for call in calls.iter().filter(|c| c.method == "PATCH") {
+        let q = query_pairs(call);
+        assert!(q.contains(&"fieldManager=pgset".to_string()), "{q:?}");
+        assert!(q.contains(&"force=true".to_string()), "{q:?}");
+        assert!(!call.query.contains("dryRun"), "{q:?}");
+        assert_eq!(call.content_type, "application/apply-patch+yaml");
+        assert_eq!(call.body["metadata"]["namespace"], NS);
+    }
+    let create = calls.iter().find(|c| c.method == "POST").unwrap();
+    assert!(query_pairs(create).contains(&"fieldManager=pgset".to_string()));
+    let data = &create.body["data"];
+    for key in ["superuser-password", "replication-password"] {
+        let encoded = data[key].as_str().unwrap();
+        assert!(
+            encoded.len() >= 40,
+            "32 random characters, base64: {encoded}"
+        );
+    }
+    assert_ne!(data["superuser-password"], data["replication-password"]);
+    // No password in what the user sees.
+    let shown = lines.join("\n");
+    assert!(shown.contains("created Secret pgset-secret"));
+    assert!(!shown.contains(data["superuser-password"].as_str().unwrap()));
+}
+
+#[tokio::test]
+async fn second_deploy_keeps_the_existing_secret_untouched() {
+    let (client, calls) = mock_client(deploy_handler(Some(existing_secret())));
+    let mut lines = Vec::new();
+    deploy(&client, &spec(), ApplyMode::Apply, &mut |l: &str| {
+        lines.push(l.to_string())
+    })
+    .await
+    .unwrap();
+    let calls = calls.lock().unwrap().clone();
+    let secret_calls: Vec<String> = calls
+        .iter()
+        .filter(|c| c.path.contains("/secrets"))
+        .map(Call::line)
+        .collect();
+    assert_eq!(
+        secret_calls,
+        ["GET /api/v1/namespaces/default/secrets/pgset-secret"]
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("kept Secret pgset-secret"))
+    );
+    // Everything else is still applied.
+    assert_eq!(calls.iter().filter(|c| c.method == "PATCH").count(), 8);
+}
+
+#[tokio::test]
+async fn an_incomplete_secret_stops_the_deploy_before_anything_that_uses_it() {
+    let mut broken = existing_secret();
+    broken["data"]
+        .as_object_mut()
+        .unwrap()
+        .remove("replication-password");
+    let (client, calls) = mock_client(deploy_handler(Some(broken)));
+    let err = deploy(&client, &spec(), ApplyMode::Apply, &mut |_: &str| {})
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("replication-password"), "{msg}");
+    assert!(msg.contains("never overwrites"), "{msg}");
+    let calls = calls.lock().unwrap().clone();
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.path.contains("/secrets") && c.is_write())
+    );
+    assert!(!calls.iter().any(|c| c.path.contains("statefulsets")));
+}
+
+#[tokio::test]
+async fn server_dry_run_sends_dry_run_on_every_write() {
+    let (client, calls) = mock_client(deploy_handler(None));
+    deploy(&client, &spec(), ApplyMode::ServerDryRun, &mut |_: &str| {})
+        .await
+        .unwrap();
+    let calls = calls.lock().unwrap().clone();
+    let writes: Vec<&Call> = calls.iter().filter(|c| c.is_write()).collect();
+    assert_eq!(writes.len(), 9);
+    for call in writes {
+        assert!(
+            query_pairs(call).contains(&"dryRun=All".to_string()),
+            "{} without dryRun: {}",
+            call.line(),
+            call.query
+        );
+    }
+}
+
+#[tokio::test]
+async fn templates_mode_applies_no_shared_claim() {
+    let mut s = spec();
+    s.storage.mode = StorageMode::Templates;
+    let (client, calls) = mock_client(deploy_handler(None));
+    deploy(&client, &s, ApplyMode::Apply, &mut |_: &str| {})
+        .await
+        .unwrap();
+    let calls = calls.lock().unwrap().clone();
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.path.contains("persistentvolumeclaims"))
+    );
+    let sts = calls
+        .iter()
+        .find(|c| c.path.ends_with("/statefulsets/pgset"))
+        .unwrap();
+    assert_eq!(
+        sts.body["spec"]["volumeClaimTemplates"][0]["metadata"]["name"],
+        "data"
+    );
+}
+
+// ---- rollout, scale and teardown ----
+
+fn pod(ordinal: i32, ready: bool, revision: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": format!("pgset-{ordinal}"), "namespace": NS,
+            "labels": {"app.kubernetes.io/name": "pgset", "app.kubernetes.io/instance": "pgset",
+                       "controller-revision-hash": revision}
+        },
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" },
+                            "reason": if ready { Value::Null } else { json!("ContainersNotReady") },
+                            "message": if ready { Value::Null } else { json!("containers with unready status: [postgres]") }}],
+            "containerStatuses": [{
+                "name": "postgres", "ready": ready, "restartCount": 0, "image": "postgres:18",
+                "imageID": "", "state": {"running": {}}
+            }]
+        }
+    })
+}
+
+fn statefulset(desired: i32, created: i32, ready: i32) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "pgset", "namespace": NS, "generation": 1},
+        "spec": {"replicas": desired, "serviceName": "pgset",
+                 "selector": {"matchLabels": {"app.kubernetes.io/name": "pgset"}},
+                 "template": {}},
+        "status": {"observedGeneration": 1, "replicas": created, "readyReplicas": ready,
+                   "updatedReplicas": created, "currentRevision": "r1", "updateRevision": "r1"}
+    })
+}
+
+fn pod_list(pods: Vec<Value>) -> Value {
+    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods})
+}
+
+/// A StatefulSet growing to `target` members, one ordinal every two polls.
+fn growing_cluster(target: i32) -> impl FnMut(&Call) -> (u16, Value) + Send + 'static {
+    let mut polls = 0;
+    move |call: &Call| {
+        let ready = (polls / 2).min(target);
+        let created = (ready + 1).min(target);
+        match call.path.as_str() {
+            "/apis/apps/v1/namespaces/default/statefulsets/pgset" => {
+                (200, statefulset(target, created, ready))
+            }
+            "/api/v1/namespaces/default/pods" => {
+                polls += 1;
+                let pods = (0..created).map(|o| pod(o, o < ready, "r1")).collect();
+                (200, pod_list(pods))
+            }
+            p => panic!("unexpected {} {p}", call.method),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn rollout_reports_each_member_once_in_order() {
+    let (client, calls) = mock_client(growing_cluster(3));
+    let mut lines = Vec::new();
+    let report = wait_for_rollout(
+        &client,
+        &spec(),
+        3,
+        Duration::from_secs(60),
+        &mut |l: &str| lines.push(l.to_string()),
+    )
+    .await
+    .unwrap();
+    let names: Vec<&str> = report.members.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["pgset-0", "pgset-1", "pgset-2"]);
+    let ready_lines: Vec<&String> = lines.iter().filter(|l| l.starts_with("pgset-")).collect();
+    assert_eq!(ready_lines.len(), 3, "{lines:?}");
+    assert!(
+        ready_lines[0].starts_with("pgset-0 Ready after"),
+        "{lines:?}"
+    );
+    assert!(
+        ready_lines[2].starts_with("pgset-2 Ready after"),
+        "{lines:?}"
+    );
+    let calls = calls.lock().unwrap().clone();
+    let pod_list = calls.iter().find(|c| c.path.ends_with("/pods")).unwrap();
+    assert!(
+        pod_list.query.contains(
+            "labelSelector=app.kubernetes.io%2Fname%3Dpgset%2Capp.kubernetes.io%2Finstance%3Dpgset"
+        ),
+        "{}",
+        pod_list.query
+    );
+    assert!(calls.iter().all(|c| !c.is_write()), "waiting never writes");
+}
+
+#[tokio::test(start_paused = true)]
+async fn rollout_timeout_names_the_pod_its_state_and_last_event() {
+    let (client, _calls) = mock_client(|call: &Call| match call.path.as_str() {
+        "/apis/apps/v1/namespaces/default/statefulsets/pgset" => (200, statefulset(2, 2, 1)),
+        "/api/v1/namespaces/default/pods" => {
+            let mut stuck = pod(1, false, "r1");
+            stuck["status"]["containerStatuses"][0]["state"] = json!({
+                "waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}
+            });
+            stuck["status"]["containerStatuses"][0]["restartCount"] = json!(4);
+            (200, pod_list(vec![pod(0, true, "r1"), stuck]))
+        }
+        "/api/v1/namespaces/default/events" => {
+            assert!(call.query.contains("fieldSelector="), "{}", call.query);
+            (
+                200,
+                json!({"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": [
+                    {"metadata": {"name": "e1", "namespace": NS}, "involvedObject": {"name": "pgset-1"},
+                     "type": "Warning", "reason": "BackOff", "message": "Back-off restarting failed container",
+                     "lastTimestamp": "2026-01-01T00:00:02Z"},
+                    {"metadata": {"name": "e0", "namespace": NS}, "involvedObject": {"name": "pgset-1"},
+                     "type": "Normal", "reason": "Pulled", "message": "Container image already present",
+                     "lastTimestamp": "2026-01-01T00:00:01Z"}
+                ]}),
+            )
+        }
+        p => panic!("unexpected {} {p}", call.method),
+    });
+    let err = wait_for_rollout(
+        &client,
+        &spec(),
+        2,
+        Duration::from_secs(30),
+        &mut |_: &str| {},
+    )
+    .await
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("timed out after 30s"), "{msg}");
+    assert!(msg.contains("pod pgset-1"), "{msg}");
+    assert!(msg.contains("CrashLoopBackOff"), "{msg}");
+    assert!(msg.contains("4 restarts"), "{msg}");
+    assert!(msg.contains("last event: Warning BackOff"), "{msg}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn scale_patches_only_replicas_through_the_scale_subresource_then_waits() {
+    let mut grow = growing_cluster(3);
+    let mut scaled = false;
+    let (client, calls) = mock_client(move |call: &Call| {
+        if call.path.ends_with("/statefulsets/pgset/scale") {
+            scaled = true;
+            return (
+                200,
+                json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
+                                 "metadata": {"name": "pgset", "namespace": NS},
+                                 "spec": {"replicas": 3}}),
+            );
+        }
+        if !scaled && call.path.ends_with("/statefulsets/pgset") {
+            return (200, statefulset(2, 2, 2));
+        }
+        grow(call)
+    });
+    let outcome = scale(
+        &client,
+        &spec(),
+        3,
+        Some(Duration::from_secs(60)),
+        &mut |_: &str| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!((outcome.from, outcome.to), (2, 3));
+    assert_eq!(outcome.rollout.unwrap().members.len(), 3);
+    let calls = calls.lock().unwrap().clone();
+    let writes: Vec<&Call> = calls.iter().filter(|c| c.is_write()).collect();
+    assert_eq!(writes.len(), 1, "only the scale patch writes");
+    assert_eq!(
+        writes[0].line(),
+        "PATCH /apis/apps/v1/namespaces/default/statefulsets/pgset/scale"
+    );
+    assert_eq!(writes[0].body, json!({"spec": {"replicas": 3}}));
+    assert_eq!(writes[0].content_type, "application/merge-patch+json");
+    assert!(query_pairs(writes[0]).contains(&"fieldManager=pgset".to_string()));
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.path.contains("persistentvolumeclaims"))
+    );
+}
+
+#[tokio::test]
+async fn scale_of_an_absent_statefulset_says_to_deploy_first_and_writes_nothing() {
+    let (client, calls) = mock_client(|call: &Call| not_found(&call.path));
+    let err = scale(&client, &spec(), 3, None, &mut |_: &str| {})
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("run `cargo xtask deploy` first"),
+        "{err}"
+    );
+    assert!(calls.lock().unwrap().iter().all(|c| !c.is_write()));
+}
+
+/// A cluster with 2 running members that stop once scaled to 0, one claim per member and the
+/// shared claim, pgset's PVs and one PV of another namespace.
+fn running_cluster() -> impl FnMut(&Call) -> (u16, Value) + Send + 'static {
+    let mut scaled_to_zero = false;
+    let mut pod_polls_after_scale = 0;
+    let mut claims_deleted = false;
+    let mut pvs_deleted = false;
+    move |call: &Call| {
+        let p = call.path.as_str();
+        match (call.method.as_str(), p) {
+            ("GET", "/apis/apps/v1/namespaces/default/statefulsets/pgset") => {
+                (200, statefulset(if scaled_to_zero { 0 } else { 2 }, 2, 2))
+            }
+            ("PATCH", "/apis/apps/v1/namespaces/default/statefulsets/pgset/scale") => {
+                scaled_to_zero = true;
+                (
+                    200,
+                    json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
+                             "metadata": {"name": "pgset"}, "spec": {"replicas": 0}}),
+                )
+            }
+            ("GET", "/api/v1/namespaces/default/pods") => {
+                let pods = if scaled_to_zero {
+                    pod_polls_after_scale += 1;
+                    if pod_polls_after_scale < 3 {
+                        vec![pod(0, true, "r1")]
+                    } else {
+                        vec![]
+                    }
+                } else {
+                    vec![pod(0, true, "r1"), pod(1, true, "r1")]
+                };
+                (200, pod_list(pods))
+            }
+            ("GET", "/api/v1/namespaces/default/persistentvolumeclaims") => {
+                let items = if claims_deleted {
+                    vec![]
+                } else {
+                    vec![json!({"metadata": {"name": "pgset-pvc", "namespace": NS}})]
+                };
+                (
+                    200,
+                    json!({"apiVersion": "v1", "kind": "PersistentVolumeClaimList", "metadata": {}, "items": items}),
+                )
+            }
+            ("GET", "/api/v1/namespaces/default/persistentvolumeclaims/pgset-pvc") => {
+                if claims_deleted {
+                    not_found(p)
+                } else {
+                    (
+                        200,
+                        json!({"metadata": {"name": "pgset-pvc", "namespace": NS}}),
+                    )
+                }
+            }
+            ("DELETE", "/api/v1/namespaces/default/persistentvolumeclaims/pgset-pvc") => {
+                claims_deleted = true;
+                (
+                    200,
+                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
+                )
+            }
+            ("GET", "/api/v1/persistentvolumes") => {
+                assert!(call.query.contains("labelSelector="), "{}", call.query);
+                let labels = json!({"app.kubernetes.io/managed-by": "pgset", "app.kubernetes.io/instance": "pgset"});
+                let mut items = vec![
+                    json!({"metadata": {"name": "pgset-other-0", "labels": labels},
+                     "spec": {"claimRef": {"namespace": "other", "name": "data-pgset-0"}}}),
+                ];
+                if !pvs_deleted {
+                    items.push(json!({"metadata": {"name": "pv1", "labels": labels},
+                        "spec": {"claimRef": {"namespace": NS, "name": "pgset-pvc"}}}));
+                }
+                (
+                    200,
+                    json!({"apiVersion": "v1", "kind": "PersistentVolumeList", "metadata": {}, "items": items}),
+                )
+            }
+            ("DELETE", "/api/v1/persistentvolumes/pv1") => {
+                pvs_deleted = true;
+                (
+                    200,
+                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
+                )
+            }
+            ("DELETE", _) => (
+                200,
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
+            ),
+            (m, p) => panic!("unexpected {m} {p}"),
+        }
+    }
+}
+
+fn deletes(calls: &[Call]) -> Vec<String> {
+    calls
+        .iter()
+        .filter(|c| c.method == "DELETE")
+        .map(|c| {
+            c.path
+                .rsplit_once("/namespaces/default/")
+                .map_or(c.path.clone(), |(_, r)| r.to_string())
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn down_scales_to_zero_waits_then_deletes_in_reverse_and_keeps_data() {
+    let (client, calls) = mock_client(running_cluster());
+    let mut lines = Vec::new();
+    down(
+        &client,
+        &spec(),
+        Purge::Keep,
+        Duration::from_secs(60),
+        &mut |l: &str| lines.push(l.to_string()),
+    )
+    .await
+    .unwrap();
+    let calls = calls.lock().unwrap().clone();
+    let scale_at = calls
+        .iter()
+        .position(|c| c.path.ends_with("/scale"))
+        .unwrap();
+    let first_delete = calls.iter().position(|c| c.method == "DELETE").unwrap();
+    let last_pod_list = calls
+        .iter()
+        .rposition(|c| c.path.ends_with("/pods"))
+        .unwrap();
+    assert!(
+        scale_at < last_pod_list && last_pod_list < first_delete,
+        "scale, wait, then delete"
+    );
+    assert_eq!(
+        deletes(&calls),
+        [
+            "statefulsets/pgset",
+            "services/pgset-replica",
+            "services/pgset-master",
+            "services/pgset",
+            "rolebindings/pgset-agent",
+            "roles/pgset-agent",
+            "serviceaccounts/pgset-sa",
+        ]
+    );
+    assert!(!calls.iter().any(|c| c.method == "DELETE"
+        && (c.path.contains("persistentvolume") || c.path.contains("secrets"))));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("kept PersistentVolumeClaim pgset-pvc")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("kept Secret pgset-secret")),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn down_purge_deletes_claims_this_clusters_volumes_and_the_secret() {
+    let (client, calls) = mock_client(running_cluster());
+    down(
+        &client,
+        &spec(),
+        Purge::Everything,
+        Duration::from_secs(60),
+        &mut |_: &str| {},
+    )
+    .await
+    .unwrap();
+    let calls = calls.lock().unwrap().clone();
+    let d = deletes(&calls);
+    assert_eq!(
+        d,
+        [
+            "statefulsets/pgset",
+            "persistentvolumeclaims/pgset-pvc",
+            "/api/v1/persistentvolumes/pv1",
+            "services/pgset-replica",
+            "services/pgset-master",
+            "services/pgset",
+            "secrets/pgset-secret",
+            "rolebindings/pgset-agent",
+            "roles/pgset-agent",
+            "serviceaccounts/pgset-sa",
+        ]
+    );
+    assert!(
+        !d.iter().any(|p| p.contains("pgset-other-0")),
+        "another namespace's volume"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn down_of_an_absent_cluster_changes_nothing_and_succeeds() {
+    let (client, calls) = mock_client(|call: &Call| match call.method.as_str() {
+        "GET" if call.path.ends_with("/pods") => (200, pod_list(vec![])),
+        "GET" if call.path.ends_with("/persistentvolumeclaims") => (
+            200,
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaimList", "metadata": {}, "items": []}),
+        ),
+        _ => not_found(&call.path),
+    });
+    down(
+        &client,
+        &spec(),
+        Purge::Keep,
+        Duration::from_secs(10),
+        &mut |_: &str| {},
+    )
+    .await
+    .unwrap();
+    let calls = calls.lock().unwrap().clone();
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.method == "PATCH" || c.method == "POST")
+    );
+}
