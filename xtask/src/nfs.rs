@@ -1,12 +1,201 @@
-//! `cargo xtask nfs`.
+//! `cargo xtask nfs`: make this host the cluster's NFS server (probe → plan → apply), and the
+//! address and client detection shared with `cargo xtask volumes`.
 
-use anyhow::{Result, bail};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use kube::api::ListParams;
+use pgset_nfs::{
+    Duct, ExportClient, ExportOptions, HostAddresses, HostPaths, Step, clients_from_node_addresses,
+    nfs_server_address, parse_clients,
+};
+use pgset_spec::ClusterSpec;
+
+use crate::cli::{ClientArgs, SpecArgs, Stage};
+
+/// How long listing the cluster's nodes may take before the host's own network is used.
+const NODE_LIST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Arguments of `cargo xtask nfs`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Hosts allowed to mount the export: comma-separated IP addresses and CIDR networks, or
+    /// `*` for every host [default: the network of the cluster's nodes, else this host's
+    /// primary network]
+    #[arg(long, value_name = "CIDR,...")]
+    pub clients: Option<String>,
+    /// Probe the host and print the plan; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also print the read-only probe commands
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
 
 /// Runs the task.
-pub async fn run(_args: Args) -> Result<()> {
-    bail!("`cargo xtask nfs` is not built yet")
+pub async fn run(args: Args) -> Result<()> {
+    let spec = args.spec.load(&args.client)?;
+    let explicit_clients = args.clients.as_deref().map(parse_clients).transpose()?;
+    let runner = Duct {
+        log_probes: args.verbose,
+    };
+    let paths = HostPaths::default();
+
+    let stage = Stage::start("probe the host");
+    let facts = pgset_nfs::probe(&runner, &paths, &spec).context("probe the host")?;
+    stage.done(&facts.os.pretty_name);
+
+    let nodes = if explicit_clients.is_some() && spec.nfs.server.is_some() {
+        Vec::new()
+    } else {
+        node_addresses(&args.client).await?
+    };
+    let clients = match explicit_clients {
+        Some(c) => c,
+        None => default_clients(&nodes, &facts.addresses)?,
+    };
+    let options = ExportOptions { clients };
+    let steps = pgset_nfs::plan(&facts, &spec, &options).context("plan the NFS host")?;
+    print_plan(&spec, &options, &steps);
+    let server = server_address(&spec, &facts.addresses, &nodes);
+
+    if args.dry_run {
+        print_server(server.as_deref());
+        return Ok(());
+    }
+    if !steps.is_empty() {
+        let stage = Stage::start("configure the NFS host");
+        pgset_nfs::apply(&steps, &facts, &paths, &runner).context("configure the NFS host")?;
+        stage.done(&format!("{} step(s)", steps.len()));
+    }
+    pgset_nfs::verify_export(&runner, &spec.nfs.export, &options.clients)
+        .context("check the export with `exportfs -v`")?;
+    println!(
+        "{} is exported to {}",
+        spec.nfs.export.display(),
+        client_list(&options.clients)
+    );
+    print_server(server.as_deref());
+    Ok(())
+}
+
+fn print_plan(spec: &ClusterSpec, options: &ExportOptions, steps: &[Step]) {
+    if steps.is_empty() {
+        println!(
+            "nothing to change: {} is exported to {} and the NFS server runs",
+            spec.nfs.export.display(),
+            client_list(&options.clients)
+        );
+        return;
+    }
+    println!("plan ({} step(s)):", steps.len());
+    for (i, step) in steps.iter().enumerate() {
+        println!("  {}. {step}", i + 1);
+        for cmd in step.commands() {
+            println!("       $ {cmd}");
+        }
+    }
+}
+
+fn print_server(server: Option<&str>) {
+    match server {
+        Some(s) => println!("NFS server address for the volumes: {s}"),
+        None => println!(
+            "NFS server address for the volumes: not detected; pass --nfs-server ADDR to `cargo xtask volumes`"
+        ),
+    }
+}
+
+fn client_list(clients: &[ExportClient]) -> String {
+    clients
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The clients when `--clients` is not given: the cluster's node network, else this host's
+/// primary network (with a note saying so).
+fn default_clients(nodes: &[IpAddr], addresses: &HostAddresses) -> Result<Vec<ExportClient>> {
+    if !nodes.is_empty() {
+        return Ok(clients_from_node_addresses(nodes, &addresses.networks));
+    }
+    match addresses.primary_network() {
+        Some(net) => {
+            eprintln!(
+                "note: no cluster nodes known; allowing this host's primary network {net} (use --clients to choose)"
+            );
+            Ok(vec![ExportClient::Network(net)])
+        }
+        None => Err(pgset_nfs::Error::NoClients.into()),
+    }
+}
+
+/// The NFS server address the volumes name: `--nfs-server`/`nfs.server`, else this host's node
+/// address, else its primary address.
+pub(crate) fn server_address(
+    spec: &ClusterSpec,
+    addresses: &HostAddresses,
+    nodes: &[IpAddr],
+) -> Option<String> {
+    spec.nfs
+        .server
+        .clone()
+        .or_else(|| nfs_server_address(addresses, nodes).map(|a| a.to_string()))
+}
+
+/// The InternalIP addresses of the cluster's nodes. Without a kubeconfig (none named and none
+/// at the default places) or when an unnamed default cluster does not answer, a note is printed
+/// and the list is empty; a kubeconfig or context the user named must work.
+pub(crate) async fn node_addresses(client_args: &ClientArgs) -> Result<Vec<IpAddr>> {
+    let named = client_args.kubeconfig.is_some()
+        || client_args.context.is_some()
+        || std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty());
+    let listed = async {
+        let client = client_args.client().await?;
+        let nodes = tokio::time::timeout(
+            NODE_LIST_TIMEOUT,
+            Api::<Node>::all(client).list(&ListParams::default()),
+        )
+        .await
+        .context("list the cluster's nodes: no answer")?
+        .context("list the cluster's nodes")?;
+        Ok::<_, anyhow::Error>(nodes)
+    }
+    .await;
+    let nodes = match listed {
+        Ok(n) => n,
+        Err(e) if !named => {
+            eprintln!("note: no cluster to ask for node addresses ({e:#})");
+            return Ok(Vec::new());
+        }
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for node in nodes {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        for a in node
+            .status
+            .and_then(|s| s.addresses)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| a.type_ == "InternalIP")
+        {
+            match a.address.parse::<IpAddr>() {
+                Ok(ip) => out.push(ip),
+                Err(_) => bail!(
+                    "node {name} has an InternalIP {:?} that is not an IP address: pass --clients and --nfs-server",
+                    a.address
+                ),
+            }
+        }
+    }
+    Ok(out)
 }

@@ -1,0 +1,157 @@
+//! Applying a plan: host commands through the runner, directories and `/etc/exports` by file
+//! operations (atomic write with a backup); then `exportfs -v` must show the export.
+
+use std::fs::{self, OpenOptions, Permissions};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::unistd::{Gid, Uid, chown};
+
+use crate::clients::ExportClient;
+use crate::command::{CommandRunner, HostCommand};
+use crate::facts::{HostFacts, HostPaths, PathState};
+use crate::parse::parse_exportfs_verbose;
+use crate::plan::{Step, missing_live_clients};
+use crate::{Error, Result};
+
+/// Performs `steps` in order. Needs root unless there is nothing to do; refuses before any
+/// change otherwise.
+pub fn apply(
+    steps: &[Step],
+    facts: &HostFacts,
+    paths: &HostPaths,
+    runner: &dyn CommandRunner,
+) -> Result<()> {
+    if steps.is_empty() {
+        return Ok(());
+    }
+    if !facts.is_root {
+        return Err(Error::NotRoot { steps: steps.len() });
+    }
+    for step in steps {
+        eprintln!("==> {step}");
+        match step {
+            Step::EnsureDirectory {
+                path,
+                uid,
+                gid,
+                mode,
+                current,
+            } => ensure_directory(&paths.host(path), *uid, *gid, *mode, *current)?,
+            Step::WriteExports { contents, .. } => write_exports(paths, contents)?,
+            _ => {}
+        }
+        for cmd in step.commands() {
+            runner.run(&cmd)?;
+        }
+    }
+    Ok(())
+}
+
+fn file_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_path_buf();
+    move |source| Error::File {
+        action,
+        path,
+        source,
+    }
+}
+
+fn ensure_directory(path: &Path, uid: u32, gid: u32, mode: u32, current: PathState) -> Result<()> {
+    if let PathState::NotDirectory { what } = current {
+        return Err(Error::ExportNotDirectory {
+            path: path.to_path_buf(),
+            what,
+        });
+    }
+    if current == PathState::Missing {
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(file_error("create", parent))?;
+        }
+        match fs::create_dir(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => {}
+            Err(e) => return Err(file_error("create", path)(e)),
+        }
+    }
+    chown(path, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+        .map_err(|e| file_error("change the owner of", path)(std::io::Error::from(e)))?;
+    fs::set_permissions(path, Permissions::from_mode(mode))
+        .map_err(file_error("change the mode of", path))?;
+    Ok(())
+}
+
+/// Writes the exports file atomically: the old file is copied to the backup, the new contents
+/// go to a temporary file in the same directory (same owner and mode as the old file), which is
+/// then renamed over it.
+fn write_exports(paths: &HostPaths, contents: &str) -> Result<()> {
+    let target = paths.exports();
+    let temp = paths.exports_temp();
+    let backup = paths.exports_backup();
+    let old = fs::metadata(&target).ok();
+    if old.is_some() {
+        fs::copy(&target, &backup).map_err(file_error("back up", &target))?;
+    }
+    let mode = old.as_ref().map_or(0o644, |m| m.mode() & 0o7777);
+    let _ = fs::remove_file(&temp);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&temp)
+        .map_err(file_error("create", &temp))?;
+    f.write_all(contents.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(file_error("write", &temp))?;
+    drop(f);
+    fs::set_permissions(&temp, Permissions::from_mode(mode))
+        .map_err(file_error("set the mode of", &temp))?;
+    if let Some(m) = &old {
+        chown(
+            &temp,
+            Some(Uid::from_raw(m.uid())),
+            Some(Gid::from_raw(m.gid())),
+        )
+        .map_err(|e| file_error("change the owner of", &temp)(std::io::Error::from(e)))?;
+    }
+    fs::rename(&temp, &target).map_err(file_error("replace", &target))?;
+    if let Some(dir) = target.parent() {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(file_error("sync", dir))?;
+    }
+    eprintln!(
+        "    wrote {} (previous version in {})",
+        target.display(),
+        if old.is_some() {
+            backup.display().to_string()
+        } else {
+            "none: the file was new".to_string()
+        }
+    );
+    Ok(())
+}
+
+/// Checks with `exportfs -v` that `export` is exported to every client with pgset's options.
+pub fn verify_export(
+    runner: &dyn CommandRunner,
+    export: &Path,
+    clients: &[ExportClient],
+) -> Result<()> {
+    let out = runner.run(&HostCommand::new("exportfs", ["-v"]))?;
+    let active = parse_exportfs_verbose(&out.stdout);
+    let missing = missing_live_clients(&active, export, clients);
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::ExportNotLive {
+            export: PathBuf::from(export),
+            missing: missing
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+}

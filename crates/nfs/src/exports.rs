@@ -1,0 +1,455 @@
+//! `/etc/exports` editing: pgset owns one block between marker comments; every byte outside it
+//! is kept as it was.
+
+use std::ops::Range;
+
+use pgset_spec::ClusterSpec;
+
+use crate::clients::ExportClient;
+
+/// Export options pgset writes: read-write, synchronous (PostgreSQL needs its fsyncs to reach
+/// the disk), no subtree checking, root squashed (the data belongs to the postgres uid).
+pub const EXPORT_OPTIONS: &str = "rw,sync,no_subtree_check,root_squash";
+
+fn begin_marker_prefix(cluster: &str) -> String {
+    format!("# BEGIN pgset cluster {cluster}:")
+}
+
+fn end_marker(cluster: &str) -> String {
+    format!("# END pgset cluster {cluster}")
+}
+
+/// The block pgset owns in `/etc/exports` for this cluster, each line ending in a newline.
+pub fn render_block(spec: &ClusterSpec, clients: &[ExportClient]) -> String {
+    let mut line = spec.nfs.export.display().to_string();
+    for c in clients {
+        line.push_str(&format!(" {c}({EXPORT_OPTIONS})"));
+    }
+    format!(
+        "{} managed by pgset (`cargo xtask nfs`); edits inside this block are replaced\n{line}\n{}\n",
+        begin_marker_prefix(&spec.name),
+        end_marker(&spec.name)
+    )
+}
+
+/// One export entry of the file (a logical line, continuation lines joined).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportEntry {
+    /// 1-based number of the entry's first line.
+    pub line: usize,
+    /// The exported path, unquoted.
+    pub path: String,
+    /// Each client with its options (default `-options` folded in).
+    pub clients: Vec<(String, Vec<String>)>,
+    /// Whether the entry is inside pgset's block for the cluster.
+    pub in_block: bool,
+}
+
+/// An `/etc/exports` file split around pgset's block for one cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportsFile {
+    text: String,
+    block: Option<Range<usize>>,
+    entries: Vec<ExportEntry>,
+}
+
+/// A logical line: its first physical line number, its byte range, and the joined text.
+struct LogicalLine {
+    line: usize,
+    range: Range<usize>,
+    text: String,
+}
+
+fn logical_lines(text: &str) -> Vec<LogicalLine> {
+    let mut out: Vec<LogicalLine> = Vec::new();
+    let mut offset = 0;
+    let mut continued = false;
+    for (i, phys) in text.split_inclusive('\n').enumerate() {
+        let range = offset..offset + phys.len();
+        offset += phys.len();
+        let body = phys.strip_suffix('\n').unwrap_or(phys);
+        let body = body.strip_suffix('\r').unwrap_or(body);
+        let (content, continues) = match body.strip_suffix('\\') {
+            Some(c) if !is_in_comment(c) => (c, true),
+            _ => (body, false),
+        };
+        if continued {
+            let last = out.last_mut().expect("a continued line has a predecessor");
+            last.range.end = range.end;
+            last.text.push(' ');
+            last.text.push_str(content);
+        } else {
+            out.push(LogicalLine {
+                line: i + 1,
+                range,
+                text: content.to_string(),
+            });
+        }
+        continued = continues;
+    }
+    out
+}
+
+/// Whether the end of `s` is inside a `#` comment (outside double quotes).
+fn is_in_comment(s: &str) -> bool {
+    let mut quoted = false;
+    for c in s.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            '#' if !quoted => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+fn strip_comment(s: &str) -> &str {
+    let mut quoted = false;
+    for (i, c) in s.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            '#' if !quoted => return &s[..i],
+            _ => {}
+        }
+    }
+    s
+}
+
+/// Splits an entry into words: whitespace-separated, double quotes group, `\NNN` octal
+/// escapes decoded.
+fn words(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut started = false;
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                started = true;
+            }
+            '\\' => {
+                let digits: String = (0..3)
+                    .filter_map(|_| chars.next_if(char::is_ascii_digit))
+                    .collect();
+                match u8::from_str_radix(&digits, 8) {
+                    Ok(b) if digits.len() == 3 => cur.push(b as char),
+                    _ => {
+                        cur.push('\\');
+                        cur.push_str(&digits);
+                    }
+                }
+                started = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if started {
+                    out.push(std::mem::take(&mut cur));
+                    started = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                started = true;
+            }
+        }
+    }
+    if started {
+        out.push(cur);
+    }
+    out
+}
+
+fn parse_entry(line: usize, text: &str, in_block: bool) -> Option<ExportEntry> {
+    let words = words(strip_comment(text));
+    let (path, rest) = words.split_first()?;
+    let mut defaults: Vec<String> = Vec::new();
+    let mut clients = Vec::new();
+    for w in rest {
+        if let Some(opts) = w.strip_prefix('-') {
+            defaults = opts.split(',').map(String::from).collect();
+            continue;
+        }
+        let (client, opts) = match w.split_once('(') {
+            Some((c, o)) => (
+                c.to_string(),
+                o.trim_end_matches(')')
+                    .split(',')
+                    .filter(|x| !x.is_empty())
+                    .map(String::from)
+                    .collect(),
+            ),
+            None => (w.clone(), defaults.clone()),
+        };
+        clients.push((client, opts));
+    }
+    Some(ExportEntry {
+        line,
+        path: path.clone(),
+        clients,
+        in_block,
+    })
+}
+
+impl ExportsFile {
+    /// Splits `text` around the block of `cluster`. The error is the problem in words: a
+    /// begin marker without an end, an end without a begin, or two blocks.
+    pub fn parse(text: &str, cluster: &str) -> Result<ExportsFile, String> {
+        let begin = begin_marker_prefix(cluster);
+        let end = end_marker(cluster);
+        let mut block: Option<Range<usize>> = None;
+        let mut open: Option<(usize, usize)> = None;
+        let mut entries = Vec::new();
+        for l in logical_lines(text) {
+            let marker = l.text.trim_end();
+            if marker.starts_with(&begin) {
+                if let Some((line, _)) = open {
+                    return Err(format!(
+                        "pgset's block for cluster {cluster} opened on line {line} is opened again on line {} before its end marker",
+                        l.line
+                    ));
+                }
+                if block.is_some() {
+                    return Err(format!(
+                        "a second block for cluster {cluster} starts on line {}",
+                        l.line
+                    ));
+                }
+                open = Some((l.line, l.range.start));
+                continue;
+            }
+            if marker == end {
+                match open.take() {
+                    Some((_, start)) => block = Some(start..l.range.end),
+                    None => {
+                        return Err(format!(
+                            "line {} ends pgset's block for cluster {cluster}, but no block was opened",
+                            l.line
+                        ));
+                    }
+                }
+                continue;
+            }
+            if let Some(e) = parse_entry(l.line, &l.text, open.is_some()) {
+                entries.push(e);
+            }
+        }
+        if let Some((line, _)) = open {
+            return Err(format!(
+                "pgset's block for cluster {cluster} opened on line {line} has no end marker `{end}`"
+            ));
+        }
+        Ok(ExportsFile {
+            text: text.to_string(),
+            block,
+            entries,
+        })
+    }
+
+    /// Whether the file has the cluster's block.
+    pub fn has_block(&self) -> bool {
+        self.block.is_some()
+    }
+
+    /// The export entries of the file (comments and blank lines left out).
+    pub fn entries(&self) -> &[ExportEntry] {
+        &self.entries
+    }
+
+    /// Entries outside the block that export `path`.
+    pub fn entries_outside_block_for(&self, path: &str) -> Vec<&ExportEntry> {
+        let wanted = path.trim_end_matches('/');
+        self.entries
+            .iter()
+            .filter(|e| !e.in_block && e.path.trim_end_matches('/') == wanted)
+            .collect()
+    }
+
+    /// The file with the block replaced by `block` (or appended when there was none). Bytes
+    /// outside the block are unchanged; when appending to a file whose last line lacks a
+    /// newline, one is added, and a line left continued by a trailing `\` is closed with an
+    /// empty line so the block stays separate.
+    pub fn with_block(&self, block: &str) -> String {
+        match &self.block {
+            Some(r) => format!("{}{block}{}", &self.text[..r.start], &self.text[r.end..]),
+            None => {
+                let mut out = self.text.clone();
+                if !out.is_empty() && !out.ends_with('\n') {
+                    out.push('\n');
+                }
+                let last = out.strip_suffix('\n').unwrap_or(&out);
+                let last = last.rsplit('\n').next().unwrap_or("");
+                if last.ends_with('\\') && !is_in_comment(last) {
+                    out.push('\n');
+                }
+                out.push_str(block);
+                out
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clients::parse_clients;
+
+    fn spec() -> ClusterSpec {
+        ClusterSpec::default()
+    }
+
+    fn block() -> String {
+        render_block(&spec(), &parse_clients("10.0.2.0/24,127.0.0.1").unwrap())
+    }
+
+    #[test]
+    fn block_renders_markers_and_the_export_line() {
+        let b = block();
+        let lines: Vec<&str> = b.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("# BEGIN pgset cluster pgset:"));
+        assert_eq!(
+            lines[1],
+            "/nfsfileshare 10.0.2.0/24(rw,sync,no_subtree_check,root_squash) 127.0.0.1/32(rw,sync,no_subtree_check,root_squash)"
+        );
+        assert_eq!(lines[2], "# END pgset cluster pgset");
+        assert!(b.ends_with('\n'));
+    }
+
+    #[test]
+    fn empty_and_missing_files_get_just_the_block() {
+        let f = ExportsFile::parse("", "pgset").unwrap();
+        assert_eq!(f.with_block(&block()), block());
+    }
+
+    #[test]
+    fn outside_lines_are_kept_byte_for_byte_and_rewrite_is_stable() {
+        let original = "# /etc/exports: the access control list\n\
+                        #\n\
+                        /srv/homes  hostname1(rw,sync,no_subtree_check) \\\n\
+                        \thostname2(ro,sync)\n\
+                        \n\
+                        /srv/a\t\"/srv/with space\"  # odd but legal\r\n\
+                        /last *(ro)";
+        let f = ExportsFile::parse(original, "pgset").unwrap();
+        assert!(!f.has_block());
+        let once = f.with_block(&block());
+        assert!(once.starts_with(original));
+        assert_eq!(&once[original.len()..original.len() + 1], "\n");
+        assert_eq!(&once[original.len() + 1..], block());
+
+        // Rewriting with another client list replaces only the block.
+        let other = render_block(&spec(), &parse_clients("192.168.56.0/24").unwrap());
+        let twice = ExportsFile::parse(&once, "pgset")
+            .unwrap()
+            .with_block(&other);
+        assert_eq!(&twice[..original.len() + 1], &once[..original.len() + 1]);
+        assert!(twice.ends_with(&other));
+        // The same block again changes nothing.
+        let again = ExportsFile::parse(&twice, "pgset")
+            .unwrap()
+            .with_block(&other);
+        assert_eq!(again, twice);
+    }
+
+    #[test]
+    fn block_in_the_middle_is_replaced_in_place() {
+        let text = format!("/a 10.0.0.1(ro)\n{}# trailing comment\n/b *(ro)\n", block());
+        let f = ExportsFile::parse(&text, "pgset").unwrap();
+        assert!(f.has_block());
+        let other = render_block(&spec(), &parse_clients("*").unwrap());
+        let out = f.with_block(&other);
+        assert_eq!(
+            out,
+            format!("/a 10.0.0.1(ro)\n{other}# trailing comment\n/b *(ro)\n")
+        );
+    }
+
+    #[test]
+    fn a_trailing_continuation_does_not_swallow_the_block() {
+        let text = "/srv/x 10.0.0.1(ro) \\";
+        let out = ExportsFile::parse(text, "pgset")
+            .unwrap()
+            .with_block(&block());
+        assert_eq!(out, format!("{text}\n\n{}", block()));
+        let reparsed = ExportsFile::parse(&out, "pgset").unwrap();
+        assert!(reparsed.has_block());
+        let in_block: Vec<_> = reparsed.entries().iter().filter(|e| e.in_block).collect();
+        assert_eq!(in_block.len(), 1);
+        assert_eq!(in_block[0].path, "/nfsfileshare");
+    }
+
+    #[test]
+    fn continuation_lines_and_quotes_are_parsed() {
+        let text = "/srv/homes  -ro host1 \\\n  host2(rw,sync)\n\"/srv/with\\040space\" 10.0.0.0/8(rw)\n# /commented *(rw)\n";
+        let f = ExportsFile::parse(text, "pgset").unwrap();
+        let e = f.entries();
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].line, 1);
+        assert_eq!(e[0].path, "/srv/homes");
+        assert_eq!(
+            e[0].clients,
+            vec![
+                ("host1".to_string(), vec!["ro".to_string()]),
+                (
+                    "host2".to_string(),
+                    vec!["rw".to_string(), "sync".to_string()]
+                ),
+            ]
+        );
+        assert_eq!(e[1].line, 3);
+        assert_eq!(e[1].path, "/srv/with space");
+    }
+
+    #[test]
+    fn the_same_path_outside_the_block_is_found() {
+        let text = format!(
+            "/nfsfileshare/ *(rw,no_root_squash)\n/nfsfileshare2 *(ro)\n{}",
+            block()
+        );
+        let f = ExportsFile::parse(&text, "pgset").unwrap();
+        let outside = f.entries_outside_block_for("/nfsfileshare");
+        assert_eq!(outside.len(), 1);
+        assert_eq!(outside[0].line, 1);
+    }
+
+    #[test]
+    fn other_clusters_blocks_are_outside_lines() {
+        let mut other = spec();
+        other.name = "pgset2".into();
+        let text = format!(
+            "{}{}",
+            render_block(&other, &parse_clients("*").unwrap()),
+            block()
+        );
+        let f = ExportsFile::parse(&text, "pgset").unwrap();
+        assert_eq!(f.entries_outside_block_for("/nfsfileshare").len(), 1);
+        let replaced = f.with_block(&block());
+        assert_eq!(replaced, text);
+    }
+
+    #[test]
+    fn broken_markers_are_reported() {
+        let b = block();
+        let (begin, rest) = b.split_once('\n').unwrap();
+        let end = rest.lines().last().unwrap();
+        let unterminated = format!("/a *(ro)\n{begin}\n/nfsfileshare *(rw)\n");
+        assert!(
+            ExportsFile::parse(&unterminated, "pgset")
+                .unwrap_err()
+                .contains("line 2 has no end marker")
+        );
+        let stray_end = format!("/a *(ro)\n{end}\n");
+        assert!(
+            ExportsFile::parse(&stray_end, "pgset")
+                .unwrap_err()
+                .contains("line 2 ends")
+        );
+        let doubled = format!("{b}{b}");
+        assert!(
+            ExportsFile::parse(&doubled, "pgset")
+                .unwrap_err()
+                .contains("second block")
+        );
+    }
+}

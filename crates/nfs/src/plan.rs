@@ -1,0 +1,424 @@
+//! The pure plan: from host facts, the spec and the export options to the steps that make the
+//! host an NFS server for the cluster. An already configured host plans no step.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use pgset_spec::{ClusterSpec, StorageMode};
+
+use crate::clients::{ExportClient, ExportOptions};
+use crate::command::HostCommand;
+use crate::exports::{ExportsFile, render_block};
+use crate::facts::{HostFacts, PackageManager, PathState, UnitFileState};
+use crate::parse::ActiveExport;
+use crate::{Error, Result};
+
+/// SELinux booleans the export needs: `virt_use_nfs` (the seed's; lets containers use NFS
+/// volumes) and `nfs_export_all_rw` (lets nfsd serve any file type read-write).
+pub(crate) const SELINUX_BOOLEANS: [&str; 2] = ["virt_use_nfs", "nfs_export_all_rw"];
+
+/// firewalld services an NFS server needs (v4 needs `nfs`; v3 clients also `rpc-bind` and
+/// `mountd`).
+pub(crate) const FIREWALLD_SERVICES: [&str; 3] = ["nfs", "rpc-bind", "mountd"];
+
+/// Mode of the export directory and the member directories: the postgres user only.
+pub(crate) const DATA_DIR_MODE: u32 = 0o700;
+
+/// One change to the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Install packages.
+    InstallPackages {
+        /// The package manager.
+        manager: PackageManager,
+        /// Packages, in order.
+        packages: Vec<String>,
+    },
+    /// Set SELinux booleans on, persistently.
+    SetSelinuxBooleans {
+        /// The booleans.
+        booleans: Vec<String>,
+    },
+    /// Make a directory exist with an owner and mode.
+    EnsureDirectory {
+        /// Host path.
+        path: PathBuf,
+        /// Owner uid.
+        uid: u32,
+        /// Owner gid.
+        gid: u32,
+        /// Permission bits.
+        mode: u32,
+        /// What is there now.
+        current: PathState,
+    },
+    /// Write `/etc/exports` with pgset's block (atomically, keeping a backup).
+    WriteExports {
+        /// Host path of the exports file (`/etc/exports`).
+        path: PathBuf,
+        /// The new contents.
+        contents: String,
+        /// The export line of pgset's block, for the description.
+        export_line: String,
+        /// Run `restorecon` on the new file (SELinux is on).
+        restore_label: bool,
+    },
+    /// Enable and/or start a unit.
+    StartUnit {
+        /// The unit.
+        unit: String,
+        /// Enable it at boot.
+        enable: bool,
+        /// Start it now.
+        start: bool,
+    },
+    /// Allow firewalld services, permanently and at runtime.
+    OpenFirewall {
+        /// The services.
+        services: Vec<String>,
+    },
+    /// Re-export everything in `/etc/exports` (`exportfs -ra`).
+    ReloadExports,
+}
+
+impl Step {
+    /// The host commands of this step, in order; empty for steps done by file operations.
+    pub fn commands(&self) -> Vec<HostCommand> {
+        match self {
+            Step::InstallPackages { manager, packages } => match manager {
+                PackageManager::Apt => vec![
+                    HostCommand::new("apt-get", ["update", "-q"])
+                        .env("DEBIAN_FRONTEND", "noninteractive"),
+                    HostCommand::new(
+                        "apt-get",
+                        ["install", "-y", "-q", "--no-install-recommends"]
+                            .into_iter()
+                            .map(String::from)
+                            .chain(packages.iter().cloned()),
+                    )
+                    .env("DEBIAN_FRONTEND", "noninteractive"),
+                ],
+                PackageManager::Yum | PackageManager::Dnf => vec![HostCommand::new(
+                    manager.program(),
+                    ["install", "-y"]
+                        .into_iter()
+                        .map(String::from)
+                        .chain(packages.iter().cloned()),
+                )],
+            },
+            Step::SetSelinuxBooleans { booleans } => vec![HostCommand::new(
+                "setsebool",
+                std::iter::once("-P".to_string()).chain(booleans.iter().map(|b| format!("{b}=1"))),
+            )],
+            Step::EnsureDirectory { .. } => Vec::new(),
+            Step::WriteExports {
+                path,
+                restore_label,
+                ..
+            } => {
+                if *restore_label {
+                    vec![HostCommand::new("restorecon", [path.display().to_string()])]
+                } else {
+                    Vec::new()
+                }
+            }
+            Step::StartUnit {
+                unit,
+                enable,
+                start,
+            } => match (enable, start) {
+                (true, true) => vec![HostCommand::new("systemctl", ["enable", "--now", unit])],
+                (true, false) => vec![HostCommand::new("systemctl", ["enable", unit])],
+                (false, _) => vec![HostCommand::new("systemctl", ["start", unit])],
+            },
+            Step::OpenFirewall { services } => vec![
+                HostCommand::new(
+                    "firewall-cmd",
+                    std::iter::once("--permanent".to_string())
+                        .chain(services.iter().map(|s| format!("--add-service={s}"))),
+                ),
+                HostCommand::new("firewall-cmd", ["--reload"]),
+            ],
+            Step::ReloadExports => vec![HostCommand::new("exportfs", ["-ra"])],
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::InstallPackages { manager, packages } => write!(
+                f,
+                "install {} with {}",
+                packages.join(", "),
+                manager.program()
+            ),
+            Step::SetSelinuxBooleans { booleans } => {
+                write!(
+                    f,
+                    "turn on the SELinux boolean(s) {} (persistent)",
+                    booleans.join(", ")
+                )
+            }
+            Step::EnsureDirectory {
+                path,
+                uid,
+                gid,
+                mode,
+                current,
+            } => match current {
+                PathState::Missing => write!(
+                    f,
+                    "create {} owned by {uid}:{gid} with mode {mode:04o}",
+                    path.display()
+                ),
+                PathState::Directory {
+                    uid: u0,
+                    gid: g0,
+                    mode: m0,
+                } => write!(
+                    f,
+                    "set {} to owner {uid}:{gid} mode {mode:04o} (now {u0}:{g0} {m0:04o})",
+                    path.display()
+                ),
+                PathState::NotDirectory { what } => {
+                    write!(f, "replace {} ({what}) by a directory", path.display())
+                }
+            },
+            Step::WriteExports {
+                path, export_line, ..
+            } => write!(
+                f,
+                "write pgset's block in {} (backup kept): {export_line}",
+                path.display()
+            ),
+            Step::StartUnit {
+                unit,
+                enable,
+                start,
+            } => match (enable, start) {
+                (true, true) => write!(f, "enable and start {unit}"),
+                (true, false) => write!(f, "enable {unit}"),
+                (false, _) => write!(f, "start {unit}"),
+            },
+            Step::OpenFirewall { services } => write!(
+                f,
+                "allow the firewalld service(s) {} (permanent and runtime)",
+                services.join(", ")
+            ),
+            Step::ReloadExports => f.write_str("re-export /etc/exports (exportfs -ra)"),
+        }
+    }
+}
+
+/// The host path of `/etc/exports` as shown to the user.
+fn exports_path() -> PathBuf {
+    PathBuf::from("/etc/exports")
+}
+
+/// Plans the steps that make the host serve the export. Pure: it reads only its arguments.
+/// Errors are problems no step can fix (an unknown OS, the export path taken by a file, a
+/// broken pgset block, the export already exported outside pgset's block, a masked unit).
+pub fn plan(facts: &HostFacts, spec: &ClusterSpec, options: &ExportOptions) -> Result<Vec<Step>> {
+    let family = facts.os.family()?;
+    let req = family.requirements();
+    if options.clients.is_empty() {
+        return Err(Error::NoClients);
+    }
+    let export = &spec.nfs.export;
+    if let PathState::NotDirectory { what } = facts.export_dir {
+        return Err(Error::ExportNotDirectory {
+            path: export.clone(),
+            what,
+        });
+    }
+    let member_dirs = member_dirs(spec);
+    for dir in &member_dirs {
+        if let Some(PathState::NotDirectory { what }) = facts.member_dirs.get(dir) {
+            return Err(Error::MemberDirNotDirectory {
+                path: dir.clone(),
+                what,
+            });
+        }
+    }
+    let exports_text = facts.exports_file.as_deref().unwrap_or("");
+    let file = ExportsFile::parse(exports_text, &spec.name).map_err(|problem| Error::Exports {
+        path: exports_path(),
+        problem,
+        fix: "repair or remove pgset's marker lines by hand (the last version pgset replaced is in /etc/exports.pgset.bak), then rerun".into(),
+    })?;
+    let export_str = export.display().to_string();
+    if let Some(e) = file.entries_outside_block_for(&export_str).first() {
+        return Err(Error::Exports {
+            path: exports_path(),
+            problem: format!(
+                "line {} already exports {export_str} outside pgset's block",
+                e.line
+            ),
+            fix: "remove or comment out that entry (pgset writes the export with restricted clients itself), then rerun".into(),
+        });
+    }
+    for unit in req.units {
+        if facts
+            .services
+            .get(*unit)
+            .is_some_and(|s| s.enabled == UnitFileState::Masked)
+        {
+            return Err(Error::UnitMasked {
+                unit: unit.to_string(),
+            });
+        }
+    }
+
+    let mut steps = Vec::new();
+
+    let missing: Vec<String> = req
+        .packages
+        .iter()
+        .filter(|p| facts.packages.get(**p) != Some(&true))
+        .map(|p| p.to_string())
+        .collect();
+    if !missing.is_empty() {
+        if !facts.package_managers.contains(&req.package_manager) {
+            return Err(Error::NoPackageManager {
+                expected: req.package_manager.program(),
+                os: facts.os.pretty_name.clone(),
+            });
+        }
+        steps.push(Step::InstallPackages {
+            manager: req.package_manager,
+            packages: missing,
+        });
+    }
+
+    if facts.selinux.enabled() {
+        let off: Vec<String> = SELINUX_BOOLEANS
+            .iter()
+            .filter(|b| facts.selinux_booleans.get(**b) == Some(&Some(false)))
+            .map(|b| b.to_string())
+            .collect();
+        if !off.is_empty() {
+            steps.push(Step::SetSelinuxBooleans { booleans: off });
+        }
+    }
+
+    let uid = u32::try_from(spec.postgres.uid).unwrap_or(u32::MAX);
+    let gid = u32::try_from(spec.postgres.gid).unwrap_or(u32::MAX);
+    let wanted_dirs =
+        std::iter::once((export.clone(), facts.export_dir)).chain(member_dirs.iter().map(|d| {
+            (
+                d.clone(),
+                facts
+                    .member_dirs
+                    .get(d)
+                    .copied()
+                    .unwrap_or(PathState::Missing),
+            )
+        }));
+    for (path, current) in wanted_dirs {
+        if !dir_is_right(current, uid, gid) {
+            steps.push(Step::EnsureDirectory {
+                path,
+                uid,
+                gid,
+                mode: DATA_DIR_MODE,
+                current,
+            });
+        }
+    }
+
+    let block = render_block(spec, &options.clients);
+    let new_text = file.with_block(&block);
+    let write = facts.exports_file.as_deref() != Some(new_text.as_str());
+    if write {
+        let export_line = block.lines().nth(1).unwrap_or_default().to_string();
+        steps.push(Step::WriteExports {
+            path: exports_path(),
+            contents: new_text,
+            export_line,
+            restore_label: facts.selinux.enabled() && facts.has_restorecon,
+        });
+    }
+
+    for unit in req.units {
+        let state = facts.services.get(*unit);
+        let enable = match state.map(|s| &s.enabled) {
+            None | Some(UnitFileState::NotFound) | Some(UnitFileState::Disabled) => true,
+            Some(UnitFileState::Other(_)) => true,
+            Some(_) => false,
+        };
+        let start = !state.is_some_and(|s| s.active);
+        if enable || start {
+            steps.push(Step::StartUnit {
+                unit: unit.to_string(),
+                enable,
+                start,
+            });
+        }
+    }
+
+    if let Some(fw) = facts.firewalld.as_ref().filter(|f| f.running) {
+        let missing: Vec<String> = FIREWALLD_SERVICES
+            .iter()
+            .filter(|s| {
+                !fw.permanent_services.iter().any(|x| x == *s)
+                    || !fw.runtime_services.iter().any(|x| x == *s)
+            })
+            .map(|s| s.to_string())
+            .collect();
+        if !missing.is_empty() {
+            steps.push(Step::OpenFirewall { services: missing });
+        }
+    }
+
+    if write || !export_is_live(facts, export, &options.clients) {
+        steps.push(Step::ReloadExports);
+    }
+    Ok(steps)
+}
+
+/// Member directories pgset creates under the export: one per ordinal in `templates` mode
+/// with pgset's own volumes; none in `shared` mode (the agent creates its directory).
+pub(crate) fn member_dirs(spec: &ClusterSpec) -> Vec<PathBuf> {
+    if spec.storage.mode == StorageMode::Templates && spec.storage.storage_class.is_none() {
+        (0..spec.replicas)
+            .map(|i| spec.member_export_dir(i))
+            .collect()
+    } else {
+        Vec::new()
+    }
+}
+
+fn dir_is_right(state: PathState, uid: u32, gid: u32) -> bool {
+    matches!(state, PathState::Directory { uid: u, gid: g, mode } if u == uid && g == gid && (mode == 0o700 || mode == 0o750))
+}
+
+/// Whether `exportfs -v` shows `export` to exactly `clients`, each with pgset's options.
+pub(crate) fn export_is_live(facts: &HostFacts, export: &Path, clients: &[ExportClient]) -> bool {
+    missing_live_clients(&facts.active_exports, export, clients).is_empty()
+        && facts
+            .active_exports
+            .iter()
+            .filter(|a| a.path == export)
+            .count()
+            == clients.len()
+}
+
+/// The clients `exportfs -v` does not show for `export` with pgset's options.
+pub(crate) fn missing_live_clients(
+    active: &[ActiveExport],
+    export: &Path,
+    clients: &[ExportClient],
+) -> Vec<ExportClient> {
+    let live: BTreeSet<ExportClient> = active
+        .iter()
+        .filter(|a| a.path == export && a.has_pgset_options())
+        .filter_map(|a| a.parsed_client())
+        .collect();
+    clients
+        .iter()
+        .filter(|c| !live.contains(c))
+        .copied()
+        .collect()
+}

@@ -1,0 +1,277 @@
+//! Probing: read the host into [`HostFacts`]. Nothing here changes the host.
+
+use std::collections::BTreeMap;
+use std::io::ErrorKind;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use pgset_spec::ClusterSpec;
+
+use crate::command::{CommandRunner, HostCommand};
+use crate::facts::{
+    FirewalldState, HostAddresses, HostFacts, HostPaths, OsRelease, PackageManager, PathState,
+    SelinuxMode, ServiceState,
+};
+use crate::parse::{
+    parse_dpkg_query, parse_exportfs_verbose, parse_firewall_services, parse_getenforce,
+    parse_getsebool, parse_ip_addr_show, parse_ip_route_get, parse_os_release, parse_rpm_query,
+    parse_unit_file_state,
+};
+use crate::plan::{SELINUX_BOOLEANS, member_dirs};
+use crate::{Error, Result};
+
+/// An address outside any lab network, used only to ask the kernel which source address its
+/// default route would use (`ip route get` sends nothing).
+const ROUTE_PROBE_ADDRESS: &str = "1.1.1.1";
+
+fn on_path(program: &str) -> bool {
+    which::which(program).is_ok()
+}
+
+/// Probes the host: OS, root, packages, units, SELinux, firewalld, `/etc/exports`,
+/// `exportfs -v`, the export directory and the host's addresses.
+pub fn probe(
+    runner: &dyn CommandRunner,
+    paths: &HostPaths,
+    spec: &ClusterSpec,
+) -> Result<HostFacts> {
+    let os = read_os_release(paths)?;
+    let package_managers: Vec<PackageManager> = [
+        PackageManager::Dnf,
+        PackageManager::Yum,
+        PackageManager::Apt,
+    ]
+    .into_iter()
+    .filter(|m| on_path(m.program()))
+    .collect();
+
+    let mut packages = BTreeMap::new();
+    let mut services = BTreeMap::new();
+    if let Ok(family) = os.family() {
+        let req = family.requirements();
+        packages = probe_packages(runner, req.package_manager, req.packages)?;
+        if on_path("systemctl") {
+            for unit in req.units {
+                let enabled =
+                    runner.output(&HostCommand::new("systemctl", ["is-enabled", unit]))?;
+                let active = runner.output(&HostCommand::new("systemctl", ["is-active", unit]))?;
+                services.insert(
+                    unit.to_string(),
+                    ServiceState {
+                        enabled: parse_unit_file_state(&enabled.stdout),
+                        active: active.stdout.trim() == "active",
+                    },
+                );
+            }
+        }
+    }
+
+    let selinux = if on_path("getenforce") {
+        let out = runner.output(&HostCommand::new("getenforce", Vec::<String>::new()))?;
+        parse_getenforce(&out.stdout).unwrap_or(SelinuxMode::Absent)
+    } else {
+        SelinuxMode::Absent
+    };
+    let mut selinux_booleans = BTreeMap::new();
+    if selinux.enabled() {
+        for b in SELINUX_BOOLEANS {
+            let out = runner.output(&HostCommand::new("getsebool", [b]))?;
+            let value = if out.success() {
+                parse_getsebool(&out.stdout).map(|(_, v)| v)
+            } else {
+                None
+            };
+            selinux_booleans.insert(b.to_string(), value);
+        }
+    }
+
+    let firewalld = if on_path("firewall-cmd") {
+        let state = runner.output(&HostCommand::new("firewall-cmd", ["--state"]))?;
+        let running = state.stdout.trim() == "running";
+        let mut fw = FirewalldState {
+            running,
+            ..FirewalldState::default()
+        };
+        if running {
+            let rt = runner.run(&HostCommand::new("firewall-cmd", ["--list-services"]))?;
+            let perm = runner.run(&HostCommand::new(
+                "firewall-cmd",
+                ["--permanent", "--list-services"],
+            ))?;
+            fw.runtime_services = parse_firewall_services(&rt.stdout);
+            fw.permanent_services = parse_firewall_services(&perm.stdout);
+        }
+        Some(fw)
+    } else {
+        None
+    };
+
+    let active_exports = if on_path("exportfs") {
+        let out = runner.output(&HostCommand::new("exportfs", ["-v"]))?;
+        parse_exportfs_verbose(&out.stdout)
+    } else {
+        Vec::new()
+    };
+
+    let addresses = if on_path("ip") {
+        let route = runner.output(&HostCommand::new(
+            "ip",
+            ["-o", "route", "get", ROUTE_PROBE_ADDRESS],
+        ))?;
+        let addrs = runner.output(&HostCommand::new("ip", ["-o", "addr", "show"]))?;
+        let networks = parse_ip_addr_show(&addrs.stdout);
+        // Without a default route (an isolated lab network) the first global IPv4 address
+        // stands in for the primary one.
+        let primary = parse_ip_route_get(&route.stdout).or_else(|| {
+            networks
+                .iter()
+                .map(|(a, _)| *a)
+                .find(|a| a.is_ipv4())
+                .or_else(|| networks.first().map(|(a, _)| *a))
+        });
+        HostAddresses { primary, networks }
+    } else {
+        HostAddresses::default()
+    };
+
+    let mut facts = HostFacts {
+        os,
+        is_root: nix::unistd::geteuid().is_root(),
+        package_managers,
+        packages,
+        services,
+        selinux,
+        selinux_booleans,
+        has_restorecon: on_path("restorecon"),
+        firewalld,
+        exports_file: None,
+        active_exports,
+        export_dir: PathState::Missing,
+        member_dirs: BTreeMap::new(),
+        addresses,
+    };
+    probe_files(paths, spec, &mut facts)?;
+    Ok(facts)
+}
+
+fn read_os_release(paths: &HostPaths) -> Result<OsRelease> {
+    for p in [
+        paths.os_release(),
+        paths.host(Path::new("/usr/lib/os-release")),
+    ] {
+        match std::fs::read_to_string(&p) {
+            Ok(text) => return Ok(parse_os_release(&text)),
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(Error::File {
+                    action: "read",
+                    path: p,
+                    source,
+                });
+            }
+        }
+    }
+    Ok(OsRelease::default())
+}
+
+fn probe_packages(
+    runner: &dyn CommandRunner,
+    manager: PackageManager,
+    wanted: &[&str],
+) -> Result<BTreeMap<String, bool>> {
+    let mut installed: BTreeMap<String, bool> =
+        wanted.iter().map(|p| (p.to_string(), false)).collect();
+    match manager {
+        PackageManager::Apt if on_path("dpkg-query") => {
+            let out = runner.output(&HostCommand::new(
+                "dpkg-query",
+                [
+                    "-W".to_string(),
+                    "--showformat=${Package} ${db:Status-Abbrev}\\n".to_string(),
+                ]
+                .into_iter()
+                .chain(wanted.iter().map(|p| p.to_string())),
+            ))?;
+            for (name, ok) in parse_dpkg_query(&out.stdout) {
+                if let Some(v) = installed.get_mut(&name) {
+                    *v = ok;
+                }
+            }
+        }
+        PackageManager::Yum | PackageManager::Dnf if on_path("rpm") => {
+            let out = runner.output(&HostCommand::new(
+                "rpm",
+                ["-q", "--qf", "%{NAME}\\n"]
+                    .into_iter()
+                    .map(String::from)
+                    .chain(wanted.iter().map(|p| p.to_string())),
+            ))?;
+            installed = parse_rpm_query(&out.stdout, wanted);
+        }
+        _ => {}
+    }
+    Ok(installed)
+}
+
+/// Reads the file-system facts: `/etc/exports`, the export directory and the member
+/// directories (all under the root prefix of `paths`).
+pub fn probe_files(paths: &HostPaths, spec: &ClusterSpec, facts: &mut HostFacts) -> Result<()> {
+    let exports = paths.exports();
+    facts.exports_file = match std::fs::read(&exports) {
+        Ok(bytes) => Some(String::from_utf8(bytes).map_err(|_| Error::Exports {
+            path: exports.clone(),
+            problem: "is not valid UTF-8".into(),
+            fix: "convert it to UTF-8 (pgset keeps every line outside its block byte for byte and needs text it can read)".into(),
+        })?),
+        Err(e) if e.kind() == ErrorKind::NotFound => None,
+        Err(source) => {
+            return Err(Error::File {
+                action: "read",
+                path: exports,
+                source,
+            });
+        }
+    };
+    facts.export_dir = path_state(&paths.host(&spec.nfs.export))?;
+    facts.member_dirs = member_dirs(spec)
+        .into_iter()
+        .map(|d| Ok((d.clone(), path_state(&paths.host(&d))?)))
+        .collect::<Result<_>>()?;
+    Ok(())
+}
+
+fn path_state(p: &Path) -> Result<PathState> {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) => {
+            let ft = m.file_type();
+            Ok(if ft.is_dir() {
+                PathState::Directory {
+                    uid: m.uid(),
+                    gid: m.gid(),
+                    mode: m.mode() & 0o7777,
+                }
+            } else if ft.is_file() {
+                PathState::NotDirectory {
+                    what: "a regular file",
+                }
+            } else if ft.is_symlink() {
+                PathState::NotDirectory {
+                    what: "a symbolic link (export the directory it points to)",
+                }
+            } else {
+                PathState::NotDirectory {
+                    what: "a special file",
+                }
+            })
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(PathState::Missing),
+        Err(e) if e.kind() == ErrorKind::NotADirectory => Ok(PathState::NotDirectory {
+            what: "below a regular file",
+        }),
+        Err(source) => Err(Error::File {
+            action: "inspect",
+            path: p.to_path_buf(),
+            source,
+        }),
+    }
+}

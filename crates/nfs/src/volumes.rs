@@ -1,0 +1,201 @@
+//! The NFS PersistentVolumes of a cluster, built purely from the spec and the server address;
+//! and how that address is chosen.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{
+    NFSVolumeSource, ObjectReference, PersistentVolume, PersistentVolumeSpec,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use pgset_spec::{ClusterSpec, StorageMode};
+
+use crate::facts::HostAddresses;
+
+/// The PersistentVolumes pgset creates on the export at `server`:
+/// - `shared` mode: `pv1..pvN` (N = max(3, replicas), as in the seed), ReadWriteMany, all at
+///   the export root; the shared claim binds one of them;
+/// - `templates` mode without a StorageClass: one volume per ordinal at
+///   `<export>/<name>-N`, pre-bound by `claimRef` to `data-<name>-N`;
+/// - `templates` mode with a StorageClass: none (the class provisions the claims).
+///
+/// Every volume: NFS, Retain, mount options `hard` and `nfsvers=<version>`, pgset's own
+/// storage class (so a default StorageClass cannot take the claims), pgset's labels.
+pub fn persistent_volumes(spec: &ClusterSpec, server: &str) -> Vec<PersistentVolume> {
+    match spec.storage.mode {
+        StorageMode::Shared => spec
+            .shared_pv_names()
+            .into_iter()
+            .map(|name| {
+                volume(
+                    spec,
+                    name,
+                    server,
+                    spec.nfs.export.display().to_string(),
+                    vec!["ReadWriteMany".into()],
+                    None,
+                )
+            })
+            .collect(),
+        StorageMode::Templates if spec.storage.storage_class.is_none() => (0..spec.replicas)
+            .map(|i| {
+                volume(
+                    spec,
+                    spec.member_pv_name(i),
+                    server,
+                    spec.member_export_dir(i).display().to_string(),
+                    vec!["ReadWriteMany".into()],
+                    Some(ObjectReference {
+                        api_version: Some("v1".into()),
+                        kind: Some("PersistentVolumeClaim".into()),
+                        namespace: Some(spec.namespace.clone()),
+                        name: Some(spec.member_claim_name(i)),
+                        ..ObjectReference::default()
+                    }),
+                )
+            })
+            .collect(),
+        StorageMode::Templates => Vec::new(),
+    }
+}
+
+fn volume(
+    spec: &ClusterSpec,
+    name: String,
+    server: &str,
+    path: String,
+    access_modes: Vec<String>,
+    claim_ref: Option<ObjectReference>,
+) -> PersistentVolume {
+    let labels: BTreeMap<String, String> = spec
+        .common_labels()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    PersistentVolume {
+        metadata: ObjectMeta {
+            name: Some(name),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeSpec {
+            access_modes: Some(access_modes),
+            capacity: Some(BTreeMap::from([(
+                "storage".to_string(),
+                Quantity(spec.storage.size.clone()),
+            )])),
+            claim_ref,
+            mount_options: Some(vec!["hard".into(), format!("nfsvers={}", spec.nfs.version)]),
+            nfs: Some(NFSVolumeSource {
+                path,
+                server: server.to_string(),
+                read_only: None,
+            }),
+            persistent_volume_reclaim_policy: Some("Retain".into()),
+            storage_class_name: Some(spec.storage_class_name()),
+            volume_mode: Some("Filesystem".into()),
+            ..PersistentVolumeSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The address the nodes reach this NFS host at: the host's own node address when it is one
+/// of the cluster's nodes, else its primary address.
+pub fn nfs_server_address(addresses: &HostAddresses, node_addresses: &[IpAddr]) -> Option<IpAddr> {
+    node_addresses
+        .iter()
+        .find(|n| addresses.networks.iter().any(|(a, _)| a == *n))
+        .copied()
+        .or(addresses.primary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nfs_of(pv: &PersistentVolume) -> (&str, &str) {
+        let nfs = pv.spec.as_ref().unwrap().nfs.as_ref().unwrap();
+        (nfs.server.as_str(), nfs.path.as_str())
+    }
+
+    #[test]
+    fn shared_mode_has_the_seeds_three_volumes() {
+        let spec = ClusterSpec::default();
+        let pvs = persistent_volumes(&spec, "192.168.56.10");
+        let names: Vec<&str> = pvs
+            .iter()
+            .map(|p| p.metadata.name.as_deref().unwrap())
+            .collect();
+        assert_eq!(names, ["pv1", "pv2", "pv3"]);
+        for pv in &pvs {
+            let s = pv.spec.as_ref().unwrap();
+            assert_eq!(nfs_of(pv), ("192.168.56.10", "/nfsfileshare"));
+            assert_eq!(s.access_modes.as_deref().unwrap(), ["ReadWriteMany"]);
+            assert_eq!(
+                s.persistent_volume_reclaim_policy.as_deref(),
+                Some("Retain")
+            );
+            assert_eq!(s.mount_options.as_deref().unwrap(), ["hard", "nfsvers=4.1"]);
+            assert_eq!(s.storage_class_name.as_deref(), Some("pgset-nfs"));
+            assert_eq!(s.capacity.as_ref().unwrap()["storage"].0, "1Gi");
+            assert!(s.claim_ref.is_none());
+            let labels = pv.metadata.labels.as_ref().unwrap();
+            assert_eq!(labels["app.kubernetes.io/instance"], "pgset");
+        }
+        let mut five = spec.clone();
+        five.replicas = 5;
+        assert_eq!(persistent_volumes(&five, "nfs").len(), 5);
+    }
+
+    #[test]
+    fn templates_mode_prebinds_one_volume_per_ordinal() {
+        let mut spec = ClusterSpec::default();
+        spec.storage.mode = StorageMode::Templates;
+        spec.replicas = 2;
+        spec.nfs.version = "4.2".into();
+        let pvs = persistent_volumes(&spec, "10.0.0.5");
+        assert_eq!(pvs.len(), 2);
+        for (i, pv) in pvs.iter().enumerate() {
+            let i = i32::try_from(i).unwrap();
+            assert_eq!(
+                pv.metadata.name.as_deref(),
+                Some(spec.member_pv_name(i).as_str())
+            );
+            let s = pv.spec.as_ref().unwrap();
+            let path = format!("/nfsfileshare/pgset-{i}");
+            assert_eq!(nfs_of(pv), ("10.0.0.5", path.as_str()));
+            let claim = s.claim_ref.as_ref().unwrap();
+            assert_eq!(
+                claim.name.as_deref(),
+                Some(format!("data-pgset-{i}").as_str())
+            );
+            assert_eq!(claim.namespace.as_deref(), Some("default"));
+            assert_eq!(s.mount_options.as_deref().unwrap(), ["hard", "nfsvers=4.2"]);
+        }
+        spec.storage.storage_class = Some("fast".into());
+        assert!(persistent_volumes(&spec, "10.0.0.5").is_empty());
+    }
+
+    #[test]
+    fn server_address_prefers_the_hosts_node_address() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let addrs = HostAddresses {
+            primary: Some(ip("10.0.2.15")),
+            networks: vec![
+                (ip("10.0.2.15"), "10.0.2.0/24".parse().unwrap()),
+                (ip("192.168.56.10"), "192.168.56.0/24".parse().unwrap()),
+            ],
+        };
+        assert_eq!(
+            nfs_server_address(&addrs, &[ip("192.168.56.11"), ip("192.168.56.10")]),
+            Some(ip("192.168.56.10"))
+        );
+        assert_eq!(
+            nfs_server_address(&addrs, &[ip("192.168.56.11")]),
+            Some(ip("10.0.2.15"))
+        );
+        assert_eq!(nfs_server_address(&HostAddresses::default(), &[]), None);
+    }
+}
