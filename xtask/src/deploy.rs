@@ -1,12 +1,149 @@
-//! `cargo xtask deploy`.
+//! `cargo xtask deploy`: apply the cluster's objects (server-side, fixed order), create the
+//! Secret when absent, and wait for the ordered rollout; `--dry-run=client` prints the YAML.
 
-use anyhow::{Result, bail};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::ValueEnum;
+use pgset_deploy::apply::{ApplyMode, deploy};
+use pgset_deploy::render::multi_document;
+use pgset_deploy::rollout::wait_for_rollout;
+
+use crate::cli::{ClientArgs, SpecArgs, Stage};
+
+/// What `--dry-run` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DryRun {
+    /// Print the objects as YAML on stdout; no cluster needed
+    Client,
+    /// Send every write with dryRun=All: the API server validates, changes nothing
+    Server,
+}
 
 /// Arguments of `cargo xtask deploy`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Change nothing: print the objects (client, the default) or have the API server check
+    /// them (server)
+    #[arg(
+        long,
+        value_name = "MODE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "client",
+        value_enum
+    )]
+    pub dry_run: Option<DryRun>,
+    /// Apply and return without waiting for the members to be Ready
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long to wait for the rollout (e.g. 300, 90s, 5m)
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_timeout)]
+    pub timeout: Duration,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Parses a timeout: seconds (`300`), or a number with `s`, `m` or `h`.
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration: use e.g. 300, 90s, 5m or 1h"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?}; use s, m or h")),
+    };
+    if secs == 0 {
+        return Err("a timeout of 0 can never be met: give at least 1s".into());
+    }
+    Ok(Duration::from_secs(secs))
+}
 
 /// Runs the task.
-pub async fn run(_args: Args) -> Result<()> {
-    bail!("`cargo xtask deploy` is not built yet")
+pub async fn run(args: Args) -> Result<()> {
+    let spec = args.spec.load(&args.client)?;
+    let mode = match args.dry_run {
+        Some(DryRun::Client) => {
+            let yaml = multi_document(&spec).context("render the objects")?;
+            print!("{yaml}");
+            eprintln!(
+                "note: Secret {} is not printed (it holds the passwords); `cargo xtask deploy` creates it, manifests/README.md shows how to create it with kubectl",
+                spec.secret_name()
+            );
+            return Ok(());
+        }
+        Some(DryRun::Server) => ApplyMode::ServerDryRun,
+        None => ApplyMode::Apply,
+    };
+    if args.no_wait && mode == ApplyMode::ServerDryRun {
+        bail!("--no-wait has no effect with --dry-run=server (a dry run never waits): drop one");
+    }
+    let client = args.client.client().await?;
+    let stage = Stage::start(format!(
+        "apply cluster {} to namespace {} (server-side apply, field manager {}){}",
+        spec.name,
+        spec.namespace,
+        pgset_spec::contract::FIELD_MANAGER,
+        if mode == ApplyMode::ServerDryRun {
+            ", server dry run"
+        } else {
+            ""
+        }
+    ));
+    deploy(&client, &spec, mode, &mut |line: &str| {
+        eprintln!("    {line}")
+    })
+    .await
+    .context("apply the objects")?;
+    stage.done("");
+    if mode == ApplyMode::ServerDryRun || args.no_wait {
+        return Ok(());
+    }
+    let stage = Stage::start(format!(
+        "wait for {} members of StatefulSet {} to be Ready (timeout {}s)",
+        spec.replicas,
+        spec.statefulset_name(),
+        args.timeout.as_secs()
+    ));
+    let report = wait_for_rollout(
+        &client,
+        &spec,
+        spec.replicas,
+        args.timeout,
+        &mut |line: &str| eprintln!("    {line}"),
+    )
+    .await
+    .context("wait for the rollout")?;
+    stage.done(&format!(
+        "{} members Ready in {:.1}s",
+        report.members.len(),
+        report.total.as_secs_f64()
+    ));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_parse_with_and_without_units() {
+        assert_eq!(parse_timeout("300"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_timeout("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_timeout("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_timeout("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_timeout("0").is_err());
+        assert!(parse_timeout("5 minutes").is_err());
+        assert!(parse_timeout("m").is_err());
+        assert!(parse_timeout("-1").is_err());
+    }
 }

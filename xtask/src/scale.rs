@@ -1,12 +1,71 @@
-//! `cargo xtask scale`.
+//! `cargo xtask scale N`: set the number of members (ordered: new members start one after the
+//! other; scale-down removes the highest ordinals and keeps their claims and data).
 
-use anyhow::{Result, bail};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use pgset_spec::{MAX_REPLICAS, StorageMode};
+
+use crate::cli::{ClientArgs, SpecArgs, Stage};
+use crate::deploy::parse_timeout;
 
 /// Arguments of `cargo xtask scale`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Number of members wanted (ordinal 0 stays the master)
+    #[arg(value_name = "N", allow_negative_numbers = true)]
+    pub members: i32,
+    /// Return once the StatefulSet is patched, without waiting for the members
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long to wait for the members (e.g. 300, 90s, 5m)
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_timeout)]
+    pub timeout: Duration,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
 
 /// Runs the task.
-pub async fn run(_args: Args) -> Result<()> {
-    bail!("`cargo xtask scale` is not built yet")
+pub async fn run(args: Args) -> Result<()> {
+    let mut spec = args.spec.load(&args.client)?;
+    if !(1..=MAX_REPLICAS).contains(&args.members) {
+        bail!(
+            "invalid N {}: scale takes 1 to {MAX_REPLICAS} members; to stop the cluster use `cargo xtask down`",
+            args.members
+        );
+    }
+    spec.replicas = args.members;
+    spec.validate()?;
+    let client = args.client.client().await?;
+    let stage = Stage::start(format!(
+        "scale StatefulSet {} in namespace {} to {} members",
+        spec.statefulset_name(),
+        spec.namespace,
+        spec.replicas
+    ));
+    let wait = (!args.no_wait).then_some(args.timeout);
+    let outcome =
+        pgset_deploy::scale::scale(&client, &spec, spec.replicas, wait, &mut |l: &str| {
+            eprintln!("    {l}")
+        })
+        .await
+        .context("scale the StatefulSet")?;
+    if outcome.to < outcome.from {
+        let kept: Vec<String> = (outcome.to..outcome.from)
+            .map(|o| match spec.storage.mode {
+                StorageMode::Templates => spec.member_claim_name(o),
+                StorageMode::Shared => {
+                    format!("{}/{}", spec.shared_claim_name(), spec.pod_name(o))
+                }
+            })
+            .collect();
+        eprintln!(
+            "    data of removed members kept: {} (scaling up again reuses it)",
+            kept.join(", ")
+        );
+    }
+    stage.done("");
+    Ok(())
 }

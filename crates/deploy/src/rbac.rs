@@ -1,5 +1,5 @@
 //! The pods' identity: ServiceAccount `<name>-sa`, and Role + RoleBinding `<name>-agent` that
-//! let the agent read and label its own set's pods and read its StatefulSet, nothing else.
+//! let the agent read and label its own set's pods, nothing else.
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -17,31 +17,22 @@ pub fn service_account(spec: &ClusterSpec) -> ServiceAccount {
 
 /// Role `<name>-agent`.
 ///
-/// The agent labels its own pod (`patch`), checks whether a member pod still exists (`get`)
-/// and reads its StatefulSet (`get`, e.g. the desired number of members when it cleans up
-/// after a scale-down). `resourceNames` lists every pod name the set can have
+/// The agent labels its own pod (`patch`) and checks whether a member's pod still exists
+/// (`get`, before dropping the replication slot of a member scaled away); it makes no other
+/// API call. `resourceNames` lists every pod name the set can have
 /// (`<name>-0` .. `<name>-{MAX_REPLICAS-1}`), so the agent cannot touch other pods of the
 /// namespace.
 pub fn role(spec: &ClusterSpec) -> Role {
     let member_pods: Vec<String> = (0..MAX_REPLICAS).map(|i| spec.pod_name(i)).collect();
     Role {
         metadata: object_meta(spec, spec.role_name()),
-        rules: Some(vec![
-            PolicyRule {
-                api_groups: Some(vec![String::new()]),
-                resources: Some(vec!["pods".into()]),
-                resource_names: Some(member_pods),
-                verbs: vec!["get".into(), "patch".into()],
-                ..PolicyRule::default()
-            },
-            PolicyRule {
-                api_groups: Some(vec!["apps".into()]),
-                resources: Some(vec!["statefulsets".into()]),
-                resource_names: Some(vec![spec.statefulset_name().to_string()]),
-                verbs: vec!["get".into()],
-                ..PolicyRule::default()
-            },
-        ]),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["pods".into()]),
+            resource_names: Some(member_pods),
+            verbs: vec!["get".into(), "patch".into()],
+            ..PolicyRule::default()
+        }]),
     }
 }
 
@@ -75,7 +66,7 @@ mod tests {
         assert_eq!(role.metadata.name.as_deref(), Some("db-agent"));
         assert_eq!(role.metadata.namespace.as_deref(), Some("prod"));
         let rules = role.rules.expect("rules");
-        assert_eq!(rules.len(), 2);
+        assert_eq!(rules.len(), 1);
         let pods = &rules[0];
         assert_eq!(pods.api_groups.as_deref(), Some(&[String::new()][..]));
         assert_eq!(pods.resources.as_deref(), Some(&["pods".to_string()][..]));
@@ -87,14 +78,6 @@ mod tests {
             names[MAX_REPLICAS as usize - 1],
             format!("db-{}", MAX_REPLICAS - 1)
         );
-        let sts = &rules[1];
-        assert_eq!(sts.api_groups.as_deref(), Some(&["apps".to_string()][..]));
-        assert_eq!(
-            sts.resources.as_deref(),
-            Some(&["statefulsets".to_string()][..])
-        );
-        assert_eq!(sts.resource_names.as_deref(), Some(&["db".to_string()][..]));
-        assert_eq!(sts.verbs, vec!["get"]);
         for rule in &rules {
             for verb in &rule.verbs {
                 assert!(
