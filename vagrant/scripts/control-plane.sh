@@ -3,7 +3,7 @@
 # and the vagrant user, the control plane untainted so a single node runs the pods, Flannel bound to
 # the private interface, and a join command for the workers in the shared folder.
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source=SCRIPTDIR/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 require_env LAB_NODE_NAME LAB_NODE_IP LAB_K8S_VERSION LAB_POD_CIDR LAB_SERVICE_CIDR \
@@ -23,11 +23,11 @@ if [[ ! -f "$ROOT/etc/kubernetes/admin.conf" ]]; then
     --node-name "$LAB_NODE_NAME"
 fi
 
-# --- kubeconfig for the vagrant user (root uses admin.conf through KUBECONFIG) -----------------
+# --- kubectl works for root (sudo kubectl) and the vagrant user as is ---------------------------
+write_file /root/.kube/config 0600 <"$ROOT/etc/kubernetes/admin.conf" || true
 if write_file /home/vagrant/.kube/config 0600 <"$ROOT/etc/kubernetes/admin.conf"; then
   chown -R vagrant:vagrant "$ROOT/home/vagrant/.kube"
 fi
-ensure_line /root/.bashrc "export KUBECONFIG=/etc/kubernetes/admin.conf"
 
 for _ in $(seq 1 120); do
   kubectl get --raw /readyz >/dev/null 2>&1 && break

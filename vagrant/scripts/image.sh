@@ -2,7 +2,7 @@
 # Multi-node labs: builds the agent's image archive into the shared folder, where every worker
 # imports it into its containerd, and imports it on the control plane too.
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source=SCRIPTDIR/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 require_env LAB_SHARE

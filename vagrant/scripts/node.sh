@@ -4,7 +4,7 @@
 # with kubelet on the private address, nfs-utils, and firewalld opened to the lab's networks.
 # SELinux stays enforcing. Every step checks before it changes.
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source=SCRIPTDIR/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 require_env LAB_NODE_NAME LAB_NODE_IP LAB_HOSTS LAB_K8S_VERSION LAB_POD_CIDR LAB_SERVICE_CIDR

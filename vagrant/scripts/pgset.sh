@@ -3,7 +3,7 @@
 # volumes, agent image, the StatefulSet, verification. pgset's own steps are idempotent, so a
 # re-run reports that nothing changed.
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source=SCRIPTDIR/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 require_env LAB_WORKERS LAB_NODE_IP

@@ -3,7 +3,7 @@
 # profile) for the vagrant user, the C toolchain and static glibc the agent's static binary links
 # against, the lab's pgset spec, and `pgset-lab`, which runs `cargo xtask` as root with both.
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source=SCRIPTDIR/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 require_env LAB_CONTROL_PLANE_IP LAB_REPLICAS LAB_STORAGE LAB_REPO

@@ -2,7 +2,7 @@
 # Makes a worker node: joins the cluster with the control plane's join command (once), then
 # imports the agent image archive from the shared folder when it is new to this node.
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source=SCRIPTDIR/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 require_env LAB_NODE_NAME LAB_SHARE
