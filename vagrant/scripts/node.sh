@@ -97,8 +97,8 @@ if ! systemctl is-enabled --quiet kubelet; then
   systemctl enable kubelet
 fi
 
-# --- NFS client on every node (the control plane also serves) ---------------------------------
-ensure_packages nfs-utils
+# --- NFS client on every node (the control plane also serves); tc for kubeadm's preflight -------
+ensure_packages nfs-utils iproute-tc
 
 # --- firewalld, when it runs: trust the private, pod and Service networks ----------------------
 if systemctl is-active --quiet firewalld; then
