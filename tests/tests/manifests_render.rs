@@ -1,7 +1,7 @@
 //! The committed `manifests/` match what the code builds for the default spec, hold no
 //! password, and both storage modes pass kubernetes-validate.
 
-use pgset_deploy::render::{ALL_MANIFEST_FILES, manifest_files, multi_document};
+use pgset_deploy::render::{ALL_MANIFEST_FILES, manifest_drift, manifest_files, multi_document};
 use pgset_spec::{ClusterSpec, StorageMode};
 use pgset_tests::{missing_tool, tool, workspace_root};
 
@@ -9,23 +9,9 @@ const FIX: &str = "run `cargo xtask render` (with no pgset.yaml in the working d
 
 #[test]
 fn committed_manifests_are_up_to_date() {
-    let dir = workspace_root().join("manifests");
     let files = manifest_files(&ClusterSpec::default()).expect("render");
-    let mut problems = Vec::new();
-    for file in &files {
-        let path = dir.join(file.name);
-        match std::fs::read_to_string(&path) {
-            Ok(text) if text == file.content => {}
-            Ok(_) => problems.push(format!("{} differs from the code", path.display())),
-            Err(e) => problems.push(format!("{} cannot be read: {e}", path.display())),
-        }
-    }
-    for name in ALL_MANIFEST_FILES {
-        if !files.iter().any(|f| f.name == *name) && dir.join(name).exists() {
-            problems.push(format!("{name} is not rendered for the default spec"));
-        }
-    }
-    assert!(problems.is_empty(), "{}: {FIX}", problems.join("; "));
+    let drift = manifest_drift(&workspace_root().join("manifests"), &files);
+    assert!(drift.is_empty(), "{}: {FIX}", drift.join("; "));
 }
 
 /// Lines of rendered YAML that could carry a secret value.

@@ -34,16 +34,30 @@ pub struct Args {
         value_enum
     )]
     pub dry_run: Option<DryRun>,
-    /// Apply and return without waiting for the members to be Ready
-    #[arg(long)]
-    pub no_wait: bool,
-    /// How long to wait for the rollout (e.g. 300, 90s, 5m)
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_timeout)]
-    pub timeout: Duration,
+    #[command(flatten)]
+    pub wait: WaitArgs,
     #[command(flatten)]
     pub spec: SpecArgs,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// `--no-wait` and `--timeout` of the commands that wait for the members to be Ready.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WaitArgs {
+    /// Return once the StatefulSet is written, without waiting for the members to be Ready
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long to wait for the members (e.g. 300, 90s, 5m)
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_timeout)]
+    pub timeout: Duration,
+}
+
+impl WaitArgs {
+    /// The time to wait, or `None` with `--no-wait`.
+    pub fn timeout(&self) -> Option<Duration> {
+        (!self.no_wait).then_some(self.timeout)
+    }
 }
 
 /// Parses a timeout: seconds (`300`), or a number with `s`, `m` or `h`.
@@ -84,7 +98,7 @@ pub async fn run(args: Args) -> Result<()> {
         Some(DryRun::Server) => ApplyMode::ServerDryRun,
         None => ApplyMode::Apply,
     };
-    if args.no_wait && mode == ApplyMode::ServerDryRun {
+    if args.wait.no_wait && mode == ApplyMode::ServerDryRun {
         bail!("--no-wait has no effect with --dry-run=server (a dry run never waits): drop one");
     }
     let client = args.client.client().await?;
@@ -105,22 +119,19 @@ pub async fn run(args: Args) -> Result<()> {
     .await
     .context("apply the objects")?;
     stage.done("");
-    if mode == ApplyMode::ServerDryRun || args.no_wait {
-        return Ok(());
-    }
+    let timeout = match args.wait.timeout() {
+        Some(t) if mode == ApplyMode::Apply => t,
+        _ => return Ok(()),
+    };
     let stage = Stage::start(format!(
         "wait for {} members of StatefulSet {} to be Ready (timeout {}s)",
         spec.replicas,
         spec.statefulset_name(),
-        args.timeout.as_secs()
+        timeout.as_secs()
     ));
-    let report = wait_for_rollout(
-        &client,
-        &spec,
-        spec.replicas,
-        args.timeout,
-        &mut |line: &str| eprintln!("    {line}"),
-    )
+    let report = wait_for_rollout(&client, &spec, spec.replicas, timeout, &mut |line: &str| {
+        eprintln!("    {line}")
+    })
     .await
     .context("wait for the rollout")?;
     stage.done(&format!(

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use pgset_deploy::render::{ALL_MANIFEST_FILES, manifest_files};
+use pgset_deploy::render::{ALL_MANIFEST_FILES, manifest_drift, manifest_files};
 
 use crate::cli::{ClientArgs, SpecArgs, workspace_root};
 
@@ -31,21 +31,7 @@ pub async fn run(args: Args) -> Result<()> {
         .unwrap_or_else(|| workspace_root().join("manifests"));
     let files = manifest_files(&spec).context("render the objects")?;
     if args.check {
-        let mut stale = Vec::new();
-        for file in &files {
-            let path = dir.join(file.name);
-            match std::fs::read_to_string(&path) {
-                Ok(on_disk) if on_disk == file.content => {}
-                Ok(_) => stale.push(format!("{} differs", path.display())),
-                Err(_) => stale.push(format!("{} is missing", path.display())),
-            }
-        }
-        for name in ALL_MANIFEST_FILES {
-            let path = dir.join(name);
-            if !files.iter().any(|f| f.name == *name) && path.exists() {
-                stale.push(format!("{} is not rendered any more", path.display()));
-            }
-        }
+        let stale = manifest_drift(&dir, &files);
         if !stale.is_empty() {
             bail!(
                 "manifests are out of date ({}): run `cargo xtask render`",

@@ -1,13 +1,11 @@
 //! `cargo xtask scale N`: set the number of members (ordered: new members start one after the
 //! other; scale-down removes the highest ordinals and keeps their claims and data).
 
-use std::time::Duration;
-
 use anyhow::{Context, Result, bail};
 use pgset_spec::{MAX_REPLICAS, StorageMode};
 
 use crate::cli::{ClientArgs, SpecArgs, Stage};
-use crate::deploy::parse_timeout;
+use crate::deploy::WaitArgs;
 
 /// Arguments of `cargo xtask scale`.
 #[derive(Debug, clap::Args)]
@@ -15,12 +13,8 @@ pub struct Args {
     /// Number of members wanted (ordinal 0 stays the master)
     #[arg(value_name = "N", allow_negative_numbers = true)]
     pub members: i32,
-    /// Return once the StatefulSet is patched, without waiting for the members
-    #[arg(long)]
-    pub no_wait: bool,
-    /// How long to wait for the members (e.g. 300, 90s, 5m)
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_timeout)]
-    pub timeout: Duration,
+    #[command(flatten)]
+    pub wait: WaitArgs,
     #[command(flatten)]
     pub spec: SpecArgs,
     #[command(flatten)]
@@ -45,7 +39,7 @@ pub async fn run(args: Args) -> Result<()> {
         spec.namespace,
         spec.replicas
     ));
-    let wait = (!args.no_wait).then_some(args.timeout);
+    let wait = args.wait.timeout();
     let outcome =
         pgset_deploy::scale::scale(&client, &spec, spec.replicas, wait, &mut |l: &str| {
             eprintln!("    {l}")

@@ -1,9 +1,6 @@
 //! Server-side apply of a cluster's objects in a fixed order (RBAC, Secret, Services, claim,
 //! StatefulSet) with one field manager; the Secret is get-or-create and never overwritten.
 
-use std::fmt::Debug;
-
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -11,11 +8,9 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource};
 use pgset_spec::ClusterSpec;
 use pgset_spec::contract::FIELD_MANAGER;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use crate::secret::{Passwords, missing_keys, secret};
-use crate::{ClusterObjects, Error, Result, is_status};
+use crate::{ClusterObjects, Error, NamespacedObject, Result, is_status};
 
 /// Whether changes are made or only checked by the API server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,11 +61,7 @@ pub async fn apply_object<K>(
     mode: ApplyMode,
 ) -> Result<K>
 where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + Debug,
+    K: NamespacedObject,
 {
     let kind = kind_of::<K>();
     let name = object.meta().name.clone().unwrap_or_default();
@@ -186,11 +177,7 @@ async fn apply_one<K>(
     progress: &mut (dyn FnMut(&str) + Send),
 ) -> Result<()>
 where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + Debug,
+    K: NamespacedObject,
 {
     let before = object.meta().name.clone().unwrap_or_default();
     let applied = apply_object(client, namespace, object, mode).await?;

@@ -164,6 +164,25 @@ impl ClusterObjects {
     }
 }
 
+/// A namespaced k8s-openapi object the edge can read, apply and delete.
+pub trait NamespacedObject:
+    kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + serde::Serialize
+    + serde::de::DeserializeOwned
+    + Clone
+    + std::fmt::Debug
+{
+}
+
+impl<K> NamespacedObject for K where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Clone
+        + std::fmt::Debug
+{
+}
+
 /// Turns `(key, value)` label pairs into the map Kubernetes objects carry.
 pub(crate) fn label_map(pairs: Vec<(&'static str, String)>) -> BTreeMap<String, String> {
     pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()

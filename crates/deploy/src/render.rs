@@ -166,6 +166,27 @@ pub const ALL_MANIFEST_FILES: &[&str] = &[
     "README.md",
 ];
 
+/// How the files in `dir` differ from `files`: one line per file that differs, is missing,
+/// or is left over from another spec. Empty when they match.
+pub fn manifest_drift(dir: &std::path::Path, files: &[ManifestFile]) -> Vec<String> {
+    let mut drift = Vec::new();
+    for file in files {
+        let path = dir.join(file.name);
+        match std::fs::read_to_string(&path) {
+            Ok(on_disk) if on_disk == file.content => {}
+            Ok(_) => drift.push(format!("{} differs from the code", path.display())),
+            Err(e) => drift.push(format!("{} cannot be read: {e}", path.display())),
+        }
+    }
+    for name in ALL_MANIFEST_FILES {
+        let path = dir.join(name);
+        if !files.iter().any(|f| f.name == *name) && path.exists() {
+            drift.push(format!("{} is not rendered for this spec", path.display()));
+        }
+    }
+    drift
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

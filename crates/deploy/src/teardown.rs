@@ -2,26 +2,23 @@
 //! the reverse of the apply order. Claims, PersistentVolumes and the Secret (whose passwords
 //! belong to the data) stay unless purging.
 
-use std::fmt::Debug;
 use std::time::Duration;
 
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{
     PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{DeleteParams, ListParams};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client};
 use pgset_spec::ClusterSpec;
 use pgset_spec::contract::{APP_NAME, labels};
-use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use crate::apply::kind_of;
 use crate::rollout::POLL_INTERVAL;
 use crate::scale::set_replicas;
-use crate::{Error, Result, is_status, selector_string};
+use crate::{Error, NamespacedObject, Result, is_status, selector_string};
 
 /// Whether the user's data goes too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,10 +51,7 @@ impl Deadline {
 /// Deletes one namespaced object; `Ok(false)` when it was already absent.
 async fn delete_named<K>(client: &Client, namespace: &str, name: &str) -> Result<bool>
 where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + DeserializeOwned
-        + Clone
-        + Debug,
+    K: NamespacedObject,
 {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     match api.delete(name, &DeleteParams::default()).await {
@@ -74,10 +68,7 @@ async fn delete_reporting<K>(
     progress: &mut (dyn FnMut(&str) + Send),
 ) -> Result<()>
 where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + DeserializeOwned
-        + Clone
-        + Debug,
+    K: NamespacedObject,
 {
     let kind = kind_of::<K>();
     if delete_named::<K>(client, namespace, name).await? {
@@ -119,8 +110,23 @@ where
     }
 }
 
-fn names<K: Resource>(items: &[K]) -> Vec<String> {
-    items.iter().filter_map(|o| o.meta().name.clone()).collect()
+/// Names of the objects of kind `K` in the namespace carrying this cluster's selector labels.
+async fn labelled_names<K: NamespacedObject>(
+    client: &Client,
+    spec: &ClusterSpec,
+) -> Result<Vec<String>> {
+    let ns = spec.namespace.as_str();
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let selector = selector_string(spec);
+    let list = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::api("list", kind_of::<K>(), &selector, ns))?;
+    Ok(list
+        .items
+        .iter()
+        .filter_map(|o| o.meta().name.clone())
+        .collect())
 }
 
 /// This cluster's claims: those carrying its selector labels (the shared claim and the
@@ -128,12 +134,7 @@ fn names<K: Resource>(items: &[K]) -> Vec<String> {
 async fn cluster_claims(client: &Client, spec: &ClusterSpec) -> Result<Vec<String>> {
     let ns = spec.namespace.as_str();
     let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
-    let selector = selector_string(spec);
-    let list = api
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(Error::api("list", "PersistentVolumeClaim", &selector, ns))?;
-    let mut found = names(&list.items);
+    let mut found = labelled_names::<PersistentVolumeClaim>(client, spec).await?;
     let shared = spec.shared_claim_name();
     if !found.contains(&shared)
         && api
@@ -192,14 +193,7 @@ async fn cluster_volumes(client: &Client, spec: &ClusterSpec) -> Result<Vec<Stri
 }
 
 async fn cluster_pods(client: &Client, spec: &ClusterSpec) -> Result<Vec<String>> {
-    let ns = spec.namespace.as_str();
-    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let selector = selector_string(spec);
-    let list = api
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(Error::api("list", "Pod", &selector, ns))?;
-    Ok(names(&list.items))
+    labelled_names::<Pod>(client, spec).await
 }
 
 /// Takes the cluster off: scale to 0 and wait (up to `timeout` for the whole teardown), then

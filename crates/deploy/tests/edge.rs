@@ -488,6 +488,17 @@ fn running_cluster() -> impl FnMut(&Call) -> (u16, Value) + Send + 'static {
     }
 }
 
+async fn down_quietly(client: &kube::Client, purge: Purge) -> pgset_deploy::Result<()> {
+    down(
+        client,
+        &spec(),
+        purge,
+        Duration::from_secs(60),
+        &mut |_: &str| {},
+    )
+    .await
+}
+
 fn deletes(calls: &[Call]) -> Vec<String> {
     calls
         .iter()
@@ -558,15 +569,7 @@ async fn down_scales_to_zero_waits_then_deletes_in_reverse_and_keeps_data() {
 #[tokio::test(start_paused = true)]
 async fn down_purge_deletes_claims_this_clusters_volumes_and_the_secret() {
     let (client, calls) = mock_client(running_cluster());
-    down(
-        &client,
-        &spec(),
-        Purge::Everything,
-        Duration::from_secs(60),
-        &mut |_: &str| {},
-    )
-    .await
-    .unwrap();
+    down_quietly(&client, Purge::Everything).await.unwrap();
     let calls = calls.lock().unwrap().clone();
     let d = deletes(&calls);
     assert_eq!(
@@ -600,15 +603,7 @@ async fn down_of_an_absent_cluster_changes_nothing_and_succeeds() {
         ),
         _ => not_found(&call.path),
     });
-    down(
-        &client,
-        &spec(),
-        Purge::Keep,
-        Duration::from_secs(10),
-        &mut |_: &str| {},
-    )
-    .await
-    .unwrap();
+    down_quietly(&client, Purge::Keep).await.unwrap();
     let calls = calls.lock().unwrap().clone();
     assert!(
         !calls
