@@ -467,6 +467,8 @@ const STUBBED: &[&str] = &[
     "curl",
     "chown",
     "ctr",
+    "sudo",
+    "cargo",
 ];
 
 /// Calls that only read: anything else changes the node.
@@ -486,6 +488,7 @@ fn reads_only(call: &str) -> bool {
     ];
     READS.iter().any(|r| call.starts_with(r))
         || (call.starts_with("firewall-cmd ") && call.contains("--query-source="))
+        || (call.starts_with("sudo -u vagrant ") && call.ends_with("/rustc --version"))
 }
 
 /// A temporary node: a root tree the scripts edit, a state dir the stand-ins keep, and a bin dir
@@ -527,16 +530,22 @@ impl StubNode {
         std::fs::write(d.join(name), "").unwrap();
     }
 
-    /// Runs a lab script; returns the calls it made to the stand-ins.
+    /// Runs a lab script with the given settings; returns the calls it made to the stand-ins.
     fn run(&self, script: &str, env: &[(&str, String)]) -> Vec<String> {
-        let log = self.state.path().join("calls.log");
-        let _ = std::fs::remove_file(&log);
+        let script = scripts_dir().join(script).display().to_string();
+        self.run_program("bash", &[script.as_str()], env);
+        self.calls()
+    }
+
+    /// Runs a program with the stand-ins first on PATH; fails the test when it fails.
+    fn run_program(&self, program: &str, args: &[&str], env: &[(&str, String)]) {
+        let _ = std::fs::remove_file(self.state.path().join("calls.log"));
         let path = format!(
             "{}:{}",
             self.bin.path().display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let mut cmd = duct::cmd("bash", [scripts_dir().join(script)])
+        let mut cmd = duct::cmd(program, args)
             .env("PATH", path)
             .env("LAB_ROOT", self.root.path())
             .env("STUB_STATE", self.state.path())
@@ -550,12 +559,16 @@ impl StubNode {
         let out = cmd.run().unwrap();
         assert!(
             out.status.success(),
-            "{script} failed ({:?}):\n{}{}",
+            "{program} {args:?} failed ({:?}):\n{}{}",
             out.status.code(),
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        std::fs::read_to_string(&log)
+    }
+
+    /// The calls made to the stand-ins by the last run.
+    fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.state.path().join("calls.log"))
             .unwrap_or_default()
             .lines()
             .map(str::to_string)
@@ -631,6 +644,8 @@ fn node_env(s: &LabSettings, name: &str, ip: Ipv4Addr) -> Vec<(&'static str, Str
         ("LAB_SERVICE_CIDR", s.kubernetes.service_cidr.clone()),
         ("LAB_FLANNEL_VERSION", s.flannel_version.clone()),
         ("LAB_SHARE", "/vagrant/vagrant/.lab".to_string()),
+        ("LAB_REPLICAS", s.pgset.replicas.to_string()),
+        ("LAB_STORAGE", s.pgset.storage.clone()),
     ]
 }
 
@@ -779,4 +794,56 @@ fn worker_script_joins_and_imports_once_then_a_second_run_changes_nothing() {
     let changes: Vec<&String> = calls.iter().filter(|c| !reads_only(c)).collect();
     assert_eq!(changes.len(), 1, "{changes:?}");
     assert!(changes[0].starts_with("ctr -n k8s.io images import"));
+}
+
+#[test]
+fn toolchain_script_installs_once_and_its_wrapper_passes_the_lab_spec() {
+    let s = settings();
+    let node = StubNode::new();
+    let repo = tempfile::tempdir().unwrap();
+    let mut env = node_env(
+        &s,
+        &format!("{}-cp", s.name_prefix),
+        s.network.control_plane_ip,
+    );
+    env.push(("LAB_REPO", repo.path().display().to_string()));
+
+    let calls = node.run("toolchain.sh", &env);
+    assert_called(&calls, "dnf config-manager --set-enabled crb");
+    assert_called(
+        &calls,
+        "dnf install -y --disableexcludes=all dnf-plugins-core",
+    );
+    assert_called(
+        &calls,
+        "dnf install -y --disableexcludes=all gcc glibc-static",
+    );
+    assert_called(
+        &calls,
+        "sudo -u vagrant -H sh -s -- -y --profile minimal --default-toolchain stable",
+    );
+    assert!(
+        node.read("etc/pgset-lab/pgset.yaml")
+            .contains(&format!("server: {}", s.network.control_plane_ip))
+    );
+    node.assert_second_run_changes_nothing("toolchain.sh", &env);
+
+    // The wrapper adds the lab's spec to the tasks that read one, and runs in the repository.
+    let wrapper = node.root.path().join("usr/local/bin/pgset-lab");
+    let wrapper = wrapper.to_str().expect("a UTF-8 temporary path");
+    let run_wrapper = |args: &[&str]| {
+        node.run_program(wrapper, args, &[]);
+        node.calls()
+    };
+    assert_eq!(
+        run_wrapper(&["verify", "--output", "json"]),
+        vec!["cargo xtask verify --config /etc/pgset-lab/pgset.yaml --output json"]
+    );
+    assert_eq!(
+        run_wrapper(&["image", "--out", "/x.tar"]),
+        vec!["cargo xtask image --config /etc/pgset-lab/pgset.yaml --out /x.tar"]
+    );
+    assert_eq!(run_wrapper(&["render"]), vec!["cargo xtask render"]);
+    let cwd = std::fs::read_to_string(node.state.path().join("cargo-cwd")).unwrap();
+    assert!(cwd.lines().all(|l| Path::new(l) == repo.path()), "{cwd}");
 }

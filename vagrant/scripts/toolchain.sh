@@ -44,7 +44,7 @@ cd ${LAB_REPO}
 task="\${1:?usage: pgset-lab TASK [ARGS...], e.g. pgset-lab status}"
 shift
 case "\$task" in
-  up | down | nfs | volumes | deploy | verify | scale | status)
+  up | down | nfs | volumes | image | deploy | verify | scale | status)
     exec cargo xtask "\$task" --config ${CONFIG_DIR}/pgset.yaml "\$@" ;;
   *)
     exec cargo xtask "\$task" "\$@" ;;
