@@ -120,7 +120,16 @@ pub async fn wait_for_rollout(
                 .as_ref()
                 .and_then(|s| s.status.as_ref())
                 .and_then(|s| s.update_revision.clone());
-            for ordinal in 0..replicas {
+            // Until the controller has seen the latest spec, its revision names the old
+            // template: judging members against it would report old pods as done.
+            let observed = snap.statefulset.as_ref().is_some_and(|s| {
+                s.status
+                    .as_ref()
+                    .and_then(|st| st.observed_generation)
+                    .unwrap_or(0)
+                    >= s.metadata.generation.unwrap_or(0)
+            });
+            for ordinal in (0..replicas).filter(|_| observed) {
                 let Some(pod) = snap.pods.get(&ordinal) else {
                     continue;
                 };
@@ -147,7 +156,7 @@ pub async fn wait_for_rollout(
                     first_seen.entry(name).or_insert_with(Instant::now);
                 }
             }
-            first_poll = false;
+            first_poll &= !observed;
             let extra_members = snap.pods.keys().any(|o| *o >= replicas);
             let settled = snap
                 .statefulset

@@ -289,6 +289,63 @@ async fn rollout_reports_each_member_once_in_order() {
     assert!(calls.iter().all(|c| !c.is_write()), "waiting never writes");
 }
 
+/// A template change: the controller sees generation 2 only after a few polls, then replaces
+/// the pods (highest ordinal first) with revision r2.
+#[tokio::test(start_paused = true)]
+async fn rollout_after_a_template_change_waits_for_the_new_revision() {
+    let mut polls = 0;
+    let (client, _calls) = mock_client(move |call: &Call| {
+        let stage = polls / 2;
+        match call.path.as_str() {
+            "/apis/apps/v1/namespaces/default/statefulsets/pgset" => {
+                let mut sts = statefulset(2, 2, 2);
+                sts["metadata"]["generation"] = json!(2);
+                if stage >= 2 {
+                    let updated = if stage >= 6 {
+                        2
+                    } else if stage >= 4 {
+                        1
+                    } else {
+                        0
+                    };
+                    sts["status"]["observedGeneration"] = json!(2);
+                    sts["status"]["updateRevision"] = json!("r2");
+                    sts["status"]["updatedReplicas"] = json!(updated);
+                    sts["status"]["readyReplicas"] =
+                        json!(if stage == 3 || stage == 5 { 1 } else { 2 });
+                }
+                (200, sts)
+            }
+            "/api/v1/namespaces/default/pods" => {
+                polls += 1;
+                let pods = match stage {
+                    0..=2 => vec![pod(0, true, "r1"), pod(1, true, "r1")],
+                    3 => vec![pod(0, true, "r1"), pod(1, false, "r2")],
+                    4 => vec![pod(0, true, "r1"), pod(1, true, "r2")],
+                    5 => vec![pod(0, false, "r2"), pod(1, true, "r2")],
+                    _ => vec![pod(0, true, "r2"), pod(1, true, "r2")],
+                };
+                (200, pod_list(pods))
+            }
+            p => panic!("unexpected {} {p}", call.method),
+        }
+    });
+    let mut lines = Vec::new();
+    wait_for_rollout(
+        &client,
+        &spec(),
+        2,
+        Duration::from_secs(60),
+        &mut |l: &str| lines.push(l.to_string()),
+    )
+    .await
+    .unwrap();
+    let ready: Vec<&String> = lines.iter().filter(|l| l.starts_with("pgset-")).collect();
+    assert_eq!(ready.len(), 2, "{lines:?}");
+    assert!(ready[0].starts_with("pgset-1 Ready after"), "{lines:?}");
+    assert!(ready[1].starts_with("pgset-0 Ready after"), "{lines:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn rollout_timeout_names_the_pod_its_state_and_last_event() {
     let (client, _calls) = mock_client(|call: &Call| match call.path.as_str() {
