@@ -203,16 +203,35 @@ fn hold_up(
     let Some(sts) = &snap.statefulset else {
         return format!("StatefulSet {} does not exist", spec.statefulset_name());
     };
+    // A member missing or not Ready holds the rollout up first ...
     for ordinal in 0..replicas {
         let name = spec.pod_name(ordinal);
         match snap.pods.get(&ordinal) {
             None => {
                 return format!("pod {name} not created yet ({})", statefulset_summary(sts));
             }
-            Some(pod) if !member_done(pod, update_revision) => {
+            Some(pod) if !pod_is_ready(pod) || pod.metadata.deletion_timestamp.is_some() => {
                 return format!("pod {name}: {}", describe_pod(pod));
             }
             Some(_) => {}
+        }
+    }
+    // ... then a Ready member still on the previous revision (rolling update, highest first).
+    for ordinal in (0..replicas).rev() {
+        if let Some(pod) = snap.pods.get(&ordinal)
+            && !member_done(pod, update_revision)
+        {
+            let revision = pod
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(REVISION_LABEL));
+            return format!(
+                "pod {} runs revision {}, to be replaced by {}",
+                spec.pod_name(ordinal),
+                revision.map_or("?", String::as_str),
+                update_revision.unwrap_or("?")
+            );
         }
     }
     if let Some((_, pod)) = snap.pods.iter().find(|(o, _)| **o >= replicas) {

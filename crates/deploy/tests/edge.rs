@@ -344,6 +344,10 @@ async fn rollout_after_a_template_change_waits_for_the_new_revision() {
     assert_eq!(ready.len(), 2, "{lines:?}");
     assert!(ready[0].starts_with("pgset-1 Ready after"), "{lines:?}");
     assert!(ready[1].starts_with("pgset-0 Ready after"), "{lines:?}");
+    assert!(
+        lines.contains(&"waiting: pod pgset-1 runs revision r1, to be replaced by r2".to_string()),
+        "{lines:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
