@@ -163,9 +163,15 @@ pub fn is_cluster_volume(spec: &ClusterSpec, pv: &PersistentVolume) -> bool {
     let name = pv.metadata.name.clone().unwrap_or_default();
     match pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) {
         Some(claim) => claim.namespace.as_deref() == Some(spec.namespace.as_str()),
+        // Unbound: one of the names pgset gives volumes, for any size the cluster had
+        // (`pv1..pvN` of shared mode, `<name>-<namespace>-<ordinal>` of templates mode).
         None => {
-            spec.shared_pv_names().contains(&name)
-                || (0..pgset_spec::MAX_REPLICAS).any(|o| spec.member_pv_name(o) == name)
+            let widest = ClusterSpec {
+                replicas: pgset_spec::MAX_REPLICAS,
+                ..spec.clone()
+            };
+            widest.shared_pv_names().contains(&name)
+                || (0..widest.replicas).any(|o| widest.member_pv_name(o) == name)
         }
     }
 }
@@ -328,6 +334,11 @@ mod tests {
         ));
         assert!(is_cluster_volume(&spec, &pv("pv1", "db", None)));
         assert!(is_cluster_volume(&spec, &pv("db-prod-3", "db", None)));
+        assert!(
+            is_cluster_volume(&spec, &pv("pv7", "db", None)),
+            "from an earlier scale-up"
+        );
+        assert!(!is_cluster_volume(&spec, &pv("data-7", "db", None)));
         // Same cluster name in another namespace.
         assert!(!is_cluster_volume(
             &spec,
