@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Subcommand, ValueEnum};
 use pgset_nfs::{CommandRunner, Duct, HostCommand};
+use pgset_verify::{Report, Verdict};
 use serde::Deserialize;
 
 use crate::cli::{Stage, workspace_root};
@@ -388,11 +389,11 @@ fn e2e_on(lab: &Lab, provider: Provider, report_path: Option<&Path>) -> Result<(
     std::fs::write(&path, format!("{pretty}\n"))
         .with_context(|| format!("write the report to {}", path.display()))?;
     println!("{pretty}");
-    let summary = ReportSummary::of(&report)?;
-    stage.done(&format!("{summary} (report: {})", path.display()));
-    if !summary.failed.is_empty() {
-        bail!("checks failed in the lab: {}", summary.failed.join(", "));
-    }
+    let report: Report = serde_json::from_value(report).context(
+        "the lab's verify printed JSON that is not a verify report (pgset_verify::Report)",
+    )?;
+    let counts = report_outcome(&report)?;
+    stage.done(&format!("{counts} (report: {})", path.display()));
     if !out.status.success() {
         bail!(
             "verify exited with {} although its report shows no failed check",
@@ -400,6 +401,29 @@ fn e2e_on(lab: &Lab, provider: Provider, report_path: Option<&Path>) -> Result<(
         );
     }
     Ok(())
+}
+
+/// A verify report's outcome: its counts when it passed, else which checks failed. A report
+/// whose `passed` is false, or that holds no checks, fails too.
+fn report_outcome(report: &Report) -> Result<String> {
+    let count = |v: Verdict| report.checks.iter().filter(|c| c.verdict == v).count();
+    let counts = format!(
+        "{} passed, {} failed, {} skipped",
+        count(Verdict::Pass),
+        count(Verdict::Fail),
+        count(Verdict::Skipped)
+    );
+    let failed: Vec<&str> = report.failed().map(|c| c.name.as_str()).collect();
+    if !failed.is_empty() {
+        bail!("checks failed in the lab ({counts}): {}", failed.join(", "));
+    }
+    if !report.passed {
+        bail!("the lab's verify report says it did not pass ({counts})");
+    }
+    if report.checks.is_empty() {
+        bail!("the lab's verify report holds no checks");
+    }
+    Ok(counts)
 }
 
 /// `(machine, state)` pairs from `vagrant status --machine-readable` lines
@@ -439,76 +463,6 @@ fn extract_report(stdout: &str) -> Option<serde_json::Value> {
     None
 }
 
-/// The outcome of a verify report: check names by verdict.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct ReportSummary {
-    passed: Vec<String>,
-    failed: Vec<String>,
-    skipped: Vec<String>,
-}
-
-impl std::fmt::Display for ReportSummary {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} passed, {} failed, {} skipped",
-            self.passed.len(),
-            self.failed.len(),
-            self.skipped.len()
-        )
-    }
-}
-
-impl ReportSummary {
-    /// Reads a report: a list of checks, or an object with `checks` (and maybe `ok`). Each check
-    /// has a `name` and a `verdict` (`"pass"`, `"fail"`, `"skipped"`, or an object keyed by one of
-    /// them). A verdict it cannot read counts as failed; so does `"ok": false`, and a report with
-    /// no checks at all.
-    fn of(report: &serde_json::Value) -> Result<ReportSummary> {
-        let (checks, ok) = match report {
-            serde_json::Value::Array(checks) => (checks, None),
-            serde_json::Value::Object(map) => (
-                map.get("checks")
-                    .and_then(serde_json::Value::as_array)
-                    .context("the report has no `checks` list")?,
-                map.get("ok").and_then(serde_json::Value::as_bool),
-            ),
-            _ => bail!("the report is neither a list of checks nor an object with `checks`"),
-        };
-        if checks.is_empty() {
-            bail!("the report lists no checks");
-        }
-        let mut summary = ReportSummary::default();
-        for (i, check) in checks.iter().enumerate() {
-            let name = check
-                .get("name")
-                .and_then(serde_json::Value::as_str)
-                .map_or_else(|| format!("check #{}", i + 1), str::to_string);
-            let verdict = match check.get("verdict") {
-                Some(serde_json::Value::String(s)) => s.to_ascii_lowercase(),
-                Some(serde_json::Value::Object(m)) if m.len() == 1 => m
-                    .keys()
-                    .next()
-                    .map(|k| k.to_ascii_lowercase())
-                    .unwrap_or_default(),
-                _ => String::new(),
-            };
-            match verdict.as_str() {
-                "pass" | "passed" | "ok" => summary.passed.push(name),
-                "skip" | "skipped" => summary.skipped.push(name),
-                "fail" | "failed" => summary.failed.push(name),
-                other => summary
-                    .failed
-                    .push(format!("{name} (unreadable verdict {other:?})")),
-            }
-        }
-        if ok == Some(false) && summary.failed.is_empty() {
-            summary.failed.push("report (\"ok\": false)".to_string());
-        }
-        Ok(summary)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -529,40 +483,55 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_report_with_a_failed_check_fails() {
-        let report = json!({"ok": false, "checks": [
-            {"name": "pods-ready", "verdict": "pass"},
-            {"name": "streaming", "verdict": "fail", "message": "1 of 2"},
-            {"name": "scale", "verdict": {"skipped": "no --scale-test"}},
-        ]});
-        let s = ReportSummary::of(&report).unwrap();
-        assert_eq!(s.passed, vec!["pods-ready"]);
-        assert_eq!(s.failed, vec!["streaming"]);
-        assert_eq!(s.skipped, vec!["scale"]);
+    /// A report in verify's JSON shape (see pgset_verify::report).
+    fn report(passed: bool, verdicts: &[(&str, &str)]) -> Report {
+        let checks: Vec<serde_json::Value> = verdicts
+            .iter()
+            .map(|(name, verdict)| {
+                json!({"name": name, "verdict": verdict, "duration_ms": 12, "message": "seen"})
+            })
+            .collect();
+        serde_json::from_value(json!({
+            "cluster": "pgset", "namespace": "default", "passed": passed,
+            "duration_ms": 345, "checks": checks,
+        }))
+        .expect("verify's report shape")
     }
 
     #[test]
-    fn ok_false_fails_even_when_every_check_passed() {
-        let report = json!({"ok": false, "checks": [{"name": "a", "verdict": "Pass"}]});
-        assert_eq!(ReportSummary::of(&report).unwrap().failed.len(), 1);
+    fn a_report_with_a_failed_check_fails_and_names_it() {
+        let r = report(
+            false,
+            &[
+                ("pods-ready", "pass"),
+                ("streaming", "fail"),
+                ("scale", "skipped"),
+            ],
+        );
+        let err = report_outcome(&r).unwrap_err().to_string();
+        assert!(
+            err.contains("streaming") && !err.contains("pods-ready"),
+            "{err}"
+        );
+        assert!(err.contains("1 passed, 1 failed, 1 skipped"), "{err}");
     }
 
     #[test]
-    fn unreadable_or_missing_verdicts_and_empty_reports_fail() {
-        let report = json!([{"name": "a", "verdict": "maybe"}, {"name": "b"}]);
-        assert_eq!(ReportSummary::of(&report).unwrap().failed.len(), 2);
-        assert!(ReportSummary::of(&json!([])).is_err());
-        assert!(ReportSummary::of(&json!({"ok": true})).is_err());
-        assert!(ReportSummary::of(&json!("pass")).is_err());
+    fn a_report_that_did_not_pass_or_holds_no_checks_fails() {
+        assert!(report_outcome(&report(false, &[("a", "pass")])).is_err());
+        assert!(report_outcome(&report(true, &[])).is_err());
     }
 
     #[test]
-    fn a_passing_list_report_passes() {
-        let report = json!([{"name": "a", "verdict": "pass"}, {"name": "b", "verdict": "skipped"}]);
-        let s = ReportSummary::of(&report).unwrap();
-        assert!(s.failed.is_empty());
-        assert_eq!(s.to_string(), "1 passed, 0 failed, 1 skipped");
+    fn a_passing_report_passes_with_its_counts() {
+        let r = report(true, &[("a", "pass"), ("b", "skipped")]);
+        assert_eq!(report_outcome(&r).unwrap(), "1 passed, 0 failed, 1 skipped");
+    }
+
+    #[test]
+    fn json_that_is_not_a_verify_report_is_refused() {
+        let not_a_report = json!({"checks": [{"name": "a", "verdict": "maybe"}]});
+        assert!(serde_json::from_value::<Report>(not_a_report).is_err());
     }
 
     #[test]
