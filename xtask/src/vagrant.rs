@@ -11,6 +11,8 @@ use serde::Deserialize;
 
 use crate::cli::{Stage, workspace_root};
 
+/// `cargo xtask up` inside the control plane, through the lab's wrapper.
+const UP_IN_LAB: &str = "sudo pgset-lab up";
 /// The command the end-to-end run executes inside the control plane (`pgset-lab` is the lab's
 /// wrapper around `cargo xtask` with the cluster's kubeconfig and the lab's spec).
 const VERIFY_IN_LAB: &str = "sudo pgset-lab verify --scale-test --disruptive --output json";
@@ -26,8 +28,8 @@ pub struct Args {
 enum LabCommand {
     /// Create and provision the VMs: kubeadm, Flannel, NFS, then `cargo xtask up` inside
     Up(UpArgs),
-    /// Up, then `verify --scale-test --disruptive --output json` inside; prints the report and
-    /// exits non-zero when a check failed; destroys the VMs it created unless --keep
+    /// Up, then `up` and `verify --scale-test --disruptive --output json` inside; prints the
+    /// report and exits non-zero when a check failed; destroys the VMs it created unless --keep
     E2e(E2eArgs),
     /// A shell on a node (default: the control plane), or one command there with -c
     Ssh(SshArgs),
@@ -355,8 +357,14 @@ fn e2e(args: E2eArgs) -> Result<()> {
 
 fn e2e_on(lab: &Lab, provider: Provider, report_path: Option<&Path>) -> Result<()> {
     up(lab, provider)?;
-    let stage = Stage::start("verify inside the lab");
     let cp = lab.control_plane();
+    // Provisioning ran `cargo xtask up` on a new lab (this run then shows it changes nothing);
+    // a lab that was already up gets it here.
+    let stage = Stage::start("cargo xtask up inside the lab");
+    lab.attached(&["ssh", &cp, "--no-tty", "-c", UP_IN_LAB])
+        .context("run `cargo xtask up` on the control plane")?;
+    stage.done("");
+    let stage = Stage::start("verify inside the lab");
     let cmd = lab.command(["ssh", cp.as_str(), "--no-tty", "-c", VERIFY_IN_LAB]);
     eprintln!("    $ {cmd}");
     let mut expr = duct::cmd(
