@@ -146,6 +146,47 @@ pub async fn run(args: Args) -> Result<()> {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn client_dry_run_needs_no_cluster() {
+        let args = Args {
+            dry_run: Some(DryRun::Client),
+            wait: WaitArgs {
+                no_wait: false,
+                timeout: Duration::from_secs(5),
+            },
+            spec: SpecArgs::default(),
+            client: ClientArgs {
+                kubeconfig: Some("/nonexistent/kubeconfig".into()),
+                ..ClientArgs::default()
+            },
+        };
+        run(args)
+            .await
+            .expect("a client dry run reads no kubeconfig");
+    }
+
+    #[tokio::test]
+    async fn invalid_replicas_fail_before_the_kubeconfig_is_read() {
+        let args = Args {
+            dry_run: None,
+            wait: WaitArgs {
+                no_wait: true,
+                timeout: Duration::from_secs(5),
+            },
+            spec: SpecArgs {
+                replicas: Some(0),
+                ..SpecArgs::default()
+            },
+            client: ClientArgs {
+                kubeconfig: Some("/nonexistent/kubeconfig".into()),
+                ..ClientArgs::default()
+            },
+        };
+        let err = format!("{:#}", run(args).await.unwrap_err());
+        assert!(err.contains("replicas"), "{err}");
+        assert!(!err.contains("kubeconfig"), "{err}");
+    }
+
     #[test]
     fn timeouts_parse_with_and_without_units() {
         assert_eq!(parse_timeout("300"), Ok(Duration::from_secs(300)));

@@ -58,3 +58,73 @@ pub async fn run(args: Args) -> Result<()> {
     stage.done("");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kubeconfig naming a server nothing listens on: any request would fail to connect,
+    /// so an error that is not a connection error proves no request was sent.
+    fn unreachable_cluster() -> (tempfile::TempDir, ClientArgs) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kubeconfig");
+        std::fs::write(
+            &path,
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: 'https://127.0.0.1:1'}\ncontexts:\n- name: lab\n  context: {cluster: c, user: u}\ncurrent-context: lab\nusers:\n- name: u\n  user: {token: t}\n",
+        )
+        .unwrap();
+        let client = ClientArgs {
+            kubeconfig: Some(path),
+            ..ClientArgs::default()
+        };
+        (dir, client)
+    }
+
+    #[tokio::test]
+    async fn purge_without_yes_is_refused_before_any_request() {
+        let (_dir, client) = unreachable_cluster();
+        let args = Args {
+            purge: true,
+            yes: false,
+            timeout: Duration::from_secs(5),
+            spec: SpecArgs::default(),
+            client,
+        };
+        let err = format!("{:#}", run(args).await.unwrap_err());
+        assert!(err.contains("add --yes to confirm"), "{err}");
+        assert!(err.contains("nothing was changed"), "{err}");
+        assert!(!err.contains("onnect"), "a request was attempted: {err}");
+    }
+
+    #[tokio::test]
+    async fn invalid_spec_is_refused_before_any_request() {
+        let (_dir, client) = unreachable_cluster();
+        let args = Args {
+            purge: false,
+            yes: false,
+            timeout: Duration::from_secs(5),
+            spec: SpecArgs {
+                name: Some("Not_A_Name".into()),
+                ..SpecArgs::default()
+            },
+            client,
+        };
+        let err = format!("{:#}", run(args).await.unwrap_err());
+        assert!(err.contains("name"), "{err}");
+        assert!(!err.contains("onnect"), "a request was attempted: {err}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_cluster_is_reported_not_skipped() {
+        let (_dir, client) = unreachable_cluster();
+        let args = Args {
+            purge: false,
+            yes: false,
+            timeout: Duration::from_secs(5),
+            spec: SpecArgs::default(),
+            client,
+        };
+        let err = format!("{:#}", run(args).await.unwrap_err());
+        assert!(err.contains("onnect"), "{err}");
+    }
+}
