@@ -1,12 +1,81 @@
-//! `cargo xtask verify`.
+//! `cargo xtask verify`: runs the checks against the live cluster and prints the report; exits
+//! non-zero when a check fails.
 
-use anyhow::{Result, bail};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use pgset_verify::{Options, Verifier};
+
+use crate::cli::{ClientArgs, SpecArgs};
+
+/// How the report is printed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// A column-aligned table
+    #[default]
+    Table,
+    /// JSON (stable field names, for scripts)
+    Json,
+}
 
 /// Arguments of `cargo xtask verify`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Report format
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Also scale to N+1 and back: the new member starts after the others, joins streaming, and
+    /// its data is retained after scale-down
+    #[arg(long)]
+    pub scale_test: bool,
+    /// Also delete the master pod and measure its recovery (the cluster is briefly read-only)
+    #[arg(long)]
+    pub disruptive: bool,
+    /// Limit of each wait (a pod Ready, a member streaming, a row replicated), in seconds
+    #[arg(long, value_name = "SECONDS", default_value_t = 180)]
+    pub timeout: u64,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
 
-/// Runs the task.
-pub async fn run(_args: Args) -> Result<()> {
-    bail!("`cargo xtask verify` is not built yet")
+/// Runs the checks and prints the report; the error says how many failed.
+pub async fn run(args: Args) -> Result<()> {
+    let spec = args
+        .spec
+        .load(&args.client)
+        .context("load the cluster spec")?;
+    let client = args
+        .client
+        .client()
+        .await
+        .context("connect to the cluster")?;
+    let mut options = Options::new(&spec);
+    options.scale_test = args.scale_test;
+    options.disruptive = args.disruptive;
+    options.timeout = Duration::from_secs(args.timeout.max(1));
+    if options.local_data_root.is_none() {
+        eprintln!("==> verify {}/{}", spec.namespace, spec.name);
+    } else {
+        eprintln!(
+            "==> verify {}/{} (member directories checked on this host's export {})",
+            spec.namespace,
+            spec.name,
+            spec.nfs.export.display()
+        );
+    }
+    let verifier = Verifier::new(client, spec, options);
+    verifier.preflight().await.context("verify preflight")?;
+    let report = verifier.run().await;
+    match args.output {
+        Output::Table => print!("{}", report.to_table()),
+        Output::Json => println!("{}", report.to_json()),
+    }
+    let failed: Vec<&str> = report.failed().map(|c| c.name.as_str()).collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!("{} check(s) failed: {}", failed.len(), failed.join(", "))
+    }
 }

@@ -1,0 +1,696 @@
+//! The verdicts of the checks, decided purely from what was read from the API and printed by the
+//! commands run in the pods. No I/O here: [`crate::live`] gathers the inputs.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::jiff::Timestamp;
+use pgset_spec::{ClusterSpec, contract, ordinal_of};
+
+use crate::exec::ExecOutput;
+use crate::report::{Finding, Measurements};
+use crate::sql::{self, MarkerSighting, PathStat, ReplicationRow};
+
+/// The stable names of the checks (the JSON contract), in the order they run.
+pub mod names {
+    /// 1: pods Running and Ready, created in ordinal order.
+    pub const PODS: &str = "pods-ready-in-order";
+    /// 2: per-pod DNS names and the headless Service's endpoints.
+    pub const DNS: &str = "dns-and-endpoints";
+    /// 3: the master and replica Services select the right pods.
+    pub const ROLE_SERVICES: &str = "role-services";
+    /// 4: the master streams to every replica.
+    pub const STREAMING: &str = "streaming";
+    /// 5: writes through the replica Service fail read-only; reads work.
+    pub const REPLICA_READ_ONLY: &str = "replica-read-only";
+    /// 6: a row written through the master Service is read on every replica.
+    pub const REPLICATED_WRITE: &str = "replicated-write";
+    /// 7: each member's data in its own directory or claim.
+    pub const STORAGE: &str = "storage";
+    /// 8: scale to N+1 and back (`--scale-test`).
+    pub const SCALE_OUT: &str = "scale-out";
+    /// 9: delete the master pod and watch it come back (`--disruptive`).
+    pub const MASTER_RECOVERY: &str = "master-recovery";
+    /// Every check, in order.
+    pub const ALL: [&str; 9] = [
+        PODS,
+        DNS,
+        ROLE_SERVICES,
+        STREAMING,
+        REPLICA_READ_ONLY,
+        REPLICATED_WRITE,
+        STORAGE,
+        SCALE_OUT,
+        MASTER_RECOVERY,
+    ];
+}
+
+/// What verify needs to know of a member pod.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Member {
+    /// Pod name.
+    pub name: String,
+    /// Ordinal parsed from the name.
+    pub ordinal: Option<i32>,
+    /// Pod uid (changes when the pod is recreated).
+    pub uid: String,
+    /// `status.phase`.
+    pub phase: String,
+    /// The `Ready` condition is true.
+    pub ready: bool,
+    /// Being deleted.
+    pub terminating: bool,
+    /// `metadata.creationTimestamp`.
+    pub created: Option<Timestamp>,
+    /// `status.podIP`.
+    pub ip: Option<String>,
+    /// `spec.nodeName`.
+    pub node: Option<String>,
+    /// Restarts of all containers.
+    pub restarts: i32,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Claims mounted by the pod.
+    pub claims: Vec<String>,
+    /// The container to exec into.
+    pub container: Option<String>,
+}
+
+impl Member {
+    /// Reads a pod.
+    pub fn from_pod(pod: &Pod) -> Member {
+        let meta = &pod.metadata;
+        let name = meta.name.clone().unwrap_or_default();
+        let status = pod.status.as_ref();
+        let spec = pod.spec.as_ref();
+        Member {
+            ordinal: ordinal_of(&name),
+            name,
+            uid: meta.uid.clone().unwrap_or_default(),
+            phase: status
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_else(|| "Unknown".into()),
+            ready: status
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+            terminating: meta.deletion_timestamp.is_some(),
+            created: meta.creation_timestamp.as_ref().map(|t| t.0),
+            ip: status.and_then(|s| s.pod_ip.clone()),
+            node: spec.and_then(|s| s.node_name.clone()),
+            restarts: status
+                .and_then(|s| s.container_statuses.as_ref())
+                .map(|cs| cs.iter().map(|c| c.restart_count).sum())
+                .unwrap_or(0),
+            labels: meta.labels.clone().unwrap_or_default(),
+            claims: spec
+                .and_then(|s| s.volumes.as_ref())
+                .map(|vs| {
+                    vs.iter()
+                        .filter_map(|v| {
+                            Some(v.persistent_volume_claim.as_ref()?.claim_name.clone())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            container: crate::exec::container_of(pod),
+        }
+    }
+
+    /// The role label the agent set, if any.
+    pub fn role(&self) -> Option<&str> {
+        self.labels.get(contract::labels::ROLE).map(String::as_str)
+    }
+}
+
+/// Members sorted by ordinal (pods without one last, by name).
+pub fn sorted(mut members: Vec<Member>) -> Vec<Member> {
+    members.sort_by(|a, b| {
+        (a.ordinal.is_none(), a.ordinal, &a.name).cmp(&(b.ordinal.is_none(), b.ordinal, &b.name))
+    });
+    members
+}
+
+fn names_of<'a>(members: impl IntoIterator<Item = &'a Member>) -> Vec<&'a str> {
+    members.into_iter().map(|m| m.name.as_str()).collect()
+}
+
+/// The replicas' pod names the spec expects.
+pub fn expected_replicas(spec: &ClusterSpec) -> Vec<String> {
+    (1..spec.replicas).map(|i| spec.pod_name(i)).collect()
+}
+
+/// Check 1: pods `<name>-0..N-1` exist, Running and Ready, none extra, and were created in
+/// ordinal order under the `OrderedReady` policy. A pod created after a higher ordinal was
+/// recreated in place (deleted, then restored by the StatefulSet); that is noted, not failed.
+pub fn pods_ready_in_order(
+    spec: &ClusterSpec,
+    members: &[Member],
+    pod_management_policy: Option<&str>,
+) -> Finding {
+    let mut problems = Vec::new();
+    let mut notes = Vec::new();
+    let by_name: BTreeMap<&str, &Member> = members.iter().map(|m| (m.name.as_str(), m)).collect();
+    let policy = pod_management_policy.unwrap_or("OrderedReady");
+    if policy != "OrderedReady" {
+        problems.push(format!(
+            "podManagementPolicy is {policy}, not OrderedReady: pods do not start in order"
+        ));
+    }
+    let mut expected = Vec::new();
+    for i in 0..spec.replicas {
+        let name = spec.pod_name(i);
+        match by_name.get(name.as_str()) {
+            None => problems.push(format!("{name} missing")),
+            Some(m) => {
+                if m.terminating {
+                    problems.push(format!("{name} terminating"));
+                } else if m.phase != "Running" {
+                    problems.push(format!("{name} is {}", m.phase));
+                } else if !m.ready {
+                    problems.push(format!("{name} not Ready"));
+                }
+                expected.push(*m);
+            }
+        }
+    }
+    for m in members {
+        if !m.ordinal.is_some_and(|o| (0..spec.replicas).contains(&o)) {
+            problems.push(format!(
+                "unexpected pod {} (the spec has {} members)",
+                m.name, spec.replicas
+            ));
+        }
+    }
+    for pair in expected.windows(2) {
+        let (before, after) = (pair[0], pair[1]);
+        if before.ordinal.map(|o| o + 1) != after.ordinal {
+            continue;
+        }
+        match (before.created, after.created) {
+            (Some(a), Some(b)) if b > a => {}
+            (Some(a), Some(b)) if b == a => problems.push(format!(
+                "{} and {} created in the same second: not started one after the other",
+                before.name, after.name
+            )),
+            (Some(_), Some(_)) => notes.push(format!("{} recreated later", before.name)),
+            _ => problems.push(format!(
+                "no creationTimestamp on {} or {}",
+                before.name, after.name
+            )),
+        }
+    }
+    let mut ok = format!(
+        "{} pods Running and Ready, created in ordinal order",
+        spec.replicas
+    );
+    if !notes.is_empty() {
+        ok.push_str(&format!(" ({})", notes.join(", ")));
+    }
+    Finding::from_problems(problems, ok)
+}
+
+/// One endpoint of an EndpointSlice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The pod it targets.
+    pub pod: Option<String>,
+    /// Its addresses.
+    pub addresses: Vec<String>,
+    /// `conditions.ready` (unset means ready).
+    pub ready: bool,
+}
+
+/// The endpoints listed by a Service's EndpointSlices.
+pub fn endpoints(slices: &[EndpointSlice]) -> Vec<Endpoint> {
+    slices
+        .iter()
+        .flat_map(|s| s.endpoints.iter())
+        .map(|e| Endpoint {
+            pod: e
+                .target_ref
+                .as_ref()
+                .filter(|r| r.kind.as_deref() == Some("Pod"))
+                .and_then(|r| r.name.clone()),
+            addresses: e.addresses.clone(),
+            ready: e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true),
+        })
+        .collect()
+}
+
+/// Check 2: each pod's stable name resolves (inside a pod) to that pod's IP, and the headless
+/// Service's endpoints list every pod with its IP. `resolved` holds, per pod name, the output of
+/// `getent hosts <fqdn>` run in a member pod, or why it could not be run.
+pub fn dns_and_endpoints(
+    spec: &ClusterSpec,
+    members: &[Member],
+    resolved: &BTreeMap<String, Result<ExecOutput, String>>,
+    headless: &[Endpoint],
+) -> Finding {
+    let mut problems = Vec::new();
+    for i in 0..spec.replicas {
+        let name = spec.pod_name(i);
+        let fqdn = spec.pod_fqdn(i);
+        let Some(member) = members.iter().find(|m| m.name == name) else {
+            problems.push(format!("{name} missing"));
+            continue;
+        };
+        let Some(ip) = member.ip.as_deref() else {
+            problems.push(format!("{name} has no IP"));
+            continue;
+        };
+        match resolved.get(&name) {
+            None => problems.push(format!("{fqdn} not looked up")),
+            Some(Err(e)) => problems.push(format!("{fqdn}: {e}")),
+            Some(Ok(out)) if !out.success() => problems.push(format!(
+                "{fqdn} does not resolve (getent exit {})",
+                out.exit_code
+            )),
+            Some(Ok(out)) => {
+                let addrs = sql::parse_getent_hosts(&out.stdout);
+                if !addrs.contains(&ip) {
+                    problems.push(format!("{fqdn} resolves to {addrs:?}, not {ip}"));
+                }
+            }
+        }
+        match headless
+            .iter()
+            .find(|e| e.pod.as_deref() == Some(name.as_str()))
+        {
+            None => problems.push(format!(
+                "{name} not in the endpoints of Service {}",
+                spec.headless_service_name()
+            )),
+            Some(e) if !e.addresses.iter().any(|a| a == ip) => problems.push(format!(
+                "endpoint of {name} has {:?}, not {ip}",
+                e.addresses
+            )),
+            Some(_) => {}
+        }
+    }
+    Finding::from_problems(
+        problems,
+        format!(
+            "{} stable names resolve to their pods' IPs; Service {} lists every pod",
+            spec.replicas,
+            spec.headless_service_name()
+        ),
+    )
+}
+
+fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Check 3: Service `<name>-master` selects exactly ordinal 0 and `<name>-replica` exactly the
+/// others, both by their selectors over the pods' labels (set by the agent) and by their ready
+/// endpoints.
+pub fn role_services(
+    spec: &ClusterSpec,
+    members: &[Member],
+    master: Option<&Service>,
+    master_endpoints: &[Endpoint],
+    replica: Option<&Service>,
+    replica_endpoints: &[Endpoint],
+) -> Finding {
+    let mut problems = Vec::new();
+    let expect_master = vec![spec.pod_name(0)];
+    let expect_replicas = expected_replicas(spec);
+    let services = [
+        (
+            spec.master_service_name(),
+            master,
+            master_endpoints,
+            &expect_master,
+            contract::roles::MASTER,
+        ),
+        (
+            spec.replica_service_name(),
+            replica,
+            replica_endpoints,
+            &expect_replicas,
+            contract::roles::REPLICA,
+        ),
+    ];
+    for (svc_name, svc, eps, expected, role) in services {
+        let Some(svc) = svc else {
+            problems.push(format!("Service {svc_name} missing"));
+            continue;
+        };
+        let selector = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.clone())
+            .unwrap_or_default();
+        if selector.get(contract::labels::ROLE).map(String::as_str) != Some(role) {
+            problems.push(format!(
+                "Service {svc_name} does not select {}={role}",
+                contract::labels::ROLE
+            ));
+        }
+        let mut selected: Vec<&str> = names_of(
+            members
+                .iter()
+                .filter(|m| !m.terminating && selects(&selector, &m.labels)),
+        );
+        selected.sort_unstable();
+        let mut want: Vec<&str> = expected.iter().map(String::as_str).collect();
+        want.sort_unstable();
+        if selected != want {
+            problems.push(format!(
+                "Service {svc_name} selects {selected:?}, expected {want:?}"
+            ));
+        }
+        let mut ready: Vec<&str> = eps
+            .iter()
+            .filter(|e| e.ready)
+            .filter_map(|e| e.pod.as_deref())
+            .collect();
+        ready.sort_unstable();
+        ready.dedup();
+        if ready != want {
+            problems.push(format!(
+                "Service {svc_name} has ready endpoints {ready:?}, expected {want:?}"
+            ));
+        }
+    }
+    Finding::from_problems(
+        problems,
+        format!(
+            "{} selects {}; {} selects {} replica(s)",
+            spec.master_service_name(),
+            spec.pod_name(0),
+            spec.replica_service_name(),
+            expect_replicas.len()
+        ),
+    )
+}
+
+/// Largest replay lag among the rows (ms).
+pub fn max_replay_lag_ms(rows: &[ReplicationRow]) -> Option<f64> {
+    rows.iter().filter_map(|r| r.replay_lag_ms).reduce(f64::max)
+}
+
+/// Check 4: `pg_stat_replication` on the master has exactly one `streaming` row per expected
+/// replica (by `application_name`) and no others.
+pub fn streaming(expected: &[String], rows: &[ReplicationRow]) -> Finding {
+    let mut problems = Vec::new();
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in rows {
+        *counts.entry(r.application_name.as_str()).or_default() += 1;
+    }
+    for name in expected {
+        let mine: Vec<&ReplicationRow> = rows
+            .iter()
+            .filter(|r| &r.application_name == name)
+            .collect();
+        match mine.as_slice() {
+            [] => problems.push(format!("{name} not in pg_stat_replication")),
+            [r] if !r.is_streaming() => problems.push(format!("{name} is {}", r.state)),
+            [_] => {}
+            many => problems.push(format!("{name} has {} walsenders", many.len())),
+        }
+    }
+    for name in counts.keys() {
+        if !expected.iter().any(|e| e == name) {
+            problems.push(format!("unexpected walsender {name:?}"));
+        }
+    }
+    let lag = max_replay_lag_ms(rows);
+    let lag_text = lag.map_or("no recent lag sample (idle)".to_string(), |l| {
+        format!("replay_lag ≤ {l:.1} ms")
+    });
+    Finding::from_problems(
+        problems,
+        format!(
+            "{} of {} replicas streaming; {lag_text}",
+            expected.len(),
+            expected.len()
+        ),
+    )
+    .with(Measurements {
+        replay_lag_ms: lag,
+        ..Measurements::default()
+    })
+}
+
+/// Check 5: through the replica Service, the write failed with SQLSTATE 25006 and the read
+/// answered from a server in recovery.
+pub fn replica_read_only(write: &ExecOutput, read: &ExecOutput) -> Finding {
+    let mut problems = Vec::new();
+    if write.success() {
+        problems.push("create table through the replica Service succeeded".to_string());
+    } else {
+        match sql::sqlstate(&write.stderr) {
+            Some(sql::SQLSTATE_READ_ONLY) => {}
+            Some(other) => problems.push(format!(
+                "write failed with SQLSTATE {other}, not {}: {}",
+                sql::SQLSTATE_READ_ONLY,
+                write.failure_summary()
+            )),
+            None => problems.push(format!(
+                "write failed without a SQLSTATE: {}",
+                write.failure_summary()
+            )),
+        }
+    }
+    if !read.success() {
+        problems.push(format!("read failed: {}", read.failure_summary()));
+    } else {
+        match sql::parse_bool(&read.stdout) {
+            Ok(true) => {}
+            Ok(false) => problems.push("the read was answered by a primary".into()),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    Finding::from_problems(
+        problems,
+        format!(
+            "write refused with SQLSTATE {} (read-only); read answered by a standby",
+            sql::SQLSTATE_READ_ONLY
+        ),
+    )
+}
+
+/// Check 6: the marker insert through the master Service succeeded and every replica saw the row.
+/// `lag_ms` is the slowest replica's delay from the master's clock at the insert to its own clock
+/// at first sight; a replica that saw it on the first poll only bounds the lag from above.
+pub fn replicated_write(
+    token: &str,
+    insert: &ExecOutput,
+    sightings: &BTreeMap<String, Result<ExecOutput, String>>,
+) -> Finding {
+    if !insert.success() {
+        return Finding::fail(format!(
+            "insert through the master Service failed: {}",
+            insert.failure_summary()
+        ));
+    }
+    if insert.stdout.trim() != token {
+        return Finding::fail(format!(
+            "insert printed {:?}, expected the token {token}",
+            insert.stdout.trim()
+        ));
+    }
+    let mut problems = Vec::new();
+    let mut seen: Vec<(&str, MarkerSighting)> = Vec::new();
+    for (pod, result) in sightings {
+        match result {
+            Err(e) => problems.push(format!("{pod}: {e}")),
+            Ok(out) if !out.success() => problems.push(format!("{pod}: {}", out.failure_summary())),
+            Ok(out) => match sql::parse_marker_sighting(&out.stdout) {
+                Ok(s) if s.token == token => seen.push((pod, s)),
+                Ok(s) => problems.push(format!("{pod} saw token {}", s.token)),
+                Err(e) => problems.push(format!("{pod}: {e}")),
+            },
+        }
+    }
+    if !problems.is_empty() {
+        return Finding::fail(problems.join("; "));
+    }
+    let lag = seen
+        .iter()
+        .map(|(_, s)| s.after_ms.max(0.0))
+        .reduce(f64::max);
+    let upper_bound: Vec<&str> = seen
+        .iter()
+        .filter(|(_, s)| s.polls <= 1)
+        .map(|(p, _)| *p)
+        .collect();
+    let skew: Vec<&str> = seen
+        .iter()
+        .filter(|(_, s)| s.after_ms < 0.0)
+        .map(|(p, _)| *p)
+        .collect();
+    let mut message = format!("marker row read on {} replica(s)", seen.len());
+    if let Some(l) = lag {
+        message.push_str(&format!("; lag {l:.1} ms"));
+    }
+    if !upper_bound.is_empty() {
+        message.push_str(&format!(
+            " (upper bound: already visible on first poll on {})",
+            upper_bound.join(", ")
+        ));
+    }
+    if !skew.is_empty() {
+        message.push_str(&format!(
+            " (clock of {} behind the master's)",
+            skew.join(", ")
+        ));
+    }
+    Finding::pass(message).with(Measurements {
+        lag_ms: lag,
+        ..Measurements::default()
+    })
+}
+
+/// What verify saw of one member's storage.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MemberStorage {
+    /// `show data_directory` of its running postgres.
+    pub data_directory: Option<Result<String, String>>,
+    /// `stat` of its data directory and `PG_VERSION` in it.
+    pub stat: Option<Result<Vec<PathStat>, String>>,
+    /// Templates mode: its claim's name, phase and volume.
+    pub claim: Option<ClaimState>,
+}
+
+/// A claim as read from the API.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClaimState {
+    /// Claim name.
+    pub name: String,
+    /// `status.phase`.
+    pub phase: String,
+    /// `spec.volumeName`.
+    pub volume: Option<String>,
+}
+
+impl ClaimState {
+    /// Reads a claim.
+    pub fn from_claim(pvc: &PersistentVolumeClaim) -> ClaimState {
+        ClaimState {
+            name: pvc.metadata.name.clone().unwrap_or_default(),
+            phase: pvc
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_default(),
+            volume: pvc.spec.as_ref().and_then(|s| s.volume_name.clone()),
+        }
+    }
+}
+
+/// Where a member's data must be, as seen inside the pod: `<DATA_MOUNT>/<pod>`.
+pub fn data_dir_in_pod(pod: &str) -> String {
+    format!("{}/{pod}", contract::DATA_MOUNT)
+}
+
+/// Check 7: each member's postgres runs on its own `<root>/<pod>` directory, owned by the
+/// postgres uid with mode 0700 or 0750 and holding `PG_VERSION`; in templates mode each member
+/// also mounts its own Bound claim `data-<pod>` on a volume no other member uses. `data_root` is
+/// where the directories were stat'ed (the pod's mount, or the export on the NFS host).
+pub fn storage(
+    spec: &ClusterSpec,
+    members: &[Member],
+    seen: &BTreeMap<String, MemberStorage>,
+    data_root: &str,
+) -> Finding {
+    let mut problems = Vec::new();
+    let mut volumes: BTreeMap<String, String> = BTreeMap::new();
+    for i in 0..spec.replicas {
+        let pod = spec.pod_name(i);
+        let Some(s) = seen.get(&pod) else {
+            problems.push(format!("{pod}: storage not inspected"));
+            continue;
+        };
+        match &s.data_directory {
+            Some(Ok(dir)) if *dir == data_dir_in_pod(&pod) => {}
+            Some(Ok(dir)) => problems.push(format!(
+                "{pod} runs on {dir}, not {}",
+                data_dir_in_pod(&pod)
+            )),
+            Some(Err(e)) => problems.push(format!("{pod}: data_directory: {e}")),
+            None => {}
+        }
+        let dir = format!("{data_root}/{pod}");
+        match &s.stat {
+            Some(Ok(stats)) => {
+                match stats.iter().find(|st| st.path == dir) {
+                    None => problems.push(format!("{dir} missing")),
+                    Some(st) => {
+                        if st.kind != "directory" {
+                            problems.push(format!("{dir} is a {}", st.kind));
+                        }
+                        if st.uid != spec.postgres.uid {
+                            problems.push(format!(
+                                "{dir} owned by uid {}, not {}",
+                                st.uid, spec.postgres.uid
+                            ));
+                        }
+                        if st.mode != 0o700 && st.mode != 0o750 {
+                            problems.push(format!("{dir} has mode {:o}, not 700/750", st.mode));
+                        }
+                    }
+                }
+                if !stats
+                    .iter()
+                    .any(|st| st.path == format!("{dir}/PG_VERSION"))
+                {
+                    problems.push(format!("{dir}/PG_VERSION missing"));
+                }
+            }
+            Some(Err(e)) => problems.push(format!("{pod}: {e}")),
+            None => problems.push(format!("{pod}: {dir} not inspected")),
+        }
+        if spec.storage.mode == pgset_spec::StorageMode::Templates {
+            let want = spec.member_claim_name(i);
+            match &s.claim {
+                None => problems.push(format!("claim {want} missing")),
+                Some(c) => {
+                    if c.phase != "Bound" {
+                        problems.push(format!("claim {} is {}", c.name, c.phase));
+                    }
+                    if let Some(v) = &c.volume
+                        && let Some(other) = volumes.insert(v.clone(), pod.clone())
+                    {
+                        problems.push(format!("{pod} and {other} share volume {v}"));
+                    }
+                }
+            }
+            let mounted = members
+                .iter()
+                .find(|m| m.name == pod)
+                .is_some_and(|m| m.claims.contains(&want));
+            if !mounted {
+                problems.push(format!("{pod} does not mount claim {want}"));
+            }
+        }
+    }
+    let how = match spec.storage.mode {
+        pgset_spec::StorageMode::Shared => format!(
+            "each member in its own directory {data_root}/<pod> on claim {}",
+            spec.shared_claim_name()
+        ),
+        pgset_spec::StorageMode::Templates => {
+            "each member in its own directory on its own Bound claim data-<pod>".to_string()
+        }
+    };
+    Finding::from_problems(problems, how)
+}
+
+/// Pods created after `since` (the scale request), for check 8's "started after the others".
+pub fn created_after(member: &Member, since: Timestamp) -> bool {
+    // creationTimestamp has second resolution: compare at that resolution.
+    member
+        .created
+        .is_some_and(|c| c.as_second() >= since.as_second())
+}
+
+/// Names of members whose uid differs from the one recorded (recreated pods).
+pub fn recreated<'a>(before: &BTreeMap<String, String>, now: &'a [Member]) -> BTreeSet<&'a str> {
+    now.iter()
+        .filter(|m| before.get(&m.name).is_some_and(|uid| *uid != m.uid))
+        .map(|m| m.name.as_str())
+        .collect()
+}

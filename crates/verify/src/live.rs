@@ -1,0 +1,783 @@
+//! The edge of verify: reads pods, Services, EndpointSlices and claims through the API, runs the
+//! commands in the pods, times each check, and cleans up the marker table.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Api, Client};
+use pgset_spec::{ClusterSpec, StorageMode};
+
+use crate::checks::{self, ClaimState, Endpoint, Member, MemberStorage, names};
+use crate::exec::{ExecOutput, POSTGRES_CONTAINER, PodExec};
+use crate::report::{Check, Finding, Measurements, Report};
+use crate::sql::{self, PathStat, ReplicationRow};
+use crate::{Result, api};
+
+/// Label EndpointSlices carry naming their Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// How long a check that reads settling state (readiness, labels, endpoints, streaming) keeps
+/// retrying before it reports what it saw.
+pub const SETTLE: Duration = Duration::from_secs(20);
+
+/// How often waits poll the API.
+const POLL: Duration = Duration::from_secs(1);
+
+/// What to run and how long to wait.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Check 8: scale out by one and back.
+    pub scale_test: bool,
+    /// Check 9: delete the master pod.
+    pub disruptive: bool,
+    /// Limit of each wait (a pod Ready, a replica streaming, the marker replicated).
+    pub timeout: Duration,
+    /// Where the members' directories can be inspected on this host (shared mode on the NFS
+    /// host: the export); `None` inspects them from inside the pods.
+    pub local_data_root: Option<PathBuf>,
+}
+
+impl Options {
+    /// Defaults: no scale test, not disruptive, 180 s waits, the export when it exists here.
+    pub fn new(spec: &ClusterSpec) -> Options {
+        Options {
+            scale_test: false,
+            disruptive: false,
+            timeout: Duration::from_secs(180),
+            local_data_root: local_export(spec),
+        }
+    }
+}
+
+/// The export, when verify runs on the NFS host in shared mode (the export holds member
+/// directories).
+pub fn local_export(spec: &ClusterSpec) -> Option<PathBuf> {
+    (spec.storage.mode == StorageMode::Shared && spec.member_export_dir(0).is_dir())
+        .then(|| spec.nfs.export.clone())
+}
+
+/// Runs the checks against one cluster.
+pub struct Verifier {
+    spec: ClusterSpec,
+    options: Options,
+    pods: Api<Pod>,
+    services: Api<Service>,
+    slices: Api<EndpointSlice>,
+    claims: Api<PersistentVolumeClaim>,
+    statefulsets: Api<StatefulSet>,
+    exec: PodExec,
+}
+
+/// Records how long `f` takes and names its finding.
+async fn timed(name: &str, f: impl Future<Output = Finding>) -> Check {
+    let started = Instant::now();
+    let finding = f.await;
+    Check::new(name, finding, started.elapsed())
+}
+
+/// Retries `f` until it passes or `limit` is over; returns the last finding.
+async fn settle<F, Fut>(limit: Duration, mut f: F) -> Finding
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Finding>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        let finding = f().await;
+        if finding.verdict != crate::Verdict::Fail || Instant::now() + POLL > deadline {
+            return finding;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn fail_on_err(r: Result<Finding>) -> Finding {
+    r.unwrap_or_else(|e| Finding::fail(e.to_string()))
+}
+
+impl Verifier {
+    /// A verifier for `spec`'s cluster through `client`.
+    pub fn new(client: Client, spec: ClusterSpec, options: Options) -> Verifier {
+        let ns = spec.namespace.clone();
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let exec_timeout = options.timeout + Duration::from_secs(15);
+        Verifier {
+            exec: PodExec::new(pods.clone(), exec_timeout),
+            pods,
+            services: Api::namespaced(client.clone(), &ns),
+            slices: Api::namespaced(client.clone(), &ns),
+            claims: Api::namespaced(client.clone(), &ns),
+            statefulsets: Api::namespaced(client, &ns),
+            spec,
+            options,
+        }
+    }
+
+    /// Before any check: the API server answers and the StatefulSet exists.
+    pub async fn preflight(&self) -> Result<()> {
+        let found = self
+            .statefulsets
+            .get_opt(self.spec.statefulset_name())
+            .await
+            .map_err(api(format!(
+                "read StatefulSet {} in namespace {}",
+                self.spec.name, self.spec.namespace
+            )))?;
+        match found {
+            Some(_) => Ok(()),
+            None => Err(crate::Error::NotDeployed {
+                name: self.spec.name.clone(),
+                namespace: self.spec.namespace.clone(),
+            }),
+        }
+    }
+
+    /// The spec being verified.
+    pub fn spec(&self) -> &ClusterSpec {
+        &self.spec
+    }
+
+    /// Runs every check (8 and 9 only when asked), then drops the marker table.
+    pub async fn run(&self) -> Report {
+        let started = Instant::now();
+        let mut list = Vec::new();
+        list.push(timed(names::PODS, settle(SETTLE, || self.check_pods())).await);
+        let healthy = list[0].verdict == crate::Verdict::Pass;
+        list.push(timed(names::DNS, self.check_dns()).await);
+        list.push(
+            timed(
+                names::ROLE_SERVICES,
+                settle(SETTLE, || self.check_role_services()),
+            )
+            .await,
+        );
+        list.push(timed(names::STREAMING, settle(SETTLE, || self.check_streaming())).await);
+        list.push(timed(names::REPLICA_READ_ONLY, self.check_replica_read_only()).await);
+        list.push(timed(names::REPLICATED_WRITE, self.check_replicated_write()).await);
+        list.push(timed(names::STORAGE, self.check_storage()).await);
+        let started_scale = Instant::now();
+        let scale = if !self.options.scale_test {
+            Finding::skipped("not requested (--scale-test)")
+        } else if !healthy {
+            Finding::skipped(format!("{} did not pass", names::PODS))
+        } else {
+            fail_on_err(self.check_scale_out().await)
+        };
+        list.push(Check::new(names::SCALE_OUT, scale, started_scale.elapsed()));
+        let started_recovery = Instant::now();
+        let recovery = if !self.options.disruptive {
+            Finding::skipped("not requested (--disruptive)")
+        } else if !healthy {
+            Finding::skipped(format!("{} did not pass", names::PODS))
+        } else {
+            fail_on_err(self.check_master_recovery().await)
+        };
+        list.push(Check::new(
+            names::MASTER_RECOVERY,
+            recovery,
+            started_recovery.elapsed(),
+        ));
+        let mut report = Report::new(
+            &self.spec.name,
+            &self.spec.namespace,
+            list,
+            started.elapsed(),
+        );
+        if let Err(e) = self.drop_marker_table().await {
+            report
+                .warnings
+                .push(format!("could not drop table {}: {e}", sql::MARKER_TABLE));
+        }
+        report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        report
+    }
+
+    fn selector(&self) -> String {
+        self.spec
+            .selector_labels()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The cluster's pods, by ordinal.
+    pub async fn members(&self) -> Result<Vec<Member>> {
+        let list = self
+            .pods
+            .list(&ListParams::default().labels(&self.selector()))
+            .await
+            .map_err(api(format!("list the pods of {}", self.spec.name)))?;
+        Ok(checks::sorted(
+            list.items.iter().map(Member::from_pod).collect(),
+        ))
+    }
+
+    async fn member(&self, name: &str) -> Result<Option<Member>> {
+        Ok(self
+            .pods
+            .get_opt(name)
+            .await
+            .map_err(api(format!("read pod {name}")))?
+            .map(|p| Member::from_pod(&p)))
+    }
+
+    async fn run_in(&self, pod: &str, argv: &[String]) -> Result<ExecOutput> {
+        self.exec.run(pod, POSTGRES_CONTAINER, argv).await
+    }
+
+    fn master(&self) -> String {
+        self.spec.pod_name(0)
+    }
+
+    async fn check_pods(&self) -> Finding {
+        fail_on_err(
+            async {
+                let members = self.members().await?;
+                let sts = self
+                    .statefulsets
+                    .get_opt(self.spec.statefulset_name())
+                    .await
+                    .map_err(api(format!("read StatefulSet {}", self.spec.name)))?;
+                let Some(sts) = sts else {
+                    return Ok(Finding::fail(format!(
+                        "StatefulSet {} not found in namespace {}",
+                        self.spec.name, self.spec.namespace
+                    )));
+                };
+                let policy = sts
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.pod_management_policy.clone());
+                Ok(checks::pods_ready_in_order(
+                    &self.spec,
+                    &members,
+                    policy.as_deref(),
+                ))
+            }
+            .await,
+        )
+    }
+
+    async fn service_endpoints(&self, service: &str) -> Result<Vec<Endpoint>> {
+        let slices = self
+            .slices
+            .list(&ListParams::default().labels(&format!("{SERVICE_NAME_LABEL}={service}")))
+            .await
+            .map_err(api(format!("list the EndpointSlices of Service {service}")))?;
+        Ok(checks::endpoints(&slices.items))
+    }
+
+    async fn check_dns(&self) -> Finding {
+        fail_on_err(
+            async {
+                let members = self.members().await?;
+                let mut resolved = BTreeMap::new();
+                for i in 0..self.spec.replicas {
+                    let out = self
+                        .run_in(&self.master(), &sql::getent_hosts(&self.spec.pod_fqdn(i)))
+                        .await
+                        .map_err(|e| e.to_string());
+                    resolved.insert(self.spec.pod_name(i), out);
+                }
+                let headless = self
+                    .service_endpoints(self.spec.headless_service_name())
+                    .await?;
+                Ok(checks::dns_and_endpoints(
+                    &self.spec, &members, &resolved, &headless,
+                ))
+            }
+            .await,
+        )
+    }
+
+    async fn check_role_services(&self) -> Finding {
+        fail_on_err(
+            async {
+                let members = self.members().await?;
+                let master_name = self.spec.master_service_name();
+                let replica_name = self.spec.replica_service_name();
+                let master = self
+                    .services
+                    .get_opt(&master_name)
+                    .await
+                    .map_err(api(format!("read Service {master_name}")))?;
+                let replica = self
+                    .services
+                    .get_opt(&replica_name)
+                    .await
+                    .map_err(api(format!("read Service {replica_name}")))?;
+                let master_eps = self.service_endpoints(&master_name).await?;
+                let replica_eps = self.service_endpoints(&replica_name).await?;
+                Ok(checks::role_services(
+                    &self.spec,
+                    &members,
+                    master.as_ref(),
+                    &master_eps,
+                    replica.as_ref(),
+                    &replica_eps,
+                ))
+            }
+            .await,
+        )
+    }
+
+    /// `pg_stat_replication` as the master sees it.
+    pub async fn replication(&self) -> std::result::Result<Vec<ReplicationRow>, String> {
+        let out = self
+            .run_in(&self.master(), &sql::psql_local(&[sql::REPLICATION_QUERY]))
+            .await
+            .map_err(|e| e.to_string())?;
+        if !out.success() {
+            return Err(format!(
+                "pg_stat_replication on {}: {}",
+                self.master(),
+                out.failure_summary()
+            ));
+        }
+        sql::parse_replication(&out.stdout).map_err(|e| e.to_string())
+    }
+
+    async fn streaming_of(&self, expected: &[String]) -> Finding {
+        match self.replication().await {
+            Ok(rows) => checks::streaming(expected, &rows),
+            Err(e) => Finding::fail(e),
+        }
+    }
+
+    async fn check_streaming(&self) -> Finding {
+        self.streaming_of(&checks::expected_replicas(&self.spec))
+            .await
+    }
+
+    async fn check_replica_read_only(&self) -> Finding {
+        if self.spec.replicas < 2 {
+            return Finding::skipped("no replicas (replicas: 1)");
+        }
+        fail_on_err(
+            async {
+                let service = self.spec.replica_service_name();
+                let write = self
+                    .run_in(
+                        &self.master(),
+                        &sql::psql_remote(&service, &[sql::READ_ONLY_PROBE]),
+                    )
+                    .await?;
+                let read = self
+                    .run_in(
+                        &self.master(),
+                        &sql::psql_remote(&service, &[sql::IN_RECOVERY_QUERY]),
+                    )
+                    .await?;
+                Ok(checks::replica_read_only(&write, &read))
+            }
+            .await,
+        )
+    }
+
+    async fn check_replicated_write(&self) -> Finding {
+        if self.spec.replicas < 2 {
+            return Finding::skipped("no replicas (replicas: 1)");
+        }
+        fail_on_err(
+            async {
+                let [create_sql, lsn_sql] = sql::create_marker_table_at_lsn();
+                let create = self
+                    .run_in(&self.master(), &sql::psql_local(&[&create_sql, &lsn_sql]))
+                    .await?;
+                if !create.success() {
+                    return Ok(Finding::fail(format!(
+                        "create table {} on {}: {}",
+                        sql::MARKER_TABLE,
+                        self.master(),
+                        create.failure_summary()
+                    )));
+                }
+                let lsn = match sql::parse_lsn(&create.stdout) {
+                    Ok(lsn) => lsn,
+                    Err(e) => return Ok(Finding::fail(e.to_string())),
+                };
+                let token = sql::new_token();
+                // Replay wait and marker wait each get half, so both fit in one exec timeout.
+                let wait_s = (self.options.timeout.as_secs() / 2).max(1);
+                let mut waiters = tokio::task::JoinSet::new();
+                for pod in checks::expected_replicas(&self.spec) {
+                    let exec = self.exec.clone();
+                    let argv = sql::psql_local(&[
+                        &sql::wait_for_replay(&lsn, wait_s),
+                        &sql::wait_for_marker(&token, wait_s),
+                        &sql::report_marker_sighting(&token),
+                    ]);
+                    waiters.spawn(async move {
+                        let out = exec
+                            .run(&pod, POSTGRES_CONTAINER, &argv)
+                            .await
+                            .map_err(|e| e.to_string());
+                        (pod, out)
+                    });
+                }
+                // Let the waiters connect and start polling, so the lag is measured from the insert.
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                let insert = self
+                    .run_in(
+                        &self.master(),
+                        &sql::psql_remote(
+                            &self.spec.master_service_name(),
+                            &[&sql::insert_marker(&token)],
+                        ),
+                    )
+                    .await;
+                let insert = match insert {
+                    Ok(out) => out,
+                    Err(e) => {
+                        waiters.abort_all();
+                        return Err(e);
+                    }
+                };
+                if !insert.success() {
+                    waiters.abort_all();
+                }
+                let mut sightings = BTreeMap::new();
+                while let Some(joined) = waiters.join_next().await {
+                    if let Ok((pod, out)) = joined {
+                        sightings.insert(pod, out);
+                    }
+                }
+                Ok(checks::replicated_write(&token, &insert, &sightings))
+            }
+            .await,
+        )
+    }
+
+    async fn storage_of(&self, ordinal: i32) -> MemberStorage {
+        let pod = self.spec.pod_name(ordinal);
+        let data_directory = match self
+            .run_in(&pod, &sql::psql_local(&[sql::DATA_DIRECTORY_QUERY]))
+            .await
+        {
+            Ok(out) if out.success() => Ok(out.stdout.trim().to_string()),
+            Ok(out) => Err(out.failure_summary()),
+            Err(e) => Err(e.to_string()),
+        };
+        let stat = match &self.options.local_data_root {
+            Some(root) => local_stat(&root.join(&pod)),
+            None => {
+                let dir = checks::data_dir_in_pod(&pod);
+                match self
+                    .run_in(
+                        &pod,
+                        &sql::stat(&[dir.clone(), format!("{dir}/PG_VERSION")]),
+                    )
+                    .await
+                {
+                    Ok(out) => sql::parse_stat(&out.stdout)
+                        .map_err(|e| e.to_string())
+                        .and_then(|s| {
+                            if out.success() {
+                                Ok(s)
+                            } else {
+                                Err(out.failure_summary())
+                            }
+                        }),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        };
+        let claim = if self.spec.storage.mode == StorageMode::Templates {
+            self.claims
+                .get_opt(&self.spec.member_claim_name(ordinal))
+                .await
+                .ok()
+                .flatten()
+                .map(|c| ClaimState::from_claim(&c))
+        } else {
+            None
+        };
+        MemberStorage {
+            data_directory: Some(data_directory),
+            stat: Some(stat),
+            claim,
+        }
+    }
+
+    async fn check_storage(&self) -> Finding {
+        fail_on_err(
+            async {
+                let members = self.members().await?;
+                let mut seen = BTreeMap::new();
+                for i in 0..self.spec.replicas {
+                    seen.insert(self.spec.pod_name(i), self.storage_of(i).await);
+                }
+                let root = match &self.options.local_data_root {
+                    Some(r) => r.display().to_string(),
+                    None => pgset_spec::contract::DATA_MOUNT.to_string(),
+                };
+                Ok(checks::storage(&self.spec, &members, &seen, &root))
+            }
+            .await,
+        )
+    }
+
+    /// Scales the StatefulSet through its scale subresource.
+    pub async fn scale(&self, replicas: i32) -> Result<()> {
+        self.statefulsets
+            .patch_scale(
+                self.spec.statefulset_name(),
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({ "spec": { "replicas": replicas } })),
+            )
+            .await
+            .map_err(api(format!(
+                "scale StatefulSet {} to {replicas}",
+                self.spec.name
+            )))?;
+        Ok(())
+    }
+
+    /// Waits until pod `name` is Ready (and, when `not_uid` is given, is a new pod).
+    async fn wait_ready(&self, name: &str, not_uid: Option<&str>) -> Result<Member> {
+        let deadline = Instant::now() + self.options.timeout;
+        loop {
+            if let Some(m) = self.member(name).await?
+                && m.ready
+                && !m.terminating
+                && not_uid.is_none_or(|u| u != m.uid)
+            {
+                return Ok(m);
+            }
+            if Instant::now() > deadline {
+                return Err(crate::Error::Timeout {
+                    what: format!("pod {name} Ready"),
+                    after: self.options.timeout,
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn wait_gone(&self, name: &str) -> Result<()> {
+        let deadline = Instant::now() + self.options.timeout;
+        while self.member(name).await?.is_some() {
+            if Instant::now() > deadline {
+                return Err(crate::Error::Timeout {
+                    what: format!("pod {name} removed"),
+                    after: self.options.timeout,
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        Ok(())
+    }
+
+    /// Waits until the master streams to every one of `expected`.
+    async fn wait_streaming(&self, expected: &[String]) -> Finding {
+        settle(self.options.timeout, || self.streaming_of(expected)).await
+    }
+
+    async fn check_scale_out(&self) -> Result<Finding> {
+        let n = self.spec.replicas;
+        let new_pod = self.spec.pod_name(n);
+        let before = self.members().await?;
+        if before.iter().any(|m| m.name == new_pod) {
+            return Ok(Finding::fail(format!(
+                "{new_pod} already exists: the StatefulSet is not at {n} replicas"
+            )));
+        }
+        let requested = Timestamp::now();
+        let started = Instant::now();
+        self.scale(n + 1).await?;
+        let outcome = self
+            .scale_out_and_observe(&new_pod, requested, started)
+            .await;
+        // Scale back whatever happened.
+        let back = self.scale(n).await;
+        let gone = match back {
+            Ok(()) => self.wait_gone(&new_pod).await,
+            Err(e) => Err(e),
+        };
+        let mut finding = outcome?;
+        if let Err(e) = gone {
+            return Ok(Finding::fail(format!("scale back to {n}: {e}")));
+        }
+        if finding.verdict == crate::Verdict::Pass {
+            match self.retained(n).await {
+                Ok(what) => finding
+                    .message
+                    .push_str(&format!("; scaled back, {what} retained")),
+                Err(problem) => finding = Finding::fail(problem).with(finding.measurements),
+            }
+        }
+        Ok(finding)
+    }
+
+    async fn scale_out_and_observe(
+        &self,
+        new_pod: &str,
+        requested: Timestamp,
+        started: Instant,
+    ) -> Result<Finding> {
+        let member = self.wait_ready(new_pod, None).await?;
+        let mut problems = Vec::new();
+        if !checks::created_after(&member, requested) {
+            problems.push(format!("{new_pod} was created before the scale request"));
+        }
+        let others = self.members().await?;
+        for m in others.iter().filter(|m| m.name != new_pod) {
+            if !m.ready {
+                problems.push(format!("{} not Ready while {new_pod} started", m.name));
+            }
+        }
+        let mut expected = checks::expected_replicas(&self.spec);
+        expected.push(new_pod.to_string());
+        let streaming = self.wait_streaming(&expected).await;
+        let join_s = started.elapsed().as_secs_f64();
+        if streaming.verdict != crate::Verdict::Pass {
+            problems.push(streaming.message);
+        }
+        Ok(Finding::from_problems(
+            problems,
+            format!(
+                "{new_pod} started after {} Ready members and joined streaming in {join_s:.1}s",
+                self.spec.replicas
+            ),
+        )
+        .with(Measurements {
+            join_s: Some(join_s),
+            ..Measurements::default()
+        }))
+    }
+
+    /// After a scale-down: the removed member's claim (templates) or directory (shared) is still
+    /// there. Returns what was found, or the problem.
+    async fn retained(&self, ordinal: i32) -> std::result::Result<String, String> {
+        match self.spec.storage.mode {
+            StorageMode::Templates => {
+                let name = self.spec.member_claim_name(ordinal);
+                match self.claims.get_opt(&name).await {
+                    Ok(Some(_)) => Ok(format!("claim {name}")),
+                    Ok(None) => Err(format!("claim {name} was deleted on scale-down")),
+                    Err(e) => Err(format!("read claim {name}: {e}")),
+                }
+            }
+            StorageMode::Shared => {
+                let pod = self.spec.pod_name(ordinal);
+                let dir = checks::data_dir_in_pod(&pod);
+                let out = self
+                    .run_in(&self.master(), &sql::stat(&[format!("{dir}/PG_VERSION")]))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if out.success() {
+                    Ok(format!("directory {dir}"))
+                } else {
+                    Err(format!("{dir} not retained: {}", out.failure_summary()))
+                }
+            }
+        }
+    }
+
+    async fn check_master_recovery(&self) -> Result<Finding> {
+        let master = self.master();
+        let token = sql::new_token();
+        let create = self
+            .run_in(
+                &master,
+                &sql::psql_local(&[&sql::create_marker_table(), &sql::insert_marker(&token)]),
+            )
+            .await?;
+        if !create.success() {
+            return Ok(Finding::fail(format!(
+                "write the marker on {master}: {}",
+                create.failure_summary()
+            )));
+        }
+        let Some(before) = self.member(&master).await? else {
+            return Ok(Finding::fail(format!("{master} missing")));
+        };
+        let started = Instant::now();
+        self.pods
+            .delete(&master, &DeleteParams::default())
+            .await
+            .map_err(api(format!("delete pod {master}")))?;
+        let back = self.wait_ready(&master, Some(&before.uid)).await?;
+        let recovery_s = started.elapsed().as_secs_f64();
+        let mut problems = Vec::new();
+        if back.name != master {
+            problems.push(format!("came back as {}", back.name));
+        }
+        let marker = self
+            .run_in(&master, &sql::psql_local(&[&sql::select_marker(&token)]))
+            .await?;
+        if !marker.success() {
+            problems.push(format!("read the marker: {}", marker.failure_summary()));
+        } else if marker.stdout.trim() != token {
+            problems.push(format!("marker row {token} lost"));
+        }
+        let streaming = self
+            .wait_streaming(&checks::expected_replicas(&self.spec))
+            .await;
+        let streaming_resumed_s = started.elapsed().as_secs_f64();
+        if streaming.verdict != crate::Verdict::Pass {
+            problems.push(streaming.message);
+        }
+        Ok(Finding::from_problems(
+            problems,
+            format!(
+                "{master} back Ready as a new pod in {recovery_s:.1}s with its data; replicas streaming after {streaming_resumed_s:.1}s"
+            ),
+        )
+        .with(Measurements {
+            recovery_s: Some(recovery_s),
+            streaming_resumed_s: Some(streaming_resumed_s),
+            ..Measurements::default()
+        }))
+    }
+
+    /// Drops the marker table on the master (its drop replicates). Only verify's table.
+    pub async fn drop_marker_table(&self) -> std::result::Result<(), String> {
+        let out = self
+            .run_in(
+                &self.master(),
+                &sql::psql_local(&[&sql::drop_marker_table()]),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if out.success() {
+            Ok(())
+        } else {
+            Err(out.failure_summary())
+        }
+    }
+}
+
+/// `stat` of a member directory on this host (the NFS export), as [`sql::parse_stat`] would give.
+pub fn local_stat(dir: &std::path::Path) -> std::result::Result<Vec<PathStat>, String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for path in [dir.to_path_buf(), dir.join("PG_VERSION")] {
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) => out.push(PathStat {
+                path: path.display().to_string(),
+                uid: i64::from(m.uid()),
+                gid: i64::from(m.gid()),
+                mode: m.mode() & 0o7777,
+                kind: if m.is_dir() {
+                    "directory".into()
+                } else if m.is_file() {
+                    "regular file".into()
+                } else {
+                    "other".into()
+                },
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+    }
+    Ok(out)
+}

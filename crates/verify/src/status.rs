@@ -1,0 +1,230 @@
+//! `status`: one screen of the cluster — each member's role, readiness, node, restarts, data
+//! directory or claim, streaming state and lag — as a table or JSON.
+
+use std::fmt::Write as _;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use kube::{Api, Client};
+use pgset_spec::{ClusterSpec, StorageMode, contract};
+use serde::{Deserialize, Serialize};
+
+use crate::checks::{self, Member};
+use crate::live::{Options, Verifier};
+use crate::sql::ReplicationRow;
+use crate::{Result, api};
+
+/// One member's line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// Pod name.
+    pub pod: String,
+    /// The role label (`master`, `replica`), `-` when the agent has not set it.
+    pub role: String,
+    /// Pod phase.
+    pub phase: String,
+    /// Ready condition.
+    pub ready: bool,
+    /// Node it runs on.
+    pub node: String,
+    /// Container restarts.
+    pub restarts: i32,
+    /// Data directory (shared mode) or claim (templates mode).
+    pub data: String,
+    /// `primary`, the replica's `pg_stat_replication.state`, `not streaming`, or `unknown`.
+    pub streaming: String,
+    /// Replay lag the master reports for this replica (ms), when it has a recent sample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_lag_ms: Option<f64>,
+    /// Bytes sent to this replica but not yet replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreplayed_bytes: Option<f64>,
+}
+
+/// The whole screen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// Cluster name.
+    pub cluster: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Storage mode.
+    pub storage: String,
+    /// Members the StatefulSet wants.
+    pub desired: i32,
+    /// Members Ready.
+    pub ready: i32,
+    /// The members, by ordinal.
+    pub members: Vec<MemberStatus>,
+    /// Why the streaming column is unknown, when the master could not be asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_error: Option<String>,
+}
+
+/// Builds the member lines from the pods and the master's `pg_stat_replication` (pure).
+pub fn member_statuses(
+    spec: &ClusterSpec,
+    members: &[Member],
+    replication: &std::result::Result<Vec<ReplicationRow>, String>,
+) -> Vec<MemberStatus> {
+    let master = spec.pod_name(0);
+    members
+        .iter()
+        .map(|m| {
+            let row = replication
+                .as_ref()
+                .ok()
+                .and_then(|rows| rows.iter().find(|r| r.application_name == m.name));
+            let streaming = if m.name == master {
+                match replication {
+                    Ok(rows) => format!("primary ({} walsender(s))", rows.len()),
+                    Err(_) => "unknown".into(),
+                }
+            } else {
+                match (replication, row) {
+                    (Err(_), _) => "unknown".into(),
+                    (Ok(_), Some(r)) => r.state.clone(),
+                    (Ok(_), None) => "not streaming".into(),
+                }
+            };
+            let data = match (spec.storage.mode, m.ordinal) {
+                (StorageMode::Templates, Some(o)) => spec.member_claim_name(o),
+                _ => format!(
+                    "{} ({})",
+                    checks::data_dir_in_pod(&m.name),
+                    spec.shared_claim_name()
+                ),
+            };
+            MemberStatus {
+                pod: m.name.clone(),
+                role: m.role().unwrap_or("-").to_string(),
+                phase: if m.terminating {
+                    "Terminating".into()
+                } else {
+                    m.phase.clone()
+                },
+                ready: m.ready,
+                node: m.node.clone().unwrap_or_else(|| "-".into()),
+                restarts: m.restarts,
+                data,
+                streaming,
+                replay_lag_ms: row.and_then(|r| r.replay_lag_ms),
+                unreplayed_bytes: row.and_then(|r| r.unreplayed_bytes),
+            }
+        })
+        .collect()
+}
+
+impl ClusterStatus {
+    /// Reads the cluster: pods through the API, streaming from the master.
+    pub async fn gather(client: Client, spec: &ClusterSpec) -> Result<ClusterStatus> {
+        let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &spec.namespace);
+        let sts = statefulsets
+            .get_opt(spec.statefulset_name())
+            .await
+            .map_err(api(format!("read StatefulSet {}", spec.name)))?;
+        let Some(sts) = sts else {
+            return Err(crate::Error::NotDeployed {
+                name: spec.name.clone(),
+                namespace: spec.namespace.clone(),
+            });
+        };
+        let verifier = Verifier::new(client, spec.clone(), Options::new(spec));
+        let members = verifier.members().await?;
+        let master_up = members
+            .iter()
+            .any(|m| m.ordinal == Some(0) && m.phase == "Running" && !m.terminating);
+        let replication = if master_up {
+            verifier.replication().await
+        } else {
+            Err(format!("{} is not running", spec.pod_name(0)))
+        };
+        let lines = member_statuses(spec, &members, &replication);
+        Ok(ClusterStatus {
+            cluster: spec.name.clone(),
+            namespace: spec.namespace.clone(),
+            storage: spec.storage.mode.to_string(),
+            desired: sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+            ready: lines.iter().filter(|m| m.ready).count() as i32,
+            members: lines,
+            replication_error: replication.err(),
+        })
+    }
+
+    /// Pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// The one-screen table.
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "Cluster {}/{}: {}/{} members ready, storage {}",
+            self.namespace, self.cluster, self.ready, self.desired, self.storage
+        );
+        if self.members.is_empty() {
+            let _ = writeln!(out, "no pods");
+            return out;
+        }
+        let header = [
+            "POD",
+            "ROLE",
+            "READY",
+            "STATUS",
+            "RESTARTS",
+            "NODE",
+            "DATA",
+            "STREAMING",
+            "LAG",
+        ];
+        let rows: Vec<[String; 9]> = self
+            .members
+            .iter()
+            .map(|m| {
+                let lag = match (m.replay_lag_ms, m.unreplayed_bytes) {
+                    (Some(ms), _) => format!("{ms:.1} ms"),
+                    (None, Some(b)) if m.role != contract::roles::MASTER => format!("{b:.0} B"),
+                    _ => "-".into(),
+                };
+                [
+                    m.pod.clone(),
+                    m.role.clone(),
+                    if m.ready { "✓".into() } else { "✗".into() },
+                    m.phase.clone(),
+                    m.restarts.to_string(),
+                    m.node.clone(),
+                    m.data.clone(),
+                    m.streaming.clone(),
+                    lag,
+                ]
+            })
+            .collect();
+        let mut widths = header.map(|h| h.chars().count());
+        for r in &rows {
+            for (w, c) in widths.iter_mut().zip(r) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        let line = |cells: &[String]| {
+            let mut l = String::new();
+            for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
+                if i + 1 == cells.len() {
+                    l.push_str(c);
+                } else {
+                    let pad = w - c.chars().count();
+                    let _ = write!(l, "{c}{}  ", " ".repeat(pad));
+                }
+            }
+            l
+        };
+        let _ = writeln!(out, "{}", line(&header.map(String::from)));
+        for r in &rows {
+            let _ = writeln!(out, "{}", line(r));
+        }
+        if let Some(e) = &self.replication_error {
+            let _ = writeln!(out, "streaming unknown: {e}");
+        }
+        out
+    }
+}

@@ -1,0 +1,750 @@
+//! Tests of the check logic on outputs captured from a real PostgreSQL (tests/fixtures/verify)
+//! and on pods, Services and EndpointSlices in the API's JSON shape.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use pgset_spec::{ClusterSpec, StorageMode};
+use serde_json::json;
+
+use crate::checks::{self, ClaimState, Member, MemberStorage};
+use crate::exec::ExecOutput;
+use crate::report::Verdict;
+use crate::sql;
+use crate::status;
+
+fn fixture(name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/verify")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn ok(stdout: &str) -> ExecOutput {
+    ExecOutput {
+        stdout: stdout.to_string(),
+        stderr: String::new(),
+        exit_code: 0,
+    }
+}
+
+fn failed(stderr: &str, exit_code: i32) -> ExecOutput {
+    ExecOutput {
+        stdout: String::new(),
+        stderr: stderr.to_string(),
+        exit_code,
+    }
+}
+
+fn spec(replicas: i32) -> ClusterSpec {
+    ClusterSpec {
+        replicas,
+        ..ClusterSpec::default()
+    }
+}
+
+fn replicas(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+/// A member pod as the API returns it.
+fn pod(ordinal: i32, created: &str, ready: bool, role: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {
+            "name": format!("pgset-{ordinal}"),
+            "namespace": "default",
+            "uid": format!("uid-{ordinal}"),
+            "creationTimestamp": created,
+            "labels": {
+                "app.kubernetes.io/name": "pgset",
+                "app.kubernetes.io/instance": "pgset",
+                "statefulset.kubernetes.io/pod-name": format!("pgset-{ordinal}"),
+                "role": role
+            }
+        },
+        "spec": {
+            "nodeName": "node-1",
+            "containers": [{"name": "postgres", "image": "postgres:18"}],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": format!("data-pgset-{ordinal}")}}]
+        },
+        "status": {
+            "phase": "Running",
+            "podIP": format!("10.244.0.{}", 10 + ordinal),
+            "conditions": [
+                {"type": "Ready", "status": if ready { "True" } else { "False" }},
+                {"type": "ContainersReady", "status": "True"}
+            ],
+            "containerStatuses": [{"name": "postgres", "ready": ready, "restartCount": ordinal, "image": "postgres:18", "imageID": "", "started": true}]
+        }
+    }))
+    .unwrap()
+}
+
+fn members(pods: &[Pod]) -> Vec<Member> {
+    pods.iter().map(Member::from_pod).collect()
+}
+
+fn healthy() -> Vec<Member> {
+    members(&[
+        pod(0, "2026-11-22T05:00:00Z", true, "master"),
+        pod(1, "2026-11-22T05:00:09Z", true, "replica"),
+        pod(2, "2026-11-22T05:00:21Z", true, "replica"),
+    ])
+}
+
+#[test]
+fn member_from_pod_reads_what_verify_needs() {
+    let m = Member::from_pod(&pod(2, "2026-11-22T05:00:21Z", true, "replica"));
+    assert_eq!(m.name, "pgset-2");
+    assert_eq!(m.ordinal, Some(2));
+    assert!(m.ready);
+    assert_eq!(m.role(), Some("replica"));
+    assert_eq!(m.ip.as_deref(), Some("10.244.0.12"));
+    assert_eq!(m.node.as_deref(), Some("node-1"));
+    assert_eq!(m.restarts, 2);
+    assert_eq!(m.claims, vec!["data-pgset-2"]);
+    assert_eq!(m.container.as_deref(), Some("postgres"));
+}
+
+#[test]
+fn pods_in_order_pass() {
+    let f = checks::pods_ready_in_order(&spec(3), &healthy(), Some("OrderedReady"));
+    assert_eq!(f.verdict, Verdict::Pass, "{}", f.message);
+    assert_eq!(
+        f.message,
+        "3 pods Running and Ready, created in ordinal order"
+    );
+}
+
+#[test]
+fn pods_created_together_fail() {
+    let ms = members(&[
+        pod(0, "2026-11-22T05:00:00Z", true, "master"),
+        pod(1, "2026-11-22T05:00:00Z", true, "replica"),
+    ]);
+    let f = checks::pods_ready_in_order(&spec(2), &ms, None);
+    assert_eq!(f.verdict, Verdict::Fail);
+    assert!(f.message.contains("same second"), "{}", f.message);
+}
+
+#[test]
+fn pods_parallel_policy_fails() {
+    let f = checks::pods_ready_in_order(&spec(3), &healthy(), Some("Parallel"));
+    assert_eq!(f.verdict, Verdict::Fail);
+    assert!(f.message.contains("Parallel"), "{}", f.message);
+}
+
+#[test]
+fn recreated_master_is_noted_not_failed() {
+    let ms = members(&[
+        pod(0, "2026-11-22T06:10:00Z", true, "master"),
+        pod(1, "2026-11-22T05:00:09Z", true, "replica"),
+        pod(2, "2026-11-22T05:00:21Z", true, "replica"),
+    ]);
+    let f = checks::pods_ready_in_order(&spec(3), &ms, Some("OrderedReady"));
+    assert_eq!(f.verdict, Verdict::Pass, "{}", f.message);
+    assert!(
+        f.message.contains("pgset-0 recreated later"),
+        "{}",
+        f.message
+    );
+}
+
+#[test]
+fn missing_unready_and_extra_pods_fail() {
+    let ms = members(&[
+        pod(0, "2026-11-22T05:00:00Z", true, "master"),
+        pod(1, "2026-11-22T05:00:09Z", false, "replica"),
+        pod(3, "2026-11-22T05:01:00Z", true, "replica"),
+    ]);
+    let f = checks::pods_ready_in_order(&spec(3), &ms, None);
+    assert_eq!(f.verdict, Verdict::Fail);
+    assert!(f.message.contains("pgset-1 not Ready"), "{}", f.message);
+    assert!(f.message.contains("pgset-2 missing"), "{}", f.message);
+    assert!(
+        f.message.contains("unexpected pod pgset-3"),
+        "{}",
+        f.message
+    );
+}
+
+#[test]
+fn replication_rows_parse_from_captured_output() {
+    let rows = sql::parse_replication(&fixture("pg_stat_replication.after_write.out")).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].application_name, "pgset-1");
+    assert!(rows[0].is_streaming());
+    assert_eq!(rows[0].sync_state, "async");
+    assert_eq!(rows[0].unreplayed_bytes, Some(0.0));
+    let lag = rows[0].replay_lag_ms.unwrap();
+    assert!((lag - 5.288).abs() < 1e-9, "{lag}");
+    assert_eq!(rows[1].replay_lag_ms, None);
+    assert_eq!(checks::max_replay_lag_ms(&rows), Some(lag));
+
+    let idle = sql::parse_replication(&fixture("pg_stat_replication.idle.out")).unwrap();
+    assert_eq!(idle.len(), 2);
+    assert_eq!(checks::max_replay_lag_ms(&idle), None);
+    assert!(
+        sql::parse_replication(&fixture("pg_stat_replication.on_replica.out"))
+            .unwrap()
+            .is_empty()
+    );
+    assert!(sql::parse_replication("pgset-1|streaming|async\n").is_err());
+    assert!(sql::parse_replication("pgset-1|streaming|async|0|soon\n").is_err());
+}
+
+#[test]
+fn streaming_verdicts() {
+    let rows = sql::parse_replication(&fixture("pg_stat_replication.after_write.out")).unwrap();
+    let f = checks::streaming(&replicas(&["pgset-1", "pgset-2"]), &rows);
+    assert_eq!(f.verdict, Verdict::Pass, "{}", f.message);
+    assert_eq!(f.message, "2 of 2 replicas streaming; replay_lag ≤ 5.3 ms");
+    assert!(f.measurements.replay_lag_ms.is_some());
+
+    let f = checks::streaming(&replicas(&["pgset-1", "pgset-2", "pgset-3"]), &rows);
+    assert_eq!(f.verdict, Verdict::Fail);
+    assert_eq!(f.message, "pgset-3 not in pg_stat_replication");
+
+    let f = checks::streaming(&replicas(&["pgset-1"]), &rows);
+    assert_eq!(f.verdict, Verdict::Fail);
+    assert!(f.message.contains("unexpected walsender \"pgset-2\""));
+
+    let mut catching_up = rows.clone();
+    catching_up[1].state = "catchup".into();
+    let f = checks::streaming(&replicas(&["pgset-1", "pgset-2"]), &catching_up);
+    assert_eq!(f.message, "pgset-2 is catchup");
+
+    let none = sql::parse_replication(&fixture("pg_stat_replication.on_replica.out")).unwrap();
+    let f = checks::streaming(&replicas(&["pgset-1"]), &none);
+    assert_eq!(f.verdict, Verdict::Fail);
+}
+
+#[test]
+fn read_only_replica_from_captured_output() {
+    let refused = failed(&fixture("create_table_on_replica.out"), 1);
+    assert_eq!(sql::sqlstate(&refused.stderr), Some("25006"));
+    let standby = ok(&fixture("in_recovery.replica.out"));
+    let primary = ok(&fixture("in_recovery.master.out"));
+    assert!(sql::parse_bool(&standby.stdout).unwrap());
+    assert!(!sql::parse_bool(&primary.stdout).unwrap());
+
+    let f = checks::replica_read_only(&refused, &standby);
+    assert_eq!(f.verdict, Verdict::Pass, "{}", f.message);
+
+    let f = checks::replica_read_only(&refused, &primary);
+    assert_eq!(f.verdict, Verdict::Fail);
+    assert!(f.message.contains("answered by a primary"));
+
+    let f = checks::replica_read_only(&ok(""), &standby);
+    assert_eq!(f.verdict, Verdict::Fail);
+    assert!(f.message.contains("succeeded"));
+
+    let unreachable = failed(&fixture("psql_no_server.out"), 2);
+    assert_eq!(sql::sqlstate(&unreachable.stderr), None);
+    let f = checks::replica_read_only(&unreachable, &unreachable);
+    assert_eq!(f.verdict, Verdict::Fail);
+    assert!(f.message.contains("without a SQLSTATE"), "{}", f.message);
+    assert!(f.message.contains("exit 2"), "{}", f.message);
+
+    let timeout = fixture("marker_wait.timeout.out");
+    assert_eq!(sql::sqlstate(&timeout), Some("P0001"));
+    let f = checks::replica_read_only(&failed(&timeout, 1), &standby);
+    assert!(
+        f.message.contains("SQLSTATE P0001, not 25006"),
+        "{}",
+        f.message
+    );
+}
+
+fn sightings(
+    entries: &[(&str, Result<ExecOutput, String>)],
+) -> BTreeMap<String, Result<ExecOutput, String>> {
+    entries
+        .iter()
+        .map(|(p, r)| (p.to_string(), r.clone()))
+        .collect()
+}
+
+#[test]
+fn replicated_write_lag_from_captured_output() {
+    let lsn = sql::parse_lsn(&fixture("marker_table_lsn.out")).unwrap();
+    assert_eq!(lsn.to_string(), "0/50549F0");
+    assert!(sql::parse_lsn("CREATE TABLE\n").is_err());
+    assert!(sql::wait_for_replay(&lsn, 30).contains("'0/50549F0'::pg_lsn"));
+
+    let insert = ok(&fixture("marker_insert.out"));
+    let seen = sightings(&[
+        ("pgset-1", Ok(ok(&fixture("marker_wait.replica1.out")))),
+        ("pgset-2", Ok(ok(&fixture("marker_wait.replica2.out")))),
+    ]);
+    let f = checks::replicated_write("d4e5f6", &insert, &seen);
+    assert_eq!(f.verdict, Verdict::Pass, "{}", f.message);
+    let lag = f.measurements.lag_ms.unwrap();
+    assert!((lag - 10.123).abs() < 1e-9, "slowest replica: {lag}");
+    assert_eq!(f.message, "marker row read on 2 replica(s); lag 10.1 ms");
+
+    let seen = sightings(&[
+        ("pgset-1", Ok(ok(&fixture("marker_wait.replica1.out")))),
+        (
+            "pgset-2",
+            Ok(ok(&fixture("marker_wait.already_visible.out"))),
+        ),
+    ]);
+    let f = checks::replicated_write("d4e5f6", &insert, &seen);
+    assert_eq!(f.verdict, Verdict::Pass);
+    assert!(
+        f.message
+            .contains("upper bound: already visible on first poll on pgset-2"),
+        "{}",
+        f.message
+    );
+
+    let seen = sightings(&[
+        ("pgset-1", Ok(ok(&fixture("marker_wait.replica1.out")))),
+        (
+            "pgset-2",
+            Ok(failed(&fixture("marker_wait.timeout.out"), 1)),
+        ),
+    ]);
+    let f = checks::replicated_write("d4e5f6", &insert, &seen);
+    assert_eq!(f.verdict, Verdict::Fail);
+    assert!(
+        f.message
+            .starts_with("pgset-2: exit 1: ERROR: P0001: marker not replicated"),
+        "{}",
+        f.message
+    );
+
+    let seen = sightings(&[(
+        "pgset-1",
+        Err("exec `psql` in pod pgset-1: timed out".into()),
+    )]);
+    let f = checks::replicated_write("d4e5f6", &insert, &seen);
+    assert_eq!(f.verdict, Verdict::Fail);
+
+    let f = checks::replicated_write("other", &insert, &BTreeMap::new());
+    assert_eq!(f.verdict, Verdict::Fail);
+    assert!(f.message.contains("expected the token other"));
+
+    let f = checks::replicated_write(
+        "d4e5f6",
+        &failed(&fixture("create_table_on_replica.out"), 1),
+        &BTreeMap::new(),
+    );
+    assert!(
+        f.message
+            .starts_with("insert through the master Service failed")
+    );
+}
+
+#[test]
+fn sighting_parser_rejects_other_shapes() {
+    let s = sql::parse_marker_sighting(&fixture("marker_wait.replica2.out")).unwrap();
+    assert_eq!(s.token, "d4e5f6");
+    assert_eq!(s.polls, 402);
+    assert!(sql::parse_marker_sighting("").is_err());
+    assert!(sql::parse_marker_sighting("a|1\n").is_err());
+    assert!(sql::parse_marker_sighting("a|x|1\n").is_err());
+}
+
+fn endpoint(pod: &str, ip: &str, ready: bool) -> checks::Endpoint {
+    checks::Endpoint {
+        pod: Some(pod.to_string()),
+        addresses: vec![ip.to_string()],
+        ready,
+    }
+}
+
+#[test]
+fn dns_and_endpoints_verdicts() {
+    let captured = fixture("getent_hosts.out");
+    assert_eq!(sql::parse_getent_hosts(&captured), vec!["127.0.0.1"]);
+    let s = spec(3);
+    let ms = healthy();
+    let resolve = |i: i32| ok(&format!("10.244.0.{}      {}\n", 10 + i, s.pod_fqdn(i)));
+    let resolved: BTreeMap<String, Result<ExecOutput, String>> =
+        (0..3).map(|i| (s.pod_name(i), Ok(resolve(i)))).collect();
+    let headless: Vec<checks::Endpoint> = (0..3)
+        .map(|i| endpoint(&s.pod_name(i), &format!("10.244.0.{}", 10 + i), true))
+        .collect();
+    let f = checks::dns_and_endpoints(&s, &ms, &resolved, &headless);
+    assert_eq!(f.verdict, Verdict::Pass, "{}", f.message);
+
+    let mut wrong = resolved.clone();
+    wrong.insert("pgset-1".into(), Ok(ok(&captured)));
+    wrong.insert("pgset-2".into(), Ok(failed("", 2)));
+    let f = checks::dns_and_endpoints(&s, &ms, &wrong, &headless[..2]);
+    assert_eq!(f.verdict, Verdict::Fail);
+    assert!(
+        f.message.contains(
+            "pgset-1.pgset.default.svc.cluster.local resolves to [\"127.0.0.1\"], not 10.244.0.11"
+        ),
+        "{}",
+        f.message
+    );
+    assert!(
+        f.message.contains("does not resolve (getent exit 2)"),
+        "{}",
+        f.message
+    );
+    assert!(
+        f.message
+            .contains("pgset-2 not in the endpoints of Service pgset"),
+        "{}",
+        f.message
+    );
+}
+
+#[test]
+fn endpoints_from_slices() {
+    let slice: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"name": "pgset-master-abcde", "labels": {"kubernetes.io/service-name": "pgset-master"}},
+        "addressType": "IPv4",
+        "endpoints": [
+            {"addresses": ["10.244.0.10"], "conditions": {"ready": true}, "targetRef": {"kind": "Pod", "name": "pgset-0", "namespace": "default"}},
+            {"addresses": ["10.244.0.11"], "conditions": {"ready": false}, "targetRef": {"kind": "Pod", "name": "pgset-1", "namespace": "default"}}
+        ],
+        "ports": [{"name": "postgres", "port": 5432, "protocol": "TCP"}]
+    }))
+    .unwrap();
+    let eps = checks::endpoints(&[slice]);
+    assert_eq!(
+        eps,
+        vec![
+            endpoint("pgset-0", "10.244.0.10", true),
+            endpoint("pgset-1", "10.244.0.11", false)
+        ]
+    );
+}
+
+fn service(name: &str, role: &str) -> Service {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"selector": {
+            "app.kubernetes.io/name": "pgset",
+            "app.kubernetes.io/instance": "pgset",
+            "role": role
+        }, "ports": [{"port": 5432}]}
+    }))
+    .unwrap()
+}
+
+#[test]
+fn role_services_verdicts() {
+    let s = spec(3);
+    let ms = healthy();
+    let master = service("pgset-master", "master");
+    let replica = service("pgset-replica", "replica");
+    let master_eps = vec![endpoint("pgset-0", "10.244.0.10", true)];
+    let replica_eps = vec![
+        endpoint("pgset-1", "10.244.0.11", true),
+        endpoint("pgset-2", "10.244.0.12", true),
+    ];
+    let f = checks::role_services(
+        &s,
+        &ms,
+        Some(&master),
+        &master_eps,
+        Some(&replica),
+        &replica_eps,
+    );
+    assert_eq!(f.verdict, Verdict::Pass, "{}", f.message);
+    assert_eq!(
+        f.message,
+        "pgset-master selects pgset-0; pgset-replica selects 2 replica(s)"
+    );
+
+    // pgset-2 not yet labelled by its agent.
+    let unlabelled = members(&[
+        pod(0, "2026-11-22T05:00:00Z", true, "master"),
+        pod(1, "2026-11-22T05:00:09Z", true, "replica"),
+        pod(2, "2026-11-22T05:00:21Z", true, ""),
+    ]);
+    let f = checks::role_services(
+        &s,
+        &unlabelled,
+        Some(&master),
+        &master_eps,
+        Some(&replica),
+        &replica_eps[..1],
+    );
+    assert_eq!(f.verdict, Verdict::Fail);
+    assert!(
+        f.message.contains(
+            "Service pgset-replica selects [\"pgset-1\"], expected [\"pgset-1\", \"pgset-2\"]"
+        ),
+        "{}",
+        f.message
+    );
+    assert!(
+        f.message.contains("ready endpoints [\"pgset-1\"]"),
+        "{}",
+        f.message
+    );
+
+    // Two masters.
+    let two = members(&[
+        pod(0, "2026-11-22T05:00:00Z", true, "master"),
+        pod(1, "2026-11-22T05:00:09Z", true, "master"),
+        pod(2, "2026-11-22T05:00:21Z", true, "replica"),
+    ]);
+    let f = checks::role_services(
+        &s,
+        &two,
+        Some(&master),
+        &master_eps,
+        Some(&replica),
+        &replica_eps,
+    );
+    assert!(
+        f.message
+            .contains("Service pgset-master selects [\"pgset-0\", \"pgset-1\"]"),
+        "{}",
+        f.message
+    );
+
+    let f = checks::role_services(
+        &s,
+        &ms,
+        None,
+        &[],
+        Some(&service("pgset-replica", "master")),
+        &replica_eps,
+    );
+    assert!(
+        f.message.contains("Service pgset-master missing"),
+        "{}",
+        f.message
+    );
+    assert!(
+        f.message
+            .contains("Service pgset-replica does not select role=replica"),
+        "{}",
+        f.message
+    );
+}
+
+fn stats_for(dir: &str, uid: i64, mode: &str) -> Vec<sql::PathStat> {
+    sql::parse_stat(&format!(
+        "{dir}|{uid}|{uid}|{mode}|directory\n{dir}/PG_VERSION|{uid}|{uid}|600|regular file\n"
+    ))
+    .unwrap()
+}
+
+#[test]
+fn stat_parses_from_captured_output() {
+    let stats = sql::parse_stat(&fixture("stat_data_dir.out")).unwrap();
+    assert_eq!(stats.len(), 2);
+    assert_eq!(stats[0].path, "/tmp/vcap/pgset-0");
+    assert_eq!(stats[0].mode, 0o700);
+    assert_eq!(stats[0].kind, "directory");
+    assert_eq!(stats[1].kind, "regular file");
+    assert_eq!(fixture("data_directory.out").trim(), "/tmp/vcap/pgset-1");
+    assert!(sql::parse_stat("/x|a|0|700|directory\n").is_err());
+}
+
+#[test]
+fn storage_shared_on_the_export() {
+    // As seen on the NFS host (the captured stat), with the data root it was captured under.
+    let mut s = spec(1);
+    s.postgres.uid = 101;
+    let mut seen = BTreeMap::new();
+    seen.insert(
+        "pgset-0".to_string(),
+        MemberStorage {
+            data_directory: Some(Ok("/pgdata/pgset-0".into())),
+            stat: Some(Ok(sql::parse_stat(&fixture("stat_data_dir.out")).unwrap())),
+            claim: None,
+        },
+    );
+    let f = checks::storage(&s, &healthy()[..1], &seen, "/tmp/vcap");
+    assert_eq!(f.verdict, Verdict::Pass, "{}", f.message);
+
+    s.postgres.uid = 999;
+    let f = checks::storage(&s, &healthy()[..1], &seen, "/tmp/vcap");
+    assert_eq!(f.verdict, Verdict::Fail);
+    assert_eq!(f.message, "/tmp/vcap/pgset-0 owned by uid 101, not 999");
+}
+
+#[test]
+fn storage_in_pod_and_templates() {
+    let mut s = spec(2);
+    let mk = |pod: &str, dir: &str, mode: &str, claim: Option<ClaimState>| MemberStorage {
+        data_directory: Some(Ok(dir.to_string())),
+        stat: Some(Ok(stats_for(&format!("/pgdata/{pod}"), 999, mode))),
+        claim,
+    };
+    let mut seen = BTreeMap::new();
+    seen.insert(
+        "pgset-0".to_string(),
+        mk("pgset-0", "/pgdata/pgset-0", "700", None),
+    );
+    seen.insert("pgset-1".to_string(), mk("pgset-1", "/pgdata", "777", None));
+    let f = checks::storage(&s, &healthy(), &seen, "/pgdata");
+    assert_eq!(f.verdict, Verdict::Fail);
+    assert_eq!(
+        f.message,
+        "pgset-1 runs on /pgdata, not /pgdata/pgset-1; /pgdata/pgset-1 has mode 777, not 700/750"
+    );
+
+    s.storage.mode = StorageMode::Templates;
+    let claim = |n: i32, phase: &str, volume: &str| {
+        Some(ClaimState {
+            name: format!("data-pgset-{n}"),
+            phase: phase.into(),
+            volume: Some(volume.into()),
+        })
+    };
+    seen.insert(
+        "pgset-0".to_string(),
+        mk(
+            "pgset-0",
+            "/pgdata/pgset-0",
+            "700",
+            claim(0, "Bound", "pv-a"),
+        ),
+    );
+    seen.insert(
+        "pgset-1".to_string(),
+        mk(
+            "pgset-1",
+            "/pgdata/pgset-1",
+            "750",
+            claim(1, "Bound", "pv-b"),
+        ),
+    );
+    let f = checks::storage(&s, &healthy(), &seen, "/pgdata");
+    assert_eq!(f.verdict, Verdict::Pass, "{}", f.message);
+
+    seen.insert(
+        "pgset-1".to_string(),
+        mk(
+            "pgset-1",
+            "/pgdata/pgset-1",
+            "750",
+            claim(1, "Pending", "pv-a"),
+        ),
+    );
+    let f = checks::storage(&s, &healthy(), &seen, "/pgdata");
+    assert_eq!(f.verdict, Verdict::Fail);
+    assert!(
+        f.message.contains("claim data-pgset-1 is Pending"),
+        "{}",
+        f.message
+    );
+    assert!(
+        f.message.contains("pgset-1 and pgset-0 share volume pv-a"),
+        "{}",
+        f.message
+    );
+}
+
+#[test]
+fn status_lines_from_pods_and_replication() {
+    let s = spec(3);
+    let rows = sql::parse_replication(&fixture("pg_stat_replication.after_write.out")).unwrap();
+    let lines = status::member_statuses(&s, &healthy(), &Ok(rows));
+    assert_eq!(lines[0].streaming, "primary (2 walsender(s))");
+    assert_eq!(lines[1].streaming, "streaming");
+    assert!(lines[1].replay_lag_ms.is_some());
+    assert_eq!(lines[2].replay_lag_ms, None);
+    assert_eq!(lines[2].data, "/pgdata/pgset-2 (pgset-pvc)");
+    let screen = status::ClusterStatus {
+        cluster: "pgset".into(),
+        namespace: "default".into(),
+        storage: "shared".into(),
+        desired: 3,
+        ready: 3,
+        members: lines,
+        replication_error: None,
+    };
+    let table = screen.to_table();
+    let text: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        text[0],
+        "Cluster default/pgset: 3/3 members ready, storage shared"
+    );
+    assert_eq!(
+        text[1],
+        "POD      ROLE     READY  STATUS   RESTARTS  NODE    DATA                         STREAMING                 LAG"
+    );
+    assert_eq!(
+        text[2],
+        "pgset-0  master   ✓      Running  0         node-1  /pgdata/pgset-0 (pgset-pvc)  primary (2 walsender(s))  -"
+    );
+    assert_eq!(
+        text[3],
+        "pgset-1  replica  ✓      Running  1         node-1  /pgdata/pgset-1 (pgset-pvc)  streaming                 5.3 ms"
+    );
+    assert_eq!(
+        text[4],
+        "pgset-2  replica  ✓      Running  2         node-1  /pgdata/pgset-2 (pgset-pvc)  streaming                 0 B"
+    );
+
+    let unknown = status::member_statuses(&s, &healthy(), &Err("pgset-0 is not running".into()));
+    assert!(unknown.iter().all(|m| m.streaming == "unknown"));
+    let mut t = spec(3);
+    t.storage.mode = StorageMode::Templates;
+    let none = sql::parse_replication(&fixture("pg_stat_replication.on_replica.out")).unwrap();
+    let lines = status::member_statuses(&t, &healthy(), &Ok(none));
+    assert_eq!(lines[1].data, "data-pgset-1");
+    assert_eq!(lines[1].streaming, "not streaming");
+}
+
+#[test]
+fn psql_arguments_carry_no_password() {
+    let argv = sql::psql_remote("pgset-replica", &[sql::IN_RECOVERY_QUERY]);
+    assert_eq!(argv[0..2], ["sh", "-c"]);
+    assert_eq!(
+        argv[2],
+        "PGPASSWORD=\"$(cat /etc/pgset/secret/superuser-password)\" PGCONNECT_TIMEOUT=5 exec psql \"$@\""
+    );
+    assert!(argv.windows(2).any(|w| w == ["-h", "pgset-replica"]));
+    assert_eq!(
+        argv.last().map(String::as_str),
+        Some(sql::IN_RECOVERY_QUERY)
+    );
+    let local = sql::psql_local(&["select 1", "select 2"]);
+    assert_eq!(
+        local,
+        [
+            "psql",
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-F",
+            "|",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-v",
+            "VERBOSITY=verbose",
+            "-h",
+            "/var/run/postgresql",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            "select 1",
+            "-c",
+            "select 2"
+        ]
+    );
+}
+
+#[test]
+#[should_panic(expected = "alphanumeric")]
+fn marker_tokens_cannot_inject_sql() {
+    let _ = sql::insert_marker("x'); drop table users; --");
+}
+
+#[test]
+fn new_tokens_are_valid_and_distinct() {
+    let a = sql::new_token();
+    std::thread::sleep(std::time::Duration::from_millis(1));
+    let b = sql::new_token();
+    assert_ne!(a, b);
+    assert!(sql::select_marker(&a).contains(&a));
+}
