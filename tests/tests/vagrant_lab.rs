@@ -482,6 +482,7 @@ fn reads_only(call: &str) -> bool {
         "containerd config default",
         "dnf repolist",
         "kubeadm token list",
+        "kubeadm config images list",
         "kubectl get ",
         "kubectl wait ",
         "ip -o -4 addr show",
@@ -702,9 +703,11 @@ fn node_script_prepares_the_node_then_a_second_run_changes_nothing() {
         s.network.control_plane_ip, s.name_prefix
     )));
     assert_eq!(node.read("etc/systemd/zram-generator.conf"), "");
+    let containerd = node.read("etc/containerd/config.toml");
+    assert!(containerd.contains("SystemdCgroup = true"), "{containerd}");
     assert!(
-        node.read("etc/containerd/config.toml")
-            .contains("SystemdCgroup = true")
+        containerd.contains("sandbox_image = \"registry.k8s.io/pause:3.10.1\""),
+        "{containerd}"
     );
     assert_eq!(
         node.read("etc/sysconfig/kubelet"),

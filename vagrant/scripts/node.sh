@@ -56,7 +56,8 @@ if [[ "$mode" != Enforcing ]]; then
   log "warning: SELinux is $mode; the lab is meant to run enforcing (pgset works with it)"
 fi
 
-# --- containerd: Docker's CE repository is the usual source of containerd.io on EL9 ------------
+# --- package sources: Docker's CE repository (the usual source of containerd.io on EL9) and ------
+# --- pkgs.k8s.io for kubelet, kubeadm, kubectl, pinned and kept out of dnf upgrades -------------
 write_file /etc/yum.repos.d/docker-ce.repo <<'REPO' || true
 [docker-ce-stable]
 name=Docker CE Stable - $basearch
@@ -65,20 +66,6 @@ enabled=1
 gpgcheck=1
 gpgkey=https://download.docker.com/linux/centos/gpg
 REPO
-ensure_packages containerd.io container-selinux
-containerd_config="$(containerd config default | sed -E 's/^([[:space:]]*SystemdCgroup = )false/\1true/')"
-grep -q 'SystemdCgroup = true' <<<"$containerd_config" ||
-  die "containerd's default configuration has no SystemdCgroup option to turn on"
-if printf '%s\n' "$containerd_config" | write_file /etc/containerd/config.toml; then
-  restart_if_active containerd
-fi
-ensure_service containerd
-write_file /etc/crictl.yaml <<'CRICTL' || true
-runtime-endpoint: unix:///run/containerd/containerd.sock
-image-endpoint: unix:///run/containerd/containerd.sock
-CRICTL
-
-# --- kubelet, kubeadm, kubectl from pkgs.k8s.io, pinned and kept out of dnf upgrades -----------
 write_file /etc/yum.repos.d/kubernetes.repo <<REPO || true
 [kubernetes]
 name=Kubernetes v${k8s_minor}
@@ -96,6 +83,26 @@ fi
 if ! systemctl is-enabled --quiet kubelet; then
   systemctl enable kubelet
 fi
+
+# --- containerd -----------------------------------------------------------------------------
+ensure_packages containerd.io container-selinux
+# containerd's default configuration (the packaged file disables the CRI plugin) with the systemd
+# cgroup driver, and the pause image of this Kubernetes release as the sandbox image.
+pause_image="$(kubeadm config images list --kubernetes-version "v${LAB_K8S_VERSION}" | grep '/pause:')"
+containerd_config="$(containerd config default | sed -E \
+  -e 's/^([[:space:]]*SystemdCgroup = )false/\1true/' \
+  -e "s|^([[:space:]]*sandbox_image = )\"[^\"]*\"|\\1\"${pause_image}\"|" \
+  -e "s|^([[:space:]]*sandbox = )'[^']*'|\\1'${pause_image}'|")"
+grep -q 'SystemdCgroup = true' <<<"$containerd_config" ||
+  die "containerd's default configuration has no SystemdCgroup option to turn on"
+if printf '%s\n' "$containerd_config" | write_file /etc/containerd/config.toml; then
+  restart_if_active containerd
+fi
+ensure_service containerd
+write_file /etc/crictl.yaml <<'CRICTL' || true
+runtime-endpoint: unix:///run/containerd/containerd.sock
+image-endpoint: unix:///run/containerd/containerd.sock
+CRICTL
 
 # --- NFS client on every node (the control plane also serves); tc for kubeadm's preflight -------
 ensure_packages nfs-utils iproute-tc
