@@ -165,8 +165,26 @@ pub async fn deploy(
     if let Some(claim) = &shared_claim {
         apply_one::<PersistentVolumeClaim>(client, ns, claim, mode, progress).await?;
     }
-    apply_one::<StatefulSet>(client, ns, &statefulset, mode, progress).await?;
+    apply_one::<StatefulSet>(client, ns, &statefulset, mode, progress)
+        .await
+        .map_err(|e| match e {
+            Error::Api { source, .. } if is_immutable_field_refusal(&source) => {
+                Error::StatefulSetImmutable {
+                    name: spec.statefulset_name().to_string(),
+                    namespace: ns.to_string(),
+                    source,
+                }
+            }
+            other => other,
+        })?;
     Ok(())
+}
+
+/// True when the API server refused a StatefulSet update because it touches a field that
+/// cannot change.
+fn is_immutable_field_refusal(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status)
+        if status.code == 422 && status.message.contains("Forbidden: updates to statefulset spec"))
 }
 
 async fn apply_one<K>(

@@ -56,6 +56,20 @@ pub enum Error {
     /// The operating system's random source failed.
     #[error("generate passwords: the system random source failed: {0}")]
     Random(String),
+    /// The StatefulSet exists with a field Kubernetes does not let change (the claim template,
+    /// the selector, the service name), e.g. after switching storage modes.
+    #[error(
+        "StatefulSet {name} in namespace {namespace} exists with fields that cannot change (claim template, selector or service name, e.g. after changing the storage mode): run `cargo xtask down` (claims and data stay), then deploy again"
+    )]
+    StatefulSetImmutable {
+        /// StatefulSet name.
+        name: String,
+        /// Namespace.
+        namespace: String,
+        /// The API server's refusal.
+        #[source]
+        source: Box<kube::Error>,
+    },
     /// The StatefulSet to scale does not exist.
     #[error(
         "StatefulSet {name} not found in namespace {namespace}: run `cargo xtask deploy` first"

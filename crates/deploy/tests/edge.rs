@@ -193,6 +193,34 @@ async fn templates_mode_applies_no_shared_claim() {
     );
 }
 
+#[tokio::test]
+async fn a_refused_statefulset_change_says_how_to_recover() {
+    let mut apply = deploy_handler(Some(existing_secret()));
+    let (client, _calls) = mock_client(move |call: &Call| {
+        if call.method == "PATCH" && call.path.ends_with("/statefulsets/pgset") {
+            return (
+                422,
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                       "reason": "Invalid", "code": 422,
+                       "message": "StatefulSet.apps \"pgset\" is invalid: spec: Forbidden: updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden"}),
+            );
+        }
+        apply(call)
+    });
+    let err = deploy(&client, &spec(), ApplyMode::Apply, &mut |_: &str| {})
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("run `cargo xtask down` (claims and data stay)"),
+        "{msg}"
+    );
+    let source = std::error::Error::source(&err)
+        .expect("the API answer is kept")
+        .to_string();
+    assert!(source.contains("Forbidden"), "{source}");
+}
+
 // ---- rollout, scale and teardown ----
 
 fn pod(ordinal: i32, ready: bool, revision: &str) -> Value {
