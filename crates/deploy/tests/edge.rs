@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use mock_api::{Call, echo_with_version, mock_client, not_found, query_pairs};
 use pgset_deploy::apply::{ApplyMode, deploy};
-use pgset_deploy::rollout::wait_for_rollout;
+use pgset_deploy::rollout::{RolloutReport, wait_for_rollout};
 use pgset_deploy::scale::scale;
 use pgset_deploy::teardown::{Purge, down};
 use pgset_spec::{ClusterSpec, StorageMode};
@@ -280,19 +280,28 @@ fn growing_cluster(target: i32) -> impl FnMut(&Call) -> (u16, Value) + Send + 's
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn rollout_reports_each_member_once_in_order() {
-    let (client, calls) = mock_client(growing_cluster(3));
+/// Waits (60 s at most) for `replicas` members, collecting the progress lines.
+async fn rollout_with_lines(
+    client: &kube::Client,
+    replicas: i32,
+) -> (pgset_deploy::Result<RolloutReport>, Vec<String>) {
     let mut lines = Vec::new();
     let report = wait_for_rollout(
-        &client,
+        client,
         &spec(),
-        3,
+        replicas,
         Duration::from_secs(60),
         &mut |l: &str| lines.push(l.to_string()),
     )
-    .await
-    .unwrap();
+    .await;
+    (report, lines)
+}
+
+#[tokio::test(start_paused = true)]
+async fn rollout_reports_each_member_once_in_order() {
+    let (client, calls) = mock_client(growing_cluster(3));
+    let (report, lines) = rollout_with_lines(&client, 3).await;
+    let report = report.unwrap();
     let names: Vec<&str> = report.members.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["pgset-0", "pgset-1", "pgset-2"]);
     let ready_lines: Vec<&String> = lines.iter().filter(|l| l.starts_with("pgset-")).collect();
@@ -358,16 +367,8 @@ async fn rollout_after_a_template_change_waits_for_the_new_revision() {
             p => panic!("unexpected {} {p}", call.method),
         }
     });
-    let mut lines = Vec::new();
-    wait_for_rollout(
-        &client,
-        &spec(),
-        2,
-        Duration::from_secs(60),
-        &mut |l: &str| lines.push(l.to_string()),
-    )
-    .await
-    .unwrap();
+    let (report, lines) = rollout_with_lines(&client, 2).await;
+    report.unwrap();
     let ready: Vec<&String> = lines.iter().filter(|l| l.starts_with("pgset-")).collect();
     assert_eq!(ready.len(), 2, "{lines:?}");
     assert!(ready[0].starts_with("pgset-1 Ready after"), "{lines:?}");
