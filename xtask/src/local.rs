@@ -1,12 +1,191 @@
-//! `cargo xtask local`.
+//! `cargo xtask local up|status|down`: a primary and replicas as local processes on 127.0.0.1,
+//! driven by the same agent as in a pod (`pgset_agent::local`).
 
-use anyhow::{Result, bail};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use pgset_agent::cmd::HostCommand;
+use pgset_agent::local::{self, MemberStatus, UpOptions};
+
+use crate::cli::{Stage, workspace_root};
 
 /// Arguments of `cargo xtask local`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Start (or reshape) the set: members in order, each after the previous is ready
+    Up(UpArgs),
+    /// Each member: role, address, socket and data directories, pid, streaming
+    Status(StatusArgs),
+    /// Stop every member; --purge also removes DIR
+    Down(DownArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct UpArgs {
+    /// Number of members, the primary included
+    #[arg(long, default_value_t = 3)]
+    replicas: i32,
+    /// Directory for data, logs, sockets and generated passwords
+    #[arg(long)]
+    dir: PathBuf,
+    /// Port of the primary; member N listens on PORT+N (health on PORT+1000+N)
+    #[arg(long, default_value_t = 15432)]
+    port: u16,
+    /// Cluster name (members are NAME-0, NAME-1, ...)
+    #[arg(long, default_value = pgset_spec::DEFAULT_NAME)]
+    name: String,
+    /// Seconds to wait for each member to become ready
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    /// Seconds a replica waits for the master before it fails
+    #[arg(long)]
+    master_wait: Option<u64>,
+    /// pg_basebackup --max-rate for replicas' first copies (e.g. 50M)
+    #[arg(long)]
+    max_rate: Option<String>,
+    /// The agent binary (default: built with `cargo build -p pgset-agent`)
+    #[arg(long)]
+    agent_bin: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
+    /// The set's directory
+    #[arg(long)]
+    dir: PathBuf,
+    /// `text` or `json`
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    output: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct DownArgs {
+    /// The set's directory
+    #[arg(long)]
+    dir: PathBuf,
+    /// Also remove DIR (data, logs, passwords)
+    #[arg(long)]
+    purge: bool,
+}
 
 /// Runs the task.
-pub async fn run(_args: Args) -> Result<()> {
-    bail!("`cargo xtask local` is not built yet")
+pub async fn run(args: Args) -> Result<()> {
+    match args.command {
+        Command::Up(a) => up(a).await,
+        Command::Status(a) => status(&a.dir, &a.output),
+        Command::Down(a) => {
+            let stopped = local::down(&a.dir, a.purge)
+                .await
+                .context("stop the local set")?;
+            eprintln!(
+                "stopped: {}",
+                if stopped.is_empty() {
+                    "nothing was running".to_string()
+                } else {
+                    stopped.join(", ")
+                }
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Builds the agent binary and returns its path (next to the xtask binary in the target dir).
+pub fn build_agent() -> Result<PathBuf> {
+    let stage = Stage::start("build pgset-agent");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    HostCommand::new(cargo)
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "pgset-agent",
+            "--bin",
+            "pgset-agent",
+            "--manifest-path",
+        ])
+        .arg(workspace_root().join("Cargo.toml"))
+        .run()
+        .context("build the agent")?;
+    let exe = std::env::current_exe().context("locate the xtask binary")?;
+    let bin = exe
+        .parent()
+        .map(|d| d.join("pgset-agent"))
+        .context("target directory")?;
+    anyhow::ensure!(bin.is_file(), "{} was not built", bin.display());
+    stage.done(&bin.display().to_string());
+    Ok(bin)
+}
+
+async fn up(a: UpArgs) -> Result<()> {
+    let agent_bin = match a.agent_bin {
+        Some(b) => b,
+        None => build_agent()?,
+    };
+    let mut opts = UpOptions::new(&a.dir, a.replicas, a.port, agent_bin);
+    opts.name = a.name;
+    opts.ready_timeout = Duration::from_secs(a.timeout);
+    opts.master_wait = a.master_wait.map(Duration::from_secs);
+    opts.basebackup_max_rate = a.max_rate;
+    let stage = Stage::start(format!(
+        "local set of {} in {}",
+        a.replicas,
+        a.dir.display()
+    ));
+    let report = local::up(&opts).await.context("form the local set")?;
+    let list = |v: &Vec<String>| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    stage.done(&format!(
+        "started {}; already running {}; stopped {}",
+        list(&report.started),
+        list(&report.already_running),
+        list(&report.stopped)
+    ));
+    status(&a.dir, "text")
+}
+
+fn status(dir: &Path, output: &str) -> Result<()> {
+    let members = local::status(dir, None).context("read the local set")?;
+    if output == "json" {
+        println!("{}", serde_json::to_string_pretty(&members)?);
+        return Ok(());
+    }
+    println!(
+        "{:<12} {:<8} {:<16} {:<8} {:<10} {}",
+        "NAME", "ROLE", "ADDRESS", "PID", "STREAMING", "DATA"
+    );
+    for m in &members {
+        println!("{}", row(m));
+    }
+    Ok(())
+}
+
+fn row(m: &MemberStatus) -> String {
+    let pid = m.pid.map_or("-".to_string(), |p| p.to_string());
+    let streaming = match m.streaming {
+        None => "-",
+        Some(true) => "yes",
+        Some(false) => "no",
+    };
+    format!(
+        "{:<12} {:<8} {:<16} {:<8} {:<10} {}",
+        m.name,
+        m.role,
+        format!("{}:{}", m.host, m.port),
+        pid,
+        streaming,
+        m.data_dir.display()
+    )
 }

@@ -140,6 +140,16 @@ impl HostCommand {
         })
     }
 
+    /// Runs it with stdout and stderr appended to `log` (for launchers such as `setsid -f` that
+    /// return once the real process is detached); a non-zero exit is an error.
+    pub fn run_logging_to(&self, log: std::fs::File) -> Result<()> {
+        self.log();
+        let out = self.expression().stderr_to_stdout().stdout_file(log).unchecked().run().map_err(|e| {
+            Error::Command { command: self.display(), status: format!("could not start: {e}"), stderr: String::new() }
+        })?;
+        self.check(&out)
+    }
+
     /// Starts it with stdout and stderr merged into a pipe the caller reads.
     pub fn start_reader(&self) -> Result<duct::ReaderHandle> {
         self.log();

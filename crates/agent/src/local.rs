@@ -1,1 +1,503 @@
-//! Local mode: a primary and replicas as agent processes on 127.0.0.1.
+//! Local mode: a primary and replicas as agent processes on 127.0.0.1, the same agent as in a pod.
+//! `up` starts the members in order (each waits for the previous to be ready), `status` reports
+//! them, `down` stops them. Layout of DIR: `<cluster>-N/` data (DATA_ROOT=DIR), `<cluster>-N.log`,
+//! `secret/` passwords (0600), `run/` sockets, `members` (the membership file) and `pgset-local.json`.
+
+use std::fs;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{Pid, Uid, chown};
+use pgset_spec::contract::{self, env, modes, secret};
+use serde::{Deserialize, Serialize};
+
+use crate::cmd::HostCommand;
+use crate::datadir::{self, write_atomic};
+use crate::health;
+use crate::pgbin::PgBin;
+use crate::privilege::postgres_user;
+use crate::settings::{Role, agent_pid_file};
+use crate::{Error, Result, io_err};
+
+/// The file recording the set's name and base port.
+pub const STATE_FILE: &str = "pgset-local.json";
+/// The membership file the primary's agent reads (PGSET_MEMBERS_FILE).
+pub const MEMBERS_FILE: &str = "members";
+/// Health ports are the member's port plus this.
+pub const HEALTH_PORT_OFFSET: u16 = 1000;
+/// Host every local member listens on.
+pub const HOST: &str = "127.0.0.1";
+
+/// What `up` needs.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// The set's directory.
+    pub dir: PathBuf,
+    /// Cluster name.
+    pub name: String,
+    /// Number of members (primary included).
+    pub replicas: i32,
+    /// Port of member 0; member k listens on port + k.
+    pub port: u16,
+    /// The agent binary to run.
+    pub agent_bin: PathBuf,
+    /// How long to wait for each member to become ready.
+    pub ready_timeout: Duration,
+    /// PGSET_MASTER_WAIT_TIMEOUT for the replicas, when set.
+    pub master_wait: Option<Duration>,
+    /// PGSET_BASEBACKUP_MAX_RATE for the replicas, when set.
+    pub basebackup_max_rate: Option<String>,
+    /// PGSET_PG_BIN_DIR, when set.
+    pub pg_bin_dir: Option<PathBuf>,
+}
+
+impl UpOptions {
+    /// Options with the defaults for everything but the directory, size, port and agent.
+    pub fn new(dir: impl Into<PathBuf>, replicas: i32, port: u16, agent_bin: impl Into<PathBuf>) -> UpOptions {
+        UpOptions {
+            dir: dir.into(),
+            name: pgset_spec::DEFAULT_NAME.to_string(),
+            replicas,
+            port,
+            agent_bin: agent_bin.into(),
+            ready_timeout: Duration::from_secs(300),
+            master_wait: None,
+            basebackup_max_rate: None,
+            pg_bin_dir: None,
+        }
+    }
+}
+
+/// The recorded identity of a local set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalSet {
+    /// Cluster name.
+    pub name: String,
+    /// Port of member 0.
+    pub port: u16,
+}
+
+impl LocalSet {
+    /// Member k's name.
+    pub fn member(&self, k: i32) -> String {
+        format!("{}-{k}", self.name)
+    }
+
+    /// Member k's postgres port.
+    pub fn member_port(&self, k: i32) -> u16 {
+        self.port + k as u16
+    }
+
+    /// Member k's health endpoint.
+    pub fn health_addr(&self, k: i32) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.member_port(k) + HEALTH_PORT_OFFSET))
+    }
+}
+
+/// What `up` did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct UpReport {
+    /// Members started by this call.
+    pub started: Vec<String>,
+    /// Members that were already running.
+    pub already_running: Vec<String>,
+    /// Members stopped because the set shrank (their data is kept).
+    pub stopped: Vec<String>,
+}
+
+/// One member as `status` reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberStatus {
+    /// Member name.
+    pub name: String,
+    /// `master` or `replica`.
+    pub role: String,
+    /// Host it listens on.
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+    /// Its socket directory.
+    pub socket_dir: PathBuf,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// The postmaster's pid, when running.
+    pub pid: Option<i32>,
+    /// The agent's pid, when running.
+    pub agent_pid: Option<i32>,
+    /// Whether it is listed in the membership file.
+    pub member: bool,
+    /// Replicas: whether the master lists it as streaming. Primary: `None`.
+    pub streaming: Option<bool>,
+}
+
+fn local_err(msg: impl Into<String>) -> Error {
+    Error::Local(msg.into())
+}
+
+/// Reads the set recorded in `dir`.
+pub fn read_set(dir: &Path) -> Result<LocalSet> {
+    let path = dir.join(STATE_FILE);
+    let text = fs::read_to_string(&path).map_err(|e| {
+        local_err(format!("{}: not a local pgset directory ({e}); run `cargo xtask local up --dir {}` first", path.display(), dir.display()))
+    })?;
+    serde_json::from_str(&text).map_err(|e| local_err(format!("{}: {e}", path.display())))
+}
+
+/// The running agent of a member, from its pid file.
+pub fn agent_pid(dir: &Path, member: &str) -> Option<i32> {
+    let text = fs::read_to_string(agent_pid_file(dir, member)).ok()?;
+    let pid: i32 = text.trim().parse().ok()?;
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let zombie = stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+    let is_agent = cmdline.windows(b"pgset-agent".len()).any(|w| w == b"pgset-agent");
+    (is_agent && !zombie).then_some(pid)
+}
+
+fn random_password() -> Result<String> {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let mut bytes = [0u8; 32];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(io_err("read /dev/urandom for a password"))?;
+    Ok(bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect())
+}
+
+/// Hands a path to the postgres user when running as root.
+fn give_to_postgres(path: &Path) -> Result<()> {
+    if !Uid::effective().is_root() {
+        return Ok(());
+    }
+    let user = postgres_user()?;
+    chown(path, Some(user.uid), Some(user.gid)).map_err(|e| local_err(format!("chown {} to postgres: {e}", path.display())))
+}
+
+fn prepare_dir(opts: &UpOptions) -> Result<LocalSet> {
+    let dir = &opts.dir;
+    let wanted = LocalSet { name: opts.name.clone(), port: opts.port };
+    if dir.join(STATE_FILE).exists() {
+        let have = read_set(dir)?;
+        if have != wanted {
+            return Err(local_err(format!(
+                "{} holds the set `{}` on port {}; use --name {} --port {} with this directory, or another --dir",
+                dir.display(),
+                have.name,
+                have.port,
+                have.name,
+                have.port
+            )));
+        }
+    } else if dir.exists() {
+        let empty = fs::read_dir(dir).map_err(io_err(format!("read {}", dir.display())))?.next().is_none();
+        if !empty {
+            return Err(local_err(format!(
+                "{} is not empty and holds no {STATE_FILE}; choose an empty or new --dir",
+                dir.display()
+            )));
+        }
+    }
+    datadir::ensure_dir(dir, 0o700)?;
+    give_to_postgres(dir)?;
+    if dir.metadata().map(|m| m.permissions().mode() & 0o077 != 0).unwrap_or(false) {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(format!("chmod {}", dir.display())))?;
+    }
+    let secrets = dir.join("secret");
+    datadir::ensure_dir(&secrets, 0o700)?;
+    give_to_postgres(&secrets)?;
+    for key in [secret::SUPERUSER_PASSWORD_KEY, secret::REPLICATION_PASSWORD_KEY] {
+        let f = secrets.join(key);
+        if !f.exists() {
+            write_atomic(&f, random_password()?.as_bytes(), 0o600)?;
+        }
+        give_to_postgres(&f)?;
+    }
+    let run = dir.join("run");
+    datadir::ensure_dir(&run, 0o700)?;
+    give_to_postgres(&run)?;
+    let state = serde_json::to_string_pretty(&wanted).map_err(|e| local_err(e.to_string()))? + "\n";
+    write_atomic(&dir.join(STATE_FILE), state.as_bytes(), 0o644)?;
+    Ok(wanted)
+}
+
+/// The environment of member k (the agent's env contract, local flavour).
+pub fn member_env(opts: &UpOptions, set: &LocalSet, k: i32) -> Vec<(&'static str, String)> {
+    let dir = opts.dir.display().to_string();
+    let mut v = vec![
+        (env::MODE, modes::LOCAL.to_string()),
+        (env::POD_NAME, set.member(k)),
+        (env::CLUSTER, set.name.clone()),
+        (env::NAMESPACE, "local".to_string()),
+        (env::DATA_ROOT, dir.clone()),
+        (env::MASTER_HOST, HOST.to_string()),
+        (env::MASTER_PORT, set.member_port(0).to_string()),
+        (env::PORT, set.member_port(k).to_string()),
+        (env::LISTEN_ADDRESSES, HOST.to_string()),
+        (env::SOCKET_DIR, opts.dir.join("run").display().to_string()),
+        (env::SECRET_DIR, opts.dir.join("secret").display().to_string()),
+        (env::HEALTH_ADDR, set.health_addr(k).to_string()),
+        (env::MEMBERS_FILE, opts.dir.join(MEMBERS_FILE).display().to_string()),
+    ];
+    if let Some(w) = opts.master_wait {
+        v.push((env::MASTER_WAIT_TIMEOUT, w.as_secs().to_string()));
+    }
+    if let Some(r) = &opts.basebackup_max_rate {
+        v.push((env::BASEBACKUP_MAX_RATE, r.clone()));
+    }
+    if let Some(b) = &opts.pg_bin_dir {
+        v.push((env::PG_BIN_DIR, b.display().to_string()));
+    }
+    v
+}
+
+/// The last lines of a member's log, for error messages.
+pub fn log_tail(dir: &Path, member: &str, lines: usize) -> String {
+    let text = fs::read_to_string(dir.join(format!("{member}.log"))).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Starts member k's agent, detached (its own session), logging to `DIR/<member>.log`.
+pub fn start_member(opts: &UpOptions, set: &LocalSet, k: i32) -> Result<()> {
+    let member = set.member(k);
+    let log_path = opts.dir.join(format!("{member}.log"));
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(io_err(format!("open {}", log_path.display())))?;
+    give_to_postgres(&log_path)?;
+    let mut cmd = HostCommand::new("setsid").arg("--fork").arg(&opts.agent_bin).arg("run");
+    for (k, v) in member_env(opts, set, k) {
+        cmd = cmd.env(k, v);
+    }
+    cmd.run_logging_to(log)
+}
+
+/// Waits until member k answers ready, failing early when its agent exits.
+pub async fn wait_ready(dir: &Path, set: &LocalSet, k: i32, timeout: Duration) -> Result<()> {
+    let member = set.member(k);
+    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let mut seen_agent = false;
+    loop {
+        if health::probe(set.health_addr(k), contract::HEALTH_READY_PATH).await == Some(200) {
+            return Ok(());
+        }
+        match agent_pid(dir, &member) {
+            Some(_) => seen_agent = true,
+            None if seen_agent || started.elapsed() > Duration::from_secs(15) => {
+                return Err(local_err(format!(
+                    "member {member} stopped before it was ready; the end of {}:\n{}",
+                    dir.join(format!("{member}.log")).display(),
+                    log_tail(dir, &member, 15)
+                )));
+            }
+            None => {}
+        }
+        if Instant::now() > deadline {
+            return Err(local_err(format!(
+                "member {member} was not ready within {} s; the end of its log:\n{}",
+                timeout.as_secs(),
+                log_tail(dir, &member, 15)
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Stops a member's agent (SIGTERM: fast shutdown of its postgres) and waits for it to exit.
+pub async fn stop_member(dir: &Path, member: &str, timeout: Duration) -> Result<bool> {
+    let Some(pid) = agent_pid(dir, member) else { return Ok(false) };
+    crate::info!("stopping member {member} (agent pid {pid})");
+    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    let deadline = Instant::now() + timeout;
+    while agent_pid(dir, member).is_some() {
+        if Instant::now() > deadline {
+            return Err(local_err(format!("member {member} (pid {pid}) did not stop within {} s", timeout.as_secs())));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(true)
+}
+
+/// Ordinals that have a data directory or a running agent in `dir`.
+fn known_ordinals(dir: &Path, set: &LocalSet) -> Vec<i32> {
+    let mut ks: Vec<i32> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let base = name.strip_suffix(".agent.pid").unwrap_or(&name).to_string();
+                    let k = pgset_spec::ordinal_of(&base)?;
+                    (base == set.member(k)).then_some(k)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ks.sort_unstable();
+    ks.dedup();
+    ks
+}
+
+/// Forms (or reshapes) the set: members 0..replicas running, in order; extra members stopped.
+pub async fn up(opts: &UpOptions) -> Result<UpReport> {
+    if opts.replicas < 1 || opts.replicas > pgset_spec::MAX_REPLICAS {
+        return Err(local_err(format!("--replicas {}: must be 1..={}", opts.replicas, pgset_spec::MAX_REPLICAS)));
+    }
+    let top = opts.port as u32 + opts.replicas as u32 - 1 + HEALTH_PORT_OFFSET as u32;
+    if opts.port < 1024 || top > 65535 {
+        return Err(local_err(format!(
+            "--port {}: members use ports {}..{} and health ports {HEALTH_PORT_OFFSET} above; choose 1024..{}",
+            opts.port,
+            opts.port,
+            opts.port as i32 + opts.replicas - 1,
+            65535 - HEALTH_PORT_OFFSET as i32 - opts.replicas + 1
+        )));
+    }
+    if !opts.agent_bin.is_file() {
+        return Err(local_err(format!("the agent binary {} does not exist; build it with `cargo build -p pgset-agent`", opts.agent_bin.display())));
+    }
+    let set = prepare_dir(opts)?;
+    let members: String = (0..opts.replicas).map(|k| set.member(k) + "\n").collect();
+    let members_file = opts.dir.join(MEMBERS_FILE);
+    write_atomic(&members_file, members.as_bytes(), 0o644)?;
+    give_to_postgres(&members_file)?;
+
+    let mut report = UpReport::default();
+    for k in known_ordinals(&opts.dir, &set).into_iter().rev().filter(|k| *k >= opts.replicas) {
+        if stop_member(&opts.dir, &set.member(k), Duration::from_secs(120)).await? {
+            report.stopped.push(set.member(k));
+        }
+    }
+    for k in 0..opts.replicas {
+        let member = set.member(k);
+        if agent_pid(&opts.dir, &member).is_some() {
+            report.already_running.push(member);
+        } else {
+            crate::info!("starting member {member} on {HOST}:{}", set.member_port(k));
+            start_member(opts, &set, k)?;
+            report.started.push(member);
+        }
+        wait_ready(&opts.dir, &set, k, opts.ready_timeout).await?;
+    }
+    Ok(report)
+}
+
+/// Stops every member (replicas first); with `purge`, removes DIR too (only a local pgset DIR).
+pub async fn down(dir: &Path, purge: bool) -> Result<Vec<String>> {
+    let set = read_set(dir)?;
+    let mut stopped = Vec::new();
+    for k in known_ordinals(dir, &set).into_iter().rev() {
+        if stop_member(dir, &set.member(k), Duration::from_secs(120)).await? {
+            stopped.push(set.member(k));
+        }
+    }
+    if purge {
+        crate::info!("removing {}", dir.display());
+        fs::remove_dir_all(dir).map_err(io_err(format!("remove {}", dir.display())))?;
+    }
+    Ok(stopped)
+}
+
+/// Every known member of the set in `dir`: its role, addresses, pids and streaming state.
+pub fn status(dir: &Path, pg_bin_dir: Option<&Path>) -> Result<Vec<MemberStatus>> {
+    let set = read_set(dir)?;
+    let listed = crate::supervise::read_members(&dir.join(MEMBERS_FILE)).unwrap_or_default();
+    let mut ks = known_ordinals(dir, &set);
+    ks.extend((0..listed.len() as i32).filter(|k| listed.contains(&set.member(*k))));
+    ks.sort_unstable();
+    ks.dedup();
+    let socket_dir = dir.join("run");
+    let streaming = replication_states(&socket_dir, set.member_port(0), pg_bin_dir);
+    Ok(ks
+        .into_iter()
+        .map(|k| {
+            let name = set.member(k);
+            let data_dir = dir.join(&name);
+            MemberStatus {
+                role: Role::of_ordinal(k).label().to_string(),
+                host: HOST.to_string(),
+                port: set.member_port(k),
+                socket_dir: socket_dir.clone(),
+                pid: datadir::live_postmaster(&data_dir),
+                agent_pid: agent_pid(dir, &name),
+                member: listed.contains(&name),
+                streaming: (k > 0).then(|| streaming.iter().any(|(app, state)| *app == name && state == "streaming")),
+                data_dir,
+                name,
+            }
+        })
+        .collect())
+}
+
+/// `(application_name, state)` rows of the primary's pg_stat_replication (empty when unreachable).
+fn replication_states(socket_dir: &Path, port: u16, pg_bin_dir: Option<&Path>) -> Vec<(String, String)> {
+    let Ok(bin) = PgBin::find(pg_bin_dir) else { return Vec::new() };
+    let out = bin
+        .command("psql")
+        .args(["-X", "-A", "-t", "-F", "\t", "-h"])
+        .arg(socket_dir)
+        .args(["-p", &port.to_string(), "-U", contract::SUPERUSER, "-d", "postgres", "-c"])
+        .arg("SELECT application_name, state FROM pg_stat_replication")
+        .quiet()
+        .read()
+        .unwrap_or_default();
+    out.lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(a, s)| (a.to_string(), s.to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_names_ports_and_env() {
+        let opts = UpOptions::new("/tmp/set", 3, 25432, "/bin/pgset-agent");
+        let set = LocalSet { name: "pgset".into(), port: 25432 };
+        assert_eq!(set.member(2), "pgset-2");
+        assert_eq!(set.member_port(2), 25434);
+        assert_eq!(set.health_addr(1).to_string(), "127.0.0.1:26433");
+        let e = member_env(&opts, &set, 1);
+        let get = |k: &str| e.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()).unwrap();
+        assert_eq!(get(env::MODE), "local");
+        assert_eq!(get(env::DATA_ROOT), "/tmp/set");
+        assert_eq!(get(env::MASTER_PORT), "25432");
+        assert_eq!(get(env::PORT), "25433");
+        assert_eq!(get(env::MEMBERS_FILE), "/tmp/set/members");
+        assert!(e.iter().all(|(_, v)| !v.contains("password")), "no password in the environment");
+    }
+
+    #[test]
+    fn passwords_are_long_and_distinct() {
+        let a = random_password().unwrap();
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, random_password().unwrap());
+    }
+
+    #[tokio::test]
+    async fn bad_sizes_and_foreign_dirs_are_refused_without_change() {
+        let t = tempfile::tempdir().unwrap();
+        let agent = t.path().join("agent");
+        fs::write(&agent, "").unwrap();
+        let e = up(&UpOptions::new(t.path().join("d"), 0, 25432, &agent)).await.unwrap_err().to_string();
+        assert!(e.contains("--replicas 0"), "{e}");
+        let e = up(&UpOptions::new(t.path().join("d"), 2, 65000, &agent)).await.unwrap_err().to_string();
+        assert!(e.contains("--port 65000"), "{e}");
+        assert!(!t.path().join("d").exists());
+        let foreign = t.path().join("f");
+        fs::create_dir(&foreign).unwrap();
+        fs::write(foreign.join("mine"), "x").unwrap();
+        let e = up(&UpOptions::new(&foreign, 1, 25432, &agent)).await.unwrap_err().to_string();
+        assert!(e.contains("not empty"), "{e}");
+        assert_eq!(fs::read_dir(&foreign).unwrap().count(), 1);
+        let e = down(&foreign, true).await.unwrap_err().to_string();
+        assert!(e.contains("not a local pgset directory"), "{e}");
+        assert!(foreign.join("mine").exists(), "down --purge never removes a directory that is not a set");
+    }
+}
