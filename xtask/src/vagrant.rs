@@ -342,17 +342,27 @@ fn e2e(args: E2eArgs) -> Result<()> {
         .iter()
         .any(|(_, state)| state != "not_created");
     let result = e2e_on(&lab, provider, args.report.as_deref());
-    if args.keep || existed {
-        if existed && !args.keep {
-            eprintln!("    the lab existed before this run: kept (cargo xtask vagrant destroy)");
-        }
-    } else {
-        let stage = Stage::start("lab destroy");
-        lab.attached(&["destroy", "--force"])
-            .context("destroy the VMs this run created")?;
-        stage.done("");
+    if args.keep {
+        eprintln!("    kept the lab (--keep): cargo xtask vagrant destroy removes it");
+        return result;
     }
-    result
+    if existed {
+        eprintln!("    the lab existed before this run: kept (cargo xtask vagrant destroy)");
+        return result;
+    }
+    let stage = Stage::start("lab destroy");
+    let destroyed = lab
+        .attached(&["destroy", "--force"])
+        .context("destroy the VMs this run created");
+    match (result, destroyed) {
+        (result, Ok(())) => {
+            stage.done("");
+            result
+        }
+        (Ok(()), Err(e)) => Err(e),
+        // The run's own failure comes first; the failed clean-up is said beside it.
+        (Err(run), Err(e)) => Err(anyhow::anyhow!("{run:#}; then, clean-up failed too: {e:#}")),
+    }
 }
 
 fn e2e_on(lab: &Lab, provider: Provider, report_path: Option<&Path>) -> Result<()> {
