@@ -1,6 +1,7 @@
 //! Against a live cluster (KUBECONFIG): deploy, deploy again without changing any object's
 //! resourceVersion, `down` keeps claims and Secret, `down --purge --yes` removes them. Runs in
-//! a namespace of its own, deleted at the end.
+//! a namespace of its own that enforces the `restricted` Pod Security Standard, deleted at the
+//! end.
 //!
 //! Storage: with `PGSET_LIVE_STORAGE_CLASS` set, templates mode on that StorageClass and the
 //! ordered rollout is awaited (needs the agent image on the nodes); without it, shared mode
@@ -167,6 +168,19 @@ async fn scenario(client: Client, spec: ClusterSpec) {
         wait_for_rollout(&client, &spec, spec.replicas, TIMEOUT, &mut print_line)
             .await
             .expect("rollout");
+    } else {
+        // The first member's claim stays Pending, but its pod must be admitted (restricted
+        // Pod Security) and created.
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &spec.namespace);
+        let first = spec.pod_name(0);
+        let created = async {
+            while pods.get_opt(&first).await.expect("get pod").is_none() {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), created)
+            .await
+            .unwrap_or_else(|_| panic!("pod {first} was not created within 60s (admission?)"));
     }
     let before = settled_versions(&client, &spec).await;
     assert!(
@@ -258,6 +272,11 @@ async fn deploy_twice_changes_nothing_and_down_keeps_claims_until_purged() {
     let namespace = Namespace {
         metadata: kube::api::ObjectMeta {
             name: Some(ns.clone()),
+            // The pods must pass the strictest Pod Security Standard.
+            labels: Some(BTreeMap::from([(
+                "pod-security.kubernetes.io/enforce".to_string(),
+                "restricted".to_string(),
+            )])),
             ..Default::default()
         },
         ..Namespace::default()
