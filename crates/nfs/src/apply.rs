@@ -134,12 +134,14 @@ fn write_exports(paths: &HostPaths, contents: &str) -> Result<()> {
 }
 
 /// Checks with `exportfs -v` that `export` is exported to every client with pgset's options.
+/// A read-only check: logged like a probe.
 pub fn verify_export(
     runner: &dyn CommandRunner,
     export: &Path,
     clients: &[ExportClient],
 ) -> Result<()> {
-    let out = runner.run(&HostCommand::new("exportfs", ["-v"]))?;
+    let cmd = HostCommand::new("exportfs", ["-v"]);
+    let out = runner.output(&cmd)?.checked(&cmd)?;
     let active = parse_exportfs_verbose(&out.stdout);
     let missing = missing_live_clients(&active, export, clients);
     if missing.is_empty() {

@@ -89,6 +89,20 @@ impl CommandOutput {
         self.code == Some(0)
     }
 
+    /// The output when the command succeeded, else the error naming the command, its exit
+    /// status and its trimmed stderr.
+    pub fn checked(self, cmd: &HostCommand) -> Result<CommandOutput> {
+        if self.success() {
+            Ok(self)
+        } else {
+            Err(Error::Command {
+                command: cmd.to_string(),
+                status: self.status_words(),
+                stderr: self.stderr.trim().to_string(),
+            })
+        }
+    }
+
     fn status_words(&self) -> String {
         match self.code {
             Some(c) => format!("exit status {c}"),
@@ -105,16 +119,7 @@ pub trait CommandRunner {
 
     /// Runs `cmd` and fails unless it exits with status 0.
     fn run(&self, cmd: &HostCommand) -> Result<CommandOutput> {
-        let out = self.output(cmd)?;
-        if out.success() {
-            Ok(out)
-        } else {
-            Err(Error::Command {
-                command: cmd.to_string(),
-                status: out.status_words(),
-                stderr: out.stderr.trim().to_string(),
-            })
-        }
+        self.output(cmd)?.checked(cmd)
     }
 }
 
@@ -158,18 +163,11 @@ impl CommandRunner for Duct {
 
     fn run(&self, cmd: &HostCommand) -> Result<CommandOutput> {
         eprintln!("    $ {cmd}");
-        let out = self.exec(cmd)?;
-        if out.success() {
-            Ok(out)
-        } else {
-            let err = Error::Command {
-                command: cmd.to_string(),
-                status: out.status_words(),
-                stderr: out.stderr.trim().to_string(),
-            };
-            eprintln!("    failed: {err}");
-            Err(err)
+        let out = self.exec(cmd)?.checked(cmd);
+        if let Err(e) = &out {
+            eprintln!("    failed: {e}");
         }
+        out
     }
 }
 

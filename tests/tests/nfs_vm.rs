@@ -1,0 +1,404 @@
+//! `cargo xtask nfs` on a real kernel: a throw-away Debian 12 guest (debootstrap, booted by
+//! qemu with TCG, SELinux permissive, networking restricted to the host's forwarded ssh port)
+//! gets provisioned, then mounts its own export over NFS and proves ownership, root squashing,
+//! idempotence and that pre-existing `/etc/exports` lines stay byte for byte.
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use pgset_nfs::{ExportClient, parse_clients, parse_exportfs_verbose};
+use pgset_tests::{missing_tool, tool, workspace_root};
+
+const TEST: &str = "nfs_vm::provision_a_real_nfs_server";
+/// How long the guest may take from power-on to an ssh answer (TCG on a busy host).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+const CLIENTS: &str = "127.0.0.1/32,10.0.2.0/24";
+/// `/etc/exports` before pgset: a continued entry, comments, no trailing newline.
+const PRE_EXISTING_EXPORTS: &str = "# /etc/exports: entries that were here before pgset\n\
+/srv/legacy 10.0.2.2(ro,sync,no_subtree_check) \\\n\
+\t127.0.0.1(ro,sync,no_subtree_check)\n\
+# the last line has no newline";
+
+/// The cargo target directory this test binary was built into.
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // <target>/<profile>/deps/<test binary>
+    exe.ancestors()
+        .nth(3)
+        .expect("the test binary lives in <target>/<profile>/deps")
+        .to_path_buf()
+}
+
+fn elapsed(t: Instant) -> String {
+    format!("{:.1}s", t.elapsed().as_secs_f64())
+}
+
+/// A running guest; qemu is killed and the disk image removed when it is dropped.
+struct Guest {
+    qemu: duct::Handle,
+    port: u16,
+    key: PathBuf,
+    run_dir: PathBuf,
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.qemu.kill();
+        let _ = std::fs::remove_file(self.run_dir.join("disk.img"));
+    }
+}
+
+impl Guest {
+    fn ssh_args(&self) -> Vec<String> {
+        [
+            "-i",
+            &self.key.display().to_string(),
+            "-p",
+            &self.port.to_string(),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=10",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    /// Runs a shell script in the guest; returns (exit code, stdout, stderr).
+    fn sh(&self, script: &str) -> (i32, String, String) {
+        let mut args = self.ssh_args();
+        args.push("root@127.0.0.1".into());
+        args.push(script.into());
+        let out = duct::cmd("ssh", &args)
+            .stdin_null()
+            .stdout_capture()
+            .stderr_capture()
+            .unchecked()
+            .run()
+            .expect("run ssh");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs a script that must succeed; returns its stdout.
+    fn ok(&self, script: &str) -> String {
+        let (code, out, err) = self.sh(script);
+        assert_eq!(
+            code, 0,
+            "guest script failed ({code}): {script}\nstdout:\n{out}\nstderr:\n{err}"
+        );
+        out
+    }
+
+    fn copy_in(&self, local: &Path, remote: &str) {
+        let mut args = self.ssh_args();
+        // scp spells the port option -P.
+        let p = args.iter().position(|a| a == "-p").expect("port option");
+        args[p] = "-P".into();
+        args.push(local.display().to_string());
+        args.push(format!("root@127.0.0.1:{remote}"));
+        duct::cmd("scp", &args)
+            .stdin_null()
+            .run()
+            .expect("copy a file into the guest");
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free local port")
+        .port()
+}
+
+fn boot(guest_dir: &Path, run_dir: &Path) -> Guest {
+    let disk = run_dir.join("disk.img");
+    let t = Instant::now();
+    duct::cmd!(
+        "mkfs.ext4",
+        "-q",
+        "-F",
+        "-d",
+        guest_dir.join("rootfs"),
+        &disk,
+        "3G"
+    )
+    .run()
+    .expect("make the guest's ext4 image");
+    eprintln!("disk image made in {}", elapsed(t));
+
+    let port = free_port();
+    let serial = run_dir.join("serial.log");
+    let qemu = duct::cmd(
+        "qemu-system-x86_64",
+        [
+            "-machine".to_string(),
+            "accel=tcg".into(),
+            "-m".into(),
+            "1024".into(),
+            "-smp".into(),
+            "1".into(),
+            "-kernel".into(),
+            guest_dir.join("vmlinuz").display().to_string(),
+            "-initrd".into(),
+            guest_dir.join("initrd.img").display().to_string(),
+            "-append".into(),
+            "root=/dev/vda rw console=ttyS0 security=selinux selinux=1 enforcing=0".into(),
+            "-drive".into(),
+            format!("file={},if=virtio,format=raw", disk.display()),
+            "-netdev".into(),
+            format!("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22"),
+            "-device".into(),
+            "virtio-net-pci,netdev=n0".into(),
+            "-nographic".into(),
+            "-monitor".into(),
+            "none".into(),
+            "-serial".into(),
+            format!("file:{}", serial.display()),
+        ],
+    )
+    .stdin_null()
+    .stdout_path(run_dir.join("qemu.out"))
+    .stderr_path(run_dir.join("qemu.err"))
+    .start()
+    .expect("start qemu");
+    let guest = Guest {
+        qemu,
+        port,
+        key: guest_dir.join("id_ed25519"),
+        run_dir: run_dir.to_path_buf(),
+    };
+    let t = Instant::now();
+    loop {
+        if let Ok(Some(out)) = guest.qemu.try_wait() {
+            panic!(
+                "qemu exited early ({:?}); see {}",
+                out.status,
+                run_dir.display()
+            );
+        }
+        if guest.sh("true").0 == 0 {
+            break;
+        }
+        assert!(
+            t.elapsed() < BOOT_TIMEOUT,
+            "no ssh answer from the guest after {BOOT_TIMEOUT:?}; serial console in {}",
+            serial.display()
+        );
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    eprintln!("guest booted to ssh in {}", elapsed(t));
+    guest
+}
+
+/// The pgset clients `exportfs -v` shows for `/nfsfileshare` with pgset's options.
+fn live_clients(exportfs_v: &str) -> BTreeSet<ExportClient> {
+    let active = parse_exportfs_verbose(exportfs_v);
+    let mut out = BTreeSet::new();
+    for a in active
+        .iter()
+        .filter(|a| a.path == Path::new("/nfsfileshare"))
+    {
+        assert!(
+            a.has_pgset_options(),
+            "{} exported with {:?}",
+            a.client,
+            a.options
+        );
+        for o in ["rw", "sync", "root_squash", "no_subtree_check"] {
+            assert!(a.options.iter().any(|x| x == o), "{o} missing in {a:?}");
+        }
+        out.insert(a.parsed_client().expect("an address client"));
+    }
+    out
+}
+
+#[test]
+fn provision_a_real_nfs_server() {
+    for (t, why) in [
+        (
+            "qemu-system-x86_64",
+            "boots the guest (apt: qemu-system-x86)",
+        ),
+        ("debootstrap", "builds the guest (apt: debootstrap)"),
+        ("mkfs.ext4", "makes the guest's disk (apt: e2fsprogs)"),
+        ("ssh", "talks to the guest (apt: openssh-client)"),
+        ("scp", "copies the provisioner in (apt: openssh-client)"),
+        ("ssh-keygen", "makes the guest's key (apt: openssh-client)"),
+    ] {
+        if tool(t).is_none() {
+            missing_tool(TEST, &format!("{t} not found: it {why}"));
+            return;
+        }
+    }
+    if !nix::unistd::geteuid().is_root() {
+        missing_tool(
+            TEST,
+            "needs root: debootstrap and an image keeping file owners",
+        );
+        return;
+    }
+    let total = Instant::now();
+    let root = workspace_root();
+    let target = target_dir();
+
+    // The provisioner: the xtask binary, linked against the same Debian 12 glibc as the guest
+    // (PGSET_NFS_VM_PROVISIONER names a prebuilt one instead).
+    let t = Instant::now();
+    let xtask = match std::env::var_os("PGSET_NFS_VM_PROVISIONER") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
+            duct::cmd!(
+                cargo,
+                "build",
+                "--quiet",
+                "--manifest-path",
+                root.join("Cargo.toml"),
+                "-p",
+                "xtask"
+            )
+            .env("CARGO_TARGET_DIR", &target)
+            .run()
+            .expect("build the xtask binary");
+            target.join("debug").join("xtask")
+        }
+    };
+    assert!(xtask.exists(), "{} was not built", xtask.display());
+    eprintln!("xtask built in {}", elapsed(t));
+
+    // The guest, cached under target/nfs-vm by a hash of its package list and build steps.
+    let t = Instant::now();
+    let cache = target.join("nfs-vm");
+    std::fs::create_dir_all(&cache).expect("create the guest cache dir");
+    let built = duct::cmd!("bash", root.join("tests/vm/build-guest.sh"), &cache)
+        .stdout_capture()
+        .run()
+        .expect("build the Debian 12 guest (tests/vm/build-guest.sh)");
+    let guest_dir = PathBuf::from(String::from_utf8_lossy(&built.stdout).trim());
+    eprintln!("guest ready in {} ({})", elapsed(t), guest_dir.display());
+
+    let run_dir = cache.join(format!("run-{}", std::process::id()));
+    std::fs::create_dir_all(&run_dir).expect("create the run dir");
+    let guest = boot(&guest_dir, &run_dir);
+
+    // Exports that were there before pgset, with a directory to export.
+    let pre = run_dir.join("exports.before");
+    std::fs::write(&pre, PRE_EXISTING_EXPORTS).expect("write the exports file");
+    guest.copy_in(&pre, "/etc/exports");
+    guest.ok("mkdir -p /srv/legacy && exportfs -ra");
+    let t = Instant::now();
+    guest.copy_in(&xtask, "/usr/local/bin/pgset-xtask");
+    eprintln!("provisioner copied in {}", elapsed(t));
+
+    // Dry run: the plan, and no change.
+    let dry = guest.ok(&format!(
+        "cd /root && pgset-xtask nfs --dry-run --clients {CLIENTS}"
+    ));
+    eprintln!("--- dry run ---\n{dry}");
+    for expected in [
+        "turn on the SELinux boolean(s) virt_use_nfs",
+        "create /nfsfileshare owned by 999:999 with mode 0700",
+        "write pgset's block in /etc/exports",
+        "exportfs -ra",
+    ] {
+        assert!(dry.contains(expected), "dry run lacks {expected:?}:\n{dry}");
+    }
+    assert_eq!(
+        guest.ok("test -e /nfsfileshare && echo exists || echo absent; cat /etc/exports"),
+        format!("absent\n{PRE_EXISTING_EXPORTS}"),
+        "the dry run changed the guest"
+    );
+
+    // First run.
+    let t = Instant::now();
+    let first = guest.ok(&format!(
+        "cd /root && pgset-xtask nfs --clients {CLIENTS} 2>&1"
+    ));
+    eprintln!("--- first run ({}) ---\n{first}", elapsed(t));
+
+    let exportfs = guest.ok("exportfs -v");
+    eprintln!("--- exportfs -v ---\n{exportfs}");
+    let wanted: BTreeSet<ExportClient> = parse_clients(CLIENTS).unwrap().into_iter().collect();
+    assert_eq!(live_clients(&exportfs), wanted);
+    assert!(
+        parse_exportfs_verbose(&exportfs)
+            .iter()
+            .any(|a| a.path == Path::new("/srv/legacy")),
+        "the pre-existing export is gone:\n{exportfs}"
+    );
+    assert_eq!(
+        guest.ok("stat -c '%u %g %a' /nfsfileshare"),
+        "999 999 700\n"
+    );
+
+    // The exports file: old bytes, then pgset's block; the old file kept as the backup.
+    let after_first = guest.ok("cat /etc/exports");
+    assert!(
+        after_first.starts_with(&format!(
+            "{PRE_EXISTING_EXPORTS}\n# BEGIN pgset cluster pgset:"
+        )),
+        "lines before pgset's block changed:\n{after_first}"
+    );
+    assert_eq!(guest.ok("cat /etc/exports.pgset.bak"), PRE_EXISTING_EXPORTS);
+    let label = guest.ok("ls -Z /etc/exports");
+    assert!(
+        label.contains("exports_t"),
+        "/etc/exports is labelled {label}"
+    );
+
+    // SELinux: the boolean the seed sets.
+    assert_eq!(
+        guest.ok("getsebool virt_use_nfs").trim(),
+        "virt_use_nfs --> on"
+    );
+
+    // Mount the export over NFS and use it the way the pods do.
+    guest.ok("mkdir -p /mnt/pgset && mount -t nfs -o hard,nfsvers=4.1 localhost:/nfsfileshare /mnt/pgset");
+    guest.ok(
+        "setpriv --reuid=999 --regid=999 --clear-groups sh -c 'umask 077; mkdir /mnt/pgset/pgset-0 && echo data > /mnt/pgset/pgset-0/file && sync'",
+    );
+    assert_eq!(
+        guest.ok("stat -c '%u %g %a' /nfsfileshare/pgset-0; cat /nfsfileshare/pgset-0/file"),
+        "999 999 700\ndata\n"
+    );
+    for target in ["/mnt/pgset", "/mnt/pgset/pgset-0"] {
+        let (code, _, err) = guest.sh(&format!("chown root:root {target}"));
+        assert_ne!(code, 0, "root was not squashed: chown {target} worked");
+        eprintln!("squashed root's chown {target}: {}", err.trim());
+    }
+    let (touch_code, _, _) = guest.sh("touch /mnt/pgset/root-file");
+    assert_ne!(touch_code, 0, "squashed root could write into the export");
+    assert_eq!(guest.ok("stat -c '%u' /nfsfileshare/pgset-0"), "999\n");
+    guest.ok("umount /mnt/pgset");
+
+    // Second run: nothing to change, nothing changed.
+    let t = Instant::now();
+    let second = guest.ok(&format!(
+        "cd /root && pgset-xtask nfs --clients {CLIENTS} 2>&1"
+    ));
+    eprintln!("--- second run ({}) ---\n{second}", elapsed(t));
+    assert!(second.contains("nothing to change"), "{second}");
+    assert!(
+        !second.contains("$ "),
+        "the second run ran a command:\n{second}"
+    );
+    assert_eq!(guest.ok("cat /etc/exports"), after_first);
+    assert_eq!(live_clients(&guest.ok("exportfs -v")), wanted);
+
+    drop(guest);
+    let _ = std::fs::remove_dir_all(&run_dir);
+    eprintln!("nfs_vm done in {}", elapsed(total));
+}
