@@ -30,6 +30,7 @@ pub async fn run(args: Args) -> Result<()> {
             args.members
         );
     }
+    let declared = spec.replicas;
     spec.replicas = args.members;
     spec.validate()?;
     let client = args.client.client().await?;
@@ -58,6 +59,12 @@ pub async fn run(args: Args) -> Result<()> {
         eprintln!(
             "    data of removed members kept: {} (scaling up again reuses it)",
             kept.join(", ")
+        );
+    }
+    if declared != spec.replicas {
+        eprintln!(
+            "    note: the spec says {declared} members, and `cargo xtask deploy` applies the spec: set replicas: {} in the spec file (or pass --replicas {}) to keep this size",
+            spec.replicas, spec.replicas
         );
     }
     stage.done("");
