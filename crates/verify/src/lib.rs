@@ -62,6 +62,9 @@ pub enum Error {
         /// Namespace.
         namespace: String,
     },
+    /// A deploy operation (scaling) failed.
+    #[error(transparent)]
+    Deploy(#[from] pgset_deploy::Error),
     /// Something did not happen in time.
     #[error("{what} did not finish within {after:?}")]
     Timeout {

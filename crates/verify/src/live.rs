@@ -10,7 +10,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client};
 use pgset_spec::{ClusterSpec, StorageMode};
 
@@ -73,6 +73,7 @@ pub struct Verifier {
     claims: Api<PersistentVolumeClaim>,
     statefulsets: Api<StatefulSet>,
     exec: PodExec,
+    client: Client,
 }
 
 /// Records how long `f` takes and names its finding.
@@ -114,7 +115,8 @@ impl Verifier {
             services: Api::namespaced(client.clone(), &ns),
             slices: Api::namespaced(client.clone(), &ns),
             claims: Api::namespaced(client.clone(), &ns),
-            statefulsets: Api::namespaced(client, &ns),
+            statefulsets: Api::namespaced(client.clone(), &ns),
+            client,
             spec,
             options,
         }
@@ -237,7 +239,8 @@ impl Verifier {
         self.spec.pod_name(0)
     }
 
-    async fn check_pods(&self) -> Finding {
+    /// Check 1 (one attempt).
+    pub async fn check_pods(&self) -> Finding {
         fail_on_err(
             async {
                 let members = self.members().await?;
@@ -298,7 +301,8 @@ impl Verifier {
         )
     }
 
-    async fn check_role_services(&self) -> Finding {
+    /// Check 3 (one attempt).
+    pub async fn check_role_services(&self) -> Finding {
         fail_on_err(
             async {
                 let members = self.members().await?;
@@ -525,19 +529,9 @@ impl Verifier {
         )
     }
 
-    /// Scales the StatefulSet through its scale subresource.
+    /// Scales the StatefulSet through its scale subresource (with pgset's field manager).
     pub async fn scale(&self, replicas: i32) -> Result<()> {
-        self.statefulsets
-            .patch_scale(
-                self.spec.statefulset_name(),
-                &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({ "spec": { "replicas": replicas } })),
-            )
-            .await
-            .map_err(api(format!(
-                "scale StatefulSet {} to {replicas}",
-                self.spec.name
-            )))?;
+        pgset_deploy::scale::set_replicas(&self.client, &self.spec, replicas).await?;
         Ok(())
     }
 

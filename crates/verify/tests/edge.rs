@@ -1,0 +1,378 @@
+//! The verify edge against a mock API server: the requests sent to read pods, Services,
+//! EndpointSlices and the StatefulSet, to scale, and to exec psql in a pod.
+
+use std::time::Duration;
+
+use http::{Method, Request, Response};
+use kube::Client;
+use kube::client::Body;
+use pgset_spec::ClusterSpec;
+use pgset_verify::exec::PodExec;
+use pgset_verify::{ClusterStatus, Error, Options, Verdict, Verifier, names};
+use serde_json::{Value, json};
+use tower_test::mock::{self, Handle};
+
+type ApiHandle = Handle<Request<Body>, Response<Body>>;
+
+fn mock_client() -> (Client, ApiHandle) {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    (Client::new(service, "default"), handle)
+}
+
+fn verifier(client: Client) -> Verifier {
+    let spec = ClusterSpec {
+        replicas: 3,
+        ..ClusterSpec::default()
+    };
+    let mut options = Options::new(&spec);
+    options.timeout = Duration::from_secs(5);
+    Verifier::new(client, spec, options)
+}
+
+/// What a request carried.
+struct Seen {
+    method: Method,
+    path: String,
+    query: String,
+    headers: http::HeaderMap,
+    body: Value,
+}
+
+/// Takes the next request and answers it with `status` and `body`.
+async fn answer(handle: &mut ApiHandle, status: u16, body: Value) -> Seen {
+    let (request, respond) = handle.next_request().await.expect("a request");
+    let (parts, req_body) = request.into_parts();
+    let bytes = req_body.collect_bytes().await.unwrap();
+    let seen = Seen {
+        method: parts.method.clone(),
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().unwrap_or_default().to_string(),
+        headers: parts.headers.clone(),
+        body: if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        },
+    };
+    respond.send_response(
+        Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap(),
+    );
+    seen
+}
+
+fn not_found(kind: &str, name: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": format!("{kind} \"{name}\" not found"), "reason": "NotFound", "code": 404})
+}
+
+fn statefulset(replicas: i32, policy: &str) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+           "metadata": {"name": "pgset", "namespace": "default"},
+           "spec": {"replicas": replicas, "serviceName": "pgset", "podManagementPolicy": policy,
+                    "selector": {"matchLabels": {"app.kubernetes.io/name": "pgset"}},
+                    "template": {"spec": {"containers": [{"name": "postgres"}]}}}})
+}
+
+fn pod(ordinal: i32, phase: &str, role: &str) -> Value {
+    json!({"metadata": {"name": format!("pgset-{ordinal}"), "namespace": "default",
+                        "uid": format!("uid-{ordinal}"),
+                        "creationTimestamp": format!("2026-11-22T05:00:{:02}Z", ordinal * 10),
+                        "labels": {"app.kubernetes.io/name": "pgset", "app.kubernetes.io/instance": "pgset", "role": role}},
+           "spec": {"nodeName": "node-1", "containers": [{"name": "postgres"}]},
+           "status": {"phase": phase, "podIP": format!("10.244.0.{}", 10 + ordinal),
+                      "conditions": [{"type": "Ready", "status": if phase == "Running" { "True" } else { "False" }}]}})
+}
+
+fn pod_list(pods: Vec<Value>) -> Value {
+    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods})
+}
+
+fn service(name: &str, role: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
+           "spec": {"selector": {"app.kubernetes.io/name": "pgset", "app.kubernetes.io/instance": "pgset", "role": role}}})
+}
+
+fn slices(service: &str, pods: &[i32]) -> Value {
+    let endpoints: Vec<Value> = pods
+        .iter()
+        .map(|o| json!({"addresses": [format!("10.244.0.{}", 10 + o)], "conditions": {"ready": true},
+                        "targetRef": {"kind": "Pod", "name": format!("pgset-{o}"), "namespace": "default"}}))
+        .collect();
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSliceList", "metadata": {},
+           "items": [{"metadata": {"name": format!("{service}-x1"), "labels": {"kubernetes.io/service-name": service}},
+                      "addressType": "IPv4", "endpoints": endpoints}]})
+}
+
+const POD_SELECTOR: &str =
+    "&labelSelector=app.kubernetes.io%2Fname%3Dpgset%2Capp.kubernetes.io%2Finstance%3Dpgset";
+
+#[tokio::test]
+async fn members_are_listed_by_the_cluster_selector() {
+    let (client, mut handle) = mock_client();
+    let v = verifier(client);
+    let server = tokio::spawn(async move {
+        answer(
+            &mut handle,
+            200,
+            pod_list(vec![
+                pod(1, "Running", "replica"),
+                pod(0, "Running", "master"),
+            ]),
+        )
+        .await
+    });
+    let members = v.members().await.unwrap();
+    let seen = server.await.unwrap();
+    assert_eq!(seen.method, Method::GET);
+    assert_eq!(seen.path, "/api/v1/namespaces/default/pods");
+    assert_eq!(seen.query, POD_SELECTOR);
+    let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["pgset-0", "pgset-1"], "sorted by ordinal");
+    assert_eq!(members[0].role(), Some("master"));
+    assert_eq!(members[1].role(), Some("replica"));
+}
+
+#[tokio::test]
+async fn role_services_read_labels_selectors_and_endpoint_slices() {
+    let (client, mut handle) = mock_client();
+    let v = verifier(client);
+    let server = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let pods = pod_list(vec![
+            pod(0, "Running", "master"),
+            pod(1, "Running", "replica"),
+            pod(2, "Running", "replica"),
+        ]);
+        seen.push(answer(&mut handle, 200, pods).await);
+        seen.push(answer(&mut handle, 200, service("pgset-master", "master")).await);
+        seen.push(answer(&mut handle, 200, service("pgset-replica", "replica")).await);
+        seen.push(answer(&mut handle, 200, slices("pgset-master", &[0])).await);
+        seen.push(answer(&mut handle, 200, slices("pgset-replica", &[1, 2])).await);
+        seen
+    });
+    let finding = v.check_role_services().await;
+    let seen = server.await.unwrap();
+    assert_eq!(finding.verdict, Verdict::Pass, "{}", finding.message);
+    let requests: Vec<(String, String)> = seen
+        .iter()
+        .map(|s| (s.path.clone(), s.query.clone()))
+        .collect();
+    assert_eq!(
+        requests,
+        [
+            (
+                "/api/v1/namespaces/default/pods".to_string(),
+                POD_SELECTOR.to_string()
+            ),
+            (
+                "/api/v1/namespaces/default/services/pgset-master".into(),
+                String::new()
+            ),
+            (
+                "/api/v1/namespaces/default/services/pgset-replica".into(),
+                String::new()
+            ),
+            (
+                "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices".into(),
+                "&labelSelector=kubernetes.io%2Fservice-name%3Dpgset-master".into()
+            ),
+            (
+                "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices".into(),
+                "&labelSelector=kubernetes.io%2Fservice-name%3Dpgset-replica".into()
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_replica_without_its_label_fails_role_services() {
+    let (client, mut handle) = mock_client();
+    let v = verifier(client);
+    let server = tokio::spawn(async move {
+        let pods = pod_list(vec![
+            pod(0, "Running", "master"),
+            pod(1, "Running", "replica"),
+            pod(2, "Running", "unset"),
+        ]);
+        answer(&mut handle, 200, pods).await;
+        answer(&mut handle, 200, service("pgset-master", "master")).await;
+        answer(&mut handle, 404, not_found("services", "pgset-replica")).await;
+        answer(&mut handle, 200, slices("pgset-master", &[0])).await;
+        answer(&mut handle, 200, slices("pgset-replica", &[1])).await;
+    });
+    let finding = v.check_role_services().await;
+    server.await.unwrap();
+    assert_eq!(finding.verdict, Verdict::Fail);
+    assert_eq!(finding.message, "Service pgset-replica missing");
+}
+
+#[tokio::test]
+async fn scale_patches_the_scale_subresource_with_pgsets_field_manager() {
+    let (client, mut handle) = mock_client();
+    let v = verifier(client);
+    let server = tokio::spawn(async move {
+        let get = answer(&mut handle, 200, statefulset(3, "OrderedReady")).await;
+        let scale = json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
+                           "metadata": {"name": "pgset", "namespace": "default"},
+                           "spec": {"replicas": 4}, "status": {"replicas": 3}});
+        let patch = answer(&mut handle, 200, scale).await;
+        (get, patch)
+    });
+    v.scale(4).await.unwrap();
+    let (get, patch) = server.await.unwrap();
+    assert_eq!(get.method, Method::GET);
+    assert_eq!(
+        get.path,
+        "/apis/apps/v1/namespaces/default/statefulsets/pgset"
+    );
+    assert_eq!(patch.method, Method::PATCH);
+    assert_eq!(
+        patch.path,
+        "/apis/apps/v1/namespaces/default/statefulsets/pgset/scale"
+    );
+    assert_eq!(patch.query, "&fieldManager=pgset");
+    assert_eq!(
+        patch.headers["content-type"],
+        "application/merge-patch+json"
+    );
+    assert_eq!(patch.body, json!({"spec": {"replicas": 4}}));
+}
+
+#[tokio::test]
+async fn preflight_names_the_missing_statefulset_and_the_fix() {
+    let (client, mut handle) = mock_client();
+    let v = verifier(client);
+    let server = tokio::spawn(async move {
+        answer(&mut handle, 404, not_found("statefulsets.apps", "pgset")).await
+    });
+    let err = v.preflight().await.unwrap_err();
+    server.await.unwrap();
+    assert!(matches!(err, Error::NotDeployed { .. }));
+    assert_eq!(
+        err.to_string(),
+        "StatefulSet pgset not found in namespace default: deploy it first (`cargo xtask up` or `cargo xtask deploy`), or name the cluster with --name / -n"
+    );
+}
+
+#[tokio::test]
+async fn pods_check_reads_the_statefulset_policy() {
+    let (client, mut handle) = mock_client();
+    let v = verifier(client);
+    let server = tokio::spawn(async move {
+        let pods = pod_list(vec![
+            pod(0, "Running", "master"),
+            pod(1, "Running", "replica"),
+            pod(2, "Running", "replica"),
+        ]);
+        answer(&mut handle, 200, pods).await;
+        answer(&mut handle, 200, statefulset(3, "Parallel")).await;
+    });
+    let finding = v.check_pods().await;
+    server.await.unwrap();
+    assert_eq!(finding.verdict, Verdict::Fail);
+    assert_eq!(
+        finding.message,
+        "podManagementPolicy is Parallel, not OrderedReady: pods do not start in order"
+    );
+}
+
+#[tokio::test]
+async fn exec_sends_the_command_to_the_postgres_container_and_reports_a_refusal() {
+    let (client, mut handle) = mock_client();
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client, "default");
+    let exec = PodExec::new(pods, Duration::from_secs(5));
+    let server = tokio::spawn(async move {
+        let forbidden = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": "pods \"pgset-0\" is forbidden: User \"viewer\" cannot create resource \"pods/exec\" in API group \"\" in the namespace \"default\"",
+            "reason": "Forbidden", "code": 403});
+        answer(&mut handle, 403, forbidden).await
+    });
+    let argv = pgset_verify::sql::psql_local(&[pgset_verify::sql::IN_RECOVERY_QUERY]);
+    let err = exec.run("pgset-0", "postgres", &argv).await.unwrap_err();
+    let seen = server.await.unwrap();
+    assert_eq!(seen.method, Method::GET);
+    assert_eq!(seen.path, "/api/v1/namespaces/default/pods/pgset-0/exec");
+    assert_eq!(
+        seen.query,
+        "&stdout=true&stderr=true&container=postgres&command=psql&command=-X&command=-q&command=-A\
+         &command=-t&command=-F&command=%7C&command=-v&command=ON_ERROR_STOP%3D1&command=-v\
+         &command=VERBOSITY%3Dverbose&command=-h&command=%2Fvar%2Frun%2Fpostgresql&command=-U\
+         &command=postgres&command=-d&command=postgres&command=-c\
+         &command=select+pg_is_in_recovery%28%29"
+    );
+    assert_eq!(seen.headers["upgrade"], "websocket");
+    assert!(matches!(err, Error::Exec { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.starts_with("exec `psql` in pod pgset-0: "), "{text}");
+    assert!(
+        text.contains(r#"User "viewer" cannot create resource "pods/exec""#),
+        "the API server's reason reaches the user: {text}"
+    );
+}
+
+#[tokio::test]
+async fn status_without_a_running_master_reads_no_streaming() {
+    let (client, mut handle) = mock_client();
+    let spec = ClusterSpec {
+        replicas: 2,
+        ..ClusterSpec::default()
+    };
+    let server = tokio::spawn(async move {
+        let mut paths = Vec::new();
+        paths.push(
+            answer(&mut handle, 200, statefulset(2, "OrderedReady"))
+                .await
+                .path,
+        );
+        let pods = pod_list(vec![
+            pod(0, "Pending", "master"),
+            pod(1, "Running", "replica"),
+        ]);
+        paths.push(answer(&mut handle, 200, pods).await.path);
+        paths
+    });
+    let status = ClusterStatus::gather(client, &spec).await.unwrap();
+    let paths = server.await.unwrap();
+    assert_eq!(
+        paths,
+        [
+            "/apis/apps/v1/namespaces/default/statefulsets/pgset",
+            "/api/v1/namespaces/default/pods"
+        ],
+        "no exec while the master is not running"
+    );
+    assert_eq!(status.desired, 2);
+    assert_eq!(status.ready, 1);
+    assert_eq!(
+        status.replication_error.as_deref(),
+        Some("pgset-0 is not running")
+    );
+    assert!(status.members.iter().all(|m| m.streaming == "unknown"));
+    assert!(
+        status
+            .to_table()
+            .contains("streaming unknown: pgset-0 is not running")
+    );
+}
+
+#[test]
+fn check_names_are_the_json_contract() {
+    assert_eq!(
+        names::ALL,
+        [
+            "pods-ready-in-order",
+            "dns-and-endpoints",
+            "role-services",
+            "streaming",
+            "replica-read-only",
+            "replicated-write",
+            "storage",
+            "scale-out",
+            "master-recovery"
+        ]
+    );
+}
