@@ -120,6 +120,8 @@ struct LabSettings {
 
 /// The lab directory, its settings and the environment every `vagrant` call gets.
 struct Lab {
+    /// The `vagrant` executable.
+    program: PathBuf,
     dir: PathBuf,
     settings: LabSettings,
     /// Passed as WORKERS; when `None` the Vagrantfile takes settings.yaml's value and keeps
@@ -143,6 +145,7 @@ impl Lab {
         let settings: LabSettings =
             serde_saphyr::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
         Ok(Lab {
+            program: vagrant_program()?,
             dir,
             settings,
             workers: args.workers,
@@ -170,18 +173,17 @@ impl Lab {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.env()
-            .iter()
-            .fold(HostCommand::new("vagrant", args), |cmd, (k, v)| {
-                cmd.env(k, v)
-            })
+        self.env().iter().fold(
+            HostCommand::new(&self.program.to_string_lossy(), args),
+            |cmd, (k, v)| cmd.env(k, v),
+        )
     }
 
     /// Runs `vagrant ARGS` with the terminal attached (provisioning output, prompts, shells).
     fn attached(&self, args: &[&str]) -> Result<()> {
         let cmd = self.command(args.iter().copied());
         eprintln!("    $ {cmd}");
-        let mut expr = duct::cmd("vagrant", args).unchecked();
+        let mut expr = duct::cmd(&self.program, args).unchecked();
         for (k, v) in self.env() {
             expr = expr.env(k, v);
         }
@@ -215,7 +217,6 @@ fn status_words(code: Option<i32>) -> String {
 
 /// Runs the task.
 pub async fn run(args: Args) -> Result<()> {
-    require_vagrant()?;
     match args.command {
         LabCommand::Up(a) => {
             let lab = Lab::for_up(&a.lab)?;
@@ -242,14 +243,14 @@ pub async fn run(args: Args) -> Result<()> {
     }
 }
 
-fn require_vagrant() -> Result<()> {
-    if which::which("vagrant").is_err() {
-        bail!(
+/// The `vagrant` executable on PATH, or an error saying what to install.
+fn vagrant_program() -> Result<PathBuf> {
+    which::which("vagrant").map_err(|_| {
+        anyhow::anyhow!(
             "`vagrant` not found: install Vagrant (2.3 or newer) and a provider — VirtualBox, or \
              libvirt with the vagrant-libvirt plugin"
-        );
-    }
-    Ok(())
+        )
+    })
 }
 
 /// The provider to bring the lab up with: the one asked for (checked), else
@@ -337,12 +338,17 @@ fn up(lab: &Lab, provider: Provider) -> Result<()> {
 fn e2e(args: E2eArgs) -> Result<()> {
     let lab = Lab::for_up(&args.lab)?;
     let provider = usable_provider(args.lab.provider)?;
+    e2e_lab(&lab, provider, args.keep, args.report.as_deref())
+}
+
+/// The end-to-end run on `lab`; destroys the VMs afterwards when it created them, unless `keep`.
+fn e2e_lab(lab: &Lab, provider: Provider, keep: bool, report: Option<&Path>) -> Result<()> {
     let existed = lab
         .machine_states()?
         .iter()
         .any(|(_, state)| state != "not_created");
-    let result = e2e_on(&lab, provider, args.report.as_deref());
-    if args.keep {
+    let result = e2e_on(lab, provider, report);
+    if keep {
         eprintln!("    kept the lab (--keep): cargo xtask vagrant destroy removes it");
         return result;
     }
@@ -378,7 +384,7 @@ fn e2e_on(lab: &Lab, provider: Provider, report_path: Option<&Path>) -> Result<(
     let cmd = lab.command(["ssh", cp.as_str(), "--no-tty", "-c", VERIFY_IN_LAB]);
     eprintln!("    $ {cmd}");
     let mut expr = duct::cmd(
-        "vagrant",
+        &lab.program,
         ["ssh", cp.as_str(), "--no-tty", "-c", VERIFY_IN_LAB],
     )
     .stdout_capture()
@@ -558,5 +564,176 @@ mod tests {
         assert_eq!(extract_report(out), Some(json!({"checks": []})));
         assert_eq!(extract_report("[1]"), Some(json!([1])));
         assert_eq!(extract_report("no json here\n"), None);
+    }
+
+    /// A `vagrant` stand-in: records each call (with WORKERS) in `calls.log`, answers `status`
+    /// with `state`, and answers the verify command with `report` and exit status `verify_exit`.
+    struct FakeVagrant {
+        dir: tempfile::TempDir,
+    }
+
+    impl FakeVagrant {
+        fn new(state: &str, report: &str, verify_exit: i32) -> FakeVagrant {
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path().display();
+            std::fs::write(dir.path().join("report.json"), report).unwrap();
+            let script = format!(
+                "#!/bin/sh\n\
+                 printf '%s|%s\\n' \"${{WORKERS:-}}\" \"$*\" >>{d}/calls.log\n\
+                 case \"$1\" in\n\
+                 status) echo '1700000000,pgset-cp,metadata,provider,virtualbox'; \
+                         echo '1700000000,pgset-cp,state,{state}' ;;\n\
+                 ssh) case \"$*\" in *verify*) cat {d}/report.json; exit {verify_exit} ;; esac ;;\n\
+                 esac\n"
+            );
+            let program = dir.path().join("vagrant");
+            std::fs::write(&program, script).unwrap();
+            let mut perms = std::fs::metadata(&program).unwrap().permissions();
+            std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+            std::fs::set_permissions(&program, perms).unwrap();
+            FakeVagrant { dir }
+        }
+
+        fn lab(&self, workers: u32) -> Lab {
+            Lab {
+                program: self.dir.path().join("vagrant"),
+                dir: self.dir.path().to_path_buf(),
+                settings: LabSettings {
+                    name_prefix: "pgset".into(),
+                    workers: 0,
+                },
+                workers: Some(workers),
+            }
+        }
+
+        fn calls(&self) -> Vec<String> {
+            std::fs::read_to_string(self.dir.path().join("calls.log"))
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_string)
+                .collect()
+        }
+
+        fn report_path(&self) -> PathBuf {
+            self.dir.path().join("out").join("e2e.json")
+        }
+    }
+
+    fn report_json(passed: bool, verdict: &str) -> String {
+        json!({"cluster": "pgset", "namespace": "default", "passed": passed, "duration_ms": 9,
+               "checks": [{"name": "streaming", "verdict": verdict, "duration_ms": 3,
+                           "message": "2 replicas streaming"}]})
+        .to_string()
+    }
+
+    const VERIFY_CALL: &str =
+        "0|ssh pgset-cp --no-tty -c sudo pgset-lab verify --scale-test --disruptive --output json";
+
+    #[test]
+    fn e2e_on_a_new_lab_runs_up_and_verify_inside_then_destroys_it() {
+        let fake = FakeVagrant::new("not_created", &report_json(true, "pass"), 0);
+        let report = fake.report_path();
+        e2e_lab(&fake.lab(0), Provider::Virtualbox, false, Some(&report)).unwrap();
+        assert_eq!(
+            fake.calls(),
+            vec![
+                "0|status --machine-readable",
+                "0|up --provider virtualbox",
+                "0|ssh pgset-cp --no-tty -c sudo pgset-lab up",
+                VERIFY_CALL,
+                "0|destroy --force",
+            ]
+        );
+        let written: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        assert_eq!(written["checks"][0]["name"], "streaming");
+    }
+
+    #[test]
+    fn e2e_fails_on_a_failed_check_and_still_destroys_what_it_created() {
+        let fake = FakeVagrant::new("not_created", &report_json(false, "fail"), 1);
+        let err = e2e_lab(
+            &fake.lab(0),
+            Provider::Libvirt,
+            false,
+            Some(&fake.report_path()),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("streaming"), "{err:#}");
+        assert_eq!(fake.calls().last().unwrap(), "0|destroy --force");
+        assert!(fake.report_path().exists(), "the failing report is kept");
+    }
+
+    #[test]
+    fn e2e_fails_when_verify_fails_without_a_failed_check_or_prints_no_report() {
+        let fake = FakeVagrant::new("not_created", &report_json(true, "pass"), 3);
+        let err = e2e_lab(
+            &fake.lab(0),
+            Provider::Virtualbox,
+            false,
+            Some(&fake.report_path()),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("exit status 3"), "{err:#}");
+
+        let fake = FakeVagrant::new("not_created", "error: no kubeconfig\n", 1);
+        let err = e2e_lab(
+            &fake.lab(0),
+            Provider::Virtualbox,
+            false,
+            Some(&fake.report_path()),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("printed no JSON report"),
+            "{err:#}"
+        );
+        assert_eq!(fake.calls().last().unwrap(), "0|destroy --force");
+    }
+
+    #[test]
+    fn e2e_never_destroys_a_lab_that_existed_or_one_it_was_told_to_keep() {
+        let fake = FakeVagrant::new("running", &report_json(false, "fail"), 1);
+        assert!(
+            e2e_lab(
+                &fake.lab(0),
+                Provider::Virtualbox,
+                false,
+                Some(&fake.report_path())
+            )
+            .is_err()
+        );
+        assert!(
+            !fake.calls().iter().any(|c| c.contains("destroy")),
+            "{:?}",
+            fake.calls()
+        );
+
+        let fake = FakeVagrant::new("not_created", &report_json(true, "pass"), 0);
+        e2e_lab(
+            &fake.lab(0),
+            Provider::Virtualbox,
+            true,
+            Some(&fake.report_path()),
+        )
+        .unwrap();
+        assert!(
+            !fake.calls().iter().any(|c| c.contains("destroy")),
+            "{:?}",
+            fake.calls()
+        );
+    }
+
+    #[test]
+    fn with_workers_up_runs_the_pgset_step_after_they_joined() {
+        let fake = FakeVagrant::new("not_created", &report_json(true, "pass"), 0);
+        up(&fake.lab(2), Provider::Virtualbox).unwrap();
+        assert_eq!(
+            fake.calls(),
+            vec![
+                "2|up --provider virtualbox",
+                "2|provision pgset-cp --provision-with pgset",
+            ]
+        );
     }
 }
