@@ -1,12 +1,111 @@
-//! `cargo xtask volumes`.
+//! `cargo xtask volumes`: the NFS PersistentVolumes (and, in shared mode, the shared claim),
+//! applied server-side; `--dry-run` prints them as YAML.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use kube::Api;
+use kube::api::Patch;
+use pgset_deploy::apply::{ApplyMode, apply_object, apply_params};
+use pgset_deploy::storage::shared_claim;
+use pgset_nfs::{Duct, persistent_volumes};
+use pgset_spec::{ClusterSpec, StorageMode};
+
+use crate::cli::{ClientArgs, SpecArgs, Stage};
+use crate::nfs::{node_addresses, server_address};
 
 /// Arguments of `cargo xtask volumes`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Print the objects as YAML on stdout; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// The volumes and the claim of a spec, for a server address.
+struct StorageObjects {
+    volumes: Vec<PersistentVolume>,
+    claim: Option<PersistentVolumeClaim>,
+}
+
+fn storage_objects(spec: &ClusterSpec, server: &str) -> StorageObjects {
+    StorageObjects {
+        volumes: persistent_volumes(spec, server),
+        claim: (spec.storage.mode == StorageMode::Shared).then(|| shared_claim(spec)),
+    }
+}
 
 /// Runs the task.
-pub async fn run(_args: Args) -> Result<()> {
-    bail!("`cargo xtask volumes` is not built yet")
+pub async fn run(args: Args) -> Result<()> {
+    let spec = args.spec.load(&args.client)?;
+    let server = match &spec.nfs.server {
+        Some(s) => s.clone(),
+        None => {
+            let runner = Duct::default();
+            let addresses =
+                pgset_nfs::probe_addresses(&runner).context("probe this host's addresses")?;
+            let nodes = node_addresses(&args.client).await?;
+            server_address(&spec, &addresses, &nodes).context(
+                "cannot tell the NFS server's address: pass --nfs-server ADDR (the address the nodes reach the NFS host at)",
+            )?
+        }
+    };
+    let StorageObjects { volumes, claim } = storage_objects(&spec, &server);
+    if args.dry_run {
+        let mut docs = Vec::new();
+        for pv in &volumes {
+            docs.push(serde_saphyr::to_string(pv).context("render a PersistentVolume")?);
+        }
+        if let Some(c) = &claim {
+            docs.push(serde_saphyr::to_string(c).context("render the claim")?);
+        }
+        print!("{}", docs.join("---\n"));
+        return Ok(());
+    }
+    let client = args.client.client().await?;
+    let stage = Stage::start(format!("apply {} NFS volume(s) on {server}", volumes.len()));
+    let api: Api<PersistentVolume> = Api::all(client.clone());
+    for pv in &volumes {
+        let name = pv.metadata.name.clone().unwrap_or_default();
+        api.patch(&name, &apply_params(ApplyMode::Apply), &Patch::Apply(pv))
+            .await
+            .with_context(|| {
+                format!(
+                    "apply PersistentVolume {name} (its NFS server and path cannot change once created: delete it first if the server moved)"
+                )
+            })?;
+    }
+    if let Some(c) = &claim {
+        apply_object(&client, &spec.namespace, c, ApplyMode::Apply)
+            .await
+            .with_context(|| format!("apply PersistentVolumeClaim {}", spec.shared_claim_name()))?;
+    }
+    stage.done(&match &claim {
+        Some(_) => format!("and the claim {}", spec.shared_claim_name()),
+        None => String::new(),
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_mode_has_volumes_and_the_claim_templates_mode_only_volumes() {
+        let mut spec = ClusterSpec::default();
+        let shared = storage_objects(&spec, "10.0.0.1");
+        assert_eq!(shared.volumes.len(), 3);
+        assert_eq!(
+            shared.claim.and_then(|c| c.metadata.name).as_deref(),
+            Some("pgset-pvc")
+        );
+        spec.storage.mode = StorageMode::Templates;
+        let templates = storage_objects(&spec, "10.0.0.1");
+        assert_eq!(templates.volumes.len(), 2);
+        assert!(templates.claim.is_none());
+    }
 }

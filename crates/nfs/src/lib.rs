@@ -32,7 +32,7 @@ pub use parse::{
     parse_rpm_query, parse_unit_file_state,
 };
 pub use plan::{Step, plan};
-pub use probe::{probe, probe_files};
+pub use probe::{probe, probe_addresses, probe_files};
 pub use volumes::{nfs_server_address, persistent_volumes};
 
 /// Errors of the NFS provisioner. Each says what is wrong and how to fix it.

@@ -113,26 +113,7 @@ pub fn probe(
         Vec::new()
     };
 
-    let addresses = if on_path("ip") {
-        let route = runner.output(&HostCommand::new(
-            "ip",
-            ["-o", "route", "get", ROUTE_PROBE_ADDRESS],
-        ))?;
-        let addrs = runner.output(&HostCommand::new("ip", ["-o", "addr", "show"]))?;
-        let networks = parse_ip_addr_show(&addrs.stdout);
-        // Without a default route (an isolated lab network) the first global IPv4 address
-        // stands in for the primary one.
-        let primary = parse_ip_route_get(&route.stdout).or_else(|| {
-            networks
-                .iter()
-                .map(|(a, _)| *a)
-                .find(|a| a.is_ipv4())
-                .or_else(|| networks.first().map(|(a, _)| *a))
-        });
-        HostAddresses { primary, networks }
-    } else {
-        HostAddresses::default()
-    };
+    let addresses = probe_addresses(runner)?;
 
     let mut facts = HostFacts {
         os,
@@ -152,6 +133,29 @@ pub fn probe(
     };
     probe_files(paths, spec, &mut facts)?;
     Ok(facts)
+}
+
+/// Probes the host's addresses: the source address of the default route (`ip -o route get`,
+/// which sends nothing) and every global address with its network. Without a default route
+/// (an isolated lab network) the first global IPv4 address stands in for the primary one.
+pub fn probe_addresses(runner: &dyn CommandRunner) -> Result<HostAddresses> {
+    if !on_path("ip") {
+        return Ok(HostAddresses::default());
+    }
+    let route = runner.output(&HostCommand::new(
+        "ip",
+        ["-o", "route", "get", ROUTE_PROBE_ADDRESS],
+    ))?;
+    let addrs = runner.output(&HostCommand::new("ip", ["-o", "addr", "show"]))?;
+    let networks = parse_ip_addr_show(&addrs.stdout);
+    let primary = parse_ip_route_get(&route.stdout).or_else(|| {
+        networks
+            .iter()
+            .map(|(a, _)| *a)
+            .find(|a| a.is_ipv4())
+            .or_else(|| networks.first().map(|(a, _)| *a))
+    });
+    Ok(HostAddresses { primary, networks })
 }
 
 fn read_os_release(paths: &HostPaths) -> Result<OsRelease> {
