@@ -626,10 +626,18 @@ impl StubNode {
     }
 }
 
-fn node_env(s: &LabSettings, name: &str, ip: Ipv4Addr) -> Vec<(&'static str, String)> {
+/// What the Vagrantfile passes a node's scripts: `worker` 0 is the control plane, 1.. workers.
+fn node_env(s: &LabSettings, worker: usize) -> Vec<(&'static str, String)> {
     let cp = s.network.control_plane_ip;
+    let (name, ip) = match worker {
+        0 => (format!("{}-cp", s.name_prefix), cp),
+        n => (
+            format!("{}-w{n}", s.name_prefix),
+            s.network.worker_ips[n - 1],
+        ),
+    };
     vec![
-        ("LAB_NODE_NAME", name.to_string()),
+        ("LAB_NODE_NAME", name),
         ("LAB_NODE_IP", ip.to_string()),
         ("LAB_CONTROL_PLANE_IP", cp.to_string()),
         (
@@ -669,11 +677,7 @@ fn node_script_prepares_the_node_then_a_second_run_changes_nothing() {
     node.mark("swap", "on");
     node.mark("rpm", "zram-generator");
     node.mark("active", "firewalld");
-    let env = node_env(
-        &s,
-        &format!("{}-cp", s.name_prefix),
-        s.network.control_plane_ip,
-    );
+    let env = node_env(&s, 0);
 
     let calls = node.run("node.sh", &env);
     let v = &s.kubernetes.version;
@@ -729,11 +733,7 @@ fn node_script_prepares_the_node_then_a_second_run_changes_nothing() {
 fn control_plane_script_inits_once_then_a_second_run_changes_nothing() {
     let s = settings();
     let node = StubNode::new();
-    let env = node_env(
-        &s,
-        &format!("{}-cp", s.name_prefix),
-        s.network.control_plane_ip,
-    );
+    let env = node_env(&s, 0);
 
     let calls = node.run("control-plane.sh", &env);
     assert_called(
@@ -774,11 +774,7 @@ fn worker_script_joins_and_imports_once_then_a_second_run_changes_nothing() {
         "kubeadm join 192.168.56.10:6443 --token abcdef.0123456789abcdef --discovery-token-ca-cert-hash sha256:0123\n",
     );
     node.write("vagrant/vagrant/.lab/pgset-agent.oci.tar", "archive v1");
-    let env = node_env(
-        &s,
-        &format!("{}-w1", s.name_prefix),
-        s.network.worker_ips[0],
-    );
+    let env = node_env(&s, 1);
 
     let calls = node.run("worker.sh", &env);
     assert_called(
@@ -804,11 +800,7 @@ fn toolchain_script_installs_once_and_its_wrapper_passes_the_lab_spec() {
     let s = settings();
     let node = StubNode::new();
     let repo = tempfile::tempdir().unwrap();
-    let mut env = node_env(
-        &s,
-        &format!("{}-cp", s.name_prefix),
-        s.network.control_plane_ip,
-    );
+    let mut env = node_env(&s, 0);
     env.push(("LAB_REPO", repo.path().display().to_string()));
 
     let calls = node.run("toolchain.sh", &env);

@@ -617,6 +617,11 @@ mod tests {
         fn report_path(&self) -> PathBuf {
             self.dir.path().join("out").join("e2e.json")
         }
+
+        /// `cargo xtask vagrant e2e` on a single-node lab, with `--keep` when `keep`.
+        fn e2e(&self, provider: Provider, keep: bool) -> Result<()> {
+            e2e_lab(&self.lab(0), provider, keep, Some(&self.report_path()))
+        }
     }
 
     fn report_json(passed: bool, verdict: &str) -> String {
@@ -652,13 +657,7 @@ mod tests {
     #[test]
     fn e2e_fails_on_a_failed_check_and_still_destroys_what_it_created() {
         let fake = FakeVagrant::new("not_created", &report_json(false, "fail"), 1);
-        let err = e2e_lab(
-            &fake.lab(0),
-            Provider::Libvirt,
-            false,
-            Some(&fake.report_path()),
-        )
-        .unwrap_err();
+        let err = fake.e2e(Provider::Libvirt, false).unwrap_err();
         assert!(format!("{err:#}").contains("streaming"), "{err:#}");
         assert_eq!(fake.calls().last().unwrap(), "0|destroy --force");
         assert!(fake.report_path().exists(), "the failing report is kept");
@@ -667,23 +666,11 @@ mod tests {
     #[test]
     fn e2e_fails_when_verify_fails_without_a_failed_check_or_prints_no_report() {
         let fake = FakeVagrant::new("not_created", &report_json(true, "pass"), 3);
-        let err = e2e_lab(
-            &fake.lab(0),
-            Provider::Virtualbox,
-            false,
-            Some(&fake.report_path()),
-        )
-        .unwrap_err();
+        let err = fake.e2e(Provider::Virtualbox, false).unwrap_err();
         assert!(format!("{err:#}").contains("exit status 3"), "{err:#}");
 
         let fake = FakeVagrant::new("not_created", "error: no kubeconfig\n", 1);
-        let err = e2e_lab(
-            &fake.lab(0),
-            Provider::Virtualbox,
-            false,
-            Some(&fake.report_path()),
-        )
-        .unwrap_err();
+        let err = fake.e2e(Provider::Virtualbox, false).unwrap_err();
         assert!(
             format!("{err:#}").contains("printed no JSON report"),
             "{err:#}"
@@ -694,15 +681,7 @@ mod tests {
     #[test]
     fn e2e_never_destroys_a_lab_that_existed_or_one_it_was_told_to_keep() {
         let fake = FakeVagrant::new("running", &report_json(false, "fail"), 1);
-        assert!(
-            e2e_lab(
-                &fake.lab(0),
-                Provider::Virtualbox,
-                false,
-                Some(&fake.report_path())
-            )
-            .is_err()
-        );
+        assert!(fake.e2e(Provider::Virtualbox, false).is_err());
         assert!(
             !fake.calls().iter().any(|c| c.contains("destroy")),
             "{:?}",
@@ -710,13 +689,7 @@ mod tests {
         );
 
         let fake = FakeVagrant::new("not_created", &report_json(true, "pass"), 0);
-        e2e_lab(
-            &fake.lab(0),
-            Provider::Virtualbox,
-            true,
-            Some(&fake.report_path()),
-        )
-        .unwrap();
+        fake.e2e(Provider::Virtualbox, true).unwrap();
         assert!(
             !fake.calls().iter().any(|c| c.contains("destroy")),
             "{:?}",
