@@ -469,6 +469,7 @@ const STUBBED: &[&str] = &[
     "ctr",
     "sudo",
     "cargo",
+    "pgset-lab",
 ];
 
 /// Calls that only read: anything else changes the node.
@@ -841,4 +842,44 @@ fn toolchain_script_installs_once_and_its_wrapper_passes_the_lab_spec() {
     assert_eq!(run_wrapper(&["render"]), vec!["cargo xtask render"]);
     let cwd = std::fs::read_to_string(node.state.path().join("cargo-cwd")).unwrap();
     assert!(cwd.lines().all(|l| Path::new(l) == repo.path()), "{cwd}");
+}
+
+#[test]
+fn pgset_script_runs_up_once_every_node_is_ready() {
+    let s = settings();
+    let node = StubNode::new();
+    let mut env = node_env(&s, 0);
+    for (key, value) in &mut env {
+        if *key == "LAB_WORKERS" {
+            *value = "0".to_string();
+        }
+    }
+    let calls = node.run("pgset.sh", &env);
+    assert_eq!(
+        calls,
+        vec![
+            "kubectl get nodes --no-headers",
+            "kubectl wait --for=condition=Ready nodes --all --timeout=300s",
+            "pgset-lab up",
+        ]
+    );
+}
+
+#[test]
+fn image_script_leaves_the_archive_where_workers_import_it() {
+    let s = settings();
+    let node = StubNode::new();
+    let env = node_env(&s, 0);
+    let share = &env.iter().find(|(k, _)| *k == "LAB_SHARE").unwrap().1;
+    let calls = node.run("image.sh", &env);
+    let archive = format!("{share}/pgset-agent.oci.tar");
+    assert_eq!(
+        calls,
+        vec![format!("pgset-lab image --out {archive} --import")]
+    );
+    let worker = std::fs::read_to_string(scripts_dir().join("worker.sh")).unwrap();
+    assert!(
+        worker.contains("archive=\"$ROOT$LAB_SHARE/pgset-agent.oci.tar\""),
+        "worker.sh imports another file than image.sh writes"
+    );
 }
