@@ -1,0 +1,152 @@
+//! Shared harness of the local-mode tests (included by each `local_*.rs` with `#[path]`): builds
+//! the agent, makes a set directory the postgres user can reach, runs SQL, and stops every
+//! process of a set when the test ends, pass or fail.
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use pgset_agent::cmd::HostCommand;
+use pgset_agent::local::{self, LocalSet, UpOptions};
+use pgset_agent::pgbin::PgBin;
+
+/// The PostgreSQL binaries, or `None` after `missing_tool` (skip locally, fail in CI).
+pub fn pg_or_skip(test: &str) -> Option<PgBin> {
+    match PgBin::find(None) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            pgset_tests::missing_tool(test, &format!("needs PostgreSQL server binaries (initdb, postgres): {e}"));
+            None
+        }
+    }
+}
+
+/// The agent binary, built once per test process into the same target directory.
+pub fn agent_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        HostCommand::new(cargo)
+            .args(["build", "-q", "-p", "pgset-agent", "--bin", "pgset-agent", "--manifest-path"])
+            .arg(pgset_tests::workspace_root().join("Cargo.toml"))
+            .run()
+            .expect("build pgset-agent");
+        let exe = std::env::current_exe().unwrap();
+        let bin = exe.parent().unwrap().parent().unwrap().join("pgset-agent");
+        assert!(bin.is_file(), "{} was not built", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// A local set under a fresh temp dir; Drop stops all its processes.
+pub struct TestSet {
+    pub tmp: tempfile::TempDir,
+    pub opts: UpOptions,
+}
+
+impl TestSet {
+    /// A set of `replicas` members on ports `port..`, not started yet.
+    pub fn new(replicas: i32, port: u16) -> TestSet {
+        let tmp = tempfile::Builder::new().prefix("pgset-local-").tempdir_in("/tmp").unwrap();
+        // The members run as `postgres` when the tests run as root: it must reach DIR.
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut opts = UpOptions::new(tmp.path().join("set"), replicas, port, agent_bin());
+        opts.ready_timeout = Duration::from_secs(180);
+        opts.master_wait = Some(Duration::from_secs(60));
+        TestSet { tmp, opts }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.opts.dir
+    }
+
+    pub fn set(&self) -> LocalSet {
+        LocalSet { name: self.opts.name.clone(), port: self.opts.port }
+    }
+
+    pub fn port(&self, k: i32) -> u16 {
+        self.opts.port + k as u16
+    }
+
+    /// Runs SQL on member k over its socket as the superuser: stdout, or stderr on failure.
+    pub fn sql(&self, k: i32, sql: &str) -> Result<String, String> {
+        let bin = PgBin::find(None).map_err(|e| e.to_string())?;
+        let out = bin
+            .command("psql")
+            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose", "-h"])
+            .arg(self.dir().join("run"))
+            .args(["-p", &self.port(k).to_string(), "-U", "postgres", "-d", "postgres", "-c", sql])
+            .quiet()
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+
+    /// Waits until `sql` on member k returns `want`, or panics with the last answer.
+    pub fn wait_for(&self, k: i32, sql: &str, want: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.sql(k, sql);
+            if got.as_deref() == Ok(want) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "member {k}: `{sql}` gave {got:?}, wanted {want:?} within {timeout:?}; log tail:\n{}",
+                    local::log_tail(self.dir(), &self.set().member(k), 30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    pub fn log(&self, k: i32) -> String {
+        std::fs::read_to_string(self.dir().join(format!("{}.log", self.set().member(k)))).unwrap_or_default()
+    }
+}
+
+impl Drop for TestSet {
+    fn drop(&mut self) {
+        let dir = self.opts.dir.clone();
+        let Ok(entries) = std::fs::read_dir(&dir) else { return };
+        for e in entries.filter_map(|e| e.ok()) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(member) = name.strip_suffix(".agent.pid") {
+                if let Some(pid) = local::agent_pid(&dir, member) {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline && !pgset_agent::datadir::processes_using(&dir).is_empty() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        for pid in pgset_agent::datadir::processes_using(&dir) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// The inode of a path (a data directory that was copied again would be a new one).
+pub fn inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().ino()
+}
+
+/// Waits until `f` is true, or panics with `what`.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting until {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
