@@ -88,7 +88,8 @@ fi
 ensure_packages containerd.io container-selinux
 # containerd's default configuration (the packaged file disables the CRI plugin) with the systemd
 # cgroup driver, and the pause image of this Kubernetes release as the sandbox image.
-pause_image="$(kubeadm config images list --kubernetes-version "v${LAB_K8S_VERSION}" | grep '/pause:')"
+pause_image="$(kubeadm config images list --kubernetes-version "v${LAB_K8S_VERSION}" | grep '/pause:')" ||
+  die "kubeadm names no pause image for Kubernetes v${LAB_K8S_VERSION}"
 containerd_config="$(containerd config default | sed -E \
   -e 's/^([[:space:]]*SystemdCgroup = )false/\1true/' \
   -e "s|^([[:space:]]*sandbox_image = )\"[^\"]*\"|\\1\"${pause_image}\"|" \
