@@ -361,6 +361,11 @@ impl Verifier {
             .await
     }
 
+    /// Check 4, retried until it passes or `limit` is over.
+    pub async fn check_streaming_until(&self, limit: Duration) -> Finding {
+        settle(limit, || self.check_streaming()).await
+    }
+
     async fn check_replica_read_only(&self) -> Finding {
         if self.spec.replicas < 2 {
             return Finding::skipped("no replicas (replicas: 1)");
