@@ -1,0 +1,632 @@
+//! The NFS host plan over tables of host facts (EL7, EL9, Debian; SELinux and firewalld on and
+//! off; already configured), apply on a real directory tree under a root prefix (planning again
+//! yields nothing), and bad input refused with nothing changed.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use pgset_nfs::{
+    CommandOutput, CommandRunner, ExportOptions, FirewalldState, HostAddresses, HostCommand,
+    HostFacts, HostPaths, PackageManager, PathState, SelinuxMode, ServiceState, Step,
+    UnitFileState, apply, parse_clients, parse_exportfs_verbose, parse_os_release, plan,
+    probe_files, render_block,
+};
+use pgset_spec::{ClusterSpec, Overrides, StorageMode};
+use pgset_tests::{fixtures, missing_tool};
+
+const CLIENTS: &str = "10.0.2.0/24,127.0.0.1/32";
+
+fn fixture(name: &str) -> String {
+    let p = fixtures().join("nfs").join(name);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+}
+
+fn options() -> ExportOptions {
+    ExportOptions {
+        clients: parse_clients(CLIENTS).unwrap(),
+    }
+}
+
+fn running(enabled: UnitFileState) -> ServiceState {
+    ServiceState {
+        enabled,
+        active: true,
+    }
+}
+
+fn absent_unit() -> ServiceState {
+    ServiceState {
+        enabled: UnitFileState::NotFound,
+        active: false,
+    }
+}
+
+/// A host of `os` where nothing has been done yet.
+fn fresh(os_fixture: &str) -> HostFacts {
+    let os = parse_os_release(&fixture(os_fixture));
+    let req = os.family().unwrap().requirements();
+    HostFacts {
+        os,
+        is_root: true,
+        package_managers: vec![req.package_manager],
+        packages: req
+            .packages
+            .iter()
+            .map(|p| (p.to_string(), false))
+            .collect(),
+        services: req
+            .units
+            .iter()
+            .map(|u| (u.to_string(), absent_unit()))
+            .collect(),
+        selinux: SelinuxMode::Absent,
+        selinux_booleans: BTreeMap::new(),
+        has_restorecon: false,
+        firewalld: None,
+        exports_file: None,
+        active_exports: Vec::new(),
+        export_dir: PathState::Missing,
+        member_dirs: BTreeMap::new(),
+        addresses: HostAddresses::default(),
+    }
+}
+
+/// A host of `os` that `cargo xtask nfs` has already configured for the default spec.
+fn configured(os_fixture: &str) -> HostFacts {
+    let mut f = fresh(os_fixture);
+    for v in f.packages.values_mut() {
+        *v = true;
+    }
+    for (unit, state) in f.services.iter_mut() {
+        *state = running(if unit == "rpc-statd" || unit == "nfs-idmapd" {
+            UnitFileState::Static
+        } else {
+            UnitFileState::Enabled
+        });
+    }
+    f.exports_file = Some(render_block(&ClusterSpec::default(), &options().clients));
+    // Real `exportfs -v` output for exactly this export line.
+    f.active_exports = parse_exportfs_verbose(&fixture("exportfs-v.debian-12"));
+    f.export_dir = PathState::Directory {
+        uid: 999,
+        gid: 999,
+        mode: 0o700,
+    };
+    f
+}
+
+fn selinux(f: &mut HostFacts, mode: SelinuxMode, booleans_on: bool) {
+    f.selinux = mode;
+    f.has_restorecon = true;
+    f.selinux_booleans = ["virt_use_nfs", "nfs_export_all_rw"]
+        .into_iter()
+        .map(|b| (b.to_string(), Some(booleans_on)))
+        .collect();
+}
+
+fn firewalld(f: &mut HostFacts, running: bool, services: &[&str]) {
+    let s: Vec<String> = services.iter().map(|s| s.to_string()).collect();
+    f.firewalld = Some(FirewalldState {
+        running,
+        runtime_services: s.clone(),
+        permanent_services: s,
+    });
+}
+
+fn described(f: &HostFacts, spec: &ClusterSpec) -> Vec<String> {
+    plan(f, spec, &options())
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+const EXPORT_LINE: &str = "/nfsfileshare 10.0.2.0/24(rw,sync,no_subtree_check,root_squash) 127.0.0.1/32(rw,sync,no_subtree_check,root_squash)";
+
+fn write_step() -> String {
+    format!("write pgset's block in /etc/exports (backup kept): {EXPORT_LINE}")
+}
+
+#[test]
+fn centos_7_from_nothing_with_selinux_enforcing_and_firewalld() {
+    let mut f = fresh("os-release.centos-7");
+    selinux(&mut f, SelinuxMode::Enforcing, false);
+    firewalld(&mut f, true, &["ssh", "dhcpv6-client"]);
+    assert_eq!(
+        described(&f, &ClusterSpec::default()),
+        [
+            "install nfs-utils, libnfsidmap, rpcbind with yum".to_string(),
+            "turn on the SELinux boolean(s) virt_use_nfs, nfs_export_all_rw (persistent)".into(),
+            "create /nfsfileshare owned by 999:999 with mode 0700".into(),
+            write_step(),
+            "enable and start rpcbind".into(),
+            "enable and start nfs-server".into(),
+            "enable and start rpc-statd".into(),
+            "enable and start nfs-idmapd".into(),
+            "allow the firewalld service(s) nfs, rpc-bind, mountd (permanent and runtime)".into(),
+            "re-export /etc/exports (exportfs -ra)".into(),
+        ]
+    );
+    let steps = plan(&f, &ClusterSpec::default(), &options()).unwrap();
+    let commands: Vec<String> = steps
+        .iter()
+        .flat_map(Step::commands)
+        .map(|c| c.to_string())
+        .collect();
+    assert_eq!(
+        commands,
+        [
+            "yum install -y nfs-utils libnfsidmap rpcbind",
+            "setsebool -P virt_use_nfs=1 nfs_export_all_rw=1",
+            "restorecon /etc/exports",
+            "systemctl enable --now rpcbind",
+            "systemctl enable --now nfs-server",
+            "systemctl enable --now rpc-statd",
+            "systemctl enable --now nfs-idmapd",
+            "firewall-cmd --permanent --add-service=nfs --add-service=rpc-bind --add-service=mountd",
+            "firewall-cmd --reload",
+            "exportfs -ra",
+        ]
+    );
+}
+
+#[test]
+fn centos_7_static_units_are_only_started() {
+    let mut f = configured("os-release.centos-7");
+    f.services.get_mut("rpc-statd").unwrap().active = false;
+    assert_eq!(described(&f, &ClusterSpec::default()), ["start rpc-statd"]);
+}
+
+#[test]
+fn rocky_9_with_selinux_and_firewalld_off() {
+    let mut f = fresh("os-release.rocky-9");
+    selinux(&mut f, SelinuxMode::Disabled, false);
+    firewalld(&mut f, false, &[]);
+    assert_eq!(
+        described(&f, &ClusterSpec::default()),
+        [
+            "install nfs-utils, rpcbind with dnf".to_string(),
+            "create /nfsfileshare owned by 999:999 with mode 0700".into(),
+            write_step(),
+            "enable and start rpcbind".into(),
+            "enable and start nfs-server".into(),
+            "re-export /etc/exports (exportfs -ra)".into(),
+        ]
+    );
+}
+
+#[test]
+fn debian_and_ubuntu_from_nothing() {
+    for os in ["os-release.debian-12", "os-release.ubuntu-24.04"] {
+        let f = fresh(os);
+        assert_eq!(
+            described(&f, &ClusterSpec::default()),
+            [
+                "install nfs-kernel-server, nfs-common with apt-get".to_string(),
+                "create /nfsfileshare owned by 999:999 with mode 0700".into(),
+                write_step(),
+                "enable and start nfs-server".into(),
+                "re-export /etc/exports (exportfs -ra)".into(),
+            ],
+            "{os}"
+        );
+        let steps = plan(&f, &ClusterSpec::default(), &options()).unwrap();
+        assert_eq!(
+            steps[0]
+                .commands()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            [
+                "DEBIAN_FRONTEND=noninteractive apt-get update -q",
+                "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nfs-kernel-server nfs-common",
+            ]
+        );
+    }
+}
+
+#[test]
+fn selinux_step_follows_selinux_not_the_os_family() {
+    // A Debian host with SELinux permissive (the kernel test's guest) gets the booleans.
+    let mut f = configured("os-release.debian-12");
+    selinux(&mut f, SelinuxMode::Permissive, false);
+    assert_eq!(
+        described(&f, &ClusterSpec::default()),
+        ["turn on the SELinux boolean(s) virt_use_nfs, nfs_export_all_rw (persistent)"]
+    );
+    // Booleans already on, or not defined by the loaded policy: nothing to set.
+    selinux(&mut f, SelinuxMode::Enforcing, true);
+    f.selinux_booleans.insert("nfs_export_all_rw".into(), None);
+    assert!(described(&f, &ClusterSpec::default()).is_empty());
+}
+
+#[test]
+fn firewalld_services_missing_only_permanently_are_added() {
+    let mut f = configured("os-release.rocky-9");
+    firewalld(&mut f, true, &["ssh", "nfs", "rpc-bind", "mountd"]);
+    assert!(described(&f, &ClusterSpec::default()).is_empty());
+    if let Some(fw) = f.firewalld.as_mut() {
+        fw.permanent_services.retain(|s| s != "mountd");
+    }
+    assert_eq!(
+        described(&f, &ClusterSpec::default()),
+        ["allow the firewalld service(s) mountd (permanent and runtime)"]
+    );
+}
+
+#[test]
+fn configured_hosts_plan_nothing() {
+    for os in [
+        "os-release.centos-7",
+        "os-release.rocky-9",
+        "os-release.debian-12",
+        "os-release.ubuntu-24.04",
+    ] {
+        let mut f = configured(os);
+        assert!(described(&f, &ClusterSpec::default()).is_empty(), "{os}");
+        selinux(&mut f, SelinuxMode::Enforcing, true);
+        firewalld(&mut f, true, &["nfs", "rpc-bind", "mountd"]);
+        assert!(described(&f, &ClusterSpec::default()).is_empty(), "{os}");
+        // 0750 is as good as 0700.
+        f.export_dir = PathState::Directory {
+            uid: 999,
+            gid: 999,
+            mode: 0o750,
+        };
+        assert!(described(&f, &ClusterSpec::default()).is_empty(), "{os}");
+    }
+}
+
+#[test]
+fn drift_is_repaired_step_by_step() {
+    let spec = ClusterSpec::default();
+    let mut f = configured("os-release.debian-12");
+    f.export_dir = PathState::Directory {
+        uid: 0,
+        gid: 0,
+        mode: 0o777,
+    };
+    assert_eq!(
+        described(&f, &spec),
+        ["set /nfsfileshare to owner 999:999 mode 0700 (now 0:0 0777)"]
+    );
+
+    let mut f = configured("os-release.debian-12");
+    f.active_exports.clear();
+    assert_eq!(
+        described(&f, &spec),
+        ["re-export /etc/exports (exportfs -ra)"]
+    );
+
+    let mut f = configured("os-release.debian-12");
+    f.services.get_mut("nfs-server").unwrap().enabled = UnitFileState::Disabled;
+    assert_eq!(described(&f, &spec), ["enable nfs-server"]);
+
+    // Another client list rewrites the block and re-exports.
+    let f = configured("os-release.debian-12");
+    let wider = ExportOptions {
+        clients: parse_clients("192.168.56.0/24").unwrap(),
+    };
+    let steps: Vec<String> = plan(&f, &spec, &wider)
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(steps.len(), 2, "{steps:?}");
+    assert!(
+        steps[0].ends_with("/nfsfileshare 192.168.56.0/24(rw,sync,no_subtree_check,root_squash)")
+    );
+    assert_eq!(steps[1], "re-export /etc/exports (exportfs -ra)");
+}
+
+#[test]
+fn templates_mode_creates_a_directory_per_member() {
+    let mut spec = ClusterSpec::default();
+    spec.storage.mode = StorageMode::Templates;
+    spec.replicas = 3;
+    let f = configured("os-release.debian-12");
+    assert_eq!(
+        described(&f, &spec),
+        [
+            "create /nfsfileshare/pgset-0 owned by 999:999 with mode 0700",
+            "create /nfsfileshare/pgset-1 owned by 999:999 with mode 0700",
+            "create /nfsfileshare/pgset-2 owned by 999:999 with mode 0700",
+        ]
+    );
+    // With a StorageClass named, pgset makes no member directories.
+    spec.storage.storage_class = Some("fast".into());
+    assert!(described(&f, &spec).is_empty());
+}
+
+#[test]
+fn problems_no_step_can_fix_are_errors() {
+    let spec = ClusterSpec::default();
+    let err = |f: &HostFacts, o: &ExportOptions| plan(f, &spec, o).unwrap_err().to_string();
+
+    let mut f = configured("os-release.debian-12");
+    f.os = parse_os_release("ID=arch\nPRETTY_NAME=\"Arch Linux\"\n");
+    assert!(err(&f, &options()).contains("unsupported operating system \"Arch Linux\""));
+
+    let mut f = configured("os-release.debian-12");
+    f.export_dir = PathState::NotDirectory {
+        what: "a regular file",
+    };
+    let e = err(&f, &options());
+    assert!(
+        e.contains("/nfsfileshare exists and is a regular file") && e.contains("--nfs-export"),
+        "{e}"
+    );
+
+    let mut f = configured("os-release.rocky-9");
+    f.services.get_mut("nfs-server").unwrap().enabled = UnitFileState::Masked;
+    assert!(err(&f, &options()).contains("systemctl unmask nfs-server"));
+
+    let mut f = fresh("os-release.rocky-9");
+    f.package_managers.clear();
+    assert!(err(&f, &options()).contains("no dnf found"));
+
+    let f = configured("os-release.debian-12");
+    let none = ExportOptions { clients: vec![] };
+    assert!(err(&f, &none).contains("--clients"));
+
+    let mut f = configured("os-release.debian-12");
+    f.exports_file = Some(format!(
+        "/srv/x 10.0.0.1(ro)\n/nfsfileshare *(rw,no_root_squash)\n{}",
+        f.exports_file.clone().unwrap()
+    ));
+    let e = err(&f, &options());
+    assert!(
+        e.contains("line 2 already exports /nfsfileshare outside pgset's block"),
+        "{e}"
+    );
+}
+
+/// Records commands instead of running them (the file work is real).
+#[derive(Default)]
+struct RecordingRunner {
+    commands: RefCell<Vec<String>>,
+}
+
+impl CommandRunner for RecordingRunner {
+    fn output(&self, cmd: &HostCommand) -> pgset_nfs::Result<CommandOutput> {
+        self.commands.borrow_mut().push(cmd.to_string());
+        Ok(CommandOutput {
+            code: Some(0),
+            ..CommandOutput::default()
+        })
+    }
+}
+
+/// Every path under `root` with its type, owner, mode and (for files) contents.
+fn tree(root: &Path) -> BTreeMap<PathBuf, (u32, u32, u32, Option<Vec<u8>>)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let content = m.is_file().then(|| std::fs::read(&p).unwrap());
+            if m.is_dir() {
+                stack.push(p.clone());
+            }
+            out.insert(
+                p.strip_prefix(root).unwrap().to_path_buf(),
+                (m.uid(), m.gid(), m.mode(), content),
+            );
+        }
+    }
+    out
+}
+
+const PRE_EXISTING: &str =
+    "# kept\n/srv/homes host1(rw,sync,no_subtree_check) \\\n\thost2(ro)\n# no newline at the end";
+
+fn host_root(exports: Option<&str>) -> (tempfile::TempDir, HostPaths) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+    if let Some(text) = exports {
+        std::fs::write(dir.path().join("etc/exports"), text).unwrap();
+    }
+    let paths = HostPaths::under(dir.path());
+    (dir, paths)
+}
+
+#[test]
+fn applying_then_planning_again_yields_nothing() {
+    if !nix::unistd::geteuid().is_root() {
+        missing_tool(
+            "nfs_host::applying_then_planning_again_yields_nothing",
+            "needs root to give the export directory to uid 999",
+        );
+        return;
+    }
+    let mut spec = ClusterSpec::default();
+    spec.storage.mode = StorageMode::Templates;
+    let (dir, paths) = host_root(Some(PRE_EXISTING));
+    let mut facts = configured("os-release.debian-12");
+    facts.active_exports.clear();
+    probe_files(&paths, &spec, &mut facts).unwrap();
+    let steps = plan(&facts, &spec, &options()).unwrap();
+    let described: Vec<String> = steps.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        described,
+        [
+            "create /nfsfileshare owned by 999:999 with mode 0700".to_string(),
+            "create /nfsfileshare/pgset-0 owned by 999:999 with mode 0700".into(),
+            "create /nfsfileshare/pgset-1 owned by 999:999 with mode 0700".into(),
+            write_step(),
+            "re-export /etc/exports (exportfs -ra)".into(),
+        ]
+    );
+    let runner = RecordingRunner::default();
+    apply(&steps, &facts, &paths, &runner).unwrap();
+    assert_eq!(*runner.commands.borrow(), ["exportfs -ra"]);
+
+    let exports = std::fs::read_to_string(dir.path().join("etc/exports")).unwrap();
+    assert_eq!(
+        exports,
+        format!(
+            "{PRE_EXISTING}\n{}",
+            render_block(&spec, &options().clients)
+        )
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("etc/exports.pgset.bak")).unwrap(),
+        PRE_EXISTING
+    );
+    assert!(!dir.path().join("etc/.exports.pgset.tmp").exists());
+    for d in [
+        "nfsfileshare",
+        "nfsfileshare/pgset-0",
+        "nfsfileshare/pgset-1",
+    ] {
+        let m = std::fs::metadata(dir.path().join(d)).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid(), m.mode() & 0o7777),
+            (999, 999, 0o700),
+            "{d}"
+        );
+    }
+
+    // Probe the files again; `exportfs -ra` has loaded the export (real exportfs -v output of
+    // this export line).
+    probe_files(&paths, &spec, &mut facts).unwrap();
+    facts.active_exports = parse_exportfs_verbose(&fixture("exportfs-v.debian-12"));
+    let again = plan(&facts, &spec, &options()).unwrap();
+    assert!(again.is_empty(), "{again:?}");
+    let before = tree(dir.path());
+    apply(&again, &facts, &paths, &runner).unwrap();
+    assert_eq!(tree(dir.path()), before);
+    assert_eq!(runner.commands.borrow().len(), 1);
+}
+
+/// Plans and applies on `paths`; the error message when it fails.
+fn provision(
+    facts: &mut HostFacts,
+    spec: &ClusterSpec,
+    clients: &str,
+    paths: &HostPaths,
+    runner: &RecordingRunner,
+) -> Result<(), String> {
+    let clients = parse_clients(clients).map_err(|e| e.to_string())?;
+    probe_files(paths, spec, facts).map_err(|e| e.to_string())?;
+    let steps = plan(facts, spec, &ExportOptions { clients }).map_err(|e| e.to_string())?;
+    apply(&steps, facts, paths, runner).map_err(|e| e.to_string())
+}
+
+#[test]
+fn bad_input_is_refused_and_nothing_changes() {
+    let spec = ClusterSpec::default();
+    struct Case {
+        name: &'static str,
+        exports: Option<&'static str>,
+        export_is_file: bool,
+        facts: fn(&mut HostFacts),
+        clients: &'static str,
+        expected: &'static str,
+    }
+    fn same(_: &mut HostFacts) {}
+    let cases = [
+        Case {
+            name: "export is a file",
+            exports: Some(PRE_EXISTING),
+            export_is_file: true,
+            facts: same,
+            clients: CLIENTS,
+            expected: "exists and is a regular file: remove it or choose another path with --nfs-export",
+        },
+        Case {
+            name: "clients do not parse",
+            exports: Some(PRE_EXISTING),
+            export_is_file: false,
+            facts: same,
+            clients: "10.0.0.0/24;10.0.1.0/24",
+            expected: "invalid --clients entry",
+        },
+        Case {
+            name: "not root",
+            exports: Some(PRE_EXISTING),
+            export_is_file: false,
+            facts: |f| f.is_root = false,
+            clients: CLIENTS,
+            expected: "needs root",
+        },
+        Case {
+            name: "unknown OS",
+            exports: None,
+            export_is_file: false,
+            facts: |f| f.os = parse_os_release("ID=plan9\nPRETTY_NAME=\"Plan 9\"\n"),
+            clients: CLIENTS,
+            expected: "unsupported operating system \"Plan 9\"",
+        },
+        Case {
+            name: "export already exported by hand",
+            exports: Some("/nfsfileshare *(rw,no_root_squash)\n"),
+            export_is_file: false,
+            facts: same,
+            clients: CLIENTS,
+            expected: "line 1 already exports /nfsfileshare outside pgset's block",
+        },
+        Case {
+            name: "pgset block without its end",
+            exports: Some(
+                "/a *(ro)\n# BEGIN pgset cluster pgset: managed by pgset\n/nfsfileshare *(rw)\n",
+            ),
+            export_is_file: false,
+            facts: same,
+            clients: CLIENTS,
+            expected: "has no end marker",
+        },
+    ];
+    for case in cases {
+        let (dir, paths) = host_root(case.exports);
+        if case.export_is_file {
+            std::fs::write(dir.path().join("nfsfileshare"), "not a directory").unwrap();
+        }
+        let mut facts = configured("os-release.debian-12");
+        facts.active_exports.clear();
+        (case.facts)(&mut facts);
+        let before = tree(dir.path());
+        let runner = RecordingRunner::default();
+        let err = provision(&mut facts, &spec, case.clients, &paths, &runner).expect_err(case.name);
+        assert!(err.contains(case.expected), "{}: {err}", case.name);
+        assert_eq!(tree(dir.path()), before, "{} changed the host", case.name);
+        assert!(
+            runner.commands.borrow().is_empty(),
+            "{}: ran commands",
+            case.name
+        );
+    }
+}
+
+#[test]
+fn bad_export_paths_are_refused_by_the_spec() {
+    for (path, expected) in [
+        ("nfsfileshare", "not an absolute path"),
+        ("/nfs file share", "whitespace"),
+        ("/nfs\nshare", "whitespace or a control character"),
+        ("/", "root directory"),
+    ] {
+        let overrides = Overrides {
+            nfs_export: Some(PathBuf::from(path)),
+            ..Overrides::default()
+        };
+        let mut spec = ClusterSpec::default();
+        spec.apply(&overrides);
+        let err = spec.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("nfs.export (--nfs-export)") && err.contains(expected),
+            "{path:?}: {err}"
+        );
+    }
+    // A package manager is only needed when something must be installed.
+    let mut f = configured("os-release.debian-12");
+    f.package_managers = vec![PackageManager::Yum];
+    assert!(
+        plan(&f, &ClusterSpec::default(), &options())
+            .unwrap()
+            .is_empty()
+    );
+}
