@@ -399,8 +399,17 @@ impl CommandRunner for RecordingRunner {
     }
 }
 
-/// Every path under `root` with its type, owner, mode and (for files) contents.
-fn tree(root: &Path) -> BTreeMap<PathBuf, (u32, u32, u32, Option<Vec<u8>>)> {
+/// What the tree comparison looks at for one path.
+#[derive(Debug, PartialEq)]
+struct TreeEntry {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    content: Option<Vec<u8>>,
+}
+
+/// Every path under `root` with its owner, type and mode, and (for files) contents.
+fn tree(root: &Path) -> BTreeMap<PathBuf, TreeEntry> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -413,7 +422,12 @@ fn tree(root: &Path) -> BTreeMap<PathBuf, (u32, u32, u32, Option<Vec<u8>>)> {
             }
             out.insert(
                 p.strip_prefix(root).unwrap().to_path_buf(),
-                (m.uid(), m.gid(), m.mode(), content),
+                TreeEntry {
+                    uid: m.uid(),
+                    gid: m.gid(),
+                    mode: m.mode(),
+                    content,
+                },
             );
         }
     }
