@@ -79,8 +79,8 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
             "use an absolute path without spaces or special characters, e.g. /nfsfileshare",
         )
     })?;
-    if let Some(server) = &s.nfs.server {
-        if !is_host_or_ip(server) {
+    if let Some(server) = &s.nfs.server
+        && !is_host_or_ip(server) {
             return Err(invalid(
                 "nfs.server (--nfs-server)",
                 server,
@@ -88,7 +88,6 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
                 "give the address the nodes reach the NFS host at, e.g. 192.168.56.10",
             ));
         }
-    }
     if !matches!(s.nfs.version.as_str(), "3" | "4" | "4.0" | "4.1" | "4.2") {
         return Err(invalid(
             "nfs.version",
@@ -143,8 +142,8 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
     if let (Some(req), Some(lim)) = (
         parse_quantity_bytes(&s.resources.memory_request),
         parse_quantity_bytes(&s.resources.memory_limit),
-    ) {
-        if req > lim {
+    )
+        && req > lim {
             return Err(invalid(
                 "resources.memoryRequest",
                 &s.resources.memory_request,
@@ -152,7 +151,6 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
                 "make the request at most the limit",
             ));
         }
-    }
     let p = &s.probes;
     for (field, v, max) in [
         (
@@ -344,11 +342,10 @@ pub fn is_image_reference(s: &str) -> bool {
             Some((h, p)) => (h, Some(p)),
             None => (host, None),
         };
-        if let Some(p) = port {
-            if p.parse::<u16>().is_err() {
+        if let Some(p) = port
+            && p.parse::<u16>().is_err() {
                 return false;
             }
-        }
         if h.is_empty()
             || !h
                 .bytes()
