@@ -101,18 +101,18 @@ impl ClientArgs {
                 }
                 let kubeconfig = kube::config::Kubeconfig::read_from(&path)
                     .with_context(|| format!("read kubeconfig {}", path.display()))?;
-                if let Some(ctx) = &self.context {
-                    if !kubeconfig.contexts.iter().any(|c| &c.name == ctx) {
-                        let known: Vec<&str> = kubeconfig
-                            .contexts
-                            .iter()
-                            .map(|c| c.name.as_str())
-                            .collect();
-                        bail!(
-                            "context {ctx:?} is not in {}: use one of {known:?}",
-                            path.display()
-                        );
-                    }
+                if let Some(ctx) = &self.context
+                    && !kubeconfig.contexts.iter().any(|c| &c.name == ctx)
+                {
+                    let known: Vec<&str> = kubeconfig
+                        .contexts
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect();
+                    bail!(
+                        "context {ctx:?} is not in {}: use one of {known:?}",
+                        path.display()
+                    );
                 }
                 kube::Config::from_custom_kubeconfig(kubeconfig, &options)
                     .await

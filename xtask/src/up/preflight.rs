@@ -141,12 +141,12 @@ pub fn judge(spec: &ClusterSpec, f: &Facts) -> Vec<Finding> {
             ));
         }
     }
-    if spec.storage.mode == StorageMode::Templates {
-        if let (Some(class), Some(false)) = (&spec.storage.storage_class, f.storage_class_exists) {
-            out.push(blocker(format!(
-                "StorageClass {class:?} does not exist: `kubectl get storageclass` lists the ones you have"
-            )));
-        }
+    if spec.storage.mode == StorageMode::Templates
+        && let (Some(class), Some(false)) = (&spec.storage.storage_class, f.storage_class_exists)
+    {
+        out.push(blocker(format!(
+            "StorageClass {class:?} does not exist: `kubectl get storageclass` lists the ones you have"
+        )));
     }
     out
 }
