@@ -2,8 +2,8 @@
 //! no-change re-deploy, replication lag and recovery after the master pod is deleted.
 //!
 //! Everything runs in a temporary namespace (`pgset-bench-<suffix>`) that is deleted at the end,
-//! with a cluster of its own (`pgset-bench`, 3 members, its own volumes), so the user's cluster
-//! and data are never touched.
+//! with a cluster of its own of the same name (3 members, its own volumes), so the user's
+//! cluster and data are never touched.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -24,8 +24,6 @@ use crate::cli::{ClientArgs, SpecArgs};
 
 /// Members of the benchmarked clusters.
 const MEMBERS: i32 = 3;
-/// Name of the benchmarked pgset cluster.
-const BENCH_CLUSTER: &str = "pgset-bench";
 /// Name of the bare StatefulSet.
 const BARE: &str = "bare-postgres";
 /// Limit of each rollout.
@@ -49,10 +47,11 @@ pub async fn run(spec: &SpecArgs, client: &ClientArgs) -> Result<()> {
         .await
         .context("reach the cluster's API server")?;
 
-    let namespace = format!(
-        "pgset-bench-{}",
-        &pgset_verify::sql::new_token()[1..9].to_ascii_lowercase()
-    );
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let namespace = format!("pgset-bench-{nanos:08x}");
     let bench = bench_spec(&user_spec, &namespace);
     println!(
         "cluster benchmarks: {MEMBERS} members of {} in temporary namespace {namespace}",
@@ -76,7 +75,9 @@ pub async fn run(spec: &SpecArgs, client: &ClientArgs) -> Result<()> {
 /// The benchmarked cluster: the user's images and storage choices, its own name and namespace.
 fn bench_spec(user: &ClusterSpec, namespace: &str) -> ClusterSpec {
     let mut s = user.clone();
-    s.name = BENCH_CLUSTER.to_string();
+    // Named like its namespace (unique per run), so its members always start from initdb,
+    // even when an earlier run's directories remain on a shared export.
+    s.name = namespace.to_string();
     s.namespace = namespace.to_string();
     s.replicas = MEMBERS;
     // Per-member NFS volumes need export directories made ahead on the NFS host; the shared

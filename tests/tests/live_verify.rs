@@ -1,0 +1,275 @@
+//! Against a live cluster (KUBECONFIG): a 3-member cluster of its own, then `cargo xtask verify
+//! --scale-test --disruptive -o json` passes every check with the lag and recovery measured,
+//! leaves no marker table behind, passes again on a second run, and `cargo xtask status -o
+//! json` shows the master and two streaming replicas. Everything lives in a namespace of its own
+//! (and, in shared mode, PersistentVolumes named after it), removed at the end.
+//!
+//! Storage: `PGSET_LIVE_STORAGE_CLASS` set → templates mode on that StorageClass; otherwise
+//! shared mode on the NFS export of `PGSET_LIVE_NFS_SERVER` (default export `/nfsfileshare`,
+//! `PGSET_LIVE_NFS_EXPORT` to change it), as `cargo xtask nfs` sets up; the members' directories
+//! `<export>/pgset-verify-N` stay there (data is never deleted), and a re-run starts the members
+//! on them. The agent image must be
+//! on the nodes (`cargo xtask image --import`); `PGSET_LIVE_AGENT_IMAGE` names another.
+
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, Pod};
+use kube::api::{DeleteParams, Patch, PostParams};
+use kube::{Api, Client};
+use pgset_deploy::apply::{ApplyMode, apply_params, deploy};
+use pgset_deploy::rollout::wait_for_rollout;
+use pgset_deploy::teardown::{Purge, down};
+use pgset_spec::{ClusterSpec, StorageMode};
+use pgset_tests::{live_kubeconfig, workspace_root};
+use pgset_verify::exec::{POSTGRES_CONTAINER, PodExec};
+use pgset_verify::{ClusterStatus, Report, Verdict, names, sql};
+
+const ROLLOUT: Duration = Duration::from_secs(600);
+/// The cluster's name: its own member directories on a shared export, never the default
+/// cluster's `pgset-N`.
+const CLUSTER: &str = "pgset-verify";
+
+/// The cluster under test, or why it cannot be built here.
+fn cluster_spec(namespace: &str) -> Result<ClusterSpec, String> {
+    let mut spec = ClusterSpec {
+        name: CLUSTER.to_string(),
+        namespace: namespace.to_string(),
+        replicas: 3,
+        ..ClusterSpec::default()
+    };
+    match (
+        std::env::var("PGSET_LIVE_STORAGE_CLASS"),
+        std::env::var("PGSET_LIVE_NFS_SERVER"),
+    ) {
+        (Ok(class), _) => {
+            spec.storage.mode = StorageMode::Templates;
+            spec.storage.storage_class = Some(class);
+        }
+        (Err(_), Ok(server)) => {
+            spec.storage.mode = StorageMode::Shared;
+            spec.nfs.server = Some(server);
+            if let Ok(export) = std::env::var("PGSET_LIVE_NFS_EXPORT") {
+                spec.nfs.export = export.into();
+            }
+        }
+        _ => {
+            return Err(
+                "needs storage for its own cluster: set PGSET_LIVE_STORAGE_CLASS (templates mode) or PGSET_LIVE_NFS_SERVER (shared mode on the NFS export)".into(),
+            );
+        }
+    }
+    if let Ok(image) = std::env::var("PGSET_LIVE_AGENT_IMAGE") {
+        spec.agent.image = image;
+    }
+    spec.validate().map_err(|e| e.to_string())?;
+    Ok(spec)
+}
+
+/// Shared mode: the spec's NFS volumes, renamed after the namespace so they cannot collide
+/// with another cluster's `pv1..pvN`.
+fn volumes(spec: &ClusterSpec) -> Vec<PersistentVolume> {
+    let server = spec.nfs.server.clone().unwrap_or_default();
+    pgset_nfs::persistent_volumes(spec, &server)
+        .into_iter()
+        .map(|mut pv| {
+            let name = pv.metadata.name.take().unwrap_or_default();
+            pv.metadata.name = Some(format!("{}-{name}", spec.namespace));
+            pv
+        })
+        .collect()
+}
+
+/// `cargo xtask <args>` in the workspace, with `--config <spec file>`; returns stdout and
+/// whether it exited 0.
+fn xtask(spec_file: &Path, args: &[&str]) -> (String, bool) {
+    let mut argv: Vec<String> = vec!["xtask".into()];
+    argv.extend(args.iter().map(|s| s.to_string()));
+    argv.push("--config".into());
+    argv.push(spec_file.display().to_string());
+    eprintln!("$ cargo {}", argv.join(" "));
+    let out = duct::cmd("cargo", &argv)
+        .dir(workspace_root())
+        .stdout_capture()
+        .unchecked()
+        .run()
+        .expect("run cargo xtask");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.status.success(),
+    )
+}
+
+async fn marker_table_present(client: &Client, spec: &ClusterSpec) -> bool {
+    let exec = PodExec::new(
+        Api::<Pod>::namespaced(client.clone(), &spec.namespace),
+        Duration::from_secs(60),
+    );
+    let query = format!("select to_regclass('{}') is not null", sql::MARKER_TABLE);
+    let out = exec
+        .run(
+            &spec.pod_name(0),
+            POSTGRES_CONTAINER,
+            &sql::psql_local(&[&query]),
+        )
+        .await
+        .expect("exec psql on the master");
+    assert!(out.success(), "psql: {}", out.failure_summary());
+    sql::parse_bool(&out.stdout).expect("a boolean")
+}
+
+fn assert_all_passed(report: &Report, run: &str) {
+    let summary: Vec<String> = report
+        .checks
+        .iter()
+        .map(|c| format!("{} {:?}: {}", c.name, c.verdict, c.message))
+        .collect();
+    assert_eq!(
+        report
+            .checks
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        names::ALL,
+        "{run}: every check reported, in order"
+    );
+    assert!(
+        report.checks.iter().all(|c| c.verdict == Verdict::Pass),
+        "{run}: {summary:#?}"
+    );
+    assert!(report.passed, "{run}");
+    assert!(report.warnings.is_empty(), "{run}: {:?}", report.warnings);
+}
+
+async fn scenario(client: Client, spec: ClusterSpec) {
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    for pv in volumes(&spec) {
+        let name = pv.metadata.name.clone().unwrap_or_default();
+        pvs.patch(&name, &apply_params(ApplyMode::Apply), &Patch::Apply(&pv))
+            .await
+            .unwrap_or_else(|e| panic!("apply PersistentVolume {name}: {e}"));
+    }
+    let progress = &mut |line: &str| eprintln!("    {line}");
+    deploy(&client, &spec, ApplyMode::Apply, progress)
+        .await
+        .expect("deploy");
+    wait_for_rollout(&client, &spec, spec.replicas, ROLLOUT, progress)
+        .await
+        .expect("rollout");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spec_file = dir.path().join("pgset.yaml");
+    std::fs::write(&spec_file, spec.to_yaml()).expect("write the spec file");
+
+    let (json, ok) = xtask(
+        &spec_file,
+        &["verify", "--scale-test", "--disruptive", "-o", "json"],
+    );
+    let report: Report = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert_all_passed(&report, "first verify");
+    assert!(ok, "verify exits 0 when every check passes");
+    let measured = |name: &str| {
+        report
+            .checks
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.measurements.clone())
+            .unwrap_or_default()
+    };
+    let lag = measured(names::REPLICATED_WRITE)
+        .lag_ms
+        .expect("lag measured");
+    assert!((0.0..30_000.0).contains(&lag), "lag {lag} ms");
+    let recovery = measured(names::MASTER_RECOVERY);
+    assert!(recovery.recovery_s.expect("recovery measured") > 0.0);
+    assert!(measured(names::SCALE_OUT).join_s.is_some());
+    assert!(
+        !marker_table_present(&client, &spec).await,
+        "verify dropped its marker table"
+    );
+
+    // The scale test and the master's deletion left the cluster as it was: a second run passes.
+    let (json, ok) = xtask(&spec_file, &["verify", "-o", "json"]);
+    let again: Report = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert!(ok);
+    assert_eq!(again.checks[7].verdict, Verdict::Skipped);
+    assert_eq!(again.checks[8].verdict, Verdict::Skipped);
+    assert!(
+        again.checks[..7].iter().all(|c| c.verdict == Verdict::Pass),
+        "{:#?}",
+        again.checks
+    );
+
+    let (json, ok) = xtask(&spec_file, &["status", "-o", "json"]);
+    assert!(ok, "status exits 0");
+    let status: ClusterStatus =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert_eq!((status.desired, status.ready), (3, 3));
+    let roles: Vec<(&str, &str, &str)> = status
+        .members
+        .iter()
+        .map(|m| (m.pod.as_str(), m.role.as_str(), m.streaming.as_str()))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("pgset-verify-0", "master", "primary (2 walsender(s))"),
+            ("pgset-verify-1", "replica", "streaming"),
+            ("pgset-verify-2", "replica", "streaming")
+        ]
+    );
+
+    // Verify against a cluster that is not there: one clear error, non-zero exit.
+    let (_, ok) = xtask(&spec_file, &["verify", "--name", "absent"]);
+    assert!(!ok, "verify of a missing cluster fails");
+}
+
+#[tokio::test]
+async fn verify_and_status_on_a_cluster_of_its_own() {
+    let test = "verify_and_status_on_a_cluster_of_its_own";
+    if live_kubeconfig(test).is_none() {
+        return;
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .subsec_nanos();
+    let ns = format!("pgset-verify-{nanos}");
+    let spec = match cluster_spec(&ns) {
+        Ok(s) => s,
+        Err(reason) => {
+            eprintln!("SKIPPED {test}: {reason}");
+            return;
+        }
+    };
+    let client = Client::try_default().await.expect("client from KUBECONFIG");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).expect("namespace");
+    namespaces
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap_or_else(|e| panic!("create namespace {ns}: {e}"));
+    eprintln!("{test}: namespace {ns}, storage {}", spec.storage.mode);
+
+    let outcome = tokio::spawn(scenario(client.clone(), spec.clone())).await;
+
+    let quiet = &mut |_: &str| {};
+    if let Err(e) = down(&client, &spec, Purge::Everything, ROLLOUT, quiet).await {
+        eprintln!("{test}: tear down: {e}");
+    }
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    for pv in volumes(&spec) {
+        let name = pv.metadata.name.unwrap_or_default();
+        let _ = pvs.delete(&name, &DeleteParams::default()).await;
+    }
+    if let Err(e) = namespaces.delete(&ns, &DeleteParams::default()).await {
+        eprintln!("{test}: could not delete namespace {ns}: {e}");
+    }
+    if let Err(e) = outcome {
+        match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => panic!("{test}: {e}"),
+        }
+    }
+}
