@@ -38,34 +38,28 @@ fn storage_objects(spec: &ClusterSpec, server: &str) -> StorageObjects {
     }
 }
 
-/// Runs the task.
-pub async fn run(args: Args) -> Result<()> {
-    let spec = args.spec.load(&args.client)?;
-    let server = match &spec.nfs.server {
-        Some(s) => s.clone(),
-        None => {
-            let runner = Duct::default();
-            let addresses =
-                pgset_nfs::probe_addresses(&runner).context("probe this host's addresses")?;
-            let nodes = node_addresses(&args.client).await?;
-            server_address(&spec, &addresses, &nodes).context(
-                "cannot tell the NFS server's address: pass --nfs-server ADDR (the address the nodes reach the NFS host at)",
-            )?
-        }
-    };
-    let StorageObjects { volumes, claim } = storage_objects(&spec, &server);
-    if args.dry_run {
-        let mut docs = Vec::new();
-        for pv in &volumes {
-            docs.push(serde_saphyr::to_string(pv).context("render a PersistentVolume")?);
-        }
-        if let Some(c) = &claim {
-            docs.push(serde_saphyr::to_string(c).context("render the claim")?);
-        }
-        print!("{}", docs.join("---\n"));
-        return Ok(());
+/// The NFS server address the volumes name: `--nfs-server`/`nfs.server`, else detected on
+/// this host (its node address when it is a node, else its primary address).
+pub(crate) async fn resolve_server(spec: &ClusterSpec, client_args: &ClientArgs) -> Result<String> {
+    if let Some(s) = &spec.nfs.server {
+        return Ok(s.clone());
     }
-    let client = args.client.client().await?;
+    let addresses =
+        pgset_nfs::probe_addresses(&Duct::default()).context("probe this host's addresses")?;
+    let nodes = node_addresses(client_args).await?;
+    server_address(spec, &addresses, &nodes).context(
+        "cannot tell the NFS server's address: pass --nfs-server ADDR (the address the nodes reach the NFS host at)",
+    )
+}
+
+/// Applies the volumes (and the shared claim) server-side; existing ones are left as they
+/// are when unchanged, so `up` and `scale` can call this to create the missing ones.
+pub(crate) async fn apply_storage(
+    client: &kube::Client,
+    spec: &ClusterSpec,
+    server: &str,
+) -> Result<()> {
+    let StorageObjects { volumes, claim } = storage_objects(spec, server);
     let stage = Stage::start(format!("apply {} NFS volume(s) on {server}", volumes.len()));
     let api: Api<PersistentVolume> = Api::all(client.clone());
     for pv in &volumes {
@@ -79,7 +73,7 @@ pub async fn run(args: Args) -> Result<()> {
             })?;
     }
     if let Some(c) = &claim {
-        apply_object(&client, &spec.namespace, c, ApplyMode::Apply)
+        apply_object(client, &spec.namespace, c, ApplyMode::Apply)
             .await
             .with_context(|| format!("apply PersistentVolumeClaim {}", spec.shared_claim_name()))?;
     }
@@ -88,6 +82,26 @@ pub async fn run(args: Args) -> Result<()> {
         None => String::new(),
     });
     Ok(())
+}
+
+/// Runs the task.
+pub async fn run(args: Args) -> Result<()> {
+    let spec = args.spec.load(&args.client)?;
+    let server = resolve_server(&spec, &args.client).await?;
+    if args.dry_run {
+        let StorageObjects { volumes, claim } = storage_objects(&spec, &server);
+        let mut docs = Vec::new();
+        for pv in &volumes {
+            docs.push(serde_saphyr::to_string(pv).context("render a PersistentVolume")?);
+        }
+        if let Some(c) = &claim {
+            docs.push(serde_saphyr::to_string(c).context("render the claim")?);
+        }
+        print!("{}", docs.join("---\n"));
+        return Ok(());
+    }
+    let client = args.client.client().await?;
+    apply_storage(&client, &spec, &server).await
 }
 
 #[cfg(test)]
