@@ -25,19 +25,19 @@ pub const IMPORT_PLATFORM: &str = "linux/amd64";
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    spec: SpecArgs,
+    pub spec: SpecArgs,
     #[command(flatten)]
-    client: ClientArgs,
+    pub client: ClientArgs,
     /// Where to write the archive [default: target/pgset-agent-<version>.oci.tar in the
     /// workspace]
     #[arg(long, value_name = "FILE")]
-    out: Option<PathBuf>,
+    pub out: Option<PathBuf>,
     /// Then load the archive into containerd's k8s.io namespace with `ctr` (as root, on the node)
     #[arg(long)]
-    import: bool,
+    pub import: bool,
     /// Print the build, the archive and the import that would happen, and change nothing
     #[arg(long)]
-    dry_run: bool,
+    pub dry_run: bool,
 }
 
 /// The default archive path: `target/pgset-agent-<version>.oci.tar` in the workspace.

@@ -1,16 +1,440 @@
-//! `cargo xtask up`: preflight, NFS host, volumes, agent image, deploy, rollout, verify.
+//! `cargo xtask up`: preflight, NFS host, volumes, agent image, deploy and rollout, verify.
+//!
+//! Each stage is also a command of its own (`nfs`, `volumes`, `image`, `deploy`, `verify`); `up`
+//! runs them in order with the same spec and client flags, one progress line per stage, and
+//! stops at the first failure saying which stage failed, what was already done, and what to do.
+//! Every stage is idempotent, so re-running `up` after fixing the cause picks up where it
+//! stopped, and a re-run on a finished cluster changes nothing.
 
 mod preflight;
 
-use anyhow::{Result, bail};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use pgset_spec::{ClusterSpec, StorageMode, default_agent_image};
+
+use crate::cli::{ClientArgs, SpecArgs};
+use crate::deploy::{DryRun, WaitArgs};
 
 /// Arguments of `cargo xtask up`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Print every host step and every object, and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Leave the NFS host alone (it is provisioned already, or is another machine)
+    #[arg(long)]
+    pub skip_nfs: bool,
+    /// Do not build and import the agent image (it comes from a registry: --agent-image)
+    #[arg(long)]
+    pub skip_image: bool,
+    /// Do not run the checks after the rollout
+    #[arg(long)]
+    pub skip_verify: bool,
+    /// Hosts allowed to mount the export (see `cargo xtask nfs --help`)
+    #[arg(long, value_name = "CIDR,...")]
+    pub clients: Option<String>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
 
-/// Runs the task.
-pub async fn run(_args: Args) -> Result<()> {
-    let _ = preflight::judge;
-    let _ = preflight::gather;
-    bail!("`cargo xtask up` is not built yet")
+/// The stages, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StageName {
+    Nfs,
+    Volumes,
+    Image,
+    Deploy,
+    Verify,
+}
+
+impl StageName {
+    fn label(self) -> &'static str {
+        match self {
+            StageName::Nfs => "NFS host",
+            StageName::Volumes => "volumes",
+            StageName::Image => "agent image",
+            StageName::Deploy => "deploy and rollout",
+            StageName::Verify => "verify",
+        }
+    }
+
+    /// What to do when the stage failed, beyond the error itself.
+    fn advice(self) -> &'static str {
+        match self {
+            StageName::Nfs => {
+                "fix the host (see the error), or provision NFS yourself and pass --skip-nfs"
+            }
+            StageName::Volumes => {
+                "check the NFS server address (--nfs-server) and `kubectl get pv`"
+            }
+            StageName::Image => {
+                "run `cargo xtask image --import` on its own to see the build, or use a registry image with --agent-image and --skip-image"
+            }
+            StageName::Deploy => {
+                "`cargo xtask status` and `kubectl describe pod` show why a member is not Ready"
+            }
+            StageName::Verify => "`cargo xtask verify` runs the checks again on their own",
+        }
+    }
+}
+
+/// Which stages run for this spec and these flags.
+fn stages(spec: &ClusterSpec, args: &Args) -> Vec<StageName> {
+    let mut out = Vec::new();
+    if !args.skip_nfs && spec.storage.storage_class.is_none() {
+        out.push(StageName::Nfs);
+    }
+    if spec.storage.storage_class.is_none() {
+        out.push(StageName::Volumes);
+    }
+    if builds_image(spec, args) {
+        out.push(StageName::Image);
+    }
+    out.push(StageName::Deploy);
+    if !args.skip_verify {
+        out.push(StageName::Verify);
+    }
+    out
+}
+
+/// The image is built and imported unless skipped or the spec names another image.
+fn builds_image(spec: &ClusterSpec, args: &Args) -> bool {
+    !args.skip_image && spec.agent.image == default_agent_image()
+}
+
+/// Runs the whole flow.
+pub async fn run(args: Args) -> Result<()> {
+    let started = Instant::now();
+    let spec = args.spec.load(&args.client)?;
+    if let Some(c) = &args.clients {
+        pgset_nfs::parse_clients(c).context("--clients")?;
+    }
+    let plan = stages(&spec, &args);
+    let host_steps = plan.contains(&StageName::Nfs) || plan.contains(&StageName::Image);
+
+    // Preflight: read-only, before anything changes.
+    let t = Instant::now();
+    eprintln!("==> [preflight] {}", describe(&spec));
+    let client = match args.client.client().await {
+        Ok(c) => Some(c),
+        Err(e) if args.dry_run => {
+            eprintln!("    note: no cluster checks in this dry run: {e:#}");
+            None
+        }
+        Err(e) => return Err(e.context("preflight: connect to the cluster")),
+    };
+    let facts = preflight::gather(
+        &spec,
+        client.as_ref(),
+        host_steps,
+        plan.contains(&StageName::Image),
+    )
+    .await?;
+    let findings = preflight::judge(&spec, &facts);
+    for f in &findings {
+        eprintln!("    {f}");
+    }
+    let blockers = findings.iter().filter(|f| f.blocker).count();
+    if blockers > 0 && !args.dry_run {
+        bail!(
+            "preflight found {blockers} blocker(s) (listed above); nothing was changed. Fix them and run `cargo xtask up` again"
+        );
+    }
+    if let Some(Ok(v)) = &facts.cluster_version {
+        let ready = facts.nodes.iter().filter(|n| n.ready).count();
+        eprintln!(
+            "    Kubernetes {v}, {ready}/{} node(s) Ready",
+            facts.nodes.len()
+        );
+    }
+    eprintln!("    preflight done in {:.1}s", t.elapsed().as_secs_f64());
+
+    let mut done: Vec<(StageName, Duration)> = Vec::new();
+    let total = plan.len();
+    for (i, stage) in plan.iter().copied().enumerate() {
+        eprintln!(
+            "==> [{}/{total}] {}{}",
+            i + 1,
+            stage.label(),
+            if args.dry_run { " (dry run)" } else { "" }
+        );
+        let t = Instant::now();
+        let ticker = Ticker::start(stage.label());
+        let result = run_stage(stage, &args, facts.ctr_here).await;
+        drop(ticker);
+        match result {
+            Ok(()) => {
+                let took = t.elapsed();
+                eprintln!("    {} done in {:.1}s", stage.label(), took.as_secs_f64());
+                done.push((stage, took));
+            }
+            Err(e) => {
+                let finished: Vec<&str> = done.iter().map(|(s, _)| s.label()).collect();
+                return Err(e.context(format!(
+                    "stage {} failed after {:.1}s; done before it: {}; {}; then run `cargo xtask up` again (finished stages change nothing)",
+                    stage.label(),
+                    t.elapsed().as_secs_f64(),
+                    if finished.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        finished.join(", ")
+                    },
+                    stage.advice()
+                )));
+            }
+        }
+    }
+
+    eprintln!();
+    eprintln!("summary ({:.1}s):", started.elapsed().as_secs_f64());
+    for (stage, took) in &done {
+        eprintln!("  {:<20} {:>7.1}s", stage.label(), took.as_secs_f64());
+    }
+    if args.dry_run {
+        eprintln!("dry run: nothing was changed");
+        if blockers > 0 {
+            bail!(
+                "preflight found {blockers} blocker(s) (listed at the top) that would stop a real run"
+            );
+        }
+    } else {
+        eprintln!();
+        eprint!("{}", connect_help(&spec));
+    }
+    Ok(())
+}
+
+fn describe(spec: &ClusterSpec) -> String {
+    format!(
+        "cluster {} in namespace {}: {} member(s), {} storage on {}",
+        spec.name,
+        spec.namespace,
+        spec.replicas,
+        spec.storage.mode,
+        match (&spec.storage.storage_class, spec.storage.mode) {
+            (Some(class), _) => format!("StorageClass {class}"),
+            (None, StorageMode::Shared) => format!("NFS {}", spec.nfs.export.display()),
+            (None, StorageMode::Templates) => {
+                format!("NFS {}/<pod>", spec.nfs.export.display())
+            }
+        }
+    )
+}
+
+async fn run_stage(stage: StageName, args: &Args, ctr_here: bool) -> Result<()> {
+    let spec = args.spec.clone();
+    let client = args.client.clone();
+    match stage {
+        StageName::Nfs => {
+            crate::nfs::run(crate::nfs::Args {
+                clients: args.clients.clone(),
+                dry_run: args.dry_run,
+                verbose: false,
+                spec,
+                client,
+            })
+            .await
+        }
+        StageName::Volumes => {
+            crate::volumes::run(crate::volumes::Args {
+                dry_run: args.dry_run,
+                spec,
+                client,
+            })
+            .await
+        }
+        StageName::Image => {
+            crate::image::run(crate::image::Args {
+                spec,
+                client,
+                out: None,
+                // A dry run shows the import only where it could happen; preflight has
+                // already named the missing `ctr` as a blocker.
+                import: !args.dry_run || ctr_here,
+                dry_run: args.dry_run,
+            })
+            .await
+        }
+        StageName::Deploy => {
+            crate::deploy::run(crate::deploy::Args {
+                dry_run: args.dry_run.then_some(DryRun::Client),
+                wait: args.wait.clone(),
+                spec,
+                client,
+            })
+            .await
+        }
+        StageName::Verify => {
+            if args.dry_run {
+                eprintln!("    would run the checks of `cargo xtask verify` against the cluster");
+                return Ok(());
+            }
+            crate::verify::run(crate::verify::Args {
+                output: crate::verify::Output::Table,
+                scale_test: false,
+                disruptive: false,
+                timeout: args.wait.timeout.as_secs().max(60),
+                spec,
+                client,
+            })
+            .await
+        }
+    }
+}
+
+/// How to reach the database once it is up.
+fn connect_help(spec: &ClusterSpec) -> String {
+    let ns = &spec.namespace;
+    let master = spec.pod_name(0);
+    format!(
+        "PostgreSQL is up: {n} member(s), master {master}, Services {m} (read-write) and {r} (read-only).\n\
+         Connect:\n\
+         \x20 kubectl -n {ns} exec -it {master} -c postgres -- psql -U postgres\n\
+         \x20 kubectl -n {ns} port-forward svc/{m} 5432:5432 &\n\
+         \x20 PGPASSWORD=\"$(kubectl -n {ns} get secret {secret} -o jsonpath='{{.data.superuser-password}}' | base64 -d)\" psql -h 127.0.0.1 -U postgres\n\
+         Check it: cargo xtask status; cargo xtask verify\n",
+        n = spec.replicas,
+        m = spec.master_service_name(),
+        r = spec.replica_service_name(),
+        secret = spec.secret_name(),
+    )
+}
+
+/// Prints a line every 15 s while a stage runs, so a long wait never looks like a hang.
+struct Ticker(tokio::task::JoinHandle<()>);
+
+impl Ticker {
+    fn start(label: &'static str) -> Ticker {
+        let started = Instant::now();
+        Ticker(tokio::spawn(async move {
+            let mut interval = tokio::time::interval(Duration::from_secs(15));
+            interval.tick().await;
+            loop {
+                interval.tick().await;
+                eprintln!(
+                    "    ... {label}: {:.0}s so far",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }))
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> Args {
+        Args {
+            dry_run: false,
+            skip_nfs: false,
+            skip_image: false,
+            skip_verify: false,
+            clients: None,
+            wait: WaitArgs {
+                no_wait: false,
+                timeout: Duration::from_secs(300),
+            },
+            spec: SpecArgs::default(),
+            client: ClientArgs::default(),
+        }
+    }
+
+    #[test]
+    fn default_flow_runs_every_stage_in_order() {
+        assert_eq!(
+            stages(&ClusterSpec::default(), &args()),
+            [
+                StageName::Nfs,
+                StageName::Volumes,
+                StageName::Image,
+                StageName::Deploy,
+                StageName::Verify
+            ]
+        );
+    }
+
+    #[test]
+    fn skips_and_a_storage_class_or_registry_image_drop_stages() {
+        let a = Args {
+            skip_nfs: true,
+            skip_verify: true,
+            ..args()
+        };
+        assert_eq!(
+            stages(&ClusterSpec::default(), &a),
+            [StageName::Volumes, StageName::Image, StageName::Deploy]
+        );
+        let mut spec = ClusterSpec::default();
+        spec.storage.mode = StorageMode::Templates;
+        spec.storage.storage_class = Some("fast".into());
+        spec.agent.image = "registry.example.com/pgset-agent:0.1.0".into();
+        assert_eq!(
+            stages(&spec, &args()),
+            [StageName::Deploy, StageName::Verify],
+            "a StorageClass needs no NFS host or volumes; a registry image is not built"
+        );
+    }
+
+    #[test]
+    fn connect_help_names_the_services_and_never_a_password() {
+        let help = connect_help(&ClusterSpec::default());
+        assert!(help.contains("svc/pgset-master"));
+        assert!(help.contains("pgset-replica"));
+        assert!(help.contains("get secret pgset-secret"));
+        assert!(help.contains("{.data.superuser-password}"));
+    }
+
+    #[tokio::test]
+    async fn invalid_spec_fails_before_anything_else() {
+        let a = Args {
+            spec: SpecArgs {
+                replicas: Some(0),
+                ..SpecArgs::default()
+            },
+            client: ClientArgs {
+                kubeconfig: Some("/nonexistent/kubeconfig".into()),
+                ..ClientArgs::default()
+            },
+            ..args()
+        };
+        let err = format!("{:#}", run(a).await.unwrap_err());
+        assert!(err.contains("--replicas"), "{err}");
+        assert!(!err.contains("kubeconfig"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_named_kubeconfig_that_is_missing_stops_a_real_run_in_preflight() {
+        let a = Args {
+            client: ClientArgs {
+                kubeconfig: Some("/nonexistent/kubeconfig".into()),
+                ..ClientArgs::default()
+            },
+            ..args()
+        };
+        let err = format!("{:#}", run(a).await.unwrap_err());
+        assert!(err.contains("preflight"), "{err}");
+        assert!(err.contains("/nonexistent/kubeconfig"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn bad_clients_are_rejected_before_preflight() {
+        let a = Args {
+            clients: Some("10.0.0.0/33".into()),
+            ..args()
+        };
+        let err = format!("{:#}", run(a).await.unwrap_err());
+        assert!(err.contains("--clients"), "{err}");
+    }
 }

@@ -9,23 +9,26 @@ use anyhow::Result;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, ListParams};
+use pgset_nfs::OsFamily;
 use pgset_spec::{ClusterSpec, StorageMode};
 
 /// What preflight learned. Every field is read, never assumed.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Facts {
     /// Effective uid is 0.
     pub root: bool,
     /// Host steps (NFS, image import) are part of this run.
     pub host_steps: bool,
-    /// `ID` and `ID_LIKE` of /etc/os-release, when readable.
-    pub os: Option<String>,
-    /// The OS family pgset knows how to provision (`rhel` or `debian`), if any.
-    pub os_family: Option<&'static str>,
+    /// The OS family pgset provisions, or why this host is not one (from /etc/os-release).
+    pub os_family: Result<OsFamily, String>,
     /// The API server answered; its `major.minor`.
     pub cluster_version: Option<Result<String, String>>,
     /// Nodes: name, Ready, and whether the network is ready (a CNI is present).
     pub nodes: Vec<NodeFacts>,
+    /// The agent image is to be imported into this host's containerd.
+    pub imports_image: bool,
+    /// `ctr` (containerd's client) is on this host.
+    pub ctr_here: bool,
     /// `mount.nfs` is on this host.
     pub mount_nfs_here: bool,
     /// This host is one of the nodes (its hostname is a node name).
@@ -83,10 +86,16 @@ pub fn judge(spec: &ClusterSpec, f: &Facts) -> Vec<Finding> {
             "the NFS host steps and the image import need root: run as root (sudo -E cargo xtask up), or skip them with --skip-nfs --skip-image",
         ));
     }
-    if f.host_steps && f.os_family.is_none() {
+    if f.imports_image && !f.ctr_here {
+        out.push(blocker(
+            "the agent image is imported into this node's containerd with `ctr`, which is not installed here: run `up` on a containerd node, or push the image to a registry and pass --agent-image IMAGE --skip-image",
+        ));
+    }
+    if f.host_steps
+        && let Err(why) = &f.os_family
+    {
         out.push(blocker(format!(
-            "unknown OS ({}): pgset provisions RHEL-family (CentOS, Rocky, Alma, Fedora) and Debian-family hosts; provision NFS by hand and use --skip-nfs",
-            f.os.as_deref().unwrap_or("no /etc/os-release")
+            "{why}: pgset provisions CentOS 7, RHEL-family 8+ (Rocky, Alma) and Debian-family hosts; provision NFS by hand and use --skip-nfs"
         )));
     }
     match &f.cluster_version {
@@ -151,55 +160,17 @@ pub fn judge(spec: &ClusterSpec, f: &Facts) -> Vec<Finding> {
     out
 }
 
-/// Maps /etc/os-release `ID`/`ID_LIKE` to an OS family.
-pub fn os_family(os_release: &str) -> (Option<String>, Option<&'static str>) {
-    let mut id = None;
-    let mut like = String::new();
-    for line in os_release.lines() {
-        if let Some(v) = line.strip_prefix("ID=") {
-            id = Some(v.trim_matches('"').to_string());
-        } else if let Some(v) = line.strip_prefix("ID_LIKE=") {
-            like = v.trim_matches('"').to_string();
-        }
-    }
-    let words: Vec<String> = id
-        .iter()
-        .cloned()
-        .chain(like.split_whitespace().map(String::from))
-        .collect();
-    let family = if words.iter().any(|w| {
-        matches!(
-            w.as_str(),
-            "rhel" | "centos" | "fedora" | "rocky" | "almalinux"
-        )
-    }) {
-        Some("rhel")
-    } else if words
-        .iter()
-        .any(|w| matches!(w.as_str(), "debian" | "ubuntu"))
-    {
-        Some("debian")
-    } else {
-        None
-    };
-    let shown = id.map(|i| {
-        if like.is_empty() {
-            i
-        } else {
-            format!("{i} like {like}")
-        }
-    });
-    (shown, family)
-}
-
 /// Reads the facts: the host, and the cluster when a client is given.
 pub async fn gather(
     spec: &ClusterSpec,
     client: Option<&kube::Client>,
     host_steps: bool,
+    imports_image: bool,
 ) -> Result<Facts> {
     let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
-    let (os, family) = os_family(&os_release);
+    let os_family = pgset_nfs::parse_os_release(&os_release)
+        .family()
+        .map_err(|e| e.to_string());
     let hostname = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
@@ -207,12 +178,16 @@ pub async fn gather(
     let mut facts = Facts {
         root: nix::unistd::geteuid().is_root(),
         host_steps,
-        os,
-        os_family: family,
+        imports_image,
+        ctr_here: which::which("ctr").is_ok(),
+        os_family,
         mount_nfs_here: which::which("mount.nfs").is_ok()
             || std::path::Path::new("/sbin/mount.nfs").exists()
             || std::path::Path::new("/usr/sbin/mount.nfs").exists(),
-        ..Facts::default()
+        cluster_version: None,
+        nodes: Vec::new(),
+        host_is_node: false,
+        storage_class_exists: None,
     };
     let Some(client) = client else {
         return Ok(facts);
@@ -264,8 +239,9 @@ mod tests {
         Facts {
             root: true,
             host_steps: true,
-            os: Some("rocky like rhel centos fedora".into()),
-            os_family: Some("rhel"),
+            imports_image: true,
+            ctr_here: true,
+            os_family: Ok(OsFamily::El8Plus),
             cluster_version: Some(Ok("1.35".into())),
             nodes: vec![NodeFacts {
                 name: "cp".into(),
@@ -335,6 +311,22 @@ mod tests {
     }
 
     #[test]
+    fn importing_the_image_needs_ctr() {
+        let facts = Facts {
+            ctr_here: false,
+            ..cluster_ok()
+        };
+        let b = judge(&ClusterSpec::default(), &facts);
+        assert!(blockers(&b)[0].contains("`ctr`"), "{b:?}");
+        let facts = Facts {
+            ctr_here: false,
+            imports_image: false,
+            ..cluster_ok()
+        };
+        assert!(blockers(&judge(&ClusterSpec::default(), &facts)).is_empty());
+    }
+
+    #[test]
     fn missing_mount_nfs_on_the_node_is_a_blocker() {
         let facts = Facts {
             mount_nfs_here: false,
@@ -365,24 +357,11 @@ mod tests {
         };
         assert!(blockers(&judge(&ClusterSpec::default(), &facts))[0].contains("too old"));
         let facts = Facts {
-            os: Some("arch".into()),
-            os_family: None,
+            os_family: Err("unsupported OS \"Arch Linux\"".into()),
             ..cluster_ok()
         };
-        assert!(blockers(&judge(&ClusterSpec::default(), &facts))[0].contains("unknown OS"));
-    }
-
-    #[test]
-    fn os_release_families() {
-        let rocky = "NAME=\"Rocky Linux\"\nID=\"rocky\"\nID_LIKE=\"rhel centos fedora\"\nVERSION_ID=\"9.4\"\n";
-        assert_eq!(os_family(rocky).1, Some("rhel"));
-        let centos7 = "NAME=\"CentOS Linux\"\nID=\"centos\"\nID_LIKE=\"rhel fedora\"\n";
-        assert_eq!(os_family(centos7).1, Some("rhel"));
-        let debian = "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\n";
-        assert_eq!(os_family(debian).1, Some("debian"));
-        let ubuntu = "ID=ubuntu\nID_LIKE=debian\n";
-        assert_eq!(os_family(ubuntu).1, Some("debian"));
-        assert_eq!(os_family("ID=arch\n").1, None);
-        assert_eq!(os_family("").1, None);
+        let b = judge(&ClusterSpec::default(), &facts);
+        assert!(blockers(&b)[0].contains("Arch Linux"), "{b:?}");
+        assert!(blockers(&b)[0].contains("--skip-nfs"), "{b:?}");
     }
 }
