@@ -13,7 +13,9 @@ use pgset_spec::contract::env;
 use support::{agent_bin, pg_or_skip};
 
 fn agent(args: &[&str], vars: &[(&str, String)]) -> Output {
-    let mut c = HostCommand::new(agent_bin()).args(args.iter().copied()).quiet();
+    let mut c = HostCommand::new(agent_bin())
+        .args(args.iter().copied())
+        .quiet();
     for (k, v) in vars {
         c = c.env(*k, v);
     }
@@ -42,7 +44,10 @@ fn member_env(root: &Path, pod: &str, master_port: u16) -> Vec<(&'static str, St
 }
 
 fn shared_tempdir() -> tempfile::TempDir {
-    let t = tempfile::Builder::new().prefix("pgset-bad-").tempdir_in("/tmp").unwrap();
+    let t = tempfile::Builder::new()
+        .prefix("pgset-bad-")
+        .tempdir_in("/tmp")
+        .unwrap();
     // The agent drops to `postgres` when started as root; it must be able to write here.
     std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     t
@@ -52,15 +57,33 @@ fn shared_tempdir() -> tempfile::TempDir {
 fn version_and_install() {
     let o = agent(&["--version"], &[]);
     assert!(o.status.success());
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), format!("pgset-agent {}", pgset_spec::VERSION));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        format!("pgset-agent {}", pgset_spec::VERSION)
+    );
     let t = tempfile::tempdir().unwrap();
     let dest = t.path().join("pgset-agent");
-    assert!(agent(&["install", &dest.display().to_string()], &[]).status.success());
-    let installed = HostCommand::new(&dest).arg("--version").quiet().read().unwrap();
+    assert!(
+        agent(&["install", &dest.display().to_string()], &[])
+            .status
+            .success()
+    );
+    let installed = HostCommand::new(&dest)
+        .arg("--version")
+        .quiet()
+        .read()
+        .unwrap();
     assert!(installed.contains(pgset_spec::VERSION));
-    assert_eq!(std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o755);
+    assert_eq!(
+        std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
     let o = agent(&["install", "/nonexistent-dir/pgset-agent"], &[]);
-    assert!(!o.status.success() && stderr(&o).contains("does not exist"), "{}", stderr(&o));
+    assert!(
+        !o.status.success() && stderr(&o).contains("does not exist"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -73,11 +96,19 @@ fn missing_and_malformed_env_are_named() {
     let mut vars = member_env(t.path(), "pgset-x", 26691);
     let o = agent(&["run"], &vars);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("PGSET_POD_NAME") && stderr(&o).contains("numeric ordinal"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("PGSET_POD_NAME") && stderr(&o).contains("numeric ordinal"),
+        "{}",
+        stderr(&o)
+    );
     vars.retain(|(k, _)| *k != env::DATA_ROOT);
     vars[2].1 = "pgset-1".into();
     let o = agent(&["run"], &vars);
-    assert!(stderr(&o).contains("PGSET_DATA_ROOT: missing"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("PGSET_DATA_ROOT: missing"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -99,7 +130,10 @@ fn a_data_root_that_is_a_file_or_a_foreign_pgdata_is_refused_untouched() {
     let o = agent(&["run"], &member_env(t.path(), "pgset-0", 26692));
     assert!(!o.status.success());
     assert!(stderr(&o).contains("no PG_VERSION"), "{}", stderr(&o));
-    assert_eq!(std::fs::read_to_string(foreign.join("notes")).unwrap(), "mine");
+    assert_eq!(
+        std::fs::read_to_string(foreign.join("notes")).unwrap(),
+        "mine"
+    );
 }
 
 #[test]
@@ -112,12 +146,23 @@ fn a_master_that_never_answers_is_an_error_after_the_deadline() {
     std::fs::create_dir(&secret).unwrap();
     std::fs::write(secret.join("replication-password"), "not-used-here").unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(secret.join("replication-password"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        secret.join("replication-password"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     // Nothing listens on 26699.
     let o = agent(&["run"], &member_env(t.path(), "pgset-1", 26699));
     assert!(!o.status.success());
     let err = stderr(&o);
-    assert!(err.contains("waiting for the master 127.0.0.1:26699"), "{err}");
-    assert!(err.contains("did not accept connections within 2 s") && err.contains("PGSET_MASTER_WAIT_TIMEOUT"), "{err}");
+    assert!(
+        err.contains("waiting for the master 127.0.0.1:26699"),
+        "{err}"
+    );
+    assert!(
+        err.contains("did not accept connections within 2 s")
+            && err.contains("PGSET_MASTER_WAIT_TIMEOUT"),
+        "{err}"
+    );
     assert!(!t.path().join("pgset-1").exists() && !t.path().join("pgset-1.bootstrap").exists());
 }

@@ -19,7 +19,10 @@ pub fn pg_or_skip(test: &str) -> Option<PgBin> {
     match PgBin::find(None) {
         Ok(b) => Some(b),
         Err(e) => {
-            pgset_tests::missing_tool(test, &format!("needs PostgreSQL server binaries (initdb, postgres): {e}"));
+            pgset_tests::missing_tool(
+                test,
+                &format!("needs PostgreSQL server binaries (initdb, postgres): {e}"),
+            );
             None
         }
     }
@@ -31,7 +34,15 @@ pub fn agent_bin() -> PathBuf {
     BIN.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         HostCommand::new(cargo)
-            .args(["build", "-q", "-p", "pgset-agent", "--bin", "pgset-agent", "--manifest-path"])
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "pgset-agent",
+                "--bin",
+                "pgset-agent",
+                "--manifest-path",
+            ])
             .arg(pgset_tests::workspace_root().join("Cargo.toml"))
             .run()
             .expect("build pgset-agent");
@@ -52,7 +63,10 @@ pub struct TestSet {
 impl TestSet {
     /// A set of `replicas` members on ports `port..`, not started yet.
     pub fn new(replicas: i32, port: u16) -> TestSet {
-        let tmp = tempfile::Builder::new().prefix("pgset-local-").tempdir_in("/tmp").unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("pgset-local-")
+            .tempdir_in("/tmp")
+            .unwrap();
         // The members run as `postgres` when the tests run as root: it must reach DIR.
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let mut opts = UpOptions::new(tmp.path().join("set"), replicas, port, agent_bin());
@@ -66,7 +80,10 @@ impl TestSet {
     }
 
     pub fn set(&self) -> LocalSet {
-        LocalSet { name: self.opts.name.clone(), port: self.opts.port }
+        LocalSet {
+            name: self.opts.name.clone(),
+            port: self.opts.port,
+        }
     }
 
     pub fn port(&self, k: i32) -> u16 {
@@ -78,9 +95,28 @@ impl TestSet {
         let bin = PgBin::find(None).map_err(|e| e.to_string())?;
         let out = bin
             .command("psql")
-            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose", "-h"])
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-v",
+                "VERBOSITY=verbose",
+                "-h",
+            ])
             .arg(self.dir().join("run"))
-            .args(["-p", &self.port(k).to_string(), "-U", "postgres", "-d", "postgres", "-c", sql])
+            .args([
+                "-p",
+                &self.port(k).to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+                sql,
+            ])
             .quiet()
             .output()
             .map_err(|e| e.to_string())?;
@@ -110,20 +146,23 @@ impl TestSet {
     }
 
     pub fn log(&self, k: i32) -> String {
-        std::fs::read_to_string(self.dir().join(format!("{}.log", self.set().member(k)))).unwrap_or_default()
+        std::fs::read_to_string(self.dir().join(format!("{}.log", self.set().member(k))))
+            .unwrap_or_default()
     }
 }
 
 impl Drop for TestSet {
     fn drop(&mut self) {
         let dir = self.opts.dir.clone();
-        let Ok(entries) = std::fs::read_dir(&dir) else { return };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
         for e in entries.filter_map(|e| e.ok()) {
             let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(member) = name.strip_suffix(".agent.pid") {
-                if let Some(pid) = local::agent_pid(&dir, member) {
-                    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-                }
+            if let Some(member) = name.strip_suffix(".agent.pid")
+                && let Some(pid) = local::agent_pid(&dir, member)
+            {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
             }
         }
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -146,7 +185,10 @@ pub fn inode(path: &Path) -> u64 {
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting until {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting until {what}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -163,8 +163,8 @@ fn status(dir: &Path, output: &str) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<12} {:<8} {:<16} {:<8} {:<10} {}",
-        "NAME", "ROLE", "ADDRESS", "PID", "STREAMING", "DATA"
+        "{:<12} {:<8} {:<16} {:<8} {:<10} DATA",
+        "NAME", "ROLE", "ADDRESS", "PID", "STREAMING"
     );
     for m in &members {
         println!("{}", row(m));

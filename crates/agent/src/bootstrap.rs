@@ -20,11 +20,17 @@ pub fn read_password(s: &Settings, key: &str) -> Result<String> {
     let path = s.secret_file(key);
     let text = fs::read_to_string(&path).map_err(|e| Error::DataDir {
         path: path.clone(),
-        problem: format!("cannot read the password file ({e}); mount the Secret's `{key}` key in {}", env::SECRET_DIR),
+        problem: format!(
+            "cannot read the password file ({e}); mount the Secret's `{key}` key in {}",
+            env::SECRET_DIR
+        ),
     })?;
     let pw = text.trim_end_matches(['\n', '\r']).to_string();
     if pw.is_empty() {
-        return Err(Error::DataDir { path, problem: "the password file is empty".into() });
+        return Err(Error::DataDir {
+            path,
+            problem: "the password file is empty".into(),
+        });
     }
     Ok(pw)
 }
@@ -62,12 +68,23 @@ pub fn wait_for_master(s: &Settings, bin: &PgBin) -> Result<()> {
     loop {
         let probe = bin
             .command("pg_isready")
-            .args(["-h", &s.master_host, "-p", &s.master_port.to_string(), "-t", "3"])
+            .args([
+                "-h",
+                &s.master_host,
+                "-p",
+                &s.master_port.to_string(),
+                "-t",
+                "3",
+            ])
             .quiet();
         let out = probe.output()?;
         if out.status.success() {
             if logged {
-                crate::info!("the master {}:{} accepts connections", s.master_host, s.master_port);
+                crate::info!(
+                    "the master {}:{} accepts connections",
+                    s.master_host,
+                    s.master_port
+                );
             }
             return Ok(());
         }
@@ -95,7 +112,13 @@ pub fn wait_for_master(s: &Settings, bin: &PgBin) -> Result<()> {
 /// Makes sure this replica's slot exists on the master (it was dropped if the member was gone).
 pub fn ensure_slot(s: &Settings, bin: &PgBin) -> Result<()> {
     bin.command("pg_receivewal")
-        .args(["--create-slot", "--if-not-exists", "--slot", &s.slot(), "-d"])
+        .args([
+            "--create-slot",
+            "--if-not-exists",
+            "--slot",
+            &s.slot(),
+            "-d",
+        ])
         .arg(master_conninfo(s, &s.pod_name))
         .run()
 }
@@ -125,10 +148,15 @@ pub fn prepare(s: &Settings, bin: &PgBin) -> Result<bool> {
             if let Some(pid) = datadir::live_postmaster(&pgdata) {
                 return Err(Error::DataDir {
                     path: pgdata,
-                    problem: format!("a live postmaster (pid {pid}) already runs on this data directory; stop it first"),
+                    problem: format!(
+                        "a live postmaster (pid {pid}) already runs on this data directory; stop it first"
+                    ),
                 });
             }
-            crate::info!("starting on the existing data directory {} (no copy)", pgdata.display());
+            crate::info!(
+                "starting on the existing data directory {} (no copy)",
+                pgdata.display()
+            );
             if s.role == Role::Replica {
                 wait_for_master(s, bin)?;
                 ensure_slot(s, bin)?;
@@ -143,8 +171,10 @@ pub fn prepare(s: &Settings, bin: &PgBin) -> Result<bool> {
                     base_backup(s, bin)?;
                 }
             }
-            fs::rename(s.bootstrap_dir(), &pgdata)
-                .map_err(io_err(format!("move the finished copy into place at {}", pgdata.display())))?;
+            fs::rename(s.bootstrap_dir(), &pgdata).map_err(io_err(format!(
+                "move the finished copy into place at {}",
+                pgdata.display()
+            )))?;
             true
         }
     };
@@ -157,7 +187,10 @@ pub fn prepare(s: &Settings, bin: &PgBin) -> Result<bool> {
 /// initdb into the bootstrap directory, with the superuser password from its file.
 fn initdb(s: &Settings, bin: &PgBin) -> Result<()> {
     let target = s.bootstrap_dir();
-    crate::info!("first start of the primary: initdb into {}", target.display());
+    crate::info!(
+        "first start of the primary: initdb into {}",
+        target.display()
+    );
     let pwfile = s.secret_file(secret::SUPERUSER_PASSWORD_KEY);
     read_password(s, secret::SUPERUSER_PASSWORD_KEY)?;
     bin.command("initdb")
@@ -165,9 +198,18 @@ fn initdb(s: &Settings, bin: &PgBin) -> Result<()> {
         .arg(&target)
         .arg(format!("--username={}", contract::SUPERUSER))
         .arg(format!("--pwfile={}", pwfile.display()))
-        .args(["--auth-local=trust", "--auth-host=scram-sha-256", "--encoding=UTF8", "--locale=C"])
+        .args([
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--encoding=UTF8",
+            "--locale=C",
+        ])
         .run()?;
-    datadir::write_atomic(&target.join("pg_hba.conf"), render::pg_hba().as_bytes(), 0o600)?;
+    datadir::write_atomic(
+        &target.join("pg_hba.conf"),
+        render::pg_hba().as_bytes(),
+        0o600,
+    )?;
     Ok(())
 }
 
@@ -188,7 +230,15 @@ fn base_backup(s: &Settings, bin: &PgBin) -> Result<()> {
         .arg(&target)
         .arg("-d")
         .arg(master_conninfo(s, &s.pod_name))
-        .args(["-X", "stream", "-C", "-S", &s.slot(), "--checkpoint=fast", "--no-password"]);
+        .args([
+            "-X",
+            "stream",
+            "-C",
+            "-S",
+            &s.slot(),
+            "--checkpoint=fast",
+            "--no-password",
+        ]);
     if let Some(rate) = &s.basebackup_max_rate {
         cmd = cmd.arg(format!("--max-rate={rate}"));
     }
@@ -207,7 +257,10 @@ fn base_backup(s: &Settings, bin: &PgBin) -> Result<()> {
             Err(e) => return Err(e),
         }
     }
-    crate::info!("base backup complete in {:.1} s", started.elapsed().as_secs_f32());
+    crate::info!(
+        "base backup complete in {:.1} s",
+        started.elapsed().as_secs_f32()
+    );
     Ok(())
 }
 
@@ -220,7 +273,11 @@ pub fn write_managed_files(s: &Settings) -> Result<()> {
     if let Some(new) = render::with_include(&text) {
         datadir::write_atomic(&conf, new.as_bytes(), 0o600)?;
     }
-    datadir::write_atomic(&pgdata.join(render::MANAGED_CONF), render::managed_conf(s).as_bytes(), 0o600)?;
+    datadir::write_atomic(
+        &pgdata.join(render::MANAGED_CONF),
+        render::managed_conf(s).as_bytes(),
+        0o600,
+    )?;
     if s.role == Role::Replica {
         datadir::write_atomic(&pgdata.join("standby.signal"), b"", 0o600)?;
     }
@@ -233,12 +290,22 @@ pub fn local_psql(s: &Settings, bin: &PgBin) -> HostCommand {
     bin.command("psql")
         .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
         .arg(&s.socket_dir)
-        .args(["-p", &s.port.to_string(), "-U", contract::SUPERUSER, "-d", "postgres"])
+        .args([
+            "-p",
+            &s.port.to_string(),
+            "-U",
+            contract::SUPERUSER,
+            "-d",
+            "postgres",
+        ])
 }
 
 /// On the primary: create the replication role if missing and set its password from the secret
 /// (SQL on stdin; statement logging off for the session).
 pub fn ensure_replication_role(s: &Settings, bin: &PgBin) -> Result<()> {
     let pw = read_password(s, secret::REPLICATION_PASSWORD_KEY)?;
-    local_psql(s, bin).quiet().stdin(render::replication_role_sql(&pw)).run()
+    local_psql(s, bin)
+        .quiet()
+        .stdin(render::replication_role_sql(&pw))
+        .run()
 }

@@ -127,37 +127,57 @@ impl HostCommand {
         if stderr.is_empty() {
             stderr = String::from_utf8_lossy(&out.stdout).trim().to_string();
         }
-        Err(Error::Command { command: self.display(), status: describe_status(out.status), stderr })
+        Err(Error::Command {
+            command: self.display(),
+            status: describe_status(out.status),
+            stderr,
+        })
     }
 
     /// Starts it in the background with stdout and stderr going to the agent's stderr.
     pub fn start(&self) -> Result<duct::Handle> {
         self.log();
-        self.expression().stdout_to_stderr().unchecked().start().map_err(|e| Error::Command {
-            command: self.display(),
-            status: format!("could not start: {e}"),
-            stderr: String::new(),
-        })
+        self.expression()
+            .stdout_to_stderr()
+            .unchecked()
+            .start()
+            .map_err(|e| Error::Command {
+                command: self.display(),
+                status: format!("could not start: {e}"),
+                stderr: String::new(),
+            })
     }
 
     /// Runs it with stdout and stderr appended to `log` (for launchers such as `setsid -f` that
     /// return once the real process is detached); a non-zero exit is an error.
     pub fn run_logging_to(&self, log: std::fs::File) -> Result<()> {
         self.log();
-        let out = self.expression().stderr_to_stdout().stdout_file(log).unchecked().run().map_err(|e| {
-            Error::Command { command: self.display(), status: format!("could not start: {e}"), stderr: String::new() }
-        })?;
+        let out = self
+            .expression()
+            .stderr_to_stdout()
+            .stdout_file(log)
+            .unchecked()
+            .run()
+            .map_err(|e| Error::Command {
+                command: self.display(),
+                status: format!("could not start: {e}"),
+                stderr: String::new(),
+            })?;
         self.check(&out)
     }
 
     /// Starts it with stdout and stderr merged into a pipe the caller reads.
     pub fn start_reader(&self) -> Result<duct::ReaderHandle> {
         self.log();
-        self.expression().stderr_to_stdout().unchecked().reader().map_err(|e| Error::Command {
-            command: self.display(),
-            status: format!("could not start: {e}"),
-            stderr: String::new(),
-        })
+        self.expression()
+            .stderr_to_stdout()
+            .unchecked()
+            .reader()
+            .map_err(|e| Error::Command {
+                command: self.display(),
+                status: format!("could not start: {e}"),
+                stderr: String::new(),
+            })
     }
 }
 
@@ -174,14 +194,21 @@ pub fn describe_status(status: ExitStatus) -> String {
 /// The exit code a shell would report: the code, or 128 + signal.
 pub fn exit_code(status: ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
-    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
 /// Quotes `s` for a POSIX shell when it needs it.
 pub fn shell_quote(s: &str) -> String {
     let plain = !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
-    if plain { s.to_string() } else { format!("'{}'", s.replace('\'', r"'\''")) }
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
 }
 
 #[cfg(test)]
@@ -190,20 +217,32 @@ mod tests {
 
     #[test]
     fn display_is_shell_escaped() {
-        let c = HostCommand::new("/bin/echo").arg("a b").arg("it's").arg("-D/x");
+        let c = HostCommand::new("/bin/echo")
+            .arg("a b")
+            .arg("it's")
+            .arg("-D/x");
         assert_eq!(c.display(), r"/bin/echo 'a b' 'it'\''s' -D/x");
     }
 
     #[test]
     fn failure_carries_command_status_and_stderr() {
-        let c = HostCommand::new("sh").arg("-c").arg("echo oops >&2; exit 3");
+        let c = HostCommand::new("sh")
+            .arg("-c")
+            .arg("echo oops >&2; exit 3");
         let e = c.run().unwrap_err().to_string();
-        assert!(e.contains("exit status 3") && e.contains("oops") && e.contains("sh -c"), "{e}");
+        assert!(
+            e.contains("exit status 3") && e.contains("oops") && e.contains("sh -c"),
+            "{e}"
+        );
     }
 
     #[test]
     fn stdin_is_fed_and_output_read() {
-        let out = HostCommand::new("cat").stdin("secret-free input").quiet().read().unwrap();
+        let out = HostCommand::new("cat")
+            .stdin("secret-free input")
+            .quiet()
+            .read()
+            .unwrap();
         assert_eq!(out, "secret-free input");
     }
 }

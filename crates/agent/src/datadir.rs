@@ -31,7 +31,9 @@ pub fn check_root(root: &Path) -> Result<()> {
     if !meta.is_dir() {
         return Err(Error::DataDir {
             path: root.to_path_buf(),
-            problem: "the data root is a file, not a directory; point PGSET_DATA_ROOT at a directory".into(),
+            problem:
+                "the data root is a file, not a directory; point PGSET_DATA_ROOT at a directory"
+                    .into(),
         });
     }
     let probe = root.join(format!(".pgset-write-test-{}", std::process::id()));
@@ -68,7 +70,10 @@ pub fn state(pgdata: &Path) -> Result<DataState> {
     if pgdata.join("PG_VERSION").is_file() {
         return Ok(DataState::Existing);
     }
-    let empty = fs::read_dir(pgdata).map_err(io_err(format!("read {}", pgdata.display())))?.next().is_none();
+    let empty = fs::read_dir(pgdata)
+        .map_err(io_err(format!("read {}", pgdata.display())))?
+        .next()
+        .is_none();
     if empty {
         fs::remove_dir(pgdata).map_err(io_err(format!("remove the empty {}", pgdata.display())))?;
         return Ok(DataState::Absent);
@@ -85,14 +90,18 @@ pub fn state(pgdata: &Path) -> Result<DataState> {
 pub fn processes_using(path: &Path) -> Vec<i32> {
     let needle = path.as_os_str().as_encoded_bytes();
     let me = std::process::id() as i32;
-    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| *pid != me)
         .filter(|pid| {
-            fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg.windows(needle.len()).any(|w| w == needle)))
+            fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                c.split(|b| *b == 0)
+                    .any(|arg| arg.windows(needle.len()).any(|w| w == needle))
+            })
         })
         .collect()
 }
@@ -105,7 +114,10 @@ pub fn discard_interrupted_bootstrap(dir: &Path) -> Result<()> {
     }
     let writers = processes_using(dir);
     if !writers.is_empty() {
-        crate::warn!("stopping processes still writing the interrupted copy {}: {writers:?}", dir.display());
+        crate::warn!(
+            "stopping processes still writing the interrupted copy {}: {writers:?}",
+            dir.display()
+        );
         for pid in &writers {
             let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
         }
@@ -119,8 +131,14 @@ pub fn discard_interrupted_bootstrap(dir: &Path) -> Result<()> {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
-    crate::info!("an interrupted first copy was found at {}; removing it and starting over", dir.display());
-    fs::remove_dir_all(dir).map_err(io_err(format!("remove the interrupted copy {}", dir.display())))
+    crate::info!(
+        "an interrupted first copy was found at {}; removing it and starting over",
+        dir.display()
+    );
+    fs::remove_dir_all(dir).map_err(io_err(format!(
+        "remove the interrupted copy {}",
+        dir.display()
+    )))
 }
 
 /// The pid of a live postmaster that owns `pgdata`, if any. A stale `postmaster.pid` (its
@@ -137,7 +155,9 @@ pub fn live_postmaster(pgdata: &Path) -> Option<i32> {
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let exe = cmdline.split(|b| *b == 0).next().unwrap_or_default();
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let zombie = stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+    let zombie = stat
+        .rsplit_once(')')
+        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
     (!zombie && (exe.ends_with(b"postgres") || exe.ends_with(b"postmaster"))).then_some(pid)
 }
 
@@ -148,10 +168,16 @@ pub fn move_aside(pgdata: &Path) -> Result<PathBuf> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default();
-    let name = pgdata.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = pgdata
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let target = pgdata.with_file_name(format!("{name}.stale-{stamp}"));
-    fs::rename(pgdata, &target)
-        .map_err(io_err(format!("move {} aside to {}", pgdata.display(), target.display())))?;
+    fs::rename(pgdata, &target).map_err(io_err(format!(
+        "move {} aside to {}",
+        pgdata.display(),
+        target.display()
+    )))?;
     Ok(target)
 }
 
@@ -176,7 +202,9 @@ pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> Result<bool> {
     }
     let tmp = path.with_file_name(format!(
         ".{}.tmp-{}",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         std::process::id()
     ));
     let write = || -> std::io::Result<()> {
@@ -204,12 +232,18 @@ mod tests {
         assert_eq!(state(&d).unwrap(), DataState::Absent);
         fs::create_dir(&d).unwrap();
         assert_eq!(state(&d).unwrap(), DataState::Absent);
-        assert!(!d.exists(), "an empty PGDATA is removed so the copy can be renamed into place");
+        assert!(
+            !d.exists(),
+            "an empty PGDATA is removed so the copy can be renamed into place"
+        );
         fs::create_dir(&d).unwrap();
         fs::write(d.join("notes.txt"), "mine").unwrap();
         let e = state(&d).unwrap_err().to_string();
         assert!(e.contains("no PG_VERSION"), "{e}");
-        assert!(d.join("notes.txt").exists(), "a foreign directory is never touched");
+        assert!(
+            d.join("notes.txt").exists(),
+            "a foreign directory is never touched"
+        );
         fs::write(d.join("PG_VERSION"), "15\n").unwrap();
         assert_eq!(state(&d).unwrap(), DataState::Existing);
     }
@@ -234,7 +268,14 @@ mod tests {
         let moved = move_aside(&d).unwrap();
         assert!(!d.exists());
         assert!(moved.join("PG_VERSION").is_file());
-        assert!(moved.file_name().unwrap().to_str().unwrap().starts_with("pgset-2.stale-"));
+        assert!(
+            moved
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("pgset-2.stale-")
+        );
     }
 
     #[test]
@@ -243,7 +284,10 @@ mod tests {
         let f = t.path().join("x.conf");
         assert!(write_atomic(&f, b"a\n", 0o600).unwrap());
         assert!(!write_atomic(&f, b"a\n", 0o600).unwrap());
-        assert_eq!(fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 
     #[test]

@@ -37,7 +37,14 @@ impl Health {
     /// Sets readiness; logs when it flips.
     pub fn set_ready(&self, ready: bool) {
         if self.ready.swap(ready, Ordering::SeqCst) != ready {
-            crate::info!("{}", if ready { "ready: serving its role" } else { "not ready" });
+            crate::info!(
+                "{}",
+                if ready {
+                    "ready: serving its role"
+                } else {
+                    "not ready"
+                }
+            );
         }
     }
 
@@ -58,17 +65,25 @@ impl Health {
             HEALTH_READY_PATH => (self.is_ready(), "ready"),
             _ => return (404, "not found\n".to_string()),
         };
-        if ok { (200, format!("{what}: {phase}\n")) } else { (503, format!("not {what}: {phase}\n")) }
+        if ok {
+            (200, format!("{what}: {phase}\n"))
+        } else {
+            (503, format!("not {what}: {phase}\n"))
+        }
     }
 }
 
 /// Binds the endpoint now (so a bad address fails at start) and serves it in the background.
 pub async fn serve(addr: SocketAddr, health: Arc<Health>) -> Result<()> {
-    let listener = TcpListener::bind(addr).await.map_err(io_err(format!("listen for health checks on {addr}")))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(io_err(format!("listen for health checks on {addr}")))?;
     crate::info!("health endpoint on http://{addr}{HEALTH_LIVE_PATH} and {HEALTH_READY_PATH}");
     tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else { continue };
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
             let health = health.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 2048];
@@ -130,14 +145,19 @@ pub fn response(status: u16, body: &str) -> String {
 pub async fn probe(addr: SocketAddr, path: &str) -> Option<u16> {
     let io = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .ok()?;
         let mut out = String::new();
         s.read_to_string(&mut out).await.ok()?;
         out.split_whitespace().nth(1)?.parse().ok()
     };
-    tokio::time::timeout(std::time::Duration::from_secs(2), io).await.ok().flatten()
+    tokio::time::timeout(std::time::Duration::from_secs(2), io)
+        .await
+        .ok()
+        .flatten()
 }
 
 #[cfg(test)]
@@ -146,7 +166,10 @@ mod tests {
 
     #[test]
     fn parses_request_lines() {
-        assert_eq!(request_path("GET /readyz?x=1 HTTP/1.1\r\nHost: a\r\n\r\n"), Some(("GET", "/readyz")));
+        assert_eq!(
+            request_path("GET /readyz?x=1 HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Some(("GET", "/readyz"))
+        );
         assert_eq!(request_path("garbage"), None);
     }
 
@@ -155,7 +178,10 @@ mod tests {
         let h = Health::new();
         assert_eq!(h.answer("/healthz").0, 503);
         h.set_live(true, "bootstrapping");
-        assert_eq!(h.answer("/healthz"), (200, "live: bootstrapping\n".to_string()));
+        assert_eq!(
+            h.answer("/healthz"),
+            (200, "live: bootstrapping\n".to_string())
+        );
         assert_eq!(h.answer("/readyz").0, 503);
         h.set_ready(true);
         assert_eq!(h.answer("/readyz").0, 200);

@@ -15,17 +15,25 @@ pub fn install(dest: &Path) -> Result<()> {
 
 /// Copies `source` to `dest` through a temp file in the same directory.
 pub fn install_from(source: &Path, dest: &Path) -> Result<()> {
-    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).ok_or_else(|| Error::DataDir {
-        path: dest.to_path_buf(),
-        problem: "the destination has no parent directory".into(),
-    })?;
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .ok_or_else(|| Error::DataDir {
+            path: dest.to_path_buf(),
+            problem: "the destination has no parent directory".into(),
+        })?;
     if !dir.is_dir() {
         return Err(Error::DataDir {
             path: dir.to_path_buf(),
-            problem: "the destination directory does not exist (mount the shared volume there)".into(),
+            problem: "the destination directory does not exist (mount the shared volume there)"
+                .into(),
         });
     }
-    let tmp = dir.join(format!(".{}.tmp-{}", dest.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        dest.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
     let copy = || -> std::io::Result<()> {
         fs::copy(source, &tmp)?;
         fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))?;
@@ -34,7 +42,11 @@ pub fn install_from(source: &Path, dest: &Path) -> Result<()> {
     };
     copy().map_err(|e| {
         let _ = fs::remove_file(&tmp);
-        io_err(format!("install {} to {}", source.display(), dest.display()))(e)
+        io_err(format!(
+            "install {} to {}",
+            source.display(),
+            dest.display()
+        ))(e)
     })?;
     crate::info!("installed {} to {}", source.display(), dest.display());
     Ok(())
@@ -50,12 +62,24 @@ mod tests {
         let src = t.path().join("src");
         fs::write(&src, b"binary").unwrap();
         let dest = t.path().join("bin").join("pgset-agent");
-        assert!(install_from(&src, &dest).unwrap_err().to_string().contains("does not exist"));
+        assert!(
+            install_from(&src, &dest)
+                .unwrap_err()
+                .to_string()
+                .contains("does not exist")
+        );
         fs::create_dir(t.path().join("bin")).unwrap();
         install_from(&src, &dest).unwrap();
         install_from(&src, &dest).unwrap();
         assert_eq!(fs::read(&dest).unwrap(), b"binary");
-        assert_eq!(fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o755);
-        assert_eq!(fs::read_dir(t.path().join("bin")).unwrap().count(), 1, "no temp file left");
+        assert_eq!(
+            fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
+        assert_eq!(
+            fs::read_dir(t.path().join("bin")).unwrap().count(),
+            1,
+            "no temp file left"
+        );
     }
 }

@@ -21,7 +21,9 @@ pub struct PodApi {
 
 impl std::fmt::Debug for PodApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PodApi").field("namespace", &self.namespace).finish()
+        f.debug_struct("PodApi")
+            .field("namespace", &self.namespace)
+            .finish()
     }
 }
 
@@ -34,7 +36,8 @@ impl PodApi {
                  (automountServiceAccountToken) and KUBERNETES_SERVICE_HOST set"
             ))
         })?;
-        let client = Client::try_from(config).map_err(|e| Error::Kube(format!("building the client: {e}")))?;
+        let client = Client::try_from(config)
+            .map_err(|e| Error::Kube(format!("building the client: {e}")))?;
         Ok(PodApi::with_client(client, namespace, cluster))
     }
 
@@ -67,8 +70,16 @@ impl PodApi {
 
     fn explain(&self, e: kube::Error, verb: &str, name: &str) -> Error {
         match &e {
-            kube::Error::Api(s) if s.code == 403 => Error::Kube(forbidden_message(verb, &self.namespace, &self.cluster, name)),
-            _ => Error::Kube(format!("{verb} pods/{name} in namespace {}: {e}", self.namespace)),
+            kube::Error::Api(s) if s.code == 403 => Error::Kube(forbidden_message(
+                verb,
+                &self.namespace,
+                &self.cluster,
+                name,
+            )),
+            _ => Error::Kube(format!(
+                "{verb} pods/{name} in namespace {}: {e}",
+                self.namespace
+            )),
         }
     }
 }
@@ -105,6 +116,9 @@ mod tests {
     #[test]
     fn forbidden_names_verb_resource_and_role() {
         let m = forbidden_message("patch", "db", "pgset", "pgset-1");
-        assert!(m.contains("`patch` pods") && m.contains("pgset-agent") && m.contains("namespace db"), "{m}");
+        assert!(
+            m.contains("`patch` pods") && m.contains("pgset-agent") && m.contains("namespace db"),
+            "{m}"
+        );
     }
 }

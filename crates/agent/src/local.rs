@@ -57,7 +57,12 @@ pub struct UpOptions {
 
 impl UpOptions {
     /// Options with the defaults for everything but the directory, size, port and agent.
-    pub fn new(dir: impl Into<PathBuf>, replicas: i32, port: u16, agent_bin: impl Into<PathBuf>) -> UpOptions {
+    pub fn new(
+        dir: impl Into<PathBuf>,
+        replicas: i32,
+        port: u16,
+        agent_bin: impl Into<PathBuf>,
+    ) -> UpOptions {
         UpOptions {
             dir: dir.into(),
             name: pgset_spec::DEFAULT_NAME.to_string(),
@@ -142,7 +147,11 @@ fn local_err(msg: impl Into<String>) -> Error {
 pub fn read_set(dir: &Path) -> Result<LocalSet> {
     let path = dir.join(STATE_FILE);
     let text = fs::read_to_string(&path).map_err(|e| {
-        local_err(format!("{}: not a local pgset directory ({e}); run `cargo xtask local up --dir {}` first", path.display(), dir.display()))
+        local_err(format!(
+            "{}: not a local pgset directory ({e}); run `cargo xtask local up --dir {}` first",
+            path.display(),
+            dir.display()
+        ))
     })?;
     serde_json::from_str(&text).map_err(|e| local_err(format!("{}: {e}", path.display())))
 }
@@ -153,8 +162,12 @@ pub fn agent_pid(dir: &Path, member: &str) -> Option<i32> {
     let pid: i32 = text.trim().parse().ok()?;
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let zombie = stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-    let is_agent = cmdline.windows(b"pgset-agent".len()).any(|w| w == b"pgset-agent");
+    let zombie = stat
+        .rsplit_once(')')
+        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+    let is_agent = cmdline
+        .windows(b"pgset-agent".len())
+        .any(|w| w == b"pgset-agent");
     (is_agent && !zombie).then_some(pid)
 }
 
@@ -164,7 +177,10 @@ fn random_password() -> Result<String> {
     fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
         .map_err(io_err("read /dev/urandom for a password"))?;
-    Ok(bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect())
+    Ok(bytes
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect())
 }
 
 /// Hands a path to the postgres user when running as root.
@@ -173,12 +189,16 @@ fn give_to_postgres(path: &Path) -> Result<()> {
         return Ok(());
     }
     let user = postgres_user()?;
-    chown(path, Some(user.uid), Some(user.gid)).map_err(|e| local_err(format!("chown {} to postgres: {e}", path.display())))
+    chown(path, Some(user.uid), Some(user.gid))
+        .map_err(|e| local_err(format!("chown {} to postgres: {e}", path.display())))
 }
 
 fn prepare_dir(opts: &UpOptions) -> Result<LocalSet> {
     let dir = &opts.dir;
-    let wanted = LocalSet { name: opts.name.clone(), port: opts.port };
+    let wanted = LocalSet {
+        name: opts.name.clone(),
+        port: opts.port,
+    };
     if dir.join(STATE_FILE).exists() {
         let have = read_set(dir)?;
         if have != wanted {
@@ -192,7 +212,10 @@ fn prepare_dir(opts: &UpOptions) -> Result<LocalSet> {
             )));
         }
     } else if dir.exists() {
-        let empty = fs::read_dir(dir).map_err(io_err(format!("read {}", dir.display())))?.next().is_none();
+        let empty = fs::read_dir(dir)
+            .map_err(io_err(format!("read {}", dir.display())))?
+            .next()
+            .is_none();
         if !empty {
             return Err(local_err(format!(
                 "{} is not empty and holds no {STATE_FILE}; choose an empty or new --dir",
@@ -202,13 +225,21 @@ fn prepare_dir(opts: &UpOptions) -> Result<LocalSet> {
     }
     datadir::ensure_dir(dir, 0o700)?;
     give_to_postgres(dir)?;
-    if dir.metadata().map(|m| m.permissions().mode() & 0o077 != 0).unwrap_or(false) {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(format!("chmod {}", dir.display())))?;
+    if dir
+        .metadata()
+        .map(|m| m.permissions().mode() & 0o077 != 0)
+        .unwrap_or(false)
+    {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(io_err(format!("chmod {}", dir.display())))?;
     }
     let secrets = dir.join("secret");
     datadir::ensure_dir(&secrets, 0o700)?;
     give_to_postgres(&secrets)?;
-    for key in [secret::SUPERUSER_PASSWORD_KEY, secret::REPLICATION_PASSWORD_KEY] {
+    for key in [
+        secret::SUPERUSER_PASSWORD_KEY,
+        secret::REPLICATION_PASSWORD_KEY,
+    ] {
         let f = secrets.join(key);
         if !f.exists() {
             write_atomic(&f, random_password()?.as_bytes(), 0o600)?;
@@ -237,9 +268,15 @@ pub fn member_env(opts: &UpOptions, set: &LocalSet, k: i32) -> Vec<(&'static str
         (env::PORT, set.member_port(k).to_string()),
         (env::LISTEN_ADDRESSES, HOST.to_string()),
         (env::SOCKET_DIR, opts.dir.join("run").display().to_string()),
-        (env::SECRET_DIR, opts.dir.join("secret").display().to_string()),
+        (
+            env::SECRET_DIR,
+            opts.dir.join("secret").display().to_string(),
+        ),
         (env::HEALTH_ADDR, set.health_addr(k).to_string()),
-        (env::MEMBERS_FILE, opts.dir.join(MEMBERS_FILE).display().to_string()),
+        (
+            env::MEMBERS_FILE,
+            opts.dir.join(MEMBERS_FILE).display().to_string(),
+        ),
     ];
     if let Some(w) = opts.master_wait {
         v.push((env::MASTER_WAIT_TIMEOUT, w.as_secs().to_string()));
@@ -270,7 +307,10 @@ pub fn start_member(opts: &UpOptions, set: &LocalSet, k: i32) -> Result<()> {
         .open(&log_path)
         .map_err(io_err(format!("open {}", log_path.display())))?;
     give_to_postgres(&log_path)?;
-    let mut cmd = HostCommand::new("setsid").arg("--fork").arg(&opts.agent_bin).arg("run");
+    let mut cmd = HostCommand::new("setsid")
+        .arg("--fork")
+        .arg(&opts.agent_bin)
+        .arg("run");
     for (k, v) in member_env(opts, set, k) {
         cmd = cmd.env(k, v);
     }
@@ -311,13 +351,18 @@ pub async fn wait_ready(dir: &Path, set: &LocalSet, k: i32, timeout: Duration) -
 
 /// Stops a member's agent (SIGTERM: fast shutdown of its postgres) and waits for it to exit.
 pub async fn stop_member(dir: &Path, member: &str, timeout: Duration) -> Result<bool> {
-    let Some(pid) = agent_pid(dir, member) else { return Ok(false) };
+    let Some(pid) = agent_pid(dir, member) else {
+        return Ok(false);
+    };
     crate::info!("stopping member {member} (agent pid {pid})");
     let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
     let deadline = Instant::now() + timeout;
     while agent_pid(dir, member).is_some() {
         if Instant::now() > deadline {
-            return Err(local_err(format!("member {member} (pid {pid}) did not stop within {} s", timeout.as_secs())));
+            return Err(local_err(format!(
+                "member {member} (pid {pid}) did not stop within {} s",
+                timeout.as_secs()
+            )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -346,7 +391,11 @@ fn known_ordinals(dir: &Path, set: &LocalSet) -> Vec<i32> {
 /// Forms (or reshapes) the set: members 0..replicas running, in order; extra members stopped.
 pub async fn up(opts: &UpOptions) -> Result<UpReport> {
     if opts.replicas < 1 || opts.replicas > pgset_spec::MAX_REPLICAS {
-        return Err(local_err(format!("--replicas {}: must be 1..={}", opts.replicas, pgset_spec::MAX_REPLICAS)));
+        return Err(local_err(format!(
+            "--replicas {}: must be 1..={}",
+            opts.replicas,
+            pgset_spec::MAX_REPLICAS
+        )));
     }
     let top = opts.port as u32 + opts.replicas as u32 - 1 + HEALTH_PORT_OFFSET as u32;
     if opts.port < 1024 || top > 65535 {
@@ -359,7 +408,10 @@ pub async fn up(opts: &UpOptions) -> Result<UpReport> {
         )));
     }
     if !opts.agent_bin.is_file() {
-        return Err(local_err(format!("the agent binary {} does not exist; build it with `cargo build -p pgset-agent`", opts.agent_bin.display())));
+        return Err(local_err(format!(
+            "the agent binary {} does not exist; build it with `cargo build -p pgset-agent`",
+            opts.agent_bin.display()
+        )));
     }
     let set = prepare_dir(opts)?;
     let members: String = (0..opts.replicas).map(|k| set.member(k) + "\n").collect();
@@ -368,7 +420,11 @@ pub async fn up(opts: &UpOptions) -> Result<UpReport> {
     give_to_postgres(&members_file)?;
 
     let mut report = UpReport::default();
-    for k in known_ordinals(&opts.dir, &set).into_iter().rev().filter(|k| *k >= opts.replicas) {
+    for k in known_ordinals(&opts.dir, &set)
+        .into_iter()
+        .rev()
+        .filter(|k| *k >= opts.replicas)
+    {
         if stop_member(&opts.dir, &set.member(k), Duration::from_secs(120)).await? {
             report.stopped.push(set.member(k));
         }
@@ -426,7 +482,11 @@ pub fn status(dir: &Path, pg_bin_dir: Option<&Path>) -> Result<Vec<MemberStatus>
                 pid: datadir::live_postmaster(&data_dir),
                 agent_pid: agent_pid(dir, &name),
                 member: listed.contains(&name),
-                streaming: (k > 0).then(|| streaming.iter().any(|(app, state)| *app == name && state == "streaming")),
+                streaming: (k > 0).then(|| {
+                    streaming
+                        .iter()
+                        .any(|(app, state)| *app == name && state == "streaming")
+                }),
                 data_dir,
                 name,
             }
@@ -435,13 +495,27 @@ pub fn status(dir: &Path, pg_bin_dir: Option<&Path>) -> Result<Vec<MemberStatus>
 }
 
 /// `(application_name, state)` rows of the primary's pg_stat_replication (empty when unreachable).
-fn replication_states(socket_dir: &Path, port: u16, pg_bin_dir: Option<&Path>) -> Vec<(String, String)> {
-    let Ok(bin) = PgBin::find(pg_bin_dir) else { return Vec::new() };
+fn replication_states(
+    socket_dir: &Path,
+    port: u16,
+    pg_bin_dir: Option<&Path>,
+) -> Vec<(String, String)> {
+    let Ok(bin) = PgBin::find(pg_bin_dir) else {
+        return Vec::new();
+    };
     let out = bin
         .command("psql")
         .args(["-X", "-A", "-t", "-F", "\t", "-h"])
         .arg(socket_dir)
-        .args(["-p", &port.to_string(), "-U", contract::SUPERUSER, "-d", "postgres", "-c"])
+        .args([
+            "-p",
+            &port.to_string(),
+            "-U",
+            contract::SUPERUSER,
+            "-d",
+            "postgres",
+            "-c",
+        ])
         .arg("SELECT application_name, state FROM pg_stat_replication")
         .quiet()
         .read()
@@ -459,18 +533,29 @@ mod tests {
     #[test]
     fn member_names_ports_and_env() {
         let opts = UpOptions::new("/tmp/set", 3, 25432, "/bin/pgset-agent");
-        let set = LocalSet { name: "pgset".into(), port: 25432 };
+        let set = LocalSet {
+            name: "pgset".into(),
+            port: 25432,
+        };
         assert_eq!(set.member(2), "pgset-2");
         assert_eq!(set.member_port(2), 25434);
         assert_eq!(set.health_addr(1).to_string(), "127.0.0.1:26433");
         let e = member_env(&opts, &set, 1);
-        let get = |k: &str| e.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()).unwrap();
+        let get = |k: &str| {
+            e.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
         assert_eq!(get(env::MODE), "local");
         assert_eq!(get(env::DATA_ROOT), "/tmp/set");
         assert_eq!(get(env::MASTER_PORT), "25432");
         assert_eq!(get(env::PORT), "25433");
         assert_eq!(get(env::MEMBERS_FILE), "/tmp/set/members");
-        assert!(e.iter().all(|(_, v)| !v.contains("password")), "no password in the environment");
+        assert!(
+            e.iter().all(|(_, v)| !v.contains("password")),
+            "no password in the environment"
+        );
     }
 
     #[test]
@@ -485,19 +570,31 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let agent = t.path().join("agent");
         fs::write(&agent, "").unwrap();
-        let e = up(&UpOptions::new(t.path().join("d"), 0, 25432, &agent)).await.unwrap_err().to_string();
+        let e = up(&UpOptions::new(t.path().join("d"), 0, 25432, &agent))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--replicas 0"), "{e}");
-        let e = up(&UpOptions::new(t.path().join("d"), 2, 65000, &agent)).await.unwrap_err().to_string();
+        let e = up(&UpOptions::new(t.path().join("d"), 2, 65000, &agent))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--port 65000"), "{e}");
         assert!(!t.path().join("d").exists());
         let foreign = t.path().join("f");
         fs::create_dir(&foreign).unwrap();
         fs::write(foreign.join("mine"), "x").unwrap();
-        let e = up(&UpOptions::new(&foreign, 1, 25432, &agent)).await.unwrap_err().to_string();
+        let e = up(&UpOptions::new(&foreign, 1, 25432, &agent))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not empty"), "{e}");
         assert_eq!(fs::read_dir(&foreign).unwrap().count(), 1);
         let e = down(&foreign, true).await.unwrap_err().to_string();
         assert!(e.contains("not a local pgset directory"), "{e}");
-        assert!(foreign.join("mine").exists(), "down --purge never removes a directory that is not a set");
+        assert!(
+            foreign.join("mine").exists(),
+            "down --purge never removes a directory that is not a set"
+        );
     }
 }

@@ -7,7 +7,14 @@ use crate::cmd::HostCommand;
 use crate::{Error, Result};
 
 /// The tools every member needs.
-const REQUIRED: [&str; 6] = ["initdb", "postgres", "pg_basebackup", "pg_isready", "psql", "pg_receivewal"];
+const REQUIRED: [&str; 6] = [
+    "initdb",
+    "postgres",
+    "pg_basebackup",
+    "pg_isready",
+    "psql",
+    "pg_receivewal",
+];
 
 /// The directory holding the PostgreSQL server binaries.
 #[derive(Debug, Clone)]
@@ -19,8 +26,12 @@ impl PgBin {
     /// Finds the binaries, preferring `explicit` (PGSET_PG_BIN_DIR).
     pub fn find(explicit: Option<&Path>) -> Result<PgBin> {
         if let Some(dir) = explicit {
-            return PgBin::check(dir.to_path_buf())
-                .map_err(|missing| Error::PgBinaries(format!("{} has no {missing} (PGSET_PG_BIN_DIR)", dir.display())));
+            return PgBin::check(dir.to_path_buf()).map_err(|missing| {
+                Error::PgBinaries(format!(
+                    "{} has no {missing} (PGSET_PG_BIN_DIR)",
+                    dir.display()
+                ))
+            });
         }
         let mut tried = Vec::new();
         if let Ok(out) = HostCommand::new("pg_config").arg("--bindir").quiet().read() {
@@ -49,7 +60,11 @@ impl PgBin {
         Err(Error::PgBinaries(format!(
             "no directory with {} (tried: {}); install the PostgreSQL server or set PGSET_PG_BIN_DIR",
             REQUIRED.join(", "),
-            if tried.is_empty() { "pg_config, PATH, /usr/lib/postgresql/*/bin".to_string() } else { tried.join(", ") }
+            if tried.is_empty() {
+                "pg_config, PATH, /usr/lib/postgresql/*/bin".to_string()
+            } else {
+                tried.join(", ")
+            }
         )))
     }
 
@@ -101,13 +116,19 @@ mod tests {
             std::fs::create_dir_all(t.path().join(v).join("bin")).unwrap();
             std::fs::write(t.path().join(v).join("bin").join("initdb"), "").unwrap();
         }
-        assert_eq!(newest_debian_bindir(t.path()), Some(t.path().join("15").join("bin")));
+        assert_eq!(
+            newest_debian_bindir(t.path()),
+            Some(t.path().join("15").join("bin"))
+        );
     }
 
     #[test]
     fn explicit_dir_without_tools_is_an_error() {
         let t = tempfile::tempdir().unwrap();
         let e = PgBin::find(Some(t.path())).unwrap_err().to_string();
-        assert!(e.contains("has no initdb") && e.contains("PGSET_PG_BIN_DIR"), "{e}");
+        assert!(
+            e.contains("has no initdb") && e.contains("PGSET_PG_BIN_DIR"),
+            "{e}"
+        );
     }
 }

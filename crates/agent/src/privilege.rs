@@ -31,7 +31,9 @@ pub fn drop_root() -> Result<Option<User>> {
     setgid(gid).map_err(|e| Error::Privilege(format!("setgid {gid}: {e}")))?;
     setuid(user.uid).map_err(|e| Error::Privilege(format!("setuid {}: {e}", user.uid)))?;
     if setuid(Uid::from_raw(0)).is_ok() {
-        return Err(Error::Privilege("root privileges could be regained after dropping them".into()));
+        return Err(Error::Privilege(
+            "root privileges could be regained after dropping them".into(),
+        ));
     }
     Ok(Some(user))
 }

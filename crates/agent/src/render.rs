@@ -61,12 +61,18 @@ pub fn managed_conf(s: &Settings) -> String {
         "# Written by pgset-agent on every start; edits here are replaced.".to_string(),
         format!("listen_addresses = {}", conf_quote(&s.listen_addresses)),
         format!("port = {}", s.port),
-        format!("unix_socket_directories = {}", conf_quote(&s.socket_dir.display().to_string())),
+        format!(
+            "unix_socket_directories = {}",
+            conf_quote(&s.socket_dir.display().to_string())
+        ),
         "password_encryption = 'scram-sha-256'".to_string(),
         "wal_level = replica".to_string(),
         format!("max_wal_senders = {MAX_WAL_SENDERS}"),
         format!("max_replication_slots = {MAX_WAL_SENDERS}"),
-        format!("max_slot_wal_keep_size = {}", conf_quote(MAX_SLOT_WAL_KEEP_SIZE)),
+        format!(
+            "max_slot_wal_keep_size = {}",
+            conf_quote(MAX_SLOT_WAL_KEEP_SIZE)
+        ),
         format!("wal_keep_size = {}", conf_quote(WAL_KEEP_SIZE)),
         "hot_standby = on".to_string(),
         "hot_standby_feedback = on".to_string(),
@@ -75,7 +81,10 @@ pub fn managed_conf(s: &Settings) -> String {
         format!("cluster_name = {}", conf_quote(&s.pod_name)),
     ];
     if s.role == Role::Replica {
-        lines.push(format!("primary_conninfo = {}", conf_quote(&primary_conninfo(s))));
+        lines.push(format!(
+            "primary_conninfo = {}",
+            conf_quote(&primary_conninfo(s))
+        ));
         lines.push(format!("primary_slot_name = {}", conf_quote(&s.slot())));
         lines.push("wal_receiver_timeout = '30s'".to_string());
         lines.push("wal_retrieve_retry_interval = '1s'".to_string());
@@ -173,7 +182,10 @@ mod tests {
     fn quoting() {
         assert_eq!(conf_quote("it's"), "'it''s'");
         assert_eq!(conninfo_quote(r"a'b\c"), r"'a\'b\\c'");
-        assert_eq!(passfile_entry("replicator", r"p:w\d"), "*:*:*:replicator:p\\:w\\\\d\n");
+        assert_eq!(
+            passfile_entry("replicator", r"p:w\d"),
+            "*:*:*:replicator:p\\:w\\\\d\n"
+        );
         let sql = replication_role_sql("x'y");
         assert!(sql.contains("PASSWORD 'x''y';"));
         assert!(sql.starts_with("SET log_statement = 'none';"));

@@ -22,7 +22,11 @@ const EXIT_SIGTERM: i32 = 143;
 /// Runs the member; returns the process exit code.
 pub async fn run() -> Result<i32> {
     if let Some(user) = privilege::drop_root()? {
-        crate::info!("started as root: running as user `{}` (uid {})", user.name, user.uid);
+        crate::info!(
+            "started as root: running as user `{}` (uid {})",
+            user.name,
+            user.uid
+        );
     }
     let s = Settings::from_env()?;
     crate::info!(
@@ -100,8 +104,22 @@ async fn member_loop(
 pub fn env_help() -> String {
     use contract::env::*;
     [
-        MODE, POD_NAME, NAMESPACE, CLUSTER, DATA_ROOT, MASTER_HOST, MASTER_PORT, PORT, LISTEN_ADDRESSES,
-        SOCKET_DIR, SECRET_DIR, HEALTH_ADDR, PG_BIN_DIR, MEMBERS_FILE, MASTER_WAIT_TIMEOUT, BASEBACKUP_MAX_RATE,
+        MODE,
+        POD_NAME,
+        NAMESPACE,
+        CLUSTER,
+        DATA_ROOT,
+        MASTER_HOST,
+        MASTER_PORT,
+        PORT,
+        LISTEN_ADDRESSES,
+        SOCKET_DIR,
+        SECRET_DIR,
+        HEALTH_ADDR,
+        PG_BIN_DIR,
+        MEMBERS_FILE,
+        MASTER_WAIT_TIMEOUT,
+        BASEBACKUP_MAX_RATE,
     ]
     .join(", ")
 }

@@ -23,7 +23,11 @@ pub enum Role {
 impl Role {
     /// The role of the member with this ordinal.
     pub fn of_ordinal(ordinal: i32) -> Role {
-        if ordinal == 0 { Role::Primary } else { Role::Replica }
+        if ordinal == 0 {
+            Role::Primary
+        } else {
+            Role::Replica
+        }
     }
 
     /// The value of the `role` label.
@@ -110,7 +114,9 @@ impl Settings {
     /// Reads the settings through `lookup` (the environment, or a map in tests).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Settings> {
         let get = |var: &'static str| -> Option<String> {
-            lookup(var).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+            lookup(var)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
         };
         let required = |var: &'static str, example: &str| -> Result<String> {
             get(var).ok_or_else(|| Error::Env {
@@ -120,17 +126,24 @@ impl Settings {
         };
         let port = |var: &'static str, example: &str| -> Result<u16> {
             let v = required(var, example)?;
-            v.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| Error::Env {
-                var,
-                problem: format!("`{v}` is not a TCP port (1-65535)"),
-            })
+            v.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| Error::Env {
+                    var,
+                    problem: format!("`{v}` is not a TCP port (1-65535)"),
+                })
         };
 
         let mode = match get(env::MODE).as_deref() {
             None => {
                 return Err(Error::Env {
                     var: env::MODE,
-                    problem: format!("missing; set it to `{}` or `{}`", modes::KUBERNETES, modes::LOCAL),
+                    problem: format!(
+                        "missing; set it to `{}` or `{}`",
+                        modes::KUBERNETES,
+                        modes::LOCAL
+                    ),
                 });
             }
             Some(m) if m == modes::KUBERNETES => Mode::Kubernetes,
@@ -167,7 +180,8 @@ impl Settings {
         if mode == Mode::Kubernetes && namespace.is_none() {
             return Err(Error::Env {
                 var: env::NAMESPACE,
-                problem: "missing; in a pod set it from the downward API (metadata.namespace)".into(),
+                problem: "missing; in a pod set it from the downward API (metadata.namespace)"
+                    .into(),
             });
         }
         let data_root = PathBuf::from(required(env::DATA_ROOT, contract::DATA_MOUNT)?);
@@ -175,7 +189,8 @@ impl Settings {
         let master_port = port(env::MASTER_PORT, "5432")?;
         let member_port = port(env::PORT, "5432")?;
         let listen_addresses = get(env::LISTEN_ADDRESSES).unwrap_or_else(|| "*".to_string());
-        let socket_dir = PathBuf::from(get(env::SOCKET_DIR).unwrap_or_else(|| contract::SOCKET_DIR.to_string()));
+        let socket_dir =
+            PathBuf::from(get(env::SOCKET_DIR).unwrap_or_else(|| contract::SOCKET_DIR.to_string()));
         let secret_dir = PathBuf::from(required(env::SECRET_DIR, contract::SECRET_MOUNT)?);
         let health_addr = match get(env::HEALTH_ADDR) {
             None => Some(SocketAddr::from(([0, 0, 0, 0], contract::HEALTH_PORT))),
@@ -202,9 +217,16 @@ impl Settings {
                 });
             }
         }
-        for (var, path) in [(env::DATA_ROOT, &data_root), (env::SECRET_DIR, &secret_dir), (env::SOCKET_DIR, &socket_dir)] {
+        for (var, path) in [
+            (env::DATA_ROOT, &data_root),
+            (env::SECRET_DIR, &secret_dir),
+            (env::SOCKET_DIR, &socket_dir),
+        ] {
             if !path.is_absolute() {
-                return Err(Error::Env { var, problem: format!("`{}` is not an absolute path", path.display()) });
+                return Err(Error::Env {
+                    var,
+                    problem: format!("`{}` is not an absolute path", path.display()),
+                });
             }
         }
         Ok(Settings {
@@ -305,7 +327,10 @@ mod tests {
 
     #[test]
     fn slots_map_back_to_members_of_this_cluster_only() {
-        assert_eq!(member_of_slot("my-db", "my_db_3").as_deref(), Some("my-db-3"));
+        assert_eq!(
+            member_of_slot("my-db", "my_db_3").as_deref(),
+            Some("my-db-3")
+        );
         assert_eq!(member_of_slot("my-db", "my_db_0"), None);
         assert_eq!(member_of_slot("my-db", "other_3"), None);
         assert_eq!(member_of_slot("my-db", "my_db_x"), None);
@@ -322,11 +347,19 @@ mod tests {
         let mut m = base();
         m.insert(env::POD_NAME, "pgset-x".into());
         let e = parse(&m).unwrap_err().to_string();
-        assert!(e.contains("PGSET_POD_NAME") && e.contains("numeric ordinal"), "{e}");
+        assert!(
+            e.contains("PGSET_POD_NAME") && e.contains("numeric ordinal"),
+            "{e}"
+        );
 
         let mut m = base();
         m.insert(env::POD_NAME, "other-1".into());
-        assert!(parse(&m).unwrap_err().to_string().contains("not a member of cluster"));
+        assert!(
+            parse(&m)
+                .unwrap_err()
+                .to_string()
+                .contains("not a member of cluster")
+        );
 
         let mut m = base();
         m.insert(env::PORT, "99999".into());
@@ -338,7 +371,12 @@ mod tests {
 
         let mut m = base();
         m.insert(env::MODE, "kubernetes".into());
-        assert!(parse(&m).unwrap_err().to_string().contains("PGSET_NAMESPACE"));
+        assert!(
+            parse(&m)
+                .unwrap_err()
+                .to_string()
+                .contains("PGSET_NAMESPACE")
+        );
 
         let mut m = base();
         m.insert(env::DATA_ROOT, "relative".into());
@@ -346,7 +384,12 @@ mod tests {
 
         let mut m = base();
         m.insert(env::BASEBACKUP_MAX_RATE, "fast".into());
-        assert!(parse(&m).unwrap_err().to_string().contains("PGSET_BASEBACKUP_MAX_RATE"));
+        assert!(
+            parse(&m)
+                .unwrap_err()
+                .to_string()
+                .contains("PGSET_BASEBACKUP_MAX_RATE")
+        );
 
         let mut m = base();
         m.insert(env::HEALTH_ADDR, "off".into());

@@ -42,8 +42,14 @@ impl ShutdownSignals {
     /// Installs the handlers.
     pub fn install() -> Result<ShutdownSignals> {
         use tokio::signal::unix::{SignalKind, signal};
-        let io = |e| Error::Io { action: "install signal handlers".into(), source: e };
-        Ok(ShutdownSignals { term: signal(SignalKind::terminate()).map_err(io)?, int: signal(SignalKind::interrupt()).map_err(io)? })
+        let io = |e| Error::Io {
+            action: "install signal handlers".into(),
+            source: e,
+        };
+        Ok(ShutdownSignals {
+            term: signal(SignalKind::terminate()).map_err(io)?,
+            int: signal(SignalKind::interrupt()).map_err(io)?,
+        })
     }
 
     /// Resolves at the next SIGTERM or SIGINT.
@@ -86,7 +92,12 @@ pub async fn supervise(
     let (tx, mut rx) = mpsc::unbounded_channel();
     std::thread::spawn(move || forward_log(reader, tx));
 
-    let monitor = tokio::spawn(monitor(s.clone(), bin.clone(), health.clone(), api.cloned()));
+    let monitor = tokio::spawn(monitor(
+        s.clone(),
+        bin.clone(),
+        health.clone(),
+        api.cloned(),
+    ));
     let postmaster = Pid::from_raw(pid as i32);
     let mut stopping = false;
     let mut recloning = false;
@@ -122,7 +133,11 @@ pub async fn supervise(
     health.set_ready(false);
     health.set_live(false, "postgres exited");
     crate::info!("postgres exited with code {code}");
-    Ok(if recloning && !stopping { Outcome::Reclone } else { Outcome::Exited(code) })
+    Ok(if recloning && !stopping {
+        Outcome::Reclone
+    } else {
+        Outcome::Exited(code)
+    })
 }
 
 fn forward_log(reader: duct::ReaderHandle, tx: mpsc::UnboundedSender<Event>) {
@@ -161,7 +176,10 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 /// Runs a query on the member's socket, quietly; `None` when it fails.
 async fn query(s: &Settings, bin: &PgBin, sql: &str) -> Option<String> {
     let c: HostCommand = local_psql(s, bin).quiet().arg("-c").arg(sql);
-    blocking(move || c.read().ok()).await.flatten().map(|o| o.trim().to_string())
+    blocking(move || c.read().ok())
+        .await
+        .flatten()
+        .map(|o| o.trim().to_string())
 }
 
 /// Keeps readiness current; labels the pod; on the primary, sets up the replication role and
@@ -170,6 +188,7 @@ async fn monitor(s: Settings, bin: PgBin, health: Arc<Health>, api: Option<PodAp
     let mut role_ready = s.role == Role::Replica;
     let mut labelled = api.is_none();
     let mut gone_once = HashSet::new();
+    let mut last_label_error: Option<String> = None;
     let mut tick: u64 = 0;
     let slot_check_every = match s.mode {
         Mode::Local => Duration::from_secs(2),
@@ -184,27 +203,52 @@ async fn monitor(s: Settings, bin: PgBin, health: Arc<Health>, api: Option<PodAp
                     let (s2, b2) = (s.clone(), bin.clone());
                     match blocking(move || ensure_replication_role(&s2, &b2)).await {
                         Some(Ok(())) => {
-                            crate::info!("replication role `{}` is set up", pgset_spec::contract::REPLICATION_USER);
+                            crate::info!(
+                                "replication role `{}` is set up",
+                                pgset_spec::contract::REPLICATION_USER
+                            );
                             role_ready = true;
                         }
-                        Some(Err(e)) if tick % 40 == 0 => crate::info!("setting up the replication role: {e}"),
+                        Some(Err(e)) if tick.is_multiple_of(40) => {
+                            crate::info!("setting up the replication role: {e}")
+                        }
                         _ => {}
                     }
                 }
-                role_ready && query(&s, &bin, "SELECT pg_is_in_recovery()").await.as_deref() == Some("f")
+                role_ready
+                    && query(&s, &bin, "SELECT pg_is_in_recovery()")
+                        .await
+                        .as_deref()
+                        == Some("f")
             }
             Role::Replica => {
-                query(&s, &bin, "SELECT status FROM pg_stat_wal_receiver").await.as_deref() == Some("streaming")
+                query(&s, &bin, "SELECT status FROM pg_stat_wal_receiver")
+                    .await
+                    .as_deref()
+                    == Some("streaming")
             }
         };
-        if serving && !labelled {
-            if let Some(api) = &api {
-                match api.label_role(&s.pod_name, s.role.label()).await {
-                    Ok(()) => {
-                        crate::info!("labelled pod {} {}={}", s.pod_name, pgset_spec::contract::labels::ROLE, s.role.label());
-                        labelled = true;
+        if serving
+            && !labelled
+            && let Some(api) = &api
+        {
+            match api.label_role(&s.pod_name, s.role.label()).await {
+                Ok(()) => {
+                    crate::info!(
+                        "labelled pod {} {}={}",
+                        s.pod_name,
+                        pgset_spec::contract::labels::ROLE,
+                        s.role.label()
+                    );
+                    labelled = true;
+                }
+                Err(e) => {
+                    // Logged when it changes, not on every retry.
+                    let text = e.to_string();
+                    if last_label_error.as_deref() != Some(text.as_str()) {
+                        crate::warn!("labelling the pod (not ready until it works): {text}");
+                        last_label_error = Some(text);
                     }
-                    Err(e) => crate::warn!("labelling the pod: {e}"),
                 }
             }
         }
@@ -213,7 +257,11 @@ async fn monitor(s: Settings, bin: PgBin, health: Arc<Health>, api: Option<PodAp
             last_slot_check = std::time::Instant::now();
             drop_slots_of_gone_members(&s, &bin, api.as_ref(), &mut gone_once).await;
         }
-        let pause = if health.is_ready() { Duration::from_secs(1) } else { Duration::from_millis(250) };
+        let pause = if health.is_ready() {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_millis(250)
+        };
         tokio::time::sleep(pause).await;
     }
 }
@@ -221,14 +269,29 @@ async fn monitor(s: Settings, bin: PgBin, health: Arc<Health>, api: Option<PodAp
 /// The members listed in the local membership file; `None` when it cannot be read.
 pub fn read_members(path: &std::path::Path) -> Option<HashSet<String>> {
     let text = std::fs::read_to_string(path).ok()?;
-    Some(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect())
+    Some(
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect(),
+    )
 }
 
 /// Drops idle slots of this cluster's members that no longer exist, so they cannot pin WAL.
 /// In a cluster a member must be missing on two checks in a row (a pod being recreated is not gone).
-async fn drop_slots_of_gone_members(s: &Settings, bin: &PgBin, api: Option<&PodApi>, gone_once: &mut HashSet<String>) {
-    let Some(out) =
-        query(s, bin, "SELECT slot_name FROM pg_replication_slots WHERE slot_type = 'physical' AND NOT active").await
+async fn drop_slots_of_gone_members(
+    s: &Settings,
+    bin: &PgBin,
+    api: Option<&PodApi>,
+    gone_once: &mut HashSet<String>,
+) {
+    let Some(out) = query(
+        s,
+        bin,
+        "SELECT slot_name FROM pg_replication_slots WHERE slot_type = 'physical' AND NOT active",
+    )
+    .await
     else {
         return;
     };
@@ -240,7 +303,9 @@ async fn drop_slots_of_gone_members(s: &Settings, bin: &PgBin, api: Option<&PodA
         Mode::Kubernetes => None,
     };
     for slot in out.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let Some(member) = member_of_slot(&s.cluster, slot) else { continue };
+        let Some(member) = member_of_slot(&s.cluster, slot) else {
+            continue;
+        };
         let exists = match (&members, api) {
             (Some(m), _) => m.contains(&member),
             (None, Some(api)) => match api.pod_exists(&member).await {
@@ -264,7 +329,9 @@ async fn drop_slots_of_gone_members(s: &Settings, bin: &PgBin, api: Option<&PodA
             sql_quote(slot)
         );
         if query(s, bin, &sql).await.is_some() {
-            crate::info!("dropped replication slot {slot}: member {member} is gone, so it must not retain WAL");
+            crate::info!(
+                "dropped replication slot {slot}: member {member} is gone, so it must not retain WAL"
+            );
             gone_once.remove(slot);
         }
     }
@@ -282,7 +349,9 @@ mod tests {
         assert!(says_wal_is_gone(
             "ERROR:  can no longer get changes from replication slot \"pgset_1\""
         ));
-        assert!(!says_wal_is_gone("LOG:  started streaming WAL from primary at 0/3000000 on timeline 1"));
+        assert!(!says_wal_is_gone(
+            "LOG:  started streaming WAL from primary at 0/3000000 on timeline 1"
+        ));
     }
 
     #[test]
