@@ -1,11 +1,13 @@
-//! `cargo xtask nfs` on a real kernel: a throw-away Debian 12 guest (debootstrap, booted by
-//! qemu with TCG, SELinux permissive, networking restricted to the host's forwarded ssh port)
-//! gets provisioned, then mounts its own export over NFS and proves ownership, root squashing,
-//! idempotence and that pre-existing `/etc/exports` lines stay byte for byte.
+//! `cargo xtask nfs` end to end. Bad input is refused by the binary on this host with nothing
+//! changed; then a throw-away Debian 12 guest (debootstrap, booted by qemu with TCG, SELinux
+//! permissive, networking restricted to the host's forwarded ssh port) gets provisioned, mounts
+//! its own export over NFS and proves ownership, root squashing, idempotence and that
+//! pre-existing `/etc/exports` lines stay byte for byte.
 
 use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use pgset_nfs::{ExportClient, parse_clients, parse_exportfs_verbose};
@@ -29,6 +31,133 @@ fn target_dir() -> PathBuf {
         .nth(3)
         .expect("the test binary lives in <target>/<profile>/deps")
         .to_path_buf()
+}
+
+/// The provisioner: the xtask binary, built once per test run (it is linked against the same
+/// Debian 12 glibc as the guest). PGSET_NFS_VM_PROVISIONER names a prebuilt one instead.
+fn provisioner() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            if let Some(p) = std::env::var_os("PGSET_NFS_VM_PROVISIONER") {
+                return PathBuf::from(p);
+            }
+            let target = target_dir();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
+            duct::cmd!(
+                cargo,
+                "build",
+                "--quiet",
+                "--manifest-path",
+                workspace_root().join("Cargo.toml"),
+                "-p",
+                "xtask"
+            )
+            .env("CARGO_TARGET_DIR", &target)
+            .run()
+            .expect("build the xtask binary");
+            let xtask = target.join("debug").join("xtask");
+            assert!(xtask.exists(), "{} was not built", xtask.display());
+            xtask
+        })
+        .clone()
+}
+
+/// Runs the provisioner on this host (as `uid` when given); returns (exit code, stderr).
+fn run_here(args: &[&str], uid: Option<u32>) -> (i32, String) {
+    let xtask = provisioner().display().to_string();
+    let mut argv: Vec<String> = Vec::new();
+    let program = match uid {
+        Some(u) => {
+            argv.extend([
+                format!("--reuid={u}"),
+                format!("--regid={u}"),
+                "--clear-groups".to_string(),
+                xtask,
+            ]);
+            "setpriv".to_string()
+        }
+        None => xtask,
+    };
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let out = duct::cmd(program, &argv)
+        .dir(std::env::temp_dir())
+        .env_remove("KUBECONFIG")
+        .stdin_null()
+        .stdout_capture()
+        .stderr_capture()
+        .unchecked()
+        .run()
+        .expect("run the provisioner");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// What the bad-input runs could have touched on this host.
+fn host_state() -> Vec<(String, Option<Vec<u8>>)> {
+    [
+        "/etc/exports",
+        "/etc/exports.pgset.bak",
+        "/nfsfileshare",
+        "/tmp/nfsfileshare",
+    ]
+    .iter()
+    .map(|p| {
+        let content = match std::fs::metadata(p) {
+            Ok(m) if m.is_dir() => Some(b"<dir>".to_vec()),
+            Ok(_) => std::fs::read(p).ok(),
+            Err(_) => None,
+        };
+        (p.to_string(), content)
+    })
+    .collect()
+}
+
+#[test]
+fn bad_input_through_the_cli_changes_nothing() {
+    let before = host_state();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["nfs", "--nfs-export", "nfsfileshare"],
+            "invalid nfs.export (--nfs-export) \"nfsfileshare\": not an absolute path",
+        ),
+        (
+            &["nfs", "--nfs-export", "/nfs file share"],
+            "contains whitespace",
+        ),
+        (
+            &["nfs", "--nfs-export", "/nfs\nshare"],
+            "contains whitespace or a control character",
+        ),
+        (
+            &["nfs", "--clients", "10.0.0.0/24;10.1.0.0/24"],
+            "invalid --clients entry \"10.0.0.0/24;10.1.0.0/24\"",
+        ),
+    ];
+    for (args, expected) in cases {
+        let (code, err) = run_here(args, None);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+        assert_eq!(
+            err.lines().filter(|l| l.starts_with("error:")).count(),
+            1,
+            "{args:?}: {err}"
+        );
+    }
+    // Not root: the probes run, the plan is not empty (this host is no NFS server), and the
+    // run stops before the first change.
+    if nix::unistd::geteuid().is_root() && tool("setpriv").is_some() {
+        let (code, err) = run_here(&["nfs", "--clients", "10.0.0.0/24"], Some(65534));
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains("changing the host needs root") && err.contains("--dry-run"),
+            "{err}"
+        );
+        assert!(!err.contains("==> configure"), "{err}");
+    }
+    assert_eq!(host_state(), before, "a refused run changed the host");
 }
 
 fn elapsed(t: Instant) -> String {
@@ -254,29 +383,8 @@ fn provision_a_real_nfs_server() {
     let root = workspace_root();
     let target = target_dir();
 
-    // The provisioner: the xtask binary, linked against the same Debian 12 glibc as the guest
-    // (PGSET_NFS_VM_PROVISIONER names a prebuilt one instead).
     let t = Instant::now();
-    let xtask = match std::env::var_os("PGSET_NFS_VM_PROVISIONER") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
-            duct::cmd!(
-                cargo,
-                "build",
-                "--quiet",
-                "--manifest-path",
-                root.join("Cargo.toml"),
-                "-p",
-                "xtask"
-            )
-            .env("CARGO_TARGET_DIR", &target)
-            .run()
-            .expect("build the xtask binary");
-            target.join("debug").join("xtask")
-        }
-    };
-    assert!(xtask.exists(), "{} was not built", xtask.display());
+    let xtask = provisioner();
     eprintln!("xtask built in {}", elapsed(t));
 
     // The guest, cached under target/nfs-vm by a hash of its package list and build steps.

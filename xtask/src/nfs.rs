@@ -71,6 +71,9 @@ pub async fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     if !steps.is_empty() {
+        if !facts.is_root {
+            return Err(pgset_nfs::Error::NotRoot { steps: steps.len() }.into());
+        }
         let stage = Stage::start("configure the NFS host");
         pgset_nfs::apply(&steps, &facts, &paths, &runner).context("configure the NFS host")?;
         stage.done(&format!("{} step(s)", steps.len()));
