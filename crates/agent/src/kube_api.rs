@@ -95,10 +95,16 @@ pub fn role_patch(name: &str, role: &str) -> serde_json::Value {
 
 /// What to tell the user when the API forbids a call: which verb on which resource the Role lacks.
 pub fn forbidden_message(verb: &str, namespace: &str, cluster: &str, name: &str) -> String {
+    let spec = pgset_spec::ClusterSpec {
+        name: cluster.to_string(),
+        ..Default::default()
+    };
     format!(
         "forbidden: the service account may not `{verb}` pods (pods/{name} in namespace {namespace}); \
-         the Role `{cluster}-agent` must grant verbs [get, patch] on resource `pods` in the core API group, \
-         bound to the service account `{cluster}-sa`"
+         the Role `{}` must grant verbs [get, patch] on resource `pods` in the core API group, \
+         bound to the service account `{}`",
+        spec.role_name(),
+        spec.service_account_name()
     )
 }
 

@@ -1,0 +1,113 @@
+//! The agent's API calls against a scripted API server (tower-test): the exact method, path,
+//! field manager and body of the role label, the pod-existence check, and the 403 explanation.
+
+use std::sync::{Arc, Mutex};
+
+use http::{Request, Response};
+use kube::Client;
+use kube::client::Body;
+use pgset_agent::kube_api::PodApi;
+use serde_json::{Value, json};
+
+type Seen = Arc<Mutex<Vec<(String, String, String, Value)>>>;
+
+fn mock(status: u16, answer: Value) -> (Client, Seen) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let seen: Seen = Arc::default();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        let mut handle = std::pin::pin!(handle);
+        while let Some((request, send)) = handle.next_request().await {
+            let (parts, body) = request.into_parts();
+            let bytes = body.collect_bytes().await.unwrap();
+            record.lock().unwrap().push((
+                parts.method.to_string(),
+                parts.uri.path().to_string(),
+                parts.uri.query().unwrap_or_default().to_string(),
+                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            ));
+            send.send_response(
+                Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                    .unwrap(),
+            );
+        }
+    });
+    (Client::new(service, "db"), seen)
+}
+
+fn pod(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "db", "labels": {"role": "master"}}})
+}
+
+fn status(code: u16, reason: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": reason, "reason": reason, "code": code})
+}
+
+#[tokio::test]
+async fn labelling_is_a_server_side_apply_of_the_role_label_only() {
+    let (client, seen) = mock(200, pod("pgset-0"));
+    PodApi::with_client(client, "db", "pgset")
+        .label_role("pgset-0", "master")
+        .await
+        .unwrap();
+    let calls = seen.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1);
+    let (method, path, query, body) = &calls[0];
+    assert_eq!(method, "PATCH");
+    assert_eq!(path, "/api/v1/namespaces/db/pods/pgset-0");
+    assert!(
+        query.contains("fieldManager=pgset") && query.contains("force=true"),
+        "{query}"
+    );
+    assert_eq!(
+        body,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "pgset-0", "labels": {"role": "master"}}})
+    );
+}
+
+#[tokio::test]
+async fn a_forbidden_label_names_the_missing_verb_and_the_role() {
+    let (client, _) = mock(403, status(403, "Forbidden"));
+    let e = PodApi::with_client(client, "db", "pgset")
+        .label_role("pgset-1", "replica")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`patch` pods") && e.contains("Role `pgset-agent`") && e.contains("`pgset-sa`"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_pod_is_gone_and_a_present_one_exists() {
+    let (client, seen) = mock(404, status(404, "NotFound"));
+    assert!(
+        !PodApi::with_client(client, "db", "pgset")
+            .pod_exists("pgset-2")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        seen.lock().unwrap()[0].1,
+        "/api/v1/namespaces/db/pods/pgset-2"
+    );
+    let (client, _) = mock(200, pod("pgset-1"));
+    assert!(
+        PodApi::with_client(client, "db", "pgset")
+            .pod_exists("pgset-1")
+            .await
+            .unwrap()
+    );
+    let (client, _) = mock(403, status(403, "Forbidden"));
+    let e = PodApi::with_client(client, "db", "pgset")
+        .pod_exists("pgset-1")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`get` pods"), "{e}");
+}
