@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams};
@@ -580,7 +580,8 @@ impl Verifier {
         settle(self.options.timeout, || self.streaming_of(expected)).await
     }
 
-    async fn check_scale_out(&self) -> Result<Finding> {
+    /// Check 8: scale to N+1, watch the new member join, scale back, check its data stayed.
+    pub async fn check_scale_out(&self) -> Result<Finding> {
         let n = self.spec.replicas;
         let new_pod = self.spec.pod_name(n);
         let before = self.members().await?;
@@ -588,6 +589,23 @@ impl Verifier {
             return Ok(Finding::fail(format!(
                 "{new_pod} already exists: the StatefulSet is not at {n} replicas"
             )));
+        }
+        if self.spec.storage.mode == StorageMode::Templates
+            && self.spec.storage.storage_class.is_none()
+        {
+            // pgset's own volumes are pre-bound per ordinal: member N needs its volume first.
+            let pv = self.spec.member_pv_name(n);
+            let volumes: Api<PersistentVolume> = Api::all(self.client.clone());
+            let found = volumes
+                .get_opt(&pv)
+                .await
+                .map_err(api(format!("read PersistentVolume {pv}")))?;
+            if found.is_none() {
+                return Ok(Finding::fail(format!(
+                    "no PersistentVolume {pv} for {new_pod}: run `cargo xtask volumes --replicas {}` first",
+                    n + 1
+                )));
+            }
         }
         let requested = Timestamp::now();
         let started = Instant::now();

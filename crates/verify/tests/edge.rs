@@ -376,3 +376,44 @@ fn check_names_are_the_json_contract() {
         ]
     );
 }
+
+#[tokio::test]
+async fn scale_test_needs_the_next_members_volume_before_scaling() {
+    let (client, mut handle) = mock_client();
+    let mut spec = ClusterSpec {
+        replicas: 2,
+        ..ClusterSpec::default()
+    };
+    spec.storage.mode = pgset_spec::StorageMode::Templates;
+    let v = Verifier::new(client, spec.clone(), Options::new(&spec));
+    let server = tokio::spawn(async move {
+        let pods = pod_list(vec![
+            pod(0, "Running", "master"),
+            pod(1, "Running", "replica"),
+        ]);
+        let list = answer(&mut handle, 200, pods).await;
+        let pv = answer(
+            &mut handle,
+            404,
+            not_found("persistentvolumes", "pgset-default-2"),
+        )
+        .await;
+        // Nothing else: no scale request may follow.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), handle.next_request())
+                .await
+                .is_err(),
+            "a request after the missing volume"
+        );
+        (list.path, pv.path)
+    });
+    let finding = v.check_scale_out().await.unwrap();
+    let (list, pv) = server.await.unwrap();
+    assert_eq!(list, "/api/v1/namespaces/default/pods");
+    assert_eq!(pv, "/api/v1/persistentvolumes/pgset-default-2");
+    assert_eq!(finding.verdict, Verdict::Fail);
+    assert_eq!(
+        finding.message,
+        "no PersistentVolume pgset-default-2 for pgset-2: run `cargo xtask volumes --replicas 3` first"
+    );
+}
