@@ -1,7 +1,6 @@
 //! `pgset-agent`: the container entrypoint (`run`), the init container's installer (`install`).
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -27,14 +26,14 @@ enum Command {
 }
 
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run => pgset_agent::run::run().await,
         Command::Install { dest } => pgset_agent::install::install(&dest).map(|()| 0),
     };
-    match result {
-        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+    let code = match result {
+        Ok(code) => code,
         Err(e) => {
             let mut msg = e.to_string();
             let mut src = std::error::Error::source(&e);
@@ -43,7 +42,10 @@ async fn main() -> ExitCode {
                 src = s.source();
             }
             eprintln!("pgset-agent: error: {msg}");
-            ExitCode::FAILURE
+            1
         }
-    }
+    };
+    // Exit now: a copy still running in a blocking task (stopped by signal) must not hold the
+    // process open while the runtime waits for it.
+    std::process::exit(code);
 }
