@@ -168,21 +168,14 @@ async fn scenario(client: Client, spec: ClusterSpec) {
     let report: Report = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
     assert_all_passed(&report, "first verify");
     assert!(ok, "verify exits 0 when every check passes");
-    let measured = |name: &str| {
-        report
-            .checks
-            .iter()
-            .find(|c| c.name == name)
-            .map(|c| c.measurements.clone())
-            .unwrap_or_default()
-    };
-    let lag = measured(names::REPLICATED_WRITE)
+    let lag = report
+        .measurements(names::REPLICATED_WRITE)
         .lag_ms
         .expect("lag measured");
     assert!((0.0..30_000.0).contains(&lag), "lag {lag} ms");
-    let recovery = measured(names::MASTER_RECOVERY);
+    let recovery = report.measurements(names::MASTER_RECOVERY);
     assert!(recovery.recovery_s.expect("recovery measured") > 0.0);
-    assert!(measured(names::SCALE_OUT).join_s.is_some());
+    assert!(report.measurements(names::SCALE_OUT).join_s.is_some());
     assert!(
         !marker_table_present(&client, &spec).await,
         "verify dropped its marker table"

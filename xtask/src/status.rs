@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use pgset_verify::ClusterStatus;
 
 use crate::cli::{ClientArgs, SpecArgs};
-use crate::verify::Output;
+use crate::verify::{Output, spec_and_client};
 
 /// Arguments of `cargo xtask status`.
 #[derive(Debug, clap::Args)]
@@ -20,15 +20,7 @@ pub struct Args {
 
 /// Reads the cluster and prints it.
 pub async fn run(args: Args) -> Result<()> {
-    let spec = args
-        .spec
-        .load(&args.client)
-        .context("load the cluster spec")?;
-    let client = args
-        .client
-        .client()
-        .await
-        .context("connect to the cluster")?;
+    let (spec, client) = spec_and_client(&args.spec, &args.client).await?;
     let status = ClusterStatus::gather(client, &spec)
         .await
         .with_context(|| format!("read the status of {}/{}", spec.namespace, spec.name))?;

@@ -40,17 +40,19 @@ pub struct Args {
     pub client: ClientArgs,
 }
 
+/// Loads the spec and builds the client (shared by `verify` and `status`).
+pub async fn spec_and_client(
+    spec: &SpecArgs,
+    client: &ClientArgs,
+) -> Result<(pgset_spec::ClusterSpec, kube::Client)> {
+    let spec = spec.load(client).context("load the cluster spec")?;
+    let client = client.client().await.context("connect to the cluster")?;
+    Ok((spec, client))
+}
+
 /// Runs the checks and prints the report; the error says how many failed.
 pub async fn run(args: Args) -> Result<()> {
-    let spec = args
-        .spec
-        .load(&args.client)
-        .context("load the cluster spec")?;
-    let client = args
-        .client
-        .client()
-        .await
-        .context("connect to the cluster")?;
+    let (spec, client) = spec_and_client(&args.spec, &args.client).await?;
     let mut options = Options::new(&spec);
     options.scale_test = args.scale_test;
     options.disruptive = args.disruptive;

@@ -164,28 +164,24 @@ impl Verifier {
         list.push(timed(names::REPLICA_READ_ONLY, self.check_replica_read_only()).await);
         list.push(timed(names::REPLICATED_WRITE, self.check_replicated_write()).await);
         list.push(timed(names::STORAGE, self.check_storage()).await);
-        let started_scale = Instant::now();
-        let scale = if !self.options.scale_test {
-            Finding::skipped("not requested (--scale-test)")
-        } else if !healthy {
-            Finding::skipped(format!("{} did not pass", names::PODS))
-        } else {
-            fail_on_err(self.check_scale_out().await)
-        };
-        list.push(Check::new(names::SCALE_OUT, scale, started_scale.elapsed()));
-        let started_recovery = Instant::now();
-        let recovery = if !self.options.disruptive {
-            Finding::skipped("not requested (--disruptive)")
-        } else if !healthy {
-            Finding::skipped(format!("{} did not pass", names::PODS))
-        } else {
-            fail_on_err(self.check_master_recovery().await)
-        };
-        list.push(Check::new(
-            names::MASTER_RECOVERY,
-            recovery,
-            started_recovery.elapsed(),
-        ));
+        list.push(
+            timed(
+                names::SCALE_OUT,
+                self.optional(self.options.scale_test, "--scale-test", healthy, || {
+                    self.check_scale_out()
+                }),
+            )
+            .await,
+        );
+        list.push(
+            timed(
+                names::MASTER_RECOVERY,
+                self.optional(self.options.disruptive, "--disruptive", healthy, || {
+                    self.check_master_recovery()
+                }),
+            )
+            .await,
+        );
         let mut report = Report::new(
             &self.spec.name,
             &self.spec.namespace,
@@ -199,6 +195,21 @@ impl Verifier {
         }
         report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         report
+    }
+
+    /// A check that changes the cluster: run only when asked (`flag`) and the pods are healthy.
+    async fn optional<F, Fut>(&self, asked: bool, flag: &str, healthy: bool, check: F) -> Finding
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Finding>>,
+    {
+        if !asked {
+            Finding::skipped(format!("not requested ({flag})"))
+        } else if !healthy {
+            Finding::skipped(format!("{} did not pass", names::PODS))
+        } else {
+            fail_on_err(check().await)
+        }
     }
 
     fn selector(&self) -> String {

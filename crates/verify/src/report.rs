@@ -204,6 +204,15 @@ impl Report {
         self.checks.iter().filter(|c| c.verdict == Verdict::Fail)
     }
 
+    /// What the check named `name` measured (nothing when it did not run).
+    pub fn measurements(&self, name: &str) -> Measurements {
+        self.checks
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.measurements.clone())
+            .unwrap_or_default()
+    }
+
     /// Pretty JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_default()

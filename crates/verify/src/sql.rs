@@ -183,24 +183,7 @@ fn psql_flags() -> Vec<String> {
 /// psql over the pod's local socket as the superuser (the image trusts the socket), running each
 /// statement of `sql` in one session.
 pub fn psql_local(sql: &[&str]) -> Vec<String> {
-    let mut argv = vec!["psql".to_string()];
-    argv.extend(psql_flags());
-    argv.extend(
-        [
-            "-h",
-            contract::SOCKET_DIR,
-            "-U",
-            contract::SUPERUSER,
-            "-d",
-            DATABASE,
-        ]
-        .map(String::from),
-    );
-    for s in sql {
-        argv.push("-c".into());
-        argv.push((*s).to_string());
-    }
-    argv
+    psql_argv(vec!["psql".to_string()], contract::SOCKET_DIR, None, sql)
 }
 
 /// psql to `host` over TCP as the superuser. The password is read from the mounted Secret file
@@ -211,21 +194,17 @@ pub fn psql_remote(host: &str, sql: &[&str]) -> Vec<String> {
         contract::SECRET_MOUNT,
         contract::secret::SUPERUSER_PASSWORD_KEY
     );
-    let mut argv = vec!["sh".to_string(), "-c".into(), script, "psql".into()];
+    let prefix = vec!["sh".to_string(), "-c".into(), script, "psql".into()];
+    psql_argv(prefix, host, Some(contract::POSTGRES_PORT), sql)
+}
+
+fn psql_argv(mut argv: Vec<String>, host: &str, port: Option<u16>, sql: &[&str]) -> Vec<String> {
     argv.extend(psql_flags());
-    argv.extend(
-        [
-            "-h",
-            host,
-            "-p",
-            &contract::POSTGRES_PORT.to_string(),
-            "-U",
-            contract::SUPERUSER,
-            "-d",
-            DATABASE,
-        ]
-        .map(String::from),
-    );
+    argv.extend(["-h".to_string(), host.to_string()]);
+    if let Some(port) = port {
+        argv.extend(["-p".to_string(), port.to_string()]);
+    }
+    argv.extend(["-U", contract::SUPERUSER, "-d", DATABASE].map(String::from));
     for s in sql {
         argv.push("-c".into());
         argv.push((*s).to_string());

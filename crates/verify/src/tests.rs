@@ -37,6 +37,11 @@ fn failed(stderr: &str, exit_code: i32) -> ExecOutput {
     }
 }
 
+/// The finding's message says `part` (shown in full when it does not).
+fn assert_mentions(f: &crate::report::Finding, part: &str) {
+    assert!(f.message.contains(part), "{:?} lacks {part:?}", f.message);
+}
+
 fn spec(replicas: i32) -> ClusterSpec {
     ClusterSpec {
         replicas,
@@ -125,14 +130,14 @@ fn pods_created_together_fail() {
     ]);
     let f = checks::pods_ready_in_order(&spec(2), &ms, None);
     assert_eq!(f.verdict, Verdict::Fail);
-    assert!(f.message.contains("same second"), "{}", f.message);
+    assert_mentions(&f, "same second");
 }
 
 #[test]
 fn pods_parallel_policy_fails() {
     let f = checks::pods_ready_in_order(&spec(3), &healthy(), Some("Parallel"));
     assert_eq!(f.verdict, Verdict::Fail);
-    assert!(f.message.contains("Parallel"), "{}", f.message);
+    assert_mentions(&f, "Parallel");
 }
 
 #[test]
@@ -144,11 +149,7 @@ fn recreated_master_is_noted_not_failed() {
     ]);
     let f = checks::pods_ready_in_order(&spec(3), &ms, Some("OrderedReady"));
     assert_eq!(f.verdict, Verdict::Pass, "{}", f.message);
-    assert!(
-        f.message.contains("pgset-0 recreated later"),
-        "{}",
-        f.message
-    );
+    assert_mentions(&f, "pgset-0 recreated later");
 }
 
 #[test]
@@ -160,13 +161,9 @@ fn missing_unready_and_extra_pods_fail() {
     ]);
     let f = checks::pods_ready_in_order(&spec(3), &ms, None);
     assert_eq!(f.verdict, Verdict::Fail);
-    assert!(f.message.contains("pgset-1 not Ready"), "{}", f.message);
-    assert!(f.message.contains("pgset-2 missing"), "{}", f.message);
-    assert!(
-        f.message.contains("unexpected pod pgset-3"),
-        "{}",
-        f.message
-    );
+    assert_mentions(&f, "pgset-1 not Ready");
+    assert_mentions(&f, "pgset-2 missing");
+    assert_mentions(&f, "unexpected pod pgset-3");
 }
 
 #[test]
@@ -208,7 +205,7 @@ fn streaming_verdicts() {
 
     let f = checks::streaming(&replicas(&["pgset-1"]), &rows);
     assert_eq!(f.verdict, Verdict::Fail);
-    assert!(f.message.contains("unexpected walsender \"pgset-2\""));
+    assert_mentions(&f, "unexpected walsender \"pgset-2\"");
 
     let mut catching_up = rows.clone();
     catching_up[1].state = "catchup".into();
@@ -234,27 +231,23 @@ fn read_only_replica_from_captured_output() {
 
     let f = checks::replica_read_only(&refused, &primary);
     assert_eq!(f.verdict, Verdict::Fail);
-    assert!(f.message.contains("answered by a primary"));
+    assert_mentions(&f, "answered by a primary");
 
     let f = checks::replica_read_only(&ok(""), &standby);
     assert_eq!(f.verdict, Verdict::Fail);
-    assert!(f.message.contains("succeeded"));
+    assert_mentions(&f, "succeeded");
 
     let unreachable = failed(&fixture("psql_no_server.out"), 2);
     assert_eq!(sql::sqlstate(&unreachable.stderr), None);
     let f = checks::replica_read_only(&unreachable, &unreachable);
     assert_eq!(f.verdict, Verdict::Fail);
-    assert!(f.message.contains("without a SQLSTATE"), "{}", f.message);
-    assert!(f.message.contains("exit 2"), "{}", f.message);
+    assert_mentions(&f, "without a SQLSTATE");
+    assert_mentions(&f, "exit 2");
 
     let timeout = fixture("marker_wait.timeout.out");
     assert_eq!(sql::sqlstate(&timeout), Some("P0001"));
     let f = checks::replica_read_only(&failed(&timeout, 1), &standby);
-    assert!(
-        f.message.contains("SQLSTATE P0001, not 25006"),
-        "{}",
-        f.message
-    );
+    assert_mentions(&f, "SQLSTATE P0001, not 25006");
 }
 
 fn sightings(
@@ -325,7 +318,7 @@ fn replicated_write_lag_from_captured_output() {
 
     let f = checks::replicated_write("other", &insert, &BTreeMap::new());
     assert_eq!(f.verdict, Verdict::Fail);
-    assert!(f.message.contains("expected the token other"));
+    assert_mentions(&f, "expected the token other");
 
     let f = checks::replicated_write(
         "d4e5f6",
@@ -376,18 +369,11 @@ fn dns_and_endpoints_verdicts() {
     wrong.insert("pgset-2".into(), Ok(failed("", 2)));
     let f = checks::dns_and_endpoints(&s, &ms, &wrong, &headless[..2]);
     assert_eq!(f.verdict, Verdict::Fail);
-    assert!(
-        f.message.contains(
-            "pgset-1.pgset.default.svc.cluster.local resolves to [\"127.0.0.1\"], not 10.244.0.11"
-        ),
-        "{}",
-        f.message
+    assert_mentions(
+        &f,
+        "pgset-1.pgset.default.svc.cluster.local resolves to [\"127.0.0.1\"], not 10.244.0.11",
     );
-    assert!(
-        f.message.contains("does not resolve (getent exit 2)"),
-        "{}",
-        f.message
-    );
+    assert_mentions(&f, "does not resolve (getent exit 2)");
     assert!(
         f.message
             .contains("pgset-2 not in the endpoints of Service pgset"),
@@ -470,18 +456,11 @@ fn role_services_verdicts() {
         &replica_eps[..1],
     );
     assert_eq!(f.verdict, Verdict::Fail);
-    assert!(
-        f.message.contains(
-            "Service pgset-replica selects [\"pgset-1\"], expected [\"pgset-1\", \"pgset-2\"]"
-        ),
-        "{}",
-        f.message
+    assert_mentions(
+        &f,
+        "Service pgset-replica selects [\"pgset-1\"], expected [\"pgset-1\", \"pgset-2\"]",
     );
-    assert!(
-        f.message.contains("ready endpoints [\"pgset-1\"]"),
-        "{}",
-        f.message
-    );
+    assert_mentions(&f, "ready endpoints [\"pgset-1\"]");
 
     // Two masters.
     let two = members(&[
@@ -512,11 +491,7 @@ fn role_services_verdicts() {
         Some(&service("pgset-replica", "master")),
         &replica_eps,
     );
-    assert!(
-        f.message.contains("Service pgset-master missing"),
-        "{}",
-        f.message
-    );
+    assert_mentions(&f, "Service pgset-master missing");
     assert!(
         f.message
             .contains("Service pgset-replica does not select role=replica"),
@@ -628,16 +603,8 @@ fn storage_in_pod_and_templates() {
     );
     let f = checks::storage(&s, &healthy(), &seen, "/pgdata");
     assert_eq!(f.verdict, Verdict::Fail);
-    assert!(
-        f.message.contains("claim data-pgset-1 is Pending"),
-        "{}",
-        f.message
-    );
-    assert!(
-        f.message.contains("pgset-1 and pgset-0 share volume pv-a"),
-        "{}",
-        f.message
-    );
+    assert_mentions(&f, "claim data-pgset-1 is Pending");
+    assert_mentions(&f, "pgset-1 and pgset-0 share volume pv-a");
 }
 
 #[test]

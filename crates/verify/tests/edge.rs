@@ -87,6 +87,15 @@ fn pod(ordinal: i32, phase: &str, role: &str) -> Value {
                       "conditions": [{"type": "Ready", "status": if phase == "Running" { "True" } else { "False" }}]}})
 }
 
+/// A master and two replicas, Running, Ready and labelled.
+fn healthy_pods() -> Value {
+    pod_list(vec![
+        pod(0, "Running", "master"),
+        pod(1, "Running", "replica"),
+        pod(2, "Running", "replica"),
+    ])
+}
+
 fn pod_list(pods: Vec<Value>) -> Value {
     json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods})
 }
@@ -142,11 +151,7 @@ async fn role_services_read_labels_selectors_and_endpoint_slices() {
     let v = verifier(client);
     let server = tokio::spawn(async move {
         let mut seen = Vec::new();
-        let pods = pod_list(vec![
-            pod(0, "Running", "master"),
-            pod(1, "Running", "replica"),
-            pod(2, "Running", "replica"),
-        ]);
+        let pods = healthy_pods();
         seen.push(answer(&mut handle, 200, pods).await);
         seen.push(answer(&mut handle, 200, service("pgset-master", "master")).await);
         seen.push(answer(&mut handle, 200, service("pgset-replica", "replica")).await);
@@ -263,11 +268,7 @@ async fn pods_check_reads_the_statefulset_policy() {
     let (client, mut handle) = mock_client();
     let v = verifier(client);
     let server = tokio::spawn(async move {
-        let pods = pod_list(vec![
-            pod(0, "Running", "master"),
-            pod(1, "Running", "replica"),
-            pod(2, "Running", "replica"),
-        ]);
+        let pods = healthy_pods();
         answer(&mut handle, 200, pods).await;
         answer(&mut handle, 200, statefulset(3, "Parallel")).await;
     });

@@ -110,14 +110,10 @@ async fn measure(kube: &Client, client_args: &ClientArgs, bench: &ClusterSpec) -
     delete_bare(kube, bench).await?;
 
     create_volumes(kube, client_args, bench).await?;
-    let quiet = &mut |_: &str| {};
     let started = Instant::now();
-    deploy(kube, bench, ApplyMode::Apply, quiet)
+    deploy_and_wait(kube, bench)
         .await
         .context("deploy the bench cluster")?;
-    wait_for_rollout(kube, bench, MEMBERS, ROLLOUT_TIMEOUT, quiet)
-        .await
-        .context("wait for the bench cluster's rollout")?;
     let verifier = Verifier::new(kube.clone(), bench.clone(), Options::new(bench));
     let streaming = verifier.check_streaming_until(ROLLOUT_TIMEOUT).await;
     if streaming.verdict != pgset_verify::Verdict::Pass {
@@ -133,12 +129,9 @@ async fn measure(kube: &Client, client_args: &ClientArgs, bench: &ClusterSpec) -
     );
 
     let started = Instant::now();
-    deploy(kube, bench, ApplyMode::Apply, quiet)
+    deploy_and_wait(kube, bench)
         .await
         .context("re-deploy the bench cluster")?;
-    wait_for_rollout(kube, bench, MEMBERS, ROLLOUT_TIMEOUT, quiet)
-        .await
-        .context("wait after the re-deploy")?;
     let redeploy = started.elapsed();
 
     let mut options = Options::new(bench);
@@ -147,16 +140,8 @@ async fn measure(kube: &Client, client_args: &ClientArgs, bench: &ClusterSpec) -
     let report = Verifier::new(kube.clone(), bench.clone(), options)
         .run()
         .await;
-    let measured = |name: &str| {
-        report
-            .checks
-            .iter()
-            .find(|c| c.name == name)
-            .map(|c| c.measurements.clone())
-            .unwrap_or_default()
-    };
-    let write = measured(names::REPLICATED_WRITE);
-    let recovery = measured(names::MASTER_RECOVERY);
+    let write = report.measurements(names::REPLICATED_WRITE);
+    let recovery = report.measurements(names::MASTER_RECOVERY);
     Ok(Results {
         bare,
         pgset,
@@ -169,6 +154,14 @@ async fn measure(kube: &Client, client_args: &ClientArgs, bench: &ClusterSpec) -
             .map(|c| format!("{}: {}", c.name, c.message))
             .collect(),
     })
+}
+
+/// Applies the cluster and waits for its ordered rollout, as `cargo xtask deploy` does.
+async fn deploy_and_wait(kube: &Client, spec: &ClusterSpec) -> Result<()> {
+    let quiet = &mut |_: &str| {};
+    deploy(kube, spec, ApplyMode::Apply, quiet).await?;
+    wait_for_rollout(kube, spec, MEMBERS, ROLLOUT_TIMEOUT, quiet).await?;
+    Ok(())
 }
 
 fn print_results(r: &Results) {
