@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use pgset_verify::{Options, Verifier};
+use pgset_spec::ClusterSpec;
+use pgset_verify::{Options, Report, Verifier};
 
 use crate::cli::{ClientArgs, SpecArgs};
 
@@ -44,10 +45,18 @@ pub struct Args {
 pub async fn spec_and_client(
     spec: &SpecArgs,
     client: &ClientArgs,
-) -> Result<(pgset_spec::ClusterSpec, kube::Client)> {
+) -> Result<(ClusterSpec, kube::Client)> {
     let spec = spec.load(client).context("load the cluster spec")?;
     let client = client.client().await.context("connect to the cluster")?;
     Ok((spec, client))
+}
+
+/// Runs the checks (after the preflight: the API server answers, the StatefulSet exists) and
+/// returns the report; for `up` as well as `verify`.
+pub async fn checks(client: kube::Client, spec: ClusterSpec, options: Options) -> Result<Report> {
+    let verifier = Verifier::new(client, spec, options);
+    verifier.preflight().await.context("verify preflight")?;
+    Ok(verifier.run().await)
 }
 
 /// Runs the checks and prints the report; the error says how many failed.
@@ -67,9 +76,7 @@ pub async fn run(args: Args) -> Result<()> {
             spec.nfs.export.display()
         );
     }
-    let verifier = Verifier::new(client, spec, options);
-    verifier.preflight().await.context("verify preflight")?;
-    let report = verifier.run().await;
+    let report = checks(client, spec, options).await?;
     match args.output {
         Output::Table => print!("{}", report.to_table()),
         Output::Json => println!("{}", report.to_json()),
