@@ -643,6 +643,16 @@ pub fn storage(
             Some(Err(e)) => problems.push(format!("{pod}: {e}")),
             None => problems.push(format!("{pod}: {dir} not inspected")),
         }
+        if spec.storage.mode == pgset_spec::StorageMode::Shared {
+            let shared = spec.shared_claim_name();
+            let mounted = members
+                .iter()
+                .find(|m| m.name == pod)
+                .is_some_and(|m| m.claims.contains(&shared));
+            if !mounted {
+                problems.push(format!("{pod} does not mount claim {shared}"));
+            }
+        }
         if spec.storage.mode == pgset_spec::StorageMode::Templates {
             let want = spec.member_claim_name(i);
             match &s.claim {

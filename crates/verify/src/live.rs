@@ -152,7 +152,7 @@ impl Verifier {
         let mut list = Vec::new();
         list.push(timed(names::PODS, settle(SETTLE, || self.check_pods())).await);
         let healthy = list[0].verdict == crate::Verdict::Pass;
-        list.push(timed(names::DNS, self.check_dns()).await);
+        list.push(timed(names::DNS, settle(SETTLE, || self.check_dns())).await);
         list.push(
             timed(
                 names::ROLE_SERVICES,
@@ -188,10 +188,19 @@ impl Verifier {
             list,
             started.elapsed(),
         );
-        if let Err(e) = self.drop_marker_table().await {
-            report
-                .warnings
-                .push(format!("could not drop table {}: {e}", sql::MARKER_TABLE));
+        // The master may still be coming back from check 9: give it the settling time.
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            match self.drop_marker_table().await {
+                Ok(()) => break,
+                Err(_) if Instant::now() + POLL < deadline => tokio::time::sleep(POLL).await,
+                Err(e) => {
+                    report
+                        .warnings
+                        .push(format!("could not drop table {}: {e}", sql::MARKER_TABLE));
+                    break;
+                }
+            }
         }
         report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         report

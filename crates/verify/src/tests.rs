@@ -90,6 +90,17 @@ fn members(pods: &[Pod]) -> Vec<Member> {
     pods.iter().map(Member::from_pod).collect()
 }
 
+/// The healthy members as they are in shared mode: all mount the shared claim.
+fn sharing(claim: &str) -> Vec<Member> {
+    healthy()
+        .into_iter()
+        .map(|mut m| {
+            m.claims = vec![claim.to_string()];
+            m
+        })
+        .collect()
+}
+
 fn healthy() -> Vec<Member> {
     members(&[
         pod(0, "2026-11-22T05:00:00Z", true, "master"),
@@ -533,11 +544,13 @@ fn storage_shared_on_the_export() {
             claim: None,
         },
     );
-    let f = checks::storage(&s, &healthy()[..1], &seen, "/tmp/vcap");
+    let f = checks::storage(&s, &sharing("pgset-pvc")[..1], &seen, "/tmp/vcap");
     assert_eq!(f.verdict, Verdict::Pass, "{}", f.message);
+    let f = checks::storage(&s, &healthy()[..1], &seen, "/tmp/vcap");
+    assert_eq!(f.message, "pgset-0 does not mount claim pgset-pvc");
 
     s.postgres.uid = 999;
-    let f = checks::storage(&s, &healthy()[..1], &seen, "/tmp/vcap");
+    let f = checks::storage(&s, &sharing("pgset-pvc")[..1], &seen, "/tmp/vcap");
     assert_eq!(f.verdict, Verdict::Fail);
     assert_eq!(f.message, "/tmp/vcap/pgset-0 owned by uid 101, not 999");
 }
@@ -556,7 +569,7 @@ fn storage_in_pod_and_templates() {
         mk("pgset-0", "/pgdata/pgset-0", "700", None),
     );
     seen.insert("pgset-1".to_string(), mk("pgset-1", "/pgdata", "777", None));
-    let f = checks::storage(&s, &healthy(), &seen, "/pgdata");
+    let f = checks::storage(&s, &sharing("pgset-pvc"), &seen, "/pgdata");
     assert_eq!(f.verdict, Verdict::Fail);
     assert_eq!(
         f.message,
