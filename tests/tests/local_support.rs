@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use pgset_agent::cmd::HostCommand;
 use pgset_agent::local::{self, LocalSet, UpOptions};
 use pgset_agent::pgbin::PgBin;
 
@@ -32,24 +31,14 @@ pub fn pg_or_skip(test: &str) -> Option<PgBin> {
 pub fn agent_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        HostCommand::new(cargo)
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "pgset-agent",
-                "--bin",
-                "pgset-agent",
-                "--manifest-path",
-            ])
-            .arg(pgset_tests::workspace_root().join("Cargo.toml"))
-            .run()
-            .expect("build pgset-agent");
+        // Test binaries live in <target>/<profile>/deps; the agent lands in <target>/<profile>.
         let exe = std::env::current_exe().unwrap();
-        let bin = exe.parent().unwrap().parent().unwrap().join("pgset-agent");
-        assert!(bin.is_file(), "{} was not built", bin.display());
-        bin
+        let profile_dir = exe.parent().unwrap().parent().unwrap();
+        local::build_agent(
+            &pgset_tests::workspace_root().join("Cargo.toml"),
+            profile_dir,
+        )
+        .expect("build pgset-agent")
     })
     .clone()
 }

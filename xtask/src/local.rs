@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use pgset_agent::cmd::HostCommand;
 use pgset_agent::local::{self, MemberStatus, UpOptions};
 
 use crate::cli::{Stage, workspace_root};
@@ -100,26 +99,10 @@ pub async fn run(args: Args) -> Result<()> {
 /// Builds the agent binary and returns its path (next to the xtask binary in the target dir).
 pub fn build_agent() -> Result<PathBuf> {
     let stage = Stage::start("build pgset-agent");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    HostCommand::new(cargo)
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "pgset-agent",
-            "--bin",
-            "pgset-agent",
-            "--manifest-path",
-        ])
-        .arg(workspace_root().join("Cargo.toml"))
-        .run()
-        .context("build the agent")?;
     let exe = std::env::current_exe().context("locate the xtask binary")?;
-    let bin = exe
-        .parent()
-        .map(|d| d.join("pgset-agent"))
-        .context("target directory")?;
-    anyhow::ensure!(bin.is_file(), "{} was not built", bin.display());
+    let profile_dir = exe.parent().context("the xtask binary has no directory")?;
+    let bin = local::build_agent(&workspace_root().join("Cargo.toml"), profile_dir)
+        .context("build the agent")?;
     stage.done(&bin.display().to_string());
     Ok(bin)
 }

@@ -99,11 +99,7 @@ impl HostCommand {
             .stderr_capture()
             .unchecked()
             .run()
-            .map_err(|e| Error::Command {
-                command: self.display(),
-                status: format!("could not start: {e}"),
-                stderr: String::new(),
-            })
+            .map_err(|e| self.not_started(e))
     }
 
     /// Runs it and returns its stdout; a non-zero exit is an error carrying stderr.
@@ -116,6 +112,14 @@ impl HostCommand {
     /// Runs it; a non-zero exit is an error carrying stderr.
     pub fn run(&self) -> Result<()> {
         self.read().map(drop)
+    }
+
+    fn not_started(&self, e: std::io::Error) -> Error {
+        Error::Command {
+            command: self.display(),
+            status: format!("could not start: {e}"),
+            stderr: String::new(),
+        }
     }
 
     /// The error for `out` when its status is not success.
@@ -134,20 +138,6 @@ impl HostCommand {
         })
     }
 
-    /// Starts it in the background with stdout and stderr going to the agent's stderr.
-    pub fn start(&self) -> Result<duct::Handle> {
-        self.log();
-        self.expression()
-            .stdout_to_stderr()
-            .unchecked()
-            .start()
-            .map_err(|e| Error::Command {
-                command: self.display(),
-                status: format!("could not start: {e}"),
-                stderr: String::new(),
-            })
-    }
-
     /// Runs it with stdout and stderr appended to `log` (for launchers such as `setsid -f` that
     /// return once the real process is detached); a non-zero exit is an error.
     pub fn run_logging_to(&self, log: std::fs::File) -> Result<()> {
@@ -158,11 +148,7 @@ impl HostCommand {
             .stdout_file(log)
             .unchecked()
             .run()
-            .map_err(|e| Error::Command {
-                command: self.display(),
-                status: format!("could not start: {e}"),
-                stderr: String::new(),
-            })?;
+            .map_err(|e| self.not_started(e))?;
         self.check(&out)
     }
 
@@ -173,11 +159,7 @@ impl HostCommand {
             .stderr_to_stdout()
             .unchecked()
             .reader()
-            .map_err(|e| Error::Command {
-                command: self.display(),
-                status: format!("could not start: {e}"),
-                stderr: String::new(),
-            })
+            .map_err(|e| self.not_started(e))
     }
 }
 
