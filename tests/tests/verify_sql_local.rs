@@ -28,6 +28,42 @@ fn run_psql(t: &TestSet, k: i32, argv: &[String]) -> ExecOutput {
     member(t, k).run(argv)
 }
 
+/// Runs a `sh -c ... psql` argv of `pgset_verify::sql::psql_remote` against member `k` over
+/// TCP: the pod's secret directory becomes the set's, port 5432 the member's.
+fn run_remote(t: &TestSet, k: i32, argv: &[String]) -> ExecOutput {
+    let secret_dir = t.dir().join("secret");
+    let password = std::fs::read_to_string(
+        secret_dir.join(pgset_spec::contract::secret::SUPERUSER_PASSWORD_KEY),
+    )
+    .expect("the set's superuser password file");
+    assert!(
+        argv.iter().all(|a| !a.contains(password.trim())),
+        "no argument carries the password"
+    );
+    let mut args: Vec<String> = argv[1..].to_vec();
+    args[1] = args[1].replace(
+        pgset_spec::contract::SECRET_MOUNT,
+        &secret_dir.display().to_string(),
+    );
+    let p = args.iter().position(|a| a == "-p").expect("psql -p");
+    args[p + 1] = t.port(k).to_string();
+    let out = pgset_agent::cmd::HostCommand::new(&argv[0])
+        .args(args)
+        .quiet()
+        .output()
+        .expect("run sh");
+    exec_output(out)
+}
+
+/// A finished process as verify sees a finished exec.
+fn exec_output(out: std::process::Output) -> ExecOutput {
+    ExecOutput {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        exit_code: out.status.code().unwrap_or(-1),
+    }
+}
+
 fn assert_pass(what: &str, f: &Finding) {
     assert_eq!(f.verdict, Verdict::Pass, "{what}: {}", f.message);
 }
@@ -53,9 +89,18 @@ async fn verify_sql_passes_on_a_real_streaming_set() {
     let rows = sql::parse_replication(&out.stdout).expect("parse pg_stat_replication");
     assert_pass("streaming", &checks::streaming(&replicas, &rows));
 
-    // Check 5, on the replica itself (in a pod it goes through the replica Service).
-    let write = run_psql(&t, 1, &sql::psql_local(&[sql::READ_ONLY_PROBE]));
-    let read = run_psql(&t, 1, &sql::psql_local(&[sql::IN_RECOVERY_QUERY]));
+    // Check 5 over TCP with the superuser's password, as through the replica Service: the
+    // shell in the pod reads the password file, no argument carries it.
+    let write = run_remote(
+        &t,
+        1,
+        &sql::psql_remote("127.0.0.1", &[sql::READ_ONLY_PROBE]),
+    );
+    let read = run_remote(
+        &t,
+        1,
+        &sql::psql_remote("127.0.0.1", &[sql::IN_RECOVERY_QUERY]),
+    );
     assert_pass("read-only", &checks::replica_read_only(&write, &read));
     let primary = run_psql(&t, 0, &sql::psql_local(&[sql::IN_RECOVERY_QUERY]));
     assert_eq!(
@@ -149,10 +194,6 @@ impl Member {
             .quiet()
             .output()
             .expect("run psql");
-        ExecOutput {
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            exit_code: out.status.code().unwrap_or(-1),
-        }
+        exec_output(out)
     }
 }
