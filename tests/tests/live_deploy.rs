@@ -189,9 +189,14 @@ async fn scenario(client: Client, spec: ClusterSpec) {
     );
 
     // Second deploy: server-side apply of identical objects and a kept Secret change nothing.
-    deploy(&client, &spec, ApplyMode::Apply, &mut print_line)
+    let second = deploy(&client, &spec, ApplyMode::Apply, &mut print_line)
         .await
         .expect("second deploy");
+    assert!(
+        second.changed.is_empty(),
+        "a second deploy reported changes: {:?}",
+        second.changed
+    );
     let after = versions(&client, &spec).await;
     assert_eq!(
         before, after,

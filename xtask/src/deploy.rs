@@ -113,12 +113,19 @@ pub async fn run(args: Args) -> Result<()> {
             ""
         }
     ));
-    deploy(&client, &spec, mode, &mut |line: &str| {
+    let outcome = deploy(&client, &spec, mode, &mut |line: &str| {
         eprintln!("    {line}")
     })
     .await
     .context("apply the objects")?;
-    stage.done("");
+    stage.done(&if outcome.changed.is_empty() {
+        format!(
+            "nothing changed ({} objects as the spec says)",
+            outcome.unchanged
+        )
+    } else {
+        format!("changed {}", outcome.changed.join(", "))
+    });
     let timeout = match args.wait.timeout() {
         Some(t) if mode == ApplyMode::Apply => t,
         _ => return Ok(()),

@@ -132,7 +132,7 @@ pub async fn deploy(
     spec: &ClusterSpec,
     mode: ApplyMode,
     progress: &mut (dyn FnMut(&str) + Send),
-) -> Result<()> {
+) -> Result<DeployOutcome> {
     let ClusterObjects {
         service_account,
         role,
@@ -145,12 +145,21 @@ pub async fn deploy(
     } = ClusterObjects::build(spec);
     let ns = spec.namespace.as_str();
     let suffix = mode.suffix();
+    let mut changes = DeployOutcome::default();
 
-    apply_one::<ServiceAccount>(client, ns, &service_account, mode, progress).await?;
-    apply_one::<Role>(client, ns, &role, mode, progress).await?;
-    apply_one::<RoleBinding>(client, ns, &role_binding, mode, progress).await?;
+    changes
+        .record(apply_one::<ServiceAccount>(client, ns, &service_account, mode, progress).await?);
+    changes.record(apply_one::<Role>(client, ns, &role, mode, progress).await?);
+    changes.record(apply_one::<RoleBinding>(client, ns, &role_binding, mode, progress).await?);
 
     let outcome = ensure_secret(client, spec, mode).await?;
+    if outcome == SecretOutcome::Created {
+        changes
+            .changed
+            .push(format!("Secret/{}", spec.secret_name()));
+    } else {
+        changes.unchanged += 1;
+    }
     progress(&match outcome {
         SecretOutcome::Kept => format!("kept Secret {} (existing passwords)", spec.secret_name()),
         SecretOutcome::Created => format!(
@@ -160,12 +169,13 @@ pub async fn deploy(
     });
 
     for service in [&headless_service, &master_service, &replica_service] {
-        apply_one::<Service>(client, ns, service, mode, progress).await?;
+        changes.record(apply_one::<Service>(client, ns, service, mode, progress).await?);
     }
     if let Some(claim) = &shared_claim {
-        apply_one::<PersistentVolumeClaim>(client, ns, claim, mode, progress).await?;
+        changes
+            .record(apply_one::<PersistentVolumeClaim>(client, ns, claim, mode, progress).await?);
     }
-    apply_one::<StatefulSet>(client, ns, &statefulset, mode, progress)
+    let applied = apply_one::<StatefulSet>(client, ns, &statefulset, mode, progress)
         .await
         .map_err(|e| match e {
             Error::Api { source, .. } if is_immutable_field_refusal(&source) => {
@@ -177,7 +187,35 @@ pub async fn deploy(
             }
             other => other,
         })?;
-    Ok(())
+    changes.record(applied);
+    Ok(changes)
+}
+
+/// What a deploy changed. A deploy over a cluster that already matches the spec changes
+/// nothing: every object keeps its resourceVersion.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeployOutcome {
+    /// `Kind/name` of each object created or changed (none in a server dry run).
+    pub changed: Vec<String>,
+    /// How many objects were already as the spec says.
+    pub unchanged: usize,
+}
+
+impl DeployOutcome {
+    fn record(&mut self, applied: Applied) {
+        match applied {
+            Applied::Unchanged => self.unchanged += 1,
+            Applied::Created(what) | Applied::Changed(what) => self.changed.push(what),
+        }
+    }
+}
+
+/// What one apply did, judged by the object's resourceVersion before and after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Applied {
+    Created(String),
+    Changed(String),
+    Unchanged,
 }
 
 /// True when the API server refused a StatefulSet update because it touches a field that
@@ -193,17 +231,31 @@ async fn apply_one<K>(
     object: &K,
     mode: ApplyMode,
     progress: &mut (dyn FnMut(&str) + Send),
-) -> Result<()>
+) -> Result<Applied>
 where
     K: NamespacedObject,
 {
-    let before = object.meta().name.clone().unwrap_or_default();
+    let kind = kind_of::<K>();
+    let name = object.meta().name.clone().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let before = api
+        .get_opt(&name)
+        .await
+        .map_err(Error::api("get", kind, &name, namespace))?
+        .and_then(|o| o.meta().resource_version.clone());
     let applied = apply_object(client, namespace, object, mode).await?;
-    let version = applied.meta().resource_version.clone().unwrap_or_default();
+    let after = applied.meta().resource_version.clone().unwrap_or_default();
+    let what = format!("{kind}/{name}");
+    let (verb, outcome) = match before {
+        // A dry run stores nothing, so nothing changed whatever the server would do.
+        _ if mode.is_dry_run() => ("validated", Applied::Unchanged),
+        None => ("created", Applied::Created(what)),
+        Some(v) if v == after => ("unchanged", Applied::Unchanged),
+        Some(_) => ("configured", Applied::Changed(what)),
+    };
     progress(&format!(
-        "applied {} {before} (resourceVersion {version}){}",
-        kind_of::<K>(),
+        "{verb} {kind} {name} (resourceVersion {after}){}",
         mode.suffix()
     ));
-    Ok(())
+    Ok(outcome)
 }

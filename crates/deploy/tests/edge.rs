@@ -3,6 +3,7 @@
 
 mod mock_api;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use mock_api::{Call, echo_with_version, mock_client, not_found, query_pairs};
@@ -30,22 +31,58 @@ fn existing_secret() -> Value {
     })
 }
 
-/// A handler for deploy: applies echo, the Secret is `secret` (absent when `None`).
+/// A handler for deploy that behaves like a small API server: objects live in a store, an
+/// apply that changes an object gives it a new resourceVersion and an apply that changes
+/// nothing keeps it (as server-side apply does); dry runs store nothing. The Secret is `secret`
+/// at the start (absent when `None`).
 fn deploy_handler(secret: Option<Value>) -> impl FnMut(&Call) -> (u16, Value) + Send + 'static {
+    let secret_path = format!("/api/v1/namespaces/{NS}/secrets/pgset-secret");
+    let mut store: HashMap<String, Value> = HashMap::new();
+    if let Some(s) = secret {
+        store.insert(secret_path.clone(), s);
+    }
+    let mut version = 100u64;
     move |call: &Call| {
-        let secret_path = format!("/api/v1/namespaces/{NS}/secrets/pgset-secret");
+        let dry_run = call.query.contains("dryRun");
         match (call.method.as_str(), call.path.as_str()) {
-            ("GET", p) if p == secret_path => match &secret {
-                Some(s) => (200, s.clone()),
+            ("GET", p) => match store.get(p) {
+                Some(o) => (200, o.clone()),
                 None => not_found(p),
             },
             ("POST", p) if p == format!("/api/v1/namespaces/{NS}/secrets") => {
-                echo_with_version(call, "1")
+                version += 1;
+                let (code, obj) = echo_with_version(call, &version.to_string());
+                if !dry_run {
+                    store.insert(secret_path.clone(), obj.clone());
+                }
+                (code, obj)
             }
-            ("PATCH", _) => echo_with_version(call, "1"),
+            ("PATCH", p) => match store.get(p) {
+                Some(old) if same_content(old, &call.body) => (200, old.clone()),
+                _ => {
+                    version += 1;
+                    let (code, obj) = echo_with_version(call, &version.to_string());
+                    if !dry_run {
+                        store.insert(p.to_string(), obj.clone());
+                    }
+                    (code, obj)
+                }
+            },
             (_, p) => panic!("unexpected request {} {p}", call.method),
         }
     }
+}
+
+/// Equal but for the resourceVersion.
+fn same_content(a: &Value, b: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(m) = v["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+        }
+        v
+    };
+    strip(a) == strip(b)
 }
 
 #[tokio::test]
@@ -62,15 +99,23 @@ async fn deploy_applies_in_order_with_pgsets_field_manager_and_creates_the_secre
     assert_eq!(
         order,
         [
+            "GET /api/v1/namespaces/default/serviceaccounts/pgset-sa",
             "PATCH /api/v1/namespaces/default/serviceaccounts/pgset-sa",
+            "GET /apis/rbac.authorization.k8s.io/v1/namespaces/default/roles/pgset-agent",
             "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/default/roles/pgset-agent",
+            "GET /apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings/pgset-agent",
             "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings/pgset-agent",
             "GET /api/v1/namespaces/default/secrets/pgset-secret",
             "POST /api/v1/namespaces/default/secrets",
+            "GET /api/v1/namespaces/default/services/pgset",
             "PATCH /api/v1/namespaces/default/services/pgset",
+            "GET /api/v1/namespaces/default/services/pgset-master",
             "PATCH /api/v1/namespaces/default/services/pgset-master",
+            "GET /api/v1/namespaces/default/services/pgset-replica",
             "PATCH /api/v1/namespaces/default/services/pgset-replica",
+            "GET /api/v1/namespaces/default/persistentvolumeclaims/pgset-pvc",
             "PATCH /api/v1/namespaces/default/persistentvolumeclaims/pgset-pvc",
+            "GET /apis/apps/v1/namespaces/default/statefulsets/pgset",
             "PATCH /apis/apps/v1/namespaces/default/statefulsets/pgset",
         ]
     );
@@ -125,6 +170,44 @@ async fn second_deploy_keeps_the_existing_secret_untouched() {
     );
     // Everything else is still applied.
     assert_eq!(calls.iter().filter(|c| c.method == "PATCH").count(), 8);
+}
+
+#[tokio::test]
+async fn a_second_deploy_over_the_same_spec_changes_nothing_and_says_so() {
+    let (client, calls) = mock_client(deploy_handler(None));
+    let first = deploy(&client, &spec(), ApplyMode::Apply, &mut |_: &str| {})
+        .await
+        .unwrap();
+    assert_eq!(first.changed.len(), 9, "{first:?}");
+    assert_eq!(first.unchanged, 0);
+    let mut lines = Vec::new();
+    let second = deploy(&client, &spec(), ApplyMode::Apply, &mut |l: &str| {
+        lines.push(l.to_string())
+    })
+    .await
+    .unwrap();
+    assert!(second.changed.is_empty(), "{second:?}");
+    assert_eq!(second.unchanged, 9);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("unchanged StatefulSet pgset")),
+        "{lines:?}"
+    );
+    // A changed spec changes exactly the object it touches.
+    let mut bigger = spec();
+    bigger.replicas = 3;
+    let third = deploy(&client, &bigger, ApplyMode::Apply, &mut |_: &str| {})
+        .await
+        .unwrap();
+    assert_eq!(third.changed, ["StatefulSet/pgset"]);
+    let posts = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.method == "POST")
+        .count();
+    assert_eq!(posts, 1, "the Secret is created once");
 }
 
 #[tokio::test]
@@ -185,7 +268,7 @@ async fn templates_mode_applies_no_shared_claim() {
     );
     let sts = calls
         .iter()
-        .find(|c| c.path.ends_with("/statefulsets/pgset"))
+        .find(|c| c.method == "PATCH" && c.path.ends_with("/statefulsets/pgset"))
         .unwrap();
     assert_eq!(
         sts.body["spec"]["volumeClaimTemplates"][0]["metadata"]["name"],
