@@ -260,7 +260,7 @@ async fn monitor(s: Settings, bin: PgBin, health: Arc<Health>, api: Option<PodAp
         let pause = if health.is_ready() {
             Duration::from_secs(1)
         } else {
-            Duration::from_millis(250)
+            Duration::from_millis(100)
         };
         tokio::time::sleep(pause).await;
     }

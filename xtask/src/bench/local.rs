@@ -1,8 +1,396 @@
 //! Local PostgreSQL benchmarks: agent replica bootstrap and set formation against raw tools.
+//!
+//! 1. Replica bootstrap from the same ~1 GB primary: `pgset-agent` (wait, base backup, config,
+//!    start, streaming) against raw `pg_basebackup -R` + `pg_ctl start -w`. Target ≤ 1.10×.
+//! 2. Formation of a 3-member set from nothing: `local up --replicas 3` against raw initdb +
+//!    start + replication role + 2 × (pg_basebackup + pg_ctl start). Target ≤ 1.20×.
+//!
+//! Each side runs twice, alternating, and the faster run counts (the host is shared).
 
-use anyhow::{Result, bail};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use nix::unistd::{Uid, chown};
+use pgset_agent::cmd::HostCommand;
+use pgset_agent::local::{self, UpOptions};
+use pgset_agent::pgbin::PgBin;
+use pgset_agent::privilege::postgres_user;
+use pgset_agent::render;
+
+/// Base port of the benchmark sets (away from the tests' ports).
+const BENCH_PORT: u16 = 27500;
+/// Rows of ~1 KB in the primary of the bootstrap benchmark (≈ 1 GB on disk).
+const BIG_ROWS: u32 = 900_000;
+/// Rounds per side.
+const ROUNDS: usize = 3;
+
+/// Runs a host command and prints how long it took (the raw side's steps).
+trait TimedRun {
+    fn timed_run(&self) -> Result<()>;
+}
+
+impl TimedRun for HostCommand {
+    fn timed_run(&self) -> Result<()> {
+        let started = Instant::now();
+        self.run()?;
+        eprintln!("      {:.2}s", started.elapsed().as_secs_f64());
+        Ok(())
+    }
+}
+
+/// Flushes dirty pages so a timed run does not pay for the writeback of the previous one.
+fn settle() -> Result<()> {
+    HostCommand::new("sync").run()?;
+    Ok(())
+}
+
+/// One line of the result table.
+struct Comparison {
+    name: String,
+    pgset: Duration,
+    raw: Duration,
+    target: f64,
+}
+
+impl Comparison {
+    fn ratio(&self) -> f64 {
+        self.pgset.as_secs_f64() / self.raw.as_secs_f64()
+    }
+}
 
 /// Runs the local benchmarks and prints them.
 pub async fn run() -> Result<()> {
-    bail!("local benchmarks are not built yet")
+    let bin = PgBin::find(None).context("local benchmarks need the PostgreSQL server binaries")?;
+    let agent = crate::local::build_agent()?;
+    let tmp = tempfile::Builder::new()
+        .prefix("pgset-bench-")
+        .tempdir_in("/tmp")
+        .context("temp dir")?;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))?;
+    let bench = Bench {
+        bin,
+        agent,
+        root: tmp.path().to_path_buf(),
+    };
+    let result = async {
+        let bootstrap = bench.replica_bootstrap().await?;
+        let formation = bench.formation().await?;
+        Ok::<_, anyhow::Error>(vec![bootstrap, formation])
+    }
+    .await;
+    bench.cleanup().await;
+    let rows = result?;
+    println!(
+        "{:<44} {:>9} {:>9} {:>7} {:>8}",
+        "local benchmark", "pgset", "raw", "ratio", "target"
+    );
+    for r in &rows {
+        println!(
+            "{:<44} {:>8.1}s {:>8.1}s {:>6.2}x {:>7} {}",
+            r.name,
+            r.pgset.as_secs_f64(),
+            r.raw.as_secs_f64(),
+            r.ratio(),
+            format!("≤{:.2}x", r.target),
+            if r.ratio() <= r.target {
+                "ok"
+            } else {
+                "MISSED"
+            }
+        );
+    }
+    Ok(())
+}
+
+struct Bench {
+    bin: PgBin,
+    agent: PathBuf,
+    root: PathBuf,
+}
+
+impl Bench {
+    /// A PostgreSQL tool run as the postgres user (through `runuser` when root).
+    fn pg(&self, tool: &str) -> HostCommand {
+        if Uid::effective().is_root() {
+            HostCommand::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(self.bin.tool(tool))
+        } else {
+            self.bin.command(tool)
+        }
+    }
+
+    fn own_dir(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        if Uid::effective().is_root() {
+            let u = postgres_user()?;
+            chown(dir, Some(u.uid), Some(u.gid))?;
+        }
+        Ok(())
+    }
+
+    fn psql(&self, socket: &Path, port: u16) -> HostCommand {
+        self.bin
+            .command("psql")
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(socket)
+            .args(["-p", &port.to_string(), "-U", "postgres", "-d", "postgres"])
+    }
+
+    fn options(&self, dir: &Path, replicas: i32, port: u16) -> UpOptions {
+        let mut o = UpOptions::new(dir, replicas, port, &self.agent);
+        o.ready_timeout = Duration::from_secs(1800);
+        o
+    }
+
+    async fn replica_bootstrap(&self) -> Result<Comparison> {
+        let dir = self.root.join("bootstrap");
+        let primary = self.options(&dir, 1, BENCH_PORT);
+        local::up(&primary)
+            .await
+            .context("start the benchmark primary")?;
+        let socket = dir.join("run");
+        eprintln!("==> filling the primary with ~1 GB");
+        self.psql(&socket, BENCH_PORT)
+            .arg("-c")
+            .arg(format!(
+                "CREATE TABLE IF NOT EXISTS big AS SELECT g, repeat('x', 1000) AS pad FROM generate_series(1, {BIG_ROWS}) g; CHECKPOINT"
+            ))
+            .run()?;
+        let size = self
+            .psql(&socket, BENCH_PORT)
+            .arg("-c")
+            .arg("SELECT pg_size_pretty(pg_database_size('postgres'))")
+            .read()?;
+
+        let raw_area = self.root.join("raw");
+        self.own_dir(&raw_area)?;
+        let raw_dir = raw_area.join("replica");
+        let passfile = raw_area.join("pgpass");
+        let pw = std::fs::read_to_string(dir.join("secret/replication-password"))?;
+        std::fs::write(&passfile, render::passfile_entry("replicator", pw.trim()))?;
+        std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o600))?;
+        if Uid::effective().is_root() {
+            let u = postgres_user()?;
+            chown(&passfile, Some(u.uid), Some(u.gid))?;
+        }
+        let raw_socket = raw_area.join("run");
+        self.own_dir(&raw_socket)?;
+
+        let mut agent_best = Duration::MAX;
+        let mut raw_best = Duration::MAX;
+        for round in 1..=ROUNDS {
+            // Raw: pg_basebackup -R, then pg_ctl start -w.
+            settle()?;
+            let started = Instant::now();
+            self.pg("pg_basebackup")
+                .arg("-D")
+                .arg(&raw_dir)
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &BENCH_PORT.to_string(),
+                    "-U",
+                    "replicator",
+                    "-X",
+                    "stream",
+                    "-R",
+                ])
+                .args(["--checkpoint=fast", "--no-password"])
+                .env("PGPASSFILE", &passfile)
+                .timed_run()?;
+            self.pg("pg_ctl")
+                .arg("-D")
+                .arg(&raw_dir)
+                .arg("-o")
+                .arg(format!(
+                    "-p {} -k {} -c listen_addresses=127.0.0.1",
+                    BENCH_PORT + 9,
+                    raw_socket.display()
+                ))
+                .arg("-l")
+                .arg(raw_area.join("replica.log"))
+                .args(["-w", "start"])
+                .timed_run()?;
+            let raw = started.elapsed();
+            self.pg("pg_ctl")
+                .arg("-D")
+                .arg(&raw_dir)
+                .args(["-m", "fast", "-w", "stop"])
+                .run()?;
+            std::fs::remove_dir_all(&raw_dir)?;
+            raw_best = raw_best.min(raw);
+
+            // pgset: the agent's replica bootstrap, until it streams.
+            settle()?;
+            let started = Instant::now();
+            local::up(&self.options(&dir, 2, BENCH_PORT))
+                .await
+                .context("agent replica bootstrap")?;
+            let agent = started.elapsed();
+            local::up(&primary).await?;
+            std::fs::remove_dir_all(dir.join("pgset-1"))?;
+            agent_best = agent_best.min(agent);
+            eprintln!(
+                "    round {round}: pgset {:.1}s, raw {:.1}s",
+                agent.as_secs_f64(),
+                raw.as_secs_f64()
+            );
+        }
+        local::down(&dir, true).await?;
+        Ok(Comparison {
+            name: format!("replica bootstrap ({} primary)", size.trim()),
+            pgset: agent_best,
+            raw: raw_best,
+            target: 1.10,
+        })
+    }
+
+    async fn formation(&self) -> Result<Comparison> {
+        let mut agent_best = Duration::MAX;
+        let mut raw_best = Duration::MAX;
+        for round in 1..=ROUNDS {
+            let raw = self.raw_formation(round).await?;
+            raw_best = raw_best.min(raw);
+
+            let dir = self.root.join(format!("formation-{round}"));
+            settle()?;
+            let started = Instant::now();
+            local::up(&self.options(&dir, 3, BENCH_PORT + 20))
+                .await
+                .context("agent formation")?;
+            let agent = started.elapsed();
+            local::down(&dir, true).await?;
+            agent_best = agent_best.min(agent);
+            eprintln!(
+                "    round {round}: pgset {:.1}s, raw {:.1}s",
+                agent.as_secs_f64(),
+                raw.as_secs_f64()
+            );
+        }
+        Ok(Comparison {
+            name: "3-member formation (initdb + 2 copies)".to_string(),
+            pgset: agent_best,
+            raw: raw_best,
+            target: 1.20,
+        })
+    }
+
+    /// initdb + start + replication role + 2 × (pg_basebackup -R + pg_ctl start -w).
+    async fn raw_formation(&self, round: usize) -> Result<Duration> {
+        let base = self.root.join(format!("raw-formation-{round}"));
+        self.own_dir(&base)?;
+        let socket = base.join("run");
+        self.own_dir(&socket)?;
+        let pwfile = base.join("pw");
+        std::fs::write(&pwfile, "bench-superuser-password\n")?;
+        let passfile = base.join("pgpass");
+        std::fs::write(
+            &passfile,
+            render::passfile_entry("replicator", "bench-replication-password"),
+        )?;
+        for f in [&pwfile, &passfile] {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600))?;
+            if Uid::effective().is_root() {
+                let u = postgres_user()?;
+                chown(f.as_path(), Some(u.uid), Some(u.gid))?;
+            }
+        }
+        let port = BENCH_PORT + 40;
+        settle()?;
+        let start = |data: &Path, port: u16| {
+            self.pg("pg_ctl")
+                .arg("-D")
+                .arg(data)
+                .arg("-o")
+                .arg(format!(
+                    "-p {port} -k {} -c listen_addresses=127.0.0.1",
+                    socket.display()
+                ))
+                .arg("-l")
+                .arg(data.with_extension("log"))
+                .args(["-w", "start"])
+        };
+        let started = Instant::now();
+        let primary = base.join("p0");
+        self.pg("initdb")
+            .arg("-D")
+            .arg(&primary)
+            .args([
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .timed_run()?;
+        start(&primary, port).timed_run()?;
+        self.psql(&socket, port)
+            .stdin(render::replication_role_sql("bench-replication-password"))
+            .timed_run()?;
+        for k in 1..=2u16 {
+            let data = base.join(format!("p{k}"));
+            self.pg("pg_basebackup")
+                .arg("-D")
+                .arg(&data)
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-U",
+                    "replicator",
+                    "-X",
+                    "stream",
+                    "-R",
+                ])
+                .args([
+                    "-C",
+                    "-S",
+                    &format!("raw_{k}"),
+                    "--checkpoint=fast",
+                    "--no-password",
+                ])
+                .env("PGPASSFILE", &passfile)
+                .timed_run()?;
+            start(&data, port + k).timed_run()?;
+        }
+        let took = started.elapsed();
+        for k in (0..=2).rev() {
+            self.pg("pg_ctl")
+                .arg("-D")
+                .arg(base.join(format!("p{k}")))
+                .args(["-m", "fast", "-w", "stop"])
+                .run()?;
+        }
+        std::fs::remove_dir_all(&base)?;
+        Ok(took)
+    }
+
+    /// Stops whatever a failed run left behind.
+    async fn cleanup(&self) {
+        for entry in std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let p = entry.path();
+            if p.join(local::STATE_FILE).exists() {
+                let _ = local::down(&p, false).await;
+            }
+        }
+        for pid in pgset_agent::datadir::processes_using(&self.root) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
 }
