@@ -34,6 +34,9 @@ pub async fn run(args: Args) -> Result<()> {
     spec.replicas = args.members;
     spec.validate()?;
     let client = args.client.client().await?;
+    if spec.storage.mode == StorageMode::Templates && spec.storage.storage_class.is_none() {
+        prepare_member_volumes(&args, &spec, &client).await?;
+    }
     let stage = Stage::start(format!(
         "scale StatefulSet {} in namespace {} to {} members",
         spec.statefulset_name(),
@@ -69,4 +72,48 @@ pub async fn run(args: Args) -> Result<()> {
     }
     stage.done("");
     Ok(())
+}
+
+/// Templates mode on pgset's NFS volumes: a new member needs its directory on the export and
+/// its pre-bound volume before its pod can start. On the NFS host (as root) the `nfs` stage
+/// creates the missing directories; the volumes are applied from anywhere.
+async fn prepare_member_volumes(
+    args: &Args,
+    spec: &pgset_spec::ClusterSpec,
+    client: &kube::Client,
+) -> Result<()> {
+    let missing: Vec<String> = (0..spec.replicas)
+        .map(|o| spec.member_export_dir(o))
+        .filter(|d| !d.exists())
+        .map(|d| d.display().to_string())
+        .collect();
+    if spec.nfs.export.is_dir() && nix::unistd::geteuid().is_root() {
+        if !missing.is_empty() {
+            let mut spec_args = args.spec.clone();
+            spec_args.replicas = Some(spec.replicas);
+            crate::nfs::run(crate::nfs::Args {
+                clients: None,
+                dry_run: false,
+                verbose: false,
+                spec: spec_args,
+                client: args.client.clone(),
+            })
+            .await
+            .context("create the new members' directories on the NFS export")?;
+        }
+    } else if !missing.is_empty() {
+        eprintln!(
+            "    note: cannot check the export here; on the NFS host, run `cargo xtask nfs --storage templates --replicas {}` so that {} exist",
+            spec.replicas,
+            if spec.nfs.export.is_dir() {
+                missing.join(", ")
+            } else {
+                format!("{}/{}-N", spec.nfs.export.display(), spec.name)
+            }
+        );
+    }
+    let server = crate::volumes::resolve_server(spec, &args.client).await?;
+    crate::volumes::apply_storage(client, spec, &server)
+        .await
+        .context("create the new members' volumes")
 }
