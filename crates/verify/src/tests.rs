@@ -101,12 +101,20 @@ fn sharing(claim: &str) -> Vec<Member> {
         .collect()
 }
 
+/// Three Ready members created in order, with these role labels.
+fn labelled(roles: [&str; 3]) -> Vec<Member> {
+    let created = [
+        "2026-11-22T05:00:00Z",
+        "2026-11-22T05:00:09Z",
+        "2026-11-22T05:00:21Z",
+    ];
+    (0..3)
+        .map(|i| Member::from_pod(&pod(i as i32, created[i], true, roles[i])))
+        .collect()
+}
+
 fn healthy() -> Vec<Member> {
-    members(&[
-        pod(0, "2026-11-22T05:00:00Z", true, "master"),
-        pod(1, "2026-11-22T05:00:09Z", true, "replica"),
-        pod(2, "2026-11-22T05:00:21Z", true, "replica"),
-    ])
+    labelled(["master", "replica", "replica"])
 }
 
 #[test]
@@ -453,11 +461,7 @@ fn role_services_verdicts() {
     );
 
     // pgset-2 not yet labelled by its agent.
-    let unlabelled = members(&[
-        pod(0, "2026-11-22T05:00:00Z", true, "master"),
-        pod(1, "2026-11-22T05:00:09Z", true, "replica"),
-        pod(2, "2026-11-22T05:00:21Z", true, ""),
-    ]);
+    let unlabelled = labelled(["master", "replica", ""]);
     let f = checks::role_services(
         &s,
         &unlabelled,
@@ -474,11 +478,7 @@ fn role_services_verdicts() {
     assert_mentions(&f, "ready endpoints [\"pgset-1\"]");
 
     // Two masters.
-    let two = members(&[
-        pod(0, "2026-11-22T05:00:00Z", true, "master"),
-        pod(1, "2026-11-22T05:00:09Z", true, "master"),
-        pod(2, "2026-11-22T05:00:21Z", true, "replica"),
-    ]);
+    let two = labelled(["master", "master", "replica"]);
     let f = checks::role_services(
         &s,
         &two,
