@@ -19,7 +19,19 @@ struct Ran {
     stderr: String,
 }
 
-/// Runs a command with captured output, echoing the command line.
+/// Whether a variable is one `cargo test` sets for this test's package; a nested cargo that
+/// inherited them would hand them to build scripts and rebuild what the outer build made.
+fn is_test_package_var(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_MANIFEST_")
+        || matches!(
+            name,
+            "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR"
+        )
+}
+
+/// Runs a command with captured output, echoing the command line, without the variables of
+/// this test's package.
 fn run(program: impl AsRef<Path>, args: &[&str], dir: &Path) -> Ran {
     let program = program.as_ref();
     eprintln!(
@@ -28,7 +40,11 @@ fn run(program: impl AsRef<Path>, args: &[&str], dir: &Path) -> Ran {
         program.display(),
         args.join(" ")
     );
-    let output = duct::cmd(program, args)
+    let expression = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| is_test_package_var(name))
+        .fold(duct::cmd(program, args), |e, name| e.env_remove(name));
+    let output = expression
         .dir(dir)
         .stdout_capture()
         .stderr_capture()

@@ -243,7 +243,12 @@ fn print_plan(workspace: &Path, out: &Path, name: &ImageName, import: bool) {
     let cargo = static_binary::cargo_program();
     println!(
         "would build:   {}",
-        static_binary::build_command(&cargo, workspace, &target_dir)
+        static_binary::build_command(
+            &cargo,
+            workspace,
+            &target_dir,
+            &static_binary::enclosing_package_vars(),
+        )
     );
     println!(
         "would check:   {} is a static x86-64 executable and its --version prints {VERSION}",

@@ -20,25 +20,56 @@ pub fn image_target_dir(workspace: &Path) -> PathBuf {
     workspace.join("target").join("image")
 }
 
+/// Whether an environment variable is one an enclosing `cargo run` or `cargo test` sets for the
+/// program it runs. Passed on to the nested build, they would change what build scripts see
+/// (ring's reads the package name and manifest directory) and rebuild the dependencies.
+pub fn is_enclosing_package_var(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_MANIFEST_LINKS"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "CARGO_RUSTC_CURRENT_DIR"
+                | "OUT_DIR"
+        )
+}
+
+/// The names of this process's variables that [`is_enclosing_package_var`] picks, sorted.
+pub fn enclosing_package_vars() -> Vec<String> {
+    let mut names: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| is_enclosing_package_var(name))
+        .collect();
+    names.sort();
+    names
+}
+
 /// The `cargo build` command producing the static agent into `target_dir`. The caller's rust
-/// flags are replaced, so the same sources give the same executable.
-pub fn build_command(cargo: &Path, workspace: &Path, target_dir: &Path) -> HostCommand {
-    HostCommand::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            AGENT_PACKAGE,
-            "--bin",
-            AGENT_PACKAGE,
-        ])
-        .args(["--target", AGENT_TARGET])
+/// flags are replaced, so the same sources give the same executable; `enclosing_vars` (see
+/// [`is_enclosing_package_var`]) are removed from its environment.
+pub fn build_command(
+    cargo: &Path,
+    workspace: &Path,
+    target_dir: &Path,
+    enclosing_vars: &[String],
+) -> HostCommand {
+    let command = HostCommand::new(cargo)
+        .args(["build", "--release", "-p", AGENT_PACKAGE])
+        .args(["--bin", AGENT_PACKAGE, "--target", AGENT_TARGET])
         .arg("--target-dir")
         .arg(target_dir)
         .env("RUSTFLAGS", STATIC_RUSTFLAGS)
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_BUILD_RUSTFLAGS")
-        .dir(workspace)
+        .dir(workspace);
+    enclosing_vars
+        .iter()
+        .fold(command, |command, name| command.env_remove(name))
 }
 
 /// Where [`build_command`] leaves the executable.
@@ -58,9 +89,14 @@ pub fn cargo_program() -> PathBuf {
 
 /// Builds the static agent, checks it and returns its path.
 pub fn build(workspace: &Path, target_dir: &Path, version: &str) -> Result<PathBuf> {
-    build_command(&cargo_program(), workspace, target_dir)
-        .stream()
-        .context("build the static pgset-agent executable")?;
+    build_command(
+        &cargo_program(),
+        workspace,
+        target_dir,
+        &enclosing_package_vars(),
+    )
+    .stream()
+    .context("build the static pgset-agent executable")?;
     let path = built_path(target_dir);
     check(&path, version)?;
     Ok(path)
@@ -270,10 +306,11 @@ mod tests {
             Path::new("cargo"),
             Path::new("/src"),
             &image_target_dir(Path::new("/src")),
+            &["CARGO_PKG_NAME".to_owned()],
         );
         assert_eq!(
             cmd.to_string(),
-            "(cd /src && env -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_RUSTFLAGS \
+            "(cd /src && env -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_RUSTFLAGS -u CARGO_PKG_NAME \
              RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p pgset-agent \
              --bin pgset-agent --target x86_64-unknown-linux-gnu --target-dir /src/target/image)"
         );
@@ -281,5 +318,26 @@ mod tests {
             built_path(Path::new("/t")),
             Path::new("/t/x86_64-unknown-linux-gnu/release/pgset-agent")
         );
+    }
+
+    #[test]
+    fn only_the_enclosing_packages_variables_are_dropped() {
+        for name in [
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION_MAJOR",
+            "CARGO_MANIFEST_DIR",
+            "OUT_DIR",
+        ] {
+            assert!(is_enclosing_package_var(name), "{name}");
+        }
+        for name in [
+            "CARGO",
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "PATH",
+            "RUSTUP_TOOLCHAIN",
+        ] {
+            assert!(!is_enclosing_package_var(name), "{name}");
+        }
     }
 }
