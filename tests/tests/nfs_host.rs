@@ -330,6 +330,7 @@ fn templates_mode_creates_a_directory_per_member() {
     assert_eq!(
         described(&f, &spec),
         [
+            "set /nfsfileshare to owner 999:999 mode 0711 (now 999:999 0700)",
             "create /nfsfileshare/pgset-0 owned by 999:999 with mode 0700",
             "create /nfsfileshare/pgset-1 owned by 999:999 with mode 0700",
             "create /nfsfileshare/pgset-2 owned by 999:999 with mode 0700",
@@ -467,7 +468,7 @@ fn applying_then_planning_again_yields_nothing() {
     assert_eq!(
         described,
         [
-            "create /nfsfileshare owned by 999:999 with mode 0700".to_string(),
+            "create /nfsfileshare owned by 999:999 with mode 0711".to_string(),
             "create /nfsfileshare/pgset-0 owned by 999:999 with mode 0700".into(),
             "create /nfsfileshare/pgset-1 owned by 999:999 with mode 0700".into(),
             write_step(),
@@ -491,15 +492,15 @@ fn applying_then_planning_again_yields_nothing() {
         PRE_EXISTING
     );
     assert!(!dir.path().join("etc/.exports.pgset.tmp").exists());
-    for d in [
-        "nfsfileshare",
-        "nfsfileshare/pgset-0",
-        "nfsfileshare/pgset-1",
+    for (d, mode) in [
+        ("nfsfileshare", 0o711),
+        ("nfsfileshare/pgset-0", 0o700),
+        ("nfsfileshare/pgset-1", 0o700),
     ] {
         let m = std::fs::metadata(dir.path().join(d)).unwrap();
         assert_eq!(
             (m.uid(), m.gid(), m.mode() & 0o7777),
-            (999, 999, 0o700),
+            (999, 999, mode),
             "{d}"
         );
     }

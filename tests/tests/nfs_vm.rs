@@ -164,18 +164,16 @@ fn elapsed(t: Instant) -> String {
     format!("{:.1}s", t.elapsed().as_secs_f64())
 }
 
-/// A running guest; qemu is killed and the disk image removed when it is dropped.
+/// A running guest; qemu is killed when it is dropped (its disk overlay goes with it).
 struct Guest {
     qemu: duct::Handle,
     port: u16,
     key: PathBuf,
-    run_dir: PathBuf,
 }
 
 impl Drop for Guest {
     fn drop(&mut self) {
         let _ = self.qemu.kill();
-        let _ = std::fs::remove_file(self.run_dir.join("disk.img"));
     }
 }
 
@@ -253,21 +251,8 @@ fn free_port() -> u16 {
 }
 
 fn boot(guest_dir: &Path, run_dir: &Path) -> Guest {
-    let disk = run_dir.join("disk.img");
-    let t = Instant::now();
-    duct::cmd!(
-        "mkfs.ext4",
-        "-q",
-        "-F",
-        "-d",
-        guest_dir.join("rootfs"),
-        &disk,
-        "3G"
-    )
-    .run()
-    .expect("make the guest's ext4 image");
-    eprintln!("disk image made in {}", elapsed(t));
-
+    // snapshot=on: the guest's writes go to a temporary overlay; the cached image stays pristine.
+    let disk = guest_dir.join("disk.img");
     let port = free_port();
     let serial = run_dir.join("serial.log");
     let qemu = duct::cmd(
@@ -286,7 +271,7 @@ fn boot(guest_dir: &Path, run_dir: &Path) -> Guest {
             "-append".into(),
             "root=/dev/vda rw console=ttyS0 security=selinux selinux=1 enforcing=0".into(),
             "-drive".into(),
-            format!("file={},if=virtio,format=raw", disk.display()),
+            format!("file={},if=virtio,format=raw,snapshot=on", disk.display()),
             "-netdev".into(),
             format!("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22"),
             "-device".into(),
@@ -307,7 +292,6 @@ fn boot(guest_dir: &Path, run_dir: &Path) -> Guest {
         qemu,
         port,
         key: guest_dir.join("id_ed25519"),
-        run_dir: run_dir.to_path_buf(),
     };
     let t = Instant::now();
     loop {
@@ -505,6 +489,39 @@ fn provision_a_real_nfs_server() {
     );
     assert_eq!(guest.ok("cat /etc/exports"), after_first);
     assert_eq!(live_clients(&guest.ok("exportfs -v")), wanted);
+
+    // Templates mode: a directory per member, and a node mounts one member's directory as
+    // root (squashed), so the export root must be traversable, still not listable.
+    let t = Instant::now();
+    let templates_run = format!(
+        "cd /root && pgset-xtask nfs --storage templates --replicas 2 --clients {CLIENTS} 2>&1"
+    );
+    let templates = guest.ok(&templates_run);
+    eprintln!("--- templates run ({}) ---\n{templates}", elapsed(t));
+    assert_eq!(
+        guest.ok("stat -c '%u %g %a' /nfsfileshare /nfsfileshare/pgset-0 /nfsfileshare/pgset-1"),
+        "999 999 711\n999 999 700\n999 999 700\n"
+    );
+    guest.ok("mount -t nfs -o hard,nfsvers=4.1 localhost:/nfsfileshare/pgset-1 /mnt/pgset");
+    guest.ok(
+        "setpriv --reuid=999 --regid=999 --clear-groups sh -c 'umask 077; mkdir /mnt/pgset/pgset-1 && sync'",
+    );
+    assert_eq!(
+        guest.ok("stat -c '%u %a' /nfsfileshare/pgset-1/pgset-1"),
+        "999 700\n"
+    );
+    assert_ne!(
+        guest.sh("ls /mnt/pgset").0,
+        0,
+        "squashed root could list a member's directory"
+    );
+    guest.ok("umount /mnt/pgset");
+    let templates_again = guest.ok(&templates_run);
+    assert!(
+        templates_again.contains("nothing to change"),
+        "{templates_again}"
+    );
+    assert_eq!(guest.ok("cat /etc/exports"), after_first);
 
     drop(guest);
     let _ = std::fs::remove_dir_all(&run_dir);

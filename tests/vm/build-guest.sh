@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Builds the throw-away Debian 12 guest the NFS kernel test boots: a debootstrap root with
 # systemd, the Debian kernel, the NFS server, sshd and SELinux (permissive), plus the test's
-# ssh key. The result is cached under CACHE_ROOT/<key>, where the key is a hash of this script
-# (package list and steps), and reused while it is complete.
+# ssh key. The result is cached under CACHE_ROOT/<key>, where the key is a hash of the package
+# list and the script version, and reused while it is complete.
 #
 # usage: build-guest.sh CACHE_ROOT     prints the guest directory on stdout
-# The guest directory holds rootfs/ (the root file system), vmlinuz, initrd.img, id_ed25519.
+# The guest directory holds disk.img (an ext4 root file system made with mkfs.ext4 -d; boot it
+# with snapshot=on so it stays pristine), vmlinuz, initrd.img and id_ed25519.
 set -euo pipefail
 
 if [ $# -ne 1 ]; then
@@ -16,7 +17,7 @@ cache_root=$1
 mirror=${PGSET_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 suite=bookworm
 # Bump when the steps below change in a way the package list does not show.
-script_version=3
+script_version=4
 packages=(
   systemd-sysv udev dbus kmod iproute2 netbase procps
   linux-image-amd64 initramfs-tools
@@ -32,7 +33,7 @@ if [ -f "$guest/complete" ]; then
   exit 0
 fi
 
-for tool in debootstrap ssh-keygen; do
+for tool in debootstrap ssh-keygen mkfs.ext4; do
   command -v "$tool" >/dev/null || { echo "$tool not found" >&2; exit 1; }
 done
 if [ "$(id -u)" -ne 0 ]; then
@@ -102,6 +103,8 @@ fi
 cp "$vmlinuz" "$guest/vmlinuz"
 cp "$initrd" "$guest/initrd.img"
 chroot "$root" apt-get clean
+mkfs.ext4 -q -F -d "$root" "$guest/disk.img" 3G
+rm -rf "$root"
 printf '%s\n' "${packages[@]}" >"$guest/packages"
 touch "$guest/complete"
 echo "$guest"

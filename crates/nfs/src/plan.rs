@@ -22,8 +22,14 @@ pub(crate) const SELINUX_BOOLEANS: [&str; 2] = ["virt_use_nfs", "nfs_export_all_
 /// `mountd`).
 pub(crate) const FIREWALLD_SERVICES: [&str; 3] = ["nfs", "rpc-bind", "mountd"];
 
-/// Mode of the export directory and the member directories: the postgres user only.
+/// Mode of the member directories, and of the export root in `shared` mode: the postgres user
+/// only.
 pub(crate) const DATA_DIR_MODE: u32 = 0o700;
+
+/// Mode of the export root when nodes mount member directories below it (`templates` mode):
+/// others may traverse it but not list or write it, because a node mounts
+/// `<export>/<name>-N` as root, which the export squashes to an unprivileged user.
+pub(crate) const TRAVERSABLE_ROOT_MODE: u32 = 0o711;
 
 /// One change to the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -305,24 +311,28 @@ pub fn plan(facts: &HostFacts, spec: &ClusterSpec, options: &ExportOptions) -> R
 
     let uid = u32::try_from(spec.postgres.uid).unwrap_or(u32::MAX);
     let gid = u32::try_from(spec.postgres.gid).unwrap_or(u32::MAX);
+    let root_mode = if member_dirs.is_empty() {
+        DATA_DIR_MODE
+    } else {
+        TRAVERSABLE_ROOT_MODE
+    };
+    let member_states = member_dirs.iter().map(|d| {
+        let state = facts.member_dirs.get(d).copied();
+        (
+            d.clone(),
+            state.unwrap_or(PathState::Missing),
+            DATA_DIR_MODE,
+        )
+    });
     let wanted_dirs =
-        std::iter::once((export.clone(), facts.export_dir)).chain(member_dirs.iter().map(|d| {
-            (
-                d.clone(),
-                facts
-                    .member_dirs
-                    .get(d)
-                    .copied()
-                    .unwrap_or(PathState::Missing),
-            )
-        }));
-    for (path, current) in wanted_dirs {
-        if !dir_is_right(current, uid, gid) {
+        std::iter::once((export.clone(), facts.export_dir, root_mode)).chain(member_states);
+    for (path, current, mode) in wanted_dirs {
+        if !dir_is_right(current, uid, gid, mode) {
             steps.push(Step::EnsureDirectory {
                 path,
                 uid,
                 gid,
-                mode: DATA_DIR_MODE,
+                mode,
                 current,
             });
         }
@@ -390,8 +400,11 @@ pub(crate) fn member_dirs(spec: &ClusterSpec) -> Vec<PathBuf> {
     }
 }
 
-fn dir_is_right(state: PathState, uid: u32, gid: u32) -> bool {
-    matches!(state, PathState::Directory { uid: u, gid: g, mode } if u == uid && g == gid && (mode == 0o700 || mode == 0o750))
+/// Whether a directory has the owner and the mode wanted; the group may also read and
+/// traverse it (`0750` for `0700`, `0751` for `0711`).
+fn dir_is_right(state: PathState, uid: u32, gid: u32, wanted: u32) -> bool {
+    matches!(state, PathState::Directory { uid: u, gid: g, mode }
+        if u == uid && g == gid && (mode == wanted || mode == wanted | 0o050))
 }
 
 /// Whether `exportfs -v` shows `export` to exactly `clients`, each with pgset's options.
