@@ -742,12 +742,10 @@ impl Verifier {
             .delete(&master, &DeleteParams::default())
             .await
             .map_err(api(format!("delete pod {master}")))?;
-        let back = self.wait_ready(&master, Some(&before.uid)).await?;
+        // Same name by construction (looked up by name), a new pod by its uid.
+        self.wait_ready(&master, Some(&before.uid)).await?;
         let recovery_s = started.elapsed().as_secs_f64();
         let mut problems = Vec::new();
-        if back.name != master {
-            problems.push(format!("came back as {}", back.name));
-        }
         let marker = self
             .run_in(&master, &sql::psql_local(&[&sql::select_marker(&token)]))
             .await?;
@@ -763,10 +761,15 @@ impl Verifier {
         if streaming.verdict != crate::Verdict::Pass {
             problems.push(streaming.message);
         }
+        // The restarted master labels itself again and the Services follow.
+        let services = settle(SETTLE, || self.check_role_services()).await;
+        if services.verdict != crate::Verdict::Pass {
+            problems.push(services.message);
+        }
         Ok(Finding::from_problems(
             problems,
             format!(
-                "{master} back Ready as a new pod in {recovery_s:.1}s with its data; replicas streaming after {streaming_resumed_s:.1}s"
+                "{master} back Ready as a new pod in {recovery_s:.1}s with its data; replicas streaming after {streaming_resumed_s:.1}s; Services follow the roles"
             ),
         )
         .with(Measurements {
