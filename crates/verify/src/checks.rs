@@ -59,6 +59,8 @@ pub struct Member {
     pub phase: String,
     /// The `Ready` condition is true.
     pub ready: bool,
+    /// When the `Ready` condition last changed.
+    pub ready_since: Option<Timestamp>,
     /// Being deleted.
     pub terminating: bool,
     /// `metadata.creationTimestamp`.
@@ -84,6 +86,9 @@ impl Member {
         let name = meta.name.clone().unwrap_or_default();
         let status = pod.status.as_ref();
         let spec = pod.spec.as_ref();
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"));
         Member {
             ordinal: ordinal_of(&name),
             name,
@@ -91,9 +96,8 @@ impl Member {
             phase: status
                 .and_then(|s| s.phase.clone())
                 .unwrap_or_else(|| "Unknown".into()),
-            ready: status
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+            ready: ready.is_some_and(|c| c.status == "True"),
+            ready_since: ready.and_then(|c| c.last_transition_time.as_ref().map(|t| t.0)),
             terminating: meta.deletion_timestamp.is_some(),
             created: meta.creation_timestamp.as_ref().map(|t| t.0),
             ip: status.and_then(|s| s.pod_ip.clone()),
@@ -689,12 +693,23 @@ pub fn storage(
     Finding::from_problems(problems, how)
 }
 
-/// Pods created after `since` (the scale request), for check 8's "started after the others".
-pub fn created_after(member: &Member, since: Timestamp) -> bool {
-    // creationTimestamp has second resolution: compare at that resolution.
-    member
-        .created
-        .is_some_and(|c| c.as_second() >= since.as_second())
+/// Check 8's order, on the API server's clock (second resolution): the new member was created
+/// no earlier than each other member last became Ready, and they are all still Ready.
+pub fn started_after_ready(new: &Member, others: &[Member]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let Some(created) = new.created else {
+        return vec![format!("{} has no creationTimestamp", new.name)];
+    };
+    for m in others.iter().filter(|m| m.name != new.name) {
+        match (m.ready, m.ready_since) {
+            (false, _) => problems.push(format!("{} not Ready", m.name)),
+            (true, Some(since)) if since.as_second() > created.as_second() => problems.push(
+                format!("{} became Ready after {} was created", m.name, new.name),
+            ),
+            (true, _) => {}
+        }
+    }
+    problems
 }
 
 /// Names of members whose uid differs from the one recorded (recreated pods).

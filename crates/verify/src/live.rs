@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client};
 use pgset_spec::{ClusterSpec, StorageMode};
@@ -627,12 +626,9 @@ impl Verifier {
                 )));
             }
         }
-        let requested = Timestamp::now();
         let started = Instant::now();
         self.scale(n + 1).await?;
-        let outcome = self
-            .scale_out_and_observe(&new_pod, requested, started)
-            .await;
+        let outcome = self.scale_out_and_observe(&new_pod, started).await;
         // Scale back whatever happened.
         let back = self.scale(n).await;
         let gone = match back {
@@ -654,23 +650,10 @@ impl Verifier {
         Ok(finding)
     }
 
-    async fn scale_out_and_observe(
-        &self,
-        new_pod: &str,
-        requested: Timestamp,
-        started: Instant,
-    ) -> Result<Finding> {
+    async fn scale_out_and_observe(&self, new_pod: &str, started: Instant) -> Result<Finding> {
         let member = self.wait_ready(new_pod, None).await?;
-        let mut problems = Vec::new();
-        if !checks::created_after(&member, requested) {
-            problems.push(format!("{new_pod} was created before the scale request"));
-        }
         let others = self.members().await?;
-        for m in others.iter().filter(|m| m.name != new_pod) {
-            if !m.ready {
-                problems.push(format!("{} not Ready while {new_pod} started", m.name));
-            }
-        }
+        let mut problems = checks::started_after_ready(&member, &others);
         let mut expected = checks::expected_replicas(&self.spec);
         expected.push(new_pod.to_string());
         let streaming = self.wait_streaming(&expected).await;

@@ -77,7 +77,7 @@ fn pod(ordinal: i32, created: &str, ready: bool, role: &str) -> Pod {
             "phase": "Running",
             "podIP": format!("10.244.0.{}", 10 + ordinal),
             "conditions": [
-                {"type": "Ready", "status": if ready { "True" } else { "False" }},
+                {"type": "Ready", "status": if ready { "True" } else { "False" }, "lastTransitionTime": created},
                 {"type": "ContainersReady", "status": "True"}
             ],
             "containerStatuses": [{"name": "postgres", "ready": ready, "restartCount": ordinal, "image": "postgres:18", "imageID": "", "started": true}]
@@ -727,4 +727,28 @@ fn new_tokens_are_valid_and_distinct() {
     let b = sql::new_token();
     assert_ne!(a, b);
     assert!(sql::select_marker(&a).contains(&a));
+}
+
+#[test]
+fn a_new_member_starts_after_the_others_are_ready() {
+    // The others became Ready when created (the fixture pods' lastTransitionTime).
+    let others = healthy();
+    let new = Member::from_pod(&pod(3, "2026-11-22T06:00:00Z", true, "replica"));
+    assert_eq!(
+        others[2].ready_since.map(|t| t.to_string()).as_deref(),
+        Some("2026-11-22T05:00:21Z")
+    );
+    assert!(checks::started_after_ready(&new, &others).is_empty());
+
+    let early = Member::from_pod(&pod(3, "2026-11-22T05:00:10Z", true, "replica"));
+    assert_eq!(
+        checks::started_after_ready(&early, &others),
+        ["pgset-2 became Ready after pgset-3 was created"]
+    );
+    let mut unready = others.clone();
+    unready[1].ready = false;
+    assert_eq!(
+        checks::started_after_ready(&new, &unready),
+        ["pgset-1 not Ready"]
+    );
 }
