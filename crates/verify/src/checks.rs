@@ -1,7 +1,7 @@
 //! The verdicts of the checks, decided purely from what was read from the API and printed by the
 //! commands run in the pods. No I/O here: [`crate::live`] gathers the inputs.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -710,12 +710,4 @@ pub fn started_after_ready(new: &Member, others: &[Member]) -> Vec<String> {
         }
     }
     problems
-}
-
-/// Names of members whose uid differs from the one recorded (recreated pods).
-pub fn recreated<'a>(before: &BTreeMap<String, String>, now: &'a [Member]) -> BTreeSet<&'a str> {
-    now.iter()
-        .filter(|m| before.get(&m.name).is_some_and(|uid| *uid != m.uid))
-        .map(|m| m.name.as_str())
-        .collect()
 }
