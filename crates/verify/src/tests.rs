@@ -752,3 +752,45 @@ fn a_new_member_starts_after_the_others_are_ready() {
         ["pgset-1 not Ready"]
     );
 }
+
+#[test]
+fn member_directories_on_this_host_are_stat_like_in_a_pod() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = std::env::temp_dir().join(format!("pgset-verify-stat-{}", std::process::id()));
+    let dir = root.join("pgset-0");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(dir.join("PG_VERSION"), "18\n").unwrap();
+    let stats = crate::live::local_stat(&dir).unwrap();
+    let missing = crate::live::local_stat(&root.join("pgset-1")).unwrap();
+    std::fs::remove_dir_all(&root).unwrap();
+
+    assert_eq!(stats.len(), 2);
+    assert_eq!(stats[0].path, dir.display().to_string());
+    assert_eq!(
+        (stats[0].mode, stats[0].kind.as_str()),
+        (0o700, "directory")
+    );
+    assert_eq!(stats[1].kind, "regular file");
+    assert!(missing.is_empty());
+
+    let mut s = spec(2);
+    s.postgres.uid = stats[0].uid;
+    let mut seen = BTreeMap::new();
+    for (pod, found) in [("pgset-0", stats), ("pgset-1", missing)] {
+        seen.insert(
+            pod.to_string(),
+            MemberStorage {
+                data_directory: Some(Ok(format!("/pgdata/{pod}"))),
+                stat: Some(Ok(found)),
+                claim: None,
+            },
+        );
+    }
+    let root_text = root.display().to_string();
+    let f = checks::storage(&s, &sharing("pgset-pvc")[..2], &seen, &root_text);
+    assert_eq!(
+        f.message,
+        format!("{root_text}/pgset-1 missing; {root_text}/pgset-1/PG_VERSION missing")
+    );
+}
