@@ -20,7 +20,7 @@ use pgset_agent::privilege::postgres_user;
 use pgset_agent::render;
 
 /// Base port of the benchmark sets (away from the tests' ports).
-const BENCH_PORT: u16 = 27500;
+const BENCH_PORT: u16 = 28700;
 /// Rows of ~1 KB in the primary of the bootstrap benchmark (≈ 1 GB on disk).
 const BIG_ROWS: u32 = 900_000;
 /// Rounds per side.
