@@ -139,21 +139,9 @@ pub fn with_include(postgresql_conf: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgset_spec::contract::env;
-    use std::collections::HashMap;
 
     fn settings(pod: &str) -> Settings {
-        let m = HashMap::from([
-            (env::MODE, "local".to_string()),
-            (env::CLUSTER, "pgset".to_string()),
-            (env::POD_NAME, pod.to_string()),
-            (env::DATA_ROOT, "/data".to_string()),
-            (env::MASTER_HOST, "pgset-master".to_string()),
-            (env::MASTER_PORT, "5432".to_string()),
-            (env::PORT, "5433".to_string()),
-            (env::SOCKET_DIR, "/run/pg".to_string()),
-            (env::SECRET_DIR, "/secret".to_string()),
-        ]);
+        let m = crate::settings::tests::sample_env(pod);
         Settings::from_lookup(|k| m.get(k).cloned()).unwrap()
     }
 

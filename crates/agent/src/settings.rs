@@ -288,21 +288,27 @@ pub fn agent_pid_file(data_root: &Path, member: &str) -> PathBuf {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn base() -> HashMap<&'static str, String> {
+    /// A valid member environment for `pod` (shared with the other modules' tests).
+    pub(crate) fn sample_env(pod: &str) -> HashMap<&'static str, String> {
         HashMap::from([
             (env::MODE, "local".to_string()),
             (env::CLUSTER, "pgset".to_string()),
-            (env::POD_NAME, "pgset-1".to_string()),
+            (env::POD_NAME, pod.to_string()),
             (env::DATA_ROOT, "/data".to_string()),
-            (env::MASTER_HOST, "127.0.0.1".to_string()),
+            (env::MASTER_HOST, "pgset-master".to_string()),
             (env::MASTER_PORT, "5432".to_string()),
             (env::PORT, "5433".to_string()),
+            (env::SOCKET_DIR, "/run/pg".to_string()),
             (env::SECRET_DIR, "/secret".to_string()),
         ])
+    }
+
+    fn base() -> HashMap<&'static str, String> {
+        sample_env("pgset-1")
     }
 
     fn parse(m: &HashMap<&'static str, String>) -> Result<Settings> {
