@@ -284,6 +284,7 @@ fn boot(guest_dir: &Path, run_dir: &Path) -> Guest {
         ],
     )
     .stdin_null()
+    .unchecked()
     .stdout_path(run_dir.join("qemu.out"))
     .stderr_path(run_dir.join("qemu.err"))
     .start()
@@ -379,7 +380,8 @@ fn provision_a_real_nfs_server() {
         .stdout_capture()
         .run()
         .expect("build the Debian 12 guest (tests/vm/build-guest.sh)");
-    let guest_dir = PathBuf::from(String::from_utf8_lossy(&built.stdout).trim());
+    let stdout = String::from_utf8_lossy(&built.stdout);
+    let guest_dir = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
     eprintln!("guest ready in {} ({})", elapsed(t), guest_dir.display());
 
     let run_dir = cache.join(format!("run-{}", std::process::id()));

@@ -103,7 +103,7 @@ fi
 cp "$vmlinuz" "$guest/vmlinuz"
 cp "$initrd" "$guest/initrd.img"
 chroot "$root" apt-get clean
-mkfs.ext4 -q -F -d "$root" "$guest/disk.img" 3G
+mkfs.ext4 -q -F -d "$root" "$guest/disk.img" 3G >&2
 rm -rf "$root"
 printf '%s\n' "${packages[@]}" >"$guest/packages"
 touch "$guest/complete"
