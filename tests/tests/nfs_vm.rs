@@ -524,6 +524,22 @@ fn provision_a_real_nfs_server() {
         "{templates_again}"
     );
     assert_eq!(guest.ok("cat /etc/exports"), after_first);
+    // Why 0711: below a 0700 root the squashed mount is refused; a rerun repairs the mode.
+    let member_mount =
+        "mount -t nfs -o hard,nfsvers=4.1 localhost:/nfsfileshare/pgset-1 /mnt/pgset";
+    guest.ok("chmod 0700 /nfsfileshare");
+    let (code, _, err) = guest.sh(member_mount);
+    assert_ne!(
+        code, 0,
+        "a member directory mounted below a 0700 export root"
+    );
+    eprintln!("mount below a 0700 root: {}", err.trim());
+    let repaired = guest.ok(&templates_run);
+    assert!(
+        repaired.contains("set /nfsfileshare to owner 999:999 mode 0711 (now 999:999 0700)"),
+        "{repaired}"
+    );
+    guest.ok(&format!("{member_mount} && umount /mnt/pgset"));
 
     drop(guest);
     let _ = std::fs::remove_dir_all(&run_dir);
