@@ -95,6 +95,9 @@ fn run_here(args: &[&str], uid: Option<u32>) -> (i32, String) {
     )
 }
 
+/// An export path no host has: planning it always creates it, so the plan is never empty.
+const UNUSED_EXPORT: &str = "/srv/pgset-cli-test-export";
+
 /// What the bad-input runs could have touched on this host.
 fn host_state() -> Vec<(String, Option<Vec<u8>>)> {
     [
@@ -102,6 +105,7 @@ fn host_state() -> Vec<(String, Option<Vec<u8>>)> {
         "/etc/exports.pgset.bak",
         "/nfsfileshare",
         "/tmp/nfsfileshare",
+        UNUSED_EXPORT,
     ]
     .iter()
     .map(|p| {
@@ -146,10 +150,17 @@ fn bad_input_through_the_cli_changes_nothing() {
             "{args:?}: {err}"
         );
     }
-    // Not root: the probes run, the plan is not empty (this host is no NFS server), and the
+    // Not root: the probes run, the plan is not empty (the export does not exist), and the
     // run stops before the first change.
     if nix::unistd::geteuid().is_root() && tool("setpriv").is_some() {
-        let (code, err) = run_here(&["nfs", "--clients", "10.0.0.0/24"], Some(65534));
+        let args = [
+            "nfs",
+            "--clients",
+            "10.0.0.0/24",
+            "--nfs-export",
+            UNUSED_EXPORT,
+        ];
+        let (code, err) = run_here(&args, Some(65534));
         assert_eq!(code, 1, "{err}");
         assert!(
             err.contains("changing the host needs root") && err.contains("--dry-run"),
