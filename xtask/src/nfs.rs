@@ -9,8 +9,8 @@ use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::api::ListParams;
 use pgset_nfs::{
-    Duct, ExportClient, ExportOptions, HostAddresses, HostPaths, Step, clients_from_node_addresses,
-    nfs_server_address, parse_clients,
+    Duct, ExportClient, ExportOptions, ExportsFile, HostAddresses, HostPaths, Step,
+    clients_from_node_addresses, nfs_server_address, parse_clients,
 };
 use pgset_spec::ClusterSpec;
 
@@ -57,9 +57,17 @@ pub async fn run(args: Args) -> Result<()> {
     } else {
         node_addresses(&args.client).await?
     };
-    let clients = match explicit_clients {
-        Some(c) => c,
-        None => default_clients(&nodes, &facts.addresses)?,
+    let kept = kept_clients(&spec, facts.exports_file.as_deref());
+    let clients = match (explicit_clients, kept) {
+        (Some(c), _) => c,
+        (None, Some(c)) => {
+            eprintln!(
+                "note: keeping the clients of pgset's block in /etc/exports ({}); pass --clients to change them",
+                client_list(&c)
+            );
+            c
+        }
+        (None, None) => default_clients(&nodes, &facts.addresses)?,
     };
     let options = ExportOptions { clients };
     let steps = pgset_nfs::plan(&facts, &spec, &options).context("plan the NFS host")?;
@@ -124,7 +132,15 @@ fn client_list(clients: &[ExportClient]) -> String {
         .join(", ")
 }
 
-/// The clients when `--clients` is not given: the cluster's node network, else this host's
+/// The clients already in pgset's block for this export, so a rerun without `--clients`
+/// (`up` again, `scale`) does not change who may mount it.
+fn kept_clients(spec: &ClusterSpec, exports: Option<&str>) -> Option<Vec<ExportClient>> {
+    let file = ExportsFile::parse(exports?, &spec.name).ok()?;
+    let clients = file.block_clients(&spec.nfs.export.display().to_string());
+    (!clients.is_empty()).then_some(clients)
+}
+
+/// The clients for a first run without `--clients`: the cluster's node network, else this host's
 /// primary network (with a note saying so).
 fn default_clients(nodes: &[IpAddr], addresses: &HostAddresses) -> Result<Vec<ExportClient>> {
     if !nodes.is_empty() {
@@ -201,4 +217,25 @@ pub(crate) async fn node_addresses(client_args: &ClientArgs) -> Result<Vec<IpAdd
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rerun_keeps_the_clients_of_pgsets_block() {
+        let spec = ClusterSpec::default();
+        let clients = parse_clients("10.0.2.0/24,127.0.0.1").unwrap();
+        let file = format!(
+            "/srv/other *(ro)\n{}",
+            pgset_nfs::render_block(&spec, &clients)
+        );
+        assert_eq!(kept_clients(&spec, Some(&file)), Some(clients));
+        assert_eq!(kept_clients(&spec, Some("/srv/other *(ro)\n")), None);
+        assert_eq!(kept_clients(&spec, None), None);
+        let mut other = spec.clone();
+        other.name = "other".into();
+        assert_eq!(kept_clients(&other, Some(&file)), None);
+    }
 }

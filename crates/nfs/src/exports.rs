@@ -256,6 +256,22 @@ impl ExportsFile {
         &self.entries
     }
 
+    /// The clients pgset's block gives `path` (a rerun without `--clients` keeps them).
+    /// Entries pgset would not write (host names, wildcards) are left out.
+    pub fn block_clients(&self, path: &str) -> Vec<ExportClient> {
+        let wanted = path.trim_end_matches('/');
+        let mut out: Vec<ExportClient> = self
+            .entries
+            .iter()
+            .filter(|e| e.in_block && e.path.trim_end_matches('/') == wanted)
+            .flat_map(|e| e.clients.iter())
+            .filter_map(|(c, _)| ExportClient::from_exportfs(c))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Entries outside the block that export `path`.
     pub fn entries_outside_block_for(&self, path: &str) -> Vec<&ExportEntry> {
         let wanted = path.trim_end_matches('/');
@@ -399,6 +415,22 @@ mod tests {
         );
         assert_eq!(e[1].line, 3);
         assert_eq!(e[1].path, "/srv/with space");
+    }
+
+    #[test]
+    fn the_blocks_clients_are_read_back() {
+        let f = ExportsFile::parse(&format!("/nfsfileshare *(ro)\n{}", block()), "pgset").unwrap();
+        assert_eq!(
+            f.block_clients("/nfsfileshare"),
+            parse_clients("127.0.0.1/32,10.0.2.0/24").unwrap()
+        );
+        assert!(f.block_clients("/other").is_empty());
+        assert!(
+            ExportsFile::parse("", "pgset")
+                .unwrap()
+                .block_clients("/nfsfileshare")
+                .is_empty()
+        );
     }
 
     #[test]
