@@ -551,6 +551,13 @@ fn provision_a_real_nfs_server() {
         "{repaired}"
     );
     guest.ok(&format!("{member_mount} && umount /mnt/pgset"));
+    // A rerun without --clients (as `up` and `scale` do) keeps the block's clients.
+    let rerun = guest.ok("cd /root && pgset-xtask nfs --storage templates --replicas 2 2>&1");
+    assert!(
+        rerun.contains("keeping the clients") && rerun.contains("nothing to change"),
+        "{rerun}"
+    );
+    assert_eq!(guest.ok("cat /etc/exports"), after_first);
 
     drop(guest);
     let _ = std::fs::remove_dir_all(&run_dir);
