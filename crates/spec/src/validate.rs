@@ -80,14 +80,15 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
         )
     })?;
     if let Some(server) = &s.nfs.server
-        && !is_host_or_ip(server) {
-            return Err(invalid(
-                "nfs.server (--nfs-server)",
-                server,
-                "not an IP address or DNS name",
-                "give the address the nodes reach the NFS host at, e.g. 192.168.56.10",
-            ));
-        }
+        && !is_host_or_ip(server)
+    {
+        return Err(invalid(
+            "nfs.server (--nfs-server)",
+            server,
+            "not an IP address or DNS name",
+            "give the address the nodes reach the NFS host at, e.g. 192.168.56.10",
+        ));
+    }
     if !matches!(s.nfs.version.as_str(), "3" | "4" | "4.0" | "4.1" | "4.2") {
         return Err(invalid(
             "nfs.version",
@@ -142,15 +143,15 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
     if let (Some(req), Some(lim)) = (
         parse_quantity_bytes(&s.resources.memory_request),
         parse_quantity_bytes(&s.resources.memory_limit),
-    )
-        && req > lim {
-            return Err(invalid(
-                "resources.memoryRequest",
-                &s.resources.memory_request,
-                format!("larger than memoryLimit {}", s.resources.memory_limit),
-                "make the request at most the limit",
-            ));
-        }
+    ) && req > lim
+    {
+        return Err(invalid(
+            "resources.memoryRequest",
+            &s.resources.memory_request,
+            format!("larger than memoryLimit {}", s.resources.memory_limit),
+            "make the request at most the limit",
+        ));
+    }
     let p = &s.probes;
     for (field, v, max) in [
         (
@@ -343,9 +344,10 @@ pub fn is_image_reference(s: &str) -> bool {
             None => (host, None),
         };
         if let Some(p) = port
-            && p.parse::<u16>().is_err() {
-                return false;
-            }
+            && p.parse::<u16>().is_err()
+        {
+            return false;
+        }
         if h.is_empty()
             || !h
                 .bytes()
