@@ -4,8 +4,7 @@
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::Api;
-use kube::api::Patch;
-use pgset_deploy::apply::{ApplyMode, apply_object, apply_params};
+use pgset_deploy::apply::{ApplyMode, DeployOutcome, apply_reporting};
 use pgset_deploy::storage::shared_claim;
 use pgset_nfs::{Duct, persistent_volumes};
 use pgset_spec::{ClusterSpec, StorageMode};
@@ -61,25 +60,38 @@ pub(crate) async fn apply_storage(
 ) -> Result<()> {
     let StorageObjects { volumes, claim } = storage_objects(spec, server);
     let stage = Stage::start(format!("apply {} NFS volume(s) on {server}", volumes.len()));
+    let mut outcome = DeployOutcome::default();
+    let mut progress = |line: &str| eprintln!("    {line}");
     let api: Api<PersistentVolume> = Api::all(client.clone());
     for pv in &volumes {
         let name = pv.metadata.name.clone().unwrap_or_default();
-        api.patch(&name, &apply_params(ApplyMode::Apply), &Patch::Apply(pv))
-            .await
-            .with_context(|| {
-                format!(
-                    "apply PersistentVolume {name} (its NFS server and path cannot change once created: delete it first if the server moved)"
-                )
-            })?;
+        outcome.record(
+            apply_reporting(&api, pv, ApplyMode::Apply, &mut progress)
+                .await
+                .with_context(|| {
+                    format!(
+                        "apply PersistentVolume {name} (its NFS server and path cannot change once created: delete it first if the server moved)"
+                    )
+                })?,
+        );
     }
     if let Some(c) = &claim {
-        apply_object(client, &spec.namespace, c, ApplyMode::Apply)
-            .await
-            .with_context(|| format!("apply PersistentVolumeClaim {}", spec.shared_claim_name()))?;
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &spec.namespace);
+        outcome.record(
+            apply_reporting(&claims, c, ApplyMode::Apply, &mut progress)
+                .await
+                .with_context(|| {
+                    format!("apply PersistentVolumeClaim {}", spec.shared_claim_name())
+                })?,
+        );
     }
-    stage.done(&match &claim {
-        Some(_) => format!("and the claim {}", spec.shared_claim_name()),
-        None => String::new(),
+    stage.done(&if outcome.changed.is_empty() {
+        format!(
+            "nothing changed ({} objects as the spec says)",
+            outcome.unchanged
+        )
+    } else {
+        format!("changed {}", outcome.changed.join(", "))
     });
     Ok(())
 }

@@ -53,24 +53,6 @@ pub fn apply_params(mode: ApplyMode) -> PatchParams {
     }
 }
 
-/// Applies one namespaced object with server-side apply and returns the server's version.
-pub async fn apply_object<K>(
-    client: &Client,
-    namespace: &str,
-    object: &K,
-    mode: ApplyMode,
-) -> Result<K>
-where
-    K: NamespacedObject,
-{
-    let kind = kind_of::<K>();
-    let name = object.meta().name.clone().unwrap_or_default();
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    api.patch(&name, &apply_params(mode), &Patch::Apply(object))
-        .await
-        .map_err(Error::api("apply", kind, name, namespace))
-}
-
 /// The static kind name of a k8s-openapi type.
 pub(crate) fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
     match K::kind(&()) {
@@ -202,7 +184,8 @@ pub struct DeployOutcome {
 }
 
 impl DeployOutcome {
-    fn record(&mut self, applied: Applied) {
+    /// Counts one apply.
+    pub fn record(&mut self, applied: Applied) {
         match applied {
             Applied::Unchanged => self.unchanged += 1,
             Applied::Created(what) | Applied::Changed(what) => self.changed.push(what),
@@ -212,10 +195,53 @@ impl DeployOutcome {
 
 /// What one apply did, judged by the object's resourceVersion before and after.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Applied {
+pub enum Applied {
+    /// The object did not exist (`Kind/name`).
     Created(String),
+    /// The object existed and the apply changed it (`Kind/name`).
     Changed(String),
+    /// The object was already as applied (or this was a dry run).
     Unchanged,
+}
+
+/// Server-side applies `object` through `api` (namespaced or cluster-wide) and tells whether it
+/// was created, changed or already so; `progress` gets one line saying which.
+pub async fn apply_reporting<K>(
+    api: &Api<K>,
+    object: &K,
+    mode: ApplyMode,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> std::result::Result<Applied, kube::Error>
+where
+    K: Resource<DynamicType = ()>
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
+    let kind = kind_of::<K>();
+    let name = object.meta().name.clone().unwrap_or_default();
+    let before = api
+        .get_opt(&name)
+        .await?
+        .and_then(|o| o.meta().resource_version.clone());
+    let applied = api
+        .patch(&name, &apply_params(mode), &Patch::Apply(object))
+        .await?;
+    let after = applied.meta().resource_version.clone().unwrap_or_default();
+    let what = format!("{kind}/{name}");
+    let (verb, outcome) = match before {
+        // A dry run stores nothing, so nothing changed whatever the server would do.
+        _ if mode.is_dry_run() => ("validated", Applied::Unchanged),
+        None => ("created", Applied::Created(what)),
+        Some(v) if v == after => ("unchanged", Applied::Unchanged),
+        Some(_) => ("configured", Applied::Changed(what)),
+    };
+    progress(&format!(
+        "{verb} {kind} {name} (resourceVersion {after}){}",
+        mode.suffix()
+    ));
+    Ok(outcome)
 }
 
 /// True when the API server refused a StatefulSet update because it touches a field that
@@ -235,27 +261,9 @@ async fn apply_one<K>(
 where
     K: NamespacedObject,
 {
-    let kind = kind_of::<K>();
     let name = object.meta().name.clone().unwrap_or_default();
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    let before = api
-        .get_opt(&name)
+    apply_reporting(&api, object, mode, progress)
         .await
-        .map_err(Error::api("get", kind, &name, namespace))?
-        .and_then(|o| o.meta().resource_version.clone());
-    let applied = apply_object(client, namespace, object, mode).await?;
-    let after = applied.meta().resource_version.clone().unwrap_or_default();
-    let what = format!("{kind}/{name}");
-    let (verb, outcome) = match before {
-        // A dry run stores nothing, so nothing changed whatever the server would do.
-        _ if mode.is_dry_run() => ("validated", Applied::Unchanged),
-        None => ("created", Applied::Created(what)),
-        Some(v) if v == after => ("unchanged", Applied::Unchanged),
-        Some(_) => ("configured", Applied::Changed(what)),
-    };
-    progress(&format!(
-        "{verb} {kind} {name} (resourceVersion {after}){}",
-        mode.suffix()
-    ));
-    Ok(outcome)
+        .map_err(Error::api("apply", kind_of::<K>(), name, namespace))
 }
