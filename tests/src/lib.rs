@@ -23,6 +23,13 @@ pub fn tools_required() -> bool {
         || std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
+/// Prints why a test is skipped where the test harness does not capture it, so the reason shows
+/// in every run's output, not only for failing tests.
+pub fn skip(test: &str, reason: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
+}
+
 /// Called when a locally installable tool is missing: fails the test where tools are required
 /// (CI), else prints why the test is skipped. Returns normally only when the test should skip.
 pub fn missing_tool(test: &str, reason: &str) {
@@ -31,7 +38,7 @@ pub fn missing_tool(test: &str, reason: &str) {
             "{test}: {reason} (this run requires every test tool; see .ci/run for the install steps)"
         );
     }
-    eprintln!("SKIPPED {test}: {reason}");
+    skip(test, reason);
 }
 
 /// The kubeconfig a live-cluster test should use, or `None` after printing why it is skipped.
@@ -47,7 +54,7 @@ pub fn live_kubeconfig(test: &str) -> Option<PathBuf> {
             }
         }
         _ => {
-            eprintln!("SKIPPED {test}: needs a live cluster; set KUBECONFIG to run it");
+            skip(test, "needs a live cluster; set KUBECONFIG to run it");
             None
         }
     }

@@ -11,7 +11,6 @@
 //! on them. The agent image must be
 //! on the nodes (`cargo xtask image --import`); `PGSET_LIVE_AGENT_IMAGE` names another.
 
-use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, Pod};
@@ -21,9 +20,13 @@ use pgset_deploy::apply::{ApplyMode, apply_params, deploy};
 use pgset_deploy::rollout::wait_for_rollout;
 use pgset_deploy::teardown::{Purge, down};
 use pgset_spec::{ClusterSpec, StorageMode};
-use pgset_tests::{live_kubeconfig, workspace_root};
+use pgset_tests::live_kubeconfig;
 use pgset_verify::exec::{POSTGRES_CONTAINER, PodExec};
 use pgset_verify::{ClusterStatus, Report, Verdict, names, sql};
+use support::{XtaskRun, assert_all_passed, xtask};
+
+#[path = "support/live.rs"]
+mod support;
 
 const ROLLOUT: Duration = Duration::from_secs(600);
 /// The cluster's name: its own member directories on a shared export, never the default
@@ -80,26 +83,6 @@ fn volumes(spec: &ClusterSpec) -> Vec<PersistentVolume> {
         .collect()
 }
 
-/// `cargo xtask <args>` in the workspace, with `--config <spec file>`; returns stdout and
-/// whether it exited 0.
-fn xtask(spec_file: &Path, args: &[&str]) -> (String, bool) {
-    let mut argv: Vec<String> = vec!["xtask".into()];
-    argv.extend(args.iter().map(|s| s.to_string()));
-    argv.push("--config".into());
-    argv.push(spec_file.display().to_string());
-    eprintln!("$ cargo {}", argv.join(" "));
-    let out = duct::cmd("cargo", &argv)
-        .dir(workspace_root())
-        .stdout_capture()
-        .unchecked()
-        .run()
-        .expect("run cargo xtask");
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        out.status.success(),
-    )
-}
-
 async fn marker_table_present(client: &Client, spec: &ClusterSpec) -> bool {
     let exec = PodExec::new(
         Api::<Pod>::namespaced(client.clone(), &spec.namespace),
@@ -116,29 +99,6 @@ async fn marker_table_present(client: &Client, spec: &ClusterSpec) -> bool {
         .expect("exec psql on the master");
     assert!(out.success(), "psql: {}", out.failure_summary());
     sql::parse_bool(&out.stdout).expect("a boolean")
-}
-
-fn assert_all_passed(report: &Report, run: &str) {
-    let summary: Vec<String> = report
-        .checks
-        .iter()
-        .map(|c| format!("{} {:?}: {}", c.name, c.verdict, c.message))
-        .collect();
-    assert_eq!(
-        report
-            .checks
-            .iter()
-            .map(|c| c.name.as_str())
-            .collect::<Vec<_>>(),
-        names::ALL,
-        "{run}: every check reported, in order"
-    );
-    assert!(
-        report.checks.iter().all(|c| c.verdict == Verdict::Pass),
-        "{run}: {summary:#?}"
-    );
-    assert!(report.passed, "{run}");
-    assert!(report.warnings.is_empty(), "{run}: {:?}", report.warnings);
 }
 
 async fn scenario(client: Client, spec: ClusterSpec) {
@@ -161,7 +121,9 @@ async fn scenario(client: Client, spec: ClusterSpec) {
     let spec_file = dir.path().join("pgset.yaml");
     std::fs::write(&spec_file, spec.to_yaml()).expect("write the spec file");
 
-    let (json, ok) = xtask(
+    let XtaskRun {
+        stdout: json, ok, ..
+    } = xtask(
         &spec_file,
         &["verify", "--scale-test", "--disruptive", "-o", "json"],
     );
@@ -182,7 +144,9 @@ async fn scenario(client: Client, spec: ClusterSpec) {
     );
 
     // The scale test and the master's deletion left the cluster as it was: a second run passes.
-    let (json, ok) = xtask(&spec_file, &["verify", "-o", "json"]);
+    let XtaskRun {
+        stdout: json, ok, ..
+    } = xtask(&spec_file, &["verify", "-o", "json"]);
     let again: Report = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
     assert!(ok);
     assert_eq!(again.checks[7].verdict, Verdict::Skipped);
@@ -193,7 +157,9 @@ async fn scenario(client: Client, spec: ClusterSpec) {
         again.checks
     );
 
-    let (json, ok) = xtask(&spec_file, &["status", "-o", "json"]);
+    let XtaskRun {
+        stdout: json, ok, ..
+    } = xtask(&spec_file, &["status", "-o", "json"]);
     assert!(ok, "status exits 0");
     let status: ClusterStatus =
         serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
@@ -213,8 +179,8 @@ async fn scenario(client: Client, spec: ClusterSpec) {
     );
 
     // Verify against a cluster that is not there: one clear error, non-zero exit.
-    let (_, ok) = xtask(&spec_file, &["verify", "--name", "absent"]);
-    assert!(!ok, "verify of a missing cluster fails");
+    let absent = xtask(&spec_file, &["verify", "--name", "absent"]);
+    assert!(!absent.ok, "verify of a missing cluster fails");
 }
 
 #[tokio::test]
@@ -231,7 +197,7 @@ async fn verify_and_status_on_a_cluster_of_its_own() {
     let spec = match cluster_spec(&ns) {
         Ok(s) => s,
         Err(reason) => {
-            eprintln!("SKIPPED {test}: {reason}");
+            pgset_tests::skip(test, &reason);
             return;
         }
     };

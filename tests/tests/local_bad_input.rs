@@ -1,7 +1,7 @@
 //! Bad input to `pgset-agent run` and `install`: one clear error naming the problem, a non-zero
 //! exit, and nothing existing deleted; `--version` prints the crate version.
 
-#[path = "local_support.rs"]
+#[path = "support/local.rs"]
 mod support;
 
 use std::os::unix::fs::PermissionsExt;

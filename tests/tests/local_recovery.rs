@@ -2,7 +2,7 @@
 //! base backup is restarted and the copy is redone; a replica whose WAL the primary no longer has
 //! is copied again, its old data directory moved aside and kept.
 
-#[path = "local_support.rs"]
+#[path = "support/local.rs"]
 mod support;
 
 use std::path::Path;

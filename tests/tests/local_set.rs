@@ -3,7 +3,7 @@
 //! primary restarts and replicas reconnect; 3 → 2 → 3 leaves no slot for the gone member; no
 //! password shows in `ps` or the logs.
 
-#[path = "local_support.rs"]
+#[path = "support/local.rs"]
 mod support;
 
 use std::time::Duration;

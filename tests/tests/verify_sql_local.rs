@@ -3,7 +3,7 @@
 //! on what it prints — streaming, read-only replica, the marker replicated with its lag, the data
 //! directory, and the marker table dropped again.
 
-#[path = "local_support.rs"]
+#[path = "support/local.rs"]
 mod support;
 
 use std::collections::BTreeMap;

@@ -35,7 +35,7 @@ pub async fn run(args: Args) -> Result<()> {
     spec.validate()?;
     let client = args.client.client().await?;
     if spec.storage.mode == StorageMode::Templates && spec.storage.storage_class.is_none() {
-        prepare_member_volumes(&args, &spec, &client).await?;
+        prepare_member_volumes(&args.client, &spec, &client).await?;
     }
     let stage = Stage::start(format!(
         "scale StatefulSet {} in namespace {} to {} members",
@@ -75,45 +75,51 @@ pub async fn run(args: Args) -> Result<()> {
 }
 
 /// Templates mode on pgset's NFS volumes: a new member needs its directory on the export and
-/// its pre-bound volume before its pod can start. On the NFS host (as root) the `nfs` stage
-/// creates the missing directories; the volumes are applied from anywhere.
-async fn prepare_member_volumes(
-    args: &Args,
+/// its pre-bound volume before its pod can start. On the NFS host (as root) the missing
+/// directories are created as the `nfs` stage makes them (owned by the postgres uid, mode
+/// 0700); the volumes are applied from anywhere. Progress goes to stderr only.
+pub(crate) async fn prepare_member_volumes(
+    client_args: &ClientArgs,
     spec: &pgset_spec::ClusterSpec,
     client: &kube::Client,
 ) -> Result<()> {
-    let missing: Vec<String> = (0..spec.replicas)
+    let missing: Vec<std::path::PathBuf> = (0..spec.replicas)
         .map(|o| spec.member_export_dir(o))
         .filter(|d| !d.exists())
-        .map(|d| d.display().to_string())
         .collect();
     if spec.nfs.export.is_dir() && nix::unistd::geteuid().is_root() {
-        if !missing.is_empty() {
-            let mut spec_args = args.spec.clone();
-            spec_args.replicas = Some(spec.replicas);
-            crate::nfs::run(crate::nfs::Args {
-                clients: None,
-                dry_run: false,
-                verbose: false,
-                spec: spec_args,
-                client: args.client.clone(),
-            })
-            .await
-            .context("create the new members' directories on the NFS export")?;
+        for dir in &missing {
+            create_member_dir(spec, dir)?;
+            eprintln!(
+                "    created {} owned by {}:{} with mode 0700",
+                dir.display(),
+                spec.postgres.uid,
+                spec.postgres.gid
+            );
         }
     } else if !missing.is_empty() {
         eprintln!(
-            "    note: cannot check the export here; on the NFS host, run `cargo xtask nfs --storage templates --replicas {}` so that {} exist",
+            "    note: cannot create member directories here; on the NFS host, run `cargo xtask nfs --storage templates --replicas {}` so that {}/{}-N exist",
             spec.replicas,
-            if spec.nfs.export.is_dir() {
-                missing.join(", ")
-            } else {
-                format!("{}/{}-N", spec.nfs.export.display(), spec.name)
-            }
+            spec.nfs.export.display(),
+            spec.name
         );
     }
-    let server = crate::volumes::resolve_server(spec, &args.client).await?;
+    let server = crate::volumes::resolve_server(spec, client_args).await?;
     crate::volumes::apply_storage(client, spec, &server)
         .await
         .context("create the new members' volumes")
+}
+
+fn create_member_dir(spec: &pgset_spec::ClusterSpec, dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir(dir).with_context(|| format!("create {}", dir.display()))?;
+    nix::unistd::chown(
+        dir,
+        Some(nix::unistd::Uid::from_raw(spec.postgres.uid as u32)),
+        Some(nix::unistd::Gid::from_raw(spec.postgres.gid as u32)),
+    )
+    .with_context(|| format!("chown {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("chmod 0700 {}", dir.display()))
 }

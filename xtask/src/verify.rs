@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use pgset_spec::ClusterSpec;
+use pgset_spec::{ClusterSpec, StorageMode};
 use pgset_verify::{Options, Report, Verifier};
 
 use crate::cli::{ClientArgs, SpecArgs};
@@ -75,6 +75,16 @@ pub async fn run(args: Args) -> Result<()> {
             spec.name,
             spec.nfs.export.display()
         );
+    }
+    if args.scale_test
+        && spec.storage.mode == StorageMode::Templates
+        && spec.storage.storage_class.is_none()
+    {
+        let mut bigger = spec.clone();
+        bigger.replicas += 1;
+        crate::scale::prepare_member_volumes(&args.client, &bigger, &client)
+            .await
+            .context("prepare the volume of the scale test's extra member")?;
     }
     let report = checks(client, spec, options).await?;
     match args.output {
