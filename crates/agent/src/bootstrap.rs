@@ -300,12 +300,13 @@ pub fn local_psql(s: &Settings, bin: &PgBin) -> HostCommand {
         ])
 }
 
-/// On the primary: create the replication role if missing and set its password from the secret
-/// (SQL on stdin; statement logging off for the session).
+/// On the primary: create the replication role if missing and set its password and the
+/// superuser's from the secret (SQL on stdin; statement logging off for the session).
 pub fn ensure_replication_role(s: &Settings, bin: &PgBin) -> Result<()> {
-    let pw = read_password(s, secret::REPLICATION_PASSWORD_KEY)?;
+    let replication = read_password(s, secret::REPLICATION_PASSWORD_KEY)?;
+    let superuser = read_password(s, secret::SUPERUSER_PASSWORD_KEY)?;
     local_psql(s, bin)
         .quiet()
-        .stdin(render::replication_role_sql(&pw))
+        .stdin(render::role_passwords_sql(&replication, &superuser))
         .run()
 }

@@ -106,18 +106,23 @@ pub fn pg_hba() -> String {
     )
 }
 
-/// SQL (fed on stdin, never logged) that creates the replication role when missing and sets its
-/// password; statement logging is switched off for the session so the password cannot reach the log.
-pub fn replication_role_sql(password: &str) -> String {
+/// SQL (fed on stdin, never logged) that creates the replication role when missing and sets
+/// its password and the superuser's from the Secret, which stays the source of truth (a Secret
+/// made anew after `down --purge` takes effect on the next start); statement logging is
+/// switched off for the session so no password can reach the log.
+pub fn role_passwords_sql(replication_password: &str, superuser_password: &str) -> String {
     let user = contract::REPLICATION_USER;
     format!(
         "SET log_statement = 'none';\n\
          SET log_min_error_statement = 'panic';\n\
          SET log_min_duration_statement = -1;\n\
          SELECT 'CREATE ROLE {user}' WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {name})\\gexec\n\
-         ALTER ROLE {user} WITH REPLICATION LOGIN PASSWORD {pw};\n",
+         ALTER ROLE {user} WITH REPLICATION LOGIN PASSWORD {pw};\n\
+         ALTER ROLE {superuser} WITH PASSWORD {super_pw};\n",
         name = sql_quote(user),
-        pw = sql_quote(password),
+        pw = sql_quote(replication_password),
+        superuser = contract::SUPERUSER,
+        super_pw = sql_quote(superuser_password),
     )
 }
 
@@ -174,8 +179,9 @@ mod tests {
             passfile_entry("replicator", r"p:w\d"),
             "*:*:*:replicator:p\\:w\\\\d\n"
         );
-        let sql = replication_role_sql("x'y");
-        assert!(sql.contains("PASSWORD 'x''y';"));
+        let sql = role_passwords_sql("x'y", "s'u");
+        assert!(sql.contains("ALTER ROLE replicator WITH REPLICATION LOGIN PASSWORD 'x''y';"));
+        assert!(sql.contains("ALTER ROLE postgres WITH PASSWORD 's''u';"));
         assert!(sql.starts_with("SET log_statement = 'none';"));
     }
 

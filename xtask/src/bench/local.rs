@@ -333,7 +333,10 @@ impl Bench {
             .timed_run()?;
         start(&primary, port).timed_run()?;
         self.psql(&socket, port)
-            .stdin(render::replication_role_sql("bench-replication-password"))
+            .stdin(render::role_passwords_sql(
+                "bench-replication-password",
+                "bench-superuser-password",
+            ))
             .timed_run()?;
         for k in 1..=2u16 {
             let data = base.join(format!("p{k}"));
