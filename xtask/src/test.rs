@@ -80,6 +80,7 @@ pub async fn run(args: Args) -> Result<()> {
     }));
     if !args.quick {
         outcomes.push(step("manifests", || validate_manifests(&root, require)));
+        outcomes.push(step("shellcheck", || shellcheck_scripts(&root, require)));
     }
 
     eprintln!();
@@ -204,5 +205,50 @@ fn validate_manifests(root: &Path, require: bool) -> Result<()> {
         }
         eprintln!("    {valid} documents valid against Kubernetes {version}");
     }
+    Ok(())
+}
+
+/// Runs shellcheck on every shell script in the repository (the lab's scripts, the guest
+/// builder, the CI entry point).
+fn shellcheck_scripts(root: &Path, require: bool) -> Result<()> {
+    let mut scripts: Vec<PathBuf> = vec![root.join(".ci").join("run")];
+    let mut stack = vec![
+        root.join("vagrant"),
+        root.join("tests"),
+        root.join("manifests"),
+    ];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "sh") {
+                scripts.push(path);
+            }
+        }
+    }
+    scripts.sort();
+    let Ok(shellcheck) = which::which("shellcheck") else {
+        if require {
+            bail!("shellcheck not found: `apt-get install shellcheck`");
+        }
+        eprintln!("    SKIPPED shellcheck: shellcheck not found (`apt-get install shellcheck`)");
+        return Ok(());
+    };
+    eprintln!("    $ shellcheck ({} scripts)", scripts.len());
+    let out = duct::cmd(&shellcheck, &scripts)
+        .dir(root)
+        .stderr_to_stdout()
+        .stdout_capture()
+        .unchecked()
+        .run()
+        .context("run shellcheck")?;
+    if !out.status.success() {
+        bail!(
+            "shellcheck found problems:\n{}",
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
+    eprintln!("    {} scripts clean", scripts.len());
     Ok(())
 }
