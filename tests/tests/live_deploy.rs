@@ -8,6 +8,9 @@
 //! whose claim stays Pending (no PersistentVolumes are made for the test namespace), which is
 //! enough for what this test checks.
 
+#[path = "support/live.rs"]
+mod support;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -16,7 +19,7 @@ use k8s_openapi::api::core::v1::{
     Namespace, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Resource};
 use pgset_deploy::apply::{ApplyMode, deploy};
@@ -294,13 +297,5 @@ async fn deploy_twice_changes_nothing_and_down_keeps_claims_until_purged() {
 
     let outcome = tokio::spawn(scenario(client.clone(), live_spec(&ns))).await;
 
-    if let Err(e) = namespaces.delete(&ns, &DeleteParams::default()).await {
-        eprintln!("{test}: could not delete namespace {ns}: {e}");
-    }
-    if let Err(e) = outcome {
-        match e.try_into_panic() {
-            Ok(panic) => std::panic::resume_unwind(panic),
-            Err(e) => panic!("{test}: {e}"),
-        }
-    }
+    support::finish(test, &namespaces, &ns, outcome).await;
 }

@@ -142,13 +142,5 @@ async fn up_forms_a_verified_set_and_a_second_up_changes_nothing() {
             }
         }
     }
-    if let Err(e) = namespaces.delete(&ns, &DeleteParams::default()).await {
-        eprintln!("{test}: could not delete namespace {ns}: {e}");
-    }
-    if let Err(e) = outcome {
-        match e.try_into_panic() {
-            Ok(panic) => std::panic::resume_unwind(panic),
-            Err(e) => panic!("{test}: {e}"),
-        }
-    }
+    support::finish(test, &namespaces, &ns, outcome).await;
 }

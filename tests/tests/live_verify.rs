@@ -222,13 +222,5 @@ async fn verify_and_status_on_a_cluster_of_its_own() {
         let name = pv.metadata.name.unwrap_or_default();
         let _ = pvs.delete(&name, &DeleteParams::default()).await;
     }
-    if let Err(e) = namespaces.delete(&ns, &DeleteParams::default()).await {
-        eprintln!("{test}: could not delete namespace {ns}: {e}");
-    }
-    if let Err(e) = outcome {
-        match e.try_into_panic() {
-            Ok(panic) => std::panic::resume_unwind(panic),
-            Err(e) => panic!("{test}: {e}"),
-        }
-    }
+    support::finish(test, &namespaces, &ns, outcome).await;
 }

@@ -118,14 +118,7 @@ pub async fn run(args: Args) -> Result<()> {
     })
     .await
     .context("apply the objects")?;
-    stage.done(&if outcome.changed.is_empty() {
-        format!(
-            "nothing changed ({} objects as the spec says)",
-            outcome.unchanged
-        )
-    } else {
-        format!("changed {}", outcome.changed.join(", "))
-    });
+    stage.done(&outcome.summary());
     let timeout = match args.wait.timeout() {
         Some(t) if mode == ApplyMode::Apply => t,
         _ => return Ok(()),

@@ -85,14 +85,7 @@ pub(crate) async fn apply_storage(
                 })?,
         );
     }
-    stage.done(&if outcome.changed.is_empty() {
-        format!(
-            "nothing changed ({} objects as the spec says)",
-            outcome.unchanged
-        )
-    } else {
-        format!("changed {}", outcome.changed.join(", "))
-    });
+    stage.done(&outcome.summary());
     Ok(())
 }
 

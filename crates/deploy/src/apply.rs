@@ -184,6 +184,18 @@ pub struct DeployOutcome {
 }
 
 impl DeployOutcome {
+    /// One line for the user: what changed, or that nothing did.
+    pub fn summary(&self) -> String {
+        if self.changed.is_empty() {
+            format!(
+                "nothing changed ({} objects as the spec says)",
+                self.unchanged
+            )
+        } else {
+            format!("changed {}", self.changed.join(", "))
+        }
+    }
+
     /// Counts one apply.
     pub fn record(&mut self, applied: Applied) {
         match applied {

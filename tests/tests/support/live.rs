@@ -65,3 +65,25 @@ pub fn assert_all_passed(report: &Report, run: &str) {
     assert!(report.passed, "{run}");
     assert!(report.warnings.is_empty(), "{run}: {:?}", report.warnings);
 }
+
+/// Deletes the test's namespace, then re-raises the scenario's panic, if it had one, so the
+/// clean-up runs whether the scenario passed or not.
+pub async fn finish(
+    test: &str,
+    namespaces: &kube::Api<k8s_openapi::api::core::v1::Namespace>,
+    ns: &str,
+    outcome: Result<(), tokio::task::JoinError>,
+) {
+    if let Err(e) = namespaces
+        .delete(ns, &kube::api::DeleteParams::default())
+        .await
+    {
+        eprintln!("{test}: could not delete namespace {ns}: {e}");
+    }
+    if let Err(e) = outcome {
+        match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => panic!("{test}: {e}"),
+        }
+    }
+}
