@@ -345,7 +345,8 @@ pub async fn wait_ready(dir: &Path, set: &LocalSet, k: i32, timeout: Duration) -
                 log_tail(dir, &member, 15)
             )));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The next member starts as soon as this one is ready: poll the health endpoint often.
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

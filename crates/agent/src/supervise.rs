@@ -257,10 +257,12 @@ async fn monitor(s: Settings, bin: PgBin, health: Arc<Health>, api: Option<PodAp
             last_slot_check = std::time::Instant::now();
             drop_slots_of_gone_members(&s, &bin, api.as_ref(), &mut gone_once).await;
         }
+        // Until the member serves its role, look often: readiness gates the next member's
+        // start (OrderedReady, and local `up`), so every poll interval adds to the rollout.
         let pause = if health.is_ready() {
             Duration::from_secs(1)
         } else {
-            Duration::from_millis(100)
+            Duration::from_millis(25)
         };
         tokio::time::sleep(pause).await;
     }
