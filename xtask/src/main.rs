@@ -30,7 +30,7 @@ struct Cli {
 enum Task {
     /// Preflight, NFS host, volumes, agent image, deploy, rollout, verify: the whole flow
     Up(up::Args),
-    /// Scale to 0, then delete the objects in reverse order; claims and data stay unless --purge --yes
+    /// Scale to 0, then delete the objects in reverse order; claims, volumes and Secret stay unless --purge --yes
     Down(down::Args),
     /// Make this host the NFS server for the cluster (packages, services, SELinux, /etc/exports)
     Nfs(nfs::Args),

@@ -378,7 +378,13 @@ impl ClusterSpec {
         if text.trim().is_empty() || text.lines().all(|l| l.trim_start().starts_with('#')) {
             return Ok(ClusterSpec::default());
         }
-        serde_saphyr::from_str::<ClusterSpec>(text).map_err(|e| e.to_string())
+        serde_saphyr::from_str::<ClusterSpec>(text).map_err(|e| {
+            let message = e.to_string();
+            message
+                .strip_prefix("error: ")
+                .map(str::to_string)
+                .unwrap_or(message)
+        })
     }
 
     /// Applies command-line overrides.
