@@ -7,8 +7,8 @@
 //! (`pgset-live-<ns>-N`) and export directories (`<export>/pgset-live-N`) never touch a cluster
 //! already running on the host. The export directories stay (data is never deleted).
 
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolume};
-use kube::api::{DeleteParams, ListParams, PostParams};
+use k8s_openapi::api::core::v1::PersistentVolume;
+use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client};
 use pgset_spec::{ClusterSpec, StorageMode};
 use pgset_tests::live_kubeconfig;
@@ -118,13 +118,7 @@ async fn up_forms_a_verified_set_and_a_second_up_changes_nothing() {
     spec.validate().expect("valid spec");
 
     let client = Client::try_default().await.expect("client from KUBECONFIG");
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let namespace: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).expect("namespace");
-    namespaces
-        .create(&PostParams::default(), &namespace)
-        .await
-        .unwrap_or_else(|e| panic!("create namespace {ns}: {e}"));
+    let namespaces = support::create_namespace(&client, &ns).await;
 
     let outcome = {
         let spec = spec.clone();

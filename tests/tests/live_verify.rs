@@ -13,8 +13,8 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, Pod};
-use kube::api::{DeleteParams, Patch, PostParams};
+use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
+use kube::api::{DeleteParams, Patch};
 use kube::{Api, Client};
 use pgset_deploy::apply::{ApplyMode, apply_params, deploy};
 use pgset_deploy::rollout::wait_for_rollout;
@@ -202,13 +202,7 @@ async fn verify_and_status_on_a_cluster_of_its_own() {
         }
     };
     let client = Client::try_default().await.expect("client from KUBECONFIG");
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let namespace: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).expect("namespace");
-    namespaces
-        .create(&PostParams::default(), &namespace)
-        .await
-        .unwrap_or_else(|e| panic!("create namespace {ns}: {e}"));
+    let namespaces = support::create_namespace(&client, &ns).await;
     eprintln!("{test}: namespace {ns}, storage {}", spec.storage.mode);
 
     let outcome = tokio::spawn(scenario(client.clone(), spec.clone())).await;

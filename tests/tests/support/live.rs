@@ -87,3 +87,18 @@ pub async fn finish(
         }
     }
 }
+
+/// Creates the test's namespace; returns the namespaces API for [`finish`].
+pub async fn create_namespace(
+    client: &kube::Client,
+    ns: &str,
+) -> kube::Api<k8s_openapi::api::core::v1::Namespace> {
+    let namespaces = kube::Api::all(client.clone());
+    let namespace: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).expect("namespace");
+    namespaces
+        .create(&kube::api::PostParams::default(), &namespace)
+        .await
+        .unwrap_or_else(|e| panic!("create namespace {ns}: {e}"));
+    namespaces
+}
