@@ -233,16 +233,6 @@ impl Default for PostgresSpec {
     }
 }
 
-impl PostgresSpec {
-    /// The major version named by the image tag (`postgres:18`, `postgres:17.6-bookworm`), when
-    /// the tag names one.
-    pub fn major(&self) -> Option<u32> {
-        let tag = image_tag(&self.image)?;
-        let digits: String = tag.chars().take_while(|c| c.is_ascii_digit()).collect();
-        digits.parse().ok()
-    }
-}
-
 /// The agent image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
