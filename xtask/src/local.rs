@@ -78,7 +78,7 @@ struct DownArgs {
 pub async fn run(args: Args) -> Result<()> {
     match args.command {
         Command::Up(a) => up(a).await,
-        Command::Status(a) => status(&a.dir, &a.output),
+        Command::Status(a) => status(&a.dir, &a.output).await,
         Command::Down(a) => {
             let stopped = local::down(&a.dir, a.purge)
                 .await
@@ -136,21 +136,30 @@ async fn up(a: UpArgs) -> Result<()> {
         list(&report.already_running),
         list(&report.stopped)
     ));
-    status(&a.dir, "text")
+    status(&a.dir, "text").await
 }
 
-fn status(dir: &Path, output: &str) -> Result<()> {
-    let members = local::status(dir, None).context("read the local set")?;
+async fn status(dir: &Path, output: &str) -> Result<()> {
+    let members = local::status(dir, None)
+        .await
+        .context("read the local set")?;
     if output == "json" {
         println!("{}", serde_json::to_string_pretty(&members)?);
         return Ok(());
     }
     println!(
-        "{:<12} {:<8} {:<16} {:<8} {:<10} DATA",
-        "NAME", "ROLE", "ADDRESS", "PID", "STREAMING"
+        "{:<12} {:<8} {:<16} {:<8} {:<10} {:<6} DATA",
+        "NAME", "ROLE", "ADDRESS", "PID", "STREAMING", "READY"
     );
     for m in &members {
         println!("{}", row(m));
+    }
+    for m in &members {
+        match (&m.stopped_with, m.ready, &m.reason) {
+            (Some(why), _, _) => println!("{}: stopped: {why}", m.name),
+            (None, Some(false), Some(why)) => println!("{}: not ready: {why}", m.name),
+            _ => {}
+        }
     }
     Ok(())
 }
@@ -162,13 +171,19 @@ fn row(m: &MemberStatus) -> String {
         Some(true) => "yes",
         Some(false) => "no",
     };
+    let ready = match m.ready {
+        None => "-",
+        Some(true) => "yes",
+        Some(false) => "no",
+    };
     format!(
-        "{:<12} {:<8} {:<16} {:<8} {:<10} {}",
+        "{:<12} {:<8} {:<16} {:<8} {:<10} {:<6} {}",
         m.name,
         m.role,
         format!("{}:{}", m.host, m.port),
         pid,
         streaming,
+        ready,
         m.data_dir.display()
     )
 }

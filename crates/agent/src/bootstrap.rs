@@ -1,6 +1,7 @@
-//! First copies and per-start preparation of a member's data directory: initdb for the primary,
-//! a base backup for a replica (built in `<pod>.bootstrap` and renamed into place only when
-//! complete), waiting for the master, the replica's slot, and the managed configuration.
+//! First copies and per-start preparation of a member's data directory: the checks that prove a
+//! directory is this member's (or that the cluster never had data, before initdb), initdb for the
+//! primary, a base backup for a replica (built in `<pod>.bootstrap`, marked with its identity and
+//! renamed into place only when complete), and the managed configuration.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -8,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use pgset_spec::contract::{self, env, secret};
 
-use crate::cmd::HostCommand;
 use crate::datadir::{self, DataState};
+use crate::identity::{self, Identity, MemberRef, Verdict};
 use crate::pgbin::PgBin;
 use crate::render;
 use crate::settings::{Role, Settings};
@@ -47,7 +48,7 @@ pub fn write_passfile(s: &Settings) -> Result<()> {
     .map(drop)
 }
 
-/// A libpq connection string to the master for the replication tools.
+/// A libpq connection string to the master for `pg_basebackup`.
 fn master_conninfo(s: &Settings, application_name: &str) -> String {
     format!(
         "host={} port={} user={} passfile={} application_name={} connect_timeout=5",
@@ -59,122 +60,217 @@ fn master_conninfo(s: &Settings, application_name: &str) -> String {
     )
 }
 
-/// Waits until the master accepts connections, with backoff and a log line per try; an error
-/// after `s.master_wait`.
-pub fn wait_for_master(s: &Settings, bin: &PgBin) -> Result<()> {
-    let deadline = Instant::now() + s.master_wait;
-    let mut delay = Duration::from_millis(250);
-    let mut logged = false;
-    loop {
-        let probe = bin
-            .command("pg_isready")
-            .args([
-                "-h",
-                &s.master_host,
-                "-p",
-                &s.master_port.to_string(),
-                "-t",
-                "3",
-            ])
-            .quiet();
-        let out = probe.output()?;
-        if out.status.success() {
-            if logged {
-                crate::info!(
-                    "the master {}:{} accepts connections",
-                    s.master_host,
-                    s.master_port
-                );
-            }
-            return Ok(());
-        }
-        if Instant::now() + delay > deadline {
-            return Err(Error::MasterTimeout {
-                host: s.master_host.clone(),
-                port: s.master_port,
-                secs: s.master_wait.as_secs(),
-                var: env::MASTER_WAIT_TIMEOUT,
-            });
-        }
-        crate::info!(
-            "waiting for the master {}:{} ({}); next try in {:.1} s",
-            s.master_host,
-            s.master_port,
-            String::from_utf8_lossy(&out.stdout).trim(),
-            delay.as_secs_f32()
-        );
-        logged = true;
-        std::thread::sleep(delay);
-        delay = (delay * 2).min(Duration::from_secs(5));
+/// How this start gets its data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// This member's data is in place (identity proven).
+    Existing,
+    /// Ordinal 0 of a cluster that never had data: initdb.
+    Initdb,
+    /// A replica without data: a base backup from the master.
+    BaseBackup,
+}
+
+/// Who this member is, for the identity checks: namespace, cluster, the cluster id from the
+/// Secret's file, and the member name.
+pub fn member_ref(s: &Settings) -> Result<MemberRef> {
+    let path = s.secret_file(secret::CLUSTER_ID_KEY);
+    let id = fs::read_to_string(&path)
+        .map(|t| t.trim().to_string())
+        .unwrap_or_default();
+    if id.is_empty() {
+        return Err(Error::DataDir {
+            path,
+            problem: format!(
+                "the cluster id is missing; the Secret must carry the key `{}` (`deploy` adds it \
+                 to an existing Secret without touching the passwords)",
+                secret::CLUSTER_ID_KEY
+            ),
+        });
     }
+    Ok(MemberRef {
+        namespace: s.namespace.clone().unwrap_or_else(|| "local".into()),
+        cluster: s.cluster.clone(),
+        cluster_id: id,
+        member: s.pod_name.clone(),
+    })
 }
 
-/// Makes sure this replica's slot exists on the master (it was dropped if the member was gone).
-pub fn ensure_slot(s: &Settings, bin: &PgBin) -> Result<()> {
-    bin.command("pg_receivewal")
-        .args([
-            "--create-slot",
-            "--if-not-exists",
-            "--slot",
-            &s.slot(),
-            "-d",
-        ])
-        .arg(master_conninfo(s, &s.pod_name))
-        .run()
-}
-
-/// Drops this replica's slot on the master if it is there and idle (before a fresh copy).
-fn drop_slot_if_idle(s: &Settings, bin: &PgBin) {
-    let cmd = bin
-        .command("pg_receivewal")
-        .args(["--drop-slot", "--slot", &s.slot(), "-d"])
-        .arg(master_conninfo(s, &s.pod_name));
-    if let Err(e) = cmd.run() {
-        crate::info!("no idle slot {} to drop before the copy ({e})", s.slot());
-    }
-}
-
-/// Makes PGDATA ready to start: a first copy when there is none, then the managed files.
-/// Returns whether a first copy was made.
-pub fn prepare(s: &Settings, bin: &PgBin) -> Result<bool> {
+/// Checks the data root and this member's directory and decides how to start; changes nothing
+/// but an interrupted first copy (never a complete data directory) and, on explicit opt-in, the
+/// identity of an unmarked one.
+pub fn inspect(s: &Settings, me: &MemberRef) -> Result<Plan> {
     datadir::check_root(&s.data_root)?;
+    if s.data_root.join("PG_VERSION").exists() {
+        return Err(Error::Refused {
+            path: s.data_root.clone(),
+            problem: format!(
+                "the data root is itself a PostgreSQL data directory (it has PG_VERSION), so a \
+                 member directory inside it would nest one database in another; this happens when \
+                 a volume is mounted at another cluster member's directory (for example after \
+                 switching storage modes on one export). Point the volume at the export's root \
+                 (members keep their data in <root>/<pod-name>) or at an empty directory; {} is \
+                 left untouched",
+                s.data_root.display()
+            ),
+        });
+    }
     datadir::discard_interrupted_bootstrap(&s.bootstrap_dir())?;
     let pgdata = s.pgdata();
-    if s.role == Role::Replica {
-        write_passfile(s)?;
-    }
-    let fresh = match datadir::state(&pgdata)? {
+    match datadir::state(&pgdata)? {
         DataState::Existing => {
             if let Some(pid) = datadir::live_postmaster(&pgdata) {
-                return Err(Error::DataDir {
+                return Err(Error::Refused {
                     path: pgdata,
                     problem: format!(
                         "a live postmaster (pid {pid}) already runs on this data directory; stop it first"
                     ),
                 });
             }
-            crate::info!(
-                "starting on the existing data directory {} (no copy)",
-                pgdata.display()
-            );
-            if s.role == Role::Replica {
-                wait_for_master(s, bin)?;
-                ensure_slot(s, bin)?;
-            }
-            false
-        }
-        DataState::Absent => {
-            match s.role {
-                Role::Primary => initdb(s, bin)?,
-                Role::Replica => {
-                    wait_for_master(s, bin)?;
-                    base_backup(s, bin)?;
+            let sysid = identity::control_system_identifier(&pgdata)?;
+            match identity::judge(identity::read(&pgdata)?.as_ref(), me, sysid) {
+                Verdict::Ours => {}
+                Verdict::Refused(problem) => {
+                    return Err(Error::Refused {
+                        path: pgdata,
+                        problem,
+                    });
+                }
+                Verdict::Unmarked if s.adopt_unmarked => {
+                    identity::write(&pgdata, &Identity::new(me, sysid, "adopted"))?;
+                    crate::warn!(
+                        "{} had no identity; adopted it as member {} of {}/{} ({} is set)",
+                        pgdata.display(),
+                        me.member,
+                        me.namespace,
+                        me.cluster,
+                        env::ADOPT_UNMARKED
+                    );
+                }
+                Verdict::Unmarked => {
+                    return Err(Error::Refused {
+                        path: pgdata,
+                        problem: format!(
+                            "it has no {} identity (database system {sysid}), so nothing proves it is \
+                             this member's: it was made by another tool or by a pgset version \
+                             before data identities. If it is this member's data, set {}=true \
+                             (spec: postgres.adoptUnmarkedData) once to adopt it; otherwise give \
+                             this cluster its own directory. The directory is left untouched",
+                            contract::IDENTITY_FILE,
+                            env::ADOPT_UNMARKED
+                        ),
+                    });
                 }
             }
-            fs::rename(s.bootstrap_dir(), &pgdata).map_err(io_err(format!(
+            crate::info!(
+                "starting on the existing data directory {} (database system {sysid}, no copy)",
+                pgdata.display()
+            );
+            Ok(Plan::Existing)
+        }
+        DataState::Absent => match s.role {
+            Role::Replica => Ok(Plan::BaseBackup),
+            Role::Primary => {
+                let evidence = data_evidence(s);
+                if evidence.is_empty() || s.allow_reinit {
+                    if !evidence.is_empty() {
+                        crate::warn!(
+                            "initialising a new database although this cluster had data ({}); {} is set",
+                            evidence.join(", "),
+                            env::ALLOW_REINIT
+                        );
+                    }
+                    Ok(Plan::Initdb)
+                } else {
+                    Err(Error::Refused {
+                        path: pgdata,
+                        problem: format!(
+                            "the master's data directory is missing but this cluster had data ({}); \
+                             an empty master would replace the cluster's database. Restore {} (was \
+                             it moved, or does the volume point at another export path?); to start \
+                             a new, empty database on purpose set {}=true (spec: \
+                             postgres.allowReinit)",
+                            evidence.join(", "),
+                            s.pgdata().display(),
+                            env::ALLOW_REINIT
+                        ),
+                    })
+                }
+            }
+        },
+    }
+}
+
+/// Signs that this cluster had data although ordinal 0's directory is absent: other members'
+/// data directories (and kept copies) beside it in the data root.
+pub fn data_evidence(s: &Settings) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(&s.data_root) else {
+        return Vec::new();
+    };
+    let mut found: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let base = name
+                .strip_suffix(".previous")
+                .or_else(|| name.split_once(".stale-").map(|(b, _)| b))
+                .unwrap_or(&name);
+            let k = pgset_spec::ordinal_of(base)?;
+            let is_member = base == format!("{}-{k}", s.cluster);
+            (is_member && e.path().join("PG_VERSION").is_file())
+                .then(|| e.path().display().to_string())
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// The database system identifiers recorded by this cluster's other members (their identity
+/// files in the data root): a new replica must copy a master of one of these.
+pub fn recorded_systems(s: &Settings, me: &MemberRef) -> Vec<(String, String)> {
+    let Ok(entries) = fs::read_dir(&s.data_root) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| identity::read(&e.path()).ok().flatten())
+        .filter(|id| id.cluster_id == me.cluster_id && id.member != me.member)
+        .map(|id| (id.member, id.system_identifier))
+        .collect()
+}
+
+/// Makes the data directory the plan calls for (initdb or base backup into `<pod>.bootstrap`,
+/// identity written, renamed into place only when complete), then the managed files.
+/// Returns whether a first copy was made.
+pub fn make(s: &Settings, bin: &PgBin, me: &MemberRef, plan: Plan) -> Result<bool> {
+    let pgdata = s.pgdata();
+    if s.role == Role::Replica {
+        write_passfile(s)?;
+    }
+    let fresh = match plan {
+        Plan::Existing => false,
+        Plan::Initdb | Plan::BaseBackup => {
+            let origin = if plan == Plan::Initdb {
+                initdb(s, bin)?;
+                "initdb"
+            } else {
+                base_backup(s, bin)?;
+                "base backup"
+            };
+            let target = s.bootstrap_dir();
+            let sysid = identity::control_system_identifier(&target)?;
+            identity::write(&target, &Identity::new(me, sysid, origin))?;
+            fs::rename(&target, &pgdata).map_err(io_err(format!(
                 "move the finished copy into place at {}",
                 pgdata.display()
             )))?;
+            crate::info!(
+                "{} is member {} of {}/{} (database system {sysid})",
+                pgdata.display(),
+                me.member,
+                me.namespace,
+                me.cluster
+            );
             true
         }
     };
@@ -223,7 +319,6 @@ fn base_backup(s: &Settings, bin: &PgBin) -> Result<()> {
         target.display(),
         s.slot()
     );
-    drop_slot_if_idle(s, bin);
     let mut cmd = bin
         .command("pg_basebackup")
         .arg("-D")
@@ -233,7 +328,6 @@ fn base_backup(s: &Settings, bin: &PgBin) -> Result<()> {
         .args([
             "-X",
             "stream",
-            "-C",
             "-S",
             &s.slot(),
             "--checkpoint=fast",
@@ -251,7 +345,6 @@ fn base_backup(s: &Settings, bin: &PgBin) -> Result<()> {
                 crate::warn!("base backup attempt {attempt} failed: {e}; retrying");
                 datadir::discard_interrupted_bootstrap(&target)?;
                 std::thread::sleep(Duration::from_secs(2 * attempt));
-                drop_slot_if_idle(s, bin);
                 attempt += 1;
             }
             Err(e) => return Err(e),
@@ -283,30 +376,4 @@ pub fn write_managed_files(s: &Settings) -> Result<()> {
     }
     datadir::ensure_dir(&s.socket_dir, 0o700)?;
     Ok(())
-}
-
-/// A psql command on this member's own socket, as the superuser.
-pub fn local_psql(s: &Settings, bin: &PgBin) -> HostCommand {
-    bin.command("psql")
-        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
-        .arg(&s.socket_dir)
-        .args([
-            "-p",
-            &s.port.to_string(),
-            "-U",
-            contract::SUPERUSER,
-            "-d",
-            "postgres",
-        ])
-}
-
-/// On the primary: create the replication role if missing and set its password and the
-/// superuser's from the secret (SQL on stdin; statement logging off for the session).
-pub fn ensure_replication_role(s: &Settings, bin: &PgBin) -> Result<()> {
-    let replication = read_password(s, secret::REPLICATION_PASSWORD_KEY)?;
-    let superuser = read_password(s, secret::SUPERUSER_PASSWORD_KEY)?;
-    local_psql(s, bin)
-        .quiet()
-        .stdin(render::role_passwords_sql(&replication, &superuser))
-        .run()
 }

@@ -1,11 +1,11 @@
 //! The data directory on disk: checking the data root, telling a complete PGDATA from an
 //! interrupted first copy, guarding against a live postmaster, and atomic file writes.
-//! Nothing here deletes a complete data directory: a stale one is moved aside.
+//! Nothing here deletes or moves a complete data directory.
 
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -161,24 +161,26 @@ pub fn live_postmaster(pgdata: &Path) -> Option<i32> {
     (!zombie && (exe.ends_with(b"postgres") || exe.ends_with(b"postmaster"))).then_some(pid)
 }
 
-/// Moves a data directory that can no longer follow the master out of the way, keeping it:
-/// `<pod>.stale-<unix time>`.
-pub fn move_aside(pgdata: &Path) -> Result<PathBuf> {
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
-    let name = pgdata
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let target = pgdata.with_file_name(format!("{name}.stale-{stamp}"));
-    fs::rename(pgdata, &target).map_err(io_err(format!(
-        "move {} aside to {}",
-        pgdata.display(),
-        target.display()
-    )))?;
-    Ok(target)
+/// The bytes under `path` (files of every depth; links not followed).
+pub fn tree_size(path: &Path) -> u64 {
+    let Ok(rd) = fs::read_dir(path) else {
+        return 0;
+    };
+    rd.filter_map(|e| e.ok())
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => tree_size(&e.path()),
+            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+        })
+        .sum()
+}
+
+/// Bytes available to this user on the filesystem holding `path`.
+pub fn free_bytes(path: &Path) -> Result<u64> {
+    let st = nix::sys::statvfs::statvfs(path).map_err(|e| Error::Io {
+        action: format!("read the free space of {}", path.display()),
+        source: std::io::Error::from(e),
+    })?;
+    Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
 }
 
 /// Creates a directory (and parents) with `mode` when missing.
@@ -260,22 +262,13 @@ mod tests {
     }
 
     #[test]
-    fn move_aside_keeps_the_data() {
+    fn sizes() {
         let t = tempfile::tempdir().unwrap();
-        let d = t.path().join("pgset-2");
-        fs::create_dir(&d).unwrap();
-        fs::write(d.join("PG_VERSION"), "15\n").unwrap();
-        let moved = move_aside(&d).unwrap();
-        assert!(!d.exists());
-        assert!(moved.join("PG_VERSION").is_file());
-        assert!(
-            moved
-                .file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .starts_with("pgset-2.stale-")
-        );
+        fs::create_dir(t.path().join("d")).unwrap();
+        fs::write(t.path().join("d/a"), [0u8; 100]).unwrap();
+        fs::write(t.path().join("b"), [0u8; 20]).unwrap();
+        assert_eq!(tree_size(t.path()), 120);
+        assert!(free_bytes(t.path()).unwrap() > 0);
     }
 
     #[test]

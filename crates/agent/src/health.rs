@@ -1,74 +1,238 @@
-//! The health endpoint: `GET /healthz` (the agent is working: bootstrapping, or postgres alive)
-//! and `GET /readyz` (the member serves its role), as a tiny HTTP/1.1 responder.
+//! The health endpoint and the state behind it. `GET /healthz`: the agent is working (preparing
+//! the data directory, postgres starting up, or postgres answering new connections within the
+//! liveness timeout). `GET /readyz`: the member serves its role, judged by a check younger than
+//! the readiness deadline (no answer in time is not ready). `GET /status`: the member's state as
+//! JSON, with the reason it is not ready. Answers come from the cached state, never from a query
+//! made while the prober waits.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use pgset_spec::contract::{HEALTH_LIVE_PATH, HEALTH_READY_PATH};
+use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::{Result, io_err};
 
-/// What the probes see, updated by the supervisor.
-#[derive(Debug, Default)]
+/// Path of the JSON status.
+pub const STATUS_PATH: &str = "/status";
+
+/// Default time postgres may go without answering before liveness fails.
+pub const DEFAULT_LIVENESS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How old the last readiness check may be before readiness is withdrawn: a check every second,
+/// each under a 2 s deadline, plus a margin.
+pub const READINESS_DEADLINE: Duration = Duration::from_secs(4);
+
+/// What the member is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Preparing the data directory: initdb, base backup, checks (liveness holds).
+    Preparing,
+    /// postgres runs.
+    Running,
+    /// Shutting down on request.
+    Stopping,
+    /// postgres exited.
+    Exited,
+}
+
+/// The member's state, as `/status` shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// What the member is doing.
+    pub phase: Phase,
+    /// In words: the step while preparing, or what postgres does.
+    pub activity: String,
+    /// Whether it serves its role.
+    pub ready: bool,
+    /// Why it is (not) ready.
+    pub reason: String,
+    /// Milliseconds since postgres last answered a new connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_answer_ms: Option<u64>,
+    /// Detail from PostgreSQL's own state (timeline, LSNs, WAL receiver, slot), when known.
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub postgres: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug)]
+struct State {
+    phase: Phase,
+    activity: String,
+    running_since: Instant,
+    last_answer: Option<Instant>,
+    ready: bool,
+    reason: String,
+    checked_at: Option<Instant>,
+    detail: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What the probes see, updated by the supervisor and its monitor.
+#[derive(Debug)]
 pub struct Health {
-    live: AtomicBool,
-    ready: AtomicBool,
-    phase: Mutex<String>,
+    state: Mutex<State>,
+    liveness_timeout: Duration,
 }
 
 impl Health {
-    /// A new state: not live, not ready.
-    pub fn new() -> Arc<Health> {
-        Arc::new(Health::default())
+    /// A new state (preparing, not ready) with the liveness timeout.
+    pub fn new(liveness_timeout: Duration) -> Arc<Health> {
+        Arc::new(Health {
+            state: Mutex::new(State {
+                phase: Phase::Preparing,
+                activity: "starting".into(),
+                running_since: Instant::now(),
+                last_answer: None,
+                ready: false,
+                reason: "starting".into(),
+                checked_at: None,
+                detail: serde_json::Map::new(),
+            }),
+            liveness_timeout,
+        })
     }
 
-    /// Sets liveness and the phase shown in the body.
-    pub fn set_live(&self, live: bool, phase: &str) {
-        self.live.store(live, Ordering::SeqCst);
-        if let Ok(mut p) = self.phase.lock() {
-            *p = phase.to_string();
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g)
+    }
+
+    /// Preparing the data directory: `activity` says which step.
+    pub fn preparing(&self, activity: &str) {
+        self.with(|s| {
+            s.phase = Phase::Preparing;
+            s.activity = activity.to_string();
+            s.detail.clear();
+        });
+        self.set_ready(false, activity);
+    }
+
+    /// postgres was started: the liveness clock starts now.
+    pub fn postgres_started(&self) {
+        self.with(|s| {
+            s.phase = Phase::Running;
+            s.activity = "postgres running".into();
+            s.running_since = Instant::now();
+            s.last_answer = None;
+        });
+    }
+
+    /// postgres answered (a new connection succeeded, or it is visibly starting up).
+    pub fn answered(&self) {
+        self.with(|s| s.last_answer = Some(Instant::now()));
+    }
+
+    /// A shutdown was requested, or postgres exited.
+    pub fn stopping(&self, phase: Phase, activity: &str) {
+        self.with(|s| {
+            s.phase = phase;
+            s.activity = activity.to_string();
+        });
+        self.set_ready(false, activity);
+    }
+
+    /// Records a readiness verdict (now); logs when it flips.
+    pub fn set_ready(&self, ready: bool, reason: &str) {
+        let flipped = self.with(|s| {
+            let flipped = s.ready != ready;
+            s.ready = ready;
+            s.reason = reason.to_string();
+            s.checked_at = Some(Instant::now());
+            flipped
+        });
+        if flipped {
+            if ready {
+                crate::info!("ready: {reason}");
+            } else {
+                crate::info!("not ready: {reason}");
+            }
         }
     }
 
-    /// Sets readiness; logs when it flips.
-    pub fn set_ready(&self, ready: bool) {
-        if self.ready.swap(ready, Ordering::SeqCst) != ready {
-            crate::info!(
-                "{}",
-                if ready {
-                    "ready: serving its role"
-                } else {
-                    "not ready"
-                }
-            );
-        }
+    /// Replaces the PostgreSQL detail shown by `/status`.
+    pub fn set_detail(&self, detail: serde_json::Map<String, serde_json::Value>) {
+        self.with(|s| s.detail = detail);
     }
 
-    /// Whether the member is ready.
+    /// Whether the member is ready now (a verdict younger than the readiness deadline).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.with(|s| {
+            s.ready
+                && s.checked_at
+                    .is_some_and(|t| t.elapsed() <= READINESS_DEADLINE)
+        })
     }
 
-    fn phase(&self) -> String {
-        self.phase.lock().map(|p| p.clone()).unwrap_or_default()
+    /// Whether the agent is live now, and why not.
+    pub fn liveness(&self) -> (bool, String) {
+        self.with(|s| match s.phase {
+            Phase::Preparing | Phase::Stopping => (true, s.activity.clone()),
+            Phase::Exited => (false, s.activity.clone()),
+            Phase::Running => {
+                let since = s.last_answer.unwrap_or(s.running_since);
+                let quiet = since.elapsed();
+                if quiet <= self.liveness_timeout {
+                    (true, s.activity.clone())
+                } else {
+                    (
+                        false,
+                        format!(
+                            "postgres has not answered a new connection for {} s (limit {} s)",
+                            quiet.as_secs(),
+                            self.liveness_timeout.as_secs()
+                        ),
+                    )
+                }
+            }
+        })
+    }
+
+    /// The state as `/status` shows it.
+    pub fn status(&self) -> Status {
+        let ready = self.is_ready();
+        self.with(|s| Status {
+            phase: s.phase,
+            activity: s.activity.clone(),
+            ready,
+            reason: if s.ready && !ready {
+                "no readiness check completed within the deadline".into()
+            } else {
+                s.reason.clone()
+            },
+            last_answer_ms: s.last_answer.map(|t| t.elapsed().as_millis() as u64),
+            postgres: s.detail.clone(),
+        })
     }
 
     /// Status code and body for a request path.
     pub fn answer(&self, path: &str) -> (u16, String) {
-        let phase = self.phase();
-        let (ok, what) = match path {
-            HEALTH_LIVE_PATH => (self.live.load(Ordering::SeqCst), "live"),
-            HEALTH_READY_PATH => (self.is_ready(), "ready"),
-            _ => return (404, "not found\n".to_string()),
-        };
-        if ok {
-            (200, format!("{what}: {phase}\n"))
-        } else {
-            (503, format!("not {what}: {phase}\n"))
+        match path {
+            HEALTH_LIVE_PATH => {
+                let (live, why) = self.liveness();
+                if live {
+                    (200, format!("live: {why}\n"))
+                } else {
+                    (503, format!("not live: {why}\n"))
+                }
+            }
+            HEALTH_READY_PATH => {
+                let st = self.status();
+                if st.ready {
+                    (200, format!("ready: {}\n", st.reason))
+                } else {
+                    (503, format!("not ready: {}\n", st.reason))
+                }
+            }
+            STATUS_PATH => (
+                200,
+                serde_json::to_string(&self.status()).unwrap_or_default() + "\n",
+            ),
+            _ => (404, "not found\n".to_string()),
         }
     }
 }
@@ -143,6 +307,11 @@ pub fn response(status: u16, body: &str) -> String {
 
 /// The status code of `GET path` at `addr`, for local mode and tests.
 pub async fn probe(addr: SocketAddr, path: &str) -> Option<u16> {
+    get(addr, path).await.map(|(code, _)| code)
+}
+
+/// Status code and body of `GET path` at `addr` (2 s deadline).
+pub async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let io = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
         s.write_all(
@@ -152,7 +321,12 @@ pub async fn probe(addr: SocketAddr, path: &str) -> Option<u16> {
         .ok()?;
         let mut out = String::new();
         s.read_to_string(&mut out).await.ok()?;
-        out.split_whitespace().nth(1)?.parse().ok()
+        let code = out.split_whitespace().nth(1)?.parse().ok()?;
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Some((code, body))
     };
     tokio::time::timeout(std::time::Duration::from_secs(2), io)
         .await
@@ -175,17 +349,29 @@ mod tests {
 
     #[test]
     fn answers_follow_the_state() {
-        let h = Health::new();
-        assert_eq!(h.answer("/healthz").0, 503);
-        h.set_live(true, "bootstrapping");
-        assert_eq!(
-            h.answer("/healthz"),
-            (200, "live: bootstrapping\n".to_string())
-        );
+        let h = Health::new(Duration::from_millis(50));
+        assert_eq!(h.answer("/healthz").0, 200, "preparing is live");
         assert_eq!(h.answer("/readyz").0, 503);
-        h.set_ready(true);
-        assert_eq!(h.answer("/readyz").0, 200);
+        h.postgres_started();
+        h.answered();
+        h.set_ready(true, "accepts writes");
+        assert_eq!(
+            h.answer("/readyz"),
+            (200, "ready: accepts writes\n".to_string())
+        );
+        assert_eq!(h.answer("/healthz").0, 200);
+        std::thread::sleep(Duration::from_millis(80));
+        let (code, body) = h.answer("/healthz");
+        assert_eq!(code, 503, "no answer for longer than the timeout");
+        assert!(body.contains("has not answered"), "{body}");
+        h.answered();
+        assert_eq!(h.answer("/healthz").0, 200);
+        h.stopping(Phase::Exited, "postgres exited");
+        assert_eq!(h.answer("/healthz").0, 503);
         assert_eq!(h.answer("/other").0, 404);
+        let status: serde_json::Value = serde_json::from_str(&h.answer("/status").1).unwrap();
+        assert_eq!(status["phase"], "exited");
+        assert_eq!(status["ready"], false);
     }
 
     #[tokio::test]
@@ -193,11 +379,11 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let h = Health::new();
+        let h = Health::new(DEFAULT_LIVENESS_TIMEOUT);
         serve(addr, h.clone()).await.unwrap();
         assert_eq!(probe(addr, "/readyz").await, Some(503));
-        h.set_live(true, "running");
-        h.set_ready(true);
+        h.postgres_started();
+        h.set_ready(true, "accepts writes");
         assert_eq!(probe(addr, "/readyz").await, Some(200));
         assert_eq!(probe(addr, "/healthz").await, Some(200));
     }

@@ -3,6 +3,7 @@
 //! still exists (so the primary can drop the slot of a member that was scaled away).
 //! The API host comes from KUBERNETES_SERVICE_HOST (an IP): the agent never resolves DNS names.
 
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
@@ -15,6 +16,7 @@ use crate::{Error, Result};
 #[derive(Clone)]
 pub struct PodApi {
     pods: Api<Pod>,
+    sets: Api<StatefulSet>,
     namespace: String,
     cluster: String,
 }
@@ -44,7 +46,8 @@ impl PodApi {
     /// A client over an existing connection (tests use a mock service).
     pub fn with_client(client: Client, namespace: &str, cluster: &str) -> PodApi {
         PodApi {
-            pods: Api::namespaced(client, namespace),
+            pods: Api::namespaced(client.clone(), namespace),
+            sets: Api::namespaced(client, namespace),
             namespace: namespace.to_string(),
             cluster: cluster.to_string(),
         }
@@ -66,6 +69,17 @@ impl PodApi {
             Ok(p) => Ok(p.is_some()),
             Err(e) => Err(self.explain(e, "get", name)),
         }
+    }
+
+    /// The StatefulSet's `spec.replicas`: a member at or above it was scaled away.
+    pub async fn statefulset_replicas(&self) -> Result<i32> {
+        let set = self.sets.get(&self.cluster).await.map_err(|e| {
+            Error::Kube(format!(
+                "get statefulsets/{} in namespace {}: {e}",
+                self.cluster, self.namespace
+            ))
+        })?;
+        Ok(set.spec.and_then(|s| s.replicas).unwrap_or(1))
     }
 
     fn explain(&self, e: kube::Error, verb: &str, name: &str) -> Error {

@@ -5,11 +5,14 @@
 pub mod bootstrap;
 pub mod cmd;
 pub mod datadir;
+pub mod follow;
 pub mod health;
+pub mod identity;
 pub mod install;
 pub mod kube_api;
 pub mod local;
 pub mod log;
+pub mod pg;
 pub mod pgbin;
 pub mod privilege;
 pub mod render;
@@ -83,6 +86,42 @@ pub enum Error {
     /// A local-mode operation failed.
     #[error("{0}")]
     Local(String),
+    /// The agent refuses to start PostgreSQL on a data directory (or to initialise one): it is
+    /// not provably this member's, or starting would hide that data existed.
+    #[error("refusing to use {}: {problem}", path.display())]
+    Refused {
+        /// The directory.
+        path: PathBuf,
+        /// Whose it is, why, and the fix.
+        problem: String,
+    },
+    /// A PostgreSQL connection or query failed.
+    #[error("{what}: {source}")]
+    Sql {
+        /// What the agent asked, and of whom.
+        what: String,
+        /// The cause.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// PostgreSQL did not answer within the deadline.
+    #[error("{what}: no answer within {} ms", timeout.as_millis())]
+    SqlTimeout {
+        /// What the agent asked, and of whom.
+        what: String,
+        /// The deadline.
+        timeout: std::time::Duration,
+    },
+}
+
+impl Error {
+    /// The exit code for this error: 2 for a refusal (nothing was changed), 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Refused { .. } => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// The agent's result type.

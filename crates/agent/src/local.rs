@@ -53,6 +53,12 @@ pub struct UpOptions {
     pub basebackup_max_rate: Option<String>,
     /// PGSET_PG_BIN_DIR, when set.
     pub pg_bin_dir: Option<PathBuf>,
+    /// PGSET_ALLOW_REINIT=true: initialise anew over a set that had data (explicit opt-in).
+    pub allow_reinit: bool,
+    /// PGSET_ADOPT_UNMARKED=true: adopt data directories without an identity (explicit opt-in).
+    pub adopt_unmarked: bool,
+    /// PGSET_LIVENESS_TIMEOUT, when set.
+    pub liveness_timeout: Option<Duration>,
 }
 
 impl UpOptions {
@@ -73,6 +79,9 @@ impl UpOptions {
             master_wait: None,
             basebackup_max_rate: None,
             pg_bin_dir: None,
+            allow_reinit: false,
+            adopt_unmarked: false,
+            liveness_timeout: None,
         }
     }
 }
@@ -137,6 +146,15 @@ pub struct MemberStatus {
     pub member: bool,
     /// Replicas: whether the master lists it as streaming. Primary: `None`.
     pub streaming: Option<bool>,
+    /// The agent's readiness verdict, when its health endpoint answers.
+    pub ready: Option<bool>,
+    /// Why it is (not) ready, in the agent's words.
+    pub reason: Option<String>,
+    /// The agent's `/status` detail from PostgreSQL's state (timeline, LSNs, slots, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
+    /// The refusal or fatal error the agent stopped with, when it is not running.
+    pub stopped_with: Option<String>,
 }
 
 fn local_err(msg: impl Into<String>) -> Error {
@@ -169,6 +187,20 @@ pub fn agent_pid(dir: &Path, member: &str) -> Option<i32> {
         .windows(b"pgset-agent".len())
         .any(|w| w == b"pgset-agent");
     (is_agent && !zombie).then_some(pid)
+}
+
+/// A member's termination log: the refusal or fatal error its agent stopped with.
+pub fn termination_log(dir: &Path, member: &str) -> PathBuf {
+    dir.join(format!("{member}.termination-log"))
+}
+
+/// A cluster id: 128 random bits, hex.
+fn random_cluster_id() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(io_err("read /dev/urandom for the cluster id"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn random_password() -> Result<String> {
@@ -246,6 +278,11 @@ fn prepare_dir(opts: &UpOptions) -> Result<LocalSet> {
         }
         give_to_postgres(&f)?;
     }
+    let id = secrets.join(secret::CLUSTER_ID_KEY);
+    if !id.exists() {
+        write_atomic(&id, random_cluster_id()?.as_bytes(), 0o600)?;
+    }
+    give_to_postgres(&id)?;
     let run = dir.join("run");
     datadir::ensure_dir(&run, 0o700)?;
     give_to_postgres(&run)?;
@@ -287,6 +324,21 @@ pub fn member_env(opts: &UpOptions, set: &LocalSet, k: i32) -> Vec<(&'static str
     if let Some(b) = &opts.pg_bin_dir {
         v.push((env::PG_BIN_DIR, b.display().to_string()));
     }
+    if opts.allow_reinit {
+        v.push((env::ALLOW_REINIT, "true".to_string()));
+    }
+    if opts.adopt_unmarked {
+        v.push((env::ADOPT_UNMARKED, "true".to_string()));
+    }
+    if let Some(t) = opts.liveness_timeout {
+        v.push((env::LIVENESS_TIMEOUT, t.as_secs().max(1).to_string()));
+    }
+    v.push((
+        env::TERMINATION_LOG,
+        termination_log(&opts.dir, &set.member(k))
+            .display()
+            .to_string(),
+    ));
     v
 }
 
@@ -307,6 +359,7 @@ pub fn start_member(opts: &UpOptions, set: &LocalSet, k: i32) -> Result<()> {
         .open(&log_path)
         .map_err(io_err(format!("open {}", log_path.display())))?;
     give_to_postgres(&log_path)?;
+    let _ = fs::remove_file(termination_log(&opts.dir, &member));
     let mut cmd = HostCommand::new("setsid")
         .arg("--fork")
         .arg(&opts.agent_bin)
@@ -330,6 +383,12 @@ pub async fn wait_ready(dir: &Path, set: &LocalSet, k: i32, timeout: Duration) -
         match agent_pid(dir, &member) {
             Some(_) => seen_agent = true,
             None if seen_agent || started.elapsed() > Duration::from_secs(15) => {
+                if let Ok(why) = fs::read_to_string(termination_log(dir, &member)) {
+                    return Err(local_err(format!(
+                        "member {member} stopped: {}",
+                        why.trim()
+                    )));
+                }
                 return Err(local_err(format!(
                     "member {member} stopped before it was ready; the end of {}:\n{}",
                     dir.join(format!("{member}.log")).display(),
@@ -487,8 +546,9 @@ pub async fn down(dir: &Path, purge: bool) -> Result<Vec<String>> {
     Ok(stopped)
 }
 
-/// Every known member of the set in `dir`: its role, addresses, pids and streaming state.
-pub fn status(dir: &Path, pg_bin_dir: Option<&Path>) -> Result<Vec<MemberStatus>> {
+/// Every known member of the set in `dir`: its role, addresses, pids, streaming state, the
+/// agent's readiness verdict and reason, and the error a stopped agent left.
+pub async fn status(dir: &Path, pg_bin_dir: Option<&Path>) -> Result<Vec<MemberStatus>> {
     let set = read_set(dir)?;
     let listed = crate::supervise::read_members(&dir.join(MEMBERS_FILE)).unwrap_or_default();
     let mut ks = known_ordinals(dir, &set);
@@ -497,29 +557,47 @@ pub fn status(dir: &Path, pg_bin_dir: Option<&Path>) -> Result<Vec<MemberStatus>
     ks.dedup();
     let socket_dir = dir.join("run");
     let streaming = replication_states(&socket_dir, set.member_port(0), pg_bin_dir);
-    Ok(ks
-        .into_iter()
-        .map(|k| {
-            let name = set.member(k);
-            let data_dir = dir.join(&name);
-            MemberStatus {
-                role: Role::of_ordinal(k).label().to_string(),
-                host: HOST.to_string(),
-                port: set.member_port(k),
-                socket_dir: socket_dir.clone(),
-                pid: datadir::live_postmaster(&data_dir),
-                agent_pid: agent_pid(dir, &name),
-                member: listed.contains(&name),
-                streaming: (k > 0).then(|| {
-                    streaming
-                        .iter()
-                        .any(|(app, state)| *app == name && state == "streaming")
-                }),
-                data_dir,
-                name,
-            }
-        })
-        .collect())
+    let mut out = Vec::new();
+    for k in ks {
+        let name = set.member(k);
+        let data_dir = dir.join(&name);
+        let agent_pid = agent_pid(dir, &name);
+        let health = match agent_pid {
+            Some(_) => health::get(set.health_addr(k), crate::health::STATUS_PATH)
+                .await
+                .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok()),
+            None => None,
+        };
+        let stopped_with = match agent_pid {
+            None => fs::read_to_string(termination_log(dir, &name))
+                .ok()
+                .map(|t| t.trim().to_string()),
+            Some(_) => None,
+        };
+        out.push(MemberStatus {
+            role: Role::of_ordinal(k).label().to_string(),
+            host: HOST.to_string(),
+            port: set.member_port(k),
+            socket_dir: socket_dir.clone(),
+            pid: datadir::live_postmaster(&data_dir),
+            agent_pid,
+            member: listed.contains(&name),
+            streaming: (k > 0).then(|| {
+                streaming
+                    .iter()
+                    .any(|(app, state)| *app == name && state == "streaming")
+            }),
+            ready: health.as_ref().and_then(|h| h["ready"].as_bool()),
+            reason: health
+                .as_ref()
+                .and_then(|h| h["reason"].as_str().map(String::from)),
+            detail: health.as_ref().map(|h| h["postgres"].clone()),
+            stopped_with,
+            data_dir,
+            name,
+        });
+    }
+    Ok(out)
 }
 
 /// `(application_name, state)` rows of the primary's pg_stat_replication (empty when unreachable).

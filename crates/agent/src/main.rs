@@ -42,7 +42,10 @@ async fn main() {
                 src = s.source();
             }
             eprintln!("pgset-agent: error: {msg}");
-            1
+            if let Some(path) = pgset_agent::run::termination_log_path() {
+                pgset_agent::run::write_termination_log(&path, &msg);
+            }
+            e.exit_code()
         }
     };
     // Exit now: a copy still running in a blocking task (stopped by signal) must not hold the

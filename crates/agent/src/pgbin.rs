@@ -89,6 +89,44 @@ impl PgBin {
     pub fn command(&self, name: &str) -> HostCommand {
         HostCommand::new(self.tool(name))
     }
+
+    /// The PostgreSQL major of these binaries (`postgres -V`), refused with one clear error when
+    /// the agent does not support it, before anything is initialised.
+    pub fn supported_major(&self) -> Result<u32> {
+        let out = self.command("postgres").arg("-V").quiet().read()?;
+        let major = parse_major(&out).ok_or_else(|| {
+            Error::PgBinaries(format!(
+                "`postgres -V` printed `{}`, not a version",
+                out.trim()
+            ))
+        })?;
+        check_major(major)?;
+        Ok(major)
+    }
+}
+
+/// The major of `postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)` → 15.
+pub fn parse_major(version_output: &str) -> Option<u32> {
+    let rest = version_output.split_once(')')?.1.trim_start();
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+/// Refuses a major outside [`pgset_spec::contract::SUPPORTED_MAJORS`].
+pub fn check_major(major: u32) -> Result<()> {
+    let supported = pgset_spec::contract::SUPPORTED_MAJORS;
+    if supported.contains(&major) {
+        Ok(())
+    } else {
+        Err(Error::PgBinaries(format!(
+            "PostgreSQL {major} is not supported: pgset supports majors {} to {} (it writes \
+             settings such as wal_keep_size and max_slot_wal_keep_size that older servers reject); \
+             use an image such as postgres:{}",
+            supported.start(),
+            supported.end(),
+            supported.end()
+        )))
+    }
 }
 
 /// The `bin` directory of the highest major under `root` (`/usr/lib/postgresql/15/bin`).
@@ -120,6 +158,24 @@ mod tests {
             newest_debian_bindir(t.path()),
             Some(t.path().join("15").join("bin"))
         );
+    }
+
+    #[test]
+    fn majors() {
+        assert_eq!(
+            parse_major("postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n"),
+            Some(15)
+        );
+        assert_eq!(parse_major("postgres (PostgreSQL) 18beta1"), Some(18));
+        assert_eq!(parse_major("garbage"), None);
+        check_major(13).unwrap();
+        check_major(18).unwrap();
+        let e = check_major(12).unwrap_err().to_string();
+        assert!(
+            e.contains("PostgreSQL 12 is not supported") && e.contains("13 to 18"),
+            "{e}"
+        );
+        assert!(check_major(19).is_err());
     }
 
     #[test]

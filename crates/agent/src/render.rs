@@ -1,6 +1,6 @@
 //! Pure rendering of the files and statements the agent writes: the managed configuration include,
 //! pg_hba.conf, the libpq passfile, `primary_conninfo`, and the replication-role SQL.
-//! Everything here is version-agnostic for PostgreSQL 12 and later.
+//! Every setting written here is understood by each supported major (`contract::SUPPORTED_MAJORS`).
 
 use pgset_spec::contract;
 
@@ -47,7 +47,14 @@ pub fn primary_conninfo(s: &Settings) -> String {
         ("user", contract::REPLICATION_USER.to_string()),
         ("passfile", s.replication_passfile().display().to_string()),
         ("application_name", s.pod_name.clone()),
-        ("connect_timeout", "5".to_string()),
+        // A master that went away must be noticed in seconds, not after the kernel's TCP
+        // timeouts (minutes): bounded connects, keepalives and unacknowledged-data timeout.
+        ("connect_timeout", "2".to_string()),
+        ("keepalives", "1".to_string()),
+        ("keepalives_idle", "5".to_string()),
+        ("keepalives_interval", "2".to_string()),
+        ("keepalives_count", "3".to_string()),
+        ("tcp_user_timeout", "10000".to_string()),
     ]
     .iter()
     .map(|(k, v)| format!("{k}={}", conninfo_quote(v)))
@@ -106,18 +113,28 @@ pub fn pg_hba() -> String {
     )
 }
 
-/// SQL (fed on stdin, never logged) that creates the replication role when missing and sets
-/// its password and the superuser's from the Secret, which stays the source of truth (a Secret
-/// made anew after `down --purge` takes effect on the next start); statement logging is
-/// switched off for the session so no password can reach the log.
+/// Switches statement and error-statement logging off for the session; sent on its own before
+/// any statement that carries a password (a multi-statement string is logged whole when it is
+/// parsed, before a `SET` inside it could take effect).
+pub const QUIET_SESSION_SQL: &str = "SET log_statement = 'none'; \
+     SET log_min_error_statement = 'panic'; \
+     SET log_min_duration_statement = -1";
+
+/// SQL that creates the replication role when missing, lets it read the WAL directory and slot
+/// state (`pg_monitor`, so a replica can ask whether the master still has the WAL it needs), and
+/// sets its password and the superuser's from the Secret, which stays the source of truth (a
+/// Secret made anew after `down --purge` takes effect on the next start). Run after
+/// [`QUIET_SESSION_SQL`] on the same session.
 pub fn role_passwords_sql(replication_password: &str, superuser_password: &str) -> String {
     let user = contract::REPLICATION_USER;
     format!(
-        "SET log_statement = 'none';\n\
-         SET log_min_error_statement = 'panic';\n\
-         SET log_min_duration_statement = -1;\n\
-         SELECT 'CREATE ROLE {user}' WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {name})\\gexec\n\
+        "DO $pgset$ BEGIN \
+           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {name}) THEN \
+             CREATE ROLE {user}; \
+           END IF; \
+         END $pgset$;\n\
          ALTER ROLE {user} WITH REPLICATION LOGIN PASSWORD {pw};\n\
+         GRANT pg_monitor TO {user};\n\
          ALTER ROLE {superuser} WITH PASSWORD {super_pw};\n",
         name = sql_quote(user),
         pw = sql_quote(replication_password),
@@ -157,7 +174,9 @@ mod tests {
         assert!(c.contains("unix_socket_directories = '/run/pg'\n"));
         assert!(c.contains(
             "primary_conninfo = 'host=''pgset-master'' port=''5432'' user=''replicator'' \
-             passfile=''/run/pg/pgset-2.pgpass'' application_name=''pgset-2'' connect_timeout=''5'''\n"
+             passfile=''/run/pg/pgset-2.pgpass'' application_name=''pgset-2'' connect_timeout=''2'' \
+             keepalives=''1'' keepalives_idle=''5'' keepalives_interval=''2'' keepalives_count=''3'' \
+             tcp_user_timeout=''10000'''\n"
         ));
         assert!(c.contains("primary_slot_name = 'pgset_2'\n"));
         assert!(c.contains("max_slot_wal_keep_size = '1GB'\n"));
@@ -182,7 +201,8 @@ mod tests {
         let sql = role_passwords_sql("x'y", "s'u");
         assert!(sql.contains("ALTER ROLE replicator WITH REPLICATION LOGIN PASSWORD 'x''y';"));
         assert!(sql.contains("ALTER ROLE postgres WITH PASSWORD 's''u';"));
-        assert!(sql.starts_with("SET log_statement = 'none';"));
+        assert!(sql.contains("GRANT pg_monitor TO replicator;"));
+        assert!(QUIET_SESSION_SQL.starts_with("SET log_statement = 'none';"));
     }
 
     #[test]

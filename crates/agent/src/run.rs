@@ -1,18 +1,23 @@
-//! `pgset-agent run`: settings from the env contract, the postgres user, the health endpoint,
-//! the data directory, then supervising postgres until it exits (or copying again when a replica
-//! fell too far behind).
+//! `pgset-agent run`: settings from the env contract, the postgres user, the supported major,
+//! the health endpoint, the data directory's identity checks, the master's identity for a
+//! replica, then supervising postgres until it exits (or copying again when PostgreSQL's state
+//! says the replica can no longer follow, keeping at most one older copy).
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use pgset_spec::contract;
 
-use crate::bootstrap;
+use crate::bootstrap::{self, Plan};
 use crate::datadir;
 use crate::health::{self, Health};
+use crate::identity::{self, MemberRef};
 use crate::kube_api::PodApi;
+use crate::pg::{self, Db, MasterView};
 use crate::pgbin::PgBin;
 use crate::privilege;
-use crate::settings::{Mode, Settings};
+use crate::settings::{Mode, Role, Settings};
 use crate::supervise::{Outcome, ShutdownSignals, supervise};
 use crate::{Error, Result};
 
@@ -38,8 +43,10 @@ pub async fn run() -> Result<i32> {
         s.pgdata().display()
     );
     let bin = PgBin::find(s.pg_bin_dir.as_deref())?;
-    crate::info!("PostgreSQL binaries in {}", bin.dir().display());
+    let major = bin.supported_major()?;
+    crate::info!("PostgreSQL {major} binaries in {}", bin.dir().display());
     datadir::check_root(&s.data_root)?;
+    let me = bootstrap::member_ref(&s)?;
     let api = match s.mode {
         Mode::Kubernetes => {
             let ns = s.namespace.clone().unwrap_or_default();
@@ -47,7 +54,7 @@ pub async fn run() -> Result<i32> {
         }
         Mode::Local => None,
     };
-    let health = Health::new();
+    let health = Health::new(s.liveness_timeout);
     if let Some(addr) = s.health_addr {
         health::serve(addr, health.clone()).await?;
     }
@@ -56,7 +63,7 @@ pub async fn run() -> Result<i32> {
     if let Some(f) = &pid_file {
         datadir::write_atomic(f, format!("{}\n", std::process::id()).as_bytes(), 0o644)?;
     }
-    let result = member_loop(&s, &bin, &health, api.as_ref(), &mut signals).await;
+    let result = member_loop(&s, &bin, &me, &health, api.as_ref(), &mut signals).await;
     if let Some(f) = &pid_file {
         let _ = std::fs::remove_file(f);
     }
@@ -66,16 +73,38 @@ pub async fn run() -> Result<i32> {
 async fn member_loop(
     s: &Settings,
     bin: &PgBin,
+    me: &MemberRef,
     health: &Arc<Health>,
     api: Option<&PodApi>,
     signals: &mut ShutdownSignals,
 ) -> Result<i32> {
     loop {
-        health.set_live(true, "preparing the data directory");
-        let (s2, b2) = (s.clone(), bin.clone());
-        let prepare = tokio::task::spawn_blocking(move || bootstrap::prepare(&s2, &b2));
+        health.preparing("checking the data directory");
+        let (s2, me2) = (s.clone(), me.clone());
+        let mut plan = tokio::task::spawn_blocking(move || bootstrap::inspect(&s2, &me2))
+            .await
+            .map_err(|e| Error::Local(format!("checking the data directory: {e}")))??;
+        if s.role == Role::Replica {
+            health.preparing("waiting for the master");
+            let (db, view) = tokio::select! {
+                r = wait_for_master(s) => r?,
+                _ = signals.recv() => {
+                    crate::info!("shutdown requested while waiting for the master");
+                    return Ok(EXIT_SIGTERM);
+                }
+            };
+            plan = check_master(s, me, plan, &view)?;
+            prepare_slot(&db, s, plan, &view).await?;
+        }
+        health.preparing(match plan {
+            Plan::Initdb => "initdb",
+            Plan::BaseBackup => "base backup from the master",
+            Plan::Existing => "writing the managed configuration",
+        });
+        let (s2, b2, me2) = (s.clone(), bin.clone(), me.clone());
+        let make = tokio::task::spawn_blocking(move || bootstrap::make(&s2, &b2, &me2, plan));
         tokio::select! {
-            r = prepare => {
+            r = make => {
                 r.map_err(|e| Error::Local(format!("preparing the data directory: {e}")))??;
             }
             _ = signals.recv() => {
@@ -88,16 +117,237 @@ async fn member_loop(
         }
         match supervise(s, bin, health, api, signals).await? {
             Outcome::Exited(code) => return Ok(code),
-            Outcome::Reclone => {
-                let kept = datadir::move_aside(&s.pgdata())?;
+            Outcome::Reclone {
+                reason,
+                needed_bytes,
+            } => {
+                let kept = set_aside(s, me, needed_bytes)?;
                 crate::warn!(
-                    "moved the data directory that can no longer follow the master to {} (kept, not deleted); \
-                     copying the master again",
+                    "{reason}: this member's data is kept at {} and the master is copied again",
                     kept.display()
                 );
             }
         }
     }
+}
+
+/// Waits until the master answers as the replication role, with backoff and a log line when
+/// the reason changes; an error after `s.master_wait`.
+async fn wait_for_master(s: &Settings) -> Result<(Db, MasterView)> {
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(250);
+    let mut last_logged: Option<(String, Instant)> = None;
+    loop {
+        let attempt = match Db::master(s, pg::DEADLINE).await {
+            Ok(db) => match pg::master_view(&db, &s.slot(), None).await {
+                Ok(view) => Ok((db, view)),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        let why = match attempt {
+            Ok(found) => {
+                if last_logged.is_some() {
+                    crate::info!(
+                        "the master {}:{} answers (database system {})",
+                        s.master_host,
+                        s.master_port,
+                        found.1.system_identifier
+                    );
+                }
+                return Ok(found);
+            }
+            Err(e) => e.to_string(),
+        };
+        if started.elapsed() + delay > s.master_wait {
+            return Err(Error::MasterTimeout {
+                host: s.master_host.clone(),
+                port: s.master_port,
+                secs: s.master_wait.as_secs(),
+                var: contract::env::MASTER_WAIT_TIMEOUT,
+            });
+        }
+        let log_now = match &last_logged {
+            Some((text, at)) => *text != why || at.elapsed() >= Duration::from_secs(30),
+            None => true,
+        };
+        if log_now {
+            crate::info!(
+                "waiting for the master {}:{} ({why})",
+                s.master_host,
+                s.master_port
+            );
+            last_logged = Some((why, Instant::now()));
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// A replica checks whom it follows: its own data must be the master's database system; a new
+/// copy must come from the system this cluster's members recorded.
+fn check_master(s: &Settings, me: &MemberRef, plan: Plan, view: &MasterView) -> Result<Plan> {
+    let master = view.system_identifier.to_string();
+    match plan {
+        Plan::Existing => {
+            let own = identity::control_system_identifier(&s.pgdata())?;
+            if own == view.system_identifier {
+                return Ok(Plan::Existing);
+            }
+            if s.allow_reinit {
+                let kept = set_aside(s, me, view.database_bytes)?;
+                crate::warn!(
+                    "the master is database system {master}, this replica's data is {own}; {} is \
+                     set: the old data is kept at {} and the master is copied",
+                    contract::env::ALLOW_REINIT,
+                    kept.display()
+                );
+                return Ok(Plan::BaseBackup);
+            }
+            Err(Error::Refused {
+                path: s.pgdata(),
+                problem: format!(
+                    "the master {}:{} is database system {master} but this replica's data is \
+                     {own}: the master was initialised anew or belongs to another cluster. The \
+                     replica does not follow it and keeps its data; restore the master's data, or, \
+                     if the new master is intended, set {}=true (spec: postgres.allowReinit) to \
+                     copy it (this directory is then kept aside)",
+                    s.master_host,
+                    s.master_port,
+                    contract::env::ALLOW_REINIT
+                ),
+            })
+        }
+        Plan::BaseBackup => {
+            let recorded = bootstrap::recorded_systems(s, me);
+            if recorded.is_empty() || recorded.iter().any(|(_, id)| *id == master) || s.allow_reinit
+            {
+                return Ok(Plan::BaseBackup);
+            }
+            let seen: Vec<String> = recorded
+                .iter()
+                .map(|(member, id)| format!("{member}: {id}"))
+                .collect();
+            Err(Error::Refused {
+                path: s.data_root.clone(),
+                problem: format!(
+                    "the master is database system {master} but this cluster's members recorded \
+                     {}; copying it would join a different database. Restore the master's data, or \
+                     set {}=true (spec: postgres.allowReinit) if the new master is intended",
+                    seen.join(", "),
+                    contract::env::ALLOW_REINIT
+                ),
+            })
+        }
+        Plan::Initdb => Ok(plan),
+    }
+}
+
+/// Before a copy, this replica's slot on the master must exist and hold WAL (an invalidated one
+/// is dropped and made anew); on an existing replica a missing slot is made.
+async fn prepare_slot(db: &Db, s: &Settings, plan: Plan, view: &MasterView) -> Result<()> {
+    let slot = s.slot();
+    if plan == Plan::BaseBackup && view.slot_wal_status.as_deref() == Some("lost") {
+        pg::drop_idle_slot(db, &slot).await?;
+        crate::info!("dropped the invalidated slot {slot} before a new copy");
+    }
+    if plan == Plan::Existing && view.slot_wal_status.as_deref() == Some("lost") {
+        return Ok(());
+    }
+    if pg::ensure_slot(db, &slot).await? {
+        crate::info!("created replication slot {slot} on the master (WAL reserved)");
+    }
+    Ok(())
+}
+
+/// Room a new copy needs beyond the master's databases: WAL written while it runs, and margin.
+const COPY_MARGIN_BYTES: u64 = 256 << 20;
+
+/// Keeps this member's data aside as `<pod>.previous` before a new copy, replacing an older
+/// kept copy of this same member (at most one per member). Refuses, changing nothing, when the
+/// older copy is not provably this member's or when the data root has no room for a new copy.
+pub fn set_aside(s: &Settings, me: &MemberRef, needed_bytes: i64) -> Result<PathBuf> {
+    let pgdata = s.pgdata();
+    let previous = s.previous_dir();
+    let previous_bytes = if previous.exists() {
+        match identity::read(&previous)? {
+            Some(id) if id.cluster_id == me.cluster_id && id.member == me.member => {
+                datadir::tree_size(&previous)
+            }
+            other => {
+                return Err(Error::Refused {
+                    path: previous.clone(),
+                    problem: format!(
+                        "a new copy of the master would replace this kept copy, but it is {}; \
+                         move it away (pgset keeps one copy per member and deletes only its own)",
+                        match other {
+                            Some(id) => format!("member {} of {}", id.member, id.owner()),
+                            None => "not marked as this member's".into(),
+                        }
+                    ),
+                });
+            }
+        }
+    } else {
+        0
+    };
+    let free = datadir::free_bytes(&s.data_root)?;
+    let need = (needed_bytes.max(0) as u64).saturating_mul(11) / 10 + COPY_MARGIN_BYTES;
+    if free + previous_bytes < need {
+        return Err(Error::Refused {
+            path: pgdata,
+            problem: format!(
+                "a new copy of the master needs about {} MiB but the data root has {} MiB free \
+                 (plus {} MiB once the older kept copy is replaced); nothing was moved. Free space \
+                 on the volume, then restart the member",
+                need >> 20,
+                free >> 20,
+                previous_bytes >> 20
+            ),
+        });
+    }
+    if previous.exists() {
+        crate::info!(
+            "removing the older kept copy {} of this member ({} MiB) to keep only one",
+            previous.display(),
+            previous_bytes >> 20
+        );
+        std::fs::remove_dir_all(&previous).map_err(crate::io_err(format!(
+            "remove the older kept copy {}",
+            previous.display()
+        )))?;
+    }
+    std::fs::rename(&pgdata, &previous).map_err(crate::io_err(format!(
+        "move {} aside to {}",
+        pgdata.display(),
+        previous.display()
+    )))?;
+    Ok(previous)
+}
+
+/// Where a fatal error is written for the pod status: PGSET_TERMINATION_LOG, else the
+/// container's termination-message path in a pod.
+pub fn termination_log_path() -> Option<PathBuf> {
+    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    get(contract::env::TERMINATION_LOG)
+        .map(PathBuf::from)
+        .or_else(|| {
+            (get(contract::env::MODE).as_deref() == Some(contract::modes::KUBERNETES))
+                .then(|| PathBuf::from(contract::TERMINATION_LOG_PATH))
+        })
+}
+
+/// Writes the message (at most 4 KiB, Kubernetes' limit) to the termination log, if any.
+pub fn write_termination_log(path: &Path, message: &str) {
+    let mut text = message.to_string();
+    if text.len() > 4000 {
+        let mut cut = 4000;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    let _ = std::fs::write(path, text + "\n");
 }
 
 /// The env-contract variables, for `--help`.
@@ -120,6 +370,10 @@ pub fn env_help() -> String {
         MEMBERS_FILE,
         MASTER_WAIT_TIMEOUT,
         BASEBACKUP_MAX_RATE,
+        ADOPT_UNMARKED,
+        ALLOW_REINIT,
+        TERMINATION_LOG,
+        LIVENESS_TIMEOUT,
     ]
     .join(", ")
 }

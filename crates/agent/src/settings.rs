@@ -103,6 +103,14 @@ pub struct Settings {
     pub master_wait: Duration,
     /// `pg_basebackup --max-rate`, when given.
     pub basebackup_max_rate: Option<String>,
+    /// Take a data directory without an identity file as this member's (explicit opt-in).
+    pub adopt_unmarked: bool,
+    /// Allow initialising anew over a cluster that had data (explicit opt-in).
+    pub allow_reinit: bool,
+    /// How long postgres may go without answering before liveness fails.
+    pub liveness_timeout: Duration,
+    /// Where a refusal or fatal error is written before the agent exits.
+    pub termination_log: Option<PathBuf>,
 }
 
 impl Settings {
@@ -207,6 +215,33 @@ impl Settings {
                 problem: format!("`{v}` is not a number of seconds"),
             })?),
         };
+        let flag = |var: &'static str| -> Result<bool> {
+            match get(var).as_deref() {
+                None | Some("false") | Some("0") => Ok(false),
+                Some("true") | Some("1") => Ok(true),
+                Some(other) => Err(Error::Env {
+                    var,
+                    problem: format!("`{other}` is not `true` or `false`"),
+                }),
+            }
+        };
+        let adopt_unmarked = flag(env::ADOPT_UNMARKED)?;
+        let allow_reinit = flag(env::ALLOW_REINIT)?;
+        let liveness_timeout = match get(env::LIVENESS_TIMEOUT) {
+            None => crate::health::DEFAULT_LIVENESS_TIMEOUT,
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) if n > 0 => Duration::from_secs(n),
+                _ => {
+                    return Err(Error::Env {
+                        var: env::LIVENESS_TIMEOUT,
+                        problem: format!("`{v}` is not a positive number of seconds"),
+                    });
+                }
+            },
+        };
+        let termination_log = get(env::TERMINATION_LOG).map(PathBuf::from).or_else(|| {
+            (mode == Mode::Kubernetes).then(|| PathBuf::from(contract::TERMINATION_LOG_PATH))
+        });
         let basebackup_max_rate = get(env::BASEBACKUP_MAX_RATE);
         if let Some(rate) = &basebackup_max_rate {
             let digits = rate.trim_end_matches(['k', 'K', 'm', 'M']);
@@ -248,6 +283,10 @@ impl Settings {
             members_file: get(env::MEMBERS_FILE).map(PathBuf::from),
             master_wait,
             basebackup_max_rate,
+            adopt_unmarked,
+            allow_reinit,
+            liveness_timeout,
+            termination_log,
         })
     }
 
@@ -259,6 +298,11 @@ impl Settings {
     /// Where a first copy (initdb or base backup) is built before it is renamed into place.
     pub fn bootstrap_dir(&self) -> PathBuf {
         self.data_root.join(format!("{}.bootstrap", self.pod_name))
+    }
+
+    /// Where a member's data is kept aside when it is copied again (at most one such copy).
+    pub fn previous_dir(&self) -> PathBuf {
+        self.data_root.join(format!("{}.previous", self.pod_name))
     }
 
     /// This member's replication slot on the primary.
@@ -395,6 +439,24 @@ pub(crate) mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("PGSET_BASEBACKUP_MAX_RATE")
+        );
+
+        let mut m = base();
+        m.insert(env::ALLOW_REINIT, "yes".into());
+        assert!(
+            parse(&m)
+                .unwrap_err()
+                .to_string()
+                .contains("PGSET_ALLOW_REINIT")
+        );
+
+        let mut m = base();
+        m.insert(env::LIVENESS_TIMEOUT, "0".into());
+        assert!(
+            parse(&m)
+                .unwrap_err()
+                .to_string()
+                .contains("PGSET_LIVENESS_TIMEOUT")
         );
 
         let mut m = base();

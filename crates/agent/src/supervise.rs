@@ -1,23 +1,26 @@
-//! Supervising postgres: start it on the prepared PGDATA, forward its log lines, keep the health
-//! state current (readiness, the pod's role label, the primary's replication role and slot
-//! cleanup), turn SIGTERM/SIGINT into a fast shutdown, and notice a replica whose WAL is gone.
+//! Supervising postgres: start it on the prepared PGDATA, forward its log lines untouched, keep
+//! the health state current from PostgreSQL's own state over one connection (readiness, the
+//! pod's role label, the primary's replication role and slots), turn SIGTERM/SIGINT into a fast
+//! shutdown, and ask for a new copy only when PostgreSQL's state says the replica cannot follow.
 
 use std::collections::HashSet;
 use std::io::BufRead;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use serde_json::{Map, Value, json};
 use tokio::signal::unix::Signal as SignalStream;
 use tokio::sync::mpsc;
 
-use crate::bootstrap::{ensure_replication_role, local_psql};
-use crate::cmd::{self, HostCommand};
-use crate::health::Health;
+use crate::cmd;
+use crate::follow::{self, Follow};
+use crate::health::{Health, Phase};
 use crate::kube_api::PodApi;
+use crate::pg::{self, Db, OwnState, lsn_text};
 use crate::pgbin::PgBin;
-use crate::render::sql_quote;
+use crate::render;
 use crate::settings::{Mode, Role, Settings, member_of_slot};
 use crate::{Error, Result};
 
@@ -26,8 +29,13 @@ use crate::{Error, Result};
 pub enum Outcome {
     /// Postgres exited; the agent exits with this code.
     Exited(i32),
-    /// The replica cannot follow the master any more (its WAL is gone): copy again.
-    Reclone,
+    /// The replica cannot follow the master any more (PostgreSQL's verdict): copy again.
+    Reclone {
+        /// Why, in words.
+        reason: String,
+        /// The size of the master's databases (what the new copy needs), in bytes.
+        needed_bytes: i64,
+    },
 }
 
 /// The shutdown signals the agent forwards.
@@ -62,15 +70,8 @@ impl ShutdownSignals {
 }
 
 enum Event {
-    WalGone(String),
+    Reclone { reason: String, needed_bytes: i64 },
     Exited(i32),
-}
-
-/// Whether a postgres log line says the standby can no longer get the WAL it needs from the master.
-pub fn says_wal_is_gone(line: &str) -> bool {
-    (line.contains("requested WAL segment") && line.contains("has already been removed"))
-        || line.contains("can no longer get changes from replication slot")
-        || (line.contains("replication slot") && line.contains("has been invalidated"))
 }
 
 /// Runs postgres until it exits, a shutdown signal is handled, or a re-clone is needed.
@@ -88,40 +89,37 @@ pub async fn supervise(
         status: "started without a pid".into(),
         stderr: String::new(),
     })?;
-    health.set_live(true, "postgres running");
+    health.postgres_started();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    std::thread::spawn(move || forward_log(reader, tx));
+    let log_tx = tx.clone();
+    std::thread::spawn(move || forward_log(reader, log_tx));
 
-    let monitor = tokio::spawn(monitor(
-        s.clone(),
-        bin.clone(),
-        health.clone(),
-        api.cloned(),
-    ));
+    let monitor =
+        tokio::spawn(Monitor::new(s.clone(), health.clone(), api.cloned(), pid as i32, tx).run());
     let postmaster = Pid::from_raw(pid as i32);
     let mut stopping = false;
-    let mut recloning = false;
+    let mut reclone: Option<(String, i64)> = None;
     let code = loop {
         tokio::select! {
             _ = signals.recv() => {
                 if !stopping {
                     crate::info!("shutdown requested: fast shutdown of postgres (pid {pid})");
                     stopping = true;
-                    health.set_ready(false);
+                    health.stopping(Phase::Stopping, "shutting down");
                     let _ = kill(postmaster, Signal::SIGINT);
                 }
             }
             ev = rx.recv() => match ev {
-                Some(Event::WalGone(line)) => {
-                    if s.role == Role::Replica && !stopping && !recloning {
+                Some(Event::Reclone { reason, needed_bytes }) => {
+                    if s.role == Role::Replica && !stopping && reclone.is_none() {
                         crate::warn!(
-                            "the master no longer has the WAL this replica needs ({}); stopping postgres \
-                             to copy the master again; the old data directory is kept aside",
-                            line.trim()
+                            "{reason}; stopping postgres to copy the master again (this member's \
+                             data is kept aside as {})",
+                            s.previous_dir().display()
                         );
-                        recloning = true;
-                        health.set_ready(false);
+                        health.stopping(Phase::Stopping, "stopping to copy the master again");
                         let _ = kill(postmaster, Signal::SIGINT);
+                        reclone = Some((reason, needed_bytes));
                     }
                 }
                 Some(Event::Exited(code)) => break code,
@@ -130,16 +128,18 @@ pub async fn supervise(
         }
     };
     monitor.abort();
-    health.set_ready(false);
-    health.set_live(false, "postgres exited");
+    health.stopping(Phase::Exited, "postgres exited");
     crate::info!("postgres exited with code {code}");
-    Ok(if recloning && !stopping {
-        Outcome::Reclone
-    } else {
-        Outcome::Exited(code)
+    Ok(match reclone {
+        Some((reason, needed_bytes)) if !stopping => Outcome::Reclone {
+            reason,
+            needed_bytes,
+        },
+        _ => Outcome::Exited(code),
     })
 }
 
+/// Forwards postgres's output to the agent's stderr, line by line; the text is never interpreted.
 fn forward_log(reader: duct::ReaderHandle, tx: mpsc::UnboundedSender<Event>) {
     let mut lines = std::io::BufReader::new(&reader);
     let mut buf = Vec::new();
@@ -152,9 +152,6 @@ fn forward_log(reader: duct::ReaderHandle, tx: mpsc::UnboundedSender<Event>) {
                 eprint!("{line}");
                 if !line.ends_with('\n') {
                     eprintln!();
-                }
-                if says_wal_is_gone(&line) {
-                    let _ = tx.send(Event::WalGone(line.into_owned()));
                 }
             }
         }
@@ -169,102 +166,551 @@ fn forward_log(reader: duct::ReaderHandle, tx: mpsc::UnboundedSender<Event>) {
     let _ = tx.send(Event::Exited(code));
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    tokio::task::spawn_blocking(f).await.ok()
+/// The `status` line of `postmaster.pid` (PostgreSQL 10+: `starting`, `stopping`, `ready`,
+/// `standby`), with the postmaster's pid.
+pub fn postmaster_status(pgdata: &std::path::Path) -> Option<(i32, String)> {
+    let text = std::fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
+    let mut lines = text.lines();
+    let pid = lines.next()?.trim().parse().ok()?;
+    let status = lines.nth(6)?.trim().to_string();
+    Some((pid, status))
 }
 
-/// Runs a query on the member's socket, quietly; `None` when it fails.
-async fn query(s: &Settings, bin: &PgBin, sql: &str) -> Option<String> {
-    let c: HostCommand = local_psql(s, bin).quiet().arg("-c").arg(sql);
-    blocking(move || c.read().ok())
-        .await
-        .flatten()
-        .map(|o| o.trim().to_string())
+/// Whether a process is stopped (SIGSTOP) or gone.
+fn process_stopped(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit_once(')').is_some_and(|(_, rest)| {
+                matches!(rest.trim_start().chars().next(), Some('T' | 't' | 'Z'))
+            })
+        })
+        .unwrap_or(true)
 }
 
-/// Keeps readiness current; labels the pod; on the primary, sets up the replication role and
-/// drops the slots of members that are gone.
-async fn monitor(s: Settings, bin: PgBin, health: Arc<Health>, api: Option<PodApi>) {
-    let mut role_ready = s.role == Role::Replica;
-    let mut labelled = api.is_none();
-    let mut gone_once = HashSet::new();
-    let mut last_label_error: Option<String> = None;
-    let mut tick: u64 = 0;
-    let slot_check_every = match s.mode {
-        Mode::Local => Duration::from_secs(2),
-        Mode::Kubernetes => Duration::from_secs(10),
-    };
-    let mut last_slot_check = std::time::Instant::now();
-    loop {
-        tick += 1;
-        let serving = match s.role {
-            Role::Primary => {
-                if !role_ready {
-                    let (s2, b2) = (s.clone(), bin.clone());
-                    match blocking(move || ensure_replication_role(&s2, &b2)).await {
-                        Some(Ok(())) => {
-                            crate::info!(
-                                "replication role `{}` is set up",
-                                pgset_spec::contract::REPLICATION_USER
-                            );
-                            role_ready = true;
-                        }
-                        Some(Err(e)) if tick.is_multiple_of(40) => {
-                            crate::info!("setting up the replication role: {e}")
-                        }
-                        _ => {}
-                    }
+/// Logs a line at most once per interval for each key.
+#[derive(Debug, Default)]
+struct Quiet {
+    last: std::collections::HashMap<&'static str, (Instant, String)>,
+}
+
+impl Quiet {
+    /// Whether to log `text` under `key` now: when it changed, or `every` has passed.
+    fn allow(&mut self, key: &'static str, text: &str, every: Duration) -> bool {
+        match self.last.get(key) {
+            Some((at, old)) if old == text && at.elapsed() < every => false,
+            _ => {
+                self.last.insert(key, (Instant::now(), text.to_string()));
+                true
+            }
+        }
+    }
+}
+
+/// How often a new connection proves the postmaster still accepts them.
+const PING_EVERY: Duration = Duration::from_secs(2);
+/// How often a replica that is not streaming asks the master.
+const MASTER_CHECK_EVERY: Duration = Duration::from_secs(2);
+/// How long a replica may not stream, while its master answers, before it is not ready.
+const NOT_STREAMING_GRACE: Duration = Duration::from_secs(10);
+/// How long a WAL receiver may fail to stream while the master answers before it is restarted
+/// (its connection may hang on an address that no longer answers).
+const RECEIVER_STUCK_AFTER: Duration = Duration::from_secs(3);
+
+struct Monitor {
+    s: Settings,
+    health: Arc<Health>,
+    api: Option<PodApi>,
+    postmaster: i32,
+    tx: mpsc::UnboundedSender<Event>,
+    db: Option<Db>,
+    last_ping: Option<Instant>,
+    role_ready: bool,
+    labelled: bool,
+    quiet: Quiet,
+    // Replica
+    not_streaming_since: Option<Instant>,
+    master_checked: Option<Instant>,
+    master_answers: Option<bool>,
+    master_detail: Map<String, Value>,
+    last_nudge: Option<Instant>,
+    follow_problem: Option<String>,
+    reclone_asked: bool,
+    own_sysid: Option<u64>,
+    // Primary
+    last_slot_check: Option<Instant>,
+}
+
+impl Monitor {
+    fn new(
+        s: Settings,
+        health: Arc<Health>,
+        api: Option<PodApi>,
+        postmaster: i32,
+        tx: mpsc::UnboundedSender<Event>,
+    ) -> Monitor {
+        let own_sysid = crate::identity::control_system_identifier(&s.pgdata()).ok();
+        Monitor {
+            labelled: api.is_none(),
+            s,
+            health,
+            api,
+            postmaster,
+            tx,
+            db: None,
+            last_ping: None,
+            role_ready: false,
+            quiet: Quiet::default(),
+            not_streaming_since: None,
+            master_checked: None,
+            master_answers: None,
+            master_detail: Map::new(),
+            last_nudge: None,
+            follow_problem: None,
+            reclone_asked: false,
+            own_sysid,
+            last_slot_check: None,
+        }
+    }
+
+    async fn run(mut self) {
+        loop {
+            let pause = self.tick().await;
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    fn not_ready(&mut self, reason: &str) -> Duration {
+        self.health.set_ready(false, reason);
+        Duration::from_millis(100)
+    }
+
+    /// One round: returns how long to wait before the next.
+    async fn tick(&mut self) -> Duration {
+        // While postgres starts up (crash recovery, reaching consistency) it refuses
+        // connections; its pid file says so without a connection (and without a FATAL line).
+        match postmaster_status(&self.s.pgdata()) {
+            Some((pid, status)) if pid == self.postmaster && status == "starting" => {
+                if !process_stopped(pid) {
+                    self.health.answered();
                 }
-                role_ready
-                    && query(&s, &bin, "SELECT pg_is_in_recovery()")
-                        .await
-                        .as_deref()
-                        == Some("f")
+                self.db = None;
+                return self.not_ready("postgres is starting up");
             }
-            Role::Replica => {
-                query(&s, &bin, "SELECT status FROM pg_stat_wal_receiver")
-                    .await
-                    .as_deref()
-                    == Some("streaming")
-            }
-        };
-        if serving
-            && !labelled
-            && let Some(api) = &api
-        {
-            match api.label_role(&s.pod_name, s.role.label()).await {
-                Ok(()) => {
-                    crate::info!(
-                        "labelled pod {} {}={}",
-                        s.pod_name,
-                        pgset_spec::contract::labels::ROLE,
-                        s.role.label()
-                    );
-                    labelled = true;
+            _ => {}
+        }
+        let ping_due = self.last_ping.is_none_or(|t| t.elapsed() >= PING_EVERY);
+        if self.db.as_ref().is_none_or(|d| d.is_closed()) || ping_due {
+            match Db::local(&self.s, pg::DEADLINE).await {
+                Ok(db) => {
+                    self.health.answered();
+                    self.db = Some(db);
+                    self.last_ping = Some(Instant::now());
                 }
                 Err(e) => {
-                    // Logged when it changes, not on every retry.
+                    self.db = None;
+                    self.last_ping = Some(Instant::now());
+                    let why = format!("postgres does not accept connections ({e})");
+                    if self.quiet.allow("connect", &why, Duration::from_secs(60)) {
+                        crate::info!("{why}");
+                    }
+                    self.health.set_ready(false, &why);
+                    return Duration::from_millis(500);
+                }
+            }
+        }
+        let own = match self.db.as_ref() {
+            Some(db) => pg::own_state(db).await,
+            None => return Duration::from_millis(100),
+        };
+        let own = match own {
+            Ok(o) => o,
+            Err(e) => {
+                self.db = None;
+                return self.not_ready(&format!("postgres did not answer its state query ({e})"));
+            }
+        };
+        let (ready, reason) = match self.s.role {
+            Role::Primary => self.primary(&own).await,
+            Role::Replica => self.replica(&own).await,
+        };
+        self.publish_detail(&own);
+        if ready && !self.labelled {
+            self.label().await;
+        }
+        let (ready, reason) = if ready && !self.labelled {
+            (false, format!("{reason}, waiting to label the pod"))
+        } else {
+            (ready, reason)
+        };
+        self.health.set_ready(ready, &reason);
+        if self.health.is_ready() {
+            Duration::from_secs(1)
+        } else {
+            // Readiness gates the next member's start: look often until it serves its role.
+            // Each look is a statement on the open connection, not a process.
+            Duration::from_millis(100)
+        }
+    }
+
+    fn publish_detail(&mut self, own: &OwnState) {
+        let mut d = Map::new();
+        d.insert("inRecovery".into(), json!(own.in_recovery));
+        d.insert("timeline".into(), json!(own.timeline));
+        if let Some(sysid) = self.own_sysid {
+            d.insert("systemIdentifier".into(), json!(sysid.to_string()));
+        }
+        if let Some(l) = own.current_lsn {
+            d.insert("currentLsn".into(), json!(lsn_text(l)));
+        }
+        if let Some(st) = &own.receiver_status {
+            d.insert("walReceiver".into(), json!(st));
+        }
+        if let Some(l) = own.receive_lsn {
+            d.insert("receiveLsn".into(), json!(lsn_text(l)));
+        }
+        if let Some(l) = own.replay_lsn {
+            d.insert("replayLsn".into(), json!(lsn_text(l)));
+        }
+        if let Some(p) = &self.follow_problem {
+            d.insert("followProblem".into(), json!(p));
+        }
+        for (k, v) in &self.master_detail {
+            d.insert(k.clone(), v.clone());
+        }
+        self.health.set_detail(d);
+    }
+
+    async fn label(&mut self) {
+        let Some(api) = &self.api else {
+            return;
+        };
+        match api.label_role(&self.s.pod_name, self.s.role.label()).await {
+            Ok(()) => {
+                crate::info!(
+                    "labelled pod {} {}={}",
+                    self.s.pod_name,
+                    pgset_spec::contract::labels::ROLE,
+                    self.s.role.label()
+                );
+                self.labelled = true;
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if self.quiet.allow("label", &text, Duration::from_secs(300)) {
+                    crate::warn!("labelling the pod (not ready until it works): {text}");
+                }
+            }
+        }
+    }
+
+    async fn primary(&mut self, own: &OwnState) -> (bool, String) {
+        if own.in_recovery {
+            return (false, "in recovery, not yet accepting writes".into());
+        }
+        if !self.role_ready {
+            match self.ensure_roles().await {
+                Ok(()) => {
+                    crate::info!(
+                        "replication role `{}` is set up",
+                        pgset_spec::contract::REPLICATION_USER
+                    );
+                    self.role_ready = true;
+                }
+                Err(e) => {
                     let text = e.to_string();
-                    if last_label_error.as_deref() != Some(text.as_str()) {
-                        crate::warn!("labelling the pod (not ready until it works): {text}");
-                        last_label_error = Some(text);
+                    if self.quiet.allow("roles", &text, Duration::from_secs(60)) {
+                        crate::warn!("setting up the replication role: {text}");
+                    }
+                    return (false, format!("setting up the replication role: {text}"));
+                }
+            }
+        }
+        let every = match self.s.mode {
+            Mode::Local => Duration::from_secs(2),
+            Mode::Kubernetes => Duration::from_secs(10),
+        };
+        if self.last_slot_check.is_none_or(|t| t.elapsed() >= every) {
+            self.last_slot_check = Some(Instant::now());
+            self.manage_slots().await;
+        }
+        (true, "accepts writes".into())
+    }
+
+    /// Creates the replication role when missing and sets both roles' passwords from the Secret.
+    /// Statement logging is switched off for the session in a statement of its own first, so no
+    /// password can reach the log whatever the server's settings.
+    async fn ensure_roles(&self) -> Result<()> {
+        let db = self
+            .db
+            .as_ref()
+            .ok_or_else(|| Error::Local("no connection".into()))?;
+        let replication = crate::bootstrap::read_password(
+            &self.s,
+            pgset_spec::contract::secret::REPLICATION_PASSWORD_KEY,
+        )?;
+        let superuser = crate::bootstrap::read_password(
+            &self.s,
+            pgset_spec::contract::secret::SUPERUSER_PASSWORD_KEY,
+        )?;
+        db.execute_batch(render::QUIET_SESSION_SQL).await?;
+        db.execute_batch(&render::role_passwords_sql(&replication, &superuser))
+            .await
+    }
+
+    /// How many members the set should have: the StatefulSet's `spec.replicas` in a cluster,
+    /// the membership file locally.
+    async fn desired_replicas(&mut self) -> Option<i32> {
+        match self.s.mode {
+            Mode::Local => {
+                let members = self.s.members_file.as_deref().and_then(read_members)?;
+                Some(
+                    members
+                        .iter()
+                        .filter_map(|m| pgset_spec::ordinal_of(m))
+                        .map(|k| k + 1)
+                        .max()
+                        .unwrap_or(0),
+                )
+            }
+            Mode::Kubernetes => {
+                let api = self.api.as_ref()?;
+                match api.statefulset_replicas().await {
+                    Ok(n) => Some(n),
+                    Err(e) => {
+                        let text = e.to_string();
+                        if self
+                            .quiet
+                            .allow("replicas", &text, Duration::from_secs(300))
+                        {
+                            crate::warn!("reading the StatefulSet's replicas (slots kept): {text}");
+                        }
+                        None
                     }
                 }
             }
         }
-        health.set_ready(serving && labelled);
-        if s.role == Role::Primary && role_ready && last_slot_check.elapsed() >= slot_check_every {
-            last_slot_check = std::time::Instant::now();
-            drop_slots_of_gone_members(&s, &bin, api.as_ref(), &mut gone_once).await;
-        }
-        // Until the member serves its role, look often: readiness gates the next member's
-        // start (OrderedReady, and local `up`), so every poll interval adds to the rollout.
-        let pause = if health.is_ready() {
-            Duration::from_secs(1)
-        } else {
-            Duration::from_millis(25)
+    }
+
+    /// Drops the slots of members at or above the set's size (scaled away); keeps every slot of
+    /// a member within it, whether its pod exists right now or not. Shows each slot's retained WAL.
+    async fn manage_slots(&mut self) {
+        let Some(db) = self.db.as_ref() else {
+            return;
         };
-        tokio::time::sleep(pause).await;
+        let Ok(slots) = pg::slots(db).await else {
+            return;
+        };
+        let mut shown = Vec::new();
+        for slot in &slots {
+            shown.push(json!({
+                "slot": slot.name,
+                "active": slot.active,
+                "walStatus": slot.wal_status,
+                "retainedBytes": slot.retained_bytes,
+            }));
+        }
+        self.master_detail
+            .insert("slots".into(), Value::Array(shown));
+        let ours: Vec<_> = slots
+            .iter()
+            .filter(|slot| !slot.active)
+            .filter_map(|slot| {
+                let member = member_of_slot(&self.s.cluster, &slot.name)?;
+                Some((slot.name.clone(), member))
+            })
+            .collect();
+        if ours.is_empty() {
+            return;
+        }
+        let Some(replicas) = self.desired_replicas().await else {
+            return;
+        };
+        let Some(db) = self.db.as_ref() else {
+            return;
+        };
+        for (slot, member) in ours {
+            let Some(k) = pgset_spec::ordinal_of(&member) else {
+                continue;
+            };
+            if k < replicas {
+                continue;
+            }
+            match db
+                .rows(
+                    "SELECT pg_drop_replication_slot(slot_name)::text FROM pg_replication_slots
+                      WHERE slot_name = $1 AND NOT active",
+                    &[&slot],
+                )
+                .await
+            {
+                Ok(rows) if !rows.is_empty() => crate::info!(
+                    "dropped replication slot {slot}: member {member} is at or above the set's \
+                     size ({replicas}), so it must not retain WAL"
+                ),
+                Ok(_) => {}
+                Err(e) => crate::warn!("dropping replication slot {slot}: {e}"),
+            }
+        }
+    }
+
+    async fn replica(&mut self, own: &OwnState) -> (bool, String) {
+        if !own.in_recovery {
+            return (
+                false,
+                "not in recovery: this replica was promoted outside pgset and will not serve as one"
+                    .into(),
+            );
+        }
+        if own.receiver_status.as_deref() == Some("streaming") {
+            self.not_streaming_since = None;
+            self.follow_problem = None;
+            self.master_answers = Some(true);
+            return (true, "streaming from the master".into());
+        }
+        let since = *self.not_streaming_since.get_or_insert_with(Instant::now);
+        if self
+            .master_checked
+            .is_none_or(|t| t.elapsed() >= MASTER_CHECK_EVERY)
+        {
+            self.master_checked = Some(Instant::now());
+            self.check_master(own).await;
+        }
+        if let Some(problem) = &self.follow_problem {
+            return (false, problem.clone());
+        }
+        let caught_up = match (own.receive_lsn, own.replay_lsn) {
+            (Some(received), Some(replayed)) => replayed >= received,
+            _ => true,
+        };
+        match self.master_answers {
+            Some(false) if caught_up => (
+                true,
+                format!(
+                    "the master does not answer; serving reads of everything received (replayed up to {})",
+                    own.replay_lsn.map(lsn_text).unwrap_or_else(|| "-".into())
+                ),
+            ),
+            Some(false) => (
+                false,
+                "the master does not answer and replay has not caught up with what was received"
+                    .into(),
+            ),
+            _ if since.elapsed() < NOT_STREAMING_GRACE && self.health.is_ready() => {
+                (true, "reconnecting to the master".into())
+            }
+            _ => (
+                false,
+                format!(
+                    "not streaming from the master for {} s (WAL receiver: {})",
+                    since.elapsed().as_secs(),
+                    own.receiver_status.as_deref().unwrap_or("not running")
+                ),
+            ),
+        }
+    }
+
+    /// Asks the master whether this replica can follow it, creates its slot when missing, and
+    /// restarts a WAL receiver whose connection hangs while the master answers.
+    async fn check_master(&mut self, own: &OwnState) {
+        let db = match Db::master(&self.s, pg::DEADLINE).await {
+            Ok(db) => db,
+            Err(e) => {
+                self.master_answers = Some(false);
+                let text = format!("the master does not answer ({e})");
+                if self.quiet.allow("master", &text, Duration::from_secs(60)) {
+                    crate::info!("{text}");
+                }
+                return;
+            }
+        };
+        self.master_answers = Some(true);
+        let needed = own.receive_lsn.max(own.replay_lsn);
+        let view = match pg::master_view(&db, &self.s.slot(), needed).await {
+            Ok(v) => v,
+            Err(e) => {
+                let text = format!("asking the master about this replica: {e}");
+                if self.quiet.allow("view", &text, Duration::from_secs(60)) {
+                    crate::warn!("{text}");
+                }
+                return;
+            }
+        };
+        let Some(own_sysid) = self.own_sysid else {
+            return;
+        };
+        match follow::judge(own_sysid, own.timeline, &view) {
+            Follow::Yes => {
+                self.follow_problem = None;
+                if view.slot_wal_status.is_none() {
+                    match pg::ensure_slot(&db, &self.s.slot()).await {
+                        Ok(true) => crate::info!(
+                            "created replication slot {} on the master (WAL reserved)",
+                            self.s.slot()
+                        ),
+                        Ok(false) => {}
+                        Err(e) => crate::warn!("creating replication slot {}: {e}", self.s.slot()),
+                    }
+                }
+                self.nudge_receiver(own);
+            }
+            Follow::Mismatch(why) => {
+                if self.s.allow_reinit {
+                    self.ask_reclone(
+                        format!("{why} ({} is set)", pgset_spec::contract::env::ALLOW_REINIT),
+                        view.database_bytes,
+                    );
+                } else {
+                    let text = format!(
+                        "{why}; this replica does not follow it and keeps its data. If the master \
+                         was re-initialised on purpose, set {}=true (spec: postgres.allowReinit) \
+                         to copy it again; otherwise restore the master's data",
+                        pgset_spec::contract::env::ALLOW_REINIT
+                    );
+                    if self.quiet.allow("mismatch", &text, Duration::from_secs(60)) {
+                        crate::warn!("{text}");
+                    }
+                    self.follow_problem = Some(text);
+                }
+            }
+            Follow::CannotFollow(why) => self.ask_reclone(why, view.database_bytes),
+        }
+    }
+
+    fn ask_reclone(&mut self, reason: String, needed_bytes: i64) {
+        self.follow_problem = Some(reason.clone());
+        if !self.reclone_asked {
+            self.reclone_asked = true;
+            let _ = self.tx.send(Event::Reclone {
+                reason,
+                needed_bytes,
+            });
+        }
+    }
+
+    /// The master answers but the WAL receiver has not streamed for a while: its connection may
+    /// hang on an address that no longer answers (a Service still routing to a deleted pod).
+    /// SIGTERM makes postgres start a new receiver after `wal_retrieve_retry_interval`.
+    fn nudge_receiver(&mut self, own: &OwnState) {
+        let Some(pid) = own.receiver_pid else {
+            return;
+        };
+        let stuck = self
+            .not_streaming_since
+            .is_some_and(|t| t.elapsed() >= RECEIVER_STUCK_AFTER);
+        let recently = self
+            .last_nudge
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(10));
+        if stuck && !recently {
+            self.last_nudge = Some(Instant::now());
+            crate::info!(
+                "the master answers but the WAL receiver (pid {pid}, {}) has not streamed for {} s: restarting it",
+                own.receiver_status.as_deref().unwrap_or("?"),
+                self.not_streaming_since
+                    .map(|t| t.elapsed().as_secs())
+                    .unwrap_or(0)
+            );
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
     }
 }
 
@@ -280,81 +726,9 @@ pub fn read_members(path: &std::path::Path) -> Option<HashSet<String>> {
     )
 }
 
-/// Drops idle slots of this cluster's members that no longer exist, so they cannot pin WAL.
-/// In a cluster a member must be missing on two checks in a row (a pod being recreated is not gone).
-async fn drop_slots_of_gone_members(
-    s: &Settings,
-    bin: &PgBin,
-    api: Option<&PodApi>,
-    gone_once: &mut HashSet<String>,
-) {
-    let Some(out) = query(
-        s,
-        bin,
-        "SELECT slot_name FROM pg_replication_slots WHERE slot_type = 'physical' AND NOT active",
-    )
-    .await
-    else {
-        return;
-    };
-    let members = match s.mode {
-        Mode::Local => match s.members_file.as_deref().and_then(read_members) {
-            Some(m) => Some(m),
-            None => return,
-        },
-        Mode::Kubernetes => None,
-    };
-    for slot in out.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let Some(member) = member_of_slot(&s.cluster, slot) else {
-            continue;
-        };
-        let exists = match (&members, api) {
-            (Some(m), _) => m.contains(&member),
-            (None, Some(api)) => match api.pod_exists(&member).await {
-                Ok(e) => e,
-                Err(e) => {
-                    crate::warn!("checking whether member {member} exists: {e}");
-                    continue;
-                }
-            },
-            (None, None) => continue,
-        };
-        if exists {
-            gone_once.remove(slot);
-            continue;
-        }
-        if s.mode == Mode::Kubernetes && gone_once.insert(slot.to_string()) {
-            continue;
-        }
-        let sql = format!(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = {} AND NOT active",
-            sql_quote(slot)
-        );
-        if query(s, bin, &sql).await.is_some() {
-            crate::info!(
-                "dropped replication slot {slot}: member {member} is gone, so it must not retain WAL"
-            );
-            gone_once.remove(slot);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn recognises_lost_wal() {
-        assert!(says_wal_is_gone(
-            "2026-01-01 FATAL:  could not receive data from WAL stream: ERROR:  requested WAL segment 000000010000000000000003 has already been removed"
-        ));
-        assert!(says_wal_is_gone(
-            "ERROR:  can no longer get changes from replication slot \"pgset_1\""
-        ));
-        assert!(!says_wal_is_gone(
-            "LOG:  started streaming WAL from primary at 0/3000000 on timeline 1"
-        ));
-    }
 
     #[test]
     fn members_file_lines() {
@@ -364,5 +738,26 @@ mod tests {
         let m = read_members(&f).unwrap();
         assert!(m.contains("pgset-1") && m.len() == 2);
         assert!(read_members(&t.path().join("none")).is_none());
+    }
+
+    #[test]
+    fn postmaster_pid_status_line() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(
+            t.path().join("postmaster.pid"),
+            "4242\n/data\n1700000000\n5432\n/run\n127.0.0.1\n  1234   5678\nready   \n",
+        )
+        .unwrap();
+        assert_eq!(postmaster_status(t.path()), Some((4242, "ready".into())));
+        assert_eq!(postmaster_status(&t.path().join("none")), None);
+    }
+
+    #[test]
+    fn quiet_logs_changes_and_then_once_per_interval() {
+        let mut q = Quiet::default();
+        assert!(q.allow("k", "a", Duration::from_secs(60)));
+        assert!(!q.allow("k", "a", Duration::from_secs(60)));
+        assert!(q.allow("k", "b", Duration::from_secs(60)));
+        assert!(q.allow("k", "b", Duration::ZERO));
     }
 }

@@ -1,6 +1,7 @@
 //! Server-side apply of a cluster's objects in a fixed order (RBAC, Secret, Services, claim,
 //! StatefulSet) with one field manager; the Secret is get-or-create and never overwritten.
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -8,8 +9,9 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource};
 use pgset_spec::ClusterSpec;
 use pgset_spec::contract::FIELD_MANAGER;
+use pgset_spec::contract::secret::CLUSTER_ID_KEY;
 
-use crate::secret::{Passwords, missing_keys, secret};
+use crate::secret::{Passwords, has_cluster_id, missing_keys, new_cluster_id, secret};
 use crate::{ClusterObjects, Error, NamespacedObject, Result, is_status};
 
 /// Whether changes are made or only checked by the API server.
@@ -41,6 +43,9 @@ pub enum SecretOutcome {
     Kept,
     /// It was created with fresh random passwords.
     Created,
+    /// It existed without a cluster id (made before cluster ids): one was added, the passwords
+    /// were left as they were.
+    ClusterIdAdded,
 }
 
 /// Server-side apply parameters: pgset's field manager, taking over conflicting fields.
@@ -76,14 +81,35 @@ pub async fn ensure_secret(
         .await
         .map_err(Error::api("get", "Secret", &name, ns))?;
     if let Some(existing) = existing {
-        return check_existing(&existing, &name);
+        check_existing(&existing, &name)?;
+        if has_cluster_id(&existing) {
+            return Ok(SecretOutcome::Kept);
+        }
+        // Only the missing key is added (a merge patch of one data key); the passwords stay.
+        let patch = serde_json::json!({
+            "data": { CLUSTER_ID_KEY: ByteString(new_cluster_id()?.into_bytes()) }
+        });
+        let mut params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..PatchParams::default()
+        };
+        if mode.is_dry_run() {
+            params = params.dry_run();
+        }
+        api.patch(&name, &params, &Patch::Merge(&patch))
+            .await
+            .map_err(Error::api("patch", "Secret", &name, ns))?;
+        return Ok(SecretOutcome::ClusterIdAdded);
     }
     let passwords = Passwords::generate()?;
     let params = PostParams {
         dry_run: mode.is_dry_run(),
         field_manager: Some(FIELD_MANAGER.to_string()),
     };
-    match api.create(&params, &secret(spec, &passwords)).await {
+    match api
+        .create(&params, &secret(spec, &passwords, &new_cluster_id()?))
+        .await
+    {
         Ok(_) => Ok(SecretOutcome::Created),
         // Created by someone else between our get and create: use theirs.
         Err(e) if is_status(&e, 409) => {
@@ -91,19 +117,20 @@ pub async fn ensure_secret(
                 .get(&name)
                 .await
                 .map_err(Error::api("get", "Secret", &name, ns))?;
-            check_existing(&theirs, &name)
+            check_existing(&theirs, &name)?;
+            Ok(SecretOutcome::Kept)
         }
         Err(e) => Err(Error::api("create", "Secret", &name, ns)(e)),
     }
 }
 
-fn check_existing(existing: &Secret, name: &str) -> Result<SecretOutcome> {
+fn check_existing(existing: &Secret, name: &str) -> Result<()> {
     match missing_keys(existing).first() {
         Some(key) => Err(Error::SecretIncomplete {
             name: name.to_string(),
             key,
         }),
-        None => Ok(SecretOutcome::Kept),
+        None => Ok(()),
     }
 }
 
@@ -135,7 +162,7 @@ pub async fn deploy(
     changes.record(apply_one::<RoleBinding>(client, ns, &role_binding, mode, progress).await?);
 
     let outcome = ensure_secret(client, spec, mode).await?;
-    if outcome == SecretOutcome::Created {
+    if outcome != SecretOutcome::Kept {
         changes
             .changed
             .push(format!("Secret/{}", spec.secret_name()));
@@ -146,6 +173,10 @@ pub async fn deploy(
         SecretOutcome::Kept => format!("kept Secret {} (existing passwords)", spec.secret_name()),
         SecretOutcome::Created => format!(
             "created Secret {} with new random passwords{suffix}",
+            spec.secret_name()
+        ),
+        SecretOutcome::ClusterIdAdded => format!(
+            "added a cluster id to Secret {} (passwords kept){suffix}",
             spec.secret_name()
         ),
     });

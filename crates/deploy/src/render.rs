@@ -3,7 +3,9 @@
 
 use kube::Resource;
 use pgset_spec::ClusterSpec;
-use pgset_spec::contract::secret::{REPLICATION_PASSWORD_KEY, SUPERUSER_PASSWORD_KEY};
+use pgset_spec::contract::secret::{
+    CLUSTER_ID_KEY, REPLICATION_PASSWORD_KEY, SUPERUSER_PASSWORD_KEY,
+};
 use serde::Serialize;
 
 use crate::{ClusterObjects, Error, Result};
@@ -99,9 +101,11 @@ pub fn secret_instructions(spec: &ClusterSpec) -> String {
          for key in {SUPERUSER_PASSWORD_KEY} {REPLICATION_PASSWORD_KEY}; do\n  \
          tr -dc 'A-Za-z0-9' </dev/urandom | head -c 32 >\"$dir/$key\"\n\
          done\n\
+         tr -dc 'a-f0-9' </dev/urandom | head -c 32 >\"$dir/{CLUSTER_ID_KEY}\"\n\
          kubectl -n {ns} create secret generic {name} \\\n  \
          --from-file={SUPERUSER_PASSWORD_KEY}=\"$dir/{SUPERUSER_PASSWORD_KEY}\" \\\n  \
-         --from-file={REPLICATION_PASSWORD_KEY}=\"$dir/{REPLICATION_PASSWORD_KEY}\"\n\
+         --from-file={REPLICATION_PASSWORD_KEY}=\"$dir/{REPLICATION_PASSWORD_KEY}\" \\\n  \
+         --from-file={CLUSTER_ID_KEY}=\"$dir/{CLUSTER_ID_KEY}\"\n\
          kubectl -n {ns} label secret {name} {labels}\n\
          rm -r \"$dir\"\n",
         ns = spec.namespace,
@@ -256,6 +260,7 @@ mod tests {
         assert!(readme.contains("kubectl -n prod create secret generic db-secret"));
         assert!(readme.contains("--from-file=superuser-password="));
         assert!(readme.contains("--from-file=replication-password="));
+        assert!(readme.contains("--from-file=cluster-id="));
         assert!(!readme.contains("--from-literal"));
     }
 }

@@ -1,5 +1,5 @@
-//! Secret `<name>-secret`: the superuser and replication passwords, mounted into the pods as
-//! files. The builder takes the passwords; generating them is the edge's job.
+//! Secret `<name>-secret`: the superuser and replication passwords and the cluster id, mounted
+//! into the pods as files. The builder takes the values; generating them is the edge's job.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -7,7 +7,9 @@ use std::fmt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use pgset_spec::ClusterSpec;
-use pgset_spec::contract::secret::{REPLICATION_PASSWORD_KEY, SUPERUSER_PASSWORD_KEY};
+use pgset_spec::contract::secret::{
+    CLUSTER_ID_KEY, REPLICATION_PASSWORD_KEY, SUPERUSER_PASSWORD_KEY,
+};
 
 use crate::{Error, Result, object_meta};
 
@@ -44,6 +46,28 @@ impl Passwords {
     }
 }
 
+/// A new cluster id: 128 random bits as 32 hex digits. It lives as long as the Secret and is
+/// written into every member's data directory identity.
+pub fn new_cluster_id() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| Error::Random(e.to_string()))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Whether `secret` carries a cluster id.
+pub fn has_cluster_id(secret: &Secret) -> bool {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(CLUSTER_ID_KEY))
+        .is_some_and(|v| !v.0.is_empty())
+        || secret
+            .string_data
+            .as_ref()
+            .and_then(|d| d.get(CLUSTER_ID_KEY))
+            .is_some_and(|v| !v.is_empty())
+}
+
 /// One password: uniform over [`PASSWORD_ALPHABET`] (rejection sampling, no modulo bias).
 fn random_password() -> Result<String> {
     let alphabet_len = PASSWORD_ALPHABET.len();
@@ -63,11 +87,13 @@ fn random_password() -> Result<String> {
     Ok(out)
 }
 
-/// Secret `<name>-secret` holding `passwords` under the contract's keys.
-pub fn secret(spec: &ClusterSpec, passwords: &Passwords) -> Secret {
+/// Secret `<name>-secret` holding `passwords` and `cluster_id` under the contract's keys.
+pub fn secret(spec: &ClusterSpec, passwords: &Passwords, cluster_id: &str) -> Secret {
+    let cluster_id = cluster_id.to_string();
     let data: BTreeMap<String, ByteString> = [
         (SUPERUSER_PASSWORD_KEY, &passwords.superuser),
         (REPLICATION_PASSWORD_KEY, &passwords.replication),
+        (CLUSTER_ID_KEY, &cluster_id),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
@@ -134,7 +160,12 @@ mod tests {
             superuser: "aaa".into(),
             replication: "bbb".into(),
         };
-        let s = secret(&spec, &p);
+        let s = secret(&spec, &p, "c0ffee");
+        assert!(has_cluster_id(&s));
+        assert_eq!(s.data.as_ref().unwrap()[CLUSTER_ID_KEY].0, b"c0ffee");
+        let id = new_cluster_id().unwrap();
+        assert_eq!(id.len(), 32);
+        assert_ne!(id, new_cluster_id().unwrap());
         assert_eq!(s.metadata.name.as_deref(), Some("db-secret"));
         assert_eq!(s.metadata.namespace.as_deref(), Some("prod"));
         assert_eq!(s.type_.as_deref(), Some("Opaque"));
@@ -153,7 +184,9 @@ mod tests {
                 superuser: "x".into(),
                 replication: String::new(),
             },
+            "",
         );
+        assert!(!has_cluster_id(&s));
         assert_eq!(missing_keys(&s), vec![REPLICATION_PASSWORD_KEY]);
         s.data = None;
         assert_eq!(

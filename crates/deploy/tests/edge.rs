@@ -27,7 +27,7 @@ fn existing_secret() -> Value {
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "pgset-secret", "namespace": NS, "resourceVersion": "7"},
         "type": "Opaque",
-        "data": {"superuser-password": "b2xkLXN1cGVy", "replication-password": "b2xkLXJlcGw="}
+        "data": {"superuser-password": "b2xkLXN1cGVy", "replication-password": "b2xkLXJlcGw=", "cluster-id": "YzE="}
     })
 }
 

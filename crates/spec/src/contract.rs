@@ -71,6 +71,19 @@ pub mod env {
     pub const MASTER_WAIT_TIMEOUT: &str = "PGSET_MASTER_WAIT_TIMEOUT";
     /// Optional `pg_basebackup --max-rate` for a replica's first copy (e.g. `50M`).
     pub const BASEBACKUP_MAX_RATE: &str = "PGSET_BASEBACKUP_MAX_RATE";
+    /// `true`: a data directory without pgset's identity file (made before identities existed)
+    /// is taken as this member's and marked. Off by default: an unmarked directory is refused.
+    pub const ADOPT_UNMARKED: &str = "PGSET_ADOPT_UNMARKED";
+    /// `true`: ordinal 0 may initialise a new database although the cluster had data (its
+    /// directory is gone but siblings remain), and replicas of the old database copy the new
+    /// master again (their old directory kept aside). Off by default: both are refused.
+    pub const ALLOW_REINIT: &str = "PGSET_ALLOW_REINIT";
+    /// File the agent writes its refusal or fatal error to before it exits (the container's
+    /// termination message, shown in the pod status).
+    pub const TERMINATION_LOG: &str = "PGSET_TERMINATION_LOG";
+    /// Seconds postgres may go without answering a new connection before `/healthz` fails
+    /// (default 30; never counted while the data directory is prepared or postgres starts up).
+    pub const LIVENESS_TIMEOUT: &str = "PGSET_LIVENESS_TIMEOUT";
 }
 
 /// Values of [`env::MODE`].
@@ -87,7 +100,18 @@ pub mod secret {
     pub const SUPERUSER_PASSWORD_KEY: &str = "superuser-password";
     /// Password of the replication role.
     pub const REPLICATION_PASSWORD_KEY: &str = "replication-password";
+    /// The cluster id: random, made with the Secret and living as long as it; written into
+    /// every member's data directory identity.
+    pub const CLUSTER_ID_KEY: &str = "cluster-id";
 }
+
+/// The identity file in every member's data directory (namespace, cluster, cluster id, member,
+/// PostgreSQL system identifier).
+pub const IDENTITY_FILE: &str = "pgset-identity.json";
+/// Kubernetes' default container termination-message path.
+pub const TERMINATION_LOG_PATH: &str = "/dev/termination-log";
+/// The PostgreSQL majors the agent supports (every setting it writes is understood by each).
+pub const SUPPORTED_MAJORS: std::ops::RangeInclusive<u32> = 13..=18;
 
 /// The PostgreSQL superuser.
 pub const SUPERUSER: &str = "postgres";

@@ -1,0 +1,258 @@
+//! The identity every member's data directory carries (`pgset-identity.json`): namespace,
+//! cluster, cluster id, member and PostgreSQL's system identifier; and the pure judgement of a
+//! directory found at start against the member that wants to use it.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use pgset_spec::contract::IDENTITY_FILE;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result, io_err};
+
+/// Version of the identity file's format.
+pub const FORMAT: u32 = 1;
+
+/// Who a member is: what the agent compares a data directory's identity with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRef {
+    /// Namespace (`local` in local mode).
+    pub namespace: String,
+    /// Cluster (StatefulSet) name.
+    pub cluster: String,
+    /// The cluster id from the Secret.
+    pub cluster_id: String,
+    /// The member (pod) name.
+    pub member: String,
+}
+
+/// The identity file's content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Identity {
+    /// [`FORMAT`].
+    pub format: u32,
+    /// Namespace of the cluster.
+    pub namespace: String,
+    /// Cluster name.
+    pub cluster: String,
+    /// The cluster id (from the Secret).
+    pub cluster_id: String,
+    /// The member whose data this is.
+    pub member: String,
+    /// PostgreSQL's database system identifier (decimal, as `pg_controldata` prints it).
+    pub system_identifier: String,
+    /// How the data was made: `initdb`, `base backup` or `adopted`.
+    pub origin: String,
+    /// When the identity was written (UTC).
+    pub created: String,
+}
+
+impl Identity {
+    /// A new identity of `me` for data with `system_identifier`.
+    pub fn new(me: &MemberRef, system_identifier: u64, origin: &str) -> Identity {
+        Identity {
+            format: FORMAT,
+            namespace: me.namespace.clone(),
+            cluster: me.cluster.clone(),
+            cluster_id: me.cluster_id.clone(),
+            member: me.member.clone(),
+            system_identifier: system_identifier.to_string(),
+            origin: origin.to_string(),
+            created: crate::log::timestamp(),
+        }
+    }
+
+    /// `namespace/cluster (id …)`, for messages.
+    pub fn owner(&self) -> String {
+        format!(
+            "{}/{} (cluster id {})",
+            self.namespace, self.cluster, self.cluster_id
+        )
+    }
+}
+
+/// The identity file of a data directory.
+pub fn path(pgdata: &Path) -> PathBuf {
+    pgdata.join(IDENTITY_FILE)
+}
+
+/// Reads a data directory's identity: `None` when it has none.
+pub fn read(pgdata: &Path) -> Result<Option<Identity>> {
+    let file = path(pgdata);
+    let text = match fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(format!("read {}", file.display()))(e)),
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| Error::Refused {
+            path: pgdata.to_path_buf(),
+            problem: format!(
+                "its identity file {IDENTITY_FILE} is not readable as pgset's ({e}); pgset does not \
+                 start on a directory it cannot prove is this member's: restore the file or move \
+                 the directory away"
+            ),
+        })
+}
+
+/// Writes the identity into `pgdata` (atomically, mode 0600).
+pub fn write(pgdata: &Path, identity: &Identity) -> Result<()> {
+    let text = serde_json::to_string_pretty(identity)
+        .map_err(|e| Error::Local(format!("encode the identity: {e}")))?
+        + "\n";
+    crate::datadir::write_atomic(&path(pgdata), text.as_bytes(), 0o600).map(drop)
+}
+
+/// PostgreSQL's database system identifier from `global/pg_control` (its first field, in the
+/// machine's byte order), read without running any tool.
+pub fn control_system_identifier(pgdata: &Path) -> Result<u64> {
+    let file = pgdata.join("global").join("pg_control");
+    let bytes = fs::read(&file).map_err(io_err(format!("read {}", file.display())))?;
+    let first: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| Error::Refused {
+            path: pgdata.to_path_buf(),
+            problem: format!("{} is too short to be a pg_control file", file.display()),
+        })?;
+    Ok(u64::from_ne_bytes(first))
+}
+
+/// What the agent may do with an existing data directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// This member's data, proven.
+    Ours,
+    /// No identity file: made before identities existed, or not by pgset.
+    Unmarked,
+    /// Refused: the reason, naming whose it is and the fix.
+    Refused(String),
+}
+
+/// Judges a data directory's identity against the member that wants it and the system
+/// identifier in its `pg_control`.
+pub fn judge(found: Option<&Identity>, me: &MemberRef, control_sysid: u64) -> Verdict {
+    let Some(id) = found else {
+        return Verdict::Unmarked;
+    };
+    if id.format != FORMAT {
+        return Verdict::Refused(format!(
+            "its identity has format {} and this agent knows format {FORMAT}; run the agent \
+             version that wrote it",
+            id.format
+        ));
+    }
+    if id.namespace != me.namespace || id.cluster != me.cluster || id.cluster_id != me.cluster_id {
+        let same_name = id.namespace == me.namespace && id.cluster == me.cluster;
+        let fix = if same_name {
+            "the cluster was made anew (its Secret, and with it the cluster id, is new) while the \
+             old data stayed: restore the old Secret, or move the old directory away to start empty"
+        } else {
+            "this cluster's volume points at another cluster's directory: give each cluster its \
+             own export directory (see the README's placement section) or its own claim"
+        };
+        return Verdict::Refused(format!(
+            "it belongs to cluster {}, not to {}/{} (cluster id {}); pgset never starts on \
+             another cluster's data and leaves it untouched; {fix}",
+            id.owner(),
+            me.namespace,
+            me.cluster,
+            me.cluster_id
+        ));
+    }
+    if id.member != me.member {
+        return Verdict::Refused(format!(
+            "it is the data of member {} of this cluster, not of {}; move it back to its own \
+             directory",
+            id.member, me.member
+        ));
+    }
+    if id.system_identifier != control_sysid.to_string() {
+        return Verdict::Refused(format!(
+            "its pg_control says database system {control_sysid} but its identity says {}: the \
+             directory's content was replaced; move it away and restore this member's data",
+            id.system_identifier
+        ));
+    }
+    Verdict::Ours
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me() -> MemberRef {
+        MemberRef {
+            namespace: "default".into(),
+            cluster: "pgset".into(),
+            cluster_id: "c1".into(),
+            member: "pgset-1".into(),
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        let id = Identity::new(&me(), 42, "base backup");
+        assert_eq!(judge(Some(&id), &me(), 42), Verdict::Ours);
+        assert_eq!(judge(None, &me(), 42), Verdict::Unmarked);
+
+        let mut other_ns = me();
+        other_ns.namespace = "staging".into();
+        let Verdict::Refused(why) = judge(Some(&id), &other_ns, 42) else {
+            panic!("another namespace's data must be refused");
+        };
+        assert!(
+            why.contains("belongs to cluster default/pgset (cluster id c1)")
+                && why.contains("own export directory"),
+            "{why}"
+        );
+
+        let mut new_secret = me();
+        new_secret.cluster_id = "c2".into();
+        let Verdict::Refused(why) = judge(Some(&id), &new_secret, 42) else {
+            panic!("another cluster id must be refused");
+        };
+        assert!(why.contains("restore the old Secret"), "{why}");
+
+        let mut sibling = me();
+        sibling.member = "pgset-2".into();
+        let Verdict::Refused(why) = judge(Some(&id), &sibling, 42) else {
+            panic!("a sibling's data must be refused");
+        };
+        assert!(why.contains("member pgset-1"), "{why}");
+
+        let Verdict::Refused(why) = judge(Some(&id), &me(), 43) else {
+            panic!("replaced content must be refused");
+        };
+        assert!(why.contains("replaced"), "{why}");
+
+        let mut future = id.clone();
+        future.format = 2;
+        assert!(matches!(
+            judge(Some(&future), &me(), 42),
+            Verdict::Refused(_)
+        ));
+    }
+
+    #[test]
+    fn round_trip_and_pg_control() {
+        let t = tempfile::tempdir().unwrap();
+        assert_eq!(read(t.path()).unwrap(), None);
+        let id = Identity::new(&me(), 7_000_000_000_000_000_001, "initdb");
+        write(t.path(), &id).unwrap();
+        assert_eq!(read(t.path()).unwrap(), Some(id));
+        std::fs::write(path(t.path()), "{ not json").unwrap();
+        assert!(matches!(read(t.path()), Err(Error::Refused { .. })));
+
+        std::fs::create_dir(t.path().join("global")).unwrap();
+        let mut control = 7_000_000_000_000_000_001u64.to_ne_bytes().to_vec();
+        control.extend_from_slice(&[0; 100]);
+        std::fs::write(t.path().join("global/pg_control"), control).unwrap();
+        assert_eq!(
+            control_system_identifier(t.path()).unwrap(),
+            7_000_000_000_000_000_001
+        );
+    }
+}
