@@ -5,6 +5,7 @@
 pub mod bootstrap;
 pub mod cmd;
 pub mod datadir;
+pub mod fence;
 pub mod health;
 pub mod install;
 pub mod kube_api;
@@ -36,6 +37,15 @@ pub enum Error {
         /// The directory.
         path: PathBuf,
         /// What is wrong and how to fix it.
+        problem: String,
+    },
+    /// The member's write fence cannot be taken or is no longer held: another writer may own
+    /// the data directory, so PostgreSQL must not run on it.
+    #[error("{}: {problem}", path.display())]
+    Fence {
+        /// The data directory the fence guards.
+        path: PathBuf,
+        /// Who holds it and what to do.
         problem: String,
     },
     /// A file operation failed.
