@@ -649,7 +649,7 @@ async fn acquire_lease(
 
 /// What one renewal attempt found.
 enum Renewal {
-    Renewed(Lease),
+    Renewed(Box<Lease>),
     /// Someone else holds (or deleted, or released) the Lease.
     Gone(String),
 }
@@ -743,7 +743,7 @@ async fn renew_once(api: &PodApi, name: &str, identity: &str, held: Lease) -> Re
         lease
     };
     if let Some(lease) = api.replace_lease(&renewed(held)).await? {
-        return Ok(Renewal::Renewed(lease));
+        return Ok(Renewal::Renewed(Box::new(lease)));
     }
     match api.get_lease(name).await? {
         None => Ok(Renewal::Gone(format!("the Lease {name} was deleted"))),
@@ -757,7 +757,7 @@ async fn renew_once(api: &PodApi, name: &str, identity: &str, held: Lease) -> Re
                 }));
             }
             match api.replace_lease(&renewed(lease)).await? {
-                Some(lease) => Ok(Renewal::Renewed(lease)),
+                Some(lease) => Ok(Renewal::Renewed(Box::new(lease))),
                 None => Err(Error::Kube(format!(
                     "renewing the Lease {name}: it changed twice while being renewed"
                 ))),
@@ -822,7 +822,7 @@ async fn renew_loop(
                     );
                 }
                 if let Ok(mut c) = current.lock() {
-                    *c = lease;
+                    *c = *lease;
                 }
                 last_ok = sent;
             }
