@@ -15,7 +15,9 @@
 //!   it when it is released (no holder) or when its record (holder, renew time, resourceVersion)
 //!   has not changed for `leaseDurationSeconds` measured on the contender's own monotonic clock:
 //!   wall clocks of different hosts are never compared (client-go's leader-election rule). Every
-//!   write carries the observed `resourceVersion`, so of two contenders exactly one wins.
+//!   write carries the observed `resourceVersion`, so of two contenders exactly one wins. A
+//!   Lease already held by this pod's own UID is taken at once: the kubelet restarts a container
+//!   only after all its processes are gone.
 //!   A holder whose renewals have failed for `duration - duration/3` since the last renewal it
 //!   sent gives the fence up ([`Fence::lost`] resolves) and must stop PostgreSQL at once: that is
 //!   `duration/3` before any contender can take the Lease.
@@ -611,7 +613,18 @@ async fn acquire_lease(
             {
                 return Ok((lease, sent));
             }
-            continue; // 409: it changed since observed; observe again
+            // 409: it changed since observed; observe again.
+            if Instant::now() >= deadline {
+                return Err(Error::Fence {
+                    path: pgdata,
+                    problem: format!(
+                        "the member's Lease {name} kept changing while this pod tried to take it \
+                         (every write conflicted) until the wait ended; another agent is \
+                         contending for it. Nothing was changed; the pod restarts and tries again"
+                    ),
+                });
+            }
+            continue;
         }
         if Instant::now() >= deadline {
             return Err(Error::Fence {

@@ -527,3 +527,55 @@ async fn a_forbidden_lease_write_names_the_missing_verb() {
         "{e}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_renewal_conflict_with_this_holder_still_in_place_renews_on_the_new_version() {
+    let t = tempfile::tempdir().unwrap();
+    let mut puts = 0;
+    let (client, seen) = serve(
+        move |call| match (call.method.as_str(), call.path.as_str()) {
+            ("GET", LEASE) if call.at.is_zero() => (404, status(404, "NotFound")),
+            // Someone changed the object (not its holder) since this agent's last write.
+            ("GET", LEASE) => (
+                200,
+                lease(Some(ME), "150", "2026-01-01T00:00:00.000000Z", 0),
+            ),
+            ("POST", LEASES) => (201, stored(&call.body, 101)),
+            ("PUT", LEASE) => {
+                puts += 1;
+                if puts == 1 {
+                    (409, status(409, "Conflict"))
+                } else {
+                    (200, stored(&call.body, 151))
+                }
+            }
+            _ => (500, status(500, "unexpected")),
+        },
+    );
+    let api = PodApi::with_client(client, "db", "pgset");
+    let fence = Fence::acquire(&settings(t.path()), Some(&api), quick())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let c = calls(&seen);
+    assert_eq!(
+        methods(&c[2..]),
+        [
+            ("PUT", LEASE),
+            ("GET", LEASE),
+            ("PUT", LEASE),
+            ("PUT", LEASE)
+        ]
+    );
+    assert_eq!(c[2].body["metadata"]["resourceVersion"], json!("101"));
+    assert_eq!(c[4].body["metadata"]["resourceVersion"], json!("150"));
+    assert_eq!(c[5].body["metadata"]["resourceVersion"], json!("151"));
+    assert_eq!(c[5].at, Duration::from_secs(4));
+    // Still held: lost() has not resolved.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), fence.lost())
+            .await
+            .is_err()
+    );
+    fence.check_held().unwrap();
+}
