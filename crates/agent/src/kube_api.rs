@@ -1,12 +1,15 @@
-//! The agent's two API calls in a cluster, made with the pod's service account: label its own pod
-//! `role=master|replica` (server-side apply, field manager `pgset`), and ask whether a member's pod
-//! still exists (so the primary can drop the slot of a member that was scaled away).
+//! The agent's API calls in a cluster, made with the pod's service account: label its own pod
+//! `role=master|replica` (server-side apply, field manager `pgset`), ask whether a member's pod
+//! still exists, read its own pod's grace period, read the StatefulSet's `spec.replicas` (the
+//! primary drops a member's slot only when its ordinal is at or above it), and get, create and
+//! replace the member's write-fence Lease (optimistic concurrency on `resourceVersion`).
 //! The API host comes from KUBERNETES_SERVICE_HOST (an IP): the agent never resolves DNS names.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use pgset_spec::contract;
 use serde_json::json;
 
@@ -16,7 +19,8 @@ use crate::{Error, Result};
 #[derive(Clone)]
 pub struct PodApi {
     pods: Api<Pod>,
-    sets: Api<StatefulSet>,
+    leases: Api<Lease>,
+    statefulsets: Api<StatefulSet>,
     namespace: String,
     cluster: String,
 }
@@ -47,7 +51,8 @@ impl PodApi {
     pub fn with_client(client: Client, namespace: &str, cluster: &str) -> PodApi {
         PodApi {
             pods: Api::namespaced(client.clone(), namespace),
-            sets: Api::namespaced(client, namespace),
+            leases: Api::namespaced(client.clone(), namespace),
+            statefulsets: Api::namespaced(client, namespace),
             namespace: namespace.to_string(),
             cluster: cluster.to_string(),
         }
@@ -71,29 +76,123 @@ impl PodApi {
         }
     }
 
-    /// The StatefulSet's `spec.replicas`: a member at or above it was scaled away.
+    /// The pod's `spec.terminationGracePeriodSeconds` (Kubernetes' default, 30, when unset).
+    pub async fn termination_grace_seconds(&self, name: &str) -> Result<i64> {
+        let pod = self
+            .pods
+            .get(name)
+            .await
+            .map_err(|e| self.explain(e, "get", name))?;
+        Ok(pod
+            .spec
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30))
+    }
+
+    /// The StatefulSet's `spec.replicas` (Kubernetes' default, 1, when unset). A member whose
+    /// ordinal is at or above it was scaled away; every other member belongs to the set even
+    /// while its pod object does not exist (OrderedReady recreates pods one at a time).
     pub async fn statefulset_replicas(&self) -> Result<i32> {
-        let set = self.sets.get(&self.cluster).await.map_err(|e| {
-            Error::Kube(format!(
-                "get statefulsets/{} in namespace {}: {e}",
-                self.cluster, self.namespace
-            ))
-        })?;
-        Ok(set.spec.and_then(|s| s.replicas).unwrap_or(1))
+        let sts = self
+            .statefulsets
+            .get(&self.cluster)
+            .await
+            .map_err(|e| self.explain_on(e, Resource::StatefulSets, "get", &self.cluster))?;
+        Ok(sts.spec.and_then(|s| s.replicas).unwrap_or(1))
+    }
+
+    /// The Lease `name`, or `None` when it does not exist.
+    pub async fn get_lease(&self, name: &str) -> Result<Option<Lease>> {
+        self.leases
+            .get_opt(name)
+            .await
+            .map_err(|e| self.explain_on(e, Resource::Leases, "get", name))
+    }
+
+    /// Creates `lease`; `Ok(None)` when a Lease of that name already exists (409: someone else
+    /// created it first; observe it again).
+    pub async fn create_lease(&self, lease: &Lease) -> Result<Option<Lease>> {
+        let name = lease.metadata.name.clone().unwrap_or_default();
+        match self.leases.create(&PostParams::default(), lease).await {
+            Ok(l) => Ok(Some(l)),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
+            Err(e) => Err(self.explain_on(e, Resource::Leases, "create", &name)),
+        }
+    }
+
+    /// Replaces the Lease (`PUT` with the `resourceVersion` the caller observed, carried in
+    /// `lease.metadata`); `Ok(None)` on a 409 conflict: the Lease changed since it was observed.
+    pub async fn replace_lease(&self, lease: &Lease) -> Result<Option<Lease>> {
+        let name = lease.metadata.name.clone().unwrap_or_default();
+        match self
+            .leases
+            .replace(&name, &PostParams::default(), lease)
+            .await
+        {
+            Ok(l) => Ok(Some(l)),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
+            Err(e) => Err(self.explain_on(e, Resource::Leases, "update", &name)),
+        }
     }
 
     fn explain(&self, e: kube::Error, verb: &str, name: &str) -> Error {
+        self.explain_on(e, Resource::Pods, verb, name)
+    }
+
+    fn explain_on(&self, e: kube::Error, resource: Resource, verb: &str, name: &str) -> Error {
         match &e {
-            kube::Error::Api(s) if s.code == 403 => Error::Kube(forbidden_message(
+            kube::Error::Api(s) if s.code == 403 => Error::Kube(forbidden_message_on(
+                resource,
                 verb,
                 &self.namespace,
                 &self.cluster,
                 name,
             )),
             _ => Error::Kube(format!(
-                "{verb} pods/{name} in namespace {}: {e}",
+                "{verb} {}/{name} in namespace {}: {e}",
+                resource.plural(),
                 self.namespace
             )),
+        }
+    }
+}
+
+/// The kinds of object the agent calls the API about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    /// Core `pods`.
+    Pods,
+    /// `coordination.k8s.io` `leases`.
+    Leases,
+    /// `apps` `statefulsets`.
+    StatefulSets,
+}
+
+impl Resource {
+    /// The resource's plural name, as in a Role rule.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Resource::Pods => "pods",
+            Resource::Leases => "leases",
+            Resource::StatefulSets => "statefulsets",
+        }
+    }
+
+    /// How a Role names the API group.
+    fn group(self) -> &'static str {
+        match self {
+            Resource::Pods => "the core API group",
+            Resource::Leases => "API group `coordination.k8s.io`",
+            Resource::StatefulSets => "API group `apps`",
+        }
+    }
+
+    /// The verbs the agent's Role grants on the resource.
+    fn verbs(self) -> &'static str {
+        match self {
+            Resource::Pods => "[get, patch]",
+            Resource::Leases => "[get, update] on the member Leases and [create]",
+            Resource::StatefulSets => "[get] on the cluster's StatefulSet",
         }
     }
 }
@@ -107,17 +206,31 @@ pub fn role_patch(name: &str, role: &str) -> serde_json::Value {
     })
 }
 
-/// What to tell the user when the API forbids a call: which verb on which resource the Role lacks.
+/// What to tell the user when the API forbids a call on a pod: which verb the Role lacks.
 pub fn forbidden_message(verb: &str, namespace: &str, cluster: &str, name: &str) -> String {
+    forbidden_message_on(Resource::Pods, verb, namespace, cluster, name)
+}
+
+/// What to tell the user when the API forbids a call: which verb on which resource the Role lacks.
+pub fn forbidden_message_on(
+    resource: Resource,
+    verb: &str,
+    namespace: &str,
+    cluster: &str,
+    name: &str,
+) -> String {
     let spec = pgset_spec::ClusterSpec {
         name: cluster.to_string(),
         ..Default::default()
     };
+    let plural = resource.plural();
     format!(
-        "forbidden: the service account may not `{verb}` pods (pods/{name} in namespace {namespace}); \
-         the Role `{}` must grant verbs [get, patch] on resource `pods` in the core API group, \
-         bound to the service account `{}`",
+        "forbidden: the service account may not `{verb}` {plural} ({plural}/{name} in namespace \
+         {namespace}); the Role `{}` must grant verbs {} on resource `{plural}` in {}, bound to \
+         the service account `{}` (re-run `cargo xtask deploy` to apply pgset's Role)",
         spec.role_name(),
+        resource.verbs(),
+        resource.group(),
         spec.service_account_name()
     )
 }
@@ -138,6 +251,17 @@ mod tests {
         let m = forbidden_message("patch", "db", "pgset", "pgset-1");
         assert!(
             m.contains("`patch` pods") && m.contains("pgset-agent") && m.contains("namespace db"),
+            "{m}"
+        );
+        let m = forbidden_message_on(Resource::Leases, "update", "db", "pgset", "pgset-1-member");
+        assert!(
+            m.contains("`update` leases (leases/pgset-1-member")
+                && m.contains("`coordination.k8s.io`"),
+            "{m}"
+        );
+        let m = forbidden_message_on(Resource::StatefulSets, "get", "db", "pgset", "pgset");
+        assert!(
+            m.contains("`get` statefulsets") && m.contains("API group `apps`"),
             "{m}"
         );
     }

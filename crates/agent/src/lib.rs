@@ -5,6 +5,7 @@
 pub mod bootstrap;
 pub mod cmd;
 pub mod datadir;
+pub mod fence;
 pub mod follow;
 pub mod health;
 pub mod identity;
@@ -39,6 +40,15 @@ pub enum Error {
         /// The directory.
         path: PathBuf,
         /// What is wrong and how to fix it.
+        problem: String,
+    },
+    /// The member's write fence cannot be taken or is no longer held: another writer may own
+    /// the data directory, so PostgreSQL must not run on it.
+    #[error("{}: {problem}", path.display())]
+    Fence {
+        /// The data directory the fence guards.
+        path: PathBuf,
+        /// Who holds it and what to do.
         problem: String,
     },
     /// A file operation failed.
@@ -118,7 +128,7 @@ impl Error {
     /// The exit code for this error: 2 for a refusal (nothing was changed), 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Refused { .. } => 2,
+            Error::Refused { .. } | Error::Fence { .. } => 2,
             _ => 1,
         }
     }

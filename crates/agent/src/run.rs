@@ -11,6 +11,7 @@ use pgset_spec::contract;
 
 use crate::bootstrap::{self, Plan};
 use crate::datadir;
+use crate::fence::{Fence, FenceOptions, StalePid};
 use crate::health::{self, Health};
 use crate::identity::{self, MemberRef};
 use crate::kube_api::PodApi;
@@ -63,7 +64,31 @@ pub async fn run() -> Result<i32> {
     if let Some(f) = &pid_file {
         datadir::write_atomic(f, format!("{}\n", std::process::id()).as_bytes(), 0o644)?;
     }
-    let result = member_loop(&s, &bin, &me, &health, api.as_ref(), &mut signals).await;
+    // The write fence comes before anything touches the data directory.
+    health.preparing("taking the member's write fence");
+    let fence = tokio::select! {
+        f = Fence::acquire(&s, api.as_ref(), FenceOptions::default()) => f,
+        _ = signals.recv() => {
+            crate::info!("shutdown requested while waiting for the member's write fence");
+            if let Some(f) = &pid_file {
+                let _ = std::fs::remove_file(f);
+            }
+            return Ok(EXIT_SIGTERM);
+        }
+    };
+    let result = match fence {
+        Ok(fence) => {
+            crate::info!("holding the write fence: {}", fence.holder_description());
+            let r = member_loop(&s, &bin, &me, &health, api.as_ref(), &mut signals, &fence).await;
+            if r.is_ok()
+                && let Err(e) = fence.release().await
+            {
+                crate::warn!("releasing the write fence: {e}");
+            }
+            r
+        }
+        Err(e) => Err(e),
+    };
     if let Some(f) = &pid_file {
         let _ = std::fs::remove_file(f);
     }
@@ -77,6 +102,7 @@ async fn member_loop(
     health: &Arc<Health>,
     api: Option<&PodApi>,
     signals: &mut ShutdownSignals,
+    fence: &Fence,
 ) -> Result<i32> {
     loop {
         health.preparing("checking the data directory");
@@ -115,7 +141,22 @@ async fn member_loop(
                 return Ok(EXIT_SIGTERM);
             }
         }
-        match supervise(s, bin, health, api, signals).await? {
+        match fence.clear_stale_postmaster_pid(&s.pgdata())? {
+            StalePid::Absent => {}
+            StalePid::Renamed(to) => crate::info!(
+                "a postmaster.pid without a live postmaster was left by a stopped member; kept as {}",
+                to.display()
+            ),
+            StalePid::LivePostmaster(pid) => {
+                return Err(Error::Refused {
+                    path: s.pgdata(),
+                    problem: format!(
+                        "a live postmaster (pid {pid}) already runs on this data directory; stop it first"
+                    ),
+                });
+            }
+        }
+        match supervise(s, bin, health, api, signals, fence).await? {
             Outcome::Exited(code) => return Ok(code),
             Outcome::Reclone {
                 reason,

@@ -79,6 +79,9 @@ pub struct Settings {
     pub cluster: String,
     /// Namespace (Kubernetes mode).
     pub namespace: Option<String>,
+    /// The pod's UID (Kubernetes mode, from the downward API): the holder identity of the
+    /// member's Lease.
+    pub pod_uid: Option<String>,
     /// Directory holding `<pod-name>`.
     pub data_root: PathBuf,
     /// Host of the master.
@@ -271,6 +274,7 @@ impl Settings {
             ordinal,
             cluster,
             namespace,
+            pod_uid: get(env::POD_UID),
             data_root,
             master_host,
             master_port,

@@ -15,6 +15,7 @@ use tokio::signal::unix::Signal as SignalStream;
 use tokio::sync::mpsc;
 
 use crate::cmd;
+use crate::fence::Fence;
 use crate::follow::{self, Follow};
 use crate::health::{Health, Phase};
 use crate::kube_api::PodApi;
@@ -81,6 +82,7 @@ pub async fn supervise(
     health: &Arc<Health>,
     api: Option<&PodApi>,
     signals: &mut ShutdownSignals,
+    fence: &Fence,
 ) -> Result<Outcome> {
     let postgres = bin.command("postgres").arg("-D").arg(s.pgdata());
     let reader = postgres.start_reader()?;
@@ -99,8 +101,18 @@ pub async fn supervise(
     let postmaster = Pid::from_raw(pid as i32);
     let mut stopping = false;
     let mut reclone: Option<(String, i64)> = None;
+    let mut fence_lost: Option<String> = None;
     let code = loop {
         tokio::select! {
+            reason = fence.lost(), if fence_lost.is_none() => {
+                crate::warn!(
+                    "the member's write fence is lost ({reason}): fast shutdown of postgres now, \
+                     before another pod may take the data directory"
+                );
+                health.stopping(Phase::Stopping, "write fence lost");
+                let _ = kill(postmaster, Signal::SIGINT);
+                fence_lost = Some(reason);
+            }
             _ = signals.recv() => {
                 if !stopping {
                     crate::info!("shutdown requested: fast shutdown of postgres (pid {pid})");
@@ -130,6 +142,12 @@ pub async fn supervise(
     monitor.abort();
     health.stopping(Phase::Exited, "postgres exited");
     crate::info!("postgres exited with code {code}");
+    if let Some(reason) = fence_lost {
+        return Err(Error::Fence {
+            path: s.pgdata(),
+            problem: format!("postgres was stopped because the write fence was lost: {reason}"),
+        });
+    }
     Ok(match reclone {
         Some((reason, needed_bytes)) if !stopping => Outcome::Reclone {
             reason,

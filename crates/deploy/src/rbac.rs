@@ -1,5 +1,6 @@
 //! The pods' identity: ServiceAccount `<name>-sa`, and Role + RoleBinding `<name>-agent` that
-//! let the agent read and label its own set's pods, nothing else.
+//! let the agent read and label its own set's pods, hold its members' Leases and read its own
+//! StatefulSet's size, nothing else.
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -17,24 +18,60 @@ pub fn service_account(spec: &ClusterSpec) -> ServiceAccount {
 
 /// Role `<name>-agent`.
 ///
-/// The agent labels its own pod (`patch`) and checks whether a member's pod still exists
-/// (`get`, before dropping the replication slot of a member scaled away); it makes no other
-/// API call. `resourceNames` lists every pod name the set can have
-/// (`<name>-0` .. `<name>-{MAX_REPLICAS-1}`), so the agent cannot touch other pods of the
-/// namespace.
+/// - `pods` (core): `get`, `patch` — the agent labels its own pod and reads it (its
+///   `terminationGracePeriodSeconds` sets the Lease duration). `resourceNames` lists every pod
+///   name the set can have (`<name>-0` .. `<name>-{MAX_REPLICAS-1}`), so the agent cannot touch
+///   other pods of the namespace.
+/// - `leases` (`coordination.k8s.io`): `get`, `update` restricted to the members' write-fence
+///   Leases (`<name>-<ordinal>-member`), and `create`. Kubernetes cannot restrict `create` by
+///   `resourceNames` (the name is not known when the request is authorized), so that rule names
+///   no objects; it lets the agent create a Lease it does not hold yet, never change another one.
+/// - `statefulsets` (`apps`): `get` on the set's own StatefulSet only: the primary drops a
+///   member's replication slot only when the member's ordinal is at or above `spec.replicas`.
 pub fn role(spec: &ClusterSpec) -> Role {
     let member_pods: Vec<String> = (0..MAX_REPLICAS).map(|i| spec.pod_name(i)).collect();
+    let member_leases: Vec<String> = (0..MAX_REPLICAS)
+        .map(|i| spec.member_lease_name(i))
+        .collect();
     Role {
         metadata: object_meta(spec, spec.role_name()),
-        rules: Some(vec![PolicyRule {
-            api_groups: Some(vec![String::new()]),
-            resources: Some(vec!["pods".into()]),
-            resource_names: Some(member_pods),
-            verbs: vec!["get".into(), "patch".into()],
-            ..PolicyRule::default()
-        }]),
+        rules: Some(vec![
+            PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["pods".into()]),
+                resource_names: Some(member_pods),
+                verbs: vec!["get".into(), "patch".into()],
+                ..PolicyRule::default()
+            },
+            PolicyRule {
+                api_groups: Some(vec![COORDINATION_GROUP.into()]),
+                resources: Some(vec!["leases".into()]),
+                resource_names: Some(member_leases),
+                verbs: vec!["get".into(), "update".into()],
+                ..PolicyRule::default()
+            },
+            PolicyRule {
+                api_groups: Some(vec![COORDINATION_GROUP.into()]),
+                resources: Some(vec!["leases".into()]),
+                resource_names: None,
+                verbs: vec!["create".into()],
+                ..PolicyRule::default()
+            },
+            PolicyRule {
+                api_groups: Some(vec![APPS_GROUP.into()]),
+                resources: Some(vec!["statefulsets".into()]),
+                resource_names: Some(vec![spec.statefulset_name().to_string()]),
+                verbs: vec!["get".into()],
+                ..PolicyRule::default()
+            },
+        ]),
     }
 }
+
+/// API group of Leases.
+const COORDINATION_GROUP: &str = "coordination.k8s.io";
+/// API group of StatefulSets.
+const APPS_GROUP: &str = "apps";
 
 /// RoleBinding `<name>-agent`: the Role, granted to `<name>-sa`.
 pub fn role_binding(spec: &ClusterSpec) -> RoleBinding {
@@ -60,37 +97,64 @@ mod tests {
     use crate::testutil::named_spec;
 
     #[test]
-    fn role_grants_get_and_patch_on_member_pods_only() {
+    fn role_grants_exactly_what_the_agent_calls() {
         let spec = named_spec("db", "prod");
         let role = role(&spec);
         assert_eq!(role.metadata.name.as_deref(), Some("db-agent"));
         assert_eq!(role.metadata.namespace.as_deref(), Some("prod"));
         let rules = role.rules.expect("rules");
-        assert_eq!(rules.len(), 1);
-        let pods = &rules[0];
-        assert_eq!(pods.api_groups.as_deref(), Some(&[String::new()][..]));
-        assert_eq!(pods.resources.as_deref(), Some(&["pods".to_string()][..]));
-        assert_eq!(pods.verbs, vec!["get", "patch"]);
-        let names = pods.resource_names.as_ref().expect("resourceNames");
-        assert_eq!(names.len(), MAX_REPLICAS as usize);
-        assert_eq!(names[0], "db-0");
+        let summary: Vec<(String, String, Vec<String>, Option<usize>)> = rules
+            .iter()
+            .map(|r| {
+                (
+                    r.api_groups.as_ref().unwrap().join(","),
+                    r.resources.as_ref().unwrap().join(","),
+                    r.verbs.clone(),
+                    r.resource_names.as_ref().map(Vec::len),
+                )
+            })
+            .collect();
+        let n = Some(MAX_REPLICAS as usize);
+        let s = |x: &str| x.to_string();
         assert_eq!(
-            names[MAX_REPLICAS as usize - 1],
+            summary,
+            vec![
+                (s(""), s("pods"), vec![s("get"), s("patch")], n),
+                (
+                    s("coordination.k8s.io"),
+                    s("leases"),
+                    vec![s("get"), s("update")],
+                    n
+                ),
+                (
+                    s("coordination.k8s.io"),
+                    s("leases"),
+                    vec![s("create")],
+                    None
+                ),
+                (s("apps"), s("statefulsets"), vec![s("get")], Some(1)),
+            ]
+        );
+        let pods = rules[0].resource_names.as_ref().unwrap();
+        assert_eq!(pods[0], "db-0");
+        assert_eq!(
+            pods[MAX_REPLICAS as usize - 1],
             format!("db-{}", MAX_REPLICAS - 1)
+        );
+        let leases = rules[1].resource_names.as_ref().unwrap();
+        assert_eq!(leases[0], "db-0-member");
+        assert_eq!(
+            leases[MAX_REPLICAS as usize - 1],
+            format!("db-{}-member", MAX_REPLICAS - 1)
+        );
+        assert_eq!(
+            rules[3].resource_names.as_deref(),
+            Some(&["db".to_string()][..])
         );
         for rule in &rules {
             for verb in &rule.verbs {
                 assert!(
-                    ![
-                        "list",
-                        "watch",
-                        "create",
-                        "update",
-                        "delete",
-                        "deletecollection",
-                        "*"
-                    ]
-                    .contains(&verb.as_str()),
+                    !["list", "watch", "delete", "deletecollection", "*"].contains(&verb.as_str()),
                     "unexpected verb {verb}"
                 );
             }

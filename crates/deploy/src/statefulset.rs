@@ -258,6 +258,7 @@ pub fn agent_env(spec: &ClusterSpec) -> Vec<EnvVar> {
         value_env(env::MODE, modes::KUBERNETES),
         field_env(env::POD_NAME, "metadata.name"),
         field_env(env::NAMESPACE, "metadata.namespace"),
+        field_env(env::POD_UID, "metadata.uid"),
         value_env(env::CLUSTER, spec.name.clone()),
         value_env(env::DATA_ROOT, contract::DATA_MOUNT),
         value_env(env::MASTER_HOST, spec.master_service_name()),

@@ -37,6 +37,9 @@ pub mod env {
     pub const POD_NAME: &str = "PGSET_POD_NAME";
     /// Namespace of the pod (from the downward API).
     pub const NAMESPACE: &str = "PGSET_NAMESPACE";
+    /// UID of the pod (from the downward API, `metadata.uid`): the holder identity of the
+    /// member's Lease, different for every incarnation of a pod with the same name.
+    pub const POD_UID: &str = "PGSET_POD_UID";
     /// Cluster name (the StatefulSet name).
     pub const CLUSTER: &str = "PGSET_CLUSTER";
     /// Directory under which the member keeps its data in `<root>/<pod-name>`.
@@ -84,6 +87,15 @@ pub mod env {
     /// Seconds postgres may go without answering a new connection before `/healthz` fails
     /// (default 30; never counted while the data directory is prepared or postgres starts up).
     pub const LIVENESS_TIMEOUT: &str = "PGSET_LIVENESS_TIMEOUT";
+}
+
+/// Suffix of a member's Lease name: `<pod-name>-member` (see [`member_lease_name`]).
+pub const MEMBER_LEASE_SUFFIX: &str = "member";
+
+/// The `coordination.k8s.io/v1` Lease a member holds while its PostgreSQL runs:
+/// `<pod-name>-member` (`pgset-0` → `pgset-0-member`). The one place the name is spelled.
+pub fn member_lease_name(pod_name: &str) -> String {
+    format!("{pod_name}-{MEMBER_LEASE_SUFFIX}")
 }
 
 /// Values of [`env::MODE`].

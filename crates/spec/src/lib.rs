@@ -461,6 +461,10 @@ impl ClusterSpec {
     pub fn pod_name(&self, ordinal: i32) -> String {
         format!("{}-{}", self.name, ordinal)
     }
+    /// The write-fence Lease of a member: `<name>-<ordinal>-member`.
+    pub fn member_lease_name(&self, ordinal: i32) -> String {
+        contract::member_lease_name(&self.pod_name(ordinal))
+    }
     /// Stable DNS name of a member: `<pod>.<headless>.<ns>.svc.cluster.local`.
     pub fn pod_fqdn(&self, ordinal: i32) -> String {
         format!(

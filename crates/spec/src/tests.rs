@@ -27,6 +27,7 @@ fn defaults_are_the_seeds_names_and_valid() {
     assert_eq!(s.shared_pv_names(), ["pv1", "pv2", "pv3"]);
     assert_eq!(s.member_claim_name(2), "data-pgset-2");
     assert_eq!(s.pod_fqdn(1), "pgset-1.pgset.default.svc.cluster.local");
+    assert_eq!(s.member_lease_name(2), "pgset-2-member");
     assert_eq!(
         s.member_export_dir(0),
         PathBuf::from("/nfsfileshare/pgset-0")

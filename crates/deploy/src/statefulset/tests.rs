@@ -190,6 +190,7 @@ fn env_contract_is_complete_and_holds_no_password() {
     for (name, path) in [
         (env::POD_NAME, "metadata.name"),
         (env::NAMESPACE, "metadata.namespace"),
+        (env::POD_UID, "metadata.uid"),
     ] {
         let var = vars.iter().find(|e| e.name == name).unwrap();
         let field = var.value_from.as_ref().unwrap().field_ref.as_ref().unwrap();
