@@ -43,6 +43,21 @@ fn member_env(root: &Path, pod: &str, master_port: u16) -> Vec<(&'static str, St
     ]
 }
 
+/// The secret directory of `root` with a cluster id (and a replication password), readable by
+/// the postgres user the agent drops to.
+fn write_secret(root: &Path) {
+    let secret = root.join("secret");
+    std::fs::create_dir_all(&secret).unwrap();
+    for (key, value) in [
+        ("replication-password", "not-used-here"),
+        ("cluster-id", "0123456789abcdef0123456789abcdef"),
+    ] {
+        std::fs::write(secret.join(key), value).unwrap();
+        std::fs::set_permissions(secret.join(key), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
 fn shared_tempdir() -> tempfile::TempDir {
     let t = tempfile::Builder::new()
         .prefix("pgset-bad-")
@@ -124,6 +139,7 @@ fn a_data_root_that_is_a_file_or_a_foreign_pgdata_is_refused_untouched() {
     assert!(stderr(&o).contains("is a file"), "{}", stderr(&o));
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
 
+    write_secret(t.path());
     let foreign = t.path().join("pgset-0");
     std::fs::create_dir(&foreign).unwrap();
     std::fs::write(foreign.join("notes"), "mine").unwrap();
@@ -142,15 +158,7 @@ fn a_master_that_never_answers_is_an_error_after_the_deadline() {
         return;
     }
     let t = shared_tempdir();
-    let secret = t.path().join("secret");
-    std::fs::create_dir(&secret).unwrap();
-    std::fs::write(secret.join("replication-password"), "not-used-here").unwrap();
-    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(
-        secret.join("replication-password"),
-        std::fs::Permissions::from_mode(0o644),
-    )
-    .unwrap();
+    write_secret(t.path());
     // Nothing listens on 26699.
     let o = agent(&["run"], &member_env(t.path(), "pgset-1", 26699));
     assert!(!o.status.success());

@@ -180,11 +180,29 @@ async fn a_local_set_forms_replicates_survives_restarts_and_resizes() {
         );
     }
 
-    // 3 → 2: member 2 stops, keeps its data, and no slot retains WAL for it.
+    // Member 2 stops but stays within the set's size (3): its slot is kept (the primary checks
+    // every 2 s), so it can catch up by streaming when it comes back.
+    assert!(
+        local::stop_member(t.dir(), "pgset-2", 60 * SECOND)
+            .await
+            .unwrap()
+    );
+    std::thread::sleep(6 * SECOND);
+    assert_eq!(
+        t.sql(
+            0,
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pgset_2' AND NOT active"
+        )
+        .unwrap(),
+        "1",
+        "a member within the set's size keeps its slot while it is down"
+    );
+
+    // 3 → 2: member 2 is now above the set's size: it keeps its data, and no slot retains WAL for it.
     let mut two = t.opts.clone();
     two.replicas = 2;
     let report = local::up(&two).await.expect("scale to 2");
-    assert_eq!(report.stopped, ["pgset-2"]);
+    assert!(report.stopped.is_empty(), "member 2 was already stopped");
     assert!(
         t.dir().join("pgset-2/PG_VERSION").is_file(),
         "a stopped member keeps its data"

@@ -96,10 +96,9 @@ pub fn member_ref(s: &Settings) -> Result<MemberRef> {
     })
 }
 
-/// Checks the data root and this member's directory and decides how to start; changes nothing
-/// but an interrupted first copy (never a complete data directory) and, on explicit opt-in, the
-/// identity of an unmarked one.
-pub fn inspect(s: &Settings, me: &MemberRef) -> Result<Plan> {
+/// Checks the data root: a usable directory that is not itself a data directory. Runs before
+/// the write fence is taken, so a refused root gets nothing written into it.
+pub fn check_data_root(s: &Settings) -> Result<()> {
     datadir::check_root(&s.data_root)?;
     if s.data_root.join("PG_VERSION").exists() {
         return Err(Error::Refused {
@@ -115,6 +114,14 @@ pub fn inspect(s: &Settings, me: &MemberRef) -> Result<Plan> {
             ),
         });
     }
+    Ok(())
+}
+
+/// Checks the data root and this member's directory and decides how to start; changes nothing
+/// but an interrupted first copy (never a complete data directory) and, on explicit opt-in, the
+/// identity of an unmarked one.
+pub fn inspect(s: &Settings, me: &MemberRef) -> Result<Plan> {
+    check_data_root(s)?;
     datadir::discard_interrupted_bootstrap(&s.bootstrap_dir())?;
     let pgdata = s.pgdata();
     match datadir::state(&pgdata)? {

@@ -46,7 +46,6 @@ pub async fn run() -> Result<i32> {
     let bin = PgBin::find(s.pg_bin_dir.as_deref())?;
     let major = bin.supported_major()?;
     crate::info!("PostgreSQL {major} binaries in {}", bin.dir().display());
-    datadir::check_root(&s.data_root)?;
     let me = bootstrap::member_ref(&s)?;
     let api = match s.mode {
         Mode::Kubernetes => {
@@ -60,37 +59,30 @@ pub async fn run() -> Result<i32> {
         health::serve(addr, health.clone()).await?;
     }
     let mut signals = ShutdownSignals::install()?;
+    // The write fence comes before anything is written beside or inside the data directory
+    // (even the local pid file: a refused agent must not touch another member's files).
+    bootstrap::check_data_root(&s)?;
+    health.preparing("taking the member's write fence");
+    let fence = tokio::select! {
+        f = Fence::acquire(&s, api.as_ref(), FenceOptions::default()) => f?,
+        _ = signals.recv() => {
+            crate::info!("shutdown requested while waiting for the member's write fence");
+            return Ok(EXIT_SIGTERM);
+        }
+    };
+    crate::info!("holding the write fence: {}", fence.holder_description());
     let pid_file = (s.mode == Mode::Local).then(|| s.agent_pid_file());
     if let Some(f) = &pid_file {
         datadir::write_atomic(f, format!("{}\n", std::process::id()).as_bytes(), 0o644)?;
     }
-    // The write fence comes before anything touches the data directory.
-    health.preparing("taking the member's write fence");
-    let fence = tokio::select! {
-        f = Fence::acquire(&s, api.as_ref(), FenceOptions::default()) => f,
-        _ = signals.recv() => {
-            crate::info!("shutdown requested while waiting for the member's write fence");
-            if let Some(f) = &pid_file {
-                let _ = std::fs::remove_file(f);
-            }
-            return Ok(EXIT_SIGTERM);
-        }
-    };
-    let result = match fence {
-        Ok(fence) => {
-            crate::info!("holding the write fence: {}", fence.holder_description());
-            let r = member_loop(&s, &bin, &me, &health, api.as_ref(), &mut signals, &fence).await;
-            if r.is_ok()
-                && let Err(e) = fence.release().await
-            {
-                crate::warn!("releasing the write fence: {e}");
-            }
-            r
-        }
-        Err(e) => Err(e),
-    };
+    let result = member_loop(&s, &bin, &me, &health, api.as_ref(), &mut signals, &fence).await;
     if let Some(f) = &pid_file {
         let _ = std::fs::remove_file(f);
+    }
+    if result.is_ok()
+        && let Err(e) = fence.release().await
+    {
+        crate::warn!("releasing the write fence: {e}");
     }
     result
 }

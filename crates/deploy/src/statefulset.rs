@@ -254,7 +254,7 @@ fn field_env(name: &str, field_path: &str) -> EnvVar {
 
 /// The env contract of the agent in a pod. No password: those are files under the secret dir.
 pub fn agent_env(spec: &ClusterSpec) -> Vec<EnvVar> {
-    vec![
+    let mut v = vec![
         value_env(env::MODE, modes::KUBERNETES),
         field_env(env::POD_NAME, "metadata.name"),
         field_env(env::NAMESPACE, "metadata.namespace"),
@@ -271,7 +271,15 @@ pub fn agent_env(spec: &ClusterSpec) -> Vec<EnvVar> {
             env::HEALTH_ADDR,
             format!("0.0.0.0:{}", contract::HEALTH_PORT),
         ),
-    ]
+    ];
+    // The opt-ins appear only when given, so a default spec renders no switch to flip by mistake.
+    if spec.postgres.adopt_unmarked_data {
+        v.push(value_env(env::ADOPT_UNMARKED, "true"));
+    }
+    if spec.postgres.allow_reinit {
+        v.push(value_env(env::ALLOW_REINIT, "true"));
+    }
+    v
 }
 
 fn http_probe(path: &str, period: i32, timeout: i32, failure_threshold: i32) -> Probe {

@@ -221,6 +221,12 @@ pub struct PostgresSpec {
     pub uid: i64,
     /// gid of the postgres user in the image.
     pub gid: i64,
+    /// Explicit opt-in: take a data directory without pgset's identity file (made by a pgset
+    /// version before data identities) as the member's own, and mark it.
+    pub adopt_unmarked_data: bool,
+    /// Explicit opt-in: ordinal 0 may initialise a new, empty database although the cluster had
+    /// data, and replicas of the old database then copy the new master (their data kept aside).
+    pub allow_reinit: bool,
 }
 
 impl Default for PostgresSpec {
@@ -229,6 +235,8 @@ impl Default for PostgresSpec {
             image: DEFAULT_POSTGRES_IMAGE.into(),
             uid: DEFAULT_POSTGRES_UID,
             gid: DEFAULT_POSTGRES_UID,
+            adopt_unmarked_data: false,
+            allow_reinit: false,
         }
     }
 }

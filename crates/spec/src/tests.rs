@@ -337,3 +337,30 @@ fn the_example_file_in_the_repository_is_the_defaults() {
         "pgset.example.yaml must document the defaults"
     );
 }
+
+#[test]
+fn unsupported_postgres_majors_are_refused_before_anything() {
+    let with = |image: &str| ClusterSpec {
+        postgres: PostgresSpec {
+            image: image.into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    for ok in [
+        "postgres:13",
+        "postgres:18",
+        "postgres:17.6-bookworm",
+        "postgres",
+        "postgres:latest",
+    ] {
+        with(ok).validate().unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    for bad in ["postgres:12", "postgres:9.6", "postgres:19"] {
+        let e = with(bad).validate().unwrap_err().to_string();
+        assert!(
+            e.contains("is not supported") && e.contains("postgres:18"),
+            "{bad}: {e}"
+        );
+    }
+}

@@ -105,6 +105,23 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
             "e.g. postgres:18 or registry.example.com/postgres:18.1",
         ));
     }
+    if let Some(major) = crate::image_tag(&s.postgres.image).and_then(|tag| {
+        let digits: String = tag.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse::<u32>().ok()
+    }) && !crate::contract::SUPPORTED_MAJORS.contains(&major)
+    {
+        let supported = crate::contract::SUPPORTED_MAJORS;
+        return Err(invalid(
+            "postgres.image (--postgres-image)",
+            &s.postgres.image,
+            &format!(
+                "PostgreSQL {major} is not supported (majors {} to {})",
+                supported.start(),
+                supported.end()
+            ),
+            &format!("use postgres:{}", supported.end()),
+        ));
+    }
     if !is_image_reference(&s.agent.image) {
         return Err(invalid(
             "agent.image (--agent-image)",

@@ -181,3 +181,88 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A secret directory for a set that is not `t`'s: fresh passwords and a cluster id of its own,
+/// readable by the postgres user the agent runs as.
+pub fn foreign_secret_dir(parent: &Path) -> PathBuf {
+    let dir = parent.join("foreign-secret");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (key, value) in [
+        ("superuser-password", "foreignSuperuserPassword1"),
+        ("replication-password", "foreignReplicationPassword1"),
+        ("cluster-id", "f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0"),
+    ] {
+        std::fs::write(dir.join(key), value).unwrap();
+        std::fs::set_permissions(dir.join(key), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    give_to_postgres(&dir);
+    dir
+}
+
+/// Hands a path (and what is in it) to the postgres user when the tests run as root.
+pub fn give_to_postgres(path: &Path) {
+    if !nix::unistd::Uid::effective().is_root() {
+        return;
+    }
+    let user = pgset_agent::privilege::postgres_user().unwrap();
+    let mut paths = vec![path.to_path_buf()];
+    if let Ok(rd) = std::fs::read_dir(path) {
+        paths.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
+    }
+    for p in paths {
+        nix::unistd::chown(&p, Some(user.uid), Some(user.gid)).unwrap();
+    }
+}
+
+/// Runs the agent once with `env` until it exits (killed after `timeout`): its exit code
+/// (`None` when it had to be killed) and its stderr.
+pub fn run_agent(env: &[(&str, String)], timeout: Duration) -> (Option<i32>, String) {
+    let mut cmd = duct::cmd(agent_bin(), ["run"])
+        .stderr_capture()
+        .stdout_null()
+        .unchecked();
+    for (k, v) in env {
+        cmd = cmd.env(k, v);
+    }
+    let handle = cmd.start().unwrap();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(out) = handle.try_wait().unwrap() {
+            return (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = handle.kill();
+            let out = handle.wait().unwrap();
+            return (None, String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every file below `dir` with its size, mode and a hash of its content, for comparing a tree
+/// before and after (sorted by path).
+pub fn tree_digest(dir: &Path) -> Vec<(PathBuf, u64, u32, u64)> {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().filter_map(|e| e.ok()) {
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                stack.push(p.clone());
+                out.push((p, 0, m.mode(), 0));
+            } else {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                std::fs::read(&p).unwrap_or_default().hash(&mut h);
+                out.push((p, m.len(), m.mode(), h.finish()));
+            }
+        }
+    }
+    out.sort();
+    out
+}

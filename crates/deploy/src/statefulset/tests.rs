@@ -380,3 +380,23 @@ fn templates_mode_uses_a_claim_template_named_like_the_mount() {
     let pg = container(pod, POSTGRES_CONTAINER);
     assert!(mounts(pg).contains(&("data".into(), "/pgdata".into(), false)));
 }
+
+#[test]
+fn the_data_opt_ins_are_rendered_only_when_given() {
+    let mut spec = ClusterSpec::default();
+    let names = |spec: &ClusterSpec| -> Vec<String> {
+        agent_env(spec).into_iter().map(|e| e.name).collect()
+    };
+    assert!(
+        !names(&spec)
+            .iter()
+            .any(|n| n == "PGSET_ALLOW_REINIT" || n == "PGSET_ADOPT_UNMARKED")
+    );
+    spec.postgres.allow_reinit = true;
+    spec.postgres.adopt_unmarked_data = true;
+    let env = agent_env(&spec);
+    for name in ["PGSET_ALLOW_REINIT", "PGSET_ADOPT_UNMARKED"] {
+        let v = env.iter().find(|e| e.name == name).expect(name);
+        assert_eq!(v.value.as_deref(), Some("true"));
+    }
+}
