@@ -4,7 +4,8 @@
 //!
 //! Only process-level facts are read, so the benchmark does not depend on how the agent monitors
 //! its postgres: CPU is `utime + stime` of `/proc/<agent>/stat` over the window (the agent's own
-//! threads; the CPU of the children it waited for, `cutime + cstime`, is printed beside it), RSS
+//! threads; the CPU of the children it waited for, `cutime + cstime`, is printed beside it, which
+//! leaves out the postgres backends that serve the agent's queries: they are the postmaster's), RSS
 //! is the largest `VmRSS` of `/proc/<agent>/status` sampled every second, and processes started
 //! are counted exactly from the kernel's fork events (see [`super::forks`]): every process whose
 //! parent is the agent, however short-lived.
@@ -65,6 +66,8 @@ struct Previous {
     master: bool,
     /// Agent CPU, as a fraction of one core.
     cpu: f64,
+    /// CPU of its reaped children, as a fraction of one core.
+    children_cpu: f64,
     /// Largest VmRSS, MiB.
     rss_mib: f64,
     /// Processes started per minute.
@@ -73,9 +76,41 @@ struct Previous {
 
 /// Measured with the design that started a `psql` per poll (every 25 ms while unready, every 1 s
 /// when ready, plus the master's slot check every 2 s), on 2026-11-29, with this benchmark:
-/// medians of 3 runs of 60 s windows (per role: the master's 3 values, the replicas' 6), debug
-/// build of the agent, on a 2-core machine shared with other work.
-const PREVIOUS: &[Previous] = &[];
+/// medians of 3 runs of 60 s windows (per role and situation: the master's 3 values, the
+/// replicas' 6), debug build of the agent, on a 2-core machine shared with other work.
+/// Per run (master; replicas):
+/// - idle CPU 0.27, 0.25, 0.25%; 0.18 0.18, 0.18 0.22, 0.17 0.20%; children's 1.40, 1.58,
+///   1.40%; 0.97 0.98, 1.05 1.08, 0.95 1.00%; RSS 13.0, 13.5, 13.3 MiB; 12.6 12.9, 12.8 12.6,
+///   13.1 12.6 MiB; processes/min 84, 84, 86; 58 58, 57 57, 58 58;
+/// - master down (replicas): CPU 2.10 2.10, 2.05 2.05, 2.35 2.33%; children's 14.47 14.33,
+///   14.17 14.14, 16.19 16.26%; RSS 12.6 12.9, 12.8 12.6, 13.1 12.7 MiB; processes/min
+///   921.9 910.9, 869.4 866.4, 934.6 933.6.
+const PREVIOUS: &[Previous] = &[
+    Previous {
+        situation: Situation::Idle,
+        master: true,
+        cpu: 0.0025,
+        children_cpu: 0.0140,
+        rss_mib: 13.3,
+        forks_per_min: 84.0,
+    },
+    Previous {
+        situation: Situation::Idle,
+        master: false,
+        cpu: 0.0018,
+        children_cpu: 0.0099,
+        rss_mib: 12.7,
+        forks_per_min: 58.0,
+    },
+    Previous {
+        situation: Situation::MasterDown,
+        master: false,
+        cpu: 0.0210,
+        children_cpu: 0.1440,
+        rss_mib: 12.75,
+        forks_per_min: 916.4,
+    },
+];
 
 fn previous(situation: Situation, master: bool) -> Option<&'static Previous> {
     PREVIOUS
@@ -303,7 +338,7 @@ fn figures(r: &MemberCost) -> Vec<Figure> {
         Figure {
             name: "children's CPU",
             now: pct(r.children_cpu),
-            previous: "-".to_string(),
+            previous: or_dash(prev.map(|p| pct(p.children_cpu))),
             target: None,
             met: None,
         },
