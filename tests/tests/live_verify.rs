@@ -137,6 +137,11 @@ async fn scenario(client: Client, spec: ClusterSpec) {
     assert!((0.0..30_000.0).contains(&lag), "lag {lag} ms");
     let recovery = report.measurements(names::MASTER_RECOVERY);
     assert!(recovery.recovery_s.expect("recovery measured") > 0.0);
+    let rejoin = recovery.rejoin_s.expect("rejoin measured");
+    assert!(
+        (0.0..=pgset_verify::live::DEFAULT_MAX_REJOIN.as_secs_f64()).contains(&rejoin),
+        "a passing master-recovery check has its replicas back within the default bound: {rejoin} s"
+    );
     assert!(report.measurements(names::SCALE_OUT).join_s.is_some());
     assert!(
         !marker_table_present(&client, &spec).await,

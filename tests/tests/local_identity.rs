@@ -81,7 +81,7 @@ async fn a_second_set_on_the_first_sets_directories_never_starts_there() {
                 && err.contains(&t.dir().join(format!("pgset-{k}")).display().to_string()),
             "the refusal names the directory and whose it is: {err}"
         );
-        let message = std::fs::read_to_string(t.tmp.path().join("foreign.termination-log"))
+        let message = std::fs::read_to_string(t.tmp.path().join("foreign-secret/termination-log"))
             .expect("the refusal is written to the termination log");
         assert!(message.contains("belongs to cluster"), "{message}");
     }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use pgset_spec::{ClusterSpec, StorageMode};
+use pgset_verify::live::DEFAULT_MAX_REJOIN;
 use pgset_verify::{Options, Report, Verifier};
 
 use crate::cli::{ClientArgs, SpecArgs};
@@ -35,10 +36,25 @@ pub struct Args {
     /// Limit of each wait (a pod Ready, a member streaming, a row replicated), in seconds
     #[arg(long, value_name = "SECONDS", default_value_t = 180)]
     pub timeout: u64,
+    /// With --disruptive: fail when the replicas stream again later than this after the master
+    /// pod is Ready again, in seconds (the time is reported either way)
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_MAX_REJOIN.as_secs_f64(),
+          value_parser = positive_seconds)]
+    pub max_rejoin_seconds: f64,
     #[command(flatten)]
     pub spec: SpecArgs,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// A bound in seconds: a finite number above 0 and at most a day.
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 86_400.0 => Ok(v),
+        _ => Err(format!(
+            "`{text}` is not a number of seconds above 0 (at most 86400), e.g. 10 or 2.5"
+        )),
+    }
 }
 
 /// Loads the spec and builds the client (shared by `verify` and `status`).
@@ -66,6 +82,7 @@ pub async fn run(args: Args) -> Result<()> {
     options.scale_test = args.scale_test;
     options.disruptive = args.disruptive;
     options.timeout = Duration::from_secs(args.timeout.max(1));
+    options.max_rejoin = Duration::from_secs_f64(args.max_rejoin_seconds);
     if options.local_data_root.is_none() {
         eprintln!("==> verify {}/{}", spec.namespace, spec.name);
     } else {

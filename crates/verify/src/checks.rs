@@ -2,6 +2,7 @@
 //! commands run in the pods. No I/O here: [`crate::live`] gathers the inputs.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -434,6 +435,79 @@ pub fn streaming(expected: &[String], rows: &[ReplicationRow]) -> Finding {
     )
     .with(Measurements {
         replay_lag_ms: lag,
+        ..Measurements::default()
+    })
+}
+
+/// What check 9 saw of the replicas after the master pod was Ready again.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rejoin {
+    /// Every replica was seen streaming this long after the master was seen Ready.
+    Streaming(Duration),
+    /// Not every replica streamed within the wait; `last` is the last streaming finding.
+    NotStreaming {
+        /// How long it waited after the master was seen Ready.
+        waited: Duration,
+        /// What the last look at `pg_stat_replication` found.
+        last: String,
+    },
+}
+
+impl Rejoin {
+    /// The time measured: until streaming, or the whole wait when it never came.
+    pub fn seconds(&self) -> f64 {
+        match self {
+            Rejoin::Streaming(t) | Rejoin::NotStreaming { waited: t, .. } => t.as_secs_f64(),
+        }
+    }
+}
+
+/// Check 9's verdict: the master came back (in `recovery` from its deletion) with its data
+/// (`problems` holds what else went wrong), and every replica streamed again within `max_rejoin`
+/// of the master being Ready. The rejoin time is in the message and the measurements either way.
+pub fn master_recovery(
+    master: &str,
+    recovery: Duration,
+    rejoin: &Rejoin,
+    max_rejoin: Duration,
+    mut problems: Vec<String>,
+) -> Finding {
+    let bound = max_rejoin.as_secs_f64();
+    let rejoin_s = rejoin.seconds();
+    let rejoin_text = match rejoin {
+        Rejoin::Streaming(t) if *t <= max_rejoin => {
+            format!("replicas streaming {rejoin_s:.1}s after it was Ready (bound {bound}s)")
+        }
+        Rejoin::Streaming(_) => {
+            let text = format!(
+                "replicas streamed again only {rejoin_s:.1}s after {master} was Ready: over the bound of {bound}s (--max-rejoin-seconds)"
+            );
+            problems.insert(0, text.clone());
+            text
+        }
+        Rejoin::NotStreaming { last, .. } => {
+            let text = format!(
+                "replicas not all streaming {rejoin_s:.1}s after {master} was Ready (bound {bound}s): {last}"
+            );
+            problems.insert(0, text.clone());
+            text
+        }
+    };
+    let recovery_s = recovery.as_secs_f64();
+    let finding = if problems.is_empty() {
+        Finding::pass(format!(
+            "{master} back Ready as a new pod in {recovery_s:.1}s with its data; {rejoin_text}; Services follow the roles"
+        ))
+    } else if problems[0] == rejoin_text {
+        Finding::fail(problems.join("; "))
+    } else {
+        // Another problem: still say how long the replicas took.
+        Finding::fail(format!("{}; {rejoin_text}", problems.join("; ")))
+    };
+    finding.with(Measurements {
+        recovery_s: Some(recovery_s),
+        rejoin_s: Some(rejoin_s),
+        streaming_resumed_s: Some(recovery_s + rejoin_s),
         ..Measurements::default()
     })
 }

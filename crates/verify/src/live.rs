@@ -29,6 +29,13 @@ pub const SETTLE: Duration = Duration::from_secs(20);
 /// How often waits poll the API.
 const POLL: Duration = Duration::from_secs(1);
 
+/// How often check 9 looks at the recreated master's readiness and at streaming, so the rejoin
+/// time it measures is off by little more than this (and one exec's round trip).
+const RECOVERY_POLL: Duration = Duration::from_millis(250);
+
+/// Default of [`Options::max_rejoin`]: replicas stream again within this of the master's return.
+pub const DEFAULT_MAX_REJOIN: Duration = Duration::from_secs(10);
+
 /// What to run and how long to wait.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -38,6 +45,9 @@ pub struct Options {
     pub disruptive: bool,
     /// Limit of each wait (a pod Ready, a replica streaming, the marker replicated).
     pub timeout: Duration,
+    /// Check 9 fails when the replicas stream again later than this after the master pod is
+    /// Ready again.
+    pub max_rejoin: Duration,
     /// Where the members' directories can be inspected on this host (shared mode on the NFS
     /// host: the export); `None` inspects them from inside the pods.
     pub local_data_root: Option<PathBuf>,
@@ -50,6 +60,7 @@ impl Options {
             scale_test: false,
             disruptive: false,
             timeout: Duration::from_secs(180),
+            max_rejoin: DEFAULT_MAX_REJOIN,
             local_data_root: local_export(spec),
         }
     }
@@ -559,8 +570,14 @@ impl Verifier {
         Ok(())
     }
 
-    /// Waits until pod `name` is Ready (and, when `not_uid` is given, is a new pod).
-    async fn wait_ready(&self, name: &str, not_uid: Option<&str>) -> Result<Member> {
+    /// Waits until pod `name` is Ready (and, when `not_uid` is given, is a new pod), looking
+    /// every `poll`.
+    async fn wait_ready(
+        &self,
+        name: &str,
+        not_uid: Option<&str>,
+        poll: Duration,
+    ) -> Result<Member> {
         let deadline = Instant::now() + self.options.timeout;
         loop {
             if let Some(m) = self.member(name).await?
@@ -576,7 +593,7 @@ impl Verifier {
                     after: self.options.timeout,
                 });
             }
-            tokio::time::sleep(POLL).await;
+            tokio::time::sleep(poll).await;
         }
     }
 
@@ -651,7 +668,7 @@ impl Verifier {
     }
 
     async fn scale_out_and_observe(&self, new_pod: &str, started: Instant) -> Result<Finding> {
-        let member = self.wait_ready(new_pod, None).await?;
+        let member = self.wait_ready(new_pod, None, POLL).await?;
         let others = self.members().await?;
         let mut problems = checks::started_after_ready(&member, &others);
         let mut expected = checks::expected_replicas(&self.spec);
@@ -726,8 +743,13 @@ impl Verifier {
             .await
             .map_err(api(format!("delete pod {master}")))?;
         // Same name by construction (looked up by name), a new pod by its uid.
-        self.wait_ready(&master, Some(&before.uid)).await?;
-        let recovery_s = started.elapsed().as_secs_f64();
+        self.wait_ready(&master, Some(&before.uid), RECOVERY_POLL)
+            .await?;
+        let recovery = started.elapsed();
+        // Streaming is looked at right away; the marker is read afterwards, so it delays nothing.
+        let rejoin = self
+            .wait_rejoin(&checks::expected_replicas(&self.spec))
+            .await;
         let mut problems = Vec::new();
         let marker = self
             .run_in(&master, &sql::psql_local(&[&sql::select_marker(&token)]))
@@ -737,29 +759,41 @@ impl Verifier {
         } else if marker.stdout.trim() != token {
             problems.push(format!("marker row {token} lost"));
         }
-        let streaming = self
-            .wait_streaming(&checks::expected_replicas(&self.spec))
-            .await;
-        let streaming_resumed_s = started.elapsed().as_secs_f64();
-        if streaming.verdict != crate::Verdict::Pass {
-            problems.push(streaming.message);
-        }
         // The restarted master labels itself again and the Services follow.
         let services = settle(SETTLE, || self.check_role_services()).await;
         if services.verdict != crate::Verdict::Pass {
             problems.push(services.message);
         }
-        Ok(Finding::from_problems(
+        Ok(checks::master_recovery(
+            &master,
+            recovery,
+            &rejoin,
+            self.options.max_rejoin,
             problems,
-            format!(
-                "{master} back Ready as a new pod in {recovery_s:.1}s with its data; replicas streaming after {streaming_resumed_s:.1}s; Services follow the roles"
-            ),
-        )
-        .with(Measurements {
-            recovery_s: Some(recovery_s),
-            streaming_resumed_s: Some(streaming_resumed_s),
-            ..Measurements::default()
-        }))
+        ))
+    }
+
+    /// From the master seen Ready again: how long until its `pg_stat_replication` lists every
+    /// one of `expected` streaming (a new master's view, so no stale connection counts). Looks
+    /// every [`RECOVERY_POLL`] and counts until the end of the look that saw them, so the time
+    /// is never shorter than what was seen; it waits up to the `--timeout`, past the bound, so
+    /// a slow rejoin is measured, not only failed.
+    async fn wait_rejoin(&self, expected: &[String]) -> checks::Rejoin {
+        let started = Instant::now();
+        loop {
+            let finding = self.streaming_of(expected).await;
+            let waited = started.elapsed();
+            if finding.verdict == crate::Verdict::Pass {
+                return checks::Rejoin::Streaming(waited);
+            }
+            if waited + RECOVERY_POLL > self.options.timeout {
+                return checks::Rejoin::NotStreaming {
+                    waited,
+                    last: finding.message,
+                };
+            }
+            tokio::time::sleep(RECOVERY_POLL).await;
+        }
     }
 
     /// Drops the marker table on the master (its drop replicates). Only verify's table.

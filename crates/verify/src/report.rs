@@ -4,7 +4,7 @@
 //! JSON fields (stable): `cluster`, `namespace`, `passed` (no check failed), `duration_ms`, and
 //! `checks[]` with `name`, `verdict` (`pass` | `fail` | `skipped`), `duration_ms`, `message`
 //! (the skip reason for a skipped check) and `measurements` (only the measured ones: `lag_ms`,
-//! `replay_lag_ms`, `recovery_s`, `streaming_resumed_s`, `join_s`); `warnings[]` when cleanup
+//! `replay_lag_ms`, `recovery_s`, `rejoin_s`, `streaming_resumed_s`, `join_s`); `warnings[]` when cleanup
 //! failed.
 
 use std::fmt::{self, Write as _};
@@ -48,6 +48,10 @@ pub struct Measurements {
     /// Time from deleting the master pod to the same-named pod Ready again (s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery_s: Option<f64>,
+    /// Time from the master pod seen Ready again until every replica is seen streaming (s); the
+    /// whole wait when they never did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejoin_s: Option<f64>,
     /// Time from deleting the master pod until every replica streams again (s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub streaming_resumed_s: Option<f64>,
@@ -73,6 +77,9 @@ impl Measurements {
         }
         if let Some(v) = self.recovery_s {
             parts.push(format!("recovery {v:.1} s"));
+        }
+        if let Some(v) = self.rejoin_s {
+            parts.push(format!("rejoin {v:.1} s"));
         }
         if let Some(v) = self.streaming_resumed_s {
             parts.push(format!("streaming {v:.1} s"));

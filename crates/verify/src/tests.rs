@@ -2,6 +2,7 @@
 //! and on pods, Services and EndpointSlices in the API's JSON shape.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -793,4 +794,107 @@ fn member_directories_on_this_host_are_stat_like_in_a_pod() {
         f.message,
         format!("{root_text}/pgset-1 missing; {root_text}/pgset-1/PG_VERSION missing")
     );
+}
+
+#[test]
+fn master_recovery_passes_when_replicas_rejoin_within_the_bound() {
+    let f = checks::master_recovery(
+        "pgset-0",
+        Duration::from_millis(3_400),
+        &checks::Rejoin::Streaming(Duration::from_millis(1_200)),
+        Duration::from_secs(10),
+        Vec::new(),
+    );
+    assert_eq!(f.verdict, Verdict::Pass, "{}", f.message);
+    assert_eq!(
+        f.message,
+        "pgset-0 back Ready as a new pod in 3.4s with its data; replicas streaming 1.2s after it was Ready (bound 10s); Services follow the roles"
+    );
+    assert_eq!(f.measurements.recovery_s, Some(3.4));
+    assert_eq!(f.measurements.rejoin_s, Some(1.2));
+    assert!((f.measurements.streaming_resumed_s.unwrap() - 4.6).abs() < 1e-9);
+    // Exactly at the bound still passes.
+    let f = checks::master_recovery(
+        "pgset-0",
+        Duration::from_secs(3),
+        &checks::Rejoin::Streaming(Duration::from_secs(10)),
+        Duration::from_secs(10),
+        Vec::new(),
+    );
+    assert_eq!(f.verdict, Verdict::Pass, "{}", f.message);
+}
+
+#[test]
+fn master_recovery_fails_when_replicas_rejoin_later_than_the_bound() {
+    // The templates-storage case: the WAL receiver waited for a TCP connect timeout.
+    let f = checks::master_recovery(
+        "pgset-0",
+        Duration::from_millis(3_900),
+        &checks::Rejoin::Streaming(Duration::from_millis(132_000)),
+        Duration::from_secs(10),
+        Vec::new(),
+    );
+    assert_eq!(f.verdict, Verdict::Fail);
+    assert_eq!(
+        f.message,
+        "replicas streamed again only 132.0s after pgset-0 was Ready: over the bound of 10s (--max-rejoin-seconds)"
+    );
+    assert_eq!(f.measurements.rejoin_s, Some(132.0));
+    // A bound below a second is honoured as given.
+    let f = checks::master_recovery(
+        "pgset-0",
+        Duration::from_secs(3),
+        &checks::Rejoin::Streaming(Duration::from_millis(1_700)),
+        Duration::from_millis(1_500),
+        Vec::new(),
+    );
+    assert_eq!(f.verdict, Verdict::Fail);
+    assert_mentions(&f, "1.7s after pgset-0 was Ready: over the bound of 1.5s");
+}
+
+#[test]
+fn master_recovery_reports_replicas_that_never_rejoined_and_other_problems_with_the_time() {
+    let f = checks::master_recovery(
+        "pgset-0",
+        Duration::from_secs(4),
+        &checks::Rejoin::NotStreaming {
+            waited: Duration::from_secs(180),
+            last: "pgset-2 not in pg_stat_replication".into(),
+        },
+        Duration::from_secs(10),
+        Vec::new(),
+    );
+    assert_eq!(f.verdict, Verdict::Fail);
+    assert_eq!(
+        f.message,
+        "replicas not all streaming 180.0s after pgset-0 was Ready (bound 10s): pgset-2 not in pg_stat_replication"
+    );
+    assert_eq!(f.measurements.rejoin_s, Some(180.0));
+
+    // Rejoined in time but the marker was lost: fails on that, still says the time.
+    let f = checks::master_recovery(
+        "pgset-0",
+        Duration::from_secs(4),
+        &checks::Rejoin::Streaming(Duration::from_millis(800)),
+        Duration::from_secs(10),
+        vec!["marker row abc lost".into()],
+    );
+    assert_eq!(f.verdict, Verdict::Fail);
+    assert_eq!(
+        f.message,
+        "marker row abc lost; replicas streaming 0.8s after it was Ready (bound 10s)"
+    );
+    assert_eq!(f.measurements.rejoin_s, Some(0.8));
+}
+
+#[test]
+fn rejoin_time_is_in_the_json_and_the_table() {
+    let m = crate::report::Measurements {
+        recovery_s: Some(3.5),
+        rejoin_s: Some(1.3),
+        ..Default::default()
+    };
+    assert_eq!(m.summary(), "recovery 3.5 s, rejoin 1.3 s");
+    let json = serde_json::to_value(&m).unwrap();
+    assert_eq!(json, json!({"recovery_s": 3.5, "rejoin_s": 1.3}));
 }

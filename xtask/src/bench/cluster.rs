@@ -95,6 +95,7 @@ struct Results {
     redeploy: Duration,
     lag_ms: Option<f64>,
     recovery_s: Option<f64>,
+    rejoin_s: Option<f64>,
     streaming_resumed_s: Option<f64>,
     failed_checks: Vec<String>,
 }
@@ -148,6 +149,7 @@ async fn measure(kube: &Client, client_args: &ClientArgs, bench: &ClusterSpec) -
         redeploy,
         lag_ms: write.lag_ms,
         recovery_s: recovery.recovery_s,
+        rejoin_s: recovery.rejoin_s,
         streaming_resumed_s: recovery.streaming_resumed_s,
         failed_checks: report
             .failed()
@@ -193,10 +195,11 @@ fn print_results(r: &Results) {
         or_dash(r.lag_ms, "ms")
     );
     println!(
-        "  {:<52} {:>9}  (streaming again after {})",
+        "  {:<52} {:>9}  (streaming again after {}: {} after the master was Ready)",
         "recovery after master pod deletion",
         or_dash(r.recovery_s, "s"),
-        or_dash(r.streaming_resumed_s, "s")
+        or_dash(r.streaming_resumed_s, "s"),
+        or_dash(r.rejoin_s, "s")
     );
     for f in &r.failed_checks {
         println!("  check failed during the benchmark: {f}");

@@ -1,9 +1,13 @@
 //! `cargo xtask bench`: benchmarks printed side by side with their baselines and targets.
 
+mod agent_cost;
 mod cluster;
+mod forks;
 mod local;
 
-use anyhow::Result;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
 
 use crate::cli::{ClientArgs, SpecArgs};
 
@@ -14,8 +18,15 @@ pub struct Args {
     #[arg(long, conflicts_with = "cluster_only")]
     pub local_only: bool,
     /// Only the live-cluster benchmarks (needs KUBECONFIG)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "agent_cost_only")]
     pub cluster_only: bool,
+    /// Only the agent's own cost (CPU, RSS, processes started per minute of each member's agent,
+    /// idle and with the master down) on a local set at ports 27432..
+    #[arg(long)]
+    pub agent_cost_only: bool,
+    /// Length of each measuring window of the agent-cost benchmark, in seconds
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub agent_window: u64,
     #[command(flatten)]
     pub spec: SpecArgs,
     #[command(flatten)]
@@ -24,8 +35,19 @@ pub struct Args {
 
 /// Runs the benchmarks.
 pub async fn run(args: Args) -> Result<()> {
+    if !(10..=3600).contains(&args.agent_window) {
+        bail!(
+            "--agent-window {}: choose 10..=3600 seconds (short windows make per-minute figures noisy)",
+            args.agent_window
+        );
+    }
+    let window = Duration::from_secs(args.agent_window);
+    if args.agent_cost_only {
+        return agent_cost::run(window).await;
+    }
     if !args.cluster_only {
         local::run().await?;
+        agent_cost::run(window).await?;
     }
     if !args.local_only {
         cluster::run(&args.spec, &args.client).await?;
