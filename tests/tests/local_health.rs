@@ -206,3 +206,97 @@ async fn replicas_serve_reads_while_the_master_is_down_and_stream_again_within_s
     );
     assert!(rejoin <= 3 * SECOND, "re-join took {rejoin:?}");
 }
+
+/// Accepts connections on `port` and never answers them, like an address whose host went away
+/// while its connections were not reset; the accepted sockets stay open until the guard drops.
+struct Tarpit {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<std::net::TcpStream>>>,
+}
+
+impl Tarpit {
+    fn start(port: u16) -> Tarpit {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((s, _)) => held.push(s),
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            held
+        });
+        Tarpit {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops listening (the port is free again) and returns the connections it still holds.
+    fn close_listener(mut self) -> Vec<std::net::TcpStream> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wal_receiver_hanging_on_a_silent_address_is_restarted_once_the_master_answers() {
+    if pg_or_skip("local_health_silent_address").is_none() {
+        return;
+    }
+    let t = TestSet::new(2, 26770);
+    local::up(&t.opts).await.expect("up");
+    t.wait_for(0, STREAMING_COUNT, "1", 30 * SECOND);
+
+    // The master goes away and its address accepts connections but never answers.
+    assert!(
+        local::stop_member(t.dir(), "pgset-0", 60 * SECOND)
+            .await
+            .unwrap()
+    );
+    let tarpit = Tarpit::start(t.port(0));
+    tokio::time::sleep(6 * SECOND).await;
+    assert_eq!(
+        code(&t, 1, HEALTH_READY_PATH).await,
+        Some(200),
+        "the replica serves reads while the master does not answer"
+    );
+    let held = tarpit.close_listener();
+    assert!(
+        !held.is_empty(),
+        "the WAL receiver connected to the silent address"
+    );
+
+    // The master is back on the port; the hung connections stay open (never reset).
+    local::up(&t.opts).await.expect("master back");
+    let back = Instant::now();
+    while t.sql(0, STREAMING_COUNT).as_deref() != Ok("1") {
+        assert!(
+            back.elapsed() < 30 * SECOND,
+            "the replica does not stream again; its log:\n{}",
+            t.log(1)
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rejoin = back.elapsed();
+    eprintln!(
+        "replica streaming {:.2} s after the master was ready, {} connection(s) left hanging",
+        rejoin.as_secs_f32(),
+        held.len()
+    );
+    assert!(rejoin <= 5 * SECOND, "re-join took {rejoin:?}");
+    assert!(
+        t.log(1).contains("restarting it"),
+        "the agent restarted the WAL receiver"
+    );
+    drop(held);
+}

@@ -29,14 +29,8 @@ fn foreign_env(t: &TestSet, k: i32, port: u16) -> Vec<(&'static str, String)> {
             env::PORT => (key, port.to_string()),
             env::MASTER_PORT => (key, port.to_string()),
             env::HEALTH_ADDR => (key, format!("127.0.0.1:{}", port + 1000)),
-            env::TERMINATION_LOG => (
-                key,
-                t.tmp
-                    .path()
-                    .join("foreign.termination-log")
-                    .display()
-                    .to_string(),
-            ),
+            // A file the agent (running as postgres) may write.
+            env::TERMINATION_LOG => (key, secret.join("termination-log").display().to_string()),
             _ => (key, value),
         })
         .collect()

@@ -7,7 +7,7 @@
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use pgset_spec::contract;
@@ -21,6 +21,7 @@ pub struct PodApi {
     pods: Api<Pod>,
     leases: Api<Lease>,
     statefulsets: Api<StatefulSet>,
+    configmaps: Api<ConfigMap>,
     namespace: String,
     cluster: String,
 }
@@ -52,7 +53,8 @@ impl PodApi {
         PodApi {
             pods: Api::namespaced(client.clone(), namespace),
             leases: Api::namespaced(client.clone(), namespace),
-            statefulsets: Api::namespaced(client, namespace),
+            statefulsets: Api::namespaced(client.clone(), namespace),
+            configmaps: Api::namespaced(client, namespace),
             namespace: namespace.to_string(),
             cluster: cluster.to_string(),
         }
@@ -74,6 +76,47 @@ impl PodApi {
             Ok(p) => Ok(p.is_some()),
             Err(e) => Err(self.explain(e, "get", name)),
         }
+    }
+
+    /// The cluster's record (ConfigMap `<cluster>-record`): the database system identifier and
+    /// cluster id the master recorded, when it recorded any. A missing ConfigMap (a cluster
+    /// deployed before records) is an empty record.
+    pub async fn cluster_record(&self) -> Result<Option<ClusterRecord>> {
+        let name = record_name(&self.cluster);
+        let cm = self
+            .configmaps
+            .get_opt(&name)
+            .await
+            .map_err(|e| self.explain_on(e, Resource::ConfigMaps, "get", &name))?;
+        Ok(cm.and_then(|cm| {
+            let data = cm.data?;
+            Some(ClusterRecord {
+                system_identifier: data.get(contract::record::SYSTEM_IDENTIFIER)?.clone(),
+                cluster_id: data
+                    .get(contract::record::CLUSTER_ID)
+                    .cloned()
+                    .unwrap_or_default(),
+            })
+        }))
+    }
+
+    /// Writes the cluster's record (a merge patch of its two data keys; the ConfigMap is made
+    /// by `deploy`).
+    pub async fn write_cluster_record(&self, record: &ClusterRecord) -> Result<()> {
+        let name = record_name(&self.cluster);
+        let patch = json!({ "data": {
+            contract::record::SYSTEM_IDENTIFIER: record.system_identifier,
+            contract::record::CLUSTER_ID: record.cluster_id,
+        }});
+        let params = PatchParams {
+            field_manager: Some(format!("{}-agent", contract::FIELD_MANAGER)),
+            ..PatchParams::default()
+        };
+        self.configmaps
+            .patch(&name, &params, &Patch::Merge(&patch))
+            .await
+            .map(drop)
+            .map_err(|e| self.explain_on(e, Resource::ConfigMaps, "patch", &name))
     }
 
     /// The pod's `spec.terminationGracePeriodSeconds` (Kubernetes' default, 30, when unset).
@@ -166,6 +209,26 @@ pub enum Resource {
     Leases,
     /// `apps` `statefulsets`.
     StatefulSets,
+    /// Core `configmaps`.
+    ConfigMaps,
+}
+
+/// What the cluster's record says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterRecord {
+    /// The database system identifier the master initialised.
+    pub system_identifier: String,
+    /// The cluster id of that data.
+    pub cluster_id: String,
+}
+
+/// The record ConfigMap's name (the same as `ClusterSpec::record_name`).
+pub fn record_name(cluster: &str) -> String {
+    pgset_spec::ClusterSpec {
+        name: cluster.to_string(),
+        ..Default::default()
+    }
+    .record_name()
 }
 
 impl Resource {
@@ -175,6 +238,7 @@ impl Resource {
             Resource::Pods => "pods",
             Resource::Leases => "leases",
             Resource::StatefulSets => "statefulsets",
+            Resource::ConfigMaps => "configmaps",
         }
     }
 
@@ -184,6 +248,7 @@ impl Resource {
             Resource::Pods => "the core API group",
             Resource::Leases => "API group `coordination.k8s.io`",
             Resource::StatefulSets => "API group `apps`",
+            Resource::ConfigMaps => "the core API group",
         }
     }
 
@@ -193,6 +258,7 @@ impl Resource {
             Resource::Pods => "[get, patch]",
             Resource::Leases => "[get, update] on the member Leases and [create]",
             Resource::StatefulSets => "[get] on the cluster's StatefulSet",
+            Resource::ConfigMaps => "[get, patch] on the cluster's record ConfigMap",
         }
     }
 }

@@ -154,7 +154,8 @@ pub struct OwnState {
     pub current_lsn: Option<Lsn>,
     /// Replica: the WAL receiver's status (`streaming`, `starting`, …), when one runs.
     pub receiver_status: Option<String>,
-    /// Replica: the WAL receiver's pid.
+    /// Replica: the WAL receiver's pid (from `pg_stat_activity`, which lists it while it is
+    /// still connecting; `pg_stat_wal_receiver` shows it only once connected).
     pub receiver_pid: Option<i32>,
     /// Replica: `pg_last_wal_receive_lsn()`.
     pub receive_lsn: Option<Lsn>,
@@ -171,7 +172,8 @@ pub async fn own_state(db: &Db) -> Result<OwnState> {
                     CASE WHEN pg_is_in_recovery() THEN NULL
                          ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint END,
                     (SELECT status FROM pg_stat_wal_receiver),
-                    (SELECT pid FROM pg_stat_wal_receiver),
+                    (SELECT pid FROM pg_stat_activity WHERE backend_type = 'walreceiver'
+                      LIMIT 1),
                     pg_wal_lsn_diff(pg_last_wal_receive_lsn(), '0/0')::bigint,
                     pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint",
             &[],

@@ -14,7 +14,7 @@ use crate::datadir;
 use crate::fence::{Fence, FenceOptions, StalePid};
 use crate::health::{self, Health};
 use crate::identity::{self, MemberRef};
-use crate::kube_api::PodApi;
+use crate::kube_api::{ClusterRecord, PodApi};
 use crate::pg::{self, Db, MasterView};
 use crate::pgbin::PgBin;
 use crate::privilege;
@@ -102,6 +102,15 @@ async fn member_loop(
         let mut plan = tokio::task::spawn_blocking(move || bootstrap::inspect(&s2, &me2))
             .await
             .map_err(|e| Error::Local(format!("checking the data directory: {e}")))??;
+        // In a cluster the record (ConfigMap `<name>-record`) tells what this cluster's master
+        // initialised, also when no sibling directory is in view (templates mode).
+        let record = match api {
+            Some(api) => Some(api.cluster_record().await),
+            None => None,
+        };
+        if s.role == Role::Primary && plan == Plan::Initdb {
+            check_record_before_initdb(s, me, record.as_ref())?;
+        }
         if s.role == Role::Replica {
             health.preparing("waiting for the master");
             let (db, view) = tokio::select! {
@@ -111,7 +120,11 @@ async fn member_loop(
                     return Ok(EXIT_SIGTERM);
                 }
             };
-            plan = check_master(s, me, plan, &view)?;
+            let recorded = match &record {
+                Some(Ok(Some(r))) if r.cluster_id == me.cluster_id => Some(r.clone()),
+                _ => None,
+            };
+            plan = check_master(s, me, plan, &view, recorded.as_ref())?;
             prepare_slot(&db, s, plan, &view).await?;
         }
         health.preparing(match plan {
@@ -124,6 +137,9 @@ async fn member_loop(
         tokio::select! {
             r = make => {
                 r.map_err(|e| Error::Local(format!("preparing the data directory: {e}")))??;
+                if s.role == Role::Primary && let (Some(api), Some(record)) = (api, &record) {
+                    keep_record(s, me, api, plan, record).await;
+                }
             }
             _ = signals.recv() => {
                 crate::info!("shutdown requested while preparing the data directory; stopping the copy");
@@ -217,9 +233,103 @@ async fn wait_for_master(s: &Settings) -> Result<(Db, MasterView)> {
     }
 }
 
+/// Before an initdb in a cluster: the record must be readable (no answer proves nothing) and must
+/// not say that this cluster already initialised a database.
+fn check_record_before_initdb(
+    s: &Settings,
+    me: &MemberRef,
+    record: Option<&Result<Option<ClusterRecord>>>,
+) -> Result<()> {
+    let name = crate::kube_api::record_name(&s.cluster);
+    match record {
+        None | Some(Ok(None)) => Ok(()),
+        Some(Ok(Some(r))) if r.cluster_id != me.cluster_id || s.allow_reinit => {
+            if r.cluster_id == me.cluster_id {
+                crate::warn!(
+                    "initialising a new database although the record {name} says this cluster \
+                     initialised database system {}; {} is set",
+                    r.system_identifier,
+                    contract::env::ALLOW_REINIT
+                );
+            }
+            Ok(())
+        }
+        Some(Ok(Some(r))) => Err(Error::Refused {
+            path: s.pgdata(),
+            problem: format!(
+                "the master's data directory is missing but the cluster record (ConfigMap {name}) \
+                 says this cluster initialised database system {}; an empty master would replace \
+                 the cluster's database. Restore the master's volume (was its claim or \
+                 PersistentVolume replaced?); to start a new, empty database on purpose set {}=true \
+                 (spec: postgres.allowReinit)",
+                r.system_identifier,
+                contract::env::ALLOW_REINIT
+            ),
+        }),
+        Some(Err(e)) => Err(Error::Refused {
+            path: s.pgdata(),
+            problem: format!(
+                "the master's data directory is empty and the cluster record (ConfigMap {name}) \
+                 cannot be read ({e}), so nothing proves the cluster never had data; initdb waits \
+                 until the record can be read"
+            ),
+        }),
+    }
+}
+
+/// After the master's data is in place: records its database system in the cluster record when
+/// the record is empty (or after an initialisation on opt-in); a record that disagrees is
+/// reported, not overwritten.
+async fn keep_record(
+    s: &Settings,
+    me: &MemberRef,
+    api: &PodApi,
+    plan: Plan,
+    record: &Result<Option<ClusterRecord>>,
+) {
+    let Ok(own) = identity::control_system_identifier(&s.pgdata()) else {
+        return;
+    };
+    let ours = ClusterRecord {
+        system_identifier: own.to_string(),
+        cluster_id: me.cluster_id.clone(),
+    };
+    let write = match record {
+        Ok(None) => true,
+        Ok(Some(r)) if *r == ours => false,
+        Ok(Some(_)) if plan == Plan::Initdb => true,
+        Ok(Some(r)) => {
+            crate::warn!(
+                "the cluster record says database system {} (cluster id {}) but the master's data \
+                 is {own}; left as it is: new replicas will refuse to copy this master until it is \
+                 resolved",
+                r.system_identifier,
+                r.cluster_id
+            );
+            false
+        }
+        Err(_) => false,
+    };
+    if write {
+        match api.write_cluster_record(&ours).await {
+            Ok(()) => crate::info!(
+                "recorded database system {own} in the cluster record {}",
+                crate::kube_api::record_name(&s.cluster)
+            ),
+            Err(e) => crate::warn!("writing the cluster record: {e}"),
+        }
+    }
+}
+
 /// A replica checks whom it follows: its own data must be the master's database system; a new
-/// copy must come from the system this cluster's members recorded.
-fn check_master(s: &Settings, me: &MemberRef, plan: Plan, view: &MasterView) -> Result<Plan> {
+/// copy must come from the system this cluster's members (and its record) recorded.
+fn check_master(
+    s: &Settings,
+    me: &MemberRef,
+    plan: Plan,
+    view: &MasterView,
+    record: Option<&ClusterRecord>,
+) -> Result<Plan> {
     let master = view.system_identifier.to_string();
     match plan {
         Plan::Existing => {
@@ -252,7 +362,13 @@ fn check_master(s: &Settings, me: &MemberRef, plan: Plan, view: &MasterView) -> 
             })
         }
         Plan::BaseBackup => {
-            let recorded = bootstrap::recorded_systems(s, me);
+            let mut recorded = bootstrap::recorded_systems(s, me);
+            if let Some(r) = record {
+                recorded.push((
+                    format!("ConfigMap {}", crate::kube_api::record_name(&s.cluster)),
+                    r.system_identifier.clone(),
+                ));
+            }
             if recorded.is_empty() || recorded.iter().any(|(_, id)| *id == master) || s.allow_reinit
             {
                 return Ok(Plan::BaseBackup);
@@ -409,4 +525,53 @@ pub fn env_help() -> String {
         LIVENESS_TIMEOUT,
     ]
     .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn primary() -> (Settings, MemberRef) {
+        let m = crate::settings::tests::sample_env("pgset-0");
+        let s = Settings::from_lookup(|k| m.get(k).cloned()).unwrap();
+        let me = MemberRef {
+            namespace: "local".into(),
+            cluster: "pgset".into(),
+            cluster_id: "c1".into(),
+            member: "pgset-0".into(),
+        };
+        (s, me)
+    }
+
+    fn record(id: &str) -> ClusterRecord {
+        ClusterRecord {
+            system_identifier: "42".into(),
+            cluster_id: id.into(),
+        }
+    }
+
+    #[test]
+    fn initdb_only_where_the_record_proves_the_cluster_never_had_data() {
+        let (mut s, me) = primary();
+        check_record_before_initdb(&s, &me, None).unwrap();
+        check_record_before_initdb(&s, &me, Some(&Ok(None))).unwrap();
+        check_record_before_initdb(&s, &me, Some(&Ok(Some(record("other"))))).unwrap();
+        let e = check_record_before_initdb(&s, &me, Some(&Ok(Some(record("c1")))))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("initialised database system 42") && e.contains("PGSET_ALLOW_REINIT"),
+            "{e}"
+        );
+        let unreadable = Err(Error::Kube("forbidden".into()));
+        let e = check_record_before_initdb(&s, &me, Some(&unreadable))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cannot be read (Kubernetes API: forbidden)"),
+            "{e}"
+        );
+        s.allow_reinit = true;
+        check_record_before_initdb(&s, &me, Some(&Ok(Some(record("c1"))))).unwrap();
+    }
 }

@@ -722,7 +722,7 @@ impl Monitor {
             self.last_nudge = Some(Instant::now());
             crate::info!(
                 "the master answers but the WAL receiver (pid {pid}, {}) has not streamed for {} s: restarting it",
-                own.receiver_status.as_deref().unwrap_or("?"),
+                own.receiver_status.as_deref().unwrap_or("connecting"),
                 self.not_streaming_since
                     .map(|t| t.elapsed().as_secs())
                     .unwrap_or(0)

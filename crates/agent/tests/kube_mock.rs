@@ -111,3 +111,56 @@ async fn a_missing_pod_is_gone_and_a_present_one_exists() {
         .to_string();
     assert!(e.contains("`get` pods"), "{e}");
 }
+
+#[tokio::test]
+async fn the_cluster_record_is_read_and_written_on_its_configmap_only() {
+    let (client, seen) = mock(
+        200,
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "pgset-record", "namespace": "db"},
+               "data": {"systemIdentifier": "7300000000000000001", "clusterId": "c1"}}),
+    );
+    let api = PodApi::with_client(client, "db", "pgset");
+    let record = api.cluster_record().await.unwrap().expect("a record");
+    assert_eq!(record.system_identifier, "7300000000000000001");
+    assert_eq!(record.cluster_id, "c1");
+    api.write_cluster_record(&record).await.unwrap();
+    let calls = seen.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(
+        (calls[0].0.as_str(), calls[0].1.as_str()),
+        ("GET", "/api/v1/namespaces/db/configmaps/pgset-record")
+    );
+    let (method, path, query, body) = &calls[1];
+    assert_eq!(method, "PATCH");
+    assert_eq!(path, "/api/v1/namespaces/db/configmaps/pgset-record");
+    assert!(query.contains("fieldManager=pgset-agent"), "{query}");
+    assert_eq!(
+        body,
+        &json!({"data": {"systemIdentifier": "7300000000000000001", "clusterId": "c1"}})
+    );
+}
+
+#[tokio::test]
+async fn an_empty_or_missing_record_is_none_and_a_forbidden_one_an_error() {
+    let (client, _) = mock(404, status(404, "NotFound"));
+    let api = PodApi::with_client(client, "db", "pgset");
+    assert_eq!(api.cluster_record().await.unwrap(), None);
+
+    let (client, _) = mock(
+        200,
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "pgset-record", "namespace": "db"}}),
+    );
+    let api = PodApi::with_client(client, "db", "pgset");
+    assert_eq!(
+        api.cluster_record().await.unwrap(),
+        None,
+        "made by deploy, not yet filled"
+    );
+
+    let (client, _) = mock(403, status(403, "Forbidden"));
+    let api = PodApi::with_client(client, "db", "pgset");
+    let e = api.cluster_record().await.unwrap_err().to_string();
+    assert!(e.contains("configmaps") && e.contains("pgset-agent"), "{e}");
+}

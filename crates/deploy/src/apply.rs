@@ -3,7 +3,9 @@
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource};
@@ -146,6 +148,7 @@ pub async fn deploy(
         service_account,
         role,
         role_binding,
+        cluster_record,
         headless_service,
         master_service,
         replica_service,
@@ -180,6 +183,8 @@ pub async fn deploy(
             spec.secret_name()
         ),
     });
+
+    changes.record(apply_one::<ConfigMap>(client, ns, &cluster_record, mode, progress).await?);
 
     for service in [&headless_service, &master_service, &replica_service] {
         changes.record(apply_one::<Service>(client, ns, service, mode, progress).await?);

@@ -7,6 +7,7 @@
 
 pub mod apply;
 pub mod rbac;
+pub mod record;
 pub mod render;
 pub mod rollout;
 pub mod scale;
@@ -20,7 +21,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use pgset_spec::{ClusterSpec, StorageMode};
@@ -147,6 +148,8 @@ pub struct ClusterObjects {
     pub role: Role,
     /// `<name>-agent`: binds the Role to the ServiceAccount.
     pub role_binding: RoleBinding,
+    /// `<name>-record`: the cluster's record, filled by the master's agent.
+    pub cluster_record: ConfigMap,
     /// `<name>`, headless: stable per-pod DNS names.
     pub headless_service: Service,
     /// `<name>-master`: the pod labelled role=master.
@@ -166,6 +169,7 @@ impl ClusterObjects {
             service_account: rbac::service_account(spec),
             role: rbac::role(spec),
             role_binding: rbac::role_binding(spec),
+            cluster_record: record::cluster_record(spec),
             headless_service: services::headless(spec),
             master_service: services::master(spec),
             replica_service: services::replica(spec),

@@ -26,6 +26,8 @@ pub fn service_account(spec: &ClusterSpec) -> ServiceAccount {
 ///   Leases (`<name>-<ordinal>-member`), and `create`. Kubernetes cannot restrict `create` by
 ///   `resourceNames` (the name is not known when the request is authorized), so that rule names
 ///   no objects; it lets the agent create a Lease it does not hold yet, never change another one.
+/// - `configmaps`: `get` and `patch` on the cluster's record (`<name>-record`) only: the master
+///   writes the database system identifier it initialised there, and reads it before an initdb.
 /// - `statefulsets` (`apps`): `get` on the set's own StatefulSet only: the primary drops a
 ///   member's replication slot only when the member's ordinal is at or above `spec.replicas`.
 pub fn role(spec: &ClusterSpec) -> Role {
@@ -55,6 +57,13 @@ pub fn role(spec: &ClusterSpec) -> Role {
                 resources: Some(vec!["leases".into()]),
                 resource_names: None,
                 verbs: vec!["create".into()],
+                ..PolicyRule::default()
+            },
+            PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["configmaps".into()]),
+                resource_names: Some(vec![spec.record_name()]),
+                verbs: vec!["get".into(), "patch".into()],
                 ..PolicyRule::default()
             },
             PolicyRule {
@@ -132,8 +141,13 @@ mod tests {
                     vec![s("create")],
                     None
                 ),
+                (s(""), s("configmaps"), vec![s("get"), s("patch")], Some(1)),
                 (s("apps"), s("statefulsets"), vec![s("get")], Some(1)),
             ]
+        );
+        assert_eq!(
+            rules[3].resource_names.as_deref(),
+            Some(&["db-record".to_string()][..])
         );
         let pods = rules[0].resource_names.as_ref().unwrap();
         assert_eq!(pods[0], "db-0");
@@ -148,7 +162,7 @@ mod tests {
             format!("db-{}-member", MAX_REPLICAS - 1)
         );
         assert_eq!(
-            rules[3].resource_names.as_deref(),
+            rules[4].resource_names.as_deref(),
             Some(&["db".to_string()][..])
         );
         for rule in &rules {

@@ -51,6 +51,7 @@ fn groups(objects: &ClusterObjects) -> Result<Vec<(&'static str, Vec<String>)>> 
         service_account,
         role,
         role_binding,
+        cluster_record,
         headless_service,
         master_service,
         replica_service,
@@ -66,6 +67,7 @@ fn groups(objects: &ClusterObjects) -> Result<Vec<(&'static str, Vec<String>)>> 
                 to_yaml(role_binding)?,
             ],
         ),
+        ("20-record.yaml", vec![to_yaml(cluster_record)?]),
         (
             "30-services.yaml",
             vec![
@@ -164,6 +166,7 @@ pub fn manifest_files(spec: &ClusterSpec) -> Result<Vec<ManifestFile>> {
 /// storage mode is noticed).
 pub const ALL_MANIFEST_FILES: &[&str] = &[
     "10-rbac.yaml",
+    "20-record.yaml",
     "30-services.yaml",
     "40-claim.yaml",
     "50-statefulset.yaml",
@@ -210,6 +213,7 @@ mod tests {
                 "ServiceAccount",
                 "Role",
                 "RoleBinding",
+                "ConfigMap",
                 "Service",
                 "Service",
                 "Service",
@@ -217,7 +221,7 @@ mod tests {
                 "StatefulSet"
             ]
         );
-        assert_eq!(yaml.matches("---\n").count(), 8);
+        assert_eq!(yaml.matches("---\n").count(), 9);
         assert!(!yaml.contains("kind: Secret"));
     }
 
@@ -243,6 +247,7 @@ mod tests {
             names,
             [
                 "10-rbac.yaml",
+                "20-record.yaml",
                 "30-services.yaml",
                 "50-statefulset.yaml",
                 "README.md"

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{
-    PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{DeleteParams, ListParams};
@@ -281,10 +281,12 @@ pub async fn down(
     match purge {
         Purge::Everything => {
             delete_reporting::<Secret>(client, ns, &spec.secret_name(), progress).await?;
+            delete_reporting::<ConfigMap>(client, ns, &spec.record_name(), progress).await?;
         }
         Purge::Keep => progress(&format!(
-            "kept Secret {} (its passwords belong to the data; --purge --yes deletes it)",
-            spec.secret_name()
+            "kept Secret {} and ConfigMap {} (they belong to the data; --purge --yes deletes them)",
+            spec.secret_name(),
+            spec.record_name()
         )),
     }
     delete_reporting::<RoleBinding>(client, ns, &spec.role_name(), progress).await?;

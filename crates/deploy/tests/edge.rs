@@ -107,6 +107,8 @@ async fn deploy_applies_in_order_with_pgsets_field_manager_and_creates_the_secre
             "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings/pgset-agent",
             "GET /api/v1/namespaces/default/secrets/pgset-secret",
             "POST /api/v1/namespaces/default/secrets",
+            "GET /api/v1/namespaces/default/configmaps/pgset-record",
+            "PATCH /api/v1/namespaces/default/configmaps/pgset-record",
             "GET /api/v1/namespaces/default/services/pgset",
             "PATCH /api/v1/namespaces/default/services/pgset",
             "GET /api/v1/namespaces/default/services/pgset-master",
@@ -169,7 +171,7 @@ async fn second_deploy_keeps_the_existing_secret_untouched() {
             .any(|l| l.starts_with("kept Secret pgset-secret"))
     );
     // Everything else is still applied.
-    assert_eq!(calls.iter().filter(|c| c.method == "PATCH").count(), 8);
+    assert_eq!(calls.iter().filter(|c| c.method == "PATCH").count(), 9);
 }
 
 #[tokio::test]
@@ -178,7 +180,7 @@ async fn a_second_deploy_over_the_same_spec_changes_nothing_and_says_so() {
     let first = deploy(&client, &spec(), ApplyMode::Apply, &mut |_: &str| {})
         .await
         .unwrap();
-    assert_eq!(first.changed.len(), 9, "{first:?}");
+    assert_eq!(first.changed.len(), 10, "{first:?}");
     assert_eq!(first.unchanged, 0);
     let mut lines = Vec::new();
     let second = deploy(&client, &spec(), ApplyMode::Apply, &mut |l: &str| {
@@ -187,7 +189,7 @@ async fn a_second_deploy_over_the_same_spec_changes_nothing_and_says_so() {
     .await
     .unwrap();
     assert!(second.changed.is_empty(), "{second:?}");
-    assert_eq!(second.unchanged, 9);
+    assert_eq!(second.unchanged, 10);
     assert!(
         lines
             .iter()
@@ -241,7 +243,7 @@ async fn server_dry_run_sends_dry_run_on_every_write() {
         .unwrap();
     let calls = calls.lock().unwrap().clone();
     let writes: Vec<&Call> = calls.iter().filter(|c| c.is_write()).collect();
-    assert_eq!(writes.len(), 9);
+    assert_eq!(writes.len(), 10);
     for call in writes {
         assert!(
             query_pairs(call).contains(&"dryRun=All".to_string()),
@@ -755,6 +757,7 @@ async fn down_purge_deletes_claims_this_clusters_volumes_and_the_secret() {
             "services/pgset-master",
             "services/pgset",
             "secrets/pgset-secret",
+            "configmaps/pgset-record",
             "rolebindings/pgset-agent",
             "roles/pgset-agent",
             "serviceaccounts/pgset-sa",

@@ -120,6 +120,14 @@ pub mod secret {
 /// The identity file in every member's data directory (namespace, cluster, cluster id, member,
 /// PostgreSQL system identifier).
 pub const IDENTITY_FILE: &str = "pgset-identity.json";
+/// Keys of the cluster record ConfigMap (`<name>-record`), written by the master's agent.
+pub mod record {
+    /// The database system identifier the cluster was initialised with.
+    pub const SYSTEM_IDENTIFIER: &str = "systemIdentifier";
+    /// The cluster id (from the Secret) of the data that identifier belongs to.
+    pub const CLUSTER_ID: &str = "clusterId";
+}
+
 /// Kubernetes' default container termination-message path.
 pub const TERMINATION_LOG_PATH: &str = "/dev/termination-log";
 /// The PostgreSQL majors the agent supports (every setting it writes is understood by each).

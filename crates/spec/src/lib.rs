@@ -453,6 +453,11 @@ impl ClusterSpec {
     pub fn role_name(&self) -> String {
         format!("{}-agent", self.name)
     }
+    /// ConfigMap holding the cluster's record (its database system identifier), kept across
+    /// `down` like the claims and the Secret.
+    pub fn record_name(&self) -> String {
+        format!("{}-record", self.name)
+    }
     /// The shared claim (shared mode).
     pub fn shared_claim_name(&self) -> String {
         format!("{}-pvc", self.name)
