@@ -231,7 +231,7 @@ mod tests {
             "/srv/other *(ro)\n{}",
             pgset_nfs::render_block(&spec, &clients)
         );
-        assert_eq!(kept_clients(&spec, Some(&file)), Some(clients));
+        assert_eq!(kept_clients(&spec, Some(&file)), Some(clients.clone()));
         assert_eq!(kept_clients(&spec, Some("/srv/other *(ro)\n")), None);
         assert_eq!(kept_clients(&spec, None), None);
         let mut other = spec.clone();
