@@ -288,9 +288,19 @@ fn drift_is_repaired_step_by_step() {
         gid: 0,
         mode: 0o777,
     };
+    // Others keep only what another cluster's directory below may need: traversal.
     assert_eq!(
         described(&f, &spec),
-        ["set /nfsfileshare to owner 999:999 mode 0700 (now 0:0 0777)"]
+        ["set /nfsfileshare to owner 999:999 mode 0711 (now 0:0 0777)"]
+    );
+    f.export_dir = PathState::Directory {
+        uid: 0,
+        gid: 0,
+        mode: 0o770,
+    };
+    assert_eq!(
+        described(&f, &spec),
+        ["set /nfsfileshare to owner 999:999 mode 0700 (now 0:0 0770)"]
     );
 
     let mut f = configured("os-release.debian-12");

@@ -328,16 +328,21 @@ pub fn plan(facts: &HostFacts, spec: &ClusterSpec, options: &ExportOptions) -> R
     let mut wanted_dirs: Vec<(PathBuf, PathState, u32)> = Vec::new();
     if spec.is_default_cluster() {
         // The export is the data root. Traversable is right in shared mode too: another
-        // cluster's directory below it needs that, and it still cannot be listed.
+        // cluster's directory below it needs that, and it still cannot be listed. A root
+        // others can traverse now keeps that when it is repaired.
         let root = facts.export_dir;
-        if !dir_is_right(root, uid, gid, data_root_mode)
+        let mode = match root {
+            PathState::Directory { mode, .. } if mode & 0o001 != 0 => TRAVERSABLE_ROOT_MODE,
+            _ => data_root_mode,
+        };
+        if !dir_is_right(root, uid, gid, mode)
             && !dir_is_right(root, uid, gid, TRAVERSABLE_ROOT_MODE)
         {
             steps.push(Step::EnsureDirectory {
                 path: export.clone(),
                 uid,
                 gid,
-                mode: data_root_mode,
+                mode,
                 current: root,
             });
         }
