@@ -580,9 +580,9 @@ fn provision_a_real_nfs_server() {
     let added = &three[after_first.len()..];
     assert!(
         added.starts_with("# BEGIN pgset cluster staging/pgset:")
-            && added.contains("\n/nfsfileshare/staging.pgset 127.0.0.1/32(")
+            && added.contains("\n/nfsfileshare/staging.pgset 10.0.2.0/24(rw,sync,no_subtree_check,root_squash) 127.0.0.1/32(rw,sync,no_subtree_check,root_squash)\n")
             && added.contains("# BEGIN pgset cluster lab/db:")
-            && added.contains("\n/nfsfileshare/lab.db 127.0.0.1/32("),
+            && added.contains("\n/nfsfileshare/lab.db 10.0.2.0/24(rw,sync,no_subtree_check,root_squash) 127.0.0.1/32(rw,sync,no_subtree_check,root_squash)\n"),
         "{added}"
     );
     let exportfs = guest.ok("exportfs -v");
