@@ -4,8 +4,9 @@
 //! removes the claims and volumes.
 //!
 //! It uses `templates` storage under a cluster name and namespace of its own, so its volumes
-//! (`pgset-live-<ns>-N`) and export directories (`<export>/pgset-live-N`) never touch a cluster
-//! already running on the host. The export directories stay (data is never deleted).
+//! (`<ns>.data-pgset-live-N`), its directory (`<export>/<ns>.pgset-live`) and its block in
+//! `/etc/exports` (`<ns>/pgset-live`) never touch a cluster already running on the host. The
+//! directory and the block stay (data is never deleted).
 
 use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::api::{DeleteParams, ListParams};

@@ -2,22 +2,23 @@
 //! --scale-test --disruptive -o json` passes every check with the lag and recovery measured,
 //! leaves no marker table behind, passes again on a second run, and `cargo xtask status -o
 //! json` shows the master and two streaming replicas. Everything lives in a namespace of its own
-//! (and, in shared mode, PersistentVolumes named after it), removed at the end.
+//! (and, in shared mode, the cluster's own PersistentVolume), removed at the end.
 //!
 //! Storage: `PGSET_LIVE_STORAGE_CLASS` set → templates mode on that StorageClass; otherwise
 //! shared mode on the NFS export of `PGSET_LIVE_NFS_SERVER` (default export `/nfsfileshare`,
-//! `PGSET_LIVE_NFS_EXPORT` to change it), as `cargo xtask nfs` sets up; the members' directories
-//! `<export>/pgset-verify-N` stay there (data is never deleted), and a re-run starts the members
-//! on them. The agent image must be
+//! `PGSET_LIVE_NFS_EXPORT` to change it), as `cargo xtask nfs` sets up; the cluster's directory
+//! `<export>/<namespace>.pgset-verify` is made from inside the cluster and stays there with the
+//! members' data (data is never deleted). The agent image must be
 //! on the nodes (`cargo xtask image --import`); `PGSET_LIVE_AGENT_IMAGE` names another.
 
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
-use kube::api::{DeleteParams, Patch};
+use kube::api::DeleteParams;
 use kube::{Api, Client};
-use pgset_deploy::apply::{ApplyMode, apply_params, deploy};
+use pgset_deploy::apply::{ApplyMode, deploy};
 use pgset_deploy::rollout::wait_for_rollout;
+use pgset_deploy::storage::apply_volumes;
 use pgset_deploy::teardown::{Purge, down};
 use pgset_spec::{ClusterSpec, StorageMode};
 use pgset_tests::live_kubeconfig;
@@ -29,8 +30,7 @@ use support::{XtaskRun, assert_all_passed, xtask};
 mod support;
 
 const ROLLOUT: Duration = Duration::from_secs(600);
-/// The cluster's name: its own member directories on a shared export, never the default
-/// cluster's `pgset-N`.
+/// The cluster's name.
 const CLUSTER: &str = "pgset-verify";
 
 /// The cluster under test, or why it cannot be built here.
@@ -69,18 +69,15 @@ fn cluster_spec(namespace: &str) -> Result<ClusterSpec, String> {
     Ok(spec)
 }
 
-/// Shared mode: the spec's NFS volumes, renamed after the namespace so they cannot collide
-/// with another cluster's `pv1..pvN`.
+/// Shared mode: the cluster's own NFS volume (`<namespace>.pgset-verify-pvc`, in its own
+/// directory); none on a StorageClass.
 fn volumes(spec: &ClusterSpec) -> Vec<PersistentVolume> {
-    let server = spec.nfs.server.clone().unwrap_or_default();
-    pgset_nfs::persistent_volumes(spec, &server)
-        .into_iter()
-        .map(|mut pv| {
-            let name = pv.metadata.name.take().unwrap_or_default();
-            pv.metadata.name = Some(format!("{}-{name}", spec.namespace));
-            pv
-        })
-        .collect()
+    match &spec.nfs.server {
+        Some(server) if spec.storage.storage_class.is_none() => {
+            pgset_nfs::persistent_volumes(spec, server)
+        }
+        _ => Vec::new(),
+    }
 }
 
 async fn marker_table_present(client: &Client, spec: &ClusterSpec) -> bool {
@@ -102,14 +99,14 @@ async fn marker_table_present(client: &Client, spec: &ClusterSpec) -> bool {
 }
 
 async fn scenario(client: Client, spec: ClusterSpec) {
-    let pvs: Api<PersistentVolume> = Api::all(client.clone());
-    for pv in volumes(&spec) {
-        let name = pv.metadata.name.clone().unwrap_or_default();
-        pvs.patch(&name, &apply_params(ApplyMode::Apply), &Patch::Apply(&pv))
-            .await
-            .unwrap_or_else(|e| panic!("apply PersistentVolume {name}: {e}"));
-    }
     let progress = &mut |line: &str| eprintln!("    {line}");
+    let pvs = volumes(&spec);
+    if !pvs.is_empty() {
+        support::prepare_cluster_dirs(&client, &spec).await;
+        apply_volumes(&client, &pvs, ApplyMode::Apply, progress)
+            .await
+            .expect("apply the volumes");
+    }
     deploy(&client, &spec, ApplyMode::Apply, progress)
         .await
         .expect("deploy");

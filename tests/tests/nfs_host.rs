@@ -288,9 +288,19 @@ fn drift_is_repaired_step_by_step() {
         gid: 0,
         mode: 0o777,
     };
+    // Others keep only what another cluster's directory below may need: traversal.
     assert_eq!(
         described(&f, &spec),
-        ["set /nfsfileshare to owner 999:999 mode 0700 (now 0:0 0777)"]
+        ["set /nfsfileshare to owner 999:999 mode 0711 (now 0:0 0777)"]
+    );
+    f.export_dir = PathState::Directory {
+        uid: 0,
+        gid: 0,
+        mode: 0o770,
+    };
+    assert_eq!(
+        described(&f, &spec),
+        ["set /nfsfileshare to owner 999:999 mode 0700 (now 0:0 0770)"]
     );
 
     let mut f = configured("os-release.debian-12");
@@ -644,4 +654,138 @@ fn bad_export_paths_are_refused_by_the_spec() {
             .unwrap()
             .is_empty()
     );
+}
+
+fn cluster(namespace: &str, name: &str, mode: StorageMode, replicas: i32) -> ClusterSpec {
+    let mut spec = ClusterSpec {
+        namespace: namespace.into(),
+        name: name.into(),
+        replicas,
+        ..ClusterSpec::default()
+    };
+    spec.storage.mode = mode;
+    spec.validate().unwrap();
+    spec
+}
+
+/// What `exportfs -v` shows once every cluster's block is loaded: the real output of the
+/// default export line, repeated for each cluster's directory.
+fn live_exports(specs: &[&ClusterSpec]) -> Vec<pgset_nfs::ActiveExport> {
+    let default_export = parse_exportfs_verbose(&fixture("exportfs-v.debian-12"));
+    let mut out = Vec::new();
+    for spec in specs {
+        for a in default_export
+            .iter()
+            .filter(|a| a.path == Path::new("/nfsfileshare"))
+        {
+            let mut a = a.clone();
+            a.path = spec.cluster_export_dir();
+            out.push(a);
+        }
+    }
+    out
+}
+
+#[test]
+fn another_cluster_on_a_configured_host_gets_its_own_directory_and_block() {
+    let staging = cluster("staging", "pgset", StorageMode::Shared, 2);
+    let f = configured("os-release.debian-12");
+    assert_eq!(
+        described(&f, &staging),
+        [
+            "set /nfsfileshare to owner 999:999 mode 0711 (now 999:999 0700)".to_string(),
+            "create /nfsfileshare/staging.pgset owned by 999:999 with mode 0700".into(),
+            "write pgset's block in /etc/exports (backup kept): /nfsfileshare/staging.pgset 10.0.2.0/24(rw,sync,no_subtree_check,root_squash) 127.0.0.1/32(rw,sync,no_subtree_check,root_squash)".into(),
+            "re-export /etc/exports (exportfs -ra)".into(),
+        ]
+    );
+    // The export root of someone else (root-owned, listable) is only made traversable when it
+    // is not, and keeps its owner.
+    let mut f = configured("os-release.debian-12");
+    f.export_dir = PathState::Directory {
+        uid: 0,
+        gid: 0,
+        mode: 0o755,
+    };
+    assert!(!described(&f, &staging)[0].contains("set /nfsfileshare "));
+    f.export_dir = PathState::Directory {
+        uid: 0,
+        gid: 10,
+        mode: 0o750,
+    };
+    assert_eq!(
+        described(&f, &staging)[0],
+        "set /nfsfileshare to owner 0:10 mode 0751 (now 0:10 0750)"
+    );
+    // A file where the cluster's directory belongs is refused.
+    let mut f = configured("os-release.debian-12");
+    f.member_dirs.insert(
+        PathBuf::from("/nfsfileshare/staging.pgset"),
+        PathState::NotDirectory {
+            what: "a regular file",
+        },
+    );
+    let e = plan(&f, &staging, &options()).unwrap_err().to_string();
+    assert!(
+        e.contains("/nfsfileshare/staging.pgset exists and is a regular file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn two_clusters_on_one_host_tree_each_rerun_changes_nothing() {
+    if !nix::unistd::geteuid().is_root() {
+        missing_tool(
+            "nfs_host::two_clusters_on_one_host_tree_each_rerun_changes_nothing",
+            "needs root to give the directories to uid 999",
+        );
+        return;
+    }
+    let default = ClusterSpec::default();
+    let staging = cluster("staging", "pgset", StorageMode::Shared, 2);
+    let db = cluster("lab", "db", StorageMode::Templates, 2);
+    let (dir, paths) = host_root(Some(PRE_EXISTING));
+    let runner = RecordingRunner::default();
+    let mut facts = configured("os-release.debian-12");
+    facts.exports_file = None;
+    facts.active_exports.clear();
+    for spec in [&default, &staging, &db] {
+        provision(&mut facts, spec, CLIENTS, &paths, &runner)
+            .unwrap_or_else(|e| panic!("{}: {e}", spec.exports_block_id()));
+        facts.exports_file = Some(std::fs::read_to_string(dir.path().join("etc/exports")).unwrap());
+    }
+    for (d, mode) in [
+        ("nfsfileshare", 0o711),
+        ("nfsfileshare/staging.pgset", 0o700),
+        ("nfsfileshare/lab.db", 0o711),
+        ("nfsfileshare/lab.db/db-0", 0o700),
+        ("nfsfileshare/lab.db/db-1", 0o700),
+    ] {
+        let m = std::fs::metadata(dir.path().join(d)).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid(), m.mode() & 0o7777),
+            (999, 999, mode),
+            "{d}"
+        );
+    }
+    let exports = std::fs::read_to_string(dir.path().join("etc/exports")).unwrap();
+    let clients = options().clients;
+    assert_eq!(
+        exports,
+        format!(
+            "{PRE_EXISTING}\n{}{}{}",
+            render_block(&default, &clients),
+            render_block(&staging, &clients),
+            render_block(&db, &clients)
+        )
+    );
+    // Every cluster's rerun, once the exports are live, plans nothing and changes nothing.
+    facts.active_exports = live_exports(&[&default, &staging, &db]);
+    let before = tree(dir.path());
+    for spec in [&default, &staging, &db] {
+        probe_files(&paths, spec, &mut facts).unwrap();
+        let again = plan(&facts, spec, &options()).unwrap();
+        assert!(again.is_empty(), "{}: {again:?}", spec.exports_block_id());
+    }
+    assert_eq!(tree(dir.path()), before);
 }

@@ -330,12 +330,14 @@ fn boot(guest_dir: &Path, run_dir: &Path) -> Guest {
 
 /// The pgset clients `exportfs -v` shows for `/nfsfileshare` with pgset's options.
 fn live_clients(exportfs_v: &str) -> BTreeSet<ExportClient> {
+    live_clients_of(exportfs_v, "/nfsfileshare")
+}
+
+/// The pgset clients `exportfs -v` shows for `path` with pgset's options.
+fn live_clients_of(exportfs_v: &str, path: &str) -> BTreeSet<ExportClient> {
     let active = parse_exportfs_verbose(exportfs_v);
     let mut out = BTreeSet::new();
-    for a in active
-        .iter()
-        .filter(|a| a.path == Path::new("/nfsfileshare"))
-    {
+    for a in active.iter().filter(|a| a.path == Path::new(path)) {
         assert!(
             a.has_pgset_options(),
             "{} exported with {:?}",
@@ -453,7 +455,7 @@ fn provision_a_real_nfs_server() {
     let after_first = guest.ok("cat /etc/exports");
     assert!(
         after_first.starts_with(&format!(
-            "{PRE_EXISTING_EXPORTS}\n# BEGIN pgset cluster pgset:"
+            "{PRE_EXISTING_EXPORTS}\n# BEGIN pgset cluster default/pgset:"
         )),
         "lines before pgset's block changed:\n{after_first}"
     );
@@ -558,6 +560,77 @@ fn provision_a_real_nfs_server() {
         "{rerun}"
     );
     assert_eq!(guest.ok("cat /etc/exports"), after_first);
+
+    // A second and a third cluster on the same export: their own directories and blocks, the
+    // default cluster's untouched, and every rerun changes nothing.
+    let t = Instant::now();
+    let staging_run = format!("cd /root && pgset-xtask nfs -n staging --clients {CLIENTS} 2>&1");
+    let staging = guest.ok(&staging_run);
+    eprintln!("--- staging/pgset run ({}) ---\n{staging}", elapsed(t));
+    let lab_run = format!(
+        "cd /root && pgset-xtask nfs -n lab --name db --storage templates --replicas 2 --clients {CLIENTS} 2>&1"
+    );
+    let lab = guest.ok(&lab_run);
+    eprintln!("--- lab/db run ---\n{lab}");
+    let three = guest.ok("cat /etc/exports");
+    assert!(
+        three.starts_with(&after_first),
+        "the default cluster's lines changed:\n{three}"
+    );
+    let added = &three[after_first.len()..];
+    assert!(
+        added.starts_with("# BEGIN pgset cluster staging/pgset:")
+            && added.contains("\n/nfsfileshare/staging.pgset 10.0.2.0/24(rw,sync,no_subtree_check,root_squash) 127.0.0.1/32(rw,sync,no_subtree_check,root_squash)\n")
+            && added.contains("# BEGIN pgset cluster lab/db:")
+            && added.contains("\n/nfsfileshare/lab.db 10.0.2.0/24(rw,sync,no_subtree_check,root_squash) 127.0.0.1/32(rw,sync,no_subtree_check,root_squash)\n"),
+        "{added}"
+    );
+    let exportfs = guest.ok("exportfs -v");
+    eprintln!("--- exportfs -v, three clusters ---\n{exportfs}");
+    assert_eq!(live_clients(&exportfs), wanted);
+    assert_eq!(
+        live_clients_of(&exportfs, "/nfsfileshare/staging.pgset"),
+        wanted
+    );
+    assert_eq!(live_clients_of(&exportfs, "/nfsfileshare/lab.db"), wanted);
+    assert_eq!(
+        guest.ok(
+            "stat -c '%n %u %g %a' /nfsfileshare /nfsfileshare/staging.pgset /nfsfileshare/lab.db /nfsfileshare/lab.db/db-0 /nfsfileshare/lab.db/db-1"
+        ),
+        "/nfsfileshare 999 999 711\n/nfsfileshare/staging.pgset 999 999 700\n/nfsfileshare/lab.db 999 999 711\n/nfsfileshare/lab.db/db-0 999 999 700\n/nfsfileshare/lab.db/db-1 999 999 700\n"
+    );
+    // Each cluster's directory mounts on its own, as a node mounts its volume; the pods' writes
+    // land in that cluster's directory, never in the default cluster's.
+    guest.ok("mount -t nfs -o hard,nfsvers=4.1 localhost:/nfsfileshare/staging.pgset /mnt/pgset");
+    guest.ok(
+        "setpriv --reuid=999 --regid=999 --clear-groups sh -c 'umask 077; mkdir /mnt/pgset/pgset-0 && echo staging > /mnt/pgset/pgset-0/file && sync'",
+    );
+    guest.ok("umount /mnt/pgset");
+    assert_eq!(
+        guest.ok("cat /nfsfileshare/staging.pgset/pgset-0/file /nfsfileshare/pgset-0/file"),
+        "staging\ndata\n"
+    );
+    guest.ok("mount -t nfs -o hard,nfsvers=4.1 localhost:/nfsfileshare/lab.db/db-1 /mnt/pgset && umount /mnt/pgset");
+    for (run, what) in [
+        (&staging_run, "staging/pgset"),
+        (&lab_run, "lab/db"),
+        (&templates_run, "default/pgset, templates"),
+    ] {
+        let again = guest.ok(run);
+        assert!(again.contains("nothing to change"), "{what}: {again}");
+    }
+    // The default cluster in shared mode leaves the traversable export as it is.
+    let shared_again = guest.ok(&format!(
+        "cd /root && pgset-xtask nfs --clients {CLIENTS} 2>&1"
+    ));
+    assert!(shared_again.contains("nothing to change"), "{shared_again}");
+    assert_eq!(guest.ok("cat /etc/exports"), three);
+
+    // The default block as earlier versions marked it is replaced in place, not doubled.
+    guest.ok("sed -i 's#cluster default/pgset#cluster pgset#' /etc/exports");
+    let upgraded = guest.ok(&templates_run);
+    assert!(upgraded.contains("write pgset's block"), "{upgraded}");
+    assert_eq!(guest.ok("cat /etc/exports"), three);
 
     drop(guest);
     let _ = std::fs::remove_dir_all(&run_dir);

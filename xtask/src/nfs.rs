@@ -86,11 +86,11 @@ pub async fn run(args: Args) -> Result<()> {
         pgset_nfs::apply(&steps, &facts, &paths, &runner).context("configure the NFS host")?;
         stage.done(&format!("{} step(s)", steps.len()));
     }
-    pgset_nfs::verify_export(&runner, &spec.nfs.export, &options.clients)
+    pgset_nfs::verify_export(&runner, &spec.cluster_export_dir(), &options.clients)
         .context("check the export with `exportfs -v`")?;
     println!(
         "{} is exported to {}",
-        spec.nfs.export.display(),
+        spec.cluster_export_dir().display(),
         client_list(&options.clients)
     );
     print_server(server.as_deref());
@@ -101,7 +101,7 @@ fn print_plan(spec: &ClusterSpec, options: &ExportOptions, steps: &[Step]) {
     if steps.is_empty() {
         println!(
             "nothing to change: {} is exported to {} and the NFS server runs",
-            spec.nfs.export.display(),
+            spec.cluster_export_dir().display(),
             client_list(&options.clients)
         );
         return;
@@ -135,8 +135,8 @@ fn client_list(clients: &[ExportClient]) -> String {
 /// The clients already in pgset's block for this export, so a rerun without `--clients`
 /// (`up` again, `scale`) does not change who may mount it.
 fn kept_clients(spec: &ClusterSpec, exports: Option<&str>) -> Option<Vec<ExportClient>> {
-    let file = ExportsFile::parse(exports?, &spec.name).ok()?;
-    let clients = file.block_clients(&spec.nfs.export.display().to_string());
+    let file = ExportsFile::parse(exports?, spec).ok()?;
+    let clients = file.block_clients(&spec.cluster_export_dir().display().to_string());
     (!clients.is_empty()).then_some(clients)
 }
 
@@ -231,11 +231,19 @@ mod tests {
             "/srv/other *(ro)\n{}",
             pgset_nfs::render_block(&spec, &clients)
         );
-        assert_eq!(kept_clients(&spec, Some(&file)), Some(clients));
+        assert_eq!(kept_clients(&spec, Some(&file)), Some(clients.clone()));
         assert_eq!(kept_clients(&spec, Some("/srv/other *(ro)\n")), None);
         assert_eq!(kept_clients(&spec, None), None);
         let mut other = spec.clone();
         other.name = "other".into();
         assert_eq!(kept_clients(&other, Some(&file)), None);
+        // The same name in another namespace is another cluster with its own block.
+        let mut staging = spec.clone();
+        staging.namespace = "staging".into();
+        assert_eq!(kept_clients(&staging, Some(&file)), None);
+        let star = parse_clients("*").unwrap();
+        let both = format!("{file}{}", pgset_nfs::render_block(&staging, &star));
+        assert_eq!(kept_clients(&staging, Some(&both)), Some(star));
+        assert_eq!(kept_clients(&spec, Some(&both)), Some(clients));
     }
 }

@@ -74,10 +74,11 @@ pub async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Templates mode on pgset's NFS volumes: a new member needs its directory on the export and
-/// its pre-bound volume before its pod can start. On the NFS host (as root) the missing
-/// directories are created as the `nfs` stage makes them (owned by the postgres uid, mode
-/// 0700); the volumes are applied from anywhere. Progress goes to stderr only.
+/// Templates mode on pgset's NFS volumes: a new member needs its directory in the cluster's
+/// directory on the export and its pre-bound volume before its pod can start. On the NFS host
+/// (as root, once the `nfs` stage made the cluster's directory) the missing member directories
+/// are created as the `nfs` stage makes them (owned by the postgres uid, mode 0700); the
+/// volumes are applied from anywhere. Progress goes to stderr only.
 pub(crate) async fn prepare_member_volumes(
     client_args: &ClientArgs,
     spec: &pgset_spec::ClusterSpec,
@@ -87,7 +88,7 @@ pub(crate) async fn prepare_member_volumes(
         .map(|o| spec.member_export_dir(o))
         .filter(|d| !d.exists())
         .collect();
-    if spec.nfs.export.is_dir() && nix::unistd::geteuid().is_root() {
+    if spec.cluster_export_dir().is_dir() && nix::unistd::geteuid().is_root() {
         for dir in &missing {
             create_member_dir(spec, dir)?;
             eprintln!(
@@ -99,9 +100,11 @@ pub(crate) async fn prepare_member_volumes(
         }
     } else if !missing.is_empty() {
         eprintln!(
-            "    note: cannot create member directories here; on the NFS host, run `cargo xtask nfs --storage templates --replicas {}` so that {}/{}-N exist",
+            "    note: cannot create member directories here; on the NFS host, run `cargo xtask nfs -n {} --name {} --storage templates --replicas {}` so that {}/{}-N exist",
+            spec.namespace,
+            spec.name,
             spec.replicas,
-            spec.nfs.export.display(),
+            spec.cluster_export_dir().display(),
             spec.name
         );
     }

@@ -87,10 +87,10 @@ pub async fn run(args: Args) -> Result<()> {
         eprintln!("==> verify {}/{}", spec.namespace, spec.name);
     } else {
         eprintln!(
-            "==> verify {}/{} (member directories checked on this host's export {})",
+            "==> verify {}/{} (member directories checked on this host in {})",
             spec.namespace,
             spec.name,
-            spec.nfs.export.display()
+            spec.cluster_export_dir().display()
         );
     }
     if args.scale_test

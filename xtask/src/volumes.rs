@@ -4,8 +4,8 @@
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::Api;
-use pgset_deploy::apply::{ApplyMode, DeployOutcome, apply_reporting};
-use pgset_deploy::storage::shared_claim;
+use pgset_deploy::apply::{ApplyMode, apply_reporting};
+use pgset_deploy::storage::{apply_volumes, shared_claim};
 use pgset_nfs::{Duct, persistent_volumes};
 use pgset_spec::{ClusterSpec, StorageMode};
 
@@ -51,30 +51,31 @@ pub(crate) async fn resolve_server(spec: &ClusterSpec, client_args: &ClientArgs)
     )
 }
 
-/// Applies the volumes (and the shared claim) server-side; existing ones are left as they
-/// are when unchanged, so `up` and `scale` can call this to create the missing ones.
+/// Applies the volumes (and the shared claim) server-side. Every volume is read and judged
+/// before any is written: one with this cluster's name that another claim holds stops the run
+/// with nothing changed; one bound to this cluster's claim is left as it is; the others are
+/// applied (created, or reserved for their claim). `up` and `scale` call this to create the
+/// missing ones.
 pub(crate) async fn apply_storage(
     client: &kube::Client,
     spec: &ClusterSpec,
     server: &str,
 ) -> Result<()> {
     let StorageObjects { volumes, claim } = storage_objects(spec, server);
-    let stage = Stage::start(format!("apply {} NFS volume(s) on {server}", volumes.len()));
-    let mut outcome = DeployOutcome::default();
+    let stage = Stage::start(format!(
+        "apply {} NFS volume(s) on {server} for {}",
+        volumes.len(),
+        spec.cluster_export_dir().display()
+    ));
     let mut progress = |line: &str| eprintln!("    {line}");
-    let api: Api<PersistentVolume> = Api::all(client.clone());
-    for pv in &volumes {
-        let name = pv.metadata.name.clone().unwrap_or_default();
-        outcome.record(
-            apply_reporting(&api, pv, ApplyMode::Apply, &mut progress)
-                .await
-                .with_context(|| {
-                    format!(
-                        "apply PersistentVolume {name} (its NFS server and path cannot change once created: delete it first if the server moved)"
-                    )
-                })?,
-        );
-    }
+    let mut outcome = apply_volumes(client, &volumes, ApplyMode::Apply, &mut progress)
+        .await
+        .with_context(|| {
+            format!(
+                "apply the PersistentVolumes of cluster {}",
+                spec.exports_block_id()
+            )
+        })?;
     if let Some(c) = &claim {
         let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &spec.namespace);
         outcome.record(
@@ -126,5 +127,23 @@ mod tests {
         let templates = storage_objects(&spec, "10.0.0.1");
         assert_eq!(templates.volumes.len(), 2);
         assert!(templates.claim.is_none());
+    }
+
+    #[test]
+    fn another_namespace_gets_its_own_volume_for_its_own_claim() {
+        let spec = ClusterSpec {
+            namespace: "staging".into(),
+            ..ClusterSpec::default()
+        };
+        let shared = storage_objects(&spec, "10.0.0.1");
+        let names: Vec<_> = shared
+            .volumes
+            .iter()
+            .filter_map(|v| v.metadata.name.as_deref())
+            .collect();
+        assert_eq!(names, ["staging.pgset-pvc"]);
+        let claim = shared.claim.unwrap();
+        assert_eq!(claim.metadata.namespace.as_deref(), Some("staging"));
+        assert_eq!(claim.metadata.name.as_deref(), Some("pgset-pvc"));
     }
 }

@@ -190,8 +190,22 @@ pub async fn deploy(
         changes.record(apply_one::<Service>(client, ns, service, mode, progress).await?);
     }
     if let Some(claim) = &shared_claim {
-        changes
-            .record(apply_one::<PersistentVolumeClaim>(client, ns, claim, mode, progress).await?);
+        let applied = apply_one::<PersistentVolumeClaim>(client, ns, claim, mode, progress)
+            .await
+            .map_err(|e| match e {
+                Error::Api { source, .. } if is_status(&source, 422) => Error::ClaimImmutable {
+                    name: spec.shared_claim_name(),
+                    namespace: ns.to_string(),
+                    volume: claim
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.volume_name.clone())
+                        .unwrap_or_else(|| spec.shared_pv_names().join(", ")),
+                    source,
+                },
+                other => other,
+            })?;
+        changes.record(applied);
     }
     let applied = apply_one::<StatefulSet>(client, ns, &statefulset, mode, progress)
         .await

@@ -71,6 +71,44 @@ pub enum Error {
         #[source]
         source: Box<kube::Error>,
     },
+    /// PersistentVolumes with this cluster's names are reserved for, or bound to, claims that
+    /// are not this cluster's. Judged before any volume is applied: nothing was changed.
+    #[error(
+        "{}. pgset changed nothing. Keep these volumes: deleting one frees no directory, and the pods of the claim holding it may be using this cluster's data. Stop the cluster that owns that claim (`cargo xtask down -n NAMESPACE --name NAME`), check which data directories it wrote, release the volume (once that claim is gone, remove the volume's spec.claimRef), then run this again; the README section \"Several clusters on one NFS host\" explains the layout",
+        held.join("; ")
+    )]
+    VolumesHeldElsewhere {
+        /// One sentence per volume: its name, its NFS source, the claim holding it, the claim
+        /// it is reserved for.
+        held: Vec<String>,
+    },
+    /// A volume no claim holds could not be applied (its NFS source cannot change).
+    #[error(
+        "apply PersistentVolume {name}: no claim holds it, and its NFS server and path cannot change once created: if the server or export moved, delete this volume (`kubectl delete pv {name}`; the data on the export stays) and run this again"
+    )]
+    VolumeApply {
+        /// The volume.
+        name: String,
+        /// The API server's refusal.
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// The shared claim exists with fields that cannot change: its storage class, or the
+    /// volume it is bound to (a claim made before each cluster had its own volume).
+    #[error(
+        "PersistentVolumeClaim {name} in namespace {namespace} exists with fields that cannot change: its storage class, or the volume it is bound to is not {volume} (a claim made before every cluster had its own volume may hold the default cluster's pv1..pvN and its directories); nothing after the claim was applied. Keep the claim and its data: see the README section \"Several clusters on one NFS host\""
+    )]
+    ClaimImmutable {
+        /// Claim name.
+        name: String,
+        /// Namespace.
+        namespace: String,
+        /// The volume the spec names for it.
+        volume: String,
+        /// The API server's refusal.
+        #[source]
+        source: Box<kube::Error>,
+    },
     /// The StatefulSet to scale does not exist.
     #[error(
         "StatefulSet {name} not found in namespace {namespace}: run `cargo xtask deploy` first"

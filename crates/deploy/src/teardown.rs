@@ -164,7 +164,7 @@ pub fn is_cluster_volume(spec: &ClusterSpec, pv: &PersistentVolume) -> bool {
     match pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) {
         Some(claim) => claim.namespace.as_deref() == Some(spec.namespace.as_str()),
         // Unbound: one of the names pgset gives volumes, for any size the cluster had
-        // (`pv1..pvN` of shared mode, `<name>-<namespace>-<ordinal>` of templates mode).
+        // in either storage mode ([`ClusterSpec::shared_pv_names`], [`ClusterSpec::member_pv_name`]).
         None => {
             let widest = ClusterSpec {
                 replicas: pgset_spec::MAX_REPLICAS,
@@ -332,29 +332,43 @@ mod tests {
         let spec = named_spec("db", "prod");
         assert!(is_cluster_volume(
             &spec,
-            &pv("db-prod-0", "db", Some("prod"))
+            &pv("prod.data-db-0", "db", Some("prod"))
         ));
-        assert!(is_cluster_volume(&spec, &pv("pv1", "db", None)));
-        assert!(is_cluster_volume(&spec, &pv("db-prod-3", "db", None)));
+        assert!(is_cluster_volume(&spec, &pv("prod.db-pvc", "db", None)));
+        assert!(is_cluster_volume(&spec, &pv("prod.data-db-3", "db", None)));
         assert!(
-            is_cluster_volume(&spec, &pv("pv7", "db", None)),
+            is_cluster_volume(&spec, &pv("prod.data-db-7", "db", None)),
             "from an earlier scale-up"
         );
         assert!(!is_cluster_volume(&spec, &pv("data-7", "db", None)));
+        // The seed's names belong to the default cluster alone: an unreserved `pv1` labelled
+        // `db` could have been made for `db` in any namespace.
+        assert!(!is_cluster_volume(&spec, &pv("pv1", "db", None)));
         // Same cluster name in another namespace.
         assert!(!is_cluster_volume(
             &spec,
-            &pv("db-test-0", "db", Some("test"))
+            &pv("test.data-db-0", "db", Some("test"))
         ));
-        assert!(!is_cluster_volume(&spec, &pv("db-test-0", "db", None)));
+        assert!(!is_cluster_volume(&spec, &pv("test.data-db-0", "db", None)));
         // Another cluster.
         assert!(!is_cluster_volume(
             &spec,
-            &pv("other-prod-0", "other", Some("prod"))
+            &pv("prod.data-other-0", "other", Some("prod"))
         ));
         // Not pgset's.
-        let mut foreign = pv("db-prod-1", "db", Some("prod"));
+        let mut foreign = pv("prod.data-db-1", "db", Some("prod"));
         foreign.metadata.labels = None;
         assert!(!is_cluster_volume(&spec, &foreign));
+        // The default cluster keeps the seed's names, free ones included.
+        let default = ClusterSpec::default();
+        assert!(is_cluster_volume(&default, &pv("pv7", "pgset", None)));
+        assert!(is_cluster_volume(
+            &default,
+            &pv("pgset-default-3", "pgset", None)
+        ));
+        assert!(!is_cluster_volume(
+            &default,
+            &pv("pv1", "pgset", Some("staging"))
+        ));
     }
 }

@@ -787,3 +787,128 @@ async fn down_of_an_absent_cluster_changes_nothing_and_succeeds() {
             .any(|c| c.method == "PATCH" || c.method == "POST")
     );
 }
+
+/// A PersistentVolume as the API server returns it.
+fn stored_pv(name: &str, claim: Option<(&str, &str, &str)>, phase: &str) -> Value {
+    let mut v = json!({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": name, "resourceVersion": "5"},
+        "spec": {"nfs": {"server": "10.0.0.5", "path": "/nfsfileshare"}},
+        "status": {"phase": phase}
+    });
+    if let Some((ns, claim, uid)) = claim {
+        v["spec"]["claimRef"] = json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "namespace": ns, "name": claim, "uid": uid, "resourceVersion": "9"
+        });
+    }
+    v
+}
+
+/// The volume pgset wants: reserved for `default/pgset-pvc`.
+fn wanted_pv(name: &str) -> k8s_openapi::api::core::v1::PersistentVolume {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": name},
+        "spec": {
+            "nfs": {"server": "10.0.0.5", "path": "/nfsfileshare"},
+            "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                         "namespace": "default", "name": "pgset-pvc"}
+        }
+    }))
+    .unwrap()
+}
+
+/// A handler serving `store` for GETs of volumes and echoing applies.
+fn volume_handler(store: HashMap<String, Value>) -> impl FnMut(&Call) -> (u16, Value) + Send {
+    move |call: &Call| match call.method.as_str() {
+        "GET" => store
+            .get(call.path.trim_start_matches("/api/v1/persistentvolumes/"))
+            .map_or_else(|| not_found(&call.path), |v| (200, v.clone())),
+        "PATCH" => echo_with_version(call, "77"),
+        m => panic!("unexpected {m} {}", call.path),
+    }
+}
+
+#[tokio::test]
+async fn volumes_another_claim_holds_stop_every_volume_before_any_write() {
+    let store = HashMap::from([
+        ("pv1".to_string(), stored_pv("pv1", None, "Available")),
+        (
+            "pv2".to_string(),
+            stored_pv("pv2", Some(("staging", "pgset-pvc", "u-2")), "Bound"),
+        ),
+    ]);
+    let (client, calls) = mock_client(volume_handler(store));
+    let wanted = [wanted_pv("pv1"), wanted_pv("pv2"), wanted_pv("pv3")];
+    let err = pgset_deploy::storage::apply_volumes(&client, &wanted, ApplyMode::Apply, &mut |_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("pv2") && err.contains("staging/pgset-pvc") && err.contains("changed nothing"),
+        "{err}"
+    );
+    let lines: Vec<String> = calls.lock().unwrap().iter().map(Call::line).collect();
+    assert_eq!(
+        lines,
+        [
+            "GET /api/v1/persistentvolumes/pv1",
+            "GET /api/v1/persistentvolumes/pv2",
+            "GET /api/v1/persistentvolumes/pv3",
+        ],
+        "a refusal must write nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_bound_volume_keeps_its_binding_a_free_one_gets_the_claim_ref() {
+    let store = HashMap::from([
+        (
+            "pv1".to_string(),
+            stored_pv("pv1", Some(("default", "pgset-pvc", "u-1")), "Bound"),
+        ),
+        ("pv2".to_string(), stored_pv("pv2", None, "Available")),
+    ]);
+    let (client, calls) = mock_client(volume_handler(store));
+    let wanted = [wanted_pv("pv1"), wanted_pv("pv2"), wanted_pv("pv3")];
+    let mut lines = Vec::new();
+    let outcome =
+        pgset_deploy::storage::apply_volumes(&client, &wanted, ApplyMode::Apply, &mut |l: &str| {
+            lines.push(l.to_string())
+        })
+        .await
+        .unwrap();
+    assert_eq!(outcome.unchanged, 1);
+    assert_eq!(
+        outcome.changed,
+        ["PersistentVolume/pv2", "PersistentVolume/pv3"]
+    );
+    assert!(
+        lines[0].starts_with("kept PersistentVolume pv1 (Bound, claim default/pgset-pvc)"),
+        "{lines:?}"
+    );
+    let calls = calls.lock().unwrap();
+    let writes: Vec<&Call> = calls.iter().filter(|c| c.is_write()).collect();
+    let paths: Vec<&str> = writes.iter().map(|c| c.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/api/v1/persistentvolumes/pv2",
+            "/api/v1/persistentvolumes/pv3"
+        ]
+    );
+    for w in writes {
+        assert_eq!(w.content_type, "application/apply-patch+yaml");
+        assert!(
+            query_pairs(w).contains(&"fieldManager=pgset".to_string()),
+            "{}",
+            w.query
+        );
+        assert_eq!(
+            w.body["spec"]["claimRef"],
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                   "namespace": "default", "name": "pgset-pvc"})
+        );
+    }
+}

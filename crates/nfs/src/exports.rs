@@ -1,5 +1,6 @@
-//! `/etc/exports` editing: pgset owns one block between marker comments; every byte outside it
-//! is kept as it was.
+//! `/etc/exports` editing: pgset owns one block per cluster between marker comments naming the
+//! cluster's namespace and name; every byte outside it (other lines, other clusters' blocks) is
+//! kept as it was.
 
 use std::ops::Range;
 
@@ -11,24 +12,37 @@ use crate::clients::ExportClient;
 /// the disk), no subtree checking, root squashed (the data belongs to the postgres uid).
 pub const EXPORT_OPTIONS: &str = "rw,sync,no_subtree_check,root_squash";
 
-fn begin_marker_prefix(cluster: &str) -> String {
-    format!("# BEGIN pgset cluster {cluster}:")
+fn begin_marker_prefix(id: &str) -> String {
+    format!("# BEGIN pgset cluster {id}:")
 }
 
-fn end_marker(cluster: &str) -> String {
-    format!("# END pgset cluster {cluster}")
+fn end_marker(id: &str) -> String {
+    format!("# END pgset cluster {id}")
 }
 
-/// The block pgset owns in `/etc/exports` for this cluster, each line ending in a newline.
+/// The identities whose markers delimit this cluster's block: `<namespace>/<name>`, and for the
+/// default cluster also the name alone, which earlier versions wrote (so an upgrade replaces
+/// that block instead of leaving it beside the new one).
+fn block_ids(spec: &ClusterSpec) -> Vec<String> {
+    let mut ids = vec![spec.exports_block_id()];
+    if spec.is_default_cluster() {
+        ids.push(spec.name.clone());
+    }
+    ids
+}
+
+/// The block pgset owns in `/etc/exports` for this cluster, each line ending in a newline. It
+/// exports the cluster's own directory ([`ClusterSpec::cluster_export_dir`]).
 pub fn render_block(spec: &ClusterSpec, clients: &[ExportClient]) -> String {
-    let mut line = spec.nfs.export.display().to_string();
+    let id = spec.exports_block_id();
+    let mut line = spec.cluster_export_dir().display().to_string();
     for c in clients {
         line.push_str(&format!(" {c}({EXPORT_OPTIONS})"));
     }
     format!(
         "{} managed by pgset (`cargo xtask nfs`); edits inside this block are replaced\n{line}\n{}\n",
-        begin_marker_prefix(&spec.name),
-        end_marker(&spec.name)
+        begin_marker_prefix(&id),
+        end_marker(&id)
     )
 }
 
@@ -41,7 +55,7 @@ pub struct ExportEntry {
     pub path: String,
     /// Each client with its options (default `-options` folded in).
     pub clients: Vec<(String, Vec<String>)>,
-    /// Whether the entry is inside pgset's block for the cluster.
+    /// Whether the entry is inside pgset's block for the cluster the file was parsed for.
     pub in_block: bool,
 }
 
@@ -192,17 +206,21 @@ fn parse_entry(line: usize, text: &str, in_block: bool) -> Option<ExportEntry> {
 }
 
 impl ExportsFile {
-    /// Splits `text` around the block of `cluster`. The error is the problem in words: a
-    /// begin marker without an end, an end without a begin, or two blocks.
-    pub fn parse(text: &str, cluster: &str) -> Result<ExportsFile, String> {
-        let begin = begin_marker_prefix(cluster);
-        let end = end_marker(cluster);
+    /// Splits `text` around the block of `spec`'s cluster (other clusters' blocks are outside
+    /// lines). The error is the problem in words: a begin marker without an end, an end without
+    /// a begin, or two blocks.
+    pub fn parse(text: &str, spec: &ClusterSpec) -> Result<ExportsFile, String> {
+        let ids = block_ids(spec);
+        let cluster = spec.exports_block_id();
+        let begins: Vec<String> = ids.iter().map(|id| begin_marker_prefix(id)).collect();
+        let ends: Vec<String> = ids.iter().map(|id| end_marker(id)).collect();
+        let end = &ends[0];
         let mut block: Option<Range<usize>> = None;
         let mut open: Option<(usize, usize)> = None;
         let mut entries = Vec::new();
         for l in logical_lines(text) {
             let marker = l.text.trim_end();
-            if marker.starts_with(&begin) {
+            if begins.iter().any(|b| marker.starts_with(b.as_str())) {
                 if let Some((line, _)) = open {
                     return Err(format!(
                         "pgset's block for cluster {cluster} opened on line {line} is opened again on line {} before its end marker",
@@ -218,7 +236,7 @@ impl ExportsFile {
                 open = Some((l.line, l.range.start));
                 continue;
             }
-            if marker == end {
+            if ends.iter().any(|e| marker == e) {
                 match open.take() {
                     Some((_, start)) => block = Some(start..l.range.end),
                     None => {
@@ -323,18 +341,18 @@ mod tests {
         let b = block();
         let lines: Vec<&str> = b.lines().collect();
         assert_eq!(lines.len(), 3);
-        assert!(lines[0].starts_with("# BEGIN pgset cluster pgset:"));
+        assert!(lines[0].starts_with("# BEGIN pgset cluster default/pgset:"));
         assert_eq!(
             lines[1],
             "/nfsfileshare 10.0.2.0/24(rw,sync,no_subtree_check,root_squash) 127.0.0.1/32(rw,sync,no_subtree_check,root_squash)"
         );
-        assert_eq!(lines[2], "# END pgset cluster pgset");
+        assert_eq!(lines[2], "# END pgset cluster default/pgset");
         assert!(b.ends_with('\n'));
     }
 
     #[test]
     fn empty_and_missing_files_get_just_the_block() {
-        let f = ExportsFile::parse("", "pgset").unwrap();
+        let f = ExportsFile::parse("", &spec()).unwrap();
         assert_eq!(f.with_block(&block()), block());
     }
 
@@ -347,7 +365,7 @@ mod tests {
                         \n\
                         /srv/a\t\"/srv/with space\"  # odd but legal\r\n\
                         /last *(ro)";
-        let f = ExportsFile::parse(original, "pgset").unwrap();
+        let f = ExportsFile::parse(original, &spec()).unwrap();
         assert!(!f.has_block());
         let once = f.with_block(&block());
         assert!(once.starts_with(original));
@@ -356,13 +374,13 @@ mod tests {
 
         // Rewriting with another client list replaces only the block.
         let other = render_block(&spec(), &parse_clients("192.168.56.0/24").unwrap());
-        let twice = ExportsFile::parse(&once, "pgset")
+        let twice = ExportsFile::parse(&once, &spec())
             .unwrap()
             .with_block(&other);
         assert_eq!(&twice[..original.len() + 1], &once[..original.len() + 1]);
         assert!(twice.ends_with(&other));
         // The same block again changes nothing.
-        let again = ExportsFile::parse(&twice, "pgset")
+        let again = ExportsFile::parse(&twice, &spec())
             .unwrap()
             .with_block(&other);
         assert_eq!(again, twice);
@@ -371,7 +389,7 @@ mod tests {
     #[test]
     fn block_in_the_middle_is_replaced_in_place() {
         let text = format!("/a 10.0.0.1(ro)\n{}# trailing comment\n/b *(ro)\n", block());
-        let f = ExportsFile::parse(&text, "pgset").unwrap();
+        let f = ExportsFile::parse(&text, &spec()).unwrap();
         assert!(f.has_block());
         let other = render_block(&spec(), &parse_clients("*").unwrap());
         let out = f.with_block(&other);
@@ -384,11 +402,11 @@ mod tests {
     #[test]
     fn a_trailing_continuation_does_not_swallow_the_block() {
         let text = "/srv/x 10.0.0.1(ro) \\";
-        let out = ExportsFile::parse(text, "pgset")
+        let out = ExportsFile::parse(text, &spec())
             .unwrap()
             .with_block(&block());
         assert_eq!(out, format!("{text}\n\n{}", block()));
-        let reparsed = ExportsFile::parse(&out, "pgset").unwrap();
+        let reparsed = ExportsFile::parse(&out, &spec()).unwrap();
         assert!(reparsed.has_block());
         let in_block: Vec<_> = reparsed.entries().iter().filter(|e| e.in_block).collect();
         assert_eq!(in_block.len(), 1);
@@ -398,7 +416,7 @@ mod tests {
     #[test]
     fn continuation_lines_and_quotes_are_parsed() {
         let text = "/srv/homes  -ro host1 \\\n  host2(rw,sync)\n\"/srv/with\\040space\" 10.0.0.0/8(rw)\n# /commented *(rw)\n";
-        let f = ExportsFile::parse(text, "pgset").unwrap();
+        let f = ExportsFile::parse(text, &spec()).unwrap();
         let e = f.entries();
         assert_eq!(e.len(), 2);
         assert_eq!(e[0].line, 1);
@@ -419,14 +437,14 @@ mod tests {
 
     #[test]
     fn the_blocks_clients_are_read_back() {
-        let f = ExportsFile::parse(&format!("/nfsfileshare *(ro)\n{}", block()), "pgset").unwrap();
+        let f = ExportsFile::parse(&format!("/nfsfileshare *(ro)\n{}", block()), &spec()).unwrap();
         assert_eq!(
             f.block_clients("/nfsfileshare"),
             parse_clients("127.0.0.1/32,10.0.2.0/24").unwrap()
         );
         assert!(f.block_clients("/other").is_empty());
         assert!(
-            ExportsFile::parse("", "pgset")
+            ExportsFile::parse("", &spec())
                 .unwrap()
                 .block_clients("/nfsfileshare")
                 .is_empty()
@@ -439,7 +457,7 @@ mod tests {
             "/nfsfileshare/ *(rw,no_root_squash)\n/nfsfileshare2 *(ro)\n{}",
             block()
         );
-        let f = ExportsFile::parse(&text, "pgset").unwrap();
+        let f = ExportsFile::parse(&text, &spec()).unwrap();
         let outside = f.entries_outside_block_for("/nfsfileshare");
         assert_eq!(outside.len(), 1);
         assert_eq!(outside[0].line, 1);
@@ -454,10 +472,104 @@ mod tests {
             render_block(&other, &parse_clients("*").unwrap()),
             block()
         );
-        let f = ExportsFile::parse(&text, "pgset").unwrap();
-        assert_eq!(f.entries_outside_block_for("/nfsfileshare").len(), 1);
+        let f = ExportsFile::parse(&text, &spec()).unwrap();
+        assert_eq!(
+            f.entries_outside_block_for("/nfsfileshare/default.pgset2")
+                .len(),
+            1
+        );
+        assert!(f.entries_outside_block_for("/nfsfileshare").is_empty());
         let replaced = f.with_block(&block());
         assert_eq!(replaced, text);
+    }
+
+    fn staging() -> ClusterSpec {
+        ClusterSpec {
+            namespace: "staging".into(),
+            ..ClusterSpec::default()
+        }
+    }
+
+    /// Writes `spec`'s block into `text` as the plan does.
+    fn write(text: &str, spec: &ClusterSpec, clients: &str) -> String {
+        ExportsFile::parse(text, spec)
+            .unwrap()
+            .with_block(&render_block(spec, &parse_clients(clients).unwrap()))
+    }
+
+    #[test]
+    fn two_clusters_blocks_coexist_and_reruns_change_nothing() {
+        let original = "/srv/legacy 10.0.0.1(ro)\n";
+        let first = write(original, &spec(), "10.0.2.0/24");
+        let both = write(&first, &staging(), "192.168.56.0/24");
+        assert!(both.starts_with(&first), "the default block moved:\n{both}");
+        let staging_block = &both[first.len()..];
+        assert_eq!(
+            staging_block,
+            "# BEGIN pgset cluster staging/pgset: managed by pgset (`cargo xtask nfs`); edits inside this block are replaced\n\
+             /nfsfileshare/staging.pgset 192.168.56.0/24(rw,sync,no_subtree_check,root_squash)\n\
+             # END pgset cluster staging/pgset\n"
+        );
+        // Each cluster sees its own block and its own export, and a rerun of either (in any
+        // order) leaves the file as it is.
+        for (s, path, clients) in [
+            (spec(), "/nfsfileshare", "10.0.2.0/24"),
+            (staging(), "/nfsfileshare/staging.pgset", "192.168.56.0/24"),
+        ] {
+            let f = ExportsFile::parse(&both, &s).unwrap();
+            assert!(f.has_block());
+            assert_eq!(f.block_clients(path), parse_clients(clients).unwrap());
+            assert!(f.entries_outside_block_for(path).is_empty());
+            assert_eq!(write(&both, &s, clients), both);
+        }
+        // Changing one cluster's clients leaves the other's block and every other line alone.
+        let changed = write(&both, &staging(), "*");
+        assert!(changed.starts_with(&first));
+        assert_eq!(
+            ExportsFile::parse(&changed, &spec())
+                .unwrap()
+                .block_clients("/nfsfileshare"),
+            parse_clients("10.0.2.0/24").unwrap()
+        );
+    }
+
+    #[test]
+    fn the_default_clusters_earlier_block_is_replaced_in_place() {
+        let earlier = "/a *(ro)\n\
+                       # BEGIN pgset cluster pgset: managed by pgset (`cargo xtask nfs`); edits inside this block are replaced\n\
+                       /nfsfileshare 10.0.2.0/24(rw,sync,no_subtree_check,root_squash)\n\
+                       # END pgset cluster pgset\n\
+                       /b *(ro)\n";
+        let f = ExportsFile::parse(earlier, &spec()).unwrap();
+        assert!(f.has_block());
+        assert_eq!(
+            f.block_clients("/nfsfileshare"),
+            parse_clients("10.0.2.0/24").unwrap()
+        );
+        assert!(f.entries_outside_block_for("/nfsfileshare").is_empty());
+        let upgraded = write(earlier, &spec(), "10.0.2.0/24");
+        assert_eq!(
+            upgraded,
+            format!(
+                "/a *(ro)\n{}/b *(ro)\n",
+                render_block(&spec(), &parse_clients("10.0.2.0/24").unwrap())
+            )
+        );
+        assert!(!upgraded.contains("cluster pgset:"), "{upgraded}");
+        assert_eq!(write(&upgraded, &spec(), "10.0.2.0/24"), upgraded);
+        // The earlier marker names no namespace: only the default cluster takes it as its own;
+        // for `staging/pgset` it is someone else's lines.
+        let f = ExportsFile::parse(earlier, &staging()).unwrap();
+        assert!(!f.has_block());
+        let with_staging = write(earlier, &staging(), "10.0.2.0/24");
+        assert!(with_staging.starts_with(earlier));
+        // An earlier block beside a current one is two blocks: refused, not guessed.
+        let doubled = format!("{earlier}{}", block());
+        assert!(
+            ExportsFile::parse(&doubled, &spec())
+                .unwrap_err()
+                .contains("second block")
+        );
     }
 
     #[test]
@@ -467,19 +579,19 @@ mod tests {
         let end = rest.lines().last().unwrap();
         let unterminated = format!("/a *(ro)\n{begin}\n/nfsfileshare *(rw)\n");
         assert!(
-            ExportsFile::parse(&unterminated, "pgset")
+            ExportsFile::parse(&unterminated, &spec())
                 .unwrap_err()
                 .contains("line 2 has no end marker")
         );
         let stray_end = format!("/a *(ro)\n{end}\n");
         assert!(
-            ExportsFile::parse(&stray_end, "pgset")
+            ExportsFile::parse(&stray_end, &spec())
                 .unwrap_err()
                 .contains("line 2 ends")
         );
         let doubled = format!("{b}{b}");
         assert!(
-            ExportsFile::parse(&doubled, "pgset")
+            ExportsFile::parse(&doubled, &spec())
                 .unwrap_err()
                 .contains("second block")
         );

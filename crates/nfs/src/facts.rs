@@ -299,7 +299,8 @@ pub struct HostFacts {
     pub active_exports: Vec<ActiveExport>,
     /// The export directory.
     pub export_dir: PathState,
-    /// Member directories under the export (templates mode), by path.
+    /// Directories below the export pgset manages (the cluster's own directory for every
+    /// cluster but the default, member directories in templates mode), by path.
     pub member_dirs: BTreeMap<PathBuf, PathState>,
     /// The host's addresses.
     pub addresses: HostAddresses,

@@ -72,8 +72,9 @@ pub enum Error {
         /// What it is instead ("a regular file", "a symbolic link", ...).
         what: &'static str,
     },
-    /// A path below the export (a member directory) exists but is not a directory.
-    #[error("{} exists and is {what}: remove it so pgset can create the member's data directory", .path.display())]
+    /// A path below the export (the cluster's or a member's directory) exists but is not a
+    /// directory.
+    #[error("{} exists and is {what}: remove it so pgset can create the cluster's data directory there", .path.display())]
     MemberDirNotDirectory {
         /// The path.
         path: PathBuf,

@@ -22,13 +22,14 @@ pub(crate) const SELINUX_BOOLEANS: [&str; 2] = ["virt_use_nfs", "nfs_export_all_
 /// `mountd`).
 pub(crate) const FIREWALLD_SERVICES: [&str; 3] = ["nfs", "rpc-bind", "mountd"];
 
-/// Mode of the member directories, and of the export root in `shared` mode: the postgres user
-/// only.
+/// Mode of the member directories, and of a cluster's data root in `shared` mode: the postgres
+/// user only.
 pub(crate) const DATA_DIR_MODE: u32 = 0o700;
 
-/// Mode of the export root when nodes mount member directories below it (`templates` mode):
-/// others may traverse it but not list or write it, because a node mounts
-/// `<export>/<name>-N` as root, which the export squashes to an unprivileged user.
+/// Mode of a directory when nodes mount directories below it (the export root in `templates`
+/// mode or above another cluster's directory, a cluster's directory in `templates` mode): others
+/// may traverse it but not list or write it, because a node mounts the directory below as root,
+/// which the export squashes to an unprivileged user.
 pub(crate) const TRAVERSABLE_ROOT_MODE: u32 = 0o711;
 
 /// One change to the host.
@@ -233,6 +234,7 @@ pub fn plan(facts: &HostFacts, spec: &ClusterSpec, options: &ExportOptions) -> R
         return Err(Error::NoClients);
     }
     let export = &spec.nfs.export;
+    let exported = spec.cluster_export_dir();
     if let PathState::NotDirectory { what } = facts.export_dir {
         return Err(Error::ExportNotDirectory {
             path: export.clone(),
@@ -240,7 +242,7 @@ pub fn plan(facts: &HostFacts, spec: &ClusterSpec, options: &ExportOptions) -> R
         });
     }
     let member_dirs = member_dirs(spec);
-    for dir in &member_dirs {
+    for dir in &dirs_below_export(spec) {
         if let Some(PathState::NotDirectory { what }) = facts.member_dirs.get(dir) {
             return Err(Error::MemberDirNotDirectory {
                 path: dir.clone(),
@@ -249,12 +251,12 @@ pub fn plan(facts: &HostFacts, spec: &ClusterSpec, options: &ExportOptions) -> R
         }
     }
     let exports_text = facts.exports_file.as_deref().unwrap_or("");
-    let file = ExportsFile::parse(exports_text, &spec.name).map_err(|problem| Error::Exports {
+    let file = ExportsFile::parse(exports_text, spec).map_err(|problem| Error::Exports {
         path: exports_path(),
         problem,
         fix: "repair or remove pgset's marker lines by hand (the last version pgset replaced is in /etc/exports.pgset.bak), then rerun".into(),
     })?;
-    let export_str = export.display().to_string();
+    let export_str = exported.display().to_string();
     if let Some(e) = file.entries_outside_block_for(&export_str).first() {
         return Err(Error::Exports {
             path: exports_path(),
@@ -311,21 +313,66 @@ pub fn plan(facts: &HostFacts, spec: &ClusterSpec, options: &ExportOptions) -> R
 
     let uid = u32::try_from(spec.postgres.uid).unwrap_or(u32::MAX);
     let gid = u32::try_from(spec.postgres.gid).unwrap_or(u32::MAX);
-    let root_mode = if member_dirs.is_empty() {
+    let data_root_mode = if member_dirs.is_empty() {
         DATA_DIR_MODE
     } else {
         TRAVERSABLE_ROOT_MODE
     };
-    let member_states = member_dirs.iter().map(|d| {
-        let state = facts.member_dirs.get(d).copied();
-        (
-            d.clone(),
-            state.unwrap_or(PathState::Missing),
-            DATA_DIR_MODE,
-        )
-    });
-    let wanted_dirs =
-        std::iter::once((export.clone(), facts.export_dir, root_mode)).chain(member_states);
+    let below = |d: &PathBuf| {
+        facts
+            .member_dirs
+            .get(d)
+            .copied()
+            .unwrap_or(PathState::Missing)
+    };
+    let mut wanted_dirs: Vec<(PathBuf, PathState, u32)> = Vec::new();
+    if spec.is_default_cluster() {
+        // The export is the data root. Traversable is right in shared mode too: another
+        // cluster's directory below it needs that, and it still cannot be listed. A root
+        // others can traverse now keeps that when it is repaired.
+        let root = facts.export_dir;
+        let mode = match root {
+            PathState::Directory { mode, .. } if mode & 0o001 != 0 => TRAVERSABLE_ROOT_MODE,
+            _ => data_root_mode,
+        };
+        if !dir_is_right(root, uid, gid, mode)
+            && !dir_is_right(root, uid, gid, TRAVERSABLE_ROOT_MODE)
+        {
+            steps.push(Step::EnsureDirectory {
+                path: export.clone(),
+                uid,
+                gid,
+                mode,
+                current: root,
+            });
+        }
+    } else {
+        // The export only has to let nodes through to the cluster's own directory: created
+        // traversable, or made so keeping its owner (it may be another cluster's data root).
+        match facts.export_dir {
+            PathState::Missing => {
+                wanted_dirs.push((export.clone(), PathState::Missing, TRAVERSABLE_ROOT_MODE))
+            }
+            current @ PathState::Directory {
+                uid: u0,
+                gid: g0,
+                mode: m0,
+            } if m0 & 0o001 == 0 => steps.push(Step::EnsureDirectory {
+                path: export.clone(),
+                uid: u0,
+                gid: g0,
+                mode: m0 | 0o011,
+                current,
+            }),
+            _ => {}
+        }
+        wanted_dirs.push((exported.clone(), below(&exported), data_root_mode));
+    }
+    wanted_dirs.extend(
+        member_dirs
+            .iter()
+            .map(|d| (d.clone(), below(d), DATA_DIR_MODE)),
+    );
     for (path, current, mode) in wanted_dirs {
         if !dir_is_right(current, uid, gid, mode) {
             steps.push(Step::EnsureDirectory {
@@ -382,14 +429,22 @@ pub fn plan(facts: &HostFacts, spec: &ClusterSpec, options: &ExportOptions) -> R
         }
     }
 
-    if write || !export_is_live(facts, export, &options.clients) {
+    if write || !export_is_live(facts, &exported, &options.clients) {
         steps.push(Step::ReloadExports);
     }
     Ok(steps)
 }
 
-/// Member directories pgset creates under the export: one per ordinal in `templates` mode
-/// with pgset's own volumes; none in `shared` mode (the agent creates its directory).
+/// The directories below the export that pgset creates and probes: the cluster's own directory
+/// (every cluster but the default), then the member directories.
+pub(crate) fn dirs_below_export(spec: &ClusterSpec) -> Vec<PathBuf> {
+    let own = (!spec.is_default_cluster()).then(|| spec.cluster_export_dir());
+    own.into_iter().chain(member_dirs(spec)).collect()
+}
+
+/// Member directories pgset creates under the cluster's directory: one per ordinal in
+/// `templates` mode with pgset's own volumes; none in `shared` mode (the agent creates its
+/// directory).
 pub(crate) fn member_dirs(spec: &ClusterSpec) -> Vec<PathBuf> {
     if spec.storage.mode == StorageMode::Templates && spec.storage.storage_class.is_none() {
         (0..spec.replicas)

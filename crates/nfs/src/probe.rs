@@ -17,7 +17,7 @@ use crate::parse::{
     parse_getsebool, parse_ip_addr_show, parse_ip_route_get, parse_os_release, parse_rpm_query,
     parse_unit_file_state,
 };
-use crate::plan::{SELINUX_BOOLEANS, member_dirs};
+use crate::plan::{SELINUX_BOOLEANS, dirs_below_export};
 use crate::{Error, Result};
 
 /// An address outside any lab network, used only to ask the kernel which source address its
@@ -217,8 +217,8 @@ fn probe_packages(
     Ok(installed)
 }
 
-/// Reads the file-system facts: `/etc/exports`, the export directory and the member
-/// directories (all under the root prefix of `paths`).
+/// Reads the file-system facts: `/etc/exports`, the export directory and the directories
+/// below it (the cluster's own, the members') (all under the root prefix of `paths`).
 pub fn probe_files(paths: &HostPaths, spec: &ClusterSpec, facts: &mut HostFacts) -> Result<()> {
     let exports = paths.exports();
     facts.exports_file = match std::fs::read(&exports) {
@@ -237,7 +237,7 @@ pub fn probe_files(paths: &HostPaths, spec: &ClusterSpec, facts: &mut HostFacts)
         }
     };
     facts.export_dir = path_state(&paths.host(&spec.nfs.export))?;
-    facts.member_dirs = member_dirs(spec)
+    facts.member_dirs = dirs_below_export(spec)
         .into_iter()
         .map(|d| Ok((d.clone(), path_state(&paths.host(&d))?)))
         .collect::<Result<_>>()?;

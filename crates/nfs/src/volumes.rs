@@ -13,11 +13,13 @@ use pgset_spec::{ClusterSpec, StorageMode};
 
 use crate::facts::HostAddresses;
 
-/// The PersistentVolumes pgset creates on the export at `server`:
-/// - `shared` mode: `pv1..pvN` (N = max(3, replicas), as in the seed), ReadWriteMany, all at
-///   the export root; the shared claim binds one of them;
-/// - `templates` mode without a StorageClass: one volume per ordinal at
-///   `<export>/<name>-N`, pre-bound by `claimRef` to `data-<name>-N`;
+/// The PersistentVolumes pgset creates on the export at `server`, each reserved by
+/// `claimRef` (namespace and name) for exactly one claim of this cluster, so no other claim
+/// can bind it:
+/// - `shared` mode: [`ClusterSpec::shared_pv_names`] (`pv1..pvN` for the default cluster, as
+///   in the seed), ReadWriteMany, at the cluster's directory, reserved for the shared claim;
+/// - `templates` mode without a StorageClass: one volume per ordinal at the member's
+///   directory, reserved for `data-<name>-N`;
 /// - `templates` mode with a StorageClass: none (the class provisions the claims).
 ///
 /// Every volume: NFS, Retain, mount options `hard` and `nfsvers=<version>`, pgset's own
@@ -32,9 +34,8 @@ pub fn persistent_volumes(spec: &ClusterSpec, server: &str) -> Vec<PersistentVol
                     spec,
                     name,
                     server,
-                    spec.nfs.export.display().to_string(),
-                    vec!["ReadWriteMany".into()],
-                    None,
+                    spec.cluster_export_dir().display().to_string(),
+                    claim_ref(spec, spec.shared_claim_name()),
                 )
             })
             .collect(),
@@ -45,18 +46,22 @@ pub fn persistent_volumes(spec: &ClusterSpec, server: &str) -> Vec<PersistentVol
                     spec.member_pv_name(i),
                     server,
                     spec.member_export_dir(i).display().to_string(),
-                    vec!["ReadWriteMany".into()],
-                    Some(ObjectReference {
-                        api_version: Some("v1".into()),
-                        kind: Some("PersistentVolumeClaim".into()),
-                        namespace: Some(spec.namespace.clone()),
-                        name: Some(spec.member_claim_name(i)),
-                        ..ObjectReference::default()
-                    }),
+                    claim_ref(spec, spec.member_claim_name(i)),
                 )
             })
             .collect(),
         StorageMode::Templates => Vec::new(),
+    }
+}
+
+/// The reservation of a volume for one claim of the cluster's namespace.
+fn claim_ref(spec: &ClusterSpec, claim: String) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("PersistentVolumeClaim".into()),
+        namespace: Some(spec.namespace.clone()),
+        name: Some(claim),
+        ..ObjectReference::default()
     }
 }
 
@@ -65,8 +70,7 @@ fn volume(
     name: String,
     server: &str,
     path: String,
-    access_modes: Vec<String>,
-    claim_ref: Option<ObjectReference>,
+    claim_ref: ObjectReference,
 ) -> PersistentVolume {
     let labels: BTreeMap<String, String> = spec
         .common_labels()
@@ -80,12 +84,12 @@ fn volume(
             ..ObjectMeta::default()
         },
         spec: Some(PersistentVolumeSpec {
-            access_modes: Some(access_modes),
+            access_modes: Some(vec!["ReadWriteMany".into()]),
             capacity: Some(BTreeMap::from([(
                 "storage".to_string(),
                 Quantity(spec.storage.size.clone()),
             )])),
-            claim_ref,
+            claim_ref: Some(claim_ref),
             mount_options: Some(vec!["hard".into(), format!("nfsvers={}", spec.nfs.version)]),
             nfs: Some(NFSVolumeSource {
                 path,
@@ -140,7 +144,11 @@ mod tests {
             assert_eq!(s.mount_options.as_deref().unwrap(), ["hard", "nfsvers=4.1"]);
             assert_eq!(s.storage_class_name.as_deref(), Some("pgset-nfs"));
             assert_eq!(s.capacity.as_ref().unwrap()["storage"].0, "1Gi");
-            assert!(s.claim_ref.is_none());
+            let claim = s.claim_ref.as_ref().unwrap();
+            assert_eq!(claim.namespace.as_deref(), Some("default"));
+            assert_eq!(claim.name.as_deref(), Some("pgset-pvc"));
+            assert_eq!(claim.kind.as_deref(), Some("PersistentVolumeClaim"));
+            assert_eq!(claim.uid, None);
             let labels = pv.metadata.labels.as_ref().unwrap();
             assert_eq!(labels["app.kubernetes.io/instance"], "pgset");
         }
@@ -176,6 +184,68 @@ mod tests {
         }
         spec.storage.storage_class = Some("fast".into());
         assert!(persistent_volumes(&spec, "10.0.0.5").is_empty());
+    }
+
+    #[test]
+    fn other_clusters_volumes_are_reserved_for_their_own_claims_in_their_directory() {
+        let mut spec = ClusterSpec {
+            namespace: "staging".into(),
+            replicas: 3,
+            ..ClusterSpec::default()
+        };
+        let shared = persistent_volumes(&spec, "10.0.0.5");
+        assert_eq!(shared.len(), 1);
+        assert_eq!(
+            shared[0].metadata.name.as_deref(),
+            Some("staging.pgset-pvc")
+        );
+        assert_eq!(
+            nfs_of(&shared[0]),
+            ("10.0.0.5", "/nfsfileshare/staging.pgset")
+        );
+        let claim = shared[0].spec.as_ref().unwrap().claim_ref.as_ref().unwrap();
+        assert_eq!(
+            (claim.namespace.as_deref(), claim.name.as_deref()),
+            (Some("staging"), Some("pgset-pvc"))
+        );
+
+        spec.storage.mode = StorageMode::Templates;
+        let members = persistent_volumes(&spec, "10.0.0.5");
+        let got: Vec<(&str, &str, &str)> = members
+            .iter()
+            .map(|pv| {
+                let claim = pv.spec.as_ref().unwrap().claim_ref.as_ref().unwrap();
+                (
+                    pv.metadata.name.as_deref().unwrap(),
+                    nfs_of(pv).1,
+                    claim.name.as_deref().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "staging.data-pgset-0",
+                    "/nfsfileshare/staging.pgset/pgset-0",
+                    "data-pgset-0"
+                ),
+                (
+                    "staging.data-pgset-1",
+                    "/nfsfileshare/staging.pgset/pgset-1",
+                    "data-pgset-1"
+                ),
+                (
+                    "staging.data-pgset-2",
+                    "/nfsfileshare/staging.pgset/pgset-2",
+                    "data-pgset-2"
+                ),
+            ]
+        );
+        for pv in &members {
+            let claim = pv.spec.as_ref().unwrap().claim_ref.as_ref().unwrap();
+            assert_eq!(claim.namespace.as_deref(), Some("staging"));
+        }
     }
 
     #[test]

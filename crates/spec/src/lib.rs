@@ -492,19 +492,70 @@ impl ClusterSpec {
     pub fn storage_class_name(&self) -> String {
         format!("{}-nfs", self.name)
     }
-    /// Names of the shared-mode PersistentVolumes, `pv1..pvN` as in the seed.
+    // ---- placement: where a cluster's data lives on the NFS host and which volumes reach it ----
+    //
+    // Two clusters that differ in namespace or name never share a PersistentVolume, an export
+    // directory or an `/etc/exports` block. The default cluster (namespace `default`, name
+    // `pgset`) keeps the seed's layout; every other cluster lives under its own directory
+    // `<export>/<namespace>.<name>` and has volumes named `<namespace>.<claim>`. Neither a
+    // namespace nor a cluster name can contain '.', so these names are unambiguous by
+    // construction, and none of them can equal a default cluster's name (which has no '.').
+
+    /// Whether this is the default cluster (namespace `default`, name `pgset`), which keeps
+    /// the seed's names and layout.
+    pub fn is_default_cluster(&self) -> bool {
+        self.namespace == DEFAULT_NAMESPACE && self.name == DEFAULT_NAME
+    }
+    /// `<namespace>.<name>`: one per cluster, since neither part can contain '.'.
+    pub fn placement_key(&self) -> String {
+        format!("{}.{}", self.namespace, self.name)
+    }
+    /// The directory on the NFS host that holds this cluster's data and that its exports
+    /// block exports: the export itself for the default cluster (the seed's layout),
+    /// `<export>/<namespace>.<name>` for every other cluster.
+    pub fn cluster_export_dir(&self) -> PathBuf {
+        if self.is_default_cluster() {
+            self.nfs.export.clone()
+        } else {
+            self.nfs.export.join(self.placement_key())
+        }
+    }
+    /// What identifies this cluster's block in `/etc/exports`: `<namespace>/<name>`.
+    pub fn exports_block_id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+    /// Name of a PersistentVolume reserved for one claim of a cluster other than the default:
+    /// `<namespace>.<claim>`.
+    fn claim_pv_name(&self, claim: &str) -> String {
+        format!("{}.{claim}", self.namespace)
+    }
+    /// Names of the shared-mode PersistentVolumes, all reserved (`claimRef`) for the shared
+    /// claim: `pv1..pvN` (N = max(3, replicas)) as in the seed for the default cluster; one
+    /// volume `<namespace>.<name>-pvc` for any other cluster.
     pub fn shared_pv_names(&self) -> Vec<String> {
-        (1..=self.replicas.max(3))
-            .map(|i| format!("pv{i}"))
-            .collect()
+        if self.is_default_cluster() {
+            (1..=self.replicas.max(3))
+                .map(|i| format!("pv{i}"))
+                .collect()
+        } else {
+            vec![self.claim_pv_name(&self.shared_claim_name())]
+        }
     }
-    /// Name of the PersistentVolume pre-bound to a member's claim in templates mode.
+    /// Name of the PersistentVolume pre-bound to a member's claim in templates mode:
+    /// `pgset-default-N` for the default cluster (as before), `<namespace>.data-<name>-N` for
+    /// any other cluster.
     pub fn member_pv_name(&self, ordinal: i32) -> String {
-        format!("{}-{}-{}", self.name, self.namespace, ordinal)
+        if self.is_default_cluster() {
+            format!("{}-{}-{}", self.name, self.namespace, ordinal)
+        } else {
+            self.claim_pv_name(&self.member_claim_name(ordinal))
+        }
     }
-    /// Directory of a member's data under the export (both modes).
+    /// Directory of a member's data on the NFS host (both modes): `<cluster dir>/<pod-name>`,
+    /// i.e. `/nfsfileshare/pgset-N` for the default cluster and
+    /// `<export>/<namespace>.<name>/<name>-N` for any other.
     pub fn member_export_dir(&self, ordinal: i32) -> PathBuf {
-        self.nfs.export.join(self.pod_name(ordinal))
+        self.cluster_export_dir().join(self.pod_name(ordinal))
     }
     /// Labels every object carries.
     pub fn common_labels(&self) -> Vec<(&'static str, String)> {

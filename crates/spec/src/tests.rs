@@ -364,3 +364,154 @@ fn unsupported_postgres_majors_are_refused_before_anything() {
         );
     }
 }
+
+fn cluster(namespace: &str, name: &str, mode: StorageMode) -> ClusterSpec {
+    let mut s = ClusterSpec {
+        name: name.into(),
+        namespace: namespace.into(),
+        replicas: 3,
+        ..ClusterSpec::default()
+    };
+    s.storage.mode = mode;
+    s.validate().unwrap();
+    s
+}
+
+/// Clusters chosen to break naive schemes: the same name in other namespaces, names that
+/// concatenate alike with '-' (`a-b`/`c` and `a`/`b-c`), a namespace named like a member
+/// directory of the default cluster, and the default's parts swapped.
+const CLUSTERS: [(&str, &str); 9] = [
+    ("default", "pgset"),
+    ("staging", "pgset"),
+    ("default", "db"),
+    ("a-b", "c"),
+    ("a", "b-c"),
+    ("pgset-0", "stale"),
+    ("pgset", "default"),
+    ("default", "pgset-default"),
+    ("x", "pgset"),
+];
+
+#[test]
+fn the_default_cluster_keeps_the_seeds_placement() {
+    let s = cluster("default", "pgset", StorageMode::Shared);
+    assert!(s.is_default_cluster());
+    assert_eq!(s.cluster_export_dir(), PathBuf::from("/nfsfileshare"));
+    assert_eq!(s.shared_pv_names(), ["pv1", "pv2", "pv3"]);
+    assert_eq!(s.shared_claim_name(), "pgset-pvc");
+    assert_eq!(
+        s.member_export_dir(1),
+        PathBuf::from("/nfsfileshare/pgset-1")
+    );
+    assert_eq!(s.exports_block_id(), "default/pgset");
+    let t = cluster("default", "pgset", StorageMode::Templates);
+    assert_eq!(t.member_pv_name(0), "pgset-default-0");
+    assert_eq!(t.member_claim_name(0), "data-pgset-0");
+    assert_eq!(
+        t.member_export_dir(2),
+        PathBuf::from("/nfsfileshare/pgset-2")
+    );
+    let mut five = s.clone();
+    five.replicas = 5;
+    assert_eq!(five.shared_pv_names().len(), 5);
+}
+
+#[test]
+fn other_clusters_live_in_their_own_directory_with_their_own_volumes() {
+    let s = cluster("staging", "pgset", StorageMode::Shared);
+    assert!(!s.is_default_cluster());
+    assert_eq!(
+        s.cluster_export_dir(),
+        PathBuf::from("/nfsfileshare/staging.pgset")
+    );
+    assert_eq!(s.shared_pv_names(), ["staging.pgset-pvc"]);
+    assert_eq!(s.shared_claim_name(), "pgset-pvc");
+    assert_eq!(
+        s.member_export_dir(0),
+        PathBuf::from("/nfsfileshare/staging.pgset/pgset-0")
+    );
+    assert_eq!(s.exports_block_id(), "staging/pgset");
+    let mut t = cluster("default", "db", StorageMode::Templates);
+    t.nfs.export = "/srv/nfs".into();
+    assert_eq!(t.member_pv_name(1), "default.data-db-1");
+    assert_eq!(
+        t.member_export_dir(1),
+        PathBuf::from("/srv/nfs/default.db/db-1")
+    );
+}
+
+/// Every volume name of a cluster in a mode, with the claim it is for.
+fn volumes(s: &ClusterSpec) -> Vec<(String, (String, String))> {
+    match s.storage.mode {
+        StorageMode::Shared => s
+            .shared_pv_names()
+            .into_iter()
+            .map(|pv| (pv, (s.namespace.clone(), s.shared_claim_name())))
+            .collect(),
+        StorageMode::Templates => (0..s.replicas)
+            .map(|i| {
+                (
+                    s.member_pv_name(i),
+                    (s.namespace.clone(), s.member_claim_name(i)),
+                )
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn two_clusters_never_share_a_volume_a_claim_a_directory_or_a_block() {
+    let modes = [StorageMode::Shared, StorageMode::Templates];
+    let all: Vec<ClusterSpec> = CLUSTERS
+        .iter()
+        .flat_map(|(ns, name)| modes.map(|m| cluster(ns, name, m)))
+        .collect();
+    for s in &all {
+        for (pv, _) in volumes(s) {
+            assert!(
+                is_dns1123_subdomain(&pv),
+                "{pv:?} is not a valid PersistentVolume name"
+            );
+        }
+        let dir = s.cluster_export_dir();
+        assert!(dir.starts_with(&s.nfs.export), "{}", dir.display());
+        assert!(validate_export_path(&dir).is_ok(), "{}", dir.display());
+    }
+    for a in &all {
+        for b in &all {
+            if (&a.namespace, &a.name) == (&b.namespace, &b.name) {
+                continue;
+            }
+            let who = format!(
+                "{}/{} ({}) and {}/{} ({})",
+                a.namespace, a.name, a.storage.mode, b.namespace, b.name, b.storage.mode
+            );
+            for (pv_a, claim_a) in volumes(a) {
+                for (pv_b, claim_b) in volumes(b) {
+                    assert_ne!(pv_a, pv_b, "{who} share a volume");
+                    assert_ne!(claim_a, claim_b, "{who} share a claim");
+                }
+            }
+            assert_ne!(a.exports_block_id(), b.exports_block_id(), "{who}");
+            assert_ne!(a.cluster_export_dir(), b.cluster_export_dir(), "{who}");
+            for i in 0..a.replicas {
+                let da = a.member_export_dir(i);
+                // A's exported directory never is, or lies inside, one of B's data directories.
+                assert!(
+                    !a.cluster_export_dir().starts_with(b.member_export_dir(i)),
+                    "{who}: {} inside a data directory of the other",
+                    a.cluster_export_dir().display()
+                );
+                for j in 0..b.replicas {
+                    let db = b.member_export_dir(j);
+                    assert!(
+                        !da.starts_with(&db) && !db.starts_with(&da),
+                        "{who} share data: {} and {}",
+                        da.display(),
+                        db.display()
+                    );
+                }
+            }
+        }
+    }
+}

@@ -66,11 +66,12 @@ impl Options {
     }
 }
 
-/// The export, when verify runs on the NFS host in shared mode (the export holds member
-/// directories).
+/// The cluster's directory on the export, when verify runs on the NFS host in shared mode
+/// (it holds the member directories): the export itself for the default cluster,
+/// `<export>/<namespace>.<name>` for another.
 pub fn local_export(spec: &ClusterSpec) -> Option<PathBuf> {
     (spec.storage.mode == StorageMode::Shared && spec.member_export_dir(0).is_dir())
-        .then(|| spec.nfs.export.clone())
+        .then(|| spec.cluster_export_dir())
 }
 
 /// Runs the checks against one cluster.

@@ -898,3 +898,27 @@ fn rejoin_time_is_in_the_json_and_the_table() {
     let json = serde_json::to_value(&m).unwrap();
     assert_eq!(json, json!({"recovery_s": 3.5, "rejoin_s": 1.3}));
 }
+
+#[test]
+fn on_the_nfs_host_each_cluster_checks_its_own_directory() {
+    let export = tempfile::tempdir().unwrap();
+    let mut default = ClusterSpec::default();
+    default.nfs.export = export.path().to_path_buf();
+    let mut staging = default.clone();
+    staging.namespace = "staging".into();
+    // Only the default cluster's member directory exists: another cluster with the same name
+    // must not take it for its own.
+    std::fs::create_dir(export.path().join("pgset-0")).unwrap();
+    assert_eq!(
+        crate::live::local_export(&default),
+        Some(export.path().to_path_buf())
+    );
+    assert_eq!(crate::live::local_export(&staging), None);
+    std::fs::create_dir_all(export.path().join("staging.pgset/pgset-0")).unwrap();
+    assert_eq!(
+        crate::live::local_export(&staging),
+        Some(export.path().join("staging.pgset"))
+    );
+    staging.storage.mode = StorageMode::Templates;
+    assert_eq!(crate::live::local_export(&staging), None);
+}

@@ -102,3 +102,91 @@ pub async fn create_namespace(
         .unwrap_or_else(|e| panic!("create namespace {ns}: {e}"));
     namespaces
 }
+
+/// Makes a cluster's directories on its NFS export from inside the cluster, as `cargo xtask nfs`
+/// would on the NFS host: the export made traversable when it is not, the cluster's own
+/// directory (`<export>/<namespace>.<name>`, 0700; 0711 in templates mode) and, in templates
+/// mode, each member's directory (0700), all owned by the postgres uid. A pod running as that
+/// uid mounts the export (an inline NFS volume, so the namespace must allow them) and exits;
+/// it is deleted afterwards. Nothing that exists is removed or emptied.
+pub async fn prepare_cluster_dirs(client: &kube::Client, spec: &pgset_spec::ClusterSpec) {
+    use k8s_openapi::api::core::v1::Pod;
+    use pgset_spec::StorageMode;
+
+    let server = spec
+        .nfs
+        .server
+        .clone()
+        .expect("the spec names its NFS server");
+    let key = spec.placement_key();
+    let templates = spec.storage.mode == StorageMode::Templates;
+    let mut script = format!(
+        "set -eu\ncase \"$(stat -c %a /export)\" in *[1357]) ;; *) chmod go+x /export ;; esac\n\
+         mkdir -p /export/{key}\nchmod {} /export/{key}\n",
+        if templates { "0711" } else { "0700" }
+    );
+    if templates {
+        for i in 0..spec.replicas {
+            let pod = spec.pod_name(i);
+            script.push_str(&format!(
+                "mkdir -p /export/{key}/{pod}\nchmod 0700 /export/{key}/{pod}\n"
+            ));
+        }
+    }
+    script.push_str(&format!("ls -ln /export/{key}\n"));
+    let name = "pgset-prepare-dirs";
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": spec.namespace},
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": {
+                "runAsUser": spec.postgres.uid, "runAsGroup": spec.postgres.gid,
+                "runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}
+            },
+            "containers": [{
+                "name": "mkdir", "image": spec.postgres.image,
+                "command": ["sh", "-c", script],
+                "securityContext": {
+                    "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}
+                },
+                "volumeMounts": [{"name": "export", "mountPath": "/export"}]
+            }],
+            "volumes": [{"name": "export", "nfs": {
+                "server": server, "path": spec.nfs.export.display().to_string()
+            }}]
+        }
+    }))
+    .expect("the preparing pod");
+    let pods: kube::Api<Pod> = kube::Api::namespaced(client.clone(), &spec.namespace);
+    pods.create(&kube::api::PostParams::default(), &pod)
+        .await
+        .unwrap_or_else(|e| panic!("create pod {name}: {e}"));
+    let finished = kube::runtime::wait::await_condition(pods.clone(), name, |p: Option<&Pod>| {
+        p.and_then(|p| p.status.as_ref())
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|phase| phase == "Succeeded" || phase == "Failed")
+    });
+    let done = tokio::time::timeout(std::time::Duration::from_secs(300), finished).await;
+    let state = pods.get_opt(name).await.ok().flatten();
+    let phase = state
+        .as_ref()
+        .and_then(|p| p.status.as_ref())
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default();
+    let log = pods
+        .logs(name, &kube::api::LogParams::default())
+        .await
+        .unwrap_or_default();
+    let _ = pods.delete(name, &kube::api::DeleteParams::default()).await;
+    assert!(
+        done.is_ok() && phase == "Succeeded",
+        "preparing {}/{key} on {server}: pod {name} ended {phase:?} ({}): {log}",
+        spec.nfs.export.display(),
+        if done.is_ok() {
+            "finished"
+        } else {
+            "timed out"
+        }
+    );
+    eprintln!("prepared {}/{key}:\n{log}", spec.nfs.export.display());
+}

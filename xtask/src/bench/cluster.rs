@@ -327,7 +327,7 @@ async fn clean_up(kube: &Client, spec: &ClusterSpec) -> Result<()> {
             leftovers.insert(format!("PersistentVolume {name}"), e.to_string());
         }
     }
-    if spec.storage.mode == StorageMode::Shared && spec.nfs.export.is_dir() {
+    if spec.storage.mode == StorageMode::Shared && spec.cluster_export_dir().is_dir() {
         for i in 0..=MEMBERS {
             let dir = spec.member_export_dir(i);
             if dir.is_dir()
@@ -339,7 +339,7 @@ async fn clean_up(kube: &Client, spec: &ClusterSpec) -> Result<()> {
     } else if spec.storage.mode == StorageMode::Shared {
         eprintln!(
             "    note: the bench members' directories {}/{}-N stay on the NFS export (not on this host)",
-            spec.nfs.export.display(),
+            spec.cluster_export_dir().display(),
             spec.name
         );
     }

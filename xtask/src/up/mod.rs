@@ -218,9 +218,9 @@ fn describe(spec: &ClusterSpec) -> String {
         spec.storage.mode,
         match (&spec.storage.storage_class, spec.storage.mode) {
             (Some(class), _) => format!("StorageClass {class}"),
-            (None, StorageMode::Shared) => format!("NFS {}", spec.nfs.export.display()),
+            (None, StorageMode::Shared) => format!("NFS {}", spec.cluster_export_dir().display()),
             (None, StorageMode::Templates) => {
-                format!("NFS {}/<pod>", spec.nfs.export.display())
+                format!("NFS {}/<pod>", spec.cluster_export_dir().display())
             }
         }
     )
