@@ -23,6 +23,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
@@ -31,7 +32,6 @@ use k8s_openapi::api::core::v1::{
     PodAntiAffinity, PodSpec, Secret, Volume, VolumeMount, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use k8s_openapi::ByteString;
 use kube::api::{DeleteParams, LogParams, Patch, PostParams, WatchEvent, WatchParams};
 use kube::{Api, Client};
 use pgset_agent::identity::{Identity, MemberRef};
@@ -86,7 +86,10 @@ fn run_suffix() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_nanos();
-    format!("{:08x}", (nanos as u32) ^ std::process::id().rotate_left(16))
+    format!(
+        "{:08x}",
+        (nanos as u32) ^ std::process::id().rotate_left(16)
+    )
 }
 
 /// The 2-member cluster `name` in `namespace`, or why it cannot be built here (as in
@@ -756,8 +759,7 @@ fn judge_handover(
     }
     let Some(before) = taken.checked_sub(1).map(|i| &records[i]) else {
         return Err(
-            "the first record seen is already the new pod's: the hand-over was not observed"
-                .into(),
+            "the first record seen is already the new pod's: the hand-over was not observed".into(),
         );
     };
     let at = records[taken].0;
@@ -857,9 +859,21 @@ async fn intruder_scenario(client: Client, spec: ClusterSpec) {
             "PostgreSQL started in the intruder:\n{log}"
         );
         let m = get_pod(&pods, &first).await;
-        assert!(pod_is_ready(&m), "{first} is not Ready: {}", describe_pod(&m));
-        assert_eq!(m.metadata.uid.as_deref(), Some(uid.as_str()), "{first} was replaced");
-        assert_eq!(restarts(&m), master_restarts, "{first}'s container restarted");
+        assert!(
+            pod_is_ready(&m),
+            "{first} is not Ready: {}",
+            describe_pod(&m)
+        );
+        assert_eq!(
+            m.metadata.uid.as_deref(),
+            Some(uid.as_str()),
+            "{first} was replaced"
+        );
+        assert_eq!(
+            restarts(&m),
+            master_restarts,
+            "{first}'s container restarted"
+        );
         match window_end {
             None => {
                 if let Some(line) = fence_wait_line(&log, &spec, &uid) {
@@ -930,7 +944,11 @@ async fn intruder_scenario(client: Client, spec: ClusterSpec) {
     await_gone(&pods, INTRUDER, Duration::from_secs(grace + 60)).await;
 
     let m = get_pod(&pods, &first).await;
-    assert!(pod_is_ready(&m), "{first} after the intruder: {}", describe_pod(&m));
+    assert!(
+        pod_is_ready(&m),
+        "{first} after the intruder: {}",
+        describe_pod(&m)
+    );
     assert_eq!(m.metadata.uid.as_deref(), Some(uid.as_str()));
     assert_eq!(restarts(&m), master_restarts);
     assert_eq!(master_fingerprint(&exec, &first).await, before);
@@ -1003,12 +1021,13 @@ async fn force_delete_scenario(client: Client, spec: ClusterSpec) {
     let pods = pods_api(&client, &spec);
     let exec = exec_in(&client, &spec);
     let (first, second) = (spec.pod_name(0), spec.pod_name(1));
-    let old_uid = get_pod(&pods, &first)
-        .await
-        .metadata
-        .uid
-        .expect("pod UID");
-    let sysid = psql(&exec, &first, "select system_identifier from pg_control_system()").await;
+    let old_uid = get_pod(&pods, &first).await.metadata.uid.expect("pod UID");
+    let sysid = psql(
+        &exec,
+        &first,
+        "select system_identifier from pg_control_system()",
+    )
+    .await;
 
     let leases: Api<Lease> = Api::namespaced(client.clone(), &spec.namespace);
     let lease_name = spec.member_lease_name(0);
@@ -1097,7 +1116,12 @@ async fn force_delete_scenario(client: Client, spec: ClusterSpec) {
     eprintln!("{TEST}: {handover:?}; the new {first} was Ready at {ready_at:?}");
 
     assert_eq!(
-        psql(&exec, &first, "select system_identifier from pg_control_system()").await,
+        psql(
+            &exec,
+            &first,
+            "select system_identifier from pg_control_system()"
+        )
+        .await,
         sysid,
         "the new {first} runs on the same database"
     );
@@ -1209,12 +1233,21 @@ async fn old_secret_scenario(client: Client, spec: ClusterSpec) {
                 identity.cluster_id.as_str(),
                 identity.member.as_str()
             ),
-            (spec.namespace.as_str(), spec.name.as_str(), id.as_str(), pod.as_str()),
+            (
+                spec.namespace.as_str(),
+                spec.name.as_str(),
+                id.as_str(),
+                pod.as_str()
+            ),
             "{path}"
         );
     }
     let (first_pod, second_pod) = (spec.pod_name(0), spec.pod_name(1));
-    assert!(streaming_members(&exec, &first_pod).await.contains(&second_pod));
+    assert!(
+        streaming_members(&exec, &first_pod)
+            .await
+            .contains(&second_pod)
+    );
     let login = exec
         .run(
             &second_pod,
@@ -1312,10 +1345,7 @@ async fn refused_member_scenario(client: Client, spec: ClusterSpec) {
     let identity = foreign_identity(&spec, 2);
     let identity_json = serde_json::to_string_pretty(&identity).expect("identity JSON") + "\n";
     let dir = format!("{}/{third}", contract::DATA_MOUNT);
-    let env = vec![
-        value_env("D", &dir),
-        value_env("IDENTITY", &identity_json),
-    ];
+    let env = vec![value_env("D", &dir), value_env("IDENTITY", &identity_json)];
     let plant = one_shot_pod(
         &sts,
         &spec,
@@ -1326,10 +1356,7 @@ async fn refused_member_scenario(client: Client, spec: ClusterSpec) {
     )
     .expect("plant pod");
     run_to_completion(&pods, &plant).await;
-    eprintln!(
-        "{TEST}: planted {dir} as member of {}",
-        identity.owner()
-    );
+    eprintln!("{TEST}: planted {dir} as member of {}", identity.owner());
 
     set_replicas(&client, &spec, 3).await.expect("scale to 3");
     let deadline = Instant::now() + POD_START;
@@ -1339,7 +1366,10 @@ async fn refused_member_scenario(client: Client, spec: ClusterSpec) {
             .await
             .unwrap_or_else(|e| panic!("get pod {third}: {e}"))
         {
-            assert!(!pod_is_ready(&p), "{third} became Ready on another cluster's data");
+            assert!(
+                !pod_is_ready(&p),
+                "{third} became Ready on another cluster's data"
+            );
             if let Some(t) = termination(&p)
                 && t.message.as_deref().is_some_and(|m| !m.trim().is_empty())
             {
@@ -1677,8 +1707,7 @@ mod pure {
             let c = &p.containers[0];
             assert_eq!(c.image.as_deref(), Some(s.postgres.image.as_str()));
             assert_eq!(
-                c.security_context,
-                template.containers[0].security_context,
+                c.security_context, template.containers[0].security_context,
                 "{mode}"
             );
             let v = &p.volumes.as_ref().unwrap()[0];
@@ -1726,7 +1755,12 @@ mod pure {
         assert!(e.contains("before its 120 s duration"), "{e}");
         // Never taken, taken by a third pod, or taken before the watch saw the old holder.
         assert!(judge_handover(&[rec(0, "old", 1)], "old", "new", d).is_err());
-        let third = [rec(0, "old", 1), rec(2, "", 2), rec(3, "x", 3), rec(4, "new", 4)];
+        let third = [
+            rec(0, "old", 1),
+            rec(2, "", 2),
+            rec(3, "x", 3),
+            rec(4, "new", 4),
+        ];
         assert!(
             judge_handover(&third, "old", "new", d)
                 .unwrap_err()
