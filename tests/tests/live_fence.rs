@@ -1014,6 +1014,11 @@ async fn watch_lease(
     }
 }
 
+/// The master pod is force-deleted (grace period 0) and the Lease watched until its replacement
+/// is Ready. Its node stays in contact, so the kubelet still stops the old container within
+/// seconds: whether the old agent releases the Lease in that time or is killed first (the Lease
+/// then expires) varies, and both are accepted; a hand-over by neither fails. A node that lost
+/// contact cannot be made here; the rule checked is the one that protects it.
 async fn force_delete_scenario(client: Client, spec: ClusterSpec) {
     const TEST: &str =
         "a_force_deleted_master_pod_is_replaced_only_after_its_fence_is_released_or_expires";
