@@ -128,6 +128,12 @@ pub mod record {
     pub const CLUSTER_ID: &str = "clusterId";
 }
 
+/// Suffixes of what the agent keeps beside a member's directory in the data root
+/// (`<member>.<suffix>`: the copy in progress, the one kept older copy, the write lock, local
+/// mode's log and termination message). No cluster may be named like one: another cluster's
+/// directory on the same export is `<namespace>.<name>`.
+pub const MEMBER_SUFFIXES: &[&str] = &["bootstrap", "previous", "lock", "log", "termination-log"];
+
 /// Kubernetes' default container termination-message path.
 pub const TERMINATION_LOG_PATH: &str = "/dev/termination-log";
 /// The PostgreSQL majors the agent supports (every setting it writes is understood by each).

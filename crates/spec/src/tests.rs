@@ -515,3 +515,19 @@ fn two_clusters_never_share_a_volume_a_claim_a_directory_or_a_block() {
         }
     }
 }
+
+#[test]
+fn names_that_could_meet_a_members_kept_files_are_reserved() {
+    for reserved in ["previous", "bootstrap", "lock", "log", "stale-1700000000"] {
+        let s = ClusterSpec {
+            name: reserved.into(),
+            ..Default::default()
+        };
+        assert_eq!(invalid_field(&s), "name (--name)", "{reserved}");
+    }
+    let s = ClusterSpec {
+        name: "previously".into(),
+        ..Default::default()
+    };
+    s.validate().unwrap();
+}

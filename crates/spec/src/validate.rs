@@ -36,6 +36,16 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
             "e.g. `pgset`",
         ));
     }
+    if crate::contract::MEMBER_SUFFIXES.contains(&s.name.as_str()) || s.name.starts_with("stale-") {
+        return Err(invalid(
+            "name (--name)",
+            &s.name,
+            "is reserved: the agent keeps files and directories named `<member>.<suffix>` beside \
+             member directories, and another cluster's directory is `<namespace>.<name>`, so this \
+             name could meet one of them",
+            "choose another name, e.g. `pgset` or `db`",
+        ));
+    }
     if !is_dns1123_label(&s.namespace) {
         return Err(invalid(
             "namespace (-n/--namespace)",
@@ -114,12 +124,12 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
         return Err(invalid(
             "postgres.image (--postgres-image)",
             &s.postgres.image,
-            &format!(
+            format!(
                 "PostgreSQL {major} is not supported (majors {} to {})",
                 supported.start(),
                 supported.end()
             ),
-            &format!("use postgres:{}", supported.end()),
+            format!("use postgres:{}", supported.end()),
         ));
     }
     if !is_image_reference(&s.agent.image) {
