@@ -8,10 +8,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use pgset_nfs::{
-    CommandOutput, CommandRunner, ExportOptions, FirewalldState, HostAddresses, HostCommand,
-    HostFacts, HostPaths, PackageManager, PathState, SelinuxMode, ServiceState, Step,
-    UnitFileState, apply, parse_clients, parse_exportfs_verbose, parse_os_release, plan,
-    probe_files, render_block,
+    CommandOutput, CommandRunner, ExportContents, ExportOptions, FirewalldState, HostAddresses,
+    HostCommand, HostFacts, HostPaths, PackageManager, PathState, SelinuxMode, ServiceManager,
+    ServiceState, Step, UnitFileState, apply, blockers, parse_clients, parse_exportfs_verbose,
+    parse_os_release, plan, probe_files, render_block,
 };
 use pgset_spec::{ClusterSpec, Overrides, StorageMode};
 use pgset_tests::{fixtures, missing_tool};
@@ -50,6 +50,17 @@ fn fresh(os_fixture: &str) -> HostFacts {
     HostFacts {
         os,
         is_root: true,
+        service_manager: ServiceManager::Systemd,
+        programs: [
+            req.package_manager.program(),
+            "systemctl",
+            "setsebool",
+            "restorecon",
+            "firewall-cmd",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect(),
         package_managers: vec![req.package_manager],
         packages: req
             .packages
@@ -68,6 +79,8 @@ fn fresh(os_fixture: &str) -> HostFacts {
         exports_file: None,
         active_exports: Vec::new(),
         export_dir: PathState::Missing,
+        export_real: None,
+        export_contents: ExportContents::default(),
         member_dirs: BTreeMap::new(),
         addresses: HostAddresses::default(),
     }
@@ -79,6 +92,7 @@ fn configured(os_fixture: &str) -> HostFacts {
     for v in f.packages.values_mut() {
         *v = true;
     }
+    f.programs.insert("exportfs".into());
     for (unit, state) in f.services.iter_mut() {
         *state = running(if unit == "rpc-statd" || unit == "nfs-idmapd" {
             UnitFileState::Static
@@ -384,6 +398,74 @@ fn problems_no_step_can_fix_are_errors() {
     );
 }
 
+#[test]
+fn a_host_that_cannot_run_a_step_is_blocked_once_per_cause() {
+    let spec = ClusterSpec::default();
+    let blocked = |f: &HostFacts| -> Vec<String> {
+        let steps = plan(f, &spec, &options()).unwrap();
+        blockers(f, &steps)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    // Systemd present and booted: a fresh host can run everything (exportfs comes with the
+    // package the plan installs).
+    let f = fresh("os-release.debian-12");
+    assert!(!f.programs.contains("exportfs"));
+    assert!(blocked(&f).is_empty(), "{:?}", blocked(&f));
+
+    // systemctl installed, systemd not PID 1: one blocker for the service steps, whatever
+    // their number (EL7 starts four units).
+    let mut f = fresh("os-release.centos-7");
+    f.service_manager = ServiceManager::NotBooted;
+    let b = blocked(&f);
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert!(
+        b[0].starts_with("enable and start rpcbind: `systemctl` cannot start services: this host was not booted with systemd as PID 1"),
+        "{b:?}"
+    );
+    assert!(b[0].contains("--nfs-server ADDR"), "{b:?}");
+    f.service_manager = ServiceManager::Missing;
+    assert!(blocked(&f)[0].contains("`systemctl` is not installed"));
+
+    // A configured host whose units run needs no service manager at all.
+    let mut f = configured("os-release.debian-12");
+    f.service_manager = ServiceManager::NotBooted;
+    f.active_exports.clear();
+    assert_eq!(
+        described(&f, &spec),
+        ["re-export /etc/exports (exportfs -ra)"]
+    );
+    assert!(blocked(&f).is_empty());
+    // ... but exportfs, when no install step brings it.
+    f.programs.remove("exportfs");
+    let b = blocked(&f);
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert!(
+        b[0].contains("`exportfs` is not installed") && b[0].contains("reinstall"),
+        "{b:?}"
+    );
+
+    // SELinux on without its tools.
+    let mut f = configured("os-release.rocky-9");
+    selinux(&mut f, SelinuxMode::Enforcing, false);
+    f.programs.remove("setsebool");
+    let b = blocked(&f);
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert!(b[0].contains("`setsebool` is not installed") && b[0].contains("policycoreutils"));
+
+    // The package tool itself is judged by the plan (no step can install it).
+    let mut f = fresh("os-release.rocky-9");
+    f.programs.remove("dnf");
+    f.package_managers.clear();
+    assert!(
+        plan(&f, &spec, &options())
+            .unwrap_err()
+            .to_string()
+            .contains("no dnf found")
+    );
+}
+
 /// Records commands instead of running them (the file work is real).
 #[derive(Default)]
 struct RecordingRunner {
@@ -583,6 +665,17 @@ fn bad_input_is_refused_and_nothing_changes() {
             facts: same,
             clients: CLIENTS,
             expected: "line 1 already exports /nfsfileshare outside pgset's block",
+        },
+        Case {
+            name: "no systemd as PID 1",
+            exports: Some(PRE_EXISTING),
+            export_is_file: false,
+            facts: |f| {
+                f.service_manager = ServiceManager::NotBooted;
+                f.services.get_mut("nfs-server").unwrap().active = false;
+            },
+            clients: CLIENTS,
+            expected: "this host cannot run the plan, so nothing was changed:\n  - start nfs-server: `systemctl` cannot start services",
         },
         Case {
             name: "pgset block without its end",

@@ -171,6 +171,98 @@ fn bad_input_through_the_cli_changes_nothing() {
     assert_eq!(host_state(), before, "a refused run changed the host");
 }
 
+/// The installed package set as `dpkg-query -W` prints it.
+fn package_set() -> String {
+    let out = duct::cmd!("dpkg-query", "-W")
+        .stdout_capture()
+        .run()
+        .expect("dpkg-query -W");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Owner, mode and (for files) contents of a path; `None` when it does not exist.
+fn path_snapshot(p: &Path) -> Option<(u32, u32, u32, Option<Vec<u8>>)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p).ok()?;
+    let content = m.is_file().then(|| std::fs::read(p).expect("read a file"));
+    Some((m.uid(), m.gid(), m.mode(), content))
+}
+
+/// On a Debian host booted without systemd as PID 1 (this machine: a container), the real
+/// `nfs` command refuses with one error naming the service manager, and leaves `/etc/exports`,
+/// the package set and the export path as they were. Its dry run shows the same blocker.
+#[test]
+fn a_host_without_systemd_is_refused_before_any_change() {
+    const TEST: &str = "nfs_vm::a_host_without_systemd_is_refused_before_any_change";
+    if Path::new("/run/systemd/system").is_dir() {
+        missing_tool(
+            TEST,
+            "this host runs systemd as PID 1: the run would really provision it",
+        );
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        missing_tool(
+            TEST,
+            "needs root: a non-root run stops earlier, at the root check",
+        );
+        return;
+    }
+    if tool("dpkg-query").is_none() || tool("systemctl").is_none() {
+        missing_tool(TEST, "needs a Debian-family host with systemctl installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let export = dir.path().join("export");
+    let export_str = export.display().to_string();
+    let args = [
+        "nfs",
+        "--clients",
+        "10.0.0.0/24",
+        "--nfs-export",
+        &export_str,
+    ];
+    let watched = [
+        PathBuf::from("/etc/exports"),
+        PathBuf::from("/etc/exports.pgset.bak"),
+        PathBuf::from("/etc/.exports.pgset.tmp"),
+        export.clone(),
+    ];
+    let snapshot = || {
+        (
+            package_set(),
+            watched.iter().map(|p| path_snapshot(p)).collect::<Vec<_>>(),
+        )
+    };
+    let before = snapshot();
+
+    let (code, err) = run_here(&args, None);
+    eprintln!("--- real run ---\n{err}");
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        err.contains("this host cannot run the plan, so nothing was changed")
+            && err.contains("not booted with systemd as PID 1")
+            && err.contains("--nfs-server ADDR"),
+        "{err}"
+    );
+    assert!(!err.contains("==> configure"), "{err}");
+    assert!(!err.contains("    $ "), "a command ran:\n{err}");
+
+    let (code, dry) = run_here(&[&["nfs", "--dry-run"][..], &args[1..]].concat(), None);
+    eprintln!("--- dry run ---\n{dry}");
+    assert_eq!(code, 1, "{dry}");
+    assert!(
+        dry.contains("a real run would refuse") && dry.contains("not booted with systemd"),
+        "{dry}"
+    );
+    assert_eq!(snapshot(), before, "a refused run changed the host");
+}
+
 fn elapsed(t: Instant) -> String {
     format!("{:.1}s", t.elapsed().as_secs_f64())
 }

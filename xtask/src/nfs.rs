@@ -9,8 +9,8 @@ use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::api::ListParams;
 use pgset_nfs::{
-    Duct, ExportClient, ExportOptions, ExportsFile, HostAddresses, HostPaths, Step,
-    clients_from_node_addresses, nfs_server_address, parse_clients,
+    Blocker, Duct, ExportClient, ExportOptions, ExportsFile, HostAddresses, HostFacts, HostPaths,
+    Step, clients_from_node_addresses, nfs_server_address, parse_clients,
 };
 use pgset_spec::ClusterSpec;
 
@@ -39,48 +39,95 @@ pub struct Args {
     pub client: ClientArgs,
 }
 
+/// The NFS host as probed, with the plan for it. Reading only.
+pub(crate) struct HostPlan {
+    pub facts: HostFacts,
+    pub options: ExportOptions,
+    pub steps: Vec<Step>,
+    pub nodes: Vec<IpAddr>,
+}
+
+impl HostPlan {
+    /// Probes this host and plans; changes nothing.
+    pub(crate) async fn make(
+        spec: &ClusterSpec,
+        clients: Option<&str>,
+        client_args: &ClientArgs,
+        runner: &Duct,
+    ) -> Result<HostPlan> {
+        let explicit_clients = clients.map(parse_clients).transpose()?;
+        let stage = Stage::start("probe the host");
+        let facts =
+            pgset_nfs::probe(runner, &HostPaths::default(), spec).context("probe the host")?;
+        stage.done(&facts.os.pretty_name);
+
+        let nodes = if explicit_clients.is_some() && spec.nfs.server.is_some() {
+            Vec::new()
+        } else {
+            node_addresses(client_args).await?
+        };
+        let kept = kept_clients(spec, facts.exports_file.as_deref());
+        let clients = match (explicit_clients, kept) {
+            (Some(c), _) => c,
+            (None, Some(c)) => {
+                eprintln!(
+                    "note: keeping the clients of pgset's block in /etc/exports ({}); pass --clients to change them",
+                    client_list(&c)
+                );
+                c
+            }
+            (None, None) => default_clients(&nodes, &facts.addresses)?,
+        };
+        let options = ExportOptions { clients };
+        let steps = pgset_nfs::plan(&facts, spec, &options).context("plan the NFS host")?;
+        Ok(HostPlan {
+            facts,
+            options,
+            steps,
+            nodes,
+        })
+    }
+
+    /// Every reason this host cannot run the plan.
+    pub(crate) fn blockers(&self) -> Vec<Blocker> {
+        pgset_nfs::blockers(&self.facts, &self.steps)
+    }
+}
+
 /// Runs the task.
 pub async fn run(args: Args) -> Result<()> {
     let spec = args.spec.load(&args.client)?;
-    let explicit_clients = args.clients.as_deref().map(parse_clients).transpose()?;
+    if let Some(c) = &args.clients {
+        parse_clients(c)?;
+    }
     let runner = Duct {
         log_probes: args.verbose,
     };
     let paths = HostPaths::default();
-
-    let stage = Stage::start("probe the host");
-    let facts = pgset_nfs::probe(&runner, &paths, &spec).context("probe the host")?;
-    stage.done(&facts.os.pretty_name);
-
-    let nodes = if explicit_clients.is_some() && spec.nfs.server.is_some() {
-        Vec::new()
-    } else {
-        node_addresses(&args.client).await?
-    };
-    let kept = kept_clients(&spec, facts.exports_file.as_deref());
-    let clients = match (explicit_clients, kept) {
-        (Some(c), _) => c,
-        (None, Some(c)) => {
-            eprintln!(
-                "note: keeping the clients of pgset's block in /etc/exports ({}); pass --clients to change them",
-                client_list(&c)
-            );
-            c
-        }
-        (None, None) => default_clients(&nodes, &facts.addresses)?,
-    };
-    let options = ExportOptions { clients };
-    let steps = pgset_nfs::plan(&facts, &spec, &options).context("plan the NFS host")?;
+    let HostPlan {
+        facts,
+        options,
+        steps,
+        nodes,
+    } = HostPlan::make(&spec, args.clients.as_deref(), &args.client, &runner).await?;
     print_plan(&spec, &options, &steps);
     let server = server_address(&spec, &facts.addresses, &nodes);
+    let blockers = pgset_nfs::blockers(&facts, &steps);
 
     if args.dry_run {
         print_server(server.as_deref());
+        if !blockers.is_empty() {
+            return Err(pgset_nfs::Error::Blocked { blockers })
+                .context("a real run would refuse (dry run: nothing was changed)");
+        }
         return Ok(());
     }
     if !steps.is_empty() {
         if !facts.is_root {
             return Err(pgset_nfs::Error::NotRoot { steps: steps.len() }.into());
+        }
+        if !blockers.is_empty() {
+            return Err(pgset_nfs::Error::Blocked { blockers }.into());
         }
         let stage = Stage::start("configure the NFS host");
         pgset_nfs::apply(&steps, &facts, &paths, &runner).context("configure the NFS host")?;

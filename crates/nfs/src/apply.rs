@@ -11,12 +11,13 @@ use nix::unistd::{Gid, Uid, chown};
 use crate::clients::ExportClient;
 use crate::command::{CommandRunner, HostCommand};
 use crate::facts::{HostFacts, HostPaths, PathState};
+use crate::judge::blockers;
 use crate::parse::parse_exportfs_verbose;
 use crate::plan::{Step, missing_live_clients};
 use crate::{Error, Result};
 
-/// Performs `steps` in order. Needs root unless there is nothing to do; refuses before any
-/// change otherwise.
+/// Performs `steps` in order. Needs root unless there is nothing to do, and a host that can run
+/// every step ([`blockers`]); refuses before any change otherwise.
 pub fn apply(
     steps: &[Step],
     facts: &HostFacts,
@@ -28,6 +29,10 @@ pub fn apply(
     }
     if !facts.is_root {
         return Err(Error::NotRoot { steps: steps.len() });
+    }
+    let blockers = blockers(facts, steps);
+    if !blockers.is_empty() {
+        return Err(Error::Blocked { blockers });
     }
     for step in steps {
         eprintln!("==> {step}");

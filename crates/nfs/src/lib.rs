@@ -11,6 +11,7 @@ mod clients;
 mod command;
 mod exports;
 mod facts;
+mod judge;
 mod parse;
 mod plan;
 mod probe;
@@ -24,7 +25,11 @@ pub use command::{CommandOutput, CommandRunner, Duct, HostCommand, shell_quote};
 pub use exports::{EXPORT_OPTIONS, ExportEntry, ExportsFile, render_block};
 pub use facts::{
     FirewalldState, HostAddresses, HostFacts, HostPaths, OsFamily, OsRelease, PackageManager,
-    PathState, Requirements, SelinuxMode, ServiceState, UnitFileState,
+    PathState, Requirements, SelinuxMode, ServiceManager, ServiceState, UnitFileState,
+};
+pub use judge::{
+    Blocker, EXPORT_MARKER, ExportContents, ExportRefusal, blockers, judge_export_contents,
+    judge_export_path, marker_cluster, marker_contents, marker_identity,
 };
 pub use parse::{
     ActiveExport, parse_dpkg_query, parse_exportfs_verbose, parse_firewall_services,
@@ -71,6 +76,24 @@ pub enum Error {
         path: PathBuf,
         /// What it is instead ("a regular file", "a symbolic link", ...).
         what: &'static str,
+    },
+    /// The export path is not pgset's to take.
+    #[error("refusing the export {}: {problem}; {fix}", .path.display())]
+    ExportRefused {
+        /// The export path.
+        path: PathBuf,
+        /// Why.
+        problem: String,
+        /// What to do.
+        fix: String,
+    },
+    /// This host cannot run one or more planned steps.
+    #[error(
+        "this host cannot run the plan, so nothing was changed:{}", blocker_list(.blockers)
+    )]
+    Blocked {
+        /// Each reason, with its step and fix.
+        blockers: Vec<Blocker>,
     },
     /// A path below the export (a member directory) exists but is not a directory.
     #[error("{} exists and is {what}: remove it so pgset can create the member's data directory", .path.display())]
@@ -139,6 +162,10 @@ pub enum Error {
         "cannot tell which hosts may mount the export: no cluster nodes and no primary network found; pass --clients CIDR[,CIDR...]"
     )]
     NoClients,
+}
+
+fn blocker_list(blockers: &[Blocker]) -> String {
+    blockers.iter().map(|b| format!("\n  - {b}")).collect()
 }
 
 fn stderr_suffix(stderr: &str) -> String {

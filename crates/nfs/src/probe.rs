@@ -10,8 +10,9 @@ use pgset_spec::ClusterSpec;
 use crate::command::{CommandRunner, HostCommand};
 use crate::facts::{
     FirewalldState, HostAddresses, HostFacts, HostPaths, OsRelease, PackageManager, PathState,
-    SelinuxMode, ServiceState,
+    SelinuxMode, ServiceManager, ServiceState,
 };
+use crate::judge::ExportContents;
 use crate::parse::{
     parse_dpkg_query, parse_exportfs_verbose, parse_firewall_services, parse_getenforce,
     parse_getsebool, parse_ip_addr_show, parse_ip_route_get, parse_os_release, parse_rpm_query,
@@ -23,6 +24,18 @@ use crate::{Error, Result};
 /// An address outside any lab network, used only to ask the kernel which source address its
 /// default route would use (`ip route get` sends nothing).
 const ROUTE_PROBE_ADDRESS: &str = "1.1.1.1";
+
+/// Programs the steps may run; probing records which are on PATH.
+const STEP_PROGRAMS: [&str; 8] = [
+    "apt-get",
+    "dnf",
+    "yum",
+    "systemctl",
+    "setsebool",
+    "restorecon",
+    "firewall-cmd",
+    "exportfs",
+];
 
 fn on_path(program: &str) -> bool {
     which::which(program).is_ok()
@@ -115,9 +128,24 @@ pub fn probe(
 
     let addresses = probe_addresses(runner)?;
 
+    let service_manager = if !on_path("systemctl") {
+        ServiceManager::Missing
+    } else if paths.host(Path::new("/run/systemd/system")).is_dir() {
+        ServiceManager::Systemd
+    } else {
+        ServiceManager::NotBooted
+    };
+    let programs = STEP_PROGRAMS
+        .iter()
+        .filter(|p| on_path(p))
+        .map(|p| p.to_string())
+        .collect();
+
     let mut facts = HostFacts {
         os,
         is_root: nix::unistd::geteuid().is_root(),
+        service_manager,
+        programs,
         package_managers,
         packages,
         services,
@@ -128,6 +156,8 @@ pub fn probe(
         exports_file: None,
         active_exports,
         export_dir: PathState::Missing,
+        export_real: None,
+        export_contents: ExportContents::default(),
         member_dirs: BTreeMap::new(),
         addresses,
     };

@@ -128,13 +128,26 @@ pub async fn run(args: Args) -> Result<()> {
         }
         Err(e) => return Err(e.context("preflight: connect to the cluster")),
     };
-    let facts = preflight::gather(
+    let mut facts = preflight::gather(
         &spec,
         client.as_ref(),
         host_steps,
         plan.contains(&StageName::Image),
     )
     .await?;
+    if plan.contains(&StageName::Nfs) {
+        let host = crate::nfs::HostPlan::make(
+            &spec,
+            args.clients.as_deref(),
+            &args.client,
+            &pgset_nfs::Duct::default(),
+        )
+        .await;
+        facts.nfs_host = Some(match host {
+            Ok(h) => Ok(h.blockers().iter().map(ToString::to_string).collect()),
+            Err(e) => Err(format!("{e:#}")),
+        });
+    }
     let findings = preflight::judge(&spec, &facts);
     for f in &findings {
         eprintln!("    {f}");

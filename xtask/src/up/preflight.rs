@@ -35,6 +35,9 @@ pub struct Facts {
     pub host_is_node: bool,
     /// The StorageClass named by the spec exists (templates mode with a class only).
     pub storage_class_exists: Option<bool>,
+    /// When the NFS stage runs: why this host cannot run its plan (empty when it can), or the
+    /// error that stops planning it (an export path that is not pgset's, an unknown OS...).
+    pub nfs_host: Option<Result<Vec<String>, String>>,
 }
 
 /// One node as preflight sees it.
@@ -150,6 +153,15 @@ pub fn judge(spec: &ClusterSpec, f: &Facts) -> Vec<Finding> {
             ));
         }
     }
+    match &f.nfs_host {
+        None => {}
+        Some(Ok(blockers)) => {
+            for b in blockers {
+                out.push(blocker(format!("NFS host: {b}")));
+            }
+        }
+        Some(Err(e)) => out.push(blocker(format!("NFS host: {e}"))),
+    }
     if spec.storage.mode == StorageMode::Templates
         && let (Some(class), Some(false)) = (&spec.storage.storage_class, f.storage_class_exists)
     {
@@ -188,6 +200,7 @@ pub async fn gather(
         nodes: Vec::new(),
         host_is_node: false,
         storage_class_exists: None,
+        nfs_host: None,
     };
     let Some(client) = client else {
         return Ok(facts);
@@ -251,6 +264,7 @@ mod tests {
             mount_nfs_here: true,
             host_is_node: true,
             storage_class_exists: None,
+            nfs_host: Some(Ok(Vec::new())),
         }
     }
 
@@ -334,6 +348,27 @@ mod tests {
         };
         let b = judge(&ClusterSpec::default(), &facts);
         assert!(blockers(&b)[0].contains("nfs-utils"), "{b:?}");
+    }
+
+    #[test]
+    fn what_stops_the_nfs_stage_is_a_blocker_before_anything_changes() {
+        let facts = Facts {
+            nfs_host: Some(Ok(vec![
+                "start nfs-server: `systemctl` cannot start services".into(),
+            ])),
+            ..cluster_ok()
+        };
+        let b = judge(&ClusterSpec::default(), &facts);
+        assert_eq!(
+            blockers(&b),
+            ["NFS host: start nfs-server: `systemctl` cannot start services"]
+        );
+        let facts = Facts {
+            nfs_host: Some(Err("refusing the export /etc: ...".into())),
+            ..cluster_ok()
+        };
+        let b = judge(&ClusterSpec::default(), &facts);
+        assert_eq!(blockers(&b), ["NFS host: refusing the export /etc: ..."]);
     }
 
     #[test]
