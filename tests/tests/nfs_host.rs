@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use pgset_nfs::{
     CommandOutput, CommandRunner, ExportContents, ExportOptions, FirewalldState, HostAddresses,
     HostCommand, HostFacts, HostPaths, PackageManager, PathState, SelinuxMode, ServiceManager,
-    ServiceState, Step, UnitFileState, apply, blockers, parse_clients, parse_exportfs_verbose,
-    parse_os_release, plan, probe_files, render_block,
+    ServiceState, Step, UnitFileState, apply, blockers, marker_contents, parse_clients,
+    parse_exportfs_verbose, parse_os_release, plan, probe_files, render_block,
 };
 use pgset_spec::{ClusterSpec, Overrides, StorageMode};
 use pgset_tests::{fixtures, missing_tool};
@@ -108,6 +108,7 @@ fn configured(os_fixture: &str) -> HostFacts {
         gid: 999,
         mode: 0o700,
     };
+    f.export_contents.marker = Some(marker_contents("default", "pgset"));
     f
 }
 
@@ -139,6 +140,8 @@ fn described(f: &HostFacts, spec: &ClusterSpec) -> Vec<String> {
 
 const EXPORT_LINE: &str = "/nfsfileshare 10.0.2.0/24(rw,sync,no_subtree_check,root_squash) 127.0.0.1/32(rw,sync,no_subtree_check,root_squash)";
 
+const MARK: &str = "mark /nfsfileshare as this cluster's export (/nfsfileshare/.pgset-export)";
+
 fn write_step() -> String {
     format!("write pgset's block in /etc/exports (backup kept): {EXPORT_LINE}")
 }
@@ -154,6 +157,7 @@ fn centos_7_from_nothing_with_selinux_enforcing_and_firewalld() {
             "install nfs-utils, libnfsidmap, rpcbind with yum".to_string(),
             "turn on the SELinux boolean(s) virt_use_nfs, nfs_export_all_rw (persistent)".into(),
             "create /nfsfileshare owned by 999:999 with mode 0700".into(),
+            MARK.into(),
             write_step(),
             "enable and start rpcbind".into(),
             "enable and start nfs-server".into(),
@@ -203,6 +207,7 @@ fn rocky_9_with_selinux_and_firewalld_off() {
         [
             "install nfs-utils, rpcbind with dnf".to_string(),
             "create /nfsfileshare owned by 999:999 with mode 0700".into(),
+            MARK.into(),
             write_step(),
             "enable and start rpcbind".into(),
             "enable and start nfs-server".into(),
@@ -220,6 +225,7 @@ fn debian_and_ubuntu_from_nothing() {
             [
                 "install nfs-kernel-server, nfs-common with apt-get".to_string(),
                 "create /nfsfileshare owned by 999:999 with mode 0700".into(),
+                MARK.into(),
                 write_step(),
                 "enable and start nfs-server".into(),
                 "re-export /etc/exports (exportfs -ra)".into(),
@@ -551,6 +557,7 @@ fn applying_then_planning_again_yields_nothing() {
         described,
         [
             "create /nfsfileshare owned by 999:999 with mode 0711".to_string(),
+            MARK.into(),
             "create /nfsfileshare/pgset-0 owned by 999:999 with mode 0700".into(),
             "create /nfsfileshare/pgset-1 owned by 999:999 with mode 0700".into(),
             write_step(),
@@ -707,6 +714,119 @@ fn bad_input_is_refused_and_nothing_changes() {
             case.name
         );
     }
+}
+
+/// The spec with its export at `path`.
+fn exporting(path: &str) -> ClusterSpec {
+    let mut spec = ClusterSpec::default();
+    spec.apply(&Overrides {
+        nfs_export: Some(PathBuf::from(path)),
+        ..Overrides::default()
+    });
+    spec.validate().expect("a valid export path");
+    spec
+}
+
+#[test]
+fn system_directories_on_this_host_are_refused_by_the_plan() {
+    // The real host's files, read only: probe_files under `/`, then plan.
+    let paths = HostPaths::default();
+    for (path, expected) in [
+        ("/etc", "/etc belongs to the operating system"),
+        ("/usr", "/usr belongs to the operating system"),
+        (
+            "/var/lib/pgset",
+            "inside /var/lib, which belongs to the operating system",
+        ),
+        ("/home", "/home is a system directory"),
+        ("/srv", "/srv is a system directory"),
+        ("/var", "/var is a system directory"),
+    ] {
+        let spec = exporting(path);
+        let mut facts = configured("os-release.debian-12");
+        probe_files(&paths, &spec, &mut facts).unwrap();
+        let err = plan(&facts, &spec, &options()).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("refusing the export {path}: ")) && err.contains(expected),
+            "{path}: {err}"
+        );
+        assert!(err.contains("--nfs-export"), "{path}: {err}");
+    }
+}
+
+#[test]
+fn only_a_new_empty_or_marked_directory_becomes_the_export() {
+    let spec = exporting("/srv/nfs");
+    let plan_here = |paths: &HostPaths| {
+        let mut facts = configured("os-release.debian-12");
+        probe_files(paths, &spec, &mut facts).unwrap();
+        plan(&facts, &spec, &options())
+            .map(|steps| steps.iter().map(ToString::to_string).collect::<Vec<_>>())
+    };
+    let mark = "mark /srv/nfs as this cluster's export (/srv/nfs/.pgset-export)";
+
+    // Empty, or holding only a fresh file system's lost+found: taken and marked.
+    let (dir, paths) = host_root(None);
+    std::fs::create_dir_all(dir.path().join("srv/nfs/lost+found")).unwrap();
+    let steps = plan_here(&paths).unwrap();
+    assert!(steps.iter().any(|s| s == mark), "{steps:?}");
+
+    // Someone else's files: refused, naming what is there and the fix.
+    std::fs::write(dir.path().join("srv/nfs/notes.txt"), "mine").unwrap();
+    std::fs::create_dir(dir.path().join("srv/nfs/photos")).unwrap();
+    let err = plan_here(&paths).unwrap_err().to_string();
+    assert!(
+        err.contains("holds 2 entries pgset did not create (notes.txt, photos)")
+            && err.contains("printf 'cluster: default/pgset\\n' > /srv/nfs/.pgset-export"),
+        "{err}"
+    );
+
+    // Marked for this cluster: its content is pgset's, nothing to mark again.
+    std::fs::write(
+        dir.path().join("srv/nfs/.pgset-export"),
+        marker_contents("default", "pgset"),
+    )
+    .unwrap();
+    let steps = plan_here(&paths).unwrap();
+    assert!(!steps.iter().any(|s| s.starts_with("mark")), "{steps:?}");
+
+    // Marked for another cluster: refused.
+    std::fs::write(
+        dir.path().join("srv/nfs/.pgset-export"),
+        marker_contents("prod", "pgset"),
+    )
+    .unwrap();
+    let err = plan_here(&paths).unwrap_err().to_string();
+    assert!(
+        err.contains("export of the pgset cluster prod/pgset"),
+        "{err}"
+    );
+
+    // A directory on the way that is a link into the system's trees is judged where it leads.
+    let (dir, paths) = host_root(None);
+    std::os::unix::fs::symlink("etc", dir.path().join("srv")).unwrap();
+    let err = plan_here(&paths).unwrap_err().to_string();
+    assert!(
+        err.contains("it resolves to /etc/nfs: /etc/nfs is inside /etc"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_foreign_directory_stays_byte_identical_when_refused() {
+    let spec = exporting("/srv/nfs");
+    let (dir, paths) = host_root(Some(PRE_EXISTING));
+    let export = dir.path().join("srv/nfs");
+    std::fs::create_dir_all(export.join("sub")).unwrap();
+    std::fs::write(export.join("sub/data"), "someone's data").unwrap();
+    std::fs::set_permissions(&export, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let before = tree(dir.path());
+    let mut facts = configured("os-release.debian-12");
+    let runner = RecordingRunner::default();
+    let err = provision(&mut facts, &spec, CLIENTS, &paths, &runner).unwrap_err();
+    assert!(err.contains("pgset never takes over a directory"), "{err}");
+    assert_eq!(tree(dir.path()), before);
+    assert!(runner.commands.borrow().is_empty());
 }
 
 #[test]

@@ -263,6 +263,81 @@ fn a_host_without_systemd_is_refused_before_any_change() {
     assert_eq!(snapshot(), before, "a refused run changed the host");
 }
 
+/// A directory and its direct entries: owner, mode and (for files) contents of each.
+fn dir_snapshot(p: &Path) -> Vec<(PathBuf, Option<(u32, u32, u32, Option<Vec<u8>>)>)> {
+    let mut out = vec![(p.to_path_buf(), path_snapshot(p))];
+    if let Ok(entries) = std::fs::read_dir(p) {
+        let mut names: Vec<PathBuf> = entries.map(|e| e.expect("an entry").path()).collect();
+        names.sort();
+        for n in names {
+            let snap = path_snapshot(&n);
+            out.push((n, snap));
+        }
+    }
+    out
+}
+
+/// System directories and a directory with someone else's files are refused as the export by
+/// the real command, dry run or not, and stay byte-identical (owner, mode, contents).
+#[test]
+fn system_and_foreign_directories_are_refused_for_real() {
+    let foreign = tempfile::tempdir().expect("temp dir");
+    std::fs::write(foreign.path().join("thesis.tex"), "someone's work").expect("write");
+    std::fs::create_dir(foreign.path().join("figures")).expect("mkdir");
+    let foreign_path = foreign.path().display().to_string();
+    let cases: [(&str, &str); 6] = [
+        (
+            "/etc",
+            "refusing the export /etc: /etc belongs to the operating system",
+        ),
+        (
+            "/usr",
+            "refusing the export /usr: /usr belongs to the operating system",
+        ),
+        (
+            "/home",
+            "refusing the export /home: /home is a system directory",
+        ),
+        (
+            "/var",
+            "refusing the export /var: /var is a system directory",
+        ),
+        (
+            "/var/lib/nfs",
+            "inside /var/lib, which belongs to the operating system",
+        ),
+        (
+            &foreign_path,
+            "holds 2 entries pgset did not create (figures, thesis.tex)",
+        ),
+    ];
+    let watched: Vec<PathBuf> = cases
+        .iter()
+        .map(|(p, _)| PathBuf::from(p))
+        .chain([PathBuf::from("/etc/exports"), PathBuf::from("/")])
+        .collect();
+    let snapshot = || watched.iter().map(|p| dir_snapshot(p)).collect::<Vec<_>>();
+    let before = snapshot();
+    for (path, expected) in cases {
+        for dry in [true, false] {
+            let mut args = vec!["nfs", "--clients", "10.0.0.0/24", "--nfs-export", path];
+            if dry {
+                args.push("--dry-run");
+            }
+            let (code, err) = run_here(&args, None);
+            assert_eq!(code, 1, "{args:?}: {err}");
+            assert!(err.contains(expected), "{args:?}: {err}");
+            assert!(err.contains("--nfs-export"), "{args:?}: {err}");
+            assert_eq!(
+                err.lines().filter(|l| l.starts_with("error:")).count(),
+                1,
+                "{args:?}: {err}"
+            );
+        }
+    }
+    assert_eq!(snapshot(), before, "a refused export path changed");
+}
+
 fn elapsed(t: Instant) -> String {
     format!("{:.1}s", t.elapsed().as_secs_f64())
 }

@@ -11,7 +11,7 @@ use nix::unistd::{Gid, Uid, chown};
 use crate::clients::ExportClient;
 use crate::command::{CommandRunner, HostCommand};
 use crate::facts::{HostFacts, HostPaths, PathState};
-use crate::judge::blockers;
+use crate::judge::{EXPORT_MARKER, blockers};
 use crate::parse::parse_exportfs_verbose;
 use crate::plan::{Step, missing_live_clients};
 use crate::{Error, Result};
@@ -44,6 +44,7 @@ pub fn apply(
                 mode,
                 current,
             } => ensure_directory(&paths.host(path), *uid, *gid, *mode, *current)?,
+            Step::MarkExport { path, contents } => write_marker(&paths.host(path), contents)?,
             Step::WriteExports { contents, .. } => write_exports(paths, contents)?,
             _ => {}
         }
@@ -85,6 +86,25 @@ fn ensure_directory(path: &Path, uid: u32, gid: u32, mode: u32, current: PathSta
     fs::set_permissions(path, Permissions::from_mode(mode))
         .map_err(file_error("change the mode of", path))?;
     Ok(())
+}
+
+/// Writes pgset's marker into the export directory (root-owned, mode 0644); an identical
+/// marker is left as it is.
+fn write_marker(dir: &Path, contents: &str) -> Result<()> {
+    let path = dir.join(EXPORT_MARKER);
+    if fs::read(&path).is_ok_and(|old| old == contents.as_bytes()) {
+        return Ok(());
+    }
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&path)
+        .map_err(file_error("create", &path))?;
+    f.write_all(contents.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(file_error("write", &path))
 }
 
 /// Writes the exports file atomically: the old file is copied to the backup, the new contents

@@ -12,8 +12,7 @@ use crate::plan::Step;
 pub const EXPORT_MARKER: &str = ".pgset-export";
 
 /// Entries of a new file system's root that do not make a directory someone else's.
-#[allow(dead_code)]
-const IGNORED_ENTRIES: [&str; 1] = ["lost+found"];
+pub(crate) const IGNORED_ENTRIES: [&str; 1] = ["lost+found"];
 
 /// Directories of the operating system that may never be the export themselves, though a
 /// directory below them may (`/srv/nfs`, `/mnt/data`, `/home/nfs`, `/tmp/...`).

@@ -11,6 +11,10 @@ use crate::clients::{ExportClient, ExportOptions};
 use crate::command::HostCommand;
 use crate::exports::{ExportsFile, render_block};
 use crate::facts::{HostFacts, PackageManager, PathState, UnitFileState};
+use crate::judge::{
+    EXPORT_MARKER, ExportRefusal, judge_export_contents, judge_export_path, marker_contents,
+    marker_identity,
+};
 use crate::parse::ActiveExport;
 use crate::{Error, Result};
 
@@ -58,6 +62,13 @@ pub enum Step {
         mode: u32,
         /// What is there now.
         current: PathState,
+    },
+    /// Write pgset's marker into the export directory: from now on it is this cluster's.
+    MarkExport {
+        /// Host path of the export directory.
+        path: PathBuf,
+        /// The marker's contents.
+        contents: String,
     },
     /// Write `/etc/exports` with pgset's block (atomically, keeping a backup).
     WriteExports {
@@ -117,7 +128,7 @@ impl Step {
                 "setsebool",
                 std::iter::once("-P".to_string()).chain(booleans.iter().map(|b| format!("{b}=1"))),
             )],
-            Step::EnsureDirectory { .. } => Vec::new(),
+            Step::EnsureDirectory { .. } | Step::MarkExport { .. } => Vec::new(),
             Step::WriteExports {
                 path,
                 restore_label,
@@ -192,6 +203,12 @@ impl fmt::Display for Step {
                     write!(f, "replace {} ({what}) by a directory", path.display())
                 }
             },
+            Step::MarkExport { path, .. } => write!(
+                f,
+                "mark {} as this cluster's export ({})",
+                path.display(),
+                path.join(EXPORT_MARKER).display()
+            ),
             Step::WriteExports {
                 path, export_line, ..
             } => write!(
@@ -224,15 +241,30 @@ fn exports_path() -> PathBuf {
 }
 
 /// Plans the steps that make the host serve the export. Pure: it reads only its arguments.
-/// Errors are problems no step can fix (an unknown OS, the export path taken by a file, a
-/// broken pgset block, the export already exported outside pgset's block, a masked unit).
+/// Errors are problems no step can fix (an unknown OS, an export path that is not pgset's to
+/// take, a broken pgset block, the export already exported outside pgset's block, a masked
+/// unit).
 pub fn plan(facts: &HostFacts, spec: &ClusterSpec, options: &ExportOptions) -> Result<Vec<Step>> {
+    let export = &spec.nfs.export;
+    let refused = |path: &Path, r: ExportRefusal| Error::ExportRefused {
+        path: path.to_path_buf(),
+        problem: r.problem,
+        fix: r.fix,
+    };
+    judge_export_path(export).map_err(|r| refused(export, r))?;
+    if let Some(real) = &facts.export_real {
+        judge_export_path(real)
+            .map_err(|r| ExportRefusal {
+                problem: format!("it resolves to {}: {}", real.display(), r.problem),
+                fix: r.fix,
+            })
+            .map_err(|r| refused(export, r))?;
+    }
     let family = facts.os.family()?;
     let req = family.requirements();
     if options.clients.is_empty() {
         return Err(Error::NoClients);
     }
-    let export = &spec.nfs.export;
     if let PathState::NotDirectory { what } = facts.export_dir {
         return Err(Error::ExportNotDirectory {
             path: export.clone(),
@@ -255,6 +287,16 @@ pub fn plan(facts: &HostFacts, spec: &ClusterSpec, options: &ExportOptions) -> R
         fix: "repair or remove pgset's marker lines by hand (the last version pgset replaced is in /etc/exports.pgset.bak), then rerun".into(),
     })?;
     let export_str = export.display().to_string();
+    let identity = marker_identity(&spec.namespace, &spec.name);
+    let in_block = !file.block_clients(&export_str).is_empty();
+    judge_export_contents(
+        export,
+        facts.export_dir,
+        &facts.export_contents,
+        &identity,
+        in_block,
+    )
+    .map_err(|r| refused(export, r))?;
     if let Some(e) = file.entries_outside_block_for(&export_str).first() {
         return Err(Error::Exports {
             path: exports_path(),
@@ -327,6 +369,7 @@ pub fn plan(facts: &HostFacts, spec: &ClusterSpec, options: &ExportOptions) -> R
     let wanted_dirs =
         std::iter::once((export.clone(), facts.export_dir, root_mode)).chain(member_states);
     for (path, current, mode) in wanted_dirs {
+        let is_root = path == *export;
         if !dir_is_right(current, uid, gid, mode) {
             steps.push(Step::EnsureDirectory {
                 path,
@@ -334,6 +377,12 @@ pub fn plan(facts: &HostFacts, spec: &ClusterSpec, options: &ExportOptions) -> R
                 gid,
                 mode,
                 current,
+            });
+        }
+        if is_root && facts.export_contents.marker.is_none() {
+            steps.push(Step::MarkExport {
+                path: export.clone(),
+                contents: marker_contents(&spec.namespace, &spec.name),
             });
         }
     }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use pgset_spec::ClusterSpec;
 
@@ -12,7 +12,7 @@ use crate::facts::{
     FirewalldState, HostAddresses, HostFacts, HostPaths, OsRelease, PackageManager, PathState,
     SelinuxMode, ServiceManager, ServiceState,
 };
-use crate::judge::ExportContents;
+use crate::judge::{EXPORT_MARKER, ExportContents, IGNORED_ENTRIES};
 use crate::parse::{
     parse_dpkg_query, parse_exportfs_verbose, parse_firewall_services, parse_getenforce,
     parse_getsebool, parse_ip_addr_show, parse_ip_route_get, parse_os_release, parse_rpm_query,
@@ -266,12 +266,78 @@ pub fn probe_files(paths: &HostPaths, spec: &ClusterSpec, facts: &mut HostFacts)
             });
         }
     };
-    facts.export_dir = path_state(&paths.host(&spec.nfs.export))?;
+    let export = paths.host(&spec.nfs.export);
+    facts.export_dir = path_state(&export)?;
+    facts.export_contents = match facts.export_dir {
+        PathState::Directory { .. } => export_contents(&export)?,
+        _ => ExportContents::default(),
+    };
+    facts.export_real = real_path(paths, &spec.nfs.export).filter(|r| *r != spec.nfs.export);
     facts.member_dirs = member_dirs(spec)
         .into_iter()
         .map(|d| Ok((d.clone(), path_state(&paths.host(&d))?)))
         .collect::<Result<_>>()?;
     Ok(())
+}
+
+/// How many entries a foreign export directory's refusal names.
+const SHOWN_ENTRIES: usize = 5;
+
+/// What an existing export directory holds: pgset's marker, and every other entry but
+/// `lost+found`.
+fn export_contents(dir: &Path) -> Result<ExportContents> {
+    let read_error = |source| Error::File {
+        action: "list",
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut foreign = Vec::new();
+    let mut marker = None;
+    for entry in std::fs::read_dir(dir).map_err(read_error)? {
+        let name = entry.map_err(read_error)?.file_name();
+        let name = name.to_string_lossy().into_owned();
+        if name == EXPORT_MARKER {
+            let path = dir.join(EXPORT_MARKER);
+            marker = Some(
+                std::fs::read(&path)
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .map_err(|source| Error::File {
+                        action: "read",
+                        path,
+                        source,
+                    })?,
+            );
+        } else if !IGNORED_ENTRIES.contains(&name.as_str()) {
+            foreign.push(name);
+        }
+    }
+    foreign.sort();
+    let foreign_count = foreign.len();
+    foreign.truncate(SHOWN_ENTRIES);
+    Ok(ExportContents {
+        foreign,
+        foreign_count,
+        marker,
+    })
+}
+
+/// Where `path` resolves on the host (as a host path, without the root prefix): the longest
+/// existing ancestor canonicalized, the rest appended. `None` when it cannot be told.
+fn real_path(paths: &HostPaths, path: &Path) -> Option<PathBuf> {
+    let root = std::fs::canonicalize(&paths.root).ok()?;
+    let mut existing = path.to_path_buf();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(paths.host(&existing)) {
+            let mut out = Path::new("/").join(real.strip_prefix(&root).ok()?);
+            for part in rest.iter().rev() {
+                out.push(part);
+            }
+            return Some(out);
+        }
+        rest.push(existing.file_name()?.to_os_string());
+        existing = existing.parent()?.to_path_buf();
+    }
 }
 
 fn path_state(p: &Path) -> Result<PathState> {
