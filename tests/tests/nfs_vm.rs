@@ -180,8 +180,11 @@ fn package_set() -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Owner, group, mode and (for files) contents of a path.
+type PathSnapshot = (u32, u32, u32, Option<Vec<u8>>);
+
 /// Owner, mode and (for files) contents of a path; `None` when it does not exist.
-fn path_snapshot(p: &Path) -> Option<(u32, u32, u32, Option<Vec<u8>>)> {
+fn path_snapshot(p: &Path) -> Option<PathSnapshot> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::symlink_metadata(p).ok()?;
     let content = m.is_file().then(|| std::fs::read(p).expect("read a file"));
@@ -264,7 +267,7 @@ fn a_host_without_systemd_is_refused_before_any_change() {
 }
 
 /// A directory and its direct entries: owner, mode and (for files) contents of each.
-fn dir_snapshot(p: &Path) -> Vec<(PathBuf, Option<(u32, u32, u32, Option<Vec<u8>>)>)> {
+fn dir_snapshot(p: &Path) -> Vec<(PathBuf, Option<PathSnapshot>)> {
     let mut out = vec![(p.to_path_buf(), path_snapshot(p))];
     if let Ok(entries) = std::fs::read_dir(p) {
         let mut names: Vec<PathBuf> = entries.map(|e| e.expect("an entry").path()).collect();
