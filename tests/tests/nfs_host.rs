@@ -488,6 +488,73 @@ impl CommandRunner for RecordingRunner {
     }
 }
 
+/// Runs nothing, like [`RecordingRunner`], but `apt-get install` writes the package's own
+/// `/etc/exports` into the root, as nfs-kernel-server's postinst does on a host without one.
+struct InstallingRunner {
+    root: PathBuf,
+    commands: RefCell<Vec<String>>,
+}
+
+impl CommandRunner for InstallingRunner {
+    fn output(&self, cmd: &HostCommand) -> pgset_nfs::Result<CommandOutput> {
+        self.commands.borrow_mut().push(cmd.to_string());
+        if cmd.program() == "apt-get" && cmd.args().first().map(String::as_str) == Some("install") {
+            std::fs::write(
+                self.root.join("etc/exports"),
+                fixture("etc-exports.nfs-kernel-server-2.6.2"),
+            )
+            .unwrap();
+        }
+        Ok(CommandOutput {
+            code: Some(0),
+            ..CommandOutput::default()
+        })
+    }
+}
+
+#[test]
+fn lines_the_package_writes_during_the_install_are_kept() {
+    if !nix::unistd::geteuid().is_root() {
+        missing_tool(
+            "nfs_host::lines_the_package_writes_during_the_install_are_kept",
+            "needs root to give the export directory to uid 999",
+        );
+        return;
+    }
+    let spec = ClusterSpec::default();
+    let (dir, paths) = host_root(None);
+    let mut facts = fresh("os-release.debian-12");
+    probe_files(&paths, &spec, &mut facts).unwrap();
+    assert_eq!(facts.exports_file, None);
+    let steps = plan(&facts, &spec, &options()).unwrap();
+    assert!(
+        steps.iter().any(|s| s.to_string() == write_step()),
+        "{steps:?}"
+    );
+    let runner = InstallingRunner {
+        root: dir.path().to_path_buf(),
+        commands: RefCell::default(),
+    };
+    apply(&steps, &facts, &paths, &runner).unwrap();
+    let package_file = fixture("etc-exports.nfs-kernel-server-2.6.2");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("etc/exports")).unwrap(),
+        format!("{package_file}{}", render_block(&spec, &options().clients)),
+        "the package's lines are gone"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("etc/exports.pgset.bak")).unwrap(),
+        package_file
+    );
+    // Planned again on what is there now: nothing left to write.
+    probe_files(&paths, &spec, &mut facts).unwrap();
+    let again = plan(&facts, &spec, &options()).unwrap();
+    assert!(
+        !again.iter().any(|s| s.to_string().starts_with("write")),
+        "{again:?}"
+    );
+}
+
 /// What the tree comparison looks at for one path.
 #[derive(Debug, PartialEq)]
 struct TreeEntry {

@@ -13,7 +13,8 @@ use crate::command::{CommandRunner, HostCommand};
 use crate::facts::{HostFacts, HostPaths, PathState};
 use crate::judge::{EXPORT_MARKER, blockers};
 use crate::parse::parse_exportfs_verbose;
-use crate::plan::{Step, missing_live_clients};
+use crate::plan::{Step, exports_with_block, missing_live_clients};
+use crate::probe::read_exports;
 use crate::{Error, Result};
 
 /// Performs `steps` in order. Needs root unless there is nothing to do, and a host that can run
@@ -45,7 +46,25 @@ pub fn apply(
                 current,
             } => ensure_directory(&paths.host(path), *uid, *gid, *mode, *current)?,
             Step::MarkExport { path, contents } => write_marker(&paths.host(path), contents)?,
-            Step::WriteExports { contents, .. } => write_exports(paths, contents)?,
+            Step::WriteExports {
+                cluster,
+                export,
+                block,
+                ..
+            } => {
+                // From the file as it is now: an earlier step (the package's install) may have
+                // written it since the probe.
+                let current = read_exports(paths)?;
+                let contents = exports_with_block(current.as_deref(), cluster, export, block)?;
+                if current.as_deref() == Some(contents.as_str()) {
+                    eprintln!(
+                        "    {} already holds pgset's block",
+                        paths.exports().display()
+                    );
+                } else {
+                    write_exports(paths, &contents)?;
+                }
+            }
             _ => {}
         }
         for cmd in step.commands() {

@@ -70,12 +70,18 @@ pub enum Step {
         /// The marker's contents.
         contents: String,
     },
-    /// Write `/etc/exports` with pgset's block (atomically, keeping a backup).
+    /// Write `/etc/exports` with pgset's block (atomically, keeping a backup). The new contents
+    /// are computed from the file as it is when the step runs, so lines an earlier step wrote
+    /// (the package's own commented file) are kept.
     WriteExports {
         /// Host path of the exports file (`/etc/exports`).
         path: PathBuf,
-        /// The new contents.
-        contents: String,
+        /// The cluster whose block it is.
+        cluster: String,
+        /// The exported path.
+        export: PathBuf,
+        /// pgset's block.
+        block: String,
         /// The export line of pgset's block, for the description.
         export_line: String,
         /// Run `restorecon` on the new file (SELinux is on).
@@ -281,11 +287,7 @@ pub fn plan(facts: &HostFacts, spec: &ClusterSpec, options: &ExportOptions) -> R
         }
     }
     let exports_text = facts.exports_file.as_deref().unwrap_or("");
-    let file = ExportsFile::parse(exports_text, &spec.name).map_err(|problem| Error::Exports {
-        path: exports_path(),
-        problem,
-        fix: "repair or remove pgset's marker lines by hand (the last version pgset replaced is in /etc/exports.pgset.bak), then rerun".into(),
-    })?;
+    let file = parse_exports(exports_text, &spec.name)?;
     let export_str = export.display().to_string();
     let identity = marker_identity(&spec.namespace, &spec.name);
     let in_block = !file.block_clients(&export_str).is_empty();
@@ -297,16 +299,7 @@ pub fn plan(facts: &HostFacts, spec: &ClusterSpec, options: &ExportOptions) -> R
         in_block,
     )
     .map_err(|r| refused(export, r))?;
-    if let Some(e) = file.entries_outside_block_for(&export_str).first() {
-        return Err(Error::Exports {
-            path: exports_path(),
-            problem: format!(
-                "line {} already exports {export_str} outside pgset's block",
-                e.line
-            ),
-            fix: "remove or comment out that entry (pgset writes the export with restricted clients itself), then rerun".into(),
-        });
-    }
+    check_no_export_outside_block(&file, export)?;
     for unit in req.units {
         if facts
             .services
@@ -394,7 +387,9 @@ pub fn plan(facts: &HostFacts, spec: &ClusterSpec, options: &ExportOptions) -> R
         let export_line = block.lines().nth(1).unwrap_or_default().to_string();
         steps.push(Step::WriteExports {
             path: exports_path(),
-            contents: new_text,
+            cluster: spec.name.clone(),
+            export: export.clone(),
+            block,
             export_line,
             restore_label: facts.selinux.enabled() && facts.has_restorecon,
         });
@@ -435,6 +430,43 @@ pub fn plan(facts: &HostFacts, spec: &ClusterSpec, options: &ExportOptions) -> R
         steps.push(Step::ReloadExports);
     }
     Ok(steps)
+}
+
+fn parse_exports(text: &str, cluster: &str) -> Result<ExportsFile> {
+    ExportsFile::parse(text, cluster).map_err(|problem| Error::Exports {
+        path: exports_path(),
+        problem,
+        fix: "repair or remove pgset's marker lines by hand (the last version pgset replaced is in /etc/exports.pgset.bak), then rerun".into(),
+    })
+}
+
+fn check_no_export_outside_block(file: &ExportsFile, export: &Path) -> Result<()> {
+    let export_str = export.display().to_string();
+    match file.entries_outside_block_for(&export_str).first() {
+        None => Ok(()),
+        Some(e) => Err(Error::Exports {
+            path: exports_path(),
+            problem: format!(
+                "line {} already exports {export_str} outside pgset's block",
+                e.line
+            ),
+            fix: "remove or comment out that entry (pgset writes the export with restricted clients itself), then rerun".into(),
+        }),
+    }
+}
+
+/// The exports file with pgset's block for `cluster` put in, from its text as it is now
+/// (`None`: no file). The same judgement as the plan's: a broken block or the export
+/// already exported outside the block is an error.
+pub(crate) fn exports_with_block(
+    current: Option<&str>,
+    cluster: &str,
+    export: &Path,
+    block: &str,
+) -> Result<String> {
+    let file = parse_exports(current.unwrap_or(""), cluster)?;
+    check_no_export_outside_block(&file, export)?;
+    Ok(file.with_block(block))
 }
 
 /// Member directories pgset creates under the export: one per ordinal in `templates` mode

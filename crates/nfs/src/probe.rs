@@ -247,25 +247,28 @@ fn probe_packages(
     Ok(installed)
 }
 
-/// Reads the file-system facts: `/etc/exports`, the export directory and the member
-/// directories (all under the root prefix of `paths`).
-pub fn probe_files(paths: &HostPaths, spec: &ClusterSpec, facts: &mut HostFacts) -> Result<()> {
+/// Reads `/etc/exports`; `None` when it does not exist.
+pub(crate) fn read_exports(paths: &HostPaths) -> Result<Option<String>> {
     let exports = paths.exports();
-    facts.exports_file = match std::fs::read(&exports) {
-        Ok(bytes) => Some(String::from_utf8(bytes).map_err(|_| Error::Exports {
+    match std::fs::read(&exports) {
+        Ok(bytes) => Ok(Some(String::from_utf8(bytes).map_err(|_| Error::Exports {
             path: exports.clone(),
             problem: "is not valid UTF-8".into(),
             fix: "convert it to UTF-8 (pgset keeps every line outside its block byte for byte and needs text it can read)".into(),
-        })?),
-        Err(e) if e.kind() == ErrorKind::NotFound => None,
-        Err(source) => {
-            return Err(Error::File {
-                action: "read",
-                path: exports,
-                source,
-            });
-        }
-    };
+        })?)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Error::File {
+            action: "read",
+            path: exports,
+            source,
+        }),
+    }
+}
+
+/// Reads the file-system facts: `/etc/exports`, the export directory and the member
+/// directories (all under the root prefix of `paths`).
+pub fn probe_files(paths: &HostPaths, spec: &ClusterSpec, facts: &mut HostFacts) -> Result<()> {
+    facts.exports_file = read_exports(paths)?;
     let export = paths.host(&spec.nfs.export);
     facts.export_dir = path_state(&export)?;
     facts.export_contents = match facts.export_dir {
