@@ -13,6 +13,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use pgset_spec::VERSION;
 
 use crate::cli::{ClientArgs, SpecArgs, Stage, workspace_root};
+use crate::deploy::DryRun;
 use host_command::HostCommand;
 use reference::ImageName;
 
@@ -35,9 +36,17 @@ pub struct Args {
     /// Then load the archive into containerd's k8s.io namespace with `ctr` (as root, on the node)
     #[arg(long)]
     pub import: bool,
-    /// Print the build, the archive and the import that would happen, and change nothing
-    #[arg(long)]
-    pub dry_run: bool,
+    /// Print the build, the archive and the import that would happen, and change nothing.
+    /// `server` is the same here: this command writes nothing to the API server
+    #[arg(
+        long,
+        value_name = "MODE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "client",
+        value_enum
+    )]
+    pub dry_run: Option<DryRun>,
 }
 
 /// The default archive path: `target/pgset-agent-<version>.oci.tar` in the workspace.
@@ -60,7 +69,7 @@ pub async fn run(args: Args) -> Result<()> {
         .clone()
         .unwrap_or_else(|| default_archive_path(&workspace));
 
-    if args.dry_run {
+    if args.dry_run.is_some() {
         print_plan(&workspace, &out, &name, args.import);
         if args.import {
             import_preflight()?;

@@ -85,3 +85,61 @@ async fn main() -> std::process::ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    /// How a command's `--dry-run` parses: (value given, what it means).
+    fn dry_run_meanings(cmd: &clap::Command) -> Option<Vec<String>> {
+        let arg = cmd.get_arguments().find(|a| a.get_id() == "dry_run")?;
+        let values: Vec<String> = arg
+            .get_possible_values()
+            .iter()
+            .map(|v| v.get_name().to_string())
+            .collect();
+        Some(vec![
+            format!("values {values:?}"),
+            format!("takes {:?} values", arg.get_num_args()),
+            format!("requires = {}", arg.is_require_equals_set()),
+        ])
+    }
+
+    #[test]
+    fn every_dry_run_flag_parses_as_deploys_does() {
+        let cli = Cli::command();
+        let deploy = cli.find_subcommand("deploy").unwrap();
+        let wanted = dry_run_meanings(deploy).unwrap();
+        let mut with_flag = Vec::new();
+        for sub in cli.get_subcommands() {
+            if let Some(m) = dry_run_meanings(sub) {
+                assert_eq!(m, wanted, "`{}` --dry-run", sub.get_name());
+                with_flag.push(sub.get_name().to_string());
+            }
+        }
+        assert_eq!(with_flag, ["up", "nfs", "volumes", "image", "deploy"]);
+        for task in ["up", "nfs", "volumes", "image", "deploy"] {
+            for flag in ["--dry-run", "--dry-run=client", "--dry-run=server"] {
+                Cli::try_parse_from(["cargo xtask", task, flag])
+                    .unwrap_or_else(|e| panic!("{task} {flag}: {e}"));
+            }
+            let err = Cli::try_parse_from(["cargo xtask", task, "--dry-run=bogus"]).unwrap_err();
+            assert!(err.to_string().contains("client, server"), "{task}: {err}");
+        }
+        for (flag, meaning) in [
+            ("--dry-run", deploy::DryRun::Client),
+            ("--dry-run=client", deploy::DryRun::Client),
+            ("--dry-run=server", deploy::DryRun::Server),
+        ] {
+            let Task::Volumes(v) = Cli::try_parse_from(["cargo xtask", "volumes", flag])
+                .unwrap()
+                .task
+            else {
+                panic!("not volumes");
+            };
+            assert_eq!(v.dry_run, Some(meaning), "{flag}");
+        }
+    }
+}
