@@ -1,8 +1,10 @@
 //! `cargo xtask nfs` end to end. Bad input is refused by the binary on this host with nothing
 //! changed; then a throw-away Debian 12 guest (debootstrap, booted by qemu with TCG, SELinux
 //! permissive, networking restricted to the host's forwarded ssh port) gets provisioned, mounts
-//! its own export over NFS and proves ownership, root squashing, idempotence and that
-//! pre-existing `/etc/exports` lines stay byte for byte.
+//! its own export over NFS and proves ownership, root squashing, idempotence, that
+//! pre-existing `/etc/exports` lines stay byte for byte, that firewalld gets the NFS services
+//! when it runs, and that the lines the package writes into a new `/etc/exports` while it is
+//! installed are kept.
 
 use std::collections::BTreeSet;
 use std::net::TcpListener;
@@ -728,6 +730,70 @@ fn provision_a_real_nfs_server() {
         "{rerun}"
     );
     assert_eq!(guest.ok("cat /etc/exports"), after_first);
+
+    // firewalld running: the run opens the NFS services, permanently and now; a second run
+    // changes nothing.
+    let plain_run = format!("cd /root && pgset-xtask nfs --clients {CLIENTS} 2>&1");
+    guest.ok("systemctl start firewalld && firewall-cmd --state");
+    let t = Instant::now();
+    let with_firewall = guest.ok(&plain_run);
+    eprintln!("--- firewalld run ({}) ---\n{with_firewall}", elapsed(t));
+    assert!(
+        with_firewall.contains("allow the firewalld service(s) nfs, rpc-bind, mountd"),
+        "{with_firewall}"
+    );
+    for list in [
+        "firewall-cmd --list-services",
+        "firewall-cmd --permanent --list-services",
+    ] {
+        let services = guest.ok(list);
+        for s in ["nfs", "rpc-bind", "mountd"] {
+            assert!(
+                services.split_whitespace().any(|x| x == s),
+                "{list}: {services}"
+            );
+        }
+    }
+    let again = guest.ok(&plain_run);
+    assert!(again.contains("nothing to change"), "{again}");
+    guest.ok("systemctl stop firewalld");
+
+    // A host without /etc/exports, whose package writes its own when installed: the package
+    // goes (with its file), and the run installs it again (offline, from the .deb the guest
+    // keeps) and puts pgset's block after the package's lines.
+    let block = after_first
+        .strip_prefix(&format!("{PRE_EXISTING_EXPORTS}\n"))
+        .expect("pgset's block follows the old lines")
+        .to_string();
+    guest.ok(
+        "exportfs -ua && systemctl stop nfs-server && dpkg --purge nfs-kernel-server >/dev/null \
+         && rm -f /etc/exports /etc/exports.pgset.bak \
+         && cp /root/debs/nfs-kernel-server_*.deb /var/cache/apt/archives/",
+    );
+    assert_eq!(
+        guest.ok("test -e /etc/exports && echo present || echo absent"),
+        "absent\n"
+    );
+    let t = Instant::now();
+    let reinstall = guest.ok(&plain_run);
+    eprintln!(
+        "--- run that installs the package ({}) ---\n{reinstall}",
+        elapsed(t)
+    );
+    assert!(
+        reinstall.contains("install nfs-kernel-server with apt-get"),
+        "{reinstall}"
+    );
+    let package_file = guest.ok("cat /usr/share/nfs-kernel-server/conffiles/etc.exports");
+    assert!(package_file.starts_with("# /etc/exports"), "{package_file}");
+    assert_eq!(
+        guest.ok("cat /etc/exports"),
+        format!("{package_file}{block}"),
+        "the package's lines are not kept before pgset's block"
+    );
+    assert_eq!(live_clients(&guest.ok("exportfs -v")), wanted);
+    let again = guest.ok(&plain_run);
+    assert!(again.contains("nothing to change"), "{again}");
 
     drop(guest);
     let _ = std::fs::remove_dir_all(&run_dir);
