@@ -8,10 +8,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use pgset_nfs::{
-    CommandOutput, CommandRunner, ExportContents, ExportOptions, FirewalldState, HostAddresses,
-    HostCommand, HostFacts, HostPaths, PackageManager, PathState, SelinuxMode, ServiceManager,
-    ServiceState, Step, UnitFileState, apply, blockers, marker_contents, parse_clients,
-    parse_exportfs_verbose, parse_os_release, plan, probe_files, render_block,
+    CommandOutput, CommandRunner, ExportContents, ExportOptions, FirewalldState, Health,
+    HostAddresses, HostCommand, HostFacts, HostPaths, PackageManager, PathState, SelinuxMode,
+    ServiceManager, ServiceState, Step, UnitFileState, apply, blockers, diagnose, marker_contents,
+    parse_clients, parse_exportfs_verbose, parse_os_release, plan, probe_files, render_block,
 };
 use pgset_spec::{ClusterSpec, Overrides, StorageMode};
 use pgset_tests::{fixtures, missing_tool};
@@ -470,6 +470,130 @@ fn a_host_that_cannot_run_a_step_is_blocked_once_per_cause() {
             .to_string()
             .contains("no dnf found")
     );
+}
+
+/// The doctor's verdicts, by name, with the failures' messages.
+fn diagnosed(
+    f: &HostFacts,
+    members: &[(PathBuf, PathState)],
+    volumes: &pgset_nfs::VolumesRead,
+) -> Vec<(String, String)> {
+    diagnose(&ClusterSpec::default(), f, members, volumes)
+        .into_iter()
+        .map(|d| {
+            (
+                d.name.to_string(),
+                match d.health {
+                    Health::Fail => format!("fail: {} / {}", d.message, d.fix.unwrap_or_default()),
+                    h => h.to_string(),
+                },
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_doctor_passes_a_configured_host_and_names_each_problem() {
+    let mut f = configured("os-release.rocky-9");
+    selinux(&mut f, SelinuxMode::Enforcing, true);
+    firewalld(&mut f, true, &["ssh", "nfs", "rpc-bind", "mountd"]);
+    let dir = |uid, mode| PathState::Directory {
+        uid,
+        gid: 999,
+        mode,
+    };
+    let members = vec![(PathBuf::from("/nfsfileshare/pgset-0"), dir(999, 0o700))];
+    let volumes: pgset_nfs::VolumesRead =
+        Some(Ok(persistent_volumes_named(&["pv1", "pv2", "pv3"])));
+    let healthy = diagnosed(&f, &members, &volumes);
+    assert!(healthy.iter().all(|(_, v)| v == "pass"), "{healthy:#?}");
+    assert_eq!(healthy.len(), 6);
+    let failed = |d: &[(String, String)]| -> Vec<String> {
+        d.iter()
+            .filter(|(_, v)| v.starts_with("fail"))
+            .map(|(n, v)| format!("{n} {v}"))
+            .collect()
+    };
+
+    // Async export (real `exportfs -v` options with async in place of sync).
+    let mut broken = f.clone();
+    for a in &mut broken.active_exports {
+        for o in &mut a.options {
+            if o == "sync" {
+                *o = "async".into();
+            }
+        }
+    }
+    let d = failed(&diagnosed(&broken, &members, &volumes));
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert!(
+        d[0].starts_with("export-options fail: 10.0.2.0/24 is exported async"),
+        "{d:?}"
+    );
+
+    // Wrong owner, world-writable directories.
+    let mut broken = f.clone();
+    broken.export_dir = dir(0, 0o700);
+    let world = vec![(PathBuf::from("/nfsfileshare/pgset-0"), dir(999, 0o777))];
+    let d = failed(&diagnosed(&broken, &world, &volumes));
+    assert_eq!(d.len(), 2, "{d:?}");
+    assert!(
+        d[0].contains("owned by uid 0, not the postgres uid 999"),
+        "{d:?}"
+    );
+    assert!(
+        d[1].contains("/nfsfileshare/pgset-0: world-writable (mode 0777)"),
+        "{d:?}"
+    );
+
+    // The SELinux boolean off, firewalld without mountd.
+    let mut broken = f.clone();
+    selinux(&mut broken, SelinuxMode::Enforcing, false);
+    firewalld(&mut broken, true, &["nfs", "rpc-bind"]);
+    let d = failed(&diagnosed(&broken, &members, &volumes));
+    assert_eq!(d.len(), 2, "{d:?}");
+    assert!(d[0].contains("setsebool -P virt_use_nfs 1"), "{d:?}");
+    assert!(d[1].contains("--add-service=mountd"), "{d:?}");
+
+    // Volumes without hard or nfsvers, a missing one; no cluster: skipped.
+    let mut soft = persistent_volumes_named(&["pv1", "pv2"]);
+    soft[0]
+        .1
+        .as_mut()
+        .unwrap()
+        .spec
+        .as_mut()
+        .unwrap()
+        .mount_options = Some(vec!["soft".into()]);
+    soft.push(("pv3".into(), None));
+    let d = failed(&diagnosed(&f, &members, &Some(Ok(soft))));
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert!(
+        d[0].contains("pv1 does not mount `hard`; pv1 names no NFS version (nfsvers=); PersistentVolume pv3 does not exist"),
+        "{d:?}"
+    );
+    let none = diagnosed(&f, &members, &None);
+    assert!(
+        none.iter()
+            .any(|(n, v)| n == "volume-mount-options" && v == "skipped")
+    );
+}
+
+/// pgset's volumes for the default spec, as read back from the API.
+fn persistent_volumes_named(
+    names: &[&str],
+) -> Vec<(String, Option<k8s_openapi::api::core::v1::PersistentVolume>)> {
+    let all = pgset_nfs::persistent_volumes(&ClusterSpec::default(), "10.0.2.15");
+    names
+        .iter()
+        .map(|n| {
+            let pv = all
+                .iter()
+                .find(|p| p.metadata.name.as_deref() == Some(*n))
+                .cloned();
+            (n.to_string(), pv)
+        })
+        .collect()
 }
 
 /// Records commands instead of running them (the file work is real).

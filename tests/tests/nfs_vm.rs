@@ -4,7 +4,8 @@
 //! its own export over NFS and proves ownership, root squashing, idempotence, that
 //! pre-existing `/etc/exports` lines stay byte for byte, that firewalld gets the NFS services
 //! when it runs, and that the lines the package writes into a new `/etc/exports` while it is
-//! installed are kept.
+//! installed are kept; `doctor` passes the configured guest and names each problem made on
+//! purpose (async export, wrong owner, world-writable directory, the SELinux boolean off).
 
 use std::collections::BTreeSet;
 use std::net::TcpListener;
@@ -674,6 +675,68 @@ fn provision_a_real_nfs_server() {
     );
     assert_eq!(guest.ok("cat /etc/exports"), after_first);
     assert_eq!(live_clients(&guest.ok("exportfs -v")), wanted);
+
+    // The doctor passes on the configured guest, and names each problem made on purpose.
+    let doctor = "cd /root && pgset-xtask doctor -o json";
+    let report = |out: &str| -> Vec<(String, String, String)> {
+        let v: serde_json::Value =
+            serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        v["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .map(|c| {
+                (
+                    c["name"].as_str().unwrap_or_default().to_string(),
+                    c["verdict"].as_str().unwrap_or_default().to_string(),
+                    c["message"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    let healthy = report(&guest.ok(doctor));
+    eprintln!("--- doctor on the configured guest ---\n{healthy:#?}");
+    assert!(
+        healthy
+            .iter()
+            .all(|(_, v, _)| v == "pass" || v == "skipped"),
+        "{healthy:#?}"
+    );
+    guest.ok(
+        "sed -i 's/(rw,sync,/(rw,async,/g' /etc/exports && exportfs -ra \
+         && chown 0:0 /nfsfileshare && chmod 0777 /nfsfileshare/pgset-0 \
+         && setsebool virt_use_nfs 0",
+    );
+    let (code, out, _) = guest.sh(doctor);
+    assert_ne!(code, 0, "the doctor passed a broken setup: {out}");
+    let broken = report(&out);
+    eprintln!("--- doctor on the broken guest ---\n{broken:#?}");
+    let failed = |name: &str| -> String {
+        broken
+            .iter()
+            .find(|(n, v, _)| n == name && v == "fail")
+            .map(|(_, _, m)| m.clone())
+            .unwrap_or_else(|| panic!("{name} did not fail: {broken:#?}"))
+    };
+    assert!(failed("export-options").contains("is exported async"));
+    assert!(failed("export-directory").contains("owned by uid 0, not the postgres uid 999"));
+    assert!(
+        failed("member-directories").contains("/nfsfileshare/pgset-0: world-writable (mode 0777)")
+    );
+    assert!(failed("selinux-virt-use-nfs").contains("virt_use_nfs is off"));
+    // `nfs` repairs what is its own (the block, the export's owner, the boolean); the member
+    // directory is the agent's, put back by hand.
+    let repaired = guest.ok(&format!(
+        "cd /root && pgset-xtask nfs --clients {CLIENTS} 2>&1"
+    ));
+    eprintln!("--- repair ---\n{repaired}");
+    guest.ok("chmod 0700 /nfsfileshare/pgset-0");
+    let again = report(&guest.ok(doctor));
+    assert!(
+        again.iter().all(|(_, v, _)| v == "pass" || v == "skipped"),
+        "{again:#?}"
+    );
+    assert_eq!(guest.ok("cat /etc/exports"), after_first);
 
     // Templates mode: a directory per member, and a node mounts one member's directory as
     // root (squashed), so the export root must be traversable, still not listable.

@@ -3,6 +3,7 @@
 mod bench;
 mod cli;
 mod deploy;
+mod doctor;
 mod down;
 mod image;
 mod local;
@@ -34,6 +35,8 @@ enum Task {
     Down(down::Args),
     /// Make this host the NFS server for the cluster (packages, services, SELinux, /etc/exports)
     Nfs(nfs::Args),
+    /// Check the NFS path of the database from this host, read-only: export options, owners and modes, mount options, SELinux, firewalld
+    Doctor(doctor::Args),
     /// Create the NFS PersistentVolumes (and the shared claim)
     Volumes(volumes::Args),
     /// Build the agent's OCI image archive; --import loads it into containerd
@@ -65,6 +68,7 @@ async fn main() -> std::process::ExitCode {
         Task::Up(a) => up::run(a).await,
         Task::Down(a) => down::run(a).await,
         Task::Nfs(a) => nfs::run(a).await,
+        Task::Doctor(a) => doctor::run(a).await,
         Task::Volumes(a) => volumes::run(a).await,
         Task::Image(a) => image::run(a).await,
         Task::Deploy(a) => deploy::run(a).await,

@@ -9,6 +9,7 @@
 mod apply;
 mod clients;
 mod command;
+mod doctor;
 mod exports;
 mod facts;
 mod judge;
@@ -22,6 +23,7 @@ use std::path::PathBuf;
 pub use apply::{apply, verify_export};
 pub use clients::{Cidr, ExportClient, ExportOptions, clients_from_node_addresses, parse_clients};
 pub use command::{CommandOutput, CommandRunner, Duct, HostCommand, shell_quote};
+pub use doctor::{DOCS_DATA_DIRECTORY, DOCS_NFS, Diagnosis, Health, VolumesRead, diagnose};
 pub use exports::{EXPORT_OPTIONS, ExportEntry, ExportsFile, render_block};
 pub use facts::{
     FirewalldState, HostAddresses, HostFacts, HostPaths, OsFamily, OsRelease, PackageManager,
@@ -37,7 +39,7 @@ pub use parse::{
     parse_rpm_query, parse_unit_file_state,
 };
 pub use plan::{Step, plan};
-pub use probe::{probe, probe_addresses, probe_files};
+pub use probe::{probe, probe_addresses, probe_files, probe_member_states};
 pub use volumes::{nfs_server_address, persistent_volumes};
 
 /// Errors of the NFS provisioner. Each says what is wrong and how to fix it.

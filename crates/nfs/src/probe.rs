@@ -283,6 +283,20 @@ pub fn probe_files(paths: &HostPaths, spec: &ClusterSpec, facts: &mut HostFacts)
     Ok(())
 }
 
+/// The state of each member's directory on the export (`<export>/<pod>` for every ordinal of
+/// the spec), whatever the storage mode: in shared mode the agent makes them.
+pub fn probe_member_states(
+    paths: &HostPaths,
+    spec: &ClusterSpec,
+) -> Result<Vec<(PathBuf, PathState)>> {
+    (0..spec.replicas)
+        .map(|i| {
+            let d = spec.member_export_dir(i);
+            Ok((d.clone(), path_state(&paths.host(&d))?))
+        })
+        .collect()
+}
+
 /// How many entries a foreign export directory's refusal names.
 const SHOWN_ENTRIES: usize = 5;
 
