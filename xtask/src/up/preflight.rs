@@ -58,7 +58,13 @@ pub struct NodeFacts {
     pub taints: Vec<String>,
     /// The agent image is among the node's images (`status.images`, as the kubelet reports).
     pub has_agent_image: bool,
+    /// How many images the kubelet reports (it reports at most its largest
+    /// [`KUBELET_MAX_IMAGES`] by default, so a small image may be left out).
+    pub images_reported: usize,
 }
+
+/// The kubelet's default `nodeStatusMaxImages`: a node reporting this many may have more.
+pub const KUBELET_MAX_IMAGES: usize = 50;
 
 /// The taint kubeadm puts on a control-plane node.
 const CONTROL_PLANE_TAINT: &str = "node-role.kubernetes.io/control-plane";
@@ -89,12 +95,13 @@ pub fn node_facts(node: &Node, agent_image: &str) -> NodeFacts {
         })
         .collect();
     let wanted = normalize_image(agent_image);
-    let has_agent_image = status
-        .and_then(|s| s.images.as_ref())
+    let images = status.and_then(|s| s.images.as_ref());
+    let has_agent_image = images
         .into_iter()
         .flatten()
         .flat_map(|i| i.names.iter().flatten())
         .any(|n| normalize_image(n) == wanted);
+    let images_reported = images.map_or(0, Vec::len);
     NodeFacts {
         name,
         ready: ready_cond.is_some_and(|c| c.status == "True"),
@@ -104,6 +111,7 @@ pub fn node_facts(node: &Node, agent_image: &str) -> NodeFacts {
         unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
         taints,
         has_agent_image,
+        images_reported,
     }
 }
 
@@ -291,6 +299,13 @@ fn judge_nodes(spec: &ClusterSpec, f: &Facts, out: &mut Vec<Finding>) {
         for n in &usable {
             let here = f.host_node.as_deref() == Some(n.name.as_str());
             if n.has_agent_image || (here && f.imports_image) {
+                continue;
+            }
+            if n.images_reported >= KUBELET_MAX_IMAGES {
+                out.push(note(format!(
+                    "node {}: cannot tell whether it has the agent image {}: its kubelet reports only its {KUBELET_MAX_IMAGES} largest images; make sure it does (`crictl images` on the node)",
+                    n.name, spec.agent.image
+                )));
                 continue;
             }
             let how = if here {
@@ -648,6 +663,7 @@ mod tests {
                 unschedulable: true,
                 taints: vec!["node-role.kubernetes.io/control-plane:NoSchedule".into()],
                 has_agent_image: true,
+                images_reported: 2,
             }
         );
         // The kubelet reports an imported image under its full name; a short name matches.
@@ -728,6 +744,17 @@ mod tests {
             b[0].starts_with("node w1: may run the pods but does not have the agent image")
                 && b[0].contains("ctr -n k8s.io images import"),
             "{b:?}"
+        );
+        // A kubelet at its image-report limit may have it: a note, not a blocker.
+        let mut full = facts.clone();
+        full.nodes[1].images_reported = KUBELET_MAX_IMAGES;
+        let f = judge(&ClusterSpec::default(), &full);
+        assert!(blockers(&f).is_empty(), "{f:?}");
+        assert!(
+            f.iter().any(|x| x
+                .text
+                .starts_with("node w1: cannot tell whether it has the agent image")),
+            "{f:?}"
         );
         // A registry image pulled by every node needs nothing.
         let mut spec = ClusterSpec::default();
