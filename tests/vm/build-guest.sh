@@ -24,7 +24,7 @@ packages=(
   nfs-kernel-server nfs-common rpcbind
   openssh-server
   selinux-basics selinux-policy-default selinux-utils policycoreutils
-  firewalld
+  firewalld libpam-systemd
 )
 
 key=$(printf '%s\n' "$script_version" "$suite" "${packages[@]}" | sha256sum | cut -c1-16)
