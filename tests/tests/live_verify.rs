@@ -1,6 +1,7 @@
 //! Against a live cluster (KUBECONFIG): a 3-member cluster of its own, then `cargo xtask verify
 //! --scale-test --disruptive -o json` passes every check with the lag and recovery measured,
-//! leaves no marker table behind, passes again on a second run, and `cargo xtask status -o
+//! leaves no marker table behind nor spec.replicas with another field owner (a deploy after it
+//! keeps the StatefulSet's resourceVersion), passes again on a second run, and `cargo xtask status -o
 //! json` shows the master and two streaming replicas. Everything lives in a namespace of its own
 //! (and, in shared mode, the cluster's own PersistentVolume), removed at the end.
 //!
@@ -13,6 +14,7 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
 use kube::api::DeleteParams;
 use kube::{Api, Client};
@@ -98,6 +100,32 @@ async fn marker_table_present(client: &Client, spec: &ClusterSpec) -> bool {
     sql::parse_bool(&out.stdout).expect("a boolean")
 }
 
+/// The StatefulSet once its controller stops writing status (two equal resourceVersions 3 s
+/// apart).
+async fn settled_statefulset(client: &Client, spec: &ClusterSpec) -> StatefulSet {
+    let api: Api<StatefulSet> = Api::namespaced(client.clone(), &spec.namespace);
+    let settle = async {
+        let mut before = api
+            .get(spec.statefulset_name())
+            .await
+            .expect("read the StatefulSet");
+        loop {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let now = api
+                .get(spec.statefulset_name())
+                .await
+                .expect("read the StatefulSet");
+            if now.metadata.resource_version == before.metadata.resource_version {
+                return now;
+            }
+            before = now;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), settle)
+        .await
+        .expect("the StatefulSet settles within 120s")
+}
+
 async fn scenario(client: Client, spec: ClusterSpec) {
     let progress = &mut |line: &str| eprintln!("    {line}");
     let pvs = volumes(&spec);
@@ -143,6 +171,26 @@ async fn scenario(client: Client, spec: ClusterSpec) {
     assert!(
         !marker_table_present(&client, &spec).await,
         "verify dropped its marker table"
+    );
+
+    // The scale test handed spec.replicas back to pgset's field manager: a deploy after it
+    // changes nothing (the StatefulSet keeps its resourceVersion).
+    let before = settled_statefulset(&client, &spec).await;
+    let owners = before.metadata.managed_fields.clone().unwrap_or_default();
+    assert!(
+        !owners
+            .iter()
+            .any(|e| e.subresource.as_deref() == Some("scale")),
+        "the scale test left an owner of the scale subresource: {owners:#?}"
+    );
+    deploy(&client, &spec, ApplyMode::Apply, progress)
+        .await
+        .expect("deploy after verify --scale-test");
+    let after = settled_statefulset(&client, &spec).await;
+    assert_eq!(
+        after.metadata.resource_version, before.metadata.resource_version,
+        "deploy after verify --scale-test changed the StatefulSet: {:#?}",
+        after.metadata.managed_fields
     );
 
     // The scale test and the master's deletion left the cluster as it was: a second run passes.

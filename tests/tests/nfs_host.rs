@@ -8,10 +8,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use pgset_nfs::{
-    CommandOutput, CommandRunner, ExportOptions, FirewalldState, HostAddresses, HostCommand,
-    HostFacts, HostPaths, PackageManager, PathState, SelinuxMode, ServiceState, Step,
-    UnitFileState, apply, parse_clients, parse_exportfs_verbose, parse_os_release, plan,
-    probe_files, render_block,
+    CommandOutput, CommandRunner, ExportContents, ExportOptions, FirewalldState, Health,
+    HostAddresses, HostCommand, HostFacts, HostPaths, PackageManager, PathState, SelinuxMode,
+    ServiceManager, ServiceState, Step, UnitFileState, apply, blockers, diagnose, marker_contents,
+    parse_clients, parse_exportfs_verbose, parse_os_release, plan, probe_files, render_block,
 };
 use pgset_spec::{ClusterSpec, Overrides, StorageMode};
 use pgset_tests::{fixtures, missing_tool};
@@ -50,6 +50,17 @@ fn fresh(os_fixture: &str) -> HostFacts {
     HostFacts {
         os,
         is_root: true,
+        service_manager: ServiceManager::Systemd,
+        programs: [
+            req.package_manager.program(),
+            "systemctl",
+            "setsebool",
+            "restorecon",
+            "firewall-cmd",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect(),
         package_managers: vec![req.package_manager],
         packages: req
             .packages
@@ -68,6 +79,8 @@ fn fresh(os_fixture: &str) -> HostFacts {
         exports_file: None,
         active_exports: Vec::new(),
         export_dir: PathState::Missing,
+        export_real: None,
+        export_contents: ExportContents::default(),
         member_dirs: BTreeMap::new(),
         addresses: HostAddresses::default(),
     }
@@ -79,6 +92,7 @@ fn configured(os_fixture: &str) -> HostFacts {
     for v in f.packages.values_mut() {
         *v = true;
     }
+    f.programs.insert("exportfs".into());
     for (unit, state) in f.services.iter_mut() {
         *state = running(if unit == "rpc-statd" || unit == "nfs-idmapd" {
             UnitFileState::Static
@@ -94,6 +108,7 @@ fn configured(os_fixture: &str) -> HostFacts {
         gid: 999,
         mode: 0o700,
     };
+    f.export_contents.marker = Some(marker_contents("default", "pgset"));
     f
 }
 
@@ -125,6 +140,8 @@ fn described(f: &HostFacts, spec: &ClusterSpec) -> Vec<String> {
 
 const EXPORT_LINE: &str = "/nfsfileshare 10.0.2.0/24(rw,sync,no_subtree_check,root_squash) 127.0.0.1/32(rw,sync,no_subtree_check,root_squash)";
 
+const MARK: &str = "mark /nfsfileshare as this cluster's export (/nfsfileshare/.pgset-export)";
+
 fn write_step() -> String {
     format!("write pgset's block in /etc/exports (backup kept): {EXPORT_LINE}")
 }
@@ -140,6 +157,7 @@ fn centos_7_from_nothing_with_selinux_enforcing_and_firewalld() {
             "install nfs-utils, libnfsidmap, rpcbind with yum".to_string(),
             "turn on the SELinux boolean(s) virt_use_nfs, nfs_export_all_rw (persistent)".into(),
             "create /nfsfileshare owned by 999:999 with mode 0700".into(),
+            MARK.into(),
             write_step(),
             "enable and start rpcbind".into(),
             "enable and start nfs-server".into(),
@@ -189,6 +207,7 @@ fn rocky_9_with_selinux_and_firewalld_off() {
         [
             "install nfs-utils, rpcbind with dnf".to_string(),
             "create /nfsfileshare owned by 999:999 with mode 0700".into(),
+            MARK.into(),
             write_step(),
             "enable and start rpcbind".into(),
             "enable and start nfs-server".into(),
@@ -206,6 +225,7 @@ fn debian_and_ubuntu_from_nothing() {
             [
                 "install nfs-kernel-server, nfs-common with apt-get".to_string(),
                 "create /nfsfileshare owned by 999:999 with mode 0700".into(),
+                MARK.into(),
                 write_step(),
                 "enable and start nfs-server".into(),
                 "re-export /etc/exports (exportfs -ra)".into(),
@@ -394,6 +414,198 @@ fn problems_no_step_can_fix_are_errors() {
     );
 }
 
+#[test]
+fn a_host_that_cannot_run_a_step_is_blocked_once_per_cause() {
+    let spec = ClusterSpec::default();
+    let blocked = |f: &HostFacts| -> Vec<String> {
+        let steps = plan(f, &spec, &options()).unwrap();
+        blockers(f, &steps)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    // Systemd present and booted: a fresh host can run everything (exportfs comes with the
+    // package the plan installs).
+    let f = fresh("os-release.debian-12");
+    assert!(!f.programs.contains("exportfs"));
+    assert!(blocked(&f).is_empty(), "{:?}", blocked(&f));
+
+    // systemctl installed, systemd not PID 1: one blocker for the service steps, whatever
+    // their number (EL7 starts four units).
+    let mut f = fresh("os-release.centos-7");
+    f.service_manager = ServiceManager::NotBooted;
+    let b = blocked(&f);
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert!(
+        b[0].starts_with("enable and start rpcbind: `systemctl` cannot start services: this host was not booted with systemd as PID 1"),
+        "{b:?}"
+    );
+    assert!(b[0].contains("--nfs-server ADDR"), "{b:?}");
+    f.service_manager = ServiceManager::Missing;
+    assert!(blocked(&f)[0].contains("`systemctl` is not installed"));
+
+    // A configured host whose units run needs no service manager at all.
+    let mut f = configured("os-release.debian-12");
+    f.service_manager = ServiceManager::NotBooted;
+    f.active_exports.clear();
+    assert_eq!(
+        described(&f, &spec),
+        ["re-export /etc/exports (exportfs -ra)"]
+    );
+    assert!(blocked(&f).is_empty());
+    // ... but exportfs, when no install step brings it.
+    f.programs.remove("exportfs");
+    let b = blocked(&f);
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert!(
+        b[0].contains("`exportfs` is not installed") && b[0].contains("reinstall"),
+        "{b:?}"
+    );
+
+    // SELinux on without its tools.
+    let mut f = configured("os-release.rocky-9");
+    selinux(&mut f, SelinuxMode::Enforcing, false);
+    f.programs.remove("setsebool");
+    let b = blocked(&f);
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert!(b[0].contains("`setsebool` is not installed") && b[0].contains("policycoreutils"));
+
+    // The package tool itself is judged by the plan (no step can install it).
+    let mut f = fresh("os-release.rocky-9");
+    f.programs.remove("dnf");
+    f.package_managers.clear();
+    assert!(
+        plan(&f, &spec, &options())
+            .unwrap_err()
+            .to_string()
+            .contains("no dnf found")
+    );
+}
+
+/// The doctor's verdicts, by name, with the failures' messages.
+fn diagnosed(
+    f: &HostFacts,
+    members: &[(PathBuf, PathState)],
+    volumes: &pgset_nfs::VolumesRead,
+) -> Vec<(String, String)> {
+    diagnose(&ClusterSpec::default(), f, members, volumes)
+        .into_iter()
+        .map(|d| {
+            (
+                d.name.to_string(),
+                match d.health {
+                    Health::Fail => format!("fail: {} / {}", d.message, d.fix.unwrap_or_default()),
+                    h => h.to_string(),
+                },
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_doctor_passes_a_configured_host_and_names_each_problem() {
+    let mut f = configured("os-release.rocky-9");
+    selinux(&mut f, SelinuxMode::Enforcing, true);
+    firewalld(&mut f, true, &["ssh", "nfs", "rpc-bind", "mountd"]);
+    let dir = |uid, mode| PathState::Directory {
+        uid,
+        gid: 999,
+        mode,
+    };
+    let members = vec![(PathBuf::from("/nfsfileshare/pgset-0"), dir(999, 0o700))];
+    let volumes: pgset_nfs::VolumesRead =
+        Some(Ok(persistent_volumes_named(&["pv1", "pv2", "pv3"])));
+    let healthy = diagnosed(&f, &members, &volumes);
+    assert!(healthy.iter().all(|(_, v)| v == "pass"), "{healthy:#?}");
+    assert_eq!(healthy.len(), 6);
+    let failed = |d: &[(String, String)]| -> Vec<String> {
+        d.iter()
+            .filter(|(_, v)| v.starts_with("fail"))
+            .map(|(n, v)| format!("{n} {v}"))
+            .collect()
+    };
+
+    // Async export (real `exportfs -v` options with async in place of sync).
+    let mut broken = f.clone();
+    for a in &mut broken.active_exports {
+        for o in &mut a.options {
+            if o == "sync" {
+                *o = "async".into();
+            }
+        }
+    }
+    let d = failed(&diagnosed(&broken, &members, &volumes));
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert!(
+        d[0].starts_with("export-options fail: 10.0.2.0/24 is exported async"),
+        "{d:?}"
+    );
+
+    // Wrong owner, world-writable directories.
+    let mut broken = f.clone();
+    broken.export_dir = dir(0, 0o700);
+    let world = vec![(PathBuf::from("/nfsfileshare/pgset-0"), dir(999, 0o777))];
+    let d = failed(&diagnosed(&broken, &world, &volumes));
+    assert_eq!(d.len(), 2, "{d:?}");
+    assert!(
+        d[0].contains("owned by uid 0, not the postgres uid 999"),
+        "{d:?}"
+    );
+    assert!(
+        d[1].contains("/nfsfileshare/pgset-0: world-writable (mode 0777)"),
+        "{d:?}"
+    );
+
+    // The SELinux boolean off, firewalld without mountd.
+    let mut broken = f.clone();
+    selinux(&mut broken, SelinuxMode::Enforcing, false);
+    firewalld(&mut broken, true, &["nfs", "rpc-bind"]);
+    let d = failed(&diagnosed(&broken, &members, &volumes));
+    assert_eq!(d.len(), 2, "{d:?}");
+    assert!(d[0].contains("setsebool -P virt_use_nfs 1"), "{d:?}");
+    assert!(d[1].contains("--add-service=mountd"), "{d:?}");
+
+    // Volumes without hard or nfsvers, a missing one; no cluster: skipped.
+    let mut soft = persistent_volumes_named(&["pv1", "pv2"]);
+    soft[0]
+        .1
+        .as_mut()
+        .unwrap()
+        .spec
+        .as_mut()
+        .unwrap()
+        .mount_options = Some(vec!["soft".into()]);
+    soft.push(("pv3".into(), None));
+    let d = failed(&diagnosed(&f, &members, &Some(Ok(soft))));
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert!(
+        d[0].contains("pv1 does not mount `hard`; pv1 names no NFS version (nfsvers=); PersistentVolume pv3 does not exist"),
+        "{d:?}"
+    );
+    let none = diagnosed(&f, &members, &None);
+    assert!(
+        none.iter()
+            .any(|(n, v)| n == "volume-mount-options" && v == "skipped")
+    );
+}
+
+/// pgset's volumes for the default spec, as read back from the API.
+fn persistent_volumes_named(
+    names: &[&str],
+) -> Vec<(String, Option<k8s_openapi::api::core::v1::PersistentVolume>)> {
+    let all = pgset_nfs::persistent_volumes(&ClusterSpec::default(), "10.0.2.15");
+    names
+        .iter()
+        .map(|n| {
+            let pv = all
+                .iter()
+                .find(|p| p.metadata.name.as_deref() == Some(*n))
+                .cloned();
+            (n.to_string(), pv)
+        })
+        .collect()
+}
+
 /// Records commands instead of running them (the file work is real).
 #[derive(Default)]
 struct RecordingRunner {
@@ -408,6 +620,73 @@ impl CommandRunner for RecordingRunner {
             ..CommandOutput::default()
         })
     }
+}
+
+/// Runs nothing, like [`RecordingRunner`], but `apt-get install` writes the package's own
+/// `/etc/exports` into the root, as nfs-kernel-server's postinst does on a host without one.
+struct InstallingRunner {
+    root: PathBuf,
+    commands: RefCell<Vec<String>>,
+}
+
+impl CommandRunner for InstallingRunner {
+    fn output(&self, cmd: &HostCommand) -> pgset_nfs::Result<CommandOutput> {
+        self.commands.borrow_mut().push(cmd.to_string());
+        if cmd.program() == "apt-get" && cmd.args().first().map(String::as_str) == Some("install") {
+            std::fs::write(
+                self.root.join("etc/exports"),
+                fixture("etc-exports.nfs-kernel-server-2.6.2"),
+            )
+            .unwrap();
+        }
+        Ok(CommandOutput {
+            code: Some(0),
+            ..CommandOutput::default()
+        })
+    }
+}
+
+#[test]
+fn lines_the_package_writes_during_the_install_are_kept() {
+    if !nix::unistd::geteuid().is_root() {
+        missing_tool(
+            "nfs_host::lines_the_package_writes_during_the_install_are_kept",
+            "needs root to give the export directory to uid 999",
+        );
+        return;
+    }
+    let spec = ClusterSpec::default();
+    let (dir, paths) = host_root(None);
+    let mut facts = fresh("os-release.debian-12");
+    probe_files(&paths, &spec, &mut facts).unwrap();
+    assert_eq!(facts.exports_file, None);
+    let steps = plan(&facts, &spec, &options()).unwrap();
+    assert!(
+        steps.iter().any(|s| s.to_string() == write_step()),
+        "{steps:?}"
+    );
+    let runner = InstallingRunner {
+        root: dir.path().to_path_buf(),
+        commands: RefCell::default(),
+    };
+    apply(&steps, &facts, &paths, &runner).unwrap();
+    let package_file = fixture("etc-exports.nfs-kernel-server-2.6.2");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("etc/exports")).unwrap(),
+        format!("{package_file}{}", render_block(&spec, &options().clients)),
+        "the package's lines are gone"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("etc/exports.pgset.bak")).unwrap(),
+        package_file
+    );
+    // Planned again on what is there now: nothing left to write.
+    probe_files(&paths, &spec, &mut facts).unwrap();
+    let again = plan(&facts, &spec, &options()).unwrap();
+    assert!(
+        !again.iter().any(|s| s.to_string().starts_with("write")),
+        "{again:?}"
+    );
 }
 
 /// What the tree comparison looks at for one path.
@@ -479,6 +758,7 @@ fn applying_then_planning_again_yields_nothing() {
         described,
         [
             "create /nfsfileshare owned by 999:999 with mode 0711".to_string(),
+            MARK.into(),
             "create /nfsfileshare/pgset-0 owned by 999:999 with mode 0700".into(),
             "create /nfsfileshare/pgset-1 owned by 999:999 with mode 0700".into(),
             write_step(),
@@ -595,6 +875,17 @@ fn bad_input_is_refused_and_nothing_changes() {
             expected: "line 1 already exports /nfsfileshare outside pgset's block",
         },
         Case {
+            name: "no systemd as PID 1",
+            exports: Some(PRE_EXISTING),
+            export_is_file: false,
+            facts: |f| {
+                f.service_manager = ServiceManager::NotBooted;
+                f.services.get_mut("nfs-server").unwrap().active = false;
+            },
+            clients: CLIENTS,
+            expected: "this host cannot run the plan, so nothing was changed:\n  - start nfs-server: `systemctl` cannot start services",
+        },
+        Case {
             name: "pgset block without its end",
             exports: Some(
                 "/a *(ro)\n# BEGIN pgset cluster pgset: managed by pgset\n/nfsfileshare *(rw)\n",
@@ -624,6 +915,119 @@ fn bad_input_is_refused_and_nothing_changes() {
             case.name
         );
     }
+}
+
+/// The spec with its export at `path`.
+fn exporting(path: &str) -> ClusterSpec {
+    let mut spec = ClusterSpec::default();
+    spec.apply(&Overrides {
+        nfs_export: Some(PathBuf::from(path)),
+        ..Overrides::default()
+    });
+    spec.validate().expect("a valid export path");
+    spec
+}
+
+#[test]
+fn system_directories_on_this_host_are_refused_by_the_plan() {
+    // The real host's files, read only: probe_files under `/`, then plan.
+    let paths = HostPaths::default();
+    for (path, expected) in [
+        ("/etc", "/etc belongs to the operating system"),
+        ("/usr", "/usr belongs to the operating system"),
+        (
+            "/var/lib/pgset",
+            "inside /var/lib, which belongs to the operating system",
+        ),
+        ("/home", "/home is a system directory"),
+        ("/srv", "/srv is a system directory"),
+        ("/var", "/var is a system directory"),
+    ] {
+        let spec = exporting(path);
+        let mut facts = configured("os-release.debian-12");
+        probe_files(&paths, &spec, &mut facts).unwrap();
+        let err = plan(&facts, &spec, &options()).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("refusing the export {path}: ")) && err.contains(expected),
+            "{path}: {err}"
+        );
+        assert!(err.contains("--nfs-export"), "{path}: {err}");
+    }
+}
+
+#[test]
+fn only_a_new_empty_or_marked_directory_becomes_the_export() {
+    let spec = exporting("/srv/nfs");
+    let plan_here = |paths: &HostPaths| {
+        let mut facts = configured("os-release.debian-12");
+        probe_files(paths, &spec, &mut facts).unwrap();
+        plan(&facts, &spec, &options())
+            .map(|steps| steps.iter().map(ToString::to_string).collect::<Vec<_>>())
+    };
+    let mark = "mark /srv/nfs as this cluster's export (/srv/nfs/.pgset-export)";
+
+    // Empty, or holding only a fresh file system's lost+found: taken and marked.
+    let (dir, paths) = host_root(None);
+    std::fs::create_dir_all(dir.path().join("srv/nfs/lost+found")).unwrap();
+    let steps = plan_here(&paths).unwrap();
+    assert!(steps.iter().any(|s| s == mark), "{steps:?}");
+
+    // Someone else's files: refused, naming what is there and the fix.
+    std::fs::write(dir.path().join("srv/nfs/notes.txt"), "mine").unwrap();
+    std::fs::create_dir(dir.path().join("srv/nfs/photos")).unwrap();
+    let err = plan_here(&paths).unwrap_err().to_string();
+    assert!(
+        err.contains("holds 2 entries pgset did not create (notes.txt, photos)")
+            && err.contains("printf 'cluster: default/pgset\\n' > /srv/nfs/.pgset-export"),
+        "{err}"
+    );
+
+    // Marked for this cluster: its content is pgset's, nothing to mark again.
+    std::fs::write(
+        dir.path().join("srv/nfs/.pgset-export"),
+        marker_contents("default", "pgset"),
+    )
+    .unwrap();
+    let steps = plan_here(&paths).unwrap();
+    assert!(!steps.iter().any(|s| s.starts_with("mark")), "{steps:?}");
+
+    // Marked for another cluster: refused.
+    std::fs::write(
+        dir.path().join("srv/nfs/.pgset-export"),
+        marker_contents("prod", "pgset"),
+    )
+    .unwrap();
+    let err = plan_here(&paths).unwrap_err().to_string();
+    assert!(
+        err.contains("export of the pgset cluster prod/pgset"),
+        "{err}"
+    );
+
+    // A directory on the way that is a link into the system's trees is judged where it leads.
+    let (dir, paths) = host_root(None);
+    std::os::unix::fs::symlink("etc", dir.path().join("srv")).unwrap();
+    let err = plan_here(&paths).unwrap_err().to_string();
+    assert!(
+        err.contains("it resolves to /etc/nfs: /etc/nfs is inside /etc"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_foreign_directory_stays_byte_identical_when_refused() {
+    let spec = exporting("/srv/nfs");
+    let (dir, paths) = host_root(Some(PRE_EXISTING));
+    let export = dir.path().join("srv/nfs");
+    std::fs::create_dir_all(export.join("sub")).unwrap();
+    std::fs::write(export.join("sub/data"), "someone's data").unwrap();
+    std::fs::set_permissions(&export, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let before = tree(dir.path());
+    let mut facts = configured("os-release.debian-12");
+    let runner = RecordingRunner::default();
+    let err = provision(&mut facts, &spec, CLIENTS, &paths, &runner).unwrap_err();
+    assert!(err.contains("pgset never takes over a directory"), "{err}");
+    assert_eq!(tree(dir.path()), before);
+    assert!(runner.commands.borrow().is_empty());
 }
 
 #[test]

@@ -1,8 +1,11 @@
 //! `cargo xtask nfs` end to end. Bad input is refused by the binary on this host with nothing
 //! changed; then a throw-away Debian 12 guest (debootstrap, booted by qemu with TCG, SELinux
 //! permissive, networking restricted to the host's forwarded ssh port) gets provisioned, mounts
-//! its own export over NFS and proves ownership, root squashing, idempotence and that
-//! pre-existing `/etc/exports` lines stay byte for byte.
+//! its own export over NFS and proves ownership, root squashing, idempotence, that
+//! pre-existing `/etc/exports` lines stay byte for byte, that firewalld gets the NFS services
+//! when it runs, and that the lines the package writes into a new `/etc/exports` while it is
+//! installed are kept; `doctor` passes the configured guest and names each problem made on
+//! purpose (async export, wrong owner, world-writable directory, the SELinux boolean off).
 
 use std::collections::BTreeSet;
 use std::net::TcpListener;
@@ -169,6 +172,176 @@ fn bad_input_through_the_cli_changes_nothing() {
         assert!(!err.contains("==> configure"), "{err}");
     }
     assert_eq!(host_state(), before, "a refused run changed the host");
+}
+
+/// The installed package set as `dpkg-query -W` prints it.
+fn package_set() -> String {
+    let out = duct::cmd!("dpkg-query", "-W")
+        .stdout_capture()
+        .run()
+        .expect("dpkg-query -W");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Owner, group, mode and (for files) contents of a path.
+type PathSnapshot = (u32, u32, u32, Option<Vec<u8>>);
+
+/// Owner, mode and (for files) contents of a path; `None` when it does not exist.
+fn path_snapshot(p: &Path) -> Option<PathSnapshot> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p).ok()?;
+    let content = m.is_file().then(|| std::fs::read(p).expect("read a file"));
+    Some((m.uid(), m.gid(), m.mode(), content))
+}
+
+/// On a Debian host booted without systemd as PID 1 (this machine: a container), the real
+/// `nfs` command refuses with one error naming the service manager, and leaves `/etc/exports`,
+/// the package set and the export path as they were. Its dry run shows the same blocker.
+#[test]
+fn a_host_without_systemd_is_refused_before_any_change() {
+    const TEST: &str = "nfs_vm::a_host_without_systemd_is_refused_before_any_change";
+    if Path::new("/run/systemd/system").is_dir() {
+        missing_tool(
+            TEST,
+            "this host runs systemd as PID 1: the run would really provision it",
+        );
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        missing_tool(
+            TEST,
+            "needs root: a non-root run stops earlier, at the root check",
+        );
+        return;
+    }
+    if tool("dpkg-query").is_none() || tool("systemctl").is_none() {
+        missing_tool(TEST, "needs a Debian-family host with systemctl installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let export = dir.path().join("export");
+    let export_str = export.display().to_string();
+    let args = [
+        "nfs",
+        "--clients",
+        "10.0.0.0/24",
+        "--nfs-export",
+        &export_str,
+    ];
+    let watched = [
+        PathBuf::from("/etc/exports"),
+        PathBuf::from("/etc/exports.pgset.bak"),
+        PathBuf::from("/etc/.exports.pgset.tmp"),
+        export.clone(),
+    ];
+    let snapshot = || {
+        (
+            package_set(),
+            watched.iter().map(|p| path_snapshot(p)).collect::<Vec<_>>(),
+        )
+    };
+    let before = snapshot();
+
+    let (code, err) = run_here(&args, None);
+    eprintln!("--- real run ---\n{err}");
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        err.contains("this host cannot run the plan, so nothing was changed")
+            && err.contains("not booted with systemd as PID 1")
+            && err.contains("--nfs-server ADDR"),
+        "{err}"
+    );
+    assert!(!err.contains("==> configure"), "{err}");
+    assert!(!err.contains("    $ "), "a command ran:\n{err}");
+
+    let (code, dry) = run_here(&[&["nfs", "--dry-run"][..], &args[1..]].concat(), None);
+    eprintln!("--- dry run ---\n{dry}");
+    assert_eq!(code, 1, "{dry}");
+    assert!(
+        dry.contains("a real run would refuse") && dry.contains("not booted with systemd"),
+        "{dry}"
+    );
+    assert_eq!(snapshot(), before, "a refused run changed the host");
+}
+
+/// A directory and its direct entries: owner, mode and (for files) contents of each.
+fn dir_snapshot(p: &Path) -> Vec<(PathBuf, Option<PathSnapshot>)> {
+    let mut out = vec![(p.to_path_buf(), path_snapshot(p))];
+    if let Ok(entries) = std::fs::read_dir(p) {
+        let mut names: Vec<PathBuf> = entries.map(|e| e.expect("an entry").path()).collect();
+        names.sort();
+        for n in names {
+            let snap = path_snapshot(&n);
+            out.push((n, snap));
+        }
+    }
+    out
+}
+
+/// System directories and a directory with someone else's files are refused as the export by
+/// the real command, dry run or not, and stay byte-identical (owner, mode, contents).
+#[test]
+fn system_and_foreign_directories_are_refused_for_real() {
+    let foreign = tempfile::tempdir().expect("temp dir");
+    std::fs::write(foreign.path().join("thesis.tex"), "someone's work").expect("write");
+    std::fs::create_dir(foreign.path().join("figures")).expect("mkdir");
+    let foreign_path = foreign.path().display().to_string();
+    let cases: [(&str, &str); 6] = [
+        (
+            "/etc",
+            "refusing the export /etc: /etc belongs to the operating system",
+        ),
+        (
+            "/usr",
+            "refusing the export /usr: /usr belongs to the operating system",
+        ),
+        (
+            "/home",
+            "refusing the export /home: /home is a system directory",
+        ),
+        (
+            "/var",
+            "refusing the export /var: /var is a system directory",
+        ),
+        (
+            "/var/lib/nfs",
+            "inside /var/lib, which belongs to the operating system",
+        ),
+        (
+            &foreign_path,
+            "holds 2 entries pgset did not create (figures, thesis.tex)",
+        ),
+    ];
+    let watched: Vec<PathBuf> = cases
+        .iter()
+        .map(|(p, _)| PathBuf::from(p))
+        .chain([PathBuf::from("/etc/exports"), PathBuf::from("/")])
+        .collect();
+    let snapshot = || watched.iter().map(|p| dir_snapshot(p)).collect::<Vec<_>>();
+    let before = snapshot();
+    for (path, expected) in cases {
+        for dry in [true, false] {
+            let mut args = vec!["nfs", "--clients", "10.0.0.0/24", "--nfs-export", path];
+            if dry {
+                args.push("--dry-run");
+            }
+            let (code, err) = run_here(&args, None);
+            assert_eq!(code, 1, "{args:?}: {err}");
+            assert!(err.contains(expected), "{args:?}: {err}");
+            assert!(err.contains("--nfs-export"), "{args:?}: {err}");
+            assert_eq!(
+                err.lines().filter(|l| l.starts_with("error:")).count(),
+                1,
+                "{args:?}: {err}"
+            );
+        }
+    }
+    assert_eq!(snapshot(), before, "a refused export path changed");
 }
 
 fn elapsed(t: Instant) -> String {
@@ -505,6 +678,68 @@ fn provision_a_real_nfs_server() {
     assert_eq!(guest.ok("cat /etc/exports"), after_first);
     assert_eq!(live_clients(&guest.ok("exportfs -v")), wanted);
 
+    // The doctor passes on the configured guest, and names each problem made on purpose.
+    let doctor = "cd /root && pgset-xtask doctor -o json";
+    let report = |out: &str| -> Vec<(String, String, String)> {
+        let v: serde_json::Value =
+            serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        v["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .map(|c| {
+                (
+                    c["name"].as_str().unwrap_or_default().to_string(),
+                    c["verdict"].as_str().unwrap_or_default().to_string(),
+                    c["message"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    let healthy = report(&guest.ok(doctor));
+    eprintln!("--- doctor on the configured guest ---\n{healthy:#?}");
+    assert!(
+        healthy
+            .iter()
+            .all(|(_, v, _)| v == "pass" || v == "skipped"),
+        "{healthy:#?}"
+    );
+    guest.ok(
+        "sed -i 's/(rw,sync,/(rw,async,/g' /etc/exports && exportfs -ra \
+         && chown 0:0 /nfsfileshare && chmod 0777 /nfsfileshare/pgset-0 \
+         && setsebool virt_use_nfs 0",
+    );
+    let (code, out, _) = guest.sh(doctor);
+    assert_ne!(code, 0, "the doctor passed a broken setup: {out}");
+    let broken = report(&out);
+    eprintln!("--- doctor on the broken guest ---\n{broken:#?}");
+    let failed = |name: &str| -> String {
+        broken
+            .iter()
+            .find(|(n, v, _)| n == name && v == "fail")
+            .map(|(_, _, m)| m.clone())
+            .unwrap_or_else(|| panic!("{name} did not fail: {broken:#?}"))
+    };
+    assert!(failed("export-options").contains("is exported async"));
+    assert!(failed("export-directory").contains("owned by uid 0, not the postgres uid 999"));
+    assert!(
+        failed("member-directories").contains("/nfsfileshare/pgset-0: world-writable (mode 0777)")
+    );
+    assert!(failed("selinux-virt-use-nfs").contains("virt_use_nfs is off"));
+    // `nfs` repairs what is its own (the block, the export's owner, the boolean); the member
+    // directory is the agent's, put back by hand.
+    let repaired = guest.ok(&format!(
+        "cd /root && pgset-xtask nfs --clients {CLIENTS} 2>&1"
+    ));
+    eprintln!("--- repair ---\n{repaired}");
+    guest.ok("chmod 0700 /nfsfileshare/pgset-0");
+    let again = report(&guest.ok(doctor));
+    assert!(
+        again.iter().all(|(_, v, _)| v == "pass" || v == "skipped"),
+        "{again:#?}"
+    );
+    assert_eq!(guest.ok("cat /etc/exports"), after_first);
+
     // Templates mode: a directory per member, and a node mounts one member's directory as
     // root (squashed), so the export root must be traversable, still not listable.
     let t = Instant::now();
@@ -631,6 +866,70 @@ fn provision_a_real_nfs_server() {
     let upgraded = guest.ok(&templates_run);
     assert!(upgraded.contains("write pgset's block"), "{upgraded}");
     assert_eq!(guest.ok("cat /etc/exports"), three);
+
+    // firewalld running: the run opens the NFS services, permanently and now; a second run
+    // changes nothing.
+    let plain_run = format!("cd /root && pgset-xtask nfs --clients {CLIENTS} 2>&1");
+    guest.ok("systemctl start firewalld && firewall-cmd --state");
+    let t = Instant::now();
+    let with_firewall = guest.ok(&plain_run);
+    eprintln!("--- firewalld run ({}) ---\n{with_firewall}", elapsed(t));
+    assert!(
+        with_firewall.contains("allow the firewalld service(s) nfs, rpc-bind, mountd"),
+        "{with_firewall}"
+    );
+    for list in [
+        "firewall-cmd --list-services",
+        "firewall-cmd --permanent --list-services",
+    ] {
+        let services = guest.ok(list);
+        for s in ["nfs", "rpc-bind", "mountd"] {
+            assert!(
+                services.split_whitespace().any(|x| x == s),
+                "{list}: {services}"
+            );
+        }
+    }
+    let again = guest.ok(&plain_run);
+    assert!(again.contains("nothing to change"), "{again}");
+    guest.ok("systemctl stop firewalld");
+
+    // A host without /etc/exports, whose package writes its own when installed: the package
+    // goes (with its file), and the run installs it again (offline, from the .deb the guest
+    // keeps) and puts pgset's block after the package's lines.
+    let block = after_first
+        .strip_prefix(&format!("{PRE_EXISTING_EXPORTS}\n"))
+        .expect("pgset's block follows the old lines")
+        .to_string();
+    guest.ok(
+        "exportfs -ua && systemctl stop nfs-server && dpkg --purge nfs-kernel-server >/dev/null \
+         && rm -f /etc/exports /etc/exports.pgset.bak \
+         && cp /root/debs/nfs-kernel-server_*.deb /var/cache/apt/archives/",
+    );
+    assert_eq!(
+        guest.ok("test -e /etc/exports && echo present || echo absent"),
+        "absent\n"
+    );
+    let t = Instant::now();
+    let reinstall = guest.ok(&plain_run);
+    eprintln!(
+        "--- run that installs the package ({}) ---\n{reinstall}",
+        elapsed(t)
+    );
+    assert!(
+        reinstall.contains("install nfs-kernel-server with apt-get"),
+        "{reinstall}"
+    );
+    let package_file = guest.ok("cat /usr/share/nfs-kernel-server/conffiles/etc.exports");
+    assert!(package_file.starts_with("# /etc/exports"), "{package_file}");
+    assert_eq!(
+        guest.ok("cat /etc/exports"),
+        format!("{package_file}{block}"),
+        "the package's lines are not kept before pgset's block"
+    );
+    assert_eq!(live_clients(&guest.ok("exportfs -v")), wanted);
+    let again = guest.ok(&plain_run);
+    assert!(again.contains("nothing to change"), "{again}");
 
     drop(guest);
     let _ = std::fs::remove_dir_all(&run_dir);

@@ -17,13 +17,14 @@ cache_root=$1
 mirror=${PGSET_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 suite=bookworm
 # Bump when the steps below change in a way the package list does not show.
-script_version=4
+script_version=5
 packages=(
   systemd-sysv udev dbus kmod iproute2 netbase procps
   linux-image-amd64 initramfs-tools
   nfs-kernel-server nfs-common rpcbind
   openssh-server
   selinux-basics selinux-policy-default selinux-utils policycoreutils
+  firewalld libpam-systemd
 )
 
 key=$(printf '%s\n' "$script_version" "$suite" "${packages[@]}" | sha256sum | cut -c1-16)
@@ -102,6 +103,12 @@ if [ -z "$vmlinuz" ] || [ -z "$initrd" ]; then
 fi
 cp "$vmlinuz" "$guest/vmlinuz"
 cp "$initrd" "$guest/initrd.img"
+# firewalld is there for the test to start when it wants it: not at boot.
+chroot "$root" systemctl disable firewalld.service >/dev/null 2>&1
+# The NFS server package, kept for the test that installs it again offline (the guest has no
+# network): apt-get finds it in its archive cache.
+mkdir -p "$root/root/debs"
+cp "$root"/var/cache/apt/archives/nfs-kernel-server_*.deb "$root/root/debs/"
 chroot "$root" apt-get clean
 mkfs.ext4 -q -F -d "$root" "$guest/disk.img" 3G >&2
 rm -rf "$root"

@@ -13,6 +13,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use pgset_spec::VERSION;
 
 use crate::cli::{ClientArgs, SpecArgs, Stage, workspace_root};
+use crate::deploy::DryRun;
 use host_command::HostCommand;
 use reference::ImageName;
 
@@ -28,21 +29,29 @@ pub struct Args {
     pub spec: SpecArgs,
     #[command(flatten)]
     pub client: ClientArgs,
-    /// Where to write the archive [default: target/pgset-agent-<version>.oci.tar in the
-    /// workspace]
+    /// Where to write the archive [default: pgset-agent-<version>.oci.tar in the target
+    /// directory: $CARGO_TARGET_DIR, else target/ in the workspace]
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
     /// Then load the archive into containerd's k8s.io namespace with `ctr` (as root, on the node)
     #[arg(long)]
     pub import: bool,
-    /// Print the build, the archive and the import that would happen, and change nothing
-    #[arg(long)]
-    pub dry_run: bool,
+    /// Print the build, the archive and the import that would happen, and change nothing.
+    /// `server` is the same here: this command writes nothing to the API server
+    #[arg(
+        long,
+        value_name = "MODE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "client",
+        value_enum
+    )]
+    pub dry_run: Option<DryRun>,
 }
 
-/// The default archive path: `target/pgset-agent-<version>.oci.tar` in the workspace.
-pub fn default_archive_path(workspace: &Path) -> PathBuf {
-    workspace.join("target").join(format!(
+/// The default archive path: `pgset-agent-<version>.oci.tar` in the target directory.
+pub fn default_archive_path(target_root: &Path) -> PathBuf {
+    target_root.join(format!(
         "{}-{VERSION}.oci.tar",
         pgset_spec::contract::AGENT_BIN
     ))
@@ -58,9 +67,9 @@ pub async fn run(args: Args) -> Result<()> {
     let out = args
         .out
         .clone()
-        .unwrap_or_else(|| default_archive_path(&workspace));
+        .unwrap_or_else(|| default_archive_path(&static_binary::target_root(&workspace)));
 
-    if args.dry_run {
+    if args.dry_run.is_some() {
         print_plan(&workspace, &out, &name, args.import);
         if args.import {
             import_preflight()?;
@@ -124,7 +133,7 @@ impl ArchiveReport {
 /// when it already holds the same bytes).
 pub fn build_archive(workspace: &Path, out: &Path, name: &ImageName) -> Result<ArchiveReport> {
     let stage = Stage::start("build the static pgset-agent (release, crt-static)");
-    let target_dir = static_binary::image_target_dir(workspace);
+    let target_dir = static_binary::image_target_dir(&static_binary::target_root(workspace));
     let executable_path = static_binary::build(workspace, &target_dir, VERSION)?;
     stage.done(&executable_path.display().to_string());
 
@@ -239,7 +248,7 @@ fn lists_image(listed: &str, full_name: &str) -> bool {
 
 /// What the task would do, for `--dry-run`.
 fn print_plan(workspace: &Path, out: &Path, name: &ImageName, import: bool) {
-    let target_dir = static_binary::image_target_dir(workspace);
+    let target_dir = static_binary::image_target_dir(&static_binary::target_root(workspace));
     let cargo = static_binary::cargo_program();
     println!(
         "would build:   {}",
@@ -278,7 +287,7 @@ mod tests {
     #[test]
     fn the_default_archive_is_versioned_under_target() {
         assert_eq!(
-            default_archive_path(Path::new("/w")),
+            default_archive_path(Path::new("/w/target")),
             PathBuf::from(format!("/w/target/pgset-agent-{VERSION}.oci.tar"))
         );
     }

@@ -3,6 +3,7 @@
 mod bench;
 mod cli;
 mod deploy;
+mod doctor;
 mod down;
 mod image;
 mod local;
@@ -34,6 +35,8 @@ enum Task {
     Down(down::Args),
     /// Make this host the NFS server for the cluster (packages, services, SELinux, /etc/exports)
     Nfs(nfs::Args),
+    /// Check the NFS path of the database from this host, read-only: export options, owners and modes, mount options, SELinux, firewalld
+    Doctor(doctor::Args),
     /// Create the NFS PersistentVolumes (and the shared claim)
     Volumes(volumes::Args),
     /// Build the agent's OCI image archive; --import loads it into containerd
@@ -65,6 +68,7 @@ async fn main() -> std::process::ExitCode {
         Task::Up(a) => up::run(a).await,
         Task::Down(a) => down::run(a).await,
         Task::Nfs(a) => nfs::run(a).await,
+        Task::Doctor(a) => doctor::run(a).await,
         Task::Volumes(a) => volumes::run(a).await,
         Task::Image(a) => image::run(a).await,
         Task::Deploy(a) => deploy::run(a).await,
@@ -82,6 +86,64 @@ async fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    /// How a command's `--dry-run` parses: (value given, what it means).
+    fn dry_run_meanings(cmd: &clap::Command) -> Option<Vec<String>> {
+        let arg = cmd.get_arguments().find(|a| a.get_id() == "dry_run")?;
+        let values: Vec<String> = arg
+            .get_possible_values()
+            .iter()
+            .map(|v| v.get_name().to_string())
+            .collect();
+        Some(vec![
+            format!("values {values:?}"),
+            format!("takes {:?} values", arg.get_num_args()),
+            format!("requires = {}", arg.is_require_equals_set()),
+        ])
+    }
+
+    #[test]
+    fn every_dry_run_flag_parses_as_deploys_does() {
+        let cli = Cli::command();
+        let deploy = cli.find_subcommand("deploy").unwrap();
+        let wanted = dry_run_meanings(deploy).unwrap();
+        let mut with_flag = Vec::new();
+        for sub in cli.get_subcommands() {
+            if let Some(m) = dry_run_meanings(sub) {
+                assert_eq!(m, wanted, "`{}` --dry-run", sub.get_name());
+                with_flag.push(sub.get_name().to_string());
+            }
+        }
+        assert_eq!(with_flag, ["up", "nfs", "volumes", "image", "deploy"]);
+        for task in ["up", "nfs", "volumes", "image", "deploy"] {
+            for flag in ["--dry-run", "--dry-run=client", "--dry-run=server"] {
+                Cli::try_parse_from(["cargo xtask", task, flag])
+                    .unwrap_or_else(|e| panic!("{task} {flag}: {e}"));
+            }
+            let err = Cli::try_parse_from(["cargo xtask", task, "--dry-run=bogus"]).unwrap_err();
+            assert!(err.to_string().contains("client, server"), "{task}: {err}");
+        }
+        for (flag, meaning) in [
+            ("--dry-run", deploy::DryRun::Client),
+            ("--dry-run=client", deploy::DryRun::Client),
+            ("--dry-run=server", deploy::DryRun::Server),
+        ] {
+            let Task::Volumes(v) = Cli::try_parse_from(["cargo xtask", "volumes", flag])
+                .unwrap()
+                .task
+            else {
+                panic!("not volumes");
+            };
+            assert_eq!(v.dry_run, Some(meaning), "{flag}");
         }
     }
 }

@@ -9,12 +9,13 @@ use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::api::ListParams;
 use pgset_nfs::{
-    Duct, ExportClient, ExportOptions, ExportsFile, HostAddresses, HostPaths, Step,
-    clients_from_node_addresses, nfs_server_address, parse_clients,
+    Blocker, Duct, ExportClient, ExportOptions, ExportsFile, HostAddresses, HostFacts, HostPaths,
+    Step, clients_from_node_addresses, nfs_server_address, parse_clients,
 };
 use pgset_spec::ClusterSpec;
 
 use crate::cli::{ClientArgs, SpecArgs, Stage};
+use crate::deploy::DryRun;
 
 /// How long listing the cluster's nodes may take before the host's own network is used.
 const NODE_LIST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -27,9 +28,17 @@ pub struct Args {
     /// primary network]
     #[arg(long, value_name = "CIDR,...")]
     pub clients: Option<String>,
-    /// Probe the host and print the plan; change nothing
-    #[arg(long)]
-    pub dry_run: bool,
+    /// Probe the host and print the plan; change nothing. `server` is the same here: this
+    /// command writes nothing to the API server
+    #[arg(
+        long,
+        value_name = "MODE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "client",
+        value_enum
+    )]
+    pub dry_run: Option<DryRun>,
     /// Also print the read-only probe commands
     #[arg(long, short = 'v')]
     pub verbose: bool,
@@ -37,50 +46,105 @@ pub struct Args {
     pub spec: SpecArgs,
     #[command(flatten)]
     pub client: ClientArgs,
+    /// Run as `up`'s stage, whose preflight has counted the blockers already: a dry run lists
+    /// them and goes on to the next stage.
+    #[arg(skip)]
+    pub in_up: bool,
+}
+
+/// The NFS host as probed, with the plan for it. Reading only.
+pub(crate) struct HostPlan {
+    pub facts: HostFacts,
+    pub options: ExportOptions,
+    pub steps: Vec<Step>,
+    pub nodes: Vec<IpAddr>,
+}
+
+impl HostPlan {
+    /// Probes this host and plans; changes nothing.
+    pub(crate) async fn make(
+        spec: &ClusterSpec,
+        clients: Option<&str>,
+        client_args: &ClientArgs,
+        runner: &Duct,
+    ) -> Result<HostPlan> {
+        let explicit_clients = clients.map(parse_clients).transpose()?;
+        let stage = Stage::start("probe the host");
+        let facts =
+            pgset_nfs::probe(runner, &HostPaths::default(), spec).context("probe the host")?;
+        stage.done(&facts.os.pretty_name);
+
+        let nodes = if explicit_clients.is_some() && spec.nfs.server.is_some() {
+            Vec::new()
+        } else {
+            node_addresses(client_args).await?
+        };
+        let kept = kept_clients(spec, facts.exports_file.as_deref());
+        let clients = match (explicit_clients, kept) {
+            (Some(c), _) => c,
+            (None, Some(c)) => {
+                eprintln!(
+                    "note: keeping the clients of pgset's block in /etc/exports ({}); pass --clients to change them",
+                    client_list(&c)
+                );
+                c
+            }
+            (None, None) => default_clients(&nodes, &facts.addresses)?,
+        };
+        let options = ExportOptions { clients };
+        let steps = pgset_nfs::plan(&facts, spec, &options).context("plan the NFS host")?;
+        Ok(HostPlan {
+            facts,
+            options,
+            steps,
+            nodes,
+        })
+    }
+
+    /// Every reason this host cannot run the plan.
+    pub(crate) fn blockers(&self) -> Vec<Blocker> {
+        pgset_nfs::blockers(&self.facts, &self.steps)
+    }
 }
 
 /// Runs the task.
 pub async fn run(args: Args) -> Result<()> {
     let spec = args.spec.load(&args.client)?;
-    let explicit_clients = args.clients.as_deref().map(parse_clients).transpose()?;
+    if let Some(c) = &args.clients {
+        parse_clients(c)?;
+    }
     let runner = Duct {
         log_probes: args.verbose,
     };
     let paths = HostPaths::default();
-
-    let stage = Stage::start("probe the host");
-    let facts = pgset_nfs::probe(&runner, &paths, &spec).context("probe the host")?;
-    stage.done(&facts.os.pretty_name);
-
-    let nodes = if explicit_clients.is_some() && spec.nfs.server.is_some() {
-        Vec::new()
-    } else {
-        node_addresses(&args.client).await?
-    };
-    let kept = kept_clients(&spec, facts.exports_file.as_deref());
-    let clients = match (explicit_clients, kept) {
-        (Some(c), _) => c,
-        (None, Some(c)) => {
-            eprintln!(
-                "note: keeping the clients of pgset's block in /etc/exports ({}); pass --clients to change them",
-                client_list(&c)
-            );
-            c
-        }
-        (None, None) => default_clients(&nodes, &facts.addresses)?,
-    };
-    let options = ExportOptions { clients };
-    let steps = pgset_nfs::plan(&facts, &spec, &options).context("plan the NFS host")?;
+    let HostPlan {
+        facts,
+        options,
+        steps,
+        nodes,
+    } = HostPlan::make(&spec, args.clients.as_deref(), &args.client, &runner).await?;
     print_plan(&spec, &options, &steps);
     let server = server_address(&spec, &facts.addresses, &nodes);
+    let blockers = pgset_nfs::blockers(&facts, &steps);
 
-    if args.dry_run {
+    if args.dry_run.is_some() {
         print_server(server.as_deref());
+        if !blockers.is_empty() {
+            let refusal = pgset_nfs::Error::Blocked { blockers };
+            if args.in_up {
+                eprintln!("    a real run would refuse: {refusal}");
+                return Ok(());
+            }
+            return Err(refusal).context("a real run would refuse (dry run: nothing was changed)");
+        }
         return Ok(());
     }
     if !steps.is_empty() {
         if !facts.is_root {
             return Err(pgset_nfs::Error::NotRoot { steps: steps.len() }.into());
+        }
+        if !blockers.is_empty() {
+            return Err(pgset_nfs::Error::Blocked { blockers }.into());
         }
         let stage = Stage::start("configure the NFS host");
         pgset_nfs::apply(&steps, &facts, &paths, &runner).context("configure the NFS host")?;

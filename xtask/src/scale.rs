@@ -109,7 +109,7 @@ pub(crate) async fn prepare_member_volumes(
         );
     }
     let server = crate::volumes::resolve_server(spec, client_args).await?;
-    crate::volumes::apply_storage(client, spec, &server)
+    crate::volumes::apply_storage(client, spec, &server, pgset_deploy::apply::ApplyMode::Apply)
         .await
         .context("create the new members' volumes")
 }

@@ -10,14 +10,23 @@ use pgset_nfs::{Duct, persistent_volumes};
 use pgset_spec::{ClusterSpec, StorageMode};
 
 use crate::cli::{ClientArgs, SpecArgs, Stage};
+use crate::deploy::DryRun;
 use crate::nfs::{node_addresses, server_address};
 
 /// Arguments of `cargo xtask volumes`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Print the objects as YAML on stdout; change nothing
-    #[arg(long)]
-    pub dry_run: bool,
+    /// Change nothing: print the objects as YAML (client, the default) or have the API server
+    /// check them (server)
+    #[arg(
+        long,
+        value_name = "MODE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "client",
+        value_enum
+    )]
+    pub dry_run: Option<DryRun>,
     #[command(flatten)]
     pub spec: SpecArgs,
     #[command(flatten)]
@@ -60,15 +69,21 @@ pub(crate) async fn apply_storage(
     client: &kube::Client,
     spec: &ClusterSpec,
     server: &str,
+    mode: ApplyMode,
 ) -> Result<()> {
     let StorageObjects { volumes, claim } = storage_objects(spec, server);
     let stage = Stage::start(format!(
-        "apply {} NFS volume(s) on {server} for {}",
+        "apply {} NFS volume(s) on {server} for {}{}",
         volumes.len(),
-        spec.cluster_export_dir().display()
+        spec.cluster_export_dir().display(),
+        if mode == ApplyMode::ServerDryRun {
+            ", server dry run"
+        } else {
+            ""
+        }
     ));
     let mut progress = |line: &str| eprintln!("    {line}");
-    let mut outcome = apply_volumes(client, &volumes, ApplyMode::Apply, &mut progress)
+    let mut outcome = apply_volumes(client, &volumes, mode, &mut progress)
         .await
         .with_context(|| {
             format!(
@@ -79,7 +94,7 @@ pub(crate) async fn apply_storage(
     if let Some(c) = &claim {
         let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &spec.namespace);
         outcome.record(
-            apply_reporting(&claims, c, ApplyMode::Apply, &mut progress)
+            apply_reporting(&claims, c, mode, &mut progress)
                 .await
                 .with_context(|| {
                     format!("apply PersistentVolumeClaim {}", spec.shared_claim_name())
@@ -94,7 +109,7 @@ pub(crate) async fn apply_storage(
 pub async fn run(args: Args) -> Result<()> {
     let spec = args.spec.load(&args.client)?;
     let server = resolve_server(&spec, &args.client).await?;
-    if args.dry_run {
+    if args.dry_run == Some(DryRun::Client) {
         let StorageObjects { volumes, claim } = storage_objects(&spec, &server);
         let mut docs = Vec::new();
         for pv in &volumes {
@@ -107,7 +122,11 @@ pub async fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     let client = args.client.client().await?;
-    apply_storage(&client, &spec, &server).await
+    let mode = match args.dry_run {
+        Some(_) => ApplyMode::ServerDryRun,
+        None => ApplyMode::Apply,
+    };
+    apply_storage(&client, &spec, &server, mode).await
 }
 
 #[cfg(test)]

@@ -11,12 +11,14 @@ use nix::unistd::{Gid, Uid, chown};
 use crate::clients::ExportClient;
 use crate::command::{CommandRunner, HostCommand};
 use crate::facts::{HostFacts, HostPaths, PathState};
+use crate::judge::{EXPORT_MARKER, blockers};
 use crate::parse::parse_exportfs_verbose;
-use crate::plan::{Step, missing_live_clients};
+use crate::plan::{Step, exports_with_block, missing_live_clients};
+use crate::probe::read_exports;
 use crate::{Error, Result};
 
-/// Performs `steps` in order. Needs root unless there is nothing to do; refuses before any
-/// change otherwise.
+/// Performs `steps` in order. Needs root unless there is nothing to do, and a host that can run
+/// every step ([`blockers`]); refuses before any change otherwise.
 pub fn apply(
     steps: &[Step],
     facts: &HostFacts,
@@ -29,6 +31,10 @@ pub fn apply(
     if !facts.is_root {
         return Err(Error::NotRoot { steps: steps.len() });
     }
+    let blockers = blockers(facts, steps);
+    if !blockers.is_empty() {
+        return Err(Error::Blocked { blockers });
+    }
     for step in steps {
         eprintln!("==> {step}");
         match step {
@@ -39,7 +45,26 @@ pub fn apply(
                 mode,
                 current,
             } => ensure_directory(&paths.host(path), *uid, *gid, *mode, *current)?,
-            Step::WriteExports { contents, .. } => write_exports(paths, contents)?,
+            Step::MarkExport { path, contents } => write_marker(&paths.host(path), contents)?,
+            Step::WriteExports {
+                cluster,
+                export,
+                block,
+                ..
+            } => {
+                // From the file as it is now: an earlier step (the package's install) may have
+                // written it since the probe.
+                let current = read_exports(paths)?;
+                let contents = exports_with_block(current.as_deref(), cluster, export, block)?;
+                if current.as_deref() == Some(contents.as_str()) {
+                    eprintln!(
+                        "    {} already holds pgset's block",
+                        paths.exports().display()
+                    );
+                } else {
+                    write_exports(paths, &contents)?;
+                }
+            }
             _ => {}
         }
         for cmd in step.commands() {
@@ -80,6 +105,25 @@ fn ensure_directory(path: &Path, uid: u32, gid: u32, mode: u32, current: PathSta
     fs::set_permissions(path, Permissions::from_mode(mode))
         .map_err(file_error("change the mode of", path))?;
     Ok(())
+}
+
+/// Writes pgset's marker into the export directory (root-owned, mode 0644); an identical
+/// marker is left as it is.
+fn write_marker(dir: &Path, contents: &str) -> Result<()> {
+    let path = dir.join(EXPORT_MARKER);
+    if fs::read(&path).is_ok_and(|old| old == contents.as_bytes()) {
+        return Ok(());
+    }
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&path)
+        .map_err(file_error("create", &path))?;
+    f.write_all(contents.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(file_error("write", &path))
 }
 
 /// Writes the exports file atomically: the old file is copied to the backup, the new contents

@@ -1,10 +1,11 @@
 //! What probing learns about the host: plain data, built by `probe` and read by `plan`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use crate::clients::Cidr;
+use crate::judge::ExportContents;
 use crate::parse::ActiveExport;
 use crate::{Error, Result};
 
@@ -199,6 +200,18 @@ pub struct ServiceState {
     pub active: bool,
 }
 
+/// Whether a service manager answers `systemctl start`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceManager {
+    /// systemd is PID 1 (`/run/systemd/system` exists, as `sd_booted()` checks).
+    Systemd,
+    /// `systemctl` is installed but the host was not booted with systemd (a container, WSL,
+    /// a CI runner): it cannot start units.
+    NotBooted,
+    /// No `systemctl`.
+    Missing,
+}
+
 /// SELinux mode (`getenforce`); `Absent` when the tools are not installed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SelinuxMode {
@@ -278,6 +291,10 @@ pub struct HostFacts {
     pub os: OsRelease,
     /// Whether the process runs as root.
     pub is_root: bool,
+    /// Whether `systemctl` can start units.
+    pub service_manager: ServiceManager,
+    /// Programs a step may run that are on PATH now.
+    pub programs: BTreeSet<String>,
     /// Package managers found on PATH.
     pub package_managers: Vec<PackageManager>,
     /// Installed state of each required package.
@@ -299,6 +316,11 @@ pub struct HostFacts {
     pub active_exports: Vec<ActiveExport>,
     /// The export directory.
     pub export_dir: PathState,
+    /// Where the export path resolves to when a directory on the way is a symbolic link
+    /// (`None` when it resolves to itself).
+    pub export_real: Option<PathBuf>,
+    /// What the export directory holds (empty when it is missing).
+    pub export_contents: ExportContents,
     /// Directories below the export pgset manages (the cluster's own directory for every
     /// cluster but the default, member directories in templates mode), by path.
     pub member_dirs: BTreeMap<PathBuf, PathState>,

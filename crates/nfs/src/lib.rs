@@ -9,8 +9,10 @@
 mod apply;
 mod clients;
 mod command;
+mod doctor;
 mod exports;
 mod facts;
+mod judge;
 mod parse;
 mod plan;
 mod probe;
@@ -21,10 +23,15 @@ use std::path::PathBuf;
 pub use apply::{apply, verify_export};
 pub use clients::{Cidr, ExportClient, ExportOptions, clients_from_node_addresses, parse_clients};
 pub use command::{CommandOutput, CommandRunner, Duct, HostCommand, shell_quote};
+pub use doctor::{DOCS_DATA_DIRECTORY, DOCS_NFS, Diagnosis, Health, VolumesRead, diagnose};
 pub use exports::{EXPORT_OPTIONS, ExportEntry, ExportsFile, render_block};
 pub use facts::{
     FirewalldState, HostAddresses, HostFacts, HostPaths, OsFamily, OsRelease, PackageManager,
-    PathState, Requirements, SelinuxMode, ServiceState, UnitFileState,
+    PathState, Requirements, SelinuxMode, ServiceManager, ServiceState, UnitFileState,
+};
+pub use judge::{
+    Blocker, EXPORT_MARKER, ExportContents, ExportRefusal, blockers, judge_export_contents,
+    judge_export_path, marker_cluster, marker_contents, marker_identity,
 };
 pub use parse::{
     ActiveExport, parse_dpkg_query, parse_exportfs_verbose, parse_firewall_services,
@@ -32,7 +39,7 @@ pub use parse::{
     parse_rpm_query, parse_unit_file_state,
 };
 pub use plan::{Step, plan};
-pub use probe::{probe, probe_addresses, probe_files};
+pub use probe::{probe, probe_addresses, probe_files, probe_member_states};
 pub use volumes::{nfs_server_address, persistent_volumes};
 
 /// Errors of the NFS provisioner. Each says what is wrong and how to fix it.
@@ -71,6 +78,24 @@ pub enum Error {
         path: PathBuf,
         /// What it is instead ("a regular file", "a symbolic link", ...).
         what: &'static str,
+    },
+    /// The export path is not pgset's to take.
+    #[error("refusing the export {}: {problem}; {fix}", .path.display())]
+    ExportRefused {
+        /// The export path.
+        path: PathBuf,
+        /// Why.
+        problem: String,
+        /// What to do.
+        fix: String,
+    },
+    /// This host cannot run one or more planned steps.
+    #[error(
+        "this host cannot run the plan, so nothing was changed:{}", blocker_list(.blockers)
+    )]
+    Blocked {
+        /// Each reason, with its step and fix.
+        blockers: Vec<Blocker>,
     },
     /// A path below the export (the cluster's or a member's directory) exists but is not a
     /// directory.
@@ -140,6 +165,10 @@ pub enum Error {
         "cannot tell which hosts may mount the export: no cluster nodes and no primary network found; pass --clients CIDR[,CIDR...]"
     )]
     NoClients,
+}
+
+fn blocker_list(blockers: &[Blocker]) -> String {
+    blockers.iter().map(|b| format!("\n  - {b}")).collect()
 }
 
 fn stderr_suffix(stderr: &str) -> String {

@@ -11,6 +11,10 @@ use crate::clients::{ExportClient, ExportOptions};
 use crate::command::HostCommand;
 use crate::exports::{ExportsFile, render_block};
 use crate::facts::{HostFacts, PackageManager, PathState, UnitFileState};
+use crate::judge::{
+    EXPORT_MARKER, ExportRefusal, judge_export_contents, judge_export_path, marker_contents,
+    marker_identity,
+};
 use crate::parse::ActiveExport;
 use crate::{Error, Result};
 
@@ -33,7 +37,7 @@ pub(crate) const DATA_DIR_MODE: u32 = 0o700;
 pub(crate) const TRAVERSABLE_ROOT_MODE: u32 = 0o711;
 
 /// One change to the host.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Step {
     /// Install packages.
     InstallPackages {
@@ -60,12 +64,25 @@ pub enum Step {
         /// What is there now.
         current: PathState,
     },
-    /// Write `/etc/exports` with pgset's block (atomically, keeping a backup).
+    /// Write pgset's marker into the export directory: from now on it is this cluster's.
+    MarkExport {
+        /// Host path of the export directory.
+        path: PathBuf,
+        /// The marker's contents.
+        contents: String,
+    },
+    /// Write `/etc/exports` with pgset's block (atomically, keeping a backup). The new contents
+    /// are computed from the file as it is when the step runs, so lines an earlier step wrote
+    /// (the package's own commented file) are kept.
     WriteExports {
         /// Host path of the exports file (`/etc/exports`).
         path: PathBuf,
-        /// The new contents.
-        contents: String,
+        /// The cluster whose block it is.
+        cluster: Box<ClusterSpec>,
+        /// The exported path.
+        export: PathBuf,
+        /// pgset's block.
+        block: String,
         /// The export line of pgset's block, for the description.
         export_line: String,
         /// Run `restorecon` on the new file (SELinux is on).
@@ -118,7 +135,7 @@ impl Step {
                 "setsebool",
                 std::iter::once("-P".to_string()).chain(booleans.iter().map(|b| format!("{b}=1"))),
             )],
-            Step::EnsureDirectory { .. } => Vec::new(),
+            Step::EnsureDirectory { .. } | Step::MarkExport { .. } => Vec::new(),
             Step::WriteExports {
                 path,
                 restore_label,
@@ -193,6 +210,12 @@ impl fmt::Display for Step {
                     write!(f, "replace {} ({what}) by a directory", path.display())
                 }
             },
+            Step::MarkExport { path, .. } => write!(
+                f,
+                "mark {} as this cluster's export ({})",
+                path.display(),
+                path.join(EXPORT_MARKER).display()
+            ),
             Step::WriteExports {
                 path, export_line, ..
             } => write!(
@@ -225,15 +248,30 @@ fn exports_path() -> PathBuf {
 }
 
 /// Plans the steps that make the host serve the export. Pure: it reads only its arguments.
-/// Errors are problems no step can fix (an unknown OS, the export path taken by a file, a
-/// broken pgset block, the export already exported outside pgset's block, a masked unit).
+/// Errors are problems no step can fix (an unknown OS, an export path that is not pgset's to
+/// take, a broken pgset block, the export already exported outside pgset's block, a masked
+/// unit).
 pub fn plan(facts: &HostFacts, spec: &ClusterSpec, options: &ExportOptions) -> Result<Vec<Step>> {
+    let export = &spec.nfs.export;
+    let refused = |path: &Path, r: ExportRefusal| Error::ExportRefused {
+        path: path.to_path_buf(),
+        problem: r.problem,
+        fix: r.fix,
+    };
+    judge_export_path(export).map_err(|r| refused(export, r))?;
+    if let Some(real) = &facts.export_real {
+        judge_export_path(real)
+            .map_err(|r| ExportRefusal {
+                problem: format!("it resolves to {}: {}", real.display(), r.problem),
+                fix: r.fix,
+            })
+            .map_err(|r| refused(export, r))?;
+    }
     let family = facts.os.family()?;
     let req = family.requirements();
     if options.clients.is_empty() {
         return Err(Error::NoClients);
     }
-    let export = &spec.nfs.export;
     let exported = spec.cluster_export_dir();
     if let PathState::NotDirectory { what } = facts.export_dir {
         return Err(Error::ExportNotDirectory {
@@ -251,22 +289,18 @@ pub fn plan(facts: &HostFacts, spec: &ClusterSpec, options: &ExportOptions) -> R
         }
     }
     let exports_text = facts.exports_file.as_deref().unwrap_or("");
-    let file = ExportsFile::parse(exports_text, spec).map_err(|problem| Error::Exports {
-        path: exports_path(),
-        problem,
-        fix: "repair or remove pgset's marker lines by hand (the last version pgset replaced is in /etc/exports.pgset.bak), then rerun".into(),
-    })?;
-    let export_str = exported.display().to_string();
-    if let Some(e) = file.entries_outside_block_for(&export_str).first() {
-        return Err(Error::Exports {
-            path: exports_path(),
-            problem: format!(
-                "line {} already exports {export_str} outside pgset's block",
-                e.line
-            ),
-            fix: "remove or comment out that entry (pgset writes the export with restricted clients itself), then rerun".into(),
-        });
-    }
+    let file = parse_exports(exports_text, spec)?;
+    let identity = marker_identity(&spec.namespace, &spec.name);
+    let in_block = !file.block_clients(&export.display().to_string()).is_empty();
+    judge_export_contents(
+        export,
+        facts.export_dir,
+        &facts.export_contents,
+        &identity,
+        in_block,
+    )
+    .map_err(|r| refused(export, r))?;
+    check_no_export_outside_block(&file, &exported)?;
     for unit in req.units {
         if facts
             .services
@@ -374,6 +408,7 @@ pub fn plan(facts: &HostFacts, spec: &ClusterSpec, options: &ExportOptions) -> R
             .map(|d| (d.clone(), below(d), DATA_DIR_MODE)),
     );
     for (path, current, mode) in wanted_dirs {
+        let is_root = path == *export;
         if !dir_is_right(current, uid, gid, mode) {
             steps.push(Step::EnsureDirectory {
                 path,
@@ -381,6 +416,12 @@ pub fn plan(facts: &HostFacts, spec: &ClusterSpec, options: &ExportOptions) -> R
                 gid,
                 mode,
                 current,
+            });
+        }
+        if is_root && facts.export_contents.marker.is_none() {
+            steps.push(Step::MarkExport {
+                path: export.clone(),
+                contents: marker_contents(&spec.namespace, &spec.name),
             });
         }
     }
@@ -392,7 +433,9 @@ pub fn plan(facts: &HostFacts, spec: &ClusterSpec, options: &ExportOptions) -> R
         let export_line = block.lines().nth(1).unwrap_or_default().to_string();
         steps.push(Step::WriteExports {
             path: exports_path(),
-            contents: new_text,
+            cluster: Box::new(spec.clone()),
+            export: exported.clone(),
+            block,
             export_line,
             restore_label: facts.selinux.enabled() && facts.has_restorecon,
         });
@@ -433,6 +476,43 @@ pub fn plan(facts: &HostFacts, spec: &ClusterSpec, options: &ExportOptions) -> R
         steps.push(Step::ReloadExports);
     }
     Ok(steps)
+}
+
+fn parse_exports(text: &str, spec: &ClusterSpec) -> Result<ExportsFile> {
+    ExportsFile::parse(text, spec).map_err(|problem| Error::Exports {
+        path: exports_path(),
+        problem,
+        fix: "repair or remove pgset's marker lines by hand (the last version pgset replaced is in /etc/exports.pgset.bak), then rerun".into(),
+    })
+}
+
+fn check_no_export_outside_block(file: &ExportsFile, export: &Path) -> Result<()> {
+    let export_str = export.display().to_string();
+    match file.entries_outside_block_for(&export_str).first() {
+        None => Ok(()),
+        Some(e) => Err(Error::Exports {
+            path: exports_path(),
+            problem: format!(
+                "line {} already exports {export_str} outside pgset's block",
+                e.line
+            ),
+            fix: "remove or comment out that entry (pgset writes the export with restricted clients itself), then rerun".into(),
+        }),
+    }
+}
+
+/// The exports file with pgset's block for the cluster `spec` put in, from its text as it is now
+/// (`None`: no file). The same judgement as the plan's: a broken block or the export
+/// already exported outside the block is an error.
+pub(crate) fn exports_with_block(
+    current: Option<&str>,
+    spec: &ClusterSpec,
+    export: &Path,
+    block: &str,
+) -> Result<String> {
+    let file = parse_exports(current.unwrap_or(""), spec)?;
+    check_no_export_outside_block(&file, export)?;
+    Ok(file.with_block(block))
 }
 
 /// The directories below the export that pgset creates and probes: the cluster's own directory

@@ -3,15 +3,16 @@
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use pgset_spec::ClusterSpec;
 
 use crate::command::{CommandRunner, HostCommand};
 use crate::facts::{
     FirewalldState, HostAddresses, HostFacts, HostPaths, OsRelease, PackageManager, PathState,
-    SelinuxMode, ServiceState,
+    SelinuxMode, ServiceManager, ServiceState,
 };
+use crate::judge::{EXPORT_MARKER, ExportContents, IGNORED_ENTRIES};
 use crate::parse::{
     parse_dpkg_query, parse_exportfs_verbose, parse_firewall_services, parse_getenforce,
     parse_getsebool, parse_ip_addr_show, parse_ip_route_get, parse_os_release, parse_rpm_query,
@@ -23,6 +24,18 @@ use crate::{Error, Result};
 /// An address outside any lab network, used only to ask the kernel which source address its
 /// default route would use (`ip route get` sends nothing).
 const ROUTE_PROBE_ADDRESS: &str = "1.1.1.1";
+
+/// Programs the steps may run; probing records which are on PATH.
+const STEP_PROGRAMS: [&str; 8] = [
+    "apt-get",
+    "dnf",
+    "yum",
+    "systemctl",
+    "setsebool",
+    "restorecon",
+    "firewall-cmd",
+    "exportfs",
+];
 
 fn on_path(program: &str) -> bool {
     which::which(program).is_ok()
@@ -115,9 +128,24 @@ pub fn probe(
 
     let addresses = probe_addresses(runner)?;
 
+    let service_manager = if !on_path("systemctl") {
+        ServiceManager::Missing
+    } else if paths.host(Path::new("/run/systemd/system")).is_dir() {
+        ServiceManager::Systemd
+    } else {
+        ServiceManager::NotBooted
+    };
+    let programs = STEP_PROGRAMS
+        .iter()
+        .filter(|p| on_path(p))
+        .map(|p| p.to_string())
+        .collect();
+
     let mut facts = HostFacts {
         os,
         is_root: nix::unistd::geteuid().is_root(),
+        service_manager,
+        programs,
         package_managers,
         packages,
         services,
@@ -128,6 +156,8 @@ pub fn probe(
         exports_file: None,
         active_exports,
         export_dir: PathState::Missing,
+        export_real: None,
+        export_contents: ExportContents::default(),
         member_dirs: BTreeMap::new(),
         addresses,
     };
@@ -217,31 +247,114 @@ fn probe_packages(
     Ok(installed)
 }
 
-/// Reads the file-system facts: `/etc/exports`, the export directory and the directories
-/// below it (the cluster's own, the members') (all under the root prefix of `paths`).
-pub fn probe_files(paths: &HostPaths, spec: &ClusterSpec, facts: &mut HostFacts) -> Result<()> {
+/// Reads `/etc/exports`; `None` when it does not exist.
+pub(crate) fn read_exports(paths: &HostPaths) -> Result<Option<String>> {
     let exports = paths.exports();
-    facts.exports_file = match std::fs::read(&exports) {
-        Ok(bytes) => Some(String::from_utf8(bytes).map_err(|_| Error::Exports {
+    match std::fs::read(&exports) {
+        Ok(bytes) => Ok(Some(String::from_utf8(bytes).map_err(|_| Error::Exports {
             path: exports.clone(),
             problem: "is not valid UTF-8".into(),
             fix: "convert it to UTF-8 (pgset keeps every line outside its block byte for byte and needs text it can read)".into(),
-        })?),
-        Err(e) if e.kind() == ErrorKind::NotFound => None,
-        Err(source) => {
-            return Err(Error::File {
-                action: "read",
-                path: exports,
-                source,
-            });
-        }
+        })?)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Error::File {
+            action: "read",
+            path: exports,
+            source,
+        }),
+    }
+}
+
+/// Reads the file-system facts: `/etc/exports`, the export directory and the directories
+/// below it (the cluster's own, the members') (all under the root prefix of `paths`).
+pub fn probe_files(paths: &HostPaths, spec: &ClusterSpec, facts: &mut HostFacts) -> Result<()> {
+    facts.exports_file = read_exports(paths)?;
+    let export = paths.host(&spec.nfs.export);
+    facts.export_dir = path_state(&export)?;
+    facts.export_contents = match facts.export_dir {
+        PathState::Directory { .. } => export_contents(&export)?,
+        _ => ExportContents::default(),
     };
-    facts.export_dir = path_state(&paths.host(&spec.nfs.export))?;
+    facts.export_real = real_path(paths, &spec.nfs.export).filter(|r| *r != spec.nfs.export);
     facts.member_dirs = dirs_below_export(spec)
         .into_iter()
         .map(|d| Ok((d.clone(), path_state(&paths.host(&d))?)))
         .collect::<Result<_>>()?;
     Ok(())
+}
+
+/// The state of each member's directory on the export (`<export>/<pod>` for every ordinal of
+/// the spec), whatever the storage mode: in shared mode the agent makes them.
+pub fn probe_member_states(
+    paths: &HostPaths,
+    spec: &ClusterSpec,
+) -> Result<Vec<(PathBuf, PathState)>> {
+    (0..spec.replicas)
+        .map(|i| {
+            let d = spec.member_export_dir(i);
+            Ok((d.clone(), path_state(&paths.host(&d))?))
+        })
+        .collect()
+}
+
+/// How many entries a foreign export directory's refusal names.
+const SHOWN_ENTRIES: usize = 5;
+
+/// What an existing export directory holds: pgset's marker, and every other entry but
+/// `lost+found`.
+fn export_contents(dir: &Path) -> Result<ExportContents> {
+    let read_error = |source| Error::File {
+        action: "list",
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut foreign = Vec::new();
+    let mut marker = None;
+    for entry in std::fs::read_dir(dir).map_err(read_error)? {
+        let name = entry.map_err(read_error)?.file_name();
+        let name = name.to_string_lossy().into_owned();
+        if name == EXPORT_MARKER {
+            let path = dir.join(EXPORT_MARKER);
+            marker = Some(
+                std::fs::read(&path)
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .map_err(|source| Error::File {
+                        action: "read",
+                        path,
+                        source,
+                    })?,
+            );
+        } else if !IGNORED_ENTRIES.contains(&name.as_str()) {
+            foreign.push(name);
+        }
+    }
+    foreign.sort();
+    let foreign_count = foreign.len();
+    foreign.truncate(SHOWN_ENTRIES);
+    Ok(ExportContents {
+        foreign,
+        foreign_count,
+        marker,
+    })
+}
+
+/// Where `path` resolves on the host (as a host path, without the root prefix): the longest
+/// existing ancestor canonicalized, the rest appended. `None` when it cannot be told.
+fn real_path(paths: &HostPaths, path: &Path) -> Option<PathBuf> {
+    let root = std::fs::canonicalize(&paths.root).ok()?;
+    let mut existing = path.to_path_buf();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(paths.host(&existing)) {
+            let mut out = Path::new("/").join(real.strip_prefix(&root).ok()?);
+            for part in rest.iter().rev() {
+                out.push(part);
+            }
+            return Some(out);
+        }
+        rest.push(existing.file_name()?.to_os_string());
+        existing = existing.parent()?.to_path_buf();
+    }
 }
 
 fn path_state(p: &Path) -> Result<PathState> {

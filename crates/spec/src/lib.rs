@@ -5,6 +5,7 @@
 //! (host plan, objects, agent env) takes a `&ClusterSpec` that is known to be valid.
 
 pub mod contract;
+mod hint;
 mod validate;
 
 use std::fmt;
@@ -378,10 +379,14 @@ impl ClusterSpec {
         }
         serde_saphyr::from_str::<ClusterSpec>(text).map_err(|e| {
             let message = e.to_string();
-            message
+            let message = message
                 .strip_prefix("error: ")
                 .map(str::to_string)
-                .unwrap_or(message)
+                .unwrap_or(message);
+            match hint::shape_hint(text) {
+                Some(h) => format!("{h}\n{message}"),
+                None => message,
+            }
         })
     }
 

@@ -531,3 +531,60 @@ fn names_that_could_meet_a_members_kept_files_are_reserved() {
     };
     s.validate().unwrap();
 }
+
+#[test]
+fn a_scalar_where_a_mapping_is_expected_names_the_mapping_to_write() {
+    for (text, hint) in [
+        (
+            "storage: shared\n",
+            "`storage` expects a mapping: write `storage: {mode: shared}`",
+        ),
+        (
+            "nfs: /srv/nfs\n",
+            "`nfs` expects a mapping: write `nfs: {export: /srv/nfs}`",
+        ),
+        (
+            "nfs: 10.0.0.5\n",
+            "`nfs` expects a mapping: write `nfs: {server: 10.0.0.5}`",
+        ),
+        (
+            "name: db\npostgres: postgres:16\n",
+            "`postgres` expects a mapping: write `postgres: {image: postgres:16}`",
+        ),
+    ] {
+        let err = ClusterSpec::parse(text).unwrap_err();
+        assert!(err.contains(hint), "{text:?}: {err}");
+        assert!(
+            err.contains("line "),
+            "{text:?} keeps the parser's position: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_mapping_where_a_single_value_is_expected_says_so() {
+    for (text, hint) in [
+        (
+            "replicas: {n: 3}\n",
+            "`replicas` expects a single value, not a mapping: write e.g. `replicas: 2`",
+        ),
+        (
+            "name: [a]\n",
+            "`name` expects a single value, not a list: write e.g. `name: pgset`",
+        ),
+        (
+            "storage:\n  mode: {templates: true}\n",
+            "`storage.mode` expects a single value, not a mapping: write e.g. `mode: shared`",
+        ),
+        (
+            "nfs:\n  export:\n    - /srv/nfs\n",
+            "`nfs.export` expects a single value, not a list: write e.g. `export: /nfsfileshare`",
+        ),
+    ] {
+        let err = ClusterSpec::parse(text).unwrap_err();
+        assert!(err.contains(hint), "{text:?}: {err}");
+    }
+    // Errors of another kind get no hint.
+    let err = ClusterSpec::parse("replicas: many\n").unwrap_err();
+    assert!(!err.contains("expects"), "{err}");
+}

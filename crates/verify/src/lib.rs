@@ -8,6 +8,7 @@
 pub mod checks;
 pub mod exec;
 pub mod live;
+pub mod ownership;
 pub mod report;
 pub mod sql;
 pub mod status;

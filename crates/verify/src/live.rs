@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{DeleteParams, ListParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use pgset_spec::{ClusterSpec, StorageMode};
 
@@ -17,7 +18,7 @@ use crate::checks::{self, ClaimState, Endpoint, Member, MemberStorage, names};
 use crate::exec::{ExecOutput, POSTGRES_CONTAINER, PodExec};
 use crate::report::{Check, Finding, Measurements, Report};
 use crate::sql::{self, PathStat, ReplicationRow};
-use crate::{Result, api};
+use crate::{Result, api, ownership};
 
 /// Label EndpointSlices carry naming their Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -571,6 +572,52 @@ impl Verifier {
         Ok(())
     }
 
+    /// The StatefulSet's managedFields.
+    pub async fn managed_fields(&self) -> Result<Vec<ManagedFieldsEntry>> {
+        let name = self.spec.statefulset_name();
+        let sts: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.spec.namespace);
+        let found = sts
+            .get(name)
+            .await
+            .map_err(api(format!("read StatefulSet {name}")))?;
+        Ok(found.metadata.managed_fields.unwrap_or_default())
+    }
+
+    /// Writes back the managedFields found before the scale test (the status entries stay
+    /// current), when the StatefulSet is at `replicas` again and its owners moved. The patch
+    /// names the resourceVersion read, so a concurrent writer makes it fail rather than lose
+    /// its ownership.
+    pub async fn restore_managed_fields(
+        &self,
+        replicas: i32,
+        before: &[ManagedFieldsEntry],
+    ) -> Result<()> {
+        let name = self.spec.statefulset_name();
+        let sts: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.spec.namespace);
+        let now = sts
+            .get(name)
+            .await
+            .map_err(api(format!("read StatefulSet {name}")))?;
+        let current = now.metadata.managed_fields.clone().unwrap_or_default();
+        if now.spec.as_ref().and_then(|s| s.replicas) != Some(replicas)
+            || !ownership::changed(before, &current)
+        {
+            return Ok(());
+        }
+        let patch = serde_json::json!({
+            "metadata": {
+                "resourceVersion": now.metadata.resource_version,
+                "managedFields": ownership::restored(before, &current),
+            }
+        });
+        sts.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(api(format!(
+                "restore the field owners of StatefulSet {name}"
+            )))?;
+        Ok(())
+    }
+
     /// Waits until pod `name` is Ready (and, when `not_uid` is given, is a new pod), looking
     /// every `poll`.
     async fn wait_ready(
@@ -644,18 +691,28 @@ impl Verifier {
                 )));
             }
         }
+        let owners = self.managed_fields().await?;
         let started = Instant::now();
         self.scale(n + 1).await?;
         let outcome = self.scale_out_and_observe(&new_pod, started).await;
-        // Scale back whatever happened.
+        // Scale back whatever happened, and hand spec.replicas back to its owner.
         let back = self.scale(n).await;
         let gone = match back {
             Ok(()) => self.wait_gone(&new_pod).await,
             Err(e) => Err(e),
         };
+        let handed_back = match &gone {
+            Ok(()) => self.restore_managed_fields(n, &owners).await,
+            Err(_) => Ok(()),
+        };
         let mut finding = outcome?;
         if let Err(e) = gone {
             return Ok(Finding::fail(format!("scale back to {n}: {e}")));
+        }
+        if let Err(e) = handed_back {
+            return Ok(Finding::fail(format!(
+                "scaled back to {n}, but could not hand spec.replicas back to its field manager (the next deploy will rewrite the StatefulSet): {e}"
+            )));
         }
         if finding.verdict == crate::Verdict::Pass {
             match self.retained(n).await {

@@ -418,3 +418,124 @@ async fn scale_test_needs_the_next_members_volume_before_scaling() {
         "no PersistentVolume pgset-default-2 for pgset-2: run `cargo xtask volumes --replicas 3` first"
     );
 }
+
+/// A StatefulSet at `replicas` with the given managedFields and resourceVersion.
+fn owned_statefulset(replicas: i32, rv: &str, managed: Value) -> Value {
+    let mut sts = statefulset(replicas, "OrderedReady");
+    sts["metadata"]["resourceVersion"] = json!(rv);
+    sts["metadata"]["managedFields"] = managed;
+    sts
+}
+
+fn field_entry(manager: &str, operation: &str, subresource: Option<&str>, fields: Value) -> Value {
+    let mut entry = json!({"manager": manager, "operation": operation,
+           "apiVersion": "apps/v1", "fieldsType": "FieldsV1", "fieldsV1": fields,
+           "time": "2026-01-01T00:00:00Z"});
+    if let Some(s) = subresource {
+        entry["subresource"] = json!(s);
+    }
+    entry
+}
+
+#[tokio::test]
+async fn after_the_scale_test_spec_replicas_goes_back_to_its_owner() {
+    let applied = field_entry(
+        "pgset",
+        "Apply",
+        None,
+        json!({"f:spec": {"f:replicas": {}, "f:serviceName": {}}}),
+    );
+    let status_now = field_entry(
+        "kube-controller-manager",
+        "Update",
+        Some("status"),
+        json!({"f:status": {"f:replicas": {}, "f:availableReplicas": {}}}),
+    );
+    let before = vec![
+        serde_json::from_value(applied.clone()).unwrap(),
+        serde_json::from_value(field_entry(
+            "kube-controller-manager",
+            "Update",
+            Some("status"),
+            json!({"f:status": {"f:replicas": {}}}),
+        ))
+        .unwrap(),
+    ];
+    let after_scale = json!([
+        field_entry(
+            "pgset",
+            "Apply",
+            None,
+            json!({"f:spec": {"f:serviceName": {}}})
+        ),
+        status_now.clone(),
+        field_entry(
+            "pgset",
+            "Update",
+            Some("scale"),
+            json!({"f:spec": {"f:replicas": {}}})
+        ),
+    ]);
+    let (client, mut handle) = mock_client();
+    let v = verifier(client);
+    let server = tokio::spawn(async move {
+        let get = answer(&mut handle, 200, owned_statefulset(3, "42", after_scale)).await;
+        let patch = answer(&mut handle, 200, statefulset(3, "OrderedReady")).await;
+        (get, patch)
+    });
+    v.restore_managed_fields(3, &before).await.unwrap();
+    let (get, patch) = server.await.unwrap();
+    assert_eq!(get.method, Method::GET);
+    assert_eq!(patch.method, Method::PATCH);
+    assert_eq!(
+        patch.path,
+        "/apis/apps/v1/namespaces/default/statefulsets/pgset"
+    );
+    assert_eq!(
+        patch.headers["content-type"],
+        "application/merge-patch+json"
+    );
+    // The owners found before, the controller's current status entry, and the
+    // resourceVersion read as a precondition.
+    assert_eq!(
+        patch.body,
+        json!({"metadata": {"resourceVersion": "42", "managedFields": [applied, status_now]}})
+    );
+
+    // Nothing moved (or the StatefulSet is not back at its size): no write.
+    let (client, mut handle) = mock_client();
+    let v = verifier(client);
+    let unchanged = json!([applied_entry_again(), status_entry_again()]);
+    let server = tokio::spawn(async move {
+        answer(&mut handle, 200, owned_statefulset(3, "43", unchanged)).await;
+        answer(&mut handle, 200, owned_statefulset(4, "44", json!([]))).await;
+        handle
+    });
+    v.restore_managed_fields(3, &before).await.unwrap();
+    v.restore_managed_fields(3, &before).await.unwrap();
+    let mut handle = server.await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), handle.next_request())
+            .await
+            .is_err(),
+        "a write was sent"
+    );
+}
+
+fn applied_entry_again() -> Value {
+    field_entry(
+        "pgset",
+        "Apply",
+        None,
+        json!({"f:spec": {"f:replicas": {}, "f:serviceName": {}}}),
+    )
+}
+
+fn status_entry_again() -> Value {
+    field_entry(
+        "kube-controller-manager",
+        "Update",
+        Some("status"),
+        json!({"f:status": {"f:replicas": {}, "f:availableReplicas": {}}}),
+    )
+}

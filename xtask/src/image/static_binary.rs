@@ -14,10 +14,27 @@ pub const AGENT_TARGET: &str = "x86_64-unknown-linux-gnu";
 /// Rust flags making the executable static (glibc linked in, no dynamic loader needed).
 pub const STATIC_RUSTFLAGS: &str = "-C target-feature=+crt-static";
 
-/// Where the image build keeps its artifacts below the workspace: apart from the normal build
-/// directory, so it neither waits on its lock nor invalidates its artifacts.
-pub fn image_target_dir(workspace: &Path) -> PathBuf {
-    workspace.join("target").join("image")
+/// Cargo's target directory as cargo itself picks it: `CARGO_TARGET_DIR` when set (relative
+/// to the current directory, as cargo reads it), else `target/` in the workspace.
+pub fn cargo_target_dir(workspace: &Path, env: Option<std::ffi::OsString>) -> PathBuf {
+    match env.filter(|v| !v.is_empty()).map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() => dir,
+        Some(dir) => std::env::current_dir()
+            .map(|cwd| cwd.join(&dir))
+            .unwrap_or(dir),
+        None => workspace.join("target"),
+    }
+}
+
+/// This process's cargo target directory (see [`cargo_target_dir`]).
+pub fn target_root(workspace: &Path) -> PathBuf {
+    cargo_target_dir(workspace, std::env::var_os("CARGO_TARGET_DIR"))
+}
+
+/// Where the image build keeps its artifacts below the target directory: apart from the normal
+/// build's, so it neither waits on its lock nor invalidates its artifacts.
+pub fn image_target_dir(target_root: &Path) -> PathBuf {
+    target_root.join("image")
 }
 
 /// Whether an environment variable is one an enclosing `cargo run` or `cargo test` sets for the
@@ -305,7 +322,7 @@ mod tests {
         let cmd = build_command(
             Path::new("cargo"),
             Path::new("/src"),
-            &image_target_dir(Path::new("/src")),
+            &image_target_dir(&cargo_target_dir(Path::new("/src"), None)),
             &["CARGO_PKG_NAME".to_owned()],
         );
         assert_eq!(
@@ -313,6 +330,18 @@ mod tests {
             "(cd /src && env -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_RUSTFLAGS -u CARGO_PKG_NAME \
              RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p pgset-agent \
              --bin pgset-agent --target x86_64-unknown-linux-gnu --target-dir /src/target/image)"
+        );
+        assert_eq!(
+            image_target_dir(&cargo_target_dir(
+                Path::new("/src"),
+                Some("/var/lib/lab/target".into())
+            )),
+            Path::new("/var/lib/lab/target/image"),
+            "CARGO_TARGET_DIR is honoured"
+        );
+        assert_eq!(
+            cargo_target_dir(Path::new("/src"), Some("".into())),
+            Path::new("/src/target")
         );
         assert_eq!(
             built_path(Path::new("/t")),

@@ -19,9 +19,17 @@ use crate::deploy::{DryRun, WaitArgs};
 /// Arguments of `cargo xtask up`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Print every host step and every object, and change nothing
-    #[arg(long)]
-    pub dry_run: bool,
+    /// Change nothing: print every host step and every object (client, the default), or also
+    /// have the API server check the volumes and objects (server)
+    #[arg(
+        long,
+        value_name = "MODE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "client",
+        value_enum
+    )]
+    pub dry_run: Option<DryRun>,
     /// Leave the NFS host alone (it is provisioned already, or is another machine)
     #[arg(long)]
     pub skip_nfs: bool,
@@ -122,25 +130,38 @@ pub async fn run(args: Args) -> Result<()> {
     eprintln!("==> [preflight] {}", describe(&spec));
     let client = match args.client.client().await {
         Ok(c) => Some(c),
-        Err(e) if args.dry_run => {
+        Err(e) if args.dry_run == Some(DryRun::Client) => {
             eprintln!("    note: no cluster checks in this dry run: {e:#}");
             None
         }
         Err(e) => return Err(e.context("preflight: connect to the cluster")),
     };
-    let facts = preflight::gather(
+    let mut facts = preflight::gather(
         &spec,
         client.as_ref(),
         host_steps,
         plan.contains(&StageName::Image),
     )
     .await?;
+    if plan.contains(&StageName::Nfs) {
+        let host = crate::nfs::HostPlan::make(
+            &spec,
+            args.clients.as_deref(),
+            &args.client,
+            &pgset_nfs::Duct::default(),
+        )
+        .await;
+        facts.nfs_host = Some(match host {
+            Ok(h) => Ok(h.blockers().iter().map(ToString::to_string).collect()),
+            Err(e) => Err(format!("{e:#}")),
+        });
+    }
     let findings = preflight::judge(&spec, &facts);
     for f in &findings {
         eprintln!("    {f}");
     }
     let blockers = findings.iter().filter(|f| f.blocker).count();
-    if blockers > 0 && !args.dry_run {
+    if blockers > 0 && args.dry_run.is_none() {
         bail!(
             "preflight found {blockers} blocker(s) (listed above); nothing was changed. Fix them and run `cargo xtask up` again"
         );
@@ -161,7 +182,11 @@ pub async fn run(args: Args) -> Result<()> {
             "==> [{}/{total}] {}{}",
             i + 1,
             stage.label(),
-            if args.dry_run { " (dry run)" } else { "" }
+            match args.dry_run {
+                Some(DryRun::Client) => " (dry run)",
+                Some(DryRun::Server) => " (server dry run)",
+                None => "",
+            }
         );
         let t = Instant::now();
         let ticker = Ticker::start(stage.label());
@@ -195,7 +220,7 @@ pub async fn run(args: Args) -> Result<()> {
     for (stage, took) in &done {
         eprintln!("  {:<20} {:>7.1}s", stage.label(), took.as_secs_f64());
     }
-    if args.dry_run {
+    if args.dry_run.is_some() {
         eprintln!("dry run: nothing was changed");
         if blockers > 0 {
             bail!(
@@ -237,6 +262,7 @@ async fn run_stage(stage: StageName, args: &Args, ctr_here: bool) -> Result<()> 
                 verbose: false,
                 spec,
                 client,
+                in_up: true,
             })
             .await
         }
@@ -255,14 +281,14 @@ async fn run_stage(stage: StageName, args: &Args, ctr_here: bool) -> Result<()> 
                 out: None,
                 // A dry run shows the import only where it could happen; preflight has
                 // already named the missing `ctr` as a blocker.
-                import: !args.dry_run || ctr_here,
+                import: args.dry_run.is_none() || ctr_here,
                 dry_run: args.dry_run,
             })
             .await
         }
         StageName::Deploy => {
             crate::deploy::run(crate::deploy::Args {
-                dry_run: args.dry_run.then_some(DryRun::Client),
+                dry_run: args.dry_run,
                 wait: args.wait.clone(),
                 spec,
                 client,
@@ -270,7 +296,7 @@ async fn run_stage(stage: StageName, args: &Args, ctr_here: bool) -> Result<()> 
             .await
         }
         StageName::Verify => {
-            if args.dry_run {
+            if args.dry_run.is_some() {
                 eprintln!("    would run the checks of `cargo xtask verify` against the cluster");
                 return Ok(());
             }
@@ -338,7 +364,7 @@ mod tests {
 
     fn args() -> Args {
         Args {
-            dry_run: false,
+            dry_run: None,
             skip_nfs: false,
             skip_image: false,
             skip_verify: false,

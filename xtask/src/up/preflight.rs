@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, ListParams};
 use pgset_nfs::OsFamily;
-use pgset_spec::{ClusterSpec, StorageMode};
+use pgset_spec::{ClusterSpec, StorageMode, default_agent_image};
 
 /// What preflight learned. Every field is read, never assumed.
 #[derive(Debug, Clone)]
@@ -33,12 +33,17 @@ pub struct Facts {
     pub mount_nfs_here: bool,
     /// This host is one of the nodes (its hostname is a node name).
     pub host_is_node: bool,
+    /// This host's node name, when it is a node.
+    pub host_node: Option<String>,
     /// The StorageClass named by the spec exists (templates mode with a class only).
     pub storage_class_exists: Option<bool>,
+    /// When the NFS stage runs: why this host cannot run its plan (empty when it can), or the
+    /// error that stops planning it (an export path that is not pgset's, an unknown OS...).
+    pub nfs_host: Option<Result<Vec<String>, String>>,
 }
 
 /// One node as preflight sees it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeFacts {
     /// Node name.
     pub name: String,
@@ -46,6 +51,100 @@ pub struct NodeFacts {
     pub ready: bool,
     /// The Ready condition's message when not ready (kubelet says "cni plugin not initialized").
     pub message: String,
+    /// Cordoned (`spec.unschedulable`).
+    pub unschedulable: bool,
+    /// Taints that keep the pods off (`NoSchedule`, `NoExecute`), as `key[=value]:Effect`;
+    /// the not-ready and unreachable taints are left out (Ready says that).
+    pub taints: Vec<String>,
+    /// The agent image is among the node's images (`status.images`, as the kubelet reports).
+    pub has_agent_image: bool,
+    /// How many images the kubelet reports (it reports at most its largest
+    /// [`KUBELET_MAX_IMAGES`] by default, so a small image may be left out).
+    pub images_reported: usize,
+}
+
+/// The kubelet's default `nodeStatusMaxImages`: a node reporting this many may have more.
+pub const KUBELET_MAX_IMAGES: usize = 50;
+
+/// The taint kubeadm puts on a control-plane node.
+const CONTROL_PLANE_TAINT: &str = "node-role.kubernetes.io/control-plane";
+
+/// Taints the node controller sets while a node is not Ready; Ready already says so.
+const CONDITION_TAINTS: [&str; 2] = [
+    "node.kubernetes.io/not-ready",
+    "node.kubernetes.io/unreachable",
+];
+
+/// A node as preflight sees it, read from its API object. Pure.
+pub fn node_facts(node: &Node, agent_image: &str) -> NodeFacts {
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let status = node.status.as_ref();
+    let ready_cond = status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"));
+    let spec = node.spec.as_ref();
+    let taints = spec
+        .and_then(|s| s.taints.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|t| matches!(t.effect.as_str(), "NoSchedule" | "NoExecute"))
+        .filter(|t| !CONDITION_TAINTS.contains(&t.key.as_str()))
+        .map(|t| match t.value.as_deref().filter(|v| !v.is_empty()) {
+            Some(v) => format!("{}={v}:{}", t.key, t.effect),
+            None => format!("{}:{}", t.key, t.effect),
+        })
+        .collect();
+    let wanted = normalize_image(agent_image);
+    let images = status.and_then(|s| s.images.as_ref());
+    let has_agent_image = images
+        .into_iter()
+        .flatten()
+        .flat_map(|i| i.names.iter().flatten())
+        .any(|n| normalize_image(n) == wanted);
+    let images_reported = images.map_or(0, Vec::len);
+    NodeFacts {
+        name,
+        ready: ready_cond.is_some_and(|c| c.status == "True"),
+        message: ready_cond
+            .and_then(|c| c.message.clone())
+            .unwrap_or_default(),
+        unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
+        taints,
+        has_agent_image,
+        images_reported,
+    }
+}
+
+/// An image reference with the registry and namespace a container runtime fills in
+/// (`pgset-agent:0.1.0` is `docker.io/library/pgset-agent:0.1.0`).
+fn normalize_image(image: &str) -> String {
+    let (first, rest) = image.split_once('/').unwrap_or(("", image));
+    let has_registry =
+        !first.is_empty() && (first.contains('.') || first.contains(':') || first == "localhost");
+    if first.is_empty() {
+        format!("docker.io/library/{rest}")
+    } else if has_registry {
+        image.to_string()
+    } else {
+        format!("docker.io/{image}")
+    }
+}
+
+impl NodeFacts {
+    /// Why the pods cannot be scheduled here, in words; `None` when they can.
+    fn keeps_pods_off(&self) -> Option<String> {
+        let mut why = Vec::new();
+        if !self.ready {
+            why.push(format!("not Ready ({})", self.message));
+        }
+        if self.unschedulable {
+            why.push("cordoned (`kubectl uncordon` to undo)".to_string());
+        }
+        if !self.taints.is_empty() {
+            why.push(format!("tainted {}", self.taints.join(", ")));
+        }
+        (!why.is_empty()).then(|| why.join("; "))
+    }
 }
 
 /// A preflight finding.
@@ -116,39 +215,16 @@ pub fn judge(spec: &ClusterSpec, f: &Facts) -> Vec<Finding> {
         }
     }
     if matches!(f.cluster_version, Some(Ok(_))) {
-        if f.nodes.is_empty() {
-            out.push(blocker("the cluster has no nodes: join a node first"));
-        }
-        let ready = f.nodes.iter().filter(|n| n.ready).count();
-        if !f.nodes.is_empty() && ready == 0 {
-            let hint = f
-                .nodes
-                .iter()
-                .find(|n| n.message.to_lowercase().contains("cni"))
-                .map(|_| " (no CNI: install a pod network such as Flannel or Calico)")
-                .unwrap_or("");
-            out.push(blocker(format!(
-                "no node is Ready{hint}: {}",
-                f.nodes
-                    .iter()
-                    .map(|n| format!("{}: {}", n.name, n.message))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )));
-        } else {
-            for n in f.nodes.iter().filter(|n| !n.ready) {
-                out.push(note(format!("node {} is not Ready: {}", n.name, n.message)));
+        judge_nodes(spec, f, &mut out);
+    }
+    match &f.nfs_host {
+        None => {}
+        Some(Ok(blockers)) => {
+            for b in blockers {
+                out.push(blocker(format!("NFS host: {b}")));
             }
         }
-        if f.host_is_node && !f.mount_nfs_here {
-            out.push(blocker(
-                "mount.nfs is missing on this node: install nfs-utils (RHEL family) or nfs-common (Debian family)",
-            ));
-        } else if !f.host_is_node {
-            out.push(note(
-                "this host is not a node: make sure every node has mount.nfs (nfs-utils / nfs-common)",
-            ));
-        }
+        Some(Err(e)) => out.push(blocker(format!("NFS host: {e}"))),
     }
     if spec.storage.mode == StorageMode::Templates
         && let (Some(class), Some(false)) = (&spec.storage.storage_class, f.storage_class_exists)
@@ -158,6 +234,116 @@ pub fn judge(spec: &ClusterSpec, f: &Facts) -> Vec<Finding> {
         )));
     }
     out
+}
+
+/// The nodes: can any run the pods, what keeps each one off, does each one that may run them
+/// have the agent image when it is not pulled from a registry, and `mount.nfs`.
+fn judge_nodes(spec: &ClusterSpec, f: &Facts, out: &mut Vec<Finding>) {
+    if f.nodes.is_empty() {
+        out.push(blocker("the cluster has no nodes: join a node first"));
+        return;
+    }
+    let usable: Vec<&NodeFacts> = f
+        .nodes
+        .iter()
+        .filter(|n| n.keeps_pods_off().is_none())
+        .collect();
+    let off: Vec<(&NodeFacts, String)> = f
+        .nodes
+        .iter()
+        .filter_map(|n| n.keeps_pods_off().map(|why| (n, why)))
+        .collect();
+    if usable.is_empty() {
+        let cni = f
+            .nodes
+            .iter()
+            .any(|n| !n.ready && n.message.to_lowercase().contains("cni"));
+        let control_plane = f
+            .nodes
+            .iter()
+            .any(|n| n.taints.iter().any(|t| t.starts_with(CONTROL_PLANE_TAINT)));
+        let mut fix = Vec::new();
+        if cni {
+            fix.push("no CNI: install a pod network such as Flannel or Calico".to_string());
+        }
+        if control_plane {
+            fix.push(format!(
+                "on a one-node kubeadm lab let the control plane run pods: `kubectl taint nodes --all {CONTROL_PLANE_TAINT}-`"
+            ));
+        }
+        if fix.is_empty() {
+            fix.push("make a node Ready and schedulable, or join a worker".into());
+        }
+        out.push(blocker(format!(
+            "no node can run the pods, every member would stay Pending: {}; {}",
+            off.iter()
+                .map(|(n, why)| format!("{}: {why}", n.name))
+                .collect::<Vec<_>>()
+                .join("; "),
+            fix.join("; ")
+        )));
+    } else {
+        for (n, why) in &off {
+            out.push(note(format!(
+                "node {}: no pods will run here: {why}",
+                n.name
+            )));
+        }
+    }
+
+    // A locally imported image (the default, or pull policy Never) must be on every node
+    // that may run the pods; the image stage imports it on this host only.
+    let local_image =
+        spec.agent.image == default_agent_image() || spec.agent.pull_policy == "Never";
+    if local_image && spec.agent.pull_policy != "Always" {
+        for n in &usable {
+            let here = f.host_node.as_deref() == Some(n.name.as_str());
+            if n.has_agent_image || (here && f.imports_image) {
+                continue;
+            }
+            if n.images_reported >= KUBELET_MAX_IMAGES {
+                out.push(note(format!(
+                    "node {}: cannot tell whether it has the agent image {}: its kubelet reports only its {KUBELET_MAX_IMAGES} largest images; make sure it does (`crictl images` on the node)",
+                    n.name, spec.agent.image
+                )));
+                continue;
+            }
+            let how = if here {
+                "import it here with `cargo xtask image --import` (or drop --skip-image)"
+                    .to_string()
+            } else {
+                format!(
+                    "`up` imports it into this host's containerd only: copy the archive of `cargo xtask image --out pgset-agent.tar` to {} and run `ctr -n k8s.io images import pgset-agent.tar` there, or cordon the node (`kubectl cordon {}`)",
+                    n.name, n.name
+                )
+            };
+            out.push(blocker(format!(
+                "node {}: may run the pods but does not have the agent image {} (pull policy {}, not in a registry): {how}; or push the image to a registry and pass --agent-image IMAGE --skip-image",
+                n.name, spec.agent.image, spec.agent.pull_policy
+            )));
+        }
+    }
+
+    // mount.nfs: the NFS stage installs it on this host; other nodes need it from their admin.
+    if spec.storage.storage_class.is_none() {
+        let nfs_stage = f.nfs_host.is_some();
+        if f.host_is_node && !f.mount_nfs_here && !nfs_stage {
+            out.push(blocker(
+                "mount.nfs is missing on this node and the NFS stage is skipped: install nfs-utils (RHEL family) or nfs-common (Debian family)",
+            ));
+        }
+        let others: Vec<&str> = usable
+            .iter()
+            .filter(|n| f.host_node.as_deref() != Some(n.name.as_str()))
+            .map(|n| n.name.as_str())
+            .collect();
+        if !others.is_empty() {
+            out.push(note(format!(
+                "node(s) {} mount the export: make sure each has mount.nfs (nfs-utils / nfs-common); the NFS stage installs it on this host only",
+                others.join(", ")
+            )));
+        }
+    }
 }
 
 /// Reads the facts: the host, and the cluster when a client is given.
@@ -187,48 +373,49 @@ pub async fn gather(
         cluster_version: None,
         nodes: Vec::new(),
         host_is_node: false,
+        host_node: None,
         storage_class_exists: None,
+        nfs_host: None,
     };
-    let Some(client) = client else {
-        return Ok(facts);
-    };
+    if let Some(client) = client {
+        read_cluster(spec, client, &hostname, &mut facts).await?;
+    }
+    Ok(facts)
+}
+
+/// Reads what the API tells about the cluster: its version, every node, the StorageClass the
+/// spec names. Only reads.
+pub async fn read_cluster(
+    spec: &ClusterSpec,
+    client: &kube::Client,
+    hostname: &str,
+    facts: &mut Facts,
+) -> Result<()> {
     match client.apiserver_version().await {
         Ok(info) => {
             facts.cluster_version = Some(Ok(format!("{}.{}", info.major, info.minor)));
         }
         Err(e) => {
             facts.cluster_version = Some(Err(e.to_string()));
-            return Ok(facts);
+            return Ok(());
         }
     }
     let nodes: Api<Node> = Api::all(client.clone());
     let list = nodes.list(&ListParams::default()).await?;
-    for n in list.items {
-        let name = n.metadata.name.clone().unwrap_or_default();
-        let ready_cond = n
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"));
-        let ready = ready_cond.is_some_and(|c| c.status == "True");
-        let message = ready_cond
-            .and_then(|c| c.message.clone())
-            .unwrap_or_default();
-        if name == hostname || hostname.split('.').next() == Some(name.as_str()) {
+    for n in &list.items {
+        let node = node_facts(n, &spec.agent.image);
+        if node.name == hostname || hostname.split('.').next() == Some(node.name.as_str()) {
             facts.host_is_node = true;
+            facts.host_node = Some(node.name.clone());
         }
-        facts.nodes.push(NodeFacts {
-            name,
-            ready,
-            message,
-        });
+        facts.nodes.push(node);
     }
     if let (StorageMode::Templates, Some(class)) = (spec.storage.mode, &spec.storage.storage_class)
     {
         let classes: Api<StorageClass> = Api::all(client.clone());
         facts.storage_class_exists = Some(classes.get_opt(class).await?.is_some());
     }
-    Ok(facts)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -243,14 +430,15 @@ mod tests {
             ctr_here: true,
             os_family: Ok(OsFamily::El8Plus),
             cluster_version: Some(Ok("1.35".into())),
-            nodes: vec![NodeFacts {
-                name: "cp".into(),
-                ready: true,
-                message: "kubelet is posting ready status".into(),
-            }],
+            nodes: vec![node_facts(
+                &node("cp", NodeShape::default()),
+                &default_agent_image(),
+            )],
             mount_nfs_here: true,
             host_is_node: true,
+            host_node: Some("cp".into()),
             storage_class_exists: None,
+            nfs_host: Some(Ok(Vec::new())),
         }
     }
 
@@ -299,11 +487,18 @@ mod tests {
     #[test]
     fn no_ready_node_without_cni_says_install_a_pod_network() {
         let facts = Facts {
-            nodes: vec![NodeFacts {
-                name: "cp".into(),
-                ready: false,
-                message: "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: cni plugin not initialized".into(),
-            }],
+            nodes: vec![node_facts(
+                &node(
+                    "cp",
+                    NodeShape {
+                        not_ready: Some(
+                            "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: cni plugin not initialized",
+                        ),
+                        ..NodeShape::default()
+                    },
+                ),
+                &default_agent_image(),
+            )],
             ..cluster_ok()
         };
         let b = judge(&ClusterSpec::default(), &facts);
@@ -327,13 +522,41 @@ mod tests {
     }
 
     #[test]
-    fn missing_mount_nfs_on_the_node_is_a_blocker() {
+    fn missing_mount_nfs_here_is_the_nfs_stages_job() {
         let facts = Facts {
             mount_nfs_here: false,
             ..cluster_ok()
         };
+        assert!(blockers(&judge(&ClusterSpec::default(), &facts)).is_empty());
+        // Only when the NFS stage is skipped does nobody install it.
+        let facts = Facts {
+            mount_nfs_here: false,
+            nfs_host: None,
+            ..cluster_ok()
+        };
         let b = judge(&ClusterSpec::default(), &facts);
         assert!(blockers(&b)[0].contains("nfs-utils"), "{b:?}");
+    }
+
+    #[test]
+    fn what_stops_the_nfs_stage_is_a_blocker_before_anything_changes() {
+        let facts = Facts {
+            nfs_host: Some(Ok(vec![
+                "start nfs-server: `systemctl` cannot start services".into(),
+            ])),
+            ..cluster_ok()
+        };
+        let b = judge(&ClusterSpec::default(), &facts);
+        assert_eq!(
+            blockers(&b),
+            ["NFS host: start nfs-server: `systemctl` cannot start services"]
+        );
+        let facts = Facts {
+            nfs_host: Some(Err("refusing the export /etc: ...".into())),
+            ..cluster_ok()
+        };
+        let b = judge(&ClusterSpec::default(), &facts);
+        assert_eq!(blockers(&b), ["NFS host: refusing the export /etc: ..."]);
     }
 
     #[test]
@@ -363,5 +586,281 @@ mod tests {
         let b = judge(&ClusterSpec::default(), &facts);
         assert!(blockers(&b)[0].contains("Arch Linux"), "{b:?}");
         assert!(blockers(&b)[0].contains("--skip-nfs"), "{b:?}");
+    }
+
+    /// How a test node differs from a Ready, schedulable node with the agent image.
+    #[derive(Default)]
+    struct NodeShape {
+        not_ready: Option<&'static str>,
+        taints: &'static [(&'static str, &'static str)],
+        unschedulable: bool,
+        without_image: bool,
+    }
+
+    /// A Node object as the API server returns it (kubelet-reported images included).
+    fn node(name: &str, shape: NodeShape) -> Node {
+        serde_json::from_value(node_json(name, &shape)).unwrap()
+    }
+
+    fn node_json(name: &str, shape: &NodeShape) -> serde_json::Value {
+        let images = if shape.without_image {
+            serde_json::json!([{"names": ["registry.k8s.io/pause:3.10"], "sizeBytes": 320368}])
+        } else {
+            serde_json::json!([
+                {"names": ["registry.k8s.io/pause:3.10"], "sizeBytes": 320368},
+                {"names": [default_agent_image(), "docker.io/library/pgset-agent@sha256:0123"], "sizeBytes": 3400000}
+            ])
+        };
+        let taints: Vec<serde_json::Value> = shape
+            .taints
+            .iter()
+            .map(|(key, effect)| serde_json::json!({"key": key, "effect": effect}))
+            .collect();
+        serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": name},
+            "spec": {"taints": taints, "unschedulable": shape.unschedulable},
+            "status": {
+                "conditions": [{
+                    "type": "Ready",
+                    "status": if shape.not_ready.is_some() { "False" } else { "True" },
+                    "reason": "KubeletReady",
+                    "message": shape.not_ready.unwrap_or("kubelet is posting ready status"),
+                }],
+                "images": images,
+            }
+        })
+    }
+
+    const CONTROL_PLANE: &[(&str, &str)] =
+        &[("node-role.kubernetes.io/control-plane", "NoSchedule")];
+
+    #[test]
+    fn node_facts_read_taints_cordon_readiness_and_images() {
+        let n = node_facts(
+            &node(
+                "cp",
+                NodeShape {
+                    taints: &[
+                        ("node-role.kubernetes.io/control-plane", "NoSchedule"),
+                        ("node.kubernetes.io/not-ready", "NoExecute"),
+                        ("example.com/prefer-not", "PreferNoSchedule"),
+                    ],
+                    unschedulable: true,
+                    not_ready: Some("PLEG is not healthy"),
+                    ..NodeShape::default()
+                },
+            ),
+            &default_agent_image(),
+        );
+        assert_eq!(
+            n,
+            NodeFacts {
+                name: "cp".into(),
+                ready: false,
+                message: "PLEG is not healthy".into(),
+                unschedulable: true,
+                taints: vec!["node-role.kubernetes.io/control-plane:NoSchedule".into()],
+                has_agent_image: true,
+                images_reported: 2,
+            }
+        );
+        // The kubelet reports an imported image under its full name; a short name matches.
+        let short = format!("pgset-agent:{}", pgset_spec::VERSION);
+        assert!(node_facts(&node("w", NodeShape::default()), &short).has_agent_image);
+        let other = node_facts(
+            &node(
+                "w",
+                NodeShape {
+                    without_image: true,
+                    ..NodeShape::default()
+                },
+            ),
+            &default_agent_image(),
+        );
+        assert!(!other.has_agent_image);
+    }
+
+    #[test]
+    fn a_tainted_one_node_kubeadm_lab_is_told_how_to_untaint() {
+        let facts = Facts {
+            nodes: vec![node_facts(
+                &node(
+                    "cp",
+                    NodeShape {
+                        taints: CONTROL_PLANE,
+                        ..NodeShape::default()
+                    },
+                ),
+                &default_agent_image(),
+            )],
+            ..cluster_ok()
+        };
+        let f = judge(&ClusterSpec::default(), &facts);
+        let b = blockers(&f);
+        assert_eq!(b.len(), 1, "{f:?}");
+        assert!(
+            b[0].contains("no node can run the pods")
+                && b[0].contains("cp: tainted node-role.kubernetes.io/control-plane:NoSchedule")
+                && b[0]
+                    .contains("`kubectl taint nodes --all node-role.kubernetes.io/control-plane-`"),
+            "{b:?}"
+        );
+    }
+
+    #[test]
+    fn a_worker_without_the_locally_imported_image_is_a_blocker() {
+        let facts = Facts {
+            nodes: vec![
+                node_facts(
+                    &node(
+                        "cp",
+                        NodeShape {
+                            without_image: true,
+                            ..NodeShape::default()
+                        },
+                    ),
+                    &default_agent_image(),
+                ),
+                node_facts(
+                    &node(
+                        "w1",
+                        NodeShape {
+                            without_image: true,
+                            ..NodeShape::default()
+                        },
+                    ),
+                    &default_agent_image(),
+                ),
+            ],
+            ..cluster_ok()
+        };
+        let f = judge(&ClusterSpec::default(), &facts);
+        let b = blockers(&f);
+        // This host gets the image from the image stage; the worker does not.
+        assert_eq!(b.len(), 1, "{f:?}");
+        assert!(
+            b[0].starts_with("node w1: may run the pods but does not have the agent image")
+                && b[0].contains("ctr -n k8s.io images import"),
+            "{b:?}"
+        );
+        // A kubelet at its image-report limit may have it: a note, not a blocker.
+        let mut full = facts.clone();
+        full.nodes[1].images_reported = KUBELET_MAX_IMAGES;
+        let f = judge(&ClusterSpec::default(), &full);
+        assert!(blockers(&f).is_empty(), "{f:?}");
+        assert!(
+            f.iter().any(|x| x
+                .text
+                .starts_with("node w1: cannot tell whether it has the agent image")),
+            "{f:?}"
+        );
+        // A registry image pulled by every node needs nothing.
+        let mut spec = ClusterSpec::default();
+        spec.agent.image = "registry.example.com/pgset-agent:1".into();
+        assert!(blockers(&judge(&spec, &facts)).is_empty());
+        // Without the image stage, this host's node needs it too.
+        let facts = Facts {
+            imports_image: false,
+            ..facts
+        };
+        assert_eq!(blockers(&judge(&ClusterSpec::default(), &facts)).len(), 2);
+    }
+
+    /// A client whose requests are recorded as `METHOD path?query` and answered by `answer`.
+    fn mock_client(
+        answer: impl Fn(&str) -> (u16, serde_json::Value) + Send + 'static,
+    ) -> (kube::Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = calls.clone();
+        tokio::spawn(async move {
+            let mut handle = std::pin::pin!(handle);
+            while let Some((request, send)) = handle.next_request().await {
+                let line = format!(
+                    "{} {}{}",
+                    request.method(),
+                    request.uri().path(),
+                    request
+                        .uri()
+                        .query()
+                        .filter(|q| !q.is_empty())
+                        .map(|q| format!("?{q}"))
+                        .unwrap_or_default()
+                );
+                let (status, body) = answer(request.uri().path());
+                recorded.lock().unwrap().push(line);
+                send.send_response(
+                    Response::builder()
+                        .status(status)
+                        .header(http::header::CONTENT_TYPE, "application/json")
+                        .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                        .unwrap(),
+                );
+            }
+        });
+        (kube::Client::new(service, "default"), calls)
+    }
+
+    #[tokio::test]
+    async fn preflight_reads_every_node_and_reports_each_one() {
+        let nodes = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "NodeList",
+            "metadata": {"resourceVersion": "1"},
+            "items": [
+                node_json("cp", &NodeShape { taints: CONTROL_PLANE, ..NodeShape::default() }),
+                node_json("w1", &NodeShape { without_image: true, ..NodeShape::default() }),
+                node_json("w2", &NodeShape { not_ready: Some("Kubelet stopped posting node status."), ..NodeShape::default() }),
+                node_json("w3", &NodeShape::default()),
+            ]
+        });
+        let (client, calls) = mock_client(move |path| match path {
+            "/version" => (
+                200,
+                serde_json::json!({"major": "1", "minor": "33", "gitVersion": "v1.33.2",
+                    "gitCommit": "", "gitTreeState": "", "buildDate": "", "goVersion": "",
+                    "compiler": "", "platform": "linux/amd64"}),
+            ),
+            "/api/v1/nodes" => (200, nodes.clone()),
+            _ => (404, serde_json::json!({})),
+        });
+        let spec = ClusterSpec::default();
+        let mut facts = Facts {
+            cluster_version: None,
+            nodes: Vec::new(),
+            host_is_node: false,
+            host_node: None,
+            ..cluster_ok()
+        };
+        read_cluster(&spec, &client, "cp.lab.example", &mut facts)
+            .await
+            .unwrap();
+        assert_eq!(
+            *calls.lock().unwrap(),
+            ["GET /version", "GET /api/v1/nodes"],
+            "preflight only reads the version and the nodes"
+        );
+        assert_eq!(facts.cluster_version, Some(Ok("1.33".into())));
+        assert_eq!(facts.host_node.as_deref(), Some("cp"));
+        let found: Vec<String> = judge(&spec, &facts)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "note: node cp: no pods will run here: tainted node-role.kubernetes.io/control-plane:NoSchedule".to_string(),
+                "note: node w2: no pods will run here: not Ready (Kubelet stopped posting node status.)".into(),
+                format!(
+                    "blocker: node w1: may run the pods but does not have the agent image {} (pull policy IfNotPresent, not in a registry): `up` imports it into this host's containerd only: copy the archive of `cargo xtask image --out pgset-agent.tar` to w1 and run `ctr -n k8s.io images import pgset-agent.tar` there, or cordon the node (`kubectl cordon w1`); or push the image to a registry and pass --agent-image IMAGE --skip-image",
+                    default_agent_image()
+                ),
+                "note: node(s) w1, w3 mount the export: make sure each has mount.nfs (nfs-utils / nfs-common); the NFS stage installs it on this host only".into(),
+            ]
+        );
     }
 }
