@@ -84,6 +84,10 @@ async fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(exit) = e.downcast_ref::<cli::Exit>() {
+                eprintln!("{exit}");
+                return std::process::ExitCode::from(exit.code);
+            }
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }

@@ -23,7 +23,6 @@ pub enum Verdict {
 
 /// One step of a drill.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
 pub struct Step {
     /// Seconds from the drill's start.
     pub at_s: f64,
@@ -33,7 +32,6 @@ pub struct Step {
 
 /// What a drill measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
 pub struct DrillReport {
     /// The drill.
     pub drill: DrillName,
@@ -290,11 +288,11 @@ mod tests {
         for key in [
             "drill",
             "verdict",
-            "writesRefusedS",
-            "rowsMissing",
-            "readsRefusedS",
-            "allStreamingAfterS",
-            "streamingAfterMasterReadyS",
+            "writes_refused_s",
+            "rows_missing",
+            "reads_refused_s",
+            "all_streaming_after_s",
+            "streaming_after_master_ready_s",
             "recloned",
         ] {
             assert!(v.get(key).is_some(), "{key} missing in {v}");
