@@ -191,3 +191,53 @@ impl std::fmt::Display for Exit {
 }
 
 impl std::error::Error for Exit {}
+
+/// Checks a `--report FILE` before anything runs: its directory exists and it is not a
+/// directory itself (the file is written, or replaced, when the run ends).
+pub fn check_report_path(path: &std::path::Path) -> Result<()> {
+    if path.is_dir() {
+        bail!(
+            "--report {}: is a directory; name a file, e.g. {}/report.md",
+            path.display(),
+            path.display()
+        );
+    }
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if !parent.is_dir() {
+        bail!(
+            "--report {}: the directory {} does not exist; create it or name another file",
+            path.display(),
+            parent.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes a report file (after [`check_report_path`]) and says where.
+pub fn write_report(path: &std::path::Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("write the report {}", path.display()))?;
+    eprintln!("report written to {}", path.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod report_path_tests {
+    use super::*;
+
+    #[test]
+    fn a_report_path_needs_an_existing_directory_and_is_not_one() {
+        let t = tempfile::tempdir().unwrap();
+        check_report_path(&t.path().join("r.md")).unwrap();
+        check_report_path(std::path::Path::new("r.md")).unwrap();
+        let e = check_report_path(t.path()).unwrap_err().to_string();
+        assert!(e.contains("is a directory"), "{e}");
+        let e = check_report_path(&t.path().join("missing/r.md"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not exist"), "{e}");
+        assert!(!t.path().join("missing").exists());
+    }
+}

@@ -28,6 +28,9 @@ pub struct Args {
     /// The agent binary the launcher restarts members with (default: built with cargo)
     #[arg(long)]
     agent_bin: Option<PathBuf>,
+    /// Also write the report as Markdown to FILE (figures, steps, problems)
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
 }
 
 /// Parses the drill names (`all` is every drill); an unknown name is an error before anything runs.
@@ -46,6 +49,9 @@ pub fn parse_names(names: &[String]) -> Result<Vec<DrillName>> {
 /// Runs the drills and prints their report.
 pub async fn run(args: Args) -> Result<()> {
     let drills = parse_names(&args.drills)?;
+    if let Some(path) = &args.report {
+        crate::cli::check_report_path(path)?;
+    }
     pgset_agent::local::read_set(&args.dir).context("read the local set")?;
     let agent_bin = match args.agent_bin {
         Some(b) => b,
@@ -65,6 +71,9 @@ pub async fn run(args: Args) -> Result<()> {
     match args.output {
         Output::Table => print!("{}", report::table(&reports)),
         Output::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
+    }
+    if let Some(path) = &args.report {
+        crate::cli::write_report(path, &report::markdown(&reports))?;
     }
     let failed = reports
         .iter()

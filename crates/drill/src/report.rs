@@ -194,6 +194,66 @@ pub fn table(reports: &[DrillReport]) -> String {
     out
 }
 
+fn md(text: &str) -> String {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace('|', "\\|")
+}
+
+/// The reports as Markdown: the table of figures, then each drill's steps and problems.
+pub fn markdown(reports: &[DrillReport]) -> String {
+    let failed = reports
+        .iter()
+        .filter(|r| r.verdict == Verdict::Fail)
+        .count();
+    let mut out = format!(
+        "# pgset drills\n\n**{}**: {} of {} drills passed.\n\n",
+        if failed == 0 { "OK" } else { "FAILED" },
+        reports.len() - failed,
+        reports.len()
+    );
+    out += "| drill | verdict | commits | writes refused | writes accepted again | RPO (rows missing) | reads refused | master ready | every replica streaming | after master ready | re-cloned |\n";
+    out += "|---|---|---|---|---|---|---|---|---|---|---|\n";
+    let s = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2} s"));
+    for r in reports {
+        out += &format!(
+            "| `{}` | {} | {} | {:.2} s | {} | {} | {:.2} s | {} | {} | {} | {} |\n",
+            r.drill,
+            match r.verdict {
+                Verdict::Pass => "pass",
+                Verdict::Fail => "**FAIL**",
+            },
+            r.rows_committed,
+            r.writes_refused_s,
+            s(r.writes_accepted_again_after_s),
+            r.rows_missing,
+            r.reads_refused_s,
+            s(r.master_ready_after_s),
+            s(r.all_streaming_after_s),
+            s(r.streaming_after_master_ready_s),
+            if r.recloned.is_empty() {
+                "none".to_string()
+            } else {
+                md(&r.recloned.join(", "))
+            }
+        );
+    }
+    for r in reports {
+        out += &format!(
+            "\n## `{}` on {} ({} members, reads through {})\n\n",
+            r.drill, r.target, r.members, r.read_from
+        );
+        for st in &r.steps {
+            out += &format!("- {:.2} s: {}\n", st.at_s, md(&st.what));
+        }
+        for p in &r.problems {
+            out += &format!("- **problem**: {}\n", md(p));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,6 +338,31 @@ mod tests {
         assert_eq!(r.rejoin_target_met(), Some(false));
         r.streaming_after_master_ready_s = None;
         assert_eq!(r.rejoin_target_met(), None);
+    }
+
+    #[test]
+    fn markdown_has_a_row_per_drill_and_its_steps_and_problems() {
+        let mut ok = passing(DrillName::MasterRestart);
+        ok.judge();
+        let mut bad = passing(DrillName::ReplicaRestart);
+        bad.recloned = vec!["pgset-2".into()];
+        bad.judge();
+        let md = markdown(&[ok, bad]);
+        assert!(md.contains("**FAILED**: 1 of 2 drills passed."), "{md}");
+        assert!(
+            md.contains("| `master-restart` | pass | 90 | 1.20 s | 1.30 s | 0 | 0.00 s | 1.10 s | 1.60 s | 0.50 s | none |"),
+            "{md}"
+        );
+        assert!(md.contains("| `replica-restart` | **FAIL** |"), "{md}");
+        assert!(
+            md.contains("## `master-restart` on pgset-0 (3 members, reads through pgset-2)"),
+            "{md}"
+        );
+        assert!(md.contains("- 1.00 s: stop pgset-0"), "{md}");
+        assert!(
+            md.contains("- **problem**: copied anew, which this drill must never cause: pgset-2"),
+            "{md}"
+        );
     }
 
     #[test]
