@@ -60,6 +60,7 @@ struct UpArgs {
 enum StatusOutput {
     /// A summary, one row per member, warnings and the verdict
     #[default]
+    #[value(alias = "text")]
     Table,
     /// JSON (stable field names, for scripts)
     Json,
@@ -77,7 +78,7 @@ struct StatusArgs {
     #[arg(long)]
     dir: PathBuf,
     /// Output format (`text` is the table)
-    #[arg(long, short = 'o', value_enum, default_value_t = StatusOutput::Table, alias = "text")]
+    #[arg(long, short = 'o', value_enum, default_value_t = StatusOutput::Table)]
     output: StatusOutput,
     /// Redraw when the status changes (every second), until Ctrl-C
     #[arg(long)]

@@ -203,7 +203,14 @@ impl Target {
         let member = self.set.member(k);
         self.step(format!("membership {} -> {}", n, n - 1));
         agent_local::write_members(self.dir(), &self.set, n - 1)?;
-        let env = self.stop(k).await?;
+        let env = match self.stop(k).await {
+            Ok(env) => env,
+            Err(e) => {
+                // The membership goes back to what it was: the set is left as it was found.
+                agent_local::write_members(self.dir(), &self.set, n)?;
+                return Err(e);
+            }
+        };
         let slot = pgset_agent::settings::slot_name(&member);
         let master = self.endpoint(0);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -435,7 +442,15 @@ async fn drive(
         .await
         .map_err(|e| step_err("join the streaming monitor", e))?;
     let duration = t.t0.elapsed();
-    fault?;
+    fault.map_err(|e| {
+        step_err(
+            format!(
+                "{drill} (the set may need `cargo xtask local up --dir {}` to be whole again)",
+                t.dir().display()
+            ),
+            e,
+        )
+    })?;
 
     // RPO: every row whose COMMIT returned OK must be on the master.
     let committed: BTreeSet<(i32, i64)> = logs
