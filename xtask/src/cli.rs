@@ -173,3 +173,71 @@ pub fn workspace_root() -> PathBuf {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     here.parent().map(PathBuf::from).unwrap_or(here)
 }
+
+/// Ends a task with a given exit code and a message, without the `error:` prefix: a verdict
+/// for scripts (e.g. `local status` says a set is not healthy with exit code 2).
+#[derive(Debug)]
+pub struct Exit {
+    /// The process exit code.
+    pub code: u8,
+    /// What to print on stderr.
+    pub message: String,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// Checks a `--report FILE` before anything runs: its directory exists and it is not a
+/// directory itself (the file is written, or replaced, when the run ends).
+pub fn check_report_path(path: &std::path::Path) -> Result<()> {
+    if path.is_dir() {
+        bail!(
+            "--report {}: is a directory; name a file, e.g. {}/report.md",
+            path.display(),
+            path.display()
+        );
+    }
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if !parent.is_dir() {
+        bail!(
+            "--report {}: the directory {} does not exist; create it or name another file",
+            path.display(),
+            parent.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes a report file (after [`check_report_path`]) and says where.
+pub fn write_report(path: &std::path::Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("write the report {}", path.display()))?;
+    eprintln!("report written to {}", path.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod report_path_tests {
+    use super::*;
+
+    #[test]
+    fn a_report_path_needs_an_existing_directory_and_is_not_one() {
+        let t = tempfile::tempdir().unwrap();
+        check_report_path(&t.path().join("r.md")).unwrap();
+        check_report_path(std::path::Path::new("r.md")).unwrap();
+        let e = check_report_path(t.path()).unwrap_err().to_string();
+        assert!(e.contains("is a directory"), "{e}");
+        let e = check_report_path(&t.path().join("missing/r.md"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not exist"), "{e}");
+        assert!(!t.path().join("missing").exists());
+    }
+}

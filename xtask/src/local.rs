@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use pgset_agent::local::{self, MemberStatus, UpOptions};
+use pgset_agent::local::{self, UpOptions};
+use pgset_agent::local_status::{self, StatusReport};
 
-use crate::cli::{Stage, workspace_root};
+use crate::cli::{Exit, Stage, workspace_root};
 
 /// Arguments of `cargo xtask local`.
 #[derive(Debug, clap::Args)]
@@ -54,14 +55,34 @@ struct UpArgs {
     agent_bin: Option<PathBuf>,
 }
 
+/// Output of `local status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+enum StatusOutput {
+    /// A summary, one row per member, warnings and the verdict
+    #[default]
+    #[value(alias = "text")]
+    Table,
+    /// JSON (stable field names, for scripts)
+    Json,
+    /// YAML
+    Yaml,
+}
+
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Exit code: 0 when the set is healthy (every member ready, every replica \
+streaming, no warning), 2 when it is not, 1 when its status could not be read."
+)]
 struct StatusArgs {
     /// The set's directory
     #[arg(long)]
     dir: PathBuf,
-    /// `text` or `json`
-    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
-    output: String,
+    /// Output format (`text` is the table)
+    #[arg(long, short = 'o', value_enum, default_value_t = StatusOutput::Table)]
+    output: StatusOutput,
+    /// Redraw when the status changes (every second), until Ctrl-C
+    #[arg(long)]
+    watch: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -78,7 +99,7 @@ struct DownArgs {
 pub async fn run(args: Args) -> Result<()> {
     match args.command {
         Command::Up(a) => up(a).await,
-        Command::Status(a) => status(&a.dir, &a.output).await,
+        Command::Status(a) => status(&a.dir, a.output, a.watch).await,
         Command::Down(a) => {
             let stopped = local::down(&a.dir, a.purge)
                 .await
@@ -136,54 +157,51 @@ async fn up(a: UpArgs) -> Result<()> {
         list(&report.already_running),
         list(&report.stopped)
     ));
-    status(&a.dir, "text").await
-}
-
-async fn status(dir: &Path, output: &str) -> Result<()> {
-    let members = local::status(dir, None)
+    // The set as `local status` shows it; its verdict is that command's to give.
+    let report = local_status::report(&a.dir, None)
         .await
         .context("read the local set")?;
-    if output == "json" {
-        println!("{}", serde_json::to_string_pretty(&members)?);
-        return Ok(());
-    }
-    println!(
-        "{:<12} {:<8} {:<16} {:<8} {:<10} {:<6} DATA",
-        "NAME", "ROLE", "ADDRESS", "PID", "STREAMING", "READY"
-    );
-    for m in &members {
-        println!("{}", row(m));
-    }
-    for m in &members {
-        match (&m.stopped_with, m.ready, &m.reason) {
-            (Some(why), _, _) => println!("{}: stopped: {why}", m.name),
-            (None, Some(false), Some(why)) => println!("{}: not ready: {why}", m.name),
-            _ => {}
-        }
-    }
+    print!("{}", report.to_table());
     Ok(())
 }
 
-fn row(m: &MemberStatus) -> String {
-    let pid = m.pid.map_or("-".to_string(), |p| p.to_string());
-    let streaming = match m.streaming {
-        None => "-",
-        Some(true) => "yes",
-        Some(false) => "no",
-    };
-    let ready = match m.ready {
-        None => "-",
-        Some(true) => "yes",
-        Some(false) => "no",
-    };
-    format!(
-        "{:<12} {:<8} {:<16} {:<8} {:<10} {:<6} {}",
-        m.name,
-        m.role,
-        format!("{}:{}", m.host, m.port),
-        pid,
-        streaming,
-        ready,
-        m.data_dir.display()
-    )
+fn render(report: &StatusReport, output: StatusOutput) -> Result<String> {
+    Ok(match output {
+        StatusOutput::Table => report.to_table(),
+        StatusOutput::Json => serde_json::to_string_pretty(report)? + "\n",
+        StatusOutput::Yaml => serde_saphyr::to_string(report).context("render YAML")?,
+    })
+}
+
+async fn status(dir: &Path, output: StatusOutput, watch: bool) -> Result<()> {
+    let mut shown = String::new();
+    loop {
+        let report = local_status::report(dir, None)
+            .await
+            .context("read the local set")?;
+        let text = render(&report, output)?;
+        if !watch {
+            print!("{text}");
+            if report.healthy {
+                return Ok(());
+            }
+            return Err(Exit {
+                code: 2,
+                message: format!("the set in {} is not healthy (exit code 2)", dir.display()),
+            }
+            .into());
+        }
+        // The uptime changes every second; redraw on a change of anything else.
+        let mut still = report.clone();
+        still.summary.master_uptime_s = None;
+        let key = render(&still, output)?;
+        if key != shown {
+            print!("\x1b[2J\x1b[H{text}");
+            shown = key;
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
 }

@@ -5,6 +5,7 @@ mod cli;
 mod deploy;
 mod doctor;
 mod down;
+mod drill;
 mod image;
 mod local;
 mod nfs;
@@ -45,6 +46,8 @@ enum Task {
     Deploy(deploy::Args),
     /// Run the checks against the live cluster
     Verify(verify::Args),
+    /// Fault drills against a local set: RTO, RPO, reads refused, re-join, re-clones
+    Drill(drill::Args),
     /// Scale the StatefulSet (ordered; scale-down keeps claims and data)
     Scale(scale::Args),
     /// One screen: each member's role, readiness, node, data, streaming state and lag
@@ -73,6 +76,7 @@ async fn main() -> std::process::ExitCode {
         Task::Image(a) => image::run(a).await,
         Task::Deploy(a) => deploy::run(a).await,
         Task::Verify(a) => verify::run(a).await,
+        Task::Drill(a) => drill::run(a).await,
         Task::Scale(a) => scale::run(a).await,
         Task::Status(a) => status::run(a).await,
         Task::Render(a) => render::run(a).await,
@@ -84,6 +88,10 @@ async fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(exit) = e.downcast_ref::<cli::Exit>() {
+                eprintln!("{exit}");
+                return std::process::ExitCode::from(exit.code);
+            }
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }

@@ -8,6 +8,10 @@ use crate::verify::{Output, spec_and_client};
 
 /// Arguments of `cargo xtask status`.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Exit code: 0 when the cluster is healthy (every wanted member Ready with \
+its role, every replica streaming), 2 when it is not, 1 when it could not be read."
+)]
 pub struct Args {
     /// Output format
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
@@ -28,5 +32,18 @@ pub async fn run(args: Args) -> Result<()> {
         Output::Table => print!("{}", status.to_table()),
         Output::Json => println!("{}", status.to_json()),
     }
-    Ok(())
+    let problems = status.problems();
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(crate::cli::Exit {
+        code: 2,
+        message: format!(
+            "{}/{} is not healthy (exit code 2): {}",
+            spec.namespace,
+            spec.name,
+            problems.join("; ")
+        ),
+    }
+    .into())
 }

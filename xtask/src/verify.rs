@@ -41,6 +41,9 @@ pub struct Args {
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_MAX_REJOIN.as_secs_f64(),
           value_parser = positive_seconds)]
     pub max_rejoin_seconds: f64,
+    /// Also write the report as Markdown to FILE (the checks, their evidence and timings)
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub spec: SpecArgs,
     #[command(flatten)]
@@ -77,6 +80,9 @@ pub async fn checks(client: kube::Client, spec: ClusterSpec, options: Options) -
 
 /// Runs the checks and prints the report; the error says how many failed.
 pub async fn run(args: Args) -> Result<()> {
+    if let Some(path) = &args.report {
+        crate::cli::check_report_path(path)?;
+    }
     let (spec, client) = spec_and_client(&args.spec, &args.client).await?;
     let mut options = Options::new(&spec);
     options.scale_test = args.scale_test;
@@ -107,6 +113,9 @@ pub async fn run(args: Args) -> Result<()> {
     match args.output {
         Output::Table => print!("{}", report.to_table()),
         Output::Json => println!("{}", report.to_json()),
+    }
+    if let Some(path) = &args.report {
+        crate::cli::write_report(path, &report.to_markdown())?;
     }
     let failed: Vec<&str> = report.failed().map(|c| c.name.as_str()).collect();
     if failed.is_empty() {

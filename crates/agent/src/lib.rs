@@ -12,6 +12,7 @@ pub mod identity;
 pub mod install;
 pub mod kube_api;
 pub mod local;
+pub mod local_status;
 pub mod log;
 pub mod pg;
 pub mod pgbin;

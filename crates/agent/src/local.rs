@@ -351,23 +351,64 @@ pub fn log_tail(dir: &Path, member: &str, lines: usize) -> String {
 
 /// Starts member k's agent, detached (its own session), logging to `DIR/<member>.log`.
 pub fn start_member(opts: &UpOptions, set: &LocalSet, k: i32) -> Result<()> {
-    let member = set.member(k);
-    let log_path = opts.dir.join(format!("{member}.log"));
+    let env: Vec<(String, String)> = member_env(opts, set, k)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    launch_agent(&opts.dir, &set.member(k), &opts.agent_bin, &env)
+}
+
+/// Starts a member's agent with `env` (its contract variables), detached (its own session),
+/// logging to `DIR/<member>.log`: what `up` does for a member, and what a launcher that restarts
+/// an exited agent does.
+pub fn launch_agent(
+    dir: &Path,
+    member: &str,
+    agent_bin: &Path,
+    env: &[(String, String)],
+) -> Result<()> {
+    let log_path = dir.join(format!("{member}.log"));
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log_path)
         .map_err(io_err(format!("open {}", log_path.display())))?;
     give_to_postgres(&log_path)?;
-    let _ = fs::remove_file(termination_log(&opts.dir, &member));
+    let _ = fs::remove_file(termination_log(dir, member));
     let mut cmd = HostCommand::new("setsid")
         .arg("--fork")
-        .arg(&opts.agent_bin)
+        .arg(agent_bin)
         .arg("run");
-    for (k, v) in member_env(opts, set, k) {
+    for (k, v) in env {
         cmd = cmd.env(k, v);
     }
     cmd.run_logging_to(log)
+}
+
+/// The contract variables (`PGSET_*`) a running agent was started with, from
+/// `/proc/<pid>/environ`: a launcher restarts the member with exactly these.
+pub fn agent_env(pid: i32) -> Result<Vec<(String, String)>> {
+    let raw = fs::read(format!("/proc/{pid}/environ"))
+        .map_err(io_err(format!("read the environment of agent pid {pid}")))?;
+    Ok(contract_env(&raw))
+}
+
+/// The `PGSET_*` pairs of a NUL-separated environment block.
+fn contract_env(raw: &[u8]) -> Vec<(String, String)> {
+    raw.split(|b| *b == 0)
+        .filter_map(|kv| std::str::from_utf8(kv).ok())
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| k.starts_with("PGSET_"))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Writes the membership file: members 0..replicas of `set`.
+pub fn write_members(dir: &Path, set: &LocalSet, replicas: i32) -> Result<()> {
+    let members: String = (0..replicas).map(|k| set.member(k) + "\n").collect();
+    let members_file = dir.join(MEMBERS_FILE);
+    write_atomic(&members_file, members.as_bytes(), 0o644)?;
+    give_to_postgres(&members_file)
 }
 
 /// Waits until member k answers ready, failing early when its agent exits.
@@ -501,10 +542,7 @@ pub async fn up(opts: &UpOptions) -> Result<UpReport> {
         )));
     }
     let set = prepare_dir(opts)?;
-    let members: String = (0..opts.replicas).map(|k| set.member(k) + "\n").collect();
-    let members_file = opts.dir.join(MEMBERS_FILE);
-    write_atomic(&members_file, members.as_bytes(), 0o644)?;
-    give_to_postgres(&members_file)?;
+    write_members(&opts.dir, &set, opts.replicas)?;
 
     let mut report = UpReport::default();
     for k in known_ordinals(&opts.dir, &set)
@@ -661,6 +699,18 @@ mod tests {
         assert!(
             e.iter().all(|(_, v)| !v.contains("password")),
             "no password in the environment"
+        );
+    }
+
+    #[test]
+    fn only_contract_variables_are_taken_from_an_environment() {
+        let raw = b"PATH=/usr/bin\0PGSET_PORT=28101\0PGSET_MODE=local\0HOME=/root\0junk\0";
+        assert_eq!(
+            contract_env(raw),
+            [
+                ("PGSET_PORT".to_string(), "28101".to_string()),
+                ("PGSET_MODE".to_string(), "local".to_string())
+            ]
         );
     }
 

@@ -273,6 +273,49 @@ impl Report {
     }
 }
 
+/// Escapes text for a Markdown table cell (one line, no column breaks).
+pub fn md_cell(text: &str) -> String {
+    one_line(text).replace('|', "\\|")
+}
+
+impl Report {
+    /// The report as Markdown, the artifact a workshop hands out and a pipeline archives: the
+    /// verdict, one table row per check with its evidence (the message) and measurements, and
+    /// the warnings.
+    pub fn to_markdown(&self) -> String {
+        let count = |v| self.checks.iter().filter(|c| c.verdict == v).count();
+        let mut out = format!(
+            "# pgset verify: {}/{}\n\n**{}**: {} passed, {} failed, {} skipped in {}.\n\n",
+            self.namespace,
+            self.cluster,
+            if self.passed { "OK" } else { "FAILED" },
+            count(Verdict::Pass),
+            count(Verdict::Fail),
+            count(Verdict::Skipped),
+            seconds(self.duration_ms)
+        );
+        out += "| verdict | check | time | evidence | measured |\n|---|---|---|---|---|\n";
+        for c in &self.checks {
+            let _ = writeln!(
+                out,
+                "| {} | `{}` | {} | {} | {} |",
+                c.verdict.mark(),
+                c.name,
+                seconds(c.duration_ms),
+                md_cell(&c.message),
+                md_cell(&c.measurements.summary())
+            );
+        }
+        if !self.warnings.is_empty() {
+            out += "\n## Warnings\n\n";
+            for w in &self.warnings {
+                let _ = writeln!(out, "- {}", one_line(w));
+            }
+        }
+        out
+    }
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_table())
@@ -319,6 +362,38 @@ mod tests {
             ],
             Duration::from_millis(2000),
         )
+    }
+
+    #[test]
+    fn markdown_has_the_verdict_a_row_per_check_and_escaped_evidence() {
+        let mut r = sample();
+        r.checks[0].message = "3 pods | all\nReady".into();
+        r.warnings.push("could not delete the marker table".into());
+        let md = r.to_markdown();
+        assert!(
+            md.starts_with(
+                "# pgset verify: default/pgset\n\n**OK**: 2 passed, 0 failed, 1 skipped in 2.0s."
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| PASS | `pods-ready-in-order` | 0.1s | 3 pods \\| all Ready |  |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| PASS | `replicated-write` | 1.8s | marker read on 2 replicas | lag 4.8 ms |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| SKIP | `scale-out` | 0.0s | needs --scale-test |  |"),
+            "{md}"
+        );
+        assert!(
+            md.ends_with("## Warnings\n\n- could not delete the marker table\n"),
+            "{md}"
+        );
     }
 
     #[test]

@@ -155,6 +155,38 @@ impl ClusterStatus {
         serde_json::to_string_pretty(self).unwrap_or_default()
     }
 
+    /// Why the cluster is not healthy (empty when it is): every member the StatefulSet wants is
+    /// Ready with its role, and every replica streams from the master.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.members.len() as i32 != self.desired {
+            p.push(format!(
+                "{} pod(s) for {} wanted members",
+                self.members.len(),
+                self.desired
+            ));
+        }
+        if let Some(e) = &self.replication_error {
+            p.push(format!("streaming unknown: {e}"));
+        }
+        for (k, m) in self.members.iter().enumerate() {
+            let want = if k == 0 {
+                contract::roles::MASTER
+            } else {
+                contract::roles::REPLICA
+            };
+            if !m.ready {
+                p.push(format!("{} is not Ready ({})", m.pod, m.phase));
+            } else if m.role != want {
+                p.push(format!("{} has role {}, not {want}", m.pod, m.role));
+            }
+            if k > 0 && self.replication_error.is_none() && m.streaming != "streaming" {
+                p.push(format!("{} is {}", m.pod, m.streaming));
+            }
+        }
+        p
+    }
+
     /// The one-screen table.
     pub fn to_table(&self) -> String {
         let mut out = String::new();

@@ -663,8 +663,32 @@ fn status_lines_from_pods_and_replication() {
         "pgset-2  replica  ✓      Running  2         node-1  /pgdata/pgset-2 (pgset-pvc)  streaming                 0 B"
     );
 
+    assert!(screen.problems().is_empty(), "{:?}", screen.problems());
+    let mut broken = screen.clone();
+    broken.members[2].streaming = "not streaming".into();
+    broken.members[1].ready = false;
+    broken.members[1].phase = "Pending".into();
+    broken.desired = 4;
+    assert_eq!(
+        broken.problems(),
+        [
+            "3 pod(s) for 4 wanted members",
+            "pgset-1 is not Ready (Pending)",
+            "pgset-2 is not streaming"
+        ]
+    );
+
     let unknown = status::member_statuses(&s, &healthy(), &Err("pgset-0 is not running".into()));
     assert!(unknown.iter().all(|m| m.streaming == "unknown"));
+    let dark = status::ClusterStatus {
+        members: unknown,
+        replication_error: Some("pgset-0 is not running".into()),
+        ..screen.clone()
+    };
+    assert_eq!(
+        dark.problems(),
+        ["streaming unknown: pgset-0 is not running"]
+    );
     let mut t = spec(3);
     t.storage.mode = StorageMode::Templates;
     let none = sql::parse_replication(&fixture("pg_stat_replication.on_replica.out")).unwrap();

@@ -2,6 +2,7 @@
 
 mod agent_cost;
 mod cluster;
+mod drills;
 mod forks;
 mod local;
 
@@ -24,6 +25,9 @@ pub struct Args {
     /// idle and with the master down) on a local set at ports 27432..
     #[arg(long)]
     pub agent_cost_only: bool,
+    /// Only the local drills' recovery times beside their targets (a local set at ports 28390..)
+    #[arg(long, conflicts_with_all = ["cluster_only", "agent_cost_only"])]
+    pub drills_only: bool,
     /// Length of each measuring window of the agent-cost benchmark, in seconds
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub agent_window: u64,
@@ -45,9 +49,13 @@ pub async fn run(args: Args) -> Result<()> {
     if args.agent_cost_only {
         return agent_cost::run(window).await;
     }
+    if args.drills_only {
+        return drills::run().await;
+    }
     if !args.cluster_only {
         local::run().await?;
         agent_cost::run(window).await?;
+        drills::run().await?;
     }
     if !args.local_only {
         cluster::run(&args.spec, &args.client).await?;

@@ -306,6 +306,7 @@ async fn run_stage(stage: StageName, args: &Args, ctr_here: bool) -> Result<()> 
                 disruptive: false,
                 timeout: args.wait.timeout.as_secs().max(60),
                 max_rejoin_seconds: pgset_verify::live::DEFAULT_MAX_REJOIN.as_secs_f64(),
+                report: None,
                 spec,
                 client,
             })

@@ -1,0 +1,683 @@
+//! The complete status of a local set: a summary (cluster, ids, version, master, LSN), each
+//! member with its lag, slot and identity check, the warnings a user must act on, and whether
+//! the set is healthy. Built from the members' own agents (`/status`), the master's PostgreSQL
+//! and the data directories' identity files; the judgement ([`warnings`], [`healthy`]) is pure.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use pgset_spec::contract::{self, secret};
+use serde::{Deserialize, Serialize};
+
+use crate::Result;
+use crate::identity::{self, Identity};
+use crate::local::{self, MemberStatus};
+use crate::pgbin::PgBin;
+use crate::settings::{member_of_slot, slot_name};
+
+/// Namespace local members record in their identity.
+pub const LOCAL_NAMESPACE: &str = "local";
+
+/// The set at a glance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Cluster name.
+    pub cluster: String,
+    /// The cluster id (`<dir>/secret/cluster-id`).
+    pub cluster_id: Option<String>,
+    /// PostgreSQL's database system identifier (the master's).
+    pub system_identifier: Option<String>,
+    /// PostgreSQL's version (the master's `server_version`).
+    pub postgres_version: Option<String>,
+    /// The master member.
+    pub master: String,
+    /// When the master's postmaster started.
+    pub master_started_at: Option<String>,
+    /// Seconds since then.
+    pub master_uptime_s: Option<f64>,
+    /// Members of the set that answer ready.
+    pub members_ready: usize,
+    /// Members of the set (the membership file).
+    pub members_total: usize,
+    /// The master's current WAL position.
+    pub master_lsn: Option<String>,
+    /// The master's timeline.
+    pub timeline: Option<i64>,
+}
+
+/// A physical slot on the master.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slot {
+    /// Its name.
+    pub slot: String,
+    /// Whether a standby streams from it now.
+    pub active: bool,
+    /// `wal_status`.
+    pub wal_status: Option<String>,
+    /// WAL it retains, in bytes (the master's LSN minus the slot's restart LSN).
+    pub retained_bytes: Option<i64>,
+}
+
+/// A data directory's identity, checked against the member that uses it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityCheck {
+    /// `ok`, `missing` (no data directory or no identity yet), `foreign` (another cluster's),
+    /// `other-member`, `other-system` (not the master's system identifier) or `unreadable`.
+    pub state: String,
+    /// What the identity says, in words.
+    pub detail: String,
+}
+
+/// One member, with what the master knows of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberReport {
+    /// What the member and its agent say.
+    #[serde(flatten)]
+    pub status: MemberStatus,
+    /// Its timeline (from its agent).
+    pub timeline: Option<i64>,
+    /// Replicas: the master's LSN minus the replica's replay LSN, in bytes.
+    pub lag_bytes: Option<i64>,
+    /// Replicas: the master's `replay_lag`, in seconds (`None` when idle or not streaming).
+    pub lag_seconds: Option<f64>,
+    /// Replicas: its slot on the master.
+    pub slot: Option<Slot>,
+    /// Its data directory's identity check.
+    pub identity: IdentityCheck,
+}
+
+/// The whole status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// Whether every member is ready, every replica streams, and there is no warning.
+    pub healthy: bool,
+    /// The summary.
+    pub summary: Summary,
+    /// Each known member.
+    pub members: Vec<MemberReport>,
+    /// What a user must act on.
+    pub warnings: Vec<String>,
+}
+
+/// What the master's PostgreSQL says (one query).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct MasterFacts {
+    /// `server_version`.
+    pub version: Option<String>,
+    /// `pg_postmaster_start_time()`.
+    pub started_at: Option<String>,
+    /// Seconds since then.
+    pub uptime_s: Option<f64>,
+    /// `pg_current_wal_lsn()`.
+    pub lsn: Option<String>,
+    /// `pg_stat_replication` rows.
+    #[serde(default)]
+    pub replication: Vec<ReplicationRow>,
+    /// Physical slots.
+    #[serde(default)]
+    pub slots: Vec<Slot>,
+}
+
+/// A row of the master's `pg_stat_replication`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct ReplicationRow {
+    /// `application_name` (the member).
+    pub name: String,
+    /// `state`.
+    pub state: Option<String>,
+    /// Current LSN minus `replay_lsn`, in bytes.
+    pub lag_bytes: Option<i64>,
+    /// `replay_lag` in seconds.
+    pub lag_seconds: Option<f64>,
+}
+
+const MASTER_QUERY: &str = "SELECT json_build_object(
+  'version', current_setting('server_version'),
+  'started_at', pg_postmaster_start_time()::text,
+  'uptime_s', extract(epoch FROM now() - pg_postmaster_start_time())::float8,
+  'lsn', pg_current_wal_lsn()::text,
+  'replication', (SELECT coalesce(json_agg(json_build_object(
+      'name', application_name, 'state', state,
+      'lag_bytes', pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint,
+      'lag_seconds', extract(epoch FROM replay_lag)::float8) ORDER BY application_name), '[]')
+    FROM pg_stat_replication),
+  'slots', (SELECT coalesce(json_agg(json_build_object(
+      'slot', slot_name, 'active', active, 'wal_status', wal_status,
+      'retained_bytes', CASE WHEN restart_lsn IS NULL THEN NULL
+                       ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint END)
+      ORDER BY slot_name), '[]')
+    FROM pg_replication_slots WHERE slot_type = 'physical'))";
+
+/// Asks the master over its socket (`None` when it does not answer).
+fn master_facts(socket_dir: &Path, port: u16, pg_bin_dir: Option<&Path>) -> Option<MasterFacts> {
+    let bin = PgBin::find(pg_bin_dir).ok()?;
+    let out = bin
+        .command("psql")
+        .args(["-X", "-A", "-t", "-h"])
+        .arg(socket_dir)
+        .args([
+            "-p",
+            &port.to_string(),
+            "-U",
+            contract::SUPERUSER,
+            "-d",
+            "postgres",
+            "-c",
+            MASTER_QUERY,
+        ])
+        .quiet()
+        .read()
+        .ok()?;
+    serde_json::from_str(out.trim()).ok()
+}
+
+/// Judges a data directory's identity against the member and the set.
+pub fn check_identity(
+    found: Option<&Identity>,
+    cluster: &str,
+    cluster_id: Option<&str>,
+    member: &str,
+    master_sysid: Option<&str>,
+) -> IdentityCheck {
+    let check = |state: &str, detail: String| IdentityCheck {
+        state: state.to_string(),
+        detail,
+    };
+    let Some(id) = found else {
+        return check("missing", "no identity (no data yet)".to_string());
+    };
+    if id.namespace != LOCAL_NAMESPACE
+        || id.cluster != cluster
+        || cluster_id.is_some_and(|c| c != id.cluster_id)
+    {
+        return check("foreign", format!("owned by {}", id.owner()));
+    }
+    if id.member != member {
+        return check("other-member", format!("the data of member {}", id.member));
+    }
+    if master_sysid.is_some_and(|s| s != id.system_identifier) {
+        return check(
+            "other-system",
+            format!(
+                "system identifier {}, not the master's {}",
+                id.system_identifier,
+                master_sysid.unwrap_or_default()
+            ),
+        );
+    }
+    check(
+        "ok",
+        format!(
+            "{}/{}, system {}, made by {}",
+            id.namespace, id.member, id.system_identifier, id.origin
+        ),
+    )
+}
+
+/// The warnings a user must act on: slots retaining WAL for members not in the set, members on
+/// another timeline than the master, data directories owned by another cluster or member, members
+/// that stopped with a refusal.
+pub fn warnings(
+    cluster: &str,
+    listed: &HashSet<String>,
+    members: &[MemberReport],
+    master_timeline: Option<i64>,
+    slots: &[Slot],
+) -> Vec<String> {
+    let mut w = Vec::new();
+    for s in slots {
+        let owner = member_of_slot(cluster, &s.slot);
+        if owner.as_ref().is_some_and(|m| listed.contains(m)) {
+            continue;
+        }
+        let whose = match &owner {
+            Some(m) => format!("for {m}, which is not in the set"),
+            None => "for no member of the set".to_string(),
+        };
+        w.push(format!(
+            "slot {} retains {} of WAL {whose} ({}, wal_status {}): it keeps the master's WAL until it is dropped",
+            s.slot,
+            s.retained_bytes
+                .map_or("an unknown amount".to_string(), |b| format!("{b} bytes")),
+            if s.active { "active" } else { "inactive" },
+            s.wal_status.as_deref().unwrap_or("-"),
+        ));
+    }
+    for m in members {
+        let name = &m.status.name;
+        if let (Some(t), Some(mt)) = (m.timeline, master_timeline)
+            && t != mt
+        {
+            w.push(format!("{name} is on timeline {t}, the master on {mt}"));
+        }
+        match m.identity.state.as_str() {
+            "foreign" | "other-member" | "other-system" => w.push(format!(
+                "{name}'s data directory {}: {}",
+                m.status.data_dir.display(),
+                m.identity.detail
+            )),
+            _ => {}
+        }
+        if let Some(why) = &m.status.stopped_with {
+            w.push(format!("{name} stopped: {why}"));
+        }
+    }
+    w
+}
+
+/// Whether the set is healthy: every listed member's agent runs and answers ready, every
+/// listed replica streams, and there is no warning.
+pub fn healthy(members: &[MemberReport], warnings: &[String]) -> bool {
+    warnings.is_empty()
+        && members.iter().filter(|m| m.status.member).all(|m| {
+            m.status.agent_pid.is_some()
+                && m.status.ready == Some(true)
+                && m.status.streaming != Some(false)
+        })
+        && members.iter().any(|m| m.status.member)
+}
+
+/// The complete status of the set in `dir`.
+pub async fn report(dir: &Path, pg_bin_dir: Option<&Path>) -> Result<StatusReport> {
+    let set = local::read_set(dir)?;
+    let members = local::status(dir, pg_bin_dir).await?;
+    let listed: HashSet<String> = members
+        .iter()
+        .filter(|m| m.member)
+        .map(|m| m.name.clone())
+        .collect();
+    let cluster_id = std::fs::read_to_string(dir.join("secret").join(secret::CLUSTER_ID_KEY))
+        .ok()
+        .map(|s| s.trim().to_string());
+    let facts = master_facts(&dir.join("run"), set.member_port(0), pg_bin_dir).unwrap_or_default();
+    let master_detail = members
+        .iter()
+        .find(|m| m.name == set.member(0))
+        .and_then(|m| m.detail.clone());
+    let master_detail = master_detail.as_ref();
+    let master_timeline = master_detail.and_then(|d| d["timeline"].as_i64());
+    let master_ident = identity::read(&dir.join(set.member(0))).ok().flatten();
+    let system_identifier = master_detail
+        .and_then(|d| d["systemIdentifier"].as_str().map(String::from))
+        .or_else(|| master_ident.map(|i| i.system_identifier));
+    let mut out = Vec::new();
+    for m in members {
+        let ident = match identity::read(&m.data_dir) {
+            Ok(found) => check_identity(
+                found.as_ref(),
+                &set.name,
+                cluster_id.as_deref(),
+                &m.name,
+                system_identifier.as_deref(),
+            ),
+            Err(e) => IdentityCheck {
+                state: "unreadable".into(),
+                detail: e.to_string(),
+            },
+        };
+        let row = facts.replication.iter().find(|r| r.name == m.name);
+        let slot = (m.role == contract::roles::REPLICA)
+            .then(|| {
+                let name = slot_name(&m.name);
+                facts.slots.iter().find(|s| s.slot == name).cloned()
+            })
+            .flatten();
+        out.push(MemberReport {
+            timeline: m.detail.as_ref().and_then(|d| d["timeline"].as_i64()),
+            lag_bytes: row.and_then(|r| r.lag_bytes),
+            lag_seconds: row.and_then(|r| r.lag_seconds),
+            slot,
+            identity: ident,
+            status: m,
+        });
+    }
+    let warnings = warnings(&set.name, &listed, &out, master_timeline, &facts.slots);
+    let summary = Summary {
+        cluster: set.name.clone(),
+        cluster_id,
+        system_identifier,
+        postgres_version: facts.version.clone(),
+        master: set.member(0),
+        master_started_at: facts.started_at.clone(),
+        master_uptime_s: facts.uptime_s,
+        members_ready: out
+            .iter()
+            .filter(|m| m.status.member && m.status.ready == Some(true))
+            .count(),
+        members_total: listed.len(),
+        master_lsn: facts
+            .lsn
+            .clone()
+            .or_else(|| master_detail.and_then(|d| d["currentLsn"].as_str().map(String::from))),
+        timeline: master_timeline,
+    };
+    Ok(StatusReport {
+        healthy: healthy(&out, &warnings),
+        summary,
+        members: out,
+        warnings,
+    })
+}
+
+fn bytes(b: i64) -> String {
+    match b {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+fn duration(secs: f64) -> String {
+    let s = secs as u64;
+    match s {
+        s if s >= 86400 => format!("{}d{}h", s / 86400, s % 86400 / 3600),
+        s if s >= 3600 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("{}m{}s", s / 60, s % 60),
+        _ => format!("{secs:.1}s"),
+    }
+}
+
+impl StatusReport {
+    /// The report as a screen: the summary, one row per member, why members are not ready,
+    /// the warnings and the verdict.
+    pub fn to_table(&self) -> String {
+        let s = &self.summary;
+        let or = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        let mut out = format!(
+            "cluster {}  cluster id {}  system identifier {}  PostgreSQL {}\n",
+            s.cluster,
+            or(&s.cluster_id),
+            or(&s.system_identifier),
+            or(&s.postgres_version)
+        );
+        out += &format!(
+            "master {} up {}  ready {}/{}  LSN {}  timeline {}\n\n",
+            s.master,
+            s.master_uptime_s.map_or("-".into(), duration),
+            s.members_ready,
+            s.members_total,
+            or(&s.master_lsn),
+            s.timeline.map_or("-".into(), |t| t.to_string())
+        );
+        out += &format!(
+            "{:<10} {:<8} {:<16} {:<7} {:<6} {:<10} {:<18} {:<28} {}\n",
+            "NAME", "ROLE", "ADDRESS", "PID", "READY", "STREAMING", "LAG", "SLOT", "IDENTITY"
+        );
+        let yes_no = |v: Option<bool>| match v {
+            None => "-",
+            Some(true) => "yes",
+            Some(false) => "no",
+        };
+        for m in &self.members {
+            let st = &m.status;
+            let lag = match (m.lag_bytes, m.lag_seconds) {
+                (Some(b), Some(t)) => format!("{} / {t:.2}s", bytes(b)),
+                (Some(b), None) => bytes(b),
+                _ => "-".into(),
+            };
+            let slot = m.slot.as_ref().map_or("-".into(), |sl| {
+                format!(
+                    "{} {} {}",
+                    sl.slot,
+                    sl.wal_status.as_deref().unwrap_or("-"),
+                    sl.retained_bytes.map_or("-".into(), bytes)
+                )
+            });
+            out += &format!(
+                "{:<10} {:<8} {:<16} {:<7} {:<6} {:<10} {:<18} {:<28} {}\n",
+                st.name,
+                if st.member { st.role.as_str() } else { "(out)" },
+                format!("{}:{}", st.host, st.port),
+                st.pid.map_or("-".into(), |p| p.to_string()),
+                yes_no(st.ready),
+                yes_no(st.streaming),
+                lag,
+                slot,
+                m.identity.state
+            );
+        }
+        for m in &self.members {
+            if let (None, Some(false), Some(why)) =
+                (&m.status.stopped_with, m.status.ready, &m.status.reason)
+            {
+                out += &format!("{} not ready: {why}\n", m.status.name);
+            } else if m.status.member
+                && m.status.agent_pid.is_none()
+                && m.status.stopped_with.is_none()
+            {
+                out += &format!("{} is not running\n", m.status.name);
+            }
+        }
+        for w in &self.warnings {
+            out += &format!("warning: {w}\n");
+        }
+        out += if self.healthy {
+            "healthy\n"
+        } else {
+            "NOT HEALTHY\n"
+        };
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, k: i32) -> MemberReport {
+        MemberReport {
+            status: MemberStatus {
+                name: name.into(),
+                role: if k == 0 { "master" } else { "replica" }.into(),
+                host: "127.0.0.1".into(),
+                port: 28200 + k as u16,
+                socket_dir: "/d/run".into(),
+                data_dir: format!("/d/{name}").into(),
+                pid: Some(10 + k),
+                agent_pid: Some(20 + k),
+                member: true,
+                streaming: (k > 0).then_some(true),
+                ready: Some(true),
+                reason: Some("serving".into()),
+                detail: None,
+                stopped_with: None,
+            },
+            timeline: Some(1),
+            lag_bytes: (k > 0).then_some(0),
+            lag_seconds: None,
+            slot: None,
+            identity: IdentityCheck {
+                state: "ok".into(),
+                detail: String::new(),
+            },
+        }
+    }
+
+    fn identity(cluster: &str, id: &str, member: &str, sysid: &str) -> Identity {
+        Identity {
+            format: identity::FORMAT,
+            namespace: LOCAL_NAMESPACE.into(),
+            cluster: cluster.into(),
+            cluster_id: id.into(),
+            member: member.into(),
+            system_identifier: sysid.into(),
+            origin: "initdb".into(),
+            created: "2026-11-29T00:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn identities_are_judged_against_the_set_and_the_master() {
+        let ok = identity("pgset", "c1", "pgset-1", "42");
+        let judge = |i: &Identity| {
+            check_identity(Some(i), "pgset", Some("c1"), "pgset-1", Some("42")).state
+        };
+        assert_eq!(judge(&ok), "ok");
+        assert_eq!(judge(&identity("pgset", "c2", "pgset-1", "42")), "foreign");
+        assert_eq!(judge(&identity("other", "c1", "pgset-1", "42")), "foreign");
+        assert_eq!(
+            judge(&identity("pgset", "c1", "pgset-2", "42")),
+            "other-member"
+        );
+        assert_eq!(
+            judge(&identity("pgset", "c1", "pgset-1", "7")),
+            "other-system"
+        );
+        assert_eq!(
+            check_identity(None, "pgset", Some("c1"), "pgset-1", None).state,
+            "missing"
+        );
+        let f = check_identity(
+            Some(&identity("pgset", "c2", "pgset-1", "42")),
+            "pgset",
+            Some("c1"),
+            "pgset-1",
+            Some("42"),
+        );
+        assert!(f.detail.contains("cluster id c2"), "{}", f.detail);
+    }
+
+    #[test]
+    fn a_healthy_set_has_no_warnings() {
+        let ms = vec![member("pgset-0", 0), member("pgset-1", 1)];
+        let listed: HashSet<String> = ["pgset-0".into(), "pgset-1".into()].into();
+        let slots = vec![Slot {
+            slot: "pgset_1".into(),
+            active: true,
+            wal_status: Some("reserved".into()),
+            retained_bytes: Some(0),
+        }];
+        let w = warnings("pgset", &listed, &ms, Some(1), &slots);
+        assert!(w.is_empty(), "{w:?}");
+        assert!(healthy(&ms, &w));
+    }
+
+    #[test]
+    fn a_gone_members_slot_a_wrong_timeline_foreign_data_and_a_refusal_are_warned() {
+        let mut ms = vec![
+            member("pgset-0", 0),
+            member("pgset-1", 1),
+            member("pgset-2", 2),
+        ];
+        ms[1].timeline = Some(2);
+        ms[2].identity = IdentityCheck {
+            state: "foreign".into(),
+            detail: "owned by local/other (cluster id c9)".into(),
+        };
+        ms[2].status.agent_pid = None;
+        ms[2].status.ready = None;
+        ms[2].status.stopped_with = Some("refused: foreign data directory".into());
+        let listed: HashSet<String> = ["pgset-0".into(), "pgset-1".into(), "pgset-2".into()].into();
+        let slots = vec![
+            Slot {
+                slot: "pgset_1".into(),
+                active: true,
+                wal_status: Some("reserved".into()),
+                retained_bytes: Some(0),
+            },
+            Slot {
+                slot: "pgset_3".into(),
+                active: false,
+                wal_status: Some("extended".into()),
+                retained_bytes: Some(16_777_216),
+            },
+            Slot {
+                slot: "backup_tool".into(),
+                active: false,
+                wal_status: None,
+                retained_bytes: None,
+            },
+        ];
+        let w = warnings("pgset", &listed, &ms, Some(1), &slots);
+        assert_eq!(w.len(), 5, "{w:#?}");
+        assert!(
+            w[0].starts_with(
+                "slot pgset_3 retains 16777216 bytes of WAL for pgset-3, which is not in the set"
+            ),
+            "{}",
+            w[0]
+        );
+        assert!(
+            w[1].contains("backup_tool retains an unknown amount of WAL for no member"),
+            "{}",
+            w[1]
+        );
+        assert_eq!(w[2], "pgset-1 is on timeline 2, the master on 1");
+        assert!(
+            w[3].contains("/d/pgset-2: owned by local/other"),
+            "{}",
+            w[3]
+        );
+        assert_eq!(w[4], "pgset-2 stopped: refused: foreign data directory");
+        assert!(!healthy(&ms, &w));
+    }
+
+    #[test]
+    fn an_unready_or_not_streaming_member_is_not_healthy_without_a_warning() {
+        let mut ms = vec![member("pgset-0", 0), member("pgset-1", 1)];
+        ms[1].status.streaming = Some(false);
+        assert!(!healthy(&ms, &[]));
+        ms[1].status.streaming = Some(true);
+        ms[1].status.ready = Some(false);
+        assert!(!healthy(&ms, &[]));
+        // A member taken out of the set does not count; a set with no member is not healthy.
+        ms[1].status.member = false;
+        assert!(healthy(&ms, &[]));
+        assert!(!healthy(&[], &[]));
+    }
+
+    #[test]
+    fn the_screen_shows_the_summary_rows_warnings_and_verdict() {
+        let mut ms = vec![member("pgset-0", 0), member("pgset-1", 1)];
+        ms[1].lag_bytes = Some(2048);
+        ms[1].lag_seconds = Some(0.25);
+        ms[1].slot = Some(Slot {
+            slot: "pgset_1".into(),
+            active: true,
+            wal_status: Some("reserved".into()),
+            retained_bytes: Some(0),
+        });
+        let r = StatusReport {
+            healthy: false,
+            summary: Summary {
+                cluster: "pgset".into(),
+                cluster_id: Some("c1".into()),
+                system_identifier: Some("42".into()),
+                postgres_version: Some("15.14".into()),
+                master: "pgset-0".into(),
+                master_started_at: None,
+                master_uptime_s: Some(125.0),
+                members_ready: 2,
+                members_total: 2,
+                master_lsn: Some("0/3000148".into()),
+                timeline: Some(1),
+            },
+            members: ms,
+            warnings: vec!["slot pgset_3 retains 16 bytes".into()],
+        };
+        let t = r.to_table();
+        assert!(
+            t.contains("cluster pgset  cluster id c1  system identifier 42  PostgreSQL 15.14"),
+            "{t}"
+        );
+        assert!(
+            t.contains("master pgset-0 up 2m5s  ready 2/2  LSN 0/3000148  timeline 1"),
+            "{t}"
+        );
+        assert!(t.contains("2.0 KiB / 0.25s"), "{t}");
+        assert!(t.contains("pgset_1 reserved 0 B"), "{t}");
+        assert!(t.contains("warning: slot pgset_3 retains 16 bytes"), "{t}");
+        assert!(t.ends_with("NOT HEALTHY\n"), "{t}");
+    }
+
+    #[test]
+    fn the_master_query_answer_parses() {
+        let text = r#"{"version" : "15.14 (Debian 15.14-0+deb12u1)", "started_at" : "2026-11-29 21:00:00.1+00", "uptime_s" : 12.5, "lsn" : "0/3000148", "replication" : [{"name" : "pgset-1", "state" : "streaming", "lag_bytes" : 0, "lag_seconds" : null}], "slots" : [{"slot" : "pgset_1", "active" : true, "wal_status" : "reserved", "retained_bytes" : 0}]}"#;
+        let f: MasterFacts = serde_json::from_str(text).unwrap();
+        assert_eq!(f.replication[0].name, "pgset-1");
+        assert_eq!(f.replication[0].lag_seconds, None);
+        assert_eq!(f.slots[0].retained_bytes, Some(0));
+        assert_eq!(f.lsn.as_deref(), Some("0/3000148"));
+    }
+}

@@ -1,0 +1,304 @@
+//! The load a drill runs under: writers that commit numbered rows through the master and record
+//! only the rows whose COMMIT returned OK, a reader on a replica, and a monitor that samples the
+//! master's readiness and `pg_stat_replication`. All over TCP with the superuser's password, which
+//! is never printed.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, NoTls};
+
+use crate::measure::{Attempt, Sample};
+
+/// Deadline of one connection attempt or statement.
+pub const STATEMENT_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Where a client connects (the password stays out of `Debug`).
+#[derive(Clone)]
+pub struct Endpoint {
+    /// Host (127.0.0.1 in local mode).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    password: String,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Endpoint({}:{})", self.host, self.port)
+    }
+}
+
+impl Endpoint {
+    /// The superuser at `host:port` with `password`.
+    pub fn new(host: impl Into<String>, port: u16, password: impl Into<String>) -> Endpoint {
+        Endpoint {
+            host: host.into(),
+            port,
+            password: password.into(),
+        }
+    }
+
+    /// Opens a connection (the connection task runs on the runtime), under the deadline.
+    pub async fn connect(&self) -> Result<Client, String> {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host(&self.host)
+            .port(self.port)
+            .user(pgset_spec::contract::SUPERUSER)
+            .password(&self.password)
+            .dbname("postgres")
+            .application_name("pgset-drill")
+            .connect_timeout(STATEMENT_DEADLINE);
+        let (client, conn) = within(cfg.connect(NoTls))
+            .await
+            .map_err(|e| format!("connect to {}:{}: {e}", self.host, self.port))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// Connects, retrying until `timeout`.
+    pub async fn connect_within(&self, timeout: Duration) -> Result<Client, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.connect().await {
+                Ok(c) => return Ok(c),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+}
+
+/// Runs a database future under [`STATEMENT_DEADLINE`].
+pub async fn within<T>(
+    f: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(STATEMENT_DEADLINE, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "no answer within {} s",
+            STATEMENT_DEADLINE.as_secs()
+        )),
+    }
+}
+
+/// The switch that ends the load.
+#[derive(Debug, Clone, Default)]
+pub struct Stop(Arc<AtomicBool>);
+
+impl Stop {
+    /// Asks every task to finish.
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    fn stopped(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// What one writer did.
+#[derive(Debug, Clone, Default)]
+pub struct WriterLog {
+    /// Its number (the `writer` column).
+    pub writer: i32,
+    /// Every attempt, in order.
+    pub attempts: Vec<Attempt>,
+    /// The row numbers whose COMMIT returned OK.
+    pub committed: BTreeSet<i64>,
+    /// The last error it saw.
+    pub last_error: Option<String>,
+}
+
+/// How a writer writes.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterShape {
+    /// Rows per transaction (numbered consecutively).
+    pub rows_per_commit: i64,
+    /// Pause after each attempt (a failed attempt always waits at least 20 ms).
+    pub pause: Duration,
+}
+
+/// Commits numbered rows into `table` (autocommit: one statement, one transaction) until `stop`,
+/// starting on `client` (connected before the clock starts, so the baseline is not a connect
+/// storm) and reconnecting to `ep` after a failure.
+pub async fn writer(
+    ep: Endpoint,
+    client: Client,
+    table: String,
+    writer: i32,
+    shape: WriterShape,
+    t0: Instant,
+    stop: Stop,
+) -> WriterLog {
+    let mut log = WriterLog {
+        writer,
+        ..WriterLog::default()
+    };
+    let sql = format!(
+        "INSERT INTO {table} (writer, n) SELECT $1, g FROM generate_series($2::bigint, $3::bigint) g"
+    );
+    let mut client: Option<Client> = Some(client);
+    let mut next: i64 = 1;
+    while !stop.stopped() {
+        let start = t0.elapsed();
+        let first = next;
+        let last = next + shape.rows_per_commit - 1;
+        next = last + 1;
+        let result = match &client {
+            Some(c) => within(c.execute(sql.as_str(), &[&writer, &first, &last])).await,
+            None => match ep.connect().await {
+                Ok(c) => {
+                    let r = within(c.execute(sql.as_str(), &[&writer, &first, &last])).await;
+                    client = Some(c);
+                    r
+                }
+                Err(e) => Err(e),
+            },
+        };
+        let ok = result.is_ok();
+        match result {
+            Ok(_) => log.committed.extend(first..=last),
+            Err(e) => {
+                client = None;
+                log.last_error = Some(e);
+            }
+        }
+        log.attempts.push(Attempt {
+            start,
+            end: t0.elapsed(),
+            ok,
+        });
+        let pause = if ok {
+            shape.pause
+        } else {
+            shape.pause.max(Duration::from_millis(20))
+        };
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+    log
+}
+
+/// What the reader did.
+#[derive(Debug, Clone, Default)]
+pub struct ReaderLog {
+    /// Every attempt, in order.
+    pub attempts: Vec<Attempt>,
+    /// The last error it saw.
+    pub last_error: Option<String>,
+}
+
+/// Reads `table` on a replica every `pause` until `stop`.
+pub async fn reader(
+    ep: Endpoint,
+    table: String,
+    pause: Duration,
+    t0: Instant,
+    stop: Stop,
+) -> ReaderLog {
+    let mut log = ReaderLog::default();
+    let sql = format!("SELECT count(*) FROM {table}");
+    let mut client: Option<Client> = None;
+    while !stop.stopped() {
+        let start = t0.elapsed();
+        if client.is_none() {
+            match ep.connect().await {
+                Ok(c) => client = Some(c),
+                Err(e) => log.last_error = Some(e),
+            }
+        }
+        let ok = match &client {
+            Some(c) => match within(c.query_one(sql.as_str(), &[])).await {
+                Ok(_) => true,
+                Err(e) => {
+                    client = None;
+                    log.last_error = Some(e);
+                    false
+                }
+            },
+            None => false,
+        };
+        log.attempts.push(Attempt {
+            start,
+            end: t0.elapsed(),
+            ok,
+        });
+        tokio::time::sleep(pause).await;
+    }
+    log
+}
+
+/// Samples the master's readiness (its agent's `/readyz`) every `period` until `stop`.
+pub async fn watch_ready(
+    master_health: SocketAddr,
+    period: Duration,
+    t0: Instant,
+    stop: Stop,
+) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    while !stop.stopped() {
+        let ok = pgset_agent::health::probe(master_health, pgset_spec::contract::HEALTH_READY_PATH)
+            .await
+            == Some(200);
+        // Stamped when the answer came: a slow answer never dates a recovery earlier.
+        samples.push(Sample {
+            at: t0.elapsed(),
+            ok,
+        });
+        tokio::time::sleep(period).await;
+    }
+    samples
+}
+
+/// Samples whether the master's `pg_stat_replication` lists every one of `replicas` as streaming,
+/// every `period` until `stop` (a master that does not answer: not streaming).
+pub async fn watch_streaming(
+    master: Endpoint,
+    replicas: Vec<String>,
+    period: Duration,
+    t0: Instant,
+    stop: Stop,
+) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    let mut client: Option<Client> = None;
+    while !stop.stopped() {
+        if client.is_none() {
+            client = master.connect().await.ok();
+        }
+        let streaming = match &client {
+            Some(c) => match streaming_members(c).await {
+                Ok(s) => s,
+                Err(_) => {
+                    client = None;
+                    BTreeSet::new()
+                }
+            },
+            None => BTreeSet::new(),
+        };
+        samples.push(Sample {
+            at: t0.elapsed(),
+            ok: replicas.iter().all(|r| streaming.contains(r)),
+        });
+        tokio::time::sleep(period).await;
+    }
+    samples
+}
+
+/// The `application_name`s the master lists as streaming.
+pub async fn streaming_members(c: &Client) -> Result<BTreeSet<String>, String> {
+    let rows = within(c.query(
+        "SELECT application_name::text FROM pg_stat_replication WHERE state = 'streaming'",
+        &[],
+    ))
+    .await?;
+    Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+}

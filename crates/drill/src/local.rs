@@ -1,0 +1,606 @@
+//! The local-mode target: drills against a set formed by `cargo xtask local up` (members as
+//! agent processes on 127.0.0.1). The drill acts as the launcher that restarts an agent that
+//! exited, as the kubelet does for a pod, with the contract environment the agent had.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use pgset_agent::local::{self as agent_local, LocalSet, MemberStatus};
+use pgset_spec::contract::secret;
+
+use crate::load::{self, Endpoint, Stop, WriterShape};
+use crate::measure;
+use crate::report::{DrillReport, Step, Verdict};
+use crate::{DrillName, Error, Result, step_err};
+
+/// What a local drill needs.
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// The set's directory (`local up --dir`).
+    pub dir: PathBuf,
+    /// The agent binary the launcher starts.
+    pub agent_bin: PathBuf,
+    /// How long the set may take to be healthy again after the fault.
+    pub recovery_timeout: Duration,
+    /// Load before the fault (the baseline).
+    pub warmup: Duration,
+    /// Load after the set is healthy again.
+    pub cooldown: Duration,
+}
+
+impl LocalOptions {
+    /// Defaults for everything but the directory and the agent.
+    pub fn new(dir: impl Into<PathBuf>, agent_bin: impl Into<PathBuf>) -> LocalOptions {
+        LocalOptions {
+            dir: dir.into(),
+            agent_bin: agent_bin.into(),
+            recovery_timeout: Duration::from_secs(120),
+            warmup: Duration::from_secs(1),
+            cooldown: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Why the set is not healthy (empty when it is): every listed member's agent runs and answers
+/// ready, and every listed replica streams.
+pub fn unhealthy(members: &[MemberStatus]) -> Vec<String> {
+    let mut why = Vec::new();
+    for m in members.iter().filter(|m| m.member) {
+        if m.agent_pid.is_none() {
+            why.push(match &m.stopped_with {
+                Some(s) => format!("{} is stopped: {s}", m.name),
+                None => format!("{} is not running", m.name),
+            });
+        } else if m.ready != Some(true) {
+            why.push(format!(
+                "{} is not ready: {}",
+                m.name,
+                m.reason.as_deref().unwrap_or("its agent does not answer")
+            ));
+        } else if m.streaming == Some(false) {
+            why.push(format!("{} does not stream from the master", m.name));
+        }
+    }
+    why
+}
+
+async fn wait_healthy(dir: &Path, timeout: Duration) -> Result<Vec<MemberStatus>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let members = agent_local::status(dir, None).await?;
+        let why = unhealthy(&members);
+        if why.is_empty() {
+            return Ok(members);
+        }
+        if Instant::now() > deadline {
+            return Err(Error::NotHealthy(why.join("; ")));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A data directory's inode and its `.previous` sibling's, to see a copy made anew.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DataMark {
+    member: String,
+    data: Option<u64>,
+    previous: Option<u64>,
+}
+
+fn data_marks(dir: &Path, members: &[String]) -> Vec<DataMark> {
+    let ino = |p: PathBuf| std::fs::metadata(p).ok().map(|m| m.ino());
+    members
+        .iter()
+        .map(|m| DataMark {
+            member: m.clone(),
+            data: ino(dir.join(m)),
+            previous: ino(dir.join(format!("{m}.previous"))),
+        })
+        .collect()
+}
+
+fn recloned(before: &[DataMark], after: &[DataMark]) -> Vec<String> {
+    before
+        .iter()
+        .zip(after)
+        .filter(|(b, a)| b.data != a.data || (a.previous.is_some() && b.previous != a.previous))
+        .map(|(b, _)| b.member.clone())
+        .collect()
+}
+
+/// The local set a drill runs on.
+struct Target {
+    opts: LocalOptions,
+    set: LocalSet,
+    members: Vec<String>,
+    password: String,
+    t0: Instant,
+    steps: Vec<Step>,
+}
+
+impl Target {
+    fn endpoint(&self, k: i32) -> Endpoint {
+        Endpoint::new(
+            agent_local::HOST,
+            self.set.member_port(k),
+            self.password.clone(),
+        )
+    }
+
+    fn step(&mut self, what: impl Into<String>) {
+        self.steps.push(Step {
+            at_s: self.t0.elapsed().as_secs_f64(),
+            what: what.into(),
+        });
+    }
+
+    fn dir(&self) -> &Path {
+        &self.opts.dir
+    }
+
+    /// Stops member k's agent with SIGTERM (fast shutdown) and waits for it to exit; returns
+    /// the environment to start it again with.
+    async fn stop(&mut self, k: i32) -> Result<Vec<(String, String)>> {
+        let member = self.set.member(k);
+        let pid = agent_local::agent_pid(self.dir(), &member)
+            .ok_or_else(|| step_err(format!("stop {member}"), "its agent is not running"))?;
+        let env = agent_local::agent_env(pid)?;
+        self.step(format!("SIGTERM to {member}'s agent (pid {pid})"));
+        agent_local::stop_member(self.dir(), &member, Duration::from_secs(90)).await?;
+        self.step(format!("{member}'s agent exited"));
+        Ok(env)
+    }
+
+    /// Starts member k's agent with `env` and waits until it is ready.
+    async fn start(&mut self, k: i32, env: &[(String, String)]) -> Result<()> {
+        let member = self.set.member(k);
+        self.step(format!("launcher starts {member}'s agent"));
+        agent_local::launch_agent(self.dir(), &member, &self.opts.agent_bin, env)?;
+        agent_local::wait_ready(self.dir(), &self.set, k, self.opts.recovery_timeout).await?;
+        self.step(format!("{member} ready"));
+        Ok(())
+    }
+
+    async fn restart(&mut self, k: i32) -> Result<()> {
+        let env = self.stop(k).await?;
+        self.start(k, &env).await
+    }
+
+    /// SIGKILL to member k's postmaster; its agent exits and the launcher starts it again.
+    async fn kill_postgres(&mut self, k: i32) -> Result<()> {
+        let member = self.set.member(k);
+        let agent = agent_local::agent_pid(self.dir(), &member)
+            .ok_or_else(|| step_err(format!("kill {member}'s postgres"), "no agent runs"))?;
+        let env = agent_local::agent_env(agent)?;
+        let pid = pgset_agent::datadir::live_postmaster(&self.dir().join(&member))
+            .ok_or_else(|| step_err(format!("kill {member}'s postgres"), "no postmaster runs"))?;
+        self.step(format!("SIGKILL to {member}'s postmaster (pid {pid})"));
+        kill(Pid::from_raw(pid), Signal::SIGKILL)
+            .map_err(|e| step_err(format!("kill postmaster {pid}"), e))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while agent_local::agent_pid(self.dir(), &member).is_some() {
+            if Instant::now() > deadline {
+                return Err(step_err(
+                    format!("{member}'s agent after its postgres was killed"),
+                    "it did not exit within 60 s",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.step(format!("{member}'s agent exited"));
+        self.start(k, &env).await
+    }
+
+    /// Takes the last member out of the set (its agent stopped, the master drops its slot) and
+    /// brings it back on its data.
+    async fn scale_down_up(&mut self) -> Result<()> {
+        let n = self.members.len() as i32;
+        let k = n - 1;
+        let member = self.set.member(k);
+        self.step(format!("membership {} -> {}", n, n - 1));
+        agent_local::write_members(self.dir(), &self.set, n - 1)?;
+        let env = match self.stop(k).await {
+            Ok(env) => env,
+            Err(e) => {
+                // The membership goes back to what it was: the set is left as it was found.
+                agent_local::write_members(self.dir(), &self.set, n)?;
+                return Err(e);
+            }
+        };
+        let slot = pgset_agent::settings::slot_name(&member);
+        let master = self.endpoint(0);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let gone = match master.connect().await {
+                Ok(c) => load::within(c.query(
+                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                ))
+                .await
+                .map(|rows| rows.is_empty())
+                .unwrap_or(false),
+                Err(_) => false,
+            };
+            if gone {
+                self.step(format!("the master dropped slot {slot}"));
+                break;
+            }
+            if Instant::now() > deadline {
+                self.step(format!("slot {slot} still there after 30 s"));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.step(format!("membership {} -> {}", n - 1, n));
+        agent_local::write_members(self.dir(), &self.set, n)?;
+        self.start(k, &env).await
+    }
+}
+
+fn read_password(dir: &Path) -> Result<String> {
+    let p = dir.join("secret").join(secret::SUPERUSER_PASSWORD_KEY);
+    std::fs::read_to_string(&p)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| step_err(format!("read {}", p.display()), e))
+}
+
+/// Runs `drill` on the local set in `opts.dir`: refuses unless the set is healthy, runs the load,
+/// injects the fault, waits until the set is healthy again, and measures.
+pub async fn run(opts: &LocalOptions, drill: DrillName) -> Result<DrillReport> {
+    let set = agent_local::read_set(&opts.dir)?;
+    let status = agent_local::status(&opts.dir, None).await?;
+    let why = unhealthy(&status);
+    if !why.is_empty() {
+        return Err(Error::NotHealthy(why.join("; ")));
+    }
+    let members: Vec<String> = status
+        .iter()
+        .filter(|m| m.member)
+        .map(|m| m.name.clone())
+        .collect();
+    let n = members.len() as i32;
+    if n < 2 || members.iter().zip(0..).any(|(m, k)| *m != set.member(k)) {
+        return Err(Error::NotApplicable {
+            drill,
+            why: format!(
+                "needs members {}-0..{}-N with at least one replica (the set has {}): `cargo xtask local up --replicas 3`",
+                set.name,
+                set.name,
+                members.join(", ")
+            ),
+        });
+    }
+    if !opts.agent_bin.is_file() {
+        return Err(step_err(
+            "find the agent binary",
+            format!("{} does not exist", opts.agent_bin.display()),
+        ));
+    }
+    let target_k = match drill {
+        DrillName::ReplicaRestart | DrillName::ScaleDownUp => n - 1,
+        _ => 0,
+    };
+    // Reads go through the replica the fault hits, else the last one.
+    let read_k = n - 1;
+    let mut t = Target {
+        opts: opts.clone(),
+        set: set.clone(),
+        members: members.clone(),
+        password: read_password(&opts.dir)?,
+        t0: Instant::now(),
+        steps: Vec::new(),
+    };
+    let replicas: Vec<String> = members[1..].to_vec();
+    let marks_before = data_marks(&opts.dir, &members);
+
+    // The drill's own table, created on the master and seen on the replica before the load starts.
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    let table = format!("public.pgset_drill_{}_{stamp}", std::process::id());
+    let master = t.endpoint(0);
+    let c = master
+        .connect_within(Duration::from_secs(10))
+        .await
+        .map_err(|e| step_err("connect to the master", e))?;
+    load::within(c.batch_execute(&format!(
+        "CREATE TABLE {table} (writer int NOT NULL, n bigint NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp(), PRIMARY KEY (writer, n))"
+    )))
+    .await
+    .map_err(|e| step_err(format!("create {table}"), e))?;
+    let outcome = drive(&mut t, drill, target_k, read_k, &table, &replicas).await;
+    // Drop the drill's table whatever happened (the set is left as it was found).
+    if let Ok(c) = master.connect_within(Duration::from_secs(30)).await {
+        let _ = load::within(c.batch_execute(&format!("DROP TABLE IF EXISTS {table}"))).await;
+    }
+    let mut report = outcome?;
+    report.recloned = recloned(&marks_before, &data_marks(&opts.dir, &members));
+    report.judge();
+    Ok(report)
+}
+
+async fn drive(
+    t: &mut Target,
+    drill: DrillName,
+    target_k: i32,
+    read_k: i32,
+    table: &str,
+    replicas: &[String],
+) -> Result<DrillReport> {
+    let reader_ep = t.endpoint(read_k);
+    let c = reader_ep
+        .connect_within(Duration::from_secs(10))
+        .await
+        .map_err(|e| step_err("connect to the replica", e))?;
+    let seen = Instant::now() + Duration::from_secs(30);
+    while load::within(c.query(&format!("SELECT 1 FROM {table} LIMIT 0"), &[]))
+        .await
+        .is_err_and(|_| Instant::now() < seen)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(c);
+
+    let stop = Stop::default();
+    let shapes: Vec<WriterShape> = if drill == DrillName::MasterRestartUnderLoad {
+        let mut v = vec![
+            WriterShape {
+                rows_per_commit: 1,
+                pause: Duration::ZERO
+            };
+            3
+        ];
+        v.push(WriterShape {
+            rows_per_commit: 500,
+            pause: Duration::ZERO,
+        });
+        v
+    } else {
+        vec![WriterShape {
+            rows_per_commit: 1,
+            pause: Duration::from_millis(20),
+        }]
+    };
+    let mut clients = Vec::new();
+    for _ in &shapes {
+        clients.push(
+            t.endpoint(0)
+                .connect_within(Duration::from_secs(10))
+                .await
+                .map_err(|e| step_err("connect a writer to the master", e))?,
+        );
+    }
+    t.t0 = Instant::now();
+    let writers: Vec<_> = shapes
+        .into_iter()
+        .zip(clients)
+        .zip(1..)
+        .map(|((shape, client), w)| {
+            tokio::spawn(load::writer(
+                t.endpoint(0),
+                client,
+                table.to_string(),
+                w,
+                shape,
+                t.t0,
+                stop.clone(),
+            ))
+        })
+        .collect();
+    let reader = tokio::spawn(load::reader(
+        reader_ep,
+        table.to_string(),
+        Duration::from_millis(20),
+        t.t0,
+        stop.clone(),
+    ));
+    let ready_watch = tokio::spawn(load::watch_ready(
+        t.set.health_addr(0),
+        Duration::from_millis(20),
+        t.t0,
+        stop.clone(),
+    ));
+    let streaming_watch = tokio::spawn(load::watch_streaming(
+        t.endpoint(0),
+        replicas.to_vec(),
+        Duration::from_millis(20),
+        t.t0,
+        stop.clone(),
+    ));
+
+    tokio::time::sleep(t.opts.warmup).await;
+    let fault_at = t.t0.elapsed();
+    let fault = match drill {
+        DrillName::MasterRestart | DrillName::MasterRestartUnderLoad => t.restart(0).await,
+        DrillName::ReplicaRestart => t.restart(target_k).await,
+        DrillName::PostgresKill => t.kill_postgres(0).await,
+        DrillName::ScaleDownUp => t.scale_down_up().await,
+    };
+    let healthy = match &fault {
+        Ok(()) => wait_healthy(t.dir(), t.opts.recovery_timeout).await,
+        Err(_) => Err(Error::NotHealthy("the fault's steps failed".into())),
+    };
+    if healthy.is_ok() {
+        t.step("every member ready, every replica streaming");
+        tokio::time::sleep(t.opts.cooldown).await;
+    }
+    stop.stop();
+    let mut logs = Vec::new();
+    for w in writers {
+        logs.push(w.await.map_err(|e| step_err("join a writer", e))?);
+    }
+    let reads = reader.await.map_err(|e| step_err("join the reader", e))?;
+    let ready = ready_watch
+        .await
+        .map_err(|e| step_err("join the readiness monitor", e))?;
+    let streaming = streaming_watch
+        .await
+        .map_err(|e| step_err("join the streaming monitor", e))?;
+    let duration = t.t0.elapsed();
+    fault.map_err(|e| {
+        step_err(
+            format!(
+                "{drill} (the set may need `cargo xtask local up --dir {}` to be whole again)",
+                t.dir().display()
+            ),
+            e,
+        )
+    })?;
+
+    // RPO: every row whose COMMIT returned OK must be on the master.
+    let committed: BTreeSet<(i32, i64)> = logs
+        .iter()
+        .flat_map(|l| l.committed.iter().map(|n| (l.writer, *n)))
+        .collect();
+    let master = t
+        .endpoint(0)
+        .connect_within(Duration::from_secs(30))
+        .await
+        .map_err(|e| step_err("connect to the master to count the rows", e))?;
+    let present = rows_of(&master, table).await?;
+    let rows_missing = committed.difference(&present).count();
+    // Every replica must have them too, once it caught up.
+    let mut rows_missing_on_replicas = 0;
+    for k in 1..t.members.len() as i32 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let missing = loop {
+            let missing = match t.endpoint(k).connect().await {
+                Ok(c) => rows_of(&c, table)
+                    .await
+                    .map(|have| committed.difference(&have).count())
+                    .unwrap_or(committed.len()),
+                Err(_) => committed.len(),
+            };
+            if missing == 0 || Instant::now() > deadline {
+                break missing;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        rows_missing_on_replicas = rows_missing_on_replicas.max(missing);
+    }
+
+    // RTO from the first writer (single-row commits in every drill), so the figure means the
+    // same in each; the other writers of the loaded drill add load and rows to count.
+    let w = measure::refusals(&logs[0].attempts);
+    let r = measure::refusals(&reads.attempts);
+    let rejoin = measure::rejoin(&ready, &streaming, fault_at);
+    let secs = |d: Duration| d.as_secs_f64();
+    let since_fault = |d: Option<Duration>| d.map(|d| secs(d.saturating_sub(fault_at)));
+    Ok(DrillReport {
+        drill,
+        verdict: Verdict::Fail,
+        problems: Vec::new(),
+        members: t.members.len(),
+        target: t.set.member(target_k),
+        steps: std::mem::take(&mut t.steps),
+        fault_at_s: secs(fault_at),
+        duration_s: secs(duration),
+        writes_attempted: logs.iter().map(|l| l.attempts.len()).sum(),
+        rows_committed: committed.len(),
+        writes_refused_s: secs(w.total),
+        longest_write_refusal_s: secs(w.longest),
+        writes_unresolved: w.unresolved,
+        writes_accepted_again_after_s: since_fault(w.last_closed_at),
+        rows_missing,
+        rows_missing_on_replicas,
+        read_from: t.set.member(read_k),
+        reads_attempted: reads.attempts.len(),
+        reads_refused_s: secs(r.total),
+        reads_unresolved: r.unresolved,
+        master_ready_after_s: since_fault(rejoin.master_ready_at),
+        all_streaming_after_s: since_fault(rejoin.all_streaming_at),
+        streaming_after_master_ready_s: rejoin.streaming_after_master_ready().map(secs),
+        recloned: Vec::new(),
+        healthy_after: healthy.is_ok(),
+    })
+}
+
+async fn rows_of(c: &tokio_postgres::Client, table: &str) -> Result<BTreeSet<(i32, i64)>> {
+    let rows = load::within(c.query(&format!("SELECT writer, n FROM {table}"), &[]))
+        .await
+        .map_err(|e| step_err(format!("read {table}"), e))?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get::<_, i32>(0), r.get::<_, i64>(1)))
+        .collect())
+}
+
+/// Runs several drills in order, each only when the set is healthy.
+pub async fn run_all(opts: &LocalOptions, drills: &[DrillName]) -> Result<Vec<DrillReport>> {
+    let mut out = Vec::new();
+    for d in drills {
+        out.push(run(opts, *d).await?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, k: i32) -> MemberStatus {
+        MemberStatus {
+            name: name.into(),
+            role: if k == 0 { "master" } else { "replica" }.into(),
+            host: "127.0.0.1".into(),
+            port: 28100 + k as u16,
+            socket_dir: "/tmp/run".into(),
+            data_dir: format!("/tmp/{name}").into(),
+            pid: Some(100 + k),
+            agent_pid: Some(200 + k),
+            member: true,
+            streaming: (k > 0).then_some(true),
+            ready: Some(true),
+            reason: Some("serving".into()),
+            detail: None,
+            stopped_with: None,
+        }
+    }
+
+    #[test]
+    fn health_needs_every_listed_member_ready_and_streaming() {
+        let mut ms = vec![
+            member("pgset-0", 0),
+            member("pgset-1", 1),
+            member("pgset-2", 2),
+        ];
+        assert!(unhealthy(&ms).is_empty());
+        ms[1].streaming = Some(false);
+        ms[2].agent_pid = None;
+        ms[2].stopped_with = Some("refused: foreign data".into());
+        let why = unhealthy(&ms);
+        assert_eq!(
+            why,
+            [
+                "pgset-1 does not stream from the master",
+                "pgset-2 is stopped: refused: foreign data"
+            ]
+        );
+        // A member taken out of the set does not count.
+        ms[2].member = false;
+        ms[1].streaming = Some(true);
+        assert!(unhealthy(&ms).is_empty());
+    }
+
+    #[test]
+    fn a_new_inode_or_a_new_previous_copy_is_a_reclone() {
+        let t = tempfile::tempdir().unwrap();
+        let names = vec!["pgset-1".to_string(), "pgset-2".to_string()];
+        for n in &names {
+            std::fs::create_dir(t.path().join(n)).unwrap();
+        }
+        let before = data_marks(t.path(), &names);
+        assert!(recloned(&before, &data_marks(t.path(), &names)).is_empty());
+        std::fs::rename(t.path().join("pgset-2"), t.path().join("pgset-2.previous")).unwrap();
+        std::fs::create_dir(t.path().join("pgset-2")).unwrap();
+        assert_eq!(
+            recloned(&before, &data_marks(t.path(), &names)),
+            ["pgset-2"]
+        );
+    }
+}

@@ -1,0 +1,237 @@
+//! The figures of a drill, computed from what the load and the monitor recorded (pure): windows
+//! in which writes or reads were refused, and when the master was ready and every replica
+//! streaming again after the fault.
+
+use std::time::Duration;
+
+/// One statement the writer or the reader tried, timed from the drill's start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// When it was sent.
+    pub start: Duration,
+    /// When its answer (or its failure) came.
+    pub end: Duration,
+    /// Whether it succeeded (for a write: COMMIT returned OK).
+    pub ok: bool,
+}
+
+/// The windows in which attempts were refused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Refusals {
+    /// Number of windows (a window opens at a failed attempt and closes at the next success).
+    pub windows: usize,
+    /// Their total length.
+    pub total: Duration,
+    /// The longest of them.
+    pub longest: Duration,
+    /// When the first window opened.
+    pub first_at: Option<Duration>,
+    /// When the last window closed (the success that ended it).
+    pub last_closed_at: Option<Duration>,
+    /// True when the last window never closed: no attempt succeeded after it.
+    pub unresolved: bool,
+}
+
+/// Refusal windows of `attempts` (in the order they were made). A window runs from the start of
+/// the first failed attempt to the end of the next successful one: the time a client that kept
+/// trying could not get its statement through.
+pub fn refusals(attempts: &[Attempt]) -> Refusals {
+    let mut r = Refusals::default();
+    let mut open: Option<Duration> = None;
+    for a in attempts {
+        match (a.ok, open) {
+            (false, None) => {
+                open = Some(a.start);
+                r.first_at.get_or_insert(a.start);
+            }
+            (true, Some(since)) => {
+                let len = a.end.saturating_sub(since);
+                r.windows += 1;
+                r.total += len;
+                r.longest = r.longest.max(len);
+                r.last_closed_at = Some(a.end);
+                open = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(since) = open {
+        let end = attempts.last().map_or(since, |a| a.end);
+        let len = end.saturating_sub(since);
+        r.windows += 1;
+        r.total += len;
+        r.longest = r.longest.max(len);
+        r.unresolved = true;
+    }
+    r
+}
+
+/// One look of a monitor: whether what it watches held at that moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    /// When, from the drill's start.
+    pub at: Duration,
+    /// Whether it held (the master's agent answered ready; the master's `pg_stat_replication`
+    /// listed every replica of the set as streaming).
+    pub ok: bool,
+}
+
+/// When the set came back after the fault, from the monitors' samples.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rejoin {
+    /// The master was seen not ready after the fault.
+    pub master_went_away: bool,
+    /// When it was seen ready again (after it went away).
+    pub master_ready_at: Option<Duration>,
+    /// Streaming was seen incomplete after the fault.
+    pub streaming_broke: bool,
+    /// When every replica was seen streaming again (after it broke).
+    pub all_streaming_at: Option<Duration>,
+}
+
+impl Rejoin {
+    /// Time from the master ready again to every replica streaming, when the master went away
+    /// (zero when the replicas streamed before its agent called it ready).
+    pub fn streaming_after_master_ready(&self) -> Option<Duration> {
+        Some(self.all_streaming_at?.saturating_sub(self.master_ready_at?))
+    }
+}
+
+/// The first time at or after `fault_at` that `samples` failed, and the first time after the
+/// last failure that they held again.
+fn recovery(samples: &[Sample], fault_at: Duration) -> (bool, Option<Duration>) {
+    let mut broke = false;
+    let mut back = None;
+    for s in samples.iter().filter(|s| s.at >= fault_at) {
+        if !s.ok {
+            broke = true;
+            // Broken again after it was whole: only the last recovery counts.
+            back = None;
+        } else if broke && back.is_none() {
+            back = Some(s.at);
+        }
+    }
+    (broke, back)
+}
+
+/// Reads the samples from `fault_at` on: when the master went away and came back (`ready`), when
+/// streaming broke and was complete again (`streaming`).
+pub fn rejoin(ready: &[Sample], streaming: &[Sample], fault_at: Duration) -> Rejoin {
+    let (master_went_away, master_ready_at) = recovery(ready, fault_at);
+    let (streaming_broke, all_streaming_at) = recovery(streaming, fault_at);
+    Rejoin {
+        master_went_away,
+        master_ready_at,
+        streaming_broke,
+        all_streaming_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    fn att(start: u64, end: u64, ok: bool) -> Attempt {
+        Attempt {
+            start: ms(start),
+            end: ms(end),
+            ok,
+        }
+    }
+
+    #[test]
+    fn a_window_runs_from_the_first_refusal_to_the_next_commit() {
+        let a = [
+            att(0, 5, true),
+            att(20, 25, true),
+            att(40, 41, false),
+            att(60, 61, false),
+            att(80, 300, true),
+            att(320, 325, true),
+            att(340, 342, false),
+            att(360, 370, true),
+        ];
+        let r = refusals(&a);
+        assert_eq!(r.windows, 2);
+        assert_eq!(r.total, ms(300 - 40 + 370 - 340));
+        assert_eq!(r.longest, ms(260));
+        assert_eq!(r.first_at, Some(ms(40)));
+        assert_eq!(r.last_closed_at, Some(ms(370)));
+        assert!(!r.unresolved);
+    }
+
+    #[test]
+    fn a_window_without_a_later_commit_is_unresolved() {
+        let r = refusals(&[att(0, 5, true), att(20, 21, false), att(40, 90, false)]);
+        assert_eq!(r.windows, 1);
+        assert_eq!(r.total, ms(70));
+        assert!(r.unresolved);
+        assert_eq!(refusals(&[att(0, 5, true)]), Refusals::default());
+    }
+
+    fn series(v: &[(u64, bool)]) -> Vec<Sample> {
+        v.iter()
+            .map(|(at, ok)| Sample {
+                at: ms(*at),
+                ok: *ok,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rejoin_is_measured_from_the_samples_after_the_fault() {
+        // Before the fault (at 1000) a not-ready sample is ignored.
+        let ready = series(&[
+            (0, true),
+            (100, false),
+            (1000, true),
+            (1100, false),
+            (1300, true),
+        ]);
+        let streaming = series(&[
+            (0, true),
+            (1000, true),
+            (1150, false),
+            (1400, false),
+            (1500, true),
+            (1600, true),
+        ]);
+        let r = rejoin(&ready, &streaming, ms(1000));
+        assert!(r.master_went_away && r.streaming_broke);
+        assert_eq!(r.master_ready_at, Some(ms(1300)));
+        assert_eq!(r.all_streaming_at, Some(ms(1500)));
+        assert_eq!(r.streaming_after_master_ready(), Some(ms(200)));
+    }
+
+    #[test]
+    fn streaming_that_breaks_again_counts_from_its_last_recovery() {
+        let ready = series(&[(0, true), (300, true)]);
+        let streaming = series(&[(0, false), (100, true), (200, false), (300, true)]);
+        let r = rejoin(&ready, &streaming, ms(0));
+        assert!(!r.master_went_away);
+        assert_eq!(r.master_ready_at, None);
+        assert_eq!(r.all_streaming_at, Some(ms(300)));
+        assert_eq!(r.streaming_after_master_ready(), None);
+    }
+
+    #[test]
+    fn a_set_that_never_came_back_has_no_times() {
+        let down = series(&[(0, false), (100, false)]);
+        let r = rejoin(&down, &down, ms(0));
+        assert!(r.master_went_away && r.streaming_broke);
+        assert_eq!(r.master_ready_at, None);
+        assert_eq!(r.all_streaming_at, None);
+    }
+
+    #[test]
+    fn replicas_streaming_before_the_master_is_called_ready_count_as_zero() {
+        let ready = series(&[(0, false), (500, true)]);
+        let streaming = series(&[(0, false), (400, true)]);
+        let r = rejoin(&ready, &streaming, ms(0));
+        assert_eq!(r.streaming_after_master_ready(), Some(Duration::ZERO));
+    }
+}

@@ -1,0 +1,388 @@
+//! A drill's report: its figures, the problems that fail it, and its rendering as a table or
+//! JSON. The verdict is a pure function of the figures.
+
+use serde::{Deserialize, Serialize};
+
+use crate::DrillName;
+
+/// Writes accepted again at most this long after the master went away (the target for
+/// a single-node cluster).
+pub const WRITE_RECOVERY_TARGET_S: f64 = 10.0;
+/// Every replica streaming at most this long after the master is ready again.
+pub const REJOIN_TARGET_S: f64 = 2.0;
+
+/// Whether a drill passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Nothing committed was lost and the set came back whole.
+    Pass,
+    /// See the problems.
+    Fail,
+}
+
+/// One step of a drill.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// Seconds from the drill's start.
+    pub at_s: f64,
+    /// What was done or seen.
+    pub what: String,
+}
+
+/// What a drill measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrillReport {
+    /// The drill.
+    pub drill: DrillName,
+    /// Its verdict.
+    pub verdict: Verdict,
+    /// Why it failed (empty when it passed).
+    pub problems: Vec<String>,
+    /// Members of the set.
+    pub members: usize,
+    /// The member the fault hit.
+    pub target: String,
+    /// What was done, in order.
+    pub steps: Vec<Step>,
+    /// When the fault was injected (seconds from the start).
+    pub fault_at_s: f64,
+    /// How long the drill ran (seconds).
+    pub duration_s: f64,
+    /// Write statements attempted.
+    pub writes_attempted: usize,
+    /// Rows whose COMMIT returned OK.
+    pub rows_committed: usize,
+    /// RTO: total time writes were refused (seconds).
+    pub writes_refused_s: f64,
+    /// The longest single window of refused writes (seconds).
+    pub longest_write_refusal_s: f64,
+    /// Writes were refused and never accepted again.
+    pub writes_unresolved: bool,
+    /// Seconds from the fault until writes were accepted again (when they were refused).
+    pub writes_accepted_again_after_s: Option<f64>,
+    /// RPO: committed rows missing on the master afterwards.
+    pub rows_missing: usize,
+    /// Committed rows a replica still lacked after it had time to catch up (the largest).
+    pub rows_missing_on_replicas: usize,
+    /// The replica the reader read through.
+    pub read_from: String,
+    /// Read statements attempted.
+    pub reads_attempted: usize,
+    /// Total time reads were refused (seconds).
+    pub reads_refused_s: f64,
+    /// Reads were refused and never answered again.
+    pub reads_unresolved: bool,
+    /// Seconds from the fault until the master answered ready again (when it went away).
+    pub master_ready_after_s: Option<f64>,
+    /// Seconds from the fault until every replica streamed again (when streaming broke).
+    pub all_streaming_after_s: Option<f64>,
+    /// Seconds from the master ready again until every replica streamed.
+    pub streaming_after_master_ready_s: Option<f64>,
+    /// Members whose data directory was copied anew (a new inode, or a new `.previous`).
+    pub recloned: Vec<String>,
+    /// Whether every member was ready and every replica streaming when the drill ended.
+    pub healthy_after: bool,
+}
+
+impl DrillReport {
+    /// Sets the verdict and the problems from the figures.
+    pub fn judge(&mut self) {
+        let mut p = Vec::new();
+        if self.rows_committed == 0 {
+            p.push("no write was committed during the drill: the load did not run".to_string());
+        }
+        if self.rows_missing > 0 {
+            p.push(format!(
+                "{} committed rows are missing on the master (RPO must be 0)",
+                self.rows_missing
+            ));
+        }
+        if self.rows_missing_on_replicas > 0 {
+            p.push(format!(
+                "a replica lacks {} committed rows after it had time to catch up",
+                self.rows_missing_on_replicas
+            ));
+        }
+        if self.writes_unresolved {
+            p.push("writes were refused and never accepted again".to_string());
+        }
+        if self.reads_unresolved {
+            p.push(format!(
+                "reads through {} were refused and never answered again",
+                self.read_from
+            ));
+        }
+        if !self.recloned.is_empty() && !self.drill.may_reclone() {
+            p.push(format!(
+                "copied anew, which this drill must never cause: {}",
+                self.recloned.join(", ")
+            ));
+        }
+        if !self.healthy_after {
+            p.push("the set was not healthy again at the end of the drill".to_string());
+        }
+        self.verdict = if p.is_empty() {
+            Verdict::Pass
+        } else {
+            Verdict::Fail
+        };
+        self.problems = p;
+    }
+
+    /// Whether writes came back within [`WRITE_RECOVERY_TARGET_S`] (drills that take the
+    /// master away; `None` for the others).
+    pub fn write_target_met(&self) -> Option<bool> {
+        self.drill
+            .touches_master()
+            .then_some(self.longest_write_refusal_s <= WRITE_RECOVERY_TARGET_S)
+    }
+
+    /// Whether replicas streamed within [`REJOIN_TARGET_S`] of the master being ready.
+    pub fn rejoin_target_met(&self) -> Option<bool> {
+        self.streaming_after_master_ready_s
+            .map(|s| s <= REJOIN_TARGET_S)
+    }
+}
+
+fn secs(v: Option<f64>) -> String {
+    v.map_or("-".to_string(), |s| format!("{s:.2}"))
+}
+
+/// The reports as a table: one row per drill, then each failed drill's problems.
+pub fn table(reports: &[DrillReport]) -> String {
+    let mut out = format!(
+        "{:<26} {:<7} {:>8} {:>9} {:>4} {:>8} {:>8} {:>10} {:>9} {:<9}\n",
+        "DRILL",
+        "VERDICT",
+        "COMMITS",
+        "W-REFUSED",
+        "RPO",
+        "R-REFUSED",
+        "MASTER-UP",
+        "STREAMING",
+        "AFTER-UP",
+        "RECLONED"
+    );
+    for r in reports {
+        out += &format!(
+            "{:<26} {:<7} {:>8} {:>9} {:>4} {:>8} {:>8} {:>10} {:>9} {:<9}\n",
+            r.drill.as_str(),
+            match r.verdict {
+                Verdict::Pass => "pass",
+                Verdict::Fail => "FAIL",
+            },
+            r.rows_committed,
+            format!("{:.2}s", r.writes_refused_s),
+            r.rows_missing,
+            format!("{:.2}s", r.reads_refused_s),
+            secs(r.master_ready_after_s),
+            secs(r.all_streaming_after_s),
+            secs(r.streaming_after_master_ready_s),
+            if r.recloned.is_empty() {
+                "none".to_string()
+            } else {
+                r.recloned.join(",")
+            }
+        );
+    }
+    for r in reports.iter().filter(|r| r.verdict == Verdict::Fail) {
+        for p in &r.problems {
+            out += &format!("{}: {p}\n", r.drill);
+        }
+    }
+    out
+}
+
+fn md(text: &str) -> String {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace('|', "\\|")
+}
+
+/// The reports as Markdown: the table of figures, then each drill's steps and problems.
+pub fn markdown(reports: &[DrillReport]) -> String {
+    let failed = reports
+        .iter()
+        .filter(|r| r.verdict == Verdict::Fail)
+        .count();
+    let mut out = format!(
+        "# pgset drills\n\n**{}**: {} of {} drills passed.\n\n",
+        if failed == 0 { "OK" } else { "FAILED" },
+        reports.len() - failed,
+        reports.len()
+    );
+    out += "| drill | verdict | commits | writes refused | writes accepted again | RPO (rows missing) | reads refused | master ready | every replica streaming | after master ready | re-cloned |\n";
+    out += "|---|---|---|---|---|---|---|---|---|---|---|\n";
+    let s = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2} s"));
+    for r in reports {
+        out += &format!(
+            "| `{}` | {} | {} | {:.2} s | {} | {} | {:.2} s | {} | {} | {} | {} |\n",
+            r.drill,
+            match r.verdict {
+                Verdict::Pass => "pass",
+                Verdict::Fail => "**FAIL**",
+            },
+            r.rows_committed,
+            r.writes_refused_s,
+            s(r.writes_accepted_again_after_s),
+            r.rows_missing,
+            r.reads_refused_s,
+            s(r.master_ready_after_s),
+            s(r.all_streaming_after_s),
+            s(r.streaming_after_master_ready_s),
+            if r.recloned.is_empty() {
+                "none".to_string()
+            } else {
+                md(&r.recloned.join(", "))
+            }
+        );
+    }
+    for r in reports {
+        out += &format!(
+            "\n## `{}` on {} ({} members, reads through {})\n\n",
+            r.drill, r.target, r.members, r.read_from
+        );
+        for st in &r.steps {
+            out += &format!("- {:.2} s: {}\n", st.at_s, md(&st.what));
+        }
+        for p in &r.problems {
+            out += &format!("- **problem**: {}\n", md(p));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn passing(drill: DrillName) -> DrillReport {
+        DrillReport {
+            drill,
+            verdict: Verdict::Fail,
+            problems: vec!["not judged".into()],
+            members: 3,
+            target: "pgset-0".into(),
+            steps: vec![Step {
+                at_s: 1.0,
+                what: "stop pgset-0".into(),
+            }],
+            fault_at_s: 1.0,
+            duration_s: 5.0,
+            writes_attempted: 100,
+            rows_committed: 90,
+            writes_refused_s: 1.2,
+            longest_write_refusal_s: 1.2,
+            writes_unresolved: false,
+            writes_accepted_again_after_s: Some(1.3),
+            rows_missing: 0,
+            rows_missing_on_replicas: 0,
+            read_from: "pgset-2".into(),
+            reads_attempted: 100,
+            reads_refused_s: 0.0,
+            reads_unresolved: false,
+            master_ready_after_s: Some(1.1),
+            all_streaming_after_s: Some(1.6),
+            streaming_after_master_ready_s: Some(0.5),
+            recloned: vec![],
+            healthy_after: true,
+        }
+    }
+
+    #[test]
+    fn a_clean_drill_passes() {
+        let mut r = passing(DrillName::MasterRestart);
+        r.judge();
+        assert_eq!(r.verdict, Verdict::Pass);
+        assert!(r.problems.is_empty());
+        assert_eq!(r.write_target_met(), Some(true));
+        assert_eq!(r.rejoin_target_met(), Some(true));
+    }
+
+    #[test]
+    fn lost_rows_unresolved_refusals_and_an_unhealthy_end_fail_it() {
+        let mut r = passing(DrillName::PostgresKill);
+        r.rows_missing = 3;
+        r.writes_unresolved = true;
+        r.healthy_after = false;
+        r.judge();
+        assert_eq!(r.verdict, Verdict::Fail);
+        assert_eq!(r.problems.len(), 3, "{:?}", r.problems);
+        assert!(r.problems[0].contains("3 committed rows are missing"));
+        let t = table(&[r]);
+        assert!(t.contains("postgres-kill              FAIL"), "{t}");
+        assert!(t.contains("postgres-kill: writes were refused and never accepted again"));
+    }
+
+    #[test]
+    fn a_reclone_fails_a_restart_but_not_a_scale_down_up() {
+        let mut r = passing(DrillName::ReplicaRestart);
+        r.recloned = vec!["pgset-2".into()];
+        r.judge();
+        assert_eq!(r.verdict, Verdict::Fail);
+        let mut s = passing(DrillName::ScaleDownUp);
+        s.recloned = vec!["pgset-2".into()];
+        s.judge();
+        assert_eq!(s.verdict, Verdict::Pass);
+        assert_eq!(s.write_target_met(), None, "the master stayed");
+    }
+
+    #[test]
+    fn targets_are_judged_on_the_longest_refusal_and_the_rejoin() {
+        let mut r = passing(DrillName::MasterRestart);
+        r.longest_write_refusal_s = 10.5;
+        r.streaming_after_master_ready_s = Some(2.5);
+        assert_eq!(r.write_target_met(), Some(false));
+        assert_eq!(r.rejoin_target_met(), Some(false));
+        r.streaming_after_master_ready_s = None;
+        assert_eq!(r.rejoin_target_met(), None);
+    }
+
+    #[test]
+    fn markdown_has_a_row_per_drill_and_its_steps_and_problems() {
+        let mut ok = passing(DrillName::MasterRestart);
+        ok.judge();
+        let mut bad = passing(DrillName::ReplicaRestart);
+        bad.recloned = vec!["pgset-2".into()];
+        bad.judge();
+        let md = markdown(&[ok, bad]);
+        assert!(md.contains("**FAILED**: 1 of 2 drills passed."), "{md}");
+        assert!(
+            md.contains("| `master-restart` | pass | 90 | 1.20 s | 1.30 s | 0 | 0.00 s | 1.10 s | 1.60 s | 0.50 s | none |"),
+            "{md}"
+        );
+        assert!(md.contains("| `replica-restart` | **FAIL** |"), "{md}");
+        assert!(
+            md.contains("## `master-restart` on pgset-0 (3 members, reads through pgset-2)"),
+            "{md}"
+        );
+        assert!(md.contains("- 1.00 s: stop pgset-0"), "{md}");
+        assert!(
+            md.contains("- **problem**: copied anew, which this drill must never cause: pgset-2"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn the_json_names_every_figure() {
+        let mut r = passing(DrillName::MasterRestart);
+        r.judge();
+        let v = serde_json::to_value(&r).unwrap();
+        for key in [
+            "drill",
+            "verdict",
+            "writes_refused_s",
+            "rows_missing",
+            "reads_refused_s",
+            "all_streaming_after_s",
+            "streaming_after_master_ready_s",
+            "recloned",
+        ] {
+            assert!(v.get(key).is_some(), "{key} missing in {v}");
+        }
+        assert_eq!(v["verdict"], "pass");
+        assert_eq!(v["drill"], "master-restart");
+    }
+}
