@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pgset_spec::contract::{HEALTH_LIVE_PATH, HEALTH_READY_PATH};
+use pgset_spec::contract::{HEALTH_LIVE_PATH, HEALTH_READY_PATH, HEALTH_STARTUP_PATH};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -44,6 +44,10 @@ pub enum Phase {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Status {
+    /// The member (pod) name, so a prober can tell it reached the member it meant.
+    pub member: String,
+    /// The agent's process id (local mode tells its own member's agent from another's by it).
+    pub agent_pid: u32,
     /// What the member is doing.
     pub phase: Phase,
     /// In words: the step while preparing, or what postgres does.
@@ -62,6 +66,7 @@ pub struct Status {
 
 #[derive(Debug)]
 struct State {
+    started: bool,
     phase: Phase,
     activity: String,
     running_since: Instant,
@@ -75,15 +80,18 @@ struct State {
 /// What the probes see, updated by the supervisor and its monitor.
 #[derive(Debug)]
 pub struct Health {
+    member: String,
     state: Mutex<State>,
     liveness_timeout: Duration,
 }
 
 impl Health {
-    /// A new state (preparing, not ready) with the liveness timeout.
-    pub fn new(liveness_timeout: Duration) -> Arc<Health> {
+    /// A new state of `member` (preparing, not ready) with the liveness timeout.
+    pub fn new(member: &str, liveness_timeout: Duration) -> Arc<Health> {
         Arc::new(Health {
+            member: member.to_string(),
             state: Mutex::new(State {
+                started: false,
                 phase: Phase::Preparing,
                 activity: "starting".into(),
                 running_since: Instant::now(),
@@ -125,6 +133,14 @@ impl Health {
     /// postgres answered (a new connection succeeded, or it is visibly starting up).
     pub fn answered(&self) {
         self.with(|s| s.last_answer = Some(Instant::now()));
+    }
+
+    /// postgres accepted a connection on prepared data: the member has started (for good).
+    pub fn accepted(&self) {
+        self.with(|s| {
+            s.last_answer = Some(Instant::now());
+            s.started = true;
+        });
     }
 
     /// A shutdown was requested, or postgres exited.
@@ -196,6 +212,8 @@ impl Health {
     pub fn status(&self) -> Status {
         let ready = self.is_ready();
         self.with(|s| Status {
+            member: self.member.clone(),
+            agent_pid: std::process::id(),
             phase: s.phase,
             activity: s.activity.clone(),
             ready,
@@ -218,6 +236,14 @@ impl Health {
                     (200, format!("live: {why}\n"))
                 } else {
                     (503, format!("not live: {why}\n"))
+                }
+            }
+            HEALTH_STARTUP_PATH => {
+                let (started, activity) = self.with(|s| (s.started, s.activity.clone()));
+                if started {
+                    (200, "started\n".to_string())
+                } else {
+                    (503, format!("starting: {activity}\n"))
                 }
             }
             HEALTH_READY_PATH => {
@@ -349,11 +375,15 @@ mod tests {
 
     #[test]
     fn answers_follow_the_state() {
-        let h = Health::new(Duration::from_millis(50));
+        let h = Health::new("pgset-1", Duration::from_millis(50));
         assert_eq!(h.answer("/healthz").0, 200, "preparing is live");
         assert_eq!(h.answer("/readyz").0, 503);
+        assert_eq!(h.answer("/startupz").0, 503, "not started while preparing");
         h.postgres_started();
         h.answered();
+        assert_eq!(h.answer("/startupz").0, 503, "starting up is not started");
+        h.accepted();
+        assert_eq!(h.answer("/startupz").0, 200);
         h.set_ready(true, "accepts writes");
         assert_eq!(
             h.answer("/readyz"),
@@ -371,6 +401,7 @@ mod tests {
         assert_eq!(h.answer("/other").0, 404);
         let status: serde_json::Value = serde_json::from_str(&h.answer("/status").1).unwrap();
         assert_eq!(status["phase"], "exited");
+        assert_eq!(status["member"], "pgset-1");
         assert_eq!(status["ready"], false);
     }
 
@@ -379,7 +410,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let h = Health::new(DEFAULT_LIVENESS_TIMEOUT);
+        let h = Health::new("pgset-0", DEFAULT_LIVENESS_TIMEOUT);
         serve(addr, h.clone()).await.unwrap();
         assert_eq!(probe(addr, "/readyz").await, Some(503));
         h.postgres_started();

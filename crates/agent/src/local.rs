@@ -418,8 +418,27 @@ pub async fn wait_ready(dir: &Path, set: &LocalSet, k: i32, timeout: Duration) -
     let started = Instant::now();
     let mut seen_agent = false;
     loop {
-        if health::probe(set.health_addr(k), contract::HEALTH_READY_PATH).await == Some(200) {
-            return Ok(());
+        // Ready only from this member's own agent: another set on the same ports must not
+        // pass for it.
+        let answer = health::get(set.health_addr(k), crate::health::STATUS_PATH)
+            .await
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok());
+        if let Some(status) = answer {
+            let pid = status["agentPid"].as_u64().map(|p| p as i32);
+            let ours = agent_pid(dir, &member);
+            if status["member"].as_str() == Some(member.as_str()) && pid.is_some() && pid == ours {
+                if status["ready"].as_bool() == Some(true) {
+                    return Ok(());
+                }
+            } else if ours.is_some() {
+                return Err(local_err(format!(
+                    "the health port {} of member {member} is answered by another agent ({} pid {}); \
+                     another set uses these ports: choose another --port",
+                    set.health_addr(k),
+                    status["member"].as_str().unwrap_or("?"),
+                    pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
+                )));
+            }
         }
         match agent_pid(dir, &member) {
             Some(_) => seen_agent = true,

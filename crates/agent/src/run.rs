@@ -46,6 +46,7 @@ pub async fn run() -> Result<i32> {
     let bin = PgBin::find(s.pg_bin_dir.as_deref())?;
     let major = bin.supported_major()?;
     crate::info!("PostgreSQL {major} binaries in {}", bin.dir().display());
+    datadir::check_root(&s.data_root)?;
     let me = bootstrap::member_ref(&s)?;
     let api = match s.mode {
         Mode::Kubernetes => {
@@ -54,7 +55,7 @@ pub async fn run() -> Result<i32> {
         }
         Mode::Local => None,
     };
-    let health = Health::new(s.liveness_timeout);
+    let health = Health::new(&s.pod_name, s.liveness_timeout);
     if let Some(addr) = s.health_addr {
         health::serve(addr, health.clone()).await?;
     }

@@ -320,7 +320,7 @@ impl Monitor {
         if self.db.as_ref().is_none_or(|d| d.is_closed()) || ping_due {
             match Db::local(&self.s, pg::DEADLINE).await {
                 Ok(db) => {
-                    self.health.answered();
+                    self.health.accepted();
                     self.db = Some(db);
                     self.last_ping = Some(Instant::now());
                 }

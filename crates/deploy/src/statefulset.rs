@@ -299,14 +299,15 @@ fn http_probe(path: &str, period: i32, timeout: i32, failure_threshold: i32) -> 
     }
 }
 
-/// Startup probe: `/healthz` every startup period, for up to the startup timeout (initdb or a
-/// base backup may take long; liveness only starts after it).
+/// Startup probe: `/startupz` every startup period, for up to the startup timeout: true once
+/// the member has prepared its data (initdb, base backup, waiting for its write fence) and
+/// postgres accepted a connection; liveness only starts after it.
 pub fn startup_probe(spec: &ClusterSpec) -> Probe {
     let p = &spec.probes;
     let period = p.startup_period_seconds.max(1);
     let failures = (p.startup_timeout_seconds + period - 1) / period;
     http_probe(
-        contract::HEALTH_LIVE_PATH,
+        contract::HEALTH_STARTUP_PATH,
         period,
         p.timeout_seconds,
         failures.max(1),

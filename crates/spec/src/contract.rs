@@ -149,6 +149,9 @@ pub const POSTGRES_PORT: u16 = 5432;
 pub const HEALTH_PORT: u16 = 8008;
 /// Path of the health endpoint that says postgres is alive.
 pub const HEALTH_LIVE_PATH: &str = "/healthz";
+/// Path of the startup endpoint: true once the member has prepared its data and postgres has
+/// accepted a connection.
+pub const HEALTH_STARTUP_PATH: &str = "/startupz";
 /// Path of the health endpoint that says the member serves its role.
 pub const HEALTH_READY_PATH: &str = "/readyz";
 /// Where the data volume is mounted in the pod.

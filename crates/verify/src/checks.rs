@@ -78,6 +78,9 @@ pub struct Member {
     pub claims: Vec<String>,
     /// The container to exec into.
     pub container: Option<String>,
+    /// What the member's agent said when it stopped: the postgres container's termination
+    /// message (a refusal names the directory, whose it is and the fix), current or last.
+    pub stopped_with: Option<String>,
 }
 
 impl Member {
@@ -119,6 +122,7 @@ impl Member {
                 })
                 .unwrap_or_default(),
             container: crate::exec::container_of(pod),
+            stopped_with: termination_message(pod),
         }
     }
 
@@ -126,6 +130,27 @@ impl Member {
     pub fn role(&self) -> Option<&str> {
         self.labels.get(contract::labels::ROLE).map(String::as_str)
     }
+}
+
+/// The postgres container's termination message: of its current state when it is terminated,
+/// else of its last termination (a crash-looping member is between two restarts).
+pub fn termination_message(pod: &Pod) -> Option<String> {
+    let container = crate::exec::container_of(pod)?;
+    let status = pod
+        .status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == container)?;
+    let of = |s: Option<&k8s_openapi::api::core::v1::ContainerState>| {
+        s.and_then(|s| s.terminated.as_ref())
+            .filter(|t| t.exit_code != 0)
+            .and_then(|t| t.message.clone())
+            .map(|m| m.trim().to_string())
+            .filter(|m| !m.is_empty())
+    };
+    of(status.state.as_ref()).or_else(|| of(status.last_state.as_ref()))
 }
 
 /// Members sorted by ordinal (pods without one last, by name).

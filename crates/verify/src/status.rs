@@ -38,6 +38,9 @@ pub struct MemberStatus {
     /// Bytes sent to this replica but not yet replayed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreplayed_bytes: Option<f64>,
+    /// What its agent stopped with (a refusal to use a data directory, a fatal error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_with: Option<String>,
 }
 
 /// The whole screen.
@@ -109,6 +112,7 @@ pub fn member_statuses(
                 streaming,
                 replay_lag_ms: row.and_then(|r| r.replay_lag_ms),
                 unreplayed_bytes: row.and_then(|r| r.unreplayed_bytes),
+                stopped_with: m.stopped_with.clone(),
             }
         })
         .collect()
@@ -175,7 +179,9 @@ impl ClusterStatus {
             } else {
                 contract::roles::REPLICA
             };
-            if !m.ready {
+            if let Some(why) = &m.stopped_with {
+                p.push(format!("{} stopped: {why}", m.pod));
+            } else if !m.ready {
                 p.push(format!("{} is not Ready ({})", m.pod, m.phase));
             } else if m.role != want {
                 p.push(format!("{} has role {}, not {want}", m.pod, m.role));
@@ -256,6 +262,11 @@ impl ClusterStatus {
         }
         if let Some(e) = &self.replication_error {
             let _ = writeln!(out, "streaming unknown: {e}");
+        }
+        for m in &self.members {
+            if let Some(why) = &m.stopped_with {
+                let _ = writeln!(out, "{} stopped: {why}", m.pod);
+            }
         }
         out
     }

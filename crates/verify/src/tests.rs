@@ -946,3 +946,52 @@ fn on_the_nfs_host_each_cluster_checks_its_own_directory() {
     staging.storage.mode = StorageMode::Templates;
     assert_eq!(crate::live::local_export(&staging), None);
 }
+
+#[test]
+fn a_refused_member_shows_its_agents_message_in_status() {
+    let mut refused = pod(2, "2026-01-01T00:00:00Z", false, "");
+    let refusal =
+        "refusing to use /pgdata/pgset-2: it belongs to cluster other/pgset (cluster id c2)";
+    refused.status.as_mut().unwrap().container_statuses = Some(vec![serde_json::from_value(json!({
+        "name": "postgres", "ready": false, "restartCount": 3, "image": "postgres:18", "imageID": "",
+        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"exitCode": 2, "message": format!("{refusal}\n")}}
+    }))
+    .unwrap()]);
+    let m = Member::from_pod(&refused);
+    assert_eq!(m.stopped_with.as_deref(), Some(refusal));
+    // A clean exit's message is not a refusal.
+    let mut clean = pod(1, "2026-01-01T00:00:00Z", true, "replica");
+    clean.status.as_mut().unwrap().container_statuses = Some(vec![serde_json::from_value(json!({
+        "name": "postgres", "ready": true, "restartCount": 1, "image": "postgres:18", "imageID": "",
+        "lastState": {"terminated": {"exitCode": 0, "message": "bye"}}
+    }))
+    .unwrap()]);
+    assert_eq!(Member::from_pod(&clean).stopped_with, None);
+
+    let spec = ClusterSpec::default();
+    let lines = crate::status::member_statuses(&spec, &[m], &Ok(Vec::new()));
+    assert_eq!(lines[0].stopped_with.as_deref(), Some(refusal));
+    let status = crate::status::ClusterStatus {
+        cluster: "pgset".into(),
+        namespace: "default".into(),
+        storage: "shared".into(),
+        desired: 1,
+        ready: 0,
+        members: lines,
+        replication_error: None,
+    };
+    assert!(
+        status
+            .to_table()
+            .contains(&format!("pgset-2 stopped: {refusal}"))
+    );
+    assert!(
+        status
+            .problems()
+            .iter()
+            .any(|p| p.contains("belongs to cluster other/pgset")),
+        "{:?}",
+        status.problems()
+    );
+}

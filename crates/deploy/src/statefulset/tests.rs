@@ -308,7 +308,7 @@ fn probes_use_the_agents_http_endpoint_with_spec_timings() {
         get.path.clone().unwrap()
     };
     let startup = pg.startup_probe.as_ref().unwrap();
-    assert_eq!(path_of(startup), "/healthz");
+    assert_eq!(path_of(startup), "/startupz");
     assert_eq!(startup.period_seconds, Some(2));
     // 601 s at 2 s a probe: 301 failures cover the whole timeout.
     assert_eq!(startup.failure_threshold, Some(301));
