@@ -12,22 +12,12 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use pgset_agent::datadir::tree_size;
 use pgset_agent::local;
 use support::{TestSet, pg_or_skip, wait_until};
 
 const SECOND: Duration = Duration::from_secs(1);
 
-fn tree_size(p: &Path) -> u64 {
-    let Ok(rd) = std::fs::read_dir(p) else {
-        return 0;
-    };
-    rd.filter_map(|e| e.ok())
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => tree_size(&e.path()),
-            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
-        })
-        .sum()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_during_the_base_backup_redoes_it_when_restarted() {
