@@ -195,7 +195,7 @@ pub(crate) async fn mount_checks(
             std::future::pending::<()>().await;
         }
     };
-    match probe_mounts(
+    let probed = probe_mounts(
         &client,
         spec,
         &server,
@@ -204,8 +204,16 @@ pub(crate) async fn mount_checks(
         interrupted,
         &mut |line: &str| eprintln!("    {line}"),
     )
-    .await
-    {
+    .await;
+    // Listening for Ctrl-C replaced its default for the whole process: from here on it stops
+    // the process again, as it did before the probe (`up` goes on to deploy).
+    tokio::spawn(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("interrupted");
+            std::process::exit(130);
+        }
+    });
+    match probed {
         Ok(found) => out.extend(mount_probe::diagnoses(spec, &server, &found)),
         Err(e) => out.push(failed(
             format!("the mount probe did not complete: {e}"),
