@@ -34,6 +34,10 @@ pub struct SpecArgs {
     /// Agent image
     #[arg(long, value_name = "IMAGE", global = true)]
     pub agent_image: Option<String>,
+    /// Let the members run on control-plane nodes (tolerate kubeadm's
+    /// node-role.kubernetes.io/control-plane:NoSchedule taint) [spec: tolerateControlPlane]
+    #[arg(long, global = true)]
+    pub tolerate_control_plane: bool,
 }
 
 impl SpecArgs {
@@ -48,6 +52,7 @@ impl SpecArgs {
             nfs_server: self.nfs_server.clone(),
             postgres_image: self.postgres_image.clone(),
             agent_image: self.agent_image.clone(),
+            tolerate_control_plane: self.tolerate_control_plane.then_some(true),
         };
         Ok(ClusterSpec::load(self.config.as_deref(), &overrides)?)
     }

@@ -1,14 +1,21 @@
-//! `cargo xtask doctor`: a read-only check of the NFS path of the database from this host (the
-//! NFS server): export options, owners and modes, the volumes' mount options, SELinux and
-//! firewalld; each problem with its fix and the PostgreSQL documentation behind it.
+//! `cargo xtask doctor`: a check of the NFS path of the database from this host (the NFS
+//! server) and from every node: export options, owners and modes, the volumes' mount options,
+//! SELinux and firewalld, read-only; then, when a cluster answers, a short-lived pod per
+//! schedulable node that mounts the export through a volume and claim of its own and is
+//! removed with them. Each problem with its fix and the PostgreSQL documentation behind it.
+
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::core::v1::PersistentVolume;
+use k8s_openapi::api::core::v1::{Node, PersistentVolume};
 use kube::Api;
+use kube::api::ListParams;
+use pgset_deploy::mount_probe::{self, probe_mounts, probe_nodes};
 use pgset_nfs::{Diagnosis, Duct, Health, HostPaths, VolumesRead};
 use pgset_spec::ClusterSpec;
 
 use crate::cli::{ClientArgs, SpecArgs};
+use crate::deploy::parse_timeout;
 use crate::verify::Output;
 
 /// Arguments of `cargo xtask doctor`.
@@ -18,21 +25,40 @@ pub struct Args {
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
     pub output: Output,
     #[command(flatten)]
+    pub probe: ProbeArgs,
+    #[command(flatten)]
     pub spec: SpecArgs,
     #[command(flatten)]
     pub client: ClientArgs,
 }
 
-/// Runs the task: probes (only reads), judges, prints; fails when a check fails.
+/// The per-node mount probe's flags (`doctor` and `up`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProbeArgs {
+    /// Do not run the per-node mount probe (a pod, claim and volume per node, removed after)
+    #[arg(long)]
+    pub no_mount_probe: bool,
+    /// How long each node's probe pod may take to mount the export and list it, image pull
+    /// included (e.g. 120, 90s, 2m)
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_timeout)]
+    pub probe_timeout: Duration,
+}
+
+impl Default for ProbeArgs {
+    fn default() -> Self {
+        ProbeArgs {
+            no_mount_probe: false,
+            probe_timeout: mount_probe::DEFAULT_PROBE_TIMEOUT,
+        }
+    }
+}
+
+/// Runs the task: probes the host (only reads), probes the nodes' mounts (its own objects
+/// only, removed after), judges, prints; fails when a check fails.
 pub async fn run(args: Args) -> Result<()> {
     let spec = args.spec.load(&args.client)?;
-    let paths = HostPaths::default();
-    let runner = Duct::default();
-    let facts = pgset_nfs::probe(&runner, &paths, &spec).context("probe the host")?;
-    let members =
-        pgset_nfs::probe_member_states(&paths, &spec).context("read the member directories")?;
-    let volumes = read_volumes(&spec, &args.client).await;
-    let found = pgset_nfs::diagnose(&spec, &facts, &members, &volumes);
+    let mut found = host_checks(&spec, &args.client).await?;
+    found.extend(mount_checks(&spec, &args.client, &args.probe).await);
     match args.output {
         Output::Table => print!("{}", table(&found)),
         Output::Json => println!("{}", serde_json::to_string_pretty(&json(&found))?),
@@ -42,6 +68,178 @@ pub async fn run(args: Args) -> Result<()> {
         bail!("{failed} check(s) failed (listed above with their fixes)");
     }
     Ok(())
+}
+
+/// Doctor's checks on this host (the NFS server): export, directories, the volumes' mount
+/// options (read from the API when a cluster answers), SELinux, firewalld. Only reads.
+pub(crate) async fn host_checks(
+    spec: &ClusterSpec,
+    client_args: &ClientArgs,
+) -> Result<Vec<Diagnosis>> {
+    let paths = HostPaths::default();
+    let runner = Duct::default();
+    let facts = pgset_nfs::probe(&runner, &paths, spec).context("probe the host")?;
+    let members =
+        pgset_nfs::probe_member_states(&paths, spec).context("read the member directories")?;
+    let volumes = read_volumes(spec, client_args).await;
+    Ok(pgset_nfs::diagnose(spec, &facts, &members, &volumes))
+}
+
+fn skipped(message: impl Into<String>) -> Diagnosis {
+    Diagnosis {
+        name: mount_probe::DIAGNOSIS,
+        health: Health::Skipped,
+        message: message.into(),
+        fix: None,
+        docs: None,
+    }
+}
+
+fn failed(message: impl Into<String>, fix: impl Into<String>) -> Diagnosis {
+    Diagnosis {
+        name: mount_probe::DIAGNOSIS,
+        health: Health::Fail,
+        message: message.into(),
+        fix: Some(fix.into()),
+        docs: None,
+    }
+}
+
+/// Doctor's per-node mount probe, when a cluster answers: one finding per schedulable Ready
+/// node (a pod there mounted the cluster's directory and listed it, or why not), plus one for
+/// the nodes left out. Writes only the probe's own pods, claims and volumes, and removes them
+/// (also on Ctrl-C).
+pub(crate) async fn mount_checks(
+    spec: &ClusterSpec,
+    client_args: &ClientArgs,
+    probe: &ProbeArgs,
+) -> Vec<Diagnosis> {
+    if probe.no_mount_probe {
+        return vec![skipped("--no-mount-probe")];
+    }
+    if spec.storage.storage_class.is_some() {
+        return vec![skipped(
+            "the claims come from a StorageClass, not pgset's NFS volumes",
+        )];
+    }
+    let named = client_args.kubeconfig.is_some()
+        || client_args.context.is_some()
+        || std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty());
+    let client = match client_args.client().await {
+        Ok(c) => c,
+        Err(e) if named => {
+            return vec![failed(
+                format!("the cluster named did not answer: {e:#}"),
+                "check --kubeconfig/--context (`kubectl get nodes`), or pass --no-mount-probe",
+            )];
+        }
+        Err(_) => {
+            return vec![skipped(
+                "no cluster to run the probe pods on (pass --kubeconfig)",
+            )];
+        }
+    };
+    let nodes = match Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+    {
+        Ok(list) => list.items,
+        Err(e) if named => {
+            return vec![failed(
+                format!("the cluster did not answer: list nodes: {e}"),
+                "check --kubeconfig/--context (`kubectl get nodes`), or pass --no-mount-probe",
+            )];
+        }
+        Err(e) => {
+            return vec![skipped(format!(
+                "no cluster answered at the default kubeconfig: {e}"
+            ))];
+        }
+    };
+    let (on, off) = probe_nodes(&nodes, spec);
+    let mut out = Vec::new();
+    if !off.is_empty() {
+        out.push(skipped(format!(
+            "not probed (no member runs there): {}",
+            off.iter()
+                .map(|(n, why)| format!("{n}: {why}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )));
+    }
+    if on.is_empty() {
+        out.push(failed(
+            "no node is Ready and schedulable: no member could run, and none can mount the export",
+            "`cargo xtask up`'s preflight names what keeps each node off",
+        ));
+        return out;
+    }
+    let server = match probe_server(spec, &client, client_args).await {
+        Ok(s) => s,
+        Err(e) => {
+            out.push(failed(
+                format!("cannot tell the NFS server's address: {e:#}"),
+                "pass --nfs-server ADDR (the address the nodes reach the NFS host at)",
+            ));
+            return out;
+        }
+    };
+    eprintln!(
+        "==> mount probe: {} node(s) mount {server}:{} (pods, claims and volumes labelled {}, removed after)",
+        on.len(),
+        spec.cluster_export_dir().display(),
+        mount_probe::probe_selector(spec)
+    );
+    let interrupted = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let probed = probe_mounts(
+        &client,
+        spec,
+        &server,
+        &on,
+        probe.probe_timeout,
+        interrupted,
+        &mut |line: &str| eprintln!("    {line}"),
+    )
+    .await;
+    // Listening for Ctrl-C replaced its default for the whole process: from here on it stops
+    // the process again, as it did before the probe (`up` goes on to deploy).
+    tokio::spawn(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("interrupted");
+            std::process::exit(130);
+        }
+    });
+    match probed {
+        Ok(found) => out.extend(mount_probe::diagnoses(spec, &server, &found)),
+        Err(e) => out.push(failed(
+            format!("the mount probe did not complete: {e}"),
+            "see the message; `kubectl get pod,pvc,pv -A -l app.kubernetes.io/component=mount-probe` lists what a probe made",
+        )),
+    }
+    out
+}
+
+/// The NFS server the probe mounts: the one the cluster's existing volumes name (what the
+/// members really mount), else the spec's or the detected one (as `volumes` chooses it).
+async fn probe_server(
+    spec: &ClusterSpec,
+    client: &kube::Client,
+    client_args: &ClientArgs,
+) -> Result<String> {
+    let api: Api<PersistentVolume> = Api::all(client.clone());
+    for pv in pgset_nfs::persistent_volumes(spec, "0.0.0.0") {
+        let name = pv.metadata.name.unwrap_or_default();
+        if let Ok(Some(found)) = api.get_opt(&name).await
+            && let Some(nfs) = found.spec.and_then(|s| s.nfs)
+        {
+            return Ok(nfs.server);
+        }
+    }
+    crate::volumes::resolve_server(spec, client_args).await
 }
 
 /// pgset's volumes for the spec, read from the API; `None` without a cluster to ask (none
@@ -68,7 +266,7 @@ async fn read_volumes(spec: &ClusterSpec, client_args: &ClientArgs) -> VolumesRe
     Some(Ok(out))
 }
 
-fn table(found: &[Diagnosis]) -> String {
+pub(crate) fn table(found: &[Diagnosis]) -> String {
     let width = found.iter().map(|d| d.name.len()).max().unwrap_or(0);
     let mut out = String::new();
     for d in found {
@@ -104,6 +302,41 @@ fn json(found: &[Diagnosis]) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_mount_probe_is_skipped_when_asked_or_for_a_storage_class_and_a_named_cluster_must_answer()
+     {
+        let spec = ClusterSpec::default();
+        let off = ProbeArgs {
+            no_mount_probe: true,
+            ..ProbeArgs::default()
+        };
+        let found = mount_checks(&spec, &ClientArgs::default(), &off).await;
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            (found[0].name, found[0].health, found[0].message.as_str()),
+            ("node-mount", Health::Skipped, "--no-mount-probe")
+        );
+
+        let mut class = ClusterSpec::default();
+        class.storage.mode = pgset_spec::StorageMode::Templates;
+        class.storage.storage_class = Some("fast".into());
+        let found = mount_checks(&class, &ClientArgs::default(), &ProbeArgs::default()).await;
+        assert_eq!(found[0].health, Health::Skipped);
+        assert!(found[0].message.contains("StorageClass"), "{found:?}");
+
+        let missing = ClientArgs {
+            kubeconfig: Some("/nonexistent/kubeconfig".into()),
+            ..ClientArgs::default()
+        };
+        let found = mount_checks(&spec, &missing, &ProbeArgs::default()).await;
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].health, Health::Fail, "{found:?}");
+        assert!(
+            found[0].message.contains("/nonexistent/kubeconfig"),
+            "{found:?}"
+        );
+    }
 
     #[test]
     fn json_and_table_carry_the_fix_and_the_docs() {

@@ -30,13 +30,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Preflight, NFS host, volumes, agent image, deploy, rollout, verify: the whole flow
+    /// Preflight, NFS host, volumes, NFS path checks, agent image, deploy, rollout, verify: the whole flow
     Up(up::Args),
     /// Scale to 0, then delete the objects in reverse order; claims, volumes and Secret stay unless --purge --yes
     Down(down::Args),
     /// Make this host the NFS server for the cluster (packages, services, SELinux, /etc/exports)
     Nfs(nfs::Args),
-    /// Check the NFS path of the database from this host, read-only: export options, owners and modes, mount options, SELinux, firewalld
+    /// Check the NFS path of the database from this host (export options, owners and modes, mount options, SELinux, firewalld; read-only) and from every node (a probe pod per node mounts the export; removed after)
     Doctor(doctor::Args),
     /// Create the NFS PersistentVolumes (and the shared claim)
     Volumes(volumes::Args),

@@ -6,6 +6,7 @@
 //! [`apply`], [`rollout`], [`scale`] and [`teardown`] hold a [`kube::Client`].
 
 pub mod apply;
+pub mod mount_probe;
 pub mod rbac;
 pub mod record;
 pub mod render;
@@ -128,6 +129,35 @@ pub enum Error {
         waited: Duration,
         /// The state found when the time ran out (pod, condition, container reason, last event).
         status: String,
+    },
+    /// A name the mount probe needs is taken by an object that is not a mount probe's.
+    #[error(
+        "{kind} {name} exists and is not pgset's mount probe (no label app.kubernetes.io/component=mount-probe): the probe changed nothing; rename or remove that object, or skip the probe with --no-mount-probe"
+    )]
+    ProbeNameTaken {
+        /// Kind of the object.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// Some of the mount probe's objects could not be removed.
+    #[error(
+        "the mount probe could not remove what it made: {}; remove them with `kubectl delete pod,pvc -n {namespace} -l {selector}` and `kubectl delete pv -l {selector}` (the export's data is never touched: the volumes are Retain)",
+        left.join("; ")
+    )]
+    ProbeLeftovers {
+        /// What is left, with why.
+        left: Vec<String>,
+        /// Namespace of the pods and claims.
+        namespace: String,
+        /// The probe's label selector.
+        selector: String,
+    },
+    /// The run was interrupted (Ctrl-C); what it made was removed.
+    #[error("{what} was interrupted; the objects it made were removed")]
+    Interrupted {
+        /// What was interrupted.
+        what: String,
     },
     /// An object could not be written as YAML.
     #[error("write {kind} {name} as YAML: {message}")]

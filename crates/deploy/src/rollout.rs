@@ -328,7 +328,7 @@ pub fn describe_pod(pod: &Pod) -> String {
     parts.join("; ")
 }
 
-fn shorten(message: &str) -> String {
+pub(crate) fn shorten(message: &str) -> String {
     let one_line = message.split_whitespace().collect::<Vec<_>>().join(" ");
     if one_line.chars().count() > 300 {
         let cut: String = one_line.chars().take(300).collect();

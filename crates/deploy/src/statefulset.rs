@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaimVolumeSource, PodAffinityTerm,
     PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Toleration, Volume, VolumeMount,
     WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -132,6 +132,9 @@ pub fn statefulset(spec: &ClusterSpec) -> StatefulSet {
                         ..PodSecurityContext::default()
                     }),
                     affinity: Some(spread_members(spec)),
+                    tolerations: spec
+                        .tolerate_control_plane
+                        .then(|| vec![control_plane_toleration()]),
                     init_containers: Some(vec![install_agent_container(spec)]),
                     containers: vec![postgres_container(spec)],
                     volumes: Some(volumes),
@@ -155,7 +158,17 @@ fn empty_dir(name: &str, medium: Option<&str>) -> Volume {
     }
 }
 
-fn runtime_default_seccomp() -> SeccompProfile {
+/// Tolerates kubeadm's control-plane taint (only when the spec asks for it).
+pub fn control_plane_toleration() -> Toleration {
+    Toleration {
+        key: Some(contract::CONTROL_PLANE_TAINT.into()),
+        operator: Some("Exists".into()),
+        effect: Some("NoSchedule".into()),
+        ..Toleration::default()
+    }
+}
+
+pub(crate) fn runtime_default_seccomp() -> SeccompProfile {
     SeccompProfile {
         type_: "RuntimeDefault".into(),
         localhost_profile: None,
@@ -187,7 +200,7 @@ fn spread_members(spec: &ClusterSpec) -> Affinity {
 
 /// The container security context: the image's postgres user, no privilege escalation, no
 /// capabilities, read-only root filesystem (everything written goes to volumes).
-fn restricted_security_context(spec: &ClusterSpec) -> SecurityContext {
+pub(crate) fn restricted_security_context(spec: &ClusterSpec) -> SecurityContext {
     SecurityContext {
         run_as_user: Some(spec.postgres.uid),
         run_as_group: Some(spec.postgres.gid),

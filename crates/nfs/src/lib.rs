@@ -40,7 +40,7 @@ pub use parse::{
 };
 pub use plan::{Step, plan};
 pub use probe::{probe, probe_addresses, probe_files, probe_member_states};
-pub use volumes::{nfs_server_address, persistent_volumes};
+pub use volumes::{PROBE_SIZE, nfs_server_address, persistent_volumes, probe_volume};
 
 /// Errors of the NFS provisioner. Each says what is wrong and how to fix it.
 #[derive(Debug, thiserror::Error)]

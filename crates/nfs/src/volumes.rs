@@ -54,6 +54,43 @@ pub fn persistent_volumes(spec: &ClusterSpec, server: &str) -> Vec<PersistentVol
     }
 }
 
+/// The PersistentVolume of `doctor`'s mount probe on one node: named `name`, at the cluster's
+/// directory ([`ClusterSpec::cluster_export_dir`]) on `server`, with the mount options of the
+/// cluster's own volumes (NFS, `hard`, `nfsvers=<version>`), pre-bound (`claimRef`) to the
+/// probe's claim `claim` in the cluster's namespace, ReadOnlyMany and mounted read-only,
+/// labelled `labels` (the probe's, never the cluster's selector). Retain: deleting it never
+/// touches the export.
+pub fn probe_volume(
+    spec: &ClusterSpec,
+    server: &str,
+    name: String,
+    claim: String,
+    labels: BTreeMap<String, String>,
+) -> PersistentVolume {
+    let mut pv = volume(
+        spec,
+        name,
+        server,
+        spec.cluster_export_dir().display().to_string(),
+        claim_ref(spec, claim),
+    );
+    pv.metadata.labels = Some(labels);
+    if let Some(s) = pv.spec.as_mut() {
+        s.access_modes = Some(vec!["ReadOnlyMany".into()]);
+        s.capacity = Some(BTreeMap::from([(
+            "storage".to_string(),
+            Quantity(PROBE_SIZE.into()),
+        )]));
+        if let Some(nfs) = s.nfs.as_mut() {
+            nfs.read_only = Some(true);
+        }
+    }
+    pv
+}
+
+/// The size the probe's volume and claim declare (NFS ignores it; binding compares it).
+pub const PROBE_SIZE: &str = "1Mi";
+
 /// The reservation of a volume for one claim of the cluster's namespace.
 fn claim_ref(spec: &ClusterSpec, claim: String) -> ObjectReference {
     ObjectReference {
@@ -246,6 +283,47 @@ mod tests {
             let claim = pv.spec.as_ref().unwrap().claim_ref.as_ref().unwrap();
             assert_eq!(claim.namespace.as_deref(), Some("staging"));
         }
+    }
+
+    #[test]
+    fn the_probe_volume_mounts_the_clusters_directory_read_only_like_the_real_ones() {
+        let mut spec = ClusterSpec {
+            namespace: "staging".into(),
+            ..ClusterSpec::default()
+        };
+        spec.storage.mode = StorageMode::Templates;
+        spec.nfs.version = "4.2".into();
+        let labels = BTreeMap::from([("k".to_string(), "v".to_string())]);
+        let pv = probe_volume(
+            &spec,
+            "10.0.0.5",
+            "staging.pgset-doctor-1".into(),
+            "pgset-doctor-1".into(),
+            labels.clone(),
+        );
+        assert_eq!(pv.metadata.name.as_deref(), Some("staging.pgset-doctor-1"));
+        assert_eq!(pv.metadata.labels.as_ref(), Some(&labels));
+        let s = pv.spec.as_ref().unwrap();
+        assert_eq!(nfs_of(&pv), ("10.0.0.5", "/nfsfileshare/staging.pgset"));
+        assert_eq!(s.nfs.as_ref().unwrap().read_only, Some(true));
+        assert_eq!(s.access_modes.as_deref().unwrap(), ["ReadOnlyMany"]);
+        let real = &persistent_volumes(&spec, "10.0.0.5")[0];
+        assert_eq!(
+            s.mount_options,
+            real.spec.as_ref().unwrap().mount_options,
+            "the probe mounts as the cluster's volumes do"
+        );
+        assert_eq!(s.mount_options.as_deref().unwrap(), ["hard", "nfsvers=4.2"]);
+        assert_eq!(
+            s.persistent_volume_reclaim_policy.as_deref(),
+            Some("Retain")
+        );
+        assert_eq!(s.storage_class_name.as_deref(), Some("pgset-nfs"));
+        let claim = s.claim_ref.as_ref().unwrap();
+        assert_eq!(
+            (claim.namespace.as_deref(), claim.name.as_deref()),
+            (Some("staging"), Some("pgset-doctor-1"))
+        );
     }
 
     #[test]

@@ -20,6 +20,17 @@ pub mod labels {
     pub const ROLE: &str = "role";
 }
 
+/// Values of the [`labels::COMPONENT`] label.
+pub mod components {
+    /// The short-lived pods, claims and volumes of `doctor`'s per-node mount probe. They never
+    /// carry the [`NAME`](super::labels::NAME) label, so no selector of a cluster's pods,
+    /// claims or Services matches them.
+    pub const MOUNT_PROBE: &str = "mount-probe";
+}
+
+/// The taint kubeadm puts on a control-plane node (effect `NoSchedule`).
+pub const CONTROL_PLANE_TAINT: &str = "node-role.kubernetes.io/control-plane";
+
 /// Value of the `app.kubernetes.io/name` and `managed-by` labels.
 pub const APP_NAME: &str = "pgset";
 

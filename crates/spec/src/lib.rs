@@ -147,6 +147,10 @@ pub struct ClusterSpec {
     pub resources: ResourcesSpec,
     /// Probe timings.
     pub probes: ProbesSpec,
+    /// Let the members run on control-plane nodes: the pods tolerate kubeadm's
+    /// `node-role.kubernetes.io/control-plane:NoSchedule` taint. Off by default: a one-node lab
+    /// is better untainted, and a cluster with workers keeps its control plane free.
+    pub tolerate_control_plane: bool,
 }
 
 impl Default for ClusterSpec {
@@ -161,6 +165,7 @@ impl Default for ClusterSpec {
             agent: AgentSpec::default(),
             resources: ResourcesSpec::default(),
             probes: ProbesSpec::default(),
+            tolerate_control_plane: false,
         }
     }
 }
@@ -338,6 +343,8 @@ pub struct Overrides {
     pub postgres_image: Option<String>,
     /// `--agent-image`
     pub agent_image: Option<String>,
+    /// `--tolerate-control-plane` (the flag only turns it on)
+    pub tolerate_control_plane: Option<bool>,
 }
 
 impl ClusterSpec {
@@ -415,6 +422,9 @@ impl ClusterSpec {
         }
         if let Some(v) = &o.agent_image {
             self.agent.image = v.clone();
+        }
+        if let Some(v) = o.tolerate_control_plane {
+            self.tolerate_control_plane = v;
         }
     }
 

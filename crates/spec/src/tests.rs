@@ -336,6 +336,15 @@ fn the_example_file_in_the_repository_is_the_defaults() {
         ClusterSpec::default(),
         "pgset.example.yaml must document the defaults"
     );
+    // Every field is written out, not just left to its default.
+    let text = std::fs::read_to_string(&path).unwrap();
+    for line in ClusterSpec::default().to_yaml().lines() {
+        let key = line.split(':').next().unwrap_or_default();
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("{key}:"))),
+            "pgset.example.yaml does not show `{key}`"
+        );
+    }
 }
 
 #[test]
@@ -587,4 +596,19 @@ fn a_mapping_where_a_single_value_is_expected_says_so() {
     // Errors of another kind get no hint.
     let err = ClusterSpec::parse("replicas: many\n").unwrap_err();
     assert!(!err.contains("expects"), "{err}");
+}
+
+#[test]
+fn tolerating_the_control_plane_is_off_unless_the_file_or_the_flag_asks() {
+    assert!(!ClusterSpec::default().tolerate_control_plane);
+    let from_file = ClusterSpec::parse("tolerateControlPlane: true\n").unwrap();
+    assert!(from_file.tolerate_control_plane);
+    let mut s = ClusterSpec::default();
+    s.apply(&Overrides::default());
+    assert!(!s.tolerate_control_plane, "no flag leaves the file's value");
+    s.apply(&Overrides {
+        tolerate_control_plane: Some(true),
+        ..Default::default()
+    });
+    assert!(s.tolerate_control_plane);
 }

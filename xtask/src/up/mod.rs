@@ -1,6 +1,8 @@
-//! `cargo xtask up`: preflight, NFS host, volumes, agent image, deploy and rollout, verify.
+//! `cargo xtask up`: preflight, NFS host, volumes, NFS path checks, agent image, deploy and
+//! rollout, verify.
 //!
-//! Each stage is also a command of its own (`nfs`, `volumes`, `image`, `deploy`, `verify`); `up`
+//! Each stage is also a command of its own (`nfs`, `volumes`, `doctor`, `image`, `deploy`,
+//! `verify`); `up`
 //! runs them in order with the same spec and client flags, one progress line per stage, and
 //! stops at the first failure saying which stage failed, what was already done, and what to do.
 //! Every stage is idempotent, so re-running `up` after fixing the cause picks up where it
@@ -15,6 +17,7 @@ use pgset_spec::{ClusterSpec, StorageMode, default_agent_image};
 
 use crate::cli::{ClientArgs, SpecArgs};
 use crate::deploy::{DryRun, WaitArgs};
+use crate::doctor::ProbeArgs;
 
 /// Arguments of `cargo xtask up`.
 #[derive(Debug, clap::Args)]
@@ -30,7 +33,8 @@ pub struct Args {
         value_enum
     )]
     pub dry_run: Option<DryRun>,
-    /// Leave the NFS host alone (it is provisioned already, or is another machine)
+    /// Leave the NFS host alone (it is provisioned already, or is another machine): no NFS
+    /// stage and no host checks (the per-node mount probe still runs)
     #[arg(long)]
     pub skip_nfs: bool,
     /// Do not build and import the agent image (it comes from a registry: --agent-image)
@@ -45,6 +49,8 @@ pub struct Args {
     #[command(flatten)]
     pub wait: WaitArgs,
     #[command(flatten)]
+    pub probe: ProbeArgs,
+    #[command(flatten)]
     pub spec: SpecArgs,
     #[command(flatten)]
     pub client: ClientArgs,
@@ -55,6 +61,7 @@ pub struct Args {
 enum StageName {
     Nfs,
     Volumes,
+    Doctor,
     Image,
     Deploy,
     Verify,
@@ -65,6 +72,7 @@ impl StageName {
         match self {
             StageName::Nfs => "NFS host",
             StageName::Volumes => "volumes",
+            StageName::Doctor => "NFS path checks",
             StageName::Image => "agent image",
             StageName::Deploy => "deploy and rollout",
             StageName::Verify => "verify",
@@ -79,6 +87,9 @@ impl StageName {
             }
             StageName::Volumes => {
                 "check the NFS server address (--nfs-server) and `kubectl get pv`"
+            }
+            StageName::Doctor => {
+                "fix what the findings above name (`cargo xtask doctor` runs the checks on their own)"
             }
             StageName::Image => {
                 "run `cargo xtask image --import` on its own to see the build, or use a registry image with --agent-image and --skip-image"
@@ -99,6 +110,10 @@ fn stages(spec: &ClusterSpec, args: &Args) -> Vec<StageName> {
     }
     if spec.storage.storage_class.is_none() {
         out.push(StageName::Volumes);
+        // The host checks need this host to be the NFS host; the mount probe needs neither.
+        if !args.skip_nfs || !args.probe.no_mount_probe {
+            out.push(StageName::Doctor);
+        }
     }
     if builds_image(spec, args) {
         out.push(StageName::Image);
@@ -274,6 +289,43 @@ async fn run_stage(stage: StageName, args: &Args, ctr_here: bool) -> Result<()> 
             })
             .await
         }
+        StageName::Doctor => {
+            let host = !args.skip_nfs;
+            if args.dry_run.is_some() {
+                eprintln!(
+                    "    would run `cargo xtask doctor`'s checks{}{}",
+                    if host { ": this NFS host's" } else { ":" },
+                    if args.probe.no_mount_probe {
+                        ""
+                    } else if host {
+                        ", and a pod per schedulable node mounting the export (removed after)"
+                    } else {
+                        " a pod per schedulable node mounting the export (removed after)"
+                    }
+                );
+                return Ok(());
+            }
+            let spec = args.spec.load(&args.client)?;
+            let mut found = if host {
+                crate::doctor::host_checks(&spec, &args.client).await?
+            } else {
+                Vec::new()
+            };
+            found.extend(crate::doctor::mount_checks(&spec, &args.client, &args.probe).await);
+            for line in crate::doctor::table(&found).lines() {
+                eprintln!("    {line}");
+            }
+            let failed = found
+                .iter()
+                .filter(|d| d.health == pgset_nfs::Health::Fail)
+                .count();
+            if failed > 0 {
+                bail!(
+                    "{failed} NFS path check(s) failed (listed above with their fixes); nothing was deployed"
+                );
+            }
+            Ok(())
+        }
         StageName::Image => {
             crate::image::run(crate::image::Args {
                 spec,
@@ -374,6 +426,7 @@ mod tests {
                 no_wait: false,
                 timeout: Duration::from_secs(300),
             },
+            probe: ProbeArgs::default(),
             spec: SpecArgs::default(),
             client: ClientArgs::default(),
         }
@@ -386,6 +439,7 @@ mod tests {
             [
                 StageName::Nfs,
                 StageName::Volumes,
+                StageName::Doctor,
                 StageName::Image,
                 StageName::Deploy,
                 StageName::Verify
@@ -402,7 +456,31 @@ mod tests {
         };
         assert_eq!(
             stages(&ClusterSpec::default(), &a),
-            [StageName::Volumes, StageName::Image, StageName::Deploy]
+            [
+                StageName::Volumes,
+                StageName::Doctor,
+                StageName::Image,
+                StageName::Deploy
+            ],
+            "--skip-nfs keeps the checks: the mount probe still runs"
+        );
+        let neither = Args {
+            skip_nfs: true,
+            probe: ProbeArgs {
+                no_mount_probe: true,
+                ..ProbeArgs::default()
+            },
+            ..args()
+        };
+        assert_eq!(
+            stages(&ClusterSpec::default(), &neither),
+            [
+                StageName::Volumes,
+                StageName::Image,
+                StageName::Deploy,
+                StageName::Verify
+            ],
+            "without the host checks and the probe there is nothing to check"
         );
         let mut spec = ClusterSpec::default();
         spec.storage.mode = StorageMode::Templates;

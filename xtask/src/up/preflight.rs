@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, ListParams};
 use pgset_nfs::OsFamily;
+use pgset_spec::contract::CONTROL_PLANE_TAINT;
 use pgset_spec::{ClusterSpec, StorageMode, default_agent_image};
 
 /// What preflight learned. Every field is read, never assumed.
@@ -66,8 +67,8 @@ pub struct NodeFacts {
 /// The kubelet's default `nodeStatusMaxImages`: a node reporting this many may have more.
 pub const KUBELET_MAX_IMAGES: usize = 50;
 
-/// The taint kubeadm puts on a control-plane node.
-const CONTROL_PLANE_TAINT: &str = "node-role.kubernetes.io/control-plane";
+/// kubeadm's control-plane taint as [`NodeFacts::taints`] spells it.
+const CONTROL_PLANE_NO_SCHEDULE: &str = "node-role.kubernetes.io/control-plane:NoSchedule";
 
 /// Taints the node controller sets while a node is not Ready; Ready already says so.
 const CONDITION_TAINTS: [&str; 2] = [
@@ -131,8 +132,9 @@ fn normalize_image(image: &str) -> String {
 }
 
 impl NodeFacts {
-    /// Why the pods cannot be scheduled here, in words; `None` when they can.
-    fn keeps_pods_off(&self) -> Option<String> {
+    /// Why the pods cannot be scheduled here, in words; `None` when they can. With
+    /// `tolerate_control_plane`, kubeadm's control-plane taint does not keep them off.
+    fn keeps_pods_off(&self, tolerate_control_plane: bool) -> Option<String> {
         let mut why = Vec::new();
         if !self.ready {
             why.push(format!("not Ready ({})", self.message));
@@ -140,8 +142,18 @@ impl NodeFacts {
         if self.unschedulable {
             why.push("cordoned (`kubectl uncordon` to undo)".to_string());
         }
-        if !self.taints.is_empty() {
-            why.push(format!("tainted {}", self.taints.join(", ")));
+        let taints: Vec<&str> = self
+            .taints
+            .iter()
+            .map(String::as_str)
+            .filter(|t| !(tolerate_control_plane && *t == CONTROL_PLANE_NO_SCHEDULE))
+            .collect();
+        if !taints.is_empty() {
+            let mut s = format!("tainted {}", taints.join(", "));
+            if taints.contains(&CONTROL_PLANE_NO_SCHEDULE) {
+                s.push_str(" (or let the members tolerate it: --tolerate-control-plane)");
+            }
+            why.push(s);
         }
         (!why.is_empty()).then(|| why.join("; "))
     }
@@ -246,12 +258,15 @@ fn judge_nodes(spec: &ClusterSpec, f: &Facts, out: &mut Vec<Finding>) {
     let usable: Vec<&NodeFacts> = f
         .nodes
         .iter()
-        .filter(|n| n.keeps_pods_off().is_none())
+        .filter(|n| n.keeps_pods_off(spec.tolerate_control_plane).is_none())
         .collect();
     let off: Vec<(&NodeFacts, String)> = f
         .nodes
         .iter()
-        .filter_map(|n| n.keeps_pods_off().map(|why| (n, why)))
+        .filter_map(|n| {
+            n.keeps_pods_off(spec.tolerate_control_plane)
+                .map(|why| (n, why))
+        })
         .collect();
     if usable.is_empty() {
         let cni = f
@@ -268,7 +283,7 @@ fn judge_nodes(spec: &ClusterSpec, f: &Facts, out: &mut Vec<Finding>) {
         }
         if control_plane {
             fix.push(format!(
-                "on a one-node kubeadm lab let the control plane run pods: `kubectl taint nodes --all {CONTROL_PLANE_TAINT}-`"
+                "on a one-node kubeadm lab let the control plane run pods: `kubectl taint nodes --all {CONTROL_PLANE_TAINT}-`, or keep the taint and let only pgset's members tolerate it with --tolerate-control-plane (spec: tolerateControlPlane: true)"
             ));
         }
         if fix.is_empty() {
@@ -710,6 +725,46 @@ mod tests {
     }
 
     #[test]
+    fn a_control_plane_the_members_tolerate_runs_them() {
+        let facts = Facts {
+            nodes: vec![node_facts(
+                &node(
+                    "cp",
+                    NodeShape {
+                        taints: CONTROL_PLANE,
+                        ..NodeShape::default()
+                    },
+                ),
+                &default_agent_image(),
+            )],
+            ..cluster_ok()
+        };
+        let blocked = judge(&ClusterSpec::default(), &facts);
+        assert!(
+            blockers(&blocked)[0].contains("--tolerate-control-plane"),
+            "the finding names the flag as the alternative to untainting: {blocked:?}"
+        );
+        let spec = ClusterSpec {
+            tolerate_control_plane: true,
+            ..ClusterSpec::default()
+        };
+        let f = judge(&spec, &facts);
+        assert!(blockers(&f).is_empty(), "{f:?}");
+        assert!(
+            !f.iter().any(|x| x.text.contains("no pods will run here")),
+            "{f:?}"
+        );
+        // Another taint still keeps them off.
+        let mut other = facts.clone();
+        other.nodes[0].taints.push("dedicated=db:NoSchedule".into());
+        let b = judge(&spec, &other);
+        assert!(
+            blockers(&b)[0].contains("cp: tainted dedicated=db:NoSchedule"),
+            "{b:?}"
+        );
+    }
+
+    #[test]
     fn a_worker_without_the_locally_imported_image_is_a_blocker() {
         let facts = Facts {
             nodes: vec![
@@ -853,7 +908,7 @@ mod tests {
         assert_eq!(
             found,
             [
-                "note: node cp: no pods will run here: tainted node-role.kubernetes.io/control-plane:NoSchedule".to_string(),
+                "note: node cp: no pods will run here: tainted node-role.kubernetes.io/control-plane:NoSchedule (or let the members tolerate it: --tolerate-control-plane)".to_string(),
                 "note: node w2: no pods will run here: not Ready (Kubelet stopped posting node status.)".into(),
                 format!(
                     "blocker: node w1: may run the pods but does not have the agent image {} (pull policy IfNotPresent, not in a registry): `up` imports it into this host's containerd only: copy the archive of `cargo xtask image --out pgset-agent.tar` to w1 and run `ctr -n k8s.io images import pgset-agent.tar` there, or cordon the node (`kubectl cordon w1`); or push the image to a registry and pass --agent-image IMAGE --skip-image",

@@ -400,3 +400,33 @@ fn the_data_opt_ins_are_rendered_only_when_given() {
         assert_eq!(v.value.as_deref(), Some("true"));
     }
 }
+
+#[test]
+fn the_control_plane_is_tolerated_only_when_asked() {
+    let spec = named_spec("db", "prod");
+    assert_eq!(pod_spec(&statefulset(&spec)).tolerations, None);
+    let yaml = serde_saphyr::to_string(&statefulset(&spec)).unwrap();
+    assert!(!yaml.contains("tolerations"), "{yaml}");
+
+    let asked = ClusterSpec {
+        tolerate_control_plane: true,
+        ..spec
+    };
+    let sts = statefulset(&asked);
+    let t = pod_spec(&sts).tolerations.as_deref().unwrap();
+    assert_eq!(t.len(), 1);
+    assert_eq!(
+        (
+            t[0].key.as_deref(),
+            t[0].operator.as_deref(),
+            t[0].effect.as_deref(),
+            t[0].value.as_deref()
+        ),
+        (
+            Some("node-role.kubernetes.io/control-plane"),
+            Some("Exists"),
+            Some("NoSchedule"),
+            None
+        )
+    );
+}
