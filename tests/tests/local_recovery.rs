@@ -18,7 +18,6 @@ use support::{TestSet, pg_or_skip, wait_until};
 
 const SECOND: Duration = Duration::from_secs(1);
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_during_the_base_backup_redoes_it_when_restarted() {
     if pg_or_skip("local_recovery_interrupted_copy").is_none() {
