@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use crate::{Result, io_err};
 
 /// Path of the JSON status.
-pub const STATUS_PATH: &str = "/status";
+pub const STATUS_PATH: &str = pgset_spec::contract::HEALTH_STATUS_PATH;
 
 /// Default time postgres may go without answering before liveness fails.
 pub const DEFAULT_LIVENESS_TIMEOUT: Duration = Duration::from_secs(30);

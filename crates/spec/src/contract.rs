@@ -160,6 +160,8 @@ pub const POSTGRES_PORT: u16 = 5432;
 pub const HEALTH_PORT: u16 = 8008;
 /// Path of the health endpoint that says postgres is alive.
 pub const HEALTH_LIVE_PATH: &str = "/healthz";
+/// Path of the agent's JSON status (phase, readiness and why, PostgreSQL's state, slots).
+pub const HEALTH_STATUS_PATH: &str = "/status";
 /// Path of the startup endpoint: true once the member has prepared its data and postgres has
 /// accepted a connection.
 pub const HEALTH_STARTUP_PATH: &str = "/startupz";

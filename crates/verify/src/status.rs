@@ -41,6 +41,10 @@ pub struct MemberStatus {
     /// What its agent stopped with (a refusal to use a data directory, a fatal error).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_with: Option<String>,
+    /// The member's agent's own status (`/status` on its health port, through the API server's
+    /// pod proxy): readiness and why, timeline, LSNs, WAL receiver, slots on the master.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<serde_json::Value>,
 }
 
 /// The whole screen.
@@ -113,13 +117,100 @@ pub fn member_statuses(
                 replay_lag_ms: row.and_then(|r| r.replay_lag_ms),
                 unreplayed_bytes: row.and_then(|r| r.unreplayed_bytes),
                 stopped_with: m.stopped_with.clone(),
+                agent: None,
             }
         })
         .collect()
 }
 
+/// A member agent's `/status`, through the API server's pod proxy (`pods/proxy`); `None` when it
+/// does not answer within 3 s or the caller may not use the proxy.
+pub async fn agent_status(
+    client: &Client,
+    namespace: &str,
+    pod: &str,
+) -> Option<serde_json::Value> {
+    let path = format!(
+        "/api/v1/namespaces/{namespace}/pods/{pod}:{}/proxy{}",
+        contract::HEALTH_PORT,
+        contract::HEALTH_STATUS_PATH
+    );
+    let request = http::Request::get(path).body(Vec::new()).ok()?;
+    let text = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        client.request_text(request),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Problems the agents' own states show (pure): a member not ready with its reason, a replica
+/// that cannot follow, members on different database systems or timelines, and a slot on the
+/// master that holds WAL for a member outside the set.
+pub fn agent_problems(members: &[MemberStatus], desired: i32, cluster: &str) -> Vec<String> {
+    let mut p = Vec::new();
+    let mut systems = std::collections::BTreeSet::new();
+    let mut timelines = std::collections::BTreeSet::new();
+    for m in members {
+        let Some(a) = &m.agent else {
+            continue;
+        };
+        if a["ready"].as_bool() == Some(false)
+            && let Some(reason) = a["reason"].as_str()
+        {
+            p.push(format!("{} is not ready: {reason}", m.pod));
+        }
+        if let Some(problem) = a["postgres"]["followProblem"].as_str() {
+            p.push(format!("{} cannot follow the master: {problem}", m.pod));
+        }
+        if let Some(sysid) = a["postgres"]["systemIdentifier"].as_str() {
+            systems.insert(sysid.to_string());
+        }
+        if let Some(tl) = a["postgres"]["timeline"].as_i64() {
+            timelines.insert(tl);
+        }
+        for slot in a["postgres"]["slots"].as_array().into_iter().flatten() {
+            let name = slot["slot"].as_str().unwrap_or_default();
+            let prefix = format!("{}_", cluster.replace('-', "_"));
+            let Some(k) = name
+                .strip_prefix(&prefix)
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if k >= desired {
+                p.push(format!(
+                    "slot {name} on {} retains {} bytes of WAL for a member outside the set ({} wanted)",
+                    m.pod,
+                    slot["retainedBytes"].as_i64().unwrap_or(0),
+                    desired
+                ));
+            }
+        }
+    }
+    if systems.len() > 1 {
+        p.push(format!(
+            "members are on different database systems: {}",
+            systems.into_iter().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    if timelines.len() > 1 {
+        p.push(format!(
+            "members are on different timelines: {}",
+            timelines
+                .into_iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    p
+}
+
 impl ClusterStatus {
-    /// Reads the cluster: pods through the API, streaming from the master.
+    /// Reads the cluster: pods through the API, each agent's status, streaming from the master.
     pub async fn gather(client: Client, spec: &ClusterSpec) -> Result<ClusterStatus> {
         let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &spec.namespace);
         let sts = statefulsets
@@ -132,7 +223,7 @@ impl ClusterStatus {
                 namespace: spec.namespace.clone(),
             });
         };
-        let verifier = Verifier::new(client, spec.clone(), Options::new(spec));
+        let verifier = Verifier::new(client.clone(), spec.clone(), Options::new(spec));
         let members = verifier.members().await?;
         let master_up = members
             .iter()
@@ -142,7 +233,12 @@ impl ClusterStatus {
         } else {
             Err(format!("{} is not running", spec.pod_name(0)))
         };
-        let lines = member_statuses(spec, &members, &replication);
+        let mut lines = member_statuses(spec, &members, &replication);
+        for (line, member) in lines.iter_mut().zip(&members) {
+            if member.phase == "Running" && !member.terminating {
+                line.agent = agent_status(&client, &spec.namespace, &member.name).await;
+            }
+        }
         Ok(ClusterStatus {
             cluster: spec.name.clone(),
             namespace: spec.namespace.clone(),
@@ -190,6 +286,7 @@ impl ClusterStatus {
                 p.push(format!("{} is {}", m.pod, m.streaming));
             }
         }
+        p.extend(agent_problems(&self.members, self.desired, &self.cluster));
         p
     }
 
@@ -267,6 +364,46 @@ impl ClusterStatus {
             if let Some(why) = &m.stopped_with {
                 let _ = writeln!(out, "{} stopped: {why}", m.pod);
             }
+            let Some(a) = &m.agent else {
+                continue;
+            };
+            let pg = &a["postgres"];
+            let mut facts = Vec::new();
+            for (key, label) in [
+                ("systemIdentifier", "system"),
+                ("timeline", "timeline"),
+                ("currentLsn", "LSN"),
+                ("receiveLsn", "received"),
+                ("replayLsn", "replayed"),
+                ("walReceiver", "WAL receiver"),
+            ] {
+                match &pg[key] {
+                    serde_json::Value::Null => {}
+                    serde_json::Value::String(v) => facts.push(format!("{label} {v}")),
+                    v => facts.push(format!("{label} {v}")),
+                }
+            }
+            if !facts.is_empty() {
+                let _ = writeln!(out, "{}: {}", m.pod, facts.join(", "));
+            }
+            for slot in pg["slots"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "{}: slot {} {} {}, retains {} bytes",
+                    m.pod,
+                    slot["slot"].as_str().unwrap_or("?"),
+                    if slot["active"].as_bool() == Some(true) {
+                        "active"
+                    } else {
+                        "idle"
+                    },
+                    slot["walStatus"].as_str().unwrap_or("-"),
+                    slot["retainedBytes"].as_i64().unwrap_or(0)
+                );
+            }
+        }
+        for problem in agent_problems(&self.members, self.desired, &self.cluster) {
+            let _ = writeln!(out, "warning: {problem}");
         }
         out
     }

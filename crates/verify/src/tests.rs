@@ -995,3 +995,39 @@ fn a_refused_member_shows_its_agents_message_in_status() {
         status.problems()
     );
 }
+
+#[test]
+fn the_agents_states_show_gone_members_slots_and_split_systems() {
+    let spec = ClusterSpec::default();
+    let pods = [
+        pod(0, "2026-01-01T00:00:00Z", true, "master"),
+        pod(1, "2026-01-01T00:00:01Z", true, "replica"),
+    ];
+    let mut lines = crate::status::member_statuses(&spec, &members(&pods), &Ok(Vec::new()));
+    lines[0].agent = Some(
+        json!({"ready": true, "reason": "accepts writes", "postgres": {
+        "timeline": 1, "systemIdentifier": "1",
+        "slots": [
+            {"slot": "pgset_1", "active": true, "walStatus": "reserved", "retainedBytes": 0},
+            {"slot": "pgset_2", "active": false, "walStatus": "extended", "retainedBytes": 50331648}
+        ]}}),
+    );
+    lines[1].agent = Some(json!({"ready": true, "reason": "streaming from the master",
+        "postgres": {"timeline": 2, "systemIdentifier": "2"}}));
+    let p = crate::status::agent_problems(&lines, 2, "pgset");
+    assert!(
+        p.iter().any(|x| x == "slot pgset_2 on pgset-0 retains 50331648 bytes of WAL for a member outside the set (2 wanted)"),
+        "{p:?}"
+    );
+    assert!(!p.iter().any(|x| x.contains("pgset_1")), "{p:?}");
+    assert!(
+        p.iter()
+            .any(|x| x == "members are on different database systems: 1, 2"),
+        "{p:?}"
+    );
+    assert!(
+        p.iter()
+            .any(|x| x == "members are on different timelines: 1, 2"),
+        "{p:?}"
+    );
+}

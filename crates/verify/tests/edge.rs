@@ -334,6 +334,14 @@ async fn status_without_a_running_master_reads_no_streaming() {
             pod(1, "Running", "replica"),
         ]);
         paths.push(answer(&mut handle, 200, pods).await.path);
+        // The running replica's agent, through the pod proxy: not ready, and why.
+        let agent = json!({
+            "member": "pgset-1", "agentPid": 7, "phase": "running", "activity": "postgres running",
+            "ready": false, "reason": "the master does not answer and replay has not caught up",
+            "postgres": {"inRecovery": true, "timeline": 1, "systemIdentifier": "7300000000000000001",
+                         "receiveLsn": "0/3000148", "replayLsn": "0/3000000", "walReceiver": "waiting"}
+        });
+        paths.push(answer(&mut handle, 200, agent).await.path);
         paths
     });
     let status = ClusterStatus::gather(client, &spec).await.unwrap();
@@ -342,9 +350,21 @@ async fn status_without_a_running_master_reads_no_streaming() {
         paths,
         [
             "/apis/apps/v1/namespaces/default/statefulsets/pgset",
-            "/api/v1/namespaces/default/pods"
+            "/api/v1/namespaces/default/pods",
+            "/api/v1/namespaces/default/pods/pgset-1:8008/proxy/status"
         ],
-        "no exec while the master is not running"
+        "no exec while the master is not running; only a running member's agent is asked"
+    );
+    let table = status.to_table();
+    assert!(
+        table.contains("pgset-1: system 7300000000000000001, timeline 1, received 0/3000148, replayed 0/3000000, WAL receiver waiting"),
+        "{table}"
+    );
+    assert!(
+        status.problems().iter().any(|p| p
+            == "pgset-1 is not ready: the master does not answer and replay has not caught up"),
+        "{:?}",
+        status.problems()
     );
     assert_eq!(status.desired, 2);
     assert_eq!(status.ready, 1);
