@@ -384,9 +384,13 @@ pub fn plan(facts: &HostFacts, spec: &ClusterSpec, options: &ExportOptions) -> R
         // The export only has to let nodes through to the cluster's own directory: created
         // traversable, or made so keeping its owner (it may be another cluster's data root).
         match facts.export_dir {
-            PathState::Missing => {
-                wanted_dirs.push((export.clone(), PathState::Missing, TRAVERSABLE_ROOT_MODE))
-            }
+            PathState::Missing => steps.push(Step::EnsureDirectory {
+                path: export.clone(),
+                uid,
+                gid,
+                mode: TRAVERSABLE_ROOT_MODE,
+                current: PathState::Missing,
+            }),
             current @ PathState::Directory {
                 uid: u0,
                 gid: g0,
@@ -400,6 +404,16 @@ pub fn plan(facts: &HostFacts, spec: &ClusterSpec, options: &ExportOptions) -> R
             }),
             _ => {}
         }
+    }
+    // The export is pgset's from now on (whichever cluster marked it first: clusters share it,
+    // each in a directory of its own).
+    if facts.export_contents.marker.is_none() {
+        steps.push(Step::MarkExport {
+            path: export.clone(),
+            contents: marker_contents(&spec.namespace, &spec.name),
+        });
+    }
+    if !spec.is_default_cluster() {
         wanted_dirs.push((exported.clone(), below(&exported), data_root_mode));
     }
     wanted_dirs.extend(
@@ -408,7 +422,6 @@ pub fn plan(facts: &HostFacts, spec: &ClusterSpec, options: &ExportOptions) -> R
             .map(|d| (d.clone(), below(d), DATA_DIR_MODE)),
     );
     for (path, current, mode) in wanted_dirs {
-        let is_root = path == *export;
         if !dir_is_right(current, uid, gid, mode) {
             steps.push(Step::EnsureDirectory {
                 path,
@@ -416,12 +429,6 @@ pub fn plan(facts: &HostFacts, spec: &ClusterSpec, options: &ExportOptions) -> R
                 gid,
                 mode,
                 current,
-            });
-        }
-        if is_root && facts.export_contents.marker.is_none() {
-            steps.push(Step::MarkExport {
-                path: export.clone(),
-                contents: marker_contents(&spec.namespace, &spec.name),
             });
         }
     }
