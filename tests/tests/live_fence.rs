@@ -92,41 +92,9 @@ fn run_suffix() -> String {
     )
 }
 
-/// The 2-member cluster `name` in `namespace`, or why it cannot be built here (as in
-/// `live_verify`).
+/// The 2-member cluster `name` in `namespace`, or why it cannot be built here.
 fn cluster_spec(namespace: &str, name: &str) -> Result<ClusterSpec, String> {
-    let mut spec = ClusterSpec {
-        name: name.to_string(),
-        namespace: namespace.to_string(),
-        replicas: 2,
-        ..ClusterSpec::default()
-    };
-    match (
-        std::env::var("PGSET_LIVE_STORAGE_CLASS"),
-        std::env::var("PGSET_LIVE_NFS_SERVER"),
-    ) {
-        (Ok(class), _) => {
-            spec.storage.mode = StorageMode::Templates;
-            spec.storage.storage_class = Some(class);
-        }
-        (Err(_), Ok(server)) => {
-            spec.storage.mode = StorageMode::Shared;
-            spec.nfs.server = Some(server);
-            if let Ok(export) = std::env::var("PGSET_LIVE_NFS_EXPORT") {
-                spec.nfs.export = export.into();
-            }
-        }
-        _ => {
-            return Err(
-                "needs storage for its own cluster: set PGSET_LIVE_STORAGE_CLASS (templates mode) or PGSET_LIVE_NFS_SERVER (shared mode on the NFS export)".into(),
-            );
-        }
-    }
-    if let Ok(image) = std::env::var("PGSET_LIVE_AGENT_IMAGE") {
-        spec.agent.image = image;
-    }
-    spec.validate().map_err(|e| e.to_string())?;
-    Ok(spec)
+    support::live_cluster_spec(namespace, name, 2)
 }
 
 /// Shared mode: the spec's NFS volumes, renamed after the namespace so they cannot collide

@@ -22,7 +22,7 @@ use pgset_deploy::apply::{ApplyMode, deploy};
 use pgset_deploy::rollout::wait_for_rollout;
 use pgset_deploy::storage::apply_volumes;
 use pgset_deploy::teardown::{Purge, down};
-use pgset_spec::{ClusterSpec, StorageMode};
+use pgset_spec::ClusterSpec;
 use pgset_tests::live_kubeconfig;
 use pgset_verify::exec::{POSTGRES_CONTAINER, PodExec};
 use pgset_verify::{ClusterStatus, Report, Verdict, names, sql};
@@ -37,38 +37,7 @@ const CLUSTER: &str = "pgset-verify";
 
 /// The cluster under test, or why it cannot be built here.
 fn cluster_spec(namespace: &str) -> Result<ClusterSpec, String> {
-    let mut spec = ClusterSpec {
-        name: CLUSTER.to_string(),
-        namespace: namespace.to_string(),
-        replicas: 3,
-        ..ClusterSpec::default()
-    };
-    match (
-        std::env::var("PGSET_LIVE_STORAGE_CLASS"),
-        std::env::var("PGSET_LIVE_NFS_SERVER"),
-    ) {
-        (Ok(class), _) => {
-            spec.storage.mode = StorageMode::Templates;
-            spec.storage.storage_class = Some(class);
-        }
-        (Err(_), Ok(server)) => {
-            spec.storage.mode = StorageMode::Shared;
-            spec.nfs.server = Some(server);
-            if let Ok(export) = std::env::var("PGSET_LIVE_NFS_EXPORT") {
-                spec.nfs.export = export.into();
-            }
-        }
-        _ => {
-            return Err(
-                "needs storage for its own cluster: set PGSET_LIVE_STORAGE_CLASS (templates mode) or PGSET_LIVE_NFS_SERVER (shared mode on the NFS export)".into(),
-            );
-        }
-    }
-    if let Ok(image) = std::env::var("PGSET_LIVE_AGENT_IMAGE") {
-        spec.agent.image = image;
-    }
-    spec.validate().map_err(|e| e.to_string())?;
-    Ok(spec)
+    support::live_cluster_spec(namespace, CLUSTER, 3)
 }
 
 /// Shared mode: the cluster's own NFS volume (`<namespace>.pgset-verify-pvc`, in its own

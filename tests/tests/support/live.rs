@@ -190,3 +190,47 @@ pub async fn prepare_cluster_dirs(client: &kube::Client, spec: &pgset_spec::Clus
     );
     eprintln!("prepared {}/{key}:\n{log}", spec.nfs.export.display());
 }
+
+/// A cluster of `replicas` members named `name` in `namespace` on the storage the environment
+/// names (`PGSET_LIVE_STORAGE_CLASS`: templates mode on that class; `PGSET_LIVE_NFS_SERVER` and
+/// `PGSET_LIVE_NFS_EXPORT`: shared mode on the export), with `PGSET_LIVE_AGENT_IMAGE` when set;
+/// or why it cannot be built here.
+pub fn live_cluster_spec(
+    namespace: &str,
+    name: &str,
+    replicas: i32,
+) -> Result<pgset_spec::ClusterSpec, String> {
+    use pgset_spec::{ClusterSpec, StorageMode};
+    let mut spec = ClusterSpec {
+        name: name.to_string(),
+        namespace: namespace.to_string(),
+        replicas,
+        ..ClusterSpec::default()
+    };
+    match (
+        std::env::var("PGSET_LIVE_STORAGE_CLASS"),
+        std::env::var("PGSET_LIVE_NFS_SERVER"),
+    ) {
+        (Ok(class), _) => {
+            spec.storage.mode = StorageMode::Templates;
+            spec.storage.storage_class = Some(class);
+        }
+        (Err(_), Ok(server)) => {
+            spec.storage.mode = StorageMode::Shared;
+            spec.nfs.server = Some(server);
+            if let Ok(export) = std::env::var("PGSET_LIVE_NFS_EXPORT") {
+                spec.nfs.export = export.into();
+            }
+        }
+        _ => {
+            return Err(
+                "needs storage for its own cluster: set PGSET_LIVE_STORAGE_CLASS (templates mode) or PGSET_LIVE_NFS_SERVER (shared mode on the NFS export)".into(),
+            );
+        }
+    }
+    if let Ok(image) = std::env::var("PGSET_LIVE_AGENT_IMAGE") {
+        spec.agent.image = image;
+    }
+    spec.validate().map_err(|e| e.to_string())?;
+    Ok(spec)
+}
