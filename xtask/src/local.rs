@@ -50,6 +50,14 @@ struct UpArgs {
     /// pg_basebackup --max-rate for replicas' first copies (e.g. 50M)
     #[arg(long)]
     max_rate: Option<String>,
+    /// Take data directories without pgset's identity (made before identities) as the members'
+    /// own, and mark them (explicit opt-in)
+    #[arg(long)]
+    adopt_unmarked: bool,
+    /// Let member 0 initialise a new, empty database although the set had data, and replicas of
+    /// the old one copy it again, keeping their data aside (explicit opt-in)
+    #[arg(long)]
+    allow_reinit: bool,
     /// The agent binary (default: built with `cargo build -p pgset-agent`)
     #[arg(long)]
     agent_bin: Option<PathBuf>,
@@ -138,6 +146,8 @@ async fn up(a: UpArgs) -> Result<()> {
     opts.ready_timeout = Duration::from_secs(a.timeout);
     opts.master_wait = a.master_wait.map(Duration::from_secs);
     opts.basebackup_max_rate = a.max_rate;
+    opts.adopt_unmarked = a.adopt_unmarked;
+    opts.allow_reinit = a.allow_reinit;
     let stage = Stage::start(format!(
         "local set of {} in {}",
         a.replicas,
