@@ -48,6 +48,8 @@ pub struct Status {
     pub member: String,
     /// The agent's process id (local mode tells its own member's agent from another's by it).
     pub agent_pid: u32,
+    /// The agent's version (the pgset release it was built from).
+    pub agent_version: &'static str,
     /// What the member is doing.
     pub phase: Phase,
     /// In words: the step while preparing, or what postgres does.
@@ -214,6 +216,7 @@ impl Health {
         self.with(|s| Status {
             member: self.member.clone(),
             agent_pid: std::process::id(),
+            agent_version: env!("CARGO_PKG_VERSION"),
             phase: s.phase,
             activity: s.activity.clone(),
             ready,

@@ -18,32 +18,8 @@ use crate::settings::{member_of_slot, slot_name};
 /// Namespace local members record in their identity.
 pub const LOCAL_NAMESPACE: &str = "local";
 
-/// The set at a glance.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Summary {
-    /// Cluster name.
-    pub cluster: String,
-    /// The cluster id (`<dir>/secret/cluster-id`).
-    pub cluster_id: Option<String>,
-    /// PostgreSQL's database system identifier (the master's).
-    pub system_identifier: Option<String>,
-    /// PostgreSQL's version (the master's `server_version`).
-    pub postgres_version: Option<String>,
-    /// The master member.
-    pub master: String,
-    /// When the master's postmaster started.
-    pub master_started_at: Option<String>,
-    /// Seconds since then.
-    pub master_uptime_s: Option<f64>,
-    /// Members of the set that answer ready.
-    pub members_ready: usize,
-    /// Members of the set (the membership file).
-    pub members_total: usize,
-    /// The master's current WAL position.
-    pub master_lsn: Option<String>,
-    /// The master's timeline.
-    pub timeline: Option<i64>,
-}
+pub use pgset_spec::status::Summary;
+use pgset_spec::status::bytes;
 
 /// A physical slot on the master.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -359,47 +335,11 @@ pub async fn report(dir: &Path, pg_bin_dir: Option<&Path>) -> Result<StatusRepor
     })
 }
 
-fn bytes(b: i64) -> String {
-    match b {
-        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
-        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
-        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
-        b => format!("{b} B"),
-    }
-}
-
-fn duration(secs: f64) -> String {
-    let s = secs as u64;
-    match s {
-        s if s >= 86400 => format!("{}d{}h", s / 86400, s % 86400 / 3600),
-        s if s >= 3600 => format!("{}h{}m", s / 3600, s % 3600 / 60),
-        s if s >= 60 => format!("{}m{}s", s / 60, s % 60),
-        _ => format!("{secs:.1}s"),
-    }
-}
-
 impl StatusReport {
     /// The report as a screen: the summary, one row per member, why members are not ready,
     /// the warnings and the verdict.
     pub fn to_table(&self) -> String {
-        let s = &self.summary;
-        let or = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-        let mut out = format!(
-            "cluster {}  cluster id {}  system identifier {}  PostgreSQL {}\n",
-            s.cluster,
-            or(&s.cluster_id),
-            or(&s.system_identifier),
-            or(&s.postgres_version)
-        );
-        out += &format!(
-            "master {} up {}  ready {}/{}  LSN {}  timeline {}\n\n",
-            s.master,
-            s.master_uptime_s.map_or("-".into(), duration),
-            s.members_ready,
-            s.members_total,
-            or(&s.master_lsn),
-            s.timeline.map_or("-".into(), |t| t.to_string())
-        );
+        let mut out = self.summary.lines() + "\n";
         out += &format!(
             "{:<10} {:<8} {:<16} {:<7} {:<6} {:<10} {:<18} {:<28} {}\n",
             "NAME", "ROLE", "ADDRESS", "PID", "READY", "STREAMING", "LAG", "SLOT", "IDENTITY"

@@ -144,7 +144,7 @@ pub fn lsn_text(lsn: Lsn) -> String {
 }
 
 /// What the member's own postgres says of itself.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct OwnState {
     /// `pg_is_in_recovery()`.
     pub in_recovery: bool,
@@ -161,6 +161,13 @@ pub struct OwnState {
     pub receive_lsn: Option<Lsn>,
     /// Replica: `pg_last_wal_replay_lsn()`.
     pub replay_lsn: Option<Lsn>,
+    /// `server_version` (for example `15.14 (Debian 15.14-0+deb12u1)`).
+    pub server_version: String,
+    /// Seconds since the postmaster started (`now() - pg_postmaster_start_time()`), measured by
+    /// the server itself so no clock of another machine enters it.
+    pub uptime_s: f64,
+    /// `pg_postmaster_start_time()`, as PostgreSQL prints it.
+    pub started_at: String,
 }
 
 /// Reads [`OwnState`] in one statement.
@@ -175,7 +182,10 @@ pub async fn own_state(db: &Db) -> Result<OwnState> {
                     (SELECT pid FROM pg_stat_activity WHERE backend_type = 'walreceiver'
                       LIMIT 1),
                     pg_wal_lsn_diff(pg_last_wal_receive_lsn(), '0/0')::bigint,
-                    pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint",
+                    pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint,
+                    current_setting('server_version'),
+                    extract(epoch FROM now() - pg_postmaster_start_time())::float8,
+                    pg_postmaster_start_time()::text",
             &[],
         )
         .await?;
@@ -187,6 +197,9 @@ pub async fn own_state(db: &Db) -> Result<OwnState> {
         receiver_pid: r.get(4),
         receive_lsn: r.get(5),
         replay_lsn: r.get(6),
+        server_version: r.get(7),
+        uptime_s: r.get(8),
+        started_at: r.get(9),
     })
 }
 
@@ -266,6 +279,44 @@ pub async fn drop_idle_slot(db: &Db, slot: &str) -> Result<bool> {
         )
         .await?;
     Ok(!rows.is_empty())
+}
+
+/// One standby as the master's `pg_stat_replication` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StandbyRow {
+    /// Its `application_name` (the member's name).
+    pub name: String,
+    /// `streaming`, `catchup`, `startup`, `backup`, `stopping`.
+    pub state: Option<String>,
+    /// `async`, `sync`, `potential`, `quorum`.
+    pub sync_state: Option<String>,
+    /// WAL sent but not yet replayed, in bytes.
+    pub unreplayed_bytes: Option<i64>,
+    /// `replay_lag` in ms; `None` when the master has no recent measurement (idle).
+    pub replay_lag_ms: Option<f64>,
+}
+
+/// The master's `pg_stat_replication`, one row per standby.
+pub async fn standbys(db: &Db) -> Result<Vec<StandbyRow>> {
+    let rows = db
+        .rows(
+            "SELECT application_name::text, state, sync_state,
+                    pg_wal_lsn_diff(sent_lsn, replay_lsn)::bigint,
+                    (extract(epoch FROM replay_lag) * 1000)::float8
+               FROM pg_stat_replication ORDER BY application_name",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| StandbyRow {
+            name: r.get(0),
+            state: r.get(1),
+            sync_state: r.get(2),
+            unreplayed_bytes: r.get(3),
+            replay_lag_ms: r.get(4),
+        })
+        .collect())
 }
 
 /// A physical slot on the primary.

@@ -374,6 +374,9 @@ impl Monitor {
         let mut d = Map::new();
         d.insert("inRecovery".into(), json!(own.in_recovery));
         d.insert("timeline".into(), json!(own.timeline));
+        d.insert("serverVersion".into(), json!(own.server_version));
+        d.insert("uptimeSeconds".into(), json!(own.uptime_s.round() as i64));
+        d.insert("startedAt".into(), json!(own.started_at));
         if let Some(sysid) = self.own_sysid {
             d.insert("systemIdentifier".into(), json!(sysid.to_string()));
         }
@@ -447,6 +450,7 @@ impl Monitor {
             Mode::Local => Duration::from_secs(2),
             Mode::Kubernetes => Duration::from_secs(10),
         };
+        self.show_standbys().await;
         if self.last_slot_check.is_none_or(|t| t.elapsed() >= every) {
             self.last_slot_check = Some(Instant::now());
             self.manage_slots().await;
@@ -506,6 +510,29 @@ impl Monitor {
                     }
                 }
             }
+        }
+    }
+
+    /// Shows the master's `pg_stat_replication` (each check: status reads streaming from it).
+    async fn show_standbys(&mut self) {
+        let Some(db) = self.db.as_ref() else {
+            return;
+        };
+        if let Ok(standbys) = pg::standbys(db).await {
+            let shown: Vec<Value> = standbys
+                .iter()
+                .map(|r| {
+                    json!({
+                        "applicationName": r.name,
+                        "state": r.state,
+                        "syncState": r.sync_state,
+                        "unreplayedBytes": r.unreplayed_bytes,
+                        "replayLagMs": r.replay_lag_ms,
+                    })
+                })
+                .collect();
+            self.master_detail
+                .insert("replication".into(), Value::Array(shown));
         }
     }
 

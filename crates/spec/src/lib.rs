@@ -6,6 +6,7 @@
 
 pub mod contract;
 mod hint;
+pub mod status;
 mod validate;
 
 use std::fmt;

@@ -1,0 +1,114 @@
+//! The status summary shared by `status` against a cluster and against a local set.
+
+use serde::{Deserialize, Serialize};
+
+/// A cluster (or local set) at a glance: what `status` prints first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Cluster name.
+    pub cluster: String,
+    /// The cluster id (the Secret's `cluster-id`; a local set's `<dir>/secret/cluster-id`).
+    pub cluster_id: Option<String>,
+    /// PostgreSQL's database system identifier (the master's).
+    pub system_identifier: Option<String>,
+    /// PostgreSQL's version (the master's `server_version`).
+    pub postgres_version: Option<String>,
+    /// The master member.
+    pub master: String,
+    /// When the master's postmaster started.
+    pub master_started_at: Option<String>,
+    /// Seconds since then.
+    pub master_uptime_s: Option<f64>,
+    /// Members of the set that answer ready.
+    pub members_ready: usize,
+    /// Members wanted (the StatefulSet's replicas; a local set's membership file).
+    pub members_total: usize,
+    /// The master's current WAL position.
+    pub master_lsn: Option<String>,
+    /// The master's timeline.
+    pub timeline: Option<i64>,
+}
+
+
+impl Summary {
+    /// The summary's two lines, as `status` prints them above the members.
+    pub fn lines(&self) -> String {
+        let or = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        format!(
+            "cluster {}  cluster id {}  system identifier {}  PostgreSQL {}\n\
+             master {} up {}  ready {}/{}  LSN {}  timeline {}\n",
+            self.cluster,
+            or(&self.cluster_id),
+            or(&self.system_identifier),
+            or(&self.postgres_version),
+            self.master,
+            self.master_uptime_s.map_or("-".into(), duration),
+            self.members_ready,
+            self.members_total,
+            or(&self.master_lsn),
+            self.timeline.map_or("-".into(), |t| t.to_string())
+        )
+    }
+}
+
+/// A byte count in binary units (`512 B`, `1.5 MiB`).
+pub fn bytes(b: i64) -> String {
+    match b {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+/// A duration as a person reads it (`4.2s`, `3m7s`, `2h5m`, `1d3h`).
+pub fn duration(secs: f64) -> String {
+    let s = secs as u64;
+    match s {
+        s if s >= 86400 => format!("{}d{}h", s / 86400, s % 86400 / 3600),
+        s if s >= 3600 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("{}m{}s", s / 60, s % 60),
+        _ => format!("{secs:.1}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_reads_as_two_lines_with_unknowns_as_dashes() {
+        let mut s = Summary {
+            cluster: "pgset".into(),
+            cluster_id: Some("c0ffee".into()),
+            system_identifier: Some("7300000000000000001".into()),
+            postgres_version: Some("15.14".into()),
+            master: "pgset-0".into(),
+            master_started_at: None,
+            master_uptime_s: Some(187.0),
+            members_ready: 3,
+            members_total: 3,
+            master_lsn: Some("0/3000148".into()),
+            timeline: Some(1),
+        };
+        assert_eq!(
+            s.lines(),
+            "cluster pgset  cluster id c0ffee  system identifier 7300000000000000001  PostgreSQL 15.14\n\
+             master pgset-0 up 3m7s  ready 3/3  LSN 0/3000148  timeline 1\n"
+        );
+        s.cluster_id = None;
+        s.master_uptime_s = None;
+        s.timeline = None;
+        assert!(s.lines().contains("cluster id -  system"), "{}", s.lines());
+        assert!(s.lines().contains("up -  ready 3/3  LSN 0/3000148  timeline -"), "{}", s.lines());
+    }
+
+    #[test]
+    fn sizes_and_durations_in_the_units_people_read() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(3 << 20), "3.0 MiB");
+        assert_eq!(duration(4.25), "4.2s");
+        assert_eq!(duration(3700.0), "1h1m");
+        assert_eq!(duration(90000.0), "1d1h");
+    }
+}
