@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 use pgset_agent::local::{self, UpOptions};
 use pgset_agent::local_status::{self, StatusReport};
 
-use crate::cli::{Exit, Stage, workspace_root};
+use crate::cli::{Stage, workspace_root};
+use crate::status::{Screen, StatusOutput, show};
 
 /// Arguments of `cargo xtask local`.
 #[derive(Debug, clap::Args)]
@@ -61,19 +62,6 @@ struct UpArgs {
     /// The agent binary (default: built with `cargo build -p pgset-agent`)
     #[arg(long)]
     agent_bin: Option<PathBuf>,
-}
-
-/// Output of `local status`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-enum StatusOutput {
-    /// A summary, one row per member, warnings and the verdict
-    #[default]
-    #[value(alias = "text")]
-    Table,
-    /// JSON (stable field names, for scripts)
-    Json,
-    /// YAML
-    Yaml,
 }
 
 #[derive(Debug, clap::Args)]
@@ -175,43 +163,20 @@ async fn up(a: UpArgs) -> Result<()> {
     Ok(())
 }
 
-fn render(report: &StatusReport, output: StatusOutput) -> Result<String> {
-    Ok(match output {
-        StatusOutput::Table => report.to_table(),
-        StatusOutput::Json => serde_json::to_string_pretty(report)? + "\n",
-        StatusOutput::Yaml => serde_saphyr::to_string(report).context("render YAML")?,
-    })
-}
-
 async fn status(dir: &Path, output: StatusOutput, watch: bool) -> Result<()> {
-    let mut shown = String::new();
-    loop {
+    show(output, watch, StatusReport::to_table, || async {
         let report = local_status::report(dir, None)
             .await
             .context("read the local set")?;
-        let text = render(&report, output)?;
-        if !watch {
-            print!("{text}");
-            if report.healthy {
-                return Ok(());
-            }
-            return Err(Exit {
-                code: 2,
-                message: format!("the set in {} is not healthy (exit code 2)", dir.display()),
-            }
-            .into());
-        }
         // The uptime changes every second; redraw on a change of anything else.
         let mut still = report.clone();
         still.summary.master_uptime_s = None;
-        let key = render(&still, output)?;
-        if key != shown {
-            print!("\x1b[2J\x1b[H{text}");
-            shown = key;
-        }
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
+        Ok(Screen {
+            healthy: report.healthy,
+            unhealthy: format!("the set in {} is not healthy (exit code 2)", dir.display()),
+            report,
+            still,
+        })
+    })
+    .await
 }

@@ -18,21 +18,8 @@ use crate::settings::{member_of_slot, slot_name};
 /// Namespace local members record in their identity.
 pub const LOCAL_NAMESPACE: &str = "local";
 
-pub use pgset_spec::status::Summary;
 use pgset_spec::status::bytes;
-
-/// A physical slot on the master.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Slot {
-    /// Its name.
-    pub slot: String,
-    /// Whether a standby streams from it now.
-    pub active: bool,
-    /// `wal_status`.
-    pub wal_status: Option<String>,
-    /// WAL it retains, in bytes (the master's LSN minus the slot's restart LSN).
-    pub retained_bytes: Option<i64>,
-}
+pub use pgset_spec::status::{Slot, Summary};
 
 /// A data directory's identity, checked against the member that uses it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

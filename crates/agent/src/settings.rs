@@ -48,21 +48,7 @@ pub enum Mode {
     Local,
 }
 
-/// The physical replication slot of a member: the pod name with '-' → '_' (`pgset-1` → `pgset_1`).
-pub fn slot_name(pod_name: &str) -> String {
-    pod_name.replace('-', "_")
-}
-
-/// The member a slot belongs to, when the slot is one of this cluster's replica slots.
-pub fn member_of_slot(cluster: &str, slot: &str) -> Option<String> {
-    let prefix = format!("{}_", slot_name(cluster));
-    let n = slot.strip_prefix(&prefix)?;
-    let pod = format!("{cluster}-{n}");
-    match pgset_spec::ordinal_of(&pod) {
-        Some(k) if k > 0 => Some(pod),
-        _ => None,
-    }
-}
+pub use pgset_spec::{member_of_slot, slot_name};
 
 /// Everything the agent needs to know, validated.
 #[derive(Debug, Clone)]

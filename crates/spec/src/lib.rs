@@ -597,6 +597,22 @@ pub fn image_tag(image: &str) -> Option<&str> {
     last.split_once(':').map(|(_, tag)| tag)
 }
 
+/// The physical replication slot of a member: the pod name with '-' → '_' (`pgset-1` → `pgset_1`).
+pub fn slot_name(pod_name: &str) -> String {
+    pod_name.replace('-', "_")
+}
+
+/// The member a slot belongs to, when the slot is one of this cluster's replica slots.
+pub fn member_of_slot(cluster: &str, slot: &str) -> Option<String> {
+    let prefix = format!("{}_", slot_name(cluster));
+    let n = slot.strip_prefix(&prefix)?;
+    let pod = format!("{cluster}-{n}");
+    match ordinal_of(&pod) {
+        Some(k) if k > 0 => Some(pod),
+        _ => None,
+    }
+}
+
 /// Parses the ordinal of a StatefulSet pod name: `pgset-12` → 12.
 pub fn ordinal_of(pod_name: &str) -> Option<i32> {
     let (prefix, n) = pod_name.rsplit_once('-')?;

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// A cluster (or local set) at a glance: what `status` prints first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     /// Cluster name.
     pub cluster: String,
@@ -29,6 +29,18 @@ pub struct Summary {
     pub timeline: Option<i64>,
 }
 
+/// A physical slot on the master.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slot {
+    /// Its name.
+    pub slot: String,
+    /// Whether a standby streams from it now.
+    pub active: bool,
+    /// `wal_status`.
+    pub wal_status: Option<String>,
+    /// WAL it retains, in bytes (the master's LSN minus the slot's restart LSN).
+    pub retained_bytes: Option<i64>,
+}
 
 impl Summary {
     /// The summary's two lines, as `status` prints them above the members.
@@ -100,7 +112,12 @@ mod tests {
         s.master_uptime_s = None;
         s.timeline = None;
         assert!(s.lines().contains("cluster id -  system"), "{}", s.lines());
-        assert!(s.lines().contains("up -  ready 3/3  LSN 0/3000148  timeline -"), "{}", s.lines());
+        assert!(
+            s.lines()
+                .contains("up -  ready 3/3  LSN 0/3000148  timeline -"),
+            "{}",
+            s.lines()
+        );
     }
 
     #[test]

@@ -81,6 +81,11 @@ pub struct Member {
     /// What the member's agent said when it stopped: the postgres container's termination
     /// message (a refusal names the directory, whose it is and the fix), current or last.
     pub stopped_with: Option<String>,
+    /// The exit code that message came with (the agent exits 2 when it refuses a data
+    /// directory or finds the member fenced elsewhere).
+    pub stopped_exit: Option<i32>,
+    /// Each container's and init container's image, by container name.
+    pub images: BTreeMap<String, String>,
 }
 
 impl Member {
@@ -122,7 +127,18 @@ impl Member {
                 })
                 .unwrap_or_default(),
             container: crate::exec::container_of(pod),
-            stopped_with: termination_message(pod),
+            stopped_with: termination_message(pod).map(|(message, _)| message),
+            stopped_exit: termination_message(pod).map(|(_, code)| code),
+            images: spec
+                .map(|s| {
+                    s.init_containers
+                        .iter()
+                        .flatten()
+                        .chain(&s.containers)
+                        .filter_map(|c| Some((c.name.clone(), c.image.clone()?)))
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 
@@ -133,8 +149,9 @@ impl Member {
 }
 
 /// The postgres container's termination message: of its current state when it is terminated,
-/// else of its last termination (a crash-looping member is between two restarts).
-pub fn termination_message(pod: &Pod) -> Option<String> {
+/// else of its last termination (a crash-looping member is between two restarts), with the
+/// exit code it came with.
+pub fn termination_message(pod: &Pod) -> Option<(String, i32)> {
     let container = crate::exec::container_of(pod)?;
     let status = pod
         .status
@@ -146,9 +163,8 @@ pub fn termination_message(pod: &Pod) -> Option<String> {
     let of = |s: Option<&k8s_openapi::api::core::v1::ContainerState>| {
         s.and_then(|s| s.terminated.as_ref())
             .filter(|t| t.exit_code != 0)
-            .and_then(|t| t.message.clone())
-            .map(|m| m.trim().to_string())
-            .filter(|m| !m.is_empty())
+            .and_then(|t| Some((t.message.as_deref()?.trim().to_string(), t.exit_code)))
+            .filter(|(m, _)| !m.is_empty())
     };
     of(status.state.as_ref()).or_else(|| of(status.last_state.as_ref()))
 }

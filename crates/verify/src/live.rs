@@ -301,7 +301,7 @@ impl Verifier {
         )
     }
 
-    async fn service_endpoints(&self, service: &str) -> Result<Vec<Endpoint>> {
+    pub(crate) async fn service_endpoints(&self, service: &str) -> Result<Vec<Endpoint>> {
         let slices = self
             .slices
             .list(&ListParams::default().labels(&format!("{SERVICE_NAME_LABEL}={service}")))

@@ -1,14 +1,22 @@
-//! `status`: one screen of the cluster — each member's role, readiness, node, restarts, data
-//! directory or claim, streaming state and lag — as a table or JSON.
+//! `status`: one screen of the cluster — a summary (cluster id, system identifier, PostgreSQL
+//! version, master and its uptime, members ready, the master's LSN and timeline), then each
+//! member's role, readiness and why not, node, pod IP, the Service that routes to it, data
+//! directory or claim and its identity check, timeline, streaming state, lag, slot and retained
+//! WAL, restarts and agent version, and the warnings a user must act on — as a table, JSON or
+//! YAML. Built from the API (pods, StatefulSet, EndpointSlices, the cluster record) and each
+//! member agent's own `/status`; the judgement ([`ClusterStatus::problems`]) is pure.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, Client};
-use pgset_spec::{ClusterSpec, StorageMode, contract};
+use pgset_spec::status::{Slot, Summary, bytes};
+use pgset_spec::{ClusterSpec, StorageMode, contract, slot_name};
 use serde::{Deserialize, Serialize};
 
-use crate::checks::{self, Member};
+use crate::checks::{self, Endpoint, Member};
 use crate::live::{Options, Verifier};
 use crate::sql::ReplicationRow;
 use crate::{Result, api};
@@ -45,11 +53,42 @@ pub struct MemberStatus {
     /// pod proxy): readiness and why, timeline, LSNs, WAL receiver, slots on the master.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<serde_json::Value>,
+    /// `status.podIP`.
+    #[serde(default)]
+    pub pod_ip: Option<String>,
+    /// The role Services (`<name>-master`, `<name>-replica`) whose ready endpoints list this
+    /// pod: where a client of that Service lands now.
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// Its data directory's identity check: `accepted` (its agent runs postgres, which it does
+    /// only on a directory it proved to be this member's), `checking` (the agent prepares it),
+    /// `refused` (the agent stopped with exit code 2: see `stopped_with`) or `unknown`.
+    #[serde(default)]
+    pub identity: String,
+    /// Its timeline (its agent's).
+    #[serde(default)]
+    pub timeline: Option<i64>,
+    /// Its slot on the master (replicas).
+    #[serde(default)]
+    pub slot: Option<Slot>,
+    /// Its agent's version.
+    #[serde(default)]
+    pub agent_version: Option<String>,
+    /// Each container's image, by container name.
+    #[serde(default)]
+    pub images: BTreeMap<String, String>,
 }
 
 /// The whole screen.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterStatus {
+    /// Whether the cluster is healthy: no problem below (`--output json` for scripts; the exit
+    /// code says the same).
+    #[serde(default)]
+    pub healthy: bool,
+    /// The cluster at a glance.
+    #[serde(default)]
+    pub summary: Summary,
     /// Cluster name.
     pub cluster: String,
     /// Namespace.
@@ -65,6 +104,9 @@ pub struct ClusterStatus {
     /// Why the streaming column is unknown, when the master could not be asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication_error: Option<String>,
+    /// What a user must act on (the same as the problems that make the exit code 2).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// Builds the member lines from the pods and the master's `pg_stat_replication` (pure).
@@ -118,6 +160,17 @@ pub fn member_statuses(
                 unreplayed_bytes: row.and_then(|r| r.unreplayed_bytes),
                 stopped_with: m.stopped_with.clone(),
                 agent: None,
+                pod_ip: m.ip.clone(),
+                services: Vec::new(),
+                identity: if m.stopped_exit == Some(2) {
+                    "refused".into()
+                } else {
+                    "unknown".into()
+                },
+                timeline: None,
+                slot: None,
+                agent_version: None,
+                images: m.images.clone(),
             }
         })
         .collect()
@@ -147,12 +200,16 @@ pub async fn agent_status(
 }
 
 /// Problems the agents' own states show (pure): a member not ready with its reason, a replica
-/// that cannot follow, members on different database systems or timelines, and a slot on the
-/// master that holds WAL for a member outside the set.
+/// that cannot follow, a member on another database system or timeline than the master, and a
+/// slot on the master that holds WAL for a member outside the set.
 pub fn agent_problems(members: &[MemberStatus], desired: i32, cluster: &str) -> Vec<String> {
     let mut p = Vec::new();
-    let mut systems = std::collections::BTreeSet::new();
-    let mut timelines = std::collections::BTreeSet::new();
+    let master = members
+        .iter()
+        .find(|m| pgset_spec::ordinal_of(&m.pod) == Some(0))
+        .and_then(|m| m.agent.as_ref());
+    let master_sysid = master.and_then(|a| a["postgres"]["systemIdentifier"].as_str());
+    let master_tl = master.and_then(|a| a["postgres"]["timeline"].as_i64());
     for m in members {
         let Some(a) = &m.agent else {
             continue;
@@ -165,52 +222,177 @@ pub fn agent_problems(members: &[MemberStatus], desired: i32, cluster: &str) -> 
         if let Some(problem) = a["postgres"]["followProblem"].as_str() {
             p.push(format!("{} cannot follow the master: {problem}", m.pod));
         }
-        if let Some(sysid) = a["postgres"]["systemIdentifier"].as_str() {
-            systems.insert(sysid.to_string());
+        if let (Some(mine), Some(theirs)) =
+            (a["postgres"]["systemIdentifier"].as_str(), master_sysid)
+            && mine != theirs
+        {
+            p.push(format!(
+                "{}'s data is database system {mine}, the master's is {theirs}: it is not a copy of the master",
+                m.pod
+            ));
         }
-        if let Some(tl) = a["postgres"]["timeline"].as_i64() {
-            timelines.insert(tl);
+        if let (Some(mine), Some(theirs)) = (a["postgres"]["timeline"].as_i64(), master_tl)
+            && mine != theirs
+        {
+            p.push(format!(
+                "{} is on timeline {mine}, the master on {theirs}",
+                m.pod
+            ));
         }
         for slot in a["postgres"]["slots"].as_array().into_iter().flatten() {
             let name = slot["slot"].as_str().unwrap_or_default();
-            let prefix = format!("{}_", cluster.replace('-', "_"));
-            let Some(k) = name
-                .strip_prefix(&prefix)
-                .and_then(|n| n.parse::<i32>().ok())
+            let Some(k) = pgset_spec::member_of_slot(cluster, name)
+                .and_then(|member| pgset_spec::ordinal_of(&member))
             else {
                 continue;
             };
             if k >= desired {
                 p.push(format!(
-                    "slot {name} on {} retains {} bytes of WAL for a member outside the set ({} wanted)",
+                    "slot {name} on {} retains {} of WAL for {cluster}-{k}, a member outside the set ({desired} wanted): scale back to {} or drop the slot",
                     m.pod,
-                    slot["retainedBytes"].as_i64().unwrap_or(0),
-                    desired
+                    bytes(slot["retainedBytes"].as_i64().unwrap_or(0)),
+                    k + 1
                 ));
             }
         }
     }
-    if systems.len() > 1 {
-        p.push(format!(
-            "members are on different database systems: {}",
-            systems.into_iter().collect::<Vec<_>>().join(", ")
-        ));
-    }
-    if timelines.len() > 1 {
-        p.push(format!(
-            "members are on different timelines: {}",
-            timelines
-                .into_iter()
-                .map(|t| t.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
     p
 }
 
+/// Containers whose image differs between the members (a rollout in progress, or a pod changed
+/// by hand), one problem per container (pure).
+pub fn image_problems(members: &[MemberStatus]) -> Vec<String> {
+    let mut by_container: BTreeMap<&str, BTreeMap<&str, Vec<&str>>> = BTreeMap::new();
+    for m in members {
+        for (container, image) in &m.images {
+            by_container
+                .entry(container)
+                .or_default()
+                .entry(image)
+                .or_default()
+                .push(&m.pod);
+        }
+    }
+    by_container
+        .into_iter()
+        .filter(|(_, images)| images.len() > 1)
+        .map(|(container, images)| {
+            let which: Vec<String> = images
+                .into_iter()
+                .map(|(image, pods)| format!("{image} on {}", pods.join(", ")))
+                .collect();
+            format!(
+                "container {container} runs different images: {} (a rollout in progress, or a pod changed by hand)",
+                which.join("; ")
+            )
+        })
+        .collect()
+}
+
+/// The master's `pg_stat_replication` as its agent shows it, when it does.
+pub fn replication_from_agent(agent: &serde_json::Value) -> Option<Vec<ReplicationRow>> {
+    let rows = agent["postgres"]["replication"].as_array()?;
+    Some(
+        rows.iter()
+            .map(|r| ReplicationRow {
+                application_name: r["applicationName"].as_str().unwrap_or_default().into(),
+                state: r["state"].as_str().unwrap_or("unknown").into(),
+                sync_state: r["syncState"].as_str().unwrap_or_default().into(),
+                unreplayed_bytes: r["unreplayedBytes"].as_f64(),
+                replay_lag_ms: r["replayLagMs"].as_f64(),
+            })
+            .collect(),
+    )
+}
+
+/// Fills in what each member's agent says (pure): the identity check, timeline, agent version,
+/// and each replica's slot on the master.
+pub fn apply_agents(lines: &mut [MemberStatus]) {
+    let master_slots: Vec<serde_json::Value> = lines
+        .iter()
+        .find(|m| pgset_spec::ordinal_of(&m.pod) == Some(0))
+        .and_then(|m| m.agent.as_ref())
+        .and_then(|a| a["postgres"]["slots"].as_array().cloned())
+        .unwrap_or_default();
+    for line in lines.iter_mut() {
+        let want = slot_name(&line.pod);
+        line.slot = master_slots
+            .iter()
+            .find(|s| s["slot"].as_str() == Some(want.as_str()))
+            .map(|s| Slot {
+                slot: want.clone(),
+                active: s["active"].as_bool().unwrap_or(false),
+                wal_status: s["walStatus"].as_str().map(String::from),
+                retained_bytes: s["retainedBytes"].as_i64(),
+            });
+        let Some(a) = &line.agent else {
+            continue;
+        };
+        line.identity = match a["phase"].as_str() {
+            Some("running" | "stopping" | "exited") => "accepted".into(),
+            Some("preparing") => "checking".into(),
+            _ => line.identity.clone(),
+        };
+        line.timeline = a["postgres"]["timeline"].as_i64();
+        line.agent_version = a["agentVersion"].as_str().map(String::from);
+    }
+}
+
+/// Marks which role Service routes to each member (pure): a ready endpoint of that Service
+/// targets the pod.
+pub fn apply_services(lines: &mut [MemberStatus], services: &[(String, Vec<Endpoint>)]) {
+    for line in lines.iter_mut() {
+        line.services = services
+            .iter()
+            .filter(|(_, eps)| {
+                eps.iter()
+                    .any(|e| e.ready && e.pod.as_deref() == Some(line.pod.as_str()))
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+    }
+}
+
+/// The summary from the members' agents and the cluster record (pure). `record` holds the
+/// record's cluster id and system identifier when it has them.
+pub fn summary(
+    spec: &ClusterSpec,
+    lines: &[MemberStatus],
+    desired: i32,
+    record: &BTreeMap<String, String>,
+) -> Summary {
+    let master = spec.pod_name(0);
+    let agent = lines
+        .iter()
+        .find(|m| m.pod == master)
+        .and_then(|m| m.agent.as_ref());
+    let pg = |key: &str| agent.map(|a| a["postgres"][key].clone());
+    let text = |key: &str| pg(key).and_then(|v| v.as_str().map(String::from));
+    let nonempty = |key: &str| record.get(key).filter(|v| !v.is_empty()).cloned();
+    Summary {
+        cluster: spec.name.clone(),
+        cluster_id: nonempty(contract::record::CLUSTER_ID),
+        system_identifier: text("systemIdentifier")
+            .or_else(|| nonempty(contract::record::SYSTEM_IDENTIFIER)),
+        postgres_version: text("serverVersion"),
+        master,
+        master_started_at: text("startedAt"),
+        master_uptime_s: pg("uptimeSeconds").and_then(|v| v.as_f64()),
+        members_ready: lines
+            .iter()
+            .filter(|m| m.ready && pgset_spec::ordinal_of(&m.pod).is_some_and(|k| k < desired))
+            .count(),
+        members_total: desired.max(0) as usize,
+        master_lsn: text("currentLsn"),
+        timeline: pg("timeline").and_then(|v| v.as_i64()),
+    }
+}
+
 impl ClusterStatus {
-    /// Reads the cluster: pods through the API, each agent's status, streaming from the master.
+    /// Reads the cluster: the StatefulSet, the pods, the cluster record, the role Services'
+    /// endpoints and each running member agent's `/status` through the API. Streaming comes from
+    /// the master agent's view of `pg_stat_replication`; an agent that does not show it (an older
+    /// one) is asked through `psql` in the master's container instead.
     pub async fn gather(client: Client, spec: &ClusterSpec) -> Result<ClusterStatus> {
         let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &spec.namespace);
         let sts = statefulsets
@@ -223,31 +405,68 @@ impl ClusterStatus {
                 namespace: spec.namespace.clone(),
             });
         };
+        let desired = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
         let verifier = Verifier::new(client.clone(), spec.clone(), Options::new(spec));
         let members = verifier.members().await?;
+        let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &spec.namespace);
+        let record = configmaps
+            .get_opt(&spec.record_name())
+            .await
+            .map_err(api(format!("read ConfigMap {}", spec.record_name())))?
+            .and_then(|c| c.data)
+            .unwrap_or_default();
+        let mut services = Vec::new();
+        for name in [spec.master_service_name(), spec.replica_service_name()] {
+            let eps = verifier.service_endpoints(&name).await?;
+            services.push((name, eps));
+        }
+        let mut agents = Vec::new();
+        for m in &members {
+            agents.push(if m.phase == "Running" && !m.terminating {
+                agent_status(&client, &spec.namespace, &m.name).await
+            } else {
+                None
+            });
+        }
         let master_up = members
             .iter()
             .any(|m| m.ordinal == Some(0) && m.phase == "Running" && !m.terminating);
-        let replication = if master_up {
-            verifier.replication().await
-        } else {
-            Err(format!("{} is not running", spec.pod_name(0)))
+        let from_agent = members
+            .iter()
+            .zip(&agents)
+            .find(|(m, _)| m.ordinal == Some(0))
+            .and_then(|(_, a)| a.as_ref())
+            .and_then(replication_from_agent);
+        let replication = match from_agent {
+            Some(rows) => Ok(rows),
+            None if master_up => verifier.replication().await,
+            None => Err(format!("{} is not running", spec.pod_name(0))),
         };
         let mut lines = member_statuses(spec, &members, &replication);
-        for (line, member) in lines.iter_mut().zip(&members) {
-            if member.phase == "Running" && !member.terminating {
-                line.agent = agent_status(&client, &spec.namespace, &member.name).await;
-            }
+        for (line, agent) in lines.iter_mut().zip(agents) {
+            line.agent = agent;
         }
-        Ok(ClusterStatus {
+        apply_agents(&mut lines);
+        apply_services(&mut lines, &services);
+        let mut status = ClusterStatus {
+            summary: summary(spec, &lines, desired, &record),
             cluster: spec.name.clone(),
             namespace: spec.namespace.clone(),
             storage: spec.storage.mode.to_string(),
-            desired: sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+            desired,
             ready: lines.iter().filter(|m| m.ready).count() as i32,
             members: lines,
             replication_error: replication.err(),
-        })
+            ..ClusterStatus::default()
+        };
+        status.judge();
+        Ok(status)
+    }
+
+    /// Sets `warnings` and `healthy` from [`ClusterStatus::problems`].
+    pub fn judge(&mut self) {
+        self.warnings = self.problems();
+        self.healthy = self.warnings.is_empty();
     }
 
     /// Pretty JSON.
@@ -255,8 +474,14 @@ impl ClusterStatus {
         serde_json::to_string_pretty(self).unwrap_or_default()
     }
 
+    /// YAML, with the same fields as the JSON.
+    pub fn to_yaml(&self) -> String {
+        serde_saphyr::to_string(self).unwrap_or_default()
+    }
+
     /// Why the cluster is not healthy (empty when it is): every member the StatefulSet wants is
-    /// Ready with its role, and every replica streams from the master.
+    /// Ready with its role, every replica streams from the master, the agents report no problem
+    /// and every member runs the same images.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         if self.members.len() as i32 != self.desired {
@@ -287,20 +512,21 @@ impl ClusterStatus {
             }
         }
         p.extend(agent_problems(&self.members, self.desired, &self.cluster));
+        p.extend(image_problems(&self.members));
         p
     }
 
-    /// The one-screen table.
+    /// The one-screen table: the summary, a row per member, each member's details, the warnings
+    /// and the verdict.
     pub fn to_table(&self) -> String {
-        let mut out = String::new();
+        let mut out = self.summary.lines();
         let _ = writeln!(
             out,
-            "Cluster {}/{}: {}/{} members ready, storage {}",
-            self.namespace, self.cluster, self.ready, self.desired, self.storage
+            "namespace {}  storage {}\n",
+            self.namespace, self.storage
         );
         if self.members.is_empty() {
             let _ = writeln!(out, "no pods");
-            return out;
         }
         let header = [
             "POD",
@@ -309,18 +535,26 @@ impl ClusterStatus {
             "STATUS",
             "RESTARTS",
             "NODE",
+            "IP",
+            "SERVICE",
             "DATA",
             "STREAMING",
             "LAG",
         ];
-        let rows: Vec<[String; 9]> = self
+        let rows: Vec<[String; 11]> = self
             .members
             .iter()
             .map(|m| {
                 let lag = match (m.replay_lag_ms, m.unreplayed_bytes) {
-                    (Some(ms), _) => format!("{ms:.1} ms"),
-                    (None, Some(b)) if m.role != contract::roles::MASTER => format!("{b:.0} B"),
+                    (Some(ms), Some(b)) => format!("{} / {ms:.1} ms", bytes(b as i64)),
+                    (Some(ms), None) => format!("{ms:.1} ms"),
+                    (None, Some(b)) if m.role != contract::roles::MASTER => bytes(b as i64),
                     _ => "-".into(),
+                };
+                let service = if m.services.is_empty() {
+                    "-".to_string()
+                } else {
+                    m.services.join(",")
                 };
                 [
                     m.pod.clone(),
@@ -329,82 +563,97 @@ impl ClusterStatus {
                     m.phase.clone(),
                     m.restarts.to_string(),
                     m.node.clone(),
+                    m.pod_ip.clone().unwrap_or_else(|| "-".into()),
+                    service,
                     m.data.clone(),
                     m.streaming.clone(),
                     lag,
                 ]
             })
             .collect();
-        let mut widths = header.map(|h| h.chars().count());
-        for r in &rows {
-            for (w, c) in widths.iter_mut().zip(r) {
-                *w = (*w).max(c.chars().count());
-            }
-        }
-        let line = |cells: &[String]| {
-            let mut l = String::new();
-            for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
-                if i + 1 == cells.len() {
-                    l.push_str(c);
-                } else {
-                    let pad = w - c.chars().count();
-                    let _ = write!(l, "{c}{}  ", " ".repeat(pad));
+        if !rows.is_empty() {
+            let mut widths = header.map(|h| h.chars().count());
+            for r in &rows {
+                for (w, c) in widths.iter_mut().zip(r) {
+                    *w = (*w).max(c.chars().count());
                 }
             }
-            l
-        };
-        let _ = writeln!(out, "{}", line(&header.map(String::from)));
-        for r in &rows {
-            let _ = writeln!(out, "{}", line(r));
+            let line = |cells: &[String]| {
+                let mut l = String::new();
+                for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
+                    if i + 1 == cells.len() {
+                        l.push_str(c);
+                    } else {
+                        let pad = w - c.chars().count();
+                        let _ = write!(l, "{c}{}  ", " ".repeat(pad));
+                    }
+                }
+                l
+            };
+            let _ = writeln!(out, "{}", line(&header.map(String::from)));
+            for r in &rows {
+                let _ = writeln!(out, "{}", line(r));
+            }
+            out.push('\n');
+        }
+        for m in &self.members {
+            let mut facts = vec![format!("identity {}", m.identity)];
+            if let Some(v) = &m.agent_version {
+                facts.push(format!("agent {v}"));
+            }
+            if let Some(a) = &m.agent {
+                let pg = &a["postgres"];
+                for (key, label) in [
+                    ("systemIdentifier", "system"),
+                    ("timeline", "timeline"),
+                    ("currentLsn", "LSN"),
+                    ("receiveLsn", "received"),
+                    ("replayLsn", "replayed"),
+                    ("walReceiver", "WAL receiver"),
+                ] {
+                    match &pg[key] {
+                        serde_json::Value::Null => {}
+                        serde_json::Value::String(v) => facts.push(format!("{label} {v}")),
+                        v => facts.push(format!("{label} {v}")),
+                    }
+                }
+                if a["ready"].as_bool() == Some(false)
+                    && let Some(reason) = a["reason"].as_str()
+                {
+                    facts.push(format!("not ready: {reason}"));
+                }
+            }
+            let _ = writeln!(out, "{}: {}", m.pod, facts.join(", "));
+            if let Some(slot) = &m.slot {
+                let _ = writeln!(
+                    out,
+                    "{}: slot {} on the master {} {}, retains {}",
+                    m.pod,
+                    slot.slot,
+                    if slot.active { "active" } else { "idle" },
+                    slot.wal_status.as_deref().unwrap_or("-"),
+                    slot.retained_bytes.map_or("-".into(), bytes)
+                );
+            }
+            if let Some(why) = &m.stopped_with {
+                let _ = writeln!(out, "{} stopped: {why}", m.pod);
+            }
         }
         if let Some(e) = &self.replication_error {
             let _ = writeln!(out, "streaming unknown: {e}");
         }
-        for m in &self.members {
-            if let Some(why) = &m.stopped_with {
-                let _ = writeln!(out, "{} stopped: {why}", m.pod);
-            }
-            let Some(a) = &m.agent else {
-                continue;
-            };
-            let pg = &a["postgres"];
-            let mut facts = Vec::new();
-            for (key, label) in [
-                ("systemIdentifier", "system"),
-                ("timeline", "timeline"),
-                ("currentLsn", "LSN"),
-                ("receiveLsn", "received"),
-                ("replayLsn", "replayed"),
-                ("walReceiver", "WAL receiver"),
-            ] {
-                match &pg[key] {
-                    serde_json::Value::Null => {}
-                    serde_json::Value::String(v) => facts.push(format!("{label} {v}")),
-                    v => facts.push(format!("{label} {v}")),
-                }
-            }
-            if !facts.is_empty() {
-                let _ = writeln!(out, "{}: {}", m.pod, facts.join(", "));
-            }
-            for slot in pg["slots"].as_array().into_iter().flatten() {
-                let _ = writeln!(
-                    out,
-                    "{}: slot {} {} {}, retains {} bytes",
-                    m.pod,
-                    slot["slot"].as_str().unwrap_or("?"),
-                    if slot["active"].as_bool() == Some(true) {
-                        "active"
-                    } else {
-                        "idle"
-                    },
-                    slot["walStatus"].as_str().unwrap_or("-"),
-                    slot["retainedBytes"].as_i64().unwrap_or(0)
-                );
-            }
-        }
-        for problem in agent_problems(&self.members, self.desired, &self.cluster) {
+        for problem in self.problems() {
             let _ = writeln!(out, "warning: {problem}");
         }
+        let _ = writeln!(
+            out,
+            "{}",
+            if self.problems().is_empty() {
+                "healthy"
+            } else {
+                "not healthy"
+            }
+        );
         out
     }
 }

@@ -639,29 +639,28 @@ fn status_lines_from_pods_and_replication() {
         ready: 3,
         members: lines,
         replication_error: None,
+        ..Default::default()
     };
     let table = screen.to_table();
     let text: Vec<&str> = table.lines().collect();
-    assert_eq!(
-        text[0],
-        "Cluster default/pgset: 3/3 members ready, storage shared"
-    );
-    assert_eq!(
-        text[1],
-        "POD      ROLE     READY  STATUS   RESTARTS  NODE    DATA                         STREAMING                 LAG"
-    );
-    assert_eq!(
-        text[2],
-        "pgset-0  master   ✓      Running  0         node-1  /pgdata/pgset-0 (pgset-pvc)  primary (2 walsender(s))  -"
-    );
-    assert_eq!(
-        text[3],
-        "pgset-1  replica  ✓      Running  1         node-1  /pgdata/pgset-1 (pgset-pvc)  streaming                 5.3 ms"
-    );
+    assert_eq!(text[2], "namespace default  storage shared");
     assert_eq!(
         text[4],
-        "pgset-2  replica  ✓      Running  2         node-1  /pgdata/pgset-2 (pgset-pvc)  streaming                 0 B"
+        "POD      ROLE     READY  STATUS   RESTARTS  NODE    IP           SERVICE  DATA                         STREAMING                 LAG"
     );
+    assert_eq!(
+        text[5],
+        "pgset-0  master   ✓      Running  0         node-1  10.244.0.10  -        /pgdata/pgset-0 (pgset-pvc)  primary (2 walsender(s))  -"
+    );
+    assert_eq!(
+        text[6],
+        "pgset-1  replica  ✓      Running  1         node-1  10.244.0.11  -        /pgdata/pgset-1 (pgset-pvc)  streaming                 0 B / 5.3 ms"
+    );
+    assert_eq!(
+        text[7],
+        "pgset-2  replica  ✓      Running  2         node-1  10.244.0.12  -        /pgdata/pgset-2 (pgset-pvc)  streaming                 0 B"
+    );
+    assert_eq!(text.last(), Some(&"healthy"));
 
     assert!(screen.problems().is_empty(), "{:?}", screen.problems());
     let mut broken = screen.clone();
@@ -980,7 +979,9 @@ fn a_refused_member_shows_its_agents_message_in_status() {
         ready: 0,
         members: lines,
         replication_error: None,
+        ..Default::default()
     };
+    assert_eq!(status.members[0].identity, "refused");
     assert!(
         status
             .to_table()
@@ -1016,18 +1017,80 @@ fn the_agents_states_show_gone_members_slots_and_split_systems() {
         "postgres": {"timeline": 2, "systemIdentifier": "2"}}));
     let p = crate::status::agent_problems(&lines, 2, "pgset");
     assert!(
-        p.iter().any(|x| x == "slot pgset_2 on pgset-0 retains 50331648 bytes of WAL for a member outside the set (2 wanted)"),
+        p.iter().any(|x| x == "slot pgset_2 on pgset-0 retains 48.0 MiB of WAL for pgset-2, a member outside the set (2 wanted): scale back to 3 or drop the slot"),
         "{p:?}"
     );
     assert!(!p.iter().any(|x| x.contains("pgset_1")), "{p:?}");
     assert!(
-        p.iter()
-            .any(|x| x == "members are on different database systems: 1, 2"),
+        p.iter().any(|x| x
+            == "pgset-1's data is database system 2, the master's is 1: it is not a copy of the master"),
         "{p:?}"
     );
     assert!(
         p.iter()
-            .any(|x| x == "members are on different timelines: 1, 2"),
+            .any(|x| x == "pgset-1 is on timeline 2, the master on 1"),
         "{p:?}"
+    );
+    // The replica's own slot is shown on its line; the gone member's only as a warning.
+    crate::status::apply_agents(&mut lines);
+    assert_eq!(
+        lines[1].slot.as_ref().map(|s| (s.slot.as_str(), s.active)),
+        Some(("pgset_1", true))
+    );
+    assert_eq!(lines[0].slot, None);
+    assert_eq!(lines[1].timeline, Some(2));
+}
+
+#[test]
+fn status_warns_when_members_run_different_images_and_marks_the_routing_services() {
+    let spec = ClusterSpec::default();
+    let pods = [
+        pod(0, "2026-01-01T00:00:00Z", true, "master"),
+        pod(1, "2026-01-01T00:00:01Z", true, "replica"),
+        pod(2, "2026-01-01T00:00:02Z", true, "replica"),
+    ];
+    let mut lines = crate::status::member_statuses(&spec, &members(&pods), &Ok(Vec::new()));
+    for (k, line) in lines.iter_mut().enumerate() {
+        line.images.insert("postgres".into(), "postgres:18".into());
+        line.images.insert(
+            "install-agent".into(),
+            if k == 2 {
+                "pgset-agent:0.2.0"
+            } else {
+                "pgset-agent:0.1.0"
+            }
+            .into(),
+        );
+    }
+    assert_eq!(
+        crate::status::image_problems(&lines),
+        [
+            "container install-agent runs different images: pgset-agent:0.1.0 on pgset-0, pgset-1; pgset-agent:0.2.0 on pgset-2 (a rollout in progress, or a pod changed by hand)"
+        ]
+    );
+    lines[2]
+        .images
+        .insert("install-agent".into(), "pgset-agent:0.1.0".into());
+    assert!(crate::status::image_problems(&lines).is_empty());
+
+    let services = vec![
+        (
+            "pgset-master".to_string(),
+            vec![endpoint("pgset-0", "10.244.0.10", true)],
+        ),
+        (
+            "pgset-replica".to_string(),
+            vec![
+                endpoint("pgset-1", "10.244.0.11", true),
+                endpoint("pgset-2", "10.244.0.12", false),
+            ],
+        ),
+    ];
+    crate::status::apply_services(&mut lines, &services);
+    assert_eq!(lines[0].services, ["pgset-master"]);
+    assert_eq!(lines[1].services, ["pgset-replica"]);
+    assert!(
+        lines[2].services.is_empty(),
+        "a not-ready endpoint routes nothing"
     );
 }

@@ -315,6 +315,204 @@ async fn exec_sends_the_command_to_the_postgres_container_and_reports_a_refusal(
     );
 }
 
+fn record(cluster_id: &str, sysid: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap",
+           "metadata": {"name": "pgset-record", "namespace": "default"},
+           "data": {"clusterId": cluster_id, "systemIdentifier": sysid}})
+}
+
+/// A master agent's `/status` with its standbys and slots.
+fn master_agent(replication: Value, slots: Value) -> Value {
+    json!({
+        "member": "pgset-0", "agentPid": 7, "agentVersion": "0.1.0", "phase": "running",
+        "activity": "postgres running", "ready": true, "reason": "accepts writes",
+        "postgres": {"inRecovery": false, "timeline": 2, "systemIdentifier": "7300000000000000001",
+                     "serverVersion": "18.1", "uptimeSeconds": 3723, "startedAt": "2026-11-29 21:00:00+00",
+                     "currentLsn": "0/5000060", "replication": replication, "slots": slots}
+    })
+}
+
+fn replica_agent(pod: &str, timeline: i64, sysid: &str) -> Value {
+    json!({
+        "member": pod, "agentPid": 8, "agentVersion": "0.1.0", "phase": "running",
+        "activity": "postgres running", "ready": true, "reason": "streaming from the master",
+        "postgres": {"inRecovery": true, "timeline": timeline, "systemIdentifier": sysid,
+                     "receiveLsn": "0/5000060", "replayLsn": "0/5000060", "walReceiver": "streaming"}
+    })
+}
+
+fn standby(pod: &str) -> Value {
+    json!({"applicationName": pod, "state": "streaming", "syncState": "async",
+           "unreplayedBytes": 0, "replayLagMs": 1.5})
+}
+
+fn slot(name: &str, active: bool, retained: i64) -> Value {
+    json!({"slot": name, "active": active, "walStatus": "reserved", "retainedBytes": retained})
+}
+
+#[tokio::test]
+async fn status_summary_comes_from_the_record_the_services_and_the_master_agent() {
+    let (client, mut handle) = mock_client();
+    let spec = ClusterSpec {
+        replicas: 3,
+        ..ClusterSpec::default()
+    };
+    let server = tokio::spawn(async move {
+        let mut paths = Vec::new();
+        let mut seen = |s: Seen| paths.push(format!("{} {}", s.method, s.path));
+        seen(answer(&mut handle, 200, statefulset(3, "OrderedReady")).await);
+        seen(answer(&mut handle, 200, healthy_pods()).await);
+        seen(answer(&mut handle, 200, record("c0ffee", "7300000000000000001")).await);
+        seen(answer(&mut handle, 200, slices("pgset-master", &[0])).await);
+        seen(answer(&mut handle, 200, slices("pgset-replica", &[1, 2])).await);
+        let master = master_agent(
+            json!([standby("pgset-1"), standby("pgset-2")]),
+            json!([slot("pgset_1", true, 0), slot("pgset_2", true, 96)]),
+        );
+        seen(answer(&mut handle, 200, master).await);
+        seen(
+            answer(
+                &mut handle,
+                200,
+                replica_agent("pgset-1", 2, "7300000000000000001"),
+            )
+            .await,
+        );
+        seen(
+            answer(
+                &mut handle,
+                200,
+                replica_agent("pgset-2", 2, "7300000000000000001"),
+            )
+            .await,
+        );
+        paths
+    });
+    let status = ClusterStatus::gather(client, &spec).await.unwrap();
+    let paths = server.await.unwrap();
+    assert_eq!(
+        paths,
+        [
+            "GET /apis/apps/v1/namespaces/default/statefulsets/pgset",
+            "GET /api/v1/namespaces/default/pods",
+            "GET /api/v1/namespaces/default/configmaps/pgset-record",
+            "GET /apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+            "GET /apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+            "GET /api/v1/namespaces/default/pods/pgset-0:8008/proxy/status",
+            "GET /api/v1/namespaces/default/pods/pgset-1:8008/proxy/status",
+            "GET /api/v1/namespaces/default/pods/pgset-2:8008/proxy/status",
+        ],
+        "streaming comes from the master agent: no exec"
+    );
+    let s = &status.summary;
+    assert_eq!(s.cluster_id.as_deref(), Some("c0ffee"));
+    assert_eq!(s.system_identifier.as_deref(), Some("7300000000000000001"));
+    assert_eq!(s.postgres_version.as_deref(), Some("18.1"));
+    assert_eq!(s.master, "pgset-0");
+    assert_eq!(s.master_uptime_s, Some(3723.0));
+    assert_eq!((s.members_ready, s.members_total), (3, 3));
+    assert_eq!(s.master_lsn.as_deref(), Some("0/5000060"));
+    assert_eq!(s.timeline, Some(2));
+    assert!(status.healthy, "{:?}", status.warnings);
+    let m = &status.members;
+    assert_eq!(m[0].services, ["pgset-master"]);
+    assert_eq!(m[1].services, ["pgset-replica"]);
+    assert_eq!(m[1].streaming, "streaming");
+    assert_eq!(m[1].replay_lag_ms, Some(1.5));
+    assert_eq!(m[2].slot.as_ref().and_then(|s| s.retained_bytes), Some(96));
+    assert_eq!(m[2].identity, "accepted");
+    assert_eq!(m[2].agent_version.as_deref(), Some("0.1.0"));
+    assert_eq!(m[2].pod_ip.as_deref(), Some("10.244.0.12"));
+    let table = status.to_table();
+    assert!(
+        table.starts_with(
+            "cluster pgset  cluster id c0ffee  system identifier 7300000000000000001  PostgreSQL 18.1\n\
+             master pgset-0 up 1h2m  ready 3/3  LSN 0/5000060  timeline 2\n"
+        ),
+        "{table}"
+    );
+    assert!(table.ends_with("healthy\n"), "{table}");
+    let json: Value = serde_json::from_str(&status.to_json()).unwrap();
+    assert_eq!(json["healthy"], true);
+    assert_eq!(json["summary"]["cluster_id"], "c0ffee");
+    assert_eq!(json["members"][1]["services"], json!(["pgset-replica"]));
+    assert_eq!(json["members"][2]["slot"]["slot"], "pgset_2");
+    let yaml = status.to_yaml();
+    assert!(yaml.contains("cluster_id: c0ffee"), "{yaml}");
+}
+
+#[tokio::test]
+async fn status_warns_of_a_gone_members_slot_a_wrong_timeline_and_a_foreign_data_directory() {
+    let (client, mut handle) = mock_client();
+    let spec = ClusterSpec {
+        replicas: 3,
+        ..ClusterSpec::default()
+    };
+    let refusal = "refusing to use /pgdata/pgset-2: it belongs to cluster other/pgset (cluster id d00d), not default/pgset (cluster id c0ffee); move it away or set postgres.adoptUnmarkedData";
+    let server = tokio::spawn(async move {
+        answer(&mut handle, 200, statefulset(3, "OrderedReady")).await;
+        let mut refused = pod(2, "Running", "");
+        refused["status"]["conditions"][0]["status"] = json!("False");
+        refused["status"]["containerStatuses"] = json!([{
+            "name": "postgres", "ready": false, "restartCount": 4, "image": "postgres:18",
+            "imageID": "", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"exitCode": 2, "message": refusal}}
+        }]);
+        let pods = pod_list(vec![
+            pod(0, "Running", "master"),
+            pod(1, "Running", "replica"),
+            refused,
+        ]);
+        answer(&mut handle, 200, pods).await;
+        answer(&mut handle, 200, record("c0ffee", "7300000000000000001")).await;
+        answer(&mut handle, 200, slices("pgset-master", &[0])).await;
+        answer(&mut handle, 200, slices("pgset-replica", &[1])).await;
+        // pgset_5 is the slot of a member scaled away long ago: it holds 1 GiB of WAL.
+        let master = master_agent(
+            json!([standby("pgset-1")]),
+            json!([
+                slot("pgset_1", true, 0),
+                slot("pgset_2", false, 4096),
+                slot("pgset_5", false, 1 << 30)
+            ]),
+        );
+        answer(&mut handle, 200, master).await;
+        // pgset-1 still reports the old timeline.
+        answer(
+            &mut handle,
+            200,
+            replica_agent("pgset-1", 1, "7300000000000000001"),
+        )
+        .await;
+        // pgset-2's pod is Running while its container crash-loops: its agent does not answer.
+        answer(&mut handle, 503, json!({"kind": "Status", "code": 503})).await;
+    });
+    let status = ClusterStatus::gather(client, &spec).await.unwrap();
+    server.await.unwrap();
+    assert!(!status.healthy);
+    let w = &status.warnings;
+    let has = |text: &str| w.iter().any(|x| x == text);
+    assert!(
+        has(
+            "slot pgset_5 on pgset-0 retains 1.0 GiB of WAL for pgset-5, a member outside the set (3 wanted): scale back to 6 or drop the slot"
+        ),
+        "{w:?}"
+    );
+    assert!(has("pgset-1 is on timeline 1, the master on 2"), "{w:?}");
+    assert!(has(&format!("pgset-2 stopped: {refusal}")), "{w:?}");
+    assert!(has("pgset-2 is not streaming"), "{w:?}");
+    // A member within the set keeps its slot: no warning for pgset_2.
+    assert!(!w.iter().any(|x| x.contains("pgset_2")), "{w:?}");
+    assert_eq!(status.members[2].identity, "refused");
+    assert_eq!(status.members[2].services, Vec::<String>::new());
+    let table = status.to_table();
+    assert!(
+        table.contains("warning: pgset-1 is on timeline 1, the master on 2"),
+        "{table}"
+    );
+    assert!(table.ends_with("not healthy\n"), "{table}");
+}
+
 #[tokio::test]
 async fn status_without_a_running_master_reads_no_streaming() {
     let (client, mut handle) = mock_client();
@@ -334,6 +532,21 @@ async fn status_without_a_running_master_reads_no_streaming() {
             pod(1, "Running", "replica"),
         ]);
         paths.push(answer(&mut handle, 200, pods).await.path);
+        paths.push(
+            answer(&mut handle, 404, not_found("configmaps", "pgset-record"))
+                .await
+                .path,
+        );
+        paths.push(
+            answer(&mut handle, 200, slices("pgset-master", &[]))
+                .await
+                .path,
+        );
+        paths.push(
+            answer(&mut handle, 200, slices("pgset-replica", &[]))
+                .await
+                .path,
+        );
         // The running replica's agent, through the pod proxy: not ready, and why.
         let agent = json!({
             "member": "pgset-1", "agentPid": 7, "phase": "running", "activity": "postgres running",
@@ -351,13 +564,16 @@ async fn status_without_a_running_master_reads_no_streaming() {
         [
             "/apis/apps/v1/namespaces/default/statefulsets/pgset",
             "/api/v1/namespaces/default/pods",
+            "/api/v1/namespaces/default/configmaps/pgset-record",
+            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
             "/api/v1/namespaces/default/pods/pgset-1:8008/proxy/status"
         ],
         "no exec while the master is not running; only a running member's agent is asked"
     );
     let table = status.to_table();
     assert!(
-        table.contains("pgset-1: system 7300000000000000001, timeline 1, received 0/3000148, replayed 0/3000000, WAL receiver waiting"),
+        table.contains("pgset-1: identity accepted, system 7300000000000000001, timeline 1, received 0/3000148, replayed 0/3000000, WAL receiver waiting, not ready: the master does not answer and replay has not caught up"),
         "{table}"
     );
     assert!(
@@ -368,6 +584,8 @@ async fn status_without_a_running_master_reads_no_streaming() {
     );
     assert_eq!(status.desired, 2);
     assert_eq!(status.ready, 1);
+    assert_eq!(status.summary.cluster_id, None, "no record: no cluster id");
+    assert_eq!(status.summary.postgres_version, None);
     assert_eq!(
         status.replication_error.as_deref(),
         Some("pgset-0 is not running")
