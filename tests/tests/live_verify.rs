@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolume, Pod, Secret};
 use kube::api::DeleteParams;
 use kube::{Api, Client};
 use pgset_deploy::apply::{ApplyMode, deploy};
@@ -195,6 +195,76 @@ async fn scenario(client: Client, spec: ClusterSpec) {
             ("pgset-verify-1", "replica", "streaming"),
             ("pgset-verify-2", "replica", "streaming")
         ]
+    );
+    assert!(status.healthy, "{:?}", status.warnings);
+    let s = &status.summary;
+    assert_eq!(s.master, "pgset-verify-0");
+    assert_eq!((s.members_ready, s.members_total), (3, 3));
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &spec.namespace);
+    let secret = secrets.get(&spec.secret_name()).await.expect("the Secret");
+    let cluster_id = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(pgset_spec::contract::secret::CLUSTER_ID_KEY))
+        .map(|b| String::from_utf8_lossy(&b.0).to_string());
+    assert_eq!(
+        s.cluster_id, cluster_id,
+        "the record's cluster id is the Secret's"
+    );
+    for (what, v) in [
+        ("system identifier", &s.system_identifier),
+        ("PostgreSQL version", &s.postgres_version),
+        ("master LSN", &s.master_lsn),
+    ] {
+        assert!(
+            v.as_deref().is_some_and(|v| !v.is_empty()),
+            "{what} missing: {s:?}"
+        );
+    }
+    assert!(s.master_uptime_s.is_some_and(|u| u >= 0.0), "{s:?}");
+    assert!(s.timeline.is_some_and(|t| t >= 1), "{s:?}");
+    let services: Vec<&[String]> = status
+        .members
+        .iter()
+        .map(|m| m.services.as_slice())
+        .collect();
+    assert_eq!(
+        services,
+        [
+            &[spec.master_service_name()][..],
+            &[spec.replica_service_name()][..],
+            &[spec.replica_service_name()][..]
+        ],
+        "each role Service routes to its members"
+    );
+    for m in &status.members {
+        assert_eq!(m.identity, "accepted", "{}", m.pod);
+        assert!(m.agent_version.is_some(), "{}: no agent version", m.pod);
+        assert!(m.pod_ip.is_some(), "{}: no pod IP", m.pod);
+        assert_eq!(m.timeline, s.timeline, "{}", m.pod);
+    }
+    for m in &status.members[1..] {
+        let slot = m
+            .slot
+            .as_ref()
+            .unwrap_or_else(|| panic!("{}: no slot", m.pod));
+        assert!(slot.active, "{}: slot {slot:?}", m.pod);
+    }
+    let yaml = xtask(&spec_file, &["status", "-o", "yaml"]);
+    assert!(yaml.ok, "status -o yaml exits 0");
+    let from_yaml: ClusterStatus =
+        serde_saphyr::from_str(&yaml.stdout).unwrap_or_else(|e| panic!("{e}: {}", yaml.stdout));
+    assert_eq!(from_yaml.summary.cluster_id, s.cluster_id);
+    let table = xtask(&spec_file, &["status"]);
+    assert!(table.ok);
+    assert!(
+        table
+            .stdout
+            .lines()
+            .next()
+            .is_some_and(|l| l.starts_with("cluster pgset-verify  cluster id ")),
+        "{}",
+        table.stdout
     );
 
     // Verify against a cluster that is not there: one clear error, non-zero exit.

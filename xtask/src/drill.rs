@@ -1,72 +1,120 @@
-//! `cargo xtask drill NAME…`: fault drills against a local set, measured and judged
-//! (`pgset_drill`); the exit code is non-zero when a drill fails.
+//! `cargo xtask drill NAME…`: fault drills against the cluster (or, with `--dir`, a local set),
+//! measured and judged (`pgset_drill`); the exit code is non-zero when a drill fails.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use pgset_drill::{DrillName, Verdict, local::LocalOptions, report};
+use pgset_drill::live::LiveOptions;
+use pgset_drill::{DrillName, Target, Verdict, local::LocalOptions, report};
 
-use crate::verify::Output;
+use crate::cli::{ClientArgs, SpecArgs};
+use crate::verify::{Output, spec_and_client};
 
 /// Arguments of `cargo xtask drill`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Drills to run, in order: master-restart, replica-restart, postgres-kill,
-    /// master-restart-under-load, scale-down-up, or `all`
+    /// Drills to run, in order. Against the cluster: master-pod-delete, replica-pod-delete,
+    /// postgres-kill, agent-restart-during-basebackup, scale-down-up, master-restart-under-load,
+    /// nfs-restart (on the NFS host). Against a local set (--dir): master-restart,
+    /// replica-restart, postgres-kill, master-restart-under-load, scale-down-up. `all`: every
+    /// drill of the target (nfs-restart only on the NFS host)
     #[arg(required = true, value_name = "NAME")]
     drills: Vec<String>,
-    /// The local set's directory (`cargo xtask local up --dir`)
+    /// Drill a local set in this directory (`cargo xtask local up --dir`) instead of the cluster
     #[arg(long)]
-    dir: PathBuf,
+    dir: Option<PathBuf>,
     /// Output format
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
     output: Output,
-    /// Seconds the set may take to be healthy again after each fault
-    #[arg(long, default_value_t = 120)]
-    timeout: u64,
+    /// Seconds the set may take to be healthy again after each fault (default: 120 for a
+    /// local set, 300 for a cluster)
+    #[arg(long)]
+    timeout: Option<u64>,
     /// The agent binary the launcher restarts members with (default: built with cargo)
     #[arg(long)]
     agent_bin: Option<PathBuf>,
     /// Also write the report as Markdown to FILE (figures, steps, problems)
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    #[command(flatten)]
+    spec: SpecArgs,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
-/// Parses the drill names (`all` is every drill); an unknown name is an error before anything runs.
-pub fn parse_names(names: &[String]) -> Result<Vec<DrillName>> {
+/// Parses the drill names for `target` (`all` is every drill of the target; `nfs_host` says
+/// whether `nfs-restart` can run); an unknown name, or one of the other target, is an error
+/// before anything runs.
+pub fn parse_names(names: &[String], target: Target, nfs_host: bool) -> Result<Vec<DrillName>> {
     let mut out = Vec::new();
     for n in names {
         if n == "all" {
-            out.extend(DrillName::ALL);
-        } else {
-            out.push(n.parse::<DrillName>().map_err(anyhow::Error::msg)?);
+            let every: &[DrillName] = match target {
+                Target::Local => &DrillName::LOCAL,
+                Target::Live => &DrillName::LIVE,
+            };
+            out.extend(
+                every
+                    .iter()
+                    .filter(|d| **d != DrillName::NfsRestart || nfs_host),
+            );
+            continue;
         }
+        let d = n.parse::<DrillName>().map_err(anyhow::Error::msg)?;
+        if !d.runs_on(target) {
+            anyhow::bail!(
+                "drill {d} runs {}",
+                match target {
+                    Target::Local => "against a cluster: leave out --dir",
+                    Target::Live => "against a local set: add --dir DIR",
+                }
+            );
+        }
+        out.push(d);
     }
     Ok(out)
 }
 
 /// Runs the drills and prints their report.
 pub async fn run(args: Args) -> Result<()> {
-    let drills = parse_names(&args.drills)?;
     if let Some(path) = &args.report {
         crate::cli::check_report_path(path)?;
     }
-    pgset_agent::local::read_set(&args.dir).context("read the local set")?;
-    let agent_bin = match args.agent_bin {
-        Some(b) => b,
-        None => crate::local::build_agent()?,
-    };
-    let mut opts = LocalOptions::new(&args.dir, agent_bin);
-    opts.recovery_timeout = Duration::from_secs(args.timeout);
     let mut reports = Vec::new();
-    for d in drills {
-        eprintln!("==> drill {d}");
-        let r = pgset_drill::local::run(&opts, d)
-            .await
-            .with_context(|| format!("drill {d}"))?;
-        eprintln!("    {d}: {:?}", r.verdict);
-        reports.push(r);
+    if let Some(dir) = &args.dir {
+        let drills = parse_names(&args.drills, Target::Local, false)?;
+        pgset_agent::local::read_set(dir).context("read the local set")?;
+        let agent_bin = match &args.agent_bin {
+            Some(b) => b.clone(),
+            None => crate::local::build_agent()?,
+        };
+        let mut opts = LocalOptions::new(dir, agent_bin);
+        opts.recovery_timeout = Duration::from_secs(args.timeout.unwrap_or(120));
+        for d in drills {
+            eprintln!("==> drill {d}");
+            let r = pgset_drill::local::run(&opts, d)
+                .await
+                .with_context(|| format!("drill {d}"))?;
+            eprintln!("    {d}: {:?}", r.verdict);
+            reports.push(r);
+        }
+    } else {
+        let (spec, client) = spec_and_client(&args.spec, &args.client).await?;
+        let nfs_host = pgset_drill::live::on_nfs_host(&spec);
+        let drills = parse_names(&args.drills, Target::Live, nfs_host)?;
+        let mut opts = LiveOptions::new(spec);
+        if let Some(t) = args.timeout {
+            opts.recovery_timeout = Duration::from_secs(t);
+        }
+        for d in drills {
+            eprintln!("==> drill {d}");
+            let r = pgset_drill::live::run(client.clone(), &opts, d)
+                .await
+                .with_context(|| format!("drill {d}"))?;
+            eprintln!("    {d}: {:?}", r.verdict);
+            reports.push(r);
+        }
     }
     match args.output {
         Output::Table => print!("{}", report::table(&reports)),
@@ -90,15 +138,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn all_expands_and_unknown_names_are_refused() {
-        assert_eq!(parse_names(&["all".into()]).unwrap(), DrillName::ALL);
+    fn all_expands_per_target_and_unknown_or_foreign_names_are_refused() {
+        let all = ["all".to_string()];
         assert_eq!(
-            parse_names(&["postgres-kill".into(), "master-restart".into()]).unwrap(),
+            parse_names(&all, Target::Local, false).unwrap(),
+            DrillName::LOCAL
+        );
+        assert_eq!(
+            parse_names(&all, Target::Live, true).unwrap(),
+            DrillName::LIVE
+        );
+        let live = parse_names(&all, Target::Live, false).unwrap();
+        assert!(!live.contains(&DrillName::NfsRestart), "{live:?}");
+        assert_eq!(live.len(), DrillName::LIVE.len() - 1);
+        assert_eq!(
+            parse_names(
+                &["postgres-kill".into(), "master-restart".into()],
+                Target::Local,
+                false
+            )
+            .unwrap(),
             [DrillName::PostgresKill, DrillName::MasterRestart]
         );
-        let e = parse_names(&["master-pod-delete".into()])
+        let e = parse_names(&["master-pod-restart".into()], Target::Live, false)
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown drill"), "{e}");
+        let e = parse_names(&["master-pod-delete".into()], Target::Local, false)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "drill master-pod-delete runs against a cluster: leave out --dir"
+        );
+        let e = parse_names(&["master-restart".into()], Target::Live, false)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "drill master-restart runs against a local set: add --dir DIR"
+        );
     }
 }

@@ -3,9 +3,12 @@
 //! fault cost (writes refused, committed rows lost, reads refused, time until every replica
 //! streams again, members copied anew) and judges it.
 //!
-//! The engine (load, measurement, verdict, report) does not know where the set runs; a target
-//! injects the faults. [`local`] is the local-mode target (members as processes on 127.0.0.1).
+//! The engine ([`engine`], [`load`], [`measure`], [`report`]) does not know where the set runs;
+//! a target injects the faults: [`local`] (members as processes on 127.0.0.1) and [`live`] (a
+//! cluster, through the API server).
 
+pub mod engine;
+pub mod live;
 pub mod load;
 pub mod local;
 pub mod measure;
@@ -41,6 +44,9 @@ pub enum Error {
     /// Local mode reported an error.
     #[error(transparent)]
     Local(#[from] pgset_agent::Error),
+    /// The cluster could not be read or changed.
+    #[error(transparent)]
+    Live(#[from] pgset_verify::Error),
 }
 
 /// The drills' result type.
@@ -57,27 +63,72 @@ pub(crate) fn step_err(step: impl Into<String>, message: impl fmt::Display) -> E
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DrillName {
-    /// The master's agent is stopped (SIGTERM, fast shutdown) and started again: the local
-    /// analogue of deleting the master pod.
+    /// Local: the master's agent is stopped (SIGTERM, fast shutdown) and started again: the
+    /// local analogue of deleting the master pod.
     MasterRestart,
-    /// A replica's agent is stopped and started again.
+    /// Local: a replica's agent is stopped and started again.
     ReplicaRestart,
-    /// The master's postmaster is killed with SIGKILL; its agent exits and is started again.
+    /// The master's postmaster is killed with SIGKILL; its agent exits and is started again
+    /// (locally by the drill's launcher, in a cluster by the kubelet).
     PostgresKill,
-    /// `master-restart` while several writers commit as fast as they can.
+    /// The master restarted (locally `master-restart`, in a cluster `master-pod-delete`) while
+    /// several writers commit as fast as they can.
     MasterRestartUnderLoad,
     /// The last replica is taken out of the set (its slot is dropped) and brought back.
     ScaleDownUp,
+    /// Cluster: the master's pod is deleted; the StatefulSet makes it again.
+    MasterPodDelete,
+    /// Cluster: the last replica's pod is deleted.
+    ReplicaPodDelete,
+    /// Cluster: a member is added, its pod is deleted while its base backup runs, and it must
+    /// come up whole on the next try; the set is scaled back after.
+    AgentRestartDuringBasebackup,
+    /// Cluster, run on the NFS host: the NFS server is restarted under load.
+    NfsRestart,
+}
+
+/// Where a drill runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A local set.
+    Local,
+    /// A cluster.
+    Live,
 }
 
 impl DrillName {
-    /// Every drill, in the order `all` runs them.
-    pub const ALL: [DrillName; 5] = [
+    /// Every drill.
+    pub const ALL: [DrillName; 9] = [
         DrillName::MasterRestart,
         DrillName::ReplicaRestart,
         DrillName::PostgresKill,
         DrillName::MasterRestartUnderLoad,
         DrillName::ScaleDownUp,
+        DrillName::MasterPodDelete,
+        DrillName::ReplicaPodDelete,
+        DrillName::AgentRestartDuringBasebackup,
+        DrillName::NfsRestart,
+    ];
+
+    /// The drills a local set runs, in the order `all` runs them.
+    pub const LOCAL: [DrillName; 5] = [
+        DrillName::MasterRestart,
+        DrillName::ReplicaRestart,
+        DrillName::PostgresKill,
+        DrillName::MasterRestartUnderLoad,
+        DrillName::ScaleDownUp,
+    ];
+
+    /// The drills a cluster runs, in the order `all` runs them (`nfs-restart` only on the NFS
+    /// host).
+    pub const LIVE: [DrillName; 7] = [
+        DrillName::MasterPodDelete,
+        DrillName::ReplicaPodDelete,
+        DrillName::PostgresKill,
+        DrillName::AgentRestartDuringBasebackup,
+        DrillName::ScaleDownUp,
+        DrillName::MasterRestartUnderLoad,
+        DrillName::NfsRestart,
     ];
 
     /// The drill's name on the command line.
@@ -88,6 +139,18 @@ impl DrillName {
             DrillName::PostgresKill => "postgres-kill",
             DrillName::MasterRestartUnderLoad => "master-restart-under-load",
             DrillName::ScaleDownUp => "scale-down-up",
+            DrillName::MasterPodDelete => "master-pod-delete",
+            DrillName::ReplicaPodDelete => "replica-pod-delete",
+            DrillName::AgentRestartDuringBasebackup => "agent-restart-during-basebackup",
+            DrillName::NfsRestart => "nfs-restart",
+        }
+    }
+
+    /// Whether the drill runs on `target`.
+    pub fn runs_on(self, target: Target) -> bool {
+        match target {
+            Target::Local => DrillName::LOCAL.contains(&self),
+            Target::Live => DrillName::LIVE.contains(&self),
         }
     }
 
@@ -95,13 +158,27 @@ impl DrillName {
     pub fn touches_master(self) -> bool {
         matches!(
             self,
-            DrillName::MasterRestart | DrillName::PostgresKill | DrillName::MasterRestartUnderLoad
+            DrillName::MasterRestart
+                | DrillName::PostgresKill
+                | DrillName::MasterRestartUnderLoad
+                | DrillName::MasterPodDelete
+        )
+    }
+
+    /// Whether several writers commit as fast as they can.
+    pub fn under_load(self) -> bool {
+        matches!(
+            self,
+            DrillName::MasterRestartUnderLoad | DrillName::NfsRestart
         )
     }
 
     /// Whether the drill may legitimately copy a member anew (it changes the membership).
     pub fn may_reclone(self) -> bool {
-        matches!(self, DrillName::ScaleDownUp)
+        matches!(
+            self,
+            DrillName::ScaleDownUp | DrillName::AgentRestartDuringBasebackup
+        )
     }
 }
 
@@ -138,8 +215,19 @@ mod tests {
                 serde_json::json!(d.as_str())
             );
         }
-        let e = "master-pod-delete".parse::<DrillName>().unwrap_err();
-        assert!(e.contains("unknown drill `master-pod-delete`"), "{e}");
+        let e = "master-pod-restart".parse::<DrillName>().unwrap_err();
+        assert!(e.contains("unknown drill `master-pod-restart`"), "{e}");
         assert!(e.contains("scale-down-up"), "{e}");
+        assert!(e.contains("agent-restart-during-basebackup"), "{e}");
+        for d in DrillName::ALL {
+            assert!(
+                d.runs_on(Target::Local) || d.runs_on(Target::Live),
+                "{d} runs nowhere"
+            );
+        }
+        assert!(DrillName::PostgresKill.runs_on(Target::Local));
+        assert!(DrillName::PostgresKill.runs_on(Target::Live));
+        assert!(!DrillName::MasterPodDelete.runs_on(Target::Local));
+        assert!(!DrillName::MasterRestart.runs_on(Target::Live));
     }
 }

@@ -17,19 +17,33 @@ use crate::measure::{Attempt, Sample};
 /// Deadline of one connection attempt or statement.
 pub const STATEMENT_DEADLINE: Duration = Duration::from_secs(2);
 
+/// How a client reaches PostgreSQL.
+#[derive(Clone)]
+pub enum Route {
+    /// TCP to `host:port` (local mode: 127.0.0.1).
+    Tcp {
+        /// Host.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+    /// Through the API server (a port-forward) to the pod a Service routes to now: the pod of a
+    /// ready endpoint in the Service's EndpointSlices, as kube-proxy would pick one.
+    Service(crate::live::Forward),
+    /// Through the API server to one pod (port-forward).
+    Pod(crate::live::Forward),
+}
+
 /// Where a client connects (the password stays out of `Debug`).
 #[derive(Clone)]
 pub struct Endpoint {
-    /// Host (127.0.0.1 in local mode).
-    pub host: String,
-    /// Port.
-    pub port: u16,
+    route: Route,
     password: String,
 }
 
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Endpoint({}:{})", self.host, self.port)
+        write!(f, "Endpoint({})", self.describe())
     }
 }
 
@@ -37,28 +51,58 @@ impl Endpoint {
     /// The superuser at `host:port` with `password`.
     pub fn new(host: impl Into<String>, port: u16, password: impl Into<String>) -> Endpoint {
         Endpoint {
-            host: host.into(),
-            port,
+            route: Route::Tcp {
+                host: host.into(),
+                port,
+            },
             password: password.into(),
         }
     }
 
-    /// Opens a connection (the connection task runs on the runtime), under the deadline.
-    pub async fn connect(&self) -> Result<Client, String> {
+    /// The superuser through `route` with `password`.
+    pub fn via(route: Route, password: impl Into<String>) -> Endpoint {
+        Endpoint {
+            route,
+            password: password.into(),
+        }
+    }
+
+    /// Where it leads, in words.
+    pub fn describe(&self) -> String {
+        match &self.route {
+            Route::Tcp { host, port } => format!("{host}:{port}"),
+            Route::Service(f) => format!("Service {}", f.target()),
+            Route::Pod(f) => format!("pod {}", f.target()),
+        }
+    }
+
+    fn config(&self) -> tokio_postgres::Config {
         let mut cfg = tokio_postgres::Config::new();
-        cfg.host(&self.host)
-            .port(self.port)
-            .user(pgset_spec::contract::SUPERUSER)
+        cfg.user(pgset_spec::contract::SUPERUSER)
             .password(&self.password)
             .dbname("postgres")
             .application_name("pgset-drill")
             .connect_timeout(STATEMENT_DEADLINE);
-        let (client, conn) = within(cfg.connect(NoTls))
-            .await
-            .map_err(|e| format!("connect to {}:{}: {e}", self.host, self.port))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        cfg
+    }
+
+    /// Opens a connection (the connection task runs on the runtime), under the deadline.
+    pub async fn connect(&self) -> Result<Client, String> {
+        let mut cfg = self.config();
+        let client = match &self.route {
+            Route::Tcp { host, port } => {
+                cfg.host(host).port(*port);
+                let (client, conn) = within(cfg.connect(NoTls))
+                    .await
+                    .map_err(|e| format!("connect to {host}:{port}: {e}"))?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                client
+            }
+            Route::Service(f) => f.connect(&cfg, true).await?,
+            Route::Pod(f) => f.connect(&cfg, false).await?,
+        };
         Ok(client)
     }
 
@@ -237,18 +281,74 @@ pub async fn reader(
     log
 }
 
-/// Samples the master's readiness (its agent's `/readyz`) every `period` until `stop`.
+/// How the master's readiness is read: its agent's `/readyz`.
+#[derive(Clone)]
+pub enum ReadyProbe {
+    /// On its health address (local mode).
+    Local(SocketAddr),
+    /// Through the API server's pod proxy (`pods/proxy`) to the pod's health port.
+    Proxy {
+        /// The client.
+        client: kube::Client,
+        /// The pod's namespace.
+        namespace: String,
+        /// The pod.
+        pod: String,
+    },
+}
+
+impl std::fmt::Debug for ReadyProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadyProbe::Local(a) => write!(f, "ReadyProbe({a})"),
+            ReadyProbe::Proxy { namespace, pod, .. } => {
+                write!(f, "ReadyProbe(pod {namespace}/{pod})")
+            }
+        }
+    }
+}
+
+impl ReadyProbe {
+    /// Whether the agent answers ready now.
+    pub async fn ready(&self) -> bool {
+        match self {
+            ReadyProbe::Local(addr) => {
+                pgset_agent::health::probe(*addr, pgset_spec::contract::HEALTH_READY_PATH).await
+                    == Some(200)
+            }
+            ReadyProbe::Proxy {
+                client,
+                namespace,
+                pod,
+            } => {
+                let path = format!(
+                    "/api/v1/namespaces/{namespace}/pods/{pod}:{}/proxy{}",
+                    pgset_spec::contract::HEALTH_PORT,
+                    pgset_spec::contract::HEALTH_READY_PATH
+                );
+                let Ok(request) = http::Request::get(path).body(Vec::new()) else {
+                    return false;
+                };
+                // A refusal (503 and the like) is an error of request_text: not ready.
+                matches!(
+                    tokio::time::timeout(STATEMENT_DEADLINE, client.request_text(request)).await,
+                    Ok(Ok(_))
+                )
+            }
+        }
+    }
+}
+
+/// Samples the master's readiness every `period` until `stop`.
 pub async fn watch_ready(
-    master_health: SocketAddr,
+    probe: ReadyProbe,
     period: Duration,
     t0: Instant,
     stop: Stop,
 ) -> Vec<Sample> {
     let mut samples = Vec::new();
     while !stop.stopped() {
-        let ok = pgset_agent::health::probe(master_health, pgset_spec::contract::HEALTH_READY_PATH)
-            .await
-            == Some(200);
+        let ok = probe.ready().await;
         // Stamped when the answer came: a slow answer never dates a recovery earlier.
         samples.push(Sample {
             at: t0.elapsed(),

@@ -2,20 +2,20 @@
 //! agent processes on 127.0.0.1). The drill acts as the launcher that restarts an agent that
 //! exited, as the kubelet does for a pod, with the contract environment the agent had.
 
-use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use pgset_agent::local::{self as agent_local, LocalSet, MemberStatus};
 use pgset_spec::contract::secret;
 
-use crate::load::{self, Endpoint, Stop, WriterShape};
-use crate::measure;
-use crate::report::{DrillReport, Step, Verdict};
-use crate::{DrillName, Error, Result, step_err};
+use crate::engine::{self, Log, Setup};
+use crate::load::{self, Endpoint, ReadyProbe};
+use crate::report::DrillReport;
+use crate::{DrillName, Error, Result, Target as Where, step_err};
 
 /// What a local drill needs.
 #[derive(Debug, Clone)]
@@ -118,8 +118,7 @@ struct Target {
     set: LocalSet,
     members: Vec<String>,
     password: String,
-    t0: Instant,
-    steps: Vec<Step>,
+    log: Arc<Log>,
 }
 
 impl Target {
@@ -131,11 +130,8 @@ impl Target {
         )
     }
 
-    fn step(&mut self, what: impl Into<String>) {
-        self.steps.push(Step {
-            at_s: self.t0.elapsed().as_secs_f64(),
-            what: what.into(),
-        });
+    fn step(&self, what: impl Into<String>) {
+        self.log.step(what);
     }
 
     fn dir(&self) -> &Path {
@@ -144,7 +140,7 @@ impl Target {
 
     /// Stops member k's agent with SIGTERM (fast shutdown) and waits for it to exit; returns
     /// the environment to start it again with.
-    async fn stop(&mut self, k: i32) -> Result<Vec<(String, String)>> {
+    async fn stop(&self, k: i32) -> Result<Vec<(String, String)>> {
         let member = self.set.member(k);
         let pid = agent_local::agent_pid(self.dir(), &member)
             .ok_or_else(|| step_err(format!("stop {member}"), "its agent is not running"))?;
@@ -156,7 +152,7 @@ impl Target {
     }
 
     /// Starts member k's agent with `env` and waits until it is ready.
-    async fn start(&mut self, k: i32, env: &[(String, String)]) -> Result<()> {
+    async fn start(&self, k: i32, env: &[(String, String)]) -> Result<()> {
         let member = self.set.member(k);
         self.step(format!("launcher starts {member}'s agent"));
         agent_local::launch_agent(self.dir(), &member, &self.opts.agent_bin, env)?;
@@ -165,13 +161,13 @@ impl Target {
         Ok(())
     }
 
-    async fn restart(&mut self, k: i32) -> Result<()> {
+    async fn restart(&self, k: i32) -> Result<()> {
         let env = self.stop(k).await?;
         self.start(k, &env).await
     }
 
     /// SIGKILL to member k's postmaster; its agent exits and the launcher starts it again.
-    async fn kill_postgres(&mut self, k: i32) -> Result<()> {
+    async fn kill_postgres(&self, k: i32) -> Result<()> {
         let member = self.set.member(k);
         let agent = agent_local::agent_pid(self.dir(), &member)
             .ok_or_else(|| step_err(format!("kill {member}'s postgres"), "no agent runs"))?;
@@ -197,7 +193,7 @@ impl Target {
 
     /// Takes the last member out of the set (its agent stopped, the master drops its slot) and
     /// brings it back on its data.
-    async fn scale_down_up(&mut self) -> Result<()> {
+    async fn scale_down_up(&self) -> Result<()> {
         let n = self.members.len() as i32;
         let k = n - 1;
         let member = self.set.member(k);
@@ -280,254 +276,66 @@ pub async fn run(opts: &LocalOptions, drill: DrillName) -> Result<DrillReport> {
             format!("{} does not exist", opts.agent_bin.display()),
         ));
     }
+    if !drill.runs_on(Where::Local) {
+        return Err(Error::NotApplicable {
+            drill,
+            why: "runs against a cluster, not a local set".into(),
+        });
+    }
     let target_k = match drill {
         DrillName::ReplicaRestart | DrillName::ScaleDownUp => n - 1,
         _ => 0,
     };
     // Reads go through the replica the fault hits, else the last one.
     let read_k = n - 1;
-    let mut t = Target {
+    let t = Target {
         opts: opts.clone(),
         set: set.clone(),
         members: members.clone(),
         password: read_password(&opts.dir)?,
-        t0: Instant::now(),
-        steps: Vec::new(),
+        log: Arc::new(Log::default()),
     };
-    let replicas: Vec<String> = members[1..].to_vec();
+    let setup = Setup {
+        writer: t.endpoint(0),
+        reader: t.endpoint(read_k),
+        master: t.endpoint(0),
+        replicas: (1..n).map(|k| (set.member(k), t.endpoint(k))).collect(),
+        ready: ReadyProbe::Local(set.health_addr(0)),
+        warmup: opts.warmup,
+        cooldown: opts.cooldown,
+        members: members.len(),
+        target: set.member(target_k),
+        read_from: set.member(read_k),
+        repair_hint: format!(
+            "the set may need `cargo xtask local up --dir {}` to be whole again",
+            opts.dir.display()
+        ),
+    };
     let marks_before = data_marks(&opts.dir, &members);
-
-    // The drill's own table, created on the master and seen on the replica before the load starts.
-    let stamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis();
-    let table = format!("public.pgset_drill_{}_{stamp}", std::process::id());
-    let master = t.endpoint(0);
-    let c = master
-        .connect_within(Duration::from_secs(10))
-        .await
-        .map_err(|e| step_err("connect to the master", e))?;
-    load::within(c.batch_execute(&format!(
-        "CREATE TABLE {table} (writer int NOT NULL, n bigint NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp(), PRIMARY KEY (writer, n))"
-    )))
-    .await
-    .map_err(|e| step_err(format!("create {table}"), e))?;
-    let outcome = drive(&mut t, drill, target_k, read_k, &table, &replicas).await;
-    // Drop the drill's table whatever happened (the set is left as it was found).
-    if let Ok(c) = master.connect_within(Duration::from_secs(30)).await {
-        let _ = load::within(c.batch_execute(&format!("DROP TABLE IF EXISTS {table}"))).await;
-    }
+    let table = engine::create_table(&setup).await?;
+    let fault = async {
+        match drill {
+            DrillName::MasterRestart | DrillName::MasterRestartUnderLoad => t.restart(0).await,
+            DrillName::ReplicaRestart => t.restart(target_k).await,
+            DrillName::PostgresKill => t.kill_postgres(0).await,
+            DrillName::ScaleDownUp => t.scale_down_up().await,
+            other => Err(Error::NotApplicable {
+                drill: other,
+                why: "runs against a cluster, not a local set".into(),
+            }),
+        }
+    };
+    let healthy = || async {
+        wait_healthy(&opts.dir, opts.recovery_timeout)
+            .await
+            .map(drop)
+    };
+    let outcome = engine::drive(&setup, drill, &table, t.log.clone(), fault, healthy).await;
+    engine::drop_table(&setup, &table).await;
     let mut report = outcome?;
     report.recloned = recloned(&marks_before, &data_marks(&opts.dir, &members));
     report.judge();
     Ok(report)
-}
-
-async fn drive(
-    t: &mut Target,
-    drill: DrillName,
-    target_k: i32,
-    read_k: i32,
-    table: &str,
-    replicas: &[String],
-) -> Result<DrillReport> {
-    let reader_ep = t.endpoint(read_k);
-    let c = reader_ep
-        .connect_within(Duration::from_secs(10))
-        .await
-        .map_err(|e| step_err("connect to the replica", e))?;
-    let seen = Instant::now() + Duration::from_secs(30);
-    while load::within(c.query(&format!("SELECT 1 FROM {table} LIMIT 0"), &[]))
-        .await
-        .is_err_and(|_| Instant::now() < seen)
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    drop(c);
-
-    let stop = Stop::default();
-    let shapes: Vec<WriterShape> = if drill == DrillName::MasterRestartUnderLoad {
-        let mut v = vec![
-            WriterShape {
-                rows_per_commit: 1,
-                pause: Duration::ZERO
-            };
-            3
-        ];
-        v.push(WriterShape {
-            rows_per_commit: 500,
-            pause: Duration::ZERO,
-        });
-        v
-    } else {
-        vec![WriterShape {
-            rows_per_commit: 1,
-            pause: Duration::from_millis(20),
-        }]
-    };
-    let mut clients = Vec::new();
-    for _ in &shapes {
-        clients.push(
-            t.endpoint(0)
-                .connect_within(Duration::from_secs(10))
-                .await
-                .map_err(|e| step_err("connect a writer to the master", e))?,
-        );
-    }
-    t.t0 = Instant::now();
-    let writers: Vec<_> = shapes
-        .into_iter()
-        .zip(clients)
-        .zip(1..)
-        .map(|((shape, client), w)| {
-            tokio::spawn(load::writer(
-                t.endpoint(0),
-                client,
-                table.to_string(),
-                w,
-                shape,
-                t.t0,
-                stop.clone(),
-            ))
-        })
-        .collect();
-    let reader = tokio::spawn(load::reader(
-        reader_ep,
-        table.to_string(),
-        Duration::from_millis(20),
-        t.t0,
-        stop.clone(),
-    ));
-    let ready_watch = tokio::spawn(load::watch_ready(
-        t.set.health_addr(0),
-        Duration::from_millis(20),
-        t.t0,
-        stop.clone(),
-    ));
-    let streaming_watch = tokio::spawn(load::watch_streaming(
-        t.endpoint(0),
-        replicas.to_vec(),
-        Duration::from_millis(20),
-        t.t0,
-        stop.clone(),
-    ));
-
-    tokio::time::sleep(t.opts.warmup).await;
-    let fault_at = t.t0.elapsed();
-    let fault = match drill {
-        DrillName::MasterRestart | DrillName::MasterRestartUnderLoad => t.restart(0).await,
-        DrillName::ReplicaRestart => t.restart(target_k).await,
-        DrillName::PostgresKill => t.kill_postgres(0).await,
-        DrillName::ScaleDownUp => t.scale_down_up().await,
-    };
-    let healthy = match &fault {
-        Ok(()) => wait_healthy(t.dir(), t.opts.recovery_timeout).await,
-        Err(_) => Err(Error::NotHealthy("the fault's steps failed".into())),
-    };
-    if healthy.is_ok() {
-        t.step("every member ready, every replica streaming");
-        tokio::time::sleep(t.opts.cooldown).await;
-    }
-    stop.stop();
-    let mut logs = Vec::new();
-    for w in writers {
-        logs.push(w.await.map_err(|e| step_err("join a writer", e))?);
-    }
-    let reads = reader.await.map_err(|e| step_err("join the reader", e))?;
-    let ready = ready_watch
-        .await
-        .map_err(|e| step_err("join the readiness monitor", e))?;
-    let streaming = streaming_watch
-        .await
-        .map_err(|e| step_err("join the streaming monitor", e))?;
-    let duration = t.t0.elapsed();
-    fault.map_err(|e| {
-        step_err(
-            format!(
-                "{drill} (the set may need `cargo xtask local up --dir {}` to be whole again)",
-                t.dir().display()
-            ),
-            e,
-        )
-    })?;
-
-    // RPO: every row whose COMMIT returned OK must be on the master.
-    let committed: BTreeSet<(i32, i64)> = logs
-        .iter()
-        .flat_map(|l| l.committed.iter().map(|n| (l.writer, *n)))
-        .collect();
-    let master = t
-        .endpoint(0)
-        .connect_within(Duration::from_secs(30))
-        .await
-        .map_err(|e| step_err("connect to the master to count the rows", e))?;
-    let present = rows_of(&master, table).await?;
-    let rows_missing = committed.difference(&present).count();
-    // Every replica must have them too, once it caught up.
-    let mut rows_missing_on_replicas = 0;
-    for k in 1..t.members.len() as i32 {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let missing = loop {
-            let missing = match t.endpoint(k).connect().await {
-                Ok(c) => rows_of(&c, table)
-                    .await
-                    .map(|have| committed.difference(&have).count())
-                    .unwrap_or(committed.len()),
-                Err(_) => committed.len(),
-            };
-            if missing == 0 || Instant::now() > deadline {
-                break missing;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
-        rows_missing_on_replicas = rows_missing_on_replicas.max(missing);
-    }
-
-    // RTO from the first writer (single-row commits in every drill), so the figure means the
-    // same in each; the other writers of the loaded drill add load and rows to count.
-    let w = measure::refusals(&logs[0].attempts);
-    let r = measure::refusals(&reads.attempts);
-    let rejoin = measure::rejoin(&ready, &streaming, fault_at);
-    let secs = |d: Duration| d.as_secs_f64();
-    let since_fault = |d: Option<Duration>| d.map(|d| secs(d.saturating_sub(fault_at)));
-    Ok(DrillReport {
-        drill,
-        verdict: Verdict::Fail,
-        problems: Vec::new(),
-        members: t.members.len(),
-        target: t.set.member(target_k),
-        steps: std::mem::take(&mut t.steps),
-        fault_at_s: secs(fault_at),
-        duration_s: secs(duration),
-        writes_attempted: logs.iter().map(|l| l.attempts.len()).sum(),
-        rows_committed: committed.len(),
-        writes_refused_s: secs(w.total),
-        longest_write_refusal_s: secs(w.longest),
-        writes_unresolved: w.unresolved,
-        writes_accepted_again_after_s: since_fault(w.last_closed_at),
-        rows_missing,
-        rows_missing_on_replicas,
-        read_from: t.set.member(read_k),
-        reads_attempted: reads.attempts.len(),
-        reads_refused_s: secs(r.total),
-        reads_unresolved: r.unresolved,
-        master_ready_after_s: since_fault(rejoin.master_ready_at),
-        all_streaming_after_s: since_fault(rejoin.all_streaming_at),
-        streaming_after_master_ready_s: rejoin.streaming_after_master_ready().map(secs),
-        recloned: Vec::new(),
-        healthy_after: healthy.is_ok(),
-    })
-}
-
-async fn rows_of(c: &tokio_postgres::Client, table: &str) -> Result<BTreeSet<(i32, i64)>> {
-    let rows = load::within(c.query(&format!("SELECT writer, n FROM {table}"), &[]))
-        .await
-        .map_err(|e| step_err(format!("read {table}"), e))?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get::<_, i32>(0), r.get::<_, i64>(1)))
-        .collect())
 }
 
 /// Runs several drills in order, each only when the set is healthy.

@@ -35,7 +35,7 @@ fn verdict(value: Option<f64>, target: f64) -> String {
 
 /// One line per drill: medians over the rounds beside the targets.
 fn lines(reports: &[DrillReport]) -> Vec<String> {
-    DrillName::ALL
+    DrillName::LOCAL
         .iter()
         .map(|d| {
             let of = |f: fn(&DrillReport) -> Option<f64>| {
@@ -95,7 +95,7 @@ pub async fn run() -> Result<()> {
         let opts = LocalOptions::new(&dir, &agent);
         let mut reports = Vec::new();
         for round in 1..=ROUNDS {
-            for d in DrillName::ALL {
+            for d in DrillName::LOCAL {
                 eprintln!("    round {round}: {d}");
                 reports.push(
                     pgset_drill::local::run(&opts, d)

@@ -1,0 +1,320 @@
+//! The measuring half of a drill, whatever the target: the drill's own table, the load (writers
+//! through the master's route, a reader through a replica's), the monitors (master readiness,
+//! every replica streaming), the fault and the wait for health the target supplies, and the
+//! figures computed from what the clients saw.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::load::{self, Endpoint, ReadyProbe, Stop, WriterShape};
+use crate::measure;
+use crate::report::{DrillReport, Step, Verdict};
+use crate::{DrillName, Result, step_err};
+
+/// The steps of a drill, stamped from the start of the load (shared with the target's fault).
+#[derive(Debug)]
+pub struct Log {
+    t0: Mutex<Instant>,
+    steps: Mutex<Vec<Step>>,
+}
+
+impl Default for Log {
+    fn default() -> Log {
+        Log {
+            t0: Mutex::new(Instant::now()),
+            steps: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl Log {
+    /// Records a step.
+    pub fn step(&self, what: impl Into<String>) {
+        let at_s = self.t0().elapsed().as_secs_f64();
+        if let Ok(mut steps) = self.steps.lock() {
+            steps.push(Step {
+                at_s,
+                what: what.into(),
+            });
+        }
+    }
+
+    fn t0(&self) -> Instant {
+        self.t0
+            .lock()
+            .map(|t| *t)
+            .unwrap_or_else(|_| Instant::now())
+    }
+
+    fn restart_clock(&self) -> Instant {
+        let now = Instant::now();
+        if let Ok(mut t) = self.t0.lock() {
+            *t = now;
+        }
+        now
+    }
+
+    fn take(&self) -> Vec<Step> {
+        self.steps
+            .lock()
+            .map(|mut s| std::mem::take(&mut *s))
+            .unwrap_or_default()
+    }
+}
+
+/// Where the load and the monitors go.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// The writers' route to the master (local: its port; live: the master Service).
+    pub writer: Endpoint,
+    /// The reader's route to a replica (local: its port; live: the replica Service).
+    pub reader: Endpoint,
+    /// The master itself (the streaming monitor and the row count).
+    pub master: Endpoint,
+    /// Each replica itself, by name (the rows every replica must have).
+    pub replicas: Vec<(String, Endpoint)>,
+    /// The master's readiness.
+    pub ready: ReadyProbe,
+    /// Load before the fault.
+    pub warmup: Duration,
+    /// Load after the set is healthy again.
+    pub cooldown: Duration,
+    /// Members in the set.
+    pub members: usize,
+    /// The member the fault hits.
+    pub target: String,
+    /// The member reads are meant to reach.
+    pub read_from: String,
+    /// What to do when the fault's steps fail (how to make the set whole again).
+    pub repair_hint: String,
+}
+
+/// Creates the drill's own table on the master and waits until the reader sees it; returns
+/// its name.
+pub async fn create_table(setup: &Setup) -> Result<String> {
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    let table = format!("public.pgset_drill_{}_{stamp}", std::process::id());
+    let c = setup
+        .master
+        .connect_within(Duration::from_secs(10))
+        .await
+        .map_err(|e| step_err("connect to the master", e))?;
+    load::within(c.batch_execute(&format!(
+        "CREATE TABLE {table} (writer int NOT NULL, n bigint NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp(), PRIMARY KEY (writer, n))"
+    )))
+    .await
+    .map_err(|e| step_err(format!("create {table}"), e))?;
+    let c = setup
+        .reader
+        .connect_within(Duration::from_secs(10))
+        .await
+        .map_err(|e| step_err("connect to the replica", e))?;
+    let seen = Instant::now() + Duration::from_secs(30);
+    while load::within(c.query(&format!("SELECT 1 FROM {table} LIMIT 0"), &[]))
+        .await
+        .is_err_and(|_| Instant::now() < seen)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(table)
+}
+
+/// Drops the drill's table (whatever happened: the set is left as it was found).
+pub async fn drop_table(setup: &Setup, table: &str) {
+    if let Ok(c) = setup.master.connect_within(Duration::from_secs(30)).await {
+        let _ = load::within(c.batch_execute(&format!("DROP TABLE IF EXISTS {table}"))).await;
+    }
+}
+
+/// Runs the load, injects `fault` after the warmup, waits with `healthy` until the set is
+/// healthy again, lets the load run for the cooldown, and measures.
+pub async fn drive<F, H, HF>(
+    setup: &Setup,
+    drill: DrillName,
+    table: &str,
+    log: Arc<Log>,
+    fault: F,
+    healthy: H,
+) -> Result<DrillReport>
+where
+    F: Future<Output = Result<()>>,
+    H: FnOnce() -> HF,
+    HF: Future<Output = Result<()>>,
+{
+    let stop = Stop::default();
+    let shapes: Vec<WriterShape> = if drill.under_load() {
+        let mut v = vec![
+            WriterShape {
+                rows_per_commit: 1,
+                pause: Duration::ZERO
+            };
+            3
+        ];
+        v.push(WriterShape {
+            rows_per_commit: 500,
+            pause: Duration::ZERO,
+        });
+        v
+    } else {
+        vec![WriterShape {
+            rows_per_commit: 1,
+            pause: Duration::from_millis(20),
+        }]
+    };
+    let mut clients = Vec::new();
+    for _ in &shapes {
+        clients.push(
+            setup
+                .writer
+                .connect_within(Duration::from_secs(10))
+                .await
+                .map_err(|e| step_err("connect a writer to the master", e))?,
+        );
+    }
+    let t0 = log.restart_clock();
+    let writers: Vec<_> = shapes
+        .into_iter()
+        .zip(clients)
+        .zip(1..)
+        .map(|((shape, client), w)| {
+            tokio::spawn(load::writer(
+                setup.writer.clone(),
+                client,
+                table.to_string(),
+                w,
+                shape,
+                t0,
+                stop.clone(),
+            ))
+        })
+        .collect();
+    let reader = tokio::spawn(load::reader(
+        setup.reader.clone(),
+        table.to_string(),
+        Duration::from_millis(20),
+        t0,
+        stop.clone(),
+    ));
+    let ready_watch = tokio::spawn(load::watch_ready(
+        setup.ready.clone(),
+        Duration::from_millis(20),
+        t0,
+        stop.clone(),
+    ));
+    let replica_names: Vec<String> = setup.replicas.iter().map(|(n, _)| n.clone()).collect();
+    let streaming_watch = tokio::spawn(load::watch_streaming(
+        setup.master.clone(),
+        replica_names,
+        Duration::from_millis(20),
+        t0,
+        stop.clone(),
+    ));
+
+    tokio::time::sleep(setup.warmup).await;
+    let fault_at = t0.elapsed();
+    let fault = fault.await;
+    let healthy = match &fault {
+        Ok(()) => healthy().await,
+        Err(_) => Err(crate::Error::NotHealthy("the fault's steps failed".into())),
+    };
+    if healthy.is_ok() {
+        log.step("every member ready, every replica streaming");
+        tokio::time::sleep(setup.cooldown).await;
+    }
+    stop.stop();
+    let mut logs = Vec::new();
+    for w in writers {
+        logs.push(w.await.map_err(|e| step_err("join a writer", e))?);
+    }
+    let reads = reader.await.map_err(|e| step_err("join the reader", e))?;
+    let ready = ready_watch
+        .await
+        .map_err(|e| step_err("join the readiness monitor", e))?;
+    let streaming = streaming_watch
+        .await
+        .map_err(|e| step_err("join the streaming monitor", e))?;
+    let duration = t0.elapsed();
+    fault.map_err(|e| step_err(format!("{drill} ({})", setup.repair_hint), e))?;
+
+    // RPO: every row whose COMMIT returned OK must be on the master.
+    let committed: BTreeSet<(i32, i64)> = logs
+        .iter()
+        .flat_map(|l| l.committed.iter().map(|n| (l.writer, *n)))
+        .collect();
+    let master = setup
+        .master
+        .connect_within(Duration::from_secs(30))
+        .await
+        .map_err(|e| step_err("connect to the master to count the rows", e))?;
+    let present = rows_of(&master, table).await?;
+    let rows_missing = committed.difference(&present).count();
+    // Every replica must have them too, once it caught up.
+    let mut rows_missing_on_replicas = 0;
+    for (_, replica) in &setup.replicas {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let missing = loop {
+            let missing = match replica.connect().await {
+                Ok(c) => rows_of(&c, table)
+                    .await
+                    .map(|have| committed.difference(&have).count())
+                    .unwrap_or(committed.len()),
+                Err(_) => committed.len(),
+            };
+            if missing == 0 || Instant::now() > deadline {
+                break missing;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        rows_missing_on_replicas = rows_missing_on_replicas.max(missing);
+    }
+
+    // RTO from the first writer (single-row commits in every drill), so the figure means the
+    // same in each; the other writers of the loaded drill add load and rows to count.
+    let w = measure::refusals(&logs[0].attempts);
+    let r = measure::refusals(&reads.attempts);
+    let rejoin = measure::rejoin(&ready, &streaming, fault_at);
+    let secs = |d: Duration| d.as_secs_f64();
+    let since_fault = |d: Option<Duration>| d.map(|d| secs(d.saturating_sub(fault_at)));
+    Ok(DrillReport {
+        drill,
+        verdict: Verdict::Fail,
+        problems: Vec::new(),
+        members: setup.members,
+        target: setup.target.clone(),
+        steps: log.take(),
+        fault_at_s: secs(fault_at),
+        duration_s: secs(duration),
+        writes_attempted: logs.iter().map(|l| l.attempts.len()).sum(),
+        rows_committed: committed.len(),
+        writes_refused_s: secs(w.total),
+        longest_write_refusal_s: secs(w.longest),
+        writes_unresolved: w.unresolved,
+        writes_accepted_again_after_s: since_fault(w.last_closed_at),
+        rows_missing,
+        rows_missing_on_replicas,
+        read_from: setup.read_from.clone(),
+        reads_attempted: reads.attempts.len(),
+        reads_refused_s: secs(r.total),
+        reads_unresolved: r.unresolved,
+        master_ready_after_s: since_fault(rejoin.master_ready_at),
+        all_streaming_after_s: since_fault(rejoin.all_streaming_at),
+        streaming_after_master_ready_s: rejoin.streaming_after_master_ready().map(secs),
+        recloned: Vec::new(),
+        healthy_after: healthy.is_ok(),
+    })
+}
+
+async fn rows_of(c: &tokio_postgres::Client, table: &str) -> Result<BTreeSet<(i32, i64)>> {
+    let rows = load::within(c.query(&format!("SELECT writer, n FROM {table}"), &[]))
+        .await
+        .map_err(|e| step_err(format!("read {table}"), e))?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get::<_, i32>(0), r.get::<_, i64>(1)))
+        .collect())
+}

@@ -1,0 +1,642 @@
+//! The live target: drills against a cluster, all through the API server. The writers reach the
+//! master through the pod its `<name>-master` Service routes to, the reader through
+//! `<name>-replica` (a port-forward to the pod of a ready endpoint, as kube-proxy would pick
+//! one), the readiness monitor asks the master agent's `/readyz` through the pod proxy, and the
+//! faults are Kubernetes' own operations: deleting a pod, scaling the StatefulSet, a `kill` in
+//! the postgres container. Health before and after is `status`'s verdict.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{DeleteParams, ListParams};
+use kube::{Api, Client};
+use pgset_spec::{ClusterSpec, contract, slot_name};
+use pgset_verify::exec::{POSTGRES_CONTAINER, PodExec};
+use pgset_verify::{ClusterStatus, Options, Verifier, checks};
+use tokio_postgres::NoTls;
+
+use crate::engine::{self, Log, Setup};
+use crate::load::{self, Endpoint, ReadyProbe, Route, STATEMENT_DEADLINE};
+use crate::report::DrillReport;
+use crate::{DrillName, Error, Result, Target as Where, step_err};
+
+/// The label EndpointSlices carry naming their Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// A port-forward through the API server to PostgreSQL's port of a pod, or of the pod a Service
+/// routes to now.
+#[derive(Clone)]
+pub struct Forward {
+    pods: Api<Pod>,
+    slices: Api<EndpointSlice>,
+    name: String,
+}
+
+impl Forward {
+    /// To `name` (a Service or a pod) in `namespace`.
+    pub fn new(client: &Client, namespace: &str, name: impl Into<String>) -> Forward {
+        Forward {
+            pods: Api::namespaced(client.clone(), namespace),
+            slices: Api::namespaced(client.clone(), namespace),
+            name: name.into(),
+        }
+    }
+
+    /// The Service or pod.
+    pub fn target(&self) -> &str {
+        &self.name
+    }
+
+    /// The pod a ready endpoint of the Service targets now. With none, waits 100 ms before it
+    /// says so, so a client retrying through a Service without endpoints does not flood the API.
+    pub async fn routed_pod(&self) -> Result<String, String> {
+        let list = self
+            .slices
+            .list(&ListParams::default().labels(&format!("{SERVICE_NAME_LABEL}={}", self.name)))
+            .await
+            .map_err(|e| format!("list the endpoints of Service {}: {e}", self.name))?;
+        let endpoints = checks::endpoints(&list.items);
+        match endpoints.into_iter().find(|e| e.ready && e.pod.is_some()) {
+            Some(e) => Ok(e.pod.unwrap_or_default()),
+            None => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(format!("Service {} has no ready endpoint", self.name))
+            }
+        }
+    }
+
+    /// Connects with `cfg` through a port-forward (to the Service's pod when `via_service`),
+    /// under the statement deadline.
+    pub(crate) async fn connect(
+        &self,
+        cfg: &tokio_postgres::Config,
+        via_service: bool,
+    ) -> Result<tokio_postgres::Client, String> {
+        let attempt = async {
+            let pod = if via_service {
+                self.routed_pod().await?
+            } else {
+                self.name.clone()
+            };
+            let port = contract::POSTGRES_PORT;
+            let mut forward = self
+                .pods
+                .portforward(&pod, &[port])
+                .await
+                .map_err(|e| format!("port-forward to pod {pod}: {e}"))?;
+            let stream = forward
+                .take_stream(port)
+                .ok_or_else(|| format!("port-forward to pod {pod} gave no stream"))?;
+            let (client, conn) = cfg
+                .connect_raw(stream, NoTls)
+                .await
+                .map_err(|e| format!("connect to pod {pod}: {e}"))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+                forward.abort();
+            });
+            Ok(client)
+        };
+        match tokio::time::timeout(STATEMENT_DEADLINE, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "no connection through {} within {} s",
+                self.name,
+                STATEMENT_DEADLINE.as_secs()
+            )),
+        }
+    }
+}
+
+/// What a live drill needs.
+#[derive(Debug, Clone)]
+pub struct LiveOptions {
+    /// The cluster.
+    pub spec: ClusterSpec,
+    /// How long the cluster may take to be healthy again after the fault.
+    pub recovery_timeout: Duration,
+    /// Load before the fault (the baseline).
+    pub warmup: Duration,
+    /// Load after the cluster is healthy again.
+    pub cooldown: Duration,
+}
+
+impl LiveOptions {
+    /// Defaults for everything but the cluster.
+    pub fn new(spec: ClusterSpec) -> LiveOptions {
+        LiveOptions {
+            spec,
+            recovery_timeout: Duration::from_secs(300),
+            warmup: Duration::from_secs(2),
+            cooldown: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Whether this host serves the cluster's export (where `nfs-restart` may run).
+pub fn on_nfs_host(spec: &ClusterSpec) -> bool {
+    pgset_verify::live::local_export(spec).is_some()
+}
+
+/// Why the cluster is not healthy (empty when it is): `status`'s verdict.
+pub async fn unhealthy(client: &Client, spec: &ClusterSpec) -> Result<Vec<String>> {
+    let status = ClusterStatus::gather(client.clone(), spec).await?;
+    Ok(status.warnings)
+}
+
+async fn wait_healthy(client: &Client, spec: &ClusterSpec, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let why = match unhealthy(client, spec).await {
+            Ok(why) => why,
+            Err(e) => vec![e.to_string()],
+        };
+        if why.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::NotHealthy(why.join("; ")));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn superuser_password(client: &Client, spec: &ClusterSpec) -> Result<String> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &spec.namespace);
+    let name = spec.secret_name();
+    let secret = secrets
+        .get(&name)
+        .await
+        .map_err(|e| step_err(format!("read Secret {name}"), e))?;
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(contract::secret::SUPERUSER_PASSWORD_KEY))
+        .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| {
+            step_err(
+                format!("read Secret {name}"),
+                format!(
+                    "it has no `{}` key",
+                    contract::secret::SUPERUSER_PASSWORD_KEY
+                ),
+            )
+        })
+}
+
+/// The inode of each member's data directory and of its kept `.previous` copy, read in the
+/// member's own pod (a copy made anew has a new inode).
+async fn data_marks(exec: &PodExec, members: &[String]) -> BTreeMap<String, String> {
+    let mut marks = BTreeMap::new();
+    for m in members {
+        let dir = checks::data_dir_in_pod(m);
+        let argv = vec![
+            "stat".to_string(),
+            "-c".into(),
+            "%n %i".into(),
+            dir.clone(),
+            format!("{dir}.previous"),
+        ];
+        // stat exits 1 when the kept copy does not exist; the lines it printed still count.
+        if let Ok(out) = exec.run(m, POSTGRES_CONTAINER, &argv).await {
+            marks.insert(m.clone(), out.stdout.trim().to_string());
+        }
+    }
+    marks
+}
+
+fn recloned(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) -> Vec<String> {
+    before
+        .iter()
+        .filter(|(m, b)| after.get(*m).is_some_and(|a| a != *b))
+        .map(|(m, _)| m.clone())
+        .collect()
+}
+
+/// The cluster a drill runs on.
+struct Live {
+    client: Client,
+    spec: ClusterSpec,
+    opts: LiveOptions,
+    pods: Api<Pod>,
+    verifier: Verifier,
+    exec: PodExec,
+    password: String,
+    log: Arc<Log>,
+}
+
+impl Live {
+    fn step(&self, what: impl Into<String>) {
+        self.log.step(what);
+    }
+
+    fn pod_endpoint(&self, k: i32) -> Endpoint {
+        Endpoint::via(
+            Route::Pod(Forward::new(
+                &self.client,
+                &self.spec.namespace,
+                self.spec.pod_name(k),
+            )),
+            self.password.clone(),
+        )
+    }
+
+    fn service_endpoint(&self, service: String) -> Endpoint {
+        Endpoint::via(
+            Route::Service(Forward::new(&self.client, &self.spec.namespace, service)),
+            self.password.clone(),
+        )
+    }
+
+    async fn pod(&self, name: &str) -> Result<Option<Pod>> {
+        self.pods
+            .get_opt(name)
+            .await
+            .map_err(|e| step_err(format!("read pod {name}"), e))
+    }
+
+    /// Waits until pod `name` is Ready, is not `old_uid` and has not been deleted.
+    async fn wait_ready(&self, name: &str, old_uid: Option<&str>) -> Result<()> {
+        let deadline = Instant::now() + self.opts.recovery_timeout;
+        loop {
+            if let Some(p) = self.pod(name).await? {
+                let m = checks::Member::from_pod(&p);
+                if m.ready && !m.terminating && old_uid.is_none_or(|u| u != m.uid) {
+                    self.step(format!("pod {name} Ready"));
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(step_err(
+                    format!("wait for pod {name}"),
+                    format!(
+                        "not Ready within {} s",
+                        self.opts.recovery_timeout.as_secs()
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn wait_gone(&self, name: &str) -> Result<()> {
+        let deadline = Instant::now() + self.opts.recovery_timeout;
+        while self.pod(name).await?.is_some() {
+            if Instant::now() > deadline {
+                return Err(step_err(
+                    format!("wait for pod {name} to go"),
+                    format!(
+                        "still there after {} s",
+                        self.opts.recovery_timeout.as_secs()
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.step(format!("pod {name} gone"));
+        Ok(())
+    }
+
+    /// Deletes member k's pod (with its grace period: the agent stops postgres fast) and waits
+    /// for the StatefulSet's new pod to be Ready.
+    async fn delete_pod(&self, k: i32) -> Result<()> {
+        let name = self.spec.pod_name(k);
+        let uid = self
+            .pod(&name)
+            .await?
+            .and_then(|p| p.metadata.uid)
+            .ok_or_else(|| step_err(format!("delete pod {name}"), "it does not exist"))?;
+        self.step(format!("delete pod {name}"));
+        self.pods
+            .delete(&name, &DeleteParams::default())
+            .await
+            .map_err(|e| step_err(format!("delete pod {name}"), e))?;
+        self.wait_ready(&name, Some(&uid)).await
+    }
+
+    /// SIGKILL to the master's postmaster (its pid from `postmaster.pid`, read by the server
+    /// itself), sent in its container; the agent exits and the kubelet restarts the container.
+    async fn kill_postgres(&self) -> Result<()> {
+        let name = self.spec.pod_name(0);
+        let c = self
+            .pod_endpoint(0)
+            .connect_within(Duration::from_secs(10))
+            .await
+            .map_err(|e| step_err(format!("connect to {name}"), e))?;
+        let row = load::within(c.query_one("SELECT pg_read_file('postmaster.pid')", &[]))
+            .await
+            .map_err(|e| step_err(format!("read {name}'s postmaster.pid"), e))?;
+        let text: String = row.get(0);
+        let pid: u32 = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .ok_or_else(|| {
+                step_err(
+                    format!("read {name}'s postmaster.pid"),
+                    "no pid on its first line",
+                )
+            })?;
+        let restarts = |p: &Pod| checks::Member::from_pod(p).restarts;
+        let before = self.pod(&name).await?.map(|p| restarts(&p)).unwrap_or(0);
+        self.step(format!("SIGKILL to {name}'s postmaster (pid {pid})"));
+        // The shell's own kill: the image need not ship a kill binary. The pid is a number.
+        let argv = vec!["sh".to_string(), "-c".into(), format!("kill -KILL {pid}")];
+        let out = self
+            .exec
+            .run(&name, POSTGRES_CONTAINER, &argv)
+            .await
+            .map_err(|e| step_err(format!("kill {name}'s postmaster"), e))?;
+        if !out.success() {
+            return Err(step_err(
+                format!("kill {name}'s postmaster"),
+                out.failure_summary(),
+            ));
+        }
+        let deadline = Instant::now() + self.opts.recovery_timeout;
+        loop {
+            let now = self.pod(&name).await?.map(|p| restarts(&p)).unwrap_or(0);
+            if now > before {
+                self.step(format!("{name}'s container restarted"));
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(step_err(
+                    format!("{name} after its postgres was killed"),
+                    "its container did not restart",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.wait_ready(&name, None).await
+    }
+
+    async fn scale(&self, replicas: i32) -> Result<()> {
+        self.step(format!("scale to {replicas}"));
+        self.verifier.scale(replicas).await?;
+        Ok(())
+    }
+
+    /// Scales to `n` again and gives spec.replicas back to its owner, whatever happened before.
+    async fn scale_back(
+        &self,
+        n: i32,
+        owners: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry],
+    ) -> Result<()> {
+        self.scale(n).await?;
+        self.verifier.restore_managed_fields(n, owners).await?;
+        Ok(())
+    }
+
+    /// Takes the last member out (its slot is dropped by the master) and brings it back.
+    async fn scale_down_up(&self) -> Result<()> {
+        let n = self.spec.replicas;
+        let last = self.spec.pod_name(n - 1);
+        let owners = self.verifier.managed_fields().await?;
+        let outcome = async {
+            self.scale(n - 1).await?;
+            self.wait_gone(&last).await?;
+            let slot = slot_name(&last);
+            let master = self.pod_endpoint(0);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let gone = match master.connect().await {
+                    Ok(c) => load::within(c.query(
+                        "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                        &[&slot],
+                    ))
+                    .await
+                    .map(|rows| rows.is_empty())
+                    .unwrap_or(false),
+                    Err(_) => false,
+                };
+                if gone {
+                    self.step(format!("the master dropped slot {slot}"));
+                    break;
+                }
+                if Instant::now() > deadline {
+                    self.step(format!("slot {slot} still there after 60 s"));
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Ok::<(), Error>(())
+        }
+        .await;
+        let back = self.scale_back(n, &owners).await;
+        outcome?;
+        back?;
+        self.wait_ready(&last, None).await
+    }
+
+    /// Adds member n, deletes its pod while its base backup runs (PostgreSQL's own
+    /// `pg_stat_progress_basebackup` on the master says when), waits for it to come up whole,
+    /// then scales back.
+    async fn restart_during_basebackup(&self) -> Result<()> {
+        let n = self.spec.replicas;
+        let new = self.spec.pod_name(n);
+        let owners = self.verifier.managed_fields().await?;
+        let outcome = async {
+            self.scale(n + 1).await?;
+            let master = self.pod_endpoint(0);
+            let deadline = Instant::now() + self.opts.recovery_timeout;
+            let mut client = None;
+            loop {
+                if client.is_none() {
+                    client = master.connect().await.ok();
+                }
+                let copying = match &client {
+                    Some(c) => load::within(
+                        c.query_one("SELECT count(*) FROM pg_stat_progress_basebackup", &[]),
+                    )
+                    .await
+                    .map(|r| r.get::<_, i64>(0) > 0)
+                    .unwrap_or_else(|_| {
+                        client = None;
+                        false
+                    }),
+                    None => false,
+                };
+                if copying {
+                    self.step(format!("base backup for {new} running"));
+                    break;
+                }
+                if self
+                    .pod(&new)
+                    .await?
+                    .is_some_and(|p| checks::Member::from_pod(&p).ready)
+                {
+                    return Err(Error::NotApplicable {
+                        drill: DrillName::AgentRestartDuringBasebackup,
+                        why: format!(
+                            "{new} became Ready without a base backup the drill could interrupt \
+                             (its directory holds data from an earlier scale-out, or the copy was \
+                             too quick to catch)"
+                        ),
+                    });
+                }
+                if Instant::now() > deadline {
+                    return Err(step_err(
+                        format!("wait for {new}'s base backup"),
+                        "none started",
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            self.delete_pod(n).await
+        }
+        .await;
+        let back = self.scale_back(n, &owners).await;
+        let gone = self.wait_gone(&new).await;
+        outcome?;
+        back?;
+        gone
+    }
+
+    /// Restarts the NFS server on this host (`systemctl restart nfs-server`).
+    async fn restart_nfs(&self) -> Result<()> {
+        self.step("systemctl restart nfs-server");
+        let out = tokio::task::spawn_blocking(|| {
+            std::process::Command::new("systemctl")
+                .args(["restart", "nfs-server"])
+                .output()
+        })
+        .await
+        .map_err(|e| step_err("restart nfs-server", e))?
+        .map_err(|e| step_err("run systemctl restart nfs-server", e))?;
+        if !out.status.success() {
+            return Err(step_err(
+                "systemctl restart nfs-server",
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ));
+        }
+        self.step("nfs-server restarted");
+        Ok(())
+    }
+}
+
+/// Runs `drill` on the cluster: refuses unless it is healthy (`status`'s verdict), runs the load,
+/// injects the fault, waits until it is healthy again, and measures.
+pub async fn run(client: Client, opts: &LiveOptions, drill: DrillName) -> Result<DrillReport> {
+    let spec = &opts.spec;
+    if !drill.runs_on(Where::Live) {
+        return Err(Error::NotApplicable {
+            drill,
+            why: "runs against a local set (`--dir`), not a cluster".into(),
+        });
+    }
+    if drill == DrillName::NfsRestart && !on_nfs_host(spec) {
+        return Err(Error::NotApplicable {
+            drill,
+            why: format!(
+                "runs on the NFS host ({}) only: this host does not serve {}",
+                spec.nfs
+                    .server
+                    .as_deref()
+                    .unwrap_or("the spec's nfs.server"),
+                spec.cluster_export_dir().display()
+            ),
+        });
+    }
+    let why = unhealthy(&client, spec).await?;
+    if !why.is_empty() {
+        return Err(Error::NotHealthy(why.join("; ")));
+    }
+    let n = spec.replicas;
+    if n < 2 {
+        return Err(Error::NotApplicable {
+            drill,
+            why: format!("needs at least one replica ({} has {n} member)", spec.name),
+        });
+    }
+    let members: Vec<String> = (0..n).map(|k| spec.pod_name(k)).collect();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &spec.namespace);
+    let t = Live {
+        client: client.clone(),
+        spec: spec.clone(),
+        opts: opts.clone(),
+        pods: pods.clone(),
+        verifier: Verifier::new(client.clone(), spec.clone(), Options::new(spec)),
+        exec: PodExec::new(pods, Duration::from_secs(30)),
+        password: superuser_password(&client, spec).await?,
+        log: Arc::new(Log::default()),
+    };
+    let target_k = match drill {
+        DrillName::ReplicaPodDelete | DrillName::ScaleDownUp => n - 1,
+        DrillName::AgentRestartDuringBasebackup => n,
+        _ => 0,
+    };
+    let setup = Setup {
+        writer: t.service_endpoint(spec.master_service_name()),
+        reader: t.service_endpoint(spec.replica_service_name()),
+        master: t.pod_endpoint(0),
+        replicas: (1..n)
+            .map(|k| (spec.pod_name(k), t.pod_endpoint(k)))
+            .collect(),
+        ready: ReadyProbe::Proxy {
+            client: client.clone(),
+            namespace: spec.namespace.clone(),
+            pod: spec.pod_name(0),
+        },
+        warmup: opts.warmup,
+        cooldown: opts.cooldown,
+        members: members.len(),
+        target: spec.pod_name(target_k),
+        read_from: spec.replica_service_name(),
+        repair_hint: format!(
+            "`cargo xtask status --name {} --namespace {}` shows what is left to mend",
+            spec.name, spec.namespace
+        ),
+    };
+    let marks_before = data_marks(&t.exec, &members).await;
+    let table = engine::create_table(&setup).await?;
+    let fault = async {
+        match drill {
+            DrillName::MasterPodDelete | DrillName::MasterRestartUnderLoad => t.delete_pod(0).await,
+            DrillName::ReplicaPodDelete => t.delete_pod(n - 1).await,
+            DrillName::PostgresKill => t.kill_postgres().await,
+            DrillName::ScaleDownUp => t.scale_down_up().await,
+            DrillName::AgentRestartDuringBasebackup => t.restart_during_basebackup().await,
+            DrillName::NfsRestart => t.restart_nfs().await,
+            other => Err(Error::NotApplicable {
+                drill: other,
+                why: "runs against a local set (`--dir`), not a cluster".into(),
+            }),
+        }
+    };
+    let healthy = || wait_healthy(&client, spec, opts.recovery_timeout);
+    let outcome = engine::drive(&setup, drill, &table, t.log.clone(), fault, healthy).await;
+    engine::drop_table(&setup, &table).await;
+    let mut report = outcome?;
+    report.recloned = recloned(&marks_before, &data_marks(&t.exec, &members).await);
+    report.judge();
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_inode_or_a_new_kept_copy_is_a_reclone() {
+        let before: BTreeMap<String, String> = [
+            ("pgset-1".to_string(), "/pgdata/pgset-1 41".to_string()),
+            ("pgset-2".to_string(), "/pgdata/pgset-2 42".to_string()),
+        ]
+        .into();
+        let mut after = before.clone();
+        assert!(recloned(&before, &after).is_empty());
+        after.insert(
+            "pgset-2".into(),
+            "/pgdata/pgset-2 77\n/pgdata/pgset-2.previous 42".into(),
+        );
+        assert_eq!(recloned(&before, &after), ["pgset-2"]);
+        // A member whose pod could not be asked afterwards is not counted as copied.
+        after.remove("pgset-2");
+        assert!(recloned(&before, &after).is_empty());
+    }
+}
