@@ -440,9 +440,26 @@ impl Live {
         let n = self.spec.replicas;
         let new = self.spec.pod_name(n);
         let owners = self.verifier.managed_fields().await?;
+        // 200 MB in a table of the drill's own, so the copy lasts long enough to be interrupted.
+        let pad = format!("public.pgset_drill_pad_{}", std::process::id());
+        let master = self.pod_endpoint(0);
+        let c = master
+            .connect_within(Duration::from_secs(10))
+            .await
+            .map_err(|e| step_err("connect to the master", e))?;
+        tokio::time::timeout(
+            Duration::from_secs(600),
+            c.batch_execute(&format!(
+                "DROP TABLE IF EXISTS {pad}; CREATE TABLE {pad} AS \
+                 SELECT g, repeat('x', 1000) AS pad FROM generate_series(1, 200000) g"
+            )),
+        )
+        .await
+        .map_err(|_| step_err(format!("fill {pad}"), "not done within 600 s"))?
+        .map_err(|e| step_err(format!("fill {pad}"), e))?;
+        self.step(format!("{pad} holds 200 MB for the copy"));
         let outcome = async {
             self.scale(n + 1).await?;
-            let master = self.pod_endpoint(0);
             let deadline = Instant::now() + self.opts.recovery_timeout;
             let mut client = None;
             loop {
@@ -492,6 +509,11 @@ impl Live {
         .await;
         let back = self.scale_back(n, &owners).await;
         let gone = self.wait_gone(&new).await;
+        if let Ok(c) = master.connect_within(Duration::from_secs(30)).await {
+            let _ = c
+                .batch_execute(&format!("DROP TABLE IF EXISTS {pad}"))
+                .await;
+        }
         outcome?;
         back?;
         gone

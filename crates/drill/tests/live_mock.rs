@@ -1,0 +1,168 @@
+//! The live target against a mock API server: the requests that find the pod a Service routes
+//! to and ask the master agent whether it is ready, and a drill on an unhealthy cluster that
+//! reads and changes nothing.
+
+use std::sync::{Arc, Mutex};
+
+use http::{Request, Response};
+use kube::Client;
+use kube::client::Body;
+use pgset_drill::live::{Forward, LiveOptions};
+use pgset_drill::load::ReadyProbe;
+use pgset_drill::{DrillName, Error};
+use pgset_spec::ClusterSpec;
+use serde_json::{Value, json};
+use tower_test::mock;
+
+/// A mock API server that answers each request with `reply(method, path and query)` and
+/// records what it was asked.
+fn server(reply: fn(&str, &str) -> (u16, Value)) -> (Client, Arc<Mutex<Vec<String>>>) {
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Some((request, respond)) = handle.next_request().await {
+            let method = request.method().to_string();
+            let uri = request.uri().to_string();
+            log.lock().unwrap().push(format!("{method} {uri}"));
+            let (status, body) = reply(&method, &uri);
+            respond.send_response(
+                Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                    .unwrap(),
+            );
+        }
+    });
+    (Client::new(service, "default"), seen)
+}
+
+fn slices(endpoints: Value) -> Value {
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSliceList", "metadata": {},
+           "items": [{"metadata": {"name": "pgset-master-x1"}, "addressType": "IPv4",
+                      "endpoints": endpoints}]})
+}
+
+fn endpoint(pod: &str, ready: bool) -> Value {
+    json!({"addresses": ["10.244.0.10"], "conditions": {"ready": ready},
+           "targetRef": {"kind": "Pod", "name": pod, "namespace": "default"}})
+}
+
+#[tokio::test]
+async fn a_service_routes_to_the_pod_of_a_ready_endpoint() {
+    let (client, seen) = server(|_, _| {
+        (
+            200,
+            slices(json!([
+                endpoint("pgset-1", false),
+                endpoint("pgset-0", true)
+            ])),
+        )
+    });
+    let f = Forward::new(&client, "default", "pgset-master");
+    assert_eq!(f.routed_pod().await.unwrap(), "pgset-0");
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        [
+            "GET /apis/discovery.k8s.io/v1/namespaces/default/endpointslices?&labelSelector=kubernetes.io%2Fservice-name%3Dpgset-master"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_service_without_a_ready_endpoint_routes_nowhere() {
+    let (client, _) = server(|_, _| (200, slices(json!([endpoint("pgset-0", false)]))));
+    let f = Forward::new(&client, "default", "pgset-master");
+    assert_eq!(
+        f.routed_pod().await.unwrap_err(),
+        "Service pgset-master has no ready endpoint"
+    );
+}
+
+#[tokio::test]
+async fn readiness_is_the_master_agents_readyz_through_the_pod_proxy() {
+    let (client, seen) = server(|_, uri| {
+        if uri.contains("pgset-0:8008") {
+            (200, json!("ready"))
+        } else {
+            (
+                503,
+                json!({"kind": "Status", "code": 503, "message": "not ready"}),
+            )
+        }
+    });
+    let probe = |pod: &str| ReadyProbe::Proxy {
+        client: client.clone(),
+        namespace: "default".into(),
+        pod: pod.into(),
+    };
+    assert!(probe("pgset-0").ready().await);
+    assert!(!probe("pgset-1").ready().await);
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        [
+            "GET /api/v1/namespaces/default/pods/pgset-0:8008/proxy/readyz",
+            "GET /api/v1/namespaces/default/pods/pgset-1:8008/proxy/readyz"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_drill_on_an_unhealthy_cluster_only_reads() {
+    // The StatefulSet wants 3 members; 2 pods exist, the second not Ready.
+    let (client, seen) = server(|_, uri| {
+        let pod = |k: i32, ready: bool| {
+            json!({"metadata": {"name": format!("pgset-{k}"), "namespace": "default", "uid": format!("u{k}"),
+                                "labels": {"role": if k == 0 { "master" } else { "replica" }}},
+                   "spec": {"containers": [{"name": "postgres", "image": "postgres:18"}]},
+                   "status": {"phase": "Running", "podIP": format!("10.244.0.{k}"),
+                              "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}})
+        };
+        let path = uri.split('?').next().unwrap_or_default();
+        match path {
+            "/apis/apps/v1/namespaces/default/statefulsets/pgset" => (
+                200,
+                json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+                       "metadata": {"name": "pgset", "namespace": "default"},
+                       "spec": {"replicas": 3, "serviceName": "pgset",
+                                "selector": {"matchLabels": {}}, "template": {}}}),
+            ),
+            "/api/v1/namespaces/default/pods" => (
+                200,
+                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {},
+                       "items": [pod(0, true), pod(1, false)]}),
+            ),
+            "/api/v1/namespaces/default/configmaps/pgset-record" => (
+                404,
+                json!({"kind": "Status", "code": 404, "reason": "NotFound", "message": "not found"}),
+            ),
+            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices" => (
+                200,
+                json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSliceList",
+                       "metadata": {}, "items": []}),
+            ),
+            _ => (
+                503,
+                json!({"kind": "Status", "code": 503, "message": "no agent"}),
+            ),
+        }
+    });
+    let spec = ClusterSpec {
+        replicas: 3,
+        ..ClusterSpec::default()
+    };
+    let err = pgset_drill::live::run(client, &LiveOptions::new(spec), DrillName::ReplicaPodDelete)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotHealthy(_)), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("2 pod(s) for 3 wanted members"), "{text}");
+    assert!(text.contains("pgset-1 is not Ready (Running)"), "{text}");
+    let seen = seen.lock().unwrap();
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter().all(|r| r.starts_with("GET ")),
+        "a refused drill changes nothing: {seen:?}"
+    );
+}
