@@ -1,5 +1,6 @@
 //! Live-cluster benchmarks: pgset's rollout against a bare StatefulSet of the same image, a
-//! no-change re-deploy, replication lag and recovery after the master pod is deleted.
+//! no-change re-deploy, replication lag, recovery after the master pod is deleted, and the
+//! master-pod-delete and postgres-kill drills' RTO and re-join beside their targets.
 //!
 //! Everything runs in a temporary namespace (`pgset-bench-<suffix>`) that is deleted at the end,
 //! with a cluster of its own of the same name (3 members, its own volumes), so the user's
@@ -98,7 +99,14 @@ struct Results {
     rejoin_s: Option<f64>,
     streaming_resumed_s: Option<f64>,
     failed_checks: Vec<String>,
+    drills: Vec<pgset_drill::DrillReport>,
 }
+
+/// The drills the cluster benchmark runs (their figures beside the targets).
+const DRILLS: [pgset_drill::DrillName; 2] = [
+    pgset_drill::DrillName::MasterPodDelete,
+    pgset_drill::DrillName::PostgresKill,
+];
 
 async fn measure(kube: &Client, client_args: &ClientArgs, bench: &ClusterSpec) -> Result<Results> {
     let bare = bare_rollout(kube, bench)
@@ -143,6 +151,19 @@ async fn measure(kube: &Client, client_args: &ClientArgs, bench: &ClusterSpec) -
         .await;
     let write = report.measurements(names::REPLICATED_WRITE);
     let recovery = report.measurements(names::MASTER_RECOVERY);
+    let mut drills = Vec::new();
+    for d in DRILLS {
+        eprintln!("    drill {d}");
+        drills.push(
+            pgset_drill::live::run(
+                kube.clone(),
+                &pgset_drill::live::LiveOptions::new(bench.clone()),
+                d,
+            )
+            .await
+            .with_context(|| format!("drill {d}"))?,
+        );
+    }
     Ok(Results {
         bare,
         pgset,
@@ -155,6 +176,7 @@ async fn measure(kube: &Client, client_args: &ClientArgs, bench: &ClusterSpec) -
             .failed()
             .map(|c| format!("{}: {}", c.name, c.message))
             .collect(),
+        drills,
     })
 }
 
@@ -203,6 +225,13 @@ fn print_results(r: &Results) {
     );
     for f in &r.failed_checks {
         println!("  check failed during the benchmark: {f}");
+    }
+    println!(
+        "  {:<26} {:<24} {:<24} {:>8}",
+        "drill", "writes accepted again", "streaming after ready", "re-join"
+    );
+    for l in super::drills::lines(&r.drills, &DRILLS) {
+        println!("  {l}");
     }
 }
 

@@ -33,9 +33,9 @@ fn verdict(value: Option<f64>, target: f64) -> String {
     }
 }
 
-/// One line per drill: medians over the rounds beside the targets.
-fn lines(reports: &[DrillReport]) -> Vec<String> {
-    DrillName::LOCAL
+/// One line per drill of `drills`: medians over the rounds beside the targets.
+pub fn lines(reports: &[DrillReport], drills: &[DrillName]) -> Vec<String> {
+    drills
         .iter()
         .map(|d| {
             let of = |f: fn(&DrillReport) -> Option<f64>| {
@@ -113,7 +113,7 @@ pub async fn run() -> Result<()> {
         "{:<26} {:<24} {:<24} {:>8}",
         "local drill (median of 3)", "writes accepted again", "streaming after ready", "re-join"
     );
-    for l in lines(&reports) {
+    for l in lines(&reports, &DrillName::LOCAL) {
         println!("{l}");
     }
     Ok(())
