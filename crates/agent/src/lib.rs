@@ -125,6 +125,15 @@ pub enum Error {
     },
 }
 
+impl From<pgset_spec::contract::EnvError> for Error {
+    fn from(e: pgset_spec::contract::EnvError) -> Error {
+        Error::Env {
+            var: e.var,
+            problem: e.problem,
+        }
+    }
+}
+
 impl Error {
     /// The exit code for this error: 2 for a refusal (nothing was changed), 1 otherwise.
     pub fn exit_code(&self) -> i32 {

@@ -478,13 +478,7 @@ pub fn set_aside(s: &Settings, me: &MemberRef, needed_bytes: i64) -> Result<Path
 /// Where a fatal error is written for the pod status: PGSET_TERMINATION_LOG, else the
 /// container's termination-message path in a pod.
 pub fn termination_log_path() -> Option<PathBuf> {
-    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-    get(contract::env::TERMINATION_LOG)
-        .map(PathBuf::from)
-        .or_else(|| {
-            (get(contract::env::MODE).as_deref() == Some(contract::modes::KUBERNETES))
-                .then(|| PathBuf::from(contract::TERMINATION_LOG_PATH))
-        })
+    contract::agent_env::termination_log_from_lookup(|k| std::env::var(k).ok())
 }
 
 /// Writes the message (at most 4 KiB, Kubernetes' limit) to the termination log, if any.
@@ -502,30 +496,7 @@ pub fn write_termination_log(path: &Path, message: &str) {
 
 /// The env-contract variables, for `--help`.
 pub fn env_help() -> String {
-    use contract::env::*;
-    [
-        MODE,
-        POD_NAME,
-        NAMESPACE,
-        CLUSTER,
-        DATA_ROOT,
-        MASTER_HOST,
-        MASTER_PORT,
-        PORT,
-        LISTEN_ADDRESSES,
-        SOCKET_DIR,
-        SECRET_DIR,
-        HEALTH_ADDR,
-        PG_BIN_DIR,
-        MEMBERS_FILE,
-        MASTER_WAIT_TIMEOUT,
-        BASEBACKUP_MAX_RATE,
-        ADOPT_UNMARKED,
-        ALLOW_REINIT,
-        TERMINATION_LOG,
-        LIVENESS_TIMEOUT,
-    ]
-    .join(", ")
+    contract::env::ALL.join(", ")
 }
 
 #[cfg(test)]

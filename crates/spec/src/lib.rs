@@ -6,6 +6,7 @@
 
 pub mod contract;
 mod hint;
+pub mod random;
 mod validate;
 
 use std::fmt;
