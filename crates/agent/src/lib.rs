@@ -1,4 +1,4 @@
-//! The in-pod agent: role by ordinal, per-pod PGDATA, primary init or replica base backup,
+//! The in-pod agent: role by ordinal, per-pod PGDATA, master init or replica base backup,
 //! self-labelling through the API, supervising postgres; and local mode, which runs the same
 //! agent as processes on 127.0.0.1.
 

@@ -1,4 +1,4 @@
-//! Local mode: a primary and replicas as agent processes on 127.0.0.1, the same agent as in a pod.
+//! Local mode: a master and replicas as agent processes on 127.0.0.1, the same agent as in a pod.
 //! `up` starts the members in order (each waits for the previous to be ready), `status` reports
 //! them, `down` stops them. Layout of DIR: `<cluster>-N/` data (DATA_ROOT=DIR), `<cluster>-N.log`,
 //! `secret/` passwords (0600), `run/` sockets, `members` (the membership file) and `pgset-local.json`.
@@ -25,7 +25,7 @@ use crate::{Error, Result, io_err};
 
 /// The file recording the set's name and base port.
 pub const STATE_FILE: &str = "pgset-local.json";
-/// The membership file the primary's agent reads (PGSET_MEMBERS_FILE).
+/// The membership file the master's agent reads (PGSET_MEMBERS_FILE).
 pub const MEMBERS_FILE: &str = "members";
 /// Health ports are the member's port plus this.
 pub const HEALTH_PORT_OFFSET: u16 = 1000;
@@ -41,7 +41,7 @@ pub struct UpOptions {
     pub dir: PathBuf,
     /// Cluster name.
     pub name: String,
-    /// Number of members (primary included).
+    /// Number of members (master included).
     pub replicas: i32,
     /// Port of member 0; member k listens on port + k.
     pub port: u16,
@@ -146,7 +146,7 @@ pub struct MemberStatus {
     pub agent_pid: Option<i32>,
     /// Whether it is listed in the membership file.
     pub member: bool,
-    /// Replicas: whether the master lists it as streaming. Primary: `None`.
+    /// Replicas: whether the master lists it as streaming. Master: `None`.
     pub streaming: Option<bool>,
     /// The agent's readiness verdict, when its health endpoint answers.
     pub ready: Option<bool>,
@@ -634,7 +634,7 @@ pub async fn status(dir: &Path, pg_bin_dir: Option<&Path>) -> Result<Vec<MemberS
     Ok(out)
 }
 
-/// `(application_name, state)` rows of the primary's pg_stat_replication (empty when unreachable).
+/// `(application_name, state)` rows of the master's pg_stat_replication (empty when unreachable).
 fn replication_states(
     socket_dir: &Path,
     port: u16,

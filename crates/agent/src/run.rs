@@ -109,7 +109,7 @@ async fn member_loop(
             Some(api) => Some(api.cluster_record().await),
             None => None,
         };
-        if s.role == Role::Primary && plan == Plan::Initdb {
+        if s.role == Role::Master && plan == Plan::Initdb {
             check_record_before_initdb(s, me, record.as_ref())?;
         }
         if s.role == Role::Replica {
@@ -138,7 +138,7 @@ async fn member_loop(
         tokio::select! {
             r = make => {
                 r.map_err(|e| Error::Local(format!("preparing the data directory: {e}")))??;
-                if s.role == Role::Primary && let (Some(api), Some(record)) = (api, &record) {
+                if s.role == Role::Master && let (Some(api), Some(record)) = (api, &record) {
                     keep_record(s, me, api, plan, record).await;
                 }
             }
@@ -503,7 +503,7 @@ pub fn env_help() -> String {
 mod tests {
     use super::*;
 
-    fn primary() -> (Settings, MemberRef) {
+    fn master() -> (Settings, MemberRef) {
         let m = crate::settings::tests::sample_env("pgset-0");
         let s = Settings::from_lookup(|k| m.get(k).cloned()).unwrap();
         let me = MemberRef {
@@ -524,7 +524,7 @@ mod tests {
 
     #[test]
     fn initdb_only_where_the_record_proves_the_cluster_never_had_data() {
-        let (mut s, me) = primary();
+        let (mut s, me) = master();
         check_record_before_initdb(&s, &me, None).unwrap();
         check_record_before_initdb(&s, &me, Some(&Ok(None))).unwrap();
         check_record_before_initdb(&s, &me, Some(&Ok(Some(record("other"))))).unwrap();

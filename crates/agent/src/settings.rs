@@ -11,11 +11,11 @@ use crate::{Error, Result};
 /// Default deadline for a replica waiting on its master.
 pub const DEFAULT_MASTER_WAIT: Duration = Duration::from_secs(600);
 
-/// What a member is, from its ordinal: 0 is the primary.
+/// What a member is, from its ordinal: 0 is the master.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// Ordinal 0: initdb, accepts writes, keeps slots for the replicas.
-    Primary,
+    Master,
     /// Every other ordinal: base backup, streams from the master.
     Replica,
 }
@@ -24,7 +24,7 @@ impl Role {
     /// The role of the member with this ordinal.
     pub fn of_ordinal(ordinal: i32) -> Role {
         if ordinal == 0 {
-            Role::Primary
+            Role::Master
         } else {
             Role::Replica
         }
@@ -33,7 +33,7 @@ impl Role {
     /// The value of the `role` label.
     pub fn label(self) -> &'static str {
         match self {
-            Role::Primary => roles::MASTER,
+            Role::Master => roles::MASTER,
             Role::Replica => roles::REPLICA,
         }
     }
@@ -192,7 +192,7 @@ impl Settings {
         self.data_root.join(format!("{}.previous", self.pod_name))
     }
 
-    /// This member's replication slot on the primary.
+    /// This member's replication slot on the master.
     pub fn slot(&self) -> String {
         slot_name(&self.pod_name)
     }
@@ -259,8 +259,8 @@ pub(crate) mod tests {
         assert_eq!(s.master_wait, DEFAULT_MASTER_WAIT);
         let mut m = base();
         m.insert(env::POD_NAME, "pgset-0".into());
-        assert_eq!(parse(&m).unwrap().role, Role::Primary);
-        assert_eq!(Role::Primary.label(), "master");
+        assert_eq!(parse(&m).unwrap().role, Role::Master);
+        assert_eq!(Role::Master.label(), "master");
     }
 
     #[test]
