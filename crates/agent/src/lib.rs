@@ -2,27 +2,29 @@
 //! self-labelling through the API, supervising postgres; and local mode, which runs the same
 //! agent as processes on 127.0.0.1.
 
-pub mod bootstrap;
+pub(crate) mod bootstrap;
 pub mod cmd;
 pub mod datadir;
 pub mod fence;
-pub mod follow;
+pub(crate) mod follow;
 pub mod health;
 pub mod identity;
 pub mod install;
 pub mod kube_api;
 pub mod local;
 pub mod local_status;
-pub mod log;
-pub mod pg;
+pub(crate) mod log;
+pub(crate) mod pg;
 pub mod pgbin;
 pub mod privilege;
 pub mod render;
 pub mod run;
 pub mod settings;
-pub mod supervise;
+pub(crate) mod supervise;
 
 use std::path::PathBuf;
+
+pub(crate) use log::{info, warn};
 
 /// Everything that can stop the agent, with the context a user needs to fix it.
 #[derive(Debug, thiserror::Error)]

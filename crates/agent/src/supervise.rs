@@ -690,7 +690,7 @@ impl Monitor {
                     self.follow_problem = Some(text);
                 }
             }
-            Follow::CannotFollow(why) => self.ask_reclone(why, view.database_bytes),
+            Follow::NeedsNewCopy(why) => self.ask_reclone(why, view.database_bytes),
         }
     }
 
