@@ -20,9 +20,10 @@ use pgset_deploy::apply::{ApplyMode, deploy};
 use pgset_deploy::rollout::wait_for_rollout;
 use pgset_deploy::storage::apply_volumes;
 use pgset_deploy::teardown::{Purge, down};
+use pgset_spec::contract::POSTGRES_CONTAINER;
 use pgset_spec::{ClusterSpec, StorageMode};
 use pgset_tests::live_kubeconfig;
-use pgset_verify::exec::{POSTGRES_CONTAINER, PodExec};
+use pgset_verify::exec::PodExec;
 use pgset_verify::sql;
 
 const TEST: &str = "two_clusters_in_two_namespaces_share_nothing";

@@ -23,8 +23,9 @@ use pgset_deploy::rollout::wait_for_rollout;
 use pgset_deploy::storage::apply_volumes;
 use pgset_deploy::teardown::{Purge, down};
 use pgset_spec::ClusterSpec;
+use pgset_spec::contract::POSTGRES_CONTAINER;
 use pgset_tests::live_kubeconfig;
-use pgset_verify::exec::{POSTGRES_CONTAINER, PodExec};
+use pgset_verify::exec::PodExec;
 use pgset_verify::{ClusterStatus, Report, Verdict, names, sql};
 use support::{XtaskRun, assert_all_passed, xtask};
 

@@ -23,6 +23,7 @@ fn foreign_env(t: &TestSet, k: i32, port: u16) -> Vec<(&'static str, String)> {
     let set = t.set();
     let secret = foreign_secret_dir(t.tmp.path());
     local::member_env(&t.opts, &set, k)
+        .expect("a local member's contract is all values")
         .into_iter()
         .map(|(key, value)| match key {
             env::SECRET_DIR => (key, secret.display().to_string()),

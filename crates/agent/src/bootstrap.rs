@@ -1,6 +1,6 @@
 //! First copies and per-start preparation of a member's data directory: the checks that prove a
 //! directory is this member's (or that the cluster never had data, before initdb), initdb for the
-//! primary, a base backup for a replica (built in `<pod>.bootstrap`, marked with its identity and
+//! master, a base backup for a replica (built in `<pod>.bootstrap`, marked with its identity and
 //! renamed into place only when complete), and the managed configuration.
 
 use std::fs;
@@ -177,7 +177,7 @@ pub fn inspect(s: &Settings, me: &MemberRef) -> Result<Plan> {
         }
         DataState::Absent => match s.role {
             Role::Replica => Ok(Plan::BaseBackup),
-            Role::Primary => {
+            Role::Master => {
                 let evidence = data_evidence(s);
                 if evidence.is_empty() || s.allow_reinit {
                     if !evidence.is_empty() {
@@ -291,7 +291,7 @@ pub fn make(s: &Settings, bin: &PgBin, me: &MemberRef, plan: Plan) -> Result<boo
 fn initdb(s: &Settings, bin: &PgBin) -> Result<()> {
     let target = s.bootstrap_dir();
     crate::info!(
-        "first start of the primary: initdb into {}",
+        "first start of the master: initdb into {}",
         target.display()
     );
     let pwfile = s.secret_file(secret::SUPERUSER_PASSWORD_KEY);
@@ -365,7 +365,7 @@ fn base_backup(s: &Settings, bin: &PgBin) -> Result<()> {
 }
 
 /// Writes what the agent owns inside PGDATA: the include line, `pgset.conf` for the role, and
-/// `standby.signal` on a replica (a replica without it would start as a second primary).
+/// `standby.signal` on a replica (a replica without it would start as a second master, accepting writes).
 pub fn write_managed_files(s: &Settings) -> Result<()> {
     let pgdata = s.pgdata();
     let conf = pgdata.join("postgresql.conf");

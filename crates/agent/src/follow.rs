@@ -12,7 +12,7 @@ pub enum Follow {
     /// The master is another database system: the replica must not follow it.
     Mismatch(String),
     /// Same system, but the master no longer has the WAL this replica needs: only a new copy helps.
-    CannotFollow(String),
+    NeedsNewCopy(String),
 }
 
 /// Judges a replica (its data's system identifier and timeline) against the master's view.
@@ -25,13 +25,13 @@ pub fn judge(own_sysid: u64, own_timeline: i64, m: &MasterView) -> Follow {
         ));
     }
     if own_timeline > m.timeline && m.timeline > 0 {
-        return Follow::CannotFollow(format!(
+        return Follow::NeedsNewCopy(format!(
             "this replica is on timeline {own_timeline}, ahead of the master's {}",
             m.timeline
         ));
     }
     if m.slot_wal_status.as_deref() == Some("lost") {
-        return Follow::CannotFollow(
+        return Follow::NeedsNewCopy(
             "the master invalidated this replica's slot (wal_status lost: it held back more WAL \
              than max_slot_wal_keep_size)"
                 .into(),
@@ -40,7 +40,7 @@ pub fn judge(own_sysid: u64, own_timeline: i64, m: &MasterView) -> Follow {
     if let (Some(needed), Some(oldest)) = (&m.needed_segment, &m.oldest_segment)
         && needed < oldest
     {
-        return Follow::CannotFollow(format!(
+        return Follow::NeedsNewCopy(format!(
             "this replica needs WAL segment …{needed} but the oldest the master has is …{oldest}"
         ));
     }
@@ -72,16 +72,16 @@ mod tests {
         let mut lost = view();
         lost.slot_wal_status = Some("lost".into());
         assert!(
-            matches!(judge(7, 1, &lost), Follow::CannotFollow(m) if m.contains("wal_status lost"))
+            matches!(judge(7, 1, &lost), Follow::NeedsNewCopy(m) if m.contains("wal_status lost"))
         );
 
         let mut gone = view();
         gone.needed_segment = Some("0000000000000004".into());
-        assert!(matches!(judge(7, 1, &gone), Follow::CannotFollow(m) if m.contains("oldest")));
+        assert!(matches!(judge(7, 1, &gone), Follow::NeedsNewCopy(m) if m.contains("oldest")));
 
         let mut ahead = view();
         ahead.timeline = 1;
-        assert!(matches!(judge(7, 2, &ahead), Follow::CannotFollow(m) if m.contains("timeline 2")));
+        assert!(matches!(judge(7, 2, &ahead), Follow::NeedsNewCopy(m) if m.contains("timeline 2")));
 
         let mut unknown = view();
         unknown.slot_wal_status = None;

@@ -1,7 +1,7 @@
 //! The agent's API calls in a cluster, made with the pod's service account: label its own pod
 //! `role=master|replica` (server-side apply, field manager `pgset`), ask whether a member's pod
 //! still exists, read its own pod's grace period, read the StatefulSet's `spec.replicas` (the
-//! primary drops a member's slot only when its ordinal is at or above it), and get, create and
+//! master drops a member's slot only when its ordinal is at or above it), and get, create and
 //! replace the member's write-fence Lease (optimistic concurrency on `resourceVersion`).
 //! The API host comes from KUBERNETES_SERVICE_HOST (an IP): the agent never resolves DNS names.
 

@@ -1,28 +1,30 @@
-//! The in-pod agent: role by ordinal, per-pod PGDATA, primary init or replica base backup,
+//! The in-pod agent: role by ordinal, per-pod PGDATA, master init or replica base backup,
 //! self-labelling through the API, supervising postgres; and local mode, which runs the same
 //! agent as processes on 127.0.0.1.
 
-pub mod bootstrap;
+pub(crate) mod bootstrap;
 pub mod cmd;
 pub mod datadir;
 pub mod fence;
-pub mod follow;
+pub(crate) mod follow;
 pub mod health;
 pub mod identity;
 pub mod install;
 pub mod kube_api;
 pub mod local;
 pub mod local_status;
-pub mod log;
-pub mod pg;
+pub(crate) mod log;
+pub(crate) mod pg;
 pub mod pgbin;
 pub mod privilege;
 pub mod render;
 pub mod run;
 pub mod settings;
-pub mod supervise;
+pub(crate) mod supervise;
 
 use std::path::PathBuf;
+
+pub(crate) use log::{info, warn};
 
 /// Everything that can stop the agent, with the context a user needs to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +125,15 @@ pub enum Error {
         /// The deadline.
         timeout: std::time::Duration,
     },
+}
+
+impl From<pgset_spec::contract::EnvError> for Error {
+    fn from(e: pgset_spec::contract::EnvError) -> Error {
+        Error::Env {
+            var: e.var,
+            problem: e.problem,
+        }
+    }
 }
 
 impl Error {

@@ -1,10 +1,9 @@
-//! Local mode: a primary and replicas as agent processes on 127.0.0.1, the same agent as in a pod.
+//! Local mode: a master and replicas as agent processes on 127.0.0.1, the same agent as in a pod.
 //! `up` starts the members in order (each waits for the previous to be ready), `status` reports
 //! them, `down` stops them. Layout of DIR: `<cluster>-N/` data (DATA_ROOT=DIR), `<cluster>-N.log`,
 //! `secret/` passwords (0600), `run/` sockets, `members` (the membership file) and `pgset-local.json`.
 
 use std::fs;
-use std::io::Read;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -12,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, Uid, chown};
-use pgset_spec::contract::{self, env, modes, secret};
+use pgset_spec::contract::{self, AgentEnv, AgentMode, MemberIdentity, secret};
+use pgset_spec::random;
 use serde::{Deserialize, Serialize};
 
 use crate::cmd::HostCommand;
@@ -25,12 +25,14 @@ use crate::{Error, Result, io_err};
 
 /// The file recording the set's name and base port.
 pub const STATE_FILE: &str = "pgset-local.json";
-/// The membership file the primary's agent reads (PGSET_MEMBERS_FILE).
+/// The membership file the master's agent reads (PGSET_MEMBERS_FILE).
 pub const MEMBERS_FILE: &str = "members";
 /// Health ports are the member's port plus this.
 pub const HEALTH_PORT_OFFSET: u16 = 1000;
 /// Host every local member listens on.
 pub const HOST: &str = "127.0.0.1";
+/// The namespace local members report (there is no API).
+pub const LOCAL_NAMESPACE: &str = "local";
 
 /// What `up` needs.
 #[derive(Debug, Clone)]
@@ -39,7 +41,7 @@ pub struct UpOptions {
     pub dir: PathBuf,
     /// Cluster name.
     pub name: String,
-    /// Number of members (primary included).
+    /// Number of members (master included).
     pub replicas: i32,
     /// Port of member 0; member k listens on port + k.
     pub port: u16,
@@ -144,7 +146,7 @@ pub struct MemberStatus {
     pub agent_pid: Option<i32>,
     /// Whether it is listed in the membership file.
     pub member: bool,
-    /// Replicas: whether the master lists it as streaming. Primary: `None`.
+    /// Replicas: whether the master lists it as streaming. Master: `None`.
     pub streaming: Option<bool>,
     /// The agent's readiness verdict, when its health endpoint answers.
     pub ready: Option<bool>,
@@ -194,25 +196,8 @@ pub fn termination_log(dir: &Path, member: &str) -> PathBuf {
     dir.join(format!("{member}.termination-log"))
 }
 
-/// A cluster id: 128 random bits, hex.
-fn random_cluster_id() -> Result<String> {
-    let mut bytes = [0u8; 16];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(io_err("read /dev/urandom for the cluster id"))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn random_password() -> Result<String> {
-    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
-    let mut bytes = [0u8; 32];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(io_err("read /dev/urandom for a password"))?;
-    Ok(bytes
-        .iter()
-        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
-        .collect())
+fn random_err(e: pgset_spec::random::RandomError) -> Error {
+    local_err(format!("generate the set's passwords and cluster id: {e}"))
 }
 
 /// Hands a path to the postgres user when running as root.
@@ -274,13 +259,21 @@ fn prepare_dir(opts: &UpOptions) -> Result<LocalSet> {
     ] {
         let f = secrets.join(key);
         if !f.exists() {
-            write_atomic(&f, random_password()?.as_bytes(), 0o600)?;
+            write_atomic(
+                &f,
+                random::password().map_err(random_err)?.as_bytes(),
+                0o600,
+            )?;
         }
         give_to_postgres(&f)?;
     }
     let id = secrets.join(secret::CLUSTER_ID_KEY);
     if !id.exists() {
-        write_atomic(&id, random_cluster_id()?.as_bytes(), 0o600)?;
+        write_atomic(
+            &id,
+            random::cluster_id().map_err(random_err)?.as_bytes(),
+            0o600,
+        )?;
     }
     give_to_postgres(&id)?;
     let run = dir.join("run");
@@ -291,55 +284,39 @@ fn prepare_dir(opts: &UpOptions) -> Result<LocalSet> {
     Ok(wanted)
 }
 
-/// The environment of member k (the agent's env contract, local flavour).
-pub fn member_env(opts: &UpOptions, set: &LocalSet, k: i32) -> Vec<(&'static str, String)> {
-    let dir = opts.dir.display().to_string();
-    let mut v = vec![
-        (env::MODE, modes::LOCAL.to_string()),
-        (env::POD_NAME, set.member(k)),
-        (env::CLUSTER, set.name.clone()),
-        (env::NAMESPACE, "local".to_string()),
-        (env::DATA_ROOT, dir.clone()),
-        (env::MASTER_HOST, HOST.to_string()),
-        (env::MASTER_PORT, set.member_port(0).to_string()),
-        (env::PORT, set.member_port(k).to_string()),
-        (env::LISTEN_ADDRESSES, HOST.to_string()),
-        (env::SOCKET_DIR, opts.dir.join("run").display().to_string()),
-        (
-            env::SECRET_DIR,
-            opts.dir.join("secret").display().to_string(),
-        ),
-        (env::HEALTH_ADDR, set.health_addr(k).to_string()),
-        (
-            env::MEMBERS_FILE,
-            opts.dir.join(MEMBERS_FILE).display().to_string(),
-        ),
-    ];
-    if let Some(w) = opts.master_wait {
-        v.push((env::MASTER_WAIT_TIMEOUT, w.as_secs().to_string()));
+/// The agent's env contract of member k, local flavour: everything on 127.0.0.1 under DIR,
+/// membership from the members file; the passwords are files under `DIR/secret`, never values.
+pub fn member_contract(opts: &UpOptions, set: &LocalSet, k: i32) -> AgentEnv {
+    AgentEnv {
+        mode: AgentMode::Local,
+        member: MemberIdentity::Given {
+            pod_name: set.member(k),
+            namespace: Some(LOCAL_NAMESPACE.to_string()),
+            pod_uid: None,
+        },
+        cluster: set.name.clone(),
+        data_root: opts.dir.clone(),
+        master_host: HOST.to_string(),
+        master_port: set.member_port(0),
+        port: set.member_port(k),
+        listen_addresses: HOST.to_string(),
+        socket_dir: opts.dir.join("run"),
+        secret_dir: opts.dir.join("secret"),
+        health_addr: Some(set.health_addr(k)),
+        pg_bin_dir: opts.pg_bin_dir.clone(),
+        members_file: Some(opts.dir.join(MEMBERS_FILE)),
+        master_wait: opts.master_wait,
+        basebackup_max_rate: opts.basebackup_max_rate.clone(),
+        adopt_unmarked: opts.adopt_unmarked,
+        allow_reinit: opts.allow_reinit,
+        termination_log: Some(termination_log(&opts.dir, &set.member(k))),
+        liveness_timeout: opts.liveness_timeout,
     }
-    if let Some(r) = &opts.basebackup_max_rate {
-        v.push((env::BASEBACKUP_MAX_RATE, r.clone()));
-    }
-    if let Some(b) = &opts.pg_bin_dir {
-        v.push((env::PG_BIN_DIR, b.display().to_string()));
-    }
-    if opts.allow_reinit {
-        v.push((env::ALLOW_REINIT, "true".to_string()));
-    }
-    if opts.adopt_unmarked {
-        v.push((env::ADOPT_UNMARKED, "true".to_string()));
-    }
-    if let Some(t) = opts.liveness_timeout {
-        v.push((env::LIVENESS_TIMEOUT, t.as_secs().max(1).to_string()));
-    }
-    v.push((
-        env::TERMINATION_LOG,
-        termination_log(&opts.dir, &set.member(k))
-            .display()
-            .to_string(),
-    ));
-    v
+}
+
+/// The environment of member k: [`member_contract`] as `(name, value)` pairs.
+pub fn member_env(opts: &UpOptions, set: &LocalSet, k: i32) -> Result<Vec<(&'static str, String)>> {
+    Ok(member_contract(opts, set, k).literal_entries()?)
 }
 
 /// The last lines of a member's log, for error messages.
@@ -351,7 +328,7 @@ pub fn log_tail(dir: &Path, member: &str, lines: usize) -> String {
 
 /// Starts member k's agent, detached (its own session), logging to `DIR/<member>.log`.
 pub fn start_member(opts: &UpOptions, set: &LocalSet, k: i32) -> Result<()> {
-    let env: Vec<(String, String)> = member_env(opts, set, k)
+    let env: Vec<(String, String)> = member_env(opts, set, k)?
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
@@ -657,7 +634,7 @@ pub async fn status(dir: &Path, pg_bin_dir: Option<&Path>) -> Result<Vec<MemberS
     Ok(out)
 }
 
-/// `(application_name, state)` rows of the primary's pg_stat_replication (empty when unreachable).
+/// `(application_name, state)` rows of the master's pg_stat_replication (empty when unreachable).
 fn replication_states(
     socket_dir: &Path,
     port: u16,
@@ -692,6 +669,7 @@ fn replication_states(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgset_spec::contract::env;
 
     #[test]
     fn member_names_ports_and_env() {
@@ -703,7 +681,7 @@ mod tests {
         assert_eq!(set.member(2), "pgset-2");
         assert_eq!(set.member_port(2), 25434);
         assert_eq!(set.health_addr(1).to_string(), "127.0.0.1:26433");
-        let e = member_env(&opts, &set, 1);
+        let e = member_env(&opts, &set, 1).unwrap();
         let get = |k: &str| {
             e.iter()
                 .find(|(n, _)| *n == k)
@@ -731,13 +709,6 @@ mod tests {
                 ("PGSET_MODE".to_string(), "local".to_string())
             ]
         );
-    }
-
-    #[test]
-    fn passwords_are_long_and_distinct() {
-        let a = random_password().unwrap();
-        assert_eq!(a.len(), 32);
-        assert_ne!(a, random_password().unwrap());
     }
 
     #[tokio::test]

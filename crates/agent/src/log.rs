@@ -4,20 +4,21 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Writes one informational line to stderr.
-#[macro_export]
 macro_rules! info {
     ($($arg:tt)*) => {
         eprintln!("{} pgset-agent: {}", $crate::log::timestamp(), format_args!($($arg)*))
     };
 }
 
-/// Writes one warning line to stderr.
-#[macro_export]
-macro_rules! warn {
+/// Writes one warning line to stderr (`crate::warn!`; named so as not to meet the `warn`
+/// attribute).
+macro_rules! warn_line {
     ($($arg:tt)*) => {
         eprintln!("{} pgset-agent: WARNING: {}", $crate::log::timestamp(), format_args!($($arg)*))
     };
 }
+
+pub(crate) use {info, warn_line as warn};
 
 /// Now as `2026-01-31 12:34:56.789 UTC`.
 pub fn timestamp() -> String {

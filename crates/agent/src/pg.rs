@@ -150,7 +150,7 @@ pub struct OwnState {
     pub in_recovery: bool,
     /// The timeline of the last checkpoint (`pg_control_checkpoint()`).
     pub timeline: i64,
-    /// Primary: `pg_current_wal_lsn()`.
+    /// Master: `pg_current_wal_lsn()`.
     pub current_lsn: Option<Lsn>,
     /// Replica: the WAL receiver's status (`streaming`, `starting`, …), when one runs.
     pub receiver_status: Option<String>,
@@ -319,7 +319,7 @@ pub async fn standbys(db: &Db) -> Result<Vec<StandbyRow>> {
         .collect())
 }
 
-/// A physical slot on the primary.
+/// A physical slot on the master.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotRow {
     /// Its name.
@@ -332,7 +332,7 @@ pub struct SlotRow {
     pub retained_bytes: Option<i64>,
 }
 
-/// The primary's physical slots.
+/// The master's physical slots.
 pub async fn slots(db: &Db) -> Result<Vec<SlotRow>> {
     let rows = db
         .rows(

@@ -99,7 +99,7 @@ pub fn managed_conf(s: &Settings) -> String {
     lines.join("\n") + "\n"
 }
 
-/// pg_hba.conf of a new primary: the local socket as the official image does, scram over TCP for
+/// pg_hba.conf of a new master: the local socket as the official image does, scram over TCP for
 /// replication (the replication role only) and for clients.
 pub fn pg_hba() -> String {
     format!(
@@ -183,7 +183,7 @@ mod tests {
     }
 
     #[test]
-    fn primary_conf_has_no_standby_settings() {
+    fn master_conf_has_no_standby_settings() {
         let c = managed_conf(&settings("pgset-0"));
         assert!(c.contains("wal_level = replica\n"));
         assert!(c.contains("password_encryption = 'scram-sha-256'\n"));

@@ -109,7 +109,7 @@ async fn member_loop(
             Some(api) => Some(api.cluster_record().await),
             None => None,
         };
-        if s.role == Role::Primary && plan == Plan::Initdb {
+        if s.role == Role::Master && plan == Plan::Initdb {
             check_record_before_initdb(s, me, record.as_ref())?;
         }
         if s.role == Role::Replica {
@@ -138,7 +138,7 @@ async fn member_loop(
         tokio::select! {
             r = make => {
                 r.map_err(|e| Error::Local(format!("preparing the data directory: {e}")))??;
-                if s.role == Role::Primary && let (Some(api), Some(record)) = (api, &record) {
+                if s.role == Role::Master && let (Some(api), Some(record)) = (api, &record) {
                     keep_record(s, me, api, plan, record).await;
                 }
             }
@@ -478,13 +478,7 @@ pub fn set_aside(s: &Settings, me: &MemberRef, needed_bytes: i64) -> Result<Path
 /// Where a fatal error is written for the pod status: PGSET_TERMINATION_LOG, else the
 /// container's termination-message path in a pod.
 pub fn termination_log_path() -> Option<PathBuf> {
-    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-    get(contract::env::TERMINATION_LOG)
-        .map(PathBuf::from)
-        .or_else(|| {
-            (get(contract::env::MODE).as_deref() == Some(contract::modes::KUBERNETES))
-                .then(|| PathBuf::from(contract::TERMINATION_LOG_PATH))
-        })
+    contract::agent_env::termination_log_from_lookup(|k| std::env::var(k).ok())
 }
 
 /// Writes the message (at most 4 KiB, Kubernetes' limit) to the termination log, if any.
@@ -502,37 +496,14 @@ pub fn write_termination_log(path: &Path, message: &str) {
 
 /// The env-contract variables, for `--help`.
 pub fn env_help() -> String {
-    use contract::env::*;
-    [
-        MODE,
-        POD_NAME,
-        NAMESPACE,
-        CLUSTER,
-        DATA_ROOT,
-        MASTER_HOST,
-        MASTER_PORT,
-        PORT,
-        LISTEN_ADDRESSES,
-        SOCKET_DIR,
-        SECRET_DIR,
-        HEALTH_ADDR,
-        PG_BIN_DIR,
-        MEMBERS_FILE,
-        MASTER_WAIT_TIMEOUT,
-        BASEBACKUP_MAX_RATE,
-        ADOPT_UNMARKED,
-        ALLOW_REINIT,
-        TERMINATION_LOG,
-        LIVENESS_TIMEOUT,
-    ]
-    .join(", ")
+    contract::env::ALL.join(", ")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn primary() -> (Settings, MemberRef) {
+    fn master() -> (Settings, MemberRef) {
         let m = crate::settings::tests::sample_env("pgset-0");
         let s = Settings::from_lookup(|k| m.get(k).cloned()).unwrap();
         let me = MemberRef {
@@ -553,7 +524,7 @@ mod tests {
 
     #[test]
     fn initdb_only_where_the_record_proves_the_cluster_never_had_data() {
-        let (mut s, me) = primary();
+        let (mut s, me) = master();
         check_record_before_initdb(&s, &me, None).unwrap();
         check_record_before_initdb(&s, &me, Some(&Ok(None))).unwrap();
         check_record_before_initdb(&s, &me, Some(&Ok(Some(record("other"))))).unwrap();

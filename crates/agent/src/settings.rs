@@ -4,18 +4,18 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pgset_spec::contract::{self, env, modes, roles};
+use pgset_spec::contract::{self, AgentEnv, AgentMode, MemberIdentity, roles};
 
 use crate::{Error, Result};
 
 /// Default deadline for a replica waiting on its master.
 pub const DEFAULT_MASTER_WAIT: Duration = Duration::from_secs(600);
 
-/// What a member is, from its ordinal: 0 is the primary.
+/// What a member is, from its ordinal: 0 is the master.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// Ordinal 0: initdb, accepts writes, keeps slots for the replicas.
-    Primary,
+    Master,
     /// Every other ordinal: base backup, streams from the master.
     Replica,
 }
@@ -24,7 +24,7 @@ impl Role {
     /// The role of the member with this ordinal.
     pub fn of_ordinal(ordinal: i32) -> Role {
         if ordinal == 0 {
-            Role::Primary
+            Role::Master
         } else {
             Role::Replica
         }
@@ -33,7 +33,7 @@ impl Role {
     /// The value of the `role` label.
     pub fn label(self) -> &'static str {
         match self {
-            Role::Primary => roles::MASTER,
+            Role::Master => roles::MASTER,
             Role::Replica => roles::REPLICA,
         }
     }
@@ -110,172 +110,55 @@ impl Settings {
 
     /// Reads the settings through `lookup` (the environment, or a map in tests).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Settings> {
-        let get = |var: &'static str| -> Option<String> {
-            lookup(var)
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
-        };
-        let required = |var: &'static str, example: &str| -> Result<String> {
-            get(var).ok_or_else(|| Error::Env {
-                var,
-                problem: format!("missing; set it (e.g. {var}={example})"),
-            })
-        };
-        let port = |var: &'static str, example: &str| -> Result<u16> {
-            let v = required(var, example)?;
-            v.parse::<u16>()
-                .ok()
-                .filter(|p| *p > 0)
-                .ok_or_else(|| Error::Env {
-                    var,
-                    problem: format!("`{v}` is not a TCP port (1-65535)"),
-                })
-        };
+        Settings::from_contract(AgentEnv::from_lookup(lookup)?)
+    }
 
-        let mode = match get(env::MODE).as_deref() {
-            None => {
-                return Err(Error::Env {
-                    var: env::MODE,
-                    problem: format!(
-                        "missing; set it to `{}` or `{}`",
-                        modes::KUBERNETES,
-                        modes::LOCAL
-                    ),
-                });
-            }
-            Some(m) if m == modes::KUBERNETES => Mode::Kubernetes,
-            Some(m) if m == modes::LOCAL => Mode::Local,
-            Some(other) => {
-                return Err(Error::Env {
-                    var: env::MODE,
-                    problem: format!(
-                        "`{other}` is not a mode; use `{}` or `{}`",
-                        modes::KUBERNETES,
-                        modes::LOCAL
-                    ),
-                });
-            }
+    /// The settings of a member told `env`, with the agent's defaults for what it leaves out.
+    pub fn from_contract(env: AgentEnv) -> Result<Settings> {
+        let termination_log = env.termination_log_or_default();
+        let MemberIdentity::Given {
+            pod_name,
+            namespace,
+            pod_uid,
+        } = env.member
+        else {
+            return Err(Error::Env {
+                var: contract::env::POD_NAME,
+                problem: "not given; the agent needs the member's name as a value".into(),
+            });
         };
-        let cluster = required(env::CLUSTER, pgset_spec::DEFAULT_NAME)?;
-        let pod_name = required(env::POD_NAME, "pgset-0")?;
         let ordinal = pgset_spec::ordinal_of(&pod_name).ok_or_else(|| Error::Env {
-            var: env::POD_NAME,
-            problem: format!(
-                "`{pod_name}` does not end in a numeric ordinal; expected `<cluster>-<ordinal>` such as `{cluster}-0`"
-            ),
+            var: contract::env::POD_NAME,
+            problem: format!("`{pod_name}` does not end in a numeric ordinal"),
         })?;
-        if pod_name != format!("{cluster}-{ordinal}") {
-            return Err(Error::Env {
-                var: env::POD_NAME,
-                problem: format!(
-                    "`{pod_name}` is not a member of cluster `{cluster}` ({}); expected `{cluster}-{ordinal}`",
-                    env::CLUSTER
-                ),
-            });
-        }
-        let namespace = get(env::NAMESPACE);
-        if mode == Mode::Kubernetes && namespace.is_none() {
-            return Err(Error::Env {
-                var: env::NAMESPACE,
-                problem: "missing; in a pod set it from the downward API (metadata.namespace)"
-                    .into(),
-            });
-        }
-        let data_root = PathBuf::from(required(env::DATA_ROOT, contract::DATA_MOUNT)?);
-        let master_host = required(env::MASTER_HOST, "pgset-master")?;
-        let master_port = port(env::MASTER_PORT, "5432")?;
-        let member_port = port(env::PORT, "5432")?;
-        let listen_addresses = get(env::LISTEN_ADDRESSES).unwrap_or_else(|| "*".to_string());
-        let socket_dir =
-            PathBuf::from(get(env::SOCKET_DIR).unwrap_or_else(|| contract::SOCKET_DIR.to_string()));
-        let secret_dir = PathBuf::from(required(env::SECRET_DIR, contract::SECRET_MOUNT)?);
-        let health_addr = match get(env::HEALTH_ADDR) {
-            None => Some(SocketAddr::from(([0, 0, 0, 0], contract::HEALTH_PORT))),
-            Some(v) if v == "off" => None,
-            Some(v) => Some(v.parse::<SocketAddr>().map_err(|_| Error::Env {
-                var: env::HEALTH_ADDR,
-                problem: format!("`{v}` is not an IP:port address (e.g. 0.0.0.0:8008) or `off`"),
-            })?),
-        };
-        let master_wait = match get(env::MASTER_WAIT_TIMEOUT) {
-            None => DEFAULT_MASTER_WAIT,
-            Some(v) => Duration::from_secs(v.parse::<u64>().map_err(|_| Error::Env {
-                var: env::MASTER_WAIT_TIMEOUT,
-                problem: format!("`{v}` is not a number of seconds"),
-            })?),
-        };
-        let flag = |var: &'static str| -> Result<bool> {
-            match get(var).as_deref() {
-                None | Some("false") | Some("0") => Ok(false),
-                Some("true") | Some("1") => Ok(true),
-                Some(other) => Err(Error::Env {
-                    var,
-                    problem: format!("`{other}` is not `true` or `false`"),
-                }),
-            }
-        };
-        let adopt_unmarked = flag(env::ADOPT_UNMARKED)?;
-        let allow_reinit = flag(env::ALLOW_REINIT)?;
-        let liveness_timeout = match get(env::LIVENESS_TIMEOUT) {
-            None => crate::health::DEFAULT_LIVENESS_TIMEOUT,
-            Some(v) => match v.parse::<u64>() {
-                Ok(n) if n > 0 => Duration::from_secs(n),
-                _ => {
-                    return Err(Error::Env {
-                        var: env::LIVENESS_TIMEOUT,
-                        problem: format!("`{v}` is not a positive number of seconds"),
-                    });
-                }
-            },
-        };
-        let termination_log = get(env::TERMINATION_LOG).map(PathBuf::from).or_else(|| {
-            (mode == Mode::Kubernetes).then(|| PathBuf::from(contract::TERMINATION_LOG_PATH))
-        });
-        let basebackup_max_rate = get(env::BASEBACKUP_MAX_RATE);
-        if let Some(rate) = &basebackup_max_rate {
-            let digits = rate.trim_end_matches(['k', 'K', 'm', 'M']);
-            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(Error::Env {
-                    var: env::BASEBACKUP_MAX_RATE,
-                    problem: format!("`{rate}` is not a rate like 32k or 50M"),
-                });
-            }
-        }
-        for (var, path) in [
-            (env::DATA_ROOT, &data_root),
-            (env::SECRET_DIR, &secret_dir),
-            (env::SOCKET_DIR, &socket_dir),
-        ] {
-            if !path.is_absolute() {
-                return Err(Error::Env {
-                    var,
-                    problem: format!("`{}` is not an absolute path", path.display()),
-                });
-            }
-        }
         Ok(Settings {
-            mode,
+            mode: match env.mode {
+                AgentMode::Kubernetes => Mode::Kubernetes,
+                AgentMode::Local => Mode::Local,
+            },
             role: Role::of_ordinal(ordinal),
             pod_name,
             ordinal,
-            cluster,
+            cluster: env.cluster,
             namespace,
-            pod_uid: get(env::POD_UID),
-            data_root,
-            master_host,
-            master_port,
-            port: member_port,
-            listen_addresses,
-            socket_dir,
-            secret_dir,
-            health_addr,
-            pg_bin_dir: get(env::PG_BIN_DIR).map(PathBuf::from),
-            members_file: get(env::MEMBERS_FILE).map(PathBuf::from),
-            master_wait,
-            basebackup_max_rate,
-            adopt_unmarked,
-            allow_reinit,
-            liveness_timeout,
+            pod_uid,
+            data_root: env.data_root,
+            master_host: env.master_host,
+            master_port: env.master_port,
+            port: env.port,
+            listen_addresses: env.listen_addresses,
+            socket_dir: env.socket_dir,
+            secret_dir: env.secret_dir,
+            health_addr: env.health_addr,
+            pg_bin_dir: env.pg_bin_dir,
+            members_file: env.members_file,
+            master_wait: env.master_wait.unwrap_or(DEFAULT_MASTER_WAIT),
+            basebackup_max_rate: env.basebackup_max_rate,
+            adopt_unmarked: env.adopt_unmarked,
+            allow_reinit: env.allow_reinit,
+            liveness_timeout: env
+                .liveness_timeout
+                .unwrap_or(crate::health::DEFAULT_LIVENESS_TIMEOUT),
             termination_log,
         })
     }
@@ -295,7 +178,7 @@ impl Settings {
         self.data_root.join(format!("{}.previous", self.pod_name))
     }
 
-    /// This member's replication slot on the primary.
+    /// This member's replication slot on the master.
     pub fn slot(&self) -> String {
         slot_name(&self.pod_name)
     }
@@ -324,6 +207,7 @@ pub fn agent_pid_file(data_root: &Path, member: &str) -> PathBuf {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use pgset_spec::contract::env;
     use std::collections::HashMap;
 
     /// A valid member environment for `pod` (shared with the other modules' tests).
@@ -361,8 +245,8 @@ pub(crate) mod tests {
         assert_eq!(s.master_wait, DEFAULT_MASTER_WAIT);
         let mut m = base();
         m.insert(env::POD_NAME, "pgset-0".into());
-        assert_eq!(parse(&m).unwrap().role, Role::Primary);
-        assert_eq!(Role::Primary.label(), "master");
+        assert_eq!(parse(&m).unwrap().role, Role::Master);
+        assert_eq!(Role::Master.label(), "master");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Supervising postgres: start it on the prepared PGDATA, forward its log lines untouched, keep
 //! the health state current from PostgreSQL's own state over one connection (readiness, the
-//! pod's role label, the primary's replication role and slots), turn SIGTERM/SIGINT into a fast
+//! pod's role label, the master's replication role and slots), turn SIGTERM/SIGINT into a fast
 //! shutdown, and ask for a new copy only when PostgreSQL's state says the replica cannot follow.
 
 use std::collections::HashSet;
@@ -254,7 +254,7 @@ struct Monitor {
     follow_problem: Option<String>,
     reclone_asked: bool,
     own_sysid: Option<u64>,
-    // Primary
+    // Master
     last_slot_check: Option<Instant>,
 }
 
@@ -348,7 +348,7 @@ impl Monitor {
             }
         };
         let (ready, reason) = match self.s.role {
-            Role::Primary => self.primary(&own).await,
+            Role::Master => self.master(&own).await,
             Role::Replica => self.replica(&own).await,
         };
         self.publish_detail(&own);
@@ -424,7 +424,7 @@ impl Monitor {
         }
     }
 
-    async fn primary(&mut self, own: &OwnState) -> (bool, String) {
+    async fn master(&mut self, own: &OwnState) -> (bool, String) {
         if own.in_recovery {
             return (false, "in recovery, not yet accepting writes".into());
         }
@@ -717,7 +717,7 @@ impl Monitor {
                     self.follow_problem = Some(text);
                 }
             }
-            Follow::CannotFollow(why) => self.ask_reclone(why, view.database_bytes),
+            Follow::NeedsNewCopy(why) => self.ask_reclone(why, view.database_bytes),
         }
     }
 

@@ -56,8 +56,8 @@ pub enum Error {
         key: &'static str,
     },
     /// The operating system's random source failed.
-    #[error("generate passwords: the system random source failed: {0}")]
-    Random(String),
+    #[error("generate the Secret's passwords and cluster id: {0}")]
+    Random(#[from] pgset_spec::random::RandomError),
     /// The StatefulSet exists with a field Kubernetes does not let change (the claim template,
     /// the selector, the service name), e.g. after switching storage modes.
     #[error(

@@ -6,19 +6,12 @@ use std::fmt;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use pgset_spec::ClusterSpec;
 use pgset_spec::contract::secret::{
     CLUSTER_ID_KEY, REPLICATION_PASSWORD_KEY, SUPERUSER_PASSWORD_KEY,
 };
+use pgset_spec::{ClusterSpec, random};
 
-use crate::{Error, Result, object_meta};
-
-/// Length of a generated password.
-pub const PASSWORD_LEN: usize = 32;
-
-/// Characters of a generated password: letters and digits only, so it survives every quoting
-/// context (connection strings, `.pgpass`, shells) without escaping.
-const PASSWORD_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+use crate::{Result, object_meta};
 
 /// The two passwords of a cluster. `Debug` never shows them.
 #[derive(Clone, PartialEq, Eq)]
@@ -36,12 +29,12 @@ impl fmt::Debug for Passwords {
 }
 
 impl Passwords {
-    /// Two fresh passwords of [`PASSWORD_LEN`] characters from the operating system's random
+    /// Two fresh passwords of [`random::PASSWORD_LEN`] characters from the operating system's random
     /// source (about 190 bits each).
     pub fn generate() -> Result<Passwords> {
         Ok(Passwords {
-            superuser: random_password()?,
-            replication: random_password()?,
+            superuser: random::password()?,
+            replication: random::password()?,
         })
     }
 }
@@ -49,9 +42,7 @@ impl Passwords {
 /// A new cluster id: 128 random bits as 32 hex digits. It lives as long as the Secret and is
 /// written into every member's data directory identity.
 pub fn new_cluster_id() -> Result<String> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(|e| Error::Random(e.to_string()))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(random::cluster_id()?)
 }
 
 /// Whether `secret` carries a cluster id.
@@ -66,25 +57,6 @@ pub fn has_cluster_id(secret: &Secret) -> bool {
             .as_ref()
             .and_then(|d| d.get(CLUSTER_ID_KEY))
             .is_some_and(|v| !v.is_empty())
-}
-
-/// One password: uniform over [`PASSWORD_ALPHABET`] (rejection sampling, no modulo bias).
-fn random_password() -> Result<String> {
-    let alphabet_len = PASSWORD_ALPHABET.len();
-    // Largest multiple of the alphabet size that fits in a byte: bytes at or above it are
-    // drawn again so every character is equally likely.
-    let limit = 256 - 256 % alphabet_len;
-    let mut out = String::with_capacity(PASSWORD_LEN);
-    let mut buf = [0u8; 64];
-    while out.len() < PASSWORD_LEN {
-        getrandom::fill(&mut buf).map_err(|e| Error::Random(e.to_string()))?;
-        for &b in &buf {
-            if (b as usize) < limit && out.len() < PASSWORD_LEN {
-                out.push(PASSWORD_ALPHABET[b as usize % alphabet_len] as char);
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Secret `<name>-secret` holding `passwords` and `cluster_id` under the contract's keys.
@@ -136,7 +108,7 @@ mod tests {
         let a = Passwords::generate().unwrap();
         let b = Passwords::generate().unwrap();
         for p in [&a.superuser, &a.replication, &b.superuser, &b.replication] {
-            assert_eq!(p.len(), PASSWORD_LEN);
+            assert_eq!(p.len(), random::PASSWORD_LEN);
             assert!(p.bytes().all(|c| c.is_ascii_alphanumeric()), "{p}");
         }
         assert_ne!(a.superuser, a.replication);

@@ -18,15 +18,15 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use pgset_spec::contract::{self, env, modes};
+use pgset_spec::contract::{
+    self, AgentEnv, AgentMode, EnvSource, MemberIdentity, POSTGRES_CONTAINER, agent_env,
+};
 use pgset_spec::{ClusterSpec, StorageMode};
 
 use crate::services::POSTGRES_PORT_NAME;
 use crate::storage::claim_template;
 use crate::{label_map, object_meta};
 
-/// Name of the postgres container (also the pod's default container for kubectl).
-pub const POSTGRES_CONTAINER: &str = "postgres";
 /// Name of the init container that installs the agent.
 pub const INSTALL_AGENT_CONTAINER: &str = "install-agent";
 /// Name of the agent's health port on the container.
@@ -243,56 +243,57 @@ fn install_agent_container(spec: &ClusterSpec) -> Container {
     }
 }
 
-fn value_env(name: &str, value: impl Into<String>) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: Some(value.into()),
-        value_from: None,
+/// The agent's env contract in a pod: the member's identity from the downward API, the
+/// in-pod paths and ports, and the spec's data opt-ins. No password: those are files under the
+/// secret dir.
+pub fn agent_contract(spec: &ClusterSpec) -> AgentEnv {
+    AgentEnv {
+        mode: AgentMode::Kubernetes,
+        member: MemberIdentity::FromPod,
+        cluster: spec.name.clone(),
+        data_root: contract::DATA_MOUNT.into(),
+        master_host: spec.master_service_name(),
+        master_port: contract::POSTGRES_PORT,
+        port: contract::POSTGRES_PORT,
+        listen_addresses: agent_env::DEFAULT_LISTEN_ADDRESSES.into(),
+        socket_dir: contract::SOCKET_DIR.into(),
+        secret_dir: contract::SECRET_MOUNT.into(),
+        health_addr: Some(agent_env::default_health_addr()),
+        pg_bin_dir: None,
+        members_file: None,
+        master_wait: None,
+        basebackup_max_rate: None,
+        adopt_unmarked: spec.postgres.adopt_unmarked_data,
+        allow_reinit: spec.postgres.allow_reinit,
+        termination_log: None,
+        liveness_timeout: None,
     }
 }
 
-fn field_env(name: &str, field_path: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: None,
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                api_version: Some("v1".into()),
-                field_path: field_path.into(),
-            }),
-            ..EnvVarSource::default()
-        }),
-    }
-}
-
-/// The env contract of the agent in a pod. No password: those are files under the secret dir.
+/// The container's `env:`, [`agent_contract`] as env vars.
 pub fn agent_env(spec: &ClusterSpec) -> Vec<EnvVar> {
-    let mut v = vec![
-        value_env(env::MODE, modes::KUBERNETES),
-        field_env(env::POD_NAME, "metadata.name"),
-        field_env(env::NAMESPACE, "metadata.namespace"),
-        field_env(env::POD_UID, "metadata.uid"),
-        value_env(env::CLUSTER, spec.name.clone()),
-        value_env(env::DATA_ROOT, contract::DATA_MOUNT),
-        value_env(env::MASTER_HOST, spec.master_service_name()),
-        value_env(env::MASTER_PORT, contract::POSTGRES_PORT.to_string()),
-        value_env(env::PORT, contract::POSTGRES_PORT.to_string()),
-        value_env(env::LISTEN_ADDRESSES, "*"),
-        value_env(env::SOCKET_DIR, contract::SOCKET_DIR),
-        value_env(env::SECRET_DIR, contract::SECRET_MOUNT),
-        value_env(
-            env::HEALTH_ADDR,
-            format!("0.0.0.0:{}", contract::HEALTH_PORT),
-        ),
-    ];
-    // The opt-ins appear only when given, so a default spec renders no switch to flip by mistake.
-    if spec.postgres.adopt_unmarked_data {
-        v.push(value_env(env::ADOPT_UNMARKED, "true"));
-    }
-    if spec.postgres.allow_reinit {
-        v.push(value_env(env::ALLOW_REINIT, "true"));
-    }
-    v
+    agent_contract(spec)
+        .entries()
+        .into_iter()
+        .map(|e| match e.source {
+            EnvSource::Value(value) => EnvVar {
+                name: e.name.into(),
+                value: Some(value),
+                value_from: None,
+            },
+            EnvSource::PodField(field_path) => EnvVar {
+                name: e.name.into(),
+                value: None,
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        api_version: Some("v1".into()),
+                        field_path: field_path.into(),
+                    }),
+                    ..EnvVarSource::default()
+                }),
+            },
+        })
+        .collect()
 }
 
 fn http_probe(path: &str, period: i32, timeout: i32, failure_threshold: i32) -> Probe {

@@ -13,8 +13,9 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client};
+use pgset_spec::contract::POSTGRES_CONTAINER;
 use pgset_spec::{ClusterSpec, contract, slot_name};
-use pgset_verify::exec::{POSTGRES_CONTAINER, PodExec};
+use pgset_verify::exec::PodExec;
 use pgset_verify::{ClusterStatus, Options, Verifier, checks};
 use tokio_postgres::NoTls;
 

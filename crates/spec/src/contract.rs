@@ -1,6 +1,11 @@
 //! Names shared by the deployer and the in-pod agent: env vars, labels, ports, paths.
 //!
-//! Every string that two crates must agree on lives here exactly once.
+//! Every string that two crates must agree on lives here exactly once. [`AgentEnv`] is the env
+//! contract as one typed value: written by deploy and local mode, read by the agent.
+
+pub mod agent_env;
+
+pub use agent_env::{AgentEnv, AgentMode, EnvEntry, EnvError, EnvSource, MemberIdentity};
 
 /// Field manager used for every server-side apply and label patch.
 pub const FIELD_MANAGER: &str = "pgset";
@@ -36,7 +41,7 @@ pub const APP_NAME: &str = "pgset";
 
 /// Values of the [`labels::ROLE`] label.
 pub mod roles {
-    /// The primary, ordinal 0.
+    /// The master, ordinal 0.
     pub const MASTER: &str = "master";
     /// Every other ordinal.
     pub const REPLICA: &str = "replica";
@@ -75,9 +80,7 @@ pub mod env {
     /// Directory holding the PostgreSQL server binaries (initdb, postgres, pg_basebackup, ...).
     /// Optional: found on `PATH` or in the usual places when unset.
     pub const PG_BIN_DIR: &str = "PGSET_PG_BIN_DIR";
-    /// Log filter / verbosity for the agent.
-    pub const LOG: &str = "PGSET_LOG";
-    /// Local mode only: a file listing the current members' names, one per line. The primary's
+    /// Local mode only: a file listing the current members' names, one per line. The master's
     /// agent drops the replication slot of a member that is not listed (in a cluster it asks the
     /// API whether the member's pod exists instead).
     pub const MEMBERS_FILE: &str = "PGSET_MEMBERS_FILE";
@@ -98,6 +101,32 @@ pub mod env {
     /// Seconds postgres may go without answering a new connection before `/healthz` fails
     /// (default 30; never counted while the data directory is prepared or postgres starts up).
     pub const LIVENESS_TIMEOUT: &str = "PGSET_LIVENESS_TIMEOUT";
+
+    /// Every variable of the contract, in the order [`AgentEnv::entries`](super::AgentEnv::entries)
+    /// writes them.
+    pub const ALL: &[&str] = &[
+        MODE,
+        POD_NAME,
+        NAMESPACE,
+        POD_UID,
+        CLUSTER,
+        DATA_ROOT,
+        MASTER_HOST,
+        MASTER_PORT,
+        PORT,
+        LISTEN_ADDRESSES,
+        SOCKET_DIR,
+        SECRET_DIR,
+        HEALTH_ADDR,
+        PG_BIN_DIR,
+        MEMBERS_FILE,
+        MASTER_WAIT_TIMEOUT,
+        BASEBACKUP_MAX_RATE,
+        ADOPT_UNMARKED,
+        ALLOW_REINIT,
+        LIVENESS_TIMEOUT,
+        TERMINATION_LOG,
+    ];
 }
 
 /// Suffix of a member's Lease name: `<pod-name>-member` (see [`member_lease_name`]).
@@ -150,6 +179,9 @@ pub const TERMINATION_LOG_PATH: &str = "/dev/termination-log";
 /// The PostgreSQL majors the agent supports (every setting it writes is understood by each).
 pub const SUPPORTED_MAJORS: std::ops::RangeInclusive<u32> = 13..=18;
 
+/// Name of the container that runs the agent and PostgreSQL (also the pod's default container
+/// for kubectl).
+pub const POSTGRES_CONTAINER: &str = "postgres";
 /// The PostgreSQL superuser.
 pub const SUPERUSER: &str = "postgres";
 /// The role replicas connect as.

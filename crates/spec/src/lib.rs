@@ -6,6 +6,7 @@
 
 pub mod contract;
 mod hint;
+pub mod random;
 pub mod status;
 mod validate;
 

@@ -9,10 +9,9 @@ use kube::Api;
 use kube::api::AttachParams;
 use tokio::io::AsyncReadExt;
 
-use crate::{Error, Result};
+use pgset_spec::contract::POSTGRES_CONTAINER;
 
-/// Name of the container that runs postgres (and the agent) in a member pod.
-pub const POSTGRES_CONTAINER: &str = "postgres";
+use crate::{Error, Result};
 
 /// What a finished command printed and how it ended.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

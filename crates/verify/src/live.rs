@@ -12,10 +12,11 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client};
+use pgset_spec::contract::POSTGRES_CONTAINER;
 use pgset_spec::{ClusterSpec, StorageMode};
 
 use crate::checks::{self, ClaimState, Endpoint, Member, MemberStorage, names};
-use crate::exec::{ExecOutput, POSTGRES_CONTAINER, PodExec};
+use crate::exec::{ExecOutput, PodExec};
 use crate::report::{Check, Finding, Measurements, Report};
 use crate::sql::{self, PathStat, ReplicationRow};
 use crate::{Result, api, ownership};

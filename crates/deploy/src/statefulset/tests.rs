@@ -3,6 +3,7 @@
 use super::*;
 use crate::testutil::{named_spec, spec_in_mode};
 use pgset_spec::StorageMode;
+use pgset_spec::contract::env;
 
 fn pod_spec(sts: &StatefulSet) -> &PodSpec {
     sts.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
