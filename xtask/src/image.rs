@@ -1,7 +1,6 @@
 //! `cargo xtask image`: builds the static agent, packs it into an OCI image archive and, with
 //! `--import`, loads the archive into the node's containerd where the kubelet finds it.
 
-mod host_command;
 mod oci;
 mod reference;
 mod static_binary;
@@ -10,11 +9,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
+use pgset_command::HostCommand;
 use pgset_spec::VERSION;
 
 use crate::cli::{ClientArgs, SpecArgs, Stage, workspace_root};
 use crate::deploy::DryRun;
-use host_command::HostCommand;
 use reference::ImageName;
 
 /// The containerd namespace the kubelet's images live in.
@@ -225,10 +224,10 @@ fn import_preflight() -> Result<PathBuf> {
 fn import(ctr: &Path, archive: &Path, name: &ImageName) -> Result<()> {
     let stage = Stage::start(format!("import {} into containerd", name.full));
     import_command(ctr, archive)
-        .output()
+        .read()
         .context("import the agent image into containerd")?;
     let listed = list_command(ctr)
-        .output()
+        .read()
         .context("list containerd's images")?;
     if !lists_image(&listed, &name.full) {
         bail!(

@@ -3,7 +3,6 @@
 //! agent as processes on 127.0.0.1.
 
 pub mod bootstrap;
-pub mod cmd;
 pub mod datadir;
 pub mod fence;
 pub mod follow;
@@ -61,16 +60,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// A host command failed.
-    #[error("`{command}` failed ({status}){}", if stderr.is_empty() { String::new() } else { format!(": {stderr}") })]
-    Command {
-        /// The shell-escaped command line.
-        command: String,
-        /// Its exit status, or why it did not run.
-        status: String,
-        /// Its trimmed stderr.
-        stderr: String,
-    },
+    /// A host command failed: the command, its exit status and the tail of its stderr.
+    #[error(transparent)]
+    Command(#[from] pgset_command::Error),
     /// The PostgreSQL binaries were not found.
     #[error("PostgreSQL binaries not found: {0}")]
     PgBinaries(String),

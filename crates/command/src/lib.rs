@@ -104,6 +104,11 @@ impl HostCommand {
         &self.args
     }
 
+    /// The variables set for the child, with their values (which the log never shows).
+    pub fn get_envs(&self) -> &[(OsString, OsString)] {
+        &self.env_set
+    }
+
     /// The line logged before the command runs, through [`log_with`]'s sink.
     fn log(&self) {
         if !self.quiet {
