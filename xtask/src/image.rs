@@ -249,15 +249,21 @@ fn lists_image(listed: &str, full_name: &str) -> bool {
 fn print_plan(workspace: &Path, out: &Path, name: &ImageName, import: bool) {
     let target_dir = static_binary::image_target_dir(&static_binary::target_root(workspace));
     let cargo = static_binary::cargo_program();
-    println!(
-        "would build:   {}",
-        static_binary::build_command(
-            &cargo,
-            workspace,
-            &target_dir,
-            &static_binary::enclosing_package_vars(),
-        )
+    let build = static_binary::build_command(
+        &cargo,
+        workspace,
+        &target_dir,
+        &static_binary::enclosing_package_vars(),
     );
+    println!("would build:   {build}");
+    // The command's log line hides environment values; these are build flags, not secrets.
+    for (name, value) in build.get_envs() {
+        println!(
+            "               with {}={}",
+            name.to_string_lossy(),
+            value.to_string_lossy()
+        );
+    }
     println!(
         "would check:   {} is a static x86-64 executable and its --version prints {VERSION}",
         static_binary::built_path(&target_dir).display()
