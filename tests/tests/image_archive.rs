@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use pgset_command::HostCommand;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
@@ -30,31 +31,21 @@ fn is_test_package_var(name: &str) -> bool {
         )
 }
 
-/// Runs a command with captured output, echoing the command line, without the variables of
+/// Runs a command with captured output, logging the command line, without the variables of
 /// this test's package.
 fn run(program: impl AsRef<Path>, args: &[&str], dir: &Path) -> Ran {
     let program = program.as_ref();
-    eprintln!(
-        "+ (cd {} && {} {})",
-        dir.display(),
-        program.display(),
-        args.join(" ")
-    );
-    let expression = std::env::vars_os()
+    let command = std::env::vars_os()
         .filter_map(|(name, _)| name.into_string().ok())
         .filter(|name| is_test_package_var(name))
-        .fold(duct::cmd(program, args), |e, name| e.env_remove(name));
-    let output = expression
-        .dir(dir)
-        .stdout_capture()
-        .stderr_capture()
-        .unchecked()
-        .run()
-        .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
+        .fold(HostCommand::new(program).args(args), |c, name| {
+            c.env_remove(name)
+        });
+    let output = command.dir(dir).output().unwrap_or_else(|e| panic!("{e}"));
     Ran {
-        success: output.status.success(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        success: output.success(),
+        stdout: output.stdout,
+        stderr: output.stderr,
     }
 }
 
@@ -325,12 +316,22 @@ fn every_blob_matches_the_digest_and_size_that_name_it() {
 
 /// Decompresses a gzip stream with the system's `gzip`, independent of the packer's library.
 fn gunzip_with_system_gzip(bytes: &[u8]) -> Vec<u8> {
-    let output = duct::cmd!("gzip", "-dc")
-        .stdin_bytes(bytes)
-        .stdout_capture()
-        .run()
-        .expect("gzip -dc decompresses the layer");
-    output.stdout
+    use std::io::Read;
+    // Bytes, not text: the decompressed layer is a tar archive.
+    let mut reader = HostCommand::new("gzip")
+        .arg("-dc")
+        .stdin(bytes)
+        .quiet()
+        .start_reader()
+        .expect("start gzip -dc");
+    let mut out = Vec::new();
+    reader.read_to_end(&mut out).expect("read gzip -dc");
+    let ended = reader.try_wait().expect("wait for gzip -dc");
+    assert!(
+        ended.is_some_and(|o| o.status.success()),
+        "gzip -dc decompresses the layer"
+    );
+    out
 }
 
 #[test]

@@ -1629,37 +1629,29 @@ mod pure {
         let dir = d.path().join("fence-1-2");
         let json = "{\"format\": 1}\n";
         let sh = |script: String| {
-            duct::cmd!("sh", "-c", script)
+            pgset_command::HostCommand::new("sh")
+                .args(["-c", &script])
                 .env("D", &dir)
                 .env("IDENTITY", json)
-                .stdout_capture()
-                .stderr_capture()
-                .unchecked()
-                .run()
+                .quiet()
+                .output()
                 .unwrap()
         };
         let planted = sh(plant_script());
-        assert!(
-            planted.status.success(),
-            "{}",
-            String::from_utf8_lossy(&planted.stderr)
-        );
+        assert!(planted.status.success(), "{}", planted.stderr);
         assert_eq!(
             std::fs::read(dir.join("global/pg_control")).unwrap(),
             foreign_pg_control()
         );
         let seen = sh(inspect_script());
         assert!(seen.status.success());
-        assert_eq!(
-            String::from_utf8(seen.stdout).unwrap(),
-            expected_inspection(json)
-        );
+        assert_eq!(seen.stdout, expected_inspection(json));
         // Never over an existing directory.
         let again = sh(plant_script());
         assert_eq!(again.status.code(), Some(3));
         std::fs::write(dir.join("PG_VERSION"), "15\n").unwrap();
         assert_ne!(
-            String::from_utf8(sh(inspect_script()).stdout).unwrap(),
+            sh(inspect_script()).stdout,
             expected_inspection(json),
             "a changed file shows"
         );

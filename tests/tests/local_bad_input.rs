@@ -6,9 +6,8 @@ mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Output;
 
-use pgset_agent::cmd::HostCommand;
+use pgset_command::{HostCommand, Output};
 use pgset_spec::contract::env;
 use support::{agent_bin, pg_or_skip};
 
@@ -23,7 +22,7 @@ fn agent(args: &[&str], vars: &[(&str, String)]) -> Output {
 }
 
 fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    o.stderr.clone()
 }
 
 /// A member environment in `root` (health endpoint off so tests do not share ports).
@@ -73,7 +72,7 @@ fn version_and_install() {
     let o = agent(&["--version"], &[]);
     assert!(o.status.success());
     assert_eq!(
-        String::from_utf8_lossy(&o.stdout).trim(),
+        o.stdout.trim(),
         format!("pgset-agent {}", pgset_spec::VERSION)
     );
     let t = tempfile::tempdir().unwrap();

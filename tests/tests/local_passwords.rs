@@ -22,7 +22,7 @@ fn tcp_login(t: &TestSet, password: &str) -> bool {
         .env("PGPASSWORD", password)
         .quiet()
         .output()
-        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "1")
+        .map(|o| o.status.success() && o.stdout.trim() == "1")
         .unwrap_or(false)
 }
 

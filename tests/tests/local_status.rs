@@ -23,17 +23,11 @@ fn xtask_bin() -> PathBuf {
         let exe = std::env::current_exe().unwrap();
         let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        duct::cmd!(
-            cargo,
-            "build",
-            "-q",
-            "-p",
-            "xtask",
-            "--manifest-path",
-            pgset_tests::workspace_root().join("Cargo.toml")
-        )
-        .run()
-        .expect("build xtask");
+        pgset_command::HostCommand::new(cargo)
+            .args(["build", "-q", "-p", "xtask", "--manifest-path"])
+            .arg(pgset_tests::workspace_root().join("Cargo.toml"))
+            .run_attached()
+            .expect("build xtask");
         profile_dir.join("xtask")
     })
     .clone()
@@ -41,24 +35,14 @@ fn xtask_bin() -> PathBuf {
 
 /// `xtask local status --dir DIR -o OUTPUT`: exit code and stdout.
 fn status(t: &TestSet, output: &str) -> (i32, String) {
-    let out = duct::cmd!(
-        xtask_bin(),
-        "local",
-        "status",
-        "--dir",
-        t.dir(),
-        "--output",
-        output
-    )
-    .stdout_capture()
-    .stderr_capture()
-    .unchecked()
-    .run()
-    .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    let out = pgset_command::HostCommand::new(xtask_bin())
+        .args(["local", "status", "--dir"])
+        .arg(t.dir())
+        .args(["--output", output])
+        .quiet()
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), out.stdout)
 }
 
 fn json(t: &TestSet) -> (i32, serde_json::Value) {

@@ -87,13 +87,11 @@ fn both_storage_modes_pass_kubernetes_validate() {
         let mut args: Vec<std::ffi::OsString> =
             vec!["--strict".into(), "-k".into(), version.into()];
         args.extend(paths.iter().map(|p| p.clone().into_os_string()));
-        let out = duct::cmd(&validate, &args)
-            .stderr_to_stdout()
-            .stdout_capture()
-            .unchecked()
-            .run()
+        let out = pgset_command::HostCommand::new(&validate)
+            .args(&args)
+            .output()
             .expect("run kubernetes-validate");
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = format!("{}{}", out.stdout, out.stderr);
         assert!(
             out.status.success() && !text.contains("ERROR") && text.contains("passed"),
             "kubernetes-validate --strict -k {version} failed ({}):\n{text}",

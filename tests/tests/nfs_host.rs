@@ -7,11 +7,12 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use pgset_command::{HostCommand, Output, Runner};
 use pgset_nfs::{
-    CommandOutput, CommandRunner, ExportContents, ExportOptions, FirewalldState, Health,
-    HostAddresses, HostCommand, HostFacts, HostPaths, PackageManager, PathState, SelinuxMode,
-    ServiceManager, ServiceState, Step, UnitFileState, apply, blockers, diagnose, marker_contents,
-    parse_clients, parse_exportfs_verbose, parse_os_release, plan, probe_files, render_block,
+    ExportContents, ExportOptions, FirewalldState, Health, HostAddresses, HostFacts, HostPaths,
+    PackageManager, PathState, SelinuxMode, ServiceManager, ServiceState, Step, UnitFileState,
+    apply, blockers, diagnose, marker_contents, parse_clients, parse_exportfs_verbose,
+    parse_os_release, plan, probe_files, render_block,
 };
 use pgset_spec::{ClusterSpec, Overrides, StorageMode};
 use pgset_tests::{fixtures, missing_tool};
@@ -177,13 +178,13 @@ fn centos_7_from_nothing_with_selinux_enforcing_and_firewalld() {
         commands,
         [
             "yum install -y nfs-utils libnfsidmap rpcbind",
-            "setsebool -P virt_use_nfs=1 nfs_export_all_rw=1",
+            "setsebool -P 'virt_use_nfs=1' 'nfs_export_all_rw=1'",
             "restorecon /etc/exports",
             "systemctl enable --now rpcbind",
             "systemctl enable --now nfs-server",
             "systemctl enable --now rpc-statd",
             "systemctl enable --now nfs-idmapd",
-            "firewall-cmd --permanent --add-service=nfs --add-service=rpc-bind --add-service=mountd",
+            "firewall-cmd --permanent '--add-service=nfs' '--add-service=rpc-bind' '--add-service=mountd'",
             "firewall-cmd --reload",
             "exportfs -ra",
         ]
@@ -240,8 +241,8 @@ fn debian_and_ubuntu_from_nothing() {
                 .map(ToString::to_string)
                 .collect::<Vec<_>>(),
             [
-                "DEBIAN_FRONTEND=noninteractive apt-get update -q",
-                "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nfs-kernel-server nfs-common",
+                "DEBIAN_FRONTEND=… apt-get update -q",
+                "DEBIAN_FRONTEND=… apt-get install -y -q --no-install-recommends nfs-kernel-server nfs-common",
             ]
         );
     }
@@ -612,13 +613,14 @@ struct RecordingRunner {
     commands: RefCell<Vec<String>>,
 }
 
-impl CommandRunner for RecordingRunner {
-    fn output(&self, cmd: &HostCommand) -> pgset_nfs::Result<CommandOutput> {
+impl Runner for RecordingRunner {
+    fn probe(&self, cmd: &HostCommand) -> pgset_command::Result<Output> {
+        self.change(cmd)
+    }
+
+    fn change(&self, cmd: &HostCommand) -> pgset_command::Result<Output> {
         self.commands.borrow_mut().push(cmd.to_string());
-        Ok(CommandOutput {
-            code: Some(0),
-            ..CommandOutput::default()
-        })
+        Ok(Output::default())
     }
 }
 
@@ -629,20 +631,23 @@ struct InstallingRunner {
     commands: RefCell<Vec<String>>,
 }
 
-impl CommandRunner for InstallingRunner {
-    fn output(&self, cmd: &HostCommand) -> pgset_nfs::Result<CommandOutput> {
+impl Runner for InstallingRunner {
+    fn probe(&self, cmd: &HostCommand) -> pgset_command::Result<Output> {
+        self.change(cmd)
+    }
+
+    fn change(&self, cmd: &HostCommand) -> pgset_command::Result<Output> {
         self.commands.borrow_mut().push(cmd.to_string());
-        if cmd.program() == "apt-get" && cmd.args().first().map(String::as_str) == Some("install") {
+        if cmd.program() == "apt-get"
+            && cmd.get_args().first().and_then(|a| a.to_str()) == Some("install")
+        {
             std::fs::write(
                 self.root.join("etc/exports"),
                 fixture("etc-exports.nfs-kernel-server-2.6.2"),
             )
             .unwrap();
         }
-        Ok(CommandOutput {
-            code: Some(0),
-            ..CommandOutput::default()
-        })
+        Ok(Output::default())
     }
 }
 

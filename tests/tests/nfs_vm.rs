@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use pgset_command::HostCommand;
 use pgset_nfs::{ExportClient, parse_clients, parse_exportfs_verbose};
 use pgset_tests::{missing_tool, tool, workspace_root};
 
@@ -47,18 +48,13 @@ fn provisioner() -> PathBuf {
             }
             let target = target_dir();
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
-            duct::cmd!(
-                cargo,
-                "build",
-                "--quiet",
-                "--manifest-path",
-                workspace_root().join("Cargo.toml"),
-                "-p",
-                "xtask"
-            )
-            .env("CARGO_TARGET_DIR", &target)
-            .run()
-            .expect("build the xtask binary");
+            HostCommand::new(cargo)
+                .args(["build", "--quiet", "--manifest-path"])
+                .arg(workspace_root().join("Cargo.toml"))
+                .args(["-p", "xtask"])
+                .env("CARGO_TARGET_DIR", &target)
+                .run_attached()
+                .expect("build the xtask binary");
             let xtask = target.join("debug").join("xtask");
             assert!(xtask.exists(), "{} was not built", xtask.display());
             xtask
@@ -83,19 +79,14 @@ fn run_here(args: &[&str], uid: Option<u32>) -> (i32, String) {
         None => xtask,
     };
     argv.extend(args.iter().map(|a| a.to_string()));
-    let out = duct::cmd(program, &argv)
+    let out = HostCommand::new(program)
+        .args(&argv)
         .dir(std::env::temp_dir())
         .env_remove("KUBECONFIG")
-        .stdin_null()
-        .stdout_capture()
-        .stderr_capture()
-        .unchecked()
-        .run()
+        .quiet()
+        .output()
         .expect("run the provisioner");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.code().unwrap_or(-1), out.stderr)
 }
 
 /// An export path no host has: planning it always creates it, so the plan is never empty.
@@ -176,11 +167,11 @@ fn bad_input_through_the_cli_changes_nothing() {
 
 /// The installed package set as `dpkg-query -W` prints it.
 fn package_set() -> String {
-    let out = duct::cmd!("dpkg-query", "-W")
-        .stdout_capture()
-        .run()
-        .expect("dpkg-query -W");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    HostCommand::new("dpkg-query")
+        .arg("-W")
+        .quiet()
+        .read()
+        .expect("dpkg-query -W")
 }
 
 /// Owner, group, mode and (for files) contents of a path.
@@ -350,7 +341,7 @@ fn elapsed(t: Instant) -> String {
 
 /// A running guest; qemu is killed when it is dropped (its disk overlay goes with it).
 struct Guest {
-    qemu: duct::Handle,
+    qemu: pgset_command::Handle,
     port: u16,
     key: PathBuf,
 }
@@ -389,18 +380,12 @@ impl Guest {
         let mut args = self.ssh_args();
         args.push("root@127.0.0.1".into());
         args.push(script.into());
-        let out = duct::cmd("ssh", &args)
-            .stdin_null()
-            .stdout_capture()
-            .stderr_capture()
-            .unchecked()
-            .run()
+        let out = HostCommand::new("ssh")
+            .args(&args)
+            .quiet()
+            .output()
             .expect("run ssh");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        (out.status.code().unwrap_or(-1), out.stdout, out.stderr)
     }
 
     /// Runs a script that must succeed; returns its stdout.
@@ -420,8 +405,8 @@ impl Guest {
         args[p] = "-P".into();
         args.push(local.display().to_string());
         args.push(format!("root@127.0.0.1:{remote}"));
-        duct::cmd("scp", &args)
-            .stdin_null()
+        HostCommand::new("scp")
+            .args(&args)
             .run()
             .expect("copy a file into the guest");
     }
@@ -439,9 +424,9 @@ fn boot(guest_dir: &Path, run_dir: &Path) -> Guest {
     let disk = guest_dir.join("disk.img");
     let port = free_port();
     let serial = run_dir.join("serial.log");
-    let qemu = duct::cmd(
-        "qemu-system-x86_64",
-        [
+    let qemu_log = std::fs::File::create(run_dir.join("qemu.log")).expect("create qemu.log");
+    let qemu = HostCommand::new("qemu-system-x86_64")
+        .args([
             "-machine".to_string(),
             "accel=tcg".into(),
             "-m".into(),
@@ -465,14 +450,9 @@ fn boot(guest_dir: &Path, run_dir: &Path) -> Guest {
             "none".into(),
             "-serial".into(),
             format!("file:{}", serial.display()),
-        ],
-    )
-    .stdin_null()
-    .unchecked()
-    .stdout_path(run_dir.join("qemu.out"))
-    .stderr_path(run_dir.join("qemu.err"))
-    .start()
-    .expect("start qemu");
+        ])
+        .start_logging_to(qemu_log)
+        .expect("start qemu");
     let guest = Guest {
         qemu,
         port,
@@ -562,11 +542,11 @@ fn provision_a_real_nfs_server() {
     let t = Instant::now();
     let cache = target.join("nfs-vm");
     std::fs::create_dir_all(&cache).expect("create the guest cache dir");
-    let built = duct::cmd!("bash", root.join("tests/vm/build-guest.sh"), &cache)
-        .stdout_capture()
-        .run()
+    let stdout = HostCommand::new("bash")
+        .arg(root.join("tests/vm/build-guest.sh"))
+        .arg(&cache)
+        .read()
         .expect("build the Debian 12 guest (tests/vm/build-guest.sh)");
-    let stdout = String::from_utf8_lossy(&built.stdout);
     let guest_dir = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
     eprintln!("guest ready in {} ({})", elapsed(t), guest_dir.display());
 

@@ -312,18 +312,16 @@ fn shellcheck_passes_on_every_lab_script() {
     files.push(stub_script());
     let mut args: Vec<String> = vec!["--external-sources".into(), "--severity=style".into()];
     args.extend(files.iter().map(|p| p.display().to_string()));
-    let out = duct::cmd(shellcheck, &args)
+    let out = pgset_command::HostCommand::new(shellcheck)
+        .args(&args)
         .dir(scripts_dir())
-        .stdout_capture()
-        .stderr_capture()
-        .unchecked()
-        .run()
+        .output()
         .unwrap();
     assert!(
-        out.status.success(),
+        out.success(),
         "shellcheck found problems:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        out.stdout,
+        out.stderr
     );
 }
 
@@ -371,26 +369,18 @@ fn every_script_is_strict_bash_and_every_step_the_vagrantfile_names_exists() {
 /// isolated from the user's Vagrant home and the lab's machine state.
 fn vagrant_validate(vagrant: &Path, workers: Option<&str>, dotfile: &Path) -> (bool, String) {
     let home = tempfile::tempdir().unwrap();
-    let cmd = duct::cmd(vagrant, ["validate", "--ignore-provider"])
+    let cmd = pgset_command::HostCommand::new(vagrant)
+        .args(["validate", "--ignore-provider"])
         .env("VAGRANT_CWD", lab_dir())
         .env("VAGRANT_HOME", home.path())
         .env("VAGRANT_DOTFILE_PATH", dotfile)
-        .env("VAGRANT_CHECKPOINT_DISABLE", "1")
-        .stdout_capture()
-        .stderr_capture()
-        .unchecked();
-    // duct applies the innermost setting last, so WORKERS is set or removed exactly once.
+        .env("VAGRANT_CHECKPOINT_DISABLE", "1");
     let cmd = match workers {
         Some(w) => cmd.env("WORKERS", w),
         None => cmd.env_remove("WORKERS"),
     };
-    let out = cmd.run().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let out = cmd.output().unwrap();
+    (out.success(), format!("{}{}", out.stdout, out.stderr))
 }
 
 #[test]
@@ -547,24 +537,22 @@ impl StubNode {
             self.bin.path().display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let mut cmd = duct::cmd(program, args)
+        let mut cmd = pgset_command::HostCommand::new(program)
+            .args(args)
             .env("PATH", path)
             .env("LAB_ROOT", self.root.path())
             .env("STUB_STATE", self.state.path())
-            .stdin_null()
-            .stdout_capture()
-            .stderr_capture()
-            .unchecked();
+            .quiet();
         for (k, v) in env {
             cmd = cmd.env(k, v);
         }
-        let out = cmd.run().unwrap();
+        let out = cmd.output().unwrap();
         assert!(
-            out.status.success(),
+            out.success(),
             "{program} {args:?} failed ({:?}):\n{}{}",
             out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            out.stdout,
+            out.stderr
         );
     }
 

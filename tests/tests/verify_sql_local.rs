@@ -47,7 +47,7 @@ fn run_remote(t: &TestSet, k: i32, argv: &[String]) -> ExecOutput {
     );
     let p = args.iter().position(|a| a == "-p").expect("psql -p");
     args[p + 1] = t.port(k).to_string();
-    let out = pgset_agent::cmd::HostCommand::new(&argv[0])
+    let out = pgset_command::HostCommand::new(&argv[0])
         .args(args)
         .quiet()
         .output()
@@ -56,11 +56,11 @@ fn run_remote(t: &TestSet, k: i32, argv: &[String]) -> ExecOutput {
 }
 
 /// A finished process as verify sees a finished exec.
-fn exec_output(out: std::process::Output) -> ExecOutput {
+fn exec_output(out: pgset_command::Output) -> ExecOutput {
     ExecOutput {
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         exit_code: out.status.code().unwrap_or(-1),
+        stdout: out.stdout,
+        stderr: out.stderr,
     }
 }
 
@@ -147,7 +147,7 @@ async fn verify_sql_passes_on_a_real_streaming_set() {
     let dd = run_psql(&t, 1, &sql::psql_local(&[sql::DATA_DIRECTORY_QUERY]));
     let data_dir = dd.stdout.trim().to_string();
     assert_eq!(data_dir, t.dir().join("pgset-1").display().to_string());
-    let stat = pgset_agent::cmd::HostCommand::new("stat")
+    let stat = pgset_command::HostCommand::new("stat")
         .args(sql::stat(&[data_dir.clone(), format!("{data_dir}/PG_VERSION")])[1..].to_vec())
         .quiet()
         .read()

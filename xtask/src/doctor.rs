@@ -10,8 +10,9 @@ use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::{Node, PersistentVolume};
 use kube::Api;
 use kube::api::ListParams;
+use pgset_command::Executor;
 use pgset_deploy::mount_probe::{self, probe_mounts, probe_nodes};
-use pgset_nfs::{Diagnosis, Duct, Health, HostPaths, VolumesRead};
+use pgset_nfs::{Diagnosis, Health, HostPaths, VolumesRead};
 use pgset_spec::ClusterSpec;
 
 use crate::cli::{ClientArgs, SpecArgs};
@@ -77,7 +78,7 @@ pub(crate) async fn host_checks(
     client_args: &ClientArgs,
 ) -> Result<Vec<Diagnosis>> {
     let paths = HostPaths::default();
-    let runner = Duct::default();
+    let runner = Executor::default();
     let facts = pgset_nfs::probe(&runner, &paths, spec).context("probe the host")?;
     let members =
         pgset_nfs::probe_member_states(&paths, spec).context("read the member directories")?;

@@ -1,7 +1,6 @@
 //! `cargo xtask image`: builds the static agent, packs it into an OCI image archive and, with
 //! `--import`, loads the archive into the node's containerd where the kubelet finds it.
 
-mod host_command;
 mod oci;
 mod reference;
 mod static_binary;
@@ -10,11 +9,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
+use pgset_command::HostCommand;
 use pgset_spec::VERSION;
 
 use crate::cli::{ClientArgs, SpecArgs, Stage, workspace_root};
 use crate::deploy::DryRun;
-use host_command::HostCommand;
 use reference::ImageName;
 
 /// The containerd namespace the kubelet's images live in.
@@ -225,10 +224,10 @@ fn import_preflight() -> Result<PathBuf> {
 fn import(ctr: &Path, archive: &Path, name: &ImageName) -> Result<()> {
     let stage = Stage::start(format!("import {} into containerd", name.full));
     import_command(ctr, archive)
-        .output()
+        .read()
         .context("import the agent image into containerd")?;
     let listed = list_command(ctr)
-        .output()
+        .read()
         .context("list containerd's images")?;
     if !lists_image(&listed, &name.full) {
         bail!(
@@ -250,15 +249,21 @@ fn lists_image(listed: &str, full_name: &str) -> bool {
 fn print_plan(workspace: &Path, out: &Path, name: &ImageName, import: bool) {
     let target_dir = static_binary::image_target_dir(&static_binary::target_root(workspace));
     let cargo = static_binary::cargo_program();
-    println!(
-        "would build:   {}",
-        static_binary::build_command(
-            &cargo,
-            workspace,
-            &target_dir,
-            &static_binary::enclosing_package_vars(),
-        )
+    let build = static_binary::build_command(
+        &cargo,
+        workspace,
+        &target_dir,
+        &static_binary::enclosing_package_vars(),
     );
+    println!("would build:   {build}");
+    // The command's log line hides environment values; these are build flags, not secrets.
+    for (name, value) in build.get_envs() {
+        println!(
+            "               with {}={}",
+            name.to_string_lossy(),
+            value.to_string_lossy()
+        );
+    }
     println!(
         "would check:   {} is a static x86-64 executable and its --version prints {VERSION}",
         static_binary::built_path(&target_dir).display()

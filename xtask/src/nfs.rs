@@ -8,9 +8,10 @@ use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::api::ListParams;
+use pgset_command::Executor;
 use pgset_nfs::{
-    Blocker, Duct, ExportClient, ExportOptions, ExportsFile, HostAddresses, HostFacts, HostPaths,
-    Step, clients_from_node_addresses, nfs_server_address, parse_clients,
+    Blocker, ExportClient, ExportOptions, ExportsFile, HostAddresses, HostFacts, HostPaths, Step,
+    clients_from_node_addresses, nfs_server_address, parse_clients,
 };
 use pgset_spec::ClusterSpec;
 
@@ -66,7 +67,7 @@ impl HostPlan {
         spec: &ClusterSpec,
         clients: Option<&str>,
         client_args: &ClientArgs,
-        runner: &Duct,
+        runner: &Executor,
     ) -> Result<HostPlan> {
         let explicit_clients = clients.map(parse_clients).transpose()?;
         let stage = Stage::start("probe the host");
@@ -113,7 +114,8 @@ pub async fn run(args: Args) -> Result<()> {
     if let Some(c) = &args.clients {
         parse_clients(c)?;
     }
-    let runner = Duct {
+    let runner = Executor {
+        dry_run: args.dry_run.is_some(),
         log_probes: args.verbose,
     };
     let paths = HostPaths::default();

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use pgset_command::HostCommand;
 
 use crate::cli::{Stage, workspace_root};
 
@@ -128,19 +129,11 @@ fn step(name: &'static str, f: impl FnOnce() -> Result<()>) -> Outcome {
 
 fn cargo(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut expr = duct::cmd(&cargo, args).dir(root);
-    for (k, v) in env {
-        expr = expr.env(k, v);
-    }
-    eprintln!("    $ cargo {}", args.join(" "));
-    let status = expr
-        .unchecked()
-        .run()
-        .with_context(|| format!("run cargo {}", args.join(" ")))?
-        .status;
-    if !status.success() {
-        bail!("`cargo {}` exited with {status}", args.join(" "));
-    }
+    let cmd = env.iter().fold(
+        HostCommand::new(cargo).args(args).dir(root),
+        |cmd, (k, v)| cmd.env(k, v),
+    );
+    cmd.run_attached()?;
     Ok(())
 }
 
@@ -169,22 +162,20 @@ fn validate_manifests(root: &Path, require: bool) -> Result<()> {
         );
         return Ok(());
     };
+    // Paths relative to the workspace, where the validator runs: a log line a person can read.
+    let relative: Vec<&Path> = files
+        .iter()
+        .map(|f| f.strip_prefix(root).unwrap_or(f))
+        .collect();
     for version in [PINNED_KUBERNETES, NEWEST_KUBERNETES] {
-        let mut argv: Vec<String> = vec!["--strict".into(), "-k".into(), version.into()];
-        argv.extend(files.iter().map(|f| f.display().to_string()));
-        eprintln!(
-            "    $ kubernetes-validate --strict -k {version} manifests/*.yaml ({} files)",
-            files.len()
-        );
-        let out = duct::cmd(&validator, &argv)
+        let out = HostCommand::new(&validator)
+            .args(["--strict", "-k", version])
+            .args(&relative)
             .dir(root)
-            .stderr_to_stdout()
-            .stdout_capture()
-            .unchecked()
-            .run()
+            .output()
             .context("run kubernetes-validate")?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
+        let text = format!("{}{}", out.stdout, out.stderr);
+        if !out.success() {
             bail!(
                 "kubernetes-validate -k {version} rejected the manifests ({}):\n{}",
                 out.status,
@@ -235,18 +226,20 @@ fn shellcheck_scripts(root: &Path, require: bool) -> Result<()> {
         eprintln!("    SKIPPED shellcheck: shellcheck not found (`apt-get install shellcheck`)");
         return Ok(());
     };
-    eprintln!("    $ shellcheck ({} scripts)", scripts.len());
-    let out = duct::cmd(&shellcheck, &scripts)
+    let relative: Vec<&Path> = scripts
+        .iter()
+        .map(|s| s.strip_prefix(root).unwrap_or(s))
+        .collect();
+    let out = HostCommand::new(&shellcheck)
+        .args(&relative)
         .dir(root)
-        .stderr_to_stdout()
-        .stdout_capture()
-        .unchecked()
-        .run()
+        .output()
         .context("run shellcheck")?;
-    if !out.status.success() {
+    if !out.success() {
         bail!(
-            "shellcheck found problems:\n{}",
-            String::from_utf8_lossy(&out.stdout).trim()
+            "shellcheck found problems:\n{}{}",
+            out.stdout.trim(),
+            out.stderr.trim()
         );
     }
     eprintln!("    {} scripts clean", scripts.len());

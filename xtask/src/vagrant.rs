@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Subcommand, ValueEnum};
-use pgset_nfs::{CommandRunner, Duct, HostCommand};
+use pgset_command::HostCommand;
 use pgset_verify::{Report, Verdict};
 use serde::Deserialize;
 
@@ -171,47 +171,28 @@ impl Lab {
     fn command<I, S>(&self, args: I) -> HostCommand
     where
         I: IntoIterator<Item = S>,
-        S: Into<String>,
+        S: AsRef<std::ffi::OsStr>,
     {
-        self.env().iter().fold(
-            HostCommand::new(&self.program.to_string_lossy(), args),
-            |cmd, (k, v)| cmd.env(k, v),
-        )
+        self.env()
+            .iter()
+            .fold(HostCommand::new(&self.program).args(args), |cmd, (k, v)| {
+                cmd.env(k, v)
+            })
     }
 
     /// Runs `vagrant ARGS` with the terminal attached (provisioning output, prompts, shells).
     fn attached(&self, args: &[&str]) -> Result<()> {
-        let cmd = self.command(args.iter().copied());
-        eprintln!("    $ {cmd}");
-        let mut expr = duct::cmd(&self.program, args).unchecked();
-        for (k, v) in self.env() {
-            expr = expr.env(k, v);
-        }
-        let out = expr
-            .run()
-            .with_context(|| format!("start `{cmd}`: is vagrant installed?"))?;
-        if !out.status.success() {
-            bail!(
-                "`{cmd}` failed with {} (its output is above)",
-                status_words(out.status.code())
-            );
-        }
+        self.command(args.iter().copied()).run_attached()?;
         Ok(())
     }
 
     /// The lab's machines and their states, from `vagrant status --machine-readable`.
     fn machine_states(&self) -> Result<Vec<(String, String)>> {
-        let out = Duct::default()
-            .run(&self.command(["status", "--machine-readable"]))
+        let out = self
+            .command(["status", "--machine-readable"])
+            .read()
             .context("read the lab's machine states")?;
-        Ok(parse_machine_states(&out.stdout))
-    }
-}
-
-fn status_words(code: Option<i32>) -> String {
-    match code {
-        Some(c) => format!("exit status {c}"),
-        None => "a signal".to_string(),
+        Ok(parse_machine_states(&out))
     }
 }
 
@@ -296,7 +277,10 @@ fn provider_problem(p: Provider) -> Option<String> {
                         .into(),
                 );
             }
-            let plugins = Duct::default().output(&HostCommand::new("vagrant", ["plugin", "list"]));
+            let plugins = HostCommand::new("vagrant")
+                .args(["plugin", "list"])
+                .quiet()
+                .output();
             match plugins {
                 Ok(out) if out.stdout.contains("vagrant-libvirt") => None,
                 Ok(_) => Some(
@@ -382,22 +366,14 @@ fn e2e_on(lab: &Lab, provider: Provider, report_path: Option<&Path>) -> Result<(
     stage.done("");
     let stage = Stage::start("verify inside the lab");
     let cmd = lab.command(["ssh", cp.as_str(), "--no-tty", "-c", VERIFY_IN_LAB]);
-    eprintln!("    $ {cmd}");
-    let mut expr = duct::cmd(
-        &lab.program,
-        ["ssh", cp.as_str(), "--no-tty", "-c", VERIFY_IN_LAB],
-    )
-    .stdout_capture()
-    .unchecked();
-    for (k, v) in lab.env() {
-        expr = expr.env(k, v);
-    }
-    let out = expr.run().with_context(|| format!("start `{cmd}`"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report = extract_report(&stdout).with_context(|| {
+    let out = cmd.output()?;
+    // The lab's progress (stderr), then the report (stdout) judged below.
+    eprint!("{}", out.stderr);
+    let stdout = &out.stdout;
+    let report = extract_report(stdout).with_context(|| {
         format!(
             "`{cmd}` ({}) printed no JSON report; its stdout was:\n{}",
-            status_words(out.status.code()),
+            pgset_command::status_words(out.status),
             stdout.trim()
         )
     })?;
@@ -421,7 +397,7 @@ fn e2e_on(lab: &Lab, provider: Provider, report_path: Option<&Path>) -> Result<(
     if !out.status.success() {
         bail!(
             "verify exited with {} although its report shows no failed check",
-            status_words(out.status.code())
+            pgset_command::status_words(out.status)
         );
     }
     Ok(())

@@ -4,9 +4,10 @@
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::Api;
+use pgset_command::Executor;
 use pgset_deploy::apply::{ApplyMode, apply_reporting};
 use pgset_deploy::storage::{apply_volumes, shared_claim};
-use pgset_nfs::{Duct, persistent_volumes};
+use pgset_nfs::persistent_volumes;
 use pgset_spec::{ClusterSpec, StorageMode};
 
 use crate::cli::{ClientArgs, SpecArgs, Stage};
@@ -53,7 +54,7 @@ pub(crate) async fn resolve_server(spec: &ClusterSpec, client_args: &ClientArgs)
         return Ok(s.clone());
     }
     let addresses =
-        pgset_nfs::probe_addresses(&Duct::default()).context("probe this host's addresses")?;
+        pgset_nfs::probe_addresses(&Executor::default()).context("probe this host's addresses")?;
     let nodes = node_addresses(client_args).await?;
     server_address(spec, &addresses, &nodes).context(
         "cannot tell the NFS server's address: pass --nfs-server ADDR (the address the nodes reach the NFS host at)",

@@ -354,7 +354,7 @@ fn base_backup(s: &Settings, bin: &PgBin) -> Result<()> {
                 std::thread::sleep(Duration::from_secs(2 * attempt));
                 attempt += 1;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
     crate::info!(

@@ -1014,7 +1014,11 @@ mod tests {
         // A live process whose program is named `postgres`, as a postmaster's is.
         let fake = t.path().join("postgres");
         fs::copy(which_sleep(), &fake).unwrap();
-        let child = duct::cmd!(&fake, "30").start().unwrap();
+        let child = pgset_command::HostCommand::new(&fake)
+            .arg("30")
+            .quiet()
+            .start()
+            .unwrap();
         let pid = child.pids()[0];
         // Wait until the child runs the copied program (not yet the test binary's fork).
         for _ in 0..500 {

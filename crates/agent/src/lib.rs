@@ -3,7 +3,6 @@
 //! agent as processes on 127.0.0.1.
 
 pub(crate) mod bootstrap;
-pub mod cmd;
 pub mod datadir;
 pub mod fence;
 pub(crate) mod follow;
@@ -25,6 +24,12 @@ pub(crate) mod supervise;
 use std::path::PathBuf;
 
 pub(crate) use log::{info, warn};
+
+/// Writes one line to the agent's log (timestamped, on stderr): how the binary routes the
+/// command crate's `$ command` lines into it.
+pub fn log_line(line: &str) {
+    info!("{line}");
+}
 
 /// Everything that can stop the agent, with the context a user needs to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -63,16 +68,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// A host command failed.
-    #[error("`{command}` failed ({status}){}", if stderr.is_empty() { String::new() } else { format!(": {stderr}") })]
-    Command {
-        /// The shell-escaped command line.
-        command: String,
-        /// Its exit status, or why it did not run.
-        status: String,
-        /// Its trimmed stderr.
-        stderr: String,
-    },
+    /// A host command failed: the command, its exit status and the tail of its stderr.
+    #[error(transparent)]
+    Command(#[from] pgset_command::Error),
     /// The PostgreSQL binaries were not found.
     #[error("PostgreSQL binaries not found: {0}")]
     PgBinaries(String),

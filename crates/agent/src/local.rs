@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, Uid, chown};
+use pgset_command::HostCommand;
 use pgset_spec::contract::{self, AgentEnv, AgentMode, MemberIdentity, secret};
 use pgset_spec::random;
 use serde::{Deserialize, Serialize};
 
-use crate::cmd::HostCommand;
 use crate::datadir::{self, write_atomic};
 use crate::health;
 use crate::pgbin::PgBin;
@@ -359,7 +359,7 @@ pub fn launch_agent(
     for (k, v) in env {
         cmd = cmd.env(k, v);
     }
-    cmd.run_logging_to(log)
+    Ok(cmd.run_logging_to(log)?)
 }
 
 /// The contract variables (`PGSET_*`) a running agent was started with, from

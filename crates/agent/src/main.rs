@@ -28,6 +28,8 @@ enum Command {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
+    // Every host command's `$ <command>` line, in the agent's log format.
+    pgset_command::log_with(pgset_agent::log_line);
     let result = match cli.command {
         Command::Run => pgset_agent::run::run().await,
         Command::Install { dest } => pgset_agent::install::install(&dest).map(|()| 0),

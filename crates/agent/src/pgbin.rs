@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::cmd::HostCommand;
+use pgset_command::HostCommand;
+
 use crate::{Error, Result};
 
 /// The tools every member needs.

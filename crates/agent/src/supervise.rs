@@ -14,7 +14,6 @@ use serde_json::{Map, Value, json};
 use tokio::signal::unix::Signal as SignalStream;
 use tokio::sync::mpsc;
 
-use crate::cmd;
 use crate::fence::Fence;
 use crate::follow::{self, Follow};
 use crate::health::{Health, Phase};
@@ -86,10 +85,10 @@ pub async fn supervise(
 ) -> Result<Outcome> {
     let postgres = bin.command("postgres").arg("-D").arg(s.pgdata());
     let reader = postgres.start_reader()?;
-    let pid = *reader.pids().first().ok_or_else(|| Error::Command {
-        command: postgres.display(),
+    let pid = *reader.pids().first().ok_or_else(|| pgset_command::Error {
+        command: postgres.to_string(),
         status: "started without a pid".into(),
-        stderr: String::new(),
+        output: Some(String::new()),
     })?;
     health.postgres_started();
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -158,7 +157,7 @@ pub async fn supervise(
 }
 
 /// Forwards postgres's output to the agent's stderr, line by line; the text is never interpreted.
-fn forward_log(reader: duct::ReaderHandle, tx: mpsc::UnboundedSender<Event>) {
+fn forward_log(reader: pgset_command::ReaderHandle, tx: mpsc::UnboundedSender<Event>) {
     let mut lines = std::io::BufReader::new(&reader);
     let mut buf = Vec::new();
     loop {
@@ -176,7 +175,7 @@ fn forward_log(reader: duct::ReaderHandle, tx: mpsc::UnboundedSender<Event>) {
     }
     let code = loop {
         match reader.try_wait() {
-            Ok(Some(out)) => break cmd::exit_code(out.status),
+            Ok(Some(out)) => break pgset_command::exit_code(out.status),
             Ok(None) => std::thread::sleep(Duration::from_millis(50)),
             Err(_) => break 1,
         }

@@ -523,20 +523,11 @@ impl Live {
     /// Restarts the NFS server on this host (`systemctl restart nfs-server`).
     async fn restart_nfs(&self) -> Result<()> {
         self.step("systemctl restart nfs-server");
-        let out = tokio::task::spawn_blocking(|| {
-            std::process::Command::new("systemctl")
-                .args(["restart", "nfs-server"])
-                .output()
-        })
-        .await
-        .map_err(|e| step_err("restart nfs-server", e))?
-        .map_err(|e| step_err("run systemctl restart nfs-server", e))?;
-        if !out.status.success() {
-            return Err(step_err(
-                "systemctl restart nfs-server",
-                String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            ));
-        }
+        let cmd = pgset_command::HostCommand::new("systemctl").args(["restart", "nfs-server"]);
+        tokio::task::spawn_blocking(move || cmd.run())
+            .await
+            .map_err(|e| step_err("restart nfs-server", e))?
+            .map_err(|e| step_err("restart nfs-server", e))?;
         self.step("nfs-server restarted");
         Ok(())
     }

@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 use nix::unistd::{Gid, Uid, chown};
 
 use crate::clients::ExportClient;
-use crate::command::{CommandRunner, HostCommand};
 use crate::facts::{HostFacts, HostPaths, PathState};
 use crate::judge::{EXPORT_MARKER, blockers};
 use crate::parse::parse_exportfs_verbose;
 use crate::plan::{Step, exports_with_block, missing_live_clients};
 use crate::probe::read_exports;
 use crate::{Error, Result};
+use pgset_command::{HostCommand, Runner};
 
 /// Performs `steps` in order. Needs root unless there is nothing to do, and a host that can run
 /// every step ([`blockers`]); refuses before any change otherwise.
@@ -23,7 +23,7 @@ pub fn apply(
     steps: &[Step],
     facts: &HostFacts,
     paths: &HostPaths,
-    runner: &dyn CommandRunner,
+    runner: &dyn Runner,
 ) -> Result<()> {
     if steps.is_empty() {
         return Ok(());
@@ -68,7 +68,7 @@ pub fn apply(
             _ => {}
         }
         for cmd in step.commands() {
-            runner.run(&cmd)?;
+            runner.change(&cmd)?;
         }
     }
     Ok(())
@@ -179,13 +179,9 @@ fn write_exports(paths: &HostPaths, contents: &str) -> Result<()> {
 
 /// Checks with `exportfs -v` that `export` is exported to every client with pgset's options.
 /// A read-only check: logged like a probe.
-pub fn verify_export(
-    runner: &dyn CommandRunner,
-    export: &Path,
-    clients: &[ExportClient],
-) -> Result<()> {
-    let cmd = HostCommand::new("exportfs", ["-v"]);
-    let out = runner.output(&cmd)?.checked(&cmd)?;
+pub fn verify_export(runner: &dyn Runner, export: &Path, clients: &[ExportClient]) -> Result<()> {
+    let cmd = HostCommand::new("exportfs").args(["-v"]);
+    let out = runner.probe(&cmd)?.checked(&cmd)?;
     let active = parse_exportfs_verbose(&out.stdout);
     let missing = missing_live_clients(&active, export, clients);
     if missing.is_empty() {

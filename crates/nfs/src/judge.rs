@@ -218,7 +218,7 @@ pub fn blockers(facts: &HostFacts, steps: &[Step]) -> Vec<Blocker> {
             installs = true;
         }
         for cmd in step.commands() {
-            let program = cmd.program();
+            let program = cmd.program().to_str().unwrap_or_default();
             if out
                 .iter()
                 .any(|b| b.problem.contains(&format!("`{program}`")))

@@ -2,13 +2,12 @@
 //!
 //! The flow is probe → plan → apply. [`probe()`] only reads the host into [`HostFacts`];
 //! [`plan()`] is pure and turns facts, spec and [`ExportOptions`] into [`Step`]s whose `Display`
-//! says the change in words; [`apply()`] performs them through one command wrapper
-//! ([`HostCommand`]) and direct file operations, then checks with `exportfs -v` that the export
+//! says the change in words; [`apply()`] performs them through pgset-command's
+//! [`Runner`](pgset_command::Runner) and direct file operations, then checks with `exportfs -v` that the export
 //! is live. Planning again after applying yields no step.
 
 mod apply;
 mod clients;
-mod command;
 mod doctor;
 mod exports;
 mod facts;
@@ -22,7 +21,6 @@ use std::path::PathBuf;
 
 pub use apply::{apply, verify_export};
 pub use clients::{Cidr, ExportClient, ExportOptions, clients_from_node_addresses, parse_clients};
-pub use command::{CommandOutput, CommandRunner, Duct, HostCommand, shell_quote};
 pub use doctor::{DOCS_DATA_DIRECTORY, DOCS_NFS, Diagnosis, Health, VolumesRead, diagnose};
 pub use exports::{EXPORT_OPTIONS, ExportEntry, ExportsFile, render_block};
 pub use facts::{
@@ -46,15 +44,8 @@ pub use volumes::{PROBE_SIZE, nfs_server_address, persistent_volumes, probe_volu
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A host command exited unsuccessfully (or could not start).
-    #[error("`{command}` failed ({status}){}", stderr_suffix(.stderr))]
-    Command {
-        /// The shell-escaped command line.
-        command: String,
-        /// Exit status in words.
-        status: String,
-        /// Trimmed standard error.
-        stderr: String,
-    },
+    #[error(transparent)]
+    Command(#[from] pgset_command::Error),
     /// A file operation on the host failed.
     #[error("{action} {}: {source}", .path.display())]
     File {
@@ -169,14 +160,6 @@ pub enum Error {
 
 fn blocker_list(blockers: &[Blocker]) -> String {
     blockers.iter().map(|b| format!("\n  - {b}")).collect()
-}
-
-fn stderr_suffix(stderr: &str) -> String {
-    if stderr.is_empty() {
-        String::new()
-    } else {
-        format!(": {stderr}")
-    }
 }
 
 /// Result with this crate's error.

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use pgset_spec::{ClusterSpec, StorageMode};
 
 use crate::clients::{ExportClient, ExportOptions};
-use crate::command::HostCommand;
 use crate::exports::{ExportsFile, render_block};
 use crate::facts::{HostFacts, PackageManager, PathState, UnitFileState};
 use crate::judge::{
@@ -17,6 +16,7 @@ use crate::judge::{
 };
 use crate::parse::ActiveExport;
 use crate::{Error, Result};
+use pgset_command::HostCommand;
 
 /// SELinux booleans the export needs: `virt_use_nfs` (the seed's; lets containers use NFS
 /// volumes) and `nfs_export_all_rw` (lets nfsd serve any file type read-write).
@@ -112,29 +112,35 @@ impl Step {
         match self {
             Step::InstallPackages { manager, packages } => match manager {
                 PackageManager::Apt => vec![
-                    HostCommand::new("apt-get", ["update", "-q"])
+                    HostCommand::new("apt-get")
+                        .args(["update", "-q"])
                         .env("DEBIAN_FRONTEND", "noninteractive"),
-                    HostCommand::new(
-                        "apt-get",
-                        ["install", "-y", "-q", "--no-install-recommends"]
+                    HostCommand::new("apt-get")
+                        .args(
+                            ["install", "-y", "-q", "--no-install-recommends"]
+                                .into_iter()
+                                .map(String::from)
+                                .chain(packages.iter().cloned()),
+                        )
+                        .env("DEBIAN_FRONTEND", "noninteractive"),
+                ],
+                PackageManager::Yum | PackageManager::Dnf => vec![
+                    HostCommand::new(manager.program()).args(
+                        ["install", "-y"]
                             .into_iter()
                             .map(String::from)
                             .chain(packages.iter().cloned()),
-                    )
-                    .env("DEBIAN_FRONTEND", "noninteractive"),
+                    ),
                 ],
-                PackageManager::Yum | PackageManager::Dnf => vec![HostCommand::new(
-                    manager.program(),
-                    ["install", "-y"]
-                        .into_iter()
-                        .map(String::from)
-                        .chain(packages.iter().cloned()),
-                )],
             },
-            Step::SetSelinuxBooleans { booleans } => vec![HostCommand::new(
-                "setsebool",
-                std::iter::once("-P".to_string()).chain(booleans.iter().map(|b| format!("{b}=1"))),
-            )],
+            Step::SetSelinuxBooleans { booleans } => {
+                vec![
+                    HostCommand::new("setsebool").args(
+                        std::iter::once("-P".to_string())
+                            .chain(booleans.iter().map(|b| format!("{b}=1"))),
+                    ),
+                ]
+            }
             Step::EnsureDirectory { .. } | Step::MarkExport { .. } => Vec::new(),
             Step::WriteExports {
                 path,
@@ -142,7 +148,7 @@ impl Step {
                 ..
             } => {
                 if *restore_label {
-                    vec![HostCommand::new("restorecon", [path.display().to_string()])]
+                    vec![HostCommand::new("restorecon").args([path.display().to_string()])]
                 } else {
                     Vec::new()
                 }
@@ -152,19 +158,18 @@ impl Step {
                 enable,
                 start,
             } => match (enable, start) {
-                (true, true) => vec![HostCommand::new("systemctl", ["enable", "--now", unit])],
-                (true, false) => vec![HostCommand::new("systemctl", ["enable", unit])],
-                (false, _) => vec![HostCommand::new("systemctl", ["start", unit])],
+                (true, true) => vec![HostCommand::new("systemctl").args(["enable", "--now", unit])],
+                (true, false) => vec![HostCommand::new("systemctl").args(["enable", unit])],
+                (false, _) => vec![HostCommand::new("systemctl").args(["start", unit])],
             },
             Step::OpenFirewall { services } => vec![
-                HostCommand::new(
-                    "firewall-cmd",
+                HostCommand::new("firewall-cmd").args(
                     std::iter::once("--permanent".to_string())
                         .chain(services.iter().map(|s| format!("--add-service={s}"))),
                 ),
-                HostCommand::new("firewall-cmd", ["--reload"]),
+                HostCommand::new("firewall-cmd").args(["--reload"]),
             ],
-            Step::ReloadExports => vec![HostCommand::new("exportfs", ["-ra"])],
+            Step::ReloadExports => vec![HostCommand::new("exportfs").args(["-ra"])],
         }
     }
 }

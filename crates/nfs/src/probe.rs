@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use pgset_spec::ClusterSpec;
 
-use crate::command::{CommandRunner, HostCommand};
 use crate::facts::{
     FirewalldState, HostAddresses, HostFacts, HostPaths, OsRelease, PackageManager, PathState,
     SelinuxMode, ServiceManager, ServiceState,
@@ -20,6 +19,7 @@ use crate::parse::{
 };
 use crate::plan::{SELINUX_BOOLEANS, dirs_below_export};
 use crate::{Error, Result};
+use pgset_command::{HostCommand, Runner};
 
 /// An address outside any lab network, used only to ask the kernel which source address its
 /// default route would use (`ip route get` sends nothing).
@@ -43,11 +43,7 @@ fn on_path(program: &str) -> bool {
 
 /// Probes the host: OS, root, packages, units, SELinux, firewalld, `/etc/exports`,
 /// `exportfs -v`, the export directory and the host's addresses.
-pub fn probe(
-    runner: &dyn CommandRunner,
-    paths: &HostPaths,
-    spec: &ClusterSpec,
-) -> Result<HostFacts> {
+pub fn probe(runner: &dyn Runner, paths: &HostPaths, spec: &ClusterSpec) -> Result<HostFacts> {
     let os = read_os_release(paths)?;
     let package_managers: Vec<PackageManager> = [
         PackageManager::Dnf,
@@ -66,8 +62,9 @@ pub fn probe(
         if on_path("systemctl") {
             for unit in req.units {
                 let enabled =
-                    runner.output(&HostCommand::new("systemctl", ["is-enabled", unit]))?;
-                let active = runner.output(&HostCommand::new("systemctl", ["is-active", unit]))?;
+                    runner.probe(&HostCommand::new("systemctl").args(["is-enabled", unit]))?;
+                let active =
+                    runner.probe(&HostCommand::new("systemctl").args(["is-active", unit]))?;
                 services.insert(
                     unit.to_string(),
                     ServiceState {
@@ -80,7 +77,7 @@ pub fn probe(
     }
 
     let selinux = if on_path("getenforce") {
-        let out = runner.output(&HostCommand::new("getenforce", Vec::<String>::new()))?;
+        let out = runner.probe(&HostCommand::new("getenforce"))?;
         parse_getenforce(&out.stdout).unwrap_or(SelinuxMode::Absent)
     } else {
         SelinuxMode::Absent
@@ -88,7 +85,7 @@ pub fn probe(
     let mut selinux_booleans = BTreeMap::new();
     if selinux.enabled() {
         for b in SELINUX_BOOLEANS {
-            let out = runner.output(&HostCommand::new("getsebool", [b]))?;
+            let out = runner.probe(&HostCommand::new("getsebool").args([b]))?;
             let value = if out.success() {
                 parse_getsebool(&out.stdout).map(|(_, v)| v)
             } else {
@@ -99,18 +96,17 @@ pub fn probe(
     }
 
     let firewalld = if on_path("firewall-cmd") {
-        let state = runner.output(&HostCommand::new("firewall-cmd", ["--state"]))?;
+        let state = runner.probe(&HostCommand::new("firewall-cmd").args(["--state"]))?;
         let running = state.stdout.trim() == "running";
         let mut fw = FirewalldState {
             running,
             ..FirewalldState::default()
         };
         if running {
-            let rt = runner.run(&HostCommand::new("firewall-cmd", ["--list-services"]))?;
-            let perm = runner.run(&HostCommand::new(
-                "firewall-cmd",
-                ["--permanent", "--list-services"],
-            ))?;
+            let rt = HostCommand::new("firewall-cmd").args(["--list-services"]);
+            let rt = runner.probe(&rt)?.checked(&rt)?;
+            let perm = HostCommand::new("firewall-cmd").args(["--permanent", "--list-services"]);
+            let perm = runner.probe(&perm)?.checked(&perm)?;
             fw.runtime_services = parse_firewall_services(&rt.stdout);
             fw.permanent_services = parse_firewall_services(&perm.stdout);
         }
@@ -120,7 +116,7 @@ pub fn probe(
     };
 
     let active_exports = if on_path("exportfs") {
-        let out = runner.output(&HostCommand::new("exportfs", ["-v"]))?;
+        let out = runner.probe(&HostCommand::new("exportfs").args(["-v"]))?;
         parse_exportfs_verbose(&out.stdout)
     } else {
         Vec::new()
@@ -168,15 +164,13 @@ pub fn probe(
 /// Probes the host's addresses: the source address of the default route (`ip -o route get`,
 /// which sends nothing) and every global address with its network. Without a default route
 /// (an isolated lab network) the first global IPv4 address stands in for the primary one.
-pub fn probe_addresses(runner: &dyn CommandRunner) -> Result<HostAddresses> {
+pub fn probe_addresses(runner: &dyn Runner) -> Result<HostAddresses> {
     if !on_path("ip") {
         return Ok(HostAddresses::default());
     }
-    let route = runner.output(&HostCommand::new(
-        "ip",
-        ["-o", "route", "get", ROUTE_PROBE_ADDRESS],
-    ))?;
-    let addrs = runner.output(&HostCommand::new("ip", ["-o", "addr", "show"]))?;
+    let route =
+        runner.probe(&HostCommand::new("ip").args(["-o", "route", "get", ROUTE_PROBE_ADDRESS]))?;
+    let addrs = runner.probe(&HostCommand::new("ip").args(["-o", "addr", "show"]))?;
     let networks = parse_ip_addr_show(&addrs.stdout);
     let primary = parse_ip_route_get(&route.stdout).or_else(|| {
         networks
@@ -209,7 +203,7 @@ fn read_os_release(paths: &HostPaths) -> Result<OsRelease> {
 }
 
 fn probe_packages(
-    runner: &dyn CommandRunner,
+    runner: &dyn Runner,
     manager: PackageManager,
     wanted: &[&str],
 ) -> Result<BTreeMap<String, bool>> {
@@ -217,15 +211,16 @@ fn probe_packages(
         wanted.iter().map(|p| (p.to_string(), false)).collect();
     match manager {
         PackageManager::Apt if on_path("dpkg-query") => {
-            let out = runner.output(&HostCommand::new(
-                "dpkg-query",
-                [
-                    "-W".to_string(),
-                    "--showformat=${Package} ${db:Status-Abbrev}\\n".to_string(),
-                ]
-                .into_iter()
-                .chain(wanted.iter().map(|p| p.to_string())),
-            ))?;
+            let out = runner.probe(
+                &HostCommand::new("dpkg-query").args(
+                    [
+                        "-W".to_string(),
+                        "--showformat=${Package} ${db:Status-Abbrev}\\n".to_string(),
+                    ]
+                    .into_iter()
+                    .chain(wanted.iter().map(|p| p.to_string())),
+                ),
+            )?;
             for (name, ok) in parse_dpkg_query(&out.stdout) {
                 if let Some(v) = installed.get_mut(&name) {
                     *v = ok;
@@ -233,13 +228,14 @@ fn probe_packages(
             }
         }
         PackageManager::Yum | PackageManager::Dnf if on_path("rpm") => {
-            let out = runner.output(&HostCommand::new(
-                "rpm",
-                ["-q", "--qf", "%{NAME}\\n"]
-                    .into_iter()
-                    .map(String::from)
-                    .chain(wanted.iter().map(|p| p.to_string())),
-            ))?;
+            let out = runner.probe(
+                &HostCommand::new("rpm").args(
+                    ["-q", "--qf", "%{NAME}\\n"]
+                        .into_iter()
+                        .map(String::from)
+                        .chain(wanted.iter().map(|p| p.to_string())),
+                ),
+            )?;
             installed = parse_rpm_query(&out.stdout, wanted);
         }
         _ => {}

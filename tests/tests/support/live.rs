@@ -25,18 +25,15 @@ pub fn xtask(spec_file: &Path, args: &[&str]) -> XtaskRun {
     argv.extend(args.iter().map(|s| s.to_string()));
     argv.push("--config".into());
     argv.push(spec_file.display().to_string());
-    eprintln!("$ cargo {}", argv.join(" "));
-    let out = duct::cmd("cargo", &argv)
+    let out = pgset_command::HostCommand::new("cargo")
+        .args(&argv)
         .dir(workspace_root())
-        .stdout_capture()
-        .stderr_capture()
-        .unchecked()
-        .run()
+        .output()
         .expect("run cargo xtask");
     let run = XtaskRun {
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        ok: out.status.success(),
+        ok: out.success(),
+        stdout: out.stdout,
+        stderr: out.stderr,
     };
     eprint!("{}", run.stderr);
     run

@@ -109,10 +109,10 @@ impl TestSet {
             .quiet()
             .output()
             .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        if out.success() {
+            Ok(out.stdout.trim().to_string())
         } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+            Err(out.stderr.trim().to_string())
         }
     }
 
@@ -217,10 +217,9 @@ pub fn give_to_postgres(path: &Path) {
 /// Runs the agent once with `env` until it exits (killed after `timeout`): its exit code
 /// (`None` when it had to be killed) and its stderr.
 pub fn run_agent(env: &[(&str, String)], timeout: Duration) -> (Option<i32>, String) {
-    let mut cmd = duct::cmd(agent_bin(), ["run"])
-        .stderr_capture()
-        .stdout_null()
-        .unchecked();
+    let mut cmd = pgset_command::HostCommand::new(agent_bin())
+        .arg("run")
+        .quiet();
     for (k, v) in env {
         cmd = cmd.env(k, v);
     }

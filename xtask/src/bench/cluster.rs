@@ -324,7 +324,7 @@ async fn create_volumes(kube: &Client, client_args: &ClientArgs, spec: &ClusterS
     let server = match &spec.nfs.server {
         Some(s) => s.clone(),
         None => {
-            let addresses = pgset_nfs::probe_addresses(&pgset_nfs::Duct::default())
+            let addresses = pgset_nfs::probe_addresses(&pgset_command::Executor::default())
                 .context("probe this host's addresses")?;
             let nodes = crate::nfs::node_addresses(client_args).await?;
             crate::nfs::server_address(spec, &addresses, &nodes)

@@ -265,15 +265,16 @@ mod tests {
                 return;
             }
         };
-        let mut child = std::process::Command::new("sh")
+        let child = pgset_command::HostCommand::new("sh")
             .args([
                 "-c",
                 "i=0; while [ $i -lt 25 ]; do /bin/true; i=$((i+1)); done; :",
             ])
-            .spawn()
+            .quiet()
+            .start()
             .unwrap();
-        let pid = child.id() as i32;
-        assert!(child.wait().unwrap().success());
+        let pid = child.pids()[0] as i32;
+        assert!(child.wait().unwrap().status.success());
         // The events arrive asynchronously: wait for the listener to catch up.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while counter.count_of(pid).0 < 25 && std::time::Instant::now() < deadline {

@@ -4,8 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-
-use super::host_command::HostCommand;
+use pgset_command::HostCommand;
 
 /// The package and binary built into the image.
 pub const AGENT_PACKAGE: &str = "pgset-agent";
@@ -130,7 +129,7 @@ pub fn check(path: &Path, version: &str) -> Result<()> {
     })?;
     let printed = HostCommand::new(path)
         .arg("--version")
-        .output()
+        .read()
         .context("check the built agent answers --version")?;
     if !printed.split_whitespace().any(|word| word == version) {
         bail!(
@@ -328,8 +327,12 @@ mod tests {
         assert_eq!(
             cmd.to_string(),
             "(cd /src && env -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_RUSTFLAGS -u CARGO_PKG_NAME \
-             RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p pgset-agent \
+             RUSTFLAGS=… cargo build --release -p pgset-agent \
              --bin pgset-agent --target x86_64-unknown-linux-gnu --target-dir /src/target/image)"
+        );
+        assert_eq!(
+            cmd.get_envs(),
+            [("RUSTFLAGS".into(), "-C target-feature=+crt-static".into())]
         );
         assert_eq!(
             image_target_dir(&cargo_target_dir(

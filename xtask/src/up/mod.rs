@@ -163,7 +163,7 @@ pub async fn run(args: Args) -> Result<()> {
             &spec,
             args.clients.as_deref(),
             &args.client,
-            &pgset_nfs::Duct::default(),
+            &pgset_command::Executor::default(),
         )
         .await;
         facts.nfs_host = Some(match host {
