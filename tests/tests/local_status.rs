@@ -16,7 +16,7 @@ use support::{TestSet, pg_or_skip};
 
 const PORT: u16 = 28300;
 
-/// The xtask binary, built once into the same target directory.
+/// The pgset binary (what `cargo xtask local` runs), built once into the same target directory.
 fn xtask_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -28,13 +28,15 @@ fn xtask_bin() -> PathBuf {
             "build",
             "-q",
             "-p",
-            "xtask",
+            "pgset-cli",
+            "--bin",
+            "pgset",
             "--manifest-path",
             pgset_tests::workspace_root().join("Cargo.toml")
         )
         .run()
-        .expect("build xtask");
-        profile_dir.join("xtask")
+        .expect("build pgset");
+        profile_dir.join("pgset")
     })
     .clone()
 }

@@ -54,12 +54,14 @@ fn provisioner() -> PathBuf {
                 "--manifest-path",
                 workspace_root().join("Cargo.toml"),
                 "-p",
-                "xtask"
+                "pgset-cli",
+                "--bin",
+                "pgset"
             )
             .env("CARGO_TARGET_DIR", &target)
             .run()
-            .expect("build the xtask binary");
-            let xtask = target.join("debug").join("xtask");
+            .expect("build the pgset binary (what `cargo xtask nfs` runs)");
+            let xtask = target.join("debug").join("pgset");
             assert!(xtask.exists(), "{} was not built", xtask.display());
             xtask
         })

@@ -1,35 +1,39 @@
-//! `cargo xtask`: the pgset orchestrator. `main` parses once and dispatches to one module per task.
+//! The pgset commands, run as `cargo xtask <command>` or by the `pgset` binary. [`main`] parses
+//! once and dispatches to one module per command.
 
-mod bench;
-mod cli;
-mod deploy;
-mod doctor;
-mod down;
-mod drill;
-mod image;
-mod local;
-mod nfs;
-mod render;
-mod scale;
-mod status;
-mod test;
-mod up;
-mod vagrant;
-mod verify;
-mod volumes;
+pub mod bench;
+pub mod cli;
+pub mod deploy;
+pub mod doctor;
+pub mod down;
+pub mod drill;
+pub mod image;
+pub mod local;
+pub mod nfs;
+pub mod render;
+pub mod scale;
+pub mod status;
+pub mod up;
+pub mod vagrant;
+pub mod verify;
+pub mod volumes;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+// The program name in help and usage lines is the name it was started by (`pgset`), or what
+// `pgset_spec::contract::PROGRAM_NAME_ENV` says (`cargo xtask` sets it when it hands a command
+// over).
 /// From a lab host to a verified, replicating PostgreSQL cluster on a Kubernetes StatefulSet.
 #[derive(Debug, Parser)]
-#[command(bin_name = "cargo xtask", version, arg_required_else_help = true)]
-struct Cli {
+#[command(name = "pgset", version, arg_required_else_help = true)]
+pub struct Cli {
     #[command(subcommand)]
     task: Task,
 }
 
+/// The commands; `bench` and `vagrant` are development tasks, listed by `cargo xtask --help`.
 #[derive(Debug, Subcommand)]
-enum Task {
+pub enum Task {
     /// Preflight, NFS host, volumes, NFS path checks, agent image, deploy, rollout, verify: the whole flow
     Up(up::Args),
     /// Scale to 0, then delete the objects in reverse order; claims, volumes and Secret stay unless --purge --yes
@@ -56,17 +60,22 @@ enum Task {
     Render(render::Args),
     /// A primary and replicas as local processes on 127.0.0.1, driven by the same agent
     Local(local::Args),
-    /// The test suite: fmt, clippy, cargo tests, manifest validation, lab files, NFS in a VM
-    Test(test::Args),
     /// Benchmarks (replica bootstrap, local formation, live rollout when KUBECONFIG is set)
+    #[command(hide = true)]
     Bench(bench::Args),
     /// The Vagrant lab: a Rocky Linux 9 VM with kubeadm, NFS and a verified cluster
+    #[command(hide = true)]
     Vagrant(vagrant::Args),
 }
 
+/// Parses the command line and runs the command; a usage error exits here, as clap does.
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+pub async fn main() -> std::process::ExitCode {
+    let mut command = Cli::command();
+    if let Some(name) = std::env::var_os(pgset_spec::contract::PROGRAM_NAME_ENV) {
+        command = command.bin_name(name.to_string_lossy().into_owned());
+    }
+    let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
     let result = match cli.task {
         Task::Up(a) => up::run(a).await,
         Task::Down(a) => down::run(a).await,
@@ -81,7 +90,6 @@ async fn main() -> std::process::ExitCode {
         Task::Status(a) => status::run(a).await,
         Task::Render(a) => render::run(a).await,
         Task::Local(a) => local::run(a).await,
-        Task::Test(a) => test::run(a).await,
         Task::Bench(a) => bench::run(a).await,
         Task::Vagrant(a) => vagrant::run(a).await,
     };
@@ -100,8 +108,6 @@ async fn main() -> std::process::ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use clap::{CommandFactory, Parser};
-
     use super::*;
 
     /// How a command's `--dry-run` parses: (value given, what it means).

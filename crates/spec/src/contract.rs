@@ -34,6 +34,10 @@ pub const CONTROL_PLANE_TAINT: &str = "node-role.kubernetes.io/control-plane";
 /// Value of the `app.kubernetes.io/name` and `managed-by` labels.
 pub const APP_NAME: &str = "pgset";
 
+/// Environment variable `cargo xtask` sets when it hands a command to the `pgset` binary: the
+/// program name that binary's help and usage lines show (`cargo xtask`).
+pub const PROGRAM_NAME_ENV: &str = "PGSET_PROGRAM_NAME";
+
 /// Values of the [`labels::ROLE`] label.
 pub mod roles {
     /// The primary, ordinal 0.
