@@ -36,7 +36,7 @@ fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// The provisioner: the xtask binary, built once per test run (it is linked against the same
+/// The provisioner: the pgset binary (`cargo xtask nfs` runs it), built once per test run (it is linked against the same
 /// Debian 12 glibc as the guest). PGSET_NFS_VM_PROVISIONER names a prebuilt one instead.
 fn provisioner() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
