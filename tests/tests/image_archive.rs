@@ -65,7 +65,7 @@ fn run_ok(program: impl AsRef<Path>, args: &[&str], dir: &Path) -> String {
 
 /// The shared results of building once.
 struct Built {
-    /// The `xtask` executable.
+    /// The `pgset` executable (what `cargo xtask image` runs).
     xtask: PathBuf,
     /// A directory owned by this test run.
     dir: PathBuf,
@@ -75,7 +75,7 @@ struct Built {
     first_stdout: String,
 }
 
-/// Builds the xtask binary and, through it, the default archive. Run once per test process.
+/// Builds the pgset binary and, through it, the default archive. Run once per test process.
 fn built() -> &'static Built {
     static BUILT: OnceLock<Built> = OnceLock::new();
     BUILT.get_or_init(|| {
@@ -86,19 +86,20 @@ fn built() -> &'static Built {
             &[
                 "build",
                 "-p",
-                "xtask",
+                "pgset-cli",
                 "--bin",
-                "xtask",
+                "pgset",
                 "--message-format=json-render-diagnostics",
             ],
             &workspace,
         );
+        // `cargo xtask image` runs this binary.
         let xtask = messages
             .lines()
             .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "xtask")
+            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "pgset")
             .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .expect("cargo build -p xtask names the xtask executable");
+            .expect("cargo build -p pgset-cli names the pgset executable");
 
         // A directory of this test's own, emptied at the start of each run.
         let dir = workspace.join("target").join("image").join("archive-test");

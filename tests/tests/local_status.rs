@@ -16,7 +16,7 @@ use support::{TestSet, pg_or_skip};
 
 const PORT: u16 = 28300;
 
-/// The xtask binary, built once into the same target directory.
+/// The pgset binary (what `cargo xtask local` runs), built once into the same target directory.
 fn xtask_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -24,11 +24,19 @@ fn xtask_bin() -> PathBuf {
         let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         pgset_command::HostCommand::new(cargo)
-            .args(["build", "-q", "-p", "xtask", "--manifest-path"])
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "pgset-cli",
+                "--bin",
+                "pgset",
+                "--manifest-path",
+            ])
             .arg(pgset_tests::workspace_root().join("Cargo.toml"))
             .run_attached()
-            .expect("build xtask");
-        profile_dir.join("xtask")
+            .expect("build pgset");
+        profile_dir.join("pgset")
     })
     .clone()
 }

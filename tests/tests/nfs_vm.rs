@@ -37,7 +37,7 @@ fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// The provisioner: the xtask binary, built once per test run (it is linked against the same
+/// The provisioner: the pgset binary (`cargo xtask nfs` runs it), built once per test run (it is linked against the same
 /// Debian 12 glibc as the guest). PGSET_NFS_VM_PROVISIONER names a prebuilt one instead.
 fn provisioner() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
@@ -51,11 +51,11 @@ fn provisioner() -> PathBuf {
             HostCommand::new(cargo)
                 .args(["build", "--quiet", "--manifest-path"])
                 .arg(workspace_root().join("Cargo.toml"))
-                .args(["-p", "xtask"])
+                .args(["-p", "pgset-cli", "--bin", "pgset"])
                 .env("CARGO_TARGET_DIR", &target)
                 .run_attached()
-                .expect("build the xtask binary");
-            let xtask = target.join("debug").join("xtask");
+                .expect("build the pgset binary (what `cargo xtask nfs` runs)");
+            let xtask = target.join("debug").join("pgset");
             assert!(xtask.exists(), "{} was not built", xtask.display());
             xtask
         })

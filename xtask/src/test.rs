@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use pgset_command::HostCommand;
 
-use crate::cli::{Stage, workspace_root};
+use crate::workspace_root;
 
 /// The Kubernetes release whose API the workspace pins (`k8s-openapi` feature `v1_33`).
 pub const PINNED_KUBERNETES: &str = "1.33.0";
@@ -39,7 +39,7 @@ struct Outcome {
 }
 
 /// Runs the suite; every step runs even after a failure, and the summary lists them all.
-pub async fn run(args: Args) -> Result<()> {
+pub fn run(args: Args) -> Result<()> {
     let root = workspace_root();
     let require = args.require_tools || std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
     let mut outcomes = Vec::new();
@@ -103,13 +103,13 @@ pub async fn run(args: Args) -> Result<()> {
 }
 
 fn step(name: &'static str, f: impl FnOnce() -> Result<()>) -> Outcome {
-    let stage = Stage::start(name);
+    eprintln!("==> {name}");
     let started = Instant::now();
     let result = f();
     let seconds = started.elapsed().as_secs_f64();
     match result {
         Ok(()) => {
-            stage.done("");
+            eprintln!("    {name} done in {seconds:.1}s");
             Outcome {
                 name,
                 ok: true,

@@ -31,6 +31,25 @@ impl HostCommand {
         expr.unchecked()
     }
 
+    /// Replaces this process with the command (Unix `exec`): its stdin, stdout and stderr, its
+    /// signals and its exit code become the command's own. Returns only when it could not be
+    /// started. Not logged: the command speaks for itself.
+    pub fn exec(&self) -> Error {
+        use std::os::unix::process::CommandExt;
+        let mut command = std::process::Command::new(&self.program);
+        command.args(&self.args);
+        for name in &self.env_removed {
+            command.env_remove(name);
+        }
+        for (name, value) in &self.env_set {
+            command.env(name, value);
+        }
+        if let Some(dir) = &self.dir {
+            command.current_dir(dir);
+        }
+        self.not_started(&command.exec())
+    }
+
     /// Runs it with stdout and stderr captured and returns them whatever the exit status; only
     /// a program that cannot start is an error.
     pub fn output(&self) -> Result<Output> {

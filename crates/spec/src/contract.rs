@@ -39,6 +39,11 @@ pub const CONTROL_PLANE_TAINT: &str = "node-role.kubernetes.io/control-plane";
 /// Value of the `app.kubernetes.io/name` and `managed-by` labels.
 pub const APP_NAME: &str = "pgset";
 
+/// Environment variable `cargo xtask` sets when it hands a command to the `pgset` binary: the
+/// program name that binary's help and usage lines show (`cargo xtask`). Not `PGSET_*`: that
+/// prefix marks the agent's contract, which a local agent is restarted with.
+pub const PROGRAM_NAME_ENV: &str = "XTASK_PROGRAM_NAME";
+
 /// Values of the [`labels::ROLE`] label.
 pub mod roles {
     /// The master, ordinal 0.

@@ -1,10 +1,6 @@
 //! `cargo xtask image`: builds the static agent, packs it into an OCI image archive and, with
 //! `--import`, loads the archive into the node's containerd where the kubelet finds it.
 
-mod oci;
-mod reference;
-mod static_binary;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -14,7 +10,8 @@ use pgset_spec::VERSION;
 
 use crate::cli::{ClientArgs, SpecArgs, Stage, workspace_root};
 use crate::deploy::DryRun;
-use reference::ImageName;
+use pgset_image::reference::ImageName;
+use pgset_image::{oci, static_binary};
 
 /// The containerd namespace the kubelet's images live in.
 pub const CONTAINERD_NAMESPACE: &str = "k8s.io";

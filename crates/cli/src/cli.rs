@@ -173,10 +173,10 @@ impl Stage {
     }
 }
 
-/// The workspace root (xtask lives one level below it).
+/// The workspace root (this package lives in its `crates/cli`).
 pub fn workspace_root() -> PathBuf {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    here.parent().map(PathBuf::from).unwrap_or(here)
+    here.ancestors().nth(2).map(PathBuf::from).unwrap_or(here)
 }
 
 /// Ends a task with a given exit code and a message, without the `error:` prefix: a verdict

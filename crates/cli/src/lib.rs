@@ -1,0 +1,163 @@
+//! The pgset commands, run as `cargo xtask <command>` or by the `pgset` binary. [`main`] parses
+//! once and dispatches to one module per command.
+
+pub mod bench;
+pub mod cli;
+pub mod deploy;
+pub mod doctor;
+pub mod down;
+pub mod drill;
+pub mod image;
+pub mod local;
+pub mod nfs;
+pub mod render;
+pub mod scale;
+pub mod status;
+pub mod up;
+pub mod vagrant;
+pub mod verify;
+pub mod volumes;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+// The program name in help and usage lines is the name it was started by (`pgset`), or what
+// `pgset_spec::contract::PROGRAM_NAME_ENV` says (`cargo xtask` sets it when it hands a command
+// over).
+/// From a lab host to a verified, replicating PostgreSQL cluster on a Kubernetes StatefulSet.
+#[derive(Debug, Parser)]
+#[command(name = "pgset", version, arg_required_else_help = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+/// The commands; `bench` and `vagrant` are development tasks, listed by `cargo xtask --help`.
+#[derive(Debug, Subcommand)]
+pub enum Task {
+    /// Preflight, NFS host, volumes, NFS path checks, agent image, deploy, rollout, verify: the whole flow
+    Up(up::Args),
+    /// Scale to 0, then delete the objects in reverse order; claims, volumes and Secret stay unless --purge --yes
+    Down(down::Args),
+    /// Make this host the NFS server for the cluster (packages, services, SELinux, /etc/exports)
+    Nfs(nfs::Args),
+    /// Check the NFS path of the database from this host (export options, owners and modes, mount options, SELinux, firewalld; read-only) and from every node (a probe pod per node mounts the export; removed after)
+    Doctor(doctor::Args),
+    /// Create the NFS PersistentVolumes (and the shared claim)
+    Volumes(volumes::Args),
+    /// Build the agent's OCI image archive; --import loads it into containerd
+    Image(image::Args),
+    /// Apply Secret, RBAC, Services, claim and StatefulSet; wait for the ordered rollout
+    Deploy(deploy::Args),
+    /// Run the checks against the live cluster
+    Verify(verify::Args),
+    /// Fault drills against a local set: RTO, RPO, reads refused, re-join, re-clones
+    Drill(drill::Args),
+    /// Scale the StatefulSet (ordered; scale-down keeps claims and data)
+    Scale(scale::Args),
+    /// One screen: each member's role, readiness, node, data, streaming state and lag
+    Status(status::Args),
+    /// Write the objects as YAML into manifests/ (--check: fail when they differ)
+    Render(render::Args),
+    /// A primary and replicas as local processes on 127.0.0.1, driven by the same agent
+    Local(local::Args),
+    /// Benchmarks (replica bootstrap, local formation, live rollout when KUBECONFIG is set)
+    #[command(hide = true)]
+    Bench(bench::Args),
+    /// The Vagrant lab: a Rocky Linux 9 VM with kubeadm, NFS and a verified cluster
+    #[command(hide = true)]
+    Vagrant(vagrant::Args),
+}
+
+/// Parses the command line and runs the command; a usage error exits here, as clap does.
+#[tokio::main]
+pub async fn main() -> std::process::ExitCode {
+    let mut command = Cli::command();
+    if let Some(name) = std::env::var_os(pgset_spec::contract::PROGRAM_NAME_ENV) {
+        command = command.bin_name(name.to_string_lossy().into_owned());
+    }
+    let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
+    let result = match cli.task {
+        Task::Up(a) => up::run(a).await,
+        Task::Down(a) => down::run(a).await,
+        Task::Nfs(a) => nfs::run(a).await,
+        Task::Doctor(a) => doctor::run(a).await,
+        Task::Volumes(a) => volumes::run(a).await,
+        Task::Image(a) => image::run(a).await,
+        Task::Deploy(a) => deploy::run(a).await,
+        Task::Verify(a) => verify::run(a).await,
+        Task::Drill(a) => drill::run(a).await,
+        Task::Scale(a) => scale::run(a).await,
+        Task::Status(a) => status::run(a).await,
+        Task::Render(a) => render::run(a).await,
+        Task::Local(a) => local::run(a).await,
+        Task::Bench(a) => bench::run(a).await,
+        Task::Vagrant(a) => vagrant::run(a).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(exit) = e.downcast_ref::<cli::Exit>() {
+                eprintln!("{exit}");
+                return std::process::ExitCode::from(exit.code);
+            }
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How a command's `--dry-run` parses: (value given, what it means).
+    fn dry_run_meanings(cmd: &clap::Command) -> Option<Vec<String>> {
+        let arg = cmd.get_arguments().find(|a| a.get_id() == "dry_run")?;
+        let values: Vec<String> = arg
+            .get_possible_values()
+            .iter()
+            .map(|v| v.get_name().to_string())
+            .collect();
+        Some(vec![
+            format!("values {values:?}"),
+            format!("takes {:?} values", arg.get_num_args()),
+            format!("requires = {}", arg.is_require_equals_set()),
+        ])
+    }
+
+    #[test]
+    fn every_dry_run_flag_parses_as_deploys_does() {
+        let cli = Cli::command();
+        let deploy = cli.find_subcommand("deploy").unwrap();
+        let wanted = dry_run_meanings(deploy).unwrap();
+        let mut with_flag = Vec::new();
+        for sub in cli.get_subcommands() {
+            if let Some(m) = dry_run_meanings(sub) {
+                assert_eq!(m, wanted, "`{}` --dry-run", sub.get_name());
+                with_flag.push(sub.get_name().to_string());
+            }
+        }
+        assert_eq!(with_flag, ["up", "nfs", "volumes", "image", "deploy"]);
+        for task in ["up", "nfs", "volumes", "image", "deploy"] {
+            for flag in ["--dry-run", "--dry-run=client", "--dry-run=server"] {
+                Cli::try_parse_from(["cargo xtask", task, flag])
+                    .unwrap_or_else(|e| panic!("{task} {flag}: {e}"));
+            }
+            let err = Cli::try_parse_from(["cargo xtask", task, "--dry-run=bogus"]).unwrap_err();
+            assert!(err.to_string().contains("client, server"), "{task}: {err}");
+        }
+        for (flag, meaning) in [
+            ("--dry-run", deploy::DryRun::Client),
+            ("--dry-run=client", deploy::DryRun::Client),
+            ("--dry-run=server", deploy::DryRun::Server),
+        ] {
+            let Task::Volumes(v) = Cli::try_parse_from(["cargo xtask", "volumes", flag])
+                .unwrap()
+                .task
+            else {
+                panic!("not volumes");
+            };
+            assert_eq!(v.dry_run, Some(meaning), "{flag}");
+        }
+    }
+}
