@@ -14,17 +14,13 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::PersistentVolume;
-use kube::api::DeleteParams;
-use kube::{Api, Client};
+use kube::Client;
 use pgset_deploy::apply::{ApplyMode, deploy};
 use pgset_deploy::rollout::wait_for_rollout;
 use pgset_deploy::storage::apply_volumes;
-use pgset_deploy::teardown::{Purge, down};
 use pgset_drill::report::{REJOIN_TARGET_S, WRITE_RECOVERY_TARGET_S};
 use pgset_drill::{DrillName, DrillReport, Verdict};
 use pgset_spec::ClusterSpec;
-use pgset_tests::live_kubeconfig;
 use pgset_verify::ClusterStatus;
 use support::xtask;
 
@@ -33,15 +29,6 @@ mod support;
 
 const ROLLOUT: Duration = Duration::from_secs(600);
 const CLUSTER: &str = "pgset-drill";
-
-fn volumes(spec: &ClusterSpec) -> Vec<PersistentVolume> {
-    match &spec.nfs.server {
-        Some(server) if spec.storage.storage_class.is_none() => {
-            pgset_nfs::persistent_volumes(spec, server)
-        }
-        _ => Vec::new(),
-    }
-}
 
 fn assert_cluster_as_found(spec_file: &std::path::Path, after: &str) {
     let status = xtask(spec_file, &["status", "-o", "json"]);
@@ -53,7 +40,7 @@ fn assert_cluster_as_found(spec_file: &std::path::Path, after: &str) {
 
 async fn scenario(client: Client, spec: ClusterSpec) {
     let progress = &mut |line: &str| eprintln!("    {line}");
-    let pvs = volumes(&spec);
+    let pvs = support::own_volumes(&spec);
     if !pvs.is_empty() {
         support::prepare_cluster_dirs(&client, &spec).await;
         apply_volumes(&client, &pvs, ApplyMode::Apply, progress)
@@ -150,34 +137,11 @@ async fn scenario(client: Client, spec: ClusterSpec) {
 
 #[tokio::test]
 async fn every_pod_level_drill_loses_nothing_and_leaves_the_cluster_as_it_was() {
-    let test = "every_pod_level_drill_loses_nothing_and_leaves_the_cluster_as_it_was";
-    if live_kubeconfig(test).is_none() {
-        return;
-    }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .subsec_nanos();
-    let ns = format!("pgset-drill-{nanos}");
-    let spec = match support::live_cluster_spec(&ns, CLUSTER, 3) {
-        Ok(s) => s,
-        Err(reason) => {
-            pgset_tests::skip(test, &reason);
-            return;
-        }
-    };
-    let client = Client::try_default().await.expect("client from KUBECONFIG");
-    let namespaces = support::create_namespace(&client, &ns).await;
-    eprintln!("{test}: namespace {ns}, storage {}", spec.storage.mode);
-    let outcome = tokio::spawn(scenario(client.clone(), spec.clone())).await;
-    let quiet = &mut |_: &str| {};
-    if let Err(e) = down(&client, &spec, Purge::Everything, ROLLOUT, quiet).await {
-        eprintln!("{test}: tear down: {e}");
-    }
-    let pvs: Api<PersistentVolume> = Api::all(client.clone());
-    for pv in volumes(&spec) {
-        let name = pv.metadata.name.unwrap_or_default();
-        let _ = pvs.delete(&name, &DeleteParams::default()).await;
-    }
-    support::finish(test, &namespaces, &ns, outcome).await;
+    support::on_a_cluster_of_its_own(
+        "every_pod_level_drill_loses_nothing_and_leaves_the_cluster_as_it_was",
+        CLUSTER,
+        3,
+        scenario,
+    )
+    .await;
 }

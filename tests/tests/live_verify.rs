@@ -15,16 +15,13 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolume, Pod, Secret};
-use kube::api::DeleteParams;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::{Api, Client};
 use pgset_deploy::apply::{ApplyMode, deploy};
 use pgset_deploy::rollout::wait_for_rollout;
 use pgset_deploy::storage::apply_volumes;
-use pgset_deploy::teardown::{Purge, down};
 use pgset_spec::ClusterSpec;
 use pgset_spec::contract::POSTGRES_CONTAINER;
-use pgset_tests::live_kubeconfig;
 use pgset_verify::exec::PodExec;
 use pgset_verify::{ClusterStatus, Report, Verdict, names, sql};
 use support::{XtaskRun, assert_all_passed, xtask};
@@ -35,22 +32,6 @@ mod support;
 const ROLLOUT: Duration = Duration::from_secs(600);
 /// The cluster's name.
 const CLUSTER: &str = "pgset-verify";
-
-/// The cluster under test, or why it cannot be built here.
-fn cluster_spec(namespace: &str) -> Result<ClusterSpec, String> {
-    support::live_cluster_spec(namespace, CLUSTER, 3)
-}
-
-/// Shared mode: the cluster's own NFS volume (`<namespace>.pgset-verify-pvc`, in its own
-/// directory); none on a StorageClass.
-fn volumes(spec: &ClusterSpec) -> Vec<PersistentVolume> {
-    match &spec.nfs.server {
-        Some(server) if spec.storage.storage_class.is_none() => {
-            pgset_nfs::persistent_volumes(spec, server)
-        }
-        _ => Vec::new(),
-    }
-}
 
 async fn marker_table_present(client: &Client, spec: &ClusterSpec) -> bool {
     let exec = PodExec::new(
@@ -98,7 +79,7 @@ async fn settled_statefulset(client: &Client, spec: &ClusterSpec) -> StatefulSet
 
 async fn scenario(client: Client, spec: ClusterSpec) {
     let progress = &mut |line: &str| eprintln!("    {line}");
-    let pvs = volumes(&spec);
+    let pvs = support::own_volumes(&spec);
     if !pvs.is_empty() {
         support::prepare_cluster_dirs(&client, &spec).await;
         apply_volumes(&client, &pvs, ApplyMode::Apply, progress)
@@ -275,36 +256,11 @@ async fn scenario(client: Client, spec: ClusterSpec) {
 
 #[tokio::test]
 async fn verify_and_status_on_a_cluster_of_its_own() {
-    let test = "verify_and_status_on_a_cluster_of_its_own";
-    if live_kubeconfig(test).is_none() {
-        return;
-    }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .subsec_nanos();
-    let ns = format!("pgset-verify-{nanos}");
-    let spec = match cluster_spec(&ns) {
-        Ok(s) => s,
-        Err(reason) => {
-            pgset_tests::skip(test, &reason);
-            return;
-        }
-    };
-    let client = Client::try_default().await.expect("client from KUBECONFIG");
-    let namespaces = support::create_namespace(&client, &ns).await;
-    eprintln!("{test}: namespace {ns}, storage {}", spec.storage.mode);
-
-    let outcome = tokio::spawn(scenario(client.clone(), spec.clone())).await;
-
-    let quiet = &mut |_: &str| {};
-    if let Err(e) = down(&client, &spec, Purge::Everything, ROLLOUT, quiet).await {
-        eprintln!("{test}: tear down: {e}");
-    }
-    let pvs: Api<PersistentVolume> = Api::all(client.clone());
-    for pv in volumes(&spec) {
-        let name = pv.metadata.name.unwrap_or_default();
-        let _ = pvs.delete(&name, &DeleteParams::default()).await;
-    }
-    support::finish(test, &namespaces, &ns, outcome).await;
+    support::on_a_cluster_of_its_own(
+        "verify_and_status_on_a_cluster_of_its_own",
+        CLUSTER,
+        3,
+        scenario,
+    )
+    .await;
 }

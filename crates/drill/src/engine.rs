@@ -91,6 +91,43 @@ pub struct Setup {
     pub repair_hint: String,
 }
 
+/// Waits until the master has dropped `slot` (a member left the set), asking every `every`, for
+/// at most `timeout`; records either outcome as a step (the drill goes on: the figures say the
+/// rest).
+pub async fn wait_slot_dropped(
+    master: &Endpoint,
+    slot: &str,
+    every: Duration,
+    timeout: Duration,
+    log: &Log,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let gone = match master.connect().await {
+            Ok(c) => load::within(c.query(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            ))
+            .await
+            .map(|rows| rows.is_empty())
+            .unwrap_or(false),
+            Err(_) => false,
+        };
+        if gone {
+            log.step(format!("the master dropped slot {slot}"));
+            return;
+        }
+        if Instant::now() > deadline {
+            log.step(format!(
+                "slot {slot} still there after {} s",
+                timeout.as_secs()
+            ));
+            return;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Creates the drill's own table on the master and waits until the reader sees it; returns
 /// its name.
 pub async fn create_table(setup: &Setup) -> Result<String> {

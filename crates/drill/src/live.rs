@@ -401,30 +401,15 @@ impl Live {
         let outcome = async {
             self.scale(n - 1).await?;
             self.wait_gone(&last).await?;
-            let slot = slot_name(&last);
-            let master = self.pod_endpoint(0);
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let gone = match master.connect().await {
-                    Ok(c) => load::within(c.query(
-                        "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
-                        &[&slot],
-                    ))
-                    .await
-                    .map(|rows| rows.is_empty())
-                    .unwrap_or(false),
-                    Err(_) => false,
-                };
-                if gone {
-                    self.step(format!("the master dropped slot {slot}"));
-                    break;
-                }
-                if Instant::now() > deadline {
-                    self.step(format!("slot {slot} still there after 60 s"));
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+            // The master's agent checks its slots every 10 s in a cluster.
+            engine::wait_slot_dropped(
+                &self.pod_endpoint(0),
+                &slot_name(&last),
+                Duration::from_millis(500),
+                Duration::from_secs(60),
+                &self.log,
+            )
+            .await;
             Ok::<(), Error>(())
         }
         .await;

@@ -13,7 +13,7 @@ use pgset_agent::local::{self as agent_local, LocalSet, MemberStatus};
 use pgset_spec::contract::secret;
 
 use crate::engine::{self, Log, Setup};
-use crate::load::{self, Endpoint, ReadyProbe};
+use crate::load::{Endpoint, ReadyProbe};
 use crate::report::DrillReport;
 use crate::{DrillName, Error, Result, Target as Where, step_err};
 
@@ -207,30 +207,14 @@ impl Target {
                 return Err(e);
             }
         };
-        let slot = pgset_agent::settings::slot_name(&member);
-        let master = self.endpoint(0);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let gone = match master.connect().await {
-                Ok(c) => load::within(c.query(
-                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
-                    &[&slot],
-                ))
-                .await
-                .map(|rows| rows.is_empty())
-                .unwrap_or(false),
-                Err(_) => false,
-            };
-            if gone {
-                self.step(format!("the master dropped slot {slot}"));
-                break;
-            }
-            if Instant::now() > deadline {
-                self.step(format!("slot {slot} still there after 30 s"));
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        engine::wait_slot_dropped(
+            &self.endpoint(0),
+            &pgset_spec::slot_name(&member),
+            Duration::from_millis(100),
+            Duration::from_secs(30),
+            &self.log,
+        )
+        .await;
         self.step(format!("membership {} -> {}", n - 1, n));
         agent_local::write_members(self.dir(), &self.set, n)?;
         self.start(k, &env).await

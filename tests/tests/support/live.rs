@@ -231,3 +231,66 @@ pub fn live_cluster_spec(
     spec.validate().map_err(|e| e.to_string())?;
     Ok(spec)
 }
+
+/// Shared mode: the cluster's own NFS volume (`<namespace>.<claim>`, in its own directory); none
+/// on a StorageClass.
+pub fn own_volumes(
+    spec: &pgset_spec::ClusterSpec,
+) -> Vec<k8s_openapi::api::core::v1::PersistentVolume> {
+    match &spec.nfs.server {
+        Some(server) if spec.storage.storage_class.is_none() => {
+            pgset_nfs::persistent_volumes(spec, server)
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Runs `scenario` on a cluster of its own: `replicas` members named `name` in a new namespace
+/// `<name>-<nanos>` (skipped with a printed reason without KUBECONFIG or storage), then takes
+/// the cluster down with its claims and Secret, deletes its volumes (the data stays on the
+/// export) and the namespace, and re-raises the scenario's panic.
+pub async fn on_a_cluster_of_its_own<F, Fut>(test: &str, name: &str, replicas: i32, scenario: F)
+where
+    F: FnOnce(kube::Client, pgset_spec::ClusterSpec) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    if pgset_tests::live_kubeconfig(test).is_none() {
+        return;
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .subsec_nanos();
+    let ns = format!("{name}-{nanos}");
+    let spec = match live_cluster_spec(&ns, name, replicas) {
+        Ok(s) => s,
+        Err(reason) => {
+            pgset_tests::skip(test, &reason);
+            return;
+        }
+    };
+    let client = kube::Client::try_default()
+        .await
+        .expect("client from KUBECONFIG");
+    let namespaces = create_namespace(&client, &ns).await;
+    eprintln!("{test}: namespace {ns}, storage {}", spec.storage.mode);
+    let outcome = tokio::spawn(scenario(client.clone(), spec.clone())).await;
+    let quiet = &mut |_: &str| {};
+    if let Err(e) = pgset_deploy::teardown::down(
+        &client,
+        &spec,
+        pgset_deploy::teardown::Purge::Everything,
+        std::time::Duration::from_secs(600),
+        quiet,
+    )
+    .await
+    {
+        eprintln!("{test}: tear down: {e}");
+    }
+    let pvs: kube::Api<k8s_openapi::api::core::v1::PersistentVolume> = kube::Api::all(client);
+    for pv in own_volumes(&spec) {
+        let name = pv.metadata.name.unwrap_or_default();
+        let _ = pvs.delete(&name, &kube::api::DeleteParams::default()).await;
+    }
+    finish(test, &namespaces, &ns, outcome).await;
+}
