@@ -9,7 +9,8 @@ use pgset_deploy::apply::{ApplyMode, deploy};
 use pgset_deploy::render::multi_document;
 use pgset_deploy::rollout::wait_for_rollout;
 
-use crate::cli::{ClientArgs, SpecArgs, Stage};
+use crate::cli::{ClientArgs, SpecArgs};
+use crate::progress::Reporter;
 
 /// What `--dry-run` does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -34,6 +35,9 @@ pub struct Args {
         value_enum
     )]
     pub dry_run: Option<DryRun>,
+    /// Show each pod's full state (phase, conditions, containers) whenever it changes
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
     #[command(flatten)]
     pub wait: WaitArgs,
     #[command(flatten)]
@@ -102,7 +106,8 @@ pub async fn run(args: Args) -> Result<()> {
         bail!("--no-wait has no effect with --dry-run=server (a dry run never waits): drop one");
     }
     let client = args.client.client().await?;
-    let stage = Stage::start(format!(
+    let reporter = Reporter::new(args.verbose).install();
+    let stage = reporter.stage(format!(
         "apply cluster {} to namespace {} (server-side apply, field manager {}){}",
         spec.name,
         spec.namespace,
@@ -114,7 +119,7 @@ pub async fn run(args: Args) -> Result<()> {
         }
     ));
     let outcome = deploy(&client, &spec, mode, &mut |line: &str| {
-        eprintln!("    {line}")
+        reporter.line(&format!("    {line}"))
     })
     .await
     .context("apply the objects")?;
@@ -123,17 +128,19 @@ pub async fn run(args: Args) -> Result<()> {
         Some(t) if mode == ApplyMode::Apply => t,
         _ => return Ok(()),
     };
-    let stage = Stage::start(format!(
+    let stage = reporter.stage(format!(
         "wait for {} members of StatefulSet {} to be Ready (timeout {}s)",
         spec.replicas,
         spec.statefulset_name(),
         timeout.as_secs()
     ));
-    let report = wait_for_rollout(&client, &spec, spec.replicas, timeout, &mut |line: &str| {
-        eprintln!("    {line}")
+    let mut view = reporter.rollout();
+    let report = wait_for_rollout(&client, &spec, spec.replicas, timeout, &mut |e| {
+        view.event(e)
     })
     .await
     .context("wait for the rollout")?;
+    drop(view);
     stage.done(&format!(
         "{} members Ready in {:.1}s",
         report.members.len(),
@@ -150,6 +157,7 @@ mod tests {
     async fn client_dry_run_needs_no_cluster() {
         let args = Args {
             dry_run: Some(DryRun::Client),
+            verbose: false,
             wait: WaitArgs {
                 no_wait: false,
                 timeout: Duration::from_secs(5),
@@ -169,6 +177,7 @@ mod tests {
     async fn invalid_replicas_fail_before_the_kubeconfig_is_read() {
         let args = Args {
             dry_run: None,
+            verbose: false,
             wait: WaitArgs {
                 no_wait: true,
                 timeout: Duration::from_secs(5),

@@ -10,6 +10,7 @@ pub mod drill;
 pub mod image;
 pub mod local;
 pub mod nfs;
+pub mod progress;
 pub mod render;
 pub mod scale;
 pub mod status;

@@ -18,6 +18,11 @@ use pgset_spec::{ClusterSpec, StorageMode, default_agent_image};
 use crate::cli::{ClientArgs, SpecArgs};
 use crate::deploy::{DryRun, WaitArgs};
 use crate::doctor::ProbeArgs;
+use crate::progress::Reporter;
+
+/// How often a line says a long stage still runs (on a terminal, the rollout's live lines show
+/// the time instead).
+const TICK_EVERY: Duration = Duration::from_secs(15);
 
 /// Arguments of `cargo xtask up`.
 #[derive(Debug, clap::Args)]
@@ -33,6 +38,9 @@ pub struct Args {
         value_enum
     )]
     pub dry_run: Option<DryRun>,
+    /// Show more: each pod's full state while the rollout waits, the NFS stage's probes
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
     /// Leave the NFS host alone (it is provisioned already, or is another machine): no NFS
     /// stage and no host checks (the per-node mount probe still runs)
     #[arg(long)]
@@ -134,6 +142,7 @@ fn builds_image(spec: &ClusterSpec, args: &Args) -> bool {
 pub async fn run(args: Args) -> Result<()> {
     let started = Instant::now();
     let spec = args.spec.load(&args.client)?;
+    let reporter = Reporter::new(args.verbose).install();
     if let Some(c) = &args.clients {
         pgset_nfs::parse_clients(c).context("--clients")?;
     }
@@ -204,7 +213,7 @@ pub async fn run(args: Args) -> Result<()> {
             }
         );
         let t = Instant::now();
-        let ticker = Ticker::start(stage.label());
+        let ticker = reporter.ticker(stage.label(), TICK_EVERY);
         let result = run_stage(stage, &args, facts.ctr_here).await;
         drop(ticker);
         match result {
@@ -274,7 +283,7 @@ async fn run_stage(stage: StageName, args: &Args, ctr_here: bool) -> Result<()> 
             crate::nfs::run(crate::nfs::Args {
                 clients: args.clients.clone(),
                 dry_run: args.dry_run,
-                verbose: false,
+                verbose: args.verbose,
                 spec,
                 client,
                 in_up: true,
@@ -341,6 +350,7 @@ async fn run_stage(stage: StageName, args: &Args, ctr_here: bool) -> Result<()> 
         StageName::Deploy => {
             crate::deploy::run(crate::deploy::Args {
                 dry_run: args.dry_run,
+                verbose: args.verbose,
                 wait: args.wait.clone(),
                 spec,
                 client,
@@ -385,32 +395,6 @@ fn connect_help(spec: &ClusterSpec) -> String {
     )
 }
 
-/// Prints a line every 15 s while a stage runs, so a long wait never looks like a hang.
-struct Ticker(tokio::task::JoinHandle<()>);
-
-impl Ticker {
-    fn start(label: &'static str) -> Ticker {
-        let started = Instant::now();
-        Ticker(tokio::spawn(async move {
-            let mut interval = tokio::time::interval(Duration::from_secs(15));
-            interval.tick().await;
-            loop {
-                interval.tick().await;
-                eprintln!(
-                    "    ... {label}: {:.0}s so far",
-                    started.elapsed().as_secs_f64()
-                );
-            }
-        }))
-    }
-}
-
-impl Drop for Ticker {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,6 +402,7 @@ mod tests {
     fn args() -> Args {
         Args {
             dry_run: None,
+            verbose: false,
             skip_nfs: false,
             skip_image: false,
             skip_verify: false,
