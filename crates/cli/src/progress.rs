@@ -26,11 +26,12 @@ pub struct Reporter {
 }
 
 struct Inner {
-    /// Live lines on stderr, when it is a terminal.
-    live: Option<MultiProgress>,
+    /// Live lines on stderr: it is a terminal.
+    terminal: bool,
     verbose: bool,
-    /// How many live views draw now: lines printed meanwhile go above them.
-    views: Mutex<usize>,
+    /// The live lines drawn now (one rollout view at a time): lines printed meanwhile go
+    /// above them.
+    drawing: Mutex<Option<MultiProgress>>,
 }
 
 impl std::fmt::Debug for Reporter {
@@ -52,12 +53,11 @@ impl Reporter {
 
     /// A reporter that draws live lines on stderr (`terminal`) or writes plain lines.
     pub fn with_terminal(terminal: bool, verbose: bool) -> Reporter {
-        let live = terminal.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
         Reporter {
             inner: Arc::new(Inner {
-                live,
+                terminal,
                 verbose,
-                views: Mutex::new(0),
+                drawing: Mutex::new(None),
             }),
         }
     }
@@ -75,7 +75,7 @@ impl Reporter {
 
     /// Whether lines are drawn live (stderr is a terminal).
     pub fn is_live(&self) -> bool {
-        self.inner.live.is_some()
+        self.inner.terminal
     }
 
     /// Whether `-v` asked for the pods' full state.
@@ -83,18 +83,19 @@ impl Reporter {
         self.inner.verbose
     }
 
-    fn views(&self) -> usize {
-        *self.inner.views.lock().unwrap_or_else(|p| p.into_inner())
+    fn drawing(&self) -> std::sync::MutexGuard<'_, Option<MultiProgress>> {
+        self.inner.drawing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Writes one line on stderr (above the live lines while they draw).
     pub fn line(&self, text: &str) {
-        match &self.inner.live {
-            Some(multi) if self.views() > 0 => {
+        let drawing = self.drawing().clone();
+        match drawing {
+            Some(multi) => {
                 // Printing above the bars keeps them intact; a failed draw loses one line.
                 let _ = multi.println(text);
             }
-            _ => eprintln!("{text}"),
+            None => eprintln!("{text}"),
         }
     }
 
@@ -120,7 +121,7 @@ impl Reporter {
             interval.tick().await;
             loop {
                 interval.tick().await;
-                if reporter.views() == 0 {
+                if reporter.drawing().is_none() {
                     reporter.line(&format!(
                         "    ... {label}: {:.0}s so far",
                         started.elapsed().as_secs_f64()
@@ -132,11 +133,14 @@ impl Reporter {
 
     /// A view of a rollout's members: feed it the [`RolloutEvent`]s of `wait_for_rollout`.
     pub fn rollout(&self) -> RolloutView {
-        if self.inner.live.is_some() {
-            *self.inner.views.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        }
+        let live = self
+            .inner
+            .terminal
+            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        *self.drawing() = live.clone();
         RolloutView {
             reporter: self.clone(),
+            live,
             members: BTreeMap::new(),
             waiting: None,
         }
@@ -197,6 +201,8 @@ struct Member {
 /// The members of one rollout, as live lines or one plain line per member per step.
 pub struct RolloutView {
     reporter: Reporter,
+    /// This view's live lines (on a terminal).
+    live: Option<MultiProgress>,
     members: BTreeMap<String, Member>,
     waiting: Option<String>,
 }
@@ -216,7 +222,7 @@ impl RolloutView {
             RolloutEvent::Member(m) => m,
         };
         let verbose = self.reporter.verbose();
-        let live = self.reporter.inner.live.clone();
+        let live = self.live.clone();
         let known = self
             .members
             .get(&m.name)
@@ -300,15 +306,8 @@ impl Drop for RolloutView {
                 bar.abandon();
             }
         }
-        if self.reporter.inner.live.is_some() {
-            let mut views = self
-                .reporter
-                .inner
-                .views
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            *views = views.saturating_sub(1);
-        }
+        // Its lines stay on the screen as last drawn; later lines go below them.
+        *self.reporter.drawing() = None;
     }
 }
 
