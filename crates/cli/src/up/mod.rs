@@ -199,51 +199,13 @@ pub async fn run(args: Args) -> Result<()> {
     }
     eprintln!("    preflight done in {:.1}s", t.elapsed().as_secs_f64());
 
-    let mut done: Vec<(StageName, Duration)> = Vec::new();
-    let total = plan.len();
-    for (i, stage) in plan.iter().copied().enumerate() {
-        eprintln!(
-            "==> [{}/{total}] {}{}",
-            i + 1,
-            stage.label(),
-            match args.dry_run {
-                Some(DryRun::Client) => " (dry run)",
-                Some(DryRun::Server) => " (server dry run)",
-                None => "",
-            }
-        );
-        let t = Instant::now();
-        let ticker = reporter.ticker(stage.label(), TICK_EVERY);
-        let result = run_stage(stage, &args, facts.ctr_here).await;
-        drop(ticker);
-        match result {
-            Ok(()) => {
-                let took = t.elapsed();
-                eprintln!("    {} done in {:.1}s", stage.label(), took.as_secs_f64());
-                done.push((stage, took));
-            }
-            Err(e) => {
-                let finished: Vec<&str> = done.iter().map(|(s, _)| s.label()).collect();
-                return Err(e.context(format!(
-                    "stage {} failed after {:.1}s; done before it: {}; {}; then run `cargo xtask up` again (finished stages change nothing)",
-                    stage.label(),
-                    t.elapsed().as_secs_f64(),
-                    if finished.is_empty() {
-                        "nothing".to_string()
-                    } else {
-                        finished.join(", ")
-                    },
-                    stage.advice()
-                )));
-            }
-        }
+    let mut runner = Runner::new(reporter, args.dry_run, plan.len());
+    for stage in plan.iter().copied() {
+        runner
+            .run(stage, run_stage(stage, &args, facts.ctr_here))
+            .await?;
     }
-
-    eprintln!();
-    eprintln!("summary ({:.1}s):", started.elapsed().as_secs_f64());
-    for (stage, took) in &done {
-        eprintln!("  {:<20} {:>7.1}s", stage.label(), took.as_secs_f64());
-    }
+    runner.summary(started.elapsed());
     if args.dry_run.is_some() {
         eprintln!("dry run: nothing was changed");
         if blockers > 0 {
@@ -256,6 +218,90 @@ pub async fn run(args: Args) -> Result<()> {
         eprint!("{}", connect_help(&spec));
     }
     Ok(())
+}
+
+/// Runs the stages in order and owns what is said about them: the numbered header, a line now
+/// and then while one runs, its time, the failure report (what failed, what was done before
+/// it, what to do) and the summary.
+struct Runner {
+    reporter: Reporter,
+    dry_run: Option<DryRun>,
+    total: usize,
+    done: Vec<(StageName, Duration)>,
+}
+
+impl Runner {
+    fn new(reporter: Reporter, dry_run: Option<DryRun>, total: usize) -> Runner {
+        Runner {
+            reporter,
+            dry_run,
+            total,
+            done: Vec::new(),
+        }
+    }
+
+    /// Runs one stage; its error comes back with the failure report as context.
+    async fn run(
+        &mut self,
+        stage: StageName,
+        work: impl std::future::Future<Output = Result<()>>,
+    ) -> Result<()> {
+        self.reporter.line(&format!(
+            "==> [{}/{}] {}{}",
+            self.done.len() + 1,
+            self.total,
+            stage.label(),
+            match self.dry_run {
+                Some(DryRun::Client) => " (dry run)",
+                Some(DryRun::Server) => " (server dry run)",
+                None => "",
+            }
+        ));
+        let t = Instant::now();
+        let ticker = self.reporter.ticker(stage.label(), TICK_EVERY);
+        let result = work.await;
+        drop(ticker);
+        match result {
+            Ok(()) => {
+                let took = t.elapsed();
+                self.reporter.line(&format!(
+                    "    {} done in {:.1}s",
+                    stage.label(),
+                    took.as_secs_f64()
+                ));
+                self.done.push((stage, took));
+                Ok(())
+            }
+            Err(e) => {
+                let finished: Vec<&str> = self.done.iter().map(|(s, _)| s.label()).collect();
+                Err(e.context(format!(
+                    "stage {} failed after {:.1}s; done before it: {}; {}; then run `cargo xtask up` again (finished stages change nothing)",
+                    stage.label(),
+                    t.elapsed().as_secs_f64(),
+                    if finished.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        finished.join(", ")
+                    },
+                    stage.advice()
+                )))
+            }
+        }
+    }
+
+    /// Each stage's time, and the whole run's.
+    fn summary(&self, total: Duration) {
+        self.reporter.line("");
+        self.reporter
+            .line(&format!("summary ({:.1}s):", total.as_secs_f64()));
+        for (stage, took) in &self.done {
+            self.reporter.line(&format!(
+                "  {:<20} {:>7.1}s",
+                stage.label(),
+                took.as_secs_f64()
+            ));
+        }
+    }
 }
 
 fn describe(spec: &ClusterSpec) -> String {
@@ -476,6 +522,35 @@ mod tests {
             [StageName::Deploy, StageName::Verify],
             "a StorageClass needs no NFS host or volumes; a registry image is not built"
         );
+    }
+
+    #[tokio::test]
+    async fn the_runner_times_each_stage_and_a_failure_says_what_was_done_and_what_to_do() {
+        let mut runner = Runner::new(Reporter::with_terminal(false, false), None, 3);
+        runner.run(StageName::Nfs, async { Ok(()) }).await.unwrap();
+        runner
+            .run(StageName::Volumes, async { Ok(()) })
+            .await
+            .unwrap();
+        let err = runner
+            .run(StageName::Deploy, async {
+                bail!("pod pgset-1 never became Ready")
+            })
+            .await
+            .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.starts_with("stage deploy and rollout failed after "),
+            "{text}"
+        );
+        assert!(
+            text.contains("done before it: NFS host, volumes;"),
+            "{text}"
+        );
+        assert!(text.contains(StageName::Deploy.advice()), "{text}");
+        assert!(text.ends_with("pod pgset-1 never became Ready"), "{text}");
+        let done: Vec<StageName> = runner.done.iter().map(|(s, _)| *s).collect();
+        assert_eq!(done, [StageName::Nfs, StageName::Volumes]);
     }
 
     #[test]
