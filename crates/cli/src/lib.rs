@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod context;
 pub mod deploy;
 pub mod doctor;
 pub mod down;

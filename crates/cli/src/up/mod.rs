@@ -16,6 +16,7 @@ use anyhow::{Context, Result, bail};
 use pgset_spec::{ClusterSpec, StorageMode, default_agent_image};
 
 use crate::cli::{ClientArgs, SpecArgs};
+use crate::context::RunContext;
 use crate::deploy::{DryRun, WaitArgs};
 use crate::doctor::ProbeArgs;
 use crate::progress::Reporter;
@@ -199,10 +200,19 @@ pub async fn run(args: Args) -> Result<()> {
     }
     eprintln!("    preflight done in {:.1}s", t.elapsed().as_secs_f64());
 
+    let mut ctx = RunContext::new(
+        spec.clone(),
+        args.client.clone(),
+        args.dry_run,
+        reporter.clone(),
+    );
+    if let Some(c) = client {
+        ctx = ctx.with_client(c);
+    }
     let mut runner = Runner::new(reporter, args.dry_run, plan.len());
     for stage in plan.iter().copied() {
         runner
-            .run(stage, run_stage(stage, &args, facts.ctr_here))
+            .run(stage, run_stage(stage, &ctx, &args, facts.ctr_here))
             .await?;
     }
     runner.summary(started.elapsed());
@@ -321,7 +331,7 @@ fn describe(spec: &ClusterSpec) -> String {
     )
 }
 
-async fn run_stage(stage: StageName, args: &Args, ctr_here: bool) -> Result<()> {
+async fn run_stage(stage: StageName, ctx: &RunContext, args: &Args, ctr_here: bool) -> Result<()> {
     let spec = args.spec.clone();
     let client = args.client.clone();
     match stage {
@@ -393,16 +403,7 @@ async fn run_stage(stage: StageName, args: &Args, ctr_here: bool) -> Result<()> 
             })
             .await
         }
-        StageName::Deploy => {
-            crate::deploy::run(crate::deploy::Args {
-                dry_run: args.dry_run,
-                verbose: args.verbose,
-                wait: args.wait.clone(),
-                spec,
-                client,
-            })
-            .await
-        }
+        StageName::Deploy => crate::deploy::stage(ctx, &args.wait).await,
         StageName::Verify => {
             if args.dry_run.is_some() {
                 eprintln!("    would run the checks of `cargo xtask verify` against the cluster");
