@@ -346,14 +346,7 @@ async fn run_stage(stage: StageName, ctx: &RunContext, args: &Args, ctr_here: bo
             })
             .await
         }
-        StageName::Volumes => {
-            crate::volumes::run(crate::volumes::Args {
-                dry_run: args.dry_run,
-                spec,
-                client,
-            })
-            .await
-        }
+        StageName::Volumes => crate::volumes::stage(ctx).await,
         StageName::Doctor => {
             let host = !args.skip_nfs;
             if args.dry_run.is_some() {
