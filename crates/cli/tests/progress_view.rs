@@ -78,10 +78,17 @@ fn replay(verbose: bool) {
     let reporter = Reporter::new(verbose).install();
     let stage =
         reporter.stage("wait for 3 members of StatefulSet pgset to be Ready (timeout 300s)");
+    // On a terminal each step stays longer than a redraw (20 a second at most) takes, so
+    // every step is drawn even on a busy machine; a pipe needs no pause.
+    let pause = if reporter.is_live() {
+        Duration::from_millis(80)
+    } else {
+        Duration::ZERO
+    };
     let mut view = reporter.rollout();
     for event in recorded() {
         view.event(&event);
-        std::thread::sleep(Duration::from_millis(15));
+        std::thread::sleep(pause);
     }
     drop(view);
     stage.done("3 members Ready in 4.2s");
