@@ -23,7 +23,7 @@ use kube::api::{ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Resource};
 use pgset_deploy::apply::{ApplyMode, deploy};
-use pgset_deploy::rollout::wait_for_rollout;
+use pgset_deploy::rollout::{step_lines, wait_for_rollout};
 use pgset_deploy::selector_string;
 use pgset_deploy::teardown::{Purge, down};
 use pgset_spec::{ClusterSpec, StorageMode};
@@ -168,9 +168,15 @@ async fn scenario(client: Client, spec: ClusterSpec) {
         .expect("first deploy");
     let wait_rollout = spec.storage.storage_class.is_some();
     if wait_rollout {
-        wait_for_rollout(&client, &spec, spec.replicas, TIMEOUT, &mut print_line)
-            .await
-            .expect("rollout");
+        wait_for_rollout(
+            &client,
+            &spec,
+            spec.replicas,
+            TIMEOUT,
+            &mut step_lines(&mut print_line),
+        )
+        .await
+        .expect("rollout");
     } else {
         // The first member's claim stays Pending, but its pod must be admitted (restricted
         // Pod Security) and created.

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use kube::Client;
 use pgset_deploy::apply::{ApplyMode, deploy};
-use pgset_deploy::rollout::wait_for_rollout;
+use pgset_deploy::rollout::{step_lines, wait_for_rollout};
 use pgset_deploy::storage::apply_volumes;
 use pgset_drill::report::{REJOIN_TARGET_S, WRITE_RECOVERY_TARGET_S};
 use pgset_drill::{DrillName, DrillReport, Verdict};
@@ -50,9 +50,15 @@ async fn scenario(client: Client, spec: ClusterSpec) {
     deploy(&client, &spec, ApplyMode::Apply, progress)
         .await
         .expect("deploy");
-    wait_for_rollout(&client, &spec, spec.replicas, ROLLOUT, progress)
-        .await
-        .expect("rollout");
+    wait_for_rollout(
+        &client,
+        &spec,
+        spec.replicas,
+        ROLLOUT,
+        &mut step_lines(progress),
+    )
+    .await
+    .expect("rollout");
     let dir = tempfile::tempdir().expect("temp dir");
     let spec_file = dir.path().join("pgset.yaml");
     std::fs::write(&spec_file, spec.to_yaml()).expect("write the spec file");

@@ -36,7 +36,7 @@ use kube::api::{DeleteParams, LogParams, Patch, PostParams, WatchEvent, WatchPar
 use kube::{Api, Client};
 use pgset_agent::identity::{Identity, MemberRef};
 use pgset_deploy::apply::{ApplyMode, apply_params, deploy};
-use pgset_deploy::rollout::{describe_pod, pod_is_ready, wait_for_rollout};
+use pgset_deploy::rollout::{describe_pod, pod_is_ready, step_lines, wait_for_rollout};
 use pgset_deploy::scale::set_replicas;
 use pgset_deploy::secret::Passwords;
 use pgset_deploy::teardown::{Purge, down};
@@ -188,9 +188,15 @@ async fn deploy_and_wait(client: &Client, spec: &ClusterSpec) {
     deploy(client, spec, ApplyMode::Apply, &mut progress)
         .await
         .expect("deploy");
-    wait_for_rollout(client, spec, spec.replicas, ROLLOUT, &mut progress)
-        .await
-        .expect("rollout");
+    wait_for_rollout(
+        client,
+        spec,
+        spec.replicas,
+        ROLLOUT,
+        &mut step_lines(&mut progress),
+    )
+    .await
+    .expect("rollout");
 }
 
 fn pods_api(client: &Client, spec: &ClusterSpec) -> Api<Pod> {
@@ -1187,9 +1193,15 @@ async fn old_secret_scenario(client: Client, spec: ClusterSpec) {
         "the two passwords and the cluster id, nothing else"
     );
 
-    wait_for_rollout(&client, &spec, spec.replicas, ROLLOUT, &mut progress)
-        .await
-        .expect("rollout");
+    wait_for_rollout(
+        &client,
+        &spec,
+        spec.replicas,
+        ROLLOUT,
+        &mut step_lines(&mut progress),
+    )
+    .await
+    .expect("rollout");
 
     // Every member's data carries this cluster id; the replica reached the master with the
     // passwords of the old Secret (it streams), and so does a superuser login over TCP.

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::DeleteParams;
 use kube::{Api, Client};
 use pgset_deploy::apply::{ApplyMode, deploy};
-use pgset_deploy::rollout::wait_for_rollout;
+use pgset_deploy::rollout::{step_lines, wait_for_rollout};
 use pgset_deploy::storage::apply_volumes;
 use pgset_deploy::teardown::{Purge, down};
 use pgset_spec::contract::POSTGRES_CONTAINER;
@@ -98,9 +98,15 @@ async fn scenario(client: Client, a: ClusterSpec, b: ClusterSpec) {
     start(&client, &b).await;
     for spec in [&a, &b] {
         let progress = &mut |line: &str| eprintln!("    [{}] {line}", spec.namespace);
-        wait_for_rollout(&client, spec, spec.replicas, ROLLOUT, progress)
-            .await
-            .unwrap_or_else(|e| panic!("rollout of {}: {e}", spec.exports_block_id()));
+        wait_for_rollout(
+            &client,
+            spec,
+            spec.replicas,
+            ROLLOUT,
+            &mut step_lines(progress),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("rollout of {}: {e}", spec.exports_block_id()));
     }
 
     // Each cluster's claims are bound to its own volumes, in its own directory.

@@ -18,7 +18,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::{Api, Client};
 use pgset_deploy::apply::{ApplyMode, deploy};
-use pgset_deploy::rollout::wait_for_rollout;
+use pgset_deploy::rollout::{step_lines, wait_for_rollout};
 use pgset_deploy::storage::apply_volumes;
 use pgset_spec::ClusterSpec;
 use pgset_spec::contract::POSTGRES_CONTAINER;
@@ -89,9 +89,15 @@ async fn scenario(client: Client, spec: ClusterSpec) {
     deploy(&client, &spec, ApplyMode::Apply, progress)
         .await
         .expect("deploy");
-    wait_for_rollout(&client, &spec, spec.replicas, ROLLOUT, progress)
-        .await
-        .expect("rollout");
+    wait_for_rollout(
+        &client,
+        &spec,
+        spec.replicas,
+        ROLLOUT,
+        &mut step_lines(progress),
+    )
+    .await
+    .expect("rollout");
 
     let dir = tempfile::tempdir().expect("temp dir");
     let spec_file = dir.path().join("pgset.yaml");

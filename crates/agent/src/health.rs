@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pgset_spec::contract::{HEALTH_LIVE_PATH, HEALTH_READY_PATH, HEALTH_STARTUP_PATH};
+use pgset_spec::contract::{HEALTH_LIVE_PATH, HEALTH_READY_PATH, HEALTH_STARTUP_PATH, MemberPhase};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -85,6 +85,8 @@ pub struct Health {
     member: String,
     state: Mutex<State>,
     liveness_timeout: Duration,
+    /// The member's step as one word, for the pod's phase annotation.
+    step: tokio::sync::watch::Sender<MemberPhase>,
 }
 
 impl Health {
@@ -104,7 +106,27 @@ impl Health {
                 detail: serde_json::Map::new(),
             }),
             liveness_timeout,
+            step: tokio::sync::watch::Sender::new(MemberPhase::Fencing),
         })
+    }
+
+    /// Records the member's step; watchers see it only when it changes.
+    pub fn set_step(&self, step: MemberPhase) {
+        self.step.send_if_modified(|current| {
+            let changed = *current != step;
+            *current = step;
+            changed
+        });
+    }
+
+    /// The member's step now.
+    pub fn step(&self) -> MemberPhase {
+        *self.step.borrow()
+    }
+
+    /// Follows the member's step (the phase annotation's writer).
+    pub fn steps(&self) -> tokio::sync::watch::Receiver<MemberPhase> {
+        self.step.subscribe()
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
@@ -112,8 +134,9 @@ impl Health {
         f(&mut g)
     }
 
-    /// Preparing the data directory: `activity` says which step.
-    pub fn preparing(&self, activity: &str) {
+    /// Preparing the data directory: `step`, and `activity` in words.
+    pub fn preparing(&self, step: MemberPhase, activity: &str) {
+        self.set_step(step);
         self.with(|s| {
             s.phase = Phase::Preparing;
             s.activity = activity.to_string();
@@ -124,6 +147,7 @@ impl Health {
 
     /// postgres was started: the liveness clock starts now.
     pub fn postgres_started(&self) {
+        self.set_step(MemberPhase::Starting);
         self.with(|s| {
             s.phase = Phase::Running;
             s.activity = "postgres running".into();
@@ -147,6 +171,7 @@ impl Health {
 
     /// A shutdown was requested, or postgres exited.
     pub fn stopping(&self, phase: Phase, activity: &str) {
+        self.set_step(MemberPhase::Stopping);
         self.with(|s| {
             s.phase = phase;
             s.activity = activity.to_string();

@@ -1,5 +1,6 @@
 //! The agent's API calls in a cluster, made with the pod's service account: label its own pod
-//! `role=master|replica` (server-side apply, field manager `pgset`), ask whether a member's pod
+//! `role=master|replica` (server-side apply, field manager `pgset`), annotate it with its
+//! step (`pgset.io/phase`, a merge patch), ask whether a member's pod
 //! still exists, read its own pod's grace period, read the StatefulSet's `spec.replicas` (the
 //! master drops a member's slot only when its ordinal is at or above it), and get, create and
 //! replace the member's write-fence Lease (optimistic concurrency on `resourceVersion`).
@@ -65,6 +66,21 @@ impl PodApi {
         let params = PatchParams::apply(contract::FIELD_MANAGER).force();
         self.pods
             .patch(name, &params, &Patch::Apply(role_patch(name, role)))
+            .await
+            .map(drop)
+            .map_err(|e| self.explain(e, "patch", name))
+    }
+
+    /// Sets the [`contract::annotations::PHASE`] annotation of the pod `name` to `phase` (a
+    /// merge patch of that one key, field manager `pgset-agent`, so the role label's
+    /// server-side apply keeps its own field).
+    pub async fn annotate_phase(&self, name: &str, phase: contract::MemberPhase) -> Result<()> {
+        let params = PatchParams {
+            field_manager: Some(format!("{}-agent", contract::FIELD_MANAGER)),
+            ..PatchParams::default()
+        };
+        self.pods
+            .patch(name, &params, &Patch::Merge(&phase_patch(phase)))
             .await
             .map(drop)
             .map_err(|e| self.explain(e, "patch", name))
@@ -270,6 +286,11 @@ pub fn role_patch(name: &str, role: &str) -> serde_json::Value {
         "kind": "Pod",
         "metadata": { "name": name, "labels": { contract::labels::ROLE: role } }
     })
+}
+
+/// The merge patch that sets only the phase annotation.
+pub fn phase_patch(phase: contract::MemberPhase) -> serde_json::Value {
+    json!({ "metadata": { "annotations": { contract::annotations::PHASE: phase.as_str() } } })
 }
 
 /// What to tell the user when the API forbids a call on a pod: which verb the Role lacks.

@@ -15,6 +15,7 @@ pub mod local_status;
 pub(crate) mod log;
 pub(crate) mod pg;
 pub mod pgbin;
+pub mod phase;
 pub mod privilege;
 pub mod render;
 pub mod run;

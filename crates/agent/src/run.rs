@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgset_spec::contract;
+use pgset_spec::contract::{self, MemberPhase};
 
 use crate::bootstrap::{self, Plan};
 use crate::datadir;
@@ -20,7 +20,7 @@ use crate::pgbin::PgBin;
 use crate::privilege;
 use crate::settings::{Mode, Role, Settings};
 use crate::supervise::{Outcome, ShutdownSignals, supervise};
-use crate::{Error, Result};
+use crate::{Error, Result, phase};
 
 /// Exit code after a shutdown signal arrived before postgres ran.
 const EXIT_SIGTERM: i32 = 143;
@@ -59,13 +59,39 @@ pub async fn run() -> Result<i32> {
     if let Some(addr) = s.health_addr {
         health::serve(addr, health.clone()).await?;
     }
+    let mut publisher = api
+        .clone()
+        .map(|api| phase::publish(api, s.pod_name.clone(), health.steps()));
+    let result = run_member(&s, &bin, &me, &health, api.as_ref()).await;
+    if let (Err(e), Some(publisher)) = (&result, publisher.as_mut()) {
+        let step = match e {
+            Error::Refused { .. } | Error::Fence { .. } => MemberPhase::Refused,
+            _ => MemberPhase::Failed,
+        };
+        health.set_step(step);
+        publisher.flush(step, LAST_STEP_WAIT).await;
+    }
+    result
+}
+
+/// How long an agent that stops with an error waits for its last step to reach the pod.
+const LAST_STEP_WAIT: Duration = Duration::from_secs(5);
+
+/// From the write fence to postgres' exit.
+async fn run_member(
+    s: &Settings,
+    bin: &PgBin,
+    me: &MemberRef,
+    health: &Arc<Health>,
+    api: Option<&PodApi>,
+) -> Result<i32> {
     let mut signals = ShutdownSignals::install()?;
     // The write fence comes before anything is written beside or inside the data directory
     // (even the local pid file: a refused agent must not touch another member's files).
-    bootstrap::check_data_root(&s)?;
-    health.preparing("taking the member's write fence");
+    bootstrap::check_data_root(s)?;
+    health.preparing(MemberPhase::Fencing, "taking the member's write fence");
     let fence = tokio::select! {
-        f = Fence::acquire(&s, api.as_ref(), FenceOptions::default()) => f?,
+        f = Fence::acquire(s, api, FenceOptions::default()) => f?,
         _ = signals.recv() => {
             crate::info!("shutdown requested while waiting for the member's write fence");
             return Ok(EXIT_SIGTERM);
@@ -76,7 +102,7 @@ pub async fn run() -> Result<i32> {
     if let Some(f) = &pid_file {
         datadir::write_atomic(f, format!("{}\n", std::process::id()).as_bytes(), 0o644)?;
     }
-    let result = member_loop(&s, &bin, &me, &health, api.as_ref(), &mut signals, &fence).await;
+    let result = member_loop(s, bin, me, health, api, &mut signals, &fence).await;
     if let Some(f) = &pid_file {
         let _ = std::fs::remove_file(f);
     }
@@ -98,7 +124,7 @@ async fn member_loop(
     fence: &Fence,
 ) -> Result<i32> {
     loop {
-        health.preparing("checking the data directory");
+        health.preparing(MemberPhase::Checking, "checking the data directory");
         let (s2, me2) = (s.clone(), me.clone());
         let mut plan = tokio::task::spawn_blocking(move || bootstrap::inspect(&s2, &me2))
             .await
@@ -113,7 +139,7 @@ async fn member_loop(
             check_record_before_initdb(s, me, record.as_ref())?;
         }
         if s.role == Role::Replica {
-            health.preparing("waiting for the master");
+            health.preparing(MemberPhase::WaitingForMaster, "waiting for the master");
             let (db, view) = tokio::select! {
                 r = wait_for_master(s) => r?,
                 _ = signals.recv() => {
@@ -128,11 +154,15 @@ async fn member_loop(
             plan = check_master(s, me, plan, &view, recorded.as_ref())?;
             prepare_slot(&db, s, plan, &view).await?;
         }
-        health.preparing(match plan {
-            Plan::Initdb => "initdb",
-            Plan::BaseBackup => "base backup from the master",
-            Plan::Existing => "writing the managed configuration",
-        });
+        let (step, activity) = match plan {
+            Plan::Initdb => (MemberPhase::Initdb, "initdb"),
+            Plan::BaseBackup => (MemberPhase::BaseBackup, "base backup from the master"),
+            Plan::Existing => (
+                MemberPhase::Configuring,
+                "writing the managed configuration",
+            ),
+        };
+        health.preparing(step, activity);
         let (s2, b2, me2) = (s.clone(), bin.clone(), me.clone());
         let make = tokio::task::spawn_blocking(move || bootstrap::make(&s2, &b2, &me2, plan));
         tokio::select! {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use pgset_spec::contract::MemberPhase;
 use serde_json::{Map, Value, json};
 use tokio::signal::unix::Signal as SignalStream;
 use tokio::sync::mpsc;
@@ -243,6 +244,8 @@ struct Monitor {
     last_ping: Option<Instant>,
     role_ready: bool,
     labelled: bool,
+    /// The member served its role since postgres started.
+    served: bool,
     quiet: Quiet,
     // Replica
     not_streaming_since: Option<Instant>,
@@ -268,6 +271,7 @@ impl Monitor {
         let own_sysid = crate::identity::control_system_identifier(&s.pgdata()).ok();
         Monitor {
             labelled: api.is_none(),
+            served: false,
             s,
             health,
             api,
@@ -360,6 +364,15 @@ impl Monitor {
             (ready, reason)
         };
         self.health.set_ready(ready, &reason);
+        self.served |= ready;
+        self.health.set_step(match (ready, self.s.role) {
+            (true, Role::Replica) if own.receiver_status.as_deref() == Some("streaming") => {
+                MemberPhase::Streaming
+            }
+            (true, _) => MemberPhase::Ready,
+            (false, _) if self.served => MemberPhase::NotReady,
+            (false, _) => MemberPhase::Starting,
+        });
         if self.health.is_ready() {
             Duration::from_secs(1)
         } else {

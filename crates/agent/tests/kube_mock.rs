@@ -164,3 +164,96 @@ async fn an_empty_or_missing_record_is_none_and_a_forbidden_one_an_error() {
     let e = api.cluster_record().await.unwrap_err().to_string();
     assert!(e.contains("configmaps") && e.contains("pgset-agent"), "{e}");
 }
+
+#[tokio::test]
+async fn the_phase_is_a_merge_patch_of_one_annotation_beside_the_role_label() {
+    let (client, seen) = mock(200, pod("pgset-1"));
+    PodApi::with_client(client, "db", "pgset")
+        .annotate_phase("pgset-1", pgset_spec::contract::MemberPhase::BaseBackup)
+        .await
+        .unwrap();
+    let calls = seen.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1);
+    let (method, path, query, body) = &calls[0];
+    assert_eq!(method, "PATCH");
+    assert_eq!(path, "/api/v1/namespaces/db/pods/pgset-1");
+    // Not the role label's field manager: its server-side apply must keep owning the label.
+    assert!(
+        query.contains("fieldManager=pgset-agent") && !query.contains("force"),
+        "{query}"
+    );
+    assert_eq!(
+        body,
+        &json!({"metadata": {"annotations": {"pgset.io/phase": "base-backup"}}})
+    );
+}
+
+#[tokio::test]
+async fn the_phase_writer_writes_each_change_once_and_retries_a_failure() {
+    use pgset_agent::health::Health;
+    use pgset_spec::contract::MemberPhase;
+    // The first answer fails, every later one succeeds.
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        let mut handle = std::pin::pin!(handle);
+        let mut n = 0;
+        while let Some((request, send)) = handle.next_request().await {
+            let bytes = request.into_body().collect_bytes().await.unwrap();
+            record
+                .lock()
+                .unwrap()
+                .push(serde_json::from_slice(&bytes).unwrap());
+            let (code, answer) = if n == 0 {
+                (500, status(500, "InternalError"))
+            } else {
+                (200, pod("pgset-1"))
+            };
+            n += 1;
+            send.send_response(
+                Response::builder()
+                    .status(code)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                    .unwrap(),
+            );
+        }
+    });
+    let api = PodApi::with_client(Client::new(service, "db"), "db", "pgset");
+    let health = Health::new("pgset-1", std::time::Duration::from_secs(30));
+    health.set_step(MemberPhase::WaitingForMaster);
+    let mut publisher = pgset_agent::phase::publish(api, "pgset-1".into(), health.steps());
+    assert!(
+        publisher
+            .flush(
+                MemberPhase::WaitingForMaster,
+                std::time::Duration::from_secs(10)
+            )
+            .await,
+        "written after one retry"
+    );
+    // The same step again is no change: nothing is sent.
+    health.set_step(MemberPhase::WaitingForMaster);
+    health.set_step(MemberPhase::BaseBackup);
+    assert!(
+        publisher
+            .flush(MemberPhase::BaseBackup, std::time::Duration::from_secs(10))
+            .await
+    );
+    let words: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            b["metadata"]["annotations"]["pgset.io/phase"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        words,
+        ["waiting-for-master", "waiting-for-master", "base-backup"]
+    );
+}

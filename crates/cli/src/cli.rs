@@ -1,7 +1,7 @@
-//! Arguments shared by the tasks: the spec (file + overrides), the cluster client, progress output.
+//! Arguments shared by the tasks: the spec (file + overrides), the cluster client; progress
+//! output is [`crate::progress`]'s.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -145,33 +145,9 @@ impl ClientArgs {
     }
 }
 
-/// Progress on stderr: one line when a stage starts, one when it ends with the elapsed time.
-pub struct Stage {
-    label: String,
-    started: Instant,
-}
-
-impl Stage {
-    /// Announces a stage.
-    pub fn start(label: impl Into<String>) -> Stage {
-        let label = label.into();
-        eprintln!("==> {label}");
-        Stage {
-            label,
-            started: Instant::now(),
-        }
-    }
-
-    /// Reports the stage done, with the elapsed time.
-    pub fn done(self, detail: &str) {
-        let secs = self.started.elapsed().as_secs_f64();
-        if detail.is_empty() {
-            eprintln!("    {} done in {secs:.1}s", self.label);
-        } else {
-            eprintln!("    {} done in {secs:.1}s: {detail}", self.label);
-        }
-    }
-}
+/// A stage's progress lines (`==> label`, `label done in 1.2s`), owned by the invocation's
+/// [`Reporter`](crate::progress::Reporter).
+pub use crate::progress::Stage;
 
 /// The workspace root (this package lives in its `crates/cli`).
 pub fn workspace_root() -> PathBuf {

@@ -9,7 +9,9 @@ use pgset_deploy::apply::{ApplyMode, deploy};
 use pgset_deploy::render::multi_document;
 use pgset_deploy::rollout::wait_for_rollout;
 
-use crate::cli::{ClientArgs, SpecArgs, Stage};
+use crate::cli::{ClientArgs, SpecArgs};
+use crate::context::RunContext;
+use crate::progress::Reporter;
 
 /// What `--dry-run` does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -34,6 +36,9 @@ pub struct Args {
         value_enum
     )]
     pub dry_run: Option<DryRun>,
+    /// Show each pod's full state (phase, conditions, containers) whenever it changes
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
     #[command(flatten)]
     pub wait: WaitArgs,
     #[command(flatten)]
@@ -85,9 +90,19 @@ pub fn parse_timeout(text: &str) -> Result<Duration, String> {
 /// Runs the task.
 pub async fn run(args: Args) -> Result<()> {
     let spec = args.spec.load(&args.client)?;
-    let mode = match args.dry_run {
+    let reporter = Reporter::new(args.verbose).install();
+    let ctx = RunContext::new(spec, args.client.clone(), args.dry_run, reporter);
+    stage(&ctx, &args.wait).await
+}
+
+/// Applies the objects and waits for the rollout (or prints them, in a client dry run) with
+/// the invocation's spec, client and reporter: `deploy`, and `up`'s deploy stage.
+pub async fn stage(ctx: &RunContext, wait: &WaitArgs) -> Result<()> {
+    let spec = ctx.spec();
+    let reporter = ctx.reporter();
+    let mode = match ctx.dry_run() {
         Some(DryRun::Client) => {
-            let yaml = multi_document(&spec).context("render the objects")?;
+            let yaml = multi_document(spec).context("render the objects")?;
             print!("{yaml}");
             eprintln!(
                 "note: Secret {} is not printed (it holds the passwords); `cargo xtask deploy` creates it, manifests/README.md shows how to create it with kubectl",
@@ -98,11 +113,11 @@ pub async fn run(args: Args) -> Result<()> {
         Some(DryRun::Server) => ApplyMode::ServerDryRun,
         None => ApplyMode::Apply,
     };
-    if args.wait.no_wait && mode == ApplyMode::ServerDryRun {
+    if wait.no_wait && mode == ApplyMode::ServerDryRun {
         bail!("--no-wait has no effect with --dry-run=server (a dry run never waits): drop one");
     }
-    let client = args.client.client().await?;
-    let stage = Stage::start(format!(
+    let client = ctx.client().await?;
+    let stage = reporter.stage(format!(
         "apply cluster {} to namespace {} (server-side apply, field manager {}){}",
         spec.name,
         spec.namespace,
@@ -113,27 +128,27 @@ pub async fn run(args: Args) -> Result<()> {
             ""
         }
     ));
-    let outcome = deploy(&client, &spec, mode, &mut |line: &str| {
-        eprintln!("    {line}")
+    let outcome = deploy(client, spec, mode, &mut |line: &str| {
+        reporter.line(&format!("    {line}"))
     })
     .await
     .context("apply the objects")?;
     stage.done(&outcome.summary());
-    let timeout = match args.wait.timeout() {
+    let timeout = match wait.timeout() {
         Some(t) if mode == ApplyMode::Apply => t,
         _ => return Ok(()),
     };
-    let stage = Stage::start(format!(
+    let stage = reporter.stage(format!(
         "wait for {} members of StatefulSet {} to be Ready (timeout {}s)",
         spec.replicas,
         spec.statefulset_name(),
         timeout.as_secs()
     ));
-    let report = wait_for_rollout(&client, &spec, spec.replicas, timeout, &mut |line: &str| {
-        eprintln!("    {line}")
-    })
-    .await
-    .context("wait for the rollout")?;
+    let mut view = reporter.rollout();
+    let report = wait_for_rollout(client, spec, spec.replicas, timeout, &mut |e| view.event(e))
+        .await
+        .context("wait for the rollout")?;
+    drop(view);
     stage.done(&format!(
         "{} members Ready in {:.1}s",
         report.members.len(),
@@ -150,6 +165,7 @@ mod tests {
     async fn client_dry_run_needs_no_cluster() {
         let args = Args {
             dry_run: Some(DryRun::Client),
+            verbose: false,
             wait: WaitArgs {
                 no_wait: false,
                 timeout: Duration::from_secs(5),
@@ -169,6 +185,7 @@ mod tests {
     async fn invalid_replicas_fail_before_the_kubeconfig_is_read() {
         let args = Args {
             dry_run: None,
+            verbose: false,
             wait: WaitArgs {
                 no_wait: true,
                 timeout: Duration::from_secs(5),

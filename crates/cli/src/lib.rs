@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod context;
 pub mod deploy;
 pub mod doctor;
 pub mod down;
@@ -10,6 +11,7 @@ pub mod drill;
 pub mod image;
 pub mod local;
 pub mod nfs;
+pub mod progress;
 pub mod render;
 pub mod scale;
 pub mod status;

@@ -11,8 +11,10 @@ use pgset_nfs::persistent_volumes;
 use pgset_spec::{ClusterSpec, StorageMode};
 
 use crate::cli::{ClientArgs, SpecArgs, Stage};
+use crate::context::RunContext;
 use crate::deploy::DryRun;
 use crate::nfs::{node_addresses, server_address};
+use crate::progress::Reporter;
 
 /// Arguments of `cargo xtask volumes`.
 #[derive(Debug, clap::Args)]
@@ -109,9 +111,17 @@ pub(crate) async fn apply_storage(
 /// Runs the task.
 pub async fn run(args: Args) -> Result<()> {
     let spec = args.spec.load(&args.client)?;
-    let server = resolve_server(&spec, &args.client).await?;
-    if args.dry_run == Some(DryRun::Client) {
-        let StorageObjects { volumes, claim } = storage_objects(&spec, &server);
+    let ctx = RunContext::new(spec, args.client.clone(), args.dry_run, Reporter::current());
+    stage(&ctx).await
+}
+
+/// Applies (or, in a client dry run, prints) the volumes and the claim with the invocation's
+/// spec and client: `volumes`, and `up`'s volumes stage.
+pub async fn stage(ctx: &RunContext) -> Result<()> {
+    let spec = ctx.spec();
+    let server = resolve_server(spec, ctx.client_args()).await?;
+    if ctx.dry_run() == Some(DryRun::Client) {
+        let StorageObjects { volumes, claim } = storage_objects(spec, &server);
         let mut docs = Vec::new();
         for pv in &volumes {
             docs.push(serde_saphyr::to_string(pv).context("render a PersistentVolume")?);
@@ -122,12 +132,12 @@ pub async fn run(args: Args) -> Result<()> {
         print!("{}", docs.join("---\n"));
         return Ok(());
     }
-    let client = args.client.client().await?;
-    let mode = match args.dry_run {
+    let client = ctx.client().await?;
+    let mode = match ctx.dry_run() {
         Some(_) => ApplyMode::ServerDryRun,
         None => ApplyMode::Apply,
     };
-    apply_storage(&client, &spec, &server, mode).await
+    apply_storage(client, spec, &server, mode).await
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! Waiting for the StatefulSet's ordered rollout: one progress line per member as it becomes
-//! Ready (with how long it took), and on timeout the state of the member that holds it up.
+//! Waiting for the StatefulSet's ordered rollout: each member's step as it changes (from its
+//! agent's phase annotation, else its pod's state), Ready with how long it took, and on timeout
+//! the state of the member that holds it up.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ContainerStatus, Event, Pod};
 use kube::api::ListParams;
 use kube::{Api, Client};
+use pgset_spec::contract::{MemberPhase, annotations};
 use pgset_spec::{ClusterSpec, ordinal_of};
 use tokio::time::Instant;
 
@@ -98,20 +100,22 @@ async fn snapshot(client: &Client, spec: &ClusterSpec) -> Result<Snapshot> {
 }
 
 /// Waits until the StatefulSet has exactly `replicas` members, all Ready at its current
-/// revision, and no member above them. Reports each member as it becomes Ready, and the
-/// member holding the rollout up whenever its state changes. Fails after `timeout` with the
-/// state of that member.
+/// revision, and no member above them. Reports each member's step as it changes (a
+/// [`RolloutEvent`]: what a person reads, the pod's full state beside it), and the StatefulSet
+/// itself when it holds the rollout up. Fails after `timeout` with the state of the member
+/// holding the rollout up.
 pub async fn wait_for_rollout(
     client: &Client,
     spec: &ClusterSpec,
     replicas: i32,
     timeout: Duration,
-    progress: &mut (dyn FnMut(&str) + Send),
+    progress: &mut (dyn FnMut(&RolloutEvent) + Send),
 ) -> Result<RolloutReport> {
     let started = Instant::now();
     let mut first_seen: BTreeMap<String, Instant> = BTreeMap::new();
     let mut reported: Vec<(String, Option<Duration>)> = Vec::new();
-    let mut last_hold_up = String::new();
+    let mut last: BTreeMap<i32, (MemberStep, String)> = BTreeMap::new();
+    let mut last_waiting: Option<String> = None;
     let mut first_poll = true;
     let waiting = async {
         loop {
@@ -130,32 +134,54 @@ pub async fn wait_for_rollout(
                     .unwrap_or(0)
                     >= s.metadata.generation.unwrap_or(0)
             });
+            // Members above the wanted count (seen before or now), until they are gone.
+            let surplus: Vec<i32> = last
+                .keys()
+                .copied()
+                .filter(|o| *o >= replicas)
+                .chain(snap.pods.keys().copied().filter(|o| *o >= replicas))
+                .collect::<std::collections::BTreeSet<i32>>()
+                .into_iter()
+                .collect();
+            let mut tell = |ordinal: i32, state: MemberState| {
+                let key = (state.step.clone(), state.detail.clone());
+                if last.get(&ordinal) != Some(&key) {
+                    last.insert(ordinal, key);
+                    progress(&RolloutEvent::Member(state));
+                }
+            };
             for ordinal in (0..replicas).filter(|_| observed) {
-                let Some(pod) = snap.pods.get(&ordinal) else {
-                    continue;
-                };
                 let name = spec.pod_name(ordinal);
                 if reported.iter().any(|(n, _)| *n == name) {
                     continue;
                 }
-                if member_done(pod, update_revision.as_deref()) {
+                let pod = snap.pods.get(&ordinal);
+                let mut state = MemberState::of(spec, ordinal, pod, update_revision.as_deref());
+                state.at = started.elapsed();
+                if pod.is_some_and(|p| member_done(p, update_revision.as_deref())) {
                     let took = first_seen.get(&name).map(|t| t.elapsed());
-                    match took {
-                        Some(d) => progress(&format!(
-                            "{name} Ready after {:.1}s (at +{:.1}s)",
-                            d.as_secs_f64(),
-                            started.elapsed().as_secs_f64()
-                        )),
-                        None if first_poll => progress(&format!("{name} Ready (already)")),
-                        None => progress(&format!(
-                            "{name} Ready (at +{:.1}s)",
-                            started.elapsed().as_secs_f64()
-                        )),
-                    }
+                    state.took = took;
+                    state.already = took.is_none() && first_poll;
+                    tell(ordinal, state);
                     reported.push((name, took));
                 } else {
                     first_seen.entry(name).or_insert_with(Instant::now);
+                    tell(ordinal, state);
                 }
+            }
+            // Members above the wanted count, until they are gone.
+            for ordinal in surplus {
+                let mut state = match snap.pods.get(&ordinal) {
+                    Some(pod) => MemberState::of(spec, ordinal, Some(pod), None),
+                    None => MemberState::of(spec, ordinal, None, None),
+                };
+                state.step = match (&state.step, snap.pods.contains_key(&ordinal)) {
+                    (_, false) => MemberStep::Removed,
+                    (MemberStep::Terminating, true) => MemberStep::Terminating,
+                    (_, true) => MemberStep::Surplus,
+                };
+                state.at = started.elapsed();
+                tell(ordinal, state);
             }
             first_poll &= !observed;
             let extra_members = snap.pods.keys().any(|o| *o >= replicas);
@@ -166,10 +192,17 @@ pub async fn wait_for_rollout(
             if settled && !extra_members && reported.len() == replicas as usize {
                 return Ok::<(), Error>(());
             }
-            let hold_up = hold_up(spec, &snap, replicas, update_revision.as_deref());
-            if hold_up != last_hold_up {
-                progress(&format!("waiting: {hold_up}"));
-                last_hold_up = hold_up;
+            let now_waiting = statefulset_wait(
+                spec,
+                &snap,
+                observed,
+                reported.len() == replicas as usize && !extra_members,
+            );
+            if now_waiting != last_waiting {
+                if let Some(w) = &now_waiting {
+                    progress(&RolloutEvent::Waiting(w.clone()));
+                }
+                last_waiting = now_waiting;
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
@@ -192,6 +225,246 @@ pub async fn wait_for_rollout(
             status: diagnose(client, spec, replicas).await,
         }),
     }
+}
+
+/// What a rollout reports while it waits.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RolloutEvent {
+    /// A member's step (or its pod's state) changed.
+    Member(MemberState),
+    /// The StatefulSet itself holds the rollout up, in words.
+    Waiting(String),
+}
+
+impl std::fmt::Display for RolloutEvent {
+    /// The short line a person reads (the pod's full state is in [`MemberState::detail`]).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RolloutEvent::Member(m) => m.fmt(f),
+            RolloutEvent::Waiting(w) => write!(f, "waiting: {w}"),
+        }
+    }
+}
+
+/// Where one member of a rollout is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberState {
+    /// The pod name.
+    pub name: String,
+    /// Its ordinal.
+    pub ordinal: i32,
+    /// Its step, in a few words.
+    pub step: MemberStep,
+    /// The node it runs on, once scheduled.
+    pub node: Option<String>,
+    /// Time from the start of the wait.
+    pub at: Duration,
+    /// For a Ready member: the time from first seen (not Ready) to Ready.
+    pub took: Option<Duration>,
+    /// For a Ready member: it was Ready before the wait started.
+    pub already: bool,
+    /// The pod's whole state (phase, conditions that are not True, containers), for `-v` and
+    /// for a failure report; empty when there is no pod.
+    pub detail: String,
+}
+
+impl MemberState {
+    /// The state of member `ordinal` from its pod (if any) and the StatefulSet's current
+    /// revision.
+    pub fn of(
+        spec: &ClusterSpec,
+        ordinal: i32,
+        pod: Option<&Pod>,
+        update_revision: Option<&str>,
+    ) -> MemberState {
+        MemberState {
+            name: spec.pod_name(ordinal),
+            ordinal,
+            step: pod.map_or(MemberStep::NotCreated, |p| member_step(p, update_revision)),
+            node: pod
+                .and_then(|p| p.spec.as_ref())
+                .and_then(|s| s.node_name.clone()),
+            at: Duration::ZERO,
+            took: None,
+            already: false,
+            detail: pod.map(describe_pod).unwrap_or_default(),
+        }
+    }
+}
+
+impl std::fmt::Display for MemberState {
+    /// `pgset-1: base backup (+12.3s)`; `pgset-1: Ready after 30.2s (+40.1s)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.name, self.step)?;
+        match (self.step == MemberStep::Ready, self.took, self.already) {
+            (true, Some(took), _) => write!(
+                f,
+                " after {:.1}s (+{:.1}s)",
+                took.as_secs_f64(),
+                self.at.as_secs_f64()
+            ),
+            (true, None, true) => write!(f, " (already)"),
+            _ => write!(f, " (+{:.1}s)", self.at.as_secs_f64()),
+        }
+    }
+}
+
+/// A member's step, from its agent's phase annotation when it has one, else from its pod's
+/// phase and conditions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberStep {
+    /// The controller has not created the pod yet (ordered start: its turn comes).
+    NotCreated,
+    /// Waiting for a node; the scheduler's reason when it gave one.
+    Unscheduled(Option<String>),
+    /// On a node; the init container copies the agent.
+    Scheduled,
+    /// The agent is copied; the containers start.
+    AgentCopied,
+    /// The agent's own step (its `pgset.io/phase` annotation).
+    Agent(MemberPhase),
+    /// A container cannot start or keeps failing: the kubelet's reason.
+    Stuck(String),
+    /// Ready at the current revision.
+    Ready,
+    /// Ready, but from the previous revision: to be replaced.
+    Outdated,
+    /// Above the wanted count: to be removed.
+    Surplus,
+    /// Being deleted.
+    Terminating,
+    /// Gone (a member above the wanted count).
+    Removed,
+}
+
+impl std::fmt::Display for MemberStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MemberStep::NotCreated => f.write_str("not created yet"),
+            MemberStep::Unscheduled(None) => f.write_str("waiting for a node"),
+            MemberStep::Unscheduled(Some(r)) => write!(f, "waiting for a node ({r})"),
+            MemberStep::Scheduled => f.write_str("scheduled, copying the agent"),
+            MemberStep::AgentCopied => f.write_str("agent copied, starting"),
+            MemberStep::Agent(p) => f.write_str(p.words()),
+            MemberStep::Stuck(r) => write!(f, "stuck: {r}"),
+            MemberStep::Ready => f.write_str("Ready"),
+            MemberStep::Outdated => f.write_str("old revision, to be replaced"),
+            MemberStep::Surplus => f.write_str("to be removed"),
+            MemberStep::Terminating => f.write_str("terminating"),
+            MemberStep::Removed => f.write_str("removed"),
+        }
+    }
+}
+
+/// Turns a line printer into a rollout's progress: one short line per member per step (a
+/// change of the pod's detail alone prints nothing), and each wait of the StatefulSet itself.
+pub fn step_lines<'a>(
+    print: &'a mut (dyn FnMut(&str) + Send),
+) -> impl FnMut(&RolloutEvent) + Send + 'a {
+    let mut last: BTreeMap<String, MemberStep> = BTreeMap::new();
+    move |event: &RolloutEvent| {
+        if let RolloutEvent::Member(m) = event {
+            if last.get(&m.name) == Some(&m.step) {
+                return;
+            }
+            last.insert(m.name.clone(), m.step.clone());
+        }
+        print(&event.to_string());
+    }
+}
+
+/// Container waiting reasons that are a normal part of starting.
+const STARTING_REASONS: &[&str] = &["ContainerCreating", "PodInitializing"];
+
+/// The step of a member whose pod exists.
+pub fn member_step(pod: &Pod, update_revision: Option<&str>) -> MemberStep {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return MemberStep::Terminating;
+    }
+    if pod_is_ready(pod) {
+        return if member_done(pod, update_revision) {
+            MemberStep::Ready
+        } else {
+            MemberStep::Outdated
+        };
+    }
+    let agent = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(annotations::PHASE))
+        .and_then(|w| MemberPhase::parse(w));
+    if let Some(p @ (MemberPhase::Refused | MemberPhase::Failed)) = agent {
+        return MemberStep::Agent(p);
+    }
+    let status = pod.status.as_ref();
+    let containers = status
+        .into_iter()
+        .flat_map(|s| {
+            s.init_container_statuses
+                .iter()
+                .chain(&s.container_statuses)
+        })
+        .flatten();
+    for c in containers {
+        let waiting = c.state.as_ref().and_then(|s| s.waiting.as_ref());
+        if let Some(reason) = waiting.and_then(|w| w.reason.as_deref())
+            && !STARTING_REASONS.contains(&reason)
+        {
+            return MemberStep::Stuck(reason.to_string());
+        }
+        let failed = c
+            .state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .is_some_and(|t| t.exit_code != 0);
+        if failed {
+            return MemberStep::Stuck(format!("{} exited", c.name));
+        }
+    }
+    if let Some(p) = agent {
+        return MemberStep::Agent(p);
+    }
+    let condition = |type_: &str| {
+        status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == type_))
+    };
+    match condition("PodScheduled") {
+        Some(c) if c.status == "True" => {}
+        Some(c) => return MemberStep::Unscheduled(c.reason.clone()),
+        None => return MemberStep::Unscheduled(None),
+    }
+    match condition("Initialized") {
+        Some(c) if c.status == "True" => MemberStep::AgentCopied,
+        _ => MemberStep::Scheduled,
+    }
+}
+
+/// What the StatefulSet itself holds the rollout up with, if anything: it does not exist, its
+/// controller has not seen the latest spec, or its status has not caught up with members that
+/// are all done.
+fn statefulset_wait(
+    spec: &ClusterSpec,
+    snap: &Snapshot,
+    observed: bool,
+    members_done: bool,
+) -> Option<String> {
+    let Some(sts) = &snap.statefulset else {
+        return Some(format!(
+            "StatefulSet {} does not exist",
+            spec.statefulset_name()
+        ));
+    };
+    if !observed {
+        return Some("the StatefulSet controller has not seen the new spec yet".into());
+    }
+    members_done.then(|| {
+        format!(
+            "StatefulSet status catching up ({})",
+            statefulset_summary(sts)
+        )
+    })
 }
 
 /// One line naming the member the rollout waits for and its state.
@@ -396,4 +669,152 @@ async fn last_event(client: &Client, namespace: &str, name: &str) -> Option<Stri
         latest.reason.unwrap_or_default(),
         shorten(&latest.message.unwrap_or_default())
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(annotations: serde_json::Value, status: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "pgset-1", "annotations": annotations,
+                         "labels": {"controller-revision-hash": "r1"}},
+            "spec": {"nodeName": "node-a", "containers": []},
+            "status": status
+        }))
+        .unwrap()
+    }
+
+    /// The state `kubectl describe` shows while the init container copies the agent.
+    fn initialising() -> serde_json::Value {
+        json!({
+            "phase": "Pending",
+            "conditions": [
+                {"type": "PodScheduled", "status": "True"},
+                {"type": "Initialized", "status": "False", "reason": "ContainersNotInitialized",
+                 "message": "containers with incomplete status: [install-agent]"},
+                {"type": "Ready", "status": "False", "reason": "ContainersNotReady",
+                 "message": "containers with unready status: [postgres]"},
+                {"type": "ContainersReady", "status": "False", "reason": "ContainersNotReady",
+                 "message": "containers with unready status: [postgres]"}
+            ],
+            "initContainerStatuses": [{"name": "install-agent", "ready": false, "restartCount": 0,
+                "image": "a", "imageID": "", "state": {"running": {}}}],
+            "containerStatuses": [{"name": "postgres", "ready": false, "restartCount": 0,
+                "image": "p", "imageID": "",
+                "state": {"waiting": {"reason": "PodInitializing"}}}]
+        })
+    }
+
+    fn running(ready: bool) -> serde_json::Value {
+        json!({
+            "phase": "Running",
+            "conditions": [
+                {"type": "PodScheduled", "status": "True"},
+                {"type": "Initialized", "status": "True"},
+                {"type": "Ready", "status": if ready { "True" } else { "False" }}
+            ],
+            "containerStatuses": [{"name": "postgres", "ready": ready, "restartCount": 0,
+                "image": "p", "imageID": "", "state": {"running": {}}}]
+        })
+    }
+
+    #[test]
+    fn a_pod_copying_the_agent_is_scheduled_in_few_words_and_its_detail_keeps_the_conditions() {
+        let p = pod(json!({}), initialising());
+        assert_eq!(member_step(&p, Some("r1")), MemberStep::Scheduled);
+        let spec = ClusterSpec::default();
+        let state = MemberState::of(&spec, 1, Some(&p), Some("r1"));
+        assert_eq!(state.node.as_deref(), Some("node-a"));
+        assert_eq!(
+            state.to_string(),
+            "pgset-1: scheduled, copying the agent (+0.0s)"
+        );
+        assert!(
+            state
+                .detail
+                .contains("Initialized=False (ContainersNotInitialized")
+        );
+        assert!(
+            state.detail.len() > 120,
+            "the dump is the long form: {}",
+            state.detail
+        );
+    }
+
+    #[test]
+    fn the_agents_annotation_names_the_step_once_the_agent_runs() {
+        let p = pod(json!({"pgset.io/phase": "base-backup"}), running(false));
+        assert_eq!(
+            member_step(&p, Some("r1")),
+            MemberStep::Agent(MemberPhase::BaseBackup)
+        );
+        let p = pod(json!({}), running(false));
+        assert_eq!(member_step(&p, Some("r1")), MemberStep::AgentCopied);
+        // A word this release does not know is not guessed at.
+        let p = pod(json!({"pgset.io/phase": "warp-drive"}), running(false));
+        assert_eq!(member_step(&p, Some("r1")), MemberStep::AgentCopied);
+        let p = pod(json!({"pgset.io/phase": "streaming"}), running(true));
+        assert_eq!(member_step(&p, Some("r1")), MemberStep::Ready);
+        assert_eq!(member_step(&p, Some("r2")), MemberStep::Outdated);
+    }
+
+    #[test]
+    fn a_failing_container_is_stuck_unless_the_agent_said_it_refused() {
+        let mut status = running(false);
+        status["containerStatuses"][0]["state"] =
+            json!({"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}});
+        let p = pod(json!({"pgset.io/phase": "starting"}), status.clone());
+        assert_eq!(
+            member_step(&p, Some("r1")),
+            MemberStep::Stuck("CrashLoopBackOff".into())
+        );
+        let p = pod(json!({"pgset.io/phase": "refused"}), status);
+        assert_eq!(
+            member_step(&p, Some("r1")),
+            MemberStep::Agent(MemberPhase::Refused)
+        );
+    }
+
+    #[test]
+    fn an_unscheduled_pod_says_it_waits_for_a_node() {
+        let p = pod(
+            json!({}),
+            json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                   "reason": "Unschedulable", "message": "0/3 nodes are available: 3 node(s) had untolerated taint"}]}),
+        );
+        assert_eq!(
+            member_step(&p, None),
+            MemberStep::Unscheduled(Some("Unschedulable".into()))
+        );
+    }
+
+    #[test]
+    fn step_lines_print_one_line_per_member_per_step() {
+        let spec = ClusterSpec::default();
+        let mut printed = Vec::new();
+        let mut print = |l: &str| printed.push(l.to_string());
+        {
+            let mut lines = step_lines(&mut print);
+            let mut a = MemberState::of(&spec, 1, Some(&pod(json!({}), initialising())), None);
+            lines(&RolloutEvent::Member(a.clone()));
+            a.detail.push_str("; changed detail");
+            a.at = Duration::from_secs(3);
+            lines(&RolloutEvent::Member(a.clone()));
+            a.step = MemberStep::AgentCopied;
+            lines(&RolloutEvent::Member(a));
+            lines(&RolloutEvent::Waiting(
+                "StatefulSet pgset does not exist".into(),
+            ));
+        }
+        assert_eq!(
+            printed,
+            [
+                "pgset-1: scheduled, copying the agent (+0.0s)",
+                "pgset-1: agent copied, starting (+3.0s)",
+                "waiting: StatefulSet pgset does not exist"
+            ]
+        );
+    }
 }

@@ -9,7 +9,7 @@ use kube::{Api, Client};
 use pgset_spec::ClusterSpec;
 use pgset_spec::contract::FIELD_MANAGER;
 
-use crate::rollout::{RolloutReport, wait_for_rollout};
+use crate::rollout::{RolloutReport, step_lines, wait_for_rollout};
 use crate::{Error, Result};
 
 /// Where a scale started and ended.
@@ -74,7 +74,9 @@ pub async fn scale(
         ));
     }
     let rollout = match wait {
-        Some(timeout) => Some(wait_for_rollout(client, spec, replicas, timeout, progress).await?),
+        Some(timeout) => Some(
+            wait_for_rollout(client, spec, replicas, timeout, &mut step_lines(progress)).await?,
+        ),
         None => None,
     };
     Ok(ScaleOutcome {

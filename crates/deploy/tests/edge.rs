@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use mock_api::{Call, echo_with_version, mock_client, not_found, query_pairs};
 use pgset_deploy::apply::{ApplyMode, deploy};
-use pgset_deploy::rollout::{RolloutReport, wait_for_rollout};
+use pgset_deploy::rollout::{MemberStep, RolloutEvent, RolloutReport, wait_for_rollout};
 use pgset_deploy::scale::scale;
 use pgset_deploy::teardown::{Purge, down};
 use pgset_spec::{ClusterSpec, StorageMode};
@@ -365,40 +365,74 @@ fn growing_cluster(target: i32) -> impl FnMut(&Call) -> (u16, Value) + Send + 's
     }
 }
 
-/// Waits (60 s at most) for `replicas` members, collecting the progress lines.
-async fn rollout_with_lines(
+/// Waits (60 s at most) for `replicas` members, collecting the progress events.
+async fn rollout_with_events(
     client: &kube::Client,
     replicas: i32,
-) -> (pgset_deploy::Result<RolloutReport>, Vec<String>) {
-    let mut lines = Vec::new();
+) -> (pgset_deploy::Result<RolloutReport>, Vec<RolloutEvent>) {
+    let mut events = Vec::new();
     let report = wait_for_rollout(
         client,
         &spec(),
         replicas,
         Duration::from_secs(60),
-        &mut |l: &str| lines.push(l.to_string()),
+        &mut |e: &RolloutEvent| events.push(e.clone()),
     )
     .await;
-    (report, lines)
+    (report, events)
+}
+
+/// `(member, step)` of each member event, in order.
+fn steps(events: &[RolloutEvent]) -> Vec<(String, MemberStep)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            RolloutEvent::Member(m) => Some((m.name.clone(), m.step.clone())),
+            RolloutEvent::Waiting(_) => None,
+        })
+        .collect()
+}
+
+/// The members that became Ready, in order, with how long each took.
+fn ready(events: &[RolloutEvent]) -> Vec<(String, Option<Duration>)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            RolloutEvent::Member(m) if m.step == MemberStep::Ready => {
+                Some((m.name.clone(), m.took))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 #[tokio::test(start_paused = true)]
 async fn rollout_reports_each_member_once_in_order() {
     let (client, calls) = mock_client(growing_cluster(3));
-    let (report, lines) = rollout_with_lines(&client, 3).await;
+    let (report, events) = rollout_with_events(&client, 3).await;
     let report = report.unwrap();
     let names: Vec<&str> = report.members.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["pgset-0", "pgset-1", "pgset-2"]);
-    let ready_lines: Vec<&String> = lines.iter().filter(|l| l.starts_with("pgset-")).collect();
-    assert_eq!(ready_lines.len(), 3, "{lines:?}");
+    let ready = ready(&events);
+    let ready_names: Vec<&str> = ready.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(ready_names, ["pgset-0", "pgset-1", "pgset-2"], "{events:?}");
+    assert!(ready.iter().all(|(_, took)| took.is_some()), "{events:?}");
+    // Before its turn a member is "not created yet", then running but not Ready; each step
+    // is told once.
+    let steps = steps(&events);
     assert!(
-        ready_lines[0].starts_with("pgset-0 Ready after"),
-        "{lines:?}"
+        steps.contains(&("pgset-2".into(), MemberStep::NotCreated)),
+        "{steps:?}"
     );
-    assert!(
-        ready_lines[2].starts_with("pgset-2 Ready after"),
-        "{lines:?}"
-    );
+    for (i, s) in steps.iter().enumerate() {
+        assert!(!steps[..i].contains(s), "{s:?} told twice: {steps:?}");
+    }
+    let line = events
+        .iter()
+        .find(|e| matches!(e, RolloutEvent::Member(m) if m.step == MemberStep::Ready))
+        .unwrap()
+        .to_string();
+    assert!(line.starts_with("pgset-0: Ready after "), "{line}");
     let calls = calls.lock().unwrap().clone();
     let pod_list = calls.iter().find(|c| c.path.ends_with("/pods")).unwrap();
     assert!(
@@ -452,15 +486,19 @@ async fn rollout_after_a_template_change_waits_for_the_new_revision() {
             p => panic!("unexpected {} {p}", call.method),
         }
     });
-    let (report, lines) = rollout_with_lines(&client, 2).await;
+    let (report, events) = rollout_with_events(&client, 2).await;
     report.unwrap();
-    let ready: Vec<&String> = lines.iter().filter(|l| l.starts_with("pgset-")).collect();
-    assert_eq!(ready.len(), 2, "{lines:?}");
-    assert!(ready[0].starts_with("pgset-1 Ready after"), "{lines:?}");
-    assert!(ready[1].starts_with("pgset-0 Ready after"), "{lines:?}");
+    let ready: Vec<String> = ready(&events).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(ready, ["pgset-1", "pgset-0"], "{events:?}");
     assert!(
-        lines.contains(&"waiting: pod pgset-1 runs revision r1, to be replaced by r2".to_string()),
-        "{lines:?}"
+        events.contains(&RolloutEvent::Waiting(
+            "the StatefulSet controller has not seen the new spec yet".into()
+        )),
+        "{events:?}"
+    );
+    assert!(
+        steps(&events).contains(&("pgset-1".into(), MemberStep::Outdated)),
+        "{events:?}"
     );
 }
 
@@ -497,7 +535,7 @@ async fn rollout_timeout_names_the_pod_its_state_and_last_event() {
         &spec(),
         2,
         Duration::from_secs(30),
-        &mut |_: &str| {},
+        &mut |_: &RolloutEvent| {},
     )
     .await
     .unwrap_err();

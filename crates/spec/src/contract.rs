@@ -44,6 +44,107 @@ pub const APP_NAME: &str = "pgset";
 /// prefix marks the agent's contract, which a local agent is restarted with.
 pub const PROGRAM_NAME_ENV: &str = "XTASK_PROGRAM_NAME";
 
+/// Annotation keys.
+pub mod annotations {
+    /// The agent's step on its own pod, one [`MemberPhase`](super::MemberPhase) word
+    /// (`initdb`, `base-backup`, `streaming`, ...), written when the step changes; progress
+    /// reports read it instead of guessing from container states.
+    pub const PHASE: &str = "pgset.io/phase";
+}
+
+/// A member's step as its agent reports it in [`annotations::PHASE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MemberPhase {
+    /// Taking the member's write fence (its Lease).
+    Fencing,
+    /// Checking the data directory.
+    Checking,
+    /// A replica waiting for the master to answer.
+    WaitingForMaster,
+    /// The master initialising a new database.
+    Initdb,
+    /// A replica copying the master.
+    BaseBackup,
+    /// Existing data: writing the managed configuration.
+    Configuring,
+    /// postgres started, not serving its role yet.
+    Starting,
+    /// A replica streaming from the master and serving reads.
+    Streaming,
+    /// The member serves its role (the master accepts writes).
+    Ready,
+    /// postgres runs but the member does not serve its role (any more).
+    NotReady,
+    /// Stopping postgres (shutdown, lost fence, or to copy the master again).
+    Stopping,
+    /// The agent refused to run on this data (the pod's log says why and what to do).
+    Refused,
+    /// The agent stopped with an error (the pod's log says why).
+    Failed,
+}
+
+impl MemberPhase {
+    /// Every phase, in the order a member usually passes them.
+    pub const ALL: [MemberPhase; 13] = [
+        MemberPhase::Fencing,
+        MemberPhase::Checking,
+        MemberPhase::WaitingForMaster,
+        MemberPhase::Initdb,
+        MemberPhase::BaseBackup,
+        MemberPhase::Configuring,
+        MemberPhase::Starting,
+        MemberPhase::Streaming,
+        MemberPhase::Ready,
+        MemberPhase::NotReady,
+        MemberPhase::Stopping,
+        MemberPhase::Refused,
+        MemberPhase::Failed,
+    ];
+
+    /// The annotation's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberPhase::Fencing => "fencing",
+            MemberPhase::Checking => "checking",
+            MemberPhase::WaitingForMaster => "waiting-for-master",
+            MemberPhase::Initdb => "initdb",
+            MemberPhase::BaseBackup => "base-backup",
+            MemberPhase::Configuring => "configuring",
+            MemberPhase::Starting => "starting",
+            MemberPhase::Streaming => "streaming",
+            MemberPhase::Ready => "ready",
+            MemberPhase::NotReady => "not-ready",
+            MemberPhase::Stopping => "stopping",
+            MemberPhase::Refused => "refused",
+            MemberPhase::Failed => "failed",
+        }
+    }
+
+    /// The phase an annotation value names; `None` for a word this release does not know.
+    pub fn parse(word: &str) -> Option<MemberPhase> {
+        MemberPhase::ALL.into_iter().find(|p| p.as_str() == word)
+    }
+
+    /// A few words for a person.
+    pub fn words(self) -> &'static str {
+        match self {
+            MemberPhase::Fencing => "taking the write fence",
+            MemberPhase::Checking => "checking the data",
+            MemberPhase::WaitingForMaster => "waiting for the master",
+            MemberPhase::Initdb => "initdb",
+            MemberPhase::BaseBackup => "base backup",
+            MemberPhase::Configuring => "configuring",
+            MemberPhase::Starting => "postgres starting",
+            MemberPhase::Streaming => "streaming",
+            MemberPhase::Ready => "serving",
+            MemberPhase::NotReady => "not serving",
+            MemberPhase::Stopping => "stopping",
+            MemberPhase::Refused => "refused (see its log)",
+            MemberPhase::Failed => "failed (see its log)",
+        }
+    }
+}
+
 /// Values of the [`labels::ROLE`] label.
 pub mod roles {
     /// The master, ordinal 0.
@@ -217,3 +318,24 @@ pub const SOCKET_DIR: &str = "/var/run/postgresql";
 /// Path of the static agent binary inside the agent image (its entrypoint); the init container
 /// runs `<this> install <AGENT_DIR>/<AGENT_BIN>`.
 pub const AGENT_IMAGE_BINARY: &str = "/pgset-agent";
+
+#[cfg(test)]
+mod phase_tests {
+    use super::MemberPhase;
+
+    #[test]
+    fn every_phase_word_parses_back_and_is_distinct() {
+        let mut seen = std::collections::BTreeSet::new();
+        for p in MemberPhase::ALL {
+            assert_eq!(MemberPhase::parse(p.as_str()), Some(p));
+            assert!(seen.insert(p.as_str()), "{} twice", p.as_str());
+            assert!(p.words().len() <= 24, "{}: keep it short", p.words());
+        }
+        assert_eq!(
+            MemberPhase::parse("base-backup"),
+            Some(MemberPhase::BaseBackup)
+        );
+        assert_eq!(MemberPhase::parse("Base-Backup"), None);
+        assert_eq!(MemberPhase::parse(""), None);
+    }
+}

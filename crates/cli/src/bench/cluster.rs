@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PostParams};
 use kube::{Api, Client};
 use pgset_deploy::apply::{ApplyMode, apply_params, deploy};
-use pgset_deploy::rollout::{pod_is_ready, wait_for_rollout};
+use pgset_deploy::rollout::{pod_is_ready, step_lines, wait_for_rollout};
 use pgset_deploy::teardown::{Purge, down};
 use pgset_spec::{ClusterSpec, StorageMode, contract};
 use pgset_verify::{Options, Verifier, names};
@@ -184,7 +184,7 @@ async fn measure(kube: &Client, client_args: &ClientArgs, bench: &ClusterSpec) -
 async fn deploy_and_wait(kube: &Client, spec: &ClusterSpec) -> Result<()> {
     let quiet = &mut |_: &str| {};
     deploy(kube, spec, ApplyMode::Apply, quiet).await?;
-    wait_for_rollout(kube, spec, MEMBERS, ROLLOUT_TIMEOUT, quiet).await?;
+    wait_for_rollout(kube, spec, MEMBERS, ROLLOUT_TIMEOUT, &mut step_lines(quiet)).await?;
     Ok(())
 }
 

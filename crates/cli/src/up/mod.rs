@@ -16,8 +16,14 @@ use anyhow::{Context, Result, bail};
 use pgset_spec::{ClusterSpec, StorageMode, default_agent_image};
 
 use crate::cli::{ClientArgs, SpecArgs};
+use crate::context::RunContext;
 use crate::deploy::{DryRun, WaitArgs};
 use crate::doctor::ProbeArgs;
+use crate::progress::Reporter;
+
+/// How often a line says a long stage still runs (on a terminal, the rollout's live lines show
+/// the time instead).
+const TICK_EVERY: Duration = Duration::from_secs(15);
 
 /// Arguments of `cargo xtask up`.
 #[derive(Debug, clap::Args)]
@@ -33,6 +39,9 @@ pub struct Args {
         value_enum
     )]
     pub dry_run: Option<DryRun>,
+    /// Show more: each pod's full state while the rollout waits, the NFS stage's probes
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
     /// Leave the NFS host alone (it is provisioned already, or is another machine): no NFS
     /// stage and no host checks (the per-node mount probe still runs)
     #[arg(long)]
@@ -134,6 +143,7 @@ fn builds_image(spec: &ClusterSpec, args: &Args) -> bool {
 pub async fn run(args: Args) -> Result<()> {
     let started = Instant::now();
     let spec = args.spec.load(&args.client)?;
+    let reporter = Reporter::new(args.verbose).install();
     if let Some(c) = &args.clients {
         pgset_nfs::parse_clients(c).context("--clients")?;
     }
@@ -190,51 +200,22 @@ pub async fn run(args: Args) -> Result<()> {
     }
     eprintln!("    preflight done in {:.1}s", t.elapsed().as_secs_f64());
 
-    let mut done: Vec<(StageName, Duration)> = Vec::new();
-    let total = plan.len();
-    for (i, stage) in plan.iter().copied().enumerate() {
-        eprintln!(
-            "==> [{}/{total}] {}{}",
-            i + 1,
-            stage.label(),
-            match args.dry_run {
-                Some(DryRun::Client) => " (dry run)",
-                Some(DryRun::Server) => " (server dry run)",
-                None => "",
-            }
-        );
-        let t = Instant::now();
-        let ticker = Ticker::start(stage.label());
-        let result = run_stage(stage, &args, facts.ctr_here).await;
-        drop(ticker);
-        match result {
-            Ok(()) => {
-                let took = t.elapsed();
-                eprintln!("    {} done in {:.1}s", stage.label(), took.as_secs_f64());
-                done.push((stage, took));
-            }
-            Err(e) => {
-                let finished: Vec<&str> = done.iter().map(|(s, _)| s.label()).collect();
-                return Err(e.context(format!(
-                    "stage {} failed after {:.1}s; done before it: {}; {}; then run `cargo xtask up` again (finished stages change nothing)",
-                    stage.label(),
-                    t.elapsed().as_secs_f64(),
-                    if finished.is_empty() {
-                        "nothing".to_string()
-                    } else {
-                        finished.join(", ")
-                    },
-                    stage.advice()
-                )));
-            }
-        }
+    let mut ctx = RunContext::new(
+        spec.clone(),
+        args.client.clone(),
+        args.dry_run,
+        reporter.clone(),
+    );
+    if let Some(c) = client {
+        ctx = ctx.with_client(c);
     }
-
-    eprintln!();
-    eprintln!("summary ({:.1}s):", started.elapsed().as_secs_f64());
-    for (stage, took) in &done {
-        eprintln!("  {:<20} {:>7.1}s", stage.label(), took.as_secs_f64());
+    let mut runner = Runner::new(reporter, args.dry_run, plan.len());
+    for stage in plan.iter().copied() {
+        runner
+            .run(stage, run_stage(stage, &ctx, &args, facts.ctr_here))
+            .await?;
     }
+    runner.summary(started.elapsed());
     if args.dry_run.is_some() {
         eprintln!("dry run: nothing was changed");
         if blockers > 0 {
@@ -247,6 +228,90 @@ pub async fn run(args: Args) -> Result<()> {
         eprint!("{}", connect_help(&spec));
     }
     Ok(())
+}
+
+/// Runs the stages in order and owns what is said about them: the numbered header, a line now
+/// and then while one runs, its time, the failure report (what failed, what was done before
+/// it, what to do) and the summary.
+struct Runner {
+    reporter: Reporter,
+    dry_run: Option<DryRun>,
+    total: usize,
+    done: Vec<(StageName, Duration)>,
+}
+
+impl Runner {
+    fn new(reporter: Reporter, dry_run: Option<DryRun>, total: usize) -> Runner {
+        Runner {
+            reporter,
+            dry_run,
+            total,
+            done: Vec::new(),
+        }
+    }
+
+    /// Runs one stage; its error comes back with the failure report as context.
+    async fn run(
+        &mut self,
+        stage: StageName,
+        work: impl std::future::Future<Output = Result<()>>,
+    ) -> Result<()> {
+        self.reporter.line(&format!(
+            "==> [{}/{}] {}{}",
+            self.done.len() + 1,
+            self.total,
+            stage.label(),
+            match self.dry_run {
+                Some(DryRun::Client) => " (dry run)",
+                Some(DryRun::Server) => " (server dry run)",
+                None => "",
+            }
+        ));
+        let t = Instant::now();
+        let ticker = self.reporter.ticker(stage.label(), TICK_EVERY);
+        let result = work.await;
+        drop(ticker);
+        match result {
+            Ok(()) => {
+                let took = t.elapsed();
+                self.reporter.line(&format!(
+                    "    {} done in {:.1}s",
+                    stage.label(),
+                    took.as_secs_f64()
+                ));
+                self.done.push((stage, took));
+                Ok(())
+            }
+            Err(e) => {
+                let finished: Vec<&str> = self.done.iter().map(|(s, _)| s.label()).collect();
+                Err(e.context(format!(
+                    "stage {} failed after {:.1}s; done before it: {}; {}; then run `cargo xtask up` again (finished stages change nothing)",
+                    stage.label(),
+                    t.elapsed().as_secs_f64(),
+                    if finished.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        finished.join(", ")
+                    },
+                    stage.advice()
+                )))
+            }
+        }
+    }
+
+    /// Each stage's time, and the whole run's.
+    fn summary(&self, total: Duration) {
+        self.reporter.line("");
+        self.reporter
+            .line(&format!("summary ({:.1}s):", total.as_secs_f64()));
+        for (stage, took) in &self.done {
+            self.reporter.line(&format!(
+                "  {:<20} {:>7.1}s",
+                stage.label(),
+                took.as_secs_f64()
+            ));
+        }
+    }
 }
 
 fn describe(spec: &ClusterSpec) -> String {
@@ -266,7 +331,7 @@ fn describe(spec: &ClusterSpec) -> String {
     )
 }
 
-async fn run_stage(stage: StageName, args: &Args, ctr_here: bool) -> Result<()> {
+async fn run_stage(stage: StageName, ctx: &RunContext, args: &Args, ctr_here: bool) -> Result<()> {
     let spec = args.spec.clone();
     let client = args.client.clone();
     match stage {
@@ -274,21 +339,14 @@ async fn run_stage(stage: StageName, args: &Args, ctr_here: bool) -> Result<()> 
             crate::nfs::run(crate::nfs::Args {
                 clients: args.clients.clone(),
                 dry_run: args.dry_run,
-                verbose: false,
+                verbose: args.verbose,
                 spec,
                 client,
                 in_up: true,
             })
             .await
         }
-        StageName::Volumes => {
-            crate::volumes::run(crate::volumes::Args {
-                dry_run: args.dry_run,
-                spec,
-                client,
-            })
-            .await
-        }
+        StageName::Volumes => crate::volumes::stage(ctx).await,
         StageName::Doctor => {
             let host = !args.skip_nfs;
             if args.dry_run.is_some() {
@@ -338,15 +396,7 @@ async fn run_stage(stage: StageName, args: &Args, ctr_here: bool) -> Result<()> 
             })
             .await
         }
-        StageName::Deploy => {
-            crate::deploy::run(crate::deploy::Args {
-                dry_run: args.dry_run,
-                wait: args.wait.clone(),
-                spec,
-                client,
-            })
-            .await
-        }
+        StageName::Deploy => crate::deploy::stage(ctx, &args.wait).await,
         StageName::Verify => {
             if args.dry_run.is_some() {
                 eprintln!("    would run the checks of `cargo xtask verify` against the cluster");
@@ -385,32 +435,6 @@ fn connect_help(spec: &ClusterSpec) -> String {
     )
 }
 
-/// Prints a line every 15 s while a stage runs, so a long wait never looks like a hang.
-struct Ticker(tokio::task::JoinHandle<()>);
-
-impl Ticker {
-    fn start(label: &'static str) -> Ticker {
-        let started = Instant::now();
-        Ticker(tokio::spawn(async move {
-            let mut interval = tokio::time::interval(Duration::from_secs(15));
-            interval.tick().await;
-            loop {
-                interval.tick().await;
-                eprintln!(
-                    "    ... {label}: {:.0}s so far",
-                    started.elapsed().as_secs_f64()
-                );
-            }
-        }))
-    }
-}
-
-impl Drop for Ticker {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,6 +442,7 @@ mod tests {
     fn args() -> Args {
         Args {
             dry_run: None,
+            verbose: false,
             skip_nfs: false,
             skip_image: false,
             skip_verify: false,
@@ -491,6 +516,35 @@ mod tests {
             [StageName::Deploy, StageName::Verify],
             "a StorageClass needs no NFS host or volumes; a registry image is not built"
         );
+    }
+
+    #[tokio::test]
+    async fn the_runner_times_each_stage_and_a_failure_says_what_was_done_and_what_to_do() {
+        let mut runner = Runner::new(Reporter::with_terminal(false, false), None, 3);
+        runner.run(StageName::Nfs, async { Ok(()) }).await.unwrap();
+        runner
+            .run(StageName::Volumes, async { Ok(()) })
+            .await
+            .unwrap();
+        let err = runner
+            .run(StageName::Deploy, async {
+                bail!("pod pgset-1 never became Ready")
+            })
+            .await
+            .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.starts_with("stage deploy and rollout failed after "),
+            "{text}"
+        );
+        assert!(
+            text.contains("done before it: NFS host, volumes;"),
+            "{text}"
+        );
+        assert!(text.contains(StageName::Deploy.advice()), "{text}");
+        assert!(text.ends_with("pod pgset-1 never became Ready"), "{text}");
+        let done: Vec<StageName> = runner.done.iter().map(|(s, _)| *s).collect();
+        assert_eq!(done, [StageName::Nfs, StageName::Volumes]);
     }
 
     #[test]

@@ -1,0 +1,372 @@
+//! What a person sees while a command runs, owned by one [`Reporter`]: stages with their time,
+//! and a rollout's members with their step. On a terminal the members are live lines (indicatif)
+//! that say where each one is and for how long; elsewhere (CI, logs, pipes) short plain lines,
+//! one per change. The pod's full state is shown only with `-v`; a failed wait reports it in
+//! its error.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use pgset_deploy::rollout::{MemberStep, RolloutEvent};
+
+/// The longest line the reporter writes without `-v` (the pod's detail is longer and shown
+/// only with `-v`).
+pub const MAX_LINE: usize = 120;
+
+/// How often the live lines are redrawn.
+const TICK: Duration = Duration::from_millis(200);
+
+/// Where progress goes and how much of it: one per invocation, cloned into the stages.
+#[derive(Clone)]
+pub struct Reporter {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Live lines on stderr: it is a terminal.
+    terminal: bool,
+    verbose: bool,
+    /// The live lines drawn now (one rollout view at a time): lines printed meanwhile go
+    /// above them.
+    drawing: Mutex<Option<MultiProgress>>,
+}
+
+impl std::fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reporter")
+            .field("terminal", &self.is_live())
+            .field("verbose", &self.inner.verbose)
+            .finish()
+    }
+}
+
+static CURRENT: OnceLock<Reporter> = OnceLock::new();
+
+impl Reporter {
+    /// Live lines when stderr is a terminal, plain lines otherwise.
+    pub fn new(verbose: bool) -> Reporter {
+        Reporter::with_terminal(std::io::stderr().is_terminal(), verbose)
+    }
+
+    /// A reporter that draws live lines on stderr (`terminal`) or writes plain lines.
+    pub fn with_terminal(terminal: bool, verbose: bool) -> Reporter {
+        Reporter {
+            inner: Arc::new(Inner {
+                terminal,
+                verbose,
+                drawing: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The invocation's reporter: the first one [`Reporter::install`]ed, else a plain-or-live
+    /// one without `-v`.
+    pub fn current() -> Reporter {
+        CURRENT.get_or_init(|| Reporter::new(false)).clone()
+    }
+
+    /// Makes `self` the invocation's reporter (the first call wins) and returns the one in use.
+    pub fn install(self) -> Reporter {
+        CURRENT.get_or_init(|| self).clone()
+    }
+
+    /// Whether lines are drawn live (stderr is a terminal).
+    pub fn is_live(&self) -> bool {
+        self.inner.terminal
+    }
+
+    /// Whether `-v` asked for the pods' full state.
+    pub fn verbose(&self) -> bool {
+        self.inner.verbose
+    }
+
+    fn drawing(&self) -> std::sync::MutexGuard<'_, Option<MultiProgress>> {
+        self.inner.drawing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes one line on stderr (above the live lines while they draw).
+    pub fn line(&self, text: &str) {
+        let drawing = self.drawing().clone();
+        match drawing {
+            Some(multi) => {
+                // Printing above the bars keeps them intact; a failed draw loses one line.
+                let _ = multi.println(text);
+            }
+            None => eprintln!("{text}"),
+        }
+    }
+
+    /// Announces a stage; [`Stage::done`] reports it with its time.
+    pub fn stage(&self, label: impl Into<String>) -> Stage {
+        let label = label.into();
+        self.line(&format!("==> {label}"));
+        Stage {
+            reporter: self.clone(),
+            label,
+            started: Instant::now(),
+        }
+    }
+
+    /// A line every `every` while a long step runs (`... label: 45s so far`), so a wait never
+    /// looks like a hang; quiet while live lines show the time themselves. Stops when dropped.
+    pub fn ticker(&self, label: impl Into<String>, every: Duration) -> Ticker {
+        let label = label.into();
+        let reporter = self.clone();
+        let started = Instant::now();
+        Ticker(tokio::spawn(async move {
+            let mut interval = tokio::time::interval(every);
+            interval.tick().await;
+            loop {
+                interval.tick().await;
+                if reporter.drawing().is_none() {
+                    reporter.line(&format!(
+                        "    ... {label}: {:.0}s so far",
+                        started.elapsed().as_secs_f64()
+                    ));
+                }
+            }
+        }))
+    }
+
+    /// A view of a rollout's members: feed it the [`RolloutEvent`]s of `wait_for_rollout`.
+    pub fn rollout(&self) -> RolloutView {
+        let live = self
+            .inner
+            .terminal
+            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        *self.drawing() = live.clone();
+        RolloutView {
+            reporter: self.clone(),
+            live,
+            members: BTreeMap::new(),
+            waiting: None,
+        }
+    }
+}
+
+/// A stage being run: announced when made, reported with its time by [`Stage::done`].
+#[derive(Debug)]
+pub struct Stage {
+    reporter: Reporter,
+    label: String,
+    started: Instant,
+}
+
+impl Stage {
+    /// Announces a stage on the invocation's reporter.
+    pub fn start(label: impl Into<String>) -> Stage {
+        Reporter::current().stage(label)
+    }
+
+    /// How long the stage has run.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Reports the stage done, with the elapsed time.
+    pub fn done(self, detail: &str) {
+        let secs = self.started.elapsed().as_secs_f64();
+        if detail.is_empty() {
+            self.reporter
+                .line(&format!("    {} done in {secs:.1}s", self.label));
+        } else {
+            self.reporter
+                .line(&format!("    {} done in {secs:.1}s: {detail}", self.label));
+        }
+    }
+}
+
+/// Prints a line now and then while a step runs; stops when dropped.
+#[derive(Debug)]
+pub struct Ticker(tokio::task::JoinHandle<()>);
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One member as the view shows it.
+struct Member {
+    step: MemberStep,
+    detail: String,
+    /// When the view saw the member enter its step.
+    since: Instant,
+    bar: Option<ProgressBar>,
+}
+
+/// The members of one rollout, as live lines or one plain line per member per step.
+pub struct RolloutView {
+    reporter: Reporter,
+    /// This view's live lines (on a terminal).
+    live: Option<MultiProgress>,
+    members: BTreeMap<String, Member>,
+    waiting: Option<String>,
+}
+
+impl RolloutView {
+    /// Shows one event: a member's new step (a plain line, or its live line updated), its
+    /// pod's full state with `-v`, or what the StatefulSet waits for.
+    pub fn event(&mut self, event: &RolloutEvent) {
+        let m = match event {
+            RolloutEvent::Waiting(w) => {
+                if self.waiting.as_deref() != Some(w) {
+                    self.reporter.line(&clip(&format!("    waiting: {w}")));
+                    self.waiting = Some(w.clone());
+                }
+                return;
+            }
+            RolloutEvent::Member(m) => m,
+        };
+        let verbose = self.reporter.verbose();
+        let live = self.live.clone();
+        let known = self
+            .members
+            .get(&m.name)
+            .map(|k| (k.step.clone(), k.detail.clone()));
+        let new_step = known.as_ref().is_none_or(|(step, _)| *step != m.step);
+        let new_detail = known.as_ref().is_none_or(|(_, d)| *d != m.detail);
+        if verbose && new_detail && !m.detail.is_empty() {
+            self.reporter
+                .line(&format!("      {}: {}", m.name, m.detail));
+        }
+        if !new_step {
+            return;
+        }
+        let words = clip_to(&step_words(m), MAX_LINE - LIVE_FRAME);
+        match live {
+            Some(multi) => {
+                let entry = self
+                    .members
+                    .entry(m.name.clone())
+                    .or_insert_with(|| Member {
+                        step: m.step.clone(),
+                        detail: String::new(),
+                        since: Instant::now(),
+                        bar: Some({
+                            let bar = multi.add(ProgressBar::new_spinner());
+                            bar.set_style(running_style());
+                            bar.set_prefix(m.name.clone());
+                            bar.enable_steady_tick(TICK);
+                            bar
+                        }),
+                    });
+                entry.step = m.step.clone();
+                entry.since = Instant::now();
+                if let Some(bar) = &entry.bar {
+                    bar.reset_elapsed();
+                    if done(&m.step) {
+                        bar.set_style(done_style());
+                        bar.finish_with_message(words);
+                    } else {
+                        bar.set_message(words);
+                    }
+                }
+            }
+            None => {
+                let line = clip(&format!("    {}: {words}", m.name));
+                self.reporter.line(&line);
+                let entry = self
+                    .members
+                    .entry(m.name.clone())
+                    .or_insert_with(|| Member {
+                        step: m.step.clone(),
+                        detail: String::new(),
+                        since: Instant::now(),
+                        bar: None,
+                    });
+                entry.step = m.step.clone();
+                entry.since = Instant::now();
+            }
+        }
+        if let Some(entry) = self.members.get_mut(&m.name) {
+            entry.detail = m.detail.clone();
+        }
+    }
+
+    /// How long each member has been in its current step.
+    pub fn in_step(&self) -> Vec<(String, Duration)> {
+        self.members
+            .iter()
+            .map(|(n, m)| (n.clone(), m.since.elapsed()))
+            .collect()
+    }
+}
+
+impl Drop for RolloutView {
+    fn drop(&mut self) {
+        for m in self.members.values() {
+            if let Some(bar) = &m.bar
+                && !bar.is_finished()
+            {
+                // A wait that failed or was cut short: the line stays as it was last seen.
+                bar.abandon();
+            }
+        }
+        // Its lines stay on the screen as last drawn; later lines go below them.
+        *self.reporter.drawing() = None;
+    }
+}
+
+/// A member's step in words, with the time it took once Ready.
+fn step_words(m: &pgset_deploy::rollout::MemberState) -> String {
+    let node = m
+        .node
+        .as_deref()
+        .filter(|_| matches!(m.step, MemberStep::Scheduled))
+        .map(|n| format!(" on {n}"))
+        .unwrap_or_default();
+    match (&m.step, m.took, m.already) {
+        (MemberStep::Ready, Some(took), _) => format!("Ready after {:.1}s", took.as_secs_f64()),
+        (MemberStep::Ready, None, true) => "Ready (already)".into(),
+        (step, _, _) => format!("{step}{node}"),
+    }
+}
+
+/// Steps after which a member's line no longer changes in this rollout.
+fn done(step: &MemberStep) -> bool {
+    matches!(step, MemberStep::Ready | MemberStep::Removed)
+}
+
+fn running_style() -> ProgressStyle {
+    ProgressStyle::with_template("    {spinner} {prefix:<10} {msg:<40} {elapsed:>4}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner())
+}
+
+fn done_style() -> ProgressStyle {
+    ProgressStyle::with_template("    ✓ {prefix:<10} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner())
+}
+
+/// The characters of a live line around its message: indent, spinner, member, time.
+const LIVE_FRAME: usize = 24;
+
+/// Cuts a line to [`MAX_LINE`] characters (the pod's words are short; a long reason from the
+/// cluster is not allowed to make them long).
+fn clip(line: &str) -> String {
+    clip_to(line, MAX_LINE)
+}
+
+fn clip_to(line: &str, max: usize) -> String {
+    if line.chars().count() <= max {
+        return line.to_string();
+    }
+    let mut cut: String = line.chars().take(max - 1).collect();
+    cut.push('…');
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_line_is_cut_to_the_limit() {
+        let long = "x".repeat(300);
+        assert_eq!(clip(&long).chars().count(), MAX_LINE);
+        assert_eq!(clip("short"), "short");
+    }
+}
