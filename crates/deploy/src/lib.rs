@@ -8,6 +8,7 @@
 pub mod apply;
 pub mod mount_probe;
 pub mod rbac;
+pub mod readiness;
 pub mod record;
 pub mod render;
 pub mod rollout;
@@ -17,6 +18,7 @@ pub mod services;
 pub mod statefulset;
 pub mod storage;
 pub mod teardown;
+pub mod wait;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -120,6 +122,19 @@ pub enum Error {
         /// Namespace.
         namespace: String,
     },
+    /// A watch the wait rests on failed.
+    #[error("watch {kind} {name} in namespace {namespace}")]
+    Watch {
+        /// Kind of the objects watched.
+        kind: &'static str,
+        /// Name of the object (or the label selector of the watched set).
+        name: String,
+        /// Namespace (`-` for cluster-scoped objects).
+        namespace: String,
+        /// The watcher's error, with the API server's message.
+        #[source]
+        source: Box<kube::runtime::watcher::Error>,
+    },
     /// A wait ran out of time.
     #[error("timed out after {}s waiting for {what}: {status}", waited.as_secs())]
     Timeout {
@@ -185,6 +200,21 @@ impl Error {
             kind,
             name,
             namespace,
+            source: Box::new(source),
+        }
+    }
+
+    /// An [`Error::Watch`] for watching `kind` `name` in `namespace`.
+    pub(crate) fn watch(
+        kind: &'static str,
+        name: impl Into<String>,
+        namespace: impl Into<String>,
+    ) -> impl FnMut(kube::runtime::watcher::Error) -> Error + Send + 'static {
+        let (name, namespace) = (name.into(), namespace.into());
+        move |source| Error::Watch {
+            kind,
+            name: name.clone(),
+            namespace: namespace.clone(),
             source: Box::new(source),
         }
     }

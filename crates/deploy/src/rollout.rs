@@ -2,20 +2,23 @@
 //! Ready (with how long it took), and on timeout the state of the member that holds it up.
 
 use std::collections::BTreeMap;
+use std::pin::pin;
 use std::time::Duration;
+
+use futures::TryStreamExt;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ContainerStatus, Event, Pod};
 use kube::api::ListParams;
+use kube::runtime::watcher::{self, watch_object, watcher};
 use kube::{Api, Client};
 use pgset_spec::{ClusterSpec, ordinal_of};
 use tokio::time::Instant;
 
+use crate::readiness::pod_is_ready;
+use crate::wait::Listing;
 use crate::{Error, Result, selector_string};
 
-/// How often the StatefulSet and its pods are read while waiting: a member's Ready is seen
-/// within a quarter second, small against the 1 s readiness period the rollout time rests on.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// Budget for collecting the diagnosis after a timeout.
 const DIAGNOSIS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Label the StatefulSet controller puts on each pod: the revision it was created from.
@@ -28,14 +31,6 @@ pub struct RolloutReport {
     pub members: Vec<(String, Option<Duration>)>,
     /// Time from the start of the wait until every member was Ready.
     pub total: Duration,
-}
-
-/// The first reported Ready condition of a pod.
-pub fn pod_is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn pod_ordinal(pod: &Pod) -> Option<i32> {
@@ -97,10 +92,97 @@ async fn snapshot(client: &Client, spec: &ClusterSpec) -> Result<Snapshot> {
     Ok(Snapshot { statefulset, pods })
 }
 
+/// Which watch a change came from.
+enum Change {
+    StatefulSet(Option<StatefulSet>),
+    Pod(watcher::Event<Pod>),
+}
+
+/// What a rollout has reported so far, judged again at every change the watches see.
+struct Progress {
+    started: Instant,
+    first_seen: BTreeMap<String, Instant>,
+    reported: Vec<(String, Option<Duration>)>,
+    last_hold_up: String,
+    first_look: bool,
+}
+
+impl Progress {
+    /// Reports the members that became Ready and, when it changed, the member holding the
+    /// rollout up; true when the rollout is done.
+    fn judge(
+        &mut self,
+        spec: &ClusterSpec,
+        snap: &Snapshot,
+        replicas: i32,
+        progress: &mut (dyn FnMut(&str) + Send),
+    ) -> bool {
+        let update_revision = snap
+            .statefulset
+            .as_ref()
+            .and_then(|s| s.status.as_ref())
+            .and_then(|s| s.update_revision.clone());
+        // Until the controller has seen the latest spec, its revision names the old
+        // template: judging members against it would report old pods as done.
+        let observed = snap.statefulset.as_ref().is_some_and(|s| {
+            s.status
+                .as_ref()
+                .and_then(|st| st.observed_generation)
+                .unwrap_or(0)
+                >= s.metadata.generation.unwrap_or(0)
+        });
+        for ordinal in (0..replicas).filter(|_| observed) {
+            let Some(pod) = snap.pods.get(&ordinal) else {
+                continue;
+            };
+            let name = spec.pod_name(ordinal);
+            if self.reported.iter().any(|(n, _)| *n == name) {
+                continue;
+            }
+            if member_done(pod, update_revision.as_deref()) {
+                let took = self.first_seen.get(&name).map(|t| t.elapsed());
+                match took {
+                    Some(d) => progress(&format!(
+                        "{name} Ready after {:.1}s (at +{:.1}s)",
+                        d.as_secs_f64(),
+                        self.started.elapsed().as_secs_f64()
+                    )),
+                    None if self.first_look => progress(&format!("{name} Ready (already)")),
+                    None => progress(&format!(
+                        "{name} Ready (at +{:.1}s)",
+                        self.started.elapsed().as_secs_f64()
+                    )),
+                }
+                self.reported.push((name, took));
+            } else {
+                self.first_seen.entry(name).or_insert_with(Instant::now);
+            }
+        }
+        self.first_look &= !observed;
+        let extra_members = snap.pods.keys().any(|o| *o >= replicas);
+        let settled = snap
+            .statefulset
+            .as_ref()
+            .is_some_and(|s| statefulset_settled(s, replicas));
+        if settled && !extra_members && self.reported.len() == replicas as usize {
+            return true;
+        }
+        let hold_up = hold_up(spec, snap, replicas, update_revision.as_deref());
+        if hold_up != self.last_hold_up {
+            progress(&format!("waiting: {hold_up}"));
+            self.last_hold_up = hold_up;
+        }
+        false
+    }
+}
+
 /// Waits until the StatefulSet has exactly `replicas` members, all Ready at its current
 /// revision, and no member above them. Reports each member as it becomes Ready, and the
 /// member holding the rollout up whenever its state changes. Fails after `timeout` with the
 /// state of that member.
+///
+/// Watches the StatefulSet (by name) and its pods (by the cluster's selector) and judges
+/// again at every change, so a member's Ready is seen as the API server records it.
 pub async fn wait_for_rollout(
     client: &Client,
     spec: &ClusterSpec,
@@ -108,78 +190,62 @@ pub async fn wait_for_rollout(
     timeout: Duration,
     progress: &mut (dyn FnMut(&str) + Send),
 ) -> Result<RolloutReport> {
-    let started = Instant::now();
-    let mut first_seen: BTreeMap<String, Instant> = BTreeMap::new();
-    let mut reported: Vec<(String, Option<Duration>)> = Vec::new();
-    let mut last_hold_up = String::new();
-    let mut first_poll = true;
+    let ns = spec.namespace.as_str();
+    let name = spec.statefulset_name();
+    let selector = selector_string(spec);
+    let statefulsets = watch_object(Api::<StatefulSet>::namespaced(client.clone(), ns), name)
+        .map_ok(Change::StatefulSet)
+        .map_err(Error::watch("StatefulSet", name, ns));
+    let pods = watcher(
+        Api::<Pod>::namespaced(client.clone(), ns),
+        watcher::Config::default().labels(&selector),
+    )
+    .map_ok(Change::Pod)
+    .map_err(Error::watch("Pod", &selector, ns));
+    let mut state = Progress {
+        started: Instant::now(),
+        first_seen: BTreeMap::new(),
+        reported: Vec::new(),
+        last_hold_up: String::new(),
+        first_look: true,
+    };
+    let mut snap: Option<Snapshot> = None;
     let waiting = async {
-        loop {
-            let snap = snapshot(client, spec).await?;
-            let update_revision = snap
-                .statefulset
-                .as_ref()
-                .and_then(|s| s.status.as_ref())
-                .and_then(|s| s.update_revision.clone());
-            // Until the controller has seen the latest spec, its revision names the old
-            // template: judging members against it would report old pods as done.
-            let observed = snap.statefulset.as_ref().is_some_and(|s| {
-                s.status
-                    .as_ref()
-                    .and_then(|st| st.observed_generation)
-                    .unwrap_or(0)
-                    >= s.metadata.generation.unwrap_or(0)
+        let mut changes = pin!(futures::stream::select(statefulsets, pods));
+        let mut statefulset: Option<Option<StatefulSet>> = None;
+        let mut listing = Listing::<Pod>::default();
+        while let Some(change) = changes.try_next().await? {
+            let changed = match change {
+                Change::StatefulSet(s) => {
+                    statefulset = Some(s);
+                    true
+                }
+                Change::Pod(event) => listing.apply(event),
+            };
+            let Some(sts) = statefulset.as_ref().filter(|_| changed && listing.listed()) else {
+                continue;
+            };
+            let current = snap.insert(Snapshot {
+                statefulset: sts.clone(),
+                pods: listing
+                    .objects
+                    .values()
+                    .filter_map(|p| pod_ordinal(p).map(|o| (o, p.clone())))
+                    .collect(),
             });
-            for ordinal in (0..replicas).filter(|_| observed) {
-                let Some(pod) = snap.pods.get(&ordinal) else {
-                    continue;
-                };
-                let name = spec.pod_name(ordinal);
-                if reported.iter().any(|(n, _)| *n == name) {
-                    continue;
-                }
-                if member_done(pod, update_revision.as_deref()) {
-                    let took = first_seen.get(&name).map(|t| t.elapsed());
-                    match took {
-                        Some(d) => progress(&format!(
-                            "{name} Ready after {:.1}s (at +{:.1}s)",
-                            d.as_secs_f64(),
-                            started.elapsed().as_secs_f64()
-                        )),
-                        None if first_poll => progress(&format!("{name} Ready (already)")),
-                        None => progress(&format!(
-                            "{name} Ready (at +{:.1}s)",
-                            started.elapsed().as_secs_f64()
-                        )),
-                    }
-                    reported.push((name, took));
-                } else {
-                    first_seen.entry(name).or_insert_with(Instant::now);
-                }
-            }
-            first_poll &= !observed;
-            let extra_members = snap.pods.keys().any(|o| *o >= replicas);
-            let settled = snap
-                .statefulset
-                .as_ref()
-                .is_some_and(|s| statefulset_settled(s, replicas));
-            if settled && !extra_members && reported.len() == replicas as usize {
+            if state.judge(spec, current, replicas, progress) {
                 return Ok::<(), Error>(());
             }
-            let hold_up = hold_up(spec, &snap, replicas, update_revision.as_deref());
-            if hold_up != last_hold_up {
-                progress(&format!("waiting: {hold_up}"));
-                last_hold_up = hold_up;
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
         }
+        // The watches restart themselves when the server closes them: they do not end.
+        std::future::pending().await
     };
     match tokio::time::timeout(timeout, waiting).await {
         Ok(result) => {
             result?;
             Ok(RolloutReport {
-                members: reported,
-                total: started.elapsed(),
+                members: state.reported,
+                total: state.started.elapsed(),
             })
         }
         Err(_) => Err(Error::Timeout {
@@ -189,7 +255,7 @@ pub async fn wait_for_rollout(
                 spec.namespace
             ),
             waited: timeout,
-            status: diagnose(client, spec, replicas).await,
+            status: diagnose(client, spec, replicas, snap).await,
         }),
     }
 }
@@ -339,11 +405,20 @@ pub(crate) fn shorten(message: &str) -> String {
 }
 
 /// The state of the member holding the rollout up, with its last event, for a timeout error.
-async fn diagnose(client: &Client, spec: &ClusterSpec, replicas: i32) -> String {
+/// `seen` is the last state the watches gave; without one the state is read.
+async fn diagnose(
+    client: &Client,
+    spec: &ClusterSpec,
+    replicas: i32,
+    seen: Option<Snapshot>,
+) -> String {
     let work = async {
-        let snap = match snapshot(client, spec).await {
-            Ok(s) => s,
-            Err(e) => return format!("could not read the state: {e}"),
+        let snap = match seen {
+            Some(s) => s,
+            None => match snapshot(client, spec).await {
+                Ok(s) => s,
+                Err(e) => return format!("could not read the state: {e}"),
+            },
         };
         let update_revision = snap
             .statefulset

@@ -32,6 +32,15 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// A watch a wait rests on failed.
+    #[error("{action}: {source}")]
+    Watch {
+        /// What was being watched (`watch pod pgset-3`).
+        action: String,
+        /// The watch's error.
+        #[source]
+        source: kube::runtime::wait::Error,
+    },
     /// A command could not be started in a pod.
     #[error("exec `{command}` in pod {pod}: {source}")]
     Exec {
