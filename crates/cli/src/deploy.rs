@@ -9,7 +9,7 @@ use pgset_deploy::apply::{ApplyMode, deploy};
 use pgset_deploy::render::multi_document;
 use pgset_deploy::rollout::wait_for_rollout;
 
-use crate::cli::{ClientArgs, SpecArgs, Stage};
+use crate::cli::{ClientArgs, DryRunArg, SpecArgs, Stage};
 
 /// What `--dry-run` does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -22,18 +22,10 @@ pub enum DryRun {
 
 /// Arguments of `cargo xtask deploy`.
 #[derive(Debug, clap::Args)]
+#[command(mut_arg("dry_run", |a| a.help("Change nothing: print the objects (client, the default) or have the API server check them (server)")))]
 pub struct Args {
-    /// Change nothing: print the objects (client, the default) or have the API server check
-    /// them (server)
-    #[arg(
-        long,
-        value_name = "MODE",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "client",
-        value_enum
-    )]
-    pub dry_run: Option<DryRun>,
+    #[command(flatten)]
+    pub dry_run: DryRunArg,
     #[command(flatten)]
     pub wait: WaitArgs,
     #[command(flatten)]
@@ -85,7 +77,7 @@ pub fn parse_timeout(text: &str) -> Result<Duration, String> {
 /// Runs the task.
 pub async fn run(args: Args) -> Result<()> {
     let spec = args.spec.load(&args.client)?;
-    let mode = match args.dry_run {
+    let mode = match args.dry_run.mode {
         Some(DryRun::Client) => {
             let yaml = multi_document(&spec).context("render the objects")?;
             print!("{yaml}");
@@ -149,7 +141,9 @@ mod tests {
     #[tokio::test]
     async fn client_dry_run_needs_no_cluster() {
         let args = Args {
-            dry_run: Some(DryRun::Client),
+            dry_run: DryRunArg {
+                mode: Some(DryRun::Client),
+            },
             wait: WaitArgs {
                 no_wait: false,
                 timeout: Duration::from_secs(5),
@@ -168,7 +162,7 @@ mod tests {
     #[tokio::test]
     async fn invalid_replicas_fail_before_the_kubeconfig_is_read() {
         let args = Args {
-            dry_run: None,
+            dry_run: DryRunArg::default(),
             wait: WaitArgs {
                 no_wait: true,
                 timeout: Duration::from_secs(5),

@@ -138,6 +138,15 @@ mod tests {
             }
         }
         assert_eq!(with_flag, ["up", "nfs", "volumes", "image", "deploy"]);
+        // One flag, worded by each command.
+        let help = |task: &str| {
+            let sub = cli.find_subcommand(task).unwrap();
+            let arg = sub.get_arguments().find(|a| a.get_id() == "dry_run");
+            arg.and_then(|a| a.get_help()).unwrap().to_string()
+        };
+        assert!(help("up").contains("every host step"), "{}", help("up"));
+        assert!(help("nfs").starts_with("Probe the host"), "{}", help("nfs"));
+        assert!(help("deploy").starts_with("Change nothing: print the objects"));
         for task in ["up", "nfs", "volumes", "image", "deploy"] {
             for flag in ["--dry-run", "--dry-run=client", "--dry-run=server"] {
                 Cli::try_parse_from(["cargo xtask", task, flag])
@@ -157,7 +166,7 @@ mod tests {
             else {
                 panic!("not volumes");
             };
-            assert_eq!(v.dry_run, Some(meaning), "{flag}");
+            assert_eq!(v.dry_run.mode, Some(meaning), "{flag}");
         }
     }
 }

@@ -10,24 +10,16 @@ use pgset_deploy::storage::{apply_volumes, shared_claim};
 use pgset_nfs::persistent_volumes;
 use pgset_spec::{ClusterSpec, StorageMode};
 
-use crate::cli::{ClientArgs, SpecArgs, Stage};
+use crate::cli::{ClientArgs, DryRunArg, SpecArgs, Stage};
 use crate::deploy::DryRun;
 use crate::nfs::{node_addresses, server_address};
 
 /// Arguments of `cargo xtask volumes`.
 #[derive(Debug, clap::Args)]
+#[command(mut_arg("dry_run", |a| a.help("Change nothing: print the objects as YAML (client, the default) or have the API server check them (server)")))]
 pub struct Args {
-    /// Change nothing: print the objects as YAML (client, the default) or have the API server
-    /// check them (server)
-    #[arg(
-        long,
-        value_name = "MODE",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "client",
-        value_enum
-    )]
-    pub dry_run: Option<DryRun>,
+    #[command(flatten)]
+    pub dry_run: DryRunArg,
     #[command(flatten)]
     pub spec: SpecArgs,
     #[command(flatten)]
@@ -110,7 +102,7 @@ pub(crate) async fn apply_storage(
 pub async fn run(args: Args) -> Result<()> {
     let spec = args.spec.load(&args.client)?;
     let server = resolve_server(&spec, &args.client).await?;
-    if args.dry_run == Some(DryRun::Client) {
+    if args.dry_run.mode == Some(DryRun::Client) {
         let StorageObjects { volumes, claim } = storage_objects(&spec, &server);
         let mut docs = Vec::new();
         for pv in &volumes {
@@ -123,7 +115,7 @@ pub async fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     let client = args.client.client().await?;
-    let mode = match args.dry_run {
+    let mode = match args.dry_run.mode {
         Some(_) => ApplyMode::ServerDryRun,
         None => ApplyMode::Apply,
     };

@@ -15,24 +15,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use pgset_spec::{ClusterSpec, StorageMode, default_agent_image};
 
-use crate::cli::{ClientArgs, SpecArgs};
+use crate::cli::{ClientArgs, DryRunArg, SpecArgs};
 use crate::deploy::{DryRun, WaitArgs};
 use crate::doctor::ProbeArgs;
 
 /// Arguments of `cargo xtask up`.
 #[derive(Debug, clap::Args)]
+#[command(mut_arg("dry_run", |a| a.help("Change nothing: print every host step and every object (client, the default), or also have the API server check the volumes and objects (server)")))]
 pub struct Args {
-    /// Change nothing: print every host step and every object (client, the default), or also
-    /// have the API server check the volumes and objects (server)
-    #[arg(
-        long,
-        value_name = "MODE",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "client",
-        value_enum
-    )]
-    pub dry_run: Option<DryRun>,
+    #[command(flatten)]
+    pub dry_run: DryRunArg,
     /// Leave the NFS host alone (it is provisioned already, or is another machine): no NFS
     /// stage and no host checks (the per-node mount probe still runs)
     #[arg(long)]
@@ -145,7 +137,7 @@ pub async fn run(args: Args) -> Result<()> {
     eprintln!("==> [preflight] {}", describe(&spec));
     let client = match args.client.client().await {
         Ok(c) => Some(c),
-        Err(e) if args.dry_run == Some(DryRun::Client) => {
+        Err(e) if args.dry_run.mode == Some(DryRun::Client) => {
             eprintln!("    note: no cluster checks in this dry run: {e:#}");
             None
         }
@@ -176,7 +168,7 @@ pub async fn run(args: Args) -> Result<()> {
         eprintln!("    {f}");
     }
     let blockers = findings.iter().filter(|f| f.blocker).count();
-    if blockers > 0 && args.dry_run.is_none() {
+    if blockers > 0 && !args.dry_run.is_set() {
         bail!(
             "preflight found {blockers} blocker(s) (listed above); nothing was changed. Fix them and run `cargo xtask up` again"
         );
@@ -197,7 +189,7 @@ pub async fn run(args: Args) -> Result<()> {
             "==> [{}/{total}] {}{}",
             i + 1,
             stage.label(),
-            match args.dry_run {
+            match args.dry_run.mode {
                 Some(DryRun::Client) => " (dry run)",
                 Some(DryRun::Server) => " (server dry run)",
                 None => "",
@@ -235,7 +227,7 @@ pub async fn run(args: Args) -> Result<()> {
     for (stage, took) in &done {
         eprintln!("  {:<20} {:>7.1}s", stage.label(), took.as_secs_f64());
     }
-    if args.dry_run.is_some() {
+    if args.dry_run.is_set() {
         eprintln!("dry run: nothing was changed");
         if blockers > 0 {
             bail!(
@@ -291,7 +283,7 @@ async fn run_stage(stage: StageName, args: &Args, ctr_here: bool) -> Result<()> 
         }
         StageName::Doctor => {
             let host = !args.skip_nfs;
-            if args.dry_run.is_some() {
+            if args.dry_run.is_set() {
                 eprintln!(
                     "    would run `cargo xtask doctor`'s checks{}{}",
                     if host { ": this NFS host's" } else { ":" },
@@ -333,7 +325,7 @@ async fn run_stage(stage: StageName, args: &Args, ctr_here: bool) -> Result<()> 
                 out: None,
                 // A dry run shows the import only where it could happen; preflight has
                 // already named the missing `ctr` as a blocker.
-                import: args.dry_run.is_none() || ctr_here,
+                import: !args.dry_run.is_set() || ctr_here,
                 dry_run: args.dry_run,
             })
             .await
@@ -348,7 +340,7 @@ async fn run_stage(stage: StageName, args: &Args, ctr_here: bool) -> Result<()> 
             .await
         }
         StageName::Verify => {
-            if args.dry_run.is_some() {
+            if args.dry_run.is_set() {
                 eprintln!("    would run the checks of `cargo xtask verify` against the cluster");
                 return Ok(());
             }
@@ -417,7 +409,7 @@ mod tests {
 
     fn args() -> Args {
         Args {
-            dry_run: None,
+            dry_run: DryRunArg::default(),
             skip_nfs: false,
             skip_image: false,
             skip_verify: false,
