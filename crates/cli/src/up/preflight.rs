@@ -12,6 +12,7 @@ use kube::api::{Api, ListParams};
 use pgset_deploy::readiness::{self, KeptOff};
 use pgset_nfs::OsFamily;
 use pgset_spec::contract::CONTROL_PLANE_TAINT;
+use pgset_spec::image_ref::ImageReference;
 use pgset_spec::{ClusterSpec, StorageMode, default_agent_image};
 
 /// What preflight learned. Every field is read, never assumed.
@@ -75,13 +76,13 @@ pub fn node_facts(node: &Node, agent_image: &str) -> NodeFacts {
     let ready_cond = readiness::node_ready_condition(node);
     let spec = node.spec.as_ref();
     let taints = readiness::member_taints(node);
-    let wanted = normalize_image(agent_image);
+    let wanted = ImageReference::parse(agent_image).map(|r| r.normalized());
     let images = status.and_then(|s| s.images.as_ref());
     let has_agent_image = images
         .into_iter()
         .flatten()
         .flat_map(|i| i.names.iter().flatten())
-        .any(|n| normalize_image(n) == wanted);
+        .any(|n| wanted.is_some() && ImageReference::parse(n).map(|r| r.normalized()) == wanted);
     let images_reported = images.map_or(0, Vec::len);
     NodeFacts {
         name,
@@ -93,21 +94,6 @@ pub fn node_facts(node: &Node, agent_image: &str) -> NodeFacts {
         taints,
         has_agent_image,
         images_reported,
-    }
-}
-
-/// An image reference with the registry and namespace a container runtime fills in
-/// (`pgset-agent:0.1.0` is `docker.io/library/pgset-agent:0.1.0`).
-fn normalize_image(image: &str) -> String {
-    let (first, rest) = image.split_once('/').unwrap_or(("", image));
-    let has_registry =
-        !first.is_empty() && (first.contains('.') || first.contains(':') || first == "localhost");
-    if first.is_empty() {
-        format!("docker.io/library/{rest}")
-    } else if has_registry {
-        image.to_string()
-    } else {
-        format!("docker.io/{image}")
     }
 }
 
