@@ -7,6 +7,7 @@ pub mod deploy;
 pub mod doctor;
 pub mod down;
 pub mod drill;
+pub mod hint;
 pub mod image;
 pub mod local;
 pub mod nfs;
@@ -101,6 +102,11 @@ pub async fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::from(exit.code);
             }
             eprintln!("error: {e:#}");
+            let program = std::env::var(pgset_spec::contract::PROGRAM_NAME_ENV)
+                .unwrap_or_else(|_| "pgset".into());
+            if let Some(step) = hint::next_step(&e, &program) {
+                eprintln!("hint: {step}");
+            }
             std::process::ExitCode::FAILURE
         }
     }

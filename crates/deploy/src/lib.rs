@@ -63,7 +63,7 @@ pub enum Error {
     /// The StatefulSet exists with a field Kubernetes does not let change (the claim template,
     /// the selector, the service name), e.g. after switching storage modes.
     #[error(
-        "StatefulSet {name} in namespace {namespace} exists with fields that cannot change (claim template, selector or service name, e.g. after changing the storage mode): run `cargo xtask down` (claims and data stay), then deploy again"
+        "StatefulSet {name} in namespace {namespace} exists with fields that cannot change (claim template, selector or service name, e.g. after changing the storage mode): take the cluster down (scale to 0 and delete the StatefulSet; claims and data stay), then deploy again"
     )]
     StatefulSetImmutable {
         /// StatefulSet name.
@@ -77,7 +77,7 @@ pub enum Error {
     /// PersistentVolumes with this cluster's names are reserved for, or bound to, claims that
     /// are not this cluster's. Judged before any volume is applied: nothing was changed.
     #[error(
-        "{}. pgset changed nothing. Keep these volumes: deleting one frees no directory, and the pods of the claim holding it may be using this cluster's data. Stop the cluster that owns that claim (`cargo xtask down -n NAMESPACE --name NAME`), check which data directories it wrote, release the volume (once that claim is gone, remove the volume's spec.claimRef), then run this again; the README section \"Several clusters on one NFS host\" explains the layout",
+        "{}. pgset changed nothing. Keep these volumes: deleting one frees no directory, and the pods of the claim holding it may be using this cluster's data. Stop the cluster that owns that claim (the claim's namespace and cluster name), check which data directories it wrote, release the volume (once that claim is gone, remove the volume's spec.claimRef), then run this again; the README section \"Several clusters on one NFS host\" explains the layout",
         held.join("; ")
     )]
     VolumesHeldElsewhere {
@@ -113,9 +113,7 @@ pub enum Error {
         source: Box<kube::Error>,
     },
     /// The StatefulSet to scale does not exist.
-    #[error(
-        "StatefulSet {name} not found in namespace {namespace}: run `cargo xtask deploy` first"
-    )]
+    #[error("StatefulSet {name} not found in namespace {namespace}: deploy the cluster first")]
     NotDeployed {
         /// StatefulSet name.
         name: String,

@@ -94,8 +94,8 @@ async fn snapshot(client: &Client, spec: &ClusterSpec) -> Result<Snapshot> {
 
 /// Which watch a change came from.
 enum Change {
-    StatefulSet(Option<StatefulSet>),
-    Pod(watcher::Event<Pod>),
+    StatefulSet(Box<Option<StatefulSet>>),
+    Pod(Box<watcher::Event<Pod>>),
 }
 
 /// What a rollout has reported so far, judged again at every change the watches see.
@@ -194,13 +194,13 @@ pub async fn wait_for_rollout(
     let name = spec.statefulset_name();
     let selector = selector_string(spec);
     let statefulsets = watch_object(Api::<StatefulSet>::namespaced(client.clone(), ns), name)
-        .map_ok(Change::StatefulSet)
+        .map_ok(|s| Change::StatefulSet(Box::new(s)))
         .map_err(Error::watch("StatefulSet", name, ns));
     let pods = watcher(
         Api::<Pod>::namespaced(client.clone(), ns),
         watcher::Config::default().labels(&selector),
     )
-    .map_ok(Change::Pod)
+    .map_ok(|e| Change::Pod(Box::new(e)))
     .map_err(Error::watch("Pod", &selector, ns));
     let mut state = Progress {
         started: Instant::now(),
@@ -217,10 +217,10 @@ pub async fn wait_for_rollout(
         while let Some(change) = changes.try_next().await? {
             let changed = match change {
                 Change::StatefulSet(s) => {
-                    statefulset = Some(s);
+                    statefulset = Some(*s);
                     true
                 }
-                Change::Pod(event) => listing.apply(event),
+                Change::Pod(event) => listing.apply(*event),
             };
             let Some(sts) = statefulset.as_ref().filter(|_| changed && listing.listed()) else {
                 continue;

@@ -300,7 +300,7 @@ async fn a_refused_statefulset_change_says_how_to_recover() {
         .unwrap_err();
     let msg = err.to_string();
     assert!(
-        msg.contains("run `cargo xtask down` (claims and data stay)"),
+        msg.contains("take the cluster down (scale to 0 and delete the StatefulSet; claims and data stay), then deploy again"),
         "{msg}"
     );
     let source = std::error::Error::source(&err)
@@ -634,7 +634,7 @@ async fn scale_of_an_absent_statefulset_says_to_deploy_first_and_writes_nothing(
         .await
         .unwrap_err();
     assert!(
-        err.to_string().contains("run `cargo xtask deploy` first"),
+        err.to_string().contains("deploy the cluster first"),
         "{err}"
     );
     assert!(calls.lock().unwrap().iter().all(|c| !c.is_write()));

@@ -138,7 +138,7 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
             "agent.image (--agent-image)",
             &s.agent.image,
             "not a valid image reference",
-            "e.g. docker.io/library/pgset-agent:0.1.0 (built by `cargo xtask image --import`)",
+            "e.g. docker.io/library/pgset-agent:0.1.0 (the agent image this version builds)",
         ));
     }
     if !matches!(

@@ -64,7 +64,7 @@ pub enum Error {
     },
     /// The cluster is not there to verify.
     #[error(
-        "StatefulSet {name} not found in namespace {namespace}: deploy it first (`cargo xtask up` or `cargo xtask deploy`), or name the cluster with --name / -n"
+        "StatefulSet {name} not found in namespace {namespace}: deploy it first, or name the cluster with --name / -n"
     )]
     NotDeployed {
         /// Cluster name.

@@ -705,7 +705,7 @@ impl Verifier {
                 .map_err(api(format!("read PersistentVolume {pv}")))?;
             if found.is_none() {
                 return Ok(Finding::fail(format!(
-                    "no PersistentVolume {pv} for {new_pod}: run `cargo xtask volumes --replicas {}` first",
+                    "no PersistentVolume {pv} for {new_pod}: create the volumes for {} replicas first",
                     n + 1
                 )));
             }

@@ -259,7 +259,7 @@ async fn preflight_names_the_missing_statefulset_and_the_fix() {
     assert!(matches!(err, Error::NotDeployed { .. }));
     assert_eq!(
         err.to_string(),
-        "StatefulSet pgset not found in namespace default: deploy it first (`cargo xtask up` or `cargo xtask deploy`), or name the cluster with --name / -n"
+        "StatefulSet pgset not found in namespace default: deploy it first, or name the cluster with --name / -n"
     );
 }
 
@@ -653,7 +653,7 @@ async fn scale_test_needs_the_next_members_volume_before_scaling() {
     assert_eq!(finding.verdict, Verdict::Fail);
     assert_eq!(
         finding.message,
-        "no PersistentVolume pgset-default-2 for pgset-2: run `cargo xtask volumes --replicas 3` first"
+        "no PersistentVolume pgset-default-2 for pgset-2: create the volumes for 3 replicas first"
     );
 }
 
