@@ -634,8 +634,9 @@ impl Verifier {
         Ok(())
     }
 
-    /// Waits until pod `name` is Ready (and, when `not_uid` is given, is a new pod), watching it.
-    async fn wait_ready(&self, name: &str, not_uid: Option<&str>) -> Result<Member> {
+    /// Waits until pod `name` is Ready (and, when `not_uid` is given, is a new pod), watching it,
+    /// for at most the `--timeout`.
+    pub async fn wait_ready(&self, name: &str, not_uid: Option<&str>) -> Result<Member> {
         let ready = |pod: Option<&Pod>| {
             pod.map(Member::from_pod)
                 .is_some_and(|m| m.ready && !m.terminating && not_uid.is_none_or(|u| u != m.uid))
@@ -649,8 +650,8 @@ impl Verifier {
         }
     }
 
-    /// Waits until no pod `name` is left, watching it.
-    async fn wait_gone(&self, name: &str) -> Result<()> {
+    /// Waits until no pod `name` is left, watching it, for at most the `--timeout`.
+    pub async fn wait_gone(&self, name: &str) -> Result<()> {
         self.wait_for(name, format!("pod {name} removed"), |pod: Option<&Pod>| {
             pod.is_none()
         })
