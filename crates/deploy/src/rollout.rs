@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::pin::pin;
 use std::time::Duration;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ContainerStatus, Event, Pod};
@@ -16,7 +16,7 @@ use pgset_spec::{ClusterSpec, ordinal_of};
 use tokio::time::Instant;
 
 use crate::readiness::pod_is_ready;
-use crate::wait::Listing;
+use crate::wait::{Listing, unrecoverable};
 use crate::{Error, Result, selector_string};
 
 /// Budget for collecting the diagnosis after a timeout.
@@ -194,12 +194,14 @@ pub async fn wait_for_rollout(
     let name = spec.statefulset_name();
     let selector = selector_string(spec);
     let statefulsets = watch_object(Api::<StatefulSet>::namespaced(client.clone(), ns), name)
+        .filter(unrecoverable)
         .map_ok(|s| Change::StatefulSet(Box::new(s)))
         .map_err(Error::watch("StatefulSet", name, ns));
     let pods = watcher(
         Api::<Pod>::namespaced(client.clone(), ns),
         watcher::Config::default().labels(&selector),
     )
+    .filter(unrecoverable)
     .map_ok(|e| Change::Pod(Box::new(e)))
     .map_err(Error::watch("Pod", &selector, ns));
     let mut state = Progress {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::pin::pin;
 
-use futures::TryStreamExt;
+use futures::StreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
@@ -68,6 +68,19 @@ impl<K: Resource> Listing<K> {
     }
 }
 
+/// True for a watch error the watcher recovers from by itself: the API server no longer has
+/// the version the watch resumed from (410 Gone, e.g. after a long wait), so the watcher lists
+/// again. Any other error ends the wait.
+pub fn recoverable(error: &watcher::Error) -> bool {
+    matches!(error, watcher::Error::WatchError(status) if status.code == 410)
+}
+
+/// For `StreamExt::filter` on a watch: drops the errors the watcher recovers from by itself
+/// ([`recoverable`]); others stay and end the wait.
+pub fn unrecoverable<T>(item: &Result<T, watcher::Error>) -> std::future::Ready<bool> {
+    std::future::ready(!matches!(item, Err(e) if recoverable(e)))
+}
+
 /// Watches what `config` selects through `api` until `done` holds for the complete set,
 /// judged after the first listing and after every change; `listing` keeps the last set seen,
 /// so a caller whose [`tokio::time::timeout`] ran out can say what was left. Never ends on its
@@ -83,7 +96,12 @@ where
     F: FnMut(&BTreeMap<String, K>) -> bool,
 {
     let mut events = pin!(watcher(api, config));
-    while let Some(event) = events.try_next().await? {
+    while let Some(event) = events.next().await {
+        let event = match event {
+            Ok(event) => event,
+            Err(e) if recoverable(&e) => continue,
+            Err(e) => return Err(e),
+        };
         if listing.apply(event) && done(&listing.objects) {
             return Ok(());
         }

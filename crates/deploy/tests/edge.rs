@@ -6,6 +6,7 @@ mod mock_api;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use kube::runtime::watcher;
 use mock_api::{
     Call, Collection, Reply, Timeline, echo_with_version, is_watch, mock_client,
     mock_client_replying, not_found, query_pairs,
@@ -14,6 +15,7 @@ use pgset_deploy::apply::{ApplyMode, deploy};
 use pgset_deploy::rollout::{RolloutReport, wait_for_rollout};
 use pgset_deploy::scale::scale;
 use pgset_deploy::teardown::{Purge, down};
+use pgset_deploy::wait::{Listing, until_listing};
 use pgset_spec::{ClusterSpec, StorageMode};
 use serde_json::{Value, json};
 
@@ -1014,4 +1016,56 @@ async fn a_bound_volume_keeps_its_binding_a_free_one_gets_the_claim_ref() {
                    "namespace": "default", "name": "pgset-pvc"})
         );
     }
+}
+
+/// A watch whose version the API server no longer has (410 Gone, after a long wait) is listed
+/// again by the watcher: the wait goes on instead of failing.
+#[tokio::test(start_paused = true)]
+async fn an_expired_watch_lists_again_and_the_wait_goes_on() {
+    let mut lists = 0;
+    let mut watches = 0;
+    let (client, calls) = mock_client_replying(move |call: &Call| {
+        assert_eq!(call.path, PODS);
+        if is_watch(call) {
+            watches += 1;
+            if watches > 1 {
+                return Reply::Hang;
+            }
+            return Reply::Events(vec![json!({"type": "ERROR", "object": {
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": "too old resource version: 1 (5)", "reason": "Expired", "code": 410}})]);
+        }
+        lists += 1;
+        let (pods, version) = if lists == 1 {
+            (vec![pod(0, true, "r1")], "1")
+        } else {
+            (vec![], "5")
+        };
+        Reply::Json(
+            200,
+            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": version}, "items": pods}),
+        )
+    });
+    let mut listing = Listing::default();
+    let waiting = until_listing(
+        kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client, NS),
+        watcher::Config::default(),
+        &mut listing,
+        |pods| pods.is_empty(),
+    );
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("done before the timeout")
+        .expect("a 410 is not an error of the wait");
+    let sent = requests(&calls.lock().unwrap());
+    assert_eq!(
+        sent,
+        [
+            format!("GET {PODS}?&limit=500"),
+            format!(
+                "GET {PODS}?&watch=true&timeoutSeconds=290&allowWatchBookmarks=true&resourceVersion=1"
+            ),
+            format!("GET {PODS}?&limit=500"),
+        ]
+    );
 }
