@@ -36,7 +36,8 @@ use kube::api::{DeleteParams, LogParams, Patch, PostParams, WatchEvent, WatchPar
 use kube::{Api, Client};
 use pgset_agent::identity::{Identity, MemberRef};
 use pgset_deploy::apply::{ApplyMode, apply_params, deploy};
-use pgset_deploy::rollout::{describe_pod, pod_is_ready, step_lines, wait_for_rollout};
+use pgset_deploy::readiness::pod_is_ready;
+use pgset_deploy::rollout::{describe_pod, step_lines, wait_for_rollout};
 use pgset_deploy::scale::set_replicas;
 use pgset_deploy::secret::Passwords;
 use pgset_deploy::teardown::{Purge, down};

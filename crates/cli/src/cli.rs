@@ -7,6 +7,33 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use pgset_spec::{ClusterSpec, Overrides, StorageMode};
 
+use crate::deploy::DryRun;
+
+/// `--dry-run[=MODE]` of every command that can change something: one definition, flattened
+/// into each command's arguments (`#[command(flatten)]`); each command words its help with
+/// `#[command(mut_arg("dry_run", ...))]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Args)]
+pub struct DryRunArg {
+    /// Change nothing (client, the default), or have the API server check the writes (server)
+    #[arg(
+        id = "dry_run",
+        long = "dry-run",
+        value_name = "MODE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "client",
+        value_enum
+    )]
+    pub mode: Option<DryRun>,
+}
+
+impl DryRunArg {
+    /// True when `--dry-run` was given, in either mode.
+    pub fn is_set(&self) -> bool {
+        self.mode.is_some()
+    }
+}
+
 /// `--config` and the flags that override it.
 #[derive(Debug, Clone, Args, Default)]
 pub struct SpecArgs {

@@ -9,7 +9,7 @@ use pgset_deploy::apply::{ApplyMode, deploy};
 use pgset_deploy::render::multi_document;
 use pgset_deploy::rollout::wait_for_rollout;
 
-use crate::cli::{ClientArgs, SpecArgs};
+use crate::cli::{ClientArgs, DryRunArg, SpecArgs};
 use crate::context::RunContext;
 use crate::progress::Reporter;
 
@@ -24,18 +24,10 @@ pub enum DryRun {
 
 /// Arguments of `cargo xtask deploy`.
 #[derive(Debug, clap::Args)]
+#[command(mut_arg("dry_run", |a| a.help("Change nothing: print the objects (client, the default) or have the API server check them (server)")))]
 pub struct Args {
-    /// Change nothing: print the objects (client, the default) or have the API server check
-    /// them (server)
-    #[arg(
-        long,
-        value_name = "MODE",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "client",
-        value_enum
-    )]
-    pub dry_run: Option<DryRun>,
+    #[command(flatten)]
+    pub dry_run: DryRunArg,
     /// Show each pod's full state (phase, conditions, containers) whenever it changes
     #[arg(long, short = 'v')]
     pub verbose: bool,
@@ -91,7 +83,7 @@ pub fn parse_timeout(text: &str) -> Result<Duration, String> {
 pub async fn run(args: Args) -> Result<()> {
     let spec = args.spec.load(&args.client)?;
     let reporter = Reporter::new(args.verbose).install();
-    let ctx = RunContext::new(spec, args.client.clone(), args.dry_run, reporter);
+    let ctx = RunContext::new(spec, args.client.clone(), args.dry_run.mode, reporter);
     stage(&ctx, &args.wait).await
 }
 
@@ -164,7 +156,9 @@ mod tests {
     #[tokio::test]
     async fn client_dry_run_needs_no_cluster() {
         let args = Args {
-            dry_run: Some(DryRun::Client),
+            dry_run: DryRunArg {
+                mode: Some(DryRun::Client),
+            },
             verbose: false,
             wait: WaitArgs {
                 no_wait: false,
@@ -184,7 +178,7 @@ mod tests {
     #[tokio::test]
     async fn invalid_replicas_fail_before_the_kubeconfig_is_read() {
         let args = Args {
-            dry_run: None,
+            dry_run: DryRunArg::default(),
             verbose: false,
             wait: WaitArgs {
                 no_wait: true,

@@ -8,8 +8,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use pgset_command::HostCommand;
 use pgset_spec::VERSION;
 
-use crate::cli::{ClientArgs, SpecArgs, Stage, workspace_root};
-use crate::deploy::DryRun;
+use crate::cli::{ClientArgs, DryRunArg, SpecArgs, Stage, workspace_root};
 use pgset_image::reference::ImageName;
 use pgset_image::{oci, static_binary};
 
@@ -20,6 +19,7 @@ pub const IMPORT_PLATFORM: &str = "linux/amd64";
 
 /// Arguments of `cargo xtask image`.
 #[derive(Debug, clap::Args)]
+#[command(mut_arg("dry_run", |a| a.help("Print the build, the archive and the import that would happen, and change nothing. `server` is the same here: this command writes nothing to the API server")))]
 pub struct Args {
     #[command(flatten)]
     pub spec: SpecArgs,
@@ -32,17 +32,8 @@ pub struct Args {
     /// Then load the archive into containerd's k8s.io namespace with `ctr` (as root, on the node)
     #[arg(long)]
     pub import: bool,
-    /// Print the build, the archive and the import that would happen, and change nothing.
-    /// `server` is the same here: this command writes nothing to the API server
-    #[arg(
-        long,
-        value_name = "MODE",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "client",
-        value_enum
-    )]
-    pub dry_run: Option<DryRun>,
+    #[command(flatten)]
+    pub dry_run: DryRunArg,
 }
 
 /// The default archive path: `pgset-agent-<version>.oci.tar` in the target directory.
@@ -65,7 +56,7 @@ pub async fn run(args: Args) -> Result<()> {
         .clone()
         .unwrap_or_else(|| default_archive_path(&static_binary::target_root(&workspace)));
 
-    if args.dry_run.is_some() {
+    if args.dry_run.is_set() {
         print_plan(&workspace, &out, &name, args.import);
         if args.import {
             import_preflight()?;

@@ -8,6 +8,7 @@ pub mod deploy;
 pub mod doctor;
 pub mod down;
 pub mod drill;
+pub mod hint;
 pub mod image;
 pub mod local;
 pub mod nfs;
@@ -103,6 +104,11 @@ pub async fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::from(exit.code);
             }
             eprintln!("error: {e:#}");
+            let program = std::env::var(pgset_spec::contract::PROGRAM_NAME_ENV)
+                .unwrap_or_else(|_| "pgset".into());
+            if let Some(step) = hint::next_step(&e, &program) {
+                eprintln!("hint: {step}");
+            }
             std::process::ExitCode::FAILURE
         }
     }
@@ -140,6 +146,15 @@ mod tests {
             }
         }
         assert_eq!(with_flag, ["up", "nfs", "volumes", "image", "deploy"]);
+        // One flag, worded by each command.
+        let help = |task: &str| {
+            let sub = cli.find_subcommand(task).unwrap();
+            let arg = sub.get_arguments().find(|a| a.get_id() == "dry_run");
+            arg.and_then(|a| a.get_help()).unwrap().to_string()
+        };
+        assert!(help("up").contains("every host step"), "{}", help("up"));
+        assert!(help("nfs").starts_with("Probe the host"), "{}", help("nfs"));
+        assert!(help("deploy").starts_with("Change nothing: print the objects"));
         for task in ["up", "nfs", "volumes", "image", "deploy"] {
             for flag in ["--dry-run", "--dry-run=client", "--dry-run=server"] {
                 Cli::try_parse_from(["cargo xtask", task, flag])
@@ -159,7 +174,7 @@ mod tests {
             else {
                 panic!("not volumes");
             };
-            assert_eq!(v.dry_run, Some(meaning), "{flag}");
+            assert_eq!(v.dry_run.mode, Some(meaning), "{flag}");
         }
     }
 }

@@ -15,31 +15,22 @@ use pgset_nfs::{
 };
 use pgset_spec::ClusterSpec;
 
-use crate::cli::{ClientArgs, SpecArgs, Stage};
-use crate::deploy::DryRun;
+use crate::cli::{ClientArgs, DryRunArg, SpecArgs, Stage};
 
 /// How long listing the cluster's nodes may take before the host's own network is used.
 const NODE_LIST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Arguments of `cargo xtask nfs`.
 #[derive(Debug, clap::Args)]
+#[command(mut_arg("dry_run", |a| a.help("Probe the host and print the plan; change nothing. `server` is the same here: this command writes nothing to the API server")))]
 pub struct Args {
     /// Hosts allowed to mount the export: comma-separated IP addresses and CIDR networks, or
     /// `*` for every host [default: the network of the cluster's nodes, else this host's
     /// primary network]
     #[arg(long, value_name = "CIDR,...")]
     pub clients: Option<String>,
-    /// Probe the host and print the plan; change nothing. `server` is the same here: this
-    /// command writes nothing to the API server
-    #[arg(
-        long,
-        value_name = "MODE",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "client",
-        value_enum
-    )]
-    pub dry_run: Option<DryRun>,
+    #[command(flatten)]
+    pub dry_run: DryRunArg,
     /// Also print the read-only probe commands
     #[arg(long, short = 'v')]
     pub verbose: bool,
@@ -115,7 +106,7 @@ pub async fn run(args: Args) -> Result<()> {
         parse_clients(c)?;
     }
     let runner = Executor {
-        dry_run: args.dry_run.is_some(),
+        dry_run: args.dry_run.is_set(),
         log_probes: args.verbose,
     };
     let paths = HostPaths::default();
@@ -129,7 +120,7 @@ pub async fn run(args: Args) -> Result<()> {
     let server = server_address(&spec, &facts.addresses, &nodes);
     let blockers = pgset_nfs::blockers(&facts, &steps);
 
-    if args.dry_run.is_some() {
+    if args.dry_run.is_set() {
         print_server(server.as_deref());
         if !blockers.is_empty() {
             let refusal = pgset_nfs::Error::Blocked { blockers };

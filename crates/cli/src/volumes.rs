@@ -10,7 +10,7 @@ use pgset_deploy::storage::{apply_volumes, shared_claim};
 use pgset_nfs::persistent_volumes;
 use pgset_spec::{ClusterSpec, StorageMode};
 
-use crate::cli::{ClientArgs, SpecArgs, Stage};
+use crate::cli::{ClientArgs, DryRunArg, SpecArgs, Stage};
 use crate::context::RunContext;
 use crate::deploy::DryRun;
 use crate::nfs::{node_addresses, server_address};
@@ -18,18 +18,10 @@ use crate::progress::Reporter;
 
 /// Arguments of `cargo xtask volumes`.
 #[derive(Debug, clap::Args)]
+#[command(mut_arg("dry_run", |a| a.help("Change nothing: print the objects as YAML (client, the default) or have the API server check them (server)")))]
 pub struct Args {
-    /// Change nothing: print the objects as YAML (client, the default) or have the API server
-    /// check them (server)
-    #[arg(
-        long,
-        value_name = "MODE",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "client",
-        value_enum
-    )]
-    pub dry_run: Option<DryRun>,
+    #[command(flatten)]
+    pub dry_run: DryRunArg,
     #[command(flatten)]
     pub spec: SpecArgs,
     #[command(flatten)]
@@ -111,7 +103,12 @@ pub(crate) async fn apply_storage(
 /// Runs the task.
 pub async fn run(args: Args) -> Result<()> {
     let spec = args.spec.load(&args.client)?;
-    let ctx = RunContext::new(spec, args.client.clone(), args.dry_run, Reporter::current());
+    let ctx = RunContext::new(
+        spec,
+        args.client.clone(),
+        args.dry_run.mode,
+        Reporter::current(),
+    );
     stage(&ctx).await
 }
 

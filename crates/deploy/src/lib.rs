@@ -8,6 +8,7 @@
 pub mod apply;
 pub mod mount_probe;
 pub mod rbac;
+pub mod readiness;
 pub mod record;
 pub mod render;
 pub mod rollout;
@@ -17,6 +18,7 @@ pub mod services;
 pub mod statefulset;
 pub mod storage;
 pub mod teardown;
+pub mod wait;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -61,7 +63,7 @@ pub enum Error {
     /// The StatefulSet exists with a field Kubernetes does not let change (the claim template,
     /// the selector, the service name), e.g. after switching storage modes.
     #[error(
-        "StatefulSet {name} in namespace {namespace} exists with fields that cannot change (claim template, selector or service name, e.g. after changing the storage mode): run `cargo xtask down` (claims and data stay), then deploy again"
+        "StatefulSet {name} in namespace {namespace} exists with fields that cannot change (claim template, selector or service name, e.g. after changing the storage mode): take the cluster down (scale to 0 and delete the StatefulSet; claims and data stay), then deploy again"
     )]
     StatefulSetImmutable {
         /// StatefulSet name.
@@ -75,7 +77,7 @@ pub enum Error {
     /// PersistentVolumes with this cluster's names are reserved for, or bound to, claims that
     /// are not this cluster's. Judged before any volume is applied: nothing was changed.
     #[error(
-        "{}. pgset changed nothing. Keep these volumes: deleting one frees no directory, and the pods of the claim holding it may be using this cluster's data. Stop the cluster that owns that claim (`cargo xtask down -n NAMESPACE --name NAME`), check which data directories it wrote, release the volume (once that claim is gone, remove the volume's spec.claimRef), then run this again; the README section \"Several clusters on one NFS host\" explains the layout",
+        "{}. pgset changed nothing. Keep these volumes: deleting one frees no directory, and the pods of the claim holding it may be using this cluster's data. Stop the cluster that owns that claim (the claim's namespace and cluster name), check which data directories it wrote, release the volume (once that claim is gone, remove the volume's spec.claimRef), then run this again; the README section \"Several clusters on one NFS host\" explains the layout",
         held.join("; ")
     )]
     VolumesHeldElsewhere {
@@ -111,14 +113,25 @@ pub enum Error {
         source: Box<kube::Error>,
     },
     /// The StatefulSet to scale does not exist.
-    #[error(
-        "StatefulSet {name} not found in namespace {namespace}: run `cargo xtask deploy` first"
-    )]
+    #[error("StatefulSet {name} not found in namespace {namespace}: deploy the cluster first")]
     NotDeployed {
         /// StatefulSet name.
         name: String,
         /// Namespace.
         namespace: String,
+    },
+    /// A watch the wait rests on failed.
+    #[error("watch {kind} {name} in namespace {namespace}")]
+    Watch {
+        /// Kind of the objects watched.
+        kind: &'static str,
+        /// Name of the object (or the label selector of the watched set).
+        name: String,
+        /// Namespace (`-` for cluster-scoped objects).
+        namespace: String,
+        /// The watcher's error, with the API server's message.
+        #[source]
+        source: Box<kube::runtime::watcher::Error>,
     },
     /// A wait ran out of time.
     #[error("timed out after {}s waiting for {what}: {status}", waited.as_secs())]
@@ -185,6 +198,21 @@ impl Error {
             kind,
             name,
             namespace,
+            source: Box::new(source),
+        }
+    }
+
+    /// An [`Error::Watch`] for watching `kind` `name` in `namespace`.
+    pub(crate) fn watch(
+        kind: &'static str,
+        name: impl Into<String>,
+        namespace: impl Into<String>,
+    ) -> impl FnMut(kube::runtime::watcher::Error) -> Error + Send + 'static {
+        let (name, namespace) = (name.into(), namespace.into());
+        move |source| Error::Watch {
+            kind,
+            name: name.clone(),
+            namespace: namespace.clone(),
             source: Box::new(source),
         }
     }

@@ -26,6 +26,7 @@ use pgset_nfs::{Diagnosis, Health};
 use pgset_spec::ClusterSpec;
 use pgset_spec::contract::{self, APP_NAME, components, labels};
 
+use crate::readiness::{KeptOff, node_keeps_members_off};
 use crate::rollout::{describe_pod, shorten};
 use crate::statefulset::{restricted_security_context, runtime_default_seccomp};
 use crate::{Error, Result};
@@ -132,35 +133,14 @@ pub fn probe_nodes(nodes: &[Node], spec: &ClusterSpec) -> (Vec<String>, Vec<(Str
     let mut off = Vec::new();
     for node in nodes {
         let name = node.name_any();
-        let ready = node
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-            .is_some_and(|c| c.status == "True");
-        let ns = node.spec.as_ref();
-        let mut why = Vec::new();
-        if !ready {
-            why.push("not Ready".to_string());
-        }
-        if ns.and_then(|s| s.unschedulable).unwrap_or(false) {
-            why.push("cordoned".to_string());
-        }
-        let taints: Vec<String> = ns
-            .and_then(|s| s.taints.as_ref())
+        let why: Vec<String> = node_keeps_members_off(node, spec.tolerate_control_plane)
             .into_iter()
-            .flatten()
-            .filter(|t| matches!(t.effect.as_str(), "NoSchedule" | "NoExecute"))
-            .filter(|t| {
-                !(spec.tolerate_control_plane
-                    && t.key == contract::CONTROL_PLANE_TAINT
-                    && t.effect == "NoSchedule")
+            .map(|kept| match kept {
+                KeptOff::NotReady => "not Ready".to_string(),
+                KeptOff::Cordoned => "cordoned".to_string(),
+                KeptOff::Tainted(taints) => format!("tainted {}", taints.join(", ")),
             })
-            .map(|t| format!("{}:{}", t.key, t.effect))
             .collect();
-        if !taints.is_empty() {
-            why.push(format!("tainted {}", taints.join(", ")));
-        }
         if why.is_empty() {
             on.push(name);
         } else {

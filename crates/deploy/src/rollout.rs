@@ -3,21 +3,22 @@
 //! the state of the member that holds it up.
 
 use std::collections::BTreeMap;
+use std::pin::pin;
 use std::time::Duration;
 
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ContainerStatus, Event, Pod};
 use kube::api::ListParams;
+use kube::runtime::watcher::{self, watch_object, watcher};
 use kube::{Api, Client};
 use pgset_spec::contract::{MemberPhase, annotations};
 use pgset_spec::{ClusterSpec, ordinal_of};
 use tokio::time::Instant;
 
+use crate::readiness::pod_is_ready;
+use crate::wait::{Listing, unrecoverable};
 use crate::{Error, Result, selector_string};
-
-/// How often the StatefulSet and its pods are read while waiting: a member's Ready is seen
-/// within a quarter second, small against the 1 s readiness period the rollout time rests on.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// Budget for collecting the diagnosis after a timeout.
 const DIAGNOSIS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Label the StatefulSet controller puts on each pod: the revision it was created from.
@@ -30,14 +31,6 @@ pub struct RolloutReport {
     pub members: Vec<(String, Option<Duration>)>,
     /// Time from the start of the wait until every member was Ready.
     pub total: Duration,
-}
-
-/// The first reported Ready condition of a pod.
-pub fn pod_is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn pod_ordinal(pod: &Pod) -> Option<i32> {
@@ -99,6 +92,121 @@ async fn snapshot(client: &Client, spec: &ClusterSpec) -> Result<Snapshot> {
     Ok(Snapshot { statefulset, pods })
 }
 
+/// What a rollout has reported so far, judged again at every change the watches see.
+struct Judge {
+    started: Instant,
+    first_seen: BTreeMap<String, Instant>,
+    reported: Vec<(String, Option<Duration>)>,
+    last: BTreeMap<i32, (MemberStep, String)>,
+    last_waiting: Option<String>,
+    first_look: bool,
+}
+
+impl Judge {
+    /// Reports each member whose step changed and the StatefulSet when it holds the rollout up;
+    /// true when the rollout is done.
+    fn judge(
+        &mut self,
+        spec: &ClusterSpec,
+        snap: &Snapshot,
+        replicas: i32,
+        progress: &mut (dyn FnMut(&RolloutEvent) + Send),
+    ) -> bool {
+        let update_revision = snap
+            .statefulset
+            .as_ref()
+            .and_then(|s| s.status.as_ref())
+            .and_then(|s| s.update_revision.clone());
+        // Until the controller has seen the latest spec, its revision names the old
+        // template: judging members against it would report old pods as done.
+        let observed = snap.statefulset.as_ref().is_some_and(|s| {
+            s.status
+                .as_ref()
+                .and_then(|st| st.observed_generation)
+                .unwrap_or(0)
+                >= s.metadata.generation.unwrap_or(0)
+        });
+        // Members above the wanted count (seen before or now), until they are gone.
+        let surplus: Vec<i32> = self
+            .last
+            .keys()
+            .copied()
+            .filter(|o| *o >= replicas)
+            .chain(snap.pods.keys().copied().filter(|o| *o >= replicas))
+            .collect::<std::collections::BTreeSet<i32>>()
+            .into_iter()
+            .collect();
+        let mut tell = |ordinal: i32, state: MemberState| {
+            let key = (state.step.clone(), state.detail.clone());
+            if self.last.get(&ordinal) != Some(&key) {
+                self.last.insert(ordinal, key);
+                progress(&RolloutEvent::Member(state));
+            }
+        };
+        for ordinal in (0..replicas).filter(|_| observed) {
+            let name = spec.pod_name(ordinal);
+            if self.reported.iter().any(|(n, _)| *n == name) {
+                continue;
+            }
+            let pod = snap.pods.get(&ordinal);
+            let mut state = MemberState::of(spec, ordinal, pod, update_revision.as_deref());
+            state.at = self.started.elapsed();
+            if pod.is_some_and(|p| member_done(p, update_revision.as_deref())) {
+                let took = self.first_seen.get(&name).map(|t| t.elapsed());
+                state.took = took;
+                state.already = took.is_none() && self.first_look;
+                tell(ordinal, state);
+                self.reported.push((name, took));
+            } else {
+                self.first_seen.entry(name).or_insert_with(Instant::now);
+                tell(ordinal, state);
+            }
+        }
+        // Members above the wanted count, until they are gone.
+        for ordinal in surplus {
+            let mut state = match snap.pods.get(&ordinal) {
+                Some(pod) => MemberState::of(spec, ordinal, Some(pod), None),
+                None => MemberState::of(spec, ordinal, None, None),
+            };
+            state.step = match (&state.step, snap.pods.contains_key(&ordinal)) {
+                (_, false) => MemberStep::Removed,
+                (MemberStep::Terminating, true) => MemberStep::Terminating,
+                (_, true) => MemberStep::Surplus,
+            };
+            state.at = self.started.elapsed();
+            tell(ordinal, state);
+        }
+        self.first_look &= !observed;
+        let extra_members = snap.pods.keys().any(|o| *o >= replicas);
+        let settled = snap
+            .statefulset
+            .as_ref()
+            .is_some_and(|s| statefulset_settled(s, replicas));
+        if settled && !extra_members && self.reported.len() == replicas as usize {
+            return true;
+        }
+        let now_waiting = statefulset_wait(
+            spec,
+            snap,
+            observed,
+            self.reported.len() == replicas as usize && !extra_members,
+        );
+        if now_waiting != self.last_waiting {
+            if let Some(w) = &now_waiting {
+                progress(&RolloutEvent::Waiting(w.clone()));
+            }
+            self.last_waiting = now_waiting;
+        }
+        false
+    }
+}
+
+/// Which watch a change came from.
+enum Change {
+    StatefulSet(Box<Option<StatefulSet>>),
+    Pod(Box<watcher::Event<Pod>>),
+}
+
 /// Waits until the StatefulSet has exactly `replicas` members, all Ready at its current
 /// revision, and no member above them. Reports each member's step as it changes (a
 /// [`RolloutEvent`]: what a person reads, the pod's full state beside it), and the StatefulSet
@@ -111,108 +219,65 @@ pub async fn wait_for_rollout(
     timeout: Duration,
     progress: &mut (dyn FnMut(&RolloutEvent) + Send),
 ) -> Result<RolloutReport> {
-    let started = Instant::now();
-    let mut first_seen: BTreeMap<String, Instant> = BTreeMap::new();
-    let mut reported: Vec<(String, Option<Duration>)> = Vec::new();
-    let mut last: BTreeMap<i32, (MemberStep, String)> = BTreeMap::new();
-    let mut last_waiting: Option<String> = None;
-    let mut first_poll = true;
+    let ns = spec.namespace.as_str();
+    let name = spec.statefulset_name();
+    let selector = selector_string(spec);
+    let statefulsets = watch_object(Api::<StatefulSet>::namespaced(client.clone(), ns), name)
+        .filter(unrecoverable)
+        .map_ok(|s| Change::StatefulSet(Box::new(s)))
+        .map_err(Error::watch("StatefulSet", name, ns));
+    let pods = watcher(
+        Api::<Pod>::namespaced(client.clone(), ns),
+        watcher::Config::default().labels(&selector),
+    )
+    .filter(unrecoverable)
+    .map_ok(|e| Change::Pod(Box::new(e)))
+    .map_err(Error::watch("Pod", &selector, ns));
+    let mut state = Judge {
+        started: Instant::now(),
+        first_seen: BTreeMap::new(),
+        reported: Vec::new(),
+        last: BTreeMap::new(),
+        last_waiting: None,
+        first_look: true,
+    };
+    let mut snap: Option<Snapshot> = None;
     let waiting = async {
-        loop {
-            let snap = snapshot(client, spec).await?;
-            let update_revision = snap
-                .statefulset
-                .as_ref()
-                .and_then(|s| s.status.as_ref())
-                .and_then(|s| s.update_revision.clone());
-            // Until the controller has seen the latest spec, its revision names the old
-            // template: judging members against it would report old pods as done.
-            let observed = snap.statefulset.as_ref().is_some_and(|s| {
-                s.status
-                    .as_ref()
-                    .and_then(|st| st.observed_generation)
-                    .unwrap_or(0)
-                    >= s.metadata.generation.unwrap_or(0)
-            });
-            // Members above the wanted count (seen before or now), until they are gone.
-            let surplus: Vec<i32> = last
-                .keys()
-                .copied()
-                .filter(|o| *o >= replicas)
-                .chain(snap.pods.keys().copied().filter(|o| *o >= replicas))
-                .collect::<std::collections::BTreeSet<i32>>()
-                .into_iter()
-                .collect();
-            let mut tell = |ordinal: i32, state: MemberState| {
-                let key = (state.step.clone(), state.detail.clone());
-                if last.get(&ordinal) != Some(&key) {
-                    last.insert(ordinal, key);
-                    progress(&RolloutEvent::Member(state));
+        let mut changes = pin!(futures::stream::select(statefulsets, pods));
+        let mut statefulset: Option<Option<StatefulSet>> = None;
+        let mut listing = Listing::<Pod>::default();
+        while let Some(change) = changes.try_next().await? {
+            let changed = match change {
+                Change::StatefulSet(s) => {
+                    statefulset = Some(*s);
+                    true
                 }
+                Change::Pod(event) => listing.apply(*event),
             };
-            for ordinal in (0..replicas).filter(|_| observed) {
-                let name = spec.pod_name(ordinal);
-                if reported.iter().any(|(n, _)| *n == name) {
-                    continue;
-                }
-                let pod = snap.pods.get(&ordinal);
-                let mut state = MemberState::of(spec, ordinal, pod, update_revision.as_deref());
-                state.at = started.elapsed();
-                if pod.is_some_and(|p| member_done(p, update_revision.as_deref())) {
-                    let took = first_seen.get(&name).map(|t| t.elapsed());
-                    state.took = took;
-                    state.already = took.is_none() && first_poll;
-                    tell(ordinal, state);
-                    reported.push((name, took));
-                } else {
-                    first_seen.entry(name).or_insert_with(Instant::now);
-                    tell(ordinal, state);
-                }
-            }
-            // Members above the wanted count, until they are gone.
-            for ordinal in surplus {
-                let mut state = match snap.pods.get(&ordinal) {
-                    Some(pod) => MemberState::of(spec, ordinal, Some(pod), None),
-                    None => MemberState::of(spec, ordinal, None, None),
-                };
-                state.step = match (&state.step, snap.pods.contains_key(&ordinal)) {
-                    (_, false) => MemberStep::Removed,
-                    (MemberStep::Terminating, true) => MemberStep::Terminating,
-                    (_, true) => MemberStep::Surplus,
-                };
-                state.at = started.elapsed();
-                tell(ordinal, state);
-            }
-            first_poll &= !observed;
-            let extra_members = snap.pods.keys().any(|o| *o >= replicas);
-            let settled = snap
-                .statefulset
-                .as_ref()
-                .is_some_and(|s| statefulset_settled(s, replicas));
-            if settled && !extra_members && reported.len() == replicas as usize {
+            let Some(sts) = statefulset.as_ref().filter(|_| changed && listing.listed()) else {
+                continue;
+            };
+            let current = snap.insert(Snapshot {
+                statefulset: sts.clone(),
+                pods: listing
+                    .objects
+                    .values()
+                    .filter_map(|p| pod_ordinal(p).map(|o| (o, p.clone())))
+                    .collect(),
+            });
+            if state.judge(spec, current, replicas, progress) {
                 return Ok::<(), Error>(());
             }
-            let now_waiting = statefulset_wait(
-                spec,
-                &snap,
-                observed,
-                reported.len() == replicas as usize && !extra_members,
-            );
-            if now_waiting != last_waiting {
-                if let Some(w) = &now_waiting {
-                    progress(&RolloutEvent::Waiting(w.clone()));
-                }
-                last_waiting = now_waiting;
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
         }
+        // The watches restart themselves when the server closes them: they do not end.
+        std::future::pending().await
     };
     match tokio::time::timeout(timeout, waiting).await {
         Ok(result) => {
             result?;
             Ok(RolloutReport {
-                members: reported,
-                total: started.elapsed(),
+                members: state.reported,
+                total: state.started.elapsed(),
             })
         }
         Err(_) => Err(Error::Timeout {
@@ -222,7 +287,7 @@ pub async fn wait_for_rollout(
                 spec.namespace
             ),
             waited: timeout,
-            status: diagnose(client, spec, replicas).await,
+            status: diagnose(client, spec, replicas, snap).await,
         }),
     }
 }
@@ -612,11 +677,20 @@ pub(crate) fn shorten(message: &str) -> String {
 }
 
 /// The state of the member holding the rollout up, with its last event, for a timeout error.
-async fn diagnose(client: &Client, spec: &ClusterSpec, replicas: i32) -> String {
+/// `seen` is the last state the watches gave; without one the state is read.
+async fn diagnose(
+    client: &Client,
+    spec: &ClusterSpec,
+    replicas: i32,
+    seen: Option<Snapshot>,
+) -> String {
     let work = async {
-        let snap = match snapshot(client, spec).await {
-            Ok(s) => s,
-            Err(e) => return format!("could not read the state: {e}"),
+        let snap = match seen {
+            Some(s) => s,
+            None => match snapshot(client, spec).await {
+                Ok(s) => s,
+                Err(e) => return format!("could not read the state: {e}"),
+            },
         };
         let update_revision = snap
             .statefulset

@@ -362,7 +362,7 @@ mod tests {
             "PersistentVolume pv3 (NFS 10.0.0.5:/nfsfileshare) is reserved for claim default/other-pvc",
             "pgset changed nothing",
             "Keep these volumes",
-            "cargo xtask down -n NAMESPACE --name NAME",
+            "Stop the cluster that owns that claim",
         ] {
             assert!(text.contains(expected), "{expected:?} missing in: {text}");
         }

@@ -10,14 +10,16 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{DeleteParams, ListParams};
+use kube::runtime::watcher;
 use kube::{Api, Client};
 use pgset_spec::ClusterSpec;
 use pgset_spec::contract::{APP_NAME, labels};
+use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use crate::apply::kind_of;
-use crate::rollout::POLL_INTERVAL;
 use crate::scale::set_replicas;
+use crate::wait::{Listing, until_listing};
 use crate::{Error, NamespacedObject, Result, is_status, selector_string};
 
 /// Whether the user's data goes too.
@@ -79,35 +81,67 @@ where
     Ok(())
 }
 
-/// Polls `still_there` until it returns an empty list or the deadline passes.
-async fn wait_until_gone<F, Fut>(
+/// Watches the objects `config` selects until none of them `counts` is left, or the
+/// deadline passes (then the error names those still there).
+async fn wait_until_gone<K, F>(
     what: String,
     deadline: &Deadline,
-    mut still_there: F,
+    api: Api<K>,
+    config: watcher::Config,
+    namespace: &str,
+    counts: F,
 ) -> Result<()>
 where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Vec<String>>>,
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+    F: Fn(&K) -> bool,
 {
-    let mut last: Vec<String> = Vec::new();
-    let polling = async {
-        loop {
-            let left = still_there().await?;
-            if left.is_empty() {
-                return Ok::<(), Error>(());
-            }
-            last = left;
-            tokio::time::sleep(POLL_INTERVAL).await;
+    let selector = config.label_selector.clone().unwrap_or_default();
+    let mut listing = Listing::default();
+    let watching = until_listing(api, config, &mut listing, |objects| {
+        !objects.values().any(&counts)
+    });
+    match tokio::time::timeout(deadline.remaining(), watching).await {
+        Ok(result) => result.map_err(Error::watch(kind_of::<K>(), selector, namespace)),
+        Err(_) => {
+            let left: Vec<&str> = listing
+                .objects
+                .iter()
+                .filter(|(_, o)| counts(o))
+                .map(|(name, _)| name.as_str())
+                .collect();
+            Err(Error::Timeout {
+                what,
+                waited: deadline.total,
+                status: format!("still present: {}", left.join(", ")),
+            })
         }
-    };
-    match tokio::time::timeout(deadline.remaining(), polling).await {
-        Ok(result) => result,
-        Err(_) => Err(Error::Timeout {
-            what,
-            waited: deadline.total,
-            status: format!("still present: {}", last.join(", ")),
-        }),
     }
+}
+
+/// True when `claim` is one of this cluster's: it carries the cluster's selector labels (the
+/// shared claim and the StatefulSet's per-member claims), or it is the shared claim by name.
+fn is_cluster_claim(spec: &ClusterSpec, claim: &PersistentVolumeClaim) -> bool {
+    let labelled = claim.metadata.labels.as_ref().is_some_and(|l| {
+        spec.selector_labels()
+            .iter()
+            .all(|(k, v)| l.get(*k) == Some(v))
+    });
+    labelled || claim.metadata.name.as_deref() == Some(spec.shared_claim_name().as_str())
+}
+
+/// The label selector of pgset's PersistentVolumes of this cluster.
+fn volume_selector(spec: &ClusterSpec) -> String {
+    format!(
+        "{}={APP_NAME},{}={}",
+        labels::MANAGED_BY,
+        labels::INSTANCE,
+        spec.name
+    )
 }
 
 /// Names of the objects of kind `K` in the namespace carrying this cluster's selector labels.
@@ -178,12 +212,7 @@ pub fn is_cluster_volume(spec: &ClusterSpec, pv: &PersistentVolume) -> bool {
 
 async fn cluster_volumes(client: &Client, spec: &ClusterSpec) -> Result<Vec<String>> {
     let api: Api<PersistentVolume> = Api::all(client.clone());
-    let selector = format!(
-        "{}={APP_NAME},{}={}",
-        labels::MANAGED_BY,
-        labels::INSTANCE,
-        spec.name
-    );
+    let selector = volume_selector(spec);
     let list = api
         .list(&ListParams::default().labels(&selector))
         .await
@@ -196,10 +225,6 @@ async fn cluster_volumes(client: &Client, spec: &ClusterSpec) -> Result<Vec<Stri
         .collect();
     found.sort();
     Ok(found)
-}
-
-async fn cluster_pods(client: &Client, spec: &ClusterSpec) -> Result<Vec<String>> {
-    labelled_names::<Pod>(client, spec).await
 }
 
 /// Takes the cluster off: scale to 0 and wait (up to `timeout` for the whole teardown), then
@@ -226,7 +251,10 @@ pub async fn down(
     wait_until_gone(
         format!("the pods of {sts_name} in namespace {ns} to stop"),
         &deadline,
-        || cluster_pods(client, spec),
+        Api::<Pod>::namespaced(client.clone(), ns),
+        watcher::Config::default().labels(&selector_string(spec)),
+        ns,
+        |_: &Pod| true,
     )
     .await?;
     progress(&format!(
@@ -244,7 +272,10 @@ pub async fn down(
             wait_until_gone(
                 format!("the claims of {sts_name} in namespace {ns} to be deleted"),
                 &deadline,
-                || cluster_claims(client, spec),
+                Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns),
+                watcher::Config::default(),
+                ns,
+                |claim: &PersistentVolumeClaim| is_cluster_claim(spec, claim),
             )
             .await?;
             let api: Api<PersistentVolume> = Api::all(client.clone());
@@ -258,7 +289,10 @@ pub async fn down(
             wait_until_gone(
                 format!("the PersistentVolumes of {sts_name} to be deleted"),
                 &deadline,
-                || cluster_volumes(client, spec),
+                Api::<PersistentVolume>::all(client.clone()),
+                watcher::Config::default().labels(&volume_selector(spec)),
+                "-",
+                |pv: &PersistentVolume| is_cluster_volume(spec, pv),
             )
             .await?;
         }

@@ -6,11 +6,16 @@ mod mock_api;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use mock_api::{Call, echo_with_version, mock_client, not_found, query_pairs};
+use kube::runtime::watcher;
+use mock_api::{
+    Call, Collection, Reply, Timeline, echo_with_version, is_watch, mock_client,
+    mock_client_replying, not_found, query_pairs,
+};
 use pgset_deploy::apply::{ApplyMode, deploy};
 use pgset_deploy::rollout::{MemberStep, RolloutEvent, RolloutReport, wait_for_rollout};
 use pgset_deploy::scale::scale;
 use pgset_deploy::teardown::{Purge, down};
+use pgset_deploy::wait::{Listing, until_listing};
 use pgset_spec::{ClusterSpec, StorageMode};
 use serde_json::{Value, json};
 
@@ -297,7 +302,7 @@ async fn a_refused_statefulset_change_says_how_to_recover() {
         .unwrap_err();
     let msg = err.to_string();
     assert!(
-        msg.contains("run `cargo xtask down` (claims and data stay)"),
+        msg.contains("take the cluster down (scale to 0 and delete the StatefulSet; claims and data stay), then deploy again"),
         "{msg}"
     );
     let source = std::error::Error::source(&err)
@@ -342,26 +347,46 @@ fn statefulset(desired: i32, created: i32, ready: i32) -> Value {
 }
 
 fn pod_list(pods: Vec<Value>) -> Value {
-    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods})
+    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"}, "items": pods})
 }
 
-/// A StatefulSet growing to `target` members, one ordinal every two polls.
-fn growing_cluster(target: i32) -> impl FnMut(&Call) -> (u16, Value) + Send + 'static {
-    let mut polls = 0;
-    move |call: &Call| {
-        let ready = (polls / 2).min(target);
-        let created = (ready + 1).min(target);
-        match call.path.as_str() {
-            "/apis/apps/v1/namespaces/default/statefulsets/pgset" => {
-                (200, statefulset(target, created, ready))
-            }
-            "/api/v1/namespaces/default/pods" => {
-                polls += 1;
+const STATEFULSETS: &str = "/apis/apps/v1/namespaces/default/statefulsets";
+const PODS: &str = "/api/v1/namespaces/default/pods";
+
+/// The StatefulSet and its pods at each step, a quarter second apart.
+fn rollout_timeline(steps: Vec<(Value, Vec<Value>)>) -> Timeline {
+    let (statefulsets, pods): (Vec<Vec<Value>>, Vec<Vec<Value>>) = steps
+        .into_iter()
+        .map(|(sts, pods)| (vec![sts], pods))
+        .unzip();
+    Timeline {
+        collections: vec![
+            Collection::new(STATEFULSETS, "StatefulSet", "apps/v1", statefulsets),
+            Collection::new(PODS, "Pod", "v1", pods),
+        ],
+        step: Duration::from_millis(250),
+    }
+}
+
+/// A StatefulSet growing to `target` members: one more created, then Ready, at each step.
+fn growing_cluster(target: i32) -> Timeline {
+    rollout_timeline(
+        (0..=target)
+            .map(|ready| {
+                let created = (ready + 1).min(target);
                 let pods = (0..created).map(|o| pod(o, o < ready, "r1")).collect();
-                (200, pod_list(pods))
-            }
-            p => panic!("unexpected {} {p}", call.method),
-        }
+                (statefulset(target, created, ready), pods)
+            })
+            .collect(),
+    )
+}
+
+/// Answers the timeline's lists and watches; any other request fails the test.
+fn only(timeline: Timeline) -> impl FnMut(&Call) -> Reply + Send + 'static {
+    move |call: &Call| {
+        timeline
+            .answer(call)
+            .unwrap_or_else(|| panic!("unexpected {} {}", call.method, call.path))
     }
 }
 
@@ -406,9 +431,21 @@ fn ready(events: &[RolloutEvent]) -> Vec<(String, Option<Duration>)> {
         .collect()
 }
 
+/// `path?query` of each call.
+fn requests(calls: &[Call]) -> Vec<String> {
+    calls
+        .iter()
+        .map(|c| format!("{} {}?{}", c.method, c.path, c.query))
+        .collect()
+}
+
+const POD_SELECTOR: &str =
+    "labelSelector=app.kubernetes.io%2Fname%3Dpgset%2Capp.kubernetes.io%2Finstance%3Dpgset";
+const STS_FIELDS: &str = "fieldSelector=metadata.name%3Dpgset";
+
 #[tokio::test(start_paused = true)]
 async fn rollout_reports_each_member_once_in_order() {
-    let (client, calls) = mock_client(growing_cluster(3));
+    let (client, calls) = mock_client_replying(only(growing_cluster(3)));
     let (report, events) = rollout_with_events(&client, 3).await;
     let report = report.unwrap();
     let names: Vec<&str> = report.members.iter().map(|(n, _)| n.as_str()).collect();
@@ -434,58 +471,60 @@ async fn rollout_reports_each_member_once_in_order() {
         .to_string();
     assert!(line.starts_with("pgset-0: Ready after "), "{line}");
     let calls = calls.lock().unwrap().clone();
-    let pod_list = calls.iter().find(|c| c.path.ends_with("/pods")).unwrap();
-    assert!(
-        pod_list.query.contains(
-            "labelSelector=app.kubernetes.io%2Fname%3Dpgset%2Capp.kubernetes.io%2Finstance%3Dpgset"
-        ),
-        "{}",
-        pod_list.query
-    );
     assert!(calls.iter().all(|c| !c.is_write()), "waiting never writes");
+    // One list of each, then watches resuming from the last version seen (no polling).
+    let sent = requests(&calls);
+    let expect = |r: &str| assert!(sent.iter().any(|s| s == r), "{r} not in {sent:#?}");
+    expect(&format!("GET {STATEFULSETS}?&{STS_FIELDS}&limit=500"));
+    expect(&format!("GET {PODS}?&{POD_SELECTOR}&limit=500"));
+    for version in 1..=3 {
+        expect(&format!(
+            "GET {STATEFULSETS}?&watch=true&timeoutSeconds=290&{STS_FIELDS}&allowWatchBookmarks=true&resourceVersion={version}"
+        ));
+        expect(&format!(
+            "GET {PODS}?&watch=true&timeoutSeconds=290&{POD_SELECTOR}&allowWatchBookmarks=true&resourceVersion={version}"
+        ));
+    }
+    assert_eq!(
+        calls.iter().filter(|c| !is_watch(c)).count(),
+        2,
+        "two lists, the rest watches: {sent:#?}"
+    );
 }
 
-/// A template change: the controller sees generation 2 only after a few polls, then replaces
-/// the pods (highest ordinal first) with revision r2.
+/// A template change: the controller sees generation 2 only at step 2, then replaces the pods
+/// (highest ordinal first) with revision r2.
 #[tokio::test(start_paused = true)]
 async fn rollout_after_a_template_change_waits_for_the_new_revision() {
-    let mut polls = 0;
-    let (client, _calls) = mock_client(move |call: &Call| {
-        let stage = polls / 2;
-        match call.path.as_str() {
-            "/apis/apps/v1/namespaces/default/statefulsets/pgset" => {
-                let mut sts = statefulset(2, 2, 2);
-                sts["metadata"]["generation"] = json!(2);
-                if stage >= 2 {
-                    let updated = if stage >= 6 {
-                        2
-                    } else if stage >= 4 {
-                        1
-                    } else {
-                        0
-                    };
-                    sts["status"]["observedGeneration"] = json!(2);
-                    sts["status"]["updateRevision"] = json!("r2");
-                    sts["status"]["updatedReplicas"] = json!(updated);
-                    sts["status"]["readyReplicas"] =
-                        json!(if stage == 3 || stage == 5 { 1 } else { 2 });
-                }
-                (200, sts)
-            }
-            "/api/v1/namespaces/default/pods" => {
-                polls += 1;
-                let pods = match stage {
-                    0..=2 => vec![pod(0, true, "r1"), pod(1, true, "r1")],
-                    3 => vec![pod(0, true, "r1"), pod(1, false, "r2")],
-                    4 => vec![pod(0, true, "r1"), pod(1, true, "r2")],
-                    5 => vec![pod(0, false, "r2"), pod(1, true, "r2")],
-                    _ => vec![pod(0, true, "r2"), pod(1, true, "r2")],
+    let timeline = (0..=6)
+        .map(|stage| {
+            let mut sts = statefulset(2, 2, 2);
+            sts["metadata"]["generation"] = json!(2);
+            if stage >= 2 {
+                let updated = if stage >= 6 {
+                    2
+                } else if stage >= 4 {
+                    1
+                } else {
+                    0
                 };
-                (200, pod_list(pods))
+                sts["status"]["observedGeneration"] = json!(2);
+                sts["status"]["updateRevision"] = json!("r2");
+                sts["status"]["updatedReplicas"] = json!(updated);
+                sts["status"]["readyReplicas"] =
+                    json!(if stage == 3 || stage == 5 { 1 } else { 2 });
             }
-            p => panic!("unexpected {} {p}", call.method),
-        }
-    });
+            let pods = match stage {
+                0..=2 => vec![pod(0, true, "r1"), pod(1, true, "r1")],
+                3 => vec![pod(0, true, "r1"), pod(1, false, "r2")],
+                4 => vec![pod(0, true, "r1"), pod(1, true, "r2")],
+                5 => vec![pod(0, false, "r2"), pod(1, true, "r2")],
+                _ => vec![pod(0, true, "r2"), pod(1, true, "r2")],
+            };
+            (sts, pods)
+        })
+        .collect();
+    let (client, _calls) = mock_client_replying(only(rollout_timeline(timeline)));
     let (report, events) = rollout_with_events(&client, 2).await;
     report.unwrap();
     let ready: Vec<String> = ready(&events).into_iter().map(|(n, _)| n).collect();
@@ -503,32 +542,55 @@ async fn rollout_after_a_template_change_waits_for_the_new_revision() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn rollout_of_members_ready_already_says_so_and_returns_at_once() {
+    let steps = vec![(
+        statefulset(2, 2, 2),
+        vec![pod(0, true, "r1"), pod(1, true, "r1")],
+    )];
+    let (client, _calls) = mock_client_replying(only(rollout_timeline(steps)));
+    let started = tokio::time::Instant::now();
+    let (report, events) = rollout_with_events(&client, 2).await;
+    assert_eq!(report.unwrap().members.len(), 2);
+    let lines: Vec<String> = events.iter().map(|e| e.to_string()).collect();
+    assert_eq!(
+        lines,
+        ["pgset-0: Ready (already)", "pgset-1: Ready (already)"]
+    );
+    assert_eq!(started.elapsed(), Duration::ZERO, "no wait at all");
+}
+
+#[tokio::test(start_paused = true)]
 async fn rollout_timeout_names_the_pod_its_state_and_last_event() {
-    let (client, _calls) = mock_client(|call: &Call| match call.path.as_str() {
-        "/apis/apps/v1/namespaces/default/statefulsets/pgset" => (200, statefulset(2, 2, 1)),
-        "/api/v1/namespaces/default/pods" => {
-            let mut stuck = pod(1, false, "r1");
-            stuck["status"]["containerStatuses"][0]["state"] = json!({
-                "waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}
-            });
-            stuck["status"]["containerStatuses"][0]["restartCount"] = json!(4);
-            (200, pod_list(vec![pod(0, true, "r1"), stuck]))
+    let mut stuck = pod(1, false, "r1");
+    stuck["status"]["containerStatuses"][0]["state"] = json!({
+        "waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}
+    });
+    stuck["status"]["containerStatuses"][0]["restartCount"] = json!(4);
+    let timeline = rollout_timeline(vec![(
+        statefulset(2, 2, 1),
+        vec![pod(0, true, "r1"), stuck],
+    )]);
+    let (client, calls) = mock_client_replying(move |call: &Call| {
+        if let Some(reply) = timeline.answer(call) {
+            return reply;
         }
-        "/api/v1/namespaces/default/events" => {
-            assert!(call.query.contains("fieldSelector="), "{}", call.query);
-            (
-                200,
-                json!({"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": [
-                    {"metadata": {"name": "e1", "namespace": NS}, "involvedObject": {"name": "pgset-1"},
-                     "type": "Warning", "reason": "BackOff", "message": "Back-off restarting failed container",
-                     "lastTimestamp": "2026-01-01T00:00:02Z"},
-                    {"metadata": {"name": "e0", "namespace": NS}, "involvedObject": {"name": "pgset-1"},
-                     "type": "Normal", "reason": "Pulled", "message": "Container image already present",
-                     "lastTimestamp": "2026-01-01T00:00:01Z"}
-                ]}),
-            )
+        match call.path.as_str() {
+            "/api/v1/namespaces/default/events" => {
+                assert!(call.query.contains("fieldSelector="), "{}", call.query);
+                Reply::Json(
+                    200,
+                    json!({"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": [
+                        {"metadata": {"name": "e1", "namespace": NS}, "involvedObject": {"name": "pgset-1"},
+                         "type": "Warning", "reason": "BackOff", "message": "Back-off restarting failed container",
+                         "lastTimestamp": "2026-01-01T00:00:02Z"},
+                        {"metadata": {"name": "e0", "namespace": NS}, "involvedObject": {"name": "pgset-1"},
+                         "type": "Normal", "reason": "Pulled", "message": "Container image already present",
+                         "lastTimestamp": "2026-01-01T00:00:01Z"}
+                    ]}),
+                )
+            }
+            p => panic!("unexpected {} {p}", call.method),
         }
-        p => panic!("unexpected {} {p}", call.method),
     });
     let err = wait_for_rollout(
         &client,
@@ -545,16 +607,19 @@ async fn rollout_timeout_names_the_pod_its_state_and_last_event() {
     assert!(msg.contains("CrashLoopBackOff"), "{msg}");
     assert!(msg.contains("4 restarts"), "{msg}");
     assert!(msg.contains("last event: Warning BackOff"), "{msg}");
+    // The watches stay open for the whole 30 s: no request is repeated while nothing changes.
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 5, "{:#?}", requests(&calls));
 }
 
 #[tokio::test(start_paused = true)]
 async fn scale_patches_only_replicas_through_the_scale_subresource_then_waits() {
-    let mut grow = growing_cluster(3);
+    let timeline = growing_cluster(3);
     let mut scaled = false;
-    let (client, calls) = mock_client(move |call: &Call| {
+    let (client, calls) = mock_client_replying(move |call: &Call| {
         if call.path.ends_with("/statefulsets/pgset/scale") {
             scaled = true;
-            return (
+            return Reply::Json(
                 200,
                 json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
                                  "metadata": {"name": "pgset", "namespace": NS},
@@ -562,9 +627,11 @@ async fn scale_patches_only_replicas_through_the_scale_subresource_then_waits() 
             );
         }
         if !scaled && call.path.ends_with("/statefulsets/pgset") {
-            return (200, statefulset(2, 2, 2));
+            return Reply::Json(200, statefulset(2, 2, 2));
         }
-        grow(call)
+        timeline
+            .answer(call)
+            .unwrap_or_else(|| panic!("unexpected {} {}", call.method, call.path))
     });
     let outcome = scale(
         &client,
@@ -601,7 +668,7 @@ async fn scale_of_an_absent_statefulset_says_to_deploy_first_and_writes_nothing(
         .await
         .unwrap_err();
     assert!(
-        err.to_string().contains("run `cargo xtask deploy` first"),
+        err.to_string().contains("deploy the cluster first"),
         "{err}"
     );
     assert!(calls.lock().unwrap().iter().all(|c| !c.is_write()));
@@ -609,14 +676,32 @@ async fn scale_of_an_absent_statefulset_says_to_deploy_first_and_writes_nothing(
 
 /// A cluster with 2 running members that stop once scaled to 0, one claim per member and the
 /// shared claim, pgset's PVs and one PV of another namespace.
-fn running_cluster() -> impl FnMut(&Call) -> (u16, Value) + Send + 'static {
+/// The pods' watch reports the last pod gone a second after the scale to 0; the other watches
+/// have nothing to report (what they watch is gone when they list).
+fn running_cluster() -> impl FnMut(&Call) -> Reply + Send + 'static {
     let mut scaled_to_zero = false;
-    let mut pod_polls_after_scale = 0;
+    let mut pod_deletion_sent = false;
     let mut claims_deleted = false;
     let mut pvs_deleted = false;
     move |call: &Call| {
         let p = call.path.as_str();
-        match (call.method.as_str(), p) {
+        if is_watch(call) {
+            if p.ends_with("/pods") && scaled_to_zero && !pod_deletion_sent {
+                pod_deletion_sent = true;
+                let mut gone = pod(0, true, "r1");
+                gone["metadata"]["resourceVersion"] = json!("2");
+                return Reply::After(
+                    Duration::from_secs(1),
+                    Box::new(Reply::Events(vec![
+                        json!({"type": "DELETED", "object": gone}),
+                        json!({"type": "BOOKMARK", "object": {"apiVersion": "v1", "kind": "Pod",
+                               "metadata": {"resourceVersion": "2"}}}),
+                    ])),
+                );
+            }
+            return Reply::Hang;
+        }
+        let (status, body) = match (call.method.as_str(), p) {
             ("GET", "/apis/apps/v1/namespaces/default/statefulsets/pgset") => {
                 (200, statefulset(if scaled_to_zero { 0 } else { 2 }, 2, 2))
             }
@@ -630,12 +715,7 @@ fn running_cluster() -> impl FnMut(&Call) -> (u16, Value) + Send + 'static {
             }
             ("GET", "/api/v1/namespaces/default/pods") => {
                 let pods = if scaled_to_zero {
-                    pod_polls_after_scale += 1;
-                    if pod_polls_after_scale < 3 {
-                        vec![pod(0, true, "r1")]
-                    } else {
-                        vec![]
-                    }
+                    vec![pod(0, true, "r1")]
                 } else {
                     vec![pod(0, true, "r1"), pod(1, true, "r1")]
                 };
@@ -649,7 +729,7 @@ fn running_cluster() -> impl FnMut(&Call) -> (u16, Value) + Send + 'static {
                 };
                 (
                     200,
-                    json!({"apiVersion": "v1", "kind": "PersistentVolumeClaimList", "metadata": {}, "items": items}),
+                    json!({"apiVersion": "v1", "kind": "PersistentVolumeClaimList", "metadata": {"resourceVersion": "1"}, "items": items}),
                 )
             }
             ("GET", "/api/v1/namespaces/default/persistentvolumeclaims/pgset-pvc") => {
@@ -682,7 +762,7 @@ fn running_cluster() -> impl FnMut(&Call) -> (u16, Value) + Send + 'static {
                 }
                 (
                     200,
-                    json!({"apiVersion": "v1", "kind": "PersistentVolumeList", "metadata": {}, "items": items}),
+                    json!({"apiVersion": "v1", "kind": "PersistentVolumeList", "metadata": {"resourceVersion": "1"}, "items": items}),
                 )
             }
             ("DELETE", "/api/v1/persistentvolumes/pv1") => {
@@ -697,7 +777,8 @@ fn running_cluster() -> impl FnMut(&Call) -> (u16, Value) + Send + 'static {
                 json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
             ),
             (m, p) => panic!("unexpected {m} {p}"),
-        }
+        };
+        Reply::Json(status, body)
     }
 }
 
@@ -726,7 +807,7 @@ fn deletes(calls: &[Call]) -> Vec<String> {
 
 #[tokio::test(start_paused = true)]
 async fn down_scales_to_zero_waits_then_deletes_in_reverse_and_keeps_data() {
-    let (client, calls) = mock_client(running_cluster());
+    let (client, calls) = mock_client_replying(running_cluster());
     let mut lines = Vec::new();
     down(
         &client,
@@ -750,6 +831,20 @@ async fn down_scales_to_zero_waits_then_deletes_in_reverse_and_keeps_data() {
     assert!(
         scale_at < last_pod_list && last_pod_list < first_delete,
         "scale, wait, then delete"
+    );
+    // The wait is a watch of the cluster's pods, resumed from the listing's version.
+    let sent = requests(&calls);
+    let pod_watch = format!(
+        "GET {PODS}?&watch=true&timeoutSeconds=290&{POD_SELECTOR}&allowWatchBookmarks=true&resourceVersion=1"
+    );
+    let watched_at = sent
+        .iter()
+        .position(|r| *r == pod_watch)
+        .unwrap_or_else(|| panic!("{pod_watch} not in {sent:#?}"));
+    assert!(scale_at < watched_at && watched_at < first_delete);
+    assert!(
+        lines.contains(&"all pods stopped after 1.0s".to_string()),
+        "{lines:?}"
     );
     assert_eq!(
         deletes(&calls),
@@ -781,7 +876,7 @@ async fn down_scales_to_zero_waits_then_deletes_in_reverse_and_keeps_data() {
 
 #[tokio::test(start_paused = true)]
 async fn down_purge_deletes_claims_this_clusters_volumes_and_the_secret() {
-    let (client, calls) = mock_client(running_cluster());
+    let (client, calls) = mock_client_replying(running_cluster());
     down_quietly(&client, Purge::Everything).await.unwrap();
     let calls = calls.lock().unwrap().clone();
     let d = deletes(&calls);
@@ -809,13 +904,17 @@ async fn down_purge_deletes_claims_this_clusters_volumes_and_the_secret() {
 
 #[tokio::test(start_paused = true)]
 async fn down_of_an_absent_cluster_changes_nothing_and_succeeds() {
-    let (client, calls) = mock_client(|call: &Call| match call.method.as_str() {
-        "GET" if call.path.ends_with("/pods") => (200, pod_list(vec![])),
-        "GET" if call.path.ends_with("/persistentvolumeclaims") => (
+    let (client, calls) = mock_client_replying(|call: &Call| match call.method.as_str() {
+        _ if is_watch(call) => Reply::Hang,
+        "GET" if call.path.ends_with("/pods") => Reply::Json(200, pod_list(vec![])),
+        "GET" if call.path.ends_with("/persistentvolumeclaims") => Reply::Json(
             200,
-            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaimList", "metadata": {}, "items": []}),
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaimList", "metadata": {"resourceVersion": "1"}, "items": []}),
         ),
-        _ => not_found(&call.path),
+        _ => {
+            let (status, body) = not_found(&call.path);
+            Reply::Json(status, body)
+        }
     });
     down_quietly(&client, Purge::Keep).await.unwrap();
     let calls = calls.lock().unwrap().clone();
@@ -949,4 +1048,56 @@ async fn a_bound_volume_keeps_its_binding_a_free_one_gets_the_claim_ref() {
                    "namespace": "default", "name": "pgset-pvc"})
         );
     }
+}
+
+/// A watch whose version the API server no longer has (410 Gone, after a long wait) is listed
+/// again by the watcher: the wait goes on instead of failing.
+#[tokio::test(start_paused = true)]
+async fn an_expired_watch_lists_again_and_the_wait_goes_on() {
+    let mut lists = 0;
+    let mut watches = 0;
+    let (client, calls) = mock_client_replying(move |call: &Call| {
+        assert_eq!(call.path, PODS);
+        if is_watch(call) {
+            watches += 1;
+            if watches > 1 {
+                return Reply::Hang;
+            }
+            return Reply::Events(vec![json!({"type": "ERROR", "object": {
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": "too old resource version: 1 (5)", "reason": "Expired", "code": 410}})]);
+        }
+        lists += 1;
+        let (pods, version) = if lists == 1 {
+            (vec![pod(0, true, "r1")], "1")
+        } else {
+            (vec![], "5")
+        };
+        Reply::Json(
+            200,
+            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": version}, "items": pods}),
+        )
+    });
+    let mut listing = Listing::default();
+    let waiting = until_listing(
+        kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client, NS),
+        watcher::Config::default(),
+        &mut listing,
+        |pods| pods.is_empty(),
+    );
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("done before the timeout")
+        .expect("a 410 is not an error of the wait");
+    let sent = requests(&calls.lock().unwrap());
+    assert_eq!(
+        sent,
+        [
+            format!("GET {PODS}?&limit=500"),
+            format!(
+                "GET {PODS}?&watch=true&timeoutSeconds=290&allowWatchBookmarks=true&resourceVersion=1"
+            ),
+            format!("GET {PODS}?&limit=500"),
+        ]
+    );
 }

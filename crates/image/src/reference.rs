@@ -1,6 +1,8 @@
 //! The name an imported image gets: the agent image reference normalised as the container
 //! runtime stores it (`pgset-agent:1` → `docker.io/library/pgset-agent:1`), and its tag.
 
+use pgset_spec::image_ref::ImageReference;
+
 /// A tagged image name as containerd records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageName {
@@ -10,10 +12,6 @@ pub struct ImageName {
     pub tag: String,
 }
 
-/// The registry of references without one.
-const DEFAULT_REGISTRY: &str = "docker.io";
-/// The repository namespace of single-component names on the default registry.
-const OFFICIAL_NAMESPACE: &str = "library";
 /// The tag of references without one.
 const DEFAULT_TAG: &str = "latest";
 
@@ -32,30 +30,14 @@ impl ImageName {
                 "agent image {reference:?} is not an image reference: pass --agent-image NAME:TAG"
             ));
         }
-        let (repository, tag) = match pgset_spec::image_tag(reference) {
-            Some(tag) => (&reference[..reference.len() - tag.len() - 1], tag),
-            None => (reference, DEFAULT_TAG),
+        let Some(parsed) = ImageReference::parse(reference) else {
+            return Err(format!(
+                "agent image {reference:?} is not an image reference: pass --agent-image NAME:TAG"
+            ));
         };
-        let (registry, path) = match repository.split_once('/') {
-            Some((first, rest))
-                if first.contains('.') || first.contains(':') || first == "localhost" =>
-            {
-                (first, rest.to_owned())
-            }
-            _ => (DEFAULT_REGISTRY, repository.to_owned()),
-        };
-        let registry = if registry == "index.docker.io" {
-            DEFAULT_REGISTRY
-        } else {
-            registry
-        };
-        let path = if registry == DEFAULT_REGISTRY && !path.contains('/') {
-            format!("{OFFICIAL_NAMESPACE}/{path}")
-        } else {
-            path
-        };
+        let tag = parsed.tag.unwrap_or(DEFAULT_TAG);
         Ok(ImageName {
-            full: format!("{registry}/{path}:{tag}"),
+            full: format!("{}:{tag}", parsed.normalized_name()),
             tag: tag.to_owned(),
         })
     }

@@ -119,7 +119,7 @@ pub enum Error {
     },
     /// Applying needs root.
     #[error(
-        "changing the host needs root ({steps} step(s) planned): run as root (sudo -E cargo xtask nfs), or see the plan with --dry-run"
+        "changing the host needs root ({steps} step(s) planned): run as root, or see the plan with --dry-run"
     )]
     NotRoot {
         /// Number of planned steps.

@@ -6,6 +6,7 @@
 
 pub mod contract;
 mod hint;
+pub mod image_ref;
 pub mod random;
 pub mod status;
 mod validate;
@@ -591,11 +592,9 @@ impl ClusterSpec {
     }
 }
 
-/// The tag of an image reference, if it has one (`repo:tag` or `repo:tag@digest`).
+/// The tag of an image reference, if it is one and has one (`repo:tag` or `repo:tag@digest`).
 pub fn image_tag(image: &str) -> Option<&str> {
-    let without_digest = image.split('@').next()?;
-    let last = without_digest.rsplit('/').next()?;
-    last.split_once(':').map(|(_, tag)| tag)
+    image_ref::ImageReference::parse(image)?.tag
 }
 
 /// The physical replication slot of a member: the pod name with '-' → '_' (`pgset-1` → `pgset_1`).

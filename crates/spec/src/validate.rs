@@ -2,6 +2,7 @@
 
 use std::path::{Component, Path};
 
+use crate::image_ref::ImageReference;
 use crate::{ClusterSpec, Error, MAX_NAME_LEN, MAX_REPLICAS, Result, StorageMode};
 
 fn invalid(
@@ -137,7 +138,7 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
             "agent.image (--agent-image)",
             &s.agent.image,
             "not a valid image reference",
-            "e.g. docker.io/library/pgset-agent:0.1.0 (built by `cargo xtask image --import`)",
+            "e.g. docker.io/library/pgset-agent:0.1.0 (the agent image this version builds)",
         ));
     }
     if !matches!(
@@ -316,82 +317,9 @@ pub fn validate_export_path(p: &Path) -> std::result::Result<(), String> {
 }
 
 /// A container image reference: `[registry[:port]/]path[:tag][@algo:digest]` as the
-/// distribution reference grammar allows it.
+/// distribution reference grammar allows it ([`ImageReference::parse`]).
 pub fn is_image_reference(s: &str) -> bool {
-    if s.is_empty() || s.len() > 4096 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return false;
-    }
-    let (rest, digest) = match s.split_once('@') {
-        Some((r, d)) => (r, Some(d)),
-        None => (s, None),
-    };
-    if let Some(d) = digest {
-        let Some((algo, hex)) = d.split_once(':') else {
-            return false;
-        };
-        if algo.is_empty()
-            || !algo
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b))
-            || hex.len() < 32
-            || !hex.bytes().all(|b| b.is_ascii_hexdigit())
-        {
-            return false;
-        }
-    }
-    // Split off the tag: a ':' after the last '/'.
-    let last_slash = rest.rfind('/');
-    let (name, tag) = match rest.rfind(':') {
-        Some(i) if last_slash.is_none_or(|j| i > j) => (&rest[..i], Some(&rest[i + 1..])),
-        _ => (rest, None),
-    };
-    if let Some(t) = tag {
-        let ok = !t.is_empty()
-            && t.len() <= 128
-            && t.bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
-            && t.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-        if !ok {
-            return false;
-        }
-    }
-    let mut parts: Vec<&str> = name.split('/').collect();
-    if parts.is_empty() || parts.iter().any(|p| p.is_empty()) {
-        return false;
-    }
-    // A first part with '.', ':' or "localhost" is a registry host.
-    if parts.len() > 1
-        && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost")
-    {
-        let host = parts.remove(0);
-        let (h, port) = match host.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (host, None),
-        };
-        if let Some(p) = port
-            && p.parse::<u16>().is_err()
-        {
-            return false;
-        }
-        if h.is_empty()
-            || !h
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
-        {
-            return false;
-        }
-    }
-    parts.iter().all(|p| {
-        let b = p.as_bytes();
-        b.first()
-            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-            && b.last()
-                .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-            && b.iter()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(c))
-    })
+    ImageReference::parse(s).is_some()
 }
 
 /// Parses a Kubernetes quantity (`1Gi`, `500m`, `2`, `1e3`, `1.5G`) into its value

@@ -95,9 +95,7 @@ impl Member {
         let name = meta.name.clone().unwrap_or_default();
         let status = pod.status.as_ref();
         let spec = pod.spec.as_ref();
-        let ready = status
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"));
+        let ready = pgset_deploy::readiness::pod_ready_condition(pod);
         Member {
             ordinal: ordinal_of(&name),
             name,

@@ -32,6 +32,15 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// A watch a wait rests on failed.
+    #[error("{action}: {source}")]
+    Watch {
+        /// What was being watched (`watch pod pgset-3`).
+        action: String,
+        /// The watch's error.
+        #[source]
+        source: kube::runtime::wait::Error,
+    },
     /// A command could not be started in a pod.
     #[error("exec `{command}` in pod {pod}: {source}")]
     Exec {
@@ -55,7 +64,7 @@ pub enum Error {
     },
     /// The cluster is not there to verify.
     #[error(
-        "StatefulSet {name} not found in namespace {namespace}: deploy it first (`cargo xtask up` or `cargo xtask deploy`), or name the cluster with --name / -n"
+        "StatefulSet {name} not found in namespace {namespace}: deploy it first, or name the cluster with --name / -n"
     )]
     NotDeployed {
         /// Cluster name.

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, S
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::wait::{Condition, await_condition};
 use kube::{Api, Client};
 use pgset_spec::contract::POSTGRES_CONTAINER;
 use pgset_spec::{ClusterSpec, StorageMode};
@@ -28,10 +29,10 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// retrying before it reports what it saw.
 pub const SETTLE: Duration = Duration::from_secs(20);
 
-/// How often waits poll the API.
+/// How often a check read through exec is retried while the cluster settles.
 const POLL: Duration = Duration::from_secs(1);
 
-/// How often check 9 looks at the recreated master's readiness and at streaming, so the rejoin
+/// How often check 9 looks at streaming once the recreated master is Ready, so the rejoin
 /// time it measures is off by little more than this (and one exec's round trip).
 const RECOVERY_POLL: Duration = Duration::from_millis(250);
 
@@ -96,20 +97,41 @@ async fn timed(name: &str, f: impl Future<Output = Finding>) -> Check {
     Check::new(name, finding, started.elapsed())
 }
 
+/// Asks `look` every `every` until `done` holds of its answer or another look would start
+/// past `limit`; returns the last answer and how long the looks took. For what is read through
+/// exec (SQL, files): objects of the API are waited for by watching them instead.
+async fn retry<T, F, Fut>(
+    limit: Duration,
+    every: Duration,
+    mut look: F,
+    done: impl Fn(&T) -> bool,
+) -> (T, Duration)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = T>,
+{
+    let started = Instant::now();
+    loop {
+        let answer = look().await;
+        let waited = started.elapsed();
+        if done(&answer) || waited + every > limit {
+            return (answer, waited);
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Retries `f` until it passes or `limit` is over; returns the last finding.
-async fn settle<F, Fut>(limit: Duration, mut f: F) -> Finding
+async fn settle<F, Fut>(limit: Duration, f: F) -> Finding
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Finding>,
 {
-    let deadline = Instant::now() + limit;
-    loop {
-        let finding = f().await;
-        if finding.verdict != crate::Verdict::Fail || Instant::now() + POLL > deadline {
-            return finding;
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    retry(limit, POLL, f, |finding: &Finding| {
+        finding.verdict != crate::Verdict::Fail
+    })
+    .await
+    .0
 }
 
 fn fail_on_err(r: Result<Finding>) -> Finding {
@@ -202,18 +224,11 @@ impl Verifier {
             started.elapsed(),
         );
         // The master may still be coming back from check 9: give it the settling time.
-        let deadline = Instant::now() + SETTLE;
-        loop {
-            match self.drop_marker_table().await {
-                Ok(()) => break,
-                Err(_) if Instant::now() + POLL < deadline => tokio::time::sleep(POLL).await,
-                Err(e) => {
-                    report
-                        .warnings
-                        .push(format!("could not drop table {}: {e}", sql::MARKER_TABLE));
-                    break;
-                }
-            }
+        let (dropped, _) = retry(SETTLE, POLL, || self.drop_marker_table(), Result::is_ok).await;
+        if let Err(e) = dropped {
+            report
+                .warnings
+                .push(format!("could not drop table {}: {e}", sql::MARKER_TABLE));
         }
         report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         report
@@ -619,45 +634,49 @@ impl Verifier {
         Ok(())
     }
 
-    /// Waits until pod `name` is Ready (and, when `not_uid` is given, is a new pod), looking
-    /// every `poll`.
-    async fn wait_ready(
-        &self,
-        name: &str,
-        not_uid: Option<&str>,
-        poll: Duration,
-    ) -> Result<Member> {
-        let deadline = Instant::now() + self.options.timeout;
-        loop {
-            if let Some(m) = self.member(name).await?
-                && m.ready
-                && !m.terminating
-                && not_uid.is_none_or(|u| u != m.uid)
-            {
-                return Ok(m);
-            }
-            if Instant::now() > deadline {
-                return Err(crate::Error::Timeout {
-                    what: format!("pod {name} Ready"),
-                    after: self.options.timeout,
-                });
-            }
-            tokio::time::sleep(poll).await;
+    /// Waits until pod `name` is Ready (and, when `not_uid` is given, is a new pod), watching it,
+    /// for at most the `--timeout`.
+    pub async fn wait_ready(&self, name: &str, not_uid: Option<&str>) -> Result<Member> {
+        let ready = |pod: Option<&Pod>| {
+            pod.map(Member::from_pod)
+                .is_some_and(|m| m.ready && !m.terminating && not_uid.is_none_or(|u| u != m.uid))
+        };
+        match self
+            .wait_for(name, format!("pod {name} Ready"), ready)
+            .await?
+        {
+            Some(pod) => Ok(Member::from_pod(&pod)),
+            None => unreachable!("the condition holds of a pod only"),
         }
     }
 
-    async fn wait_gone(&self, name: &str) -> Result<()> {
-        let deadline = Instant::now() + self.options.timeout;
-        while self.member(name).await?.is_some() {
-            if Instant::now() > deadline {
-                return Err(crate::Error::Timeout {
-                    what: format!("pod {name} removed"),
-                    after: self.options.timeout,
-                });
-            }
-            tokio::time::sleep(POLL).await;
+    /// Waits until no pod `name` is left, watching it, for at most the `--timeout`.
+    pub async fn wait_gone(&self, name: &str) -> Result<()> {
+        self.wait_for(name, format!("pod {name} removed"), |pod: Option<&Pod>| {
+            pod.is_none()
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Watches pod `name` until `condition` holds of it (or of its absence), within the timeout.
+    async fn wait_for(
+        &self,
+        name: &str,
+        what: String,
+        condition: impl Condition<Pod>,
+    ) -> Result<Option<Pod>> {
+        let watching = await_condition(self.pods.clone(), name, condition);
+        match tokio::time::timeout(self.options.timeout, watching).await {
+            Ok(found) => found.map_err(|source| crate::Error::Watch {
+                action: format!("watch pod {name}"),
+                source,
+            }),
+            Err(_) => Err(crate::Error::Timeout {
+                what,
+                after: self.options.timeout,
+            }),
         }
-        Ok(())
     }
 
     /// Waits until the master streams to every one of `expected`.
@@ -687,7 +706,7 @@ impl Verifier {
                 .map_err(api(format!("read PersistentVolume {pv}")))?;
             if found.is_none() {
                 return Ok(Finding::fail(format!(
-                    "no PersistentVolume {pv} for {new_pod}: run `cargo xtask volumes --replicas {}` first",
+                    "no PersistentVolume {pv} for {new_pod}: create the volumes for {} replicas first",
                     n + 1
                 )));
             }
@@ -727,7 +746,7 @@ impl Verifier {
     }
 
     async fn scale_out_and_observe(&self, new_pod: &str, started: Instant) -> Result<Finding> {
-        let member = self.wait_ready(new_pod, None, POLL).await?;
+        let member = self.wait_ready(new_pod, None).await?;
         let others = self.members().await?;
         let mut problems = checks::started_after_ready(&member, &others);
         let mut expected = checks::expected_replicas(&self.spec);
@@ -802,8 +821,7 @@ impl Verifier {
             .await
             .map_err(api(format!("delete pod {master}")))?;
         // Same name by construction (looked up by name), a new pod by its uid.
-        self.wait_ready(&master, Some(&before.uid), RECOVERY_POLL)
-            .await?;
+        self.wait_ready(&master, Some(&before.uid)).await?;
         let recovery = started.elapsed();
         // Streaming is looked at right away; the marker is read afterwards, so it delays nothing.
         let rejoin = self
@@ -838,20 +856,20 @@ impl Verifier {
     /// is never shorter than what was seen; it waits up to the `--timeout`, past the bound, so
     /// a slow rejoin is measured, not only failed.
     async fn wait_rejoin(&self, expected: &[String]) -> checks::Rejoin {
-        let started = Instant::now();
-        loop {
-            let finding = self.streaming_of(expected).await;
-            let waited = started.elapsed();
-            if finding.verdict == crate::Verdict::Pass {
-                return checks::Rejoin::Streaming(waited);
+        let (finding, waited) = retry(
+            self.options.timeout,
+            RECOVERY_POLL,
+            || self.streaming_of(expected),
+            |f: &Finding| f.verdict == crate::Verdict::Pass,
+        )
+        .await;
+        if finding.verdict == crate::Verdict::Pass {
+            checks::Rejoin::Streaming(waited)
+        } else {
+            checks::Rejoin::NotStreaming {
+                waited,
+                last: finding.message,
             }
-            if waited + RECOVERY_POLL > self.options.timeout {
-                return checks::Rejoin::NotStreaming {
-                    waited,
-                    last: finding.message,
-                };
-            }
-            tokio::time::sleep(RECOVERY_POLL).await;
         }
     }
 

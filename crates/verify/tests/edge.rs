@@ -259,7 +259,7 @@ async fn preflight_names_the_missing_statefulset_and_the_fix() {
     assert!(matches!(err, Error::NotDeployed { .. }));
     assert_eq!(
         err.to_string(),
-        "StatefulSet pgset not found in namespace default: deploy it first (`cargo xtask up` or `cargo xtask deploy`), or name the cluster with --name / -n"
+        "StatefulSet pgset not found in namespace default: deploy it first, or name the cluster with --name / -n"
     );
 }
 
@@ -653,7 +653,7 @@ async fn scale_test_needs_the_next_members_volume_before_scaling() {
     assert_eq!(finding.verdict, Verdict::Fail);
     assert_eq!(
         finding.message,
-        "no PersistentVolume pgset-default-2 for pgset-2: run `cargo xtask volumes --replicas 3` first"
+        "no PersistentVolume pgset-default-2 for pgset-2: create the volumes for 3 replicas first"
     );
 }
 
@@ -776,4 +776,81 @@ fn status_entry_again() -> Value {
         Some("status"),
         json!({"f:status": {"f:replicas": {}, "f:availableReplicas": {}}}),
     )
+}
+
+/// `name` at resource version `version`, Ready or not, as a watch event of type `kind`.
+fn pod_event(kind: &str, ordinal: i32, phase: &str, version: &str) -> Value {
+    let mut p = pod(ordinal, phase, "replica");
+    p["metadata"]["resourceVersion"] = json!(version);
+    json!({"type": kind, "object": p})
+}
+
+#[tokio::test]
+async fn a_member_is_awaited_by_watching_it_until_ready_then_gone() {
+    let (client, mut handle) = mock_client();
+    let v = std::sync::Arc::new(verifier(client));
+    let waiter = v.clone();
+    let ready = tokio::spawn(async move { waiter.wait_ready("pgset-3", None).await });
+    let mut pending = pod(3, "Pending", "replica");
+    pending["metadata"]["resourceVersion"] = json!("7");
+    let list = answer(
+        &mut handle,
+        200,
+        json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "7"}, "items": [pending]}),
+    )
+    .await;
+    assert_eq!(
+        (list.method, list.path.as_str(), list.query.as_str()),
+        (
+            Method::GET,
+            "/api/v1/namespaces/default/pods",
+            "&fieldSelector=metadata.name%3Dpgset-3&limit=500"
+        )
+    );
+    // The watch resumes from the listing's version and reports the pod Ready.
+    let watch = answer(&mut handle, 200, pod_event("MODIFIED", 3, "Running", "8")).await;
+    assert_eq!(
+        watch.query,
+        "&watch=true&timeoutSeconds=290&fieldSelector=metadata.name%3Dpgset-3&allowWatchBookmarks=true&resourceVersion=7"
+    );
+    let member = ready.await.unwrap().unwrap();
+    assert!(member.ready && member.name == "pgset-3", "{member:?}");
+
+    let waiter = v.clone();
+    let gone = tokio::spawn(async move { waiter.wait_gone("pgset-3").await });
+    let mut running = pod(3, "Running", "replica");
+    running["metadata"]["resourceVersion"] = json!("8");
+    answer(
+        &mut handle,
+        200,
+        json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "8"}, "items": [running]}),
+    )
+    .await;
+    let watch = answer(&mut handle, 200, pod_event("DELETED", 3, "Running", "9")).await;
+    assert!(
+        watch.query.ends_with("&resourceVersion=8"),
+        "{}",
+        watch.query
+    );
+    gone.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_member_that_never_becomes_ready_times_out_naming_it() {
+    let (client, mut handle) = mock_client();
+    let v = verifier(client);
+    let ready = tokio::spawn(async move { v.wait_ready("pgset-3", None).await });
+    answer(
+        &mut handle,
+        200,
+        json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "7"}, "items": []}),
+    )
+    .await;
+    // The watch is left open with nothing to report: the 5 s timeout ends the wait.
+    let (_watch, _never_answered) = handle.next_request().await.expect("a watch");
+    let err = ready.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, Error::Timeout { what, .. } if what == "pod pgset-3 Ready"),
+        "{err}"
+    );
 }

@@ -12,11 +12,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, Pod};
-use kube::api::{DeleteParams, ListParams, Patch, PostParams};
+use kube::api::{DeleteParams, Patch, PostParams};
+use kube::runtime::watcher;
 use kube::{Api, Client};
 use pgset_deploy::apply::{ApplyMode, apply_params, deploy};
-use pgset_deploy::rollout::{pod_is_ready, step_lines, wait_for_rollout};
+use pgset_deploy::readiness::pod_is_ready;
+use pgset_deploy::rollout::{step_lines, wait_for_rollout};
 use pgset_deploy::teardown::{Purge, down};
+use pgset_deploy::wait::{Listing, until_listing};
 use pgset_spec::{ClusterSpec, StorageMode, contract};
 use pgset_verify::{Options, Verifier, names};
 use serde_json::json;
@@ -281,17 +284,25 @@ async fn bare_rollout(kube: &Client, spec: &ClusterSpec) -> Result<Duration> {
         .create(&PostParams::default(), &bare_statefulset(spec)?)
         .await
         .context("create the bare StatefulSet")?;
-    let selector = ListParams::default().labels(&format!("app={BARE}"));
-    loop {
-        let listed = pods.list(&selector).await.context("list the bare pods")?;
-        let ready = listed.items.iter().filter(|p| pod_is_ready(p)).count();
-        if ready == MEMBERS as usize {
-            return Ok(started.elapsed());
+    let mut listing = Listing::default();
+    let all_ready = |pods: &BTreeMap<String, Pod>| {
+        pods.values().filter(|p| pod_is_ready(p)).count() == MEMBERS as usize
+    };
+    let watching = until_listing(
+        pods,
+        watcher::Config::default().labels(&format!("app={BARE}")),
+        &mut listing,
+        all_ready,
+    );
+    match tokio::time::timeout(ROLLOUT_TIMEOUT, watching).await {
+        Ok(watched) => {
+            watched.context("watch the bare pods")?;
+            Ok(started.elapsed())
         }
-        if started.elapsed() > ROLLOUT_TIMEOUT {
-            bail!("{ready} of {MEMBERS} bare pods Ready after {ROLLOUT_TIMEOUT:?}");
+        Err(_) => {
+            let ready = listing.objects.values().filter(|p| pod_is_ready(p)).count();
+            bail!("{ready} of {MEMBERS} bare pods Ready after {ROLLOUT_TIMEOUT:?}")
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use pgset_spec::{ClusterSpec, StorageMode, default_agent_image};
 
-use crate::cli::{ClientArgs, SpecArgs};
+use crate::cli::{ClientArgs, DryRunArg, SpecArgs};
 use crate::context::RunContext;
 use crate::deploy::{DryRun, WaitArgs};
 use crate::doctor::ProbeArgs;
@@ -27,18 +27,10 @@ const TICK_EVERY: Duration = Duration::from_secs(15);
 
 /// Arguments of `cargo xtask up`.
 #[derive(Debug, clap::Args)]
+#[command(mut_arg("dry_run", |a| a.help("Change nothing: print every host step and every object (client, the default), or also have the API server check the volumes and objects (server)")))]
 pub struct Args {
-    /// Change nothing: print every host step and every object (client, the default), or also
-    /// have the API server check the volumes and objects (server)
-    #[arg(
-        long,
-        value_name = "MODE",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "client",
-        value_enum
-    )]
-    pub dry_run: Option<DryRun>,
+    #[command(flatten)]
+    pub dry_run: DryRunArg,
     /// Show more: each pod's full state while the rollout waits, the NFS stage's probes
     #[arg(long, short = 'v')]
     pub verbose: bool,
@@ -155,7 +147,7 @@ pub async fn run(args: Args) -> Result<()> {
     eprintln!("==> [preflight] {}", describe(&spec));
     let client = match args.client.client().await {
         Ok(c) => Some(c),
-        Err(e) if args.dry_run == Some(DryRun::Client) => {
+        Err(e) if args.dry_run.mode == Some(DryRun::Client) => {
             eprintln!("    note: no cluster checks in this dry run: {e:#}");
             None
         }
@@ -186,7 +178,7 @@ pub async fn run(args: Args) -> Result<()> {
         eprintln!("    {f}");
     }
     let blockers = findings.iter().filter(|f| f.blocker).count();
-    if blockers > 0 && args.dry_run.is_none() {
+    if blockers > 0 && !args.dry_run.is_set() {
         bail!(
             "preflight found {blockers} blocker(s) (listed above); nothing was changed. Fix them and run `cargo xtask up` again"
         );
@@ -203,20 +195,20 @@ pub async fn run(args: Args) -> Result<()> {
     let mut ctx = RunContext::new(
         spec.clone(),
         args.client.clone(),
-        args.dry_run,
+        args.dry_run.mode,
         reporter.clone(),
     );
     if let Some(c) = client {
         ctx = ctx.with_client(c);
     }
-    let mut runner = Runner::new(reporter, args.dry_run, plan.len());
+    let mut runner = Runner::new(reporter, args.dry_run.mode, plan.len());
     for stage in plan.iter().copied() {
         runner
             .run(stage, run_stage(stage, &ctx, &args, facts.ctr_here))
             .await?;
     }
     runner.summary(started.elapsed());
-    if args.dry_run.is_some() {
+    if args.dry_run.is_set() {
         eprintln!("dry run: nothing was changed");
         if blockers > 0 {
             bail!(
@@ -349,7 +341,7 @@ async fn run_stage(stage: StageName, ctx: &RunContext, args: &Args, ctr_here: bo
         StageName::Volumes => crate::volumes::stage(ctx).await,
         StageName::Doctor => {
             let host = !args.skip_nfs;
-            if args.dry_run.is_some() {
+            if args.dry_run.is_set() {
                 eprintln!(
                     "    would run `cargo xtask doctor`'s checks{}{}",
                     if host { ": this NFS host's" } else { ":" },
@@ -391,14 +383,14 @@ async fn run_stage(stage: StageName, ctx: &RunContext, args: &Args, ctr_here: bo
                 out: None,
                 // A dry run shows the import only where it could happen; preflight has
                 // already named the missing `ctr` as a blocker.
-                import: args.dry_run.is_none() || ctr_here,
+                import: !args.dry_run.is_set() || ctr_here,
                 dry_run: args.dry_run,
             })
             .await
         }
         StageName::Deploy => crate::deploy::stage(ctx, &args.wait).await,
         StageName::Verify => {
-            if args.dry_run.is_some() {
+            if args.dry_run.is_set() {
                 eprintln!("    would run the checks of `cargo xtask verify` against the cluster");
                 return Ok(());
             }
@@ -441,7 +433,7 @@ mod tests {
 
     fn args() -> Args {
         Args {
-            dry_run: None,
+            dry_run: DryRunArg::default(),
             verbose: false,
             skip_nfs: false,
             skip_image: false,

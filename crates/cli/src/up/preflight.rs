@@ -9,8 +9,10 @@ use anyhow::Result;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, ListParams};
+use pgset_deploy::readiness::{self, KeptOff};
 use pgset_nfs::OsFamily;
 use pgset_spec::contract::CONTROL_PLANE_TAINT;
+use pgset_spec::image_ref::ImageReference;
 use pgset_spec::{ClusterSpec, StorageMode, default_agent_image};
 
 /// What preflight learned. Every field is read, never assumed.
@@ -67,41 +69,20 @@ pub struct NodeFacts {
 /// The kubelet's default `nodeStatusMaxImages`: a node reporting this many may have more.
 pub const KUBELET_MAX_IMAGES: usize = 50;
 
-/// kubeadm's control-plane taint as [`NodeFacts::taints`] spells it.
-const CONTROL_PLANE_NO_SCHEDULE: &str = "node-role.kubernetes.io/control-plane:NoSchedule";
-
-/// Taints the node controller sets while a node is not Ready; Ready already says so.
-const CONDITION_TAINTS: [&str; 2] = [
-    "node.kubernetes.io/not-ready",
-    "node.kubernetes.io/unreachable",
-];
-
 /// A node as preflight sees it, read from its API object. Pure.
 pub fn node_facts(node: &Node, agent_image: &str) -> NodeFacts {
     let name = node.metadata.name.clone().unwrap_or_default();
     let status = node.status.as_ref();
-    let ready_cond = status
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"));
+    let ready_cond = readiness::node_ready_condition(node);
     let spec = node.spec.as_ref();
-    let taints = spec
-        .and_then(|s| s.taints.as_ref())
-        .into_iter()
-        .flatten()
-        .filter(|t| matches!(t.effect.as_str(), "NoSchedule" | "NoExecute"))
-        .filter(|t| !CONDITION_TAINTS.contains(&t.key.as_str()))
-        .map(|t| match t.value.as_deref().filter(|v| !v.is_empty()) {
-            Some(v) => format!("{}={v}:{}", t.key, t.effect),
-            None => format!("{}:{}", t.key, t.effect),
-        })
-        .collect();
-    let wanted = normalize_image(agent_image);
+    let taints = readiness::member_taints(node);
+    let wanted = ImageReference::parse(agent_image).map(|r| r.normalized());
     let images = status.and_then(|s| s.images.as_ref());
     let has_agent_image = images
         .into_iter()
         .flatten()
         .flat_map(|i| i.names.iter().flatten())
-        .any(|n| normalize_image(n) == wanted);
+        .any(|n| wanted.is_some() && ImageReference::parse(n).map(|r| r.normalized()) == wanted);
     let images_reported = images.map_or(0, Vec::len);
     NodeFacts {
         name,
@@ -116,45 +97,29 @@ pub fn node_facts(node: &Node, agent_image: &str) -> NodeFacts {
     }
 }
 
-/// An image reference with the registry and namespace a container runtime fills in
-/// (`pgset-agent:0.1.0` is `docker.io/library/pgset-agent:0.1.0`).
-fn normalize_image(image: &str) -> String {
-    let (first, rest) = image.split_once('/').unwrap_or(("", image));
-    let has_registry =
-        !first.is_empty() && (first.contains('.') || first.contains(':') || first == "localhost");
-    if first.is_empty() {
-        format!("docker.io/library/{rest}")
-    } else if has_registry {
-        image.to_string()
-    } else {
-        format!("docker.io/{image}")
-    }
-}
-
 impl NodeFacts {
     /// Why the pods cannot be scheduled here, in words; `None` when they can. With
     /// `tolerate_control_plane`, kubeadm's control-plane taint does not keep them off.
     fn keeps_pods_off(&self, tolerate_control_plane: bool) -> Option<String> {
-        let mut why = Vec::new();
-        if !self.ready {
-            why.push(format!("not Ready ({})", self.message));
-        }
-        if self.unschedulable {
-            why.push("cordoned (`kubectl uncordon` to undo)".to_string());
-        }
-        let taints: Vec<&str> = self
-            .taints
-            .iter()
-            .map(String::as_str)
-            .filter(|t| !(tolerate_control_plane && *t == CONTROL_PLANE_NO_SCHEDULE))
-            .collect();
-        if !taints.is_empty() {
-            let mut s = format!("tainted {}", taints.join(", "));
-            if taints.contains(&CONTROL_PLANE_NO_SCHEDULE) {
-                s.push_str(" (or let the members tolerate it: --tolerate-control-plane)");
+        let why: Vec<String> = readiness::keeps_members_off(
+            self.ready,
+            self.unschedulable,
+            &self.taints,
+            tolerate_control_plane,
+        )
+        .into_iter()
+        .map(|kept| match kept {
+            KeptOff::NotReady => format!("not Ready ({})", self.message),
+            KeptOff::Cordoned => "cordoned (`kubectl uncordon` to undo)".to_string(),
+            KeptOff::Tainted(taints) => {
+                let mut s = format!("tainted {}", taints.join(", "));
+                if taints.contains(&readiness::control_plane_no_schedule()) {
+                    s.push_str(" (or let the members tolerate it: --tolerate-control-plane)");
+                }
+                s
             }
-            why.push(s);
-        }
+        })
+        .collect();
         (!why.is_empty()).then(|| why.join("; "))
     }
 }
