@@ -1,5 +1,5 @@
 //! The in-pod agent: role by ordinal, per-pod PGDATA, master init or replica base backup,
-//! self-labelling through the API, supervising postgres; and local mode, which runs the same
+//! self-labelling through the API, supervising postgres. Local mode (pgset-local) runs the same
 //! agent as processes on 127.0.0.1.
 
 pub(crate) mod bootstrap;
@@ -10,8 +10,6 @@ pub mod health;
 pub mod identity;
 pub mod install;
 pub mod kube_api;
-pub mod local;
-pub mod local_status;
 pub(crate) mod log;
 pub(crate) mod pg;
 pub mod pgbin;

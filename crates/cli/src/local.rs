@@ -1,12 +1,12 @@
 //! `cargo xtask local up|status|down`: a primary and replicas as local processes on 127.0.0.1,
-//! driven by the same agent as in a pod (`pgset_agent::local`).
+//! driven by the same agent as in a pod (`pgset_local`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use pgset_agent::local::{self, UpOptions};
-use pgset_agent::local_status::{self, StatusReport};
+use pgset_local::status::{self as local_status, StatusReport};
+use pgset_local::{self as local, UpOptions};
 
 use crate::cli::{Stage, workspace_root};
 use crate::status::{Screen, StatusOutput, show};

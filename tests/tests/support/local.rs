@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use pgset_agent::local::{self, LocalSet, UpOptions};
 use pgset_agent::pgbin::PgBin;
+use pgset_local::{self as local, LocalSet, UpOptions};
 
 /// The PostgreSQL binaries, or `None` after `missing_tool` (skip locally, fail in CI).
 pub fn pg_or_skip(test: &str) -> Option<PgBin> {
