@@ -100,7 +100,7 @@ pub fn read(pgdata: &Path) -> Result<Option<Identity>> {
 /// Writes the identity into `pgdata` (atomically, mode 0600).
 pub fn write(pgdata: &Path, identity: &Identity) -> Result<()> {
     let text = serde_json::to_string_pretty(identity)
-        .map_err(|e| Error::Local(format!("encode the identity: {e}")))?
+        .map_err(|e| Error::Failed(format!("encode the identity: {e}")))?
         + "\n";
     crate::datadir::write_atomic(&path(pgdata), text.as_bytes(), 0o600).map(drop)
 }

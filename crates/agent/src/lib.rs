@@ -92,9 +92,9 @@ pub enum Error {
     /// A Kubernetes API call failed.
     #[error("Kubernetes API: {0}")]
     Kube(String),
-    /// A local-mode operation failed.
+    /// A step failed for a reason said in words (no connection, a task that did not finish).
     #[error("{0}")]
-    Local(String),
+    Failed(String),
     /// The agent refuses to start PostgreSQL on a data directory (or to initialise one): it is
     /// not provably this member's, or starting would hide that data existed.
     #[error("refusing to use {}: {problem}", path.display())]

@@ -464,7 +464,7 @@ impl Monitor {
         let db = self
             .db
             .as_ref()
-            .ok_or_else(|| Error::Local("no connection".into()))?;
+            .ok_or_else(|| Error::Failed("no connection".into()))?;
         let replication = crate::bootstrap::read_password(
             &self.s,
             pgset_spec::contract::secret::REPLICATION_PASSWORD_KEY,
@@ -547,7 +547,7 @@ impl Monitor {
         let mut shown = Vec::new();
         for slot in &slots {
             shown.push(json!({
-                "slot": slot.name,
+                "slot": slot.slot,
                 "active": slot.active,
                 "walStatus": slot.wal_status,
                 "retainedBytes": slot.retained_bytes,
@@ -559,8 +559,8 @@ impl Monitor {
             .iter()
             .filter(|slot| !slot.active)
             .filter_map(|slot| {
-                let member = member_of_slot(&self.s.cluster, &slot.name)?;
-                Some((slot.name.clone(), member))
+                let member = member_of_slot(&self.s.cluster, &slot.slot)?;
+                Some((slot.slot.clone(), member))
             })
             .collect();
         if ours.is_empty() {
