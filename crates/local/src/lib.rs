@@ -525,33 +525,6 @@ fn known_ordinals(dir: &Path, set: &LocalSet) -> Vec<i32> {
     ks
 }
 
-/// Builds the agent binary of the workspace at `manifest` with cargo (debug profile, the
-/// inherited CARGO_TARGET_DIR) and returns its path in `profile_dir` (the directory holding the
-/// caller's own binary, e.g. `target/debug`).
-pub fn build_agent(manifest: &Path, profile_dir: &Path) -> Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    HostCommand::new(cargo)
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "pgset-agent",
-            "--bin",
-            "pgset-agent",
-            "--manifest-path",
-        ])
-        .arg(manifest)
-        .run()?;
-    let bin = profile_dir.join("pgset-agent");
-    if !bin.is_file() {
-        return Err(local_err(format!(
-            "{} was not built (is CARGO_TARGET_DIR the same?)",
-            bin.display()
-        )));
-    }
-    Ok(bin)
-}
-
 /// Forms (or reshapes) the set: members 0..replicas running, in order; extra members stopped.
 pub async fn up(opts: &UpOptions) -> Result<UpReport> {
     if opts.replicas < 1 || opts.replicas > pgset_spec::MAX_REPLICAS {
