@@ -5,9 +5,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use pgset_agent::local::{self, LocalSet, UpOptions};
 use pgset_agent::settings::Settings;
 use pgset_deploy::statefulset::agent_env;
+use pgset_local::{self as local, LocalSet, UpOptions};
 use pgset_spec::ClusterSpec;
 use pgset_spec::contract::env;
 

@@ -1620,9 +1620,10 @@ mod pure {
             cluster_id: "ffffffffffffffffffffffffffffffff".into(),
             member: s.pod_name(2),
         };
-        let Verdict::Refused(why) = judge(Some(&planted), &me, FOREIGN_SYSID) else {
+        let Verdict::Refused(why) = judge(Some(&planted), &me, Some(FOREIGN_SYSID)) else {
             panic!("the planted identity must be refused");
         };
+        let why = why.to_string();
         assert!(
             why.contains(&format!("belongs to cluster {}", planted.owner()))
                 && why.contains("not to pgset-fence-1/fence-1"),

@@ -8,9 +8,9 @@ mod support;
 
 use std::time::Duration;
 
-use pgset_agent::local;
 use pgset_drill::local::LocalOptions;
 use pgset_drill::{DrillName, DrillReport, Error, Verdict, report};
+use pgset_local as local;
 use support::{TestSet, pg_or_skip};
 
 const PORT: u16 = 28100;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use pgset_agent::local;
+use pgset_local as local;
 use pgset_spec::contract::{HEALTH_LIVE_PATH, HEALTH_READY_PATH};
 use support::{TestSet, inode, pg_or_skip};
 

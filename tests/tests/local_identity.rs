@@ -10,7 +10,7 @@ mod support;
 
 use std::time::Duration;
 
-use pgset_agent::local;
+use pgset_local as local;
 use pgset_spec::contract::env;
 use support::{TestSet, foreign_secret_dir, inode, pg_or_skip, run_agent, tree_digest};
 

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use pgset_agent::local;
+use pgset_local as local;
 use pgset_spec::contract::secret;
 use support::{TestSet, pg_or_skip};
 

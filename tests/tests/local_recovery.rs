@@ -13,7 +13,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use pgset_agent::datadir::tree_size;
-use pgset_agent::local;
+use pgset_local as local;
 use support::{TestSet, pg_or_skip, wait_until};
 
 const SECOND: Duration = Duration::from_secs(1);

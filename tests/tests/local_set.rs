@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use pgset_agent::local;
 use pgset_command::HostCommand;
+use pgset_local as local;
 use support::{TestSet, inode, pg_or_skip, wait_until};
 
 const STREAMING_COUNT: &str = "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'";

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use pgset_agent::local;
+use pgset_local as local;
 use support::{TestSet, pg_or_skip};
 
 const PORT: u16 = 28300;

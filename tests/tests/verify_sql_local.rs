@@ -9,7 +9,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use pgset_agent::local;
+use pgset_local as local;
 use pgset_verify::checks;
 use pgset_verify::exec::ExecOutput;
 use pgset_verify::sql;

@@ -135,12 +135,12 @@ pub fn inspect(s: &Settings, me: &MemberRef) -> Result<Plan> {
                 });
             }
             let sysid = identity::control_system_identifier(&pgdata)?;
-            match identity::judge(identity::read(&pgdata)?.as_ref(), me, sysid) {
+            match identity::judge(identity::read(&pgdata)?.as_ref(), me, Some(sysid)) {
                 Verdict::Ours => {}
-                Verdict::Refused(problem) => {
+                Verdict::Refused(why) => {
                     return Err(Error::Refused {
                         path: pgdata,
-                        problem,
+                        problem: why.to_string(),
                     });
                 }
                 Verdict::Unmarked if s.adopt_unmarked => {

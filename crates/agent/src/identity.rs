@@ -100,7 +100,7 @@ pub fn read(pgdata: &Path) -> Result<Option<Identity>> {
 /// Writes the identity into `pgdata` (atomically, mode 0600).
 pub fn write(pgdata: &Path, identity: &Identity) -> Result<()> {
     let text = serde_json::to_string_pretty(identity)
-        .map_err(|e| Error::Local(format!("encode the identity: {e}")))?
+        .map_err(|e| Error::Failed(format!("encode the identity: {e}")))?
         + "\n";
     crate::datadir::write_atomic(&path(pgdata), text.as_bytes(), 0o600).map(drop)
 }
@@ -120,61 +120,126 @@ pub fn control_system_identifier(pgdata: &Path) -> Result<u64> {
     Ok(u64::from_ne_bytes(first))
 }
 
-/// What the agent may do with an existing data directory.
+/// What a data directory's identity says about the member that wants it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// This member's data, proven.
     Ours,
     /// No identity file: made before identities existed, or not by pgset.
     Unmarked,
-    /// Refused: the reason, naming whose it is and the fix.
-    Refused(String),
+    /// Not this member's: why (its `Display` names whose it is and the fix).
+    Refused(Refusal),
 }
 
-/// Judges a data directory's identity against the member that wants it and the system
-/// identifier in its `pg_control`.
-pub fn judge(found: Option<&Identity>, me: &MemberRef, control_sysid: u64) -> Verdict {
+/// Why a data directory is not this member's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The identity has a format this agent does not know.
+    Format {
+        /// The identity's format.
+        found: u32,
+    },
+    /// Another cluster's data (namespace, name or cluster id differ).
+    Foreign {
+        /// [`Identity::owner`] of the data.
+        owner: String,
+        /// The member's `namespace/cluster (cluster id …)`.
+        expected: String,
+        /// Same namespace and name, another cluster id: the cluster was made anew.
+        same_name: bool,
+    },
+    /// The data of another member of this cluster.
+    OtherMember {
+        /// The member the identity names.
+        member: String,
+        /// The member that wants the data.
+        wanted: String,
+    },
+    /// Another database system than the one expected (the data was replaced).
+    OtherSystem {
+        /// The system identifier the identity records.
+        recorded: String,
+        /// The system identifier it was judged against.
+        expected: u64,
+    },
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Format { found } => write!(
+                f,
+                "its identity has format {found} and this agent knows format {FORMAT}; run the \
+                 agent version that wrote it"
+            ),
+            Refusal::Foreign {
+                owner,
+                expected,
+                same_name,
+            } => {
+                let fix = if *same_name {
+                    "the cluster was made anew (its Secret, and with it the cluster id, is new) \
+                     while the old data stayed: restore the old Secret, or move the old directory \
+                     away to start empty"
+                } else {
+                    "this cluster's volume points at another cluster's directory: give each \
+                     cluster its own export directory (see the README's placement section) or \
+                     its own claim"
+                };
+                write!(
+                    f,
+                    "it belongs to cluster {owner}, not to {expected}; pgset never starts on \
+                     another cluster's data and leaves it untouched; {fix}"
+                )
+            }
+            Refusal::OtherMember { member, wanted } => write!(
+                f,
+                "it is the data of member {member} of this cluster, not of {wanted}; move it back \
+                 to its own directory"
+            ),
+            Refusal::OtherSystem { recorded, expected } => write!(
+                f,
+                "its pg_control says database system {expected} but its identity says \
+                 {recorded}: the directory's content was replaced; move it away and restore this \
+                 member's data"
+            ),
+        }
+    }
+}
+
+/// Judges a data directory's identity against the member that wants it and, when known, the
+/// database system identifier it must hold (the agent: its `pg_control`'s; local status: the
+/// master's). The one judgement of an identity: the agent acts on it, status reports it.
+pub fn judge(found: Option<&Identity>, me: &MemberRef, system_identifier: Option<u64>) -> Verdict {
     let Some(id) = found else {
         return Verdict::Unmarked;
     };
     if id.format != FORMAT {
-        return Verdict::Refused(format!(
-            "its identity has format {} and this agent knows format {FORMAT}; run the agent \
-             version that wrote it",
-            id.format
-        ));
+        return Verdict::Refused(Refusal::Format { found: id.format });
     }
     if id.namespace != me.namespace || id.cluster != me.cluster || id.cluster_id != me.cluster_id {
-        let same_name = id.namespace == me.namespace && id.cluster == me.cluster;
-        let fix = if same_name {
-            "the cluster was made anew (its Secret, and with it the cluster id, is new) while the \
-             old data stayed: restore the old Secret, or move the old directory away to start empty"
-        } else {
-            "this cluster's volume points at another cluster's directory: give each cluster its \
-             own export directory (see the README's placement section) or its own claim"
-        };
-        return Verdict::Refused(format!(
-            "it belongs to cluster {}, not to {}/{} (cluster id {}); pgset never starts on \
-             another cluster's data and leaves it untouched; {fix}",
-            id.owner(),
-            me.namespace,
-            me.cluster,
-            me.cluster_id
-        ));
+        return Verdict::Refused(Refusal::Foreign {
+            owner: id.owner(),
+            expected: format!(
+                "{}/{} (cluster id {})",
+                me.namespace, me.cluster, me.cluster_id
+            ),
+            same_name: id.namespace == me.namespace && id.cluster == me.cluster,
+        });
     }
     if id.member != me.member {
-        return Verdict::Refused(format!(
-            "it is the data of member {} of this cluster, not of {}; move it back to its own \
-             directory",
-            id.member, me.member
-        ));
+        return Verdict::Refused(Refusal::OtherMember {
+            member: id.member.clone(),
+            wanted: me.member.clone(),
+        });
     }
-    if id.system_identifier != control_sysid.to_string() {
-        return Verdict::Refused(format!(
-            "its pg_control says database system {control_sysid} but its identity says {}: the \
-             directory's content was replaced; move it away and restore this member's data",
-            id.system_identifier
-        ));
+    if let Some(sysid) = system_identifier
+        && id.system_identifier != sysid.to_string()
+    {
+        return Verdict::Refused(Refusal::OtherSystem {
+            recorded: id.system_identifier.clone(),
+            expected: sysid,
+        });
     }
     Verdict::Ours
 }
@@ -195,14 +260,25 @@ mod tests {
     #[test]
     fn decisions() {
         let id = Identity::new(&me(), 42, "base backup");
-        assert_eq!(judge(Some(&id), &me(), 42), Verdict::Ours);
-        assert_eq!(judge(None, &me(), 42), Verdict::Unmarked);
+        assert_eq!(judge(Some(&id), &me(), Some(42)), Verdict::Ours);
+        assert_eq!(judge(None, &me(), Some(42)), Verdict::Unmarked);
 
         let mut other_ns = me();
         other_ns.namespace = "staging".into();
-        let Verdict::Refused(why) = judge(Some(&id), &other_ns, 42) else {
+        let Verdict::Refused(why) = judge(Some(&id), &other_ns, Some(42)) else {
             panic!("another namespace's data must be refused");
         };
+        assert!(
+            matches!(
+                why,
+                Refusal::Foreign {
+                    same_name: false,
+                    ..
+                }
+            ),
+            "{why:?}"
+        );
+        let why = why.to_string();
         assert!(
             why.contains("belongs to cluster default/pgset (cluster id c1)")
                 && why.contains("own export directory"),
@@ -211,29 +287,51 @@ mod tests {
 
         let mut new_secret = me();
         new_secret.cluster_id = "c2".into();
-        let Verdict::Refused(why) = judge(Some(&id), &new_secret, 42) else {
+        let Verdict::Refused(why) = judge(Some(&id), &new_secret, Some(42)) else {
             panic!("another cluster id must be refused");
         };
+        assert!(
+            matches!(
+                why,
+                Refusal::Foreign {
+                    same_name: true,
+                    ..
+                }
+            ),
+            "{why:?}"
+        );
+        let why = why.to_string();
         assert!(why.contains("restore the old Secret"), "{why}");
 
         let mut sibling = me();
         sibling.member = "pgset-2".into();
-        let Verdict::Refused(why) = judge(Some(&id), &sibling, 42) else {
+        let Verdict::Refused(why) = judge(Some(&id), &sibling, Some(42)) else {
             panic!("a sibling's data must be refused");
         };
+        assert!(matches!(why, Refusal::OtherMember { .. }), "{why:?}");
+        let why = why.to_string();
         assert!(why.contains("member pgset-1"), "{why}");
 
-        let Verdict::Refused(why) = judge(Some(&id), &me(), 43) else {
+        let Verdict::Refused(why) = judge(Some(&id), &me(), Some(43)) else {
             panic!("replaced content must be refused");
         };
-        assert!(why.contains("replaced"), "{why}");
+        assert!(
+            why.to_string().contains("replaced") && why.to_string().contains("says 42"),
+            "{why}"
+        );
+        // An unknown system identifier is not compared; everything else still is.
+        assert_eq!(judge(Some(&id), &me(), None), Verdict::Ours);
+        assert!(matches!(
+            judge(Some(&id), &sibling, None),
+            Verdict::Refused(Refusal::OtherMember { .. })
+        ));
 
         let mut future = id.clone();
         future.format = 2;
-        assert!(matches!(
-            judge(Some(&future), &me(), 42),
-            Verdict::Refused(_)
-        ));
+        assert_eq!(
+            judge(Some(&future), &me(), Some(42)),
+            Verdict::Refused(Refusal::Format { found: 2 })
+        );
     }
 
     #[test]

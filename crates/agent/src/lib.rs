@@ -1,5 +1,5 @@
 //! The in-pod agent: role by ordinal, per-pod PGDATA, master init or replica base backup,
-//! self-labelling through the API, supervising postgres; and local mode, which runs the same
+//! self-labelling through the API, supervising postgres. Local mode (pgset-local) runs the same
 //! agent as processes on 127.0.0.1.
 
 pub(crate) mod bootstrap;
@@ -10,8 +10,6 @@ pub mod health;
 pub mod identity;
 pub mod install;
 pub mod kube_api;
-pub mod local;
-pub mod local_status;
 pub(crate) mod log;
 pub(crate) mod pg;
 pub mod pgbin;
@@ -95,9 +93,9 @@ pub enum Error {
     /// A Kubernetes API call failed.
     #[error("Kubernetes API: {0}")]
     Kube(String),
-    /// A local-mode operation failed.
+    /// A step failed for a reason said in words (no connection, a task that did not finish).
     #[error("{0}")]
-    Local(String),
+    Failed(String),
     /// The agent refuses to start PostgreSQL on a data directory (or to initialise one): it is
     /// not provably this member's, or starting would hide that data existed.
     #[error("refusing to use {}: {problem}", path.display())]

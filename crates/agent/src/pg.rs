@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use pgset_spec::contract::{self, secret};
+use pgset_spec::status::Slot;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Config, NoTls, Row};
 
@@ -319,21 +320,8 @@ pub async fn standbys(db: &Db) -> Result<Vec<StandbyRow>> {
         .collect())
 }
 
-/// A physical slot on the master.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlotRow {
-    /// Its name.
-    pub name: String,
-    /// Whether a standby streams from it now.
-    pub active: bool,
-    /// `wal_status`.
-    pub wal_status: Option<String>,
-    /// WAL it holds back, in bytes.
-    pub retained_bytes: Option<i64>,
-}
-
-/// The master's physical slots.
-pub async fn slots(db: &Db) -> Result<Vec<SlotRow>> {
+/// The master's physical slots (the same [`Slot`] local status reads with one query).
+pub async fn slots(db: &Db) -> Result<Vec<Slot>> {
     let rows = db
         .rows(
             "SELECT slot_name::text, active, wal_status,
@@ -345,8 +333,8 @@ pub async fn slots(db: &Db) -> Result<Vec<SlotRow>> {
         .await?;
     Ok(rows
         .iter()
-        .map(|r| SlotRow {
-            name: r.get(0),
+        .map(|r| Slot {
+            slot: r.get(0),
             active: r.get(1),
             wal_status: r.get(2),
             retained_bytes: r.get(3),

@@ -128,7 +128,7 @@ async fn member_loop(
         let (s2, me2) = (s.clone(), me.clone());
         let mut plan = tokio::task::spawn_blocking(move || bootstrap::inspect(&s2, &me2))
             .await
-            .map_err(|e| Error::Local(format!("checking the data directory: {e}")))??;
+            .map_err(|e| Error::Failed(format!("checking the data directory: {e}")))??;
         // In a cluster the record (ConfigMap `<name>-record`) tells what this cluster's master
         // initialised, also when no sibling directory is in view (templates mode).
         let record = match api {
@@ -167,7 +167,7 @@ async fn member_loop(
         let make = tokio::task::spawn_blocking(move || bootstrap::make(&s2, &b2, &me2, plan));
         tokio::select! {
             r = make => {
-                r.map_err(|e| Error::Local(format!("preparing the data directory: {e}")))??;
+                r.map_err(|e| Error::Failed(format!("preparing the data directory: {e}")))??;
                 if s.role == Role::Master && let (Some(api), Some(record)) = (api, &record) {
                     keep_record(s, me, api, plan, record).await;
                 }

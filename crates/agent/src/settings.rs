@@ -1,7 +1,7 @@
 //! The agent's settings, read from the env contract (`pgset_spec::contract::env`) and checked.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use pgset_spec::contract::{self, AgentEnv, AgentMode, MemberIdentity, roles};
@@ -48,7 +48,7 @@ pub enum Mode {
     Local,
 }
 
-pub use pgset_spec::{member_of_slot, slot_name};
+pub(crate) use pgset_spec::{member_of_slot, slot_name};
 
 /// Everything the agent needs to know, validated.
 #[derive(Debug, Clone)]
@@ -190,18 +190,13 @@ impl Settings {
 
     /// The local-mode pid file of the agent.
     pub fn agent_pid_file(&self) -> PathBuf {
-        agent_pid_file(&self.data_root, &self.pod_name)
+        contract::agent_pid_file(&self.data_root, &self.pod_name)
     }
 
     /// A password file from the secret directory.
     pub fn secret_file(&self, key: &str) -> PathBuf {
         self.secret_dir.join(key)
     }
-}
-
-/// The local-mode pid file of a member's agent, `<data root>/<member>.agent.pid`.
-pub fn agent_pid_file(data_root: &Path, member: &str) -> PathBuf {
-    data_root.join(format!("{member}.agent.pid"))
 }
 
 #[cfg(test)]

@@ -3,14 +3,13 @@
 //! pod's role label, the master's replication role and slots), turn SIGTERM/SIGINT into a fast
 //! shutdown, and ask for a new copy only when PostgreSQL's state says the replica cannot follow.
 
-use std::collections::HashSet;
 use std::io::BufRead;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use pgset_spec::contract::MemberPhase;
+use pgset_spec::contract::{MemberPhase, read_members};
 use serde_json::{Map, Value, json};
 use tokio::signal::unix::Signal as SignalStream;
 use tokio::sync::mpsc;
@@ -477,7 +476,7 @@ impl Monitor {
         let db = self
             .db
             .as_ref()
-            .ok_or_else(|| Error::Local("no connection".into()))?;
+            .ok_or_else(|| Error::Failed("no connection".into()))?;
         let replication = crate::bootstrap::read_password(
             &self.s,
             pgset_spec::contract::secret::REPLICATION_PASSWORD_KEY,
@@ -560,7 +559,7 @@ impl Monitor {
         let mut shown = Vec::new();
         for slot in &slots {
             shown.push(json!({
-                "slot": slot.name,
+                "slot": slot.slot,
                 "active": slot.active,
                 "walStatus": slot.wal_status,
                 "retainedBytes": slot.retained_bytes,
@@ -572,8 +571,8 @@ impl Monitor {
             .iter()
             .filter(|slot| !slot.active)
             .filter_map(|slot| {
-                let member = member_of_slot(&self.s.cluster, &slot.name)?;
-                Some((slot.name.clone(), member))
+                let member = member_of_slot(&self.s.cluster, &slot.slot)?;
+                Some((slot.slot.clone(), member))
             })
             .collect();
         if ours.is_empty() {
@@ -771,31 +770,9 @@ impl Monitor {
     }
 }
 
-/// The members listed in the local membership file; `None` when it cannot be read.
-pub fn read_members(path: &std::path::Path) -> Option<HashSet<String>> {
-    let text = std::fs::read_to_string(path).ok()?;
-    Some(
-        text.lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(String::from)
-            .collect(),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn members_file_lines() {
-        let t = tempfile::tempdir().unwrap();
-        let f = t.path().join("members");
-        std::fs::write(&f, "pgset-0\npgset-1\n\n").unwrap();
-        let m = read_members(&f).unwrap();
-        assert!(m.contains("pgset-1") && m.len() == 2);
-        assert!(read_members(&t.path().join("none")).is_none());
-    }
 
     #[test]
     fn postmaster_pid_status_line() {

@@ -84,7 +84,7 @@ pub async fn run(args: Args) -> Result<()> {
     let mut reports = Vec::new();
     if let Some(dir) = &args.dir {
         let drills = parse_names(&args.drills, Target::Local, false)?;
-        pgset_agent::local::read_set(dir).context("read the local set")?;
+        pgset_local::read_set(dir).context("read the local set")?;
         let agent_bin = match &args.agent_bin {
             Some(b) => b.clone(),
             None => crate::local::build_agent()?,

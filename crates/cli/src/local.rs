@@ -1,12 +1,13 @@
 //! `cargo xtask local up|status|down`: a primary and replicas as local processes on 127.0.0.1,
-//! driven by the same agent as in a pod (`pgset_agent::local`).
+//! driven by the same agent as in a pod (`pgset_local`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use pgset_agent::local::{self, UpOptions};
-use pgset_agent::local_status::{self, StatusReport};
+use pgset_command::HostCommand;
+use pgset_local::status::{self as local_status, StatusReport};
+use pgset_local::{self as local, UpOptions};
 
 use crate::cli::{Stage, workspace_root};
 use crate::status::{Screen, StatusOutput, show};
@@ -118,9 +119,36 @@ pub fn build_agent() -> Result<PathBuf> {
     let stage = Stage::start("build pgset-agent");
     let exe = std::env::current_exe().context("locate the xtask binary")?;
     let profile_dir = exe.parent().context("the xtask binary has no directory")?;
-    let bin = local::build_agent(&workspace_root().join("Cargo.toml"), profile_dir)
+    let bin = build_agent_in(&workspace_root().join("Cargo.toml"), profile_dir)
         .context("build the agent")?;
     stage.done(&bin.display().to_string());
+    Ok(bin)
+}
+
+/// Builds the agent binary of the workspace at `manifest` with cargo (debug profile, the
+/// inherited CARGO_TARGET_DIR) and returns its path in `profile_dir` (the directory holding the
+/// caller's own binary, e.g. `target/debug`).
+pub fn build_agent_in(manifest: &Path, profile_dir: &Path) -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    HostCommand::new(cargo)
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "pgset-agent",
+            "--bin",
+            "pgset-agent",
+            "--manifest-path",
+        ])
+        .arg(manifest)
+        .run()?;
+    let bin = profile_dir.join("pgset-agent");
+    if !bin.is_file() {
+        anyhow::bail!(
+            "{} was not built (is CARGO_TARGET_DIR the same?)",
+            bin.display()
+        );
+    }
     Ok(bin)
 }
 

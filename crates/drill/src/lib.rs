@@ -43,7 +43,7 @@ pub enum Error {
     },
     /// Local mode reported an error.
     #[error(transparent)]
-    Local(#[from] pgset_agent::Error),
+    Local(#[from] pgset_local::Error),
     /// The cluster could not be read or changed.
     #[error(transparent)]
     Live(#[from] pgset_verify::Error),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use pgset_agent::local::{self as agent_local, LocalSet, MemberStatus};
+use pgset_local::{self as local, LocalSet, MemberStatus};
 use pgset_spec::contract::secret;
 
 use crate::engine::{self, Log, Setup};
@@ -71,7 +71,7 @@ pub fn unhealthy(members: &[MemberStatus]) -> Vec<String> {
 async fn wait_healthy(dir: &Path, timeout: Duration) -> Result<Vec<MemberStatus>> {
     let deadline = Instant::now() + timeout;
     loop {
-        let members = agent_local::status(dir, None).await?;
+        let members = local::status(dir, None).await?;
         let why = unhealthy(&members);
         if why.is_empty() {
             return Ok(members);
@@ -123,11 +123,7 @@ struct Target {
 
 impl Target {
     fn endpoint(&self, k: i32) -> Endpoint {
-        Endpoint::new(
-            agent_local::HOST,
-            self.set.member_port(k),
-            self.password.clone(),
-        )
+        Endpoint::new(local::HOST, self.set.member_port(k), self.password.clone())
     }
 
     fn step(&self, what: impl Into<String>) {
@@ -142,11 +138,11 @@ impl Target {
     /// the environment to start it again with.
     async fn stop(&self, k: i32) -> Result<Vec<(String, String)>> {
         let member = self.set.member(k);
-        let pid = agent_local::agent_pid(self.dir(), &member)
+        let pid = local::agent_pid(self.dir(), &member)
             .ok_or_else(|| step_err(format!("stop {member}"), "its agent is not running"))?;
-        let env = agent_local::agent_env(pid)?;
+        let env = local::agent_env(pid)?;
         self.step(format!("SIGTERM to {member}'s agent (pid {pid})"));
-        agent_local::stop_member(self.dir(), &member, Duration::from_secs(90)).await?;
+        local::stop_member(self.dir(), &member, Duration::from_secs(90)).await?;
         self.step(format!("{member}'s agent exited"));
         Ok(env)
     }
@@ -155,8 +151,8 @@ impl Target {
     async fn start(&self, k: i32, env: &[(String, String)]) -> Result<()> {
         let member = self.set.member(k);
         self.step(format!("launcher starts {member}'s agent"));
-        agent_local::launch_agent(self.dir(), &member, &self.opts.agent_bin, env)?;
-        agent_local::wait_ready(self.dir(), &self.set, k, self.opts.recovery_timeout).await?;
+        local::launch_agent(self.dir(), &member, &self.opts.agent_bin, env)?;
+        local::wait_ready(self.dir(), &self.set, k, self.opts.recovery_timeout).await?;
         self.step(format!("{member} ready"));
         Ok(())
     }
@@ -169,16 +165,16 @@ impl Target {
     /// SIGKILL to member k's postmaster; its agent exits and the launcher starts it again.
     async fn kill_postgres(&self, k: i32) -> Result<()> {
         let member = self.set.member(k);
-        let agent = agent_local::agent_pid(self.dir(), &member)
+        let agent = local::agent_pid(self.dir(), &member)
             .ok_or_else(|| step_err(format!("kill {member}'s postgres"), "no agent runs"))?;
-        let env = agent_local::agent_env(agent)?;
+        let env = local::agent_env(agent)?;
         let pid = pgset_agent::datadir::live_postmaster(&self.dir().join(&member))
             .ok_or_else(|| step_err(format!("kill {member}'s postgres"), "no postmaster runs"))?;
         self.step(format!("SIGKILL to {member}'s postmaster (pid {pid})"));
         kill(Pid::from_raw(pid), Signal::SIGKILL)
             .map_err(|e| step_err(format!("kill postmaster {pid}"), e))?;
         let deadline = Instant::now() + Duration::from_secs(60);
-        while agent_local::agent_pid(self.dir(), &member).is_some() {
+        while local::agent_pid(self.dir(), &member).is_some() {
             if Instant::now() > deadline {
                 return Err(step_err(
                     format!("{member}'s agent after its postgres was killed"),
@@ -198,12 +194,12 @@ impl Target {
         let k = n - 1;
         let member = self.set.member(k);
         self.step(format!("membership {} -> {}", n, n - 1));
-        agent_local::write_members(self.dir(), &self.set, n - 1)?;
+        local::write_members(self.dir(), &self.set, n - 1)?;
         let env = match self.stop(k).await {
             Ok(env) => env,
             Err(e) => {
                 // The membership goes back to what it was: the set is left as it was found.
-                agent_local::write_members(self.dir(), &self.set, n)?;
+                local::write_members(self.dir(), &self.set, n)?;
                 return Err(e);
             }
         };
@@ -216,7 +212,7 @@ impl Target {
         )
         .await;
         self.step(format!("membership {} -> {}", n - 1, n));
-        agent_local::write_members(self.dir(), &self.set, n)?;
+        local::write_members(self.dir(), &self.set, n)?;
         self.start(k, &env).await
     }
 }
@@ -231,8 +227,8 @@ fn read_password(dir: &Path) -> Result<String> {
 /// Runs `drill` on the local set in `opts.dir`: refuses unless the set is healthy, runs the load,
 /// injects the fault, waits until the set is healthy again, and measures.
 pub async fn run(opts: &LocalOptions, drill: DrillName) -> Result<DrillReport> {
-    let set = agent_local::read_set(&opts.dir)?;
-    let status = agent_local::status(&opts.dir, None).await?;
+    let set = local::read_set(&opts.dir)?;
+    let status = local::status(&opts.dir, None).await?;
     let why = unhealthy(&status);
     if !why.is_empty() {
         return Err(Error::NotHealthy(why.join("; ")));

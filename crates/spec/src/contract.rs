@@ -4,8 +4,10 @@
 //! contract as one typed value: written by deploy and local mode, read by the agent.
 
 pub mod agent_env;
+pub mod local;
 
 pub use agent_env::{AgentEnv, AgentMode, EnvEntry, EnvError, EnvSource, MemberIdentity};
+pub use local::{agent_pid_file, read_members};
 
 /// Field manager used for every server-side apply and label patch.
 pub const FIELD_MANAGER: &str = "pgset";

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use pgset_agent::local::{self, LocalSet, UpOptions};
 use pgset_agent::pgbin::PgBin;
+use pgset_local::{self as local, LocalSet, UpOptions};
 
 /// The PostgreSQL binaries, or `None` after `missing_tool` (skip locally, fail in CI).
 pub fn pg_or_skip(test: &str) -> Option<PgBin> {
@@ -34,7 +34,7 @@ pub fn agent_bin() -> PathBuf {
         // Test binaries live in <target>/<profile>/deps; the agent lands in <target>/<profile>.
         let exe = std::env::current_exe().unwrap();
         let profile_dir = exe.parent().unwrap().parent().unwrap();
-        local::build_agent(
+        pgset_cli::local::build_agent_in(
             &pgset_tests::workspace_root().join("Cargo.toml"),
             profile_dir,
         )

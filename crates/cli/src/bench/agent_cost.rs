@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use pgset_agent::health;
-use pgset_agent::local::{self, LocalSet, UpOptions};
+use pgset_local::{self as local, LocalSet, UpOptions};
 use pgset_spec::contract;
 
 use super::forks::ForkCounter;

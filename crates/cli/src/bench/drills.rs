@@ -8,9 +8,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use pgset_agent::local::{self, UpOptions};
 use pgset_drill::report::{REJOIN_TARGET_S, WRITE_RECOVERY_TARGET_S};
 use pgset_drill::{DrillName, DrillReport, Verdict, local::LocalOptions};
+use pgset_local::{self as local, UpOptions};
 
 /// Port of the set's master (members on the next ports, health ports 1000 above).
 const PORT: u16 = 28390;

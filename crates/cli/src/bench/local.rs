@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use nix::unistd::{Uid, chown};
-use pgset_agent::local::{self, UpOptions};
 use pgset_agent::pgbin::PgBin;
 use pgset_agent::privilege::postgres_user;
 use pgset_agent::render;
 use pgset_command::HostCommand;
+use pgset_local::{self as local, UpOptions};
 
 /// Base port of the benchmark sets (away from the tests' ports).
 const BENCH_PORT: u16 = 28700;

@@ -1,7 +1,10 @@
 //! Local mode: a master and replicas as agent processes on 127.0.0.1, the same agent as in a pod.
 //! `up` starts the members in order (each waits for the previous to be ready), `status` reports
-//! them, `down` stops them. Layout of DIR: `<cluster>-N/` data (DATA_ROOT=DIR), `<cluster>-N.log`,
-//! `secret/` passwords (0600), `run/` sockets, `members` (the membership file) and `pgset-local.json`.
+//! them, `down` stops them; [`status`](mod@status) builds the whole report. Layout of DIR:
+//! `<cluster>-N/` data (DATA_ROOT=DIR), `<cluster>-N.log`, `secret/` passwords (0600), `run/`
+//! sockets, `members` (the membership file) and `pgset-local.json`.
+
+pub mod status;
 
 use std::fs;
 use std::net::SocketAddr;
@@ -11,17 +14,54 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, Uid, chown};
+use pgset_agent::datadir::{self, write_atomic};
+use pgset_agent::health;
+use pgset_agent::pgbin::PgBin;
+use pgset_agent::privilege::postgres_user;
+use pgset_agent::settings::Role;
 use pgset_command::HostCommand;
-use pgset_spec::contract::{self, AgentEnv, AgentMode, MemberIdentity, secret};
+use pgset_spec::contract::{self, AgentEnv, AgentMode, MemberIdentity, agent_pid_file, secret};
 use pgset_spec::random;
 use serde::{Deserialize, Serialize};
 
-use crate::datadir::{self, write_atomic};
-use crate::health;
-use crate::pgbin::PgBin;
-use crate::privilege::postgres_user;
-use crate::settings::{Role, agent_pid_file};
-use crate::{Error, Result, io_err};
+/// Everything that can stop a local-mode operation, with what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The set, its directory or a member is not as the operation needs it.
+    #[error("{0}")]
+    Set(String),
+    /// A data directory, the postgres user or an identity (the agent's own steps) failed.
+    #[error(transparent)]
+    Agent(#[from] pgset_agent::Error),
+    /// A host command failed.
+    #[error(transparent)]
+    Command(#[from] pgset_command::Error),
+    /// A member's environment could not be written.
+    #[error(transparent)]
+    Env(#[from] contract::EnvError),
+    /// A file operation failed.
+    #[error("{action}")]
+    Io {
+        /// What was being done.
+        action: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Local mode's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn io_err(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let action = action.into();
+    move |source| Error::Io { action, source }
+}
+
+/// One line of what the launcher does, on stderr.
+fn info(line: &str) {
+    eprintln!("pgset local: {line}");
+}
 
 /// The file recording the set's name and base port.
 pub const STATE_FILE: &str = "pgset-local.json";
@@ -160,7 +200,7 @@ pub struct MemberStatus {
 }
 
 fn local_err(msg: impl Into<String>) -> Error {
-    Error::Local(msg.into())
+    Error::Set(msg.into())
 }
 
 /// Reads the set recorded in `dir`.
@@ -382,7 +422,7 @@ fn contract_env(raw: &[u8]) -> Vec<(String, String)> {
 
 /// Writes the membership file: members 0..replicas of `set`.
 pub fn write_members(dir: &Path, set: &LocalSet, replicas: i32) -> Result<()> {
-    let members: String = (0..replicas).map(|k| set.member(k) + "\n").collect();
+    let members = contract::local::members_text((0..replicas).map(|k| set.member(k)));
     let members_file = dir.join(MEMBERS_FILE);
     write_atomic(&members_file, members.as_bytes(), 0o644)?;
     give_to_postgres(&members_file)
@@ -397,7 +437,7 @@ pub async fn wait_ready(dir: &Path, set: &LocalSet, k: i32, timeout: Duration) -
     loop {
         // Ready only from this member's own agent: another set on the same ports must not
         // pass for it.
-        let answer = health::get(set.health_addr(k), crate::health::STATUS_PATH)
+        let answer = health::get(set.health_addr(k), contract::HEALTH_STATUS_PATH)
             .await
             .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok());
         if let Some(status) = answer {
@@ -451,7 +491,7 @@ pub async fn stop_member(dir: &Path, member: &str, timeout: Duration) -> Result<
     let Some(pid) = agent_pid(dir, member) else {
         return Ok(false);
     };
-    crate::info!("stopping member {member} (agent pid {pid})");
+    info(&format!("stopping member {member} (agent pid {pid})"));
     let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
     let deadline = Instant::now() + timeout;
     while agent_pid(dir, member).is_some() {
@@ -483,33 +523,6 @@ fn known_ordinals(dir: &Path, set: &LocalSet) -> Vec<i32> {
     ks.sort_unstable();
     ks.dedup();
     ks
-}
-
-/// Builds the agent binary of the workspace at `manifest` with cargo (debug profile, the
-/// inherited CARGO_TARGET_DIR) and returns its path in `profile_dir` (the directory holding the
-/// caller's own binary, e.g. `target/debug`).
-pub fn build_agent(manifest: &Path, profile_dir: &Path) -> Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    HostCommand::new(cargo)
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "pgset-agent",
-            "--bin",
-            "pgset-agent",
-            "--manifest-path",
-        ])
-        .arg(manifest)
-        .run()?;
-    let bin = profile_dir.join("pgset-agent");
-    if !bin.is_file() {
-        return Err(local_err(format!(
-            "{} was not built (is CARGO_TARGET_DIR the same?)",
-            bin.display()
-        )));
-    }
-    Ok(bin)
 }
 
 /// Forms (or reshapes) the set: members 0..replicas running, in order; extra members stopped.
@@ -555,7 +568,10 @@ pub async fn up(opts: &UpOptions) -> Result<UpReport> {
         if agent_pid(&opts.dir, &member).is_some() {
             report.already_running.push(member);
         } else {
-            crate::info!("starting member {member} on {HOST}:{}", set.member_port(k));
+            info(&format!(
+                "starting member {member} on {HOST}:{}",
+                set.member_port(k)
+            ));
             start_member(opts, &set, k)?;
             report.started.push(member);
         }
@@ -574,7 +590,7 @@ pub async fn down(dir: &Path, purge: bool) -> Result<Vec<String>> {
         }
     }
     if purge {
-        crate::info!("removing {}", dir.display());
+        info(&format!("removing {}", dir.display()));
         fs::remove_dir_all(dir).map_err(io_err(format!("remove {}", dir.display())))?;
     }
     Ok(stopped)
@@ -584,7 +600,7 @@ pub async fn down(dir: &Path, purge: bool) -> Result<Vec<String>> {
 /// agent's readiness verdict and reason, and the error a stopped agent left.
 pub async fn status(dir: &Path, pg_bin_dir: Option<&Path>) -> Result<Vec<MemberStatus>> {
     let set = read_set(dir)?;
-    let listed = crate::supervise::read_members(&dir.join(MEMBERS_FILE)).unwrap_or_default();
+    let listed = contract::read_members(&dir.join(MEMBERS_FILE)).unwrap_or_default();
     let mut ks = known_ordinals(dir, &set);
     ks.extend((0..listed.len() as i32).filter(|k| listed.contains(&set.member(*k))));
     ks.sort_unstable();
@@ -597,7 +613,7 @@ pub async fn status(dir: &Path, pg_bin_dir: Option<&Path>) -> Result<Vec<MemberS
         let data_dir = dir.join(&name);
         let agent_pid = agent_pid(dir, &name);
         let health = match agent_pid {
-            Some(_) => health::get(set.health_addr(k), crate::health::STATUS_PATH)
+            Some(_) => health::get(set.health_addr(k), contract::HEALTH_STATUS_PATH)
                 .await
                 .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok()),
             None => None,

@@ -9,17 +9,13 @@ use std::path::Path;
 use pgset_spec::contract::{self, secret};
 use serde::{Deserialize, Serialize};
 
-use crate::Result;
-use crate::identity::{self, Identity};
-use crate::local::{self, MemberStatus};
-use crate::pgbin::PgBin;
-use crate::settings::{member_of_slot, slot_name};
-
-/// Namespace local members record in their identity.
-pub const LOCAL_NAMESPACE: &str = "local";
-
+use pgset_agent::identity::{self, Identity, MemberRef, Refusal, Verdict};
+use pgset_agent::pgbin::PgBin;
 use pgset_spec::status::bytes;
 pub use pgset_spec::status::{Slot, Summary};
+use pgset_spec::{member_of_slot, slot_name};
+
+use crate::{self as local, LOCAL_NAMESPACE, MemberStatus, Result};
 
 /// A data directory's identity, checked against the member that uses it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,47 +130,41 @@ fn master_facts(socket_dir: &Path, port: u16, pg_bin_dir: Option<&Path>) -> Opti
     serde_json::from_str(out.trim()).ok()
 }
 
-/// Judges a data directory's identity against the member and the set.
+/// A data directory's identity as local status reports it: the agent's own judgement
+/// ([`identity::judge`]) against `me` and, when known, the master's system identifier, in
+/// status's words.
 pub fn check_identity(
     found: Option<&Identity>,
-    cluster: &str,
-    cluster_id: Option<&str>,
-    member: &str,
-    master_sysid: Option<&str>,
+    me: &MemberRef,
+    master_sysid: Option<u64>,
 ) -> IdentityCheck {
     let check = |state: &str, detail: String| IdentityCheck {
         state: state.to_string(),
         detail,
     };
-    let Some(id) = found else {
-        return check("missing", "no identity (no data yet)".to_string());
-    };
-    if id.namespace != LOCAL_NAMESPACE
-        || id.cluster != cluster
-        || cluster_id.is_some_and(|c| c != id.cluster_id)
-    {
-        return check("foreign", format!("owned by {}", id.owner()));
-    }
-    if id.member != member {
-        return check("other-member", format!("the data of member {}", id.member));
-    }
-    if master_sysid.is_some_and(|s| s != id.system_identifier) {
-        return check(
-            "other-system",
-            format!(
-                "system identifier {}, not the master's {}",
-                id.system_identifier,
-                master_sysid.unwrap_or_default()
-            ),
-        );
-    }
-    check(
-        "ok",
-        format!(
-            "{}/{}, system {}, made by {}",
-            id.namespace, id.member, id.system_identifier, id.origin
+    match identity::judge(found, me, master_sysid) {
+        Verdict::Unmarked => check("missing", "no identity (no data yet)".to_string()),
+        Verdict::Ours => check(
+            "ok",
+            found.map_or_else(String::new, |id| {
+                format!(
+                    "{}/{}, system {}, made by {}",
+                    id.namespace, id.member, id.system_identifier, id.origin
+                )
+            }),
         ),
-    )
+        Verdict::Refused(Refusal::Foreign { owner, .. }) => {
+            check("foreign", format!("owned by {owner}"))
+        }
+        Verdict::Refused(Refusal::OtherMember { member, .. }) => {
+            check("other-member", format!("the data of member {member}"))
+        }
+        Verdict::Refused(Refusal::OtherSystem { recorded, expected }) => check(
+            "other-system",
+            format!("system identifier {recorded}, not the master's {expected}"),
+        ),
+        Verdict::Refused(why @ Refusal::Format { .. }) => check("unreadable", why.to_string()),
+    }
 }
 
 /// The warnings a user must act on: slots retaining WAL for members not in the set, members on
@@ -249,7 +239,8 @@ pub async fn report(dir: &Path, pg_bin_dir: Option<&Path>) -> Result<StatusRepor
         .filter(|m| m.member)
         .map(|m| m.name.clone())
         .collect();
-    let cluster_id = std::fs::read_to_string(dir.join("secret").join(secret::CLUSTER_ID_KEY))
+    let cluster_id_file = dir.join("secret").join(secret::CLUSTER_ID_KEY);
+    let cluster_id = std::fs::read_to_string(&cluster_id_file)
         .ok()
         .map(|s| s.trim().to_string());
     let facts = master_facts(&dir.join("run"), set.member_port(0), pg_bin_dir).unwrap_or_default();
@@ -263,17 +254,31 @@ pub async fn report(dir: &Path, pg_bin_dir: Option<&Path>) -> Result<StatusRepor
     let system_identifier = master_detail
         .and_then(|d| d["systemIdentifier"].as_str().map(String::from))
         .or_else(|| master_ident.map(|i| i.system_identifier));
+    let master_sysid = system_identifier.as_deref().and_then(|s| s.parse().ok());
     let mut out = Vec::new();
     for m in members {
-        let ident = match identity::read(&m.data_dir) {
-            Ok(found) => check_identity(
-                found.as_ref(),
-                &set.name,
-                cluster_id.as_deref(),
-                &m.name,
-                system_identifier.as_deref(),
-            ),
-            Err(e) => IdentityCheck {
+        let ident = match (identity::read(&m.data_dir), &cluster_id) {
+            (Ok(found), Some(cluster_id)) => {
+                let me = MemberRef {
+                    namespace: LOCAL_NAMESPACE.to_string(),
+                    cluster: set.name.clone(),
+                    cluster_id: cluster_id.clone(),
+                    member: m.name.clone(),
+                };
+                check_identity(found.as_ref(), &me, master_sysid)
+            }
+            (Ok(None), None) => IdentityCheck {
+                state: "missing".into(),
+                detail: "no identity (no data yet)".into(),
+            },
+            (Ok(Some(_)), None) => IdentityCheck {
+                state: "unreadable".into(),
+                detail: format!(
+                    "the set's cluster id {} is not readable: nothing to judge the identity against",
+                    cluster_id_file.display()
+                ),
+            },
+            (Err(e), _) => IdentityCheck {
                 state: "unreadable".into(),
                 detail: e.to_string(),
             },
@@ -435,34 +440,37 @@ mod tests {
     }
 
     #[test]
-    fn identities_are_judged_against_the_set_and_the_master() {
-        let ok = identity("pgset", "c1", "pgset-1", "42");
-        let judge = |i: &Identity| {
-            check_identity(Some(i), "pgset", Some("c1"), "pgset-1", Some("42")).state
+    fn each_verdict_of_the_agents_judgement_has_its_status_word() {
+        let me = MemberRef {
+            namespace: LOCAL_NAMESPACE.into(),
+            cluster: "pgset".into(),
+            cluster_id: "c1".into(),
+            member: "pgset-1".into(),
         };
-        assert_eq!(judge(&ok), "ok");
-        assert_eq!(judge(&identity("pgset", "c2", "pgset-1", "42")), "foreign");
-        assert_eq!(judge(&identity("other", "c1", "pgset-1", "42")), "foreign");
+        let check = |i: &Identity| check_identity(Some(i), &me, Some(42));
+        let ok = check(&identity("pgset", "c1", "pgset-1", "42"));
+        assert_eq!(ok.state, "ok");
+        assert_eq!(ok.detail, "local/pgset-1, system 42, made by initdb");
+        let foreign = check(&identity("pgset", "c2", "pgset-1", "42"));
+        assert_eq!(foreign.state, "foreign");
+        assert_eq!(foreign.detail, "owned by local/pgset (cluster id c2)");
+        let other = check(&identity("pgset", "c1", "pgset-2", "42"));
+        assert_eq!(other.state, "other-member");
+        assert_eq!(other.detail, "the data of member pgset-2");
+        let replaced = check(&identity("pgset", "c1", "pgset-1", "7"));
+        assert_eq!(replaced.state, "other-system");
+        assert_eq!(replaced.detail, "system identifier 7, not the master's 42");
+        let mut future = identity("pgset", "c1", "pgset-1", "42");
+        future.format = identity::FORMAT + 1;
+        let future = check(&future);
+        assert_eq!(future.state, "unreadable");
+        assert!(future.detail.contains("format"), "{}", future.detail);
+        assert_eq!(check_identity(None, &me, None).state, "missing");
+        // The master's system identifier unknown: everything else is still judged.
         assert_eq!(
-            judge(&identity("pgset", "c1", "pgset-2", "42")),
-            "other-member"
+            check_identity(Some(&identity("pgset", "c1", "pgset-1", "7")), &me, None).state,
+            "ok"
         );
-        assert_eq!(
-            judge(&identity("pgset", "c1", "pgset-1", "7")),
-            "other-system"
-        );
-        assert_eq!(
-            check_identity(None, "pgset", Some("c1"), "pgset-1", None).state,
-            "missing"
-        );
-        let f = check_identity(
-            Some(&identity("pgset", "c2", "pgset-1", "42")),
-            "pgset",
-            Some("c1"),
-            "pgset-1",
-            Some("42"),
-        );
-        assert!(f.detail.contains("cluster id c2"), "{}", f.detail);
     }
 
     #[test]
