@@ -12,12 +12,7 @@
 //! Storage as in `live_verify` (`PGSET_LIVE_STORAGE_CLASS`, or `PGSET_LIVE_NFS_SERVER` and
 //! `PGSET_LIVE_NFS_EXPORT`); the agent image must be on the nodes.
 
-use std::time::Duration;
-
 use kube::Client;
-use pgset_deploy::apply::{ApplyMode, deploy};
-use pgset_deploy::rollout::{step_lines, wait_for_rollout};
-use pgset_deploy::storage::apply_volumes;
 use pgset_drill::report::{REJOIN_TARGET_S, WRITE_RECOVERY_TARGET_S};
 use pgset_drill::{DrillName, DrillReport, Verdict};
 use pgset_spec::ClusterSpec;
@@ -27,7 +22,6 @@ use support::xtask;
 #[path = "support/live.rs"]
 mod support;
 
-const ROLLOUT: Duration = Duration::from_secs(600);
 const CLUSTER: &str = "pgset-drill";
 
 fn assert_cluster_as_found(spec_file: &std::path::Path, after: &str) {
@@ -39,29 +33,7 @@ fn assert_cluster_as_found(spec_file: &std::path::Path, after: &str) {
 }
 
 async fn scenario(client: Client, spec: ClusterSpec) {
-    let progress = &mut |line: &str| eprintln!("    {line}");
-    let pvs = support::own_volumes(&spec);
-    if !pvs.is_empty() {
-        support::prepare_cluster_dirs(&client, &spec).await;
-        apply_volumes(&client, &pvs, ApplyMode::Apply, progress)
-            .await
-            .expect("apply the volumes");
-    }
-    deploy(&client, &spec, ApplyMode::Apply, progress)
-        .await
-        .expect("deploy");
-    wait_for_rollout(
-        &client,
-        &spec,
-        spec.replicas,
-        ROLLOUT,
-        &mut step_lines(progress),
-    )
-    .await
-    .expect("rollout");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let spec_file = dir.path().join("pgset.yaml");
-    std::fs::write(&spec_file, spec.to_yaml()).expect("write the spec file");
+    let (dir, spec_file) = support::deploy_own_cluster(&client, &spec).await;
     assert_cluster_as_found(&spec_file, "the rollout");
 
     // A drill of local mode is refused against the cluster before anything runs.

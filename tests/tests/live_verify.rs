@@ -18,8 +18,6 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::{Api, Client};
 use pgset_deploy::apply::{ApplyMode, deploy};
-use pgset_deploy::rollout::{step_lines, wait_for_rollout};
-use pgset_deploy::storage::apply_volumes;
 use pgset_spec::ClusterSpec;
 use pgset_spec::contract::POSTGRES_CONTAINER;
 use pgset_verify::exec::PodExec;
@@ -29,7 +27,6 @@ use support::{XtaskRun, assert_all_passed, xtask};
 #[path = "support/live.rs"]
 mod support;
 
-const ROLLOUT: Duration = Duration::from_secs(600);
 /// The cluster's name.
 const CLUSTER: &str = "pgset-verify";
 
@@ -78,30 +75,7 @@ async fn settled_statefulset(client: &Client, spec: &ClusterSpec) -> StatefulSet
 }
 
 async fn scenario(client: Client, spec: ClusterSpec) {
-    let progress = &mut |line: &str| eprintln!("    {line}");
-    let pvs = support::own_volumes(&spec);
-    if !pvs.is_empty() {
-        support::prepare_cluster_dirs(&client, &spec).await;
-        apply_volumes(&client, &pvs, ApplyMode::Apply, progress)
-            .await
-            .expect("apply the volumes");
-    }
-    deploy(&client, &spec, ApplyMode::Apply, progress)
-        .await
-        .expect("deploy");
-    wait_for_rollout(
-        &client,
-        &spec,
-        spec.replicas,
-        ROLLOUT,
-        &mut step_lines(progress),
-    )
-    .await
-    .expect("rollout");
-
-    let dir = tempfile::tempdir().expect("temp dir");
-    let spec_file = dir.path().join("pgset.yaml");
-    std::fs::write(&spec_file, spec.to_yaml()).expect("write the spec file");
+    let (_dir, spec_file) = support::deploy_own_cluster(&client, &spec).await;
 
     let XtaskRun {
         stdout: json, ok, ..
@@ -140,9 +114,11 @@ async fn scenario(client: Client, spec: ClusterSpec) {
             .any(|e| e.subresource.as_deref() == Some("scale")),
         "the scale test left an owner of the scale subresource: {owners:#?}"
     );
-    deploy(&client, &spec, ApplyMode::Apply, progress)
-        .await
-        .expect("deploy after verify --scale-test");
+    deploy(&client, &spec, ApplyMode::Apply, &mut |line: &str| {
+        eprintln!("    {line}")
+    })
+    .await
+    .expect("deploy after verify --scale-test");
     let after = settled_statefulset(&client, &spec).await;
     assert_eq!(
         after.metadata.resource_version, before.metadata.resource_version,

@@ -294,3 +294,47 @@ where
     }
     finish(test, &namespaces, &ns, outcome).await;
 }
+
+/// Deploys `spec` as `cargo xtask up` would on a prepared host (its own volumes and directories
+/// in shared mode, the objects, the ordered rollout), then writes the spec to a file for
+/// `cargo xtask … --config`; returns the directory holding it (removed when dropped) and the
+/// file.
+pub async fn deploy_own_cluster(
+    client: &kube::Client,
+    spec: &pgset_spec::ClusterSpec,
+) -> (tempfile::TempDir, std::path::PathBuf) {
+    let progress = &mut |line: &str| eprintln!("    {line}");
+    let pvs = own_volumes(spec);
+    if !pvs.is_empty() {
+        prepare_cluster_dirs(client, spec).await;
+        pgset_deploy::storage::apply_volumes(
+            client,
+            &pvs,
+            pgset_deploy::apply::ApplyMode::Apply,
+            progress,
+        )
+        .await
+        .expect("apply the volumes");
+    }
+    pgset_deploy::apply::deploy(
+        client,
+        spec,
+        pgset_deploy::apply::ApplyMode::Apply,
+        progress,
+    )
+    .await
+    .expect("deploy");
+    pgset_deploy::rollout::wait_for_rollout(
+        client,
+        spec,
+        spec.replicas,
+        std::time::Duration::from_secs(600),
+        &mut pgset_deploy::rollout::step_lines(progress),
+    )
+    .await
+    .expect("rollout");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spec_file = dir.path().join("pgset.yaml");
+    std::fs::write(&spec_file, spec.to_yaml()).expect("write the spec file");
+    (dir, spec_file)
+}
