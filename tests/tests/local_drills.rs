@@ -1,7 +1,8 @@
 //! Local mode on real PostgreSQL, the fault drills: each drill that applies to local mode runs on
-//! a 3-member set (ports 28100-28102) under its writer and reader, loses no committed row (RPO 0),
-//! reports figures that match what it did, and leaves the set as it found it; a drill refuses to
-//! start on a set that is not healthy.
+//! a 3-member set (ports 28100-28103: the base-backup drill adds a fourth member for a while) under
+//! its writer and reader, loses no committed row (RPO 0), reports figures that match what it did,
+//! and leaves the set as it found it; a drill refuses to start on a set that is not healthy, and
+//! the base-backup drill refuses a member that was copied before.
 
 #[path = "support/local.rs"]
 mod support;
@@ -22,6 +23,22 @@ fn check(r: &DrillReport) {
     assert!(r.healthy_after, "{r:#?}");
     assert!(r.rows_committed > 10, "the writer ran: {r:#?}");
     assert!(r.reads_attempted > 10, "the reader ran: {r:#?}");
+    if r.drill == DrillName::AgentRestartDuringBasebackup {
+        // Nothing that serves goes away: the new member is stopped mid-copy and comes up whole.
+        assert_eq!(r.writes_refused_s, 0.0, "{r:#?}");
+        assert_eq!(r.reads_refused_s, 0.0, "{r:#?}");
+        let steps: Vec<&str> = r.steps.iter().map(|s| s.what.as_str()).collect();
+        let at = |what: &str| {
+            steps
+                .iter()
+                .position(|s| *s == what)
+                .unwrap_or_else(|| panic!("no step `{what}`: {steps:#?}"))
+        };
+        assert!(at("base backup for pgset-3 running") < at("SIGTERM to pgset-3's agent"));
+        assert!(at("SIGTERM to pgset-3's agent") < at("pgset-3 ready"));
+        assert!(at("pgset-3 ready") < at("membership 4 -> 3"));
+        return;
+    }
     assert!(
         r.all_streaming_after_s.is_some(),
         "every drill breaks streaming for a while and sees it whole again: {r:#?}"
@@ -52,6 +69,14 @@ fn check(r: &DrillReport) {
     }
 }
 
+fn err_kind(e: &Error) -> &'static str {
+    match e {
+        Error::NotApplicable { .. } => "not-applicable",
+        Error::NotHealthy(_) => "not-healthy",
+        _ => "other",
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_local_drill_loses_nothing_and_leaves_the_set_as_it_was() {
     if pg_or_skip("local_drills").is_none() {
@@ -69,7 +94,13 @@ async fn every_local_drill_loses_nothing_and_leaves_the_set_as_it_was() {
             .unwrap_or_else(|e| panic!("{drill}: {e}"));
         println!("{}", serde_json::to_string(&r).unwrap());
         check(&r);
-        if drill.touches_master() {
+        if drill == DrillName::AgentRestartDuringBasebackup {
+            assert_eq!(r.target, "pgset-3");
+            assert!(
+                t.dir().join("pgset-3").join("PG_VERSION").is_file(),
+                "the new member's copy is whole and kept"
+            );
+        } else if drill.touches_master() {
             assert_eq!(r.target, "pgset-0");
         } else {
             assert_eq!(r.target, "pgset-2");
@@ -102,6 +133,16 @@ async fn every_local_drill_loses_nothing_and_leaves_the_set_as_it_was() {
         )
         .unwrap(),
         "0"
+    );
+
+    // The member copied once is never copied again: the drill refuses before any change.
+    let again = pgset_drill::local::run(&opts, DrillName::AgentRestartDuringBasebackup)
+        .await
+        .expect_err("a second base-backup drill on the same set");
+    assert!(matches!(err_kind(&again), "not-applicable"), "{again}");
+    assert!(
+        again.to_string().contains("pgset-3 has a data directory"),
+        "{again}"
     );
 
     // Not healthy: a stopped replica makes every drill refuse, and nothing is changed.

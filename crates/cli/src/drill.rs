@@ -17,8 +17,9 @@ pub struct Args {
     /// Drills to run, in order. Against the cluster: master-pod-delete, replica-pod-delete,
     /// postgres-kill, agent-restart-during-basebackup, scale-down-up, master-restart-under-load,
     /// nfs-restart (on the NFS host). Against a local set (--dir): master-restart,
-    /// replica-restart, postgres-kill, master-restart-under-load, scale-down-up. `all`: every
-    /// drill of the target (nfs-restart only on the NFS host)
+    /// replica-restart, postgres-kill, master-restart-under-load, scale-down-up,
+    /// agent-restart-during-basebackup. `all`: every drill of the target (nfs-restart only on
+    /// the NFS host)
     #[arg(required = true, value_name = "NAME")]
     drills: Vec<String>,
     /// Drill a local set in this directory (`cargo xtask local up --dir`) instead of the cluster

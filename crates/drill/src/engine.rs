@@ -128,6 +128,55 @@ pub async fn wait_slot_dropped(
     }
 }
 
+/// Fills a table of the drill's own with 200 MB on the master, so a new member's copy lasts long
+/// enough to be interrupted; returns its name (drop it with [`drop_pad`]).
+pub async fn fill_pad(master: &Endpoint, log: &Log) -> Result<String> {
+    let pad = format!("public.pgset_drill_pad_{}", std::process::id());
+    let c = master
+        .connect_within(Duration::from_secs(10))
+        .await
+        .map_err(|e| step_err("connect to the master", e))?;
+    tokio::time::timeout(
+        Duration::from_secs(600),
+        c.batch_execute(&format!(
+            "DROP TABLE IF EXISTS {pad}; CREATE TABLE {pad} AS \
+             SELECT g, repeat('x', 1000) AS pad FROM generate_series(1, 200000) g"
+        )),
+    )
+    .await
+    .map_err(|_| step_err(format!("fill {pad}"), "not done within 600 s"))?
+    .map_err(|e| step_err(format!("fill {pad}"), e))?;
+    log.step(format!("{pad} holds 200 MB for the copy"));
+    Ok(pad)
+}
+
+/// Drops the table [`fill_pad`] made.
+pub async fn drop_pad(master: &Endpoint, pad: &str) {
+    if let Ok(c) = master.connect_within(Duration::from_secs(30)).await {
+        let _ = c
+            .batch_execute(&format!("DROP TABLE IF EXISTS {pad}"))
+            .await;
+    }
+}
+
+/// Whether the master sends a base backup now (`pg_stat_progress_basebackup` has a row): what
+/// PostgreSQL itself says, asked on `client` (dropped when it fails, to be opened again).
+pub async fn copying(master: &Endpoint, client: &mut Option<tokio_postgres::Client>) -> bool {
+    if client.is_none() {
+        *client = master.connect().await.ok();
+    }
+    let Some(c) = client.as_ref() else {
+        return false;
+    };
+    match load::within(c.query_one("SELECT count(*) FROM pg_stat_progress_basebackup", &[])).await {
+        Ok(r) => r.get::<_, i64>(0) > 0,
+        Err(_) => {
+            *client = None;
+            false
+        }
+    }
+}
+
 /// Creates the drill's own table on the master and waits until the reader sees it; returns
 /// its name.
 pub async fn create_table(setup: &Setup) -> Result<String> {

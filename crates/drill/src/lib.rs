@@ -80,8 +80,8 @@ pub enum DrillName {
     MasterPodDelete,
     /// Cluster: the last replica's pod is deleted.
     ReplicaPodDelete,
-    /// Cluster: a member is added, its pod is deleted while its base backup runs, and it must
-    /// come up whole on the next try; the set is scaled back after.
+    /// A member is added, its agent is stopped while its base backup runs (in a cluster: its pod
+    /// is deleted), and it must come up whole on the next try; the set is scaled back after.
     AgentRestartDuringBasebackup,
     /// Cluster, run on the NFS host: the NFS server is restarted under load.
     NfsRestart,
@@ -111,12 +111,13 @@ impl DrillName {
     ];
 
     /// The drills a local set runs, in the order `all` runs them.
-    pub const LOCAL: [DrillName; 5] = [
+    pub const LOCAL: [DrillName; 6] = [
         DrillName::MasterRestart,
         DrillName::ReplicaRestart,
         DrillName::PostgresKill,
         DrillName::MasterRestartUnderLoad,
         DrillName::ScaleDownUp,
+        DrillName::AgentRestartDuringBasebackup,
     ];
 
     /// The drills a cluster runs, in the order `all` runs them (`nfs-restart` only on the NFS
@@ -228,6 +229,7 @@ mod tests {
         assert!(DrillName::PostgresKill.runs_on(Target::Local));
         assert!(DrillName::PostgresKill.runs_on(Target::Live));
         assert!(!DrillName::MasterPodDelete.runs_on(Target::Local));
+        assert!(DrillName::AgentRestartDuringBasebackup.runs_on(Target::Local));
         assert!(!DrillName::MasterRestart.runs_on(Target::Live));
     }
 }

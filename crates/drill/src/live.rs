@@ -426,44 +426,14 @@ impl Live {
         let n = self.spec.replicas;
         let new = self.spec.pod_name(n);
         let owners = self.verifier.managed_fields().await?;
-        // 200 MB in a table of the drill's own, so the copy lasts long enough to be interrupted.
-        let pad = format!("public.pgset_drill_pad_{}", std::process::id());
         let master = self.pod_endpoint(0);
-        let c = master
-            .connect_within(Duration::from_secs(10))
-            .await
-            .map_err(|e| step_err("connect to the master", e))?;
-        tokio::time::timeout(
-            Duration::from_secs(600),
-            c.batch_execute(&format!(
-                "DROP TABLE IF EXISTS {pad}; CREATE TABLE {pad} AS \
-                 SELECT g, repeat('x', 1000) AS pad FROM generate_series(1, 200000) g"
-            )),
-        )
-        .await
-        .map_err(|_| step_err(format!("fill {pad}"), "not done within 600 s"))?
-        .map_err(|e| step_err(format!("fill {pad}"), e))?;
-        self.step(format!("{pad} holds 200 MB for the copy"));
+        let pad = engine::fill_pad(&master, &self.log).await?;
         let outcome = async {
             self.scale(n + 1).await?;
             let deadline = Instant::now() + self.opts.recovery_timeout;
             let mut client = None;
             loop {
-                if client.is_none() {
-                    client = master.connect().await.ok();
-                }
-                let copying = match &client {
-                    Some(c) => load::within(
-                        c.query_one("SELECT count(*) FROM pg_stat_progress_basebackup", &[]),
-                    )
-                    .await
-                    .map(|r| r.get::<_, i64>(0) > 0)
-                    .unwrap_or_else(|_| {
-                        client = None;
-                        false
-                    }),
-                    None => false,
-                };
+                let copying = engine::copying(&master, &mut client).await;
                 if copying {
                     self.step(format!("base backup for {new} running"));
                     break;

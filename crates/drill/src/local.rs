@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use pgset_local::{self as local, LocalSet, MemberStatus};
-use pgset_spec::contract::secret;
+use pgset_spec::contract::{AgentEnv, MemberIdentity, secret};
 
 use crate::engine::{self, Log, Setup};
 use crate::load::{Endpoint, ReadyProbe};
@@ -187,6 +187,104 @@ impl Target {
         self.start(k, &env).await
     }
 
+    /// The environment of a new member k: the last member's, as its agent was started, with the
+    /// member's own name, port, health address and termination log (the typed contract).
+    fn new_member_env(&self, k: i32) -> Result<Vec<(String, String)>> {
+        let last = self.set.member(k - 1);
+        let pid = local::agent_pid(self.dir(), &last).ok_or_else(|| {
+            step_err(
+                format!("read {last}'s environment"),
+                "its agent is not running",
+            )
+        })?;
+        let env = local::agent_env(pid)?;
+        let mut contract = AgentEnv::from_lookup(|name| {
+            env.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+        })
+        .map_err(|e| step_err(format!("read {last}'s environment"), e))?;
+        let member = self.set.member(k);
+        contract.member = MemberIdentity::Given {
+            pod_name: member.clone(),
+            namespace: Some(local::LOCAL_NAMESPACE.to_string()),
+            pod_uid: None,
+        };
+        contract.port = self.set.member_port(k);
+        contract.health_addr = Some(self.set.health_addr(k));
+        contract.termination_log = Some(local::termination_log(self.dir(), &member));
+        Ok(contract
+            .literal_entries()
+            .map_err(|e| step_err(format!("{member}'s environment"), e))?
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v))
+            .collect())
+    }
+
+    /// Adds member n (a directory of its own, never used before), stops its agent with SIGTERM
+    /// while the master's `pg_stat_progress_basebackup` shows its copy, starts it again and waits
+    /// until it is ready; then takes it out of the set again (its copy stays: data is never
+    /// deleted).
+    async fn restart_during_basebackup(&self) -> Result<()> {
+        let n = self.members.len() as i32;
+        let new = self.set.member(n);
+        let env = self.new_member_env(n)?;
+        let master = self.endpoint(0);
+        let pad = engine::fill_pad(&master, &self.log).await?;
+        let outcome = async {
+            self.step(format!("membership {} -> {}", n, n + 1));
+            local::write_members(self.dir(), &self.set, n + 1)?;
+            self.step(format!("launcher starts {new}'s agent"));
+            local::launch_agent(self.dir(), &new, &self.opts.agent_bin, &env)?;
+            let deadline = Instant::now() + self.opts.recovery_timeout;
+            let mut client = None;
+            while !engine::copying(&master, &mut client).await {
+                let ready = pgset_agent::health::probe(
+                    self.set.health_addr(n),
+                    pgset_spec::contract::HEALTH_READY_PATH,
+                )
+                .await
+                    == Some(200);
+                if ready {
+                    return Err(Error::NotApplicable {
+                        drill: DrillName::AgentRestartDuringBasebackup,
+                        why: format!(
+                            "{new} became ready without a base backup the drill could interrupt"
+                        ),
+                    });
+                }
+                if Instant::now() > deadline {
+                    return Err(step_err(
+                        format!("wait for {new}'s base backup"),
+                        "none started",
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            self.step(format!("base backup for {new} running"));
+            self.step(format!("SIGTERM to {new}'s agent"));
+            local::stop_member(self.dir(), &new, Duration::from_secs(90)).await?;
+            self.step(format!("{new}'s agent exited"));
+            self.start(n, &env).await
+        }
+        .await;
+        // Back to the set as it was found, whatever happened.
+        self.step(format!("membership {} -> {}", n + 1, n));
+        let back = local::write_members(self.dir(), &self.set, n);
+        let stopped = local::stop_member(self.dir(), &new, Duration::from_secs(90)).await;
+        self.step(format!("{new}'s agent stopped"));
+        engine::wait_slot_dropped(
+            &master,
+            &pgset_spec::slot_name(&new),
+            Duration::from_millis(100),
+            Duration::from_secs(30),
+            &self.log,
+        )
+        .await;
+        engine::drop_pad(&master, &pad).await;
+        outcome?;
+        back?;
+        stopped.map(drop).map_err(Error::from)
+    }
+
     /// Takes the last member out of the set (its agent stopped, the master drops its slot) and
     /// brings it back on its data.
     async fn scale_down_up(&self) -> Result<()> {
@@ -264,8 +362,23 @@ pub async fn run(opts: &LocalOptions, drill: DrillName) -> Result<DrillReport> {
     }
     let target_k = match drill {
         DrillName::ReplicaRestart | DrillName::ScaleDownUp => n - 1,
+        DrillName::AgentRestartDuringBasebackup => n,
         _ => 0,
     };
+    if drill == DrillName::AgentRestartDuringBasebackup {
+        let new = set.member(n);
+        if opts.dir.join(&new).exists() {
+            return Err(Error::NotApplicable {
+                drill,
+                why: format!(
+                    "{new} has a data directory in {} already (an earlier run's copy, kept: data is \
+                     never deleted); the drill needs a member that was never copied: run it on a \
+                     set of its own",
+                    opts.dir.display()
+                ),
+            });
+        }
+    }
     // Reads go through the replica the fault hits, else the last one.
     let read_k = n - 1;
     let t = Target {
@@ -299,6 +412,7 @@ pub async fn run(opts: &LocalOptions, drill: DrillName) -> Result<DrillReport> {
             DrillName::ReplicaRestart => t.restart(target_k).await,
             DrillName::PostgresKill => t.kill_postgres(0).await,
             DrillName::ScaleDownUp => t.scale_down_up().await,
+            DrillName::AgentRestartDuringBasebackup => t.restart_during_basebackup().await,
             other => Err(Error::NotApplicable {
                 drill: other,
                 why: "runs against a cluster, not a local set".into(),

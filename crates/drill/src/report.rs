@@ -152,7 +152,7 @@ fn secs(v: Option<f64>) -> String {
 /// The reports as a table: one row per drill, then each failed drill's problems.
 pub fn table(reports: &[DrillReport]) -> String {
     let mut out = format!(
-        "{:<26} {:<7} {:>8} {:>9} {:>4} {:>8} {:>8} {:>10} {:>9} {:<9}\n",
+        "{:<31} {:<7} {:>8} {:>9} {:>4} {:>8} {:>8} {:>10} {:>9} {:<9}\n",
         "DRILL",
         "VERDICT",
         "COMMITS",
@@ -166,7 +166,7 @@ pub fn table(reports: &[DrillReport]) -> String {
     );
     for r in reports {
         out += &format!(
-            "{:<26} {:<7} {:>8} {:>9} {:>4} {:>8} {:>8} {:>10} {:>9} {:<9}\n",
+            "{:<31} {:<7} {:>8} {:>9} {:>4} {:>8} {:>8} {:>10} {:>9} {:<9}\n",
             r.drill.as_str(),
             match r.verdict {
                 Verdict::Pass => "pass",
@@ -312,7 +312,7 @@ mod tests {
         assert_eq!(r.problems.len(), 3, "{:?}", r.problems);
         assert!(r.problems[0].contains("3 committed rows are missing"));
         let t = table(&[r]);
-        assert!(t.contains("postgres-kill              FAIL"), "{t}");
+        assert!(t.contains("postgres-kill                   FAIL"), "{t}");
         assert!(t.contains("postgres-kill: writes were refused and never accepted again"));
     }
 

@@ -230,7 +230,7 @@ fn print_results(r: &Results) {
         println!("  check failed during the benchmark: {f}");
     }
     println!(
-        "  {:<26} {:<24} {:<24} {:>8}",
+        "  {:<31} {:<24} {:<24} {:>8}",
         "drill", "writes accepted again", "streaming after ready", "re-join"
     );
     for l in super::drills::lines(&r.drills, &DRILLS) {
