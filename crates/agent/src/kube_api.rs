@@ -314,7 +314,7 @@ pub fn forbidden_message_on(
     format!(
         "forbidden: the service account may not `{verb}` {plural} ({plural}/{name} in namespace \
          {namespace}); the Role `{}` must grant verbs {} on resource `{plural}` in {}, bound to \
-         the service account `{}` (re-run `cargo xtask deploy` to apply pgset's Role)",
+         the service account `{}` (pgset's `deploy` command applies its Role)",
         spec.role_name(),
         resource.verbs(),
         resource.group(),

@@ -104,8 +104,7 @@ pub async fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::from(exit.code);
             }
             eprintln!("error: {e:#}");
-            let program = std::env::var(pgset_spec::contract::PROGRAM_NAME_ENV)
-                .unwrap_or_else(|_| "pgset".into());
+            let program = pgset_spec::contract::program_name();
             if let Some(step) = hint::next_step(&e, &program) {
                 eprintln!("hint: {step}");
             }

@@ -354,9 +354,10 @@ pub fn diagnoses(spec: &ClusterSpec, server: &str, found: &[NodeMount]) -> Vec<D
                         m.detail
                     ),
                     fix: Some(format!(
-                        "on node {node}: it must reach {server} over NFS (port 2049), have mount.nfs (nfs-utils / nfs-common), be among the export's clients (`exportfs -v` on the NFS host lists them; `cargo xtask nfs --clients` sets them), and {dir} must be owned by uid {uid} (`cargo xtask nfs`); `kubectl describe pod` of a pod on {node} shows the kubelet's mount error",
+                        "on node {node}: it must reach {server} over NFS (port 2049), have mount.nfs (nfs-utils / nfs-common), be among the export's clients (`exportfs -v` on the NFS host lists them; `{program} nfs --clients` sets them), and {dir} must be owned by uid {uid} (`{program} nfs`); `kubectl describe pod` of a pod on {node} shows the kubelet's mount error",
                         node = m.node,
-                        dir = dir.display()
+                        dir = dir.display(),
+                        program = pgset_spec::contract::program_name(),
                     )),
                     docs: Some(pgset_nfs::DOCS_NFS),
                 }

@@ -125,12 +125,12 @@ fn readme(spec: &ClusterSpec, files: &[ManifestFile]) -> String {
     let list: String = files.iter().map(|f| format!("- `{}`\n", f.name)).collect();
     format!(
         "# Manifests\n\n\
-         Rendered by `cargo xtask render` for cluster `{name}` in namespace `{ns}`, {replicas}\n\
+         Rendered by `pgset render` (`cargo xtask render` in a checkout) for cluster `{name}` in namespace `{ns}`, {replicas}\n\
          members, storage mode `{mode}`. Do not edit them by hand: change the code or the spec\n\
          and render again. A test fails when they differ from the code.\n\n\
-         `cargo xtask deploy` applies the same objects (and creates the Secret). To follow along\n\
+         `pgset deploy` applies the same objects (and creates the Secret). To follow along\n\
          with kubectl instead, in this order:\n\n\
-         1. The NFS PersistentVolumes (`cargo xtask volumes` creates them).\n\
+         1. The NFS PersistentVolumes (`pgset volumes` creates them).\n\
          2. The Secret `{secret}` with random passwords. It is not rendered here, so that no\n   \
          password is ever committed; create it without a password on any command line:\n\n\
          ```sh\n{instructions}```\n\n\

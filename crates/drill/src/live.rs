@@ -557,8 +557,10 @@ pub async fn run(client: Client, opts: &LiveOptions, drill: DrillName) -> Result
         target: spec.pod_name(target_k),
         read_from: spec.replica_service_name(),
         repair_hint: format!(
-            "`cargo xtask status --name {} --namespace {}` shows what is left to mend",
-            spec.name, spec.namespace
+            "`{} status --name {} --namespace {}` shows what is left to mend",
+            pgset_spec::contract::program_name(),
+            spec.name,
+            spec.namespace
         ),
     };
     let marks_before = data_marks(&t.exec, &members).await;

@@ -341,10 +341,11 @@ pub async fn run(opts: &LocalOptions, drill: DrillName) -> Result<DrillReport> {
         return Err(Error::NotApplicable {
             drill,
             why: format!(
-                "needs members {}-0..{}-N with at least one replica (the set has {}): `cargo xtask local up --replicas 3`",
+                "needs members {}-0..{}-N with at least one replica (the set has {}): `{} local up --replicas 3`",
                 set.name,
                 set.name,
-                members.join(", ")
+                members.join(", "),
+                pgset_spec::contract::program_name(),
             ),
         });
     }
@@ -400,7 +401,8 @@ pub async fn run(opts: &LocalOptions, drill: DrillName) -> Result<DrillReport> {
         target: set.member(target_k),
         read_from: set.member(read_k),
         repair_hint: format!(
-            "the set may need `cargo xtask local up --dir {}` to be whole again",
+            "the set may need `{} local up --dir {}` to be whole again",
+            pgset_spec::contract::program_name(),
             opts.dir.display()
         ),
     };

@@ -238,7 +238,7 @@ pub fn pack(contents: ImageContents<'_>) -> std::io::Result<OciArchive> {
     drop(layer_tar);
 
     let created_by = format!(
-        "cargo xtask image ({} {})",
+        "pgset image ({} {})",
         pgset_spec::contract::AGENT_BIN,
         contents.version
     );
@@ -491,7 +491,7 @@ mod tests {
                 "rootfs": {"type": "layers", "diff_ids": [diff_id]},
                 "history": [{
                     "created": "1970-01-01T00:00:00Z",
-                    "created_by": "cargo xtask image (pgset-agent 9.8.7)",
+                    "created_by": "pgset image (pgset-agent 9.8.7)",
                 }],
             })
         );

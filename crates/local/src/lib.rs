@@ -208,8 +208,9 @@ pub fn read_set(dir: &Path) -> Result<LocalSet> {
     let path = dir.join(STATE_FILE);
     let text = fs::read_to_string(&path).map_err(|e| {
         local_err(format!(
-            "{}: not a local pgset directory ({e}); run `cargo xtask local up --dir {}` first",
+            "{}: not a local pgset directory ({e}); run `{} local up --dir {}` first",
             path.display(),
+            pgset_spec::contract::program_name(),
             dir.display()
         ))
     })?;

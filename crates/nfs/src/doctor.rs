@@ -6,6 +6,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::PersistentVolume;
+use pgset_spec::contract::program_name;
 use pgset_spec::{ClusterSpec, StorageMode};
 
 use crate::facts::{HostFacts, PathState};
@@ -98,12 +99,15 @@ pub fn diagnose(
         .filter(|a| a.path == *export)
         .collect();
     let has = |a: &crate::parse::ActiveExport, o: &str| a.options.iter().any(|x| x == o);
-    let fix_export = "run `cargo xtask nfs` (pgset's block exports rw,sync,no_subtree_check,root_squash), or correct the line in /etc/exports, then `exportfs -ra`";
+    let program = program_name();
+    let fix_export = format!(
+        "run `{program} nfs` (pgset's block exports rw,sync,no_subtree_check,root_squash), or correct the line in /etc/exports, then `exportfs -ra`"
+    );
     if live.is_empty() {
         out.push(fail(
             name,
             format!("`exportfs -v` does not show {}", export.display()),
-            fix_export.into(),
+            fix_export.clone(),
             None,
         ));
     } else {
@@ -138,7 +142,7 @@ pub fn diagnose(
             out.push(fail(
                 name,
                 problems.join("; "),
-                fix_export.into(),
+                fix_export.clone(),
                 Some(DOCS_NFS),
             ));
         }
@@ -151,12 +155,14 @@ pub fn diagnose(
     } else {
         TRAVERSABLE_ROOT_MODE
     };
-    let fix_dirs = "run `cargo xtask nfs`, which sets the owner and mode (or chown/chmod by hand)";
+    let program = program_name();
+    let fix_dirs =
+        format!("run `{program} nfs`, which sets the owner and mode (or chown/chmod by hand)");
     match facts.export_dir {
         PathState::Missing => out.push(fail(
             name,
             format!("{} does not exist", export.display()),
-            "run `cargo xtask nfs`".into(),
+            format!("run `{program} nfs`"),
             None,
         )),
         PathState::NotDirectory { what } => out.push(fail(
@@ -179,7 +185,7 @@ pub fn diagnose(
                 out.push(fail(
                     name,
                     format!("{}: {}", export.display(), problems.join(", ")),
-                    fix_dirs.into(),
+                    fix_dirs.clone(),
                     Some(DOCS_DATA_DIRECTORY),
                 ));
             }
@@ -210,7 +216,8 @@ pub fn diagnose(
             name,
             problems.join("; "),
             format!(
-                "chown {uid} and chmod 0700 each member directory (templates mode: `cargo xtask nfs` does it)"
+                "chown {uid} and chmod 0700 each member directory (templates mode: `{} nfs` does it)",
+                program_name()
             ),
             Some(DOCS_DATA_DIRECTORY),
         ));
@@ -283,7 +290,7 @@ pub fn diagnose(
                     out.push(fail(
                         name,
                         problems.join("; "),
-                        "run `cargo xtask volumes` (a volume's mount options cannot change once bound: delete and re-create an unbound one)".into(),
+                        format!("run `{} volumes` (a volume's mount options cannot change once bound: delete and re-create an unbound one)", program_name()),
                         Some(DOCS_NFS),
                     ));
                 }
@@ -301,7 +308,10 @@ pub fn diagnose(
                 name,
                 "SELinux is on and virt_use_nfs is off: containers cannot use the NFS volumes"
                     .into(),
-                "setsebool -P virt_use_nfs 1 (or run `cargo xtask nfs`)".into(),
+                format!(
+                    "setsebool -P virt_use_nfs 1 (or run `{} nfs`)",
+                    program_name()
+                ),
                 None,
             )),
             Some(Some(true)) => out.push(pass(name, "virt_use_nfs is on".into())),
@@ -332,12 +342,13 @@ pub fn diagnose(
                     name,
                     format!("firewalld runs and does not allow {}", missing.join(", ")),
                     format!(
-                        "firewall-cmd --permanent {} && firewall-cmd --reload (or run `cargo xtask nfs`)",
+                        "firewall-cmd --permanent {} && firewall-cmd --reload (or run `{} nfs`)",
                         missing
                             .iter()
                             .map(|s| format!("--add-service={s}"))
                             .collect::<Vec<_>>()
-                            .join(" ")
+                            .join(" "),
+                        program_name()
                     ),
                     None,
                 ));

@@ -40,7 +40,7 @@ pub fn render_block(spec: &ClusterSpec, clients: &[ExportClient]) -> String {
         line.push_str(&format!(" {c}({EXPORT_OPTIONS})"));
     }
     format!(
-        "{} managed by pgset (`cargo xtask nfs`); edits inside this block are replaced\n{line}\n{}\n",
+        "{} managed by pgset; edits inside this block are replaced\n{line}\n{}\n",
         begin_marker_prefix(&id),
         end_marker(&id)
     )
@@ -506,7 +506,7 @@ mod tests {
         let staging_block = &both[first.len()..];
         assert_eq!(
             staging_block,
-            "# BEGIN pgset cluster staging/pgset: managed by pgset (`cargo xtask nfs`); edits inside this block are replaced\n\
+            "# BEGIN pgset cluster staging/pgset: managed by pgset; edits inside this block are replaced\n\
              /nfsfileshare/staging.pgset 192.168.56.0/24(rw,sync,no_subtree_check,root_squash)\n\
              # END pgset cluster staging/pgset\n"
         );
@@ -536,7 +536,7 @@ mod tests {
     #[test]
     fn the_default_clusters_earlier_block_is_replaced_in_place() {
         let earlier = "/a *(ro)\n\
-                       # BEGIN pgset cluster pgset: managed by pgset (`cargo xtask nfs`); edits inside this block are replaced\n\
+                       # BEGIN pgset cluster pgset: managed by pgset; edits inside this block are replaced\n\
                        /nfsfileshare 10.0.2.0/24(rw,sync,no_subtree_check,root_squash)\n\
                        # END pgset cluster pgset\n\
                        /b *(ro)\n";

@@ -4,6 +4,8 @@
 use std::fmt;
 use std::path::Path;
 
+use pgset_spec::contract::program_name;
+
 use crate::facts::{HostFacts, PathState, ServiceManager};
 use crate::plan::Step;
 
@@ -82,7 +84,7 @@ pub fn marker_identity(namespace: &str, name: &str) -> String {
 /// The contents of the marker file for a cluster.
 pub fn marker_contents(namespace: &str, name: &str) -> String {
     format!(
-        "# This directory is an NFS export made by pgset (`cargo xtask nfs`); keep this file.\ncluster: {}\n",
+        "# This directory is an NFS export made by pgset; keep this file.\ncluster: {}\n",
         marker_identity(namespace, name)
     )
 }
@@ -238,7 +240,7 @@ pub fn blockers(facts: &HostFacts, steps: &[Step]) -> Vec<Blocker> {
                 out.push(Blocker {
                     step: step.to_string(),
                     problem: problem.into(),
-                    fix: "run `cargo xtask nfs` on a host booted with systemd (a VM or a bare-metal host), or serve the export from such a host yourself and pass --nfs-server ADDR (with `up`: --skip-nfs)".into(),
+                    fix: format!("run `{} nfs` on a host booted with systemd (a VM or a bare-metal host), or serve the export from such a host yourself and pass --nfs-server ADDR (with `up`: --skip-nfs)", program_name()),
                 });
                 continue;
             }

@@ -46,6 +46,16 @@ pub const APP_NAME: &str = "pgset";
 /// prefix marks the agent's contract, which a local agent is restarted with.
 pub const PROGRAM_NAME_ENV: &str = "XTASK_PROGRAM_NAME";
 
+/// How the user starts pgset's commands, for text that tells them what to run next: what
+/// [`PROGRAM_NAME_ENV`] says (`cargo xtask` in a checkout), else `pgset`. Text written to a
+/// host or into an artifact never uses it: that text must not depend on how it was made.
+pub fn program_name() -> String {
+    std::env::var(PROGRAM_NAME_ENV)
+        .ok()
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(|| APP_NAME.to_string())
+}
+
 /// Annotation keys.
 pub mod annotations {
     /// The agent's step on its own pod, one [`MemberPhase`](super::MemberPhase) word
