@@ -121,7 +121,7 @@ async fn every_local_drill_loses_nothing_and_leaves_the_set_as_it_was() {
         std::fs::read_to_string(t.dir().join(local::MEMBERS_FILE)).unwrap(),
         members_before
     );
-    let status = local::status(t.dir(), None).await.unwrap();
+    let status = local::status(t.dir()).await.unwrap();
     assert!(
         pgset_drill::local::unhealthy(&status).is_empty(),
         "{status:#?}"

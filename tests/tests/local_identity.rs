@@ -194,7 +194,7 @@ async fn a_replica_of_a_reinitialised_master_reports_the_mismatch_and_copies_onl
         replica_inode,
         "the replica's data stays in place"
     );
-    let status = local::status(t.dir(), None).await.unwrap();
+    let status = local::status(t.dir()).await.unwrap();
     let stopped = status[1].stopped_with.as_deref().unwrap_or_default();
     assert!(
         stopped.contains("initialised anew"),

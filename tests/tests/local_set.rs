@@ -89,7 +89,7 @@ async fn a_local_set_forms_replicates_survives_restarts_and_resizes() {
     );
 
     // status lists every member with its role and streaming state.
-    let status = local::status(t.dir(), None).await.unwrap();
+    let status = local::status(t.dir()).await.unwrap();
     assert_eq!(status.len(), 3);
     assert_eq!(status[0].role, "master");
     assert_eq!(status[0].streaming, None);

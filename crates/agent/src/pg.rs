@@ -3,6 +3,7 @@
 //! call under a deadline; and the state the agent reads from them (role, WAL receiver, LSNs,
 //! slots, the master's system identifier and oldest WAL). No process is started for a question.
 
+use std::path::Path;
 use std::time::Duration;
 
 use pgset_spec::contract::{self, secret};
@@ -54,6 +55,28 @@ async fn within<T>(
     }
 }
 
+/// The superuser over a socket directory, every statement and lock wait under `timeout`.
+fn superuser_config(
+    socket_dir: &Path,
+    port: u16,
+    application_name: &str,
+    timeout: Duration,
+) -> Config {
+    let mut c = Config::new();
+    c.host_path(socket_dir)
+        .port(port)
+        .user(contract::SUPERUSER)
+        .dbname("postgres")
+        .application_name(application_name)
+        .connect_timeout(timeout)
+        .options(format!(
+            "-c statement_timeout={} -c lock_timeout={}",
+            timeout.as_millis(),
+            timeout.as_millis()
+        ));
+    c
+}
+
 impl Db {
     async fn open(config: Config, what: String, timeout: Duration) -> Result<Db> {
         let (client, connection) = within(&what, timeout, config.connect(NoTls)).await?;
@@ -69,19 +92,21 @@ impl Db {
 
     /// A connection to this member's own postgres over its socket directory.
     pub async fn local(s: &Settings, timeout: Duration) -> Result<Db> {
-        let mut c = Config::new();
-        c.host_path(&s.socket_dir)
-            .port(s.port)
-            .user(contract::SUPERUSER)
-            .dbname("postgres")
-            .application_name("pgset-agent")
-            .connect_timeout(timeout)
-            .options(format!(
-                "-c statement_timeout={} -c lock_timeout={}",
-                timeout.as_millis(),
-                timeout.as_millis()
-            ));
+        let c = superuser_config(&s.socket_dir, s.port, "pgset-agent", timeout);
         Db::open(c, format!("postgres of {}", s.pod_name), timeout).await
+    }
+
+    /// A connection as the superuser to the postgres listening on `port` in `socket_dir`
+    /// (trusted locally): a local set's member, asked by local status.
+    pub async fn socket(
+        socket_dir: &Path,
+        port: u16,
+        application_name: &str,
+        timeout: Duration,
+    ) -> Result<Db> {
+        let c = superuser_config(socket_dir, port, application_name, timeout);
+        let what = format!("postgres on {} port {port}", socket_dir.display());
+        Db::open(c, what, timeout).await
     }
 
     /// A connection to the master as the replication role (password from the Secret's file).

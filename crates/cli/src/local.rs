@@ -184,7 +184,7 @@ async fn up(a: UpArgs) -> Result<()> {
         list(&report.stopped)
     ));
     // The set as `local status` shows it; its verdict is that command's to give.
-    let report = local_status::report(&a.dir, None)
+    let report = local_status::report(&a.dir)
         .await
         .context("read the local set")?;
     print!("{}", report.to_table());
@@ -193,7 +193,7 @@ async fn up(a: UpArgs) -> Result<()> {
 
 async fn status(dir: &Path, output: StatusOutput, watch: bool) -> Result<()> {
     show(output, watch, StatusReport::to_table, || async {
-        let report = local_status::report(dir, None)
+        let report = local_status::report(dir)
             .await
             .context("read the local set")?;
         // The uptime changes every second; redraw on a change of anything else.

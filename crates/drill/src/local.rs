@@ -71,7 +71,7 @@ pub fn unhealthy(members: &[MemberStatus]) -> Vec<String> {
 async fn wait_healthy(dir: &Path, timeout: Duration) -> Result<Vec<MemberStatus>> {
     let deadline = Instant::now() + timeout;
     loop {
-        let members = local::status(dir, None).await?;
+        let members = local::status(dir).await?;
         let why = unhealthy(&members);
         if why.is_empty() {
             return Ok(members);
@@ -326,7 +326,7 @@ fn read_password(dir: &Path) -> Result<String> {
 /// injects the fault, waits until the set is healthy again, and measures.
 pub async fn run(opts: &LocalOptions, drill: DrillName) -> Result<DrillReport> {
     let set = local::read_set(&opts.dir)?;
-    let status = local::status(&opts.dir, None).await?;
+    let status = local::status(&opts.dir).await?;
     let why = unhealthy(&status);
     if !why.is_empty() {
         return Err(Error::NotHealthy(why.join("; ")));

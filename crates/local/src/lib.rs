@@ -16,7 +16,6 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, Uid, chown};
 use pgset_agent::datadir::{self, write_atomic};
 use pgset_agent::health;
-use pgset_agent::pgbin::PgBin;
 use pgset_agent::privilege::postgres_user;
 use pgset_agent::settings::Role;
 use pgset_command::HostCommand;
@@ -599,7 +598,7 @@ pub async fn down(dir: &Path, purge: bool) -> Result<Vec<String>> {
 
 /// Every known member of the set in `dir`: its role, addresses, pids, streaming state, the
 /// agent's readiness verdict and reason, and the error a stopped agent left.
-pub async fn status(dir: &Path, pg_bin_dir: Option<&Path>) -> Result<Vec<MemberStatus>> {
+pub async fn status(dir: &Path) -> Result<Vec<MemberStatus>> {
     let set = read_set(dir)?;
     let listed = contract::read_members(&dir.join(MEMBERS_FILE)).unwrap_or_default();
     let mut ks = known_ordinals(dir, &set);
@@ -607,7 +606,10 @@ pub async fn status(dir: &Path, pg_bin_dir: Option<&Path>) -> Result<Vec<MemberS
     ks.sort_unstable();
     ks.dedup();
     let socket_dir = dir.join("run");
-    let streaming = replication_states(&socket_dir, set.member_port(0), pg_bin_dir);
+    let streaming = match ask_master(dir, &set).await {
+        Some(db) => pgset_agent::standbys(&db).await.unwrap_or_default(),
+        None => Vec::new(),
+    };
     let mut out = Vec::new();
     for k in ks {
         let name = set.member(k);
@@ -636,7 +638,7 @@ pub async fn status(dir: &Path, pg_bin_dir: Option<&Path>) -> Result<Vec<MemberS
             streaming: (k > 0).then(|| {
                 streaming
                     .iter()
-                    .any(|(app, state)| *app == name && state == "streaming")
+                    .any(|s| s.name == name && s.state.as_deref() == Some("streaming"))
             }),
             ready: health.as_ref().and_then(|h| h["ready"].as_bool()),
             reason: health
@@ -651,37 +653,21 @@ pub async fn status(dir: &Path, pg_bin_dir: Option<&Path>) -> Result<Vec<MemberS
     Ok(out)
 }
 
-/// `(application_name, state)` rows of the master's pg_stat_replication (empty when unreachable).
-fn replication_states(
-    socket_dir: &Path,
-    port: u16,
-    pg_bin_dir: Option<&Path>,
-) -> Vec<(String, String)> {
-    let Ok(bin) = PgBin::find(pg_bin_dir) else {
-        return Vec::new();
-    };
-    let out = bin
-        .command("psql")
-        .args(["-X", "-A", "-t", "-F", "\t", "-h"])
-        .arg(socket_dir)
-        .args([
-            "-p",
-            &port.to_string(),
-            "-U",
-            contract::SUPERUSER,
-            "-d",
-            "postgres",
-            "-c",
-        ])
-        .arg("SELECT application_name, state FROM pg_stat_replication")
-        .quiet()
-        .read()
-        .unwrap_or_default();
-    out.lines()
-        .filter_map(|l| l.split_once('\t'))
-        .map(|(a, s)| (a.to_string(), s.to_string()))
-        .collect()
+/// The master of the set in `dir`, asked over its socket as the superuser (`None` when it
+/// does not answer within [`ASK_TIMEOUT`]): the agent's own client, no process started.
+pub async fn ask_master(dir: &Path, set: &LocalSet) -> Option<pgset_agent::Db> {
+    pgset_agent::Db::socket(
+        &dir.join("run"),
+        set.member_port(0),
+        "pgset-status",
+        ASK_TIMEOUT,
+    )
+    .await
+    .ok()
 }
+
+/// How long status waits for the master to answer.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[cfg(test)]
 mod tests {

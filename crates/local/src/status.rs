@@ -10,7 +10,6 @@ use pgset_spec::contract::{self, secret};
 use serde::{Deserialize, Serialize};
 
 use pgset_agent::identity::{self, Identity, MemberRef, Refusal, Verdict};
-use pgset_agent::pgbin::PgBin;
 use pgset_spec::status::bytes;
 pub use pgset_spec::status::{Slot, Summary};
 use pgset_spec::{member_of_slot, slot_name};
@@ -105,29 +104,13 @@ const MASTER_QUERY: &str = "SELECT json_build_object(
       'retained_bytes', CASE WHEN restart_lsn IS NULL THEN NULL
                        ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint END)
       ORDER BY slot_name), '[]')
-    FROM pg_replication_slots WHERE slot_type = 'physical'))";
+    FROM pg_replication_slots WHERE slot_type = 'physical'))::text";
 
 /// Asks the master over its socket (`None` when it does not answer).
-fn master_facts(socket_dir: &Path, port: u16, pg_bin_dir: Option<&Path>) -> Option<MasterFacts> {
-    let bin = PgBin::find(pg_bin_dir).ok()?;
-    let out = bin
-        .command("psql")
-        .args(["-X", "-A", "-t", "-h"])
-        .arg(socket_dir)
-        .args([
-            "-p",
-            &port.to_string(),
-            "-U",
-            contract::SUPERUSER,
-            "-d",
-            "postgres",
-            "-c",
-            MASTER_QUERY,
-        ])
-        .quiet()
-        .read()
-        .ok()?;
-    serde_json::from_str(out.trim()).ok()
+async fn master_facts(dir: &Path, set: &local::LocalSet) -> Option<MasterFacts> {
+    let db = local::ask_master(dir, set).await?;
+    let row = db.row(MASTER_QUERY, &[]).await.ok()?;
+    serde_json::from_str(&row.try_get::<_, String>(0).ok()?).ok()
 }
 
 /// A data directory's identity as local status reports it: the agent's own judgement
@@ -231,9 +214,9 @@ pub fn healthy(members: &[MemberReport], warnings: &[String]) -> bool {
 }
 
 /// The complete status of the set in `dir`.
-pub async fn report(dir: &Path, pg_bin_dir: Option<&Path>) -> Result<StatusReport> {
+pub async fn report(dir: &Path) -> Result<StatusReport> {
     let set = local::read_set(dir)?;
-    let members = local::status(dir, pg_bin_dir).await?;
+    let members = local::status(dir).await?;
     let listed: HashSet<String> = members
         .iter()
         .filter(|m| m.member)
@@ -243,7 +226,7 @@ pub async fn report(dir: &Path, pg_bin_dir: Option<&Path>) -> Result<StatusRepor
     let cluster_id = std::fs::read_to_string(&cluster_id_file)
         .ok()
         .map(|s| s.trim().to_string());
-    let facts = master_facts(&dir.join("run"), set.member_port(0), pg_bin_dir).unwrap_or_default();
+    let facts = master_facts(dir, &set).await.unwrap_or_default();
     let master_detail = members
         .iter()
         .find(|m| m.name == set.member(0))
