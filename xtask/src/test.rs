@@ -6,10 +6,11 @@
 //! kubernetes-validate against the pinned and the newest Kubernetes it knows.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use pgset_command::HostCommand;
+use pgset_command::steps::{self, Ended};
 
 use crate::workspace_root;
 
@@ -34,8 +35,8 @@ pub struct Args {
 
 struct Outcome {
     name: &'static str,
-    ok: bool,
-    seconds: f64,
+    ended: Ended,
+    took: Duration,
 }
 
 /// Runs the suite; every step runs even after a failure, and the summary lists them all.
@@ -84,17 +85,15 @@ pub fn run(args: Args) -> Result<()> {
         outcomes.push(step("shellcheck", || shellcheck_scripts(&root, require)));
     }
 
-    eprintln!();
-    eprintln!("summary:");
-    for o in &outcomes {
-        eprintln!(
-            "  {:<12} {:<4} {:>7.1}s",
-            o.name,
-            if o.ok { "ok" } else { "FAIL" },
-            o.seconds
-        );
+    let rows: Vec<_> = outcomes.iter().map(|o| (o.name, o.ended, o.took)).collect();
+    for line in steps::summary(None, &rows) {
+        eprintln!("{line}");
     }
-    let failed: Vec<&str> = outcomes.iter().filter(|o| !o.ok).map(|o| o.name).collect();
+    let failed: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| o.ended == Ended::Failed)
+        .map(|o| o.name)
+        .collect();
     if failed.is_empty() {
         Ok(())
     } else {
@@ -103,28 +102,21 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 fn step(name: &'static str, f: impl FnOnce() -> Result<()>) -> Outcome {
-    eprintln!("==> {name}");
+    eprintln!("{}", steps::header(name, None, ""));
     let started = Instant::now();
     let result = f();
-    let seconds = started.elapsed().as_secs_f64();
-    match result {
+    let took = started.elapsed();
+    let ended = match result {
         Ok(()) => {
-            eprintln!("    {name} done in {seconds:.1}s");
-            Outcome {
-                name,
-                ok: true,
-                seconds,
-            }
+            eprintln!("{}", steps::done(name, took, ""));
+            Ended::Ok
         }
         Err(e) => {
-            eprintln!("    {name} FAILED after {seconds:.1}s: {e:#}");
-            Outcome {
-                name,
-                ok: false,
-                seconds,
-            }
+            eprintln!("{}", steps::failed(name, took, &format!("{e:#}")));
+            Ended::Failed
         }
-    }
+    };
+    Outcome { name, ended, took }
 }
 
 fn cargo(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<()> {

@@ -13,6 +13,7 @@ use std::process::ExitStatus;
 use std::sync::OnceLock;
 
 mod spawn;
+pub mod steps;
 
 pub use duct::{Handle, ReaderHandle};
 
