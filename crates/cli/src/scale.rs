@@ -84,13 +84,11 @@ pub(crate) async fn prepare_member_volumes(
     spec: &pgset_spec::ClusterSpec,
     client: &kube::Client,
 ) -> Result<()> {
-    let missing: Vec<std::path::PathBuf> = (0..spec.replicas)
-        .map(|o| spec.member_export_dir(o))
-        .filter(|d| !d.exists())
-        .collect();
+    let missing = (0..spec.replicas).any(|o| !spec.member_export_dir(o).exists());
     if spec.cluster_export_dir().is_dir() && nix::unistd::geteuid().is_root() {
-        for dir in &missing {
-            create_member_dir(spec, dir)?;
+        let made = pgset_nfs::make_member_dirs(&pgset_nfs::HostPaths::default(), spec)
+            .context("make the new members' directories")?;
+        for dir in &made {
             eprintln!(
                 "    created {} owned by {}:{} with mode 0700",
                 dir.display(),
@@ -98,7 +96,7 @@ pub(crate) async fn prepare_member_volumes(
                 spec.postgres.gid
             );
         }
-    } else if !missing.is_empty() {
+    } else if missing {
         eprintln!(
             "    note: cannot create member directories here; on the NFS host, run `cargo xtask nfs -n {} --name {} --storage templates --replicas {}` so that {}/{}-N exist",
             spec.namespace,
@@ -112,17 +110,4 @@ pub(crate) async fn prepare_member_volumes(
     crate::volumes::apply_storage(client, spec, &server, pgset_deploy::apply::ApplyMode::Apply)
         .await
         .context("create the new members' volumes")
-}
-
-fn create_member_dir(spec: &pgset_spec::ClusterSpec, dir: &std::path::Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir(dir).with_context(|| format!("create {}", dir.display()))?;
-    nix::unistd::chown(
-        dir,
-        Some(nix::unistd::Uid::from_raw(spec.postgres.uid as u32)),
-        Some(nix::unistd::Gid::from_raw(spec.postgres.gid as u32)),
-    )
-    .with_context(|| format!("chown {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("chmod 0700 {}", dir.display()))
 }

@@ -12,10 +12,11 @@ use crate::clients::ExportClient;
 use crate::facts::{HostFacts, HostPaths, PathState};
 use crate::judge::{EXPORT_MARKER, blockers};
 use crate::parse::parse_exportfs_verbose;
-use crate::plan::{Step, exports_with_block, missing_live_clients};
+use crate::plan::{DATA_DIR_MODE, Step, exports_with_block, member_dirs, missing_live_clients};
 use crate::probe::read_exports;
 use crate::{Error, Result};
 use pgset_command::{HostCommand, Runner};
+use pgset_spec::ClusterSpec;
 
 /// Performs `steps` in order. Needs root unless there is nothing to do, and a host that can run
 /// every step ([`blockers`]); refuses before any change otherwise.
@@ -107,6 +108,26 @@ fn ensure_directory(path: &Path, uid: u32, gid: u32, mode: u32, current: PathSta
     Ok(())
 }
 
+/// Templates mode, once the `nfs` stage has made the cluster's directory: makes the member
+/// directories of `spec`'s members that do not exist yet, as the plan makes them (owned by the
+/// postgres uid and gid, mode 0700), so that a member added by scaling can start. Anything
+/// already at a member's path is left as it is (the `nfs` stage and `doctor` judge it).
+/// Returns the directories made (host paths as the spec names them).
+pub fn make_member_dirs(paths: &HostPaths, spec: &ClusterSpec) -> Result<Vec<PathBuf>> {
+    let uid = u32::try_from(spec.postgres.uid).unwrap_or(u32::MAX);
+    let gid = u32::try_from(spec.postgres.gid).unwrap_or(u32::MAX);
+    let mut made = Vec::new();
+    for dir in member_dirs(spec) {
+        let host = paths.host(&dir);
+        if host.symlink_metadata().is_ok() {
+            continue;
+        }
+        ensure_directory(&host, uid, gid, DATA_DIR_MODE, PathState::Missing)?;
+        made.push(dir);
+    }
+    Ok(made)
+}
+
 /// Writes pgset's marker into the export directory (root-owned, mode 0644); an identical
 /// marker is left as it is.
 fn write_marker(dir: &Path, contents: &str) -> Result<()> {
@@ -195,5 +216,54 @@ pub fn verify_export(runner: &dyn Runner, export: &Path, clients: &[ExportClient
                 .collect::<Vec<_>>()
                 .join(", "),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgset_spec::StorageMode;
+
+    #[test]
+    fn missing_member_dirs_are_made_and_present_ones_left_alone() {
+        let root = tempfile::tempdir().unwrap();
+        let paths = HostPaths::under(root.path());
+        let mut spec = ClusterSpec::default();
+        spec.storage.mode = StorageMode::Templates;
+        spec.replicas = 3;
+        // Member 1's directory is already there with data and a mode of its own.
+        let present = paths.host(&spec.member_export_dir(1));
+        fs::create_dir_all(&present).unwrap();
+        fs::write(present.join("PG_VERSION"), "15\n").unwrap();
+        fs::set_permissions(&present, Permissions::from_mode(0o750)).unwrap();
+
+        let made = make_member_dirs(&paths, &spec).unwrap();
+        assert_eq!(
+            made,
+            vec![spec.member_export_dir(0), spec.member_export_dir(2)]
+        );
+        let me_root = nix::unistd::geteuid().is_root();
+        for dir in &made {
+            let meta = fs::metadata(paths.host(dir)).unwrap();
+            assert!(meta.is_dir());
+            assert_eq!(meta.mode() & 0o7777, 0o700, "{}", dir.display());
+            if me_root {
+                assert_eq!(i64::from(meta.uid()), spec.postgres.uid);
+                assert_eq!(i64::from(meta.gid()), spec.postgres.gid);
+            }
+        }
+        let meta = fs::metadata(&present).unwrap();
+        assert_eq!(
+            meta.mode() & 0o7777,
+            0o750,
+            "a present directory is not changed"
+        );
+        assert!(present.join("PG_VERSION").exists());
+
+        // Again: nothing left to make.
+        assert!(make_member_dirs(&paths, &spec).unwrap().is_empty());
+        // Shared mode has no member directories of its own to make.
+        spec.storage.mode = StorageMode::Shared;
+        assert!(make_member_dirs(&paths, &spec).unwrap().is_empty());
     }
 }

@@ -19,7 +19,7 @@ mod volumes;
 
 use std::path::PathBuf;
 
-pub use apply::{apply, verify_export};
+pub use apply::{apply, make_member_dirs, verify_export};
 pub use clients::{Cidr, ExportClient, ExportOptions, clients_from_node_addresses, parse_clients};
 pub use doctor::{DOCS_DATA_DIRECTORY, DOCS_NFS, Diagnosis, Health, VolumesRead, diagnose};
 pub use exports::{EXPORT_OPTIONS, ExportEntry, ExportsFile, render_block};
