@@ -23,8 +23,8 @@ use kube::api::{DeleteParams, ListParams, PostParams, Preconditions};
 use kube::runtime::wait::{Condition, await_condition, conditions};
 use kube::{Api, Client, Resource, ResourceExt};
 use pgset_nfs::{Diagnosis, Health};
-use pgset_spec::ClusterSpec;
 use pgset_spec::contract::{self, APP_NAME, components, labels};
+use pgset_spec::{ClusterSpec, ValidSpec};
 
 use crate::readiness::{KeptOff, node_keeps_members_off};
 use crate::rollout::{describe_pod, shorten};
@@ -405,7 +405,7 @@ impl Made {
 /// (then the result is [`Error::Interrupted`]).
 pub async fn probe_mounts(
     client: &Client,
-    spec: &ClusterSpec,
+    spec: &ValidSpec,
     server: &str,
     nodes: &[String],
     timeout: Duration,

@@ -16,15 +16,14 @@ use pgset_deploy::rollout::{MemberStep, RolloutEvent, RolloutReport, wait_for_ro
 use pgset_deploy::scale::scale;
 use pgset_deploy::teardown::{Purge, down};
 use pgset_deploy::wait::{Listing, until_listing};
-use pgset_spec::{ClusterSpec, StorageMode};
+use pgset_spec::{ClusterSpec, StorageMode, ValidSpec};
 use serde_json::{Value, json};
 
 const NS: &str = "default";
 
-fn spec() -> ClusterSpec {
+fn spec() -> ValidSpec {
     let s = ClusterSpec::default();
-    s.validate().unwrap();
-    s
+    s.validated().unwrap()
 }
 
 fn existing_secret() -> Value {
@@ -202,8 +201,7 @@ async fn a_second_deploy_over_the_same_spec_changes_nothing_and_says_so() {
         "{lines:?}"
     );
     // A changed spec changes exactly the object it touches.
-    let mut bigger = spec();
-    bigger.replicas = 3;
+    let bigger = spec().with_replicas(3).unwrap();
     let third = deploy(&client, &bigger, ApplyMode::Apply, &mut |_: &str| {})
         .await
         .unwrap();
@@ -261,8 +259,9 @@ async fn server_dry_run_sends_dry_run_on_every_write() {
 
 #[tokio::test]
 async fn templates_mode_applies_no_shared_claim() {
-    let mut s = spec();
+    let mut s = spec().into_inner();
     s.storage.mode = StorageMode::Templates;
+    let s = s.validated().unwrap();
     let (client, calls) = mock_client(deploy_handler(None));
     deploy(&client, &s, ApplyMode::Apply, &mut |_: &str| {})
         .await

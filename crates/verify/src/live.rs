@@ -14,7 +14,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::wait::{Condition, await_condition};
 use kube::{Api, Client};
 use pgset_spec::contract::POSTGRES_CONTAINER;
-use pgset_spec::{ClusterSpec, StorageMode};
+use pgset_spec::{ClusterSpec, StorageMode, ValidSpec};
 
 use crate::checks::{self, ClaimState, Endpoint, Member, MemberStorage, names};
 use crate::exec::{ExecOutput, PodExec};
@@ -79,7 +79,7 @@ pub fn local_export(spec: &ClusterSpec) -> Option<PathBuf> {
 
 /// Runs the checks against one cluster.
 pub struct Verifier {
-    spec: ClusterSpec,
+    spec: ValidSpec,
     options: Options,
     pods: Api<Pod>,
     services: Api<Service>,
@@ -140,7 +140,7 @@ fn fail_on_err(r: Result<Finding>) -> Finding {
 
 impl Verifier {
     /// A verifier for `spec`'s cluster through `client`.
-    pub fn new(client: Client, spec: ClusterSpec, options: Options) -> Verifier {
+    pub fn new(client: Client, spec: ValidSpec, options: Options) -> Verifier {
         let ns = spec.namespace.clone();
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let exec_timeout = options.timeout + Duration::from_secs(15);
@@ -177,7 +177,7 @@ impl Verifier {
     }
 
     /// The spec being verified.
-    pub fn spec(&self) -> &ClusterSpec {
+    pub fn spec(&self) -> &ValidSpec {
         &self.spec
     }
 

@@ -26,7 +26,7 @@ fn verifier(client: Client) -> Verifier {
     };
     let mut options = Options::new(&spec);
     options.timeout = Duration::from_secs(5);
-    Verifier::new(client, spec, options)
+    Verifier::new(client, spec.validated().unwrap(), options)
 }
 
 /// What a request carried.
@@ -388,7 +388,9 @@ async fn status_summary_comes_from_the_record_the_services_and_the_master_agent(
         );
         paths
     });
-    let status = ClusterStatus::gather(client, &spec).await.unwrap();
+    let status = ClusterStatus::gather(client, &spec.validated().unwrap())
+        .await
+        .unwrap();
     let paths = server.await.unwrap();
     assert_eq!(
         paths,
@@ -487,7 +489,9 @@ async fn status_warns_of_a_gone_members_slot_a_wrong_timeline_and_a_foreign_data
         // pgset-2's pod is Running while its container crash-loops: its agent does not answer.
         answer(&mut handle, 503, json!({"kind": "Status", "code": 503})).await;
     });
-    let status = ClusterStatus::gather(client, &spec).await.unwrap();
+    let status = ClusterStatus::gather(client, &spec.validated().unwrap())
+        .await
+        .unwrap();
     server.await.unwrap();
     assert!(!status.healthy);
     let w = &status.warnings;
@@ -557,7 +561,9 @@ async fn status_without_a_running_master_reads_no_streaming() {
         paths.push(answer(&mut handle, 200, agent).await.path);
         paths
     });
-    let status = ClusterStatus::gather(client, &spec).await.unwrap();
+    let status = ClusterStatus::gather(client, &spec.validated().unwrap())
+        .await
+        .unwrap();
     let paths = server.await.unwrap();
     assert_eq!(
         paths,
@@ -624,7 +630,11 @@ async fn scale_test_needs_the_next_members_volume_before_scaling() {
         ..ClusterSpec::default()
     };
     spec.storage.mode = pgset_spec::StorageMode::Templates;
-    let v = Verifier::new(client, spec.clone(), Options::new(&spec));
+    let v = Verifier::new(
+        client,
+        spec.clone().validated().unwrap(),
+        Options::new(&spec),
+    );
     let server = tokio::spawn(async move {
         let pods = pod_list(vec![
             pod(0, "Running", "master"),
