@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, S
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
-use kube::runtime::wait::{Condition, await_condition};
+use kube::runtime::wait::Condition;
 use kube::{Api, Client};
 use pgset_spec::contract::POSTGRES_CONTAINER;
 use pgset_spec::{ClusterSpec, StorageMode, ValidSpec};
@@ -659,14 +659,15 @@ impl Verifier {
         .map(drop)
     }
 
-    /// Watches pod `name` until `condition` holds of it (or of its absence), within the timeout.
+    /// Watches pod `name` until `condition` holds of it (or of its absence), within the timeout;
+    /// a watch the API server expired lists again.
     async fn wait_for(
         &self,
         name: &str,
         what: String,
         condition: impl Condition<Pod>,
     ) -> Result<Option<Pod>> {
-        let watching = await_condition(self.pods.clone(), name, condition);
+        let watching = pgset_deploy::wait::until_object(self.pods.clone(), name, condition);
         match tokio::time::timeout(self.options.timeout, watching).await {
             Ok(found) => found.map_err(|source| crate::Error::Watch {
                 action: format!("watch pod {name}"),

@@ -845,6 +845,54 @@ async fn a_member_is_awaited_by_watching_it_until_ready_then_gone() {
     gone.await.unwrap().unwrap();
 }
 
+/// A watch whose version the API server no longer has (410 Gone, after a long wait) is listed
+/// again: the wait goes on and ends when the new listing shows the member Ready.
+#[tokio::test]
+async fn an_expired_watch_lists_again_and_the_member_is_still_awaited() {
+    let (client, mut handle) = mock_client();
+    let v = verifier(client);
+    let ready = tokio::spawn(async move { v.wait_ready("pgset-3", None).await });
+    let mut pending = pod(3, "Pending", "replica");
+    pending["metadata"]["resourceVersion"] = json!("7");
+    let first = answer(
+        &mut handle,
+        200,
+        json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "7"}, "items": [pending]}),
+    )
+    .await;
+    let expired = json!({"type": "ERROR", "object": {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "too old resource version: 7 (12)", "reason": "Expired", "code": 410}});
+    let watch = answer(&mut handle, 200, expired).await;
+    assert!(
+        watch.query.contains("&watch=true") && watch.query.ends_with("&resourceVersion=7"),
+        "{}",
+        watch.query
+    );
+    // A fresh LIST, exactly as the first one (no resource version to resume from).
+    let mut running = pod(3, "Running", "replica");
+    running["metadata"]["resourceVersion"] = json!("12");
+    let relist = tokio::time::timeout(
+        Duration::from_secs(5),
+        answer(
+            &mut handle,
+            200,
+            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "12"}, "items": [running]}),
+        ),
+    )
+    .await
+    .expect("the expired watch is followed by a new listing");
+    assert_eq!(
+        (relist.method, relist.path.as_str(), relist.query.as_str()),
+        (first.method, first.path.as_str(), first.query.as_str())
+    );
+    let member = ready
+        .await
+        .unwrap()
+        .expect("a 410 is not an error of the wait");
+    assert!(member.ready && member.name == "pgset-3", "{member:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_member_that_never_becomes_ready_times_out_naming_it() {
     let (client, mut handle) = mock_client();
