@@ -26,7 +26,7 @@ use pgset_deploy::apply::{ApplyMode, deploy};
 use pgset_deploy::rollout::{step_lines, wait_for_rollout};
 use pgset_deploy::selector_string;
 use pgset_deploy::teardown::{Purge, down};
-use pgset_spec::{ClusterSpec, StorageMode};
+use pgset_spec::{ClusterSpec, StorageMode, ValidSpec};
 use pgset_tests::live_kubeconfig;
 
 const TIMEOUT: Duration = Duration::from_secs(300);
@@ -47,7 +47,7 @@ fn unique_namespace() -> String {
     format!("pgset-live-{}-{nanos}", std::process::id())
 }
 
-fn live_spec(namespace: &str) -> ClusterSpec {
+fn live_spec(namespace: &str) -> ValidSpec {
     let mut spec = ClusterSpec {
         namespace: namespace.to_string(),
         ..ClusterSpec::default()
@@ -59,8 +59,7 @@ fn live_spec(namespace: &str) -> ClusterSpec {
     if let Ok(image) = std::env::var("PGSET_LIVE_AGENT_IMAGE") {
         spec.agent.image = image;
     }
-    spec.validate().expect("live spec is valid");
-    spec
+    spec.validated().expect("live spec is valid")
 }
 
 fn print_line(line: &str) {
@@ -161,7 +160,7 @@ async fn claim_names(client: &Client, spec: &ClusterSpec) -> Vec<String> {
     names
 }
 
-async fn scenario(client: Client, spec: ClusterSpec) {
+async fn scenario(client: Client, spec: ValidSpec) {
     // First deploy creates everything, including the Secret.
     deploy(&client, &spec, ApplyMode::Apply, &mut print_line)
         .await

@@ -15,13 +15,13 @@ use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, 
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 use pgset_deploy::mount_probe::{probe_mounts, probe_nodes, probe_selector};
-use pgset_spec::ClusterSpec;
+use pgset_spec::{ClusterSpec, ValidSpec};
 use pgset_tests::live_kubeconfig;
 
 const TEST: &str = "every_schedulable_node_mounts_the_export_and_the_probe_leaves_nothing";
 const PROBE_TIMEOUT: Duration = Duration::from_secs(300);
 
-async fn scenario(client: Client, spec: ClusterSpec, server: String) {
+async fn scenario(client: Client, spec: ValidSpec, server: String) {
     support::prepare_cluster_dirs(&client, &spec).await;
     let nodes = Api::<Node>::all(client.clone())
         .list(&ListParams::default())
@@ -121,7 +121,7 @@ async fn every_schedulable_node_mounts_the_export_and_the_probe_leaves_nothing()
     if let Ok(export) = std::env::var("PGSET_LIVE_NFS_EXPORT") {
         spec.nfs.export = export.into();
     }
-    spec.validate().expect("live spec is valid");
+    let spec = spec.validated().expect("live spec is valid");
     let client = Client::try_default().await.expect("client from KUBECONFIG");
     let namespaces = support::create_namespace(&client, &spec.namespace).await;
     eprintln!(

@@ -15,7 +15,7 @@
 use kube::Client;
 use pgset_drill::report::{REJOIN_TARGET_S, WRITE_RECOVERY_TARGET_S};
 use pgset_drill::{DrillName, DrillReport, Verdict};
-use pgset_spec::ClusterSpec;
+use pgset_spec::{ClusterSpec, ValidSpec};
 use pgset_verify::ClusterStatus;
 use support::xtask;
 
@@ -32,7 +32,7 @@ fn assert_cluster_as_found(spec_file: &std::path::Path, after: &str) {
     assert_eq!((s.desired, s.ready), (3, 3), "after {after}");
 }
 
-async fn scenario(client: Client, spec: ClusterSpec) {
+async fn scenario(client: Client, spec: ValidSpec) {
     let (dir, spec_file) = support::deploy_own_cluster(&client, &spec).await;
     assert_cluster_as_found(&spec_file, "the rollout");
 
@@ -97,7 +97,7 @@ async fn scenario(client: Client, spec: ClusterSpec) {
     // An unhealthy cluster: no drill starts, nothing changes.
     let unhealthy_spec = ClusterSpec {
         replicas: 4,
-        ..spec.clone()
+        ..spec.clone().into_inner()
     };
     let unhealthy_file = dir.path().join("pgset-4.yaml");
     std::fs::write(&unhealthy_file, unhealthy_spec.to_yaml()).expect("write the spec file");

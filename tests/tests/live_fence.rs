@@ -42,7 +42,7 @@ use pgset_deploy::scale::set_replicas;
 use pgset_deploy::secret::Passwords;
 use pgset_deploy::teardown::{Purge, down};
 use pgset_spec::contract::{self, POSTGRES_CONTAINER, secret as keys};
-use pgset_spec::{ClusterSpec, StorageMode};
+use pgset_spec::{ClusterSpec, StorageMode, ValidSpec};
 use pgset_tests::{live_kubeconfig, skip};
 use pgset_verify::exec::PodExec;
 use pgset_verify::sql;
@@ -94,13 +94,13 @@ fn run_suffix() -> String {
 }
 
 /// The 2-member cluster `name` in `namespace`, or why it cannot be built here.
-fn cluster_spec(namespace: &str, name: &str) -> Result<ClusterSpec, String> {
+fn cluster_spec(namespace: &str, name: &str) -> Result<ValidSpec, String> {
     support::live_cluster_spec(namespace, name, 2)
 }
 
 /// Shared mode: the spec's NFS volumes, renamed after the namespace so they cannot collide
 /// with another cluster's `pv1..pvN` (as in `live_verify`).
-fn volumes(spec: &ClusterSpec) -> Vec<PersistentVolume> {
+fn volumes(spec: &ValidSpec) -> Vec<PersistentVolume> {
     let server = spec.nfs.server.clone().unwrap_or_default();
     pgset_nfs::persistent_volumes(spec, &server)
         .into_iter()
@@ -112,7 +112,7 @@ fn volumes(spec: &ClusterSpec) -> Vec<PersistentVolume> {
         .collect()
 }
 
-async fn apply_volumes(client: &Client, spec: &ClusterSpec) {
+async fn apply_volumes(client: &Client, spec: &ValidSpec) {
     let pvs: Api<PersistentVolume> = Api::all(client.clone());
     for pv in volumes(spec) {
         let name = pv.metadata.name.clone().unwrap_or_default();
@@ -130,7 +130,7 @@ fn progress(line: &str) {
 /// (claims and Secret included), the test's volumes and the namespace, whether it passed or not.
 async fn live_test<F, Fut>(test: &'static str, prefix: &str, scenario: F)
 where
-    F: FnOnce(Client, ClusterSpec) -> Fut + Send + 'static,
+    F: FnOnce(Client, ValidSpec) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     if live_kubeconfig(test).is_none() {
@@ -185,7 +185,7 @@ where
     support::finish(test, &namespaces, &ns, outcome).await;
 }
 
-async fn deploy_and_wait(client: &Client, spec: &ClusterSpec) {
+async fn deploy_and_wait(client: &Client, spec: &ValidSpec) {
     deploy(client, spec, ApplyMode::Apply, &mut progress)
         .await
         .expect("deploy");
@@ -765,7 +765,7 @@ fn judge_handover(
 // 1. A second pod on a member's directory never starts PostgreSQL
 // ---------------------------------------------------------------------------------------------
 
-async fn intruder_scenario(client: Client, spec: ClusterSpec) {
+async fn intruder_scenario(client: Client, spec: ValidSpec) {
     const TEST: &str = "a_second_pod_on_a_members_directory_never_starts_postgres";
     deploy_and_wait(&client, &spec).await;
     let pods = pods_api(&client, &spec);
@@ -999,7 +999,7 @@ async fn watch_lease(
 /// seconds: whether the old agent releases the Lease in that time or is killed first (the Lease
 /// then expires) varies, and both are accepted; a hand-over by neither fails. A node that lost
 /// contact cannot be made here; the rule checked is the one that protects it.
-async fn force_delete_scenario(client: Client, spec: ClusterSpec) {
+async fn force_delete_scenario(client: Client, spec: ValidSpec) {
     const TEST: &str =
         "a_force_deleted_master_pod_is_replaced_only_after_its_fence_is_released_or_expires";
     deploy_and_wait(&client, &spec).await;
@@ -1135,7 +1135,7 @@ fn secret_data(secret: &Secret, key: &str) -> Option<Vec<u8>> {
         .map(|v| v.0.clone())
 }
 
-async fn old_secret_scenario(client: Client, spec: ClusterSpec) {
+async fn old_secret_scenario(client: Client, spec: ValidSpec) {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &spec.namespace);
     let name = spec.secret_name();
     let passwords = Passwords::generate().expect("passwords");
@@ -1287,7 +1287,7 @@ async fn deploy_adds_a_cluster_id_to_an_old_secret_and_keeps_the_passwords() {
 // 4. A member whose directory is another cluster's is refused, and says so in its pod status
 // ---------------------------------------------------------------------------------------------
 
-async fn refused_member_scenario(client: Client, spec: ClusterSpec) {
+async fn refused_member_scenario(client: Client, spec: ValidSpec) {
     const TEST: &str = "status_shows_a_refused_member";
     deploy_and_wait(&client, &spec).await;
     let pods = pods_api(&client, &spec);

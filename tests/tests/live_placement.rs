@@ -21,7 +21,7 @@ use pgset_deploy::rollout::{step_lines, wait_for_rollout};
 use pgset_deploy::storage::apply_volumes;
 use pgset_deploy::teardown::{Purge, down};
 use pgset_spec::contract::POSTGRES_CONTAINER;
-use pgset_spec::{ClusterSpec, StorageMode};
+use pgset_spec::{ClusterSpec, StorageMode, ValidSpec};
 use pgset_tests::live_kubeconfig;
 use pgset_verify::exec::PodExec;
 use pgset_verify::sql;
@@ -29,7 +29,7 @@ use pgset_verify::sql;
 const TEST: &str = "two_clusters_in_two_namespaces_share_nothing";
 const ROLLOUT: Duration = Duration::from_secs(600);
 
-fn cluster(namespace: &str, mode: StorageMode, server: &str) -> ClusterSpec {
+fn cluster(namespace: &str, mode: StorageMode, server: &str) -> ValidSpec {
     let mut spec = ClusterSpec {
         namespace: namespace.to_string(),
         replicas: 2,
@@ -43,11 +43,10 @@ fn cluster(namespace: &str, mode: StorageMode, server: &str) -> ClusterSpec {
     if let Ok(image) = std::env::var("PGSET_LIVE_AGENT_IMAGE") {
         spec.agent.image = image;
     }
-    spec.validate().expect("live spec is valid");
-    spec
+    spec.validated().expect("live spec is valid")
 }
 
-fn volumes(spec: &ClusterSpec) -> Vec<PersistentVolume> {
+fn volumes(spec: &ValidSpec) -> Vec<PersistentVolume> {
     pgset_nfs::persistent_volumes(spec, spec.nfs.server.as_deref().unwrap_or_default())
 }
 
@@ -81,7 +80,7 @@ async fn query(client: &Client, spec: &ClusterSpec, ordinal: i32, sql_text: &str
     out.stdout.trim().to_string()
 }
 
-async fn start(client: &Client, spec: &ClusterSpec) {
+async fn start(client: &Client, spec: &ValidSpec) {
     support::prepare_cluster_dirs(client, spec).await;
     let progress = &mut |line: &str| eprintln!("    [{}] {line}", spec.namespace);
     apply_volumes(client, &volumes(spec), ApplyMode::Apply, progress)
@@ -92,7 +91,7 @@ async fn start(client: &Client, spec: &ClusterSpec) {
         .unwrap_or_else(|e| panic!("deploy {}: {e}", spec.exports_block_id()));
 }
 
-async fn scenario(client: Client, a: ClusterSpec, b: ClusterSpec) {
+async fn scenario(client: Client, a: ValidSpec, b: ValidSpec) {
     // Both clusters are applied before either is awaited: they start side by side.
     start(&client, &a).await;
     start(&client, &b).await;

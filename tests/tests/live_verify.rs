@@ -18,8 +18,8 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::{Api, Client};
 use pgset_deploy::apply::{ApplyMode, deploy};
-use pgset_spec::ClusterSpec;
 use pgset_spec::contract::POSTGRES_CONTAINER;
+use pgset_spec::{ClusterSpec, ValidSpec};
 use pgset_verify::exec::PodExec;
 use pgset_verify::{ClusterStatus, Report, Verdict, names, sql};
 use support::{XtaskRun, assert_all_passed, xtask};
@@ -74,7 +74,7 @@ async fn settled_statefulset(client: &Client, spec: &ClusterSpec) -> StatefulSet
         .expect("the StatefulSet settles within 120s")
 }
 
-async fn scenario(client: Client, spec: ClusterSpec) {
+async fn scenario(client: Client, spec: ValidSpec) {
     let (_dir, spec_file) = support::deploy_own_cluster(&client, &spec).await;
 
     let XtaskRun {

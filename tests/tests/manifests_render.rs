@@ -9,7 +9,8 @@ const FIX: &str = "run `cargo xtask render` (with no pgset.yaml in the working d
 
 #[test]
 fn committed_manifests_are_up_to_date() {
-    let files = manifest_files(&ClusterSpec::default()).expect("render");
+    let files =
+        manifest_files(&ClusterSpec::default().validated().expect("valid spec")).expect("render");
     let drift = manifest_drift(&workspace_root().join("manifests"), &files);
     assert!(drift.is_empty(), "{}: {FIX}", drift.join("; "));
 }
@@ -33,6 +34,7 @@ fn rendered_yaml_holds_no_password() {
     for mode in [StorageMode::Shared, StorageMode::Templates] {
         let mut spec = ClusterSpec::default();
         spec.storage.mode = mode;
+        let spec = spec.validated().expect("valid spec");
         let yaml = multi_document(&spec).expect("render");
         assert!(
             yaml.contains("kind: StatefulSet"),
@@ -76,7 +78,7 @@ fn both_storage_modes_pass_kubernetes_validate() {
         let mut spec = ClusterSpec::default();
         spec.storage.mode = mode;
         spec.storage.storage_class = class.map(str::to_string);
-        spec.validate().expect("valid spec");
+        let spec = spec.validated().expect("valid spec");
         let path = dir
             .path()
             .join(format!("{mode}-{}.yaml", class.unwrap_or("nfs")));

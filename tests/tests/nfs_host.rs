@@ -14,7 +14,7 @@ use pgset_nfs::{
     apply, blockers, diagnose, marker_contents, parse_clients, parse_exportfs_verbose,
     parse_os_release, plan, probe_files, render_block,
 };
-use pgset_spec::{ClusterSpec, Overrides, StorageMode};
+use pgset_spec::{ClusterSpec, Overrides, StorageMode, ValidSpec};
 use pgset_tests::{fixtures, missing_tool};
 
 const CLIENTS: &str = "10.0.2.0/24,127.0.0.1/32";
@@ -131,8 +131,13 @@ fn firewalld(f: &mut HostFacts, running: bool, services: &[&str]) {
     });
 }
 
+/// The spec validated, as the CLI hands it to the plan.
+fn valid(spec: &ClusterSpec) -> ValidSpec {
+    spec.clone().validated().expect("test spec is valid")
+}
+
 fn described(f: &HostFacts, spec: &ClusterSpec) -> Vec<String> {
-    plan(f, spec, &options())
+    plan(f, &valid(spec), &options())
         .unwrap()
         .iter()
         .map(ToString::to_string)
@@ -168,7 +173,7 @@ fn centos_7_from_nothing_with_selinux_enforcing_and_firewalld() {
             "re-export /etc/exports (exportfs -ra)".into(),
         ]
     );
-    let steps = plan(&f, &ClusterSpec::default(), &options()).unwrap();
+    let steps = plan(&f, &valid(&ClusterSpec::default()), &options()).unwrap();
     let commands: Vec<String> = steps
         .iter()
         .flat_map(Step::commands)
@@ -233,7 +238,7 @@ fn debian_and_ubuntu_from_nothing() {
             ],
             "{os}"
         );
-        let steps = plan(&f, &ClusterSpec::default(), &options()).unwrap();
+        let steps = plan(&f, &valid(&ClusterSpec::default()), &options()).unwrap();
         assert_eq!(
             steps[0]
                 .commands()
@@ -340,7 +345,7 @@ fn drift_is_repaired_step_by_step() {
     let wider = ExportOptions {
         clients: parse_clients("192.168.56.0/24").unwrap(),
     };
-    let steps: Vec<String> = plan(&f, &spec, &wider)
+    let steps: Vec<String> = plan(&f, &valid(&spec), &wider)
         .unwrap()
         .iter()
         .map(ToString::to_string)
@@ -375,7 +380,7 @@ fn templates_mode_creates_a_directory_per_member() {
 #[test]
 fn problems_no_step_can_fix_are_errors() {
     let spec = ClusterSpec::default();
-    let err = |f: &HostFacts, o: &ExportOptions| plan(f, &spec, o).unwrap_err().to_string();
+    let err = |f: &HostFacts, o: &ExportOptions| plan(f, &valid(&spec), o).unwrap_err().to_string();
 
     let mut f = configured("os-release.debian-12");
     f.os = parse_os_release("ID=arch\nPRETTY_NAME=\"Arch Linux\"\n");
@@ -419,7 +424,7 @@ fn problems_no_step_can_fix_are_errors() {
 fn a_host_that_cannot_run_a_step_is_blocked_once_per_cause() {
     let spec = ClusterSpec::default();
     let blocked = |f: &HostFacts| -> Vec<String> {
-        let steps = plan(f, &spec, &options()).unwrap();
+        let steps = plan(f, &valid(&spec), &options()).unwrap();
         blockers(f, &steps)
             .iter()
             .map(ToString::to_string)
@@ -476,7 +481,7 @@ fn a_host_that_cannot_run_a_step_is_blocked_once_per_cause() {
     f.programs.remove("dnf");
     f.package_managers.clear();
     assert!(
-        plan(&f, &spec, &options())
+        plan(&f, &valid(&spec), &options())
             .unwrap_err()
             .to_string()
             .contains("no dnf found")
@@ -594,7 +599,7 @@ fn the_doctor_passes_a_configured_host_and_names_each_problem() {
 fn persistent_volumes_named(
     names: &[&str],
 ) -> Vec<(String, Option<k8s_openapi::api::core::v1::PersistentVolume>)> {
-    let all = pgset_nfs::persistent_volumes(&ClusterSpec::default(), "10.0.2.15");
+    let all = pgset_nfs::persistent_volumes(&valid(&ClusterSpec::default()), "10.0.2.15");
     names
         .iter()
         .map(|n| {
@@ -665,7 +670,7 @@ fn lines_the_package_writes_during_the_install_are_kept() {
     let mut facts = fresh("os-release.debian-12");
     probe_files(&paths, &spec, &mut facts).unwrap();
     assert_eq!(facts.exports_file, None);
-    let steps = plan(&facts, &spec, &options()).unwrap();
+    let steps = plan(&facts, &valid(&spec), &options()).unwrap();
     assert!(
         steps.iter().any(|s| s.to_string() == write_step()),
         "{steps:?}"
@@ -687,7 +692,7 @@ fn lines_the_package_writes_during_the_install_are_kept() {
     );
     // Planned again on what is there now: nothing left to write.
     probe_files(&paths, &spec, &mut facts).unwrap();
-    let again = plan(&facts, &spec, &options()).unwrap();
+    let again = plan(&facts, &valid(&spec), &options()).unwrap();
     assert!(
         !again.iter().any(|s| s.to_string().starts_with("write")),
         "{again:?}"
@@ -757,7 +762,7 @@ fn applying_then_planning_again_yields_nothing() {
     let mut facts = configured("os-release.debian-12");
     facts.active_exports.clear();
     probe_files(&paths, &spec, &mut facts).unwrap();
-    let steps = plan(&facts, &spec, &options()).unwrap();
+    let steps = plan(&facts, &valid(&spec), &options()).unwrap();
     let described: Vec<String> = steps.iter().map(ToString::to_string).collect();
     assert_eq!(
         described,
@@ -804,7 +809,7 @@ fn applying_then_planning_again_yields_nothing() {
     // this export line).
     probe_files(&paths, &spec, &mut facts).unwrap();
     facts.active_exports = parse_exportfs_verbose(&fixture("exportfs-v.debian-12"));
-    let again = plan(&facts, &spec, &options()).unwrap();
+    let again = plan(&facts, &valid(&spec), &options()).unwrap();
     assert!(again.is_empty(), "{again:?}");
     let before = tree(dir.path());
     apply(&again, &facts, &paths, &runner).unwrap();
@@ -822,7 +827,7 @@ fn provision(
 ) -> Result<(), String> {
     let clients = parse_clients(clients).map_err(|e| e.to_string())?;
     probe_files(paths, spec, facts).map_err(|e| e.to_string())?;
-    let steps = plan(facts, spec, &ExportOptions { clients }).map_err(|e| e.to_string())?;
+    let steps = plan(facts, &valid(spec), &ExportOptions { clients }).map_err(|e| e.to_string())?;
     apply(&steps, facts, paths, runner).map_err(|e| e.to_string())
 }
 
@@ -951,7 +956,9 @@ fn system_directories_on_this_host_are_refused_by_the_plan() {
         let spec = exporting(path);
         let mut facts = configured("os-release.debian-12");
         probe_files(&paths, &spec, &mut facts).unwrap();
-        let err = plan(&facts, &spec, &options()).unwrap_err().to_string();
+        let err = plan(&facts, &valid(&spec), &options())
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with(&format!("refusing the export {path}: ")) && err.contains(expected),
             "{path}: {err}"
@@ -966,7 +973,7 @@ fn only_a_new_empty_or_marked_directory_becomes_the_export() {
     let plan_here = |paths: &HostPaths| {
         let mut facts = configured("os-release.debian-12");
         probe_files(paths, &spec, &mut facts).unwrap();
-        plan(&facts, &spec, &options())
+        plan(&facts, &valid(&spec), &options())
             .map(|steps| steps.iter().map(ToString::to_string).collect::<Vec<_>>())
     };
     let mark = "mark /srv/nfs as this cluster's export (/srv/nfs/.pgset-export)";
@@ -1057,7 +1064,7 @@ fn bad_export_paths_are_refused_by_the_spec() {
     let mut f = configured("os-release.debian-12");
     f.package_managers = vec![PackageManager::Yum];
     assert!(
-        plan(&f, &ClusterSpec::default(), &options())
+        plan(&f, &valid(&ClusterSpec::default()), &options())
             .unwrap()
             .is_empty()
     );
@@ -1132,7 +1139,9 @@ fn another_cluster_on_a_configured_host_gets_its_own_directory_and_block() {
             what: "a regular file",
         },
     );
-    let e = plan(&f, &staging, &options()).unwrap_err().to_string();
+    let e = plan(&f, &valid(&staging), &options())
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("/nfsfileshare/staging.pgset exists and is a regular file"),
         "{e}"
@@ -1191,7 +1200,7 @@ fn two_clusters_on_one_host_tree_each_rerun_changes_nothing() {
     let before = tree(dir.path());
     for spec in [&default, &staging, &db] {
         probe_files(&paths, spec, &mut facts).unwrap();
-        let again = plan(&facts, spec, &options()).unwrap();
+        let again = plan(&facts, &valid(spec), &options()).unwrap();
         assert!(again.is_empty(), "{}: {again:?}", spec.exports_block_id());
     }
     assert_eq!(tree(dir.path()), before);

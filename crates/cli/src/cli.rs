@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use pgset_spec::{ClusterSpec, Overrides, StorageMode};
+use pgset_spec::{ClusterSpec, Overrides, StorageMode, ValidSpec};
 
 use crate::deploy::DryRun;
 
@@ -69,7 +69,7 @@ pub struct SpecArgs {
 
 impl SpecArgs {
     /// Loads and validates the spec; `namespace` comes from `-n/--namespace`.
-    pub fn load(&self, client: &ClientArgs) -> Result<ClusterSpec> {
+    pub fn load(&self, client: &ClientArgs) -> Result<ValidSpec> {
         let overrides = Overrides {
             name: self.name.clone(),
             namespace: client.namespace.clone(),

@@ -3,7 +3,7 @@
 //! progress reporter.
 
 use anyhow::Result;
-use pgset_spec::ClusterSpec;
+use pgset_spec::ValidSpec;
 use tokio::sync::OnceCell;
 
 use crate::cli::ClientArgs;
@@ -12,7 +12,7 @@ use crate::progress::Reporter;
 
 /// What the stages of one invocation share.
 pub struct RunContext {
-    spec: ClusterSpec,
+    spec: ValidSpec,
     client_args: ClientArgs,
     client: OnceCell<kube::Client>,
     dry_run: Option<DryRun>,
@@ -34,7 +34,7 @@ impl std::fmt::Debug for RunContext {
 impl RunContext {
     /// A context over a spec that passed validation (`SpecArgs::load` validates).
     pub fn new(
-        spec: ClusterSpec,
+        spec: ValidSpec,
         client_args: ClientArgs,
         dry_run: Option<DryRun>,
         reporter: Reporter,
@@ -57,7 +57,7 @@ impl RunContext {
     }
 
     /// The validated spec.
-    pub fn spec(&self) -> &ClusterSpec {
+    pub fn spec(&self) -> &ValidSpec {
         &self.spec
     }
 
@@ -87,11 +87,12 @@ impl RunContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgset_spec::ClusterSpec;
 
     #[tokio::test]
     async fn the_client_is_built_on_first_use_and_a_failure_is_said_each_time() {
         let ctx = RunContext::new(
-            ClusterSpec::default(),
+            ClusterSpec::default().validated().unwrap(),
             ClientArgs {
                 kubeconfig: Some("/nonexistent/kubeconfig".into()),
                 ..ClientArgs::default()

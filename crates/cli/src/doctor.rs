@@ -13,7 +13,7 @@ use kube::api::ListParams;
 use pgset_command::Executor;
 use pgset_deploy::mount_probe::{self, probe_mounts, probe_nodes};
 use pgset_nfs::{Diagnosis, Health, HostPaths, VolumesRead};
-use pgset_spec::ClusterSpec;
+use pgset_spec::ValidSpec;
 
 use crate::cli::{ClientArgs, SpecArgs};
 use crate::deploy::parse_timeout;
@@ -74,7 +74,7 @@ pub async fn run(args: Args) -> Result<()> {
 /// Doctor's checks on this host (the NFS server): export, directories, the volumes' mount
 /// options (read from the API when a cluster answers), SELinux, firewalld. Only reads.
 pub(crate) async fn host_checks(
-    spec: &ClusterSpec,
+    spec: &ValidSpec,
     client_args: &ClientArgs,
 ) -> Result<Vec<Diagnosis>> {
     let paths = HostPaths::default();
@@ -111,7 +111,7 @@ fn failed(message: impl Into<String>, fix: impl Into<String>) -> Diagnosis {
 /// the nodes left out. Writes only the probe's own pods, claims and volumes, and removes them
 /// (also on Ctrl-C).
 pub(crate) async fn mount_checks(
-    spec: &ClusterSpec,
+    spec: &ValidSpec,
     client_args: &ClientArgs,
     probe: &ProbeArgs,
 ) -> Vec<Diagnosis> {
@@ -227,7 +227,7 @@ pub(crate) async fn mount_checks(
 /// The NFS server the probe mounts: the one the cluster's existing volumes name (what the
 /// members really mount), else the spec's or the detected one (as `volumes` chooses it).
 async fn probe_server(
-    spec: &ClusterSpec,
+    spec: &ValidSpec,
     client: &kube::Client,
     client_args: &ClientArgs,
 ) -> Result<String> {
@@ -245,7 +245,7 @@ async fn probe_server(
 
 /// pgset's volumes for the spec, read from the API; `None` without a cluster to ask (none
 /// named and none at the default places).
-async fn read_volumes(spec: &ClusterSpec, client_args: &ClientArgs) -> VolumesRead {
+async fn read_volumes(spec: &ValidSpec, client_args: &ClientArgs) -> VolumesRead {
     let named = client_args.kubeconfig.is_some()
         || client_args.context.is_some()
         || std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty());
@@ -303,11 +303,12 @@ fn json(found: &[Diagnosis]) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgset_spec::ClusterSpec;
 
     #[tokio::test]
     async fn the_mount_probe_is_skipped_when_asked_or_for_a_storage_class_and_a_named_cluster_must_answer()
      {
-        let spec = ClusterSpec::default();
+        let spec = ClusterSpec::default().validated().unwrap();
         let off = ProbeArgs {
             no_mount_probe: true,
             ..ProbeArgs::default()
@@ -322,6 +323,7 @@ mod tests {
         let mut class = ClusterSpec::default();
         class.storage.mode = pgset_spec::StorageMode::Templates;
         class.storage.storage_class = Some("fast".into());
+        let class = class.validated().unwrap();
         let found = mount_checks(&class, &ClientArgs::default(), &ProbeArgs::default()).await;
         assert_eq!(found[0].health, Health::Skipped);
         assert!(found[0].message.contains("StorageClass"), "{found:?}");

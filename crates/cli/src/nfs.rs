@@ -13,7 +13,7 @@ use pgset_nfs::{
     Blocker, ExportClient, ExportOptions, ExportsFile, HostAddresses, HostFacts, HostPaths, Step,
     clients_from_node_addresses, nfs_server_address, parse_clients,
 };
-use pgset_spec::ClusterSpec;
+use pgset_spec::{ClusterSpec, ValidSpec};
 
 use crate::cli::{ClientArgs, DryRunArg, SpecArgs, Stage};
 
@@ -55,7 +55,7 @@ pub(crate) struct HostPlan {
 impl HostPlan {
     /// Probes this host and plans; changes nothing.
     pub(crate) async fn make(
-        spec: &ClusterSpec,
+        spec: &ValidSpec,
         clients: Option<&str>,
         client_args: &ClientArgs,
         runner: &Executor,
@@ -154,7 +154,7 @@ pub async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn print_plan(spec: &ClusterSpec, options: &ExportOptions, steps: &[Step]) {
+fn print_plan(spec: &ValidSpec, options: &ExportOptions, steps: &[Step]) {
     if steps.is_empty() {
         println!(
             "nothing to change: {} is exported to {} and the NFS server runs",
@@ -217,7 +217,7 @@ fn default_clients(nodes: &[IpAddr], addresses: &HostAddresses) -> Result<Vec<Ex
 /// The NFS server address the volumes name: `--nfs-server`/`nfs.server`, else this host's node
 /// address, else its primary address.
 pub(crate) fn server_address(
-    spec: &ClusterSpec,
+    spec: &ValidSpec,
     addresses: &HostAddresses,
     nodes: &[IpAddr],
 ) -> Option<String> {

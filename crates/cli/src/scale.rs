@@ -2,7 +2,7 @@
 //! other; scale-down removes the highest ordinals and keeps their claims and data).
 
 use anyhow::{Context, Result, bail};
-use pgset_spec::{MAX_REPLICAS, StorageMode};
+use pgset_spec::{MAX_REPLICAS, StorageMode, ValidSpec};
 
 use crate::cli::{ClientArgs, SpecArgs, Stage};
 use crate::deploy::WaitArgs;
@@ -23,16 +23,9 @@ pub struct Args {
 
 /// Runs the task.
 pub async fn run(args: Args) -> Result<()> {
-    let mut spec = args.spec.load(&args.client)?;
-    if !(1..=MAX_REPLICAS).contains(&args.members) {
-        bail!(
-            "invalid N {}: scale takes 1 to {MAX_REPLICAS} members; to stop the cluster use `cargo xtask down`",
-            args.members
-        );
-    }
+    let spec = args.spec.load(&args.client)?;
     let declared = spec.replicas;
-    spec.replicas = args.members;
-    spec.validate()?;
+    let spec = scaled(spec, args.members)?;
     let client = args.client.client().await?;
     if spec.storage.mode == StorageMode::Templates && spec.storage.storage_class.is_none() {
         prepare_member_volumes(&args.client, &spec, &client).await?;
@@ -74,6 +67,17 @@ pub async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// The spec with `members` members, judged before anything changes: a count out of range is
+/// refused with what to do instead.
+fn scaled(spec: ValidSpec, members: i32) -> Result<ValidSpec> {
+    if !(1..=MAX_REPLICAS).contains(&members) {
+        bail!(
+            "invalid N {members}: scale takes 1 to {MAX_REPLICAS} members; to stop the cluster use `cargo xtask down`"
+        );
+    }
+    Ok(spec.with_replicas(members)?)
+}
+
 /// Templates mode on pgset's NFS volumes: a new member needs its directory in the cluster's
 /// directory on the export and its pre-bound volume before its pod can start. On the NFS host
 /// (as root, once the `nfs` stage made the cluster's directory) the missing member directories
@@ -81,7 +85,7 @@ pub async fn run(args: Args) -> Result<()> {
 /// volumes are applied from anywhere. Progress goes to stderr only.
 pub(crate) async fn prepare_member_volumes(
     client_args: &ClientArgs,
-    spec: &pgset_spec::ClusterSpec,
+    spec: &ValidSpec,
     client: &kube::Client,
 ) -> Result<()> {
     let missing = (0..spec.replicas).any(|o| !spec.member_export_dir(o).exists());
@@ -110,4 +114,51 @@ pub(crate) async fn prepare_member_volumes(
     crate::volumes::apply_storage(client, spec, &server, pgset_deploy::apply::ApplyMode::Apply)
         .await
         .context("create the new members' volumes")
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgset_spec::ClusterSpec;
+
+    const REFUSED: &str = "scale takes 1 to 32 members; to stop the cluster use `cargo xtask down`";
+
+    #[test]
+    fn a_count_out_of_range_is_refused_with_what_to_do_instead() {
+        let spec = ClusterSpec::default().validated().unwrap();
+        for bad in [0, -1, MAX_REPLICAS + 1] {
+            let e = scaled(spec.clone(), bad).unwrap_err().to_string();
+            assert_eq!(e, format!("invalid N {bad}: {REFUSED}"));
+        }
+        let three = scaled(spec.clone(), 3).unwrap();
+        assert_eq!(three.replicas, 3);
+        assert_eq!(three.name, spec.name, "only the count changes");
+    }
+
+    #[tokio::test]
+    async fn scale_with_a_bad_count_fails_before_it_reaches_for_a_cluster() {
+        // The client flags name a kubeconfig that does not exist: any step that reached for
+        // the cluster would fail on it instead, so the error shows nothing was tried.
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("pgset.yaml");
+        std::fs::write(&config, "replicas: 3\n").unwrap();
+        for bad in [0, MAX_REPLICAS + 1] {
+            let args = Args {
+                members: bad,
+                wait: WaitArgs {
+                    no_wait: true,
+                    timeout: std::time::Duration::from_secs(1),
+                },
+                spec: SpecArgs {
+                    config: Some(config.clone()),
+                    ..SpecArgs::default()
+                },
+                client: ClientArgs {
+                    kubeconfig: Some(dir.path().join("no-such-kubeconfig")),
+                    ..ClientArgs::default()
+                },
+            };
+            let e = format!("{:#}", run(args).await.unwrap_err());
+            assert_eq!(e, format!("invalid N {bad}: {REFUSED}"));
+        }
+    }
 }

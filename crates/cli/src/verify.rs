@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use pgset_spec::{ClusterSpec, StorageMode};
+use pgset_spec::{StorageMode, ValidSpec};
 use pgset_verify::live::DEFAULT_MAX_REJOIN;
 use pgset_verify::{Options, Report, Verifier};
 
@@ -64,7 +64,7 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
 pub async fn spec_and_client(
     spec: &SpecArgs,
     client: &ClientArgs,
-) -> Result<(ClusterSpec, kube::Client)> {
+) -> Result<(ValidSpec, kube::Client)> {
     let spec = spec.load(client).context("load the cluster spec")?;
     let client = client.client().await.context("connect to the cluster")?;
     Ok((spec, client))
@@ -72,7 +72,7 @@ pub async fn spec_and_client(
 
 /// Runs the checks (after the preflight: the API server answers, the StatefulSet exists) and
 /// returns the report; for `up` as well as `verify`.
-pub async fn checks(client: kube::Client, spec: ClusterSpec, options: Options) -> Result<Report> {
+pub async fn checks(client: kube::Client, spec: ValidSpec, options: Options) -> Result<Report> {
     let verifier = Verifier::new(client, spec, options);
     verifier.preflight().await.context("verify preflight")?;
     Ok(verifier.run().await)
@@ -103,8 +103,10 @@ pub async fn run(args: Args) -> Result<()> {
         && spec.storage.mode == StorageMode::Templates
         && spec.storage.storage_class.is_none()
     {
-        let mut bigger = spec.clone();
-        bigger.replicas += 1;
+        let bigger = spec
+            .clone()
+            .with_replicas(spec.replicas + 1)
+            .context("the scale test adds one member to the spec's")?;
         crate::scale::prepare_member_volumes(&args.client, &bigger, &client)
             .await
             .context("prepare the volume of the scale test's extra member")?;

@@ -8,7 +8,7 @@ use pgset_command::Executor;
 use pgset_deploy::apply::{ApplyMode, apply_reporting};
 use pgset_deploy::storage::{apply_volumes, shared_claim};
 use pgset_nfs::persistent_volumes;
-use pgset_spec::{ClusterSpec, StorageMode};
+use pgset_spec::{StorageMode, ValidSpec};
 
 use crate::cli::{ClientArgs, DryRunArg, SpecArgs, Stage};
 use crate::context::RunContext;
@@ -34,7 +34,7 @@ struct StorageObjects {
     claim: Option<PersistentVolumeClaim>,
 }
 
-fn storage_objects(spec: &ClusterSpec, server: &str) -> StorageObjects {
+fn storage_objects(spec: &ValidSpec, server: &str) -> StorageObjects {
     StorageObjects {
         volumes: persistent_volumes(spec, server),
         claim: (spec.storage.mode == StorageMode::Shared).then(|| shared_claim(spec)),
@@ -43,7 +43,7 @@ fn storage_objects(spec: &ClusterSpec, server: &str) -> StorageObjects {
 
 /// The NFS server address the volumes name: `--nfs-server`/`nfs.server`, else detected on
 /// this host (its node address when it is a node, else its primary address).
-pub(crate) async fn resolve_server(spec: &ClusterSpec, client_args: &ClientArgs) -> Result<String> {
+pub(crate) async fn resolve_server(spec: &ValidSpec, client_args: &ClientArgs) -> Result<String> {
     if let Some(s) = &spec.nfs.server {
         return Ok(s.clone());
     }
@@ -62,7 +62,7 @@ pub(crate) async fn resolve_server(spec: &ClusterSpec, client_args: &ClientArgs)
 /// missing ones.
 pub(crate) async fn apply_storage(
     client: &kube::Client,
-    spec: &ClusterSpec,
+    spec: &ValidSpec,
     server: &str,
     mode: ApplyMode,
 ) -> Result<()> {
@@ -140,18 +140,19 @@ pub async fn stage(ctx: &RunContext) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgset_spec::ClusterSpec;
 
     #[test]
     fn shared_mode_has_volumes_and_the_claim_templates_mode_only_volumes() {
         let mut spec = ClusterSpec::default();
-        let shared = storage_objects(&spec, "10.0.0.1");
+        let shared = storage_objects(&spec.clone().validated().unwrap(), "10.0.0.1");
         assert_eq!(shared.volumes.len(), 3);
         assert_eq!(
             shared.claim.and_then(|c| c.metadata.name).as_deref(),
             Some("pgset-pvc")
         );
         spec.storage.mode = StorageMode::Templates;
-        let templates = storage_objects(&spec, "10.0.0.1");
+        let templates = storage_objects(&spec.clone().validated().unwrap(), "10.0.0.1");
         assert_eq!(templates.volumes.len(), 2);
         assert!(templates.claim.is_none());
     }
@@ -162,7 +163,7 @@ mod tests {
             namespace: "staging".into(),
             ..ClusterSpec::default()
         };
-        let shared = storage_objects(&spec, "10.0.0.1");
+        let shared = storage_objects(&spec.clone().validated().unwrap(), "10.0.0.1");
         let names: Vec<_> = shared
             .volumes
             .iter()

@@ -5,30 +5,89 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::collections::VecDeque;
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::Command;
 
 use crate::{Error, HostCommand, Output, Result, TAIL_LINES, log_line, status_words, tail};
 
+/// What a command's stdin is when it was given no bytes.
+#[derive(Clone, Copy)]
+enum NoStdin {
+    /// Nothing to read (`/dev/null`): captured and background runs.
+    Null,
+    /// This process's own stdin: runs attached to the terminal.
+    Inherited,
+}
+
+/// A process builder the command sets up: duct's expression for every run, the standard
+/// library's `Command` for [`HostCommand::exec`] (duct cannot replace this process).
+trait ProcessBuilder: Sized {
+    fn env_remove(self, name: &OsStr) -> Self;
+    fn env(self, name: &OsStr, value: &OsStr) -> Self;
+    fn dir(self, dir: &Path) -> Self;
+}
+
+impl ProcessBuilder for duct::Expression {
+    fn env_remove(self, name: &OsStr) -> Self {
+        duct::Expression::env_remove(&self, name)
+    }
+    fn env(self, name: &OsStr, value: &OsStr) -> Self {
+        duct::Expression::env(&self, name, value)
+    }
+    fn dir(self, dir: &Path) -> Self {
+        duct::Expression::dir(&self, dir)
+    }
+}
+
+impl ProcessBuilder for Command {
+    fn env_remove(mut self, name: &OsStr) -> Self {
+        Command::env_remove(&mut self, name);
+        self
+    }
+    fn env(mut self, name: &OsStr, value: &OsStr) -> Self {
+        Command::env(&mut self, name, value);
+        self
+    }
+    fn dir(mut self, dir: &Path) -> Self {
+        self.current_dir(dir);
+        self
+    }
+}
+
 impl HostCommand {
-    /// The duct expression: program, arguments, environment, directory and stdin; never checked
-    /// by duct (the status is judged here).
-    fn expression(&self) -> duct::Expression {
-        let mut expr = duct::cmd(&self.program, &self.args);
+    /// The one place a process is set up: the variables removed, then those set, then the
+    /// working directory, on whichever builder starts it.
+    fn set_up<B: ProcessBuilder>(&self, mut process: B) -> B {
         for name in &self.env_removed {
-            expr = expr.env_remove(name);
+            process = process.env_remove(name);
         }
         for (name, value) in &self.env_set {
-            expr = expr.env(name, value);
+            process = process.env(name, value);
         }
         if let Some(dir) = &self.dir {
-            expr = expr.dir(dir);
+            process = process.dir(dir);
         }
-        let expr = match &self.stdin {
-            Some(bytes) => expr.stdin_bytes(bytes.clone()),
-            None => expr.stdin_null(),
+        process
+    }
+
+    /// The duct expression of every run: program, arguments, environment, directory and stdin
+    /// (the given bytes, else `no_stdin`); never checked by duct (the status is judged here).
+    fn expression_with(&self, no_stdin: NoStdin) -> duct::Expression {
+        let expr = self.set_up(duct::cmd(&self.program, &self.args));
+        let expr = match (&self.stdin, no_stdin) {
+            (Some(bytes), _) => expr.stdin_bytes(bytes.clone()),
+            (None, NoStdin::Null) => expr.stdin_null(),
+            (None, NoStdin::Inherited) => expr,
         };
         expr.unchecked()
+    }
+
+    /// The expression of a run that reads nothing unless given bytes.
+    fn expression(&self) -> duct::Expression {
+        self.expression_with(NoStdin::Null)
     }
 
     /// Replaces this process with the command (Unix `exec`): its stdin, stdout and stderr, its
@@ -36,17 +95,9 @@ impl HostCommand {
     /// started. Not logged: the command speaks for itself.
     pub fn exec(&self) -> Error {
         use std::os::unix::process::CommandExt;
-        let mut command = std::process::Command::new(&self.program);
+        let mut command = Command::new(&self.program);
         command.args(&self.args);
-        for name in &self.env_removed {
-            command.env_remove(name);
-        }
-        for (name, value) in &self.env_set {
-            command.env(name, value);
-        }
-        if let Some(dir) = &self.dir {
-            command.current_dir(dir);
-        }
+        let mut command = self.set_up(command);
         self.not_started(&command.exec())
     }
 
@@ -82,20 +133,10 @@ impl HostCommand {
     /// a long build's own progress); a non-zero exit is an error.
     pub fn run_attached(&self) -> Result<()> {
         self.log();
-        let mut expr = duct::cmd(&self.program, &self.args);
-        for name in &self.env_removed {
-            expr = expr.env_remove(name);
-        }
-        for (name, value) in &self.env_set {
-            expr = expr.env(name, value);
-        }
-        if let Some(dir) = &self.dir {
-            expr = expr.dir(dir);
-        }
-        if let Some(bytes) = &self.stdin {
-            expr = expr.stdin_bytes(bytes.clone());
-        }
-        let out = expr.unchecked().run().map_err(|e| self.not_started(&e))?;
+        let out = self
+            .expression_with(NoStdin::Inherited)
+            .run()
+            .map_err(|e| self.not_started(&e))?;
         if out.status.success() {
             return Ok(());
         }
@@ -298,6 +339,36 @@ mod tests {
             "`sh -c 'exit 4'` failed (exit status 4) (its output is above)"
         );
         HostCommand::new("true").run_attached().unwrap();
+    }
+
+    #[test]
+    fn an_attached_run_gets_the_same_environment_directory_and_stdin() {
+        let check = "test \"$(cat)\" = fed && test \"$GREETING\" = hello \
+                     && test \"$(pwd)\" = / && test -z \"${HOME+set}\"";
+        let attached = |greeting: &str| {
+            HostCommand::new("sh")
+                .args(["-c", check])
+                .env("GREETING", greeting)
+                .env_remove("HOME")
+                .dir("/")
+                .stdin("fed")
+                .quiet()
+                .run_attached()
+        };
+        attached("hello").unwrap();
+        let err = attached("other").unwrap_err();
+        assert_eq!(err.status, "exit status 1");
+    }
+
+    #[test]
+    fn an_exec_that_cannot_start_says_so_and_returns() {
+        let err = HostCommand::new("pgset-no-such-program")
+            .arg("x")
+            .env("GREETING", "hello")
+            .dir("/")
+            .exec();
+        assert_eq!(err.command, "(cd / && GREETING=… pgset-no-such-program x)");
+        assert!(err.status.starts_with("could not start"), "{err}");
     }
 
     #[test]

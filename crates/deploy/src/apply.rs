@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource};
-use pgset_spec::ClusterSpec;
+use pgset_spec::ValidSpec;
 use pgset_spec::contract::FIELD_MANAGER;
 use pgset_spec::contract::secret::CLUSTER_ID_KEY;
 
@@ -72,7 +72,7 @@ pub(crate) fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
 /// written; an absent one is created with fresh random passwords.
 pub async fn ensure_secret(
     client: &Client,
-    spec: &ClusterSpec,
+    spec: &ValidSpec,
     mode: ApplyMode,
 ) -> Result<SecretOutcome> {
     let name = spec.secret_name();
@@ -140,7 +140,7 @@ fn check_existing(existing: &Secret, name: &str) -> Result<()> {
 /// reporting one line per object to `progress`.
 pub async fn deploy(
     client: &Client,
-    spec: &ClusterSpec,
+    spec: &ValidSpec,
     mode: ApplyMode,
     progress: &mut (dyn FnMut(&str) + Send),
 ) -> Result<DeployOutcome> {

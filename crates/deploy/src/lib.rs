@@ -27,7 +27,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use pgset_spec::{ClusterSpec, StorageMode};
+use pgset_spec::{ClusterSpec, StorageMode, ValidSpec};
 
 /// Errors of the Kubernetes edge.
 #[derive(Debug, thiserror::Error)]
@@ -260,7 +260,7 @@ pub struct ClusterObjects {
 
 impl ClusterObjects {
     /// Builds every object from a validated spec.
-    pub fn build(spec: &ClusterSpec) -> ClusterObjects {
+    pub fn build(spec: &ValidSpec) -> ClusterObjects {
         ClusterObjects {
             service_account: rbac::service_account(spec),
             role: rbac::role(spec),

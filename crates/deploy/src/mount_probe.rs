@@ -20,15 +20,16 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, ListParams, PostParams, Preconditions};
-use kube::runtime::wait::{Condition, await_condition, conditions};
+use kube::runtime::wait::{Condition, conditions};
 use kube::{Api, Client, Resource, ResourceExt};
 use pgset_nfs::{Diagnosis, Health};
-use pgset_spec::ClusterSpec;
 use pgset_spec::contract::{self, APP_NAME, components, labels};
+use pgset_spec::{ClusterSpec, ValidSpec};
 
 use crate::readiness::{KeptOff, node_keeps_members_off};
 use crate::rollout::{describe_pod, shorten};
 use crate::statefulset::{restricted_security_context, runtime_default_seccomp};
+use crate::wait::until_object;
 use crate::{Error, Result};
 
 /// How long a probe pod may take to mount, list and exit (image pull included) by default.
@@ -406,7 +407,7 @@ impl Made {
 /// (then the result is [`Error::Interrupted`]).
 pub async fn probe_mounts(
     client: &Client,
-    spec: &ClusterSpec,
+    spec: &ValidSpec,
     server: &str,
     nodes: &[String],
     timeout: Duration,
@@ -498,7 +499,7 @@ pub async fn probe_mounts(
             let name = p.pod.name_any();
             async move {
                 let waited =
-                    tokio::time::timeout(timeout, await_condition(api.clone(), &name, finished()))
+                    tokio::time::timeout(timeout, until_object(api.clone(), &name, finished()))
                         .await;
                 let outcome = match waited {
                     Ok(Ok(pod)) => verdict(pod.as_ref()),
@@ -639,19 +640,15 @@ async fn remove(client: &Client, spec: &ClusterSpec, made: &[Made]) -> Result<()
         for m in &deleted {
             let uid = m.uid.as_deref().unwrap_or_default();
             let waited = match m.kind {
-                Kind::Pod => await_condition(pods.clone(), &m.name, conditions::is_deleted(uid))
+                Kind::Pod => until_object(pods.clone(), &m.name, conditions::is_deleted(uid))
                     .await
                     .map(drop),
-                Kind::Claim => {
-                    await_condition(claims.clone(), &m.name, conditions::is_deleted(uid))
-                        .await
-                        .map(drop)
-                }
-                Kind::Volume => {
-                    await_condition(volumes.clone(), &m.name, conditions::is_deleted(uid))
-                        .await
-                        .map(drop)
-                }
+                Kind::Claim => until_object(claims.clone(), &m.name, conditions::is_deleted(uid))
+                    .await
+                    .map(drop),
+                Kind::Volume => until_object(volumes.clone(), &m.name, conditions::is_deleted(uid))
+                    .await
+                    .map(drop),
             };
             if let Err(e) = waited {
                 return Err(format!("{} {}: {e}", m.kind.name(), m.name));

@@ -2,10 +2,10 @@
 //! `manifests/` (one per object group, stable order, no Secret: a README says how to make one).
 
 use kube::Resource;
-use pgset_spec::ClusterSpec;
 use pgset_spec::contract::secret::{
     CLUSTER_ID_KEY, REPLICATION_PASSWORD_KEY, SUPERUSER_PASSWORD_KEY,
 };
+use pgset_spec::{ClusterSpec, ValidSpec};
 use serde::Serialize;
 
 use crate::{ClusterObjects, Error, Result};
@@ -86,7 +86,7 @@ fn groups(objects: &ClusterObjects) -> Result<Vec<(&'static str, Vec<String>)>> 
 
 /// Every object pgset applies, as one multi-document YAML stream in apply order (the Secret is
 /// left out: see [`secret_instructions`]).
-pub fn multi_document(spec: &ClusterSpec) -> Result<String> {
+pub fn multi_document(spec: &ValidSpec) -> Result<String> {
     let objects = ClusterObjects::build(spec);
     let docs = groups(&objects)?
         .into_iter()
@@ -146,7 +146,7 @@ fn readme(spec: &ClusterSpec, files: &[ManifestFile]) -> String {
 
 /// The files of the manifests directory for `spec`, in a stable order: the object groups,
 /// then `README.md`.
-pub fn manifest_files(spec: &ClusterSpec) -> Result<Vec<ManifestFile>> {
+pub fn manifest_files(spec: &ValidSpec) -> Result<Vec<ManifestFile>> {
     let objects = ClusterObjects::build(spec);
     let mut files: Vec<ManifestFile> = groups(&objects)?
         .into_iter()

@@ -13,7 +13,7 @@ use kube::api::ListParams;
 use kube::runtime::watcher::{self, watch_object, watcher};
 use kube::{Api, Client};
 use pgset_spec::contract::{MemberPhase, annotations};
-use pgset_spec::{ClusterSpec, ordinal_of};
+use pgset_spec::{ClusterSpec, ValidSpec, ordinal_of};
 use tokio::time::Instant;
 
 use crate::readiness::pod_is_ready;
@@ -214,7 +214,7 @@ enum Change {
 /// holding the rollout up.
 pub async fn wait_for_rollout(
     client: &Client,
-    spec: &ClusterSpec,
+    spec: &ValidSpec,
     replicas: i32,
     timeout: Duration,
     progress: &mut (dyn FnMut(&RolloutEvent) + Send),

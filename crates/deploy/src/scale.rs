@@ -6,7 +6,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
-use pgset_spec::ClusterSpec;
+use pgset_spec::ValidSpec;
 use pgset_spec::contract::FIELD_MANAGER;
 
 use crate::rollout::{RolloutReport, step_lines, wait_for_rollout};
@@ -25,7 +25,7 @@ pub struct ScaleOutcome {
 
 /// Sets the StatefulSet's `spec.replicas` through its scale subresource; returns the previous
 /// value. Fails with [`Error::NotDeployed`] when the StatefulSet does not exist.
-pub async fn set_replicas(client: &Client, spec: &ClusterSpec, replicas: i32) -> Result<i32> {
+pub async fn set_replicas(client: &Client, spec: &ValidSpec, replicas: i32) -> Result<i32> {
     let ns = spec.namespace.as_str();
     let name = spec.statefulset_name();
     let api: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
@@ -56,7 +56,7 @@ pub async fn set_replicas(client: &Client, spec: &ClusterSpec, replicas: i32) ->
 /// Claims of removed members stay (retention policy Retain).
 pub async fn scale(
     client: &Client,
-    spec: &ClusterSpec,
+    spec: &ValidSpec,
     replicas: i32,
     wait: Option<Duration>,
     progress: &mut (dyn FnMut(&str) + Send),

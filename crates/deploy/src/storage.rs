@@ -249,7 +249,7 @@ mod tests {
 
     #[test]
     fn another_clusters_shared_claim_names_its_own_volume() {
-        let mut spec = spec_in_mode(StorageMode::Shared, None);
+        let mut spec = spec_in_mode(StorageMode::Shared, None).into_inner();
         spec.namespace = "staging".into();
         let pvc = shared_claim(&spec);
         assert_eq!(pvc.metadata.name.as_deref(), Some("pgset-pvc"));

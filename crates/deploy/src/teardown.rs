@@ -12,8 +12,8 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{DeleteParams, ListParams};
 use kube::runtime::watcher;
 use kube::{Api, Client};
-use pgset_spec::ClusterSpec;
 use pgset_spec::contract::{APP_NAME, labels};
+use pgset_spec::{ClusterSpec, ValidSpec};
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
@@ -232,7 +232,7 @@ async fn cluster_volumes(client: &Client, spec: &ClusterSpec) -> Result<Vec<Stri
 /// purging), RBAC. Objects already absent are fine: a second run changes nothing.
 pub async fn down(
     client: &Client,
-    spec: &ClusterSpec,
+    spec: &ValidSpec,
     purge: Purge,
     timeout: Duration,
     progress: &mut (dyn FnMut(&str) + Send),

@@ -7,6 +7,7 @@ use std::fmt::Debug;
 use std::pin::pin;
 
 use futures::StreamExt;
+use kube::runtime::wait::{self, Condition};
 use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
@@ -108,6 +109,35 @@ where
     }
     // A watcher restarts its watch when the server closes it: its stream does not end.
     std::future::pending().await
+}
+
+/// Watches the one object `name` through `api` until `condition` holds of it (or of its
+/// absence: `None`), judged after the first listing and after every change; returns the object
+/// as it was then. What kube's `await_condition` does, with its error, except that a watch the
+/// API server expired (410 Gone) lists again instead of ending the wait. Never ends on its own:
+/// bound it with a timeout.
+pub async fn until_object<K>(
+    api: Api<K>,
+    name: &str,
+    condition: impl Condition<K>,
+) -> Result<Option<K>, wait::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut listing = Listing::default();
+    let mut found = None;
+    until_listing(api, config, &mut listing, |objects| {
+        let object = objects.get(name);
+        let holds = condition.matches_object(object);
+        if holds {
+            found = object.cloned();
+        }
+        holds
+    })
+    .await
+    .map_err(wait::Error::ProbeFailed)?;
+    Ok(found)
 }
 
 #[cfg(test)]

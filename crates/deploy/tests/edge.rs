@@ -15,16 +15,15 @@ use pgset_deploy::apply::{ApplyMode, deploy};
 use pgset_deploy::rollout::{MemberStep, RolloutEvent, RolloutReport, wait_for_rollout};
 use pgset_deploy::scale::scale;
 use pgset_deploy::teardown::{Purge, down};
-use pgset_deploy::wait::{Listing, until_listing};
-use pgset_spec::{ClusterSpec, StorageMode};
+use pgset_deploy::wait::{Listing, until_listing, until_object};
+use pgset_spec::{ClusterSpec, StorageMode, ValidSpec};
 use serde_json::{Value, json};
 
 const NS: &str = "default";
 
-fn spec() -> ClusterSpec {
+fn spec() -> ValidSpec {
     let s = ClusterSpec::default();
-    s.validate().unwrap();
-    s
+    s.validated().unwrap()
 }
 
 fn existing_secret() -> Value {
@@ -202,8 +201,7 @@ async fn a_second_deploy_over_the_same_spec_changes_nothing_and_says_so() {
         "{lines:?}"
     );
     // A changed spec changes exactly the object it touches.
-    let mut bigger = spec();
-    bigger.replicas = 3;
+    let bigger = spec().with_replicas(3).unwrap();
     let third = deploy(&client, &bigger, ApplyMode::Apply, &mut |_: &str| {})
         .await
         .unwrap();
@@ -261,8 +259,9 @@ async fn server_dry_run_sends_dry_run_on_every_write() {
 
 #[tokio::test]
 async fn templates_mode_applies_no_shared_claim() {
-    let mut s = spec();
+    let mut s = spec().into_inner();
     s.storage.mode = StorageMode::Templates;
+    let s = s.validated().unwrap();
     let (client, calls) = mock_client(deploy_handler(None));
     deploy(&client, &s, ApplyMode::Apply, &mut |_: &str| {})
         .await
@@ -1098,6 +1097,56 @@ async fn an_expired_watch_lists_again_and_the_wait_goes_on() {
                 "GET {PODS}?&watch=true&timeoutSeconds=290&allowWatchBookmarks=true&resourceVersion=1"
             ),
             format!("GET {PODS}?&limit=500"),
+        ]
+    );
+}
+
+/// One object awaited by name (a pod's removal) lists again after a 410 Gone, like a set does.
+#[tokio::test]
+async fn an_expired_watch_of_one_object_lists_again_and_its_removal_is_seen() {
+    let mut lists = 0;
+    let mut watches = 0;
+    let (client, calls) = mock_client_replying(move |call: &Call| {
+        assert_eq!(call.path, PODS);
+        if is_watch(call) {
+            watches += 1;
+            if watches > 1 {
+                return Reply::Hang;
+            }
+            return Reply::Events(vec![json!({"type": "ERROR", "object": {
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": "too old resource version: 1 (5)", "reason": "Expired", "code": 410}})]);
+        }
+        lists += 1;
+        let (pods, version) = if lists == 1 {
+            (vec![pod(3, false, "r1")], "1")
+        } else {
+            (vec![], "5")
+        };
+        Reply::Json(
+            200,
+            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": version}, "items": pods}),
+        )
+    });
+    let waiting = until_object(
+        kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client, NS),
+        "pgset-3",
+        |pod: Option<&k8s_openapi::api::core::v1::Pod>| pod.is_none(),
+    );
+    let found = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("done before the timeout")
+        .expect("a 410 is not an error of the wait");
+    assert!(found.is_none(), "{found:?}");
+    let by_name = "fieldSelector=metadata.name%3Dpgset-3";
+    assert_eq!(
+        requests(&calls.lock().unwrap()),
+        [
+            format!("GET {PODS}?&{by_name}&limit=500"),
+            format!(
+                "GET {PODS}?&watch=true&timeoutSeconds=290&{by_name}&allowWatchBookmarks=true&resourceVersion=1"
+            ),
+            format!("GET {PODS}?&{by_name}&limit=500"),
         ]
     );
 }

@@ -12,20 +12,19 @@ use std::time::Duration;
 use mock_api::{Call, mock_client, not_found};
 use pgset_deploy::Error;
 use pgset_deploy::mount_probe::{NodeMount, probe_mounts, probe_name, probe_volume_name};
-use pgset_spec::ClusterSpec;
+use pgset_spec::{ClusterSpec, ValidSpec};
 use serde_json::{Value, json};
 
 const NS: &str = "prod";
 const PVS: &str = "/api/v1/persistentvolumes";
 
-fn spec() -> ClusterSpec {
+fn spec() -> ValidSpec {
     let s = ClusterSpec {
         name: "db".into(),
         namespace: NS.into(),
         ..ClusterSpec::default()
     };
-    s.validate().unwrap();
-    s
+    s.validated().unwrap()
 }
 
 fn pods() -> String {

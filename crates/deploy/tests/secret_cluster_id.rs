@@ -7,18 +7,17 @@ mod mock_api;
 
 use mock_api::{Call, mock_client, query_pairs};
 use pgset_deploy::apply::{ApplyMode, SecretOutcome, ensure_secret};
-use pgset_spec::ClusterSpec;
 use pgset_spec::contract::secret::{
     CLUSTER_ID_KEY, REPLICATION_PASSWORD_KEY, SUPERUSER_PASSWORD_KEY,
 };
+use pgset_spec::{ClusterSpec, ValidSpec};
 use serde_json::{Value, json};
 
 const PATH: &str = "/api/v1/namespaces/default/secrets/pgset-secret";
 
-fn spec() -> ClusterSpec {
+fn spec() -> ValidSpec {
     let s = ClusterSpec::default();
-    s.validate().unwrap();
-    s
+    s.validated().unwrap()
 }
 
 /// A Secret with the two passwords (base64 of `old-super` and `old-repl`) and, optionally, a

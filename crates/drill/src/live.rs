@@ -14,7 +14,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client};
 use pgset_spec::contract::POSTGRES_CONTAINER;
-use pgset_spec::{ClusterSpec, contract, slot_name};
+use pgset_spec::{ClusterSpec, ValidSpec, contract, slot_name};
 use pgset_verify::exec::PodExec;
 use pgset_verify::{ClusterStatus, Options, Verifier, checks};
 use tokio_postgres::NoTls;
@@ -116,7 +116,7 @@ impl Forward {
 #[derive(Debug, Clone)]
 pub struct LiveOptions {
     /// The cluster.
-    pub spec: ClusterSpec,
+    pub spec: ValidSpec,
     /// How long the cluster may take to be healthy again after the fault.
     pub recovery_timeout: Duration,
     /// Load before the fault (the baseline).
@@ -127,7 +127,7 @@ pub struct LiveOptions {
 
 impl LiveOptions {
     /// Defaults for everything but the cluster.
-    pub fn new(spec: ClusterSpec) -> LiveOptions {
+    pub fn new(spec: ValidSpec) -> LiveOptions {
         LiveOptions {
             spec,
             recovery_timeout: Duration::from_secs(300),
@@ -143,12 +143,12 @@ pub fn on_nfs_host(spec: &ClusterSpec) -> bool {
 }
 
 /// Why the cluster is not healthy (empty when it is): `status`'s verdict.
-pub async fn unhealthy(client: &Client, spec: &ClusterSpec) -> Result<Vec<String>> {
+pub async fn unhealthy(client: &Client, spec: &ValidSpec) -> Result<Vec<String>> {
     let status = ClusterStatus::gather(client.clone(), spec).await?;
     Ok(status.warnings)
 }
 
-async fn wait_healthy(client: &Client, spec: &ClusterSpec, timeout: Duration) -> Result<()> {
+async fn wait_healthy(client: &Client, spec: &ValidSpec, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         let why = match unhealthy(client, spec).await {
@@ -221,7 +221,7 @@ fn recloned(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>)
 /// The cluster a drill runs on.
 struct Live {
     client: Client,
-    spec: ClusterSpec,
+    spec: ValidSpec,
     opts: LiveOptions,
     pods: Api<Pod>,
     verifier: Verifier,

@@ -151,7 +151,9 @@ async fn a_drill_on_an_unhealthy_cluster_only_reads() {
     let spec = ClusterSpec {
         replicas: 3,
         ..ClusterSpec::default()
-    };
+    }
+    .validated()
+    .unwrap();
     let err = pgset_drill::live::run(client, &LiveOptions::new(spec), DrillName::ReplicaPodDelete)
         .await
         .unwrap_err();

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use pgset_spec::{ClusterSpec, StorageMode};
+use pgset_spec::{ClusterSpec, StorageMode, ValidSpec};
 
 use crate::clients::{ExportClient, ExportOptions};
 use crate::exports::{ExportsFile, render_block};
@@ -256,7 +256,7 @@ fn exports_path() -> PathBuf {
 /// Errors are problems no step can fix (an unknown OS, an export path that is not pgset's to
 /// take, a broken pgset block, the export already exported outside pgset's block, a masked
 /// unit).
-pub fn plan(facts: &HostFacts, spec: &ClusterSpec, options: &ExportOptions) -> Result<Vec<Step>> {
+pub fn plan(facts: &HostFacts, spec: &ValidSpec, options: &ExportOptions) -> Result<Vec<Step>> {
     let export = &spec.nfs.export;
     let refused = |path: &Path, r: ExportRefusal| Error::ExportRefused {
         path: path.to_path_buf(),
@@ -445,7 +445,7 @@ pub fn plan(facts: &HostFacts, spec: &ClusterSpec, options: &ExportOptions) -> R
         let export_line = block.lines().nth(1).unwrap_or_default().to_string();
         steps.push(Step::WriteExports {
             path: exports_path(),
-            cluster: Box::new(spec.clone()),
+            cluster: Box::new(ClusterSpec::clone(spec)),
             export: exported.clone(),
             block,
             export_line,

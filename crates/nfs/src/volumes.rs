@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use pgset_spec::{ClusterSpec, StorageMode};
+use pgset_spec::{ClusterSpec, StorageMode, ValidSpec};
 
 use crate::facts::HostAddresses;
 
@@ -24,7 +24,7 @@ use crate::facts::HostAddresses;
 ///
 /// Every volume: NFS, Retain, mount options `hard` and `nfsvers=<version>`, pgset's own
 /// storage class (so a default StorageClass cannot take the claims), pgset's labels.
-pub fn persistent_volumes(spec: &ClusterSpec, server: &str) -> Vec<PersistentVolume> {
+pub fn persistent_volumes(spec: &ValidSpec, server: &str) -> Vec<PersistentVolume> {
     match spec.storage.mode {
         StorageMode::Shared => spec
             .shared_pv_names()
@@ -156,6 +156,10 @@ pub fn nfs_server_address(addresses: &HostAddresses, node_addresses: &[IpAddr]) 
 mod tests {
     use super::*;
 
+    fn valid(spec: &ClusterSpec) -> ValidSpec {
+        spec.clone().validated().expect("test spec is valid")
+    }
+
     fn nfs_of(pv: &PersistentVolume) -> (&str, &str) {
         let nfs = pv.spec.as_ref().unwrap().nfs.as_ref().unwrap();
         (nfs.server.as_str(), nfs.path.as_str())
@@ -164,7 +168,7 @@ mod tests {
     #[test]
     fn shared_mode_has_the_seeds_three_volumes() {
         let spec = ClusterSpec::default();
-        let pvs = persistent_volumes(&spec, "192.168.56.10");
+        let pvs = persistent_volumes(&valid(&spec), "192.168.56.10");
         let names: Vec<&str> = pvs
             .iter()
             .map(|p| p.metadata.name.as_deref().unwrap())
@@ -191,7 +195,7 @@ mod tests {
         }
         let mut five = spec.clone();
         five.replicas = 5;
-        assert_eq!(persistent_volumes(&five, "nfs").len(), 5);
+        assert_eq!(persistent_volumes(&valid(&five), "nfs").len(), 5);
     }
 
     #[test]
@@ -200,7 +204,7 @@ mod tests {
         spec.storage.mode = StorageMode::Templates;
         spec.replicas = 2;
         spec.nfs.version = "4.2".into();
-        let pvs = persistent_volumes(&spec, "10.0.0.5");
+        let pvs = persistent_volumes(&valid(&spec), "10.0.0.5");
         assert_eq!(pvs.len(), 2);
         for (i, pv) in pvs.iter().enumerate() {
             let i = i32::try_from(i).unwrap();
@@ -220,7 +224,7 @@ mod tests {
             assert_eq!(s.mount_options.as_deref().unwrap(), ["hard", "nfsvers=4.2"]);
         }
         spec.storage.storage_class = Some("fast".into());
-        assert!(persistent_volumes(&spec, "10.0.0.5").is_empty());
+        assert!(persistent_volumes(&valid(&spec), "10.0.0.5").is_empty());
     }
 
     #[test]
@@ -230,7 +234,7 @@ mod tests {
             replicas: 3,
             ..ClusterSpec::default()
         };
-        let shared = persistent_volumes(&spec, "10.0.0.5");
+        let shared = persistent_volumes(&valid(&spec), "10.0.0.5");
         assert_eq!(shared.len(), 1);
         assert_eq!(
             shared[0].metadata.name.as_deref(),
@@ -247,7 +251,7 @@ mod tests {
         );
 
         spec.storage.mode = StorageMode::Templates;
-        let members = persistent_volumes(&spec, "10.0.0.5");
+        let members = persistent_volumes(&valid(&spec), "10.0.0.5");
         let got: Vec<(&str, &str, &str)> = members
             .iter()
             .map(|pv| {
@@ -307,7 +311,7 @@ mod tests {
         assert_eq!(nfs_of(&pv), ("10.0.0.5", "/nfsfileshare/staging.pgset"));
         assert_eq!(s.nfs.as_ref().unwrap().read_only, Some(true));
         assert_eq!(s.access_modes.as_deref().unwrap(), ["ReadOnlyMany"]);
-        let real = &persistent_volumes(&spec, "10.0.0.5")[0];
+        let real = &persistent_volumes(&valid(&spec), "10.0.0.5")[0];
         assert_eq!(
             s.mount_options,
             real.spec.as_ref().unwrap().mount_options,

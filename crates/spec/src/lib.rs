@@ -1,14 +1,16 @@
 //! The cluster spec: what pgset builds, loaded from `pgset.yaml` and flags, validated once.
 //!
 //! [`ClusterSpec::load`] reads the file (unknown fields rejected, errors with line and column),
-//! applies [`Overrides`] from the command line and validates the result. Everything downstream
-//! (host plan, objects, agent env) takes a `&ClusterSpec` that is known to be valid.
+//! applies [`Overrides`] from the command line and validates the result into a [`ValidSpec`].
+//! What changes a host or a cluster takes a `&ValidSpec`; pure builders read it as a
+//! `&ClusterSpec` through `Deref`.
 
 pub mod contract;
 mod hint;
 pub mod image_ref;
 pub mod random;
 pub mod status;
+mod valid;
 mod validate;
 
 use std::fmt;
@@ -16,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use valid::ValidSpec;
 pub use validate::{
     is_dns1123_label, is_dns1123_subdomain, is_image_reference, parse_quantity_bytes,
     validate_export_path,
@@ -353,7 +356,7 @@ pub struct Overrides {
 impl ClusterSpec {
     /// Loads the spec: `config` if given (it must exist), else `./pgset.yaml` when present,
     /// else the defaults; then applies `overrides` and validates.
-    pub fn load(config: Option<&Path>, overrides: &Overrides) -> Result<ClusterSpec> {
+    pub fn load(config: Option<&Path>, overrides: &Overrides) -> Result<ValidSpec> {
         let mut spec = match config {
             Some(path) => Self::read(path)?,
             None => {
@@ -366,8 +369,7 @@ impl ClusterSpec {
             }
         };
         spec.apply(overrides);
-        spec.validate()?;
-        Ok(spec)
+        spec.validated()
     }
 
     /// Reads and parses a spec file without validating it.
@@ -432,8 +434,14 @@ impl ClusterSpec {
     }
 
     /// Checks every field; the first problem found is returned with the field and the fix.
+    /// Only a check: [`ClusterSpec::validated`] gives the [`ValidSpec`] that commands take.
     pub fn validate(&self) -> Result<()> {
         validate::spec(self)
+    }
+
+    /// Validates the spec into a [`ValidSpec`]; the error is [`ClusterSpec::validate`]'s.
+    pub fn validated(self) -> Result<ValidSpec> {
+        ValidSpec::new(self)
     }
 
     /// The spec as YAML (for `pgset.yaml` examples and `--dry-run`).

@@ -11,10 +11,10 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, S
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
-use kube::runtime::wait::{Condition, await_condition};
+use kube::runtime::wait::Condition;
 use kube::{Api, Client};
 use pgset_spec::contract::POSTGRES_CONTAINER;
-use pgset_spec::{ClusterSpec, StorageMode};
+use pgset_spec::{ClusterSpec, StorageMode, ValidSpec};
 
 use crate::checks::{self, ClaimState, Endpoint, Member, MemberStorage, names};
 use crate::exec::{ExecOutput, PodExec};
@@ -79,7 +79,7 @@ pub fn local_export(spec: &ClusterSpec) -> Option<PathBuf> {
 
 /// Runs the checks against one cluster.
 pub struct Verifier {
-    spec: ClusterSpec,
+    spec: ValidSpec,
     options: Options,
     pods: Api<Pod>,
     services: Api<Service>,
@@ -140,7 +140,7 @@ fn fail_on_err(r: Result<Finding>) -> Finding {
 
 impl Verifier {
     /// A verifier for `spec`'s cluster through `client`.
-    pub fn new(client: Client, spec: ClusterSpec, options: Options) -> Verifier {
+    pub fn new(client: Client, spec: ValidSpec, options: Options) -> Verifier {
         let ns = spec.namespace.clone();
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let exec_timeout = options.timeout + Duration::from_secs(15);
@@ -177,7 +177,7 @@ impl Verifier {
     }
 
     /// The spec being verified.
-    pub fn spec(&self) -> &ClusterSpec {
+    pub fn spec(&self) -> &ValidSpec {
         &self.spec
     }
 
@@ -659,14 +659,15 @@ impl Verifier {
         .map(drop)
     }
 
-    /// Watches pod `name` until `condition` holds of it (or of its absence), within the timeout.
+    /// Watches pod `name` until `condition` holds of it (or of its absence), within the timeout;
+    /// a watch the API server expired lists again.
     async fn wait_for(
         &self,
         name: &str,
         what: String,
         condition: impl Condition<Pod>,
     ) -> Result<Option<Pod>> {
-        let watching = await_condition(self.pods.clone(), name, condition);
+        let watching = pgset_deploy::wait::until_object(self.pods.clone(), name, condition);
         match tokio::time::timeout(self.options.timeout, watching).await {
             Ok(found) => found.map_err(|source| crate::Error::Watch {
                 action: format!("watch pod {name}"),

@@ -13,7 +13,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, Client};
 use pgset_spec::status::{Slot, Summary, bytes};
-use pgset_spec::{ClusterSpec, StorageMode, contract, slot_name};
+use pgset_spec::{ClusterSpec, StorageMode, ValidSpec, contract, slot_name};
 use serde::{Deserialize, Serialize};
 
 use crate::checks::{self, Endpoint, Member};
@@ -393,7 +393,7 @@ impl ClusterStatus {
     /// endpoints and each running member agent's `/status` through the API. Streaming comes from
     /// the master agent's view of `pg_stat_replication`; an agent that does not show it (an older
     /// one) is asked through `psql` in the master's container instead.
-    pub async fn gather(client: Client, spec: &ClusterSpec) -> Result<ClusterStatus> {
+    pub async fn gather(client: Client, spec: &ValidSpec) -> Result<ClusterStatus> {
         let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &spec.namespace);
         let sts = statefulsets
             .get_opt(spec.statefulset_name())

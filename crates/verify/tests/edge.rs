@@ -26,7 +26,7 @@ fn verifier(client: Client) -> Verifier {
     };
     let mut options = Options::new(&spec);
     options.timeout = Duration::from_secs(5);
-    Verifier::new(client, spec, options)
+    Verifier::new(client, spec.validated().unwrap(), options)
 }
 
 /// What a request carried.
@@ -388,7 +388,9 @@ async fn status_summary_comes_from_the_record_the_services_and_the_master_agent(
         );
         paths
     });
-    let status = ClusterStatus::gather(client, &spec).await.unwrap();
+    let status = ClusterStatus::gather(client, &spec.validated().unwrap())
+        .await
+        .unwrap();
     let paths = server.await.unwrap();
     assert_eq!(
         paths,
@@ -487,7 +489,9 @@ async fn status_warns_of_a_gone_members_slot_a_wrong_timeline_and_a_foreign_data
         // pgset-2's pod is Running while its container crash-loops: its agent does not answer.
         answer(&mut handle, 503, json!({"kind": "Status", "code": 503})).await;
     });
-    let status = ClusterStatus::gather(client, &spec).await.unwrap();
+    let status = ClusterStatus::gather(client, &spec.validated().unwrap())
+        .await
+        .unwrap();
     server.await.unwrap();
     assert!(!status.healthy);
     let w = &status.warnings;
@@ -557,7 +561,9 @@ async fn status_without_a_running_master_reads_no_streaming() {
         paths.push(answer(&mut handle, 200, agent).await.path);
         paths
     });
-    let status = ClusterStatus::gather(client, &spec).await.unwrap();
+    let status = ClusterStatus::gather(client, &spec.validated().unwrap())
+        .await
+        .unwrap();
     let paths = server.await.unwrap();
     assert_eq!(
         paths,
@@ -624,7 +630,11 @@ async fn scale_test_needs_the_next_members_volume_before_scaling() {
         ..ClusterSpec::default()
     };
     spec.storage.mode = pgset_spec::StorageMode::Templates;
-    let v = Verifier::new(client, spec.clone(), Options::new(&spec));
+    let v = Verifier::new(
+        client,
+        spec.clone().validated().unwrap(),
+        Options::new(&spec),
+    );
     let server = tokio::spawn(async move {
         let pods = pod_list(vec![
             pod(0, "Running", "master"),
@@ -833,6 +843,54 @@ async fn a_member_is_awaited_by_watching_it_until_ready_then_gone() {
         watch.query
     );
     gone.await.unwrap().unwrap();
+}
+
+/// A watch whose version the API server no longer has (410 Gone, after a long wait) is listed
+/// again: the wait goes on and ends when the new listing shows the member Ready.
+#[tokio::test]
+async fn an_expired_watch_lists_again_and_the_member_is_still_awaited() {
+    let (client, mut handle) = mock_client();
+    let v = verifier(client);
+    let ready = tokio::spawn(async move { v.wait_ready("pgset-3", None).await });
+    let mut pending = pod(3, "Pending", "replica");
+    pending["metadata"]["resourceVersion"] = json!("7");
+    let first = answer(
+        &mut handle,
+        200,
+        json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "7"}, "items": [pending]}),
+    )
+    .await;
+    let expired = json!({"type": "ERROR", "object": {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "too old resource version: 7 (12)", "reason": "Expired", "code": 410}});
+    let watch = answer(&mut handle, 200, expired).await;
+    assert!(
+        watch.query.contains("&watch=true") && watch.query.ends_with("&resourceVersion=7"),
+        "{}",
+        watch.query
+    );
+    // A fresh LIST, exactly as the first one (no resource version to resume from).
+    let mut running = pod(3, "Running", "replica");
+    running["metadata"]["resourceVersion"] = json!("12");
+    let relist = tokio::time::timeout(
+        Duration::from_secs(5),
+        answer(
+            &mut handle,
+            200,
+            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "12"}, "items": [running]}),
+        ),
+    )
+    .await
+    .expect("the expired watch is followed by a new listing");
+    assert_eq!(
+        (relist.method, relist.path.as_str(), relist.query.as_str()),
+        (first.method, first.path.as_str(), first.query.as_str())
+    );
+    let member = ready
+        .await
+        .unwrap()
+        .expect("a 410 is not an error of the wait");
+    assert!(member.ready && member.name == "pgset-3", "{member:?}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -196,7 +196,7 @@ pub fn live_cluster_spec(
     namespace: &str,
     name: &str,
     replicas: i32,
-) -> Result<pgset_spec::ClusterSpec, String> {
+) -> Result<pgset_spec::ValidSpec, String> {
     use pgset_spec::{ClusterSpec, StorageMode};
     let mut spec = ClusterSpec {
         name: name.to_string(),
@@ -228,14 +228,13 @@ pub fn live_cluster_spec(
     if let Ok(image) = std::env::var("PGSET_LIVE_AGENT_IMAGE") {
         spec.agent.image = image;
     }
-    spec.validate().map_err(|e| e.to_string())?;
-    Ok(spec)
+    spec.validated().map_err(|e| e.to_string())
 }
 
 /// Shared mode: the cluster's own NFS volume (`<namespace>.<claim>`, in its own directory); none
 /// on a StorageClass.
 pub fn own_volumes(
-    spec: &pgset_spec::ClusterSpec,
+    spec: &pgset_spec::ValidSpec,
 ) -> Vec<k8s_openapi::api::core::v1::PersistentVolume> {
     match &spec.nfs.server {
         Some(server) if spec.storage.storage_class.is_none() => {
@@ -251,7 +250,7 @@ pub fn own_volumes(
 /// export) and the namespace, and re-raises the scenario's panic.
 pub async fn on_a_cluster_of_its_own<F, Fut>(test: &str, name: &str, replicas: i32, scenario: F)
 where
-    F: FnOnce(kube::Client, pgset_spec::ClusterSpec) -> Fut,
+    F: FnOnce(kube::Client, pgset_spec::ValidSpec) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     if pgset_tests::live_kubeconfig(test).is_none() {
@@ -301,7 +300,7 @@ where
 /// file.
 pub async fn deploy_own_cluster(
     client: &kube::Client,
-    spec: &pgset_spec::ClusterSpec,
+    spec: &pgset_spec::ValidSpec,
 ) -> (tempfile::TempDir, std::path::PathBuf) {
     let progress = &mut |line: &str| eprintln!("    {line}");
     let pvs = own_volumes(spec);

@@ -20,7 +20,7 @@ use pgset_deploy::readiness::pod_is_ready;
 use pgset_deploy::rollout::{step_lines, wait_for_rollout};
 use pgset_deploy::teardown::{Purge, down};
 use pgset_deploy::wait::{Listing, until_listing};
-use pgset_spec::{ClusterSpec, StorageMode, contract};
+use pgset_spec::{ClusterSpec, StorageMode, ValidSpec, contract};
 use pgset_verify::{Options, Verifier, names};
 use serde_json::json;
 
@@ -56,7 +56,7 @@ pub async fn run(spec: &SpecArgs, client: &ClientArgs) -> Result<()> {
         .map(|d| d.subsec_nanos())
         .unwrap_or_default();
     let namespace = format!("pgset-bench-{nanos:08x}");
-    let bench = bench_spec(&user_spec, &namespace);
+    let bench = bench_spec(&user_spec, &namespace).context("the benchmark's cluster spec")?;
     println!(
         "cluster benchmarks: {MEMBERS} members of {} in temporary namespace {namespace}",
         bench.postgres.image
@@ -77,8 +77,8 @@ pub async fn run(spec: &SpecArgs, client: &ClientArgs) -> Result<()> {
 }
 
 /// The benchmarked cluster: the user's images and storage choices, its own name and namespace.
-fn bench_spec(user: &ClusterSpec, namespace: &str) -> ClusterSpec {
-    let mut s = user.clone();
+fn bench_spec(user: &ValidSpec, namespace: &str) -> pgset_spec::Result<ValidSpec> {
+    let mut s = user.clone().into_inner();
     // Named like its namespace (unique per run), so its members always start from initdb,
     // even when an earlier run's directories remain on a shared export.
     s.name = namespace.to_string();
@@ -89,7 +89,7 @@ fn bench_spec(user: &ClusterSpec, namespace: &str) -> ClusterSpec {
     if s.storage.storage_class.is_none() {
         s.storage.mode = StorageMode::Shared;
     }
-    s
+    s.validated()
 }
 
 /// What was measured.
@@ -111,7 +111,7 @@ const DRILLS: [pgset_drill::DrillName; 2] = [
     pgset_drill::DrillName::PostgresKill,
 ];
 
-async fn measure(kube: &Client, client_args: &ClientArgs, bench: &ClusterSpec) -> Result<Results> {
+async fn measure(kube: &Client, client_args: &ClientArgs, bench: &ValidSpec) -> Result<Results> {
     let bare = bare_rollout(kube, bench)
         .await
         .context("bare StatefulSet rollout")?;
@@ -184,7 +184,7 @@ async fn measure(kube: &Client, client_args: &ClientArgs, bench: &ClusterSpec) -
 }
 
 /// Applies the cluster and waits for its ordered rollout, as `cargo xtask deploy` does.
-async fn deploy_and_wait(kube: &Client, spec: &ClusterSpec) -> Result<()> {
+async fn deploy_and_wait(kube: &Client, spec: &ValidSpec) -> Result<()> {
     let quiet = &mut |_: &str| {};
     deploy(kube, spec, ApplyMode::Apply, quiet).await?;
     wait_for_rollout(kube, spec, MEMBERS, ROLLOUT_TIMEOUT, &mut step_lines(quiet)).await?;
@@ -276,7 +276,7 @@ fn bare_statefulset(spec: &ClusterSpec) -> Result<StatefulSet> {
     }))?)
 }
 
-async fn bare_rollout(kube: &Client, spec: &ClusterSpec) -> Result<Duration> {
+async fn bare_rollout(kube: &Client, spec: &ValidSpec) -> Result<Duration> {
     let sts_api: Api<StatefulSet> = Api::namespaced(kube.clone(), &spec.namespace);
     let pods: Api<Pod> = Api::namespaced(kube.clone(), &spec.namespace);
     let started = Instant::now();
@@ -306,7 +306,7 @@ async fn bare_rollout(kube: &Client, spec: &ClusterSpec) -> Result<Duration> {
     }
 }
 
-async fn delete_bare(kube: &Client, spec: &ClusterSpec) -> Result<()> {
+async fn delete_bare(kube: &Client, spec: &ValidSpec) -> Result<()> {
     let sts_api: Api<StatefulSet> = Api::namespaced(kube.clone(), &spec.namespace);
     sts_api
         .delete(BARE, &DeleteParams::foreground())
@@ -317,7 +317,7 @@ async fn delete_bare(kube: &Client, spec: &ClusterSpec) -> Result<()> {
 
 /// The bench cluster's PersistentVolumes (shared mode): the spec's NFS volumes renamed after the
 /// bench namespace, so they never collide with the user's `pv1..pvN`.
-fn bench_volumes(spec: &ClusterSpec, server: &str) -> Vec<PersistentVolume> {
+fn bench_volumes(spec: &ValidSpec, server: &str) -> Vec<PersistentVolume> {
     pgset_nfs::persistent_volumes(spec, server)
         .into_iter()
         .map(|mut pv| {
@@ -328,7 +328,7 @@ fn bench_volumes(spec: &ClusterSpec, server: &str) -> Vec<PersistentVolume> {
         .collect()
 }
 
-async fn create_volumes(kube: &Client, client_args: &ClientArgs, spec: &ClusterSpec) -> Result<()> {
+async fn create_volumes(kube: &Client, client_args: &ClientArgs, spec: &ValidSpec) -> Result<()> {
     if spec.storage.mode != StorageMode::Shared {
         return Ok(());
     }
@@ -354,7 +354,7 @@ async fn create_volumes(kube: &Client, client_args: &ClientArgs, spec: &ClusterS
 
 /// Tears the bench cluster down with its claims and volumes, removes its member directories
 /// from the export when this host holds it, and deletes the namespace.
-async fn clean_up(kube: &Client, spec: &ClusterSpec) -> Result<()> {
+async fn clean_up(kube: &Client, spec: &ValidSpec) -> Result<()> {
     let quiet = &mut |_: &str| {};
     let down_result = down(kube, spec, Purge::Everything, ROLLOUT_TIMEOUT, quiet).await;
     let pvs: Api<PersistentVolume> = Api::all(kube.clone());

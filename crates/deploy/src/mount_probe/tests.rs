@@ -29,7 +29,7 @@ fn pod_in(phase: &str, terminated: Option<serde_json::Value>) -> Pod {
 
 #[test]
 fn the_probe_mounts_the_clusters_directory_read_only_as_the_postgres_uid_on_its_node() {
-    let mut spec = named_spec("db", "prod");
+    let mut spec = named_spec("db", "prod").into_inner();
     spec.nfs.version = "4.2".into();
     let p = probe_objects(&spec, "10.0.0.5", "worker-1.lab", Duration::from_secs(180));
     let hash = node_hash("worker-1.lab");

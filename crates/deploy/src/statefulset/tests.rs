@@ -115,7 +115,7 @@ fn security_context_is_non_root_without_privileges() {
 
 #[test]
 fn uid_and_gid_follow_the_spec() {
-    let mut spec = named_spec("db", "prod");
+    let mut spec = named_spec("db", "prod").into_inner();
     spec.postgres.uid = 70;
     spec.postgres.gid = 71;
     let sts = statefulset(&spec);
@@ -286,7 +286,7 @@ fn writable_paths_are_volumes_under_a_read_only_root() {
 
 #[test]
 fn probes_use_the_agents_http_endpoint_with_spec_timings() {
-    let mut spec = named_spec("db", "prod");
+    let mut spec = named_spec("db", "prod").into_inner();
     spec.probes.startup_period_seconds = 2;
     spec.probes.startup_timeout_seconds = 601;
     spec.probes.readiness_period_seconds = 1;
@@ -326,7 +326,7 @@ fn probes_use_the_agents_http_endpoint_with_spec_timings() {
 
 #[test]
 fn resources_follow_the_spec() {
-    let mut spec = named_spec("db", "prod");
+    let mut spec = named_spec("db", "prod").into_inner();
     spec.resources.cpu_request = "250m".into();
     spec.resources.memory_request = "512Mi".into();
     spec.resources.memory_limit = "2Gi".into();
@@ -411,7 +411,7 @@ fn the_control_plane_is_tolerated_only_when_asked() {
 
     let asked = ClusterSpec {
         tolerate_control_plane: true,
-        ..spec
+        ..spec.into_inner()
     };
     let sts = statefulset(&asked);
     let t = pod_spec(&sts).tolerations.as_deref().unwrap();
