@@ -5,7 +5,9 @@ use anyhow::{Context, Result, bail};
 use pgset_spec::{MAX_REPLICAS, StorageMode};
 
 use crate::cli::{ClientArgs, SpecArgs, Stage};
+use crate::context::RunContext;
 use crate::deploy::WaitArgs;
+use crate::progress::Reporter;
 
 /// Arguments of `cargo xtask scale`.
 #[derive(Debug, clap::Args)]
@@ -35,7 +37,9 @@ pub async fn run(args: Args) -> Result<()> {
     spec.validate()?;
     let client = args.client.client().await?;
     if spec.storage.mode == StorageMode::Templates && spec.storage.storage_class.is_none() {
-        prepare_member_volumes(&args.client, &spec, &client).await?;
+        let ctx = RunContext::new(spec.clone(), args.client.clone(), None, Reporter::current())
+            .with_client(client.clone());
+        prepare_member_volumes(&ctx, &spec, &client).await?;
     }
     let stage = Stage::start(format!(
         "scale StatefulSet {} in namespace {} to {} members",
@@ -80,7 +84,7 @@ pub async fn run(args: Args) -> Result<()> {
 /// are created as the `nfs` stage makes them (owned by the postgres uid, mode 0700); the
 /// volumes are applied from anywhere. Progress goes to stderr only.
 pub(crate) async fn prepare_member_volumes(
-    client_args: &ClientArgs,
+    ctx: &RunContext,
     spec: &pgset_spec::ClusterSpec,
     client: &kube::Client,
 ) -> Result<()> {
@@ -91,27 +95,33 @@ pub(crate) async fn prepare_member_volumes(
     if spec.cluster_export_dir().is_dir() && nix::unistd::geteuid().is_root() {
         for dir in &missing {
             create_member_dir(spec, dir)?;
-            eprintln!(
+            ctx.reporter().line(&format!(
                 "    created {} owned by {}:{} with mode 0700",
                 dir.display(),
                 spec.postgres.uid,
                 spec.postgres.gid
-            );
+            ));
         }
     } else if !missing.is_empty() {
-        eprintln!(
+        ctx.reporter().line(&format!(
             "    note: cannot create member directories here; on the NFS host, run `cargo xtask nfs -n {} --name {} --storage templates --replicas {}` so that {}/{}-N exist",
             spec.namespace,
             spec.name,
             spec.replicas,
             spec.cluster_export_dir().display(),
             spec.name
-        );
+        ));
     }
-    let server = crate::volumes::resolve_server(spec, client_args).await?;
-    crate::volumes::apply_storage(client, spec, &server, pgset_deploy::apply::ApplyMode::Apply)
-        .await
-        .context("create the new members' volumes")
+    let server = crate::volumes::resolve_server(spec, ctx).await?;
+    crate::volumes::apply_storage(
+        client,
+        spec,
+        &server,
+        pgset_deploy::apply::ApplyMode::Apply,
+        ctx.reporter(),
+    )
+    .await
+    .context("create the new members' volumes")
 }
 
 fn create_member_dir(spec: &pgset_spec::ClusterSpec, dir: &std::path::Path) -> Result<()> {
