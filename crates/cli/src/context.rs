@@ -41,7 +41,7 @@ impl std::fmt::Debug for RunContext {
         f.debug_struct("RunContext")
             .field("cluster", &self.spec.name)
             .field("namespace", &self.spec.namespace)
-            .field("client_built", &self.client.initialized())
+            .field("client_built", &matches!(self.client.get(), Some(Ok(_))))
             .field("dry_run", &self.dry_run)
             .field("reporter", &self.reporter)
             .field(
@@ -78,17 +78,13 @@ impl RunContext {
         }
     }
 
-    /// Keeps what `up`'s preflight read for the stages after it.
-    pub fn with_gathered(self, gathered: Gathered) -> RunContext {
-        RunContext { gathered, ..self }
-    }
-
     /// What `up`'s preflight read (empty for a command on its own).
     pub fn gathered(&self) -> &Gathered {
         &self.gathered
     }
 
-    /// Adds to what preflight read (e.g. the NFS host's plan, made with this context).
+    /// Where `up`'s preflight keeps what it read (the NFS host's plan is made with this
+    /// context, so it is added after the context is built).
     pub(crate) fn gathered_mut(&mut self) -> &mut Gathered {
         &mut self.gathered
     }
