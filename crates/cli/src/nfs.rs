@@ -351,6 +351,60 @@ fn internal_ips(nodes: &[Node]) -> Result<Vec<IpAddr>> {
 mod tests {
     use super::*;
 
+    fn node(name: &str, addresses: &[(&str, &str)]) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "status": {"addresses": addresses
+                .iter()
+                .map(|(t, a)| serde_json::json!({"type": t, "address": a}))
+                .collect::<Vec<_>>()},
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_nodes_preflight_listed_give_the_addresses_without_another_client() {
+        crate::cli::test_counts::reset();
+        let mut ctx = RunContext::new(
+            ClusterSpec::default(),
+            ClientArgs {
+                kubeconfig: Some("/nonexistent/kubeconfig".into()),
+                ..ClientArgs::default()
+            },
+            None,
+            Reporter::recording(false),
+        );
+        ctx.gathered_mut().nodes = Some(vec![
+            node(
+                "cp",
+                &[("InternalIP", "10.0.2.15"), ("Hostname", "cp.lab.example")],
+            ),
+            node("w1", &[("InternalIP", "10.0.2.16")]),
+        ]);
+        let found = node_addresses_in(&ctx).await.unwrap();
+        assert_eq!(
+            found,
+            [
+                "10.0.2.15".parse::<IpAddr>().unwrap(),
+                "10.0.2.16".parse().unwrap()
+            ]
+        );
+        assert_eq!(crate::cli::test_counts::clients_built(), 0);
+
+        ctx.gathered_mut().nodes = Some(vec![node("w2", &[("InternalIP", "not-an-ip")])]);
+        let e = node_addresses_in(&ctx).await.unwrap_err().to_string();
+        assert!(e.contains("node w2") && e.contains("--nfs-server"), "{e}");
+
+        // Without preflight's list the context's client is asked: a named kubeconfig that is
+        // missing is an error, tried once however often it is asked.
+        ctx.gathered_mut().nodes = None;
+        for _ in 0..2 {
+            let e = format!("{:#}", node_addresses_in(&ctx).await.unwrap_err());
+            assert!(e.contains("/nonexistent/kubeconfig"), "{e}");
+        }
+        assert_eq!(crate::cli::test_counts::clients_built(), 1);
+    }
+
     #[test]
     fn a_rerun_keeps_the_clients_of_pgsets_block() {
         let spec = ClusterSpec::default();
