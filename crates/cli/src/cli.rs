@@ -70,6 +70,8 @@ pub struct SpecArgs {
 impl SpecArgs {
     /// Loads and validates the spec; `namespace` comes from `-n/--namespace`.
     pub fn load(&self, client: &ClientArgs) -> Result<ValidSpec> {
+        #[cfg(test)]
+        test_counts::count(&test_counts::SPEC_LOADS);
         let overrides = Overrides {
             name: self.name.clone(),
             namespace: client.namespace.clone(),
@@ -165,10 +167,51 @@ impl ClientArgs {
         }
     }
 
+    /// Whether a cluster is named (`--kubeconfig`, `--context` or `$KUBECONFIG`): a named one
+    /// must answer; without one, commands that can go on without a cluster do.
+    pub fn named(&self) -> bool {
+        self.kubeconfig.is_some()
+            || self.context.is_some()
+            || std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty())
+    }
+
     /// Builds a client (does not contact the cluster yet).
     pub async fn client(&self) -> Result<kube::Client> {
+        #[cfg(test)]
+        test_counts::count(&test_counts::CLIENTS_BUILT);
         let config = self.config().await?;
         kube::Client::try_from(config).context("create the Kubernetes client")
+    }
+}
+
+/// How often this thread loaded a spec and built a client: for the unit tests that check an
+/// invocation does each once (a `#[tokio::test]` runs its futures on its own thread).
+#[cfg(test)]
+pub(crate) mod test_counts {
+    use std::cell::Cell;
+    use std::thread::LocalKey;
+
+    thread_local! {
+        pub(crate) static SPEC_LOADS: Cell<usize> = const { Cell::new(0) };
+        pub(crate) static CLIENTS_BUILT: Cell<usize> = const { Cell::new(0) };
+    }
+
+    pub(crate) fn count(counter: &'static LocalKey<Cell<usize>>) {
+        counter.with(|c| c.set(c.get() + 1));
+    }
+
+    /// Starts counting again on this thread.
+    pub(crate) fn reset() {
+        SPEC_LOADS.with(|c| c.set(0));
+        CLIENTS_BUILT.with(|c| c.set(0));
+    }
+
+    pub(crate) fn spec_loads() -> usize {
+        SPEC_LOADS.with(Cell::get)
+    }
+
+    pub(crate) fn clients_built() -> usize {
+        CLIENTS_BUILT.with(Cell::get)
     }
 }
 

@@ -1,22 +1,39 @@
 //! One value per invocation that the stages share: the validated spec (read-only from here
-//! on), the client flags and a client built once on first use, the dry-run mode and the
-//! progress reporter.
+//! on), the client flags and a client built once on first use, the dry-run mode, the
+//! progress reporter, and what `up`'s preflight gathered for the stages after it.
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
+use k8s_openapi::api::core::v1::Node;
 use pgset_spec::ValidSpec;
 use tokio::sync::OnceCell;
 
 use crate::cli::ClientArgs;
 use crate::deploy::DryRun;
+use crate::nfs::HostPlan;
 use crate::progress::Reporter;
+
+/// What `up`'s preflight read, kept for the stages after it so that none asks again. Empty
+/// for a command run on its own (each stage then reads what it needs).
+#[derive(Default)]
+pub struct Gathered {
+    /// The cluster's nodes as preflight listed them; `None` when it did not (no cluster).
+    pub(crate) nodes: Option<Vec<Node>>,
+    /// This NFS host probed and planned by preflight, or why planning it failed; `None` when
+    /// the NFS stage does not run.
+    pub(crate) nfs_host: Option<Result<HostPlan, String>>,
+    /// Whether `ctr` (containerd's client) is on this host; `None` when not looked for.
+    pub(crate) ctr_here: Option<bool>,
+}
 
 /// What the stages of one invocation share.
 pub struct RunContext {
     spec: ValidSpec,
     client_args: ClientArgs,
-    client: OnceCell<kube::Client>,
+    /// The client, or why it could not be built: tried once per invocation.
+    client: OnceCell<Result<kube::Client, String>>,
     dry_run: Option<DryRun>,
     reporter: Reporter,
+    gathered: Gathered,
 }
 
 impl std::fmt::Debug for RunContext {
@@ -24,9 +41,13 @@ impl std::fmt::Debug for RunContext {
         f.debug_struct("RunContext")
             .field("cluster", &self.spec.name)
             .field("namespace", &self.spec.namespace)
-            .field("client_built", &self.client.initialized())
+            .field("client_built", &matches!(self.client.get(), Some(Ok(_))))
             .field("dry_run", &self.dry_run)
             .field("reporter", &self.reporter)
+            .field(
+                "nodes_gathered",
+                &self.gathered.nodes.as_ref().map(Vec::len),
+            )
             .finish()
     }
 }
@@ -45,15 +66,27 @@ impl RunContext {
             client: OnceCell::new(),
             dry_run,
             reporter,
+            gathered: Gathered::default(),
         }
     }
 
-    /// Uses a client already built (e.g. by `up`'s preflight) instead of building another.
+    /// Uses a client already built (e.g. by another command) instead of building another.
     pub fn with_client(self, client: kube::Client) -> RunContext {
         RunContext {
-            client: OnceCell::new_with(Some(client)),
+            client: OnceCell::new_with(Some(Ok(client))),
             ..self
         }
+    }
+
+    /// What `up`'s preflight read (empty for a command on its own).
+    pub fn gathered(&self) -> &Gathered {
+        &self.gathered
+    }
+
+    /// Where `up`'s preflight keeps what it read (the NFS host's plan is made with this
+    /// context, so it is added after the context is built).
+    pub(crate) fn gathered_mut(&mut self) -> &mut Gathered {
+        &mut self.gathered
     }
 
     /// The validated spec.
@@ -66,11 +99,25 @@ impl RunContext {
         &self.client_args
     }
 
-    /// The cluster client, built on first use (a client dry run never needs one).
+    /// The cluster client, built on first use (a client dry run never needs one). Built once:
+    /// a failure is remembered and said again to each later caller, never retried.
     pub async fn client(&self) -> Result<&kube::Client> {
         self.client
-            .get_or_try_init(|| self.client_args.client())
+            .get_or_init(|| async {
+                self.client_args
+                    .client()
+                    .await
+                    .map_err(|e| format!("{e:#}"))
+            })
             .await
+            .as_ref()
+            .map_err(|e| anyhow!("{e}"))
+    }
+
+    /// Whether the user named a cluster (`--kubeconfig`, `--context` or `$KUBECONFIG`): one
+    /// that does not answer is then an error, never a reason to go on without a cluster.
+    pub fn cluster_named(&self) -> bool {
+        self.client_args.named()
     }
 
     /// The dry-run mode, if any.
@@ -91,6 +138,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_client_is_built_on_first_use_and_a_failure_is_said_each_time() {
+        crate::cli::test_counts::reset();
         let ctx = RunContext::new(
             ClusterSpec::default().validated().unwrap(),
             ClientArgs {
@@ -108,5 +156,10 @@ mod tests {
             let e = format!("{e:#}");
             assert!(e.contains("/nonexistent/kubeconfig"), "{e}");
         }
+        assert_eq!(
+            crate::cli::test_counts::clients_built(),
+            1,
+            "a failed build is remembered, not tried again"
+        );
     }
 }

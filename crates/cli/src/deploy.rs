@@ -96,10 +96,10 @@ pub async fn stage(ctx: &RunContext, wait: &WaitArgs) -> Result<()> {
         Some(DryRun::Client) => {
             let yaml = multi_document(spec).context("render the objects")?;
             print!("{yaml}");
-            eprintln!(
+            reporter.line(&format!(
                 "note: Secret {} is not printed (it holds the passwords); `cargo xtask deploy` creates it, manifests/README.md shows how to create it with kubectl",
                 spec.secret_name()
-            );
+            ));
             return Ok(());
         }
         Some(DryRun::Server) => ApplyMode::ServerDryRun,

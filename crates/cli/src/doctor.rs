@@ -13,10 +13,11 @@ use kube::api::ListParams;
 use pgset_command::Executor;
 use pgset_deploy::mount_probe::{self, probe_mounts, probe_nodes};
 use pgset_nfs::{Diagnosis, Health, HostPaths, VolumesRead};
-use pgset_spec::ValidSpec;
 
 use crate::cli::{ClientArgs, SpecArgs};
+use crate::context::RunContext;
 use crate::deploy::parse_timeout;
+use crate::progress::Reporter;
 use crate::verify::Output;
 
 /// Arguments of `cargo xtask doctor`.
@@ -54,18 +55,78 @@ impl Default for ProbeArgs {
     }
 }
 
+/// What the doctor stage takes beyond the context.
+#[derive(Debug, Clone, Copy)]
+pub struct StageOptions<'a> {
+    /// The mount probe's flags.
+    pub probe: &'a ProbeArgs,
+    /// Run the checks on this host (it is the NFS host).
+    pub host_checks: bool,
+    /// How to print the findings.
+    pub output: Output,
+    /// Run as `up`'s stage: the findings indented under its header, and a failure says that
+    /// nothing was deployed.
+    pub in_up: bool,
+}
+
 /// Runs the task: probes the host (only reads), probes the nodes' mounts (its own objects
 /// only, removed after), judges, prints; fails when a check fails.
 pub async fn run(args: Args) -> Result<()> {
     let spec = args.spec.load(&args.client)?;
-    let mut found = host_checks(&spec, &args.client).await?;
-    found.extend(mount_checks(&spec, &args.client, &args.probe).await);
-    match args.output {
-        Output::Table => print!("{}", table(&found)),
+    let ctx = RunContext::new(spec, args.client.clone(), None, Reporter::current());
+    stage(
+        &ctx,
+        &StageOptions {
+            probe: &args.probe,
+            host_checks: true,
+            output: args.output,
+            in_up: false,
+        },
+    )
+    .await
+}
+
+/// Runs the checks with the invocation's spec, client and reporter and prints the findings
+/// (a dry run says which checks would run): `doctor`, and `up`'s NFS path checks.
+pub async fn stage(ctx: &RunContext, opts: &StageOptions<'_>) -> Result<()> {
+    let reporter = ctx.reporter();
+    let host = opts.host_checks;
+    if ctx.dry_run().is_some() {
+        reporter.line(&format!(
+            "    would run `cargo xtask doctor`'s checks{}{}",
+            if host { ": this NFS host's" } else { ":" },
+            if opts.probe.no_mount_probe {
+                ""
+            } else if host {
+                ", and a pod per schedulable node mounting the export (removed after)"
+            } else {
+                " a pod per schedulable node mounting the export (removed after)"
+            }
+        ));
+        return Ok(());
+    }
+    let mut found = if host {
+        host_checks(ctx).await?
+    } else {
+        Vec::new()
+    };
+    found.extend(mount_checks(ctx, opts.probe).await);
+    match opts.output {
+        Output::Table => {
+            let indent = if opts.in_up { "    " } else { "" };
+            for line in table(&found).lines() {
+                reporter.result(&format!("{indent}{line}"));
+            }
+        }
         Output::Json => println!("{}", serde_json::to_string_pretty(&json(&found))?),
     }
     let failed = found.iter().filter(|d| d.health == Health::Fail).count();
     if failed > 0 {
+        if opts.in_up {
+            bail!(
+                "{failed} NFS path check(s) failed (listed above with their fixes); nothing was deployed"
+            );
+        }
         bail!("{failed} check(s) failed (listed above with their fixes)");
     }
     Ok(())
@@ -73,16 +134,14 @@ pub async fn run(args: Args) -> Result<()> {
 
 /// Doctor's checks on this host (the NFS server): export, directories, the volumes' mount
 /// options (read from the API when a cluster answers), SELinux, firewalld. Only reads.
-pub(crate) async fn host_checks(
-    spec: &ValidSpec,
-    client_args: &ClientArgs,
-) -> Result<Vec<Diagnosis>> {
+pub(crate) async fn host_checks(ctx: &RunContext) -> Result<Vec<Diagnosis>> {
+    let spec = ctx.spec();
     let paths = HostPaths::default();
     let runner = Executor::default();
     let facts = pgset_nfs::probe(&runner, &paths, spec).context("probe the host")?;
     let members =
         pgset_nfs::probe_member_states(&paths, spec).context("read the member directories")?;
-    let volumes = read_volumes(spec, client_args).await;
+    let volumes = read_volumes(ctx).await;
     Ok(pgset_nfs::diagnose(spec, &facts, &members, &volumes))
 }
 
@@ -110,11 +169,8 @@ fn failed(message: impl Into<String>, fix: impl Into<String>) -> Diagnosis {
 /// node (a pod there mounted the cluster's directory and listed it, or why not), plus one for
 /// the nodes left out. Writes only the probe's own pods, claims and volumes, and removes them
 /// (also on Ctrl-C).
-pub(crate) async fn mount_checks(
-    spec: &ValidSpec,
-    client_args: &ClientArgs,
-    probe: &ProbeArgs,
-) -> Vec<Diagnosis> {
+pub(crate) async fn mount_checks(ctx: &RunContext, probe: &ProbeArgs) -> Vec<Diagnosis> {
+    let spec = ctx.spec();
     if probe.no_mount_probe {
         return vec![skipped("--no-mount-probe")];
     }
@@ -123,10 +179,8 @@ pub(crate) async fn mount_checks(
             "the claims come from a StorageClass, not pgset's NFS volumes",
         )];
     }
-    let named = client_args.kubeconfig.is_some()
-        || client_args.context.is_some()
-        || std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty());
-    let client = match client_args.client().await {
+    let named = ctx.cluster_named();
+    let client = match ctx.client().await {
         Ok(c) => c,
         Err(e) if named => {
             return vec![failed(
@@ -140,24 +194,31 @@ pub(crate) async fn mount_checks(
             )];
         }
     };
-    let nodes = match Api::<Node>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-    {
-        Ok(list) => list.items,
-        Err(e) if named => {
-            return vec![failed(
-                format!("the cluster did not answer: list nodes: {e}"),
-                "check --kubeconfig/--context (`kubectl get nodes`), or pass --no-mount-probe",
-            )];
-        }
-        Err(e) => {
-            return vec![skipped(format!(
-                "no cluster answered at the default kubeconfig: {e}"
-            ))];
-        }
+    let listed;
+    let nodes: &[Node] = match &ctx.gathered().nodes {
+        Some(nodes) => nodes,
+        None => match Api::<Node>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+        {
+            Ok(list) => {
+                listed = list.items;
+                &listed
+            }
+            Err(e) if named => {
+                return vec![failed(
+                    format!("the cluster did not answer: list nodes: {e}"),
+                    "check --kubeconfig/--context (`kubectl get nodes`), or pass --no-mount-probe",
+                )];
+            }
+            Err(e) => {
+                return vec![skipped(format!(
+                    "no cluster answered at the default kubeconfig: {e}"
+                ))];
+            }
+        },
     };
-    let (on, off) = probe_nodes(&nodes, spec);
+    let (on, off) = probe_nodes(nodes, spec);
     let mut out = Vec::new();
     if !off.is_empty() {
         out.push(skipped(format!(
@@ -175,7 +236,8 @@ pub(crate) async fn mount_checks(
         ));
         return out;
     }
-    let server = match probe_server(spec, &client, client_args).await {
+    let reporter = ctx.reporter();
+    let server = match probe_server(ctx, client).await {
         Ok(s) => s,
         Err(e) => {
             out.push(failed(
@@ -185,32 +247,33 @@ pub(crate) async fn mount_checks(
             return out;
         }
     };
-    eprintln!(
+    reporter.line(&format!(
         "==> mount probe: {} node(s) mount {server}:{} (pods, claims and volumes labelled {}, removed after)",
         on.len(),
         spec.cluster_export_dir().display(),
         mount_probe::probe_selector(spec)
-    );
+    ));
     let interrupted = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
     };
     let probed = probe_mounts(
-        &client,
+        client,
         spec,
         &server,
         &on,
         probe.probe_timeout,
         interrupted,
-        &mut |line: &str| eprintln!("    {line}"),
+        &mut |line: &str| reporter.line(&format!("    {line}")),
     )
     .await;
     // Listening for Ctrl-C replaced its default for the whole process: from here on it stops
     // the process again, as it did before the probe (`up` goes on to deploy).
-    tokio::spawn(async {
+    let said = reporter.clone();
+    tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("interrupted");
+            said.line("interrupted");
             std::process::exit(130);
         }
     });
@@ -226,11 +289,8 @@ pub(crate) async fn mount_checks(
 
 /// The NFS server the probe mounts: the one the cluster's existing volumes name (what the
 /// members really mount), else the spec's or the detected one (as `volumes` chooses it).
-async fn probe_server(
-    spec: &ValidSpec,
-    client: &kube::Client,
-    client_args: &ClientArgs,
-) -> Result<String> {
+async fn probe_server(ctx: &RunContext, client: &kube::Client) -> Result<String> {
+    let spec = ctx.spec();
     let api: Api<PersistentVolume> = Api::all(client.clone());
     for pv in pgset_nfs::persistent_volumes(spec, "0.0.0.0") {
         let name = pv.metadata.name.unwrap_or_default();
@@ -240,18 +300,16 @@ async fn probe_server(
             return Ok(nfs.server);
         }
     }
-    crate::volumes::resolve_server(spec, client_args).await
+    crate::volumes::resolve_server(spec, ctx).await
 }
 
 /// pgset's volumes for the spec, read from the API; `None` without a cluster to ask (none
 /// named and none at the default places).
-async fn read_volumes(spec: &ValidSpec, client_args: &ClientArgs) -> VolumesRead {
-    let named = client_args.kubeconfig.is_some()
-        || client_args.context.is_some()
-        || std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty());
-    let client = match client_args.client().await {
-        Ok(c) => c,
-        Err(e) if named => return Some(Err(format!("{e:#}"))),
+async fn read_volumes(ctx: &RunContext) -> VolumesRead {
+    let spec = ctx.spec();
+    let client = match ctx.client().await {
+        Ok(c) => c.clone(),
+        Err(e) if ctx.cluster_named() => return Some(Err(format!("{e:#}"))),
         Err(_) => return None,
     };
     let api: Api<PersistentVolume> = Api::all(client);
@@ -308,12 +366,20 @@ mod tests {
     #[tokio::test]
     async fn the_mount_probe_is_skipped_when_asked_or_for_a_storage_class_and_a_named_cluster_must_answer()
      {
-        let spec = ClusterSpec::default().validated().unwrap();
+        let ctx = |spec: ClusterSpec, client: ClientArgs| {
+            RunContext::new(
+                spec.validated().unwrap(),
+                client,
+                None,
+                Reporter::recording(false),
+            )
+        };
+        let spec = ClusterSpec::default();
         let off = ProbeArgs {
             no_mount_probe: true,
             ..ProbeArgs::default()
         };
-        let found = mount_checks(&spec, &ClientArgs::default(), &off).await;
+        let found = mount_checks(&ctx(spec.clone(), ClientArgs::default()), &off).await;
         assert_eq!(found.len(), 1);
         assert_eq!(
             (found[0].name, found[0].health, found[0].message.as_str()),
@@ -323,8 +389,7 @@ mod tests {
         let mut class = ClusterSpec::default();
         class.storage.mode = pgset_spec::StorageMode::Templates;
         class.storage.storage_class = Some("fast".into());
-        let class = class.validated().unwrap();
-        let found = mount_checks(&class, &ClientArgs::default(), &ProbeArgs::default()).await;
+        let found = mount_checks(&ctx(class, ClientArgs::default()), &ProbeArgs::default()).await;
         assert_eq!(found[0].health, Health::Skipped);
         assert!(found[0].message.contains("StorageClass"), "{found:?}");
 
@@ -332,7 +397,7 @@ mod tests {
             kubeconfig: Some("/nonexistent/kubeconfig".into()),
             ..ClientArgs::default()
         };
-        let found = mount_checks(&spec, &missing, &ProbeArgs::default()).await;
+        let found = mount_checks(&ctx(spec, missing), &ProbeArgs::default()).await;
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].health, Health::Fail, "{found:?}");
         assert!(

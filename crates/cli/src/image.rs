@@ -8,7 +8,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use pgset_command::HostCommand;
 use pgset_spec::VERSION;
 
-use crate::cli::{ClientArgs, DryRunArg, SpecArgs, Stage, workspace_root};
+use crate::cli::{ClientArgs, DryRunArg, SpecArgs, workspace_root};
+use crate::context::RunContext;
+use crate::progress::Reporter;
 use pgset_image::reference::ImageName;
 use pgset_image::{oci, static_binary};
 
@@ -44,27 +46,56 @@ pub fn default_archive_path(target_root: &Path) -> PathBuf {
     ))
 }
 
+/// What the image stage takes beyond the context.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StageOptions<'a> {
+    /// Where to write the archive (`None`: the default path in the target directory).
+    pub out: Option<&'a Path>,
+    /// Then load the archive into containerd.
+    pub import: bool,
+}
+
 /// Runs the task.
 pub async fn run(args: Args) -> Result<()> {
     let spec = args.spec.load(&args.client)?;
-    let name = ImageName::parse(&spec.agent.image)
+    let ctx = RunContext::new(
+        spec,
+        args.client.clone(),
+        args.dry_run.mode,
+        Reporter::current(),
+    );
+    stage(
+        &ctx,
+        &StageOptions {
+            out: args.out.as_deref(),
+            import: args.import,
+        },
+    )
+    .await
+}
+
+/// Builds the agent image of the invocation's spec and writes its archive, then imports it
+/// when asked (or, in a dry run, says what would be done): `image`, and `up`'s image stage.
+pub async fn stage(ctx: &RunContext, opts: &StageOptions<'_>) -> Result<()> {
+    let reporter = ctx.reporter();
+    let name = ImageName::parse(&ctx.spec().agent.image)
         .map_err(|problem| anyhow!(problem))
         .context("name the agent image")?;
     let workspace = workspace_root();
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| default_archive_path(&static_binary::target_root(&workspace)));
+    let out = opts.out.map_or_else(
+        || default_archive_path(&static_binary::target_root(&workspace)),
+        Path::to_path_buf,
+    );
 
-    if args.dry_run.is_set() {
-        print_plan(&workspace, &out, &name, args.import);
-        if args.import {
+    if ctx.dry_run().is_some() {
+        print_plan(reporter, &workspace, &out, &name, opts.import);
+        if opts.import {
             import_preflight()?;
         }
         return Ok(());
     }
     // Refuse an import that cannot happen before spending minutes on the build.
-    let ctr = if args.import {
+    let ctr = if opts.import {
         Some(import_preflight()?)
     } else {
         None
@@ -72,18 +103,19 @@ pub async fn run(args: Args) -> Result<()> {
 
     let archive = {
         let (workspace, out, name) = (workspace.clone(), out.clone(), name.clone());
-        tokio::task::spawn_blocking(move || build_archive(&workspace, &out, &name))
+        let reporter = reporter.clone();
+        tokio::task::spawn_blocking(move || build_archive(&reporter, &workspace, &out, &name))
             .await
             .context("join the image build")??
     };
-    println!("{}", archive.summary());
+    reporter.result(&archive.summary());
 
     if let Some(ctr) = ctr {
-        import(&ctr, &out, &name)?;
-        println!(
+        import(reporter, &ctr, &out, &name)?;
+        reporter.result(&format!(
             "imported {} into containerd namespace {CONTAINERD_NAMESPACE}",
             name.full
-        );
+        ));
     }
     Ok(())
 }
@@ -118,13 +150,18 @@ impl ArchiveReport {
 
 /// Builds the static agent and writes the image archive to `out` (atomically; left untouched
 /// when it already holds the same bytes).
-pub fn build_archive(workspace: &Path, out: &Path, name: &ImageName) -> Result<ArchiveReport> {
-    let stage = Stage::start("build the static pgset-agent (release, crt-static)");
+pub fn build_archive(
+    reporter: &Reporter,
+    workspace: &Path,
+    out: &Path,
+    name: &ImageName,
+) -> Result<ArchiveReport> {
+    let stage = reporter.stage("build the static pgset-agent (release, crt-static)");
     let target_dir = static_binary::image_target_dir(&static_binary::target_root(workspace));
     let executable_path = static_binary::build(workspace, &target_dir, VERSION)?;
     stage.done(&executable_path.display().to_string());
 
-    let stage = Stage::start(format!("pack the image archive {}", out.display()));
+    let stage = reporter.stage(format!("pack the image archive {}", out.display()));
     let executable = std::fs::read(&executable_path)
         .with_context(|| format!("read {}", executable_path.display()))?;
     let archive = oci::pack(oci::ImageContents {
@@ -209,8 +246,8 @@ fn import_preflight() -> Result<PathBuf> {
 
 /// Imports the archive into containerd's `k8s.io` namespace, then confirms containerd lists the
 /// image under its full name.
-fn import(ctr: &Path, archive: &Path, name: &ImageName) -> Result<()> {
-    let stage = Stage::start(format!("import {} into containerd", name.full));
+fn import(reporter: &Reporter, ctr: &Path, archive: &Path, name: &ImageName) -> Result<()> {
+    let stage = reporter.stage(format!("import {} into containerd", name.full));
     import_command(ctr, archive)
         .read()
         .context("import the agent image into containerd")?;
@@ -234,7 +271,7 @@ fn lists_image(listed: &str, full_name: &str) -> bool {
 }
 
 /// What the task would do, for `--dry-run`.
-fn print_plan(workspace: &Path, out: &Path, name: &ImageName, import: bool) {
+fn print_plan(reporter: &Reporter, workspace: &Path, out: &Path, name: &ImageName, import: bool) {
     let target_dir = static_binary::image_target_dir(&static_binary::target_root(workspace));
     let cargo = static_binary::cargo_program();
     let build = static_binary::build_command(
@@ -243,20 +280,20 @@ fn print_plan(workspace: &Path, out: &Path, name: &ImageName, import: bool) {
         &target_dir,
         &static_binary::enclosing_package_vars(),
     );
-    println!("would build:   {build}");
+    reporter.result(&format!("would build:   {build}"));
     // The command's log line hides environment values; these are build flags, not secrets.
     for (name, value) in build.get_envs() {
-        println!(
+        reporter.result(&format!(
             "               with {}={}",
             name.to_string_lossy(),
             value.to_string_lossy()
-        );
+        ));
     }
-    println!(
+    reporter.result(&format!(
         "would check:   {} is a static x86-64 executable and its --version prints {VERSION}",
         static_binary::built_path(&target_dir).display()
-    );
-    println!(
+    ));
+    reporter.result(&format!(
         "would write:   {} (image {}, tag {}, {}/{}, entrypoint {}, user {})",
         out.display(),
         name.full,
@@ -265,11 +302,15 @@ fn print_plan(workspace: &Path, out: &Path, name: &ImageName, import: bool) {
         oci::ARCHITECTURE,
         pgset_spec::contract::AGENT_IMAGE_BINARY,
         oci::IMAGE_USER
-    );
+    ));
     if import {
         let ctr = which::which("ctr").unwrap_or_else(|_| PathBuf::from("ctr"));
-        println!("would import:  {}", import_command(&ctr, out));
-        println!("would confirm: {} lists {}", list_command(&ctr), name.full);
+        reporter.result(&format!("would import:  {}", import_command(&ctr, out)));
+        reporter.result(&format!(
+            "would confirm: {} lists {}",
+            list_command(&ctr),
+            name.full
+        ));
     }
 }
 

@@ -15,7 +15,9 @@ use pgset_nfs::{
 };
 use pgset_spec::{ClusterSpec, ValidSpec};
 
-use crate::cli::{ClientArgs, DryRunArg, SpecArgs, Stage};
+use crate::cli::{ClientArgs, DryRunArg, SpecArgs};
+use crate::context::RunContext;
+use crate::progress::Reporter;
 
 /// How long listing the cluster's nodes may take before the host's own network is used.
 const NODE_LIST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -38,9 +40,17 @@ pub struct Args {
     pub spec: SpecArgs,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// What the NFS stage takes beyond the context.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StageOptions<'a> {
+    /// `--clients`, already checked by the caller or checked here.
+    pub clients: Option<&'a str>,
+    /// Also print the read-only probe commands.
+    pub verbose: bool,
     /// Run as `up`'s stage, whose preflight has counted the blockers already: a dry run lists
     /// them and goes on to the next stage.
-    #[arg(skip)]
     pub in_up: bool,
 }
 
@@ -53,15 +63,16 @@ pub(crate) struct HostPlan {
 }
 
 impl HostPlan {
-    /// Probes this host and plans; changes nothing.
+    /// Probes this host and plans with the context's spec; changes nothing.
     pub(crate) async fn make(
-        spec: &ValidSpec,
+        ctx: &RunContext,
         clients: Option<&str>,
-        client_args: &ClientArgs,
         runner: &Executor,
     ) -> Result<HostPlan> {
+        let spec = ctx.spec();
+        let reporter = ctx.reporter();
         let explicit_clients = clients.map(parse_clients).transpose()?;
-        let stage = Stage::start("probe the host");
+        let stage = reporter.stage("probe the host");
         let facts =
             pgset_nfs::probe(runner, &HostPaths::default(), spec).context("probe the host")?;
         stage.done(&facts.os.pretty_name);
@@ -69,19 +80,19 @@ impl HostPlan {
         let nodes = if explicit_clients.is_some() && spec.nfs.server.is_some() {
             Vec::new()
         } else {
-            node_addresses(client_args).await?
+            node_addresses_in(ctx).await?
         };
         let kept = kept_clients(spec, facts.exports_file.as_deref());
         let clients = match (explicit_clients, kept) {
             (Some(c), _) => c,
             (None, Some(c)) => {
-                eprintln!(
+                reporter.line(&format!(
                     "note: keeping the clients of pgset's block in /etc/exports ({}); pass --clients to change them",
                     client_list(&c)
-                );
+                ));
                 c
             }
-            (None, None) => default_clients(&nodes, &facts.addresses)?,
+            (None, None) => default_clients(reporter, &nodes, &facts.addresses)?,
         };
         let options = ExportOptions { clients };
         let steps = pgset_nfs::plan(&facts, spec, &options).context("plan the NFS host")?;
@@ -102,30 +113,66 @@ impl HostPlan {
 /// Runs the task.
 pub async fn run(args: Args) -> Result<()> {
     let spec = args.spec.load(&args.client)?;
-    if let Some(c) = &args.clients {
+    let ctx = RunContext::new(
+        spec,
+        args.client.clone(),
+        args.dry_run.mode,
+        Reporter::current(),
+    );
+    stage(
+        &ctx,
+        &StageOptions {
+            clients: args.clients.as_deref(),
+            verbose: args.verbose,
+            in_up: false,
+        },
+    )
+    .await
+}
+
+/// Makes this host the cluster's NFS server with the invocation's spec (or, in a dry run,
+/// prints the plan): `nfs`, and `up`'s NFS stage, which uses the plan its preflight made.
+pub async fn stage(ctx: &RunContext, opts: &StageOptions<'_>) -> Result<()> {
+    let spec = ctx.spec();
+    let reporter = ctx.reporter();
+    if let Some(c) = opts.clients {
         parse_clients(c)?;
     }
+    let dry_run = ctx.dry_run().is_some();
     let runner = Executor {
-        dry_run: args.dry_run.is_set(),
-        log_probes: args.verbose,
+        dry_run,
+        log_probes: opts.verbose,
     };
     let paths = HostPaths::default();
+    let made;
+    let plan = match &ctx.gathered().nfs_host {
+        Some(Ok(plan)) => plan,
+        Some(Err(e)) if dry_run && opts.in_up => {
+            reporter.line(&format!("    a real run would refuse: {e}"));
+            return Ok(());
+        }
+        Some(Err(e)) => bail!("{e}"),
+        None => {
+            made = HostPlan::make(ctx, opts.clients, &runner).await?;
+            &made
+        }
+    };
     let HostPlan {
         facts,
         options,
         steps,
         nodes,
-    } = HostPlan::make(&spec, args.clients.as_deref(), &args.client, &runner).await?;
-    print_plan(&spec, &options, &steps);
-    let server = server_address(&spec, &facts.addresses, &nodes);
-    let blockers = pgset_nfs::blockers(&facts, &steps);
+    } = plan;
+    print_plan(reporter, spec, options, steps);
+    let server = server_address(spec, &facts.addresses, nodes);
+    let blockers = pgset_nfs::blockers(facts, steps);
 
-    if args.dry_run.is_set() {
-        print_server(server.as_deref());
+    if dry_run {
+        print_server(reporter, server.as_deref());
         if !blockers.is_empty() {
             let refusal = pgset_nfs::Error::Blocked { blockers };
-            if args.in_up {
-                eprintln!("    a real run would refuse: {refusal}");
+            if opts.in_up {
+                reporter.line(&format!("    a real run would refuse: {refusal}"));
                 return Ok(());
             }
             return Err(refusal).context("a real run would refuse (dry run: nothing was changed)");
@@ -139,44 +186,44 @@ pub async fn run(args: Args) -> Result<()> {
         if !blockers.is_empty() {
             return Err(pgset_nfs::Error::Blocked { blockers }.into());
         }
-        let stage = Stage::start("configure the NFS host");
-        pgset_nfs::apply(&steps, &facts, &paths, &runner).context("configure the NFS host")?;
+        let stage = reporter.stage("configure the NFS host");
+        pgset_nfs::apply(steps, facts, &paths, &runner).context("configure the NFS host")?;
         stage.done(&format!("{} step(s)", steps.len()));
     }
     pgset_nfs::verify_export(&runner, &spec.cluster_export_dir(), &options.clients)
         .context("check the export with `exportfs -v`")?;
-    println!(
+    reporter.result(&format!(
         "{} is exported to {}",
         spec.cluster_export_dir().display(),
         client_list(&options.clients)
-    );
-    print_server(server.as_deref());
+    ));
+    print_server(reporter, server.as_deref());
     Ok(())
 }
 
-fn print_plan(spec: &ValidSpec, options: &ExportOptions, steps: &[Step]) {
+fn print_plan(reporter: &Reporter, spec: &ClusterSpec, options: &ExportOptions, steps: &[Step]) {
     if steps.is_empty() {
-        println!(
+        reporter.result(&format!(
             "nothing to change: {} is exported to {} and the NFS server runs",
             spec.cluster_export_dir().display(),
             client_list(&options.clients)
-        );
+        ));
         return;
     }
-    println!("plan ({} step(s)):", steps.len());
+    reporter.result(&format!("plan ({} step(s)):", steps.len()));
     for (i, step) in steps.iter().enumerate() {
-        println!("  {}. {step}", i + 1);
+        reporter.result(&format!("  {}. {step}", i + 1));
         for cmd in step.commands() {
-            println!("       $ {cmd}");
+            reporter.result(&format!("       $ {cmd}"));
         }
     }
 }
 
-fn print_server(server: Option<&str>) {
+fn print_server(reporter: &Reporter, server: Option<&str>) {
     match server {
-        Some(s) => println!("NFS server address for the volumes: {s}"),
-        None => println!(
-            "NFS server address for the volumes: not detected; pass --nfs-server ADDR to `cargo xtask volumes`"
+        Some(s) => reporter.result(&format!("NFS server address for the volumes: {s}")),
+        None => reporter.result(
+            "NFS server address for the volumes: not detected; pass --nfs-server ADDR to `cargo xtask volumes`",
         ),
     }
 }
@@ -199,15 +246,19 @@ fn kept_clients(spec: &ClusterSpec, exports: Option<&str>) -> Option<Vec<ExportC
 
 /// The clients for a first run without `--clients`: the cluster's node network, else this host's
 /// primary network (with a note saying so).
-fn default_clients(nodes: &[IpAddr], addresses: &HostAddresses) -> Result<Vec<ExportClient>> {
+fn default_clients(
+    reporter: &Reporter,
+    nodes: &[IpAddr],
+    addresses: &HostAddresses,
+) -> Result<Vec<ExportClient>> {
     if !nodes.is_empty() {
         return Ok(clients_from_node_addresses(nodes, &addresses.networks));
     }
     match addresses.primary_network() {
         Some(net) => {
-            eprintln!(
+            reporter.line(&format!(
                 "note: no cluster nodes known; allowing this host's primary network {net} (use --clients to choose)"
-            );
+            ));
             Ok(vec![ExportClient::Network(net)])
         }
         None => Err(pgset_nfs::Error::NoClients.into()),
@@ -227,41 +278,61 @@ pub(crate) fn server_address(
         .or_else(|| nfs_server_address(addresses, nodes).map(|a| a.to_string()))
 }
 
-/// The InternalIP addresses of the cluster's nodes. Without a kubeconfig (none named and none
-/// at the default places) or when an unnamed default cluster does not answer, a note is printed
-/// and the list is empty; a kubeconfig or context the user named must work.
-pub(crate) async fn node_addresses(client_args: &ClientArgs) -> Result<Vec<IpAddr>> {
-    let named = client_args.kubeconfig.is_some()
-        || client_args.context.is_some()
-        || std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty());
-    let listed = async {
-        let client = client_args.client().await?;
-        let nodes = tokio::time::timeout(
-            NODE_LIST_TIMEOUT,
-            Api::<Node>::all(client).list(&ListParams::default()),
-        )
-        .await
-        .context("list the cluster's nodes: no answer")?
-        .context("list the cluster's nodes")?;
-        Ok::<_, anyhow::Error>(nodes)
+/// The InternalIP addresses of the cluster's nodes: the ones `up`'s preflight listed, else
+/// listed with the context's client. Without a kubeconfig (none named and none at the default
+/// places) or when an unnamed default cluster does not answer, a note is printed and the list
+/// is empty; a kubeconfig or context the user named must work.
+pub(crate) async fn node_addresses_in(ctx: &RunContext) -> Result<Vec<IpAddr>> {
+    if let Some(nodes) = &ctx.gathered().nodes {
+        return internal_ips(nodes);
     }
-    .await;
-    let nodes = match listed {
-        Ok(n) => n,
+    let listed = async { list_nodes(ctx.client().await?).await }.await;
+    addresses_or_note(listed, ctx.cluster_named(), ctx.reporter())
+}
+
+/// [`node_addresses_in`] for a command without a context: builds its own client.
+pub(crate) async fn node_addresses(client_args: &ClientArgs) -> Result<Vec<IpAddr>> {
+    let listed = async { list_nodes(&client_args.client().await?).await }.await;
+    addresses_or_note(listed, client_args.named(), &Reporter::current())
+}
+
+async fn list_nodes(client: &kube::Client) -> Result<Vec<Node>> {
+    let nodes = tokio::time::timeout(
+        NODE_LIST_TIMEOUT,
+        Api::<Node>::all(client.clone()).list(&ListParams::default()),
+    )
+    .await
+    .context("list the cluster's nodes: no answer")?
+    .context("list the cluster's nodes")?;
+    Ok(nodes.items)
+}
+
+fn addresses_or_note(
+    listed: Result<Vec<Node>>,
+    named: bool,
+    reporter: &Reporter,
+) -> Result<Vec<IpAddr>> {
+    match listed {
+        Ok(nodes) => internal_ips(&nodes),
         Err(e) if !named => {
-            eprintln!("note: no cluster to ask for node addresses ({e:#})");
-            return Ok(Vec::new());
+            reporter.line(&format!(
+                "note: no cluster to ask for node addresses ({e:#})"
+            ));
+            Ok(Vec::new())
         }
-        Err(e) => return Err(e),
-    };
+        Err(e) => Err(e),
+    }
+}
+
+/// The nodes' InternalIP addresses; one that is not an IP address is an error.
+fn internal_ips(nodes: &[Node]) -> Result<Vec<IpAddr>> {
     let mut out = Vec::new();
     for node in nodes {
-        let name = node.metadata.name.clone().unwrap_or_default();
+        let name = node.metadata.name.as_deref().unwrap_or_default();
         for a in node
             .status
-            .and_then(|s| s.addresses)
-            .unwrap_or_default()
-            .into_iter()
+            .iter()
+            .flat_map(|s| s.addresses.iter().flatten())
             .filter(|a| a.type_ == "InternalIP")
         {
             match a.address.parse::<IpAddr>() {
@@ -279,6 +350,60 @@ pub(crate) async fn node_addresses(client_args: &ClientArgs) -> Result<Vec<IpAdd
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn node(name: &str, addresses: &[(&str, &str)]) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "status": {"addresses": addresses
+                .iter()
+                .map(|(t, a)| serde_json::json!({"type": t, "address": a}))
+                .collect::<Vec<_>>()},
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_nodes_preflight_listed_give_the_addresses_without_another_client() {
+        crate::cli::test_counts::reset();
+        let mut ctx = RunContext::new(
+            ClusterSpec::default().validated().unwrap(),
+            ClientArgs {
+                kubeconfig: Some("/nonexistent/kubeconfig".into()),
+                ..ClientArgs::default()
+            },
+            None,
+            Reporter::recording(false),
+        );
+        ctx.gathered_mut().nodes = Some(vec![
+            node(
+                "cp",
+                &[("InternalIP", "10.0.2.15"), ("Hostname", "cp.lab.example")],
+            ),
+            node("w1", &[("InternalIP", "10.0.2.16")]),
+        ]);
+        let found = node_addresses_in(&ctx).await.unwrap();
+        assert_eq!(
+            found,
+            [
+                "10.0.2.15".parse::<IpAddr>().unwrap(),
+                "10.0.2.16".parse().unwrap()
+            ]
+        );
+        assert_eq!(crate::cli::test_counts::clients_built(), 0);
+
+        ctx.gathered_mut().nodes = Some(vec![node("w2", &[("InternalIP", "not-an-ip")])]);
+        let e = node_addresses_in(&ctx).await.unwrap_err().to_string();
+        assert!(e.contains("node w2") && e.contains("--nfs-server"), "{e}");
+
+        // Without preflight's list the context's client is asked: a named kubeconfig that is
+        // missing is an error, tried once however often it is asked.
+        ctx.gathered_mut().nodes = None;
+        for _ in 0..2 {
+            let e = format!("{:#}", node_addresses_in(&ctx).await.unwrap_err());
+            assert!(e.contains("/nonexistent/kubeconfig"), "{e}");
+        }
+        assert_eq!(crate::cli::test_counts::clients_built(), 1);
+    }
 
     #[test]
     fn a_rerun_keeps_the_clients_of_pgsets_block() {

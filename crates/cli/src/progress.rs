@@ -29,6 +29,11 @@ struct Inner {
     /// Live lines on stderr: it is a terminal.
     terminal: bool,
     verbose: bool,
+    /// A command's result lines ([`Reporter::result`]) are progress lines too: `up`, whose
+    /// stages' results are part of what it says while it runs.
+    results_as_progress: bool,
+    /// Lines are kept here instead of written (tests).
+    recorded: Option<Mutex<Vec<String>>>,
     /// The live lines drawn now (one rollout view at a time): lines printed meanwhile go
     /// above them.
     drawing: Mutex<Option<MultiProgress>>,
@@ -53,13 +58,43 @@ impl Reporter {
 
     /// A reporter that draws live lines on stderr (`terminal`) or writes plain lines.
     pub fn with_terminal(terminal: bool, verbose: bool) -> Reporter {
+        Reporter::build(terminal, verbose, false, None)
+    }
+
+    /// Like [`Reporter::new`], with every line on stderr, a command's result lines too: for
+    /// `up`, whose stages' results (a plan, a table) are part of its progress.
+    pub fn for_stages(verbose: bool) -> Reporter {
+        Reporter::build(std::io::stderr().is_terminal(), verbose, true, None)
+    }
+
+    /// A reporter that writes nothing and keeps every line, result lines included, in order
+    /// ([`Reporter::recorded`]): for tests of what a command says.
+    pub fn recording(verbose: bool) -> Reporter {
+        Reporter::build(false, verbose, true, Some(Mutex::new(Vec::new())))
+    }
+
+    fn build(
+        terminal: bool,
+        verbose: bool,
+        results_as_progress: bool,
+        recorded: Option<Mutex<Vec<String>>>,
+    ) -> Reporter {
         Reporter {
             inner: Arc::new(Inner {
                 terminal,
                 verbose,
+                results_as_progress,
+                recorded,
                 drawing: Mutex::new(None),
             }),
         }
+    }
+
+    /// The lines a [`Reporter::recording`] kept (empty for the others).
+    pub fn recorded(&self) -> Vec<String> {
+        self.inner.recorded.as_ref().map_or_else(Vec::new, |r| {
+            r.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        })
     }
 
     /// The invocation's reporter: the first one [`Reporter::install`]ed, else a plain-or-live
@@ -89,6 +124,13 @@ impl Reporter {
 
     /// Writes one line on stderr (above the live lines while they draw).
     pub fn line(&self, text: &str) {
+        if let Some(recorded) = &self.inner.recorded {
+            recorded
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(text.to_string());
+            return;
+        }
         let drawing = self.drawing().clone();
         match drawing {
             Some(multi) => {
@@ -96,6 +138,17 @@ impl Reporter {
                 let _ = multi.println(text);
             }
             None => eprintln!("{text}"),
+        }
+    }
+
+    /// Writes one line of a command's result (a plan, a table, what was done): on stdout for a
+    /// command run on its own, as scripts and people read it there; a progress line
+    /// ([`Reporter::line`]) within `up` or while live lines draw.
+    pub fn result(&self, text: &str) {
+        if self.inner.results_as_progress || self.drawing().is_some() {
+            self.line(text);
+        } else {
+            println!("{text}");
         }
     }
 
@@ -362,6 +415,23 @@ fn clip_to(line: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recording_reporter_keeps_progress_and_result_lines_in_order() {
+        let reporter = Reporter::recording(false);
+        let stage = reporter.stage("probe the host");
+        reporter.result("plan (1 step(s)):");
+        stage.done("Debian");
+        let seen = reporter.recorded();
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert_eq!(seen[0], "==> probe the host");
+        assert_eq!(seen[1], "plan (1 step(s)):");
+        assert!(
+            seen[2].starts_with("    probe the host done in ") && seen[2].ends_with("s: Debian"),
+            "{seen:?}"
+        );
+        assert!(Reporter::with_terminal(false, false).recorded().is_empty());
+    }
 
     #[test]
     fn a_long_line_is_cut_to_the_limit() {

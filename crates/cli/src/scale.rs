@@ -5,7 +5,9 @@ use anyhow::{Context, Result, bail};
 use pgset_spec::{MAX_REPLICAS, StorageMode, ValidSpec};
 
 use crate::cli::{ClientArgs, SpecArgs, Stage};
+use crate::context::RunContext;
 use crate::deploy::WaitArgs;
+use crate::progress::Reporter;
 
 /// Arguments of `cargo xtask scale`.
 #[derive(Debug, clap::Args)]
@@ -28,7 +30,9 @@ pub async fn run(args: Args) -> Result<()> {
     let spec = scaled(spec, args.members)?;
     let client = args.client.client().await?;
     if spec.storage.mode == StorageMode::Templates && spec.storage.storage_class.is_none() {
-        prepare_member_volumes(&args.client, &spec, &client).await?;
+        let ctx = RunContext::new(spec.clone(), args.client.clone(), None, Reporter::current())
+            .with_client(client.clone());
+        prepare_member_volumes(&ctx, &spec, &client).await?;
     }
     let stage = Stage::start(format!(
         "scale StatefulSet {} in namespace {} to {} members",
@@ -84,7 +88,7 @@ fn scaled(spec: ValidSpec, members: i32) -> Result<ValidSpec> {
 /// are created as the `nfs` stage makes them (owned by the postgres uid, mode 0700); the
 /// volumes are applied from anywhere. Progress goes to stderr only.
 pub(crate) async fn prepare_member_volumes(
-    client_args: &ClientArgs,
+    ctx: &RunContext,
     spec: &ValidSpec,
     client: &kube::Client,
 ) -> Result<()> {
@@ -93,27 +97,33 @@ pub(crate) async fn prepare_member_volumes(
         let made = pgset_nfs::make_member_dirs(&pgset_nfs::HostPaths::default(), spec)
             .context("make the new members' directories")?;
         for dir in &made {
-            eprintln!(
+            ctx.reporter().line(&format!(
                 "    created {} owned by {}:{} with mode 0700",
                 dir.display(),
                 spec.postgres.uid,
                 spec.postgres.gid
-            );
+            ));
         }
     } else if missing {
-        eprintln!(
+        ctx.reporter().line(&format!(
             "    note: cannot create member directories here; on the NFS host, run `cargo xtask nfs -n {} --name {} --storage templates --replicas {}` so that {}/{}-N exist",
             spec.namespace,
             spec.name,
             spec.replicas,
             spec.cluster_export_dir().display(),
             spec.name
-        );
+        ));
     }
-    let server = crate::volumes::resolve_server(spec, client_args).await?;
-    crate::volumes::apply_storage(client, spec, &server, pgset_deploy::apply::ApplyMode::Apply)
-        .await
-        .context("create the new members' volumes")
+    let server = crate::volumes::resolve_server(spec, ctx).await?;
+    crate::volumes::apply_storage(
+        client,
+        spec,
+        &server,
+        pgset_deploy::apply::ApplyMode::Apply,
+        ctx.reporter(),
+    )
+    .await
+    .context("create the new members' volumes")
 }
 #[cfg(test)]
 mod tests {

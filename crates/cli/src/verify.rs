@@ -9,6 +9,8 @@ use pgset_verify::live::DEFAULT_MAX_REJOIN;
 use pgset_verify::{Options, Report, Verifier};
 
 use crate::cli::{ClientArgs, SpecArgs};
+use crate::context::RunContext;
+use crate::progress::Reporter;
 
 /// How the report is printed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -78,28 +80,73 @@ pub async fn checks(client: kube::Client, spec: ValidSpec, options: Options) -> 
     Ok(verifier.run().await)
 }
 
+/// What the verify stage takes beyond the context.
+#[derive(Debug, Clone, Copy)]
+pub struct StageOptions<'a> {
+    /// How to print the report.
+    pub output: Output,
+    /// Also scale to N+1 and back.
+    pub scale_test: bool,
+    /// Also delete the master pod and measure its recovery.
+    pub disruptive: bool,
+    /// Limit of each wait.
+    pub timeout: Duration,
+    /// With `disruptive`: the longest the replicas may take to stream again.
+    pub max_rejoin: Duration,
+    /// Also write the report as Markdown here (checked by the caller before anything ran).
+    pub report: Option<&'a std::path::Path>,
+}
+
 /// Runs the checks and prints the report; the error says how many failed.
 pub async fn run(args: Args) -> Result<()> {
     if let Some(path) = &args.report {
         crate::cli::check_report_path(path)?;
     }
-    let (spec, client) = spec_and_client(&args.spec, &args.client).await?;
-    let mut options = Options::new(&spec);
-    options.scale_test = args.scale_test;
-    options.disruptive = args.disruptive;
-    options.timeout = Duration::from_secs(args.timeout.max(1));
-    options.max_rejoin = Duration::from_secs_f64(args.max_rejoin_seconds);
+    let spec = args
+        .spec
+        .load(&args.client)
+        .context("load the cluster spec")?;
+    let ctx = RunContext::new(spec, args.client.clone(), None, Reporter::current());
+    stage(
+        &ctx,
+        &StageOptions {
+            output: args.output,
+            scale_test: args.scale_test,
+            disruptive: args.disruptive,
+            timeout: Duration::from_secs(args.timeout.max(1)),
+            max_rejoin: Duration::from_secs_f64(args.max_rejoin_seconds),
+            report: args.report.as_deref(),
+        },
+    )
+    .await
+}
+
+/// Runs the checks against the invocation's cluster and prints the report (a dry run says
+/// they would run): `verify`, and `up`'s verify stage.
+pub async fn stage(ctx: &RunContext, opts: &StageOptions<'_>) -> Result<()> {
+    let reporter = ctx.reporter();
+    if ctx.dry_run().is_some() {
+        reporter.line("    would run the checks of `cargo xtask verify` against the cluster");
+        return Ok(());
+    }
+    let spec = ctx.spec();
+    let client = ctx.client().await.context("connect to the cluster")?;
+    let mut options = Options::new(spec);
+    options.scale_test = opts.scale_test;
+    options.disruptive = opts.disruptive;
+    options.timeout = opts.timeout;
+    options.max_rejoin = opts.max_rejoin;
     if options.local_data_root.is_none() {
-        eprintln!("==> verify {}/{}", spec.namespace, spec.name);
+        reporter.line(&format!("==> verify {}/{}", spec.namespace, spec.name));
     } else {
-        eprintln!(
+        reporter.line(&format!(
             "==> verify {}/{} (member directories checked on this host in {})",
             spec.namespace,
             spec.name,
             spec.cluster_export_dir().display()
-        );
+        ));
     }
-    if args.scale_test
+    if opts.scale_test
         && spec.storage.mode == StorageMode::Templates
         && spec.storage.storage_class.is_none()
     {
@@ -107,16 +154,20 @@ pub async fn run(args: Args) -> Result<()> {
             .clone()
             .with_replicas(spec.replicas + 1)
             .context("the scale test adds one member to the spec's")?;
-        crate::scale::prepare_member_volumes(&args.client, &bigger, &client)
+        crate::scale::prepare_member_volumes(ctx, &bigger, client)
             .await
             .context("prepare the volume of the scale test's extra member")?;
     }
-    let report = checks(client, spec, options).await?;
-    match args.output {
-        Output::Table => print!("{}", report.to_table()),
+    let report = checks(client.clone(), spec.clone(), options).await?;
+    match opts.output {
+        Output::Table => {
+            for line in report.to_table().lines() {
+                reporter.result(line);
+            }
+        }
         Output::Json => println!("{}", report.to_json()),
     }
-    if let Some(path) = &args.report {
+    if let Some(path) = opts.report {
         crate::cli::write_report(path, &report.to_markdown())?;
     }
     let failed: Vec<&str> = report.failed().map(|c| c.name.as_str()).collect();

@@ -10,10 +10,10 @@ use pgset_deploy::storage::{apply_volumes, shared_claim};
 use pgset_nfs::persistent_volumes;
 use pgset_spec::{StorageMode, ValidSpec};
 
-use crate::cli::{ClientArgs, DryRunArg, SpecArgs, Stage};
+use crate::cli::{ClientArgs, DryRunArg, SpecArgs};
 use crate::context::RunContext;
 use crate::deploy::DryRun;
-use crate::nfs::{node_addresses, server_address};
+use crate::nfs::{node_addresses_in, server_address};
 use crate::progress::Reporter;
 
 /// Arguments of `cargo xtask volumes`.
@@ -42,14 +42,15 @@ fn storage_objects(spec: &ValidSpec, server: &str) -> StorageObjects {
 }
 
 /// The NFS server address the volumes name: `--nfs-server`/`nfs.server`, else detected on
-/// this host (its node address when it is a node, else its primary address).
-pub(crate) async fn resolve_server(spec: &ValidSpec, client_args: &ClientArgs) -> Result<String> {
+/// this host (its node address when it is a node, else its primary address), the nodes known
+/// to the context (or listed with its client).
+pub(crate) async fn resolve_server(spec: &ValidSpec, ctx: &RunContext) -> Result<String> {
     if let Some(s) = &spec.nfs.server {
         return Ok(s.clone());
     }
     let addresses =
         pgset_nfs::probe_addresses(&Executor::default()).context("probe this host's addresses")?;
-    let nodes = node_addresses(client_args).await?;
+    let nodes = node_addresses_in(ctx).await?;
     server_address(spec, &addresses, &nodes).context(
         "cannot tell the NFS server's address: pass --nfs-server ADDR (the address the nodes reach the NFS host at)",
     )
@@ -65,9 +66,10 @@ pub(crate) async fn apply_storage(
     spec: &ValidSpec,
     server: &str,
     mode: ApplyMode,
+    reporter: &Reporter,
 ) -> Result<()> {
     let StorageObjects { volumes, claim } = storage_objects(spec, server);
-    let stage = Stage::start(format!(
+    let stage = reporter.stage(format!(
         "apply {} NFS volume(s) on {server} for {}{}",
         volumes.len(),
         spec.cluster_export_dir().display(),
@@ -77,7 +79,7 @@ pub(crate) async fn apply_storage(
             ""
         }
     ));
-    let mut progress = |line: &str| eprintln!("    {line}");
+    let mut progress = |line: &str| reporter.line(&format!("    {line}"));
     let mut outcome = apply_volumes(client, &volumes, mode, &mut progress)
         .await
         .with_context(|| {
@@ -116,7 +118,7 @@ pub async fn run(args: Args) -> Result<()> {
 /// spec and client: `volumes`, and `up`'s volumes stage.
 pub async fn stage(ctx: &RunContext) -> Result<()> {
     let spec = ctx.spec();
-    let server = resolve_server(spec, ctx.client_args()).await?;
+    let server = resolve_server(spec, ctx).await?;
     if ctx.dry_run() == Some(DryRun::Client) {
         let StorageObjects { volumes, claim } = storage_objects(spec, &server);
         let mut docs = Vec::new();
@@ -134,7 +136,7 @@ pub async fn stage(ctx: &RunContext) -> Result<()> {
         Some(_) => ApplyMode::ServerDryRun,
         None => ApplyMode::Apply,
     };
-    apply_storage(client, spec, &server, mode).await
+    apply_storage(client, spec, &server, mode, ctx.reporter()).await
 }
 
 #[cfg(test)]

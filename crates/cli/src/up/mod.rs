@@ -16,10 +16,11 @@ use anyhow::{Context, Result, bail};
 use pgset_spec::{ClusterSpec, StorageMode, default_agent_image};
 
 use crate::cli::{ClientArgs, DryRunArg, SpecArgs};
-use crate::context::RunContext;
+use crate::context::{Gathered, RunContext};
 use crate::deploy::{DryRun, WaitArgs};
 use crate::doctor::ProbeArgs;
 use crate::progress::Reporter;
+use crate::verify::Output;
 
 /// How often a line says a long stage still runs (on a terminal, the rollout's live lines show
 /// the time instead).
@@ -133,49 +134,70 @@ fn builds_image(spec: &ClusterSpec, args: &Args) -> bool {
 
 /// Runs the whole flow.
 pub async fn run(args: Args) -> Result<()> {
+    let reporter = Reporter::for_stages(args.verbose).install();
+    execute(&args, reporter).await
+}
+
+/// The whole flow on one [`RunContext`]: the spec is loaded once and the client built once
+/// (by preflight); what preflight read (the nodes, this NFS host's plan, whether `ctr` is here)
+/// is handed to the stages, and every line goes through `reporter`.
+async fn execute(args: &Args, reporter: Reporter) -> Result<()> {
     let started = Instant::now();
     let spec = args.spec.load(&args.client)?;
-    let reporter = Reporter::new(args.verbose).install();
     if let Some(c) = &args.clients {
         pgset_nfs::parse_clients(c).context("--clients")?;
     }
-    let plan = stages(&spec, &args);
+    let plan = stages(&spec, args);
     let host_steps = plan.contains(&StageName::Nfs) || plan.contains(&StageName::Image);
+    let mut ctx = RunContext::new(
+        spec,
+        args.client.clone(),
+        args.dry_run.mode,
+        reporter.clone(),
+    );
 
     // Preflight: read-only, before anything changes.
     let t = Instant::now();
-    eprintln!("==> [preflight] {}", describe(&spec));
-    let client = match args.client.client().await {
-        Ok(c) => Some(c),
+    reporter.line(&format!("==> [preflight] {}", describe(ctx.spec())));
+    let client = match ctx.client().await {
+        Ok(c) => Some(c.clone()),
         Err(e) if args.dry_run.mode == Some(DryRun::Client) => {
-            eprintln!("    note: no cluster checks in this dry run: {e:#}");
+            reporter.line(&format!(
+                "    note: no cluster checks in this dry run: {e:#}"
+            ));
             None
         }
         Err(e) => return Err(e.context("preflight: connect to the cluster")),
     };
-    let mut facts = preflight::gather(
-        &spec,
+    let (mut facts, nodes) = preflight::gather(
+        ctx.spec(),
         client.as_ref(),
         host_steps,
         plan.contains(&StageName::Image),
     )
     .await?;
+    *ctx.gathered_mut() = Gathered {
+        nodes,
+        nfs_host: None,
+        ctr_here: Some(facts.ctr_here),
+    };
     if plan.contains(&StageName::Nfs) {
-        let host = crate::nfs::HostPlan::make(
-            &spec,
-            args.clients.as_deref(),
-            &args.client,
-            &pgset_command::Executor::default(),
-        )
-        .await;
-        facts.nfs_host = Some(match host {
+        let probes = pgset_command::Executor {
+            dry_run: args.dry_run.is_set(),
+            log_probes: args.verbose,
+        };
+        let host = crate::nfs::HostPlan::make(&ctx, args.clients.as_deref(), &probes)
+            .await
+            .map_err(|e| format!("{e:#}"));
+        facts.nfs_host = Some(match &host {
             Ok(h) => Ok(h.blockers().iter().map(ToString::to_string).collect()),
-            Err(e) => Err(format!("{e:#}")),
+            Err(e) => Err(e.clone()),
         });
+        ctx.gathered_mut().nfs_host = Some(host);
     }
-    let findings = preflight::judge(&spec, &facts);
+    let findings = preflight::judge(ctx.spec(), &facts);
     for f in &findings {
-        eprintln!("    {f}");
+        reporter.line(&format!("    {f}"));
     }
     let blockers = findings.iter().filter(|f| f.blocker).count();
     if blockers > 0 && !args.dry_run.is_set() {
@@ -185,39 +207,33 @@ pub async fn run(args: Args) -> Result<()> {
     }
     if let Some(Ok(v)) = &facts.cluster_version {
         let ready = facts.nodes.iter().filter(|n| n.ready).count();
-        eprintln!(
+        reporter.line(&format!(
             "    Kubernetes {v}, {ready}/{} node(s) Ready",
             facts.nodes.len()
-        );
+        ));
     }
-    eprintln!("    preflight done in {:.1}s", t.elapsed().as_secs_f64());
+    reporter.line(&format!(
+        "    preflight done in {:.1}s",
+        t.elapsed().as_secs_f64()
+    ));
 
-    let mut ctx = RunContext::new(
-        spec.clone(),
-        args.client.clone(),
-        args.dry_run.mode,
-        reporter.clone(),
-    );
-    if let Some(c) = client {
-        ctx = ctx.with_client(c);
-    }
-    let mut runner = Runner::new(reporter, args.dry_run.mode, plan.len());
+    let mut runner = Runner::new(reporter.clone(), args.dry_run.mode, plan.len());
     for stage in plan.iter().copied() {
-        runner
-            .run(stage, run_stage(stage, &ctx, &args, facts.ctr_here))
-            .await?;
+        runner.run(stage, run_stage(stage, &ctx, args)).await?;
     }
     runner.summary(started.elapsed());
     if args.dry_run.is_set() {
-        eprintln!("dry run: nothing was changed");
+        reporter.line("dry run: nothing was changed");
         if blockers > 0 {
             bail!(
                 "preflight found {blockers} blocker(s) (listed at the top) that would stop a real run"
             );
         }
     } else {
-        eprintln!();
-        eprint!("{}", connect_help(&spec));
+        reporter.line("");
+        for line in connect_help(ctx.spec()).lines() {
+            reporter.line(line);
+        }
     }
     Ok(())
 }
@@ -323,87 +339,59 @@ fn describe(spec: &ClusterSpec) -> String {
     )
 }
 
-async fn run_stage(stage: StageName, ctx: &RunContext, args: &Args, ctr_here: bool) -> Result<()> {
-    let spec = args.spec.clone();
-    let client = args.client.clone();
+/// Runs one stage on the invocation's context.
+async fn run_stage(stage: StageName, ctx: &RunContext, args: &Args) -> Result<()> {
     match stage {
         StageName::Nfs => {
-            crate::nfs::run(crate::nfs::Args {
-                clients: args.clients.clone(),
-                dry_run: args.dry_run,
-                verbose: args.verbose,
-                spec,
-                client,
-                in_up: true,
-            })
+            crate::nfs::stage(
+                ctx,
+                &crate::nfs::StageOptions {
+                    clients: args.clients.as_deref(),
+                    verbose: args.verbose,
+                    in_up: true,
+                },
+            )
             .await
         }
         StageName::Volumes => crate::volumes::stage(ctx).await,
         StageName::Doctor => {
-            let host = !args.skip_nfs;
-            if args.dry_run.is_set() {
-                eprintln!(
-                    "    would run `cargo xtask doctor`'s checks{}{}",
-                    if host { ": this NFS host's" } else { ":" },
-                    if args.probe.no_mount_probe {
-                        ""
-                    } else if host {
-                        ", and a pod per schedulable node mounting the export (removed after)"
-                    } else {
-                        " a pod per schedulable node mounting the export (removed after)"
-                    }
-                );
-                return Ok(());
-            }
-            let spec = args.spec.load(&args.client)?;
-            let mut found = if host {
-                crate::doctor::host_checks(&spec, &args.client).await?
-            } else {
-                Vec::new()
-            };
-            found.extend(crate::doctor::mount_checks(&spec, &args.client, &args.probe).await);
-            for line in crate::doctor::table(&found).lines() {
-                eprintln!("    {line}");
-            }
-            let failed = found
-                .iter()
-                .filter(|d| d.health == pgset_nfs::Health::Fail)
-                .count();
-            if failed > 0 {
-                bail!(
-                    "{failed} NFS path check(s) failed (listed above with their fixes); nothing was deployed"
-                );
-            }
-            Ok(())
+            crate::doctor::stage(
+                ctx,
+                &crate::doctor::StageOptions {
+                    probe: &args.probe,
+                    // The host checks need this host to be the NFS host.
+                    host_checks: !args.skip_nfs,
+                    output: Output::Table,
+                    in_up: true,
+                },
+            )
+            .await
         }
         StageName::Image => {
-            crate::image::run(crate::image::Args {
-                spec,
-                client,
-                out: None,
-                // A dry run shows the import only where it could happen; preflight has
-                // already named the missing `ctr` as a blocker.
-                import: !args.dry_run.is_set() || ctr_here,
-                dry_run: args.dry_run,
-            })
+            crate::image::stage(
+                ctx,
+                &crate::image::StageOptions {
+                    out: None,
+                    // A dry run shows the import only where it could happen; preflight has
+                    // already named the missing `ctr` as a blocker.
+                    import: !args.dry_run.is_set() || ctx.gathered().ctr_here == Some(true),
+                },
+            )
             .await
         }
         StageName::Deploy => crate::deploy::stage(ctx, &args.wait).await,
         StageName::Verify => {
-            if args.dry_run.is_set() {
-                eprintln!("    would run the checks of `cargo xtask verify` against the cluster");
-                return Ok(());
-            }
-            crate::verify::run(crate::verify::Args {
-                output: crate::verify::Output::Table,
-                scale_test: false,
-                disruptive: false,
-                timeout: args.wait.timeout.as_secs().max(60),
-                max_rejoin_seconds: pgset_verify::live::DEFAULT_MAX_REJOIN.as_secs_f64(),
-                report: None,
-                spec,
-                client,
-            })
+            crate::verify::stage(
+                ctx,
+                &crate::verify::StageOptions {
+                    output: Output::Table,
+                    scale_test: false,
+                    disruptive: false,
+                    timeout: Duration::from_secs(args.wait.timeout.as_secs().max(60)),
+                    max_rejoin: pgset_verify::live::DEFAULT_MAX_REJOIN,
+                    report: None,
+                },
+            )
             .await
         }
     }
@@ -578,6 +566,105 @@ mod tests {
         let err = format!("{:#}", run(a).await.unwrap_err());
         assert!(err.contains("preflight"), "{err}");
         assert!(err.contains("/nonexistent/kubeconfig"), "{err}");
+    }
+
+    /// `up --dry-run` with no cluster to reach: every stage runs on the one context, the spec
+    /// is loaded once, the client is tried once (by preflight; no stage builds another), and
+    /// every stage says what it would do through the invocation's reporter.
+    #[tokio::test]
+    async fn a_client_dry_run_runs_every_stage_on_one_context_through_its_reporter() {
+        crate::cli::test_counts::reset();
+        let a = Args {
+            dry_run: DryRunArg {
+                mode: Some(DryRun::Client),
+            },
+            clients: Some("10.0.0.0/24".into()),
+            spec: SpecArgs {
+                nfs_server: Some("10.0.0.1".into()),
+                ..SpecArgs::default()
+            },
+            client: ClientArgs {
+                kubeconfig: Some("/nonexistent/kubeconfig".into()),
+                ..ClientArgs::default()
+            },
+            ..args()
+        };
+        let reporter = Reporter::recording(false);
+        let result = execute(&a, reporter.clone()).await;
+        let seen = reporter.recorded();
+        let all = seen.join("\n");
+        // Blockers of this host (not root, no `ctr`...) end a dry run with an error, after
+        // every stage ran.
+        if let Err(e) = &result {
+            let e = format!("{e:#}");
+            assert!(
+                e.starts_with("preflight found") && e.ends_with("that would stop a real run"),
+                "{e}\n{all}"
+            );
+        }
+        assert_eq!(crate::cli::test_counts::spec_loads(), 1, "{all}");
+        assert_eq!(crate::cli::test_counts::clients_built(), 1, "{all}");
+
+        assert!(
+            seen[0].starts_with("==> [preflight] cluster pgset"),
+            "{all}"
+        );
+        assert!(
+            seen.iter().any(
+                |l| l.starts_with("    note: no cluster checks in this dry run: ")
+                    && l.contains("/nonexistent/kubeconfig")
+            ),
+            "{all}"
+        );
+        assert!(
+            seen.iter().any(|l| l.starts_with("    preflight done in ")),
+            "{all}"
+        );
+        let plan = stages(&ClusterSpec::default(), &a);
+        assert_eq!(plan.len(), 6);
+        for (i, stage) in plan.iter().enumerate() {
+            let header = format!("==> [{}/6] {} (dry run)", i + 1, stage.label());
+            let at = seen
+                .iter()
+                .position(|l| *l == header)
+                .unwrap_or_else(|| panic!("no {header:?} in\n{all}"));
+            let done = format!("    {} done in ", stage.label());
+            assert!(
+                seen[at..].iter().any(|l| l.starts_with(&done)),
+                "{header}: not done\n{all}"
+            );
+        }
+        // What each stage would do came through the reporter, not stdout or stderr directly.
+        assert!(
+            seen.iter()
+                .any(|l| l == "NFS server address for the volumes: 10.0.0.1")
+                || seen
+                    .iter()
+                    .any(|l| l.starts_with("    a real run would refuse: ")),
+            "the NFS stage's plan or its refusal\n{all}"
+        );
+        assert!(
+            seen.iter()
+                .any(|l| l
+                    .starts_with("    would run `cargo xtask doctor`'s checks: this NFS host's")),
+            "{all}"
+        );
+        assert!(
+            seen.iter().any(|l| l.starts_with("would build:   "))
+                && seen.iter().any(|l| l.starts_with("would write:   ")),
+            "{all}"
+        );
+        assert!(
+            seen.iter().any(
+                |l| l == "    would run the checks of `cargo xtask verify` against the cluster"
+            ),
+            "{all}"
+        );
+        assert_eq!(
+            seen.last().map(String::as_str),
+            Some("dry run: nothing was changed"),
+            "{all}"
+        );
     }
 
     #[tokio::test]

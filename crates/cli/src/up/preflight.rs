@@ -326,13 +326,15 @@ fn judge_nodes(spec: &ClusterSpec, f: &Facts, out: &mut Vec<Finding>) {
     }
 }
 
-/// Reads the facts: the host, and the cluster when a client is given.
+/// Reads the facts: the host, and the cluster when a client is given; with them, the nodes
+/// as listed (`None` when they were not: no client, or the API server did not answer), for the
+/// stages after preflight.
 pub async fn gather(
     spec: &ClusterSpec,
     client: Option<&kube::Client>,
     host_steps: bool,
     imports_image: bool,
-) -> Result<Facts> {
+) -> Result<(Facts, Option<Vec<Node>>)> {
     let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
     let os_family = pgset_nfs::parse_os_release(&os_release)
         .family()
@@ -357,27 +359,29 @@ pub async fn gather(
         storage_class_exists: None,
         nfs_host: None,
     };
-    if let Some(client) = client {
-        read_cluster(spec, client, &hostname, &mut facts).await?;
-    }
-    Ok(facts)
+    let nodes = match client {
+        Some(client) => read_cluster(spec, client, &hostname, &mut facts).await?,
+        None => None,
+    };
+    Ok((facts, nodes))
 }
 
 /// Reads what the API tells about the cluster: its version, every node, the StorageClass the
-/// spec names. Only reads.
+/// spec names. Only reads. Returns the nodes as listed (`None` when the API server did not
+/// answer).
 pub async fn read_cluster(
     spec: &ClusterSpec,
     client: &kube::Client,
     hostname: &str,
     facts: &mut Facts,
-) -> Result<()> {
+) -> Result<Option<Vec<Node>>> {
     match client.apiserver_version().await {
         Ok(info) => {
             facts.cluster_version = Some(Ok(format!("{}.{}", info.major, info.minor)));
         }
         Err(e) => {
             facts.cluster_version = Some(Err(e.to_string()));
-            return Ok(());
+            return Ok(None);
         }
     }
     let nodes: Api<Node> = Api::all(client.clone());
@@ -395,7 +399,7 @@ pub async fn read_cluster(
         let classes: Api<StorageClass> = Api::all(client.clone());
         facts.storage_class_exists = Some(classes.get_opt(class).await?.is_some());
     }
-    Ok(())
+    Ok(Some(list.items))
 }
 
 #[cfg(test)]
@@ -856,9 +860,15 @@ mod tests {
             host_node: None,
             ..cluster_ok()
         };
-        read_cluster(&spec, &client, "cp.lab.example", &mut facts)
+        let listed = read_cluster(&spec, &client, "cp.lab.example", &mut facts)
             .await
-            .unwrap();
+            .unwrap()
+            .expect("the API server answered: the nodes are kept for the stages");
+        let names: Vec<_> = listed
+            .iter()
+            .filter_map(|n| n.metadata.name.as_deref())
+            .collect();
+        assert_eq!(names, ["cp", "w1", "w2", "w3"]);
         assert_eq!(
             *calls.lock().unwrap(),
             ["GET /version", "GET /api/v1/nodes"],
