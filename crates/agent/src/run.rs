@@ -20,7 +20,7 @@ use crate::pgbin::PgBin;
 use crate::privilege;
 use crate::settings::{Mode, Role, Settings};
 use crate::supervise::{Outcome, ShutdownSignals, supervise};
-use crate::{Error, Result, phase};
+use crate::{Error, Result, meter, phase};
 
 /// Exit code after a shutdown signal arrived before postgres ran.
 const EXIT_SIGTERM: i32 = 143;
@@ -59,9 +59,14 @@ pub async fn run() -> Result<i32> {
     if let Some(addr) = s.health_addr {
         health::serve(addr, health.clone()).await?;
     }
-    let mut publisher = api
-        .clone()
-        .map(|api| phase::publish(api, s.pod_name.clone(), health.steps()));
+    let mut publisher = api.clone().map(|api| {
+        phase::publish(
+            api,
+            s.pod_name.clone(),
+            health.steps(),
+            health.base_backup_readings(),
+        )
+    });
     let result = run_member(&s, &bin, &me, &health, api.as_ref()).await;
     if let (Err(e), Some(publisher)) = (&result, publisher.as_mut()) {
         let step = match e {
@@ -138,6 +143,9 @@ async fn member_loop(
         if s.role == Role::Master && plan == Plan::Initdb {
             check_record_before_initdb(s, me, record.as_ref())?;
         }
+        // A replica's connection to the master, kept while it copies: the master's estimate
+        // of the copy's size comes over it.
+        let mut master = None;
         if s.role == Role::Replica {
             health.preparing(MemberPhase::WaitingForMaster, "waiting for the master");
             let (db, view) = tokio::select! {
@@ -153,6 +161,7 @@ async fn member_loop(
             };
             plan = check_master(s, me, plan, &view, recorded.as_ref())?;
             prepare_slot(&db, s, plan, &view).await?;
+            master = Some(db);
         }
         let (step, activity) = match plan {
             Plan::Initdb => (MemberPhase::Initdb, "initdb"),
@@ -165,7 +174,15 @@ async fn member_loop(
         health.preparing(step, activity);
         let (s2, b2, me2) = (s.clone(), bin.clone(), me.clone());
         let make = tokio::task::spawn_blocking(move || bootstrap::make(&s2, &b2, &me2, plan));
+        // pg_basebackup connects with the member's name as its application_name.
+        let meter = meter::measure(
+            s.bootstrap_dir(),
+            health.clone(),
+            master.as_ref(),
+            &s.pod_name,
+        );
         tokio::select! {
+            never = meter, if plan == Plan::BaseBackup => match never {},
             r = make => {
                 r.map_err(|e| Error::Failed(format!("preparing the data directory: {e}")))??;
                 if s.role == Role::Master && let (Some(api), Some(record)) = (api, &record) {
@@ -180,6 +197,8 @@ async fn member_loop(
                 return Ok(EXIT_SIGTERM);
             }
         }
+        health.set_base_backup(None);
+        drop(master);
         match fence.clear_stale_postmaster_pid(&s.pgdata())? {
             StalePid::Absent => {}
             StalePid::Renamed(to) => crate::info!(
