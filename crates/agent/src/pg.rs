@@ -70,8 +70,8 @@ impl Db {
     /// A connection to this member's own postgres over its socket directory.
     pub async fn local(s: &Settings, timeout: Duration) -> Result<Db> {
         let mut c = Config::new();
-        c.host_path(&s.socket_dir)
-            .port(s.port)
+        c.host_path(&s.env.socket_dir)
+            .port(s.env.port)
             .user(contract::SUPERUSER)
             .dbname("postgres")
             .application_name("pgset-agent")
@@ -88,8 +88,8 @@ impl Db {
     pub async fn master(s: &Settings, timeout: Duration) -> Result<Db> {
         let password = read_password(s, secret::REPLICATION_PASSWORD_KEY)?;
         let mut c = Config::new();
-        c.host(&s.master_host)
-            .port(s.master_port)
+        c.host(&s.env.master_host)
+            .port(s.env.master_port)
             .user(contract::REPLICATION_USER)
             .password(password)
             .dbname("postgres")
@@ -100,7 +100,7 @@ impl Db {
             .options(format!("-c statement_timeout={}", timeout.as_millis()));
         Db::open(
             c,
-            format!("the master {}:{}", s.master_host, s.master_port),
+            format!("the master {}:{}", s.env.master_host, s.env.master_port),
             timeout,
         )
         .await
