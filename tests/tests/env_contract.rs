@@ -95,17 +95,17 @@ fn the_agent_reads_local_modes_environment_as_given() {
     let s = Settings::from_lookup(get).unwrap();
     assert_eq!(s.pod_name, "pgset-2");
     assert_eq!(s.ordinal, 2);
-    assert_eq!(s.port, 25434);
-    assert_eq!(s.master_port, 25432);
-    assert_eq!(s.health_addr, Some(set.health_addr(2)));
-    assert_eq!(s.master_wait, Duration::from_secs(30));
-    assert_eq!(s.liveness_timeout, Duration::from_secs(20));
+    assert_eq!(s.env.port, 25434);
+    assert_eq!(s.env.master_port, 25432);
+    assert_eq!(s.env.health_addr, Some(set.health_addr(2)));
+    assert_eq!(s.master_wait(), Duration::from_secs(30));
+    assert_eq!(s.liveness_timeout(), Duration::from_secs(20));
     assert_eq!(
-        s.members_file.as_deref(),
+        s.env.members_file.as_deref(),
         Some(opts.dir.join(local::MEMBERS_FILE).as_path())
     );
     assert_eq!(
-        s.termination_log,
+        s.termination_log(),
         Some(local::termination_log(&opts.dir, "pgset-2"))
     );
 }

@@ -39,7 +39,7 @@ pub fn read_password(s: &Settings, key: &str) -> Result<String> {
 /// Writes the replication passfile libpq reads (`passfile=` in the conninfo), mode 0600.
 pub fn write_passfile(s: &Settings) -> Result<()> {
     let pw = read_password(s, secret::REPLICATION_PASSWORD_KEY)?;
-    datadir::ensure_dir(&s.socket_dir, 0o700)?;
+    datadir::ensure_dir(&s.env.socket_dir, 0o700)?;
     datadir::write_atomic(
         &s.replication_passfile(),
         render::passfile_entry(contract::REPLICATION_USER, &pw).as_bytes(),
@@ -52,8 +52,8 @@ pub fn write_passfile(s: &Settings) -> Result<()> {
 fn master_conninfo(s: &Settings, application_name: &str) -> String {
     format!(
         "host={} port={} user={} passfile={} application_name={} connect_timeout=5",
-        render::conninfo_quote(&s.master_host),
-        s.master_port,
+        render::conninfo_quote(&s.env.master_host),
+        s.env.master_port,
         render::conninfo_quote(contract::REPLICATION_USER),
         render::conninfo_quote(&s.replication_passfile().display().to_string()),
         render::conninfo_quote(application_name),
@@ -89,8 +89,8 @@ pub fn member_ref(s: &Settings) -> Result<MemberRef> {
         });
     }
     Ok(MemberRef {
-        namespace: s.namespace.clone().unwrap_or_else(|| "local".into()),
-        cluster: s.cluster.clone(),
+        namespace: s.namespace().unwrap_or("local").to_string(),
+        cluster: s.env.cluster.clone(),
         cluster_id: id,
         member: s.pod_name.clone(),
     })
@@ -99,10 +99,10 @@ pub fn member_ref(s: &Settings) -> Result<MemberRef> {
 /// Checks the data root: a usable directory that is not itself a data directory. Runs before
 /// the write fence is taken, so a refused root gets nothing written into it.
 pub fn check_data_root(s: &Settings) -> Result<()> {
-    datadir::check_root(&s.data_root)?;
-    if s.data_root.join("PG_VERSION").exists() {
+    datadir::check_root(&s.env.data_root)?;
+    if s.env.data_root.join("PG_VERSION").exists() {
         return Err(Error::Refused {
-            path: s.data_root.clone(),
+            path: s.env.data_root.clone(),
             problem: format!(
                 "the data root is itself a PostgreSQL data directory (it has PG_VERSION), so a \
                  member directory inside it would nest one database in another; this happens when \
@@ -110,7 +110,7 @@ pub fn check_data_root(s: &Settings) -> Result<()> {
                  switching storage modes on one export). Point the volume at the export's root \
                  (members keep their data in <root>/<pod-name>) or at an empty directory; {} is \
                  left untouched",
-                s.data_root.display()
+                s.env.data_root.display()
             ),
         });
     }
@@ -143,7 +143,7 @@ pub fn inspect(s: &Settings, me: &MemberRef) -> Result<Plan> {
                         problem: why.to_string(),
                     });
                 }
-                Verdict::Unmarked if s.adopt_unmarked => {
+                Verdict::Unmarked if s.env.adopt_unmarked => {
                     identity::write(&pgdata, &Identity::new(me, sysid, "adopted"))?;
                     crate::warn!(
                         "{} had no identity; adopted it as member {} of {}/{} ({} is set)",
@@ -179,7 +179,7 @@ pub fn inspect(s: &Settings, me: &MemberRef) -> Result<Plan> {
             Role::Replica => Ok(Plan::BaseBackup),
             Role::Master => {
                 let evidence = data_evidence(s);
-                if evidence.is_empty() || s.allow_reinit {
+                if evidence.is_empty() || s.env.allow_reinit {
                     if !evidence.is_empty() {
                         crate::warn!(
                             "initialising a new database although this cluster had data ({}); {} is set",
@@ -211,7 +211,7 @@ pub fn inspect(s: &Settings, me: &MemberRef) -> Result<Plan> {
 /// Signs that this cluster had data although ordinal 0's directory is absent: other members'
 /// data directories (and kept copies) beside it in the data root.
 pub fn data_evidence(s: &Settings) -> Vec<String> {
-    let Ok(entries) = fs::read_dir(&s.data_root) else {
+    let Ok(entries) = fs::read_dir(&s.env.data_root) else {
         return Vec::new();
     };
     let mut found: Vec<String> = entries
@@ -223,7 +223,7 @@ pub fn data_evidence(s: &Settings) -> Vec<String> {
                 .or_else(|| name.split_once(".stale-").map(|(b, _)| b))
                 .unwrap_or(&name);
             let k = pgset_spec::ordinal_of(base)?;
-            let is_member = base == format!("{}-{k}", s.cluster);
+            let is_member = base == format!("{}-{k}", s.env.cluster);
             (is_member && e.path().join("PG_VERSION").is_file())
                 .then(|| e.path().display().to_string())
         })
@@ -235,7 +235,7 @@ pub fn data_evidence(s: &Settings) -> Vec<String> {
 /// The database system identifiers recorded by this cluster's other members (their identity
 /// files in the data root): a new replica must copy a master of one of these.
 pub fn recorded_systems(s: &Settings, me: &MemberRef) -> Vec<(String, String)> {
-    let Ok(entries) = fs::read_dir(&s.data_root) else {
+    let Ok(entries) = fs::read_dir(&s.env.data_root) else {
         return Vec::new();
     };
     entries
@@ -321,8 +321,8 @@ fn base_backup(s: &Settings, bin: &PgBin) -> Result<()> {
     let target = s.bootstrap_dir();
     crate::info!(
         "first start of a replica: base backup from {}:{} into {} (slot {})",
-        s.master_host,
-        s.master_port,
+        s.env.master_host,
+        s.env.master_port,
         target.display(),
         s.slot()
     );
@@ -340,7 +340,7 @@ fn base_backup(s: &Settings, bin: &PgBin) -> Result<()> {
             "--checkpoint=fast",
             "--no-password",
         ]);
-    if let Some(rate) = &s.basebackup_max_rate {
+    if let Some(rate) = &s.env.basebackup_max_rate {
         cmd = cmd.arg(format!("--max-rate={rate}"));
     }
     let started = Instant::now();
@@ -381,6 +381,6 @@ pub fn write_managed_files(s: &Settings) -> Result<()> {
     if s.role == Role::Replica {
         datadir::write_atomic(&pgdata.join("standby.signal"), b"", 0o600)?;
     }
-    datadir::ensure_dir(&s.socket_dir, 0o700)?;
+    datadir::ensure_dir(&s.env.socket_dir, 0o700)?;
     Ok(())
 }

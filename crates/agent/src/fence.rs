@@ -33,13 +33,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
-use pgset_spec::contract;
+use pgset_spec::contract::{self, AgentMode};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
 use crate::kube_api::PodApi;
-use crate::settings::{Mode, Settings};
+use crate::settings::Settings;
 use crate::{Error, Result, io_err};
 
 /// Added to the pod's `terminationGracePeriodSeconds` to make the Lease duration.
@@ -151,17 +151,20 @@ impl Fence {
         let me = Holder::me(settings);
         let mut lease_plan = None;
         let mut deadline = None;
-        if settings.mode == Mode::Kubernetes {
+        if settings.env.mode == AgentMode::Kubernetes {
             let api = api.ok_or_else(|| Error::Fence {
                 path: pgdata.clone(),
                 problem: "Kubernetes mode needs the API client to hold the member's Lease".into(),
             })?;
-            let identity = settings.pod_uid.clone().ok_or_else(|| Error::Env {
-                var: contract::env::POD_UID,
-                problem: "missing; in a pod set it from the downward API (metadata.uid): \
+            let identity = settings
+                .pod_uid()
+                .map(str::to_string)
+                .ok_or_else(|| Error::Env {
+                    var: contract::env::POD_UID,
+                    problem: "missing; in a pod set it from the downward API (metadata.uid): \
                           it is the holder identity of the member's Lease"
-                    .into(),
-            })?;
+                        .into(),
+                })?;
             let duration = match opts.lease_duration {
                 Some(d) => d,
                 None => lease_duration_for_grace(
@@ -337,6 +340,7 @@ impl Fence {
 /// `<data root>/<pod>.lock`.
 pub fn lock_path(settings: &Settings) -> PathBuf {
     settings
+        .env
         .data_root
         .join(format!("{}.lock", settings.pod_name))
 }
@@ -355,7 +359,7 @@ impl Holder {
         Holder {
             pid: std::process::id(),
             pod: settings.pod_name.clone(),
-            uid: settings.pod_uid.clone(),
+            uid: settings.pod_uid().map(str::to_string),
             host: nix::unistd::gethostname()
                 .map(|h| h.to_string_lossy().into_owned())
                 .unwrap_or_else(|_| "?".into()),
@@ -517,7 +521,7 @@ fn duration_seconds(d: Duration) -> i32 {
 fn new_lease(name: &str, identity: &str, duration: Duration, settings: &Settings) -> Lease {
     let labels = [
         (contract::labels::NAME, contract::APP_NAME.to_string()),
-        (contract::labels::INSTANCE, settings.cluster.clone()),
+        (contract::labels::INSTANCE, settings.env.cluster.clone()),
         (contract::labels::MANAGED_BY, contract::APP_NAME.to_string()),
     ]
     .into_iter()

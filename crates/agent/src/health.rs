@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pgset_spec::contract::{HEALTH_LIVE_PATH, HEALTH_READY_PATH, HEALTH_STARTUP_PATH, MemberPhase};
+use pgset_spec::contract::{
+    BaseBackupReading, HEALTH_LIVE_PATH, HEALTH_READY_PATH, HEALTH_STARTUP_PATH, MemberPhase,
+};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -87,6 +89,8 @@ pub struct Health {
     liveness_timeout: Duration,
     /// The member's step as one word, for the pod's phase annotation.
     step: tokio::sync::watch::Sender<MemberPhase>,
+    /// The latest measurement of a base backup in progress, for the pod's annotation.
+    copied: tokio::sync::watch::Sender<Option<BaseBackupReading>>,
 }
 
 impl Health {
@@ -107,6 +111,7 @@ impl Health {
             }),
             liveness_timeout,
             step: tokio::sync::watch::Sender::new(MemberPhase::Fencing),
+            copied: tokio::sync::watch::Sender::new(None),
         })
     }
 
@@ -127,6 +132,16 @@ impl Health {
     /// Follows the member's step (the phase annotation's writer).
     pub fn steps(&self) -> tokio::sync::watch::Receiver<MemberPhase> {
         self.step.subscribe()
+    }
+
+    /// Records how far a base backup has come (`None` once it is over).
+    pub fn set_base_backup(&self, reading: Option<BaseBackupReading>) {
+        self.copied.send_replace(reading);
+    }
+
+    /// Follows a base backup's readings (the phase annotation's writer).
+    pub fn base_backup_readings(&self) -> tokio::sync::watch::Receiver<Option<BaseBackupReading>> {
+        self.copied.subscribe()
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {

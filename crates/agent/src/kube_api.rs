@@ -1,6 +1,7 @@
 //! The agent's API calls in a cluster, made with the pod's service account: label its own pod
 //! `role=master|replica` (server-side apply, field manager `pgset`), annotate it with its
-//! step (`pgset.io/phase`, a merge patch), ask whether a member's pod
+//! step and a base backup's progress (`pgset.io/phase`, `pgset.io/base-backup`, a merge
+//! patch), ask whether a member's pod
 //! still exists, read its own pod's grace period, read the StatefulSet's `spec.replicas` (the
 //! master drops a member's slot only when its ordinal is at or above it), and get, create and
 //! replace the member's write-fence Lease (optimistic concurrency on `resourceVersion`).
@@ -71,16 +72,22 @@ impl PodApi {
             .map_err(|e| self.explain(e, "patch", name))
     }
 
-    /// Sets the [`contract::annotations::PHASE`] annotation of the pod `name` to `phase` (a
-    /// merge patch of that one key, field manager `pgset-agent`, so the role label's
-    /// server-side apply keeps its own field).
-    pub async fn annotate_phase(&self, name: &str, phase: contract::MemberPhase) -> Result<()> {
+    /// Sets the [`contract::annotations::PHASE`] annotation of the pod `name` to `phase` and
+    /// [`contract::annotations::BASE_BACKUP`] to `copied` (removed when `None`): a merge patch
+    /// of those two keys, field manager `pgset-agent`, so the role label's server-side apply
+    /// keeps its own field.
+    pub async fn annotate_phase(
+        &self,
+        name: &str,
+        phase: contract::MemberPhase,
+        copied: Option<&contract::BaseBackupReading>,
+    ) -> Result<()> {
         let params = PatchParams {
             field_manager: Some(format!("{}-agent", contract::FIELD_MANAGER)),
             ..PatchParams::default()
         };
         self.pods
-            .patch(name, &params, &Patch::Merge(&phase_patch(phase)))
+            .patch(name, &params, &Patch::Merge(&phase_patch(phase, copied)))
             .await
             .map(drop)
             .map_err(|e| self.explain(e, "patch", name))
@@ -288,9 +295,16 @@ pub fn role_patch(name: &str, role: &str) -> serde_json::Value {
     })
 }
 
-/// The merge patch that sets only the phase annotation.
-pub fn phase_patch(phase: contract::MemberPhase) -> serde_json::Value {
-    json!({ "metadata": { "annotations": { contract::annotations::PHASE: phase.as_str() } } })
+/// The merge patch that sets only the phase annotation and the base-backup reading (`null`,
+/// which removes it, when there is none: no reading outlives the copy it measured).
+pub fn phase_patch(
+    phase: contract::MemberPhase,
+    copied: Option<&contract::BaseBackupReading>,
+) -> serde_json::Value {
+    json!({ "metadata": { "annotations": {
+        contract::annotations::PHASE: phase.as_str(),
+        contract::annotations::BASE_BACKUP: copied.map(|r| r.to_annotation()),
+    } } })
 }
 
 /// What to tell the user when the API forbids a call on a pod: which verb the Role lacks.

@@ -11,6 +11,7 @@ pub mod identity;
 pub mod install;
 pub mod kube_api;
 pub(crate) mod log;
+pub mod meter;
 pub(crate) mod pg;
 pub mod pgbin;
 pub mod phase;

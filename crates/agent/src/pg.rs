@@ -92,7 +92,7 @@ impl Db {
 
     /// A connection to this member's own postgres over its socket directory.
     pub async fn local(s: &Settings, timeout: Duration) -> Result<Db> {
-        let c = superuser_config(&s.socket_dir, s.port, "pgset-agent", timeout);
+        let c = superuser_config(&s.env.socket_dir, s.env.port, "pgset-agent", timeout);
         Db::open(c, format!("postgres of {}", s.pod_name), timeout).await
     }
 
@@ -113,8 +113,8 @@ impl Db {
     pub async fn master(s: &Settings, timeout: Duration) -> Result<Db> {
         let password = read_password(s, secret::REPLICATION_PASSWORD_KEY)?;
         let mut c = Config::new();
-        c.host(&s.master_host)
-            .port(s.master_port)
+        c.host(&s.env.master_host)
+            .port(s.env.master_port)
             .user(contract::REPLICATION_USER)
             .password(password)
             .dbname("postgres")
@@ -125,7 +125,7 @@ impl Db {
             .options(format!("-c statement_timeout={}", timeout.as_millis()));
         Db::open(
             c,
-            format!("the master {}:{}", s.master_host, s.master_port),
+            format!("the master {}:{}", s.env.master_host, s.env.master_port),
             timeout,
         )
         .await

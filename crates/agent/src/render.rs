@@ -42,8 +42,8 @@ pub fn passfile_entry(user: &str, password: &str) -> String {
 /// The connection string replicas use to reach the master (no password: it is in the passfile).
 pub fn primary_conninfo(s: &Settings) -> String {
     [
-        ("host", s.master_host.clone()),
-        ("port", s.master_port.to_string()),
+        ("host", s.env.master_host.clone()),
+        ("port", s.env.master_port.to_string()),
         ("user", contract::REPLICATION_USER.to_string()),
         ("passfile", s.replication_passfile().display().to_string()),
         ("application_name", s.pod_name.clone()),
@@ -66,11 +66,11 @@ pub fn primary_conninfo(s: &Settings) -> String {
 pub fn managed_conf(s: &Settings) -> String {
     let mut lines = vec![
         "# Written by pgset-agent on every start; edits here are replaced.".to_string(),
-        format!("listen_addresses = {}", conf_quote(&s.listen_addresses)),
-        format!("port = {}", s.port),
+        format!("listen_addresses = {}", conf_quote(&s.env.listen_addresses)),
+        format!("port = {}", s.env.port),
         format!(
             "unix_socket_directories = {}",
-            conf_quote(&s.socket_dir.display().to_string())
+            conf_quote(&s.env.socket_dir.display().to_string())
         ),
         "password_encryption = 'scram-sha-256'".to_string(),
         "wal_level = replica".to_string(),

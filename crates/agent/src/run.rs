@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgset_spec::contract::{self, MemberPhase};
+use pgset_spec::contract::{self, AgentMode, MemberPhase};
 
 use crate::bootstrap::{self, Plan};
 use crate::datadir;
@@ -18,9 +18,9 @@ use crate::kube_api::{ClusterRecord, PodApi};
 use crate::pg::{self, Db, MasterView};
 use crate::pgbin::PgBin;
 use crate::privilege;
-use crate::settings::{Mode, Role, Settings};
+use crate::settings::{Role, Settings};
 use crate::supervise::{Outcome, ShutdownSignals, supervise};
-use crate::{Error, Result, phase};
+use crate::{Error, Result, meter, phase};
 
 /// Exit code after a shutdown signal arrived before postgres ran.
 const EXIT_SIGTERM: i32 = 143;
@@ -38,30 +38,35 @@ pub async fn run() -> Result<i32> {
     crate::info!(
         "member {} of cluster {}: {} (ordinal {}), data {}",
         s.pod_name,
-        s.cluster,
+        s.env.cluster,
         s.role.label(),
         s.ordinal,
         s.pgdata().display()
     );
-    let bin = PgBin::find(s.pg_bin_dir.as_deref())?;
+    let bin = PgBin::find(s.env.pg_bin_dir.as_deref())?;
     let major = bin.supported_major()?;
     crate::info!("PostgreSQL {major} binaries in {}", bin.dir().display());
-    datadir::check_root(&s.data_root)?;
+    datadir::check_root(&s.env.data_root)?;
     let me = bootstrap::member_ref(&s)?;
-    let api = match s.mode {
-        Mode::Kubernetes => {
-            let ns = s.namespace.clone().unwrap_or_default();
-            Some(PodApi::in_cluster(&ns, &s.cluster)?)
+    let api = match s.env.mode {
+        AgentMode::Kubernetes => {
+            let ns = s.namespace().unwrap_or_default();
+            Some(PodApi::in_cluster(ns, &s.env.cluster)?)
         }
-        Mode::Local => None,
+        AgentMode::Local => None,
     };
-    let health = Health::new(&s.pod_name, s.liveness_timeout);
-    if let Some(addr) = s.health_addr {
+    let health = Health::new(&s.pod_name, s.liveness_timeout());
+    if let Some(addr) = s.env.health_addr {
         health::serve(addr, health.clone()).await?;
     }
-    let mut publisher = api
-        .clone()
-        .map(|api| phase::publish(api, s.pod_name.clone(), health.steps()));
+    let mut publisher = api.clone().map(|api| {
+        phase::publish(
+            api,
+            s.pod_name.clone(),
+            health.steps(),
+            health.base_backup_readings(),
+        )
+    });
     let result = run_member(&s, &bin, &me, &health, api.as_ref()).await;
     if let (Err(e), Some(publisher)) = (&result, publisher.as_mut()) {
         let step = match e {
@@ -98,7 +103,7 @@ async fn run_member(
         }
     };
     crate::info!("holding the write fence: {}", fence.holder_description());
-    let pid_file = (s.mode == Mode::Local).then(|| s.agent_pid_file());
+    let pid_file = (s.env.mode == AgentMode::Local).then(|| s.agent_pid_file());
     if let Some(f) = &pid_file {
         datadir::write_atomic(f, format!("{}\n", std::process::id()).as_bytes(), 0o644)?;
     }
@@ -138,6 +143,9 @@ async fn member_loop(
         if s.role == Role::Master && plan == Plan::Initdb {
             check_record_before_initdb(s, me, record.as_ref())?;
         }
+        // A replica's connection to the master, kept while it copies: the master's estimate
+        // of the copy's size comes over it.
+        let mut master = None;
         if s.role == Role::Replica {
             health.preparing(MemberPhase::WaitingForMaster, "waiting for the master");
             let (db, view) = tokio::select! {
@@ -153,6 +161,7 @@ async fn member_loop(
             };
             plan = check_master(s, me, plan, &view, recorded.as_ref())?;
             prepare_slot(&db, s, plan, &view).await?;
+            master = Some(db);
         }
         let (step, activity) = match plan {
             Plan::Initdb => (MemberPhase::Initdb, "initdb"),
@@ -165,7 +174,15 @@ async fn member_loop(
         health.preparing(step, activity);
         let (s2, b2, me2) = (s.clone(), bin.clone(), me.clone());
         let make = tokio::task::spawn_blocking(move || bootstrap::make(&s2, &b2, &me2, plan));
+        // pg_basebackup connects with the member's name as its application_name.
+        let meter = meter::measure(
+            s.bootstrap_dir(),
+            health.clone(),
+            master.as_ref(),
+            &s.pod_name,
+        );
         tokio::select! {
+            never = meter, if plan == Plan::BaseBackup => match never {},
             r = make => {
                 r.map_err(|e| Error::Failed(format!("preparing the data directory: {e}")))??;
                 if s.role == Role::Master && let (Some(api), Some(record)) = (api, &record) {
@@ -180,6 +197,8 @@ async fn member_loop(
                 return Ok(EXIT_SIGTERM);
             }
         }
+        health.set_base_backup(None);
+        drop(master);
         match fence.clear_stale_postmaster_pid(&s.pgdata())? {
             StalePid::Absent => {}
             StalePid::Renamed(to) => crate::info!(
@@ -230,8 +249,8 @@ async fn wait_for_master(s: &Settings) -> Result<(Db, MasterView)> {
                 if last_logged.is_some() {
                     crate::info!(
                         "the master {}:{} answers (database system {})",
-                        s.master_host,
-                        s.master_port,
+                        s.env.master_host,
+                        s.env.master_port,
                         found.1.system_identifier
                     );
                 }
@@ -239,11 +258,11 @@ async fn wait_for_master(s: &Settings) -> Result<(Db, MasterView)> {
             }
             Err(e) => e.to_string(),
         };
-        if started.elapsed() + delay > s.master_wait {
+        if started.elapsed() + delay > s.master_wait() {
             return Err(Error::MasterTimeout {
-                host: s.master_host.clone(),
-                port: s.master_port,
-                secs: s.master_wait.as_secs(),
+                host: s.env.master_host.clone(),
+                port: s.env.master_port,
+                secs: s.master_wait().as_secs(),
                 var: contract::env::MASTER_WAIT_TIMEOUT,
             });
         }
@@ -254,8 +273,8 @@ async fn wait_for_master(s: &Settings) -> Result<(Db, MasterView)> {
         if log_now {
             crate::info!(
                 "waiting for the master {}:{} ({why})",
-                s.master_host,
-                s.master_port
+                s.env.master_host,
+                s.env.master_port
             );
             last_logged = Some((why, Instant::now()));
         }
@@ -271,10 +290,10 @@ fn check_record_before_initdb(
     me: &MemberRef,
     record: Option<&Result<Option<ClusterRecord>>>,
 ) -> Result<()> {
-    let name = crate::kube_api::record_name(&s.cluster);
+    let name = crate::kube_api::record_name(&s.env.cluster);
     match record {
         None | Some(Ok(None)) => Ok(()),
-        Some(Ok(Some(r))) if r.cluster_id != me.cluster_id || s.allow_reinit => {
+        Some(Ok(Some(r))) if r.cluster_id != me.cluster_id || s.env.allow_reinit => {
             if r.cluster_id == me.cluster_id {
                 crate::warn!(
                     "initialising a new database although the record {name} says this cluster \
@@ -345,7 +364,7 @@ async fn keep_record(
         match api.write_cluster_record(&ours).await {
             Ok(()) => crate::info!(
                 "recorded database system {own} in the cluster record {}",
-                crate::kube_api::record_name(&s.cluster)
+                crate::kube_api::record_name(&s.env.cluster)
             ),
             Err(e) => crate::warn!("writing the cluster record: {e}"),
         }
@@ -368,7 +387,7 @@ fn check_master(
             if own == view.system_identifier {
                 return Ok(Plan::Existing);
             }
-            if s.allow_reinit {
+            if s.env.allow_reinit {
                 let kept = set_aside(s, me, view.database_bytes)?;
                 crate::warn!(
                     "the master is database system {master}, this replica's data is {own}; {} is \
@@ -386,8 +405,8 @@ fn check_master(
                      replica does not follow it and keeps its data; restore the master's data, or, \
                      if the new master is intended, set {}=true (spec: postgres.allowReinit) to \
                      copy it (this directory is then kept aside)",
-                    s.master_host,
-                    s.master_port,
+                    s.env.master_host,
+                    s.env.master_port,
                     contract::env::ALLOW_REINIT
                 ),
             })
@@ -396,11 +415,13 @@ fn check_master(
             let mut recorded = bootstrap::recorded_systems(s, me);
             if let Some(r) = record {
                 recorded.push((
-                    format!("ConfigMap {}", crate::kube_api::record_name(&s.cluster)),
+                    format!("ConfigMap {}", crate::kube_api::record_name(&s.env.cluster)),
                     r.system_identifier.clone(),
                 ));
             }
-            if recorded.is_empty() || recorded.iter().any(|(_, id)| *id == master) || s.allow_reinit
+            if recorded.is_empty()
+                || recorded.iter().any(|(_, id)| *id == master)
+                || s.env.allow_reinit
             {
                 return Ok(Plan::BaseBackup);
             }
@@ -409,7 +430,7 @@ fn check_master(
                 .map(|(member, id)| format!("{member}: {id}"))
                 .collect();
             Err(Error::Refused {
-                path: s.data_root.clone(),
+                path: s.env.data_root.clone(),
                 problem: format!(
                     "the master is database system {master} but this cluster's members recorded \
                      {}; copying it would join a different database. Restore the master's data, or \
@@ -471,7 +492,7 @@ pub fn set_aside(s: &Settings, me: &MemberRef, needed_bytes: i64) -> Result<Path
     } else {
         0
     };
-    let free = datadir::free_bytes(&s.data_root)?;
+    let free = datadir::free_bytes(&s.env.data_root)?;
     let need = (needed_bytes.max(0) as u64).saturating_mul(11) / 10 + COPY_MARGIN_BYTES;
     if free + previous_bytes < need {
         return Err(Error::Refused {
@@ -573,7 +594,7 @@ mod tests {
             e.contains("cannot be read (Kubernetes API: forbidden)"),
             "{e}"
         );
-        s.allow_reinit = true;
+        s.env.allow_reinit = true;
         check_record_before_initdb(&s, &me, Some(&Ok(Some(record("c1"))))).unwrap();
     }
 }

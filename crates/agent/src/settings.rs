@@ -1,10 +1,10 @@
-//! The agent's settings, read from the env contract (`pgset_spec::contract::env`) and checked.
+//! The agent's settings: the env contract (`pgset_spec::contract::AgentEnv`) as parsed and checked,
+//! and what the agent derives from it (member name, ordinal, role, defaults).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pgset_spec::contract::{self, AgentEnv, AgentMode, MemberIdentity, roles};
+use pgset_spec::contract::{self, AgentEnv, MemberIdentity, roles};
 
 use crate::{Error, Result};
 
@@ -39,67 +39,22 @@ impl Role {
     }
 }
 
-/// Where the agent runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// In a pod: label the pod through the API.
-    Kubernetes,
-    /// A local process: no API; membership from a file.
-    Local,
-}
-
 pub(crate) use pgset_spec::{member_of_slot, slot_name};
 
-/// Everything the agent needs to know, validated.
+/// Everything the agent needs to know: the env contract as given, and what the agent derives
+/// from it (the member's name as a value, its ordinal and role, the defaults of what the
+/// contract leaves out).
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// `kubernetes` or `local`.
-    pub mode: Mode,
-    /// This member's name, `<cluster>-<ordinal>`.
+    /// The env contract, parsed and checked (optional settings are `None` when not given).
+    pub env: AgentEnv,
+    /// This member's name, `<cluster>-<ordinal>` (given as a value: the agent runs in the pod
+    /// the downward API named).
     pub pod_name: String,
     /// The ordinal parsed from the pod name.
     pub ordinal: i32,
     /// The role from the ordinal.
     pub role: Role,
-    /// Cluster (StatefulSet) name.
-    pub cluster: String,
-    /// Namespace (Kubernetes mode).
-    pub namespace: Option<String>,
-    /// The pod's UID (Kubernetes mode, from the downward API): the holder identity of the
-    /// member's Lease.
-    pub pod_uid: Option<String>,
-    /// Directory holding `<pod-name>`.
-    pub data_root: PathBuf,
-    /// Host of the master.
-    pub master_host: String,
-    /// Port of the master.
-    pub master_port: u16,
-    /// This member's port.
-    pub port: u16,
-    /// `listen_addresses`.
-    pub listen_addresses: String,
-    /// `unix_socket_directories`.
-    pub socket_dir: PathBuf,
-    /// Directory with the password files.
-    pub secret_dir: PathBuf,
-    /// Health endpoint address (`None` when set to `off`).
-    pub health_addr: Option<SocketAddr>,
-    /// Directory of the PostgreSQL binaries, when given.
-    pub pg_bin_dir: Option<PathBuf>,
-    /// Local mode: the membership file.
-    pub members_file: Option<PathBuf>,
-    /// How long a replica waits for its master.
-    pub master_wait: Duration,
-    /// `pg_basebackup --max-rate`, when given.
-    pub basebackup_max_rate: Option<String>,
-    /// Take a data directory without an identity file as this member's (explicit opt-in).
-    pub adopt_unmarked: bool,
-    /// Allow initialising anew over a cluster that had data (explicit opt-in).
-    pub allow_reinit: bool,
-    /// How long postgres may go without answering before liveness fails.
-    pub liveness_timeout: Duration,
-    /// Where a refusal or fatal error is written before the agent exits.
-    pub termination_log: Option<PathBuf>,
 }
 
 impl Settings {
@@ -113,15 +68,9 @@ impl Settings {
         Settings::from_contract(AgentEnv::from_lookup(lookup)?)
     }
 
-    /// The settings of a member told `env`, with the agent's defaults for what it leaves out.
+    /// The settings of a member told `env`.
     pub fn from_contract(env: AgentEnv) -> Result<Settings> {
-        let termination_log = env.termination_log_or_default();
-        let MemberIdentity::Given {
-            pod_name,
-            namespace,
-            pod_uid,
-        } = env.member
-        else {
+        let Some(pod_name) = env.pod_name().map(str::to_string) else {
             return Err(Error::Env {
                 var: contract::env::POD_NAME,
                 problem: "not given; the agent needs the member's name as a value".into(),
@@ -132,50 +81,64 @@ impl Settings {
             problem: format!("`{pod_name}` does not end in a numeric ordinal"),
         })?;
         Ok(Settings {
-            mode: match env.mode {
-                AgentMode::Kubernetes => Mode::Kubernetes,
-                AgentMode::Local => Mode::Local,
-            },
-            role: Role::of_ordinal(ordinal),
+            env,
             pod_name,
             ordinal,
-            cluster: env.cluster,
-            namespace,
-            pod_uid,
-            data_root: env.data_root,
-            master_host: env.master_host,
-            master_port: env.master_port,
-            port: env.port,
-            listen_addresses: env.listen_addresses,
-            socket_dir: env.socket_dir,
-            secret_dir: env.secret_dir,
-            health_addr: env.health_addr,
-            pg_bin_dir: env.pg_bin_dir,
-            members_file: env.members_file,
-            master_wait: env.master_wait.unwrap_or(DEFAULT_MASTER_WAIT),
-            basebackup_max_rate: env.basebackup_max_rate,
-            adopt_unmarked: env.adopt_unmarked,
-            allow_reinit: env.allow_reinit,
-            liveness_timeout: env
-                .liveness_timeout
-                .unwrap_or(crate::health::DEFAULT_LIVENESS_TIMEOUT),
-            termination_log,
+            role: Role::of_ordinal(ordinal),
         })
+    }
+
+    /// The member's namespace (required in Kubernetes mode).
+    pub fn namespace(&self) -> Option<&str> {
+        match &self.env.member {
+            MemberIdentity::Given { namespace, .. } => namespace.as_deref(),
+            MemberIdentity::FromPod => None,
+        }
+    }
+
+    /// The pod's UID (Kubernetes mode, from the downward API): the holder identity of the
+    /// member's Lease.
+    pub fn pod_uid(&self) -> Option<&str> {
+        match &self.env.member {
+            MemberIdentity::Given { pod_uid, .. } => pod_uid.as_deref(),
+            MemberIdentity::FromPod => None,
+        }
+    }
+
+    /// How long a replica waits for its master ([`DEFAULT_MASTER_WAIT`] unless given).
+    pub fn master_wait(&self) -> Duration {
+        self.env.master_wait.unwrap_or(DEFAULT_MASTER_WAIT)
+    }
+
+    /// How long postgres may go without answering before liveness fails.
+    pub fn liveness_timeout(&self) -> Duration {
+        self.env
+            .liveness_timeout
+            .unwrap_or(crate::health::DEFAULT_LIVENESS_TIMEOUT)
+    }
+
+    /// Where a refusal or fatal error is written before the agent exits.
+    pub fn termination_log(&self) -> Option<PathBuf> {
+        self.env.termination_log_or_default()
     }
 
     /// PGDATA: `<data root>/<pod-name>`.
     pub fn pgdata(&self) -> PathBuf {
-        self.data_root.join(&self.pod_name)
+        self.env.data_root.join(&self.pod_name)
     }
 
     /// Where a first copy (initdb or base backup) is built before it is renamed into place.
     pub fn bootstrap_dir(&self) -> PathBuf {
-        self.data_root.join(format!("{}.bootstrap", self.pod_name))
+        self.env
+            .data_root
+            .join(format!("{}.bootstrap", self.pod_name))
     }
 
     /// Where a member's data is kept aside when it is copied again (at most one such copy).
     pub fn previous_dir(&self) -> PathBuf {
-        self.data_root.join(format!("{}.previous", self.pod_name))
+        self.env
+            .data_root
+            .join(format!("{}.previous", self.pod_name))
     }
 
     /// This member's replication slot on the master.
@@ -185,17 +148,19 @@ impl Settings {
 
     /// The file that holds the replication password in libpq's passfile format.
     pub fn replication_passfile(&self) -> PathBuf {
-        self.socket_dir.join(format!("{}.pgpass", self.pod_name))
+        self.env
+            .socket_dir
+            .join(format!("{}.pgpass", self.pod_name))
     }
 
     /// The local-mode pid file of the agent.
     pub fn agent_pid_file(&self) -> PathBuf {
-        contract::agent_pid_file(&self.data_root, &self.pod_name)
+        contract::agent_pid_file(&self.env.data_root, &self.pod_name)
     }
 
     /// A password file from the secret directory.
     pub fn secret_file(&self, key: &str) -> PathBuf {
-        self.secret_dir.join(key)
+        self.env.secret_dir.join(key)
     }
 }
 
@@ -236,8 +201,8 @@ pub(crate) mod tests {
         assert_eq!(s.slot(), "pgset_1");
         assert_eq!(s.pgdata(), PathBuf::from("/data/pgset-1"));
         assert_eq!(s.bootstrap_dir(), PathBuf::from("/data/pgset-1.bootstrap"));
-        assert_eq!(s.health_addr, Some("0.0.0.0:8008".parse().unwrap()));
-        assert_eq!(s.master_wait, DEFAULT_MASTER_WAIT);
+        assert_eq!(s.env.health_addr, Some("0.0.0.0:8008".parse().unwrap()));
+        assert_eq!(s.master_wait(), DEFAULT_MASTER_WAIT);
         let mut m = base();
         m.insert(env::POD_NAME, "pgset-0".into());
         assert_eq!(parse(&m).unwrap().role, Role::Master);
@@ -330,6 +295,6 @@ pub(crate) mod tests {
 
         let mut m = base();
         m.insert(env::HEALTH_ADDR, "off".into());
-        assert_eq!(parse(&m).unwrap().health_addr, None);
+        assert_eq!(parse(&m).unwrap().env.health_addr, None);
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use pgset_spec::contract::{MemberPhase, read_members};
+use pgset_spec::contract::{AgentMode, MemberPhase, read_members};
 use serde_json::{Map, Value, json};
 use tokio::signal::unix::Signal as SignalStream;
 use tokio::sync::mpsc;
@@ -21,7 +21,7 @@ use crate::kube_api::PodApi;
 use crate::pg::{self, Db, OwnState, lsn_text};
 use crate::pgbin::PgBin;
 use crate::render;
-use crate::settings::{Mode, Role, Settings, member_of_slot};
+use crate::settings::{Role, Settings, member_of_slot};
 use crate::{Error, Result};
 
 /// How a postgres run ended.
@@ -457,9 +457,9 @@ impl Monitor {
                 }
             }
         }
-        let every = match self.s.mode {
-            Mode::Local => Duration::from_secs(2),
-            Mode::Kubernetes => Duration::from_secs(10),
+        let every = match self.s.env.mode {
+            AgentMode::Local => Duration::from_secs(2),
+            AgentMode::Kubernetes => Duration::from_secs(10),
         };
         self.show_standbys().await;
         if self.last_slot_check.is_none_or(|t| t.elapsed() >= every) {
@@ -493,9 +493,9 @@ impl Monitor {
     /// How many members the set should have: the StatefulSet's `spec.replicas` in a cluster,
     /// the membership file locally.
     async fn desired_replicas(&mut self) -> Option<i32> {
-        match self.s.mode {
-            Mode::Local => {
-                let members = self.s.members_file.as_deref().and_then(read_members)?;
+        match self.s.env.mode {
+            AgentMode::Local => {
+                let members = self.s.env.members_file.as_deref().and_then(read_members)?;
                 Some(
                     members
                         .iter()
@@ -505,7 +505,7 @@ impl Monitor {
                         .unwrap_or(0),
                 )
             }
-            Mode::Kubernetes => {
+            AgentMode::Kubernetes => {
                 let api = self.api.as_ref()?;
                 match api.statefulset_replicas().await {
                     Ok(n) => Some(n),
@@ -571,7 +571,7 @@ impl Monitor {
             .iter()
             .filter(|slot| !slot.active)
             .filter_map(|slot| {
-                let member = member_of_slot(&self.s.cluster, &slot.slot)?;
+                let member = member_of_slot(&self.s.env.cluster, &slot.slot)?;
                 Some((slot.slot.clone(), member))
             })
             .collect();
@@ -710,7 +710,7 @@ impl Monitor {
                 self.nudge_receiver(own);
             }
             Follow::Mismatch(why) => {
-                if self.s.allow_reinit {
+                if self.s.env.allow_reinit {
                     self.ask_reclone(
                         format!("{why} ({} is set)", pgset_spec::contract::env::ALLOW_REINIT),
                         view.database_bytes,

@@ -1,5 +1,6 @@
 //! The agent's API calls against a scripted API server (tower-test): the exact method, path,
-//! field manager and body of the role label, the pod-existence check, and the 403 explanation.
+//! field manager and body of the role label, the pod-existence check, the 403 explanation, and
+//! the phase writer's patches (a base backup's readings no more often than its interval).
 
 use std::sync::{Arc, Mutex};
 
@@ -169,7 +170,15 @@ async fn an_empty_or_missing_record_is_none_and_a_forbidden_one_an_error() {
 async fn the_phase_is_a_merge_patch_of_one_annotation_beside_the_role_label() {
     let (client, seen) = mock(200, pod("pgset-1"));
     PodApi::with_client(client, "db", "pgset")
-        .annotate_phase("pgset-1", pgset_spec::contract::MemberPhase::BaseBackup)
+        .annotate_phase(
+            "pgset-1",
+            pgset_spec::contract::MemberPhase::BaseBackup,
+            Some(&pgset_spec::contract::BaseBackupReading {
+                bytes: 4096,
+                total: Some(8192),
+                at_ms: 1_796_002_802_512,
+            }),
+        )
         .await
         .unwrap();
     let calls = seen.lock().unwrap().clone();
@@ -184,7 +193,10 @@ async fn the_phase_is_a_merge_patch_of_one_annotation_beside_the_role_label() {
     );
     assert_eq!(
         body,
-        &json!({"metadata": {"annotations": {"pgset.io/phase": "base-backup"}}})
+        &json!({"metadata": {"annotations": {
+            "pgset.io/phase": "base-backup",
+            "pgset.io/base-backup": r#"{"bytes":4096,"total":8192,"atMs":1796002802512}"#,
+        }}})
     );
 }
 
@@ -223,7 +235,12 @@ async fn the_phase_writer_writes_each_change_once_and_retries_a_failure() {
     let api = PodApi::with_client(Client::new(service, "db"), "db", "pgset");
     let health = Health::new("pgset-1", std::time::Duration::from_secs(30));
     health.set_step(MemberPhase::WaitingForMaster);
-    let mut publisher = pgset_agent::phase::publish(api, "pgset-1".into(), health.steps());
+    let mut publisher = pgset_agent::phase::publish(
+        api,
+        "pgset-1".into(),
+        health.steps(),
+        health.base_backup_readings(),
+    );
     assert!(
         publisher
             .flush(
@@ -256,4 +273,145 @@ async fn the_phase_writer_writes_each_change_once_and_retries_a_failure() {
         words,
         ["waiting-for-master", "waiting-for-master", "base-backup"]
     );
+}
+
+/// Patch bodies with the (paused) clock's time each arrived.
+type Timed = Arc<Mutex<Vec<(tokio::time::Instant, Value)>>>;
+
+/// A mock API server that answers every request with the pod and records each patch body with
+/// the time it arrived.
+fn timed_mock() -> (Client, Timed) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let seen: Timed = Arc::default();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        let mut handle = std::pin::pin!(handle);
+        while let Some((request, send)) = handle.next_request().await {
+            assert_eq!(request.method(), "PATCH");
+            assert_eq!(request.uri().path(), "/api/v1/namespaces/db/pods/pgset-1");
+            let bytes = request.into_body().collect_bytes().await.unwrap();
+            record.lock().unwrap().push((
+                tokio::time::Instant::now(),
+                serde_json::from_slice(&bytes).unwrap(),
+            ));
+            send.send_response(
+                Response::builder()
+                    .status(200)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&pod("pgset-1")).unwrap()))
+                    .unwrap(),
+            );
+        }
+    });
+    (Client::new(service, "db"), seen)
+}
+
+#[tokio::test(start_paused = true)]
+async fn base_backup_readings_are_written_no_more_often_than_the_interval_and_removed_after() {
+    use pgset_agent::health::Health;
+    use pgset_agent::phase::READING_INTERVAL;
+    use pgset_spec::contract::{BaseBackupReading, MemberPhase};
+    use std::time::Duration;
+
+    let (client, seen) = timed_mock();
+    let api = PodApi::with_client(client, "db", "pgset");
+    let health = Health::new("pgset-1", Duration::from_secs(30));
+    // A reading left from before the copy is not the copy's: never written outside it.
+    health.set_base_backup(Some(BaseBackupReading {
+        bytes: 1,
+        total: None,
+        at_ms: 1,
+    }));
+    health.set_step(MemberPhase::WaitingForMaster);
+    let mut publisher = pgset_agent::phase::publish(
+        api,
+        "pgset-1".into(),
+        health.steps(),
+        health.base_backup_readings(),
+    );
+    assert!(
+        publisher
+            .flush(MemberPhase::WaitingForMaster, Duration::from_secs(5))
+            .await
+    );
+    health.set_base_backup(None);
+    health.set_step(MemberPhase::BaseBackup);
+    let started = tokio::time::Instant::now();
+    // A new reading every second for 30 s (the meter samples more often than the writer may
+    // write), growing by 10 MB a second.
+    let mut last = None;
+    for s in 1..=30u64 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let r = BaseBackupReading {
+            bytes: s * 10_000_000,
+            total: Some(400_000_000),
+            at_ms: 1_796_000_000_000 + s * 1000,
+        };
+        health.set_base_backup(Some(r));
+        last = Some(r);
+    }
+    tokio::time::sleep(READING_INTERVAL).await;
+    health.set_base_backup(None);
+    health.set_step(MemberPhase::Starting);
+    assert!(
+        publisher
+            .flush(MemberPhase::Starting, Duration::from_secs(5))
+            .await
+    );
+    let calls = seen.lock().unwrap().clone();
+    let annotations: Vec<&Value> = calls
+        .iter()
+        .map(|(_, body)| &body["metadata"]["annotations"])
+        .collect();
+    // Every patch carries the phase and the reading (or its removal), nothing else.
+    for a in &annotations {
+        let keys: Vec<&String> = a.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["pgset.io/base-backup", "pgset.io/phase"], "{a}");
+    }
+    assert_eq!(
+        annotations[0],
+        &json!({"pgset.io/phase": "waiting-for-master", "pgset.io/base-backup": null})
+    );
+    assert_eq!(
+        annotations[1],
+        &json!({"pgset.io/phase": "base-backup", "pgset.io/base-backup": null}),
+        "the step is written at once, before any reading"
+    );
+    let end = annotations.len() - 1;
+    assert_eq!(
+        annotations[end],
+        &json!({"pgset.io/phase": "starting", "pgset.io/base-backup": null}),
+        "the reading goes with the copy"
+    );
+    let readings: Vec<(tokio::time::Instant, BaseBackupReading)> = calls[2..end]
+        .iter()
+        .map(|(at, body)| {
+            assert_eq!(
+                body["metadata"]["annotations"]["pgset.io/phase"],
+                "base-backup"
+            );
+            let text = body["metadata"]["annotations"]["pgset.io/base-backup"]
+                .as_str()
+                .expect("a reading");
+            (
+                *at,
+                BaseBackupReading::parse(text).expect("a well-formed reading"),
+            )
+        })
+        .collect();
+    for pair in readings.windows(2) {
+        let gap = pair[1].0 - pair[0].0;
+        assert!(gap >= READING_INTERVAL, "two readings {gap:?} apart");
+        assert!(pair[1].1.bytes > pair[0].1.bytes, "{readings:?}");
+    }
+    // 30 s of readings at one write per interval: 6 or 7 writes, not 30.
+    let most = (Duration::from_secs(30 + 5).as_secs() / READING_INTERVAL.as_secs()) as usize + 1;
+    assert!(
+        (5..=most).contains(&readings.len()),
+        "{} readings written: {readings:?}",
+        readings.len()
+    );
+    // The newest reading reaches the pod once its turn comes.
+    assert_eq!(readings.last().map(|r| r.1), last);
+    assert!(readings[0].0 - started >= Duration::from_secs(1));
 }

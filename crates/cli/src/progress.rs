@@ -1,16 +1,18 @@
 //! What a person sees while a command runs, owned by one [`Reporter`]: stages with their time,
 //! and a rollout's members with their step. On a terminal the members are live lines (indicatif)
-//! that say where each one is and for how long; elsewhere (CI, logs, pipes) short plain lines,
-//! one per change. The pod's full state is shown only with `-v`; a failed wait reports it in
-//! its error.
+//! that say where each one is and for how long (a base backup with its bytes and rate, from the
+//! agent's readings); elsewhere (CI, logs, pipes) short plain lines, one per member per step
+//! (the line after a copy says its size and mean rate). The pod's full state is shown only with
+//! `-v`; a failed wait reports it in its error.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use pgset_deploy::rollout::{MemberStep, RolloutEvent};
+use indicatif::{DecimalBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use pgset_deploy::rollout::{MemberState, MemberStep, RolloutEvent};
+use pgset_spec::contract::{BaseBackupReading, MemberPhase};
 
 /// The longest line the reporter writes without `-v` (the pod's detail is longer and shown
 /// only with `-v`).
@@ -249,6 +251,68 @@ struct Member {
     /// When the view saw the member enter its step.
     since: Instant,
     bar: Option<ProgressBar>,
+    /// The readings of the member's base backup in this step.
+    copy: CopyReadings,
+}
+
+/// What the view has seen of one base backup: its first, previous and latest readings.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CopyReadings {
+    first: Option<BaseBackupReading>,
+    previous: Option<BaseBackupReading>,
+    latest: Option<BaseBackupReading>,
+}
+
+impl CopyReadings {
+    /// Takes a reading; false when it is the one seen last (nothing new to show).
+    pub fn read(&mut self, reading: BaseBackupReading) -> bool {
+        if self.latest == Some(reading) {
+            return false;
+        }
+        // A copy begun again (fewer bytes, or an earlier clock) starts its count again.
+        if self
+            .latest
+            .is_some_and(|l| reading.bytes < l.bytes || reading.at_ms <= l.at_ms)
+        {
+            *self = CopyReadings::default();
+        }
+        self.first.get_or_insert(reading);
+        self.previous = self.latest;
+        self.latest = Some(reading);
+        true
+    }
+
+    /// Bytes a second between two readings, on the agent's clock.
+    fn rate(from: BaseBackupReading, to: BaseBackupReading) -> Option<f64> {
+        let ms = to.at_ms.checked_sub(from.at_ms).filter(|ms| *ms > 0)?;
+        let bytes = to.bytes.checked_sub(from.bytes)?;
+        Some(bytes as f64 * 1000.0 / ms as f64)
+    }
+
+    /// The live words: `182.00 MB of 410.00 MB, 61.00 MB/s` (the total when the master
+    /// estimated one and the copy is still below it, the rate from the last two readings).
+    pub fn live_words(&self) -> Option<String> {
+        let latest = self.latest?;
+        let mut words = DecimalBytes(latest.bytes).to_string();
+        if let Some(total) = latest.total.filter(|t| *t > latest.bytes) {
+            words.push_str(&format!(" of {}", DecimalBytes(total)));
+        }
+        if let Some(rate) = self.previous.and_then(|p| CopyReadings::rate(p, latest)) {
+            words.push_str(&format!(", {}/s", DecimalBytes(rate as u64)));
+        }
+        Some(words)
+    }
+
+    /// The words after the copy: `copied 410.00 MB at 61.00 MB/s` (the mean rate over the
+    /// readings seen).
+    pub fn summary(&self) -> Option<String> {
+        let latest = self.latest?;
+        let mut words = format!("copied {}", DecimalBytes(latest.bytes));
+        if let Some(rate) = self.first.and_then(|f| CopyReadings::rate(f, latest)) {
+            words.push_str(&format!(" at {}/s", DecimalBytes(rate as u64)));
+        }
+        Some(words)
+    }
 }
 
 /// The members of one rollout, as live lines or one plain line per member per step.
@@ -287,9 +351,29 @@ impl RolloutView {
                 .line(&format!("      {}: {}", m.name, m.detail));
         }
         if !new_step {
+            // The same step: only a copy's new reading changes what is shown, and only live.
+            if let (Some(reading), Some(entry)) = (m.base_backup, self.members.get_mut(&m.name))
+                && entry.copy.read(reading)
+                && let Some(bar) = &entry.bar
+            {
+                bar.set_message(clip_to(&live_words(m, &entry.copy), MAX_LINE - LIVE_FRAME));
+            }
+            if let Some(entry) = self.members.get_mut(&m.name) {
+                entry.detail = m.detail.clone();
+            }
             return;
         }
-        let words = clip_to(&step_words(m), MAX_LINE - LIVE_FRAME);
+        // A copy that just ended is summed up on the next step's plain line.
+        let copied = self
+            .members
+            .get(&m.name)
+            .filter(|k| k.step == MemberStep::Agent(MemberPhase::BaseBackup))
+            .and_then(|k| k.copy.summary());
+        let mut copy = CopyReadings::default();
+        if let Some(reading) = m.base_backup {
+            copy.read(reading);
+        }
+        let words = clip_to(&live_words(m, &copy), MAX_LINE - LIVE_FRAME);
         match live {
             Some(multi) => {
                 let entry = self
@@ -299,6 +383,7 @@ impl RolloutView {
                         step: m.step.clone(),
                         detail: String::new(),
                         since: Instant::now(),
+                        copy: CopyReadings::default(),
                         bar: Some({
                             let bar = multi.add(ProgressBar::new_spinner());
                             bar.set_style(running_style());
@@ -309,6 +394,7 @@ impl RolloutView {
                     });
                 entry.step = m.step.clone();
                 entry.since = Instant::now();
+                entry.copy = copy;
                 if let Some(bar) = &entry.bar {
                     bar.reset_elapsed();
                     if done(&m.step) {
@@ -320,6 +406,12 @@ impl RolloutView {
                 }
             }
             None => {
+                // A plain line says the step alone (a copy's bytes change too often for a
+                // line each), and after a copy its size and mean rate.
+                let mut words = step_words(m);
+                if let Some(copied) = copied {
+                    words.push_str(&format!(" ({copied})"));
+                }
                 let line = clip(&format!("    {}: {words}", m.name));
                 self.reporter.line(&line);
                 let entry = self
@@ -329,10 +421,12 @@ impl RolloutView {
                         step: m.step.clone(),
                         detail: String::new(),
                         since: Instant::now(),
+                        copy: CopyReadings::default(),
                         bar: None,
                     });
                 entry.step = m.step.clone();
                 entry.since = Instant::now();
+                entry.copy = copy;
             }
         }
         if let Some(entry) = self.members.get_mut(&m.name) {
@@ -364,8 +458,18 @@ impl Drop for RolloutView {
     }
 }
 
+/// A member's step in words for its live line: with a copy's bytes and rate while it copies.
+fn live_words(m: &MemberState, copy: &CopyReadings) -> String {
+    match copy.live_words() {
+        Some(copied) if m.step == MemberStep::Agent(MemberPhase::BaseBackup) => {
+            format!("{} {copied}", step_words(m))
+        }
+        _ => step_words(m),
+    }
+}
+
 /// A member's step in words, with the time it took once Ready.
-fn step_words(m: &pgset_deploy::rollout::MemberState) -> String {
+fn step_words(m: &MemberState) -> String {
     let node = m
         .node
         .as_deref()
@@ -415,6 +519,44 @@ fn clip_to(line: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reading(bytes: u64, total: Option<u64>, at_ms: u64) -> BaseBackupReading {
+        BaseBackupReading {
+            bytes,
+            total,
+            at_ms,
+        }
+    }
+
+    #[test]
+    fn a_copy_shows_its_bytes_total_and_rate_from_successive_readings() {
+        let mut copy = CopyReadings::default();
+        assert_eq!(copy.live_words(), None);
+        assert!(copy.read(reading(60_000_000, Some(410_000_000), 1_000)));
+        assert_eq!(
+            copy.live_words().as_deref(),
+            Some("60.00 MB of 410.00 MB"),
+            "one reading: no rate yet"
+        );
+        assert!(!copy.read(reading(60_000_000, Some(410_000_000), 1_000)));
+        assert!(copy.read(reading(182_000_000, Some(410_000_000), 3_000)));
+        assert_eq!(
+            copy.live_words().as_deref(),
+            Some("182.00 MB of 410.00 MB, 61.00 MB/s")
+        );
+        // Past the master's estimate (streamed WAL is not in it): no total.
+        assert!(copy.read(reading(420_000_000, Some(410_000_000), 5_000)));
+        assert_eq!(copy.live_words().as_deref(), Some("420.00 MB, 119.00 MB/s"));
+        assert_eq!(
+            copy.summary().as_deref(),
+            Some("copied 420.00 MB at 90.00 MB/s"),
+            "the mean rate over the first and the last reading"
+        );
+        // A copy begun again counts from its own first reading.
+        assert!(copy.read(reading(10_000_000, None, 9_000)));
+        assert_eq!(copy.live_words().as_deref(), Some("10.00 MB"));
+        assert_eq!(copy.summary().as_deref(), Some("copied 10.00 MB"));
+    }
 
     #[test]
     fn a_recording_reporter_keeps_progress_and_result_lines_in_order() {

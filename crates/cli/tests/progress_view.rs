@@ -1,7 +1,8 @@
 //! What a person sees while `deploy` waits for its rollout, through a pseudo-terminal and
 //! through a pipe. The reporter is fed a recorded rollout (the `RolloutEvent`s
 //! `wait_for_rollout` produces for three members, with the pod detail changing under one step,
-//! as it does between polls) by this same executable started again with `--replay`: once under
+//! as it does between polls, and the replicas' base-backup readings arriving under theirs) by
+//! this same executable started again with `--replay`: once under
 //! `script` (a pty: live lines), once with stdout and stderr piped (plain lines), and once
 //! piped with `-v`.
 //!
@@ -13,14 +14,21 @@ use std::time::Duration;
 use pgset_cli::progress::{MAX_LINE, Reporter};
 use pgset_command::HostCommand;
 use pgset_deploy::rollout::{MemberState, MemberStep, RolloutEvent};
-use pgset_spec::contract::MemberPhase;
+use pgset_spec::contract::{BaseBackupReading, MemberPhase};
 
 /// The pod's condition dump while the init container copies the agent (430 characters: what
 /// every poll printed before).
 const INIT_DETAIL: &str = "Pending; Initialized=False (ContainersNotInitialized: containers with incomplete status: [install-agent]); Ready=False (ContainersNotReady: containers with unready status: [postgres]); ContainersReady=False (ContainersNotReady: containers with unready status: [postgres]); init container install-agent running, not ready; container postgres waiting: PodInitializing; the kubelet pulls nothing: image present on node lab-1 already";
 
-fn member(ordinal: i32, step: MemberStep, at_ms: u64, detail: &str) -> RolloutEvent {
+fn member(
+    ordinal: i32,
+    step: MemberStep,
+    at_ms: u64,
+    detail: &str,
+    base_backup: Option<BaseBackupReading>,
+) -> RolloutEvent {
     RolloutEvent::Member(MemberState {
+        base_backup,
         name: format!("pgset-{ordinal}"),
         ordinal,
         took: (step == MemberStep::Ready).then(|| Duration::from_millis(at_ms / 2)),
@@ -41,36 +49,63 @@ fn recorded() -> Vec<RolloutEvent> {
         "the StatefulSet controller has not seen the new spec yet".into(),
     )];
     for o in 0..3 {
-        events.push(member(o, NotCreated, 0, ""));
+        events.push(member(o, NotCreated, 0, "", None));
     }
     let mut at = 100;
     for o in 0..3 {
         let mut steps = vec![
-            (Unscheduled(None), "Pending; PodScheduled=False"),
-            (Scheduled, INIT_DETAIL),
+            (Unscheduled(None), "Pending; PodScheduled=False", None),
+            (Scheduled, INIT_DETAIL, None),
             // The same step with the detail changed (a poll later): not a new line.
-            (Scheduled, &INIT_DETAIL[..300]),
-            (AgentCopied, "Running; Ready=False (ContainersNotReady)"),
-            (agent(Fencing), "Running; Ready=False (ContainersNotReady)"),
+            (Scheduled, &INIT_DETAIL[..300], None),
+            (
+                AgentCopied,
+                "Running; Ready=False (ContainersNotReady)",
+                None,
+            ),
+            (
+                agent(Fencing),
+                "Running; Ready=False (ContainersNotReady)",
+                None,
+            ),
         ];
         if o == 0 {
-            steps.push((agent(Initdb), "Running; Ready=False"));
+            steps.push((agent(Initdb), "Running; Ready=False", None));
         } else {
-            steps.push((agent(WaitingForMaster), "Running; Ready=False"));
-            steps.push((agent(BaseBackup), "Running; Ready=False"));
+            steps.push((agent(WaitingForMaster), "Running; Ready=False", None));
+            steps.push((agent(BaseBackup), "Running; Ready=False", None));
+            // The agent's readings, one per write interval: the same step, new bytes.
+            for reading in copy_readings() {
+                steps.push((agent(BaseBackup), "Running; Ready=False", Some(reading)));
+            }
         }
-        steps.push((agent(Starting), "Running; Ready=False"));
+        steps.push((agent(Starting), "Running; Ready=False", None));
         steps.push((
             agent(Starting),
             "Running; Ready=False; container postgres running, not ready",
+            None,
         ));
-        steps.push((Ready, ""));
-        for (step, detail) in steps {
-            events.push(member(o, step, at, detail));
+        steps.push((Ready, "", None));
+        for (step, detail, reading) in steps {
+            events.push(member(o, step, at, detail, reading));
             at += 150;
         }
     }
     events
+}
+
+/// A replica's base backup as its agent reads it every 2 s: 60, 182, 300 and 410 MB of the
+/// master's estimated 410 MB (61 MB/s between the first two readings, 58.33 MB/s on average).
+fn copy_readings() -> Vec<BaseBackupReading> {
+    [60, 182, 300, 410]
+        .into_iter()
+        .zip(0u64..)
+        .map(|(mb, i)| BaseBackupReading {
+            bytes: mb * 1_000_000,
+            total: Some(410_000_000),
+            at_ms: 1_796_000_000_000 + i * 2000,
+        })
+        .collect()
 }
 
 /// The child: feeds the recorded rollout to the reporter the way `deploy` does.
@@ -202,9 +237,18 @@ fn through_a_pipe() {
         "pgset-1: base backup",
         "pgset-2: postgres starting",
         "pgset-2: Ready after 2.",
+        // The line after a copy sums it up: its size and mean rate.
+        "pgset-1: postgres starting (copied 410.00 MB at 58.33 MB/s)",
+        "pgset-2: postgres starting (copied 410.00 MB at 58.33 MB/s)",
     ] {
         assert!(seen.contains(words), "{words:?} missing:\n{seen}");
     }
+    // While it copies, a pipe gets no line per reading.
+    assert_eq!(
+        seen.matches("MB").count(),
+        2 * 2,
+        "bytes only on the two summary lines:\n{seen}"
+    );
     assert!(seen.contains("==> wait for 3 members"), "{seen}");
     assert!(seen.contains("done in "), "{seen}");
     println!("through a pipe:\n{seen}");
@@ -282,9 +326,22 @@ fn through_a_terminal() {
         "initdb",
         "waiting for the master",
         "Ready after",
+        // A copy's live line: bytes of the master's estimate and the rate between readings.
+        "base backup 60.00 MB of 410.00 MB",
+        "base backup 182.00 MB of 410.00 MB, 61.00 MB/s",
+        "base backup 410.00 MB, 55.00 MB/s",
     ] {
         assert!(seen.contains(words), "{words:?} never drawn:\n{seen}");
     }
+    let copying: Vec<&str> = seen
+        .lines()
+        .filter(|l| l.contains("MB/s") && l.contains("pgset-"))
+        .collect();
+    assert!(
+        copying.iter().any(|l| l.contains("pgset-1"))
+            && copying.iter().any(|l| l.contains("pgset-2")),
+        "each replica's copy is drawn with its rate:\n{seen}"
+    );
     // The last frame: every member's line says Ready with its time.
     let last_frame: Vec<&str> = seen
         .lines()

@@ -1,6 +1,6 @@
 //! Waiting for the StatefulSet's ordered rollout: each member's step as it changes (from its
-//! agent's phase annotation, else its pod's state), Ready with how long it took, and on timeout
-//! the state of the member that holds it up.
+//! agent's phase annotation, else its pod's state) with a base backup's latest reading, Ready
+//! with how long it took, and on timeout the state of the member that holds it up.
 
 use std::collections::BTreeMap;
 use std::pin::pin;
@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Event, Pod};
 use kube::api::ListParams;
 use kube::runtime::watcher::{self, watch_object, watcher};
 use kube::{Api, Client};
-use pgset_spec::contract::{MemberPhase, annotations};
+use pgset_spec::contract::{BaseBackupReading, MemberPhase, annotations};
 use pgset_spec::{ClusterSpec, ValidSpec, ordinal_of};
 use tokio::time::Instant;
 
@@ -97,7 +97,7 @@ struct Judge {
     started: Instant,
     first_seen: BTreeMap<String, Instant>,
     reported: Vec<(String, Option<Duration>)>,
-    last: BTreeMap<i32, (MemberStep, String)>,
+    last: BTreeMap<i32, (MemberStep, String, Option<BaseBackupReading>)>,
     last_waiting: Option<String>,
     first_look: bool,
 }
@@ -137,7 +137,7 @@ impl Judge {
             .into_iter()
             .collect();
         let mut tell = |ordinal: i32, state: MemberState| {
-            let key = (state.step.clone(), state.detail.clone());
+            let key = (state.step.clone(), state.detail.clone(), state.base_backup);
             if self.last.get(&ordinal) != Some(&key) {
                 self.last.insert(ordinal, key);
                 progress(&RolloutEvent::Member(state));
@@ -331,6 +331,10 @@ pub struct MemberState {
     /// The pod's whole state (phase, conditions that are not True, containers), for `-v` and
     /// for a failure report; empty when there is no pod.
     pub detail: String,
+    /// While the agent copies the master: its latest reading of the copy
+    /// ([`annotations::BASE_BACKUP`]); `None` in every other step, or when the value is
+    /// malformed.
+    pub base_backup: Option<BaseBackupReading>,
 }
 
 impl MemberState {
@@ -342,10 +346,14 @@ impl MemberState {
         pod: Option<&Pod>,
         update_revision: Option<&str>,
     ) -> MemberState {
+        let step = pod.map_or(MemberStep::NotCreated, |p| member_step(p, update_revision));
         MemberState {
             name: spec.pod_name(ordinal),
             ordinal,
-            step: pod.map_or(MemberStep::NotCreated, |p| member_step(p, update_revision)),
+            base_backup: pod
+                .filter(|_| step == MemberStep::Agent(MemberPhase::BaseBackup))
+                .and_then(base_backup_reading),
+            step,
             node: pod
                 .and_then(|p| p.spec.as_ref())
                 .and_then(|s| s.node_name.clone()),
@@ -436,6 +444,16 @@ pub fn step_lines<'a>(
         }
         print(&event.to_string());
     }
+}
+
+/// The agent's reading of its base backup on `pod`, if it carries a well-formed one.
+pub fn base_backup_reading(pod: &Pod) -> Option<BaseBackupReading> {
+    let text = pod
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(annotations::BASE_BACKUP)?;
+    BaseBackupReading::parse(text)
 }
 
 /// Container waiting reasons that are a normal part of starting.
@@ -832,6 +850,65 @@ mod tests {
         let p = pod(json!({"pgset.io/phase": "streaming"}), running(true));
         assert_eq!(member_step(&p, Some("r1")), MemberStep::Ready);
         assert_eq!(member_step(&p, Some("r2")), MemberStep::Outdated);
+    }
+
+    #[test]
+    fn a_base_backup_reading_is_carried_while_the_agent_copies_and_a_malformed_one_is_none() {
+        let spec = ClusterSpec::default();
+        let reading = r#"{"bytes":190840832,"total":429916160,"atMs":1796002802512}"#;
+        let p = pod(
+            json!({"pgset.io/phase": "base-backup", "pgset.io/base-backup": reading}),
+            running(false),
+        );
+        let state = MemberState::of(&spec, 1, Some(&p), None);
+        assert_eq!(state.step, MemberStep::Agent(MemberPhase::BaseBackup));
+        assert_eq!(
+            state.base_backup,
+            Some(BaseBackupReading {
+                bytes: 190_840_832,
+                total: Some(429_916_160),
+                at_ms: 1_796_002_802_512
+            })
+        );
+        let without_total = pod(
+            json!({"pgset.io/phase": "base-backup",
+                   "pgset.io/base-backup": r#"{"bytes":5,"atMs":7}"#}),
+            running(false),
+        );
+        assert_eq!(
+            MemberState::of(&spec, 1, Some(&without_total), None).base_backup,
+            Some(BaseBackupReading {
+                bytes: 5,
+                total: None,
+                at_ms: 7
+            })
+        );
+        for bad in [
+            "182 MB",
+            r#"{"bytes":-5,"atMs":7}"#,
+            r#"{"bytes":5}"#,
+            r#"{"bytes":"5","atMs":7}"#,
+            "",
+        ] {
+            let p = pod(
+                json!({"pgset.io/phase": "base-backup", "pgset.io/base-backup": bad}),
+                running(false),
+            );
+            let state = MemberState::of(&spec, 1, Some(&p), None);
+            assert_eq!(
+                state.step,
+                MemberStep::Agent(MemberPhase::BaseBackup),
+                "a bad reading leaves the step alone"
+            );
+            assert_eq!(state.base_backup, None, "{bad:?}");
+        }
+        // Another step: a reading left on the pod is not shown.
+        let p = pod(
+            json!({"pgset.io/phase": "starting", "pgset.io/base-backup": reading}),
+            running(false),
+        );
+        assert_eq!(MemberState::of(&spec, 1, Some(&p), None).base_backup, None);
+        assert_eq!(MemberState::of(&spec, 1, None, None).base_backup, None);
     }
 
     #[test]

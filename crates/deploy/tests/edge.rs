@@ -491,6 +491,68 @@ async fn rollout_reports_each_member_once_in_order() {
     );
 }
 
+/// `pod` with the agent's annotations.
+fn annotated(mut pod: Value, annotations: Value) -> Value {
+    pod["metadata"]["annotations"] = annotations;
+    pod
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_copys_new_reading_is_told_under_the_same_step_and_a_malformed_one_is_dropped() {
+    use pgset_spec::contract::{BaseBackupReading, MemberPhase};
+    let reading = |bytes: u64, at_ms: u64| BaseBackupReading {
+        bytes,
+        total: Some(400_000_000),
+        at_ms,
+    };
+    let copying = |value: &str| {
+        annotated(
+            pod(1, false, "r1"),
+            json!({"pgset.io/phase": "base-backup", "pgset.io/base-backup": value}),
+        )
+    };
+    let timeline = rollout_timeline(
+        [
+            copying(&reading(10_000_000, 1_000).to_annotation()),
+            copying(&reading(70_000_000, 6_000).to_annotation()),
+            // A poll that finds the same reading tells nothing new.
+            copying(&reading(70_000_000, 6_000).to_annotation()),
+            copying("{\"bytes\":\"lots\"}"),
+            pod(1, true, "r1"),
+        ]
+        .into_iter()
+        .map(|p| {
+            let ready = if p["status"]["conditions"][0]["status"] == "True" {
+                2
+            } else {
+                1
+            };
+            (statefulset(2, 2, ready), vec![pod(0, true, "r1"), p])
+        })
+        .collect(),
+    );
+    let (client, _) = mock_client_replying(only(timeline));
+    let (report, events) = rollout_with_events(&client, 2).await;
+    report.unwrap();
+    let told: Vec<(MemberStep, Option<BaseBackupReading>)> = events
+        .iter()
+        .filter_map(|e| match e {
+            RolloutEvent::Member(m) if m.name == "pgset-1" => Some((m.step.clone(), m.base_backup)),
+            _ => None,
+        })
+        .collect();
+    let copy = MemberStep::Agent(MemberPhase::BaseBackup);
+    assert_eq!(
+        told,
+        [
+            (copy.clone(), Some(reading(10_000_000, 1_000))),
+            (copy.clone(), Some(reading(70_000_000, 6_000))),
+            (copy, None),
+            (MemberStep::Ready, None),
+        ]
+    );
+}
+
 /// A template change: the controller sees generation 2 only at step 2, then replaces the pods
 /// (highest ordinal first) with revision r2.
 #[tokio::test(start_paused = true)]

@@ -62,6 +62,40 @@ pub mod annotations {
     /// (`initdb`, `base-backup`, `streaming`, ...), written when the step changes; progress
     /// reports read it instead of guessing from container states.
     pub const PHASE: &str = "pgset.io/phase";
+    /// A replica's base-backup progress on its own pod, one [`BaseBackupReading`](super::BaseBackupReading)
+    /// as JSON, written (at most every few seconds) only while its phase is `base-backup`;
+    /// absent otherwise.
+    pub const BASE_BACKUP: &str = "pgset.io/base-backup";
+}
+
+/// A replica's base-backup progress as its agent measured it, the value of
+/// [`annotations::BASE_BACKUP`]: the bytes in the directory being written (the agent's own
+/// state, not a tool's output), the master's estimate of the total when it gave one
+/// (`pg_stat_progress_basebackup.backup_total`), and when the reading was taken. Two readings
+/// of one member give its rate on one clock (the agent's), whatever the reader's clock says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BaseBackupReading {
+    /// Bytes written so far.
+    pub bytes: u64,
+    /// The master's estimate of what the copy streams, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    /// When the reading was taken: milliseconds since the Unix epoch, on the agent's clock.
+    pub at_ms: u64,
+}
+
+impl BaseBackupReading {
+    /// The annotation's value: `{"bytes":190840832,"total":429916160,"atMs":1796002802512}`.
+    pub fn to_annotation(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The reading an annotation value holds; `None` for anything else (a malformed value is
+    /// no reading, never an error). Fields this release does not know are ignored.
+    pub fn parse(text: &str) -> Option<BaseBackupReading> {
+        serde_json::from_str(text).ok()
+    }
 }
 
 /// A member's step as its agent reports it in [`annotations::PHASE`].
@@ -333,7 +367,53 @@ pub const AGENT_IMAGE_BINARY: &str = "/pgset-agent";
 
 #[cfg(test)]
 mod phase_tests {
-    use super::MemberPhase;
+    use super::{BaseBackupReading, MemberPhase};
+
+    #[test]
+    fn a_base_backup_reading_reads_back_and_anything_malformed_is_none() {
+        let r = BaseBackupReading {
+            bytes: 190_840_832,
+            total: Some(429_916_160),
+            at_ms: 1_796_002_802_512,
+        };
+        let text = r.to_annotation();
+        assert_eq!(
+            text,
+            r#"{"bytes":190840832,"total":429916160,"atMs":1796002802512}"#
+        );
+        assert_eq!(BaseBackupReading::parse(&text), Some(r));
+        let unknown_total = BaseBackupReading { total: None, ..r };
+        assert_eq!(
+            unknown_total.to_annotation(),
+            r#"{"bytes":190840832,"atMs":1796002802512}"#
+        );
+        assert_eq!(
+            BaseBackupReading::parse(&unknown_total.to_annotation()),
+            Some(unknown_total)
+        );
+        for bad in [
+            "",
+            "182 MB",
+            "{}",
+            r#"{"bytes":1}"#,
+            r#"{"bytes":-1,"atMs":1}"#,
+            r#"{"bytes":"1","atMs":1}"#,
+            r#"{"bytes":1.5,"atMs":1}"#,
+            r#"{"bytes":1,"total":null,"atMs":1"#,
+            r#"[1,2]"#,
+        ] {
+            assert_eq!(BaseBackupReading::parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            BaseBackupReading::parse(r#"{"bytes":1,"atMs":2,"phase":"streaming"}"#),
+            Some(BaseBackupReading {
+                bytes: 1,
+                total: None,
+                at_ms: 2
+            }),
+            "a field of a later release is ignored"
+        );
+    }
 
     #[test]
     fn every_phase_word_parses_back_and_is_distinct() {
