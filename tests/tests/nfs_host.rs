@@ -679,7 +679,20 @@ fn lines_the_package_writes_during_the_install_are_kept() {
         root: dir.path().to_path_buf(),
         commands: RefCell::default(),
     };
-    apply(&steps, &facts, &paths, &runner).unwrap();
+    let mut said = Vec::new();
+    apply(&steps, &facts, &paths, &runner, &mut |l| {
+        said.push(l.to_string())
+    })
+    .unwrap();
+    // Each step is said before it runs, and the file written with where its old version went.
+    for step in &steps {
+        assert!(said.contains(&format!("==> {step}")), "{said:?}");
+    }
+    assert!(
+        said.iter()
+            .any(|l| l.starts_with("    wrote ") && l.contains("etc/exports.pgset.bak")),
+        "{said:?}"
+    );
     let package_file = fixture("etc-exports.nfs-kernel-server-2.6.2");
     assert_eq!(
         std::fs::read_to_string(dir.path().join("etc/exports")).unwrap(),
@@ -776,7 +789,7 @@ fn applying_then_planning_again_yields_nothing() {
         ]
     );
     let runner = RecordingRunner::default();
-    apply(&steps, &facts, &paths, &runner).unwrap();
+    apply(&steps, &facts, &paths, &runner, &mut |_| {}).unwrap();
     assert_eq!(*runner.commands.borrow(), ["exportfs -ra"]);
 
     let exports = std::fs::read_to_string(dir.path().join("etc/exports")).unwrap();
@@ -812,7 +825,7 @@ fn applying_then_planning_again_yields_nothing() {
     let again = plan(&facts, &valid(&spec), &options()).unwrap();
     assert!(again.is_empty(), "{again:?}");
     let before = tree(dir.path());
-    apply(&again, &facts, &paths, &runner).unwrap();
+    apply(&again, &facts, &paths, &runner, &mut |_| {}).unwrap();
     assert_eq!(tree(dir.path()), before);
     assert_eq!(runner.commands.borrow().len(), 1);
 }
@@ -828,7 +841,7 @@ fn provision(
     let clients = parse_clients(clients).map_err(|e| e.to_string())?;
     probe_files(paths, spec, facts).map_err(|e| e.to_string())?;
     let steps = plan(facts, &valid(spec), &ExportOptions { clients }).map_err(|e| e.to_string())?;
-    apply(&steps, facts, paths, runner).map_err(|e| e.to_string())
+    apply(&steps, facts, paths, runner, &mut |_| {}).map_err(|e| e.to_string())
 }
 
 #[test]

@@ -79,6 +79,8 @@ pub async fn main() -> std::process::ExitCode {
         command = command.bin_name(name.to_string_lossy().into_owned());
     }
     let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
+    // Host commands' lines go where progress goes: above the live lines on a terminal.
+    pgset_command::log_with(|line| progress::Reporter::current().line(&format!("    {line}")));
     let result = match cli.task {
         Task::Up(a) => up::run(a).await,
         Task::Down(a) => down::run(a).await,

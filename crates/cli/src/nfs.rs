@@ -187,7 +187,8 @@ pub async fn stage(ctx: &RunContext, opts: &StageOptions<'_>) -> Result<()> {
             return Err(pgset_nfs::Error::Blocked { blockers }.into());
         }
         let stage = reporter.stage("configure the NFS host");
-        pgset_nfs::apply(steps, facts, &paths, &runner).context("configure the NFS host")?;
+        pgset_nfs::apply(steps, facts, &paths, &runner, &mut |l| reporter.line(l))
+            .context("configure the NFS host")?;
         stage.done(&format!("{} step(s)", steps.len()));
     }
     pgset_nfs::verify_export(&runner, &spec.cluster_export_dir(), &options.clients)

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use indicatif::{DecimalBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use pgset_command::steps;
 use pgset_deploy::rollout::{MemberState, MemberStep, RolloutEvent};
 use pgset_spec::contract::{BaseBackupReading, MemberPhase};
 
@@ -157,7 +158,7 @@ impl Reporter {
     /// Announces a stage; [`Stage::done`] reports it with its time.
     pub fn stage(&self, label: impl Into<String>) -> Stage {
         let label = label.into();
-        self.line(&format!("==> {label}"));
+        self.line(&steps::header(&label, None, ""));
         Stage {
             reporter: self.clone(),
             label,
@@ -165,13 +166,32 @@ impl Reporter {
         }
     }
 
-    /// A line every `every` while a long step runs (`... label: 45s so far`), so a wait never
-    /// looks like a hang; quiet while live lines show the time themselves. Stops when dropped.
+    /// While a long step runs, something that shows it is alive: on a terminal a live line
+    /// with a spinner and the time so far, which the lines printed meanwhile (and a rollout's
+    /// member lines) go above and below; elsewhere a line every `every` (`... label: 45s so
+    /// far`), quiet while live lines show the time themselves. Stops when dropped.
     pub fn ticker(&self, label: impl Into<String>, every: Duration) -> Ticker {
         let label = label.into();
         let reporter = self.clone();
         let started = Instant::now();
-        Ticker(tokio::spawn(async move {
+        if self.inner.terminal && self.inner.recorded.is_none() {
+            let mut drawing = self.drawing();
+            if drawing.is_none() {
+                let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+                let bar = multi.add(ProgressBar::new_spinner());
+                if let Ok(style) = ProgressStyle::with_template("    {spinner} {msg} {elapsed}") {
+                    bar.set_style(style);
+                }
+                bar.set_message(label);
+                bar.enable_steady_tick(TICK);
+                *drawing = Some(multi);
+                return Ticker {
+                    task: None,
+                    spinner: Some((bar, reporter)),
+                };
+            }
+        }
+        let task = tokio::spawn(async move {
             let mut interval = tokio::time::interval(every);
             interval.tick().await;
             loop {
@@ -183,18 +203,26 @@ impl Reporter {
                     ));
                 }
             }
-        }))
+        });
+        Ticker {
+            task: Some(task),
+            spinner: None,
+        }
     }
 
-    /// A view of a rollout's members: feed it the [`RolloutEvent`]s of `wait_for_rollout`.
+    /// A view of a rollout's members: feed it the [`RolloutEvent`]s of `wait_for_rollout`. On
+    /// a terminal its lines join the live lines already drawn (the stage's), if any.
     pub fn rollout(&self) -> RolloutView {
-        let live = self
-            .inner
-            .terminal
-            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        let previous = self.drawing().clone();
+        let live = self.inner.terminal.then(|| {
+            previous
+                .clone()
+                .unwrap_or_else(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()))
+        });
         *self.drawing() = live.clone();
         RolloutView {
             reporter: self.clone(),
+            previous,
             live,
             members: BTreeMap::new(),
             waiting: None,
@@ -223,24 +251,29 @@ impl Stage {
 
     /// Reports the stage done, with the elapsed time.
     pub fn done(self, detail: &str) {
-        let secs = self.started.elapsed().as_secs_f64();
-        if detail.is_empty() {
-            self.reporter
-                .line(&format!("    {} done in {secs:.1}s", self.label));
-        } else {
-            self.reporter
-                .line(&format!("    {} done in {secs:.1}s: {detail}", self.label));
-        }
+        self.reporter
+            .line(&steps::done(&self.label, self.started.elapsed(), detail));
     }
 }
 
-/// Prints a line now and then while a step runs; stops when dropped.
+/// Shows that a step is alive until dropped: a live spinner line, or a line now and then.
 #[derive(Debug)]
-pub struct Ticker(tokio::task::JoinHandle<()>);
+pub struct Ticker {
+    task: Option<tokio::task::JoinHandle<()>>,
+    /// The live line and the reporter whose drawing it started.
+    spinner: Option<(ProgressBar, Reporter)>,
+}
 
 impl Drop for Ticker {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+        if let Some((bar, reporter)) = self.spinner.take() {
+            bar.finish_and_clear();
+            // Lines the step's rollout drew stay on the screen; later lines go below them.
+            *reporter.drawing() = None;
+        }
     }
 }
 
@@ -318,6 +351,8 @@ impl CopyReadings {
 /// The members of one rollout, as live lines or one plain line per member per step.
 pub struct RolloutView {
     reporter: Reporter,
+    /// The live lines drawn before the view (the stage's), given back when it ends.
+    previous: Option<MultiProgress>,
     /// This view's live lines (on a terminal).
     live: Option<MultiProgress>,
     members: BTreeMap<String, Member>,
@@ -453,8 +488,9 @@ impl Drop for RolloutView {
                 bar.abandon();
             }
         }
-        // Its lines stay on the screen as last drawn; later lines go below them.
-        *self.reporter.drawing() = None;
+        // Its lines stay on the screen as last drawn; later lines go below them, or above the
+        // live lines that were drawn before it (the stage's).
+        *self.reporter.drawing() = self.previous.take();
     }
 }
 

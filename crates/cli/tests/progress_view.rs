@@ -110,7 +110,15 @@ fn copy_readings() -> Vec<BaseBackupReading> {
 
 /// The child: feeds the recorded rollout to the reporter the way `deploy` does.
 fn replay(verbose: bool) {
+    // `up`'s runner keeps a ticker beside each stage: on a terminal its live line, elsewhere a
+    // line now and then (a task on the runtime).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime for the ticker");
+    let _in_runtime = runtime.enter();
     let reporter = Reporter::new(verbose).install();
+    let ticker = reporter.ticker(STAGE_TICKER, Duration::from_secs(15));
     let stage =
         reporter.stage("wait for 3 members of StatefulSet pgset to be Ready (timeout 300s)");
     // On a terminal each step stays longer than a redraw (20 a second at most) takes, so
@@ -127,7 +135,11 @@ fn replay(verbose: bool) {
     }
     drop(view);
     stage.done("3 members Ready in 4.2s");
+    drop(ticker);
 }
+
+/// The label of the stage the replay runs in, as `up`'s runner would show it.
+const STAGE_TICKER: &str = "deploy and rollout";
 
 /// Removes ANSI escape sequences (CSI and OSC), turning cursor moves, erases and carriage
 /// returns into line ends, so a pty's bytes read as the lines a person saw drawn.
@@ -333,6 +345,13 @@ fn through_a_terminal() {
     ] {
         assert!(seen.contains(words), "{words:?} never drawn:\n{seen}");
     }
+    // The stage's own live line: a spinner, its label and the time so far.
+    assert!(
+        seen.lines()
+            .any(|l| l.trim_start().contains(&format!("{STAGE_TICKER} "))
+                && l.trim_end().ends_with('s')),
+        "the stage's live line is drawn:\n{seen}"
+    );
     let copying: Vec<&str> = seen
         .lines()
         .filter(|l| l.contains("MB/s") && l.contains("pgset-"))

@@ -253,15 +253,16 @@ fn tail(text: &str) -> String {
 
 static LOG_SINK: OnceLock<fn(&str)> = OnceLock::new();
 
-/// Sends every command's log line (`$ <command>`) to `sink` instead of stderr (the in-pod agent
-/// puts its timestamp in front). The first call wins; it is meant for a program's `main`.
+/// Sends every command's log line (`$ <command>`, and the lines of a streamed command's output)
+/// to `sink` instead of stderr (the in-pod agent puts its timestamp in front, the CLI writes
+/// them through its progress reporter). The first call wins; it is meant for a program's `main`.
 pub fn log_with(sink: fn(&str)) {
     let _ = LOG_SINK.set(sink);
 }
 
 /// Writes one log line: to the sink given to [`log_with`], else to stderr, indented under the
 /// stage that runs the command.
-fn log_line(line: &str) {
+pub(crate) fn log_line(line: &str) {
     match LOG_SINK.get() {
         Some(sink) => sink(line),
         None => eprintln!("    {line}"),

@@ -170,7 +170,7 @@ impl HostCommand {
                 break;
             }
             let text = String::from_utf8_lossy(&line).trim_end().to_owned();
-            eprintln!("    {text}");
+            crate::log_line(&text);
             if last.len() == TAIL_LINES {
                 last.pop_front();
             }

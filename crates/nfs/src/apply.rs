@@ -18,13 +18,15 @@ use crate::{Error, Result};
 use pgset_command::{HostCommand, Runner};
 use pgset_spec::ClusterSpec;
 
-/// Performs `steps` in order. Needs root unless there is nothing to do, and a host that can run
-/// every step ([`blockers`]); refuses before any change otherwise.
+/// Performs `steps` in order, saying each step and each file written to `progress` (the
+/// commands' own lines go through pgset-command's log). Needs root unless there is nothing to
+/// do, and a host that can run every step ([`blockers`]); refuses before any change otherwise.
 pub fn apply(
     steps: &[Step],
     facts: &HostFacts,
     paths: &HostPaths,
     runner: &dyn Runner,
+    progress: &mut dyn FnMut(&str),
 ) -> Result<()> {
     if steps.is_empty() {
         return Ok(());
@@ -37,7 +39,7 @@ pub fn apply(
         return Err(Error::Blocked { blockers });
     }
     for step in steps {
-        eprintln!("==> {step}");
+        progress(&format!("==> {step}"));
         match step {
             Step::EnsureDirectory {
                 path,
@@ -58,12 +60,12 @@ pub fn apply(
                 let current = read_exports(paths)?;
                 let contents = exports_with_block(current.as_deref(), cluster, export, block)?;
                 if current.as_deref() == Some(contents.as_str()) {
-                    eprintln!(
+                    progress(&format!(
                         "    {} already holds pgset's block",
                         paths.exports().display()
-                    );
+                    ));
                 } else {
-                    write_exports(paths, &contents)?;
+                    write_exports(paths, &contents, progress)?;
                 }
             }
             _ => {}
@@ -150,7 +152,7 @@ fn write_marker(dir: &Path, contents: &str) -> Result<()> {
 /// Writes the exports file atomically: the old file is copied to the backup, the new contents
 /// go to a temporary file in the same directory (same owner and mode as the old file), which is
 /// then renamed over it.
-fn write_exports(paths: &HostPaths, contents: &str) -> Result<()> {
+fn write_exports(paths: &HostPaths, contents: &str, progress: &mut dyn FnMut(&str)) -> Result<()> {
     let target = paths.exports();
     let temp = paths.exports_temp();
     let backup = paths.exports_backup();
@@ -186,7 +188,7 @@ fn write_exports(paths: &HostPaths, contents: &str) -> Result<()> {
             .and_then(|d| d.sync_all())
             .map_err(file_error("sync", dir))?;
     }
-    eprintln!(
+    progress(&format!(
         "    wrote {} (previous version in {})",
         target.display(),
         if old.is_some() {
@@ -194,7 +196,7 @@ fn write_exports(paths: &HostPaths, contents: &str) -> Result<()> {
         } else {
             "none: the file was new".to_string()
         }
-    );
+    ));
     Ok(())
 }
 

@@ -21,6 +21,7 @@ use crate::deploy::{DryRun, WaitArgs};
 use crate::doctor::ProbeArgs;
 use crate::progress::Reporter;
 use crate::verify::Output;
+use pgset_command::steps::{self, Ended};
 
 /// How often a line says a long stage still runs (on a terminal, the rollout's live lines show
 /// the time instead).
@@ -158,7 +159,12 @@ async fn execute(args: &Args, reporter: Reporter) -> Result<()> {
 
     // Preflight: read-only, before anything changes.
     let t = Instant::now();
-    reporter.line(&format!("==> [preflight] {}", describe(ctx.spec())));
+    reporter.line(&steps::header(
+        &format!("[preflight] {}", describe(ctx.spec())),
+        None,
+        "",
+    ));
+    let ticker = reporter.ticker("preflight", TICK_EVERY);
     let client = match ctx.client().await {
         Ok(c) => Some(c.clone()),
         Err(e) if args.dry_run.mode == Some(DryRun::Client) => {
@@ -195,6 +201,7 @@ async fn execute(args: &Args, reporter: Reporter) -> Result<()> {
         });
         ctx.gathered_mut().nfs_host = Some(host);
     }
+    drop(ticker);
     let findings = preflight::judge(ctx.spec(), &facts);
     for f in &findings {
         reporter.line(&format!("    {f}"));
@@ -212,10 +219,7 @@ async fn execute(args: &Args, reporter: Reporter) -> Result<()> {
             facts.nodes.len()
         ));
     }
-    reporter.line(&format!(
-        "    preflight done in {:.1}s",
-        t.elapsed().as_secs_f64()
-    ));
+    reporter.line(&steps::done("preflight", t.elapsed(), ""));
 
     let mut runner = Runner::new(reporter.clone(), args.dry_run.mode, plan.len());
     for stage in plan.iter().copied() {
@@ -264,16 +268,14 @@ impl Runner {
         stage: StageName,
         work: impl std::future::Future<Output = Result<()>>,
     ) -> Result<()> {
-        self.reporter.line(&format!(
-            "==> [{}/{}] {}{}",
-            self.done.len() + 1,
-            self.total,
+        self.reporter.line(&steps::header(
             stage.label(),
+            Some((self.done.len() + 1, self.total)),
             match self.dry_run {
-                Some(DryRun::Client) => " (dry run)",
-                Some(DryRun::Server) => " (server dry run)",
+                Some(DryRun::Client) => "dry run",
+                Some(DryRun::Server) => "server dry run",
                 None => "",
-            }
+            },
         ));
         let t = Instant::now();
         let ticker = self.reporter.ticker(stage.label(), TICK_EVERY);
@@ -282,11 +284,7 @@ impl Runner {
         match result {
             Ok(()) => {
                 let took = t.elapsed();
-                self.reporter.line(&format!(
-                    "    {} done in {:.1}s",
-                    stage.label(),
-                    took.as_secs_f64()
-                ));
+                self.reporter.line(&steps::done(stage.label(), took, ""));
                 self.done.push((stage, took));
                 Ok(())
             }
@@ -309,15 +307,13 @@ impl Runner {
 
     /// Each stage's time, and the whole run's.
     fn summary(&self, total: Duration) {
-        self.reporter.line("");
-        self.reporter
-            .line(&format!("summary ({:.1}s):", total.as_secs_f64()));
-        for (stage, took) in &self.done {
-            self.reporter.line(&format!(
-                "  {:<20} {:>7.1}s",
-                stage.label(),
-                took.as_secs_f64()
-            ));
+        let rows: Vec<_> = self
+            .done
+            .iter()
+            .map(|(stage, took)| (stage.label(), Ended::Ok, *took))
+            .collect();
+        for line in steps::summary(Some(total), &rows) {
+            self.reporter.line(&line);
         }
     }
 }
