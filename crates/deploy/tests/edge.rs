@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use kube::runtime::watcher;
 use mock_api::{
-    Call, Collection, Reply, Timeline, echo_with_version, is_watch, mock_client,
+    Call, Calls, Collection, Reply, Timeline, echo_with_version, is_watch, mock_client,
     mock_client_replying, not_found, query_pairs,
 };
 use pgset_deploy::apply::{ApplyMode, deploy};
@@ -1111,13 +1111,12 @@ async fn a_bound_volume_keeps_its_binding_a_free_one_gets_the_claim_ref() {
     }
 }
 
-/// A watch whose version the API server no longer has (410 Gone, after a long wait) is listed
-/// again by the watcher: the wait goes on instead of failing.
-#[tokio::test(start_paused = true)]
-async fn an_expired_watch_lists_again_and_the_wait_goes_on() {
+/// A mock API whose first watch of the pods ends in 410 Gone (its version expired): the first
+/// LIST answers `first` at version 1, every later one no pod at version 5; later watches hang.
+fn pods_gone_after_a_410(first: Vec<Value>) -> (kube::Client, Calls) {
     let mut lists = 0;
     let mut watches = 0;
-    let (client, calls) = mock_client_replying(move |call: &Call| {
+    mock_client_replying(move |call: &Call| {
         assert_eq!(call.path, PODS);
         if is_watch(call) {
             watches += 1;
@@ -1130,7 +1129,7 @@ async fn an_expired_watch_lists_again_and_the_wait_goes_on() {
         }
         lists += 1;
         let (pods, version) = if lists == 1 {
-            (vec![pod(0, true, "r1")], "1")
+            (first.clone(), "1")
         } else {
             (vec![], "5")
         };
@@ -1138,7 +1137,14 @@ async fn an_expired_watch_lists_again_and_the_wait_goes_on() {
             200,
             json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": version}, "items": pods}),
         )
-    });
+    })
+}
+
+/// A watch whose version the API server no longer has (410 Gone, after a long wait) is listed
+/// again by the watcher: the wait goes on instead of failing.
+#[tokio::test(start_paused = true)]
+async fn an_expired_watch_lists_again_and_the_wait_goes_on() {
+    let (client, calls) = pods_gone_after_a_410(vec![pod(0, true, "r1")]);
     let mut listing = Listing::default();
     let waiting = until_listing(
         kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client, NS),
@@ -1166,30 +1172,7 @@ async fn an_expired_watch_lists_again_and_the_wait_goes_on() {
 /// One object awaited by name (a pod's removal) lists again after a 410 Gone, like a set does.
 #[tokio::test]
 async fn an_expired_watch_of_one_object_lists_again_and_its_removal_is_seen() {
-    let mut lists = 0;
-    let mut watches = 0;
-    let (client, calls) = mock_client_replying(move |call: &Call| {
-        assert_eq!(call.path, PODS);
-        if is_watch(call) {
-            watches += 1;
-            if watches > 1 {
-                return Reply::Hang;
-            }
-            return Reply::Events(vec![json!({"type": "ERROR", "object": {
-                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": "too old resource version: 1 (5)", "reason": "Expired", "code": 410}})]);
-        }
-        lists += 1;
-        let (pods, version) = if lists == 1 {
-            (vec![pod(3, false, "r1")], "1")
-        } else {
-            (vec![], "5")
-        };
-        Reply::Json(
-            200,
-            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": version}, "items": pods}),
-        )
-    });
+    let (client, calls) = pods_gone_after_a_410(vec![pod(3, false, "r1")]);
     let waiting = until_object(
         kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client, NS),
         "pgset-3",
