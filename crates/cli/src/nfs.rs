@@ -10,10 +10,10 @@ use kube::Api;
 use kube::api::ListParams;
 use pgset_command::Executor;
 use pgset_nfs::{
-    Blocker, ExportClient, ExportOptions, ExportsFile, HostAddresses, HostFacts, HostPaths, Step,
-    clients_from_node_addresses, nfs_server_address, parse_clients,
+    Blocker, ExportClient, ExportOptions, HostFacts, HostPaths, Step, default_clients,
+    kept_clients, parse_clients, volume_server_address,
 };
-use pgset_spec::{ClusterSpec, ValidSpec};
+use pgset_spec::ClusterSpec;
 
 use crate::cli::{ClientArgs, DryRunArg, SpecArgs};
 use crate::context::RunContext;
@@ -92,7 +92,13 @@ impl HostPlan {
                 ));
                 c
             }
-            (None, None) => default_clients(reporter, &nodes, &facts.addresses)?,
+            (None, None) => {
+                let chosen = default_clients(&nodes, &facts.addresses)?;
+                if let Some(note) = chosen.note() {
+                    reporter.line(&format!("note: {note}"));
+                }
+                chosen.clients()
+            }
         };
         let options = ExportOptions { clients };
         let steps = pgset_nfs::plan(&facts, spec, &options).context("plan the NFS host")?;
@@ -164,7 +170,7 @@ pub async fn stage(ctx: &RunContext, opts: &StageOptions<'_>) -> Result<()> {
         nodes,
     } = plan;
     print_plan(reporter, spec, options, steps);
-    let server = server_address(spec, &facts.addresses, nodes);
+    let server = volume_server_address(spec, &facts.addresses, nodes);
     let blockers = pgset_nfs::blockers(facts, steps);
 
     if dry_run {
@@ -234,48 +240,6 @@ fn client_list(clients: &[ExportClient]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// The clients already in pgset's block for this export, so a rerun without `--clients`
-/// (`up` again, `scale`) does not change who may mount it.
-fn kept_clients(spec: &ClusterSpec, exports: Option<&str>) -> Option<Vec<ExportClient>> {
-    let file = ExportsFile::parse(exports?, spec).ok()?;
-    let clients = file.block_clients(&spec.cluster_export_dir().display().to_string());
-    (!clients.is_empty()).then_some(clients)
-}
-
-/// The clients for a first run without `--clients`: the cluster's node network, else this host's
-/// primary network (with a note saying so).
-fn default_clients(
-    reporter: &Reporter,
-    nodes: &[IpAddr],
-    addresses: &HostAddresses,
-) -> Result<Vec<ExportClient>> {
-    if !nodes.is_empty() {
-        return Ok(clients_from_node_addresses(nodes, &addresses.networks));
-    }
-    match addresses.primary_network() {
-        Some(net) => {
-            reporter.line(&format!(
-                "note: no cluster nodes known; allowing this host's primary network {net} (use --clients to choose)"
-            ));
-            Ok(vec![ExportClient::Network(net)])
-        }
-        None => Err(pgset_nfs::Error::NoClients.into()),
-    }
-}
-
-/// The NFS server address the volumes name: `--nfs-server`/`nfs.server`, else this host's node
-/// address, else its primary address.
-pub(crate) fn server_address(
-    spec: &ValidSpec,
-    addresses: &HostAddresses,
-    nodes: &[IpAddr],
-) -> Option<String> {
-    spec.nfs
-        .server
-        .clone()
-        .or_else(|| nfs_server_address(addresses, nodes).map(|a| a.to_string()))
 }
 
 /// The InternalIP addresses of the cluster's nodes: the ones `up`'s preflight listed, else
@@ -403,29 +367,5 @@ mod tests {
             assert!(e.contains("/nonexistent/kubeconfig"), "{e}");
         }
         assert_eq!(crate::cli::test_counts::clients_built(), 1);
-    }
-
-    #[test]
-    fn a_rerun_keeps_the_clients_of_pgsets_block() {
-        let spec = ClusterSpec::default();
-        let clients = parse_clients("10.0.2.0/24,127.0.0.1").unwrap();
-        let file = format!(
-            "/srv/other *(ro)\n{}",
-            pgset_nfs::render_block(&spec, &clients)
-        );
-        assert_eq!(kept_clients(&spec, Some(&file)), Some(clients.clone()));
-        assert_eq!(kept_clients(&spec, Some("/srv/other *(ro)\n")), None);
-        assert_eq!(kept_clients(&spec, None), None);
-        let mut other = spec.clone();
-        other.name = "other".into();
-        assert_eq!(kept_clients(&other, Some(&file)), None);
-        // The same name in another namespace is another cluster with its own block.
-        let mut staging = spec.clone();
-        staging.namespace = "staging".into();
-        assert_eq!(kept_clients(&staging, Some(&file)), None);
-        let star = parse_clients("*").unwrap();
-        let both = format!("{file}{}", pgset_nfs::render_block(&staging, &star));
-        assert_eq!(kept_clients(&staging, Some(&both)), Some(star));
-        assert_eq!(kept_clients(&spec, Some(&both)), Some(clients));
     }
 }

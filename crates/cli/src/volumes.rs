@@ -13,7 +13,7 @@ use pgset_spec::{StorageMode, ValidSpec};
 use crate::cli::{ClientArgs, DryRunArg, SpecArgs};
 use crate::context::RunContext;
 use crate::deploy::DryRun;
-use crate::nfs::{node_addresses_in, server_address};
+use crate::nfs::node_addresses_in;
 use crate::progress::Reporter;
 
 /// Arguments of `cargo xtask volumes`.
@@ -51,7 +51,7 @@ pub(crate) async fn resolve_server(spec: &ValidSpec, ctx: &RunContext) -> Result
     let addresses =
         pgset_nfs::probe_addresses(&Executor::default()).context("probe this host's addresses")?;
     let nodes = node_addresses_in(ctx).await?;
-    server_address(spec, &addresses, &nodes).context(
+    pgset_nfs::volume_server_address(spec, &addresses, &nodes).context(
         "cannot tell the NFS server's address: pass --nfs-server ADDR (the address the nodes reach the NFS host at)",
     )
 }
