@@ -1,5 +1,5 @@
 //! `cargo xtask nfs`: make this host the cluster's NFS server (probe → plan → apply), and the
-//! address and client detection shared with `cargo xtask volumes`.
+//! listing of the nodes' addresses shared with `cargo xtask volumes`.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::api::ListParams;
 use pgset_command::Executor;
+use pgset_deploy::nodes::internal_ips;
 use pgset_nfs::{
     Blocker, ExportClient, ExportOptions, HostFacts, HostPaths, Step, default_clients,
     kept_clients, parse_clients, volume_server_address,
@@ -248,7 +249,7 @@ fn client_list(clients: &[ExportClient]) -> String {
 /// is empty; a kubeconfig or context the user named must work.
 pub(crate) async fn node_addresses_in(ctx: &RunContext) -> Result<Vec<IpAddr>> {
     if let Some(nodes) = &ctx.gathered().nodes {
-        return internal_ips(nodes);
+        return Ok(internal_ips(nodes)?);
     }
     let listed = async { list_nodes(ctx.client().await?).await }.await;
     addresses_or_note(listed, ctx.cluster_named(), ctx.reporter())
@@ -277,7 +278,7 @@ fn addresses_or_note(
     reporter: &Reporter,
 ) -> Result<Vec<IpAddr>> {
     match listed {
-        Ok(nodes) => internal_ips(&nodes),
+        Ok(nodes) => Ok(internal_ips(&nodes)?),
         Err(e) if !named => {
             reporter.line(&format!(
                 "note: no cluster to ask for node addresses ({e:#})"
@@ -286,29 +287,6 @@ fn addresses_or_note(
         }
         Err(e) => Err(e),
     }
-}
-
-/// The nodes' InternalIP addresses; one that is not an IP address is an error.
-fn internal_ips(nodes: &[Node]) -> Result<Vec<IpAddr>> {
-    let mut out = Vec::new();
-    for node in nodes {
-        let name = node.metadata.name.as_deref().unwrap_or_default();
-        for a in node
-            .status
-            .iter()
-            .flat_map(|s| s.addresses.iter().flatten())
-            .filter(|a| a.type_ == "InternalIP")
-        {
-            match a.address.parse::<IpAddr>() {
-                Ok(ip) => out.push(ip),
-                Err(_) => bail!(
-                    "node {name} has an InternalIP {:?} that is not an IP address: pass --clients and --nfs-server",
-                    a.address
-                ),
-            }
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
