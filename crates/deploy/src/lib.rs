@@ -8,6 +8,7 @@
 pub mod apply;
 pub mod mount_probe;
 pub mod nodes;
+pub mod preflight;
 pub mod rbac;
 pub mod readiness;
 pub mod record;
