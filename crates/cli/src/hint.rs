@@ -70,6 +70,17 @@ mod tests {
             status: "y".into(),
         });
         assert_eq!(next_step(&timeout, "pgset"), None);
+        // A refusal under the storage error still names its fix.
+        let held = anyhow::Error::new(pgset_deploy::storage::StorageError::Volumes {
+            cluster: "default/pgset".into(),
+            source: DeployError::VolumesHeldElsewhere {
+                held: vec!["PersistentVolume pv2 is held".into()],
+            },
+        });
+        assert_eq!(
+            next_step(&held, "pgset").as_deref(),
+            Some("`pgset down -n NAMESPACE --name NAME` stops the cluster that owns that claim")
+        );
         let root = anyhow::Error::new(pgset_nfs::Error::NotRoot { steps: 3 });
         assert_eq!(
             next_step(&root, "pgset").as_deref(),

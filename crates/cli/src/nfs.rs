@@ -1,5 +1,5 @@
 //! `cargo xtask nfs`: make this host the cluster's NFS server (probe → plan → apply), and the
-//! address and client detection shared with `cargo xtask volumes`.
+//! listing of the nodes' addresses shared with `cargo xtask volumes`.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -9,11 +9,12 @@ use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::api::ListParams;
 use pgset_command::Executor;
+use pgset_deploy::nodes::internal_ips;
 use pgset_nfs::{
-    Blocker, ExportClient, ExportOptions, ExportsFile, HostAddresses, HostFacts, HostPaths, Step,
-    clients_from_node_addresses, nfs_server_address, parse_clients,
+    Blocker, ExportClient, ExportOptions, HostFacts, HostPaths, Step, default_clients,
+    kept_clients, parse_clients, volume_server_address,
 };
-use pgset_spec::{ClusterSpec, ValidSpec};
+use pgset_spec::ClusterSpec;
 
 use crate::cli::{ClientArgs, DryRunArg, SpecArgs};
 use crate::context::RunContext;
@@ -92,7 +93,13 @@ impl HostPlan {
                 ));
                 c
             }
-            (None, None) => default_clients(reporter, &nodes, &facts.addresses)?,
+            (None, None) => {
+                let chosen = default_clients(&nodes, &facts.addresses)?;
+                if let Some(note) = chosen.note() {
+                    reporter.line(&format!("note: {note}"));
+                }
+                chosen.clients()
+            }
         };
         let options = ExportOptions { clients };
         let steps = pgset_nfs::plan(&facts, spec, &options).context("plan the NFS host")?;
@@ -164,7 +171,7 @@ pub async fn stage(ctx: &RunContext, opts: &StageOptions<'_>) -> Result<()> {
         nodes,
     } = plan;
     print_plan(reporter, spec, options, steps);
-    let server = server_address(spec, &facts.addresses, nodes);
+    let server = volume_server_address(spec, &facts.addresses, nodes);
     let blockers = pgset_nfs::blockers(facts, steps);
 
     if dry_run {
@@ -237,55 +244,13 @@ fn client_list(clients: &[ExportClient]) -> String {
         .join(", ")
 }
 
-/// The clients already in pgset's block for this export, so a rerun without `--clients`
-/// (`up` again, `scale`) does not change who may mount it.
-fn kept_clients(spec: &ClusterSpec, exports: Option<&str>) -> Option<Vec<ExportClient>> {
-    let file = ExportsFile::parse(exports?, spec).ok()?;
-    let clients = file.block_clients(&spec.cluster_export_dir().display().to_string());
-    (!clients.is_empty()).then_some(clients)
-}
-
-/// The clients for a first run without `--clients`: the cluster's node network, else this host's
-/// primary network (with a note saying so).
-fn default_clients(
-    reporter: &Reporter,
-    nodes: &[IpAddr],
-    addresses: &HostAddresses,
-) -> Result<Vec<ExportClient>> {
-    if !nodes.is_empty() {
-        return Ok(clients_from_node_addresses(nodes, &addresses.networks));
-    }
-    match addresses.primary_network() {
-        Some(net) => {
-            reporter.line(&format!(
-                "note: no cluster nodes known; allowing this host's primary network {net} (use --clients to choose)"
-            ));
-            Ok(vec![ExportClient::Network(net)])
-        }
-        None => Err(pgset_nfs::Error::NoClients.into()),
-    }
-}
-
-/// The NFS server address the volumes name: `--nfs-server`/`nfs.server`, else this host's node
-/// address, else its primary address.
-pub(crate) fn server_address(
-    spec: &ValidSpec,
-    addresses: &HostAddresses,
-    nodes: &[IpAddr],
-) -> Option<String> {
-    spec.nfs
-        .server
-        .clone()
-        .or_else(|| nfs_server_address(addresses, nodes).map(|a| a.to_string()))
-}
-
 /// The InternalIP addresses of the cluster's nodes: the ones `up`'s preflight listed, else
 /// listed with the context's client. Without a kubeconfig (none named and none at the default
 /// places) or when an unnamed default cluster does not answer, a note is printed and the list
 /// is empty; a kubeconfig or context the user named must work.
 pub(crate) async fn node_addresses_in(ctx: &RunContext) -> Result<Vec<IpAddr>> {
     if let Some(nodes) = &ctx.gathered().nodes {
-        return internal_ips(nodes);
+        return Ok(internal_ips(nodes)?);
     }
     let listed = async { list_nodes(ctx.client().await?).await }.await;
     addresses_or_note(listed, ctx.cluster_named(), ctx.reporter())
@@ -314,7 +279,7 @@ fn addresses_or_note(
     reporter: &Reporter,
 ) -> Result<Vec<IpAddr>> {
     match listed {
-        Ok(nodes) => internal_ips(&nodes),
+        Ok(nodes) => Ok(internal_ips(&nodes)?),
         Err(e) if !named => {
             reporter.line(&format!(
                 "note: no cluster to ask for node addresses ({e:#})"
@@ -323,29 +288,6 @@ fn addresses_or_note(
         }
         Err(e) => Err(e),
     }
-}
-
-/// The nodes' InternalIP addresses; one that is not an IP address is an error.
-fn internal_ips(nodes: &[Node]) -> Result<Vec<IpAddr>> {
-    let mut out = Vec::new();
-    for node in nodes {
-        let name = node.metadata.name.as_deref().unwrap_or_default();
-        for a in node
-            .status
-            .iter()
-            .flat_map(|s| s.addresses.iter().flatten())
-            .filter(|a| a.type_ == "InternalIP")
-        {
-            match a.address.parse::<IpAddr>() {
-                Ok(ip) => out.push(ip),
-                Err(_) => bail!(
-                    "node {name} has an InternalIP {:?} that is not an IP address: pass --clients and --nfs-server",
-                    a.address
-                ),
-            }
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -404,29 +346,5 @@ mod tests {
             assert!(e.contains("/nonexistent/kubeconfig"), "{e}");
         }
         assert_eq!(crate::cli::test_counts::clients_built(), 1);
-    }
-
-    #[test]
-    fn a_rerun_keeps_the_clients_of_pgsets_block() {
-        let spec = ClusterSpec::default();
-        let clients = parse_clients("10.0.2.0/24,127.0.0.1").unwrap();
-        let file = format!(
-            "/srv/other *(ro)\n{}",
-            pgset_nfs::render_block(&spec, &clients)
-        );
-        assert_eq!(kept_clients(&spec, Some(&file)), Some(clients.clone()));
-        assert_eq!(kept_clients(&spec, Some("/srv/other *(ro)\n")), None);
-        assert_eq!(kept_clients(&spec, None), None);
-        let mut other = spec.clone();
-        other.name = "other".into();
-        assert_eq!(kept_clients(&other, Some(&file)), None);
-        // The same name in another namespace is another cluster with its own block.
-        let mut staging = spec.clone();
-        staging.namespace = "staging".into();
-        assert_eq!(kept_clients(&staging, Some(&file)), None);
-        let star = parse_clients("*").unwrap();
-        let both = format!("{file}{}", pgset_nfs::render_block(&staging, &star));
-        assert_eq!(kept_clients(&staging, Some(&both)), Some(star));
-        assert_eq!(kept_clients(&spec, Some(&both)), Some(clients));
     }
 }

@@ -7,6 +7,8 @@
 
 pub mod apply;
 pub mod mount_probe;
+pub mod nodes;
+pub mod preflight;
 pub mod rbac;
 pub mod readiness;
 pub mod record;
@@ -171,6 +173,17 @@ pub enum Error {
     Interrupted {
         /// What was interrupted.
         what: String,
+    },
+    /// A node's InternalIP is not an IP address, so neither the export's clients nor the
+    /// volumes' server can be derived from the nodes.
+    #[error(
+        "node {node} has an InternalIP {address:?} that is not an IP address: pass --clients and --nfs-server"
+    )]
+    NodeAddress {
+        /// The node's name.
+        node: String,
+        /// The address as the node reports it.
+        address: String,
     },
     /// An object could not be written as YAML.
     #[error("write {kind} {name} as YAML: {message}")]

@@ -1,6 +1,7 @@
 //! Claims: the shared ReadWriteMany claim `<name>-pvc` (shared mode) and the volume claim
-//! template `data` (templates mode); and applying the cluster's PersistentVolumes (built on the
-//! NFS side) without ever taking a volume another claim holds or undoing a binding.
+//! template `data` (templates mode); and applying the cluster's storage (its PersistentVolumes,
+//! built on the NFS side, and the shared claim) without ever taking a volume another claim
+//! holds or undoing a binding.
 
 use std::collections::BTreeMap;
 
@@ -11,7 +12,8 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Api, Client};
-use pgset_spec::ClusterSpec;
+use pgset_nfs::persistent_volumes;
+use pgset_spec::{ClusterSpec, StorageMode, ValidSpec};
 
 use crate::apply::{ApplyMode, DeployOutcome, apply_reporting};
 use crate::{Error, Result, is_status, label_map, object_meta};
@@ -224,6 +226,78 @@ pub async fn apply_volumes(
     Ok(outcome)
 }
 
+/// The storage of a spec for an NFS server address: its volumes and, in shared mode, the
+/// shared claim.
+#[derive(Debug, Clone)]
+pub struct StorageObjects {
+    /// The NFS PersistentVolumes ([`persistent_volumes`]).
+    pub volumes: Vec<PersistentVolume>,
+    /// The shared claim ([`shared_claim`]), in shared mode only.
+    pub claim: Option<PersistentVolumeClaim>,
+}
+
+/// The volumes and the claim of `spec` on the export at `server`. Pure.
+pub fn storage_objects(spec: &ValidSpec, server: &str) -> StorageObjects {
+    StorageObjects {
+        volumes: persistent_volumes(spec, server),
+        claim: (spec.storage.mode == StorageMode::Shared).then(|| shared_claim(spec)),
+    }
+}
+
+/// Why applying a cluster's storage failed: which part, and the error under it.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The volumes were refused or could not be applied.
+    #[error("apply the PersistentVolumes of cluster {cluster}")]
+    Volumes {
+        /// The cluster (`namespace/name`).
+        cluster: String,
+        /// What [`apply_volumes`] said.
+        #[source]
+        source: Error,
+    },
+    /// The shared claim could not be applied.
+    #[error("apply PersistentVolumeClaim {name}")]
+    Claim {
+        /// The claim's name.
+        name: String,
+        /// The API server's refusal.
+        #[source]
+        source: Box<kube::Error>,
+    },
+}
+
+/// Applies a cluster's storage server-side: the volumes first, every one read and judged before
+/// any is written ([`apply_volumes`]: one with this cluster's name that another claim holds
+/// stops the run with nothing changed; one bound to this cluster's claim is left as it is;
+/// the others are applied), then the shared claim. `progress` gets one line per object.
+pub async fn apply_storage(
+    client: &Client,
+    spec: &ValidSpec,
+    objects: &StorageObjects,
+    mode: ApplyMode,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> std::result::Result<DeployOutcome, StorageError> {
+    let mut outcome = apply_volumes(client, &objects.volumes, mode, progress)
+        .await
+        .map_err(|source| StorageError::Volumes {
+            cluster: spec.exports_block_id(),
+            source,
+        })?;
+    if let Some(c) = &objects.claim {
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &spec.namespace);
+        outcome.record(
+            apply_reporting(&claims, c, mode, progress)
+                .await
+                .map_err(|source| StorageError::Claim {
+                    name: spec.shared_claim_name(),
+                    source: Box::new(source),
+                })?,
+        );
+    }
+    Ok(outcome)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,5 +442,38 @@ mod tests {
         }
         assert!(!text.contains("pv1"), "{text}");
         assert!(!text.contains("kubectl delete"), "{text}");
+    }
+
+    #[test]
+    fn shared_mode_has_volumes_and_the_claim_templates_mode_only_volumes() {
+        let mut spec = ClusterSpec::default();
+        let shared = storage_objects(&spec.clone().validated().unwrap(), "10.0.0.1");
+        assert_eq!(shared.volumes.len(), 3);
+        assert_eq!(
+            shared.claim.and_then(|c| c.metadata.name).as_deref(),
+            Some("pgset-pvc")
+        );
+        spec.storage.mode = StorageMode::Templates;
+        let templates = storage_objects(&spec.clone().validated().unwrap(), "10.0.0.1");
+        assert_eq!(templates.volumes.len(), 2);
+        assert!(templates.claim.is_none());
+    }
+
+    #[test]
+    fn another_namespace_gets_its_own_volume_for_its_own_claim() {
+        let spec = ClusterSpec {
+            namespace: "staging".into(),
+            ..ClusterSpec::default()
+        };
+        let shared = storage_objects(&spec.clone().validated().unwrap(), "10.0.0.1");
+        let names: Vec<_> = shared
+            .volumes
+            .iter()
+            .filter_map(|v| v.metadata.name.as_deref())
+            .collect();
+        assert_eq!(names, ["staging.pgset-pvc"]);
+        let claim = shared.claim.unwrap();
+        assert_eq!(claim.metadata.namespace.as_deref(), Some("staging"));
+        assert_eq!(claim.metadata.name.as_deref(), Some("pgset-pvc"));
     }
 }

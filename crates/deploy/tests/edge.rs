@@ -14,6 +14,7 @@ use mock_api::{
 use pgset_deploy::apply::{ApplyMode, deploy};
 use pgset_deploy::rollout::{MemberStep, RolloutEvent, RolloutReport, wait_for_rollout};
 use pgset_deploy::scale::scale;
+use pgset_deploy::storage::{StorageError, apply_storage, storage_objects};
 use pgset_deploy::teardown::{Purge, down};
 use pgset_deploy::wait::{Listing, until_listing, until_object};
 use pgset_spec::{ClusterSpec, StorageMode, ValidSpec};
@@ -1109,6 +1110,119 @@ async fn a_bound_volume_keeps_its_binding_a_free_one_gets_the_claim_ref() {
                    "namespace": "default", "name": "pgset-pvc"})
         );
     }
+}
+
+/// A handler for a cluster's storage: `volumes` as stored, no claim yet; the claim's apply
+/// answered with `claim_status` (200 echoes it).
+fn storage_handler(
+    volumes: HashMap<String, Value>,
+    claim_status: u16,
+) -> impl FnMut(&Call) -> (u16, Value) + Send {
+    let mut pvs = volume_handler(volumes);
+    move |call: &Call| {
+        if !call.path.contains("/persistentvolumeclaims/") {
+            return pvs(call);
+        }
+        match (call.method.as_str(), claim_status) {
+            ("GET", _) => not_found(&call.path),
+            ("PATCH", 200) => echo_with_version(call, "80"),
+            ("PATCH", code) => (
+                code,
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                       "message": "spec is immutable", "reason": "Invalid", "code": code}),
+            ),
+            (m, _) => panic!("unexpected {m} {}", call.path),
+        }
+    }
+}
+
+#[tokio::test]
+async fn storage_applies_every_volume_then_the_shared_claim_in_its_namespace() {
+    let (client, calls) = mock_client(storage_handler(HashMap::new(), 200));
+    let spec = spec();
+    let objects = storage_objects(&spec, "10.0.0.5");
+    let mut lines = Vec::new();
+    let outcome = apply_storage(
+        &client,
+        &spec,
+        &objects,
+        ApplyMode::Apply,
+        &mut |l: &str| lines.push(l.to_string()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        outcome.changed,
+        [
+            "PersistentVolume/pv1",
+            "PersistentVolume/pv2",
+            "PersistentVolume/pv3",
+            "PersistentVolumeClaim/pgset-pvc"
+        ]
+    );
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(
+        lines[3].starts_with("created PersistentVolumeClaim pgset-pvc"),
+        "{lines:?}"
+    );
+    let lines: Vec<String> = calls.lock().unwrap().iter().map(Call::line).collect();
+    assert_eq!(
+        lines,
+        [
+            "GET /api/v1/persistentvolumes/pv1",
+            "GET /api/v1/persistentvolumes/pv2",
+            "GET /api/v1/persistentvolumes/pv3",
+            // Judged, then each applied (read for its version, then patched).
+            "GET /api/v1/persistentvolumes/pv1",
+            "PATCH /api/v1/persistentvolumes/pv1",
+            "GET /api/v1/persistentvolumes/pv2",
+            "PATCH /api/v1/persistentvolumes/pv2",
+            "GET /api/v1/persistentvolumes/pv3",
+            "PATCH /api/v1/persistentvolumes/pv3",
+            "GET /api/v1/namespaces/default/persistentvolumeclaims/pgset-pvc",
+            "PATCH /api/v1/namespaces/default/persistentvolumeclaims/pgset-pvc",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn storage_refused_volumes_write_nothing_and_a_refused_claim_is_named() {
+    let spec = spec();
+    let objects = storage_objects(&spec, "10.0.0.5");
+    let held = HashMap::from([(
+        "pv2".to_string(),
+        stored_pv("pv2", Some(("staging", "pgset-pvc", "u-2")), "Bound"),
+    )]);
+    let (client, calls) = mock_client(storage_handler(held, 200));
+    let err = apply_storage(&client, &spec, &objects, ApplyMode::Apply, &mut |_| {})
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "apply the PersistentVolumes of cluster default/pgset"
+    );
+    assert!(
+        matches!(
+            &err,
+            StorageError::Volumes {
+                source: pgset_deploy::Error::VolumesHeldElsewhere { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        !calls.lock().unwrap().iter().any(Call::is_write),
+        "a refusal must write nothing"
+    );
+
+    let (client, _) = mock_client(storage_handler(HashMap::new(), 422));
+    let err = apply_storage(&client, &spec, &objects, ApplyMode::Apply, &mut |_| {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "apply PersistentVolumeClaim pgset-pvc");
+    let cause = std::error::Error::source(&err).unwrap().to_string();
+    assert!(cause.contains("spec is immutable"), "{cause}");
 }
 
 /// A mock API whose first watch of the pods ends in 410 Gone (its version expired): the first

@@ -1,11 +1,14 @@
-//! Who may mount the export: IP networks parsed from `--clients`, derived from the cluster's
-//! node addresses, or the host's primary network; `*` only when asked for.
+//! Who may mount the export: IP networks parsed from `--clients`, kept from pgset's block in
+//! /etc/exports, derived from the cluster's node addresses, or the host's primary network; `*`
+//! only when asked for.
 
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use crate::{Error, Result};
+use pgset_spec::ClusterSpec;
+
+use crate::{Error, ExportsFile, HostAddresses, Result};
 
 /// An IP network in CIDR notation, normalized to its network address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -174,6 +177,59 @@ pub fn clients_from_node_addresses(
     out
 }
 
+/// The clients already in pgset's block for this cluster's export in `exports` (the text of
+/// /etc/exports), so a rerun without `--clients` (`up` again, `scale`) does not change who may
+/// mount it. `None` without a file, without a block of this cluster, or with an empty one.
+pub fn kept_clients(spec: &ClusterSpec, exports: Option<&str>) -> Option<Vec<ExportClient>> {
+    let file = ExportsFile::parse(exports?, spec).ok()?;
+    let clients = file.block_clients(&spec.cluster_export_dir().display().to_string());
+    (!clients.is_empty()).then_some(clients)
+}
+
+/// The clients of a first run without `--clients`, and where they came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DefaultClients {
+    /// The networks of the cluster's nodes ([`clients_from_node_addresses`]).
+    Nodes(Vec<ExportClient>),
+    /// No cluster node known: this host's primary network.
+    PrimaryNetwork(Cidr),
+}
+
+impl DefaultClients {
+    /// The clients chosen.
+    pub fn clients(&self) -> Vec<ExportClient> {
+        match self {
+            DefaultClients::Nodes(c) => c.clone(),
+            DefaultClients::PrimaryNetwork(net) => vec![ExportClient::Network(*net)],
+        }
+    }
+
+    /// What to tell the user when the choice fell back to the host's primary network.
+    pub fn note(&self) -> Option<String> {
+        match self {
+            DefaultClients::Nodes(_) => None,
+            DefaultClients::PrimaryNetwork(net) => Some(format!(
+                "no cluster nodes known; allowing this host's primary network {net} (use --clients to choose)"
+            )),
+        }
+    }
+}
+
+/// The clients for a first run without `--clients`: the cluster's node network, else this
+/// host's primary network ([`DefaultClients::note`] says so); neither is [`Error::NoClients`].
+pub fn default_clients(nodes: &[IpAddr], addresses: &HostAddresses) -> Result<DefaultClients> {
+    if !nodes.is_empty() {
+        return Ok(DefaultClients::Nodes(clients_from_node_addresses(
+            nodes,
+            &addresses.networks,
+        )));
+    }
+    addresses
+        .primary_network()
+        .map(DefaultClients::PrimaryNetwork)
+        .ok_or(Error::NoClients)
+}
+
 /// How the export is offered: to which clients.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportOptions {
@@ -226,6 +282,54 @@ mod tests {
         );
         let shown: Vec<String> = c.iter().map(ToString::to_string).collect();
         assert_eq!(shown, ["10.9.8.7/32", "192.168.56.0/24"]);
+    }
+
+    #[test]
+    fn a_rerun_keeps_the_clients_of_pgsets_block() {
+        let spec = ClusterSpec::default();
+        let clients = parse_clients("10.0.2.0/24,127.0.0.1").unwrap();
+        let file = format!("/srv/other *(ro)\n{}", crate::render_block(&spec, &clients));
+        assert_eq!(kept_clients(&spec, Some(&file)), Some(clients.clone()));
+        assert_eq!(kept_clients(&spec, Some("/srv/other *(ro)\n")), None);
+        assert_eq!(kept_clients(&spec, None), None);
+        let mut other = spec.clone();
+        other.name = "other".into();
+        assert_eq!(kept_clients(&other, Some(&file)), None);
+        // The same name in another namespace is another cluster with its own block.
+        let mut staging = spec.clone();
+        staging.namespace = "staging".into();
+        assert_eq!(kept_clients(&staging, Some(&file)), None);
+        let star = parse_clients("*").unwrap();
+        let both = format!("{file}{}", crate::render_block(&staging, &star));
+        assert_eq!(kept_clients(&staging, Some(&both)), Some(star));
+        assert_eq!(kept_clients(&spec, Some(&both)), Some(clients));
+    }
+
+    #[test]
+    fn default_clients_are_the_node_network_else_the_primary_network_with_a_note() {
+        let net: Cidr = "192.168.56.0/24".parse().unwrap();
+        let addresses = HostAddresses {
+            primary: Some(ip("10.0.2.15")),
+            networks: vec![
+                (ip("10.0.2.15"), "10.0.2.0/24".parse().unwrap()),
+                (ip("192.168.56.10"), net),
+            ],
+        };
+        let nodes = default_clients(&[ip("192.168.56.11")], &addresses).unwrap();
+        assert_eq!(nodes.clients(), [ExportClient::Network(net)]);
+        assert_eq!(nodes.note(), None);
+
+        let primary = default_clients(&[], &addresses).unwrap();
+        assert_eq!(primary.clients()[0].to_string(), "10.0.2.0/24");
+        assert_eq!(
+            primary.note().as_deref(),
+            Some(
+                "no cluster nodes known; allowing this host's primary network 10.0.2.0/24 (use --clients to choose)"
+            )
+        );
+
+        let none = default_clients(&[], &HostAddresses::default()).unwrap_err();
+        assert!(matches!(none, Error::NoClients), "{none}");
     }
 
     #[test]

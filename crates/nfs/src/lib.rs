@@ -20,7 +20,10 @@ mod volumes;
 use std::path::PathBuf;
 
 pub use apply::{apply, make_member_dirs, verify_export};
-pub use clients::{Cidr, ExportClient, ExportOptions, clients_from_node_addresses, parse_clients};
+pub use clients::{
+    Cidr, DefaultClients, ExportClient, ExportOptions, clients_from_node_addresses,
+    default_clients, kept_clients, parse_clients,
+};
 pub use doctor::{DOCS_DATA_DIRECTORY, DOCS_NFS, Diagnosis, Health, VolumesRead, diagnose};
 pub use exports::{EXPORT_OPTIONS, ExportEntry, ExportsFile, render_block};
 pub use facts::{
@@ -38,7 +41,9 @@ pub use parse::{
 };
 pub use plan::{Step, plan};
 pub use probe::{probe, probe_addresses, probe_files, probe_member_states};
-pub use volumes::{PROBE_SIZE, nfs_server_address, persistent_volumes, probe_volume};
+pub use volumes::{
+    PROBE_SIZE, nfs_server_address, persistent_volumes, probe_volume, volume_server_address,
+};
 
 /// Errors of the NFS provisioner. Each says what is wrong and how to fix it.
 #[derive(Debug, thiserror::Error)]

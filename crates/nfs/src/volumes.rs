@@ -152,6 +152,19 @@ pub fn nfs_server_address(addresses: &HostAddresses, node_addresses: &[IpAddr]) 
         .or(addresses.primary)
 }
 
+/// The NFS server address the volumes name: `--nfs-server`/`nfs.server`, else this host's node
+/// address, else its primary address ([`nfs_server_address`]).
+pub fn volume_server_address(
+    spec: &ValidSpec,
+    addresses: &HostAddresses,
+    nodes: &[IpAddr],
+) -> Option<String> {
+    spec.nfs
+        .server
+        .clone()
+        .or_else(|| nfs_server_address(addresses, nodes).map(|a| a.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,5 +362,33 @@ mod tests {
             Some(ip("10.0.2.15"))
         );
         assert_eq!(nfs_server_address(&HostAddresses::default(), &[]), None);
+    }
+
+    #[test]
+    fn the_volumes_name_the_given_server_else_the_detected_one() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let addrs = HostAddresses {
+            primary: Some(ip("10.0.2.15")),
+            networks: vec![(ip("192.168.56.10"), "192.168.56.0/24".parse().unwrap())],
+        };
+        let nodes = [ip("192.168.56.10")];
+        let mut spec = ClusterSpec::default();
+        assert_eq!(
+            volume_server_address(&valid(&spec), &addrs, &nodes).as_deref(),
+            Some("192.168.56.10")
+        );
+        assert_eq!(
+            volume_server_address(&valid(&spec), &addrs, &[]).as_deref(),
+            Some("10.0.2.15")
+        );
+        assert_eq!(
+            volume_server_address(&valid(&spec), &HostAddresses::default(), &[]),
+            None
+        );
+        spec.nfs.server = Some("nfs.lab.example".into());
+        assert_eq!(
+            volume_server_address(&valid(&spec), &HostAddresses::default(), &nodes).as_deref(),
+            Some("nfs.lab.example")
+        );
     }
 }

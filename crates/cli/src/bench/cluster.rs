@@ -338,7 +338,7 @@ async fn create_volumes(kube: &Client, client_args: &ClientArgs, spec: &ValidSpe
             let addresses = pgset_nfs::probe_addresses(&pgset_command::Executor::default())
                 .context("probe this host's addresses")?;
             let nodes = crate::nfs::node_addresses(client_args).await?;
-            crate::nfs::server_address(spec, &addresses, &nodes)
+            pgset_nfs::volume_server_address(spec, &addresses, &nodes)
                 .context("cannot tell the NFS server's address: pass --nfs-server ADDR")?
         }
     };

@@ -9,11 +9,14 @@ use anyhow::Result;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, ListParams};
+use pgset_deploy::preflight::{
+    HostRole, KUBELET_MAX_IMAGES, NodeFacts, NodeFinding, NodeOff, judge_nodes as judge_node_facts,
+    node_facts,
+};
 use pgset_deploy::readiness::{self, KeptOff};
 use pgset_nfs::OsFamily;
 use pgset_spec::contract::CONTROL_PLANE_TAINT;
-use pgset_spec::image_ref::ImageReference;
-use pgset_spec::{ClusterSpec, StorageMode, default_agent_image};
+use pgset_spec::{ClusterSpec, StorageMode};
 
 /// What preflight learned. Every field is read, never assumed.
 #[derive(Debug, Clone)]
@@ -45,85 +48,6 @@ pub struct Facts {
     pub nfs_host: Option<Result<Vec<String>, String>>,
 }
 
-/// One node as preflight sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeFacts {
-    /// Node name.
-    pub name: String,
-    /// Condition Ready is True.
-    pub ready: bool,
-    /// The Ready condition's message when not ready (kubelet says "cni plugin not initialized").
-    pub message: String,
-    /// Cordoned (`spec.unschedulable`).
-    pub unschedulable: bool,
-    /// Taints that keep the pods off (`NoSchedule`, `NoExecute`), as `key[=value]:Effect`;
-    /// the not-ready and unreachable taints are left out (Ready says that).
-    pub taints: Vec<String>,
-    /// The agent image is among the node's images (`status.images`, as the kubelet reports).
-    pub has_agent_image: bool,
-    /// How many images the kubelet reports (it reports at most its largest
-    /// [`KUBELET_MAX_IMAGES`] by default, so a small image may be left out).
-    pub images_reported: usize,
-}
-
-/// The kubelet's default `nodeStatusMaxImages`: a node reporting this many may have more.
-pub const KUBELET_MAX_IMAGES: usize = 50;
-
-/// A node as preflight sees it, read from its API object. Pure.
-pub fn node_facts(node: &Node, agent_image: &str) -> NodeFacts {
-    let name = node.metadata.name.clone().unwrap_or_default();
-    let status = node.status.as_ref();
-    let ready_cond = readiness::node_ready_condition(node);
-    let spec = node.spec.as_ref();
-    let taints = readiness::member_taints(node);
-    let wanted = ImageReference::parse(agent_image).map(|r| r.normalized());
-    let images = status.and_then(|s| s.images.as_ref());
-    let has_agent_image = images
-        .into_iter()
-        .flatten()
-        .flat_map(|i| i.names.iter().flatten())
-        .any(|n| wanted.is_some() && ImageReference::parse(n).map(|r| r.normalized()) == wanted);
-    let images_reported = images.map_or(0, Vec::len);
-    NodeFacts {
-        name,
-        ready: ready_cond.is_some_and(|c| c.status == "True"),
-        message: ready_cond
-            .and_then(|c| c.message.clone())
-            .unwrap_or_default(),
-        unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
-        taints,
-        has_agent_image,
-        images_reported,
-    }
-}
-
-impl NodeFacts {
-    /// Why the pods cannot be scheduled here, in words; `None` when they can. With
-    /// `tolerate_control_plane`, kubeadm's control-plane taint does not keep them off.
-    fn keeps_pods_off(&self, tolerate_control_plane: bool) -> Option<String> {
-        let why: Vec<String> = readiness::keeps_members_off(
-            self.ready,
-            self.unschedulable,
-            &self.taints,
-            tolerate_control_plane,
-        )
-        .into_iter()
-        .map(|kept| match kept {
-            KeptOff::NotReady => format!("not Ready ({})", self.message),
-            KeptOff::Cordoned => "cordoned (`kubectl uncordon` to undo)".to_string(),
-            KeptOff::Tainted(taints) => {
-                let mut s = format!("tainted {}", taints.join(", "));
-                if taints.contains(&readiness::control_plane_no_schedule()) {
-                    s.push_str(" (or let the members tolerate it: --tolerate-control-plane)");
-                }
-                s
-            }
-        })
-        .collect();
-        (!why.is_empty()).then(|| why.join("; "))
-    }
-}
-
 /// A preflight finding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
@@ -143,13 +67,6 @@ impl fmt::Display for Finding {
 fn blocker(text: impl Into<String>) -> Finding {
     Finding {
         blocker: true,
-        text: text.into(),
-    }
-}
-
-fn note(text: impl Into<String>) -> Finding {
-    Finding {
-        blocker: false,
         text: text.into(),
     }
 }
@@ -213,116 +130,98 @@ pub fn judge(spec: &ClusterSpec, f: &Facts) -> Vec<Finding> {
     out
 }
 
-/// The nodes: can any run the pods, what keeps each one off, does each one that may run them
-/// have the agent image when it is not pulled from a registry, and `mount.nfs`.
+/// The nodes ([`pgset_deploy::preflight::judge_nodes`]), each finding in words with what to
+/// do about it.
 fn judge_nodes(spec: &ClusterSpec, f: &Facts, out: &mut Vec<Finding>) {
-    if f.nodes.is_empty() {
-        out.push(blocker("the cluster has no nodes: join a node first"));
-        return;
+    let host = HostRole {
+        node: f.host_node.as_deref(),
+        is_node: f.host_is_node,
+        imports_image: f.imports_image,
+        mount_nfs_here: f.mount_nfs_here,
+        nfs_stage: f.nfs_host.is_some(),
+    };
+    for finding in judge_node_facts(spec, &f.nodes, &host) {
+        let text = node_finding_text(spec, &finding);
+        out.push(Finding {
+            blocker: finding.is_blocker(),
+            text,
+        });
     }
-    let usable: Vec<&NodeFacts> = f
-        .nodes
-        .iter()
-        .filter(|n| n.keeps_pods_off(spec.tolerate_control_plane).is_none())
-        .collect();
-    let off: Vec<(&NodeFacts, String)> = f
-        .nodes
-        .iter()
-        .filter_map(|n| {
-            n.keeps_pods_off(spec.tolerate_control_plane)
-                .map(|why| (n, why))
-        })
-        .collect();
-    if usable.is_empty() {
-        let cni = f
-            .nodes
-            .iter()
-            .any(|n| !n.ready && n.message.to_lowercase().contains("cni"));
-        let control_plane = f
-            .nodes
-            .iter()
-            .any(|n| n.taints.iter().any(|t| t.starts_with(CONTROL_PLANE_TAINT)));
-        let mut fix = Vec::new();
-        if cni {
-            fix.push("no CNI: install a pod network such as Flannel or Calico".to_string());
-        }
-        if control_plane {
-            fix.push(format!(
-                "on a one-node kubeadm lab let the control plane run pods: `kubectl taint nodes --all {CONTROL_PLANE_TAINT}-`, or keep the taint and let only pgset's members tolerate it with --tolerate-control-plane (spec: tolerateControlPlane: true)"
-            ));
-        }
-        if fix.is_empty() {
-            fix.push("make a node Ready and schedulable, or join a worker".into());
-        }
-        out.push(blocker(format!(
-            "no node can run the pods, every member would stay Pending: {}; {}",
-            off.iter()
-                .map(|(n, why)| format!("{}: {why}", n.name))
-                .collect::<Vec<_>>()
-                .join("; "),
-            fix.join("; ")
-        )));
-    } else {
-        for (n, why) in &off {
-            out.push(note(format!(
-                "node {}: no pods will run here: {why}",
-                n.name
-            )));
-        }
-    }
+}
 
-    // A locally imported image (the default, or pull policy Never) must be on every node
-    // that may run the pods; the image stage imports it on this host only.
-    let local_image =
-        spec.agent.image == default_agent_image() || spec.agent.pull_policy == "Never";
-    if local_image && spec.agent.pull_policy != "Always" {
-        for n in &usable {
-            let here = f.host_node.as_deref() == Some(n.name.as_str());
-            if n.has_agent_image || (here && f.imports_image) {
-                continue;
+/// What keeps the pods off a node, in words.
+fn why_off(off: &NodeOff) -> String {
+    off.kept_off
+        .iter()
+        .map(|kept| match kept {
+            KeptOff::NotReady => format!("not Ready ({})", off.message),
+            KeptOff::Cordoned => "cordoned (`kubectl uncordon` to undo)".to_string(),
+            KeptOff::Tainted(taints) => {
+                let mut s = format!("tainted {}", taints.join(", "));
+                if taints.contains(&readiness::control_plane_no_schedule()) {
+                    s.push_str(" (or let the members tolerate it: --tolerate-control-plane)");
+                }
+                s
             }
-            if n.images_reported >= KUBELET_MAX_IMAGES {
-                out.push(note(format!(
-                    "node {}: cannot tell whether it has the agent image {}: its kubelet reports only its {KUBELET_MAX_IMAGES} largest images; make sure it does (`crictl images` on the node)",
-                    n.name, spec.agent.image
-                )));
-                continue;
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A node finding in words, with the command that fixes it.
+fn node_finding_text(spec: &ClusterSpec, finding: &NodeFinding) -> String {
+    match finding {
+        NodeFinding::NoNodes => "the cluster has no nodes: join a node first".into(),
+        NodeFinding::NoneUsable {
+            off,
+            no_cni,
+            control_plane_tainted,
+        } => {
+            let mut fix = Vec::new();
+            if *no_cni {
+                fix.push("no CNI: install a pod network such as Flannel or Calico".to_string());
             }
-            let how = if here {
+            if *control_plane_tainted {
+                fix.push(format!(
+                    "on a one-node kubeadm lab let the control plane run pods: `kubectl taint nodes --all {CONTROL_PLANE_TAINT}-`, or keep the taint and let only pgset's members tolerate it with --tolerate-control-plane (spec: tolerateControlPlane: true)"
+                ));
+            }
+            if fix.is_empty() {
+                fix.push("make a node Ready and schedulable, or join a worker".into());
+            }
+            format!(
+                "no node can run the pods, every member would stay Pending: {}; {}",
+                off.iter()
+                    .map(|n| format!("{}: {}", n.name, why_off(n)))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                fix.join("; ")
+            )
+        }
+        NodeFinding::Off(n) => format!("node {}: no pods will run here: {}", n.name, why_off(n)),
+        NodeFinding::ImageUnknown { node } => format!(
+            "node {node}: cannot tell whether it has the agent image {}: its kubelet reports only its {KUBELET_MAX_IMAGES} largest images; make sure it does (`crictl images` on the node)",
+            spec.agent.image
+        ),
+        NodeFinding::ImageMissing { node, here } => {
+            let how = if *here {
                 "import it here with `cargo xtask image --import` (or drop --skip-image)"
                     .to_string()
             } else {
                 format!(
-                    "`up` imports it into this host's containerd only: copy the archive of `cargo xtask image --out pgset-agent.tar` to {} and run `ctr -n k8s.io images import pgset-agent.tar` there, or cordon the node (`kubectl cordon {}`)",
-                    n.name, n.name
+                    "`up` imports it into this host's containerd only: copy the archive of `cargo xtask image --out pgset-agent.tar` to {node} and run `ctr -n k8s.io images import pgset-agent.tar` there, or cordon the node (`kubectl cordon {node}`)"
                 )
             };
-            out.push(blocker(format!(
-                "node {}: may run the pods but does not have the agent image {} (pull policy {}, not in a registry): {how}; or push the image to a registry and pass --agent-image IMAGE --skip-image",
-                n.name, spec.agent.image, spec.agent.pull_policy
-            )));
+            format!(
+                "node {node}: may run the pods but does not have the agent image {} (pull policy {}, not in a registry): {how}; or push the image to a registry and pass --agent-image IMAGE --skip-image",
+                spec.agent.image, spec.agent.pull_policy
+            )
         }
-    }
-
-    // mount.nfs: the NFS stage installs it on this host; other nodes need it from their admin.
-    if spec.storage.storage_class.is_none() {
-        let nfs_stage = f.nfs_host.is_some();
-        if f.host_is_node && !f.mount_nfs_here && !nfs_stage {
-            out.push(blocker(
-                "mount.nfs is missing on this node and the NFS stage is skipped: install nfs-utils (RHEL family) or nfs-common (Debian family)",
-            ));
-        }
-        let others: Vec<&str> = usable
-            .iter()
-            .filter(|n| f.host_node.as_deref() != Some(n.name.as_str()))
-            .map(|n| n.name.as_str())
-            .collect();
-        if !others.is_empty() {
-            out.push(note(format!(
-                "node(s) {} mount the export: make sure each has mount.nfs (nfs-utils / nfs-common); the NFS stage installs it on this host only",
-                others.join(", ")
-            )));
-        }
+        NodeFinding::MountNfsMissingHere => "mount.nfs is missing on this node and the NFS stage is skipped: install nfs-utils (RHEL family) or nfs-common (Debian family)".into(),
+        NodeFinding::OthersMount { nodes } => format!(
+            "node(s) {} mount the export: make sure each has mount.nfs (nfs-utils / nfs-common); the NFS stage installs it on this host only",
+            nodes.join(", ")
+        ),
     }
 }
 
@@ -405,6 +304,7 @@ pub async fn read_cluster(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgset_spec::default_agent_image;
 
     fn cluster_ok() -> Facts {
         Facts {
@@ -619,52 +519,6 @@ mod tests {
 
     const CONTROL_PLANE: &[(&str, &str)] =
         &[("node-role.kubernetes.io/control-plane", "NoSchedule")];
-
-    #[test]
-    fn node_facts_read_taints_cordon_readiness_and_images() {
-        let n = node_facts(
-            &node(
-                "cp",
-                NodeShape {
-                    taints: &[
-                        ("node-role.kubernetes.io/control-plane", "NoSchedule"),
-                        ("node.kubernetes.io/not-ready", "NoExecute"),
-                        ("example.com/prefer-not", "PreferNoSchedule"),
-                    ],
-                    unschedulable: true,
-                    not_ready: Some("PLEG is not healthy"),
-                    ..NodeShape::default()
-                },
-            ),
-            &default_agent_image(),
-        );
-        assert_eq!(
-            n,
-            NodeFacts {
-                name: "cp".into(),
-                ready: false,
-                message: "PLEG is not healthy".into(),
-                unschedulable: true,
-                taints: vec!["node-role.kubernetes.io/control-plane:NoSchedule".into()],
-                has_agent_image: true,
-                images_reported: 2,
-            }
-        );
-        // The kubelet reports an imported image under its full name; a short name matches.
-        let short = format!("pgset-agent:{}", pgset_spec::VERSION);
-        assert!(node_facts(&node("w", NodeShape::default()), &short).has_agent_image);
-        let other = node_facts(
-            &node(
-                "w",
-                NodeShape {
-                    without_image: true,
-                    ..NodeShape::default()
-                },
-            ),
-            &default_agent_image(),
-        );
-        assert!(!other.has_agent_image);
-    }
 
     #[test]
     fn a_tainted_one_node_kubeadm_lab_is_told_how_to_untaint() {
