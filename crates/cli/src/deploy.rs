@@ -97,8 +97,9 @@ pub async fn stage(ctx: &RunContext, wait: &WaitArgs) -> Result<()> {
             let yaml = multi_document(spec).context("render the objects")?;
             print!("{yaml}");
             reporter.line(&format!(
-                "note: Secret {} is not printed (it holds the passwords); `cargo xtask deploy` creates it, manifests/README.md shows how to create it with kubectl",
-                spec.secret_name()
+                "note: Secret {} is not printed (it holds the passwords); `{} deploy` creates it, manifests/README.md shows how to create it with kubectl",
+                spec.secret_name(),
+                pgset_spec::contract::program_name()
             ));
             return Ok(());
         }

@@ -93,7 +93,8 @@ pub async fn stage(ctx: &RunContext, opts: &StageOptions<'_>) -> Result<()> {
     let host = opts.host_checks;
     if ctx.dry_run().is_some() {
         reporter.line(&format!(
-            "    would run `cargo xtask doctor`'s checks{}{}",
+            "    would run `{} doctor`'s checks{}{}",
+            pgset_spec::contract::program_name(),
             if host { ": this NFS host's" } else { ":" },
             if opts.probe.no_mount_probe {
                 ""
@@ -232,7 +233,10 @@ pub(crate) async fn mount_checks(ctx: &RunContext, probe: &ProbeArgs) -> Vec<Dia
     if on.is_empty() {
         out.push(failed(
             "no node is Ready and schedulable: no member could run, and none can mount the export",
-            "`cargo xtask up`'s preflight names what keeps each node off",
+            format!(
+                "`{} up`'s preflight names what keeps each node off",
+                pgset_spec::contract::program_name()
+            ),
         ));
         return out;
     }

@@ -230,9 +230,10 @@ fn print_plan(reporter: &Reporter, spec: &ClusterSpec, options: &ExportOptions, 
 fn print_server(reporter: &Reporter, server: Option<&str>) {
     match server {
         Some(s) => reporter.result(&format!("NFS server address for the volumes: {s}")),
-        None => reporter.result(
-            "NFS server address for the volumes: not detected; pass --nfs-server ADDR to `cargo xtask volumes`",
-        ),
+        None => reporter.result(&format!(
+            "NFS server address for the volumes: not detected; pass --nfs-server ADDR to `{} volumes`",
+            pgset_spec::contract::program_name()
+        )),
     }
 }
 

@@ -34,8 +34,9 @@ pub async fn run(args: Args) -> Result<()> {
         let stale = manifest_drift(&dir, &files);
         if !stale.is_empty() {
             bail!(
-                "manifests are out of date ({}): run `cargo xtask render`",
-                stale.join("; ")
+                "manifests are out of date ({}): run `{} render`",
+                stale.join("; "),
+                pgset_spec::contract::program_name()
             );
         }
         eprintln!("manifests in {} are up to date", dir.display());

@@ -63,8 +63,10 @@ pub async fn run(args: Args) -> Result<()> {
     }
     if declared != spec.replicas {
         eprintln!(
-            "    note: the spec says {declared} members, and `cargo xtask deploy` applies the spec: set replicas: {} in the spec file (or pass --replicas {}) to keep this size",
-            spec.replicas, spec.replicas
+            "    note: the spec says {declared} members, and `{} deploy` applies the spec: set replicas: {} in the spec file (or pass --replicas {}) to keep this size",
+            pgset_spec::contract::program_name(),
+            spec.replicas,
+            spec.replicas
         );
     }
     stage.done("");
@@ -76,7 +78,8 @@ pub async fn run(args: Args) -> Result<()> {
 fn scaled(spec: ValidSpec, members: i32) -> Result<ValidSpec> {
     if !(1..=MAX_REPLICAS).contains(&members) {
         bail!(
-            "invalid N {members}: scale takes 1 to {MAX_REPLICAS} members; to stop the cluster use `cargo xtask down`"
+            "invalid N {members}: scale takes 1 to {MAX_REPLICAS} members; to stop the cluster use `{} down`",
+            pgset_spec::contract::program_name()
         );
     }
     Ok(spec.with_replicas(members)?)
@@ -106,7 +109,8 @@ pub(crate) async fn prepare_member_volumes(
         }
     } else if missing {
         ctx.reporter().line(&format!(
-            "    note: cannot create member directories here; on the NFS host, run `cargo xtask nfs -n {} --name {} --storage templates --replicas {}` so that {}/{}-N exist",
+            "    note: cannot create member directories here; on the NFS host, run `{} nfs -n {} --name {} --storage templates --replicas {}` so that {}/{}-N exist",
+            pgset_spec::contract::program_name(),
             spec.namespace,
             spec.name,
             spec.replicas,
@@ -130,14 +134,19 @@ mod tests {
     use super::*;
     use pgset_spec::ClusterSpec;
 
-    const REFUSED: &str = "scale takes 1 to 32 members; to stop the cluster use `cargo xtask down`";
+    fn refused() -> String {
+        format!(
+            "scale takes 1 to 32 members; to stop the cluster use `{} down`",
+            pgset_spec::contract::program_name()
+        )
+    }
 
     #[test]
     fn a_count_out_of_range_is_refused_with_what_to_do_instead() {
         let spec = ClusterSpec::default().validated().unwrap();
         for bad in [0, -1, MAX_REPLICAS + 1] {
             let e = scaled(spec.clone(), bad).unwrap_err().to_string();
-            assert_eq!(e, format!("invalid N {bad}: {REFUSED}"));
+            assert_eq!(e, format!("invalid N {bad}: {}", refused()));
         }
         let three = scaled(spec.clone(), 3).unwrap();
         assert_eq!(three.replicas, 3);
@@ -168,7 +177,7 @@ mod tests {
                 },
             };
             let e = format!("{:#}", run(args).await.unwrap_err());
-            assert_eq!(e, format!("invalid N {bad}: {REFUSED}"));
+            assert_eq!(e, format!("invalid N {bad}: {}", refused()));
         }
     }
 }

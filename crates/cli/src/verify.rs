@@ -126,7 +126,10 @@ pub async fn run(args: Args) -> Result<()> {
 pub async fn stage(ctx: &RunContext, opts: &StageOptions<'_>) -> Result<()> {
     let reporter = ctx.reporter();
     if ctx.dry_run().is_some() {
-        reporter.line("    would run the checks of `cargo xtask verify` against the cluster");
+        reporter.line(&format!(
+            "    would run the checks of `{} verify` against the cluster",
+            pgset_spec::contract::program_name()
+        ));
         return Ok(());
     }
     let spec = ctx.spec();

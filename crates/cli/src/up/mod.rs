@@ -83,24 +83,25 @@ impl StageName {
     }
 
     /// What to do when the stage failed, beyond the error itself.
-    fn advice(self) -> &'static str {
+    fn advice(self) -> String {
+        let program = pgset_spec::contract::program_name();
         match self {
             StageName::Nfs => {
-                "fix the host (see the error), or provision NFS yourself and pass --skip-nfs"
+                "fix the host (see the error), or provision NFS yourself and pass --skip-nfs".into()
             }
             StageName::Volumes => {
-                "check the NFS server address (--nfs-server) and `kubectl get pv`"
+                "check the NFS server address (--nfs-server) and `kubectl get pv`".into()
             }
-            StageName::Doctor => {
-                "fix what the findings above name (`cargo xtask doctor` runs the checks on their own)"
-            }
-            StageName::Image => {
-                "run `cargo xtask image --import` on its own to see the build, or use a registry image with --agent-image and --skip-image"
-            }
-            StageName::Deploy => {
-                "`cargo xtask status` and `kubectl describe pod` show why a member is not Ready"
-            }
-            StageName::Verify => "`cargo xtask verify` runs the checks again on their own",
+            StageName::Doctor => format!(
+                "fix what the findings above name (`{program} doctor` runs the checks on their own)"
+            ),
+            StageName::Image => format!(
+                "run `{program} image --import` on its own to see the build, or use a registry image with --agent-image and --skip-image"
+            ),
+            StageName::Deploy => format!(
+                "`{program} status` and `kubectl describe pod` show why a member is not Ready"
+            ),
+            StageName::Verify => format!("`{program} verify` runs the checks again on their own"),
         }
     }
 }
@@ -209,7 +210,8 @@ async fn execute(args: &Args, reporter: Reporter) -> Result<()> {
     let blockers = findings.iter().filter(|f| f.blocker).count();
     if blockers > 0 && !args.dry_run.is_set() {
         bail!(
-            "preflight found {blockers} blocker(s) (listed above); nothing was changed. Fix them and run `cargo xtask up` again"
+            "preflight found {blockers} blocker(s) (listed above); nothing was changed. Fix them and run `{} up` again",
+            pgset_spec::contract::program_name()
         );
     }
     if let Some(Ok(v)) = &facts.cluster_version {
@@ -291,7 +293,7 @@ impl Runner {
             Err(e) => {
                 let finished: Vec<&str> = self.done.iter().map(|(s, _)| s.label()).collect();
                 Err(e.context(format!(
-                    "stage {} failed after {:.1}s; done before it: {}; {}; then run `cargo xtask up` again (finished stages change nothing)",
+                    "stage {} failed after {:.1}s; done before it: {}; {}; then run `{} up` again (finished stages change nothing)",
                     stage.label(),
                     t.elapsed().as_secs_f64(),
                     if finished.is_empty() {
@@ -299,7 +301,8 @@ impl Runner {
                     } else {
                         finished.join(", ")
                     },
-                    stage.advice()
+                    stage.advice(),
+                    pgset_spec::contract::program_name()
                 )))
             }
         }
@@ -403,7 +406,8 @@ fn connect_help(spec: &ClusterSpec) -> String {
          \x20 kubectl -n {ns} exec -it {master} -c postgres -- psql -U postgres\n\
          \x20 kubectl -n {ns} port-forward svc/{m} 5432:5432 &\n\
          \x20 PGPASSWORD=\"$(kubectl -n {ns} get secret {secret} -o jsonpath='{{.data.superuser-password}}' | base64 -d)\" psql -h 127.0.0.1 -U postgres\n\
-         Check it: cargo xtask status; cargo xtask verify\n",
+         Check it: {program} status; {program} verify\n",
+        program = pgset_spec::contract::program_name(),
         n = spec.replicas,
         m = spec.master_service_name(),
         r = spec.replica_service_name(),
@@ -517,7 +521,7 @@ mod tests {
             text.contains("done before it: NFS host, volumes;"),
             "{text}"
         );
-        assert!(text.contains(StageName::Deploy.advice()), "{text}");
+        assert!(text.contains(&StageName::Deploy.advice()), "{text}");
         assert!(text.ends_with("pod pgset-1 never became Ready"), "{text}");
         let done: Vec<StageName> = runner.done.iter().map(|(s, _)| *s).collect();
         assert_eq!(done, [StageName::Nfs, StageName::Volumes]);
@@ -570,6 +574,7 @@ mod tests {
     #[tokio::test]
     async fn a_client_dry_run_runs_every_stage_on_one_context_through_its_reporter() {
         crate::cli::test_counts::reset();
+        let program = pgset_spec::contract::program_name();
         let a = Args {
             dry_run: DryRunArg {
                 mode: Some(DryRun::Client),
@@ -640,9 +645,9 @@ mod tests {
             "the NFS stage's plan or its refusal\n{all}"
         );
         assert!(
-            seen.iter()
-                .any(|l| l
-                    .starts_with("    would run `cargo xtask doctor`'s checks: this NFS host's")),
+            seen.iter().any(|l| l.starts_with(&format!(
+                "    would run `{program} doctor`'s checks: this NFS host's"
+            ))),
             "{all}"
         );
         assert!(
@@ -651,9 +656,8 @@ mod tests {
             "{all}"
         );
         assert!(
-            seen.iter().any(
-                |l| l == "    would run the checks of `cargo xtask verify` against the cluster"
-            ),
+            seen.iter().any(|l| *l
+                == format!("    would run the checks of `{program} verify` against the cluster")),
             "{all}"
         );
         assert_eq!(

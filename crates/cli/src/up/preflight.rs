@@ -75,9 +75,10 @@ fn blocker(text: impl Into<String>) -> Finding {
 pub fn judge(spec: &ClusterSpec, f: &Facts) -> Vec<Finding> {
     let mut out = Vec::new();
     if f.host_steps && !f.root {
-        out.push(blocker(
-            "the NFS host steps and the image import need root: run as root (sudo -E cargo xtask up), or skip them with --skip-nfs --skip-image",
-        ));
+        out.push(blocker(format!(
+            "the NFS host steps and the image import need root: run as root (sudo -E {} up), or skip them with --skip-nfs --skip-image",
+            pgset_spec::contract::program_name()
+        )));
     }
     if f.imports_image && !f.ctr_here {
         out.push(blocker(
@@ -205,11 +206,14 @@ fn node_finding_text(spec: &ClusterSpec, finding: &NodeFinding) -> String {
         ),
         NodeFinding::ImageMissing { node, here } => {
             let how = if *here {
-                "import it here with `cargo xtask image --import` (or drop --skip-image)"
-                    .to_string()
+                format!(
+                    "import it here with `{} image --import` (or drop --skip-image)",
+                    pgset_spec::contract::program_name()
+                )
             } else {
                 format!(
-                    "`up` imports it into this host's containerd only: copy the archive of `cargo xtask image --out pgset-agent.tar` to {node} and run `ctr -n k8s.io images import pgset-agent.tar` there, or cordon the node (`kubectl cordon {node}`)"
+                    "`up` imports it into this host's containerd only: copy the archive of `{program} image --out pgset-agent.tar` to {node} and run `ctr -n k8s.io images import pgset-agent.tar` there, or cordon the node (`kubectl cordon {node}`)",
+                    program = pgset_spec::contract::program_name()
                 )
             };
             format!(
@@ -740,8 +744,9 @@ mod tests {
                 "note: node cp: no pods will run here: tainted node-role.kubernetes.io/control-plane:NoSchedule (or let the members tolerate it: --tolerate-control-plane)".to_string(),
                 "note: node w2: no pods will run here: not Ready (Kubelet stopped posting node status.)".into(),
                 format!(
-                    "blocker: node w1: may run the pods but does not have the agent image {} (pull policy IfNotPresent, not in a registry): `up` imports it into this host's containerd only: copy the archive of `cargo xtask image --out pgset-agent.tar` to w1 and run `ctr -n k8s.io images import pgset-agent.tar` there, or cordon the node (`kubectl cordon w1`); or push the image to a registry and pass --agent-image IMAGE --skip-image",
-                    default_agent_image()
+                    "blocker: node w1: may run the pods but does not have the agent image {} (pull policy IfNotPresent, not in a registry): `up` imports it into this host's containerd only: copy the archive of `{} image --out pgset-agent.tar` to w1 and run `ctr -n k8s.io images import pgset-agent.tar` there, or cordon the node (`kubectl cordon w1`); or push the image to a registry and pass --agent-image IMAGE --skip-image",
+                    default_agent_image(),
+                    pgset_spec::contract::program_name()
                 ),
                 "note: node(s) w1, w3 mount the export: make sure each has mount.nfs (nfs-utils / nfs-common); the NFS stage installs it on this host only".into(),
             ]
