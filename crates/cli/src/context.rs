@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Node;
 use pgset_spec::ValidSpec;
 use tokio::sync::OnceCell;
 
-use crate::cli::ClientArgs;
+use crate::cli::{ClientArgs, SpecArgs};
 use crate::deploy::DryRun;
 use crate::nfs::HostPlan;
 use crate::progress::Reporter;
@@ -53,6 +53,22 @@ impl std::fmt::Debug for RunContext {
 }
 
 impl RunContext {
+    /// The context of a command run on its own: its spec flags loaded and validated, its
+    /// client flags, its dry-run mode and the invocation's reporter.
+    pub fn for_command(
+        spec: &SpecArgs,
+        client_args: &ClientArgs,
+        dry_run: Option<DryRun>,
+    ) -> Result<RunContext> {
+        let spec = spec.load(client_args)?;
+        Ok(RunContext::new(
+            spec,
+            client_args.clone(),
+            dry_run,
+            Reporter::current(),
+        ))
+    }
+
     /// A context over a spec that passed validation (`SpecArgs::load` validates).
     pub fn new(
         spec: ValidSpec,

@@ -17,7 +17,6 @@ use pgset_nfs::{Diagnosis, Health, HostPaths, VolumesRead};
 use crate::cli::{ClientArgs, SpecArgs};
 use crate::context::RunContext;
 use crate::deploy::parse_timeout;
-use crate::progress::Reporter;
 use crate::verify::Output;
 
 /// Arguments of `cargo xtask doctor`.
@@ -72,8 +71,7 @@ pub struct StageOptions<'a> {
 /// Runs the task: probes the host (only reads), probes the nodes' mounts (its own objects
 /// only, removed after), judges, prints; fails when a check fails.
 pub async fn run(args: Args) -> Result<()> {
-    let spec = args.spec.load(&args.client)?;
-    let ctx = RunContext::new(spec, args.client.clone(), None, Reporter::current());
+    let ctx = RunContext::for_command(&args.spec, &args.client, None)?;
     stage(
         &ctx,
         &StageOptions {
@@ -375,7 +373,7 @@ mod tests {
                 spec.validated().unwrap(),
                 client,
                 None,
-                Reporter::recording(false),
+                crate::progress::Reporter::recording(false),
             )
         };
         let spec = ClusterSpec::default();

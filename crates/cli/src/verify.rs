@@ -10,7 +10,6 @@ use pgset_verify::{Options, Report, Verifier};
 
 use crate::cli::{ClientArgs, SpecArgs};
 use crate::context::RunContext;
-use crate::progress::Reporter;
 
 /// How the report is printed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -102,11 +101,8 @@ pub async fn run(args: Args) -> Result<()> {
     if let Some(path) = &args.report {
         crate::cli::check_report_path(path)?;
     }
-    let spec = args
-        .spec
-        .load(&args.client)
-        .context("load the cluster spec")?;
-    let ctx = RunContext::new(spec, args.client.clone(), None, Reporter::current());
+    let ctx =
+        RunContext::for_command(&args.spec, &args.client, None).context("load the cluster spec")?;
     stage(
         &ctx,
         &StageOptions {

@@ -70,13 +70,7 @@ pub(crate) async fn apply_storage(
 
 /// Runs the task.
 pub async fn run(args: Args) -> Result<()> {
-    let spec = args.spec.load(&args.client)?;
-    let ctx = RunContext::new(
-        spec,
-        args.client.clone(),
-        args.dry_run.mode,
-        Reporter::current(),
-    );
+    let ctx = RunContext::for_command(&args.spec, &args.client, args.dry_run.mode)?;
     stage(&ctx).await
 }
 
