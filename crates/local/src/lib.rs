@@ -220,15 +220,24 @@ pub fn read_set(dir: &Path) -> Result<LocalSet> {
 pub fn agent_pid(dir: &Path, member: &str) -> Option<i32> {
     let text = fs::read_to_string(agent_pid_file(dir, member)).ok()?;
     let pid: i32 = text.trim().parse().ok()?;
-    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    live_agent(pid).then_some(pid)
+}
+
+/// Whether `pid` is a pgset agent that has not exited (a zombie has).
+fn live_agent(pid: i32) -> bool {
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
     let zombie = stat
         .rsplit_once(')')
         .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
     let is_agent = cmdline
         .windows(b"pgset-agent".len())
         .any(|w| w == b"pgset-agent");
-    (is_agent && !zombie).then_some(pid)
+    is_agent && !zombie
 }
 
 /// A member's termination log: the refusal or fatal error its agent stopped with.
@@ -433,7 +442,9 @@ pub async fn wait_ready(dir: &Path, set: &LocalSet, k: i32, timeout: Duration) -
     let member = set.member(k);
     let deadline = Instant::now() + timeout;
     let started = Instant::now();
-    let mut seen_agent = false;
+    // The agent last seen running this member: its pid file goes before its last words (the
+    // termination log), so a member is judged stopped only once that process has ended.
+    let mut seen_agent: Option<i32> = None;
     loop {
         // Ready only from this member's own agent: another set on the same ports must not
         // pass for it.
@@ -458,8 +469,9 @@ pub async fn wait_ready(dir: &Path, set: &LocalSet, k: i32, timeout: Duration) -
             }
         }
         match agent_pid(dir, &member) {
-            Some(_) => seen_agent = true,
-            None if seen_agent || started.elapsed() > Duration::from_secs(15) => {
+            Some(pid) => seen_agent = Some(pid),
+            None if seen_agent.is_some_and(live_agent) && Instant::now() < deadline => {}
+            None if seen_agent.is_some() || started.elapsed() > Duration::from_secs(15) => {
                 if let Ok(why) = fs::read_to_string(termination_log(dir, &member)) {
                     return Err(local_err(format!(
                         "member {member} stopped: {}",
