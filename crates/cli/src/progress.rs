@@ -408,62 +408,45 @@ impl RolloutView {
         if let Some(reading) = m.base_backup {
             copy.read(reading);
         }
-        let words = clip_to(&live_words(m, &copy), MAX_LINE - LIVE_FRAME);
-        match live {
-            Some(multi) => {
-                let entry = self
-                    .members
-                    .entry(m.name.clone())
-                    .or_insert_with(|| Member {
-                        step: m.step.clone(),
-                        detail: String::new(),
-                        since: Instant::now(),
-                        copy: CopyReadings::default(),
-                        bar: Some({
-                            let bar = multi.add(ProgressBar::new_spinner());
-                            bar.set_style(running_style());
-                            bar.set_prefix(m.name.clone());
-                            bar.enable_steady_tick(TICK);
-                            bar
-                        }),
-                    });
-                entry.step = m.step.clone();
-                entry.since = Instant::now();
-                entry.copy = copy;
-                if let Some(bar) = &entry.bar {
-                    bar.reset_elapsed();
-                    if done(&m.step) {
-                        bar.set_style(done_style());
-                        bar.finish_with_message(words);
-                    } else {
-                        bar.set_message(words);
-                    }
-                }
+        if live.is_none() {
+            // A plain line says the step alone (a copy's bytes change too often for a line
+            // each), and after a copy its size and mean rate.
+            let mut words = step_words(m);
+            if let Some(copied) = copied {
+                words.push_str(&format!(" ({copied})"));
             }
-            None => {
-                // A plain line says the step alone (a copy's bytes change too often for a
-                // line each), and after a copy its size and mean rate.
-                let mut words = step_words(m);
-                if let Some(copied) = copied {
-                    words.push_str(&format!(" ({copied})"));
-                }
-                let line = clip(&format!("    {}: {words}", m.name));
-                self.reporter.line(&line);
-                let entry = self
-                    .members
-                    .entry(m.name.clone())
-                    .or_insert_with(|| Member {
-                        step: m.step.clone(),
-                        detail: String::new(),
-                        since: Instant::now(),
-                        copy: CopyReadings::default(),
-                        bar: None,
-                    });
-                entry.step = m.step.clone();
-                entry.since = Instant::now();
-                entry.copy = copy;
+            self.reporter
+                .line(&clip(&format!("    {}: {words}", m.name)));
+        }
+        let entry = self
+            .members
+            .entry(m.name.clone())
+            .or_insert_with(|| Member {
+                step: m.step.clone(),
+                detail: String::new(),
+                since: Instant::now(),
+                copy: CopyReadings::default(),
+                bar: live.as_ref().map(|multi| {
+                    let bar = multi.add(ProgressBar::new_spinner());
+                    bar.set_style(running_style());
+                    bar.set_prefix(m.name.clone());
+                    bar.enable_steady_tick(TICK);
+                    bar
+                }),
+            });
+        entry.step = m.step.clone();
+        entry.since = Instant::now();
+        if let Some(bar) = &entry.bar {
+            let words = clip_to(&live_words(m, &copy), MAX_LINE - LIVE_FRAME);
+            bar.reset_elapsed();
+            if done(&m.step) {
+                bar.set_style(done_style());
+                bar.finish_with_message(words);
+            } else {
+                bar.set_message(words);
             }
         }
+        entry.copy = copy;
         if let Some(entry) = self.members.get_mut(&m.name) {
             entry.detail = m.detail.clone();
         }
