@@ -100,6 +100,9 @@ pub struct UpOptions {
     pub adopt_unmarked: bool,
     /// PGSET_LIVENESS_TIMEOUT, when set.
     pub liveness_timeout: Option<Duration>,
+    /// PGSET_MAX_REPLICA_LAG_BYTES and PGSET_MAX_REPLICA_LAG_SECONDS: the replicas' readiness
+    /// bound (the spec's default unless set).
+    pub max_replica_lag: pgset_spec::LagBound,
 }
 
 impl UpOptions {
@@ -123,6 +126,7 @@ impl UpOptions {
             allow_reinit: false,
             adopt_unmarked: false,
             liveness_timeout: None,
+            max_replica_lag: pgset_spec::LagBound::default(),
         }
     }
 }
@@ -360,6 +364,8 @@ pub fn member_contract(opts: &UpOptions, set: &LocalSet, k: i32) -> AgentEnv {
         allow_reinit: opts.allow_reinit,
         termination_log: Some(termination_log(&opts.dir, &set.member(k))),
         liveness_timeout: opts.liveness_timeout,
+        max_replica_lag_bytes: Some(opts.max_replica_lag.bytes),
+        max_replica_lag: Some(Duration::from_secs(opts.max_replica_lag.seconds)),
     }
 }
 

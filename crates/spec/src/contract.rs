@@ -253,6 +253,12 @@ pub mod env {
     /// Seconds postgres may go without answering a new connection before `/healthz` fails
     /// (default 30; never counted while the data directory is prepared or postgres starts up).
     pub const LIVENESS_TIMEOUT: &str = "PGSET_LIVENESS_TIMEOUT";
+    /// Bytes of received WAL a replica may have left to replay and still be ready (default
+    /// [`DEFAULT_MAX_REPLICA_LAG_BYTES`](crate::DEFAULT_MAX_REPLICA_LAG_BYTES)).
+    pub const MAX_REPLICA_LAG_BYTES: &str = "PGSET_MAX_REPLICA_LAG_BYTES";
+    /// Seconds a replica's replay may stand still with WAL left to replay and the replica still
+    /// be ready (default [`DEFAULT_MAX_REPLICA_LAG_SECONDS`](crate::DEFAULT_MAX_REPLICA_LAG_SECONDS)).
+    pub const MAX_REPLICA_LAG_SECONDS: &str = "PGSET_MAX_REPLICA_LAG_SECONDS";
 
     /// Every variable of the contract, in the order [`AgentEnv::entries`](super::AgentEnv::entries)
     /// writes them.
@@ -278,6 +284,8 @@ pub mod env {
         ALLOW_REINIT,
         LIVENESS_TIMEOUT,
         TERMINATION_LOG,
+        MAX_REPLICA_LAG_BYTES,
+        MAX_REPLICA_LAG_SECONDS,
     ];
 }
 

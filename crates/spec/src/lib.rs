@@ -153,6 +153,8 @@ pub struct ClusterSpec {
     pub resources: ResourcesSpec,
     /// Probe timings.
     pub probes: ProbesSpec,
+    /// Replication: how far a replica may fall behind and still serve reads.
+    pub replication: ReplicationSpec,
     /// Let the members run on control-plane nodes: the pods tolerate kubeadm's
     /// `node-role.kubernetes.io/control-plane:NoSchedule` taint. Off by default: a one-node lab
     /// is better untainted, and a cluster with workers keeps its control plane free.
@@ -171,7 +173,41 @@ impl Default for ClusterSpec {
             agent: AgentSpec::default(),
             resources: ResourcesSpec::default(),
             probes: ProbesSpec::default(),
+            replication: ReplicationSpec::default(),
             tolerate_control_plane: false,
+        }
+    }
+}
+
+/// Replication settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ReplicationSpec {
+    /// A replica whose replay is further behind than this (or paused) is not ready: it leaves
+    /// the replica Service and says why.
+    pub max_replica_lag: LagBound,
+}
+
+/// How far behind the WAL it received a replica's replay may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LagBound {
+    /// WAL received but not yet replayed, in bytes.
+    pub bytes: u64,
+    /// Seconds since replay last made progress while WAL waits to be replayed.
+    pub seconds: u64,
+}
+
+/// [`LagBound::bytes`] by default: one WAL segment of 16 MiB.
+pub const DEFAULT_MAX_REPLICA_LAG_BYTES: u64 = 16 * 1024 * 1024;
+/// [`LagBound::seconds`] by default.
+pub const DEFAULT_MAX_REPLICA_LAG_SECONDS: u64 = 10;
+
+impl Default for LagBound {
+    fn default() -> Self {
+        LagBound {
+            bytes: DEFAULT_MAX_REPLICA_LAG_BYTES,
+            seconds: DEFAULT_MAX_REPLICA_LAG_SECONDS,
         }
     }
 }

@@ -305,6 +305,24 @@ fn short_grace_period_and_odd_probes_are_rejected() {
 }
 
 #[test]
+fn a_replica_lag_bound_too_tight_or_out_of_range_is_rejected() {
+    let mut s = ClusterSpec::default();
+    s.replication.max_replica_lag.bytes = 4096;
+    assert_eq!(invalid_field(&s), "replication.maxReplicaLag.bytes");
+    let mut s = ClusterSpec::default();
+    s.replication.max_replica_lag.seconds = 0;
+    assert_eq!(invalid_field(&s), "replication.maxReplicaLag.seconds");
+    let s: ClusterSpec =
+        serde_saphyr::from_str("replication:\n  maxReplicaLag:\n    seconds: 30\n").unwrap();
+    s.validate().unwrap();
+    assert_eq!(s.replication.max_replica_lag.seconds, 30);
+    assert_eq!(
+        s.replication.max_replica_lag.bytes,
+        crate::DEFAULT_MAX_REPLICA_LAG_BYTES
+    );
+}
+
+#[test]
 fn ordinals() {
     assert_eq!(ordinal_of("pgset-0"), Some(0));
     assert_eq!(ordinal_of("my-db-12"), Some(12));

@@ -230,6 +230,27 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
             "PostgreSQL needs time for a clean shutdown checkpoint: 60 or more",
         ));
     }
+    let lag = &s.replication.max_replica_lag;
+    if lag.bytes < 1024 * 1024 {
+        return Err(invalid(
+            "replication.maxReplicaLag.bytes",
+            lag.bytes.to_string(),
+            "less than 1 MiB: a replica replaying a single large transaction would leave the \
+             replica Service",
+            format!(
+                "use at least 1048576 (the default is {})",
+                crate::DEFAULT_MAX_REPLICA_LAG_BYTES
+            ),
+        ));
+    }
+    if !(1..=86_400).contains(&lag.seconds) {
+        return Err(invalid(
+            "replication.maxReplicaLag.seconds",
+            lag.seconds.to_string(),
+            "must be between 1 and 86400",
+            format!("the default is {}", crate::DEFAULT_MAX_REPLICA_LAG_SECONDS),
+        ));
+    }
     Ok(())
 }
 

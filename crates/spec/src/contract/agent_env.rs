@@ -138,6 +138,10 @@ pub struct AgentEnv {
     pub termination_log: Option<PathBuf>,
     /// [`env::LIVENESS_TIMEOUT`], whole seconds, at least one.
     pub liveness_timeout: Option<Duration>,
+    /// [`env::MAX_REPLICA_LAG_BYTES`].
+    pub max_replica_lag_bytes: Option<u64>,
+    /// [`env::MAX_REPLICA_LAG_SECONDS`], whole seconds.
+    pub max_replica_lag: Option<Duration>,
 }
 
 /// The health endpoint's address when [`env::HEALTH_ADDR`] is unset.
@@ -243,6 +247,14 @@ impl AgentEnv {
             (
                 env::TERMINATION_LOG,
                 self.termination_log.as_deref().map(path_str),
+            ),
+            (
+                env::MAX_REPLICA_LAG_BYTES,
+                self.max_replica_lag_bytes.map(|b| b.to_string()),
+            ),
+            (
+                env::MAX_REPLICA_LAG_SECONDS,
+                self.max_replica_lag.map(|d| d.as_secs().to_string()),
             ),
         ];
         v.extend(
@@ -388,6 +400,16 @@ impl AgentEnv {
         let liveness_timeout = seconds(env::LIVENESS_TIMEOUT, 1, "a positive number of seconds")?;
         let adopt_unmarked = flag(env::ADOPT_UNMARKED)?;
         let allow_reinit = flag(env::ALLOW_REINIT)?;
+        let max_replica_lag = seconds(env::MAX_REPLICA_LAG_SECONDS, 0, "a number of seconds")?;
+        let max_replica_lag_bytes = match get(env::MAX_REPLICA_LAG_BYTES) {
+            None => None,
+            Some(v) => Some(v.parse::<u64>().map_err(|_| {
+                err(
+                    env::MAX_REPLICA_LAG_BYTES,
+                    format!("`{v}` is not a number of bytes"),
+                )
+            })?),
+        };
         let basebackup_max_rate = get(env::BASEBACKUP_MAX_RATE);
         if let Some(rate) = &basebackup_max_rate {
             let digits = rate.trim_end_matches(['k', 'K', 'm', 'M']);
@@ -434,6 +456,8 @@ impl AgentEnv {
             allow_reinit,
             termination_log: get(env::TERMINATION_LOG).map(PathBuf::from),
             liveness_timeout,
+            max_replica_lag_bytes,
+            max_replica_lag,
         })
     }
 }
@@ -489,6 +513,8 @@ mod tests {
             allow_reinit: true,
             termination_log: Some("/sets/a/db-2.termination-log".into()),
             liveness_timeout: Some(Duration::from_secs(45)),
+            max_replica_lag_bytes: Some(8 * 1024 * 1024),
+            max_replica_lag: Some(Duration::from_secs(20)),
         }
     }
 
@@ -512,6 +538,8 @@ mod tests {
             allow_reinit: false,
             termination_log: None,
             liveness_timeout: None,
+            max_replica_lag_bytes: None,
+            max_replica_lag: None,
             ..full()
         }
     }
