@@ -104,6 +104,20 @@ pub enum StalePid {
     Renamed(PathBuf),
 }
 
+/// What [`Fence::clear_stale_socket_lock`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StaleSocketLock {
+    /// There is no `.s.PGSQL.<port>.lock`.
+    Absent,
+    /// A live postmaster on this member's data directory holds it; left alone.
+    LivePostmaster(i32),
+    /// It names another data directory (another server's socket); left alone.
+    Foreign(String),
+    /// It named this member's data directory and no postmaster of it runs: removed. The pid it
+    /// named, which may belong to an unrelated process now.
+    Removed(i32),
+}
+
 /// The held fence. Keep it alive for as long as PostgreSQL runs; dropping it without
 /// [`Fence::release`] stops renewing (the Lease then expires) and frees the lock.
 #[derive(Debug)]
@@ -272,6 +286,49 @@ impl Fence {
             });
         }
         Ok(())
+    }
+
+    /// Handles the socket lock file `<socket_dir>/.s.PGSQL.<port>.lock` left by a PostgreSQL
+    /// that no longer runs. It lives in the pod's socket volume, which outlives a container, and
+    /// names a pid that an unrelated process of the new container can have: PostgreSQL would then
+    /// refuse to start ("lock file already exists"). Only while the fence is held, only when the
+    /// file names this member's data directory (its second line, as PostgreSQL writes it) and no
+    /// live postmaster of that directory runs, it is removed (a lock, not data). Call it after
+    /// [`Fence::clear_stale_postmaster_pid`].
+    pub fn clear_stale_socket_lock(&self, socket_dir: &Path, port: u16) -> Result<StaleSocketLock> {
+        self.check_held()?;
+        let path = socket_dir.join(format!(".s.PGSQL.{port}.lock"));
+        let content = match fs::read_to_string(&path) {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(StaleSocketLock::Absent);
+            }
+            Err(e) => return Err(io_err(format!("read {}", path.display()))(e)),
+        };
+        let mut lines = content.lines();
+        let pid = lines
+            .next()
+            .and_then(|l| l.trim().parse::<i32>().ok())
+            .map(i32::abs)
+            .unwrap_or(0);
+        let data_dir = lines.next().unwrap_or_default().trim().to_string();
+        if Path::new(&data_dir) != self.pgdata {
+            crate::warn!(
+                "{} names the data directory `{data_dir}`, not this member's: left alone",
+                path.display()
+            );
+            return Ok(StaleSocketLock::Foreign(data_dir));
+        }
+        if let Some(live) = crate::datadir::live_postmaster(&self.pgdata) {
+            return Ok(StaleSocketLock::LivePostmaster(live));
+        }
+        fs::remove_file(&path).map_err(io_err(format!("remove {}", path.display())))?;
+        crate::info!(
+            "{} was left by this member's postmaster that no longer runs (pid {pid}); the write \
+             fence is held: removed it",
+            path.display()
+        );
+        Ok(StaleSocketLock::Removed(pid))
     }
 
     /// Handles a `postmaster.pid` left in `pgdata` by a PostgreSQL that no longer runs: only while
@@ -961,6 +1018,53 @@ mod tests {
         Fence::acquire(&s, None, FenceOptions::default())
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_stale_socket_lock_of_this_member_is_removed_only_while_the_fence_is_held() {
+        let t = tempfile::tempdir().unwrap();
+        let s = local_settings(t.path(), "pgset-0");
+        let pgdata = s.pgdata();
+        fs::create_dir(&pgdata).unwrap();
+        let run = t.path().join("run");
+        fs::create_dir(&run).unwrap();
+        let fence = Fence::acquire(&s, None, FenceOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            fence.clear_stale_socket_lock(&run, 5432).unwrap(),
+            StaleSocketLock::Absent
+        );
+        // As PostgreSQL writes it, naming a live process that is not a postmaster (this test's
+        // parent): what a restarted container meets when a new process got the old pid.
+        let ppid = nix::unistd::getppid().as_raw();
+        let lock = run.join(".s.PGSQL.5432.lock");
+        let ours = format!(
+            "{ppid}\n{}\n1700000000\n5432\n{}\n",
+            pgdata.display(),
+            run.display()
+        );
+        fs::write(&lock, &ours).unwrap();
+        assert_eq!(
+            fence.clear_stale_socket_lock(&run, 5432).unwrap(),
+            StaleSocketLock::Removed(ppid)
+        );
+        assert!(!lock.exists());
+
+        // Another server's socket lock (another data directory) is left alone.
+        let foreign = format!("{ppid}\n/elsewhere/data\n1700000000\n5432\n");
+        fs::write(&lock, &foreign).unwrap();
+        assert_eq!(
+            fence.clear_stale_socket_lock(&run, 5432).unwrap(),
+            StaleSocketLock::Foreign("/elsewhere/data".into())
+        );
+        assert_eq!(fs::read_to_string(&lock).unwrap(), foreign);
+
+        // Without the fence, nothing is touched.
+        fs::write(&lock, &ours).unwrap();
+        fs::rename(t.path().join("pgset-0.lock"), t.path().join("moved.lock")).unwrap();
+        assert!(fence.clear_stale_socket_lock(&run, 5432).is_err());
+        assert_eq!(fs::read_to_string(&lock).unwrap(), ours);
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use pgset_spec::contract::{self, AgentMode, MemberPhase};
 
 use crate::bootstrap::{self, Plan};
 use crate::datadir;
-use crate::fence::{Fence, FenceOptions, StalePid};
+use crate::fence::{Fence, FenceOptions, StalePid, StaleSocketLock};
 use crate::health::{self, Health};
 use crate::identity::{self, MemberRef};
 use crate::kube_api::{ClusterRecord, PodApi};
@@ -212,6 +212,18 @@ async fn member_loop(
                         "a live postmaster (pid {pid}) already runs on this data directory; stop it first"
                     ),
                 });
+            }
+        }
+        match fence.clear_stale_socket_lock(&s.env.socket_dir, s.env.port)? {
+            StaleSocketLock::LivePostmaster(pid) => {
+                return Err(Error::Refused {
+                    path: s.pgdata(),
+                    problem: format!(
+                        "a live postmaster (pid {pid}) already serves this member's socket; stop it first"
+                    ),
+                });
+            }
+            StaleSocketLock::Absent | StaleSocketLock::Removed(_) | StaleSocketLock::Foreign(_) => {
             }
         }
         match supervise(s, bin, health, api, signals, fence).await? {
@@ -532,17 +544,34 @@ pub fn termination_log_path() -> Option<PathBuf> {
     contract::agent_env::termination_log_from_lookup(|k| std::env::var(k).ok())
 }
 
-/// Writes the message (at most 4 KiB, Kubernetes' limit) to the termination log, if any.
+/// Writes the message to the termination log, if any, as one line: the pod status and `status`
+/// show it as the member's last word, so a multi-line text (a command's stderr tail) is joined
+/// with ` | ` and cut at [`TERMINATION_MESSAGE_MAX`] bytes (Kubernetes keeps 4 KiB).
 pub fn write_termination_log(path: &Path, message: &str) {
-    let mut text = message.to_string();
-    if text.len() > 4000 {
-        let mut cut = 4000;
-        while !text.is_char_boundary(cut) {
+    let _ = std::fs::write(path, one_line(message) + "\n");
+}
+
+/// The most a termination message keeps, in bytes.
+pub const TERMINATION_MESSAGE_MAX: usize = 1024;
+
+/// `text` as one line of at most [`TERMINATION_MESSAGE_MAX`] bytes: its non-empty lines,
+/// trimmed, joined with ` | `.
+pub fn one_line(text: &str) -> String {
+    let mut line = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ");
+    if line.len() > TERMINATION_MESSAGE_MAX {
+        let mut cut = TERMINATION_MESSAGE_MAX - 3;
+        while !line.is_char_boundary(cut) {
             cut -= 1;
         }
-        text.truncate(cut);
+        line.truncate(cut);
+        line.push_str("...");
     }
-    let _ = std::fs::write(path, text + "\n");
+    line
 }
 
 /// The env-contract variables, for `--help`.
@@ -596,5 +625,24 @@ mod tests {
         );
         s.env.allow_reinit = true;
         check_record_before_initdb(&s, &me, Some(&Ok(Some(record("c1"))))).unwrap();
+    }
+
+    #[test]
+    fn the_termination_message_is_one_bounded_line() {
+        assert_eq!(
+            one_line("pg_basebackup failed\n  FATAL: no pg_hba entry\n\n  detail\n"),
+            "pg_basebackup failed | FATAL: no pg_hba entry | detail"
+        );
+        let long = "é".repeat(TERMINATION_MESSAGE_MAX);
+        let cut = one_line(&long);
+        assert!(
+            cut.len() <= TERMINATION_MESSAGE_MAX && cut.ends_with("..."),
+            "{}",
+            cut.len()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("termination-log");
+        write_termination_log(&path, "a\nb");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a | b\n");
     }
 }

@@ -141,6 +141,12 @@ pub async fn supervise(
     monitor.abort();
     health.stopping(Phase::Exited, "postgres exited");
     crate::info!("postgres exited with code {code}");
+    if fence_lost.is_none()
+        && (stopping || reclone.is_none())
+        && let Some(path) = s.termination_log()
+    {
+        crate::run::write_termination_log(&path, &exit_reason(code, stopping));
+    }
     if let Some(reason) = fence_lost {
         return Err(Error::Fence {
             path: s.pgdata(),
@@ -154,6 +160,23 @@ pub async fn supervise(
         },
         _ => Outcome::Exited(code),
     })
+}
+
+/// The member's last word when postgres ended: asked to stop, or on its own (a crash, a kill).
+fn exit_reason(code: i32, requested: bool) -> String {
+    let how = match code {
+        0 => "exit code 0".to_string(),
+        c if c > 128 => match Signal::try_from(c - 128) {
+            Ok(sig) => format!("killed by {sig} (exit code {c})"),
+            Err(_) => format!("exit code {c}"),
+        },
+        c => format!("exit code {c}"),
+    };
+    if requested {
+        format!("stopped on request: postgres shut down ({how})")
+    } else {
+        format!("postgres ended on its own ({how}); the agent exited with it")
+    }
 }
 
 /// Forwards postgres's output to the agent's stderr, line by line; the text is never interpreted.
@@ -784,6 +807,22 @@ mod tests {
         .unwrap();
         assert_eq!(postmaster_status(t.path()), Some((4242, "ready".into())));
         assert_eq!(postmaster_status(&t.path().join("none")), None);
+    }
+
+    #[test]
+    fn the_exit_reason_names_the_signal_and_whether_it_was_asked_for() {
+        assert_eq!(
+            exit_reason(137, false),
+            "postgres ended on its own (killed by SIGKILL (exit code 137)); the agent exited with it"
+        );
+        assert_eq!(
+            exit_reason(0, true),
+            "stopped on request: postgres shut down (exit code 0)"
+        );
+        assert_eq!(
+            exit_reason(1, false),
+            "postgres ended on its own (exit code 1); the agent exited with it"
+        );
     }
 
     #[test]

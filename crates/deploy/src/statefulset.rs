@@ -405,7 +405,8 @@ fn postgres_container(spec: &ClusterSpec) -> Container {
             mount(TMP_VOLUME, "/tmp", false),
             mount(SHM_VOLUME, "/dev/shm", false),
         ]),
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        // The agent writes its own one-line reason whenever it exits; a log tail is no reason.
+        termination_message_policy: Some("File".into()),
         ..Container::default()
     }
 }

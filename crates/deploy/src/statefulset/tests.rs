@@ -431,3 +431,10 @@ fn the_control_plane_is_tolerated_only_when_asked() {
         )
     );
 }
+
+#[test]
+fn the_termination_message_is_the_agents_own_file_never_a_log_tail() {
+    let sts = statefulset(&named_spec("db", "prod"));
+    let pg = container(pod_spec(&sts), POSTGRES_CONTAINER);
+    assert_eq!(pg.termination_message_policy.as_deref(), Some("File"));
+}
