@@ -56,9 +56,7 @@ fn live_spec(namespace: &str) -> ValidSpec {
         spec.storage.mode = StorageMode::Templates;
         spec.storage.storage_class = Some(class);
     }
-    if let Ok(image) = std::env::var("PGSET_LIVE_AGENT_IMAGE") {
-        spec.agent.image = image;
-    }
+    support::live_images(&mut spec);
     spec.validated().expect("live spec is valid")
 }
 

@@ -121,6 +121,7 @@ async fn every_schedulable_node_mounts_the_export_and_the_probe_leaves_nothing()
     if let Ok(export) = std::env::var("PGSET_LIVE_NFS_EXPORT") {
         spec.nfs.export = export.into();
     }
+    support::live_images(&mut spec);
     let spec = spec.validated().expect("live spec is valid");
     let client = Client::try_default().await.expect("client from KUBECONFIG");
     let namespaces = support::create_namespace(&client, &spec.namespace).await;

@@ -40,9 +40,7 @@ fn cluster(namespace: &str, mode: StorageMode, server: &str) -> ValidSpec {
     if let Ok(export) = std::env::var("PGSET_LIVE_NFS_EXPORT") {
         spec.nfs.export = export.into();
     }
-    if let Ok(image) = std::env::var("PGSET_LIVE_AGENT_IMAGE") {
-        spec.agent.image = image;
-    }
+    support::live_images(&mut spec);
     spec.validated().expect("live spec is valid")
 }
 

@@ -116,6 +116,11 @@ async fn up_forms_a_verified_set_and_a_second_up_changes_nothing() {
         ..ClusterSpec::default()
     };
     spec.storage.mode = StorageMode::Templates;
+    // `up` builds and imports its own agent image; only the postgres image may come from the
+    // environment.
+    if let Ok(image) = std::env::var("PGSET_LIVE_POSTGRES_IMAGE") {
+        spec.postgres.image = image;
+    }
     spec.validate().expect("valid spec");
 
     let client = Client::try_default().await.expect("client from KUBECONFIG");

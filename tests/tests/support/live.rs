@@ -190,7 +190,7 @@ pub async fn prepare_cluster_dirs(client: &kube::Client, spec: &pgset_spec::Clus
 
 /// A cluster of `replicas` members named `name` in `namespace` on the storage the environment
 /// names (`PGSET_LIVE_STORAGE_CLASS`: templates mode on that class; `PGSET_LIVE_NFS_SERVER` and
-/// `PGSET_LIVE_NFS_EXPORT`: shared mode on the export), with `PGSET_LIVE_AGENT_IMAGE` when set;
+/// `PGSET_LIVE_NFS_EXPORT`: shared mode on the export), with the images of [`live_images`];
 /// or why it cannot be built here.
 pub fn live_cluster_spec(
     namespace: &str,
@@ -225,10 +225,20 @@ pub fn live_cluster_spec(
             );
         }
     }
+    live_images(&mut spec);
+    spec.validated().map_err(|e| e.to_string())
+}
+
+/// The images the environment names: `PGSET_LIVE_AGENT_IMAGE` (an agent image other than the
+/// default) and `PGSET_LIVE_POSTGRES_IMAGE` (a registry mirror of the official image, or a
+/// locally built image of another major), each when set.
+pub fn live_images(spec: &mut pgset_spec::ClusterSpec) {
     if let Ok(image) = std::env::var("PGSET_LIVE_AGENT_IMAGE") {
         spec.agent.image = image;
     }
-    spec.validated().map_err(|e| e.to_string())
+    if let Ok(image) = std::env::var("PGSET_LIVE_POSTGRES_IMAGE") {
+        spec.postgres.image = image;
+    }
 }
 
 /// Shared mode: the cluster's own NFS volume (`<namespace>.<claim>`, in its own directory); none
