@@ -624,6 +624,20 @@ struct FileRecord {
     transitions: u32,
 }
 
+impl FileRecord {
+    fn into_record(self) -> LeaderRecord {
+        LeaderRecord {
+            holder: self.holder,
+            timeline: self.timeline,
+            acquired: from_unix_ms(self.acquired_unix_ms),
+            renewed: from_unix_ms(self.renewed_unix_ms),
+            lease_duration: Duration::from_millis(self.lease_duration_ms),
+            transitions: self.transitions,
+            version: Version(self.version.to_string()),
+        }
+    }
+}
+
 fn unix_ms(t: Option<SystemTime>) -> Option<u64> {
     t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -699,15 +713,7 @@ impl FileStore {
         {
             return Err(corrupt("its holder has an empty member or id".into()));
         }
-        Ok(Some(LeaderRecord {
-            holder: f.holder,
-            timeline: f.timeline,
-            acquired: from_unix_ms(f.acquired_unix_ms),
-            renewed: from_unix_ms(f.renewed_unix_ms),
-            lease_duration: Duration::from_millis(f.lease_duration_ms),
-            transitions: f.transitions,
-            version: Version(f.version.to_string()),
-        }))
+        Ok(Some(f.into_record()))
     }
 
     /// Runs `f` on the current record under the exclusive lock; `f` returns the record to write
@@ -748,7 +754,7 @@ impl FileStore {
             }
         };
         let current = self.read_file()?;
-        let Some(mut next) = f(current.as_ref()) else {
+        let Some(next) = f(current.as_ref()) else {
             return Ok(None);
         };
         let version = match &current {
@@ -764,7 +770,6 @@ impl FileStore {
                     + 1
             }
         };
-        next.version = Version(version.to_string());
         let body = FileRecord {
             version,
             holder: next.holder.clone(),
@@ -801,7 +806,8 @@ impl FileStore {
         std::fs::File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io(format!("sync {}", self.dir.display())))?;
-        Ok(Some(next))
+        // The record as a reader now sees it.
+        Ok(Some(body.into_record()))
     }
 
     /// Runs a blocking file operation off the async threads.
