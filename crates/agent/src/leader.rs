@@ -36,22 +36,11 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use pgset_spec::contract;
+use pgset_spec::contract::annotations::{LEADER_MEMBER, LEADER_TIMELINE};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::kube_api::{Resource, forbidden_message_on};
-
-/// The leader Lease's name suffix: `<cluster>-leader`.
-pub const LEADER_LEASE_SUFFIX: &str = "leader";
-/// The Lease annotation naming the holder's member (its `holderIdentity` is the pod UID).
-pub const MEMBER_ANNOTATION: &str = "pgset.io/leader-member";
-/// The Lease annotation holding the timeline the holder serves.
-pub const TIMELINE_ANNOTATION: &str = "pgset.io/leader-timeline";
-
-/// `<cluster>-leader`: the leader Lease, and the leader file's stem in local mode.
-pub fn leader_name(cluster: &str) -> String {
-    format!("{cluster}-{LEADER_LEASE_SUFFIX}")
-}
 
 /// Who holds the role: the member's name and the identity of this incarnation of it (the pod
 /// UID, or in local mode the instance id), so two incarnations of one member never both hold it.
@@ -538,7 +527,9 @@ pub trait LeaderStore: Send + Sync {
     ) -> impl Future<Output = LeaderResult<HolderWrite>> + Send {
         let me = self.me().clone();
         let duration = self.timings().lease_duration;
-        self.write_as_holder(held, move |r| r.written(Some(&me), timeline, duration))
+        holder_write(self, held.clone(), move |r| {
+            r.written(Some(&me), timeline, duration)
+        })
     }
 
     /// Gives the role up: the record stays, with no holder, so the next contender takes it at
@@ -548,7 +539,9 @@ pub trait LeaderStore: Send + Sync {
         held: &LeaderRecord,
     ) -> impl Future<Output = LeaderResult<HolderWrite>> + Send {
         let duration = self.timings().lease_duration;
-        self.write_as_holder(held, move |r| r.written(None, r.timeline, duration))
+        holder_write(self, held.clone(), move |r| {
+            r.written(None, r.timeline, duration)
+        })
     }
 
     /// Names `to` the holder in one write (a switchover). Call it only once this member accepts
@@ -560,37 +553,36 @@ pub trait LeaderStore: Send + Sync {
     ) -> impl Future<Output = LeaderResult<HolderWrite>> + Send {
         let to = to.clone();
         let duration = self.timings().lease_duration;
-        self.write_as_holder(held, move |r| r.written(Some(&to), r.timeline, duration))
+        holder_write(self, held.clone(), move |r| {
+            r.written(Some(&to), r.timeline, duration)
+        })
     }
+}
 
-    /// A holder's write: only if `held` is this member's; with `held`'s version, and on a
-    /// conflict once more on the current version if this member still holds it (someone changed
-    /// the record, not its holder).
-    fn write_as_holder(
-        &self,
-        held: &LeaderRecord,
-        change: impl Fn(&LeaderRecord) -> LeaderRecord + Send,
-    ) -> impl Future<Output = LeaderResult<HolderWrite>> + Send {
-        let held = held.clone();
-        async move {
-            let me = self.me().clone();
-            if !held.held_by(&me) {
-                return Ok(HolderWrite::NotHolder(Some(held)));
-            }
-            let sent = Instant::now();
-            if let Some(record) = self.replace(&change(&held)).await? {
-                return Ok(HolderWrite::Done(Written { record, sent }));
-            }
-            let current = match self.read().await? {
-                Some(c) if c.held_by(&me) => c,
-                other => return Ok(HolderWrite::NotHolder(other)),
-            };
-            let sent = Instant::now();
-            match self.replace(&change(&current)).await? {
-                Some(record) => Ok(HolderWrite::Done(Written { record, sent })),
-                None => Ok(HolderWrite::NotHolder(self.read().await?)),
-            }
-        }
+/// A holder's write: only if `held` is this member's; with `held`'s version, and on a conflict
+/// once more on the current version if this member still holds it (someone changed the record,
+/// not its holder).
+async fn holder_write<S: LeaderStore + ?Sized>(
+    store: &S,
+    held: LeaderRecord,
+    change: impl Fn(&LeaderRecord) -> LeaderRecord + Send,
+) -> LeaderResult<HolderWrite> {
+    let me = store.me().clone();
+    if !held.held_by(&me) {
+        return Ok(HolderWrite::NotHolder(Some(held)));
+    }
+    let sent = Instant::now();
+    if let Some(record) = store.replace(&change(&held)).await? {
+        return Ok(HolderWrite::Done(Written { record, sent }));
+    }
+    let current = match store.read().await? {
+        Some(c) if c.held_by(&me) => c,
+        other => return Ok(HolderWrite::NotHolder(other)),
+    };
+    let sent = Instant::now();
+    match store.replace(&change(&current)).await? {
+        Some(record) => Ok(HolderWrite::Done(Written { record, sent })),
+        None => Ok(HolderWrite::NotHolder(store.read().await?)),
     }
 }
 
@@ -666,17 +658,22 @@ impl FileStore {
 
     /// `<dir>/<cluster>.leader`.
     pub fn path(&self) -> PathBuf {
-        self.dir.join(format!("{}.leader", self.cluster))
+        self.dir
+            .join(format!("{}.{}", self.cluster, contract::LEADER_SUFFIX))
     }
 
     /// `<dir>/<cluster>.leader.isolate-<member>`: while it exists, every call of `member` fails.
     pub fn isolate_switch(&self, member: &str) -> PathBuf {
-        self.dir
-            .join(format!("{}.leader.isolate-{member}", self.cluster))
+        self.dir.join(format!(
+            "{}.{}.isolate-{member}",
+            self.cluster,
+            contract::LEADER_SUFFIX
+        ))
     }
 
     fn lock_path(&self) -> PathBuf {
-        self.dir.join(format!("{}.leader.lock", self.cluster))
+        self.dir
+            .join(format!("{}.{}.lock", self.cluster, contract::LEADER_SUFFIX))
     }
 
     fn check_reachable(&self) -> LeaderResult<()> {
@@ -782,7 +779,9 @@ impl FileStore {
             transitions: next.transitions,
         };
         let path = self.path();
-        let tmp = self.dir.join(format!("{}.leader.tmp", self.cluster));
+        let tmp = self
+            .dir
+            .join(format!("{}.{}.tmp", self.cluster, contract::LEADER_SUFFIX));
         let json = serde_json::to_vec_pretty(&body).map_err(|e| LeaderError::Corrupt {
             what: path.display().to_string(),
             problem: format!("cannot encode it: {e}"),
@@ -869,7 +868,7 @@ impl LeaderStore for FileStore {
 
 /// The leader record in a cluster: the `coordination.k8s.io/v1` Lease `<cluster>-leader`, its
 /// `holderIdentity` the holder's pod UID, the member's name and the timeline in annotations
-/// ([`MEMBER_ANNOTATION`], [`TIMELINE_ANNOTATION`]), every write a `PUT` with the observed
+/// ([`LEADER_MEMBER`], [`LEADER_TIMELINE`]), every write a `PUT` with the observed
 /// `resourceVersion` (or a `POST`, which fails with 409 when the Lease exists). Each call has
 /// [`LeaderTimings::renew_every`] to answer.
 #[derive(Clone)]
@@ -921,7 +920,7 @@ impl LeaseStore {
 
     /// The Lease's name.
     pub fn name(&self) -> String {
-        leader_name(&self.cluster)
+        contract::leader_lease_name(&self.cluster)
     }
 
     fn explain(&self, e: kube::Error, verb: &str) -> LeaderError {
@@ -958,7 +957,7 @@ impl LeaseStore {
     }
 
     /// The Lease for `record` (with its version when it replaces one).
-    fn to_lease(&self, record: &LeaderRecord, version: Option<&Version>) -> Lease {
+    fn lease_of(&self, record: &LeaderRecord, version: Option<&Version>) -> Lease {
         let labels = [
             (contract::labels::NAME, contract::APP_NAME.to_string()),
             (contract::labels::INSTANCE, self.cluster.clone()),
@@ -968,11 +967,11 @@ impl LeaseStore {
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         let mut annotations = std::collections::BTreeMap::from([(
-            TIMELINE_ANNOTATION.to_string(),
+            LEADER_TIMELINE.to_string(),
             record.timeline.to_string(),
         )]);
         if let Some(h) = &record.holder {
-            annotations.insert(MEMBER_ANNOTATION.to_string(), h.member.clone());
+            annotations.insert(LEADER_MEMBER.to_string(), h.member.clone());
         }
         Lease {
             metadata: ObjectMeta {
@@ -995,7 +994,7 @@ impl LeaseStore {
     }
 
     /// The record a Lease holds; a Lease that does not say all of it is unreadable.
-    fn from_lease(&self, lease: &Lease) -> LeaderResult<LeaderRecord> {
+    fn record_of(&self, lease: &Lease) -> LeaderResult<LeaderRecord> {
         let corrupt = |problem: &str| LeaderError::Corrupt {
             what: format!("Lease {} in namespace {}", self.name(), self.namespace),
             problem: problem.to_string(),
@@ -1012,10 +1011,10 @@ impl LeaseStore {
             .as_ref()
             .ok_or_else(|| corrupt("it has no spec"))?;
         let timeline = annotations
-            .get(TIMELINE_ANNOTATION)
-            .ok_or_else(|| corrupt(&format!("it has no {TIMELINE_ANNOTATION} annotation")))?
+            .get(LEADER_TIMELINE)
+            .ok_or_else(|| corrupt(&format!("it has no {LEADER_TIMELINE} annotation")))?
             .parse::<u32>()
-            .map_err(|_| corrupt(&format!("its {TIMELINE_ANNOTATION} is not a timeline")))?;
+            .map_err(|_| corrupt(&format!("its {LEADER_TIMELINE} is not a timeline")))?;
         let seconds = spec
             .lease_duration_seconds
             .filter(|s| *s > 0)
@@ -1026,11 +1025,11 @@ impl LeaseStore {
             None => None,
             Some(id) => {
                 let member = annotations
-                    .get(MEMBER_ANNOTATION)
+                    .get(LEADER_MEMBER)
                     .filter(|m| !m.is_empty())
                     .ok_or_else(|| {
                         corrupt(&format!(
-                            "it has a holder but no {MEMBER_ANNOTATION} annotation"
+                            "it has a holder but no {LEADER_MEMBER} annotation"
                         ))
                     })?;
                 Some(Holder::new(member.clone(), id))
@@ -1057,14 +1056,12 @@ impl LeaderStore for LeaseStore {
         &self.timings
     }
 
-    fn read(&self) -> impl Future<Output = LeaderResult<Option<LeaderRecord>>> + Send {
-        async move {
-            let name = self.name();
-            match self.call("get", self.leases.get_opt(&name)).await? {
-                Ok(None) => Ok(None),
-                Ok(Some(lease)) => self.from_lease(&lease).map(Some),
-                Err(e) => Err(self.explain(e, "get")),
-            }
+    async fn read(&self) -> LeaderResult<Option<LeaderRecord>> {
+        let name = self.name();
+        match self.call("get", self.leases.get_opt(&name)).await? {
+            Ok(None) => Ok(None),
+            Ok(Some(lease)) => self.record_of(&lease).map(Some),
+            Err(e) => Err(self.explain(e, "get")),
         }
     }
 
@@ -1072,13 +1069,13 @@ impl LeaderStore for LeaseStore {
         &self,
         record: &LeaderRecord,
     ) -> impl Future<Output = LeaderResult<Option<LeaderRecord>>> + Send {
-        let lease = self.to_lease(record, None);
+        let lease = self.lease_of(record, None);
         async move {
             match self
                 .call("create", self.leases.create(&PostParams::default(), &lease))
                 .await?
             {
-                Ok(l) => self.from_lease(&l).map(Some),
+                Ok(l) => self.record_of(&l).map(Some),
                 Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
                 Err(e) => Err(self.explain(e, "create")),
             }
@@ -1089,7 +1086,7 @@ impl LeaderStore for LeaseStore {
         &self,
         record: &LeaderRecord,
     ) -> impl Future<Output = LeaderResult<Option<LeaderRecord>>> + Send {
-        let lease = self.to_lease(record, Some(&record.version));
+        let lease = self.lease_of(record, Some(&record.version));
         async move {
             let name = self.name();
             match self
@@ -1099,7 +1096,7 @@ impl LeaderStore for LeaseStore {
                 )
                 .await?
             {
-                Ok(l) => self.from_lease(&l).map(Some),
+                Ok(l) => self.record_of(&l).map(Some),
                 // 409: it changed since read; 404: it was deleted since read.
                 Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(None),
                 Err(e) => Err(self.explain(e, "update")),
