@@ -178,9 +178,8 @@ async fn a_renewed_record_is_refused_and_an_unrenewed_one_granted_after_its_dura
         match b.acquire(5, IfAbsent::Wait, &mut seen).await.unwrap() {
             Claim::HeldBy { record, expires_in } => {
                 assert_eq!(record.version, held.record.version);
-                let first = *first_sight.get_or_insert(asked);
-                assert!(expires_in > Duration::ZERO);
-                assert!(first.elapsed() < lease + Duration::from_millis(50));
+                first_sight.get_or_insert(asked);
+                assert!(expires_in > Duration::ZERO && expires_in <= lease);
             }
             Claim::Taken(w) => break (w, first_sight.expect("refused at least once")),
             other => panic!("{other:?}"),
@@ -190,7 +189,8 @@ async fn a_renewed_record_is_refused_and_an_unrenewed_one_granted_after_its_dura
     let (w, first) = granted;
     let waited = w.sent - first;
     assert!(waited >= lease, "taken after {waited:?}");
-    assert!(waited < lease + Duration::from_millis(200), "{waited:?}");
+    // Polled every 20 ms: granted soon after (a loose bound for a loaded machine).
+    assert!(waited < lease + Duration::from_secs(1), "{waited:?}");
     assert_eq!(w.record.holder, Some(member(1)));
     assert_eq!(w.record.timeline, 5);
     assert_eq!(w.record.transitions, 1);
@@ -373,4 +373,25 @@ async fn a_corrupt_record_is_an_error_never_free() {
             "a corrupt record is left as it was"
         );
     }
+}
+
+#[tokio::test]
+async fn a_renewal_on_a_stale_version_still_held_by_this_member_renews_the_current_one() {
+    let t = tempfile::tempdir().unwrap();
+    let a = long(t.path(), 0);
+    let held = taken(
+        a.acquire(1, IfAbsent::Create, &mut Observer::new())
+            .await
+            .unwrap(),
+    );
+    // The record changed since (a write that kept the holder): the CAS on the held version
+    // fails, the re-read shows this member still holds it, and the renewal is made on it.
+    let changed = done(long(t.path(), 0).renew(&held.record, 1).await.unwrap()).record;
+    let w = done(a.renew(&held.record, 2).await.unwrap());
+    assert_eq!(
+        w.record.version.as_str().parse::<u64>().unwrap(),
+        changed.version.as_str().parse::<u64>().unwrap() + 1
+    );
+    assert_eq!(w.record.timeline, 2);
+    assert_eq!(on_disk(t.path()).await, w.record);
 }
