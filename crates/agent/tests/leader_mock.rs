@@ -546,3 +546,42 @@ async fn a_server_error_a_timeout_or_an_unreadable_lease_is_never_free() {
         "{e}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn of_two_contenders_for_a_released_lease_exactly_one_wins() {
+    let (client, seen) = faithful(lease(None, 4, "20", 1));
+    let timings = LeaderTimings::for_lease(Duration::from_secs(15)).unwrap();
+    let other = Holder::new("pgset-2", "uid-2");
+    let a = store(client.clone());
+    let b = LeaseStore::new(client, "db", "pgset", other.clone(), timings);
+    let (mut oa, mut ob) = (Observer::new(), Observer::new());
+    let (ca, cb) = tokio::join!(
+        a.acquire(4, IfAbsent::Wait, &mut oa),
+        b.acquire(4, IfAbsent::Wait, &mut ob)
+    );
+    let claims = [ca.unwrap(), cb.unwrap()];
+    let winners: Vec<&Written> = claims
+        .iter()
+        .filter_map(|c| match c {
+            Claim::Taken(w) => Some(w),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(winners.len(), 1, "{claims:?}");
+    let winner = winners[0].record.holder.clone().unwrap();
+    let named = claims.iter().find_map(|c| match c {
+        Claim::LostRace(Some(r)) | Claim::HeldBy { record: r, .. } => r.holder.clone(),
+        _ => None,
+    });
+    assert_eq!(named, Some(winner));
+    let c = calls(&seen);
+    let puts: Vec<&Call> = c.iter().filter(|c| c.method == "PUT").collect();
+    // Both read the released version and both wrote on it: the server's CAS settled it.
+    assert_eq!(puts.len(), 2, "{:?}", methods(&c));
+    assert!(
+        puts.iter()
+            .all(|p| p.body["metadata"]["resourceVersion"] == json!("20")),
+        "both wrote on the version they read: {:?}",
+        methods(&c)
+    );
+}
