@@ -10,6 +10,7 @@ pub mod health;
 pub mod identity;
 pub mod install;
 pub mod kube_api;
+pub mod leader;
 pub(crate) mod log;
 pub mod meter;
 pub(crate) mod pg;

@@ -66,6 +66,11 @@ pub mod annotations {
     /// as JSON, written (at most every few seconds) only while its phase is `base-backup`;
     /// absent otherwise.
     pub const BASE_BACKUP: &str = "pgset.io/base-backup";
+    /// The member that holds the leader Lease (its `holderIdentity` is that pod's UID); absent
+    /// once the Lease is released.
+    pub const LEADER_MEMBER: &str = "pgset.io/leader-member";
+    /// The timeline the leader Lease's holder serves (the last one served, once released).
+    pub const LEADER_TIMELINE: &str = "pgset.io/leader-timeline";
 }
 
 /// A replica's base-backup progress as its agent measured it, the value of
@@ -296,6 +301,16 @@ pub const MEMBER_LEASE_SUFFIX: &str = "member";
 /// `<pod-name>-member` (`pgset-0` → `pgset-0-member`). The one place the name is spelled.
 pub fn member_lease_name(pod_name: &str) -> String {
     format!("{pod_name}-{MEMBER_LEASE_SUFFIX}")
+}
+
+/// Suffix of a cluster's leader record: the Lease `<cluster>-leader` (see [`leader_lease_name`])
+/// and, in local mode, the file `<cluster>.leader`.
+pub const LEADER_SUFFIX: &str = "leader";
+
+/// The `coordination.k8s.io/v1` Lease that names a cluster's master: `<cluster>-leader`
+/// (`pgset` → `pgset-leader`). The one place the name is spelled.
+pub fn leader_lease_name(cluster: &str) -> String {
+    format!("{cluster}-{LEADER_SUFFIX}")
 }
 
 /// Values of [`env::MODE`].
