@@ -6,15 +6,17 @@
 //! replica), recover within the targets (writes accepted again within 10 s of the master pod's
 //! deletion; replicas streaming within 2 s of the master being ready), copy no member anew
 //! unless it changes the membership, and leave the cluster as it found it: `status` healthy with
-//! 3 members afterwards. A drill refuses to start on an unhealthy cluster and a drill of local
-//! mode is refused against the cluster, both before anything changes.
+//! 3 members afterwards. A drill refuses to start on an unhealthy cluster (its JSON still names it
+//! and why it did not run) and a drill of local mode is refused against the cluster, both before
+//! anything changes.
 //!
 //! Storage as in `live_verify` (`PGSET_LIVE_STORAGE_CLASS`, or `PGSET_LIVE_NFS_SERVER` and
 //! `PGSET_LIVE_NFS_EXPORT`); the agent image must be on the nodes.
 
 use kube::Client;
+use pgset_drill::report::DrillRun;
 use pgset_drill::report::{REJOIN_TARGET_S, WRITE_RECOVERY_TARGET_S};
-use pgset_drill::{DrillName, DrillReport, Verdict};
+use pgset_drill::{DrillName, Verdict};
 use pgset_spec::{ClusterSpec, ValidSpec};
 use pgset_verify::ClusterStatus;
 use support::xtask;
@@ -48,8 +50,15 @@ async fn scenario(client: Client, spec: ValidSpec) {
     );
 
     let run = xtask(&spec_file, &["drill", "all", "-o", "json"]);
-    let reports: Vec<DrillReport> =
+    // The output names every drill, whether it ran or not (and why not).
+    let out: DrillRun =
         serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.stdout));
+    assert!(
+        out.not_run.is_empty(),
+        "drills that did not run: {:?}",
+        out.not_run
+    );
+    let reports = out.reports;
     let names: Vec<DrillName> = reports.iter().map(|r| r.drill).collect();
     let on_nfs_host = pgset_drill::live::on_nfs_host(&spec);
     let expected: Vec<DrillName> = DrillName::LIVE
@@ -101,7 +110,10 @@ async fn scenario(client: Client, spec: ValidSpec) {
     };
     let unhealthy_file = dir.path().join("pgset-4.yaml");
     std::fs::write(&unhealthy_file, unhealthy_spec.to_yaml()).expect("write the spec file");
-    let refused = xtask(&unhealthy_file, &["drill", "replica-pod-delete"]);
+    let refused = xtask(
+        &unhealthy_file,
+        &["drill", "replica-pod-delete", "-o", "json"],
+    );
     assert!(!refused.ok);
     assert!(
         refused
@@ -109,6 +121,18 @@ async fn scenario(client: Client, spec: ValidSpec) {
             .contains("not healthy, so no drill was started"),
         "{}",
         refused.stderr
+    );
+    // The JSON still names the drill and why it did not run.
+    let out: DrillRun =
+        serde_json::from_str(&refused.stdout).unwrap_or_else(|e| panic!("{e}: {}", refused.stdout));
+    assert!(out.reports.is_empty(), "{out:?}");
+    assert_eq!(out.not_run.len(), 1, "{out:?}");
+    assert_eq!(out.not_run[0].drill, DrillName::ReplicaPodDelete);
+    assert!(
+        out.not_run[0]
+            .why
+            .contains("not healthy, so no drill was started"),
+        "{out:?}"
     );
     assert_cluster_as_found(&spec_file, "the refused drill");
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use pgset_drill::live::LiveOptions;
-use pgset_drill::{DrillName, Target, Verdict, local::LocalOptions, report};
+use pgset_drill::report::DrillRun;
+use pgset_drill::{DrillName, Target, local::LocalOptions};
 
 use crate::cli::{ClientArgs, SpecArgs};
 use crate::verify::{Output, spec_and_client};
@@ -77,13 +78,14 @@ pub fn parse_names(names: &[String], target: Target, nfs_host: bool) -> Result<V
     Ok(out)
 }
 
-/// Runs the drills and prints their report.
+/// Runs the drills and prints their report: every drill's figures or why it did not run; the
+/// exit code is 1 when one failed or did not run.
 pub async fn run(args: Args) -> Result<()> {
     if let Some(path) = &args.report {
         crate::cli::check_report_path(path)?;
     }
-    let mut reports = Vec::new();
-    if let Some(dir) = &args.dir {
+    let mut say = |line: &str| eprintln!("{line}");
+    let run = if let Some(dir) = &args.dir {
         let drills = parse_names(&args.drills, Target::Local, false)?;
         pgset_local::read_set(dir).context("read the local set")?;
         let agent_bin = match &args.agent_bin {
@@ -92,14 +94,8 @@ pub async fn run(args: Args) -> Result<()> {
         };
         let mut opts = LocalOptions::new(dir, agent_bin);
         opts.recovery_timeout = Duration::from_secs(args.timeout.unwrap_or(120));
-        for d in drills {
-            eprintln!("==> drill {d}");
-            let r = pgset_drill::local::run(&opts, d)
-                .await
-                .with_context(|| format!("drill {d}"))?;
-            eprintln!("    {d}: {:?}", r.verdict);
-            reports.push(r);
-        }
+        let opts = &opts;
+        DrillRun::each(&drills, |d| pgset_drill::local::run(opts, d), &mut say).await
     } else {
         let (spec, client) = spec_and_client(&args.spec, &args.client).await?;
         let nfs_host = pgset_drill::live::on_nfs_host(&spec);
@@ -108,30 +104,23 @@ pub async fn run(args: Args) -> Result<()> {
         if let Some(t) = args.timeout {
             opts.recovery_timeout = Duration::from_secs(t);
         }
-        for d in drills {
-            eprintln!("==> drill {d}");
-            let r = pgset_drill::live::run(client.clone(), &opts, d)
-                .await
-                .with_context(|| format!("drill {d}"))?;
-            eprintln!("    {d}: {:?}", r.verdict);
-            reports.push(r);
-        }
-    }
+        let opts = &opts;
+        DrillRun::each(
+            &drills,
+            |d| pgset_drill::live::run(client.clone(), opts, d),
+            &mut say,
+        )
+        .await
+    };
+    // Every drill asked for is in the output, whether it ran, failed or did not run.
     match args.output {
-        Output::Table => print!("{}", report::table(&reports)),
-        Output::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
+        Output::Table => print!("{}", run.table()),
+        Output::Json => println!("{}", run.to_json()),
     }
     if let Some(path) = &args.report {
-        crate::cli::write_report(path, &report::markdown(&reports))?;
+        crate::cli::write_report(path, &run.markdown())?;
     }
-    let failed = reports
-        .iter()
-        .filter(|r| r.verdict == Verdict::Fail)
-        .count();
-    if failed > 0 {
-        anyhow::bail!("{failed} of {} drills failed", reports.len());
-    }
-    Ok(())
+    run.verdict().map_err(anyhow::Error::msg)
 }
 
 #[cfg(test)]
