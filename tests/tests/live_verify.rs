@@ -1,6 +1,7 @@
 //! Against a live cluster (KUBECONFIG): a 3-member cluster of its own, then `cargo xtask verify
 //! --scale-test --disruptive -o json` passes every check with the lag and recovery measured,
-//! leaves no marker table behind nor spec.replicas with another field owner (a deploy after it
+//! waits until the removed member's slot is dropped (status is healthy right after it), leaves no
+//! marker table behind nor spec.replicas with another field owner (a deploy after it
 //! keeps the StatefulSet's resourceVersion), passes again on a second run, and `cargo xtask status -o
 //! json` shows the master and two streaming replicas. Everything lives in a namespace of its own
 //! (and, in shared mode, the cluster's own PersistentVolume), removed at the end.
@@ -99,6 +100,29 @@ async fn scenario(client: Client, spec: ValidSpec) {
         "a passing master-recovery check has its replicas back within the default bound: {rejoin} s"
     );
     assert!(report.measurements(names::SCALE_OUT).join_s.is_some());
+    // The scale test waited until the master dropped the removed member's slot, and said so:
+    // status right after it is healthy, with no slot kept for a member outside the set.
+    let scale = report
+        .checks
+        .iter()
+        .find(|c| c.name == names::SCALE_OUT)
+        .expect("the scale check");
+    let removed_slot = pgset_spec::slot_name(&spec.pod_name(spec.replicas));
+    assert!(
+        scale
+            .message
+            .contains(&format!("slot {removed_slot} dropped")),
+        "{}",
+        scale.message
+    );
+    let right_after = xtask(&spec_file, &["status", "-o", "json"]);
+    let st: ClusterStatus = serde_json::from_str(&right_after.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", right_after.stdout));
+    assert!(
+        right_after.ok && st.healthy,
+        "status right after verify --scale-test: {:?}",
+        st.warnings
+    );
     assert!(
         !marker_table_present(&client, &spec).await,
         "verify dropped its marker table"
