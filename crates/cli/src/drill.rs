@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use pgset_drill::live::LiveOptions;
 use pgset_drill::report::DrillRun;
-use pgset_drill::{DrillName, Target, local::LocalOptions};
+use pgset_drill::{DrillName, Patience, Target, local::LocalOptions};
 
 use crate::cli::{ClientArgs, SpecArgs};
 use crate::verify::{Output, spec_and_client};
@@ -33,6 +33,11 @@ pub struct Args {
     /// local set, 300 for a cluster)
     #[arg(long)]
     timeout: Option<u64>,
+    /// Multiply every wait before giving up (connections, statements, readiness, health) by
+    /// FACTOR, above 0; the drill also scales them with the round trip of its first connection.
+    /// Measured figures are not scaled
+    #[arg(long, value_name = "FACTOR", default_value_t = 1.0, value_parser = patience_factor)]
+    patience: f64,
     /// The agent binary the launcher restarts members with (default: built with cargo)
     #[arg(long)]
     agent_bin: Option<PathBuf>,
@@ -43,6 +48,14 @@ pub struct Args {
     spec: SpecArgs,
     #[command(flatten)]
     client: ClientArgs,
+}
+
+/// `--patience`: a factor above 0.
+fn patience_factor(text: &str) -> std::result::Result<f64, String> {
+    let factor: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number: give a factor above 0, such as 1 or 5"))?;
+    Patience::new(factor).map(|p| p.factor())
 }
 
 /// Parses the drill names for `target` (`all` is every drill of the target; `nfs_host` says
@@ -84,6 +97,7 @@ pub async fn run(args: Args) -> Result<()> {
     if let Some(path) = &args.report {
         crate::cli::check_report_path(path)?;
     }
+    let patience = Patience::new(args.patience).map_err(anyhow::Error::msg)?;
     let mut say = |line: &str| eprintln!("{line}");
     let run = if let Some(dir) = &args.dir {
         let drills = parse_names(&args.drills, Target::Local, false)?;
@@ -94,6 +108,7 @@ pub async fn run(args: Args) -> Result<()> {
         };
         let mut opts = LocalOptions::new(dir, agent_bin);
         opts.recovery_timeout = Duration::from_secs(args.timeout.unwrap_or(120));
+        opts.patience = patience;
         let opts = &opts;
         DrillRun::each(&drills, |d| pgset_drill::local::run(opts, d), &mut say).await
     } else {
@@ -104,6 +119,7 @@ pub async fn run(args: Args) -> Result<()> {
         if let Some(t) = args.timeout {
             opts.recovery_timeout = Duration::from_secs(t);
         }
+        opts.patience = patience;
         let opts = &opts;
         DrillRun::each(
             &drills,
@@ -126,6 +142,39 @@ pub async fn run(args: Args) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patience_is_a_factor_above_zero() {
+        assert_eq!(patience_factor("1"), Ok(1.0));
+        assert_eq!(patience_factor("5"), Ok(5.0));
+        assert_eq!(patience_factor("0.5"), Ok(0.5));
+        for bad in ["0", "-2", "NaN", "inf"] {
+            let e = patience_factor(bad).unwrap_err();
+            assert!(e.contains("give a factor above 0"), "{bad}: {e}");
+        }
+        let e = patience_factor("slow").unwrap_err();
+        assert_eq!(
+            e,
+            "`slow` is not a number: give a factor above 0, such as 1 or 5"
+        );
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        let e = Cli::try_parse_from(["drill", "all", "--patience", "0"])
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("give a factor above 0"), "{e}");
+        let ok = Cli::try_parse_from(["drill", "all", "--patience", "5"]).unwrap();
+        assert_eq!(ok.args.patience, 5.0);
+        assert_eq!(
+            Cli::try_parse_from(["drill", "all"]).unwrap().args.patience,
+            1.0
+        );
+    }
 
     #[test]
     fn all_expands_per_target_and_unknown_or_foreign_names_are_refused() {

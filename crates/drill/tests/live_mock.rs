@@ -96,6 +96,7 @@ async fn readiness_is_the_master_agents_readyz_through_the_pod_proxy() {
         client: client.clone(),
         namespace: "default".into(),
         pod: pod.into(),
+        deadline: pgset_drill::load::STATEMENT_DEADLINE,
     };
     assert!(probe("pgset-0").ready().await);
     assert!(!probe("pgset-1").ready().await);
