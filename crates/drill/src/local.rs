@@ -55,10 +55,16 @@ pub fn unhealthy(members: &[MemberStatus]) -> Vec<String> {
     let mut why = Vec::new();
     for m in members.iter().filter(|m| m.member) {
         if m.agent_pid.is_none() {
-            why.push(match &m.stopped_with {
-                Some(s) => format!("{} is stopped: {s}", m.name),
-                None => format!("{} is not running", m.name),
-            });
+            why.push(
+                match m
+                    .stopped_with
+                    .as_deref()
+                    .and_then(pgset_local::status::one_line_reason)
+                {
+                    Some(s) => format!("{} is stopped: {s}", m.name),
+                    None => format!("{} is not running", m.name),
+                },
+            );
         } else if m.ready != Some(true) {
             why.push(format!(
                 "{} is not ready: {}",
@@ -493,7 +499,7 @@ mod tests {
         assert!(unhealthy(&ms).is_empty());
         ms[1].streaming = Some(false);
         ms[2].agent_pid = None;
-        ms[2].stopped_with = Some("refused: foreign data".into());
+        ms[2].stopped_with = Some("refused: foreign data\nlog line 2\nlog line 3".into());
         let why = unhealthy(&ms);
         assert_eq!(
             why,
