@@ -249,6 +249,9 @@ pub fn warnings(
             w.extend(lag_warning(name, m.lag_bytes, m.lag_seconds, bound));
         }
     }
+    // Each warning once.
+    let mut seen = HashSet::new();
+    w.retain(|x| seen.insert(x.clone()));
     w
 }
 

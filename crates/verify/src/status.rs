@@ -559,6 +559,9 @@ impl ClusterStatus {
         }
         p.extend(agent_problems(&self.members, self.desired, &self.cluster));
         p.extend(image_problems(&self.members));
+        // Each warning once.
+        let mut seen = std::collections::HashSet::new();
+        p.retain(|w| seen.insert(w.clone()));
         p
     }
 
