@@ -42,12 +42,23 @@ fn patience() -> f64 {
     }
 }
 
+/// `status` is healthy with 3 members Ready, looking again every 2 s for up to 60 s (times the
+/// patience): a member may still be settling (a replica catching up) when the step before ends.
 fn assert_cluster_as_found(spec_file: &std::path::Path, after: &str) {
-    let status = xtask(spec_file, &["status", "-o", "json"]);
-    let s: ClusterStatus =
-        serde_json::from_str(&status.stdout).unwrap_or_else(|e| panic!("{e}: {}", status.stdout));
-    assert!(status.ok && s.healthy, "after {after}: {:?}", s.warnings);
-    assert_eq!((s.desired, s.ready), (3, 3), "after {after}");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs_f64(60.0 * patience());
+    loop {
+        let status = xtask(spec_file, &["status", "-o", "json"]);
+        let s: ClusterStatus = serde_json::from_str(&status.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", status.stdout));
+        if (status.ok && s.healthy && (s.desired, s.ready) == (3, 3))
+            || std::time::Instant::now() > until
+        {
+            assert!(status.ok && s.healthy, "after {after}: {:?}", s.warnings);
+            assert_eq!((s.desired, s.ready), (3, 3), "after {after}");
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
 }
 
 async fn scenario(client: Client, spec: ValidSpec) {
