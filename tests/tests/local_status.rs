@@ -1,7 +1,8 @@
 //! Local mode on real PostgreSQL, `cargo xtask local status`: its JSON carries the summary
 //! (cluster, cluster id, system identifier, version, master and uptime, members ready, LSN,
 //! timeline) and, per member, lag, slot, identity check and the agent's own detail; its exit code
-//! is 0 only while the set is healthy: a slot kept for no member and a stopped replica make it 2.
+//! is 0 only while the set is healthy: a slot kept for no member, a replica behind the lag bound
+//! and a stopped replica make it 2; an earlier exit of a member running again is history.
 //! Ports 28300-28302.
 
 #[path = "support/local.rs"]
@@ -149,6 +150,59 @@ async fn status_json_has_every_field_and_its_exit_code_follows_health() {
         .unwrap();
     assert_eq!(status(&t, "json").0, 0);
 
+    // A log an earlier exit left while the member runs again is history: still healthy, the
+    // first line shown once, no line of the rest.
+    let log = local::termination_log(t.dir(), "pgset-1");
+    std::fs::write(&log, "fatal: an earlier exit\nlog line 2\nlog line 3\n").unwrap();
+    let (code, v) = json(&t);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["members"][1]["last_exit"], "fatal: an earlier exit");
+    let (code, table) = status(&t, "table");
+    assert_eq!(code, 0, "{table}");
+    assert_eq!(
+        table
+            .matches("pgset-1 last exit: fatal: an earlier exit")
+            .count(),
+        1,
+        "{table}"
+    );
+    assert!(!table.contains("log line 2"), "{table}");
+    std::fs::remove_file(&log).unwrap();
+
+    // A replica whose replay is paused falls behind the default bound (16 MiB): a warning
+    // naming the bound; healthy again once it replays.
+    t.sql(1, "SELECT pg_wal_replay_pause()").unwrap();
+    t.sql(
+        0,
+        "CREATE TABLE status_lag AS SELECT g, repeat('x', 1000) AS pad FROM generate_series(1, 30000) g",
+    )
+    .unwrap();
+    let mut seen = serde_json::Value::Null;
+    support::wait_until(
+        "status warns of pgset-1's lag",
+        Duration::from_secs(60),
+        || {
+            let (code, v) = json(&t);
+            seen = v["warnings"].clone();
+            code == 2
+                && seen.to_string().contains("pgset-1 is ")
+                && seen
+                    .to_string()
+                    .contains("behind the master, above the bound of 16.0 MiB / 10 s")
+        },
+    );
+    assert!(
+        !seen.to_string().contains("pgset-2 is"),
+        "only the paused replica lags: {seen}"
+    );
+    t.sql(1, "SELECT pg_wal_replay_resume()").unwrap();
+    t.sql(0, "DROP TABLE status_lag").unwrap();
+    support::wait_until(
+        "status says healthy after replay resumed",
+        Duration::from_secs(60),
+        || status(&t, "json").0 == 0,
+    );
+
     // A stopped replica: not healthy, exit code 2, and the member says so.
     assert!(
         local::stop_member(t.dir(), "pgset-2", Duration::from_secs(60))
@@ -165,4 +219,22 @@ async fn status_json_has_every_field_and_its_exit_code_follows_health() {
     assert_eq!(code, 2);
     assert!(table.contains("pgset-2 is not running"), "{table}");
     assert!(table.trim_end().ends_with("NOT HEALTHY"), "{table}");
+
+    // What it stopped with, a log tail: its first line, warned of once.
+    std::fs::write(
+        local::termination_log(t.dir(), "pgset-2"),
+        "refusing: a test reason\nlog line 2\nlog line 3\n",
+    )
+    .unwrap();
+    let (code, table) = status(&t, "table");
+    assert_eq!(code, 2);
+    assert_eq!(
+        table
+            .matches("warning: pgset-2 stopped: refusing: a test reason\n")
+            .count(),
+        1,
+        "{table}"
+    );
+    assert_eq!(table.matches("a test reason").count(), 1, "{table}");
+    assert!(!table.contains("log line 2"), "{table}");
 }

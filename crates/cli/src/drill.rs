@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use pgset_drill::live::LiveOptions;
-use pgset_drill::{DrillName, Target, Verdict, local::LocalOptions, report};
+use pgset_drill::report::DrillRun;
+use pgset_drill::{DrillName, Patience, Target, local::LocalOptions};
 
 use crate::cli::{ClientArgs, SpecArgs};
 use crate::verify::{Output, spec_and_client};
@@ -32,6 +33,11 @@ pub struct Args {
     /// local set, 300 for a cluster)
     #[arg(long)]
     timeout: Option<u64>,
+    /// Multiply every wait before giving up (connections, statements, readiness, health) by
+    /// FACTOR, above 0; the drill also scales them with the round trip of its first connection.
+    /// Measured figures are not scaled
+    #[arg(long, value_name = "FACTOR", default_value_t = 1.0, value_parser = patience_factor)]
+    patience: f64,
     /// The agent binary the launcher restarts members with (default: built with cargo)
     #[arg(long)]
     agent_bin: Option<PathBuf>,
@@ -42,6 +48,14 @@ pub struct Args {
     spec: SpecArgs,
     #[command(flatten)]
     client: ClientArgs,
+}
+
+/// `--patience`: a factor above 0.
+fn patience_factor(text: &str) -> std::result::Result<f64, String> {
+    let factor: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number: give a factor above 0, such as 1 or 5"))?;
+    Patience::new(factor).map(|p| p.factor())
 }
 
 /// Parses the drill names for `target` (`all` is every drill of the target; `nfs_host` says
@@ -77,13 +91,15 @@ pub fn parse_names(names: &[String], target: Target, nfs_host: bool) -> Result<V
     Ok(out)
 }
 
-/// Runs the drills and prints their report.
+/// Runs the drills and prints their report: every drill's figures or why it did not run; the
+/// exit code is 1 when one failed or did not run.
 pub async fn run(args: Args) -> Result<()> {
     if let Some(path) = &args.report {
         crate::cli::check_report_path(path)?;
     }
-    let mut reports = Vec::new();
-    if let Some(dir) = &args.dir {
+    let patience = Patience::new(args.patience).map_err(anyhow::Error::msg)?;
+    let mut say = |line: &str| eprintln!("{line}");
+    let run = if let Some(dir) = &args.dir {
         let drills = parse_names(&args.drills, Target::Local, false)?;
         pgset_local::read_set(dir).context("read the local set")?;
         let agent_bin = match &args.agent_bin {
@@ -92,14 +108,9 @@ pub async fn run(args: Args) -> Result<()> {
         };
         let mut opts = LocalOptions::new(dir, agent_bin);
         opts.recovery_timeout = Duration::from_secs(args.timeout.unwrap_or(120));
-        for d in drills {
-            eprintln!("==> drill {d}");
-            let r = pgset_drill::local::run(&opts, d)
-                .await
-                .with_context(|| format!("drill {d}"))?;
-            eprintln!("    {d}: {:?}", r.verdict);
-            reports.push(r);
-        }
+        opts.patience = patience;
+        let opts = &opts;
+        DrillRun::each(&drills, |d| pgset_drill::local::run(opts, d), &mut say).await
     } else {
         let (spec, client) = spec_and_client(&args.spec, &args.client).await?;
         let nfs_host = pgset_drill::live::on_nfs_host(&spec);
@@ -108,35 +119,62 @@ pub async fn run(args: Args) -> Result<()> {
         if let Some(t) = args.timeout {
             opts.recovery_timeout = Duration::from_secs(t);
         }
-        for d in drills {
-            eprintln!("==> drill {d}");
-            let r = pgset_drill::live::run(client.clone(), &opts, d)
-                .await
-                .with_context(|| format!("drill {d}"))?;
-            eprintln!("    {d}: {:?}", r.verdict);
-            reports.push(r);
-        }
-    }
+        opts.patience = patience;
+        let opts = &opts;
+        DrillRun::each(
+            &drills,
+            |d| pgset_drill::live::run(client.clone(), opts, d),
+            &mut say,
+        )
+        .await
+    };
+    // Every drill asked for is in the output, whether it ran, failed or did not run.
     match args.output {
-        Output::Table => print!("{}", report::table(&reports)),
-        Output::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
+        Output::Table => print!("{}", run.table()),
+        Output::Json => println!("{}", run.to_json()),
     }
     if let Some(path) = &args.report {
-        crate::cli::write_report(path, &report::markdown(&reports))?;
+        crate::cli::write_report(path, &run.markdown())?;
     }
-    let failed = reports
-        .iter()
-        .filter(|r| r.verdict == Verdict::Fail)
-        .count();
-    if failed > 0 {
-        anyhow::bail!("{failed} of {} drills failed", reports.len());
-    }
-    Ok(())
+    run.verdict().map_err(anyhow::Error::msg)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patience_is_a_factor_above_zero() {
+        assert_eq!(patience_factor("1"), Ok(1.0));
+        assert_eq!(patience_factor("5"), Ok(5.0));
+        assert_eq!(patience_factor("0.5"), Ok(0.5));
+        for bad in ["0", "-2", "NaN", "inf"] {
+            let e = patience_factor(bad).unwrap_err();
+            assert!(e.contains("give a factor above 0"), "{bad}: {e}");
+        }
+        let e = patience_factor("slow").unwrap_err();
+        assert_eq!(
+            e,
+            "`slow` is not a number: give a factor above 0, such as 1 or 5"
+        );
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        let e = Cli::try_parse_from(["drill", "all", "--patience", "0"])
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("give a factor above 0"), "{e}");
+        let ok = Cli::try_parse_from(["drill", "all", "--patience", "5"]).unwrap();
+        assert_eq!(ok.args.patience, 5.0);
+        assert_eq!(
+            Cli::try_parse_from(["drill", "all"]).unwrap().args.patience,
+            1.0
+        );
+    }
 
     #[test]
     fn all_expands_per_target_and_unknown_or_foreign_names_are_refused() {

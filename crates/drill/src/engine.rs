@@ -104,13 +104,14 @@ pub async fn wait_slot_dropped(
     let deadline = Instant::now() + timeout;
     loop {
         let gone = match master.connect().await {
-            Ok(c) => load::within(c.query(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            ))
-            .await
-            .map(|rows| rows.is_empty())
-            .unwrap_or(false),
+            Ok(c) => master
+                .within(c.query(
+                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                ))
+                .await
+                .map(|rows| rows.is_empty())
+                .unwrap_or(false),
             Err(_) => false,
         };
         if gone {
@@ -136,15 +137,21 @@ pub async fn fill_pad(master: &Endpoint, log: &Log) -> Result<String> {
         .connect_within(Duration::from_secs(10))
         .await
         .map_err(|e| step_err("connect to the master", e))?;
+    let fill = master.patience().deadline(Duration::from_secs(600));
     tokio::time::timeout(
-        Duration::from_secs(600),
+        fill,
         c.batch_execute(&format!(
             "DROP TABLE IF EXISTS {pad}; CREATE TABLE {pad} AS \
              SELECT g, repeat('x', 1000) AS pad FROM generate_series(1, 200000) g"
         )),
     )
     .await
-    .map_err(|_| step_err(format!("fill {pad}"), "not done within 600 s"))?
+    .map_err(|_| {
+        step_err(
+            format!("fill {pad}"),
+            format!("not done within {}", load::secs(fill)),
+        )
+    })?
     .map_err(|e| step_err(format!("fill {pad}"), e))?;
     log.step(format!("{pad} holds 200 MB for the copy"));
     Ok(pad)
@@ -168,7 +175,10 @@ pub async fn copying(master: &Endpoint, client: &mut Option<tokio_postgres::Clie
     let Some(c) = client.as_ref() else {
         return false;
     };
-    match load::within(c.query_one("SELECT count(*) FROM pg_stat_progress_basebackup", &[])).await {
+    match master
+        .within(c.query_one("SELECT count(*) FROM pg_stat_progress_basebackup", &[]))
+        .await
+    {
         Ok(r) => r.get::<_, i64>(0) > 0,
         Err(_) => {
             *client = None;
@@ -190,7 +200,7 @@ pub async fn create_table(setup: &Setup) -> Result<String> {
         .connect_within(Duration::from_secs(10))
         .await
         .map_err(|e| step_err("connect to the master", e))?;
-    load::within(c.batch_execute(&format!(
+    setup.master.within(c.batch_execute(&format!(
         "CREATE TABLE {table} (writer int NOT NULL, n bigint NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp(), PRIMARY KEY (writer, n))"
     )))
     .await
@@ -200,8 +210,10 @@ pub async fn create_table(setup: &Setup) -> Result<String> {
         .connect_within(Duration::from_secs(10))
         .await
         .map_err(|e| step_err("connect to the replica", e))?;
-    let seen = Instant::now() + Duration::from_secs(30);
-    while load::within(c.query(&format!("SELECT 1 FROM {table} LIMIT 0"), &[]))
+    let seen = Instant::now() + setup.reader.patience().deadline(Duration::from_secs(30));
+    while setup
+        .reader
+        .within(c.query(&format!("SELECT 1 FROM {table} LIMIT 0"), &[]))
         .await
         .is_err_and(|_| Instant::now() < seen)
     {
@@ -213,7 +225,10 @@ pub async fn create_table(setup: &Setup) -> Result<String> {
 /// Drops the drill's table (whatever happened: the set is left as it was found).
 pub async fn drop_table(setup: &Setup, table: &str) {
     if let Ok(c) = setup.master.connect_within(Duration::from_secs(30)).await {
-        let _ = load::within(c.batch_execute(&format!("DROP TABLE IF EXISTS {table}"))).await;
+        let _ = setup
+            .master
+            .within(c.batch_execute(&format!("DROP TABLE IF EXISTS {table}")))
+            .await;
     }
 }
 
@@ -337,15 +352,15 @@ where
         .connect_within(Duration::from_secs(30))
         .await
         .map_err(|e| step_err("connect to the master to count the rows", e))?;
-    let present = rows_of(&master, table).await?;
+    let present = rows_of(&setup.master, &master, table).await?;
     let rows_missing = committed.difference(&present).count();
     // Every replica must have them too, once it caught up.
     let mut rows_missing_on_replicas = 0;
     for (_, replica) in &setup.replicas {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + replica.patience().deadline(Duration::from_secs(30));
         let missing = loop {
             let missing = match replica.connect().await {
-                Ok(c) => rows_of(&c, table)
+                Ok(c) => rows_of(replica, &c, table)
                     .await
                     .map(|have| committed.difference(&have).count())
                     .unwrap_or(committed.len()),
@@ -395,8 +410,13 @@ where
     })
 }
 
-async fn rows_of(c: &tokio_postgres::Client, table: &str) -> Result<BTreeSet<(i32, i64)>> {
-    let rows = load::within(c.query(&format!("SELECT writer, n FROM {table}"), &[]))
+async fn rows_of(
+    ep: &Endpoint,
+    c: &tokio_postgres::Client,
+    table: &str,
+) -> Result<BTreeSet<(i32, i64)>> {
+    let rows = ep
+        .within(c.query(&format!("SELECT writer, n FROM {table}"), &[]))
         .await
         .map_err(|e| step_err(format!("read {table}"), e))?;
     Ok(rows

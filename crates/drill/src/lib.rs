@@ -12,11 +12,13 @@ pub mod live;
 pub mod load;
 pub mod local;
 pub mod measure;
+pub mod patience;
 pub mod report;
 
 use std::fmt;
 use std::str::FromStr;
 
+pub use patience::Patience;
 pub use report::{DrillReport, Verdict};
 
 /// Errors of a drill that could not be run or finished.

@@ -21,6 +21,7 @@ use tokio_postgres::NoTls;
 
 use crate::engine::{self, Log, Setup};
 use crate::load::{self, Endpoint, ReadyProbe, Route, STATEMENT_DEADLINE};
+use crate::patience::{FIRST_CONNECT, Patience};
 use crate::report::DrillReport;
 use crate::{DrillName, Error, Result, Target as Where, step_err};
 
@@ -70,11 +71,12 @@ impl Forward {
     }
 
     /// Connects with `cfg` through a port-forward (to the Service's pod when `via_service`),
-    /// under the statement deadline.
+    /// within `deadline`.
     pub(crate) async fn connect(
         &self,
         cfg: &tokio_postgres::Config,
         via_service: bool,
+        deadline: Duration,
     ) -> Result<tokio_postgres::Client, String> {
         let attempt = async {
             let pod = if via_service {
@@ -101,12 +103,12 @@ impl Forward {
             });
             Ok(client)
         };
-        match tokio::time::timeout(STATEMENT_DEADLINE, attempt).await {
+        match tokio::time::timeout(deadline, attempt).await {
             Ok(r) => r,
             Err(_) => Err(format!(
-                "no connection through {} within {} s",
+                "no connection through {} within {}",
                 self.name,
-                STATEMENT_DEADLINE.as_secs()
+                load::secs(deadline)
             )),
         }
     }
@@ -123,6 +125,9 @@ pub struct LiveOptions {
     pub warmup: Duration,
     /// Load after the cluster is healthy again.
     pub cooldown: Duration,
+    /// How the waits before giving up scale (`--patience`, and the round trip the drill
+    /// measures on its first connection).
+    pub patience: Patience,
 }
 
 impl LiveOptions {
@@ -133,6 +138,7 @@ impl LiveOptions {
             recovery_timeout: Duration::from_secs(300),
             warmup: Duration::from_secs(2),
             cooldown: Duration::from_secs(2),
+            patience: Patience::default(),
         }
     }
 }
@@ -227,6 +233,7 @@ struct Live {
     verifier: Verifier,
     exec: PodExec,
     password: String,
+    patience: Patience,
     log: Arc<Log>,
 }
 
@@ -244,6 +251,7 @@ impl Live {
             )),
             self.password.clone(),
         )
+        .with_patience(self.patience)
     }
 
     fn service_endpoint(&self, service: String) -> Endpoint {
@@ -251,6 +259,7 @@ impl Live {
             Route::Service(Forward::new(&self.client, &self.spec.namespace, service)),
             self.password.clone(),
         )
+        .with_patience(self.patience)
     }
 
     async fn pod(&self, name: &str) -> Result<Option<Pod>> {
@@ -328,7 +337,9 @@ impl Live {
             .connect_within(Duration::from_secs(10))
             .await
             .map_err(|e| step_err(format!("connect to {name}"), e))?;
-        let row = load::within(c.query_one("SELECT pg_read_file('postmaster.pid')", &[]))
+        let row = self
+            .pod_endpoint(0)
+            .within(c.query_one("SELECT pg_read_file('postmaster.pid')", &[]))
             .await
             .map_err(|e| step_err(format!("read {name}'s postmaster.pid"), e))?;
         let text: String = row.get(0);
@@ -406,7 +417,7 @@ impl Live {
                 &self.pod_endpoint(0),
                 &slot_name(&last),
                 Duration::from_millis(500),
-                Duration::from_secs(60),
+                self.patience.deadline(Duration::from_secs(60)),
                 &self.log,
             )
             .await;
@@ -524,16 +535,34 @@ pub async fn run(client: Client, opts: &LiveOptions, drill: DrillName) -> Result
     }
     let members: Vec<String> = (0..n).map(|k| spec.pod_name(k)).collect();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &spec.namespace);
-    let t = Live {
+    let mut t = Live {
         client: client.clone(),
         spec: spec.clone(),
         opts: opts.clone(),
         pods: pods.clone(),
         verifier: Verifier::new(client.clone(), spec.clone(), Options::new(spec)),
-        exec: PodExec::new(pods, Duration::from_secs(30)),
+        exec: PodExec::new(
+            pods.clone(),
+            opts.patience.deadline(Duration::from_secs(30)),
+        ),
         password: superuser_password(&client, spec).await?,
+        patience: opts.patience,
         log: Arc::new(Log::default()),
     };
+    // The first connection to the master, timed: every wait before giving up scales with it.
+    let round_trip = load::time_first_connect(&t.pod_endpoint(0), FIRST_CONNECT)
+        .await
+        .map_err(|e| step_err(format!("connect to {}", spec.pod_name(0)), e))?;
+    t.patience = opts.patience.measured(round_trip);
+    t.opts.recovery_timeout = t.patience.deadline(opts.recovery_timeout);
+    t.exec = PodExec::new(pods, t.patience.deadline(Duration::from_secs(30)));
+    t.log.step(format!(
+        "first connection to {} in {:.2} s: a statement may take {}, patience {}",
+        spec.pod_name(0),
+        round_trip.as_secs_f64(),
+        load::secs(t.patience.deadline(STATEMENT_DEADLINE)),
+        t.patience.factor()
+    ));
     let target_k = match drill {
         DrillName::ReplicaPodDelete | DrillName::ScaleDownUp => n - 1,
         DrillName::AgentRestartDuringBasebackup => n,
@@ -550,6 +579,7 @@ pub async fn run(client: Client, opts: &LiveOptions, drill: DrillName) -> Result
             client: client.clone(),
             namespace: spec.namespace.clone(),
             pod: spec.pod_name(0),
+            deadline: t.patience.deadline(STATEMENT_DEADLINE),
         },
         warmup: opts.warmup,
         cooldown: opts.cooldown,
@@ -579,7 +609,7 @@ pub async fn run(client: Client, opts: &LiveOptions, drill: DrillName) -> Result
             }),
         }
     };
-    let healthy = || wait_healthy(&client, spec, opts.recovery_timeout);
+    let healthy = || wait_healthy(&client, spec, t.opts.recovery_timeout);
     let outcome = engine::drive(&setup, drill, &table, t.log.clone(), fault, healthy).await;
     engine::drop_table(&setup, &table).await;
     let mut report = outcome?;

@@ -14,7 +14,8 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::measure::{Attempt, Sample};
 
-/// Deadline of one connection attempt or statement.
+/// Deadline of one connection attempt or statement on a fast machine: an [`Endpoint`]'s own
+/// deadline is this scaled by the drill's [`crate::Patience`].
 pub const STATEMENT_DEADLINE: Duration = Duration::from_secs(2);
 
 /// How a client reaches PostgreSQL.
@@ -39,6 +40,7 @@ pub enum Route {
 pub struct Endpoint {
     route: Route,
     password: String,
+    patience: crate::Patience,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -56,7 +58,32 @@ impl Endpoint {
                 port,
             },
             password: password.into(),
+            patience: crate::Patience::default(),
         }
+    }
+
+    /// The same endpoint, waiting with `patience`.
+    pub fn with_patience(self, patience: crate::Patience) -> Endpoint {
+        Endpoint { patience, ..self }
+    }
+
+    /// Its patience.
+    pub fn patience(&self) -> crate::Patience {
+        self.patience
+    }
+
+    /// How long one connection attempt or statement may take: [`STATEMENT_DEADLINE`] scaled by
+    /// its patience.
+    pub fn deadline(&self) -> Duration {
+        self.patience.deadline(STATEMENT_DEADLINE)
+    }
+
+    /// Runs a database future under this endpoint's deadline.
+    pub async fn within<T>(
+        &self,
+        f: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, String> {
+        within_for(self.deadline(), f).await
     }
 
     /// The superuser through `route` with `password`.
@@ -64,6 +91,7 @@ impl Endpoint {
         Endpoint {
             route,
             password: password.into(),
+            patience: crate::Patience::default(),
         }
     }
 
@@ -82,7 +110,7 @@ impl Endpoint {
             .password(&self.password)
             .dbname("postgres")
             .application_name("pgset-drill")
-            .connect_timeout(STATEMENT_DEADLINE);
+            .connect_timeout(self.deadline());
         cfg
     }
 
@@ -92,7 +120,8 @@ impl Endpoint {
         let client = match &self.route {
             Route::Tcp { host, port } => {
                 cfg.host(host).port(*port);
-                let (client, conn) = within(cfg.connect(NoTls))
+                let (client, conn) = self
+                    .within(cfg.connect(NoTls))
                     .await
                     .map_err(|e| format!("connect to {host}:{port}: {e}"))?;
                 tokio::spawn(async move {
@@ -100,15 +129,15 @@ impl Endpoint {
                 });
                 client
             }
-            Route::Service(f) => f.connect(&cfg, true).await?,
-            Route::Pod(f) => f.connect(&cfg, false).await?,
+            Route::Service(f) => f.connect(&cfg, true, self.deadline()).await?,
+            Route::Pod(f) => f.connect(&cfg, false, self.deadline()).await?,
         };
         Ok(client)
     }
 
-    /// Connects, retrying until `timeout`.
+    /// Connects, retrying until `timeout` (scaled by its patience).
     pub async fn connect_within(&self, timeout: Duration) -> Result<Client, String> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + self.patience.deadline(timeout);
         loop {
             match self.connect().await {
                 Ok(c) => return Ok(c),
@@ -123,14 +152,42 @@ impl Endpoint {
 pub async fn within<T>(
     f: impl Future<Output = Result<T, tokio_postgres::Error>>,
 ) -> Result<T, String> {
-    match tokio::time::timeout(STATEMENT_DEADLINE, f).await {
+    within_for(STATEMENT_DEADLINE, f).await
+}
+
+/// Runs a database future under `deadline`.
+pub async fn within_for<T>(
+    deadline: Duration,
+    f: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(deadline, f).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!(
-            "no answer within {} s",
-            STATEMENT_DEADLINE.as_secs()
-        )),
+        Err(_) => Err(format!("no answer within {}", secs(deadline))),
     }
+}
+
+/// A deadline in words (`2 s`, `12.5 s`).
+pub fn secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{s:.0} s")
+    } else {
+        format!("{s:.1} s")
+    }
+}
+
+/// Connects to `ep`, with up to `first` (times its patience's factor) for an attempt, and times
+/// it (the connection and one `SELECT 1`): the round trip the drill's other deadlines scale with.
+pub async fn time_first_connect(ep: &Endpoint, first: Duration) -> Result<Duration, String> {
+    let started = Instant::now();
+    // One attempt may take all of `first` (times the factor).
+    let slow = ep
+        .clone()
+        .with_patience(ep.patience.measured(first / crate::patience::ROUND_TRIPS));
+    let c = slow.connect_within(first).await?;
+    slow.within(c.simple_query("SELECT 1")).await?;
+    Ok(started.elapsed())
 }
 
 /// The switch that ends the load.
@@ -197,10 +254,15 @@ pub async fn writer(
         let last = next + shape.rows_per_commit - 1;
         next = last + 1;
         let result = match &client {
-            Some(c) => within(c.execute(sql.as_str(), &[&writer, &first, &last])).await,
+            Some(c) => {
+                ep.within(c.execute(sql.as_str(), &[&writer, &first, &last]))
+                    .await
+            }
             None => match ep.connect().await {
                 Ok(c) => {
-                    let r = within(c.execute(sql.as_str(), &[&writer, &first, &last])).await;
+                    let r = ep
+                        .within(c.execute(sql.as_str(), &[&writer, &first, &last]))
+                        .await;
                     client = Some(c);
                     r
                 }
@@ -261,7 +323,7 @@ pub async fn reader(
             }
         }
         let ok = match &client {
-            Some(c) => match within(c.query_one(sql.as_str(), &[])).await {
+            Some(c) => match ep.within(c.query_one(sql.as_str(), &[])).await {
                 Ok(_) => true,
                 Err(e) => {
                     client = None;
@@ -294,6 +356,8 @@ pub enum ReadyProbe {
         namespace: String,
         /// The pod.
         pod: String,
+        /// How long one answer may take.
+        deadline: Duration,
     },
 }
 
@@ -320,6 +384,7 @@ impl ReadyProbe {
                 client,
                 namespace,
                 pod,
+                deadline,
             } => {
                 let path = format!(
                     "/api/v1/namespaces/{namespace}/pods/{pod}:{}/proxy{}",
@@ -331,7 +396,7 @@ impl ReadyProbe {
                 };
                 // A refusal (503 and the like) is an error of request_text: not ready.
                 matches!(
-                    tokio::time::timeout(STATEMENT_DEADLINE, client.request_text(request)).await,
+                    tokio::time::timeout(*deadline, client.request_text(request)).await,
                     Ok(Ok(_))
                 )
             }
@@ -375,7 +440,7 @@ pub async fn watch_streaming(
             client = master.connect().await.ok();
         }
         let streaming = match &client {
-            Some(c) => match streaming_members(c).await {
+            Some(c) => match streaming_members(c, master.deadline()).await {
                 Ok(s) => s,
                 Err(_) => {
                     client = None;
@@ -394,11 +459,14 @@ pub async fn watch_streaming(
 }
 
 /// The `application_name`s the master lists as streaming.
-pub async fn streaming_members(c: &Client) -> Result<BTreeSet<String>, String> {
-    let rows = within(c.query(
-        "SELECT application_name::text FROM pg_stat_replication WHERE state = 'streaming'",
-        &[],
-    ))
+pub async fn streaming_members(c: &Client, deadline: Duration) -> Result<BTreeSet<String>, String> {
+    let rows = within_for(
+        deadline,
+        c.query(
+            "SELECT application_name::text FROM pg_stat_replication WHERE state = 'streaming'",
+            &[],
+        ),
+    )
     .await?;
     Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
 }

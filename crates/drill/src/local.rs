@@ -30,6 +30,9 @@ pub struct LocalOptions {
     pub warmup: Duration,
     /// Load after the set is healthy again.
     pub cooldown: Duration,
+    /// How the waits before giving up scale (`--patience`, and the round trip the drill
+    /// measures on its first connection).
+    pub patience: crate::Patience,
 }
 
 impl LocalOptions {
@@ -41,6 +44,7 @@ impl LocalOptions {
             recovery_timeout: Duration::from_secs(120),
             warmup: Duration::from_secs(1),
             cooldown: Duration::from_secs(1),
+            patience: crate::Patience::default(),
         }
     }
 }
@@ -51,10 +55,16 @@ pub fn unhealthy(members: &[MemberStatus]) -> Vec<String> {
     let mut why = Vec::new();
     for m in members.iter().filter(|m| m.member) {
         if m.agent_pid.is_none() {
-            why.push(match &m.stopped_with {
-                Some(s) => format!("{} is stopped: {s}", m.name),
-                None => format!("{} is not running", m.name),
-            });
+            why.push(
+                match m
+                    .stopped_with
+                    .as_deref()
+                    .and_then(pgset_local::status::one_line_reason)
+                {
+                    Some(s) => format!("{} is stopped: {s}", m.name),
+                    None => format!("{} is not running", m.name),
+                },
+            );
         } else if m.ready != Some(true) {
             why.push(format!(
                 "{} is not ready: {}",
@@ -124,6 +134,12 @@ struct Target {
 impl Target {
     fn endpoint(&self, k: i32) -> Endpoint {
         Endpoint::new(local::HOST, self.set.member_port(k), self.password.clone())
+            .with_patience(self.opts.patience)
+    }
+
+    /// `floor` scaled by the drill's patience.
+    fn wait(&self, floor: Duration) -> Duration {
+        self.opts.patience.deadline(floor)
     }
 
     fn step(&self, what: impl Into<String>) {
@@ -142,7 +158,7 @@ impl Target {
             .ok_or_else(|| step_err(format!("stop {member}"), "its agent is not running"))?;
         let env = local::agent_env(pid)?;
         self.step(format!("SIGTERM to {member}'s agent (pid {pid})"));
-        local::stop_member(self.dir(), &member, Duration::from_secs(90)).await?;
+        local::stop_member(self.dir(), &member, self.wait(Duration::from_secs(90))).await?;
         self.step(format!("{member}'s agent exited"));
         Ok(env)
     }
@@ -173,12 +189,13 @@ impl Target {
         self.step(format!("SIGKILL to {member}'s postmaster (pid {pid})"));
         kill(Pid::from_raw(pid), Signal::SIGKILL)
             .map_err(|e| step_err(format!("kill postmaster {pid}"), e))?;
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let exit = self.wait(Duration::from_secs(60));
+        let deadline = Instant::now() + exit;
         while local::agent_pid(self.dir(), &member).is_some() {
             if Instant::now() > deadline {
                 return Err(step_err(
                     format!("{member}'s agent after its postgres was killed"),
-                    "it did not exit within 60 s",
+                    format!("it did not exit within {}", crate::load::secs(exit)),
                 ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -261,7 +278,7 @@ impl Target {
             }
             self.step(format!("base backup for {new} running"));
             self.step(format!("SIGTERM to {new}'s agent"));
-            local::stop_member(self.dir(), &new, Duration::from_secs(90)).await?;
+            local::stop_member(self.dir(), &new, self.wait(Duration::from_secs(90))).await?;
             self.step(format!("{new}'s agent exited"));
             self.start(n, &env).await
         }
@@ -269,13 +286,14 @@ impl Target {
         // Back to the set as it was found, whatever happened.
         self.step(format!("membership {} -> {}", n + 1, n));
         let back = local::write_members(self.dir(), &self.set, n);
-        let stopped = local::stop_member(self.dir(), &new, Duration::from_secs(90)).await;
+        let stopped =
+            local::stop_member(self.dir(), &new, self.wait(Duration::from_secs(90))).await;
         self.step(format!("{new}'s agent stopped"));
         engine::wait_slot_dropped(
             &master,
             &pgset_spec::slot_name(&new),
             Duration::from_millis(100),
-            Duration::from_secs(30),
+            self.wait(Duration::from_secs(30)),
             &self.log,
         )
         .await;
@@ -305,7 +323,7 @@ impl Target {
             &self.endpoint(0),
             &pgset_spec::slot_name(&member),
             Duration::from_millis(100),
-            Duration::from_secs(30),
+            self.wait(Duration::from_secs(30)),
             &self.log,
         )
         .await;
@@ -382,13 +400,21 @@ pub async fn run(opts: &LocalOptions, drill: DrillName) -> Result<DrillReport> {
     }
     // Reads go through the replica the fault hits, else the last one.
     let read_k = n - 1;
-    let t = Target {
+    let mut t = Target {
         opts: opts.clone(),
         set: set.clone(),
         members: members.clone(),
         password: read_password(&opts.dir)?,
         log: Arc::new(Log::default()),
     };
+    // The first connection to the master, timed: every wait before giving up scales with it.
+    let round_trip =
+        crate::load::time_first_connect(&t.endpoint(0), crate::patience::FIRST_CONNECT)
+            .await
+            .map_err(|e| step_err(format!("connect to {}", set.member(0)), e))?;
+    t.opts.patience = opts.patience.measured(round_trip);
+    t.opts.recovery_timeout = t.opts.patience.deadline(opts.recovery_timeout);
+    let opts = &t.opts;
     let setup = Setup {
         writer: t.endpoint(0),
         reader: t.endpoint(read_k),
@@ -421,11 +447,8 @@ pub async fn run(opts: &LocalOptions, drill: DrillName) -> Result<DrillReport> {
             }),
         }
     };
-    let healthy = || async {
-        wait_healthy(&opts.dir, opts.recovery_timeout)
-            .await
-            .map(drop)
-    };
+    let recovery = opts.recovery_timeout;
+    let healthy = || async { wait_healthy(&opts.dir, recovery).await.map(drop) };
     let outcome = engine::drive(&setup, drill, &table, t.log.clone(), fault, healthy).await;
     engine::drop_table(&setup, &table).await;
     let mut report = outcome?;
@@ -476,7 +499,7 @@ mod tests {
         assert!(unhealthy(&ms).is_empty());
         ms[1].streaming = Some(false);
         ms[2].agent_pid = None;
-        ms[2].stopped_with = Some("refused: foreign data".into());
+        ms[2].stopped_with = Some("refused: foreign data\nlog line 2\nlog line 3".into());
         let why = unhealthy(&ms);
         assert_eq!(
             why,

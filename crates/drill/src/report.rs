@@ -203,15 +203,22 @@ fn md(text: &str) -> String {
 
 /// The reports as Markdown: the table of figures, then each drill's steps and problems.
 pub fn markdown(reports: &[DrillReport]) -> String {
-    let failed = reports
+    markdown_with(reports, &[])
+}
+
+/// [`markdown`], counting the drills that did not run among those that did not pass, and a
+/// section naming them with why.
+fn markdown_with(reports: &[DrillReport], not_run: &[NotRun]) -> String {
+    let passed = reports
         .iter()
-        .filter(|r| r.verdict == Verdict::Fail)
+        .filter(|r| r.verdict == Verdict::Pass)
         .count();
+    let total = reports.len() + not_run.len();
     let mut out = format!(
         "# pgset drills\n\n**{}**: {} of {} drills passed.\n\n",
-        if failed == 0 { "OK" } else { "FAILED" },
-        reports.len() - failed,
-        reports.len()
+        if passed == total { "OK" } else { "FAILED" },
+        passed,
+        total
     );
     out += "| drill | verdict | commits | writes refused | writes accepted again | RPO (rows missing) | reads refused | master ready | every replica streaming | after master ready | re-cloned |\n";
     out += "|---|---|---|---|---|---|---|---|---|---|---|\n";
@@ -252,6 +259,119 @@ pub fn markdown(reports: &[DrillReport]) -> String {
         }
     }
     out
+}
+
+/// A drill that was asked for but did not run to a report, and why (it refused to start on an
+/// unhealthy set, did not apply, or a step of it failed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotRun {
+    /// The drill.
+    pub drill: DrillName,
+    /// Why it has no report.
+    pub why: String,
+}
+
+/// What a `drill` command did: the report of every drill that ran, in order, and why each other
+/// did not. Always printed whole, whatever failed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DrillRun {
+    /// The drills that ran.
+    pub reports: Vec<DrillReport>,
+    /// The drills that did not, with why.
+    #[serde(default)]
+    pub not_run: Vec<NotRun>,
+}
+
+impl DrillRun {
+    /// Runs each drill with `run`, in order, whatever the ones before did: a drill that ends in
+    /// an error is recorded with why, and the next one still judges the set for itself (it
+    /// refuses on an unhealthy set without changing anything). `progress` hears a line per
+    /// drill.
+    pub async fn each<F, Fut>(
+        drills: &[DrillName],
+        mut run: F,
+        progress: &mut dyn FnMut(&str),
+    ) -> DrillRun
+    where
+        F: FnMut(DrillName) -> Fut,
+        Fut: std::future::Future<Output = crate::Result<DrillReport>>,
+    {
+        let mut out = DrillRun::default();
+        for &d in drills {
+            progress(&format!("==> drill {d}"));
+            match run(d).await {
+                Ok(r) => {
+                    progress(&format!(
+                        "    {d}: {}",
+                        match r.verdict {
+                            Verdict::Pass => "pass",
+                            Verdict::Fail => "FAIL",
+                        }
+                    ));
+                    out.reports.push(r);
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    progress(&format!("    {d}: did not run: {why}"));
+                    out.not_run.push(NotRun { drill: d, why });
+                }
+            }
+        }
+        out
+    }
+
+    /// Drills that failed or did not run.
+    pub fn failed(&self) -> usize {
+        self.reports
+            .iter()
+            .filter(|r| r.verdict == Verdict::Fail)
+            .count()
+            + self.not_run.len()
+    }
+
+    /// Drills asked for.
+    pub fn total(&self) -> usize {
+        self.reports.len() + self.not_run.len()
+    }
+
+    /// The figures' table, then a line per drill that did not run.
+    pub fn table(&self) -> String {
+        let mut out = table(&self.reports);
+        for n in &self.not_run {
+            out += &format!("{}: did not run: {}\n", n.drill, n.why);
+        }
+        out
+    }
+
+    /// The Markdown report, then a section on the drills that did not run.
+    pub fn markdown(&self) -> String {
+        let mut out = markdown_with(&self.reports, &self.not_run);
+        if !self.not_run.is_empty() {
+            out += "\n## Not run\n\n";
+            for n in &self.not_run {
+                out += &format!("- `{}`: {}\n", n.drill, md(&n.why));
+            }
+        }
+        out
+    }
+
+    /// Pretty JSON: `{"reports": [...], "not_run": [{"drill", "why"}]}`.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// The command's error when a drill failed or did not run: how many, and why not.
+    pub fn verdict(&self) -> Result<(), String> {
+        let failed = self.failed();
+        if failed == 0 {
+            return Ok(());
+        }
+        let mut msg = format!("{failed} of {} drills failed or did not run", self.total());
+        for n in &self.not_run {
+            msg += &format!("; {} did not run: {}", n.drill, n.why);
+        }
+        Err(msg)
+    }
 }
 
 #[cfg(test)]
@@ -363,6 +483,82 @@ mod tests {
             md.contains("- **problem**: copied anew, which this drill must never cause: pgset-2"),
             "{md}"
         );
+    }
+
+    #[tokio::test]
+    async fn every_drill_is_reported_whether_it_ran_failed_or_did_not_run() {
+        let drills = [
+            DrillName::MasterPodDelete,
+            DrillName::PostgresKill,
+            DrillName::ScaleDownUp,
+        ];
+        let mut heard = Vec::new();
+        let run = DrillRun::each(
+            &drills,
+            |d| async move {
+                match d {
+                    DrillName::MasterPodDelete => {
+                        let mut r = passing(d);
+                        r.judge();
+                        Ok(r)
+                    }
+                    DrillName::PostgresKill => Err(crate::step_err(
+                        "connect a writer to the master",
+                        "no connection through pgset-master within 2 s",
+                    )),
+                    _ => Err(crate::Error::NotHealthy("pgset-0 is not Ready".into())),
+                }
+            },
+            &mut |l| heard.push(l.to_string()),
+        )
+        .await;
+        assert_eq!(run.reports.len(), 1);
+        assert_eq!(run.failed(), 2);
+        assert_eq!(run.total(), 3);
+        assert!(
+            heard.contains(&"    scale-down-up: did not run: the set is not healthy, so no drill was started: pgset-0 is not Ready".to_string()),
+            "{heard:?}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&run.to_json()).unwrap();
+        assert_eq!(v["reports"][0]["drill"], "master-pod-delete");
+        assert_eq!(v["reports"][0]["verdict"], "pass");
+        assert_eq!(
+            v["not_run"],
+            serde_json::json!([
+                {"drill": "postgres-kill", "why": "connect a writer to the master: no connection through pgset-master within 2 s"},
+                {"drill": "scale-down-up", "why": "the set is not healthy, so no drill was started: pgset-0 is not Ready"}
+            ])
+        );
+        let back: DrillRun = serde_json::from_str(&run.to_json()).unwrap();
+        assert_eq!(back, run);
+        let t = run.table();
+        assert!(t.contains("master-pod-delete               pass"), "{t}");
+        assert!(
+            t.contains("postgres-kill: did not run: connect a writer to the master"),
+            "{t}"
+        );
+        assert!(
+            t.contains("scale-down-up: did not run: the set is not healthy"),
+            "{t}"
+        );
+        let m = run.markdown();
+        assert!(m.contains("**FAILED**: 1 of 3 drills passed."), "{m}");
+        assert!(m.contains("| `master-pod-delete` | pass |"), "{m}");
+        assert!(m.contains("## Not run"), "{m}");
+        assert!(
+            m.contains("- `scale-down-up`: the set is not healthy, so no drill was started"),
+            "{m}"
+        );
+        let e = run.verdict().unwrap_err();
+        assert!(
+            e.starts_with("2 of 3 drills failed or did not run; postgres-kill did not run: "),
+            "{e}"
+        );
+        let all_ok = DrillRun {
+            reports: run.reports.clone(),
+            not_run: Vec::new(),
+        };
+        assert_eq!(all_ok.verdict(), Ok(()));
     }
 
     #[test]

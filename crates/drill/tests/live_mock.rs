@@ -96,6 +96,7 @@ async fn readiness_is_the_master_agents_readyz_through_the_pod_proxy() {
         client: client.clone(),
         namespace: "default".into(),
         pod: pod.into(),
+        deadline: pgset_drill::load::STATEMENT_DEADLINE,
     };
     assert!(probe("pgset-0").ready().await);
     assert!(!probe("pgset-1").ready().await);
@@ -167,4 +168,117 @@ async fn a_drill_on_an_unhealthy_cluster_only_reads() {
         seen.iter().all(|r| r.starts_with("GET ")),
         "a refused drill changes nothing: {seen:?}"
     );
+}
+
+#[tokio::test]
+async fn a_master_running_and_ready_again_after_a_crash_is_healthy_for_the_next_drill() {
+    // After postgres-kill: pgset-0's container runs and is Ready again; its previous exit left
+    // a twenty-line log tail as its termination message.
+    let (client, _seen) = server(|_, uri| {
+        let tail: Vec<String> = (1..=20).map(|i| format!("agent: log line {i}")).collect();
+        let pod = |k: i32| {
+            let mut p = json!({"metadata": {"name": format!("pgset-{k}"), "namespace": "default", "uid": format!("u{k}"),
+                                "labels": {"role": if k == 0 { "master" } else { "replica" }}},
+                   "spec": {"containers": [{"name": "postgres", "image": "postgres:18"}]},
+                   "status": {"phase": "Running", "podIP": format!("10.244.0.{k}"),
+                              "conditions": [{"type": "Ready", "status": "True"}],
+                              "containerStatuses": [{"name": "postgres", "ready": true, "restartCount": 0,
+                                  "image": "postgres:18", "imageID": "",
+                                  "state": {"running": {"startedAt": "2026-01-01T00:05:01Z"}}}]}});
+            if k == 0 {
+                p["status"]["containerStatuses"][0]["restartCount"] = json!(1);
+                p["status"]["containerStatuses"][0]["lastState"] = json!({"terminated": {
+                    "exitCode": 1, "finishedAt": "2026-01-01T00:05:00Z", "message": tail.join("\n")}});
+            }
+            p
+        };
+        let slices = |service: &str, pods: &[i32]| {
+            let endpoints: Vec<Value> = pods
+                .iter()
+                .map(|k| json!({"addresses": [format!("10.244.0.{k}")], "conditions": {"ready": true},
+                                "targetRef": {"kind": "Pod", "name": format!("pgset-{k}"), "namespace": "default"}}))
+                .collect();
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSliceList", "metadata": {},
+                   "items": [{"metadata": {"name": format!("{service}-x"), "labels": {"kubernetes.io/service-name": service}},
+                              "addressType": "IPv4", "endpoints": endpoints}]})
+        };
+        let standby = |p: &str| {
+            json!({"applicationName": p, "state": "streaming", "syncState": "async",
+                                       "unreplayedBytes": 0, "replayLagMs": 1.0})
+        };
+        let agent = |k: i32| {
+            let mut pg = json!({"inRecovery": k != 0, "timeline": 1, "systemIdentifier": "73"});
+            if k == 0 {
+                pg["replication"] = json!([standby("pgset-1"), standby("pgset-2")]);
+                pg["slots"] = json!([
+                    {"slot": "pgset_1", "active": true, "walStatus": "reserved", "retainedBytes": 0},
+                    {"slot": "pgset_2", "active": true, "walStatus": "reserved", "retainedBytes": 0}
+                ]);
+            }
+            json!({"member": format!("pgset-{k}"), "phase": "running", "ready": true,
+                   "reason": "serving", "postgres": pg})
+        };
+        let path = uri.split('?').next().unwrap_or_default();
+        let query = uri.split('?').nth(1).unwrap_or_default();
+        match path {
+            "/apis/apps/v1/namespaces/default/statefulsets/pgset" => (
+                200,
+                json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+                       "metadata": {"name": "pgset", "namespace": "default"},
+                       "spec": {"replicas": 3, "serviceName": "pgset",
+                                "selector": {"matchLabels": {}}, "template": {}}}),
+            ),
+            "/api/v1/namespaces/default/pods" => (
+                200,
+                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {},
+                       "items": [pod(0), pod(1), pod(2)]}),
+            ),
+            "/api/v1/namespaces/default/configmaps/pgset-record" => (
+                404,
+                json!({"kind": "Status", "code": 404, "reason": "NotFound", "message": "not found"}),
+            ),
+            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
+                if query.contains("pgset-master") =>
+            {
+                (200, slices("pgset-master", &[0]))
+            }
+            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices" => {
+                (200, slices("pgset-replica", &[1, 2]))
+            }
+            p if p.ends_with(":8008/proxy/status") => {
+                let k = if p.contains("pgset-0") {
+                    0
+                } else if p.contains("pgset-1") {
+                    1
+                } else {
+                    2
+                };
+                (200, agent(k))
+            }
+            _ => (
+                503,
+                json!({"kind": "Status", "code": 503, "message": "unexpected"}),
+            ),
+        }
+    });
+    let spec = ClusterSpec {
+        replicas: 3,
+        ..ClusterSpec::default()
+    }
+    .validated()
+    .unwrap();
+    let why = pgset_drill::live::unhealthy(&client, &spec).await.unwrap();
+    assert!(why.is_empty(), "the next drill may start: {why:?}");
+    let status = pgset_verify::ClusterStatus::gather(client, &spec)
+        .await
+        .unwrap();
+    let exit = status.members[0]
+        .last_exit
+        .as_ref()
+        .expect("the last exit as history");
+    assert_eq!(exit.exit_code, 1);
+    assert_eq!(exit.reason.as_deref(), Some("agent: log line 1"));
+    let table = status.to_table();
+    assert!(!table.contains("log line 2"), "{table}");
+    assert!(table.ends_with("\nhealthy\n"), "{table}");
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use pgset_agent::identity::{self, Identity, MemberRef, Refusal, Verdict};
 use pgset_spec::status::bytes;
 pub use pgset_spec::status::{Slot, Summary};
-use pgset_spec::{member_of_slot, slot_name};
+use pgset_spec::{LagBound, member_of_slot, slot_name};
 
 use crate::{self as local, LOCAL_NAMESPACE, MemberStatus, Result};
 
@@ -34,7 +34,8 @@ pub struct MemberReport {
     pub status: MemberStatus,
     /// Its timeline (from its agent).
     pub timeline: Option<i64>,
-    /// Replicas: the master's LSN minus the replica's replay LSN, in bytes.
+    /// Replicas: WAL the master sent it but it has not replayed yet (`sent_lsn` minus
+    /// `replay_lsn` in the master's `pg_stat_replication`), in bytes.
     pub lag_bytes: Option<i64>,
     /// Replicas: the master's `replay_lag`, in seconds (`None` when idle or not streaming).
     pub lag_seconds: Option<f64>,
@@ -42,6 +43,10 @@ pub struct MemberReport {
     pub slot: Option<Slot>,
     /// Its data directory's identity check.
     pub identity: IdentityCheck,
+    /// The first line of an earlier exit's termination log, left while its agent runs again:
+    /// history, never a warning by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
 }
 
 /// The whole status.
@@ -83,7 +88,7 @@ pub struct ReplicationRow {
     pub name: String,
     /// `state`.
     pub state: Option<String>,
-    /// Current LSN minus `replay_lsn`, in bytes.
+    /// `sent_lsn` minus `replay_lsn`, in bytes.
     pub lag_bytes: Option<i64>,
     /// `replay_lag` in seconds.
     pub lag_seconds: Option<f64>,
@@ -96,7 +101,7 @@ const MASTER_QUERY: &str = "SELECT json_build_object(
   'lsn', pg_current_wal_lsn()::text,
   'replication', (SELECT coalesce(json_agg(json_build_object(
       'name', application_name, 'state', state,
-      'lag_bytes', pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint,
+      'lag_bytes', pg_wal_lsn_diff(sent_lsn, replay_lsn)::bigint,
       'lag_seconds', extract(epoch FROM replay_lag)::float8) ORDER BY application_name), '[]')
     FROM pg_stat_replication),
   'slots', (SELECT coalesce(json_agg(json_build_object(
@@ -150,15 +155,58 @@ pub fn check_identity(
     }
 }
 
+/// The longest reason status shows of a termination log.
+pub const REASON_MAX_CHARS: usize = 200;
+
+/// The one-line reason of a termination log: its first non-empty line, at most
+/// [`REASON_MAX_CHARS`] characters (an agent may have left a log tail there).
+pub fn one_line_reason(message: &str) -> Option<String> {
+    let line = message.lines().map(str::trim).find(|l| !l.is_empty())?;
+    if line.chars().count() <= REASON_MAX_CHARS {
+        return Some(line.to_string());
+    }
+    let cut: String = line.chars().take(REASON_MAX_CHARS - 1).collect();
+    Some(format!("{cut}…"))
+}
+
+/// A replica further behind than `bound` (pure): bytes sent to it but not replayed, or seconds
+/// of `replay_lag`. Names the bound.
+pub fn lag_warning(
+    name: &str,
+    lag_bytes: Option<i64>,
+    lag_seconds: Option<f64>,
+    bound: &LagBound,
+) -> Option<String> {
+    let over_bytes = lag_bytes.is_some_and(|b| b > 0 && b as u64 > bound.bytes);
+    let over_seconds = lag_seconds.is_some_and(|s| s > bound.seconds as f64);
+    if !over_bytes && !over_seconds {
+        return None;
+    }
+    let mut behind = Vec::new();
+    if let Some(b) = lag_bytes {
+        behind.push(bytes(b));
+    }
+    if let Some(s) = lag_seconds {
+        behind.push(format!("{s:.1} s"));
+    }
+    Some(format!(
+        "{name} is {} behind the master, above the bound of {} / {} s (replication.maxReplicaLag): it serves stale reads",
+        behind.join(" / "),
+        bytes(bound.bytes as i64),
+        bound.seconds
+    ))
+}
+
 /// The warnings a user must act on: slots retaining WAL for members not in the set, members on
 /// another timeline than the master, data directories owned by another cluster or member, members
-/// that stopped with a refusal.
+/// that stopped with a refusal (its first line), replicas further behind than `bound`.
 pub fn warnings(
     cluster: &str,
     listed: &HashSet<String>,
     members: &[MemberReport],
     master_timeline: Option<i64>,
     slots: &[Slot],
+    bound: &LagBound,
 ) -> Vec<String> {
     let mut w = Vec::new();
     for s in slots {
@@ -194,10 +242,16 @@ pub fn warnings(
             )),
             _ => {}
         }
-        if let Some(why) = &m.status.stopped_with {
+        if let Some(why) = m.status.stopped_with.as_deref().and_then(one_line_reason) {
             w.push(format!("{name} stopped: {why}"));
         }
+        if m.status.role == contract::roles::REPLICA && m.status.member {
+            w.extend(lag_warning(name, m.lag_bytes, m.lag_seconds, bound));
+        }
     }
+    // Each warning once.
+    let mut seen = HashSet::new();
+    w.retain(|x| seen.insert(x.clone()));
     w
 }
 
@@ -273,7 +327,17 @@ pub async fn report(dir: &Path) -> Result<StatusReport> {
                 facts.slots.iter().find(|s| s.slot == name).cloned()
             })
             .flatten();
+        // A log left by an earlier exit while the agent runs again is history; while it does
+        // not run, `stopped_with` is what it stopped with (one line).
+        let last_exit = m
+            .agent_pid
+            .and_then(|_| std::fs::read_to_string(local::termination_log(dir, &m.name)).ok())
+            .as_deref()
+            .and_then(one_line_reason);
+        let mut m = m;
+        m.stopped_with = m.stopped_with.as_deref().and_then(one_line_reason);
         out.push(MemberReport {
+            last_exit,
             timeline: m.detail.as_ref().and_then(|d| d["timeline"].as_i64()),
             lag_bytes: row.and_then(|r| r.lag_bytes),
             lag_seconds: row.and_then(|r| r.lag_seconds),
@@ -282,7 +346,15 @@ pub async fn report(dir: &Path) -> Result<StatusReport> {
             status: m,
         });
     }
-    let warnings = warnings(&set.name, &listed, &out, master_timeline, &facts.slots);
+    // A local set records no bound of its own: the spec's default is the one judged.
+    let warnings = warnings(
+        &set.name,
+        &listed,
+        &out,
+        master_timeline,
+        &facts.slots,
+        &LagBound::default(),
+    );
     let summary = Summary {
         cluster: set.name.clone(),
         cluster_id,
@@ -363,6 +435,9 @@ impl StatusReport {
             {
                 out += &format!("{} is not running\n", m.status.name);
             }
+            if let Some(why) = &m.last_exit {
+                out += &format!("{} last exit: {why}\n", m.status.name);
+            }
         }
         for w in &self.warnings {
             out += &format!("warning: {w}\n");
@@ -406,6 +481,7 @@ mod tests {
                 state: "ok".into(),
                 detail: String::new(),
             },
+            last_exit: None,
         }
     }
 
@@ -466,7 +542,7 @@ mod tests {
             wal_status: Some("reserved".into()),
             retained_bytes: Some(0),
         }];
-        let w = warnings("pgset", &listed, &ms, Some(1), &slots);
+        let w = warnings("pgset", &listed, &ms, Some(1), &slots, &LagBound::default());
         assert!(w.is_empty(), "{w:?}");
         assert!(healthy(&ms, &w));
     }
@@ -507,7 +583,7 @@ mod tests {
                 retained_bytes: None,
             },
         ];
-        let w = warnings("pgset", &listed, &ms, Some(1), &slots);
+        let w = warnings("pgset", &listed, &ms, Some(1), &slots, &LagBound::default());
         assert_eq!(w.len(), 5, "{w:#?}");
         assert!(
             w[0].starts_with(
@@ -529,6 +605,36 @@ mod tests {
         );
         assert_eq!(w[4], "pgset-2 stopped: refused: foreign data directory");
         assert!(!healthy(&ms, &w));
+    }
+
+    #[test]
+    fn a_log_tail_is_warned_of_by_its_first_line_once_and_a_lagging_replica_by_its_bound() {
+        let mut ms = vec![member("pgset-0", 0), member("pgset-1", 1)];
+        ms[1].status.agent_pid = None;
+        ms[1].status.stopped_with = Some("\nfatal: no space left\nline 2\nline 3".into());
+        let listed: HashSet<String> = ["pgset-0".into(), "pgset-1".into()].into();
+        let w = warnings("pgset", &listed, &ms, Some(1), &[], &LagBound::default());
+        assert_eq!(w, ["pgset-1 stopped: fatal: no space left"]);
+        ms[1].status.agent_pid = Some(21);
+        ms[1].status.stopped_with = None;
+        // 18.5 MiB / 20.7 s behind: above the default bound.
+        ms[1].lag_bytes = Some(19_398_656);
+        ms[1].lag_seconds = Some(20.7);
+        let w = warnings("pgset", &listed, &ms, Some(1), &[], &LagBound::default());
+        assert_eq!(
+            w,
+            [
+                "pgset-1 is 18.5 MiB / 20.7 s behind the master, above the bound of 16.0 MiB / 10 s (replication.maxReplicaLag): it serves stale reads"
+            ]
+        );
+        ms[1].lag_bytes = Some(16 * 1024 * 1024);
+        ms[1].lag_seconds = Some(10.0);
+        let w = warnings("pgset", &listed, &ms, Some(1), &[], &LagBound::default());
+        assert!(w.is_empty(), "at the bound is not above it: {w:?}");
+        assert_eq!(
+            one_line_reason(&"y".repeat(300)).unwrap().chars().count(),
+            REASON_MAX_CHARS
+        );
     }
 
     #[test]

@@ -78,12 +78,16 @@ pub struct Member {
     pub claims: Vec<String>,
     /// The container to exec into.
     pub container: Option<String>,
-    /// What the member's agent said when it stopped: the postgres container's termination
-    /// message (a refusal names the directory, whose it is and the fix), current or last.
+    /// What the member's agent said when it stopped, while it is down: the postgres
+    /// container's termination message (its first line; a refusal names the directory, whose
+    /// it is and the fix) when the container is terminated now, or waits to be restarted, or
+    /// runs again but is not Ready yet. `None` for a container that runs and is Ready.
     pub stopped_with: Option<String>,
     /// The exit code that message came with (the agent exits 2 when it refuses a data
     /// directory or finds the member fenced elsewhere).
     pub stopped_exit: Option<i32>,
+    /// The postgres container's previous exit (`lastState.terminated`), shown as history.
+    pub last_exit: Option<LastExit>,
     /// Each container's and init container's image, by container name.
     pub images: BTreeMap<String, String>,
 }
@@ -127,6 +131,7 @@ impl Member {
             container: crate::exec::container_of(pod),
             stopped_with: termination_message(pod).map(|(message, _)| message),
             stopped_exit: termination_message(pod).map(|(_, code)| code),
+            last_exit: last_exit(pod),
             images: spec
                 .map(|s| {
                     s.init_containers
@@ -146,24 +151,93 @@ impl Member {
     }
 }
 
-/// The postgres container's termination message: of its current state when it is terminated,
-/// else of its last termination (a crash-looping member is between two restarts), with the
-/// exit code it came with.
-pub fn termination_message(pod: &Pod) -> Option<(String, i32)> {
+/// The longest reason a status line shows of a termination message.
+pub const REASON_MAX_CHARS: usize = 200;
+
+/// The one-line reason of a termination message: its first non-empty line, at most
+/// [`REASON_MAX_CHARS`] characters (an agent may have left a log tail there).
+pub fn one_line_reason(message: &str) -> Option<String> {
+    let line = message.lines().map(str::trim).find(|l| !l.is_empty())?;
+    if line.chars().count() <= REASON_MAX_CHARS {
+        return Some(line.to_string());
+    }
+    let cut: String = line.chars().take(REASON_MAX_CHARS - 1).collect();
+    Some(format!("{cut}…"))
+}
+
+/// A container's previous exit, as history.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LastExit {
+    /// When it ended (`finishedAt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Its exit code.
+    pub exit_code: i32,
+    /// The first line of its termination message (bounded), or the kubelet's reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl LastExit {
+    /// In words: `exit code 137 at 2026-…: reason`.
+    pub fn describe(&self) -> String {
+        let mut s = format!("exit code {}", self.exit_code);
+        if let Some(at) = &self.finished_at {
+            s += &format!(" at {at}");
+        }
+        if let Some(r) = &self.reason {
+            s += &format!(": {r}");
+        }
+        s
+    }
+}
+
+fn postgres_status(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::ContainerStatus> {
     let container = crate::exec::container_of(pod)?;
-    let status = pod
-        .status
+    pod.status
         .as_ref()?
         .container_statuses
         .as_ref()?
         .iter()
-        .find(|c| c.name == container)?;
+        .find(|c| c.name == container)
+}
+
+/// The postgres container's previous exit (`lastState.terminated`), whatever its code.
+pub fn last_exit(pod: &Pod) -> Option<LastExit> {
+    let t = postgres_status(pod)?
+        .last_state
+        .as_ref()?
+        .terminated
+        .as_ref()?;
+    Some(LastExit {
+        finished_at: t.finished_at.as_ref().map(|f| f.0.to_string()),
+        exit_code: t.exit_code,
+        reason: t
+            .message
+            .as_deref()
+            .and_then(one_line_reason)
+            .or_else(|| t.reason.clone()),
+    })
+}
+
+/// What the postgres container stopped with while it is down, with the exit code: the message
+/// of its current state when it is terminated; else, while it waits to be restarted or runs
+/// again without being Ready yet (a crash-looping member is between two restarts), of its last
+/// termination. A container that runs and is Ready has not stopped, whatever it exited with
+/// before (that is [`last_exit`]). The message is its first line, bounded
+/// ([`one_line_reason`]).
+pub fn termination_message(pod: &Pod) -> Option<(String, i32)> {
+    let status = postgres_status(pod)?;
     let of = |s: Option<&k8s_openapi::api::core::v1::ContainerState>| {
         s.and_then(|s| s.terminated.as_ref())
             .filter(|t| t.exit_code != 0)
-            .and_then(|t| Some((t.message.as_deref()?.trim().to_string(), t.exit_code)))
-            .filter(|(m, _)| !m.is_empty())
+            .and_then(|t| Some((one_line_reason(t.message.as_deref()?)?, t.exit_code)))
     };
+    let running = status.state.as_ref().is_some_and(|s| s.running.is_some());
+    if running && status.ready {
+        return None;
+    }
     of(status.state.as_ref()).or_else(|| of(status.last_state.as_ref()))
 }
 

@@ -36,6 +36,10 @@ const POLL: Duration = Duration::from_secs(1);
 /// time it measures is off by little more than this (and one exec's round trip).
 const RECOVERY_POLL: Duration = Duration::from_millis(250);
 
+/// How often the scale test looks for the removed member's slot on the master (whose agent
+/// drops a gone member's slot on its own, every 10 s in a cluster, once the pod is gone).
+pub const SLOT_POLL: Duration = Duration::from_secs(2);
+
 /// Default of [`Options::max_rejoin`]: replicas stream again within this of the master's return.
 pub const DEFAULT_MAX_REJOIN: Duration = Duration::from_secs(10);
 
@@ -712,6 +716,10 @@ impl Verifier {
                 )));
             }
         }
+        // What status warns of now: after the scale test it must warn of nothing more.
+        let warned_before = crate::ClusterStatus::gather(self.client.clone(), &self.spec)
+            .await?
+            .warnings;
         let owners = self.managed_fields().await?;
         let started = Instant::now();
         self.scale(n + 1).await?;
@@ -743,7 +751,75 @@ impl Verifier {
                 Err(problem) => finding = Finding::fail(problem).with(finding.measurements),
             }
         }
+        // The master's agent drops the removed member's slot on its own: the cluster is left as
+        // healthy as it was found only once it has.
+        match self.wait_slot_dropped(&new_pod, &warned_before).await {
+            Ok(done) if finding.verdict == crate::Verdict::Pass => {
+                finding.message.push_str(&format!("; {done}"));
+            }
+            Ok(_) => {}
+            Err(problem) if finding.verdict == crate::Verdict::Pass => {
+                finding = Finding::fail(problem).with(finding.measurements);
+            }
+            Err(problem) => finding.message.push_str(&format!("; {problem}")),
+        }
         Ok(finding)
+    }
+
+    /// After member `pod` was scaled away: waits, for at most the `--timeout`, looking every
+    /// [`SLOT_POLL`], until the master no longer has its slot (the master agent's view of
+    /// `pg_replication_slots`) and status warns of nothing that is not in `before`. Says so
+    /// (`slot pgset_3 dropped`), or names what stayed.
+    pub async fn wait_slot_dropped(
+        &self,
+        pod: &str,
+        before: &[String],
+    ) -> std::result::Result<String, String> {
+        let slot = pgset_spec::slot_name(pod);
+        let master = self.spec.pod_name(0);
+        let started = tokio::time::Instant::now();
+        loop {
+            let last = match crate::ClusterStatus::gather(self.client.clone(), &self.spec).await {
+                Err(e) => format!("status could not be read: {e}"),
+                Ok(status) => {
+                    let slots = status
+                        .members
+                        .iter()
+                        .find(|m| m.pod == master)
+                        .and_then(|m| m.agent.as_ref())
+                        .and_then(|a| a["postgres"]["slots"].as_array().cloned());
+                    match slots {
+                        None => format!("{master}'s agent did not show its slots"),
+                        Some(slots) if slots.iter().any(|s| s["slot"].as_str() == Some(&slot)) => {
+                            format!("slot {slot} is still on {master}")
+                        }
+                        Some(_) => {
+                            let new: Vec<&str> = status
+                                .warnings
+                                .iter()
+                                .filter(|w| !before.contains(w))
+                                .map(String::as_str)
+                                .collect();
+                            if new.is_empty() {
+                                return Ok(format!("slot {slot} dropped"));
+                            }
+                            format!(
+                                "slot {slot} dropped, but status warns of what it did not before: {}",
+                                new.join("; ")
+                            )
+                        }
+                    }
+                }
+            };
+            let waited = started.elapsed();
+            if waited + SLOT_POLL > self.options.timeout {
+                return Err(format!(
+                    "{last} {} s after {pod} was removed (its master's agent drops a gone member's slot on its own)",
+                    waited.as_secs()
+                ));
+            }
+            tokio::time::sleep(SLOT_POLL).await;
+        }
     }
 
     async fn scale_out_and_observe(&self, new_pod: &str, started: Instant) -> Result<Finding> {

@@ -13,7 +13,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, Client};
 use pgset_spec::status::{Slot, Summary, bytes};
-use pgset_spec::{ClusterSpec, StorageMode, ValidSpec, contract, slot_name};
+use pgset_spec::{ClusterSpec, LagBound, StorageMode, ValidSpec, contract, slot_name};
 use serde::{Deserialize, Serialize};
 
 use crate::checks::{self, Endpoint, Member};
@@ -46,9 +46,14 @@ pub struct MemberStatus {
     /// Bytes sent to this replica but not yet replayed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreplayed_bytes: Option<f64>,
-    /// What its agent stopped with (a refusal to use a data directory, a fatal error).
+    /// What its agent stopped with (a refusal to use a data directory, a fatal error), while
+    /// its container is down or not Ready again: one line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_with: Option<String>,
+    /// Its postgres container's previous exit (when, exit code, the one-line reason): history,
+    /// never a warning by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<checks::LastExit>,
     /// The member's agent's own status (`/status` on its health port, through the API server's
     /// pod proxy): readiness and why, timeline, LSNs, WAL receiver, slots on the master.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -101,6 +106,9 @@ pub struct ClusterStatus {
     pub ready: i32,
     /// The members, by ordinal.
     pub members: Vec<MemberStatus>,
+    /// How far behind a replica may be (`spec.replication.maxReplicaLag`) before status warns.
+    #[serde(default)]
+    pub max_replica_lag: LagBound,
     /// Why the streaming column is unknown, when the master could not be asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication_error: Option<String>,
@@ -159,6 +167,7 @@ pub fn member_statuses(
                 replay_lag_ms: row.and_then(|r| r.replay_lag_ms),
                 unreplayed_bytes: row.and_then(|r| r.unreplayed_bytes),
                 stopped_with: m.stopped_with.clone(),
+                last_exit: m.last_exit.clone(),
                 agent: None,
                 pod_ip: m.ip.clone(),
                 services: Vec::new(),
@@ -257,6 +266,34 @@ pub fn agent_problems(members: &[MemberStatus], desired: i32, cluster: &str) -> 
         }
     }
     p
+}
+
+/// A replica further behind the master than `bound` allows (pure): `bytes` sent to it but not
+/// yet replayed, `seconds` of the master's `replay_lag`. Names the bound.
+pub fn lag_problem(
+    pod: &str,
+    bytes_behind: Option<f64>,
+    seconds: Option<f64>,
+    bound: &LagBound,
+) -> Option<String> {
+    let over_bytes = bytes_behind.is_some_and(|b| b > bound.bytes as f64);
+    let over_seconds = seconds.is_some_and(|s| s > bound.seconds as f64);
+    if !over_bytes && !over_seconds {
+        return None;
+    }
+    let mut behind = Vec::new();
+    if let Some(b) = bytes_behind {
+        behind.push(bytes(b as i64));
+    }
+    if let Some(s) = seconds {
+        behind.push(format!("{s:.1} s"));
+    }
+    Some(format!(
+        "{pod} is {} behind the master, above the bound of {} / {} s (spec.replication.maxReplicaLag): it serves stale reads",
+        behind.join(" / "),
+        bytes(bound.bytes as i64),
+        bound.seconds
+    ))
 }
 
 /// Containers whose image differs between the members (a rollout in progress, or a pod changed
@@ -457,6 +494,7 @@ impl ClusterStatus {
             ready: lines.iter().filter(|m| m.ready).count() as i32,
             members: lines,
             replication_error: replication.err(),
+            max_replica_lag: spec.replication.max_replica_lag,
             ..ClusterStatus::default()
         };
         status.judge();
@@ -510,9 +548,20 @@ impl ClusterStatus {
             if k > 0 && self.replication_error.is_none() && m.streaming != "streaming" {
                 p.push(format!("{} is {}", m.pod, m.streaming));
             }
+            if k > 0 {
+                p.extend(lag_problem(
+                    &m.pod,
+                    m.unreplayed_bytes,
+                    m.replay_lag_ms.map(|ms| ms / 1000.0),
+                    &self.max_replica_lag,
+                ));
+            }
         }
         p.extend(agent_problems(&self.members, self.desired, &self.cluster));
         p.extend(image_problems(&self.members));
+        // Each warning once.
+        let mut seen = std::collections::HashSet::new();
+        p.retain(|w| seen.insert(w.clone()));
         p
     }
 
@@ -635,20 +684,23 @@ impl ClusterStatus {
                     slot.retained_bytes.map_or("-".into(), bytes)
                 );
             }
-            if let Some(why) = &m.stopped_with {
-                let _ = writeln!(out, "{} stopped: {why}", m.pod);
+            if m.stopped_with.is_none()
+                && let Some(exit) = &m.last_exit
+            {
+                let _ = writeln!(out, "{}: last exit {}", m.pod, exit.describe());
             }
         }
         if let Some(e) = &self.replication_error {
             let _ = writeln!(out, "streaming unknown: {e}");
         }
-        for problem in self.problems() {
+        let problems = self.problems();
+        for problem in &problems {
             let _ = writeln!(out, "warning: {problem}");
         }
         let _ = writeln!(
             out,
             "{}",
-            if self.problems().is_empty() {
+            if problems.is_empty() {
                 "healthy"
             } else {
                 "not healthy"

@@ -1094,3 +1094,151 @@ fn status_warns_when_members_run_different_images_and_marks_the_routing_services
         "a not-ready endpoint routes nothing"
     );
 }
+
+/// A postgres container's status with the given current state and an earlier exit whose
+/// message is an agent's log tail of twenty lines.
+fn after_a_crash(ordinal: i32, ready: bool, state: serde_json::Value) -> Pod {
+    let mut p = pod(ordinal, "2026-01-01T00:00:00Z", ready, "master");
+    let tail: Vec<String> = (1..=20)
+        .map(|i| format!("2026-01-01T00:00:0{} agent: log line {i}", i % 10))
+        .collect();
+    p.status.as_mut().unwrap().container_statuses = Some(vec![serde_json::from_value(json!({
+        "name": "postgres", "ready": ready, "restartCount": 1, "image": "postgres:18", "imageID": "",
+        "state": state,
+        "lastState": {"terminated": {"exitCode": 1, "reason": "Error",
+            "finishedAt": "2026-01-01T00:05:00Z", "message": tail.join("\n")}}
+    }))
+    .unwrap()]);
+    p
+}
+
+fn screen_of(members: Vec<status::MemberStatus>) -> status::ClusterStatus {
+    let mut s = status::ClusterStatus {
+        cluster: "pgset".into(),
+        namespace: "default".into(),
+        storage: "shared".into(),
+        desired: members.len() as i32,
+        ready: members.iter().filter(|m| m.ready).count() as i32,
+        members,
+        replication_error: None,
+        ..Default::default()
+    };
+    s.judge();
+    s
+}
+
+#[test]
+fn a_member_running_and_ready_again_shows_its_last_exit_as_history_not_a_warning() {
+    let back = after_a_crash(
+        0,
+        true,
+        json!({"running": {"startedAt": "2026-01-01T00:05:01Z"}}),
+    );
+    let m = Member::from_pod(&back);
+    assert_eq!(m.stopped_with, None);
+    let exit = m.last_exit.clone().unwrap();
+    assert_eq!(exit.exit_code, 1);
+    assert_eq!(exit.finished_at.as_deref(), Some("2026-01-01T00:05:00Z"));
+    assert_eq!(
+        exit.reason.as_deref(),
+        Some("2026-01-01T00:00:01 agent: log line 1")
+    );
+    let spec = ClusterSpec {
+        replicas: 1,
+        ..ClusterSpec::default()
+    };
+    let lines = status::member_statuses(&spec, &[m], &Ok(Vec::new()));
+    let screen = screen_of(lines);
+    assert!(screen.healthy, "{:?}", screen.warnings);
+    assert!(screen.warnings.is_empty(), "{:?}", screen.warnings);
+    let table = screen.to_table();
+    assert!(
+        table.contains(
+            "pgset-0: last exit exit code 1 at 2026-01-01T00:05:00Z: 2026-01-01T00:00:01 agent: log line 1\n"
+        ),
+        "{table}"
+    );
+    assert!(!table.contains("log line 2"), "{table}");
+    assert!(!table.contains("stopped"), "{table}");
+    assert_eq!(table.lines().last(), Some("healthy"));
+    let json = serde_json::to_value(&screen).unwrap();
+    assert_eq!(
+        json["members"][0]["last_exit"],
+        json!({"finishedAt": "2026-01-01T00:05:00Z", "exitCode": 1,
+               "reason": "2026-01-01T00:00:01 agent: log line 1"})
+    );
+    assert!(screen.to_yaml().contains("exitCode: 1"));
+}
+
+#[test]
+fn a_member_down_or_not_ready_again_is_stopped_with_one_line_warned_once() {
+    let spec = ClusterSpec {
+        replicas: 1,
+        ..ClusterSpec::default()
+    };
+    for state in [
+        json!({"waiting": {"reason": "CrashLoopBackOff"}}),
+        json!({"running": {"startedAt": "2026-01-01T00:05:01Z"}}),
+    ] {
+        let m = Member::from_pod(&after_a_crash(0, false, state.clone()));
+        assert_eq!(
+            m.stopped_with.as_deref(),
+            Some("2026-01-01T00:00:01 agent: log line 1"),
+            "{state}"
+        );
+        let screen = screen_of(status::member_statuses(&spec, &[m], &Ok(Vec::new())));
+        assert!(!screen.healthy);
+        let table = screen.to_table();
+        assert_eq!(table.matches("log line 1").count(), 1, "{table}");
+        assert!(!table.contains("log line 2"), "{table}");
+        assert_eq!(
+            screen.warnings,
+            ["pgset-0 stopped: 2026-01-01T00:00:01 agent: log line 1"]
+        );
+    }
+    // A very long first line is cut.
+    let long = "x".repeat(500);
+    let cut = checks::one_line_reason(&format!("\n  {long}\nmore")).unwrap();
+    assert_eq!(cut.chars().count(), checks::REASON_MAX_CHARS);
+    assert!(cut.ends_with('…'));
+    assert_eq!(checks::one_line_reason(" \n \n"), None);
+}
+
+#[test]
+fn a_replica_behind_the_bound_is_warned_of_naming_the_bound() {
+    let s = spec(3);
+    let rows = sql::parse_replication(&fixture("pg_stat_replication.after_write.out")).unwrap();
+    let mut lines = status::member_statuses(&s, &healthy(), &Ok(rows));
+    let mut screen = screen_of(lines.clone());
+    assert!(screen.healthy, "{:?}", screen.warnings);
+    // Replay paused: 18.5 MiB and 20.7 s behind.
+    lines[1].unreplayed_bytes = Some(18.5 * 1024.0 * 1024.0);
+    lines[1].replay_lag_ms = Some(20_700.0);
+    screen = screen_of(lines.clone());
+    assert!(!screen.healthy);
+    assert_eq!(
+        screen.warnings,
+        [
+            "pgset-1 is 18.5 MiB / 20.7 s behind the master, above the bound of 16.0 MiB / 10 s (spec.replication.maxReplicaLag): it serves stale reads"
+        ]
+    );
+    // Either figure alone is enough; at the bound is not above it.
+    lines[1].unreplayed_bytes = Some(1024.0);
+    screen = screen_of(lines.clone());
+    assert_eq!(screen.warnings.len(), 1, "{:?}", screen.warnings);
+    lines[1].replay_lag_ms = Some(10_000.0);
+    lines[1].unreplayed_bytes = Some((16 * 1024 * 1024) as f64);
+    screen = screen_of(lines.clone());
+    assert!(screen.healthy, "{:?}", screen.warnings);
+    // The spec's bound is the one judged.
+    screen.max_replica_lag = pgset_spec::LagBound {
+        bytes: 1024,
+        seconds: 5,
+    };
+    screen.judge();
+    assert!(
+        screen.warnings[0].contains("above the bound of 1.0 KiB / 5 s"),
+        "{:?}",
+        screen.warnings
+    );
+}

@@ -912,3 +912,155 @@ async fn a_member_that_never_becomes_ready_times_out_naming_it() {
         "{err}"
     );
 }
+
+/// Answers one `status` reading of a healthy 3-member cluster whose master has `slots`.
+async fn answer_status(handle: &mut ApiHandle, slots: Value) -> Vec<String> {
+    let mut paths = Vec::new();
+    let mut seen = |s: Seen| paths.push(format!("{} {}", s.method, s.path));
+    seen(answer(handle, 200, statefulset(3, "OrderedReady")).await);
+    seen(answer(handle, 200, healthy_pods()).await);
+    seen(answer(handle, 200, record("c0ffee", "7300000000000000001")).await);
+    seen(answer(handle, 200, slices("pgset-master", &[0])).await);
+    seen(answer(handle, 200, slices("pgset-replica", &[1, 2])).await);
+    let master = master_agent(json!([standby("pgset-1"), standby("pgset-2")]), slots);
+    seen(answer(handle, 200, master).await);
+    for p in ["pgset-1", "pgset-2"] {
+        seen(answer(handle, 200, replica_agent(p, 2, "7300000000000000001")).await);
+    }
+    paths
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_the_scale_test_the_removed_members_slot_is_awaited_until_the_master_dropped_it() {
+    let (client, mut handle) = mock_client();
+    let v = verifier(client);
+    let server = tokio::spawn(async move {
+        // Right after the scale-down the master still has pgset_3 (inactive): status warns.
+        let first = answer_status(
+            &mut handle,
+            json!([
+                slot("pgset_1", true, 0),
+                slot("pgset_2", true, 0),
+                slot("pgset_3", false, 1 << 20)
+            ]),
+        )
+        .await;
+        // Its agent dropped it: healthy as before.
+        let second = answer_status(
+            &mut handle,
+            json!([slot("pgset_1", true, 0), slot("pgset_2", true, 0)]),
+        )
+        .await;
+        (first, second, handle)
+    });
+    let started = tokio::time::Instant::now();
+    let done = v.wait_slot_dropped("pgset-3", &[]).await;
+    let (first, second, mut handle) = server.await.unwrap();
+    assert_eq!(done, Ok("slot pgset_3 dropped".to_string()));
+    assert_eq!(started.elapsed(), pgset_verify::live::SLOT_POLL);
+    assert_eq!(first, second, "the same reading twice");
+    assert_eq!(
+        first,
+        [
+            "GET /apis/apps/v1/namespaces/default/statefulsets/pgset",
+            "GET /api/v1/namespaces/default/pods",
+            "GET /api/v1/namespaces/default/configmaps/pgset-record",
+            "GET /apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+            "GET /apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+            "GET /api/v1/namespaces/default/pods/pgset-0:8008/proxy/status",
+            "GET /api/v1/namespaces/default/pods/pgset-1:8008/proxy/status",
+            "GET /api/v1/namespaces/default/pods/pgset-2:8008/proxy/status",
+        ]
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), handle.next_request())
+            .await
+            .is_err(),
+        "nothing is read once the slot is gone"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slot_that_stays_after_the_scale_test_fails_it_naming_the_slot() {
+    let (client, mut handle) = mock_client();
+    // The verifier waits at most 5 s: readings at 0, 2 and 4 s.
+    let v = verifier(client);
+    let server = tokio::spawn(async move {
+        for _ in 0..3 {
+            answer_status(
+                &mut handle,
+                json!([
+                    slot("pgset_1", true, 0),
+                    slot("pgset_2", true, 0),
+                    slot("pgset_3", false, 1 << 20)
+                ]),
+            )
+            .await;
+        }
+        handle
+    });
+    let e = v.wait_slot_dropped("pgset-3", &[]).await.unwrap_err();
+    let mut handle = server.await.unwrap();
+    assert_eq!(
+        e,
+        "slot pgset_3 is still on pgset-0 4 s after pgset-3 was removed (its master's agent drops a gone member's slot on its own)"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), handle.next_request())
+            .await
+            .is_err(),
+        "no reading after the timeout"
+    );
+
+    // The slot gone but a new warning (a replica no longer streaming): not as healthy as before.
+    let (client, mut handle) = mock_client();
+    let v = verifier(client);
+    let server = tokio::spawn(async move {
+        for _ in 0..3 {
+            answer(&mut handle, 200, statefulset(3, "OrderedReady")).await;
+            answer(&mut handle, 200, healthy_pods()).await;
+            answer(&mut handle, 200, record("c0ffee", "7300000000000000001")).await;
+            answer(&mut handle, 200, slices("pgset-master", &[0])).await;
+            answer(&mut handle, 200, slices("pgset-replica", &[1, 2])).await;
+            let master = master_agent(
+                json!([standby("pgset-1")]),
+                json!([slot("pgset_1", true, 0), slot("pgset_2", false, 0)]),
+            );
+            answer(&mut handle, 200, master).await;
+            for p in ["pgset-1", "pgset-2"] {
+                answer(&mut handle, 200, replica_agent(p, 2, "7300000000000000001")).await;
+            }
+        }
+    });
+    let e = v.wait_slot_dropped("pgset-3", &[]).await.unwrap_err();
+    server.await.unwrap();
+    assert!(
+        e.starts_with(
+            "slot pgset_3 dropped, but status warns of what it did not before: pgset-2 is not streaming"
+        ),
+        "{e}"
+    );
+    // What status warned of before the scale test is not held against it.
+    let (client, mut handle) = mock_client();
+    let v = verifier(client);
+    let server = tokio::spawn(async move {
+        answer(&mut handle, 200, statefulset(3, "OrderedReady")).await;
+        answer(&mut handle, 200, healthy_pods()).await;
+        answer(&mut handle, 200, record("c0ffee", "7300000000000000001")).await;
+        answer(&mut handle, 200, slices("pgset-master", &[0])).await;
+        answer(&mut handle, 200, slices("pgset-replica", &[1, 2])).await;
+        let master = master_agent(
+            json!([standby("pgset-1")]),
+            json!([slot("pgset_1", true, 0), slot("pgset_2", false, 0)]),
+        );
+        answer(&mut handle, 200, master).await;
+        for p in ["pgset-1", "pgset-2"] {
+            answer(&mut handle, 200, replica_agent(p, 2, "7300000000000000001")).await;
+        }
+    });
+    let done = v
+        .wait_slot_dropped("pgset-3", &["pgset-2 is not streaming".to_string()])
+        .await;
+    server.await.unwrap();
+    assert_eq!(done, Ok("slot pgset_3 dropped".to_string()));
+}
