@@ -217,7 +217,11 @@ async fn status_json_has_every_field_and_its_exit_code_follows_health() {
     assert_eq!(v["members"][2]["streaming"], false);
     let (code, table) = status(&t, "table");
     assert_eq!(code, 2);
-    assert!(table.contains("pgset-2 is not running"), "{table}");
+    // Its agent's own last word: it was asked to stop and postgres shut down cleanly.
+    assert!(
+        table.contains("pgset-2 stopped: stopped on request: postgres shut down (exit code 0)"),
+        "{table}"
+    );
     assert!(table.trim_end().ends_with("NOT HEALTHY"), "{table}");
 
     // What it stopped with, a log tail: its first line, warned of once.
