@@ -7,6 +7,8 @@
 //! replace the member's write-fence Lease (optimistic concurrency on `resourceVersion`).
 //! The API host comes from KUBERNETES_SERVICE_HOST (an IP): the agent never resolves DNS names.
 
+use std::time::Duration;
+
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
@@ -16,6 +18,18 @@ use pgset_spec::contract;
 use serde_json::json;
 
 use crate::{Error, Result};
+
+/// How long the agent waits for a connection to the API server.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the agent waits for the API server's answer to a sent request.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the agent waits to send a request.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The longest one API call can take: connect, send and answer. It stays well under the
+/// fence's shortest renew deadline: half of it (a Lease lasts the grace period plus
+/// [`crate::fence::LEASE_MARGIN_OVER_GRACE`], at least 30 s, and a holder gives up after two
+/// thirds of it, at least 20 s), so one call that hangs leaves time for another renewal.
+pub const CALL_BOUND: Duration = Duration::from_secs(10);
 
 /// A client for the pod's own namespace.
 #[derive(Clone)]
@@ -45,6 +59,20 @@ impl PodApi {
                  (automountServiceAccountToken) and KUBERNETES_SERVICE_HOST set"
             ))
         })?;
+        PodApi::from_config(config, namespace, cluster)
+    }
+
+    /// A client for `config` with the agent's timeouts ([`CONNECT_TIMEOUT`], [`READ_TIMEOUT`],
+    /// [`WRITE_TIMEOUT`]): an API server that accepts and never answers costs a call at most
+    /// their sum, never the member's fence or a readiness check.
+    pub fn from_config(
+        mut config: kube::Config,
+        namespace: &str,
+        cluster: &str,
+    ) -> Result<PodApi> {
+        config.connect_timeout = Some(CONNECT_TIMEOUT);
+        config.read_timeout = Some(READ_TIMEOUT);
+        config.write_timeout = Some(WRITE_TIMEOUT);
         let client = Client::try_from(config)
             .map_err(|e| Error::Kube(format!("building the client: {e}")))?;
         Ok(PodApi::with_client(client, namespace, cluster))
@@ -339,6 +367,14 @@ pub fn forbidden_message_on(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_call_is_bounded_well_under_the_fences_deadlines() {
+        assert_eq!(CALL_BOUND, CONNECT_TIMEOUT + READ_TIMEOUT + WRITE_TIMEOUT);
+        let shortest = crate::fence::loss_after(crate::fence::lease_duration_for_grace(0));
+        assert_eq!(shortest, Duration::from_secs(20));
+        assert!(CALL_BOUND * 2 <= shortest, "{shortest:?}");
+    }
 
     #[test]
     fn patch_sets_only_the_role_label() {

@@ -415,3 +415,43 @@ async fn base_backup_readings_are_written_no_more_often_than_the_interval_and_re
     assert_eq!(readings.last().map(|r| r.1), last);
     assert!(readings[0].0 - started >= Duration::from_secs(1));
 }
+
+/// An API server that accepts the connection, reads the request and never answers: the call
+/// fails within the agent's bound instead of hanging a readiness check or the fence.
+#[tokio::test]
+async fn an_api_server_that_never_answers_costs_one_call_at_most_its_bound() {
+    use pgset_agent::kube_api::{CALL_BOUND, READ_TIMEOUT};
+    use tokio::io::AsyncReadExt;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(Mutex::new(0usize));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut conn, _)) = listener.accept().await {
+            *count.lock().unwrap() += 1;
+            held.push(tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = conn.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                std::future::pending::<()>().await;
+            }));
+        }
+    });
+    let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+    let api = PodApi::from_config(config, "db", "pgset").unwrap();
+    let started = std::time::Instant::now();
+    let outcome = tokio::time::timeout(CALL_BOUND * 3, api.pod_exists("pgset-0")).await;
+    let took = started.elapsed();
+    let result = outcome.expect("the call returns by itself, not only when the test gives up");
+    let e = result.expect_err("a server that never answers is an error, never an answer");
+    assert!(*accepted.lock().unwrap() >= 1, "the server accepted the connection");
+    assert!(
+        took >= READ_TIMEOUT && took <= CALL_BOUND,
+        "the read timeout ended the call after {took:?}: {e}"
+    );
+}
