@@ -65,11 +65,7 @@ impl PodApi {
     /// A client for `config` with the agent's timeouts ([`CONNECT_TIMEOUT`], [`READ_TIMEOUT`],
     /// [`WRITE_TIMEOUT`]): an API server that accepts and never answers costs a call at most
     /// their sum, never the member's fence or a readiness check.
-    pub fn from_config(
-        mut config: kube::Config,
-        namespace: &str,
-        cluster: &str,
-    ) -> Result<PodApi> {
+    pub fn from_config(mut config: kube::Config, namespace: &str, cluster: &str) -> Result<PodApi> {
         config.connect_timeout = Some(CONNECT_TIMEOUT);
         config.read_timeout = Some(READ_TIMEOUT);
         config.write_timeout = Some(WRITE_TIMEOUT);

@@ -449,7 +449,10 @@ async fn an_api_server_that_never_answers_costs_one_call_at_most_its_bound() {
     let took = started.elapsed();
     let result = outcome.expect("the call returns by itself, not only when the test gives up");
     let e = result.expect_err("a server that never answers is an error, never an answer");
-    assert!(*accepted.lock().unwrap() >= 1, "the server accepted the connection");
+    assert!(
+        *accepted.lock().unwrap() >= 1,
+        "the server accepted the connection"
+    );
     assert!(
         took >= READ_TIMEOUT && took <= CALL_BOUND,
         "the read timeout ended the call after {took:?}: {e}"

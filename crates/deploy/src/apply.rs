@@ -3,9 +3,7 @@
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{
-    ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount,
-};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource};
@@ -14,7 +12,7 @@ use pgset_spec::contract::FIELD_MANAGER;
 use pgset_spec::contract::secret::CLUSTER_ID_KEY;
 
 use crate::secret::{Passwords, has_cluster_id, missing_keys, new_cluster_id, secret};
-use crate::{ClusterObjects, Error, NamespacedObject, Result, is_status};
+use crate::{ClusterObjects, Error, NamespacedObject, Result, is_status, record};
 
 /// Whether changes are made or only checked by the API server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +43,10 @@ pub enum SecretOutcome {
     Kept,
     /// It was created with fresh random passwords.
     Created,
+    /// It was missing while the cluster record (or the member pods) named the cluster's id: it
+    /// was created with that cluster id and fresh random passwords (the master sets both roles'
+    /// passwords from the Secret when it starts).
+    CreatedWithRecordedId,
     /// It existed without a cluster id (made before cluster ids): one was added, the passwords
     /// were left as they were.
     ClusterIdAdded,
@@ -75,6 +77,24 @@ pub async fn ensure_secret(
     spec: &ValidSpec,
     mode: ApplyMode,
 ) -> Result<SecretOutcome> {
+    ensure_secret_keeping(client, spec, mode, None)
+        .await
+        .map(|(outcome, _)| outcome)
+}
+
+/// [`ensure_secret`], where a Secret made (or given a cluster id) takes `recorded_id`, the
+/// cluster id the record or the member pods name, instead of a new one: the members' data
+/// carries that id. Returns the outcome and the Secret's cluster id.
+pub async fn ensure_secret_keeping(
+    client: &Client,
+    spec: &ValidSpec,
+    mode: ApplyMode,
+    recorded_id: Option<&str>,
+) -> Result<(SecretOutcome, String)> {
+    let cluster_id = match recorded_id {
+        Some(id) => id.to_string(),
+        None => new_cluster_id()?,
+    };
     let name = spec.secret_name();
     let ns = spec.namespace.as_str();
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
@@ -84,12 +104,12 @@ pub async fn ensure_secret(
         .map_err(Error::api("get", "Secret", &name, ns))?;
     if let Some(existing) = existing {
         check_existing(&existing, &name)?;
-        if has_cluster_id(&existing) {
-            return Ok(SecretOutcome::Kept);
+        if let Some(id) = cluster_id_of(&existing) {
+            return Ok((SecretOutcome::Kept, id));
         }
         // Only the missing key is added (a merge patch of one data key); the passwords stay.
         let patch = serde_json::json!({
-            "data": { CLUSTER_ID_KEY: ByteString(new_cluster_id()?.into_bytes()) }
+            "data": { CLUSTER_ID_KEY: ByteString(cluster_id.clone().into_bytes()) }
         });
         let mut params = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_string()),
@@ -101,7 +121,7 @@ pub async fn ensure_secret(
         api.patch(&name, &params, &Patch::Merge(&patch))
             .await
             .map_err(Error::api("patch", "Secret", &name, ns))?;
-        return Ok(SecretOutcome::ClusterIdAdded);
+        return Ok((SecretOutcome::ClusterIdAdded, cluster_id));
     }
     let passwords = Passwords::generate()?;
     let params = PostParams {
@@ -109,10 +129,11 @@ pub async fn ensure_secret(
         field_manager: Some(FIELD_MANAGER.to_string()),
     };
     match api
-        .create(&params, &secret(spec, &passwords, &new_cluster_id()?))
+        .create(&params, &secret(spec, &passwords, &cluster_id))
         .await
     {
-        Ok(_) => Ok(SecretOutcome::Created),
+        Ok(_) if recorded_id.is_some() => Ok((SecretOutcome::CreatedWithRecordedId, cluster_id)),
+        Ok(_) => Ok((SecretOutcome::Created, cluster_id)),
         // Created by someone else between our get and create: use theirs.
         Err(e) if is_status(&e, 409) => {
             let theirs = api
@@ -120,10 +141,34 @@ pub async fn ensure_secret(
                 .await
                 .map_err(Error::api("get", "Secret", &name, ns))?;
             check_existing(&theirs, &name)?;
-            Ok(SecretOutcome::Kept)
+            let id = cluster_id_of(&theirs).unwrap_or(cluster_id);
+            Ok((SecretOutcome::Kept, id))
         }
         Err(e) => Err(Error::api("create", "Secret", &name, ns)(e)),
     }
+}
+
+/// The Secret's cluster id, when it has a non-empty one.
+fn cluster_id_of(secret: &Secret) -> Option<String> {
+    if !has_cluster_id(secret) {
+        return None;
+    }
+    let from_data = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(CLUSTER_ID_KEY))
+        .map(|v| String::from_utf8_lossy(&v.0).trim().to_string());
+    let from_string_data = || {
+        secret
+            .string_data
+            .as_ref()
+            .and_then(|d| d.get(CLUSTER_ID_KEY))
+            .map(|v| v.trim().to_string())
+    };
+    from_data
+        .filter(|v| !v.is_empty())
+        .or_else(from_string_data)
+        .filter(|v| !v.is_empty())
 }
 
 fn check_existing(existing: &Secret, name: &str) -> Result<()> {
@@ -164,7 +209,14 @@ pub async fn deploy(
     changes.record(apply_one::<Role>(client, ns, &role, mode, progress).await?);
     changes.record(apply_one::<RoleBinding>(client, ns, &role_binding, mode, progress).await?);
 
-    let outcome = ensure_secret(client, spec, mode).await?;
+    // The record and the member pods are read before the Secret is ensured: a Secret made
+    // anew takes the cluster id they name, and the record's state depends on whether the
+    // Secret already held one.
+    let prior_record = record::read(client, spec).await?;
+    let pods = record::member_pods(client, spec).await?;
+    let recorded_id = record::inherited_cluster_id(prior_record.as_ref(), &pods);
+    let (outcome, cluster_id) =
+        ensure_secret_keeping(client, spec, mode, recorded_id.as_deref()).await?;
     if outcome != SecretOutcome::Kept {
         changes
             .changed
@@ -178,13 +230,24 @@ pub async fn deploy(
             "created Secret {} with new random passwords{suffix}",
             spec.secret_name()
         ),
+        SecretOutcome::CreatedWithRecordedId => format!(
+            "created Secret {} with new random passwords and the cluster id {cluster_id} that              ConfigMap {} or the member pods name (the members' data carries it){suffix}",
+            spec.secret_name(),
+            spec.record_name()
+        ),
         SecretOutcome::ClusterIdAdded => format!(
             "added a cluster id to Secret {} (passwords kept){suffix}",
             spec.secret_name()
         ),
     });
 
-    changes.record(apply_one::<ConfigMap>(client, ns, &cluster_record, mode, progress).await?);
+    let known = record::Known {
+        prior: prior_record.as_ref(),
+        cluster_id: &cluster_id,
+        secret_had_cluster_id: outcome == SecretOutcome::Kept,
+        pods: &pods,
+    };
+    changes.record(record::ensure(client, spec, mode, &cluster_record, known, progress).await?);
 
     for service in [&headless_service, &master_service, &replica_service] {
         changes.record(apply_one::<Service>(client, ns, service, mode, progress).await?);

@@ -368,7 +368,6 @@ pub fn system_export_path_problem(path: &Path) -> Option<String> {
     })
 }
 
-
 /// Checks an NFS export path: absolute, normalized, free of characters that `/etc/exports` or
 /// a mount option would misread, and not the operating system's
 /// ([`system_export_path_problem`]). Returns the problem in words.
@@ -485,9 +484,18 @@ mod export_path_tests {
 
     #[test]
     fn system_directories_are_refused_by_validation_with_the_nfs_hosts_words() {
-        for p in ["/", "/etc", "/usr", "/var", "/home", "/etc/nfs", "/var/lib/pg", "/boot/x"] {
-            let problem = system_export_path_problem(Path::new(p))
-                .unwrap_or_else(|| panic!("{p} accepted"));
+        for p in [
+            "/",
+            "/etc",
+            "/usr",
+            "/var",
+            "/home",
+            "/etc/nfs",
+            "/var/lib/pg",
+            "/boot/x",
+        ] {
+            let problem =
+                system_export_path_problem(Path::new(p)).unwrap_or_else(|| panic!("{p} accepted"));
             assert_eq!(validate_export_path(Path::new(p)), Err(problem.clone()));
             let e = refused(p).to_string();
             assert!(
@@ -497,7 +505,13 @@ mod export_path_tests {
                 "{p}: {e}"
             );
         }
-        for p in ["/nfsfileshare", "/srv/nfs/pgset", "/var/nfs", "/etcetera", "/tmp/x"] {
+        for p in [
+            "/nfsfileshare",
+            "/srv/nfs/pgset",
+            "/var/nfs",
+            "/etcetera",
+            "/tmp/x",
+        ] {
             assert_eq!(validate_export_path(Path::new(p)), Ok(()), "{p}");
         }
     }
