@@ -236,7 +236,9 @@ async fn the_reinit_opt_in_is_used_once_and_another_needs_its_record_key_removed
     master_only.replicas = 1;
     master_only.allow_reinit = true;
     std::fs::rename(t.dir().join("pgset-0"), t.tmp.path().join("lost-once")).unwrap();
-    local::up(&master_only).await.expect("the opt-in initialises anew");
+    local::up(&master_only)
+        .await
+        .expect("the opt-in initialises anew");
     let new_sysid = t
         .sql(0, "SELECT system_identifier FROM pg_control_system()")
         .unwrap();

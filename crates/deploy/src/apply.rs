@@ -1,5 +1,6 @@
-//! Server-side apply of a cluster's objects in a fixed order (RBAC, Secret, Services, claim,
-//! StatefulSet) with one field manager; the Secret is get-or-create and never overwritten.
+//! Server-side apply of a cluster's objects in a fixed order (RBAC, the cluster record,
+//! Secret, Services, claim, StatefulSet) with one field manager; the Secret is get-or-create
+//! and never overwritten, the record is created once (see `record`).
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -91,25 +92,64 @@ pub async fn ensure_secret_keeping(
     mode: ApplyMode,
     recorded_id: Option<&str>,
 ) -> Result<(SecretOutcome, String)> {
-    let cluster_id = match recorded_id {
-        Some(id) => id.to_string(),
-        None => new_cluster_id()?,
-    };
+    let existing = read_secret(client, spec).await?;
+    let (cluster_id, recorded) = secret_cluster_id(existing.as_ref(), recorded_id)?;
+    let outcome =
+        write_secret(client, spec, mode, existing.as_ref(), &cluster_id, recorded).await?;
+    Ok((outcome, cluster_id))
+}
+
+/// Reads the Secret and checks that an existing one has both passwords (pgset never
+/// overwrites them); `None` when it does not exist.
+pub async fn read_secret(client: &Client, spec: &ValidSpec) -> Result<Option<Secret>> {
     let name = spec.secret_name();
     let ns = spec.namespace.as_str();
-    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let existing = api
+    let existing = Api::<Secret>::namespaced(client.clone(), ns)
         .get_opt(&name)
         .await
         .map_err(Error::api("get", "Secret", &name, ns))?;
+    if let Some(existing) = &existing {
+        check_existing(existing, &name)?;
+    }
+    Ok(existing)
+}
+
+/// The cluster's id: the existing Secret's, else `recorded_id` (the record's or the member
+/// pods'), else a new one; and whether it came from `recorded_id`.
+pub fn secret_cluster_id(
+    existing: Option<&Secret>,
+    recorded_id: Option<&str>,
+) -> Result<(String, bool)> {
+    if let Some(id) = existing.and_then(cluster_id_of) {
+        return Ok((id, false));
+    }
+    match recorded_id {
+        Some(id) => Ok((id.to_string(), true)),
+        None => Ok((new_cluster_id()?, false)),
+    }
+}
+
+/// Makes the Secret as read (`existing`) hold `cluster_id`: an existing Secret with a cluster id
+/// is left as it is; one without gets that key alone; a missing one is created with fresh
+/// random passwords. `recorded`: the id is the one the record or the members name.
+async fn write_secret(
+    client: &Client,
+    spec: &ValidSpec,
+    mode: ApplyMode,
+    existing: Option<&Secret>,
+    cluster_id: &str,
+    recorded: bool,
+) -> Result<SecretOutcome> {
+    let name = spec.secret_name();
+    let ns = spec.namespace.as_str();
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     if let Some(existing) = existing {
-        check_existing(&existing, &name)?;
-        if let Some(id) = cluster_id_of(&existing) {
-            return Ok((SecretOutcome::Kept, id));
+        if cluster_id_of(existing).is_some() {
+            return Ok(SecretOutcome::Kept);
         }
         // Only the missing key is added (a merge patch of one data key); the passwords stay.
         let patch = serde_json::json!({
-            "data": { CLUSTER_ID_KEY: ByteString(cluster_id.clone().into_bytes()) }
+            "data": { CLUSTER_ID_KEY: ByteString(cluster_id.as_bytes().to_vec()) }
         });
         let mut params = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_string()),
@@ -121,7 +161,7 @@ pub async fn ensure_secret_keeping(
         api.patch(&name, &params, &Patch::Merge(&patch))
             .await
             .map_err(Error::api("patch", "Secret", &name, ns))?;
-        return Ok((SecretOutcome::ClusterIdAdded, cluster_id));
+        return Ok(SecretOutcome::ClusterIdAdded);
     }
     let passwords = Passwords::generate()?;
     let params = PostParams {
@@ -129,20 +169,23 @@ pub async fn ensure_secret_keeping(
         field_manager: Some(FIELD_MANAGER.to_string()),
     };
     match api
-        .create(&params, &secret(spec, &passwords, &cluster_id))
+        .create(&params, &secret(spec, &passwords, cluster_id))
         .await
     {
-        Ok(_) if recorded_id.is_some() => Ok((SecretOutcome::CreatedWithRecordedId, cluster_id)),
-        Ok(_) => Ok((SecretOutcome::Created, cluster_id)),
-        // Created by someone else between our get and create: use theirs.
+        Ok(_) if recorded => Ok(SecretOutcome::CreatedWithRecordedId),
+        Ok(_) => Ok(SecretOutcome::Created),
+        // Created by someone else between our get and create: theirs is used if it is whole
+        // and holds this cluster id.
         Err(e) if is_status(&e, 409) => {
             let theirs = api
                 .get(&name)
                 .await
                 .map_err(Error::api("get", "Secret", &name, ns))?;
             check_existing(&theirs, &name)?;
-            let id = cluster_id_of(&theirs).unwrap_or(cluster_id);
-            Ok((SecretOutcome::Kept, id))
+            match cluster_id_of(&theirs) {
+                Some(id) if id == cluster_id => Ok(SecretOutcome::Kept),
+                _ => Err(Error::api("create", "Secret", &name, ns)(e)),
+            }
         }
         Err(e) => Err(Error::api("create", "Secret", &name, ns)(e)),
     }
@@ -181,8 +224,8 @@ fn check_existing(existing: &Secret, name: &str) -> Result<()> {
     }
 }
 
-/// Applies every object of `spec` in order (RBAC, Secret, Services, claim, StatefulSet),
-/// reporting one line per object to `progress`.
+/// Applies every object of `spec` in order (RBAC, the cluster record, Secret, Services, claim,
+/// StatefulSet), reporting one line per object to `progress`.
 pub async fn deploy(
     client: &Client,
     spec: &ValidSpec,
@@ -209,14 +252,33 @@ pub async fn deploy(
     changes.record(apply_one::<Role>(client, ns, &role, mode, progress).await?);
     changes.record(apply_one::<RoleBinding>(client, ns, &role_binding, mode, progress).await?);
 
-    // The record and the member pods are read before the Secret is ensured: a Secret made
-    // anew takes the cluster id they name, and the record's state depends on whether the
-    // Secret already held one.
+    // Everything the Secret and the record depend on is read first (and an incomplete Secret
+    // refused before any write): the record, the member pods, the Secret. The record is made
+    // before the Secret, with the Secret's cluster id, so a deploy stopped between the two
+    // leaves a record that names the id the next deploy's Secret takes.
     let prior_record = record::read(client, spec).await?;
     let pods = record::member_pods(client, spec).await?;
+    let existing_secret = read_secret(client, spec).await?;
     let recorded_id = record::inherited_cluster_id(prior_record.as_ref(), &pods);
-    let (outcome, cluster_id) =
-        ensure_secret_keeping(client, spec, mode, recorded_id.as_deref()).await?;
+    let (cluster_id, recorded) =
+        secret_cluster_id(existing_secret.as_ref(), recorded_id.as_deref())?;
+    let known = record::Known {
+        prior: prior_record.as_ref(),
+        cluster_id: &cluster_id,
+        secret_had_cluster_id: existing_secret.as_ref().is_some_and(has_cluster_id),
+        pods: &pods,
+    };
+    let record_applied =
+        record::ensure(client, spec, mode, &cluster_record, known, progress).await?;
+    let outcome = write_secret(
+        client,
+        spec,
+        mode,
+        existing_secret.as_ref(),
+        &cluster_id,
+        recorded,
+    )
+    .await?;
     if outcome != SecretOutcome::Kept {
         changes
             .changed
@@ -241,13 +303,7 @@ pub async fn deploy(
         ),
     });
 
-    let known = record::Known {
-        prior: prior_record.as_ref(),
-        cluster_id: &cluster_id,
-        secret_had_cluster_id: outcome == SecretOutcome::Kept,
-        pods: &pods,
-    };
-    changes.record(record::ensure(client, spec, mode, &cluster_record, known, progress).await?);
+    changes.record(record_applied);
 
     for service in [&headless_service, &master_service, &replica_service] {
         changes.record(apply_one::<Service>(client, ns, service, mode, progress).await?);

@@ -141,10 +141,10 @@ async fn deploy_applies_in_order_with_pgsets_field_manager_and_creates_the_secre
             "GET /api/v1/namespaces/default/configmaps/pgset-record",
             "GET /api/v1/namespaces/default/pods",
             "GET /api/v1/namespaces/default/secrets/pgset-secret",
-            "POST /api/v1/namespaces/default/secrets",
             "GET /api/v1/namespaces/default/persistentvolumeclaims",
             "GET /api/v1/namespaces/default/persistentvolumeclaims/pgset-pvc",
             "POST /api/v1/namespaces/default/configmaps",
+            "POST /api/v1/namespaces/default/secrets",
             "GET /api/v1/namespaces/default/services/pgset",
             "PATCH /api/v1/namespaces/default/services/pgset",
             "GET /api/v1/namespaces/default/services/pgset-master",
@@ -291,6 +291,12 @@ async fn an_incomplete_secret_stops_the_deploy_before_anything_that_uses_it() {
         !calls
             .iter()
             .any(|c| c.path.contains("/secrets") && c.is_write())
+    );
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.path.contains("/configmaps") && c.is_write()),
+        "the record is not made for a Secret that stops the deploy"
     );
     assert!(!calls.iter().any(|c| c.path.contains("statefulsets")));
 }
@@ -531,6 +537,42 @@ async fn a_record_without_a_state_is_filled_and_a_deleted_one_is_kept_as_it_is()
             .iter()
             .any(|l| l.contains("was deleted but its finalizer pgset.io/record keeps it")),
         "{lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_deploy_stopped_after_the_record_leaves_the_id_the_next_secret_takes() {
+    let mut inner = deploy_handler(None);
+    let mut refused_once = false;
+    let (client, calls) = mock_client(move |call: &Call| {
+        if call.method == "POST" && call.path.ends_with("/secrets") && !refused_once {
+            refused_once = true;
+            return (
+                500,
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                       "message": "etcd timeout", "reason": "InternalError", "code": 500}),
+            );
+        }
+        inner(call)
+    });
+    deploy(&client, &templates(), ApplyMode::Apply, &mut |_: &str| {})
+        .await
+        .expect_err("the Secret could not be made");
+    let record = written(&calls, "/configmaps");
+    assert_eq!(record[0].body["data"]["state"], "new");
+    let id = record[0].body["data"]["clusterId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    calls.lock().unwrap().clear();
+    deploy(&client, &templates(), ApplyMode::Apply, &mut |_: &str| {})
+        .await
+        .unwrap();
+    let secret = written(&calls, "/secrets");
+    assert_eq!(secret[0].body["data"]["cluster-id"], json!(b64(&id)));
+    assert!(
+        written(&calls, "pgset-record").is_empty(),
+        "still new, left as it is"
     );
 }
 
