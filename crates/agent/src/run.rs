@@ -983,4 +983,141 @@ mod tests {
             .to_string();
         assert!(e.contains("cannot be read"), "{e}");
     }
+
+    /// A PodApi whose calls are recorded (method, path, body) and answered with `{}`.
+    fn recording_api() -> (
+        PodApi,
+        std::sync::Arc<std::sync::Mutex<Vec<(String, String, serde_json::Value)>>>,
+    ) {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            let mut handle = std::pin::pin!(handle);
+            while let Some((request, send)) = handle.next_request().await {
+                let (parts, body) = request.into_parts();
+                let bytes = body.collect_bytes().await.unwrap();
+                record.lock().unwrap().push((
+                    parts.method.to_string(),
+                    parts.uri.path().to_string(),
+                    serde_json::from_slice(&bytes).unwrap_or_default(),
+                ));
+                send.send_response(
+                    Response::builder()
+                        .status(200)
+                        .header("content-type", "application/json")
+                        .body(Body::from(
+                            br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{}}"#.to_vec(),
+                        ))
+                        .unwrap(),
+                );
+            }
+        });
+        (
+            PodApi::with_client(kube::Client::new(service, "db"), "db", "pgset"),
+            seen,
+        )
+    }
+
+    /// A master whose data directory holds a pg_control of system `sysid`.
+    fn master_with_data(sysid: u64) -> (tempfile::TempDir, Settings, MemberRef) {
+        let root = tempfile::tempdir().unwrap();
+        let (mut s, me) = master();
+        s.env.data_root = root.path().to_path_buf();
+        std::fs::create_dir_all(s.pgdata().join("global")).unwrap();
+        std::fs::write(s.pgdata().join("global/pg_control"), sysid.to_ne_bytes()).unwrap();
+        (root, s, me)
+    }
+
+    #[tokio::test]
+    async fn a_master_on_its_own_data_fills_in_a_record_that_expected_data() {
+        let (_root, s, me) = master_with_data(7300);
+        let (api, seen) = recording_api();
+        let expected = state(contract::record::STATE_DATA_EXPECTED);
+        keep_record(
+            &s,
+            &me,
+            Some(&api),
+            Plan::Existing,
+            Some(&Ok(Some(expected))),
+            None,
+        )
+        .await;
+        // A record that already says so is not written again.
+        let mut same = record("c1");
+        same.system_identifier = Some("7300".into());
+        keep_record(
+            &s,
+            &me,
+            Some(&api),
+            Plan::Existing,
+            Some(&Ok(Some(same))),
+            None,
+        )
+        .await;
+        // Nor is one that names another system (reported instead).
+        keep_record(
+            &s,
+            &me,
+            Some(&api),
+            Plan::Existing,
+            Some(&Ok(Some(record("c1")))),
+            None,
+        )
+        .await;
+        let calls = seen.lock().unwrap().clone();
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert_eq!(calls[0].0, "PATCH");
+        assert_eq!(calls[0].1, "/api/v1/namespaces/db/configmaps/pgset-record");
+        assert_eq!(
+            calls[0].2,
+            serde_json::json!({"data": {"state": "data", "systemIdentifier": "7300", "clusterId": "c1"}})
+        );
+    }
+
+    #[tokio::test]
+    async fn an_initialisation_on_the_opt_in_records_what_it_replaced_and_what_it_made() {
+        let (_root, mut s, me) = master_with_data(7301);
+        s.env.allow_reinit = true;
+        let (api, seen) = recording_api();
+        let reinit = check_record_before_initdb(&s, &me, Some(&Ok(Some(record("c1")))))
+            .unwrap()
+            .unwrap();
+        mark_reinit(&s, Some(&api), &reinit).await.unwrap();
+        keep_record(
+            &s,
+            &me,
+            Some(&api),
+            Plan::Initdb,
+            Some(&Ok(Some(record("c1")))),
+            Some(&reinit),
+        )
+        .await;
+        let calls = seen.lock().unwrap().clone();
+        assert_eq!(
+            calls.iter().map(|c| c.2.clone()).collect::<Vec<_>>(),
+            [
+                serde_json::json!({"data": {"reinitReplaced": "42", "reinitSystemIdentifier": null}}),
+                serde_json::json!({"data": {"state": "data", "systemIdentifier": "7301",
+                                            "clusterId": "c1", "reinitSystemIdentifier": "7301"}}),
+            ]
+        );
+        // An initialisation whose result was never recorded is completed at the next start.
+        seen.lock().unwrap().clear();
+        let mut pending = record("c1");
+        pending.reinit_replaced = Some("42".into());
+        keep_record(
+            &s,
+            &me,
+            Some(&api),
+            Plan::Existing,
+            Some(&Ok(Some(pending))),
+            None,
+        )
+        .await;
+        let calls = seen.lock().unwrap().clone();
+        assert_eq!(calls[0].2["data"]["reinitSystemIdentifier"], "7301");
+    }
 }
