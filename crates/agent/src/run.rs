@@ -984,11 +984,11 @@ mod tests {
         assert!(e.contains("cannot be read"), "{e}");
     }
 
-    /// A PodApi whose calls are recorded (method, path, body) and answered with `{}`.
-    fn recording_api() -> (
-        PodApi,
-        std::sync::Arc<std::sync::Mutex<Vec<(String, String, serde_json::Value)>>>,
-    ) {
+    /// The calls a mock API server saw: method, path, body.
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String, serde_json::Value)>>>;
+
+    /// A PodApi whose calls are recorded and answered with an empty ConfigMap.
+    fn recording_api() -> (PodApi, Seen) {
         use http::{Request, Response};
         use kube::client::Body;
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
