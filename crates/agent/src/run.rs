@@ -344,7 +344,19 @@ fn check_record_before_initdb(
              counts (only `down --purge --yes` removes it)"
         );
     }
+    let how = format!(
+        "remove the record's key {k}: kubectl -n {ns} patch configmap {name} --type json -p \
+         '[{{\"op\":\"remove\",\"path\":\"/data/{k}\"}}]'",
+        k = contract::record::REINIT_REPLACED
+    );
     let replaced = match r.data() {
+        // Sibling directories with data beside a "new" record (inspect let the initdb through
+        // on the opt-in only): the opt-in is used all the same.
+        RecordData::New if !bootstrap::data_evidence(s).is_empty() => {
+            let replaced = sibling_systems(s, me);
+            reinit_allowed(s, r, &replaced, &format!("ConfigMap {name}"), &how)?;
+            return Ok(Some(Reinit { replaced }));
+        }
         RecordData::New => return Ok(None),
         RecordData::Unknown => {
             return Err(refuse(format!(
@@ -392,11 +404,6 @@ fn check_record_before_initdb(
         RecordData::Data(id) => id.to_string(),
         RecordData::DataExpected => contract::record::UNKNOWN_SYSTEM.to_string(),
     };
-    let how = format!(
-        "remove the record's key {k}: kubectl -n {ns} patch configmap {name} --type json -p \
-         '[{{\"op\":\"remove\",\"path\":\"/data/{k}\"}}]'",
-        k = contract::record::REINIT_REPLACED
-    );
     reinit_allowed(s, r, &replaced, &format!("ConfigMap {name}"), &how)?;
     crate::warn!(
         "initialising a new database although the record {name} says this cluster has data \
@@ -444,17 +451,7 @@ fn check_local_reinit(s: &Settings, me: &MemberRef) -> Result<Option<Reinit>> {
     if bootstrap::data_evidence(s).is_empty() {
         return Ok(None);
     }
-    let mut systems: Vec<String> = bootstrap::recorded_systems(s, me)
-        .into_iter()
-        .map(|(_, id)| id)
-        .collect();
-    systems.sort();
-    systems.dedup();
-    let replaced = if systems.is_empty() {
-        contract::record::UNKNOWN_SYSTEM.to_string()
-    } else {
-        systems.join(",")
-    };
+    let replaced = sibling_systems(s, me);
     let file = local_record_path(s);
     let how = format!(
         "remove the key {} from {} (or the file)",
@@ -469,6 +466,22 @@ fn check_local_reinit(s: &Settings, me: &MemberRef) -> Result<Option<Reinit>> {
         &how,
     )?;
     Ok(Some(Reinit { replaced }))
+}
+
+/// The database systems this cluster's other members' directories record, sorted and joined
+/// with `,` ([`contract::record::UNKNOWN_SYSTEM`] when none records one).
+fn sibling_systems(s: &Settings, me: &MemberRef) -> String {
+    let mut systems: Vec<String> = bootstrap::recorded_systems(s, me)
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    systems.sort();
+    systems.dedup();
+    if systems.is_empty() {
+        contract::record::UNKNOWN_SYSTEM.to_string()
+    } else {
+        systems.join(",")
+    }
 }
 
 /// Local mode's record file ([`contract::record::LOCAL_FILE`] in the data root).
@@ -942,6 +955,27 @@ mod tests {
         // A marker that replaced another system than the record now names: used too.
         retry.system_identifier = Some("43".into());
         assert!(allowed(retry).is_err());
+    }
+
+    #[test]
+    fn siblings_with_data_beside_a_new_record_use_the_opt_in_too() {
+        let root = tempfile::tempdir().unwrap();
+        let (mut s, me) = master();
+        s.env.data_root = root.path().to_path_buf();
+        std::fs::create_dir_all(root.path().join("pgset-1")).unwrap();
+        std::fs::write(root.path().join("pgset-1/PG_VERSION"), "15\n").unwrap();
+        s.env.allow_reinit = true;
+        let new = state(contract::record::STATE_NEW);
+        assert_eq!(
+            check_record_before_initdb(&s, &me, Some(&Ok(Some(new.clone())))).unwrap(),
+            Some(Reinit {
+                replaced: contract::record::UNKNOWN_SYSTEM.into()
+            })
+        );
+        let mut used = new;
+        used.reinit_replaced = Some("41".into());
+        used.reinit_system_identifier = Some("42".into());
+        assert!(check_record_before_initdb(&s, &me, Some(&Ok(Some(used)))).is_err());
     }
 
     #[test]
