@@ -216,3 +216,63 @@ async fn a_replica_of_a_reinitialised_master_reports_the_mismatch_and_copies_onl
     assert!(t.dir().join("pgset-1.previous/PG_VERSION").is_file());
     assert_eq!(inode(&t.dir().join("pgset-1.previous")), replica_inode);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reinit_opt_in_is_used_once_and_another_needs_its_record_key_removed() {
+    if pg_or_skip("local_identity_reinit_once").is_none() {
+        return;
+    }
+    let t = TestSet::new(2, 26740);
+    local::up(&t.opts).await.expect("up");
+    t.wait_for(0, STREAMING_COUNT, "1", 30 * SECOND);
+    let old_sysid = t
+        .sql(0, "SELECT system_identifier FROM pg_control_system()")
+        .unwrap();
+    local::down(t.dir(), false).await.unwrap();
+    let record = t.dir().join(pgset_spec::contract::record::LOCAL_FILE);
+
+    // The master's directory is lost; the opt-in initialises anew, once, and says so.
+    let mut master_only = t.opts.clone();
+    master_only.replicas = 1;
+    master_only.allow_reinit = true;
+    std::fs::rename(t.dir().join("pgset-0"), t.tmp.path().join("lost-once")).unwrap();
+    local::up(&master_only)
+        .await
+        .expect("the opt-in initialises anew");
+    let new_sysid = t
+        .sql(0, "SELECT system_identifier FROM pg_control_system()")
+        .unwrap();
+    assert_ne!(new_sysid, old_sysid);
+    let kept: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&record).expect("the use is recorded"))
+            .unwrap();
+    assert_eq!(kept["reinitReplaced"], old_sysid.as_str(), "{kept}");
+    assert_eq!(kept["reinitSystemIdentifier"], new_sysid.as_str(), "{kept}");
+    local::down(t.dir(), false).await.unwrap();
+
+    // Lost again with the opt-in still set: refused, nothing made.
+    std::fs::rename(t.dir().join("pgset-0"), t.tmp.path().join("lost-twice")).unwrap();
+    let err = local::up(&master_only)
+        .await
+        .expect_err("the opt-in was used")
+        .to_string();
+    assert!(
+        err.contains("was already used")
+            && err.contains(&format!("initialised database system {new_sysid}"))
+            && err.contains("reinitReplaced")
+            && err.contains(&record.display().to_string()),
+        "{err}"
+    );
+    assert!(!t.dir().join("pgset-0").exists(), "no new data directory");
+
+    // Allowed once more on purpose: the key removed from the record.
+    std::fs::remove_file(&record).unwrap();
+    local::up(&master_only)
+        .await
+        .expect("a second initialisation on purpose");
+    assert_ne!(
+        t.sql(0, "SELECT system_identifier FROM pg_control_system()")
+            .unwrap(),
+        new_sysid
+    );
+}

@@ -1,11 +1,14 @@
 //! The agent's API calls in a cluster, made with the pod's service account: label its own pod
 //! `role=master|replica` (server-side apply, field manager `pgset`), annotate it with its
 //! step and a base backup's progress (`pgset.io/phase`, `pgset.io/base-backup`, a merge
-//! patch), ask whether a member's pod
+//! patch), read and write keys of the cluster's record and publish the member's data
+//! identity on its pod (merge patches), ask whether a member's pod
 //! still exists, read its own pod's grace period, read the StatefulSet's `spec.replicas` (the
 //! master drops a member's slot only when its ordinal is at or above it), and get, create and
 //! replace the member's write-fence Lease (optimistic concurrency on `resourceVersion`).
 //! The API host comes from KUBERNETES_SERVICE_HOST (an IP): the agent never resolves DNS names.
+
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -16,6 +19,18 @@ use pgset_spec::contract;
 use serde_json::json;
 
 use crate::{Error, Result};
+
+/// How long the agent waits for a connection to the API server.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the agent waits for the API server's answer to a sent request.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the agent waits to send a request.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The longest one API call can take: connect, send and answer. It stays well under the
+/// fence's shortest renew deadline: half of it (a Lease lasts the grace period plus
+/// [`crate::fence::LEASE_MARGIN_OVER_GRACE`], at least 30 s, and a holder gives up after two
+/// thirds of it, at least 20 s), so one call that hangs leaves time for another renewal.
+pub const CALL_BOUND: Duration = Duration::from_secs(10);
 
 /// A client for the pod's own namespace.
 #[derive(Clone)]
@@ -45,6 +60,16 @@ impl PodApi {
                  (automountServiceAccountToken) and KUBERNETES_SERVICE_HOST set"
             ))
         })?;
+        PodApi::from_config(config, namespace, cluster)
+    }
+
+    /// A client for `config` with the agent's timeouts ([`CONNECT_TIMEOUT`], [`READ_TIMEOUT`],
+    /// [`WRITE_TIMEOUT`]): an API server that accepts and never answers costs a call at most
+    /// their sum, never the member's fence or a readiness check.
+    pub fn from_config(mut config: kube::Config, namespace: &str, cluster: &str) -> Result<PodApi> {
+        config.connect_timeout = Some(CONNECT_TIMEOUT);
+        config.read_timeout = Some(READ_TIMEOUT);
+        config.write_timeout = Some(WRITE_TIMEOUT);
         let client = Client::try_from(config)
             .map_err(|e| Error::Kube(format!("building the client: {e}")))?;
         Ok(PodApi::with_client(client, namespace, cluster))
@@ -101,9 +126,9 @@ impl PodApi {
         }
     }
 
-    /// The cluster's record (ConfigMap `<cluster>-record`): the database system identifier and
-    /// cluster id the master recorded, when it recorded any. A missing ConfigMap (a cluster
-    /// deployed before records) is an empty record.
+    /// The cluster's record (ConfigMap `<cluster>-record`) as it is, also while it is being
+    /// deleted (its finalizer keeps it); `None` only when the ConfigMap does not exist, which
+    /// proves nothing about the cluster's data.
     pub async fn cluster_record(&self) -> Result<Option<ClusterRecord>> {
         let name = record_name(&self.cluster);
         let cm = self
@@ -111,35 +136,55 @@ impl PodApi {
             .get_opt(&name)
             .await
             .map_err(|e| self.explain_on(e, Resource::ConfigMaps, "get", &name))?;
-        Ok(cm.and_then(|cm| {
-            let data = cm.data?;
-            Some(ClusterRecord {
-                system_identifier: data.get(contract::record::SYSTEM_IDENTIFIER)?.clone(),
-                cluster_id: data
-                    .get(contract::record::CLUSTER_ID)
-                    .cloned()
-                    .unwrap_or_default(),
-            })
+        Ok(cm.map(|cm| {
+            ClusterRecord::from_data(
+                &cm.data.unwrap_or_default(),
+                cm.metadata.deletion_timestamp.is_some(),
+            )
         }))
     }
 
-    /// Writes the cluster's record (a merge patch of its two data keys; the ConfigMap is made
-    /// by `deploy`).
-    pub async fn write_cluster_record(&self, record: &ClusterRecord) -> Result<()> {
+    /// Writes keys of the cluster's record: a merge patch of those data keys alone (`None`
+    /// removes a key). The agent never creates the record: `deploy` does.
+    pub async fn write_cluster_record(&self, entries: &[(&str, Option<&str>)]) -> Result<()> {
         let name = record_name(&self.cluster);
-        let patch = json!({ "data": {
-            contract::record::SYSTEM_IDENTIFIER: record.system_identifier,
-            contract::record::CLUSTER_ID: record.cluster_id,
-        }});
+        let data: serde_json::Map<String, serde_json::Value> = entries
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
         let params = PatchParams {
             field_manager: Some(format!("{}-agent", contract::FIELD_MANAGER)),
             ..PatchParams::default()
         };
         self.configmaps
-            .patch(&name, &params, &Patch::Merge(&patch))
+            .patch(&name, &params, &Patch::Merge(&json!({ "data": data })))
             .await
             .map(drop)
             .map_err(|e| self.explain_on(e, Resource::ConfigMaps, "patch", &name))
+    }
+
+    /// Publishes the member's data identity on its pod
+    /// ([`contract::record::POD_IDENTITY_ANNOTATION`], a merge patch of that annotation):
+    /// `deploy` rebuilds a lost record from it.
+    pub async fn publish_identity(
+        &self,
+        name: &str,
+        cluster_id: &str,
+        system_identifier: &str,
+    ) -> Result<()> {
+        let params = PatchParams {
+            field_manager: Some(format!("{}-agent", contract::FIELD_MANAGER)),
+            ..PatchParams::default()
+        };
+        self.pods
+            .patch(
+                name,
+                &params,
+                &Patch::Merge(&identity_patch(cluster_id, system_identifier)),
+            )
+            .await
+            .map(drop)
+            .map_err(|e| self.explain(e, "patch", name))
     }
 
     /// The pod's `spec.terminationGracePeriodSeconds` (Kubernetes' default, 30, when unset).
@@ -236,13 +281,63 @@ pub enum Resource {
     ConfigMaps,
 }
 
-/// What the cluster's record says.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the cluster's record holds (the keys of [`contract::record`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterRecord {
-    /// The database system identifier the master initialised.
-    pub system_identifier: String,
-    /// The cluster id of that data.
+    /// [`contract::record::STATE`], when set.
+    pub state: Option<String>,
+    /// The database system identifier the master recorded, when it did.
+    pub system_identifier: Option<String>,
+    /// The cluster id of that data (empty when the record names none).
     pub cluster_id: String,
+    /// [`contract::record::REINIT_REPLACED`]: the opt-in `allowReinit` was used in place of
+    /// this system identifier.
+    pub reinit_replaced: Option<String>,
+    /// [`contract::record::REINIT_SYSTEM_IDENTIFIER`]: the system that initialisation made.
+    pub reinit_system_identifier: Option<String>,
+    /// The ConfigMap is being deleted (kept by its finalizer): still the record.
+    pub deleting: bool,
+}
+
+/// What a record says about the cluster's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordData<'a> {
+    /// A new cluster, no data yet: the master may initialise one.
+    New,
+    /// The cluster has data: this database system.
+    Data(&'a str),
+    /// The cluster has data whose system identifier is not known (a record rebuilt by `deploy`).
+    DataExpected,
+    /// The record says neither (no state): nothing proves the cluster never had data.
+    Unknown,
+}
+
+impl ClusterRecord {
+    /// The record from the ConfigMap's data (empty values count as absent).
+    pub fn from_data(data: &std::collections::BTreeMap<String, String>, deleting: bool) -> Self {
+        let get = |k: &str| data.get(k).filter(|v| !v.is_empty()).cloned();
+        ClusterRecord {
+            state: get(contract::record::STATE),
+            system_identifier: get(contract::record::SYSTEM_IDENTIFIER),
+            cluster_id: get(contract::record::CLUSTER_ID).unwrap_or_default(),
+            reinit_replaced: get(contract::record::REINIT_REPLACED),
+            reinit_system_identifier: get(contract::record::REINIT_SYSTEM_IDENTIFIER),
+            deleting,
+        }
+    }
+
+    /// What the record says about the cluster's data: a system identifier wins (records made
+    /// before the state key hold only that); then the state; anything else is unknown.
+    pub fn data(&self) -> RecordData<'_> {
+        if let Some(id) = &self.system_identifier {
+            return RecordData::Data(id);
+        }
+        match self.state.as_deref() {
+            Some(contract::record::STATE_NEW) => RecordData::New,
+            Some(contract::record::STATE_DATA_EXPECTED) => RecordData::DataExpected,
+            _ => RecordData::Unknown,
+        }
+    }
 }
 
 /// The record ConfigMap's name (the same as `ClusterSpec::record_name`).
@@ -307,6 +402,14 @@ pub fn phase_patch(
     } } })
 }
 
+/// The merge patch that sets only the member's data identity annotation.
+pub fn identity_patch(cluster_id: &str, system_identifier: &str) -> serde_json::Value {
+    let value = json!({ "clusterId": cluster_id, "systemIdentifier": system_identifier });
+    json!({ "metadata": { "annotations": {
+        contract::record::POD_IDENTITY_ANNOTATION: value.to_string(),
+    } } })
+}
+
 /// What to tell the user when the API forbids a call on a pod: which verb the Role lacks.
 pub fn forbidden_message(verb: &str, namespace: &str, cluster: &str, name: &str) -> String {
     forbidden_message_on(Resource::Pods, verb, namespace, cluster, name)
@@ -339,6 +442,14 @@ pub fn forbidden_message_on(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_call_is_bounded_well_under_the_fences_deadlines() {
+        assert_eq!(CALL_BOUND, CONNECT_TIMEOUT + READ_TIMEOUT + WRITE_TIMEOUT);
+        let shortest = crate::fence::loss_after(crate::fence::lease_duration_for_grace(0));
+        assert_eq!(shortest, Duration::from_secs(20));
+        assert!(CALL_BOUND * 2 <= shortest, "{shortest:?}");
+    }
 
     #[test]
     fn patch_sets_only_the_role_label() {

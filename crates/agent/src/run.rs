@@ -14,7 +14,7 @@ use crate::datadir;
 use crate::fence::{Fence, FenceOptions, StalePid, StaleSocketLock};
 use crate::health::{self, Health};
 use crate::identity::{self, MemberRef};
-use crate::kube_api::{ClusterRecord, PodApi};
+use crate::kube_api::{ClusterRecord, PodApi, RecordData};
 use crate::pg::{self, Db, MasterView};
 use crate::pgbin::PgBin;
 use crate::privilege;
@@ -140,8 +140,12 @@ async fn member_loop(
             Some(api) => Some(api.cluster_record().await),
             None => None,
         };
+        let mut reinit = None;
         if s.role == Role::Master && plan == Plan::Initdb {
-            check_record_before_initdb(s, me, record.as_ref())?;
+            reinit = check_record_before_initdb(s, me, record.as_ref())?;
+            if let Some(r) = &reinit {
+                mark_reinit(s, api, r).await?;
+            }
         }
         // A replica's connection to the master, kept while it copies: the master's estimate
         // of the copy's size comes over it.
@@ -156,7 +160,11 @@ async fn member_loop(
                 }
             };
             let recorded = match &record {
-                Some(Ok(Some(r))) if r.cluster_id == me.cluster_id => Some(r.clone()),
+                Some(Ok(Some(r)))
+                    if r.cluster_id == me.cluster_id && r.system_identifier.is_some() =>
+                {
+                    Some(r.clone())
+                }
                 _ => None,
             };
             plan = check_master(s, me, plan, &view, recorded.as_ref())?;
@@ -185,8 +193,11 @@ async fn member_loop(
             never = meter, if plan == Plan::BaseBackup => match never {},
             r = make => {
                 r.map_err(|e| Error::Failed(format!("preparing the data directory: {e}")))??;
-                if s.role == Role::Master && let (Some(api), Some(record)) = (api, &record) {
-                    keep_record(s, me, api, plan, record).await;
+                if s.role == Role::Master {
+                    keep_record(s, me, api, plan, record.as_ref(), reinit.as_ref()).await;
+                }
+                if let Some(api) = api {
+                    publish_identity(s, me, api).await;
                 }
             }
             _ = signals.recv() => {
@@ -295,91 +306,360 @@ async fn wait_for_master(s: &Settings) -> Result<(Db, MasterView)> {
     }
 }
 
-/// Before an initdb in a cluster: the record must be readable (no answer proves nothing) and must
-/// not say that this cluster already initialised a database.
+/// An initialisation over a cluster that had data, on the opt-in `allowReinit`: the system
+/// identifier (or [`contract::record::UNKNOWN_SYSTEM`]) it replaces, recorded before initdb.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reinit {
+    /// What the new database replaces.
+    pub replaced: String,
+}
+
+/// Before an initdb. In a cluster the record must exist, be readable and say "new cluster, no
+/// data yet"; a record with data (or data expected) allows one initialisation on the opt-in,
+/// once. In local mode the sibling directories are the evidence (checked by
+/// [`bootstrap::inspect`]), and local mode's record file keeps that the opt-in was used.
+/// `Some` when this initdb uses the opt-in.
 fn check_record_before_initdb(
     s: &Settings,
     me: &MemberRef,
     record: Option<&Result<Option<ClusterRecord>>>,
-) -> Result<()> {
+) -> Result<Option<Reinit>> {
     let name = crate::kube_api::record_name(&s.env.cluster);
-    match record {
-        None | Some(Ok(None)) => Ok(()),
-        Some(Ok(Some(r))) if r.cluster_id != me.cluster_id || s.env.allow_reinit => {
-            if r.cluster_id == me.cluster_id {
-                crate::warn!(
-                    "initialising a new database although the record {name} says this cluster \
-                     initialised database system {}; {} is set",
-                    r.system_identifier,
-                    contract::env::ALLOW_REINIT
-                );
-            }
-            Ok(())
-        }
-        Some(Ok(Some(r))) => Err(Error::Refused {
-            path: s.pgdata(),
-            problem: format!(
-                "the master's data directory is missing but the cluster record (ConfigMap {name}) \
-                 says this cluster initialised database system {}; an empty master would replace \
-                 the cluster's database. Restore the master's volume (was its claim or \
-                 PersistentVolume replaced?); to start a new, empty database on purpose set {}=true \
-                 (spec: postgres.allowReinit)",
-                r.system_identifier,
-                contract::env::ALLOW_REINIT
-            ),
-        }),
-        Some(Err(e)) => Err(Error::Refused {
-            path: s.pgdata(),
-            problem: format!(
+    let refuse = |problem: String| Error::Refused {
+        path: s.pgdata(),
+        problem,
+    };
+    let deploy = format!("{} deploy", contract::program_name());
+    let ns = s.namespace().unwrap_or("default");
+    let r = match record {
+        None => return check_local_reinit(s, me),
+        Some(Err(e)) => {
+            return Err(refuse(format!(
                 "the master's data directory is empty and the cluster record (ConfigMap {name}) \
                  cannot be read ({e}), so nothing proves the cluster never had data; initdb waits \
                  until the record can be read"
-            ),
-        }),
+            )));
+        }
+        Some(Ok(None)) => {
+            return Err(refuse(format!(
+                "the master's data directory is empty and the cluster record (ConfigMap {name}) \
+                 does not exist, so nothing proves the cluster never had data; run `{deploy}`: it \
+                 makes the record again from what the cluster's Secret, pods and claims prove \
+                 (never as a new cluster over one that existed)"
+            )));
+        }
+        Some(Ok(Some(r))) => r,
+    };
+    if r.deleting {
+        crate::warn!(
+            "the cluster record {name} is being deleted; its finalizer keeps it and it still \
+             counts (only `down --purge --yes` removes it)"
+        );
+    }
+    let how = format!(
+        "remove the record's key {k}: kubectl -n {ns} patch configmap {name} --type json -p \
+         '[{{\"op\":\"remove\",\"path\":\"/data/{k}\"}}]'",
+        k = contract::record::REINIT_REPLACED
+    );
+    let replaced = match r.data() {
+        // Sibling directories with data beside a "new" record (inspect let the initdb through
+        // on the opt-in only): the opt-in is used all the same.
+        RecordData::New if !bootstrap::data_evidence(s).is_empty() => {
+            let replaced = sibling_systems(s, me);
+            reinit_allowed(s, r, &replaced, &format!("ConfigMap {name}"), &how)?;
+            return Ok(Some(Reinit { replaced }));
+        }
+        RecordData::New => return Ok(None),
+        RecordData::Unknown => {
+            return Err(refuse(format!(
+                "the master's data directory is empty and the cluster record (ConfigMap {name}) \
+                 says nothing of the cluster's data (no `{}` key), so nothing proves the cluster \
+                 never had data; run `{deploy}` (it fills the record from what the cluster's \
+                 Secret, pods and claims prove), or, only if this cluster never had data, set the \
+                 key: kubectl -n {ns} patch configmap {name} --type merge -p \
+                 '{{\"data\":{{\"{}\":\"{}\"}}}}'",
+                contract::record::STATE,
+                contract::record::STATE,
+                contract::record::STATE_NEW
+            )));
+        }
+        RecordData::Data(id) if !s.env.allow_reinit => {
+            let other = if r.cluster_id.is_empty() || r.cluster_id == me.cluster_id {
+                String::new()
+            } else {
+                format!(
+                    " (of cluster id {}, while the Secret says {}: was the Secret made anew?)",
+                    r.cluster_id, me.cluster_id
+                )
+            };
+            return Err(refuse(format!(
+                "the master's data directory is missing but the cluster record (ConfigMap {name}) \
+                 says this cluster initialised database system {id}{other}; an empty master would \
+                 replace the cluster's database. Restore the master's volume (was its claim or \
+                 PersistentVolume replaced?); to start a new, empty database on purpose set {}=true \
+                 (spec: postgres.allowReinit)",
+                contract::env::ALLOW_REINIT
+            )));
+        }
+        RecordData::DataExpected if !s.env.allow_reinit => {
+            return Err(refuse(format!(
+                "the master's data directory is missing but the cluster record (ConfigMap {name}) \
+                 says this cluster has data (state {}: rebuilt from the cluster's Secret, pods or \
+                 claims; its system identifier is unknown); an empty master would replace the \
+                 cluster's database. Restore the master's volume (was its claim or \
+                 PersistentVolume replaced?); to start a new, empty database on purpose set {}=true \
+                 (spec: postgres.allowReinit)",
+                contract::record::STATE_DATA_EXPECTED,
+                contract::env::ALLOW_REINIT
+            )));
+        }
+        RecordData::Data(id) => id.to_string(),
+        RecordData::DataExpected => contract::record::UNKNOWN_SYSTEM.to_string(),
+    };
+    reinit_allowed(s, r, &replaced, &format!("ConfigMap {name}"), &how)?;
+    crate::warn!(
+        "initialising a new database although the record {name} says this cluster has data \
+         (database system {replaced}); {} is set, and is used once",
+        contract::env::ALLOW_REINIT
+    );
+    Ok(Some(Reinit { replaced }))
+}
+
+/// The opt-in allows one initialisation: none was recorded, or the recorded one replaced this
+/// same system and never finished (a retry of it).
+fn reinit_allowed(
+    s: &Settings,
+    r: &ClusterRecord,
+    replaced: &str,
+    kept_in: &str,
+    how: &str,
+) -> Result<()> {
+    let Some(previous) = &r.reinit_replaced else {
+        return Ok(());
+    };
+    if r.reinit_system_identifier.is_none() && previous == replaced {
+        return Ok(());
+    }
+    Err(Error::Refused {
+        path: s.pgdata(),
+        problem: format!(
+            "the master's data directory is missing and {} (spec: postgres.allowReinit) was \
+             already used: it initialised database system {} in place of {previous} (recorded in \
+             {kept_in}); the opt-in allows one initialisation, so it does not start another empty \
+             database although it is still set. Restore the master's data; to initialise anew \
+             once more on purpose, {how}",
+            contract::env::ALLOW_REINIT,
+            r.reinit_system_identifier
+                .as_deref()
+                .unwrap_or("(not finished)"),
+        ),
+    })
+}
+
+/// Local mode: the sibling directories are the evidence of data ([`bootstrap::data_evidence`];
+/// without the opt-in [`bootstrap::inspect`] already refused), and the record file in the
+/// data root keeps that the opt-in was used.
+fn check_local_reinit(s: &Settings, me: &MemberRef) -> Result<Option<Reinit>> {
+    if bootstrap::data_evidence(s).is_empty() {
+        return Ok(None);
+    }
+    let replaced = sibling_systems(s, me);
+    let file = local_record_path(s);
+    let how = format!(
+        "remove the key {} from {} (or the file)",
+        contract::record::REINIT_REPLACED,
+        file.display()
+    );
+    reinit_allowed(
+        s,
+        &read_local_record(s)?,
+        &replaced,
+        &file.display().to_string(),
+        &how,
+    )?;
+    Ok(Some(Reinit { replaced }))
+}
+
+/// The database systems this cluster's other members' directories record, sorted and joined
+/// with `,` ([`contract::record::UNKNOWN_SYSTEM`] when none records one).
+fn sibling_systems(s: &Settings, me: &MemberRef) -> String {
+    let mut systems: Vec<String> = bootstrap::recorded_systems(s, me)
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    systems.sort();
+    systems.dedup();
+    if systems.is_empty() {
+        contract::record::UNKNOWN_SYSTEM.to_string()
+    } else {
+        systems.join(",")
     }
 }
 
-/// After the master's data is in place: records its database system in the cluster record when
-/// the record is empty (or after an initialisation on opt-in); a record that disagrees is
-/// reported, not overwritten.
+/// Local mode's record file ([`contract::record::LOCAL_FILE`] in the data root).
+fn local_record_path(s: &Settings) -> PathBuf {
+    s.env.data_root.join(contract::record::LOCAL_FILE)
+}
+
+/// The local record file's keys (none when the file does not exist; an unreadable file
+/// refuses: it may say the opt-in was used).
+fn local_record_data(s: &Settings) -> Result<std::collections::BTreeMap<String, String>> {
+    let path = local_record_path(s);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| Error::Refused {
+            path: path.clone(),
+            problem: format!(
+                "the local cluster record cannot be read ({e}); it keeps whether {} was used, so \
+                 nothing is initialised until it is valid JSON of string keys",
+                contract::env::ALLOW_REINIT
+            ),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+        Err(e) => Err(crate::io_err(format!("read {}", path.display()))(e)),
+    }
+}
+
+fn read_local_record(s: &Settings) -> Result<ClusterRecord> {
+    Ok(ClusterRecord::from_data(&local_record_data(s)?, false))
+}
+
+/// Sets (or, with `None`, removes) keys of the local record file.
+fn write_local_record(s: &Settings, entries: &[(&str, Option<&str>)]) -> Result<()> {
+    let mut data = local_record_data(s)?;
+    for (k, v) in entries {
+        match v {
+            Some(v) => data.insert(k.to_string(), v.to_string()),
+            None => data.remove(*k),
+        };
+    }
+    let text = serde_json::to_string_pretty(&data)
+        .map_err(|e| Error::Failed(format!("the local cluster record: {e}")))?
+        + "\n";
+    datadir::write_atomic(&local_record_path(s), text.as_bytes(), 0o600).map(drop)
+}
+
+/// Records, before the initdb, that the opt-in is used in place of `reinit.replaced` (and that
+/// this initialisation has not finished). No initdb runs when it cannot be recorded.
+async fn mark_reinit(s: &Settings, api: Option<&PodApi>, reinit: &Reinit) -> Result<()> {
+    let entries = [
+        (
+            contract::record::REINIT_REPLACED,
+            Some(reinit.replaced.as_str()),
+        ),
+        (contract::record::REINIT_SYSTEM_IDENTIFIER, None),
+    ];
+    let written = match api {
+        Some(api) => api.write_cluster_record(&entries).await,
+        None => write_local_record(s, &entries),
+    };
+    written.map_err(|e| Error::Refused {
+        path: s.pgdata(),
+        problem: format!(
+            "{} is set, but that it is used cannot be recorded ({e}); no new database is made \
+             until it can be",
+            contract::env::ALLOW_REINIT
+        ),
+    })
+}
+
+/// After the master's data is in place: fills the cluster record with its database system
+/// when the record does not say it yet (new, data expected, no state), after an
+/// initialisation, and when an initialisation on the opt-in finished (then also
+/// [`contract::record::REINIT_SYSTEM_IDENTIFIER`]); a record that names another system is
+/// reported, not overwritten. Local mode keeps only the opt-in's use, in its record file.
 async fn keep_record(
     s: &Settings,
     me: &MemberRef,
-    api: &PodApi,
+    api: Option<&PodApi>,
     plan: Plan,
-    record: &Result<Option<ClusterRecord>>,
+    record: Option<&Result<Option<ClusterRecord>>>,
+    reinit: Option<&Reinit>,
 ) {
     let Ok(own) = identity::control_system_identifier(&s.pgdata()) else {
         return;
     };
-    let ours = ClusterRecord {
-        system_identifier: own.to_string(),
-        cluster_id: me.cluster_id.clone(),
+    let own = own.to_string();
+    let Some(api) = api else {
+        let pending = read_local_record(s)
+            .is_ok_and(|r| r.reinit_replaced.is_some() && r.reinit_system_identifier.is_none());
+        if reinit.is_some() || pending {
+            let entries = [(
+                contract::record::REINIT_SYSTEM_IDENTIFIER,
+                Some(own.as_str()),
+            )];
+            if let Err(e) = write_local_record(s, &entries) {
+                crate::warn!("writing the local cluster record: {e}");
+            }
+        }
+        return;
     };
-    let write = match record {
-        Ok(None) => true,
-        Ok(Some(r)) if *r == ours => false,
-        Ok(Some(_)) if plan == Plan::Initdb => true,
-        Ok(Some(r)) => {
+    let name = crate::kube_api::record_name(&s.env.cluster);
+    let r = match record {
+        Some(Ok(Some(r))) => r,
+        Some(Ok(None)) => {
             crate::warn!(
-                "the cluster record says database system {} (cluster id {}) but the master's data \
-                 is {own}; left as it is: new replicas will refuse to copy this master until it is \
-                 resolved",
-                r.system_identifier,
+                "the cluster record {name} does not exist; `{} deploy` makes it again",
+                contract::program_name()
+            );
+            return;
+        }
+        _ => return,
+    };
+    let pending = r.reinit_replaced.is_some() && r.reinit_system_identifier.is_none();
+    let finished_reinit = reinit.is_some() || (plan == Plan::Existing && pending);
+    let write = match r.data() {
+        _ if plan == Plan::Initdb || finished_reinit => true,
+        RecordData::Data(id) if id == own => false,
+        RecordData::Data(id) => {
+            crate::warn!(
+                "the cluster record says database system {id} (cluster id {}) but the master's \
+                 data is {own}; left as it is: new replicas will refuse to copy this master until \
+                 it is resolved",
                 r.cluster_id
             );
             false
         }
-        Err(_) => false,
-    };
-    if write {
-        match api.write_cluster_record(&ours).await {
-            Ok(()) => crate::info!(
-                "recorded database system {own} in the cluster record {}",
-                crate::kube_api::record_name(&s.env.cluster)
-            ),
-            Err(e) => crate::warn!("writing the cluster record: {e}"),
+        _ if !r.cluster_id.is_empty() && r.cluster_id != me.cluster_id => {
+            crate::warn!(
+                "the cluster record {name} names cluster id {} but this member's is {}; left as \
+                 it is",
+                r.cluster_id,
+                me.cluster_id
+            );
+            false
         }
+        RecordData::New | RecordData::DataExpected | RecordData::Unknown => true,
+    };
+    if !write {
+        return;
+    }
+    let mut entries = vec![
+        (contract::record::STATE, Some(contract::record::STATE_DATA)),
+        (contract::record::SYSTEM_IDENTIFIER, Some(own.as_str())),
+        (contract::record::CLUSTER_ID, Some(me.cluster_id.as_str())),
+    ];
+    if finished_reinit {
+        entries.push((
+            contract::record::REINIT_SYSTEM_IDENTIFIER,
+            Some(own.as_str()),
+        ));
+    }
+    match api.write_cluster_record(&entries).await {
+        Ok(()) => crate::info!("recorded database system {own} in the cluster record {name}"),
+        Err(e) => crate::warn!("writing the cluster record: {e}"),
+    }
+}
+
+/// Publishes this member's data identity on its pod, for `deploy` to rebuild a lost record.
+async fn publish_identity(s: &Settings, me: &MemberRef, api: &PodApi) {
+    let Ok(own) = identity::control_system_identifier(&s.pgdata()) else {
+        return;
+    };
+    if let Err(e) = api
+        .publish_identity(&s.pod_name, &me.cluster_id, &own.to_string())
+        .await
+    {
+        crate::warn!("publishing the data identity on the pod: {e}");
     }
 }
 
@@ -428,7 +708,7 @@ fn check_master(
             if let Some(r) = record {
                 recorded.push((
                     format!("ConfigMap {}", crate::kube_api::record_name(&s.env.cluster)),
-                    r.system_identifier.clone(),
+                    r.system_identifier.clone().unwrap_or_default(),
                 ));
             }
             if recorded.is_empty()
@@ -597,34 +877,311 @@ mod tests {
 
     fn record(id: &str) -> ClusterRecord {
         ClusterRecord {
-            system_identifier: "42".into(),
+            system_identifier: Some("42".into()),
             cluster_id: id.into(),
+            state: Some(contract::record::STATE_DATA.into()),
+            ..ClusterRecord::default()
         }
     }
 
-    #[test]
-    fn initdb_only_where_the_record_proves_the_cluster_never_had_data() {
-        let (mut s, me) = master();
-        check_record_before_initdb(&s, &me, None).unwrap();
-        check_record_before_initdb(&s, &me, Some(&Ok(None))).unwrap();
-        check_record_before_initdb(&s, &me, Some(&Ok(Some(record("other"))))).unwrap();
-        let e = check_record_before_initdb(&s, &me, Some(&Ok(Some(record("c1")))))
+    fn state(value: &str) -> ClusterRecord {
+        ClusterRecord {
+            state: Some(value.into()),
+            cluster_id: "c1".into(),
+            ..ClusterRecord::default()
+        }
+    }
+
+    fn refused(s: &Settings, me: &MemberRef, r: Result<Option<ClusterRecord>>) -> String {
+        check_record_before_initdb(s, me, Some(&r))
             .unwrap_err()
-            .to_string();
+            .to_string()
+    }
+
+    #[test]
+    fn initdb_only_where_the_record_says_new_cluster_no_data_yet() {
+        let (s, me) = master();
+        assert_eq!(check_record_before_initdb(&s, &me, None).unwrap(), None);
+        let new = state(contract::record::STATE_NEW);
+        assert_eq!(
+            check_record_before_initdb(&s, &me, Some(&Ok(Some(new.clone())))).unwrap(),
+            None
+        );
+        // A missing record is never "empty".
+        let e = refused(&s, &me, Ok(None));
+        assert!(e.contains("does not exist") && e.contains("deploy`"), "{e}");
+        // Nor is a record that says nothing.
+        let e = refused(&s, &me, Ok(Some(ClusterRecord::default())));
+        assert!(
+            e.contains("no `state` key")
+                && e.contains(r#"kubectl -n default patch configmap pgset-record --type merge -p '{"data":{"state":"new"}}'"#),
+            "{e}"
+        );
+        let e = refused(&s, &me, Ok(Some(record("c1"))));
         assert!(
             e.contains("initialised database system 42") && e.contains("PGSET_ALLOW_REINIT"),
             "{e}"
         );
-        let unreadable = Err(Error::Kube("forbidden".into()));
-        let e = check_record_before_initdb(&s, &me, Some(&unreadable))
-            .unwrap_err()
-            .to_string();
+        // Data of another cluster id is data too (the Secret was made anew).
+        let e = refused(&s, &me, Ok(Some(record("other"))));
+        assert!(e.contains("was the Secret made anew"), "{e}");
+        let e = refused(
+            &s,
+            &me,
+            Ok(Some(state(contract::record::STATE_DATA_EXPECTED))),
+        );
+        assert!(
+            e.contains("data-expected") && e.contains("PGSET_ALLOW_REINIT"),
+            "{e}"
+        );
+        // A record being deleted still counts, both ways.
+        let mut deleting = record("c1");
+        deleting.deleting = true;
+        assert!(refused(&s, &me, Ok(Some(deleting))).contains("database system 42"));
+        let mut deleting = new;
+        deleting.deleting = true;
+        assert!(check_record_before_initdb(&s, &me, Some(&Ok(Some(deleting)))).is_ok());
+        let e = refused(&s, &me, Err(Error::Kube("forbidden".into())));
         assert!(
             e.contains("cannot be read (Kubernetes API: forbidden)"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_opt_in_allows_one_initialisation_and_says_how_to_allow_another() {
+        let (mut s, me) = master();
         s.env.allow_reinit = true;
-        check_record_before_initdb(&s, &me, Some(&Ok(Some(record("c1"))))).unwrap();
+        let allowed = |r: ClusterRecord| check_record_before_initdb(&s, &me, Some(&Ok(Some(r))));
+        assert_eq!(
+            allowed(record("c1")).unwrap(),
+            Some(Reinit {
+                replaced: "42".into()
+            })
+        );
+        assert_eq!(
+            allowed(state(contract::record::STATE_DATA_EXPECTED)).unwrap(),
+            Some(Reinit {
+                replaced: contract::record::UNKNOWN_SYSTEM.into()
+            })
+        );
+        // A retry of the same initialisation (it never finished) is the same use.
+        let mut retry = record("c1");
+        retry.reinit_replaced = Some("42".into());
+        assert!(allowed(retry.clone()).unwrap().is_some());
+        // Once it made a system, the opt-in is used up, although it is still set.
+        let mut used = record("c1");
+        used.system_identifier = Some("43".into());
+        used.reinit_replaced = Some("42".into());
+        used.reinit_system_identifier = Some("43".into());
+        let e = allowed(used).unwrap_err().to_string();
+        assert!(
+            e.contains("was already used: it initialised database system 43 in place of 42")
+                && e.contains("kubectl -n default patch configmap pgset-record --type json")
+                && e.contains("/data/reinitReplaced"),
+            "{e}"
+        );
+        // A marker that replaced another system than the record now names: used too.
+        retry.system_identifier = Some("43".into());
+        assert!(allowed(retry).is_err());
+    }
+
+    #[test]
+    fn siblings_with_data_beside_a_new_record_use_the_opt_in_too() {
+        let root = tempfile::tempdir().unwrap();
+        let (mut s, me) = master();
+        s.env.data_root = root.path().to_path_buf();
+        std::fs::create_dir_all(root.path().join("pgset-1")).unwrap();
+        std::fs::write(root.path().join("pgset-1/PG_VERSION"), "15\n").unwrap();
+        s.env.allow_reinit = true;
+        let new = state(contract::record::STATE_NEW);
+        assert_eq!(
+            check_record_before_initdb(&s, &me, Some(&Ok(Some(new.clone())))).unwrap(),
+            Some(Reinit {
+                replaced: contract::record::UNKNOWN_SYSTEM.into()
+            })
+        );
+        let mut used = new;
+        used.reinit_replaced = Some("41".into());
+        used.reinit_system_identifier = Some("42".into());
+        assert!(check_record_before_initdb(&s, &me, Some(&Ok(Some(used)))).is_err());
+    }
+
+    #[test]
+    fn local_mode_keeps_the_opt_ins_use_in_its_record_file() {
+        let root = tempfile::tempdir().unwrap();
+        let (mut s, me) = master();
+        s.env.data_root = root.path().to_path_buf();
+        // A sibling with data: the evidence local mode has.
+        std::fs::create_dir_all(root.path().join("pgset-1")).unwrap();
+        std::fs::write(root.path().join("pgset-1/PG_VERSION"), "15\n").unwrap();
+        s.env.allow_reinit = true;
+        let first = check_record_before_initdb(&s, &me, None)
+            .unwrap()
+            .expect("the opt-in is used");
+        let entries = [
+            (
+                contract::record::REINIT_REPLACED,
+                Some(first.replaced.as_str()),
+            ),
+            (contract::record::REINIT_SYSTEM_IDENTIFIER, None),
+        ];
+        write_local_record(&s, &entries).unwrap();
+        assert!(check_record_before_initdb(&s, &me, None).is_ok(), "a retry");
+        write_local_record(
+            &s,
+            &[(contract::record::REINIT_SYSTEM_IDENTIFIER, Some("43"))],
+        )
+        .unwrap();
+        let e = check_record_before_initdb(&s, &me, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("already used") && e.contains("pgset-record.json"),
+            "{e}"
+        );
+        std::fs::write(root.path().join(contract::record::LOCAL_FILE), "not json").unwrap();
+        let e = check_record_before_initdb(&s, &me, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot be read"), "{e}");
+    }
+
+    /// The calls a mock API server saw: method, path, body.
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String, serde_json::Value)>>>;
+
+    /// A PodApi whose calls are recorded and answered with an empty ConfigMap.
+    fn recording_api() -> (PodApi, Seen) {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            let mut handle = std::pin::pin!(handle);
+            while let Some((request, send)) = handle.next_request().await {
+                let (parts, body) = request.into_parts();
+                let bytes = body.collect_bytes().await.unwrap();
+                record.lock().unwrap().push((
+                    parts.method.to_string(),
+                    parts.uri.path().to_string(),
+                    serde_json::from_slice(&bytes).unwrap_or_default(),
+                ));
+                send.send_response(
+                    Response::builder()
+                        .status(200)
+                        .header("content-type", "application/json")
+                        .body(Body::from(
+                            br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{}}"#.to_vec(),
+                        ))
+                        .unwrap(),
+                );
+            }
+        });
+        (
+            PodApi::with_client(kube::Client::new(service, "db"), "db", "pgset"),
+            seen,
+        )
+    }
+
+    /// A master whose data directory holds a pg_control of system `sysid`.
+    fn master_with_data(sysid: u64) -> (tempfile::TempDir, Settings, MemberRef) {
+        let root = tempfile::tempdir().unwrap();
+        let (mut s, me) = master();
+        s.env.data_root = root.path().to_path_buf();
+        std::fs::create_dir_all(s.pgdata().join("global")).unwrap();
+        std::fs::write(s.pgdata().join("global/pg_control"), sysid.to_ne_bytes()).unwrap();
+        (root, s, me)
+    }
+
+    #[tokio::test]
+    async fn a_master_on_its_own_data_fills_in_a_record_that_expected_data() {
+        let (_root, s, me) = master_with_data(7300);
+        let (api, seen) = recording_api();
+        let expected = state(contract::record::STATE_DATA_EXPECTED);
+        keep_record(
+            &s,
+            &me,
+            Some(&api),
+            Plan::Existing,
+            Some(&Ok(Some(expected))),
+            None,
+        )
+        .await;
+        // A record that already says so is not written again.
+        let mut same = record("c1");
+        same.system_identifier = Some("7300".into());
+        keep_record(
+            &s,
+            &me,
+            Some(&api),
+            Plan::Existing,
+            Some(&Ok(Some(same))),
+            None,
+        )
+        .await;
+        // Nor is one that names another system (reported instead).
+        keep_record(
+            &s,
+            &me,
+            Some(&api),
+            Plan::Existing,
+            Some(&Ok(Some(record("c1")))),
+            None,
+        )
+        .await;
+        let calls = seen.lock().unwrap().clone();
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert_eq!(calls[0].0, "PATCH");
+        assert_eq!(calls[0].1, "/api/v1/namespaces/db/configmaps/pgset-record");
+        assert_eq!(
+            calls[0].2,
+            serde_json::json!({"data": {"state": "data", "systemIdentifier": "7300", "clusterId": "c1"}})
+        );
+    }
+
+    #[tokio::test]
+    async fn an_initialisation_on_the_opt_in_records_what_it_replaced_and_what_it_made() {
+        let (_root, mut s, me) = master_with_data(7301);
+        s.env.allow_reinit = true;
+        let (api, seen) = recording_api();
+        let reinit = check_record_before_initdb(&s, &me, Some(&Ok(Some(record("c1")))))
+            .unwrap()
+            .unwrap();
+        mark_reinit(&s, Some(&api), &reinit).await.unwrap();
+        keep_record(
+            &s,
+            &me,
+            Some(&api),
+            Plan::Initdb,
+            Some(&Ok(Some(record("c1")))),
+            Some(&reinit),
+        )
+        .await;
+        let calls = seen.lock().unwrap().clone();
+        assert_eq!(
+            calls.iter().map(|c| c.2.clone()).collect::<Vec<_>>(),
+            [
+                serde_json::json!({"data": {"reinitReplaced": "42", "reinitSystemIdentifier": null}}),
+                serde_json::json!({"data": {"state": "data", "systemIdentifier": "7301",
+                                            "clusterId": "c1", "reinitSystemIdentifier": "7301"}}),
+            ]
+        );
+        // An initialisation whose result was never recorded is completed at the next start.
+        seen.lock().unwrap().clear();
+        let mut pending = record("c1");
+        pending.reinit_replaced = Some("42".into());
+        keep_record(
+            &s,
+            &me,
+            Some(&api),
+            Plan::Existing,
+            Some(&Ok(Some(pending))),
+            None,
+        )
+        .await;
+        let calls = seen.lock().unwrap().clone();
+        assert_eq!(calls[0].2["data"]["reinitSystemIdentifier"], "7301");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use http::{Request, Response};
 use kube::Client;
 use kube::client::Body;
-use pgset_agent::kube_api::PodApi;
+use pgset_agent::kube_api::{PodApi, RecordData};
 use serde_json::{Value, json};
 
 type Seen = Arc<Mutex<Vec<(String, String, String, Value)>>>;
@@ -119,13 +119,25 @@ async fn the_cluster_record_is_read_and_written_on_its_configmap_only() {
         200,
         json!({"apiVersion": "v1", "kind": "ConfigMap",
                "metadata": {"name": "pgset-record", "namespace": "db"},
-               "data": {"systemIdentifier": "7300000000000000001", "clusterId": "c1"}}),
+               "data": {"state": "data", "systemIdentifier": "7300000000000000001", "clusterId": "c1",
+                        "reinitReplaced": "7200000000000000001"}}),
     );
     let api = PodApi::with_client(client, "db", "pgset");
     let record = api.cluster_record().await.unwrap().expect("a record");
-    assert_eq!(record.system_identifier, "7300000000000000001");
+    assert_eq!(record.data(), RecordData::Data("7300000000000000001"));
     assert_eq!(record.cluster_id, "c1");
-    api.write_cluster_record(&record).await.unwrap();
+    assert_eq!(
+        record.reinit_replaced.as_deref(),
+        Some("7200000000000000001")
+    );
+    assert_eq!(record.reinit_system_identifier, None);
+    assert!(!record.deleting);
+    api.write_cluster_record(&[
+        ("systemIdentifier", Some("7300000000000000001")),
+        ("reinitSystemIdentifier", None),
+    ])
+    .await
+    .unwrap();
     let calls = seen.lock().unwrap().clone();
     assert_eq!(calls.len(), 2);
     assert_eq!(
@@ -138,12 +150,13 @@ async fn the_cluster_record_is_read_and_written_on_its_configmap_only() {
     assert!(query.contains("fieldManager=pgset-agent"), "{query}");
     assert_eq!(
         body,
-        &json!({"data": {"systemIdentifier": "7300000000000000001", "clusterId": "c1"}})
+        &json!({"data": {"systemIdentifier": "7300000000000000001", "reinitSystemIdentifier": null}}),
+        "a merge patch of the given keys alone (null removes one)"
     );
 }
 
 #[tokio::test]
-async fn an_empty_or_missing_record_is_none_and_a_forbidden_one_an_error() {
+async fn a_missing_record_is_none_an_empty_one_unknown_a_deleted_one_still_there() {
     let (client, _) = mock(404, status(404, "NotFound"));
     let api = PodApi::with_client(client, "db", "pgset");
     assert_eq!(api.cluster_record().await.unwrap(), None);
@@ -154,16 +167,67 @@ async fn an_empty_or_missing_record_is_none_and_a_forbidden_one_an_error() {
                "metadata": {"name": "pgset-record", "namespace": "db"}}),
     );
     let api = PodApi::with_client(client, "db", "pgset");
+    let record = api.cluster_record().await.unwrap().expect("it exists");
     assert_eq!(
-        api.cluster_record().await.unwrap(),
-        None,
-        "made by deploy, not yet filled"
+        record.data(),
+        RecordData::Unknown,
+        "no state: nothing proves the cluster never had data"
+    );
+
+    let (client, _) = mock(
+        200,
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "pgset-record", "namespace": "db",
+                            "deletionTimestamp": "2026-01-01T00:00:00Z", "finalizers": ["pgset.io/record"]},
+               "data": {"state": "data-expected", "clusterId": "c1"}}),
+    );
+    let api = PodApi::with_client(client, "db", "pgset");
+    let record = api
+        .cluster_record()
+        .await
+        .unwrap()
+        .expect("kept by its finalizer");
+    assert!(record.deleting);
+    assert_eq!(record.data(), RecordData::DataExpected);
+
+    let (client, _) = mock(
+        200,
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "pgset-record", "namespace": "db"},
+               "data": {"state": "new", "clusterId": "c1"}}),
+    );
+    let api = PodApi::with_client(client, "db", "pgset");
+    assert_eq!(
+        api.cluster_record().await.unwrap().unwrap().data(),
+        RecordData::New
     );
 
     let (client, _) = mock(403, status(403, "Forbidden"));
     let api = PodApi::with_client(client, "db", "pgset");
     let e = api.cluster_record().await.unwrap_err().to_string();
     assert!(e.contains("configmaps") && e.contains("pgset-agent"), "{e}");
+}
+
+#[tokio::test]
+async fn the_data_identity_is_a_merge_patch_of_one_annotation_on_the_pod() {
+    let (client, seen) = mock(200, pod("pgset-1"));
+    PodApi::with_client(client, "db", "pgset")
+        .publish_identity("pgset-1", "c1", "7300000000000000001")
+        .await
+        .unwrap();
+    let calls = seen.lock().unwrap().clone();
+    let (method, path, query, body) = &calls[0];
+    assert_eq!(method, "PATCH");
+    assert_eq!(path, "/api/v1/namespaces/db/pods/pgset-1");
+    assert!(query.contains("fieldManager=pgset-agent"), "{query}");
+    let annotations = body["metadata"]["annotations"].as_object().unwrap();
+    assert_eq!(annotations.len(), 1, "{body}");
+    let published: Value =
+        serde_json::from_str(annotations["pgset.io/data-identity"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        published,
+        json!({"clusterId": "c1", "systemIdentifier": "7300000000000000001"})
+    );
 }
 
 #[tokio::test]
@@ -414,4 +478,47 @@ async fn base_backup_readings_are_written_no_more_often_than_the_interval_and_re
     // The newest reading reaches the pod once its turn comes.
     assert_eq!(readings.last().map(|r| r.1), last);
     assert!(readings[0].0 - started >= Duration::from_secs(1));
+}
+
+/// An API server that accepts the connection, reads the request and never answers: the call
+/// fails within the agent's bound instead of hanging a readiness check or the fence.
+#[tokio::test]
+async fn an_api_server_that_never_answers_costs_one_call_at_most_its_bound() {
+    use pgset_agent::kube_api::{CALL_BOUND, READ_TIMEOUT};
+    use tokio::io::AsyncReadExt;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(Mutex::new(0usize));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut conn, _)) = listener.accept().await {
+            *count.lock().unwrap() += 1;
+            held.push(tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = conn.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                std::future::pending::<()>().await;
+            }));
+        }
+    });
+    let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+    let api = PodApi::from_config(config, "db", "pgset").unwrap();
+    let started = std::time::Instant::now();
+    let outcome = tokio::time::timeout(CALL_BOUND * 3, api.pod_exists("pgset-0")).await;
+    let took = started.elapsed();
+    let result = outcome.expect("the call returns by itself, not only when the test gives up");
+    let e = result.expect_err("a server that never answers is an error, never an answer");
+    assert!(
+        *accepted.lock().unwrap() >= 1,
+        "the server accepted the connection"
+    );
+    assert!(
+        took >= READ_TIMEOUT && took <= CALL_BOUND,
+        "the read timeout ended the call after {took:?}: {e}"
+    );
 }

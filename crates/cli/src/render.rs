@@ -63,3 +63,31 @@ pub async fn run(args: Args) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_system_directory_as_the_export_is_refused_before_anything_is_written() {
+        for export in ["/etc", "/usr", "/"] {
+            let out = tempfile::tempdir().unwrap();
+            let args = Args {
+                out: Some(out.path().join("manifests")),
+                check: false,
+                spec: SpecArgs {
+                    nfs_export: Some(export.into()),
+                    ..SpecArgs::default()
+                },
+                client: ClientArgs::default(),
+            };
+            let err = format!("{:#}", run(args).await.unwrap_err());
+            assert!(
+                err.contains("nfs.export (--nfs-export)")
+                    && err.contains(pgset_spec::SYSTEM_EXPORT_PATH_FIX),
+                "{export}: {err}"
+            );
+            assert!(!out.path().join("manifests").exists(), "{export}");
+        }
+    }
+}

@@ -1,11 +1,10 @@
-//! Server-side apply of a cluster's objects in a fixed order (RBAC, Secret, Services, claim,
-//! StatefulSet) with one field manager; the Secret is get-or-create and never overwritten.
+//! Server-side apply of a cluster's objects in a fixed order (RBAC, the cluster record,
+//! Secret, Services, claim, StatefulSet) with one field manager; the Secret is get-or-create
+//! and never overwritten, the record is created once (see `record`).
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{
-    ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount,
-};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource};
@@ -14,7 +13,7 @@ use pgset_spec::contract::FIELD_MANAGER;
 use pgset_spec::contract::secret::CLUSTER_ID_KEY;
 
 use crate::secret::{Passwords, has_cluster_id, missing_keys, new_cluster_id, secret};
-use crate::{ClusterObjects, Error, NamespacedObject, Result, is_status};
+use crate::{ClusterObjects, Error, NamespacedObject, Result, is_status, record};
 
 /// Whether changes are made or only checked by the API server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +44,10 @@ pub enum SecretOutcome {
     Kept,
     /// It was created with fresh random passwords.
     Created,
+    /// It was missing while the cluster record (or the member pods) named the cluster's id: it
+    /// was created with that cluster id and fresh random passwords (the master sets both roles'
+    /// passwords from the Secret when it starts).
+    CreatedWithRecordedId,
     /// It existed without a cluster id (made before cluster ids): one was added, the passwords
     /// were left as they were.
     ClusterIdAdded,
@@ -75,21 +78,78 @@ pub async fn ensure_secret(
     spec: &ValidSpec,
     mode: ApplyMode,
 ) -> Result<SecretOutcome> {
+    ensure_secret_keeping(client, spec, mode, None)
+        .await
+        .map(|(outcome, _)| outcome)
+}
+
+/// [`ensure_secret`], where a Secret made (or given a cluster id) takes `recorded_id`, the
+/// cluster id the record or the member pods name, instead of a new one: the members' data
+/// carries that id. Returns the outcome and the Secret's cluster id.
+pub async fn ensure_secret_keeping(
+    client: &Client,
+    spec: &ValidSpec,
+    mode: ApplyMode,
+    recorded_id: Option<&str>,
+) -> Result<(SecretOutcome, String)> {
+    let existing = read_secret(client, spec).await?;
+    let (cluster_id, recorded) = secret_cluster_id(existing.as_ref(), recorded_id)?;
+    let outcome =
+        write_secret(client, spec, mode, existing.as_ref(), &cluster_id, recorded).await?;
+    Ok((outcome, cluster_id))
+}
+
+/// Reads the Secret and checks that an existing one has both passwords (pgset never
+/// overwrites them); `None` when it does not exist.
+pub async fn read_secret(client: &Client, spec: &ValidSpec) -> Result<Option<Secret>> {
     let name = spec.secret_name();
     let ns = spec.namespace.as_str();
-    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let existing = api
+    let existing = Api::<Secret>::namespaced(client.clone(), ns)
         .get_opt(&name)
         .await
         .map_err(Error::api("get", "Secret", &name, ns))?;
+    if let Some(existing) = &existing {
+        check_existing(existing, &name)?;
+    }
+    Ok(existing)
+}
+
+/// The cluster's id: the existing Secret's, else `recorded_id` (the record's or the member
+/// pods'), else a new one; and whether it came from `recorded_id`.
+pub fn secret_cluster_id(
+    existing: Option<&Secret>,
+    recorded_id: Option<&str>,
+) -> Result<(String, bool)> {
+    if let Some(id) = existing.and_then(cluster_id_of) {
+        return Ok((id, false));
+    }
+    match recorded_id {
+        Some(id) => Ok((id.to_string(), true)),
+        None => Ok((new_cluster_id()?, false)),
+    }
+}
+
+/// Makes the Secret as read (`existing`) hold `cluster_id`: an existing Secret with a cluster id
+/// is left as it is; one without gets that key alone; a missing one is created with fresh
+/// random passwords. `recorded`: the id is the one the record or the members name.
+async fn write_secret(
+    client: &Client,
+    spec: &ValidSpec,
+    mode: ApplyMode,
+    existing: Option<&Secret>,
+    cluster_id: &str,
+    recorded: bool,
+) -> Result<SecretOutcome> {
+    let name = spec.secret_name();
+    let ns = spec.namespace.as_str();
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     if let Some(existing) = existing {
-        check_existing(&existing, &name)?;
-        if has_cluster_id(&existing) {
+        if cluster_id_of(existing).is_some() {
             return Ok(SecretOutcome::Kept);
         }
         // Only the missing key is added (a merge patch of one data key); the passwords stay.
         let patch = serde_json::json!({
-            "data": { CLUSTER_ID_KEY: ByteString(new_cluster_id()?.into_bytes()) }
+            "data": { CLUSTER_ID_KEY: ByteString(cluster_id.as_bytes().to_vec()) }
         });
         let mut params = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_string()),
@@ -109,21 +169,49 @@ pub async fn ensure_secret(
         field_manager: Some(FIELD_MANAGER.to_string()),
     };
     match api
-        .create(&params, &secret(spec, &passwords, &new_cluster_id()?))
+        .create(&params, &secret(spec, &passwords, cluster_id))
         .await
     {
+        Ok(_) if recorded => Ok(SecretOutcome::CreatedWithRecordedId),
         Ok(_) => Ok(SecretOutcome::Created),
-        // Created by someone else between our get and create: use theirs.
+        // Created by someone else between our get and create: theirs is used if it is whole
+        // and holds this cluster id.
         Err(e) if is_status(&e, 409) => {
             let theirs = api
                 .get(&name)
                 .await
                 .map_err(Error::api("get", "Secret", &name, ns))?;
             check_existing(&theirs, &name)?;
-            Ok(SecretOutcome::Kept)
+            match cluster_id_of(&theirs) {
+                Some(id) if id == cluster_id => Ok(SecretOutcome::Kept),
+                _ => Err(Error::api("create", "Secret", &name, ns)(e)),
+            }
         }
         Err(e) => Err(Error::api("create", "Secret", &name, ns)(e)),
     }
+}
+
+/// The Secret's cluster id, when it has a non-empty one.
+fn cluster_id_of(secret: &Secret) -> Option<String> {
+    if !has_cluster_id(secret) {
+        return None;
+    }
+    let from_data = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(CLUSTER_ID_KEY))
+        .map(|v| String::from_utf8_lossy(&v.0).trim().to_string());
+    let from_string_data = || {
+        secret
+            .string_data
+            .as_ref()
+            .and_then(|d| d.get(CLUSTER_ID_KEY))
+            .map(|v| v.trim().to_string())
+    };
+    from_data
+        .filter(|v| !v.is_empty())
+        .or_else(from_string_data)
+        .filter(|v| !v.is_empty())
 }
 
 fn check_existing(existing: &Secret, name: &str) -> Result<()> {
@@ -136,8 +224,8 @@ fn check_existing(existing: &Secret, name: &str) -> Result<()> {
     }
 }
 
-/// Applies every object of `spec` in order (RBAC, Secret, Services, claim, StatefulSet),
-/// reporting one line per object to `progress`.
+/// Applies every object of `spec` in order (RBAC, the cluster record, Secret, Services, claim,
+/// StatefulSet), reporting one line per object to `progress`.
 pub async fn deploy(
     client: &Client,
     spec: &ValidSpec,
@@ -164,7 +252,33 @@ pub async fn deploy(
     changes.record(apply_one::<Role>(client, ns, &role, mode, progress).await?);
     changes.record(apply_one::<RoleBinding>(client, ns, &role_binding, mode, progress).await?);
 
-    let outcome = ensure_secret(client, spec, mode).await?;
+    // Everything the Secret and the record depend on is read first (and an incomplete Secret
+    // refused before any write): the record, the member pods, the Secret. The record is made
+    // before the Secret, with the Secret's cluster id, so a deploy stopped between the two
+    // leaves a record that names the id the next deploy's Secret takes.
+    let prior_record = record::read(client, spec).await?;
+    let pods = record::member_pods(client, spec).await?;
+    let existing_secret = read_secret(client, spec).await?;
+    let recorded_id = record::inherited_cluster_id(prior_record.as_ref(), &pods);
+    let (cluster_id, recorded) =
+        secret_cluster_id(existing_secret.as_ref(), recorded_id.as_deref())?;
+    let known = record::Known {
+        prior: prior_record.as_ref(),
+        cluster_id: &cluster_id,
+        secret_had_cluster_id: existing_secret.as_ref().is_some_and(has_cluster_id),
+        pods: &pods,
+    };
+    let record_applied =
+        record::ensure(client, spec, mode, &cluster_record, known, progress).await?;
+    let outcome = write_secret(
+        client,
+        spec,
+        mode,
+        existing_secret.as_ref(),
+        &cluster_id,
+        recorded,
+    )
+    .await?;
     if outcome != SecretOutcome::Kept {
         changes
             .changed
@@ -178,13 +292,18 @@ pub async fn deploy(
             "created Secret {} with new random passwords{suffix}",
             spec.secret_name()
         ),
+        SecretOutcome::CreatedWithRecordedId => format!(
+            "created Secret {} with new random passwords and the cluster id {cluster_id} that              ConfigMap {} or the member pods name (the members' data carries it){suffix}",
+            spec.secret_name(),
+            spec.record_name()
+        ),
         SecretOutcome::ClusterIdAdded => format!(
             "added a cluster id to Secret {} (passwords kept){suffix}",
             spec.secret_name()
         ),
     });
 
-    changes.record(apply_one::<ConfigMap>(client, ns, &cluster_record, mode, progress).await?);
+    changes.record(record_applied);
 
     for service in [&headless_service, &master_service, &replica_service] {
         changes.record(apply_one::<Service>(client, ns, service, mode, progress).await?);

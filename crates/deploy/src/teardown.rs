@@ -9,10 +9,10 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{DeleteParams, ListParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::{Api, Client};
-use pgset_spec::contract::{APP_NAME, labels};
+use pgset_spec::contract::{APP_NAME, labels, record};
 use pgset_spec::{ClusterSpec, ValidSpec};
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
@@ -78,6 +78,45 @@ where
     } else {
         progress(&format!("{kind} {name} already absent"));
     }
+    Ok(())
+}
+
+/// Removes the record's finalizer (the only way pgset removes it: `down --purge --yes`), with
+/// a merge patch of the finalizers without pgset's, on the resourceVersion read.
+async fn release_record(
+    client: &Client,
+    spec: &ClusterSpec,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<()> {
+    let ns = spec.namespace.as_str();
+    let name = spec.record_name();
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let Some(cm) = api
+        .get_opt(&name)
+        .await
+        .map_err(Error::api("get", "ConfigMap", &name, ns))?
+    else {
+        return Ok(());
+    };
+    let finalizers = cm.metadata.finalizers.clone().unwrap_or_default();
+    if !finalizers.iter().any(|f| f == record::FINALIZER) {
+        return Ok(());
+    }
+    let kept: Vec<&String> = finalizers
+        .iter()
+        .filter(|f| *f != record::FINALIZER)
+        .collect();
+    let patch = serde_json::json!({ "metadata": {
+        "finalizers": kept,
+        "resourceVersion": cm.metadata.resource_version,
+    }});
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(Error::api("patch", "ConfigMap", &name, ns))?;
+    progress(&format!(
+        "removed the finalizer {} of ConfigMap {name}",
+        record::FINALIZER
+    ));
     Ok(())
 }
 
@@ -165,7 +204,7 @@ async fn labelled_names<K: NamespacedObject>(
 
 /// This cluster's claims: those carrying its selector labels (the shared claim and the
 /// StatefulSet's per-member claims), plus the shared claim by name.
-async fn cluster_claims(client: &Client, spec: &ClusterSpec) -> Result<Vec<String>> {
+pub(crate) async fn cluster_claims(client: &Client, spec: &ClusterSpec) -> Result<Vec<String>> {
     let ns = spec.namespace.as_str();
     let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
     let mut found = labelled_names::<PersistentVolumeClaim>(client, spec).await?;
@@ -315,6 +354,7 @@ pub async fn down(
     match purge {
         Purge::Everything => {
             delete_reporting::<Secret>(client, ns, &spec.secret_name(), progress).await?;
+            release_record(client, spec, progress).await?;
             delete_reporting::<ConfigMap>(client, ns, &spec.record_name(), progress).await?;
         }
         Purge::Keep => progress(&format!(

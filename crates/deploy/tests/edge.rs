@@ -42,31 +42,59 @@ fn existing_secret() -> Value {
 /// at the start (absent when `None`).
 fn deploy_handler(secret: Option<Value>) -> impl FnMut(&Call) -> (u16, Value) + Send + 'static {
     let secret_path = format!("/api/v1/namespaces/{NS}/secrets/pgset-secret");
-    let mut store: HashMap<String, Value> = HashMap::new();
-    if let Some(s) = secret {
-        store.insert(secret_path.clone(), s);
-    }
+    deploy_handler_over(secret.map(|s| vec![(secret_path, s)]).unwrap_or_default())
+}
+
+/// [`deploy_handler`] over a store holding `objects` (path, object) at the start; a GET of a
+/// collection lists the stored objects under it, a POST stores the object under its name.
+fn deploy_handler_over(
+    objects: Vec<(String, Value)>,
+) -> impl FnMut(&Call) -> (u16, Value) + Send + 'static {
+    let mut store: HashMap<String, Value> = objects.into_iter().collect();
     let mut version = 100u64;
     move |call: &Call| {
         let dry_run = call.query.contains("dryRun");
         match (call.method.as_str(), call.path.as_str()) {
+            ("GET", p) if p.ends_with("/pods") || p.ends_with("/persistentvolumeclaims") => {
+                let prefix = format!("{p}/");
+                let mut items: Vec<Value> = store
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(&prefix) && !k[prefix.len()..].contains('/'))
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                items.sort_by_key(|v| v["metadata"]["name"].as_str().map(str::to_string));
+                (
+                    200,
+                    json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}),
+                )
+            }
             ("GET", p) => match store.get(p) {
                 Some(o) => (200, o.clone()),
                 None => not_found(p),
             },
-            ("POST", p) if p == format!("/api/v1/namespaces/{NS}/secrets") => {
+            ("POST", p) => {
                 version += 1;
                 let (code, obj) = echo_with_version(call, &version.to_string());
+                let name = obj["metadata"]["name"].as_str().unwrap_or_default();
                 if !dry_run {
-                    store.insert(secret_path.clone(), obj.clone());
+                    store.insert(format!("{p}/{name}"), obj.clone());
                 }
                 (code, obj)
             }
             ("PATCH", p) => match store.get(p) {
                 Some(old) if same_content(old, &call.body) => (200, old.clone()),
-                _ => {
+                old => {
                     version += 1;
-                    let (code, obj) = echo_with_version(call, &version.to_string());
+                    let (code, mut obj) = echo_with_version(call, &version.to_string());
+                    if call.content_type == "application/merge-patch+json"
+                        && let Some(old) = old
+                    {
+                        obj = old.clone();
+                        for (k, v) in call.body["data"].as_object().cloned().unwrap_or_default() {
+                            obj["data"][k] = v;
+                        }
+                        obj["metadata"]["resourceVersion"] = json!(version.to_string());
+                    }
                     if !dry_run {
                         store.insert(p.to_string(), obj.clone());
                     }
@@ -110,10 +138,13 @@ async fn deploy_applies_in_order_with_pgsets_field_manager_and_creates_the_secre
             "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/default/roles/pgset-agent",
             "GET /apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings/pgset-agent",
             "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings/pgset-agent",
-            "GET /api/v1/namespaces/default/secrets/pgset-secret",
-            "POST /api/v1/namespaces/default/secrets",
             "GET /api/v1/namespaces/default/configmaps/pgset-record",
-            "PATCH /api/v1/namespaces/default/configmaps/pgset-record",
+            "GET /api/v1/namespaces/default/pods",
+            "GET /api/v1/namespaces/default/secrets/pgset-secret",
+            "GET /api/v1/namespaces/default/persistentvolumeclaims",
+            "GET /api/v1/namespaces/default/persistentvolumeclaims/pgset-pvc",
+            "POST /api/v1/namespaces/default/configmaps",
+            "POST /api/v1/namespaces/default/secrets",
             "GET /api/v1/namespaces/default/services/pgset",
             "PATCH /api/v1/namespaces/default/services/pgset",
             "GET /api/v1/namespaces/default/services/pgset-master",
@@ -134,7 +165,32 @@ async fn deploy_applies_in_order_with_pgsets_field_manager_and_creates_the_secre
         assert_eq!(call.content_type, "application/apply-patch+yaml");
         assert_eq!(call.body["metadata"]["namespace"], NS);
     }
-    let create = calls.iter().find(|c| c.method == "POST").unwrap();
+    // A first deploy over nothing: the record says "new cluster, no data yet", with the
+    // Secret's cluster id, and carries its finalizer.
+    let record = calls
+        .iter()
+        .find(|c| c.method == "POST" && c.path.ends_with("/configmaps"))
+        .unwrap();
+    let create = calls
+        .iter()
+        .find(|c| c.method == "POST" && c.path.ends_with("/secrets"))
+        .unwrap();
+    assert_eq!(record.body["data"]["state"], "new");
+    assert_eq!(
+        record.body["data"]["clusterId"].as_str().map(str::as_bytes),
+        create.body["data"]["cluster-id"]
+            .as_str()
+            .map(
+                |b64| serde_json::from_value::<k8s_openapi::ByteString>(json!(b64))
+                    .unwrap()
+                    .0
+            )
+            .as_deref()
+    );
+    assert_eq!(
+        record.body["metadata"]["finalizers"],
+        json!(["pgset.io/record"])
+    );
     assert!(query_pairs(create).contains(&"fieldManager=pgset".to_string()));
     let data = &create.body["data"];
     for key in ["superuser-password", "replication-password"] {
@@ -175,8 +231,8 @@ async fn second_deploy_keeps_the_existing_secret_untouched() {
             .iter()
             .any(|l| l.starts_with("kept Secret pgset-secret"))
     );
-    // Everything else is still applied.
-    assert_eq!(calls.iter().filter(|c| c.method == "PATCH").count(), 9);
+    // Everything else is still applied; the missing record is created.
+    assert_eq!(calls.iter().filter(|c| c.method == "PATCH").count(), 8);
 }
 
 #[tokio::test]
@@ -213,7 +269,7 @@ async fn a_second_deploy_over_the_same_spec_changes_nothing_and_says_so() {
         .iter()
         .filter(|c| c.method == "POST")
         .count();
-    assert_eq!(posts, 1, "the Secret is created once");
+    assert_eq!(posts, 2, "the Secret and the record are created once");
 }
 
 #[tokio::test]
@@ -235,6 +291,12 @@ async fn an_incomplete_secret_stops_the_deploy_before_anything_that_uses_it() {
         !calls
             .iter()
             .any(|c| c.path.contains("/secrets") && c.is_write())
+    );
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.path.contains("/configmaps") && c.is_write()),
+        "the record is not made for a Secret that stops the deploy"
     );
     assert!(!calls.iter().any(|c| c.path.contains("statefulsets")));
 }
@@ -258,6 +320,262 @@ async fn server_dry_run_sends_dry_run_on_every_write() {
     }
 }
 
+const RECORD: &str = "/api/v1/namespaces/default/configmaps/pgset-record";
+const SECRET: &str = "/api/v1/namespaces/default/secrets/pgset-secret";
+
+fn templates() -> ValidSpec {
+    let mut s = spec().into_inner();
+    s.storage.mode = StorageMode::Templates;
+    s.validated().unwrap()
+}
+
+/// Member `ordinal`'s claim in templates mode, labelled as the StatefulSet labels it.
+fn member_claim(ordinal: i32) -> (String, Value) {
+    let name = format!("data-pgset-{ordinal}");
+    (
+        format!("/api/v1/namespaces/{NS}/persistentvolumeclaims/{name}"),
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+               "metadata": {"name": name, "namespace": NS, "resourceVersion": "3",
+                            "labels": {"app.kubernetes.io/name": "pgset", "app.kubernetes.io/instance": "pgset"}}}),
+    )
+}
+
+/// A member pod that published its data identity.
+fn published(ordinal: i32, cluster_id: &str, sysid: &str) -> (String, Value) {
+    let mut p = pod(ordinal, true, "r1");
+    p["metadata"]["annotations"] = json!({
+        "pgset.io/data-identity": json!({"clusterId": cluster_id, "systemIdentifier": sysid}).to_string()
+    });
+    (format!("/api/v1/namespaces/{NS}/pods/pgset-{ordinal}"), p)
+}
+
+fn record_object(data: Value, deleting: bool) -> (String, Value) {
+    let mut r = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "pgset-record", "namespace": NS, "resourceVersion": "5",
+                     "finalizers": ["pgset.io/record"],
+                     "labels": {"app.kubernetes.io/name": "pgset", "app.kubernetes.io/instance": "pgset",
+                                "app.kubernetes.io/managed-by": "pgset"}},
+        "data": data});
+    if deleting {
+        r["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    }
+    (RECORD.to_string(), r)
+}
+
+fn b64(text: &str) -> String {
+    serde_json::to_value(k8s_openapi::ByteString(text.as_bytes().to_vec()))
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn written(calls: &Calls, path_end: &str) -> Vec<Call> {
+    calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.is_write() && c.path.ends_with(path_end))
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn a_lost_record_of_a_cluster_with_data_is_rebuilt_as_data_expected_never_as_new() {
+    // Templates mode: the record was deleted, pgset-0's claim too; the Secret (with its cluster
+    // id) and pgset-1's claim remain.
+    let (client, calls) = mock_client(deploy_handler_over(vec![
+        (SECRET.to_string(), existing_secret()),
+        member_claim(1),
+    ]));
+    let mut lines = Vec::new();
+    deploy(&client, &templates(), ApplyMode::Apply, &mut |l: &str| {
+        lines.push(l.to_string())
+    })
+    .await
+    .unwrap();
+    let made = written(&calls, "/configmaps");
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(made[0].method, "POST");
+    assert_eq!(
+        made[0].body["data"],
+        json!({"state": "data-expected", "clusterId": "c1"})
+    );
+    assert!(
+        written(&calls, "/secrets").is_empty(),
+        "the Secret is only read"
+    );
+    let said = lines.join("\n");
+    assert!(
+        said.contains("state data-expected")
+            && said.contains("the Secret already held a cluster id")
+            && said.contains("data-pgset-1"),
+        "{said}"
+    );
+    // A second deploy changes nothing, the record above all.
+    calls.lock().unwrap().clear();
+    let again = deploy(&client, &templates(), ApplyMode::Apply, &mut |_: &str| {})
+        .await
+        .unwrap();
+    assert!(again.changed.is_empty(), "{again:?}");
+    assert!(written(&calls, "pgset-record").is_empty());
+}
+
+#[tokio::test]
+async fn a_rebuilt_record_takes_the_system_the_members_published() {
+    let (client, calls) = mock_client(deploy_handler_over(vec![
+        (SECRET.to_string(), existing_secret()),
+        published(1, "c1", "7300000000000000001"),
+        published(2, "c1", "7300000000000000001"),
+    ]));
+    deploy(&client, &templates(), ApplyMode::Apply, &mut |_: &str| {})
+        .await
+        .unwrap();
+    let made = written(&calls, "/configmaps");
+    assert_eq!(
+        made[0].body["data"],
+        json!({"state": "data", "systemIdentifier": "7300000000000000001", "clusterId": "c1"})
+    );
+}
+
+#[tokio::test]
+async fn a_secret_made_anew_takes_the_cluster_id_the_record_names() {
+    let (client, calls) = mock_client(deploy_handler_over(vec![record_object(
+        json!({"state": "data", "systemIdentifier": "73", "clusterId": "8d775e27ac9e0f7f18b2705aeab85d67"}),
+        false,
+    )]));
+    let mut lines = Vec::new();
+    deploy(&client, &templates(), ApplyMode::Apply, &mut |l: &str| {
+        lines.push(l.to_string())
+    })
+    .await
+    .unwrap();
+    let secret = written(&calls, "/secrets");
+    assert_eq!(secret.len(), 1);
+    assert_eq!(secret[0].method, "POST");
+    assert_eq!(
+        secret[0].body["data"]["cluster-id"],
+        json!(b64("8d775e27ac9e0f7f18b2705aeab85d67"))
+    );
+    assert!(
+        secret[0].body["data"]["superuser-password"].is_string(),
+        "new passwords"
+    );
+    assert!(
+        written(&calls, "pgset-record").is_empty(),
+        "the record is left as it is"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("the cluster id 8d775e27ac9e0f7f18b2705aeab85d67")),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_secret_made_anew_takes_the_cluster_id_the_members_published() {
+    let (client, calls) = mock_client(deploy_handler_over(vec![published(1, "c9", "73")]));
+    deploy(&client, &templates(), ApplyMode::Apply, &mut |_: &str| {})
+        .await
+        .unwrap();
+    let secret = written(&calls, "/secrets");
+    assert_eq!(secret[0].body["data"]["cluster-id"], json!(b64("c9")));
+    let made = written(&calls, "/configmaps");
+    assert_eq!(
+        made[0].body["data"],
+        json!({"state": "data", "systemIdentifier": "73", "clusterId": "c9"})
+    );
+}
+
+#[tokio::test]
+async fn a_record_without_a_state_is_filled_and_a_deleted_one_is_kept_as_it_is() {
+    // Made empty by an older deploy, the cluster's Secret in place: data expected.
+    let mut old = record_object(json!(null), false);
+    old.1.as_object_mut().unwrap().remove("data");
+    old.1["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("finalizers");
+    let (client, calls) = mock_client(deploy_handler_over(vec![
+        (SECRET.to_string(), existing_secret()),
+        old,
+    ]));
+    deploy(&client, &templates(), ApplyMode::Apply, &mut |_: &str| {})
+        .await
+        .unwrap();
+    let writes = written(&calls, "pgset-record");
+    assert_eq!(writes[0].content_type, "application/merge-patch+json");
+    assert_eq!(
+        writes[0].body,
+        json!({"data": {"state": "data-expected", "clusterId": "c1"}})
+    );
+    assert_eq!(writes[1].content_type, "application/apply-patch+yaml");
+    assert_eq!(
+        writes[1].body["metadata"]["finalizers"],
+        json!(["pgset.io/record"])
+    );
+    assert!(writes[1].body.get("data").is_none());
+
+    // A record deleted by hand stays (its finalizer): deploy says so and writes nothing to it.
+    let (client, calls) = mock_client(deploy_handler_over(vec![
+        (SECRET.to_string(), existing_secret()),
+        record_object(
+            json!({"state": "data", "systemIdentifier": "73", "clusterId": "c1"}),
+            true,
+        ),
+    ]));
+    let mut lines = Vec::new();
+    deploy(&client, &templates(), ApplyMode::Apply, &mut |l: &str| {
+        lines.push(l.to_string())
+    })
+    .await
+    .unwrap();
+    assert!(written(&calls, "pgset-record").is_empty());
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("was deleted but its finalizer pgset.io/record keeps it")),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_deploy_stopped_after_the_record_leaves_the_id_the_next_secret_takes() {
+    let mut inner = deploy_handler(None);
+    let mut refused_once = false;
+    let (client, calls) = mock_client(move |call: &Call| {
+        if call.method == "POST" && call.path.ends_with("/secrets") && !refused_once {
+            refused_once = true;
+            return (
+                500,
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                       "message": "etcd timeout", "reason": "InternalError", "code": 500}),
+            );
+        }
+        inner(call)
+    });
+    deploy(&client, &templates(), ApplyMode::Apply, &mut |_: &str| {})
+        .await
+        .expect_err("the Secret could not be made");
+    let record = written(&calls, "/configmaps");
+    assert_eq!(record[0].body["data"]["state"], "new");
+    let id = record[0].body["data"]["clusterId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    calls.lock().unwrap().clear();
+    deploy(&client, &templates(), ApplyMode::Apply, &mut |_: &str| {})
+        .await
+        .unwrap();
+    let secret = written(&calls, "/secrets");
+    assert_eq!(secret[0].body["data"]["cluster-id"], json!(b64(&id)));
+    assert!(
+        written(&calls, "pgset-record").is_empty(),
+        "still new, left as it is"
+    );
+}
+
 #[tokio::test]
 async fn templates_mode_applies_no_shared_claim() {
     let mut s = spec().into_inner();
@@ -271,7 +589,8 @@ async fn templates_mode_applies_no_shared_claim() {
     assert!(
         !calls
             .iter()
-            .any(|c| c.path.contains("persistentvolumeclaims"))
+            .any(|c| c.path.contains("persistentvolumeclaims") && c.is_write()),
+        "claims are only read (the record's evidence)"
     );
     let sts = calls
         .iter()
@@ -827,6 +1146,16 @@ fn running_cluster() -> impl FnMut(&Call) -> Reply + Send + 'static {
                     json!({"apiVersion": "v1", "kind": "PersistentVolumeList", "metadata": {"resourceVersion": "1"}, "items": items}),
                 )
             }
+            ("GET", "/api/v1/namespaces/default/configmaps/pgset-record") => (
+                200,
+                json!({"apiVersion": "v1", "kind": "ConfigMap",
+                       "metadata": {"name": "pgset-record", "namespace": NS, "resourceVersion": "9",
+                                    "finalizers": ["example.com/theirs", "pgset.io/record"]},
+                       "data": {"state": "data", "systemIdentifier": "73", "clusterId": "c1"}}),
+            ),
+            ("PATCH", "/api/v1/namespaces/default/configmaps/pgset-record") => {
+                (200, call.body.clone())
+            }
             ("DELETE", "/api/v1/persistentvolumes/pv1") => {
                 pvs_deleted = true;
                 (
@@ -921,7 +1250,15 @@ async fn down_scales_to_zero_waits_then_deletes_in_reverse_and_keeps_data() {
         ]
     );
     assert!(!calls.iter().any(|c| c.method == "DELETE"
-        && (c.path.contains("persistentvolume") || c.path.contains("secrets"))));
+        && (c.path.contains("persistentvolume")
+            || c.path.contains("secrets")
+            || c.path.contains("configmaps"))));
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.path.contains("configmaps") && c.is_write()),
+        "down keeps the record and its finalizer"
+    );
     assert!(
         lines
             .iter()
@@ -961,6 +1298,22 @@ async fn down_purge_deletes_claims_this_clusters_volumes_and_the_secret() {
     assert!(
         !d.iter().any(|p| p.contains("pgset-other-0")),
         "another namespace's volume"
+    );
+    // The record's finalizer is removed (pgset's only, on the version read) before its delete.
+    let record = "/api/v1/namespaces/default/configmaps/pgset-record";
+    let release = calls
+        .iter()
+        .position(|c| c.method == "PATCH" && c.path == record)
+        .expect("the finalizer is removed");
+    let delete = calls
+        .iter()
+        .position(|c| c.method == "DELETE" && c.path == record)
+        .unwrap();
+    assert!(release < delete);
+    assert_eq!(calls[release].content_type, "application/merge-patch+json");
+    assert_eq!(
+        calls[release].body,
+        json!({"metadata": {"finalizers": ["example.com/theirs"], "resourceVersion": "9"}})
     );
 }
 

@@ -16,46 +16,6 @@ pub const EXPORT_MARKER: &str = ".pgset-export";
 /// Entries of a new file system's root that do not make a directory someone else's.
 pub(crate) const IGNORED_ENTRIES: [&str; 1] = ["lost+found"];
 
-/// Directories of the operating system that may never be the export themselves, though a
-/// directory below them may (`/srv/nfs`, `/mnt/data`, `/home/nfs`, `/tmp/...`).
-const SYSTEM_DIRECTORIES: [&str; 9] = [
-    "/", "/home", "/media", "/mnt", "/opt", "/root", "/srv", "/tmp", "/var",
-];
-
-/// The operating system's own trees: neither they nor anything below them may be the export.
-const SYSTEM_TREES: [&str; 27] = [
-    "/bin",
-    "/boot",
-    "/dev",
-    "/efi",
-    "/etc",
-    "/lib",
-    "/lib32",
-    "/lib64",
-    "/libx32",
-    "/lost+found",
-    "/nix",
-    "/proc",
-    "/run",
-    "/sbin",
-    "/snap",
-    "/sys",
-    "/usr",
-    "/var/account",
-    "/var/adm",
-    "/var/cache",
-    "/var/crash",
-    "/var/db",
-    "/var/empty",
-    "/var/lib",
-    "/var/lock",
-    "/var/log",
-    "/var/run",
-];
-
-/// More of `/var` that belongs to the system (kept apart to keep the table readable).
-const SYSTEM_TREES_VAR: [&str; 3] = ["/var/mail", "/var/spool", "/var/yp"];
-
 /// What the export directory holds, as probed.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ExportContents {
@@ -99,39 +59,17 @@ pub fn marker_cluster(contents: &str) -> Option<&str> {
 }
 
 /// Refuses an export path that is a system directory or lies inside one of the operating
-/// system's own trees. `path` is absolute and normalized (the spec checks that).
+/// system's own trees: the rule of the spec's validation
+/// ([`pgset_spec::system_export_path_problem`]), applied here again to the path the export
+/// resolves to on the host.
 pub fn judge_export_path(path: &Path) -> Result<(), ExportRefusal> {
-    let fix = "choose a directory of its own for the export with --nfs-export (e.g. /nfsfileshare or /srv/nfs/pgset)";
-    if SYSTEM_DIRECTORIES.iter().any(|d| path == Path::new(d)) {
-        return Err(ExportRefusal {
-            problem: format!(
-                "{} is a system directory; exporting it would hand it to the postgres user with mode 0700 and lock every other user and service out",
-                path.display()
-            ),
-            fix: fix.into(),
-        });
+    match pgset_spec::system_export_path_problem(path) {
+        Some(problem) => Err(ExportRefusal {
+            problem,
+            fix: pgset_spec::SYSTEM_EXPORT_PATH_FIX.into(),
+        }),
+        None => Ok(()),
     }
-    if let Some(tree) = SYSTEM_TREES
-        .iter()
-        .chain(SYSTEM_TREES_VAR.iter())
-        .find(|t| path.starts_with(t))
-    {
-        return Err(ExportRefusal {
-            problem: if path == Path::new(tree) {
-                format!(
-                    "{} belongs to the operating system; exporting it would hand it to the postgres user with mode 0700",
-                    path.display()
-                )
-            } else {
-                format!(
-                    "{} is inside {tree}, which belongs to the operating system",
-                    path.display()
-                )
-            },
-            fix: fix.into(),
-        });
-    }
-    Ok(())
 }
 
 /// Refuses an existing export directory that is not pgset's: it is pgset's when it is missing

@@ -335,12 +335,49 @@ pub mod secret {
 /// The identity file in every member's data directory (namespace, cluster, cluster id, member,
 /// PostgreSQL system identifier).
 pub const IDENTITY_FILE: &str = "pgset-identity.json";
-/// Keys of the cluster record ConfigMap (`<name>-record`), written by the master's agent.
+/// The cluster record ConfigMap (`<name>-record`): its data keys, their values, its finalizer
+/// and the pod annotation it is rebuilt from. `deploy` creates it (never overwriting a key the
+/// agent wrote), the master's agent fills it; a missing, unreadable or unknown record never
+/// allows an initdb.
 pub mod record {
+    /// What the record says about the cluster's data: one of [`STATE_NEW`], [`STATE_DATA`],
+    /// [`STATE_DATA_EXPECTED`].
+    pub const STATE: &str = "state";
+    /// `deploy` made the record for a cluster with no Secret, member pod or claim before it:
+    /// no data yet, the master may initialise one.
+    pub const STATE_NEW: &str = "new";
+    /// The master recorded the database system it runs ([`SYSTEM_IDENTIFIER`]).
+    pub const STATE_DATA: &str = "data";
+    /// `deploy` rebuilt a missing record for a cluster whose Secret, pods or claims prove it
+    /// existed, and no member told its database system: data is expected, its system
+    /// identifier unknown. The agent refuses initdb as for [`STATE_DATA`]; a master starting on
+    /// its own data (proven by its identity) fills the system identifier in.
+    pub const STATE_DATA_EXPECTED: &str = "data-expected";
     /// The database system identifier the cluster was initialised with.
     pub const SYSTEM_IDENTIFIER: &str = "systemIdentifier";
     /// The cluster id (from the Secret) of the data that identifier belongs to.
     pub const CLUSTER_ID: &str = "clusterId";
+    /// The opt-in `postgres.allowReinit` was used: the system identifier (or
+    /// [`UNKNOWN_SYSTEM`]) the new database replaced, written before that initdb. The opt-in
+    /// allows no further initdb while this key names anything but the recorded
+    /// [`SYSTEM_IDENTIFIER`] (which is a retry of that same initialisation); removing the key
+    /// allows one more on purpose.
+    pub const REINIT_REPLACED: &str = "reinitReplaced";
+    /// The database system that initialisation on the opt-in made.
+    pub const REINIT_SYSTEM_IDENTIFIER: &str = "reinitSystemIdentifier";
+    /// [`REINIT_REPLACED`]'s value when the replaced system identifier was not known.
+    pub const UNKNOWN_SYSTEM: &str = "unknown";
+    /// The record's finalizer: a `kubectl delete` leaves the record in place (terminating, still
+    /// read by the agent as it is); only `down --purge --yes` removes it.
+    pub const FINALIZER: &str = "pgset.io/record";
+    /// A member's data identity on its own pod, `{"clusterId": .., "systemIdentifier": ..}`,
+    /// published by its agent once its data is in place: `deploy` rebuilds a missing record
+    /// from it.
+    pub const POD_IDENTITY_ANNOTATION: &str = "pgset.io/data-identity";
+    /// Local mode's record, a file in the data root holding the same keys as JSON (local mode
+    /// has no ConfigMap); only [`REINIT_REPLACED`] and [`REINIT_SYSTEM_IDENTIFIER`] are kept
+    /// there, the sibling directories being local mode's evidence of data.
+    pub const LOCAL_FILE: &str = "pgset-record.json";
 }
 
 /// Suffixes of what the agent keeps beside a member's directory in the data root

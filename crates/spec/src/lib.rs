@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 
 pub use valid::ValidSpec;
 pub use validate::{
-    is_dns1123_label, is_dns1123_subdomain, is_image_reference, parse_quantity_bytes,
-    validate_export_path,
+    SYSTEM_EXPORT_PATH_FIX, is_dns1123_label, is_dns1123_subdomain, is_image_reference,
+    parse_quantity_bytes, system_export_path_problem, validate_export_path,
 };
 
 /// Version of pgset (also the agent image's tag).

@@ -83,11 +83,16 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
         }
     }
     validate_export_path(&s.nfs.export).map_err(|problem| {
+        let fix = if system_export_path_problem(&s.nfs.export).is_some() {
+            SYSTEM_EXPORT_PATH_FIX
+        } else {
+            "use an absolute path without spaces or special characters, e.g. /nfsfileshare"
+        };
         invalid(
             "nfs.export (--nfs-export)",
             s.nfs.export.display().to_string(),
             problem,
-            "use an absolute path without spaces or special characters, e.g. /nfsfileshare",
+            fix,
         )
     })?;
     if let Some(server) = &s.nfs.server
@@ -292,8 +297,80 @@ fn is_host_or_ip(s: &str) -> bool {
         || (is_dns1123_subdomain(&s.to_ascii_lowercase()) && s.len() <= 253)
 }
 
-/// Checks an NFS export path: absolute, normalized, not `/`, and free of characters that
-/// `/etc/exports` or a mount option would misread. Returns the problem in words.
+/// Directories of the operating system that may never be the export themselves, though a
+/// directory below them may (`/srv/nfs`, `/mnt/data`, `/home/nfs`, `/tmp/...`).
+const SYSTEM_DIRECTORIES: [&str; 9] = [
+    "/", "/home", "/media", "/mnt", "/opt", "/root", "/srv", "/tmp", "/var",
+];
+
+/// The operating system's own trees: neither they nor anything below them may be the export.
+const SYSTEM_TREES: [&str; 27] = [
+    "/bin",
+    "/boot",
+    "/dev",
+    "/efi",
+    "/etc",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/lost+found",
+    "/nix",
+    "/proc",
+    "/run",
+    "/sbin",
+    "/snap",
+    "/sys",
+    "/usr",
+    "/var/account",
+    "/var/adm",
+    "/var/cache",
+    "/var/crash",
+    "/var/db",
+    "/var/empty",
+    "/var/lib",
+    "/var/lock",
+    "/var/log",
+    "/var/run",
+];
+
+/// More of `/var` that belongs to the system (kept apart to keep the table readable).
+const SYSTEM_TREES_VAR: [&str; 3] = ["/var/mail", "/var/spool", "/var/yp"];
+
+/// What to do when the export path is the operating system's.
+pub const SYSTEM_EXPORT_PATH_FIX: &str = "choose a directory of its own for the export with --nfs-export (e.g. /nfsfileshare or /srv/nfs/pgset)";
+
+/// Why `path` may not be the export when it is a system directory or lies inside one of the
+/// operating system's own trees; `None` when it may. `path` is absolute and normalized. One
+/// rule for every command: the spec's validation applies it before anything changes, and the
+/// NFS host applies it again to the path the export resolves to.
+pub fn system_export_path_problem(path: &Path) -> Option<String> {
+    if SYSTEM_DIRECTORIES.iter().any(|d| path == Path::new(d)) {
+        return Some(format!(
+            "{} is a system directory; exporting it would hand it to the postgres user with mode 0700 and lock every other user and service out",
+            path.display()
+        ));
+    }
+    let tree = SYSTEM_TREES
+        .iter()
+        .chain(SYSTEM_TREES_VAR.iter())
+        .find(|t| path.starts_with(t))?;
+    Some(if path == Path::new(tree) {
+        format!(
+            "{} belongs to the operating system; exporting it would hand it to the postgres user with mode 0700",
+            path.display()
+        )
+    } else {
+        format!(
+            "{} is inside {tree}, which belongs to the operating system",
+            path.display()
+        )
+    })
+}
+
+/// Checks an NFS export path: absolute, normalized, free of characters that `/etc/exports` or
+/// a mount option would misread, and not the operating system's
+/// ([`system_export_path_problem`]). Returns the problem in words.
 pub fn validate_export_path(p: &Path) -> std::result::Result<(), String> {
     let Some(s) = p.to_str() else {
         return Err("not valid UTF-8".into());
@@ -303,9 +380,6 @@ pub fn validate_export_path(p: &Path) -> std::result::Result<(), String> {
     }
     if !p.is_absolute() {
         return Err("not an absolute path".into());
-    }
-    if s == "/" {
-        return Err("the root directory cannot be the export".into());
     }
     if let Some(c) = s.chars().find(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!(
@@ -334,7 +408,10 @@ pub fn validate_export_path(p: &Path) -> std::result::Result<(), String> {
     if s.len() > 1024 {
         return Err("longer than 1024 characters".into());
     }
-    Ok(())
+    match system_export_path_problem(p) {
+        Some(problem) => Err(problem),
+        None => Ok(()),
+    }
 }
 
 /// A container image reference: `[registry[:port]/]path[:tag][@algo:digest]` as the
@@ -387,4 +464,55 @@ pub fn parse_quantity_bytes(s: &str) -> Option<f64> {
         _ => return None,
     };
     Some(value * mult)
+}
+
+#[cfg(test)]
+mod export_path_tests {
+    use super::*;
+    use crate::NfsSpec;
+
+    fn refused(p: &str) -> Error {
+        let s = ClusterSpec {
+            nfs: NfsSpec {
+                export: p.into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        s.validated().expect_err(p)
+    }
+
+    #[test]
+    fn system_directories_are_refused_by_validation_with_the_nfs_hosts_words() {
+        for p in [
+            "/",
+            "/etc",
+            "/usr",
+            "/var",
+            "/home",
+            "/etc/nfs",
+            "/var/lib/pg",
+            "/boot/x",
+        ] {
+            let problem =
+                system_export_path_problem(Path::new(p)).unwrap_or_else(|| panic!("{p} accepted"));
+            assert_eq!(validate_export_path(Path::new(p)), Err(problem.clone()));
+            let e = refused(p).to_string();
+            assert!(
+                e.contains("nfs.export (--nfs-export)")
+                    && e.contains(&problem)
+                    && e.contains(SYSTEM_EXPORT_PATH_FIX),
+                "{p}: {e}"
+            );
+        }
+        for p in [
+            "/nfsfileshare",
+            "/srv/nfs/pgset",
+            "/var/nfs",
+            "/etcetera",
+            "/tmp/x",
+        ] {
+            assert_eq!(validate_export_path(Path::new(p)), Ok(()), "{p}");
+        }
+    }
 }
