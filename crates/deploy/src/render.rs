@@ -134,13 +134,19 @@ fn readme(spec: &ClusterSpec, files: &[ManifestFile]) -> String {
          2. The Secret `{secret}` with random passwords. It is not rendered here, so that no\n   \
          password is ever committed; create it without a password on any command line:\n\n\
          ```sh\n{instructions}```\n\n\
-         3. `kubectl apply -f manifests/`, which applies, in order:\n\n{list}",
+         3. For a new cluster only, its record saying so (the master runs initdb only on a record\n   \
+         that says `{state}: {new}`; `create` never overwrites a record that exists):\n\n\
+         ```sh\nkubectl -n {ns} create configmap {record} --from-literal={state}={new}\n```\n\n\
+         4. `kubectl apply -f manifests/`, which applies, in order:\n\n{list}",
         name = spec.name,
         ns = spec.namespace,
         replicas = spec.replicas,
         mode = spec.storage.mode,
         secret = spec.secret_name(),
         instructions = secret_instructions(spec),
+        record = spec.record_name(),
+        state = pgset_spec::contract::record::STATE,
+        new = pgset_spec::contract::record::STATE_NEW,
     )
 }
 
