@@ -272,6 +272,14 @@ mod tests {
         assert!(readme.contains("--from-file=superuser-password="));
         assert!(readme.contains("--from-file=replication-password="));
         assert!(readme.contains("--from-file=cluster-id="));
-        assert!(!readme.contains("--from-literal"));
+        // The only literal on a command line is the record's state, never a secret.
+        let literals: Vec<&str> = readme
+            .lines()
+            .filter(|l| l.contains("--from-literal"))
+            .collect();
+        assert_eq!(
+            literals,
+            ["kubectl -n prod create configmap db-record --from-literal=state=new"]
+        );
     }
 }
