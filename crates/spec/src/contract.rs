@@ -71,6 +71,12 @@ pub mod annotations {
     pub const LEADER_MEMBER: &str = "pgset.io/leader-member";
     /// The timeline the leader Lease's holder serves (the last one served, once released).
     pub const LEADER_TIMELINE: &str = "pgset.io/leader-timeline";
+    /// On the leader Lease: [`FAILOVER_PAUSED`] while `down`, `scale` or a switchover changes the
+    /// membership on purpose; no replica takes a free or expired leader record then. Absent
+    /// otherwise. (Local mode: the file `<cluster>.leader.paused`.)
+    pub const FAILOVER: &str = "pgset.io/failover";
+    /// The value of [`FAILOVER`] that pauses automatic failover.
+    pub const FAILOVER_PAUSED: &str = "paused";
 }
 
 /// A replica's base-backup progress as its agent measured it, the value of
@@ -384,7 +390,14 @@ pub mod record {
 /// (`<member>.<suffix>`: the copy in progress, the one kept older copy, the write lock, local
 /// mode's log and termination message). No cluster may be named like one: another cluster's
 /// directory on the same export is `<namespace>.<name>`.
-pub const MEMBER_SUFFIXES: &[&str] = &["bootstrap", "previous", "lock", "log", "termination-log"];
+pub const MEMBER_SUFFIXES: &[&str] = &[
+    "bootstrap",
+    "previous",
+    "lock",
+    "log",
+    "termination-log",
+    LEADER_SUFFIX,
+];
 
 /// Kubernetes' default container termination-message path.
 pub const TERMINATION_LOG_PATH: &str = "/dev/termination-log";
