@@ -217,6 +217,8 @@ async fn crash_recovery_that_progresses_stays_live_and_one_that_stands_still_doe
          {:.1} s after the crash)",
         crashed.elapsed().as_secs_f32()
     );
+    let (_, ready) = get(&t, 0, HEALTH_READY_PATH).await;
+    assert!(ready.contains("pg_control: in crash recovery"), "{ready}");
     let refused = pgset_agent::Db::socket(&t.dir().join("run"), t.port(0), "test", SECOND)
         .await
         .map(|_| ());

@@ -193,6 +193,23 @@ pub fn postmaster_status(pgdata: &std::path::Path) -> Option<(i32, String)> {
     Some((pid, status))
 }
 
+/// The cluster state `pg_control` records (`DBState`, after the system identifier and two
+/// version numbers), in `pg_controldata`'s words.
+fn control_state(pgdata: &std::path::Path) -> Option<&'static str> {
+    let bytes = std::fs::read(pgdata.join("global").join("pg_control")).ok()?;
+    let state = u32::from_ne_bytes(bytes.get(16..20)?.try_into().ok()?);
+    Some(match state {
+        0 => "starting up",
+        1 => "shut down",
+        2 => "shut down in recovery",
+        3 => "shutting down",
+        4 => "in crash recovery",
+        5 => "in archive recovery",
+        6 => "in production",
+        _ => "unknown",
+    })
+}
+
 /// How often the I/O of postgres's processes is sampled while it refuses connections.
 const IO_SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
@@ -458,12 +475,17 @@ impl Monitor {
                 Err(e) => {
                     self.db = None;
                     self.last_ping = Some(Instant::now());
-                    if pg::cannot_connect_now(&e) {
+                    let why = if pg::cannot_connect_now(&e) {
                         // After a backend's crash postgres reinitialises in place (its pid
                         // file still says ready) and refuses connections while it recovers.
                         self.look_for_progress();
-                    }
-                    let why = format!("postgres does not accept connections ({e})");
+                        format!(
+                            "postgres refuses connections for now (SQLSTATE 57P03; pg_control: {})",
+                            control_state(&self.s.pgdata()).unwrap_or("unreadable")
+                        )
+                    } else {
+                        format!("postgres does not accept connections ({e})")
+                    };
                     if self.quiet.allow("connect", &why, Duration::from_secs(60)) {
                         crate::info!("{why}");
                     }
@@ -966,6 +988,20 @@ mod tests {
         );
         assert!(!io_grew(&before, &HashMap::from([(10, 5)])), "a reused pid");
         assert!(!io_grew(&HashMap::new(), &HashMap::new()));
+    }
+
+    #[test]
+    fn pg_control_state_is_read_from_its_place() {
+        let t = tempfile::tempdir().unwrap();
+        assert_eq!(control_state(t.path()), None);
+        std::fs::create_dir_all(t.path().join("global")).unwrap();
+        let mut control = vec![0u8; 8192];
+        control[16..20].copy_from_slice(&4u32.to_ne_bytes());
+        std::fs::write(t.path().join("global/pg_control"), &control).unwrap();
+        assert_eq!(control_state(t.path()), Some("in crash recovery"));
+        control[16..20].copy_from_slice(&6u32.to_ne_bytes());
+        std::fs::write(t.path().join("global/pg_control"), &control).unwrap();
+        assert_eq!(control_state(t.path()), Some("in production"));
     }
 
     #[test]
