@@ -1,5 +1,6 @@
-//! Local mode on real PostgreSQL, the probes tell the truth: a replica whose replay is paused or
-//! further behind than `replication.maxReplicaLag` leaves readiness and says why, and is ready
+//! Local mode on real PostgreSQL, the probes tell the truth: a replica whose replay is paused,
+//! further behind than `replication.maxReplicaLag`, or standing still while WAL waits for longer
+//! than its seconds (an idle master is no lag) leaves readiness and says why, and is ready
 //! again once it catches up (the master's readiness unchanged); a crash recovery that makes
 //! progress stays live for longer than the liveness timeout, and one that stands still does not;
 //! a shutdown that neither ends nor progresses stops being live once the timeout passes.
@@ -121,6 +122,81 @@ async fn a_paused_or_lagging_replica_is_not_ready_and_is_again_once_it_catches_u
     let st = status(&t, 1).await;
     assert_eq!(st["postgres"]["replayPaused"], false, "{st}");
     assert_eq!(st["postgres"]["replayLagBytes"], 0, "{st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_replay_stands_still_while_wal_waits_is_not_ready_after_the_seconds_bound()
+{
+    if pg_or_skip("local_probes_replay_stall").is_none() {
+        return;
+    }
+    let mut t = TestSet::new(2, 27340);
+    let bound = 3 * SECOND;
+    t.opts.max_replica_lag = pgset_spec::LagBound {
+        bytes: 16 << 20,
+        seconds: bound.as_secs(),
+    };
+    local::up(&t.opts).await.expect("up");
+    until(&t, 1, HEALTH_READY_PATH, "ready", 30 * SECOND, |c, _| {
+        c == 200
+    })
+    .await;
+    // Replay holds every commit back for an hour: it stands still at the next commit.
+    t.sql(1, "ALTER SYSTEM SET recovery_min_apply_delay = '1h'")
+        .unwrap();
+    t.sql(1, "SELECT pg_reload_conf()").unwrap();
+    // An idle master sends nothing to replay: ready for longer than the bound.
+    tokio::time::sleep(bound + 2 * SECOND).await;
+    let (code, body) = get(&t, 1, HEALTH_READY_PATH).await;
+    assert_eq!(code, 200, "idle is not lagging: {body}");
+
+    t.sql(0, "CREATE TABLE held AS SELECT 1 AS x").unwrap();
+    let wrote = Instant::now();
+    let (_, body) = until(
+        &t,
+        1,
+        HEALTH_READY_PATH,
+        "not ready once replay stood still for the bound",
+        5 * bound,
+        |c, _| c == 503,
+    )
+    .await;
+    let after = wrote.elapsed();
+    eprintln!(
+        "held replay: not ready after {:.1} s: {}",
+        after.as_secs_f32(),
+        body.trim()
+    );
+    assert!(after >= bound, "{after:?}");
+    assert!(body.contains("replay has not advanced for"), "{body}");
+    assert!(body.contains("(bound 3 s)"), "{body}");
+    let st = status(&t, 1).await;
+    assert!(
+        st["postgres"]["replayStalledSeconds"]
+            .as_f64()
+            .unwrap_or(0.0)
+            >= 3.0,
+        "{st}"
+    );
+    assert!(
+        st["postgres"]["replayLagBytes"].as_u64().unwrap_or(0) > 0,
+        "{st}"
+    );
+    assert_eq!(st["postgres"]["replayPaused"], false, "{st}");
+
+    t.sql(1, "ALTER SYSTEM RESET recovery_min_apply_delay")
+        .unwrap();
+    t.sql(1, "SELECT pg_reload_conf()").unwrap();
+    until(
+        &t,
+        1,
+        HEALTH_READY_PATH,
+        "ready once replay moves",
+        10 * SECOND,
+        |c, _| c == 200,
+    )
+    .await;
+    t.wait_for(1, "SELECT count(*) FROM held", "1", 10 * SECOND);
 }
 
 /// The children of `pid` whose process title contains `word` (the test may read titles; the
