@@ -1,9 +1,11 @@
-//! The health endpoint and the state behind it. `GET /healthz`: the agent is working (preparing
-//! the data directory, postgres starting up, or postgres answering new connections within the
-//! liveness timeout). `GET /readyz`: the member serves its role, judged by a check younger than
-//! the readiness deadline (no answer in time is not ready). `GET /status`: the member's state as
-//! JSON, with the reason it is not ready. Answers come from the cached state, never from a query
-//! made while the prober waits.
+//! The health endpoint and the state behind it. `GET /healthz`: the member makes progress
+//! (postgres answers new connections, or its recovery or shutdown does I/O, or a base backup
+//! grows) within the liveness timeout. `GET /startupz`: the agent serves its endpoints (from then
+//! on liveness judges progress, so a long copy or recovery that progresses is never restarted).
+//! `GET /readyz`: the member serves its role, judged by a check younger than the readiness
+//! deadline (no answer in time is not ready; a replica's replay must keep within its bound).
+//! `GET /status`: the member's state as JSON, with the reason it is not ready. Answers come from
+//! the cached state, never from a query made while the prober waits.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -70,11 +72,16 @@ pub struct Status {
 
 #[derive(Debug)]
 struct State {
-    started: bool,
     phase: Phase,
     activity: String,
-    running_since: Instant,
+    /// When the phase (or, while preparing, the step) began: the liveness clock's origin.
+    phase_since: Instant,
     last_answer: Option<Instant>,
+    /// The last sign of progress while postgres refuses connections (recovery or shutdown doing
+    /// I/O) or while a base backup is copied (its bytes grew).
+    last_progress: Option<Instant>,
+    /// The bytes of the base backup at its last reading.
+    copied_bytes: Option<u64>,
     ready: bool,
     reason: String,
     checked_at: Option<Instant>,
@@ -99,11 +106,12 @@ impl Health {
         Arc::new(Health {
             member: member.to_string(),
             state: Mutex::new(State {
-                started: false,
                 phase: Phase::Preparing,
                 activity: "starting".into(),
-                running_since: Instant::now(),
+                phase_since: Instant::now(),
                 last_answer: None,
+                last_progress: None,
+                copied_bytes: None,
                 ready: false,
                 reason: "starting".into(),
                 checked_at: None,
@@ -124,6 +132,11 @@ impl Health {
         });
     }
 
+    /// What the member is doing now.
+    pub fn phase(&self) -> Phase {
+        self.with(|s| s.phase)
+    }
+
     /// The member's step now.
     pub fn step(&self) -> MemberPhase {
         *self.step.borrow()
@@ -134,8 +147,16 @@ impl Health {
         self.step.subscribe()
     }
 
-    /// Records how far a base backup has come (`None` once it is over).
+    /// Records how far a base backup has come (`None` once it is over); bytes that grew are
+    /// progress for liveness.
     pub fn set_base_backup(&self, reading: Option<BaseBackupReading>) {
+        self.with(|s| {
+            let bytes = reading.map(|r| r.bytes);
+            if bytes.is_some_and(|b| b > s.copied_bytes.unwrap_or(0)) {
+                s.last_progress = Some(Instant::now());
+            }
+            s.copied_bytes = bytes;
+        });
         self.copied.send_replace(reading);
     }
 
@@ -151,8 +172,14 @@ impl Health {
 
     /// Preparing the data directory: `step`, and `activity` in words.
     pub fn preparing(&self, step: MemberPhase, activity: &str) {
+        let new_step = self.step() != step;
         self.set_step(step);
         self.with(|s| {
+            if new_step || s.phase != Phase::Preparing {
+                s.phase_since = Instant::now();
+                s.last_progress = None;
+                s.copied_bytes = None;
+            }
             s.phase = Phase::Preparing;
             s.activity = activity.to_string();
             s.detail.clear();
@@ -166,28 +193,30 @@ impl Health {
         self.with(|s| {
             s.phase = Phase::Running;
             s.activity = "postgres running".into();
-            s.running_since = Instant::now();
+            s.phase_since = Instant::now();
             s.last_answer = None;
+            s.last_progress = None;
         });
     }
 
-    /// postgres answered (a new connection succeeded, or it is visibly starting up).
-    pub fn answered(&self) {
+    /// postgres accepted a new connection.
+    pub fn accepted(&self) {
         self.with(|s| s.last_answer = Some(Instant::now()));
     }
 
-    /// postgres accepted a connection on prepared data: the member has started (for good).
-    pub fn accepted(&self) {
-        self.with(|s| {
-            s.last_answer = Some(Instant::now());
-            s.started = true;
-        });
+    /// postgres refuses connections for now (starting up, recovering, shutting down) and its
+    /// processes did I/O since the last look: it makes progress.
+    pub fn progressed(&self) {
+        self.with(|s| s.last_progress = Some(Instant::now()));
     }
 
     /// A shutdown was requested, or postgres exited.
     pub fn stopping(&self, phase: Phase, activity: &str) {
         self.set_step(MemberPhase::Stopping);
         self.with(|s| {
+            if s.phase != phase {
+                s.phase_since = Instant::now();
+            }
             s.phase = phase;
             s.activity = activity.to_string();
         });
@@ -228,23 +257,66 @@ impl Health {
 
     /// Whether the agent is live now, and why not.
     pub fn liveness(&self) -> (bool, String) {
-        self.with(|s| match s.phase {
-            Phase::Preparing | Phase::Stopping => (true, s.activity.clone()),
-            Phase::Exited => (false, s.activity.clone()),
-            Phase::Running => {
-                let since = s.last_answer.unwrap_or(s.running_since);
-                let quiet = since.elapsed();
-                if quiet <= self.liveness_timeout {
-                    (true, s.activity.clone())
-                } else {
-                    (
-                        false,
-                        format!(
-                            "postgres has not answered a new connection for {} s (limit {} s)",
-                            quiet.as_secs(),
-                            self.liveness_timeout.as_secs()
-                        ),
-                    )
+        self.liveness_at(Instant::now())
+    }
+
+    /// Whether the agent is live at `now` (a monotonic instant), and why not: the member must
+    /// show a sign of life (an answer, or progress) within the liveness timeout, counted from the
+    /// start of its phase. Preparing steps other than a base backup are waits the agent bounds
+    /// itself (the fence, the master) or local work (initdb, checks): live.
+    pub fn liveness_at(&self, now: Instant) -> (bool, String) {
+        let step = self.step();
+        self.with(|s| {
+            let limit = self.liveness_timeout.as_secs();
+            let quiet_since = |signs: &[Option<Instant>]| {
+                let last = signs
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .fold(s.phase_since, Instant::max);
+                now.saturating_duration_since(last)
+            };
+            match s.phase {
+                Phase::Exited => (false, s.activity.clone()),
+                Phase::Preparing if step != MemberPhase::BaseBackup => (true, s.activity.clone()),
+                Phase::Preparing => {
+                    let quiet = quiet_since(&[s.last_progress]);
+                    if quiet <= self.liveness_timeout {
+                        (true, s.activity.clone())
+                    } else {
+                        (
+                            false,
+                            format!(
+                                "the base backup has not grown for {} s (limit {limit} s)",
+                                quiet.as_secs()
+                            ),
+                        )
+                    }
+                }
+                Phase::Running | Phase::Stopping => {
+                    let quiet = quiet_since(&[s.last_answer, s.last_progress]);
+                    if quiet <= self.liveness_timeout {
+                        (true, s.activity.clone())
+                    } else if s.phase == Phase::Stopping {
+                        (
+                            false,
+                            format!(
+                                "{}: postgres has neither stopped nor made progress for {} s \
+                                 (limit {limit} s)",
+                                s.activity,
+                                quiet.as_secs()
+                            ),
+                        )
+                    } else {
+                        (
+                            false,
+                            format!(
+                                "postgres has neither answered a new connection nor made \
+                                 progress for {} s (limit {limit} s)",
+                                quiet.as_secs()
+                            ),
+                        )
+                    }
                 }
             }
         })
@@ -281,13 +353,11 @@ impl Health {
                     (503, format!("not live: {why}\n"))
                 }
             }
+            // The agent serves: from now on liveness judges whether the member makes progress,
+            // so the startup probe bounds only the agent's own start, not a copy or a recovery.
             HEALTH_STARTUP_PATH => {
-                let (started, activity) = self.with(|s| (s.started, s.activity.clone()));
-                if started {
-                    (200, "started\n".to_string())
-                } else {
-                    (503, format!("starting: {activity}\n"))
-                }
+                let activity = self.with(|s| s.activity.clone());
+                (200, format!("started: {activity}\n"))
             }
             HEALTH_READY_PATH => {
                 let st = self.status();
@@ -304,6 +374,96 @@ impl Health {
             _ => (404, "not found\n".to_string()),
         }
     }
+}
+
+/// A replica's replay as readiness judges it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReplayLag {
+    /// WAL received but not yet replayed (`pg_last_wal_receive_lsn() - pg_last_wal_replay_lsn()`).
+    pub bytes: u64,
+    /// Replay is paused or a pause is requested (`pg_is_wal_replay_paused()`).
+    pub paused: bool,
+    /// How long replay has not advanced while WAL waits to be replayed (zero when none waits).
+    pub stalled: Duration,
+}
+
+/// Follows a replica's replay position across checks on a monotonic clock, so a replay that
+/// stopped advancing is told from an idle master (which sends nothing to replay).
+#[derive(Debug, Clone, Default)]
+pub struct ReplayWatch {
+    last_replay: Option<i64>,
+    advanced_at: Option<Instant>,
+}
+
+impl ReplayWatch {
+    /// One reading at `now`: the received and replayed positions, and replay's pause.
+    pub fn observe(
+        &mut self,
+        now: Instant,
+        received: Option<i64>,
+        replayed: Option<i64>,
+        paused: bool,
+    ) -> ReplayLag {
+        let bytes = match (received, replayed) {
+            (Some(r), Some(p)) if r > p => u64::try_from(r - p).unwrap_or(0),
+            _ => 0,
+        };
+        // Nothing waiting counts as keeping up: the clock starts when WAL waits and replay
+        // stands still.
+        if bytes == 0 || replayed != self.last_replay || self.advanced_at.is_none() {
+            self.advanced_at = Some(now);
+        }
+        self.last_replay = replayed;
+        let stalled = match self.advanced_at {
+            Some(at) if bytes > 0 => now.saturating_duration_since(at),
+            _ => Duration::ZERO,
+        };
+        ReplayLag {
+            bytes,
+            paused,
+            stalled,
+        }
+    }
+}
+
+/// Why a replica's replay keeps it from serving reads, or `None` when it keeps within the bound
+/// (`max_bytes` not yet replayed, `max_stall` without progress while WAL waits).
+pub fn replay_verdict(lag: &ReplayLag, max_bytes: u64, max_stall: Duration) -> Option<String> {
+    let behind = (lag.bytes > max_bytes).then(|| {
+        format!(
+            "{} behind (bound {})",
+            size_text(lag.bytes),
+            size_text(max_bytes)
+        )
+    });
+    match (lag.paused, behind) {
+        (true, Some(behind)) => return Some(format!("replay paused, {behind}")),
+        (true, None) => return Some("replay paused".into()),
+        (false, Some(behind)) => return Some(format!("replay {behind}")),
+        (false, None) => {}
+    }
+    if lag.bytes > 0 && lag.stalled > max_stall {
+        return Some(format!(
+            "replay has not advanced for {:.1} s with {} to replay (bound {} s)",
+            lag.stalled.as_secs_f64(),
+            size_text(lag.bytes),
+            max_stall.as_secs()
+        ));
+    }
+    None
+}
+
+/// A size in bytes as people read it: `512 B`, `1.5 KiB`, `18.5 MiB`, `16 MiB`, `2 GiB`.
+pub fn size_text(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (unit, size) in UNITS {
+        if bytes >= size {
+            let v = bytes as f64 / size as f64;
+            let text = format!("{v:.1}");
+            return format!("{} {unit}", text.strip_suffix(".0").unwrap_or(&text));
+        }
+    }
+    format!("{bytes} B")
 }
 
 /// Binds the endpoint now (so a bad address fails at start) and serves it in the background.
@@ -421,12 +581,13 @@ mod tests {
         let h = Health::new("pgset-1", Duration::from_millis(50));
         assert_eq!(h.answer("/healthz").0, 200, "preparing is live");
         assert_eq!(h.answer("/readyz").0, 503);
-        assert_eq!(h.answer("/startupz").0, 503, "not started while preparing");
+        assert_eq!(
+            h.answer("/startupz").0,
+            200,
+            "the agent serves: liveness judges progress from now on"
+        );
         h.postgres_started();
-        h.answered();
-        assert_eq!(h.answer("/startupz").0, 503, "starting up is not started");
         h.accepted();
-        assert_eq!(h.answer("/startupz").0, 200);
         h.set_ready(true, "accepts writes");
         assert_eq!(
             h.answer("/readyz"),
@@ -436,8 +597,8 @@ mod tests {
         std::thread::sleep(Duration::from_millis(80));
         let (code, body) = h.answer("/healthz");
         assert_eq!(code, 503, "no answer for longer than the timeout");
-        assert!(body.contains("has not answered"), "{body}");
-        h.answered();
+        assert!(body.contains("neither answered"), "{body}");
+        h.accepted();
         assert_eq!(h.answer("/healthz").0, 200);
         h.stopping(Phase::Exited, "postgres exited");
         assert_eq!(h.answer("/healthz").0, 503);
@@ -446,6 +607,149 @@ mod tests {
         assert_eq!(status["phase"], "exited");
         assert_eq!(status["member"], "pgset-1");
         assert_eq!(status["ready"], false);
+    }
+
+    const LIMIT: Duration = Duration::from_secs(30);
+
+    fn reading(bytes: u64) -> Option<BaseBackupReading> {
+        Some(BaseBackupReading {
+            bytes,
+            total: None,
+            at_ms: 0,
+        })
+    }
+
+    #[test]
+    fn recovery_that_makes_progress_is_live_and_one_that_makes_none_is_not() {
+        let h = Health::new("pgset-0", LIMIT);
+        h.postgres_started();
+        h.accepted();
+        let t0 = Instant::now();
+        // A backend crashed: postgres refuses connections while it replays, and its processes
+        // do I/O. Each sign of progress moves the clock on.
+        assert!(h.liveness_at(t0 + Duration::from_secs(29)).0);
+        h.progressed();
+        let t1 = Instant::now();
+        assert!(
+            h.liveness_at(t1 + Duration::from_secs(29)).0,
+            "progress within the timeout is alive, however long the recovery runs"
+        );
+        let (live, why) = h.liveness_at(t1 + Duration::from_secs(31));
+        assert!(
+            !live,
+            "no answer and no progress for longer than the timeout"
+        );
+        assert!(why.contains("limit 30 s"), "{why}");
+    }
+
+    #[test]
+    fn a_base_backup_is_live_while_it_grows_and_not_once_it_stops_growing() {
+        let h = Health::new("pgset-1", LIMIT);
+        h.preparing(MemberPhase::WaitingForMaster, "waiting for the master");
+        assert!(
+            h.liveness_at(Instant::now() + Duration::from_secs(3600)).0,
+            "a wait the agent bounds itself is live"
+        );
+        h.preparing(MemberPhase::BaseBackup, "base backup from the master");
+        let t0 = Instant::now();
+        assert!(h.liveness_at(t0 + Duration::from_secs(29)).0);
+        assert!(
+            !h.liveness_at(t0 + Duration::from_secs(31)).0,
+            "nothing copied"
+        );
+        h.set_base_backup(reading(1000));
+        let t1 = Instant::now();
+        assert!(h.liveness_at(t1 + Duration::from_secs(29)).0, "it grew");
+        h.set_base_backup(reading(1000));
+        let (live, why) = h.liveness_at(Instant::now() + Duration::from_secs(31));
+        assert!(!live, "the same bytes again are no progress");
+        assert!(why.contains("has not grown"), "{why}");
+        h.set_base_backup(reading(5000));
+        assert!(h.liveness_at(Instant::now() + Duration::from_secs(29)).0);
+        // The same step again (a status update) keeps the clock; a new step restarts it.
+        h.preparing(MemberPhase::BaseBackup, "base backup from the master");
+        assert!(h.liveness_at(Instant::now() + Duration::from_secs(29)).0);
+    }
+
+    #[test]
+    fn stopping_is_live_only_while_it_makes_progress_within_the_timeout() {
+        let h = Health::new("pgset-0", LIMIT);
+        h.postgres_started();
+        h.accepted();
+        h.stopping(Phase::Stopping, "shutting down");
+        let t0 = Instant::now();
+        assert!(h.liveness_at(t0 + Duration::from_secs(29)).0);
+        let (live, why) = h.liveness_at(t0 + Duration::from_secs(31));
+        assert!(
+            !live,
+            "a shutdown that neither ends nor progresses is not healthy"
+        );
+        assert!(why.starts_with("shutting down"), "{why}");
+        h.progressed();
+        assert!(h.liveness_at(Instant::now() + Duration::from_secs(29)).0);
+        // A second request to stop does not restart the clock.
+        h.stopping(Phase::Stopping, "shutting down");
+        assert!(!h.liveness_at(Instant::now() + Duration::from_secs(31)).0);
+    }
+
+    #[test]
+    fn replay_paused_or_behind_is_not_ready_and_catching_up_is() {
+        let max = 16 << 20;
+        let stall = Duration::from_secs(10);
+        let mut w = ReplayWatch::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // Idle master: nothing to replay, however long nothing moves.
+        let lag = w.observe(at(0), Some(100), Some(100), false);
+        assert_eq!(replay_verdict(&lag, max, stall), None);
+        let lag = w.observe(at(60), Some(100), Some(100), false);
+        assert_eq!(lag.stalled, Duration::ZERO);
+        assert_eq!(replay_verdict(&lag, max, stall), None);
+        // Paused: not ready, whatever the lag.
+        let lag = w.observe(at(61), Some(100), Some(100), true);
+        assert_eq!(
+            replay_verdict(&lag, max, stall).as_deref(),
+            Some("replay paused")
+        );
+        // Behind by more than the byte bound.
+        let behind = 100 + (18 << 20) + (1 << 19);
+        let lag = w.observe(at(62), Some(behind), Some(100), true);
+        assert_eq!(
+            replay_verdict(&lag, max, stall).as_deref(),
+            Some("replay paused, 18.5 MiB behind (bound 16 MiB)")
+        );
+        let lag = w.observe(at(62), Some(behind), Some(100), false);
+        assert_eq!(
+            replay_verdict(&lag, max, stall).as_deref(),
+            Some("replay 18.5 MiB behind (bound 16 MiB)")
+        );
+        // A little behind, replay standing still: ready until the seconds bound passes.
+        let mut w = ReplayWatch::default();
+        let lag = w.observe(at(100), Some(5000), Some(1000), false);
+        assert_eq!(replay_verdict(&lag, max, stall), None);
+        let lag = w.observe(at(109), Some(6000), Some(1000), false);
+        assert_eq!(replay_verdict(&lag, max, stall), None);
+        let lag = w.observe(at(111), Some(6000), Some(1000), false);
+        let why = replay_verdict(&lag, max, stall).expect("stalled");
+        assert!(
+            why.starts_with("replay has not advanced for 11.0 s"),
+            "{why}"
+        );
+        // Replay moves: ready again at once.
+        let lag = w.observe(at(112), Some(6000), Some(2000), false);
+        assert_eq!(replay_verdict(&lag, max, stall), None);
+        // Caught up.
+        let lag = w.observe(at(200), Some(6000), Some(6000), false);
+        assert_eq!(lag, ReplayLag::default());
+    }
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(size_text(512), "512 B");
+        assert_eq!(size_text(1536), "1.5 KiB");
+        assert_eq!(size_text(16 << 20), "16 MiB");
+        assert_eq!(size_text((18 << 20) + (1 << 19)), "18.5 MiB");
+        assert_eq!(size_text(2 << 30), "2 GiB");
     }
 
     #[tokio::test]

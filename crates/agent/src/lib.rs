@@ -27,7 +27,7 @@ use std::path::PathBuf;
 pub(crate) use log::{info, warn};
 /// The agent's PostgreSQL client, for local status (which asks a local set's members the
 /// agent's own questions).
-pub use pg::{Db, StandbyRow, standbys};
+pub use pg::{Db, StandbyRow, cannot_connect_now, standbys};
 
 /// Writes one line to the agent's log (timestamped, on stderr): how the binary routes the
 /// command crate's `$ command` lines into it.

@@ -160,6 +160,14 @@ impl Db {
     }
 }
 
+/// Whether postgres answered a connection with SQLSTATE 57P03 (`cannot_connect_now`): it runs
+/// but refuses connections for now (starting up, in crash recovery, not yet consistent, or
+/// shutting down). PostgreSQL's own code, never its message text.
+pub fn cannot_connect_now(e: &Error) -> bool {
+    matches!(e, Error::Sql { source, .. }
+        if source.code() == Some(&tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW))
+}
+
 /// An LSN as the byte position PostgreSQL counts from `0/0`.
 pub type Lsn = i64;
 
@@ -187,6 +195,9 @@ pub struct OwnState {
     pub receive_lsn: Option<Lsn>,
     /// Replica: `pg_last_wal_replay_lsn()`.
     pub replay_lsn: Option<Lsn>,
+    /// Replica: `pg_is_wal_replay_paused()` (on 14+ also true while a pause is requested);
+    /// `None` when not in recovery.
+    pub replay_paused: Option<bool>,
     /// `server_version` (for example `15.14 (Debian 15.14-0+deb12u1)`).
     pub server_version: String,
     /// Seconds since the postmaster started (`now() - pg_postmaster_start_time()`), measured by
@@ -196,7 +207,7 @@ pub struct OwnState {
     pub started_at: String,
 }
 
-/// Reads [`OwnState`] in one statement.
+/// Reads [`OwnState`] in one statement (one round trip per check, replay's pause included).
 pub async fn own_state(db: &Db) -> Result<OwnState> {
     let r = db
         .row(
@@ -211,7 +222,8 @@ pub async fn own_state(db: &Db) -> Result<OwnState> {
                     pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint,
                     current_setting('server_version'),
                     extract(epoch FROM now() - pg_postmaster_start_time())::float8,
-                    pg_postmaster_start_time()::text",
+                    pg_postmaster_start_time()::text,
+                    CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END",
             &[],
         )
         .await?;
@@ -226,6 +238,7 @@ pub async fn own_state(db: &Db) -> Result<OwnState> {
         server_version: r.get(7),
         uptime_s: r.get(8),
         started_at: r.get(9),
+        replay_paused: r.get(10),
     })
 }
 

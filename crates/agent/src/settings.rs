@@ -117,6 +117,22 @@ impl Settings {
             .unwrap_or(crate::health::DEFAULT_LIVENESS_TIMEOUT)
     }
 
+    /// WAL a replica may have received but not replayed and still be ready (the spec's
+    /// default, [`pgset_spec::DEFAULT_MAX_REPLICA_LAG_BYTES`], unless given).
+    pub fn max_replica_lag_bytes(&self) -> u64 {
+        self.env
+            .max_replica_lag_bytes
+            .unwrap_or(pgset_spec::DEFAULT_MAX_REPLICA_LAG_BYTES)
+    }
+
+    /// How long a replica's replay may stand still while WAL waits and the replica still be
+    /// ready (the spec's default, [`pgset_spec::DEFAULT_MAX_REPLICA_LAG_SECONDS`], unless given).
+    pub fn max_replica_lag(&self) -> Duration {
+        self.env.max_replica_lag.unwrap_or(Duration::from_secs(
+            pgset_spec::DEFAULT_MAX_REPLICA_LAG_SECONDS,
+        ))
+    }
+
     /// Where a refusal or fatal error is written before the agent exits.
     pub fn termination_log(&self) -> Option<PathBuf> {
         self.env.termination_log_or_default()
@@ -207,6 +223,19 @@ pub(crate) mod tests {
         m.insert(env::POD_NAME, "pgset-0".into());
         assert_eq!(parse(&m).unwrap().role, Role::Master);
         assert_eq!(Role::Master.label(), "master");
+    }
+
+    #[test]
+    fn the_replica_lag_bound_is_the_spec_default_unless_given() {
+        let s = parse(&base()).unwrap();
+        assert_eq!(s.max_replica_lag_bytes(), 16 << 20);
+        assert_eq!(s.max_replica_lag(), Duration::from_secs(10));
+        let mut m = base();
+        m.insert(env::MAX_REPLICA_LAG_BYTES, "1048576".into());
+        m.insert(env::MAX_REPLICA_LAG_SECONDS, "3".into());
+        let s = parse(&m).unwrap();
+        assert_eq!(s.max_replica_lag_bytes(), 1 << 20);
+        assert_eq!(s.max_replica_lag(), Duration::from_secs(3));
     }
 
     #[test]

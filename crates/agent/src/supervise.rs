@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::fence::Fence;
 use crate::follow::{self, Follow};
-use crate::health::{Health, Phase};
+use crate::health::{self, Health, Phase, ReplayLag, ReplayWatch};
 use crate::kube_api::PodApi;
 use crate::pg::{self, Db, OwnState, lsn_text};
 use crate::pgbin::PgBin;
@@ -216,15 +216,142 @@ pub fn postmaster_status(pgdata: &std::path::Path) -> Option<(i32, String)> {
     Some((pid, status))
 }
 
-/// Whether a process is stopped (SIGSTOP) or gone.
-fn process_stopped(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| {
-            stat.rsplit_once(')').is_some_and(|(_, rest)| {
-                matches!(rest.trim_start().chars().next(), Some('T' | 't' | 'Z'))
+/// The cluster state `pg_control` records (`DBState`, after the system identifier and two
+/// version numbers), in `pg_controldata`'s words.
+fn control_state(pgdata: &std::path::Path) -> Option<&'static str> {
+    let bytes = std::fs::read(pgdata.join("global").join("pg_control")).ok()?;
+    let state = u32::from_ne_bytes(bytes.get(16..20)?.try_into().ok()?);
+    Some(match state {
+        0 => "starting up",
+        1 => "shut down",
+        2 => "shut down in recovery",
+        3 => "shutting down",
+        4 => "in crash recovery",
+        5 => "in archive recovery",
+        6 => "in production",
+        _ => "unknown",
+    })
+}
+
+/// How often the I/O of postgres's processes is sampled while it refuses connections.
+const IO_SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// The processes whose parent is `pid` (`/proc/<pid>/task/*/children`, else a scan of `/proc`).
+fn children_of(pid: i32) -> Vec<i32> {
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        let lists: Vec<String> = tasks
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
+            .collect();
+        if !lists.is_empty() {
+            return lists
+                .iter()
+                .flat_map(|l| l.split_whitespace())
+                .filter_map(|p| p.parse().ok())
+                .collect();
+        }
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok())
+                    == Some(pid)
             })
         })
-        .unwrap_or(true)
+        .collect()
+}
+
+/// Whether `pid`'s process title names the PostgreSQL process `kind` (`postgres: startup …`,
+/// or `postgres: <cluster_name>: startup …`): PostgreSQL's own name for the process (set
+/// when it starts, whatever `update_process_title`), not a log line.
+fn is_process_kind(pid: i32, kind: &str) -> bool {
+    let Ok(title) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    title_names_kind(&String::from_utf8_lossy(&title), kind)
+}
+
+/// Whether a process title (`/proc/<pid>/cmdline`) names the PostgreSQL process `kind`.
+fn title_names_kind(title: &str, kind: &str) -> bool {
+    title
+        .trim_end_matches('\0')
+        .split(": ")
+        .skip(1)
+        .any(|part| part.split_whitespace().next() == Some(kind))
+}
+
+/// A counter of the work a process has done: the bytes it read and wrote through system calls
+/// (`rchar` + `wchar` of `/proc/<pid>/io`), its CPU time (`utime` + `stime`) and the times it
+/// waited on something (`voluntary_ctxt_switches`: each fsync, each wait for WAL). A process
+/// that is stopped or hangs in one call adds nothing.
+fn work_done(pid: i32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    let mut total = 0u64;
+    for line in io.lines() {
+        if let Some(("rchar" | "wchar", v)) = line.split_once(':') {
+            total = total.saturating_add(v.trim().parse().ok()?);
+        }
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // After the name: state is field 3, utime 14 and stime 15 (1-based, man proc).
+    for i in [11, 12] {
+        total = total.saturating_add(fields.get(i)?.parse().ok()?);
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    if let Some(v) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+    {
+        total = total.saturating_add(v.trim().parse().ok()?);
+    }
+    Some(total)
+}
+
+/// Whether a process seen in both samples did I/O between them (a new process alone is not
+/// progress; a reused pid reads less and is not either).
+fn io_grew(
+    before: &std::collections::HashMap<i32, u64>,
+    after: &std::collections::HashMap<i32, u64>,
+) -> bool {
+    after
+        .iter()
+        .any(|(pid, now)| before.get(pid).is_some_and(|then| now > then))
+}
+
+/// Follows the work of the postmaster's children that do what it waits for (the startup
+/// process replaying WAL, the checkpointer writing a shutdown checkpoint), sampled at most
+/// every [`IO_SAMPLE_EVERY`].
+#[derive(Debug, Default)]
+struct IoWatch {
+    last: std::collections::HashMap<i32, u64>,
+    sampled_at: Option<Instant>,
+}
+
+impl IoWatch {
+    /// Whether the postmaster's children of the given kinds did work since the last sample;
+    /// `None` when no sample is due.
+    fn sample(&mut self, postmaster: i32, kinds: &[&str]) -> Option<bool> {
+        if self
+            .sampled_at
+            .is_some_and(|t| t.elapsed() < IO_SAMPLE_EVERY)
+        {
+            return None;
+        }
+        self.sampled_at = Some(Instant::now());
+        let now: std::collections::HashMap<i32, u64> = children_of(postmaster)
+            .into_iter()
+            .filter(|pid| kinds.iter().any(|k| is_process_kind(*pid, k)))
+            .filter_map(|pid| Some((pid, work_done(pid)?)))
+            .collect();
+        let grew = io_grew(&self.last, &now);
+        self.last = now;
+        Some(grew)
+    }
 }
 
 /// Logs a line at most once per interval for each key.
@@ -280,6 +407,11 @@ struct Monitor {
     own_sysid: Option<u64>,
     // Master
     last_slot_check: Option<Instant>,
+    // Replica: replay against the bound.
+    replay: ReplayWatch,
+    lag: Option<ReplayLag>,
+    // While postgres refuses connections: whether its processes make progress.
+    io: IoWatch,
 }
 
 impl Monitor {
@@ -312,6 +444,9 @@ impl Monitor {
             reclone_asked: false,
             own_sysid,
             last_slot_check: None,
+            replay: ReplayWatch::default(),
+            lag: None,
+            io: IoWatch::default(),
         }
     }
 
@@ -327,15 +462,26 @@ impl Monitor {
         Duration::from_millis(100)
     }
 
+    /// postgres refuses connections for now: it is alive while its processes do I/O (replay
+    /// reading WAL and writing pages, a shutdown checkpoint), judged from `/proc`, not its log.
+    fn look_for_progress(&mut self) {
+        // Recovery is the startup process's work; a shutdown's checkpoint the checkpointer's.
+        let workers: &[&str] = match self.health.phase() {
+            Phase::Stopping => &["startup", "checkpointer"],
+            _ => &["startup"],
+        };
+        if self.io.sample(self.postmaster, workers) == Some(true) {
+            self.health.progressed();
+        }
+    }
+
     /// One round: returns how long to wait before the next.
     async fn tick(&mut self) -> Duration {
-        // While postgres starts up (crash recovery, reaching consistency) it refuses
-        // connections; its pid file says so without a connection (and without a FATAL line).
+        // While postgres starts up (reaching consistency) it refuses connections; its pid file
+        // says so without a connection (and without a FATAL line).
         match postmaster_status(&self.s.pgdata()) {
             Some((pid, status)) if pid == self.postmaster && status == "starting" => {
-                if !process_stopped(pid) {
-                    self.health.answered();
-                }
+                self.look_for_progress();
                 self.db = None;
                 return self.not_ready("postgres is starting up");
             }
@@ -352,7 +498,17 @@ impl Monitor {
                 Err(e) => {
                     self.db = None;
                     self.last_ping = Some(Instant::now());
-                    let why = format!("postgres does not accept connections ({e})");
+                    let why = if pg::cannot_connect_now(&e) {
+                        // After a backend's crash postgres reinitialises in place (its pid
+                        // file still says ready) and refuses connections while it recovers.
+                        self.look_for_progress();
+                        format!(
+                            "postgres refuses connections for now (SQLSTATE 57P03; pg_control: {})",
+                            control_state(&self.s.pgdata()).unwrap_or("unreadable")
+                        )
+                    } else {
+                        format!("postgres does not accept connections ({e})")
+                    };
                     if self.quiet.allow("connect", &why, Duration::from_secs(60)) {
                         crate::info!("{why}");
                     }
@@ -425,6 +581,14 @@ impl Monitor {
         }
         if let Some(l) = own.replay_lsn {
             d.insert("replayLsn".into(), json!(lsn_text(l)));
+        }
+        if let Some(lag) = self.lag {
+            d.insert("replayPaused".into(), json!(lag.paused));
+            d.insert("replayLagBytes".into(), json!(lag.bytes));
+            d.insert(
+                "replayStalledSeconds".into(),
+                json!((lag.stalled.as_secs_f64() * 10.0).round() / 10.0),
+            );
         }
         if let Some(p) = &self.follow_problem {
             d.insert("followProblem".into(), json!(p));
@@ -632,7 +796,33 @@ impl Monitor {
         }
     }
 
+    /// A replica serves reads while it follows the master and its replay keeps within the
+    /// bound (`replication.maxReplicaLag`): not paused, not too far behind what it received,
+    /// not standing still while WAL waits.
     async fn replica(&mut self, own: &OwnState) -> (bool, String) {
+        let (ready, reason) = self.follows(own).await;
+        if !own.in_recovery {
+            self.lag = None;
+            return (ready, reason);
+        }
+        let lag = self.replay.observe(
+            Instant::now(),
+            own.receive_lsn,
+            own.replay_lsn,
+            own.replay_paused.unwrap_or(false),
+        );
+        self.lag = Some(lag);
+        match health::replay_verdict(
+            &lag,
+            self.s.max_replica_lag_bytes(),
+            self.s.max_replica_lag(),
+        ) {
+            Some(why) if ready => (false, why),
+            _ => (ready, reason),
+        }
+    }
+
+    async fn follows(&mut self, own: &OwnState) -> (bool, String) {
         if !own.in_recovery {
             return (
                 false,
@@ -823,6 +1013,75 @@ mod tests {
             exit_reason(1, false),
             "postgres ended on its own (exit code 1); the agent exited with it"
         );
+    }
+
+    #[test]
+    fn io_progress_is_growth_of_a_process_seen_twice() {
+        use std::collections::HashMap;
+        let before = HashMap::from([(10, 100u64), (11, 50)]);
+        assert!(!io_grew(&before, &before), "the same counters: no progress");
+        assert!(io_grew(&before, &HashMap::from([(10, 101), (11, 50)])));
+        assert!(
+            !io_grew(&before, &HashMap::from([(12, 9999)])),
+            "a new process alone is not progress"
+        );
+        assert!(!io_grew(&before, &HashMap::from([(10, 5)])), "a reused pid");
+        assert!(!io_grew(&HashMap::new(), &HashMap::new()));
+    }
+
+    #[test]
+    fn pg_control_state_is_read_from_its_place() {
+        let t = tempfile::tempdir().unwrap();
+        assert_eq!(control_state(t.path()), None);
+        std::fs::create_dir_all(t.path().join("global")).unwrap();
+        let mut control = vec![0u8; 8192];
+        control[16..20].copy_from_slice(&4u32.to_ne_bytes());
+        std::fs::write(t.path().join("global/pg_control"), &control).unwrap();
+        assert_eq!(control_state(t.path()), Some("in crash recovery"));
+        control[16..20].copy_from_slice(&6u32.to_ne_bytes());
+        std::fs::write(t.path().join("global/pg_control"), &control).unwrap();
+        assert_eq!(control_state(t.path()), Some("in production"));
+    }
+
+    #[test]
+    fn process_titles_name_the_kind_with_or_without_a_cluster_name() {
+        assert!(title_names_kind(
+            "postgres: pgset-0: startup recovering 000000010000000000000003",
+            "startup"
+        ));
+        assert!(title_names_kind("postgres: startup", "startup"));
+        assert!(title_names_kind(
+            "postgres: pgset-0: checkpointer \0",
+            "checkpointer"
+        ));
+        assert!(!title_names_kind("postgres: pgset-0: walwriter", "startup"));
+        assert!(!title_names_kind(
+            "postgres: pgset-0: postgres postgres [local] SELECT startup",
+            "startup"
+        ));
+        assert!(!title_names_kind("/usr/bin/startup", "startup"));
+    }
+
+    #[test]
+    fn this_process_io_is_read_and_its_children_found() {
+        let me = std::process::id() as i32;
+        let first = work_done(me).expect("own /proc/<pid>/io, stat and status");
+        std::fs::write(std::env::temp_dir().join("pgset-io-probe"), vec![0u8; 4096]).unwrap();
+        assert!(work_done(me).unwrap() >= first + 4096);
+        assert!(
+            !is_process_kind(me, "startup"),
+            "a test binary is no startup process"
+        );
+        let child = pgset_command::HostCommand::new("sleep")
+            .arg("5")
+            .quiet()
+            .start()
+            .unwrap();
+        let pid = child.pids()[0] as i32;
+        let found = children_of(me).contains(&pid);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found, "a child of this process is found");
     }
 
     #[test]

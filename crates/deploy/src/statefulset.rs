@@ -318,8 +318,8 @@ fn http_probe(path: &str, period: i32, timeout: i32, failure_threshold: i32) -> 
 }
 
 /// Startup probe: `/startupz` every startup period, for up to the startup timeout: true once
-/// the member has prepared its data (initdb, base backup, waiting for its write fence) and
-/// postgres accepted a connection; liveness only starts after it.
+/// the agent serves its endpoints. From then on liveness judges progress, so initdb, a base
+/// backup or a recovery that progresses is never restarted for taking long, however long.
 pub fn startup_probe(spec: &ClusterSpec) -> Probe {
     let p = &spec.probes;
     let period = p.startup_period_seconds.max(1);
@@ -332,7 +332,9 @@ pub fn startup_probe(spec: &ClusterSpec) -> Probe {
     )
 }
 
-/// Liveness probe: `/healthz`, patient (period × threshold before a restart).
+/// Liveness probe: `/healthz`, patient (period × threshold before a restart): it fails once the
+/// member has shown no sign of progress (an answer, recovery or a shutdown doing work, a base
+/// backup growing) for the agent's liveness timeout.
 pub fn liveness_probe(spec: &ClusterSpec) -> Probe {
     let p = &spec.probes;
     http_probe(

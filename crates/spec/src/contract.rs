@@ -419,8 +419,8 @@ pub const HEALTH_PORT: u16 = 8008;
 pub const HEALTH_LIVE_PATH: &str = "/healthz";
 /// Path of the agent's JSON status (phase, readiness and why, PostgreSQL's state, slots).
 pub const HEALTH_STATUS_PATH: &str = "/status";
-/// Path of the startup endpoint: true once the member has prepared its data and postgres has
-/// accepted a connection.
+/// Path of the startup endpoint: true once the agent serves its endpoints (liveness then judges
+/// whether the member makes progress).
 pub const HEALTH_STARTUP_PATH: &str = "/startupz";
 /// Path of the health endpoint that says the member serves its role.
 pub const HEALTH_READY_PATH: &str = "/readyz";

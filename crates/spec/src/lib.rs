@@ -340,7 +340,10 @@ pub struct ProbesSpec {
     pub readiness_period_seconds: i32,
     /// Startup period.
     pub startup_period_seconds: i32,
-    /// How long a member may take to start (initdb, base backup) before it is restarted.
+    /// How long the agent may take to answer its startup probe (it does once it serves its
+    /// endpoints) before the container is restarted. Preparing the data (initdb, a base backup)
+    /// and recovery are not bounded by it: liveness restarts a member only when they make no
+    /// progress for the liveness timeout.
     pub startup_timeout_seconds: i32,
     /// Liveness period.
     pub liveness_period_seconds: i32,
