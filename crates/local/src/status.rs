@@ -154,48 +154,7 @@ pub fn check_identity(
         Verdict::Refused(why @ Refusal::Format { .. }) => check("unreadable", why.to_string()),
     }
 }
-
-/// The longest reason status shows of a termination log.
-pub const REASON_MAX_CHARS: usize = 200;
-
-/// The one-line reason of a termination log: its first non-empty line, at most
-/// [`REASON_MAX_CHARS`] characters (an agent may have left a log tail there).
-pub fn one_line_reason(message: &str) -> Option<String> {
-    let line = message.lines().map(str::trim).find(|l| !l.is_empty())?;
-    if line.chars().count() <= REASON_MAX_CHARS {
-        return Some(line.to_string());
-    }
-    let cut: String = line.chars().take(REASON_MAX_CHARS - 1).collect();
-    Some(format!("{cut}…"))
-}
-
-/// A replica further behind than `bound` (pure): bytes sent to it but not replayed, or seconds
-/// of `replay_lag`. Names the bound.
-pub fn lag_warning(
-    name: &str,
-    lag_bytes: Option<i64>,
-    lag_seconds: Option<f64>,
-    bound: &LagBound,
-) -> Option<String> {
-    let over_bytes = lag_bytes.is_some_and(|b| b > 0 && b as u64 > bound.bytes);
-    let over_seconds = lag_seconds.is_some_and(|s| s > bound.seconds as f64);
-    if !over_bytes && !over_seconds {
-        return None;
-    }
-    let mut behind = Vec::new();
-    if let Some(b) = lag_bytes {
-        behind.push(bytes(b));
-    }
-    if let Some(s) = lag_seconds {
-        behind.push(format!("{s:.1} s"));
-    }
-    Some(format!(
-        "{name} is {} behind the master, above the bound of {} / {} s (replication.maxReplicaLag): it serves stale reads",
-        behind.join(" / "),
-        bytes(bound.bytes as i64),
-        bound.seconds
-    ))
-}
+pub use pgset_spec::status::{REASON_MAX_CHARS, lag_warning, one_line_reason};
 
 /// The warnings a user must act on: slots retaining WAL for members not in the set, members on
 /// another timeline than the master, data directories owned by another cluster or member, members

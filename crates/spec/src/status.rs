@@ -84,6 +84,50 @@ pub fn duration(secs: f64) -> String {
     }
 }
 
+/// The longest reason a status line shows of a member's termination message.
+pub const REASON_MAX_CHARS: usize = 200;
+
+/// The one-line reason of a termination message (a pod's, or a local member's termination
+/// log): its first non-empty line, at most [`REASON_MAX_CHARS`] characters (an older agent may
+/// have left a log tail there).
+pub fn one_line_reason(message: &str) -> Option<String> {
+    let line = message.lines().map(str::trim).find(|l| !l.is_empty())?;
+    if line.chars().count() <= REASON_MAX_CHARS {
+        return Some(line.to_string());
+    }
+    let cut: String = line.chars().take(REASON_MAX_CHARS - 1).collect();
+    Some(format!("{cut}…"))
+}
+
+/// A replica further behind the master than `bound` allows (pure): `bytes_behind` sent to it but
+/// not yet replayed, `seconds` of the master's `replay_lag`. Names the bound.
+pub fn lag_warning(
+    name: &str,
+    bytes_behind: Option<i64>,
+    seconds: Option<f64>,
+    bound: &crate::LagBound,
+) -> Option<String> {
+    let over_bytes = bytes_behind.is_some_and(|b| b > 0 && b as u64 > bound.bytes);
+    let over_seconds = seconds.is_some_and(|s| s > bound.seconds as f64);
+    if !over_bytes && !over_seconds {
+        return None;
+    }
+    let mut behind = Vec::new();
+    if let Some(b) = bytes_behind {
+        behind.push(bytes(b));
+    }
+    if let Some(s) = seconds {
+        behind.push(format!("{s:.1} s"));
+    }
+    Some(format!(
+        "{name} is {} behind the master, above the bound of {} / {} s \
+         (replication.maxReplicaLag): it serves stale reads",
+        behind.join(" / "),
+        bytes(bound.bytes as i64),
+        bound.seconds
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -151,19 +151,7 @@ impl Member {
     }
 }
 
-/// The longest reason a status line shows of a termination message.
-pub const REASON_MAX_CHARS: usize = 200;
-
-/// The one-line reason of a termination message: its first non-empty line, at most
-/// [`REASON_MAX_CHARS`] characters (an agent may have left a log tail there).
-pub fn one_line_reason(message: &str) -> Option<String> {
-    let line = message.lines().map(str::trim).find(|l| !l.is_empty())?;
-    if line.chars().count() <= REASON_MAX_CHARS {
-        return Some(line.to_string());
-    }
-    let cut: String = line.chars().take(REASON_MAX_CHARS - 1).collect();
-    Some(format!("{cut}…"))
-}
+pub use pgset_spec::status::{REASON_MAX_CHARS, one_line_reason};
 
 /// A container's previous exit, as history.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -276,24 +276,7 @@ pub fn lag_problem(
     seconds: Option<f64>,
     bound: &LagBound,
 ) -> Option<String> {
-    let over_bytes = bytes_behind.is_some_and(|b| b > bound.bytes as f64);
-    let over_seconds = seconds.is_some_and(|s| s > bound.seconds as f64);
-    if !over_bytes && !over_seconds {
-        return None;
-    }
-    let mut behind = Vec::new();
-    if let Some(b) = bytes_behind {
-        behind.push(bytes(b as i64));
-    }
-    if let Some(s) = seconds {
-        behind.push(format!("{s:.1} s"));
-    }
-    Some(format!(
-        "{pod} is {} behind the master, above the bound of {} / {} s (spec.replication.maxReplicaLag): it serves stale reads",
-        behind.join(" / "),
-        bytes(bound.bytes as i64),
-        bound.seconds
-    ))
+    pgset_spec::status::lag_warning(pod, bytes_behind.map(|b| b as i64), seconds, bound)
 }
 
 /// Containers whose image differs between the members (a rollout in progress, or a pod changed

@@ -1219,7 +1219,7 @@ fn a_replica_behind_the_bound_is_warned_of_naming_the_bound() {
     assert_eq!(
         screen.warnings,
         [
-            "pgset-1 is 18.5 MiB / 20.7 s behind the master, above the bound of 16.0 MiB / 10 s (spec.replication.maxReplicaLag): it serves stale reads"
+            "pgset-1 is 18.5 MiB / 20.7 s behind the master, above the bound of 16.0 MiB / 10 s (replication.maxReplicaLag): it serves stale reads"
         ]
     );
     // Either figure alone is enough; at the bound is not above it.
