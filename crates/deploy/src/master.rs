@@ -88,8 +88,9 @@ impl LeaderLease {
         (self.member.is_some() && ago > duration).then_some(ago)
     }
 
-    /// One line for people: `pgset-1 (uid …), timeline 2, renewed 3 s ago, failover paused`.
-    pub fn describe(&self, now: Timestamp) -> String {
+    /// One line for people, `ago` being [`LeaderLease::renewed_ago`]:
+    /// `pgset-leader held by pgset-1 (uid), timeline 2, renewed 3 s ago, failover paused`.
+    pub fn describe(&self, ago: Option<i64>) -> String {
         let mut parts = vec![match &self.member {
             Some(m) => format!(
                 "held by {m}{}",
@@ -103,7 +104,7 @@ impl LeaderLease {
         if let Some(t) = self.timeline {
             parts.push(format!("timeline {t}"));
         }
-        if let Some(ago) = self.renewed_ago(now) {
+        if let Some(ago) = ago {
             parts.push(format!("renewed {ago} s ago"));
         }
         if self.failover_paused {
@@ -481,7 +482,7 @@ mod tests {
         let fresh = lease(Some("db-1"));
         assert_eq!(fresh.not_renewed_for(now()), None);
         assert_eq!(
-            fresh.describe(now()),
+            fresh.describe(fresh.renewed_ago(now())),
             "db-leader held by db-1 (uid-db-1), timeline 2, renewed 0 s ago"
         );
     }
