@@ -22,7 +22,8 @@ pub mod names {
     pub const DNS: &str = "dns-and-endpoints";
     /// 3: the master and replica Services select the right pods.
     pub const ROLE_SERVICES: &str = "role-services";
-    /// 3b: the leader Lease's holder, the `role=master` label and the master Service agree.
+    /// After 3: the leader Lease's holder (else ordinal 0), the one pod labelled `role=master`
+    /// and the one ready endpoint of the master Service are the same member.
     pub const ONE_MASTER: &str = "one-master";
     /// 4: the master streams to every replica.
     pub const STREAMING: &str = "streaming";
@@ -313,15 +314,15 @@ pub fn one_master(spec: &ClusterSpec, view: &MasterView, master_endpoints: &[End
             "Service {service} routes to {routed:?}, not to the master {master}"
         ));
     }
-    let source = match (&view.leader, view.source) {
-        (Some(l), _) => format!(
+    let source = match &view.leader {
+        Some(l) => format!(
             "the leader record {}{}",
             l.name,
             l.timeline
                 .map(|t| format!(" (timeline {t})"))
                 .unwrap_or_default()
         ),
-        (None, _) => "ordinal 0 (no leader record)".to_string(),
+        None => "ordinal 0 (no leader record)".to_string(),
     };
     Finding::from_problems(
         problems,

@@ -461,7 +461,7 @@ impl Verifier {
         }
     }
 
-    /// Check 3b (one attempt): the leader Lease, the label and the master Service agree.
+    /// The one-master check (one attempt): the leader Lease, the label and the master Service agree.
     pub async fn check_one_master(&self) -> Finding {
         fail_on_err(
             async {
