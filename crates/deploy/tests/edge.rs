@@ -1816,6 +1816,15 @@ async fn down_of_a_cluster_without_a_leader_lease_writes_no_lease_and_names_no_o
 
 /// Three members shrinking to two, led by `pgset-<master>` when `master` is given.
 fn shrinking_cluster(master: Option<i32>) -> impl FnMut(&Call) -> Reply + Send + 'static {
+    shrinking_cluster_renewed(master, 0)
+}
+
+/// [`shrinking_cluster`] whose holder renews the leader Lease under the first `renewals`
+/// writes of it, so those writes, made on the version read before, get 409 Conflict.
+fn shrinking_cluster_renewed(
+    master: Option<i32>,
+    mut renewals: usize,
+) -> impl FnMut(&Call) -> Reply + Send + 'static {
     let steps = vec![
         (
             statefulset(3, 3, 3),
@@ -1835,6 +1844,21 @@ fn shrinking_cluster(master: Option<i32>) -> impl FnMut(&Call) -> Reply + Send +
             ("GET", LEADER) => {
                 let (status, body) = lease.clone().map_or_else(|| not_found(p), |l| (200, l));
                 Reply::Json(status, body)
+            }
+            ("PATCH", LEADER) if renewals > 0 => {
+                renewals -= 1;
+                let l = lease.as_mut().expect("no Lease to patch");
+                let next: u64 = l["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                l["metadata"]["resourceVersion"] = json!((next + 1).to_string());
+                Reply::Json(
+                    409,
+                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                           "message": "the object has been modified", "reason": "Conflict", "code": 409}),
+                )
             }
             ("PATCH", LEADER) => {
                 let l = lease.as_mut().expect("no Lease to patch");
@@ -1939,5 +1963,24 @@ async fn scale_down_without_waiting_leaves_the_pause_and_says_how_to_resume() {
             .iter()
             .any(|l| l.starts_with("failover stays paused on Lease pgset-leader")),
         "{lines:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pause_that_races_the_holders_renewal_is_written_again_on_the_new_version() {
+    let (client, calls) = mock_client_replying(shrinking_cluster_renewed(Some(0), 1));
+    scale(&client, &spec(), 2, None, &mut |_: &str| {})
+        .await
+        .unwrap();
+    let calls = calls.lock().unwrap().clone();
+    let versions: Vec<Value> = calls
+        .iter()
+        .filter(|c| c.path == LEADER && c.is_write())
+        .map(|c| c.body["metadata"]["resourceVersion"].clone())
+        .collect();
+    assert_eq!(
+        versions,
+        [json!("5"), json!("6")],
+        "refused on the version read, written on the renewed one"
     );
 }
