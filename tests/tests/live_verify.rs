@@ -53,12 +53,15 @@ async fn marker_table_present(client: &Client, spec: &ClusterSpec) -> bool {
         Duration::from_secs_f64(60.0 * patience()),
     );
     let query = format!("select to_regclass('{}') is not null", sql::MARKER_TABLE);
+    // The master the cluster names (its leader Lease, else ordinal 0): the disruptive check
+    // may have moved it.
+    let master = pgset_deploy::master::read_master(client, spec)
+        .await
+        .expect("read the master")
+        .master
+        .expect("a master");
     let out = exec
-        .run(
-            &spec.pod_name(0),
-            POSTGRES_CONTAINER,
-            &sql::psql_local(&[&query]),
-        )
+        .run(&master, POSTGRES_CONTAINER, &sql::psql_local(&[&query]))
         .await
         .expect("exec psql on the master");
     assert!(out.success(), "psql: {}", out.failure_summary());
@@ -201,22 +204,29 @@ async fn scenario(client: Client, spec: ValidSpec) {
     let status: ClusterStatus =
         serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
     assert_eq!((status.desired, status.ready), (3, 3));
+    // The master is the member the cluster names; the disruptive check may have moved it.
+    let master = status.master.master.clone().expect("a master");
+    assert!(status.master.problems.is_empty(), "{:?}", status.master);
     let roles: Vec<(&str, &str, &str)> = status
         .members
         .iter()
         .map(|m| (m.pod.as_str(), m.role.as_str(), m.streaming.as_str()))
         .collect();
-    assert_eq!(
-        roles,
-        [
-            ("pgset-verify-0", "master", "primary (2 walsender(s))"),
-            ("pgset-verify-1", "replica", "streaming"),
-            ("pgset-verify-2", "replica", "streaming")
-        ]
-    );
+    let want: Vec<(&str, &str, &str)> = status
+        .members
+        .iter()
+        .map(|m| {
+            if m.pod == master {
+                (m.pod.as_str(), "master", "primary (2 walsender(s))")
+            } else {
+                (m.pod.as_str(), "replica", "streaming")
+            }
+        })
+        .collect();
+    assert_eq!(roles, want);
     assert!(status.healthy, "{:?}", status.warnings);
     let s = &status.summary;
-    assert_eq!(s.master, "pgset-verify-0");
+    assert_eq!(s.master, master);
     assert_eq!((s.members_ready, s.members_total), (3, 3));
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &spec.namespace);
     let secret = secrets.get(&spec.secret_name()).await.expect("the Secret");
@@ -241,20 +251,18 @@ async fn scenario(client: Client, spec: ValidSpec) {
     }
     assert!(s.master_uptime_s.is_some_and(|u| u >= 0.0), "{s:?}");
     assert!(s.timeline.is_some_and(|t| t >= 1), "{s:?}");
-    let services: Vec<&[String]> = status
-        .members
-        .iter()
-        .map(|m| m.services.as_slice())
-        .collect();
-    assert_eq!(
-        services,
-        [
-            &[spec.master_service_name()][..],
-            &[spec.replica_service_name()][..],
-            &[spec.replica_service_name()][..]
-        ],
-        "each role Service routes to its members"
-    );
+    for m in &status.members {
+        let want = if m.pod == master {
+            spec.master_service_name()
+        } else {
+            spec.replica_service_name()
+        };
+        assert_eq!(
+            m.services,
+            [want],
+            "each role Service routes to its members"
+        );
+    }
     for m in &status.members {
         assert_eq!(m.identity, "accepted", "{}", m.pod);
         assert!(m.agent_version.is_some(), "{}: no agent version", m.pod);

@@ -1,5 +1,6 @@
 //! `cargo xtask scale N`: set the number of members (ordered: new members start one after the
-//! other; scale-down removes the highest ordinals and keeps their claims and data).
+//! other; scale-down removes the highest ordinals and keeps their claims and data, never the
+//! master, and pauses automatic failover while it runs).
 
 use anyhow::{Context, Result, bail};
 use pgset_spec::{MAX_REPLICAS, StorageMode, ValidSpec};
@@ -12,7 +13,7 @@ use crate::progress::Reporter;
 /// Arguments of `cargo xtask scale`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Number of members wanted (ordinal 0 stays the master)
+    /// Number of members wanted (the master must be a member below N)
     #[arg(value_name = "N", allow_negative_numbers = true)]
     pub members: i32,
     #[command(flatten)]

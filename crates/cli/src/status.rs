@@ -120,6 +120,7 @@ pub async fn run(args: Args) -> Result<()> {
                 .with_context(|| format!("read the status of {}/{}", spec.namespace, spec.name))?;
             let mut still = status.clone();
             still.summary.master_uptime_s = None;
+            still.leader_renewed_s_ago = None;
             for m in &mut still.members {
                 if let Some(a) = m.agent.as_mut() {
                     a["postgres"]["uptimeSeconds"] = serde_json::Value::Null;

@@ -6,6 +6,7 @@
 //! [`apply`], [`rollout`], [`scale`] and [`teardown`] hold a [`kube::Client`].
 
 pub mod apply;
+pub mod master;
 pub mod mount_probe;
 pub mod nodes;
 pub mod preflight;
@@ -113,6 +114,18 @@ pub enum Error {
         /// The API server's refusal.
         #[source]
         source: Box<kube::Error>,
+    },
+    /// A scale to fewer members would remove the master.
+    #[error(
+        "scaling to {replicas} member(s) would remove the master {master} (ordinal {ordinal}): move the master to a member below {replicas} first; nothing was changed"
+    )]
+    MasterWouldBeRemoved {
+        /// The master's pod name.
+        master: String,
+        /// Its ordinal.
+        ordinal: i32,
+        /// The members asked for.
+        replicas: i32,
     },
     /// The StatefulSet to scale does not exist.
     #[error("StatefulSet {name} not found in namespace {namespace}: deploy the cluster first")]

@@ -1,10 +1,10 @@
 //! The pods' identity: ServiceAccount `<name>-sa`, and Role + RoleBinding `<name>-agent` that
-//! let the agent read and label its own set's pods, hold its members' Leases and read its own
-//! StatefulSet's size, nothing else.
+//! let the agent read and label its own set's pods, hold its members' Leases and the leader
+//! Lease, and read its own StatefulSet's size, nothing else.
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
-use pgset_spec::{ClusterSpec, MAX_REPLICAS};
+use pgset_spec::{ClusterSpec, MAX_REPLICAS, contract};
 
 use crate::object_meta;
 
@@ -23,7 +23,8 @@ pub fn service_account(spec: &ClusterSpec) -> ServiceAccount {
 ///   name the set can have (`<name>-0` .. `<name>-{MAX_REPLICAS-1}`), so the agent cannot touch
 ///   other pods of the namespace.
 /// - `leases` (`coordination.k8s.io`): `get`, `update` restricted to the members' write-fence
-///   Leases (`<name>-<ordinal>-member`), and `create`. Kubernetes cannot restrict `create` by
+///   Leases (`<name>-<ordinal>-member`) and the cluster's leader Lease (`<name>-leader`), and
+///   `create`. Kubernetes cannot restrict `create` by
 ///   `resourceNames` (the name is not known when the request is authorized), so that rule names
 ///   no objects; it lets the agent create a Lease it does not hold yet, never change another one.
 /// - `configmaps`: `get` and `patch` on the cluster's record (`<name>-record`) only: the master
@@ -32,9 +33,10 @@ pub fn service_account(spec: &ClusterSpec) -> ServiceAccount {
 ///   member's replication slot only when the member's ordinal is at or above `spec.replicas`.
 pub fn role(spec: &ClusterSpec) -> Role {
     let member_pods: Vec<String> = (0..MAX_REPLICAS).map(|i| spec.pod_name(i)).collect();
-    let member_leases: Vec<String> = (0..MAX_REPLICAS)
+    let mut leases: Vec<String> = (0..MAX_REPLICAS)
         .map(|i| spec.member_lease_name(i))
         .collect();
+    leases.push(contract::leader_lease_name(&spec.name));
     Role {
         metadata: object_meta(spec, spec.role_name()),
         rules: Some(vec![
@@ -48,7 +50,7 @@ pub fn role(spec: &ClusterSpec) -> Role {
             PolicyRule {
                 api_groups: Some(vec![COORDINATION_GROUP.into()]),
                 resources: Some(vec!["leases".into()]),
-                resource_names: Some(member_leases),
+                resource_names: Some(leases),
                 verbs: vec!["get".into(), "update".into()],
                 ..PolicyRule::default()
             },
@@ -133,7 +135,7 @@ mod tests {
                     s("coordination.k8s.io"),
                     s("leases"),
                     vec![s("get"), s("update")],
-                    n
+                    Some(MAX_REPLICAS as usize + 1)
                 ),
                 (
                     s("coordination.k8s.io"),
@@ -161,6 +163,7 @@ mod tests {
             leases[MAX_REPLICAS as usize - 1],
             format!("db-{}-member", MAX_REPLICAS - 1)
         );
+        assert_eq!(leases[MAX_REPLICAS as usize], "db-leader");
         assert_eq!(
             rules[4].resource_names.as_deref(),
             Some(&["db".to_string()][..])

@@ -1,6 +1,7 @@
 //! Taking a cluster off: scale to 0 and wait for the pods to go, then delete the objects in
 //! the reverse of the apply order. Claims, PersistentVolumes and the Secret (whose passwords
-//! belong to the data) stay unless purging.
+//! belong to the data) stay unless purging. Before the members stop, automatic failover is
+//! paused on the leader Lease, and stays paused: the cluster is left with no member running.
 
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use crate::apply::kind_of;
+use crate::master::{Pause, pause_failover, read_master};
 use crate::scale::set_replicas;
 use crate::wait::{Listing, until_listing};
 use crate::{Error, NamespacedObject, Result, is_status, selector_string};
@@ -266,6 +268,41 @@ async fn cluster_volumes(client: &Client, spec: &ClusterSpec) -> Result<Vec<Stri
     Ok(found)
 }
 
+/// The StatefulSet's `spec.replicas`, 0 when it does not exist.
+async fn current_replicas_or_absent(client: &Client, spec: &ValidSpec) -> Result<i32> {
+    match crate::scale::current_replicas(client, spec).await {
+        Err(Error::NotDeployed { .. }) => Ok(0),
+        other => other,
+    }
+}
+
+/// Pauses failover on the leader Lease (when it exists) so no member takes the master role
+/// while the members stop, and says which member is the master when it is not ordinal 0.
+async fn pause_before_stopping(
+    client: &Client,
+    spec: &ValidSpec,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<()> {
+    let lease = pgset_spec::contract::leader_lease_name(&spec.name);
+    let view = read_master(client, spec).await?;
+    if let Some(master) = &view.master
+        && view.ordinal() != Some(0)
+    {
+        progress(&format!(
+            "the master is {master}, not ordinal 0: the StatefulSet stops the highest ordinals first, so the members above it stop before it and those below it after it"
+        ));
+    }
+    match pause_failover(client, spec).await? {
+        Pause::Paused => progress(&format!(
+            "paused failover on Lease {lease}: no member takes the master role while they stop; it stays paused (a waited `{} scale N` removes the pause once members run again)",
+            pgset_spec::contract::program_name()
+        )),
+        Pause::AlreadyPaused => progress(&format!("failover already paused on Lease {lease}")),
+        Pause::NoLeader => {}
+    }
+    Ok(())
+}
+
 /// Takes the cluster off: scale to 0 and wait (up to `timeout` for the whole teardown), then
 /// delete StatefulSet, (claims and PersistentVolumes when purging), Services, (Secret when
 /// purging), RBAC. Objects already absent are fine: a second run changes nothing.
@@ -280,6 +317,9 @@ pub async fn down(
     let ns = spec.namespace.as_str();
     let sts_name = spec.statefulset_name();
 
+    if current_replicas_or_absent(client, spec).await? > 0 {
+        pause_before_stopping(client, spec, progress).await?;
+    }
     match set_replicas(client, spec, 0).await {
         Ok(0) => progress(&format!("StatefulSet {sts_name} already at 0 members")),
         Ok(from) => progress(&format!("StatefulSet {sts_name}: {from} -> 0 members")),

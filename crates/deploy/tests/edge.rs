@@ -1010,6 +1010,10 @@ async fn scale_patches_only_replicas_through_the_scale_subresource_then_waits() 
         if !scaled && call.path.ends_with("/statefulsets/pgset") {
             return Reply::Json(200, statefulset(2, 2, 2));
         }
+        if call.path == LEADER {
+            let (status, body) = not_found(&call.path);
+            return Reply::Json(status, body);
+        }
         timeline
             .answer(call)
             .unwrap_or_else(|| panic!("unexpected {} {}", call.method, call.path))
@@ -1060,6 +1064,13 @@ async fn scale_of_an_absent_statefulset_says_to_deploy_first_and_writes_nothing(
 /// The pods' watch reports the last pod gone a second after the scale to 0; the other watches
 /// have nothing to report (what they watch is gone when they list).
 fn running_cluster() -> impl FnMut(&Call) -> Reply + Send + 'static {
+    running_cluster_led_by(None)
+}
+
+/// [`running_cluster`] with a leader Lease held by `master` (`None`: no leader Lease, a
+/// cluster made before it existed); the pod named there carries `role=master`.
+fn running_cluster_led_by(master: Option<i32>) -> impl FnMut(&Call) -> Reply + Send + 'static {
+    let mut lease = master.map(|k| leader_lease(k, false));
     let mut scaled_to_zero = false;
     let mut pod_deletion_sent = false;
     let mut claims_deleted = false;
@@ -1083,6 +1094,17 @@ fn running_cluster() -> impl FnMut(&Call) -> Reply + Send + 'static {
             return Reply::Hang;
         }
         let (status, body) = match (call.method.as_str(), p) {
+            ("GET", LEADER) => match &lease {
+                Some(l) => (200, l.clone()),
+                None => not_found(p),
+            },
+            ("PATCH", LEADER) => match lease.as_mut() {
+                Some(l) => {
+                    patch_lease(l, &call.body);
+                    (200, l.clone())
+                }
+                None => not_found(p),
+            },
             ("GET", "/apis/apps/v1/namespaces/default/statefulsets/pgset") => {
                 (200, statefulset(if scaled_to_zero { 0 } else { 2 }, 2, 2))
             }
@@ -1098,7 +1120,7 @@ fn running_cluster() -> impl FnMut(&Call) -> Reply + Send + 'static {
                 let pods = if scaled_to_zero {
                     vec![pod(0, true, "r1")]
                 } else {
-                    vec![pod(0, true, "r1"), pod(1, true, "r1")]
+                    vec![labelled(0, master), labelled(1, master)]
                 };
                 (200, pod_list(pods))
             }
@@ -1660,5 +1682,305 @@ async fn an_expired_watch_of_one_object_lists_again_and_its_removal_is_seen() {
             ),
             format!("GET {PODS}?&{by_name}&limit=500"),
         ]
+    );
+}
+
+const LEADER: &str = "/apis/coordination.k8s.io/v1/namespaces/default/leases/pgset-leader";
+
+/// The leader Lease held by `pgset-<master>`, at resourceVersion 5.
+fn leader_lease(master: i32, paused: bool) -> Value {
+    let mut notes = json!({"pgset.io/leader-member": format!("pgset-{master}"),
+                           "pgset.io/leader-timeline": "2"});
+    if paused {
+        notes["pgset.io/failover"] = json!("paused");
+    }
+    json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+           "metadata": {"name": "pgset-leader", "namespace": NS, "resourceVersion": "5",
+                        "annotations": notes},
+           "spec": {"holderIdentity": format!("uid-{master}"), "leaseDurationSeconds": 15}})
+}
+
+/// Applies a merge patch of the Lease's annotations as the API server does: only on the
+/// resourceVersion it carries, a null removes the key, and the version moves on.
+fn patch_lease(lease: &mut Value, patch: &Value) {
+    assert_eq!(
+        patch["metadata"]["resourceVersion"], lease["metadata"]["resourceVersion"],
+        "a write of the leader Lease carries the version read"
+    );
+    let notes = lease["metadata"]["annotations"].as_object_mut().unwrap();
+    for (k, v) in patch["metadata"]["annotations"].as_object().unwrap() {
+        match v {
+            Value::Null => {
+                notes.remove(k);
+            }
+            v => {
+                notes.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    let next: u64 = lease["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    lease["metadata"]["resourceVersion"] = json!((next + 1).to_string());
+}
+
+/// A Ready pod with its UID and the role label the leader Lease (or, with none, ordinal 0) gives.
+fn labelled(ordinal: i32, master: Option<i32>) -> Value {
+    let mut p = pod(ordinal, true, "r1");
+    let role = if master.unwrap_or(0) == ordinal {
+        "master"
+    } else {
+        "replica"
+    };
+    p["metadata"]["labels"]["role"] = json!(role);
+    p["metadata"]["uid"] = json!(format!("uid-{ordinal}"));
+    p
+}
+
+fn lease_writes(calls: &[Call]) -> Vec<Value> {
+    calls
+        .iter()
+        .filter(|c| c.path == LEADER && c.is_write())
+        .map(|c| c.body["metadata"]["annotations"].clone())
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn down_pauses_failover_on_the_leader_lease_before_the_members_stop_and_leaves_it_paused() {
+    let (client, calls) = mock_client_replying(running_cluster_led_by(Some(1)));
+    let mut lines = Vec::new();
+    down(
+        &client,
+        &spec(),
+        Purge::Keep,
+        Duration::from_secs(60),
+        &mut |l: &str| lines.push(l.to_string()),
+    )
+    .await
+    .unwrap();
+    let calls = calls.lock().unwrap().clone();
+    let paused_at = calls
+        .iter()
+        .position(|c| c.path == LEADER && c.is_write())
+        .expect("the pause is written");
+    let scale_at = calls
+        .iter()
+        .position(|c| c.path.ends_with("/scale"))
+        .unwrap();
+    assert!(paused_at < scale_at, "paused before the members stop");
+    assert_eq!(
+        calls[paused_at].content_type,
+        "application/merge-patch+json"
+    );
+    assert_eq!(
+        lease_writes(&calls),
+        [json!({"pgset.io/failover": "paused"})],
+        "paused once, never removed: the cluster is left at 0 members"
+    );
+    assert!(
+        lines.contains(&"the master is pgset-1, not ordinal 0: the StatefulSet stops the highest ordinals first, so the members above it stop before it and those below it after it".to_string()),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("paused failover on Lease pgset-leader")
+                && l.contains("stays paused")),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn down_of_a_cluster_without_a_leader_lease_writes_no_lease_and_names_no_other_master() {
+    let (client, calls) = mock_client_replying(running_cluster());
+    let mut lines = Vec::new();
+    down(
+        &client,
+        &spec(),
+        Purge::Keep,
+        Duration::from_secs(60),
+        &mut |l: &str| lines.push(l.to_string()),
+    )
+    .await
+    .unwrap();
+    let calls = calls.lock().unwrap().clone();
+    assert!(lease_writes(&calls).is_empty());
+    assert!(calls.iter().any(|c| c.path == LEADER), "the Lease was read");
+    assert!(
+        !lines.iter().any(|l| l.contains("the master is")),
+        "{lines:?}"
+    );
+}
+
+/// Three members shrinking to two, led by `pgset-<master>` when `master` is given.
+fn shrinking_cluster(master: Option<i32>) -> impl FnMut(&Call) -> Reply + Send + 'static {
+    shrinking_cluster_renewed(master, 0)
+}
+
+/// [`shrinking_cluster`] whose holder renews the leader Lease under the first `renewals`
+/// writes of it, so those writes, made on the version read before, get 409 Conflict.
+fn shrinking_cluster_renewed(
+    master: Option<i32>,
+    mut renewals: usize,
+) -> impl FnMut(&Call) -> Reply + Send + 'static {
+    let steps = vec![
+        (
+            statefulset(3, 3, 3),
+            (0..3).map(|o| labelled(o, master)).collect(),
+        ),
+        (
+            statefulset(2, 2, 2),
+            (0..2).map(|o| labelled(o, master)).collect(),
+        ),
+    ];
+    let timeline = rollout_timeline(steps);
+    let mut lease = master.map(|k| leader_lease(k, false));
+    let mut scaled = false;
+    move |call: &Call| {
+        let p = call.path.as_str();
+        match (call.method.as_str(), p) {
+            ("GET", LEADER) => {
+                let (status, body) = lease.clone().map_or_else(|| not_found(p), |l| (200, l));
+                Reply::Json(status, body)
+            }
+            ("PATCH", LEADER) if renewals > 0 => {
+                renewals -= 1;
+                let l = lease.as_mut().expect("no Lease to patch");
+                let next: u64 = l["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                l["metadata"]["resourceVersion"] = json!((next + 1).to_string());
+                Reply::Json(
+                    409,
+                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                           "message": "the object has been modified", "reason": "Conflict", "code": 409}),
+                )
+            }
+            ("PATCH", LEADER) => {
+                let l = lease.as_mut().expect("no Lease to patch");
+                patch_lease(l, &call.body);
+                Reply::Json(200, l.clone())
+            }
+            ("PATCH", _) if p.ends_with("/statefulsets/pgset/scale") => {
+                scaled = true;
+                Reply::Json(
+                    200,
+                    json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
+                           "metadata": {"name": "pgset", "namespace": NS},
+                           "spec": {"replicas": 2}}),
+                )
+            }
+            ("GET", _) if !is_watch(call) && p.ends_with("/statefulsets/pgset") => {
+                Reply::Json(200, statefulset(if scaled { 2 } else { 3 }, 3, 3))
+            }
+            _ => timeline
+                .answer(call)
+                .unwrap_or_else(|| panic!("unexpected {} {}", call.method, call.path)),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn scale_that_would_remove_the_master_is_refused_before_any_change() {
+    let (client, calls) = mock_client_replying(shrinking_cluster(Some(2)));
+    let err = scale(&client, &spec(), 2, None, &mut |_: &str| {})
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "scaling to 2 member(s) would remove the master pgset-2 (ordinal 2): move the master to a member below 2 first; nothing was changed"
+    );
+    let calls = calls.lock().unwrap().clone();
+    assert!(
+        calls.iter().all(|c| !c.is_write()),
+        "{:#?}",
+        requests(&calls)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn scale_down_not_past_the_master_pauses_failover_then_removes_the_pause_once_waited() {
+    let (client, calls) = mock_client_replying(shrinking_cluster(Some(1)));
+    let mut lines = Vec::new();
+    let outcome = scale(
+        &client,
+        &spec(),
+        2,
+        Some(Duration::from_secs(60)),
+        &mut |l: &str| lines.push(l.to_string()),
+    )
+    .await
+    .unwrap();
+    assert_eq!((outcome.from, outcome.to), (3, 2));
+    let calls = calls.lock().unwrap().clone();
+    let writes: Vec<String> = calls
+        .iter()
+        .filter(|c| c.is_write())
+        .map(Call::line)
+        .collect();
+    assert_eq!(
+        writes,
+        [
+            format!("PATCH {LEADER}"),
+            "PATCH /apis/apps/v1/namespaces/default/statefulsets/pgset/scale".to_string(),
+            format!("PATCH {LEADER}"),
+        ],
+        "pause, scale, resume"
+    );
+    assert_eq!(
+        lease_writes(&calls),
+        [
+            json!({"pgset.io/failover": "paused"}),
+            json!({"pgset.io/failover": null})
+        ]
+    );
+    assert!(
+        lines.contains(&"removed the failover pause on Lease pgset-leader".to_string()),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn scale_down_without_waiting_leaves_the_pause_and_says_how_to_resume() {
+    let (client, calls) = mock_client_replying(shrinking_cluster(Some(0)));
+    let mut lines = Vec::new();
+    scale(&client, &spec(), 2, None, &mut |l: &str| {
+        lines.push(l.to_string())
+    })
+    .await
+    .unwrap();
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(
+        lease_writes(&calls),
+        [json!({"pgset.io/failover": "paused"})]
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("failover stays paused on Lease pgset-leader")),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pause_that_races_the_holders_renewal_is_written_again_on_the_new_version() {
+    let (client, calls) = mock_client_replying(shrinking_cluster_renewed(Some(0), 1));
+    scale(&client, &spec(), 2, None, &mut |_: &str| {})
+        .await
+        .unwrap();
+    let calls = calls.lock().unwrap().clone();
+    let versions: Vec<Value> = calls
+        .iter()
+        .filter(|c| c.path == LEADER && c.is_write())
+        .map(|c| c.body["metadata"]["resourceVersion"].clone())
+        .collect();
+    assert_eq!(
+        versions,
+        [json!("5"), json!("6")],
+        "refused on the version read, written on the renewed one"
     );
 }

@@ -3,7 +3,9 @@
 //! `<name>-replica` (a port-forward to the pod of a ready endpoint, as kube-proxy would pick
 //! one), the readiness monitor asks the master agent's `/readyz` through the pod proxy, and the
 //! faults are Kubernetes' own operations: deleting a pod, scaling the StatefulSet, a `kill` in
-//! the postgres container. Health before and after is `status`'s verdict.
+//! the postgres container. The master is the member the cluster names (the leader Lease's
+//! holder, else ordinal 0), read once the cluster is healthy. Health before and after is
+//! `status`'s verdict.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -228,6 +230,8 @@ fn recloned(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>)
 struct Live {
     client: Client,
     spec: ValidSpec,
+    /// The master's ordinal when the drill started.
+    master: i32,
     opts: LiveOptions,
     pods: Api<Pod>,
     verifier: Verifier,
@@ -331,14 +335,14 @@ impl Live {
     /// SIGKILL to the master's postmaster (its pid from `postmaster.pid`, read by the server
     /// itself), sent in its container; the agent exits and the kubelet restarts the container.
     async fn kill_postgres(&self) -> Result<()> {
-        let name = self.spec.pod_name(0);
+        let name = self.spec.pod_name(self.master);
         let c = self
-            .pod_endpoint(0)
+            .pod_endpoint(self.master)
             .connect_within(Duration::from_secs(10))
             .await
             .map_err(|e| step_err(format!("connect to {name}"), e))?;
         let row = self
-            .pod_endpoint(0)
+            .pod_endpoint(self.master)
             .within(c.query_one("SELECT pg_read_file('postmaster.pid')", &[]))
             .await
             .map_err(|e| step_err(format!("read {name}'s postmaster.pid"), e))?;
@@ -414,7 +418,7 @@ impl Live {
             self.wait_gone(&last).await?;
             // The master's agent checks its slots every 10 s in a cluster.
             engine::wait_slot_dropped(
-                &self.pod_endpoint(0),
+                &self.pod_endpoint(self.master),
                 &slot_name(&last),
                 Duration::from_millis(500),
                 self.patience.deadline(Duration::from_secs(60)),
@@ -437,7 +441,7 @@ impl Live {
         let n = self.spec.replicas;
         let new = self.spec.pod_name(n);
         let owners = self.verifier.managed_fields().await?;
-        let master = self.pod_endpoint(0);
+        let master = self.pod_endpoint(self.master);
         let pad = engine::fill_pad(&master, &self.log).await?;
         let outcome = async {
             self.scale(n + 1).await?;
@@ -499,6 +503,58 @@ impl Live {
     }
 }
 
+/// Which member plays which part in a drill: the master (the cluster's, by the leader Lease or,
+/// with none, ordinal 0), the replicas, and the member the fault is aimed at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Roles {
+    /// The master's ordinal.
+    pub master: i32,
+    /// The other members' ordinals.
+    pub replicas: Vec<i32>,
+    /// The member the fault is aimed at: the master for the master drills, the highest replica
+    /// for `replica-pod-delete`, the last member for `scale-down-up`, the next one for
+    /// `agent-restart-during-basebackup`.
+    pub target: i32,
+}
+
+impl Roles {
+    /// The parts for `drill` in `spec`'s cluster whose master is `master` (pure). No master (a
+    /// released leader record) is refused, and so is `scale-down-up` when the last member is
+    /// the master: the scale-down would remove it.
+    pub fn of(spec: &ClusterSpec, drill: DrillName, master: Option<i32>) -> Result<Roles> {
+        let n = spec.replicas;
+        let Some(master) = master.filter(|k| (0..n).contains(k)) else {
+            return Err(Error::NotHealthy(format!(
+                "no member of {} holds the master role (`{} status` says why)",
+                spec.name,
+                contract::program_name()
+            )));
+        };
+        let replicas: Vec<i32> = (0..n).filter(|&k| k != master).collect();
+        let target = match drill {
+            DrillName::ReplicaPodDelete => replicas.last().copied().unwrap_or(n - 1),
+            DrillName::ScaleDownUp if master == n - 1 => {
+                return Err(Error::NotApplicable {
+                    drill,
+                    why: format!(
+                        "the master is {}, the member a scale-down removes: move the master to a member below {} first",
+                        spec.pod_name(master),
+                        n - 1
+                    ),
+                });
+            }
+            DrillName::ScaleDownUp => n - 1,
+            DrillName::AgentRestartDuringBasebackup => n,
+            _ => master,
+        };
+        Ok(Roles {
+            master,
+            replicas,
+            target,
+        })
+    }
+}
+
 /// Runs `drill` on the cluster: refuses unless it is healthy (`status`'s verdict), runs the load,
 /// injects the fault, waits until it is healthy again, and measures.
 pub async fn run(client: Client, opts: &LiveOptions, drill: DrillName) -> Result<DrillReport> {
@@ -535,12 +591,16 @@ pub async fn run(client: Client, opts: &LiveOptions, drill: DrillName) -> Result
     }
     let members: Vec<String> = (0..n).map(|k| spec.pod_name(k)).collect();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &spec.namespace);
+    let verifier = Verifier::new(client.clone(), spec.clone(), Options::new(spec));
+    let view = verifier.master_view().await?;
+    let roles = Roles::of(spec, drill, view.ordinal())?;
     let mut t = Live {
         client: client.clone(),
         spec: spec.clone(),
+        master: roles.master,
         opts: opts.clone(),
         pods: pods.clone(),
-        verifier: Verifier::new(client.clone(), spec.clone(), Options::new(spec)),
+        verifier,
         exec: PodExec::new(
             pods.clone(),
             opts.patience.deadline(Duration::from_secs(30)),
@@ -550,41 +610,39 @@ pub async fn run(client: Client, opts: &LiveOptions, drill: DrillName) -> Result
         log: Arc::new(Log::default()),
     };
     // The first connection to the master, timed: every wait before giving up scales with it.
-    let round_trip = load::time_first_connect(&t.pod_endpoint(0), FIRST_CONNECT)
+    let master_pod = spec.pod_name(roles.master);
+    let round_trip = load::time_first_connect(&t.pod_endpoint(roles.master), FIRST_CONNECT)
         .await
-        .map_err(|e| step_err(format!("connect to {}", spec.pod_name(0)), e))?;
+        .map_err(|e| step_err(format!("connect to {master_pod}"), e))?;
     t.patience = opts.patience.measured(round_trip);
     t.opts.recovery_timeout = t.patience.deadline(opts.recovery_timeout);
     t.exec = PodExec::new(pods, t.patience.deadline(Duration::from_secs(30)));
     t.log.step(format!(
         "first connection to {} in {:.2} s: a statement may take {}, patience {}",
-        spec.pod_name(0),
+        master_pod,
         round_trip.as_secs_f64(),
         load::secs(t.patience.deadline(STATEMENT_DEADLINE)),
         t.patience.factor()
     ));
-    let target_k = match drill {
-        DrillName::ReplicaPodDelete | DrillName::ScaleDownUp => n - 1,
-        DrillName::AgentRestartDuringBasebackup => n,
-        _ => 0,
-    };
     let setup = Setup {
         writer: t.service_endpoint(spec.master_service_name()),
         reader: t.service_endpoint(spec.replica_service_name()),
-        master: t.pod_endpoint(0),
-        replicas: (1..n)
-            .map(|k| (spec.pod_name(k), t.pod_endpoint(k)))
+        master: t.pod_endpoint(roles.master),
+        replicas: roles
+            .replicas
+            .iter()
+            .map(|&k| (spec.pod_name(k), t.pod_endpoint(k)))
             .collect(),
         ready: ReadyProbe::Proxy {
             client: client.clone(),
             namespace: spec.namespace.clone(),
-            pod: spec.pod_name(0),
+            pod: master_pod.clone(),
             deadline: t.patience.deadline(STATEMENT_DEADLINE),
         },
         warmup: opts.warmup,
         cooldown: opts.cooldown,
         members: members.len(),
-        target: spec.pod_name(target_k),
+        target: spec.pod_name(roles.target),
         read_from: spec.replica_service_name(),
         repair_hint: format!(
             "`{} status --name {} --namespace {}` shows what is left to mend",
@@ -597,8 +655,10 @@ pub async fn run(client: Client, opts: &LiveOptions, drill: DrillName) -> Result
     let table = engine::create_table(&setup).await?;
     let fault = async {
         match drill {
-            DrillName::MasterPodDelete | DrillName::MasterRestartUnderLoad => t.delete_pod(0).await,
-            DrillName::ReplicaPodDelete => t.delete_pod(n - 1).await,
+            DrillName::MasterPodDelete | DrillName::MasterRestartUnderLoad => {
+                t.delete_pod(roles.master).await
+            }
+            DrillName::ReplicaPodDelete => t.delete_pod(roles.target).await,
             DrillName::PostgresKill => t.kill_postgres().await,
             DrillName::ScaleDownUp => t.scale_down_up().await,
             DrillName::AgentRestartDuringBasebackup => t.restart_during_basebackup().await,
@@ -621,6 +681,44 @@ pub async fn run(client: Client, opts: &LiveOptions, drill: DrillName) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn three() -> ValidSpec {
+        ClusterSpec {
+            replicas: 3,
+            ..ClusterSpec::default()
+        }
+        .validated()
+        .unwrap()
+    }
+
+    #[test]
+    fn the_drills_parts_follow_the_master_wherever_it_is() {
+        let spec = three();
+        let on_one = |drill| Roles::of(&spec, drill, Some(1)).unwrap();
+        let master = on_one(DrillName::MasterPodDelete);
+        assert_eq!((master.master, master.target), (1, 1));
+        assert_eq!(master.replicas, [0, 2]);
+        assert_eq!(on_one(DrillName::PostgresKill).target, 1);
+        assert_eq!(on_one(DrillName::ReplicaPodDelete).target, 2);
+        assert_eq!(on_one(DrillName::ScaleDownUp).target, 2);
+        // With the master last, the replica drill takes the highest replica and the
+        // scale-down, which would remove the master, is not applicable.
+        let last = Roles::of(&spec, DrillName::ReplicaPodDelete, Some(2)).unwrap();
+        assert_eq!((last.target, last.replicas.clone()), (1, vec![0, 1]));
+        let e = Roles::of(&spec, DrillName::ScaleDownUp, Some(2)).unwrap_err();
+        assert!(matches!(e, Error::NotApplicable { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains("move the master to a member below 2 first"),
+            "{e}"
+        );
+        // No master (a released leader record): refused as not healthy.
+        let e = Roles::of(&spec, DrillName::MasterPodDelete, None).unwrap_err();
+        assert!(matches!(e, Error::NotHealthy(_)), "{e}");
+        // An older cluster: ordinal 0, as before.
+        let old = Roles::of(&spec, DrillName::MasterPodDelete, Some(0)).unwrap();
+        assert_eq!((old.master, old.replicas), (0, vec![1, 2]));
+    }
 
     #[test]
     fn a_new_inode_or_a_new_kept_copy_is_a_reclone() {

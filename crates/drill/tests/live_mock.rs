@@ -134,7 +134,8 @@ async fn a_drill_on_an_unhealthy_cluster_only_reads() {
                 json!({"apiVersion": "v1", "kind": "PodList", "metadata": {},
                        "items": [pod(0, true), pod(1, false)]}),
             ),
-            "/api/v1/namespaces/default/configmaps/pgset-record" => (
+            "/apis/coordination.k8s.io/v1/namespaces/default/leases/pgset-leader"
+            | "/api/v1/namespaces/default/configmaps/pgset-record" => (
                 404,
                 json!({"kind": "Status", "code": 404, "reason": "NotFound", "message": "not found"}),
             ),
@@ -233,7 +234,8 @@ async fn a_master_running_and_ready_again_after_a_crash_is_healthy_for_the_next_
                 json!({"apiVersion": "v1", "kind": "PodList", "metadata": {},
                        "items": [pod(0), pod(1), pod(2)]}),
             ),
-            "/api/v1/namespaces/default/configmaps/pgset-record" => (
+            "/apis/coordination.k8s.io/v1/namespaces/default/leases/pgset-leader"
+            | "/api/v1/namespaces/default/configmaps/pgset-record" => (
                 404,
                 json!({"kind": "Status", "code": 404, "reason": "NotFound", "message": "not found"}),
             ),
@@ -281,4 +283,126 @@ async fn a_master_running_and_ready_again_after_a_crash_is_healthy_for_the_next_
     let table = status.to_table();
     assert!(!table.contains("log line 2"), "{table}");
     assert!(table.ends_with("\nhealthy\n"), "{table}");
+}
+
+/// A healthy cluster of 3 whose master is pgset-1 by its leader Lease and its label; the
+/// Secret holds a password; a port-forward is refused (403), so a drill stops at its first
+/// connection.
+fn led_by_one(_: &str, uri: &str) -> (u16, Value) {
+    let pod = |k: i32| {
+        json!({"metadata": {"name": format!("pgset-{k}"), "namespace": "default", "uid": format!("u{k}"),
+                            "labels": {"role": if k == 1 { "master" } else { "replica" }}},
+               "spec": {"containers": [{"name": "postgres", "image": "postgres:18"}]},
+               "status": {"phase": "Running", "podIP": format!("10.244.0.{k}"),
+                          "conditions": [{"type": "Ready", "status": "True"}]}})
+    };
+    let slices = |service: &str, pods: &[i32]| {
+        let endpoints: Vec<Value> = pods
+            .iter()
+            .map(|k| json!({"addresses": [format!("10.244.0.{k}")], "conditions": {"ready": true},
+                            "targetRef": {"kind": "Pod", "name": format!("pgset-{k}"), "namespace": "default"}}))
+            .collect();
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSliceList", "metadata": {},
+               "items": [{"metadata": {"name": format!("{service}-x"), "labels": {"kubernetes.io/service-name": service}},
+                          "addressType": "IPv4", "endpoints": endpoints}]})
+    };
+    let agent = |k: i32| {
+        let mut pg = json!({"inRecovery": k != 1, "timeline": 2, "systemIdentifier": "73"});
+        if k == 1 {
+            let standby =
+                |p: &str| json!({"applicationName": p, "state": "streaming", "syncState": "async"});
+            pg["replication"] = json!([standby("pgset-0"), standby("pgset-2")]);
+        }
+        json!({"member": format!("pgset-{k}"), "phase": "running", "ready": true,
+               "reason": "serving", "postgres": pg})
+    };
+    let path = uri.split('?').next().unwrap_or_default();
+    let query = uri.split('?').nth(1).unwrap_or_default();
+    match path {
+        "/apis/apps/v1/namespaces/default/statefulsets/pgset" => (
+            200,
+            json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+                   "metadata": {"name": "pgset", "namespace": "default"},
+                   "spec": {"replicas": 3, "serviceName": "pgset",
+                            "selector": {"matchLabels": {}}, "template": {}}}),
+        ),
+        "/api/v1/namespaces/default/pods" => (
+            200,
+            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {},
+                   "items": [pod(0), pod(1), pod(2)]}),
+        ),
+        "/apis/coordination.k8s.io/v1/namespaces/default/leases/pgset-leader" => (
+            200,
+            json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                   "metadata": {"name": "pgset-leader", "namespace": "default", "resourceVersion": "4",
+                                "annotations": {"pgset.io/leader-member": "pgset-1",
+                                                "pgset.io/leader-timeline": "2"}},
+                   "spec": {"holderIdentity": "u1", "leaseDurationSeconds": 15}}),
+        ),
+        "/api/v1/namespaces/default/configmaps/pgset-record" => (
+            404,
+            json!({"kind": "Status", "code": 404, "reason": "NotFound", "message": "not found"}),
+        ),
+        "/api/v1/namespaces/default/secrets/pgset-secret" => (
+            200,
+            json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "pgset-secret", "namespace": "default"},
+                   "data": {pgset_spec::contract::secret::SUPERUSER_PASSWORD_KEY: "c2VjcmV0"}}),
+        ),
+        "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
+            if query.contains("pgset-master") =>
+        {
+            (200, slices("pgset-master", &[1]))
+        }
+        "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices" => {
+            (200, slices("pgset-replica", &[0, 2]))
+        }
+        p if p.ends_with(":8008/proxy/status") => {
+            let k = if p.contains("pgset-0") {
+                0
+            } else if p.contains("pgset-1") {
+                1
+            } else {
+                2
+            };
+            (200, agent(k))
+        }
+        _ => (
+            403,
+            json!({"kind": "Status", "code": 403, "reason": "Forbidden", "message": "refused"}),
+        ),
+    }
+}
+
+#[tokio::test]
+async fn a_master_drill_aims_at_the_member_the_leader_lease_names() {
+    let (client, seen) = server(led_by_one);
+    let spec = ClusterSpec {
+        replicas: 3,
+        ..ClusterSpec::default()
+    }
+    .validated()
+    .unwrap();
+    let why = pgset_drill::live::unhealthy(&client, &spec).await.unwrap();
+    assert!(
+        why.is_empty(),
+        "healthy with its master on pgset-1: {why:?}"
+    );
+    // A small patience: the refused first connection gives up after about a second.
+    let mut opts = LiveOptions::new(spec);
+    opts.patience = pgset_drill::patience::Patience::new(0.02).unwrap();
+    let err = pgset_drill::live::run(client, &opts, DrillName::MasterPodDelete)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("connect to pgset-1"), "{err}");
+    let seen = seen.lock().unwrap();
+    let forwards: Vec<&String> = seen.iter().filter(|r| r.contains("/portforward")).collect();
+    assert!(!forwards.is_empty(), "{seen:?}");
+    assert!(
+        forwards
+            .iter()
+            .all(|r| r.contains("/pods/pgset-1/portforward")),
+        "the first connection goes to the master pgset-1: {forwards:?}"
+    );
+    assert!(seen.iter().all(|r| r.starts_with("GET ")), "{seen:?}");
 }

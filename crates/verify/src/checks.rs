@@ -7,6 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
+use pgset_deploy::master::{LeaderLease, MasterView, PodSeen, find_master};
 use pgset_spec::{ClusterSpec, contract, ordinal_of};
 
 use crate::exec::ExecOutput;
@@ -21,6 +22,9 @@ pub mod names {
     pub const DNS: &str = "dns-and-endpoints";
     /// 3: the master and replica Services select the right pods.
     pub const ROLE_SERVICES: &str = "role-services";
+    /// After 3: the leader Lease's holder (else ordinal 0), the one pod labelled `role=master`
+    /// and the one ready endpoint of the master Service are the same member.
+    pub const ONE_MASTER: &str = "one-master";
     /// 4: the master streams to every replica.
     pub const STREAMING: &str = "streaming";
     /// 5: writes through the replica Service fail read-only; reads work.
@@ -34,10 +38,11 @@ pub mod names {
     /// 9: delete the master pod and watch it come back (`--disruptive`).
     pub const MASTER_RECOVERY: &str = "master-recovery";
     /// Every check, in order.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         PODS,
         DNS,
         ROLE_SERVICES,
+        ONE_MASTER,
         STREAMING,
         REPLICA_READ_ONLY,
         REPLICATED_WRITE,
@@ -241,9 +246,80 @@ fn names_of<'a>(members: impl IntoIterator<Item = &'a Member>) -> Vec<&'a str> {
     members.into_iter().map(|m| m.name.as_str()).collect()
 }
 
-/// The replicas' pod names the spec expects.
-pub fn expected_replicas(spec: &ClusterSpec) -> Vec<String> {
-    (1..spec.replicas).map(|i| spec.pod_name(i)).collect()
+/// The replicas' pod names the spec expects: every member but the master.
+pub fn expected_replicas(spec: &ClusterSpec, master: &str) -> Vec<String> {
+    (0..spec.replicas)
+        .map(|i| spec.pod_name(i))
+        .filter(|n| n != master)
+        .collect()
+}
+
+/// The master as the leader Lease (else ordinal 0) and the pods' labels say (pure): see
+/// [`pgset_deploy::master::find_master`]. `now` only dates the Lease's last renewal.
+pub fn master_view(
+    spec: &ClusterSpec,
+    leader: Option<&LeaderLease>,
+    members: &[Member],
+    now: Timestamp,
+) -> MasterView {
+    let pods: Vec<PodSeen> = members
+        .iter()
+        .map(|m| PodSeen {
+            name: m.name.clone(),
+            uid: m.uid.clone(),
+            role: m.role().map(String::from),
+            terminating: m.terminating,
+        })
+        .collect();
+    find_master(spec, leader, &pods, now)
+}
+
+/// The one-master check: the leader Lease's holder (else, with no Lease, ordinal 0), the one pod
+/// labelled `role=master` and the one ready endpoint of Service `<name>-master` are the same
+/// member. Every disagreement fails it; none is resolved.
+pub fn one_master(spec: &ClusterSpec, view: &MasterView, master_endpoints: &[Endpoint]) -> Finding {
+    let mut problems = view.problems.clone();
+    let service = spec.master_service_name();
+    let mut routed: Vec<&str> = master_endpoints
+        .iter()
+        .filter(|e| e.ready)
+        .filter_map(|e| e.pod.as_deref())
+        .collect();
+    routed.sort_unstable();
+    routed.dedup();
+    let Some(master) = &view.master else {
+        return Finding::from_problems(problems, String::new());
+    };
+    if view.labelled.is_empty() {
+        problems.push(format!(
+            "no pod is labelled {}={}, {master} should be",
+            contract::labels::ROLE,
+            contract::roles::MASTER
+        ));
+    }
+    if routed != [master.as_str()] {
+        problems.push(format!(
+            "Service {service} routes to {routed:?}, not to the master {master}"
+        ));
+    }
+    let source = match &view.leader {
+        Some(l) => format!(
+            "the leader record {}{}",
+            l.name,
+            l.timeline
+                .map(|t| format!(" (timeline {t})"))
+                .unwrap_or_default()
+        ),
+        None => "ordinal 0 (no leader record)".to_string(),
+    };
+    Finding::from_problems(
+        problems,
+        format!(
+            "{master} is the master: {source}, the label {}={} and Service {service} agree",
+            contract::labels::ROLE,
+            contract::roles::MASTER
+        ),
+    )
 }
 
 /// Check 1: pods `<name>-0..N-1` exist, Running and Ready, none extra, and were created in
@@ -408,20 +484,21 @@ fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String
     !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-/// Check 3: Service `<name>-master` selects exactly ordinal 0 and `<name>-replica` exactly the
-/// others, both by their selectors over the pods' labels (set by the agent) and by their ready
-/// endpoints.
+/// Check 3: Service `<name>-master` selects exactly the master (the leader Lease's holder, else
+/// ordinal 0) and `<name>-replica` exactly the others, both by their selectors over the pods'
+/// labels (set by the agent) and by their ready endpoints.
 pub fn role_services(
     spec: &ClusterSpec,
     members: &[Member],
+    master_pod: &str,
     master: Option<&Service>,
     master_endpoints: &[Endpoint],
     replica: Option<&Service>,
     replica_endpoints: &[Endpoint],
 ) -> Finding {
     let mut problems = Vec::new();
-    let expect_master = vec![spec.pod_name(0)];
-    let expect_replicas = expected_replicas(spec);
+    let expect_master = vec![master_pod.to_string()];
+    let expect_replicas = expected_replicas(spec, master_pod);
     let services = [
         (
             spec.master_service_name(),
@@ -485,7 +562,7 @@ pub fn role_services(
         format!(
             "{} selects {}; {} selects {} replica(s)",
             spec.master_service_name(),
-            spec.pod_name(0),
+            master_pod,
             spec.replica_service_name(),
             expect_replicas.len()
         ),

@@ -21,6 +21,8 @@ use crate::exec::{ExecOutput, PodExec};
 use crate::report::{Check, Finding, Measurements, Report};
 use crate::sql::{self, PathStat, ReplicationRow};
 use crate::{Result, api, ownership};
+use k8s_openapi::jiff::Timestamp;
+use pgset_deploy::master::{LeaderLease, MasterView};
 
 /// Label EndpointSlices carry naming their Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -199,6 +201,13 @@ impl Verifier {
             )
             .await,
         );
+        list.push(
+            timed(
+                names::ONE_MASTER,
+                settle(SETTLE, || self.check_one_master()),
+            )
+            .await,
+        );
         list.push(timed(names::STREAMING, settle(SETTLE, || self.check_streaming())).await);
         list.push(timed(names::REPLICA_READ_ONLY, self.check_replica_read_only()).await);
         list.push(timed(names::REPLICATED_WRITE, self.check_replicated_write()).await);
@@ -287,8 +296,28 @@ impl Verifier {
         self.exec.run(pod, POSTGRES_CONTAINER, argv).await
     }
 
-    fn master(&self) -> String {
-        self.spec.pod_name(0)
+    /// The leader Lease, when it exists.
+    pub async fn leader(&self) -> Result<Option<LeaderLease>> {
+        Ok(pgset_deploy::master::read_leader(&self.client, &self.spec).await?)
+    }
+
+    /// The master as the cluster says now: the pods, then the leader Lease
+    /// ([`checks::master_view`]).
+    pub async fn master_view(&self) -> Result<MasterView> {
+        let members = self.members().await?;
+        let leader = self.leader().await?;
+        Ok(checks::master_view(
+            &self.spec,
+            leader.as_ref(),
+            &members,
+            Timestamp::now(),
+        ))
+    }
+
+    /// The pod to ask the master's questions: the master, or ordinal 0 when there is none (a
+    /// check that needs a master then fails on its answer; the one-master check says why).
+    pub async fn master(&self) -> Result<String> {
+        Ok(self.master_view().await?.master_or_first(&self.spec))
     }
 
     /// Check 1 (one attempt).
@@ -334,10 +363,11 @@ impl Verifier {
         fail_on_err(
             async {
                 let members = self.members().await?;
+                let master = self.master().await?;
                 let mut resolved = BTreeMap::new();
                 for i in 0..self.spec.replicas {
                     let out = self
-                        .run_in(&self.master(), &sql::getent_hosts(&self.spec.pod_fqdn(i)))
+                        .run_in(&master, &sql::getent_hosts(&self.spec.pod_fqdn(i)))
                         .await
                         .map_err(|e| e.to_string());
                     resolved.insert(self.spec.pod_name(i), out);
@@ -358,6 +388,9 @@ impl Verifier {
         fail_on_err(
             async {
                 let members = self.members().await?;
+                let leader = self.leader().await?;
+                let view =
+                    checks::master_view(&self.spec, leader.as_ref(), &members, Timestamp::now());
                 let master_name = self.spec.master_service_name();
                 let replica_name = self.spec.replica_service_name();
                 let master = self
@@ -375,6 +408,7 @@ impl Verifier {
                 Ok(checks::role_services(
                     &self.spec,
                     &members,
+                    &view.master_or_first(&self.spec),
                     master.as_ref(),
                     &master_eps,
                     replica.as_ref(),
@@ -387,14 +421,22 @@ impl Verifier {
 
     /// `pg_stat_replication` as the master sees it.
     pub async fn replication(&self) -> std::result::Result<Vec<ReplicationRow>, String> {
+        let master = self.master().await.map_err(|e| e.to_string())?;
+        self.replication_on(&master).await
+    }
+
+    /// `pg_stat_replication` as `master` sees it.
+    pub async fn replication_on(
+        &self,
+        master: &str,
+    ) -> std::result::Result<Vec<ReplicationRow>, String> {
         let out = self
-            .run_in(&self.master(), &sql::psql_local(&[sql::REPLICATION_QUERY]))
+            .run_in(master, &sql::psql_local(&[sql::REPLICATION_QUERY]))
             .await
             .map_err(|e| e.to_string())?;
         if !out.success() {
             return Err(format!(
-                "pg_stat_replication on {}: {}",
-                self.master(),
+                "pg_stat_replication on {master}: {}",
                 out.failure_summary()
             ));
         }
@@ -409,8 +451,28 @@ impl Verifier {
     }
 
     async fn check_streaming(&self) -> Finding {
-        self.streaming_of(&checks::expected_replicas(&self.spec))
-            .await
+        let master = match self.master().await {
+            Ok(master) => master,
+            Err(e) => return Finding::fail(e.to_string()),
+        };
+        match self.replication_on(&master).await {
+            Ok(rows) => checks::streaming(&checks::expected_replicas(&self.spec, &master), &rows),
+            Err(e) => Finding::fail(e),
+        }
+    }
+
+    /// The one-master check (one attempt): the leader Lease, the label and the master Service agree.
+    pub async fn check_one_master(&self) -> Finding {
+        fail_on_err(
+            async {
+                let view = self.master_view().await?;
+                let eps = self
+                    .service_endpoints(&self.spec.master_service_name())
+                    .await?;
+                Ok(checks::one_master(&self.spec, &view, &eps))
+            }
+            .await,
+        )
     }
 
     /// Check 4, retried until it passes or `limit` is over.
@@ -425,15 +487,16 @@ impl Verifier {
         fail_on_err(
             async {
                 let service = self.spec.replica_service_name();
+                let master = self.master().await?;
                 let write = self
                     .run_in(
-                        &self.master(),
+                        &master,
                         &sql::psql_remote(&service, &[sql::READ_ONLY_PROBE]),
                     )
                     .await?;
                 let read = self
                     .run_in(
-                        &self.master(),
+                        &master,
                         &sql::psql_remote(&service, &[sql::IN_RECOVERY_QUERY]),
                     )
                     .await?;
@@ -450,14 +513,15 @@ impl Verifier {
         fail_on_err(
             async {
                 let [create_sql, lsn_sql] = sql::create_marker_table_at_lsn();
+                let master = self.master().await?;
                 let create = self
-                    .run_in(&self.master(), &sql::psql_local(&[&create_sql, &lsn_sql]))
+                    .run_in(&master, &sql::psql_local(&[&create_sql, &lsn_sql]))
                     .await?;
                 if !create.success() {
                     return Ok(Finding::fail(format!(
                         "create table {} on {}: {}",
                         sql::MARKER_TABLE,
-                        self.master(),
+                        master,
                         create.failure_summary()
                     )));
                 }
@@ -469,7 +533,7 @@ impl Verifier {
                 // Replay wait and marker wait each get half, so both fit in one exec timeout.
                 let wait_s = (self.options.timeout.as_secs() / 2).max(1);
                 let mut waiters = tokio::task::JoinSet::new();
-                for pod in checks::expected_replicas(&self.spec) {
+                for pod in checks::expected_replicas(&self.spec, &master) {
                     let exec = self.exec.clone();
                     let argv = sql::psql_local(&[
                         &sql::wait_for_replay(&lsn, wait_s),
@@ -488,7 +552,7 @@ impl Verifier {
                 tokio::time::sleep(Duration::from_millis(1500)).await;
                 let insert = self
                     .run_in(
-                        &self.master(),
+                        &master,
                         &sql::psql_remote(
                             &self.spec.master_service_name(),
                             &[&sql::insert_marker(&token)],
@@ -776,12 +840,12 @@ impl Verifier {
         before: &[String],
     ) -> std::result::Result<String, String> {
         let slot = pgset_spec::slot_name(pod);
-        let master = self.spec.pod_name(0);
         let started = tokio::time::Instant::now();
         loop {
             let last = match crate::ClusterStatus::gather(self.client.clone(), &self.spec).await {
                 Err(e) => format!("status could not be read: {e}"),
                 Ok(status) => {
+                    let master = status.summary.master.clone();
                     let slots = status
                         .members
                         .iter()
@@ -826,7 +890,7 @@ impl Verifier {
         let member = self.wait_ready(new_pod, None).await?;
         let others = self.members().await?;
         let mut problems = checks::started_after_ready(&member, &others);
-        let mut expected = checks::expected_replicas(&self.spec);
+        let mut expected = checks::expected_replicas(&self.spec, &self.master().await?);
         expected.push(new_pod.to_string());
         let streaming = self.wait_streaming(&expected).await;
         let join_s = started.elapsed().as_secs_f64();
@@ -861,8 +925,9 @@ impl Verifier {
             StorageMode::Shared => {
                 let pod = self.spec.pod_name(ordinal);
                 let dir = checks::data_dir_in_pod(&pod);
+                let master = self.master().await.map_err(|e| e.to_string())?;
                 let out = self
-                    .run_in(&self.master(), &sql::stat(&[format!("{dir}/PG_VERSION")]))
+                    .run_in(&master, &sql::stat(&[format!("{dir}/PG_VERSION")]))
                     .await
                     .map_err(|e| e.to_string())?;
                 if out.success() {
@@ -875,7 +940,7 @@ impl Verifier {
     }
 
     async fn check_master_recovery(&self) -> Result<Finding> {
-        let master = self.master();
+        let master = self.master().await?;
         let token = sql::new_token();
         let create = self
             .run_in(
@@ -901,12 +966,17 @@ impl Verifier {
         self.wait_ready(&master, Some(&before.uid)).await?;
         let recovery = started.elapsed();
         // Streaming is looked at right away; the marker is read afterwards, so it delays nothing.
+        // The master the cluster names now (the leader Lease may have moved meanwhile).
+        let master_now = self.master().await?;
         let rejoin = self
-            .wait_rejoin(&checks::expected_replicas(&self.spec))
+            .wait_rejoin(&checks::expected_replicas(&self.spec, &master_now))
             .await;
         let mut problems = Vec::new();
         let marker = self
-            .run_in(&master, &sql::psql_local(&[&sql::select_marker(&token)]))
+            .run_in(
+                &master_now,
+                &sql::psql_local(&[&sql::select_marker(&token)]),
+            )
             .await?;
         if !marker.success() {
             problems.push(format!("read the marker: {}", marker.failure_summary()));
@@ -952,11 +1022,9 @@ impl Verifier {
 
     /// Drops the marker table on the master (its drop replicates). Only verify's table.
     pub async fn drop_marker_table(&self) -> std::result::Result<(), String> {
+        let master = self.master().await.map_err(|e| e.to_string())?;
         let out = self
-            .run_in(
-                &self.master(),
-                &sql::psql_local(&[&sql::drop_marker_table()]),
-            )
+            .run_in(&master, &sql::psql_local(&[&sql::drop_marker_table()]))
             .await
             .map_err(|e| e.to_string())?;
         if out.success() {

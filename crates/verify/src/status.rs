@@ -3,8 +3,9 @@
 //! member's role, readiness and why not, node, pod IP, the Service that routes to it, data
 //! directory or claim and its identity check, timeline, streaming state, lag, slot and retained
 //! WAL, restarts and agent version, and the warnings a user must act on — as a table, JSON or
-//! YAML. Built from the API (pods, StatefulSet, EndpointSlices, the cluster record) and each
-//! member agent's own `/status`; the judgement ([`ClusterStatus::problems`]) is pure.
+//! YAML. Built from the API (pods, StatefulSet, EndpointSlices, the cluster record, the leader
+//! Lease that names the master) and each member agent's own `/status`; the judgement
+//! ([`ClusterStatus::problems`]) is pure.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -20,6 +21,8 @@ use crate::checks::{self, Endpoint, Member};
 use crate::live::{Options, Verifier};
 use crate::sql::ReplicationRow;
 use crate::{Result, api};
+use k8s_openapi::jiff::Timestamp;
+use pgset_deploy::master::MasterView;
 
 /// One member's line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,15 +118,23 @@ pub struct ClusterStatus {
     /// What a user must act on (the same as the problems that make the exit code 2).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The master as the leader Lease (else, with none, ordinal 0) and the pods' labels say, the
+    /// Lease as read, and every disagreement (each one a warning).
+    #[serde(default)]
+    pub master: MasterView,
+    /// Seconds since the leader Lease was renewed, when read (its `renewTime` against this
+    /// host's clock: for people only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_renewed_s_ago: Option<i64>,
 }
 
 /// Builds the member lines from the pods and the master's `pg_stat_replication` (pure).
 pub fn member_statuses(
     spec: &ClusterSpec,
     members: &[Member],
+    master: &str,
     replication: &std::result::Result<Vec<ReplicationRow>, String>,
 ) -> Vec<MemberStatus> {
-    let master = spec.pod_name(0);
     members
         .iter()
         .map(|m| {
@@ -211,11 +222,16 @@ pub async fn agent_status(
 /// Problems the agents' own states show (pure): a member not ready with its reason, a replica
 /// that cannot follow, a member on another database system or timeline than the master, and a
 /// slot on the master that holds WAL for a member outside the set.
-pub fn agent_problems(members: &[MemberStatus], desired: i32, cluster: &str) -> Vec<String> {
+pub fn agent_problems(
+    members: &[MemberStatus],
+    master: &str,
+    desired: i32,
+    cluster: &str,
+) -> Vec<String> {
     let mut p = Vec::new();
     let master = members
         .iter()
-        .find(|m| pgset_spec::ordinal_of(&m.pod) == Some(0))
+        .find(|m| m.pod == master)
         .and_then(|m| m.agent.as_ref());
     let master_sysid = master.and_then(|a| a["postgres"]["systemIdentifier"].as_str());
     let master_tl = master.and_then(|a| a["postgres"]["timeline"].as_i64());
@@ -327,10 +343,10 @@ pub fn replication_from_agent(agent: &serde_json::Value) -> Option<Vec<Replicati
 
 /// Fills in what each member's agent says (pure): the identity check, timeline, agent version,
 /// and each replica's slot on the master.
-pub fn apply_agents(lines: &mut [MemberStatus]) {
+pub fn apply_agents(lines: &mut [MemberStatus], master: &str) {
     let master_slots: Vec<serde_json::Value> = lines
         .iter()
-        .find(|m| pgset_spec::ordinal_of(&m.pod) == Some(0))
+        .find(|m| m.pod == master)
         .and_then(|m| m.agent.as_ref())
         .and_then(|a| a["postgres"]["slots"].as_array().cloned())
         .unwrap_or_default();
@@ -378,10 +394,10 @@ pub fn apply_services(lines: &mut [MemberStatus], services: &[(String, Vec<Endpo
 pub fn summary(
     spec: &ClusterSpec,
     lines: &[MemberStatus],
+    master: &str,
     desired: i32,
     record: &BTreeMap<String, String>,
 ) -> Summary {
-    let master = spec.pod_name(0);
     let agent = lines
         .iter()
         .find(|m| m.pod == master)
@@ -395,7 +411,7 @@ pub fn summary(
         system_identifier: text("systemIdentifier")
             .or_else(|| nonempty(contract::record::SYSTEM_IDENTIFIER)),
         postgres_version: text("serverVersion"),
-        master,
+        master: master.to_string(),
         master_started_at: text("startedAt"),
         master_uptime_s: pg("uptimeSeconds").and_then(|v| v.as_f64()),
         members_ready: lines
@@ -428,6 +444,10 @@ impl ClusterStatus {
         let desired = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
         let verifier = Verifier::new(client.clone(), spec.clone(), Options::new(spec));
         let members = verifier.members().await?;
+        let leader = verifier.leader().await?;
+        let now = Timestamp::now();
+        let view = checks::master_view(spec, leader.as_ref(), &members, now);
+        let master = view.master_or_first(spec);
         let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &spec.namespace);
         let record = configmaps
             .get_opt(&spec.record_name())
@@ -450,26 +470,28 @@ impl ClusterStatus {
         }
         let master_up = members
             .iter()
-            .any(|m| m.ordinal == Some(0) && m.phase == "Running" && !m.terminating);
+            .any(|m| m.name == master && m.phase == "Running" && !m.terminating);
         let from_agent = members
             .iter()
             .zip(&agents)
-            .find(|(m, _)| m.ordinal == Some(0))
+            .find(|(m, _)| m.name == master)
             .and_then(|(_, a)| a.as_ref())
             .and_then(replication_from_agent);
         let replication = match from_agent {
             Some(rows) => Ok(rows),
-            None if master_up => verifier.replication().await,
-            None => Err(format!("{} is not running", spec.pod_name(0))),
+            None if master_up => verifier.replication_on(&master).await,
+            None => Err(format!("{master} is not running")),
         };
-        let mut lines = member_statuses(spec, &members, &replication);
+        let mut lines = member_statuses(spec, &members, &master, &replication);
         for (line, agent) in lines.iter_mut().zip(agents) {
             line.agent = agent;
         }
-        apply_agents(&mut lines);
+        apply_agents(&mut lines, &master);
         apply_services(&mut lines, &services);
         let mut status = ClusterStatus {
-            summary: summary(spec, &lines, desired, &record),
+            summary: summary(spec, &lines, &master, desired, &record),
+            leader_renewed_s_ago: leader.as_ref().and_then(|l| l.renewed_ago(now)),
+            master: view,
             cluster: spec.name.clone(),
             namespace: spec.namespace.clone(),
             storage: spec.storage.mode.to_string(),
@@ -482,6 +504,27 @@ impl ClusterStatus {
         };
         status.judge();
         Ok(status)
+    }
+
+    /// The summary's line of the leader record: its holder, timeline and last renewal, or that
+    /// there is none (a cluster made before it existed: ordinal 0 is the master).
+    pub fn leader_line(&self) -> String {
+        match &self.master.leader {
+            Some(l) => format!("leader record {}", l.describe(self.leader_renewed_s_ago)),
+            None => format!(
+                "leader record none: {} is the master by its ordinal",
+                self.master_pod().unwrap_or_default()
+            ),
+        }
+    }
+
+    /// The master's pod: the leader Lease's holder when the Lease exists (`None` when it names
+    /// none), else ordinal 0.
+    pub fn master_pod(&self) -> Option<String> {
+        match &self.master.leader {
+            Some(_) => self.master.master.clone(),
+            None => Some(format!("{}-0", self.cluster)),
+        }
     }
 
     /// Sets `warnings` and `healthy` from [`ClusterStatus::problems`].
@@ -515,8 +558,12 @@ impl ClusterStatus {
         if let Some(e) = &self.replication_error {
             p.push(format!("streaming unknown: {e}"));
         }
-        for (k, m) in self.members.iter().enumerate() {
-            let want = if k == 0 {
+        p.extend(self.master.problems.iter().cloned());
+        let master_pod = self.master_pod();
+        let master = master_pod.as_deref();
+        for m in &self.members {
+            let is_master = master == Some(m.pod.as_str());
+            let want = if is_master {
                 contract::roles::MASTER
             } else {
                 contract::roles::REPLICA
@@ -525,13 +572,13 @@ impl ClusterStatus {
                 p.push(format!("{} stopped: {why}", m.pod));
             } else if !m.ready {
                 p.push(format!("{} is not Ready ({})", m.pod, m.phase));
-            } else if m.role != want {
+            } else if master.is_some() && m.role != want {
                 p.push(format!("{} has role {}, not {want}", m.pod, m.role));
             }
-            if k > 0 && self.replication_error.is_none() && m.streaming != "streaming" {
+            if !is_master && self.replication_error.is_none() && m.streaming != "streaming" {
                 p.push(format!("{} is {}", m.pod, m.streaming));
             }
-            if k > 0 {
+            if !is_master {
                 p.extend(lag_problem(
                     &m.pod,
                     m.unreplayed_bytes,
@@ -540,7 +587,12 @@ impl ClusterStatus {
                 ));
             }
         }
-        p.extend(agent_problems(&self.members, self.desired, &self.cluster));
+        p.extend(agent_problems(
+            &self.members,
+            master.unwrap_or_default(),
+            self.desired,
+            &self.cluster,
+        ));
         p.extend(image_problems(&self.members));
         // Each warning once.
         let mut seen = std::collections::HashSet::new();
@@ -552,6 +604,7 @@ impl ClusterStatus {
     /// and the verdict.
     pub fn to_table(&self) -> String {
         let mut out = self.summary.lines();
+        let _ = writeln!(out, "{}", self.leader_line());
         let _ = writeln!(
             out,
             "namespace {}  storage {}\n",

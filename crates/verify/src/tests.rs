@@ -450,6 +450,7 @@ fn role_services_verdicts() {
     let f = checks::role_services(
         &s,
         &ms,
+        "pgset-0",
         Some(&master),
         &master_eps,
         Some(&replica),
@@ -466,6 +467,7 @@ fn role_services_verdicts() {
     let f = checks::role_services(
         &s,
         &unlabelled,
+        "pgset-0",
         Some(&master),
         &master_eps,
         Some(&replica),
@@ -483,6 +485,7 @@ fn role_services_verdicts() {
     let f = checks::role_services(
         &s,
         &two,
+        "pgset-0",
         Some(&master),
         &master_eps,
         Some(&replica),
@@ -498,6 +501,7 @@ fn role_services_verdicts() {
     let f = checks::role_services(
         &s,
         &ms,
+        "pgset-0",
         None,
         &[],
         Some(&service("pgset-replica", "master")),
@@ -625,7 +629,7 @@ fn storage_in_pod_and_templates() {
 fn status_lines_from_pods_and_replication() {
     let s = spec(3);
     let rows = sql::parse_replication(&fixture("pg_stat_replication.after_write.out")).unwrap();
-    let lines = status::member_statuses(&s, &healthy(), &Ok(rows));
+    let lines = status::member_statuses(&s, &healthy(), "pgset-0", &Ok(rows));
     assert_eq!(lines[0].streaming, "primary (2 walsender(s))");
     assert_eq!(lines[1].streaming, "streaming");
     assert!(lines[1].replay_lag_ms.is_some());
@@ -643,21 +647,25 @@ fn status_lines_from_pods_and_replication() {
     };
     let table = screen.to_table();
     let text: Vec<&str> = table.lines().collect();
-    assert_eq!(text[2], "namespace default  storage shared");
     assert_eq!(
-        text[4],
+        text[2],
+        "leader record none: pgset-0 is the master by its ordinal"
+    );
+    assert_eq!(text[3], "namespace default  storage shared");
+    assert_eq!(
+        text[5],
         "POD      ROLE     READY  STATUS   RESTARTS  NODE    IP           SERVICE  DATA                         STREAMING                 LAG"
     );
     assert_eq!(
-        text[5],
+        text[6],
         "pgset-0  master   ✓      Running  0         node-1  10.244.0.10  -        /pgdata/pgset-0 (pgset-pvc)  primary (2 walsender(s))  -"
     );
     assert_eq!(
-        text[6],
+        text[7],
         "pgset-1  replica  ✓      Running  1         node-1  10.244.0.11  -        /pgdata/pgset-1 (pgset-pvc)  streaming                 0 B / 5.3 ms"
     );
     assert_eq!(
-        text[7],
+        text[8],
         "pgset-2  replica  ✓      Running  2         node-1  10.244.0.12  -        /pgdata/pgset-2 (pgset-pvc)  streaming                 0 B"
     );
     assert_eq!(text.last(), Some(&"healthy"));
@@ -677,7 +685,12 @@ fn status_lines_from_pods_and_replication() {
         ]
     );
 
-    let unknown = status::member_statuses(&s, &healthy(), &Err("pgset-0 is not running".into()));
+    let unknown = status::member_statuses(
+        &s,
+        &healthy(),
+        "pgset-0",
+        &Err("pgset-0 is not running".into()),
+    );
     assert!(unknown.iter().all(|m| m.streaming == "unknown"));
     let dark = status::ClusterStatus {
         members: unknown,
@@ -691,7 +704,7 @@ fn status_lines_from_pods_and_replication() {
     let mut t = spec(3);
     t.storage.mode = StorageMode::Templates;
     let none = sql::parse_replication(&fixture("pg_stat_replication.on_replica.out")).unwrap();
-    let lines = status::member_statuses(&t, &healthy(), &Ok(none));
+    let lines = status::member_statuses(&t, &healthy(), "pgset-0", &Ok(none));
     assert_eq!(lines[1].data, "data-pgset-1");
     assert_eq!(lines[1].streaming, "not streaming");
 }
@@ -969,7 +982,7 @@ fn a_refused_member_shows_its_agents_message_in_status() {
     assert_eq!(Member::from_pod(&clean).stopped_with, None);
 
     let spec = ClusterSpec::default();
-    let lines = crate::status::member_statuses(&spec, &[m], &Ok(Vec::new()));
+    let lines = crate::status::member_statuses(&spec, &[m], "pgset-0", &Ok(Vec::new()));
     assert_eq!(lines[0].stopped_with.as_deref(), Some(refusal));
     let status = crate::status::ClusterStatus {
         cluster: "pgset".into(),
@@ -1004,7 +1017,8 @@ fn the_agents_states_show_gone_members_slots_and_split_systems() {
         pod(0, "2026-01-01T00:00:00Z", true, "master"),
         pod(1, "2026-01-01T00:00:01Z", true, "replica"),
     ];
-    let mut lines = crate::status::member_statuses(&spec, &members(&pods), &Ok(Vec::new()));
+    let mut lines =
+        crate::status::member_statuses(&spec, &members(&pods), "pgset-0", &Ok(Vec::new()));
     lines[0].agent = Some(
         json!({"ready": true, "reason": "accepts writes", "postgres": {
         "timeline": 1, "systemIdentifier": "1",
@@ -1015,7 +1029,7 @@ fn the_agents_states_show_gone_members_slots_and_split_systems() {
     );
     lines[1].agent = Some(json!({"ready": true, "reason": "streaming from the master",
         "postgres": {"timeline": 2, "systemIdentifier": "2"}}));
-    let p = crate::status::agent_problems(&lines, 2, "pgset");
+    let p = crate::status::agent_problems(&lines, "pgset-0", 2, "pgset");
     assert!(
         p.iter().any(|x| x == "slot pgset_2 on pgset-0 retains 48.0 MiB of WAL for pgset-2, a member outside the set (2 wanted): scale back to 3 or drop the slot"),
         "{p:?}"
@@ -1032,7 +1046,7 @@ fn the_agents_states_show_gone_members_slots_and_split_systems() {
         "{p:?}"
     );
     // The replica's own slot is shown on its line; the gone member's only as a warning.
-    crate::status::apply_agents(&mut lines);
+    crate::status::apply_agents(&mut lines, "pgset-0");
     assert_eq!(
         lines[1].slot.as_ref().map(|s| (s.slot.as_str(), s.active)),
         Some(("pgset_1", true))
@@ -1049,7 +1063,8 @@ fn status_warns_when_members_run_different_images_and_marks_the_routing_services
         pod(1, "2026-01-01T00:00:01Z", true, "replica"),
         pod(2, "2026-01-01T00:00:02Z", true, "replica"),
     ];
-    let mut lines = crate::status::member_statuses(&spec, &members(&pods), &Ok(Vec::new()));
+    let mut lines =
+        crate::status::member_statuses(&spec, &members(&pods), "pgset-0", &Ok(Vec::new()));
     for (k, line) in lines.iter_mut().enumerate() {
         line.images.insert("postgres".into(), "postgres:18".into());
         line.images.insert(
@@ -1147,7 +1162,7 @@ fn a_member_running_and_ready_again_shows_its_last_exit_as_history_not_a_warning
         replicas: 1,
         ..ClusterSpec::default()
     };
-    let lines = status::member_statuses(&spec, &[m], &Ok(Vec::new()));
+    let lines = status::member_statuses(&spec, &[m], "pgset-0", &Ok(Vec::new()));
     let screen = screen_of(lines);
     assert!(screen.healthy, "{:?}", screen.warnings);
     assert!(screen.warnings.is_empty(), "{:?}", screen.warnings);
@@ -1186,7 +1201,12 @@ fn a_member_down_or_not_ready_again_is_stopped_with_one_line_warned_once() {
             Some("2026-01-01T00:00:01 agent: log line 1"),
             "{state}"
         );
-        let screen = screen_of(status::member_statuses(&spec, &[m], &Ok(Vec::new())));
+        let screen = screen_of(status::member_statuses(
+            &spec,
+            &[m],
+            "pgset-0",
+            &Ok(Vec::new()),
+        ));
         assert!(!screen.healthy);
         let table = screen.to_table();
         assert_eq!(table.matches("log line 1").count(), 1, "{table}");
@@ -1208,7 +1228,7 @@ fn a_member_down_or_not_ready_again_is_stopped_with_one_line_warned_once() {
 fn a_replica_behind_the_bound_is_warned_of_naming_the_bound() {
     let s = spec(3);
     let rows = sql::parse_replication(&fixture("pg_stat_replication.after_write.out")).unwrap();
-    let mut lines = status::member_statuses(&s, &healthy(), &Ok(rows));
+    let mut lines = status::member_statuses(&s, &healthy(), "pgset-0", &Ok(rows));
     let mut screen = screen_of(lines.clone());
     assert!(screen.healthy, "{:?}", screen.warnings);
     // Replay paused: 18.5 MiB and 20.7 s behind.

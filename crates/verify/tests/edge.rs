@@ -116,6 +116,8 @@ fn slices(service: &str, pods: &[i32]) -> Value {
                       "addressType": "IPv4", "endpoints": endpoints}]})
 }
 
+const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/default/leases/pgset-leader";
+
 const POD_SELECTOR: &str =
     "&labelSelector=app.kubernetes.io%2Fname%3Dpgset%2Capp.kubernetes.io%2Finstance%3Dpgset";
 
@@ -153,6 +155,7 @@ async fn role_services_read_labels_selectors_and_endpoint_slices() {
         let mut seen = Vec::new();
         let pods = healthy_pods();
         seen.push(answer(&mut handle, 200, pods).await);
+        seen.push(answer(&mut handle, 404, not_found("leases", "pgset-leader")).await);
         seen.push(answer(&mut handle, 200, service("pgset-master", "master")).await);
         seen.push(answer(&mut handle, 200, service("pgset-replica", "replica")).await);
         seen.push(answer(&mut handle, 200, slices("pgset-master", &[0])).await);
@@ -173,6 +176,7 @@ async fn role_services_read_labels_selectors_and_endpoint_slices() {
                 "/api/v1/namespaces/default/pods".to_string(),
                 POD_SELECTOR.to_string()
             ),
+            (LEASE.to_string(), String::new()),
             (
                 "/api/v1/namespaces/default/services/pgset-master".into(),
                 String::new()
@@ -204,6 +208,7 @@ async fn a_replica_without_its_label_fails_role_services() {
             pod(2, "Running", "unset"),
         ]);
         answer(&mut handle, 200, pods).await;
+        answer(&mut handle, 404, not_found("leases", "pgset-leader")).await;
         answer(&mut handle, 200, service("pgset-master", "master")).await;
         answer(&mut handle, 404, not_found("services", "pgset-replica")).await;
         answer(&mut handle, 200, slices("pgset-master", &[0])).await;
@@ -362,6 +367,7 @@ async fn status_summary_comes_from_the_record_the_services_and_the_master_agent(
         let mut seen = |s: Seen| paths.push(format!("{} {}", s.method, s.path));
         seen(answer(&mut handle, 200, statefulset(3, "OrderedReady")).await);
         seen(answer(&mut handle, 200, healthy_pods()).await);
+        seen(answer(&mut handle, 404, not_found("leases", "pgset-leader")).await);
         seen(answer(&mut handle, 200, record("c0ffee", "7300000000000000001")).await);
         seen(answer(&mut handle, 200, slices("pgset-master", &[0])).await);
         seen(answer(&mut handle, 200, slices("pgset-replica", &[1, 2])).await);
@@ -397,6 +403,7 @@ async fn status_summary_comes_from_the_record_the_services_and_the_master_agent(
         [
             "GET /apis/apps/v1/namespaces/default/statefulsets/pgset",
             "GET /api/v1/namespaces/default/pods",
+            "GET /apis/coordination.k8s.io/v1/namespaces/default/leases/pgset-leader",
             "GET /api/v1/namespaces/default/configmaps/pgset-record",
             "GET /apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
             "GET /apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
@@ -466,6 +473,7 @@ async fn status_warns_of_a_gone_members_slot_a_wrong_timeline_and_a_foreign_data
             refused,
         ]);
         answer(&mut handle, 200, pods).await;
+        answer(&mut handle, 404, not_found("leases", "pgset-leader")).await;
         answer(&mut handle, 200, record("c0ffee", "7300000000000000001")).await;
         answer(&mut handle, 200, slices("pgset-master", &[0])).await;
         answer(&mut handle, 200, slices("pgset-replica", &[1])).await;
@@ -537,6 +545,11 @@ async fn status_without_a_running_master_reads_no_streaming() {
         ]);
         paths.push(answer(&mut handle, 200, pods).await.path);
         paths.push(
+            answer(&mut handle, 404, not_found("leases", "pgset-leader"))
+                .await
+                .path,
+        );
+        paths.push(
             answer(&mut handle, 404, not_found("configmaps", "pgset-record"))
                 .await
                 .path,
@@ -570,6 +583,7 @@ async fn status_without_a_running_master_reads_no_streaming() {
         [
             "/apis/apps/v1/namespaces/default/statefulsets/pgset",
             "/api/v1/namespaces/default/pods",
+            LEASE,
             "/api/v1/namespaces/default/configmaps/pgset-record",
             "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
             "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
@@ -612,6 +626,7 @@ fn check_names_are_the_json_contract() {
             "pods-ready-in-order",
             "dns-and-endpoints",
             "role-services",
+            "one-master",
             "streaming",
             "replica-read-only",
             "replicated-write",
@@ -919,6 +934,7 @@ async fn answer_status(handle: &mut ApiHandle, slots: Value) -> Vec<String> {
     let mut seen = |s: Seen| paths.push(format!("{} {}", s.method, s.path));
     seen(answer(handle, 200, statefulset(3, "OrderedReady")).await);
     seen(answer(handle, 200, healthy_pods()).await);
+    seen(answer(handle, 404, not_found("leases", "pgset-leader")).await);
     seen(answer(handle, 200, record("c0ffee", "7300000000000000001")).await);
     seen(answer(handle, 200, slices("pgset-master", &[0])).await);
     seen(answer(handle, 200, slices("pgset-replica", &[1, 2])).await);
@@ -964,6 +980,7 @@ async fn after_the_scale_test_the_removed_members_slot_is_awaited_until_the_mast
         [
             "GET /apis/apps/v1/namespaces/default/statefulsets/pgset",
             "GET /api/v1/namespaces/default/pods",
+            "GET /apis/coordination.k8s.io/v1/namespaces/default/leases/pgset-leader",
             "GET /api/v1/namespaces/default/configmaps/pgset-record",
             "GET /apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
             "GET /apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
@@ -1019,6 +1036,7 @@ async fn a_slot_that_stays_after_the_scale_test_fails_it_naming_the_slot() {
         for _ in 0..3 {
             answer(&mut handle, 200, statefulset(3, "OrderedReady")).await;
             answer(&mut handle, 200, healthy_pods()).await;
+            answer(&mut handle, 404, not_found("leases", "pgset-leader")).await;
             answer(&mut handle, 200, record("c0ffee", "7300000000000000001")).await;
             answer(&mut handle, 200, slices("pgset-master", &[0])).await;
             answer(&mut handle, 200, slices("pgset-replica", &[1, 2])).await;
@@ -1046,6 +1064,7 @@ async fn a_slot_that_stays_after_the_scale_test_fails_it_naming_the_slot() {
     let server = tokio::spawn(async move {
         answer(&mut handle, 200, statefulset(3, "OrderedReady")).await;
         answer(&mut handle, 200, healthy_pods()).await;
+        answer(&mut handle, 404, not_found("leases", "pgset-leader")).await;
         answer(&mut handle, 200, record("c0ffee", "7300000000000000001")).await;
         answer(&mut handle, 200, slices("pgset-master", &[0])).await;
         answer(&mut handle, 200, slices("pgset-replica", &[1, 2])).await;
@@ -1063,4 +1082,300 @@ async fn a_slot_that_stays_after_the_scale_test_fails_it_naming_the_slot() {
         .await;
     server.await.unwrap();
     assert_eq!(done, Ok("slot pgset_3 dropped".to_string()));
+}
+
+/// The leader Lease held by `pgset-<master>` (pod UID `uid-<master>`), renewed `ago` seconds
+/// ago with a 15 s duration.
+fn leader_lease(master: i32, ago: i64) -> Value {
+    let renewed =
+        k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(ago);
+    json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+           "metadata": {"name": "pgset-leader", "namespace": "default", "resourceVersion": "5",
+                        "annotations": {"pgset.io/leader-member": format!("pgset-{master}"),
+                                        "pgset.io/leader-timeline": "2"}},
+           "spec": {"holderIdentity": format!("uid-{master}"), "leaseDurationSeconds": 15,
+                    "renewTime": renewed.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()}})
+}
+
+/// Three Running members whose master is `pgset-1` by its label.
+fn led_by_one() -> Value {
+    pod_list(vec![
+        pod(0, "Running", "replica"),
+        pod(1, "Running", "master"),
+        pod(2, "Running", "replica"),
+    ])
+}
+
+#[tokio::test]
+async fn status_of_a_cluster_whose_master_is_pgset_1_follows_the_leader_lease() {
+    let (client, mut handle) = mock_client();
+    let spec = ClusterSpec {
+        replicas: 3,
+        ..ClusterSpec::default()
+    };
+    let server = tokio::spawn(async move {
+        let mut paths = Vec::new();
+        let mut seen = |s: Seen| paths.push(format!("{} {}", s.method, s.path));
+        seen(answer(&mut handle, 200, statefulset(3, "OrderedReady")).await);
+        seen(answer(&mut handle, 200, led_by_one()).await);
+        seen(answer(&mut handle, 200, leader_lease(1, 3)).await);
+        seen(answer(&mut handle, 200, record("c0ffee", "7300000000000000001")).await);
+        seen(answer(&mut handle, 200, slices("pgset-master", &[1])).await);
+        seen(answer(&mut handle, 200, slices("pgset-replica", &[0, 2])).await);
+        seen(
+            answer(
+                &mut handle,
+                200,
+                replica_agent("pgset-0", 2, "7300000000000000001"),
+            )
+            .await,
+        );
+        let mut master = master_agent(
+            json!([standby("pgset-0"), standby("pgset-2")]),
+            json!([slot("pgset_0", true, 16), slot("pgset_2", true, 0)]),
+        );
+        master["member"] = json!("pgset-1");
+        seen(answer(&mut handle, 200, master).await);
+        seen(
+            answer(
+                &mut handle,
+                200,
+                replica_agent("pgset-2", 2, "7300000000000000001"),
+            )
+            .await,
+        );
+        paths
+    });
+    let status = ClusterStatus::gather(client, &spec.validated().unwrap())
+        .await
+        .unwrap();
+    let paths = server.await.unwrap();
+    assert!(
+        !paths.iter().any(|p| p.contains("/exec")),
+        "streaming comes from pgset-1's agent: {paths:?}"
+    );
+    assert_eq!(status.summary.master, "pgset-1");
+    assert_eq!(status.summary.master_uptime_s, Some(3723.0));
+    assert!(status.healthy, "{:?}", status.warnings);
+    let m = &status.members;
+    assert_eq!(m[1].streaming, "primary (2 walsender(s))");
+    assert_eq!(m[0].streaming, "streaming");
+    assert_eq!(m[0].slot.as_ref().and_then(|s| s.retained_bytes), Some(16));
+    assert_eq!(m[1].services, ["pgset-master"]);
+    let table = status.to_table();
+    let leader_line = table.lines().nth(2).unwrap();
+    assert!(
+        leader_line.starts_with(
+            "leader record pgset-leader held by pgset-1 (uid-1), timeline 2, renewed "
+        ) && leader_line.ends_with(" s ago"),
+        "{table}"
+    );
+    assert!(table.contains("master pgset-1 up 1h2m"), "{table}");
+    let json: Value = serde_json::from_str(&status.to_json()).unwrap();
+    assert_eq!(json["master"]["master"], "pgset-1");
+    assert_eq!(json["master"]["source"], "leader-lease");
+    assert_eq!(json["master"]["leader"]["member"], "pgset-1");
+    assert_eq!(json["master"]["leader"]["timeline"], 2);
+    assert!(json["leader_renewed_s_ago"].as_i64().is_some(), "{json}");
+    assert!(status.to_yaml().contains("member: pgset-1"));
+}
+
+#[tokio::test]
+async fn status_warns_when_the_label_disagrees_with_the_lease_or_the_lease_is_not_renewed() {
+    let (client, mut handle) = mock_client();
+    let spec = ClusterSpec {
+        replicas: 3,
+        ..ClusterSpec::default()
+    };
+    let server = tokio::spawn(async move {
+        answer(&mut handle, 200, statefulset(3, "OrderedReady")).await;
+        // The label is still on pgset-0; the Lease names pgset-1 and was last renewed 40 s ago.
+        answer(&mut handle, 200, healthy_pods()).await;
+        answer(&mut handle, 200, leader_lease(1, 40)).await;
+        answer(&mut handle, 200, record("c0ffee", "7300000000000000001")).await;
+        answer(&mut handle, 200, slices("pgset-master", &[0])).await;
+        answer(&mut handle, 200, slices("pgset-replica", &[1, 2])).await;
+        for _ in 0..3 {
+            answer(&mut handle, 503, json!({"kind": "Status", "code": 503})).await;
+        }
+        // No agent answered: streaming is read on the Lease's master, pgset-1.
+        answer(&mut handle, 403, json!({"kind": "Status", "code": 403})).await
+    });
+    let status = ClusterStatus::gather(client, &spec.validated().unwrap())
+        .await
+        .unwrap();
+    let exec = server.await.unwrap();
+    assert_eq!(exec.path, "/api/v1/namespaces/default/pods/pgset-1/exec");
+    assert_eq!(status.summary.master, "pgset-1", "the Lease decides");
+    let w = &status.warnings;
+    assert!(
+        w.contains(
+            &"the leader record pgset-leader names pgset-1, but the label role=master is on pgset-0"
+                .to_string()
+        ),
+        "{w:?}"
+    );
+    assert!(
+        w.iter()
+            .any(|x| x.starts_with("leader record pgset-leader not renewed for ")),
+        "{w:?}"
+    );
+    assert!(!status.healthy);
+}
+
+#[tokio::test]
+async fn role_services_expect_the_leases_master_pgset_1() {
+    let (client, mut handle) = mock_client();
+    let v = verifier(client);
+    let server = tokio::spawn(async move {
+        answer(&mut handle, 200, led_by_one()).await;
+        answer(&mut handle, 200, leader_lease(1, 1)).await;
+        answer(&mut handle, 200, service("pgset-master", "master")).await;
+        answer(&mut handle, 200, service("pgset-replica", "replica")).await;
+        answer(&mut handle, 200, slices("pgset-master", &[1])).await;
+        answer(&mut handle, 200, slices("pgset-replica", &[0, 2])).await;
+    });
+    let finding = v.check_role_services().await;
+    server.await.unwrap();
+    assert_eq!(finding.verdict, Verdict::Pass, "{}", finding.message);
+    assert_eq!(
+        finding.message,
+        "pgset-master selects pgset-1; pgset-replica selects 2 replica(s)"
+    );
+    // The same Services, but the master Service still routes to pgset-0.
+    let (client, mut handle) = mock_client();
+    let v = verifier(client);
+    let server = tokio::spawn(async move {
+        answer(&mut handle, 200, led_by_one()).await;
+        answer(&mut handle, 200, leader_lease(1, 1)).await;
+        answer(&mut handle, 200, service("pgset-master", "master")).await;
+        answer(&mut handle, 200, service("pgset-replica", "replica")).await;
+        answer(&mut handle, 200, slices("pgset-master", &[0])).await;
+        answer(&mut handle, 200, slices("pgset-replica", &[1, 2])).await;
+    });
+    let finding = v.check_role_services().await;
+    server.await.unwrap();
+    assert_eq!(finding.verdict, Verdict::Fail);
+    assert!(
+        finding.message.contains(
+            r#"Service pgset-master has ready endpoints ["pgset-0"], expected ["pgset-1"]"#
+        ),
+        "{}",
+        finding.message
+    );
+}
+
+#[tokio::test]
+async fn one_master_passes_when_lease_label_and_service_agree() {
+    let (client, mut handle) = mock_client();
+    let v = verifier(client);
+    let server = tokio::spawn(async move {
+        let mut paths = Vec::new();
+        paths.push(answer(&mut handle, 200, led_by_one()).await.path);
+        paths.push(answer(&mut handle, 200, leader_lease(1, 1)).await.path);
+        paths.push(
+            answer(&mut handle, 200, slices("pgset-master", &[1]))
+                .await
+                .path,
+        );
+        paths
+    });
+    let finding = v.check_one_master().await;
+    let paths = server.await.unwrap();
+    assert_eq!(paths[1], LEASE);
+    assert_eq!(finding.verdict, Verdict::Pass, "{}", finding.message);
+    assert_eq!(
+        finding.message,
+        "pgset-1 is the master: the leader record pgset-leader (timeline 2), the label role=master and Service pgset-master agree"
+    );
+}
+
+#[tokio::test]
+async fn one_master_fails_on_two_labels_a_stale_route_or_a_released_lease() {
+    // Two pods labelled master, the Service still on pgset-0.
+    let (client, mut handle) = mock_client();
+    let v = verifier(client);
+    let server = tokio::spawn(async move {
+        let pods = pod_list(vec![
+            pod(0, "Running", "master"),
+            pod(1, "Running", "master"),
+            pod(2, "Running", "replica"),
+        ]);
+        answer(&mut handle, 200, pods).await;
+        answer(&mut handle, 200, leader_lease(1, 1)).await;
+        answer(&mut handle, 200, slices("pgset-master", &[0])).await;
+    });
+    let finding = v.check_one_master().await;
+    server.await.unwrap();
+    assert_eq!(finding.verdict, Verdict::Fail);
+    assert!(
+        finding
+            .message
+            .contains("2 pods are labelled role=master: pgset-0, pgset-1"),
+        "{}",
+        finding.message
+    );
+    assert!(
+        finding
+            .message
+            .contains(r#"Service pgset-master routes to ["pgset-0"], not to the master pgset-1"#),
+        "{}",
+        finding.message
+    );
+    // A released Lease: no master at all.
+    let (client, mut handle) = mock_client();
+    let v = verifier(client);
+    let server = tokio::spawn(async move {
+        answer(&mut handle, 200, healthy_pods()).await;
+        let mut released = leader_lease(0, 1);
+        released["metadata"]["annotations"]
+            .as_object_mut()
+            .unwrap()
+            .remove("pgset.io/leader-member");
+        released["spec"]["holderIdentity"] = Value::Null;
+        answer(&mut handle, 200, released).await;
+        answer(&mut handle, 200, slices("pgset-master", &[0])).await;
+    });
+    let finding = v.check_one_master().await;
+    server.await.unwrap();
+    assert_eq!(finding.verdict, Verdict::Fail);
+    assert!(
+        finding.message.contains(
+            "the leader record pgset-leader is released: no member holds the master role"
+        ),
+        "{}",
+        finding.message
+    );
+    // No Lease (an older cluster): ordinal 0, its label and its Service agree.
+    let (client, mut handle) = mock_client();
+    let v = verifier(client);
+    let server = tokio::spawn(async move {
+        answer(&mut handle, 200, healthy_pods()).await;
+        answer(&mut handle, 404, not_found("leases", "pgset-leader")).await;
+        answer(&mut handle, 200, slices("pgset-master", &[0])).await;
+    });
+    let finding = v.check_one_master().await;
+    server.await.unwrap();
+    assert_eq!(finding.verdict, Verdict::Pass, "{}", finding.message);
+    assert!(
+        finding.message.contains("ordinal 0 (no leader record)"),
+        "{}",
+        finding.message
+    );
+}
+
+#[tokio::test]
+async fn streaming_is_asked_of_the_leases_master() {
+    let (client, mut handle) = mock_client();
+    let v = verifier(client);
+    let server = tokio::spawn(async move {
+        answer(&mut handle, 200, led_by_one()).await;
+        answer(&mut handle, 200, leader_lease(1, 1)).await;
+        answer(&mut handle, 403, json!({"kind": "Status", "code": 403})).await
+    });
+    let finding = v.check_streaming_until(Duration::ZERO).await;
+    let exec = server.await.unwrap();
+    assert_eq!(exec.path, "/api/v1/namespaces/default/pods/pgset-1/exec");
+    assert_eq!(finding.verdict, Verdict::Fail);
+    assert!(finding.message.contains("pgset-1"), "{}", finding.message);
 }

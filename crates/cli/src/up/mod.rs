@@ -237,7 +237,15 @@ async fn execute(args: &Args, reporter: Reporter) -> Result<()> {
         }
     } else {
         reporter.line("");
-        for line in connect_help(ctx.spec()).lines() {
+        // The master the cluster names (its leader Lease, else ordinal 0), never assumed.
+        let master = match ctx.client().await {
+            Ok(client) => pgset_deploy::master::read_master(client, ctx.spec())
+                .await
+                .ok()
+                .and_then(|v| v.master),
+            Err(_) => None,
+        };
+        for line in connect_help(ctx.spec(), master.as_deref()).lines() {
             reporter.line(line);
         }
     }
@@ -396,18 +404,28 @@ async fn run_stage(stage: StageName, ctx: &RunContext, args: &Args) -> Result<()
     }
 }
 
-/// How to reach the database once it is up.
-fn connect_help(spec: &ClusterSpec) -> String {
+/// How to reach the database once it is up; `master` is the member the cluster names as its
+/// master, when it could be read.
+fn connect_help(spec: &ClusterSpec, master: Option<&str>) -> String {
     let ns = &spec.namespace;
-    let master = spec.pod_name(0);
+    let program = pgset_spec::contract::program_name();
+    let (named, exec) = match master {
+        Some(m) => (
+            format!("master {m}"),
+            format!("\x20 kubectl -n {ns} exec -it {m} -c postgres -- psql -U postgres\n"),
+        ),
+        None => (
+            format!("master unknown (`{program} status` names it)"),
+            String::new(),
+        ),
+    };
     format!(
-        "PostgreSQL is up: {n} member(s), master {master}, Services {m} (read-write) and {r} (read-only).\n\
+        "PostgreSQL is up: {n} member(s), {named}, Services {m} (read-write) and {r} (read-only).\n\
          Connect:\n\
-         \x20 kubectl -n {ns} exec -it {master} -c postgres -- psql -U postgres\n\
+         {exec}\
          \x20 kubectl -n {ns} port-forward svc/{m} 5432:5432 &\n\
          \x20 PGPASSWORD=\"$(kubectl -n {ns} get secret {secret} -o jsonpath='{{.data.superuser-password}}' | base64 -d)\" psql -h 127.0.0.1 -U postgres\n\
          Check it: {program} status; {program} verify\n",
-        program = pgset_spec::contract::program_name(),
         n = spec.replicas,
         m = spec.master_service_name(),
         r = spec.replica_service_name(),
@@ -529,11 +547,16 @@ mod tests {
 
     #[test]
     fn connect_help_names_the_services_and_never_a_password() {
-        let help = connect_help(&ClusterSpec::default());
+        let help = connect_help(&ClusterSpec::default(), Some("pgset-1"));
+        assert!(help.contains("master pgset-1,"), "{help}");
+        assert!(help.contains("exec -it pgset-1 -c postgres"), "{help}");
         assert!(help.contains("svc/pgset-master"));
         assert!(help.contains("pgset-replica"));
         assert!(help.contains("get secret pgset-secret"));
         assert!(help.contains("{.data.superuser-password}"));
+        let unknown = connect_help(&ClusterSpec::default(), None);
+        assert!(unknown.contains("master unknown ("), "{unknown}");
+        assert!(!unknown.contains("exec -it"), "{unknown}");
     }
 
     #[tokio::test]
