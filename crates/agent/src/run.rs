@@ -253,6 +253,10 @@ async fn member_loop(
     }
 }
 
+/// The longest pause between two looks for the master: a replica started beside its master
+/// (a parallel start) copies within a second of the master serving.
+const MASTER_RETRY_MAX: Duration = Duration::from_secs(1);
+
 /// Waits until the master answers as the replication role, with backoff and a log line when
 /// the reason changes; an error after `s.master_wait`.
 async fn wait_for_master(s: &Settings) -> Result<(Db, MasterView)> {
@@ -302,7 +306,7 @@ async fn wait_for_master(s: &Settings) -> Result<(Db, MasterView)> {
             last_logged = Some((why, Instant::now()));
         }
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
+        delay = (delay * 2).min(MASTER_RETRY_MAX);
     }
 }
 

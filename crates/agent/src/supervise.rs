@@ -513,7 +513,13 @@ impl Monitor {
                         crate::info!("{why}");
                     }
                     self.health.set_ready(false, &why);
-                    return Duration::from_millis(500);
+                    // A postmaster just started has no socket yet: until it first serves, look
+                    // again soon (a refused connect costs nothing) so readiness follows it.
+                    return if self.served {
+                        Duration::from_millis(500)
+                    } else {
+                        Duration::from_millis(50)
+                    };
                 }
             }
         }

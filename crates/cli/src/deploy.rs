@@ -1,5 +1,7 @@
 //! `cargo xtask deploy`: apply the cluster's objects (server-side, fixed order), create the
 //! Secret when absent, and wait for the ordered rollout; `--dry-run=client` prints the YAML.
+//! With `-v` each member's timeline (when it reached each step) ends the output; `--output json`
+//! prints the rollout and its timeline on stdout.
 
 use std::time::Duration;
 
@@ -7,11 +9,13 @@ use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use pgset_deploy::apply::{ApplyMode, deploy};
 use pgset_deploy::render::multi_document;
-use pgset_deploy::rollout::wait_for_rollout;
+use pgset_deploy::rollout::{RolloutReport, wait_for_rollout};
+use serde_json::json;
 
 use crate::cli::{ClientArgs, DryRunArg, SpecArgs};
 use crate::context::RunContext;
 use crate::progress::Reporter;
+use crate::verify::Output;
 
 /// What `--dry-run` does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -31,6 +35,10 @@ pub struct Args {
     /// Show each pod's full state (phase, conditions, containers) whenever it changes
     #[arg(long, short = 'v')]
     pub verbose: bool,
+    /// How to print the result: the rollout's lines (table), or the rollout and each member's
+    /// timeline as JSON on stdout
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+    pub output: Output,
     #[command(flatten)]
     pub wait: WaitArgs,
     #[command(flatten)]
@@ -84,12 +92,43 @@ pub async fn run(args: Args) -> Result<()> {
     let spec = args.spec.load(&args.client)?;
     let reporter = Reporter::new(args.verbose).install();
     let ctx = RunContext::new(spec, args.client.clone(), args.dry_run.mode, reporter);
-    stage(&ctx, &args.wait).await
+    let report = stage(&ctx, &args.wait).await?;
+    if args.output == Output::Json && args.dry_run.mode != Some(DryRun::Client) {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report_json(report.as_ref()))?
+        );
+    }
+    Ok(())
+}
+
+/// The rollout as `--output json` prints it: each member's seconds to Ready, the total, and
+/// the timeline; `rollout` is null when nothing was awaited.
+pub fn report_json(report: Option<&RolloutReport>) -> serde_json::Value {
+    json!({
+        "rollout": report.map(|r| json!({
+            "members": r.members.iter().map(|(name, took)| json!({
+                "name": name,
+                "readyAfterSeconds": took.map(|t| (t.as_secs_f64() * 1000.0).round() / 1000.0),
+            })).collect::<Vec<_>>(),
+            "totalSeconds": (r.total.as_secs_f64() * 1000.0).round() / 1000.0,
+            "timeline": r.timeline,
+        })),
+    })
+}
+
+/// The timeline's lines after a rollout (`-v`): where each member's time went.
+pub fn print_timeline(reporter: &Reporter, report: &RolloutReport) {
+    reporter.line("    timeline (seconds since the apply; each step's length in brackets):");
+    for line in report.timeline.lines() {
+        reporter.line(&format!("      {line}"));
+    }
 }
 
 /// Applies the objects and waits for the rollout (or prints them, in a client dry run) with
-/// the invocation's spec, client and reporter: `deploy`, and `up`'s deploy stage.
-pub async fn stage(ctx: &RunContext, wait: &WaitArgs) -> Result<()> {
+/// the invocation's spec, client and reporter: `deploy`, and `up`'s deploy stage. Returns the
+/// rollout's report when it was awaited; with `-v` its timeline is printed.
+pub async fn stage(ctx: &RunContext, wait: &WaitArgs) -> Result<Option<RolloutReport>> {
     let spec = ctx.spec();
     let reporter = ctx.reporter();
     let mode = match ctx.dry_run() {
@@ -101,7 +140,7 @@ pub async fn stage(ctx: &RunContext, wait: &WaitArgs) -> Result<()> {
                 spec.secret_name(),
                 pgset_spec::contract::program_name()
             ));
-            return Ok(());
+            return Ok(None);
         }
         Some(DryRun::Server) => ApplyMode::ServerDryRun,
         None => ApplyMode::Apply,
@@ -129,7 +168,7 @@ pub async fn stage(ctx: &RunContext, wait: &WaitArgs) -> Result<()> {
     stage.done(&outcome.summary());
     let timeout = match wait.timeout() {
         Some(t) if mode == ApplyMode::Apply => t,
-        _ => return Ok(()),
+        _ => return Ok(None),
     };
     let stage = reporter.stage(format!(
         "wait for {} members of StatefulSet {} to be Ready (timeout {}s)",
@@ -147,7 +186,10 @@ pub async fn stage(ctx: &RunContext, wait: &WaitArgs) -> Result<()> {
         report.members.len(),
         report.total.as_secs_f64()
     ));
-    Ok(())
+    if reporter.verbose() {
+        print_timeline(reporter, &report);
+    }
+    Ok(Some(report))
 }
 
 #[cfg(test)]
@@ -161,6 +203,7 @@ mod tests {
                 mode: Some(DryRun::Client),
             },
             verbose: false,
+            output: Output::Table,
             wait: WaitArgs {
                 no_wait: false,
                 timeout: Duration::from_secs(5),
@@ -181,6 +224,7 @@ mod tests {
         let args = Args {
             dry_run: DryRunArg::default(),
             verbose: false,
+            output: Output::Table,
             wait: WaitArgs {
                 no_wait: true,
                 timeout: Duration::from_secs(5),
@@ -197,6 +241,45 @@ mod tests {
         let err = format!("{:#}", run(args).await.unwrap_err());
         assert!(err.contains("replicas"), "{err}");
         assert!(!err.contains("kubeconfig"), "{err}");
+    }
+
+    #[test]
+    fn the_json_and_the_verbose_lines_carry_each_members_timeline() {
+        use pgset_deploy::rollout::{MemberTimeline, Timeline, TimelineStep};
+        let step = |step: &str, seconds: f64| TimelineStep {
+            step: step.into(),
+            seconds,
+        };
+        let report = RolloutReport {
+            members: vec![("pgset-0".into(), Some(Duration::from_millis(4200)))],
+            total: Duration::from_millis(4500),
+            timeline: Timeline {
+                members: vec![MemberTimeline {
+                    name: "pgset-0".into(),
+                    ordinal: 0,
+                    steps: vec![
+                        step("scheduled, copying the agent", 0.3),
+                        step("agent copied, starting", 1.5),
+                        step("Ready", 4.5),
+                    ],
+                }],
+            },
+        };
+        let j = report_json(Some(&report));
+        assert_eq!(j["rollout"]["totalSeconds"], 4.5);
+        assert_eq!(j["rollout"]["members"][0]["readyAfterSeconds"], 4.2);
+        assert_eq!(
+            j["rollout"]["timeline"]["members"][0]["steps"][1],
+            json!({"step": "agent copied, starting", "seconds": 1.5})
+        );
+        assert_eq!(report_json(None), json!({"rollout": null}));
+
+        let reporter = Reporter::recording(true);
+        print_timeline(&reporter, &report);
+        assert_eq!(
+            reporter.recorded()[1],
+            "      pgset-0: +0.3s scheduled, copying the agent (1.2s) → +1.5s agent copied, starting (3.0s) → +4.5s Ready"
+        );
     }
 
     #[test]

@@ -11,7 +11,8 @@ use k8s_openapi::api::core::v1::{Node, PersistentVolume};
 use kube::Api;
 use kube::api::ListParams;
 use pgset_command::Executor;
-use pgset_deploy::mount_probe::{self, probe_mounts, probe_nodes};
+use pgset_deploy::mount_probe::proof::{Probed, probe_unless_proven};
+use pgset_deploy::mount_probe::{self, probe_nodes};
 use pgset_nfs::{Diagnosis, Health, HostPaths, VolumesRead};
 
 use crate::cli::{ClientArgs, SpecArgs};
@@ -37,8 +38,11 @@ pub struct Args {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProbeArgs {
     /// Do not run the per-node mount probe (a pod, claim and volume per node, removed after)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "probe")]
     pub no_mount_probe: bool,
+    /// Run the mount probe even when it proved the same volumes, export and nodes before
+    #[arg(long)]
+    pub probe: bool,
     /// How long each node's probe pod may take to mount the export and list it, image pull
     /// included (e.g. 120, 90s, 2m)
     #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_timeout)]
@@ -49,6 +53,7 @@ impl Default for ProbeArgs {
     fn default() -> Self {
         ProbeArgs {
             no_mount_probe: false,
+            probe: false,
             probe_timeout: mount_probe::DEFAULT_PROBE_TIMEOUT,
         }
     }
@@ -260,11 +265,13 @@ pub(crate) async fn mount_checks(ctx: &RunContext, probe: &ProbeArgs) -> Vec<Dia
             std::future::pending::<()>().await;
         }
     };
-    let probed = probe_mounts(
+    let probed = probe_unless_proven(
         client,
         spec,
         &server,
+        nodes,
         &on,
+        probe.probe,
         probe.probe_timeout,
         interrupted,
         &mut |line: &str| reporter.line(&format!("    {line}")),
@@ -280,13 +287,25 @@ pub(crate) async fn mount_checks(ctx: &RunContext, probe: &ProbeArgs) -> Vec<Dia
         }
     });
     match probed {
-        Ok(found) => out.extend(mount_probe::diagnoses(spec, &server, &found)),
+        Ok(Probed::Ran(found)) => out.extend(mount_probe::diagnoses(spec, &server, &found)),
+        Ok(Probed::Proven { at }) => out.push(Diagnosis {
+            name: mount_probe::DIAGNOSIS,
+            health: Health::Pass,
+            message: proven_message(&at),
+            fix: None,
+            docs: None,
+        }),
         Err(e) => out.push(failed(
             format!("the mount probe did not complete: {e}"),
             "see the message; `kubectl get pod,pvc,pv -A -l app.kubernetes.io/component=mount-probe` lists what a probe made",
         )),
     }
     out
+}
+
+/// What a skipped mount probe says: when it proved the same volumes and nodes, and how to force it.
+pub(crate) fn proven_message(at: &str) -> String {
+    format!("mount probe: proven at {at} for the same volumes and nodes; --probe forces it")
 }
 
 /// The NFS server the probe mounts: the one the cluster's existing volumes name (what the

@@ -6,7 +6,10 @@
 //! The objects ([`probe_objects`]), the choice of nodes ([`probe_nodes`]) and the verdict on a
 //! finished pod ([`verdict`]) are pure; [`probe_mounts`] holds the client. Nothing but the
 //! probe's own objects is ever written: a name that is taken by anything else stops the probe
-//! before it creates anything.
+//! before it creates anything. [`proof`] keeps what a probe proved, so a run that finds the same
+//! volumes, export and nodes skips it.
+
+pub mod proof;
 
 use std::collections::BTreeMap;
 use std::future::Future;

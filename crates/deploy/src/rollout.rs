@@ -1,6 +1,7 @@
 //! Waiting for the StatefulSet's ordered rollout: each member's step as it changes (from its
 //! agent's phase annotation, else its pod's state) with a base backup's latest reading, Ready
-//! with how long it took, and on timeout the state of the member that holds it up.
+//! with how long it took, and on timeout the state of the member that holds it up. The
+//! [`Timeline`] of the report says when each member reached each step: where the time went.
 
 use std::collections::BTreeMap;
 use std::pin::pin;
@@ -31,6 +32,98 @@ pub struct RolloutReport {
     pub members: Vec<(String, Option<Duration>)>,
     /// Time from the start of the wait until every member was Ready.
     pub total: Duration,
+    /// When each member reached each step, from the start of the wait.
+    pub timeline: Timeline,
+}
+
+/// When each member of a rollout reached each of its steps (scheduled, agent copied, each
+/// `pgset.io/phase` step, Ready), in seconds from the start of the wait, which directly follows
+/// the apply: where the rollout's time went, on any cluster.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Timeline {
+    /// Each member seen, by ordinal.
+    pub members: Vec<MemberTimeline>,
+}
+
+/// One member's steps in the order they were seen.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct MemberTimeline {
+    /// The pod name.
+    pub name: String,
+    /// Its ordinal.
+    pub ordinal: i32,
+    /// Each step with when it was first seen.
+    pub steps: Vec<TimelineStep>,
+}
+
+/// A step and when it began.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TimelineStep {
+    /// The step, in the words of the rollout's lines.
+    pub step: String,
+    /// Seconds from the start of the wait (to the millisecond).
+    pub seconds: f64,
+}
+
+impl Timeline {
+    /// Takes one rollout event: a member's new step is added with its time; a new reading
+    /// within the same step, or the StatefulSet's own wait, adds nothing.
+    pub fn record(&mut self, event: &RolloutEvent) {
+        let RolloutEvent::Member(m) = event else {
+            return;
+        };
+        let step = match (&m.step, m.already) {
+            (MemberStep::Ready, true) => "Ready (already)".to_string(),
+            (step, _) => step.to_string(),
+        };
+        let at = (m.at.as_secs_f64() * 1000.0).round() / 1000.0;
+        let i = match self.members.iter().position(|t| t.name == m.name) {
+            Some(i) => i,
+            None => {
+                self.members.push(MemberTimeline {
+                    name: m.name.clone(),
+                    ordinal: m.ordinal,
+                    steps: Vec::new(),
+                });
+                self.members.sort_by_key(|t| t.ordinal);
+                self.members
+                    .iter()
+                    .position(|t| t.name == m.name)
+                    .unwrap_or_default()
+            }
+        };
+        let steps = &mut self.members[i].steps;
+        if steps.last().is_none_or(|last| last.step != step) {
+            steps.push(TimelineStep { step, seconds: at });
+        }
+    }
+
+    /// One line per member: each step with when it began and, in brackets, how long it took
+    /// (until the next step).
+    pub fn lines(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| {
+                let steps: Vec<String> = m
+                    .steps
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| match m.steps.get(i + 1) {
+                        Some(next) => {
+                            format!(
+                                "+{:.1}s {} ({:.1}s)",
+                                s.seconds,
+                                s.step,
+                                next.seconds - s.seconds
+                            )
+                        }
+                        None => format!("+{:.1}s {}", s.seconds, s.step),
+                    })
+                    .collect();
+                format!("{}: {}", m.name, steps.join(" → "))
+            })
+            .collect()
+    }
 }
 
 fn pod_ordinal(pod: &Pod) -> Option<i32> {
@@ -242,6 +335,11 @@ pub async fn wait_for_rollout(
         first_look: true,
     };
     let mut snap: Option<Snapshot> = None;
+    let mut timeline = Timeline::default();
+    let mut progress = |event: &RolloutEvent| {
+        timeline.record(event);
+        progress(event);
+    };
     let waiting = async {
         let mut changes = pin!(futures::stream::select(statefulsets, pods));
         let mut statefulset: Option<Option<StatefulSet>> = None;
@@ -265,7 +363,7 @@ pub async fn wait_for_rollout(
                     .filter_map(|p| pod_ordinal(p).map(|o| (o, p.clone())))
                     .collect(),
             });
-            if state.judge(spec, current, replicas, progress) {
+            if state.judge(spec, current, replicas, &mut progress) {
                 return Ok::<(), Error>(());
             }
         }
@@ -278,6 +376,7 @@ pub async fn wait_for_rollout(
             Ok(RolloutReport {
                 members: state.reported,
                 total: state.started.elapsed(),
+                timeline,
             })
         }
         Err(_) => Err(Error::Timeout {

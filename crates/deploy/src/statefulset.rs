@@ -85,7 +85,7 @@ pub fn statefulset(spec: &ClusterSpec) -> StatefulSet {
         spec: Some(StatefulSetSpec {
             replicas: Some(spec.replicas),
             service_name: Some(spec.headless_service_name().to_string()),
-            pod_management_policy: Some("OrderedReady".into()),
+            pod_management_policy: Some(spec.pod_management_policy.as_str().into()),
             selector: LabelSelector {
                 match_labels: Some(label_map(spec.selector_labels())),
                 match_expressions: None,

@@ -1,6 +1,7 @@
 //! `doctor`'s per-node mount probe against a mock API server: the exact requests it sends, that
 //! it removes everything it made (after a verdict, on a failure, when interrupted), and that it
-//! writes nothing when a name it needs belongs to something else.
+//! writes nothing when a name it needs belongs to something else; what it proved is kept, and a
+//! later run with the same volumes and nodes creates no probe pod while a changed node runs it.
 
 #[allow(dead_code)]
 mod mock_api;
@@ -9,8 +10,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::{Node, NodeStatus, NodeSystemInfo};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use mock_api::{Call, mock_client, not_found};
 use pgset_deploy::Error;
+use pgset_deploy::mount_probe::proof::{Probed, probe_unless_proven, proof_name};
 use pgset_deploy::mount_probe::{NodeMount, probe_mounts, probe_name, probe_volume_name};
 use pgset_spec::{ClusterSpec, ValidSpec};
 use serde_json::{Value, json};
@@ -35,6 +39,10 @@ fn claims() -> String {
     format!("/api/v1/namespaces/{NS}/persistentvolumeclaims")
 }
 
+fn configmaps() -> String {
+    format!("/api/v1/namespaces/{NS}/configmaps")
+}
+
 fn decoded(query: &str) -> String {
     query.replace("%3D", "=").replace("%2C", ",")
 }
@@ -48,7 +56,7 @@ fn handler(
     finish_pods: bool,
 ) -> impl FnMut(&Call) -> (u16, Value) + Send + 'static {
     move |call| {
-        let collections = [pods(), claims(), PVS.to_string()];
+        let collections = [pods(), claims(), PVS.to_string(), configmaps()];
         let events = format!("/api/v1/namespaces/{NS}/events");
         match call.method.as_str() {
             "POST" if collections.contains(&call.path) => {
@@ -104,6 +112,12 @@ fn handler(
                 Some(obj) => (200, obj.clone()),
                 None => not_found(&call.path),
             },
+            "PUT" => {
+                let mut obj = call.body.clone();
+                obj["metadata"]["resourceVersion"] = json!("2");
+                store.insert(call.path.clone(), obj.clone());
+                (200, obj)
+            }
             "DELETE" => match store.remove(&call.path) {
                 Some(obj) => (200, obj),
                 None => not_found(&call.path),
@@ -348,4 +362,194 @@ async fn a_name_held_by_something_else_stops_the_probe_before_any_write() {
     assert_eq!(w[1], format!("POST {PVS} {v1}"));
     let first = calls.iter().find(|c| c.method == "DELETE").unwrap();
     assert_eq!(first.body["preconditions"]["uid"], "old-run");
+}
+
+fn node(name: &str, boot: &str) -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            uid: Some(format!("uid-node-{name}")),
+            ..ObjectMeta::default()
+        },
+        status: Some(NodeStatus {
+            node_info: Some(NodeSystemInfo {
+                boot_id: boot.into(),
+                ..NodeSystemInfo::default()
+            }),
+            ..NodeStatus::default()
+        }),
+        ..Node::default()
+    }
+}
+
+fn names(nodes: &[Node]) -> Vec<String> {
+    nodes
+        .iter()
+        .map(|n| n.metadata.name.clone().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_proof_of_the_same_volumes_and_nodes_skips_the_probe_and_a_change_runs_it() {
+    let spec = spec();
+    let (client, calls) = mock_client(handler(
+        HashMap::new(),
+        Arc::new(tokio::sync::Notify::new()),
+        true,
+    ));
+    let probe = |nodes: Vec<Node>, force: bool| {
+        let (client, spec) = (client.clone(), spec.clone());
+        async move {
+            let mut lines = Vec::new();
+            let probed = probe_unless_proven(
+                &client,
+                &spec,
+                "10.0.0.5",
+                &nodes,
+                &names(&nodes),
+                force,
+                Duration::from_secs(30),
+                never(),
+                &mut |l: &str| lines.push(l.to_string()),
+            )
+            .await
+            .unwrap();
+            (probed, lines)
+        }
+    };
+    let pods_made = || {
+        calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.method == "POST" && c.path == pods())
+            .count()
+    };
+    let proof_writes = || {
+        calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.is_write() && c.path.starts_with(&configmaps()))
+            .map(|c| c.method.clone())
+            .collect::<Vec<_>>()
+    };
+
+    // No proof yet: the probe runs, every node mounts, the proof is kept.
+    let (first, lines) = probe(vec![node("n1", "boot-1")], false).await;
+    assert!(
+        matches!(&first, Probed::Ran(f) if f.len() == 1 && f[0].mounted),
+        "{first:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("no earlier proof")),
+        "{lines:?}"
+    );
+    assert_eq!(pods_made(), 1);
+    assert_eq!(proof_writes(), ["POST"]);
+    let kept = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|c| c.method == "POST" && c.path == configmaps())
+        .unwrap()
+        .body
+        .clone();
+    assert_eq!(kept["metadata"]["name"], proof_name(&spec));
+    assert_eq!(
+        kept["metadata"]["labels"]["app.kubernetes.io/component"],
+        "mount-probe"
+    );
+    let text = kept["data"]["fingerprint"].as_str().unwrap();
+    assert!(
+        text.contains("node n1 uid=uid-node-n1 boot=boot-1"),
+        "{text}"
+    );
+    assert!(text.contains("server 10.0.0.5\n"), "{text}");
+    assert!(
+        text.contains(&format!("export {}\n", spec.cluster_export_dir().display())),
+        "{text}"
+    );
+
+    // The same volumes and nodes: proven, no probe pod, nothing written.
+    let (again, _) = probe(vec![node("n1", "boot-1")], false).await;
+    assert!(matches!(again, Probed::Proven { .. }), "{again:?}");
+    assert_eq!(pods_made(), 1, "a match creates no probe pod");
+    assert_eq!(proof_writes(), ["POST"]);
+
+    // A node added: the probe runs on both; n2 fails, so the old proof is not replaced.
+    let (changed, lines) = probe(vec![node("n1", "boot-1"), node("n2", "boot-1")], false).await;
+    assert!(
+        matches!(&changed, Probed::Ran(f) if f.len() == 2),
+        "{changed:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("changed since the proof of")),
+        "{lines:?}"
+    );
+    assert_eq!(pods_made(), 3);
+    assert_eq!(proof_writes(), ["POST"]);
+
+    // n1 rebooted: proven no longer; the probe runs and the new proof replaces the old.
+    let (rebooted, _) = probe(vec![node("n1", "boot-2")], false).await;
+    assert!(matches!(rebooted, Probed::Ran(_)), "{rebooted:?}");
+    assert_eq!(pods_made(), 4);
+    assert_eq!(proof_writes(), ["POST", "PUT"]);
+    let (same, _) = probe(vec![node("n1", "boot-2")], false).await;
+    assert!(matches!(same, Probed::Proven { .. }), "{same:?}");
+    assert_eq!(pods_made(), 4);
+
+    // --probe forces it.
+    let (forced, lines) = probe(vec![node("n1", "boot-2")], true).await;
+    assert!(matches!(forced, Probed::Ran(_)), "{forced:?}");
+    assert!(lines.iter().any(|l| l.contains("--probe")), "{lines:?}");
+    assert_eq!(pods_made(), 5);
+}
+
+#[tokio::test]
+async fn a_configmap_of_the_proofs_name_that_is_not_the_probes_is_never_read_or_written() {
+    let spec = spec();
+    let path = format!("{}/{}", configmaps(), proof_name(&spec));
+    let mut store = HashMap::new();
+    store.insert(
+        path.clone(),
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": proof_name(&spec), "namespace": NS, "uid": "theirs", "resourceVersion": "1"},
+            "data": {"fingerprint": "anything", "provenAt": "never"}}),
+    );
+    let (client, calls) = mock_client(handler(store, Arc::new(tokio::sync::Notify::new()), true));
+    let nodes = vec![node("n1", "boot-1")];
+    let err = probe_unless_proven(
+        &client,
+        &spec,
+        "10.0.0.5",
+        &nodes,
+        &names(&nodes),
+        false,
+        Duration::from_secs(30),
+        never(),
+        &mut |_: &str| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ProbeNameTaken {
+                kind: "ConfigMap",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let calls = calls.lock().unwrap().clone();
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.is_write() && c.path.starts_with(&configmaps())),
+        "{:?}",
+        writes(&calls)
+    );
 }

@@ -1,5 +1,6 @@
 //! Local mode: a master and replicas as agent processes on 127.0.0.1, the same agent as in a pod.
-//! `up` starts the members in order (each waits for the previous to be ready), `status` reports
+//! `up` starts the members in order (each waits for the previous to be ready; with
+//! [`UpOptions::parallel`] all at once, the replicas waiting for the master), `status` reports
 //! them, `down` stops them; [`status`](mod@status) builds the whole report. Layout of DIR:
 //! `<cluster>-N/` data (DATA_ROOT=DIR), `<cluster>-N.log`, `secret/` passwords (0600), `run/`
 //! sockets, `members` (the membership file) and `pgset-local.json`.
@@ -103,6 +104,9 @@ pub struct UpOptions {
     /// PGSET_MAX_REPLICA_LAG_BYTES and PGSET_MAX_REPLICA_LAG_SECONDS: the replicas' readiness
     /// bound (the spec's default unless set).
     pub max_replica_lag: pgset_spec::LagBound,
+    /// Start every member at once (a StatefulSet's `Parallel` policy): each replica's agent waits
+    /// for the master itself, then copies it; `up` then waits for all to be ready.
+    pub parallel: bool,
 }
 
 impl UpOptions {
@@ -127,6 +131,7 @@ impl UpOptions {
             adopt_unmarked: false,
             liveness_timeout: None,
             max_replica_lag: pgset_spec::LagBound::default(),
+            parallel: false,
         }
     }
 }
@@ -593,7 +598,16 @@ pub async fn up(opts: &UpOptions) -> Result<UpReport> {
             start_member(opts, &set, k)?;
             report.started.push(member);
         }
-        wait_ready(&opts.dir, &set, k, opts.ready_timeout).await?;
+        if !opts.parallel {
+            wait_ready(&opts.dir, &set, k, opts.ready_timeout).await?;
+        }
+    }
+    if opts.parallel {
+        // All started together: the set is ready when its slowest member is (each wait below
+        // returns at once for a member that is already ready).
+        for k in 0..opts.replicas {
+            wait_ready(&opts.dir, &set, k, opts.ready_timeout).await?;
+        }
     }
     Ok(report)
 }

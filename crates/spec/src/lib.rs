@@ -131,6 +131,32 @@ impl std::str::FromStr for StorageMode {
     }
 }
 
+/// How the StatefulSet starts its members (its `podManagementPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum PodManagementPolicy {
+    /// One member after the other, each once the previous is Ready.
+    #[default]
+    OrderedReady,
+    /// All members at once: each replica's agent waits for the master, then copies it.
+    Parallel,
+}
+
+impl PodManagementPolicy {
+    /// The name used in YAML and in the StatefulSet.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PodManagementPolicy::OrderedReady => "OrderedReady",
+            PodManagementPolicy::Parallel => "Parallel",
+        }
+    }
+}
+
+impl fmt::Display for PodManagementPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The whole cluster spec. Field names are those of `pgset.yaml` (camelCase).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -159,6 +185,8 @@ pub struct ClusterSpec {
     /// `node-role.kubernetes.io/control-plane:NoSchedule` taint. Off by default: a one-node lab
     /// is better untainted, and a cluster with workers keeps its control plane free.
     pub tolerate_control_plane: bool,
+    /// How the StatefulSet starts the members: `OrderedReady` (the default) or `Parallel`.
+    pub pod_management_policy: PodManagementPolicy,
 }
 
 impl Default for ClusterSpec {
@@ -175,6 +203,7 @@ impl Default for ClusterSpec {
             probes: ProbesSpec::default(),
             replication: ReplicationSpec::default(),
             tolerate_control_plane: false,
+            pod_management_policy: PodManagementPolicy::default(),
         }
     }
 }

@@ -630,3 +630,24 @@ fn tolerating_the_control_plane_is_off_unless_the_file_or_the_flag_asks() {
     });
     assert!(s.tolerate_control_plane);
 }
+
+#[test]
+fn the_pod_management_policy_is_ordered_ready_unless_parallel_is_asked_and_nothing_else_is_taken() {
+    assert_eq!(
+        ClusterSpec::default().pod_management_policy,
+        PodManagementPolicy::OrderedReady
+    );
+    let parallel = ClusterSpec::parse("podManagementPolicy: Parallel\n").unwrap();
+    assert_eq!(
+        parallel.pod_management_policy,
+        PodManagementPolicy::Parallel
+    );
+    assert!(parallel.validated().is_ok());
+    for bad in ["parallel", "Random", "OrderedReady, Parallel"] {
+        let e = ClusterSpec::parse(&format!("podManagementPolicy: {bad}\n")).unwrap_err();
+        assert!(
+            e.contains("OrderedReady") && e.contains("Parallel"),
+            "{bad}: {e}"
+        );
+    }
+}

@@ -25,6 +25,10 @@ pub struct Args {
     /// idle and with the master down) on a local set at ports 27432..
     #[arg(long)]
     pub agent_cost_only: bool,
+    /// Only the local formation benchmark: a 3-member set, ordered and parallel, against the raw
+    /// tools (medians of alternating runs)
+    #[arg(long, conflicts_with_all = ["cluster_only", "agent_cost_only", "drills_only"])]
+    pub formation_only: bool,
     /// Only the local drills' recovery times beside their targets (a local set at ports 28390..)
     #[arg(long, conflicts_with_all = ["cluster_only", "agent_cost_only"])]
     pub drills_only: bool,
@@ -52,8 +56,11 @@ pub async fn run(args: Args) -> Result<()> {
     if args.drills_only {
         return drills::run().await;
     }
+    if args.formation_only {
+        return local::run(true).await;
+    }
     if !args.cluster_only {
-        local::run().await?;
+        local::run(false).await?;
         agent_cost::run(window).await?;
         drills::run().await?;
     }

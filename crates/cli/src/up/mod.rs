@@ -386,7 +386,7 @@ async fn run_stage(stage: StageName, ctx: &RunContext, args: &Args) -> Result<()
             )
             .await
         }
-        StageName::Deploy => crate::deploy::stage(ctx, &args.wait).await,
+        StageName::Deploy => crate::deploy::stage(ctx, &args.wait).await.map(|_| ()),
         StageName::Verify => {
             crate::verify::stage(
                 ctx,

@@ -49,6 +49,21 @@ fn names_selector_and_ordering() {
     assert_eq!(s.replicas, Some(2));
     assert_eq!(s.service_name.as_deref(), Some("db"));
     assert_eq!(s.pod_management_policy.as_deref(), Some("OrderedReady"));
+    let parallel = pgset_spec::ClusterSpec {
+        pod_management_policy: pgset_spec::PodManagementPolicy::Parallel,
+        ..ClusterSpec::default()
+    }
+    .validated()
+    .unwrap();
+    assert_eq!(
+        statefulset(&parallel)
+            .spec
+            .unwrap()
+            .pod_management_policy
+            .as_deref(),
+        Some("Parallel"),
+        "the spec's policy is rendered"
+    );
     let selector = s.selector.match_labels.as_ref().unwrap();
     let labels = s
         .template
