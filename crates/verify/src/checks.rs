@@ -322,8 +322,8 @@ pub fn one_master(spec: &ClusterSpec, view: &MasterView, master_endpoints: &[End
     )
 }
 
-/// Check 1: pods `<name>-0..N-1` exist, Running and Ready, none extra, and were created in
-/// ordinal order under the `OrderedReady` policy. A pod created after a higher ordinal was
+/// Check 1: pods `<name>-0..N-1` exist, Running and Ready, none extra, the StatefulSet has the
+/// spec's `podManagementPolicy`, and under `OrderedReady` they were created in ordinal order. A pod created after a higher ordinal was
 /// recreated in place (deleted, then restored by the StatefulSet); that is noted, not failed.
 pub fn pods_ready_in_order(
     spec: &ClusterSpec,
@@ -334,11 +334,15 @@ pub fn pods_ready_in_order(
     let mut notes = Vec::new();
     let by_name: BTreeMap<&str, &Member> = members.iter().map(|m| (m.name.as_str(), m)).collect();
     let policy = pod_management_policy.unwrap_or("OrderedReady");
-    if policy != "OrderedReady" {
+    let wanted = spec.pod_management_policy.as_str();
+    if policy != wanted {
         problems.push(format!(
-            "podManagementPolicy is {policy}, not OrderedReady: pods do not start in order"
+            "podManagementPolicy is {policy}, not the spec's {wanted}: apply the spec again \
+             (`{} deploy` recreates what it must)",
+            pgset_spec::contract::program_name()
         ));
     }
+    let ordered = wanted == pgset_spec::PodManagementPolicy::OrderedReady.as_str();
     let mut expected = Vec::new();
     for i in 0..spec.replicas {
         let name = spec.pod_name(i);
@@ -364,7 +368,9 @@ pub fn pods_ready_in_order(
             ));
         }
     }
-    for pair in expected.windows(2) {
+    // Under Parallel the members start together by design: only the order of OrderedReady is
+    // judged.
+    for pair in expected.windows(2).filter(|_| ordered) {
         let (before, after) = (pair[0], pair[1]);
         if before.ordinal.map(|o| o + 1) != after.ordinal {
             continue;
@@ -382,10 +388,17 @@ pub fn pods_ready_in_order(
             )),
         }
     }
-    let mut ok = format!(
-        "{} pods Running and Ready, created in ordinal order",
-        spec.replicas
-    );
+    let mut ok = if ordered {
+        format!(
+            "{} pods Running and Ready, created in ordinal order",
+            spec.replicas
+        )
+    } else {
+        format!(
+            "{} pods Running and Ready, started in parallel (podManagementPolicy Parallel)",
+            spec.replicas
+        )
+    };
     if !notes.is_empty() {
         ok.push_str(&format!(" ({})", notes.join(", ")));
     }

@@ -154,10 +154,17 @@ fn pods_created_together_fail() {
 }
 
 #[test]
-fn pods_parallel_policy_fails() {
+fn pods_parallel_policy_fails_unless_the_spec_asks_for_it() {
     let f = checks::pods_ready_in_order(&spec(3), &healthy(), Some("Parallel"));
     assert_eq!(f.verdict, Verdict::Fail);
-    assert_mentions(&f, "Parallel");
+    assert_mentions(&f, "not the spec's OrderedReady");
+    let mut parallel = spec(3);
+    parallel.pod_management_policy = pgset_spec::PodManagementPolicy::Parallel;
+    let f = checks::pods_ready_in_order(&parallel, &healthy(), Some("Parallel"));
+    assert_eq!(f.verdict, Verdict::Pass, "{f:?}");
+    assert_mentions(&f, "started in parallel");
+    let f = checks::pods_ready_in_order(&parallel, &healthy(), Some("OrderedReady"));
+    assert_eq!(f.verdict, Verdict::Fail);
 }
 
 #[test]

@@ -282,7 +282,11 @@ async fn pods_check_reads_the_statefulset_policy() {
     assert_eq!(finding.verdict, Verdict::Fail);
     assert_eq!(
         finding.message,
-        "podManagementPolicy is Parallel, not OrderedReady: pods do not start in order"
+        format!(
+            "podManagementPolicy is Parallel, not the spec's OrderedReady: apply the spec again \
+             (`{} deploy` recreates what it must)",
+            pgset_spec::contract::program_name()
+        )
     );
 }
 
