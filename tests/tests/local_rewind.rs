@@ -215,9 +215,11 @@ async fn when_the_rewind_cannot_run_a_kept_copy_with_diverged_writes_is_never_re
     let err = local::up(&t.opts)
         .await
         .expect_err("member 1 refuses to replace the kept copy");
+    let err = err.to_string();
     assert!(
-        err.to_string()
-            .contains("pgset-1 stopped before it was ready"),
+        err.contains("pgset-1 stopped")
+            && err.contains("holds 1138 bytes of WAL written after the fork")
+            && err.contains(&format!("rm -r {}", previous.display())),
         "{err}"
     );
     let log = t.log(1);

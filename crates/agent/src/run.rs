@@ -756,9 +756,11 @@ async fn rejoin(s: &Settings, bin: &PgBin, me: &MemberRef, needed_bytes: i64) ->
     match crate::rewind::rejoin(s, bin).await? {
         Rejoin::NotDiverged | Rejoin::Rewound(_) => Ok(Plan::Existing),
         Rejoin::Failed { reason, kept } => {
+            crate::warn!("{reason}");
             let set_aside_to = set_aside(s, me, needed_bytes)?;
             crate::warn!(
-                "{reason}: this member's data is kept at {}{} and the master is copied again",
+                "the rewind could not run: this member's data is kept at {}{} and the master is \
+                 copied again",
                 set_aside_to.display(),
                 kept.map(|k| format!(", its WAL after the fork at {}", k.path.display()))
                     .unwrap_or_default()
