@@ -240,8 +240,15 @@ async fn when_the_rewind_cannot_run_a_kept_copy_with_diverged_writes_is_never_re
         rewind::read_diverged(&data.join(DIVERGED_MARK)).is_some_and(|d| d.bytes_after_fork > 0),
         "the member's data says what it holds"
     );
-    // Its WAL after the fork was kept before the attempt, and status warns of both copies.
+    // Its WAL after the fork was kept before the attempt, once however often it is started.
     assert_eq!(diverged_dirs(t.dir(), "pgset-1").len(), 1);
+    local::up(&t.opts)
+        .await
+        .expect_err("member 1 refuses again");
+    assert_eq!(diverged_dirs(t.dir(), "pgset-1").len(), 1, "kept once");
+    assert!(t.log(1).contains("is already kept at"), "{}", t.log(1));
+    assert_eq!(support::tree_digest(&previous), kept_before);
+    // Status warns of both copies.
     let report = local::status::report(t.dir()).await.unwrap();
     assert!(!report.healthy);
     assert!(

@@ -114,6 +114,8 @@ pub struct ControlData {
     pub checkpoint: u64,
     /// "Minimum recovery ending location".
     pub min_recovery_end: u64,
+    /// "Min recovery ending loc's timeline" (0 when none).
+    pub min_recovery_timeline: u32,
     /// "Bytes per WAL segment".
     pub segment_size: u64,
 }
@@ -122,6 +124,16 @@ impl ControlData {
     /// The member's end of WAL as pg_control knows it.
     pub fn end_lsn(&self) -> u64 {
         self.checkpoint.max(self.min_recovery_end)
+    }
+
+    /// The timeline of that end: a standby's minimum recovery point may be on a newer timeline
+    /// than its last restartpoint (it followed a promotion), as `pg_rewind` judges it too.
+    pub fn end_timeline(&self) -> u32 {
+        if self.min_recovery_end > self.checkpoint && self.min_recovery_timeline > 0 {
+            self.min_recovery_timeline
+        } else {
+            self.timeline
+        }
     }
 }
 
@@ -147,6 +159,9 @@ pub fn parse_controldata(text: &str) -> Option<ControlData> {
         checkpoint: parse_lsn(field("Latest checkpoint location")?)?,
         min_recovery_end: field("Minimum recovery ending location")
             .and_then(parse_lsn)
+            .unwrap_or(0),
+        min_recovery_timeline: field("Min recovery ending loc's timeline")
+            .and_then(|v| v.parse().ok())
             .unwrap_or(0),
         segment_size: field("Bytes per WAL segment")?.parse().ok()?,
     })
@@ -288,8 +303,9 @@ pub async fn rejoin(s: &Settings, bin: &PgBin) -> Result<Rejoin> {
     let own = tokio::task::spawn_blocking(move || control_data(&b2, &s2.pgdata()))
         .await
         .map_err(|e| Error::Failed(format!("reading pg_control: {e}")))??;
-    let own_history = if own.timeline > 1 {
-        let file = pgdata.join("pg_wal").join(history_name(own.timeline));
+    let own_timeline = own.end_timeline();
+    let own_history = if own_timeline > 1 {
+        let file = pgdata.join("pg_wal").join(history_name(own_timeline));
         fs::read_to_string(&file).map_err(io_err(format!("read {}", file.display())))?
     } else {
         String::new()
@@ -299,7 +315,7 @@ pub async fn rejoin(s: &Settings, bin: &PgBin) -> Result<Rejoin> {
         path: pgdata.clone(),
         problem: format!("{what} history file is not a PostgreSQL timeline history"),
     };
-    let own_path = parse_history(own.timeline, &own_history).ok_or_else(|| bad("its"))?;
+    let own_path = parse_history(own_timeline, &own_history).ok_or_else(|| bad("its"))?;
     let master_path =
         parse_history(master_timeline, &master_text).ok_or_else(|| bad("the master's"))?;
     let fork = fork_point(&own_path, &master_path);
@@ -310,7 +326,7 @@ pub async fn rejoin(s: &Settings, bin: &PgBin) -> Result<Rejoin> {
     let why = format!(
         "this member's history (timeline {}) parts from the master's (timeline {master_timeline}) \
          at {} and it wrote WAL up to {}",
-        own.timeline,
+        own_timeline,
         lsn_text(fork),
         lsn_text(end)
     );
@@ -319,7 +335,7 @@ pub async fn rejoin(s: &Settings, bin: &PgBin) -> Result<Rejoin> {
         fork_lsn: lsn_text(fork),
         end_lsn: lsn_text(end),
         bytes_after_fork: end - fork,
-        timeline: own.timeline,
+        timeline: own_timeline,
         master_timeline,
         when: now_utc(),
         why: why.clone(),
@@ -379,6 +395,22 @@ fn keep_and_rewind(
 /// `<member>.diverged-<UTC time>/` with `diverged.json`.
 fn keep_wal(s: &Settings, own: &ControlData, fork: u64, d: &Diverged) -> Result<KeptCopy> {
     let pgdata = s.pgdata();
+    // A start that failed after keeping this same divergence (a refusal, a restart) keeps it once.
+    let same = |k: &KeptCopy| {
+        read_diverged(&k.path.join(DIVERGED_FILE)).is_some_and(|o| {
+            (&o.fork_lsn, &o.end_lsn, o.timeline) == (&d.fork_lsn, &d.end_lsn, d.timeline)
+        })
+    };
+    if let Some(k) = kept_copies(&s.env.data_root, &s.pod_name)
+        .into_iter()
+        .find(same)
+    {
+        crate::info!(
+            "the WAL this member wrote after the fork is already kept at {}",
+            k.path.display()
+        );
+        return Ok(k);
+    }
     let stamp: String = d.when.chars().filter(char::is_ascii_digit).collect();
     let base = format!("{}.diverged-{}T{}Z", s.pod_name, &stamp[..8], &stamp[8..14]);
     let mut dir = s.env.data_root.join(&base);
@@ -512,6 +544,13 @@ mod tests {
         let c = parse_controldata(text).unwrap();
         assert_eq!(c.timeline, 2);
         assert_eq!(c.end_lsn(), 0x500_0028);
+        assert_eq!(c.end_timeline(), 2);
+        // A standby that replayed into a new timeline after its last restartpoint.
+        let standby = text
+            .replace("0/0\n", "0/6000000\n")
+            .replace("Bytes", "Min recovery ending loc's timeline:   3\nBytes");
+        let c = parse_controldata(&standby).unwrap();
+        assert_eq!((c.end_lsn(), c.end_timeline()), (0x600_0000, 3));
         assert_eq!(c.segment_size, 16 << 20);
         assert_eq!(parse_controldata("nothing"), None);
     }
