@@ -283,6 +283,8 @@ async fn master_history(s: &Settings) -> Result<(u32, String)> {
 pub enum Rejoin {
     /// The member's history is the master's (or a prefix of it): it follows as it is.
     NotDiverged,
+    /// The master's history could not be read (as the superuser): nothing is judged.
+    Unknown(String),
     /// Rewound; what it wrote after the fork is kept at the path.
     Rewound(KeptCopy),
     /// Diverged, but the rewind could not run: the member's data must be copied anew. Its WAL
@@ -296,8 +298,9 @@ pub enum Rejoin {
 }
 
 /// Judges whether this member's data (postgres stopped) diverged from the master's history and,
-/// if it did, keeps what would be thrown away and rewinds it with `pg_rewind`.
-pub async fn rejoin(s: &Settings, bin: &PgBin) -> Result<Rejoin> {
+/// if it did, keeps what would be thrown away and rewinds it with `pg_rewind`. `master_timeline`
+/// is the master's timeline when already known.
+pub async fn rejoin(s: &Settings, bin: &PgBin, master_timeline: Option<i64>) -> Result<Rejoin> {
     let pgdata = s.pgdata();
     let (s2, b2) = (s.clone(), bin.clone());
     let own = tokio::task::spawn_blocking(move || control_data(&b2, &s2.pgdata()))
@@ -310,7 +313,14 @@ pub async fn rejoin(s: &Settings, bin: &PgBin) -> Result<Rejoin> {
     } else {
         String::new()
     };
-    let (master_timeline, master_text) = master_history(s).await?;
+    // Timeline 1 has no history: the replication role's view of the master says enough.
+    let (master_timeline, master_text) = match master_timeline {
+        Some(1) => (1, String::new()),
+        _ => match master_history(s).await {
+            Ok(found) => found,
+            Err(e) => return Ok(Rejoin::Unknown(e.to_string())),
+        },
+    };
     let bad = |what: &str| Error::DataDir {
         path: pgdata.clone(),
         problem: format!("{what} history file is not a PostgreSQL timeline history"),

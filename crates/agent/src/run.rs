@@ -247,9 +247,16 @@ async fn member_loop(
             } => {
                 // Diverged data is rewound (what it wrote after the fork kept) before a copy; a
                 // failed rewind leaves the data marked with what it holds, for `set_aside`.
-                match crate::rewind::rejoin(s, bin).await? {
+                match crate::rewind::rejoin(s, bin, None).await? {
                     Rejoin::Rewound(_) => continue,
                     Rejoin::NotDiverged => {}
+                    // What a copy would discard is not measured: nothing is moved.
+                    Rejoin::Unknown(why) => {
+                        return Err(Error::Failed(format!(
+                            "{reason}, but whether this member's data diverged from the master's \
+                             history is not known ({why}); its data stays in place"
+                        )));
+                    }
                     Rejoin::Failed { reason, .. } => crate::warn!("{reason}"),
                 }
                 let kept = set_aside(s, me, needed_bytes)?;
@@ -689,7 +696,7 @@ async fn check_master(
         Plan::Existing => {
             let own = identity::control_system_identifier(&s.pgdata())?;
             if own == view.system_identifier {
-                return rejoin(s, bin, me, view.database_bytes).await;
+                return rejoin(s, bin, me, view).await;
             }
             if s.env.allow_reinit {
                 let kept = set_aside(s, me, view.database_bytes)?;
@@ -752,9 +759,18 @@ async fn check_master(
 /// the master's, what it wrote after the fork is kept and it is rewound (`Plan::Existing`); when
 /// the rewind cannot run, its data is set aside (marked with what it holds) for a new copy
 /// (`Plan::BaseBackup`).
-async fn rejoin(s: &Settings, bin: &PgBin, me: &MemberRef, needed_bytes: i64) -> Result<Plan> {
-    match crate::rewind::rejoin(s, bin).await? {
+async fn rejoin(s: &Settings, bin: &PgBin, me: &MemberRef, view: &MasterView) -> Result<Plan> {
+    let needed_bytes = view.database_bytes;
+    match crate::rewind::rejoin(s, bin, Some(view.timeline)).await? {
         Rejoin::NotDiverged | Rejoin::Rewound(_) => Ok(Plan::Existing),
+        // Postgres tries to follow; a divergence it meets is judged again before any copy.
+        Rejoin::Unknown(why) => {
+            crate::warn!(
+                "the master's timeline history is not readable ({why}); starting without \
+                 judging whether this member's history parted from it"
+            );
+            Ok(Plan::Existing)
+        }
         Rejoin::Failed { reason, kept } => {
             crate::warn!("{reason}");
             let set_aside_to = set_aside(s, me, needed_bytes)?;
