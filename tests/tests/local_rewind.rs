@@ -19,8 +19,8 @@ const SECOND: Duration = Duration::from_secs(1);
 
 /// Promotes member 1 by hand while member 0 runs, writes `rows` rows on it that the cluster will
 /// not have, writes on member 0 too, and stops member 1's agent (a clean shutdown on its own
-/// timeline).
-async fn diverge_member_1(t: &TestSet, rows: i32) {
+/// timeline). Returns where member 1's timeline 2 forked off timeline 1, from its history file.
+async fn diverge_member_1(t: &TestSet, rows: i32) -> u64 {
     t.sql(
         0,
         "CREATE TABLE t (id int, note text); INSERT INTO t VALUES (1, 'shared')",
@@ -29,6 +29,16 @@ async fn diverge_member_1(t: &TestSet, rows: i32) {
     t.wait_for(1, "SELECT note FROM t WHERE id = 1", "shared", 60 * SECOND);
     t.sql(1, "SELECT pg_promote()").unwrap();
     t.wait_for(1, "SELECT pg_is_in_recovery()", "f", 60 * SECOND);
+    // The history a member reads of a master on a later timeline, here member 1's own.
+    let password = std::fs::read_to_string(t.dir().join("secret/superuser-password")).unwrap();
+    let (timeline, text) =
+        rewind::timeline_history("127.0.0.1", t.port(1), password.trim_end(), "test")
+            .await
+            .unwrap();
+    assert_eq!(timeline, 2, "{text}");
+    let path = rewind::parse_history(2, &text).unwrap();
+    assert_eq!(path.len(), 2, "{text}");
+    assert_eq!((path[0].0, path[1]), (1, (2, u64::MAX)), "{text}");
     t.sql(
         1,
         &format!(
@@ -43,6 +53,7 @@ async fn diverge_member_1(t: &TestSet, rows: i32) {
             .await
             .unwrap()
     );
+    path[0].1
 }
 
 /// The member's `<member>.diverged-*` directories.
@@ -79,7 +90,7 @@ async fn a_replica_promoted_by_hand_is_rewound_and_its_diverged_writes_kept_unti
     }
     let t = TestSet::new(2, 27510);
     local::up(&t.opts).await.expect("up");
-    diverge_member_1(&t, 500).await;
+    let fork = diverge_member_1(&t, 500).await;
     let data = t.dir().join("pgset-1");
     let before = inode(&data);
 
@@ -117,6 +128,7 @@ async fn a_replica_promoted_by_hand_is_rewound_and_its_diverged_writes_kept_unti
     let d = rewind::read_diverged(&kept[0].join(DIVERGED_FILE)).expect("diverged.json");
     assert!(d.bytes_after_fork > 0, "{d:?}");
     assert_eq!((d.timeline, d.master_timeline), (2, 1), "{d:?}");
+    assert_eq!(rewind::parse_lsn(&d.fork_lsn), Some(fork), "{d:?}");
     assert!(kept[0].join("global/pg_control").is_file());
     assert!(kept[0].join("pg_wal/00000002.history").is_file());
     let tl2_segments = std::fs::read_dir(kept[0].join("pg_wal"))

@@ -228,16 +228,33 @@ pub fn history_name(timeline: u32) -> String {
 /// `pg_rewind` connects as).
 async fn master_history(s: &Settings) -> Result<(u32, String)> {
     let password = read_password(s, secret::SUPERUSER_PASSWORD_KEY)?;
+    timeline_history(
+        &s.env.master_host,
+        s.env.master_port,
+        &password,
+        &format!("{}-agent", s.pod_name),
+    )
+    .await
+}
+
+/// A server's timeline and its history file's text (empty on timeline 1), asked as the
+/// superuser over TCP.
+pub async fn timeline_history(
+    host: &str,
+    port: u16,
+    password: &str,
+    application_name: &str,
+) -> Result<(u32, String)> {
     let timeout = Duration::from_secs(10);
     let mut c = tokio_postgres::Config::new();
-    c.host(&s.env.master_host)
-        .port(s.env.master_port)
+    c.host(host)
+        .port(port)
         .user(contract::SUPERUSER)
         .password(password)
         .dbname("postgres")
-        .application_name(format!("{}-agent", s.pod_name))
+        .application_name(application_name)
         .connect_timeout(timeout);
-    let what = format!("the master {}:{}", s.env.master_host, s.env.master_port);
+    let what = format!("the master {host}:{port}");
     let sql = |source| Error::Sql {
         what: what.clone(),
         source,
@@ -253,9 +270,14 @@ async fn master_history(s: &Settings) -> Result<(u32, String)> {
         let _ = conn.await;
     });
     let result = async {
+        // The timeline WAL is written on now (a checkpoint's lags a promotion until the next
+        // checkpoint completes).
         let r = client
             .query_one(
-                "SELECT timeline_id::bigint FROM pg_control_checkpoint()",
+                "SELECT CASE WHEN pg_is_in_recovery()
+                        THEN (SELECT timeline_id FROM pg_control_checkpoint())::bigint
+                        ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))
+                             ::bit(32)::bigint END",
                 &[],
             )
             .await
@@ -298,9 +320,8 @@ pub enum Rejoin {
 }
 
 /// Judges whether this member's data (postgres stopped) diverged from the master's history and,
-/// if it did, keeps what would be thrown away and rewinds it with `pg_rewind`. `master_timeline`
-/// is the master's timeline when already known.
-pub async fn rejoin(s: &Settings, bin: &PgBin, master_timeline: Option<i64>) -> Result<Rejoin> {
+/// if it did, keeps what would be thrown away and rewinds it with `pg_rewind`.
+pub async fn rejoin(s: &Settings, bin: &PgBin) -> Result<Rejoin> {
     let pgdata = s.pgdata();
     let (s2, b2) = (s.clone(), bin.clone());
     let own = tokio::task::spawn_blocking(move || control_data(&b2, &s2.pgdata()))
@@ -313,13 +334,9 @@ pub async fn rejoin(s: &Settings, bin: &PgBin, master_timeline: Option<i64>) -> 
     } else {
         String::new()
     };
-    // Timeline 1 has no history: the replication role's view of the master says enough.
-    let (master_timeline, master_text) = match master_timeline {
-        Some(1) => (1, String::new()),
-        _ => match master_history(s).await {
-            Ok(found) => found,
-            Err(e) => return Ok(Rejoin::Unknown(e.to_string())),
-        },
+    let (master_timeline, master_text) = match master_history(s).await {
+        Ok(found) => found,
+        Err(e) => return Ok(Rejoin::Unknown(e.to_string())),
     };
     let bad = |what: &str| Error::DataDir {
         path: pgdata.clone(),

@@ -247,7 +247,7 @@ async fn member_loop(
             } => {
                 // Diverged data is rewound (what it wrote after the fork kept) before a copy; a
                 // failed rewind leaves the data marked with what it holds, for `set_aside`.
-                match crate::rewind::rejoin(s, bin, None).await? {
+                match crate::rewind::rejoin(s, bin).await? {
                     Rejoin::Rewound(_) => continue,
                     Rejoin::NotDiverged => {}
                     // What a copy would discard is not measured: nothing is moved.
@@ -761,7 +761,7 @@ async fn check_master(
 /// (`Plan::BaseBackup`).
 async fn rejoin(s: &Settings, bin: &PgBin, me: &MemberRef, view: &MasterView) -> Result<Plan> {
     let needed_bytes = view.database_bytes;
-    match crate::rewind::rejoin(s, bin, Some(view.timeline)).await? {
+    match crate::rewind::rejoin(s, bin).await? {
         Rejoin::NotDiverged | Rejoin::Rewound(_) => Ok(Plan::Existing),
         // Postgres tries to follow; a divergence it meets is judged again before any copy.
         Rejoin::Unknown(why) => {
