@@ -88,7 +88,7 @@ async fn a_replica_promoted_by_hand_is_rewound_and_its_diverged_writes_kept_unti
     if pg_or_skip("local_rewind_promoted_by_hand").is_none() {
         return;
     }
-    let t = TestSet::new(2, 27510);
+    let t = TestSet::new(2, 26810);
     local::up(&t.opts).await.expect("up");
     let fork = diverge_member_1(&t, 500).await;
     let data = t.dir().join("pgset-1");
@@ -184,7 +184,7 @@ async fn when_the_rewind_cannot_run_a_kept_copy_with_diverged_writes_is_never_re
     let Some(bin) = pg_or_skip("local_rewind_cannot_run") else {
         return;
     };
-    let t = TestSet::new(2, 27520);
+    let t = TestSet::new(2, 26820);
     local::up(&t.opts).await.expect("up");
     let data = t.dir().join("pgset-1");
 
