@@ -1,7 +1,8 @@
 //! `pgset-agent run`: settings from the env contract, the postgres user, the supported major,
 //! the health endpoint, the data directory's identity checks, the master's identity for a
-//! replica, then supervising postgres until it exits (or copying again when PostgreSQL's state
-//! says the replica can no longer follow, keeping at most one older copy).
+//! replica, then supervising postgres until it exits (rewinding a replica whose history parted
+//! from the master's, what it wrote after the fork kept, or copying again when PostgreSQL's state
+//! says it can no longer follow, keeping at most one older copy and never one with diverged writes).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
