@@ -68,6 +68,10 @@ pub struct Status {
     /// Detail from PostgreSQL's own state (timeline, LSNs, WAL receiver, slot), when known.
     #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
     pub postgres: serde_json::Map<String, serde_json::Value>,
+    /// This member's kept copies with writes the cluster does not have, until the user removes
+    /// them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub diverged: Vec<crate::rewind::KeptCopy>,
 }
 
 #[derive(Debug)]
@@ -98,6 +102,8 @@ pub struct Health {
     step: tokio::sync::watch::Sender<MemberPhase>,
     /// The latest measurement of a base backup in progress, for the pod's annotation.
     copied: tokio::sync::watch::Sender<Option<BaseBackupReading>>,
+    /// The data root, where `/status` looks for this member's diverged copies.
+    data_root: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 impl Health {
@@ -120,7 +126,13 @@ impl Health {
             liveness_timeout,
             step: tokio::sync::watch::Sender::new(MemberPhase::Fencing),
             copied: tokio::sync::watch::Sender::new(None),
+            data_root: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Has `/status` list the member's diverged copies kept in `data_root`.
+    pub fn watch_kept_copies(&self, data_root: &std::path::Path) {
+        let _ = self.data_root.set(data_root.to_path_buf());
     }
 
     /// Records the member's step; watchers see it only when it changes.
@@ -339,6 +351,11 @@ impl Health {
             },
             last_answer_ms: s.last_answer.map(|t| t.elapsed().as_millis() as u64),
             postgres: s.detail.clone(),
+            diverged: self
+                .data_root
+                .get()
+                .map(|root| crate::rewind::kept_copies(root, &self.member))
+                .unwrap_or_default(),
         })
     }
 

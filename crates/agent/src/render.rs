@@ -74,6 +74,9 @@ pub fn managed_conf(s: &Settings) -> String {
         ),
         "password_encryption = 'scram-sha-256'".to_string(),
         "wal_level = replica".to_string(),
+        // pg_rewind needs hint-bit changes in the WAL (or data checksums) to rewind a member
+        // whose history parted from the master's instead of copying it anew.
+        "wal_log_hints = on".to_string(),
         format!("max_wal_senders = {MAX_WAL_SENDERS}"),
         format!("max_replication_slots = {MAX_WAL_SENDERS}"),
         format!(
@@ -186,6 +189,7 @@ mod tests {
     fn master_conf_has_no_standby_settings() {
         let c = managed_conf(&settings("pgset-0"));
         assert!(c.contains("wal_level = replica\n"));
+        assert!(c.contains("wal_log_hints = on\n"));
         assert!(c.contains("password_encryption = 'scram-sha-256'\n"));
         assert!(!c.contains("primary_conninfo"));
     }

@@ -1,7 +1,8 @@
 //! `pgset-agent run`: settings from the env contract, the postgres user, the supported major,
 //! the health endpoint, the data directory's identity checks, the master's identity for a
-//! replica, then supervising postgres until it exits (or copying again when PostgreSQL's state
-//! says the replica can no longer follow, keeping at most one older copy).
+//! replica, then supervising postgres until it exits (rewinding a replica whose history parted
+//! from the master's, what it wrote after the fork kept, or copying again when PostgreSQL's state
+//! says it can no longer follow, keeping at most one older copy and never one with diverged writes).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::kube_api::{ClusterRecord, PodApi, RecordData};
 use crate::pg::{self, Db, MasterView};
 use crate::pgbin::PgBin;
 use crate::privilege;
+use crate::rewind::Rejoin;
 use crate::settings::{Role, Settings};
 use crate::supervise::{Outcome, ShutdownSignals, supervise};
 use crate::{Error, Result, meter, phase};
@@ -91,6 +93,7 @@ async fn run_member(
     api: Option<&PodApi>,
 ) -> Result<i32> {
     let mut signals = ShutdownSignals::install()?;
+    health.watch_kept_copies(&s.env.data_root);
     // The write fence comes before anything is written beside or inside the data directory
     // (even the local pid file: a refused agent must not touch another member's files).
     bootstrap::check_data_root(s)?;
@@ -167,7 +170,7 @@ async fn member_loop(
                 }
                 _ => None,
             };
-            plan = check_master(s, me, plan, &view, recorded.as_ref())?;
+            plan = check_master(s, bin, me, plan, &view, recorded.as_ref()).await?;
             prepare_slot(&db, s, plan, &view).await?;
             master = Some(db);
         }
@@ -243,6 +246,20 @@ async fn member_loop(
                 reason,
                 needed_bytes,
             } => {
+                // Diverged data is rewound (what it wrote after the fork kept) before a copy; a
+                // failed rewind leaves the data marked with what it holds, for `set_aside`.
+                match crate::rewind::rejoin(s, bin).await? {
+                    Rejoin::Rewound(_) => continue,
+                    Rejoin::NotDiverged => {}
+                    // What a copy would discard is not measured: nothing is moved.
+                    Rejoin::Unknown(why) => {
+                        return Err(Error::Failed(format!(
+                            "{reason}, but whether this member's data diverged from the master's \
+                             history is not known ({why}); its data stays in place"
+                        )));
+                    }
+                    Rejoin::Failed { reason, .. } => crate::warn!("{reason}"),
+                }
                 let kept = set_aside(s, me, needed_bytes)?;
                 crate::warn!(
                     "{reason}: this member's data is kept at {} and the master is copied again",
@@ -667,10 +684,13 @@ async fn publish_identity(s: &Settings, me: &MemberRef, api: &PodApi) {
     }
 }
 
-/// A replica checks whom it follows: its own data must be the master's database system; a new
-/// copy must come from the system this cluster's members (and its record) recorded.
-fn check_master(
+/// A replica checks whom it follows: its own data must be the master's database system, and
+/// its history the master's (data that diverged is kept and rewound, or copied anew when the
+/// rewind cannot run); a new copy must come from the system this cluster's members (and its
+/// record) recorded.
+async fn check_master(
     s: &Settings,
+    bin: &PgBin,
     me: &MemberRef,
     plan: Plan,
     view: &MasterView,
@@ -681,7 +701,7 @@ fn check_master(
         Plan::Existing => {
             let own = identity::control_system_identifier(&s.pgdata())?;
             if own == view.system_identifier {
-                return Ok(Plan::Existing);
+                return rejoin(s, bin, me, view).await;
             }
             if s.env.allow_reinit {
                 let kept = set_aside(s, me, view.database_bytes)?;
@@ -740,6 +760,37 @@ fn check_master(
     }
 }
 
+/// A replica on the master's database system, postgres stopped: when its history parted from
+/// the master's, what it wrote after the fork is kept and it is rewound (`Plan::Existing`); when
+/// the rewind cannot run, its data is set aside (marked with what it holds) for a new copy
+/// (`Plan::BaseBackup`).
+async fn rejoin(s: &Settings, bin: &PgBin, me: &MemberRef, view: &MasterView) -> Result<Plan> {
+    let needed_bytes = view.database_bytes;
+    match crate::rewind::rejoin(s, bin).await? {
+        Rejoin::NotDiverged | Rejoin::Rewound(_) => Ok(Plan::Existing),
+        // Postgres tries to follow; a divergence it meets is judged again before any copy.
+        Rejoin::Unknown(why) => {
+            crate::warn!(
+                "the master's timeline history is not readable ({why}); starting without \
+                 judging whether this member's history parted from it"
+            );
+            Ok(Plan::Existing)
+        }
+        Rejoin::Failed { reason, kept } => {
+            crate::warn!("{reason}");
+            let set_aside_to = set_aside(s, me, needed_bytes)?;
+            crate::warn!(
+                "the rewind could not run: this member's data is kept at {}{} and the master is \
+                 copied again",
+                set_aside_to.display(),
+                kept.map(|k| format!(", its WAL after the fork at {}", k.path.display()))
+                    .unwrap_or_default()
+            );
+            Ok(Plan::BaseBackup)
+        }
+    }
+}
+
 /// Before a copy, this replica's slot on the master must exist and hold WAL (an invalidated one
 /// is dropped and made anew); on an existing replica a missing slot is made.
 async fn prepare_slot(db: &Db, s: &Settings, plan: Plan, view: &MasterView) -> Result<()> {
@@ -766,6 +817,21 @@ const COPY_MARGIN_BYTES: u64 = 256 << 20;
 pub fn set_aside(s: &Settings, me: &MemberRef, needed_bytes: i64) -> Result<PathBuf> {
     let pgdata = s.pgdata();
     let previous = s.previous_dir();
+    if let Some(d) = crate::rewind::read_diverged(&previous.join(crate::rewind::DIVERGED_MARK))
+        && d.bytes_after_fork > 0
+    {
+        return Err(Error::Refused {
+            path: previous.clone(),
+            problem: format!(
+                "a new copy of the master would replace this kept copy, but it holds {} bytes of \
+                 WAL written after the fork at {} that the cluster does not have; nothing was \
+                 moved. Look at it, then remove it (rm -r {}) and restart the member",
+                d.bytes_after_fork,
+                d.fork_lsn,
+                previous.display()
+            ),
+        });
+    }
     let previous_bytes = if previous.exists() {
         match identity::read(&previous)? {
             Some(id) if id.cluster_id == me.cluster_id && id.member == me.member => {

@@ -124,11 +124,12 @@ pub async fn supervise(
                 Some(Event::Reclone { reason, needed_bytes }) => {
                     if s.role == Role::Replica && !stopping && reclone.is_none() {
                         crate::warn!(
-                            "{reason}; stopping postgres to copy the master again (this member's \
-                             data is kept aside as {})",
+                            "{reason}; stopping postgres to rewind it to the master's history (what \
+                             it wrote after the fork kept) or, if it has not diverged or cannot be \
+                             rewound, to copy the master again (this member's data kept aside as {})",
                             s.previous_dir().display()
                         );
-                        health.stopping(Phase::Stopping, "stopping to copy the master again");
+                        health.stopping(Phase::Stopping, "stopping to rejoin the master");
                         let _ = kill(postmaster, Signal::SIGINT);
                         reclone = Some((reason, needed_bytes));
                     }

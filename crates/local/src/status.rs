@@ -214,6 +214,19 @@ pub fn warnings(
     w
 }
 
+/// A member's kept copy with writes the cluster does not have: what it holds and the command
+/// that removes it once the user has looked at it (the set is not healthy until then).
+pub fn diverged_warning(member: &str, kept: &pgset_agent::rewind::KeptCopy) -> String {
+    format!(
+        "{member} wrote {} bytes of WAL after the fork at {} that the cluster does not have; they \
+         are kept in {}: look at them, then remove it with `rm -r {}`",
+        kept.bytes_after_fork,
+        kept.fork_lsn,
+        kept.path.display(),
+        kept.path.display()
+    )
+}
+
 /// Whether the set is healthy: every listed member's agent runs and answers ready, every
 /// listed replica streams, and there is no warning.
 pub fn healthy(members: &[MemberReport], warnings: &[String]) -> bool {
@@ -306,7 +319,7 @@ pub async fn report(dir: &Path) -> Result<StatusReport> {
         });
     }
     // A local set records no bound of its own: the spec's default is the one judged.
-    let warnings = warnings(
+    let mut warnings = warnings(
         &set.name,
         &listed,
         &out,
@@ -314,6 +327,11 @@ pub async fn report(dir: &Path) -> Result<StatusReport> {
         &facts.slots,
         &LagBound::default(),
     );
+    for m in &out {
+        for kept in pgset_agent::rewind::kept_copies(dir, &m.status.name) {
+            warnings.push(diverged_warning(&m.status.name, &kept));
+        }
+    }
     let summary = Summary {
         cluster: set.name.clone(),
         cluster_id,
@@ -594,6 +612,26 @@ mod tests {
             one_line_reason(&"y".repeat(300)).unwrap().chars().count(),
             REASON_MAX_CHARS
         );
+    }
+
+    #[test]
+    fn a_diverged_copy_is_warned_of_with_its_bytes_and_how_to_remove_it() {
+        let kept = pgset_agent::rewind::KeptCopy {
+            path: "/set/pgset-1.diverged-20261207T120000Z".into(),
+            bytes_after_fork: 4096,
+            fork_lsn: "0/3000060".into(),
+        };
+        let w = diverged_warning("pgset-1", &kept);
+        assert!(
+            w.starts_with("pgset-1 wrote 4096 bytes of WAL after the fork at 0/3000060"),
+            "{w}"
+        );
+        assert!(
+            w.ends_with("`rm -r /set/pgset-1.diverged-20261207T120000Z`"),
+            "{w}"
+        );
+        let ms = [member("pgset-0", 0)];
+        assert!(!healthy(&ms, &[w]));
     }
 
     #[test]

@@ -284,6 +284,31 @@ pub fn agent_problems(
     p
 }
 
+/// Kept copies with writes the cluster does not have, as each member's agent lists them
+/// (`diverged` in its `/status`), with the command that removes one once the user has looked at
+/// it (pure): the cluster is not healthy until then.
+pub fn diverged_problems(members: &[MemberStatus], namespace: &str) -> Vec<String> {
+    let mut p = Vec::new();
+    for m in members {
+        let Some(a) = &m.agent else {
+            continue;
+        };
+        for kept in a["diverged"].as_array().into_iter().flatten() {
+            let path = kept["path"].as_str().unwrap_or_default();
+            p.push(format!(
+                "{pod} wrote {} bytes of WAL after the fork at {} that the cluster does not have; \
+                 they are kept in {path}: look at them, then remove it with `kubectl exec -n \
+                 {namespace} {pod} -c {} -- rm -r {path}`",
+                kept["bytesAfterFork"].as_u64().unwrap_or(0),
+                kept["forkLsn"].as_str().unwrap_or("unknown"),
+                pgset_spec::contract::POSTGRES_CONTAINER,
+                pod = m.pod,
+            ));
+        }
+    }
+    p
+}
+
 /// A replica further behind the master than `bound` allows (pure): `bytes` sent to it but not
 /// yet replayed, `seconds` of the master's `replay_lag`. Names the bound.
 pub fn lag_problem(
@@ -593,6 +618,7 @@ impl ClusterStatus {
             self.desired,
             &self.cluster,
         ));
+        p.extend(diverged_problems(&self.members, &self.namespace));
         p.extend(image_problems(&self.members));
         // Each warning once.
         let mut seen = std::collections::HashSet::new();

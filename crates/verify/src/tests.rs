@@ -1269,3 +1269,29 @@ fn a_replica_behind_the_bound_is_warned_of_naming_the_bound() {
         screen.warnings
     );
 }
+
+#[test]
+fn a_diverged_copy_an_agent_lists_is_a_warning_with_the_command_that_removes_it() {
+    let spec = ClusterSpec::default();
+    let pods = [
+        pod(0, "2026-01-01T00:00:00Z", true, "master"),
+        pod(1, "2026-01-01T00:00:01Z", true, "replica"),
+    ];
+    let mut lines = crate::status::member_statuses(&spec, &members(&pods), &Ok(Vec::new()));
+    lines[0].agent = Some(json!({"ready": true, "reason": "accepts writes"}));
+    lines[1].agent = Some(json!({"ready": true, "reason": "streaming from the master",
+        "diverged": [{"path": "/data/pgset-1.diverged-20261207T120000Z",
+                      "bytesAfterFork": 4096, "forkLsn": "0/3000060"}]}));
+    let p = crate::status::diverged_problems(&lines, "db");
+    assert_eq!(
+        p,
+        [
+            "pgset-1 wrote 4096 bytes of WAL after the fork at 0/3000060 that the cluster does not \
+          have; they are kept in /data/pgset-1.diverged-20261207T120000Z: look at them, then \
+          remove it with `kubectl exec -n db pgset-1 -c postgres -- rm -r \
+          /data/pgset-1.diverged-20261207T120000Z`"
+        ]
+    );
+    lines[1].agent = Some(json!({"ready": true}));
+    assert!(crate::status::diverged_problems(&lines, "db").is_empty());
+}
