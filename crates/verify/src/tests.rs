@@ -1277,7 +1277,8 @@ fn a_diverged_copy_an_agent_lists_is_a_warning_with_the_command_that_removes_it(
         pod(0, "2026-01-01T00:00:00Z", true, "master"),
         pod(1, "2026-01-01T00:00:01Z", true, "replica"),
     ];
-    let mut lines = crate::status::member_statuses(&spec, &members(&pods), &Ok(Vec::new()));
+    let mut lines =
+        crate::status::member_statuses(&spec, &members(&pods), "pgset-0", &Ok(Vec::new()));
     lines[0].agent = Some(json!({"ready": true, "reason": "accepts writes"}));
     lines[1].agent = Some(json!({"ready": true, "reason": "streaming from the master",
         "diverged": [{"path": "/data/pgset-1.diverged-20261207T120000Z",
