@@ -11,7 +11,11 @@ use crate::{Error, Result};
 /// Default deadline for a replica waiting on its master.
 pub const DEFAULT_MASTER_WAIT: Duration = Duration::from_secs(600);
 
-/// What a member is, from its ordinal: 0 is the master.
+/// The leader record's lease duration: the role's timings are in proportion to it
+/// ([`crate::leader::LeaderTimings::for_lease`]).
+pub const DEFAULT_LEADER_LEASE: Duration = Duration::from_secs(15);
+
+/// What a member is: the holder of the leader record is the master ([`crate::role`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// Ordinal 0: initdb, accepts writes, keeps slots for the replicas.
@@ -53,7 +57,8 @@ pub struct Settings {
     pub pod_name: String,
     /// The ordinal parsed from the pod name.
     pub ordinal: i32,
-    /// The role from the ordinal.
+    /// The role: from the ordinal when parsed, then from the leader record
+    /// ([`crate::role::apply`]) before anything is prepared.
     pub role: Role,
 }
 
@@ -131,6 +136,12 @@ impl Settings {
         self.env.max_replica_lag.unwrap_or(Duration::from_secs(
             pgset_spec::DEFAULT_MAX_REPLICA_LAG_SECONDS,
         ))
+    }
+
+    /// The leader record's timings ([`DEFAULT_LEADER_LEASE`], the invariant checked).
+    pub fn leader_timings(&self) -> Result<crate::leader::LeaderTimings> {
+        crate::leader::LeaderTimings::for_lease(DEFAULT_LEADER_LEASE)
+            .map_err(|e| Error::Failed(e.to_string()))
     }
 
     /// Where a refusal or fatal error is written before the agent exits.

@@ -12,12 +12,13 @@ use nix::unistd::Pid;
 use pgset_spec::contract::{AgentMode, MemberPhase, read_members};
 use serde_json::{Map, Value, json};
 use tokio::signal::unix::Signal as SignalStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::fence::Fence;
 use crate::follow::{self, Follow};
 use crate::health::{self, Health, Phase, ReplayLag, ReplayWatch};
 use crate::kube_api::PodApi;
+use crate::leader::StopEscalation;
 use crate::pg::{self, Db, OwnState, lsn_text};
 use crate::pgbin::PgBin;
 use crate::render;
@@ -74,7 +75,10 @@ enum Event {
     Exited(i32),
 }
 
-/// Runs postgres until it exits, a shutdown signal is handled, or a re-clone is needed.
+/// Runs postgres until it exits, a shutdown signal is handled, or a re-clone is needed. A master
+/// passes `leader_lost`, which says why the role is given up (the holder's renewals ended): then,
+/// as for a shutdown signal or a lost member fence, readiness goes off at once and postgres is
+/// stopped on the fixed deadlines of [`StopEscalation`].
 pub async fn supervise(
     s: &Settings,
     bin: &PgBin,
@@ -82,7 +86,9 @@ pub async fn supervise(
     api: Option<&PodApi>,
     signals: &mut ShutdownSignals,
     fence: &Fence,
+    leader_lost: Option<oneshot::Receiver<String>>,
 ) -> Result<Outcome> {
+    let escalation = s.leader_timings()?.stop();
     let postgres = bin.command("postgres").arg("-D").arg(s.pgdata());
     let reader = postgres.start_reader()?;
     let pid = *reader.pids().first().ok_or_else(|| pgset_command::Error {
@@ -98,28 +104,45 @@ pub async fn supervise(
     let monitor =
         tokio::spawn(Monitor::new(s.clone(), health.clone(), api.cloned(), pid as i32, tx).run());
     let postmaster = Pid::from_raw(pid as i32);
+    let mut stop = Stop::new(postmaster, escalation);
     let mut stopping = false;
     let mut reclone: Option<(String, i64)> = None;
     let mut fence_lost: Option<String> = None;
+    let mut role_lost: Option<String> = None;
+    let has_leader = leader_lost.is_some();
+    let mut leader_lost = leader_lost;
     let code = loop {
         tokio::select! {
             reason = fence.lost(), if fence_lost.is_none() => {
                 crate::warn!(
-                    "the member's write fence is lost ({reason}): fast shutdown of postgres now, \
+                    "the member's write fence is lost ({reason}): stopping postgres now, \
                      before another pod may take the data directory"
                 );
                 health.stopping(Phase::Stopping, "write fence lost");
-                let _ = kill(postmaster, Signal::SIGINT);
+                stop.begin();
                 fence_lost = Some(reason);
+            }
+            reason = async { leader_lost.as_mut().expect("guarded").await }, if has_leader && leader_lost.is_some() => {
+                leader_lost = None;
+                // A dropped sender (the renewals ended without a word) gives the role up too.
+                let reason = reason.unwrap_or_else(|_| "the leader record's renewals ended".into());
+                crate::warn!(
+                    "giving the master role up: {reason}; readiness off and postgres stopped \
+                     before another member may take the record"
+                );
+                health.stopping(Phase::Stopping, "master role given up");
+                stop.begin();
+                role_lost = Some(reason);
             }
             _ = signals.recv() => {
                 if !stopping {
                     crate::info!("shutdown requested: fast shutdown of postgres (pid {pid})");
                     stopping = true;
                     health.stopping(Phase::Stopping, "shutting down");
-                    let _ = kill(postmaster, Signal::SIGINT);
+                    stop.begin();
                 }
             }
+            _ = stop.next_deadline() => stop.escalate(),
             ev = rx.recv() => match ev {
                 Some(Event::Reclone { reason, needed_bytes }) => {
                     if s.role == Role::Replica && !stopping && reclone.is_none() {
@@ -129,7 +152,7 @@ pub async fn supervise(
                             s.previous_dir().display()
                         );
                         health.stopping(Phase::Stopping, "stopping to copy the master again");
-                        let _ = kill(postmaster, Signal::SIGINT);
+                        stop.begin();
                         reclone = Some((reason, needed_bytes));
                     }
                 }
@@ -141,7 +164,14 @@ pub async fn supervise(
     monitor.abort();
     health.stopping(Phase::Exited, "postgres exited");
     crate::info!("postgres exited with code {code}");
+    if let Some(started) = stop.started {
+        crate::info!(
+            "postgres stopped {} ms after the stop began",
+            started.elapsed().as_millis()
+        );
+    }
     if fence_lost.is_none()
+        && role_lost.is_none()
         && (stopping || reclone.is_none())
         && let Some(path) = s.termination_log()
     {
@@ -153,6 +183,11 @@ pub async fn supervise(
             problem: format!("postgres was stopped because the write fence was lost: {reason}"),
         });
     }
+    if let Some(reason) = role_lost {
+        return Err(Error::Failed(format!(
+            "the master role was given up and postgres stopped: {reason}"
+        )));
+    }
     Ok(match reclone {
         Some((reason, needed_bytes)) if !stopping => Outcome::Reclone {
             reason,
@@ -160,6 +195,84 @@ pub async fn supervise(
         },
         _ => Outcome::Exited(code),
     })
+}
+
+/// Stopping postgres on fixed deadlines, whatever state it is in: a fast shutdown (SIGINT),
+/// after [`StopEscalation::fast`] an immediate one (SIGQUIT), after
+/// [`StopEscalation::immediate`] SIGKILL of the postmaster and every child of it (a stopped
+/// postmaster cannot pass a signal on, and its backends would still commit). Every shutdown the
+/// agent performs goes through it.
+struct Stop {
+    postmaster: Pid,
+    escalation: StopEscalation,
+    started: Option<tokio::time::Instant>,
+    /// Signals sent so far: 1 fast, 2 immediate, 3 killed.
+    stage: u8,
+    next: Option<tokio::time::Instant>,
+}
+
+impl Stop {
+    fn new(postmaster: Pid, escalation: StopEscalation) -> Stop {
+        Stop {
+            postmaster,
+            escalation,
+            started: None,
+            stage: 0,
+            next: None,
+        }
+    }
+
+    /// Starts the stop (once; a second request changes nothing).
+    fn begin(&mut self) {
+        if self.stage > 0 {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        self.started = Some(now);
+        self.stage = 1;
+        let _ = kill(self.postmaster, Signal::SIGINT);
+        self.next = Some(now + self.escalation.fast);
+    }
+
+    /// Resolves at the next escalation's deadline; never while none is due.
+    async fn next_deadline(&self) {
+        match self.next {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn escalate(&mut self) {
+        let now = tokio::time::Instant::now();
+        match self.stage {
+            1 => {
+                crate::warn!(
+                    "postgres did not stop within the fast shutdown's {} ms: immediate shutdown",
+                    self.escalation.fast.as_millis()
+                );
+                let _ = kill(self.postmaster, Signal::SIGQUIT);
+                self.stage = 2;
+                self.next = Some(now + self.escalation.immediate);
+            }
+            2 => {
+                let children = children_of(self.postmaster.as_raw());
+                crate::warn!(
+                    "postgres did not stop within the immediate shutdown's {} ms: SIGKILL to the \
+                     postmaster (pid {}) and its {} children",
+                    self.escalation.immediate.as_millis(),
+                    self.postmaster,
+                    children.len()
+                );
+                let _ = kill(self.postmaster, Signal::SIGKILL);
+                for child in children {
+                    let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
+                }
+                self.stage = 3;
+                self.next = None;
+            }
+            _ => self.next = None,
+        }
+    }
 }
 
 /// The member's last word when postgres ended: asked to stop, or on its own (a crash, a kill).
