@@ -159,7 +159,7 @@ pub fn apply(s: &Settings, decision: &Decision) -> Settings {
         && let Some(k) = decision.master.as_deref().and_then(pgset_spec::ordinal_of)
         && let Some(port) = u16::try_from(k)
             .ok()
-            .and_then(|k| s.env.master_port.checked_add(k))
+            .and_then(|k| s.base_master_port.checked_add(k))
     {
         out.env.master_port = port;
     }
@@ -227,9 +227,12 @@ pub async fn claim(s: &Settings, store: &RoleStore, timeline: u32) -> Result<Wri
 /// A frozen or dead postmaster answers neither within `timeout`.
 pub async fn postgres_answers(s: &Settings, timeout: Duration) -> (bool, Option<u32>) {
     match Db::local(s, timeout).await {
-        Ok(db) => match tokio::time::timeout(timeout, pg::own_state(&db)).await {
-            Ok(Ok(own)) if !own.in_recovery => (true, u32::try_from(own.timeline).ok()),
-            Ok(Ok(_)) => (true, None),
+        Ok(db) => match tokio::time::timeout(timeout, db.row(OWN_TIMELINE_SQL, &[])).await {
+            Ok(Ok(r)) => (
+                true,
+                r.get::<_, Option<i64>>(0)
+                    .and_then(|t| u32::try_from(t).ok()),
+            ),
             _ => (false, None),
         },
         Err(e) => (pg::cannot_connect_now(&e), None),
@@ -289,6 +292,389 @@ pub async fn keep(s: Settings, store: RoleStore, mut held: Written, lost: onesho
     }
 }
 
+/// What a replica's contender tells the supervisor.
+#[derive(Debug)]
+pub enum Turn {
+    /// This member took the record and was promoted: it is the master now, holding `held`.
+    Promoted {
+        /// The record as this member last wrote it.
+        held: Written,
+        /// The settings of the member as master.
+        settings: Box<Settings>,
+    },
+    /// The record names another master: the replica follows it now (its `primary_conninfo`
+    /// rewritten and reloaded).
+    Repoint(Box<Settings>),
+}
+
+/// What a replica knows of its own WAL receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Streamed {
+    /// When it was last seen streaming from the holder.
+    at: Instant,
+    /// The timeline it received.
+    timeline: u32,
+    /// `latest_end_lsn - flushed_lsn` then: WAL the master had that this replica did not.
+    unknown_lag: u64,
+}
+
+/// A replica's own state for the contest, in one statement.
+#[derive(Debug, Clone, Default)]
+struct ReplicaState {
+    in_recovery: bool,
+    receiver_status: Option<String>,
+    sender_port: Option<i32>,
+    received_tli: Option<i64>,
+    unknown_lag: Option<i64>,
+    receive_lsn: Option<i64>,
+}
+
+async fn replica_state(db: &Db) -> Result<ReplicaState> {
+    let r = db
+        .row(
+            "SELECT pg_is_in_recovery(),
+                    (SELECT status FROM pg_stat_wal_receiver),
+                    (SELECT sender_port FROM pg_stat_wal_receiver),
+                    (SELECT received_tli FROM pg_stat_wal_receiver)::bigint,
+                    (SELECT pg_wal_lsn_diff(latest_end_lsn, flushed_lsn)
+                       FROM pg_stat_wal_receiver)::bigint,
+                    pg_wal_lsn_diff(pg_last_wal_receive_lsn(), '0/0')::bigint",
+            &[],
+        )
+        .await?;
+    Ok(ReplicaState {
+        in_recovery: r.get(0),
+        receiver_status: r.get(1),
+        sender_port: r.get(2),
+        received_tli: r.get(3),
+        unknown_lag: r.get(4),
+        receive_lsn: r.get(5),
+    })
+}
+
+/// The port a local member listens on.
+fn member_port(s: &Settings, member: &str) -> Option<u16> {
+    let k = u16::try_from(pgset_spec::ordinal_of(member)?).ok()?;
+    s.base_master_port.checked_add(k)
+}
+
+/// `X/Y` as PostgreSQL prints an LSN.
+fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// Whether `mine` (this member's received LSN, ordinal `me`) may be promoted over a peer that
+/// received `theirs` at ordinal `them`: none may be ahead, and of equals the lower ordinal goes.
+pub fn ahead_or_first(mine: u64, me: i32, theirs: u64, them: i32) -> bool {
+    mine > theirs || (mine == theirs && me < them)
+}
+
+/// The local mode's pause switch: `<data root>/<cluster>.leader.paused`.
+fn paused(s: &Settings) -> bool {
+    s.env
+        .data_root
+        .join(format!(
+            "{}.{}.paused",
+            s.env.cluster,
+            pgset_spec::contract::LEADER_SUFFIX
+        ))
+        .exists()
+}
+
+/// The other members a contender compares itself with (local mode: the membership file).
+fn peers(s: &Settings) -> Vec<String> {
+    let mut members: Vec<String> = s
+        .env
+        .members_file
+        .as_deref()
+        .and_then(pgset_spec::contract::read_members)
+        .map(|m| m.into_iter().collect())
+        .unwrap_or_default();
+    members.retain(|m| *m != s.pod_name);
+    members.sort();
+    members
+}
+
+/// Why a peer makes this member not the one to promote, or `None`.
+async fn peer_objection(s: &Settings, mine: u64, peer: &str) -> Option<String> {
+    let own = s.env.health_addr?;
+    let port = member_port(s, peer)?.checked_add(own.port().checked_sub(s.env.port)?)?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let (code, body) = crate::health::get(addr, pgset_spec::contract::HEALTH_STATUS_PATH).await?;
+    if code != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    if v["member"].as_str() != Some(peer) {
+        return None;
+    }
+    let pgv = &v["postgres"];
+    if pgv["inRecovery"].as_bool() == Some(false) {
+        return Some(format!("{peer} runs as a master"));
+    }
+    let theirs = pgv["receiveLsn"].as_str().and_then(parse_lsn)?;
+    let them = pgset_spec::ordinal_of(peer)?;
+    (!ahead_or_first(mine, s.ordinal, theirs, them)).then(|| {
+        format!(
+            "{peer} received up to {} and this member up to {}",
+            pg::lsn_text(theirs as i64),
+            pg::lsn_text(mine as i64)
+        )
+    })
+}
+
+/// A replica's part in failover (local mode), every `renew_every`: it notes when its WAL
+/// receiver streamed from the holder; it follows a new holder; and when the record expired on
+/// its own clock (or was released) while failover is on and not paused, and it streamed from
+/// that holder within the lease duration (+ one renewal), on its timeline, within
+/// `maximumLagOnFailover`, and no reachable member received more (ties: the lower ordinal), it
+/// takes the record (compare-and-swap), promotes postgres and renews with the new timeline.
+pub async fn contend(
+    s: Settings,
+    store: RoleStore,
+    turns: tokio::sync::mpsc::UnboundedSender<Turn>,
+) {
+    let timings = *store.timings();
+    let mut s = s;
+    let mut observer = Observer::new();
+    let mut streamed: Option<Streamed> = None;
+    let mut said = String::new();
+    let mut say = |text: String| {
+        if text != said {
+            crate::info!("{text}");
+            said = text;
+        }
+    };
+    loop {
+        tokio::time::sleep(timings.renew_every()).await;
+        let Ok(db) = Db::local(&s, pg::DEADLINE).await else {
+            continue;
+        };
+        let Ok(own) = replica_state(&db).await else {
+            continue;
+        };
+        if !own.in_recovery {
+            continue;
+        }
+        let record = match store.read().await {
+            Ok(Some(r)) => r,
+            // An unreadable or missing record is never free.
+            Ok(None) | Err(_) => continue,
+        };
+        let seen = Instant::now();
+        observer.observe(&record, seen);
+        if let Some(h) = &record.holder
+            && h.member != s.pod_name
+            && member_port(&s, &h.member) != Some(s.env.master_port)
+        {
+            let next = apply(&s, &decide(&s, Some(&record)));
+            match repoint(&db, &next).await {
+                Ok(()) => {
+                    crate::info!(
+                        "the leader record names {} the master: following it on port {}",
+                        h.member,
+                        next.env.master_port
+                    );
+                    s = next;
+                    streamed = None;
+                    let _ = turns.send(Turn::Repoint(Box::new(s.clone())));
+                }
+                Err(e) => crate::warn!("re-pointing to {}: {e}", h.member),
+            }
+            continue;
+        }
+        let from_holder = own.receiver_status.as_deref() == Some("streaming")
+            && own.sender_port.and_then(|p| u16::try_from(p).ok()) == Some(s.env.master_port);
+        if from_holder {
+            streamed = Some(Streamed {
+                at: seen,
+                timeline: own
+                    .received_tli
+                    .and_then(|t| u32::try_from(t).ok())
+                    .unwrap_or(0),
+                unknown_lag: own.unknown_lag.unwrap_or(0).max(0) as u64,
+            });
+        }
+        let free = record.holder.is_none() || observer.expired(&record, seen);
+        if !free {
+            continue;
+        }
+        let holder = record
+            .holder
+            .as_ref()
+            .map(|h| h.member.clone())
+            .unwrap_or_else(|| "nobody".into());
+        if !s.failover() {
+            say(format!(
+                "the leader record of {holder} expired; automatic failover is off ({}=false):                  no promotion",
+                pgset_spec::contract::env::FAILOVER
+            ));
+            continue;
+        }
+        if paused(&s) {
+            say(format!(
+                "the leader record of {holder} expired; failover is paused: no promotion"
+            ));
+            continue;
+        }
+        let recent = timings.lease_duration() + timings.renew_every();
+        let Some(st) = streamed.filter(|st| seen.saturating_duration_since(st.at) <= recent) else {
+            say(format!(
+                "the leader record of {holder} expired, but this member did not stream from it                  within {} ms: not eligible",
+                recent.as_millis()
+            ));
+            continue;
+        };
+        if st.timeline != record.timeline {
+            say(format!(
+                "the leader record of {holder} names timeline {} but this member received                  timeline {}: not eligible",
+                record.timeline, st.timeline
+            ));
+            continue;
+        }
+        if st.unknown_lag > s.maximum_lag_on_failover() {
+            say(format!(
+                "this member was {} bytes behind what {holder} last reported (limit {}): not                  eligible",
+                st.unknown_lag,
+                s.maximum_lag_on_failover()
+            ));
+            continue;
+        }
+        let mine = own.receive_lsn.unwrap_or(0).max(0) as u64;
+        let mut objection = None;
+        for peer in peers(&s) {
+            if Some(&peer) == record.holder.as_ref().map(|h| &h.member) {
+                continue;
+            }
+            if let Some(o) = peer_objection(&s, mine, &peer).await {
+                objection = Some(o);
+                break;
+            }
+        }
+        if let Some(o) = objection {
+            say(format!(
+                "the leader record of {holder} expired; another member goes first ({o})"
+            ));
+            continue;
+        }
+        crate::info!(
+            "the leader record of {holder} expired on this member's clock; taking it (received              up to {}, timeline {})",
+            pg::lsn_text(mine as i64),
+            record.timeline
+        );
+        let written = match store
+            .acquire(record.timeline, IfAbsent::Wait, &mut observer)
+            .await
+        {
+            Ok(Claim::Taken(w)) => w,
+            Ok(other) => {
+                crate::info!("the leader record was not taken: {other:?}");
+                continue;
+            }
+            Err(e) => {
+                crate::warn!("taking the leader record: {e}");
+                continue;
+            }
+        };
+        match promote(&s, &store, &db, written).await {
+            Ok((held, settings)) => {
+                let _ = turns.send(Turn::Promoted {
+                    held,
+                    settings: Box::new(settings),
+                });
+                return;
+            }
+            Err(e) => {
+                crate::warn!("promotion failed after taking the leader record: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// Rewrites the managed configuration for `next`'s master and reloads it (PostgreSQL 13+
+/// reloads `primary_conninfo` and restarts its WAL receiver).
+async fn repoint(db: &Db, next: &Settings) -> Result<()> {
+    let s2 = next.clone();
+    tokio::task::spawn_blocking(move || crate::bootstrap::write_managed_files(&s2))
+        .await
+        .map_err(|e| Error::Failed(format!("writing the configuration: {e}")))??;
+    db.execute_batch("SELECT pg_reload_conf()").await
+}
+
+/// The current timeline of a master: the first part of its current WAL file's name.
+const TIMELINE_SQL: &str =
+    "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int::bigint";
+
+/// The timeline of a master, none in recovery (no current WAL position then).
+const OWN_TIMELINE_SQL: &str = "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE \
+     ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int::bigint END";
+
+/// Promotes this member's postgres once the record is its own, and renews the record with the
+/// new timeline. On a failure the record is released: this member never accepted a write.
+async fn promote(
+    s: &Settings,
+    store: &RoleStore,
+    db: &Db,
+    written: Written,
+) -> Result<(Written, Settings)> {
+    let timings = *store.timings();
+    let promoted = async {
+        db.execute_batch("SELECT pg_promote(false)").await?;
+        loop {
+            let r = db.row("SELECT pg_is_in_recovery()", &[]).await?;
+            if !r.get::<_, bool>(0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let tl: i64 = db.row(TIMELINE_SQL, &[]).await?.get(0);
+        Ok::<u32, Error>(u32::try_from(tl).unwrap_or(0))
+    };
+    let left = written
+        .give_up_at(&timings)
+        .saturating_duration_since(Instant::now());
+    let timeline = match tokio::time::timeout(left, promoted).await {
+        Ok(Ok(tl)) => tl,
+        Ok(Err(e)) => {
+            let _ = store.release(&written.record).await;
+            return Err(e);
+        }
+        Err(_) => {
+            let _ = store.release(&written.record).await;
+            return Err(Error::Failed(
+                "postgres was not promoted before the renew deadline".into(),
+            ));
+        }
+    };
+    let held = match store.renew(&written.record, timeline).await {
+        Ok(HolderWrite::Done(w)) => w,
+        Ok(HolderWrite::NotHolder(_)) => {
+            return Err(Error::Failed(
+                "the leader record names another member right after the promotion".into(),
+            ));
+        }
+        // The keeper renews again before the deadline of the first write.
+        Err(_) => written,
+    };
+    let mut master = s.clone();
+    master.role = Role::Master;
+    let m2 = master.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || crate::bootstrap::write_managed_files(&m2))
+        .await
+        .map_err(|e| Error::Failed(e.to_string()))
+        .and_then(|r| r)
+    {
+        crate::warn!("writing the master's configuration after the promotion: {e}");
+    }
+    crate::info!(
+        "promoted: this member is the master on timeline {}",
+        held.record.timeline
+    );
+    Ok((held, master))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,6 +725,16 @@ mod tests {
         let released = held_by(None);
         assert_eq!(decide(&zero, Some(&released)).role, Role::Master);
         assert_eq!(decide(&two, Some(&released)).role, Role::Replica);
+    }
+
+    #[test]
+    fn the_most_advanced_goes_first_and_of_equals_the_lower_ordinal() {
+        assert!(ahead_or_first(10, 2, 9, 1));
+        assert!(!ahead_or_first(9, 1, 10, 2));
+        assert!(ahead_or_first(10, 1, 10, 2));
+        assert!(!ahead_or_first(10, 2, 10, 1));
+        assert_eq!(parse_lsn("1/3000028"), Some(0x1_0300_0028));
+        assert_eq!(parse_lsn("x"), None);
     }
 
     #[test]

@@ -296,7 +296,17 @@ async fn member_loop(
             )));
             leader_lost = Some(rx);
         }
-        let outcome = supervise(s, bin, health, api, signals, fence, leader_lost).await;
+        let outcome = supervise(
+            s,
+            bin,
+            health,
+            api,
+            signals,
+            fence,
+            leader_lost,
+            &lead.store,
+        )
+        .await;
         // Stopped renewing; the record is not released, so a restart of this member takes it
         // again at once and otherwise it expires for a replica after its lease duration.
         if let Some(k) = keeper {

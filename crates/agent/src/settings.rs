@@ -60,6 +60,9 @@ pub struct Settings {
     /// The role: from the ordinal when parsed, then from the leader record
     /// ([`crate::role::apply`]) before anything is prepared.
     pub role: Role,
+    /// The master port as the contract gave it: in local mode member 0's port, from which
+    /// member k's is counted (k more).
+    pub base_master_port: u16,
 }
 
 impl Settings {
@@ -86,6 +89,7 @@ impl Settings {
             problem: format!("`{pod_name}` does not end in a numeric ordinal"),
         })?;
         Ok(Settings {
+            base_master_port: env.master_port,
             env,
             pod_name,
             ordinal,
@@ -142,6 +146,19 @@ impl Settings {
     pub fn leader_timings(&self) -> Result<crate::leader::LeaderTimings> {
         crate::leader::LeaderTimings::for_lease(DEFAULT_LEADER_LEASE)
             .map_err(|e| Error::Failed(e.to_string()))
+    }
+
+    /// Whether a replica takes the master role when the master stops renewing the record
+    /// (on unless [`contract::env::FAILOVER`] says `false`).
+    pub fn failover(&self) -> bool {
+        self.env.failover.unwrap_or(true)
+    }
+
+    /// How far behind what its master last reported a replica may be and still be promoted.
+    pub fn maximum_lag_on_failover(&self) -> u64 {
+        self.env
+            .maximum_lag_on_failover
+            .unwrap_or(pgset_spec::DEFAULT_MAXIMUM_LAG_ON_FAILOVER)
     }
 
     /// Where a refusal or fatal error is written before the agent exits.

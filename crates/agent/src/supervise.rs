@@ -12,7 +12,7 @@ use nix::unistd::Pid;
 use pgset_spec::contract::{AgentMode, MemberPhase, read_members};
 use serde_json::{Map, Value, json};
 use tokio::signal::unix::Signal as SignalStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::fence::Fence;
 use crate::follow::{self, Follow};
@@ -22,6 +22,7 @@ use crate::leader::StopEscalation;
 use crate::pg::{self, Db, OwnState, lsn_text};
 use crate::pgbin::PgBin;
 use crate::render;
+use crate::role::{self, RoleStore, Turn};
 use crate::settings::{Role, Settings, member_of_slot};
 use crate::{Error, Result};
 
@@ -78,7 +79,9 @@ enum Event {
 /// Runs postgres until it exits, a shutdown signal is handled, or a re-clone is needed. A master
 /// passes `leader_lost`, which says why the role is given up (the holder's renewals ended): then,
 /// as for a shutdown signal or a lost member fence, readiness goes off at once and postgres is
-/// stopped on the fixed deadlines of [`StopEscalation`].
+/// stopped on the fixed deadlines of [`StopEscalation`]. A local replica contends for the
+/// record through `store` ([`role::contend`]) and, promoted, renews it as the master.
+#[allow(clippy::too_many_arguments)]
 pub async fn supervise(
     s: &Settings,
     bin: &PgBin,
@@ -87,6 +90,7 @@ pub async fn supervise(
     signals: &mut ShutdownSignals,
     fence: &Fence,
     leader_lost: Option<oneshot::Receiver<String>>,
+    store: &RoleStore,
 ) -> Result<Outcome> {
     let escalation = s.leader_timings()?.stop();
     let postgres = bin.command("postgres").arg("-D").arg(s.pgdata());
@@ -101,15 +105,31 @@ pub async fn supervise(
     let log_tx = tx.clone();
     std::thread::spawn(move || forward_log(reader, log_tx));
 
-    let monitor =
-        tokio::spawn(Monitor::new(s.clone(), health.clone(), api.cloned(), pid as i32, tx).run());
+    let (settings_tx, settings_rx) = watch::channel(s.clone());
+    let monitor = tokio::spawn(
+        Monitor::new(
+            s.clone(),
+            settings_rx,
+            health.clone(),
+            api.cloned(),
+            pid as i32,
+            tx,
+        )
+        .run(),
+    );
+    // A local replica contends for the record when its holder stops renewing it.
+    let (turn_tx, mut turns) = mpsc::unbounded_channel();
+    let contender = (s.role == Role::Replica && s.env.mode == AgentMode::Local)
+        .then(|| tokio::spawn(role::contend(s.clone(), store.clone(), turn_tx)));
+    let mut keeper = None;
+    let mut current = s.clone();
     let postmaster = Pid::from_raw(pid as i32);
     let mut stop = Stop::new(postmaster, escalation);
     let mut stopping = false;
     let mut reclone: Option<(String, i64)> = None;
     let mut fence_lost: Option<String> = None;
     let mut role_lost: Option<String> = None;
-    let has_leader = leader_lost.is_some();
+    let mut has_leader = leader_lost.is_some();
     let mut leader_lost = leader_lost;
     let code = loop {
         tokio::select! {
@@ -143,9 +163,28 @@ pub async fn supervise(
                 }
             }
             _ = stop.next_deadline() => stop.escalate(),
+            Some(turn) = turns.recv() => match turn {
+                Turn::Promoted { held, settings } => {
+                    let (lost_tx, lost_rx) = oneshot::channel();
+                    keeper = Some(tokio::spawn(role::keep(
+                        (*settings).clone(),
+                        store.clone(),
+                        held,
+                        lost_tx,
+                    )));
+                    leader_lost = Some(lost_rx);
+                    has_leader = true;
+                    current = *settings;
+                    let _ = settings_tx.send(current.clone());
+                }
+                Turn::Repoint(settings) => {
+                    current = *settings;
+                    let _ = settings_tx.send(current.clone());
+                }
+            },
             ev = rx.recv() => match ev {
                 Some(Event::Reclone { reason, needed_bytes }) => {
-                    if s.role == Role::Replica && !stopping && reclone.is_none() {
+                    if current.role == Role::Replica && !stopping && reclone.is_none() {
                         crate::warn!(
                             "{reason}; stopping postgres to copy the master again (this member's \
                              data is kept aside as {})",
@@ -162,6 +201,9 @@ pub async fn supervise(
         }
     };
     monitor.abort();
+    for task in [contender, keeper].into_iter().flatten() {
+        task.abort();
+    }
     health.stopping(Phase::Exited, "postgres exited");
     crate::info!("postgres exited with code {code}");
     if let Some(started) = stop.started {
@@ -498,6 +540,8 @@ const RECEIVER_STUCK_AFTER: Duration = Duration::from_secs(3);
 
 struct Monitor {
     s: Settings,
+    /// The settings as the role changes them (a promotion, a new master to follow).
+    settings: watch::Receiver<Settings>,
     health: Arc<Health>,
     api: Option<PodApi>,
     postmaster: i32,
@@ -530,6 +574,7 @@ struct Monitor {
 impl Monitor {
     fn new(
         s: Settings,
+        settings: watch::Receiver<Settings>,
         health: Arc<Health>,
         api: Option<PodApi>,
         postmaster: i32,
@@ -540,6 +585,7 @@ impl Monitor {
             labelled: api.is_none(),
             served: false,
             s,
+            settings,
             health,
             api,
             postmaster,
@@ -590,6 +636,20 @@ impl Monitor {
 
     /// One round: returns how long to wait before the next.
     async fn tick(&mut self) -> Duration {
+        if self.settings.has_changed().unwrap_or(false) {
+            let next = self.settings.borrow_and_update().clone();
+            if next.role != self.s.role {
+                // A promoted member labels its pod and sets up its role anew.
+                self.labelled = self.api.is_none();
+                self.role_ready = false;
+                self.served = false;
+                self.lag = None;
+            }
+            self.not_streaming_since = None;
+            self.master_checked = None;
+            self.follow_problem = None;
+            self.s = next;
+        }
         // While postgres starts up (reaching consistency) it refuses connections; its pid file
         // says so without a connection (and without a FATAL line).
         match postmaster_status(&self.s.pgdata()) {

@@ -103,6 +103,11 @@ pub struct UpOptions {
     /// PGSET_MAX_REPLICA_LAG_BYTES and PGSET_MAX_REPLICA_LAG_SECONDS: the replicas' readiness
     /// bound (the spec's default unless set).
     pub max_replica_lag: pgset_spec::LagBound,
+    /// PGSET_FAILOVER (written only when off): a replica takes the master role when the
+    /// master stops renewing the leader record.
+    pub failover: bool,
+    /// PGSET_MAXIMUM_LAG_ON_FAILOVER: how far behind a replica may be and still be promoted.
+    pub maximum_lag_on_failover: u64,
 }
 
 impl UpOptions {
@@ -127,6 +132,8 @@ impl UpOptions {
             adopt_unmarked: false,
             liveness_timeout: None,
             max_replica_lag: pgset_spec::LagBound::default(),
+            failover: true,
+            maximum_lag_on_failover: pgset_spec::DEFAULT_MAXIMUM_LAG_ON_FAILOVER,
         }
     }
 }
@@ -364,6 +371,8 @@ pub fn member_contract(opts: &UpOptions, set: &LocalSet, k: i32) -> AgentEnv {
         allow_reinit: opts.allow_reinit,
         termination_log: Some(termination_log(&opts.dir, &set.member(k))),
         liveness_timeout: opts.liveness_timeout,
+        failover: (!opts.failover).then_some(false),
+        maximum_lag_on_failover: Some(opts.maximum_lag_on_failover),
         max_replica_lag_bytes: Some(opts.max_replica_lag.bytes),
         max_replica_lag: Some(Duration::from_secs(opts.max_replica_lag.seconds)),
     }
