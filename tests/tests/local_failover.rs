@@ -473,6 +473,33 @@ async fn fails_over(port: u16, fault: Fault) {
             t.log(0)
         );
     }
+
+    // Local status names the holder; `local up` keeps the master where it moved.
+    let seen: Vec<(String, String)> = local::status(t.dir())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.name, m.role))
+        .collect();
+    for (name, role) in &seen {
+        let k = pgset_spec::ordinal_of(name).unwrap();
+        let want = if k == new_master { "master" } else { "replica" };
+        assert_eq!(role, want, "{seen:?}");
+    }
+    if fault == Fault::Kill {
+        let started = Instant::now();
+        local::up(&t.opts).await.expect("the set is whole again");
+        println!(
+            "the old master rejoined as a replica in {} ms",
+            started.elapsed().as_millis()
+        );
+        assert_eq!(
+            leader(t.dir())["holder"]["member"],
+            format!("pgset-{new_master}")
+        );
+        assert_eq!(t.sql(0, "SELECT pg_is_in_recovery()").unwrap(), "t");
+        t.wait_for(0, "SELECT max(n) FROM acked", &max, 120 * SECOND);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

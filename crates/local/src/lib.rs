@@ -16,6 +16,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, Uid, chown};
 use pgset_agent::datadir::{self, write_atomic};
 use pgset_agent::health;
+use pgset_agent::leader::{FileStore, Holder, LeaderStore, LeaderTimings};
 use pgset_agent::privilege::postgres_user;
 use pgset_agent::settings::Role;
 use pgset_command::HostCommand;
@@ -590,7 +591,12 @@ pub async fn up(opts: &UpOptions) -> Result<UpReport> {
             report.stopped.push(set.member(k));
         }
     }
-    for k in 0..opts.replicas {
+    // The record's holder starts first: the others follow it.
+    let master = master_ordinal(&opts.dir, &set).await;
+    let order = std::iter::once(master)
+        .filter(|m| *m < opts.replicas)
+        .chain((0..opts.replicas).filter(|k| *k != master));
+    for k in order {
         let member = set.member(k);
         if agent_pid(&opts.dir, &member).is_some() {
             report.already_running.push(member);
@@ -633,6 +639,7 @@ pub async fn status(dir: &Path) -> Result<Vec<MemberStatus>> {
     ks.sort_unstable();
     ks.dedup();
     let socket_dir = dir.join("run");
+    let master = master_ordinal(dir, &set).await;
     let streaming = match ask_master(dir, &set).await {
         Some(db) => pgset_agent::standbys(&db).await.unwrap_or_default(),
         None => Vec::new(),
@@ -655,14 +662,20 @@ pub async fn status(dir: &Path) -> Result<Vec<MemberStatus>> {
             Some(_) => None,
         };
         out.push(MemberStatus {
-            role: Role::of_ordinal(k).label().to_string(),
+            role: if k == master {
+                Role::Master
+            } else {
+                Role::Replica
+            }
+            .label()
+            .to_string(),
             host: HOST.to_string(),
             port: set.member_port(k),
             socket_dir: socket_dir.clone(),
             pid: datadir::live_postmaster(&data_dir),
             agent_pid,
             member: listed.contains(&name),
-            streaming: (k > 0).then(|| {
+            streaming: (k != master).then(|| {
                 streaming
                     .iter()
                     .any(|s| s.name == name && s.state.as_deref() == Some("streaming"))
@@ -680,12 +693,32 @@ pub async fn status(dir: &Path) -> Result<Vec<MemberStatus>> {
     Ok(out)
 }
 
+/// The member the set's leader record (`<dir>/<name>.leader`) names the master, when it is
+/// readable and names one.
+pub async fn leader_member(dir: &Path, set: &LocalSet) -> Option<String> {
+    let timings = LeaderTimings::for_lease(pgset_agent::settings::DEFAULT_LEADER_LEASE).ok()?;
+    let store = FileStore::new(dir, &set.name, Holder::new("local-status", "-"), timings);
+    store.read().await.ok()??.holder.map(|h| h.member)
+}
+
+/// The master's ordinal: the leader record's holder, else member 0 (a set before its first
+/// start, or one whose record names nobody).
+pub async fn master_ordinal(dir: &Path, set: &LocalSet) -> i32 {
+    leader_member(dir, set)
+        .await
+        .and_then(|m| {
+            let k = pgset_spec::ordinal_of(&m)?;
+            (set.member(k) == m).then_some(k)
+        })
+        .unwrap_or(0)
+}
+
 /// The master of the set in `dir`, asked over its socket as the superuser (`None` when it
 /// does not answer within [`ASK_TIMEOUT`]): the agent's own client, no process started.
 pub async fn ask_master(dir: &Path, set: &LocalSet) -> Option<pgset_agent::Db> {
     pgset_agent::Db::socket(
         &dir.join("run"),
-        set.member_port(0),
+        set.member_port(master_ordinal(dir, set).await),
         "pgset-status",
         ASK_TIMEOUT,
     )
