@@ -2,7 +2,6 @@
 //! claim of the record before postgres runs, and the holder's renewals while postgres answers,
 //! which end (and make the agent stop postgres) at the renew deadline without a good renewal.
 
-use std::future::Future;
 use std::time::Duration;
 
 use pgset_spec::contract::AgentMode;
@@ -25,7 +24,7 @@ pub enum RoleStore {
     /// Local mode: `<data root>/<cluster>.leader`.
     File(FileStore),
     /// Kubernetes: the Lease `<cluster>-leader`.
-    Lease(LeaseStore),
+    Lease(Box<LeaseStore>),
 }
 
 impl RoleStore {
@@ -35,13 +34,13 @@ impl RoleStore {
         match (s.env.mode, api) {
             (AgentMode::Kubernetes, Some(api)) => {
                 let me = Holder::new(&s.pod_name, s.pod_uid().unwrap_or_default());
-                Ok(RoleStore::Lease(LeaseStore::new(
+                Ok(RoleStore::Lease(Box::new(LeaseStore::new(
                     api.client(),
                     s.namespace().unwrap_or("default"),
                     &s.env.cluster,
                     me,
                     timings,
-                )))
+                ))))
             }
             _ => {
                 let me = Holder::new(&s.pod_name, local_instance_id());
@@ -81,36 +80,24 @@ impl LeaderStore for RoleStore {
         }
     }
 
-    fn read(&self) -> impl Future<Output = LeaderResult<Option<LeaderRecord>>> + Send {
-        async move {
-            match self {
-                RoleStore::File(f) => f.read().await,
-                RoleStore::Lease(l) => l.read().await,
-            }
+    async fn read(&self) -> LeaderResult<Option<LeaderRecord>> {
+        match self {
+            RoleStore::File(f) => f.read().await,
+            RoleStore::Lease(l) => l.read().await,
         }
     }
 
-    fn create(
-        &self,
-        record: &LeaderRecord,
-    ) -> impl Future<Output = LeaderResult<Option<LeaderRecord>>> + Send {
-        async move {
-            match self {
-                RoleStore::File(f) => f.create(record).await,
-                RoleStore::Lease(l) => l.create(record).await,
-            }
+    async fn create(&self, record: &LeaderRecord) -> LeaderResult<Option<LeaderRecord>> {
+        match self {
+            RoleStore::File(f) => f.create(record).await,
+            RoleStore::Lease(l) => l.create(record).await,
         }
     }
 
-    fn replace(
-        &self,
-        record: &LeaderRecord,
-    ) -> impl Future<Output = LeaderResult<Option<LeaderRecord>>> + Send {
-        async move {
-            match self {
-                RoleStore::File(f) => f.replace(record).await,
-                RoleStore::Lease(l) => l.replace(record).await,
-            }
+    async fn replace(&self, record: &LeaderRecord) -> LeaderResult<Option<LeaderRecord>> {
+        match self {
+            RoleStore::File(f) => f.replace(record).await,
+            RoleStore::Lease(l) => l.replace(record).await,
         }
     }
 }
