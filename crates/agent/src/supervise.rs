@@ -239,16 +239,20 @@ pub async fn supervise(
     })
 }
 
+/// How long WAL senders may ship what was acknowledged once the backends are killed.
+const SENDERS_DRAIN: Duration = Duration::from_millis(200);
+
 /// Stopping postgres on fixed deadlines, whatever state it is in: a fast shutdown (SIGINT),
 /// after [`StopEscalation::fast`] an immediate one (SIGQUIT), after
-/// [`StopEscalation::immediate`] SIGKILL of the postmaster and every child of it (a stopped
-/// postmaster cannot pass a signal on, and its backends would still commit). Every shutdown the
+/// [`StopEscalation::immediate`] SIGKILL of every child of the postmaster but its WAL senders,
+/// and a moment later (within [`StopEscalation::kill`]) of the postmaster and the WAL senders
+/// (a stopped postmaster cannot pass a signal on, and its backends would still commit). Every shutdown the
 /// agent performs goes through it.
 struct Stop {
     postmaster: Pid,
     escalation: StopEscalation,
     started: Option<tokio::time::Instant>,
-    /// Signals sent so far: 1 fast, 2 immediate, 3 killed.
+    /// Signals sent so far: 1 fast, 2 immediate, 3 backends killed, 4 all killed.
     stage: u8,
     next: Option<tokio::time::Instant>,
 }
@@ -297,19 +301,35 @@ impl Stop {
                 self.next = Some(now + self.escalation.immediate);
             }
             2 => {
+                // The backends first: no commit is acknowledged after this, and the WAL senders
+                // get a moment to ship what was acknowledged before.
                 let children = children_of(self.postmaster.as_raw());
+                let (senders, others): (Vec<i32>, Vec<i32>) = children
+                    .into_iter()
+                    .partition(|pid| is_process_kind(*pid, "walsender"));
                 crate::warn!(
-                    "postgres did not stop within the immediate shutdown's {} ms: SIGKILL to the \
-                     postmaster (pid {}) and its {} children",
+                    "postgres did not stop within the immediate shutdown's {} ms: SIGKILL to its \
+                     {} processes but the WAL senders, then to the postmaster (pid {}) and its {} \
+                     WAL senders",
                     self.escalation.immediate.as_millis(),
+                    others.len(),
                     self.postmaster,
-                    children.len()
+                    senders.len()
                 );
+                for pid in others {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                self.stage = 3;
+                self.next = Some(now + (self.escalation.kill / 4).min(SENDERS_DRAIN));
+            }
+            3 => {
+                crate::warn!("SIGKILL to the postmaster (pid {})", self.postmaster);
+                let children = children_of(self.postmaster.as_raw());
                 let _ = kill(self.postmaster, Signal::SIGKILL);
                 for child in children {
                     let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
                 }
-                self.stage = 3;
+                self.stage = 4;
                 self.next = None;
             }
             _ => self.next = None,
