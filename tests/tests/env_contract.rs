@@ -79,6 +79,7 @@ fn every_variable_local_mode_can_write_is_in_the_contract() {
     opts.liveness_timeout = Some(Duration::from_secs(20));
     opts.allow_reinit = true;
     opts.adopt_unmarked = true;
+    opts.failover = false;
     let mut all = local_names(&opts, &set, 1);
     all.extend(deploy_names(&spec));
     assert_eq!(all, names(env::ALL));

@@ -97,11 +97,13 @@ async fn a_stopped_postmaster_is_not_ready_then_not_live_and_recovers_on_sigcont
     if pg_or_skip("local_health_sigstop").is_none() {
         return;
     }
-    let mut t = TestSet::new(1, 26750);
+    // A replica's postmaster: a frozen master gives its role up and is stopped (see
+    // local_failover), a replica only leaves readiness and liveness until it runs again.
+    let mut t = TestSet::new(2, 26750);
     t.opts.liveness_timeout = Some(8 * SECOND);
     local::up(&t.opts).await.expect("up");
-    assert_eq!(code(&t, 0, HEALTH_READY_PATH).await, Some(200));
-    let postmaster = pgset_agent::datadir::live_postmaster(&t.dir().join("pgset-0")).unwrap();
+    assert_eq!(code(&t, 1, HEALTH_READY_PATH).await, Some(200));
+    let postmaster = pgset_agent::datadir::live_postmaster(&t.dir().join("pgset-1")).unwrap();
     kill(Pid::from_raw(postmaster), Signal::SIGSTOP).unwrap();
     let stopped = Instant::now();
 
@@ -109,10 +111,10 @@ async fn a_stopped_postmaster_is_not_ready_then_not_live_and_recovers_on_sigcont
     let mut not_live_after = None;
     let mut live_at_2s = None;
     while stopped.elapsed() < 30 * SECOND && not_live_after.is_none() {
-        if not_ready_after.is_none() && code(&t, 0, HEALTH_READY_PATH).await == Some(503) {
+        if not_ready_after.is_none() && code(&t, 1, HEALTH_READY_PATH).await == Some(503) {
             not_ready_after = Some(stopped.elapsed());
         }
-        let live = code(&t, 0, HEALTH_LIVE_PATH).await;
+        let live = code(&t, 1, HEALTH_LIVE_PATH).await;
         if live_at_2s.is_none() && stopped.elapsed() >= 2 * SECOND {
             live_at_2s = live;
         }
@@ -137,8 +139,8 @@ async fn a_stopped_postmaster_is_not_ready_then_not_live_and_recovers_on_sigcont
     );
 
     let resumed = Instant::now();
-    while code(&t, 0, HEALTH_READY_PATH).await != Some(200)
-        || code(&t, 0, HEALTH_LIVE_PATH).await != Some(200)
+    while code(&t, 1, HEALTH_READY_PATH).await != Some(200)
+        || code(&t, 1, HEALTH_LIVE_PATH).await != Some(200)
     {
         assert!(
             resumed.elapsed() < 15 * SECOND,
@@ -153,7 +155,10 @@ async fn replicas_serve_reads_while_the_master_is_down_and_stream_again_within_s
     if pg_or_skip("local_health_master_down").is_none() {
         return;
     }
-    let t = TestSet::new(3, 26760);
+    let mut t = TestSet::new(3, 26760);
+    // The master stays down longer than the leader record's lease: with failover on, a replica
+    // would take the role (local_failover); here the replicas keep serving reads.
+    t.opts.failover = false;
     local::up(&t.opts).await.expect("up");
     t.sql(0, "CREATE TABLE t (v int); INSERT INTO t VALUES (1)")
         .unwrap();

@@ -63,6 +63,11 @@ impl PodApi {
         PodApi::from_config(config, namespace, cluster)
     }
 
+    /// The API client (the leader record's Lease is written with it).
+    pub fn client(&self) -> kube::Client {
+        self.leases.clone().into_client()
+    }
+
     /// A client for `config` with the agent's timeouts ([`CONNECT_TIMEOUT`], [`READ_TIMEOUT`],
     /// [`WRITE_TIMEOUT`]): an API server that accepts and never answers costs a call at most
     /// their sum, never the member's fence or a readiness check.

@@ -9,7 +9,8 @@
 //!
 //! The rules follow the member's write fence ([`crate::fence`], client-go's leader election):
 //!
-//! - A contender takes the record only when it is free: released (no holder), already its own,
+//! - A contender takes the record only when it is free: released (no holder), already its own
+//!   member's (another incarnation of it: the caller holds the member's write fence),
 //!   absent (only for the bootstrap candidate, [`IfAbsent::Create`]), or unchanged for the
 //!   record's own lease duration measured on the contender's monotonic clock since it first saw
 //!   that exact version ([`Observer`]). Wall clocks of two hosts are never compared. An
@@ -78,6 +79,12 @@ impl Version {
     /// The version as the backend spells it.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// A version spelled `text` (tests of the record's users).
+    #[cfg(test)]
+    pub(crate) fn for_tests(text: &str) -> Version {
+        Version(text.to_string())
     }
 }
 
@@ -496,8 +503,13 @@ pub trait LeaderStore: Send + Sync {
             };
             let seen_at = Instant::now();
             observer.observe(&current, seen_at);
+            // Held by another incarnation of this member: the member's own write fence, which
+            // the caller holds, proves that incarnation is gone.
             let free = current.holder.is_none()
-                || current.held_by(&me)
+                || current
+                    .holder
+                    .as_ref()
+                    .is_some_and(|h| h.member == me.member)
                 || observer.expired(&current, seen_at);
             if !free {
                 let expires_in = observer

@@ -19,6 +19,7 @@ pub mod phase;
 pub mod privilege;
 pub mod render;
 pub mod rewind;
+pub mod role;
 pub mod run;
 pub mod settings;
 pub(crate) mod supervise;

@@ -16,10 +16,12 @@ use crate::fence::{Fence, FenceOptions, StalePid, StaleSocketLock};
 use crate::health::{self, Health};
 use crate::identity::{self, MemberRef};
 use crate::kube_api::{ClusterRecord, PodApi, RecordData};
+use crate::leader::LeaderStore;
 use crate::pg::{self, Db, MasterView};
 use crate::pgbin::PgBin;
 use crate::privilege;
 use crate::rewind::Rejoin;
+use crate::role::{self, RoleStore};
 use crate::settings::{Role, Settings};
 use crate::supervise::{Outcome, ShutdownSignals, supervise};
 use crate::{Error, Result, meter, phase};
@@ -110,7 +112,35 @@ async fn run_member(
     if let Some(f) = &pid_file {
         datadir::write_atomic(f, format!("{}\n", std::process::id()).as_bytes(), 0o644)?;
     }
-    let result = member_loop(s, bin, me, health, api, &mut signals, &fence).await;
+    // The role comes from the leader record, read under the member fence.
+    let store = RoleStore::of(s, api)?;
+    let record = tokio::select! {
+        r = role::read_record(&store) => r,
+        _ = signals.recv() => {
+            crate::info!("shutdown requested while reading the leader record");
+            return Ok(EXIT_SIGTERM);
+        }
+    };
+    let decision = role::decide(s, record.as_ref());
+    let s = &role::apply(s, &decision);
+    match &decision.master {
+        None => crate::info!(
+            "the leader record {}: this member serves as the master",
+            record
+                .as_ref()
+                .and_then(|r| r.holder.as_ref())
+                .map(|h| format!("names {h}"))
+                .unwrap_or_else(|| "has no holder".into())
+        ),
+        Some(m) => crate::info!(
+            "the leader record names {m} the master: this member is its replica ({}:{})",
+            s.env.master_host,
+            s.env.master_port
+        ),
+    }
+    let timeline = record.as_ref().map(|r| r.timeline).unwrap_or(1).max(1);
+    let lead = Lead { store, timeline };
+    let result = member_loop(s, bin, me, health, api, &mut signals, &fence, &lead).await;
     if let Some(f) = &pid_file {
         let _ = std::fs::remove_file(f);
     }
@@ -122,6 +152,13 @@ async fn run_member(
     result
 }
 
+/// The leader record's store and the timeline it last named.
+struct Lead {
+    store: RoleStore,
+    timeline: u32,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn member_loop(
     s: &Settings,
     bin: &PgBin,
@@ -130,6 +167,7 @@ async fn member_loop(
     api: Option<&PodApi>,
     signals: &mut ShutdownSignals,
     fence: &Fence,
+    lead: &Lead,
 ) -> Result<i32> {
     loop {
         health.preparing(MemberPhase::Checking, "checking the data directory");
@@ -240,7 +278,44 @@ async fn member_loop(
             StaleSocketLock::Absent | StaleSocketLock::Removed(_) | StaleSocketLock::Foreign(_) => {
             }
         }
-        match supervise(s, bin, health, api, signals, fence).await? {
+        // The master takes the record before postgres starts, and renews it while it answers.
+        let mut keeper = None;
+        let mut leader_lost = None;
+        if s.role == Role::Master {
+            let held = role::claim(s, &lead.store, lead.timeline).await?;
+            crate::info!(
+                "holding the leader record (timeline {}, renewed every {} ms, given up {} ms \
+                 after the last good renewal)",
+                held.record.timeline,
+                lead.store.timings().renew_every().as_millis(),
+                lead.store.timings().renew_deadline().as_millis()
+            );
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            keeper = Some(tokio::spawn(role::keep(
+                s.clone(),
+                lead.store.clone(),
+                held,
+                tx,
+            )));
+            leader_lost = Some(rx);
+        }
+        let outcome = supervise(
+            s,
+            bin,
+            health,
+            api,
+            signals,
+            fence,
+            leader_lost,
+            &lead.store,
+        )
+        .await;
+        // Stopped renewing; the record is not released, so a restart of this member takes it
+        // again at once and otherwise it expires for a replica after its lease duration.
+        if let Some(k) = keeper {
+            k.abort();
+        }
+        match outcome? {
             Outcome::Exited(code) => return Ok(code),
             Outcome::Reclone {
                 reason,

@@ -11,7 +11,11 @@ use crate::{Error, Result};
 /// Default deadline for a replica waiting on its master.
 pub const DEFAULT_MASTER_WAIT: Duration = Duration::from_secs(600);
 
-/// What a member is, from its ordinal: 0 is the master.
+/// The leader record's lease duration: the role's timings are in proportion to it
+/// ([`crate::leader::LeaderTimings::for_lease`]).
+pub const DEFAULT_LEADER_LEASE: Duration = Duration::from_secs(15);
+
+/// What a member is: the holder of the leader record is the master ([`crate::role`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// Ordinal 0: initdb, accepts writes, keeps slots for the replicas.
@@ -53,8 +57,12 @@ pub struct Settings {
     pub pod_name: String,
     /// The ordinal parsed from the pod name.
     pub ordinal: i32,
-    /// The role from the ordinal.
+    /// The role: from the ordinal when parsed, then from the leader record
+    /// ([`crate::role::apply`]) before anything is prepared.
     pub role: Role,
+    /// The master port as the contract gave it: in local mode member 0's port, from which
+    /// member k's is counted (k more).
+    pub base_master_port: u16,
 }
 
 impl Settings {
@@ -81,6 +89,7 @@ impl Settings {
             problem: format!("`{pod_name}` does not end in a numeric ordinal"),
         })?;
         Ok(Settings {
+            base_master_port: env.master_port,
             env,
             pod_name,
             ordinal,
@@ -131,6 +140,25 @@ impl Settings {
         self.env.max_replica_lag.unwrap_or(Duration::from_secs(
             pgset_spec::DEFAULT_MAX_REPLICA_LAG_SECONDS,
         ))
+    }
+
+    /// The leader record's timings ([`DEFAULT_LEADER_LEASE`], the invariant checked).
+    pub fn leader_timings(&self) -> Result<crate::leader::LeaderTimings> {
+        crate::leader::LeaderTimings::for_lease(DEFAULT_LEADER_LEASE)
+            .map_err(|e| Error::Failed(e.to_string()))
+    }
+
+    /// Whether a replica takes the master role when the master stops renewing the record
+    /// (on unless [`contract::env::FAILOVER`] says `false`).
+    pub fn failover(&self) -> bool {
+        self.env.failover.unwrap_or(true)
+    }
+
+    /// How far behind what its master last reported a replica may be and still be promoted.
+    pub fn maximum_lag_on_failover(&self) -> u64 {
+        self.env
+            .maximum_lag_on_failover
+            .unwrap_or(pgset_spec::DEFAULT_MAXIMUM_LAG_ON_FAILOVER)
     }
 
     /// Where a refusal or fatal error is written before the agent exits.

@@ -12,15 +12,17 @@ use nix::unistd::Pid;
 use pgset_spec::contract::{AgentMode, MemberPhase, read_members};
 use serde_json::{Map, Value, json};
 use tokio::signal::unix::Signal as SignalStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::fence::Fence;
 use crate::follow::{self, Follow};
 use crate::health::{self, Health, Phase, ReplayLag, ReplayWatch};
 use crate::kube_api::PodApi;
+use crate::leader::StopEscalation;
 use crate::pg::{self, Db, OwnState, lsn_text};
 use crate::pgbin::PgBin;
 use crate::render;
+use crate::role::{self, RoleStore, Turn};
 use crate::settings::{Role, Settings, member_of_slot};
 use crate::{Error, Result};
 
@@ -74,7 +76,12 @@ enum Event {
     Exited(i32),
 }
 
-/// Runs postgres until it exits, a shutdown signal is handled, or a re-clone is needed.
+/// Runs postgres until it exits, a shutdown signal is handled, or a re-clone is needed. A master
+/// passes `leader_lost`, which says why the role is given up (the holder's renewals ended): then,
+/// as for a shutdown signal or a lost member fence, readiness goes off at once and postgres is
+/// stopped on the fixed deadlines of [`StopEscalation`]. A local replica contends for the
+/// record through `store` ([`role::contend`]) and, promoted, renews it as the master.
+#[allow(clippy::too_many_arguments)]
 pub async fn supervise(
     s: &Settings,
     bin: &PgBin,
@@ -82,7 +89,10 @@ pub async fn supervise(
     api: Option<&PodApi>,
     signals: &mut ShutdownSignals,
     fence: &Fence,
+    leader_lost: Option<oneshot::Receiver<String>>,
+    store: &RoleStore,
 ) -> Result<Outcome> {
+    let escalation = s.leader_timings()?.stop();
     let postgres = bin.command("postgres").arg("-D").arg(s.pgdata());
     let reader = postgres.start_reader()?;
     let pid = *reader.pids().first().ok_or_else(|| pgset_command::Error {
@@ -95,34 +105,86 @@ pub async fn supervise(
     let log_tx = tx.clone();
     std::thread::spawn(move || forward_log(reader, log_tx));
 
-    let monitor =
-        tokio::spawn(Monitor::new(s.clone(), health.clone(), api.cloned(), pid as i32, tx).run());
+    let (settings_tx, settings_rx) = watch::channel(s.clone());
+    let monitor = tokio::spawn(
+        Monitor::new(
+            s.clone(),
+            settings_rx,
+            health.clone(),
+            api.cloned(),
+            pid as i32,
+            tx,
+        )
+        .run(),
+    );
+    // A local replica contends for the record when its holder stops renewing it.
+    let (turn_tx, mut turns) = mpsc::unbounded_channel();
+    let contender = (s.role == Role::Replica && s.env.mode == AgentMode::Local)
+        .then(|| tokio::spawn(role::contend(s.clone(), store.clone(), turn_tx)));
+    let mut keeper = None;
+    let mut current = s.clone();
     let postmaster = Pid::from_raw(pid as i32);
+    let mut stop = Stop::new(postmaster, escalation);
     let mut stopping = false;
     let mut reclone: Option<(String, i64)> = None;
     let mut fence_lost: Option<String> = None;
+    let mut role_lost: Option<String> = None;
+    let mut has_leader = leader_lost.is_some();
+    let mut leader_lost = leader_lost;
     let code = loop {
         tokio::select! {
             reason = fence.lost(), if fence_lost.is_none() => {
                 crate::warn!(
-                    "the member's write fence is lost ({reason}): fast shutdown of postgres now, \
+                    "the member's write fence is lost ({reason}): stopping postgres now, \
                      before another pod may take the data directory"
                 );
                 health.stopping(Phase::Stopping, "write fence lost");
-                let _ = kill(postmaster, Signal::SIGINT);
+                stop.begin();
                 fence_lost = Some(reason);
+            }
+            reason = async { leader_lost.as_mut().expect("guarded").await }, if has_leader && leader_lost.is_some() => {
+                leader_lost = None;
+                // A dropped sender (the renewals ended without a word) gives the role up too.
+                let reason = reason.unwrap_or_else(|_| "the leader record's renewals ended".into());
+                crate::warn!(
+                    "giving the master role up: {reason}; readiness off and postgres stopped \
+                     before another member may take the record"
+                );
+                health.stopping(Phase::Stopping, "master role given up");
+                stop.begin();
+                role_lost = Some(reason);
             }
             _ = signals.recv() => {
                 if !stopping {
                     crate::info!("shutdown requested: fast shutdown of postgres (pid {pid})");
                     stopping = true;
                     health.stopping(Phase::Stopping, "shutting down");
-                    let _ = kill(postmaster, Signal::SIGINT);
+                    stop.begin();
                 }
             }
+            _ = stop.next_deadline() => stop.escalate(),
+            Some(turn) = turns.recv() => match turn {
+                Turn::Promoted { held, settings } => {
+                    let (lost_tx, lost_rx) = oneshot::channel();
+                    keeper = Some(tokio::spawn(role::keep(
+                        (*settings).clone(),
+                        store.clone(),
+                        held,
+                        lost_tx,
+                    )));
+                    leader_lost = Some(lost_rx);
+                    has_leader = true;
+                    current = *settings;
+                    let _ = settings_tx.send(current.clone());
+                }
+                Turn::Repoint(settings) => {
+                    current = *settings;
+                    let _ = settings_tx.send(current.clone());
+                }
+            },
             ev = rx.recv() => match ev {
                 Some(Event::Reclone { reason, needed_bytes }) => {
-                    if s.role == Role::Replica && !stopping && reclone.is_none() {
+                    if current.role == Role::Replica && !stopping && reclone.is_none() {
                         crate::warn!(
                             "{reason}; stopping postgres to rewind it to the master's history (what \
                              it wrote after the fork kept) or, if it has not diverged or cannot be \
@@ -130,7 +192,7 @@ pub async fn supervise(
                             s.previous_dir().display()
                         );
                         health.stopping(Phase::Stopping, "stopping to rejoin the master");
-                        let _ = kill(postmaster, Signal::SIGINT);
+                        stop.begin();
                         reclone = Some((reason, needed_bytes));
                     }
                 }
@@ -140,9 +202,19 @@ pub async fn supervise(
         }
     };
     monitor.abort();
+    for task in [contender, keeper].into_iter().flatten() {
+        task.abort();
+    }
     health.stopping(Phase::Exited, "postgres exited");
     crate::info!("postgres exited with code {code}");
+    if let Some(started) = stop.started {
+        crate::info!(
+            "postgres stopped {} ms after the stop began",
+            started.elapsed().as_millis()
+        );
+    }
     if fence_lost.is_none()
+        && role_lost.is_none()
         && (stopping || reclone.is_none())
         && let Some(path) = s.termination_log()
     {
@@ -154,6 +226,11 @@ pub async fn supervise(
             problem: format!("postgres was stopped because the write fence was lost: {reason}"),
         });
     }
+    if let Some(reason) = role_lost {
+        return Err(Error::Failed(format!(
+            "the master role was given up and postgres stopped: {reason}"
+        )));
+    }
     Ok(match reclone {
         Some((reason, needed_bytes)) if !stopping => Outcome::Reclone {
             reason,
@@ -161,6 +238,104 @@ pub async fn supervise(
         },
         _ => Outcome::Exited(code),
     })
+}
+
+/// How long WAL senders may ship what was acknowledged once the backends are killed.
+const SENDERS_DRAIN: Duration = Duration::from_millis(200);
+
+/// Stopping postgres on fixed deadlines, whatever state it is in: a fast shutdown (SIGINT),
+/// after [`StopEscalation::fast`] an immediate one (SIGQUIT), after
+/// [`StopEscalation::immediate`] SIGKILL of every child of the postmaster but its WAL senders,
+/// and a moment later (within [`StopEscalation::kill`]) of the postmaster and the WAL senders
+/// (a stopped postmaster cannot pass a signal on, and its backends would still commit). Every shutdown the
+/// agent performs goes through it.
+struct Stop {
+    postmaster: Pid,
+    escalation: StopEscalation,
+    started: Option<tokio::time::Instant>,
+    /// Signals sent so far: 1 fast, 2 immediate, 3 backends killed, 4 all killed.
+    stage: u8,
+    next: Option<tokio::time::Instant>,
+}
+
+impl Stop {
+    fn new(postmaster: Pid, escalation: StopEscalation) -> Stop {
+        Stop {
+            postmaster,
+            escalation,
+            started: None,
+            stage: 0,
+            next: None,
+        }
+    }
+
+    /// Starts the stop (once; a second request changes nothing).
+    fn begin(&mut self) {
+        if self.stage > 0 {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        self.started = Some(now);
+        self.stage = 1;
+        let _ = kill(self.postmaster, Signal::SIGINT);
+        self.next = Some(now + self.escalation.fast);
+    }
+
+    /// Resolves at the next escalation's deadline; never while none is due.
+    async fn next_deadline(&self) {
+        match self.next {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn escalate(&mut self) {
+        let now = tokio::time::Instant::now();
+        match self.stage {
+            1 => {
+                crate::warn!(
+                    "postgres did not stop within the fast shutdown's {} ms: immediate shutdown",
+                    self.escalation.fast.as_millis()
+                );
+                let _ = kill(self.postmaster, Signal::SIGQUIT);
+                self.stage = 2;
+                self.next = Some(now + self.escalation.immediate);
+            }
+            2 => {
+                // The backends first: no commit is acknowledged after this, and the WAL senders
+                // get a moment to ship what was acknowledged before.
+                let children = children_of(self.postmaster.as_raw());
+                let (senders, others): (Vec<i32>, Vec<i32>) = children
+                    .into_iter()
+                    .partition(|pid| is_process_kind(*pid, "walsender"));
+                crate::warn!(
+                    "postgres did not stop within the immediate shutdown's {} ms: SIGKILL to its \
+                     {} processes but the WAL senders, then to the postmaster (pid {}) and its {} \
+                     WAL senders",
+                    self.escalation.immediate.as_millis(),
+                    others.len(),
+                    self.postmaster,
+                    senders.len()
+                );
+                for pid in others {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                self.stage = 3;
+                self.next = Some(now + (self.escalation.kill / 4).min(SENDERS_DRAIN));
+            }
+            3 => {
+                crate::warn!("SIGKILL to the postmaster (pid {})", self.postmaster);
+                let children = children_of(self.postmaster.as_raw());
+                let _ = kill(self.postmaster, Signal::SIGKILL);
+                for child in children {
+                    let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
+                }
+                self.stage = 4;
+                self.next = None;
+            }
+            _ => self.next = None,
+        }
+    }
 }
 
 /// The member's last word when postgres ended: asked to stop, or on its own (a crash, a kill).
@@ -386,6 +561,8 @@ const RECEIVER_STUCK_AFTER: Duration = Duration::from_secs(3);
 
 struct Monitor {
     s: Settings,
+    /// The settings as the role changes them (a promotion, a new master to follow).
+    settings: watch::Receiver<Settings>,
     health: Arc<Health>,
     api: Option<PodApi>,
     postmaster: i32,
@@ -418,6 +595,7 @@ struct Monitor {
 impl Monitor {
     fn new(
         s: Settings,
+        settings: watch::Receiver<Settings>,
         health: Arc<Health>,
         api: Option<PodApi>,
         postmaster: i32,
@@ -428,6 +606,7 @@ impl Monitor {
             labelled: api.is_none(),
             served: false,
             s,
+            settings,
             health,
             api,
             postmaster,
@@ -478,6 +657,20 @@ impl Monitor {
 
     /// One round: returns how long to wait before the next.
     async fn tick(&mut self) -> Duration {
+        if self.settings.has_changed().unwrap_or(false) {
+            let next = self.settings.borrow_and_update().clone();
+            if next.role != self.s.role {
+                // A promoted member labels its pod and sets up its role anew.
+                self.labelled = self.api.is_none();
+                self.role_ready = false;
+                self.served = false;
+                self.lag = None;
+            }
+            self.not_streaming_since = None;
+            self.master_checked = None;
+            self.follow_problem = None;
+            self.s = next;
+        }
         // While postgres starts up (reaching consistency) it refuses connections; its pid file
         // says so without a connection (and without a FATAL line).
         match postmaster_status(&self.s.pgdata()) {

@@ -395,3 +395,38 @@ async fn a_renewal_on_a_stale_version_still_held_by_this_member_renews_the_curre
     assert_eq!(w.record.timeline, 2);
     assert_eq!(on_disk(t.path()).await, w.record);
 }
+
+#[tokio::test]
+async fn a_new_incarnation_of_the_holder_takes_the_record_at_once_and_no_other_member_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = long(dir.path(), 0);
+    taken(
+        first
+            .acquire(1, IfAbsent::Create, &mut Observer::new())
+            .await
+            .unwrap(),
+    );
+    // The same member restarted (its member fence proves the old incarnation gone).
+    let again = FileStore::new(
+        dir.path(),
+        CLUSTER,
+        Holder::new("pgset-0", "local-0-restarted"),
+        LeaderTimings::for_lease(Duration::from_secs(15)).unwrap(),
+    );
+    let w = taken(
+        again
+            .acquire(1, IfAbsent::Wait, &mut Observer::new())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(w.record.holder.as_ref().unwrap().id, "local-0-restarted");
+    // Another member still waits for the lease to expire on its own clock.
+    match long(dir.path(), 1)
+        .acquire(1, IfAbsent::Wait, &mut Observer::new())
+        .await
+        .unwrap()
+    {
+        Claim::HeldBy { record, .. } => assert!(record.held_by(again.me())),
+        other => panic!("expected HeldBy, got {other:?}"),
+    }
+}

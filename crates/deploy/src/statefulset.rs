@@ -267,6 +267,8 @@ pub fn agent_contract(spec: &ClusterSpec) -> AgentEnv {
         allow_reinit: spec.postgres.allow_reinit,
         termination_log: None,
         liveness_timeout: None,
+        failover: (!spec.replication.failover).then_some(false),
+        maximum_lag_on_failover: Some(spec.replication.maximum_lag_on_failover),
         max_replica_lag_bytes: Some(spec.replication.max_replica_lag.bytes),
         max_replica_lag: Some(std::time::Duration::from_secs(
             spec.replication.max_replica_lag.seconds,

@@ -129,6 +129,8 @@ struct Target {
     members: Vec<String>,
     password: String,
     log: Arc<Log>,
+    /// The master's ordinal: the leader record's holder.
+    master: i32,
 }
 
 impl Target {
@@ -244,7 +246,7 @@ impl Target {
         let n = self.members.len() as i32;
         let new = self.set.member(n);
         let env = self.new_member_env(n)?;
-        let master = self.endpoint(0);
+        let master = self.endpoint(self.master);
         let pad = engine::fill_pad(&master, &self.log).await?;
         let outcome = async {
             self.step(format!("membership {} -> {}", n, n + 1));
@@ -320,7 +322,7 @@ impl Target {
             }
         };
         engine::wait_slot_dropped(
-            &self.endpoint(0),
+            &self.endpoint(self.master),
             &pgset_spec::slot_name(&member),
             Duration::from_millis(100),
             self.wait(Duration::from_secs(30)),
@@ -379,10 +381,25 @@ pub async fn run(opts: &LocalOptions, drill: DrillName) -> Result<DrillReport> {
             why: "runs against a cluster, not a local set".into(),
         });
     }
+    // The drills aim at the actual master (the leader record's holder), and at the last
+    // replica.
+    let master_k = local::master_ordinal(&opts.dir, &set).await;
+    let last_replica = (0..n).rev().find(|k| *k != master_k).unwrap_or(n - 1);
+    if drill == DrillName::ScaleDownUp && master_k == n - 1 {
+        return Err(Error::NotApplicable {
+            drill,
+            why: format!(
+                "the last member {} is the master (the leader record names it): scaling down \
+                 takes a replica out",
+                set.member(master_k)
+            ),
+        });
+    }
     let target_k = match drill {
-        DrillName::ReplicaRestart | DrillName::ScaleDownUp => n - 1,
+        DrillName::ReplicaRestart => last_replica,
+        DrillName::ScaleDownUp => n - 1,
         DrillName::AgentRestartDuringBasebackup => n,
-        _ => 0,
+        _ => master_k,
     };
     if drill == DrillName::AgentRestartDuringBasebackup {
         let new = set.member(n);
@@ -399,28 +416,32 @@ pub async fn run(opts: &LocalOptions, drill: DrillName) -> Result<DrillReport> {
         }
     }
     // Reads go through the replica the fault hits, else the last one.
-    let read_k = n - 1;
+    let read_k = last_replica;
     let mut t = Target {
         opts: opts.clone(),
         set: set.clone(),
         members: members.clone(),
         password: read_password(&opts.dir)?,
         log: Arc::new(Log::default()),
+        master: master_k,
     };
     // The first connection to the master, timed: every wait before giving up scales with it.
     let round_trip =
-        crate::load::time_first_connect(&t.endpoint(0), crate::patience::FIRST_CONNECT)
+        crate::load::time_first_connect(&t.endpoint(master_k), crate::patience::FIRST_CONNECT)
             .await
-            .map_err(|e| step_err(format!("connect to {}", set.member(0)), e))?;
+            .map_err(|e| step_err(format!("connect to {}", set.member(master_k)), e))?;
     t.opts.patience = opts.patience.measured(round_trip);
     t.opts.recovery_timeout = t.opts.patience.deadline(opts.recovery_timeout);
     let opts = &t.opts;
     let setup = Setup {
-        writer: t.endpoint(0),
+        writer: t.endpoint(master_k),
         reader: t.endpoint(read_k),
-        master: t.endpoint(0),
-        replicas: (1..n).map(|k| (set.member(k), t.endpoint(k))).collect(),
-        ready: ReadyProbe::Local(set.health_addr(0)),
+        master: t.endpoint(master_k),
+        replicas: (0..n)
+            .filter(|k| *k != master_k)
+            .map(|k| (set.member(k), t.endpoint(k)))
+            .collect(),
+        ready: ReadyProbe::Local(set.health_addr(master_k)),
         warmup: opts.warmup,
         cooldown: opts.cooldown,
         members: members.len(),

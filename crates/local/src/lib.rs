@@ -17,6 +17,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, Uid, chown};
 use pgset_agent::datadir::{self, write_atomic};
 use pgset_agent::health;
+use pgset_agent::leader::{FileStore, Holder, LeaderStore, LeaderTimings};
 use pgset_agent::privilege::postgres_user;
 use pgset_agent::settings::Role;
 use pgset_command::HostCommand;
@@ -107,6 +108,11 @@ pub struct UpOptions {
     /// Start every member at once (a StatefulSet's `Parallel` policy): each replica's agent waits
     /// for the master itself, then copies it; `up` then waits for all to be ready.
     pub parallel: bool,
+    /// PGSET_FAILOVER (written only when off): a replica takes the master role when the
+    /// master stops renewing the leader record.
+    pub failover: bool,
+    /// PGSET_MAXIMUM_LAG_ON_FAILOVER: how far behind a replica may be and still be promoted.
+    pub maximum_lag_on_failover: u64,
 }
 
 impl UpOptions {
@@ -132,6 +138,8 @@ impl UpOptions {
             liveness_timeout: None,
             max_replica_lag: pgset_spec::LagBound::default(),
             parallel: false,
+            failover: true,
+            maximum_lag_on_failover: pgset_spec::DEFAULT_MAXIMUM_LAG_ON_FAILOVER,
         }
     }
 }
@@ -369,6 +377,8 @@ pub fn member_contract(opts: &UpOptions, set: &LocalSet, k: i32) -> AgentEnv {
         allow_reinit: opts.allow_reinit,
         termination_log: Some(termination_log(&opts.dir, &set.member(k))),
         liveness_timeout: opts.liveness_timeout,
+        failover: (!opts.failover).then_some(false),
+        maximum_lag_on_failover: Some(opts.maximum_lag_on_failover),
         max_replica_lag_bytes: Some(opts.max_replica_lag.bytes),
         max_replica_lag: Some(Duration::from_secs(opts.max_replica_lag.seconds)),
     }
@@ -586,7 +596,12 @@ pub async fn up(opts: &UpOptions) -> Result<UpReport> {
             report.stopped.push(set.member(k));
         }
     }
-    for k in 0..opts.replicas {
+    // The record's holder starts first: the others follow it.
+    let master = master_ordinal(&opts.dir, &set).await;
+    let order = std::iter::once(master)
+        .filter(|m| *m < opts.replicas)
+        .chain((0..opts.replicas).filter(|k| *k != master));
+    for k in order {
         let member = set.member(k);
         if agent_pid(&opts.dir, &member).is_some() {
             report.already_running.push(member);
@@ -638,6 +653,7 @@ pub async fn status(dir: &Path) -> Result<Vec<MemberStatus>> {
     ks.sort_unstable();
     ks.dedup();
     let socket_dir = dir.join("run");
+    let master = master_ordinal(dir, &set).await;
     let streaming = match ask_master(dir, &set).await {
         Some(db) => pgset_agent::standbys(&db).await.unwrap_or_default(),
         None => Vec::new(),
@@ -660,14 +676,20 @@ pub async fn status(dir: &Path) -> Result<Vec<MemberStatus>> {
             Some(_) => None,
         };
         out.push(MemberStatus {
-            role: Role::of_ordinal(k).label().to_string(),
+            role: if k == master {
+                Role::Master
+            } else {
+                Role::Replica
+            }
+            .label()
+            .to_string(),
             host: HOST.to_string(),
             port: set.member_port(k),
             socket_dir: socket_dir.clone(),
             pid: datadir::live_postmaster(&data_dir),
             agent_pid,
             member: listed.contains(&name),
-            streaming: (k > 0).then(|| {
+            streaming: (k != master).then(|| {
                 streaming
                     .iter()
                     .any(|s| s.name == name && s.state.as_deref() == Some("streaming"))
@@ -685,12 +707,32 @@ pub async fn status(dir: &Path) -> Result<Vec<MemberStatus>> {
     Ok(out)
 }
 
+/// The member the set's leader record (`<dir>/<name>.leader`) names the master, when it is
+/// readable and names one.
+pub async fn leader_member(dir: &Path, set: &LocalSet) -> Option<String> {
+    let timings = LeaderTimings::for_lease(pgset_agent::settings::DEFAULT_LEADER_LEASE).ok()?;
+    let store = FileStore::new(dir, &set.name, Holder::new("local-status", "-"), timings);
+    store.read().await.ok()??.holder.map(|h| h.member)
+}
+
+/// The master's ordinal: the leader record's holder, else member 0 (a set before its first
+/// start, or one whose record names nobody).
+pub async fn master_ordinal(dir: &Path, set: &LocalSet) -> i32 {
+    leader_member(dir, set)
+        .await
+        .and_then(|m| {
+            let k = pgset_spec::ordinal_of(&m)?;
+            (set.member(k) == m).then_some(k)
+        })
+        .unwrap_or(0)
+}
+
 /// The master of the set in `dir`, asked over its socket as the superuser (`None` when it
 /// does not answer within [`ASK_TIMEOUT`]): the agent's own client, no process started.
 pub async fn ask_master(dir: &Path, set: &LocalSet) -> Option<pgset_agent::Db> {
     pgset_agent::Db::socket(
         &dir.join("run"),
-        set.member_port(0),
+        set.member_port(master_ordinal(dir, set).await),
         "pgset-status",
         ASK_TIMEOUT,
     )

@@ -270,6 +270,13 @@ pub mod env {
     /// Seconds a replica's replay may stand still with WAL left to replay and the replica still
     /// be ready (default [`DEFAULT_MAX_REPLICA_LAG_SECONDS`](crate::DEFAULT_MAX_REPLICA_LAG_SECONDS)).
     pub const MAX_REPLICA_LAG_SECONDS: &str = "PGSET_MAX_REPLICA_LAG_SECONDS";
+    /// `false`: no replica takes the leader record when its holder stops renewing it (default
+    /// `true`: automatic failover; spec `replication.failover`).
+    pub const FAILOVER: &str = "PGSET_FAILOVER";
+    /// Bytes a replica may lag behind what its master last reported and still take the master
+    /// role on failover (default
+    /// [`DEFAULT_MAXIMUM_LAG_ON_FAILOVER`](crate::DEFAULT_MAXIMUM_LAG_ON_FAILOVER)).
+    pub const MAXIMUM_LAG_ON_FAILOVER: &str = "PGSET_MAXIMUM_LAG_ON_FAILOVER";
 
     /// Every variable of the contract, in the order [`AgentEnv::entries`](super::AgentEnv::entries)
     /// writes them.
@@ -297,6 +304,8 @@ pub mod env {
         TERMINATION_LOG,
         MAX_REPLICA_LAG_BYTES,
         MAX_REPLICA_LAG_SECONDS,
+        FAILOVER,
+        MAXIMUM_LAG_ON_FAILOVER,
     ];
 }
 

@@ -209,12 +209,28 @@ impl Default for ClusterSpec {
 }
 
 /// Replication settings.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ReplicationSpec {
     /// A replica whose replay is further behind than this (or paused) is not ready: it leaves
     /// the replica Service and says why.
     pub max_replica_lag: LagBound,
+    /// Automatic failover: when the master stops renewing the leader record, the most advanced
+    /// eligible replica takes it and is promoted (default on).
+    pub failover: bool,
+    /// Bytes a replica may lag behind what the master last reported to it and still be
+    /// promoted on failover (default [`DEFAULT_MAXIMUM_LAG_ON_FAILOVER`]).
+    pub maximum_lag_on_failover: u64,
+}
+
+impl Default for ReplicationSpec {
+    fn default() -> Self {
+        ReplicationSpec {
+            max_replica_lag: LagBound::default(),
+            failover: true,
+            maximum_lag_on_failover: DEFAULT_MAXIMUM_LAG_ON_FAILOVER,
+        }
+    }
 }
 
 /// How far behind the WAL it received a replica's replay may be.
@@ -231,6 +247,10 @@ pub struct LagBound {
 pub const DEFAULT_MAX_REPLICA_LAG_BYTES: u64 = 16 * 1024 * 1024;
 /// [`LagBound::seconds`] by default.
 pub const DEFAULT_MAX_REPLICA_LAG_SECONDS: u64 = 10;
+
+/// How far (bytes) a replica may lag behind what its master last reported and still be promoted
+/// on failover (`replication.maximumLagOnFailover`).
+pub const DEFAULT_MAXIMUM_LAG_ON_FAILOVER: u64 = 1024 * 1024;
 
 impl Default for LagBound {
     fn default() -> Self {

@@ -323,6 +323,22 @@ fn a_replica_lag_bound_too_tight_or_out_of_range_is_rejected() {
 }
 
 #[test]
+fn failover_is_on_by_default_and_its_lag_bound_is_checked() {
+    let s = ClusterSpec::default();
+    assert!(s.replication.failover);
+    assert_eq!(s.replication.maximum_lag_on_failover, 1024 * 1024);
+    let s: ClusterSpec =
+        serde_saphyr::from_str("replication:\n  failover: false\n  maximumLagOnFailover: 65536\n")
+            .unwrap();
+    s.validate().unwrap();
+    assert!(!s.replication.failover);
+    assert_eq!(s.replication.maximum_lag_on_failover, 65536);
+    let mut s = ClusterSpec::default();
+    s.replication.maximum_lag_on_failover = 2 << 30;
+    assert_eq!(invalid_field(&s), "replication.maximumLagOnFailover");
+}
+
+#[test]
 fn ordinals() {
     assert_eq!(ordinal_of("pgset-0"), Some(0));
     assert_eq!(ordinal_of("my-db-12"), Some(12));

@@ -256,6 +256,19 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
             format!("the default is {}", crate::DEFAULT_MAX_REPLICA_LAG_SECONDS),
         ));
     }
+    let most = 1024 * 1024 * 1024;
+    if s.replication.maximum_lag_on_failover > most {
+        return Err(invalid(
+            "replication.maximumLagOnFailover",
+            s.replication.maximum_lag_on_failover.to_string(),
+            "more than 1 GiB: a replica promoted that far behind would lose that many bytes of \
+             acknowledged writes",
+            format!(
+                "use at most {most} (the default is {})",
+                crate::DEFAULT_MAXIMUM_LAG_ON_FAILOVER
+            ),
+        ));
+    }
     Ok(())
 }
 

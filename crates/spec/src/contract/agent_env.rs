@@ -142,6 +142,10 @@ pub struct AgentEnv {
     pub max_replica_lag_bytes: Option<u64>,
     /// [`env::MAX_REPLICA_LAG_SECONDS`], whole seconds.
     pub max_replica_lag: Option<Duration>,
+    /// [`env::FAILOVER`]: `Some(false)` turns automatic failover off (written only then).
+    pub failover: Option<bool>,
+    /// [`env::MAXIMUM_LAG_ON_FAILOVER`].
+    pub maximum_lag_on_failover: Option<u64>,
 }
 
 /// The health endpoint's address when [`env::HEALTH_ADDR`] is unset.
@@ -255,6 +259,15 @@ impl AgentEnv {
             (
                 env::MAX_REPLICA_LAG_SECONDS,
                 self.max_replica_lag.map(|d| d.as_secs().to_string()),
+            ),
+            (
+                env::FAILOVER,
+                self.failover
+                    .map(|on| if on { FLAG_ON } else { "false" }.to_string()),
+            ),
+            (
+                env::MAXIMUM_LAG_ON_FAILOVER,
+                self.maximum_lag_on_failover.map(|b| b.to_string()),
             ),
         ];
         v.extend(
@@ -410,6 +423,19 @@ impl AgentEnv {
                 )
             })?),
         };
+        let failover = match get(env::FAILOVER) {
+            None => None,
+            Some(_) => Some(flag(env::FAILOVER)?),
+        };
+        let maximum_lag_on_failover = match get(env::MAXIMUM_LAG_ON_FAILOVER) {
+            None => None,
+            Some(v) => Some(v.parse::<u64>().map_err(|_| {
+                err(
+                    env::MAXIMUM_LAG_ON_FAILOVER,
+                    format!("`{v}` is not a number of bytes"),
+                )
+            })?),
+        };
         let basebackup_max_rate = get(env::BASEBACKUP_MAX_RATE);
         if let Some(rate) = &basebackup_max_rate {
             let digits = rate.trim_end_matches(['k', 'K', 'm', 'M']);
@@ -458,6 +484,8 @@ impl AgentEnv {
             liveness_timeout,
             max_replica_lag_bytes,
             max_replica_lag,
+            failover,
+            maximum_lag_on_failover,
         })
     }
 }
@@ -515,6 +543,8 @@ mod tests {
             liveness_timeout: Some(Duration::from_secs(45)),
             max_replica_lag_bytes: Some(8 * 1024 * 1024),
             max_replica_lag: Some(Duration::from_secs(20)),
+            failover: Some(false),
+            maximum_lag_on_failover: Some(2 * 1024 * 1024),
         }
     }
 
@@ -540,6 +570,8 @@ mod tests {
             liveness_timeout: None,
             max_replica_lag_bytes: None,
             max_replica_lag: None,
+            failover: None,
+            maximum_lag_on_failover: None,
             ..full()
         }
     }
