@@ -19,6 +19,10 @@ use support::{TestSet, pg_or_skip, wait_until};
 
 const SECOND: Duration = Duration::from_secs(1);
 
+/// The tests take their turns: eight 3-member sets at once on a small machine starve each other
+/// of CPU, and the timings measured here are the agent's, not the scheduler's.
+static ONE_SET_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The leader file of the set in `dir` (cluster `pgset`), as JSON.
 fn leader(dir: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(dir.join("pgset.leader")).expect("the leader record exists");
@@ -78,6 +82,7 @@ async fn a_new_set_names_ordinal_0_in_the_leader_record_and_it_renews() {
     let Some(_bin) = pg_or_skip("local_failover_new_set") else {
         return;
     };
+    let _one_at_a_time = ONE_SET_AT_A_TIME.lock().await;
     let t = TestSet::new(3, 27510);
     local::up(&t.opts).await.expect("set up");
     let first = leader(t.dir());
@@ -138,6 +143,7 @@ async fn an_isolated_master_stops_accepting_writes_before_its_lease_could_expire
     let Some(_bin) = pg_or_skip("local_failover_isolated_master") else {
         return;
     };
+    let _one_at_a_time = ONE_SET_AT_A_TIME.lock().await;
     let t = TestSet::new(1, 27520);
     local::up(&t.opts).await.expect("set up");
     t.sql(0, "CREATE TABLE acked (n bigint PRIMARY KEY)")
@@ -191,6 +197,7 @@ async fn a_frozen_master_gives_the_role_up_and_is_killed_on_the_escalations_dead
     let Some(_bin) = pg_or_skip("local_failover_frozen_master") else {
         return;
     };
+    let _one_at_a_time = ONE_SET_AT_A_TIME.lock().await;
     let t = TestSet::new(1, 27530);
     local::up(&t.opts).await.expect("set up");
     let timings = LeaderTimings::for_lease(DEFAULT_LEADER_LEASE).unwrap();
@@ -228,6 +235,7 @@ async fn a_shutdown_of_a_frozen_postmaster_ends_on_the_escalations_deadlines() {
     let Some(_bin) = pg_or_skip("local_failover_frozen_shutdown") else {
         return;
     };
+    let _one_at_a_time = ONE_SET_AT_A_TIME.lock().await;
     let t = TestSet::new(2, 27540);
     local::up(&t.opts).await.expect("set up");
     let timings = LeaderTimings::for_lease(DEFAULT_LEADER_LEASE).unwrap();
@@ -507,6 +515,7 @@ async fn a_killed_master_fails_over_to_a_replica() {
     if pg_or_skip("local_failover_killed").is_none() {
         return;
     }
+    let _one_at_a_time = ONE_SET_AT_A_TIME.lock().await;
     fails_over(27550, Fault::Kill).await;
 }
 
@@ -515,6 +524,7 @@ async fn a_frozen_master_fails_over_to_a_replica() {
     if pg_or_skip("local_failover_frozen").is_none() {
         return;
     }
+    let _one_at_a_time = ONE_SET_AT_A_TIME.lock().await;
     fails_over(27560, Fault::Freeze).await;
 }
 
@@ -523,6 +533,7 @@ async fn an_isolated_master_fails_over_to_a_replica() {
     if pg_or_skip("local_failover_isolated").is_none() {
         return;
     }
+    let _one_at_a_time = ONE_SET_AT_A_TIME.lock().await;
     fails_over(27570, Fault::Isolate).await;
 }
 
@@ -531,6 +542,7 @@ async fn with_failover_off_nobody_is_promoted() {
     if pg_or_skip("local_failover_off").is_none() {
         return;
     }
+    let _one_at_a_time = ONE_SET_AT_A_TIME.lock().await;
     let mut t = TestSet::new(3, 27580);
     t.opts.failover = false;
     local::up(&t.opts).await.expect("set up");

@@ -299,6 +299,8 @@ pub enum Turn {
 struct Streamed {
     /// When it was last seen streaming from the holder.
     at: Instant,
+    /// The contender's look (a count of completed looks) it was seen in.
+    look: u64,
     /// The timeline it received.
     timeline: u32,
     /// `latest_end_lsn - flushed_lsn` then: WAL the master had that this replica did not.
@@ -426,6 +428,11 @@ pub async fn contend(
     let mut s = s;
     let mut observer = Observer::new();
     let mut streamed: Option<Streamed> = None;
+    // Completed looks, and the look that first saw the record's current version: a replica that
+    // streamed in that look or the one before streamed while the holder still renewed, however
+    // long a loaded machine takes between looks.
+    let mut look: u64 = 0;
+    let mut version_first_look: Option<(crate::leader::Version, u64)> = None;
     let mut said = String::new();
     let mut say = |text: String| {
         if text != said {
@@ -451,6 +458,13 @@ pub async fn contend(
         };
         let seen = Instant::now();
         observer.observe(&record, seen);
+        look += 1;
+        if version_first_look
+            .as_ref()
+            .is_none_or(|(v, _)| *v != record.version)
+        {
+            version_first_look = Some((record.version.clone(), look));
+        }
         if let Some(h) = &record.holder
             && h.member != s.pod_name
             && member_port(&s, &h.member) != Some(s.env.master_port)
@@ -476,6 +490,7 @@ pub async fn contend(
         if from_holder {
             streamed = Some(Streamed {
                 at: seen,
+                look,
                 timeline: own
                     .received_tli
                     .and_then(|t| u32::try_from(t).ok())
@@ -494,7 +509,7 @@ pub async fn contend(
             .unwrap_or_else(|| "nobody".into());
         if !s.failover() {
             say(format!(
-                "the leader record of {holder} expired; automatic failover is off ({}=false):                  no promotion",
+                "the leader record of {holder} expired; automatic failover is off ({}=false): no promotion",
                 pgset_spec::contract::env::FAILOVER
             ));
             continue;
@@ -506,23 +521,26 @@ pub async fn contend(
             continue;
         }
         let recent = timings.lease_duration() + timings.renew_every();
-        let Some(st) = streamed.filter(|st| seen.saturating_duration_since(st.at) <= recent) else {
+        let final_look = version_first_look.as_ref().map_or(look, |(_, l)| *l);
+        let Some(st) = streamed.filter(|st| {
+            st.look + 1 >= final_look || seen.saturating_duration_since(st.at) <= recent
+        }) else {
             say(format!(
-                "the leader record of {holder} expired, but this member did not stream from it                  within {} ms: not eligible",
+                "the leader record of {holder} expired, but this member did not stream from it within {} ms: not eligible",
                 recent.as_millis()
             ));
             continue;
         };
         if st.timeline != record.timeline {
             say(format!(
-                "the leader record of {holder} names timeline {} but this member received                  timeline {}: not eligible",
+                "the leader record of {holder} names timeline {} but this member received timeline {}: not eligible",
                 record.timeline, st.timeline
             ));
             continue;
         }
         if st.unknown_lag > s.maximum_lag_on_failover() {
             say(format!(
-                "this member was {} bytes behind what {holder} last reported (limit {}): not                  eligible",
+                "this member was {} bytes behind what {holder} last reported (limit {}): not eligible",
                 st.unknown_lag,
                 s.maximum_lag_on_failover()
             ));
@@ -546,7 +564,7 @@ pub async fn contend(
             continue;
         }
         crate::info!(
-            "the leader record of {holder} expired on this member's clock; taking it (received              up to {}, timeline {})",
+            "the leader record of {holder} expired on this member's clock; taking it (received up to {}, timeline {})",
             pg::lsn_text(mine as i64),
             record.timeline
         );

@@ -293,7 +293,7 @@ pub async fn deploy(
             spec.secret_name()
         ),
         SecretOutcome::CreatedWithRecordedId => format!(
-            "created Secret {} with new random passwords and the cluster id {cluster_id} that              ConfigMap {} or the member pods name (the members' data carries it){suffix}",
+            "created Secret {} with new random passwords and the cluster id {cluster_id} that ConfigMap {} or the member pods name (the members' data carries it){suffix}",
             spec.secret_name(),
             spec.record_name()
         ),
