@@ -28,19 +28,9 @@ use support::xtask;
 #[path = "support/live.rs"]
 mod support;
 
-const CLUSTER: &str = "pgset-drill";
+use support::patience;
 
-/// `PGSET_LIVE_PATIENCE`: how much slower than the reference this environment is (1 when unset).
-fn patience() -> f64 {
-    match std::env::var("PGSET_LIVE_PATIENCE") {
-        Ok(v) => v
-            .parse::<f64>()
-            .ok()
-            .filter(|f| f.is_finite() && *f > 0.0)
-            .unwrap_or_else(|| panic!("PGSET_LIVE_PATIENCE={v}: give a factor above 0")),
-        Err(_) => 1.0,
-    }
-}
+const CLUSTER: &str = "pgset-drill";
 
 /// `status` is healthy with 3 members Ready, looking again every 2 s for up to 60 s (times the
 /// patience): a member may still be settling (a replica catching up) when the step before ends.

@@ -32,20 +32,10 @@ use support::{XtaskRun, assert_all_passed, xtask};
 #[path = "support/live.rs"]
 mod support;
 
+use support::patience;
+
 /// The cluster's name.
 const CLUSTER: &str = "pgset-verify";
-
-/// `PGSET_LIVE_PATIENCE`: how much slower than the reference this environment is (1 when unset).
-fn patience() -> f64 {
-    match std::env::var("PGSET_LIVE_PATIENCE") {
-        Ok(v) => v
-            .parse::<f64>()
-            .ok()
-            .filter(|f| f.is_finite() && *f > 0.0)
-            .unwrap_or_else(|| panic!("PGSET_LIVE_PATIENCE={v}: give a factor above 0")),
-        Err(_) => 1.0,
-    }
-}
 
 async fn marker_table_present(client: &Client, spec: &ClusterSpec) -> bool {
     let exec = PodExec::new(

@@ -347,3 +347,15 @@ pub async fn deploy_own_cluster(
     std::fs::write(&spec_file, spec.to_yaml()).expect("write the spec file");
     (dir, spec_file)
 }
+
+/// `PGSET_LIVE_PATIENCE`: how much slower than the reference this environment is (1 when unset).
+pub fn patience() -> f64 {
+    match std::env::var("PGSET_LIVE_PATIENCE") {
+        Ok(v) => v
+            .parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite() && *f > 0.0)
+            .unwrap_or_else(|| panic!("PGSET_LIVE_PATIENCE={v}: give a factor above 0")),
+        Err(_) => 1.0,
+    }
+}
