@@ -494,6 +494,14 @@ async fn fails_over(port: u16, fault: Fault) {
         let want = if k == new_master { "master" } else { "replica" };
         assert_eq!(role, want, "{seen:?}");
     }
+    // So does its summary, with the new master's timeline and system.
+    let report = pgset_local::status::report(t.dir()).await.unwrap();
+    assert_eq!(
+        report.summary.master,
+        format!("pgset-{new_master}"),
+        "{:?}",
+        report.summary
+    );
     if fault == Fault::Kill {
         let started = Instant::now();
         local::up(&t.opts).await.expect("the set is whole again");

@@ -672,6 +672,9 @@ fn provision_a_real_nfs_server() {
             .all(|(_, v, _)| v == "pass" || v == "skipped"),
         "{healthy:#?}"
     );
+    // Broken on purpose, inside the throw-away guest only: an async export, a root-owned export
+    // root, a world-writable member directory and the SELinux boolean off, each of which
+    // `doctor` must name.
     guest.ok(
         "sed -i 's/(rw,sync,/(rw,async,/g' /etc/exports && exportfs -ra \
          && chown 0:0 /nfsfileshare && chmod 0777 /nfsfileshare/pgset-0 \

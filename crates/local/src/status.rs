@@ -253,13 +253,15 @@ pub async fn report(dir: &Path) -> Result<StatusReport> {
         .ok()
         .map(|s| s.trim().to_string());
     let facts = master_facts(dir, &set).await.unwrap_or_default();
+    // The master the leader record names (ordinal 0 only for a set without one).
+    let master = set.member(local::master_ordinal(dir, &set).await);
     let master_detail = members
         .iter()
-        .find(|m| m.name == set.member(0))
+        .find(|m| m.name == master)
         .and_then(|m| m.detail.clone());
     let master_detail = master_detail.as_ref();
     let master_timeline = master_detail.and_then(|d| d["timeline"].as_i64());
-    let master_ident = identity::read(&dir.join(set.member(0))).ok().flatten();
+    let master_ident = identity::read(&dir.join(&master)).ok().flatten();
     let system_identifier = master_detail
         .and_then(|d| d["systemIdentifier"].as_str().map(String::from))
         .or_else(|| master_ident.map(|i| i.system_identifier));
@@ -337,7 +339,7 @@ pub async fn report(dir: &Path) -> Result<StatusReport> {
         cluster_id,
         system_identifier,
         postgres_version: facts.version.clone(),
-        master: set.member(0),
+        master,
         master_started_at: facts.started_at.clone(),
         master_uptime_s: facts.uptime_s,
         members_ready: out
