@@ -27,6 +27,7 @@
 //!   record is already its own): its deadline counts from that write, never from the hand over.
 //!   The old holder stops accepting writes before it hands over.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -37,7 +38,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use pgset_spec::contract;
-use pgset_spec::contract::annotations::{LEADER_MEMBER, LEADER_TIMELINE};
+use pgset_spec::contract::annotations::{self, LEADER_MEMBER, LEADER_TIMELINE};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -103,11 +104,35 @@ pub struct LeaderRecord {
     pub lease_duration: Duration,
     /// How many times the holder changed.
     pub transitions: u32,
+    /// Everything else the record says, kept across every write (the Lease's other
+    /// annotations, the leader file's `notes`): the failover pause ([`annotations::FAILOVER`]),
+    /// a switchover's request and hand over, the synchronous standbys.
+    pub notes: BTreeMap<String, String>,
     /// The backend's version, sent back with the next write (compare-and-swap).
     pub version: Version,
 }
 
 impl LeaderRecord {
+    /// The note `key`, when the record has it.
+    pub fn note(&self, key: &str) -> Option<&str> {
+        self.notes.get(key).map(String::as_str)
+    }
+
+    /// This record with the note `key` set to `value` (removed for `None`).
+    pub fn with_note(&self, key: &str, value: Option<&str>) -> LeaderRecord {
+        let mut next = self.clone();
+        match value {
+            Some(v) => next.notes.insert(key.to_string(), v.to_string()),
+            None => next.notes.remove(key),
+        };
+        next
+    }
+
+    /// Whether automatic failover is paused on it ([`annotations::FAILOVER`]).
+    pub fn failover_paused(&self) -> bool {
+        self.note(annotations::FAILOVER) == Some(annotations::FAILOVER_PAUSED)
+    }
+
     /// Whether `who` holds it.
     pub fn held_by(&self, who: &Holder) -> bool {
         self.holder.as_ref() == Some(who)
@@ -123,6 +148,7 @@ impl LeaderRecord {
             renewed: Some(now),
             lease_duration,
             transitions: 0,
+            notes: BTreeMap::new(),
             version: Version(String::new()),
         }
     }
@@ -626,6 +652,8 @@ struct FileRecord {
     renewed_unix_ms: Option<u64>,
     lease_duration_ms: u64,
     transitions: u32,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    notes: BTreeMap<String, String>,
 }
 
 impl FileRecord {
@@ -637,6 +665,7 @@ impl FileRecord {
             renewed: from_unix_ms(self.renewed_unix_ms),
             lease_duration: Duration::from_millis(self.lease_duration_ms),
             transitions: self.transitions,
+            notes: self.notes,
             version: Version(self.version.to_string()),
         }
     }
@@ -789,6 +818,7 @@ impl FileStore {
                 .unwrap_or(u64::MAX)
                 .max(1),
             transitions: next.transitions,
+            notes: next.notes.clone(),
         };
         let path = self.path();
         let tmp = self
@@ -978,10 +1008,9 @@ impl LeaseStore {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let mut annotations = std::collections::BTreeMap::from([(
-            LEADER_TIMELINE.to_string(),
-            record.timeline.to_string(),
-        )]);
+        let mut annotations = record.notes.clone();
+        annotations.insert(LEADER_TIMELINE.to_string(), record.timeline.to_string());
+        annotations.remove(LEADER_MEMBER);
         if let Some(h) = &record.holder {
             annotations.insert(LEADER_MEMBER.to_string(), h.member.clone());
         }
@@ -1054,6 +1083,11 @@ impl LeaseStore {
             renewed: spec.renew_time.as_ref().map(|t| SystemTime::from(t.0)),
             lease_duration: Duration::from_secs(seconds.unsigned_abs().into()),
             transitions,
+            notes: annotations
+                .iter()
+                .filter(|(k, _)| k.as_str() != LEADER_MEMBER && k.as_str() != LEADER_TIMELINE)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             version: Version(version),
         })
     }
@@ -1198,6 +1232,7 @@ mod tests {
             renewed: None,
             lease_duration: Duration::from_secs(15),
             transitions: 0,
+            notes: BTreeMap::new(),
             version: Version(version.into()),
         }
     }

@@ -514,7 +514,7 @@ pub async fn contend(
             ));
             continue;
         }
-        if paused(&s) {
+        if record.failover_paused() || paused(&s) {
             say(format!(
                 "the leader record of {holder} expired; failover is paused: no promotion"
             ));
@@ -698,6 +698,7 @@ mod tests {
             renewed: None,
             lease_duration: Duration::from_secs(15),
             transitions: 0,
+            notes: Default::default(),
             version: Version::for_tests("1"),
         }
     }

@@ -585,3 +585,38 @@ async fn of_two_contenders_for_a_released_lease_exactly_one_wins() {
         methods(&c)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_renewal_keeps_what_others_wrote_on_the_lease_such_as_the_failover_pause() {
+    let mut paused = lease(Some(("pgset-1", "uid-1")), 1, "20", 0);
+    paused["metadata"]["annotations"]["pgset.io/failover"] = json!("paused");
+    let (client, seen) = faithful(paused);
+    let s = store(client);
+    let held = taken(
+        s.acquire(1, IfAbsent::Wait, &mut Observer::new())
+            .await
+            .unwrap(),
+    );
+    assert!(held.record.failover_paused(), "{:?}", held.record.notes);
+    let renewed = match s.renew(&held.record, 1).await.unwrap() {
+        HolderWrite::Done(w) => w,
+        other => panic!("{other:?}"),
+    };
+    assert!(renewed.record.failover_paused());
+    let c = calls(&seen);
+    for put in c.iter().filter(|c| c.method == "PUT") {
+        assert_eq!(
+            put.body["metadata"]["annotations"],
+            json!({"pgset.io/failover": "paused", "pgset.io/leader-member": "pgset-1",
+                   "pgset.io/leader-timeline": "1"}),
+            "every write keeps the pause"
+        );
+    }
+    // Released, the pause stays: it is the user's, not the holder's.
+    let released = match s.release(&renewed.record).await.unwrap() {
+        HolderWrite::Done(w) => w.record,
+        other => panic!("{other:?}"),
+    };
+    assert!(released.failover_paused());
+    assert_eq!(released.note("pgset.io/leader-member"), None);
+}

@@ -73,7 +73,8 @@ pub mod annotations {
     pub const LEADER_TIMELINE: &str = "pgset.io/leader-timeline";
     /// On the leader Lease: [`FAILOVER_PAUSED`] while `down`, `scale` or a switchover changes the
     /// membership on purpose; no replica takes a free or expired leader record then. Absent
-    /// otherwise. (Local mode: the file `<cluster>.leader.paused`.)
+    /// otherwise. Every writer of the record keeps it. (Local mode: the same note in the leader
+    /// file, or the file `<cluster>.leader.paused`.)
     pub const FAILOVER: &str = "pgset.io/failover";
     /// The value of [`FAILOVER`] that pauses automatic failover.
     pub const FAILOVER_PAUSED: &str = "paused";
