@@ -12,7 +12,7 @@ use crate::deploy::parse_timeout;
 /// Arguments of `cargo xtask down`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Also delete the claims, pgset's PersistentVolumes and the Secret (needs --yes)
+    /// Also delete the claims, pgset's PersistentVolumes, the Secret, the cluster record and its Leases (needs --yes)
     #[arg(long)]
     pub purge: bool,
     /// Confirm --purge
@@ -33,7 +33,7 @@ pub async fn run(args: Args) -> Result<()> {
     let purge = match (args.purge, args.yes) {
         (true, true) => Purge::Everything,
         (true, false) => bail!(
-            "--purge deletes the claims, PersistentVolumes and Secret of cluster {} in namespace {} (the data's volumes and passwords): add --yes to confirm; nothing was changed",
+            "--purge deletes the claims, PersistentVolumes, Secret, cluster record and Leases of cluster {} in namespace {} (the data's volumes, passwords and history): add --yes to confirm; nothing was changed",
             spec.name,
             spec.namespace
         ),

@@ -1,11 +1,13 @@
 //! Taking a cluster off: scale to 0 and wait for the pods to go, then delete the objects in
 //! the reverse of the apply order. Claims, PersistentVolumes and the Secret (whose passwords
-//! belong to the data) stay unless purging. Before the members stop, automatic failover is
+//! belong to the data), the cluster record, the leader and member Leases and the mount probe's
+//! proof stay unless purging. Before the members stop, automatic failover is
 //! paused on the leader Lease, and stays paused: the cluster is left with no member running.
 
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
 };
@@ -13,13 +15,14 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::{Api, Client};
-use pgset_spec::contract::{APP_NAME, labels, record};
+use pgset_spec::contract::{self, APP_NAME, labels, record};
 use pgset_spec::{ClusterSpec, ValidSpec};
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use crate::apply::kind_of;
 use crate::master::{Pause, pause_failover, read_master};
+use crate::mount_probe::proof;
 use crate::scale::set_replicas;
 use crate::wait::{Listing, until_listing};
 use crate::{Error, NamespacedObject, Result, is_status, selector_string};
@@ -81,6 +84,62 @@ where
         progress(&format!("{kind} {name} already absent"));
     }
     Ok(())
+}
+
+/// Whether the Lease `name` is this cluster's: its leader record or a member's write fence.
+pub fn is_cluster_lease(spec: &ClusterSpec, name: &str) -> bool {
+    if name == contract::leader_lease_name(&spec.name) {
+        return true;
+    }
+    name.strip_suffix(&contract::member_lease_name(""))
+        .and_then(|pod| pod.strip_prefix(&format!("{}-", spec.name)))
+        .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Deletes this cluster's Leases once its members are gone (`--purge --yes`): the leader record
+/// names a master of data that no longer exists, and a new cluster of the same name must start
+/// from ordinal 0 again. Leases labelled for the cluster with other names are left alone.
+async fn delete_leases(
+    client: &Client,
+    spec: &ClusterSpec,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<()> {
+    let ns = spec.namespace.as_str();
+    let mut names = labelled_names::<Lease>(client, spec).await?;
+    names.retain(|n| is_cluster_lease(spec, n));
+    names.sort();
+    for name in names {
+        delete_reporting::<Lease>(client, ns, &name, progress).await?;
+    }
+    Ok(())
+}
+
+/// Deletes the mount probe's proof (`--purge --yes`: the volumes it proved are gone), only when
+/// the ConfigMap of that name is the probe's own.
+async fn delete_probe_proof(
+    client: &Client,
+    spec: &ClusterSpec,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<()> {
+    let ns = spec.namespace.as_str();
+    let name = proof::proof_name(spec);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    match api
+        .get_opt(&name)
+        .await
+        .map_err(Error::api("get", "ConfigMap", &name, ns))?
+    {
+        None => Ok(()),
+        Some(cm) if !proof::is_ours(&cm) => {
+            progress(&format!(
+                "kept ConfigMap {name}: it is not the mount probe's (no {}={} label)",
+                labels::COMPONENT,
+                contract::components::MOUNT_PROBE
+            ));
+            Ok(())
+        }
+        Some(_) => delete_reporting::<ConfigMap>(client, ns, &name, progress).await,
+    }
 }
 
 /// Removes the record's finalizer (the only way pgset removes it: `down --purge --yes`), with
@@ -396,6 +455,8 @@ pub async fn down(
             delete_reporting::<Secret>(client, ns, &spec.secret_name(), progress).await?;
             release_record(client, spec, progress).await?;
             delete_reporting::<ConfigMap>(client, ns, &spec.record_name(), progress).await?;
+            delete_leases(client, spec, progress).await?;
+            delete_probe_proof(client, spec, progress).await?;
         }
         Purge::Keep => progress(&format!(
             "kept Secret {} and ConfigMap {} (they belong to the data; --purge --yes deletes them)",
@@ -412,6 +473,25 @@ pub async fn down(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_leader_record_and_the_members_fences_are_the_clusters_leases() {
+        let spec = crate::testutil::named_spec("db", "default");
+        for yes in ["db-leader", "db-0-member", "db-12-member"] {
+            assert!(is_cluster_lease(&spec, yes), "{yes}");
+        }
+        for no in [
+            "db-member",
+            "db--member",
+            "db-x-member",
+            "dbx-0-member",
+            "other-leader",
+            "db-0-member-x",
+            "db-backup",
+        ] {
+            assert!(!is_cluster_lease(&spec, no), "{no}");
+        }
+    }
     use crate::testutil::named_spec;
     use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;

@@ -1178,6 +1178,31 @@ fn running_cluster_led_by(master: Option<i32>) -> impl FnMut(&Call) -> Reply + S
             ("PATCH", "/api/v1/namespaces/default/configmaps/pgset-record") => {
                 (200, call.body.clone())
             }
+            ("GET", "/apis/coordination.k8s.io/v1/namespaces/default/leases") => {
+                assert!(call.query.contains("labelSelector="), "{}", call.query);
+                let labels = json!({"app.kubernetes.io/name": "pgset", "app.kubernetes.io/instance": "pgset"});
+                let items: Vec<Value> = [
+                    "pgset-leader",
+                    "pgset-0-member",
+                    "pgset-1-member",
+                    "pgset-backup-lock",
+                ]
+                .iter()
+                .map(|n| json!({"metadata": {"name": n, "namespace": NS, "labels": labels}}))
+                .collect();
+                (
+                    200,
+                    json!({"apiVersion": "coordination.k8s.io/v1", "kind": "LeaseList", "metadata": {"resourceVersion": "1"}, "items": items}),
+                )
+            }
+            ("GET", "/api/v1/namespaces/default/configmaps/pgset-mount-probe") => (
+                200,
+                json!({"apiVersion": "v1", "kind": "ConfigMap",
+                       "metadata": {"name": "pgset-mount-probe", "namespace": NS,
+                                    "labels": {"app.kubernetes.io/component": "mount-probe",
+                                               "app.kubernetes.io/managed-by": "pgset"}},
+                       "data": {}}),
+            ),
             ("DELETE", "/api/v1/persistentvolumes/pv1") => {
                 pvs_deleted = true;
                 (
@@ -1296,7 +1321,8 @@ async fn down_scales_to_zero_waits_then_deletes_in_reverse_and_keeps_data() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn down_purge_deletes_claims_this_clusters_volumes_and_the_secret() {
+async fn down_purge_deletes_claims_this_clusters_volumes_the_secret_its_leases_and_the_probes_proof()
+ {
     let (client, calls) = mock_client_replying(running_cluster());
     down_quietly(&client, Purge::Everything).await.unwrap();
     let calls = calls.lock().unwrap().clone();
@@ -1312,6 +1338,10 @@ async fn down_purge_deletes_claims_this_clusters_volumes_and_the_secret() {
             "services/pgset",
             "secrets/pgset-secret",
             "configmaps/pgset-record",
+            "leases/pgset-0-member",
+            "leases/pgset-1-member",
+            "leases/pgset-leader",
+            "configmaps/pgset-mount-probe",
             "rolebindings/pgset-agent",
             "roles/pgset-agent",
             "serviceaccounts/pgset-sa",

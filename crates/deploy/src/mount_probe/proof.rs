@@ -118,7 +118,8 @@ pub async fn read_proof(client: &Client, spec: &ClusterSpec) -> Result<Option<Pr
     }))
 }
 
-fn is_ours(cm: &ConfigMap) -> bool {
+/// Whether `cm` is the probe's own: labelled component `mount-probe`, managed by pgset.
+pub fn is_ours(cm: &ConfigMap) -> bool {
     let l = cm.labels();
     l.get(labels::COMPONENT).map(String::as_str) == Some(components::MOUNT_PROBE)
         && l.get(labels::MANAGED_BY).map(String::as_str) == Some(APP_NAME)
