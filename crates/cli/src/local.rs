@@ -21,7 +21,8 @@ pub struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
-    /// Start (or reshape) the set: members in order, each after the previous is ready
+    /// Start (or reshape) the set: members in order, each after the previous is ready (or all
+    /// at once with --parallel)
     Up(UpArgs),
     /// Each member: role, address, socket and data directories, pid, streaming
     Status(StatusArgs),
@@ -60,6 +61,10 @@ struct UpArgs {
     /// the old one copy it again, keeping their data aside (explicit opt-in)
     #[arg(long)]
     allow_reinit: bool,
+    /// Start every member at once (a StatefulSet's Parallel policy): replicas wait for the
+    /// master inside their agents, then copy it concurrently
+    #[arg(long)]
+    parallel: bool,
     /// The agent binary (default: built with `cargo build -p pgset-agent`)
     #[arg(long)]
     agent_bin: Option<PathBuf>,
@@ -164,6 +169,7 @@ async fn up(a: UpArgs) -> Result<()> {
     opts.basebackup_max_rate = a.max_rate;
     opts.adopt_unmarked = a.adopt_unmarked;
     opts.allow_reinit = a.allow_reinit;
+    opts.parallel = a.parallel;
     let stage = Stage::start(format!(
         "local set of {} in {}",
         a.replicas,
