@@ -1,4 +1,4 @@
-//! The in-pod agent: role by ordinal, per-pod PGDATA, master init or replica base backup,
+//! The in-pod agent: the master role from the leader record, per-pod PGDATA, master init or replica base backup,
 //! self-labelling through the API, supervising postgres. Local mode (pgset-local) runs the same
 //! agent as processes on 127.0.0.1.
 
@@ -23,6 +23,7 @@ pub mod role;
 pub mod run;
 pub mod settings;
 pub(crate) mod supervise;
+pub mod sync;
 
 use std::path::PathBuf;
 

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use pgset_spec::contract::AgentMode;
+use pgset_spec::contract::annotations::SYNCHRONOUS;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -538,7 +539,14 @@ pub async fn contend(
             ));
             continue;
         }
-        if st.unknown_lag > s.maximum_lag_on_failover() {
+        // Under synchronous replication only a replica on the record's list holds every
+        // acknowledged commit; on it, the lag bound does not apply.
+        if let Some(o) = crate::sync::objection(s.synchronous(), &record, &s.pod_name) {
+            say(o);
+            continue;
+        }
+        let listed = crate::sync::parse_note(record.note(SYNCHRONOUS));
+        if !listed.contains(&s.pod_name) && st.unknown_lag > s.maximum_lag_on_failover() {
             say(format!(
                 "this member was {} bytes behind what {holder} last reported (limit {}): not eligible",
                 st.unknown_lag,
@@ -550,6 +558,10 @@ pub async fn contend(
         let mut objection = None;
         for peer in peers(&s) {
             if Some(&peer) == record.holder.as_ref().map(|h| &h.member) {
+                continue;
+            }
+            // A peer that may not be promoted does not make this member wait.
+            if s.synchronous().is_some() && !listed.is_empty() && !listed.contains(&peer) {
                 continue;
             }
             if let Some(o) = peer_objection(&s, mine, &peer).await {

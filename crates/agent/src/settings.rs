@@ -161,6 +161,11 @@ impl Settings {
             .unwrap_or(pgset_spec::DEFAULT_MAXIMUM_LAG_ON_FAILOVER)
     }
 
+    /// Synchronous replication, when on ([`contract::env::SYNCHRONOUS`]).
+    pub fn synchronous(&self) -> Option<pgset_spec::Synchronous> {
+        self.env.synchronous
+    }
+
     /// Where a refusal or fatal error is written before the agent exits.
     pub fn termination_log(&self) -> Option<PathBuf> {
         self.env.termination_log_or_default()

@@ -114,6 +114,7 @@ pub async fn supervise(
             api.cloned(),
             pid as i32,
             tx,
+            store.clone(),
         )
         .run(),
     );
@@ -553,6 +554,10 @@ impl Quiet {
 const PING_EVERY: Duration = Duration::from_secs(2);
 /// How often a replica that is not streaming asks the master.
 const MASTER_CHECK_EVERY: Duration = Duration::from_secs(2);
+/// How often the master brings synchronous replication in line with the membership.
+const SYNC_ROUND_EVERY: Duration = Duration::from_millis(500);
+/// How long the set's size read from the StatefulSet is used before it is read again.
+const SIZE_EVERY: Duration = Duration::from_secs(10);
 /// How long a replica may not stream, while its master answers, before it is not ready.
 const NOT_STREAMING_GRACE: Duration = Duration::from_secs(10);
 /// How long a WAL receiver may fail to stream while the master answers before it is restarted
@@ -585,6 +590,12 @@ struct Monitor {
     own_sysid: Option<u64>,
     // Master
     last_slot_check: Option<Instant>,
+    /// The leader record's store: the master keeps its list of synchronous replicas on it.
+    store: RoleStore,
+    synchronous: crate::sync::Keeper,
+    last_sync_round: Option<Instant>,
+    /// The set's size as last read, and when (read at most every `SIZE_EVERY` in a cluster).
+    size: Option<(i32, Instant)>,
     // Replica: replay against the bound.
     replay: ReplayWatch,
     lag: Option<ReplayLag>,
@@ -600,6 +611,7 @@ impl Monitor {
         api: Option<PodApi>,
         postmaster: i32,
         tx: mpsc::UnboundedSender<Event>,
+        store: RoleStore,
     ) -> Monitor {
         let own_sysid = crate::identity::control_system_identifier(&s.pgdata()).ok();
         Monitor {
@@ -624,6 +636,10 @@ impl Monitor {
             reclone_asked: false,
             own_sysid,
             last_slot_check: None,
+            store,
+            synchronous: crate::sync::Keeper::default(),
+            last_sync_round: None,
+            size: None,
             replay: ReplayWatch::default(),
             lag: None,
             io: IoWatch::default(),
@@ -853,6 +869,14 @@ impl Monitor {
             self.last_slot_check = Some(Instant::now());
             self.manage_slots().await;
         }
+        if let Some(mode) = self.s.synchronous()
+            && self
+                .last_sync_round
+                .is_none_or(|t| t.elapsed() >= SYNC_ROUND_EVERY)
+        {
+            self.last_sync_round = Some(Instant::now());
+            self.keep_synchronous(mode).await;
+        }
         (true, "accepts writes".into())
     }
 
@@ -875,6 +899,46 @@ impl Monitor {
         db.execute_batch(render::QUIET_SESSION_SQL).await?;
         db.execute_batch(&render::role_passwords_sql(&replication, &superuser))
             .await
+    }
+
+    /// One round of synchronous replication ([`crate::sync`]): the names and the record's list
+    /// from the live membership.
+    async fn keep_synchronous(&mut self, mode: pgset_spec::Synchronous) {
+        let size = match self.size {
+            // Locally the membership file is read every round.
+            Some((n, at))
+                if self.s.env.mode == AgentMode::Kubernetes && at.elapsed() < SIZE_EVERY =>
+            {
+                Some(n)
+            }
+            _ => {
+                let n = self.desired_replicas().await;
+                if let Some(n) = n {
+                    self.size = Some((n, Instant::now()));
+                }
+                n.or(self.size.map(|(n, _)| n))
+            }
+        };
+        let Some(size) = size else {
+            return;
+        };
+        let members: Vec<String> = (0..size)
+            .map(|k| format!("{}-{k}", self.s.env.cluster))
+            .filter(|m| *m != self.s.pod_name)
+            .collect();
+        let Some(db) = self.db.as_ref() else {
+            return;
+        };
+        if let Err(e) = self
+            .synchronous
+            .round(mode, db, &self.store, &members)
+            .await
+        {
+            let text = format!("synchronous replication: {e}");
+            if self.quiet.allow("sync", &text, Duration::from_secs(60)) {
+                crate::warn!("{text}");
+            }
+        }
     }
 
     /// How many members the set should have: the StatefulSet's `spec.replicas` in a cluster,

@@ -269,6 +269,7 @@ pub fn agent_contract(spec: &ClusterSpec) -> AgentEnv {
         liveness_timeout: None,
         failover: (!spec.replication.failover).then_some(false),
         maximum_lag_on_failover: Some(spec.replication.maximum_lag_on_failover),
+        synchronous: spec.replication.synchronous,
         max_replica_lag_bytes: Some(spec.replication.max_replica_lag.bytes),
         max_replica_lag: Some(std::time::Duration::from_secs(
             spec.replication.max_replica_lag.seconds,

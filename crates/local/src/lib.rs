@@ -113,6 +113,8 @@ pub struct UpOptions {
     pub failover: bool,
     /// PGSET_MAXIMUM_LAG_ON_FAILOVER: how far behind a replica may be and still be promoted.
     pub maximum_lag_on_failover: u64,
+    /// PGSET_SYNCHRONOUS: synchronous replication (`None`: asynchronous).
+    pub synchronous: Option<pgset_spec::Synchronous>,
 }
 
 impl UpOptions {
@@ -140,6 +142,7 @@ impl UpOptions {
             parallel: false,
             failover: true,
             maximum_lag_on_failover: pgset_spec::DEFAULT_MAXIMUM_LAG_ON_FAILOVER,
+            synchronous: None,
         }
     }
 }
@@ -379,6 +382,7 @@ pub fn member_contract(opts: &UpOptions, set: &LocalSet, k: i32) -> AgentEnv {
         liveness_timeout: opts.liveness_timeout,
         failover: (!opts.failover).then_some(false),
         maximum_lag_on_failover: Some(opts.maximum_lag_on_failover),
+        synchronous: opts.synchronous,
         max_replica_lag_bytes: Some(opts.max_replica_lag.bytes),
         max_replica_lag: Some(Duration::from_secs(opts.max_replica_lag.seconds)),
     }

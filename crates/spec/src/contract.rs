@@ -78,6 +78,11 @@ pub mod annotations {
     pub const FAILOVER: &str = "pgset.io/failover";
     /// The value of [`FAILOVER`] that pauses automatic failover.
     pub const FAILOVER_PAUSED: &str = "paused";
+    /// On the leader Lease, with synchronous replication: the members (comma-separated) that
+    /// hold every acknowledged commit, the only ones a failover may promote. The master names
+    /// a replica here only after it was named in `synchronous_standby_names` and flushed
+    /// everything written before, and removes it here before removing it there.
+    pub const SYNCHRONOUS: &str = "pgset.io/synchronous";
 }
 
 /// A replica's base-backup progress as its agent measured it, the value of
@@ -278,6 +283,9 @@ pub mod env {
     /// role on failover (default
     /// [`DEFAULT_MAXIMUM_LAG_ON_FAILOVER`](crate::DEFAULT_MAXIMUM_LAG_ON_FAILOVER)).
     pub const MAXIMUM_LAG_ON_FAILOVER: &str = "PGSET_MAXIMUM_LAG_ON_FAILOVER";
+    /// Synchronous replication, `required:N` or `preferred:N` (spec `replication.synchronous`;
+    /// unset: asynchronous).
+    pub const SYNCHRONOUS: &str = "PGSET_SYNCHRONOUS";
 
     /// Every variable of the contract, in the order [`AgentEnv::entries`](super::AgentEnv::entries)
     /// writes them.
@@ -307,6 +315,7 @@ pub mod env {
         MAX_REPLICA_LAG_SECONDS,
         FAILOVER,
         MAXIMUM_LAG_ON_FAILOVER,
+        SYNCHRONOUS,
     ];
 }
 

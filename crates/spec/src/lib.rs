@@ -221,6 +221,70 @@ pub struct ReplicationSpec {
     /// Bytes a replica may lag behind what the master last reported to it and still be
     /// promoted on failover (default [`DEFAULT_MAXIMUM_LAG_ON_FAILOVER`]).
     pub maximum_lag_on_failover: u64,
+    /// Synchronous replication (absent: asynchronous): a commit is acknowledged once `number`
+    /// replicas flushed it, and only those may be promoted on failover.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub synchronous: Option<Synchronous>,
+}
+
+/// `replication.synchronous`: how many replicas confirm each commit, and what happens when
+/// fewer are streaming.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Synchronous {
+    /// Replicas that flush each commit before it is acknowledged (default 1).
+    #[serde(default = "one")]
+    pub number: u32,
+    /// `required` (default): commits wait while fewer replicas stream; `preferred`: the master
+    /// names only the replicas that stream, down to none (then it is asynchronous).
+    #[serde(default)]
+    pub durability: Durability,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// What a commit waits for when fewer synchronous replicas stream than asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Commits wait until enough named replicas flushed them: no acknowledged write is lost
+    /// on failover, and writes stop while too few replicas run.
+    #[default]
+    Required,
+    /// Only the replicas that stream are named (none: asynchronous): writes never wait for a
+    /// replica that is down.
+    Preferred,
+}
+
+impl Durability {
+    /// The name used in YAML and in the env contract.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Required => "required",
+            Durability::Preferred => "preferred",
+        }
+    }
+}
+
+impl Synchronous {
+    /// The env contract's spelling: `required:1`, `preferred:2`.
+    pub fn to_env(self) -> String {
+        format!("{}:{}", self.durability.as_str(), self.number)
+    }
+
+    /// Parses [`Synchronous::to_env`]'s spelling.
+    pub fn from_env(text: &str) -> Option<Synchronous> {
+        let (d, n) = text.split_once(':')?;
+        let durability = match d {
+            "required" => Durability::Required,
+            "preferred" => Durability::Preferred,
+            _ => return None,
+        };
+        let number = n.parse::<u32>().ok().filter(|n| *n >= 1)?;
+        Some(Synchronous { number, durability })
+    }
 }
 
 impl Default for ReplicationSpec {
@@ -229,6 +293,7 @@ impl Default for ReplicationSpec {
             max_replica_lag: LagBound::default(),
             failover: true,
             maximum_lag_on_failover: DEFAULT_MAXIMUM_LAG_ON_FAILOVER,
+            synchronous: None,
         }
     }
 }

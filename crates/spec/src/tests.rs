@@ -667,3 +667,51 @@ fn the_pod_management_policy_is_ordered_ready_unless_parallel_is_asked_and_nothi
         );
     }
 }
+
+#[test]
+fn synchronous_replication_is_off_by_default_and_cannot_ask_for_more_replicas_than_exist() {
+    assert_eq!(ClusterSpec::default().replication.synchronous, None);
+    let s: ClusterSpec =
+        serde_saphyr::from_str("replicas: 3\nreplication:\n  synchronous: {}\n").unwrap();
+    s.validate().unwrap();
+    assert_eq!(
+        s.replication.synchronous,
+        Some(crate::Synchronous {
+            number: 1,
+            durability: crate::Durability::Required
+        })
+    );
+    let s: ClusterSpec = serde_saphyr::from_str(
+        "replicas: 2\nreplication:\n  synchronous:\n    number: 2\n    durability: required\n",
+    )
+    .unwrap();
+    assert_eq!(invalid_field(&s), "replication.synchronous.number");
+    // Preferred never waits for a replica that is not there: any number is accepted.
+    let s: ClusterSpec = serde_saphyr::from_str(
+        "replicas: 2\nreplication:\n  synchronous:\n    number: 2\n    durability: preferred\n",
+    )
+    .unwrap();
+    s.validate().unwrap();
+    let s: ClusterSpec =
+        serde_saphyr::from_str("replication:\n  synchronous:\n    number: 0\n").unwrap();
+    assert_eq!(invalid_field(&s), "replication.synchronous.number");
+    assert!(
+        serde_saphyr::from_str::<ClusterSpec>(
+            "replication:\n  synchronous:\n    durability: maybe\n"
+        )
+        .is_err()
+    );
+    for (text, sync) in [
+        ("required:1", Some((1, crate::Durability::Required))),
+        ("preferred:3", Some((3, crate::Durability::Preferred))),
+        ("required:0", None),
+        ("required", None),
+        ("sometimes:1", None),
+    ] {
+        assert_eq!(
+            crate::Synchronous::from_env(text).map(|s| (s.number, s.durability)),
+            sync,
+            "{text}"
+        );
+    }
+}

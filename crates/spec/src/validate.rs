@@ -256,6 +256,32 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
             format!("the default is {}", crate::DEFAULT_MAX_REPLICA_LAG_SECONDS),
         ));
     }
+    if let Some(sync) = s.replication.synchronous {
+        let replicas = u32::try_from(s.replicas.saturating_sub(1)).unwrap_or(0);
+        if sync.number == 0 {
+            return Err(invalid(
+                "replication.synchronous.number",
+                "0",
+                "must be at least 1",
+                "remove replication.synchronous for asynchronous replication",
+            ));
+        }
+        if sync.durability == crate::Durability::Required && sync.number > replicas {
+            return Err(invalid(
+                "replication.synchronous.number",
+                sync.number.to_string(),
+                format!(
+                    "is more than the {replicas} replica(s) of {} members: with durability \
+                     required no write would ever be acknowledged",
+                    s.replicas
+                ),
+                format!(
+                    "use at most {replicas}, add members (replicas: {}), or use durability: preferred",
+                    u64::from(sync.number) + 1
+                ),
+            ));
+        }
+    }
     let most = 1024 * 1024 * 1024;
     if s.replication.maximum_lag_on_failover > most {
         return Err(invalid(

@@ -146,6 +146,8 @@ pub struct AgentEnv {
     pub failover: Option<bool>,
     /// [`env::MAXIMUM_LAG_ON_FAILOVER`].
     pub maximum_lag_on_failover: Option<u64>,
+    /// [`env::SYNCHRONOUS`]: written only when synchronous replication is on.
+    pub synchronous: Option<crate::Synchronous>,
 }
 
 /// The health endpoint's address when [`env::HEALTH_ADDR`] is unset.
@@ -269,6 +271,7 @@ impl AgentEnv {
                 env::MAXIMUM_LAG_ON_FAILOVER,
                 self.maximum_lag_on_failover.map(|b| b.to_string()),
             ),
+            (env::SYNCHRONOUS, self.synchronous.map(|s| s.to_env())),
         ];
         v.extend(
             optional
@@ -436,6 +439,15 @@ impl AgentEnv {
                 )
             })?),
         };
+        let synchronous = match get(env::SYNCHRONOUS) {
+            None => None,
+            Some(v) => Some(crate::Synchronous::from_env(&v).ok_or_else(|| {
+                err(
+                    env::SYNCHRONOUS,
+                    format!("`{v}` is not `required:N` or `preferred:N` with N at least 1"),
+                )
+            })?),
+        };
         let basebackup_max_rate = get(env::BASEBACKUP_MAX_RATE);
         if let Some(rate) = &basebackup_max_rate {
             let digits = rate.trim_end_matches(['k', 'K', 'm', 'M']);
@@ -486,6 +498,7 @@ impl AgentEnv {
             max_replica_lag,
             failover,
             maximum_lag_on_failover,
+            synchronous,
         })
     }
 }
@@ -545,6 +558,10 @@ mod tests {
             max_replica_lag: Some(Duration::from_secs(20)),
             failover: Some(false),
             maximum_lag_on_failover: Some(2 * 1024 * 1024),
+            synchronous: Some(crate::Synchronous {
+                number: 2,
+                durability: crate::Durability::Preferred,
+            }),
         }
     }
 
@@ -572,6 +589,7 @@ mod tests {
             max_replica_lag: None,
             failover: None,
             maximum_lag_on_failover: None,
+            synchronous: None,
             ..full()
         }
     }
