@@ -183,8 +183,8 @@ impl std::fmt::Display for Refusal {
                      away to start empty"
                 } else {
                     "this cluster's volume points at another cluster's directory: give each \
-                     cluster its own export directory (see the README's placement section) or \
-                     its own claim"
+                     cluster its own export directory (see \"Several clusters on one NFS host\" \
+                     in docs/guide.md) or its own claim"
                 };
                 write!(
                     f,

@@ -80,7 +80,7 @@ pub enum Error {
     /// PersistentVolumes with this cluster's names are reserved for, or bound to, claims that
     /// are not this cluster's. Judged before any volume is applied: nothing was changed.
     #[error(
-        "{}. pgset changed nothing. Keep these volumes: deleting one frees no directory, and the pods of the claim holding it may be using this cluster's data. Stop the cluster that owns that claim (the claim's namespace and cluster name), check which data directories it wrote, release the volume (once that claim is gone, remove the volume's spec.claimRef), then run this again; the README section \"Several clusters on one NFS host\" explains the layout",
+        "{}. pgset changed nothing. Keep these volumes: deleting one frees no directory, and the pods of the claim holding it may be using this cluster's data. Stop the cluster that owns that claim (the claim's namespace and cluster name), check which data directories it wrote, release the volume (once that claim is gone, remove the volume's spec.claimRef), then run this again; the section \"Several clusters on one NFS host\" of docs/guide.md explains the layout",
         held.join("; ")
     )]
     VolumesHeldElsewhere {
@@ -102,7 +102,7 @@ pub enum Error {
     /// The shared claim exists with fields that cannot change: its storage class, or the
     /// volume it is bound to (a claim made before each cluster had its own volume).
     #[error(
-        "PersistentVolumeClaim {name} in namespace {namespace} exists with fields that cannot change: its storage class, or the volume it is bound to is not {volume} (a claim made before every cluster had its own volume may hold the default cluster's pv1..pvN and its directories); nothing after the claim was applied. Keep the claim and its data: see the README section \"Several clusters on one NFS host\""
+        "PersistentVolumeClaim {name} in namespace {namespace} exists with fields that cannot change: its storage class, or the volume it is bound to is not {volume} (a claim made before every cluster had its own volume may hold the default cluster's pv1..pvN and its directories); nothing after the claim was applied. Keep the claim and its data: see the section \"Several clusters on one NFS host\" of docs/guide.md"
     )]
     ClaimImmutable {
         /// Claim name.

@@ -215,7 +215,7 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
                 field,
                 v.to_string(),
                 format!("must be between 1 and {max}"),
-                "see the defaults in the README",
+                "see the defaults and limits in docs/reference.md",
             ));
         }
     }
