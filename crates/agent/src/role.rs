@@ -210,6 +210,19 @@ pub async fn claim(s: &Settings, store: &RoleStore, timeline: u32) -> Result<Wri
     }
 }
 
+/// The role label at the start of a run, before postgres is ready: a replica labels its pod
+/// `role=replica` at once, so a former master that rejoins as a replica never keeps
+/// `role=master` while it prepares; a master is labelled only once it serves (the Monitor), so
+/// `role=master` is only ever on the member the leader record names. Returns whether the pod
+/// was labelled.
+pub async fn label_at_start(api: &PodApi, s: &Settings) -> Result<bool> {
+    if s.role != Role::Replica {
+        return Ok(false);
+    }
+    api.label_role(&s.pod_name, s.role.label()).await?;
+    Ok(true)
+}
+
 /// Whether the member's own postgres answers: a new connection runs a statement, or the
 /// postmaster itself answers that it cannot accept connections yet (starting, recovering).
 /// A frozen or dead postmaster answers neither within `timeout`.
