@@ -428,9 +428,8 @@ async fn peers(s: &Settings, api: Option<&PodApi>) -> std::result::Result<Vec<St
                 .statefulset_replicas()
                 .await
                 .map_err(|e| e.to_string())?;
-            (0..replicas)
-                .map(|k| format!("{}-{k}", s.env.cluster))
-                .collect()
+            let spec = cluster_names(&s.env.cluster);
+            (0..replicas).map(|k| spec.pod_name(k)).collect()
         }
     };
     members.retain(|m| *m != s.pod_name);
@@ -441,11 +440,16 @@ async fn peers(s: &Settings, api: Option<&PodApi>) -> std::result::Result<Vec<St
 /// A member's DNS name in a cluster: `<pod>.<headless Service>.<namespace>.svc` (the headless
 /// Service publishes members that are not ready too).
 pub fn peer_host(cluster: &str, namespace: &str, peer: &str) -> String {
-    let spec = pgset_spec::ClusterSpec {
+    let spec = cluster_names(cluster);
+    format!("{peer}.{}.{namespace}.svc", spec.headless_service_name())
+}
+
+/// The cluster's names as the spec spells them (pod names, the headless Service).
+fn cluster_names(cluster: &str) -> pgset_spec::ClusterSpec {
+    pgset_spec::ClusterSpec {
         name: cluster.to_string(),
         ..Default::default()
-    };
-    format!("{peer}.{}.{namespace}.svc", spec.headless_service_name())
+    }
 }
 
 /// How long a contender waits for a peer's name to resolve.
