@@ -4,7 +4,8 @@
 //! patch), read and write keys of the cluster's record and publish the member's data
 //! identity on its pod (merge patches), ask whether a member's pod
 //! still exists, read its own pod's grace period, read the StatefulSet's `spec.replicas` (the
-//! master drops a member's slot only when its ordinal is at or above it), and get, create and
+//! master drops a member's slot only when its ordinal is at or above it; a contending replica
+//! asks the members below it), and get, create and
 //! replace the member's write-fence Lease (optimistic concurrency on `resourceVersion`).
 //! The API host comes from KUBERNETES_SERVICE_HOST (an IP): the agent never resolves DNS names.
 

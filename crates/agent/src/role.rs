@@ -1,6 +1,7 @@
 //! The master role from the leader record: which role this member takes at start, the master's
-//! claim of the record before postgres runs, and the holder's renewals while postgres answers,
-//! which end (and make the agent stop postgres) at the renew deadline without a good renewal.
+//! claim of the record before postgres runs, the holder's renewals while postgres answers,
+//! which end (and make the agent stop postgres) at the renew deadline without a good renewal,
+//! and a replica's part in failover ([`contend`]), locally and in a cluster.
 
 use std::time::Duration;
 
@@ -210,6 +211,19 @@ pub async fn claim(s: &Settings, store: &RoleStore, timeline: u32) -> Result<Wri
     }
 }
 
+/// The role label at the start of a run, before postgres is ready: a replica labels its pod
+/// `role=replica` at once, so a former master that rejoins as a replica never keeps
+/// `role=master` while it prepares; a master is labelled only once it serves (the Monitor), so
+/// `role=master` is only ever on the member the leader record names. Returns whether the pod
+/// was labelled.
+pub async fn label_at_start(api: &PodApi, s: &Settings) -> Result<bool> {
+    if s.role != Role::Replica {
+        return Ok(false);
+    }
+    api.label_role(&s.pod_name, s.role.label()).await?;
+    Ok(true)
+}
+
 /// Whether the member's own postgres answers: a new connection runs a statement, or the
 /// postmaster itself answers that it cannot accept connections yet (starting, recovering).
 /// A frozen or dead postmaster answers neither within `timeout`.
@@ -290,8 +304,9 @@ pub enum Turn {
         /// The settings of the member as master.
         settings: Box<Settings>,
     },
-    /// The record names another master: the replica follows it now (its `primary_conninfo`
-    /// rewritten and reloaded).
+    /// The record names another master: the replica follows it now (locally its
+    /// `primary_conninfo` rewritten and reloaded; in a cluster the master Service follows the
+    /// role label, and the settings are the same).
     Repoint(Box<Settings>),
 }
 
@@ -360,75 +375,298 @@ pub fn ahead_or_first(mine: u64, me: i32, theirs: u64, them: i32) -> bool {
     mine > theirs || (mine == theirs && me < them)
 }
 
-/// The local mode's pause switch: `<data root>/<cluster>.leader.paused`.
+/// The local mode's pause switch: `<data root>/<cluster>.leader.paused`. In a cluster the pause
+/// is the leader Lease's annotation alone ([`LeaderRecord::failover_paused`]).
 fn paused(s: &Settings) -> bool {
-    s.env
-        .data_root
-        .join(format!(
-            "{}.{}.paused",
-            s.env.cluster,
-            pgset_spec::contract::LEADER_SUFFIX
-        ))
-        .exists()
+    s.env.mode == AgentMode::Local
+        && s.env
+            .data_root
+            .join(format!(
+                "{}.{}.paused",
+                s.env.cluster,
+                pgset_spec::contract::LEADER_SUFFIX
+            ))
+            .exists()
 }
 
-/// The other members a contender compares itself with (local mode: the membership file).
-fn peers(s: &Settings) -> Vec<String> {
-    let mut members: Vec<String> = s
-        .env
-        .members_file
-        .as_deref()
-        .and_then(pgset_spec::contract::read_members)
-        .map(|m| m.into_iter().collect())
-        .unwrap_or_default();
+/// Whether this replica's WAL receiver streams from the record's holder now.
+fn streams_from_holder(s: &Settings, own: &ReplicaState, record: &LeaderRecord) -> bool {
+    if own.receiver_status.as_deref() != Some("streaming") {
+        return false;
+    }
+    match s.env.mode {
+        // Member k listens on member 0's port + k, and the replica follows the holder's port.
+        AgentMode::Local => {
+            own.sender_port.and_then(|p| u16::try_from(p).ok()) == Some(s.env.master_port)
+        }
+        // Every replica's primary_conninfo names the master Service, which routes only to the
+        // Ready pod labelled role=master, and only the holder labels itself master (a promoted
+        // member once it serves; any other member labels itself replica at its start). A master's
+        // WAL carries the timeline it serves, which the holder writes into the record: a receiver
+        // that streams the record's timeline streams from the holder, and one that streams
+        // another timeline streams from a master the record does not name.
+        AgentMode::Kubernetes => {
+            own.received_tli.and_then(|t| u32::try_from(t).ok()) == Some(record.timeline)
+        }
+    }
+}
+
+/// The other members a contender compares itself with: locally the membership file, in a
+/// cluster the StatefulSet's members `<cluster>-0 .. <cluster>-(replicas-1)`. An error when the
+/// set's size cannot be read: members that are not known are never taken for absent.
+async fn peers(s: &Settings, api: Option<&PodApi>) -> std::result::Result<Vec<String>, String> {
+    let mut members: Vec<String> = match s.env.mode {
+        AgentMode::Local => s
+            .env
+            .members_file
+            .as_deref()
+            .and_then(pgset_spec::contract::read_members)
+            .map(|m| m.into_iter().collect())
+            .unwrap_or_default(),
+        AgentMode::Kubernetes => {
+            let api = api.ok_or("no API client")?;
+            let replicas = api
+                .statefulset_replicas()
+                .await
+                .map_err(|e| e.to_string())?;
+            let spec = cluster_names(&s.env.cluster);
+            (0..replicas).map(|k| spec.pod_name(k)).collect()
+        }
+    };
     members.retain(|m| *m != s.pod_name);
     members.sort();
-    members
+    Ok(members)
 }
 
-/// Why a peer makes this member not the one to promote, or `None`.
-async fn peer_objection(s: &Settings, mine: u64, peer: &str) -> Option<String> {
-    let own = s.env.health_addr?;
-    let port = member_port(s, peer)?.checked_add(own.port().checked_sub(s.env.port)?)?;
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let (code, body) = crate::health::get(addr, pgset_spec::contract::HEALTH_STATUS_PATH).await?;
-    if code != 200 {
-        return None;
+/// A member's DNS name in a cluster: `<pod>.<headless Service>.<namespace>.svc` (the headless
+/// Service publishes members that are not ready too).
+pub fn peer_host(cluster: &str, namespace: &str, peer: &str) -> String {
+    let spec = cluster_names(cluster);
+    format!("{peer}.{}.{namespace}.svc", spec.headless_service_name())
+}
+
+/// The cluster's names as the spec spells them (pod names, the headless Service).
+fn cluster_names(cluster: &str) -> pgset_spec::ClusterSpec {
+    pgset_spec::ClusterSpec {
+        name: cluster.to_string(),
+        ..Default::default()
     }
-    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+}
+
+/// How long a contender waits for a peer's name to resolve.
+const PEER_LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A peer's `/status` (status code and body), `None` without an answer: locally on 127.0.0.1
+/// at its member's health port, in a cluster at its DNS name ([`peer_host`]) and the health
+/// port all members share.
+async fn peer_status(s: &Settings, peer: &str) -> Option<(u16, String)> {
+    let own = s.env.health_addr?;
+    let addr = match s.env.mode {
+        AgentMode::Local => {
+            let port = member_port(s, peer)?.checked_add(own.port().checked_sub(s.env.port)?)?;
+            std::net::SocketAddr::from(([127, 0, 0, 1], port))
+        }
+        AgentMode::Kubernetes => {
+            let host = peer_host(&s.env.cluster, s.namespace()?, peer);
+            let found = tokio::time::timeout(
+                PEER_LOOKUP_TIMEOUT,
+                tokio::net::lookup_host((host, own.port())),
+            )
+            .await
+            .ok()?
+            .ok()?;
+            found.into_iter().next()?
+        }
+    };
+    crate::health::get(addr, pgset_spec::contract::HEALTH_STATUS_PATH).await
+}
+
+/// What a peer said of itself on its health endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerAnswer {
+    /// No answer, or none about this peer's postgres: no objection (it cannot be promoted
+    /// either).
+    Silent,
+    /// Its postgres runs as a master (not in recovery).
+    Master,
+    /// A replica that received WAL up to this LSN.
+    Received(u64),
+}
+
+/// Reads a peer's `/status` answer (pure).
+pub fn peer_answer(peer: &str, code: u16, body: &str) -> PeerAnswer {
+    if code != 200 {
+        return PeerAnswer::Silent;
+    }
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
+        return PeerAnswer::Silent;
+    };
     if v["member"].as_str() != Some(peer) {
-        return None;
+        return PeerAnswer::Silent;
     }
     let pgv = &v["postgres"];
     if pgv["inRecovery"].as_bool() == Some(false) {
-        return Some(format!("{peer} runs as a master"));
+        return PeerAnswer::Master;
     }
-    let theirs = pgv["receiveLsn"].as_str().and_then(parse_lsn)?;
-    let them = pgset_spec::ordinal_of(peer)?;
-    (!ahead_or_first(mine, s.ordinal, theirs, them)).then(|| {
-        format!(
-            "{peer} received up to {} and this member up to {}",
-            pg::lsn_text(theirs as i64),
-            pg::lsn_text(mine as i64)
-        )
+    match pgv["receiveLsn"].as_str().and_then(parse_lsn) {
+        Some(lsn) => PeerAnswer::Received(lsn),
+        None => PeerAnswer::Silent,
+    }
+}
+
+/// Why a peer makes this member (ordinal `me`, received up to `mine`) not the one to promote,
+/// or `None` (pure): a peer that runs as a master objects, and so does one that received more
+/// (of equals, the lower ordinal goes); a silent one does not.
+pub fn objection(me: i32, mine: u64, answers: &[(String, PeerAnswer)]) -> Option<String> {
+    answers.iter().find_map(|(peer, answer)| match *answer {
+        PeerAnswer::Silent => None,
+        PeerAnswer::Master => Some(format!("{peer} runs as a master")),
+        PeerAnswer::Received(theirs) => {
+            let them = pgset_spec::ordinal_of(peer)?;
+            (!ahead_or_first(mine, me, theirs, them)).then(|| {
+                format!(
+                    "{peer} received up to {} and this member up to {}",
+                    pg::lsn_text(theirs as i64),
+                    pg::lsn_text(mine as i64)
+                )
+            })
+        }
     })
 }
 
-/// A replica's part in failover (local mode), every `renew_every`: it notes when its WAL
-/// receiver streamed from the holder; it follows a new holder; and when the record expired on
-/// its own clock (or was released) while failover is on and not paused, and it streamed from
-/// that holder within the lease duration (+ one renewal), on its timeline, within
-/// `maximumLagOnFailover`, and no reachable member received more (ties: the lower ordinal), it
-/// takes the record (compare-and-swap), promotes postgres and renews with the new timeline.
+/// The peers' answers, asked at once, in the peers' order.
+async fn peer_answers(s: &Settings, peers: Vec<String>) -> Vec<(String, PeerAnswer)> {
+    let mut asked = tokio::task::JoinSet::new();
+    for (i, peer) in peers.into_iter().enumerate() {
+        let s = s.clone();
+        asked.spawn(async move {
+            let answer = match peer_status(&s, &peer).await {
+                Some((code, body)) => peer_answer(&peer, code, &body),
+                None => PeerAnswer::Silent,
+            };
+            (i, peer, answer)
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(done) = asked.join_next().await {
+        if let Ok(a) = done {
+            answers.push(a);
+        }
+    }
+    answers.sort_by_key(|(i, _, _)| *i);
+    answers.into_iter().map(|(_, p, a)| (p, a)).collect()
+}
+
+/// What a contender knows at one look: the inputs of [`eligibility`].
+#[derive(Debug, Clone)]
+struct Look {
+    /// The holder the record names (`nobody` once released).
+    holder: String,
+    /// The timeline the record names.
+    timeline: u32,
+    /// The observer's verdict: the record expired on this member's clock, or was released.
+    free: bool,
+    /// Automatic failover is on.
+    failover: bool,
+    /// Failover is paused (the record's note; locally also the pause file).
+    paused: bool,
+    /// What this replica last saw of its WAL receiver streaming from the holder.
+    streamed: Option<Streamed>,
+    /// When this look read the record.
+    seen: Instant,
+    /// The number of the look that first saw the record's current version.
+    final_look: u64,
+    /// How recently it must have streamed: the lease duration and one renewal.
+    recent: Duration,
+    /// `maximumLagOnFailover`.
+    lag_limit: u64,
+    /// Why synchronous replication does not allow this member ([`crate::sync::objection`]).
+    sync_objection: Option<String>,
+    /// This member is on the record's list of synchronous replicas (the lag bound does not
+    /// apply: it holds every acknowledged commit).
+    listed: bool,
+}
+
+/// Whether a replica may take the record at one look, before its peers are asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Eligibility {
+    /// The record is held and renewed: nothing to decide.
+    Held,
+    /// Not this member, for this reason.
+    Not(String),
+    /// This member may take it if no peer objects.
+    Eligible,
+}
+
+/// The rules of [`contend`] before the peers (pure): the record free, failover on and not
+/// paused, streamed from the holder recently (in the look that first saw the record's version
+/// or the one before, or within the lease duration and one renewal), on the record's timeline,
+/// within `maximumLagOnFailover` (unless on the list of synchronous replicas; under synchronous
+/// replication only a listed replica is eligible).
+fn eligibility(l: &Look) -> Eligibility {
+    let holder = &l.holder;
+    if !l.free {
+        return Eligibility::Held;
+    }
+    if !l.failover {
+        return Eligibility::Not(format!(
+            "the leader record of {holder} expired; automatic failover is off ({}=false): no promotion",
+            pgset_spec::contract::env::FAILOVER
+        ));
+    }
+    if l.paused {
+        return Eligibility::Not(format!(
+            "the leader record of {holder} expired; failover is paused: no promotion"
+        ));
+    }
+    let Some(st) = l.streamed.filter(|st| {
+        st.look + 1 >= l.final_look || l.seen.saturating_duration_since(st.at) <= l.recent
+    }) else {
+        return Eligibility::Not(format!(
+            "the leader record of {holder} expired, but this member did not stream from it within {} ms: not eligible",
+            l.recent.as_millis()
+        ));
+    };
+    if st.timeline != l.timeline {
+        return Eligibility::Not(format!(
+            "the leader record of {holder} names timeline {} but this member received timeline {}: not eligible",
+            l.timeline, st.timeline
+        ));
+    }
+    if let Some(o) = &l.sync_objection {
+        return Eligibility::Not(o.clone());
+    }
+    if !l.listed && st.unknown_lag > l.lag_limit {
+        return Eligibility::Not(format!(
+            "this member was {} bytes behind what {holder} last reported (limit {}): not eligible",
+            st.unknown_lag, l.lag_limit
+        ));
+    }
+    Eligibility::Eligible
+}
+
+/// A replica's part in failover, every `renew_every`: it notes when its WAL receiver streamed
+/// from the holder ([`streams_from_holder`]); it follows a new holder (locally by rewriting its
+/// `primary_conninfo` to the holder's port; in a cluster the master Service follows the role
+/// label, so it only forgets what it saw streaming and tells the supervisor); and when the
+/// record expired on its own clock (or was released) while failover is on and not paused, and
+/// it streamed from that holder within the lease duration (+ one renewal), on its timeline,
+/// within `maximumLagOnFailover`, and no reachable member received more (ties: the lower
+/// ordinal), it takes the record (compare-and-swap), promotes postgres and renews with the new
+/// timeline. In a cluster, `api` lists the set's members; without it nothing is promoted.
 pub async fn contend(
     s: Settings,
     store: RoleStore,
+    api: Option<PodApi>,
     turns: tokio::sync::mpsc::UnboundedSender<Turn>,
 ) {
     let timings = *store.timings();
     let mut s = s;
     let mut observer = Observer::new();
     let mut streamed: Option<Streamed> = None;
+    // In a cluster: the holder this replica follows, as first read (the agent took its role
+    // from the record moments before).
+    let mut following: Option<String> = None;
     // Completed looks, and the look that first saw the record's current version: a replica that
     // streamed in that look or the one before streamed while the holder still renewed, however
     // long a loaded machine takes between looks.
@@ -468,27 +706,46 @@ pub async fn contend(
         }
         if let Some(h) = &record.holder
             && h.member != s.pod_name
-            && member_port(&s, &h.member) != Some(s.env.master_port)
         {
-            let next = apply(&s, &decide(&s, Some(&record)));
-            match repoint(&db, &next).await {
-                Ok(()) => {
-                    crate::info!(
-                        "the leader record names {} the master: following it on port {}",
-                        h.member,
-                        next.env.master_port
-                    );
-                    s = next;
-                    streamed = None;
-                    let _ = turns.send(Turn::Repoint(Box::new(s.clone())));
+            match s.env.mode {
+                AgentMode::Local if member_port(&s, &h.member) != Some(s.env.master_port) => {
+                    let next = apply(&s, &decide(&s, Some(&record)));
+                    match repoint(&db, &next).await {
+                        Ok(()) => {
+                            crate::info!(
+                                "the leader record names {} the master: following it on port {}",
+                                h.member,
+                                next.env.master_port
+                            );
+                            s = next;
+                            streamed = None;
+                            let _ = turns.send(Turn::Repoint(Box::new(s.clone())));
+                        }
+                        Err(e) => crate::warn!("re-pointing to {}: {e}", h.member),
+                    }
+                    continue;
                 }
-                Err(e) => crate::warn!("re-pointing to {}: {e}", h.member),
+                AgentMode::Kubernetes => {
+                    let before = following.replace(h.member.clone());
+                    if before.as_ref().is_some_and(|b| *b != h.member) {
+                        crate::info!(
+                            "the leader record names {} the master: following it through {}:{} (the Service selects the pod labelled {}={})",
+                            h.member,
+                            s.env.master_host,
+                            s.env.master_port,
+                            pgset_spec::contract::labels::ROLE,
+                            Role::Master.label()
+                        );
+                        s = apply(&s, &decide(&s, Some(&record)));
+                        streamed = None;
+                        let _ = turns.send(Turn::Repoint(Box::new(s.clone())));
+                        continue;
+                    }
+                }
+                AgentMode::Local => {}
             }
-            continue;
         }
-        let from_holder = own.receiver_status.as_deref() == Some("streaming")
-            && own.sender_port.and_then(|p| u16::try_from(p).ok()) == Some(s.env.master_port);
-        if from_holder {
+        if streams_from_holder(&s, &own, &record) {
             streamed = Some(Streamed {
                 at: seen,
                 look,
@@ -499,77 +756,53 @@ pub async fn contend(
                 unknown_lag: own.unknown_lag.unwrap_or(0).max(0) as u64,
             });
         }
-        let free = record.holder.is_none() || observer.expired(&record, seen);
-        if !free {
-            continue;
-        }
         let holder = record
             .holder
             .as_ref()
             .map(|h| h.member.clone())
             .unwrap_or_else(|| "nobody".into());
-        if !s.failover() {
-            say(format!(
-                "the leader record of {holder} expired; automatic failover is off ({}=false): no promotion",
-                pgset_spec::contract::env::FAILOVER
-            ));
-            continue;
-        }
-        if record.failover_paused() || paused(&s) {
-            say(format!(
-                "the leader record of {holder} expired; failover is paused: no promotion"
-            ));
-            continue;
-        }
-        let recent = timings.lease_duration() + timings.renew_every();
-        let final_look = version_first_look.as_ref().map_or(look, |(_, l)| *l);
-        let Some(st) = streamed.filter(|st| {
-            st.look + 1 >= final_look || seen.saturating_duration_since(st.at) <= recent
-        }) else {
-            say(format!(
-                "the leader record of {holder} expired, but this member did not stream from it within {} ms: not eligible",
-                recent.as_millis()
-            ));
-            continue;
-        };
-        if st.timeline != record.timeline {
-            say(format!(
-                "the leader record of {holder} names timeline {} but this member received timeline {}: not eligible",
-                record.timeline, st.timeline
-            ));
-            continue;
-        }
-        // Under synchronous replication only a replica on the record's list holds every
-        // acknowledged commit; on it, the lag bound does not apply.
-        if let Some(o) = crate::sync::objection(s.synchronous(), &record, &s.pod_name) {
-            say(o);
-            continue;
-        }
+        // Under synchronous replication only the replicas on the record's list hold every
+        // acknowledged commit.
         let listed = crate::sync::parse_note(record.note(SYNCHRONOUS));
-        if !listed.contains(&s.pod_name) && st.unknown_lag > s.maximum_lag_on_failover() {
-            say(format!(
-                "this member was {} bytes behind what {holder} last reported (limit {}): not eligible",
-                st.unknown_lag,
-                s.maximum_lag_on_failover()
-            ));
-            continue;
+        let verdict = eligibility(&Look {
+            holder: holder.clone(),
+            timeline: record.timeline,
+            free: record.holder.is_none() || observer.expired(&record, seen),
+            failover: s.failover(),
+            paused: record.failover_paused() || paused(&s),
+            streamed,
+            seen,
+            final_look: version_first_look.as_ref().map_or(look, |(_, l)| *l),
+            recent: timings.lease_duration() + timings.renew_every(),
+            lag_limit: s.maximum_lag_on_failover(),
+            sync_objection: crate::sync::objection(s.synchronous(), &record, &s.pod_name),
+            listed: listed.contains(&s.pod_name),
+        });
+        match verdict {
+            Eligibility::Held => continue,
+            Eligibility::Not(why) => {
+                say(why);
+                continue;
+            }
+            Eligibility::Eligible => {}
         }
         let mine = own.receive_lsn.unwrap_or(0).max(0) as u64;
-        let mut objection = None;
-        for peer in peers(&s) {
-            if Some(&peer) == record.holder.as_ref().map(|h| &h.member) {
+        let mut others = match peers(&s, api.as_ref()).await {
+            Ok(p) => p,
+            Err(e) => {
+                say(format!(
+                    "the leader record of {holder} expired, but the set's members cannot be listed ({e}): no promotion"
+                ));
                 continue;
             }
-            // A peer that may not be promoted does not make this member wait.
-            if s.synchronous().is_some() && !listed.is_empty() && !listed.contains(&peer) {
-                continue;
-            }
-            if let Some(o) = peer_objection(&s, mine, &peer).await {
-                objection = Some(o);
-                break;
-            }
+        };
+        others.retain(|p| Some(p) != record.holder.as_ref().map(|h| &h.member));
+        // A peer that may not be promoted does not make this member wait.
+        if s.synchronous().is_some() && !listed.is_empty() {
+            others.retain(|p| listed.contains(p));
         }
-        if let Some(o) = objection {
+        let answers = peer_answers(&s, others).await;
+        if let Some(o) = objection(s.ordinal, mine, &answers) {
             say(format!(
                 "the leader record of {holder} expired; another member goes first ({o})"
             ));
@@ -753,6 +986,396 @@ mod tests {
         assert!(!ahead_or_first(10, 2, 10, 1));
         assert_eq!(parse_lsn("1/3000028"), Some(0x1_0300_0028));
         assert_eq!(parse_lsn("x"), None);
+    }
+
+    /// A member of a cluster in namespace `db`.
+    fn cluster_settings(pod: &str) -> Settings {
+        let mut m = crate::settings::tests::sample_env(pod);
+        m.insert(pgset_spec::contract::env::MODE, "kubernetes".into());
+        m.insert(pgset_spec::contract::env::NAMESPACE, "db".into());
+        Settings::from_lookup(|k| m.get(k).cloned()).unwrap()
+    }
+
+    /// A look at which every rule lets this member take the record: free, failover on and not
+    /// paused, streamed on the record's timeline in this very look, within the lag limit.
+    fn eligible_look() -> Look {
+        let seen = Instant::now();
+        Look {
+            holder: "pgset-0".into(),
+            timeline: 2,
+            free: true,
+            failover: true,
+            paused: false,
+            streamed: Some(Streamed {
+                at: seen,
+                look: 7,
+                timeline: 2,
+                unknown_lag: 0,
+            }),
+            seen,
+            final_look: 7,
+            recent: Duration::from_secs(17),
+            lag_limit: 1 << 20,
+            sync_objection: None,
+            listed: false,
+        }
+    }
+
+    #[test]
+    fn under_synchronous_replication_only_a_listed_replica_is_eligible_whatever_its_lag() {
+        let mut l = eligible_look();
+        l.sync_objection = Some("only pgset-2 hold every acknowledged commit".into());
+        assert!(matches!(eligibility(&l), Eligibility::Not(w) if w.contains("pgset-2")));
+        let mut l = eligible_look();
+        l.listed = true;
+        l.streamed.as_mut().unwrap().unknown_lag = 10 << 20;
+        assert_eq!(eligibility(&l), Eligibility::Eligible);
+    }
+
+    fn why(l: &Look) -> String {
+        match eligibility(l) {
+            Eligibility::Not(why) => why,
+            other => panic!("expected a reason, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_replica_that_streamed_from_an_expired_holder_on_its_timeline_is_eligible() {
+        assert_eq!(eligibility(&eligible_look()), Eligibility::Eligible);
+        let released = Look {
+            holder: "nobody".into(),
+            ..eligible_look()
+        };
+        assert_eq!(eligibility(&released), Eligibility::Eligible);
+    }
+
+    #[test]
+    fn a_held_record_is_not_contended_and_says_nothing() {
+        let held = Look {
+            free: false,
+            failover: false,
+            paused: true,
+            streamed: None,
+            ..eligible_look()
+        };
+        assert_eq!(eligibility(&held), Eligibility::Held);
+    }
+
+    #[test]
+    fn failover_off_or_paused_promotes_nobody_and_says_which() {
+        let off = Look {
+            failover: false,
+            ..eligible_look()
+        };
+        assert_eq!(
+            why(&off),
+            "the leader record of pgset-0 expired; automatic failover is off (PGSET_FAILOVER=false): no promotion"
+        );
+        let paused = Look {
+            paused: true,
+            ..eligible_look()
+        };
+        assert_eq!(
+            why(&paused),
+            "the leader record of pgset-0 expired; failover is paused: no promotion"
+        );
+    }
+
+    #[test]
+    fn a_replica_that_never_streamed_or_not_recently_is_not_eligible() {
+        let never = Look {
+            streamed: None,
+            ..eligible_look()
+        };
+        assert_eq!(
+            why(&never),
+            "the leader record of pgset-0 expired, but this member did not stream from it within 17000 ms: not eligible"
+        );
+        let l = eligible_look();
+        let long_ago = Look {
+            streamed: Some(Streamed {
+                at: l.seen - Duration::from_secs(18),
+                look: 3,
+                ..l.streamed.unwrap()
+            }),
+            final_look: 9,
+            ..l.clone()
+        };
+        assert!(why(&long_ago).contains("did not stream from it within 17000 ms"));
+        // Streamed in the look before the one that first saw the final version: while the
+        // holder still renewed, however long ago on a loaded machine.
+        let slow_machine = Look {
+            final_look: 4,
+            ..long_ago.clone()
+        };
+        assert_eq!(eligibility(&slow_machine), Eligibility::Eligible);
+        let within = Look {
+            streamed: Some(Streamed {
+                at: l.seen - Duration::from_secs(16),
+                ..long_ago.streamed.unwrap()
+            }),
+            ..long_ago
+        };
+        assert_eq!(eligibility(&within), Eligibility::Eligible);
+    }
+
+    #[test]
+    fn another_timeline_or_too_much_lag_is_not_eligible() {
+        let l = eligible_look();
+        let other_timeline = Look {
+            timeline: 3,
+            ..l.clone()
+        };
+        assert_eq!(
+            why(&other_timeline),
+            "the leader record of pgset-0 names timeline 3 but this member received timeline 2: not eligible"
+        );
+        let behind = Look {
+            streamed: Some(Streamed {
+                unknown_lag: (1 << 20) + 1,
+                ..l.streamed.unwrap()
+            }),
+            ..l.clone()
+        };
+        assert_eq!(
+            why(&behind),
+            "this member was 1048577 bytes behind what pgset-0 last reported (limit 1048576): not eligible"
+        );
+        let at_limit = Look {
+            streamed: Some(Streamed {
+                unknown_lag: 1 << 20,
+                ..l.streamed.unwrap()
+            }),
+            ..l
+        };
+        assert_eq!(eligibility(&at_limit), Eligibility::Eligible);
+    }
+
+    #[test]
+    fn a_peer_that_is_a_master_or_received_more_objects_and_a_silent_one_does_not() {
+        let ask = |answers: &[(&str, PeerAnswer)]| {
+            let answers: Vec<(String, PeerAnswer)> =
+                answers.iter().map(|(p, a)| (p.to_string(), *a)).collect();
+            objection(1, 100, &answers)
+        };
+        assert_eq!(ask(&[]), None);
+        assert_eq!(ask(&[("pgset-2", PeerAnswer::Silent)]), None);
+        assert_eq!(ask(&[("pgset-2", PeerAnswer::Received(99))]), None);
+        assert_eq!(
+            ask(&[("pgset-2", PeerAnswer::Received(100))]),
+            None,
+            "of equals the lower ordinal goes"
+        );
+        assert_eq!(
+            ask(&[("pgset-0", PeerAnswer::Received(100))]).as_deref(),
+            Some("pgset-0 received up to 0/64 and this member up to 0/64")
+        );
+        assert_eq!(
+            ask(&[
+                ("pgset-2", PeerAnswer::Silent),
+                ("pgset-3", PeerAnswer::Received(101))
+            ])
+            .as_deref(),
+            Some("pgset-3 received up to 0/65 and this member up to 0/64")
+        );
+        assert_eq!(
+            ask(&[("pgset-2", PeerAnswer::Master)]).as_deref(),
+            Some("pgset-2 runs as a master")
+        );
+    }
+
+    #[test]
+    fn a_peers_status_is_read_from_its_own_answer_only() {
+        let status = |member: &str, pg: serde_json::Value| {
+            serde_json::json!({"member": member, "postgres": pg}).to_string()
+        };
+        let replica = status(
+            "pgset-2",
+            serde_json::json!({"inRecovery": true, "receiveLsn": "1/3000028"}),
+        );
+        assert_eq!(
+            peer_answer("pgset-2", 200, &replica),
+            PeerAnswer::Received(0x1_0300_0028)
+        );
+        assert_eq!(
+            peer_answer("pgset-2", 503, &replica),
+            PeerAnswer::Silent,
+            "only a 200 is an answer"
+        );
+        assert_eq!(
+            peer_answer("pgset-1", 200, &replica),
+            PeerAnswer::Silent,
+            "another member's answer is not this peer's"
+        );
+        assert_eq!(peer_answer("pgset-2", 200, "not json"), PeerAnswer::Silent);
+        assert_eq!(
+            peer_answer(
+                "pgset-2",
+                200,
+                &status("pgset-2", serde_json::json!({"inRecovery": false}))
+            ),
+            PeerAnswer::Master
+        );
+        assert_eq!(
+            peer_answer(
+                "pgset-2",
+                200,
+                &status("pgset-2", serde_json::json!({"inRecovery": true}))
+            ),
+            PeerAnswer::Silent,
+            "a replica that received nothing yet"
+        );
+    }
+
+    #[test]
+    fn a_cluster_member_is_asked_at_its_name_under_the_headless_service() {
+        assert_eq!(peer_host("pgset", "db", "pgset-2"), "pgset-2.pgset.db.svc");
+    }
+
+    fn streaming(sender_port: i32, tli: i64) -> ReplicaState {
+        ReplicaState {
+            in_recovery: true,
+            receiver_status: Some("streaming".into()),
+            sender_port: Some(sender_port),
+            received_tli: Some(tli),
+            unknown_lag: Some(0),
+            receive_lsn: Some(100),
+        }
+    }
+
+    #[test]
+    fn locally_a_replica_streams_from_the_holder_when_its_sender_is_the_holders_port() {
+        let two = apply(
+            &settings("pgset-2"),
+            &decide(&settings("pgset-2"), Some(&held_by(Some("pgset-1")))),
+        );
+        assert_eq!(two.env.master_port, 5433);
+        let record = held_by(Some("pgset-1"));
+        assert!(streams_from_holder(&two, &streaming(5433, 1), &record));
+        assert!(!streams_from_holder(&two, &streaming(5432, 1), &record));
+        let mut stopped = streaming(5433, 1);
+        stopped.receiver_status = Some("waiting".into());
+        assert!(!streams_from_holder(&two, &stopped, &record));
+    }
+
+    #[test]
+    fn in_a_cluster_a_replica_streams_from_the_holder_when_it_receives_the_records_timeline() {
+        let two = cluster_settings("pgset-2");
+        let record = held_by(Some("pgset-1"));
+        // The master Service's port, whatever member serves behind it.
+        assert!(streams_from_holder(&two, &streaming(5432, 1), &record));
+        assert!(
+            !streams_from_holder(&two, &streaming(5432, 2), &record),
+            "another timeline is another master"
+        );
+        let mut stopped = streaming(5432, 1);
+        stopped.receiver_status = None;
+        assert!(!streams_from_holder(&two, &stopped, &record));
+    }
+
+    #[test]
+    fn the_pause_file_counts_locally_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().display().to_string();
+        let with_root = |mode: &str| {
+            let mut m = crate::settings::tests::sample_env("pgset-1");
+            m.insert(pgset_spec::contract::env::MODE, mode.into());
+            m.insert(pgset_spec::contract::env::NAMESPACE, "db".into());
+            m.insert(pgset_spec::contract::env::DATA_ROOT, root.clone());
+            Settings::from_lookup(|k| m.get(k).cloned()).unwrap()
+        };
+        assert!(!paused(&with_root("local")));
+        std::fs::write(dir.path().join("pgset.leader.paused"), "").unwrap();
+        assert!(paused(&with_root("local")));
+        assert!(!paused(&with_root("kubernetes")));
+    }
+
+    #[tokio::test]
+    async fn locally_the_peers_are_the_membership_file_but_this_member() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("members");
+        std::fs::write(&file, "pgset-2\npgset-0\npgset-1\n").unwrap();
+        let mut m = crate::settings::tests::sample_env("pgset-1");
+        m.insert(
+            pgset_spec::contract::env::MEMBERS_FILE,
+            file.display().to_string(),
+        );
+        let s = Settings::from_lookup(|k| m.get(k).cloned()).unwrap();
+        assert_eq!(peers(&s, None).await.unwrap(), ["pgset-0", "pgset-2"]);
+    }
+
+    /// An API server that answers every request with `status` and `answer`, and the requests'
+    /// method and path.
+    fn api_answering(
+        status: u16,
+        answer: serde_json::Value,
+    ) -> (PodApi, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            let mut handle = std::pin::pin!(handle);
+            while let Some((request, send)) = handle.next_request().await {
+                record.lock().unwrap().push(format!(
+                    "{} {}",
+                    request.method(),
+                    request.uri().path()
+                ));
+                send.send_response(
+                    Response::builder()
+                        .status(status)
+                        .header("content-type", "application/json")
+                        .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                        .unwrap(),
+                );
+            }
+        });
+        let client = kube::Client::new(service, "db");
+        (PodApi::with_client(client, "db", "pgset"), seen)
+    }
+
+    #[tokio::test]
+    async fn in_a_cluster_the_peers_are_the_statefulsets_members_but_this_member() {
+        let (api, seen) = api_answering(
+            200,
+            serde_json::json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+                               "metadata": {"name": "pgset", "namespace": "db"},
+                               "spec": {"replicas": 3, "selector": {}, "serviceName": "pgset",
+                                        "template": {}}}),
+        );
+        let s = cluster_settings("pgset-1");
+        assert_eq!(peers(&s, Some(&api)).await.unwrap(), ["pgset-0", "pgset-2"]);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["GET /apis/apps/v1/namespaces/db/statefulsets/pgset"]
+        );
+    }
+
+    #[tokio::test]
+    async fn in_a_cluster_a_set_whose_size_cannot_be_read_has_no_known_peers() {
+        let (api, _) = api_answering(
+            403,
+            serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                               "status": "Failure", "reason": "Forbidden", "code": 403}),
+        );
+        let e = peers(&cluster_settings("pgset-1"), Some(&api))
+            .await
+            .unwrap_err();
+        assert!(e.contains("`get` statefulsets"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_cluster_peer_whose_name_does_not_resolve_does_not_object() {
+        let answers = peer_answers(&cluster_settings("pgset-1"), vec!["pgset-2".into()]).await;
+        assert_eq!(answers, [("pgset-2".to_string(), PeerAnswer::Silent)]);
+    }
+
+    #[tokio::test]
+    async fn in_a_cluster_without_an_api_client_the_peers_are_not_known() {
+        let e = peers(&cluster_settings("pgset-1"), None).await.unwrap_err();
+        assert_eq!(e, "no API client");
     }
 
     #[test]

@@ -138,6 +138,22 @@ async fn run_member(
             s.env.master_port
         ),
     }
+    if let Some(api) = api {
+        match role::label_at_start(api, s).await {
+            Ok(true) => crate::info!(
+                "labelled pod {} {}={} before it serves",
+                s.pod_name,
+                contract::labels::ROLE,
+                s.role.label()
+            ),
+            Ok(false) => {}
+            Err(e) => crate::warn!(
+                "labelling the pod {}={} at start (it is labelled again before it is ready): {e}",
+                contract::labels::ROLE,
+                s.role.label()
+            ),
+        }
+    }
     let timeline = record.as_ref().map(|r| r.timeline).unwrap_or(1).max(1);
     let lead = Lead { store, timeline };
     let result = member_loop(s, bin, me, health, api, &mut signals, &fence, &lead).await;

@@ -79,8 +79,9 @@ enum Event {
 /// Runs postgres until it exits, a shutdown signal is handled, or a re-clone is needed. A master
 /// passes `leader_lost`, which says why the role is given up (the holder's renewals ended): then,
 /// as for a shutdown signal or a lost member fence, readiness goes off at once and postgres is
-/// stopped on the fixed deadlines of [`StopEscalation`]. A local replica contends for the
-/// record through `store` ([`role::contend`]) and, promoted, renews it as the master.
+/// stopped on the fixed deadlines of [`StopEscalation`]. A replica (local or in a cluster)
+/// contends for the record through `store` ([`role::contend`]) and, promoted, renews it as the
+/// master.
 #[allow(clippy::too_many_arguments)]
 pub async fn supervise(
     s: &Settings,
@@ -118,10 +119,16 @@ pub async fn supervise(
         )
         .run(),
     );
-    // A local replica contends for the record when its holder stops renewing it.
+    // A replica contends for the record when its holder stops renewing it.
     let (turn_tx, mut turns) = mpsc::unbounded_channel();
-    let contender = (s.role == Role::Replica && s.env.mode == AgentMode::Local)
-        .then(|| tokio::spawn(role::contend(s.clone(), store.clone(), turn_tx)));
+    let contender = (s.role == Role::Replica).then(|| {
+        tokio::spawn(role::contend(
+            s.clone(),
+            store.clone(),
+            api.cloned(),
+            turn_tx,
+        ))
+    });
     let mut keeper = None;
     let mut current = s.clone();
     let postmaster = Pid::from_raw(pid as i32);

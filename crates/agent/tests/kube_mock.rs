@@ -70,6 +70,59 @@ async fn labelling_is_a_server_side_apply_of_the_role_label_only() {
     );
 }
 
+/// A member `pod` of cluster `pgset` in namespace `db`, its role taken from the record as `role`.
+fn member(pod: &str, role: pgset_agent::settings::Role) -> pgset_agent::settings::Settings {
+    use pgset_spec::contract::env;
+    let m = std::collections::HashMap::from([
+        (env::MODE, "kubernetes".to_string()),
+        (env::NAMESPACE, "db".to_string()),
+        (env::CLUSTER, "pgset".to_string()),
+        (env::POD_NAME, pod.to_string()),
+        (env::DATA_ROOT, "/data".to_string()),
+        (env::MASTER_HOST, "pgset-master".to_string()),
+        (env::MASTER_PORT, "5432".to_string()),
+        (env::PORT, "5432".to_string()),
+        (env::SOCKET_DIR, "/run/pg".to_string()),
+        (env::SECRET_DIR, "/secret".to_string()),
+    ]);
+    let mut s = pgset_agent::settings::Settings::from_lookup(|k| m.get(k).cloned()).unwrap();
+    s.role = role;
+    s
+}
+
+#[tokio::test]
+async fn a_replica_labels_its_pod_replica_at_start_even_a_former_master() {
+    use pgset_agent::settings::Role;
+    // Ordinal 0, the usual master, starting as the replica of a newer holder.
+    let (client, seen) = mock(200, pod("pgset-0"));
+    let api = PodApi::with_client(client, "db", "pgset");
+    let labelled = pgset_agent::role::label_at_start(&api, &member("pgset-0", Role::Replica))
+        .await
+        .unwrap();
+    assert!(labelled);
+    let calls = seen.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1);
+    let (method, path, query, body) = &calls[0];
+    assert_eq!(
+        (method.as_str(), path.as_str()),
+        ("PATCH", "/api/v1/namespaces/db/pods/pgset-0")
+    );
+    assert!(query.contains("fieldManager=pgset"), "{query}");
+    assert_eq!(body["metadata"]["labels"], json!({"role": "replica"}));
+}
+
+#[tokio::test]
+async fn a_master_is_not_labelled_at_start_only_once_it_serves() {
+    use pgset_agent::settings::Role;
+    let (client, seen) = mock(200, pod("pgset-1"));
+    let api = PodApi::with_client(client, "db", "pgset");
+    let labelled = pgset_agent::role::label_at_start(&api, &member("pgset-1", Role::Master))
+        .await
+        .unwrap();
+    assert!(!labelled);
+    assert!(seen.lock().unwrap().is_empty(), "no request at all");
+}
+
 #[tokio::test]
 async fn a_forbidden_label_names_the_missing_verb_and_the_role() {
     let (client, _) = mock(403, status(403, "Forbidden"));

@@ -1,5 +1,6 @@
 //! `cargo xtask deploy`: apply the cluster's objects (server-side, fixed order), create the
-//! Secret when absent, and wait for the ordered rollout; `--dry-run=client` prints the YAML.
+//! Secret when absent, and wait for the ordered rollout, then lift a failover pause `down` or
+//! `scale` left (kept, and said, with `--no-wait`); `--dry-run=client` prints the YAML.
 //! With `-v` each member's timeline (when it reached each step) ends the output; `--output json`
 //! prints the rollout and its timeline on stdout.
 
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
-use pgset_deploy::apply::{ApplyMode, deploy};
+use pgset_deploy::apply::{ApplyMode, deploy, lift_failover_pause};
 use pgset_deploy::render::multi_document;
 use pgset_deploy::rollout::{RolloutReport, wait_for_rollout};
 use serde_json::json;
@@ -166,9 +167,18 @@ pub async fn stage(ctx: &RunContext, wait: &WaitArgs) -> Result<Option<RolloutRe
     .await
     .context("apply the objects")?;
     stage.done(&outcome.summary());
+    let say = &mut |line: &str| reporter.line(&format!("    {line}"));
     let timeout = match wait.timeout() {
         Some(t) if mode == ApplyMode::Apply => t,
-        _ => return Ok(None),
+        _ => {
+            // A deploy that does not wait leaves a failover pause and says how to lift it.
+            if mode == ApplyMode::Apply {
+                lift_failover_pause(client, spec, None, say)
+                    .await
+                    .context("read the leader Lease's failover pause")?;
+            }
+            return Ok(None);
+        }
     };
     let stage = reporter.stage(format!(
         "wait for {} members of StatefulSet {} to be Ready (timeout {}s)",
@@ -189,6 +199,10 @@ pub async fn stage(ctx: &RunContext, wait: &WaitArgs) -> Result<Option<RolloutRe
     if reporter.verbose() {
         print_timeline(reporter, &report);
     }
+    // Every member is Ready: a failover pause `down` or `scale` left is lifted.
+    lift_failover_pause(client, spec, Some(&report), say)
+        .await
+        .context("lift the failover pause on the leader Lease")?;
     Ok(Some(report))
 }
 

@@ -1,6 +1,7 @@
 //! Server-side apply of a cluster's objects in a fixed order (RBAC, the cluster record,
 //! Secret, Services, claim, StatefulSet) with one field manager; the Secret is get-or-create
-//! and never overwritten, the record is created once (see `record`).
+//! and never overwritten, the record is created once (see `record`); after a deploy that saw
+//! every member Ready, the failover pause `down` or `scale` left is lifted.
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -12,6 +13,8 @@ use pgset_spec::ValidSpec;
 use pgset_spec::contract::FIELD_MANAGER;
 use pgset_spec::contract::secret::CLUSTER_ID_KEY;
 
+use crate::master::{read_leader, resume_failover};
+use crate::rollout::RolloutReport;
 use crate::secret::{Passwords, has_cluster_id, missing_keys, new_cluster_id, secret};
 use crate::{ClusterObjects, Error, NamespacedObject, Result, is_status, record};
 
@@ -340,6 +343,56 @@ pub async fn deploy(
         })?;
     changes.record(applied);
     Ok(changes)
+}
+
+/// What a deploy did about the failover pause that `down` or `scale` leaves on the leader Lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseAfterDeploy {
+    /// No pause (or no leader Lease): nothing was written.
+    NotPaused,
+    /// Every member became Ready: the pause was removed.
+    Lifted,
+    /// The deploy did not see every member Ready: the pause stays.
+    Kept,
+}
+
+/// After a deploy: one that waited until every member was Ready (`rollout`, the report of
+/// that wait) removes the failover pause `down` or `scale` left on the leader Lease (a merge
+/// patch of that one annotation on the resourceVersion read, so the Lease's other annotations
+/// stay and a write racing the holder's renewal is made again on the new version), saying so;
+/// one that did not wait leaves it and says how to lift it. A Lease without the pause is not
+/// written.
+pub async fn lift_failover_pause(
+    client: &Client,
+    spec: &ValidSpec,
+    rollout: Option<&RolloutReport>,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<PauseAfterDeploy> {
+    let lease = pgset_spec::contract::leader_lease_name(&spec.name);
+    let all_ready = rollout.is_some_and(|r| {
+        spec.replicas > 0 && usize::try_from(spec.replicas).is_ok_and(|n| r.members.len() == n)
+    });
+    if all_ready {
+        if resume_failover(client, spec).await? {
+            progress(&format!(
+                "removed the failover pause on Lease {lease}: all {} members are Ready",
+                spec.replicas
+            ));
+            return Ok(PauseAfterDeploy::Lifted);
+        }
+        return Ok(PauseAfterDeploy::NotPaused);
+    }
+    if read_leader(client, spec)
+        .await?
+        .is_some_and(|l| l.failover_paused)
+    {
+        progress(&format!(
+            "failover stays paused on Lease {lease}: run `{} deploy` without --no-wait to wait for the members and lift it",
+            pgset_spec::contract::program_name()
+        ));
+        return Ok(PauseAfterDeploy::Kept);
+    }
+    Ok(PauseAfterDeploy::NotPaused)
 }
 
 /// What a deploy changed. A deploy over a cluster that already matches the spec changes

@@ -30,7 +30,8 @@ pub fn service_account(spec: &ClusterSpec) -> ServiceAccount {
 /// - `configmaps`: `get` and `patch` on the cluster's record (`<name>-record`) only: the master
 ///   writes the database system identifier it initialised there, and reads it before an initdb.
 /// - `statefulsets` (`apps`): `get` on the set's own StatefulSet only: the master drops a
-///   member's replication slot only when the member's ordinal is at or above `spec.replicas`.
+///   member's replication slot only when the member's ordinal is at or above `spec.replicas`,
+///   and a replica contending for the master role asks the members below it.
 pub fn role(spec: &ClusterSpec) -> Role {
     let member_pods: Vec<String> = (0..MAX_REPLICAS).map(|i| spec.pod_name(i)).collect();
     let mut leases: Vec<String> = (0..MAX_REPLICAS)

@@ -353,8 +353,8 @@ async fn pause_before_stopping(
     }
     match pause_failover(client, spec).await? {
         Pause::Paused => progress(&format!(
-            "paused failover on Lease {lease}: no member takes the master role while they stop; it stays paused (a waited `{} scale N` removes the pause once members run again)",
-            pgset_spec::contract::program_name()
+            "paused failover on Lease {lease}: no member takes the master role while they stop; it stays paused (a waited `{p} deploy` or `{p} scale N` removes the pause once the members are Ready again)",
+            p = pgset_spec::contract::program_name()
         )),
         Pause::AlreadyPaused => progress(&format!("failover already paused on Lease {lease}")),
         Pause::NoLeader => {}

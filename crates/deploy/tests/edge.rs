@@ -11,7 +11,7 @@ use mock_api::{
     Call, Calls, Collection, Reply, Timeline, echo_with_version, is_watch, mock_client,
     mock_client_replying, not_found, query_pairs,
 };
-use pgset_deploy::apply::{ApplyMode, deploy};
+use pgset_deploy::apply::{ApplyMode, PauseAfterDeploy, deploy, lift_failover_pause};
 use pgset_deploy::rollout::{MemberStep, RolloutEvent, RolloutReport, wait_for_rollout};
 use pgset_deploy::scale::scale;
 use pgset_deploy::storage::{StorageError, apply_storage, storage_objects};
@@ -2012,5 +2012,211 @@ async fn a_pause_that_races_the_holders_renewal_is_written_again_on_the_new_vers
         versions,
         [json!("5"), json!("6")],
         "refused on the version read, written on the renewed one"
+    );
+}
+
+/// The leader Lease an API server stand-in holds (`None`: no Lease).
+type SharedLease = std::sync::Arc<std::sync::Mutex<Option<Value>>>;
+
+/// An API server holding only the leader Lease (`None`: no Lease), shared so a test reads it
+/// after; a merge patch applies as [`patch_lease`] does.
+fn lease_only(
+    lease: Option<Value>,
+) -> (
+    impl FnMut(&Call) -> (u16, Value) + Send + 'static,
+    SharedLease,
+) {
+    lease_renewed_under(lease, 0)
+}
+
+/// [`lease_only`] whose holder renews the Lease under the first `renewals` writes of it, so
+/// those writes, made on the version read before, get 409 Conflict.
+fn lease_renewed_under(
+    lease: Option<Value>,
+    mut renewals: usize,
+) -> (
+    impl FnMut(&Call) -> (u16, Value) + Send + 'static,
+    SharedLease,
+) {
+    let stored = std::sync::Arc::new(std::sync::Mutex::new(lease));
+    let held = stored.clone();
+    let handler = move |call: &Call| {
+        let mut lease = held.lock().unwrap();
+        match (call.method.as_str(), call.path.as_str(), lease.as_mut()) {
+            ("GET", LEADER, Some(l)) => (200, l.clone()),
+            ("PATCH", LEADER, Some(l)) if renewals > 0 => {
+                renewals -= 1;
+                let next: u64 = l["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                l["metadata"]["resourceVersion"] = json!((next + 1).to_string());
+                (
+                    409,
+                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                           "message": "the object has been modified", "reason": "Conflict", "code": 409}),
+                )
+            }
+            ("PATCH", LEADER, Some(l)) => {
+                patch_lease(l, &call.body);
+                (200, l.clone())
+            }
+            (_, p, None) if p == LEADER => not_found(p),
+            (m, p, _) => panic!("unexpected {m} {p}"),
+        }
+    };
+    (handler, stored)
+}
+
+/// The leader Lease paused by `down`, with another annotation someone else wrote.
+fn paused_lease_with_other_notes() -> Value {
+    let mut l = leader_lease(1, true);
+    l["metadata"]["annotations"]["example.com/theirs"] = json!("kept");
+    l
+}
+
+/// A waited rollout in which every member of `spec` became Ready.
+fn all_ready(spec: &ValidSpec) -> RolloutReport {
+    RolloutReport {
+        members: (0..spec.replicas)
+            .map(|k| (spec.pod_name(k), Some(Duration::from_secs(3))))
+            .collect(),
+        total: Duration::from_secs(9),
+        timeline: Default::default(),
+    }
+}
+
+#[tokio::test]
+async fn a_waited_deploy_whose_members_all_became_ready_lifts_the_failover_pause_and_keeps_the_other_annotations()
+ {
+    let (handler, stored) = lease_only(Some(paused_lease_with_other_notes()));
+    let (client, calls) = mock_client(handler);
+    let spec = spec();
+    let mut lines = Vec::new();
+    let done = lift_failover_pause(&client, &spec, Some(&all_ready(&spec)), &mut |l: &str| {
+        lines.push(l.to_string())
+    })
+    .await
+    .unwrap();
+    assert_eq!(done, PauseAfterDeploy::Lifted);
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(
+        calls.iter().map(Call::line).collect::<Vec<_>>(),
+        [format!("GET {LEADER}"), format!("PATCH {LEADER}")]
+    );
+    assert_eq!(calls[1].content_type, "application/merge-patch+json");
+    assert_eq!(
+        calls[1].body,
+        json!({"metadata": {"resourceVersion": "5", "annotations": {"pgset.io/failover": null}}}),
+        "one annotation removed, on the version read"
+    );
+    let lease = stored.lock().unwrap().clone().unwrap();
+    assert_eq!(
+        lease["metadata"]["annotations"],
+        json!({"pgset.io/leader-member": "pgset-1", "pgset.io/leader-timeline": "2",
+               "example.com/theirs": "kept"})
+    );
+    assert_eq!(
+        lines,
+        [format!(
+            "removed the failover pause on Lease pgset-leader: all {} members are Ready",
+            spec.replicas
+        )]
+    );
+}
+
+#[tokio::test]
+async fn a_deploy_that_did_not_wait_leaves_the_failover_pause_and_says_how_to_lift_it() {
+    let (handler, stored) = lease_only(Some(paused_lease_with_other_notes()));
+    let (client, calls) = mock_client(handler);
+    let mut lines = Vec::new();
+    let done = lift_failover_pause(&client, &spec(), None, &mut |l: &str| {
+        lines.push(l.to_string())
+    })
+    .await
+    .unwrap();
+    assert_eq!(done, PauseAfterDeploy::Kept);
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(
+        calls.iter().map(Call::line).collect::<Vec<_>>(),
+        [format!("GET {LEADER}")],
+        "nothing written"
+    );
+    assert_eq!(
+        stored.lock().unwrap().clone().unwrap(),
+        paused_lease_with_other_notes()
+    );
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with("failover stays paused on Lease pgset-leader: run `")
+            && lines[0].ends_with(" deploy` without --no-wait to wait for the members and lift it"),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_rollout_that_did_not_see_every_member_ready_keeps_the_failover_pause() {
+    let (handler, _) = lease_only(Some(leader_lease(0, true)));
+    let (client, calls) = mock_client(handler);
+    let spec = spec();
+    let mut partial = all_ready(&spec);
+    partial.members.pop();
+    let done = lift_failover_pause(&client, &spec, Some(&partial), &mut |_: &str| {})
+        .await
+        .unwrap();
+    assert_eq!(done, PauseAfterDeploy::Kept);
+    assert!(lease_writes(&calls.lock().unwrap()).is_empty());
+}
+
+#[tokio::test]
+async fn a_deploy_over_a_lease_without_the_pause_or_without_a_lease_writes_nothing() {
+    let spec = spec();
+    for lease in [Some(leader_lease(0, false)), None] {
+        for rollout in [Some(all_ready(&spec)), None] {
+            let (handler, _) = lease_only(lease.clone());
+            let (client, calls) = mock_client(handler);
+            let mut lines = Vec::new();
+            let done = lift_failover_pause(&client, &spec, rollout.as_ref(), &mut |l: &str| {
+                lines.push(l.to_string())
+            })
+            .await
+            .unwrap();
+            assert_eq!(done, PauseAfterDeploy::NotPaused);
+            let calls = calls.lock().unwrap().clone();
+            assert_eq!(
+                calls.iter().map(Call::line).collect::<Vec<_>>(),
+                [format!("GET {LEADER}")]
+            );
+            assert!(lines.is_empty(), "{lines:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn lifting_a_pause_that_races_the_holders_renewal_is_written_again_on_the_new_version() {
+    let (handler, stored) = lease_renewed_under(Some(leader_lease(2, true)), 1);
+    let (client, calls) = mock_client(handler);
+    let spec = spec();
+    let done = lift_failover_pause(&client, &spec, Some(&all_ready(&spec)), &mut |_: &str| {})
+        .await
+        .unwrap();
+    assert_eq!(done, PauseAfterDeploy::Lifted);
+    let versions: Vec<Value> = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.path == LEADER && c.is_write())
+        .map(|c| c.body["metadata"]["resourceVersion"].clone())
+        .collect();
+    assert_eq!(
+        versions,
+        [json!("5"), json!("6")],
+        "refused on the version read, written on the renewed one"
+    );
+    let lease = stored.lock().unwrap().clone().unwrap();
+    assert_eq!(
+        lease["metadata"]["annotations"].get("pgset.io/failover"),
+        None
     );
 }
