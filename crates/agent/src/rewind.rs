@@ -118,9 +118,18 @@ pub struct ControlData {
     pub min_recovery_timeline: u32,
     /// "Bytes per WAL segment".
     pub segment_size: u64,
+    /// "Database cluster state" (`shut down`, `in production`, ...).
+    pub state: String,
 }
 
 impl ControlData {
+    /// Whether pg_control says the server stopped without a clean shutdown while it ran as a
+    /// primary (`in production`, `shutting down`): its WAL may go on past the last checkpoint,
+    /// so the checkpoint is not its end of WAL.
+    pub fn crashed_primary(&self) -> bool {
+        matches!(self.state.as_str(), "in production" | "shutting down")
+    }
+
     /// The member's end of WAL as pg_control knows it.
     pub fn end_lsn(&self) -> u64 {
         self.checkpoint.max(self.min_recovery_end)
@@ -164,7 +173,64 @@ pub fn parse_controldata(text: &str) -> Option<ControlData> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
         segment_size: field("Bytes per WAL segment")?.parse().ok()?,
+        state: field("Database cluster state")
+            .unwrap_or_default()
+            .to_string(),
     })
+}
+
+/// pg_control once the data ended cleanly: a primary that stopped without a clean shutdown (a
+/// crash, a SIGKILL) wrote WAL past its last checkpoint, which pg_control does not show; its
+/// crash recovery runs first in single-user mode (as `pg_rewind` does before it judges), which
+/// replays that WAL and ends with a checkpoint at its true end. Nothing is lost or thrown away.
+pub fn ended_cleanly(bin: &PgBin, pgdata: &Path) -> Result<ControlData> {
+    let own = control_data(bin, pgdata)?;
+    if !own.crashed_primary() {
+        return Ok(own);
+    }
+    crate::info!(
+        "{} stopped without a clean shutdown while it was a primary (pg_control: {}): running its \
+         crash recovery in single-user mode to find where its WAL ends",
+        pgdata.display(),
+        own.state
+    );
+    // A standby.signal left by an earlier start would make it a standby, which single-user
+    // mode refuses; the managed files write it again before postgres starts.
+    let signal = pgdata.join("standby.signal");
+    let had_signal = signal.exists();
+    if had_signal {
+        fs::remove_file(&signal).map_err(io_err(format!("remove {}", signal.display())))?;
+    }
+    let result = bin
+        .command("postgres")
+        .args(["--single", "-F", "-c", "archive_mode=off", "-D"])
+        .arg(pgdata)
+        .arg("template1")
+        .stdin(Vec::new())
+        .env("LC_ALL", "C")
+        .quiet()
+        .output();
+    if had_signal {
+        datadir::write_atomic(&signal, b"", 0o600)?;
+    }
+    let out = result?;
+    if !out.success() {
+        return Err(Error::DataDir {
+            path: pgdata.to_path_buf(),
+            problem: format!(
+                "its crash recovery in single-user mode failed: {}",
+                out.stderr.trim()
+            ),
+        });
+    }
+    let after = control_data(bin, pgdata)?;
+    crate::info!(
+        "crash recovery done: its WAL ends at {} on timeline {} (pg_control: {})",
+        lsn_text(after.end_lsn()),
+        after.timeline,
+        after.state
+    );
+    Ok(after)
 }
 
 /// Reads `pg_control` through `pg_controldata`.
@@ -324,9 +390,13 @@ pub enum Rejoin {
 pub async fn rejoin(s: &Settings, bin: &PgBin) -> Result<Rejoin> {
     let pgdata = s.pgdata();
     let (s2, b2) = (s.clone(), bin.clone());
-    let own = tokio::task::spawn_blocking(move || control_data(&b2, &s2.pgdata()))
+    let own = tokio::task::spawn_blocking(move || ended_cleanly(&b2, &s2.pgdata()))
         .await
-        .map_err(|e| Error::Failed(format!("reading pg_control: {e}")))??;
+        .map_err(|e| Error::Failed(format!("reading pg_control: {e}")))?;
+    let own = match own {
+        Ok(own) => own,
+        Err(e) => return Ok(Rejoin::Unknown(e.to_string())),
+    };
     let own_timeline = own.end_timeline();
     let own_history = if own_timeline > 1 {
         let file = pgdata.join("pg_wal").join(history_name(own_timeline));
@@ -579,6 +649,17 @@ mod tests {
         let c = parse_controldata(&standby).unwrap();
         assert_eq!((c.end_lsn(), c.end_timeline()), (0x600_0000, 3));
         assert_eq!(c.segment_size, 16 << 20);
+        assert!(!c.crashed_primary(), "shut down");
+        for (state, crashed) in [
+            ("in production", true),
+            ("shutting down", true),
+            ("shut down in recovery", false),
+            ("in archive recovery", false),
+            ("in crash recovery", false),
+        ] {
+            let c = parse_controldata(&text.replace("shut down\n", &format!("{state}\n"))).unwrap();
+            assert_eq!(c.crashed_primary(), crashed, "{state}");
+        }
         assert_eq!(parse_controldata("nothing"), None);
     }
 

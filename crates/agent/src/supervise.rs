@@ -597,6 +597,8 @@ struct Monitor {
     own_sysid: Option<u64>,
     // Master
     last_slot_check: Option<Instant>,
+    /// A master found in recovery was asked to promote.
+    promote_asked: bool,
     /// The leader record's store: the master keeps its list of synchronous replicas on it.
     store: RoleStore,
     synchronous: crate::sync::Keeper,
@@ -643,6 +645,7 @@ impl Monitor {
             reclone_asked: false,
             own_sysid,
             last_slot_check: None,
+            promote_asked: false,
             store,
             synchronous: crate::sync::Keeper::default(),
             last_sync_round: None,
@@ -847,6 +850,22 @@ impl Monitor {
 
     async fn master(&mut self, own: &OwnState) -> (bool, String) {
         if own.in_recovery {
+            // The record names this member but its data is a standby's: a promotion that did
+            // not finish (the member stopped between taking the record and promoting). Only
+            // the holder runs as master, so it promotes now, on a timeline of its own.
+            if !self.promote_asked
+                && let Some(db) = self.db.as_ref()
+            {
+                self.promote_asked = true;
+                crate::warn!(
+                    "this member holds the leader record but its postgres is a standby (a \
+                     promotion that did not finish): promoting it"
+                );
+                if let Err(e) = db.execute_batch("SELECT pg_promote(false)").await {
+                    crate::warn!("promoting: {e}");
+                    self.promote_asked = false;
+                }
+            }
             return (false, "in recovery, not yet accepting writes".into());
         }
         if !self.role_ready {
