@@ -219,10 +219,34 @@ pub(crate) mod test_counts {
 /// [`Reporter`](crate::progress::Reporter).
 pub use crate::progress::Stage;
 
-/// The workspace root (this package lives in its `crates/cli`).
+/// The workspace root this binary was built from (this package lives in its `crates/cli`),
+/// whether or not it still exists.
 pub fn workspace_root() -> PathBuf {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     here.ancestors().nth(2).map(PathBuf::from).unwrap_or(here)
+}
+
+/// The source tree this binary was built from, when it is still there (`cargo xtask`, or a
+/// `pgset` installed from a checkout that was kept); `None` for an installed binary whose
+/// sources are gone.
+pub fn checkout() -> Option<PathBuf> {
+    let root = workspace_root();
+    root.join("crates")
+        .join("cli")
+        .join("Cargo.toml")
+        .is_file()
+        .then_some(root)
+}
+
+/// The source tree, or an error naming what needs it and how to get it.
+pub fn require_checkout(what: &str) -> anyhow::Result<PathBuf> {
+    checkout().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{what} needs pgset's source tree, and the one this binary was built from ({}) is \
+             gone: run it from a checkout (`cargo xtask ...` in a clone of pgset)",
+            workspace_root().display()
+        )
+    })
 }
 
 /// Ends a task with a given exit code and a message, without the `error:` prefix: a verdict

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use pgset_command::HostCommand;
 use pgset_spec::VERSION;
 
-use crate::cli::{ClientArgs, DryRunArg, SpecArgs, workspace_root};
+use crate::cli::{ClientArgs, DryRunArg, SpecArgs, require_checkout};
 use crate::context::RunContext;
 use crate::progress::Reporter;
 use pgset_image::reference::ImageName;
@@ -75,7 +75,7 @@ pub async fn stage(ctx: &RunContext, opts: &StageOptions<'_>) -> Result<()> {
     let name = ImageName::parse(&ctx.spec().agent.image)
         .map_err(|problem| anyhow!(problem))
         .context("name the agent image")?;
-    let workspace = workspace_root();
+    let workspace = require_checkout("building the agent image")?;
     let out = opts.out.map_or_else(
         || default_archive_path(&static_binary::target_root(&workspace)),
         Path::to_path_buf,

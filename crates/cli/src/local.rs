@@ -9,7 +9,7 @@ use pgset_command::HostCommand;
 use pgset_local::status::{self as local_status, StatusReport};
 use pgset_local::{self as local, UpOptions};
 
-use crate::cli::{Stage, workspace_root};
+use crate::cli::{Stage, checkout};
 use crate::status::{Screen, StatusOutput, show};
 
 /// Arguments of `cargo xtask local`.
@@ -119,15 +119,35 @@ pub async fn run(args: Args) -> Result<()> {
     }
 }
 
-/// Builds the agent binary and returns its path (next to the xtask binary in the target dir).
+/// The agent binary: built from the source tree when there is one (next to this binary in the
+/// target dir); for an installed `pgset` without its sources, the `pgset-agent` installed beside
+/// it (`cargo install --path crates/agent`) or on `PATH`.
 pub fn build_agent() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locate this binary")?;
+    let profile_dir = exe.parent().context("this binary has no directory")?;
+    let Some(root) = checkout() else {
+        return installed_agent(profile_dir);
+    };
     let stage = Stage::start("build pgset-agent");
-    let exe = std::env::current_exe().context("locate the xtask binary")?;
-    let profile_dir = exe.parent().context("the xtask binary has no directory")?;
-    let bin = build_agent_in(&workspace_root().join("Cargo.toml"), profile_dir)
-        .context("build the agent")?;
+    let bin = build_agent_in(&root.join("Cargo.toml"), profile_dir).context("build the agent")?;
     stage.done(&bin.display().to_string());
     Ok(bin)
+}
+
+/// An installed agent: beside this binary, else on `PATH`.
+fn installed_agent(dir: &Path) -> Result<PathBuf> {
+    let beside = dir.join("pgset-agent");
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    which::which("pgset-agent").map_err(|_| {
+        anyhow::anyhow!(
+            "no pgset-agent binary: this pgset has no source tree to build it from, and none is \
+             installed beside it ({}) or on PATH; install it (`cargo install --path crates/agent` \
+             from a checkout) or pass --agent-bin",
+            dir.display()
+        )
+    })
 }
 
 /// Builds the agent binary of the workspace at `manifest` with cargo (debug profile, the

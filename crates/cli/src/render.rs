@@ -6,12 +6,12 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use pgset_deploy::render::{ALL_MANIFEST_FILES, manifest_drift, manifest_files};
 
-use crate::cli::{ClientArgs, SpecArgs, workspace_root};
+use crate::cli::{ClientArgs, SpecArgs, checkout};
 
 /// Arguments of `cargo xtask render`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Directory to write into [default: manifests/ of the workspace]
+    /// Directory to write into [default: manifests/ of the source tree, else ./manifests]
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Write nothing; fail when the files differ from the code
@@ -26,9 +26,11 @@ pub struct Args {
 /// Runs the task.
 pub async fn run(args: Args) -> Result<()> {
     let spec = args.spec.load(&args.client)?;
-    let dir = args
-        .out
-        .unwrap_or_else(|| workspace_root().join("manifests"));
+    let dir = args.out.unwrap_or_else(|| {
+        checkout()
+            .map(|root| root.join("manifests"))
+            .unwrap_or_else(|| PathBuf::from("manifests"))
+    });
     let files = manifest_files(&spec).context("render the objects")?;
     if args.check {
         let stale = manifest_drift(&dir, &files);

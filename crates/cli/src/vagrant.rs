@@ -9,7 +9,7 @@ use pgset_command::HostCommand;
 use pgset_verify::{Report, Verdict};
 use serde::Deserialize;
 
-use crate::cli::{Stage, workspace_root};
+use crate::cli::{Stage, require_checkout, workspace_root};
 
 /// `cargo xtask up` inside the control plane, through the lab's wrapper.
 const UP_IN_LAB: &str = "sudo pgset-lab up";
@@ -138,7 +138,7 @@ impl Lab {
     }
 
     fn load(args: &LabArgs) -> Result<Lab> {
-        let dir = workspace_root().join("vagrant");
+        let dir = require_checkout("the Vagrant lab")?.join("vagrant");
         let path = dir.join("settings.yaml");
         let text =
             std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
