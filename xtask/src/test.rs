@@ -86,6 +86,9 @@ pub fn run(args: Args) -> Result<()> {
         }));
         outcomes.push(step("manifests", || validate_manifests(&root, require)));
         outcomes.push(step("shellcheck", || shellcheck_scripts(&root, require)));
+        outcomes.push(step("installed pgset without its sources", || {
+            installed_without_sources(&root)
+        }));
     }
 
     let rows: Vec<_> = outcomes.iter().map(|o| (o.name, o.ended, o.took)).collect();
@@ -129,6 +132,87 @@ fn cargo(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
         |cmd, (k, v)| cmd.env(k, v),
     );
     cmd.run_attached()?;
+    Ok(())
+}
+
+/// `cargo install --path crates/cli` of a copy of the committed tree (debug profile, the
+/// workspace's target dir for its dependencies), the copy then removed: `pgset --help` and
+/// `pgset render` must work in an empty directory, and `pgset image` must say it needs a
+/// checkout.
+fn installed_without_sources(root: &Path) -> Result<()> {
+    let work = root.join("target").join("installed-check");
+    if work.exists() {
+        std::fs::remove_dir_all(&work).with_context(|| format!("remove {}", work.display()))?;
+    }
+    let src = work.join("src");
+    let prefix = work.join("prefix");
+    let elsewhere = work.join("elsewhere");
+    for d in [&src, &elsewhere] {
+        std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+    }
+    let archive = work.join("src.tar");
+    HostCommand::new("git")
+        .args(["archive", "--format=tar", "-o"])
+        .arg(&archive)
+        .arg("HEAD")
+        .dir(root)
+        .quiet()
+        .run()?;
+    HostCommand::new("tar")
+        .arg("-x")
+        .arg("-f")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&src)
+        .quiet()
+        .run()?;
+    let target = root.join("target");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    HostCommand::new(cargo)
+        .args(["install", "--quiet", "--debug", "--locked", "--path"])
+        .arg(src.join("crates").join("cli"))
+        .arg("--root")
+        .arg(&prefix)
+        .arg("--target-dir")
+        .arg(&target)
+        .run_attached()?;
+    std::fs::remove_dir_all(&src).context("remove the copy of the sources")?;
+    let pgset = prefix.join("bin").join("pgset");
+    let help = HostCommand::new(&pgset)
+        .arg("--help")
+        .dir(&elsewhere)
+        .quiet()
+        .read()?;
+    if !help.contains("Usage: pgset") {
+        bail!("`pgset --help` printed no usage:\n{help}");
+    }
+    HostCommand::new(&pgset)
+        .arg("render")
+        .dir(&elsewhere)
+        .quiet()
+        .run()?;
+    let written = elsewhere.join("manifests").join("50-statefulset.yaml");
+    if !written.is_file() {
+        bail!(
+            "`pgset render` outside the checkout wrote no {}",
+            written.display()
+        );
+    }
+    let image = HostCommand::new(&pgset)
+        .arg("image")
+        .dir(&elsewhere)
+        .quiet()
+        .output()?;
+    if image.success() || !image.stderr.contains("needs pgset's source tree") {
+        bail!(
+            "`pgset image` without the sources should say it needs them; it printed:\n{}",
+            image.stderr
+        );
+    }
+    eprintln!(
+        "installed pgset: --help and render work without the sources; image says it needs them"
+    );
+    std::fs::remove_dir_all(&work).with_context(|| format!("remove {}", work.display()))?;
     Ok(())
 }
 
