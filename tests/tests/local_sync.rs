@@ -102,6 +102,13 @@ async fn required_moves_to_a_streaming_replica_and_never_waits_for_a_member_scal
     wait_named_and_listed(&t, 0, "pgset-1");
     t.sql(0, "INSERT INTO s VALUES (3)").unwrap();
     t.wait_for(1, "SELECT count(*) FROM s", "3", 30 * SECOND);
+
+    // A whole restart in order: the master becomes ready before any replica runs (its own
+    // writes do not wait for them), then the replicas join and commits go on.
+    local::down(t.dir(), false).await.unwrap();
+    local::up(&t.opts).await.expect("an ordered restart");
+    wait_named_and_listed(&t, 0, "pgset-1");
+    t.sql(0, "INSERT INTO s VALUES (4)").unwrap();
     assert!(
         t.log(0)
             .contains("the leader record names no replica as holding")
@@ -136,6 +143,22 @@ async fn preferred_goes_asynchronous_when_no_replica_streams_and_back() {
     local::up(&t.opts).await.expect("pgset-1 back");
     wait_named_and_listed(&t, 0, "pgset-1");
     t.wait_for(1, "SELECT count(*) FROM p", "1", 30 * SECOND);
+
+    // Switched off: the record's list and the names are undone, so no commit waits.
+    local::down(t.dir(), false).await.unwrap();
+    t.opts.synchronous = None;
+    local::up(&t.opts)
+        .await
+        .expect("the set without synchronous replication");
+    wait_until(
+        "the names and the record's list are gone",
+        120 * SECOND,
+        || names(&t, 0).is_empty() && listed(t.dir()).is_none(),
+    );
+    local::stop_member(t.dir(), "pgset-1", 120 * SECOND)
+        .await
+        .unwrap();
+    t.sql(0, "INSERT INTO p VALUES (2)").unwrap();
 }
 
 /// Commits rows to the server on `port` (socket directory `run`) one at a time until `stop`;

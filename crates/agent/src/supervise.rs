@@ -603,6 +603,8 @@ struct Monitor {
     store: RoleStore,
     synchronous: crate::sync::Keeper,
     last_sync_round: Option<Instant>,
+    /// Without synchronous replication: names an earlier run left were undone.
+    sync_off_done: bool,
     /// The set's size as last read, and when (read at most every `SIZE_EVERY` in a cluster).
     size: Option<(i32, Instant)>,
     // Replica: replay against the bound.
@@ -649,6 +651,7 @@ impl Monitor {
             store,
             synchronous: crate::sync::Keeper::default(),
             last_sync_round: None,
+            sync_off_done: false,
             size: None,
             replay: ReplayWatch::default(),
             lag: None,
@@ -895,13 +898,35 @@ impl Monitor {
             self.last_slot_check = Some(Instant::now());
             self.manage_slots().await;
         }
-        if let Some(mode) = self.s.synchronous()
-            && self
-                .last_sync_round
-                .is_none_or(|t| t.elapsed() >= SYNC_ROUND_EVERY)
+        // Each round reads the leader record: every half second locally, every 2 s in a
+        // cluster (a GET of the Lease).
+        let sync_every = match self.s.env.mode {
+            AgentMode::Local => SYNC_ROUND_EVERY,
+            AgentMode::Kubernetes => 4 * SYNC_ROUND_EVERY,
+        };
+        if self
+            .last_sync_round
+            .is_none_or(|t| t.elapsed() >= sync_every)
         {
             self.last_sync_round = Some(Instant::now());
-            self.keep_synchronous(mode).await;
+            match self.s.synchronous() {
+                Some(mode) => self.keep_synchronous(mode).await,
+                // Switched off: what an earlier run named is undone once.
+                None if !self.sync_off_done => {
+                    if let Some(db) = self.db.as_ref() {
+                        match self.synchronous.off(db, &self.store).await {
+                            Ok(done) => self.sync_off_done = done,
+                            Err(e) => {
+                                let text = format!("synchronous replication: {e}");
+                                if self.quiet.allow("sync", &text, Duration::from_secs(60)) {
+                                    crate::warn!("{text}");
+                                }
+                            }
+                        }
+                    }
+                }
+                None => {}
+            }
         }
         (true, "accepts writes".into())
     }
@@ -923,6 +948,9 @@ impl Monitor {
             pgset_spec::contract::secret::SUPERUSER_PASSWORD_KEY,
         )?;
         db.execute_batch(render::QUIET_SESSION_SQL).await?;
+        // The agent's own writes never wait for synchronous replicas: under `required` a master
+        // that starts before its replicas (an ordered start) must become ready first.
+        db.execute_batch("SET synchronous_commit = local").await?;
         db.execute_batch(&render::role_passwords_sql(&replication, &superuser))
             .await
     }

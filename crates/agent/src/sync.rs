@@ -284,6 +284,37 @@ impl Keeper {
         Ok(step)
     }
 
+    /// Synchronous replication switched off: the record's list goes first, then names this
+    /// agent wrote are reset (a value set by hand is left alone). `Ok(true)` once nothing is
+    /// left to undo.
+    pub async fn off(&mut self, db: &Db, store: &RoleStore) -> Result<bool> {
+        let record = match store.read().await {
+            Ok(Some(r)) if r.held_by(store.me()) => r,
+            Ok(_) => return Ok(false),
+            Err(e) => return Err(Error::Failed(format!("reading the leader record: {e}"))),
+        };
+        if record.note(SYNCHRONOUS).is_some() {
+            match store.replace(&record.with_note(SYNCHRONOUS, None)).await {
+                Ok(Some(_)) => {}
+                Ok(None) => return Ok(false),
+                Err(e) => return Err(Error::Failed(format!("writing the leader record: {e}"))),
+            }
+        }
+        let value: String = db
+            .row("SELECT current_setting('synchronous_standby_names')", &[])
+            .await?
+            .get(0);
+        if parse_standby_names(&value).is_some_and(|n| !n.is_empty()) {
+            db.execute_batch("ALTER SYSTEM RESET synchronous_standby_names")
+                .await?;
+            db.execute_batch("SELECT pg_reload_conf()").await?;
+            self.say(format!(
+                "synchronous replication is off: synchronous_standby_names ('{value}') reset"
+            ));
+        }
+        Ok(true)
+    }
+
     fn say(&mut self, text: String) {
         if text != self.last_said {
             crate::info!("{text}");
