@@ -75,9 +75,47 @@ fn fail(name: &'static str, message: String, fix: String, docs: Option<&'static 
     }
 }
 
+fn skipped(name: &'static str, message: String) -> Diagnosis {
+    Diagnosis {
+        name,
+        health: Health::Skipped,
+        message,
+        fix: None,
+        docs: None,
+    }
+}
+
 /// The volumes as read from the API: `None` when no cluster was asked, `Err` when it did not
 /// answer; each volume pgset names, `None` when absent.
 pub type VolumesRead = Option<Result<Vec<(String, Option<PersistentVolume>)>, String>>;
+
+/// What the checks read: the arguments of [`diagnose`].
+struct Inputs<'a> {
+    spec: &'a ClusterSpec,
+    facts: &'a HostFacts,
+    members: &'a [(PathBuf, PathState)],
+    volumes: &'a VolumesRead,
+}
+
+impl Inputs<'_> {
+    /// The postgres uid the directories must belong to.
+    fn uid(&self) -> u32 {
+        u32::try_from(self.spec.postgres.uid).unwrap_or(u32::MAX)
+    }
+}
+
+/// One check: its diagnosis, under the name it is listed with.
+type Check = fn(&'static str, &Inputs<'_>) -> Diagnosis;
+
+/// Every check, named, in the order they run: one diagnosis each.
+const CHECKS: &[(&str, Check)] = &[
+    ("export-options", export_options),
+    ("export-directory", export_directory),
+    ("member-directories", member_directories),
+    ("volume-mount-options", volume_mount_options),
+    ("selinux-virt-use-nfs", selinux_virt_use_nfs),
+    ("firewalld-services", firewalld_services),
+];
 
 /// Judges the NFS path of `spec` from the host's facts, the member directories that exist
 /// (`<export>/<pod>`, with their state) and the volumes read from the API.
@@ -87,13 +125,23 @@ pub fn diagnose(
     members: &[(PathBuf, PathState)],
     volumes: &VolumesRead,
 ) -> Vec<Diagnosis> {
-    let export = &spec.nfs.export;
-    let uid = u32::try_from(spec.postgres.uid).unwrap_or(u32::MAX);
-    let mut out = Vec::new();
+    let inputs = Inputs {
+        spec,
+        facts,
+        members,
+        volumes,
+    };
+    CHECKS
+        .iter()
+        .map(|(name, check)| check(name, &inputs))
+        .collect()
+}
 
-    // The export's options, as the server serves them.
-    let name = "export-options";
-    let live: Vec<_> = facts
+/// The export's options, as the server serves them.
+fn export_options(name: &'static str, i: &Inputs<'_>) -> Diagnosis {
+    let export = &i.spec.nfs.export;
+    let live: Vec<_> = i
+        .facts
         .active_exports
         .iter()
         .filter(|a| a.path == *export)
@@ -104,99 +152,97 @@ pub fn diagnose(
         "run `{program} nfs` (pgset's block exports rw,sync,no_subtree_check,root_squash), or correct the line in /etc/exports, then `exportfs -ra`"
     );
     if live.is_empty() {
-        out.push(fail(
+        return fail(
             name,
             format!("`exportfs -v` does not show {}", export.display()),
-            fix_export.clone(),
+            fix_export,
             None,
-        ));
-    } else {
-        let mut problems = Vec::new();
-        for a in &live {
-            if has(a, "async") || !has(a, "sync") {
-                problems.push(format!(
-                    "{} is exported async: a write PostgreSQL fsyncs may be lost when the server crashes",
-                    a.client
-                ));
-            }
-            if has(a, "no_root_squash") || !has(a, "root_squash") {
-                problems.push(format!(
-                    "{} is exported without root_squash: root on a node owns the data",
-                    a.client
-                ));
-            }
-        }
-        if problems.is_empty() {
-            out.push(pass(
-                name,
-                format!(
-                    "{} is exported sync with root_squash to {}",
-                    export.display(),
-                    live.iter()
-                        .map(|a| a.client.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+        );
+    }
+    let mut problems = Vec::new();
+    for a in &live {
+        if has(a, "async") || !has(a, "sync") {
+            problems.push(format!(
+                "{} is exported async: a write PostgreSQL fsyncs may be lost when the server crashes",
+                a.client
             ));
-        } else {
-            out.push(fail(
-                name,
-                problems.join("; "),
-                fix_export.clone(),
-                Some(DOCS_NFS),
+        }
+        if has(a, "no_root_squash") || !has(a, "root_squash") {
+            problems.push(format!(
+                "{} is exported without root_squash: root on a node owns the data",
+                a.client
             ));
         }
     }
+    if problems.is_empty() {
+        pass(
+            name,
+            format!(
+                "{} is exported sync with root_squash to {}",
+                export.display(),
+                live.iter()
+                    .map(|a| a.client.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+    } else {
+        fail(name, problems.join("; "), fix_export, Some(DOCS_NFS))
+    }
+}
 
-    // The export directory.
-    let name = "export-directory";
-    let root_mode = if member_dirs(spec).is_empty() {
+/// The export directory's owner and mode.
+fn export_directory(name: &'static str, i: &Inputs<'_>) -> Diagnosis {
+    let export = &i.spec.nfs.export;
+    let root_mode = if member_dirs(i.spec).is_empty() {
         DATA_DIR_MODE
     } else {
         TRAVERSABLE_ROOT_MODE
     };
     let program = program_name();
-    let fix_dirs =
-        format!("run `{program} nfs`, which sets the owner and mode (or chown/chmod by hand)");
-    match facts.export_dir {
-        PathState::Missing => out.push(fail(
+    match i.facts.export_dir {
+        PathState::Missing => fail(
             name,
             format!("{} does not exist", export.display()),
             format!("run `{program} nfs`"),
             None,
-        )),
-        PathState::NotDirectory { what } => out.push(fail(
+        ),
+        PathState::NotDirectory { what } => fail(
             name,
             format!("{} is {what}", export.display()),
             "choose another export with --nfs-export".into(),
             None,
-        )),
+        ),
         PathState::Directory { uid: u, mode, .. } => {
-            let problems = dir_problems(u, mode, uid, &[root_mode, root_mode | 0o050]);
+            let problems = dir_problems(u, mode, i.uid(), &[root_mode, root_mode | 0o050]);
             if problems.is_empty() {
-                out.push(pass(
+                pass(
                     name,
                     format!(
                         "{} is owned by uid {u} with mode {mode:04o}",
                         export.display()
                     ),
-                ));
+                )
             } else {
-                out.push(fail(
+                fail(
                     name,
                     format!("{}: {}", export.display(), problems.join(", ")),
-                    fix_dirs.clone(),
+                    format!(
+                        "run `{program} nfs`, which sets the owner and mode (or chown/chmod by hand)"
+                    ),
                     Some(DOCS_DATA_DIRECTORY),
-                ));
+                )
             }
         }
     }
+}
 
-    // The member directories that exist.
-    let name = "member-directories";
+/// The owners and modes of the member directories that exist.
+fn member_directories(name: &'static str, i: &Inputs<'_>) -> Diagnosis {
+    let uid = i.uid();
     let mut problems = Vec::new();
     let mut seen = Vec::new();
-    for (path, state) in members {
+    for (path, state) in i.members {
         match *state {
             PathState::Missing => {}
             PathState::NotDirectory { what } => {
@@ -212,7 +258,7 @@ pub fn diagnose(
         }
     }
     if !problems.is_empty() {
-        out.push(fail(
+        fail(
             name,
             problems.join("; "),
             format!(
@@ -220,142 +266,137 @@ pub fn diagnose(
                 program_name()
             ),
             Some(DOCS_DATA_DIRECTORY),
-        ));
+        )
     } else if seen.is_empty() {
-        out.push(pass(name, "no member directory yet".into()));
+        pass(name, "no member directory yet".into())
     } else {
-        out.push(pass(
+        pass(
             name,
             format!("{} owned by uid {uid}, mode 0700 or 0750", seen.join(", ")),
-        ));
+        )
     }
+}
 
-    // The volumes' mount options.
-    let name = "volume-mount-options";
+/// The volumes' mount options: `hard` and an explicit NFS version.
+fn volume_mount_options(name: &'static str, i: &Inputs<'_>) -> Diagnosis {
+    let spec = i.spec;
     if spec.storage.mode == StorageMode::Templates && spec.storage.storage_class.is_some() {
-        out.push(Diagnosis {
+        return skipped(
             name,
-            health: Health::Skipped,
-            message: "the claims come from a StorageClass, not pgset's NFS volumes".into(),
-            fix: None,
-            docs: None,
-        });
+            "the claims come from a StorageClass, not pgset's NFS volumes".into(),
+        );
+    }
+    let list = match i.volumes {
+        None => {
+            return skipped(
+                name,
+                "no cluster to read the PersistentVolumes from (pass --kubeconfig)".into(),
+            );
+        }
+        Some(Err(e)) => return skipped(name, format!("the cluster did not answer: {e}")),
+        Some(Ok(list)) => list,
+    };
+    let problems = volume_problems(list);
+    if problems.is_empty() {
+        pass(
+            name,
+            format!(
+                "{} volume(s) mount hard with an explicit nfsvers",
+                list.len()
+            ),
+        )
     } else {
-        match volumes {
-            None => out.push(Diagnosis {
-                name,
-                health: Health::Skipped,
-                message: "no cluster to read the PersistentVolumes from (pass --kubeconfig)".into(),
-                fix: None,
-                docs: None,
-            }),
-            Some(Err(e)) => out.push(Diagnosis {
-                name,
-                health: Health::Skipped,
-                message: format!("the cluster did not answer: {e}"),
-                fix: None,
-                docs: None,
-            }),
-            Some(Ok(list)) => {
-                let mut problems = Vec::new();
-                for (pv, found) in list {
-                    let Some(found) = found else {
-                        problems.push(format!("PersistentVolume {pv} does not exist"));
-                        continue;
-                    };
-                    let opts = found
-                        .spec
-                        .as_ref()
-                        .and_then(|s| s.mount_options.clone())
-                        .unwrap_or_default();
-                    if !opts.iter().any(|o| o == "hard") {
-                        problems.push(format!("{pv} does not mount `hard`"));
-                    }
-                    if !opts
-                        .iter()
-                        .any(|o| o.starts_with("nfsvers=") || o.starts_with("vers="))
-                    {
-                        problems.push(format!("{pv} names no NFS version (nfsvers=)"));
-                    }
-                }
-                if problems.is_empty() {
-                    out.push(pass(
-                        name,
-                        format!(
-                            "{} volume(s) mount hard with an explicit nfsvers",
-                            list.len()
-                        ),
-                    ));
-                } else {
-                    out.push(fail(
-                        name,
-                        problems.join("; "),
-                        format!("run `{} volumes` (a volume's mount options cannot change once bound: delete and re-create an unbound one)", program_name()),
-                        Some(DOCS_NFS),
-                    ));
-                }
-            }
+        fail(
+            name,
+            problems.join("; "),
+            format!(
+                "run `{} volumes` (a volume's mount options cannot change once bound: delete and re-create an unbound one)",
+                program_name()
+            ),
+            Some(DOCS_NFS),
+        )
+    }
+}
+
+/// What is wrong with the volumes' mount options, in words.
+fn volume_problems(list: &[(String, Option<PersistentVolume>)]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (pv, found) in list {
+        let Some(found) = found else {
+            problems.push(format!("PersistentVolume {pv} does not exist"));
+            continue;
+        };
+        let opts = found
+            .spec
+            .as_ref()
+            .and_then(|s| s.mount_options.clone())
+            .unwrap_or_default();
+        if !opts.iter().any(|o| o == "hard") {
+            problems.push(format!("{pv} does not mount `hard`"));
+        }
+        if !opts
+            .iter()
+            .any(|o| o.starts_with("nfsvers=") || o.starts_with("vers="))
+        {
+            problems.push(format!("{pv} names no NFS version (nfsvers=)"));
         }
     }
+    problems
+}
 
-    // SELinux.
-    let name = "selinux-virt-use-nfs";
-    if !facts.selinux.enabled() {
-        out.push(pass(name, "SELinux is off".into()));
-    } else {
-        match facts.selinux_booleans.get("virt_use_nfs") {
-            Some(Some(false)) => out.push(fail(
-                name,
-                "SELinux is on and virt_use_nfs is off: containers cannot use the NFS volumes"
-                    .into(),
-                format!(
-                    "setsebool -P virt_use_nfs 1 (or run `{} nfs`)",
-                    program_name()
-                ),
-                None,
-            )),
-            Some(Some(true)) => out.push(pass(name, "virt_use_nfs is on".into())),
-            _ => out.push(pass(
-                name,
-                "the loaded policy does not define virt_use_nfs".into(),
-            )),
-        }
+/// SELinux's `virt_use_nfs` boolean.
+fn selinux_virt_use_nfs(name: &'static str, i: &Inputs<'_>) -> Diagnosis {
+    if !i.facts.selinux.enabled() {
+        return pass(name, "SELinux is off".into());
     }
+    match i.facts.selinux_booleans.get("virt_use_nfs") {
+        Some(Some(false)) => fail(
+            name,
+            "SELinux is on and virt_use_nfs is off: containers cannot use the NFS volumes".into(),
+            format!(
+                "setsebool -P virt_use_nfs 1 (or run `{} nfs`)",
+                program_name()
+            ),
+            None,
+        ),
+        Some(Some(true)) => pass(name, "virt_use_nfs is on".into()),
+        _ => pass(
+            name,
+            "the loaded policy does not define virt_use_nfs".into(),
+        ),
+    }
+}
 
-    // firewalld.
-    let name = "firewalld-services";
-    match facts.firewalld.as_ref().filter(|f| f.running) {
-        None => out.push(pass(name, "firewalld does not run".into())),
-        Some(fw) => {
-            let missing: Vec<&str> = FIREWALLD_SERVICES
+/// firewalld's services, when it runs.
+fn firewalld_services(name: &'static str, i: &Inputs<'_>) -> Diagnosis {
+    let Some(fw) = i.facts.firewalld.as_ref().filter(|f| f.running) else {
+        return pass(name, "firewalld does not run".into());
+    };
+    let missing: Vec<&str> = FIREWALLD_SERVICES
+        .iter()
+        .copied()
+        .filter(|s| {
+            !fw.runtime_services.iter().any(|x| x == s)
+                || !fw.permanent_services.iter().any(|x| x == s)
+        })
+        .collect();
+    if missing.is_empty() {
+        return pass(name, "nfs, rpc-bind and mountd are allowed".into());
+    }
+    fail(
+        name,
+        format!("firewalld runs and does not allow {}", missing.join(", ")),
+        format!(
+            "firewall-cmd --permanent {} && firewall-cmd --reload (or run `{} nfs`)",
+            missing
                 .iter()
-                .copied()
-                .filter(|s| {
-                    !fw.runtime_services.iter().any(|x| x == s)
-                        || !fw.permanent_services.iter().any(|x| x == s)
-                })
-                .collect();
-            if missing.is_empty() {
-                out.push(pass(name, "nfs, rpc-bind and mountd are allowed".into()));
-            } else {
-                out.push(fail(
-                    name,
-                    format!("firewalld runs and does not allow {}", missing.join(", ")),
-                    format!(
-                        "firewall-cmd --permanent {} && firewall-cmd --reload (or run `{} nfs`)",
-                        missing
-                            .iter()
-                            .map(|s| format!("--add-service={s}"))
-                            .collect::<Vec<_>>()
-                            .join(" "),
-                        program_name()
-                    ),
-                    None,
-                ));
-            }
-        }
-    }
-    out
+                .map(|s| format!("--add-service={s}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            program_name()
+        ),
+        None,
+    )
 }
 
 /// What is wrong with a directory's owner and mode, in words.
@@ -377,4 +418,25 @@ fn dir_problems(owner: u32, mode: u32, uid: u32, modes: &[u32]) -> Vec<String> {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checks_run_in_this_order() {
+        let names: Vec<&str> = CHECKS.iter().map(|(name, _)| *name).collect();
+        assert_eq!(
+            names,
+            [
+                "export-options",
+                "export-directory",
+                "member-directories",
+                "volume-mount-options",
+                "selinux-virt-use-nfs",
+                "firewalld-services",
+            ]
+        );
+    }
 }

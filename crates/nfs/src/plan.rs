@@ -9,7 +9,7 @@ use pgset_spec::{ClusterSpec, StorageMode, ValidSpec};
 
 use crate::clients::{ExportClient, ExportOptions};
 use crate::exports::{ExportsFile, render_block};
-use crate::facts::{HostFacts, PackageManager, PathState, UnitFileState};
+use crate::facts::{HostFacts, PackageManager, PathState, Requirements, UnitFileState};
 use crate::judge::{
     EXPORT_MARKER, ExportRefusal, judge_export_contents, judge_export_path, marker_contents,
     marker_identity,
@@ -252,62 +252,210 @@ fn exports_path() -> PathBuf {
     PathBuf::from("/etc/exports")
 }
 
+/// What planning reads: the arguments of [`plan`] and what follows from them alone.
+struct Planning<'a> {
+    facts: &'a HostFacts,
+    spec: &'a ValidSpec,
+    options: &'a ExportOptions,
+    /// The directory pgset's block exports: the cluster's own.
+    exported: PathBuf,
+    /// The member directories pgset creates.
+    member_dirs: Vec<PathBuf>,
+    /// `/etc/exports` as it is now, parsed once; judged by the `exports-file` judgement.
+    file: std::result::Result<ExportsFile, String>,
+    /// The postgres uid and gid the data directories belong to.
+    uid: u32,
+    gid: u32,
+}
+
+impl<'a> Planning<'a> {
+    fn new(facts: &'a HostFacts, spec: &'a ValidSpec, options: &'a ExportOptions) -> Self {
+        Planning {
+            facts,
+            spec,
+            options,
+            exported: spec.cluster_export_dir(),
+            member_dirs: member_dirs(spec),
+            file: ExportsFile::parse(facts.exports_file.as_deref().unwrap_or(""), spec),
+            uid: u32::try_from(spec.postgres.uid).unwrap_or(u32::MAX),
+            gid: u32::try_from(spec.postgres.gid).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// The export as the spec names it.
+    fn export(&self) -> &PathBuf {
+        &self.spec.nfs.export
+    }
+
+    /// The export refused for `r`.
+    fn refused(&self, r: ExportRefusal) -> Error {
+        Error::ExportRefused {
+            path: self.export().clone(),
+            problem: r.problem,
+            fix: r.fix,
+        }
+    }
+
+    /// What the host's OS family needs (packages, package manager, units).
+    fn requirements(&self) -> Result<Requirements> {
+        Ok(self.facts.os.family()?.requirements())
+    }
+
+    /// `/etc/exports` as it is now, or why it cannot be planned on.
+    fn file(&self) -> Result<&ExportsFile> {
+        self.file
+            .as_ref()
+            .map_err(|problem| exports_error(problem.clone()))
+    }
+
+    /// The mode of the cluster's data root: traversable when nodes mount directories below it.
+    fn data_root_mode(&self) -> u32 {
+        if self.member_dirs.is_empty() {
+            DATA_DIR_MODE
+        } else {
+            TRAVERSABLE_ROOT_MODE
+        }
+    }
+
+    /// What is at `dir` below the export now.
+    fn below(&self, dir: &PathBuf) -> PathState {
+        self.facts
+            .member_dirs
+            .get(dir)
+            .copied()
+            .unwrap_or(PathState::Missing)
+    }
+}
+
+/// A judgement before any step: `Err` is a problem no step can fix.
+type Judgement = fn(&Planning<'_>) -> Result<()>;
+
+/// Every judgement, named, in the order they run; the first problem wins.
+const JUDGEMENTS: &[(&str, Judgement)] = &[
+    ("export-path", export_path),
+    ("export-real-path", export_real_path),
+    ("os-family", os_family),
+    ("clients", clients),
+    ("export-is-directory", export_is_directory),
+    (
+        "dirs-below-export-are-directories",
+        dirs_below_export_are_directories,
+    ),
+    ("exports-file", exports_file),
+    ("export-contents", export_contents),
+    ("no-export-outside-block", no_export_outside_block),
+    ("units-not-masked", units_not_masked),
+];
+
+/// One part of the plan: the steps it adds, in order.
+type Planner = fn(&Planning<'_>, &mut Vec<Step>) -> Result<()>;
+
+/// Every part of the plan, named, in the order its steps run.
+const PLANNERS: &[(&str, Planner)] = &[
+    ("install-packages", install_packages),
+    ("selinux-booleans", selinux_booleans),
+    ("export-directory", export_directory),
+    ("mark-export", mark_export),
+    ("data-directories", data_directories),
+    ("write-exports", write_exports),
+    ("start-units", start_units),
+    ("open-firewall", open_firewall),
+    ("reload-exports", reload_exports),
+];
+
 /// Plans the steps that make the host serve the export. Pure: it reads only its arguments.
 /// Errors are problems no step can fix (an unknown OS, an export path that is not pgset's to
 /// take, a broken pgset block, the export already exported outside pgset's block, a masked
 /// unit).
 pub fn plan(facts: &HostFacts, spec: &ValidSpec, options: &ExportOptions) -> Result<Vec<Step>> {
-    let export = &spec.nfs.export;
-    let refused = |path: &Path, r: ExportRefusal| Error::ExportRefused {
-        path: path.to_path_buf(),
-        problem: r.problem,
-        fix: r.fix,
-    };
-    judge_export_path(export).map_err(|r| refused(export, r))?;
-    if let Some(real) = &facts.export_real {
+    let p = Planning::new(facts, spec, options);
+    for (_, judge) in JUDGEMENTS {
+        judge(&p)?;
+    }
+    let mut steps = Vec::new();
+    for (_, planner) in PLANNERS {
+        planner(&p, &mut steps)?;
+    }
+    Ok(steps)
+}
+
+fn export_path(p: &Planning<'_>) -> Result<()> {
+    judge_export_path(p.export()).map_err(|r| p.refused(r))
+}
+
+fn export_real_path(p: &Planning<'_>) -> Result<()> {
+    if let Some(real) = &p.facts.export_real {
         judge_export_path(real)
             .map_err(|r| ExportRefusal {
                 problem: format!("it resolves to {}: {}", real.display(), r.problem),
                 fix: r.fix,
             })
-            .map_err(|r| refused(export, r))?;
+            .map_err(|r| p.refused(r))?;
     }
-    let family = facts.os.family()?;
-    let req = family.requirements();
-    if options.clients.is_empty() {
+    Ok(())
+}
+
+fn os_family(p: &Planning<'_>) -> Result<()> {
+    p.facts.os.family().map(drop)
+}
+
+fn clients(p: &Planning<'_>) -> Result<()> {
+    if p.options.clients.is_empty() {
         return Err(Error::NoClients);
     }
-    let exported = spec.cluster_export_dir();
-    if let PathState::NotDirectory { what } = facts.export_dir {
+    Ok(())
+}
+
+fn export_is_directory(p: &Planning<'_>) -> Result<()> {
+    if let PathState::NotDirectory { what } = p.facts.export_dir {
         return Err(Error::ExportNotDirectory {
-            path: export.clone(),
+            path: p.export().clone(),
             what,
         });
     }
-    let member_dirs = member_dirs(spec);
-    for dir in &dirs_below_export(spec) {
-        if let Some(PathState::NotDirectory { what }) = facts.member_dirs.get(dir) {
+    Ok(())
+}
+
+fn dirs_below_export_are_directories(p: &Planning<'_>) -> Result<()> {
+    for dir in &dirs_below_export(p.spec) {
+        if let Some(PathState::NotDirectory { what }) = p.facts.member_dirs.get(dir) {
             return Err(Error::MemberDirNotDirectory {
                 path: dir.clone(),
                 what,
             });
         }
     }
-    let exports_text = facts.exports_file.as_deref().unwrap_or("");
-    let file = parse_exports(exports_text, spec)?;
-    let identity = marker_identity(&spec.namespace, &spec.name);
-    let in_block = !file.block_clients(&export.display().to_string()).is_empty();
+    Ok(())
+}
+
+fn exports_file(p: &Planning<'_>) -> Result<()> {
+    p.file().map(drop)
+}
+
+fn export_contents(p: &Planning<'_>) -> Result<()> {
+    let export = p.export();
+    let identity = marker_identity(&p.spec.namespace, &p.spec.name);
+    let in_block = !p
+        .file()?
+        .block_clients(&export.display().to_string())
+        .is_empty();
     judge_export_contents(
         export,
-        facts.export_dir,
-        &facts.export_contents,
+        p.facts.export_dir,
+        &p.facts.export_contents,
         &identity,
         in_block,
     )
-    .map_err(|r| refused(export, r))?;
-    check_no_export_outside_block(&file, &exported)?;
-    for unit in req.units {
-        if facts
+    .map_err(|r| p.refused(r))
+}
+
+fn no_export_outside_block(p: &Planning<'_>) -> Result<()> {
+    check_no_export_outside_block(p.file()?, &p.exported)
+}
+
+fn units_not_masked(p: &Planning<'_>) -> Result<()> {
+    for unit in p.requirements()?.units {
+        if p.facts
             .services
             .get(*unit)
             .is_some_and(|s| s.enabled == UnitFileState::Masked)
@@ -317,20 +465,22 @@ pub fn plan(facts: &HostFacts, spec: &ValidSpec, options: &ExportOptions) -> Res
             });
         }
     }
+    Ok(())
+}
 
-    let mut steps = Vec::new();
-
+fn install_packages(p: &Planning<'_>, steps: &mut Vec<Step>) -> Result<()> {
+    let req = p.requirements()?;
     let missing: Vec<String> = req
         .packages
         .iter()
-        .filter(|p| facts.packages.get(**p) != Some(&true))
-        .map(|p| p.to_string())
+        .filter(|pkg| p.facts.packages.get(**pkg) != Some(&true))
+        .map(|pkg| pkg.to_string())
         .collect();
     if !missing.is_empty() {
-        if !facts.package_managers.contains(&req.package_manager) {
+        if !p.facts.package_managers.contains(&req.package_manager) {
             return Err(Error::NoPackageManager {
                 expected: req.package_manager.program(),
-                os: facts.os.pretty_name.clone(),
+                os: p.facts.os.pretty_name.clone(),
             });
         }
         steps.push(Step::InstallPackages {
@@ -338,41 +488,33 @@ pub fn plan(facts: &HostFacts, spec: &ValidSpec, options: &ExportOptions) -> Res
             packages: missing,
         });
     }
+    Ok(())
+}
 
-    if facts.selinux.enabled() {
+fn selinux_booleans(p: &Planning<'_>, steps: &mut Vec<Step>) -> Result<()> {
+    if p.facts.selinux.enabled() {
         let off: Vec<String> = SELINUX_BOOLEANS
             .iter()
-            .filter(|b| facts.selinux_booleans.get(**b) == Some(&Some(false)))
+            .filter(|b| p.facts.selinux_booleans.get(**b) == Some(&Some(false)))
             .map(|b| b.to_string())
             .collect();
         if !off.is_empty() {
             steps.push(Step::SetSelinuxBooleans { booleans: off });
         }
     }
+    Ok(())
+}
 
-    let uid = u32::try_from(spec.postgres.uid).unwrap_or(u32::MAX);
-    let gid = u32::try_from(spec.postgres.gid).unwrap_or(u32::MAX);
-    let data_root_mode = if member_dirs.is_empty() {
-        DATA_DIR_MODE
-    } else {
-        TRAVERSABLE_ROOT_MODE
-    };
-    let below = |d: &PathBuf| {
-        facts
-            .member_dirs
-            .get(d)
-            .copied()
-            .unwrap_or(PathState::Missing)
-    };
-    let mut wanted_dirs: Vec<(PathBuf, PathState, u32)> = Vec::new();
-    if spec.is_default_cluster() {
+fn export_directory(p: &Planning<'_>, steps: &mut Vec<Step>) -> Result<()> {
+    let (export, uid, gid) = (p.export(), p.uid, p.gid);
+    if p.spec.is_default_cluster() {
         // The export is the data root. Traversable is right in shared mode too: another
         // cluster's directory below it needs that, and it still cannot be listed. A root
         // others can traverse now keeps that when it is repaired.
-        let root = facts.export_dir;
+        let root = p.facts.export_dir;
         let mode = match root {
             PathState::Directory { mode, .. } if mode & 0o001 != 0 => TRAVERSABLE_ROOT_MODE,
-            _ => data_root_mode,
+            _ => p.data_root_mode(),
         };
         if !dir_is_right(root, uid, gid, mode)
             && !dir_is_right(root, uid, gid, TRAVERSABLE_ROOT_MODE)
@@ -388,7 +530,7 @@ pub fn plan(facts: &HostFacts, spec: &ValidSpec, options: &ExportOptions) -> Res
     } else {
         // The export only has to let nodes through to the cluster's own directory: created
         // traversable, or made so keeping its owner (it may be another cluster's data root).
-        match facts.export_dir {
+        match p.facts.export_dir {
             PathState::Missing => steps.push(Step::EnsureDirectory {
                 path: export.clone(),
                 uid,
@@ -410,51 +552,65 @@ pub fn plan(facts: &HostFacts, spec: &ValidSpec, options: &ExportOptions) -> Res
             _ => {}
         }
     }
+    Ok(())
+}
+
+fn mark_export(p: &Planning<'_>, steps: &mut Vec<Step>) -> Result<()> {
     // The export is pgset's from now on (whichever cluster marked it first: clusters share it,
     // each in a directory of its own).
-    if facts.export_contents.marker.is_none() {
+    if p.facts.export_contents.marker.is_none() {
         steps.push(Step::MarkExport {
-            path: export.clone(),
-            contents: marker_contents(&spec.namespace, &spec.name),
+            path: p.export().clone(),
+            contents: marker_contents(&p.spec.namespace, &p.spec.name),
         });
     }
-    if !spec.is_default_cluster() {
-        wanted_dirs.push((exported.clone(), below(&exported), data_root_mode));
+    Ok(())
+}
+
+fn data_directories(p: &Planning<'_>, steps: &mut Vec<Step>) -> Result<()> {
+    let mut wanted_dirs: Vec<(PathBuf, PathState, u32)> = Vec::new();
+    if !p.spec.is_default_cluster() {
+        wanted_dirs.push((p.exported.clone(), p.below(&p.exported), p.data_root_mode()));
     }
     wanted_dirs.extend(
-        member_dirs
+        p.member_dirs
             .iter()
-            .map(|d| (d.clone(), below(d), DATA_DIR_MODE)),
+            .map(|d| (d.clone(), p.below(d), DATA_DIR_MODE)),
     );
     for (path, current, mode) in wanted_dirs {
-        if !dir_is_right(current, uid, gid, mode) {
+        if !dir_is_right(current, p.uid, p.gid, mode) {
             steps.push(Step::EnsureDirectory {
                 path,
-                uid,
-                gid,
+                uid: p.uid,
+                gid: p.gid,
                 mode,
                 current,
             });
         }
     }
+    Ok(())
+}
 
-    let block = render_block(spec, &options.clients);
-    let new_text = file.with_block(&block);
-    let write = facts.exports_file.as_deref() != Some(new_text.as_str());
-    if write {
+fn write_exports(p: &Planning<'_>, steps: &mut Vec<Step>) -> Result<()> {
+    let block = render_block(p.spec, &p.options.clients);
+    let new_text = p.file()?.with_block(&block);
+    if p.facts.exports_file.as_deref() != Some(new_text.as_str()) {
         let export_line = block.lines().nth(1).unwrap_or_default().to_string();
         steps.push(Step::WriteExports {
             path: exports_path(),
-            cluster: Box::new(ClusterSpec::clone(spec)),
-            export: exported.clone(),
+            cluster: Box::new(ClusterSpec::clone(p.spec)),
+            export: p.exported.clone(),
             block,
             export_line,
-            restore_label: facts.selinux.enabled() && facts.has_restorecon,
+            restore_label: p.facts.selinux.enabled() && p.facts.has_restorecon,
         });
     }
+    Ok(())
+}
 
-    for unit in req.units {
-        let state = facts.services.get(*unit);
+fn start_units(p: &Planning<'_>, steps: &mut Vec<Step>) -> Result<()> {
+    for unit in p.requirements()?.units {
+        let state = p.facts.services.get(*unit);
         let enable = match state.map(|s| &s.enabled) {
             None | Some(UnitFileState::NotFound) | Some(UnitFileState::Disabled) => true,
             Some(UnitFileState::Other(_)) => true,
@@ -469,8 +625,11 @@ pub fn plan(facts: &HostFacts, spec: &ValidSpec, options: &ExportOptions) -> Res
             });
         }
     }
+    Ok(())
+}
 
-    if let Some(fw) = facts.firewalld.as_ref().filter(|f| f.running) {
+fn open_firewall(p: &Planning<'_>, steps: &mut Vec<Step>) -> Result<()> {
+    if let Some(fw) = p.facts.firewalld.as_ref().filter(|f| f.running) {
         let missing: Vec<String> = FIREWALLD_SERVICES
             .iter()
             .filter(|s| {
@@ -483,19 +642,28 @@ pub fn plan(facts: &HostFacts, spec: &ValidSpec, options: &ExportOptions) -> Res
             steps.push(Step::OpenFirewall { services: missing });
         }
     }
-
-    if write || !export_is_live(facts, &exported, &options.clients) {
-        steps.push(Step::ReloadExports);
-    }
-    Ok(steps)
+    Ok(())
 }
 
-fn parse_exports(text: &str, spec: &ClusterSpec) -> Result<ExportsFile> {
-    ExportsFile::parse(text, spec).map_err(|problem| Error::Exports {
+fn reload_exports(p: &Planning<'_>, steps: &mut Vec<Step>) -> Result<()> {
+    let wrote = steps.iter().any(|s| matches!(s, Step::WriteExports { .. }));
+    if wrote || !export_is_live(p.facts, &p.exported, &p.options.clients) {
+        steps.push(Step::ReloadExports);
+    }
+    Ok(())
+}
+
+/// The error of an `/etc/exports` pgset cannot plan on.
+fn exports_error(problem: String) -> Error {
+    Error::Exports {
         path: exports_path(),
         problem,
         fix: "repair or remove pgset's marker lines by hand (the last version pgset replaced is in /etc/exports.pgset.bak), then rerun".into(),
-    })
+    }
+}
+
+fn parse_exports(text: &str, spec: &ClusterSpec) -> Result<ExportsFile> {
+    ExportsFile::parse(text, spec).map_err(exports_error)
 }
 
 fn check_no_export_outside_block(file: &ExportsFile, export: &Path) -> Result<()> {
@@ -581,4 +749,44 @@ pub(crate) fn missing_live_clients(
         .filter(|c| !live.contains(c))
         .copied()
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_judgements_then_the_steps_run_in_this_order() {
+        let judgements: Vec<&str> = JUDGEMENTS.iter().map(|(name, _)| *name).collect();
+        assert_eq!(
+            judgements,
+            [
+                "export-path",
+                "export-real-path",
+                "os-family",
+                "clients",
+                "export-is-directory",
+                "dirs-below-export-are-directories",
+                "exports-file",
+                "export-contents",
+                "no-export-outside-block",
+                "units-not-masked",
+            ]
+        );
+        let planners: Vec<&str> = PLANNERS.iter().map(|(name, _)| *name).collect();
+        assert_eq!(
+            planners,
+            [
+                "install-packages",
+                "selinux-booleans",
+                "export-directory",
+                "mark-export",
+                "data-directories",
+                "write-exports",
+                "start-units",
+                "open-firewall",
+                "reload-exports",
+            ]
+        );
+    }
 }

@@ -19,8 +19,43 @@ fn invalid(
     }
 }
 
+/// One check of a spec: `Err` with the problem and its fix.
+type Check = fn(&ClusterSpec) -> Result<()>;
+
+/// Every check of a spec, named, in the order they run.
+const CHECKS: &[(&str, Check)] = &[
+    ("name-label", name_label),
+    ("name-starts-with-letter", name_starts_with_letter),
+    ("name-not-reserved", name_not_reserved),
+    ("namespace", namespace),
+    ("replicas", replicas),
+    ("storage-size", storage_size),
+    ("storage-class", storage_class),
+    ("nfs-export", nfs_export),
+    ("nfs-server", nfs_server),
+    ("nfs-version", nfs_version),
+    ("postgres-image", postgres_image),
+    ("postgres-major", postgres_major),
+    ("agent-image", agent_image),
+    ("agent-pull-policy", agent_pull_policy),
+    ("postgres-ids", postgres_ids),
+    ("resource-quantities", resource_quantities),
+    ("memory-request-within-limit", memory_request_within_limit),
+    ("probe-bounds", probe_bounds),
+    ("startup-timeout", startup_timeout),
+    ("termination-grace-period", termination_grace_period),
+    ("replica-lag-bytes", replica_lag_bytes),
+    ("replica-lag-seconds", replica_lag_seconds),
+    ("synchronous", synchronous),
+    ("maximum-lag-on-failover", maximum_lag_on_failover),
+];
+
 /// Validates the whole spec; the first problem wins.
 pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
+    CHECKS.iter().try_for_each(|(_, check)| check(s))
+}
+
+fn name_label(s: &ClusterSpec) -> Result<()> {
     if !is_dns1123_label(&s.name) || s.name.len() > MAX_NAME_LEN {
         return Err(invalid(
             "name (--name)",
@@ -29,6 +64,10 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
             "use lowercase letters, digits and '-', starting with a letter and ending with a letter or digit, e.g. `pgset`",
         ));
     }
+    Ok(())
+}
+
+fn name_starts_with_letter(s: &ClusterSpec) -> Result<()> {
     if !s.name.starts_with(|c: char| c.is_ascii_lowercase()) {
         return Err(invalid(
             "name (--name)",
@@ -37,6 +76,10 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
             "e.g. `pgset`",
         ));
     }
+    Ok(())
+}
+
+fn name_not_reserved(s: &ClusterSpec) -> Result<()> {
     if crate::contract::MEMBER_SUFFIXES.contains(&s.name.as_str()) || s.name.starts_with("stale-") {
         return Err(invalid(
             "name (--name)",
@@ -47,6 +90,10 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
             "choose another name, e.g. `pgset` or `db`",
         ));
     }
+    Ok(())
+}
+
+fn namespace(s: &ClusterSpec) -> Result<()> {
     if !is_dns1123_label(&s.namespace) {
         return Err(invalid(
             "namespace (-n/--namespace)",
@@ -55,6 +102,10 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
             "use lowercase letters, digits and '-', at most 63 characters, e.g. `default`",
         ));
     }
+    Ok(())
+}
+
+fn replicas(s: &ClusterSpec) -> Result<()> {
     if !(1..=MAX_REPLICAS).contains(&s.replicas) {
         return Err(invalid(
             "replicas (--replicas)",
@@ -63,7 +114,14 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
             "one master plus replicas: 2 or 3 is usual; use `down` to remove the cluster",
         ));
     }
-    positive_quantity("storage.size", &s.storage.size)?;
+    Ok(())
+}
+
+fn storage_size(s: &ClusterSpec) -> Result<()> {
+    positive_quantity("storage.size", &s.storage.size)
+}
+
+fn storage_class(s: &ClusterSpec) -> Result<()> {
     if let Some(class) = &s.storage.storage_class {
         if !is_dns1123_subdomain(class) {
             return Err(invalid(
@@ -82,6 +140,10 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
             ));
         }
     }
+    Ok(())
+}
+
+fn nfs_export(s: &ClusterSpec) -> Result<()> {
     validate_export_path(&s.nfs.export).map_err(|problem| {
         let fix = if system_export_path_problem(&s.nfs.export).is_some() {
             SYSTEM_EXPORT_PATH_FIX
@@ -94,7 +156,10 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
             problem,
             fix,
         )
-    })?;
+    })
+}
+
+fn nfs_server(s: &ClusterSpec) -> Result<()> {
     if let Some(server) = &s.nfs.server
         && !is_host_or_ip(server)
     {
@@ -105,6 +170,10 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
             "give the address the nodes reach the NFS host at, e.g. 192.168.56.10",
         ));
     }
+    Ok(())
+}
+
+fn nfs_version(s: &ClusterSpec) -> Result<()> {
     if !matches!(s.nfs.version.as_str(), "3" | "4" | "4.0" | "4.1" | "4.2") {
         return Err(invalid(
             "nfs.version",
@@ -113,6 +182,10 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
             "use 4.1 (default), 4.2, 4 or 3",
         ));
     }
+    Ok(())
+}
+
+fn postgres_image(s: &ClusterSpec) -> Result<()> {
     if !is_image_reference(&s.postgres.image) {
         return Err(invalid(
             "postgres.image (--postgres-image)",
@@ -121,6 +194,10 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
             "e.g. postgres:18 or registry.example.com/postgres:18.1",
         ));
     }
+    Ok(())
+}
+
+fn postgres_major(s: &ClusterSpec) -> Result<()> {
     if let Some(major) = crate::image_tag(&s.postgres.image).and_then(|tag| {
         let digits: String = tag.chars().take_while(char::is_ascii_digit).collect();
         digits.parse::<u32>().ok()
@@ -138,6 +215,10 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
             format!("use postgres:{}", supported.end()),
         ));
     }
+    Ok(())
+}
+
+fn agent_image(s: &ClusterSpec) -> Result<()> {
     if !is_image_reference(&s.agent.image) {
         return Err(invalid(
             "agent.image (--agent-image)",
@@ -146,6 +227,10 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
             "e.g. docker.io/library/pgset-agent:0.1.0 (the agent image this version builds)",
         ));
     }
+    Ok(())
+}
+
+fn agent_pull_policy(s: &ClusterSpec) -> Result<()> {
     if !matches!(
         s.agent.pull_policy.as_str(),
         "IfNotPresent" | "Always" | "Never"
@@ -157,6 +242,10 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
             "use IfNotPresent, Always or Never",
         ));
     }
+    Ok(())
+}
+
+fn postgres_ids(s: &ClusterSpec) -> Result<()> {
     for (field, v) in [
         ("postgres.uid", s.postgres.uid),
         ("postgres.gid", s.postgres.gid),
@@ -170,9 +259,16 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
             ));
         }
     }
+    Ok(())
+}
+
+fn resource_quantities(s: &ClusterSpec) -> Result<()> {
     positive_quantity("resources.cpuRequest", &s.resources.cpu_request)?;
     positive_quantity("resources.memoryRequest", &s.resources.memory_request)?;
-    positive_quantity("resources.memoryLimit", &s.resources.memory_limit)?;
+    positive_quantity("resources.memoryLimit", &s.resources.memory_limit)
+}
+
+fn memory_request_within_limit(s: &ClusterSpec) -> Result<()> {
     if let (Some(req), Some(lim)) = (
         parse_quantity_bytes(&s.resources.memory_request),
         parse_quantity_bytes(&s.resources.memory_limit),
@@ -185,6 +281,10 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
             "make the request at most the limit",
         ));
     }
+    Ok(())
+}
+
+fn probe_bounds(s: &ClusterSpec) -> Result<()> {
     let p = &s.probes;
     for (field, v, max) in [
         (
@@ -219,6 +319,11 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
             ));
         }
     }
+    Ok(())
+}
+
+fn startup_timeout(s: &ClusterSpec) -> Result<()> {
+    let p = &s.probes;
     if p.startup_timeout_seconds < p.startup_period_seconds {
         return Err(invalid(
             "probes.startupTimeoutSeconds",
@@ -227,6 +332,11 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
             "allow at least one startup probe period",
         ));
     }
+    Ok(())
+}
+
+fn termination_grace_period(s: &ClusterSpec) -> Result<()> {
+    let p = &s.probes;
     if !(60..=3600).contains(&p.termination_grace_period_seconds) {
         return Err(invalid(
             "probes.terminationGracePeriodSeconds",
@@ -235,6 +345,10 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
             "PostgreSQL needs time for a clean shutdown checkpoint: 60 or more",
         ));
     }
+    Ok(())
+}
+
+fn replica_lag_bytes(s: &ClusterSpec) -> Result<()> {
     let lag = &s.replication.max_replica_lag;
     if lag.bytes < 1024 * 1024 {
         return Err(invalid(
@@ -248,6 +362,11 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
             ),
         ));
     }
+    Ok(())
+}
+
+fn replica_lag_seconds(s: &ClusterSpec) -> Result<()> {
+    let lag = &s.replication.max_replica_lag;
     if !(1..=86_400).contains(&lag.seconds) {
         return Err(invalid(
             "replication.maxReplicaLag.seconds",
@@ -256,6 +375,10 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
             format!("the default is {}", crate::DEFAULT_MAX_REPLICA_LAG_SECONDS),
         ));
     }
+    Ok(())
+}
+
+fn synchronous(s: &ClusterSpec) -> Result<()> {
     if let Some(sync) = s.replication.synchronous {
         let replicas = u32::try_from(s.replicas.saturating_sub(1)).unwrap_or(0);
         if sync.number == 0 {
@@ -282,6 +405,10 @@ pub(crate) fn spec(s: &ClusterSpec) -> Result<()> {
             ));
         }
     }
+    Ok(())
+}
+
+fn maximum_lag_on_failover(s: &ClusterSpec) -> Result<()> {
     let most = 1024 * 1024 * 1024;
     if s.replication.maximum_lag_on_failover > most {
         return Err(invalid(
@@ -509,6 +636,40 @@ pub fn parse_quantity_bytes(s: &str) -> Option<f64> {
 mod export_path_tests {
     use super::*;
     use crate::NfsSpec;
+
+    #[test]
+    fn the_checks_run_in_this_order() {
+        let names: Vec<&str> = CHECKS.iter().map(|(name, _)| *name).collect();
+        assert_eq!(
+            names,
+            [
+                "name-label",
+                "name-starts-with-letter",
+                "name-not-reserved",
+                "namespace",
+                "replicas",
+                "storage-size",
+                "storage-class",
+                "nfs-export",
+                "nfs-server",
+                "nfs-version",
+                "postgres-image",
+                "postgres-major",
+                "agent-image",
+                "agent-pull-policy",
+                "postgres-ids",
+                "resource-quantities",
+                "memory-request-within-limit",
+                "probe-bounds",
+                "startup-timeout",
+                "termination-grace-period",
+                "replica-lag-bytes",
+                "replica-lag-seconds",
+                "synchronous",
+                "maximum-lag-on-failover",
+            ]
+        );
+    }
 
     fn refused(p: &str) -> Error {
         let s = ClusterSpec {
