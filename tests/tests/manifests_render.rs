@@ -85,7 +85,7 @@ fn both_storage_modes_pass_kubernetes_validate() {
         std::fs::write(&path, multi_document(&spec).expect("render")).expect("write");
         paths.push(path);
     }
-    for version in ["1.33.0", "1.37.0"] {
+    for version in ["1.33.0", "1.36.0", "1.37.0"] {
         let mut args: Vec<std::ffi::OsString> =
             vec!["--strict".into(), "-k".into(), version.into()];
         args.extend(paths.iter().map(|p| p.clone().into_os_string()));

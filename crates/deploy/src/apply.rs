@@ -1,4 +1,5 @@
-//! Server-side apply of a cluster's objects in a fixed order (RBAC, the cluster record,
+//! Server-side apply of a cluster's objects in a fixed order (RBAC, member isolation where the
+//! API server serves it, the cluster record,
 //! Secret, Services, claim, StatefulSet) with one field manager; the Secret is get-or-create
 //! and never overwritten, the record is created once (see `record`); after a deploy that saw
 //! every member Ready, the failover pause `down` or `scale` left is lifted.
@@ -13,6 +14,7 @@ use pgset_spec::ValidSpec;
 use pgset_spec::contract::FIELD_MANAGER;
 use pgset_spec::contract::secret::CLUSTER_ID_KEY;
 
+use crate::isolation::{self, Isolation};
 use crate::master::{read_leader, resume_failover};
 use crate::rollout::RolloutReport;
 use crate::secret::{Passwords, has_cluster_id, missing_keys, new_cluster_id, secret};
@@ -239,6 +241,8 @@ pub async fn deploy(
         service_account,
         role,
         role_binding,
+        member_policy,
+        member_policy_binding,
         cluster_record,
         headless_service,
         master_service,
@@ -254,6 +258,21 @@ pub async fn deploy(
         .record(apply_one::<ServiceAccount>(client, ns, &service_account, mode, progress).await?);
     changes.record(apply_one::<Role>(client, ns, &role, mode, progress).await?);
     changes.record(apply_one::<RoleBinding>(client, ns, &role_binding, mode, progress).await?);
+    // Before any member runs with the ServiceAccount: each member's token acts only as itself.
+    if let Isolation::Applied(applied) = isolation::apply(
+        client,
+        spec,
+        &member_policy,
+        &member_policy_binding,
+        mode,
+        progress,
+    )
+    .await?
+    {
+        for one in applied {
+            changes.record(one);
+        }
+    }
 
     // Everything the Secret and the record depend on is read first (and an incomplete Secret
     // refused before any write): the record, the member pods, the Secret. The record is made

@@ -1,11 +1,13 @@
 //! Kubernetes objects of a pgset cluster, built purely from a `ClusterSpec`, and the thin edge
 //! that applies them, waits for the rollout, scales and tears down.
 //!
-//! The builders ([`rbac`], [`secret`], [`services`], [`storage`], [`statefulset`]) are pure
+//! The builders ([`rbac`], [`isolation`], [`secret`], [`services`], [`storage`], [`statefulset`]) are pure
 //! functions of a validated [`ClusterSpec`]; [`ClusterObjects::build`] gathers them. Only
-//! [`apply`], [`rollout`], [`scale`] and [`teardown`] hold a [`kube::Client`].
+//! [`apply`], [`isolation`]'s edge, [`rollout`], [`scale`] and [`teardown`] hold a
+//! [`kube::Client`].
 
 pub mod apply;
+pub mod isolation;
 pub mod master;
 pub mod mount_probe;
 pub mod nodes;
@@ -26,6 +28,9 @@ pub mod wait;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -270,6 +275,11 @@ pub struct ClusterObjects {
     pub role: Role,
     /// `<name>-agent`: binds the Role to the ServiceAccount.
     pub role_binding: RoleBinding,
+    /// `pgset-<namespace>-<name>-members` (cluster-scoped): each member's token acts only as
+    /// its own pod; applied only where the API server serves it.
+    pub member_policy: ValidatingAdmissionPolicy,
+    /// `pgset-<namespace>-<name>-members` (cluster-scoped): the policy, in the namespace only.
+    pub member_policy_binding: ValidatingAdmissionPolicyBinding,
     /// `<name>-record`: the cluster's record, filled by the master's agent.
     pub cluster_record: ConfigMap,
     /// `<name>`, headless: stable per-pod DNS names.
@@ -291,6 +301,8 @@ impl ClusterObjects {
             service_account: rbac::service_account(spec),
             role: rbac::role(spec),
             role_binding: rbac::role_binding(spec),
+            member_policy: isolation::policy(spec),
+            member_policy_binding: isolation::binding(spec),
             cluster_record: record::cluster_record(spec),
             headless_service: services::headless(spec),
             master_service: services::master(spec),

@@ -1,6 +1,7 @@
 //! The pods' identity: ServiceAccount `<name>-sa`, and Role + RoleBinding `<name>-agent` that
 //! let the agent read and label its own set's pods, hold its members' Leases and the leader
-//! Lease, and read its own StatefulSet's size, nothing else.
+//! Lease, and read its own StatefulSet's size, nothing else. Which member may touch which of
+//! those objects is [`crate::isolation`]'s policy.
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -24,9 +25,14 @@ pub fn service_account(spec: &ClusterSpec) -> ServiceAccount {
 ///   other pods of the namespace.
 /// - `leases` (`coordination.k8s.io`): `get`, `update` restricted to the members' write-fence
 ///   Leases (`<name>-<ordinal>-member`) and the cluster's leader Lease (`<name>-leader`), and
-///   `create`. Kubernetes cannot restrict `create` by
-///   `resourceNames` (the name is not known when the request is authorized), so that rule names
-///   no objects; it lets the agent create a Lease it does not hold yet, never change another one.
+///   `create`. Kubernetes cannot restrict `create` by `resourceNames` (a POST names no object
+///   when it is authorized), so that rule is as narrow as RBAC allows: the one verb, on Leases
+///   only, in the cluster's namespace only.
+///
+/// RBAC cannot tell one member from another either: all run as `<name>-sa`, so every rule names
+/// every member's objects. What RBAC cannot say, the member isolation policy
+/// ([`crate::isolation`]) enforces where the API server serves it: a member's token may change
+/// only its own pod and its own fence, contend for the leader Lease, and create no other Lease.
 /// - `configmaps`: `get` and `patch` on the cluster's record (`<name>-record`) only: the master
 ///   writes the database system identifier it initialised there, and reads it before an initdb.
 /// - `statefulsets` (`apps`): `get` on the set's own StatefulSet only: the master drops a

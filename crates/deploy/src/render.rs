@@ -51,6 +51,8 @@ fn groups(objects: &ClusterObjects) -> Result<Vec<(&'static str, Vec<String>)>> 
         service_account,
         role,
         role_binding,
+        member_policy,
+        member_policy_binding,
         cluster_record,
         headless_service,
         master_service,
@@ -66,6 +68,10 @@ fn groups(objects: &ClusterObjects) -> Result<Vec<(&'static str, Vec<String>)>> 
                 to_yaml(role)?,
                 to_yaml(role_binding)?,
             ],
+        ),
+        (
+            "15-isolation.yaml",
+            vec![to_yaml(member_policy)?, to_yaml(member_policy_binding)?],
         ),
         ("20-record.yaml", vec![to_yaml(cluster_record)?]),
         (
@@ -137,7 +143,11 @@ fn readme(spec: &ClusterSpec, files: &[ManifestFile]) -> String {
          3. For a new cluster only, its record saying so (the master runs initdb only on a record\n   \
          that says `{state}: {new}`; `create` never overwrites a record that exists):\n\n\
          ```sh\nkubectl -n {ns} create configmap {record} --from-literal={state}={new}\n```\n\n\
-         4. `kubectl apply -f manifests/`, which applies, in order:\n\n{list}",
+         4. `kubectl apply -f manifests/`, which applies, in order:\n\n{list}\n\
+         `15-isolation.yaml` holds the cluster-scoped ValidatingAdmissionPolicy and its binding\n\
+         `{policy}` that let each member's ServiceAccount token act only as its own pod. They\n\
+         need Kubernetes 1.30 or newer (`admissionregistration.k8s.io/v1`); on an older cluster\n\
+         leave that file out: member isolation is then not enforced.\n",
         name = spec.name,
         ns = spec.namespace,
         replicas = spec.replicas,
@@ -147,6 +157,7 @@ fn readme(spec: &ClusterSpec, files: &[ManifestFile]) -> String {
         record = spec.record_name(),
         state = pgset_spec::contract::record::STATE,
         new = pgset_spec::contract::record::STATE_NEW,
+        policy = crate::isolation::policy_name(spec),
     )
 }
 
@@ -172,6 +183,7 @@ pub fn manifest_files(spec: &ValidSpec) -> Result<Vec<ManifestFile>> {
 /// storage mode is noticed).
 pub const ALL_MANIFEST_FILES: &[&str] = &[
     "10-rbac.yaml",
+    "15-isolation.yaml",
     "20-record.yaml",
     "30-services.yaml",
     "40-claim.yaml",
@@ -219,6 +231,8 @@ mod tests {
                 "ServiceAccount",
                 "Role",
                 "RoleBinding",
+                "ValidatingAdmissionPolicy",
+                "ValidatingAdmissionPolicyBinding",
                 "ConfigMap",
                 "Service",
                 "Service",
@@ -227,7 +241,7 @@ mod tests {
                 "StatefulSet"
             ]
         );
-        assert_eq!(yaml.matches("---\n").count(), 9);
+        assert_eq!(yaml.matches("---\n").count(), 11);
         assert!(!yaml.contains("kind: Secret"));
     }
 
@@ -253,6 +267,7 @@ mod tests {
             names,
             [
                 "10-rbac.yaml",
+                "15-isolation.yaml",
                 "20-record.yaml",
                 "30-services.yaml",
                 "50-statefulset.yaml",

@@ -55,6 +55,7 @@ fn deploy_handler_over(
     move |call: &Call| {
         let dry_run = call.query.contains("dryRun");
         match (call.method.as_str(), call.path.as_str()) {
+            ("GET", ADMISSION_V1) => (200, admission_v1_resources(true)),
             ("GET", p) if p.ends_with("/pods") || p.ends_with("/persistentvolumeclaims") => {
                 let prefix = format!("{p}/");
                 let mut items: Vec<Value> = store
@@ -106,6 +107,40 @@ fn deploy_handler_over(
     }
 }
 
+/// Discovery of the API group and version that serves ValidatingAdmissionPolicy.
+const ADMISSION_V1: &str = "/apis/admissionregistration.k8s.io/v1";
+
+/// The resources [`ADMISSION_V1`] lists: with the policies (Kubernetes 1.30+), or only the
+/// webhook configurations (older releases).
+fn admission_v1_resources(policies: bool) -> Value {
+    let resource = |name: &str, kind: &str| {
+        json!({"name": name, "singularName": "", "namespaced": false, "kind": kind,
+               "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]})
+    };
+    let mut resources = vec![
+        resource(
+            "validatingwebhookconfigurations",
+            "ValidatingWebhookConfiguration",
+        ),
+        resource(
+            "mutatingwebhookconfigurations",
+            "MutatingWebhookConfiguration",
+        ),
+    ];
+    if policies {
+        resources.push(resource(
+            "validatingadmissionpolicies",
+            "ValidatingAdmissionPolicy",
+        ));
+        resources.push(resource(
+            "validatingadmissionpolicybindings",
+            "ValidatingAdmissionPolicyBinding",
+        ));
+    }
+    json!({"kind": "APIResourceList", "apiVersion": "v1",
+           "groupVersion": "admissionregistration.k8s.io/v1", "resources": resources})
+}
+
 /// Equal but for the resourceVersion.
 fn same_content(a: &Value, b: &Value) -> bool {
     let strip = |v: &Value| {
@@ -138,6 +173,11 @@ async fn deploy_applies_in_order_with_pgsets_field_manager_and_creates_the_secre
             "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/default/roles/pgset-agent",
             "GET /apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings/pgset-agent",
             "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings/pgset-agent",
+            "GET /apis/admissionregistration.k8s.io/v1",
+            "GET /apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/pgset-default-pgset-members",
+            "PATCH /apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/pgset-default-pgset-members",
+            "GET /apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings/pgset-default-pgset-members",
+            "PATCH /apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings/pgset-default-pgset-members",
             "GET /api/v1/namespaces/default/configmaps/pgset-record",
             "GET /api/v1/namespaces/default/pods",
             "GET /api/v1/namespaces/default/secrets/pgset-secret",
@@ -163,7 +203,15 @@ async fn deploy_applies_in_order_with_pgsets_field_manager_and_creates_the_secre
         assert!(q.contains(&"force=true".to_string()), "{q:?}");
         assert!(!call.query.contains("dryRun"), "{q:?}");
         assert_eq!(call.content_type, "application/apply-patch+yaml");
-        assert_eq!(call.body["metadata"]["namespace"], NS);
+        if call.path.starts_with("/apis/admissionregistration.k8s.io/") {
+            assert_eq!(
+                call.body["metadata"]["namespace"],
+                Value::Null,
+                "cluster-scoped"
+            );
+        } else {
+            assert_eq!(call.body["metadata"]["namespace"], NS);
+        }
     }
     // A first deploy over nothing: the record says "new cluster, no data yet", with the
     // Secret's cluster id, and carries its finalizer.
@@ -232,7 +280,7 @@ async fn second_deploy_keeps_the_existing_secret_untouched() {
             .any(|l| l.starts_with("kept Secret pgset-secret"))
     );
     // Everything else is still applied; the missing record is created.
-    assert_eq!(calls.iter().filter(|c| c.method == "PATCH").count(), 8);
+    assert_eq!(calls.iter().filter(|c| c.method == "PATCH").count(), 10);
 }
 
 #[tokio::test]
@@ -241,7 +289,7 @@ async fn a_second_deploy_over_the_same_spec_changes_nothing_and_says_so() {
     let first = deploy(&client, &spec(), ApplyMode::Apply, &mut |_: &str| {})
         .await
         .unwrap();
-    assert_eq!(first.changed.len(), 10, "{first:?}");
+    assert_eq!(first.changed.len(), 12, "{first:?}");
     assert_eq!(first.unchanged, 0);
     let mut lines = Vec::new();
     let second = deploy(&client, &spec(), ApplyMode::Apply, &mut |l: &str| {
@@ -250,7 +298,10 @@ async fn a_second_deploy_over_the_same_spec_changes_nothing_and_says_so() {
     .await
     .unwrap();
     assert!(second.changed.is_empty(), "{second:?}");
-    assert_eq!(second.unchanged, 10);
+    assert_eq!(
+        second.unchanged, 12,
+        "the policy and its binding are not rewritten"
+    );
     assert!(
         lines
             .iter()
@@ -270,6 +321,51 @@ async fn a_second_deploy_over_the_same_spec_changes_nothing_and_says_so() {
         .filter(|c| c.method == "POST")
         .count();
     assert_eq!(posts, 2, "the Secret and the record are created once");
+}
+
+#[tokio::test]
+async fn a_cluster_without_admission_policies_gets_everything_else_and_is_told_once_isolation_is_not_enforced()
+ {
+    // Older than 1.30: the group version is not served at all, or serves only webhooks.
+    for discovery in [None, Some(admission_v1_resources(false))] {
+        let mut inner = deploy_handler(None);
+        let (client, calls) = mock_client(move |call: &Call| match call.path.as_str() {
+            ADMISSION_V1 => match &discovery {
+                None => not_found(ADMISSION_V1),
+                Some(list) => (200, list.clone()),
+            },
+            _ => inner(call),
+        });
+        let mut lines = Vec::new();
+        let outcome = deploy(&client, &spec(), ApplyMode::Apply, &mut |l: &str| {
+            lines.push(l.to_string())
+        })
+        .await
+        .unwrap();
+        let calls = calls.lock().unwrap().clone();
+        let admission: Vec<String> = calls
+            .iter()
+            .filter(|c| c.path.starts_with("/apis/admissionregistration.k8s.io"))
+            .map(Call::line)
+            .collect();
+        assert_eq!(
+            admission,
+            ["GET /apis/admissionregistration.k8s.io/v1"],
+            "one discovery request, no policy written"
+        );
+        let told: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.contains("member isolation is not enforced"))
+            .collect();
+        assert_eq!(told.len(), 1, "{lines:?}");
+        assert!(
+            told[0].contains("Kubernetes 1.30 or newer") && told[0].contains("default/pgset-sa"),
+            "{}",
+            told[0]
+        );
+        assert_eq!(outcome.changed.len(), 10, "{outcome:?}");
+        assert!(outcome.changed.contains(&"StatefulSet/pgset".to_string()));
+    }
 }
 
 #[tokio::test]
@@ -309,7 +405,7 @@ async fn server_dry_run_sends_dry_run_on_every_write() {
         .unwrap();
     let calls = calls.lock().unwrap().clone();
     let writes: Vec<&Call> = calls.iter().filter(|c| c.is_write()).collect();
-    assert_eq!(writes.len(), 10);
+    assert_eq!(writes.len(), 12, "the policy and its binding too");
     for call in writes {
         assert!(
             query_pairs(call).contains(&"dryRun=All".to_string()),
@@ -1291,10 +1387,17 @@ async fn down_scales_to_zero_waits_then_deletes_in_reverse_and_keeps_data() {
             "services/pgset-replica",
             "services/pgset-master",
             "services/pgset",
+            "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings/pgset-default-pgset-members",
+            "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/pgset-default-pgset-members",
             "rolebindings/pgset-agent",
             "roles/pgset-agent",
             "serviceaccounts/pgset-sa",
         ]
+    );
+    assert!(
+        lines
+            .contains(&"deleted ValidatingAdmissionPolicy pgset-default-pgset-members".to_string()),
+        "member isolation holds no data: down deletes it without --purge: {lines:?}"
     );
     assert!(!calls.iter().any(|c| c.method == "DELETE"
         && (c.path.contains("persistentvolume")
@@ -1342,6 +1445,8 @@ async fn down_purge_deletes_claims_this_clusters_volumes_the_secret_its_leases_a
             "leases/pgset-1-member",
             "leases/pgset-leader",
             "configmaps/pgset-mount-probe",
+            "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings/pgset-default-pgset-members",
+            "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/pgset-default-pgset-members",
             "rolebindings/pgset-agent",
             "roles/pgset-agent",
             "serviceaccounts/pgset-sa",

@@ -4,6 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
@@ -33,12 +36,15 @@ pub mod names {
     pub const REPLICATED_WRITE: &str = "replicated-write";
     /// 7: each member's data in its own directory or claim.
     pub const STORAGE: &str = "storage";
+    /// After 7: the member isolation policy and its binding are as pgset renders them (skipped,
+    /// with a warning, where the API server does not serve them).
+    pub const MEMBER_ISOLATION: &str = "member-isolation";
     /// 8: scale to N+1 and back (`--scale-test`).
     pub const SCALE_OUT: &str = "scale-out";
     /// 9: delete the master pod and watch it come back (`--disruptive`).
     pub const MASTER_RECOVERY: &str = "master-recovery";
     /// Every check, in order.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         PODS,
         DNS,
         ROLE_SERVICES,
@@ -47,6 +53,7 @@ pub mod names {
         REPLICA_READ_ONLY,
         REPLICATED_WRITE,
         STORAGE,
+        MEMBER_ISOLATION,
         SCALE_OUT,
         MASTER_RECOVERY,
     ];
@@ -975,4 +982,52 @@ pub fn started_after_ready(new: &Member, others: &[Member]) -> Vec<String> {
         }
     }
     problems
+}
+
+/// Check member-isolation: where the API server serves ValidatingAdmissionPolicy (`served`),
+/// the policy and its binding as read (`None` when absent) hold every field pgset renders for
+/// `spec`. Where it does not, the check is skipped and says why (the caller adds the warning).
+pub fn member_isolation(
+    spec: &ClusterSpec,
+    served: bool,
+    policy: Option<&ValidatingAdmissionPolicy>,
+    binding: Option<&ValidatingAdmissionPolicyBinding>,
+) -> Finding {
+    use pgset_deploy::isolation;
+    if !served {
+        return Finding::skipped(isolation::not_enforced(spec));
+    }
+    let name = isolation::policy_name(spec);
+    let deploy = format!("run `{} deploy`", contract::program_name());
+    let mut problems = Vec::new();
+    match policy {
+        None => problems.push(format!(
+            "ValidatingAdmissionPolicy {name} is missing: every member's token may act as any member; {deploy}"
+        )),
+        Some(found) => problems.extend(
+            isolation::drift(&isolation::policy(spec), found)
+                .into_iter()
+                .map(|d| format!("ValidatingAdmissionPolicy {name}: {d}")),
+        ),
+    }
+    match binding {
+        None => problems.push(format!(
+            "ValidatingAdmissionPolicyBinding {name} is missing: the policy is not enforced; {deploy}"
+        )),
+        Some(found) => problems.extend(
+            isolation::drift(&isolation::binding(spec), found)
+                .into_iter()
+                .map(|d| format!("ValidatingAdmissionPolicyBinding {name}: {d}")),
+        ),
+    }
+    if problems.iter().any(|p| !p.ends_with(&deploy)) {
+        problems.push(format!("{deploy} to apply them as rendered"));
+    }
+    Finding::from_problems(
+        problems,
+        format!(
+            "ValidatingAdmissionPolicy and binding {name} in force: each member's token acts only as its own pod in namespace {}",
+            spec.namespace
+        ),
+    )
 }

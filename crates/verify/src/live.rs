@@ -6,6 +6,9 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -212,6 +215,13 @@ impl Verifier {
         list.push(timed(names::REPLICA_READ_ONLY, self.check_replica_read_only()).await);
         list.push(timed(names::REPLICATED_WRITE, self.check_replicated_write()).await);
         list.push(timed(names::STORAGE, self.check_storage()).await);
+        let isolation_started = Instant::now();
+        let (isolation, not_enforced) = self.check_member_isolation().await;
+        list.push(Check::new(
+            names::MEMBER_ISOLATION,
+            isolation,
+            isolation_started.elapsed(),
+        ));
         list.push(
             timed(
                 names::SCALE_OUT,
@@ -236,6 +246,7 @@ impl Verifier {
             list,
             started.elapsed(),
         );
+        report.warnings.extend(not_enforced);
         // The master may still be coming back from check 9: give it the settling time.
         let (dropped, _) = retry(SETTLE, POLL, || self.drop_marker_table(), Result::is_ok).await;
         if let Err(e) = dropped {
@@ -269,6 +280,44 @@ impl Verifier {
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// Check member-isolation ([`checks::member_isolation`]) and, where the API server does
+    /// not serve the policy, the warning that says isolation is not enforced.
+    pub async fn check_member_isolation(&self) -> (Finding, Option<String>) {
+        use pgset_deploy::isolation;
+        let served = match isolation::served(&self.client).await {
+            Ok(served) => served,
+            Err(e) => return (Finding::fail(e.to_string()), None),
+        };
+        if !served {
+            let finding = checks::member_isolation(&self.spec, false, None, None);
+            let warning = finding.message.clone();
+            return (finding, Some(warning));
+        }
+        let name = isolation::policy_name(&self.spec);
+        let policies: Api<ValidatingAdmissionPolicy> = Api::all(self.client.clone());
+        let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(self.client.clone());
+        let policy = match policies.get_opt(&name).await {
+            Ok(p) => p,
+            Err(e) => {
+                return (
+                    Finding::fail(format!("get ValidatingAdmissionPolicy {name}: {e}")),
+                    None,
+                );
+            }
+        };
+        let binding = match bindings.get_opt(&name).await {
+            Ok(b) => b,
+            Err(e) => {
+                return (
+                    Finding::fail(format!("get ValidatingAdmissionPolicyBinding {name}: {e}")),
+                    None,
+                );
+            }
+        };
+        let finding = checks::member_isolation(&self.spec, true, policy.as_ref(), binding.as_ref());
+        (finding, None)
     }
 
     /// The cluster's pods, by ordinal.

@@ -5,7 +5,7 @@
 //! `checks[]` with `name`, `verdict` (`pass` | `fail` | `skipped`), `duration_ms`, `message`
 //! (the skip reason for a skipped check) and `measurements` (only the measured ones: `lag_ms`,
 //! `replay_lag_ms`, `recovery_s`, `rejoin_s`, `streaming_resumed_s`, `join_s`); `warnings[]` when cleanup
-//! failed.
+//! failed or member isolation is not enforced on the cluster.
 
 use std::fmt::{self, Write as _};
 use std::time::Duration;

@@ -635,6 +635,7 @@ fn check_names_are_the_json_contract() {
             "replica-read-only",
             "replicated-write",
             "storage",
+            "member-isolation",
             "scale-out",
             "master-recovery"
         ]
@@ -1382,4 +1383,176 @@ async fn streaming_is_asked_of_the_leases_master() {
     assert_eq!(exec.path, "/api/v1/namespaces/default/pods/pgset-1/exec");
     assert_eq!(finding.verdict, Verdict::Fail);
     assert!(finding.message.contains("pgset-1"), "{}", finding.message);
+}
+
+const ADMISSION_V1: &str = "/apis/admissionregistration.k8s.io/v1";
+const POLICY: &str =
+    "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/pgset-default-pgset-members";
+const BINDING: &str = "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings/pgset-default-pgset-members";
+
+fn admission_resources(policies: bool) -> Value {
+    let mut resources = vec![
+        json!({"name": "validatingwebhookconfigurations", "singularName": "",
+        "namespaced": false, "kind": "ValidatingWebhookConfiguration", "verbs": ["get"]}),
+    ];
+    if policies {
+        resources.push(
+            json!({"name": "validatingadmissionpolicies", "singularName": "",
+            "namespaced": false, "kind": "ValidatingAdmissionPolicy", "verbs": ["get"]}),
+        );
+    }
+    json!({"kind": "APIResourceList", "apiVersion": "v1",
+           "groupVersion": "admissionregistration.k8s.io/v1", "resources": resources})
+}
+
+/// `object` as the API server returns it: with what it adds (defaults, uid, status).
+fn as_stored<T: serde::Serialize>(object: &T) -> Value {
+    let mut v = serde_json::to_value(object).unwrap();
+    v["metadata"]["uid"] = json!("3f1c");
+    v["metadata"]["resourceVersion"] = json!("41");
+    if v["kind"] == "ValidatingAdmissionPolicy" {
+        v["spec"]["matchConstraints"]["matchPolicy"] = json!("Equivalent");
+        v["spec"]["matchConstraints"]["namespaceSelector"] = json!({});
+        v["spec"]["matchConstraints"]["objectSelector"] = json!({});
+        v["status"] = json!({"observedGeneration": 1, "typeChecking": {}});
+    } else {
+        v["spec"]["matchResources"]["matchPolicy"] = json!("Equivalent");
+        v["spec"]["matchResources"]["objectSelector"] = json!({});
+    }
+    v
+}
+
+#[tokio::test]
+async fn member_isolation_reads_the_policy_and_binding_and_passes_when_they_are_as_rendered() {
+    let (client, mut handle) = mock_client();
+    let v = verifier(client);
+    let spec = v.spec().clone();
+    let api = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let discovery = answer(&mut handle, 200, admission_resources(true)).await;
+        seen.push(format!("{} {}", discovery.method, discovery.path));
+        let policy = as_stored(&pgset_deploy::isolation::policy(&spec));
+        let p = answer(&mut handle, 200, policy).await;
+        seen.push(format!("{} {}", p.method, p.path));
+        let mut binding = as_stored(&pgset_deploy::isolation::binding(&spec));
+        binding["spec"]["validationActions"] = json!(["Warn"]);
+        let b = answer(&mut handle, 200, binding).await;
+        seen.push(format!("{} {}", b.method, b.path));
+        seen
+    });
+    let (finding, warning) = v.check_member_isolation().await;
+    let seen = api.await.unwrap();
+    assert_eq!(
+        seen,
+        [
+            format!("GET {ADMISSION_V1}"),
+            format!("GET {POLICY}"),
+            format!("GET {BINDING}")
+        ]
+    );
+    assert_eq!(warning, None);
+    assert_eq!(finding.verdict, Verdict::Fail, "{}", finding.message);
+    assert!(
+        finding.message.contains(
+            "ValidatingAdmissionPolicyBinding pgset-default-pgset-members: .spec.validationActions[0] is \"Warn\", pgset renders \"Deny\""
+        ) && finding.message.contains("deploy` to apply them as rendered"),
+        "{}",
+        finding.message
+    );
+
+    // As rendered (the server's defaults aside): pass.
+    let (client, mut handle) = mock_client();
+    let v = verifier(client);
+    let spec = v.spec().clone();
+    let api = tokio::spawn(async move {
+        answer(&mut handle, 200, admission_resources(true)).await;
+        answer(
+            &mut handle,
+            200,
+            as_stored(&pgset_deploy::isolation::policy(&spec)),
+        )
+        .await;
+        answer(
+            &mut handle,
+            200,
+            as_stored(&pgset_deploy::isolation::binding(&spec)),
+        )
+        .await;
+    });
+    let (finding, warning) = v.check_member_isolation().await;
+    api.await.unwrap();
+    assert_eq!(finding.verdict, Verdict::Pass, "{}", finding.message);
+    assert_eq!(warning, None);
+}
+
+#[tokio::test]
+async fn member_isolation_fails_naming_a_missing_binding_and_the_command_that_makes_it() {
+    let (client, mut handle) = mock_client();
+    let v = verifier(client);
+    let spec = v.spec().clone();
+    let api = tokio::spawn(async move {
+        answer(&mut handle, 200, admission_resources(true)).await;
+        answer(
+            &mut handle,
+            200,
+            as_stored(&pgset_deploy::isolation::policy(&spec)),
+        )
+        .await;
+        let b = answer(
+            &mut handle,
+            404,
+            not_found(
+                "validatingadmissionpolicybindings",
+                "pgset-default-pgset-members",
+            ),
+        )
+        .await;
+        b.path
+    });
+    let (finding, _) = v.check_member_isolation().await;
+    assert_eq!(api.await.unwrap(), BINDING);
+    assert_eq!(finding.verdict, Verdict::Fail);
+    assert!(
+        finding
+            .message
+            .starts_with("ValidatingAdmissionPolicyBinding pgset-default-pgset-members is missing")
+            && finding.message.contains("deploy`"),
+        "{}",
+        finding.message
+    );
+}
+
+#[tokio::test]
+async fn member_isolation_on_a_cluster_without_admission_policies_is_skipped_with_a_warning() {
+    for discovery in [
+        (
+            404,
+            not_found("groupversion", "admissionregistration.k8s.io/v1"),
+        ),
+        (200, admission_resources(false)),
+    ] {
+        let (client, mut handle) = mock_client();
+        let v = verifier(client);
+        let api = tokio::spawn(async move {
+            let seen = answer(&mut handle, discovery.0, discovery.1).await;
+            // Nothing else is asked: the policy is not read where it cannot exist.
+            let more = tokio::time::timeout(Duration::from_millis(100), handle.next_request())
+                .await
+                .is_ok();
+            (seen.path, more)
+        });
+        let (finding, warning) = v.check_member_isolation().await;
+        let (path, more) = api.await.unwrap();
+        assert_eq!(path, ADMISSION_V1);
+        assert!(!more, "one discovery request only");
+        assert_eq!(finding.verdict, Verdict::Skipped);
+        assert!(
+            finding
+                .message
+                .starts_with("member isolation is not enforced on this cluster"),
+            "{}",
+            finding.message
+        );
+        assert_eq!(warning.as_deref(), Some(finding.message.as_str()));
+    }
 }
