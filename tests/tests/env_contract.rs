@@ -80,6 +80,10 @@ fn every_variable_local_mode_can_write_is_in_the_contract() {
     opts.allow_reinit = true;
     opts.adopt_unmarked = true;
     opts.failover = false;
+    opts.synchronous = Some(pgset_spec::Synchronous {
+        number: 1,
+        durability: pgset_spec::Durability::Required,
+    });
     let mut all = local_names(&opts, &set, 1);
     all.extend(deploy_names(&spec));
     assert_eq!(all, names(env::ALL));
