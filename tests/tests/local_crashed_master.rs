@@ -63,14 +63,7 @@ async fn a_crashed_master_with_unsent_wal_is_rewound_and_its_writes_kept_when_it
     .unwrap();
     let data0 = t.dir().join("pgset-0");
     let inode0 = inode(&data0);
-    let pm: i32 = std::fs::read_to_string(data0.join("postmaster.pid"))
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pm = support::postmaster_of(t.dir(), "pgset-0");
     let agent = local::agent_pid(t.dir(), "pgset-0").unwrap();
     kill(Pid::from_raw(agent), Signal::SIGKILL).unwrap();
     kill(Pid::from_raw(pm), Signal::SIGKILL).unwrap();

@@ -29,11 +29,6 @@ fn leader(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&text).expect("the leader record is JSON")
 }
 
-fn postmaster_of(dir: &Path, member: &str) -> i32 {
-    let text = std::fs::read_to_string(dir.join(member).join("postmaster.pid")).unwrap();
-    text.lines().next().unwrap().trim().parse().unwrap()
-}
-
 fn alive(pid: i32) -> bool {
     // A zombie still answers kill(0); /proc says whether it is gone or dead.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -42,39 +37,6 @@ fn alive(pid: i32) -> bool {
             .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
-}
-
-/// Writes rows to member k one at a time over one connection (reconnecting on failure) until
-/// `stop`; returns when each acknowledged row was acknowledged.
-async fn write_until(t: &TestSet, k: i32, stop: Instant) -> Vec<(i64, Instant)> {
-    let run = t.dir().join("run");
-    let mut acked = Vec::new();
-    let mut db = None;
-    let mut n = 0i64;
-    while Instant::now() < stop {
-        if db.is_none() {
-            db = pgset_agent::Db::socket(&run, t.port(k), "writer", Duration::from_secs(1))
-                .await
-                .ok();
-            if db.is_none() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        }
-        n += 1;
-        let sql = format!("INSERT INTO acked VALUES ({n})");
-        match tokio::time::timeout(
-            Duration::from_secs(1),
-            db.as_ref().unwrap().execute_batch(&sql),
-        )
-        .await
-        {
-            Ok(Ok(())) => acked.push((n, Instant::now())),
-            _ => db = None,
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    acked
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,7 +114,7 @@ async fn an_isolated_master_stops_accepting_writes_before_its_lease_could_expire
     let agent = local::agent_pid(t.dir(), "pgset-0").expect("the master's agent runs");
 
     let writer_stop = Instant::now() + 3 * timings.lease_duration();
-    let writer = write_until(&t, 0, writer_stop);
+    let writer = support::write_until(t.dir().join("run"), t.port(0), writer_stop);
     let cut = async {
         tokio::time::sleep(2 * SECOND).await;
         std::fs::write(t.dir().join("pgset.leader.isolate-pgset-0"), b"").unwrap();
@@ -202,7 +164,7 @@ async fn a_frozen_master_gives_the_role_up_and_is_killed_on_the_escalations_dead
     local::up(&t.opts).await.expect("set up");
     let timings = LeaderTimings::for_lease(DEFAULT_LEADER_LEASE).unwrap();
     let agent = local::agent_pid(t.dir(), "pgset-0").expect("the master's agent runs");
-    let postmaster = postmaster_of(t.dir(), "pgset-0");
+    let postmaster = support::postmaster_of(t.dir(), "pgset-0");
     let frozen_at = Instant::now();
     kill(Pid::from_raw(postmaster), Signal::SIGSTOP).unwrap();
     wait_until(
@@ -241,7 +203,7 @@ async fn a_shutdown_of_a_frozen_postmaster_ends_on_the_escalations_deadlines() {
     let timings = LeaderTimings::for_lease(DEFAULT_LEADER_LEASE).unwrap();
     // A replica: no renewals to give up, only the shutdown stops it.
     let agent = local::agent_pid(t.dir(), "pgset-1").expect("the replica's agent runs");
-    let postmaster = postmaster_of(t.dir(), "pgset-1");
+    let postmaster = support::postmaster_of(t.dir(), "pgset-1");
     kill(Pid::from_raw(postmaster), Signal::SIGSTOP).unwrap();
     let asked = Instant::now();
     kill(Pid::from_raw(agent), Signal::SIGTERM).unwrap();
@@ -341,7 +303,7 @@ enum Fault {
 
 /// Every process of member 0's postgres: the postmaster and its children.
 fn postgres_processes(dir: &Path, member: &str) -> Vec<i32> {
-    let pm = postmaster_of(dir, member);
+    let pm = support::postmaster_of(dir, member);
     let mut all = vec![pm];
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for e in entries.filter_map(|e| e.ok()) {
@@ -398,7 +360,7 @@ async fn fails_over(port: u16, fault: Fault) {
             }
             Fault::Freeze => {
                 kill(
-                    Pid::from_raw(postmaster_of(&dir, "pgset-0")),
+                    Pid::from_raw(support::postmaster_of(&dir, "pgset-0")),
                     Signal::SIGSTOP,
                 )
                 .unwrap();

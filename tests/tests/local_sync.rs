@@ -161,33 +161,6 @@ async fn preferred_goes_asynchronous_when_no_replica_streams_and_back() {
     t.sql(0, "INSERT INTO p VALUES (2)").unwrap();
 }
 
-/// Commits rows to the server on `port` (socket directory `run`) one at a time until `stop`;
-/// returns the acknowledged ones.
-async fn write_until(run: std::path::PathBuf, port: u16, stop: Instant) -> Vec<i64> {
-    let mut acked = Vec::new();
-    let mut db = None;
-    let mut n = 0i64;
-    while Instant::now() < stop {
-        if db.is_none() {
-            db = pgset_agent::Db::socket(&run, port, "writer", SECOND)
-                .await
-                .ok();
-            if db.is_none() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        }
-        n += 1;
-        let sql = format!("INSERT INTO acked VALUES ({n})");
-        match tokio::time::timeout(SECOND, db.as_ref().unwrap().execute_batch(&sql)).await {
-            Ok(Ok(())) => acked.push(n),
-            _ => db = None,
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    acked
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_failover_only_the_listed_replica_is_promoted_and_has_every_acknowledged_row() {
     if pg_or_skip("local_sync_failover").is_none() {
@@ -210,26 +183,19 @@ async fn on_failover_only_the_listed_replica_is_promoted_and_has_every_acknowled
     t.wait_for(1, "SELECT count(*) FROM acked", "0", 60 * SECOND);
     assert_eq!(listed(t.dir()).as_deref(), Some("pgset-2"));
 
-    let writer = tokio::spawn(write_until(
+    let writer = tokio::spawn(support::write_until(
         t.dir().join("run"),
         t.port(0),
         Instant::now() + 4 * SECOND,
     ));
     tokio::time::sleep(3 * SECOND).await;
     // The master dies with its agent, as a pod does.
-    let pm: i32 = std::fs::read_to_string(t.dir().join("pgset-0").join("postmaster.pid"))
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pm = support::postmaster_of(t.dir(), "pgset-0");
     let agent = local::agent_pid(t.dir(), "pgset-0").unwrap();
     kill(Pid::from_raw(agent), Signal::SIGKILL).unwrap();
     let _ = kill(Pid::from_raw(-pm), Signal::SIGKILL);
     let _ = kill(Pid::from_raw(pm), Signal::SIGKILL);
-    let acked = writer.await.unwrap();
+    let acked: Vec<i64> = writer.await.unwrap().into_iter().map(|(n, _)| n).collect();
     assert!(!acked.is_empty(), "rows were acknowledged before the kill");
 
     wait_until("a new master holds the record", 180 * SECOND, || {

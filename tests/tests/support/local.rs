@@ -274,3 +274,42 @@ pub fn tree_digest(dir: &Path) -> Vec<(PathBuf, u64, u32, u64)> {
     out.sort();
     out
 }
+
+/// The pid of member `member`'s postmaster, from its `postmaster.pid`.
+pub fn postmaster_of(dir: &Path, member: &str) -> i32 {
+    let text = std::fs::read_to_string(dir.join(member).join("postmaster.pid")).unwrap();
+    text.lines().next().unwrap().trim().parse().unwrap()
+}
+
+/// Inserts rows `1, 2, …` into table `acked` of the server on `port` (socket directory `run`),
+/// one at a time over one connection (reconnecting on failure), until `stop`; returns each
+/// acknowledged row with the instant it was acknowledged.
+pub async fn write_until(run: PathBuf, port: u16, stop: Instant) -> Vec<(i64, Instant)> {
+    let mut acked = Vec::new();
+    let mut db = None;
+    let mut n = 0i64;
+    while Instant::now() < stop {
+        if db.is_none() {
+            db = pgset_agent::Db::socket(&run, port, "writer", Duration::from_secs(1))
+                .await
+                .ok();
+            if db.is_none() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        }
+        n += 1;
+        let sql = format!("INSERT INTO acked VALUES ({n})");
+        match tokio::time::timeout(
+            Duration::from_secs(1),
+            db.as_ref().unwrap().execute_batch(&sql),
+        )
+        .await
+        {
+            Ok(Ok(())) => acked.push((n, Instant::now())),
+            _ => db = None,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    acked
+}
