@@ -22,6 +22,7 @@ pub mod rewind;
 pub mod role;
 pub mod run;
 pub mod settings;
+pub mod switchover;
 pub(crate) mod supervise;
 
 use std::path::PathBuf;
