@@ -22,8 +22,8 @@ pub mod rewind;
 pub mod role;
 pub mod run;
 pub mod settings;
-pub mod switchover;
 pub(crate) mod supervise;
+pub mod switchover;
 
 use std::path::PathBuf;
 

@@ -274,8 +274,7 @@ pub async fn keep(s: Settings, store: RoleStore, mut held: Written, lost: onesho
             Ok(Ok(HolderWrite::Done(w))) => {
                 held = w;
                 last_problem.clear();
-                if let Some(step) =
-                    crate::switchover::answer(&s, &store, &mut held, timeline).await
+                if let Some(step) = crate::switchover::answer(&s, &store, &mut held, timeline).await
                 {
                     let _ = lost.send(GiveUp::Switchover(Box::new(step)));
                     return;

@@ -123,7 +123,19 @@ async fn run_member(
                 break Ok(EXIT_SIGTERM);
             }
         };
-        match take_role(s, bin, me, health, api, &mut signals, &fence, &store, record).await {
+        match take_role(
+            s,
+            bin,
+            me,
+            health,
+            api,
+            &mut signals,
+            &fence,
+            &store,
+            record,
+        )
+        .await
+        {
             Ok(Ending::Exit(code)) => break Ok(code),
             Ok(Ending::Rerole) => continue,
             Err(e) => break Err(e),

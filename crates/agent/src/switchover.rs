@@ -33,7 +33,9 @@ use pgset_spec::contract::{self, AgentMode, SwitchoverOutcome, SwitchoverRequest
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use crate::leader::{Claim, Holder, HolderWrite, IfAbsent, LeaderRecord, LeaderStore, Observer, Written};
+use crate::leader::{
+    Claim, Holder, HolderWrite, IfAbsent, LeaderRecord, LeaderStore, Observer, Written,
+};
 use crate::pg::{self, Db};
 use crate::pgbin::PgBin;
 use crate::role::{self, RoleStore, Turn};
@@ -240,6 +242,23 @@ pub async fn answer(
     held: &mut Written,
     timeline: u32,
 ) -> Option<Stepping> {
+    // A failover request is moot while this master renews the record: left on it, it would
+    // keep every other replica from a later automatic failover.
+    if let Some(stale) = held.record.note(FAILOVER_TO).map(str::to_string) {
+        crate::info!(
+            "the master renews the leader record: the failover request {stale} is removed"
+        );
+        if let Ok(HolderWrite::Done(w)) = store
+            .renew_noting(
+                &held.record,
+                timeline,
+                vec![(FAILOVER_TO.to_string(), None)],
+            )
+            .await
+        {
+            *held = w;
+        }
+    }
     let text = held.record.note(SWITCHOVER)?.to_string();
     let me = s.pod_name.clone();
     let request = SwitchoverRequest::parse(&text);
@@ -248,6 +267,14 @@ pub async fn answer(
             "the request {text:?} is not a switchover request; ask again with `{} switchover`",
             contract::program_name()
         )),
+        // The hand over needs the target's contender to take the record, and replicas in a
+        // cluster do not contend for it yet (crate::supervise starts the contender locally).
+        Some(_) if s.env.mode == AgentMode::Kubernetes => Err(
+            "replicas in a Kubernetes cluster do not take a handed-over leader record in this \
+             version, so a switchover would leave the cluster without a master; the master \
+             stays"
+                .to_string(),
+        ),
         Some(r) => match Db::local(s, pg::DEADLINE).await {
             Ok(db) => match standbys(&db).await {
                 Ok(list) => choose(r, &me, &list, s.maximum_lag_on_failover()),
@@ -298,7 +325,9 @@ pub async fn answer(
             if let Ok(db) = Db::local(s, pg::DEADLINE).await
                 && let Err(e) = db.execute_batch("CHECKPOINT").await
             {
-                crate::warn!("the CHECKPOINT before the switchover did not complete ({e}); stopping anyway");
+                crate::warn!(
+                    "the CHECKPOINT before the switchover did not complete ({e}); stopping anyway"
+                );
             }
             Some(Stepping {
                 request,
@@ -340,8 +369,7 @@ pub async fn received_by(s: &Settings, member: &str) -> Option<u64> {
         return None;
     }
     let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-    if v["member"].as_str() != Some(member) || v["postgres"]["inRecovery"].as_bool() != Some(true)
-    {
+    if v["member"].as_str() != Some(member) || v["postgres"]["inRecovery"].as_bool() != Some(true) {
         return None;
     }
     v["postgres"]["receiveLsn"]
@@ -433,9 +461,7 @@ pub async fn finish(s: &Settings, bin: &PgBin, store: &RoleStore, step: Stepping
             "handed the leader record to {target} {} ms after the switchover began (shutdown \
              checkpoint {}); rejoining as its replica",
             began.elapsed().as_millis(),
-            checked
-                .map(crate::rewind::lsn_text)
-                .unwrap_or_default()
+            checked.map(crate::rewind::lsn_text).unwrap_or_default()
         ),
         (Ok(HolderWrite::Done(_)), false) => {}
         (Ok(HolderWrite::NotHolder(r)), _) => crate::warn!(
@@ -519,9 +545,7 @@ pub async fn take_handed(
         // A switchover that may name this member is under way: the record is looked at often
         // until it is answered (the holder renews it meanwhile), so the hand over is taken at
         // once instead of at the contender's next look.
-        None if may_come_here(record, &s.pod_name) => {
-            watch_request(store, &s.pod_name).await?
-        }
+        None if may_come_here(record, &s.pod_name) => watch_request(store, &s.pod_name).await?,
         None => return None,
     };
     let o = handed_to(&record, &s.pod_name, store.me())?;
@@ -665,7 +689,9 @@ pub async fn manual_failover(
             "failover to this member was asked, but the leader record names timeline {} and this \
              member's WAL is on timeline {}",
             record.timeline,
-            timeline.map(|t| t.to_string()).unwrap_or_else(|| "unknown".into())
+            timeline
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "unknown".into())
         ));
     }
     let received = own_received(db).await.unwrap_or(0);
@@ -715,12 +741,22 @@ mod tests {
 
     #[test]
     fn a_named_target_must_stream_from_the_master_within_the_lag_limit() {
-        let list = [st("pgset-1", true, 10), st("pgset-2", false, 0), st("pgset-3", true, 5000)];
-        assert_eq!(choose(&ask(Some("pgset-1")), "pgset-0", &list, 1000), Ok("pgset-1".into()));
+        let list = [
+            st("pgset-1", true, 10),
+            st("pgset-2", false, 0),
+            st("pgset-3", true, 5000),
+        ];
+        assert_eq!(
+            choose(&ask(Some("pgset-1")), "pgset-0", &list, 1000),
+            Ok("pgset-1".into())
+        );
         let e = choose(&ask(Some("pgset-2")), "pgset-0", &list, 1000).unwrap_err();
         assert!(e.contains("does not stream yet"), "{e}");
         let e = choose(&ask(Some("pgset-3")), "pgset-0", &list, 1000).unwrap_err();
-        assert!(e.contains("5000 bytes behind") && e.contains("wait until it catches up"), "{e}");
+        assert!(
+            e.contains("5000 bytes behind") && e.contains("wait until it catches up"),
+            "{e}"
+        );
         let e = choose(&ask(Some("pgset-9")), "pgset-0", &list, 1000).unwrap_err();
         assert!(e.contains("not in pg_stat_replication"), "{e}");
         let e = choose(&ask(Some("pgset-0")), "pgset-0", &list, 1000).unwrap_err();
@@ -729,10 +765,20 @@ mod tests {
 
     #[test]
     fn without_a_target_the_least_behind_streaming_replica_goes_ties_to_the_lower_ordinal() {
-        let list = [st("pgset-2", true, 0), st("pgset-1", true, 0), st("pgset-3", false, 0)];
-        assert_eq!(choose(&ask(None), "pgset-0", &list, 1000), Ok("pgset-1".into()));
+        let list = [
+            st("pgset-2", true, 0),
+            st("pgset-1", true, 0),
+            st("pgset-3", false, 0),
+        ];
+        assert_eq!(
+            choose(&ask(None), "pgset-0", &list, 1000),
+            Ok("pgset-1".into())
+        );
         let list = [st("pgset-1", true, 20), st("pgset-2", true, 3)];
-        assert_eq!(choose(&ask(None), "pgset-0", &list, 1000), Ok("pgset-2".into()));
+        assert_eq!(
+            choose(&ask(None), "pgset-0", &list, 1000),
+            Ok("pgset-2".into())
+        );
         let e = choose(&ask(None), "pgset-0", &[st("pgset-1", false, 0)], 1000).unwrap_err();
         assert!(e.contains("no replica streams"), "{e}");
     }
