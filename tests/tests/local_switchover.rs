@@ -40,7 +40,10 @@ fn kept(dir: &Path, member: &str) -> Vec<String> {
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(&format!("{member}.previous")) || n.starts_with(&format!("{member}.diverged-")))
+        .filter(|n| {
+            n.starts_with(&format!("{member}.previous"))
+                || n.starts_with(&format!("{member}.diverged-"))
+        })
         .collect()
 }
 
@@ -130,12 +133,18 @@ async fn switch_under_writes(t: &TestSet, from: i32, to: i32) -> local::switchov
     let acks = writer.await.unwrap();
     println!("{}", report.line());
 
-    assert_eq!((report.from.as_str(), report.to.as_str()), (old.as_str(), new.as_str()));
+    assert_eq!(
+        (report.from.as_str(), report.to.as_str()),
+        (old.as_str(), new.as_str())
+    );
     assert_eq!(holder(&dir), new, "the record names the new master");
     let (old_port, new_port) = (i64::from(t.port(from)), i64::from(t.port(to)));
     let by_old: Vec<&Ack> = acks.iter().filter(|a| a.port == old_port).collect();
     let by_new: Vec<&Ack> = acks.iter().filter(|a| a.port == new_port).collect();
-    assert!(!by_old.is_empty() && !by_new.is_empty(), "both masters acknowledged writes: {acks:?}");
+    assert!(
+        !by_old.is_empty() && !by_new.is_empty(),
+        "both masters acknowledged writes: {acks:?}"
+    );
     let last_old = by_old.iter().map(|a| a.at).max().unwrap();
     let first_new = by_new.iter().map(|a| a.at).min().unwrap();
     let runs: Vec<(i64, i64, usize)> = acks.iter().fold(Vec::new(), |mut runs, a| {
@@ -171,12 +180,23 @@ async fn switch_under_writes(t: &TestSet, from: i32, to: i32) -> local::switchov
         .lines()
         .map(|l| l.parse().unwrap())
         .collect();
-    let lost: Vec<i64> = acks.iter().map(|a| a.n).filter(|n| !stored.contains(n)).collect();
-    assert!(lost.is_empty(), "acknowledged rows missing on the new master: {lost:?}");
+    let lost: Vec<i64> = acks
+        .iter()
+        .map(|a| a.n)
+        .filter(|n| !stored.contains(n))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged rows missing on the new master: {lost:?}"
+    );
 
     // The old master rejoined as a replica on its own data directory: no copy, no rewind.
     assert_eq!(inode(&dir.join(&old)), old_inode, "the same data directory");
-    assert!(kept(&dir, &old).is_empty(), "nothing kept aside: {:?}", kept(&dir, &old));
+    assert!(
+        kept(&dir, &old).is_empty(),
+        "nothing kept aside: {:?}",
+        kept(&dir, &old)
+    );
     assert!(
         report.old_master.contains("no copy, no rewind"),
         "{}",
@@ -194,7 +214,11 @@ async fn switch_under_writes(t: &TestSet, from: i32, to: i32) -> local::switchov
     for k in others {
         t.wait_for(
             k,
-            &format!("SELECT received_tli = {} AND sender_port = {} FROM pg_stat_wal_receiver", timeline_before + 1, t.port(to)),
+            &format!(
+                "SELECT received_tli = {} AND sender_port = {} FROM pg_stat_wal_receiver",
+                timeline_before + 1,
+                t.port(to)
+            ),
             "t",
             60 * SECOND,
         );
@@ -203,17 +227,26 @@ async fn switch_under_writes(t: &TestSet, from: i32, to: i32) -> local::switchov
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_switchover_under_writes_loses_nothing_and_the_old_master_rejoins_without_copy_or_rewind() {
+async fn a_switchover_under_writes_loses_nothing_and_the_old_master_rejoins_without_copy_or_rewind()
+{
     let Some(_bin) = pg_or_skip("local_switchover_under_writes") else {
         return;
     };
     let _one = ONE_SET_AT_A_TIME.lock().await;
     let t = TestSet::new(3, 29100);
     local::up(&t.opts).await.expect("set up");
-    t.sql(0, "CREATE TABLE acked (n int PRIMARY KEY, port int, timeline int)")
-        .unwrap();
+    t.sql(
+        0,
+        "CREATE TABLE acked (n int PRIMARY KEY, port int, timeline int)",
+    )
+    .unwrap();
     for k in [1, 2] {
-        t.wait_for(k, "SELECT count(*) FROM pg_class WHERE relname = 'acked'", "1", 60 * SECOND);
+        t.wait_for(
+            k,
+            "SELECT count(*) FROM pg_class WHERE relname = 'acked'",
+            "1",
+            60 * SECOND,
+        );
     }
     let there = switch_under_writes(&t, 0, 1).await;
     assert_eq!(there.timeline, 2);
@@ -222,9 +255,17 @@ async fn a_switchover_under_writes_loses_nothing_and_the_old_master_rejoins_with
     assert_eq!(back.timeline, 3);
     // The record names who asked and how it ended.
     let record = leader(t.dir());
-    let outcome = record["notes"]["pgset.io/switchover-outcome"].as_str().unwrap();
-    assert!(outcome.contains("handed-over") && outcome.contains(&back.id), "{outcome}");
-    assert!(record["notes"].get("pgset.io/switchover").is_none(), "the request is cleared");
+    let outcome = record["notes"]["pgset.io/switchover-outcome"]
+        .as_str()
+        .unwrap();
+    assert!(
+        outcome.contains("handed-over") && outcome.contains(&back.id),
+        "{outcome}"
+    );
+    assert!(
+        record["notes"].get("pgset.io/switchover").is_none(),
+        "the request is cleared"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,7 +276,9 @@ async fn refused_switchovers_change_nothing_and_name_the_fix() {
     let _one = ONE_SET_AT_A_TIME.lock().await;
     let t = TestSet::new(3, 29110);
     local::up(&t.opts).await.expect("set up");
-    local::stop_member(t.dir(), "pgset-2", 120 * SECOND).await.unwrap();
+    local::stop_member(t.dir(), "pgset-2", 120 * SECOND)
+        .await
+        .unwrap();
     let before = leader(t.dir());
     let cases = [
         (Some("pgset-2"), "does not stream from the master pgset-0"),
@@ -259,6 +302,68 @@ async fn refused_switchovers_change_nothing_and_name_the_fix() {
     assert!(e.contains("start it"), "the error names the fix: {e}");
     // The master still serves writes.
     t.sql(0, "CREATE TABLE still (n int)").unwrap();
+
+    // A request that reaches the master's agent (written past the command's checks) for a
+    // member that does not stream: the agent refuses it, records why, clears it, and stops
+    // nothing.
+    let postmaster =
+        std::fs::read_to_string(t.dir().join("pgset-0").join("postmaster.pid")).unwrap();
+    let store = pgset_agent::leader::FileStore::new(
+        t.dir(),
+        "pgset",
+        pgset_agent::leader::Holder::new("test", "test"),
+        pgset_agent::leader::LeaderTimings::for_lease(pgset_agent::settings::DEFAULT_LEADER_LEASE)
+            .unwrap(),
+    );
+    use pgset_agent::leader::LeaderStore as _;
+    let request = pgset_spec::contract::SwitchoverRequest::new(Some("pgset-2"));
+    let mut written = None;
+    for _ in 0..20 {
+        let r = store.read().await.unwrap().unwrap();
+        written = store
+            .replace(&r.with_note("pgset.io/switchover", Some(&request.to_note())))
+            .await
+            .unwrap();
+        if written.is_some() {
+            break;
+        }
+    }
+    assert!(written.is_some(), "the request is written");
+    wait_until("the master answers the request", 30 * SECOND, || {
+        leader(t.dir())["notes"]["pgset.io/switchover-outcome"]
+            .as_str()
+            .is_some_and(|o| o.contains(&request.id))
+    });
+    let record = leader(t.dir());
+    let outcome = pgset_spec::contract::SwitchoverOutcome::parse(
+        record["notes"]["pgset.io/switchover-outcome"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(outcome.state, "refused");
+    assert!(
+        outcome
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("pgset-2 does not stream"),
+        "{outcome:?}"
+    );
+    assert!(
+        record["notes"].get("pgset.io/switchover").is_none(),
+        "the request is cleared"
+    );
+    assert_eq!(
+        record["holder"], before["holder"],
+        "the master keeps the record"
+    );
+    assert_eq!(
+        std::fs::read_to_string(t.dir().join("pgset-0").join("postmaster.pid")).unwrap(),
+        postmaster,
+        "postgres was not stopped"
+    );
+    t.sql(0, "INSERT INTO still VALUES (1)").unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,8 +400,13 @@ async fn failover_to_a_named_replica_promotes_it_after_the_master_died_with_fail
     let _ = kill(Pid::from_raw(pm), Signal::SIGKILL);
     let before = leader(t.dir());
     // Without --yes: what may be lost, and no change.
-    let warning = local::switchover::failover_warning(t.dir(), "pgset-2").await.unwrap();
-    assert!(warning.contains("--yes") && warning.contains("lost"), "{warning}");
+    let warning = local::switchover::failover_warning(t.dir(), "pgset-2")
+        .await
+        .unwrap();
+    assert!(
+        warning.contains("--yes") && warning.contains("lost"),
+        "{warning}"
+    );
     assert_eq!(leader(t.dir())["notes"], before["notes"]);
 
     let started = Instant::now();
@@ -315,6 +425,8 @@ async fn failover_to_a_named_replica_promotes_it_after_the_master_died_with_fail
     t.wait_for(1, "SELECT count(*) FROM kept", "2", 60 * SECOND);
     assert_eq!(t.sql(1, "SELECT pg_is_in_recovery()").unwrap(), "t");
     wait_until("the request is cleared", 10 * SECOND, || {
-        leader(t.dir())["notes"].get("pgset.io/failover-to").is_none()
+        leader(t.dir())["notes"]
+            .get("pgset.io/failover-to")
+            .is_none()
     });
 }

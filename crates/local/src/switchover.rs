@@ -120,7 +120,8 @@ async fn writable(dir: &Path, set: &LocalSet, member: &str) -> Option<u32> {
     if !r.get::<_, bool>(0) {
         return None;
     }
-    r.get::<_, Option<i64>>(1).and_then(|t| u32::try_from(t).ok())
+    r.get::<_, Option<i64>>(1)
+        .and_then(|t| u32::try_from(t).ok())
 }
 
 /// The holder of a record that has one, else the error that says so.
@@ -191,6 +192,25 @@ async fn write_note(
     ))
 }
 
+/// Removes the request `id` (note `key`) when it is still on the record, unanswered: a request
+/// nobody answered in time is not left to surprise a later run.
+async fn withdraw(store: &FileStore, key: &str, id: &str) {
+    for _ in 0..20 {
+        let Ok(Some(r)) = store.read().await else {
+            return;
+        };
+        if r.note(key)
+            .and_then(SwitchoverRequest::parse)
+            .is_none_or(|q| q.id != id)
+        {
+            return;
+        }
+        if let Ok(Some(_)) = store.replace(&r.with_note(key, None)).await {
+            return;
+        }
+    }
+}
+
 /// The outcome note of request `id`, once written.
 fn outcome_of(record: &LeaderRecord, id: &str) -> Option<SwitchoverOutcome> {
     SwitchoverOutcome::parse(record.note(SWITCHOVER_OUTCOME)?).filter(|o| o.id == id)
@@ -210,7 +230,9 @@ fn kept_copies(dir: &Path, member: &str) -> Vec<String> {
     let mut out: Vec<String> = entries
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| *n == format!("{member}.previous") || n.starts_with(&format!("{member}.diverged-")))
+        .filter(|n| {
+            *n == format!("{member}.previous") || n.starts_with(&format!("{member}.diverged-"))
+        })
         .collect();
     out.sort();
     out
@@ -317,7 +339,9 @@ pub async fn switchover(dir: &Path, to: Option<&str>, timeout: Duration) -> Resu
                     .filter(|k| !old_kept.contains(k))
                     .collect();
                 let how = if same_dir && new_kept.is_empty() {
-                    format!("{old} rejoined as its replica on the same data directory (no copy, no rewind)")
+                    format!(
+                        "{old} rejoined as its replica on the same data directory (no copy, no rewind)"
+                    )
                 } else {
                     format!(
                         "{old} rejoined as its replica; kept aside: {}",
@@ -335,7 +359,9 @@ pub async fn switchover(dir: &Path, to: Option<&str>, timeout: Duration) -> Resu
                     timeline,
                     lsn: o.lsn.clone(),
                     write_gap_ms: match (last_old_write, first_new_write) {
-                        (Some(a), Some(b)) => Some(b.saturating_duration_since(a).as_millis() as u64),
+                        (Some(a), Some(b)) => {
+                            Some(b.saturating_duration_since(a).as_millis() as u64)
+                        }
                         _ => None,
                     },
                     old_master: how,
@@ -343,6 +369,9 @@ pub async fn switchover(dir: &Path, to: Option<&str>, timeout: Duration) -> Resu
             }
         }
         if now >= deadline {
+            if outcome.is_none() {
+                withdraw(&store, SWITCHOVER, &request.id).await;
+            }
             return Err(local_err(format!(
                 "the switchover (request {}) did not complete within {} s: {}; see `local status` \
                  and the members' logs in {}",
@@ -455,8 +484,9 @@ pub async fn failover(dir: &Path, to: &str, timeout: Duration) -> Result<Report>
             });
         }
         if Instant::now() >= deadline {
+            withdraw(&store, FAILOVER_TO, &request.id).await;
             return Err(local_err(format!(
-                "{to} did not take the leader record within {} s of the request (it takes it once \
+                "{to} did not take the leader record within {} s of the request (withdrawn) (it takes it once \
                  the record expired on its own clock, {} ms); see its log in {}",
                 timeout.as_secs(),
                 timings.lease_duration().as_millis(),
