@@ -430,3 +430,94 @@ async fn failover_to_a_named_replica_promotes_it_after_the_master_died_with_fail
             .is_none()
     });
 }
+
+/// Writes `request` on the set's leader record as a command would (compare-and-swap, retried
+/// on a renewal), past the command's own checks.
+async fn write_request(dir: &Path, key: &str, request: &pgset_spec::contract::SwitchoverRequest) {
+    use pgset_agent::leader::LeaderStore as _;
+    let store = pgset_agent::leader::FileStore::new(
+        dir,
+        "pgset",
+        pgset_agent::leader::Holder::new("test", "test"),
+        pgset_agent::leader::LeaderTimings::for_lease(pgset_agent::settings::DEFAULT_LEADER_LEASE)
+            .unwrap(),
+    );
+    for _ in 0..20 {
+        let r = store.read().await.unwrap().unwrap();
+        if store
+            .replace(&r.with_note(key, Some(&request.to_note())))
+            .await
+            .unwrap()
+            .is_some()
+        {
+            return;
+        }
+    }
+    panic!("the request could not be written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_whose_target_does_not_report_the_shutdown_checkpoint_is_aborted_and_the_master_serves_again()
+ {
+    let Some(_bin) = pg_or_skip("local_switchover_aborted") else {
+        return;
+    };
+    let _one = ONE_SET_AT_A_TIME.lock().await;
+    let t = TestSet::new(3, 29130);
+    local::up(&t.opts).await.expect("set up");
+    t.sql(0, "CREATE TABLE kept (n int); INSERT INTO kept VALUES (1)")
+        .unwrap();
+    t.wait_for(1, "SELECT count(*) FROM kept", "1", 60 * SECOND);
+    let master_inode = inode(&t.dir().join("pgset-0"));
+    // The target's postgres streams, but its agent cannot say what it received.
+    let agent = local::agent_pid(t.dir(), "pgset-1").unwrap();
+    kill(Pid::from_raw(agent), Signal::SIGSTOP).unwrap();
+    let request = pgset_spec::contract::SwitchoverRequest::new(Some("pgset-1"));
+    write_request(t.dir(), "pgset.io/switchover", &request).await;
+    let answered = std::panic::catch_unwind(|| {
+        wait_until("the master ends the switchover", 60 * SECOND, || {
+            leader(t.dir())["notes"]["pgset.io/switchover-outcome"]
+                .as_str()
+                .is_some_and(|o| o.contains(&request.id))
+        })
+    });
+    kill(Pid::from_raw(agent), Signal::SIGCONT).unwrap();
+    answered.unwrap_or_else(|_| panic!("no outcome; pgset-0's log:\n{}", t.log(0)));
+    let record = leader(t.dir());
+    let outcome = pgset_spec::contract::SwitchoverOutcome::parse(
+        record["notes"]["pgset.io/switchover-outcome"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(outcome.state, "aborted", "{outcome:?}");
+    assert!(
+        outcome
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("pgset-1 did not report WAL past the shutdown checkpoint"),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        record["holder"]["member"], "pgset-0",
+        "nothing was handed over"
+    );
+    assert!(
+        record["notes"].get("pgset.io/switchover").is_none(),
+        "the request is cleared"
+    );
+    // The master serves again on its own data and timeline; the target is still a replica.
+    wait_until("pgset-0 accepts writes again", 60 * SECOND, || {
+        t.sql(0, "INSERT INTO kept VALUES (2)").is_ok()
+    });
+    assert_eq!(inode(&t.dir().join("pgset-0")), master_inode);
+    assert_eq!(
+        t.sql(0, "SELECT timeline_id FROM pg_control_checkpoint()")
+            .unwrap(),
+        "1"
+    );
+    assert_eq!(t.sql(1, "SELECT pg_is_in_recovery()").unwrap(), "t");
+    t.wait_for(1, "SELECT count(*) FROM kept", "2", 60 * SECOND);
+    t.wait_for(2, "SELECT count(*) FROM kept", "2", 60 * SECOND);
+}
