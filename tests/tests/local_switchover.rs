@@ -194,8 +194,14 @@ async fn switch_under_writes(t: &TestSet, from: i32, to: i32) -> local::switchov
     assert_eq!(inode(&dir.join(&old)), old_inode, "the same data directory");
     assert!(
         kept(&dir, &old).is_empty(),
-        "nothing kept aside: {:?}",
+        "nothing kept aside: {:?}\n{}\n{old}:\n{}\n{new}:\n{}",
+        kept(&dir, &old),
         kept(&dir, &old)
+            .iter()
+            .map(|k| std::fs::read_to_string(dir.join(k).join("diverged.json")).unwrap_or_default())
+            .collect::<String>(),
+        local::log_tail(&dir, &old, 80),
+        local::log_tail(&dir, &new, 80)
     );
     assert!(
         report.old_master.contains("no copy, no rewind"),

@@ -33,6 +33,7 @@ use pgset_spec::contract::{self, AgentMode, SwitchoverOutcome, SwitchoverRequest
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
+use crate::Result;
 use crate::leader::{
     Claim, Holder, HolderWrite, IfAbsent, LeaderRecord, LeaderStore, Observer, Written,
 };
@@ -40,7 +41,6 @@ use crate::pg::{self, Db};
 use crate::pgbin::PgBin;
 use crate::role::{self, RoleStore, Turn};
 use crate::settings::Settings;
-use crate::{Error, Result};
 
 /// A replica as the master's `pg_stat_replication` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -566,7 +566,7 @@ pub async fn take_handed(
         crate::rewind::lsn_text(lsn),
         crate::rewind::lsn_text(mine)
     );
-    Some(take_and_promote(s, store, db, record.timeline, observer, Vec::new()).await)
+    take_and_promote(s, store, db, record.timeline, observer, Vec::new()).await
 }
 
 /// The handed-over outcome of a record handed to `member` (named under an identity other than
@@ -610,6 +610,8 @@ async fn watch_request(store: &RoleStore, member: &str) -> Option<LeaderRecord> 
     None
 }
 
+/// Takes the record (one compare-and-swap) and promotes postgres. `None`: the record was not
+/// taken (it changed, or could not be read or written), so the contender looks again.
 async fn take_and_promote(
     s: &Settings,
     store: &RoleStore,
@@ -617,27 +619,32 @@ async fn take_and_promote(
     timeline: u32,
     observer: &mut Observer,
     notes: Vec<(String, Option<String>)>,
-) -> Result<Turn> {
+) -> Option<Result<Turn>> {
     let written = match store.acquire(timeline, IfAbsent::Wait, observer).await {
         Ok(Claim::Taken(w)) => w,
         Ok(other) => {
-            return Err(Error::Failed(format!(
-                "the leader record was not taken: {other:?}"
-            )));
+            crate::info!("the leader record was not taken: {other:?}");
+            return None;
         }
-        Err(e) => return Err(Error::Failed(format!("taking the leader record: {e}"))),
+        Err(e) => {
+            crate::warn!("taking the leader record: {e}");
+            return None;
+        }
     };
-    let (mut held, settings) = role::promote(s, store, db, written).await?;
+    let (mut held, settings) = match role::promote(s, store, db, written).await {
+        Ok(done) => done,
+        Err(e) => return Some(Err(e)),
+    };
     if !notes.is_empty() {
         let tl = held.record.timeline;
         if let Ok(HolderWrite::Done(w)) = store.renew_noting(&held.record, tl, notes).await {
             held = w;
         }
     }
-    Ok(Turn::Promoted {
+    Some(Ok(Turn::Promoted {
         held,
         settings: Box::new(settings),
-    })
+    }))
 }
 
 /// What a manual failover (`failover --to`) on an expired record means for this replica.
@@ -720,7 +727,14 @@ pub async fn manual_failover(
         (FAILOVER_TO.to_string(), None),
         (SWITCHOVER_OUTCOME.to_string(), Some(o.to_note())),
     ];
-    Manual::Took(take_and_promote(s, store, db, record.timeline, observer, notes).await)
+    match take_and_promote(s, store, db, record.timeline, observer, notes).await {
+        Some(taken) => Manual::Took(taken),
+        None => Manual::Refused(
+            "failover to this member was asked, but the leader record changed before it was \
+             taken; looking again"
+                .into(),
+        ),
+    }
 }
 
 #[cfg(test)]
