@@ -56,6 +56,8 @@ enum Task {
     Scale(Forwarded),
     /// One screen: each member's role, readiness, node, data, streaming state and lag
     Status(Forwarded),
+    /// Hand the master role to a streaming replica: the master stops cleanly, the replica takes over with every acknowledged write, the old master rejoins as its replica
+    Switchover(Forwarded),
     /// Write the objects as YAML into manifests/ (--check: fail when they differ)
     Render(Forwarded),
     /// A primary and replicas as local processes on 127.0.0.1, driven by the same agent
@@ -114,6 +116,7 @@ pub fn main() -> ExitCode {
         Task::Drill(f) => ("drill", f),
         Task::Scale(f) => ("scale", f),
         Task::Status(f) => ("status", f),
+        Task::Switchover(f) => ("switchover", f),
         Task::Render(f) => ("render", f),
         Task::Local(f) => ("local", f),
         Task::Bench(f) => ("bench", f),

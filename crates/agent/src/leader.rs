@@ -589,12 +589,49 @@ pub trait LeaderStore: Send + Sync {
         held: &LeaderRecord,
         to: &Holder,
     ) -> impl Future<Output = LeaderResult<HolderWrite>> + Send {
+        self.hand_over_noting(held, to, Vec::new())
+    }
+
+    /// [`LeaderStore::hand_over`], with the notes `notes` set (a `None` value removes one) in
+    /// the same write.
+    fn hand_over_noting(
+        &self,
+        held: &LeaderRecord,
+        to: &Holder,
+        notes: Vec<(String, Option<String>)>,
+    ) -> impl Future<Output = LeaderResult<HolderWrite>> + Send {
         let to = to.clone();
         let duration = self.timings().lease_duration;
         holder_write(self, held.clone(), move |r| {
-            r.written(Some(&to), r.timeline, duration)
+            with_notes(r.written(Some(&to), r.timeline, duration), &notes)
         })
     }
+
+    /// [`LeaderStore::renew`], with the notes `notes` set (a `None` value removes one) in the
+    /// same write: how the holder answers a request written on the record.
+    fn renew_noting(
+        &self,
+        held: &LeaderRecord,
+        timeline: u32,
+        notes: Vec<(String, Option<String>)>,
+    ) -> impl Future<Output = LeaderResult<HolderWrite>> + Send {
+        let me = self.me().clone();
+        let duration = self.timings().lease_duration;
+        holder_write(self, held.clone(), move |r| {
+            with_notes(r.written(Some(&me), timeline, duration), &notes)
+        })
+    }
+}
+
+/// `record` with `notes` set (a `None` value removes the note).
+fn with_notes(mut record: LeaderRecord, notes: &[(String, Option<String>)]) -> LeaderRecord {
+    for (k, v) in notes {
+        match v {
+            Some(v) => record.notes.insert(k.clone(), v.clone()),
+            None => record.notes.remove(k),
+        };
+    }
+    record
 }
 
 /// A holder's write: only if `held` is this member's; with `held`'s version, and on a conflict
@@ -839,6 +876,15 @@ impl FileStore {
             .and_then(|()| out.write_all(b"\n"))
             .and_then(|()| out.sync_all())
             .map_err(io(format!("write {}", tmp.display())))?;
+        // The record keeps its owner: a command run as root (a switchover's request) writes it
+        // for the agents, which run as the postgres user.
+        if let Ok(meta) = std::fs::metadata(&path) {
+            use std::os::unix::fs::MetadataExt as _;
+            if meta.uid() != nix::unistd::geteuid().as_raw() {
+                std::os::unix::fs::fchown(&out, Some(meta.uid()), Some(meta.gid()))
+                    .map_err(io(format!("give {} to the record's owner", tmp.display())))?;
+            }
+        }
         std::fs::rename(&tmp, &path).map_err(io(format!(
             "rename {} to {}",
             tmp.display(),

@@ -23,6 +23,7 @@ pub mod role;
 pub mod run;
 pub mod settings;
 pub(crate) mod supervise;
+pub mod switchover;
 pub mod sync;
 
 use std::path::PathBuf;

@@ -247,7 +247,9 @@ pub async fn own_state(db: &Db) -> Result<OwnState> {
 pub struct MasterView {
     /// The master's database system identifier.
     pub system_identifier: u64,
-    /// The master's timeline.
+    /// The master's timeline: the one it writes WAL on now (its last checkpoint's lags a
+    /// promotion until the next checkpoint, and a replica that followed the promotion would
+    /// look ahead of it), or in recovery its last restartpoint's.
     pub timeline: i64,
     /// `wal_status` of this replica's slot (`reserved`, `extended`, `unreserved`, `lost`), or
     /// `None` when the slot does not exist.
@@ -266,7 +268,10 @@ pub async fn master_view(db: &Db, slot: &str, needed: Option<Lsn>) -> Result<Mas
     let r = db
         .row(
             "SELECT (SELECT system_identifier FROM pg_control_system())::text,
-                    (SELECT timeline_id FROM pg_control_checkpoint())::bigint,
+                    CASE WHEN pg_is_in_recovery()
+                      THEN (SELECT timeline_id FROM pg_control_checkpoint())::bigint
+                      ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))
+                           ::bit(32)::bigint END,
                     (SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1),
                     (SELECT min(substr(name, 9)) FROM pg_ls_waldir()
                       WHERE name ~ '^[0-9A-F]{24}$'),

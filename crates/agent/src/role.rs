@@ -241,10 +241,20 @@ pub async fn postgres_answers(s: &Settings, timeout: Duration) -> (bool, Option<
     }
 }
 
+/// Why the holder's renewals ended.
+#[derive(Debug)]
+pub enum GiveUp {
+    /// The role is lost: why.
+    Lost(String),
+    /// A switchover began: postgres is to be stopped cleanly while its renewals go on.
+    Switchover(Box<crate::switchover::Stepping>),
+}
+
 /// The holder's renewals, run while postgres runs: every `renew_every`, only after postgres
 /// answered; the reason the role is given up is sent once, at the renew deadline after the
-/// last good write (or at once when the record names another holder).
-pub async fn keep(s: Settings, store: RoleStore, mut held: Written, lost: oneshot::Sender<String>) {
+/// last good write (or at once when the record names another holder). A switchover asked on
+/// the record is answered after a good renewal ([`crate::switchover::answer`]).
+pub async fn keep(s: Settings, store: RoleStore, mut held: Written, lost: oneshot::Sender<GiveUp>) {
     let timings = *store.timings();
     let mut timeline = held.record.timeline;
     let mut last_problem = String::new();
@@ -259,10 +269,10 @@ pub async fn keep(s: Settings, store: RoleStore, mut held: Written, lost: onesho
             } else {
                 last_problem
             };
-            let _ = lost.send(format!(
+            let _ = lost.send(GiveUp::Lost(format!(
                 "the leader record was not renewed within the renew deadline of {} ms ({why})",
                 timings.renew_deadline().as_millis()
-            ));
+            )));
             return;
         }
         let left = give_up_at - now;
@@ -279,13 +289,20 @@ pub async fn keep(s: Settings, store: RoleStore, mut held: Written, lost: onesho
             Ok(Ok(HolderWrite::Done(w))) => {
                 held = w;
                 last_problem.clear();
+                if let Some(step) = crate::switchover::answer(&s, &store, &mut held, timeline).await
+                {
+                    let _ = lost.send(GiveUp::Switchover(Box::new(step)));
+                    return;
+                }
             }
             Ok(Ok(HolderWrite::NotHolder(r))) => {
                 let who = r
                     .and_then(|r| r.holder)
                     .map(|h| h.to_string())
                     .unwrap_or_else(|| "nobody".into());
-                let _ = lost.send(format!("the leader record names {who}, not this member"));
+                let _ = lost.send(GiveUp::Lost(format!(
+                    "the leader record names {who}, not this member"
+                )));
                 return;
             }
             Ok(Err(e)) => last_problem = format!("renewing: {e}"),
@@ -358,7 +375,7 @@ async fn replica_state(db: &Db) -> Result<ReplicaState> {
 }
 
 /// The port a local member listens on.
-fn member_port(s: &Settings, member: &str) -> Option<u16> {
+pub(crate) fn member_port(s: &Settings, member: &str) -> Option<u16> {
     let k = u16::try_from(pgset_spec::ordinal_of(member)?).ok()?;
     s.base_master_port.checked_add(k)
 }
@@ -459,7 +476,7 @@ const PEER_LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
 /// A peer's `/status` (status code and body), `None` without an answer: locally on 127.0.0.1
 /// at its member's health port, in a cluster at its DNS name ([`peer_host`]) and the health
 /// port all members share.
-async fn peer_status(s: &Settings, peer: &str) -> Option<(u16, String)> {
+pub(crate) async fn peer_status(s: &Settings, peer: &str) -> Option<(u16, String)> {
     let own = s.env.health_addr?;
     let addr = match s.env.mode {
         AgentMode::Local => {
@@ -704,6 +721,18 @@ pub async fn contend(
         {
             version_first_look = Some((record.version.clone(), look));
         }
+        // A switchover: the record handed to this member is taken (crate::switchover).
+        if let Some(taken) =
+            crate::switchover::take_handed(&s, &store, &db, &record, &mut observer).await
+        {
+            match taken {
+                Ok(turn) => {
+                    let _ = turns.send(turn);
+                }
+                Err(e) => crate::warn!("taking the leader record handed to this member: {e}"),
+            }
+            return;
+        }
         if let Some(h) = &record.holder
             && h.member != s.pod_name
         {
@@ -761,6 +790,38 @@ pub async fn contend(
             .as_ref()
             .map(|h| h.member.clone())
             .unwrap_or_else(|| "nobody".into());
+        // A manual failover (`failover --to`) names the one member that takes the record.
+        let received_timeline = streamed.map(|st| st.timeline).filter(|t| *t > 0);
+        match crate::switchover::manual_failover(
+            &s,
+            &store,
+            &db,
+            &record,
+            received_timeline,
+            &mut observer,
+        )
+        .await
+        {
+            crate::switchover::Manual::NotAsked => {}
+            crate::switchover::Manual::OtherNamed(m) => {
+                say(format!(
+                    "the leader record of {holder} expired; failover to {m} was asked: no promotion here"
+                ));
+                continue;
+            }
+            crate::switchover::Manual::Refused(why) => {
+                say(why);
+                continue;
+            }
+            crate::switchover::Manual::Took(Ok(turn)) => {
+                let _ = turns.send(turn);
+                return;
+            }
+            crate::switchover::Manual::Took(Err(e)) => {
+                crate::warn!("failover to this member failed after taking the leader record: {e}");
+                return;
+            }
+        }
         // Under synchronous replication only the replicas on the record's list hold every
         // acknowledged commit.
         let listed = crate::sync::parse_note(record.note(SYNCHRONOUS));
@@ -863,7 +924,7 @@ const OWN_TIMELINE_SQL: &str = "SELECT CASE WHEN pg_is_in_recovery() THEN NULL E
 
 /// Promotes this member's postgres once the record is its own, and renews the record with the
 /// new timeline. On a failure the record is released: this member never accepted a write.
-async fn promote(
+pub(crate) async fn promote(
     s: &Settings,
     store: &RoleStore,
     db: &Db,

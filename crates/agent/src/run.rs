@@ -112,15 +112,68 @@ async fn run_member(
     if let Some(f) = &pid_file {
         datadir::write_atomic(f, format!("{}\n", std::process::id()).as_bytes(), 0o644)?;
     }
-    // The role comes from the leader record, read under the member fence.
+    // The role comes from the leader record, read under the member fence; read again after a
+    // switchover, which changes it in this same process.
     let store = RoleStore::of(s, api)?;
-    let record = tokio::select! {
-        r = role::read_record(&store) => r,
-        _ = signals.recv() => {
-            crate::info!("shutdown requested while reading the leader record");
-            return Ok(EXIT_SIGTERM);
+    let result = loop {
+        let record = tokio::select! {
+            r = role::read_record(&store) => r,
+            _ = signals.recv() => {
+                crate::info!("shutdown requested while reading the leader record");
+                break Ok(EXIT_SIGTERM);
+            }
+        };
+        match take_role(
+            s,
+            bin,
+            me,
+            health,
+            api,
+            &mut signals,
+            &fence,
+            &store,
+            record,
+        )
+        .await
+        {
+            Ok(Ending::Exit(code)) => break Ok(code),
+            Ok(Ending::Rerole) => continue,
+            Err(e) => break Err(e),
         }
     };
+    if let Some(f) = &pid_file {
+        let _ = std::fs::remove_file(f);
+    }
+    if result.is_ok()
+        && let Err(e) = fence.release().await
+    {
+        crate::warn!("releasing the write fence: {e}");
+    }
+    result
+}
+
+/// How a member's run in one role ended.
+enum Ending {
+    /// The agent exits with this code.
+    Exit(i32),
+    /// The role changed in this process (a switchover): the record is read again and the member
+    /// runs in the role it names, on the same data directory (no copy, no rewind).
+    Rerole,
+}
+
+/// Runs the member in the role `record` names until postgres exits or the role changes.
+#[allow(clippy::too_many_arguments)]
+async fn take_role(
+    s: &Settings,
+    bin: &PgBin,
+    me: &MemberRef,
+    health: &Arc<Health>,
+    api: Option<&PodApi>,
+    signals: &mut ShutdownSignals,
+    fence: &Fence,
+    store: &RoleStore,
+    record: Option<crate::leader::LeaderRecord>,
+) -> Result<Ending> {
     let decision = role::decide(s, record.as_ref());
     let s = &role::apply(s, &decision);
     match &decision.master {
@@ -155,17 +208,11 @@ async fn run_member(
         }
     }
     let timeline = record.as_ref().map(|r| r.timeline).unwrap_or(1).max(1);
-    let lead = Lead { store, timeline };
-    let result = member_loop(s, bin, me, health, api, &mut signals, &fence, &lead).await;
-    if let Some(f) = &pid_file {
-        let _ = std::fs::remove_file(f);
-    }
-    if result.is_ok()
-        && let Err(e) = fence.release().await
-    {
-        crate::warn!("releasing the write fence: {e}");
-    }
-    result
+    let lead = Lead {
+        store: store.clone(),
+        timeline,
+    };
+    member_loop(s, bin, me, health, api, signals, fence, &lead).await
 }
 
 /// The leader record's store and the timeline it last named.
@@ -184,7 +231,7 @@ async fn member_loop(
     signals: &mut ShutdownSignals,
     fence: &Fence,
     lead: &Lead,
-) -> Result<i32> {
+) -> Result<Ending> {
     loop {
         health.preparing(MemberPhase::Checking, "checking the data directory");
         let (s2, me2) = (s.clone(), me.clone());
@@ -213,7 +260,7 @@ async fn member_loop(
                 r = wait_for_master(s) => r?,
                 _ = signals.recv() => {
                     crate::info!("shutdown requested while waiting for the master");
-                    return Ok(EXIT_SIGTERM);
+                    return Ok(Ending::Exit(EXIT_SIGTERM));
                 }
             };
             let recorded = match &record {
@@ -262,7 +309,7 @@ async fn member_loop(
                 for pid in datadir::processes_using(&s.bootstrap_dir()) {
                     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
                 }
-                return Ok(EXIT_SIGTERM);
+                return Ok(Ending::Exit(EXIT_SIGTERM));
             }
         }
         health.set_base_backup(None);
@@ -332,7 +379,11 @@ async fn member_loop(
             k.abort();
         }
         match outcome? {
-            Outcome::Exited(code) => return Ok(code),
+            Outcome::Exited(code) => return Ok(Ending::Exit(code)),
+            Outcome::SteppedDown(step) => {
+                crate::switchover::finish(s, bin, &lead.store, *step).await;
+                return Ok(Ending::Rerole);
+            }
             Outcome::Reclone {
                 reason,
                 needed_bytes,

@@ -22,13 +22,16 @@ use crate::leader::StopEscalation;
 use crate::pg::{self, Db, OwnState, lsn_text};
 use crate::pgbin::PgBin;
 use crate::render;
-use crate::role::{self, RoleStore, Turn};
+use crate::role::{self, GiveUp, RoleStore, Turn};
 use crate::settings::{Role, Settings, member_of_slot};
 use crate::{Error, Result};
 
 /// How a postgres run ended.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Outcome {
+    /// The master stopped postgres for a switchover; the record is still its own, renewed by
+    /// the switchover, until [`crate::switchover::finish`] hands it over or keeps it.
+    SteppedDown(Box<crate::switchover::Stepping>),
     /// Postgres exited; the agent exits with this code.
     Exited(i32),
     /// The replica cannot follow the master any more (PostgreSQL's verdict): copy again.
@@ -90,7 +93,7 @@ pub async fn supervise(
     api: Option<&PodApi>,
     signals: &mut ShutdownSignals,
     fence: &Fence,
-    leader_lost: Option<oneshot::Receiver<String>>,
+    leader_lost: Option<oneshot::Receiver<GiveUp>>,
     store: &RoleStore,
 ) -> Result<Outcome> {
     let escalation = s.leader_timings()?.stop();
@@ -137,6 +140,7 @@ pub async fn supervise(
     let mut reclone: Option<(String, i64)> = None;
     let mut fence_lost: Option<String> = None;
     let mut role_lost: Option<String> = None;
+    let mut stepping: Option<Box<crate::switchover::Stepping>> = None;
     let mut has_leader = leader_lost.is_some();
     let mut leader_lost = leader_lost;
     let code = loop {
@@ -153,14 +157,28 @@ pub async fn supervise(
             reason = async { leader_lost.as_mut().expect("guarded").await }, if has_leader && leader_lost.is_some() => {
                 leader_lost = None;
                 // A dropped sender (the renewals ended without a word) gives the role up too.
-                let reason = reason.unwrap_or_else(|_| "the leader record's renewals ended".into());
-                crate::warn!(
-                    "giving the master role up: {reason}; readiness off and postgres stopped \
-                     before another member may take the record"
-                );
-                health.stopping(Phase::Stopping, "master role given up");
-                stop.begin();
-                role_lost = Some(reason);
+                match reason.unwrap_or_else(|_| GiveUp::Lost("the leader record's renewals ended".into())) {
+                    GiveUp::Switchover(step) => {
+                        crate::info!(
+                            "switchover to {}: readiness off and a fast shutdown of postgres \
+                             (pid {pid}); its WAL senders ship everything up to the shutdown \
+                             checkpoint",
+                            step.target
+                        );
+                        health.stopping(Phase::Stopping, "switchover");
+                        stop.begin();
+                        stepping = Some(step);
+                    }
+                    GiveUp::Lost(reason) => {
+                        crate::warn!(
+                            "giving the master role up: {reason}; readiness off and postgres stopped \
+                             before another member may take the record"
+                        );
+                        health.stopping(Phase::Stopping, "master role given up");
+                        stop.begin();
+                        role_lost = Some(reason);
+                    }
+                }
             }
             _ = signals.recv() => {
                 if !stopping {
@@ -223,6 +241,7 @@ pub async fn supervise(
     }
     if fence_lost.is_none()
         && role_lost.is_none()
+        && stepping.is_none()
         && (stopping || reclone.is_none())
         && let Some(path) = s.termination_log()
     {
@@ -238,6 +257,11 @@ pub async fn supervise(
         return Err(Error::Failed(format!(
             "the master role was given up and postgres stopped: {reason}"
         )));
+    }
+    if let Some(step) = stepping
+        && !stopping
+    {
+        return Ok(Outcome::SteppedDown(step));
     }
     Ok(match reclone {
         Some((reason, needed_bytes)) if !stopping => Outcome::Reclone {
@@ -402,7 +426,7 @@ pub fn postmaster_status(pgdata: &std::path::Path) -> Option<(i32, String)> {
 
 /// The cluster state `pg_control` records (`DBState`, after the system identifier and two
 /// version numbers), in `pg_controldata`'s words.
-fn control_state(pgdata: &std::path::Path) -> Option<&'static str> {
+pub(crate) fn control_state(pgdata: &std::path::Path) -> Option<&'static str> {
     let bytes = std::fs::read(pgdata.join("global").join("pg_control")).ok()?;
     let state = u32::from_ne_bytes(bytes.get(16..20)?.try_into().ok()?);
     Some(match state {

@@ -16,6 +16,7 @@ pub mod progress;
 pub mod render;
 pub mod scale;
 pub mod status;
+pub mod switchover;
 pub mod up;
 pub mod vagrant;
 pub mod verify;
@@ -59,6 +60,8 @@ pub enum Task {
     Scale(scale::Args),
     /// One screen: each member's role, readiness, node, data, streaming state and lag
     Status(status::Args),
+    /// Hand the master role to a streaming replica: the master stops cleanly, the replica takes over with every acknowledged write, the old master rejoins as its replica
+    Switchover(switchover::Args),
     /// Write the objects as YAML into manifests/ (--check: fail when they differ)
     Render(render::Args),
     /// A primary and replicas as local processes on 127.0.0.1, driven by the same agent
@@ -93,6 +96,7 @@ pub async fn main() -> std::process::ExitCode {
         Task::Drill(a) => drill::run(a).await,
         Task::Scale(a) => scale::run(a).await,
         Task::Status(a) => status::run(a).await,
+        Task::Switchover(a) => switchover::run(a).await,
         Task::Render(a) => render::run(a).await,
         Task::Local(a) => local::run(a).await,
         Task::Bench(a) => bench::run(a).await,

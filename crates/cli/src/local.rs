@@ -28,6 +28,64 @@ enum Command {
     Status(StatusArgs),
     /// Stop every member; --purge also removes DIR
     Down(DownArgs),
+    /// Hand the master role to a streaming replica: the master stops cleanly, the replica takes
+    /// over with every acknowledged write, the old master rejoins as its replica
+    Switchover(SwitchoverArgs),
+    /// Promote a named replica when the master is gone and automatic failover is off or paused
+    Failover(FailoverArgs),
+}
+
+/// Output of `switchover` and `failover`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OneLine {
+    /// One line: old → new master, timeline, write gap, how the old master rejoined
+    #[default]
+    Text,
+    /// JSON (stable field names, for scripts)
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+struct SwitchoverArgs {
+    /// The set's directory
+    #[arg(long)]
+    dir: PathBuf,
+    /// The member to make the master (default: the most advanced streaming replica)
+    #[arg(long)]
+    to: Option<String>,
+    /// Seconds to wait for the new master and the old master's rejoin
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    /// Output format
+    #[arg(long, short = 'o', value_enum, default_value_t = OneLine::Text)]
+    output: OneLine,
+}
+
+#[derive(Debug, clap::Args)]
+struct FailoverArgs {
+    /// The set's directory
+    #[arg(long)]
+    dir: PathBuf,
+    /// The replica to promote
+    #[arg(long)]
+    to: String,
+    /// Promote it, accepting the loss of what it did not receive
+    #[arg(long)]
+    yes: bool,
+    /// Seconds to wait for it to take over
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    /// Output format
+    #[arg(long, short = 'o', value_enum, default_value_t = OneLine::Text)]
+    output: OneLine,
+}
+
+fn print_report(report: &local::switchover::Report, output: OneLine) -> Result<()> {
+    match output {
+        OneLine::Text => println!("{}", report.line()),
+        OneLine::Json => println!("{}", serde_json::to_string_pretty(report)?),
+    }
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
@@ -115,6 +173,28 @@ pub async fn run(args: Args) -> Result<()> {
                 }
             );
             Ok(())
+        }
+        Command::Switchover(a) => {
+            let report = local::switchover::switchover(
+                &a.dir,
+                a.to.as_deref(),
+                Duration::from_secs(a.timeout),
+            )
+            .await
+            .context("switchover")?;
+            print_report(&report, a.output)
+        }
+        Command::Failover(a) => {
+            if !a.yes {
+                let warning = local::switchover::failover_warning(&a.dir, &a.to)
+                    .await
+                    .context("failover")?;
+                anyhow::bail!("{warning}");
+            }
+            let report = local::switchover::failover(&a.dir, &a.to, Duration::from_secs(a.timeout))
+                .await
+                .context("failover")?;
+            print_report(&report, a.output)
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod secret;
 pub mod services;
 pub mod statefulset;
 pub mod storage;
+pub mod switchover;
 pub mod teardown;
 pub mod wait;
 
@@ -132,6 +133,10 @@ pub enum Error {
         /// The members asked for.
         replicas: i32,
     },
+    /// A switchover or failover request that is refused before anything is written: why, and
+    /// what to fix.
+    #[error("{0}; nothing was changed")]
+    SwitchoverRefused(String),
     /// The StatefulSet to scale does not exist.
     #[error("StatefulSet {name} not found in namespace {namespace}: deploy the cluster first")]
     NotDeployed {

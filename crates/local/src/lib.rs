@@ -6,6 +6,7 @@
 //! sockets, `members` (the membership file) and `pgset-local.json`.
 
 pub mod status;
+pub mod switchover;
 
 use std::fs;
 use std::net::SocketAddr;

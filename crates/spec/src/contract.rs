@@ -83,6 +83,109 @@ pub mod annotations {
     /// a replica here only after it was named in `synchronous_standby_names` and flushed
     /// everything written before, and removes it here before removing it there.
     pub const SYNCHRONOUS: &str = "pgset.io/synchronous";
+    /// On the leader record: a switchover asked for, one [`SwitchoverRequest`](super::SwitchoverRequest)
+    /// as JSON, written by `switchover` with the holder kept; the holder's agent answers it
+    /// (hands over, or refuses) and removes it.
+    pub const SWITCHOVER: &str = "pgset.io/switchover";
+    /// On the leader record: how the last switchover or manual failover ended, one
+    /// [`SwitchoverOutcome`](super::SwitchoverOutcome) as JSON. A handed-over outcome names the
+    /// target and the LSN it must have received before it takes the record.
+    pub const SWITCHOVER_OUTCOME: &str = "pgset.io/switchover-outcome";
+    /// On the leader record: a manual failover asked for (`failover --to`), one
+    /// [`SwitchoverRequest`](super::SwitchoverRequest) naming the target; only that member takes
+    /// the record once it expired, failover on or off, and removes the note.
+    pub const FAILOVER_TO: &str = "pgset.io/failover-to";
+}
+
+/// A switchover or manual failover asked for on the leader record ([`annotations::SWITCHOVER`],
+/// [`annotations::FAILOVER_TO`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SwitchoverRequest {
+    /// The id the outcome repeats, so the asker knows the answer is to its request.
+    pub id: String,
+    /// The member to make the master; `None`: the most advanced streaming replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// When it was asked (milliseconds since the Unix epoch, the asker's clock; for people).
+    pub requested_at_ms: u64,
+}
+
+impl SwitchoverRequest {
+    /// A new request for `to`, with a fresh id.
+    pub fn new(to: Option<&str>) -> SwitchoverRequest {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default();
+        SwitchoverRequest {
+            id: format!(
+                "{now:x}-{}",
+                crate::random::cluster_id()
+                    .map(|c| c[..8].to_string())
+                    .unwrap_or_else(|_| std::process::id().to_string())
+            ),
+            to: to.map(str::to_string),
+            requested_at_ms: u64::try_from(now).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// The note's value.
+    pub fn to_note(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The request a note holds; `None` for anything else (a malformed note asks nothing).
+    pub fn parse(text: &str) -> Option<SwitchoverRequest> {
+        serde_json::from_str(text).ok()
+    }
+}
+
+/// How a switchover (or a manual failover) ended, the value of
+/// [`annotations::SWITCHOVER_OUTCOME`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SwitchoverOutcome {
+    /// The request's id.
+    pub id: String,
+    /// `handed-over`, `refused` (nothing stopped) or `aborted` (postgres was stopped and started
+    /// again as the master), or for a manual failover `promoted`.
+    pub state: String,
+    /// The master that stepped down (or that was gone, for a manual failover).
+    pub from: String,
+    /// The member named, when one was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Handed over: the old master's shutdown checkpoint (`X/Y`), which the target received;
+    /// promoted: what the target had received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lsn: Option<String>,
+    /// The timeline the record named when it was written.
+    pub timeline: u32,
+    /// Refused or aborted: why, and what to fix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl SwitchoverOutcome {
+    /// The state of a hand over.
+    pub const HANDED_OVER: &'static str = "handed-over";
+    /// The state of a request refused before anything stopped.
+    pub const REFUSED: &'static str = "refused";
+    /// The state of a switchover abandoned after postgres stopped: it runs as the master again.
+    pub const ABORTED: &'static str = "aborted";
+    /// The state of a manual failover's promotion.
+    pub const PROMOTED: &'static str = "promoted";
+
+    /// The note's value.
+    pub fn to_note(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The outcome a note holds; `None` for anything else.
+    pub fn parse(text: &str) -> Option<SwitchoverOutcome> {
+        serde_json::from_str(text).ok()
+    }
 }
 
 /// A replica's base-backup progress as its agent measured it, the value of
