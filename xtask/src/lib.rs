@@ -50,7 +50,7 @@ enum Task {
     Deploy(Forwarded),
     /// Run the checks against the live cluster
     Verify(Forwarded),
-    /// Fault drills against a local set: RTO, RPO, reads refused, re-join, re-clones
+    /// Fault drills against a local set or the cluster: RTO, RPO, reads refused, re-join, re-clones
     Drill(Forwarded),
     /// Scale the StatefulSet (ordered; scale-down keeps claims and data)
     Scale(Forwarded),
