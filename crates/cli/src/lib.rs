@@ -62,6 +62,8 @@ pub enum Task {
     Status(status::Args),
     /// Hand the master role to a streaming replica: the master stops cleanly, the replica takes over with every acknowledged write, the old master rejoins as its replica
     Switchover(switchover::Args),
+    /// Promote a named replica once the master is gone while automatic failover is off or paused (--yes: accept losing what it did not receive)
+    Failover(switchover::FailoverArgs),
     /// Write the objects as YAML into manifests/ (--check: fail when they differ)
     Render(render::Args),
     /// A primary and replicas as local processes on 127.0.0.1, driven by the same agent
@@ -97,6 +99,7 @@ pub async fn main() -> std::process::ExitCode {
         Task::Scale(a) => scale::run(a).await,
         Task::Status(a) => status::run(a).await,
         Task::Switchover(a) => switchover::run(a).await,
+        Task::Failover(a) => switchover::run_failover(a).await,
         Task::Render(a) => render::run(a).await,
         Task::Local(a) => local::run(a).await,
         Task::Bench(a) => bench::run(a).await,

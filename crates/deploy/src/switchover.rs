@@ -10,7 +10,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
-use pgset_spec::contract::annotations::{PHASE, SWITCHOVER, SWITCHOVER_OUTCOME};
+use pgset_spec::contract::annotations::{FAILOVER_TO, PHASE, SWITCHOVER, SWITCHOVER_OUTCOME};
 use pgset_spec::contract::{
     self, MemberPhase, SwitchoverOutcome, SwitchoverRequest, labels, roles,
 };
@@ -321,10 +321,183 @@ pub async fn wait_switchover(
     }
 }
 
+/// The master a manual failover replaces, or why none may be asked (pure): the Lease must exist
+/// and name a holder, and `to` must be a member other than the holder.
+pub fn judge_failover(
+    spec: &ClusterSpec,
+    lease: Option<&LeaderLease>,
+    members: &[MemberSeen],
+    to: &str,
+) -> std::result::Result<String, String> {
+    let name = contract::leader_lease_name(&spec.name);
+    let Some(master) = lease.and_then(|l| l.member.clone()) else {
+        return Err(format!(
+            "the leader Lease {name} in namespace {} names no master: a failover has nothing to \
+             replace; `{} status` shows the members",
+            spec.namespace,
+            contract::program_name()
+        ));
+    };
+    if !members.iter().any(|m| m.name == to) {
+        let mut names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+        names.sort_by_key(|n| ordinal_of(n));
+        return Err(format!(
+            "{to} is not a member of {} (members: {}); name one of them",
+            spec.name,
+            names.join(", ")
+        ));
+    }
+    if to == master {
+        return Err(format!(
+            "{to} holds the leader Lease; name a replica to promote"
+        ));
+    }
+    Ok(master)
+}
+
+/// Names `to` the member that takes the leader Lease once it expired (automatic failover off
+/// or paused, the master gone): judged first ([`judge_failover`]), then the Lease is watched for
+/// `watch` (at least the holder's renew deadline) and the request is refused when it changed
+/// meanwhile — its master runs, which is a switchover's case; otherwise one merge patch of the
+/// annotation [`FAILOVER_TO`] on the version watched. Returns the master replaced and the request.
+pub async fn request_failover(
+    client: &Client,
+    spec: &ClusterSpec,
+    to: &str,
+    watch: Duration,
+) -> Result<(String, SwitchoverRequest)> {
+    let ns = spec.namespace.as_str();
+    let name = contract::leader_lease_name(&spec.name);
+    let api: Api<Lease> = Api::namespaced(client.clone(), ns);
+    let (lease, members) = read(client, spec).await?;
+    let seen = lease.as_ref().map(LeaderLease::from_lease);
+    let master =
+        judge_failover(spec, seen.as_ref(), &members, to).map_err(Error::SwitchoverRefused)?;
+    let version = seen.and_then(|s| s.resource_version);
+    let end = tokio::time::Instant::now() + watch;
+    while tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = api
+            .get_opt(&name)
+            .await
+            .map_err(Error::api("get", "Lease", &name, ns))?;
+        if now.and_then(|l| l.metadata.resource_version) != version {
+            return Err(Error::SwitchoverRefused(format!(
+                "the leader Lease {name} is live (renewed while watched for {} s): its master {master} \
+                 runs; use `{} switchover --to {to}` instead",
+                watch.as_secs(),
+                contract::program_name()
+            )));
+        }
+    }
+    let request = SwitchoverRequest::new(Some(to));
+    let patch = serde_json::json!({ "metadata": {
+        "resourceVersion": version,
+        "annotations": { FAILOVER_TO: request.to_note() },
+    }});
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok((master, request)),
+        Err(e) if is_status(&e, 409) => Err(Error::SwitchoverRefused(format!(
+            "the leader Lease {name} changed while the request was written: its master may run; \
+             nothing was asked, look at `{} status`",
+            contract::program_name()
+        ))),
+        Err(e) => Err(Error::api("patch", "Lease", &name, ns)(e)),
+    }
+}
+
+/// Follows a manual failover until `to` holds the leader Lease under its own pod UID and is
+/// Ready with the master label; after `timeout` the request is withdrawn (when still there) and
+/// an error says so.
+pub async fn wait_failover(
+    client: &Client,
+    spec: &ClusterSpec,
+    from: &str,
+    to: &str,
+    request: &SwitchoverRequest,
+    timeout: Duration,
+) -> Result<Switched> {
+    let asked = Instant::now();
+    loop {
+        let (lease, members) = read(client, spec).await?;
+        if let Some(l) = lease.as_ref() {
+            let seen = LeaderLease::from_lease(l);
+            if let Some(m) = members.iter().find(|m| m.name == to)
+                && seen.member.as_deref() == Some(to)
+                && seen.holder_identity.as_deref() == Some(m.uid.as_str())
+                && m.ready
+                && m.role.as_deref() == Some(roles::MASTER)
+            {
+                let outcome = note(l, SWITCHOVER_OUTCOME)
+                    .and_then(SwitchoverOutcome::parse)
+                    .filter(|o| o.id == request.id);
+                return Ok(Switched {
+                    id: request.id.clone(),
+                    from: from.to_string(),
+                    to: to.to_string(),
+                    timeline: seen.timeline,
+                    lsn: outcome.and_then(|o| o.lsn),
+                    switched_ms: asked.elapsed().as_millis() as u64,
+                    old_master: format!(
+                        "{from} follows {to} when it runs again (rewound if it wrote after the fork)"
+                    ),
+                });
+            }
+            if asked.elapsed() >= timeout {
+                let ours = note(l, FAILOVER_TO)
+                    .and_then(SwitchoverRequest::parse)
+                    .is_some_and(|r| r.id == request.id);
+                if ours {
+                    let patch = serde_json::json!({ "metadata": {
+                        "resourceVersion": l.metadata.resource_version,
+                        "annotations": { FAILOVER_TO: null },
+                    }});
+                    let api: Api<Lease> = Api::namespaced(client.clone(), &spec.namespace);
+                    let _ = api
+                        .patch(
+                            &contract::leader_lease_name(&spec.name),
+                            &PatchParams::default(),
+                            &Patch::Merge(&patch),
+                        )
+                        .await;
+                }
+                return Err(Error::SwitchoverRefused(format!(
+                    "{to} did not take the leader Lease within {} s of the request (withdrawn): it \
+                     takes it once the Lease expired on its own clock and only while it received \
+                     the Lease's timeline; see its log (`kubectl logs {to} -c {}`)",
+                    timeout.as_secs(),
+                    contract::POSTGRES_CONTAINER
+                )));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testutil::named_spec;
+
+    #[test]
+    fn a_manual_failover_is_judged_from_the_lease_and_the_members() {
+        let spec = named_spec("db", "prod");
+        let set = [member(0, "running"), member(1, "not-ready")];
+        let held = lease(Some("db-0"));
+        assert_eq!(
+            judge_failover(&spec, Some(&held), &set, "db-1"),
+            Ok("db-0".into())
+        );
+        let e = judge_failover(&spec, Some(&held), &set, "db-0").unwrap_err();
+        assert!(e.contains("db-0 holds the leader Lease"), "{e}");
+        let e = judge_failover(&spec, Some(&held), &set, "db-5").unwrap_err();
+        assert!(e.contains("db-5 is not a member of db (members: db-0, db-1)"), "{e}");
+        let e = judge_failover(&spec, None, &set, "db-1").unwrap_err();
+        assert!(e.contains("names no master"), "{e}");
+    }
 
     fn member(k: i32, phase: &str) -> MemberSeen {
         MemberSeen {
