@@ -374,7 +374,16 @@ where
         .await
         .map_err(|e| step_err("join the streaming monitor", e))?;
     let duration = t0.elapsed();
-    fault.map_err(|e| step_err(format!("{drill} ({})", setup.repair_hint), e))?;
+    // A failover drill's figures (late commits above all) are reported even when a step of
+    // its fault failed; the failure is one of its problems.
+    let fault_error = match fault {
+        Ok(()) => None,
+        Err(e) if DrillName::FAILOVER.contains(&drill) => {
+            log.step(format!("the fault's steps failed: {e}"));
+            Some(format!("{e} ({})", setup.repair_hint))
+        }
+        Err(e) => return Err(step_err(format!("{drill} ({})", setup.repair_hint), e)),
+    };
 
     // Who acknowledged what: the masters before and after, and late commits.
     let acks: Vec<measure::Ack> = logs.iter().flat_map(|l| l.acks.iter().cloned()).collect();
@@ -468,6 +477,7 @@ where
         late_commits: masters.late_commits,
         kept_diverged: Vec::new(),
         notes: Vec::new(),
+        fault_error,
     })
 }
 

@@ -127,12 +127,18 @@ pub struct DrillReport {
     /// Figures no promise covers, stated so they are not hidden (they do not fail the drill).
     #[serde(default)]
     pub notes: Vec<String>,
+    /// A step of the fault that failed (a failover drill is reported all the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault_error: Option<String>,
 }
 
 impl DrillReport {
     /// Sets the verdict and the problems from the figures.
     pub fn judge(&mut self) {
         let mut p = Vec::new();
+        if let Some(e) = &self.fault_error {
+            p.push(format!("a step of the fault failed: {e}"));
+        }
         if self.rows_committed == 0 {
             p.push("no write was committed during the drill: the load did not run".to_string());
         }
@@ -565,6 +571,7 @@ mod tests {
             late_commits: None,
             kept_diverged: vec![],
             notes: vec![],
+            fault_error: None,
         }
     }
 
@@ -718,6 +725,144 @@ mod tests {
         assert_eq!(all_ok.verdict(), Ok(()));
     }
 
+    fn failed_over(drill: DrillName) -> DrillReport {
+        let mut r = passing(drill);
+        r.target = "pgset-0".into();
+        r.master_after = Some("pgset-1".into());
+        r.timeline_after = Some(2);
+        r.late_commits = Some(0);
+        r.writes_accepted_again_after_s = Some(14.2);
+        r.new_master_first_commit_after_s = Some(14.2);
+        r
+    }
+
+    #[test]
+    fn a_failover_without_late_commits_passes_and_reports_both_masters() {
+        let mut r = failed_over(DrillName::MasterFreeze);
+        r.judge();
+        assert_eq!(r.verdict, Verdict::Pass, "{:?}", r.problems);
+        assert_eq!(r.write_target_met(), Some(true));
+        let t = table(std::slice::from_ref(&r));
+        assert!(
+            t.contains("    0 pgset-0 (tl 1) -> pgset-1 (tl 2)"),
+            "late commits and masters: {t}"
+        );
+        let m = markdown(&[r]);
+        assert!(
+            m.contains("| 0 | pgset-0 (tl 1) -> pgset-1 (tl 2) |"),
+            "{m}"
+        );
+        let mut slow = failed_over(DrillName::MasterIsolated);
+        slow.writes_accepted_again_after_s = Some(15.5);
+        assert_eq!(slow.write_target_met(), Some(false));
+    }
+
+    #[test]
+    fn late_commits_fail_a_drill_and_say_which_masters_accepted_writes() {
+        let mut r = failed_over(DrillName::MasterAgentFreeze);
+        r.late_commits = Some(37);
+        r.rows_missing = 37;
+        r.judge();
+        assert_eq!(r.verdict, Verdict::Fail);
+        assert_eq!(
+            r.problems,
+            [
+                "37 commits were acknowledged by the old master pgset-0 after the new master \
+              pgset-1 acknowledged its first: two masters accepted writes at once (must be 0)"
+            ]
+        );
+        // The rows lost with them are reported, as asynchronous replication's RPO.
+        assert_eq!(r.notes.len(), 1, "{:?}", r.notes);
+        assert!(
+            r.notes[0].starts_with("37 acknowledged rows are missing on the new master pgset-1"),
+            "{:?}",
+            r.notes
+        );
+        r.fault_error = Some("member pgset-0 stopped: postgres ended on its own".into());
+        r.judge();
+        assert_eq!(r.problems.len(), 2, "{:?}", r.problems);
+        assert_eq!(
+            r.problems[0],
+            "a step of the fault failed: member pgset-0 stopped: postgres ended on its own"
+        );
+        let t = table(&[r]);
+        assert!(
+            t.contains("master-agent-freeze: 37 commits were acknowledged"),
+            "{t}"
+        );
+        assert!(
+            t.contains("master-agent-freeze: note: 37 acknowledged rows"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn rows_lost_without_a_failover_still_fail_and_a_failover_drill_must_fail_over() {
+        // The master stayed: RPO must be 0 as in every other drill.
+        let mut kill = passing(DrillName::MasterAgentKill);
+        kill.rows_missing = 2;
+        kill.judge();
+        assert_eq!(kill.verdict, Verdict::Fail);
+        assert!(
+            kill.problems[0].contains("RPO must be 0"),
+            "{:?}",
+            kill.problems
+        );
+        // A frozen master that was never replaced.
+        let mut stuck = passing(DrillName::MasterFreeze);
+        stuck.judge();
+        assert_eq!(stuck.verdict, Verdict::Fail);
+        assert_eq!(
+            stuck.problems,
+            [
+                "no replica took over: pgset-0 acknowledged the last commit before the fault and \
+              the last one after it"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_rejoin_must_keep_the_diverged_writes_and_status_must_warn_of_them() {
+        let mut lost = passing(DrillName::Rejoin);
+        lost.judge();
+        assert_eq!(lost.verdict, Verdict::Fail);
+        assert!(
+            lost.problems[0].contains("they disappeared"),
+            "{:?}",
+            lost.problems
+        );
+        let kept = KeptDiverged {
+            member: "pgset-2".into(),
+            path: "/set/pgset-2.diverged-20261207T150000Z".into(),
+            bytes_after_fork: 81_920,
+            warned: false,
+        };
+        let mut silent = passing(DrillName::Rejoin);
+        silent.kept_diverged = vec![kept.clone()];
+        silent.judge();
+        assert_eq!(
+            silent.problems,
+            [
+                "/set/pgset-2.diverged-20261207T150000Z holds 81920 bytes of diverged WAL but \
+              `local status` does not warn of it"
+            ]
+        );
+        let mut ok = passing(DrillName::Rejoin);
+        ok.kept_diverged = vec![KeptDiverged {
+            warned: true,
+            ..kept
+        }];
+        ok.judge();
+        assert_eq!(ok.verdict, Verdict::Pass, "{:?}", ok.problems);
+        let t = table(std::slice::from_ref(&ok));
+        assert!(
+            t.contains("rejoin: kept /set/pgset-2.diverged-20261207T150000Z (81920 bytes after the fork), warned of by local status"),
+            "{t}"
+        );
+        let v = serde_json::to_value(&ok).unwrap();
+        assert_eq!(v["kept_diverged"][0]["bytes_after_fork"], 81_920);
+    }
+
     #[test]
     fn the_json_names_every_figure() {
         let mut r = passing(DrillName::MasterRestart);
@@ -732,6 +877,13 @@ mod tests {
             "all_streaming_after_s",
             "streaming_after_master_ready_s",
             "recloned",
+            "master_before",
+            "timeline_before",
+            "master_after",
+            "timeline_after",
+            "late_commits",
+            "writes_accepted_again_after_s",
+            "kept_diverged",
         ] {
             assert!(v.get(key).is_some(), "{key} missing in {v}");
         }
