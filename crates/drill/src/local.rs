@@ -883,6 +883,35 @@ mod tests {
     }
 
     #[test]
+    fn health_needs_the_recorded_master_writable_and_no_other_member_a_master() {
+        let mut ms = vec![
+            member("pgset-0", 0),
+            member("pgset-1", 1),
+            member("pgset-2", 2),
+        ];
+        // The leader record names pgset-1 (status gives it the master's role).
+        ms[0].role = "replica".into();
+        ms[0].streaming = Some(true);
+        ms[1].role = "master".into();
+        ms[1].streaming = None;
+        let detail = |in_recovery: bool| Some(serde_json::json!({ "inRecovery": in_recovery }));
+        ms[0].detail = detail(true);
+        ms[1].detail = detail(false);
+        ms[2].detail = detail(true);
+        assert!(unhealthy(&ms).is_empty(), "{:?}", unhealthy(&ms));
+        // A replica promoted by hand, and a recorded master that is still a standby.
+        ms[2].detail = detail(false);
+        ms[1].detail = detail(true);
+        assert_eq!(
+            unhealthy(&ms),
+            [
+                "pgset-1 is the master the leader record names, but its postgres is in recovery",
+                "pgset-2 runs as a master, but the leader record names another member"
+            ]
+        );
+    }
+
+    #[test]
     fn a_new_inode_or_a_new_previous_copy_is_a_reclone() {
         let t = tempfile::tempdir().unwrap();
         let names = vec!["pgset-1".to_string(), "pgset-2".to_string()];
