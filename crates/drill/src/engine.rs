@@ -387,7 +387,8 @@ where
 
     // Who acknowledged what: the masters before and after, and late commits.
     let acks: Vec<measure::Ack> = logs.iter().flat_map(|l| l.acks.iter().cloned()).collect();
-    let masters = measure::masters(&acks, fault_at);
+    // The first writer follows the master (the pinned one, when there is one, does not).
+    let masters = measure::masters(&acks, fault_at, 1);
     let name = |server: &str| {
         setup
             .names

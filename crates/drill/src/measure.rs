@@ -167,19 +167,24 @@ pub struct Masters {
     pub late_commits: Option<usize>,
 }
 
-/// Reads `acks` (of every writer): the master before the fault at `fault_at` and after it, and,
-/// when they differ, the commits the old master acknowledged after the new master's first
-/// (counted on acknowledgement times, so a commit whose answer came late counts too).
-pub fn masters(acks: &[Ack], fault_at: Duration) -> Masters {
+/// Reads `acks` (of every writer): the master before the fault at `fault_at` and after it (the
+/// server of the last commit of writer `follower`, the one that follows the master, so an old
+/// master a pinned client still reaches is never taken for the new one), and, when they differ,
+/// the commits the old master acknowledged after the new master's first (counted on
+/// acknowledgement times, so a commit whose answer came late counts too).
+pub fn masters(acks: &[Ack], fault_at: Duration, follower: i32) -> Masters {
     let before = acks
         .iter()
         .filter(|a| a.at <= fault_at)
         .max_by_key(|a| a.at)
         .map(|a| (a.server.clone(), a.timeline));
-    let after = acks
-        .iter()
-        .max_by_key(|a| a.at)
-        .map(|a| (a.server.clone(), a.timeline));
+    let followed = acks.iter().filter(|a| a.writer == follower);
+    let after = if acks.iter().any(|a| a.writer == follower) {
+        followed.max_by_key(|a| a.at)
+    } else {
+        acks.iter().max_by_key(|a| a.at)
+    }
+    .map(|a| (a.server.clone(), a.timeline));
     let last_old_commit_at = before
         .as_ref()
         .and_then(|(old, _)| acks.iter().filter(|a| &a.server == old).map(|a| a.at).max());
@@ -348,7 +353,7 @@ mod tests {
             ack(1, 3, "127.0.0.1:29301", 2, 16_000),
             ack(1, 4, "127.0.0.1:29301", 2, 16_100),
         ];
-        let m = masters(&acks, ms(1000));
+        let m = masters(&acks, ms(1000), 1);
         assert_eq!(m.before, Some(("127.0.0.1:29300".into(), 1)));
         assert_eq!(m.after, Some(("127.0.0.1:29301".into(), 2)));
         assert_eq!(m.first_new_commit_at, Some(ms(16_000)));
@@ -369,8 +374,14 @@ mod tests {
             ack(2, 5, "127.0.0.1:29300", 1, 17_000),
             ack(1, 3, "127.0.0.1:29301", 2, 17_100),
         ];
-        let m = masters(&acks, ms(1000));
+        let m = masters(&acks, ms(1000), 1);
         assert_eq!(m.late_commits, Some(2), "after 16 000 ms, not at it: {m:?}");
+        // The pinned writer's old master answering last does not make it the master after.
+        let mut later = acks.to_vec();
+        later.push(ack(2, 6, "127.0.0.1:29300", 1, 18_000));
+        let m2 = masters(&later, ms(1000), 1);
+        assert_eq!(m2.after, Some(("127.0.0.1:29301".into(), 2)));
+        assert_eq!(m2.late_commits, Some(3));
         assert_eq!(m.last_old_commit_at, Some(ms(17_000)));
         // RPO: the old master's late rows are not on the new master.
         let on_new: BTreeSet<(i32, i64)> = [(1, 1), (2, 1), (1, 2), (1, 3)].into();
@@ -385,11 +396,11 @@ mod tests {
             ack(1, 1, "127.0.0.1:29300", 1, 100),
             ack(1, 2, "127.0.0.1:29300", 1, 5000),
         ];
-        let m = masters(&acks, ms(1000));
+        let m = masters(&acks, ms(1000), 1);
         assert_eq!(m.before, m.after);
         assert_eq!(m.late_commits, None);
         assert_eq!(m.first_new_commit_at, None);
-        assert_eq!(masters(&[], ms(0)), Masters::default());
+        assert_eq!(masters(&[], ms(0), 1), Masters::default());
     }
 
     #[test]
