@@ -415,7 +415,7 @@ where
     let kept: BTreeSet<(i32, i64)> = committed.intersection(&present).copied().collect();
     let final_master = setup.master.leads_to().await;
     let mut rows_missing_on_replicas = 0;
-    for (_, replica) in setup
+    for (name, replica) in setup
         .replicas
         .iter()
         .filter(|(n, _)| Some(n) != final_master.as_ref())
@@ -434,6 +434,11 @@ where
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
+        if missing > 0 {
+            log.step(format!(
+                "{name} lacks {missing} committed rows the master has, after it had time to catch up"
+            ));
+        }
         rows_missing_on_replicas = rows_missing_on_replicas.max(missing);
     }
 
