@@ -88,7 +88,12 @@ async fn every_local_drill_loses_nothing_and_leaves_the_set_as_it_was() {
     let opts = LocalOptions::new(t.dir(), support::agent_bin());
 
     let mut reports = Vec::new();
-    for drill in DrillName::LOCAL {
+    // The failover drills move the master: local_failover_drills.rs runs them on a set of their
+    // own.
+    for drill in DrillName::LOCAL
+        .into_iter()
+        .filter(|d| !DrillName::FAILOVER.contains(d))
+    {
         let r = pgset_drill::local::run(&opts, drill)
             .await
             .unwrap_or_else(|e| panic!("{drill}: {e}"));

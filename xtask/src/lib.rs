@@ -58,6 +58,8 @@ enum Task {
     Status(Forwarded),
     /// Hand the master role to a streaming replica: the master stops cleanly, the replica takes over with every acknowledged write, the old master rejoins as its replica
     Switchover(Forwarded),
+    /// Promote a named replica once the master is gone while automatic failover is off or paused (--yes: accept losing what it did not receive)
+    Failover(Forwarded),
     /// Write the objects as YAML into manifests/ (--check: fail when they differ)
     Render(Forwarded),
     /// A primary and replicas as local processes on 127.0.0.1, driven by the same agent
@@ -117,6 +119,7 @@ pub fn main() -> ExitCode {
         Task::Scale(f) => ("scale", f),
         Task::Status(f) => ("status", f),
         Task::Switchover(f) => ("switchover", f),
+        Task::Failover(f) => ("failover", f),
         Task::Render(f) => ("render", f),
         Task::Local(f) => ("local", f),
         Task::Bench(f) => ("bench", f),

@@ -19,8 +19,9 @@ pub struct Args {
     /// postgres-kill, agent-restart-during-basebackup, scale-down-up, master-restart-under-load,
     /// nfs-restart (on the NFS host). Against a local set (--dir): master-restart,
     /// replica-restart, postgres-kill, master-restart-under-load, scale-down-up,
-    /// agent-restart-during-basebackup. `all`: every drill of the target (nfs-restart only on
-    /// the NFS host)
+    /// agent-restart-during-basebackup, and the failover drills master-freeze,
+    /// master-agent-freeze, master-agent-kill, master-isolated, rejoin. `all`: every drill of
+    /// the target (nfs-restart only on the NFS host)
     #[arg(required = true, value_name = "NAME")]
     drills: Vec<String>,
     /// Drill a local set in this directory (`cargo xtask local up --dir`) instead of the cluster
@@ -217,5 +218,18 @@ mod tests {
             e,
             "drill master-restart runs against a local set: add --dir DIR"
         );
+        for d in DrillName::FAILOVER {
+            assert_eq!(
+                parse_names(&[d.as_str().to_string()], Target::Local, false).unwrap(),
+                [d]
+            );
+            let e = parse_names(&[d.as_str().to_string()], Target::Live, false)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                e,
+                format!("drill {d} runs against a local set: add --dir DIR")
+            );
+        }
     }
 }

@@ -494,7 +494,10 @@ mod tests {
         let e = judge_failover(&spec, Some(&held), &set, "db-0").unwrap_err();
         assert!(e.contains("db-0 holds the leader Lease"), "{e}");
         let e = judge_failover(&spec, Some(&held), &set, "db-5").unwrap_err();
-        assert!(e.contains("db-5 is not a member of db (members: db-0, db-1)"), "{e}");
+        assert!(
+            e.contains("db-5 is not a member of db (members: db-0, db-1)"),
+            "{e}"
+        );
         let e = judge_failover(&spec, None, &set, "db-1").unwrap_err();
         assert!(e.contains("names no master"), "{e}");
     }

@@ -9,7 +9,7 @@ mod mock_api;
 use std::sync::{Arc, Mutex};
 
 use mock_api::{Call, mock_client};
-use pgset_deploy::switchover::request_switchover;
+use pgset_deploy::switchover::{request_failover, request_switchover};
 use pgset_spec::contract::SwitchoverRequest;
 use pgset_spec::{ClusterSpec, ValidSpec};
 use serde_json::{Value, json};
@@ -160,4 +160,85 @@ async fn a_refused_request_names_the_fix_and_writes_nothing() {
         .to_string();
     assert!(e.contains("no leader Lease pgset-leader"), "{e}");
     assert!(!calls.lock().unwrap().iter().any(Call::is_write));
+}
+
+/// A Lease whose version moves on at the `renew_at`-th read (never when `None`).
+fn failover_server(renew_at: Option<usize>) -> impl FnMut(&Call) -> (u16, Value) + Send + 'static {
+    let mut reads = 0;
+    let mut version = 5u64;
+    move |call: &Call| match (call.method.as_str(), call.path.as_str()) {
+        ("GET", LEASE) => {
+            reads += 1;
+            if Some(reads) == renew_at {
+                version += 1;
+            }
+            (200, lease(version))
+        }
+        ("GET", PODS) => (200, pods()),
+        ("PATCH", LEASE) => {
+            assert_eq!(
+                call.body["metadata"]["resourceVersion"],
+                json!(version.to_string())
+            );
+            version += 1;
+            let mut l = lease(version);
+            for (k, val) in call.body["metadata"]["annotations"].as_object().unwrap() {
+                l["metadata"]["annotations"][k] = val.clone();
+            }
+            (200, l)
+        }
+        other => panic!("unexpected request {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_manual_failover_is_refused_while_the_lease_is_renewed_and_written_once_it_stands_still()
+{
+    let watch = std::time::Duration::from_secs(10);
+    // Renewed while watched: its master runs.
+    let (client, calls) = mock_client(failover_server(Some(4)));
+    let e = request_failover(&client, &spec(), "pgset-1", watch)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("is live") && e.contains("switchover --to pgset-1"),
+        "{e}"
+    );
+    assert!(!calls.lock().unwrap().iter().any(Call::is_write));
+    // Bad input is refused before the watch.
+    let (client, calls) = mock_client(failover_server(None));
+    let e = request_failover(&client, &spec(), "pgset-0", watch)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("pgset-0 holds the leader Lease"), "{e}");
+    assert_eq!(
+        calls.lock().unwrap().len(),
+        2,
+        "one read of the Lease and the pods"
+    );
+    // Unchanged for the whole watch: one merge patch of the one note on the version watched.
+    let (client, calls) = mock_client(failover_server(None));
+    let (master, request) = request_failover(&client, &spec(), "pgset-1", watch)
+        .await
+        .unwrap();
+    assert_eq!(master, "pgset-0");
+    let calls = calls.lock().unwrap().clone();
+    let writes: Vec<&Call> = calls.iter().filter(|c| c.is_write()).collect();
+    assert_eq!(writes.len(), 1);
+    assert_eq!(writes[0].content_type, "application/merge-patch+json");
+    assert_eq!(writes[0].body["metadata"]["resourceVersion"], json!("5"));
+    let notes = writes[0].body["metadata"]["annotations"]
+        .as_object()
+        .unwrap();
+    assert_eq!(notes.keys().collect::<Vec<_>>(), ["pgset.io/failover-to"]);
+    assert_eq!(
+        SwitchoverRequest::parse(notes["pgset.io/failover-to"].as_str().unwrap()).unwrap(),
+        request
+    );
+    assert!(
+        calls.iter().filter(|c| c.path == LEASE).count() >= 20,
+        "the Lease was watched every half second for 10 s"
+    );
 }

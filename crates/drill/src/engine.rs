@@ -13,6 +13,9 @@ use crate::measure;
 use crate::report::{DrillReport, Step, Verdict};
 use crate::{DrillName, Result, step_err};
 
+/// The `writer` number of the pinned writer ([`Setup::pinned`]).
+pub const PINNED_WRITER: i32 = 9;
+
 /// The steps of a drill, stamped from the start of the load (shared with the target's fault).
 #[derive(Debug)]
 pub struct Log {
@@ -73,8 +76,16 @@ pub struct Setup {
     pub reader: Endpoint,
     /// The master itself (the streaming monitor and the row count).
     pub master: Endpoint,
-    /// Each replica itself, by name (the rows every replica must have).
+    /// Each replica itself, by name (the rows every replica must have); a member the master
+    /// route leads to at the end (a [`crate::load::Route::LocalLeader`]) is left out.
     pub replicas: Vec<(String, Endpoint)>,
+    /// A writer that keeps its connection to the master the drill started with (a pooled
+    /// client the old master keeps serving), beside the writer that follows the master: what
+    /// the old master acknowledges after the new master's first commit is seen.
+    pub pinned: Option<Endpoint>,
+    /// The member each server is (`address:port` as a server names itself, member), to report
+    /// masters by name.
+    pub names: Vec<(String, String)>,
     /// The master's readiness.
     pub ready: ReadyProbe,
     /// Load before the fault.
@@ -201,7 +212,7 @@ pub async fn create_table(setup: &Setup) -> Result<String> {
         .await
         .map_err(|e| step_err("connect to the master", e))?;
     setup.master.within(c.batch_execute(&format!(
-        "CREATE TABLE {table} (writer int NOT NULL, n bigint NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp(), PRIMARY KEY (writer, n))"
+        "CREATE TABLE {table} (writer int NOT NULL, n bigint NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp(), tli int, server text, PRIMARY KEY (writer, n))"
     )))
     .await
     .map_err(|e| step_err(format!("create {table}"), e))?;
@@ -277,9 +288,18 @@ where
                 .map_err(|e| step_err("connect a writer to the master", e))?,
         );
     }
+    let pinned = match &setup.pinned {
+        Some(ep) => Some((
+            ep.clone(),
+            ep.connect_within(Duration::from_secs(10))
+                .await
+                .map_err(|e| step_err("connect the pinned writer to the master", e))?,
+        )),
+        None => None,
+    };
     let t0 = log.restart_clock();
-    let writers: Vec<_> = shapes
-        .into_iter()
+    let mut writers: Vec<_> = shapes
+        .iter()
         .zip(clients)
         .zip(1..)
         .map(|((shape, client), w)| {
@@ -288,12 +308,26 @@ where
                 client,
                 table.to_string(),
                 w,
-                shape,
+                *shape,
                 t0,
                 stop.clone(),
             ))
         })
         .collect();
+    if let Some((ep, client)) = pinned {
+        writers.push(tokio::spawn(load::writer(
+            ep,
+            client,
+            table.to_string(),
+            PINNED_WRITER,
+            WriterShape {
+                rows_per_commit: 1,
+                pause: Duration::from_millis(20),
+            },
+            t0,
+            stop.clone(),
+        )));
+    }
     let reader = tokio::spawn(load::reader(
         setup.reader.clone(),
         table.to_string(),
@@ -340,9 +374,32 @@ where
         .await
         .map_err(|e| step_err("join the streaming monitor", e))?;
     let duration = t0.elapsed();
-    fault.map_err(|e| step_err(format!("{drill} ({})", setup.repair_hint), e))?;
+    // A failover drill's figures (late commits above all) are reported even when a step of
+    // its fault failed; the failure is one of its problems.
+    let fault_error = match fault {
+        Ok(()) => None,
+        Err(e) if DrillName::FAILOVER.contains(&drill) => {
+            log.step(format!("the fault's steps failed: {e}"));
+            Some(format!("{e} ({})", setup.repair_hint))
+        }
+        Err(e) => return Err(step_err(format!("{drill} ({})", setup.repair_hint), e)),
+    };
 
-    // RPO: every row whose COMMIT returned OK must be on the master.
+    // Who acknowledged what: the masters before and after, and late commits.
+    let acks: Vec<measure::Ack> = logs.iter().flat_map(|l| l.acks.iter().cloned()).collect();
+    // The first writer follows the master (the pinned one, when there is one, does not).
+    let masters = measure::masters(&acks, fault_at, 1);
+    let name = |server: &str| {
+        setup
+            .names
+            .iter()
+            .find(|(s, _)| s == server)
+            .map_or_else(|| server.to_string(), |(_, m)| m.clone())
+    };
+    let master_before = masters.before.as_ref().map(|(s, _)| name(s));
+    let master_after = masters.after.as_ref().map(|(s, _)| name(s));
+
+    // RPO: every row whose COMMIT returned OK must be on the master (the one at the end).
     let committed: BTreeSet<(i32, i64)> = logs
         .iter()
         .flat_map(|l| l.committed.iter().map(|n| (l.writer, *n)))
@@ -353,24 +410,35 @@ where
         .await
         .map_err(|e| step_err("connect to the master to count the rows", e))?;
     let present = rows_of(&setup.master, &master, table).await?;
-    let rows_missing = committed.difference(&present).count();
-    // Every replica must have them too, once it caught up.
+    let rows_missing = measure::missing(&acks, &present);
+    // Every replica must have what the master has, once it caught up.
+    let kept: BTreeSet<(i32, i64)> = committed.intersection(&present).copied().collect();
+    let final_master = setup.master.leads_to().await;
     let mut rows_missing_on_replicas = 0;
-    for (_, replica) in &setup.replicas {
+    for (name, replica) in setup
+        .replicas
+        .iter()
+        .filter(|(n, _)| Some(n) != final_master.as_ref())
+    {
         let deadline = Instant::now() + replica.patience().deadline(Duration::from_secs(30));
         let missing = loop {
             let missing = match replica.connect().await {
                 Ok(c) => rows_of(replica, &c, table)
                     .await
-                    .map(|have| committed.difference(&have).count())
-                    .unwrap_or(committed.len()),
-                Err(_) => committed.len(),
+                    .map(|have| kept.difference(&have).count())
+                    .unwrap_or(kept.len()),
+                Err(_) => kept.len(),
             };
             if missing == 0 || Instant::now() > deadline {
                 break missing;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
+        if missing > 0 {
+            log.step(format!(
+                "{name} lacks {missing} committed rows the master has, after it had time to catch up"
+            ));
+        }
         rows_missing_on_replicas = rows_missing_on_replicas.max(missing);
     }
 
@@ -407,6 +475,15 @@ where
         streaming_after_master_ready_s: rejoin.streaming_after_master_ready().map(secs),
         recloned: Vec::new(),
         healthy_after: healthy.is_ok(),
+        master_before,
+        timeline_before: masters.before.as_ref().map(|(_, tl)| *tl),
+        master_after,
+        timeline_after: masters.after.as_ref().map(|(_, tl)| *tl),
+        new_master_first_commit_after_s: since_fault(masters.first_new_commit_at),
+        late_commits: masters.late_commits,
+        kept_diverged: Vec::new(),
+        notes: Vec::new(),
+        fault_error,
     })
 }
 

@@ -87,6 +87,24 @@ pub enum DrillName {
     AgentRestartDuringBasebackup,
     /// Cluster, run on the NFS host: the NFS server is restarted under load.
     NfsRestart,
+    /// Local: the master's postmaster is frozen (SIGSTOP) until a replica took over; its agent
+    /// gives the role up and stops it, and the old master rejoins as a replica.
+    MasterFreeze,
+    /// Local: the master's agent is frozen (SIGSTOP) while its postgres keeps running; a replica
+    /// takes over after the lease, and the agent is resumed (SIGCONT) after that.
+    MasterAgentFreeze,
+    /// Local: the master's agent is killed (SIGKILL) and, as a container's teardown does, every
+    /// other process of the member with it; the launcher starts the agent again.
+    MasterAgentKill,
+    /// Local: the master is cut off from the leader record (the isolation switch) until a
+    /// replica took over; it must stop accepting writes first, and rejoins once reconnected.
+    MasterIsolated,
+    /// Local: a replica is promoted by hand (`pg_promote()`) while the master runs, rows are
+    /// written on it, and its agent is restarted: it rejoins and keeps what it wrote aside.
+    Rejoin,
+    // A `switchover` drill (the master handed over on purpose by `local switchover`) belongs
+    // here: judged by the same figures (writes accepted again, late commits, RPO, the masters
+    // before and after), with failover expected and RPO 0 promised.
 }
 
 /// Where a drill runs.
@@ -100,7 +118,7 @@ pub enum Target {
 
 impl DrillName {
     /// Every drill.
-    pub const ALL: [DrillName; 9] = [
+    pub const ALL: [DrillName; 14] = [
         DrillName::MasterRestart,
         DrillName::ReplicaRestart,
         DrillName::PostgresKill,
@@ -110,16 +128,36 @@ impl DrillName {
         DrillName::ReplicaPodDelete,
         DrillName::AgentRestartDuringBasebackup,
         DrillName::NfsRestart,
+        DrillName::MasterFreeze,
+        DrillName::MasterAgentFreeze,
+        DrillName::MasterAgentKill,
+        DrillName::MasterIsolated,
+        DrillName::Rejoin,
     ];
 
     /// The drills a local set runs, in the order `all` runs them.
-    pub const LOCAL: [DrillName; 6] = [
+    pub const LOCAL: [DrillName; 11] = [
         DrillName::MasterRestart,
         DrillName::ReplicaRestart,
         DrillName::PostgresKill,
         DrillName::MasterRestartUnderLoad,
         DrillName::ScaleDownUp,
         DrillName::AgentRestartDuringBasebackup,
+        DrillName::MasterFreeze,
+        DrillName::MasterAgentFreeze,
+        DrillName::MasterAgentKill,
+        DrillName::MasterIsolated,
+        DrillName::Rejoin,
+    ];
+
+    /// The local drills in which the master may move (failover), under a writer that follows
+    /// the leader record and one that keeps its connection to the first master.
+    pub const FAILOVER: [DrillName; 5] = [
+        DrillName::MasterFreeze,
+        DrillName::MasterAgentFreeze,
+        DrillName::MasterAgentKill,
+        DrillName::MasterIsolated,
+        DrillName::Rejoin,
     ];
 
     /// The drills a cluster runs, in the order `all` runs them (`nfs-restart` only on the NFS
@@ -146,6 +184,11 @@ impl DrillName {
             DrillName::ReplicaPodDelete => "replica-pod-delete",
             DrillName::AgentRestartDuringBasebackup => "agent-restart-during-basebackup",
             DrillName::NfsRestart => "nfs-restart",
+            DrillName::MasterFreeze => "master-freeze",
+            DrillName::MasterAgentFreeze => "master-agent-freeze",
+            DrillName::MasterAgentKill => "master-agent-kill",
+            DrillName::MasterIsolated => "master-isolated",
+            DrillName::Rejoin => "rejoin",
         }
     }
 
@@ -165,7 +208,27 @@ impl DrillName {
                 | DrillName::PostgresKill
                 | DrillName::MasterRestartUnderLoad
                 | DrillName::MasterPodDelete
+                | DrillName::MasterFreeze
+                | DrillName::MasterAgentFreeze
+                | DrillName::MasterAgentKill
+                | DrillName::MasterIsolated
         )
+    }
+
+    /// Whether a replica must take over (the old master cannot come back before its lease ran
+    /// out).
+    pub fn fails_over(self) -> bool {
+        matches!(
+            self,
+            DrillName::MasterFreeze | DrillName::MasterAgentFreeze | DrillName::MasterIsolated
+        )
+    }
+
+    /// Whether the master may move: the failover targets (writes accepted again within
+    /// [`report::FAILOVER_WRITE_TARGET_S`], no late commit) apply, and RPO is reported as
+    /// measured (asynchronous replication).
+    pub fn may_move_master(self) -> bool {
+        self.fails_over() || self == DrillName::MasterAgentKill
     }
 
     /// Whether several writers commit as fast as they can.

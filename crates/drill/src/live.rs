@@ -633,6 +633,8 @@ pub async fn run(client: Client, opts: &LiveOptions, drill: DrillName) -> Result
             .iter()
             .map(|&k| (spec.pod_name(k), t.pod_endpoint(k)))
             .collect(),
+        pinned: None,
+        names: Vec::new(),
         ready: ReadyProbe::Proxy {
             client: client.clone(),
             namespace: spec.namespace.clone(),

@@ -1,18 +1,20 @@
 //! The load a drill runs under: writers that commit numbered rows through the master and record
-//! only the rows whose COMMIT returned OK, a reader on a replica, and a monitor that samples the
-//! master's readiness and `pg_stat_replication`. All over TCP with the superuser's password, which
-//! is never printed.
+//! only the rows whose COMMIT returned OK, each with the server that acknowledged it, its
+//! timeline in the same transaction and the time of the answer; a reader on a replica, and a
+//! monitor that samples the master's readiness and `pg_stat_replication`. All over TCP with the
+//! superuser's password, which is never printed.
 
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio_postgres::{Client, NoTls};
 
-use crate::measure::{Attempt, Sample};
+use crate::measure::{Ack, Attempt, Sample};
 
 /// Deadline of one connection attempt or statement on a fast machine: an [`Endpoint`]'s own
 /// deadline is this scaled by the drill's [`crate::Patience`].
@@ -33,6 +35,14 @@ pub enum Route {
     Service(crate::live::Forward),
     /// Through the API server to one pod (port-forward).
     Pod(crate::live::Forward),
+    /// Local mode: the member the set's leader record names the master, read again at every
+    /// connection (and, by a writer, before every statement).
+    LocalLeader {
+        /// The set's directory.
+        dir: PathBuf,
+        /// The set.
+        set: pgset_local::LocalSet,
+    },
 }
 
 /// Where a client connects (the password stays out of `Debug`).
@@ -101,6 +111,17 @@ impl Endpoint {
             Route::Tcp { host, port } => format!("{host}:{port}"),
             Route::Service(f) => format!("Service {}", f.target()),
             Route::Pod(f) => format!("pod {}", f.target()),
+            Route::LocalLeader { set, .. } => format!("the master of local set {}", set.name),
+        }
+    }
+
+    /// The member a [`Route::LocalLeader`] leads to now (`None` for the other routes).
+    pub async fn leads_to(&self) -> Option<String> {
+        match &self.route {
+            Route::LocalLeader { dir, set } => {
+                Some(set.member(pgset_local::master_ordinal(dir, set).await))
+            }
+            _ => None,
         }
     }
 
@@ -131,6 +152,17 @@ impl Endpoint {
             }
             Route::Service(f) => f.connect(&cfg, true, self.deadline()).await?,
             Route::Pod(f) => f.connect(&cfg, false, self.deadline()).await?,
+            Route::LocalLeader { dir, set } => {
+                let port = set.member_port(pgset_local::master_ordinal(dir, set).await);
+                cfg.host(pgset_local::HOST).port(port);
+                let (client, conn) = self.within(cfg.connect(NoTls)).await.map_err(|e| {
+                    format!("connect to the master at {}:{port}: {e}", pgset_local::HOST)
+                })?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                client
+            }
         };
         Ok(client)
     }
@@ -214,6 +246,8 @@ pub struct WriterLog {
     pub attempts: Vec<Attempt>,
     /// The row numbers whose COMMIT returned OK.
     pub committed: BTreeSet<i64>,
+    /// Each commit that returned OK: its rows, who acknowledged it, on which timeline, when.
+    pub acks: Vec<Ack>,
     /// The last error it saw.
     pub last_error: Option<String>,
 }
@@ -227,9 +261,25 @@ pub struct WriterShape {
     pub pause: Duration,
 }
 
+/// The statement a writer commits (autocommit: one statement, one transaction): rows
+/// `$2..=$3` of writer `$1`, each with the server's timeline and its own name for itself
+/// (`address:port`) taken in the same transaction, which it returns.
+pub fn insert_sql(table: &str) -> String {
+    format!(
+        "WITH w AS (INSERT INTO {table} (writer, n, tli, server) \
+         SELECT $1, g, ('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))::bit(32)::int, \
+         coalesce(host(inet_server_addr()), 'socket') || ':' || current_setting('port') \
+         FROM generate_series($2::bigint, $3::bigint) g RETURNING tli, server) \
+         SELECT min(tli), min(server) FROM w"
+    )
+}
+
 /// Commits numbered rows into `table` (autocommit: one statement, one transaction) until `stop`,
 /// starting on `client` (connected before the clock starts, so the baseline is not a connect
-/// storm) and reconnecting to `ep` after a failure.
+/// storm) and reconnecting to `ep` after a failure. A writer on a [`Route::LocalLeader`] asks
+/// the leader record before every statement and moves to the member it names as soon as it
+/// names another: a client that follows the master at once. Any other keeps its connection
+/// while it answers, as a pooled client does.
 pub async fn writer(
     ep: Endpoint,
     client: Client,
@@ -243,9 +293,8 @@ pub async fn writer(
         writer,
         ..WriterLog::default()
     };
-    let sql = format!(
-        "INSERT INTO {table} (writer, n) SELECT $1, g FROM generate_series($2::bigint, $3::bigint) g"
-    );
+    let sql = insert_sql(&table);
+    let mut connected_to = ep.leads_to().await;
     let mut client: Option<Client> = Some(client);
     let mut next: i64 = 1;
     while !stop.stopped() {
@@ -253,35 +302,54 @@ pub async fn writer(
         let first = next;
         let last = next + shape.rows_per_commit - 1;
         next = last + 1;
+        if let Some(now) = ep.leads_to().await
+            && connected_to.as_ref() != Some(&now)
+        {
+            client = None;
+        }
         let result = match &client {
             Some(c) => {
-                ep.within(c.execute(sql.as_str(), &[&writer, &first, &last]))
+                ep.within(c.query_one(sql.as_str(), &[&writer, &first, &last]))
                     .await
             }
-            None => match ep.connect().await {
-                Ok(c) => {
-                    let r = ep
-                        .within(c.execute(sql.as_str(), &[&writer, &first, &last]))
-                        .await;
-                    client = Some(c);
-                    r
+            None => {
+                connected_to = ep.leads_to().await;
+                match ep.connect().await {
+                    Ok(c) => {
+                        let r = ep
+                            .within(c.query_one(sql.as_str(), &[&writer, &first, &last]))
+                            .await;
+                        client = Some(c);
+                        r
+                    }
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            },
+            }
         };
+        let at = t0.elapsed();
         let ok = result.is_ok();
         match result {
-            Ok(_) => log.committed.extend(first..=last),
+            Ok(row) => {
+                log.committed.extend(first..=last);
+                log.acks.push(Ack {
+                    writer,
+                    first,
+                    last,
+                    server: row.try_get::<_, String>(1).unwrap_or_default(),
+                    timeline: row.try_get::<_, i32>(0).unwrap_or_default(),
+                    at,
+                    wall_ms: SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or_default(),
+                });
+            }
             Err(e) => {
                 client = None;
                 log.last_error = Some(e);
             }
         }
-        log.attempts.push(Attempt {
-            start,
-            end: t0.elapsed(),
-            ok,
-        });
+        log.attempts.push(Attempt { start, end: at, ok });
         let pause = if ok {
             shape.pause
         } else {
@@ -348,6 +416,13 @@ pub async fn reader(
 pub enum ReadyProbe {
     /// On its health address (local mode).
     Local(SocketAddr),
+    /// On the health address of the member the local set's leader record names now.
+    LocalLeader {
+        /// The set's directory.
+        dir: PathBuf,
+        /// The set.
+        set: pgset_local::LocalSet,
+    },
     /// Through the API server's pod proxy (`pods/proxy`) to the pod's health port.
     Proxy {
         /// The client.
@@ -365,6 +440,9 @@ impl std::fmt::Debug for ReadyProbe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ReadyProbe::Local(a) => write!(f, "ReadyProbe({a})"),
+            ReadyProbe::LocalLeader { set, .. } => {
+                write!(f, "ReadyProbe(the master of local set {})", set.name)
+            }
             ReadyProbe::Proxy { namespace, pod, .. } => {
                 write!(f, "ReadyProbe(pod {namespace}/{pod})")
             }
@@ -378,6 +456,15 @@ impl ReadyProbe {
         match self {
             ReadyProbe::Local(addr) => {
                 pgset_agent::health::probe(*addr, pgset_spec::contract::HEALTH_READY_PATH).await
+                    == Some(200)
+            }
+            ReadyProbe::LocalLeader { dir, set } => {
+                let k = pgset_local::master_ordinal(dir, set).await;
+                pgset_agent::health::probe(
+                    set.health_addr(k),
+                    pgset_spec::contract::HEALTH_READY_PATH,
+                )
+                .await
                     == Some(200)
             }
             ReadyProbe::Proxy {
@@ -425,7 +512,9 @@ pub async fn watch_ready(
 }
 
 /// Samples whether the master's `pg_stat_replication` lists every one of `replicas` as streaming,
-/// every `period` until `stop` (a master that does not answer: not streaming).
+/// every `period` until `stop` (a master that does not answer: not streaming). A master on a
+/// [`Route::LocalLeader`] is the member the record names at each look, and is not expected to
+/// stream from itself.
 pub async fn watch_streaming(
     master: Endpoint,
     replicas: Vec<String>,
@@ -435,7 +524,13 @@ pub async fn watch_streaming(
 ) -> Vec<Sample> {
     let mut samples = Vec::new();
     let mut client: Option<Client> = None;
+    let mut connected_to = master.leads_to().await;
     while !stop.stopped() {
+        let now = master.leads_to().await;
+        if now != connected_to {
+            client = None;
+            connected_to = now.clone();
+        }
         if client.is_none() {
             client = master.connect().await.ok();
         }
@@ -451,7 +546,11 @@ pub async fn watch_streaming(
         };
         samples.push(Sample {
             at: t0.elapsed(),
-            ok: replicas.iter().all(|r| streaming.contains(r)),
+            ok: client.is_some()
+                && replicas
+                    .iter()
+                    .filter(|r| now.as_ref() != Some(*r))
+                    .all(|r| streaming.contains(r)),
         });
         tokio::time::sleep(period).await;
     }

@@ -1,10 +1,13 @@
 //! The local-mode target: drills against a set formed by `cargo xtask local up` (members as
 //! agent processes on 127.0.0.1). The drill acts as the launcher that restarts an agent that
-//! exited, as the kubelet does for a pod, with the contract environment the agent had.
+//! exited, as the kubelet does for a pod, with the contract environment the agent had; a killed
+//! agent takes the rest of its member's processes with it, as a container's teardown does. The
+//! master is the member the leader record names, wherever it moved: the writer follows it, and
+//! the failover drills add a writer that keeps its connection to the first master.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -13,8 +16,8 @@ use pgset_local::{self as local, LocalSet, MemberStatus};
 use pgset_spec::contract::{AgentEnv, MemberIdentity, secret};
 
 use crate::engine::{self, Log, Setup};
-use crate::load::{Endpoint, ReadyProbe};
-use crate::report::DrillReport;
+use crate::load::{Endpoint, ReadyProbe, Route};
+use crate::report::{DrillReport, KeptDiverged};
 use crate::{DrillName, Error, Result, Target as Where, step_err};
 
 /// What a local drill needs.
@@ -73,6 +76,20 @@ pub fn unhealthy(members: &[MemberStatus]) -> Vec<String> {
             ));
         } else if m.streaming == Some(false) {
             why.push(format!("{} does not stream from the master", m.name));
+        } else if let Some(in_recovery) = m.detail.as_ref().and_then(|d| d["inRecovery"].as_bool())
+        {
+            let master = m.role == pgset_spec::contract::roles::MASTER;
+            if master && in_recovery {
+                why.push(format!(
+                    "{} is the master the leader record names, but its postgres is in recovery",
+                    m.name
+                ));
+            } else if !master && !in_recovery {
+                why.push(format!(
+                    "{} runs as a master, but the leader record names another member",
+                    m.name
+                ));
+            }
         }
     }
     why
@@ -122,6 +139,79 @@ fn recloned(before: &[DataMark], after: &[DataMark]) -> Vec<String> {
         .collect()
 }
 
+/// How long a fault is held after a replica took over, so a commit the old master still
+/// acknowledges (a late commit) is seen by the writer that keeps its connection to it.
+pub const TAKEOVER_WATCH: Duration = Duration::from_secs(2);
+
+/// Rows written on the replica the `rejoin` drill promotes by hand.
+pub const REJOIN_ROWS: i64 = 1000;
+
+/// The member's processes besides its agent: its postmaster (from `postmaster.pid`) and the
+/// postmaster's children, which a container's teardown kills with the agent.
+fn postgres_processes(pgdata: &Path) -> Vec<i32> {
+    let Some(pm) = pgset_agent::datadir::live_postmaster(pgdata) else {
+        return Vec::new();
+    };
+    let mut all = vec![pm];
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.filter_map(|e| e.ok()) {
+            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+                continue;
+            };
+            let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<i32>().ok())
+                });
+            if parent == Some(pm) {
+                all.push(pid);
+            }
+        }
+    }
+    all
+}
+
+/// Whether `pid` runs (a zombie does not).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// The copies with diverged writes in `dir` of each of `members`, as `(member, copy)`.
+fn kept_of(dir: &Path, members: &[String]) -> Vec<(String, pgset_agent::rewind::KeptCopy)> {
+    members
+        .iter()
+        .flat_map(|m| {
+            pgset_agent::rewind::kept_copies(dir, m)
+                .into_iter()
+                .map(move |k| (m.clone(), k))
+        })
+        .collect()
+}
+
+/// The copies of `after` not in `before`, each with whether `warnings` (`local status`'s) name
+/// it with its bytes.
+fn new_kept(
+    before: &[(String, pgset_agent::rewind::KeptCopy)],
+    after: &[(String, pgset_agent::rewind::KeptCopy)],
+    warnings: &[String],
+) -> Vec<KeptDiverged> {
+    after
+        .iter()
+        .filter(|(_, k)| !before.iter().any(|(_, b)| b.path == k.path))
+        .map(|(m, k)| KeptDiverged {
+            member: m.clone(),
+            path: k.path.display().to_string(),
+            bytes_after_fork: k.bytes_after_fork,
+            warned: warnings.contains(&pgset_local::status::diverged_warning(m, k)),
+        })
+        .collect()
+}
+
 /// The local set a drill runs on.
 struct Target {
     opts: LocalOptions,
@@ -131,6 +221,8 @@ struct Target {
     log: Arc<Log>,
     /// The master's ordinal: the leader record's holder.
     master: i32,
+    /// The drill's table (the `rejoin` drill writes into it on the replica it promotes).
+    table: Mutex<String>,
 }
 
 impl Target {
@@ -178,6 +270,225 @@ impl Target {
     async fn restart(&self, k: i32) -> Result<()> {
         let env = self.stop(k).await?;
         self.start(k, &env).await
+    }
+
+    /// Member k's running agent and the environment to start it again with.
+    fn agent_of(&self, k: i32, what: &str) -> Result<(i32, Vec<(String, String)>)> {
+        let member = self.set.member(k);
+        let pid = local::agent_pid(self.dir(), &member)
+            .ok_or_else(|| step_err(format!("{what} {member}"), "its agent is not running"))?;
+        Ok((pid, local::agent_env(pid)?))
+    }
+
+    /// Waits until the leader record names a member other than `old` and that member's
+    /// postgres accepts writes; returns it.
+    async fn wait_takeover(&self, old: i32) -> Result<i32> {
+        let old_member = self.set.member(old);
+        let deadline = Instant::now() + self.opts.recovery_timeout;
+        let mut named = None;
+        loop {
+            let k = local::master_ordinal(self.dir(), &self.set).await;
+            if k != old {
+                if named != Some(k) {
+                    self.step(format!("the leader record names {}", self.set.member(k)));
+                    named = Some(k);
+                }
+                let writable = match self.endpoint(k).connect().await {
+                    Ok(c) => c
+                        .query_one("SELECT NOT pg_is_in_recovery()", &[])
+                        .await
+                        .is_ok_and(|r| r.get::<_, bool>(0)),
+                    Err(_) => false,
+                };
+                if writable {
+                    self.step(format!("{} accepts writes", self.set.member(k)));
+                    return Ok(k);
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(step_err(
+                    format!("wait for a replica to take over from {old_member}"),
+                    format!(
+                        "none did within {}",
+                        crate::load::secs(self.opts.recovery_timeout)
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until member k's agent `pid` has exited.
+    async fn wait_agent_exit(&self, k: i32, pid: i32) -> Result<()> {
+        let member = self.set.member(k);
+        let within = self.wait(Duration::from_secs(60));
+        let deadline = Instant::now() + within;
+        while alive(pid) {
+            if Instant::now() > deadline {
+                return Err(step_err(
+                    format!("{member}'s agent (pid {pid})"),
+                    format!("it did not exit within {}", crate::load::secs(within)),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.step(format!("{member}'s agent exited"));
+        Ok(())
+    }
+
+    /// SIGSTOP to member k's postmaster until a replica took over (and [`TAKEOVER_WATCH`]
+    /// after), then SIGCONT; the launcher starts the agent again once it exited.
+    async fn master_freeze(&self, k: i32) -> Result<()> {
+        let member = self.set.member(k);
+        let (agent, env) = self.agent_of(k, "freeze the postmaster of")?;
+        let pm = pgset_agent::datadir::live_postmaster(&self.dir().join(&member))
+            .ok_or_else(|| step_err(format!("freeze {member}'s postmaster"), "none runs"))?;
+        kill(Pid::from_raw(pm), Signal::SIGSTOP)
+            .map_err(|e| step_err(format!("SIGSTOP to postmaster {pm}"), e))?;
+        self.step(format!("SIGSTOP to {member}'s postmaster (pid {pm})"));
+        let took = self.wait_takeover(k).await;
+        if took.is_ok() {
+            tokio::time::sleep(TAKEOVER_WATCH).await;
+        }
+        // Resumed whatever happened; its agent may have killed it already.
+        if kill(Pid::from_raw(pm), Signal::SIGCONT).is_ok() && alive(pm) {
+            self.step(format!("SIGCONT to {member}'s postmaster (pid {pm})"));
+        } else {
+            self.step(format!(
+                "{member}'s postmaster (pid {pm}) is gone: its agent stopped it"
+            ));
+        }
+        took?;
+        self.wait_agent_exit(k, agent).await?;
+        self.start(k, &env).await
+    }
+
+    /// SIGSTOP to member k's agent (its postgres runs on) until a replica took over (and
+    /// [`TAKEOVER_WATCH`] after), then SIGCONT; the launcher starts it again once it exited.
+    async fn master_agent_freeze(&self, k: i32) -> Result<()> {
+        let member = self.set.member(k);
+        let (agent, env) = self.agent_of(k, "freeze the agent of")?;
+        kill(Pid::from_raw(agent), Signal::SIGSTOP)
+            .map_err(|e| step_err(format!("SIGSTOP to agent {agent}"), e))?;
+        self.step(format!(
+            "SIGSTOP to {member}'s agent (pid {agent}); its postgres runs on"
+        ));
+        let took = self.wait_takeover(k).await;
+        if took.is_ok() {
+            tokio::time::sleep(TAKEOVER_WATCH).await;
+        }
+        let _ = kill(Pid::from_raw(agent), Signal::SIGCONT);
+        self.step(format!("SIGCONT to {member}'s agent (pid {agent})"));
+        took?;
+        self.wait_agent_exit(k, agent).await?;
+        self.start(k, &env).await
+    }
+
+    /// SIGKILL to member k's agent and, as the teardown of its container does (its PID namespace
+    /// ends with its main process), to its postmaster and the postmaster's children at once;
+    /// the launcher starts the agent again.
+    async fn master_agent_kill(&self, k: i32) -> Result<()> {
+        let member = self.set.member(k);
+        let (agent, env) = self.agent_of(k, "kill the agent of")?;
+        let rest = postgres_processes(&self.dir().join(&member));
+        kill(Pid::from_raw(agent), Signal::SIGKILL)
+            .map_err(|e| step_err(format!("SIGKILL to agent {agent}"), e))?;
+        for pid in &rest {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        self.step(format!(
+            "SIGKILL to {member}'s agent (pid {agent}) and, as its container's teardown, to its \
+             {} postgres processes{}",
+            rest.len(),
+            rest.first()
+                .map(|pm| format!(" (postmaster {pm})"))
+                .unwrap_or_default()
+        ));
+        self.wait_agent_exit(k, agent).await?;
+        let within = self.wait(Duration::from_secs(30));
+        let deadline = Instant::now() + within;
+        while rest.iter().any(|p| alive(*p)) {
+            if Instant::now() > deadline {
+                return Err(step_err(
+                    format!("{member}'s postgres processes after SIGKILL"),
+                    format!("still there after {}", crate::load::secs(within)),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.start(k, &env).await
+    }
+
+    /// The isolation switch for member k until a replica took over (and [`TAKEOVER_WATCH`]
+    /// after), then removed; the launcher starts the agent again once it exited (it gave the
+    /// role up).
+    async fn master_isolated(&self, k: i32) -> Result<()> {
+        let member = self.set.member(k);
+        let (agent, env) = self.agent_of(k, "isolate")?;
+        let timings = pgset_agent::leader::LeaderTimings::for_lease(
+            pgset_agent::settings::DEFAULT_LEADER_LEASE,
+        )
+        .map_err(|e| step_err("the leader timings", e))?;
+        let switch = pgset_agent::leader::FileStore::new(
+            self.dir(),
+            &self.set.name,
+            pgset_agent::leader::Holder::new("pgset-drill", "-"),
+            timings,
+        )
+        .isolate_switch(&member);
+        std::fs::write(&switch, b"")
+            .map_err(|e| step_err(format!("create {}", switch.display()), e))?;
+        self.step(format!(
+            "{member} cut off from the leader record ({})",
+            switch.display()
+        ));
+        let took = self.wait_takeover(k).await;
+        if took.is_ok() {
+            tokio::time::sleep(TAKEOVER_WATCH).await;
+        }
+        let removed = std::fs::remove_file(&switch);
+        self.step(format!(
+            "{member} reconnected: the isolation switch removed"
+        ));
+        removed.map_err(|e| step_err(format!("remove {}", switch.display()), e))?;
+        took?;
+        self.wait_agent_exit(k, agent).await?;
+        self.start(k, &env).await
+    }
+
+    /// Promotes replica k by hand while the master runs, writes [`REJOIN_ROWS`] rows on it
+    /// (writer 0, which no drill writer uses), and restarts its agent: it must rejoin the
+    /// master and keep what it wrote aside.
+    async fn rejoin(&self, k: i32) -> Result<()> {
+        let member = self.set.member(k);
+        let ep = self.endpoint(k);
+        let c = ep
+            .connect_within(Duration::from_secs(10))
+            .await
+            .map_err(|e| step_err(format!("connect to {member}"), e))?;
+        let promoted = ep
+            .within(c.query_one("SELECT pg_promote(true, 60)", &[]))
+            .await
+            .map_err(|e| step_err(format!("pg_promote() on {member}"), e))?;
+        if !promoted.get::<_, bool>(0) {
+            return Err(step_err(
+                format!("pg_promote() on {member}"),
+                "not promoted within 60 s",
+            ));
+        }
+        self.step(format!("pg_promote() on {member} while the master runs"));
+        let table = self.table.lock().map(|t| t.clone()).unwrap_or_default();
+        let sql = crate::load::insert_sql(&table);
+        let row = ep
+            .within(c.query_one(sql.as_str(), &[&0i32, &1i64, &REJOIN_ROWS]))
+            .await
+            .map_err(|e| step_err(format!("write on {member}"), e))?;
+        self.step(format!(
+            "{REJOIN_ROWS} rows written on {member} (timeline {})",
+            row.try_get::<_, i32>(0).unwrap_or_default()
+        ));
+        drop(c);
+        self.restart(k).await
     }
 
     /// SIGKILL to member k's postmaster; its agent exits and the launcher starts it again.
@@ -396,7 +707,7 @@ pub async fn run(opts: &LocalOptions, drill: DrillName) -> Result<DrillReport> {
         });
     }
     let target_k = match drill {
-        DrillName::ReplicaRestart => last_replica,
+        DrillName::ReplicaRestart | DrillName::Rejoin => last_replica,
         DrillName::ScaleDownUp => n - 1,
         DrillName::AgentRestartDuringBasebackup => n,
         _ => master_k,
@@ -424,6 +735,7 @@ pub async fn run(opts: &LocalOptions, drill: DrillName) -> Result<DrillReport> {
         password: read_password(&opts.dir)?,
         log: Arc::new(Log::default()),
         master: master_k,
+        table: Mutex::new(String::new()),
     };
     // The first connection to the master, timed: every wait before giving up scales with it.
     let round_trip =
@@ -433,15 +745,33 @@ pub async fn run(opts: &LocalOptions, drill: DrillName) -> Result<DrillReport> {
     t.opts.patience = opts.patience.measured(round_trip);
     t.opts.recovery_timeout = t.opts.patience.deadline(opts.recovery_timeout);
     let opts = &t.opts;
+    // The writer, the row count and the monitors follow the master the record names.
+    let leader = Endpoint::via(
+        Route::LocalLeader {
+            dir: opts.dir.clone(),
+            set: set.clone(),
+        },
+        t.password.clone(),
+    )
+    .with_patience(opts.patience);
     let setup = Setup {
-        writer: t.endpoint(master_k),
+        writer: leader.clone(),
         reader: t.endpoint(read_k),
-        master: t.endpoint(master_k),
-        replicas: (0..n)
-            .filter(|k| *k != master_k)
-            .map(|k| (set.member(k), t.endpoint(k)))
+        master: leader,
+        replicas: (0..n).map(|k| (set.member(k), t.endpoint(k))).collect(),
+        pinned: drill.may_move_master().then(|| t.endpoint(master_k)),
+        names: (0..n)
+            .map(|k| {
+                (
+                    format!("{}:{}", local::HOST, set.member_port(k)),
+                    set.member(k),
+                )
+            })
             .collect(),
-        ready: ReadyProbe::Local(set.health_addr(master_k)),
+        ready: ReadyProbe::LocalLeader {
+            dir: opts.dir.clone(),
+            set: set.clone(),
+        },
         warmup: opts.warmup,
         cooldown: opts.cooldown,
         members: members.len(),
@@ -454,14 +784,25 @@ pub async fn run(opts: &LocalOptions, drill: DrillName) -> Result<DrillReport> {
         ),
     };
     let marks_before = data_marks(&opts.dir, &members);
+    let kept_before = kept_of(&opts.dir, &members);
     let table = engine::create_table(&setup).await?;
+    if let Ok(mut tb) = t.table.lock() {
+        tb.clone_from(&table);
+    }
     let fault = async {
         match drill {
-            DrillName::MasterRestart | DrillName::MasterRestartUnderLoad => t.restart(0).await,
+            DrillName::MasterRestart | DrillName::MasterRestartUnderLoad => {
+                t.restart(master_k).await
+            }
             DrillName::ReplicaRestart => t.restart(target_k).await,
-            DrillName::PostgresKill => t.kill_postgres(0).await,
+            DrillName::PostgresKill => t.kill_postgres(master_k).await,
             DrillName::ScaleDownUp => t.scale_down_up().await,
             DrillName::AgentRestartDuringBasebackup => t.restart_during_basebackup().await,
+            DrillName::MasterFreeze => t.master_freeze(master_k).await,
+            DrillName::MasterAgentFreeze => t.master_agent_freeze(master_k).await,
+            DrillName::MasterAgentKill => t.master_agent_kill(master_k).await,
+            DrillName::MasterIsolated => t.master_isolated(master_k).await,
+            DrillName::Rejoin => t.rejoin(target_k).await,
             other => Err(Error::NotApplicable {
                 drill: other,
                 why: "runs against a cluster, not a local set".into(),
@@ -474,6 +815,12 @@ pub async fn run(opts: &LocalOptions, drill: DrillName) -> Result<DrillReport> {
     engine::drop_table(&setup, &table).await;
     let mut report = outcome?;
     report.recloned = recloned(&marks_before, &data_marks(&opts.dir, &members));
+    // What the drill made a member set aside, and whether `local status` warns of it.
+    let warnings = pgset_local::status::report(&opts.dir)
+        .await
+        .map(|r| r.warnings)
+        .unwrap_or_default();
+    report.kept_diverged = new_kept(&kept_before, &kept_of(&opts.dir, &members), &warnings);
     report.judge();
     Ok(report)
 }
@@ -533,6 +880,35 @@ mod tests {
         ms[2].member = false;
         ms[1].streaming = Some(true);
         assert!(unhealthy(&ms).is_empty());
+    }
+
+    #[test]
+    fn health_needs_the_recorded_master_writable_and_no_other_member_a_master() {
+        let mut ms = vec![
+            member("pgset-0", 0),
+            member("pgset-1", 1),
+            member("pgset-2", 2),
+        ];
+        // The leader record names pgset-1 (status gives it the master's role).
+        ms[0].role = "replica".into();
+        ms[0].streaming = Some(true);
+        ms[1].role = "master".into();
+        ms[1].streaming = None;
+        let detail = |in_recovery: bool| Some(serde_json::json!({ "inRecovery": in_recovery }));
+        ms[0].detail = detail(true);
+        ms[1].detail = detail(false);
+        ms[2].detail = detail(true);
+        assert!(unhealthy(&ms).is_empty(), "{:?}", unhealthy(&ms));
+        // A replica promoted by hand, and a recorded master that is still a standby.
+        ms[2].detail = detail(false);
+        ms[1].detail = detail(true);
+        assert_eq!(
+            unhealthy(&ms),
+            [
+                "pgset-1 is the master the leader record names, but its postgres is in recovery",
+                "pgset-2 runs as a master, but the leader record names another member"
+            ]
+        );
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! The figures of a drill, computed from what the load and the monitor recorded (pure): windows
-//! in which writes or reads were refused, and when the master was ready and every replica
-//! streaming again after the fault.
+//! in which writes or reads were refused, when the master was ready and every replica streaming
+//! again after the fault, and from the writers' acknowledgements (who acknowledged each commit,
+//! on which timeline, when): which server was the master before and after, the commits the old
+//! master acknowledged after the new master's first, and the acknowledged rows a master lacks.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 /// One statement the writer or the reader tried, timed from the drill's start.
@@ -127,6 +130,97 @@ pub fn rejoin(ready: &[Sample], streaming: &[Sample], fault_at: Duration) -> Rej
     }
 }
 
+/// One commit a writer saw acknowledged: its rows, the server that acknowledged it (as that
+/// server named itself in the same transaction), its timeline then, and when the COMMIT's answer
+/// reached the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    /// The writer (the `writer` column).
+    pub writer: i32,
+    /// The first row number of the commit.
+    pub first: i64,
+    /// The last row number of the commit.
+    pub last: i64,
+    /// The acknowledging server, `address:port` as it reported itself in the transaction.
+    pub server: String,
+    /// Its timeline in the transaction (the first part of its current WAL file's name).
+    pub timeline: i32,
+    /// When the answer came, from the drill's start (one clock for every writer).
+    pub at: Duration,
+    /// When the answer came, on the client's wall clock (milliseconds since the Unix epoch).
+    pub wall_ms: u64,
+}
+
+/// Who was the master before the fault and after it, from the acknowledgements.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Masters {
+    /// The server of the last commit acknowledged before the fault, and its timeline.
+    pub before: Option<(String, i32)>,
+    /// The server of the last commit acknowledged at all, and its timeline.
+    pub after: Option<(String, i32)>,
+    /// When the master after first acknowledged a commit after the fault (when it is another).
+    pub first_new_commit_at: Option<Duration>,
+    /// When the master before last acknowledged a commit.
+    pub last_old_commit_at: Option<Duration>,
+    /// Commits the master before acknowledged after the new master's first commit (`None` when
+    /// the master did not change): two masters accepted writes.
+    pub late_commits: Option<usize>,
+}
+
+/// Reads `acks` (of every writer): the master before the fault at `fault_at` and after it (the
+/// server of the last commit of writer `follower`, the one that follows the master, so an old
+/// master a pinned client still reaches is never taken for the new one), and, when they differ,
+/// the commits the old master acknowledged after the new master's first (counted on
+/// acknowledgement times, so a commit whose answer came late counts too).
+pub fn masters(acks: &[Ack], fault_at: Duration, follower: i32) -> Masters {
+    let before = acks
+        .iter()
+        .filter(|a| a.at <= fault_at)
+        .max_by_key(|a| a.at)
+        .map(|a| (a.server.clone(), a.timeline));
+    let followed = acks.iter().filter(|a| a.writer == follower);
+    let after = if acks.iter().any(|a| a.writer == follower) {
+        followed.max_by_key(|a| a.at)
+    } else {
+        acks.iter().max_by_key(|a| a.at)
+    }
+    .map(|a| (a.server.clone(), a.timeline));
+    let last_old_commit_at = before
+        .as_ref()
+        .and_then(|(old, _)| acks.iter().filter(|a| &a.server == old).map(|a| a.at).max());
+    let mut m = Masters {
+        before,
+        after,
+        last_old_commit_at,
+        ..Masters::default()
+    };
+    if let (Some((old, _)), Some((new, _))) = (&m.before, &m.after)
+        && old != new
+    {
+        let first_new = acks
+            .iter()
+            .filter(|a| &a.server == new && a.at > fault_at)
+            .map(|a| a.at)
+            .min();
+        m.first_new_commit_at = first_new;
+        m.late_commits = first_new.map(|first| {
+            acks.iter()
+                .filter(|a| &a.server == old && a.at > first)
+                .count()
+        });
+    }
+    m
+}
+
+/// The acknowledged rows of `acks` that `present` (the `(writer, n)` pairs a master has) lacks.
+pub fn missing(acks: &[Ack], present: &BTreeSet<(i32, i64)>) -> usize {
+    acks.iter()
+        .flat_map(|a| (a.first..=a.last).map(move |n| (a.writer, n)))
+        .collect::<BTreeSet<_>>()
+        .difference(present)
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,5 +327,87 @@ mod tests {
         let streaming = series(&[(0, false), (400, true)]);
         let r = rejoin(&ready, &streaming, ms(0));
         assert_eq!(r.streaming_after_master_ready(), Some(Duration::ZERO));
+    }
+
+    fn ack(writer: i32, n: i64, server: &str, timeline: i32, at: u64) -> Ack {
+        Ack {
+            writer,
+            first: n,
+            last: n,
+            server: server.into(),
+            timeline,
+            at: ms(at),
+            wall_ms: 1_765_000_000_000 + at,
+        }
+    }
+
+    #[test]
+    fn a_clean_failover_has_no_late_commit_and_names_both_masters() {
+        // Writer 1 follows the record, writer 2 keeps its connection to the old master.
+        let acks = [
+            ack(1, 1, "127.0.0.1:29300", 1, 100),
+            ack(2, 1, "127.0.0.1:29300", 1, 150),
+            ack(1, 2, "127.0.0.1:29300", 1, 900),
+            // fault at 1000; the old master's last answer comes late but before the new one's
+            ack(2, 2, "127.0.0.1:29300", 1, 1200),
+            ack(1, 3, "127.0.0.1:29301", 2, 16_000),
+            ack(1, 4, "127.0.0.1:29301", 2, 16_100),
+        ];
+        let m = masters(&acks, ms(1000), 1);
+        assert_eq!(m.before, Some(("127.0.0.1:29300".into(), 1)));
+        assert_eq!(m.after, Some(("127.0.0.1:29301".into(), 2)));
+        assert_eq!(m.first_new_commit_at, Some(ms(16_000)));
+        assert_eq!(m.last_old_commit_at, Some(ms(1200)));
+        assert_eq!(m.late_commits, Some(0));
+    }
+
+    #[test]
+    fn commits_the_old_master_acknowledged_after_the_new_masters_first_are_late() {
+        let acks = [
+            ack(1, 1, "127.0.0.1:29300", 1, 100),
+            ack(2, 1, "127.0.0.1:29300", 1, 100),
+            ack(1, 2, "127.0.0.1:29301", 2, 16_000),
+            // The pinned writer's old master kept answering: two masters at once.
+            ack(2, 2, "127.0.0.1:29300", 1, 15_999),
+            ack(2, 3, "127.0.0.1:29300", 1, 16_000),
+            ack(2, 4, "127.0.0.1:29300", 1, 16_001),
+            ack(2, 5, "127.0.0.1:29300", 1, 17_000),
+            ack(1, 3, "127.0.0.1:29301", 2, 17_100),
+        ];
+        let m = masters(&acks, ms(1000), 1);
+        assert_eq!(m.late_commits, Some(2), "after 16 000 ms, not at it: {m:?}");
+        // The pinned writer's old master answering last does not make it the master after.
+        let mut later = acks.to_vec();
+        later.push(ack(2, 6, "127.0.0.1:29300", 1, 18_000));
+        let m2 = masters(&later, ms(1000), 1);
+        assert_eq!(m2.after, Some(("127.0.0.1:29301".into(), 2)));
+        assert_eq!(m2.late_commits, Some(3));
+        assert_eq!(m.last_old_commit_at, Some(ms(17_000)));
+        // RPO: the old master's late rows are not on the new master.
+        let on_new: BTreeSet<(i32, i64)> = [(1, 1), (2, 1), (1, 2), (1, 3)].into();
+        assert_eq!(missing(&acks, &on_new), 4);
+        let all: BTreeSet<(i32, i64)> = acks.iter().map(|a| (a.writer, a.first)).collect();
+        assert_eq!(missing(&acks, &all), 0);
+    }
+
+    #[test]
+    fn a_master_that_came_back_has_no_late_commit_figure() {
+        let acks = [
+            ack(1, 1, "127.0.0.1:29300", 1, 100),
+            ack(1, 2, "127.0.0.1:29300", 1, 5000),
+        ];
+        let m = masters(&acks, ms(1000), 1);
+        assert_eq!(m.before, m.after);
+        assert_eq!(m.late_commits, None);
+        assert_eq!(m.first_new_commit_at, None);
+        assert_eq!(masters(&[], ms(0), 1), Masters::default());
+    }
+
+    #[test]
+    fn a_multi_row_commit_counts_each_row_it_acknowledged() {
+        let mut a = ack(4, 1, "s", 1, 10);
+        a.last = 500;
+        let present: BTreeSet<(i32, i64)> = (1..=498).map(|n| (4, n)).collect();
+        assert_eq!(missing(&[a], &present), 2);
     }
 }

@@ -10,6 +10,23 @@ use crate::DrillName;
 pub const WRITE_RECOVERY_TARGET_S: f64 = 10.0;
 /// Every replica streaming at most this long after the master is ready again.
 pub const REJOIN_TARGET_S: f64 = 2.0;
+/// Writes accepted again at most this long after a frozen, cut-off or killed master (a replica
+/// takes over once the 15 s lease ran out).
+pub const FAILOVER_WRITE_TARGET_S: f64 = 15.0;
+
+/// A copy a drill left with writes the cluster does not have (`<member>.diverged-<time>`), and
+/// whether `local status` warned of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeptDiverged {
+    /// The member.
+    pub member: String,
+    /// The directory.
+    pub path: String,
+    /// WAL bytes the member wrote after the fork.
+    pub bytes_after_fork: u64,
+    /// Whether the set's status named it, with its bytes, among its warnings.
+    pub warned: bool,
+}
 
 /// Whether a drill passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,20 +100,94 @@ pub struct DrillReport {
     pub recloned: Vec<String>,
     /// Whether every member was ready and every replica streaming when the drill ended.
     pub healthy_after: bool,
+    /// The master before the fault: the member (or server) that acknowledged the last commit
+    /// before it.
+    #[serde(default)]
+    pub master_before: Option<String>,
+    /// Its timeline then.
+    #[serde(default)]
+    pub timeline_before: Option<i32>,
+    /// The master at the end: the member (or server) that acknowledged the last commit.
+    #[serde(default)]
+    pub master_after: Option<String>,
+    /// Its timeline then.
+    #[serde(default)]
+    pub timeline_after: Option<i32>,
+    /// Seconds from the fault to the new master's first acknowledged commit (when the master
+    /// changed).
+    #[serde(default)]
+    pub new_master_first_commit_after_s: Option<f64>,
+    /// Commits the old master acknowledged after the new master's first (when the master
+    /// changed): must be 0, or two masters accepted writes at once.
+    #[serde(default)]
+    pub late_commits: Option<usize>,
+    /// Copies with diverged writes the drill caused and left (kept, never deleted by a drill).
+    #[serde(default)]
+    pub kept_diverged: Vec<KeptDiverged>,
+    /// Figures no promise covers, stated so they are not hidden (they do not fail the drill).
+    #[serde(default)]
+    pub notes: Vec<String>,
+    /// A step of the fault that failed (a failover drill is reported all the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault_error: Option<String>,
 }
 
 impl DrillReport {
     /// Sets the verdict and the problems from the figures.
     pub fn judge(&mut self) {
         let mut p = Vec::new();
+        if let Some(e) = &self.fault_error {
+            p.push(format!("a step of the fault failed: {e}"));
+        }
         if self.rows_committed == 0 {
             p.push("no write was committed during the drill: the load did not run".to_string());
         }
-        if self.rows_missing > 0 {
+        let mut notes = Vec::new();
+        if let Some(late) = self.late_commits.filter(|l| *l > 0) {
+            p.push(format!(
+                "{late} commits were acknowledged by the old master {} after the new master {} \
+                 acknowledged its first: two masters accepted writes at once (must be 0)",
+                self.master_before.as_deref().unwrap_or("?"),
+                self.master_after.as_deref().unwrap_or("?"),
+            ));
+        }
+        if self.drill.fails_over() && self.master_before == self.master_after {
+            p.push(format!(
+                "no replica took over: {} acknowledged the last commit before the fault and the \
+                 last one after it",
+                self.master_before.as_deref().unwrap_or("nobody")
+            ));
+        }
+        if self.rows_missing > 0
+            && self.drill.may_move_master()
+            && self.master_before != self.master_after
+        {
+            notes.push(format!(
+                "{} acknowledged rows are missing on the new master {} (RPO; replication is \
+                 asynchronous, so a failover promises no RPO of 0)",
+                self.rows_missing,
+                self.master_after.as_deref().unwrap_or("?")
+            ));
+        } else if self.rows_missing > 0 {
             p.push(format!(
                 "{} committed rows are missing on the master (RPO must be 0)",
                 self.rows_missing
             ));
+        }
+        if self.drill == DrillName::Rejoin {
+            if self.kept_diverged.is_empty() {
+                p.push(
+                    "the rows written on the replica promoted by hand are not kept in a \
+                     .diverged-* copy: they disappeared"
+                        .to_string(),
+                );
+            }
+            for k in self.kept_diverged.iter().filter(|k| !k.warned) {
+                p.push(format!(
+                    "{} holds {} bytes of diverged WAL but `local status` does not warn of it",
+                    k.path, k.bytes_after_fork
+                ));
+            }
         }
         if self.rows_missing_on_replicas > 0 {
             p.push(format!(
@@ -128,11 +219,19 @@ impl DrillReport {
             Verdict::Fail
         };
         self.problems = p;
+        self.notes = notes;
     }
 
     /// Whether writes came back within [`WRITE_RECOVERY_TARGET_S`] (drills that take the
-    /// master away; `None` for the others).
+    /// master away; `None` for the others); for the drills of a frozen, cut-off or killed master,
+    /// within [`FAILOVER_WRITE_TARGET_S`] of the fault.
     pub fn write_target_met(&self) -> Option<bool> {
+        if self.drill.may_move_master() {
+            return Some(
+                self.writes_accepted_again_after_s
+                    .is_some_and(|s| s <= FAILOVER_WRITE_TARGET_S),
+            );
+        }
         self.drill
             .touches_master()
             .then_some(self.longest_write_refusal_s <= WRITE_RECOVERY_TARGET_S)
@@ -152,7 +251,7 @@ fn secs(v: Option<f64>) -> String {
 /// The reports as a table: one row per drill, then each failed drill's problems.
 pub fn table(reports: &[DrillReport]) -> String {
     let mut out = format!(
-        "{:<31} {:<7} {:>8} {:>9} {:>4} {:>8} {:>8} {:>10} {:>9} {:<9}\n",
+        "{:<31} {:<7} {:>8} {:>9} {:>4} {:>8} {:>8} {:>10} {:>9} {:<9} {:>5} {}\n",
         "DRILL",
         "VERDICT",
         "COMMITS",
@@ -162,11 +261,13 @@ pub fn table(reports: &[DrillReport]) -> String {
         "MASTER-UP",
         "STREAMING",
         "AFTER-UP",
-        "RECLONED"
+        "RECLONED",
+        "LATE",
+        "MASTER"
     );
     for r in reports {
         out += &format!(
-            "{:<31} {:<7} {:>8} {:>9} {:>4} {:>8} {:>8} {:>10} {:>9} {:<9}\n",
+            "{:<31} {:<7} {:>8} {:>9} {:>4} {:>8} {:>8} {:>10} {:>9} {:<9} {:>5} {}\n",
             r.drill.as_str(),
             match r.verdict {
                 Verdict::Pass => "pass",
@@ -183,7 +284,9 @@ pub fn table(reports: &[DrillReport]) -> String {
                 "none".to_string()
             } else {
                 r.recloned.join(",")
-            }
+            },
+            r.late_commits.map_or("-".to_string(), |l| l.to_string()),
+            masters(r)
         );
     }
     for r in reports.iter().filter(|r| r.verdict == Verdict::Fail) {
@@ -191,7 +294,42 @@ pub fn table(reports: &[DrillReport]) -> String {
             out += &format!("{}: {p}\n", r.drill);
         }
     }
+    for r in reports {
+        for n in &r.notes {
+            out += &format!("{}: note: {n}\n", r.drill);
+        }
+        for k in &r.kept_diverged {
+            out += &format!(
+                "{}: kept {} ({} bytes after the fork){}\n",
+                r.drill,
+                k.path,
+                k.bytes_after_fork,
+                if k.warned {
+                    ", warned of by local status"
+                } else {
+                    ", NOT warned of"
+                }
+            );
+        }
+    }
     out
+}
+
+/// `before (tl N) -> after (tl M)`, or `-` when no commit named a master.
+fn masters(r: &DrillReport) -> String {
+    let one = |m: &Option<String>, tl: Option<i32>| match (m, tl) {
+        (Some(m), Some(tl)) => format!("{m} (tl {tl})"),
+        (Some(m), None) => m.clone(),
+        (None, _) => "-".to_string(),
+    };
+    if r.master_before.is_none() && r.master_after.is_none() {
+        return "-".into();
+    }
+    format!(
+        "{} -> {}",
+        one(&r.master_before, r.timeline_before),
+        one(&r.master_after, r.timeline_after)
+    )
 }
 
 fn md(text: &str) -> String {
@@ -220,12 +358,12 @@ fn markdown_with(reports: &[DrillReport], not_run: &[NotRun]) -> String {
         passed,
         total
     );
-    out += "| drill | verdict | commits | writes refused | writes accepted again | RPO (rows missing) | reads refused | master ready | every replica streaming | after master ready | re-cloned |\n";
-    out += "|---|---|---|---|---|---|---|---|---|---|---|\n";
+    out += "| drill | verdict | commits | writes refused | writes accepted again | RPO (rows missing) | reads refused | master ready | every replica streaming | after master ready | re-cloned | late commits | master (timeline) |\n";
+    out += "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     let s = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2} s"));
     for r in reports {
         out += &format!(
-            "| `{}` | {} | {} | {:.2} s | {} | {} | {:.2} s | {} | {} | {} | {} |\n",
+            "| `{}` | {} | {} | {:.2} s | {} | {} | {:.2} s | {} | {} | {} | {} | {} | {} |\n",
             r.drill,
             match r.verdict {
                 Verdict::Pass => "pass",
@@ -243,7 +381,9 @@ fn markdown_with(reports: &[DrillReport], not_run: &[NotRun]) -> String {
                 "none".to_string()
             } else {
                 md(&r.recloned.join(", "))
-            }
+            },
+            r.late_commits.map_or("-".to_string(), |l| l.to_string()),
+            md(&masters(r))
         );
     }
     for r in reports {
@@ -256,6 +396,21 @@ fn markdown_with(reports: &[DrillReport], not_run: &[NotRun]) -> String {
         }
         for p in &r.problems {
             out += &format!("- **problem**: {}\n", md(p));
+        }
+        for n in &r.notes {
+            out += &format!("- note: {}\n", md(n));
+        }
+        for k in &r.kept_diverged {
+            out += &format!(
+                "- kept `{}`: {} bytes of WAL after the fork ({})\n",
+                md(&k.path),
+                k.bytes_after_fork,
+                if k.warned {
+                    "local status warns of it"
+                } else {
+                    "**local status does not warn of it**"
+                }
+            );
         }
     }
     out
@@ -408,6 +563,15 @@ mod tests {
             streaming_after_master_ready_s: Some(0.5),
             recloned: vec![],
             healthy_after: true,
+            master_before: Some("pgset-0".into()),
+            timeline_before: Some(1),
+            master_after: Some("pgset-0".into()),
+            timeline_after: Some(1),
+            new_master_first_commit_after_s: None,
+            late_commits: None,
+            kept_diverged: vec![],
+            notes: vec![],
+            fault_error: None,
         }
     }
 
@@ -561,6 +725,144 @@ mod tests {
         assert_eq!(all_ok.verdict(), Ok(()));
     }
 
+    fn failed_over(drill: DrillName) -> DrillReport {
+        let mut r = passing(drill);
+        r.target = "pgset-0".into();
+        r.master_after = Some("pgset-1".into());
+        r.timeline_after = Some(2);
+        r.late_commits = Some(0);
+        r.writes_accepted_again_after_s = Some(14.2);
+        r.new_master_first_commit_after_s = Some(14.2);
+        r
+    }
+
+    #[test]
+    fn a_failover_without_late_commits_passes_and_reports_both_masters() {
+        let mut r = failed_over(DrillName::MasterFreeze);
+        r.judge();
+        assert_eq!(r.verdict, Verdict::Pass, "{:?}", r.problems);
+        assert_eq!(r.write_target_met(), Some(true));
+        let t = table(std::slice::from_ref(&r));
+        assert!(
+            t.contains("    0 pgset-0 (tl 1) -> pgset-1 (tl 2)"),
+            "late commits and masters: {t}"
+        );
+        let m = markdown(&[r]);
+        assert!(
+            m.contains("| 0 | pgset-0 (tl 1) -> pgset-1 (tl 2) |"),
+            "{m}"
+        );
+        let mut slow = failed_over(DrillName::MasterIsolated);
+        slow.writes_accepted_again_after_s = Some(15.5);
+        assert_eq!(slow.write_target_met(), Some(false));
+    }
+
+    #[test]
+    fn late_commits_fail_a_drill_and_say_which_masters_accepted_writes() {
+        let mut r = failed_over(DrillName::MasterAgentFreeze);
+        r.late_commits = Some(37);
+        r.rows_missing = 37;
+        r.judge();
+        assert_eq!(r.verdict, Verdict::Fail);
+        assert_eq!(
+            r.problems,
+            [
+                "37 commits were acknowledged by the old master pgset-0 after the new master \
+              pgset-1 acknowledged its first: two masters accepted writes at once (must be 0)"
+            ]
+        );
+        // The rows lost with them are reported, as asynchronous replication's RPO.
+        assert_eq!(r.notes.len(), 1, "{:?}", r.notes);
+        assert!(
+            r.notes[0].starts_with("37 acknowledged rows are missing on the new master pgset-1"),
+            "{:?}",
+            r.notes
+        );
+        r.fault_error = Some("member pgset-0 stopped: postgres ended on its own".into());
+        r.judge();
+        assert_eq!(r.problems.len(), 2, "{:?}", r.problems);
+        assert_eq!(
+            r.problems[0],
+            "a step of the fault failed: member pgset-0 stopped: postgres ended on its own"
+        );
+        let t = table(&[r]);
+        assert!(
+            t.contains("master-agent-freeze: 37 commits were acknowledged"),
+            "{t}"
+        );
+        assert!(
+            t.contains("master-agent-freeze: note: 37 acknowledged rows"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn rows_lost_without_a_failover_still_fail_and_a_failover_drill_must_fail_over() {
+        // The master stayed: RPO must be 0 as in every other drill.
+        let mut kill = passing(DrillName::MasterAgentKill);
+        kill.rows_missing = 2;
+        kill.judge();
+        assert_eq!(kill.verdict, Verdict::Fail);
+        assert!(
+            kill.problems[0].contains("RPO must be 0"),
+            "{:?}",
+            kill.problems
+        );
+        // A frozen master that was never replaced.
+        let mut stuck = passing(DrillName::MasterFreeze);
+        stuck.judge();
+        assert_eq!(stuck.verdict, Verdict::Fail);
+        assert_eq!(
+            stuck.problems,
+            [
+                "no replica took over: pgset-0 acknowledged the last commit before the fault and \
+              the last one after it"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_rejoin_must_keep_the_diverged_writes_and_status_must_warn_of_them() {
+        let mut lost = passing(DrillName::Rejoin);
+        lost.judge();
+        assert_eq!(lost.verdict, Verdict::Fail);
+        assert!(
+            lost.problems[0].contains("they disappeared"),
+            "{:?}",
+            lost.problems
+        );
+        let kept = KeptDiverged {
+            member: "pgset-2".into(),
+            path: "/set/pgset-2.diverged-20261207T150000Z".into(),
+            bytes_after_fork: 81_920,
+            warned: false,
+        };
+        let mut silent = passing(DrillName::Rejoin);
+        silent.kept_diverged = vec![kept.clone()];
+        silent.judge();
+        assert_eq!(
+            silent.problems,
+            [
+                "/set/pgset-2.diverged-20261207T150000Z holds 81920 bytes of diverged WAL but \
+              `local status` does not warn of it"
+            ]
+        );
+        let mut ok = passing(DrillName::Rejoin);
+        ok.kept_diverged = vec![KeptDiverged {
+            warned: true,
+            ..kept
+        }];
+        ok.judge();
+        assert_eq!(ok.verdict, Verdict::Pass, "{:?}", ok.problems);
+        let t = table(std::slice::from_ref(&ok));
+        assert!(
+            t.contains("rejoin: kept /set/pgset-2.diverged-20261207T150000Z (81920 bytes after the fork), warned of by local status"),
+            "{t}"
+        );
+        let v = serde_json::to_value(&ok).unwrap();
+        assert_eq!(v["kept_diverged"][0]["bytes_after_fork"], 81_920);
+    }
+
     #[test]
     fn the_json_names_every_figure() {
         let mut r = passing(DrillName::MasterRestart);
@@ -575,6 +877,13 @@ mod tests {
             "all_streaming_after_s",
             "streaming_after_master_ready_s",
             "recloned",
+            "master_before",
+            "timeline_before",
+            "master_after",
+            "timeline_after",
+            "late_commits",
+            "writes_accepted_again_after_s",
+            "kept_diverged",
         ] {
             assert!(v.get(key).is_some(), "{key} missing in {v}");
         }
