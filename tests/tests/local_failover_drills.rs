@@ -4,8 +4,8 @@
 //! a frozen or cut-off master is replaced by a replica and acknowledges nothing after the new
 //! master's first commit; a killed agent takes its postgres with it and comes back; a replica
 //! promoted by hand rejoins with its diverged writes kept and warned of; the set is healthy after
-//! each. A frozen agent whose postgres runs on is measured last and reported as it is: a late
-//! commit fails that drill, and what it leaves behind is printed, not mended.
+//! each. A frozen agent whose postgres would run on is measured last: its watchdog ends that
+//! postgres before the lease can expire, and a late commit would fail the drill.
 
 #[path = "support/local.rs"]
 mod support;
@@ -178,9 +178,8 @@ async fn the_failover_drills_measure_who_acknowledged_what_and_leave_the_set_hea
         "{members:#?}"
     );
 
-    // A frozen agent cannot stop its postgres: the figures say whether the old postmaster
-    // acknowledged commits while the new master ran, and a late commit fails the drill.
-    // It runs last: what it leaves behind is reported, not mended.
+    // A frozen agent cannot stop its postgres, its watchdog does: the figures say whether the old
+    // postmaster acknowledged commits while the new master ran, and a late commit fails the drill.
     let r = run(DrillName::MasterAgentFreeze).await;
     assert!(r.rows_committed > 10, "the writers ran: {r:#?}");
     assert!(

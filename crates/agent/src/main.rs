@@ -23,16 +23,28 @@ enum Command {
         /// Destination path, e.g. /pgset/bin/pgset-agent
         dest: PathBuf,
     },
+    /// Started by `run` next to postgres: ends the postmaster when the agent is gone or, holding
+    /// the master role, stops sending heartbeats on stdin
+    #[command(hide = true)]
+    Watchdog {
+        /// The postmaster's pid
+        #[arg(long)]
+        postmaster: i32,
+    },
 }
 
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
+    if let Command::Watchdog { postmaster } = cli.command {
+        std::process::exit(pgset_agent::watchdog::run(postmaster));
+    }
     // Every host command's `$ <command>` line, in the agent's log format.
     pgset_command::log_with(pgset_agent::log_line);
     let result = match cli.command {
         Command::Run => pgset_agent::run::run().await,
         Command::Install { dest } => pgset_agent::install::install(&dest).map(|()| 0),
+        Command::Watchdog { .. } => unreachable!("handled before the runtime's work"),
     };
     let code = match result {
         Ok(code) => code,

@@ -366,6 +366,70 @@ pub async fn timeline_history(
     result
 }
 
+/// Makes the master's pg_control name the timeline it writes on before `pg_rewind` reads it: a
+/// promoted server updates pg_control only at its first checkpoint after the promotion, and
+/// `pg_rewind` judges the source's timeline from pg_control — before that checkpoint it finds
+/// both on the same timeline and rewinds nothing. Asks for a CHECKPOINT when pg_control lags
+/// `timeline`, then checks it again.
+async fn checkpoint_source(s: &Settings, timeline: u32) -> Result<()> {
+    let password = read_password(s, secret::SUPERUSER_PASSWORD_KEY)?;
+    let timeout = Duration::from_secs(30);
+    let mut c = tokio_postgres::Config::new();
+    c.host(&s.env.master_host)
+        .port(s.env.master_port)
+        .user(contract::SUPERUSER)
+        .password(password)
+        .dbname("postgres")
+        .application_name(format!("{}-rewind", s.pod_name))
+        .connect_timeout(timeout);
+    let what = format!("the master {}:{}", s.env.master_host, s.env.master_port);
+    let sql = |source| Error::Sql {
+        what: what.clone(),
+        source,
+    };
+    let (client, conn) = tokio::time::timeout(timeout, c.connect(tokio_postgres::NoTls))
+        .await
+        .map_err(|_| Error::SqlTimeout {
+            what: what.clone(),
+            timeout,
+        })?
+        .map_err(sql)?;
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let control_timeline = async || -> Result<u32> {
+        let r = client
+            .query_one(
+                "SELECT timeline_id::bigint FROM pg_control_checkpoint()",
+                &[],
+            )
+            .await
+            .map_err(sql)?;
+        Ok(r.get::<_, i64>(0) as u32)
+    };
+    let result = async {
+        if control_timeline().await? >= timeline {
+            return Ok(());
+        }
+        crate::info!(
+            "the master's pg_control still names an older timeline than {timeline} (its first \
+             checkpoint after the promotion has not completed): asking it for a CHECKPOINT \
+             before pg_rewind reads it"
+        );
+        client.batch_execute("CHECKPOINT").await.map_err(sql)?;
+        let now = control_timeline().await?;
+        if now < timeline {
+            return Err(Error::Failed(format!(
+                "the master's pg_control names timeline {now} after a CHECKPOINT, not {timeline}"
+            )));
+        }
+        Ok(())
+    }
+    .await;
+    driver.abort();
+    result
+}
+
 /// How a rejoin ended.
 #[derive(Debug)]
 pub enum Rejoin {
@@ -437,6 +501,13 @@ pub async fn rejoin(s: &Settings, bin: &PgBin) -> Result<Rejoin> {
         when: now_utc(),
         why: why.clone(),
     };
+    // Nothing is started on a history known to have parted: the agent stops and tries again.
+    if let Err(e) = checkpoint_source(s, master_timeline).await {
+        return Err(Error::Failed(format!(
+            "{why}, but the master's pg_control cannot be brought to its timeline for pg_rewind \
+             ({e}); nothing was changed, the member tries again at its next start"
+        )));
+    }
     let (s2, b2) = (s.clone(), bin.clone());
     tokio::task::spawn_blocking(move || keep_and_rewind(&s2, &b2, &own, fork, &diverged))
         .await

@@ -143,6 +143,27 @@ pub async fn supervise(
     let mut stepping: Option<Box<crate::switchover::Stepping>> = None;
     let mut has_leader = leader_lost.is_some();
     let mut leader_lost = leader_lost;
+    // The watchdog ends postgres when this agent is gone or, holding the master role, stalls
+    // (crate::watchdog); armed with the stop escalation's total, within the timing invariant.
+    let watchdog = match crate::watchdog::Handle::start(pid as i32) {
+        Ok(w) => Some(std::sync::Arc::new(std::sync::Mutex::new(w))),
+        Err(e) => {
+            crate::warn!("starting the watchdog: {e}; postgres is bounded by this agent alone");
+            None
+        }
+    };
+    let arm = crate::watchdog::Message::Arm(escalation.total());
+    let send = |m: &crate::watchdog::Message| {
+        if let Some(w) = &watchdog
+            && let Ok(mut w) = w.lock()
+        {
+            w.send(m);
+        }
+    };
+    if has_leader {
+        send(&arm);
+    }
+    let beats = watchdog.clone().map(crate::watchdog::Handle::beat);
     let code = loop {
         tokio::select! {
             reason = fence.lost(), if fence_lost.is_none() => {
@@ -200,6 +221,7 @@ pub async fn supervise(
                     )));
                     leader_lost = Some(lost_rx);
                     has_leader = true;
+                    send(&arm);
                     current = *settings;
                     let _ = settings_tx.send(current.clone());
                 }
@@ -228,9 +250,11 @@ pub async fn supervise(
         }
     };
     monitor.abort();
-    for task in [contender, keeper].into_iter().flatten() {
+    for task in [contender, keeper, beats].into_iter().flatten() {
         task.abort();
     }
+    // Postgres ended: the watchdog sees its pipe close and exits without acting.
+    drop(watchdog);
     health.stopping(Phase::Exited, "postgres exited");
     crate::info!("postgres exited with code {code}");
     if let Some(started) = stop.started {
