@@ -383,6 +383,7 @@ pub fn member_contract(opts: &UpOptions, set: &LocalSet, k: i32) -> AgentEnv {
         failover: (!opts.failover).then_some(false),
         maximum_lag_on_failover: Some(opts.maximum_lag_on_failover),
         synchronous: opts.synchronous,
+        tls_dir: None,
         max_replica_lag_bytes: Some(opts.max_replica_lag.bytes),
         max_replica_lag: Some(Duration::from_secs(opts.max_replica_lag.seconds)),
     }
