@@ -24,6 +24,7 @@ pub mod run;
 pub mod settings;
 pub(crate) mod supervise;
 pub mod sync;
+pub mod tls;
 
 use std::path::PathBuf;
 

@@ -294,11 +294,12 @@ pub fn history_name(timeline: u32) -> String {
 /// `pg_rewind` connects as).
 async fn master_history(s: &Settings) -> Result<(u32, String)> {
     let password = read_password(s, secret::SUPERUSER_PASSWORD_KEY)?;
-    timeline_history(
+    timeline_history_over(
         &s.env.master_host,
         s.env.master_port,
         &password,
         &format!("{}-agent", s.pod_name),
+        s.tls().as_ref(),
     )
     .await
 }
@@ -310,6 +311,17 @@ pub async fn timeline_history(
     port: u16,
     password: &str,
     application_name: &str,
+) -> Result<(u32, String)> {
+    timeline_history_over(host, port, password, application_name, None).await
+}
+
+/// [`timeline_history`], over TLS verified against the set's CA when `tls` is given.
+async fn timeline_history_over(
+    host: &str,
+    port: u16,
+    password: &str,
+    application_name: &str,
+    tls: Option<&crate::tls::TlsFiles>,
 ) -> Result<(u32, String)> {
     let timeout = Duration::from_secs(10);
     let mut c = tokio_postgres::Config::new();
@@ -325,16 +337,38 @@ pub async fn timeline_history(
         what: what.clone(),
         source,
     };
-    let (client, conn) = tokio::time::timeout(timeout, c.connect(tokio_postgres::NoTls))
-        .await
+    let connected = match tls {
+        None => tokio::time::timeout(timeout, c.connect(tokio_postgres::NoTls))
+            .await
+            .map(|r| {
+                r.map(|(client, conn)| {
+                    let driver = tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    (client, driver)
+                })
+            }),
+        Some(tls) => {
+            c.ssl_mode(tokio_postgres::config::SslMode::Require);
+            let connector = tls.connector()?;
+            tokio::time::timeout(timeout, c.connect(connector))
+                .await
+                .map(|r| {
+                    r.map(|(client, conn)| {
+                        let driver = tokio::spawn(async move {
+                            let _ = conn.await;
+                        });
+                        (client, driver)
+                    })
+                })
+        }
+    };
+    let (client, driver) = connected
         .map_err(|_| Error::SqlTimeout {
             what: what.clone(),
             timeout,
         })?
         .map_err(sql)?;
-    let driver = tokio::spawn(async move {
-        let _ = conn.await;
-    });
     let result = async {
         // The timeline WAL is written on now (a checkpoint's lags a promotion until the next
         // checkpoint completes).
@@ -591,6 +625,16 @@ fn run_pg_rewind(s: &Settings, bin: &PgBin) -> Result<()> {
         render::conninfo_quote(&passfile.display().to_string()),
         render::conninfo_quote(&format!("{}-rewind", s.pod_name)),
     );
+    // The superuser authenticates by password, over TLS verified against the CA.
+    let conninfo = match s.tls() {
+        None => conninfo,
+        Some(tls) => tls
+            .libpq_params(false)
+            .into_iter()
+            .fold(conninfo, |c, (k, v)| {
+                format!("{c} {k}={}", render::conninfo_quote(&v))
+            }),
+    };
     let result = bin
         .command("pg_rewind")
         .arg(format!("--target-pgdata={}", pgdata.display()))
