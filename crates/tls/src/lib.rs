@@ -84,6 +84,14 @@ impl std::fmt::Debug for Issued {
     }
 }
 
+/// A point in time, as the functions of this crate take it.
+pub type Now = OffsetDateTime;
+
+/// The current time (UTC).
+pub fn now() -> Now {
+    OffsetDateTime::now_utc()
+}
+
 /// The names local mode's members are reached by.
 pub fn local_names() -> Vec<String> {
     vec!["localhost".to_string(), "127.0.0.1".to_string()]
