@@ -14,7 +14,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use pgset_agent::leader::LeaderTimings;
 use pgset_agent::pgbin::PgBin;
+use pgset_agent::settings::DEFAULT_LEADER_LEASE;
 use pgset_local::{self as local, status as local_status};
 use pgset_spec::contract::{self, tls as files};
 use support::{TestSet, pg_or_skip};
@@ -273,4 +275,82 @@ fn a_set_without_tls_cannot_be_switched_on_in_place() {
     let e = rt.block_on(local::up(&opts)).unwrap_err().to_string();
     assert!(e.contains("without TLS") && e.contains("--dir"), "{e}");
     assert!(!local::tls_dir(t.dir()).exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_failover_the_set_streams_over_tls_from_the_new_master() {
+    const TEST: &str = "after_a_failover_the_set_streams_over_tls_from_the_new_master";
+    let Some(bin) = pg_or_skip(TEST) else {
+        return;
+    };
+    if let Some(reason) = no_ssl_reason(&bin) {
+        pgset_tests::skip(TEST, &reason);
+        return;
+    }
+    let mut t = TestSet::new(3, 29820);
+    t.opts.tls = true;
+    local::up(&t.opts).await.expect("a --tls set forms");
+    let dir = t.dir().to_path_buf();
+    t.sql(0, "CREATE TABLE t (n int); INSERT INTO t VALUES (1)")
+        .unwrap();
+    t.wait_for(
+        0,
+        SENDERS_SQL,
+        "pgset-1|true|TLSv1.3|/CN=replicator\npgset-2|true|TLSv1.3|/CN=replicator",
+        60 * SECOND,
+    );
+
+    // The replicas' agents note that they stream from the holder once per renewal: only a
+    // replica seen streaming may take the role.
+    let timings = LeaderTimings::for_lease(DEFAULT_LEADER_LEASE).unwrap();
+    tokio::time::sleep(3 * timings.renew_every()).await;
+
+    // The master goes away; a replica takes the role and the other follows it over TLS.
+    assert!(
+        local::stop_member(&dir, "pgset-0", 60 * SECOND)
+            .await
+            .unwrap()
+    );
+    let deadline = std::time::Instant::now() + 120 * SECOND;
+    let new_master = loop {
+        if let Some(k) = [1, 2]
+            .into_iter()
+            .find(|k| t.sql(*k, "SELECT pg_is_in_recovery()").as_deref() == Ok("f"))
+        {
+            break k;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no replica took the master role:\n{}\n{}",
+            t.log(1),
+            t.log(2)
+        );
+        std::thread::sleep(SECOND / 4);
+    };
+    let other = 3 - new_master;
+    t.sql(new_master, "INSERT INTO t VALUES (2)").unwrap();
+    t.wait_for(
+        new_master,
+        SENDERS_SQL,
+        &format!("pgset-{other}|true|TLSv1.3|/CN=replicator"),
+        120 * SECOND,
+    );
+    t.wait_for(other, "SELECT max(n) FROM t", "2", 60 * SECOND);
+
+    // The old master rejoins as a replica: its agent reads the new master's history and
+    // streams from it, both over TLS.
+    local::up(&t.opts).await.expect("the set is whole again");
+    assert_eq!(t.sql(0, "SELECT pg_is_in_recovery()").as_deref(), Ok("t"));
+    t.wait_for(0, "SELECT max(n) FROM t", "2", 60 * SECOND);
+    t.wait_for(
+        new_master,
+        SENDERS_SQL,
+        &format!("pgset-0|true|TLSv1.3|/CN=replicator\npgset-{other}|true|TLSv1.3|/CN=replicator"),
+        60 * SECOND,
+    );
+    let log = t.log(0);
+    assert!(
+        !log.contains("is not readable") && !log.contains("is not known"),
+        "{log}"
+    );
 }
