@@ -354,3 +354,53 @@ async fn after_a_failover_the_set_streams_over_tls_from_the_new_master() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_diverged_replica_is_rewound_from_the_master_over_tls() {
+    const TEST: &str = "a_diverged_replica_is_rewound_from_the_master_over_tls";
+    let Some(bin) = pg_or_skip(TEST) else {
+        return;
+    };
+    if let Some(reason) = no_ssl_reason(&bin) {
+        pgset_tests::skip(TEST, &reason);
+        return;
+    }
+    let mut t = TestSet::new(2, 29830);
+    t.opts.tls = true;
+    local::up(&t.opts).await.expect("a --tls set forms");
+    let dir = t.dir().to_path_buf();
+    t.sql(0, "CREATE TABLE t (n int); INSERT INTO t VALUES (1)")
+        .unwrap();
+    t.wait_for(1, "SELECT max(n) FROM t", "1", 60 * SECOND);
+    // Member 1 forks off: promoted by hand, written to, stopped.
+    t.sql(1, "SELECT pg_promote()").unwrap();
+    t.wait_for(1, "SELECT pg_is_in_recovery()", "f", 60 * SECOND);
+    t.sql(1, "INSERT INTO t SELECT generate_series(100, 200)")
+        .unwrap();
+    t.sql(0, "INSERT INTO t VALUES (2)").unwrap();
+    assert!(
+        local::stop_member(&dir, "pgset-1", 60 * SECOND)
+            .await
+            .unwrap()
+    );
+
+    // Its next start rewinds it with pg_rewind, which reaches the master only over TLS.
+    local::up(&t.opts).await.expect("the member rejoins");
+    let log = t.log(1);
+    assert!(
+        log.contains("rewound from the master with pg_rewind"),
+        "{log}"
+    );
+    t.wait_for(
+        1,
+        "SELECT count(*) || '|' || max(n) FROM t",
+        "2|2",
+        60 * SECOND,
+    );
+    t.wait_for(
+        0,
+        SENDERS_SQL,
+        "pgset-1|true|TLSv1.3|/CN=replicator",
+        60 * SECOND,
+    );
+}

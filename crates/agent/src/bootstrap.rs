@@ -60,7 +60,7 @@ fn master_conninfo(s: &Settings, application_name: &str) -> String {
         render::conninfo_quote(application_name),
     );
     if let Some(tls) = s.tls() {
-        for (k, v) in tls.libpq_params(true) {
+        for (k, v) in tls.libpq_params() {
             conninfo.push_str(&format!(" {k}={}", render::conninfo_quote(&v)));
         }
     }

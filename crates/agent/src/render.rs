@@ -63,7 +63,7 @@ pub fn primary_conninfo(s: &Settings) -> String {
         ("tcp_user_timeout", "10000".to_string()),
     ];
     if let Some(tls) = s.tls() {
-        params.extend(tls.libpq_params(true));
+        params.extend(tls.libpq_params());
     }
     params
         .iter()

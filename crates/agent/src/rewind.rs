@@ -625,15 +625,13 @@ fn run_pg_rewind(s: &Settings, bin: &PgBin) -> Result<()> {
         render::conninfo_quote(&passfile.display().to_string()),
         render::conninfo_quote(&format!("{}-rewind", s.pod_name)),
     );
-    // The superuser authenticates by password, over TLS verified against the CA.
+    // The superuser authenticates by password, over TLS verified against the CA (the
+    // replication certificate named only so libpq reads no default one from a home).
     let conninfo = match s.tls() {
         None => conninfo,
-        Some(tls) => tls
-            .libpq_params(false)
-            .into_iter()
-            .fold(conninfo, |c, (k, v)| {
-                format!("{c} {k}={}", render::conninfo_quote(&v))
-            }),
+        Some(tls) => tls.libpq_params().into_iter().fold(conninfo, |c, (k, v)| {
+            format!("{c} {k}={}", render::conninfo_quote(&v))
+        }),
     };
     let result = bin
         .command("pg_rewind")

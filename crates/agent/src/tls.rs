@@ -103,19 +103,17 @@ impl TlsFiles {
         Ok(())
     }
 
-    /// libpq parameters for a connection to the master verified against the CA; with
-    /// `client_cert`, the replication role's certificate is presented (replication
-    /// authenticates by it).
-    pub fn libpq_params(&self, client_cert: bool) -> Vec<(&'static str, String)> {
-        let mut p = vec![
+    /// libpq parameters for a connection to the master verified against the CA, presenting
+    /// the replication role's certificate: replication authenticates by it, and for any other
+    /// connection (the superuser's `pg_rewind`, by password) naming it keeps libpq from reading
+    /// `~/.postgresql/postgresql.crt` of a home the agent may not be allowed to read.
+    pub fn libpq_params(&self) -> Vec<(&'static str, String)> {
+        vec![
             ("sslmode", "verify-full".to_string()),
             ("sslrootcert", self.ca_cert().display().to_string()),
-        ];
-        if client_cert {
-            p.push(("sslcert", self.client_cert().display().to_string()));
-            p.push(("sslkey", self.client_key().display().to_string()));
-        }
-        p
+            ("sslcert", self.client_cert().display().to_string()),
+            ("sslkey", self.client_key().display().to_string()),
+        ]
     }
 
     /// The connector of the agent's own connections to the master: TLS 1.3, the server's
@@ -182,10 +180,10 @@ mod tests {
     }
 
     #[test]
-    fn libpq_verifies_the_master_and_presents_the_client_certificate_for_replication() {
+    fn libpq_verifies_the_master_and_always_names_the_client_certificate() {
         let t = TlsFiles::new("/tls");
         assert_eq!(
-            t.libpq_params(true),
+            t.libpq_params(),
             vec![
                 ("sslmode", "verify-full".to_string()),
                 ("sslrootcert", "/tls/ca.crt".to_string()),
@@ -193,6 +191,5 @@ mod tests {
                 ("sslkey", "/tls/replication.key".to_string()),
             ]
         );
-        assert_eq!(t.libpq_params(false).len(), 2);
     }
 }
