@@ -22,7 +22,6 @@ use pgset_spec::contract::{self, tls as files};
 use support::{TestSet, pg_or_skip};
 
 const SECOND: Duration = Duration::from_secs(1);
-const TEST: &str = "local_tls";
 
 /// Why these binaries cannot serve TLS, from how they were built (`pg_config --configure`
 /// names `--with-openssl` or `--with-ssl=openssl` when they can); `None` when they can.
@@ -106,6 +105,8 @@ const SENDERS_SQL: &str = "SELECT r.application_name || '|' || s.ssl || '|' || s
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tls_set_serves_verified_tls_13_refuses_plain_tcp_and_replicates_by_certificate() {
+    const TEST: &str =
+        "a_tls_set_serves_verified_tls_13_refuses_plain_tcp_and_replicates_by_certificate";
     let Some(bin) = pg_or_skip(TEST) else {
         return;
     };
