@@ -84,6 +84,7 @@ fn every_variable_local_mode_can_write_is_in_the_contract() {
         number: 1,
         durability: pgset_spec::Durability::Required,
     });
+    opts.tls = true;
     let mut all = local_names(&opts, &set, 1);
     all.extend(deploy_names(&spec));
     assert_eq!(all, names(env::ALL));

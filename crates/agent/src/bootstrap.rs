@@ -49,15 +49,22 @@ pub fn write_passfile(s: &Settings) -> Result<()> {
 }
 
 /// A libpq connection string to the master for `pg_basebackup`.
+/// With TLS it verifies the master against the CA and presents the replication certificate.
 fn master_conninfo(s: &Settings, application_name: &str) -> String {
-    format!(
+    let mut conninfo = format!(
         "host={} port={} user={} passfile={} application_name={} connect_timeout=5",
         render::conninfo_quote(&s.env.master_host),
         s.env.master_port,
         render::conninfo_quote(contract::REPLICATION_USER),
         render::conninfo_quote(&s.replication_passfile().display().to_string()),
         render::conninfo_quote(application_name),
-    )
+    );
+    if let Some(tls) = s.tls() {
+        for (k, v) in tls.libpq_params() {
+            conninfo.push_str(&format!(" {k}={}", render::conninfo_quote(&v)));
+        }
+    }
+    conninfo
 }
 
 /// How this start gets its data directory.
@@ -364,10 +371,19 @@ fn base_backup(s: &Settings, bin: &PgBin) -> Result<()> {
     Ok(())
 }
 
-/// Writes what the agent owns inside PGDATA: the include line, `pgset.conf` for the role, and
-/// `standby.signal` on a replica (a replica without it would start as a second master, accepting writes).
+/// Writes what the agent owns inside PGDATA: the include line, `pgset.conf` for the role,
+/// `standby.signal` on a replica (a replica without it would start as a second master, accepting
+/// writes), and with TLS the managed pg_hba (the TLS files checked first).
 pub fn write_managed_files(s: &Settings) -> Result<()> {
     let pgdata = s.pgdata();
+    if let Some(tls) = s.tls() {
+        tls.check()?;
+        datadir::write_atomic(
+            &pgdata.join(render::MANAGED_HBA),
+            render::pg_hba_tls().as_bytes(),
+            0o600,
+        )?;
+    }
     let conf = pgdata.join("postgresql.conf");
     let text = fs::read_to_string(&conf).map_err(io_err(format!("read {}", conf.display())))?;
     if let Some(new) = render::with_include(&text) {

@@ -25,6 +25,7 @@ pub mod settings;
 pub(crate) mod supervise;
 pub mod switchover;
 pub mod sync;
+pub mod tls;
 pub mod watchdog;
 
 use std::path::PathBuf;

@@ -90,6 +90,26 @@ impl Db {
         })
     }
 
+    /// Like [`Db::open`], over TLS verified by `tls` (`verify-full`: chain and host name).
+    async fn open_tls(
+        mut config: Config,
+        tls: &crate::tls::TlsFiles,
+        what: String,
+        timeout: Duration,
+    ) -> Result<Db> {
+        config.ssl_mode(tokio_postgres::config::SslMode::Require);
+        let connector = tls.connector()?;
+        let (client, connection) = within(&what, timeout, config.connect(connector)).await?;
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Db {
+            client,
+            driver,
+            what,
+        })
+    }
+
     /// A connection to this member's own postgres over its socket directory.
     pub async fn local(s: &Settings, timeout: Duration) -> Result<Db> {
         let c = superuser_config(&s.env.socket_dir, s.env.port, "pgset-agent", timeout);
@@ -109,7 +129,8 @@ impl Db {
         Db::open(c, what, timeout).await
     }
 
-    /// A connection to the master as the replication role (password from the Secret's file).
+    /// A connection to the master as the replication role (password from the Secret's file),
+    /// over TLS verified against the set's CA when the member has TLS files.
     pub async fn master(s: &Settings, timeout: Duration) -> Result<Db> {
         let password = read_password(s, secret::REPLICATION_PASSWORD_KEY)?;
         let mut c = Config::new();
@@ -123,12 +144,11 @@ impl Db {
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(5))
             .options(format!("-c statement_timeout={}", timeout.as_millis()));
-        Db::open(
-            c,
-            format!("the master {}:{}", s.env.master_host, s.env.master_port),
-            timeout,
-        )
-        .await
+        let what = format!("the master {}:{}", s.env.master_host, s.env.master_port);
+        match s.tls() {
+            Some(tls) => Db::open_tls(c, &tls, what, timeout).await,
+            None => Db::open(c, what, timeout).await,
+        }
     }
 
     /// Whether the connection has been closed (the server went away).

@@ -1,5 +1,8 @@
 //! Pure rendering of the files and statements the agent writes: the managed configuration include,
-//! pg_hba.conf, the libpq passfile, `primary_conninfo`, and the replication-role SQL.
+//! pg_hba.conf, the libpq passfile, `primary_conninfo`, and the replication-role SQL. With TLS
+//! ([`Settings::tls`]) the include also turns TLS 1.3 on and names the managed pg_hba
+//! ([`MANAGED_HBA`]: TCP over TLS only, replication by client certificate), and
+//! `primary_conninfo` verifies the master (`verify-full`) and presents the certificate.
 //! Every setting written here is understood by each supported major (`contract::SUPPORTED_MAJORS`).
 
 use pgset_spec::contract;
@@ -8,6 +11,9 @@ use crate::settings::{Role, Settings};
 
 /// The configuration file the agent owns inside PGDATA, rewritten on every start.
 pub const MANAGED_CONF: &str = "pgset.conf";
+/// The pg_hba file the agent owns inside PGDATA with TLS (named by `hba_file` in the managed
+/// include, rewritten on every start); without TLS, `pg_hba.conf` written at initdb serves.
+pub const MANAGED_HBA: &str = "pgset_hba.conf";
 /// The line appended once to `postgresql.conf` so the managed file wins over earlier settings.
 pub const INCLUDE_LINE: &str = "include_if_exists = 'pgset.conf'";
 /// The WAL a slot may hold back before PostgreSQL invalidates it: bounds the disk a replica that
@@ -41,7 +47,7 @@ pub fn passfile_entry(user: &str, password: &str) -> String {
 
 /// The connection string replicas use to reach the master (no password: it is in the passfile).
 pub fn primary_conninfo(s: &Settings) -> String {
-    [
+    let mut params = vec![
         ("host", s.env.master_host.clone()),
         ("port", s.env.master_port.to_string()),
         ("user", contract::REPLICATION_USER.to_string()),
@@ -55,11 +61,15 @@ pub fn primary_conninfo(s: &Settings) -> String {
         ("keepalives_interval", "2".to_string()),
         ("keepalives_count", "3".to_string()),
         ("tcp_user_timeout", "10000".to_string()),
-    ]
-    .iter()
-    .map(|(k, v)| format!("{k}={}", conninfo_quote(v)))
-    .collect::<Vec<_>>()
-    .join(" ")
+    ];
+    if let Some(tls) = s.tls() {
+        params.extend(tls.libpq_params());
+    }
+    params
+        .iter()
+        .map(|(k, v)| format!("{k}={}", conninfo_quote(v)))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The managed configuration include for this member's role.
@@ -90,6 +100,18 @@ pub fn managed_conf(s: &Settings) -> String {
         "log_line_prefix = '%m [%p] '".to_string(),
         format!("cluster_name = {}", conf_quote(&s.pod_name)),
     ];
+    if let Some(tls) = s.tls() {
+        let path = |p: std::path::PathBuf| conf_quote(&p.display().to_string());
+        lines.extend([
+            "ssl = on".to_string(),
+            format!("ssl_cert_file = {}", path(tls.server_cert())),
+            format!("ssl_key_file = {}", path(tls.server_key())),
+            // Client certificates are verified against it (replication authenticates by one).
+            format!("ssl_ca_file = {}", path(tls.ca_cert())),
+            "ssl_min_protocol_version = 'TLSv1.3'".to_string(),
+            format!("hba_file = {}", path(s.pgdata().join(MANAGED_HBA))),
+        ]);
+    }
     if s.role == Role::Replica {
         lines.push(format!(
             "primary_conninfo = {}",
@@ -112,6 +134,22 @@ pub fn pg_hba() -> String {
          local   replication  all                  trust\n\
          host    replication  {user}  all      scram-sha-256\n\
          host    all          all         all      scram-sha-256\n",
+        user = contract::REPLICATION_USER
+    )
+}
+
+/// The managed pg_hba with TLS: the local socket as without it; over TCP only TLS connections
+/// (`hostssl`): replication for the replication role by its client certificate (`cert`: the
+/// certificate's CN is the role), everything else by scram. A connection without TLS matches
+/// no line and is refused ("no pg_hba.conf entry ... no encryption", SQLSTATE 28000).
+pub fn pg_hba_tls() -> String {
+    format!(
+        "# Written by pgset-agent on every start; edits here are replaced.\n\
+         # TYPE   DATABASE     USER        ADDRESS  METHOD\n\
+         local    all          all                  trust\n\
+         local    replication  all                  trust\n\
+         hostssl  replication  {user}  all      cert\n\
+         hostssl  all          all         all      scram-sha-256\n",
         user = contract::REPLICATION_USER
     )
 }
@@ -214,6 +252,65 @@ mod tests {
         let once = with_include("port = 5432").unwrap();
         assert!(once.ends_with("include_if_exists = 'pgset.conf'\n"));
         assert_eq!(with_include(&once), None);
+    }
+
+    fn tls_settings(pod: &str) -> Settings {
+        let mut m = crate::settings::tests::sample_env(pod);
+        m.insert(contract::env::TLS_DIR, "/tls".into());
+        Settings::from_lookup(|k| m.get(k).cloned()).unwrap()
+    }
+
+    #[test]
+    fn with_tls_postgres_serves_tls_13_and_names_the_managed_hba() {
+        for pod in ["pgset-0", "pgset-2"] {
+            let c = managed_conf(&tls_settings(pod));
+            for line in [
+                "ssl = on\n",
+                "ssl_cert_file = '/tls/server.crt'\n",
+                "ssl_key_file = '/tls/server.key'\n",
+                "ssl_ca_file = '/tls/ca.crt'\n",
+                "ssl_min_protocol_version = 'TLSv1.3'\n",
+                &format!("hba_file = '/data/{pod}/pgset_hba.conf'\n"),
+            ] {
+                assert!(c.contains(line), "{line} in {c}");
+            }
+        }
+        let plain = managed_conf(&settings("pgset-2"));
+        assert!(
+            !plain.contains("ssl") && !plain.contains("hba_file"),
+            "{plain}"
+        );
+    }
+
+    #[test]
+    fn with_tls_a_replica_verifies_the_master_and_presents_its_certificate() {
+        let c = managed_conf(&tls_settings("pgset-2"));
+        assert!(
+            c.contains(
+                "tcp_user_timeout=''10000'' sslmode=''verify-full'' sslrootcert=''/tls/ca.crt'' \
+             sslcert=''/tls/replication.crt'' sslkey=''/tls/replication.key'''\n"
+            ),
+            "{c}"
+        );
+    }
+
+    #[test]
+    fn with_tls_hba_admits_tcp_only_over_tls_and_replication_by_certificate() {
+        let h = pg_hba_tls();
+        let lines: Vec<Vec<&str>> = h
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            lines,
+            vec![
+                vec!["local", "all", "all", "trust"],
+                vec!["local", "replication", "all", "trust"],
+                vec!["hostssl", "replication", "replicator", "all", "cert"],
+                vec!["hostssl", "all", "all", "all", "scram-sha-256"],
+            ]
+        );
     }
 
     #[test]

@@ -294,24 +294,26 @@ pub fn history_name(timeline: u32) -> String {
 /// `pg_rewind` connects as).
 async fn master_history(s: &Settings) -> Result<(u32, String)> {
     let password = read_password(s, secret::SUPERUSER_PASSWORD_KEY)?;
-    timeline_history(
+    timeline_history_over(
         &s.env.master_host,
         s.env.master_port,
         &password,
         &format!("{}-agent", s.pod_name),
+        s.tls().as_ref(),
     )
     .await
 }
 
-/// A server's timeline and its history file's text (empty on timeline 1), asked as the
-/// superuser over TCP.
-pub async fn timeline_history(
+/// A connection as the superuser to `host:port` over TCP (over TLS verified against the set's CA
+/// when `tls` is given), and the task driving it (abort it when done).
+async fn superuser_client(
     host: &str,
     port: u16,
     password: &str,
     application_name: &str,
-) -> Result<(u32, String)> {
-    let timeout = Duration::from_secs(10);
+    tls: Option<&crate::tls::TlsFiles>,
+    timeout: Duration,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> {
     let mut c = tokio_postgres::Config::new();
     c.host(host)
         .port(port)
@@ -325,16 +327,74 @@ pub async fn timeline_history(
         what: what.clone(),
         source,
     };
-    let (client, conn) = tokio::time::timeout(timeout, c.connect(tokio_postgres::NoTls))
-        .await
+    let connected = match tls {
+        None => tokio::time::timeout(timeout, c.connect(tokio_postgres::NoTls))
+            .await
+            .map(|r| {
+                r.map(|(client, conn)| {
+                    let driver = tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    (client, driver)
+                })
+            }),
+        Some(tls) => {
+            c.ssl_mode(tokio_postgres::config::SslMode::Require);
+            let connector = tls.connector()?;
+            tokio::time::timeout(timeout, c.connect(connector))
+                .await
+                .map(|r| {
+                    r.map(|(client, conn)| {
+                        let driver = tokio::spawn(async move {
+                            let _ = conn.await;
+                        });
+                        (client, driver)
+                    })
+                })
+        }
+    };
+    let (client, driver) = connected
         .map_err(|_| Error::SqlTimeout {
             what: what.clone(),
             timeout,
         })?
         .map_err(sql)?;
-    let driver = tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    Ok((client, driver))
+}
+
+/// A server's timeline and its history file's text (empty on timeline 1), asked as the
+/// superuser over TCP.
+pub async fn timeline_history(
+    host: &str,
+    port: u16,
+    password: &str,
+    application_name: &str,
+) -> Result<(u32, String)> {
+    timeline_history_over(host, port, password, application_name, None).await
+}
+
+/// [`timeline_history`], over TLS verified against the set's CA when `tls` is given.
+async fn timeline_history_over(
+    host: &str,
+    port: u16,
+    password: &str,
+    application_name: &str,
+    tls: Option<&crate::tls::TlsFiles>,
+) -> Result<(u32, String)> {
+    let what = format!("the master {host}:{port}");
+    let sql = |source| Error::Sql {
+        what: what.clone(),
+        source,
+    };
+    let (client, driver) = superuser_client(
+        host,
+        port,
+        password,
+        application_name,
+        tls,
+        Duration::from_secs(10),
+    )
+    .await?;
     let result = async {
         // The timeline WAL is written on now (a checkpoint's lags a promotion until the next
         // checkpoint completes).
@@ -373,30 +433,20 @@ pub async fn timeline_history(
 /// `timeline`, then checks it again.
 async fn checkpoint_source(s: &Settings, timeline: u32) -> Result<()> {
     let password = read_password(s, secret::SUPERUSER_PASSWORD_KEY)?;
-    let timeout = Duration::from_secs(30);
-    let mut c = tokio_postgres::Config::new();
-    c.host(&s.env.master_host)
-        .port(s.env.master_port)
-        .user(contract::SUPERUSER)
-        .password(password)
-        .dbname("postgres")
-        .application_name(format!("{}-rewind", s.pod_name))
-        .connect_timeout(timeout);
     let what = format!("the master {}:{}", s.env.master_host, s.env.master_port);
     let sql = |source| Error::Sql {
         what: what.clone(),
         source,
     };
-    let (client, conn) = tokio::time::timeout(timeout, c.connect(tokio_postgres::NoTls))
-        .await
-        .map_err(|_| Error::SqlTimeout {
-            what: what.clone(),
-            timeout,
-        })?
-        .map_err(sql)?;
-    let driver = tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let (client, driver) = superuser_client(
+        &s.env.master_host,
+        s.env.master_port,
+        &password,
+        &format!("{}-rewind", s.pod_name),
+        s.tls().as_ref(),
+        Duration::from_secs(30),
+    )
+    .await?;
     let control_timeline = async || -> Result<u32> {
         let r = client
             .query_one(
@@ -662,6 +712,14 @@ fn run_pg_rewind(s: &Settings, bin: &PgBin) -> Result<()> {
         render::conninfo_quote(&passfile.display().to_string()),
         render::conninfo_quote(&format!("{}-rewind", s.pod_name)),
     );
+    // The superuser authenticates by password, over TLS verified against the CA (the
+    // replication certificate named only so libpq reads no default one from a home).
+    let conninfo = match s.tls() {
+        None => conninfo,
+        Some(tls) => tls.libpq_params().into_iter().fold(conninfo, |c, (k, v)| {
+            format!("{c} {k}={}", render::conninfo_quote(&v))
+        }),
+    };
     let result = bin
         .command("pg_rewind")
         .arg(format!("--target-pgdata={}", pgdata.display()))

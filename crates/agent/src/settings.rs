@@ -166,6 +166,11 @@ impl Settings {
         self.env.synchronous
     }
 
+    /// The member's TLS files, when [`contract::env::TLS_DIR`] names their directory.
+    pub fn tls(&self) -> Option<crate::tls::TlsFiles> {
+        self.env.tls_dir.as_ref().map(crate::tls::TlsFiles::new)
+    }
+
     /// Where a refusal or fatal error is written before the agent exits.
     pub fn termination_log(&self) -> Option<PathBuf> {
         self.env.termination_log_or_default()

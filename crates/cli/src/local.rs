@@ -123,6 +123,10 @@ struct UpArgs {
     /// master inside their agents, then copy it concurrently
     #[arg(long)]
     parallel: bool,
+    /// Serve and replicate over TLS 1.3 only: a CA kept in DIR/tls (made once, renewed when
+    /// due), replication by client certificate, plain TCP refused
+    #[arg(long)]
+    tls: bool,
     /// The agent binary (default: built with `cargo build -p pgset-agent`)
     #[arg(long)]
     agent_bin: Option<PathBuf>,
@@ -270,6 +274,7 @@ async fn up(a: UpArgs) -> Result<()> {
     opts.adopt_unmarked = a.adopt_unmarked;
     opts.allow_reinit = a.allow_reinit;
     opts.parallel = a.parallel;
+    opts.tls = a.tls;
     let stage = Stage::start(format!(
         "local set of {} in {}",
         a.replicas,

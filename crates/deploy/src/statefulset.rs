@@ -270,6 +270,8 @@ pub fn agent_contract(spec: &ClusterSpec) -> AgentEnv {
         failover: (!spec.replication.failover).then_some(false),
         maximum_lag_on_failover: Some(spec.replication.maximum_lag_on_failover),
         synchronous: spec.replication.synchronous,
+        // Not yet in a cluster: its certificates need a Secret and a mount first.
+        tls_dir: None,
         max_replica_lag_bytes: Some(spec.replication.max_replica_lag.bytes),
         max_replica_lag: Some(std::time::Duration::from_secs(
             spec.replication.max_replica_lag.seconds,

@@ -3,7 +3,9 @@
 //! [`UpOptions::parallel`] all at once, the replicas waiting for the master), `status` reports
 //! them, `down` stops them; [`status`](mod@status) builds the whole report. Layout of DIR:
 //! `<cluster>-N/` data (DATA_ROOT=DIR), `<cluster>-N.log`, `secret/` passwords (0600), `run/`
-//! sockets, `members` (the membership file) and `pgset-local.json`.
+//! sockets, `members` (the membership file) and `pgset-local.json`; with [`UpOptions::tls`],
+//! `tls/` (the set's CA, its key never leaving it, and the members' certificates, made once by
+//! `pgset-tls` and renewed when due).
 
 pub mod status;
 pub mod switchover;
@@ -116,6 +118,9 @@ pub struct UpOptions {
     pub maximum_lag_on_failover: u64,
     /// PGSET_SYNCHRONOUS: synchronous replication (`None`: asynchronous).
     pub synchronous: Option<pgset_spec::Synchronous>,
+    /// `--tls`: the set's CA and certificates in `<dir>/tls/` (made once, renewed when due),
+    /// PGSET_TLS_DIR naming it for every member.
+    pub tls: bool,
 }
 
 impl UpOptions {
@@ -144,8 +149,55 @@ impl UpOptions {
             failover: true,
             maximum_lag_on_failover: pgset_spec::DEFAULT_MAXIMUM_LAG_ON_FAILOVER,
             synchronous: None,
+            tls: false,
         }
     }
+}
+
+/// The set's TLS directory under DIR (`--tls`): the CA (its key stays here), the server and
+/// replication certificates; its presence marks a set made with `--tls`.
+pub const TLS_DIR: &str = "tls";
+
+/// `DIR/tls`, the directory every member's [`contract::env::TLS_DIR`] names.
+pub fn tls_dir(dir: &Path) -> PathBuf {
+    dir.join(TLS_DIR)
+}
+
+/// How a client reaches the set's master: a libpq connection string without a password (the
+/// superuser's is in `DIR/secret`), which with TLS verifies the server against the set's CA
+/// (`sslmode=verify-full`). `None` for a set without TLS.
+pub fn tls_connection_string(dir: &Path, set: &LocalSet, master: i32) -> Option<String> {
+    let ca = tls_dir(dir).join(contract::tls::CA_CERT);
+    ca.exists().then(|| {
+        format!(
+            "host={HOST} port={} user={} dbname=postgres sslmode=verify-full sslrootcert={}",
+            set.member_port(master),
+            contract::SUPERUSER,
+            ca.display()
+        )
+    })
+}
+
+/// Makes or renews the set's TLS files (nothing still valid is rewritten) and hands them to
+/// the postgres user; one line per file made.
+fn prepare_tls(opts: &UpOptions) -> Result<()> {
+    let dir = tls_dir(&opts.dir);
+    let made = pgset_tls::ensure_dir(
+        &dir,
+        &opts.name,
+        &pgset_tls::local_names(),
+        pgset_tls::now(),
+    )
+    .map_err(|e| local_err(format!("the set's TLS files: {e}")))?;
+    for line in &made {
+        info(line);
+    }
+    give_to_postgres(&dir)?;
+    for f in fs::read_dir(&dir).map_err(io_err(format!("read {}", dir.display())))? {
+        let f = f.map_err(io_err(format!("read {}", dir.display())))?;
+        give_to_postgres(&f.path())?;
+    }
+    Ok(())
 }
 
 /// The recorded identity of a local set.
@@ -287,6 +339,23 @@ fn prepare_dir(opts: &UpOptions) -> Result<LocalSet> {
         port: opts.port,
     };
     if dir.join(STATE_FILE).exists() {
+        let had_tls = tls_dir(dir).exists();
+        if had_tls != opts.tls {
+            let program = contract::program_name();
+            return Err(local_err(if had_tls {
+                format!(
+                    "{} holds a set made with --tls; add --tls (its members serve and replicate \
+                     only over TLS)",
+                    dir.display()
+                )
+            } else {
+                format!(
+                    "{} holds a set made without TLS, which cannot be switched on in place yet; \
+                     leave out --tls, or make a new set with `{program} local up --tls --dir <new dir>`",
+                    dir.display()
+                )
+            }));
+        }
         let have = read_set(dir)?;
         if have != wanted {
             return Err(local_err(format!(
@@ -346,6 +415,9 @@ fn prepare_dir(opts: &UpOptions) -> Result<LocalSet> {
         )?;
     }
     give_to_postgres(&id)?;
+    if opts.tls {
+        prepare_tls(opts)?;
+    }
     let run = dir.join("run");
     datadir::ensure_dir(&run, 0o700)?;
     give_to_postgres(&run)?;
@@ -384,6 +456,7 @@ pub fn member_contract(opts: &UpOptions, set: &LocalSet, k: i32) -> AgentEnv {
         failover: (!opts.failover).then_some(false),
         maximum_lag_on_failover: Some(opts.maximum_lag_on_failover),
         synchronous: opts.synchronous,
+        tls_dir: opts.tls.then(|| tls_dir(&opts.dir)),
         max_replica_lag_bytes: Some(opts.max_replica_lag.bytes),
         max_replica_lag: Some(Duration::from_secs(opts.max_replica_lag.seconds)),
     }

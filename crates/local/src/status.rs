@@ -60,6 +60,10 @@ pub struct StatusReport {
     pub members: Vec<MemberReport>,
     /// What a user must act on.
     pub warnings: Vec<String>,
+    /// A set made with `--tls`: how a client reaches the master safely (a libpq connection
+    /// string with `sslmode=verify-full` and the set's CA; no password).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<String>,
 }
 
 /// What the master's PostgreSQL says (one query).
@@ -353,11 +357,13 @@ pub async fn report(dir: &Path) -> Result<StatusReport> {
             .or_else(|| master_detail.and_then(|d| d["currentLsn"].as_str().map(String::from))),
         timeline: master_timeline,
     };
+    let connect = local::tls_connection_string(dir, &set, local::master_ordinal(dir, &set).await);
     Ok(StatusReport {
         healthy: healthy(&out, &warnings),
         summary,
         members: out,
         warnings,
+        connect,
     })
 }
 
@@ -366,6 +372,9 @@ impl StatusReport {
     /// the warnings and the verdict.
     pub fn to_table(&self) -> String {
         let mut out = self.summary.lines() + "\n";
+        if let Some(c) = &self.connect {
+            out += &format!("connect: psql \"{c}\"\n");
+        }
         out += &format!(
             "{:<10} {:<8} {:<16} {:<7} {:<6} {:<10} {:<18} {:<28} {}\n",
             "NAME", "ROLE", "ADDRESS", "PID", "READY", "STREAMING", "LAG", "SLOT", "IDENTITY"
@@ -678,8 +687,19 @@ mod tests {
             },
             members: ms,
             warnings: vec!["slot pgset_3 retains 16 bytes".into()],
+            connect: None,
         };
         let t = r.to_table();
+        assert!(!t.contains("connect:"), "{t}");
+        let with_tls = StatusReport {
+            connect: Some("host=127.0.0.1 sslmode=verify-full".into()),
+            ..r.clone()
+        };
+        assert!(
+            with_tls
+                .to_table()
+                .contains("connect: psql \"host=127.0.0.1 sslmode=verify-full\"\n")
+        );
         assert!(
             t.contains("cluster pgset  cluster id c1  system identifier 42  PostgreSQL 15.14"),
             "{t}"

@@ -389,6 +389,11 @@ pub mod env {
     /// Synchronous replication, `required:N` or `preferred:N` (spec `replication.synchronous`;
     /// unset: asynchronous).
     pub const SYNCHRONOUS: &str = "PGSET_SYNCHRONOUS";
+    /// An absolute directory holding the member's TLS files (names in [`tls`](super::tls)):
+    /// when given, postgres serves TLS 1.3 only, pg_hba admits TCP only over TLS, replication
+    /// authenticates by the replication role's client certificate, and the agent's own
+    /// connections to the master verify it against the CA (`verify-full`). Unset: no TLS.
+    pub const TLS_DIR: &str = "PGSET_TLS_DIR";
 
     /// Every variable of the contract, in the order [`AgentEnv::entries`](super::AgentEnv::entries)
     /// writes them.
@@ -419,6 +424,7 @@ pub mod env {
         FAILOVER,
         MAXIMUM_LAG_ON_FAILOVER,
         SYNCHRONOUS,
+        TLS_DIR,
     ];
 }
 
@@ -458,6 +464,23 @@ pub mod secret {
     /// The cluster id: random, made with the Secret and living as long as it; written into
     /// every member's data directory identity.
     pub const CLUSTER_ID_KEY: &str = "cluster-id";
+}
+
+/// The file names under [`env::TLS_DIR`] (PEM). The CA's key is kept only where the CA is made
+/// (local mode: `<dir>/tls/ca.key`, never read by an agent); a member reads the others.
+pub mod tls {
+    /// The CA certificate every client and member verifies the others against.
+    pub const CA_CERT: &str = "ca.crt";
+    /// The CA's private key: only the one that issues certificates reads it.
+    pub const CA_KEY: &str = "ca.key";
+    /// The server certificate (every name a client uses to reach a member).
+    pub const SERVER_CERT: &str = "server.crt";
+    /// The server certificate's private key (mode 0600, owned by the postgres user).
+    pub const SERVER_KEY: &str = "server.key";
+    /// The replication role's client certificate (CN = [`REPLICATION_USER`](super::REPLICATION_USER)).
+    pub const REPLICATION_CERT: &str = "replication.crt";
+    /// The replication client certificate's private key (mode 0600).
+    pub const REPLICATION_KEY: &str = "replication.key";
 }
 
 /// The identity file in every member's data directory (namespace, cluster, cluster id, member,

@@ -148,6 +148,8 @@ pub struct AgentEnv {
     pub maximum_lag_on_failover: Option<u64>,
     /// [`env::SYNCHRONOUS`]: written only when synchronous replication is on.
     pub synchronous: Option<crate::Synchronous>,
+    /// [`env::TLS_DIR`]: an absolute directory; unset, no TLS.
+    pub tls_dir: Option<PathBuf>,
 }
 
 /// The health endpoint's address when [`env::HEALTH_ADDR`] is unset.
@@ -272,6 +274,10 @@ impl AgentEnv {
                 self.maximum_lag_on_failover.map(|b| b.to_string()),
             ),
             (env::SYNCHRONOUS, self.synchronous.map(|s| s.to_env())),
+            (
+                env::TLS_DIR,
+                self.tls_dir.as_ref().map(|d| d.display().to_string()),
+            ),
         ];
         v.extend(
             optional
@@ -448,6 +454,15 @@ impl AgentEnv {
                 )
             })?),
         };
+        let tls_dir = get(env::TLS_DIR).map(PathBuf::from);
+        if let Some(dir) = &tls_dir
+            && !dir.is_absolute()
+        {
+            return Err(err(
+                env::TLS_DIR,
+                format!("`{}` is not an absolute path", dir.display()),
+            ));
+        }
         let basebackup_max_rate = get(env::BASEBACKUP_MAX_RATE);
         if let Some(rate) = &basebackup_max_rate {
             let digits = rate.trim_end_matches(['k', 'K', 'm', 'M']);
@@ -499,6 +514,7 @@ impl AgentEnv {
             failover,
             maximum_lag_on_failover,
             synchronous,
+            tls_dir,
         })
     }
 }
@@ -562,6 +578,7 @@ mod tests {
                 number: 2,
                 durability: crate::Durability::Preferred,
             }),
+            tls_dir: Some("/sets/a/tls".into()),
         }
     }
 
@@ -590,6 +607,7 @@ mod tests {
             failover: None,
             maximum_lag_on_failover: None,
             synchronous: None,
+            tls_dir: None,
             ..full()
         }
     }
@@ -675,7 +693,7 @@ mod tests {
             };
             AgentEnv::from_lookup(|k| m.get(k).cloned()).unwrap_err()
         };
-        let cases: [(&str, Option<&str>, &str); 9] = [
+        let cases: [(&str, Option<&str>, &str); 10] = [
             (
                 env::MODE,
                 None,
@@ -691,6 +709,7 @@ mod tests {
             (env::NAMESPACE, None, "downward API"),
             (env::PORT, Some("99999"), "not a TCP port"),
             (env::SECRET_DIR, Some("relative"), "not an absolute path"),
+            (env::TLS_DIR, Some("tls"), "not an absolute path"),
             (
                 env::LIVENESS_TIMEOUT,
                 Some("0"),

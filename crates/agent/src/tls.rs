@@ -1,0 +1,195 @@
+//! The member's TLS files when the env contract names a directory ([`contract::env::TLS_DIR`]):
+//! their paths, the check that they are there and their keys private (PostgreSQL and libpq
+//! refuse a key others may read), the libpq parameters of a verified connection to the master,
+//! and the rustls connector of the agent's own (`verify-full` against the set's CA: the
+//! certificate must chain to it and name the host connected to).
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use pgset_spec::contract::{env, tls as files};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::{Error, Result};
+
+/// The TLS files of one member, in the directory the contract names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    dir: PathBuf,
+}
+
+impl TlsFiles {
+    /// The files in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> TlsFiles {
+        TlsFiles { dir: dir.into() }
+    }
+
+    /// The CA certificate.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join(files::CA_CERT)
+    }
+
+    /// The server certificate.
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.join(files::SERVER_CERT)
+    }
+
+    /// The server certificate's key.
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.join(files::SERVER_KEY)
+    }
+
+    /// The replication role's client certificate.
+    pub fn client_cert(&self) -> PathBuf {
+        self.dir.join(files::REPLICATION_CERT)
+    }
+
+    /// The replication role's client key.
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.join(files::REPLICATION_KEY)
+    }
+
+    /// Every file is there and each key is private: owned by this user with no access for
+    /// group or others (or owned by root and not readable by others, as PostgreSQL allows).
+    /// Otherwise one error naming the file and the fix.
+    pub fn check(&self) -> Result<()> {
+        let bad = |path: &Path, problem: String| Error::DataDir {
+            path: path.to_path_buf(),
+            problem,
+        };
+        for path in [
+            self.ca_cert(),
+            self.server_cert(),
+            self.server_key(),
+            self.client_cert(),
+            self.client_key(),
+        ] {
+            let meta = fs::metadata(&path).map_err(|e| {
+                bad(
+                    &path,
+                    format!(
+                        "cannot read the TLS file ({e}); {} must hold {}, {}, {}, {} and {}",
+                        env::TLS_DIR,
+                        files::CA_CERT,
+                        files::SERVER_CERT,
+                        files::SERVER_KEY,
+                        files::REPLICATION_CERT,
+                        files::REPLICATION_KEY
+                    ),
+                )
+            })?;
+            if path != self.server_key() && path != self.client_key() {
+                continue;
+            }
+            let mode = meta.mode() & 0o777;
+            let me = nix::unistd::geteuid().as_raw();
+            let private =
+                (meta.uid() == me && mode & 0o077 == 0) || (meta.uid() == 0 && mode & 0o037 == 0);
+            if !private {
+                return Err(bad(
+                    &path,
+                    format!(
+                        "the key is readable by others (mode {mode:o}, owner uid {}); \
+                         PostgreSQL refuses it: make it owned by uid {me} with mode 0600",
+                        meta.uid()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// libpq parameters for a connection to the master verified against the CA, presenting
+    /// the replication role's certificate: replication authenticates by it, and for any other
+    /// connection (the superuser's `pg_rewind`, by password) naming it keeps libpq from reading
+    /// `~/.postgresql/postgresql.crt` of a home the agent may not be allowed to read.
+    pub fn libpq_params(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("sslmode", "verify-full".to_string()),
+            ("sslrootcert", self.ca_cert().display().to_string()),
+            ("sslcert", self.client_cert().display().to_string()),
+            ("sslkey", self.client_key().display().to_string()),
+        ]
+    }
+
+    /// The connector of the agent's own connections to the master: TLS 1.3, the server's
+    /// certificate verified against the CA and for the host name (verify-full).
+    pub fn connector(&self) -> Result<MakeRustlsConnect> {
+        let path = self.ca_cert();
+        let unreadable = |problem: String| Error::DataDir {
+            path: path.clone(),
+            problem,
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        let certs = CertificateDer::pem_file_iter(&path)
+            .map_err(|e| unreadable(format!("cannot read the CA certificate: {e}")))?;
+        for cert in certs {
+            let cert = cert.map_err(|e| unreadable(format!("not a PEM certificate: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| unreadable(format!("not a usable CA certificate: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(unreadable(
+                "holds no PEM certificate; it must hold the set's CA certificate".into(),
+            ));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| Error::Failed(format!("TLS 1.3 is not available: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(MakeRustlsConnect::new(config))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn write(dir: &Path, name: &str, text: &str, mode: u32) {
+        let p = dir.join(name);
+        fs::write(&p, text).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn missing_files_and_readable_keys_are_refused_with_the_fix() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = TlsFiles::new(tmp.path());
+        let e = t.check().unwrap_err().to_string();
+        assert!(e.contains("ca.crt") && e.contains("PGSET_TLS_DIR"), "{e}");
+        for f in [files::CA_CERT, files::SERVER_CERT, files::REPLICATION_CERT] {
+            write(tmp.path(), f, "x", 0o644);
+        }
+        write(tmp.path(), files::SERVER_KEY, "k", 0o644);
+        write(tmp.path(), files::REPLICATION_KEY, "k", 0o600);
+        let e = t.check().unwrap_err().to_string();
+        assert!(e.contains("server.key") && e.contains("mode 0600"), "{e}");
+        fs::set_permissions(t.server_key(), fs::Permissions::from_mode(0o600)).unwrap();
+        t.check().unwrap();
+        // Not a certificate: the connector says which file.
+        let e = t.connector().err().unwrap().to_string();
+        assert!(e.contains("ca.crt"), "{e}");
+    }
+
+    #[test]
+    fn libpq_verifies_the_master_and_always_names_the_client_certificate() {
+        let t = TlsFiles::new("/tls");
+        assert_eq!(
+            t.libpq_params(),
+            vec![
+                ("sslmode", "verify-full".to_string()),
+                ("sslrootcert", "/tls/ca.crt".to_string()),
+                ("sslcert", "/tls/replication.crt".to_string()),
+                ("sslkey", "/tls/replication.key".to_string()),
+            ]
+        );
+    }
+}

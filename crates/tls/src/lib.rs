@@ -1,0 +1,598 @@
+//! The set's TLS material: a CA that pgset makes and keeps (its key is never printed), a server
+//! certificate naming every host a client uses to reach a member, and a client certificate for
+//! the replication role (CN = [`contract::REPLICATION_USER`]), all ECDSA P-256, which
+//! PostgreSQL's OpenSSL and rustls both accept; whether a certificate must be renewed; and a
+//! directory of these files kept up to date ([`ensure_dir`], file names in [`contract::tls`]).
+//!
+//! Making certificates is pure ([`make_ca`], [`issue_server`], [`issue_client`]); only
+//! [`ensure_dir`] touches files, and it rewrites nothing that is still valid.
+
+use std::fs;
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use pgset_spec::contract::{self, tls as files};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use time::{Duration, OffsetDateTime};
+
+/// How long a server or client certificate is valid.
+pub const LEAF_VALIDITY: Duration = Duration::days(90);
+/// How long the CA is valid.
+pub const CA_VALIDITY: Duration = Duration::days(3650);
+/// A certificate this close to its end is renewed.
+pub const RENEW_BEFORE: Duration = Duration::days(7);
+/// The CA certificate's common name.
+pub const CA_COMMON_NAME: &str = "pgset CA";
+
+/// What went wrong, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A certificate could not be made.
+    #[error("cannot make the {what}: {source}")]
+    Make {
+        /// Which certificate.
+        what: &'static str,
+        /// Why.
+        source: rcgen::Error,
+    },
+    /// A file could not be read or written.
+    #[error("{action}: {source}")]
+    Io {
+        /// What was being done, with the path.
+        action: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A certificate file is not a certificate pgset can read.
+    #[error(
+        "{path} is not a readable PEM certificate ({problem}); remove it to have a new one made"
+    )]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A name that is neither a DNS name nor an IP address.
+    #[error("`{0}` cannot be a certificate name (not a DNS name or an IP address)")]
+    BadName(String),
+}
+
+/// Result of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A certificate and its private key, both PEM. `Debug` never shows the key.
+#[derive(Clone)]
+pub struct Issued {
+    /// The certificate.
+    pub cert_pem: String,
+    /// The private key (PKCS#8).
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<hidden>")
+            .finish()
+    }
+}
+
+/// A point in time, as the functions of this crate take it.
+pub type Now = OffsetDateTime;
+
+/// The current time (UTC).
+pub fn now() -> Now {
+    OffsetDateTime::now_utc()
+}
+
+/// The names local mode's members are reached by.
+pub fn local_names() -> Vec<String> {
+    vec!["localhost".to_string(), "127.0.0.1".to_string()]
+}
+
+/// The names a cluster's clients and members use: the master and replica Services and every
+/// member's pod name under the headless Service (`<service>`), each short, with the namespace,
+/// with `.svc` and fully qualified (`.svc.cluster.local` or the given domain).
+pub fn cluster_names(
+    master_service: &str,
+    replica_service: &str,
+    headless_service: &str,
+    pods: &[String],
+    namespace: &str,
+    cluster_domain: &str,
+) -> Vec<String> {
+    let mut hosts = vec![master_service.to_string(), replica_service.to_string()];
+    hosts.extend(pods.iter().map(|p| format!("{p}.{headless_service}")));
+    let mut names = Vec::new();
+    for h in hosts {
+        names.push(h.clone());
+        names.push(format!("{h}.{namespace}"));
+        names.push(format!("{h}.{namespace}.svc"));
+        names.push(format!("{h}.{namespace}.svc.{cluster_domain}"));
+    }
+    names
+}
+
+fn make(what: &'static str) -> impl FnOnce(rcgen::Error) -> Error {
+    move |source| Error::Make { what, source }
+}
+
+fn validity(params: &mut CertificateParams, now: OffsetDateTime, length: Duration) {
+    // An hour back, so a clock a little behind the issuer's still accepts a new certificate.
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + length;
+}
+
+fn san(name: &str) -> Result<SanType> {
+    if let Ok(ip) = name.parse::<IpAddr>() {
+        return Ok(SanType::IpAddress(ip));
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if !name.split('.').all(label_ok) {
+        return Err(Error::BadName(name.to_string()));
+    }
+    name.to_string()
+        .try_into()
+        .map(SanType::DnsName)
+        .map_err(|_| Error::BadName(name.to_string()))
+}
+
+/// A new CA for `cluster` (CN `pgset CA <cluster>`), valid [`CA_VALIDITY`] from `now`.
+pub fn make_ca(cluster: &str, now: OffsetDateTime) -> Result<Issued> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(make("CA key"))?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("{CA_COMMON_NAME} {cluster}"));
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    validity(&mut params, now, CA_VALIDITY);
+    let cert = params.self_signed(&key).map_err(make("CA certificate"))?;
+    Ok(Issued {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+fn issue(
+    ca: &Issued,
+    what: &'static str,
+    mut params: CertificateParams,
+    now: OffsetDateTime,
+) -> Result<Issued> {
+    let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(make("CA key (unreadable)"))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(make(what))?;
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(make(what))?;
+    validity(&mut params, now, LEAF_VALIDITY);
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(&key, &issuer).map_err(make(what))?;
+    Ok(Issued {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// A server certificate signed by `ca` for `names` (DNS names and IP addresses; the first is
+/// also the CN), valid [`LEAF_VALIDITY`] from `now`.
+pub fn issue_server(ca: &Issued, names: &[String], now: OffsetDateTime) -> Result<Issued> {
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = names.iter().map(|n| san(n)).collect::<Result<_>>()?;
+    let mut dn = DistinguishedName::new();
+    if let Some(first) = names.first() {
+        dn.push(DnType::CommonName, first.as_str());
+    }
+    params.distinguished_name = dn;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    issue(ca, "server certificate", params, now)
+}
+
+/// A client certificate signed by `ca` with CN `user` (PostgreSQL's `cert` authentication
+/// takes the CN as the role), valid [`LEAF_VALIDITY`] from `now`.
+pub fn issue_client(ca: &Issued, user: &str, now: OffsetDateTime) -> Result<Issued> {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, user);
+    params.distinguished_name = dn;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    issue(ca, "client certificate", params, now)
+}
+
+/// What a certificate says, read back from its PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFacts {
+    /// The subject's common name.
+    pub common_name: Option<String>,
+    /// The issuer's common name.
+    pub issuer_common_name: Option<String>,
+    /// The subject alternative names: DNS names as written, IP addresses as text.
+    pub names: Vec<String>,
+    /// Whether it is a CA.
+    pub is_ca: bool,
+    /// Start of validity.
+    pub not_before: OffsetDateTime,
+    /// End of validity.
+    pub not_after: OffsetDateTime,
+}
+
+/// Reads the facts of a PEM certificate (`problem` text on failure).
+pub fn read_cert(pem: &str) -> std::result::Result<CertFacts, String> {
+    use x509_parser::prelude::*;
+    let (_, pem) = parse_x509_pem(pem.as_bytes()).map_err(|e| e.to_string())?;
+    let cert = pem.parse_x509().map_err(|e| e.to_string())?;
+    let cn = |name: &X509Name<'_>| {
+        name.iter_common_name()
+            .next()
+            .and_then(|c| c.as_str().ok())
+            .map(str::to_string)
+    };
+    let mut names = Vec::new();
+    if let Ok(Some(sans)) = cert.subject_alternative_name() {
+        for n in &sans.value.general_names {
+            match n {
+                GeneralName::DNSName(d) => names.push(d.to_string()),
+                GeneralName::IPAddress(b) => match b.len() {
+                    4 => names.push(
+                        IpAddr::from(<[u8; 4]>::try_from(*b).unwrap_or_default()).to_string(),
+                    ),
+                    16 => names.push(
+                        IpAddr::from(<[u8; 16]>::try_from(*b).unwrap_or_default()).to_string(),
+                    ),
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+    Ok(CertFacts {
+        common_name: cn(cert.subject()),
+        issuer_common_name: cn(cert.issuer()),
+        names,
+        is_ca: cert.is_ca(),
+        not_before: cert.validity().not_before.to_datetime(),
+        not_after: cert.validity().not_after.to_datetime(),
+    })
+}
+
+/// Why a certificate must be made anew, or `None` while it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renewal {
+    /// Within [`RENEW_BEFORE`] of its end, or past it.
+    Expiring(OffsetDateTime),
+    /// Not valid yet (a clock moved back).
+    NotYetValid(OffsetDateTime),
+    /// It names other hosts than those asked for.
+    NamesChanged,
+    /// Another CA issued it.
+    OtherIssuer,
+}
+
+/// Whether a certificate with these facts must be renewed at `now`: within [`RENEW_BEFORE`] of
+/// its end, not valid yet, issued for other names (`want_names`, ignored when `None`) or by a
+/// CA other than `issuer_cn` (ignored when `None`).
+pub fn needs_renewal(
+    facts: &CertFacts,
+    want_names: Option<&[String]>,
+    issuer_cn: Option<&str>,
+    now: OffsetDateTime,
+) -> Option<Renewal> {
+    if facts.not_after - now < RENEW_BEFORE {
+        return Some(Renewal::Expiring(facts.not_after));
+    }
+    if facts.not_before > now {
+        return Some(Renewal::NotYetValid(facts.not_before));
+    }
+    if let Some(want) = want_names {
+        let mut have = facts.names.clone();
+        let mut want = want.to_vec();
+        have.sort();
+        want.sort();
+        if have != want {
+            return Some(Renewal::NamesChanged);
+        }
+    }
+    if let Some(issuer) = issuer_cn
+        && facts.issuer_common_name.as_deref() != Some(issuer)
+    {
+        return Some(Renewal::OtherIssuer);
+    }
+    None
+}
+
+fn io(action: String) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Io { action, source }
+}
+
+/// Writes `text` to `path` with `mode`, through a temporary file renamed into place.
+fn write_file(path: &Path, text: &str, mode: u32) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io(format!("cannot create {}", tmp.display())))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(io(format!("cannot write {}", tmp.display())))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))
+        .map_err(io(format!("cannot set the mode of {}", tmp.display())))?;
+    fs::rename(&tmp, path).map_err(io(format!("cannot rename {}", tmp.display())))
+}
+
+fn read_pair(dir: &Path, cert: &str, key: &str) -> Result<Option<(Issued, CertFacts)>> {
+    let (cert_path, key_path) = (dir.join(cert), dir.join(key));
+    if !cert_path.exists() || !key_path.exists() {
+        return Ok(None);
+    }
+    let cert_pem = fs::read_to_string(&cert_path)
+        .map_err(io(format!("cannot read {}", cert_path.display())))?;
+    let key_pem =
+        fs::read_to_string(&key_path).map_err(io(format!("cannot read {}", key_path.display())))?;
+    let facts = read_cert(&cert_pem).map_err(|problem| Error::Unreadable {
+        path: cert_path,
+        problem,
+    })?;
+    Ok(Some((Issued { cert_pem, key_pem }, facts)))
+}
+
+fn write_pair(dir: &Path, cert: &str, key: &str, issued: &Issued) -> Result<()> {
+    // The key first: a certificate never stands next to an older key.
+    write_file(&dir.join(key), &issued.key_pem, 0o600)?;
+    write_file(&dir.join(cert), &issued.cert_pem, 0o644)
+}
+
+/// Keeps the set's TLS files in `dir` (made 0700): the CA (made once, anew only when due), the
+/// server certificate for `names` and the replication role's client certificate, each made
+/// when missing or due ([`needs_renewal`]). Keys are written 0600. Returns one line per file
+/// made (empty when everything was still valid); nothing valid is rewritten.
+pub fn ensure_dir(
+    dir: &Path,
+    cluster: &str,
+    names: &[String],
+    now: OffsetDateTime,
+) -> Result<Vec<String>> {
+    fs::create_dir_all(dir).map_err(io(format!("cannot create {}", dir.display())))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .map_err(io(format!("cannot set the mode of {}", dir.display())))?;
+    let mut made = Vec::new();
+    let ca_cn = format!("{CA_COMMON_NAME} {cluster}");
+    let ca = match read_pair(dir, files::CA_CERT, files::CA_KEY)? {
+        Some((ca, facts)) if needs_renewal(&facts, None, None, now).is_none() => ca,
+        old => {
+            let ca = make_ca(cluster, now)?;
+            write_pair(dir, files::CA_CERT, files::CA_KEY, &ca)?;
+            made.push(match old {
+                None => format!("made the CA {}", dir.join(files::CA_CERT).display()),
+                Some(_) => format!("renewed the CA {}", dir.join(files::CA_CERT).display()),
+            });
+            ca
+        }
+    };
+    let ca_renewed = !made.is_empty();
+    let leaves: [(&str, &str, Option<&[String]>); 2] = [
+        (files::SERVER_CERT, files::SERVER_KEY, Some(names)),
+        (files::REPLICATION_CERT, files::REPLICATION_KEY, None),
+    ];
+    for (cert, key, want) in leaves {
+        let due = match read_pair(dir, cert, key)? {
+            None => Some("made"),
+            Some(_) if ca_renewed => Some("renewed"),
+            Some((_, facts)) => needs_renewal(&facts, want, Some(&ca_cn), now).map(|_| "renewed"),
+        };
+        if let Some(verb) = due {
+            let issued = match want {
+                Some(names) => issue_server(&ca, names, now)?,
+                None => issue_client(&ca, contract::REPLICATION_USER, now)?,
+            };
+            write_pair(dir, cert, key, &issued)?;
+            made.push(format!("{verb} {}", dir.join(cert).display()));
+        }
+    }
+    Ok(made)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use x509_parser::prelude::*;
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+
+    fn parsed<R>(pem: &str, f: impl FnOnce(&X509Certificate<'_>) -> R) -> R {
+        let (_, pem) = parse_x509_pem(pem.as_bytes()).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        f(&cert)
+    }
+
+    #[test]
+    fn the_ca_signs_certificates_and_nothing_else() {
+        let ca = make_ca("db", now()).unwrap();
+        let f = read_cert(&ca.cert_pem).unwrap();
+        assert!(f.is_ca);
+        assert_eq!(f.common_name.as_deref(), Some("pgset CA db"));
+        assert!(f.not_after - now() > Duration::days(3000));
+        parsed(&ca.cert_pem, |c| {
+            let ku = c.key_usage().unwrap().unwrap().value;
+            assert!(ku.key_cert_sign() && ku.crl_sign());
+            assert_eq!(
+                c.basic_constraints()
+                    .unwrap()
+                    .unwrap()
+                    .value
+                    .path_len_constraint,
+                Some(0)
+            );
+        });
+        assert!(ca.key_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+        assert!(!format!("{ca:?}").contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn the_server_certificate_names_every_host_and_is_signed_by_the_ca() {
+        let t = now();
+        let ca = make_ca("db", t).unwrap();
+        let names = local_names();
+        let s = issue_server(&ca, &names, t).unwrap();
+        let f = read_cert(&s.cert_pem).unwrap();
+        assert_eq!(f.names, vec!["localhost", "127.0.0.1"]);
+        assert_eq!(f.issuer_common_name.as_deref(), Some("pgset CA db"));
+        assert!(!f.is_ca);
+        // Certificates keep whole seconds.
+        assert!((f.not_after - t - LEAF_VALIDITY).abs() < Duration::seconds(2));
+        assert!(f.not_before < t);
+        parsed(&s.cert_pem, |c| {
+            let eku = c.extended_key_usage().unwrap().unwrap().value;
+            assert!(eku.server_auth && !eku.client_auth);
+            assert!(c.key_usage().unwrap().unwrap().value.digital_signature());
+            let (_, ca_cert) = parse_x509_pem(ca.cert_pem.as_bytes()).unwrap();
+            let ca_cert = ca_cert.parse_x509().unwrap();
+            assert!(c.verify_signature(Some(ca_cert.public_key())).is_ok());
+        });
+        assert_eq!(
+            needs_renewal(&f, Some(&names), Some("pgset CA db"), t),
+            None
+        );
+    }
+
+    #[test]
+    fn the_client_certificate_is_the_replication_role() {
+        let ca = make_ca("db", now()).unwrap();
+        let c = issue_client(&ca, contract::REPLICATION_USER, now()).unwrap();
+        let f = read_cert(&c.cert_pem).unwrap();
+        assert_eq!(f.common_name.as_deref(), Some(contract::REPLICATION_USER));
+        assert!(f.names.is_empty());
+        parsed(&c.cert_pem, |c| {
+            let eku = c.extended_key_usage().unwrap().unwrap().value;
+            assert!(eku.client_auth && !eku.server_auth);
+        });
+    }
+
+    #[test]
+    fn cluster_names_cover_services_and_pods_short_and_qualified() {
+        let n = cluster_names(
+            "db-master",
+            "db-replica",
+            "db",
+            &["db-0".into(), "db-1".into()],
+            "prod",
+            "cluster.local",
+        );
+        for want in [
+            "db-master",
+            "db-master.prod",
+            "db-master.prod.svc",
+            "db-master.prod.svc.cluster.local",
+            "db-replica.prod.svc",
+            "db-0.db",
+            "db-1.db.prod.svc.cluster.local",
+        ] {
+            assert!(n.contains(&want.to_string()), "{want} in {n:?}");
+        }
+        let ca = make_ca("db", now()).unwrap();
+        let s = issue_server(&ca, &n, now()).unwrap();
+        assert_eq!(read_cert(&s.cert_pem).unwrap().names, n);
+        assert!(matches!(
+            issue_server(&ca, &["not a name!".into()], now()),
+            Err(Error::BadName(_))
+        ));
+    }
+
+    #[test]
+    fn renewal_is_due_near_the_end_for_other_names_or_another_ca() {
+        let t = now();
+        let ca = make_ca("db", t).unwrap();
+        let f = read_cert(&issue_server(&ca, &local_names(), t).unwrap().cert_pem).unwrap();
+        let names = local_names();
+        let later = t + LEAF_VALIDITY - Duration::days(6);
+        assert!(matches!(
+            needs_renewal(&f, Some(&names), None, later),
+            Some(Renewal::Expiring(_))
+        ));
+        assert_eq!(
+            needs_renewal(&f, Some(&names), None, t + Duration::days(80)),
+            None
+        );
+        assert_eq!(
+            needs_renewal(&f, Some(&["db-master".to_string()]), None, t),
+            Some(Renewal::NamesChanged)
+        );
+        assert_eq!(
+            needs_renewal(&f, None, Some("pgset CA other"), t),
+            Some(Renewal::OtherIssuer)
+        );
+        assert!(matches!(
+            needs_renewal(&f, None, None, t - Duration::days(1)),
+            Some(Renewal::NotYetValid(_))
+        ));
+    }
+
+    #[test]
+    fn a_directory_is_made_once_keys_private_and_renewed_only_when_due() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("tls");
+        let t = now();
+        let made = ensure_dir(&dir, "db", &local_names(), t).unwrap();
+        assert_eq!(made.len(), 3, "{made:?}");
+        for key in [files::CA_KEY, files::SERVER_KEY, files::REPLICATION_KEY] {
+            assert_eq!(fs::metadata(dir.join(key)).unwrap().mode() & 0o777, 0o600);
+        }
+        assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        let read = |f: &str| fs::read(dir.join(f)).unwrap();
+        let before: Vec<_> = [files::CA_CERT, files::SERVER_CERT, files::SERVER_KEY]
+            .map(read)
+            .into();
+        assert!(
+            ensure_dir(&dir, "db", &local_names(), t)
+                .unwrap()
+                .is_empty()
+        );
+        let after: Vec<_> = [files::CA_CERT, files::SERVER_CERT, files::SERVER_KEY]
+            .map(read)
+            .into();
+        assert_eq!(before, after);
+
+        // Near the leaves' end: they are renewed under the same CA.
+        let late = t + LEAF_VALIDITY - Duration::days(3);
+        let made = ensure_dir(&dir, "db", &local_names(), late).unwrap();
+        assert_eq!(made.len(), 2, "{made:?}");
+        assert_eq!(read(files::CA_CERT), before[0]);
+        assert_ne!(read(files::SERVER_CERT), before[1]);
+
+        // Other names: only the server certificate.
+        let names = vec!["localhost".to_string()];
+        let made = ensure_dir(&dir, "db", &names, late).unwrap();
+        assert_eq!(made.len(), 1, "{made:?}");
+        assert!(made[0].contains(files::SERVER_CERT));
+
+        // A file that is not a certificate: one error that says what to do, nothing changed.
+        fs::write(dir.join(files::SERVER_CERT), "junk").unwrap();
+        let e = ensure_dir(&dir, "db", &names, late)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("remove it"), "{e}");
+        assert_eq!(read(files::SERVER_CERT), b"junk");
+    }
+}

@@ -1,0 +1,407 @@
+//! Local mode over TLS on real PostgreSQL (`local up --tls`): a 3-member set forms with the
+//! files a pod uses; a client verifying the server (`sslmode=verify-full` against the set's CA)
+//! gets TLS 1.3; a connection without TLS is refused (SQLSTATE 28000, no pg_hba entry); every
+//! replica's WAL sender runs over TLS, authenticated by the replication role's certificate (a
+//! replication connection with the password alone is refused); a second `up` rewrites no
+//! certificate; a restarted replica streams over TLS again. Skipped, with the reason, where the
+//! server binaries were built without SSL (their `pg_config --configure`).
+
+#[path = "support/local.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use pgset_agent::leader::LeaderTimings;
+use pgset_agent::pgbin::PgBin;
+use pgset_agent::settings::DEFAULT_LEADER_LEASE;
+use pgset_local::{self as local, status as local_status};
+use pgset_spec::contract::{self, tls as files};
+use support::{TestSet, pg_or_skip};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// Why these binaries cannot serve TLS, from how they were built (`pg_config --configure`
+/// names `--with-openssl` or `--with-ssl=openssl` when they can); `None` when they can.
+fn no_ssl_reason(bin: &PgBin) -> Option<String> {
+    let out = match bin.command("pg_config").arg("--configure").quiet().output() {
+        Ok(out) if out.success() => out,
+        Ok(out) => return Some(format!("`pg_config --configure` failed: {}", out.stderr)),
+        Err(e) => return Some(format!("`pg_config --configure` did not run: {e}")),
+    };
+    let with_ssl = out
+        .stdout
+        .split_whitespace()
+        .map(|w| w.trim_matches('\''))
+        .any(|w| w == "--with-openssl" || w == "--with-ssl=openssl");
+    (!with_ssl).then(|| {
+        format!(
+            "the PostgreSQL in {} was built without SSL (its `pg_config --configure` has no \
+             --with-openssl or --with-ssl=openssl)",
+            bin.dir().display()
+        )
+    })
+}
+
+/// A libpq passfile in the test's temp dir (0600) holding `user`'s password from the set.
+fn passfile(t: &TestSet, user: &str, key: &str) -> PathBuf {
+    let pw = std::fs::read_to_string(t.dir().join("secret").join(key)).unwrap();
+    let path = t.tmp.path().join(format!("{user}.pgpass"));
+    std::fs::write(&path, format!("*:*:*:{user}:{}\n", pw.trim_end())).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// psql over TCP with `conninfo` (no password in it: PGPASSFILE names the file): stdout, or
+/// stderr on failure.
+fn psql_tcp(conninfo: &str, passfile: &Path, sql: &str) -> Result<String, String> {
+    let out = PgBin::find(None)
+        .unwrap()
+        .command("psql")
+        .env("PGPASSFILE", passfile)
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            conninfo,
+            "-c",
+            sql,
+        ])
+        .quiet()
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.success() {
+        Ok(out.stdout.trim().to_string())
+    } else {
+        Err(out.stderr.trim().to_string())
+    }
+}
+
+/// Every file of the set's TLS directory: its bytes and modification time.
+fn tls_files(dir: &Path) -> BTreeMap<String, (Vec<u8>, SystemTime)> {
+    std::fs::read_dir(local::tls_dir(dir))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                (std::fs::read(e.path()).unwrap(), meta.modified().unwrap()),
+            )
+        })
+        .collect()
+}
+
+/// The master's WAL senders as `pg_stat_ssl` sees them: `member|ssl|version|client_dn` rows.
+const SENDERS_SQL: &str = "SELECT r.application_name || '|' || s.ssl || '|' || s.version || '|' \
+     || coalesce(s.client_dn, '') FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) \
+     WHERE r.state = 'streaming' ORDER BY 1";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_set_serves_verified_tls_13_refuses_plain_tcp_and_replicates_by_certificate() {
+    const TEST: &str =
+        "a_tls_set_serves_verified_tls_13_refuses_plain_tcp_and_replicates_by_certificate";
+    let Some(bin) = pg_or_skip(TEST) else {
+        return;
+    };
+    if let Some(reason) = no_ssl_reason(&bin) {
+        pgset_tests::skip(TEST, &reason);
+        return;
+    }
+    let mut t = TestSet::new(3, 29800);
+    t.opts.tls = true;
+    local::up(&t.opts).await.expect("a --tls set forms");
+    let dir = t.dir().to_path_buf();
+    let tls = local::tls_dir(&dir);
+    let ca = tls.join(files::CA_CERT);
+
+    // The files a pod would be given, keys private.
+    for key in [files::CA_KEY, files::SERVER_KEY, files::REPLICATION_KEY] {
+        let mode = std::fs::metadata(tls.join(key)).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{key}");
+    }
+
+    // A client told what status says connects over verified TLS 1.3.
+    let report = local_status::report(&dir).await.unwrap();
+    let connect = report
+        .connect
+        .clone()
+        .expect("status names the TLS connection");
+    let superuser_pw = std::fs::read_to_string(
+        dir.join("secret")
+            .join(contract::secret::SUPERUSER_PASSWORD_KEY),
+    )
+    .unwrap();
+    assert!(
+        connect.contains("sslmode=verify-full")
+            && connect.contains(&format!("sslrootcert={}", ca.display()))
+            && !connect.contains(superuser_pw.trim_end()),
+        "{connect}"
+    );
+    assert!(
+        report.to_table().contains(&connect),
+        "{}",
+        report.to_table()
+    );
+    let su = passfile(
+        &t,
+        contract::SUPERUSER,
+        contract::secret::SUPERUSER_PASSWORD_KEY,
+    );
+    let ssl_sql = "SELECT ssl || '|' || version FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+    assert_eq!(
+        psql_tcp(&connect, &su, ssl_sql).as_deref(),
+        Ok("true|TLSv1.3")
+    );
+    // verify-full checks the name: `localhost` is in the certificate too.
+    let by_name = format!(
+        "host=localhost port={} user=postgres dbname=postgres sslmode=verify-full sslrootcert={}",
+        t.port(0),
+        ca.display()
+    );
+    assert_eq!(
+        psql_tcp(&by_name, &su, ssl_sql).as_deref(),
+        Ok("true|TLSv1.3")
+    );
+    // A server certificate from another CA is not trusted.
+    let other = t.tmp.path().join("other-ca");
+    pgset_tls::ensure_dir(&other, "other", &pgset_tls::local_names(), pgset_tls::now()).unwrap();
+    let foreign = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=verify-full sslrootcert={}",
+        t.port(0),
+        other.join(files::CA_CERT).display()
+    );
+    let e = psql_tcp(&foreign, &su, "SELECT 1").unwrap_err();
+    assert!(e.contains("certificate verify failed"), "{e}");
+
+    // Without TLS, TCP is refused by pg_hba (28000), with the password right.
+    let password = superuser_pw.trim_end().to_string();
+    for k in 0..3 {
+        let mut plain = tokio_postgres::Config::new();
+        plain
+            .host("127.0.0.1")
+            .port(t.port(k))
+            .user(contract::SUPERUSER)
+            .password(&password)
+            .dbname("postgres")
+            .ssl_mode(tokio_postgres::config::SslMode::Disable)
+            .connect_timeout(5 * SECOND);
+        let e = plain
+            .connect(tokio_postgres::NoTls)
+            .await
+            .err()
+            .expect("a plain TCP connection is refused");
+        let db = e.as_db_error().unwrap_or_else(|| panic!("{e}"));
+        assert_eq!(
+            db.code(),
+            &tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            "{db}"
+        );
+        assert!(db.message().contains("no encryption"), "{db}");
+    }
+
+    // Each replica streams over TLS as the certificate's subject.
+    let want = "pgset-1|true|TLSv1.3|/CN=replicator\npgset-2|true|TLSv1.3|/CN=replicator";
+    t.wait_for(0, SENDERS_SQL, want, 60 * SECOND);
+    // Replication takes the certificate, not the password.
+    let rep_pw = passfile(
+        &t,
+        contract::REPLICATION_USER,
+        contract::secret::REPLICATION_PASSWORD_KEY,
+    );
+    let replication = format!(
+        "host=127.0.0.1 port={} user={} replication=true sslmode=verify-full sslrootcert={}",
+        t.port(0),
+        contract::REPLICATION_USER,
+        ca.display()
+    );
+    let e = psql_tcp(&replication, &rep_pw, "IDENTIFY_SYSTEM").unwrap_err();
+    assert!(e.contains("certificate"), "{e}");
+    let with_cert = format!(
+        "{replication} sslcert={} sslkey={}",
+        tls.join(files::REPLICATION_CERT).display(),
+        tls.join(files::REPLICATION_KEY).display()
+    );
+    let id = psql_tcp(&with_cert, &rep_pw, "IDENTIFY_SYSTEM").unwrap();
+    assert!(id.contains('|'), "{id}");
+
+    // A second up makes nothing new; up without --tls on this set is refused, nothing changed.
+    let before = tls_files(&dir);
+    let report = local::up(&t.opts).await.unwrap();
+    assert_eq!(report.started, Vec::<String>::new());
+    assert_eq!(tls_files(&dir), before);
+    let mut plain_opts = t.opts.clone();
+    plain_opts.tls = false;
+    let e = local::up(&plain_opts).await.unwrap_err().to_string();
+    assert!(e.contains("add --tls"), "{e}");
+    assert_eq!(tls_files(&dir), before);
+
+    // A restarted replica streams over TLS again.
+    assert!(
+        local::stop_member(&dir, "pgset-2", 60 * SECOND)
+            .await
+            .unwrap()
+    );
+    t.wait_for(
+        0,
+        SENDERS_SQL,
+        "pgset-1|true|TLSv1.3|/CN=replicator",
+        60 * SECOND,
+    );
+    let report = local::up(&t.opts).await.unwrap();
+    assert_eq!(report.started, vec!["pgset-2".to_string()]);
+    t.wait_for(0, SENDERS_SQL, want, 60 * SECOND);
+    assert_eq!(tls_files(&dir), before);
+}
+
+#[test]
+fn a_set_without_tls_cannot_be_switched_on_in_place() {
+    let Some(_bin) = pg_or_skip("a_set_without_tls_cannot_be_switched_on_in_place") else {
+        return;
+    };
+    // Only the directory check runs: no member is started.
+    let t = TestSet::new(1, 29810);
+    std::fs::create_dir_all(t.dir()).unwrap();
+    let state = serde_json::json!({"name": "pgset", "port": 29810});
+    std::fs::write(t.dir().join(local::STATE_FILE), state.to_string()).unwrap();
+    let mut opts = t.opts.clone();
+    opts.tls = true;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let e = rt.block_on(local::up(&opts)).unwrap_err().to_string();
+    assert!(e.contains("without TLS") && e.contains("--dir"), "{e}");
+    assert!(!local::tls_dir(t.dir()).exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_failover_the_set_streams_over_tls_from_the_new_master() {
+    const TEST: &str = "after_a_failover_the_set_streams_over_tls_from_the_new_master";
+    let Some(bin) = pg_or_skip(TEST) else {
+        return;
+    };
+    if let Some(reason) = no_ssl_reason(&bin) {
+        pgset_tests::skip(TEST, &reason);
+        return;
+    }
+    let mut t = TestSet::new(3, 29820);
+    t.opts.tls = true;
+    local::up(&t.opts).await.expect("a --tls set forms");
+    let dir = t.dir().to_path_buf();
+    t.sql(0, "CREATE TABLE t (n int); INSERT INTO t VALUES (1)")
+        .unwrap();
+    t.wait_for(
+        0,
+        SENDERS_SQL,
+        "pgset-1|true|TLSv1.3|/CN=replicator\npgset-2|true|TLSv1.3|/CN=replicator",
+        60 * SECOND,
+    );
+
+    // The replicas' agents note that they stream from the holder once per renewal: only a
+    // replica seen streaming may take the role.
+    let timings = LeaderTimings::for_lease(DEFAULT_LEADER_LEASE).unwrap();
+    tokio::time::sleep(3 * timings.renew_every()).await;
+
+    // The master goes away; a replica takes the role and the other follows it over TLS.
+    assert!(
+        local::stop_member(&dir, "pgset-0", 60 * SECOND)
+            .await
+            .unwrap()
+    );
+    let deadline = std::time::Instant::now() + 120 * SECOND;
+    let new_master = loop {
+        if let Some(k) = [1, 2]
+            .into_iter()
+            .find(|k| t.sql(*k, "SELECT pg_is_in_recovery()").as_deref() == Ok("f"))
+        {
+            break k;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no replica took the master role:\n{}\n{}",
+            t.log(1),
+            t.log(2)
+        );
+        std::thread::sleep(SECOND / 4);
+    };
+    let other = 3 - new_master;
+    t.sql(new_master, "INSERT INTO t VALUES (2)").unwrap();
+    t.wait_for(
+        new_master,
+        SENDERS_SQL,
+        &format!("pgset-{other}|true|TLSv1.3|/CN=replicator"),
+        120 * SECOND,
+    );
+    t.wait_for(other, "SELECT max(n) FROM t", "2", 60 * SECOND);
+
+    // The old master rejoins as a replica: its agent reads the new master's history and
+    // streams from it, both over TLS.
+    local::up(&t.opts).await.expect("the set is whole again");
+    assert_eq!(t.sql(0, "SELECT pg_is_in_recovery()").as_deref(), Ok("t"));
+    t.wait_for(0, "SELECT max(n) FROM t", "2", 60 * SECOND);
+    t.wait_for(
+        new_master,
+        SENDERS_SQL,
+        &format!("pgset-0|true|TLSv1.3|/CN=replicator\npgset-{other}|true|TLSv1.3|/CN=replicator"),
+        60 * SECOND,
+    );
+    let log = t.log(0);
+    assert!(
+        !log.contains("is not readable") && !log.contains("is not known"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_diverged_replica_is_rewound_from_the_master_over_tls() {
+    const TEST: &str = "a_diverged_replica_is_rewound_from_the_master_over_tls";
+    let Some(bin) = pg_or_skip(TEST) else {
+        return;
+    };
+    if let Some(reason) = no_ssl_reason(&bin) {
+        pgset_tests::skip(TEST, &reason);
+        return;
+    }
+    let mut t = TestSet::new(2, 29830);
+    t.opts.tls = true;
+    local::up(&t.opts).await.expect("a --tls set forms");
+    let dir = t.dir().to_path_buf();
+    t.sql(0, "CREATE TABLE t (n int); INSERT INTO t VALUES (1)")
+        .unwrap();
+    t.wait_for(1, "SELECT max(n) FROM t", "1", 60 * SECOND);
+    // Member 1 forks off: promoted by hand, written to, stopped.
+    t.sql(1, "SELECT pg_promote()").unwrap();
+    t.wait_for(1, "SELECT pg_is_in_recovery()", "f", 60 * SECOND);
+    t.sql(1, "INSERT INTO t SELECT generate_series(100, 200)")
+        .unwrap();
+    t.sql(0, "INSERT INTO t VALUES (2)").unwrap();
+    assert!(
+        local::stop_member(&dir, "pgset-1", 60 * SECOND)
+            .await
+            .unwrap()
+    );
+
+    // Its next start rewinds it with pg_rewind, which reaches the master only over TLS.
+    local::up(&t.opts).await.expect("the member rejoins");
+    let log = t.log(1);
+    assert!(
+        log.contains("rewound from the master with pg_rewind"),
+        "{log}"
+    );
+    t.wait_for(
+        1,
+        "SELECT count(*) || '|' || max(n) FROM t",
+        "2|2",
+        60 * SECOND,
+    );
+    t.wait_for(
+        0,
+        SENDERS_SQL,
+        "pgset-1|true|TLSv1.3|/CN=replicator",
+        60 * SECOND,
+    );
+}
