@@ -23,12 +23,6 @@ const SECOND: Duration = Duration::from_secs(1);
 /// of CPU, and the timings measured here are the agent's, not the scheduler's.
 static ONE_SET_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The leader file of the set in `dir` (cluster `pgset`), as JSON.
-fn leader(dir: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(dir.join("pgset.leader")).expect("the leader record exists");
-    serde_json::from_str(&text).expect("the leader record is JSON")
-}
-
 fn alive(pid: i32) -> bool {
     // A zombie still answers kill(0); /proc says whether it is gone or dead.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -47,14 +41,14 @@ async fn a_new_set_names_ordinal_0_in_the_leader_record_and_it_renews() {
     let _one_at_a_time = ONE_SET_AT_A_TIME.lock().await;
     let t = TestSet::new(3, 27510);
     local::up(&t.opts).await.expect("set up");
-    let first = leader(t.dir());
+    let first = support::leader(t.dir());
     assert_eq!(first["holder"]["member"], "pgset-0", "{first}");
     let timings = LeaderTimings::for_lease(DEFAULT_LEADER_LEASE).unwrap();
     let v0 = first["version"].as_u64().unwrap();
     wait_until("the holder renews the record", 30 * SECOND, || {
-        leader(t.dir())["version"].as_u64().unwrap() > v0
+        support::leader(t.dir())["version"].as_u64().unwrap() > v0
     });
-    let renewed = leader(t.dir());
+    let renewed = support::leader(t.dir());
     assert_eq!(
         renewed["holder"], first["holder"],
         "renewed by the same holder"
@@ -80,7 +74,7 @@ async fn a_new_set_names_ordinal_0_in_the_leader_record_and_it_renews() {
     local::stop_member(t.dir(), "pgset-0", 120 * SECOND)
         .await
         .unwrap();
-    let kept = leader(t.dir());
+    let kept = support::leader(t.dir());
     assert_eq!(
         kept["holder"]["member"], "pgset-0",
         "a master that shuts down keeps the record for its restart: {kept}"
@@ -91,7 +85,7 @@ async fn a_new_set_names_ordinal_0_in_the_leader_record_and_it_renews() {
         "the restarted master accepted writes again {} ms after its start",
         started.elapsed().as_millis()
     );
-    let again = leader(t.dir());
+    let again = support::leader(t.dir());
     assert_eq!(again["holder"]["member"], "pgset-0");
     assert_ne!(
         again["holder"]["id"], kept["holder"]["id"],
@@ -403,7 +397,7 @@ async fn fails_over(port: u16, fault: Fault) {
             .all(|a| a.at > last_old.at),
         "no commit of the new master before the old master's last"
     );
-    let record = leader(t.dir());
+    let record = support::leader(t.dir());
     assert_eq!(
         record["holder"]["member"],
         format!("pgset-{new_master}"),
@@ -472,7 +466,7 @@ async fn fails_over(port: u16, fault: Fault) {
             started.elapsed().as_millis()
         );
         assert_eq!(
-            leader(t.dir())["holder"]["member"],
+            support::leader(t.dir())["holder"]["member"],
             format!("pgset-{new_master}")
         );
         assert_eq!(t.sql(0, "SELECT pg_is_in_recovery()").unwrap(), "t");
@@ -536,5 +530,5 @@ async fn with_failover_off_nobody_is_promoted() {
             "member {k} was not promoted"
         );
     }
-    assert_eq!(leader(t.dir())["holder"]["member"], "pgset-0");
+    assert_eq!(support::leader(t.dir())["holder"]["member"], "pgset-0");
 }

@@ -22,13 +22,8 @@ const SECOND: Duration = Duration::from_secs(1);
 /// One 3-member set at a time: the timings measured here are the agents', not the scheduler's.
 static ONE_SET_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn leader(dir: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(dir.join("pgset.leader")).expect("the leader record exists");
-    serde_json::from_str(&text).expect("the leader record is JSON")
-}
-
 fn holder(dir: &Path) -> String {
-    leader(dir)["holder"]["member"]
+    support::leader(dir)["holder"]["member"]
         .as_str()
         .unwrap_or_default()
         .to_string()
@@ -260,7 +255,7 @@ async fn a_switchover_under_writes_loses_nothing_and_the_old_master_rejoins_with
     let back = switch_under_writes(&t, 1, 0).await;
     assert_eq!(back.timeline, 3);
     // The record names who asked and how it ended.
-    let record = leader(t.dir());
+    let record = support::leader(t.dir());
     let outcome = record["notes"]["pgset.io/switchover-outcome"]
         .as_str()
         .unwrap();
@@ -285,7 +280,7 @@ async fn refused_switchovers_change_nothing_and_name_the_fix() {
     local::stop_member(t.dir(), "pgset-2", 120 * SECOND)
         .await
         .unwrap();
-    let before = leader(t.dir());
+    let before = support::leader(t.dir());
     let cases = [
         (Some("pgset-2"), "does not stream from the master pgset-0"),
         (Some("pgset-7"), "pgset-7 is not a member of the set"),
@@ -297,7 +292,7 @@ async fn refused_switchovers_change_nothing_and_name_the_fix() {
             .expect_err("refused")
             .to_string();
         assert!(e.contains(want), "{to:?}: {e}");
-        let now = leader(t.dir());
+        let now = support::leader(t.dir());
         assert_eq!(now["holder"], before["holder"], "{to:?}: the holder stays");
         assert_eq!(now["notes"], before["notes"], "{to:?}: nothing was asked");
     }
@@ -336,11 +331,11 @@ async fn refused_switchovers_change_nothing_and_name_the_fix() {
     }
     assert!(written.is_some(), "the request is written");
     wait_until("the master answers the request", 30 * SECOND, || {
-        leader(t.dir())["notes"]["pgset.io/switchover-outcome"]
+        support::leader(t.dir())["notes"]["pgset.io/switchover-outcome"]
             .as_str()
             .is_some_and(|o| o.contains(&request.id))
     });
-    let record = leader(t.dir());
+    let record = support::leader(t.dir());
     let outcome = pgset_spec::contract::SwitchoverOutcome::parse(
         record["notes"]["pgset.io/switchover-outcome"]
             .as_str()
@@ -404,7 +399,7 @@ async fn failover_to_a_named_replica_promotes_it_after_the_master_died_with_fail
         .unwrap();
     let _ = kill(Pid::from_raw(agent), Signal::SIGKILL);
     let _ = kill(Pid::from_raw(pm), Signal::SIGKILL);
-    let before = leader(t.dir());
+    let before = support::leader(t.dir());
     // Without --yes: what may be lost, and no change.
     let warning = local::switchover::failover_warning(t.dir(), "pgset-2")
         .await
@@ -413,7 +408,7 @@ async fn failover_to_a_named_replica_promotes_it_after_the_master_died_with_fail
         warning.contains("--yes") && warning.contains("lost"),
         "{warning}"
     );
-    assert_eq!(leader(t.dir())["notes"], before["notes"]);
+    assert_eq!(support::leader(t.dir())["notes"], before["notes"]);
 
     let started = Instant::now();
     let report = local::switchover::failover(t.dir(), "pgset-2", 120 * SECOND)
@@ -431,7 +426,7 @@ async fn failover_to_a_named_replica_promotes_it_after_the_master_died_with_fail
     t.wait_for(1, "SELECT count(*) FROM kept", "2", 60 * SECOND);
     assert_eq!(t.sql(1, "SELECT pg_is_in_recovery()").unwrap(), "t");
     wait_until("the request is cleared", 10 * SECOND, || {
-        leader(t.dir())["notes"]
+        support::leader(t.dir())["notes"]
             .get("pgset.io/failover-to")
             .is_none()
     });
@@ -482,14 +477,14 @@ async fn a_switchover_whose_target_does_not_report_the_shutdown_checkpoint_is_ab
     write_request(t.dir(), "pgset.io/switchover", &request).await;
     let answered = std::panic::catch_unwind(|| {
         wait_until("the master ends the switchover", 60 * SECOND, || {
-            leader(t.dir())["notes"]["pgset.io/switchover-outcome"]
+            support::leader(t.dir())["notes"]["pgset.io/switchover-outcome"]
                 .as_str()
                 .is_some_and(|o| o.contains(&request.id))
         })
     });
     kill(Pid::from_raw(agent), Signal::SIGCONT).unwrap();
     answered.unwrap_or_else(|_| panic!("no outcome; pgset-0's log:\n{}", t.log(0)));
-    let record = leader(t.dir());
+    let record = support::leader(t.dir());
     let outcome = pgset_spec::contract::SwitchoverOutcome::parse(
         record["notes"]["pgset.io/switchover-outcome"]
             .as_str()

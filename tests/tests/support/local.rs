@@ -313,3 +313,9 @@ pub async fn write_until(run: PathBuf, port: u16, stop: Instant) -> Vec<(i64, In
     }
     acked
 }
+
+/// The leader file of the set in `dir` (cluster `pgset`), as JSON.
+pub fn leader(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("pgset.leader")).expect("the leader record exists");
+    serde_json::from_str(&text).expect("the leader record is JSON")
+}
