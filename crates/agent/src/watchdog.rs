@@ -83,8 +83,9 @@ pub fn start_time(pid: i32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// The children of `pid` (from `/proc/*/stat`).
-fn children(pid: i32) -> Vec<i32> {
+/// The children of `pid` (from `/proc/*/stat`): a postmaster's backends, WAL senders and
+/// auxiliary processes.
+pub fn children(pid: i32) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };

@@ -153,22 +153,7 @@ fn postgres_processes(pgdata: &Path) -> Vec<i32> {
         return Vec::new();
     };
     let mut all = vec![pm];
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for e in entries.filter_map(|e| e.ok()) {
-            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
-                continue;
-            };
-            let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    s.rsplit_once(')')
-                        .and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<i32>().ok())
-                });
-            if parent == Some(pm) {
-                all.push(pid);
-            }
-        }
-    }
+    all.extend(pgset_agent::watchdog::children(pm));
     all
 }
 
