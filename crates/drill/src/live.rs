@@ -160,33 +160,32 @@ pub fn on_nfs_host(spec: &ClusterSpec) -> bool {
     pgset_verify::live::local_export(spec).is_some()
 }
 
-/// Why the cluster is not healthy (empty when it is): `status`'s verdict.
-pub async fn unhealthy(client: &Client, spec: &ValidSpec) -> Result<Vec<String>> {
-    let status = ClusterStatus::gather(client.clone(), spec).await?;
-    Ok(status.warnings)
+/// Why the cluster is not healthy for a drill (empty when it is): `status`'s warnings, but for
+/// the kept copies of diverged writes. Those are data set aside on a member's volume for the
+/// user to look at (what `rejoin` must leave); the members serve and stream all the same, as a
+/// local set's health has it.
+pub fn drill_health(status: &ClusterStatus, namespace: &str) -> Vec<String> {
+    let kept = pgset_verify::status::diverged_problems(&status.members, namespace);
+    status
+        .warnings
+        .iter()
+        .filter(|w| !kept.contains(w))
+        .cloned()
+        .collect()
 }
 
-/// Waits until `status` has no warning; with `kept_aside`, a warning of a kept diverged copy
-/// (what `rejoin` must leave, for the user to look at) does not count.
-async fn wait_healthy(
-    client: &Client,
-    spec: &ValidSpec,
-    timeout: Duration,
-    kept_aside: bool,
-) -> Result<()> {
+/// Why the cluster is not healthy (empty when it is): `status`'s verdict ([`drill_health`]).
+pub async fn unhealthy(client: &Client, spec: &ValidSpec) -> Result<Vec<String>> {
+    let status = ClusterStatus::gather(client.clone(), spec).await?;
+    Ok(drill_health(&status, &spec.namespace))
+}
+
+/// Waits until the cluster is healthy ([`unhealthy`]).
+async fn wait_healthy(client: &Client, spec: &ValidSpec, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        let why = match ClusterStatus::gather(client.clone(), spec).await {
-            Ok(status) if kept_aside => {
-                let kept =
-                    pgset_verify::status::diverged_problems(&status.members, &spec.namespace);
-                status
-                    .warnings
-                    .into_iter()
-                    .filter(|w| !kept.contains(w))
-                    .collect()
-            }
-            Ok(status) => status.warnings,
+        let why = match unhealthy(client, spec).await {
+            Ok(why) => why,
             Err(e) => vec![e.to_string()],
         };
         if why.is_empty() {
@@ -920,8 +919,7 @@ pub async fn run(client: Client, opts: &LiveOptions, drill: DrillName) -> Result
             }),
         }
     };
-    let kept_aside = drill == DrillName::Rejoin;
-    let healthy = || wait_healthy(&client, spec, t.opts.recovery_timeout, kept_aside);
+    let healthy = || wait_healthy(&client, spec, t.opts.recovery_timeout);
     let outcome = engine::drive(&setup, drill, &table, t.log.clone(), fault, healthy).await;
     engine::drop_table(&setup, &table).await;
     let mut report = outcome?;

@@ -418,3 +418,148 @@ async fn the_agent_drills_are_refused_in_a_cluster_with_the_reason_before_any_re
         assert!(calls.lock().unwrap().is_empty());
     }
 }
+
+/// A healthy cluster of 3 led by pgset-0 whose pgset-2 rejoined after `rejoin`: its agent lists
+/// the copy it kept of what it wrote after the fork.
+fn rejoined(line: &str, _: &Value, _: usize) -> (u16, Value) {
+    let pod = |k: i32| {
+        json!({"metadata": {"name": format!("pgset-{k}"), "namespace": "default", "uid": format!("u{k}"),
+                            "labels": {"role": if k == 0 { "master" } else { "replica" }}},
+               "spec": {"containers": [{"name": "postgres", "image": "postgres:18"}]},
+               "status": {"phase": "Running", "podIP": format!("10.244.0.{k}"),
+                          "conditions": [{"type": "Ready", "status": "True"}],
+                          "containerStatuses": [{"name": "postgres", "ready": true, "restartCount": 0,
+                              "image": "postgres:18", "imageID": "",
+                              "state": {"running": {"startedAt": "2026-01-01T00:05:01Z"}}}]}})
+    };
+    let slices = |service: &str, pods: &[i32]| {
+        let endpoints: Vec<Value> = pods
+            .iter()
+            .map(|k| json!({"addresses": [format!("10.244.0.{k}")], "conditions": {"ready": true},
+                            "targetRef": {"kind": "Pod", "name": format!("pgset-{k}"), "namespace": "default"}}))
+            .collect();
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSliceList", "metadata": {},
+               "items": [{"metadata": {"name": format!("{service}-x"), "labels": {"kubernetes.io/service-name": service}},
+                          "addressType": "IPv4", "endpoints": endpoints}]})
+    };
+    let agent = |k: i32| {
+        let mut pg = json!({"inRecovery": k != 0, "timeline": 2, "systemIdentifier": "73"});
+        if k == 0 {
+            let standby = |p: &str| {
+                json!({"applicationName": p, "state": "streaming", "syncState": "async",
+                       "unreplayedBytes": 0, "replayLagMs": 1.0})
+            };
+            pg["replication"] = json!([standby("pgset-1"), standby("pgset-2")]);
+            pg["slots"] = json!([
+                {"slot": "pgset_1", "active": true, "walStatus": "reserved", "retainedBytes": 0},
+                {"slot": "pgset_2", "active": true, "walStatus": "reserved", "retainedBytes": 0}
+            ]);
+        }
+        let mut a = json!({"member": format!("pgset-{k}"), "phase": "running", "ready": true,
+                           "reason": "serving", "postgres": pg});
+        if k == 2 {
+            a["diverged"] = json!([{"path": "/var/lib/postgresql/data/pgset-2.diverged-20261207T120000Z",
+                                    "forkLsn": "0/3000060", "bytesAfterFork": 81920}]);
+        }
+        a
+    };
+    let (path, query) = line
+        .trim_start_matches("GET ")
+        .split_once('?')
+        .unwrap_or((line.trim_start_matches("GET "), ""));
+    match path {
+        "/apis/apps/v1/namespaces/default/statefulsets/pgset" => (
+            200,
+            json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+                   "metadata": {"name": "pgset", "namespace": "default"},
+                   "spec": {"replicas": 3, "serviceName": "pgset",
+                            "selector": {"matchLabels": {}}, "template": {}}}),
+        ),
+        "/api/v1/namespaces/default/pods" => (
+            200,
+            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {},
+                   "items": [pod(0), pod(1), pod(2)]}),
+        ),
+        "/apis/coordination.k8s.io/v1/namespaces/default/leases/pgset-leader"
+        | "/api/v1/namespaces/default/configmaps/pgset-record" => not_found(),
+        "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
+            if query.contains("pgset-master") =>
+        {
+            (200, slices("pgset-master", &[0]))
+        }
+        "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices" => {
+            (200, slices("pgset-replica", &[1, 2]))
+        }
+        p if p.ends_with(":8008/proxy/status") => {
+            let k = if p.contains("pgset-0") {
+                0
+            } else if p.contains("pgset-1") {
+                1
+            } else {
+                2
+            };
+            (200, agent(k))
+        }
+        _ => (
+            503,
+            json!({"kind": "Status", "code": 503, "message": "unexpected"}),
+        ),
+    }
+}
+
+#[tokio::test]
+async fn a_kept_diverged_copy_is_reported_with_the_warning_and_does_not_stop_the_next_drill() {
+    // The line the mock sees has no query: keep it for the EndpointSlice selector.
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    tokio::spawn(async move {
+        let mut handle = std::pin::pin!(handle);
+        while let Some((request, respond)) = handle.next_request().await {
+            let line = format!("GET {}", request.uri());
+            let (status, answer) = rejoined(&line, &Value::Null, 0);
+            respond.send_response(
+                Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                    .unwrap(),
+            );
+        }
+    });
+    let client = Client::new(service, "default");
+    let spec = spec();
+    let status = pgset_verify::ClusterStatus::gather(client.clone(), &spec)
+        .await
+        .unwrap();
+    let path = "/var/lib/postgresql/data/pgset-2.diverged-20261207T120000Z";
+    assert_eq!(status.warnings.len(), 1, "{:?}", status.warnings);
+    assert!(
+        status.warnings[0].contains(&format!(
+            "remove it with `kubectl exec -n default pgset-2 -c postgres -- rm -r {path}`"
+        )),
+        "{:?}",
+        status.warnings
+    );
+    let kept = pgset_drill::live::kept_diverged(&status);
+    assert_eq!(kept.len(), 1);
+    assert_eq!(
+        (
+            kept[0].member.as_str(),
+            kept[0].path.as_str(),
+            kept[0].bytes_after_fork,
+            kept[0].warned
+        ),
+        ("pgset-2", path, 81920, true)
+    );
+    // Without the warning, the copy is reported as not warned of.
+    let mut silent = status.clone();
+    silent.warnings.clear();
+    assert!(!pgset_drill::live::kept_diverged(&silent)[0].warned);
+    // The kept copy is the user's data aside, not a fault of the running set.
+    assert!(pgset_drill::live::drill_health(&status, "default").is_empty());
+    assert!(
+        pgset_drill::live::unhealthy(&client, &spec)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
