@@ -6,7 +6,7 @@
 //! old master must rejoin as a replica; the isolation policy is gone afterwards. `rejoin` (a
 //! replica promoted by hand, written on, its pod deleted) must keep the rows it wrote aside in a
 //! `.diverged-*` copy that `status` warns of with the command that removes it; the test then
-//! removes it that way and `status` is healthy again. `master-agent-kill` is refused in a
+//! removes the kept copies that way and `status` is healthy again. `master-agent-kill` is refused in a
 //! cluster with why (the agent is its container's PID 1) before anything changes.
 //!
 //! Storage as in `live_verify`; the agent image must be on the nodes. Waits scale with
@@ -156,20 +156,23 @@ async fn scenario(client: kube::Client, spec: ValidSpec) {
         )),
         "{warning}"
     );
-    // Removed as the warning says: healthy again.
+    // Removed as the warning says (with the copies an old master may have kept of what it
+    // wrote after the fork when it was frozen or cut off): healthy again.
     let exec = PodExec::new(
         Api::namespaced(client.clone(), &spec.namespace),
         Duration::from_secs_f64(60.0 * patience()),
     );
-    let rm = exec
-        .run(
-            &kept.member,
-            pgset_spec::contract::POSTGRES_CONTAINER,
-            &["rm".to_string(), "-r".into(), kept.path.clone()],
-        )
-        .await
-        .expect("exec rm");
-    assert!(rm.success(), "{}", rm.failure_summary());
+    for k in out.reports.iter().flat_map(|r| &r.kept_diverged) {
+        let rm = exec
+            .run(
+                &k.member,
+                pgset_spec::contract::POSTGRES_CONTAINER,
+                &["rm".to_string(), "-r".into(), k.path.clone()],
+            )
+            .await
+            .expect("exec rm");
+        assert!(rm.success(), "remove {}: {}", k.path, rm.failure_summary());
+    }
     let s = status_until(&spec_file, healthy);
     assert!(
         healthy(&s),

@@ -869,7 +869,7 @@ pub async fn run(client: Client, opts: &LiveOptions, drill: DrillName) -> Result
         names: Vec::new(),
         ready: if moves {
             ReadyProbe::LiveMaster {
-                service: master_service,
+                service: Box::new(master_service),
                 client: client.clone(),
                 namespace: spec.namespace.clone(),
                 deadline: t.patience.deadline(STATEMENT_DEADLINE),

@@ -450,7 +450,7 @@ pub enum ReadyProbe {
     /// routes to now (a cluster's master wherever it moves; none routed: not ready).
     LiveMaster {
         /// The master Service.
-        service: crate::live::Forward,
+        service: Box<crate::live::Forward>,
         /// The client.
         client: kube::Client,
         /// The namespace.
