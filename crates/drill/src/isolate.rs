@@ -287,6 +287,83 @@ async fn interrupted() {
 mod tests {
     use super::*;
 
+    fn evaluate(expression: &str, context: &cel_interpreter::Context) -> cel_interpreter::Value {
+        cel_interpreter::Program::compile(expression)
+            .unwrap_or_else(|e| panic!("{expression} does not parse: {e:?}"))
+            .execute(context)
+            .unwrap_or_else(|e| panic!("{expression} fails: {e:?}"))
+    }
+
+    /// What the policy for `isolated` decides on an update of Lease `lease` by `user` with a
+    /// token bound to `pod` (none: a token naming no pod): `None` when it does not judge the
+    /// request, else whether it allows it. The rendered expressions, run by a CEL interpreter.
+    fn decides(isolated: &str, user: &str, pod: Option<&str>, lease: &str) -> Option<bool> {
+        let spec = ClusterSpec {
+            name: "db".into(),
+            namespace: "prod".into(),
+            ..ClusterSpec::default()
+        };
+        let mut info = serde_json::json!({"username": user});
+        if let Some(pod) = pod {
+            info["extra"] = serde_json::json!({POD_NAME_CLAIM: [pod]});
+        }
+        let mut context = cel_interpreter::Context::default();
+        context
+            .add_variable(
+                "request",
+                serde_json::json!({"userInfo": info,
+                                   "resource": {"group": "coordination.k8s.io", "version": "v1",
+                                                "resource": "leases"}}),
+            )
+            .unwrap();
+        context
+            .add_variable("object", serde_json::json!({"metadata": {"name": lease}}))
+            .unwrap();
+        let s = policy(&spec, isolated).spec.unwrap();
+        let condition = &s.match_conditions.unwrap()[0].expression;
+        if evaluate(condition, &context) != cel_interpreter::Value::Bool(true) {
+            return None;
+        }
+        let variable = &s.variables.unwrap()[0];
+        let pod_name = evaluate(&variable.expression, &context);
+        context.add_variable_from_value(
+            "variables",
+            std::collections::HashMap::from([(variable.name.clone(), pod_name)]),
+        );
+        let v = &s.validations.unwrap()[0];
+        match evaluate(&v.expression, &context) {
+            cel_interpreter::Value::Bool(b) => Some(b),
+            other => panic!("{} gives {other:?}", v.expression),
+        }
+    }
+
+    #[test]
+    fn only_the_isolated_pods_token_is_denied_the_leader_lease() {
+        let sa = "system:serviceaccount:prod:db-sa";
+        // The isolated master may not renew the leader Lease...
+        assert_eq!(decides("db-1", sa, Some("db-1"), "db-leader"), Some(false));
+        // ...but keeps its own fence Lease, and every other member may take the leader Lease.
+        assert_eq!(decides("db-1", sa, Some("db-1"), "db-1-member"), Some(true));
+        assert_eq!(decides("db-1", sa, Some("db-0"), "db-leader"), Some(true));
+        assert_eq!(decides("db-1", sa, Some("db-2"), "db-leader"), Some(true));
+        // A token naming no pod is the member isolation policy's to judge, not this one's.
+        assert_eq!(decides("db-1", sa, None, "db-leader"), Some(true));
+        // Nobody else is judged: an operator's `kubectl` still writes the Lease.
+        assert_eq!(
+            decides("db-1", "kubernetes-admin", Some("db-1"), "db-leader"),
+            None
+        );
+        assert_eq!(
+            decides(
+                "db-1",
+                "system:serviceaccount:other:db-sa",
+                Some("db-1"),
+                "db-leader"
+            ),
+            None
+        );
+    }
+
     #[test]
     fn the_policy_denies_only_the_named_pods_updates_of_the_leader_lease() {
         let spec = ClusterSpec {
