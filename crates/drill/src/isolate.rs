@@ -169,6 +169,18 @@ pub async fn served(client: &Client) -> Result<bool> {
     }
 }
 
+/// `master-isolated` is not applicable: the API server does not serve the policy.
+pub fn not_served() -> Error {
+    Error::NotApplicable {
+        drill: DrillName::MasterIsolated,
+        why: format!(
+            "the API server does not serve {ADMISSION_GROUP_VERSION} ValidatingAdmissionPolicy \
+             (Kubernetes 1.30 or newer does), the only way to cut one member off from the leader \
+             Lease when all share one ServiceAccount"
+        ),
+    }
+}
+
 /// Deletes the binding, then the policy; returns whether either existed. Absent ones are fine.
 pub async fn remove(client: &Client, spec: &ClusterSpec) -> Result<bool> {
     let n = name(spec);
@@ -209,14 +221,7 @@ pub async fn isolated<T>(
     hold: impl Future<Output = Result<T>>,
 ) -> Result<T> {
     if !served(client).await? {
-        return Err(Error::NotApplicable {
-            drill: DrillName::MasterIsolated,
-            why: format!(
-                "the API server does not serve {ADMISSION_GROUP_VERSION} \
-                 ValidatingAdmissionPolicy (Kubernetes 1.30 or newer does), the only way to cut \
-                 one member off from the leader Lease when all share one ServiceAccount"
-            ),
-        });
+        return Err(not_served());
     }
     let n = name(spec);
     if remove(client, spec).await? {

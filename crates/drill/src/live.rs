@@ -798,6 +798,10 @@ pub async fn run(client: Client, opts: &LiveOptions, drill: DrillName) -> Result
             ),
         });
     }
+    // Judged before any load: inside the fault, a failover drill's error is a failed report.
+    if drill == DrillName::MasterIsolated && !crate::isolate::served(&client).await? {
+        return Err(crate::isolate::not_served());
+    }
     let why = unhealthy(&client, spec).await?;
     if !why.is_empty() {
         return Err(Error::NotHealthy(why.join("; ")));

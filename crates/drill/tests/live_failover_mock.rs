@@ -563,3 +563,20 @@ async fn a_kept_diverged_copy_is_reported_with_the_warning_and_does_not_stop_the
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn master_isolated_on_a_cluster_without_the_policy_api_is_refused_before_any_load() {
+    let (client, calls) = server(|line, _, _| {
+        assert_eq!(line, format!("GET {GROUP}"), "only the discovery");
+        not_found()
+    });
+    let err = pgset_drill::live::run(client, &LiveOptions::new(spec()), DrillName::MasterIsolated)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::NotApplicable { drill: DrillName::MasterIsolated, why }
+            if why.contains("does not serve admissionregistration.k8s.io/v1")),
+        "{err}"
+    );
+    assert_eq!(lines(&calls), [format!("GET {GROUP}")]);
+}
