@@ -666,6 +666,7 @@ async fn clean_up(kube: &Client, namespace: &str, made: &[ValidSpec]) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgset_spec::ClusterSpec;
 
     const NS: &str = "pgset-bench-0000abcd";
 
@@ -846,5 +847,139 @@ mod tests {
         assert!(claimed_in(&pv("pvc-1", Some(NS)), NS));
         assert!(!claimed_in(&pv("pvc-2", Some("default")), NS));
         assert!(!claimed_in(&pv("pv1", None), NS));
+    }
+
+    /// A mock API server that answers from `answer(method, path)` and records each request as
+    /// `METHOD path`.
+    fn mock_client(
+        answer: fn(&str, &str) -> (u16, serde_json::Value),
+    ) -> (Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = calls.clone();
+        tokio::spawn(async move {
+            let mut handle = std::pin::pin!(handle);
+            while let Some((request, send)) = handle.next_request().await {
+                let method = request.method().to_string();
+                let path = request.uri().path().to_string();
+                let (status, body) = answer(&method, &path);
+                recorded.lock().unwrap().push(format!("{method} {path}"));
+                send.send_response(
+                    Response::builder()
+                        .status(status)
+                        .header(http::header::CONTENT_TYPE, "application/json")
+                        .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                        .unwrap(),
+                );
+            }
+        });
+        (Client::new(service, "default"), calls)
+    }
+
+    fn status(code: u16, message: &str) -> (u16, serde_json::Value) {
+        (
+            code,
+            json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                   "message": message, "reason": "", "code": code}),
+        )
+    }
+
+    /// The API server of a cluster whose StatefulSet cannot be read (the teardown fails at its
+    /// first request) and that holds one volume provisioned for a claim of the bench namespace
+    /// and one of another namespace.
+    fn failing_teardown(method: &str, path: &str) -> (u16, serde_json::Value) {
+        let pvs = "/api/v1/persistentvolumes";
+        let policies = "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies";
+        let bindings = "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings";
+        let bare = format!("/apis/apps/v1/namespaces/{NS}/statefulsets/{BARE}");
+        match (method, path) {
+            ("GET", p)
+                if p == format!("/apis/apps/v1/namespaces/{NS}/statefulsets/pgset3-ordered-1") =>
+            {
+                status(500, "etcdserver: request timed out")
+            }
+            ("DELETE", p) if p.starts_with(policies) || p.starts_with(bindings) => {
+                status(404, "not found")
+            }
+            ("DELETE" | "GET", p) if p == bare => status(404, "not found"),
+            ("GET", p) if p == format!("/api/v1/namespaces/{NS}/pods") => (
+                200,
+                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
+            ),
+            ("GET", p) if p == pvs => (
+                200,
+                json!({"apiVersion": "v1", "kind": "PersistentVolumeList", "metadata": {},
+                "items": [
+                    serde_json::to_value(pv("pvc-in-bench", Some(NS))).unwrap(),
+                    serde_json::to_value(pv("pvc-of-the-user", Some("default"))).unwrap(),
+                ]}),
+            ),
+            ("DELETE", "/api/v1/persistentvolumes/pvc-in-bench") => (
+                200,
+                json!({"apiVersion": "v1", "kind": "PersistentVolume",
+                       "metadata": {"name": "pvc-in-bench"}}),
+            ),
+            ("DELETE", p) if p.starts_with(pvs) => status(404, "not found"),
+            ("DELETE", p) if p == format!("/api/v1/namespaces/{NS}") => (
+                200,
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}),
+            ),
+            _ => status(500, "unexpected request"),
+        }
+    }
+
+    #[tokio::test]
+    async fn cleanup_removes_the_isolation_policy_the_provisioned_volumes_and_the_namespace_when_the_teardown_fails()
+     {
+        let (kube, calls) = mock_client(failing_teardown);
+        let user = ClusterSpec::default().validated().unwrap();
+        let spec = plan::bench_spec(
+            &user,
+            NS,
+            "pgset3-ordered-1",
+            3,
+            PodManagementPolicy::OrderedReady,
+        )
+        .unwrap();
+        let result = clean_up(&kube, NS, std::slice::from_ref(&spec)).await;
+        let e = format!("{:#}", result.unwrap_err());
+        assert!(
+            e.contains("tear down bench cluster pgset3-ordered-1"),
+            "{e}"
+        );
+        assert!(e.contains("delete it by hand"), "{e}");
+        let calls = calls.lock().unwrap().clone();
+        let policy = pgset_deploy::isolation::policy_name(&spec);
+        for expected in [
+            format!(
+                "DELETE /apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings/{policy}"
+            ),
+            format!(
+                "DELETE /apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/{policy}"
+            ),
+            format!(
+                "DELETE /api/v1/persistentvolumes/{}",
+                bench_volumes(&spec, "-")[0]
+                    .metadata
+                    .name
+                    .as_deref()
+                    .unwrap()
+            ),
+            "DELETE /api/v1/persistentvolumes/pvc-in-bench".to_string(),
+            format!("DELETE /api/v1/namespaces/{NS}"),
+        ] {
+            assert!(calls.contains(&expected), "no {expected:?} in {calls:#?}");
+        }
+        assert!(
+            !calls.iter().any(|c| c.ends_with("pvc-of-the-user")),
+            "another namespace's volume was touched: {calls:#?}"
+        );
+        // The namespace goes last, after everything in and around it.
+        assert_eq!(
+            calls.last().unwrap(),
+            &format!("DELETE /api/v1/namespaces/{NS}")
+        );
     }
 }
