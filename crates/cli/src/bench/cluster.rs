@@ -597,6 +597,8 @@ async fn tear_down(kube: &Client, spec: &ValidSpec) -> Result<()> {
                 leftovers.insert(dir.display().to_string(), e.to_string());
             }
         }
+        // The cluster's own directory goes once empty (`remove_dir` never removes contents).
+        let _ = std::fs::remove_dir(spec.cluster_export_dir());
     } else if spec.storage.mode == StorageMode::Shared {
         eprintln!(
             "    note: the bench members' directories {}/{}-N stay on the NFS export (not on this host)",
