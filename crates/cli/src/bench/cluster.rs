@@ -116,7 +116,7 @@ pub async fn run(spec: &SpecArgs, client: &ClientArgs, rounds: u32) -> Result<()
 /// The no-change `up` figure.
 #[derive(Debug, Default)]
 enum UpFigure {
-    /// Not attempted (a measurement before it failed).
+    /// Not attempted.
     #[default]
     NotRun,
     /// Skipped, with the reason.
