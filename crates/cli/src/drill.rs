@@ -223,12 +223,11 @@ mod tests {
                 parse_names(&[d.as_str().to_string()], Target::Local, false).unwrap(),
                 [d]
             );
-            let e = parse_names(&[d.as_str().to_string()], Target::Live, false)
-                .unwrap_err()
-                .to_string();
+            // On a cluster too: the agent drills reach the live target, which refuses them
+            // with why (the agent is its container's PID 1).
             assert_eq!(
-                e,
-                format!("drill {d} runs against a local set: add --dir DIR")
+                parse_names(&[d.as_str().to_string()], Target::Live, false).unwrap(),
+                [d]
             );
         }
     }

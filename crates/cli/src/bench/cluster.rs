@@ -158,10 +158,13 @@ impl Results {
     }
 }
 
-/// The drills the cluster benchmark runs (their figures beside the targets).
-const DRILLS: [pgset_drill::DrillName; 2] = [
+/// The drills the cluster benchmark runs (their figures beside the targets): the master
+/// restarted in place, then the failover drills, in which a replica takes over.
+const DRILLS: [pgset_drill::DrillName; 4] = [
     pgset_drill::DrillName::MasterPodDelete,
     pgset_drill::DrillName::PostgresKill,
+    pgset_drill::DrillName::MasterFreeze,
+    pgset_drill::DrillName::MasterIsolated,
 ];
 
 /// The no-change `up` on the user's cluster, when this host is where it was brought up.
@@ -398,7 +401,21 @@ fn result_lines(r: &Results) -> Vec<String> {
             "{:<31} {:<24} {:<24} {:>8}",
             "drill", "writes accepted again", "streaming after ready", "re-join"
         ));
-        out.extend(super::drills::lines(&r.drills, &DRILLS));
+        let (failover, plain): (Vec<_>, Vec<_>) = DRILLS
+            .into_iter()
+            .partition(|d| pgset_drill::DrillName::FAILOVER.contains(d));
+        out.extend(super::drills::lines(&r.drills, &plain));
+        out.push(format!(
+            "{:<31} {:<24} {:>10} {:<16} {:>12} {:<22} {:>10}",
+            "failover drill",
+            "writes accepted again",
+            "new master",
+            "late commits",
+            "RPO (rows)",
+            "master",
+            "kept bytes"
+        ));
+        out.extend(super::drills::failover_lines(&r.drills, &failover));
     }
     if !r.timelines.is_empty() {
         out.push("where each pgset rollout's time went:".to_string());
