@@ -9,8 +9,9 @@ use pgset_drill::live::LiveOptions;
 use pgset_drill::report::DrillRun;
 use pgset_drill::{DrillName, Patience, Target, local::LocalOptions};
 
-use crate::cli::{ClientArgs, SpecArgs};
-use crate::verify::{Output, spec_and_client};
+use crate::args::{ClientArgs, Output, SpecArgs};
+use crate::cli::build_agent;
+use crate::context::RunContext;
 
 /// Arguments of `cargo xtask drill`.
 #[derive(Debug, clap::Args)]
@@ -105,7 +106,7 @@ pub async fn run(args: Args) -> Result<()> {
         pgset_local::read_set(dir).context("read the local set")?;
         let agent_bin = match &args.agent_bin {
             Some(b) => b.clone(),
-            None => crate::local::build_agent()?,
+            None => build_agent()?,
         };
         let mut opts = LocalOptions::new(dir, agent_bin);
         opts.recovery_timeout = Duration::from_secs(args.timeout.unwrap_or(120));
@@ -113,7 +114,14 @@ pub async fn run(args: Args) -> Result<()> {
         let opts = &opts;
         DrillRun::each(&drills, |d| pgset_drill::local::run(opts, d), &mut say).await
     } else {
-        let (spec, client) = spec_and_client(&args.spec, &args.client).await?;
+        let ctx = RunContext::for_command(&args.spec, &args.client, None)
+            .context("load the cluster spec")?;
+        let client = ctx
+            .client()
+            .await
+            .context("connect to the cluster")?
+            .clone();
+        let spec = ctx.spec().clone();
         let nfs_host = pgset_drill::live::on_nfs_host(&spec);
         let drills = parse_names(&args.drills, Target::Live, nfs_host)?;
         let mut opts = LiveOptions::new(spec);

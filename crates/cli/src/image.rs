@@ -8,7 +8,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use pgset_command::HostCommand;
 use pgset_spec::VERSION;
 
-use crate::cli::{ClientArgs, DryRunArg, SpecArgs, require_checkout};
+use crate::args::{ClientArgs, DryRunArg, SpecArgs};
+use crate::cli::require_checkout;
 use crate::context::RunContext;
 use crate::progress::Reporter;
 use pgset_image::reference::ImageName;

@@ -1,6 +1,7 @@
 //! The pgset commands, run as `cargo xtask <command>` or by the `pgset` binary. [`main`] parses
 //! once and dispatches to one module per command.
 
+pub mod args;
 pub mod bench;
 pub mod cli;
 pub mod context;
@@ -15,6 +16,7 @@ pub mod nfs;
 pub mod progress;
 pub mod render;
 pub mod scale;
+pub mod screen;
 pub mod status;
 pub mod switchover;
 pub mod up;
@@ -172,9 +174,9 @@ mod tests {
             assert!(err.to_string().contains("client, server"), "{task}: {err}");
         }
         for (flag, meaning) in [
-            ("--dry-run", deploy::DryRun::Client),
-            ("--dry-run=client", deploy::DryRun::Client),
-            ("--dry-run=server", deploy::DryRun::Server),
+            ("--dry-run", args::DryRun::Client),
+            ("--dry-run=client", args::DryRun::Client),
+            ("--dry-run=server", args::DryRun::Server),
         ] {
             let Task::Volumes(v) = Cli::try_parse_from(["cargo xtask", "volumes", flag])
                 .unwrap()

@@ -6,9 +6,8 @@
 use std::fmt;
 
 use anyhow::Result;
-use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::storage::v1::StorageClass;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use pgset_deploy::preflight::{
     HostRole, KUBELET_MAX_IMAGES, NodeFacts, NodeFinding, NodeOff, judge_nodes as judge_node_facts,
     node_facts,
@@ -17,6 +16,8 @@ use pgset_deploy::readiness::{self, KeptOff};
 use pgset_nfs::OsFamily;
 use pgset_spec::contract::CONTROL_PLANE_TAINT;
 use pgset_spec::{ClusterSpec, StorageMode};
+
+use crate::context::{Nodes, RunContext};
 
 /// What preflight learned. Every field is read, never assumed.
 #[derive(Debug, Clone)]
@@ -229,15 +230,15 @@ fn node_finding_text(spec: &ClusterSpec, finding: &NodeFinding) -> String {
     }
 }
 
-/// Reads the facts: the host, and the cluster when a client is given; with them, the nodes
-/// as listed (`None` when they were not: no client, or the API server did not answer), for the
-/// stages after preflight.
+/// Reads the facts: the host, and the cluster when `cluster` (the context's client was
+/// built); the nodes are listed once, by the context, which keeps them for the stages after
+/// preflight.
 pub async fn gather(
-    spec: &ClusterSpec,
-    client: Option<&kube::Client>,
+    ctx: &RunContext,
+    cluster: bool,
     host_steps: bool,
     imports_image: bool,
-) -> Result<(Facts, Option<Vec<Node>>)> {
+) -> Result<Facts> {
     let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
     let os_family = pgset_nfs::parse_os_release(&os_release)
         .family()
@@ -262,34 +263,32 @@ pub async fn gather(
         storage_class_exists: None,
         nfs_host: None,
     };
-    let nodes = match client {
-        Some(client) => read_cluster(spec, client, &hostname, &mut facts).await?,
-        None => None,
-    };
-    Ok((facts, nodes))
+    if cluster {
+        read_cluster(ctx, &hostname, &mut facts).await?;
+    }
+    Ok(facts)
 }
 
-/// Reads what the API tells about the cluster: its version, every node, the StorageClass the
-/// spec names. Only reads. Returns the nodes as listed (`None` when the API server did not
-/// answer).
-pub async fn read_cluster(
-    spec: &ClusterSpec,
-    client: &kube::Client,
-    hostname: &str,
-    facts: &mut Facts,
-) -> Result<Option<Vec<Node>>> {
+/// Reads what the API tells about the cluster: its version, every node (listed by the context,
+/// [`RunContext::nodes`]), the StorageClass the spec names. Only reads.
+pub async fn read_cluster(ctx: &RunContext, hostname: &str, facts: &mut Facts) -> Result<()> {
+    let spec = ctx.spec();
+    let client = ctx.client().await?;
     match client.apiserver_version().await {
         Ok(info) => {
             facts.cluster_version = Some(Ok(format!("{}.{}", info.major, info.minor)));
         }
         Err(e) => {
             facts.cluster_version = Some(Err(e.to_string()));
-            return Ok(None);
+            return Ok(());
         }
     }
-    let nodes: Api<Node> = Api::all(client.clone());
-    let list = nodes.list(&ListParams::default()).await?;
-    for n in &list.items {
+    let nodes = match ctx.nodes().await? {
+        Nodes::Listed(nodes) => nodes,
+        // The API server answered its version: a listing that fails is an error.
+        Nodes::NoCluster(e) => anyhow::bail!("{e}"),
+    };
+    for n in nodes {
         let node = node_facts(n, &spec.agent.image);
         if node.name == hostname || hostname.split('.').next() == Some(node.name.as_str()) {
             facts.host_is_node = true;
@@ -302,12 +301,13 @@ pub async fn read_cluster(
         let classes: Api<StorageClass> = Api::all(client.clone());
         facts.storage_class_exists = Some(classes.get_opt(class).await?.is_some());
     }
-    Ok(Some(list.items))
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::Node;
     use pgset_spec::default_agent_image;
 
     fn cluster_ok() -> Facts {
@@ -718,10 +718,19 @@ mod tests {
             host_node: None,
             ..cluster_ok()
         };
-        let listed = read_cluster(&spec, &client, "cp.lab.example", &mut facts)
+        let ctx = RunContext::new(
+            spec.clone().validated().unwrap(),
+            crate::args::ClientArgs::default(),
+            None,
+            crate::progress::Reporter::recording(false),
+        )
+        .with_client(client);
+        read_cluster(&ctx, "cp.lab.example", &mut facts)
             .await
-            .unwrap()
-            .expect("the API server answered: the nodes are kept for the stages");
+            .unwrap();
+        let Nodes::Listed(listed) = ctx.nodes().await.unwrap() else {
+            panic!("the API server answered: the nodes are kept for the stages");
+        };
         let names: Vec<_> = listed
             .iter()
             .filter_map(|n| n.metadata.name.as_deref())
