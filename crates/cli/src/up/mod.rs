@@ -195,7 +195,7 @@ async fn execute(args: &Args, reporter: Reporter) -> Result<()> {
         ctx.gathered_mut().nfs_host = Some(host);
     }
     drop(ticker);
-    let findings = preflight::judge(ctx.spec(), &facts);
+    let findings = preflight::worded(ctx.spec(), &facts);
     for f in &findings {
         reporter.line(&format!("    {f}"));
     }
