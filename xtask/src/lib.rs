@@ -95,6 +95,8 @@ struct Forwarded {
 
 /// Parses the command line and runs the task, or hands it to `pgset`.
 pub fn main() -> ExitCode {
+    // The host commands' lines, under the step that runs them.
+    pgset_command::log_with(|line| eprintln!("    {line}"));
     let cli = Cli::parse();
     let forwarded = match cli.task {
         Task::Test(args) => {

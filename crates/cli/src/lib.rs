@@ -88,6 +88,10 @@ pub async fn main() -> std::process::ExitCode {
     let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
     // Host commands' lines go where progress goes: above the live lines on a terminal.
     pgset_command::log_with(|line| progress::Reporter::current().line(&format!("    {line}")));
+    // What local mode's launcher does, as it said it before: one line each.
+    pgset_local::progress_with(|line| {
+        progress::Reporter::current().line(&format!("pgset local: {line}"))
+    });
     let result = match cli.task {
         Task::Up(a) => up::run(a).await,
         Task::Down(a) => down::run(a).await,
