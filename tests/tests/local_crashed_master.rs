@@ -71,7 +71,7 @@ async fn a_crashed_master_with_unsent_wal_is_rewound_and_its_writes_kept_when_it
         kill(Pid::from_raw(pm), None).is_err()
     });
     // The master role moves to pgset-1, as a failover would have moved it.
-    let timings = LeaderTimings::for_lease(Duration::from_secs(15)).unwrap();
+    let timings = LeaderTimings::for_lease(Duration::from_secs(13)).unwrap();
     let store = FileStore::new(
         t.dir(),
         "pgset",

@@ -389,16 +389,16 @@ impl LeaderTimings {
         })
     }
 
-    /// The default timings for a lease of `lease_duration`, in proportion to it: for 15 s,
-    /// renew every 2 s, give up at 8 s, stop within 5 s (fast 3 s, immediate 1 s, kill 1 s),
-    /// which leaves 2 s of margin for the two clocks' rates. Refused only for a duration too
-    /// short to divide.
+    /// The default timings for a lease of `lease_duration`, in proportion to it: for 13 s,
+    /// renew every 2 s, give up at 6 s (three attempts), stop within 5 s (fast 3 s, immediate
+    /// 1 s, kill 1 s), which leaves 2 s of margin for the two clocks' rates. Refused only for a
+    /// duration too short to divide.
     pub fn for_lease(lease_duration: Duration) -> Result<LeaderTimings, TimingError> {
-        let part = |n: u32| lease_duration * n / 15;
+        let part = |n: u32| lease_duration * n / 13;
         LeaderTimings::new(
             lease_duration,
             part(2),
-            part(8),
+            part(6),
             StopEscalation {
                 fast: part(3),
                 immediate: part(1),
@@ -1211,11 +1211,11 @@ mod tests {
     }
 
     #[test]
-    fn default_timings_for_15_seconds() {
-        let t = LeaderTimings::for_lease(Duration::from_secs(15)).unwrap();
-        assert_eq!(t.lease_duration(), Duration::from_secs(15));
+    fn default_timings_for_13_seconds() {
+        let t = LeaderTimings::for_lease(Duration::from_secs(13)).unwrap();
+        assert_eq!(t.lease_duration(), Duration::from_secs(13));
         assert_eq!(t.renew_every(), Duration::from_secs(2));
-        assert_eq!(t.renew_deadline(), Duration::from_secs(8));
+        assert_eq!(t.renew_deadline(), Duration::from_secs(6));
         assert_eq!(
             t.stop(),
             StopEscalation {

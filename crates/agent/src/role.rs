@@ -662,7 +662,21 @@ fn eligibility(l: &Look) -> Eligibility {
     Eligibility::Eligible
 }
 
-/// A replica's part in failover, every `renew_every`: it notes when its WAL receiver streamed
+/// A look just after the expiry, so a replica does not wait up to one more renewal interval
+/// past it: the record's remaining time on this member's own clock.
+const EXPIRY_SLACK: Duration = Duration::from_millis(20);
+
+/// When a contender looks next: every `renew_every`, or just after the record would expire on
+/// its own clock if that comes sooner (`remaining`: [`Observer::remaining`]; `None` or zero when
+/// it was never seen or is free already, which the current look decides).
+fn next_look(renew_every: Duration, remaining: Option<Duration>) -> Duration {
+    match remaining {
+        Some(r) if !r.is_zero() => (r + EXPIRY_SLACK).min(renew_every),
+        _ => renew_every,
+    }
+}
+
+/// A replica's part in failover, every `renew_every` (and just after the record would expire): it notes when its WAL receiver streamed
 /// from the holder ([`streams_from_holder`]); it follows a new holder (locally by rewriting its
 /// `primary_conninfo` to the holder's port; in a cluster the master Service follows the role
 /// label, so it only forgets what it saw streaming and tells the supervisor); and when the
@@ -696,8 +710,10 @@ pub async fn contend(
             said = text;
         }
     };
+    let mut pause = timings.renew_every();
     loop {
-        tokio::time::sleep(timings.renew_every()).await;
+        tokio::time::sleep(pause).await;
+        pause = timings.renew_every();
         let Ok(db) = Db::local(&s, pg::DEADLINE).await else {
             continue;
         };
@@ -714,6 +730,7 @@ pub async fn contend(
         };
         let seen = Instant::now();
         observer.observe(&record, seen);
+        pause = next_look(timings.renew_every(), observer.remaining(&record, seen));
         look += 1;
         if version_first_look
             .as_ref()
@@ -988,6 +1005,23 @@ pub(crate) async fn promote(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_contender_looks_again_just_after_the_record_would_expire_not_a_renewal_later() {
+        let every = Duration::from_secs(2);
+        // Never seen, or free already: the usual interval (this look decided).
+        assert_eq!(next_look(every, None), every);
+        assert_eq!(next_look(every, Some(Duration::ZERO)), every);
+        // Far from expiry: the usual interval.
+        assert_eq!(next_look(every, Some(Duration::from_secs(9))), every);
+        // Expiring within the interval: just after it, so the next look finds it expired.
+        assert_eq!(
+            next_look(every, Some(Duration::from_millis(700))),
+            Duration::from_millis(700) + EXPIRY_SLACK
+        );
+        assert!(next_look(every, Some(Duration::from_millis(1))) > Duration::from_millis(1));
+    }
+
     use super::*;
     use crate::leader::Version;
 

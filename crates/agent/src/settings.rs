@@ -12,8 +12,10 @@ use crate::{Error, Result};
 pub const DEFAULT_MASTER_WAIT: Duration = Duration::from_secs(600);
 
 /// The leader record's lease duration: the role's timings are in proportion to it
-/// ([`crate::leader::LeaderTimings::for_lease`]).
-pub const DEFAULT_LEADER_LEASE: Duration = Duration::from_secs(15);
+/// ([`crate::leader::LeaderTimings::for_lease`]). A frozen master's writes come back about one
+/// lease after it stopped renewing (plus a promotion), so 13 s keeps that within 15 s while the
+/// holder still gets three renewal attempts and a 5 s stop before the 2 s margin.
+pub const DEFAULT_LEADER_LEASE: Duration = Duration::from_secs(13);
 
 /// What a member is: the holder of the leader record is the master ([`crate::role`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

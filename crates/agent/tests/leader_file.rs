@@ -28,7 +28,7 @@ fn store(dir: &Path, i: u32, lease: Duration) -> FileStore {
 }
 
 fn long(dir: &Path, i: u32) -> FileStore {
-    store(dir, i, Duration::from_secs(15))
+    store(dir, i, Duration::from_secs(13))
 }
 
 fn taken(claim: Claim) -> Written {
@@ -237,7 +237,7 @@ async fn a_released_record_is_free_at_once_and_an_absent_one_only_for_the_bootst
     );
     assert_eq!(on_disk(t.path()).await, gone);
 
-    // Free at once, with a 15 s lease: no waiting.
+    // Free at once, with a 13 s lease: no waiting.
     let asked = Instant::now();
     let w = taken(
         b.acquire(4, IfAbsent::Wait, &mut Observer::new())
@@ -411,7 +411,7 @@ async fn a_new_incarnation_of_the_holder_takes_the_record_at_once_and_no_other_m
         dir.path(),
         CLUSTER,
         Holder::new("pgset-0", "local-0-restarted"),
-        LeaderTimings::for_lease(Duration::from_secs(15)).unwrap(),
+        LeaderTimings::for_lease(Duration::from_secs(13)).unwrap(),
     );
     let w = taken(
         again

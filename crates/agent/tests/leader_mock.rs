@@ -75,7 +75,7 @@ fn status(code: u16, reason: &str) -> Value {
 /// The leader Lease as the API server returns it.
 fn lease(holder: Option<(&str, &str)>, timeline: u32, rv: &str, transitions: i32) -> Value {
     let mut annotations = json!({"pgset.io/leader-timeline": timeline.to_string()});
-    let mut spec = json!({"leaseDurationSeconds": 15,
+    let mut spec = json!({"leaseDurationSeconds": 13,
                           "acquireTime": "2020-01-01T00:00:00.000000Z",
                           "renewTime": "2020-01-01T00:00:00.000000Z",
                           "leaseTransitions": transitions});
@@ -128,7 +128,7 @@ fn store(client: Client) -> LeaseStore {
         "db",
         "pgset",
         me(),
-        LeaderTimings::for_lease(Duration::from_secs(15)).unwrap(),
+        LeaderTimings::for_lease(Duration::from_secs(13)).unwrap(),
     )
 }
 
@@ -182,13 +182,13 @@ async fn the_bootstrap_candidate_creates_the_lease_and_no_one_else_does() {
                "metadata": {"name": "pgset-leader", "labels": labels(),
                             "annotations": {"pgset.io/leader-member": "pgset-1",
                                             "pgset.io/leader-timeline": "1"}},
-               "spec": {"holderIdentity": "uid-1", "leaseDurationSeconds": 15,
+               "spec": {"holderIdentity": "uid-1", "leaseDurationSeconds": 13,
                         "acquireTime": "<time>", "renewTime": "<time>",
                         "leaseTransitions": 0}})
     );
     assert_eq!(w.record.holder, Some(me()));
     assert_eq!(w.record.version.as_str(), "41");
-    assert_eq!(w.record.lease_duration, Duration::from_secs(15));
+    assert_eq!(w.record.lease_duration, Duration::from_secs(13));
 }
 
 #[tokio::test(start_paused = true)]
@@ -255,14 +255,14 @@ async fn a_held_lease_is_taken_only_after_its_duration_unchanged_on_this_clock()
             other => panic!("{other:?}"),
         }
     };
-    // The last version ("9") was first seen at 2 s: taken at 17 s, not earlier.
-    assert_eq!(w.sent - start, Duration::from_secs(17));
+    // The last version ("9") was first seen at 2 s: taken at 15 s (its 13 s later), not earlier.
+    assert_eq!(w.sent - start, Duration::from_secs(15));
     let c = calls(&seen);
     let put = c.iter().find(|c| c.method == "PUT").unwrap();
-    assert_eq!(put.at, Duration::from_secs(17), "{:?}", methods(&c));
+    assert_eq!(put.at, Duration::from_secs(15), "{:?}", methods(&c));
     assert!(
         c.iter()
-            .filter(|c| c.at < Duration::from_secs(17))
+            .filter(|c| c.at < Duration::from_secs(15))
             .all(|c| c.method == "GET")
     );
     assert_eq!(put.path, LEASE);
@@ -273,7 +273,7 @@ async fn a_held_lease_is_taken_only_after_its_duration_unchanged_on_this_clock()
                             "labels": labels(),
                             "annotations": {"pgset.io/leader-member": "pgset-1",
                                             "pgset.io/leader-timeline": "3"}},
-               "spec": {"holderIdentity": "uid-1", "leaseDurationSeconds": 15,
+               "spec": {"holderIdentity": "uid-1", "leaseDurationSeconds": 13,
                         "acquireTime": "<time>", "renewTime": "<time>",
                         "leaseTransitions": 5}})
     );
@@ -383,7 +383,7 @@ async fn renew_hand_over_and_release_are_writes_on_the_held_version() {
                             "labels": labels(),
                             "annotations": {"pgset.io/leader-member": "pgset-2",
                                             "pgset.io/leader-timeline": "2"}},
-               "spec": {"holderIdentity": "uid-2", "leaseDurationSeconds": 15,
+               "spec": {"holderIdentity": "uid-2", "leaseDurationSeconds": 13,
                         "acquireTime": "<time>", "renewTime": "<time>",
                         "leaseTransitions": 3}})
     );
@@ -409,7 +409,7 @@ async fn renew_hand_over_and_release_are_writes_on_the_held_version() {
         "db",
         "pgset",
         to,
-        LeaderTimings::for_lease(Duration::from_secs(15)).unwrap(),
+        LeaderTimings::for_lease(Duration::from_secs(13)).unwrap(),
     );
     let mine = taken(
         next.acquire(3, IfAbsent::Wait, &mut Observer::new())
@@ -550,7 +550,7 @@ async fn a_server_error_a_timeout_or_an_unreadable_lease_is_never_free() {
 #[tokio::test(start_paused = true)]
 async fn of_two_contenders_for_a_released_lease_exactly_one_wins() {
     let (client, seen) = faithful(lease(None, 4, "20", 1));
-    let timings = LeaderTimings::for_lease(Duration::from_secs(15)).unwrap();
+    let timings = LeaderTimings::for_lease(Duration::from_secs(13)).unwrap();
     let other = Holder::new("pgset-2", "uid-2");
     let a = store(client.clone());
     let b = LeaseStore::new(client, "db", "pgset", other.clone(), timings);

@@ -11,7 +11,7 @@ pub const WRITE_RECOVERY_TARGET_S: f64 = 10.0;
 /// Every replica streaming at most this long after the master is ready again.
 pub const REJOIN_TARGET_S: f64 = 2.0;
 /// Writes accepted again at most this long after a frozen, cut-off or killed master (a replica
-/// takes over once the 15 s lease ran out).
+/// takes over once the 13 s lease ran out).
 pub const FAILOVER_WRITE_TARGET_S: f64 = 15.0;
 
 /// A copy a drill left with writes the cluster does not have (`<member>.diverged-<time>`), and

@@ -5,7 +5,9 @@
 //! streams again. The failover drills get a table of their own: writes accepted again after the
 //! fault (target ≤ 15 s), commits the old master acknowledged after the new master's first
 //! (target 0, the worst round), RPO as measured (asynchronous replication), and the master
-//! before and after.
+//! before and after. Last, a series of consecutive failover drills on a set with synchronous
+//! replication (`required`, one standby), alternating `master-freeze` and `master-isolated`:
+//! acknowledged rows lost over the whole series beside its target, 0.
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
@@ -14,11 +16,14 @@ use anyhow::{Context, Result};
 use pgset_drill::report::{FAILOVER_WRITE_TARGET_S, REJOIN_TARGET_S, WRITE_RECOVERY_TARGET_S};
 use pgset_drill::{DrillName, DrillReport, Verdict, local::LocalOptions};
 use pgset_local::{self as local, UpOptions};
+use pgset_spec::{Durability, Synchronous};
 
 /// Port of the set's master (members on the next ports, health ports 1000 above).
 const PORT: u16 = 28390;
 /// Rounds per drill.
 const ROUNDS: usize = 3;
+/// The failover drills of the synchronous series, taken in turn.
+pub const SYNC_SERIES: [DrillName; 2] = [DrillName::MasterFreeze, DrillName::MasterIsolated];
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
@@ -170,13 +175,20 @@ async fn rounds_on_a_set(
     agent: &std::path::Path,
     drills: &[DrillName],
     rounds: usize,
+    synchronous: Option<Synchronous>,
     reports: &mut Vec<DrillReport>,
 ) -> Result<()> {
     let mut up = UpOptions::new(dir, 3, PORT, agent);
     up.ready_timeout = Duration::from_secs(300);
+    up.synchronous = synchronous;
     let result = async {
         eprintln!(
-            "==> drills: a 3-member local set on ports {PORT}.. ({})",
+            "==> drills: a 3-member local set on ports {PORT}..{} ({})",
+            if synchronous.is_some() {
+                ", synchronous replication (required, 1 standby)"
+            } else {
+                ""
+            },
             dir.display()
         );
         local::up(&up).await.context("form the drills' set")?;
@@ -211,9 +223,82 @@ async fn rounds_on_a_set(
     result
 }
 
+/// What the synchronous series measured: rounds run, acknowledged rows lost in all and in the
+/// worst round, late commits in the worst round, the median time until writes were accepted
+/// again, and the rounds that failed or did not run.
+pub fn sync_series_line(reports: &[DrillReport], asked: usize) -> String {
+    let lost: usize = reports.iter().map(|r| r.rows_missing).sum();
+    let worst = reports.iter().map(|r| r.rows_missing).max();
+    let late = reports.iter().filter_map(|r| r.late_commits).max();
+    let back = median(
+        reports
+            .iter()
+            .filter_map(|r| {
+                r.writes_accepted_again_after_s
+                    .or((!r.writes_unresolved).then_some(0.0))
+            })
+            .collect(),
+    );
+    let failed = reports
+        .iter()
+        .filter(|r| r.verdict == Verdict::Fail)
+        .count();
+    let missing = asked.saturating_sub(reports.len());
+    let lost_verdict = match worst {
+        None => "-".to_string(),
+        Some(_) if lost == 0 => format!("{:>6} ≤0 ok", 0),
+        Some(w) => format!("{lost:>6} ≤0 MISSED (worst round {w})"),
+    };
+    format!(
+        "{:<31} {:>6} {:<34} {:<16} {:<24}{}{}",
+        "synchronous failover series",
+        reports.len(),
+        lost_verdict,
+        zero_target(late),
+        verdict(back, FAILOVER_WRITE_TARGET_S),
+        if failed > 0 {
+            format!(" {failed} round(s) FAILED")
+        } else {
+            String::new()
+        },
+        if missing > 0 {
+            format!(" {missing} round(s) DID NOT RUN")
+        } else {
+            String::new()
+        }
+    )
+}
+
+/// `rounds` consecutive failover drills ([`SYNC_SERIES`] in turn) on a set of their own with
+/// synchronous replication (`required`, one standby); their reports.
+async fn sync_series(
+    dir: &std::path::Path,
+    agent: &std::path::Path,
+    rounds: usize,
+) -> Result<Vec<DrillReport>> {
+    let mut reports = Vec::new();
+    let rounds_each = rounds.div_ceil(SYNC_SERIES.len());
+    let synchronous = Synchronous {
+        number: 1,
+        durability: Durability::Required,
+    };
+    rounds_on_a_set(
+        dir,
+        agent,
+        &SYNC_SERIES,
+        rounds_each,
+        Some(synchronous),
+        &mut reports,
+    )
+    .await?;
+    reports.truncate(rounds);
+    Ok(reports)
+}
+
 /// Forms the set, runs the drills, prints the medians, and stops the set; then the drills that
-/// leave a set broken, once each on a set of their own.
-pub async fn run() -> Result<()> {
+/// leave a set broken, once each on a set of their own; then `sync_rounds` consecutive failover
+/// drills under synchronous replication (none when 0).
+pub async fn run(sync_rounds: usize) -> Result<()> {
     let agent = crate::local::build_agent()?;
     let tmp = tempfile::Builder::new()
         .prefix("pgset-bench-drills-")
@@ -230,13 +315,19 @@ pub async fn run() -> Result<()> {
         &agent,
         &shared,
         ROUNDS,
+        None,
         &mut reports,
     )
     .await?;
     for (i, d) in ON_A_SET_OF_THEIR_OWN.into_iter().enumerate() {
         let dir = tmp.path().join(format!("own-{i}"));
-        rounds_on_a_set(&dir, &agent, &[d], 1, &mut reports).await?;
+        rounds_on_a_set(&dir, &agent, &[d], 1, None, &mut reports).await?;
     }
+    let sync = if sync_rounds > 0 {
+        Some(sync_series(&tmp.path().join("synchronous"), &agent, sync_rounds).await?)
+    } else {
+        None
+    };
     println!(
         "{:<31} {:<24} {:<24} {:>8}",
         "local drill (median of 3)", "writes accepted again", "streaming after ready", "re-join"
@@ -261,6 +352,18 @@ pub async fn run() -> Result<()> {
     );
     for l in failover_lines(&reports, &DrillName::LOCAL) {
         println!("{l}");
+    }
+    if let Some(sync) = sync {
+        println!();
+        println!(
+            "{:<31} {:>6} {:<34} {:<16} {:<24}",
+            "required, 1 standby; alternating",
+            "rounds",
+            "acknowledged rows lost (all rounds)",
+            "late commits",
+            "writes accepted again"
+        );
+        println!("{}", sync_series_line(&sync, sync_rounds));
     }
     Ok(())
 }
@@ -327,5 +430,28 @@ mod tests {
         // A drill with no round has no figures.
         assert!(l[2].starts_with("master-agent-kill"), "{l:#?}");
         assert!(l[2].contains(" - "), "{l:#?}");
+    }
+
+    #[test]
+    fn the_synchronous_series_counts_every_lost_row_and_the_rounds_that_did_not_run() {
+        let clean = [
+            round(DrillName::MasterFreeze, 13.0, Some(0), 0),
+            round(DrillName::MasterIsolated, 12.0, Some(0), 0),
+            round(DrillName::MasterFreeze, 14.0, Some(0), 0),
+        ];
+        let l = sync_series_line(&clean, 3);
+        assert!(l.starts_with("synchronous failover series"), "{l}");
+        assert!(l.contains("      3      0 ≤0 ok"), "{l}");
+        assert!(l.contains(" 13.00s ≤15s ok"), "{l}");
+        assert!(!l.contains("FAILED") && !l.contains("DID NOT RUN"), "{l}");
+        // One row lost in one round misses the target, whatever the others did.
+        let mut lossy = clean.to_vec();
+        lossy[1].rows_missing = 1;
+        lossy[1].verdict = Verdict::Fail;
+        let l = sync_series_line(&lossy, 4);
+        assert!(l.contains("     1 ≤0 MISSED (worst round 1)"), "{l}");
+        assert!(l.contains("1 round(s) FAILED"), "{l}");
+        assert!(l.contains("1 round(s) DID NOT RUN"), "{l}");
+        assert!(sync_series_line(&[], 50).contains("50 round(s) DID NOT RUN"));
     }
 }

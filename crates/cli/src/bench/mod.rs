@@ -32,6 +32,10 @@ pub struct Args {
     /// Only the local drills' recovery times beside their targets (a local set at ports 28390..)
     #[arg(long, conflicts_with_all = ["cluster_only", "agent_cost_only"])]
     pub drills_only: bool,
+    /// Consecutive failover drills on a set with synchronous replication (`required`, one
+    /// standby) after the local drills; 0 skips them (each takes about half a minute)
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub sync_rounds: usize,
     /// Length of each measuring window of the agent-cost benchmark, in seconds
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub agent_window: u64,
@@ -54,7 +58,7 @@ pub async fn run(args: Args) -> Result<()> {
         return agent_cost::run(window).await;
     }
     if args.drills_only {
-        return drills::run().await;
+        return drills::run(args.sync_rounds).await;
     }
     if args.formation_only {
         return local::run(true).await;
@@ -62,7 +66,7 @@ pub async fn run(args: Args) -> Result<()> {
     if !args.cluster_only {
         local::run(false).await?;
         agent_cost::run(window).await?;
-        drills::run().await?;
+        drills::run(args.sync_rounds).await?;
     }
     if !args.local_only {
         cluster::run(&args.spec, &args.client).await?;
