@@ -1,5 +1,6 @@
-//! The two entry points list the same commands: `cargo xtask` (which runs `test` itself and hands
-//! every other task to the `pgset` binary) and `pgset`, whose development tasks are hidden.
+//! The entry points list the same commands: `cargo xtask` (which runs `test` itself, hands `bench`
+//! and `vagrant` to the developer tools' binary and every other task to the `pgset` binary),
+//! `pgset`, which carries no developer tool, and `pgset-devtools`.
 
 use clap::CommandFactory;
 
@@ -35,13 +36,29 @@ fn cargo_xtask_lists_every_pgset_command_as_pgset_describes_it() {
         .map(|(n, _, _)| n.as_str())
         .filter(|n| !pgset.iter().any(|(p, _, _)| p == n))
         .collect();
-    assert_eq!(own, ["test", "help"], "tasks of cargo xtask alone");
+    assert_eq!(
+        own,
+        ["test", "bench", "vagrant", "help"],
+        "tasks pgset does not have"
+    );
     let hidden: Vec<&str> = pgset
         .iter()
         .filter(|(_, _, h)| *h)
         .map(|(n, _, _)| n.as_str())
         .collect();
-    assert_eq!(hidden, ["bench", "vagrant"], "pgset's development tasks");
+    assert!(hidden.is_empty(), "pgset hides {hidden:?}");
+    // The developer tools are listed as their binary describes them.
+    let tools = listing(&pgset_devtools::Tools::command());
+    let names: Vec<&str> = tools.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(names, ["bench", "vagrant"]);
+    for (name, about, _) in &tools {
+        let found = xtask.iter().find(|(n, _, _)| n == name);
+        assert_eq!(
+            found.map(|(_, a, _)| a),
+            Some(about),
+            "`{name}`'s description"
+        );
+    }
 }
 
 #[test]
@@ -49,7 +66,7 @@ fn both_entry_points_list_the_commands_in_one_order() {
     let order = |c: &clap::Command| -> Vec<String> {
         c.get_subcommands()
             .map(|s| s.get_name().to_owned())
-            .filter(|n| n != "test" && n != "help")
+            .filter(|n| !["test", "bench", "vagrant", "help"].contains(&n.as_str()))
             .collect()
     };
     assert_eq!(

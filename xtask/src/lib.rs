@@ -124,8 +124,8 @@ pub fn main() -> ExitCode {
         Task::Failover(f) => ("failover", f),
         Task::Render(f) => ("render", f),
         Task::Local(f) => ("local", f),
-        Task::Bench(f) => ("bench", f),
-        Task::Vagrant(f) => ("vagrant", f),
+        Task::Bench(f) => return run_devtools("bench", f.args),
+        Task::Vagrant(f) => return run_devtools("vagrant", f.args),
     };
     let (task, Forwarded { args }) = forwarded;
     let mut argv = vec![OsString::from(task)];
@@ -152,6 +152,7 @@ fn help(task: Vec<OsString>) -> ExitCode {
             let _ = sub.print_help();
             ExitCode::SUCCESS
         }
+        Some("bench" | "vagrant") => run_devtools("help", task),
         Some(_) => {
             let mut argv = vec![OsString::from("help")];
             argv.extend(task);
@@ -169,11 +170,16 @@ pub fn workspace_root() -> PathBuf {
 /// `cargo run --quiet --package pgset-cli --bin pgset -- ARGV`, the cargo that runs xtask
 /// (`$CARGO`) building into the same target directory (`CARGO_TARGET_DIR` is inherited).
 fn pgset_command(argv: Vec<OsString>) -> HostCommand {
+    cargo_run("pgset-cli", "pgset", argv)
+}
+
+/// `cargo run --quiet --package PACKAGE --bin BIN -- ARGV` with the program name set.
+fn cargo_run(package: &str, bin: &str, argv: Vec<OsString>) -> HostCommand {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     HostCommand::new(cargo)
         .args(["run", "--quiet", "--manifest-path"])
         .arg(workspace_root().join("Cargo.toml"))
-        .args(["--package", "pgset-cli", "--bin", "pgset", "--"])
+        .args(["--package", package, "--bin", bin, "--"])
         .args(argv)
         .env(PROGRAM_NAME_ENV, PROGRAM_NAME)
 }
@@ -181,7 +187,19 @@ fn pgset_command(argv: Vec<OsString>) -> HostCommand {
 /// Replaces this process with `pgset ARGV` (through `cargo run`, which replaces itself in turn):
 /// its stdin, stdout and stderr, its signals and its exit code are the command's own.
 fn run_pgset(argv: Vec<OsString>) -> ExitCode {
-    let error = pgset_command(argv).exec();
+    exec(pgset_command(argv))
+}
+
+/// Replaces this process with the developer tool `TOOL ARGS` of `pgset-devtools` (the benchmarks,
+/// the Vagrant lab), which the `pgset` binary does not carry.
+fn run_devtools(tool: &str, args: Vec<OsString>) -> ExitCode {
+    let mut argv = vec![OsString::from(tool)];
+    argv.extend(args);
+    exec(cargo_run("pgset-devtools", "pgset-devtools", argv))
+}
+
+fn exec(command: HostCommand) -> ExitCode {
+    let error = command.exec();
     eprintln!("error: {error}");
     ExitCode::FAILURE
 }

@@ -6,9 +6,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use pgset_command::HostCommand;
 
-/// The shared arguments, where the developer tools' commands find them.
-pub use crate::args::{ClientArgs, SpecArgs};
-
 /// A stage's progress lines (`==> label`, `label done in 1.2s`), owned by the invocation's
 /// [`Reporter`](crate::progress::Reporter).
 pub use crate::progress::Stage;

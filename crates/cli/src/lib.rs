@@ -2,7 +2,6 @@
 //! once and dispatches to one module per command.
 
 pub mod args;
-pub mod bench;
 pub mod cli;
 pub mod context;
 pub mod deploy;
@@ -20,7 +19,6 @@ pub mod screen;
 pub mod status;
 pub mod switchover;
 pub mod up;
-pub mod vagrant;
 pub mod verify;
 pub mod volumes;
 
@@ -37,7 +35,7 @@ pub struct Cli {
     task: Task,
 }
 
-/// The commands; `bench` and `vagrant` are development tasks, listed by `cargo xtask --help`.
+/// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Task {
     /// Preflight, NFS host, volumes, NFS path checks, agent image, deploy, rollout, verify: the whole flow
@@ -70,12 +68,6 @@ pub enum Task {
     Render(render::Args),
     /// A primary and replicas as local processes on 127.0.0.1, driven by the same agent
     Local(local::Args),
-    /// Benchmarks (replica bootstrap, local formation, live rollout when KUBECONFIG is set)
-    #[command(hide = true)]
-    Bench(bench::Args),
-    /// The Vagrant lab: a Rocky Linux 9 VM with kubeadm, NFS and a verified cluster
-    #[command(hide = true)]
-    Vagrant(vagrant::Args),
 }
 
 /// Parses the command line and runs the command; a usage error exits here, as clap does.
@@ -86,12 +78,7 @@ pub async fn main() -> std::process::ExitCode {
         command = command.bin_name(name.to_string_lossy().into_owned());
     }
     let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
-    // Host commands' lines go where progress goes: above the live lines on a terminal.
-    pgset_command::log_with(|line| progress::Reporter::current().line(&format!("    {line}")));
-    // What local mode's launcher does, as it said it before: one line each.
-    pgset_local::progress_with(|line| {
-        progress::Reporter::current().line(&format!("pgset local: {line}"))
-    });
+    say_through_the_reporter();
     let result = match cli.task {
         Task::Up(a) => up::run(a).await,
         Task::Down(a) => down::run(a).await,
@@ -108,9 +95,23 @@ pub async fn main() -> std::process::ExitCode {
         Task::Failover(a) => switchover::run_failover(a).await,
         Task::Render(a) => render::run(a).await,
         Task::Local(a) => local::run(a).await,
-        Task::Bench(a) => bench::run(a).await,
-        Task::Vagrant(a) => vagrant::run(a).await,
     };
+    exit_code(result)
+}
+
+/// Sends what the libraries say (host commands' lines, local mode's launcher's) through the
+/// invocation's reporter: above the live lines on a terminal. For a program's `main`.
+pub fn say_through_the_reporter() {
+    pgset_command::log_with(|line| progress::Reporter::current().line(&format!("    {line}")));
+    // What local mode's launcher does, one line each.
+    pgset_local::progress_with(|line| {
+        progress::Reporter::current().line(&format!("pgset local: {line}"))
+    });
+}
+
+/// The exit code of a command's result: an [`cli::Exit`] prints its message and exits with its
+/// code; another error prints `error: ...` and the command that fixes it, when there is one.
+pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -9,9 +9,7 @@ use pgset_local::status::{self as local_status, StatusReport};
 use pgset_local::{self as local, UpOptions};
 
 use crate::args::{OneLine, StatusOutput};
-use crate::cli::Stage;
-/// Where the benchmarks find the agent's build.
-pub use crate::cli::build_agent;
+use crate::cli::{Stage, build_agent};
 use crate::screen::{Screen, show};
 
 /// Arguments of `cargo xtask local`.

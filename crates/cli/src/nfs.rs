@@ -11,9 +11,6 @@ use crate::args::{ClientArgs, DryRunArg, SpecArgs};
 use crate::context::{HostPlan, RunContext, client_list};
 use crate::progress::Reporter;
 
-/// Where the live benchmark finds the nodes' addresses.
-pub use crate::context::node_addresses;
-
 /// Arguments of `cargo xtask nfs`.
 #[derive(Debug, clap::Args)]
 #[command(mut_arg("dry_run", |a| a.help("Probe the host and print the plan; change nothing. `server` is the same here: this command writes nothing to the API server")))]
