@@ -54,7 +54,7 @@ pub enum Task {
     Deploy(deploy::Args),
     /// Run the checks against the live cluster
     Verify(verify::Args),
-    /// Fault drills against a local set or the cluster: RTO, RPO, reads refused, re-join, re-clones
+    /// Fault drills under load against the cluster (or, with --dir, a local set): writes refused, rows lost, late commits, reads refused, time to stream again, re-clones
     Drill(drill::Args),
     /// Scale the StatefulSet (ordered; scale-down keeps claims and data)
     Scale(scale::Args),
