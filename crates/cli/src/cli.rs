@@ -143,7 +143,7 @@ pub fn check_report_path(path: &std::path::Path) -> Result<()> {
 /// Writes a report file (after [`check_report_path`]) and says where.
 pub fn write_report(path: &std::path::Path, text: &str) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("write the report {}", path.display()))?;
-    eprintln!("report written to {}", path.display());
+    crate::progress::Reporter::current().line(&format!("report written to {}", path.display()));
     Ok(())
 }
 

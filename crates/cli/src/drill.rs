@@ -12,6 +12,7 @@ use pgset_drill::{DrillName, Patience, Target, local::LocalOptions};
 use crate::args::{ClientArgs, Output, SpecArgs};
 use crate::cli::build_agent;
 use crate::context::RunContext;
+use crate::progress::Reporter;
 
 /// Arguments of `cargo xtask drill`.
 #[derive(Debug, clap::Args)]
@@ -100,7 +101,8 @@ pub async fn run(args: Args) -> Result<()> {
         crate::cli::check_report_path(path)?;
     }
     let patience = Patience::new(args.patience).map_err(anyhow::Error::msg)?;
-    let mut say = |line: &str| eprintln!("{line}");
+    let reporter = Reporter::current();
+    let mut say = |line: &str| reporter.line(line);
     let run = if let Some(dir) = &args.dir {
         let drills = parse_names(&args.drills, Target::Local, false)?;
         pgset_local::read_set(dir).context("read the local set")?;

@@ -10,6 +10,7 @@ use pgset_local::{self as local, UpOptions};
 
 use crate::args::{OneLine, StatusOutput};
 use crate::cli::{Stage, build_agent};
+use crate::progress::Reporter;
 use crate::screen::{Screen, show};
 
 /// Arguments of `cargo xtask local`.
@@ -158,14 +159,14 @@ pub async fn run(args: Args) -> Result<()> {
             let stopped = local::down(&a.dir, a.purge)
                 .await
                 .context("stop the local set")?;
-            eprintln!(
+            Reporter::current().line(&format!(
                 "stopped: {}",
                 if stopped.is_empty() {
                     "nothing was running".to_string()
                 } else {
                     stopped.join(", ")
                 }
-            );
+            ));
             Ok(())
         }
         Command::Switchover(a) => {
