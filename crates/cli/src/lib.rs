@@ -192,4 +192,79 @@ mod tests {
             assert_eq!(v.dry_run.mode, Some(meaning), "{flag}");
         }
     }
+
+    /// The modules every command shares; the others are one module per command.
+    const SHARED: [&str; 6] = ["args", "cli", "context", "hint", "progress", "screen"];
+
+    /// The modules of this crate a source file names (`crate::NAME`), its tests left out.
+    fn named_modules(text: &str) -> std::collections::BTreeSet<String> {
+        let code = text.split("#[cfg(test)]\nmod tests").next().unwrap_or(text);
+        code.split("crate::")
+            .skip(1)
+            .map(|rest| {
+                rest.chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect::<String>()
+            })
+            .filter(|name| {
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_command_uses_the_shared_parts_and_never_another_command() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        let mut dirs = vec![src.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    files.push(path);
+                }
+            }
+        }
+        let mut problems = Vec::new();
+        let mut commands = std::collections::BTreeSet::new();
+        for path in &files {
+            let rel = path.strip_prefix(&src).unwrap();
+            let module = rel
+                .components()
+                .next()
+                .unwrap()
+                .as_os_str()
+                .to_string_lossy()
+                .trim_end_matches(".rs")
+                .to_string();
+            if module == "lib" || module == "main" {
+                continue;
+            }
+            let text = std::fs::read_to_string(path).unwrap();
+            for used in named_modules(&text) {
+                if used == module || SHARED.contains(&used.as_str()) {
+                    continue;
+                }
+                if SHARED.contains(&module.as_str()) {
+                    problems.push(format!("shared {} uses the command {used}", rel.display()));
+                } else if module != "up" {
+                    // `up` is the one command made of others: it runs their stages.
+                    problems.push(format!("{} uses the command {used}", rel.display()));
+                }
+            }
+            if !SHARED.contains(&module.as_str()) {
+                commands.insert(module);
+            }
+        }
+        assert!(problems.is_empty(), "{problems:#?}");
+        // Every command of the binary has its module (and nothing else is a module of its own).
+        let tasks: std::collections::BTreeSet<String> = Cli::command()
+            .get_subcommands()
+            .map(|s| s.get_name().to_string())
+            .filter(|n| n != "failover")
+            .collect();
+        assert_eq!(commands, tasks);
+    }
 }
