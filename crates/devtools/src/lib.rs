@@ -4,25 +4,12 @@
 //! `cargo xtask vagrant` through the `pgset-devtools` binary.
 
 pub mod bench;
+mod cli;
+mod local;
+mod nfs;
 pub mod vagrant;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-
-/// The CLI's shared parts, under the names the tools' modules use.
-mod cli {
-    pub use pgset_cli::args::{ClientArgs, SpecArgs};
-    pub use pgset_cli::cli::{Stage, require_checkout, workspace_root};
-}
-
-/// The agent's build, as the benchmarks name it.
-mod local {
-    pub use pgset_cli::cli::build_agent;
-}
-
-/// The nodes' addresses, as the live benchmark names them.
-mod nfs {
-    pub use pgset_cli::context::node_addresses;
-}
 
 /// pgset's developer tools.
 #[derive(Debug, Parser)]
