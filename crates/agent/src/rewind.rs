@@ -499,9 +499,89 @@ pub enum Rejoin {
     },
 }
 
+/// A running replica whose WAL runs past where the master's history parted from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parted {
+    /// The timeline of the replica's newest WAL.
+    pub timeline: u32,
+    /// Why, in words: the timelines, the fork point and how far the replica's WAL runs.
+    pub why: String,
+}
+
+/// The newest timeline among WAL segment file names (`TTTTTTTTXXXXXXXXYYYYYYYY`, `.partial`
+/// too); `None` when there is no segment.
+pub fn newest_wal_timeline<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<u32> {
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let stem = name.strip_suffix(".partial").unwrap_or(name);
+            (stem.len() == 24 && stem.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| u32::from_str_radix(&stem[..8], 16).ok())
+                .flatten()
+        })
+        .max()
+}
+
+/// For a running replica that does not stream from a master on a newer timeline: whether the
+/// WAL it holds (up to `end`, on the newest timeline of its `pg_wal`) runs past the point where
+/// the master's history parted from its own. Such a replica can never follow (PostgreSQL stops
+/// at "forked off ... before current recovery point"); `None` when it did not part, or already
+/// holds WAL of the master's timeline.
+pub async fn replica_parted(s: &Settings, end: u64) -> Result<Option<Parted>> {
+    let wal = s.pgdata().join("pg_wal");
+    let names: Vec<String> = fs::read_dir(&wal)
+        .map_err(io_err(format!("read {}", wal.display())))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let (master_timeline, master_text) = master_history(s).await?;
+    let Some(own_timeline) = newest_wal_timeline(names.iter().map(String::as_str)) else {
+        return Ok(None);
+    };
+    if own_timeline >= master_timeline {
+        return Ok(None);
+    }
+    let own_history = if own_timeline > 1 {
+        let file = wal.join(history_name(own_timeline));
+        fs::read_to_string(&file).map_err(io_err(format!("read {}", file.display())))?
+    } else {
+        String::new()
+    };
+    let bad = |what: &str| Error::DataDir {
+        path: s.pgdata(),
+        problem: format!("{what} history file is not a PostgreSQL timeline history"),
+    };
+    let own_path = parse_history(own_timeline, &own_history).ok_or_else(|| bad("its"))?;
+    let master_path =
+        parse_history(master_timeline, &master_text).ok_or_else(|| bad("the master's"))?;
+    let fork = fork_point(&own_path, &master_path);
+    Ok((end > fork).then(|| Parted {
+        timeline: own_timeline,
+        why: format!(
+            "the master's timeline {master_timeline} parted from this replica's timeline \
+             {own_timeline} at {}, but this replica holds WAL of timeline {own_timeline} up to {} \
+             ({} bytes the master does not have): it can never follow as it is",
+            lsn_text(fork),
+            lsn_text(end),
+            end - fork
+        ),
+    }))
+}
+
 /// Judges whether this member's data (postgres stopped) diverged from the master's history and,
 /// if it did, keeps what would be thrown away and rewinds it with `pg_rewind`.
 pub async fn rejoin(s: &Settings, bin: &PgBin) -> Result<Rejoin> {
+    rejoin_from(s, bin, None).await
+}
+
+/// [`rejoin`], with the end of WAL the running replica was seen to hold (`received`: its WAL
+/// timeline and LSN, [`replica_parted`]) when it runs past what `pg_control` shows: WAL received
+/// but not yet replayed into pages is judged, and kept, too.
+pub async fn rejoin_from(
+    s: &Settings,
+    bin: &PgBin,
+    received: Option<(u32, u64)>,
+) -> Result<Rejoin> {
     let pgdata = s.pgdata();
     let (s2, b2) = (s.clone(), bin.clone());
     let own = tokio::task::spawn_blocking(move || ended_cleanly(&b2, &s2.pgdata()))
@@ -511,7 +591,12 @@ pub async fn rejoin(s: &Settings, bin: &PgBin) -> Result<Rejoin> {
         Ok(own) => own,
         Err(e) => return Ok(Rejoin::Unknown(e.to_string())),
     };
-    let own_timeline = own.end_timeline();
+    let (own_timeline, end) = match received {
+        Some((timeline, lsn)) if lsn > own.end_lsn() && timeline >= own.end_timeline() => {
+            (timeline, lsn)
+        }
+        _ => (own.end_timeline(), own.end_lsn()),
+    };
     let own_history = if own_timeline > 1 {
         let file = pgdata.join("pg_wal").join(history_name(own_timeline));
         fs::read_to_string(&file).map_err(io_err(format!("read {}", file.display())))?
@@ -530,7 +615,6 @@ pub async fn rejoin(s: &Settings, bin: &PgBin) -> Result<Rejoin> {
     let master_path =
         parse_history(master_timeline, &master_text).ok_or_else(|| bad("the master's"))?;
     let fork = fork_point(&own_path, &master_path);
-    let end = own.end_lsn();
     if end <= fork {
         return Ok(Rejoin::NotDiverged);
     }
@@ -743,6 +827,28 @@ fn now_utc() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_newest_wal_timeline_is_read_from_segment_names_only() {
+        assert_eq!(newest_wal_timeline([]), None);
+        assert_eq!(
+            newest_wal_timeline([
+                "000000010000000000000003",
+                "00000002.history",
+                "000000010000000000000004.partial",
+                "archive_status",
+            ]),
+            Some(1),
+            "a history file alone is no WAL of its timeline"
+        );
+        assert_eq!(
+            newest_wal_timeline([
+                "000000010000000000000004",
+                "0000000A0000000000000004.partial"
+            ]),
+            Some(10)
+        );
+    }
 
     #[test]
     fn lsns_and_segments() {

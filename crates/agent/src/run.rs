@@ -156,8 +156,9 @@ async fn run_member(
 enum Ending {
     /// The agent exits with this code.
     Exit(i32),
-    /// The role changed in this process (a switchover): the record is read again and the member
-    /// runs in the role it names, on the same data directory (no copy, no rewind).
+    /// The record is read again and the member runs in the role it names: after a switchover
+    /// (on the same data directory, no copy, no rewind) and after a replica was stopped to
+    /// rejoin a master (rewound, or set aside for a new copy).
     Rerole,
 }
 
@@ -212,7 +213,7 @@ async fn take_role(
         store: store.clone(),
         timeline,
     };
-    member_loop(s, bin, me, health, api, signals, fence, &lead).await
+    member_run(s, bin, me, health, api, signals, fence, &lead).await
 }
 
 /// The leader record's store and the timeline it last named.
@@ -222,7 +223,7 @@ struct Lead {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn member_loop(
+async fn member_run(
     s: &Settings,
     bin: &PgBin,
     me: &MemberRef,
@@ -232,182 +233,191 @@ async fn member_loop(
     fence: &Fence,
     lead: &Lead,
 ) -> Result<Ending> {
-    loop {
-        health.preparing(MemberPhase::Checking, "checking the data directory");
-        let (s2, me2) = (s.clone(), me.clone());
-        let mut plan = tokio::task::spawn_blocking(move || bootstrap::inspect(&s2, &me2))
-            .await
-            .map_err(|e| Error::Failed(format!("checking the data directory: {e}")))??;
-        // In a cluster the record (ConfigMap `<name>-record`) tells what this cluster's master
-        // initialised, also when no sibling directory is in view (templates mode).
-        let record = match api {
-            Some(api) => Some(api.cluster_record().await),
-            None => None,
-        };
-        let mut reinit = None;
-        if s.role == Role::Master && plan == Plan::Initdb {
-            reinit = check_record_before_initdb(s, me, record.as_ref())?;
-            if let Some(r) = &reinit {
-                mark_reinit(s, api, r).await?;
-            }
+    health.preparing(MemberPhase::Checking, "checking the data directory");
+    let (s2, me2) = (s.clone(), me.clone());
+    let mut plan = tokio::task::spawn_blocking(move || bootstrap::inspect(&s2, &me2))
+        .await
+        .map_err(|e| Error::Failed(format!("checking the data directory: {e}")))??;
+    // In a cluster the record (ConfigMap `<name>-record`) tells what this cluster's master
+    // initialised, also when no sibling directory is in view (templates mode).
+    let record = match api {
+        Some(api) => Some(api.cluster_record().await),
+        None => None,
+    };
+    let mut reinit = None;
+    if s.role == Role::Master && plan == Plan::Initdb {
+        reinit = check_record_before_initdb(s, me, record.as_ref())?;
+        if let Some(r) = &reinit {
+            mark_reinit(s, api, r).await?;
         }
-        // A replica's connection to the master, kept while it copies: the master's estimate
-        // of the copy's size comes over it.
-        let mut master = None;
-        if s.role == Role::Replica {
-            health.preparing(MemberPhase::WaitingForMaster, "waiting for the master");
-            let (db, view) = tokio::select! {
-                r = wait_for_master(s) => r?,
-                _ = signals.recv() => {
-                    crate::info!("shutdown requested while waiting for the master");
-                    return Ok(Ending::Exit(EXIT_SIGTERM));
-                }
-            };
-            let recorded = match &record {
-                Some(Ok(Some(r)))
-                    if r.cluster_id == me.cluster_id && r.system_identifier.is_some() =>
-                {
-                    Some(r.clone())
-                }
-                _ => None,
-            };
-            plan = check_master(s, bin, me, plan, &view, recorded.as_ref()).await?;
-            prepare_slot(&db, s, plan, &view).await?;
-            master = Some(db);
-        }
-        let (step, activity) = match plan {
-            Plan::Initdb => (MemberPhase::Initdb, "initdb"),
-            Plan::BaseBackup => (MemberPhase::BaseBackup, "base backup from the master"),
-            Plan::Existing => (
-                MemberPhase::Configuring,
-                "writing the managed configuration",
-            ),
-        };
-        health.preparing(step, activity);
-        let (s2, b2, me2) = (s.clone(), bin.clone(), me.clone());
-        let make = tokio::task::spawn_blocking(move || bootstrap::make(&s2, &b2, &me2, plan));
-        // pg_basebackup connects with the member's name as its application_name.
-        let meter = meter::measure(
-            s.bootstrap_dir(),
-            health.clone(),
-            master.as_ref(),
-            &s.pod_name,
-        );
-        tokio::select! {
-            never = meter, if plan == Plan::BaseBackup => match never {},
-            r = make => {
-                r.map_err(|e| Error::Failed(format!("preparing the data directory: {e}")))??;
-                if s.role == Role::Master {
-                    keep_record(s, me, api, plan, record.as_ref(), reinit.as_ref()).await;
-                }
-                if let Some(api) = api {
-                    publish_identity(s, me, api).await;
-                }
-            }
+    }
+    // A replica's connection to the master, kept while it copies: the master's estimate
+    // of the copy's size comes over it.
+    let mut master = None;
+    if s.role == Role::Replica {
+        health.preparing(MemberPhase::WaitingForMaster, "waiting for the master");
+        let (db, view) = tokio::select! {
+            r = wait_for_master(s) => r?,
             _ = signals.recv() => {
-                crate::info!("shutdown requested while preparing the data directory; stopping the copy");
-                for pid in datadir::processes_using(&s.bootstrap_dir()) {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
-                }
+                crate::info!("shutdown requested while waiting for the master");
                 return Ok(Ending::Exit(EXIT_SIGTERM));
             }
-        }
-        health.set_base_backup(None);
-        drop(master);
-        match fence.clear_stale_postmaster_pid(&s.pgdata())? {
-            StalePid::Absent => {}
-            StalePid::Renamed(to) => crate::info!(
-                "a postmaster.pid without a live postmaster was left by a stopped member; kept as {}",
-                to.display()
-            ),
-            StalePid::LivePostmaster(pid) => {
-                return Err(Error::Refused {
-                    path: s.pgdata(),
-                    problem: format!(
-                        "a live postmaster (pid {pid}) already runs on this data directory; stop it first"
-                    ),
-                });
+        };
+        let recorded = match &record {
+            Some(Ok(Some(r))) if r.cluster_id == me.cluster_id && r.system_identifier.is_some() => {
+                Some(r.clone())
+            }
+            _ => None,
+        };
+        plan = check_master(s, bin, me, plan, &view, recorded.as_ref()).await?;
+        prepare_slot(&db, s, plan, &view).await?;
+        master = Some(db);
+    }
+    let (step, activity) = match plan {
+        Plan::Initdb => (MemberPhase::Initdb, "initdb"),
+        Plan::BaseBackup => (MemberPhase::BaseBackup, "base backup from the master"),
+        Plan::Existing => (
+            MemberPhase::Configuring,
+            "writing the managed configuration",
+        ),
+    };
+    health.preparing(step, activity);
+    let (s2, b2, me2) = (s.clone(), bin.clone(), me.clone());
+    let make = tokio::task::spawn_blocking(move || bootstrap::make(&s2, &b2, &me2, plan));
+    // pg_basebackup connects with the member's name as its application_name.
+    let meter = meter::measure(
+        s.bootstrap_dir(),
+        health.clone(),
+        master.as_ref(),
+        &s.pod_name,
+    );
+    tokio::select! {
+        never = meter, if plan == Plan::BaseBackup => match never {},
+        r = make => {
+            r.map_err(|e| Error::Failed(format!("preparing the data directory: {e}")))??;
+            if s.role == Role::Master {
+                keep_record(s, me, api, plan, record.as_ref(), reinit.as_ref()).await;
+            }
+            if let Some(api) = api {
+                publish_identity(s, me, api).await;
             }
         }
-        match fence.clear_stale_socket_lock(&s.env.socket_dir, s.env.port)? {
-            StaleSocketLock::LivePostmaster(pid) => {
-                return Err(Error::Refused {
-                    path: s.pgdata(),
-                    problem: format!(
-                        "a live postmaster (pid {pid}) already serves this member's socket; stop it first"
-                    ),
-                });
+        _ = signals.recv() => {
+            crate::info!("shutdown requested while preparing the data directory; stopping the copy");
+            for pid in datadir::processes_using(&s.bootstrap_dir()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
             }
-            StaleSocketLock::Absent | StaleSocketLock::Removed(_) | StaleSocketLock::Foreign(_) => {
-            }
+            return Ok(Ending::Exit(EXIT_SIGTERM));
         }
-        // The master takes the record before postgres starts, and renews it while it answers.
-        let mut keeper = None;
-        let mut leader_lost = None;
-        if s.role == Role::Master {
-            let held = role::claim(s, &lead.store, lead.timeline).await?;
-            crate::info!(
-                "holding the leader record (timeline {}, renewed every {} ms, given up {} ms \
-                 after the last good renewal)",
-                held.record.timeline,
-                lead.store.timings().renew_every().as_millis(),
-                lead.store.timings().renew_deadline().as_millis()
-            );
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            keeper = Some(tokio::spawn(role::keep(
-                s.clone(),
-                lead.store.clone(),
-                held,
-                tx,
-            )));
-            leader_lost = Some(rx);
+    }
+    health.set_base_backup(None);
+    drop(master);
+    match fence.clear_stale_postmaster_pid(&s.pgdata())? {
+        StalePid::Absent => {}
+        StalePid::Renamed(to) => crate::info!(
+            "a postmaster.pid without a live postmaster was left by a stopped member; kept as {}",
+            to.display()
+        ),
+        StalePid::LivePostmaster(pid) => {
+            return Err(Error::Refused {
+                path: s.pgdata(),
+                problem: format!(
+                    "a live postmaster (pid {pid}) already runs on this data directory; stop it first"
+                ),
+            });
         }
-        let outcome = supervise(
-            s,
-            bin,
-            health,
-            api,
-            signals,
-            fence,
-            leader_lost,
-            &lead.store,
-        )
-        .await;
-        // Stopped renewing; the record is not released, so a restart of this member takes it
-        // again at once and otherwise it expires for a replica after its lease duration.
-        if let Some(k) = keeper {
-            k.abort();
+    }
+    match fence.clear_stale_socket_lock(&s.env.socket_dir, s.env.port)? {
+        StaleSocketLock::LivePostmaster(pid) => {
+            return Err(Error::Refused {
+                path: s.pgdata(),
+                problem: format!(
+                    "a live postmaster (pid {pid}) already serves this member's socket; stop it first"
+                ),
+            });
         }
-        match outcome? {
-            Outcome::Exited(code) => return Ok(Ending::Exit(code)),
-            Outcome::SteppedDown(step) => {
-                crate::switchover::finish(s, bin, &lead.store, *step).await;
-                return Ok(Ending::Rerole);
-            }
-            Outcome::Reclone {
-                reason,
-                needed_bytes,
-            } => {
-                // Diverged data is rewound (what it wrote after the fork kept) before a copy; a
-                // failed rewind leaves the data marked with what it holds, for `set_aside`.
-                match crate::rewind::rejoin(s, bin).await? {
-                    Rejoin::Rewound(_) => continue,
-                    Rejoin::NotDiverged => {}
-                    // What a copy would discard is not measured: nothing is moved.
-                    Rejoin::Unknown(why) => {
-                        return Err(Error::Failed(format!(
-                            "{reason}, but whether this member's data diverged from the master's \
-                             history is not known ({why}); its data stays in place"
-                        )));
-                    }
-                    Rejoin::Failed { reason, .. } => crate::warn!("{reason}"),
+        StaleSocketLock::Absent | StaleSocketLock::Removed(_) | StaleSocketLock::Foreign(_) => {}
+    }
+    // The master takes the record before postgres starts, and renews it while it answers.
+    let mut keeper = None;
+    let mut leader_lost = None;
+    if s.role == Role::Master {
+        let held = role::claim(s, &lead.store, lead.timeline).await?;
+        crate::info!(
+            "holding the leader record (timeline {}, renewed every {} ms, given up {} ms \
+             after the last good renewal)",
+            held.record.timeline,
+            lead.store.timings().renew_every().as_millis(),
+            lead.store.timings().renew_deadline().as_millis()
+        );
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        keeper = Some(tokio::spawn(role::keep(
+            s.clone(),
+            lead.store.clone(),
+            held,
+            tx,
+        )));
+        leader_lost = Some(rx);
+    }
+    let outcome = supervise(
+        s,
+        bin,
+        health,
+        api,
+        signals,
+        fence,
+        leader_lost,
+        &lead.store,
+    )
+    .await;
+    // Stopped renewing; the record is not released, so a restart of this member takes it
+    // again at once and otherwise it expires for a replica after its lease duration.
+    if let Some(k) = keeper {
+        k.abort();
+    }
+    match outcome? {
+        Outcome::Exited(code) => Ok(Ending::Exit(code)),
+        Outcome::SteppedDown(step) => {
+            crate::switchover::finish(s, bin, &lead.store, *step).await;
+            Ok(Ending::Rerole)
+        }
+        Outcome::Reclone {
+            reason,
+            needed_bytes,
+            parted,
+            settings,
+        } => {
+            // Judged against the master it followed last (it may have moved since postgres
+            // started); afterwards the record is read again, so the member restarts as a
+            // replica of the master it names now. Diverged data is rewound (what it wrote
+            // after the fork kept) before a copy; a failed rewind leaves the data marked
+            // with what it holds, for `set_aside`.
+            let now = &*settings;
+            match crate::rewind::rejoin_from(now, bin, parted).await? {
+                Rejoin::Rewound(_) => return Ok(Ending::Rerole),
+                Rejoin::NotDiverged if parted.is_some() => {
+                    crate::info!(
+                        "{reason}, but stopped, its data has not parted from the master's \
+                         history: starting it again as it is"
+                    );
+                    return Ok(Ending::Rerole);
                 }
-                let kept = set_aside(s, me, needed_bytes)?;
-                crate::warn!(
-                    "{reason}: this member's data is kept at {} and the master is copied again",
-                    kept.display()
-                );
+                Rejoin::NotDiverged => {}
+                // What a copy would discard is not measured: nothing is moved.
+                Rejoin::Unknown(why) => {
+                    return Err(Error::Failed(format!(
+                        "{reason}, but whether this member's data diverged from the master's \
+                         history is not known ({why}); its data stays in place"
+                    )));
+                }
+                Rejoin::Failed { reason, .. } => crate::warn!("{reason}"),
             }
+            let kept = set_aside(now, me, needed_bytes)?;
+            crate::warn!(
+                "{reason}: this member's data is kept at {} and the master is copied again",
+                kept.display()
+            );
+            Ok(Ending::Rerole)
         }
     }
 }

@@ -26,6 +26,10 @@ use crate::role::{self, GiveUp, RoleStore, Turn};
 use crate::settings::{Role, Settings, member_of_slot};
 use crate::{Error, Result};
 
+/// A replica stopping to rejoin its master: why, the size of the master's databases, and where
+/// its WAL was seen past the fork ([`Outcome::Reclone`]).
+type Rejoining = (String, i64, Option<(u32, u64)>);
+
 /// How a postgres run ended.
 #[derive(Debug)]
 pub enum Outcome {
@@ -34,12 +38,19 @@ pub enum Outcome {
     SteppedDown(Box<crate::switchover::Stepping>),
     /// Postgres exited; the agent exits with this code.
     Exited(i32),
-    /// The replica cannot follow the master any more (PostgreSQL's verdict): copy again.
+    /// The replica cannot follow the master any more (PostgreSQL's verdict): rewind it when
+    /// its history parted from the master's, else copy again (unless `copy` is false).
     Reclone {
         /// Why, in words.
         reason: String,
         /// The size of the master's databases (what the new copy needs), in bytes.
         needed_bytes: i64,
+        /// Set when the running replica's WAL was seen past the point where the master's
+        /// history parted from it (its WAL timeline and end): rewind only, never a copy.
+        parted: Option<(u32, u64)>,
+        /// The settings it ran with last (the master it followed last, which may have moved
+        /// since postgres started).
+        settings: Box<Settings>,
     },
 }
 
@@ -75,7 +86,11 @@ impl ShutdownSignals {
 }
 
 enum Event {
-    Reclone { reason: String, needed_bytes: i64 },
+    Reclone {
+        reason: String,
+        needed_bytes: i64,
+        parted: Option<(u32, u64)>,
+    },
     Exited(i32),
 }
 
@@ -137,7 +152,7 @@ pub async fn supervise(
     let postmaster = Pid::from_raw(pid as i32);
     let mut stop = Stop::new(postmaster, escalation);
     let mut stopping = false;
-    let mut reclone: Option<(String, i64)> = None;
+    let mut reclone: Option<Rejoining> = None;
     let mut fence_lost: Option<String> = None;
     let mut role_lost: Option<String> = None;
     let mut stepping: Option<Box<crate::switchover::Stepping>> = None;
@@ -231,17 +246,25 @@ pub async fn supervise(
                 }
             },
             ev = rx.recv() => match ev {
-                Some(Event::Reclone { reason, needed_bytes }) => {
+                Some(Event::Reclone { reason, needed_bytes, parted }) => {
                     if current.role == Role::Replica && !stopping && reclone.is_none() {
-                        crate::warn!(
-                            "{reason}; stopping postgres to rewind it to the master's history (what \
-                             it wrote after the fork kept) or, if it has not diverged or cannot be \
-                             rewound, to copy the master again (this member's data kept aside as {})",
-                            s.previous_dir().display()
-                        );
+                        if parted.is_none() {
+                            crate::warn!(
+                                "{reason}; stopping postgres to rewind it to the master's history \
+                                 (what it wrote after the fork kept) or, if it has not diverged or \
+                                 cannot be rewound, to copy the master again (this member's data \
+                                 kept aside as {})",
+                                s.previous_dir().display()
+                            );
+                        } else {
+                            crate::warn!(
+                                "{reason}; stopping postgres to rewind it to the master's history \
+                                 (what it received after the fork kept)"
+                            );
+                        }
                         health.stopping(Phase::Stopping, "stopping to rejoin the master");
                         stop.begin();
-                        reclone = Some((reason, needed_bytes));
+                        reclone = Some((reason, needed_bytes, parted));
                     }
                 }
                 Some(Event::Exited(code)) => break code,
@@ -288,9 +311,11 @@ pub async fn supervise(
         return Ok(Outcome::SteppedDown(step));
     }
     Ok(match reclone {
-        Some((reason, needed_bytes)) if !stopping => Outcome::Reclone {
+        Some((reason, needed_bytes, parted)) if !stopping => Outcome::Reclone {
             reason,
             needed_bytes,
+            parted,
+            settings: Box::new(current),
         },
         _ => Outcome::Exited(code),
     })
@@ -643,6 +668,8 @@ struct Monitor {
     follow_problem: Option<String>,
     reclone_asked: bool,
     own_sysid: Option<u64>,
+    /// The master timeline whose history was found not to part from this replica's WAL.
+    fork_judged: Option<i64>,
     // Master
     last_slot_check: Option<Instant>,
     /// A master found in recovery was asked to promote.
@@ -693,6 +720,7 @@ impl Monitor {
             last_nudge: None,
             follow_problem: None,
             reclone_asked: false,
+            fork_judged: None,
             own_sysid,
             last_slot_check: None,
             promote_asked: false,
@@ -1286,6 +1314,7 @@ impl Monitor {
                         Err(e) => crate::warn!("creating replication slot {}: {e}", self.s.slot()),
                     }
                 }
+                self.judge_fork(own, view.timeline).await;
                 self.nudge_receiver(own);
             }
             Follow::Mismatch(why) => {
@@ -1312,13 +1341,45 @@ impl Monitor {
     }
 
     fn ask_reclone(&mut self, reason: String, needed_bytes: i64) {
+        self.ask_rejoin(reason, needed_bytes, None);
+    }
+
+    /// Stops postgres, once, to rewind this replica (`parted`: its WAL seen past the fork, so
+    /// rewind only) or else to copy the master again when its data did not diverge.
+    fn ask_rejoin(&mut self, reason: String, needed_bytes: i64, parted: Option<(u32, u64)>) {
         self.follow_problem = Some(reason.clone());
         if !self.reclone_asked {
             self.reclone_asked = true;
             let _ = self.tx.send(Event::Reclone {
                 reason,
                 needed_bytes,
+                parted,
             });
+        }
+    }
+
+    /// A replica that does not stream from a master on a newer timeline: when the WAL it holds
+    /// on its own older timeline runs past the point where the master's history parted from it
+    /// (the master was promoted behind it, say by `failover --to` a replica that had received
+    /// less), PostgreSQL can never follow: it is rewound, what it received after the fork kept.
+    /// Judged once per master timeline found not to have parted from it.
+    async fn judge_fork(&mut self, own: &OwnState, master_timeline: i64) {
+        if self.fork_judged == Some(master_timeline) || master_timeline <= own.timeline {
+            return;
+        }
+        let end = own.receive_lsn.max(own.replay_lsn).unwrap_or(0).max(0) as u64;
+        match crate::rewind::replica_parted(&self.s, end).await {
+            Ok(None) => self.fork_judged = Some(master_timeline),
+            Ok(Some(p)) => self.ask_rejoin(p.why, 0, Some((p.timeline, end))),
+            Err(e) => {
+                let text = format!(
+                    "whether this replica's history parted from the master's timeline \
+                     {master_timeline} is not known yet: {e}"
+                );
+                if self.quiet.allow("fork", &text, Duration::from_secs(60)) {
+                    crate::warn!("{text}");
+                }
+            }
         }
     }
 

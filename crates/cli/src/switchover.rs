@@ -91,9 +91,10 @@ pub async fn run_failover(args: FailoverArgs) -> Result<()> {
     if !args.yes {
         anyhow::bail!(
             "failover to {} promotes it with the WAL it received; writes the old master \
-             acknowledged after that are lost, and the old master, if it comes back, is rewound \
-             with what it wrote after the fork kept aside. Nothing was changed; add --yes to fail \
-             over (a running master is never replaced: use `{} switchover` for that)",
+             acknowledged after that are lost; the old master, if it comes back, and any replica \
+             that received more are rewound with what they hold after the fork kept aside. Nothing \
+             was changed; add --yes to fail over (a running master is never replaced: use `{} \
+             switchover` for that)",
             args.to,
             pgset_spec::contract::program_name()
         );

@@ -326,6 +326,33 @@ pub async fn delete(
     Ok(())
 }
 
+/// Deletes what the `master-isolated` drill makes ([`contract::drill_isolation_name`]: a policy
+/// and a binding that cut the master off from the leader Lease) when a drill whose process was
+/// killed left them: the binding, then the policy. Absent ones (the usual case) are not
+/// mentioned; an API server that does not serve them has none.
+pub async fn delete_drill_leftover(
+    client: &Client,
+    spec: &ClusterSpec,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<()> {
+    let name = contract::drill_isolation_name(&spec.namespace, &spec.name);
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    let kind = kind_of::<ValidatingAdmissionPolicyBinding>();
+    match bindings.delete(&name, &DeleteParams::default()).await {
+        Ok(_) => progress(&format!("deleted {kind} {name}, left over from a drill")),
+        Err(e) if is_status(&e, 404) => {}
+        Err(e) => return Err(Error::api("delete", kind, &name, "-")(e)),
+    }
+    let kind = kind_of::<ValidatingAdmissionPolicy>();
+    match policies.delete(&name, &DeleteParams::default()).await {
+        Ok(_) => progress(&format!("deleted {kind} {name}, left over from a drill")),
+        Err(e) if is_status(&e, 404) => {}
+        Err(e) => return Err(Error::api("delete", kind, &name, "-")(e)),
+    }
+    Ok(())
+}
+
 /// How `found` (as read from the API server, defaults filled in) differs from `rendered`: one
 /// line per field pgset sets whose value is not what it renders. A field the server added
 /// (defaults, status, metadata it keeps) is not a difference.

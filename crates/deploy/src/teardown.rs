@@ -3,7 +3,8 @@
 //! belong to the data), the cluster record, the leader and member Leases and the mount probe's
 //! proof stay unless purging. Before the members stop, automatic failover is
 //! paused on the leader Lease, and stays paused: the cluster is left with no member running.
-//! The member isolation policy and its binding (cluster-scoped, no data) always go.
+//! The member isolation policy and its binding (cluster-scoped, no data) always go, and so does
+//! a policy the `master-isolated` drill left when its process was killed.
 
 use std::time::Duration;
 
@@ -467,6 +468,7 @@ pub async fn down(
     }
     // Member isolation holds no data: it goes with the RBAC, purging or not.
     crate::isolation::delete(client, spec, progress).await?;
+    crate::isolation::delete_drill_leftover(client, spec, progress).await?;
     delete_reporting::<RoleBinding>(client, ns, &spec.role_name(), progress).await?;
     delete_reporting::<Role>(client, ns, &spec.role_name(), progress).await?;
     delete_reporting::<ServiceAccount>(client, ns, &spec.service_account_name(), progress).await?;

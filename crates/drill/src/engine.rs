@@ -44,6 +44,14 @@ impl Log {
         }
     }
 
+    /// What the steps so far say, in order (without their times).
+    pub fn lines(&self) -> Vec<String> {
+        self.steps
+            .lock()
+            .map(|s| s.iter().map(|s| s.what.clone()).collect())
+            .unwrap_or_default()
+    }
+
     fn t0(&self) -> Instant {
         self.t0
             .lock()

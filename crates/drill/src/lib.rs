@@ -8,6 +8,7 @@
 //! cluster, through the API server).
 
 pub mod engine;
+pub mod isolate;
 pub mod live;
 pub mod load;
 pub mod local;
@@ -87,20 +88,26 @@ pub enum DrillName {
     AgentRestartDuringBasebackup,
     /// Cluster, run on the NFS host: the NFS server is restarted under load.
     NfsRestart,
-    /// Local: the master's postmaster is frozen (SIGSTOP) until a replica took over; its agent
-    /// gives the role up and stops it, and the old master rejoins as a replica.
+    /// The master's postmaster is frozen (SIGSTOP; in a cluster by exec in its container) until
+    /// a replica took over; its agent gives the role up and stops it, and the old master rejoins
+    /// as a replica.
     MasterFreeze,
-    /// Local: the master's agent is frozen (SIGSTOP) while its postgres keeps running; a replica
-    /// takes over after the lease, and the agent is resumed (SIGCONT) after that.
+    /// Local only: the master's agent is frozen (SIGSTOP) while its postgres keeps running; a
+    /// replica takes over after the lease, and the agent is resumed (SIGCONT) after that. In a
+    /// cluster the agent is PID 1 of its container, which the kernel shields from SIGSTOP sent
+    /// from inside ([`DrillName::not_in_cluster`]).
     MasterAgentFreeze,
-    /// Local: the master's agent is killed (SIGKILL) and, as a container's teardown does, every
-    /// other process of the member with it; the launcher starts the agent again.
+    /// Local only: the master's agent is killed (SIGKILL) and, as a container's teardown does,
+    /// every other process of the member with it; the launcher starts the agent again.
     MasterAgentKill,
-    /// Local: the master is cut off from the leader record (the isolation switch) until a
-    /// replica took over; it must stop accepting writes first, and rejoins once reconnected.
+    /// The master is cut off from the leader record until a replica took over (locally the
+    /// isolation switch; in a cluster an admission policy of the drill's own that denies the
+    /// master pod's updates of the leader Lease); it must stop accepting writes first, and
+    /// rejoins once reconnected.
     MasterIsolated,
-    /// Local: a replica is promoted by hand (`pg_promote()`) while the master runs, rows are
-    /// written on it, and its agent is restarted: it rejoins and keeps what it wrote aside.
+    /// A replica is promoted by hand (`pg_promote()`) while the master runs, rows are written on
+    /// it, and its agent is restarted (in a cluster: its pod deleted): it rejoins and keeps what
+    /// it wrote aside.
     Rejoin,
     // A `switchover` drill (the master handed over on purpose by `local switchover`) belongs
     // here: judged by the same figures (writes accepted again, late commits, RPO, the masters
@@ -162,8 +169,11 @@ impl DrillName {
 
     /// The drills a cluster runs, in the order `all` runs them (`nfs-restart` only on the NFS
     /// host).
-    pub const LIVE: [DrillName; 7] = [
+    pub const LIVE: [DrillName; 10] = [
         DrillName::MasterPodDelete,
+        DrillName::MasterFreeze,
+        DrillName::MasterIsolated,
+        DrillName::Rejoin,
         DrillName::ReplicaPodDelete,
         DrillName::PostgresKill,
         DrillName::AgentRestartDuringBasebackup,
@@ -192,12 +202,35 @@ impl DrillName {
         }
     }
 
-    /// Whether the drill runs on `target`.
+    /// Whether the drill may be asked for on `target`: the drills `all` runs there, and on a
+    /// cluster also the ones [`DrillName::not_in_cluster`] explains (the live target refuses
+    /// them with that reason, so the user reads why instead of a bare refusal).
     pub fn runs_on(self, target: Target) -> bool {
         match target {
             Target::Local => DrillName::LOCAL.contains(&self),
-            Target::Live => DrillName::LIVE.contains(&self),
+            Target::Live => DrillName::LIVE.contains(&self) || self.not_in_cluster().is_some(),
         }
+    }
+
+    /// Why a failover drill of local mode cannot be done in a cluster, with the closest cluster
+    /// drill (one line), or `None`.
+    pub fn not_in_cluster(self) -> Option<String> {
+        let (signal, closest) = match self {
+            DrillName::MasterAgentFreeze => ("SIGSTOP", DrillName::MasterFreeze),
+            DrillName::MasterAgentKill => ("SIGKILL", DrillName::MasterPodDelete),
+            _ => return None,
+        };
+        Some(format!(
+            "local only: in a cluster the agent is PID 1 of its postgres container, and the kernel \
+             ignores {signal} sent to a PID namespace's init from inside it, so an exec cannot \
+             {} the agent; run it against a local set (`--dir`), or run {closest}, the closest \
+             cluster drill",
+            if signal == "SIGSTOP" {
+                "freeze"
+            } else {
+                "kill"
+            }
+        ))
     }
 
     /// Whether the drill takes the master away (the write-recovery targets apply).
@@ -296,5 +329,49 @@ mod tests {
         assert!(!DrillName::MasterPodDelete.runs_on(Target::Local));
         assert!(DrillName::AgentRestartDuringBasebackup.runs_on(Target::Local));
         assert!(!DrillName::MasterRestart.runs_on(Target::Live));
+    }
+
+    #[test]
+    fn the_failover_drills_run_in_a_cluster_after_the_master_pod_delete_except_the_agent_signals() {
+        assert_eq!(
+            &DrillName::LIVE[..4],
+            [
+                DrillName::MasterPodDelete,
+                DrillName::MasterFreeze,
+                DrillName::MasterIsolated,
+                DrillName::Rejoin
+            ]
+        );
+        for d in [
+            DrillName::MasterFreeze,
+            DrillName::MasterIsolated,
+            DrillName::Rejoin,
+        ] {
+            assert!(d.runs_on(Target::Live) && d.runs_on(Target::Local), "{d}");
+            assert_eq!(d.not_in_cluster(), None, "{d}");
+        }
+        // Asked for on a cluster, the agent drills are refused with the reason, never run.
+        for (d, signal, closest) in [
+            (DrillName::MasterAgentFreeze, "SIGSTOP", "master-freeze"),
+            (DrillName::MasterAgentKill, "SIGKILL", "master-pod-delete"),
+        ] {
+            assert!(!DrillName::LIVE.contains(&d), "{d}");
+            assert!(
+                d.runs_on(Target::Live),
+                "{d} reaches the live target's refusal"
+            );
+            let why = d.not_in_cluster().unwrap();
+            assert!(!why.contains('\n'), "one line: {why}");
+            assert!(why.contains("PID 1") && why.contains(signal), "{why}");
+            assert!(
+                why.contains(&format!("run {closest}, the closest")),
+                "{why}"
+            );
+        }
+        // The master moves in the two failover drills, not in rejoin (a replica promoted by hand
+        // never holds the leader Lease).
+        assert!(DrillName::MasterFreeze.fails_over() && DrillName::MasterIsolated.fails_over());
+        assert!(!DrillName::Rejoin.may_move_master());
+        assert!(DrillName::MasterFreeze.touches_master() && !DrillName::Rejoin.touches_master());
     }
 }

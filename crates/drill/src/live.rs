@@ -6,6 +6,15 @@
 //! the postgres container. The master is the member the cluster names (the leader Lease's
 //! holder, else ordinal 0), read once the cluster is healthy. Health before and after is
 //! `status`'s verdict.
+//!
+//! The failover drills: `master-freeze` (SIGSTOP to the master's postmaster by exec, until
+//! another member holds the leader Lease and is Ready as master), `master-isolated` (an
+//! admission policy of the drill's own denies the master pod's updates of the leader Lease:
+//! [`crate::isolate`]) and `rejoin` (a replica promoted by hand, written on, its pod deleted).
+//! In them a writer keeps its connection to the first master's pod, beside the writer through
+//! the master Service, so late commits are counted as locally, and the monitors follow the pod
+//! the master Service routes to. `master-agent-freeze` and `master-agent-kill` are local only
+//! ([`DrillName::not_in_cluster`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,8 +32,9 @@ use tokio_postgres::NoTls;
 
 use crate::engine::{self, Log, Setup};
 use crate::load::{self, Endpoint, ReadyProbe, Route, STATEMENT_DEADLINE};
+use crate::local::{REJOIN_ROWS, TAKEOVER_WATCH};
 use crate::patience::{FIRST_CONNECT, Patience};
-use crate::report::DrillReport;
+use crate::report::{DrillReport, KeptDiverged};
 use crate::{DrillName, Error, Result, Target as Where, step_err};
 
 /// The label EndpointSlices carry naming their Service.
@@ -150,12 +160,27 @@ pub fn on_nfs_host(spec: &ClusterSpec) -> bool {
     pgset_verify::live::local_export(spec).is_some()
 }
 
-/// Why the cluster is not healthy (empty when it is): `status`'s verdict.
-pub async fn unhealthy(client: &Client, spec: &ValidSpec) -> Result<Vec<String>> {
-    let status = ClusterStatus::gather(client.clone(), spec).await?;
-    Ok(status.warnings)
+/// Why the cluster is not healthy for a drill (empty when it is): `status`'s warnings, but for
+/// the kept copies of diverged writes. Those are data set aside on a member's volume for the
+/// user to look at (what `rejoin` must leave); the members serve and stream all the same, as a
+/// local set's health has it.
+pub fn drill_health(status: &ClusterStatus, namespace: &str) -> Vec<String> {
+    let kept = pgset_verify::status::diverged_problems(&status.members, namespace);
+    status
+        .warnings
+        .iter()
+        .filter(|w| !kept.contains(w))
+        .cloned()
+        .collect()
 }
 
+/// Why the cluster is not healthy (empty when it is): `status`'s verdict ([`drill_health`]).
+pub async fn unhealthy(client: &Client, spec: &ValidSpec) -> Result<Vec<String>> {
+    let status = ClusterStatus::gather(client.clone(), spec).await?;
+    Ok(drill_health(&status, &spec.namespace))
+}
+
+/// Waits until the cluster is healthy ([`unhealthy`]).
 async fn wait_healthy(client: &Client, spec: &ValidSpec, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -224,6 +249,86 @@ fn recloned(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>)
         .filter(|(m, b)| after.get(*m).is_some_and(|a| a != *b))
         .map(|(m, _)| m.clone())
         .collect()
+}
+
+/// The diverged copies each member's agent lists (`diverged` in its `/status`, as `status`
+/// reads it), with whether `status` warns of each with its path and bytes.
+pub fn kept_diverged(status: &ClusterStatus) -> Vec<KeptDiverged> {
+    let mut out = Vec::new();
+    for m in &status.members {
+        let Some(agent) = &m.agent else {
+            continue;
+        };
+        for kept in agent["diverged"].as_array().into_iter().flatten() {
+            let path = kept["path"].as_str().unwrap_or_default().to_string();
+            let bytes = kept["bytesAfterFork"].as_u64().unwrap_or(0);
+            let warned = status.warnings.iter().any(|w| {
+                w.starts_with(&m.pod) && w.contains(&path) && w.contains(&format!("{bytes} bytes"))
+            });
+            out.push(KeptDiverged {
+                member: m.pod.clone(),
+                path,
+                bytes_after_fork: bytes,
+                warned,
+            });
+        }
+    }
+    out
+}
+
+/// The postmaster's pid from the text of `postmaster.pid` (its first line).
+pub fn postmaster_pid(text: &str) -> Option<u32> {
+    text.lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .filter(|&p| p > 0)
+}
+
+/// Waits until the leader Lease names a member other than `old` whose pod exists, is Ready and
+/// is labelled master (what `switchover` waits for too), asking every 200 ms for up to
+/// `timeout`; returns that member. Each new name the Lease gives is a step.
+pub async fn wait_takeover(
+    verifier: &Verifier,
+    old: &str,
+    timeout: Duration,
+    log: &Log,
+) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    let mut named: Option<String> = None;
+    loop {
+        let view = verifier.master_view().await?;
+        if let Some(new) = view.master.clone().filter(|m| m != old) {
+            if named.as_ref() != Some(&new) {
+                log.step(format!("the leader Lease names {new}"));
+                named = Some(new.clone());
+            }
+            let members = verifier.members().await?;
+            if members.iter().any(|m| {
+                m.name == new
+                    && m.ready
+                    && !m.terminating
+                    && m.role() == Some(contract::roles::MASTER)
+            }) {
+                log.step(format!("{new} is Ready as the master"));
+                return Ok(new);
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(step_err(
+                format!("wait for a replica to take over from {old}"),
+                format!(
+                    "none did within {}{}",
+                    load::secs(timeout),
+                    named
+                        .map(|n| format!(
+                            " ({n} holds the leader Lease but is not Ready as master)"
+                        ))
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The cluster a drill runs on.
@@ -332,31 +437,141 @@ impl Live {
         self.wait_ready(&name, Some(&uid)).await
     }
 
-    /// SIGKILL to the master's postmaster (its pid from `postmaster.pid`, read by the server
-    /// itself), sent in its container; the agent exits and the kubelet restarts the container.
-    async fn kill_postgres(&self) -> Result<()> {
-        let name = self.spec.pod_name(self.master);
-        let c = self
-            .pod_endpoint(self.master)
+    /// Member k's postmaster's pid, from `postmaster.pid` as the server itself reads it.
+    async fn postmaster_pid(&self, k: i32) -> Result<u32> {
+        let name = self.spec.pod_name(k);
+        let ep = self.pod_endpoint(k);
+        let c = ep
             .connect_within(Duration::from_secs(10))
             .await
             .map_err(|e| step_err(format!("connect to {name}"), e))?;
-        let row = self
-            .pod_endpoint(self.master)
+        let row = ep
             .within(c.query_one("SELECT pg_read_file('postmaster.pid')", &[]))
             .await
             .map_err(|e| step_err(format!("read {name}'s postmaster.pid"), e))?;
         let text: String = row.get(0);
-        let pid: u32 = text
-            .lines()
-            .next()
-            .and_then(|l| l.trim().parse().ok())
-            .ok_or_else(|| {
-                step_err(
-                    format!("read {name}'s postmaster.pid"),
-                    "no pid on its first line",
-                )
-            })?;
+        postmaster_pid(&text).ok_or_else(|| {
+            step_err(
+                format!("read {name}'s postmaster.pid"),
+                "no pid on its first line",
+            )
+        })
+    }
+
+    /// Runs the shell's own `kill -SIGNAL pid` in pod `name`'s postgres container (the image
+    /// need not ship a kill binary; the pid is a number). `Ok(false)`: the process is not there.
+    async fn signal(&self, name: &str, signal: &str, pid: u32) -> Result<bool> {
+        let argv = vec![
+            "sh".to_string(),
+            "-c".into(),
+            format!("kill -0 {pid} 2>/dev/null || exit 3; kill -{signal} {pid}"),
+        ];
+        let out = self
+            .exec
+            .run(name, POSTGRES_CONTAINER, &argv)
+            .await
+            .map_err(|e| step_err(format!("SIG{signal} to {name}'s postmaster"), e))?;
+        match out.exit_code {
+            0 => Ok(true),
+            3 => Ok(false),
+            _ => Err(step_err(
+                format!("SIG{signal} to {name}'s postmaster"),
+                out.failure_summary(),
+            )),
+        }
+    }
+
+    /// SIGSTOP to the master's postmaster, by exec in its container, until another member holds
+    /// the leader Lease and is Ready as master (and [`TAKEOVER_WATCH`] after), then SIGCONT
+    /// when the process is still there (its agent may have ended it, its container restarted).
+    async fn master_freeze(&self) -> Result<()> {
+        let name = self.spec.pod_name(self.master);
+        let pid = self.postmaster_pid(self.master).await?;
+        let restarts = |p: &Pod| checks::Member::from_pod(p).restarts;
+        let before = self.pod(&name).await?.map(|p| restarts(&p)).unwrap_or(0);
+        if !self.signal(&name, "STOP", pid).await? {
+            return Err(step_err(
+                format!("SIGSTOP to {name}'s postmaster"),
+                format!("no process {pid} in its container"),
+            ));
+        }
+        self.step(format!(
+            "SIGSTOP to {name}'s postmaster (pid {pid}) by exec in its postgres container"
+        ));
+        let took =
+            wait_takeover(&self.verifier, &name, self.opts.recovery_timeout, &self.log).await;
+        if took.is_ok() {
+            tokio::time::sleep(TAKEOVER_WATCH).await;
+        }
+        // Resumed whatever happened, unless its container restarted (the process went with it).
+        let now = self.pod(&name).await?.map(|p| restarts(&p)).unwrap_or(0);
+        if now > before {
+            self.step(format!(
+                "{name}'s container restarted: the frozen postmaster went with it"
+            ));
+        } else {
+            match self.signal(&name, "CONT", pid).await {
+                Ok(true) => self.step(format!("SIGCONT to {name}'s postmaster (pid {pid})")),
+                Ok(false) => self.step(format!(
+                    "{name}'s postmaster (pid {pid}) is gone: its agent stopped it"
+                )),
+                Err(e) => self.step(format!("{name}'s postmaster not resumed: {e}")),
+            }
+        }
+        took.map(drop)
+    }
+
+    /// The master pod's token may not update the leader Lease until another member holds it and
+    /// is Ready as master (and [`TAKEOVER_WATCH`] after); then it may again.
+    async fn master_isolated(&self) -> Result<()> {
+        let name = self.spec.pod_name(self.master);
+        let hold = async {
+            wait_takeover(&self.verifier, &name, self.opts.recovery_timeout, &self.log).await?;
+            tokio::time::sleep(TAKEOVER_WATCH).await;
+            Ok(())
+        };
+        crate::isolate::isolated(&self.client, &self.spec, &name, &self.log, hold).await
+    }
+
+    /// Promotes replica k by hand (`pg_promote()` through its pod) while the master runs, writes
+    /// [`REJOIN_ROWS`] rows on it (writer 0, which no drill writer uses) and deletes its pod: it
+    /// must rejoin the master and keep what it wrote aside.
+    async fn rejoin(&self, k: i32, table: &str) -> Result<()> {
+        let name = self.spec.pod_name(k);
+        let ep = self.pod_endpoint(k);
+        let c = ep
+            .connect_within(Duration::from_secs(10))
+            .await
+            .map_err(|e| step_err(format!("connect to {name}"), e))?;
+        let promoted = ep
+            .within(c.query_one("SELECT pg_promote(true, 60)", &[]))
+            .await
+            .map_err(|e| step_err(format!("pg_promote() on {name}"), e))?;
+        if !promoted.get::<_, bool>(0) {
+            return Err(step_err(
+                format!("pg_promote() on {name}"),
+                "not promoted within 60 s",
+            ));
+        }
+        self.step(format!("pg_promote() on {name} while the master runs"));
+        let sql = load::insert_sql(table);
+        let row = ep
+            .within(c.query_one(sql.as_str(), &[&0i32, &1i64, &REJOIN_ROWS]))
+            .await
+            .map_err(|e| step_err(format!("write on {name}"), e))?;
+        self.step(format!(
+            "{REJOIN_ROWS} rows written on {name} (timeline {})",
+            row.try_get::<_, i32>(0).unwrap_or_default()
+        ));
+        drop(c);
+        self.delete_pod(k).await
+    }
+
+    /// SIGKILL to the master's postmaster (its pid from `postmaster.pid`, read by the server
+    /// itself), sent in its container; the agent exits and the kubelet restarts the container.
+    async fn kill_postgres(&self) -> Result<()> {
+        let name = self.spec.pod_name(self.master);
+        let pid = self.postmaster_pid(self.master).await?;
         let restarts = |p: &Pod| checks::Member::from_pod(p).restarts;
         let before = self.pod(&name).await?.map(|p| restarts(&p)).unwrap_or(0);
         self.step(format!("SIGKILL to {name}'s postmaster (pid {pid})"));
@@ -512,7 +727,7 @@ pub struct Roles {
     /// The other members' ordinals.
     pub replicas: Vec<i32>,
     /// The member the fault is aimed at: the master for the master drills, the highest replica
-    /// for `replica-pod-delete`, the last member for `scale-down-up`, the next one for
+    /// for `replica-pod-delete` and `rejoin`, the last member for `scale-down-up`, the next one for
     /// `agent-restart-during-basebackup`.
     pub target: i32,
 }
@@ -532,7 +747,9 @@ impl Roles {
         };
         let replicas: Vec<i32> = (0..n).filter(|&k| k != master).collect();
         let target = match drill {
-            DrillName::ReplicaPodDelete => replicas.last().copied().unwrap_or(n - 1),
+            DrillName::ReplicaPodDelete | DrillName::Rejoin => {
+                replicas.last().copied().unwrap_or(n - 1)
+            }
             DrillName::ScaleDownUp if master == n - 1 => {
                 return Err(Error::NotApplicable {
                     drill,
@@ -559,6 +776,9 @@ impl Roles {
 /// injects the fault, waits until it is healthy again, and measures.
 pub async fn run(client: Client, opts: &LiveOptions, drill: DrillName) -> Result<DrillReport> {
     let spec = &opts.spec;
+    if let Some(why) = drill.not_in_cluster() {
+        return Err(Error::NotApplicable { drill, why });
+    }
     if !drill.runs_on(Where::Live) {
         return Err(Error::NotApplicable {
             drill,
@@ -577,6 +797,10 @@ pub async fn run(client: Client, opts: &LiveOptions, drill: DrillName) -> Result
                 spec.cluster_export_dir().display()
             ),
         });
+    }
+    // Judged before any load: inside the fault, a failover drill's error is a failed report.
+    if drill == DrillName::MasterIsolated && !crate::isolate::served(&client).await? {
+        return Err(crate::isolate::not_served());
     }
     let why = unhealthy(&client, spec).await?;
     if !why.is_empty() {
@@ -624,22 +848,43 @@ pub async fn run(client: Client, opts: &LiveOptions, drill: DrillName) -> Result
         load::secs(t.patience.deadline(STATEMENT_DEADLINE)),
         t.patience.factor()
     ));
+    // When the master may move, the monitors and the row count follow the pod the master
+    // Service routes to, every member is a replica to check but the master at the end, and a
+    // writer keeps its connection to the first master's pod (late commits).
+    let moves = drill.may_move_master();
+    let master_service = Forward::new(&client, &spec.namespace, spec.master_service_name());
     let setup = Setup {
         writer: t.service_endpoint(spec.master_service_name()),
         reader: t.service_endpoint(spec.replica_service_name()),
-        master: t.pod_endpoint(roles.master),
-        replicas: roles
-            .replicas
-            .iter()
-            .map(|&k| (spec.pod_name(k), t.pod_endpoint(k)))
+        master: if moves {
+            Endpoint::via(
+                Route::LiveMaster(master_service.clone()),
+                t.password.clone(),
+            )
+            .with_patience(t.patience)
+        } else {
+            t.pod_endpoint(roles.master)
+        },
+        replicas: (0..n)
+            .filter(|&k| moves || k != roles.master)
+            .map(|k| (spec.pod_name(k), t.pod_endpoint(k)))
             .collect(),
-        pinned: None,
+        pinned: moves.then(|| t.pod_endpoint(roles.master)),
         names: Vec::new(),
-        ready: ReadyProbe::Proxy {
-            client: client.clone(),
-            namespace: spec.namespace.clone(),
-            pod: master_pod.clone(),
-            deadline: t.patience.deadline(STATEMENT_DEADLINE),
+        ready: if moves {
+            ReadyProbe::LiveMaster {
+                service: Box::new(master_service),
+                client: client.clone(),
+                namespace: spec.namespace.clone(),
+                deadline: t.patience.deadline(STATEMENT_DEADLINE),
+            }
+        } else {
+            ReadyProbe::Proxy {
+                client: client.clone(),
+                namespace: spec.namespace.clone(),
+                pod: master_pod.clone(),
+                deadline: t.patience.deadline(STATEMENT_DEADLINE),
+            }
         },
         warmup: opts.warmup,
         cooldown: opts.cooldown,
@@ -654,12 +899,19 @@ pub async fn run(client: Client, opts: &LiveOptions, drill: DrillName) -> Result
         ),
     };
     let marks_before = data_marks(&t.exec, &members).await;
+    let kept_before: Vec<String> = match ClusterStatus::gather(client.clone(), spec).await {
+        Ok(s) => kept_diverged(&s).into_iter().map(|k| k.path).collect(),
+        Err(_) => Vec::new(),
+    };
     let table = engine::create_table(&setup).await?;
     let fault = async {
         match drill {
             DrillName::MasterPodDelete | DrillName::MasterRestartUnderLoad => {
                 t.delete_pod(roles.master).await
             }
+            DrillName::MasterFreeze => t.master_freeze().await,
+            DrillName::MasterIsolated => t.master_isolated().await,
+            DrillName::Rejoin => t.rejoin(roles.target, &table).await,
             DrillName::ReplicaPodDelete => t.delete_pod(roles.target).await,
             DrillName::PostgresKill => t.kill_postgres().await,
             DrillName::ScaleDownUp => t.scale_down_up().await,
@@ -676,6 +928,13 @@ pub async fn run(client: Client, opts: &LiveOptions, drill: DrillName) -> Result
     engine::drop_table(&setup, &table).await;
     let mut report = outcome?;
     report.recloned = recloned(&marks_before, &data_marks(&t.exec, &members).await);
+    // What the drill made a member set aside, and whether `status` warns of it.
+    if let Ok(status) = ClusterStatus::gather(client.clone(), spec).await {
+        report.kept_diverged = kept_diverged(&status)
+            .into_iter()
+            .filter(|k| !kept_before.contains(&k.path))
+            .collect();
+    }
     report.judge();
     Ok(report)
 }
@@ -702,6 +961,9 @@ mod tests {
         assert_eq!(master.replicas, [0, 2]);
         assert_eq!(on_one(DrillName::PostgresKill).target, 1);
         assert_eq!(on_one(DrillName::ReplicaPodDelete).target, 2);
+        assert_eq!(on_one(DrillName::Rejoin).target, 2);
+        assert_eq!(on_one(DrillName::MasterFreeze).target, 1);
+        assert_eq!(on_one(DrillName::MasterIsolated).target, 1);
         assert_eq!(on_one(DrillName::ScaleDownUp).target, 2);
         // With the master last, the replica drill takes the highest replica and the
         // scale-down, which would remove the master, is not applicable.
@@ -720,6 +982,18 @@ mod tests {
         // An older cluster: ordinal 0, as before.
         let old = Roles::of(&spec, DrillName::MasterPodDelete, Some(0)).unwrap();
         assert_eq!((old.master, old.replicas), (0, vec![1, 2]));
+    }
+
+    #[test]
+    fn the_postmaster_pid_is_the_first_line_of_postmaster_pid() {
+        let text = "57\n/var/lib/postgresql/data/pgset-1\n1765100000\n5432\n/run/pgset\n*\n";
+        assert_eq!(postmaster_pid(text), Some(57));
+        assert_eq!(postmaster_pid(" 812 \n"), Some(812));
+        // Nothing a shell could take for more than a number, and never pid 0 (every process of
+        // the group) or a negative one.
+        for bad in ["", "\n57", "0\n", "-1\n", "57; rm -rf /\n", "abc\n"] {
+            assert_eq!(postmaster_pid(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -35,6 +35,10 @@ pub enum Route {
     Service(crate::live::Forward),
     /// Through the API server to one pod (port-forward).
     Pod(crate::live::Forward),
+    /// A cluster's master wherever it moves: the pod the master Service routes to now, asked
+    /// again by [`Endpoint::leads_to`] (the monitors and the row count follow it; a writer on
+    /// it would ask the API server before every statement, so writers use [`Route::Service`]).
+    LiveMaster(crate::live::Forward),
     /// Local mode: the member the set's leader record names the master, read again at every
     /// connection (and, by a writer, before every statement).
     LocalLeader {
@@ -111,16 +115,19 @@ impl Endpoint {
             Route::Tcp { host, port } => format!("{host}:{port}"),
             Route::Service(f) => format!("Service {}", f.target()),
             Route::Pod(f) => format!("pod {}", f.target()),
+            Route::LiveMaster(f) => format!("the master Service {}", f.target()),
             Route::LocalLeader { set, .. } => format!("the master of local set {}", set.name),
         }
     }
 
-    /// The member a [`Route::LocalLeader`] leads to now (`None` for the other routes).
+    /// The member a [`Route::LocalLeader`] or a [`Route::LiveMaster`] leads to now (`None` for
+    /// the other routes, and for a Service without a ready endpoint).
     pub async fn leads_to(&self) -> Option<String> {
         match &self.route {
             Route::LocalLeader { dir, set } => {
                 Some(set.member(pgset_local::master_ordinal(dir, set).await))
             }
+            Route::LiveMaster(f) => f.routed_pod().await.ok(),
             _ => None,
         }
     }
@@ -150,7 +157,9 @@ impl Endpoint {
                 });
                 client
             }
-            Route::Service(f) => f.connect(&cfg, true, self.deadline()).await?,
+            Route::Service(f) | Route::LiveMaster(f) => {
+                f.connect(&cfg, true, self.deadline()).await?
+            }
             Route::Pod(f) => f.connect(&cfg, false, self.deadline()).await?,
             Route::LocalLeader { dir, set } => {
                 let port = set.member_port(pgset_local::master_ordinal(dir, set).await);
@@ -262,13 +271,16 @@ pub struct WriterShape {
 }
 
 /// The statement a writer commits (autocommit: one statement, one transaction): rows
-/// `$2..=$3` of writer `$1`, each with the server's timeline and its own name for itself
-/// (`address:port`) taken in the same transaction, which it returns.
+/// `$2..=$3` of writer `$1`, each with the server's timeline and its own name for itself taken
+/// in the same transaction, which it returns. The name is its `cluster_name` (the agent sets the
+/// member's name there), else `address:port`: through a port-forward every pod's server
+/// address is its own loopback, which names no member.
 pub fn insert_sql(table: &str) -> String {
     format!(
         "WITH w AS (INSERT INTO {table} (writer, n, tli, server) \
          SELECT $1, g, ('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))::bit(32)::int, \
-         coalesce(host(inet_server_addr()), 'socket') || ':' || current_setting('port') \
+         coalesce(nullif(current_setting('cluster_name'), ''), \
+                  coalesce(host(inet_server_addr()), 'socket') || ':' || current_setting('port')) \
          FROM generate_series($2::bigint, $3::bigint) g RETURNING tli, server) \
          SELECT min(tli), min(server) FROM w"
     )
@@ -434,6 +446,18 @@ pub enum ReadyProbe {
         /// How long one answer may take.
         deadline: Duration,
     },
+    /// Through the API server's pod proxy to the health port of the pod the master Service
+    /// routes to now (a cluster's master wherever it moves; none routed: not ready).
+    LiveMaster {
+        /// The master Service.
+        service: Box<crate::live::Forward>,
+        /// The client.
+        client: kube::Client,
+        /// The namespace.
+        namespace: String,
+        /// How long one answer may take.
+        deadline: Duration,
+    },
 }
 
 impl std::fmt::Debug for ReadyProbe {
@@ -446,6 +470,13 @@ impl std::fmt::Debug for ReadyProbe {
             ReadyProbe::Proxy { namespace, pod, .. } => {
                 write!(f, "ReadyProbe(pod {namespace}/{pod})")
             }
+            ReadyProbe::LiveMaster {
+                namespace, service, ..
+            } => write!(
+                f,
+                "ReadyProbe(the pod Service {namespace}/{} routes to)",
+                service.target()
+            ),
         }
     }
 }
@@ -472,23 +503,40 @@ impl ReadyProbe {
                 namespace,
                 pod,
                 deadline,
-            } => {
-                let path = format!(
-                    "/api/v1/namespaces/{namespace}/pods/{pod}:{}/proxy{}",
-                    pgset_spec::contract::HEALTH_PORT,
-                    pgset_spec::contract::HEALTH_READY_PATH
-                );
-                let Ok(request) = http::Request::get(path).body(Vec::new()) else {
-                    return false;
-                };
-                // A refusal (503 and the like) is an error of request_text: not ready.
-                matches!(
-                    tokio::time::timeout(*deadline, client.request_text(request)).await,
-                    Ok(Ok(_))
-                )
-            }
+            } => proxy_ready(client, namespace, pod, *deadline).await,
+            ReadyProbe::LiveMaster {
+                service,
+                client,
+                namespace,
+                deadline,
+            } => match service.routed_pod().await {
+                Ok(pod) => proxy_ready(client, namespace, &pod, *deadline).await,
+                Err(_) => false,
+            },
         }
     }
+}
+
+/// Whether `pod`'s agent answers ready on `/readyz` through the API server's pod proxy.
+async fn proxy_ready(
+    client: &kube::Client,
+    namespace: &str,
+    pod: &str,
+    deadline: Duration,
+) -> bool {
+    let path = format!(
+        "/api/v1/namespaces/{namespace}/pods/{pod}:{}/proxy{}",
+        pgset_spec::contract::HEALTH_PORT,
+        pgset_spec::contract::HEALTH_READY_PATH
+    );
+    let Ok(request) = http::Request::get(path).body(Vec::new()) else {
+        return false;
+    };
+    // A refusal (503 and the like) is an error of request_text: not ready.
+    matches!(
+        tokio::time::timeout(deadline, client.request_text(request)).await,
+        Ok(Ok(_))
+    )
 }
 
 /// Samples the master's readiness every `period` until `stop`.

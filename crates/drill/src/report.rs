@@ -15,7 +15,7 @@ pub const REJOIN_TARGET_S: f64 = 2.0;
 pub const FAILOVER_WRITE_TARGET_S: f64 = 15.0;
 
 /// A copy a drill left with writes the cluster does not have (`<member>.diverged-<time>`), and
-/// whether `local status` warned of it.
+/// whether the set's status (`local status`, `status`) warned of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeptDiverged {
     /// The member.
@@ -184,7 +184,7 @@ impl DrillReport {
             }
             for k in self.kept_diverged.iter().filter(|k| !k.warned) {
                 p.push(format!(
-                    "{} holds {} bytes of diverged WAL but `local status` does not warn of it",
+                    "{} holds {} bytes of diverged WAL but the set's status does not warn of it",
                     k.path, k.bytes_after_fork
                 ));
             }
@@ -305,7 +305,7 @@ pub fn table(reports: &[DrillReport]) -> String {
                 k.path,
                 k.bytes_after_fork,
                 if k.warned {
-                    ", warned of by local status"
+                    ", warned of by the set's status"
                 } else {
                     ", NOT warned of"
                 }
@@ -406,9 +406,9 @@ fn markdown_with(reports: &[DrillReport], not_run: &[NotRun]) -> String {
                 md(&k.path),
                 k.bytes_after_fork,
                 if k.warned {
-                    "local status warns of it"
+                    "the set's status warns of it"
                 } else {
-                    "**local status does not warn of it**"
+                    "**the set's status does not warn of it**"
                 }
             );
         }
@@ -844,7 +844,7 @@ mod tests {
             silent.problems,
             [
                 "/set/pgset-2.diverged-20261207T150000Z holds 81920 bytes of diverged WAL but \
-              `local status` does not warn of it"
+              the set's status does not warn of it"
             ]
         );
         let mut ok = passing(DrillName::Rejoin);
@@ -856,7 +856,7 @@ mod tests {
         assert_eq!(ok.verdict, Verdict::Pass, "{:?}", ok.problems);
         let t = table(std::slice::from_ref(&ok));
         assert!(
-            t.contains("rejoin: kept /set/pgset-2.diverged-20261207T150000Z (81920 bytes after the fork), warned of by local status"),
+            t.contains("rejoin: kept /set/pgset-2.diverged-20261207T150000Z (81920 bytes after the fork), warned of by the set's status"),
             "{t}"
         );
         let v = serde_json::to_value(&ok).unwrap();

@@ -402,9 +402,9 @@ pub async fn failover_warning(dir: &Path, to: &str) -> Result<String> {
         .unwrap_or_else(|| "unknown (its agent does not answer)".into());
     Ok(format!(
         "failover to {to} promotes it with the WAL it received (up to {received}); writes the \
-         old master acknowledged after that are lost, and the old master, if it comes back, is \
-         rewound with what it wrote after the fork kept aside. Nothing was changed; add --yes to \
-         fail over"
+         old master acknowledged after that are lost; the old master, if it comes back, and any \
+         replica that received more are rewound with what they hold after the fork kept aside. \
+         Nothing was changed; add --yes to fail over"
     ))
 }
 

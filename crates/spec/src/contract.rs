@@ -447,6 +447,14 @@ pub fn leader_lease_name(cluster: &str) -> String {
     format!("{cluster}-{LEADER_SUFFIX}")
 }
 
+/// The ValidatingAdmissionPolicy and its binding (both cluster-scoped, one name) that the
+/// `master-isolated` drill makes to deny the master pod's updates of the leader Lease:
+/// `pgset-drill-<namespace>-<cluster>-isolated`. The drill removes them whatever happens; a
+/// leftover (the drill's process killed) is removed by the drill's next run and by `down`.
+pub fn drill_isolation_name(namespace: &str, cluster: &str) -> String {
+    format!("pgset-drill-{namespace}-{cluster}-isolated")
+}
+
 /// Values of [`env::MODE`].
 pub mod modes {
     /// Running in a pod: label the pod through the API.

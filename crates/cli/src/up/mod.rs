@@ -7,6 +7,10 @@
 //! stops at the first failure saying which stage failed, what was already done, and what to do.
 //! Every stage is idempotent, so re-running `up` after fixing the cause picks up where it
 //! stopped, and a re-run on a finished cluster changes nothing.
+//!
+//! Every line goes to stderr; with `-v` the deploy stage ends with each member's timeline, and
+//! `--output json` prints the rollout with its timeline on stdout (as `deploy` does), so any
+//! run shows where its time went.
 
 mod preflight;
 
@@ -33,6 +37,10 @@ pub struct Args {
     /// Show more: each pod's full state while the rollout waits, the NFS stage's probes
     #[arg(long, short = 'v')]
     pub verbose: bool,
+    /// json: print the rollout (each member's seconds to Ready, the total) and each member's
+    /// timeline as JSON on stdout once `up` finished (every other line goes to stderr)
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+    pub output: Output,
     /// Leave the NFS host alone (it is provisioned already, or is another machine): no NFS
     /// stage and no host checks (the per-node mount probe still runs)
     #[arg(long)]
@@ -216,10 +224,17 @@ async fn execute(args: &Args, reporter: Reporter) -> Result<()> {
     reporter.line(&steps::done("preflight", t.elapsed(), ""));
 
     let mut runner = Runner::new(reporter.clone(), args.dry_run.mode, plan.len());
+    let rollout = std::sync::Mutex::new(None);
     for stage in plan.iter().copied() {
-        runner.run(stage, run_stage(stage, &ctx, args)).await?;
+        runner
+            .run(stage, run_stage(stage, &ctx, args, &rollout))
+            .await?;
     }
     runner.summary(started.elapsed());
+    let rollout = rollout.into_inner().unwrap_or_else(|p| p.into_inner());
+    if let Some(json) = json_output(args, rollout.as_ref()) {
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    }
     if args.dry_run.is_set() {
         reporter.line("dry run: nothing was changed");
         if blockers > 0 {
@@ -338,8 +353,24 @@ fn describe(spec: &ClusterSpec) -> String {
     )
 }
 
-/// Runs one stage on the invocation's context.
-async fn run_stage(stage: StageName, ctx: &RunContext, args: &Args) -> Result<()> {
+/// What `--output json` prints after a finished run: the deploy stage's rollout with its
+/// timeline (`rollout` null when nothing was awaited); nothing for a table or a client dry run.
+fn json_output(
+    args: &Args,
+    rollout: Option<&pgset_deploy::rollout::RolloutReport>,
+) -> Option<serde_json::Value> {
+    (args.output == Output::Json && args.dry_run.mode != Some(DryRun::Client))
+        .then(|| crate::deploy::report_json(rollout))
+}
+
+/// Runs one stage on the invocation's context; the deploy stage leaves its rollout's report
+/// in `rollout`.
+async fn run_stage(
+    stage: StageName,
+    ctx: &RunContext,
+    args: &Args,
+    rollout: &std::sync::Mutex<Option<pgset_deploy::rollout::RolloutReport>>,
+) -> Result<()> {
     match stage {
         StageName::Nfs => {
             crate::nfs::stage(
@@ -378,7 +409,11 @@ async fn run_stage(stage: StageName, ctx: &RunContext, args: &Args) -> Result<()
             )
             .await
         }
-        StageName::Deploy => crate::deploy::stage(ctx, &args.wait).await.map(|_| ()),
+        StageName::Deploy => {
+            let report = crate::deploy::stage(ctx, &args.wait).await?;
+            *rollout.lock().unwrap_or_else(|p| p.into_inner()) = report;
+            Ok(())
+        }
         StageName::Verify => {
             crate::verify::stage(
                 ctx,
@@ -433,6 +468,7 @@ mod tests {
         Args {
             dry_run: DryRunArg::default(),
             verbose: false,
+            output: Output::Table,
             skip_nfs: false,
             skip_image: false,
             skip_verify: false,
@@ -690,5 +726,56 @@ mod tests {
         };
         let err = format!("{:#}", run(a).await.unwrap_err());
         assert!(err.contains("--clients"), "{err}");
+    }
+
+    #[test]
+    fn output_json_prints_the_rollout_with_each_members_timeline_and_nothing_in_a_client_dry_run() {
+        use clap::Parser;
+        let crate::Cli {
+            task: crate::Task::Up(parsed),
+        } = crate::Cli::try_parse_from(["pgset", "up", "-v", "-o", "json"]).unwrap()
+        else {
+            panic!("not up");
+        };
+        assert_eq!(parsed.output, Output::Json);
+        assert!(parsed.verbose);
+        let report = pgset_deploy::rollout::RolloutReport {
+            members: vec![("pgset-0".into(), Some(Duration::from_millis(7_250)))],
+            total: Duration::from_millis(7_300),
+            timeline: pgset_deploy::rollout::Timeline {
+                members: vec![pgset_deploy::rollout::MemberTimeline {
+                    name: "pgset-0".into(),
+                    ordinal: 0,
+                    steps: vec![
+                        pgset_deploy::rollout::TimelineStep {
+                            step: "scheduled".into(),
+                            seconds: 0.4,
+                        },
+                        pgset_deploy::rollout::TimelineStep {
+                            step: "Ready".into(),
+                            seconds: 7.25,
+                        },
+                    ],
+                }],
+            },
+        };
+        let json = json_output(&parsed, Some(&report)).unwrap();
+        assert_eq!(json["rollout"]["totalSeconds"], 7.3);
+        assert_eq!(
+            json["rollout"]["timeline"]["members"][0]["steps"][1],
+            serde_json::json!({"step": "Ready", "seconds": 7.25})
+        );
+        assert_eq!(
+            json_output(&parsed, None),
+            Some(serde_json::json!({"rollout": null}))
+        );
+        assert_eq!(json_output(&args(), Some(&report)), None, "a table run");
+        let dry = Args {
+            dry_run: DryRunArg {
+                mode: Some(DryRun::Client),
+            },
+            ..parsed
+        };
+        assert_eq!(json_output(&dry, Some(&report)), None, "a client dry run");
     }
 }

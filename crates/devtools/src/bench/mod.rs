@@ -39,6 +39,9 @@ pub struct Args {
     /// Length of each measuring window of the agent-cost benchmark, in seconds
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub agent_window: u64,
+    /// Rounds of the cluster rollouts (bare and pgset alternating; medians printed)
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub rounds: u32,
     #[command(flatten)]
     pub spec: SpecArgs,
     #[command(flatten)]
@@ -53,6 +56,7 @@ pub async fn run(args: Args) -> Result<()> {
             args.agent_window
         );
     }
+    cluster::check_rounds(args.rounds)?;
     let window = Duration::from_secs(args.agent_window);
     if args.agent_cost_only {
         return agent_cost::run(window).await;
@@ -69,7 +73,7 @@ pub async fn run(args: Args) -> Result<()> {
         drills::run(args.sync_rounds).await?;
     }
     if !args.local_only {
-        cluster::run(&args.spec, &args.client).await?;
+        cluster::run(&args.spec, &args.client, args.rounds).await?;
     }
     Ok(())
 }
