@@ -17,13 +17,14 @@ use crate::progress::Reporter;
 /// Arguments of `cargo xtask drill`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Drills to run, in order. Against the cluster: master-pod-delete, replica-pod-delete,
-    /// postgres-kill, agent-restart-during-basebackup, scale-down-up, master-restart-under-load,
-    /// nfs-restart (on the NFS host). Against a local set (--dir): master-restart,
-    /// replica-restart, postgres-kill, master-restart-under-load, scale-down-up,
-    /// agent-restart-during-basebackup, and the failover drills master-freeze,
-    /// master-agent-freeze, master-agent-kill, master-isolated, rejoin. `all`: every drill of
-    /// the target (nfs-restart only on the NFS host)
+    /// Drills to run, in order. Against the cluster: master-pod-delete, master-freeze,
+    /// master-isolated, rejoin, replica-pod-delete, postgres-kill,
+    /// agent-restart-during-basebackup, scale-down-up, master-restart-under-load, nfs-restart
+    /// (on the NFS host). Against a local set (--dir): master-restart, replica-restart,
+    /// postgres-kill, master-restart-under-load, scale-down-up, agent-restart-during-basebackup,
+    /// and the failover drills master-freeze, master-agent-freeze, master-agent-kill,
+    /// master-isolated, rejoin. `all`: every drill of the target (nfs-restart only on the NFS
+    /// host)
     #[arg(required = true, value_name = "NAME")]
     drills: Vec<String>,
     /// Drill a local set in this directory (`cargo xtask local up --dir`) instead of the cluster
@@ -228,18 +229,15 @@ mod tests {
             e,
             "drill master-restart runs against a local set: add --dir DIR"
         );
+        // The failover drills are asked for on both targets (a cluster refuses the two agent
+        // drills when it runs them, saying why).
         for d in DrillName::FAILOVER {
-            assert_eq!(
-                parse_names(&[d.as_str().to_string()], Target::Local, false).unwrap(),
-                [d]
-            );
-            let e = parse_names(&[d.as_str().to_string()], Target::Live, false)
-                .unwrap_err()
-                .to_string();
-            assert_eq!(
-                e,
-                format!("drill {d} runs against a local set: add --dir DIR")
-            );
+            for target in [Target::Local, Target::Live] {
+                assert_eq!(
+                    parse_names(&[d.as_str().to_string()], target, false).unwrap(),
+                    [d]
+                );
+            }
         }
     }
 }
