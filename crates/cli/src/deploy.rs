@@ -4,28 +4,15 @@
 //! With `-v` each member's timeline (when it reached each step) ends the output; `--output json`
 //! prints the rollout and its timeline on stdout.
 
-use std::time::Duration;
-
 use anyhow::{Context, Result, bail};
-use clap::ValueEnum;
 use pgset_deploy::apply::{ApplyMode, deploy, lift_failover_pause};
 use pgset_deploy::render::multi_document;
 use pgset_deploy::rollout::{RolloutReport, wait_for_rollout};
 use serde_json::json;
 
-use crate::cli::{ClientArgs, DryRunArg, SpecArgs};
+use crate::args::{ClientArgs, DryRun, DryRunArg, Output, SpecArgs, WaitArgs};
 use crate::context::RunContext;
 use crate::progress::Reporter;
-use crate::verify::Output;
-
-/// What `--dry-run` does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DryRun {
-    /// Print the objects as YAML on stdout; no cluster needed
-    Client,
-    /// Send every write with dryRun=All: the API server validates, changes nothing
-    Server,
-}
 
 /// Arguments of `cargo xtask deploy`.
 #[derive(Debug, clap::Args)]
@@ -48,51 +35,14 @@ pub struct Args {
     pub client: ClientArgs,
 }
 
-/// `--no-wait` and `--timeout` of the commands that wait for the members to be Ready.
-#[derive(Debug, Clone, clap::Args)]
-pub struct WaitArgs {
-    /// Return once the StatefulSet is written, without waiting for the members to be Ready
-    #[arg(long)]
-    pub no_wait: bool,
-    /// How long to wait for the members (e.g. 300, 90s, 5m)
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_timeout)]
-    pub timeout: Duration,
-}
-
-impl WaitArgs {
-    /// The time to wait, or `None` with `--no-wait`.
-    pub fn timeout(&self) -> Option<Duration> {
-        (!self.no_wait).then_some(self.timeout)
-    }
-}
-
-/// Parses a timeout: seconds (`300`), or a number with `s`, `m` or `h`.
-pub fn parse_timeout(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration: use e.g. 300, 90s, 5m or 1h"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(format!("{text:?}: unknown unit {unit:?}; use s, m or h")),
-    };
-    if secs == 0 {
-        return Err("a timeout of 0 can never be met: give at least 1s".into());
-    }
-    Ok(Duration::from_secs(secs))
-}
-
 /// Runs the task.
 pub async fn run(args: Args) -> Result<()> {
-    let spec = args.spec.load(&args.client)?;
-    let reporter = Reporter::new(args.verbose).install();
-    let ctx = RunContext::new(spec, args.client.clone(), args.dry_run.mode, reporter);
+    let ctx = RunContext::with_reporter(
+        &args.spec,
+        &args.client,
+        args.dry_run.mode,
+        Reporter::new(args.verbose).install(),
+    )?;
     let report = stage(&ctx, &args.wait).await?;
     if args.output == Output::Json && args.dry_run.mode != Some(DryRun::Client) {
         println!(
@@ -209,6 +159,7 @@ pub async fn stage(ctx: &RunContext, wait: &WaitArgs) -> Result<Option<RolloutRe
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn client_dry_run_needs_no_cluster() {
@@ -294,17 +245,5 @@ mod tests {
             reporter.recorded()[1],
             "      pgset-0: +0.3s scheduled, copying the agent (1.2s) → +1.5s agent copied, starting (3.0s) → +4.5s Ready"
         );
-    }
-
-    #[test]
-    fn timeouts_parse_with_and_without_units() {
-        assert_eq!(parse_timeout("300"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_timeout("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_timeout("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_timeout("1h"), Ok(Duration::from_secs(3600)));
-        assert!(parse_timeout("0").is_err());
-        assert!(parse_timeout("5 minutes").is_err());
-        assert!(parse_timeout("m").is_err());
-        assert!(parse_timeout("-1").is_err());
     }
 }

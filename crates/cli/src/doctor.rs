@@ -4,21 +4,16 @@
 //! schedulable node that mounts the export through a volume and claim of its own and is
 //! removed with them. Each problem with its fix and the PostgreSQL documentation behind it.
 
-use std::time::Duration;
-
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::core::v1::{Node, PersistentVolume};
+use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::Api;
-use kube::api::ListParams;
 use pgset_command::Executor;
 use pgset_deploy::mount_probe::proof::{Probed, probe_unless_proven};
 use pgset_deploy::mount_probe::{self, probe_nodes};
 use pgset_nfs::{Diagnosis, Health, HostPaths, VolumesRead};
 
-use crate::cli::{ClientArgs, SpecArgs};
-use crate::context::RunContext;
-use crate::deploy::parse_timeout;
-use crate::verify::Output;
+use crate::args::{ClientArgs, Output, ProbeArgs, SpecArgs};
+use crate::context::{Nodes, RunContext};
 
 /// Arguments of `cargo xtask doctor`.
 #[derive(Debug, clap::Args)]
@@ -32,31 +27,6 @@ pub struct Args {
     pub spec: SpecArgs,
     #[command(flatten)]
     pub client: ClientArgs,
-}
-
-/// The per-node mount probe's flags (`doctor` and `up`).
-#[derive(Debug, Clone, clap::Args)]
-pub struct ProbeArgs {
-    /// Do not run the per-node mount probe (a pod, claim and volume per node, removed after)
-    #[arg(long, conflicts_with = "probe")]
-    pub no_mount_probe: bool,
-    /// Run the mount probe even when it proved the same volumes, export and nodes before
-    #[arg(long)]
-    pub probe: bool,
-    /// How long each node's probe pod may take to mount the export and list it, image pull
-    /// included (e.g. 120, 90s, 2m)
-    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_timeout)]
-    pub probe_timeout: Duration,
-}
-
-impl Default for ProbeArgs {
-    fn default() -> Self {
-        ProbeArgs {
-            no_mount_probe: false,
-            probe: false,
-            probe_timeout: mount_probe::DEFAULT_PROBE_TIMEOUT,
-        }
-    }
 }
 
 /// What the doctor stage takes beyond the context.
@@ -198,29 +168,19 @@ pub(crate) async fn mount_checks(ctx: &RunContext, probe: &ProbeArgs) -> Vec<Dia
             )];
         }
     };
-    let listed;
-    let nodes: &[Node] = match &ctx.gathered().nodes {
-        Some(nodes) => nodes,
-        None => match Api::<Node>::all(client.clone())
-            .list(&ListParams::default())
-            .await
-        {
-            Ok(list) => {
-                listed = list.items;
-                &listed
-            }
-            Err(e) if named => {
-                return vec![failed(
-                    format!("the cluster did not answer: list nodes: {e}"),
-                    "check --kubeconfig/--context (`kubectl get nodes`), or pass --no-mount-probe",
-                )];
-            }
-            Err(e) => {
-                return vec![skipped(format!(
-                    "no cluster answered at the default kubeconfig: {e}"
-                ))];
-            }
-        },
+    let nodes = match ctx.nodes().await {
+        Ok(Nodes::Listed(nodes)) => nodes,
+        Err(e) => {
+            return vec![failed(
+                format!("the cluster did not answer: {e:#}"),
+                "check --kubeconfig/--context (`kubectl get nodes`), or pass --no-mount-probe",
+            )];
+        }
+        Ok(Nodes::NoCluster(e)) => {
+            return vec![skipped(format!(
+                "no cluster answered at the default kubeconfig: {e}"
+            ))];
+        }
     };
     let (on, off) = probe_nodes(nodes, spec);
     let mut out = Vec::new();
@@ -321,7 +281,7 @@ async fn probe_server(ctx: &RunContext, client: &kube::Client) -> Result<String>
             return Ok(nfs.server);
         }
     }
-    crate::volumes::resolve_server(spec, ctx).await
+    ctx.volume_server(spec).await
 }
 
 /// pgset's volumes for the spec, read from the API; `None` without a cluster to ask (none

@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use pgset_deploy::teardown::{Purge, down};
 
-use crate::cli::{ClientArgs, SpecArgs, Stage};
-use crate::deploy::parse_timeout;
+use crate::args::{ClientArgs, SpecArgs, parse_timeout};
+use crate::context::RunContext;
 
 /// Arguments of `cargo xtask down`.
 #[derive(Debug, clap::Args)]
@@ -29,7 +29,8 @@ pub struct Args {
 
 /// Runs the task.
 pub async fn run(args: Args) -> Result<()> {
-    let spec = args.spec.load(&args.client)?;
+    let ctx = RunContext::for_command(&args.spec, &args.client, None)?;
+    let (spec, reporter) = (ctx.spec(), ctx.reporter());
     let purge = match (args.purge, args.yes) {
         (true, true) => Purge::Everything,
         (true, false) => bail!(
@@ -39,8 +40,8 @@ pub async fn run(args: Args) -> Result<()> {
         ),
         (false, _) => Purge::Keep,
     };
-    let client = args.client.client().await?;
-    let stage = Stage::start(format!(
+    let client = ctx.client().await?;
+    let stage = reporter.stage(format!(
         "take cluster {} off namespace {}{}",
         spec.name,
         spec.namespace,
@@ -50,8 +51,8 @@ pub async fn run(args: Args) -> Result<()> {
             ""
         }
     ));
-    down(&client, &spec, purge, args.timeout, &mut |l: &str| {
-        eprintln!("    {l}")
+    down(client, spec, purge, args.timeout, &mut |l: &str| {
+        reporter.line(&format!("    {l}"))
     })
     .await
     .context("tear the cluster down")?;

@@ -1,7 +1,7 @@
 //! The pgset commands, run as `cargo xtask <command>` or by the `pgset` binary. [`main`] parses
 //! once and dispatches to one module per command.
 
-pub mod bench;
+pub mod args;
 pub mod cli;
 pub mod context;
 pub mod deploy;
@@ -15,10 +15,10 @@ pub mod nfs;
 pub mod progress;
 pub mod render;
 pub mod scale;
+pub mod screen;
 pub mod status;
 pub mod switchover;
 pub mod up;
-pub mod vagrant;
 pub mod verify;
 pub mod volumes;
 
@@ -35,7 +35,7 @@ pub struct Cli {
     task: Task,
 }
 
-/// The commands; `bench` and `vagrant` are development tasks, listed by `cargo xtask --help`.
+/// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Task {
     /// Preflight, NFS host, volumes, NFS path checks, agent image, deploy, rollout, verify: the whole flow
@@ -54,7 +54,7 @@ pub enum Task {
     Deploy(deploy::Args),
     /// Run the checks against the live cluster
     Verify(verify::Args),
-    /// Fault drills against a local set or the cluster: RTO, RPO, reads refused, re-join, re-clones
+    /// Fault drills under load against the cluster (or, with --dir, a local set): writes refused, rows lost, late commits, reads refused, time to stream again, re-clones
     Drill(drill::Args),
     /// Scale the StatefulSet (ordered; scale-down keeps claims and data)
     Scale(scale::Args),
@@ -68,12 +68,6 @@ pub enum Task {
     Render(render::Args),
     /// A primary and replicas as local processes on 127.0.0.1, driven by the same agent
     Local(local::Args),
-    /// Benchmarks (replica bootstrap, local formation, live rollout when KUBECONFIG is set)
-    #[command(hide = true)]
-    Bench(bench::Args),
-    /// The Vagrant lab: a Rocky Linux 9 VM with kubeadm, NFS and a verified cluster
-    #[command(hide = true)]
-    Vagrant(vagrant::Args),
 }
 
 /// Parses the command line and runs the command; a usage error exits here, as clap does.
@@ -84,8 +78,7 @@ pub async fn main() -> std::process::ExitCode {
         command = command.bin_name(name.to_string_lossy().into_owned());
     }
     let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
-    // Host commands' lines go where progress goes: above the live lines on a terminal.
-    pgset_command::log_with(|line| progress::Reporter::current().line(&format!("    {line}")));
+    say_through_the_reporter();
     let result = match cli.task {
         Task::Up(a) => up::run(a).await,
         Task::Down(a) => down::run(a).await,
@@ -102,9 +95,23 @@ pub async fn main() -> std::process::ExitCode {
         Task::Failover(a) => switchover::run_failover(a).await,
         Task::Render(a) => render::run(a).await,
         Task::Local(a) => local::run(a).await,
-        Task::Bench(a) => bench::run(a).await,
-        Task::Vagrant(a) => vagrant::run(a).await,
     };
+    exit_code(result)
+}
+
+/// Sends what the libraries say (host commands' lines, local mode's launcher's) through the
+/// invocation's reporter: above the live lines on a terminal. For a program's `main`.
+pub fn say_through_the_reporter() {
+    pgset_command::log_with(|line| progress::Reporter::current().line(&format!("    {line}")));
+    // What local mode's launcher does, one line each.
+    pgset_local::progress_with(|line| {
+        progress::Reporter::current().line(&format!("pgset local: {line}"))
+    });
+}
+
+/// The exit code of a command's result: an [`cli::Exit`] prints its message and exits with its
+/// code; another error prints `error: ...` and the command that fixes it, when there is one.
+pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -172,9 +179,9 @@ mod tests {
             assert!(err.to_string().contains("client, server"), "{task}: {err}");
         }
         for (flag, meaning) in [
-            ("--dry-run", deploy::DryRun::Client),
-            ("--dry-run=client", deploy::DryRun::Client),
-            ("--dry-run=server", deploy::DryRun::Server),
+            ("--dry-run", args::DryRun::Client),
+            ("--dry-run=client", args::DryRun::Client),
+            ("--dry-run=server", args::DryRun::Server),
         ] {
             let Task::Volumes(v) = Cli::try_parse_from(["cargo xtask", "volumes", flag])
                 .unwrap()
@@ -184,5 +191,80 @@ mod tests {
             };
             assert_eq!(v.dry_run.mode, Some(meaning), "{flag}");
         }
+    }
+
+    /// The modules every command shares; the others are one module per command.
+    const SHARED: [&str; 6] = ["args", "cli", "context", "hint", "progress", "screen"];
+
+    /// The modules of this crate a source file names (`crate::NAME`), its tests left out.
+    fn named_modules(text: &str) -> std::collections::BTreeSet<String> {
+        let code = text.split("#[cfg(test)]\nmod tests").next().unwrap_or(text);
+        code.split("crate::")
+            .skip(1)
+            .map(|rest| {
+                rest.chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect::<String>()
+            })
+            .filter(|name| {
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_command_uses_the_shared_parts_and_never_another_command() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        let mut dirs = vec![src.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    files.push(path);
+                }
+            }
+        }
+        let mut problems = Vec::new();
+        let mut commands = std::collections::BTreeSet::new();
+        for path in &files {
+            let rel = path.strip_prefix(&src).unwrap();
+            let module = rel
+                .components()
+                .next()
+                .unwrap()
+                .as_os_str()
+                .to_string_lossy()
+                .trim_end_matches(".rs")
+                .to_string();
+            if module == "lib" || module == "main" {
+                continue;
+            }
+            let text = std::fs::read_to_string(path).unwrap();
+            for used in named_modules(&text) {
+                if used == module || SHARED.contains(&used.as_str()) {
+                    continue;
+                }
+                if SHARED.contains(&module.as_str()) {
+                    problems.push(format!("shared {} uses the command {used}", rel.display()));
+                } else if module != "up" {
+                    // `up` is the one command made of others: it runs their stages.
+                    problems.push(format!("{} uses the command {used}", rel.display()));
+                }
+            }
+            if !SHARED.contains(&module.as_str()) {
+                commands.insert(module);
+            }
+        }
+        assert!(problems.is_empty(), "{problems:#?}");
+        // Every command of the binary has its module (and nothing else is a module of its own).
+        let tasks: std::collections::BTreeSet<String> = Cli::command()
+            .get_subcommands()
+            .map(|s| s.get_name().to_string())
+            .filter(|n| n != "failover")
+            .collect();
+        assert_eq!(commands, tasks);
     }
 }

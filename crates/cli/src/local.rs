@@ -5,12 +5,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use pgset_command::HostCommand;
 use pgset_local::status::{self as local_status, StatusReport};
 use pgset_local::{self as local, UpOptions};
 
-use crate::cli::{Stage, checkout};
-use crate::status::{Screen, StatusOutput, show};
+use crate::args::{OneLine, StatusOutput};
+use crate::cli::{Stage, build_agent};
+use crate::progress::Reporter;
+use crate::screen::{Screen, show};
 
 /// Arguments of `cargo xtask local`.
 #[derive(Debug, clap::Args)]
@@ -33,16 +34,6 @@ enum Command {
     Switchover(SwitchoverArgs),
     /// Promote a named replica when the master is gone and automatic failover is off or paused
     Failover(FailoverArgs),
-}
-
-/// Output of `switchover` and `failover`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum OneLine {
-    /// One line: old → new master, timeline, write gap, how the old master rejoined
-    #[default]
-    Text,
-    /// JSON (stable field names, for scripts)
-    Json,
 }
 
 #[derive(Debug, clap::Args)]
@@ -168,14 +159,14 @@ pub async fn run(args: Args) -> Result<()> {
             let stopped = local::down(&a.dir, a.purge)
                 .await
                 .context("stop the local set")?;
-            eprintln!(
+            Reporter::current().line(&format!(
                 "stopped: {}",
                 if stopped.is_empty() {
                     "nothing was running".to_string()
                 } else {
                     stopped.join(", ")
                 }
-            );
+            ));
             Ok(())
         }
         Command::Switchover(a) => {
@@ -201,64 +192,6 @@ pub async fn run(args: Args) -> Result<()> {
             print_report(&report, a.output)
         }
     }
-}
-
-/// The agent binary: built from the source tree when there is one (next to this binary in the
-/// target dir); for an installed `pgset` without its sources, the `pgset-agent` installed beside
-/// it (`cargo install --path crates/agent`) or on `PATH`.
-pub fn build_agent() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("locate this binary")?;
-    let profile_dir = exe.parent().context("this binary has no directory")?;
-    let Some(root) = checkout() else {
-        return installed_agent(profile_dir);
-    };
-    let stage = Stage::start("build pgset-agent");
-    let bin = build_agent_in(&root.join("Cargo.toml"), profile_dir).context("build the agent")?;
-    stage.done(&bin.display().to_string());
-    Ok(bin)
-}
-
-/// An installed agent: beside this binary, else on `PATH`.
-fn installed_agent(dir: &Path) -> Result<PathBuf> {
-    let beside = dir.join("pgset-agent");
-    if beside.is_file() {
-        return Ok(beside);
-    }
-    which::which("pgset-agent").map_err(|_| {
-        anyhow::anyhow!(
-            "no pgset-agent binary: this pgset has no source tree to build it from, and none is \
-             installed beside it ({}) or on PATH; install it (`cargo install --path crates/agent` \
-             from a checkout) or pass --agent-bin",
-            dir.display()
-        )
-    })
-}
-
-/// Builds the agent binary of the workspace at `manifest` with cargo (debug profile, the
-/// inherited CARGO_TARGET_DIR) and returns its path in `profile_dir` (the directory holding the
-/// caller's own binary, e.g. `target/debug`).
-pub fn build_agent_in(manifest: &Path, profile_dir: &Path) -> Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    HostCommand::new(cargo)
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "pgset-agent",
-            "--bin",
-            "pgset-agent",
-            "--manifest-path",
-        ])
-        .arg(manifest)
-        .run()?;
-    let bin = profile_dir.join("pgset-agent");
-    if !bin.is_file() {
-        anyhow::bail!(
-            "{} was not built (is CARGO_TARGET_DIR the same?)",
-            bin.display()
-        );
-    }
-    Ok(bin)
 }
 
 async fn up(a: UpArgs) -> Result<()> {

@@ -1,27 +1,15 @@
-//! `cargo xtask nfs`: make this host the cluster's NFS server (probe → plan → apply), and the
-//! listing of the nodes' addresses shared with `cargo xtask volumes`.
-
-use std::net::IpAddr;
-use std::time::Duration;
+//! `cargo xtask nfs`: make this host the cluster's NFS server (probe → plan → apply); the
+//! probe and plan are the context's ([`RunContext::plan_nfs_host`]), which `up`'s preflight
+//! makes too.
 
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::core::v1::Node;
-use kube::Api;
-use kube::api::ListParams;
 use pgset_command::Executor;
-use pgset_deploy::nodes::internal_ips;
-use pgset_nfs::{
-    Blocker, ExportClient, ExportOptions, HostFacts, HostPaths, Step, default_clients,
-    kept_clients, parse_clients, volume_server_address,
-};
+use pgset_nfs::{ExportOptions, HostPaths, Step, parse_clients, volume_server_address};
 use pgset_spec::ClusterSpec;
 
-use crate::cli::{ClientArgs, DryRunArg, SpecArgs};
-use crate::context::RunContext;
+use crate::args::{ClientArgs, DryRunArg, SpecArgs};
+use crate::context::{HostPlan, RunContext, client_list};
 use crate::progress::Reporter;
-
-/// How long listing the cluster's nodes may take before the host's own network is used.
-const NODE_LIST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Arguments of `cargo xtask nfs`.
 #[derive(Debug, clap::Args)]
@@ -53,68 +41,6 @@ pub struct StageOptions<'a> {
     /// Run as `up`'s stage, whose preflight has counted the blockers already: a dry run lists
     /// them and goes on to the next stage.
     pub in_up: bool,
-}
-
-/// The NFS host as probed, with the plan for it. Reading only.
-pub(crate) struct HostPlan {
-    pub facts: HostFacts,
-    pub options: ExportOptions,
-    pub steps: Vec<Step>,
-    pub nodes: Vec<IpAddr>,
-}
-
-impl HostPlan {
-    /// Probes this host and plans with the context's spec; changes nothing.
-    pub(crate) async fn make(
-        ctx: &RunContext,
-        clients: Option<&str>,
-        runner: &Executor,
-    ) -> Result<HostPlan> {
-        let spec = ctx.spec();
-        let reporter = ctx.reporter();
-        let explicit_clients = clients.map(parse_clients).transpose()?;
-        let stage = reporter.stage("probe the host");
-        let facts =
-            pgset_nfs::probe(runner, &HostPaths::default(), spec).context("probe the host")?;
-        stage.done(&facts.os.pretty_name);
-
-        let nodes = if explicit_clients.is_some() && spec.nfs.server.is_some() {
-            Vec::new()
-        } else {
-            node_addresses_in(ctx).await?
-        };
-        let kept = kept_clients(spec, facts.exports_file.as_deref());
-        let clients = match (explicit_clients, kept) {
-            (Some(c), _) => c,
-            (None, Some(c)) => {
-                reporter.line(&format!(
-                    "note: keeping the clients of pgset's block in /etc/exports ({}); pass --clients to change them",
-                    client_list(&c)
-                ));
-                c
-            }
-            (None, None) => {
-                let chosen = default_clients(&nodes, &facts.addresses)?;
-                if let Some(note) = chosen.note() {
-                    reporter.line(&format!("note: {note}"));
-                }
-                chosen.clients()
-            }
-        };
-        let options = ExportOptions { clients };
-        let steps = pgset_nfs::plan(&facts, spec, &options).context("plan the NFS host")?;
-        Ok(HostPlan {
-            facts,
-            options,
-            steps,
-            nodes,
-        })
-    }
-
-    /// Every reason this host cannot run the plan.
-    pub(crate) fn blockers(&self) -> Vec<Blocker> {
-        pgset_nfs::blockers(&self.facts, &self.steps)
-    }
 }
 
 /// Runs the task.
@@ -154,7 +80,7 @@ pub async fn stage(ctx: &RunContext, opts: &StageOptions<'_>) -> Result<()> {
         }
         Some(Err(e)) => bail!("{e}"),
         None => {
-            made = HostPlan::make(ctx, opts.clients, &runner).await?;
+            made = ctx.plan_nfs_host(opts.clients, &runner).await?;
             &made
         }
     };
@@ -228,118 +154,5 @@ fn print_server(reporter: &Reporter, server: Option<&str>) {
             "NFS server address for the volumes: not detected; pass --nfs-server ADDR to `{} volumes`",
             pgset_spec::contract::program_name()
         )),
-    }
-}
-
-fn client_list(clients: &[ExportClient]) -> String {
-    clients
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// The InternalIP addresses of the cluster's nodes: the ones `up`'s preflight listed, else
-/// listed with the context's client. Without a kubeconfig (none named and none at the default
-/// places) or when an unnamed default cluster does not answer, a note is printed and the list
-/// is empty; a kubeconfig or context the user named must work.
-pub(crate) async fn node_addresses_in(ctx: &RunContext) -> Result<Vec<IpAddr>> {
-    if let Some(nodes) = &ctx.gathered().nodes {
-        return Ok(internal_ips(nodes)?);
-    }
-    let listed = async { list_nodes(ctx.client().await?).await }.await;
-    addresses_or_note(listed, ctx.cluster_named(), ctx.reporter())
-}
-
-/// [`node_addresses_in`] for a command without a context: builds its own client.
-pub(crate) async fn node_addresses(client_args: &ClientArgs) -> Result<Vec<IpAddr>> {
-    let listed = async { list_nodes(&client_args.client().await?).await }.await;
-    addresses_or_note(listed, client_args.named(), &Reporter::current())
-}
-
-async fn list_nodes(client: &kube::Client) -> Result<Vec<Node>> {
-    let nodes = tokio::time::timeout(
-        NODE_LIST_TIMEOUT,
-        Api::<Node>::all(client.clone()).list(&ListParams::default()),
-    )
-    .await
-    .context("list the cluster's nodes: no answer")?
-    .context("list the cluster's nodes")?;
-    Ok(nodes.items)
-}
-
-fn addresses_or_note(
-    listed: Result<Vec<Node>>,
-    named: bool,
-    reporter: &Reporter,
-) -> Result<Vec<IpAddr>> {
-    match listed {
-        Ok(nodes) => Ok(internal_ips(&nodes)?),
-        Err(e) if !named => {
-            reporter.line(&format!(
-                "note: no cluster to ask for node addresses ({e:#})"
-            ));
-            Ok(Vec::new())
-        }
-        Err(e) => Err(e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn node(name: &str, addresses: &[(&str, &str)]) -> Node {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name},
-            "status": {"addresses": addresses
-                .iter()
-                .map(|(t, a)| serde_json::json!({"type": t, "address": a}))
-                .collect::<Vec<_>>()},
-        }))
-        .unwrap()
-    }
-
-    #[tokio::test]
-    async fn the_nodes_preflight_listed_give_the_addresses_without_another_client() {
-        crate::cli::test_counts::reset();
-        let mut ctx = RunContext::new(
-            ClusterSpec::default().validated().unwrap(),
-            ClientArgs {
-                kubeconfig: Some("/nonexistent/kubeconfig".into()),
-                ..ClientArgs::default()
-            },
-            None,
-            Reporter::recording(false),
-        );
-        ctx.gathered_mut().nodes = Some(vec![
-            node(
-                "cp",
-                &[("InternalIP", "10.0.2.15"), ("Hostname", "cp.lab.example")],
-            ),
-            node("w1", &[("InternalIP", "10.0.2.16")]),
-        ]);
-        let found = node_addresses_in(&ctx).await.unwrap();
-        assert_eq!(
-            found,
-            [
-                "10.0.2.15".parse::<IpAddr>().unwrap(),
-                "10.0.2.16".parse().unwrap()
-            ]
-        );
-        assert_eq!(crate::cli::test_counts::clients_built(), 0);
-
-        ctx.gathered_mut().nodes = Some(vec![node("w2", &[("InternalIP", "not-an-ip")])]);
-        let e = node_addresses_in(&ctx).await.unwrap_err().to_string();
-        assert!(e.contains("node w2") && e.contains("--nfs-server"), "{e}");
-
-        // Without preflight's list the context's client is asked: a named kubeconfig that is
-        // missing is an error, tried once however often it is asked.
-        ctx.gathered_mut().nodes = None;
-        for _ in 0..2 {
-            let e = format!("{:#}", node_addresses_in(&ctx).await.unwrap_err());
-            assert!(e.contains("/nonexistent/kubeconfig"), "{e}");
-        }
-        assert_eq!(crate::cli::test_counts::clients_built(), 1);
     }
 }

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use pgset_deploy::render::{ALL_MANIFEST_FILES, manifest_drift, manifest_files};
 
-use crate::cli::{ClientArgs, SpecArgs, checkout};
+use crate::args::{ClientArgs, SpecArgs};
+use crate::cli::checkout;
+use crate::context::RunContext;
 
 /// Arguments of `cargo xtask render`.
 #[derive(Debug, clap::Args)]
@@ -25,13 +27,14 @@ pub struct Args {
 
 /// Runs the task.
 pub async fn run(args: Args) -> Result<()> {
-    let spec = args.spec.load(&args.client)?;
+    let ctx = RunContext::for_command(&args.spec, &args.client, None)?;
+    let (spec, reporter) = (ctx.spec(), ctx.reporter());
     let dir = args.out.unwrap_or_else(|| {
         checkout()
             .map(|root| root.join("manifests"))
             .unwrap_or_else(|| PathBuf::from("manifests"))
     });
-    let files = manifest_files(&spec).context("render the objects")?;
+    let files = manifest_files(spec).context("render the objects")?;
     if args.check {
         let stale = manifest_drift(&dir, &files);
         if !stale.is_empty() {
@@ -41,7 +44,7 @@ pub async fn run(args: Args) -> Result<()> {
                 pgset_spec::contract::program_name()
             );
         }
-        eprintln!("manifests in {} are up to date", dir.display());
+        reporter.line(&format!("manifests in {} are up to date", dir.display()));
         return Ok(());
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
@@ -49,18 +52,21 @@ pub async fn run(args: Args) -> Result<()> {
         let path = dir.join(file.name);
         let unchanged = std::fs::read_to_string(&path).is_ok_and(|c| c == file.content);
         if unchanged {
-            eprintln!("unchanged {}", path.display());
+            reporter.line(&format!("unchanged {}", path.display()));
             continue;
         }
         std::fs::write(&path, &file.content)
             .with_context(|| format!("write {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
+        reporter.line(&format!("wrote {}", path.display()));
     }
     for name in ALL_MANIFEST_FILES {
         let path = dir.join(name);
         if !files.iter().any(|f| f.name == *name) && path.exists() {
             std::fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
-            eprintln!("removed {} (not rendered for this spec)", path.display());
+            reporter.line(&format!(
+                "removed {} (not rendered for this spec)",
+                path.display()
+            ));
         }
     }
     Ok(())

@@ -5,10 +5,8 @@
 use anyhow::{Context, Result, bail};
 use pgset_spec::{MAX_REPLICAS, StorageMode, ValidSpec};
 
-use crate::cli::{ClientArgs, SpecArgs, Stage};
+use crate::args::{ClientArgs, SpecArgs, WaitArgs};
 use crate::context::RunContext;
-use crate::deploy::WaitArgs;
-use crate::progress::Reporter;
 
 /// Arguments of `cargo xtask scale`.
 #[derive(Debug, clap::Args)]
@@ -26,28 +24,26 @@ pub struct Args {
 
 /// Runs the task.
 pub async fn run(args: Args) -> Result<()> {
-    let spec = args.spec.load(&args.client)?;
-    let declared = spec.replicas;
-    let spec = scaled(spec, args.members)?;
-    let client = args.client.client().await?;
+    let ctx = RunContext::for_command(&args.spec, &args.client, None)?;
+    let declared = ctx.spec().replicas;
+    let spec = scaled(ctx.spec().clone(), args.members)?;
+    let client = ctx.client().await?;
+    let reporter = ctx.reporter();
     if spec.storage.mode == StorageMode::Templates && spec.storage.storage_class.is_none() {
-        let ctx = RunContext::new(spec.clone(), args.client.clone(), None, Reporter::current())
-            .with_client(client.clone());
-        prepare_member_volumes(&ctx, &spec, &client).await?;
+        ctx.prepare_member_volumes(&spec).await?;
     }
-    let stage = Stage::start(format!(
+    let stage = reporter.stage(format!(
         "scale StatefulSet {} in namespace {} to {} members",
         spec.statefulset_name(),
         spec.namespace,
         spec.replicas
     ));
     let wait = args.wait.timeout();
-    let outcome =
-        pgset_deploy::scale::scale(&client, &spec, spec.replicas, wait, &mut |l: &str| {
-            eprintln!("    {l}")
-        })
-        .await
-        .context("scale the StatefulSet")?;
+    let outcome = pgset_deploy::scale::scale(client, &spec, spec.replicas, wait, &mut |l: &str| {
+        reporter.line(&format!("    {l}"))
+    })
+    .await
+    .context("scale the StatefulSet")?;
     if outcome.to < outcome.from {
         let kept: Vec<String> = (outcome.to..outcome.from)
             .map(|o| match spec.storage.mode {
@@ -57,18 +53,18 @@ pub async fn run(args: Args) -> Result<()> {
                 }
             })
             .collect();
-        eprintln!(
+        reporter.line(&format!(
             "    data of removed members kept: {} (scaling up again reuses it)",
             kept.join(", ")
-        );
+        ));
     }
     if declared != spec.replicas {
-        eprintln!(
+        reporter.line(&format!(
             "    note: the spec says {declared} members, and `{} deploy` applies the spec: set replicas: {} in the spec file (or pass --replicas {}) to keep this size",
             pgset_spec::contract::program_name(),
             spec.replicas,
             spec.replicas
-        );
+        ));
     }
     stage.done("");
     Ok(())
@@ -86,50 +82,6 @@ fn scaled(spec: ValidSpec, members: i32) -> Result<ValidSpec> {
     Ok(spec.with_replicas(members)?)
 }
 
-/// Templates mode on pgset's NFS volumes: a new member needs its directory in the cluster's
-/// directory on the export and its pre-bound volume before its pod can start. On the NFS host
-/// (as root, once the `nfs` stage made the cluster's directory) the missing member directories
-/// are created as the `nfs` stage makes them (owned by the postgres uid, mode 0700); the
-/// volumes are applied from anywhere. Progress goes to stderr only.
-pub(crate) async fn prepare_member_volumes(
-    ctx: &RunContext,
-    spec: &ValidSpec,
-    client: &kube::Client,
-) -> Result<()> {
-    let missing = (0..spec.replicas).any(|o| !spec.member_export_dir(o).exists());
-    if spec.cluster_export_dir().is_dir() && nix::unistd::geteuid().is_root() {
-        let made = pgset_nfs::make_member_dirs(&pgset_nfs::HostPaths::default(), spec)
-            .context("make the new members' directories")?;
-        for dir in &made {
-            ctx.reporter().line(&format!(
-                "    created {} owned by {}:{} with mode 0700",
-                dir.display(),
-                spec.postgres.uid,
-                spec.postgres.gid
-            ));
-        }
-    } else if missing {
-        ctx.reporter().line(&format!(
-            "    note: cannot create member directories here; on the NFS host, run `{} nfs -n {} --name {} --storage templates --replicas {}` so that {}/{}-N exist",
-            pgset_spec::contract::program_name(),
-            spec.namespace,
-            spec.name,
-            spec.replicas,
-            spec.cluster_export_dir().display(),
-            spec.name
-        ));
-    }
-    let server = crate::volumes::resolve_server(spec, ctx).await?;
-    crate::volumes::apply_storage(
-        client,
-        spec,
-        &server,
-        pgset_deploy::apply::ApplyMode::Apply,
-        ctx.reporter(),
-    )
-    .await
-    .context("create the new members' volumes")
-}
 #[cfg(test)]
 mod tests {
     use super::*;

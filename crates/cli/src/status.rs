@@ -1,28 +1,12 @@
-//! `cargo xtask status`: one screen of the cluster, like `kubectl cnpg status`, and the loop
-//! that prints (or, with `--watch`, redraws) a status screen for both the cluster and a local set.
-
-use std::future::Future;
-use std::time::Duration;
+//! `cargo xtask status`: one screen of the cluster, like `kubectl cnpg status`, printed or
+//! redrawn by [`crate::screen`].
 
 use anyhow::{Context, Result};
 use pgset_verify::ClusterStatus;
-use serde::Serialize;
 
-use crate::cli::{ClientArgs, Exit, SpecArgs};
-use crate::verify::spec_and_client;
-
-/// Output of `status` and `local status`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum StatusOutput {
-    /// A summary, one row per member, each member's details, warnings and the verdict
-    #[default]
-    #[value(alias = "text")]
-    Table,
-    /// JSON (stable field names, for scripts)
-    Json,
-    /// YAML
-    Yaml,
-}
+use crate::args::{ClientArgs, SpecArgs, StatusOutput};
+use crate::context::RunContext;
+use crate::screen::{Screen, show};
 
 /// Arguments of `cargo xtask status`.
 #[derive(Debug, clap::Args)]
@@ -43,75 +27,12 @@ pub struct Args {
     pub client: ClientArgs,
 }
 
-/// One reading of a status, as the loop needs it.
-pub struct Screen<T> {
-    /// The report.
-    pub report: T,
-    /// The same report with what changes every second (uptimes) taken out: a redraw happens
-    /// only when this changes.
-    pub still: T,
-    /// Whether it is healthy.
-    pub healthy: bool,
-    /// The error line when it is not.
-    pub unhealthy: String,
-}
-
-/// Renders `report` in `output`; `table` is its table.
-pub fn render<T: Serialize>(
-    report: &T,
-    table: impl Fn(&T) -> String,
-    output: StatusOutput,
-) -> Result<String> {
-    Ok(match output {
-        StatusOutput::Table => table(report),
-        StatusOutput::Json => serde_json::to_string_pretty(report)? + "\n",
-        StatusOutput::Yaml => serde_saphyr::to_string(report).context("render YAML")?,
-    })
-}
-
-/// Prints one screen and exits 0 when healthy, 2 when not; with `watch`, redraws on change every
-/// second until Ctrl-C.
-pub async fn show<T, F, Fut>(
-    output: StatusOutput,
-    watch: bool,
-    table: impl Fn(&T) -> String + Copy,
-    mut read: F,
-) -> Result<()>
-where
-    T: Serialize,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Screen<T>>>,
-{
-    let mut shown = String::new();
-    loop {
-        let screen = read().await?;
-        let text = render(&screen.report, table, output)?;
-        if !watch {
-            print!("{text}");
-            if screen.healthy {
-                return Ok(());
-            }
-            return Err(Exit {
-                code: 2,
-                message: screen.unhealthy,
-            }
-            .into());
-        }
-        let key = render(&screen.still, table, output)?;
-        if key != shown {
-            print!("\x1b[2J\x1b[H{text}");
-            shown = key;
-        }
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
-}
-
 /// Reads the cluster and prints it.
 pub async fn run(args: Args) -> Result<()> {
-    let (spec, client) = spec_and_client(&args.spec, &args.client).await?;
+    let ctx =
+        RunContext::for_command(&args.spec, &args.client, None).context("load the cluster spec")?;
+    let spec = ctx.spec();
+    let client = ctx.client().await.context("connect to the cluster")?;
     show(args.output, args.watch, ClusterStatus::to_table, || {
         let (spec, client) = (spec.clone(), client.clone());
         async move {

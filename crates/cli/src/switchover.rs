@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::cli::{ClientArgs, SpecArgs, Stage};
-use crate::deploy::parse_timeout;
-use crate::local::OneLine;
+use crate::args::{ClientArgs, OneLine, SpecArgs, parse_timeout};
+use crate::context::RunContext;
 
 /// Arguments of `pgset switchover`.
 #[derive(Debug, clap::Args)]
@@ -32,9 +31,10 @@ pub struct Args {
 
 /// Runs the task.
 pub async fn run(args: Args) -> Result<()> {
-    let spec = args.spec.load(&args.client)?;
-    let client = args.client.client().await?;
-    let stage = Stage::start(format!(
+    let ctx = RunContext::for_command(&args.spec, &args.client, None)?;
+    let spec = ctx.spec();
+    let client = ctx.client().await?;
+    let stage = ctx.reporter().stage(format!(
         "switchover of {} in namespace {}{}",
         spec.name,
         spec.namespace,
@@ -44,11 +44,11 @@ pub async fn run(args: Args) -> Result<()> {
             .unwrap_or_default()
     ));
     let (from, request) =
-        pgset_deploy::switchover::request_switchover(&client, &spec, args.to.as_deref())
+        pgset_deploy::switchover::request_switchover(client, spec, args.to.as_deref())
             .await
             .context("ask for a switchover")?;
     let done =
-        pgset_deploy::switchover::wait_switchover(&client, &spec, &from, &request, args.timeout)
+        pgset_deploy::switchover::wait_switchover(client, spec, &from, &request, args.timeout)
             .await
             .context("switchover")?;
     stage.done("");
@@ -86,7 +86,8 @@ const LIVENESS_WATCH: Duration = Duration::from_secs(10);
 
 /// Runs `failover`.
 pub async fn run_failover(args: FailoverArgs) -> Result<()> {
-    let spec = args.spec.load(&args.client)?;
+    let ctx = RunContext::for_command(&args.spec, &args.client, None)?;
+    let spec = ctx.spec();
     if !args.yes {
         anyhow::bail!(
             "failover to {} promotes it with the WAL it received; writes the old master \
@@ -98,18 +99,18 @@ pub async fn run_failover(args: FailoverArgs) -> Result<()> {
             pgset_spec::contract::program_name()
         );
     }
-    let client = args.client.client().await?;
-    let stage = Stage::start(format!(
+    let client = ctx.client().await?;
+    let stage = ctx.reporter().stage(format!(
         "failover of {} in namespace {} to {}",
         spec.name, spec.namespace, args.to
     ));
     let (from, request) =
-        pgset_deploy::switchover::request_failover(&client, &spec, &args.to, LIVENESS_WATCH)
+        pgset_deploy::switchover::request_failover(client, spec, &args.to, LIVENESS_WATCH)
             .await
             .context("ask for a failover")?;
     let done = pgset_deploy::switchover::wait_failover(
-        &client,
-        &spec,
+        client,
+        spec,
         &from,
         &args.to,
         &request,

@@ -8,18 +8,8 @@ use pgset_spec::{StorageMode, ValidSpec};
 use pgset_verify::live::DEFAULT_MAX_REJOIN;
 use pgset_verify::{Options, Report, Verifier};
 
-use crate::cli::{ClientArgs, SpecArgs};
+use crate::args::{ClientArgs, Output, SpecArgs};
 use crate::context::RunContext;
-
-/// How the report is printed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
-    /// A column-aligned table
-    #[default]
-    Table,
-    /// JSON (stable field names, for scripts)
-    Json,
-}
 
 /// Arguments of `cargo xtask verify`.
 #[derive(Debug, clap::Args)]
@@ -59,16 +49,6 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
             "`{text}` is not a number of seconds above 0 (at most 86400), e.g. 10 or 2.5"
         )),
     }
-}
-
-/// Loads the spec and builds the client (shared by `verify` and `status`).
-pub async fn spec_and_client(
-    spec: &SpecArgs,
-    client: &ClientArgs,
-) -> Result<(ValidSpec, kube::Client)> {
-    let spec = spec.load(client).context("load the cluster spec")?;
-    let client = client.client().await.context("connect to the cluster")?;
-    Ok((spec, client))
 }
 
 /// Runs the checks (after the preflight: the API server answers, the StatefulSet exists) and
@@ -153,7 +133,7 @@ pub async fn stage(ctx: &RunContext, opts: &StageOptions<'_>) -> Result<()> {
             .clone()
             .with_replicas(spec.replicas + 1)
             .context("the scale test adds one member to the spec's")?;
-        crate::scale::prepare_member_volumes(ctx, &bigger, client)
+        ctx.prepare_member_volumes(&bigger)
             .await
             .context("prepare the volume of the scale test's extra member")?;
     }

@@ -260,12 +260,11 @@ pub fn log_with(sink: fn(&str)) {
     let _ = LOG_SINK.set(sink);
 }
 
-/// Writes one log line: to the sink given to [`log_with`], else to stderr, indented under the
-/// stage that runs the command.
+/// Hands one log line to the sink given to [`log_with`]; without one it is not said (a
+/// library never prints: the program's `main` says where its lines go).
 pub(crate) fn log_line(line: &str) {
-    match LOG_SINK.get() {
-        Some(sink) => sink(line),
-        None => eprintln!("    {line}"),
+    if let Some(sink) = LOG_SINK.get() {
+        sink(line);
     }
 }
 

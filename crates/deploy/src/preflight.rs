@@ -1,11 +1,17 @@
-//! Preflight's judgement of the cluster's nodes before anything changes: which nodes can run
-//! the members and what keeps the others off, which lack a locally imported agent image, and
-//! who mounts the export. Pure: the findings are data, the command words them.
+//! Preflight before anything changes: its facts (this host: root, OS family, `ctr`,
+//! `mount.nfs`; the cluster: Kubernetes version, every node, the StorageClass the spec names)
+//! and its judgement of them: which findings block a run and which are notes; for the nodes,
+//! which can run the members and what keeps the others off, which lack a locally imported agent
+//! image, and who mounts the export. Reading only; the judgement is pure and its findings are
+//! data, which the command words.
 
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::Api;
+use pgset_nfs::OsFamily;
 use pgset_spec::contract::CONTROL_PLANE_TAINT;
 use pgset_spec::image_ref::ImageReference;
-use pgset_spec::{ClusterSpec, default_agent_image};
+use pgset_spec::{ClusterSpec, StorageMode, default_agent_image};
 
 use crate::readiness::{self, KeptOff};
 
@@ -231,6 +237,200 @@ pub fn judge_nodes(
         if !others.is_empty() {
             out.push(NodeFinding::OthersMount { nodes: others });
         }
+    }
+    out
+}
+
+/// The oldest Kubernetes minor version pgset runs on (1.25).
+pub const MIN_KUBERNETES_MINOR: u32 = 25;
+
+/// What preflight learned. Every field is read, never assumed.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    /// Effective uid is 0.
+    pub root: bool,
+    /// Host steps (NFS, image import) are part of this run.
+    pub host_steps: bool,
+    /// The OS family pgset provisions, or why this host is not one (from /etc/os-release).
+    pub os_family: Result<OsFamily, String>,
+    /// The API server answered; its `major.minor`.
+    pub cluster_version: Option<Result<String, String>>,
+    /// Nodes: name, Ready, and whether the network is ready (a CNI is present).
+    pub nodes: Vec<NodeFacts>,
+    /// The agent image is to be imported into this host's containerd.
+    pub imports_image: bool,
+    /// `ctr` (containerd's client) is on this host.
+    pub ctr_here: bool,
+    /// `mount.nfs` is on this host.
+    pub mount_nfs_here: bool,
+    /// This host is one of the nodes (its hostname is a node name).
+    pub host_is_node: bool,
+    /// This host's node name, when it is a node.
+    pub host_node: Option<String>,
+    /// The StorageClass named by the spec exists (templates mode with a class only).
+    pub storage_class_exists: Option<bool>,
+    /// When the NFS stage runs: why this host cannot run its plan (empty when it can), or the
+    /// error that stops planning it (an export path that is not pgset's, an unknown OS...).
+    pub nfs_host: Option<Result<Vec<String>, String>>,
+}
+
+impl Facts {
+    /// This host's facts (root, OS family, `ctr`, `mount.nfs`), read; the cluster's are empty
+    /// until [`Facts::read_version`] and [`Facts::add_nodes`]. Only reads.
+    pub fn of_this_host(host_steps: bool, imports_image: bool) -> Facts {
+        let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+        let os_family = pgset_nfs::parse_os_release(&os_release)
+            .family()
+            .map_err(|e| e.to_string());
+        Facts {
+            root: nix::unistd::geteuid().is_root(),
+            host_steps,
+            imports_image,
+            ctr_here: which::which("ctr").is_ok(),
+            os_family,
+            mount_nfs_here: which::which("mount.nfs").is_ok()
+                || std::path::Path::new("/sbin/mount.nfs").exists()
+                || std::path::Path::new("/usr/sbin/mount.nfs").exists(),
+            cluster_version: None,
+            nodes: Vec::new(),
+            host_is_node: false,
+            host_node: None,
+            storage_class_exists: None,
+            nfs_host: None,
+        }
+    }
+
+    /// Asks the API server its version; true when it answered (its `major.minor` is kept, or
+    /// why it did not answer).
+    pub async fn read_version(&mut self, client: &kube::Client) -> bool {
+        let answer = client.apiserver_version().await;
+        let answered = answer.is_ok();
+        self.cluster_version = Some(
+            answer
+                .map(|info| format!("{}.{}", info.major, info.minor))
+                .map_err(|e| e.to_string()),
+        );
+        answered
+    }
+
+    /// The nodes as listed; this host is the node whose name is its hostname (or the
+    /// hostname's first label).
+    pub fn add_nodes(&mut self, spec: &ClusterSpec, nodes: &[Node], hostname: &str) {
+        for n in nodes {
+            let node = node_facts(n, &spec.agent.image);
+            if node.name == hostname || hostname.split('.').next() == Some(node.name.as_str()) {
+                self.host_is_node = true;
+                self.host_node = Some(node.name.clone());
+            }
+            self.nodes.push(node);
+        }
+    }
+
+    /// Whether the StorageClass the spec names exists (templates mode with a class only).
+    pub async fn read_storage_class(
+        &mut self,
+        client: &kube::Client,
+        spec: &ClusterSpec,
+    ) -> Result<(), kube::Error> {
+        if let (StorageMode::Templates, Some(class)) =
+            (spec.storage.mode, &spec.storage.storage_class)
+        {
+            let classes: Api<StorageClass> = Api::all(client.clone());
+            self.storage_class_exists = Some(classes.get_opt(class).await?.is_some());
+        }
+        Ok(())
+    }
+}
+
+/// This host's name, as the nodes are matched against it (empty when unreadable).
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default()
+}
+
+/// One finding of preflight. [`Finding::is_blocker`] says whether it stops a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// The host steps (NFS, image import) run and this process is not root. A blocker.
+    NotRoot,
+    /// The image is to be imported here and `ctr` is not installed. A blocker.
+    NoCtr,
+    /// The host steps run and this host's OS is not one pgset provisions: why. A blocker.
+    UnsupportedOs(String),
+    /// The API server did not answer: its error. A blocker.
+    NoAnswer(String),
+    /// The cluster's Kubernetes (`major.minor`) is older than 1.25. A blocker.
+    TooOld(String),
+    /// A finding about the nodes (blocker or note, [`NodeFinding::is_blocker`]).
+    Node(NodeFinding),
+    /// What stops the NFS stage on this host, or why it could not be planned. A blocker.
+    NfsHost(String),
+    /// The StorageClass the spec names does not exist. A blocker.
+    NoStorageClass(String),
+}
+
+impl Finding {
+    /// True when the finding stops the run before any change; false for a note.
+    pub fn is_blocker(&self) -> bool {
+        match self {
+            Finding::Node(n) => n.is_blocker(),
+            _ => true,
+        }
+    }
+}
+
+/// Turns facts into findings, in the order to report them. Pure.
+pub fn judge(spec: &ClusterSpec, f: &Facts) -> Vec<Finding> {
+    let mut out = Vec::new();
+    if f.host_steps && !f.root {
+        out.push(Finding::NotRoot);
+    }
+    if f.imports_image && !f.ctr_here {
+        out.push(Finding::NoCtr);
+    }
+    if f.host_steps
+        && let Err(why) = &f.os_family
+    {
+        out.push(Finding::UnsupportedOs(why.clone()));
+    }
+    match &f.cluster_version {
+        None => {}
+        Some(Err(e)) => out.push(Finding::NoAnswer(e.clone())),
+        Some(Ok(v)) => {
+            let minor = v
+                .split('.')
+                .nth(1)
+                .and_then(|m| m.trim_end_matches('+').parse::<u32>().ok());
+            if minor.is_some_and(|m| m < MIN_KUBERNETES_MINOR) {
+                out.push(Finding::TooOld(v.clone()));
+            }
+        }
+    }
+    if matches!(f.cluster_version, Some(Ok(_))) {
+        let host = HostRole {
+            node: f.host_node.as_deref(),
+            is_node: f.host_is_node,
+            imports_image: f.imports_image,
+            mount_nfs_here: f.mount_nfs_here,
+            nfs_stage: f.nfs_host.is_some(),
+        };
+        out.extend(
+            judge_nodes(spec, &f.nodes, &host)
+                .into_iter()
+                .map(Finding::Node),
+        );
+    }
+    match &f.nfs_host {
+        None => {}
+        Some(Ok(blockers)) => out.extend(blockers.iter().cloned().map(Finding::NfsHost)),
+        Some(Err(e)) => out.push(Finding::NfsHost(e.clone())),
+    }
+    if spec.storage.mode == StorageMode::Templates
+        && let (Some(class), Some(false)) = (&spec.storage.storage_class, f.storage_class_exists)
+    {
+        out.push(Finding::NoStorageClass(class.clone()));
     }
     out
 }
@@ -474,5 +674,94 @@ mod tests {
         let mut class = ClusterSpec::default();
         class.storage.storage_class = Some("fast".into());
         assert!(judge_nodes(&class, &nodes, &skipped).is_empty());
+    }
+
+    /// Facts of a root run on a supported host with a 1.35 cluster of one good node `cp`,
+    /// which is this host.
+    fn all_well() -> Facts {
+        Facts {
+            root: true,
+            host_steps: true,
+            os_family: Ok(OsFamily::El8Plus),
+            cluster_version: Some(Ok("1.35".into())),
+            nodes: vec![facts("cp", NodeShape::default())],
+            imports_image: true,
+            ctr_here: true,
+            mount_nfs_here: true,
+            host_is_node: true,
+            host_node: Some("cp".into()),
+            storage_class_exists: None,
+            nfs_host: Some(Ok(Vec::new())),
+        }
+    }
+
+    #[test]
+    fn preflight_judges_the_host_and_the_cluster_into_findings_that_block_or_note() {
+        let spec = ClusterSpec::default();
+        assert_eq!(judge(&spec, &all_well()), []);
+        let f = Facts {
+            root: false,
+            ctr_here: false,
+            os_family: Err("unsupported OS \"Arch Linux\"".into()),
+            cluster_version: Some(Ok("1.24".into())),
+            nfs_host: Some(Err("refusing the export /etc".into())),
+            ..all_well()
+        };
+        let found = judge(&spec, &f);
+        assert_eq!(
+            found,
+            [
+                Finding::NotRoot,
+                Finding::NoCtr,
+                Finding::UnsupportedOs("unsupported OS \"Arch Linux\"".into()),
+                Finding::TooOld("1.24".into()),
+                Finding::NfsHost("refusing the export /etc".into()),
+            ]
+        );
+        assert!(found.iter().all(Finding::is_blocker));
+        // Without host steps neither root nor the OS matters; a silent API server is a
+        // blocker and its nodes are not judged.
+        let f = Facts {
+            root: false,
+            host_steps: false,
+            imports_image: false,
+            os_family: Err("unsupported".into()),
+            cluster_version: Some(Err("connection refused".into())),
+            nodes: Vec::new(),
+            nfs_host: None,
+            ..all_well()
+        };
+        assert_eq!(
+            judge(&spec, &f),
+            [Finding::NoAnswer("connection refused".into())]
+        );
+        // A node kept off is a note, beside a usable one.
+        let f = Facts {
+            nodes: vec![
+                facts("cp", NodeShape::default()),
+                facts(
+                    "w1",
+                    NodeShape {
+                        unschedulable: true,
+                        ..NodeShape::default()
+                    },
+                ),
+            ],
+            ..all_well()
+        };
+        let found = judge(&spec, &f);
+        assert!(
+            matches!(&found[0], Finding::Node(NodeFinding::Off(n)) if n.name == "w1"),
+            "{found:?}"
+        );
+        assert!(!found[0].is_blocker());
+        let mut class = ClusterSpec::default();
+        class.storage.mode = StorageMode::Templates;
+        class.storage.storage_class = Some("fast".into());
+        let f = Facts {
+            storage_class_exists: Some(false),
+            ..all_well()
+        };
+        assert_eq!(judge(&class, &f), [Finding::NoStorageClass("fast".into())]);
     }
 }

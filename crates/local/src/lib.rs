@@ -62,9 +62,20 @@ fn io_err(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { action, source }
 }
 
-/// One line of what the launcher does, on stderr.
+static PROGRESS: std::sync::OnceLock<fn(&str)> = std::sync::OnceLock::new();
+
+/// Sends each line of what the launcher does (a member started or stopped, a TLS file made, the
+/// directory removed) to `sink`; without one they are not said. The first call wins; it is meant
+/// for a program's `main` (the `pgset` binary writes them through its progress reporter).
+pub fn progress_with(sink: fn(&str)) {
+    let _ = PROGRESS.set(sink);
+}
+
+/// One line of what the launcher does, to the sink given to [`progress_with`].
 fn info(line: &str) {
-    eprintln!("pgset local: {line}");
+    if let Some(sink) = PROGRESS.get() {
+        sink(line);
+    }
 }
 
 /// The file recording the set's name and base port.
@@ -897,5 +908,27 @@ mod tests {
             foreign.join("mine").exists(),
             "down --purge never removes a directory that is not a set"
         );
+    }
+
+    static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+    #[tokio::test]
+    async fn what_the_launcher_does_goes_to_the_programs_sink_not_to_stderr() {
+        progress_with(|line| SAID.lock().unwrap().push(line.to_string()));
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("set");
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join(STATE_FILE), r#"{"name": "pgset", "port": 25432}"#).unwrap();
+        let stopped = down(&dir, true).await.unwrap();
+        assert!(stopped.is_empty(), "no member ran: {stopped:?}");
+        assert!(!dir.exists(), "--purge removed the set's directory");
+        let said: Vec<String> = SAID
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(&dir.display().to_string()))
+            .cloned()
+            .collect();
+        assert_eq!(said, [format!("removing {}", dir.display())]);
     }
 }

@@ -42,7 +42,7 @@ pub fn agent_bin() -> PathBuf {
         // Test binaries live in <target>/<profile>/deps; the agent lands in <target>/<profile>.
         let exe = std::env::current_exe().unwrap();
         let profile_dir = exe.parent().unwrap().parent().unwrap();
-        pgset_cli::local::build_agent_in(
+        pgset_cli::cli::build_agent_in(
             &pgset_tests::workspace_root().join("Cargo.toml"),
             profile_dir,
         )

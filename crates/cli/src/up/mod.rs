@@ -19,12 +19,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use pgset_spec::{ClusterSpec, StorageMode, default_agent_image};
 
-use crate::cli::{ClientArgs, DryRunArg, SpecArgs};
+use crate::args::{ClientArgs, DryRun, DryRunArg, Output, ProbeArgs, SpecArgs, WaitArgs};
 use crate::context::{Gathered, RunContext};
-use crate::deploy::{DryRun, WaitArgs};
-use crate::doctor::ProbeArgs;
 use crate::progress::Reporter;
-use crate::verify::Output;
 use pgset_command::steps::{self, Ended};
 
 /// How often a line says a long stage still runs (on a terminal, the rollout's live lines show
@@ -174,25 +171,19 @@ async fn execute(args: &Args, reporter: Reporter) -> Result<()> {
         "",
     ));
     let ticker = reporter.ticker("preflight", TICK_EVERY);
-    let client = match ctx.client().await {
-        Ok(c) => Some(c.clone()),
+    let cluster = match ctx.client().await {
+        Ok(_) => true,
         Err(e) if args.dry_run.mode == Some(DryRun::Client) => {
             reporter.line(&format!(
                 "    note: no cluster checks in this dry run: {e:#}"
             ));
-            None
+            false
         }
         Err(e) => return Err(e.context("preflight: connect to the cluster")),
     };
-    let (mut facts, nodes) = preflight::gather(
-        ctx.spec(),
-        client.as_ref(),
-        host_steps,
-        plan.contains(&StageName::Image),
-    )
-    .await?;
+    let mut facts =
+        preflight::gather(&ctx, cluster, host_steps, plan.contains(&StageName::Image)).await?;
     *ctx.gathered_mut() = Gathered {
-        nodes,
         nfs_host: None,
         ctr_here: Some(facts.ctr_here),
     };
@@ -201,7 +192,8 @@ async fn execute(args: &Args, reporter: Reporter) -> Result<()> {
             dry_run: args.dry_run.is_set(),
             log_probes: args.verbose,
         };
-        let host = crate::nfs::HostPlan::make(&ctx, args.clients.as_deref(), &probes)
+        let host = ctx
+            .plan_nfs_host(args.clients.as_deref(), &probes)
             .await
             .map_err(|e| format!("{e:#}"));
         facts.nfs_host = Some(match &host {
@@ -211,7 +203,7 @@ async fn execute(args: &Args, reporter: Reporter) -> Result<()> {
         ctx.gathered_mut().nfs_host = Some(host);
     }
     drop(ticker);
-    let findings = preflight::judge(ctx.spec(), &facts);
+    let findings = preflight::worded(ctx.spec(), &facts);
     for f in &findings {
         reporter.line(&format!("    {f}"));
     }
@@ -632,7 +624,7 @@ mod tests {
     /// every stage says what it would do through the invocation's reporter.
     #[tokio::test]
     async fn a_client_dry_run_runs_every_stage_on_one_context_through_its_reporter() {
-        crate::cli::test_counts::reset();
+        crate::args::test_counts::reset();
         let program = pgset_spec::contract::program_name();
         let a = Args {
             dry_run: DryRunArg {
@@ -662,8 +654,8 @@ mod tests {
                 "{e}\n{all}"
             );
         }
-        assert_eq!(crate::cli::test_counts::spec_loads(), 1, "{all}");
-        assert_eq!(crate::cli::test_counts::clients_built(), 1, "{all}");
+        assert_eq!(crate::args::test_counts::spec_loads(), 1, "{all}");
+        assert_eq!(crate::args::test_counts::clients_built(), 1, "{all}");
 
         assert!(
             seen[0].starts_with("==> [preflight] cluster pgset"),

@@ -1,152 +1,68 @@
-//! Preflight of `cargo xtask up`: everything checked before anything is changed.
-//!
-//! Gathering only reads (the host and the API); [`judge`] is pure and turns the facts into
-//! findings, each a blocker or a note, with what to do about it.
+//! Preflight of `cargo xtask up`, in words: its facts and their judgement are
+//! `pgset_deploy::preflight`'s ([`gather`] reads them, the nodes listed once by the context);
+//! [`worded`] says each finding, a blocker or a note, with what to do about it.
 
 use std::fmt;
 
 use anyhow::Result;
-use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::api::storage::v1::StorageClass;
-use kube::api::{Api, ListParams};
 use pgset_deploy::preflight::{
-    HostRole, KUBELET_MAX_IMAGES, NodeFacts, NodeFinding, NodeOff, judge_nodes as judge_node_facts,
-    node_facts,
+    Facts, Finding, KUBELET_MAX_IMAGES, MIN_KUBERNETES_MINOR, NodeFinding, NodeOff, judge,
 };
 use pgset_deploy::readiness::{self, KeptOff};
-use pgset_nfs::OsFamily;
+use pgset_spec::ClusterSpec;
 use pgset_spec::contract::CONTROL_PLANE_TAINT;
-use pgset_spec::{ClusterSpec, StorageMode};
 
-/// What preflight learned. Every field is read, never assumed.
-#[derive(Debug, Clone)]
-pub struct Facts {
-    /// Effective uid is 0.
-    pub root: bool,
-    /// Host steps (NFS, image import) are part of this run.
-    pub host_steps: bool,
-    /// The OS family pgset provisions, or why this host is not one (from /etc/os-release).
-    pub os_family: Result<OsFamily, String>,
-    /// The API server answered; its `major.minor`.
-    pub cluster_version: Option<Result<String, String>>,
-    /// Nodes: name, Ready, and whether the network is ready (a CNI is present).
-    pub nodes: Vec<NodeFacts>,
-    /// The agent image is to be imported into this host's containerd.
-    pub imports_image: bool,
-    /// `ctr` (containerd's client) is on this host.
-    pub ctr_here: bool,
-    /// `mount.nfs` is on this host.
-    pub mount_nfs_here: bool,
-    /// This host is one of the nodes (its hostname is a node name).
-    pub host_is_node: bool,
-    /// This host's node name, when it is a node.
-    pub host_node: Option<String>,
-    /// The StorageClass named by the spec exists (templates mode with a class only).
-    pub storage_class_exists: Option<bool>,
-    /// When the NFS stage runs: why this host cannot run its plan (empty when it can), or the
-    /// error that stops planning it (an export path that is not pgset's, an unknown OS...).
-    pub nfs_host: Option<Result<Vec<String>, String>>,
-}
+use crate::context::{Nodes, RunContext};
 
-/// A preflight finding.
+/// A preflight finding in words.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
+pub struct Worded {
     /// A blocker stops `up` before any change; a note is printed and `up` goes on.
     pub blocker: bool,
     /// What was found and what to do.
     pub text: String,
 }
 
-impl fmt::Display for Finding {
+impl fmt::Display for Worded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let tag = if self.blocker { "blocker" } else { "note" };
         write!(f, "{tag}: {}", self.text)
     }
 }
 
-fn blocker(text: impl Into<String>) -> Finding {
-    Finding {
-        blocker: true,
-        text: text.into(),
-    }
+/// The findings of [`judge`], each in words with what to do.
+pub fn worded(spec: &ClusterSpec, f: &Facts) -> Vec<Worded> {
+    judge(spec, f)
+        .iter()
+        .map(|finding| Worded {
+            blocker: finding.is_blocker(),
+            text: words(spec, finding),
+        })
+        .collect()
 }
 
-/// Turns facts into findings. Pure.
-pub fn judge(spec: &ClusterSpec, f: &Facts) -> Vec<Finding> {
-    let mut out = Vec::new();
-    if f.host_steps && !f.root {
-        out.push(blocker(format!(
+/// One finding in words.
+fn words(spec: &ClusterSpec, finding: &Finding) -> String {
+    match finding {
+        Finding::NotRoot => format!(
             "the NFS host steps and the image import need root: run as root (sudo -E {} up), or skip them with --skip-nfs --skip-image",
             pgset_spec::contract::program_name()
-        )));
-    }
-    if f.imports_image && !f.ctr_here {
-        out.push(blocker(
-            "the agent image is imported into this node's containerd with `ctr`, which is not installed here: run `up` on a containerd node, or push the image to a registry and pass --agent-image IMAGE --skip-image",
-        ));
-    }
-    if f.host_steps
-        && let Err(why) = &f.os_family
-    {
-        out.push(blocker(format!(
+        ),
+        Finding::NoCtr => "the agent image is imported into this node's containerd with `ctr`, which is not installed here: run `up` on a containerd node, or push the image to a registry and pass --agent-image IMAGE --skip-image".into(),
+        Finding::UnsupportedOs(why) => format!(
             "{why}: pgset provisions CentOS 7, RHEL-family 8+ (Rocky, Alma) and Debian-family hosts; provision NFS by hand and use --skip-nfs"
-        )));
-    }
-    match &f.cluster_version {
-        None => {}
-        Some(Err(e)) => out.push(blocker(format!(
+        ),
+        Finding::NoAnswer(e) => format!(
             "the cluster did not answer ({e}): check --kubeconfig/--context and that the API server runs (`kubectl get nodes`)"
-        ))),
-        Some(Ok(v)) => {
-            let minor = v
-                .split('.')
-                .nth(1)
-                .and_then(|m| m.trim_end_matches('+').parse::<u32>().ok());
-            if minor.is_some_and(|m| m < 25) {
-                out.push(blocker(format!(
-                    "Kubernetes {v} is too old: pgset needs 1.25 or newer"
-                )));
-            }
-        }
-    }
-    if matches!(f.cluster_version, Some(Ok(_))) {
-        judge_nodes(spec, f, &mut out);
-    }
-    match &f.nfs_host {
-        None => {}
-        Some(Ok(blockers)) => {
-            for b in blockers {
-                out.push(blocker(format!("NFS host: {b}")));
-            }
-        }
-        Some(Err(e)) => out.push(blocker(format!("NFS host: {e}"))),
-    }
-    if spec.storage.mode == StorageMode::Templates
-        && let (Some(class), Some(false)) = (&spec.storage.storage_class, f.storage_class_exists)
-    {
-        out.push(blocker(format!(
+        ),
+        Finding::TooOld(v) => format!(
+            "Kubernetes {v} is too old: pgset needs 1.{MIN_KUBERNETES_MINOR} or newer"
+        ),
+        Finding::Node(n) => node_finding_text(spec, n),
+        Finding::NfsHost(e) => format!("NFS host: {e}"),
+        Finding::NoStorageClass(class) => format!(
             "StorageClass {class:?} does not exist: `kubectl get storageclass` lists the ones you have"
-        )));
-    }
-    out
-}
-
-/// The nodes ([`pgset_deploy::preflight::judge_nodes`]), each finding in words with what to
-/// do about it.
-fn judge_nodes(spec: &ClusterSpec, f: &Facts, out: &mut Vec<Finding>) {
-    let host = HostRole {
-        node: f.host_node.as_deref(),
-        is_node: f.host_is_node,
-        imports_image: f.imports_image,
-        mount_nfs_here: f.mount_nfs_here,
-        nfs_stage: f.nfs_host.is_some(),
-    };
-    for finding in judge_node_facts(spec, &f.nodes, &host) {
-        let text = node_finding_text(spec, &finding);
-        out.push(Finding {
-            blocker: finding.is_blocker(),
-            text,
-        });
+        ),
     }
 }
 
@@ -229,85 +145,46 @@ fn node_finding_text(spec: &ClusterSpec, finding: &NodeFinding) -> String {
     }
 }
 
-/// Reads the facts: the host, and the cluster when a client is given; with them, the nodes
-/// as listed (`None` when they were not: no client, or the API server did not answer), for the
-/// stages after preflight.
+/// Reads the facts: this host's, and the cluster's when `cluster` (the context's client was
+/// built): its version, the nodes (listed once, by the context, which keeps them for the
+/// stages after preflight) and the StorageClass the spec names. Only reads.
 pub async fn gather(
-    spec: &ClusterSpec,
-    client: Option<&kube::Client>,
+    ctx: &RunContext,
+    cluster: bool,
     host_steps: bool,
     imports_image: bool,
-) -> Result<(Facts, Option<Vec<Node>>)> {
-    let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
-    let os_family = pgset_nfs::parse_os_release(&os_release)
-        .family()
-        .map_err(|e| e.to_string());
-    let hostname = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_default();
-    let mut facts = Facts {
-        root: nix::unistd::geteuid().is_root(),
-        host_steps,
-        imports_image,
-        ctr_here: which::which("ctr").is_ok(),
-        os_family,
-        mount_nfs_here: which::which("mount.nfs").is_ok()
-            || std::path::Path::new("/sbin/mount.nfs").exists()
-            || std::path::Path::new("/usr/sbin/mount.nfs").exists(),
-        cluster_version: None,
-        nodes: Vec::new(),
-        host_is_node: false,
-        host_node: None,
-        storage_class_exists: None,
-        nfs_host: None,
-    };
-    let nodes = match client {
-        Some(client) => read_cluster(spec, client, &hostname, &mut facts).await?,
-        None => None,
-    };
-    Ok((facts, nodes))
+) -> Result<Facts> {
+    let mut facts = Facts::of_this_host(host_steps, imports_image);
+    if cluster {
+        read_cluster(ctx, &pgset_deploy::preflight::hostname(), &mut facts).await?;
+    }
+    Ok(facts)
 }
 
-/// Reads what the API tells about the cluster: its version, every node, the StorageClass the
-/// spec names. Only reads. Returns the nodes as listed (`None` when the API server did not
-/// answer).
-pub async fn read_cluster(
-    spec: &ClusterSpec,
-    client: &kube::Client,
-    hostname: &str,
-    facts: &mut Facts,
-) -> Result<Option<Vec<Node>>> {
-    match client.apiserver_version().await {
-        Ok(info) => {
-            facts.cluster_version = Some(Ok(format!("{}.{}", info.major, info.minor)));
-        }
-        Err(e) => {
-            facts.cluster_version = Some(Err(e.to_string()));
-            return Ok(None);
-        }
+/// Reads what the API tells about the cluster into `facts`: its version, every node (listed by
+/// the context, [`RunContext::nodes`]), the StorageClass the spec names. Only reads.
+pub async fn read_cluster(ctx: &RunContext, hostname: &str, facts: &mut Facts) -> Result<()> {
+    let client = ctx.client().await?;
+    if !facts.read_version(client).await {
+        return Ok(());
     }
-    let nodes: Api<Node> = Api::all(client.clone());
-    let list = nodes.list(&ListParams::default()).await?;
-    for n in &list.items {
-        let node = node_facts(n, &spec.agent.image);
-        if node.name == hostname || hostname.split('.').next() == Some(node.name.as_str()) {
-            facts.host_is_node = true;
-            facts.host_node = Some(node.name.clone());
-        }
-        facts.nodes.push(node);
-    }
-    if let (StorageMode::Templates, Some(class)) = (spec.storage.mode, &spec.storage.storage_class)
-    {
-        let classes: Api<StorageClass> = Api::all(client.clone());
-        facts.storage_class_exists = Some(classes.get_opt(class).await?.is_some());
-    }
-    Ok(Some(list.items))
+    let nodes = match ctx.nodes().await? {
+        Nodes::Listed(nodes) => nodes,
+        // The API server answered its version: a listing that fails is an error.
+        Nodes::NoCluster(e) => anyhow::bail!("{e}"),
+    };
+    facts.add_nodes(ctx.spec(), nodes, hostname);
+    facts.read_storage_class(client, ctx.spec()).await?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::Node;
+    use pgset_deploy::preflight::node_facts;
+    use pgset_nfs::OsFamily;
+    use pgset_spec::StorageMode;
     use pgset_spec::default_agent_image;
 
     fn cluster_ok() -> Facts {
@@ -330,7 +207,7 @@ mod tests {
         }
     }
 
-    fn blockers(f: &[Finding]) -> Vec<&str> {
+    fn blockers(f: &[Worded]) -> Vec<&str> {
         f.iter()
             .filter(|f| f.blocker)
             .map(|f| f.text.as_str())
@@ -339,7 +216,7 @@ mod tests {
 
     #[test]
     fn a_ready_kubeadm_host_has_no_blockers() {
-        let f = judge(&ClusterSpec::default(), &cluster_ok());
+        let f = worded(&ClusterSpec::default(), &cluster_ok());
         assert!(blockers(&f).is_empty(), "{f:?}");
     }
 
@@ -349,14 +226,14 @@ mod tests {
             root: false,
             ..cluster_ok()
         };
-        let b = judge(&ClusterSpec::default(), &facts);
+        let b = worded(&ClusterSpec::default(), &facts);
         assert!(blockers(&b)[0].contains("need root"), "{b:?}");
         let facts = Facts {
             root: false,
             host_steps: false,
             ..cluster_ok()
         };
-        assert!(blockers(&judge(&ClusterSpec::default(), &facts)).is_empty());
+        assert!(blockers(&worded(&ClusterSpec::default(), &facts)).is_empty());
     }
 
     #[test]
@@ -366,7 +243,7 @@ mod tests {
             nodes: vec![],
             ..cluster_ok()
         };
-        let b = judge(&ClusterSpec::default(), &facts);
+        let b = worded(&ClusterSpec::default(), &facts);
         let b = blockers(&b);
         assert_eq!(b.len(), 1, "{b:?}");
         assert!(b[0].contains("connection refused"));
@@ -389,7 +266,7 @@ mod tests {
             )],
             ..cluster_ok()
         };
-        let b = judge(&ClusterSpec::default(), &facts);
+        let b = worded(&ClusterSpec::default(), &facts);
         assert!(blockers(&b)[0].contains("install a pod network"), "{b:?}");
     }
 
@@ -399,14 +276,14 @@ mod tests {
             ctr_here: false,
             ..cluster_ok()
         };
-        let b = judge(&ClusterSpec::default(), &facts);
+        let b = worded(&ClusterSpec::default(), &facts);
         assert!(blockers(&b)[0].contains("`ctr`"), "{b:?}");
         let facts = Facts {
             ctr_here: false,
             imports_image: false,
             ..cluster_ok()
         };
-        assert!(blockers(&judge(&ClusterSpec::default(), &facts)).is_empty());
+        assert!(blockers(&worded(&ClusterSpec::default(), &facts)).is_empty());
     }
 
     #[test]
@@ -415,14 +292,14 @@ mod tests {
             mount_nfs_here: false,
             ..cluster_ok()
         };
-        assert!(blockers(&judge(&ClusterSpec::default(), &facts)).is_empty());
+        assert!(blockers(&worded(&ClusterSpec::default(), &facts)).is_empty());
         // Only when the NFS stage is skipped does nobody install it.
         let facts = Facts {
             mount_nfs_here: false,
             nfs_host: None,
             ..cluster_ok()
         };
-        let b = judge(&ClusterSpec::default(), &facts);
+        let b = worded(&ClusterSpec::default(), &facts);
         assert!(blockers(&b)[0].contains("nfs-utils"), "{b:?}");
     }
 
@@ -434,7 +311,7 @@ mod tests {
             ])),
             ..cluster_ok()
         };
-        let b = judge(&ClusterSpec::default(), &facts);
+        let b = worded(&ClusterSpec::default(), &facts);
         assert_eq!(
             blockers(&b),
             ["NFS host: start nfs-server: `systemctl` cannot start services"]
@@ -443,7 +320,7 @@ mod tests {
             nfs_host: Some(Err("refusing the export /etc: ...".into())),
             ..cluster_ok()
         };
-        let b = judge(&ClusterSpec::default(), &facts);
+        let b = worded(&ClusterSpec::default(), &facts);
         assert_eq!(blockers(&b), ["NFS host: refusing the export /etc: ..."]);
     }
 
@@ -456,7 +333,7 @@ mod tests {
             storage_class_exists: Some(false),
             ..cluster_ok()
         };
-        let b = judge(&spec, &facts);
+        let b = worded(&spec, &facts);
         assert!(blockers(&b)[0].contains("\"fast\""), "{b:?}");
     }
 
@@ -466,12 +343,12 @@ mod tests {
             cluster_version: Some(Ok("1.22".into())),
             ..cluster_ok()
         };
-        assert!(blockers(&judge(&ClusterSpec::default(), &facts))[0].contains("too old"));
+        assert!(blockers(&worded(&ClusterSpec::default(), &facts))[0].contains("too old"));
         let facts = Facts {
             os_family: Err("unsupported OS \"Arch Linux\"".into()),
             ..cluster_ok()
         };
-        let b = judge(&ClusterSpec::default(), &facts);
+        let b = worded(&ClusterSpec::default(), &facts);
         assert!(blockers(&b)[0].contains("Arch Linux"), "{b:?}");
         assert!(blockers(&b)[0].contains("--skip-nfs"), "{b:?}");
     }
@@ -539,7 +416,7 @@ mod tests {
             )],
             ..cluster_ok()
         };
-        let f = judge(&ClusterSpec::default(), &facts);
+        let f = worded(&ClusterSpec::default(), &facts);
         let b = blockers(&f);
         assert_eq!(b.len(), 1, "{f:?}");
         assert!(
@@ -566,7 +443,7 @@ mod tests {
             )],
             ..cluster_ok()
         };
-        let blocked = judge(&ClusterSpec::default(), &facts);
+        let blocked = worded(&ClusterSpec::default(), &facts);
         assert!(
             blockers(&blocked)[0].contains("--tolerate-control-plane"),
             "the finding names the flag as the alternative to untainting: {blocked:?}"
@@ -575,7 +452,7 @@ mod tests {
             tolerate_control_plane: true,
             ..ClusterSpec::default()
         };
-        let f = judge(&spec, &facts);
+        let f = worded(&spec, &facts);
         assert!(blockers(&f).is_empty(), "{f:?}");
         assert!(
             !f.iter().any(|x| x.text.contains("no pods will run here")),
@@ -584,7 +461,7 @@ mod tests {
         // Another taint still keeps them off.
         let mut other = facts.clone();
         other.nodes[0].taints.push("dedicated=db:NoSchedule".into());
-        let b = judge(&spec, &other);
+        let b = worded(&spec, &other);
         assert!(
             blockers(&b)[0].contains("cp: tainted dedicated=db:NoSchedule"),
             "{b:?}"
@@ -618,7 +495,7 @@ mod tests {
             ],
             ..cluster_ok()
         };
-        let f = judge(&ClusterSpec::default(), &facts);
+        let f = worded(&ClusterSpec::default(), &facts);
         let b = blockers(&f);
         // This host gets the image from the image stage; the worker does not.
         assert_eq!(b.len(), 1, "{f:?}");
@@ -630,7 +507,7 @@ mod tests {
         // A kubelet at its image-report limit may have it: a note, not a blocker.
         let mut full = facts.clone();
         full.nodes[1].images_reported = KUBELET_MAX_IMAGES;
-        let f = judge(&ClusterSpec::default(), &full);
+        let f = worded(&ClusterSpec::default(), &full);
         assert!(blockers(&f).is_empty(), "{f:?}");
         assert!(
             f.iter().any(|x| x
@@ -641,13 +518,13 @@ mod tests {
         // A registry image pulled by every node needs nothing.
         let mut spec = ClusterSpec::default();
         spec.agent.image = "registry.example.com/pgset-agent:1".into();
-        assert!(blockers(&judge(&spec, &facts)).is_empty());
+        assert!(blockers(&worded(&spec, &facts)).is_empty());
         // Without the image stage, this host's node needs it too.
         let facts = Facts {
             imports_image: false,
             ..facts
         };
-        assert_eq!(blockers(&judge(&ClusterSpec::default(), &facts)).len(), 2);
+        assert_eq!(blockers(&worded(&ClusterSpec::default(), &facts)).len(), 2);
     }
 
     /// A client whose requests are recorded as `METHOD path?query` and answered by `answer`.
@@ -718,10 +595,19 @@ mod tests {
             host_node: None,
             ..cluster_ok()
         };
-        let listed = read_cluster(&spec, &client, "cp.lab.example", &mut facts)
+        let ctx = RunContext::new(
+            spec.clone().validated().unwrap(),
+            crate::args::ClientArgs::default(),
+            None,
+            crate::progress::Reporter::recording(false),
+        )
+        .with_client(client);
+        read_cluster(&ctx, "cp.lab.example", &mut facts)
             .await
-            .unwrap()
-            .expect("the API server answered: the nodes are kept for the stages");
+            .unwrap();
+        let Nodes::Listed(listed) = ctx.nodes().await.unwrap() else {
+            panic!("the API server answered: the nodes are kept for the stages");
+        };
         let names: Vec<_> = listed
             .iter()
             .filter_map(|n| n.metadata.name.as_deref())
@@ -734,7 +620,7 @@ mod tests {
         );
         assert_eq!(facts.cluster_version, Some(Ok("1.33".into())));
         assert_eq!(facts.host_node.as_deref(), Some("cp"));
-        let found: Vec<String> = judge(&spec, &facts)
+        let found: Vec<String> = worded(&spec, &facts)
             .iter()
             .map(ToString::to_string)
             .collect();

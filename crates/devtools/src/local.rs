@@ -1,0 +1,3 @@
+//! The agent's build from the source tree, as the benchmarks name it.
+
+pub use pgset_cli::cli::build_agent;
