@@ -321,6 +321,45 @@ pub async fn ensure(
     now: Now,
     progress: &mut (dyn FnMut(&str) + Send),
 ) -> Result<Vec<Applied>> {
+    ensure_or_rotate(client, spec, mode, now, false, progress).await
+}
+
+/// `rotate-certs`: reissues the server and replication certificates now (each by one merge
+/// patch of its Secret; the CA and the ConfigMap are kept, or made when missing). Members
+/// running with the Secrets mounted see the new files when the kubelet updates the volume, and
+/// their agents have PostgreSQL reload them. Only for `tls.mode: auto`: a refusal names what to
+/// do otherwise, with nothing written.
+pub async fn rotate(
+    client: &Client,
+    spec: &ValidSpec,
+    mode: ApplyMode,
+    now: Now,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<Vec<Applied>> {
+    match spec.tls.mode {
+        TlsMode::Auto => ensure_or_rotate(client, spec, mode, now, true, progress).await,
+        TlsMode::Provided => Err(Error::Tls(format!(
+            "tls.mode is provided: Secrets {} and {} are yours; renew them where they are issued (cert-manager: `cmctl renew`), nothing was changed",
+            spec.tls_server_secret_name(),
+            spec.tls_replication_secret_name()
+        ))),
+        TlsMode::Off => Err(Error::Tls(
+            "tls.mode is off: there are no certificates to rotate; set tls.mode auto and deploy, nothing was changed".into(),
+        )),
+    }
+}
+
+/// A certificate Secret: its name, as read, and the names of a server certificate.
+type Leaf<'a> = (&'a str, Option<&'a Secret>, Option<&'a [String]>);
+
+async fn ensure_or_rotate(
+    client: &Client,
+    spec: &ValidSpec,
+    mode: ApplyMode,
+    now: Now,
+    rotate: bool,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<Vec<Applied>> {
     match spec.tls.mode {
         TlsMode::Off => return Ok(Vec::new()),
         TlsMode::Provided => {
@@ -376,12 +415,16 @@ pub async fn ensure(
     };
 
     let names = server_names(spec);
-    let leaves: [(&str, Option<&Secret>, Option<&[String]>); 2] = [
+    // (Secret, as read, the names a server certificate must carry; None: the client's)
+    let leaves: [Leaf<'_>; 2] = [
         (&server_name, server_read.as_ref(), Some(&names)),
         (&repl_name, repl_read.as_ref(), None),
     ];
     for (name, existing, want) in leaves {
-        let action = judge_leaf(spec, existing, name, want, &ca.cert_pem, now);
+        let action = match judge_leaf(spec, existing, name, want, &ca.cert_pem, now) {
+            Action::Keep if rotate => Action::Renew("rotate-certs".into()),
+            action => action,
+        };
         if action == Action::Keep {
             progress(&format!("kept certificate Secret {name}"));
             applied.push(Applied::Unchanged);
