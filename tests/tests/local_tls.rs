@@ -405,3 +405,161 @@ async fn a_diverged_replica_is_rewound_from_the_master_over_tls() {
         60 * SECOND,
     );
 }
+
+/// The certificate the server on `port` presents to a client, read by `openssl s_client`
+/// (`-starttls postgres`), as `pgset_tls` reads it; `Err` with why when none was seen.
+fn served_certificate(port: u16) -> Result<pgset_tls::CertFacts, String> {
+    let out = pgset_command::HostCommand::new("openssl")
+        .args(["s_client", "-starttls", "postgres", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(Vec::new())
+        .quiet()
+        .output()
+        .map_err(|e| e.to_string())?;
+    let start = out
+        .stdout
+        .find("-----BEGIN CERTIFICATE-----")
+        .ok_or_else(|| format!("no certificate in the answer: {}", out.stderr.trim()))?;
+    let end = out.stdout[start..]
+        .find("-----END CERTIFICATE-----")
+        .ok_or("an incomplete certificate")?
+        + start
+        + "-----END CERTIFICATE-----".len();
+    pgset_tls::read_cert(&out.stdout[start..end])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotation_is_served_without_a_restart_while_streaming_and_writes_go_on() {
+    const TEST: &str = "a_rotation_is_served_without_a_restart_while_streaming_and_writes_go_on";
+    let Some(bin) = pg_or_skip(TEST) else {
+        return;
+    };
+    if let Some(reason) = no_ssl_reason(&bin) {
+        pgset_tests::skip(TEST, &reason);
+        return;
+    }
+    if pgset_tests::tool("openssl").is_none() {
+        pgset_tests::missing_tool(TEST, "openssl not found: apt-get install openssl");
+        return;
+    }
+    let mut t = TestSet::new(2, 29840);
+    t.opts.tls = true;
+    local::up(&t.opts).await.expect("a --tls set forms");
+    let dir = t.dir().to_path_buf();
+    let tls = local::tls_dir(&dir);
+    let file = |f: &str| pgset_tls::read_cert(&std::fs::read_to_string(tls.join(f)).unwrap());
+    let streaming = "pgset-1|true|TLSv1.3|/CN=replicator";
+    t.wait_for(0, SENDERS_SQL, streaming, 60 * SECOND);
+    let sender_pid = t
+        .sql(
+            0,
+            "SELECT pid FROM pg_stat_replication WHERE application_name = 'pgset-1'",
+        )
+        .unwrap();
+    let connect = local::tls_connection_string(&dir, &t.set(), 0).unwrap();
+    let su = passfile(
+        &t,
+        contract::SUPERUSER,
+        contract::secret::SUPERUSER_PASSWORD_KEY,
+    );
+    psql_tcp(&connect, &su, "CREATE TABLE rotated (i int)").unwrap();
+    let started = t.sql(0, "SELECT pg_postmaster_start_time()").unwrap();
+    let old = served_certificate(t.port(0)).unwrap();
+    assert_eq!(old.serial, file(files::SERVER_CERT).unwrap().serial);
+    let old_ca = std::fs::read(tls.join(files::CA_CERT)).unwrap();
+    let old_repl = file(files::REPLICATION_CERT).unwrap();
+
+    let rotated_at = std::time::Instant::now();
+    let made = local::rotate_certs(&dir).expect("a rotation");
+    assert_eq!(made.len(), 2, "{made:?}");
+    let new = file(files::SERVER_CERT).unwrap();
+    assert_ne!(new.serial, old.serial);
+    assert_ne!(
+        file(files::REPLICATION_CERT).unwrap().serial,
+        old_repl.serial
+    );
+    assert_eq!(std::fs::read(tls.join(files::CA_CERT)).unwrap(), old_ca);
+
+    // Writes over new verified connections go on, each acknowledged, until the server
+    // presents the new certificate.
+    let deadline = std::time::Instant::now() + 60 * SECOND;
+    let mut rows = 0;
+    let served = loop {
+        rows += 1;
+        psql_tcp(
+            &connect,
+            &su,
+            &format!("INSERT INTO rotated VALUES ({rows})"),
+        )
+        .unwrap_or_else(|e| panic!("write {rows} during the rotation: {e}"));
+        let served = served_certificate(t.port(0)).unwrap();
+        if served.serial == new.serial {
+            break served;
+        }
+        assert_eq!(
+            served.serial, old.serial,
+            "the old certificate until the reload"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server still presents serial {} a minute after the rotation; log tail:\n{}",
+            served.serial,
+            local::log_tail(&dir, "pgset-0", 30)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(served.not_after, new.not_after);
+    eprintln!(
+        "rotation: the new certificate was served {:?} after the files were written; {rows} writes over new TLS connections meanwhile, none refused",
+        rotated_at.elapsed()
+    );
+    for _ in 0..5 {
+        rows += 1;
+        psql_tcp(
+            &connect,
+            &su,
+            &format!("INSERT INTO rotated VALUES ({rows})"),
+        )
+        .unwrap();
+    }
+    // Served without a restart; the replica streams on the same WAL sender and has every row.
+    assert_eq!(
+        t.sql(0, "SELECT pg_postmaster_start_time()").unwrap(),
+        started
+    );
+    t.wait_for(
+        1,
+        "SELECT count(*) FROM rotated",
+        &rows.to_string(),
+        60 * SECOND,
+    );
+    t.wait_for(0, SENDERS_SQL, streaming, 10 * SECOND);
+    assert_eq!(
+        t.sql(
+            0,
+            "SELECT pid FROM pg_stat_replication WHERE application_name = 'pgset-1'"
+        )
+        .unwrap(),
+        sender_pid
+    );
+    // A new replication connection presents the new certificate and is let in by it.
+    let rep_pw = passfile(
+        &t,
+        contract::REPLICATION_USER,
+        contract::secret::REPLICATION_PASSWORD_KEY,
+    );
+    let with_cert = format!(
+        "host=127.0.0.1 port={} user={} replication=true sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
+        t.port(0),
+        contract::REPLICATION_USER,
+        tls.join(files::CA_CERT).display(),
+        tls.join(files::REPLICATION_CERT).display(),
+        tls.join(files::REPLICATION_KEY).display()
+    );
+    let id = psql_tcp(&with_cert, &rep_pw, "IDENTIFY_SYSTEM").unwrap();
+    assert!(id.contains('|'), "{id}");
+    assert!(
+        t.log(0).contains("postgres reloaded them"),
+        "the agent says it reloaded"
+    );
+}

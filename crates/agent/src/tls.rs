@@ -2,12 +2,16 @@
 //! their paths, the check that they are there and their keys private (PostgreSQL and libpq
 //! refuse a key others may read), the libpq parameters of a verified connection to the master,
 //! and the rustls connector of the agent's own (`verify-full` against the set's CA: the
-//! certificate must chain to it and name the host connected to).
+//! certificate must chain to it and name the host connected to); and [`FileWatch`], which
+//! notices new certificate files (a renewed Secret the kubelet swaps in place, a local
+//! rotation) so the supervisor has PostgreSQL reload them without a restart.
 
 use std::fs;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use pgset_spec::contract::{env, tls as files};
 use rustls::pki_types::CertificateDer;
@@ -148,10 +152,94 @@ impl TlsFiles {
     }
 }
 
+impl TlsFiles {
+    /// A digest of every file's content (read through the kubelet's symlinks), or `None` while
+    /// one cannot be read (a swap under way): no decision is taken from a missing file.
+    pub fn fingerprint(&self) -> Option<u64> {
+        let mut h = DefaultHasher::new();
+        for path in [
+            self.ca_cert(),
+            self.server_cert(),
+            self.server_key(),
+            self.client_cert(),
+            self.client_key(),
+        ] {
+            fs::read(&path).ok()?.hash(&mut h);
+        }
+        Some(h.finish())
+    }
+}
+
+/// Notices changed TLS files: the first look records them, a later one whose content differs
+/// says so once. Looks at most every [`FileWatch::EVERY`].
+#[derive(Debug, Default)]
+pub struct FileWatch {
+    seen: Option<u64>,
+    looked: Option<Instant>,
+    again: bool,
+}
+
+impl FileWatch {
+    /// How often the files are read.
+    pub const EVERY: Duration = Duration::from_secs(2);
+
+    /// Whether a look is due.
+    pub fn due(&self) -> bool {
+        self.looked.is_none_or(|t| t.elapsed() >= Self::EVERY)
+    }
+
+    /// Reads the files: `true` when their content differs from the last readable look (never
+    /// on the first, nor while a file is unreadable).
+    pub fn changed(&mut self, files: &TlsFiles) -> bool {
+        self.looked = Some(Instant::now());
+        let Some(now) = files.fingerprint() else {
+            return false;
+        };
+        let before = self.seen.replace(now);
+        std::mem::take(&mut self.again) || before.is_some_and(|b| b != now)
+    }
+
+    /// The change told was not acted on: the next readable look tells it again.
+    pub fn again(&mut self) {
+        self.again = true;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_watch_tells_a_changed_file_once_and_nothing_while_one_is_missing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = TlsFiles::new(tmp.path());
+        for f in [
+            files::CA_CERT,
+            files::SERVER_CERT,
+            files::SERVER_KEY,
+            files::REPLICATION_CERT,
+            files::REPLICATION_KEY,
+        ] {
+            write(tmp.path(), f, "a", 0o600);
+        }
+        let mut w = FileWatch::default();
+        assert!(w.due());
+        assert!(!w.changed(&t), "the first look only records");
+        assert!(!w.due());
+        assert!(!w.changed(&t));
+        // A kubelet-style swap: a new directory, the names through a symlink.
+        fs::remove_file(t.server_cert()).unwrap();
+        assert!(!w.changed(&t), "a missing file decides nothing");
+        write(tmp.path(), files::SERVER_CERT, "b", 0o600);
+        assert!(w.changed(&t));
+        assert!(!w.changed(&t), "told once");
+        write(tmp.path(), files::SERVER_KEY, "c", 0o600);
+        assert!(w.changed(&t));
+        w.again();
+        assert!(w.changed(&t), "told again after a failed reload");
+        assert!(!w.changed(&t));
+    }
 
     fn write(dir: &Path, name: &str, text: &str, mode: u32) {
         let p = dir.join(name);
