@@ -17,6 +17,7 @@ pub mod render;
 pub mod scale;
 pub mod status;
 pub mod switchover;
+pub mod tls;
 pub mod up;
 pub mod vagrant;
 pub mod verify;
@@ -64,6 +65,10 @@ pub enum Task {
     Switchover(switchover::Args),
     /// Promote a named replica once the master is gone while automatic failover is off or paused (--yes: accept losing what it did not receive)
     Failover(switchover::FailoverArgs),
+    /// How a client connects to the master over verified TLS (connection string, CA and how to fetch it)
+    ConnectInfo(tls::ConnectArgs),
+    /// Reissue the server and replication certificates now (members reload them, no restart)
+    RotateCerts(tls::RotateArgs),
     /// Write the objects as YAML into manifests/ (--check: fail when they differ)
     Render(render::Args),
     /// A primary and replicas as local processes on 127.0.0.1, driven by the same agent
@@ -100,6 +105,8 @@ pub async fn main() -> std::process::ExitCode {
         Task::Status(a) => status::run(a).await,
         Task::Switchover(a) => switchover::run(a).await,
         Task::Failover(a) => switchover::run_failover(a).await,
+        Task::ConnectInfo(a) => tls::connect_info(a).await,
+        Task::RotateCerts(a) => tls::rotate_certs(a).await,
         Task::Render(a) => render::run(a).await,
         Task::Local(a) => local::run(a).await,
         Task::Bench(a) => bench::run(a).await,

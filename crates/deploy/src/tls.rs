@@ -28,6 +28,9 @@ use pgset_spec::contract::{self, FIELD_MANAGER, tls as files};
 use pgset_spec::{ClusterSpec, MAX_REPLICAS, TlsMode, ValidSpec};
 use pgset_tls::{CertFacts, Issued, Now};
 
+/// The current time, as [`ensure`] and [`rotate`] take it.
+pub use pgset_tls::now;
+
 use crate::apply::{Applied, ApplyMode};
 use crate::{Error, Result, object_meta};
 
@@ -553,6 +556,109 @@ pub fn check_provided_secret(
         )));
     }
     Ok(())
+}
+
+/// How a client connects to the cluster's master: the libpq connection string (never a
+/// password), where the CA certificate it verifies the server against comes from, and the
+/// commands that fetch it and the superuser's password without printing either on a command
+/// line.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConnectInfo {
+    /// The master Service's fully qualified name.
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+    /// The connection string: `sslmode=verify-full` against `sslrootcert` with TLS on.
+    pub conninfo: String,
+    /// Where the CA certificate is kept (`ConfigMap <name>-ca-cert`, or the user's server
+    /// Secret's `ca.crt`); `None` with TLS off.
+    pub ca_source: Option<String>,
+    /// The command that writes the CA certificate to [`ConnectInfo::ca_file`].
+    pub fetch_ca: Option<String>,
+    /// The file the connection string names as `sslrootcert`.
+    pub ca_file: Option<String>,
+    /// The command that writes a libpq passfile with the superuser's password.
+    pub fetch_password: String,
+}
+
+impl ConnectInfo {
+    /// Lines for a person.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        match (&self.ca_source, &self.fetch_ca) {
+            (Some(source), Some(fetch)) => out.push_str(&format!(
+                "# The CA certificate the server is verified against ({source}):\n{fetch}\n"
+            )),
+            _ => out.push_str("# TLS is off (tls.mode: off): the connection is not encrypted.\n"),
+        }
+        out.push_str(&format!(
+            "# The superuser's password, into a libpq passfile (never on a command line):\n{}\n# Connect (from inside the cluster, or through a port-forward with host=127.0.0.1 and the\n# Service name kept for verification as hostaddr):\npsql \"{}\"\n",
+            self.fetch_password, self.conninfo
+        ));
+        out
+    }
+}
+
+/// The connection to `spec`'s master: `host=<name>-master.<ns>.svc.cluster.local port=5432
+/// user=postgres dbname=postgres sslmode=verify-full sslrootcert=<file>` with TLS; the CA from
+/// ConfigMap `<name>-ca-cert` (`auto`, readable without reading a Secret) or the user's server
+/// Secret (`provided`).
+pub fn connect_info(spec: &ClusterSpec) -> ConnectInfo {
+    let host = format!(
+        "{}.{}.svc.{CLUSTER_DOMAIN}",
+        spec.master_service_name(),
+        spec.namespace
+    );
+    let port = contract::POSTGRES_PORT;
+    let ns = &spec.namespace;
+    let ca_file = format!("{}-ca.crt", spec.name);
+    let (ca_source, fetch_ca) = match spec.tls.mode {
+        TlsMode::Off => (None, None),
+        TlsMode::Auto => (
+            Some(format!(
+                "ConfigMap {} key {}",
+                spec.ca_configmap_name(),
+                files::CONFIGMAP_CA_KEY
+            )),
+            Some(format!(
+                "kubectl -n {ns} get configmap {} -o jsonpath='{{.data.ca\\.crt}}' > {ca_file}",
+                spec.ca_configmap_name()
+            )),
+        ),
+        TlsMode::Provided => (
+            Some(format!(
+                "Secret {} key {}",
+                spec.tls_server_secret_name(),
+                files::SECRET_CA_KEY
+            )),
+            Some(format!(
+                "kubectl -n {ns} get secret {} -o jsonpath='{{.data.ca\\.crt}}' | base64 -d > {ca_file}",
+                spec.tls_server_secret_name()
+            )),
+        ),
+    };
+    let mut conninfo = format!(
+        "host={host} port={port} user={} dbname=postgres",
+        contract::SUPERUSER
+    );
+    if spec.tls.enabled() {
+        conninfo.push_str(&format!(" sslmode=verify-full sslrootcert={ca_file}"));
+    }
+    let fetch_password = format!(
+        "(umask 077; printf '*:*:*:{}:%s\\n' \"$(kubectl -n {ns} get secret {} -o jsonpath='{{.data.{}}}' | base64 -d)\" > ~/.pgpass)",
+        contract::SUPERUSER,
+        spec.secret_name(),
+        contract::secret::SUPERUSER_PASSWORD_KEY
+    );
+    ConnectInfo {
+        host,
+        port,
+        conninfo,
+        ca_file: spec.tls.enabled().then_some(ca_file),
+        ca_source,
+        fetch_ca,
+        fetch_password,
+    }
 }
 
 #[cfg(test)]

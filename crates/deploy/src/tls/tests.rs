@@ -192,3 +192,42 @@ fn a_provided_replication_certificate_must_name_the_replication_user_and_carry_t
     .to_string();
     assert!(e.contains("renew it"), "{e}");
 }
+
+#[test]
+fn connect_info_verifies_the_master_service_against_the_ca_from_the_configmap() {
+    let s = spec();
+    let info = connect_info(&s);
+    assert_eq!(info.host, "db-master.prod.svc.cluster.local");
+    assert_eq!(
+        info.conninfo,
+        "host=db-master.prod.svc.cluster.local port=5432 user=postgres dbname=postgres sslmode=verify-full sslrootcert=db-ca.crt"
+    );
+    assert!(
+        server_names(&s).contains(&info.host),
+        "verify-full needs the host in the certificate"
+    );
+    assert_eq!(
+        info.fetch_ca.as_deref(),
+        Some("kubectl -n prod get configmap db-ca-cert -o jsonpath='{.data.ca\\.crt}' > db-ca.crt")
+    );
+    assert!(info.fetch_password.contains("get secret db-secret"));
+    assert!(info.fetch_password.contains("umask 077"));
+    let text = info.text();
+    assert!(text.contains("ConfigMap db-ca-cert key ca.crt"), "{text}");
+    assert!(!text.contains("password="), "{text}");
+
+    let mut provided = s.clone();
+    provided.tls.mode = TlsMode::Provided;
+    provided.tls.server_secret = Some("mine".into());
+    provided.tls.replication_secret = Some("theirs".into());
+    let info = connect_info(&provided);
+    assert!(info.fetch_ca.unwrap().contains("get secret mine"));
+    assert!(info.conninfo.contains("sslmode=verify-full"));
+
+    let mut off = s.clone();
+    off.tls.mode = TlsMode::Off;
+    let info = connect_info(&off);
+    assert!(!info.conninfo.contains("sslmode"));
+    assert!(info.fetch_ca.is_none() && info.ca_file.is_none());
+    assert!(info.text().contains("TLS is off"));
+}
