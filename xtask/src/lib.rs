@@ -60,6 +60,10 @@ enum Task {
     Switchover(Forwarded),
     /// Promote a named replica once the master is gone while automatic failover is off or paused (--yes: accept losing what it did not receive)
     Failover(Forwarded),
+    /// How a client connects to the master over verified TLS (connection string, CA and how to fetch it)
+    ConnectInfo(Forwarded),
+    /// Reissue the server and replication certificates now (members reload them, no restart)
+    RotateCerts(Forwarded),
     /// Write the objects as YAML into manifests/ (--check: fail when they differ)
     Render(Forwarded),
     /// A primary and replicas as local processes on 127.0.0.1, driven by the same agent
@@ -120,6 +124,8 @@ pub fn main() -> ExitCode {
         Task::Status(f) => ("status", f),
         Task::Switchover(f) => ("switchover", f),
         Task::Failover(f) => ("failover", f),
+        Task::ConnectInfo(f) => ("connect-info", f),
+        Task::RotateCerts(f) => ("rotate-certs", f),
         Task::Render(f) => ("render", f),
         Task::Local(f) => ("local", f),
         Task::Bench(f) => ("bench", f),
