@@ -20,6 +20,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::{Error, Result};
 
+/// What [`connector_for_ca`] makes: hand it a host name (`MakeTlsConnect`) to connect.
+pub type Connector = MakeRustlsConnect;
+
 /// The TLS files of one member, in the directory the contract names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -124,32 +127,43 @@ impl TlsFiles {
     /// certificate verified against the CA and for the host name (verify-full).
     pub fn connector(&self) -> Result<MakeRustlsConnect> {
         let path = self.ca_cert();
-        let unreadable = |problem: String| Error::DataDir {
+        let pem = fs::read(&path).map_err(|e| Error::DataDir {
             path: path.clone(),
-            problem,
-        };
-        let mut roots = rustls::RootCertStore::empty();
-        let certs = CertificateDer::pem_file_iter(&path)
-            .map_err(|e| unreadable(format!("cannot read the CA certificate: {e}")))?;
-        for cert in certs {
-            let cert = cert.map_err(|e| unreadable(format!("not a PEM certificate: {e}")))?;
-            roots
-                .add(cert)
-                .map_err(|e| unreadable(format!("not a usable CA certificate: {e}")))?;
-        }
-        if roots.is_empty() {
-            return Err(unreadable(
-                "holds no PEM certificate; it must hold the set's CA certificate".into(),
-            ));
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| Error::Failed(format!("TLS 1.3 is not available: {e}")))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Ok(MakeRustlsConnect::new(config))
+            problem: format!("cannot read the CA certificate: {e}"),
+        })?;
+        connector_for_ca(&pem, &path)
     }
+}
+
+/// The connector of a client of the set's members: TLS 1.3, the server's certificate verified
+/// against the CA certificate `pem` and for the host name (verify-full); `origin` names where
+/// the PEM came from in errors.
+pub fn connector_for_ca(pem: &[u8], origin: &Path) -> Result<Connector> {
+    let path = origin.to_path_buf();
+    let unreadable = |problem: String| Error::DataDir {
+        path: path.clone(),
+        problem,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_slice_iter(pem);
+    for cert in certs {
+        let cert = cert.map_err(|e| unreadable(format!("not a PEM certificate: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| unreadable(format!("not a usable CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(unreadable(
+            "holds no PEM certificate; it must hold the set's CA certificate".into(),
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::Failed(format!("TLS 1.3 is not available: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
 }
 
 impl TlsFiles {
@@ -265,6 +279,12 @@ mod tests {
         // Not a certificate: the connector says which file.
         let e = t.connector().err().unwrap().to_string();
         assert!(e.contains("ca.crt"), "{e}");
+        // From a PEM read elsewhere: the error names where it came from.
+        let e = connector_for_ca(b"junk", Path::new("ConfigMap db-ca-cert"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("ConfigMap db-ca-cert"), "{e}");
     }
 
     #[test]
