@@ -254,6 +254,20 @@ pub async fn deploy(
     let suffix = mode.suffix();
     let mut changes = DeployOutcome::default();
 
+    // Before any write: running members are never switched between TLS and plain in place.
+    let running = Api::<StatefulSet>::namespaced(client.clone(), ns)
+        .get_opt(spec.statefulset_name())
+        .await
+        .map_err(Error::api(
+            "get",
+            "StatefulSet",
+            spec.statefulset_name(),
+            ns,
+        ))?;
+    if let Some(problem) = crate::tls::switch_problem(spec, running.as_ref()) {
+        return Err(Error::Tls(format!("{problem}; nothing was changed")));
+    }
+
     changes
         .record(apply_one::<ServiceAccount>(client, ns, &service_account, mode, progress).await?);
     changes.record(apply_one::<Role>(client, ns, &role, mode, progress).await?);

@@ -212,6 +212,48 @@ pub fn read_pair(secret: &Secret, name: &str, fix: &str) -> Result<ReadPair> {
     })
 }
 
+/// Whether the members of `existing` (the StatefulSet as the cluster has it) run with TLS: its
+/// postgres container names a TLS directory in the env contract.
+pub fn runs_tls(existing: &k8s_openapi::api::apps::v1::StatefulSet) -> bool {
+    existing
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .into_iter()
+        .flat_map(|p| p.containers.iter())
+        .filter(|c| c.name == contract::POSTGRES_CONTAINER)
+        .flat_map(|c| c.env.iter().flatten())
+        .any(|e| e.name == contract::env::TLS_DIR)
+}
+
+/// A deploy that would switch running members between TLS and plain TCP: refused (the rolling
+/// update restarts the replicas first, which would then verify a master that does not serve
+/// TLS yet, or reach with plain TCP a master that requires it, and never become Ready). The
+/// error says how to keep the cluster as it is or move it. `None` when nothing switches.
+pub fn switch_problem(
+    spec: &ClusterSpec,
+    existing: Option<&k8s_openapi::api::apps::v1::StatefulSet>,
+) -> Option<String> {
+    let existing = existing?;
+    let (now, wanted) = (runs_tls(existing), spec.tls.enabled());
+    if now == wanted {
+        return None;
+    }
+    let program = contract::program_name();
+    Some(if now {
+        format!(
+            "StatefulSet {} runs with TLS and the spec says tls.mode off: members cannot switch in place (a replica restarted first would reach a master that requires TLS without it); keep TLS (remove tls.mode off), or take the cluster down (`{program} down`, data kept) and deploy it again without TLS",
+            spec.statefulset_name()
+        )
+    } else {
+        format!(
+            "StatefulSet {} runs without TLS and the spec says tls.mode {} (the default): members cannot switch in place (a replica restarted first would verify a master that does not serve TLS yet); keep it plain with `tls: {{mode: off}}` in the spec, or take the cluster down (`{program} down`, data kept) and deploy it again to start every member with TLS",
+            spec.statefulset_name(),
+            spec.tls.mode
+        )
+    })
+}
+
 /// What to do about one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {

@@ -167,6 +167,8 @@ async fn deploy_applies_in_order_with_pgsets_field_manager_and_creates_the_secre
     assert_eq!(
         order,
         [
+            // Whether running members would switch between TLS and plain: read first.
+            "GET /apis/apps/v1/namespaces/default/statefulsets/pgset",
             "GET /api/v1/namespaces/default/serviceaccounts/pgset-sa",
             "PATCH /api/v1/namespaces/default/serviceaccounts/pgset-sa",
             "GET /apis/rbac.authorization.k8s.io/v1/namespaces/default/roles/pgset-agent",
@@ -417,7 +419,12 @@ async fn an_incomplete_secret_stops_the_deploy_before_anything_that_uses_it() {
             .any(|c| c.path.contains("/configmaps") && c.is_write()),
         "the record is not made for a Secret that stops the deploy"
     );
-    assert!(!calls.iter().any(|c| c.path.contains("statefulsets")));
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.path.contains("statefulsets") && c.is_write()),
+        "the StatefulSet is only read"
+    );
 }
 
 #[tokio::test]
@@ -2363,4 +2370,34 @@ async fn lifting_a_pause_that_races_the_holders_renewal_is_written_again_on_the_
         lease["metadata"]["annotations"].get("pgset.io/failover"),
         None
     );
+}
+
+#[tokio::test]
+async fn a_plain_cluster_is_not_switched_to_tls_in_place_and_nothing_is_written() {
+    // A StatefulSet deployed without TLS meets a spec with the default tls.mode auto.
+    let mut plain = spec().into_inner();
+    plain.tls.mode = pgset_spec::TlsMode::Off;
+    let running = serde_json::to_value(pgset_deploy::statefulset::statefulset(&plain)).unwrap();
+    let (client, calls) = mock_client(deploy_handler_over(vec![(
+        format!("/apis/apps/v1/namespaces/{NS}/statefulsets/pgset"),
+        running,
+    )]));
+    let err = deploy(&client, &spec(), ApplyMode::Apply, &mut |_: &str| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("runs without TLS") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert!(!calls.lock().unwrap().iter().any(Call::is_write));
+    // Kept plain on purpose: the deploy goes on.
+    deploy(
+        &client,
+        &plain.validated().unwrap(),
+        ApplyMode::Apply,
+        &mut |_: &str| {},
+    )
+    .await
+    .unwrap();
 }

@@ -231,3 +231,26 @@ fn connect_info_verifies_the_master_service_against_the_ca_from_the_configmap() 
     assert!(info.fetch_ca.is_none() && info.ca_file.is_none());
     assert!(info.text().contains("TLS is off"));
 }
+
+#[test]
+fn running_members_are_never_switched_between_tls_and_plain_in_place() {
+    let s = spec();
+    let with_tls = crate::statefulset::statefulset(&s);
+    assert!(runs_tls(&with_tls));
+    let mut off = s.clone();
+    off.tls.mode = TlsMode::Off;
+    let plain = crate::statefulset::statefulset(&off);
+    assert!(!runs_tls(&plain));
+    // A new cluster, or one already as the spec says: nothing to refuse.
+    assert_eq!(switch_problem(&s, None), None);
+    assert_eq!(switch_problem(&s, Some(&with_tls)), None);
+    assert_eq!(switch_problem(&off, Some(&plain)), None);
+    // A plain cluster meeting the new default: refused, with both ways out.
+    let e = switch_problem(&s, Some(&plain)).unwrap();
+    assert!(
+        e.contains("runs without TLS") && e.contains("tls: {mode: off}") && e.contains("down"),
+        "{e}"
+    );
+    let e = switch_problem(&off, Some(&with_tls)).unwrap();
+    assert!(e.contains("runs with TLS") && e.contains("keep TLS"), "{e}");
+}
