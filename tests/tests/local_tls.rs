@@ -563,3 +563,91 @@ async fn a_rotation_is_served_without_a_restart_while_streaming_and_writes_go_on
         "the agent says it reloaded"
     );
 }
+
+/// Runs a `sh -c … psql -d CONNINFO` argv of `pgset_verify::tls::psql_ssl` against member `k`
+/// of `t` over TCP: the pod's secret directory becomes the set's, the Service the member's
+/// address and port.
+fn run_psql_ssl(t: &TestSet, k: i32, argv: &[String]) -> pgset_verify::exec::ExecOutput {
+    let mut args: Vec<String> = argv[1..].to_vec();
+    args[1] = args[1].replace(
+        contract::SECRET_MOUNT,
+        &t.dir().join("secret").display().to_string(),
+    );
+    let d = args.iter().position(|a| a == "-d").expect("psql -d") + 1;
+    args[d] = args[d].replace("host=db-master", "host=127.0.0.1").replace(
+        &format!("port={}", contract::POSTGRES_PORT),
+        &format!("port={}", t.port(k)),
+    );
+    let out = pgset_command::HostCommand::new(&argv[0])
+        .args(args)
+        .quiet()
+        .output()
+        .expect("run sh");
+    pgset_verify::exec::ExecOutput {
+        exit_code: out.status.code().unwrap_or(-1),
+        stdout: out.stdout,
+        stderr: out.stderr,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verifys_tls_check_passes_on_what_a_tls_member_answers_and_reads_its_pg_hba() {
+    const TEST: &str = "verifys_tls_check_passes_on_what_a_tls_member_answers_and_reads_its_pg_hba";
+    let Some(bin) = pg_or_skip(TEST) else {
+        return;
+    };
+    if let Some(reason) = no_ssl_reason(&bin) {
+        pgset_tests::skip(TEST, &reason);
+        return;
+    }
+    use pgset_verify::tls;
+    let mut t = TestSet::new(1, 29850);
+    t.opts.tls = true;
+    local::up(&t.opts).await.expect("a --tls set forms");
+    // The same statements verify runs in the master's pod, here on the member.
+    let plain = run_psql_ssl(&t, 0, &tls::psql_ssl("db-master", "disable", "SELECT 1"));
+    let with_tls = run_psql_ssl(&t, 0, &tls::psql_ssl("db-master", "require", tls::SSL_SQL));
+    let hba = t.sql(0, tls::HBA_SQL).expect("pg_hba_file_rules");
+    let rules = tls::parse_hba(&hba).expect("rules parse");
+    assert_eq!(
+        tls::hba_problems(&rules),
+        Vec::<String>::new(),
+        "the managed pg_hba: {rules:?}"
+    );
+    assert!(
+        rules
+            .iter()
+            .all(|r| r.kind == "local" || r.kind == "hostssl"),
+        "{rules:?}"
+    );
+    // The server certificate part is the cluster's (its names are not local mode's).
+    let spec = pgset_spec::ClusterSpec {
+        name: "db".into(),
+        ..pgset_spec::ClusterSpec::default()
+    };
+    let now = pgset_tls::now();
+    let ca = pgset_tls::make_ca("db", now).unwrap();
+    let leaf = pgset_tls::issue_server(&ca, &pgset_deploy::tls::server_names(&spec), now).unwrap();
+    let inputs = tls::TlsInputs {
+        server_secret: Some(pgset_deploy::tls::leaf_secret(
+            &spec,
+            "db-tls-server",
+            &leaf,
+            &ca.cert_pem,
+        )),
+        plain: plain.clone(),
+        tls: with_tls.clone(),
+        hba: pgset_verify::exec::ExecOutput {
+            stdout: hba,
+            stderr: String::new(),
+            exit_code: 0,
+        },
+    };
+    let finding = tls::verdict(&spec, &inputs, now);
+    assert_eq!(
+        finding.verdict,
+        pgset_verify::Verdict::Pass,
+        "{} (plain: {plain:?}, tls: {with_tls:?})",
+        finding.message
+    );
+}

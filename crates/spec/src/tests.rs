@@ -775,5 +775,8 @@ fn a_tls_secret_named_outside_provided_mode_is_refused_with_the_fix() {
 #[test]
 fn tls_written_as_a_single_value_is_told_to_name_the_mode() {
     let e = ClusterSpec::parse("tls: off\n").unwrap_err();
-    assert!(e.contains("`tls` expects a mapping: write `tls: {mode:"), "{e}");
+    assert!(
+        e.contains("`tls` expects a mapping: write `tls: {mode:"),
+        "{e}"
+    );
 }
