@@ -11,12 +11,14 @@ use pgset_local::{self as local, LocalSet, UpOptions};
 use pgset_spec::ClusterSpec;
 use pgset_spec::contract::env;
 
-/// A set named like `spec`, and local options with the data opt-ins of `spec`.
+/// A set named like `spec`, and local options with the data opt-ins of `spec` and its TLS
+/// (`local up --tls` for a spec with TLS on).
 fn local_twin(spec: &ClusterSpec) -> (UpOptions, LocalSet) {
     let mut opts = UpOptions::new("/srv/pgset-local", spec.replicas, 25432, "/bin/pgset-agent");
     opts.name = spec.name.clone();
     opts.allow_reinit = spec.postgres.allow_reinit;
     opts.adopt_unmarked = spec.postgres.adopt_unmarked_data;
+    opts.tls = spec.tls.enabled();
     let set = LocalSet {
         name: spec.name.clone(),
         port: opts.port,
@@ -46,6 +48,9 @@ fn deploy_and_local_mode_name_the_same_variables_but_for_the_pods_own() {
         let mut spec = ClusterSpec::default();
         spec.postgres.allow_reinit = opt_ins;
         spec.postgres.adopt_unmarked_data = opt_ins;
+        if opt_ins {
+            spec.tls.mode = pgset_spec::TlsMode::Off;
+        }
         let (opts, set) = local_twin(&spec);
         let pod = deploy_names(&spec);
         for k in [0, 1] {
@@ -66,6 +71,8 @@ fn deploy_and_local_mode_name_the_same_variables_but_for_the_pods_own() {
         }
         let switches = names(&[env::ALLOW_REINIT, env::ADOPT_UNMARKED]);
         assert_eq!(pod.is_superset(&switches), opt_ins, "{pod:?}");
+        // TLS on (the default) in both, or off in both.
+        assert_eq!(pod.contains(env::TLS_DIR), spec.tls.enabled(), "{pod:?}");
     }
 }
 

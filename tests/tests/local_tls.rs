@@ -405,3 +405,249 @@ async fn a_diverged_replica_is_rewound_from_the_master_over_tls() {
         60 * SECOND,
     );
 }
+
+/// The certificate the server on `port` presents to a client, read by `openssl s_client`
+/// (`-starttls postgres`), as `pgset_tls` reads it; `Err` with why when none was seen.
+fn served_certificate(port: u16) -> Result<pgset_tls::CertFacts, String> {
+    let out = pgset_command::HostCommand::new("openssl")
+        .args(["s_client", "-starttls", "postgres", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(Vec::new())
+        .quiet()
+        .output()
+        .map_err(|e| e.to_string())?;
+    let start = out
+        .stdout
+        .find("-----BEGIN CERTIFICATE-----")
+        .ok_or_else(|| format!("no certificate in the answer: {}", out.stderr.trim()))?;
+    let end = out.stdout[start..]
+        .find("-----END CERTIFICATE-----")
+        .ok_or("an incomplete certificate")?
+        + start
+        + "-----END CERTIFICATE-----".len();
+    pgset_tls::read_cert(&out.stdout[start..end])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotation_is_served_without_a_restart_while_streaming_and_writes_go_on() {
+    const TEST: &str = "a_rotation_is_served_without_a_restart_while_streaming_and_writes_go_on";
+    let Some(bin) = pg_or_skip(TEST) else {
+        return;
+    };
+    if let Some(reason) = no_ssl_reason(&bin) {
+        pgset_tests::skip(TEST, &reason);
+        return;
+    }
+    if pgset_tests::tool("openssl").is_none() {
+        pgset_tests::missing_tool(TEST, "openssl not found: apt-get install openssl");
+        return;
+    }
+    let mut t = TestSet::new(2, 29840);
+    t.opts.tls = true;
+    local::up(&t.opts).await.expect("a --tls set forms");
+    let dir = t.dir().to_path_buf();
+    let tls = local::tls_dir(&dir);
+    let file = |f: &str| pgset_tls::read_cert(&std::fs::read_to_string(tls.join(f)).unwrap());
+    let streaming = "pgset-1|true|TLSv1.3|/CN=replicator";
+    t.wait_for(0, SENDERS_SQL, streaming, 60 * SECOND);
+    let sender_pid = t
+        .sql(
+            0,
+            "SELECT pid FROM pg_stat_replication WHERE application_name = 'pgset-1'",
+        )
+        .unwrap();
+    let connect = local::tls_connection_string(&dir, &t.set(), 0).unwrap();
+    let su = passfile(
+        &t,
+        contract::SUPERUSER,
+        contract::secret::SUPERUSER_PASSWORD_KEY,
+    );
+    psql_tcp(&connect, &su, "CREATE TABLE rotated (i int)").unwrap();
+    let started = t.sql(0, "SELECT pg_postmaster_start_time()").unwrap();
+    let old = served_certificate(t.port(0)).unwrap();
+    assert_eq!(old.serial, file(files::SERVER_CERT).unwrap().serial);
+    let old_ca = std::fs::read(tls.join(files::CA_CERT)).unwrap();
+    let old_repl = file(files::REPLICATION_CERT).unwrap();
+
+    let rotated_at = std::time::Instant::now();
+    let made = local::rotate_certs(&dir).expect("a rotation");
+    assert_eq!(made.len(), 2, "{made:?}");
+    let new = file(files::SERVER_CERT).unwrap();
+    assert_ne!(new.serial, old.serial);
+    assert_ne!(
+        file(files::REPLICATION_CERT).unwrap().serial,
+        old_repl.serial
+    );
+    assert_eq!(std::fs::read(tls.join(files::CA_CERT)).unwrap(), old_ca);
+
+    // Writes over new verified connections go on, each acknowledged, until the server
+    // presents the new certificate.
+    let deadline = std::time::Instant::now() + 60 * SECOND;
+    let mut rows = 0;
+    let served = loop {
+        rows += 1;
+        psql_tcp(
+            &connect,
+            &su,
+            &format!("INSERT INTO rotated VALUES ({rows})"),
+        )
+        .unwrap_or_else(|e| panic!("write {rows} during the rotation: {e}"));
+        let served = served_certificate(t.port(0)).unwrap();
+        if served.serial == new.serial {
+            break served;
+        }
+        assert_eq!(
+            served.serial, old.serial,
+            "the old certificate until the reload"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server still presents serial {} a minute after the rotation; log tail:\n{}",
+            served.serial,
+            local::log_tail(&dir, "pgset-0", 30)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(served.not_after, new.not_after);
+    eprintln!(
+        "rotation: the new certificate was served {:?} after the files were written; {rows} writes over new TLS connections meanwhile, none refused",
+        rotated_at.elapsed()
+    );
+    for _ in 0..5 {
+        rows += 1;
+        psql_tcp(
+            &connect,
+            &su,
+            &format!("INSERT INTO rotated VALUES ({rows})"),
+        )
+        .unwrap();
+    }
+    // Served without a restart; the replica streams on the same WAL sender and has every row.
+    assert_eq!(
+        t.sql(0, "SELECT pg_postmaster_start_time()").unwrap(),
+        started
+    );
+    t.wait_for(
+        1,
+        "SELECT count(*) FROM rotated",
+        &rows.to_string(),
+        60 * SECOND,
+    );
+    t.wait_for(0, SENDERS_SQL, streaming, 10 * SECOND);
+    assert_eq!(
+        t.sql(
+            0,
+            "SELECT pid FROM pg_stat_replication WHERE application_name = 'pgset-1'"
+        )
+        .unwrap(),
+        sender_pid
+    );
+    // A new replication connection presents the new certificate and is let in by it.
+    let rep_pw = passfile(
+        &t,
+        contract::REPLICATION_USER,
+        contract::secret::REPLICATION_PASSWORD_KEY,
+    );
+    let with_cert = format!(
+        "host=127.0.0.1 port={} user={} replication=true sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
+        t.port(0),
+        contract::REPLICATION_USER,
+        tls.join(files::CA_CERT).display(),
+        tls.join(files::REPLICATION_CERT).display(),
+        tls.join(files::REPLICATION_KEY).display()
+    );
+    let id = psql_tcp(&with_cert, &rep_pw, "IDENTIFY_SYSTEM").unwrap();
+    assert!(id.contains('|'), "{id}");
+    assert!(
+        t.log(0).contains("postgres reloaded them"),
+        "the agent says it reloaded"
+    );
+}
+
+/// Runs a `sh -c … psql -d CONNINFO` argv of `pgset_verify::tls::psql_ssl` against member `k`
+/// of `t` over TCP: the pod's secret directory becomes the set's, the Service the member's
+/// address and port.
+fn run_psql_ssl(t: &TestSet, k: i32, argv: &[String]) -> pgset_verify::exec::ExecOutput {
+    let mut args: Vec<String> = argv[1..].to_vec();
+    args[1] = args[1].replace(
+        contract::SECRET_MOUNT,
+        &t.dir().join("secret").display().to_string(),
+    );
+    let d = args.iter().position(|a| a == "-d").expect("psql -d") + 1;
+    args[d] = args[d].replace("host=db-master", "host=127.0.0.1").replace(
+        &format!("port={}", contract::POSTGRES_PORT),
+        &format!("port={}", t.port(k)),
+    );
+    let out = pgset_command::HostCommand::new(&argv[0])
+        .args(args)
+        .quiet()
+        .output()
+        .expect("run sh");
+    pgset_verify::exec::ExecOutput {
+        exit_code: out.status.code().unwrap_or(-1),
+        stdout: out.stdout,
+        stderr: out.stderr,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verifys_tls_check_passes_on_what_a_tls_member_answers_and_reads_its_pg_hba() {
+    const TEST: &str = "verifys_tls_check_passes_on_what_a_tls_member_answers_and_reads_its_pg_hba";
+    let Some(bin) = pg_or_skip(TEST) else {
+        return;
+    };
+    if let Some(reason) = no_ssl_reason(&bin) {
+        pgset_tests::skip(TEST, &reason);
+        return;
+    }
+    use pgset_verify::tls;
+    let mut t = TestSet::new(1, 29850);
+    t.opts.tls = true;
+    local::up(&t.opts).await.expect("a --tls set forms");
+    // The same statements verify runs in the master's pod, here on the member.
+    let plain = run_psql_ssl(&t, 0, &tls::psql_ssl("db-master", "disable", "SELECT 1"));
+    let with_tls = run_psql_ssl(&t, 0, &tls::psql_ssl("db-master", "require", tls::SSL_SQL));
+    let hba = t.sql(0, tls::HBA_SQL).expect("pg_hba_file_rules");
+    let rules = tls::parse_hba(&hba).expect("rules parse");
+    assert_eq!(
+        tls::hba_problems(&rules),
+        Vec::<String>::new(),
+        "the managed pg_hba: {rules:?}"
+    );
+    assert!(
+        rules
+            .iter()
+            .all(|r| r.kind == "local" || r.kind == "hostssl"),
+        "{rules:?}"
+    );
+    // The server certificate part is the cluster's (its names are not local mode's).
+    let spec = pgset_spec::ClusterSpec {
+        name: "db".into(),
+        ..pgset_spec::ClusterSpec::default()
+    };
+    let now = pgset_tls::now();
+    let ca = pgset_tls::make_ca("db", now).unwrap();
+    let leaf = pgset_tls::issue_server(&ca, &pgset_deploy::tls::server_names(&spec), now).unwrap();
+    let inputs = tls::TlsInputs {
+        server_secret: Some(pgset_deploy::tls::leaf_secret(
+            &spec,
+            "db-tls-server",
+            &leaf,
+            &ca.cert_pem,
+        )),
+        plain: plain.clone(),
+        tls: with_tls.clone(),
+        hba: pgset_verify::exec::ExecOutput {
+            stdout: hba,
+            stderr: String::new(),
+            exit_code: 0,
+        },
+    };
+    let finding = tls::verdict(&spec, &inputs, now);
+    assert_eq!(
+        finding.verdict,
+        pgset_verify::Verdict::Pass,
+        "{} (plain: {plain:?}, tls: {with_tls:?})",
+        finding.message
+    );
+}

@@ -687,6 +687,8 @@ struct Monitor {
     lag: Option<ReplayLag>,
     // While postgres refuses connections: whether its processes make progress.
     io: IoWatch,
+    /// New certificate files are reloaded (`crate::tls::FileWatch`).
+    tls_watch: crate::tls::FileWatch,
 }
 
 impl Monitor {
@@ -732,6 +734,7 @@ impl Monitor {
             replay: ReplayWatch::default(),
             lag: None,
             io: IoWatch::default(),
+            tls_watch: crate::tls::FileWatch::default(),
         }
     }
 
@@ -833,6 +836,7 @@ impl Monitor {
                 return self.not_ready(&format!("postgres did not answer its state query ({e})"));
             }
         };
+        self.reload_new_certificates().await;
         let (ready, reason) = match self.s.role {
             Role::Master => self.master(&own).await,
             Role::Replica => self.replica(&own).await,
@@ -862,6 +866,31 @@ impl Monitor {
             // Readiness gates the next member's start: look often until it serves its role.
             // Each look is a statement on the open connection, not a process.
             Duration::from_millis(100)
+        }
+    }
+
+    /// With TLS: when the certificate files changed (a renewed Secret, a rotation), PostgreSQL
+    /// reloads its configuration, which reloads the server certificate, key and CA without a
+    /// restart; connections open keep their session, new ones get the new certificate.
+    async fn reload_new_certificates(&mut self) {
+        let Some(tls) = self.s.tls() else {
+            return;
+        };
+        if !self.tls_watch.due() || !self.tls_watch.changed(&tls) {
+            return;
+        }
+        let Some(db) = self.db.as_ref() else {
+            return;
+        };
+        match db.execute_batch("SELECT pg_reload_conf()").await {
+            Ok(()) => crate::info!(
+                "the TLS files ({}) changed: postgres reloaded them",
+                tls.server_cert().display()
+            ),
+            Err(e) => {
+                crate::info!("the TLS files changed but postgres did not reload them: {e}");
+                self.tls_watch.again();
+            }
         }
     }
 

@@ -2,12 +2,16 @@
 //! their paths, the check that they are there and their keys private (PostgreSQL and libpq
 //! refuse a key others may read), the libpq parameters of a verified connection to the master,
 //! and the rustls connector of the agent's own (`verify-full` against the set's CA: the
-//! certificate must chain to it and name the host connected to).
+//! certificate must chain to it and name the host connected to); and [`FileWatch`], which
+//! notices new certificate files (a renewed Secret the kubelet swaps in place, a local
+//! rotation) so the supervisor has PostgreSQL reload them without a restart.
 
 use std::fs;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use pgset_spec::contract::{env, tls as files};
 use rustls::pki_types::CertificateDer;
@@ -15,6 +19,9 @@ use rustls::pki_types::pem::PemObject;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::{Error, Result};
+
+/// What [`connector_for_ca`] makes: hand it a host name (`MakeTlsConnect`) to connect.
+pub type Connector = MakeRustlsConnect;
 
 /// The TLS files of one member, in the directory the contract names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,31 +127,95 @@ impl TlsFiles {
     /// certificate verified against the CA and for the host name (verify-full).
     pub fn connector(&self) -> Result<MakeRustlsConnect> {
         let path = self.ca_cert();
-        let unreadable = |problem: String| Error::DataDir {
+        let pem = fs::read(&path).map_err(|e| Error::DataDir {
             path: path.clone(),
-            problem,
+            problem: format!("cannot read the CA certificate: {e}"),
+        })?;
+        connector_for_ca(&pem, &path)
+    }
+}
+
+/// The connector of a client of the set's members: TLS 1.3, the server's certificate verified
+/// against the CA certificate `pem` and for the host name (verify-full); `origin` names where
+/// the PEM came from in errors.
+pub fn connector_for_ca(pem: &[u8], origin: &Path) -> Result<Connector> {
+    let path = origin.to_path_buf();
+    let unreadable = |problem: String| Error::DataDir {
+        path: path.clone(),
+        problem,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_slice_iter(pem);
+    for cert in certs {
+        let cert = cert.map_err(|e| unreadable(format!("not a PEM certificate: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| unreadable(format!("not a usable CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(unreadable(
+            "holds no PEM certificate; it must hold the set's CA certificate".into(),
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::Failed(format!("TLS 1.3 is not available: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+impl TlsFiles {
+    /// A digest of every file's content (read through the kubelet's symlinks), or `None` while
+    /// one cannot be read (a swap under way): no decision is taken from a missing file.
+    pub fn fingerprint(&self) -> Option<u64> {
+        let mut h = DefaultHasher::new();
+        for path in [
+            self.ca_cert(),
+            self.server_cert(),
+            self.server_key(),
+            self.client_cert(),
+            self.client_key(),
+        ] {
+            fs::read(&path).ok()?.hash(&mut h);
+        }
+        Some(h.finish())
+    }
+}
+
+/// Notices changed TLS files: the first look records them, a later one whose content differs
+/// says so once. Looks at most every [`FileWatch::EVERY`].
+#[derive(Debug, Default)]
+pub struct FileWatch {
+    seen: Option<u64>,
+    looked: Option<Instant>,
+    again: bool,
+}
+
+impl FileWatch {
+    /// How often the files are read.
+    pub const EVERY: Duration = Duration::from_secs(2);
+
+    /// Whether a look is due.
+    pub fn due(&self) -> bool {
+        self.looked.is_none_or(|t| t.elapsed() >= Self::EVERY)
+    }
+
+    /// Reads the files: `true` when their content differs from the last readable look (never
+    /// on the first, nor while a file is unreadable).
+    pub fn changed(&mut self, files: &TlsFiles) -> bool {
+        self.looked = Some(Instant::now());
+        let Some(now) = files.fingerprint() else {
+            return false;
         };
-        let mut roots = rustls::RootCertStore::empty();
-        let certs = CertificateDer::pem_file_iter(&path)
-            .map_err(|e| unreadable(format!("cannot read the CA certificate: {e}")))?;
-        for cert in certs {
-            let cert = cert.map_err(|e| unreadable(format!("not a PEM certificate: {e}")))?;
-            roots
-                .add(cert)
-                .map_err(|e| unreadable(format!("not a usable CA certificate: {e}")))?;
-        }
-        if roots.is_empty() {
-            return Err(unreadable(
-                "holds no PEM certificate; it must hold the set's CA certificate".into(),
-            ));
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| Error::Failed(format!("TLS 1.3 is not available: {e}")))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Ok(MakeRustlsConnect::new(config))
+        let before = self.seen.replace(now);
+        std::mem::take(&mut self.again) || before.is_some_and(|b| b != now)
+    }
+
+    /// The change told was not acted on: the next readable look tells it again.
+    pub fn again(&mut self) {
+        self.again = true;
     }
 }
 
@@ -152,6 +223,37 @@ impl TlsFiles {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_watch_tells_a_changed_file_once_and_nothing_while_one_is_missing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = TlsFiles::new(tmp.path());
+        for f in [
+            files::CA_CERT,
+            files::SERVER_CERT,
+            files::SERVER_KEY,
+            files::REPLICATION_CERT,
+            files::REPLICATION_KEY,
+        ] {
+            write(tmp.path(), f, "a", 0o600);
+        }
+        let mut w = FileWatch::default();
+        assert!(w.due());
+        assert!(!w.changed(&t), "the first look only records");
+        assert!(!w.due());
+        assert!(!w.changed(&t));
+        // A kubelet-style swap: a new directory, the names through a symlink.
+        fs::remove_file(t.server_cert()).unwrap();
+        assert!(!w.changed(&t), "a missing file decides nothing");
+        write(tmp.path(), files::SERVER_CERT, "b", 0o600);
+        assert!(w.changed(&t));
+        assert!(!w.changed(&t), "told once");
+        write(tmp.path(), files::SERVER_KEY, "c", 0o600);
+        assert!(w.changed(&t));
+        w.again();
+        assert!(w.changed(&t), "told again after a failed reload");
+        assert!(!w.changed(&t));
+    }
 
     fn write(dir: &Path, name: &str, text: &str, mode: u32) {
         let p = dir.join(name);
@@ -177,6 +279,12 @@ mod tests {
         // Not a certificate: the connector says which file.
         let e = t.connector().err().unwrap().to_string();
         assert!(e.contains("ca.crt"), "{e}");
+        // From a PEM read elsewhere: the error names where it came from.
+        let e = connector_for_ca(b"junk", Path::new("ConfigMap db-ca-cert"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("ConfigMap db-ca-cert"), "{e}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod cli;
+pub mod connect_info;
 pub mod context;
 pub mod deploy;
 pub mod doctor;
@@ -14,6 +15,7 @@ pub mod local;
 pub mod nfs;
 pub mod progress;
 pub mod render;
+pub mod rotate_certs;
 pub mod scale;
 pub mod screen;
 pub mod status;
@@ -64,6 +66,10 @@ pub enum Task {
     Switchover(switchover::Args),
     /// Promote a named replica once the master is gone while automatic failover is off or paused (--yes: accept losing what it did not receive)
     Failover(switchover::FailoverArgs),
+    /// How a client connects to the master over verified TLS (connection string, CA and how to fetch it)
+    ConnectInfo(connect_info::ConnectArgs),
+    /// Reissue the server and replication certificates now (members reload them, no restart)
+    RotateCerts(rotate_certs::RotateArgs),
     /// Write the objects as YAML into manifests/ (--check: fail when they differ)
     Render(render::Args),
     /// A primary and replicas as local processes on 127.0.0.1, driven by the same agent
@@ -93,6 +99,8 @@ pub async fn main() -> std::process::ExitCode {
         Task::Status(a) => status::run(a).await,
         Task::Switchover(a) => switchover::run(a).await,
         Task::Failover(a) => switchover::run_failover(a).await,
+        Task::ConnectInfo(a) => connect_info::connect_info(a).await,
+        Task::RotateCerts(a) => rotate_certs::rotate_certs(a).await,
         Task::Render(a) => render::run(a).await,
         Task::Local(a) => local::run(a).await,
     };
@@ -262,7 +270,7 @@ mod tests {
         // Every command of the binary has its module (and nothing else is a module of its own).
         let tasks: std::collections::BTreeSet<String> = Cli::command()
             .get_subcommands()
-            .map(|s| s.get_name().to_string())
+            .map(|s| s.get_name().replace('-', "_"))
             .filter(|n| n != "failover")
             .collect();
         assert_eq!(commands, tasks);

@@ -1,6 +1,6 @@
 //! Server-side apply of a cluster's objects in a fixed order (RBAC, member isolation where the
 //! API server serves it, the cluster record,
-//! Secret, Services, claim, StatefulSet) with one field manager; the Secret is get-or-create
+//! Secret, the TLS Secrets and CA ConfigMap (`tls`), Services, claim, StatefulSet) with one field manager; the Secret is get-or-create
 //! and never overwritten, the record is created once (see `record`); after a deploy that saw
 //! every member Ready, the failover pause `down` or `scale` left is lifted.
 
@@ -254,6 +254,20 @@ pub async fn deploy(
     let suffix = mode.suffix();
     let mut changes = DeployOutcome::default();
 
+    // Before any write: running members are never switched between TLS and plain in place.
+    let running = Api::<StatefulSet>::namespaced(client.clone(), ns)
+        .get_opt(spec.statefulset_name())
+        .await
+        .map_err(Error::api(
+            "get",
+            "StatefulSet",
+            spec.statefulset_name(),
+            ns,
+        ))?;
+    if let Some(problem) = crate::tls::switch_problem(spec, running.as_ref()) {
+        return Err(Error::Tls(format!("{problem}; nothing was changed")));
+    }
+
     changes
         .record(apply_one::<ServiceAccount>(client, ns, &service_account, mode, progress).await?);
     changes.record(apply_one::<Role>(client, ns, &role, mode, progress).await?);
@@ -326,6 +340,11 @@ pub async fn deploy(
     });
 
     changes.record(record_applied);
+
+    // The certificates before any member that mounts them.
+    for applied in crate::tls::ensure(client, spec, mode, pgset_tls::now(), progress).await? {
+        changes.record(applied);
+    }
 
     for service in [&headless_service, &master_service, &replica_service] {
         changes.record(apply_one::<Service>(client, ns, service, mode, progress).await?);

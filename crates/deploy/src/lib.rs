@@ -24,6 +24,7 @@ pub mod statefulset;
 pub mod storage;
 pub mod switchover;
 pub mod teardown;
+pub mod tls;
 pub mod wait;
 
 use std::collections::BTreeMap;
@@ -137,6 +138,9 @@ pub enum Error {
     /// what to fix.
     #[error("{0}; nothing was changed")]
     SwitchoverRefused(String),
+    /// The cluster's TLS material cannot be used as it is: what is wrong and what fixes it.
+    #[error("{0}")]
+    Tls(String),
     /// The StatefulSet to scale does not exist.
     #[error("StatefulSet {name} not found in namespace {namespace}: deploy the cluster first")]
     NotDeployed {

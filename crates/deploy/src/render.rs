@@ -5,7 +5,7 @@ use kube::Resource;
 use pgset_spec::contract::secret::{
     CLUSTER_ID_KEY, REPLICATION_PASSWORD_KEY, SUPERUSER_PASSWORD_KEY,
 };
-use pgset_spec::{ClusterSpec, ValidSpec};
+use pgset_spec::{ClusterSpec, TlsMode, ValidSpec};
 use serde::Serialize;
 
 use crate::{ClusterObjects, Error, Result};
@@ -127,6 +127,33 @@ pub fn secret_instructions(spec: &ClusterSpec) -> String {
     )
 }
 
+/// What the README says about the TLS Secrets the StatefulSet mounts: they are never rendered
+/// (no key is ever in a manifest); `deploy` makes them, or the user does.
+fn tls_instructions(spec: &ClusterSpec) -> String {
+    match spec.tls.mode {
+        TlsMode::Off => "TLS is off (`tls.mode: off`): no certificate Secret is needed.".into(),
+        TlsMode::Provided => format!(
+            "Your TLS Secrets `{server}` and `{repl}` (`tls.mode: provided`), each with\n   \
+             `tls.crt`, `tls.key` and `ca.crt`: the StatefulSet mounts them.",
+            server = spec.tls_server_secret_name(),
+            repl = spec.tls_replication_secret_name()
+        ),
+        TlsMode::Auto => format!(
+            "The TLS Secrets `{server}` and `{repl}` (`tls.mode: auto`): the StatefulSet\n   \
+             mounts them. They are not rendered, so that no key is ever committed: `pgset deploy`\n   \
+             makes them from the CA it keeps in Secret `{ca}` (and the CA certificate in\n   \
+             ConfigMap `{cm}`). By hand, issue them with cert-manager (a Certificate per Secret,\n   \
+             `secretName` as above, `ca.crt` in each, the replication one with `commonName: {user}`),\n   \
+             or render with `tls.mode: off`.",
+            server = spec.tls_server_secret_name(),
+            repl = spec.tls_replication_secret_name(),
+            ca = spec.ca_secret_name(),
+            cm = spec.ca_configmap_name(),
+            user = pgset_spec::contract::REPLICATION_USER,
+        ),
+    }
+}
+
 fn readme(spec: &ClusterSpec, files: &[ManifestFile]) -> String {
     let list: String = files.iter().map(|f| format!("- `{}`\n", f.name)).collect();
     format!(
@@ -134,7 +161,7 @@ fn readme(spec: &ClusterSpec, files: &[ManifestFile]) -> String {
          Rendered by `pgset render` (`cargo xtask render` in a checkout) for cluster `{name}` in namespace `{ns}`, {replicas}\n\
          members, storage mode `{mode}`. Do not edit them by hand: change the code or the spec\n\
          and render again. A test fails when they differ from the code.\n\n\
-         `pgset deploy` applies the same objects (and creates the Secret). To follow along\n\
+         `pgset deploy` applies the same objects (and creates the Secret and the TLS material). To follow along\n\
          with kubectl instead, in this order:\n\n\
          1. The NFS PersistentVolumes (`pgset volumes` creates them).\n\
          2. The Secret `{secret}` with random passwords. It is not rendered here, so that no\n   \
@@ -143,7 +170,8 @@ fn readme(spec: &ClusterSpec, files: &[ManifestFile]) -> String {
          3. For a new cluster only, its record saying so (the master runs initdb only on a record\n   \
          that says `{state}: {new}`; `create` never overwrites a record that exists):\n\n\
          ```sh\nkubectl -n {ns} create configmap {record} --from-literal={state}={new}\n```\n\n\
-         4. `kubectl apply -f manifests/`, which applies, in order:\n\n{list}\n\
+         4. {tls}\n\n\
+         5. `kubectl apply -f manifests/`, which applies, in order:\n\n{list}\n\
          `15-isolation.yaml` holds the cluster-scoped ValidatingAdmissionPolicy and its binding\n\
          `{policy}` that let each member's ServiceAccount token act only as its own pod. They\n\
          need Kubernetes 1.30 or newer (`admissionregistration.k8s.io/v1`); on an older cluster\n\
@@ -158,6 +186,7 @@ fn readme(spec: &ClusterSpec, files: &[ManifestFile]) -> String {
         state = pgset_spec::contract::record::STATE,
         new = pgset_spec::contract::record::STATE_NEW,
         policy = crate::isolation::policy_name(spec),
+        tls = tls_instructions(spec),
     )
 }
 

@@ -78,6 +78,7 @@ pub fn statefulset(spec: &ClusterSpec) -> StatefulSet {
         empty_dir(SHM_VOLUME, Some("Memory")),
     ];
     volumes.extend(claim_volume);
+    volumes.extend(crate::tls::volume(spec));
 
     let template_labels = label_map(spec.common_labels());
     StatefulSet {
@@ -270,8 +271,8 @@ pub fn agent_contract(spec: &ClusterSpec) -> AgentEnv {
         failover: (!spec.replication.failover).then_some(false),
         maximum_lag_on_failover: Some(spec.replication.maximum_lag_on_failover),
         synchronous: spec.replication.synchronous,
-        // Not yet in a cluster: its certificates need a Secret and a mount first.
-        tls_dir: None,
+        // The projected certificate Secrets (crate::tls::volume), when TLS is on.
+        tls_dir: spec.tls.enabled().then(|| contract::TLS_MOUNT.into()),
         max_replica_lag_bytes: Some(spec.replication.max_replica_lag.bytes),
         max_replica_lag: Some(std::time::Duration::from_secs(
             spec.replication.max_replica_lag.seconds,
@@ -377,6 +378,23 @@ fn postgres_resources(spec: &ClusterSpec) -> ResourceRequirements {
     }
 }
 
+/// The postgres container's mounts; the TLS volume whole (never by `subPath`, which the
+/// kubelet does not update), so a reissued certificate reaches the running member.
+fn postgres_mounts(spec: &ClusterSpec) -> Vec<VolumeMount> {
+    let mut mounts = vec![
+        mount(spec.data_volume_name(), contract::DATA_MOUNT, false),
+        mount(AGENT_VOLUME, contract::AGENT_DIR, true),
+        mount(SECRET_VOLUME, contract::SECRET_MOUNT, true),
+        mount(SOCKET_VOLUME, contract::SOCKET_DIR, false),
+        mount(TMP_VOLUME, "/tmp", false),
+        mount(SHM_VOLUME, "/dev/shm", false),
+    ];
+    if spec.tls.enabled() {
+        mounts.push(mount(crate::tls::TLS_VOLUME, contract::TLS_MOUNT, true));
+    }
+    mounts
+}
+
 /// The postgres container: the official image running the installed agent.
 fn postgres_container(spec: &ClusterSpec) -> Container {
     Container {
@@ -404,14 +422,7 @@ fn postgres_container(spec: &ClusterSpec) -> Container {
         startup_probe: Some(startup_probe(spec)),
         liveness_probe: Some(liveness_probe(spec)),
         readiness_probe: Some(readiness_probe(spec)),
-        volume_mounts: Some(vec![
-            mount(spec.data_volume_name(), contract::DATA_MOUNT, false),
-            mount(AGENT_VOLUME, contract::AGENT_DIR, true),
-            mount(SECRET_VOLUME, contract::SECRET_MOUNT, true),
-            mount(SOCKET_VOLUME, contract::SOCKET_DIR, false),
-            mount(TMP_VOLUME, "/tmp", false),
-            mount(SHM_VOLUME, "/dev/shm", false),
-        ]),
+        volume_mounts: Some(postgres_mounts(spec)),
         // The agent writes its own one-line reason whenever it exits; a log tail is no reason.
         termination_message_policy: Some("File".into()),
         ..Container::default()

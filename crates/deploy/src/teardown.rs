@@ -1,6 +1,7 @@
 //! Taking a cluster off: scale to 0 and wait for the pods to go, then delete the objects in
 //! the reverse of the apply order. Claims, PersistentVolumes and the Secret (whose passwords
-//! belong to the data), the cluster record, the leader and member Leases and the mount probe's
+//! belong to the data), the cluster record, the TLS material pgset made (the CA clients trust,
+//! its certificates, the CA ConfigMap), the leader and member Leases and the mount probe's
 //! proof stay unless purging. Before the members stop, automatic failover is
 //! paused on the leader Lease, and stays paused: the cluster is left with no member running.
 //! The member isolation policy and its binding (cluster-scoped, no data) always go, and so does
@@ -455,16 +456,37 @@ pub async fn down(
     match purge {
         Purge::Everything => {
             delete_reporting::<Secret>(client, ns, &spec.secret_name(), progress).await?;
+            // The TLS material pgset made (auto); a user's provided Secrets are theirs.
+            if spec.tls.mode == pgset_spec::TlsMode::Auto {
+                for secret in [
+                    spec.tls_replication_secret_name(),
+                    spec.tls_server_secret_name(),
+                    spec.ca_secret_name(),
+                ] {
+                    delete_reporting::<Secret>(client, ns, &secret, progress).await?;
+                }
+                delete_reporting::<ConfigMap>(client, ns, &spec.ca_configmap_name(), progress)
+                    .await?;
+            }
             release_record(client, spec, progress).await?;
             delete_reporting::<ConfigMap>(client, ns, &spec.record_name(), progress).await?;
             delete_leases(client, spec, progress).await?;
             delete_probe_proof(client, spec, progress).await?;
         }
-        Purge::Keep => progress(&format!(
-            "kept Secret {} and ConfigMap {} (they belong to the data; --purge --yes deletes them)",
-            spec.secret_name(),
-            spec.record_name()
-        )),
+        Purge::Keep => {
+            progress(&format!(
+                "kept Secret {} and ConfigMap {} (they belong to the data; --purge --yes deletes them)",
+                spec.secret_name(),
+                spec.record_name()
+            ));
+            if spec.tls.mode == pgset_spec::TlsMode::Auto {
+                progress(&format!(
+                    "kept the CA Secret {} that clients trust, its certificates and ConfigMap {} (--purge --yes deletes them)",
+                    spec.ca_secret_name(),
+                    spec.ca_configmap_name()
+                ));
+            }
+        }
     }
     // Member isolation holds no data: it goes with the RBAC, purging or not.
     crate::isolation::delete(client, spec, progress).await?;

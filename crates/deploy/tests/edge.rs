@@ -167,6 +167,8 @@ async fn deploy_applies_in_order_with_pgsets_field_manager_and_creates_the_secre
     assert_eq!(
         order,
         [
+            // Whether running members would switch between TLS and plain: read first.
+            "GET /apis/apps/v1/namespaces/default/statefulsets/pgset",
             "GET /api/v1/namespaces/default/serviceaccounts/pgset-sa",
             "PATCH /api/v1/namespaces/default/serviceaccounts/pgset-sa",
             "GET /apis/rbac.authorization.k8s.io/v1/namespaces/default/roles/pgset-agent",
@@ -185,6 +187,15 @@ async fn deploy_applies_in_order_with_pgsets_field_manager_and_creates_the_secre
             "GET /api/v1/namespaces/default/persistentvolumeclaims/pgset-pvc",
             "POST /api/v1/namespaces/default/configmaps",
             "POST /api/v1/namespaces/default/secrets",
+            // The TLS material (auto), all read before the first write, before any member.
+            "GET /api/v1/namespaces/default/secrets/pgset-ca",
+            "GET /api/v1/namespaces/default/secrets/pgset-tls-server",
+            "GET /api/v1/namespaces/default/secrets/pgset-tls-replication",
+            "GET /api/v1/namespaces/default/configmaps/pgset-ca-cert",
+            "POST /api/v1/namespaces/default/secrets",
+            "POST /api/v1/namespaces/default/secrets",
+            "POST /api/v1/namespaces/default/secrets",
+            "POST /api/v1/namespaces/default/configmaps",
             "GET /api/v1/namespaces/default/services/pgset",
             "PATCH /api/v1/namespaces/default/services/pgset",
             "GET /api/v1/namespaces/default/services/pgset-master",
@@ -221,7 +232,11 @@ async fn deploy_applies_in_order_with_pgsets_field_manager_and_creates_the_secre
         .unwrap();
     let create = calls
         .iter()
-        .find(|c| c.method == "POST" && c.path.ends_with("/secrets"))
+        .find(|c| {
+            c.method == "POST"
+                && c.path.ends_with("/secrets")
+                && c.body["metadata"]["name"] == "pgset-secret"
+        })
         .unwrap();
     assert_eq!(record.body["data"]["state"], "new");
     assert_eq!(
@@ -267,7 +282,10 @@ async fn second_deploy_keeps_the_existing_secret_untouched() {
     let calls = calls.lock().unwrap().clone();
     let secret_calls: Vec<String> = calls
         .iter()
-        .filter(|c| c.path.contains("/secrets"))
+        .filter(|c| {
+            c.path.contains("/secrets/pgset-secret")
+                || (c.is_write() && c.body["metadata"]["name"] == "pgset-secret")
+        })
         .map(Call::line)
         .collect();
     assert_eq!(
@@ -289,7 +307,11 @@ async fn a_second_deploy_over_the_same_spec_changes_nothing_and_says_so() {
     let first = deploy(&client, &spec(), ApplyMode::Apply, &mut |_: &str| {})
         .await
         .unwrap();
-    assert_eq!(first.changed.len(), 12, "{first:?}");
+    assert_eq!(
+        first.changed.len(),
+        16,
+        "12 objects and the TLS material (the CA, two certificates, the CA ConfigMap): {first:?}"
+    );
     assert_eq!(first.unchanged, 0);
     let mut lines = Vec::new();
     let second = deploy(&client, &spec(), ApplyMode::Apply, &mut |l: &str| {
@@ -299,8 +321,8 @@ async fn a_second_deploy_over_the_same_spec_changes_nothing_and_says_so() {
     .unwrap();
     assert!(second.changed.is_empty(), "{second:?}");
     assert_eq!(
-        second.unchanged, 12,
-        "the policy and its binding are not rewritten"
+        second.unchanged, 16,
+        "the policy and its binding are not rewritten, nor the TLS material"
     );
     assert!(
         lines
@@ -320,7 +342,10 @@ async fn a_second_deploy_over_the_same_spec_changes_nothing_and_says_so() {
         .iter()
         .filter(|c| c.method == "POST")
         .count();
-    assert_eq!(posts, 2, "the Secret and the record are created once");
+    assert_eq!(
+        posts, 6,
+        "the Secret, the record, the CA, the two certificates and the CA ConfigMap are created once"
+    );
 }
 
 #[tokio::test]
@@ -363,7 +388,7 @@ async fn a_cluster_without_admission_policies_gets_everything_else_and_is_told_o
             "{}",
             told[0]
         );
-        assert_eq!(outcome.changed.len(), 10, "{outcome:?}");
+        assert_eq!(outcome.changed.len(), 14, "{outcome:?}");
         assert!(outcome.changed.contains(&"StatefulSet/pgset".to_string()));
     }
 }
@@ -394,7 +419,12 @@ async fn an_incomplete_secret_stops_the_deploy_before_anything_that_uses_it() {
             .any(|c| c.path.contains("/configmaps") && c.is_write()),
         "the record is not made for a Secret that stops the deploy"
     );
-    assert!(!calls.iter().any(|c| c.path.contains("statefulsets")));
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.path.contains("statefulsets") && c.is_write()),
+        "the StatefulSet is only read"
+    );
 }
 
 #[tokio::test]
@@ -405,7 +435,11 @@ async fn server_dry_run_sends_dry_run_on_every_write() {
         .unwrap();
     let calls = calls.lock().unwrap().clone();
     let writes: Vec<&Call> = calls.iter().filter(|c| c.is_write()).collect();
-    assert_eq!(writes.len(), 12, "the policy and its binding too");
+    assert_eq!(
+        writes.len(),
+        16,
+        "the policy and its binding too, and the TLS material"
+    );
     for call in writes {
         assert!(
             query_pairs(call).contains(&"dryRun=All".to_string()),
@@ -466,12 +500,20 @@ fn b64(text: &str) -> String {
         .to_string()
 }
 
+/// The writes of the object whose path ends with `path_end` (a create is sent to its
+/// collection: the object's path is the collection's and its name).
 fn written(calls: &Calls, path_end: &str) -> Vec<Call> {
     calls
         .lock()
         .unwrap()
         .iter()
-        .filter(|c| c.is_write() && c.path.ends_with(path_end))
+        .filter(|c| {
+            let object_path = match (c.method.as_str(), c.body["metadata"]["name"].as_str()) {
+                ("POST", Some(name)) => format!("{}/{name}", c.path),
+                _ => c.path.clone(),
+            };
+            c.is_write() && object_path.ends_with(path_end)
+        })
         .cloned()
         .collect()
 }
@@ -490,7 +532,7 @@ async fn a_lost_record_of_a_cluster_with_data_is_rebuilt_as_data_expected_never_
     })
     .await
     .unwrap();
-    let made = written(&calls, "/configmaps");
+    let made = written(&calls, "/configmaps/pgset-record");
     assert_eq!(made.len(), 1, "{made:?}");
     assert_eq!(made[0].method, "POST");
     assert_eq!(
@@ -498,7 +540,7 @@ async fn a_lost_record_of_a_cluster_with_data_is_rebuilt_as_data_expected_never_
         json!({"state": "data-expected", "clusterId": "c1"})
     );
     assert!(
-        written(&calls, "/secrets").is_empty(),
+        written(&calls, "/secrets/pgset-secret").is_empty(),
         "the Secret is only read"
     );
     let said = lines.join("\n");
@@ -527,7 +569,7 @@ async fn a_rebuilt_record_takes_the_system_the_members_published() {
     deploy(&client, &templates(), ApplyMode::Apply, &mut |_: &str| {})
         .await
         .unwrap();
-    let made = written(&calls, "/configmaps");
+    let made = written(&calls, "/configmaps/pgset-record");
     assert_eq!(
         made[0].body["data"],
         json!({"state": "data", "systemIdentifier": "7300000000000000001", "clusterId": "c1"})
@@ -546,7 +588,7 @@ async fn a_secret_made_anew_takes_the_cluster_id_the_record_names() {
     })
     .await
     .unwrap();
-    let secret = written(&calls, "/secrets");
+    let secret = written(&calls, "/secrets/pgset-secret");
     assert_eq!(secret.len(), 1);
     assert_eq!(secret[0].method, "POST");
     assert_eq!(
@@ -575,9 +617,9 @@ async fn a_secret_made_anew_takes_the_cluster_id_the_members_published() {
     deploy(&client, &templates(), ApplyMode::Apply, &mut |_: &str| {})
         .await
         .unwrap();
-    let secret = written(&calls, "/secrets");
+    let secret = written(&calls, "/secrets/pgset-secret");
     assert_eq!(secret[0].body["data"]["cluster-id"], json!(b64("c9")));
-    let made = written(&calls, "/configmaps");
+    let made = written(&calls, "/configmaps/pgset-record");
     assert_eq!(
         made[0].body["data"],
         json!({"state": "data", "systemIdentifier": "73", "clusterId": "c9"})
@@ -654,7 +696,7 @@ async fn a_deploy_stopped_after_the_record_leaves_the_id_the_next_secret_takes()
     deploy(&client, &templates(), ApplyMode::Apply, &mut |_: &str| {})
         .await
         .expect_err("the Secret could not be made");
-    let record = written(&calls, "/configmaps");
+    let record = written(&calls, "/configmaps/pgset-record");
     assert_eq!(record[0].body["data"]["state"], "new");
     let id = record[0].body["data"]["clusterId"]
         .as_str()
@@ -664,7 +706,7 @@ async fn a_deploy_stopped_after_the_record_leaves_the_id_the_next_secret_takes()
     deploy(&client, &templates(), ApplyMode::Apply, &mut |_: &str| {})
         .await
         .unwrap();
-    let secret = written(&calls, "/secrets");
+    let secret = written(&calls, "/secrets/pgset-secret");
     assert_eq!(secret[0].body["data"]["cluster-id"], json!(b64(&id)));
     assert!(
         written(&calls, "pgset-record").is_empty(),
@@ -1442,6 +1484,10 @@ async fn down_purge_deletes_claims_this_clusters_volumes_the_secret_its_leases_a
             "services/pgset-master",
             "services/pgset",
             "secrets/pgset-secret",
+            "secrets/pgset-tls-replication",
+            "secrets/pgset-tls-server",
+            "secrets/pgset-ca",
+            "configmaps/pgset-ca-cert",
             "configmaps/pgset-record",
             "leases/pgset-0-member",
             "leases/pgset-1-member",
@@ -2328,4 +2374,34 @@ async fn lifting_a_pause_that_races_the_holders_renewal_is_written_again_on_the_
         lease["metadata"]["annotations"].get("pgset.io/failover"),
         None
     );
+}
+
+#[tokio::test]
+async fn a_plain_cluster_is_not_switched_to_tls_in_place_and_nothing_is_written() {
+    // A StatefulSet deployed without TLS meets a spec with the default tls.mode auto.
+    let mut plain = spec().into_inner();
+    plain.tls.mode = pgset_spec::TlsMode::Off;
+    let running = serde_json::to_value(pgset_deploy::statefulset::statefulset(&plain)).unwrap();
+    let (client, calls) = mock_client(deploy_handler_over(vec![(
+        format!("/apis/apps/v1/namespaces/{NS}/statefulsets/pgset"),
+        running,
+    )]));
+    let err = deploy(&client, &spec(), ApplyMode::Apply, &mut |_: &str| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("runs without TLS") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert!(!calls.lock().unwrap().iter().any(Call::is_write));
+    // Kept plain on purpose: the deploy goes on.
+    deploy(
+        &client,
+        &plain.validated().unwrap(),
+        ApplyMode::Apply,
+        &mut |_: &str| {},
+    )
+    .await
+    .unwrap();
 }

@@ -47,6 +47,9 @@ pub struct Forward {
     pods: Api<Pod>,
     slices: Api<EndpointSlice>,
     name: String,
+    /// With TLS: the connector verifying against the cluster's CA, and the headless Service
+    /// (a pod is verified as `<pod>.<headless>`, a Service by its own name).
+    tls: Option<(pgset_agent::tls::Connector, String)>,
 }
 
 impl Forward {
@@ -56,7 +59,15 @@ impl Forward {
             pods: Api::namespaced(client.clone(), namespace),
             slices: Api::namespaced(client.clone(), namespace),
             name: name.into(),
+            tls: None,
         }
+    }
+
+    /// Connects over TLS 1.3, verifying the server against the CA (verify-full: for a pod its
+    /// name under `headless`, for a Service its own name, both in the server certificate).
+    pub fn with_tls(mut self, connector: pgset_agent::tls::Connector, headless: &str) -> Forward {
+        self.tls = Some((connector, headless.to_string()));
+        self
     }
 
     /// The Service or pod.
@@ -105,14 +116,41 @@ impl Forward {
             let stream = forward
                 .take_stream(port)
                 .ok_or_else(|| format!("port-forward to pod {pod} gave no stream"))?;
-            let (client, conn) = cfg
-                .connect_raw(stream, NoTls)
-                .await
-                .map_err(|e| format!("connect to pod {pod}: {e}"))?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-                forward.abort();
-            });
+            let client = match &self.tls {
+                None => {
+                    let (client, conn) = cfg
+                        .connect_raw(stream, NoTls)
+                        .await
+                        .map_err(|e| format!("connect to pod {pod}: {e}"))?;
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                        forward.abort();
+                    });
+                    client
+                }
+                Some((connector, headless)) => {
+                    use tokio_postgres::tls::MakeTlsConnect;
+                    let host = if via_service {
+                        self.name.clone()
+                    } else {
+                        format!("{pod}.{headless}")
+                    };
+                    let tls = MakeTlsConnect::<tokio::io::DuplexStream>::make_tls_connect(
+                        &mut connector.clone(),
+                        &host,
+                    )
+                    .map_err(|e| format!("TLS to {host}: {e}"))?;
+                    let (client, conn) = cfg
+                        .connect_raw(stream, tls)
+                        .await
+                        .map_err(|e| format!("connect to pod {pod} over TLS as {host}: {e}"))?;
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                        forward.abort();
+                    });
+                    client
+                }
+            };
             Ok(client)
         };
         match tokio::time::timeout(deadline, attempt).await {
@@ -331,6 +369,56 @@ pub async fn wait_takeover(
     }
 }
 
+/// The connector verifying the members against the cluster's CA (`None` with TLS off): the
+/// members refuse a connection without TLS. The CA comes from ConfigMap `<name>-ca-cert`
+/// (`tls.mode: auto`) or the server Secret's `ca.crt` (`provided`).
+async fn cluster_tls(
+    client: &Client,
+    spec: &ClusterSpec,
+) -> Result<Option<pgset_agent::tls::Connector>> {
+    use pgset_spec::TlsMode;
+    use pgset_spec::contract::tls as files;
+    let ns = spec.namespace.as_str();
+    let (origin, pem) = match spec.tls.mode {
+        TlsMode::Off => return Ok(None),
+        TlsMode::Auto => {
+            let name = spec.ca_configmap_name();
+            let cm = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), ns)
+                .get(&name)
+                .await
+                .map_err(|e| step_err(format!("read ConfigMap {name}"), e))?;
+            let pem = cm
+                .data
+                .and_then(|d| d.get(files::CONFIGMAP_CA_KEY).cloned());
+            (format!("ConfigMap {name}"), pem)
+        }
+        TlsMode::Provided => {
+            let name = spec.tls_server_secret_name();
+            let secret = Api::<Secret>::namespaced(client.clone(), ns)
+                .get(&name)
+                .await
+                .map_err(|e| step_err(format!("read Secret {name}"), e))?;
+            let pem = secret.data.and_then(|d| {
+                d.get(files::SECRET_CA_KEY)
+                    .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            });
+            (format!("Secret {name}"), pem)
+        }
+    };
+    let pem = pem.ok_or_else(|| {
+        step_err(
+            format!("read {origin}"),
+            format!(
+                "it holds no `{}`: deploy the cluster again",
+                files::CONFIGMAP_CA_KEY
+            ),
+        )
+    })?;
+    pgset_agent::tls::connector_for_ca(pem.as_bytes(), std::path::Path::new(&origin))
+        .map(Some)
+        .map_err(|e| step_err(format!("the CA certificate in {origin}"), e))
+}
+
 /// The cluster a drill runs on.
 struct Live {
     client: Client,
@@ -342,6 +430,8 @@ struct Live {
     verifier: Verifier,
     exec: PodExec,
     password: String,
+    /// With TLS: the connector verifying the members against the cluster's CA.
+    tls: Option<pgset_agent::tls::Connector>,
     patience: Patience,
     log: Arc<Log>,
 }
@@ -351,24 +441,26 @@ impl Live {
         self.log.step(what);
     }
 
+    /// A port-forward to `name`, over verified TLS when the cluster serves it.
+    fn forward(&self, name: String) -> Forward {
+        let f = Forward::new(&self.client, &self.spec.namespace, name);
+        match &self.tls {
+            Some(connector) => f.with_tls(connector.clone(), self.spec.headless_service_name()),
+            None => f,
+        }
+    }
+
     fn pod_endpoint(&self, k: i32) -> Endpoint {
         Endpoint::via(
-            Route::Pod(Forward::new(
-                &self.client,
-                &self.spec.namespace,
-                self.spec.pod_name(k),
-            )),
+            Route::Pod(self.forward(self.spec.pod_name(k))),
             self.password.clone(),
         )
         .with_patience(self.patience)
     }
 
     fn service_endpoint(&self, service: String) -> Endpoint {
-        Endpoint::via(
-            Route::Service(Forward::new(&self.client, &self.spec.namespace, service)),
-            self.password.clone(),
-        )
-        .with_patience(self.patience)
+        Endpoint::via(Route::Service(self.forward(service)), self.password.clone())
+            .with_patience(self.patience)
     }
 
     async fn pod(&self, name: &str) -> Result<Option<Pod>> {
@@ -830,6 +922,7 @@ pub async fn run(client: Client, opts: &LiveOptions, drill: DrillName) -> Result
             opts.patience.deadline(Duration::from_secs(30)),
         ),
         password: superuser_password(&client, spec).await?,
+        tls: cluster_tls(&client, spec).await?,
         patience: opts.patience,
         log: Arc::new(Log::default()),
     };

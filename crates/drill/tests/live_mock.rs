@@ -379,6 +379,11 @@ async fn a_master_drill_aims_at_the_member_the_leader_lease_names() {
     let (client, seen) = server(led_by_one);
     let spec = ClusterSpec {
         replicas: 3,
+        // The members serve plain TCP here: this test is about which member is aimed at.
+        tls: pgset_spec::TlsSpec {
+            mode: pgset_spec::TlsMode::Off,
+            ..Default::default()
+        },
         ..ClusterSpec::default()
     }
     .validated()

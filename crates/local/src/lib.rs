@@ -211,6 +211,34 @@ fn prepare_tls(opts: &UpOptions) -> Result<()> {
     Ok(())
 }
 
+/// Rotates a `--tls` set's certificates now: the server and replication certificates in
+/// `DIR/tls` are reissued under the set's CA (kept), their keys 0600 and the postgres user's.
+/// Every running agent notices the new files within its next look and has its postgres reload
+/// them (no restart; open connections, streaming included, keep their session). A set without
+/// TLS is refused with nothing changed. One line per file made.
+pub fn rotate_certs(dir: &Path) -> Result<Vec<String>> {
+    read_set(dir)?;
+    let tls = tls_dir(dir);
+    if !tls.exists() {
+        return Err(local_err(format!(
+            "{} holds a set without TLS: there are no certificates to rotate (make a set with `{} local up --tls`)",
+            dir.display(),
+            pgset_spec::contract::program_name()
+        )));
+    }
+    let made = pgset_tls::reissue_leaves(&tls, &pgset_tls::local_names(), pgset_tls::now())
+        .map_err(|e| local_err(format!("the set's TLS files: {e}")))?;
+    for f in [
+        contract::tls::SERVER_CERT,
+        contract::tls::SERVER_KEY,
+        contract::tls::REPLICATION_CERT,
+        contract::tls::REPLICATION_KEY,
+    ] {
+        give_to_postgres(&tls.join(f))?;
+    }
+    Ok(made)
+}
+
 /// The recorded identity of a local set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalSet {

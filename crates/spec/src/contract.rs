@@ -489,6 +489,16 @@ pub mod tls {
     pub const REPLICATION_CERT: &str = "replication.crt";
     /// The replication client certificate's private key (mode 0600).
     pub const REPLICATION_KEY: &str = "replication.key";
+
+    /// A TLS Secret's key holding the certificate (`kubernetes.io/tls`, as cert-manager
+    /// writes it).
+    pub const SECRET_CERT_KEY: &str = "tls.crt";
+    /// A TLS Secret's key holding the private key.
+    pub const SECRET_KEY_KEY: &str = "tls.key";
+    /// A TLS Secret's key holding the issuing CA's certificate (cert-manager's `ca.crt`).
+    pub const SECRET_CA_KEY: &str = "ca.crt";
+    /// The CA ConfigMap's key: the CA certificate clients verify the server against.
+    pub const CONFIGMAP_CA_KEY: &str = "ca.crt";
 }
 
 /// The identity file in every member's data directory (namespace, cluster, cluster id, member,
@@ -581,6 +591,9 @@ pub const HEALTH_READY_PATH: &str = "/readyz";
 pub const DATA_MOUNT: &str = "/pgdata";
 /// Where the Secret's password files are mounted in the pod.
 pub const SECRET_MOUNT: &str = "/etc/pgset/secret";
+/// Where the member's TLS files are mounted in a cluster ([`env::TLS_DIR`] there): the server and
+/// replication Secrets projected under the file names of [`tls`].
+pub const TLS_MOUNT: &str = "/etc/pgset/tls";
 /// Where the init container installs the agent binary (an emptyDir).
 pub const AGENT_DIR: &str = "/pgset/bin";
 /// File name of the agent binary.

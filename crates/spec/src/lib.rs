@@ -187,6 +187,9 @@ pub struct ClusterSpec {
     pub tolerate_control_plane: bool,
     /// How the StatefulSet starts the members: `OrderedReady` (the default) or `Parallel`.
     pub pod_management_policy: PodManagementPolicy,
+    /// TLS: `auto` (the default: pgset keeps a CA and the certificates in Secrets of the
+    /// cluster), `provided` (the user's Secrets) or `off`.
+    pub tls: TlsSpec,
 }
 
 impl Default for ClusterSpec {
@@ -204,7 +207,64 @@ impl Default for ClusterSpec {
             replication: ReplicationSpec::default(),
             tolerate_control_plane: false,
             pod_management_policy: PodManagementPolicy::default(),
+            tls: TlsSpec::default(),
         }
+    }
+}
+
+/// Where the members' TLS certificates come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// `deploy` makes a CA kept in Secret `<name>-ca`, and from it the server and replication
+    /// certificates in Secrets of their own, renewed when due; the CA's certificate is also in
+    /// ConfigMap `<name>-ca-cert` for clients.
+    #[default]
+    Auto,
+    /// The user's Secrets (`tls.serverSecret`, `tls.replicationSecret`), in cert-manager's shape
+    /// (`tls.crt`, `tls.key`, `ca.crt`); pgset only reads them.
+    Provided,
+    /// No TLS: postgres serves plain TCP and replication authenticates by password.
+    Off,
+}
+
+impl TlsMode {
+    /// The name used in YAML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Auto => "auto",
+            TlsMode::Provided => "provided",
+            TlsMode::Off => "off",
+        }
+    }
+}
+
+impl fmt::Display for TlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `tls`: where the certificates come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TlsSpec {
+    /// `auto` (default), `provided` or `off`.
+    pub mode: TlsMode,
+    /// `provided` only: the Secret holding the server certificate (`tls.crt`, naming every host
+    /// clients use), its key (`tls.key`) and the CA (`ca.crt`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_secret: Option<String>,
+    /// `provided` only: the Secret holding the replication role's client certificate
+    /// (`tls.crt`, CN = the replication user), its key (`tls.key`) and the CA (`ca.crt`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication_secret: Option<String>,
+}
+
+impl TlsSpec {
+    /// Whether the members serve TLS.
+    pub fn enabled(&self) -> bool {
+        self.mode != TlsMode::Off
     }
 }
 
@@ -631,6 +691,32 @@ impl ClusterSpec {
     /// Role and RoleBinding of the ServiceAccount.
     pub fn role_name(&self) -> String {
         format!("{}-agent", self.name)
+    }
+    /// Secret holding the CA pgset made (`tls.mode: auto`): its certificate and key. Members
+    /// never read it.
+    pub fn ca_secret_name(&self) -> String {
+        format!("{}-ca", self.name)
+    }
+    /// ConfigMap holding the CA's certificate alone (`ca.crt`), for clients that verify the
+    /// server without reading a Secret (`tls.mode: auto`).
+    pub fn ca_configmap_name(&self) -> String {
+        format!("{}-ca-cert", self.name)
+    }
+    /// Secret holding the server certificate: the user's in `provided` mode, else
+    /// `<name>-tls-server`.
+    pub fn tls_server_secret_name(&self) -> String {
+        match (&self.tls.mode, &self.tls.server_secret) {
+            (TlsMode::Provided, Some(name)) => name.clone(),
+            _ => format!("{}-tls-server", self.name),
+        }
+    }
+    /// Secret holding the replication role's client certificate: the user's in `provided`
+    /// mode, else `<name>-tls-replication`.
+    pub fn tls_replication_secret_name(&self) -> String {
+        match (&self.tls.mode, &self.tls.replication_secret) {
+            (TlsMode::Provided, Some(name)) => name.clone(),
+            _ => format!("{}-tls-replication", self.name),
+        }
     }
     /// ConfigMap holding the cluster's record (its database system identifier), kept across
     /// `down` like the claims and the Secret.

@@ -715,3 +715,68 @@ fn synchronous_replication_is_off_by_default_and_cannot_ask_for_more_replicas_th
         );
     }
 }
+
+#[test]
+fn tls_is_auto_by_default_with_the_secrets_pgset_names() {
+    let s = ClusterSpec::default();
+    assert_eq!(s.tls.mode, TlsMode::Auto);
+    assert!(s.tls.enabled());
+    assert_eq!(s.ca_secret_name(), "pgset-ca");
+    assert_eq!(s.ca_configmap_name(), "pgset-ca-cert");
+    assert_eq!(s.tls_server_secret_name(), "pgset-tls-server");
+    assert_eq!(s.tls_replication_secret_name(), "pgset-tls-replication");
+    let off = ClusterSpec::parse("tls:\n  mode: off\n").unwrap();
+    off.validate().unwrap();
+    assert!(!off.tls.enabled());
+}
+
+#[test]
+fn provided_tls_names_the_users_secrets_and_needs_both() {
+    let yaml =
+        "tls:\n  mode: provided\n  serverSecret: db-server-tls\n  replicationSecret: db-repl-tls\n";
+    let s = ClusterSpec::parse(yaml).unwrap();
+    s.validate().unwrap();
+    assert_eq!(s.tls_server_secret_name(), "db-server-tls");
+    assert_eq!(s.tls_replication_secret_name(), "db-repl-tls");
+    assert_eq!(ClusterSpec::parse(&s.to_yaml()).unwrap(), s);
+
+    let missing = ClusterSpec::parse("tls:\n  mode: provided\n  serverSecret: a\n").unwrap();
+    assert_eq!(invalid_field(&missing), "tls.replicationSecret");
+    let msg = missing.validate().unwrap_err().to_string();
+    assert!(msg.contains("tls.crt, tls.key and ca.crt"), "{msg}");
+
+    let same =
+        ClusterSpec::parse("tls:\n  mode: provided\n  serverSecret: a\n  replicationSecret: a\n")
+            .unwrap();
+    assert_eq!(invalid_field(&same), "tls.replicationSecret");
+
+    let bad = ClusterSpec::parse(
+        "tls:\n  mode: provided\n  serverSecret: Not_A_Name\n  replicationSecret: b\n",
+    )
+    .unwrap();
+    assert_eq!(invalid_field(&bad), "tls.serverSecret");
+}
+
+#[test]
+fn a_tls_secret_named_outside_provided_mode_is_refused_with_the_fix() {
+    for mode in ["auto", "off"] {
+        let s = ClusterSpec::parse(&format!("tls:\n  mode: {mode}\n  serverSecret: a\n")).unwrap();
+        assert_eq!(invalid_field(&s), "tls.serverSecret");
+        let msg = s.validate().unwrap_err().to_string();
+        assert!(msg.contains("set tls.mode: provided"), "{msg}");
+    }
+    let unknown = ClusterSpec::parse("tls:\n  mode: sometimes\n").unwrap_err();
+    assert!(
+        unknown.contains("sometimes") || unknown.contains("mode"),
+        "{unknown}"
+    );
+}
+
+#[test]
+fn tls_written_as_a_single_value_is_told_to_name_the_mode() {
+    let e = ClusterSpec::parse("tls: off\n").unwrap_err();
+    assert!(
+        e.contains("`tls` expects a mapping: write `tls: {mode:"),
+        "{e}"
+    );
+}

@@ -3,7 +3,7 @@
 use std::path::{Component, Path};
 
 use crate::image_ref::ImageReference;
-use crate::{ClusterSpec, Error, MAX_NAME_LEN, MAX_REPLICAS, Result, StorageMode};
+use crate::{ClusterSpec, Error, MAX_NAME_LEN, MAX_REPLICAS, Result, StorageMode, TlsMode};
 
 fn invalid(
     field: &'static str,
@@ -48,6 +48,7 @@ const CHECKS: &[(&str, Check)] = &[
     ("replica-lag-seconds", replica_lag_seconds),
     ("synchronous", synchronous),
     ("maximum-lag-on-failover", maximum_lag_on_failover),
+    ("tls-secrets", tls_secrets),
 ];
 
 /// Validates the whole spec; the first problem wins.
@@ -425,6 +426,54 @@ fn maximum_lag_on_failover(s: &ClusterSpec) -> Result<()> {
     Ok(())
 }
 
+fn tls_secrets(s: &ClusterSpec) -> Result<()> {
+    let tls = &s.tls;
+    let given = [
+        ("tls.serverSecret", &tls.server_secret),
+        ("tls.replicationSecret", &tls.replication_secret),
+    ];
+    for (field, secret) in given {
+        match (tls.mode, secret) {
+            (TlsMode::Provided, None) => {
+                return Err(invalid(
+                    field,
+                    "",
+                    "tls.mode provided needs the Secrets holding the certificates",
+                    format!(
+                        "name the Secret (tls.crt, tls.key and ca.crt, as cert-manager writes them) in {field}, or use tls.mode auto to have pgset make them"
+                    ),
+                ));
+            }
+            (TlsMode::Provided, Some(name)) if !is_dns1123_subdomain(name) => {
+                return Err(invalid(
+                    field,
+                    name.as_str(),
+                    "not a Secret name (a DNS-1123 subdomain)",
+                    "name an existing Secret of the cluster's namespace, e.g. `db-server-tls`",
+                ));
+            }
+            (TlsMode::Auto | TlsMode::Off, Some(name)) => {
+                return Err(invalid(
+                    field,
+                    name.as_str(),
+                    format!("only read with tls.mode provided, not {}", tls.mode),
+                    format!("remove {field}, or set tls.mode: provided to use your own Secrets"),
+                ));
+            }
+            _ => {}
+        }
+    }
+    if tls.mode == TlsMode::Provided && tls.server_secret == tls.replication_secret {
+        return Err(invalid(
+            "tls.replicationSecret",
+            tls.replication_secret.clone().unwrap_or_default(),
+            "the same Secret as tls.serverSecret: the replication certificate is a client certificate of its own (CN = the replication user)",
+            "name a second Secret holding the replication role's client certificate",
+        ));
+    }
+    Ok(())
+}
+
 fn positive_quantity(field: &'static str, v: &str) -> Result<()> {
     match parse_quantity_bytes(v) {
         Some(n) if n > 0.0 => Ok(()),
@@ -667,6 +716,7 @@ mod export_path_tests {
                 "replica-lag-seconds",
                 "synchronous",
                 "maximum-lag-on-failover",
+                "tls-secrets",
             ]
         );
     }

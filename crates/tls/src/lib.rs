@@ -231,6 +231,8 @@ pub struct CertFacts {
     pub not_before: OffsetDateTime,
     /// End of validity.
     pub not_after: OffsetDateTime,
+    /// The serial number, hex (uppercase, as its DER bytes).
+    pub serial: String,
 }
 
 /// Reads the facts of a PEM certificate (`problem` text on failure).
@@ -269,6 +271,11 @@ pub fn read_cert(pem: &str) -> std::result::Result<CertFacts, String> {
         is_ca: cert.is_ca(),
         not_before: cert.validity().not_before.to_datetime(),
         not_after: cert.validity().not_after.to_datetime(),
+        serial: cert
+            .raw_serial()
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect(),
     })
 }
 
@@ -409,6 +416,39 @@ pub fn ensure_dir(
         }
     }
     Ok(made)
+}
+
+/// Reissues the server certificate (for `names`) and the replication certificate in `dir` now,
+/// valid or not, under the CA kept there (which is not touched): a rotation. Keys are written
+/// before their certificates, 0600. One line per file made.
+pub fn reissue_leaves(dir: &Path, names: &[String], now: OffsetDateTime) -> Result<Vec<String>> {
+    let ca = match read_pair(dir, files::CA_CERT, files::CA_KEY)? {
+        Some((ca, _)) => ca,
+        None => {
+            return Err(Error::Io {
+                action: format!(
+                    "cannot reissue the certificates in {}: it holds no CA ({} and {})",
+                    dir.display(),
+                    files::CA_CERT,
+                    files::CA_KEY
+                ),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+    };
+    let server = issue_server(&ca, names, now)?;
+    let client = issue_client(&ca, contract::REPLICATION_USER, now)?;
+    write_pair(dir, files::SERVER_CERT, files::SERVER_KEY, &server)?;
+    write_pair(
+        dir,
+        files::REPLICATION_CERT,
+        files::REPLICATION_KEY,
+        &client,
+    )?;
+    Ok([files::SERVER_CERT, files::REPLICATION_CERT]
+        .iter()
+        .map(|f| format!("reissued {}", dir.join(f).display()))
+        .collect())
 }
 
 #[cfg(test)]
@@ -594,5 +634,41 @@ mod tests {
             .to_string();
         assert!(e.contains("remove it"), "{e}");
         assert_eq!(read(files::SERVER_CERT), b"junk");
+    }
+
+    #[test]
+    fn a_rotation_reissues_both_leaves_under_the_same_ca_with_new_serials() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("tls");
+        let t = now();
+        let e = reissue_leaves(&dir, &local_names(), t)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("holds no CA"), "{e}");
+        ensure_dir(&dir, "db", &local_names(), t).unwrap();
+        let read = |f: &str| fs::read_to_string(dir.join(f)).unwrap();
+        let facts = |f: &str| read_cert(&read(f)).unwrap();
+        let (ca, server, repl) = (
+            read(files::CA_CERT),
+            facts(files::SERVER_CERT),
+            facts(files::REPLICATION_CERT),
+        );
+        let made = reissue_leaves(&dir, &local_names(), t).unwrap();
+        assert_eq!(made.len(), 2, "{made:?}");
+        assert_eq!(read(files::CA_CERT), ca);
+        let (server2, repl2) = (facts(files::SERVER_CERT), facts(files::REPLICATION_CERT));
+        assert_ne!(server2.serial, server.serial);
+        assert_ne!(repl2.serial, repl.serial);
+        assert_eq!(server2.names, server.names);
+        assert_eq!(
+            repl2.common_name.as_deref(),
+            Some(contract::REPLICATION_USER)
+        );
+        // Nothing is due afterwards: an ensure rewrites nothing.
+        assert!(
+            ensure_dir(&dir, "db", &local_names(), t)
+                .unwrap()
+                .is_empty()
+        );
     }
 }

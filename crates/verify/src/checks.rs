@@ -39,12 +39,15 @@ pub mod names {
     /// After 7: the member isolation policy and its binding are as pgset renders them (skipped,
     /// with a warning, where the API server does not serve them).
     pub const MEMBER_ISOLATION: &str = "member-isolation";
+    /// After member-isolation: TLS 1.3 served and required, the server certificate's names and
+    /// end, pg_hba hostssl only with replication by certificate (skipped with `tls.mode: off`).
+    pub const TLS: &str = "tls";
     /// 8: scale to N+1 and back (`--scale-test`).
     pub const SCALE_OUT: &str = "scale-out";
     /// 9: delete the master pod and watch it come back (`--disruptive`).
     pub const MASTER_RECOVERY: &str = "master-recovery";
     /// Every check, in order.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 12] = [
         PODS,
         DNS,
         ROLE_SERVICES,
@@ -54,6 +57,7 @@ pub mod names {
         REPLICATED_WRITE,
         STORAGE,
         MEMBER_ISOLATION,
+        TLS,
         SCALE_OUT,
         MASTER_RECOVERY,
     ];

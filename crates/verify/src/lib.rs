@@ -12,6 +12,7 @@ pub mod ownership;
 pub mod report;
 pub mod sql;
 pub mod status;
+pub mod tls;
 
 use std::time::Duration;
 

@@ -222,6 +222,7 @@ impl Verifier {
             isolation,
             isolation_started.elapsed(),
         ));
+        list.push(timed(names::TLS, self.check_tls()).await);
         list.push(
             timed(
                 names::SCALE_OUT,
@@ -318,6 +319,50 @@ impl Verifier {
         };
         let finding = checks::member_isolation(&self.spec, true, policy.as_ref(), binding.as_ref());
         (finding, None)
+    }
+
+    /// The `tls` check ([`crate::tls::verdict`]): the server certificate Secret, a connection
+    /// with and one without TLS from the master's pod to the master Service, and the master's
+    /// pg_hba rules.
+    pub async fn check_tls(&self) -> Finding {
+        use crate::tls;
+        if !self.spec.tls.enabled() {
+            return Finding::skipped("tls.mode off: the cluster serves without TLS");
+        }
+        fail_on_err(
+            async {
+                let name = self.spec.tls_server_secret_name();
+                let server_secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(
+                    self.client.clone(),
+                    &self.spec.namespace,
+                )
+                .get_opt(&name)
+                .await
+                .map_err(api(format!("read Secret {name}")))?;
+                let master = self.master().await?;
+                let service = self.spec.master_service_name();
+                let plain = self
+                    .run_in(&master, &tls::psql_ssl(&service, "disable", "SELECT 1"))
+                    .await?;
+                let with_tls = self
+                    .run_in(&master, &tls::psql_ssl(&service, "require", tls::SSL_SQL))
+                    .await?;
+                let hba = self
+                    .run_in(&master, &sql::psql_local(&[tls::HBA_SQL]))
+                    .await?;
+                Ok(tls::verdict(
+                    &self.spec,
+                    &tls::TlsInputs {
+                        server_secret,
+                        plain,
+                        tls: with_tls,
+                        hba,
+                    },
+                    pgset_tls::now(),
+                ))
+            }
+            .await,
+        )
     }
 
     /// The cluster's pods, by ordinal.

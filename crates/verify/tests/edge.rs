@@ -636,6 +636,7 @@ fn check_names_are_the_json_contract() {
             "replicated-write",
             "storage",
             "member-isolation",
+            "tls",
             "scale-out",
             "master-recovery"
         ]

@@ -453,3 +453,53 @@ fn the_termination_message_is_the_agents_own_file_never_a_log_tail() {
     let pg = container(pod_spec(&sts), POSTGRES_CONTAINER);
     assert_eq!(pg.termination_message_policy.as_deref(), Some("File"));
 }
+
+#[test]
+fn with_tls_the_certificates_are_mounted_whole_and_the_agent_is_told_where() {
+    let spec = named_spec("db", "prod");
+    let sts = statefulset(&spec);
+    let pod = pod_spec(&sts);
+    let pg = container(pod, POSTGRES_CONTAINER);
+    assert_eq!(
+        env_value(pg, env::TLS_DIR).as_deref(),
+        Some(contract::TLS_MOUNT)
+    );
+    let tls_mount = pg
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "tls")
+        .expect("the TLS volume is mounted");
+    assert_eq!(tls_mount.mount_path, "/etc/pgset/tls");
+    assert_eq!(tls_mount.read_only, Some(true));
+    assert!(
+        tls_mount.sub_path.is_none(),
+        "a subPath mount is never updated by the kubelet: a reissued certificate would not arrive"
+    );
+    // Root-owned through the Secret volume, the postgres group may read, nobody else:
+    // what PostgreSQL and libpq accept for a key owned by root.
+    let vol = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "tls")
+        .unwrap();
+    let mode = vol.projected.as_ref().unwrap().default_mode.unwrap();
+    assert_eq!(mode & 0o037, 0, "{mode:o}");
+    assert_ne!(mode & 0o040, 0, "the fsGroup must read the keys");
+    assert_eq!(
+        pod.security_context.as_ref().unwrap().fs_group,
+        Some(spec.postgres.gid)
+    );
+    // No container mounts the CA key's Secret.
+    let yaml = serde_json::to_string(&sts).unwrap();
+    assert!(!yaml.contains("\"db-ca\""), "{yaml}");
+
+    let mut off = (*spec).clone();
+    off.tls.mode = pgset_spec::TlsMode::Off;
+    let sts = statefulset(&off);
+    let pod = pod_spec(&sts);
+    let pg = container(pod, POSTGRES_CONTAINER);
+    assert_eq!(env_value(pg, env::TLS_DIR), None);
+    assert!(!mounts(pg).iter().any(|(name, ..)| name == "tls"));
+}

@@ -1,0 +1,150 @@
+//! Against a live cluster (KUBECONFIG): a 2-member cluster of its own deployed with the default
+//! `tls.mode: auto`. A client in the cluster connecting to the master Service with
+//! `sslmode=verify-full` against the CA (from ConfigMap `<name>-ca-cert`, as `connect-info`
+//! says) gets TLS 1.3; a connection without TLS is refused by pg_hba; every WAL sender on the
+//! master runs over TLS, authenticated by the replication certificate (`/CN=replicator`). The
+//! namespace, the cluster and its TLS material are removed at the end.
+//!
+//! Deadlines: `PGSET_LIVE_PATIENCE=FACTOR` (default 1) multiplies the waits.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::Api;
+use pgset_spec::contract::{self, POSTGRES_CONTAINER};
+use pgset_verify::exec::PodExec;
+
+#[path = "support/live.rs"]
+mod support;
+
+/// psql in `pod` with the libpq connection string `conninfo`; the superuser's password is read
+/// from the mounted Secret file by the shell in the pod (in no argument, in no log).
+fn psql_conninfo(conninfo: &str, sql: &str) -> Vec<String> {
+    let script = format!(
+        "PGPASSWORD=\"$(cat {}/{})\" PGCONNECT_TIMEOUT=5 exec psql -X -A -t -q -v ON_ERROR_STOP=1 \"$@\"",
+        contract::SECRET_MOUNT,
+        contract::secret::SUPERUSER_PASSWORD_KEY
+    );
+    ["sh", "-c", &script, "psql", "-d", conninfo, "-c", sql]
+        .map(String::from)
+        .to_vec()
+}
+
+#[tokio::test]
+async fn verify_full_reaches_the_master_plain_tcp_is_refused_and_replication_uses_the_certificate()
+{
+    let test =
+        "verify_full_reaches_the_master_plain_tcp_is_refused_and_replication_uses_the_certificate";
+    support::on_a_cluster_of_its_own(test, "pgset-tls", 2, |client, spec| async move {
+        assert_eq!(spec.tls.mode, pgset_spec::TlsMode::Auto);
+        let (_dir, _file) = support::deploy_own_cluster(&client, &spec).await;
+        let patience = support::patience();
+        let exec = PodExec::new(
+            Api::<Pod>::namespaced(client.clone(), &spec.namespace),
+            Duration::from_secs_f64(60.0 * patience),
+        );
+        // The CA a client fetches without reading a Secret is the one the members trust.
+        let cm = Api::<ConfigMap>::namespaced(client.clone(), &spec.namespace)
+            .get(&spec.ca_configmap_name())
+            .await
+            .expect("the CA ConfigMap exists");
+        let ca = cm.data.unwrap_or_default()[contract::tls::CONFIGMAP_CA_KEY].clone();
+        let facts = pgset_tls::read_cert(&ca).expect("a CA certificate");
+        assert!(facts.is_ca);
+
+        let info = pgset_deploy::tls::connect_info(&spec);
+        // From a replica's pod, with the CA it has mounted (the same as the ConfigMap's).
+        let client_pod = spec.pod_name(1);
+        let mounted_ca = format!("{}/{}", contract::TLS_MOUNT, contract::tls::CA_CERT);
+        let conninfo = info.conninfo.replace(
+            &format!("sslrootcert={}", info.ca_file.clone().unwrap()),
+            &format!("sslrootcert={mounted_ca}"),
+        );
+        assert!(conninfo.contains("sslmode=verify-full"), "{conninfo}");
+        let cat = exec
+            .run(
+                &client_pod,
+                POSTGRES_CONTAINER,
+                &["cat".to_string(), mounted_ca.clone()],
+            )
+            .await
+            .expect("exec cat");
+        assert_eq!(cat.stdout, ca, "the mounted CA is the ConfigMap's");
+        let out = exec
+            .run(
+                &client_pod,
+                POSTGRES_CONTAINER,
+                &psql_conninfo(
+                    &conninfo,
+                    "SELECT ssl || '|' || version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                ),
+            )
+            .await
+            .expect("exec psql");
+        assert!(out.success(), "verify-full: {}", out.failure_summary());
+        assert_eq!(out.stdout.trim(), "true|TLSv1.3");
+
+        // Without TLS the master Service refuses the connection (pg_hba has hostssl only).
+        let plain = format!(
+            "host={} port={} user={} dbname=postgres sslmode=disable",
+            info.host,
+            info.port,
+            contract::SUPERUSER
+        );
+        let out = exec
+            .run(
+                &client_pod,
+                POSTGRES_CONTAINER,
+                &psql_conninfo(&plain, "SELECT 1"),
+            )
+            .await
+            .expect("exec psql");
+        assert!(
+            !out.success(),
+            "a plain connection was let in: {}",
+            out.stdout
+        );
+        assert!(
+            out.stderr.contains("no encryption"),
+            "refused by pg_hba: {}",
+            out.stderr
+        );
+
+        // Every WAL sender runs over TLS as the replication certificate's subject.
+        let master = pgset_deploy::master::read_master(&client, &spec)
+            .await
+            .expect("read the master")
+            .master
+            .expect("a master");
+        let senders = "SELECT r.application_name || '|' || s.ssl || '|' || s.version || '|' \
+             || coalesce(s.client_dn, '') FROM pg_stat_replication r JOIN pg_stat_ssl s \
+             USING (pid) ORDER BY 1";
+        let want = format!(
+            "{}|true|TLSv1.3|/CN={}",
+            spec.pod_name(1),
+            contract::REPLICATION_USER
+        );
+        let deadline = Instant::now() + Duration::from_secs_f64(120.0 * patience);
+        loop {
+            let out = exec
+                .run(
+                    &master,
+                    POSTGRES_CONTAINER,
+                    &pgset_verify::sql::psql_local(&[senders]),
+                )
+                .await
+                .expect("exec psql on the master");
+            if out.success() && out.stdout.trim() == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "WAL senders on {master}: {:?}, wanted {want:?}: {}",
+                out.stdout,
+                out.stderr
+            );
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    })
+    .await;
+}
