@@ -95,11 +95,52 @@ pub fn unhealthy(members: &[MemberStatus]) -> Vec<String> {
     why
 }
 
+/// Under synchronous replication (`required:N` in the master's agent environment): why the set
+/// cannot fail over yet — fewer than N replicas on the leader record's list of those holding
+/// every acknowledged commit. Right after a failover or a rejoin the new master lists a replica
+/// only once it is named, settled and flushed; a master lost before that is replaced by nobody
+/// (the rule), so a failover drill waits for the list as for health.
+async fn synchronous_short(dir: &Path) -> Option<String> {
+    let set = local::read_set(dir).ok()?;
+    let master = local::leader_member(dir, &set).await?;
+    let pid = local::agent_pid(dir, &master)?;
+    let env = local::agent_env(pid).ok()?;
+    let wanted = env
+        .iter()
+        .find(|(k, _)| k == pgset_spec::contract::env::SYNCHRONOUS)
+        .and_then(|(_, v)| v.strip_prefix("required:"))
+        .and_then(|n| n.parse::<usize>().ok())?;
+    let store = pgset_agent::leader::FileStore::new(
+        dir,
+        &set.name,
+        pgset_agent::leader::Holder::new("pgset-drill", "-"),
+        pgset_agent::leader::LeaderTimings::for_lease(pgset_agent::settings::DEFAULT_LEADER_LEASE)
+            .ok()?,
+    );
+    use pgset_agent::leader::LeaderStore;
+    let record = store.read().await.ok()??;
+    let listed = record
+        .note(pgset_spec::contract::annotations::SYNCHRONOUS)
+        .map(|v| v.split(',').filter(|m| !m.trim().is_empty()).count())
+        .unwrap_or(0);
+    (listed < wanted).then(|| {
+        format!(
+            "synchronous replication (required, {wanted}): the leader record lists {listed} \
+             replica(s) holding every acknowledged commit, so a failover now would promote nobody"
+        )
+    })
+}
+
 async fn wait_healthy(dir: &Path, timeout: Duration) -> Result<Vec<MemberStatus>> {
     let deadline = Instant::now() + timeout;
     loop {
         let members = local::status(dir).await?;
-        let why = unhealthy(&members);
+        let mut why = unhealthy(&members);
+        if why.is_empty()
+            && let Some(short) = synchronous_short(dir).await
+        {
+            why.push(short);
+        }
         if why.is_empty() {
             return Ok(members);
         }
@@ -646,6 +687,16 @@ pub async fn run(opts: &LocalOptions, drill: DrillName) -> Result<DrillReport> {
     let why = unhealthy(&status);
     if !why.is_empty() {
         return Err(Error::NotHealthy(why.join("; ")));
+    }
+    // A failover drill waits (within the recovery timeout) until the set can fail over.
+    if drill.fails_over() {
+        let deadline = Instant::now() + opts.recovery_timeout;
+        while let Some(short) = synchronous_short(&opts.dir).await {
+            if Instant::now() > deadline {
+                return Err(Error::NotHealthy(short));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     let members: Vec<String> = status
         .iter()

@@ -295,6 +295,32 @@ async fn sync_series(
     Ok(reports)
 }
 
+/// The synchronous failover series alone: `rounds` consecutive failover drills on a set of
+/// their own with synchronous replication (`required`, one standby), and its line.
+pub async fn run_sync_only(rounds: usize) -> Result<()> {
+    let agent = crate::local::build_agent()?;
+    let tmp = tempfile::Builder::new()
+        .prefix("pgset-bench-sync-")
+        .tempdir_in("/tmp")
+        .context("temp dir")?;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))?;
+    let sync = sync_series(&tmp.path().join("synchronous"), &agent, rounds).await?;
+    print_sync(&sync, rounds);
+    Ok(())
+}
+
+fn print_sync(sync: &[DrillReport], rounds: usize) {
+    println!(
+        "{:<31} {:>6} {:<34} {:<16} {:<24}",
+        "required, 1 standby; alternating",
+        "rounds",
+        "acknowledged rows lost (all rounds)",
+        "late commits",
+        "writes accepted again"
+    );
+    println!("{}", sync_series_line(sync, rounds));
+}
+
 /// Forms the set, runs the drills, prints the medians, and stops the set; then the drills that
 /// leave a set broken, once each on a set of their own; then `sync_rounds` consecutive failover
 /// drills under synchronous replication (none when 0).
@@ -355,15 +381,7 @@ pub async fn run(sync_rounds: usize) -> Result<()> {
     }
     if let Some(sync) = sync {
         println!();
-        println!(
-            "{:<31} {:>6} {:<34} {:<16} {:<24}",
-            "required, 1 standby; alternating",
-            "rounds",
-            "acknowledged rows lost (all rounds)",
-            "late commits",
-            "writes accepted again"
-        );
-        println!("{}", sync_series_line(&sync, sync_rounds));
+        print_sync(&sync, sync_rounds);
     }
     Ok(())
 }

@@ -36,6 +36,9 @@ pub struct Args {
     /// standby) after the local drills; 0 skips them (each takes about half a minute)
     #[arg(long, value_name = "N", default_value_t = 50)]
     pub sync_rounds: usize,
+    /// Only the synchronous failover series of the drills benchmark (`--sync-rounds` long)
+    #[arg(long, conflicts_with_all = ["cluster_only", "agent_cost_only", "formation_only"])]
+    pub sync_only: bool,
     /// Length of each measuring window of the agent-cost benchmark, in seconds
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub agent_window: u64,
@@ -60,6 +63,9 @@ pub async fn run(args: Args) -> Result<()> {
     let window = Duration::from_secs(args.agent_window);
     if args.agent_cost_only {
         return agent_cost::run(window).await;
+    }
+    if args.sync_only {
+        return drills::run_sync_only(args.sync_rounds.max(1)).await;
     }
     if args.drills_only {
         return drills::run(args.sync_rounds).await;
