@@ -148,6 +148,13 @@ pub async fn run(args: Args) -> Result<()> {
     if let Some(path) = &args.report {
         crate::cli::write_report(path, &run.markdown())?;
     }
+    if let Some(what) = &run.interrupted {
+        return Err(crate::cli::Exit {
+            code: 130,
+            message: format!("interrupted: {what}"),
+        }
+        .into());
+    }
     run.verdict().map_err(anyhow::Error::msg)
 }
 

@@ -269,9 +269,13 @@ pub async fn isolated<T>(
         )),
     }
     let Some(held) = held else {
-        eprintln!("interrupted: {pod} was given the leader Lease back ({n} deleted)");
-        std::process::exit(130);
+        return Err(Error::Interrupted(format!(
+            "{pod} was given the leader Lease back ({n} deleted)"
+        )));
     };
+    // Listening for Ctrl-C above replaced its default for the whole process: give it back its
+    // meaning (end the process, 130) for the rest of the run; nothing of this drill is left to
+    // undo.
     tokio::spawn(async {
         interrupted().await;
         std::process::exit(130);

@@ -50,6 +50,9 @@ pub enum Error {
     /// The cluster could not be read or changed.
     #[error(transparent)]
     Live(#[from] pgset_verify::Error),
+    /// Ctrl-C during a drill, after the drill undid what it changed (the message says what).
+    #[error("interrupted: {0}")]
+    Interrupted(String),
 }
 
 /// The drills' result type.

@@ -435,6 +435,9 @@ pub struct DrillRun {
     /// The drills that did not, with why.
     #[serde(default)]
     pub not_run: Vec<NotRun>,
+    /// Ctrl-C stopped the run (what was undone): the drills after it were not started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<String>,
 }
 
 impl DrillRun {
@@ -464,6 +467,11 @@ impl DrillRun {
                         }
                     ));
                     out.reports.push(r);
+                }
+                Err(crate::Error::Interrupted(what)) => {
+                    progress(&format!("    {d}: interrupted: {what}"));
+                    out.interrupted = Some(what);
+                    break;
                 }
                 Err(e) => {
                     let why = e.to_string();
@@ -721,8 +729,51 @@ mod tests {
         let all_ok = DrillRun {
             reports: run.reports.clone(),
             not_run: Vec::new(),
+            interrupted: None,
         };
         assert_eq!(all_ok.verdict(), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn ctrl_c_in_a_drill_stops_the_run_and_the_drills_after_it_never_start() {
+        let mut started = Vec::new();
+        let mut lines = Vec::new();
+        let run = DrillRun::each(
+            &[
+                DrillName::MasterPodDelete,
+                DrillName::MasterIsolated,
+                DrillName::Rejoin,
+            ],
+            |d| {
+                started.push(d);
+                async move {
+                    match d {
+                        DrillName::MasterIsolated => Err(crate::Error::Interrupted(
+                            "pgset-0 was given the leader Lease back".into(),
+                        )),
+                        _ => Ok(passing(d)),
+                    }
+                }
+            },
+            &mut |l: &str| lines.push(l.to_string()),
+        )
+        .await;
+        assert_eq!(
+            started,
+            [DrillName::MasterPodDelete, DrillName::MasterIsolated]
+        );
+        assert_eq!(run.reports.len(), 1);
+        assert!(run.not_run.is_empty());
+        assert_eq!(
+            run.interrupted.as_deref(),
+            Some("pgset-0 was given the leader Lease back")
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("master-isolated: interrupted")),
+            "{lines:?}"
+        );
     }
 
     fn failed_over(drill: DrillName) -> DrillReport {
