@@ -662,6 +662,12 @@ fn eligibility(l: &Look) -> Eligibility {
     Eligibility::Eligible
 }
 
+/// How soon a replica looks again after yielding the expired record to a peer that goes first.
+const FOLLOW_LOOK: Duration = Duration::from_millis(250);
+/// How many such quick looks in a row (then the usual interval: a peer that never takes the
+/// record is not asked four times a second).
+const FOLLOW_LOOKS: u32 = 20;
+
 /// A look just after the expiry, so a replica does not wait up to one more renewal interval
 /// past it: the record's remaining time on this member's own clock.
 const EXPIRY_SLACK: Duration = Duration::from_millis(20);
@@ -711,6 +717,7 @@ pub async fn contend(
         }
     };
     let mut pause = timings.renew_every();
+    let mut yielded: u32 = 0;
     loop {
         tokio::time::sleep(pause).await;
         pause = timings.renew_every();
@@ -857,7 +864,10 @@ pub async fn contend(
             listed: listed.contains(&s.pod_name),
         });
         match verdict {
-            Eligibility::Held => continue,
+            Eligibility::Held => {
+                yielded = 0;
+                continue;
+            }
             Eligibility::Not(why) => {
                 say(why);
                 continue;
@@ -884,6 +894,12 @@ pub async fn contend(
             say(format!(
                 "the leader record of {holder} expired; another member goes first ({o})"
             ));
+            // It is taking the record now: look again soon to follow it (a synchronous master's
+            // first commits wait for a replica to follow), for a few seconds at most.
+            yielded += 1;
+            if yielded <= FOLLOW_LOOKS {
+                pause = pause.min(FOLLOW_LOOK);
+            }
             continue;
         }
         crate::info!(
