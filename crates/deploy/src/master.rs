@@ -125,6 +125,10 @@ pub struct PodSeen {
     pub role: Option<String>,
     /// Being deleted.
     pub terminating: bool,
+    /// The agent's step on the pod ([`annotations::PHASE`]).
+    pub phase: Option<String>,
+    /// Whether the pod is Ready.
+    pub ready: bool,
 }
 
 impl PodSeen {
@@ -139,6 +143,11 @@ impl PodSeen {
                 .as_ref()
                 .and_then(|l| l.get(labels::ROLE).cloned()),
             terminating: meta.deletion_timestamp.is_some(),
+            phase: meta
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(annotations::PHASE).cloned()),
+            ready: crate::readiness::pod_is_ready(pod),
         }
     }
 }
@@ -374,7 +383,7 @@ mod tests {
             name: name.into(),
             uid: format!("uid-{name}"),
             role: role.map(String::from),
-            terminating: false,
+            ..PodSeen::default()
         }
     }
 

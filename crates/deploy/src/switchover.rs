@@ -10,57 +10,17 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
-use pgset_spec::contract::annotations::{FAILOVER_TO, PHASE, SWITCHOVER, SWITCHOVER_OUTCOME};
-use pgset_spec::contract::{
-    self, MemberPhase, SwitchoverOutcome, SwitchoverRequest, labels, roles,
-};
+use pgset_spec::contract::annotations::{FAILOVER_TO, SWITCHOVER, SWITCHOVER_OUTCOME};
+use pgset_spec::contract::{self, MemberPhase, SwitchoverOutcome, SwitchoverRequest, roles};
 use pgset_spec::{ClusterSpec, ordinal_of};
 use serde::Serialize;
 
-use crate::master::LeaderLease;
+use crate::master::{LeaderLease, PodSeen};
 use crate::{Error, Result, is_status, selector_string};
 
-/// A member as the switchover's judgement needs it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MemberSeen {
-    /// Pod name.
-    pub name: String,
-    /// Pod UID.
-    pub uid: String,
-    /// The agent's step on the pod ([`PHASE`]).
-    pub phase: Option<String>,
-    /// The pod's role label.
-    pub role: Option<String>,
-    /// Whether the pod is Ready.
-    pub ready: bool,
-}
-
-impl MemberSeen {
-    /// Reads a pod.
-    pub fn from_pod(pod: &Pod) -> MemberSeen {
-        let meta = &pod.metadata;
-        MemberSeen {
-            name: meta.name.clone().unwrap_or_default(),
-            uid: meta.uid.clone().unwrap_or_default(),
-            phase: meta
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(PHASE).cloned()),
-            role: meta
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(labels::ROLE).cloned()),
-            ready: pod
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
-        }
-    }
-
-    fn streams(&self) -> bool {
-        self.phase.as_deref() == Some(MemberPhase::Streaming.as_str())
-    }
+/// Whether the member's agent reports it streaming (`pgset.io/phase` on its pod).
+fn streams(m: &PodSeen) -> bool {
+    m.phase.as_deref() == Some(MemberPhase::Streaming.as_str())
 }
 
 /// The master a switchover starts from, or why none may be asked (pure): the Lease must exist
@@ -70,7 +30,7 @@ pub fn judge(
     spec: &ClusterSpec,
     lease: Option<&LeaderLease>,
     pending: Option<&str>,
-    members: &[MemberSeen],
+    members: &[PodSeen],
     to: Option<&str>,
 ) -> std::result::Result<String, String> {
     let name = contract::leader_lease_name(&spec.name);
@@ -110,7 +70,7 @@ pub fn judge(
                      advanced one"
                 ));
             }
-            if !m.streams() {
+            if !streams(m) {
                 return Err(format!(
                     "{to} does not stream from the master {master} (its agent reports {}); wait \
                      until `{} status` shows it streaming",
@@ -120,7 +80,7 @@ pub fn judge(
             }
         }
         None => {
-            if !members.iter().any(|m| m.name != master && m.streams()) {
+            if !members.iter().any(|m| m.name != master && streams(m)) {
                 return Err(format!(
                     "no replica streams from the master {master}; wait until `{} status` shows \
                      one streaming",
@@ -132,7 +92,7 @@ pub fn judge(
     Ok(master)
 }
 
-async fn read(client: &Client, spec: &ClusterSpec) -> Result<(Option<Lease>, Vec<MemberSeen>)> {
+async fn read(client: &Client, spec: &ClusterSpec) -> Result<(Option<Lease>, Vec<PodSeen>)> {
     let ns = spec.namespace.as_str();
     let name = contract::leader_lease_name(&spec.name);
     let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
@@ -146,7 +106,7 @@ async fn read(client: &Client, spec: &ClusterSpec) -> Result<(Option<Lease>, Vec
         .list(&ListParams::default().labels(&selector))
         .await
         .map_err(Error::api("list", "Pod", &selector, ns))?;
-    Ok((lease, list.items.iter().map(MemberSeen::from_pod).collect()))
+    Ok((lease, list.items.iter().map(PodSeen::from_pod).collect()))
 }
 
 fn note<'a>(lease: &'a Lease, key: &str) -> Option<&'a str> {
@@ -289,7 +249,7 @@ pub async fn wait_switchover(
         }
         if let Some((to, took, o, timeline)) = &switched
             && let Some(old) = members.iter().find(|m| m.name == from)
-            && old.streams()
+            && streams(old)
         {
             return Ok(Switched {
                 id: request.id.clone(),
@@ -326,7 +286,7 @@ pub async fn wait_switchover(
 pub fn judge_failover(
     spec: &ClusterSpec,
     lease: Option<&LeaderLease>,
-    members: &[MemberSeen],
+    members: &[PodSeen],
     to: &str,
 ) -> std::result::Result<String, String> {
     let name = contract::leader_lease_name(&spec.name);
@@ -502,13 +462,14 @@ mod tests {
         assert!(e.contains("names no master"), "{e}");
     }
 
-    fn member(k: i32, phase: &str) -> MemberSeen {
-        MemberSeen {
+    fn member(k: i32, phase: &str) -> PodSeen {
+        PodSeen {
             name: format!("db-{k}"),
             uid: format!("uid-{k}"),
             phase: Some(phase.into()),
             role: None,
             ready: true,
+            ..PodSeen::default()
         }
     }
 

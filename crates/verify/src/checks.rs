@@ -280,6 +280,7 @@ pub fn master_view(
             uid: m.uid.clone(),
             role: m.role().map(String::from),
             terminating: m.terminating,
+            ..PodSeen::default()
         })
         .collect();
     find_master(spec, leader, &pods, now)
