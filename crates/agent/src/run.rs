@@ -222,6 +222,8 @@ struct Lead {
     timeline: u32,
 }
 
+/// Prepares the data directory, starts and supervises postgres in the role `s` names, and says
+/// how the run ended.
 #[allow(clippy::too_many_arguments)]
 async fn member_run(
     s: &Settings,

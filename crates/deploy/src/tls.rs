@@ -430,6 +430,13 @@ async fn ensure_or_rotate(
     );
     // Everything is read and judged before the first write.
     let ca_read = get_secret(&secrets, &ca_name, ns).await?;
+    if rotate && ca_read.is_none() {
+        return Err(Error::Tls(format!(
+            "there is no CA Secret {ca_name} in namespace {ns}: the cluster {} was not deployed \
+             with TLS there (check --name and --namespace, or deploy it first); nothing was changed",
+            spec.name
+        )));
+    }
     let kept_ca = judge_ca(spec, ca_read.as_ref(), now)?;
     let server_read = get_secret(&secrets, &server_name, ns).await?;
     let repl_read = get_secret(&secrets, &repl_name, ns).await?;

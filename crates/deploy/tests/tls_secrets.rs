@@ -229,6 +229,32 @@ async fn a_certificate_near_its_end_is_reissued_by_one_merge_patch_and_the_ca_is
 }
 
 #[tokio::test]
+async fn rotate_certs_on_a_cluster_never_deployed_with_tls_makes_nothing() {
+    let store = Store::default();
+    let (client, calls) = mock_client(handler(store.clone()));
+    let e = rotate(
+        &client,
+        &spec(),
+        ApplyMode::Apply,
+        pgset_tls::now(),
+        &mut |_: &str| {},
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("no CA Secret pgset-ca") && e.contains("nothing was changed"),
+        "{e}"
+    );
+    assert_eq!(
+        lines(&calls),
+        [format!("GET {SECRETS}/pgset-ca")],
+        "one read, no write"
+    );
+    assert!(store.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn a_ca_near_its_end_stops_the_deploy_before_any_write_and_says_what_to_do() {
     let store = Store::default();
     let (client, calls) = mock_client(handler(store.clone()));

@@ -529,14 +529,21 @@ impl Live {
         self.wait_ready(&name, Some(&uid)).await
     }
 
-    /// Member k's postmaster's pid, from `postmaster.pid` as the server itself reads it.
-    async fn postmaster_pid(&self, k: i32) -> Result<u32> {
+    /// A connection to member k's postgres through its pod (patience-scaled), with its name and
+    /// endpoint.
+    async fn connect_pod(&self, k: i32) -> Result<(String, Endpoint, tokio_postgres::Client)> {
         let name = self.spec.pod_name(k);
         let ep = self.pod_endpoint(k);
         let c = ep
             .connect_within(Duration::from_secs(10))
             .await
             .map_err(|e| step_err(format!("connect to {name}"), e))?;
+        Ok((name, ep, c))
+    }
+
+    /// Member k's postmaster's pid, from `postmaster.pid` as the server itself reads it.
+    async fn postmaster_pid(&self, k: i32) -> Result<u32> {
+        let (name, ep, c) = self.connect_pod(k).await?;
         let row = ep
             .within(c.query_one("SELECT pg_read_file('postmaster.pid')", &[]))
             .await
@@ -629,12 +636,7 @@ impl Live {
     /// [`REJOIN_ROWS`] rows on it (writer 0, which no drill writer uses) and deletes its pod: it
     /// must rejoin the master and keep what it wrote aside.
     async fn rejoin(&self, k: i32, table: &str) -> Result<()> {
-        let name = self.spec.pod_name(k);
-        let ep = self.pod_endpoint(k);
-        let c = ep
-            .connect_within(Duration::from_secs(10))
-            .await
-            .map_err(|e| step_err(format!("connect to {name}"), e))?;
+        let (name, ep, c) = self.connect_pod(k).await?;
         let promoted = ep
             .within(c.query_one("SELECT pg_promote(true, 60)", &[]))
             .await
