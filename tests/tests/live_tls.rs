@@ -1,7 +1,9 @@
 //! Against a live cluster (KUBECONFIG): a 2-member cluster of its own deployed with the default
 //! `tls.mode: auto`. A client in the cluster connecting to the master Service with
 //! `sslmode=verify-full` against the CA (from ConfigMap `<name>-ca-cert`, as `connect-info`
-//! says) gets TLS 1.3; a connection without TLS is refused by pg_hba; every WAL sender on the
+//! says) gets TLS 1.3 (here as the replication role by its certificate, the one role besides
+//! password roles pg_hba admits from the pods); the superuser from a pod is refused by pg_hba,
+//! password or not; a connection without TLS is refused by pg_hba; every WAL sender on the
 //! master runs over TLS, authenticated by the replication certificate (`/CN=replicator`). The
 //! namespace, the cluster and its TLS material are removed at the end.
 //!
@@ -59,6 +61,31 @@ async fn verify_full_reaches_the_master_plain_tcp_is_refused_and_replication_use
         let conninfo = info.conninfo.replace(
             &format!("sslrootcert={}", info.ca_file.clone().unwrap()),
             &format!("sslrootcert={mounted_ca}"),
+        );
+        // The superuser from a pod: refused by pg_hba whatever its password.
+        let out = exec
+            .run(
+                &client_pod,
+                POSTGRES_CONTAINER,
+                &psql_conninfo(&conninfo, "SELECT 1"),
+            )
+            .await
+            .expect("exec psql");
+        assert!(
+            !out.success() && out.stderr.contains("rejects connection"),
+            "the superuser from {client_pod}: {} {}",
+            out.stdout,
+            out.stderr
+        );
+        let conninfo = format!(
+            "{} sslcert={tls}/{} sslkey={tls}/{}",
+            conninfo.replace(
+                &format!("user={}", contract::SUPERUSER),
+                &format!("user={}", contract::REPLICATION_USER)
+            ),
+            contract::tls::REPLICATION_CERT,
+            contract::tls::REPLICATION_KEY,
+            tls = contract::TLS_MOUNT
         );
         assert!(conninfo.contains("sslmode=verify-full"), "{conninfo}");
         let cat = exec

@@ -30,7 +30,7 @@ async fn diverge_member_1(t: &TestSet, rows: i32) -> u64 {
     t.sql(1, "SELECT pg_promote()").unwrap();
     t.wait_for(1, "SELECT pg_is_in_recovery()", "f", 60 * SECOND);
     // The history a member reads of a master on a later timeline, here member 1's own.
-    let password = std::fs::read_to_string(t.dir().join("secret/superuser-password")).unwrap();
+    let password = std::fs::read_to_string(t.dir().join("secret/replication-password")).unwrap();
     let (timeline, text) =
         rewind::timeline_history("127.0.0.1", t.port(1), password.trim_end(), "test")
             .await

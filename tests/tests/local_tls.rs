@@ -19,31 +19,9 @@ use pgset_agent::pgbin::PgBin;
 use pgset_agent::settings::DEFAULT_LEADER_LEASE;
 use pgset_local::{self as local, status as local_status};
 use pgset_spec::contract::{self, tls as files};
-use support::{TestSet, pg_or_skip};
+use support::{TestSet, no_ssl_reason, pg_or_skip};
 
 const SECOND: Duration = Duration::from_secs(1);
-
-/// Why these binaries cannot serve TLS, from how they were built (`pg_config --configure`
-/// names `--with-openssl` or `--with-ssl=openssl` when they can); `None` when they can.
-fn no_ssl_reason(bin: &PgBin) -> Option<String> {
-    let out = match bin.command("pg_config").arg("--configure").quiet().output() {
-        Ok(out) if out.success() => out,
-        Ok(out) => return Some(format!("`pg_config --configure` failed: {}", out.stderr)),
-        Err(e) => return Some(format!("`pg_config --configure` did not run: {e}")),
-    };
-    let with_ssl = out
-        .stdout
-        .split_whitespace()
-        .map(|w| w.trim_matches('\''))
-        .any(|w| w == "--with-openssl" || w == "--with-ssl=openssl");
-    (!with_ssl).then(|| {
-        format!(
-            "the PostgreSQL in {} was built without SSL (its `pg_config --configure` has no \
-             --with-openssl or --with-ssl=openssl)",
-            bin.dir().display()
-        )
-    })
-}
 
 /// A libpq passfile in the test's temp dir (0600) holding `user`'s password from the set.
 fn passfile(t: &TestSet, user: &str, key: &str) -> PathBuf {
@@ -368,8 +346,23 @@ async fn a_diverged_replica_is_rewound_from_the_master_over_tls() {
     }
     let mut t = TestSet::new(2, 29830);
     t.opts.tls = true;
+    // No superuser over TCP at all: what a member asks of the master before a rewind, and
+    // pg_rewind itself, go as the replication role by its certificate.
+    t.opts.superuser_from = Some(Vec::new());
     local::up(&t.opts).await.expect("a --tls set forms");
     let dir = t.dir().to_path_buf();
+    let pw = passfile(&t, "postgres", contract::secret::SUPERUSER_PASSWORD_KEY);
+    let refused = psql_tcp(
+        &format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=verify-full sslrootcert={}",
+            t.port(0),
+            local::tls_dir(&dir).join(files::CA_CERT).display()
+        ),
+        &pw,
+        "SELECT 1",
+    )
+    .unwrap_err();
+    assert!(refused.contains("rejects connection"), "{refused}");
     t.sql(0, "CREATE TABLE t (n int); INSERT INTO t VALUES (1)")
         .unwrap();
     t.wait_for(1, "SELECT max(n) FROM t", "1", 60 * SECOND);
@@ -569,10 +562,15 @@ async fn a_rotation_is_served_without_a_restart_while_streaming_and_writes_go_on
 /// address and port.
 fn run_psql_ssl(t: &TestSet, k: i32, argv: &[String]) -> pgset_verify::exec::ExecOutput {
     let mut args: Vec<String> = argv[1..].to_vec();
-    args[1] = args[1].replace(
-        contract::SECRET_MOUNT,
-        &t.dir().join("secret").display().to_string(),
-    );
+    args[1] = args[1]
+        .replace(
+            contract::SECRET_MOUNT,
+            &t.dir().join("secret").display().to_string(),
+        )
+        .replace(
+            contract::TLS_MOUNT,
+            &local::tls_dir(t.dir()).display().to_string(),
+        );
     let d = args.iter().position(|a| a == "-d").expect("psql -d") + 1;
     args[d] = args[d].replace("host=db-master", "host=127.0.0.1").replace(
         &format!("port={}", contract::POSTGRES_PORT),
@@ -610,7 +608,10 @@ async fn verifys_tls_check_passes_on_what_a_tls_member_answers_and_reads_its_pg_
     let hba = t.sql(0, tls::HBA_SQL).expect("pg_hba_file_rules");
     let rules = tls::parse_hba(&hba).expect("rules parse");
     assert_eq!(
-        tls::hba_problems(&rules),
+        tls::hba_problems(
+            &rules,
+            &tls::superuser_networks(&pgset_spec::ClusterSpec::default())
+        ),
         Vec::<String>::new(),
         "the managed pg_hba: {rules:?}"
     );

@@ -94,12 +94,12 @@ async fn verify_sql_passes_on_a_real_streaming_set() {
     let write = run_remote(
         &t,
         1,
-        &sql::psql_remote("127.0.0.1", &[sql::READ_ONLY_PROBE]),
+        &sql::psql_remote("127.0.0.1", &[sql::READ_ONLY_PROBE], false),
     );
     let read = run_remote(
         &t,
         1,
-        &sql::psql_remote("127.0.0.1", &[sql::IN_RECOVERY_QUERY]),
+        &sql::psql_remote("127.0.0.1", &[sql::IN_RECOVERY_QUERY], false),
     );
     assert_pass("read-only", &checks::replica_read_only(&write, &read));
     let primary = run_psql(&t, 0, &sql::psql_local(&[sql::IN_RECOVERY_QUERY]));

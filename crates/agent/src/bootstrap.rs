@@ -380,7 +380,7 @@ pub fn write_managed_files(s: &Settings) -> Result<()> {
         tls.check()?;
         datadir::write_atomic(
             &pgdata.join(render::MANAGED_HBA),
-            render::pg_hba_tls().as_bytes(),
+            render::pg_hba_tls(&render::HbaAccess::of(s)).as_bytes(),
             0o600,
         )?;
     }

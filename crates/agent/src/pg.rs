@@ -90,7 +90,8 @@ impl Db {
         })
     }
 
-    /// Like [`Db::open`], over TLS verified by `tls` (`verify-full`: chain and host name).
+    /// Like [`Db::open`], over TLS verified by `tls` (`verify-full`: chain and host name),
+    /// presenting the replication certificate.
     async fn open_tls(
         mut config: Config,
         tls: &crate::tls::TlsFiles,
@@ -98,7 +99,7 @@ impl Db {
         timeout: Duration,
     ) -> Result<Db> {
         config.ssl_mode(tokio_postgres::config::SslMode::Require);
-        let connector = tls.connector()?;
+        let connector = tls.replication_connector()?;
         let (client, connection) = within(&what, timeout, config.connect(connector)).await?;
         let driver = tokio::spawn(async move {
             let _ = connection.await;
@@ -129,8 +130,9 @@ impl Db {
         Db::open(c, what, timeout).await
     }
 
-    /// A connection to the master as the replication role (password from the Secret's file),
-    /// over TLS verified against the set's CA when the member has TLS files.
+    /// A connection to the master as the replication role: over TLS verified against the set's
+    /// CA by the replication certificate when the member has TLS files, else by the password
+    /// from the Secret's file.
     pub async fn master(s: &Settings, timeout: Duration) -> Result<Db> {
         let password = read_password(s, secret::REPLICATION_PASSWORD_KEY)?;
         let mut c = Config::new();

@@ -5,7 +5,7 @@
 //! `primary_conninfo` verifies the master (`verify-full`) and presents the certificate.
 //! Every setting written here is understood by each supported major (`contract::SUPPORTED_MAJORS`).
 
-use pgset_spec::contract;
+use pgset_spec::{Cidr, contract};
 
 use crate::settings::{Role, Settings};
 
@@ -138,20 +138,75 @@ pub fn pg_hba() -> String {
     )
 }
 
+/// Who the managed pg_hba admits over TCP besides password clients: the networks of
+/// [`contract::env::SUPERUSER_FROM`] and [`contract::env::REPLICATION_FROM`] as the agent reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HbaAccess {
+    /// Networks the superuser may log in from (by password, over TLS). Empty: the local socket
+    /// only.
+    pub superuser_from: Vec<Cidr>,
+    /// Networks replication and the replication role's questions may come from; `None`: any.
+    pub replication_from: Option<Vec<Cidr>>,
+}
+
+impl HbaAccess {
+    /// What the member's env says: the superuser from the loopback unless told otherwise,
+    /// replication from anywhere unless told otherwise.
+    pub fn of(s: &Settings) -> HbaAccess {
+        HbaAccess {
+            superuser_from: s.env.superuser_from.clone().unwrap_or_else(Cidr::loopback),
+            replication_from: s.env.replication_from.clone(),
+        }
+    }
+}
+
 /// The managed pg_hba with TLS: the local socket as without it; over TCP only TLS connections
-/// (`hostssl`): replication for the replication role by its client certificate (`cert`: the
-/// certificate's CN is the role), everything else by scram. A connection without TLS matches
-/// no line and is refused ("no pg_hba.conf entry ... no encryption", SQLSTATE 28000).
-pub fn pg_hba_tls() -> String {
-    format!(
+/// (`hostssl`), first match wins:
+/// - replication, and the replication role's own questions to the master before a rewind
+///   (database `postgres`: its timeline, `pg_rewind`'s file reads, a `CHECKPOINT`), only by the
+///   replication certificate (`cert`: its CN is the role) and only from `replication_from`;
+///   the replication role nothing else over TCP;
+/// - the superuser only from `superuser_from` (by password), refused from anywhere else;
+/// - every other role by scram.
+///
+/// A connection without TLS matches no line and is refused ("no pg_hba.conf entry ... no
+/// encryption", SQLSTATE 28000); a refused superuser is told "pg_hba.conf rejects connection".
+pub fn pg_hba_tls(access: &HbaAccess) -> String {
+    let user = contract::REPLICATION_USER;
+    let superuser = contract::SUPERUSER;
+    let any = ["all".to_string()];
+    let replication_from: Vec<String> = match &access.replication_from {
+        None => any.to_vec(),
+        Some(nets) => nets.iter().map(|n| n.to_string()).collect(),
+    };
+    let mut text = String::from(
         "# Written by pgset-agent on every start; edits here are replaced.\n\
          # TYPE   DATABASE     USER        ADDRESS  METHOD\n\
          local    all          all                  trust\n\
-         local    replication  all                  trust\n\
-         hostssl  replication  {user}  all      cert\n\
-         hostssl  all          all         all      scram-sha-256\n",
-        user = contract::REPLICATION_USER
-    )
+         local    replication  all                  trust\n",
+    );
+    let mut line = |kind: &str, db: &str, who: &str, addr: &str, method: &str| {
+        text.push_str(&format!(
+            "{kind:<8} {db:<12} {who:<11} {addr:<8} {method}\n"
+        ));
+    };
+    for net in &replication_from {
+        line("hostssl", "replication", user, net, "cert");
+        line("hostssl", "postgres", user, net, "cert");
+    }
+    line("hostssl", "all", user, "all", "reject");
+    for net in &access.superuser_from {
+        line(
+            "hostssl",
+            "all",
+            superuser,
+            &net.to_string(),
+            "scram-sha-256",
+        );
+    }
+    line("hostssl", "all", superuser, "all", "reject");
+    line("hostssl", "all", "all", "all", "scram-sha-256");
+    text
 }
 
 /// Switches statement and error-statement logging off for the session; sent on its own before
@@ -162,10 +217,12 @@ pub const QUIET_SESSION_SQL: &str = "SET log_statement = 'none'; \
      SET log_min_duration_statement = -1";
 
 /// SQL that creates the replication role when missing, lets it read the WAL directory and slot
-/// state (`pg_monitor`, so a replica can ask whether the master still has the WAL it needs), and
-/// sets its password and the superuser's from the Secret, which stays the source of truth (a
-/// Secret made anew after `down --purge` takes effect on the next start). Run after
-/// [`QUIET_SESSION_SQL`] on the same session.
+/// state (`pg_monitor`, so a replica can ask whether the master still has the WAL it needs) and
+/// do what a member asks of the master before a rewind without the superuser (the functions
+/// `pg_rewind` documents for a non-superuser source role, and `pg_checkpoint` where the server
+/// has it, 15 and later), and sets its password and the superuser's from the Secret, which stays
+/// the source of truth (a Secret made anew after `down --purge` takes effect on the next start).
+/// Run after [`QUIET_SESSION_SQL`] on the same session.
 pub fn role_passwords_sql(replication_password: &str, superuser_password: &str) -> String {
     let user = contract::REPLICATION_USER;
     format!(
@@ -176,6 +233,16 @@ pub fn role_passwords_sql(replication_password: &str, superuser_password: &str) 
          END $pgset$;\n\
          ALTER ROLE {user} WITH REPLICATION LOGIN PASSWORD {pw};\n\
          GRANT pg_monitor TO {user};\n\
+         GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean) TO {user};\n\
+         GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_file(text, boolean) TO {user};\n\
+         GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text) TO {user};\n\
+         GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) \
+           TO {user};\n\
+         DO $pgset$ BEGIN \
+           IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pg_checkpoint') THEN \
+             GRANT pg_checkpoint TO {user}; \
+           END IF; \
+         END $pgset$;\n\
          ALTER ROLE {superuser} WITH PASSWORD {super_pw};\n",
         name = sql_quote(user),
         pw = sql_quote(replication_password),
@@ -294,20 +361,60 @@ mod tests {
         );
     }
 
-    #[test]
-    fn with_tls_hba_admits_tcp_only_over_tls_and_replication_by_certificate() {
-        let h = pg_hba_tls();
-        let lines: Vec<Vec<&str>> = h
-            .lines()
+    fn hba_lines(h: &str) -> Vec<Vec<&str>> {
+        h.lines()
             .filter(|l| !l.starts_with('#'))
             .map(|l| l.split_whitespace().collect())
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn with_tls_hba_admits_tcp_only_over_tls_replication_by_certificate_from_its_networks_and_the_superuser_only_from_its_own()
+     {
+        let access = HbaAccess {
+            superuser_from: Cidr::loopback(),
+            replication_from: Some(vec!["10.244.0.0/16".parse().unwrap()]),
+        };
         assert_eq!(
-            lines,
+            hba_lines(&pg_hba_tls(&access)),
+            vec![
+                vec!["local", "all", "all", "trust"],
+                vec!["local", "replication", "all", "trust"],
+                vec![
+                    "hostssl",
+                    "replication",
+                    "replicator",
+                    "10.244.0.0/16",
+                    "cert"
+                ],
+                vec!["hostssl", "postgres", "replicator", "10.244.0.0/16", "cert"],
+                vec!["hostssl", "all", "replicator", "all", "reject"],
+                vec![
+                    "hostssl",
+                    "all",
+                    "postgres",
+                    "127.0.0.1/32",
+                    "scram-sha-256"
+                ],
+                vec!["hostssl", "all", "postgres", "::1/128", "scram-sha-256"],
+                vec!["hostssl", "all", "postgres", "all", "reject"],
+                vec!["hostssl", "all", "all", "all", "scram-sha-256"],
+            ]
+        );
+        // Unset networks: replication from anywhere by certificate; no superuser over TCP.
+        let open = HbaAccess {
+            superuser_from: Vec::new(),
+            replication_from: None,
+        };
+        assert_eq!(
+            hba_lines(&pg_hba_tls(&open)),
             vec![
                 vec!["local", "all", "all", "trust"],
                 vec!["local", "replication", "all", "trust"],
                 vec!["hostssl", "replication", "replicator", "all", "cert"],
+                vec!["hostssl", "postgres", "replicator", "all", "cert"],
+                vec!["hostssl", "all", "replicator", "all", "reject"],
+                vec!["hostssl", "all", "postgres", "all", "reject"],
                 vec!["hostssl", "all", "all", "all", "scram-sha-256"],
             ]
         );

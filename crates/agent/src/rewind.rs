@@ -290,10 +290,10 @@ pub fn history_name(timeline: u32) -> String {
     format!("{timeline:08X}.history")
 }
 
-/// The master's timeline and its history file's text, asked as the superuser (the role
-/// `pg_rewind` connects as).
+/// The master's timeline and its history file's text, asked as the replication role (the
+/// role `pg_rewind` connects as: pg_hba admits no superuser from the pods).
 async fn master_history(s: &Settings) -> Result<(u32, String)> {
-    let password = read_password(s, secret::SUPERUSER_PASSWORD_KEY)?;
+    let password = read_password(s, secret::REPLICATION_PASSWORD_KEY)?;
     timeline_history_over(
         &s.env.master_host,
         s.env.master_port,
@@ -304,9 +304,10 @@ async fn master_history(s: &Settings) -> Result<(u32, String)> {
     .await
 }
 
-/// A connection as the superuser to `host:port` over TCP (over TLS verified against the set's CA
-/// when `tls` is given), and the task driving it (abort it when done).
-async fn superuser_client(
+/// A connection as the replication role to database `postgres` on `host:port` over TCP: with
+/// `tls`, by the replication certificate over TLS verified against the set's CA (`password`
+/// unused); without, by `password`. And the task driving it (abort it when done).
+async fn peer_client(
     host: &str,
     port: u16,
     password: &str,
@@ -317,8 +318,7 @@ async fn superuser_client(
     let mut c = tokio_postgres::Config::new();
     c.host(host)
         .port(port)
-        .user(contract::SUPERUSER)
-        .password(password)
+        .user(contract::REPLICATION_USER)
         .dbname("postgres")
         .application_name(application_name)
         .connect_timeout(timeout);
@@ -328,19 +328,22 @@ async fn superuser_client(
         source,
     };
     let connected = match tls {
-        None => tokio::time::timeout(timeout, c.connect(tokio_postgres::NoTls))
-            .await
-            .map(|r| {
-                r.map(|(client, conn)| {
-                    let driver = tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                    (client, driver)
+        None => {
+            c.password(password);
+            tokio::time::timeout(timeout, c.connect(tokio_postgres::NoTls))
+                .await
+                .map(|r| {
+                    r.map(|(client, conn)| {
+                        let driver = tokio::spawn(async move {
+                            let _ = conn.await;
+                        });
+                        (client, driver)
+                    })
                 })
-            }),
+        }
         Some(tls) => {
             c.ssl_mode(tokio_postgres::config::SslMode::Require);
-            let connector = tls.connector()?;
+            let connector = tls.replication_connector()?;
             tokio::time::timeout(timeout, c.connect(connector))
                 .await
                 .map(|r| {
@@ -363,7 +366,7 @@ async fn superuser_client(
 }
 
 /// A server's timeline and its history file's text (empty on timeline 1), asked as the
-/// superuser over TCP.
+/// replication role by `password` over TCP.
 pub async fn timeline_history(
     host: &str,
     port: u16,
@@ -386,7 +389,7 @@ async fn timeline_history_over(
         what: what.clone(),
         source,
     };
-    let (client, driver) = superuser_client(
+    let (client, driver) = peer_client(
         host,
         port,
         password,
@@ -430,15 +433,18 @@ async fn timeline_history_over(
 /// promoted server updates pg_control only at its first checkpoint after the promotion, and
 /// `pg_rewind` judges the source's timeline from pg_control — before that checkpoint it finds
 /// both on the same timeline and rewinds nothing. Asks for a CHECKPOINT when pg_control lags
-/// `timeline`, then checks it again.
+/// `timeline` (as the replication role, a member of `pg_checkpoint`), then checks it again. A
+/// server older than 15 has no `pg_checkpoint` and refuses the role (SQLSTATE 42501): then the
+/// checkpoint the promotion itself requested is waited for, at most
+/// [`PROMOTION_CHECKPOINT_WAIT`].
 async fn checkpoint_source(s: &Settings, timeline: u32) -> Result<()> {
-    let password = read_password(s, secret::SUPERUSER_PASSWORD_KEY)?;
+    let password = read_password(s, secret::REPLICATION_PASSWORD_KEY)?;
     let what = format!("the master {}:{}", s.env.master_host, s.env.master_port);
     let sql = |source| Error::Sql {
         what: what.clone(),
         source,
     };
-    let (client, driver) = superuser_client(
+    let (client, driver) = peer_client(
         &s.env.master_host,
         s.env.master_port,
         &password,
@@ -466,7 +472,24 @@ async fn checkpoint_source(s: &Settings, timeline: u32) -> Result<()> {
              checkpoint after the promotion has not completed): asking it for a CHECKPOINT \
              before pg_rewind reads it"
         );
-        client.batch_execute("CHECKPOINT").await.map_err(sql)?;
+        match client.batch_execute("CHECKPOINT").await {
+            Ok(()) => {}
+            Err(e)
+                if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
+            {
+                crate::info!(
+                    "the master does not let the replication role ask for a CHECKPOINT (no \
+                     pg_checkpoint before PostgreSQL 15): waiting for the checkpoint its \
+                     promotion requested, at most {}s",
+                    PROMOTION_CHECKPOINT_WAIT.as_secs()
+                );
+                let until = std::time::Instant::now() + PROMOTION_CHECKPOINT_WAIT;
+                while control_timeline().await? < timeline && std::time::Instant::now() < until {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+            Err(e) => return Err(sql(e)),
+        }
         let now = control_timeline().await?;
         if now < timeline {
             return Err(Error::Failed(format!(
@@ -479,6 +502,11 @@ async fn checkpoint_source(s: &Settings, timeline: u32) -> Result<()> {
     driver.abort();
     result
 }
+
+/// How long a member waits for a master older than PostgreSQL 15 to complete the checkpoint its
+/// promotion requested (spread over `checkpoint_completion_target` of `checkpoint_timeout`,
+/// 4.5 minutes at the defaults) before it gives the rewind up for now.
+pub const PROMOTION_CHECKPOINT_WAIT: Duration = Duration::from_secs(300);
 
 /// How a rejoin ended.
 #[derive(Debug)]
@@ -770,20 +798,21 @@ pub fn segment_number(name: &str, segment_size: u64) -> Option<u64> {
     Some(log * (0x1_0000_0000 / segment_size.max(1)) + seg)
 }
 
-/// `pg_rewind` from the master as the superuser: the password in a passfile (mode 0600) named by
-/// the connection string, never in an argument. Keeps the member's identity file (the master's
-/// would be copied over it).
+/// `pg_rewind` from the master as the replication role (pg_hba admits no superuser from the
+/// pods): with TLS by the replication certificate, without by its password in a passfile (mode
+/// 0600) named by the connection string, never in an argument. Keeps the member's identity
+/// file (the master's would be copied over it).
 fn run_pg_rewind(s: &Settings, bin: &PgBin) -> Result<()> {
     let pgdata = s.pgdata();
-    let password = read_password(s, secret::SUPERUSER_PASSWORD_KEY)?;
+    let password = read_password(s, secret::REPLICATION_PASSWORD_KEY)?;
     let passfile = s
         .env
         .socket_dir
-        .join(format!("{}.superuser.pgpass", s.pod_name));
+        .join(format!("{}.rewind.pgpass", s.pod_name));
     datadir::ensure_dir(&s.env.socket_dir, 0o700)?;
     datadir::write_atomic(
         &passfile,
-        render::passfile_entry(contract::SUPERUSER, &password).as_bytes(),
+        render::passfile_entry(contract::REPLICATION_USER, &password).as_bytes(),
         0o600,
     )?;
     let identity_file = identity::path(&pgdata);
@@ -792,12 +821,12 @@ fn run_pg_rewind(s: &Settings, bin: &PgBin) -> Result<()> {
         "host={} port={} user={} dbname=postgres passfile={} application_name={} connect_timeout=5",
         render::conninfo_quote(&s.env.master_host),
         s.env.master_port,
-        render::conninfo_quote(contract::SUPERUSER),
+        render::conninfo_quote(contract::REPLICATION_USER),
         render::conninfo_quote(&passfile.display().to_string()),
         render::conninfo_quote(&format!("{}-rewind", s.pod_name)),
     );
-    // The superuser authenticates by password, over TLS verified against the CA (the
-    // replication certificate named only so libpq reads no default one from a home).
+    // Over TLS verified against the CA, the role authenticates by the replication certificate
+    // (pg_hba's `cert`; the passfile is then not read).
     let conninfo = match s.tls() {
         None => conninfo,
         Some(tls) => tls.libpq_params().into_iter().fold(conninfo, |c, (k, v)| {

@@ -139,6 +139,15 @@ impl TlsFiles {
 /// against the CA certificate `pem` and for the host name (verify-full); `origin` names where
 /// the PEM came from in errors.
 pub fn connector_for_ca(pem: &[u8], origin: &Path) -> Result<Connector> {
+    let config = client_config(pem, origin)?.with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+/// TLS 1.3 with the servers verified against every certificate of the CA `pem`.
+fn client_config(
+    pem: &[u8],
+    origin: &Path,
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>> {
     let path = origin.to_path_buf();
     let unreadable = |problem: String| Error::DataDir {
         path: path.clone(),
@@ -158,12 +167,47 @@ pub fn connector_for_ca(pem: &[u8], origin: &Path) -> Result<Connector> {
         ));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| Error::Failed(format!("TLS 1.3 is not available: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(MakeRustlsConnect::new(config))
+        .with_root_certificates(roots))
+}
+
+impl TlsFiles {
+    /// The connector of the agent's connections to the master as the replication role: as
+    /// [`TlsFiles::connector`], presenting the replication certificate (pg_hba admits the role
+    /// over TCP only by it).
+    pub fn replication_connector(&self) -> Result<Connector> {
+        let ca = self.ca_cert();
+        let read = |path: &Path, what: &str| {
+            fs::read(path).map_err(|e| Error::DataDir {
+                path: path.to_path_buf(),
+                problem: format!("cannot read the {what}: {e}"),
+            })
+        };
+        let pem = read(&ca, "CA certificate")?;
+        let cert_path = self.client_cert();
+        let key_path = self.client_key();
+        let chain = CertificateDer::pem_slice_iter(&read(&cert_path, "replication certificate")?)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::DataDir {
+                path: cert_path.clone(),
+                problem: format!("not a PEM certificate: {e}"),
+            })?;
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(&read(&key_path, "replication key")?)
+                .map_err(|e| Error::DataDir {
+                    path: key_path.clone(),
+                    problem: format!("not a PEM private key: {e}"),
+                })?;
+        let config = client_config(&pem, &ca)?
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| Error::DataDir {
+                path: key_path.clone(),
+                problem: format!("the replication certificate and key do not go together: {e}"),
+            })?;
+        Ok(MakeRustlsConnect::new(config))
+    }
 }
 
 impl TlsFiles {

@@ -237,6 +237,9 @@ pub async fn deploy(
     mode: ApplyMode,
     progress: &mut (dyn FnMut(&str) + Send),
 ) -> Result<DeployOutcome> {
+    // The networks the members' pg_hba admits replication from, when the spec names none.
+    let (completed, network) = crate::network::complete_access(client, spec).await;
+    let spec = &completed;
     let ClusterObjects {
         service_account,
         role,
@@ -268,6 +271,9 @@ pub async fn deploy(
         return Err(Error::Tls(format!("{problem}; nothing was changed")));
     }
 
+    if let Some(line) = network {
+        progress(&line);
+    }
     changes
         .record(apply_one::<ServiceAccount>(client, ns, &service_account, mode, progress).await?);
     changes.record(apply_one::<Role>(client, ns, &role, mode, progress).await?);

@@ -10,6 +10,7 @@ pub mod apply;
 pub mod isolation;
 pub mod master;
 pub mod mount_probe;
+pub mod network;
 pub mod nodes;
 pub mod preflight;
 pub mod rbac;

@@ -144,13 +144,35 @@ fn tls_instructions(spec: &ClusterSpec) -> String {
              makes them from the CA it keeps in Secret `{ca}` (and the CA certificate in\n   \
              ConfigMap `{cm}`). By hand, issue them with cert-manager (a Certificate per Secret,\n   \
              `secretName` as above, `ca.crt` in each, the replication one with `commonName: {user}`),\n   \
-             or render with `tls.mode: off`.",
+             or render with `tls.mode: off`. {networks}",
+            networks = replication_networks_note(spec),
             server = spec.tls_server_secret_name(),
             repl = spec.tls_replication_secret_name(),
             ca = spec.ca_secret_name(),
             cm = spec.ca_configmap_name(),
             user = pgset_spec::contract::REPLICATION_USER,
         ),
+    }
+}
+
+/// Where the rendered members admit replication from: `deploy` fills the pod network in when
+/// the spec names none; a rendered manifest has only the spec.
+fn replication_networks_note(spec: &ClusterSpec) -> String {
+    if spec.access.replication_from.is_empty() {
+        "The rendered members admit\n   replication from any address (by the replication certificate only); `pgset deploy` restricts it\n   \
+         to the pod network it finds, and `access.replicationFrom` in the spec restricts the render too."
+            .into()
+    } else {
+        let nets: Vec<String> = spec
+            .access
+            .replication_from
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        format!(
+            "The members admit replication\n   from {} only (`access.replicationFrom`).",
+            nets.join(", ")
+        )
     }
 }
 

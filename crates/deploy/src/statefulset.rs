@@ -273,6 +273,14 @@ pub fn agent_contract(spec: &ClusterSpec) -> AgentEnv {
         synchronous: spec.replication.synchronous,
         // The projected certificate Secrets (crate::tls::volume), when TLS is on.
         tls_dir: spec.tls.enabled().then(|| contract::TLS_MOUNT.into()),
+        // The loopback always: a port-forward (verify, the drills, `connect-info`) arrives there.
+        superuser_from: spec.tls.enabled().then(|| {
+            let mut nets = pgset_spec::Cidr::loopback();
+            nets.extend(spec.access.superuser_from.iter().copied());
+            nets
+        }),
+        replication_from: (spec.tls.enabled() && !spec.access.replication_from.is_empty())
+            .then(|| spec.access.replication_from.clone()),
         max_replica_lag_bytes: Some(spec.replication.max_replica_lag.bytes),
         max_replica_lag: Some(std::time::Duration::from_secs(
             spec.replication.max_replica_lag.seconds,

@@ -153,6 +153,122 @@ fn same_content(a: &Value, b: &Value) -> bool {
     strip(a) == strip(b)
 }
 
+/// The StatefulSet's env var `name` as the last PATCH of it sent it.
+fn statefulset_env(calls: &[Call], name: &str) -> Option<String> {
+    let patch = calls
+        .iter()
+        .rev()
+        .find(|c| c.method == "PATCH" && c.path.ends_with("/statefulsets/pgset"))?;
+    patch.body["spec"]["template"]["spec"]["containers"]
+        .as_array()?
+        .iter()
+        .flat_map(|c| c["env"].as_array().cloned().unwrap_or_default())
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["value"].as_str().map(str::to_string))
+}
+
+#[tokio::test]
+async fn replication_is_admitted_from_kubeadms_pod_subnet_else_the_nodes_pod_cidrs_else_anywhere_said()
+ {
+    let kubeadm = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "kubeadm-config", "namespace": "kube-system"},
+        "data": {"ClusterConfiguration": "apiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\nnetworking:\n  podSubnet: 10.244.0.0/16\n  serviceSubnet: 10.96.0.0/12\n"}
+    });
+    let (client, calls) = mock_client(deploy_handler_over(vec![(
+        "/api/v1/namespaces/kube-system/configmaps/kubeadm-config".into(),
+        kubeadm,
+    )]));
+    let mut lines = Vec::new();
+    deploy(&client, &spec(), ApplyMode::Apply, &mut |l: &str| {
+        lines.push(l.to_string())
+    })
+    .await
+    .unwrap();
+    let calls = calls.lock().unwrap().clone();
+    assert!(
+        !calls.iter().any(|c| c.path == "/api/v1/nodes"),
+        "kubeadm's answer suffices"
+    );
+    assert_eq!(
+        statefulset_env(&calls, "PGSET_REPLICATION_FROM").as_deref(),
+        Some("10.244.0.0/16")
+    );
+    assert_eq!(
+        statefulset_env(&calls, "PGSET_SUPERUSER_FROM").as_deref(),
+        Some("127.0.0.1/32,::1/128")
+    );
+    assert!(
+        lines.iter().any(|l| l.contains(
+            "replication admitted from the pod network 10.244.0.0/16 (kubeadm's podSubnet)"
+        )),
+        "{lines:?}"
+    );
+
+    // No kubeadm configuration: the nodes' pod CIDRs.
+    let nodes = json!({"apiVersion": "v1", "kind": "NodeList", "metadata": {"resourceVersion": "1"}, "items": [
+        {"metadata": {"name": "a"}, "spec": {"podCIDR": "10.42.0.0/24", "podCIDRs": ["10.42.0.0/24"]}},
+        {"metadata": {"name": "b"}, "spec": {"podCIDR": "10.42.1.0/24", "podCIDRs": ["10.42.1.0/24"]}}
+    ]});
+    let (client, calls) = mock_client(deploy_handler_over(vec![("/api/v1/nodes".into(), nodes)]));
+    let mut lines = Vec::new();
+    deploy(&client, &spec(), ApplyMode::Apply, &mut |l: &str| {
+        lines.push(l.to_string())
+    })
+    .await
+    .unwrap();
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(
+        statefulset_env(&calls, "PGSET_REPLICATION_FROM").as_deref(),
+        Some("10.42.0.0/24,10.42.1.0/24")
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("the nodes' pod CIDRs")),
+        "{lines:?}"
+    );
+
+    // Neither: from any address by the certificate, and the user is told how to restrict it.
+    let (client, calls) = mock_client(deploy_handler(None));
+    let mut lines = Vec::new();
+    deploy(&client, &spec(), ApplyMode::Apply, &mut |l: &str| {
+        lines.push(l.to_string())
+    })
+    .await
+    .unwrap();
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(statefulset_env(&calls, "PGSET_REPLICATION_FROM"), None);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("replication admitted from any address")
+                && l.contains("access.replicationFrom")),
+        "{lines:?}"
+    );
+
+    // The spec decides when it names networks: nothing is looked up.
+    let mut named = ClusterSpec::default();
+    named.access.replication_from = vec!["192.168.0.0/16".parse().unwrap()];
+    let (client, calls) = mock_client(deploy_handler(None));
+    deploy(
+        &client,
+        &named.validated().unwrap(),
+        ApplyMode::Apply,
+        &mut |_: &str| {},
+    )
+    .await
+    .unwrap();
+    let calls = calls.lock().unwrap().clone();
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.path.contains("kube-system") || c.path == "/api/v1/nodes")
+    );
+    assert_eq!(
+        statefulset_env(&calls, "PGSET_REPLICATION_FROM").as_deref(),
+        Some("192.168.0.0/16")
+    );
+}
+
 #[tokio::test]
 async fn deploy_applies_in_order_with_pgsets_field_manager_and_creates_the_secret() {
     let (client, calls) = mock_client(deploy_handler(None));
@@ -167,6 +283,9 @@ async fn deploy_applies_in_order_with_pgsets_field_manager_and_creates_the_secre
     assert_eq!(
         order,
         [
+            // The pod network replication is admitted from (this cluster tells neither).
+            "GET /api/v1/namespaces/kube-system/configmaps/kubeadm-config",
+            "GET /api/v1/nodes",
             // Whether running members would switch between TLS and plain: read first.
             "GET /apis/apps/v1/namespaces/default/statefulsets/pgset",
             "GET /api/v1/namespaces/default/serviceaccounts/pgset-sa",

@@ -394,6 +394,12 @@ pub mod env {
     /// authenticates by the replication role's client certificate, and the agent's own
     /// connections to the master verify it against the CA (`verify-full`). Unset: no TLS.
     pub const TLS_DIR: &str = "PGSET_TLS_DIR";
+    /// With TLS: the networks (comma-separated CIDRs, or `none`) pg_hba admits the superuser
+    /// from over TCP (default: the loopback only, where a port-forward arrives).
+    pub const SUPERUSER_FROM: &str = "PGSET_SUPERUSER_FROM";
+    /// With TLS: the networks (comma-separated CIDRs) pg_hba admits replication and the
+    /// members' questions to the master from, by the replication certificate (default: any).
+    pub const REPLICATION_FROM: &str = "PGSET_REPLICATION_FROM";
 
     /// Every variable of the contract, in the order [`AgentEnv::entries`](super::AgentEnv::entries)
     /// writes them.
@@ -425,6 +431,8 @@ pub mod env {
         MAXIMUM_LAG_ON_FAILOVER,
         SYNCHRONOUS,
         TLS_DIR,
+        SUPERUSER_FROM,
+        REPLICATION_FROM,
     ];
 }
 

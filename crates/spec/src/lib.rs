@@ -5,6 +5,7 @@
 //! What changes a host or a cluster takes a `&ValidSpec`; pure builders read it as a
 //! `&ClusterSpec` through `Deref`.
 
+pub mod cidr;
 pub mod contract;
 mod hint;
 pub mod image_ref;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use cidr::Cidr;
 pub use valid::ValidSpec;
 pub use validate::{
     SYSTEM_EXPORT_PATH_FIX, is_dns1123_label, is_dns1123_subdomain, is_image_reference,
@@ -190,6 +192,9 @@ pub struct ClusterSpec {
     /// TLS: `auto` (the default: pgset keeps a CA and the certificates in Secrets of the
     /// cluster), `provided` (the user's Secrets) or `off`.
     pub tls: TlsSpec,
+    /// Who may connect over TCP besides clients with a password (with TLS on; `tls.mode: off`
+    /// keeps the pg_hba.conf initdb wrote).
+    pub access: AccessSpec,
 }
 
 impl Default for ClusterSpec {
@@ -208,8 +213,25 @@ impl Default for ClusterSpec {
             tolerate_control_plane: false,
             pod_management_policy: PodManagementPolicy::default(),
             tls: TlsSpec::default(),
+            access: AccessSpec::default(),
         }
     }
+}
+
+/// `access`: the networks pg_hba admits the superuser and replication from (with TLS on).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AccessSpec {
+    /// Networks the superuser may log in from over TCP (TLS and its password), besides the
+    /// loopback a port-forward arrives on. Default none: the superuser is for the local socket
+    /// and port-forwards; applications use roles of their own.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub superuser_from: Vec<Cidr>,
+    /// Networks replication (and a member's questions to the master before a rewind) may come
+    /// from, always with the replication certificate. Default: the cluster's pod network, as
+    /// `deploy` finds it (kubeadm's `podSubnet`, else the nodes' pod CIDRs).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replication_from: Vec<Cidr>,
 }
 
 /// Where the members' TLS certificates come from.

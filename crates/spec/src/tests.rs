@@ -780,3 +780,29 @@ fn tls_written_as_a_single_value_is_told_to_name_the_mode() {
         "{e}"
     );
 }
+
+#[test]
+fn access_names_networks_in_cidr_form_and_needs_tls() {
+    let s = ClusterSpec::default();
+    assert!(s.access.superuser_from.is_empty() && s.access.replication_from.is_empty());
+    let yaml =
+        "access:\n  superuserFrom: [10.0.0.0/8]\n  replicationFrom: [10.244.0.0/16, 'fd00::/8']\n";
+    let s = ClusterSpec::parse(yaml).unwrap();
+    s.validate().unwrap();
+    assert_eq!(s.access.superuser_from[0].to_string(), "10.0.0.0/8");
+    assert_eq!(s.access.replication_from.len(), 2);
+    assert_eq!(ClusterSpec::parse(&s.to_yaml()).unwrap(), s);
+    // Nothing of it is written when unset.
+    assert!(!ClusterSpec::default().to_yaml().contains("superuserFrom"));
+
+    let e = ClusterSpec::parse("access:\n  replicationFrom: [10.244.1.0/16]\n").unwrap_err();
+    assert!(e.contains("write `10.244.0.0/16`"), "{e}");
+    let e = ClusterSpec::parse("access:\n  superuserFrom: [everywhere]\n").unwrap_err();
+    assert!(e.contains("no prefix length"), "{e}");
+
+    let off =
+        ClusterSpec::parse("tls: {mode: off}\naccess:\n  superuserFrom: [10.0.0.0/8]\n").unwrap();
+    assert_eq!(invalid_field(&off), "access.superuserFrom");
+    let msg = off.validate().unwrap_err().to_string();
+    assert!(msg.contains("tls.mode auto"), "{msg}");
+}

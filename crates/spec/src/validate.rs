@@ -49,6 +49,7 @@ const CHECKS: &[(&str, Check)] = &[
     ("synchronous", synchronous),
     ("maximum-lag-on-failover", maximum_lag_on_failover),
     ("tls-secrets", tls_secrets),
+    ("access-needs-tls", access_needs_tls),
 ];
 
 /// Validates the whole spec; the first problem wins.
@@ -474,6 +475,25 @@ fn tls_secrets(s: &ClusterSpec) -> Result<()> {
     Ok(())
 }
 
+fn access_needs_tls(s: &ClusterSpec) -> Result<()> {
+    let given = [
+        ("access.superuserFrom", &s.access.superuser_from),
+        ("access.replicationFrom", &s.access.replication_from),
+    ];
+    for (field, networks) in given {
+        if s.tls.mode == TlsMode::Off && !networks.is_empty() {
+            let list: Vec<String> = networks.iter().map(|n| n.to_string()).collect();
+            return Err(invalid(
+                field,
+                list.join(", "),
+                "only applied with TLS on: with tls.mode off the members keep the pg_hba.conf initdb wrote",
+                format!("remove {field}, or use tls.mode auto (the default)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn positive_quantity(field: &'static str, v: &str) -> Result<()> {
     match parse_quantity_bytes(v) {
         Some(n) if n > 0.0 => Ok(()),
@@ -717,6 +737,7 @@ mod export_path_tests {
                 "synchronous",
                 "maximum-lag-on-failover",
                 "tls-secrets",
+                "access-needs-tls",
             ]
         );
     }

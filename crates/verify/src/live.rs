@@ -322,8 +322,9 @@ impl Verifier {
     }
 
     /// The `tls` check ([`crate::tls::verdict`]): the server certificate Secret, a connection
-    /// with and one without TLS from the master's pod to the master Service, and the master's
-    /// pg_hba rules.
+    /// with and one without TLS to the master Service from a replica's pod (the master's own
+    /// with one member: a connection to a Service that leads back to the pod it came from may
+    /// arrive from the node's address instead of the pod's), and the master's pg_hba rules.
     pub async fn check_tls(&self) -> Finding {
         use crate::tls;
         if !self.spec.tls.enabled() {
@@ -341,11 +342,15 @@ impl Verifier {
                 .map_err(api(format!("read Secret {name}")))?;
                 let master = self.master().await?;
                 let service = self.spec.master_service_name();
+                let from = checks::expected_replicas(&self.spec, &master)
+                    .into_iter()
+                    .next()
+                    .unwrap_or_else(|| master.clone());
                 let plain = self
-                    .run_in(&master, &tls::psql_ssl(&service, "disable", "SELECT 1"))
+                    .run_in(&from, &tls::psql_ssl(&service, "disable", "SELECT 1"))
                     .await?;
                 let with_tls = self
-                    .run_in(&master, &tls::psql_ssl(&service, "require", tls::SSL_SQL))
+                    .run_in(&from, &tls::psql_ssl(&service, "require", tls::SSL_SQL))
                     .await?;
                 let hba = self
                     .run_in(&master, &sql::psql_local(&[tls::HBA_SQL]))
@@ -582,16 +587,17 @@ impl Verifier {
             async {
                 let service = self.spec.replica_service_name();
                 let master = self.master().await?;
+                let tls = self.spec.tls.enabled();
                 let write = self
                     .run_in(
                         &master,
-                        &sql::psql_remote(&service, &[sql::READ_ONLY_PROBE]),
+                        &sql::psql_remote(&service, &[sql::READ_ONLY_PROBE], tls),
                     )
                     .await?;
                 let read = self
                     .run_in(
                         &master,
-                        &sql::psql_remote(&service, &[sql::IN_RECOVERY_QUERY]),
+                        &sql::psql_remote(&service, &[sql::IN_RECOVERY_QUERY], tls),
                     )
                     .await?;
                 Ok(checks::replica_read_only(&write, &read))
@@ -644,12 +650,19 @@ impl Verifier {
                 }
                 // Let the waiters connect and start polling, so the lag is measured from the insert.
                 tokio::time::sleep(Duration::from_millis(1500)).await;
+                // Through the master Service from a replica's pod (a connection to a Service
+                // that leads back to its own pod may arrive from the node's address).
+                let writer = checks::expected_replicas(&self.spec, &master)
+                    .into_iter()
+                    .next()
+                    .unwrap_or_else(|| master.clone());
                 let insert = self
                     .run_in(
-                        &master,
+                        &writer,
                         &sql::psql_remote(
                             &self.spec.master_service_name(),
                             &[&sql::insert_marker(&token)],
+                            self.spec.tls.enabled(),
                         ),
                     )
                     .await;

@@ -31,11 +31,15 @@ pub const DATA_DIRECTORY_QUERY: &str = "show data_directory";
 /// A write a read-only server must refuse with [`SQLSTATE_READ_ONLY`].
 pub const READ_ONLY_PROBE: &str = "create table pgset_verify_read_only_probe (id integer)";
 
-/// Creates the marker table (idempotent).
+/// Creates the marker table (idempotent) and lets the replication role insert into it and read
+/// it (the insert returns the token): with TLS the marker is written through the master Service
+/// as that role (the superuser is not admitted from the pods).
 pub fn create_marker_table() -> String {
     format!(
         "create table if not exists {MARKER_TABLE} (token text primary key, \
-         written_at timestamptz not null default clock_timestamp())"
+         written_at timestamptz not null default clock_timestamp()); \
+         grant select, insert on {MARKER_TABLE} to {}",
+        contract::REPLICATION_USER
     )
 }
 
@@ -183,28 +187,67 @@ fn psql_flags() -> Vec<String> {
 /// psql over the pod's local socket as the superuser (the image trusts the socket), running each
 /// statement of `sql` in one session.
 pub fn psql_local(sql: &[&str]) -> Vec<String> {
-    psql_argv(vec!["psql".to_string()], contract::SOCKET_DIR, None, sql)
+    psql_argv(
+        vec!["psql".to_string()],
+        contract::SOCKET_DIR,
+        None,
+        contract::SUPERUSER,
+        sql,
+    )
 }
 
-/// psql to `host` over TCP as the superuser. The password is read from the mounted Secret file
-/// by the shell in the pod, so it appears in no argument sent and in no log.
-pub fn psql_remote(host: &str, sql: &[&str]) -> Vec<String> {
-    let script = format!(
-        "PGPASSWORD=\"$(cat {}/{})\" PGCONNECT_TIMEOUT=5 exec psql \"$@\"",
-        contract::SECRET_MOUNT,
-        contract::secret::SUPERUSER_PASSWORD_KEY
-    );
-    let prefix = vec!["sh".to_string(), "-c".into(), script, "psql".into()];
-    psql_argv(prefix, host, Some(contract::POSTGRES_PORT), sql)
+/// psql to `host` over TCP from a member's pod. With TLS (`tls`) as the replication role by
+/// its mounted certificate (`verify-full` against the mounted CA): pg_hba admits no superuser
+/// from the pods, and the certificate is what a member itself connects with. Without TLS as the
+/// superuser, whose password the shell in the pod reads from the mounted Secret file. Either
+/// way no secret appears in an argument sent or in a log.
+pub fn psql_remote(host: &str, sql: &[&str], tls: bool) -> Vec<String> {
+    let prefix = vec![
+        "sh".to_string(),
+        "-c".into(),
+        remote_script(tls),
+        "psql".into(),
+    ];
+    let user = if tls {
+        contract::REPLICATION_USER
+    } else {
+        contract::SUPERUSER
+    };
+    psql_argv(prefix, host, Some(contract::POSTGRES_PORT), user, sql)
 }
 
-fn psql_argv(mut argv: Vec<String>, host: &str, port: Option<u16>, sql: &[&str]) -> Vec<String> {
+/// The shell line that runs psql with the credentials of [`psql_remote`].
+pub fn remote_script(tls: bool) -> String {
+    if tls {
+        let file = |name: &str| format!("{}/{name}", contract::TLS_MOUNT);
+        format!(
+            "PGSSLMODE=verify-full PGSSLROOTCERT={} PGSSLCERT={} PGSSLKEY={} PGCONNECT_TIMEOUT=5 exec psql \"$@\"",
+            file(contract::tls::CA_CERT),
+            file(contract::tls::REPLICATION_CERT),
+            file(contract::tls::REPLICATION_KEY),
+        )
+    } else {
+        format!(
+            "PGPASSWORD=\"$(cat {}/{})\" PGCONNECT_TIMEOUT=5 exec psql \"$@\"",
+            contract::SECRET_MOUNT,
+            contract::secret::SUPERUSER_PASSWORD_KEY
+        )
+    }
+}
+
+fn psql_argv(
+    mut argv: Vec<String>,
+    host: &str,
+    port: Option<u16>,
+    user: &str,
+    sql: &[&str],
+) -> Vec<String> {
     argv.extend(psql_flags());
     argv.extend(["-h".to_string(), host.to_string()]);
     if let Some(port) = port {
         argv.extend(["-p".to_string(), port.to_string()]);
     }
-    argv.extend(["-U", contract::SUPERUSER, "-d", DATABASE].map(String::from));
+    argv.extend(["-U", user, "-d", DATABASE].map(String::from));
     for s in sql {
         argv.push("-c".into());
         argv.push((*s).to_string());

@@ -718,13 +718,23 @@ fn status_lines_from_pods_and_replication() {
 
 #[test]
 fn psql_arguments_carry_no_password() {
-    let argv = sql::psql_remote("pgset-replica", &[sql::IN_RECOVERY_QUERY]);
+    let argv = sql::psql_remote("pgset-replica", &[sql::IN_RECOVERY_QUERY], false);
     assert_eq!(argv[0..2], ["sh", "-c"]);
     assert_eq!(
         argv[2],
         "PGPASSWORD=\"$(cat /etc/pgset/secret/superuser-password)\" PGCONNECT_TIMEOUT=5 exec psql \"$@\""
     );
     assert!(argv.windows(2).any(|w| w == ["-h", "pgset-replica"]));
+    assert!(argv.windows(2).any(|w| w == ["-U", "postgres"]));
+    // With TLS the replication role by its mounted certificate: no password at all.
+    let argv = sql::psql_remote("pgset-replica", &[sql::IN_RECOVERY_QUERY], true);
+    assert_eq!(
+        argv[2],
+        "PGSSLMODE=verify-full PGSSLROOTCERT=/etc/pgset/tls/ca.crt \
+         PGSSLCERT=/etc/pgset/tls/replication.crt PGSSLKEY=/etc/pgset/tls/replication.key \
+         PGCONNECT_TIMEOUT=5 exec psql \"$@\""
+    );
+    assert!(argv.windows(2).any(|w| w == ["-U", "replicator"]));
     assert_eq!(
         argv.last().map(String::as_str),
         Some(sql::IN_RECOVERY_QUERY)

@@ -319,3 +319,25 @@ pub fn leader(dir: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(dir.join("pgset.leader")).expect("the leader record exists");
     serde_json::from_str(&text).expect("the leader record is JSON")
 }
+
+/// Why these binaries cannot serve TLS, from how they were built (`pg_config --configure`
+/// names `--with-openssl` or `--with-ssl=openssl` when they can); `None` when they can.
+pub fn no_ssl_reason(bin: &PgBin) -> Option<String> {
+    let out = match bin.command("pg_config").arg("--configure").quiet().output() {
+        Ok(out) if out.success() => out,
+        Ok(out) => return Some(format!("`pg_config --configure` failed: {}", out.stderr)),
+        Err(e) => return Some(format!("`pg_config --configure` did not run: {e}")),
+    };
+    let with_ssl = out
+        .stdout
+        .split_whitespace()
+        .map(|w| w.trim_matches('\''))
+        .any(|w| w == "--with-openssl" || w == "--with-ssl=openssl");
+    (!with_ssl).then(|| {
+        format!(
+            "the PostgreSQL in {} was built without SSL (its `pg_config --configure` has no \
+             --with-openssl or --with-ssl=openssl)",
+            bin.dir().display()
+        )
+    })
+}

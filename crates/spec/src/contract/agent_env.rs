@@ -11,6 +11,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::Cidr;
+
 use super::{DATA_MOUNT, HEALTH_PORT, SECRET_MOUNT, SOCKET_DIR, TERMINATION_LOG_PATH, env, modes};
 
 /// Value of a flag variable that is on (the only value the writer uses).
@@ -150,6 +152,37 @@ pub struct AgentEnv {
     pub synchronous: Option<crate::Synchronous>,
     /// [`env::TLS_DIR`]: an absolute directory; unset, no TLS.
     pub tls_dir: Option<PathBuf>,
+    /// [`env::SUPERUSER_FROM`]: `None` (unset) is the loopback only; `Some(empty)` is written
+    /// `none`: the superuser only on the local socket.
+    pub superuser_from: Option<Vec<Cidr>>,
+    /// [`env::REPLICATION_FROM`]: `None` (unset) admits replication from any address (still
+    /// only by the replication certificate).
+    pub replication_from: Option<Vec<Cidr>>,
+}
+
+/// How [`env::SUPERUSER_FROM`] writes an empty list.
+pub const NO_NETWORK: &str = "none";
+
+fn networks_text(networks: &[Cidr]) -> String {
+    if networks.is_empty() {
+        return NO_NETWORK.to_string();
+    }
+    networks
+        .iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Parses a list [`networks_text`] wrote.
+fn parse_networks(text: &str) -> Result<Vec<Cidr>, String> {
+    if text.trim() == NO_NETWORK {
+        return Ok(Vec::new());
+    }
+    text.split(',')
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| t.parse::<Cidr>().map_err(|e| e.to_string()))
+        .collect()
 }
 
 /// The health endpoint's address when [`env::HEALTH_ADDR`] is unset.
@@ -277,6 +310,14 @@ impl AgentEnv {
             (
                 env::TLS_DIR,
                 self.tls_dir.as_ref().map(|d| d.display().to_string()),
+            ),
+            (
+                env::SUPERUSER_FROM,
+                self.superuser_from.as_deref().map(networks_text),
+            ),
+            (
+                env::REPLICATION_FROM,
+                self.replication_from.as_deref().map(networks_text),
             ),
         ];
         v.extend(
@@ -463,6 +504,22 @@ impl AgentEnv {
                 format!("`{}` is not an absolute path", dir.display()),
             ));
         }
+        let networks = |var: &'static str| -> Result<Option<Vec<Cidr>>, EnvError> {
+            get(var)
+                .map(|v| {
+                    parse_networks(&v).map_err(|problem| {
+                        err(
+                            var,
+                            format!(
+                                "{problem} (a comma-separated list of networks, or `{NO_NETWORK}`)"
+                            ),
+                        )
+                    })
+                })
+                .transpose()
+        };
+        let superuser_from = networks(env::SUPERUSER_FROM)?;
+        let replication_from = networks(env::REPLICATION_FROM)?;
         let basebackup_max_rate = get(env::BASEBACKUP_MAX_RATE);
         if let Some(rate) = &basebackup_max_rate {
             let digits = rate.trim_end_matches(['k', 'K', 'm', 'M']);
@@ -515,6 +572,8 @@ impl AgentEnv {
             maximum_lag_on_failover,
             synchronous,
             tls_dir,
+            superuser_from,
+            replication_from,
         })
     }
 }
@@ -579,6 +638,11 @@ mod tests {
                 durability: crate::Durability::Preferred,
             }),
             tls_dir: Some("/sets/a/tls".into()),
+            superuser_from: Some(Vec::new()),
+            replication_from: Some(vec![
+                "10.244.0.0/16".parse().unwrap(),
+                "fd00::/8".parse().unwrap(),
+            ]),
         }
     }
 
@@ -608,6 +672,8 @@ mod tests {
             maximum_lag_on_failover: None,
             synchronous: None,
             tls_dir: None,
+            superuser_from: None,
+            replication_from: None,
             ..full()
         }
     }
@@ -693,7 +759,7 @@ mod tests {
             };
             AgentEnv::from_lookup(|k| m.get(k).cloned()).unwrap_err()
         };
-        let cases: [(&str, Option<&str>, &str); 10] = [
+        let cases: [(&str, Option<&str>, &str); 12] = [
             (
                 env::MODE,
                 None,
@@ -716,6 +782,16 @@ mod tests {
                 "positive number of seconds",
             ),
             (env::ALLOW_REINIT, Some("yes"), "not `true` or `false`"),
+            (
+                env::REPLICATION_FROM,
+                Some("10.244.0.0/16,pods"),
+                "`pods` is not a network",
+            ),
+            (
+                env::SUPERUSER_FROM,
+                Some("10.0.0.1/8"),
+                "write `10.0.0.0/8`",
+            ),
         ];
         for (var, value, says) in cases {
             let e = parse_with(var, value);
