@@ -305,8 +305,9 @@ async fn master_history(s: &Settings) -> Result<(u32, String)> {
 }
 
 /// A connection as the replication role to database `postgres` on `host:port` over TCP: with
-/// `tls`, by the replication certificate over TLS verified against the set's CA (`password`
-/// unused); without, by `password`. And the task driving it (abort it when done).
+/// `tls`, by the replication certificate over TLS verified against the set's CA; without, by
+/// `password` (given with TLS too: a master whose pg_hba predates the certificate line for
+/// this database asks for it). And the task driving it (abort it when done).
 async fn peer_client(
     host: &str,
     port: u16,
@@ -319,6 +320,7 @@ async fn peer_client(
     c.host(host)
         .port(port)
         .user(contract::REPLICATION_USER)
+        .password(password)
         .dbname("postgres")
         .application_name(application_name)
         .connect_timeout(timeout);
@@ -328,19 +330,16 @@ async fn peer_client(
         source,
     };
     let connected = match tls {
-        None => {
-            c.password(password);
-            tokio::time::timeout(timeout, c.connect(tokio_postgres::NoTls))
-                .await
-                .map(|r| {
-                    r.map(|(client, conn)| {
-                        let driver = tokio::spawn(async move {
-                            let _ = conn.await;
-                        });
-                        (client, driver)
-                    })
+        None => tokio::time::timeout(timeout, c.connect(tokio_postgres::NoTls))
+            .await
+            .map(|r| {
+                r.map(|(client, conn)| {
+                    let driver = tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    (client, driver)
                 })
-        }
+            }),
         Some(tls) => {
             c.ssl_mode(tokio_postgres::config::SslMode::Require);
             let connector = tls.replication_connector()?;

@@ -111,9 +111,8 @@ impl TlsFiles {
     }
 
     /// libpq parameters for a connection to the master verified against the CA, presenting
-    /// the replication role's certificate: replication authenticates by it, and for any other
-    /// connection (the superuser's `pg_rewind`, by password) naming it keeps libpq from reading
-    /// `~/.postgresql/postgresql.crt` of a home the agent may not be allowed to read.
+    /// the replication role's certificate: replication and the role's `pg_rewind` authenticate
+    /// by it (pg_hba's `cert`).
     pub fn libpq_params(&self) -> Vec<(&'static str, String)> {
         vec![
             ("sslmode", "verify-full".to_string()),
