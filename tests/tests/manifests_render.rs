@@ -85,6 +85,16 @@ fn both_storage_modes_pass_kubernetes_validate() {
         std::fs::write(&path, multi_document(&spec).expect("render")).expect("write");
         paths.push(path);
     }
+    // The agent run from an image volume instead of the init container's copy.
+    let mut spec = ClusterSpec::default();
+    spec.agent.delivery = pgset_spec::AgentDelivery::Image;
+    let path = dir.path().join("image-delivery.yaml");
+    std::fs::write(
+        &path,
+        multi_document(&spec.validated().expect("valid spec")).expect("render"),
+    )
+    .expect("write");
+    paths.push(path);
     for version in ["1.33.0", "1.36.0", "1.37.0"] {
         let mut args: Vec<std::ffi::OsString> =
             vec!["--strict".into(), "-k".into(), version.into()];

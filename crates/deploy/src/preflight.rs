@@ -37,6 +37,9 @@ pub struct NodeFacts {
     /// How many images the kubelet reports (it reports at most its largest
     /// [`KUBELET_MAX_IMAGES`] by default, so a small image may be left out).
     pub images_reported: usize,
+    /// The container runtime and its version (`status.nodeInfo.containerRuntimeVersion`, e.g.
+    /// `containerd://2.1.4`).
+    pub runtime: String,
 }
 
 /// A node as preflight sees it, read from its API object. Pure.
@@ -64,7 +67,24 @@ pub fn node_facts(node: &Node, agent_image: &str) -> NodeFacts {
         taints,
         has_agent_image,
         images_reported,
+        runtime: status
+            .and_then(|s| s.node_info.as_ref())
+            .map(|i| i.container_runtime_version.clone())
+            .unwrap_or_default(),
     }
+}
+
+/// Whether a node's runtime (`containerd://2.1.4`) mounts image volumes so that a binary in
+/// them runs: containerd 2.1 and later. CRI-O mounts them `noexec`; older containerd has none.
+pub fn runs_from_image_volumes(runtime: &str) -> bool {
+    let Some(version) = runtime.strip_prefix("containerd://") else {
+        return false;
+    };
+    let mut parts = version
+        .trim_start_matches('v')
+        .split(['.', '-', '+'])
+        .map(|p| p.parse::<u32>().ok());
+    matches!((parts.next(), parts.next()), (Some(Some(major)), Some(Some(minor))) if (major, minor) >= (2, 1))
 }
 
 impl NodeFacts {
@@ -135,6 +155,14 @@ pub enum NodeFinding {
         /// The node is this host (whose image stage is skipped).
         here: bool,
     },
+    /// `agent.delivery: image`, and a node that may run the members has a runtime that cannot
+    /// run the agent from an image volume. A blocker.
+    NoImageVolumes {
+        /// Node name.
+        node: String,
+        /// Its runtime and version.
+        runtime: String,
+    },
     /// `mount.nfs` is missing on this node and no NFS stage installs it. A blocker.
     MountNfsMissingHere,
     /// Nodes other than this host that may run the members and so mount the export: each needs
@@ -152,6 +180,7 @@ impl NodeFinding {
             NodeFinding::NoNodes
             | NodeFinding::NoneUsable { .. }
             | NodeFinding::ImageMissing { .. }
+            | NodeFinding::NoImageVolumes { .. }
             | NodeFinding::MountNfsMissingHere => true,
             NodeFinding::Off(_)
             | NodeFinding::ImageUnknown { .. }
@@ -220,6 +249,19 @@ pub fn judge_nodes(
                     node: n.name.clone(),
                     here,
                 }
+            });
+        }
+    }
+
+    // The agent run from an image volume: only where the runtime mounts it executable.
+    if spec.agent.delivery == pgset_spec::AgentDelivery::Image {
+        for n in usable
+            .iter()
+            .filter(|n| !runs_from_image_volumes(&n.runtime))
+        {
+            out.push(NodeFinding::NoImageVolumes {
+                node: n.name.clone(),
+                runtime: n.runtime.clone(),
             });
         }
     }
@@ -500,6 +542,49 @@ mod tests {
     }
 
     #[test]
+    fn image_delivery_needs_containerd_2_1_on_every_node_that_may_run_the_members() {
+        for (runtime, runs) in [
+            ("containerd://2.1.4", true),
+            ("containerd://2.2.0-rc.1", true),
+            ("containerd://v3.0.0", true),
+            ("containerd://2.0.5", false),
+            ("containerd://1.7.27", false),
+            ("cri-o://1.34.1", false),
+            ("docker://28.0.1", false),
+            ("", false),
+        ] {
+            assert_eq!(runs_from_image_volumes(runtime), runs, "{runtime}");
+        }
+        let mut spec = ClusterSpec::default();
+        let mut new = facts("cp", NodeShape::default());
+        new.runtime = "containerd://2.1.4".into();
+        let mut old = facts("w1", NodeShape::default());
+        old.runtime = "cri-o://1.34.1".into();
+        let nodes = [new, old];
+        let blockers = |spec: &ClusterSpec| -> Vec<NodeFinding> {
+            judge_nodes(spec, &nodes, &on_cp())
+                .into_iter()
+                .filter(|f| matches!(f, NodeFinding::NoImageVolumes { .. }))
+                .collect()
+        };
+        assert_eq!(
+            blockers(&spec),
+            Vec::<NodeFinding>::new(),
+            "copy runs anywhere"
+        );
+        spec.agent.delivery = pgset_spec::AgentDelivery::Image;
+        let found = blockers(&spec);
+        assert_eq!(
+            found,
+            vec![NodeFinding::NoImageVolumes {
+                node: "w1".into(),
+                runtime: "cri-o://1.34.1".into()
+            }]
+        );
+        assert!(found[0].is_blocker());
+    }
+
+    #[test]
     fn node_facts_read_taints_cordon_readiness_and_images() {
         let n = facts(
             "cp",
@@ -524,6 +609,7 @@ mod tests {
                 taints: vec!["node-role.kubernetes.io/control-plane:NoSchedule".into()],
                 has_agent_image: true,
                 images_reported: 2,
+                runtime: String::new(),
             }
         );
         // The kubelet reports an imported image under its full name; a short name matches.

@@ -10,10 +10,10 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaimVolumeSource, PodAffinityTerm,
-    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SeccompProfile, SecretVolumeSource, SecurityContext, Toleration, Volume, VolumeMount,
-    WeightedPodAffinityTerm,
+    HTTPGetAction, ImageVolumeSource, ObjectFieldSelector, PersistentVolumeClaimVolumeSource,
+    PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Toleration, Volume,
+    VolumeMount, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -21,7 +21,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use pgset_spec::contract::{
     self, AgentEnv, AgentMode, EnvSource, MemberIdentity, POSTGRES_CONTAINER, agent_env,
 };
-use pgset_spec::{ClusterSpec, StorageMode};
+use pgset_spec::{AgentDelivery, ClusterSpec, StorageMode};
 
 use crate::services::POSTGRES_PORT_NAME;
 use crate::storage::claim_template;
@@ -62,7 +62,7 @@ pub fn statefulset(spec: &ClusterSpec) -> StatefulSet {
         StorageMode::Templates => (None, Some(vec![claim_template(spec)])),
     };
     let mut volumes = vec![
-        empty_dir(AGENT_VOLUME, None),
+        agent_volume(spec),
         Volume {
             name: SECRET_VOLUME.into(),
             secret: Some(SecretVolumeSource {
@@ -136,7 +136,8 @@ pub fn statefulset(spec: &ClusterSpec) -> StatefulSet {
                     tolerations: spec
                         .tolerate_control_plane
                         .then(|| vec![control_plane_toleration()]),
-                    init_containers: Some(vec![install_agent_container(spec)]),
+                    init_containers: (spec.agent.delivery == AgentDelivery::Copy)
+                        .then(|| vec![install_agent_container(spec)]),
                     containers: vec![postgres_container(spec)],
                     volumes: Some(volumes),
                     ..PodSpec::default()
@@ -224,6 +225,23 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
         mount_path: path.into(),
         read_only: read_only.then_some(true),
         ..VolumeMount::default()
+    }
+}
+
+/// Where the agent binary comes from: an emptyDir the init container fills (`copy`), or the
+/// agent image itself as an image volume (`image`), whose root holds the binary under the same
+/// name, so the container's command is the same either way.
+fn agent_volume(spec: &ClusterSpec) -> Volume {
+    match spec.agent.delivery {
+        AgentDelivery::Copy => empty_dir(AGENT_VOLUME, None),
+        AgentDelivery::Image => Volume {
+            name: AGENT_VOLUME.into(),
+            image: Some(ImageVolumeSource {
+                reference: Some(spec.agent.image.clone()),
+                pull_policy: Some(spec.agent.pull_policy.clone()),
+            }),
+            ..Volume::default()
+        },
     }
 }
 

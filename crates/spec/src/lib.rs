@@ -494,6 +494,11 @@ pub struct AgentSpec {
     /// `IfNotPresent` (default: the image is imported into the node's containerd), `Always` or
     /// `Never`.
     pub pull_policy: String,
+    /// How the binary reaches the postgres container: `copy` (default: an init container copies
+    /// it into an emptyDir, on any cluster) or `image` (the agent image mounted as an image
+    /// volume, no init container: Kubernetes 1.35+ or the `ImageVolume` feature gate, and a
+    /// runtime that mounts image volumes executable, such as containerd 2.1+).
+    pub delivery: AgentDelivery,
 }
 
 impl Default for AgentSpec {
@@ -501,6 +506,29 @@ impl Default for AgentSpec {
         AgentSpec {
             image: default_agent_image(),
             pull_policy: "IfNotPresent".into(),
+            delivery: AgentDelivery::default(),
+        }
+    }
+}
+
+/// `agent.delivery`: how the agent binary reaches the postgres container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum AgentDelivery {
+    /// An init container copies the binary from the agent image into an emptyDir.
+    #[default]
+    Copy,
+    /// The agent image is mounted as an image volume; the postgres container runs the binary
+    /// from it.
+    Image,
+}
+
+impl AgentDelivery {
+    /// The name used in YAML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentDelivery::Copy => "copy",
+            AgentDelivery::Image => "image",
         }
     }
 }

@@ -137,6 +137,10 @@ fn node_finding_text(spec: &ClusterSpec, finding: &NodeFinding) -> String {
                 spec.agent.image, spec.agent.pull_policy
             )
         }
+        NodeFinding::NoImageVolumes { node, runtime } => format!(
+            "node {node}: runs {} and cannot run the agent from an image volume (agent.delivery: image needs containerd 2.1 or later; CRI-O mounts image volumes noexec): use agent.delivery: copy",
+            if runtime.is_empty() { "an unknown runtime" } else { runtime.as_str() }
+        ),
         NodeFinding::MountNfsMissingHere => "mount.nfs is missing on this node and the NFS stage is skipped: install nfs-utils (RHEL family) or nfs-common (Debian family)".into(),
         NodeFinding::OthersMount { nodes } => format!(
             "node(s) {} mount the export: make sure each has mount.nfs (nfs-utils / nfs-common); the NFS stage installs it on this host only",

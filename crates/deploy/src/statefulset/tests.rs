@@ -183,6 +183,38 @@ fn agent_is_installed_by_an_init_container_and_run_by_postgres() {
 }
 
 #[test]
+fn with_image_delivery_the_agent_image_is_the_volume_and_no_init_container_copies() {
+    let mut spec = named_spec("db", "prod").into_inner();
+    spec.agent.delivery = AgentDelivery::Image;
+    spec.agent.pull_policy = "Never".into();
+    let sts = statefulset(&spec);
+    let pod = pod_spec(&sts);
+    assert_eq!(pod.init_containers, None);
+    let agent_volume = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "agent")
+        .unwrap();
+    assert_eq!(agent_volume.empty_dir, None);
+    let image = agent_volume.image.as_ref().unwrap();
+    assert_eq!(image.reference.as_deref(), Some(spec.agent.image.as_str()));
+    assert_eq!(image.pull_policy.as_deref(), Some("Never"));
+    // The image's root holds the binary under the name the command runs.
+    assert_eq!(
+        format!("{}{}", contract::AGENT_DIR, contract::AGENT_IMAGE_BINARY),
+        agent_path()
+    );
+    let pg = container(pod, POSTGRES_CONTAINER);
+    assert_eq!(
+        pg.command.as_deref().unwrap(),
+        ["/pgset/bin/pgset-agent", "run"]
+    );
+    assert!(mounts(pg).contains(&("agent".into(), "/pgset/bin".into(), true)));
+}
+
+#[test]
 fn env_contract_is_complete_and_holds_no_password() {
     let spec = named_spec("db", "prod");
     let sts = statefulset(&spec);

@@ -84,8 +84,9 @@ pub async fn run(spec: &SpecArgs, client: &ClientArgs, rounds: u32) -> Result<()
         ..Results::default()
     };
     println!(
-        "cluster benchmarks: {SMALL} and {LARGE} members of {}, {rounds} round(s), in temporary namespace {namespace}",
-        user_spec.postgres.image
+        "cluster benchmarks: {SMALL} and {LARGE} members of {}, the agent delivered by {} (agent.delivery), {rounds} round(s), in temporary namespace {namespace}",
+        user_spec.postgres.image,
+        user_spec.agent.delivery.as_str()
     );
     Api::<Namespace>::all(kube.clone())
         .create(
