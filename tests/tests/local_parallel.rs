@@ -95,3 +95,64 @@ async fn a_parallel_start_forms_the_same_set_as_an_ordered_one() {
     assert!(again.started.is_empty(), "{again:?}");
     assert_eq!(again.already_running.len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_whose_master_moved_restarts_whole_in_parallel_with_the_same_master_and_no_copy() {
+    if pg_or_skip("local_parallel").is_none() {
+        return;
+    }
+    // Ports 30350-30352 (health 31350-31352).
+    let mut t = TestSet::new(3, 30350);
+    local::up(&t.opts).await.expect("ordered up");
+    t.sql(0, "CREATE TABLE t (n int); INSERT INTO t VALUES (1)")
+        .unwrap();
+    t.wait_for(2, "SELECT count(*) FROM t", "1", 60 * SECOND);
+    pgset_local::switchover::switchover(t.dir(), Some("pgset-2"), 120 * SECOND)
+        .await
+        .expect("the master role moves to pgset-2");
+    t.wait_for(2, "SELECT pg_is_in_recovery()", "f", 60 * SECOND);
+    t.sql(2, "INSERT INTO t VALUES (2)").unwrap();
+    let sysid = t.sql(2, SYSID).unwrap();
+    // The timeline written on (pg_control names it only after the next checkpoint).
+    const TIMELINE: &str = "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)";
+    let timeline = t.sql(2, TIMELINE).unwrap();
+    let inodes: Vec<u64> = (0..3)
+        .map(|k| support::inode(&t.dir().join(t.set().member(k))))
+        .collect();
+
+    // Everything stops (data kept); everything starts at once.
+    local::down(t.dir(), false).await.expect("down");
+    t.opts.parallel = true;
+    local::up(&t.opts)
+        .await
+        .expect("parallel up of the whole set");
+
+    // The same master, the others stream from it: nothing promoted anew, rewound or copied.
+    t.wait_for(2, "SELECT pg_is_in_recovery()", "f", 60 * SECOND);
+    t.wait_for(
+        2,
+        "SELECT string_agg(application_name || ':' || state, ',' ORDER BY application_name) \
+         FROM pg_stat_replication",
+        "pgset-0:streaming,pgset-1:streaming",
+        120 * SECOND,
+    );
+    assert_eq!(
+        t.sql(2, TIMELINE).unwrap(),
+        timeline,
+        "no promotion on the restart"
+    );
+    for k in 0..3 {
+        assert_eq!(t.sql(k, SYSID).unwrap(), sysid, "member {k}");
+        t.wait_for(
+            k,
+            "SELECT string_agg(n::text, ',' ORDER BY n) FROM t",
+            "1,2",
+            60 * SECOND,
+        );
+        assert_eq!(
+            support::inode(&t.dir().join(t.set().member(k))),
+            inodes[k as usize],
+            "member {k}'s data directory is the one it had"
+        );
+    }
+}
