@@ -5,8 +5,9 @@
 //! `<cluster>-N/` data (DATA_ROOT=DIR), `<cluster>-N.log`, `secret/` passwords (0600), `run/`
 //! sockets, `members` (the membership file) and `pgset-local.json`; with [`UpOptions::tls`],
 //! `tls/` (the set's CA, its key never leaving it, and the members' certificates, made once by
-//! `pgset-tls` and renewed when due).
+//! `pgset-tls` and renewed when due; the CA rotated with overlap by [`ca_rotation`]).
 
+pub mod ca_rotation;
 pub mod status;
 pub mod switchover;
 
