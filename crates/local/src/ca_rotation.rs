@@ -14,8 +14,7 @@ use pgset_agent::health;
 use pgset_spec::contract;
 
 use crate::{
-    LocalSet, Result, agent_pid, give_to_postgres, info, known_ordinals, local_err, read_set,
-    tls_dir,
+    LocalSet, Result, agent_pid, give_to_postgres, known_ordinals, local_err, read_set, tls_dir,
 };
 
 /// How long each step waits for every running member by default.
@@ -39,10 +38,7 @@ pub async fn rotate_ca(dir: &Path, step_timeout: Duration) -> Result<Vec<String>
     let tls_err = |e: pgset_tls::Error| local_err(format!("the set's TLS files: {e}"));
     let mut lines = Vec::new();
     let note = |lines: &mut Vec<String>, made: Vec<String>| {
-        for l in made {
-            info(&l);
-            lines.push(l);
-        }
+        lines.extend(made);
     };
     let state = pgset_tls::ca_rotation(&tls).map_err(tls_err)?;
     if state == (pgset_tls::CaRotation::Settled { others: 0 })

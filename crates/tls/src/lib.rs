@@ -91,6 +91,13 @@ pub fn make_bundle<S: AsRef<str>>(certs: &[S]) -> String {
     seen.concat()
 }
 
+/// Whether the bundle holds the certificate `cert_pem` (compared as PEM blocks, whatever
+/// surrounds them).
+pub fn bundle_has(bundle: &str, cert_pem: &str) -> bool {
+    let want = split_bundle(cert_pem);
+    want.len() == 1 && split_bundle(bundle).contains(&want[0])
+}
+
 /// Whether the certificate `cert_pem` was signed by the CA `ca_pem` (its signature verifies
 /// with the CA's public key; the names alone cannot tell an old CA from its successor).
 pub fn signed_by(cert_pem: &str, ca_pem: &str) -> bool {
