@@ -738,6 +738,71 @@ async fn a_ca_rotation_keeps_every_write_and_the_stream_while_the_ca_changes_und
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn up_rotates_a_ca_near_its_end_with_overlap_and_a_second_up_keeps_the_new_one() {
+    const TEST: &str =
+        "up_rotates_a_ca_near_its_end_with_overlap_and_a_second_up_keeps_the_new_one";
+    let Some(bin) = pg_or_skip(TEST) else {
+        return;
+    };
+    if let Some(reason) = no_ssl_reason(&bin) {
+        pgset_tests::skip(TEST, &reason);
+        return;
+    }
+    let mut t = TestSet::new(2, 30110);
+    t.opts.tls = true;
+    let dir = t.dir().to_path_buf();
+    let tls = local::tls_dir(&dir);
+    local::up(&t.opts).await.expect("a --tls set forms");
+    local::down(&dir, false).await.unwrap();
+    // The set's CA as if made almost ten years ago: 90 days left, within its renewal window.
+    std::fs::remove_dir_all(&tls).unwrap();
+    let made = pgset_tls::now() - pgset_tls::CA_VALIDITY + pgset_tls::CA_RENEW_BEFORE / 2;
+    pgset_tls::ensure_dir(&tls, &t.opts.name, &pgset_tls::local_names(), made).unwrap();
+    let read = |f: &str| std::fs::read_to_string(tls.join(f)).unwrap();
+    let old_ca = read(files::CA_CERT);
+    assert!(pgset_tls::ca_due(&tls, pgset_tls::now()).unwrap());
+
+    local::up(&t.opts)
+        .await
+        .expect("a --tls set forms and rotates its CA");
+    let new_ca = read(files::CA_CERT);
+    assert_ne!(new_ca, old_ca);
+    assert_eq!(
+        pgset_tls::split_bundle(&new_ca).len(),
+        1,
+        "the old CA retired"
+    );
+    let facts = pgset_tls::read_cert(&new_ca).unwrap();
+    assert!(
+        facts.not_after - pgset_tls::now() > pgset_tls::CA_VALIDITY - pgset_tls::CA_RENEW_BEFORE
+    );
+    for f in [files::SERVER_CERT, files::REPLICATION_CERT] {
+        assert!(pgset_tls::signed_by(&read(f), &new_ca), "{f}");
+    }
+    assert!(!pgset_tls::ca_due(&tls, pgset_tls::now()).unwrap());
+    t.wait_for(
+        0,
+        SENDERS_SQL,
+        "pgset-1|true|TLSv1.3|/CN=replicator",
+        60 * SECOND,
+    );
+    // The server presents a certificate of the new CA.
+    if pgset_tests::tool("openssl").is_some() {
+        let served = served_certificate(t.port(0)).unwrap();
+        assert_eq!(
+            served.serial,
+            pgset_tls::read_cert(&read(files::SERVER_CERT))
+                .unwrap()
+                .serial
+        );
+    }
+    // A second up rewrites nothing.
+    let before = tls_files(&dir);
+    local::up(&t.opts).await.unwrap();
+    assert_eq!(tls_files(&dir), before);
+}
+
 /// Runs a `sh -c … psql -d CONNINFO` argv of `pgset_verify::tls::psql_ssl` against member `k`
 /// of `t` over TCP: the pod's secret directory becomes the set's, the Service the member's
 /// address and port.

@@ -742,6 +742,17 @@ pub async fn up(opts: &UpOptions) -> Result<UpReport> {
             wait_ready(&opts.dir, &set, k, opts.ready_timeout).await?;
         }
     }
+    // A CA near its end, or a rotation a stopped run began: rotated with overlap, now that
+    // every member runs.
+    if opts.tls
+        && pgset_tls::ca_due(&tls_dir(&opts.dir), pgset_tls::now())
+            .map_err(|e| local_err(format!("the set's TLS files: {e}")))?
+    {
+        info("the set's CA is near its end (or its rotation unfinished): rotating it with overlap");
+        for line in ca_rotation::rotate_ca(&opts.dir, ca_rotation::DEFAULT_STEP_TIMEOUT).await? {
+            info(&line);
+        }
+    }
     Ok(report)
 }
 

@@ -469,7 +469,19 @@ fn write_pair(dir: &Path, cert: &str, key: &str, issued: &Issued) -> Result<()> 
     write_file(&dir.join(cert), &issued.cert_pem, 0o644)
 }
 
-/// Keeps the set's TLS files in `dir` (made 0700): the CA (made once, anew only when due), the
+/// Whether the CA of `dir` is to be rotated with overlap now: its signing CA is within
+/// [`CA_RENEW_BEFORE`] of its end, or a rotation is under way or not finished (the bundle holds
+/// more than the signing CA).
+pub fn ca_due(dir: &Path, now: OffsetDateTime) -> Result<bool> {
+    let Some((_, facts)) = signing_ca(dir)? else {
+        return Ok(false);
+    };
+    Ok(facts.not_after - now < CA_RENEW_BEFORE
+        || ca_rotation(dir)? != (CaRotation::Settled { others: 0 }))
+}
+
+/// Keeps the set's TLS files in `dir` (made 0700): the CA (made once, anew only past its end:
+/// near its end a rotation with overlap replaces it, [`ca_due`]), the
 /// server certificate for `names` and the replication role's client certificate, each made
 /// when missing or due ([`needs_renewal`]). Keys are written 0600. Returns one line per file
 /// made (empty when everything was still valid); nothing valid is rewritten.
@@ -485,7 +497,9 @@ pub fn ensure_dir(
     let mut made = Vec::new();
     let ca_cn = format!("{CA_COMMON_NAME} {cluster}");
     let ca = match signing_ca(dir)? {
-        Some((ca, facts)) if needs_renewal(&facts, None, None, now).is_none() => ca,
+        // Near its end it is kept: a rotation with overlap replaces it ([`ca_due`]); one
+        // past its end (or not valid yet) is trusted by no one any more and is made anew.
+        Some((ca, facts)) if facts.not_after > now && facts.not_before <= now => ca,
         old => {
             let ca = make_ca(cluster, now)?;
             write_pair(dir, files::CA_CERT, files::CA_KEY, &ca)?;
@@ -1068,5 +1082,29 @@ mod tests {
             &fs::read_to_string(dir.join(files::SERVER_CERT)).unwrap(),
             &ca
         ));
+    }
+
+    #[test]
+    fn a_ca_near_its_end_is_kept_for_a_rotation_and_one_past_it_is_made_anew() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("tls");
+        let t = now();
+        assert!(!ca_due(&dir, t).unwrap(), "no CA: nothing to rotate");
+        ensure_dir(&dir, "db", &local_names(), t).unwrap();
+        let ca = fs::read_to_string(dir.join(files::CA_CERT)).unwrap();
+        assert!(!ca_due(&dir, t).unwrap());
+        let near = t + CA_VALIDITY - CA_RENEW_BEFORE + Duration::days(1);
+        assert!(ca_due(&dir, near).unwrap());
+        ensure_dir(&dir, "db", &local_names(), near).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.join(files::CA_CERT)).unwrap(),
+            ca,
+            "kept for the rotation"
+        );
+        begin_ca_rotation(&dir, "db", t).unwrap();
+        assert!(ca_due(&dir, t).unwrap(), "a rotation under way is finished");
+        let past = t + CA_VALIDITY + Duration::days(1);
+        let made = ensure_dir(&dir, "db", &local_names(), past).unwrap();
+        assert!(made[0].starts_with("renewed the CA"), "{made:?}");
     }
 }
