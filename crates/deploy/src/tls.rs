@@ -13,6 +13,10 @@
 //! files stay the kubelet's, so a renewed Secret reaches a running member in place (an atomic
 //! symlink swap) without the agent copying anything.
 //!
+//! The `ca.crt` members and clients get is a trust bundle ([`trust_bundle`]): the CA, or
+//! during a CA rotation the old and the new one; a CA near its end is rotated with overlap by
+//! [`ca_rotation`] (from `deploy`, or `rotate-certs --ca`), never replaced in one step.
+//!
 //! The builders and the judgement ([`judge_leaf`], [`judge_ca`]) are pure; [`ensure`] reads the
 //! cluster, then creates or patches what is missing or due.
 
@@ -384,7 +388,9 @@ fn suffix(mode: ApplyMode) -> &'static str {
 /// Makes sure the cluster's TLS material is there: in `auto` the CA Secret, the server and
 /// replication certificate Secrets and the CA ConfigMap (each created when missing, a
 /// certificate reissued by a merge patch of its data when due, nothing written when all
-/// serve: a second deploy only reads); in `provided` the user's Secrets are read and checked
+/// serve: a second deploy only reads; a CA near its end, or a CA rotation a stopped run began,
+/// is then rotated with overlap by [`ca_rotation::rotate_ca`], which waits for the members);
+/// in `provided` the user's Secrets are read and checked
 /// ([`check_provided`]) and nothing is written; with TLS off nothing is read. One line per
 /// object to `progress` (never a key).
 pub async fn ensure(
