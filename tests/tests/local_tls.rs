@@ -277,6 +277,16 @@ fn a_set_without_tls_cannot_be_switched_on_in_place() {
     let e = rt.block_on(local::up(&opts)).unwrap_err().to_string();
     assert!(e.contains("without TLS") && e.contains("--dir"), "{e}");
     assert!(!local::tls_dir(t.dir()).exists());
+    // Nor is there a CA to rotate: refused, nothing made.
+    let e = rt
+        .block_on(local::ca_rotation::rotate_ca(t.dir(), SECOND))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("there is no CA to rotate") && e.contains("local up --tls"),
+        "{e}"
+    );
+    assert!(!local::tls_dir(t.dir()).exists());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -802,3 +802,44 @@ async fn a_ca_near_its_end_is_rotated_by_deploy_with_overlap() {
     );
     assert!(!calls.lock().unwrap().iter().any(Call::is_write));
 }
+
+#[tokio::test]
+async fn a_ca_rotation_is_refused_without_a_request_for_provided_or_off_and_after_one_read_for_a_cluster_without_tls()
+ {
+    let store = Store::default();
+    let loaded = Loaded::default();
+    let stuck = Arc::new(Mutex::new(Vec::new()));
+    let (client, calls) = mock_client_replying(cluster(store.clone(), loaded, stuck));
+    let timeout = std::time::Duration::from_secs(1);
+    let now = pgset_tls::now();
+    let e = ca_rotation::rotate_ca(&client, &provided(), now, timeout, &mut |_: &str| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("yours") && e.contains("nothing was changed"),
+        "{e}"
+    );
+    let mut off = ClusterSpec::default();
+    off.tls.mode = TlsMode::Off;
+    let off = off.validated().unwrap();
+    let e = ca_rotation::rotate_ca(&client, &off, now, timeout, &mut |_: &str| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no CA to rotate") && e.contains("nothing was changed"),
+        "{e}"
+    );
+    assert!(calls.lock().unwrap().is_empty());
+    let e = ca_rotation::rotate_ca(&client, &spec(), now, timeout, &mut |_: &str| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no CA Secret pgset-ca") && e.contains("nothing was changed"),
+        "{e}"
+    );
+    assert_eq!(lines(&calls), [format!("GET {SECRETS}/pgset-ca")]);
+    assert!(store.lock().unwrap().is_empty());
+}
