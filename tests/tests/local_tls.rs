@@ -813,6 +813,37 @@ async fn up_rotates_a_ca_near_its_end_with_overlap_and_a_second_up_keeps_the_new
     assert_eq!(tls_files(&dir), before);
 }
 
+#[test]
+fn what_an_agent_publishes_as_loaded_is_what_a_cluster_ca_rotation_waits_for() {
+    // The agent's digests of a member's files, as its pod annotation carries them, judged by
+    // the rotation's wait against the Secrets' texts it wrote: caught up on the same files,
+    // behind once the bundle changes.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tls");
+    pgset_tls::ensure_dir(&dir, "db", &pgset_tls::local_names(), pgset_tls::now()).unwrap();
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let pod_with = |files: &pgset_agent::tls::TlsFiles| {
+        let patch = pgset_agent::kube_api::tls_loaded_patch(&files.digests().unwrap().to_json());
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(patch).unwrap();
+        BTreeMap::from([("db-0".to_string(), pod)])
+    };
+    let files = pgset_agent::tls::TlsFiles::new(&dir);
+    let want = |bundle: &str| pgset_deploy::tls::ca_rotation::Want {
+        ca_bundle: pgset_tls::digest(bundle.as_bytes()),
+        certs: Some(pgset_tls::certs_digest(
+            &read(files::SERVER_CERT),
+            &read(files::REPLICATION_CERT),
+        )),
+    };
+    let pods = pod_with(&files);
+    let behind = pgset_deploy::tls::ca_rotation::behind;
+    assert!(behind(&pods, &want(&read(files::CA_CERT))).is_empty());
+    pgset_tls::begin_ca_rotation(&dir, "db", pgset_tls::now()).unwrap();
+    let bundle = read(files::CA_CERT);
+    assert_eq!(behind(&pods, &want(&bundle)), ["db-0"]);
+    assert!(behind(&pod_with(&files), &want(&bundle)).is_empty());
+}
+
 /// Runs a `sh -c … psql -d CONNINFO` argv of `pgset_verify::tls::psql_ssl` against member `k`
 /// of `t` over TCP: the pod's secret directory becomes the set's, the Service the member's
 /// address and port.
