@@ -591,9 +591,19 @@ async fn ensure_or_rotate(
             Some(end) => format!("the CA in Secret {ca_name} ends at {end}"),
             None => format!("Secret {ca_name} holds a CA rotation begun earlier"),
         };
+        let silent = match mode {
+            ApplyMode::Apply => ca_rotation::silent_members(client, spec).await?,
+            ApplyMode::ServerDryRun => Vec::new(),
+        };
         if mode == ApplyMode::ServerDryRun {
             progress(&format!(
                 "{why}: deploy rotates it with overlap (not in a dry run)"
+            ));
+        } else if !silent.is_empty() {
+            progress(&format!(
+                "{why}: not rotated by this deploy: {} run an agent that does not say which TLS files it loaded ({}); the next deploy rotates it once the members run this deploy's agent",
+                silent.join(", "),
+                files::LOADED_ANNOTATION
             ));
         } else {
             progress(&format!("{why}: rotating it with overlap"));

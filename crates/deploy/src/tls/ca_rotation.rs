@@ -91,6 +91,32 @@ pub fn behind(pods: &BTreeMap<String, Pod>, want: &Want) -> Vec<String> {
         .collect()
 }
 
+/// The member pods whose agent has never said which TLS files it loaded (no
+/// [`contract::tls::LOADED_ANNOTATION`]: an agent that predates CA rotation), sorted; one
+/// listing. A deploy rotates the CA only when there are none: it would wait for them in vain
+/// before it updates them.
+pub async fn silent_members(client: &Client, spec: &ValidSpec) -> Result<Vec<String>> {
+    let ns = spec.namespace.as_str();
+    let selector = selector_string(spec);
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::api("list", "Pod", &selector, ns))?;
+    let mut silent: Vec<String> = pods
+        .items
+        .iter()
+        .filter(|p| {
+            p.metadata
+                .annotations
+                .as_ref()
+                .is_none_or(|a| !a.contains_key(files::LOADED_ANNOTATION))
+        })
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    silent.sort();
+    Ok(silent)
+}
+
 /// Waits, watching the cluster's member pods, until every one has loaded what `want` names;
 /// past `timeout`, an error naming those that have not. No member pod: nothing to wait for (a
 /// member that starts mounts the Secrets as they are).
