@@ -40,6 +40,13 @@ pub const CA_COMMON_NAME: &str = "pgset CA";
 /// A CA this close to its end is replaced by a rotation with overlap (old and new CA trusted
 /// together until every leaf is the new CA's), long before any leaf it signed could outlive it.
 pub const CA_RENEW_BEFORE: Duration = Duration::days(180);
+/// A certificate this close to its end is renewed by the cluster's renewal job (run daily):
+/// well before [`RENEW_BEFORE`], so a few missed runs still leave it time.
+pub const AUTO_RENEW_BEFORE: Duration = Duration::days(30);
+/// During a cluster's CA rotation: the CA Secret's key of the new CA's certificate.
+pub const NEXT_CA_CERT_KEY: &str = "next.crt";
+/// During a cluster's CA rotation: the CA Secret's key of the new CA's key.
+pub const NEXT_CA_KEY_KEY: &str = "next.key";
 /// During a CA rotation of a directory: the new CA's key, kept apart from the signing key
 /// (`ca.key`) until every member trusts the new CA.
 pub const CA_NEXT_KEY: &str = "ca-next.key";
