@@ -844,6 +844,49 @@ fn what_an_agent_publishes_as_loaded_is_what_a_cluster_ca_rotation_waits_for() {
     assert!(behind(&pod_with(&files), &want(&bundle)).is_empty());
 }
 
+#[test]
+fn the_renewal_jobs_command_is_one_the_agent_takes() {
+    // The CronJob's command, run by the agent built from this tree outside a cluster: its
+    // arguments parse, and it stops at the in-cluster client with the fix, changing nothing.
+    let spec = pgset_spec::ClusterSpec::default();
+    let job = pgset_deploy::tls::renewal::objects(&spec).unwrap().cron_job;
+    let command = job
+        .spec
+        .unwrap()
+        .job_template
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers[0]
+        .command
+        .clone()
+        .unwrap();
+    assert_eq!(command[0], contract::AGENT_IMAGE_BINARY);
+    let out = pgset_command::HostCommand::new(support::agent_bin())
+        .args(&command[1..])
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .quiet()
+        .output()
+        .unwrap();
+    assert!(!out.success());
+    assert!(
+        out.stderr.contains("in-cluster configuration"),
+        "{}",
+        out.stderr
+    );
+    // A command it does not take is refused by its parser instead.
+    let bad = pgset_command::HostCommand::new(support::agent_bin())
+        .args(["renew-certs", "--namespace", "x"])
+        .quiet()
+        .output()
+        .unwrap();
+    assert!(!bad.success());
+    assert!(bad.stderr.contains("--ca-secret"), "{}", bad.stderr);
+}
+
 /// Runs a `sh -c … psql -d CONNINFO` argv of `pgset_verify::tls::psql_ssl` against member `k`
 /// of `t` over TCP: the pod's secret directory becomes the set's, the Service the member's
 /// address and port.

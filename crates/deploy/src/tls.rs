@@ -788,6 +788,7 @@ pub fn connect_info(spec: &ClusterSpec) -> ConnectInfo {
 }
 
 pub mod ca_rotation;
+pub mod renewal;
 
 #[cfg(test)]
 mod tests;

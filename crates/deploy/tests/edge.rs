@@ -206,6 +206,15 @@ async fn deploy_applies_in_order_with_pgsets_field_manager_and_creates_the_secre
             "PATCH /api/v1/namespaces/default/persistentvolumeclaims/pgset-pvc",
             "GET /apis/apps/v1/namespaces/default/statefulsets/pgset",
             "PATCH /apis/apps/v1/namespaces/default/statefulsets/pgset",
+            // The certificates' daily renewal, with its own identity.
+            "GET /api/v1/namespaces/default/serviceaccounts/pgset-cert-renewal",
+            "PATCH /api/v1/namespaces/default/serviceaccounts/pgset-cert-renewal",
+            "GET /apis/rbac.authorization.k8s.io/v1/namespaces/default/roles/pgset-cert-renewal",
+            "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/default/roles/pgset-cert-renewal",
+            "GET /apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings/pgset-cert-renewal",
+            "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings/pgset-cert-renewal",
+            "GET /apis/batch/v1/namespaces/default/cronjobs/pgset-cert-renewal",
+            "PATCH /apis/batch/v1/namespaces/default/cronjobs/pgset-cert-renewal",
         ]
     );
     for call in calls.iter().filter(|c| c.method == "PATCH") {
@@ -297,8 +306,9 @@ async fn second_deploy_keeps_the_existing_secret_untouched() {
             .iter()
             .any(|l| l.starts_with("kept Secret pgset-secret"))
     );
-    // Everything else is still applied; the missing record is created.
-    assert_eq!(calls.iter().filter(|c| c.method == "PATCH").count(), 10);
+    // Everything else is still applied (the certificate renewal's four objects included);
+    // the missing record is created.
+    assert_eq!(calls.iter().filter(|c| c.method == "PATCH").count(), 14);
 }
 
 #[tokio::test]
@@ -309,8 +319,8 @@ async fn a_second_deploy_over_the_same_spec_changes_nothing_and_says_so() {
         .unwrap();
     assert_eq!(
         first.changed.len(),
-        16,
-        "12 objects and the TLS material (the CA, two certificates, the CA ConfigMap): {first:?}"
+        20,
+        "12 objects, the TLS material (the CA, two certificates, the CA ConfigMap) and the certificate renewal (ServiceAccount, Role, RoleBinding, CronJob): {first:?}"
     );
     assert_eq!(first.unchanged, 0);
     let mut lines = Vec::new();
@@ -321,8 +331,8 @@ async fn a_second_deploy_over_the_same_spec_changes_nothing_and_says_so() {
     .unwrap();
     assert!(second.changed.is_empty(), "{second:?}");
     assert_eq!(
-        second.unchanged, 16,
-        "the policy and its binding are not rewritten, nor the TLS material"
+        second.unchanged, 20,
+        "the policy and its binding are not rewritten, nor the TLS material, nor the certificate renewal"
     );
     assert!(
         lines
@@ -388,7 +398,7 @@ async fn a_cluster_without_admission_policies_gets_everything_else_and_is_told_o
             "{}",
             told[0]
         );
-        assert_eq!(outcome.changed.len(), 14, "{outcome:?}");
+        assert_eq!(outcome.changed.len(), 18, "{outcome:?}");
         assert!(outcome.changed.contains(&"StatefulSet/pgset".to_string()));
     }
 }
@@ -437,8 +447,8 @@ async fn server_dry_run_sends_dry_run_on_every_write() {
     let writes: Vec<&Call> = calls.iter().filter(|c| c.is_write()).collect();
     assert_eq!(
         writes.len(),
-        16,
-        "the policy and its binding too, and the TLS material"
+        20,
+        "the policy and its binding too, the TLS material and the certificate renewal"
     );
     for call in writes {
         assert!(
@@ -1433,6 +1443,10 @@ async fn down_scales_to_zero_waits_then_deletes_in_reverse_and_keeps_data() {
             "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/pgset-default-pgset-members",
             "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings/pgset-drill-default-pgset-isolated",
             "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/pgset-drill-default-pgset-isolated",
+            "cronjobs/pgset-cert-renewal",
+            "rolebindings/pgset-cert-renewal",
+            "roles/pgset-cert-renewal",
+            "serviceaccounts/pgset-cert-renewal",
             "rolebindings/pgset-agent",
             "roles/pgset-agent",
             "serviceaccounts/pgset-sa",
@@ -1497,6 +1511,10 @@ async fn down_purge_deletes_claims_this_clusters_volumes_the_secret_its_leases_a
             "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/pgset-default-pgset-members",
             "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings/pgset-drill-default-pgset-isolated",
             "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/pgset-drill-default-pgset-isolated",
+            "cronjobs/pgset-cert-renewal",
+            "rolebindings/pgset-cert-renewal",
+            "roles/pgset-cert-renewal",
+            "serviceaccounts/pgset-cert-renewal",
             "rolebindings/pgset-agent",
             "roles/pgset-agent",
             "serviceaccounts/pgset-sa",

@@ -37,9 +37,9 @@ use crate::wait::{Listing, until_listing};
 use crate::{Error, Result, selector_string};
 
 /// Secret `<name>-ca`'s key of the new CA's certificate during a rotation.
-pub const NEXT_CERT_KEY: &str = "next.crt";
+pub const NEXT_CERT_KEY: &str = pgset_tls::NEXT_CA_CERT_KEY;
 /// Secret `<name>-ca`'s key of the new CA's key during a rotation.
-pub const NEXT_KEY_KEY: &str = "next.key";
+pub const NEXT_KEY_KEY: &str = pgset_tls::NEXT_CA_KEY_KEY;
 /// How long each step waits for every member by default.
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(300);
 
