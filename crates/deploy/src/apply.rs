@@ -35,7 +35,7 @@ impl ApplyMode {
         self == ApplyMode::ServerDryRun
     }
 
-    fn suffix(self) -> &'static str {
+    pub(crate) fn suffix(self) -> &'static str {
         match self {
             ApplyMode::Apply => "",
             ApplyMode::ServerDryRun => " (server dry run)",
@@ -382,7 +382,11 @@ pub async fn deploy(
             other => other,
         })?;
     changes.record(applied);
-    // The daily renewal of the certificates made above (tls.mode auto), with its own identity.
+    // The daily renewal of the certificates made above (tls.mode auto), with its own identity;
+    // otherwise none an earlier auto deploy left.
+    if cert_renewal.is_none() {
+        crate::tls::renewal::remove_leftover(client, spec, mode, progress).await?;
+    }
     if let Some(r) = &cert_renewal {
         changes.record(
             apply_one::<ServiceAccount>(client, ns, &r.service_account, mode, progress).await?,

@@ -102,6 +102,10 @@ fn deploy_handler_over(
                     (code, obj)
                 }
             },
+            ("DELETE", p) => match store.remove(p) {
+                Some(o) => (200, o),
+                None => not_found(p),
+            },
             (_, p) => panic!("unexpected request {} {p}", call.method),
         }
     }
@@ -2422,4 +2426,77 @@ async fn a_plain_cluster_is_not_switched_to_tls_in_place_and_nothing_is_written(
     )
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn a_renewal_job_an_auto_deploy_left_is_removed_by_a_deploy_without_auto() {
+    let (client, calls) = mock_client(deploy_handler(None));
+    deploy(&client, &spec(), ApplyMode::Apply, &mut |_: &str| {})
+        .await
+        .unwrap();
+    calls.lock().unwrap().clear();
+    let mut provided = spec().into_inner();
+    provided.tls.mode = pgset_spec::TlsMode::Off;
+    let mut lines = Vec::new();
+    // Refused (members run with TLS), but only after judging: nothing is written.
+    let _ = deploy(
+        &client,
+        &provided.clone().validated().unwrap(),
+        ApplyMode::Apply,
+        &mut |l: &str| lines.push(l.to_string()),
+    )
+    .await;
+    assert!(!calls.lock().unwrap().iter().any(Call::is_write));
+    // With the StatefulSet gone (taken down, data kept), a plain deploy removes the job.
+    let sts = format!("/apis/apps/v1/namespaces/{NS}/statefulsets/pgset");
+    let (client, calls) = mock_client(deploy_handler_over(vec![
+        (
+            format!("/apis/batch/v1/namespaces/{NS}/cronjobs/pgset-cert-renewal"),
+            json!({"metadata": {"name": "pgset-cert-renewal"}}),
+        ),
+        (
+            format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{NS}/roles/pgset-cert-renewal"),
+            json!({"metadata": {"name": "pgset-cert-renewal"}}),
+        ),
+    ]));
+    deploy(
+        &client,
+        &provided.validated().unwrap(),
+        ApplyMode::Apply,
+        &mut |l: &str| lines.push(l.to_string()),
+    )
+    .await
+    .unwrap();
+    let deletes: Vec<String> = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.method == "DELETE")
+        .map(Call::line)
+        .collect();
+    assert_eq!(
+        deletes,
+        [
+            format!("DELETE /apis/batch/v1/namespaces/{NS}/cronjobs/pgset-cert-renewal"),
+            format!(
+                "DELETE /apis/rbac.authorization.k8s.io/v1/namespaces/{NS}/rolebindings/pgset-cert-renewal"
+            ),
+            format!(
+                "DELETE /apis/rbac.authorization.k8s.io/v1/namespaces/{NS}/roles/pgset-cert-renewal"
+            ),
+            format!("DELETE /api/v1/namespaces/{NS}/serviceaccounts/pgset-cert-renewal"),
+        ]
+    );
+    assert!(
+        lines.iter().any(|l| l
+            .starts_with("deleted CronJob pgset-cert-renewal (left by a tls.mode auto deploy)")),
+        "{lines:?}"
+    );
+    assert!(
+        !calls
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|c| c.path == sts && c.method == "DELETE")
+    );
 }

@@ -171,6 +171,55 @@ pub fn objects(spec: &ClusterSpec) -> Option<CertRenewal> {
     })
 }
 
+/// With `tls.mode` provided or off, a renewal job an earlier `auto` deploy left is removed
+/// (its CronJob, RoleBinding, Role and ServiceAccount): it would otherwise reissue the user's
+/// certificates by the old CA. One line per object removed; nothing when there is none.
+pub async fn remove_leftover(
+    client: &kube::Client,
+    spec: &ClusterSpec,
+    mode: crate::apply::ApplyMode,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> crate::Result<()> {
+    async fn remove<K: crate::NamespacedObject>(
+        client: &kube::Client,
+        ns: &str,
+        name: &str,
+        mode: crate::apply::ApplyMode,
+        progress: &mut (dyn FnMut(&str) + Send),
+    ) -> crate::Result<()> {
+        let api: kube::Api<K> = kube::Api::namespaced(client.clone(), ns);
+        let mut params = kube::api::DeleteParams::default();
+        if mode == crate::apply::ApplyMode::ServerDryRun {
+            params = params.dry_run();
+        }
+        match api.delete(name, &params).await {
+            Ok(_) => {
+                progress(&format!(
+                    "deleted {} {name} (left by a tls.mode auto deploy){}",
+                    crate::apply::kind_of::<K>(),
+                    mode.suffix()
+                ));
+                Ok(())
+            }
+            Err(e) if crate::is_status(&e, 404) => Ok(()),
+            Err(e) => Err(crate::Error::api(
+                "delete",
+                crate::apply::kind_of::<K>(),
+                name,
+                ns,
+            )(e)),
+        }
+    }
+    if spec.tls.mode == TlsMode::Auto {
+        return Ok(());
+    }
+    let (ns, name) = (spec.namespace.as_str(), name(spec));
+    remove::<CronJob>(client, ns, &name, mode, progress).await?;
+    remove::<RoleBinding>(client, ns, &name, mode, progress).await?;
+    remove::<Role>(client, ns, &name, mode, progress).await?;
+    remove::<ServiceAccount>(client, ns, &name, mode, progress).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
