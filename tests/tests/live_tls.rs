@@ -4,8 +4,11 @@
 //! says) gets TLS 1.3 (here as the replication role by its certificate, the one role besides
 //! password roles pg_hba admits from the pods); the superuser from a pod is refused by pg_hba,
 //! password or not; a connection without TLS is refused by pg_hba; every WAL sender on the
-//! master runs over TLS, authenticated by the replication certificate (`/CN=replicator`). The
-//! namespace, the cluster and its TLS material are removed at the end.
+//! master runs over TLS, authenticated by the replication certificate (`/CN=replicator`). A CA
+//! rotation with overlap (`rotate-certs --ca`) ends with every member's pod naming the new CA's
+//! files loaded, the mounted bundle and the ConfigMap the new CA alone, verify-full connections
+//! and TLS streaming by certificate going on. The namespace, the cluster and its TLS material
+//! are removed at the end.
 //!
 //! Deadlines: `PGSET_LIVE_PATIENCE=FACTOR` (default 1) multiplies the waits.
 
@@ -30,6 +33,22 @@ fn psql_conninfo(conninfo: &str, sql: &str) -> Vec<String> {
     ["sh", "-c", &script, "psql", "-d", conninfo, "-c", sql]
         .map(String::from)
         .to_vec()
+}
+
+/// `conninfo` (the superuser's, as `connect-info` prints it) as the replication role by the
+/// certificate mounted in a member's pod: the one role besides password roles pg_hba admits
+/// from the pods.
+fn as_replication_role(conninfo: &str) -> String {
+    format!(
+        "{} sslcert={tls}/{} sslkey={tls}/{}",
+        conninfo.replace(
+            &format!("user={}", contract::SUPERUSER),
+            &format!("user={}", contract::REPLICATION_USER)
+        ),
+        contract::tls::REPLICATION_CERT,
+        contract::tls::REPLICATION_KEY,
+        tls = contract::TLS_MOUNT
+    )
 }
 
 #[tokio::test]
@@ -77,16 +96,7 @@ async fn verify_full_reaches_the_master_plain_tcp_is_refused_and_replication_use
             out.stdout,
             out.stderr
         );
-        let conninfo = format!(
-            "{} sslcert={tls}/{} sslkey={tls}/{}",
-            conninfo.replace(
-                &format!("user={}", contract::SUPERUSER),
-                &format!("user={}", contract::REPLICATION_USER)
-            ),
-            contract::tls::REPLICATION_CERT,
-            contract::tls::REPLICATION_KEY,
-            tls = contract::TLS_MOUNT
-        );
+        let conninfo = as_replication_role(&conninfo);
         assert!(conninfo.contains("sslmode=verify-full"), "{conninfo}");
         let cat = exec
             .run(
@@ -148,6 +158,122 @@ async fn verify_full_reaches_the_master_plain_tcp_is_refused_and_replication_use
              USING (pid) ORDER BY 1";
         let want = format!(
             "{}|true|TLSv1.3|/CN={}",
+            spec.pod_name(1),
+            contract::REPLICATION_USER
+        );
+        let deadline = Instant::now() + Duration::from_secs_f64(120.0 * patience);
+        loop {
+            let out = exec
+                .run(
+                    &master,
+                    POSTGRES_CONTAINER,
+                    &pgset_verify::sql::psql_local(&[senders]),
+                )
+                .await
+                .expect("exec psql on the master");
+            if out.success() && out.stdout.trim() == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "WAL senders on {master}: {:?}, wanted {want:?}: {}",
+                out.stdout,
+                out.stderr
+            );
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_ca_rotation_ends_with_every_member_on_the_new_ca_and_streaming_over_tls() {
+    let test = "a_ca_rotation_ends_with_every_member_on_the_new_ca_and_streaming_over_tls";
+    support::on_a_cluster_of_its_own(test, "pgset-tls-ca", 2, |client, spec| async move {
+        let (_dir, _file) = support::deploy_own_cluster(&client, &spec).await;
+        let patience = support::patience();
+        let configmap = || async {
+            let cm = Api::<ConfigMap>::namespaced(client.clone(), &spec.namespace)
+                .get(&spec.ca_configmap_name())
+                .await
+                .expect("the CA ConfigMap exists");
+            cm.data.unwrap_or_default()[contract::tls::CONFIGMAP_CA_KEY].clone()
+        };
+        let old_ca = configmap().await;
+        let started = Instant::now();
+        pgset_deploy::tls::ca_rotation::rotate_ca(
+            &client,
+            &spec,
+            pgset_tls::now(),
+            Duration::from_secs_f64(300.0 * patience),
+            &mut |line: &str| eprintln!("    {line}"),
+        )
+        .await
+        .expect("the CA rotation");
+        eprintln!(
+            "CA rotation on a live cluster: {:?} until every member trusted the new CA alone",
+            started.elapsed()
+        );
+        let new_ca = configmap().await;
+        assert_ne!(new_ca, old_ca);
+        assert_eq!(pgset_tls::split_bundle(&new_ca).len(), 1);
+        // Every member's pod names the bundle it mounts, which is the ConfigMap's.
+        let exec = PodExec::new(
+            Api::<Pod>::namespaced(client.clone(), &spec.namespace),
+            Duration::from_secs_f64(60.0 * patience),
+        );
+        let mounted_ca = format!("{}/{}", contract::TLS_MOUNT, contract::tls::CA_CERT);
+        for k in 0..2 {
+            let pod = Api::<Pod>::namespaced(client.clone(), &spec.namespace)
+                .get(&spec.pod_name(k))
+                .await
+                .expect("the member pod");
+            let loaded: serde_json::Value = serde_json::from_str(
+                &pod.metadata.annotations.unwrap_or_default()[contract::tls::LOADED_ANNOTATION],
+            )
+            .expect("the loaded annotation is JSON");
+            assert_eq!(
+                loaded[contract::tls::LOADED_CA_BUNDLE],
+                pgset_tls::digest(new_ca.as_bytes()),
+                "{}",
+                spec.pod_name(k)
+            );
+            let cat = exec
+                .run(
+                    &spec.pod_name(k),
+                    POSTGRES_CONTAINER,
+                    &["cat".to_string(), mounted_ca.clone()],
+                )
+                .await
+                .expect("exec cat");
+            assert_eq!(cat.stdout, new_ca);
+        }
+        // A verify-full client with the new bundle gets in; WAL senders run over TLS by the
+        // new CA's replication certificate.
+        let info = pgset_deploy::tls::connect_info(&spec);
+        let conninfo = info.conninfo.replace(
+            &format!("sslrootcert={}", info.ca_file.clone().unwrap()),
+            &format!("sslrootcert={mounted_ca}"),
+        );
+        let out = exec
+            .run(
+                &spec.pod_name(1),
+                POSTGRES_CONTAINER,
+                &psql_conninfo(&as_replication_role(&conninfo), "SELECT 1"),
+            )
+            .await
+            .expect("exec psql");
+        assert!(out.success(), "verify-full: {}", out.failure_summary());
+        let master = pgset_deploy::master::read_master(&client, &spec)
+            .await
+            .expect("read the master")
+            .master
+            .expect("a master");
+        let senders = "SELECT r.application_name || '|' || r.state || '|' || s.ssl \
+             || '|' || coalesce(s.client_dn, '') FROM pg_stat_replication r JOIN pg_stat_ssl s \
+             USING (pid) ORDER BY 1";
+        let want = format!(
+            "{}|streaming|true|/CN={}",
             spec.pod_name(1),
             contract::REPLICATION_USER
         );

@@ -3,8 +3,9 @@
 //! gets TLS 1.3; a connection without TLS is refused (SQLSTATE 28000, no pg_hba entry); every
 //! replica's WAL sender runs over TLS, authenticated by the replication role's certificate (a
 //! replication connection with the password alone is refused); a second `up` rewrites no
-//! certificate; a restarted replica streams over TLS again. Skipped, with the reason, where the
-//! server binaries were built without SSL (their `pg_config --configure`).
+//! certificate; a restarted replica streams over TLS again; a CA rotation with overlap keeps
+//! every write and the replica's stream while the CA changes under them. Skipped, with the
+//! reason, where the server binaries were built without SSL (their `pg_config --configure`).
 
 #[path = "support/local.rs"]
 mod support;
@@ -253,6 +254,16 @@ fn a_set_without_tls_cannot_be_switched_on_in_place() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let e = rt.block_on(local::up(&opts)).unwrap_err().to_string();
     assert!(e.contains("without TLS") && e.contains("--dir"), "{e}");
+    assert!(!local::tls_dir(t.dir()).exists());
+    // Nor is there a CA to rotate: refused, nothing made.
+    let e = rt
+        .block_on(local::ca_rotation::rotate_ca(t.dir(), SECOND))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("there is no CA to rotate") && e.contains("local up --tls"),
+        "{e}"
+    );
     assert!(!local::tls_dir(t.dir()).exists());
 }
 
@@ -555,6 +566,318 @@ async fn a_rotation_is_served_without_a_restart_while_streaming_and_writes_go_on
         t.log(0).contains("postgres reloaded them"),
         "the agent says it reloaded"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ca_rotation_keeps_every_write_and_the_stream_while_the_ca_changes_under_them() {
+    const TEST: &str =
+        "a_ca_rotation_keeps_every_write_and_the_stream_while_the_ca_changes_under_them";
+    let Some(bin) = pg_or_skip(TEST) else {
+        return;
+    };
+    if let Some(reason) = no_ssl_reason(&bin) {
+        pgset_tests::skip(TEST, &reason);
+        return;
+    }
+    if pgset_tests::tool("openssl").is_none() {
+        pgset_tests::missing_tool(TEST, "openssl not found: apt-get install openssl");
+        return;
+    }
+    let mut t = TestSet::new(2, 30100);
+    t.opts.tls = true;
+    local::up(&t.opts).await.expect("a --tls set forms");
+    let dir = t.dir().to_path_buf();
+    let tls = local::tls_dir(&dir);
+    let read = |f: &str| std::fs::read_to_string(tls.join(f)).unwrap();
+    let streaming = "pgset-1|true|TLSv1.3|/CN=replicator";
+    t.wait_for(0, SENDERS_SQL, streaming, 60 * SECOND);
+    let connect = local::tls_connection_string(&dir, &t.set(), 0).unwrap();
+    let su = passfile(
+        &t,
+        contract::SUPERUSER,
+        contract::secret::SUPERUSER_PASSWORD_KEY,
+    );
+    psql_tcp(&connect, &su, "CREATE TABLE ca_rotated (i int)").unwrap();
+    let started = t.sql(0, "SELECT pg_postmaster_start_time()").unwrap();
+    let old_ca = read(files::CA_CERT);
+    assert_eq!(pgset_tls::split_bundle(&old_ca).len(), 1);
+    let old_server = read(files::SERVER_CERT);
+    // A client that keeps the CA it fetched before the rotation, to show when it stops
+    // being enough.
+    let old_ca_file = t.tmp.path().join("old-ca.crt");
+    std::fs::write(&old_ca_file, &old_ca).unwrap();
+
+    // A writer throughout: every write a new verify-full connection against the bundle as
+    // it is at that moment (libpq reads sslrootcert at each connection).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, connect, su) = (stop.clone(), connect.clone(), su.clone());
+        std::thread::spawn(move || {
+            let (mut done, mut refused) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match psql_tcp(
+                    &connect,
+                    &su,
+                    &format!("INSERT INTO ca_rotated VALUES ({})", done + 1),
+                ) {
+                    Ok(_) => done += 1,
+                    Err(e) => refused.push(e),
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (done, refused)
+        })
+    };
+    std::thread::sleep(SECOND);
+
+    let rotated_at = std::time::Instant::now();
+    let lines = local::ca_rotation::rotate_ca(&dir, 120 * SECOND)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "the CA rotation: {e}\nmaster log:\n{}\nreplica log:\n{}",
+                local::log_tail(&dir, "pgset-0", 30),
+                local::log_tail(&dir, "pgset-1", 30)
+            )
+        });
+    let took = rotated_at.elapsed();
+    let text = lines.join("\n");
+    for want in [
+        "added a new CA to the trust bundle",
+        "every running member trusts the new CA",
+        "by the new CA",
+        "every running member serves the new CA's certificates",
+        "took the old CA out of the trust bundle",
+        "every running member trusts the new CA alone",
+    ] {
+        assert!(text.contains(want), "{want:?} in:\n{text}");
+    }
+    std::thread::sleep(SECOND);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (written, refused) = writer.join().unwrap();
+    assert!(
+        refused.is_empty(),
+        "{} of {} writes refused during the CA rotation: {:?}",
+        refused.len(),
+        written as usize + refused.len(),
+        refused
+    );
+    assert!(written > 10, "the writer ran throughout ({written} writes)");
+    eprintln!(
+        "CA rotation: {took:?} from the first file written to every member trusting the new CA alone; {written} writes over new verify-full connections meanwhile, none refused"
+    );
+
+    // The bundle is the new CA alone; both certificates are its and not the old CA's.
+    let new_ca = read(files::CA_CERT);
+    assert_eq!(pgset_tls::split_bundle(&new_ca).len(), 1);
+    assert_ne!(new_ca, old_ca);
+    for f in [files::SERVER_CERT, files::REPLICATION_CERT] {
+        assert!(
+            pgset_tls::signed_by(&read(f), &new_ca),
+            "{f} is the new CA's"
+        );
+        assert!(
+            !pgset_tls::signed_by(&read(f), &old_ca),
+            "{f} is not the old CA's"
+        );
+    }
+    assert!(!tls.join(pgset_tls::CA_NEXT_KEY).exists());
+    assert_ne!(read(files::SERVER_CERT), old_server);
+    // The server presents the new certificate, which chains to the new CA: a client that kept
+    // the old CA alone is refused, one with the new bundle is let in.
+    let served = served_certificate(t.port(0)).unwrap();
+    assert_eq!(
+        served.serial,
+        pgset_tls::read_cert(&read(files::SERVER_CERT))
+            .unwrap()
+            .serial
+    );
+    let with_old_ca = connect.replace(
+        &tls.join(files::CA_CERT).display().to_string(),
+        &old_ca_file.display().to_string(),
+    );
+    assert_ne!(with_old_ca, connect);
+    let e = psql_tcp(&with_old_ca, &su, "SELECT 1").unwrap_err();
+    assert!(e.contains("certificate verify failed"), "{e}");
+    psql_tcp(&connect, &su, "SELECT 1").unwrap();
+
+    // No restart; the replica streams over TLS by certificate and has every write.
+    assert_eq!(
+        t.sql(0, "SELECT pg_postmaster_start_time()").unwrap(),
+        started
+    );
+    t.wait_for(0, SENDERS_SQL, streaming, 60 * SECOND);
+    t.wait_for(
+        1,
+        "SELECT count(*) FROM ca_rotated",
+        &written.to_string(),
+        60 * SECOND,
+    );
+    // A new replication connection presents the new CA's certificate and is let in by it.
+    let rep_pw = passfile(
+        &t,
+        contract::REPLICATION_USER,
+        contract::secret::REPLICATION_PASSWORD_KEY,
+    );
+    let with_cert = format!(
+        "host=127.0.0.1 port={} user={} replication=true sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
+        t.port(0),
+        contract::REPLICATION_USER,
+        tls.join(files::CA_CERT).display(),
+        tls.join(files::REPLICATION_CERT).display(),
+        tls.join(files::REPLICATION_KEY).display()
+    );
+    let id = psql_tcp(&with_cert, &rep_pw, "IDENTIFY_SYSTEM").unwrap();
+    assert!(id.contains('|'), "{id}");
+    // Each member says which files it loaded: the final ones.
+    for k in 0..2 {
+        let status = local::status(&dir).await.unwrap();
+        let loaded = &status[k as usize].detail.as_ref().unwrap()[contract::tls::LOADED_DETAIL];
+        assert_eq!(
+            loaded[contract::tls::LOADED_CA_BUNDLE],
+            pgset_tls::digest(new_ca.as_bytes()),
+            "member {k}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_rotates_a_ca_near_its_end_with_overlap_and_a_second_up_keeps_the_new_one() {
+    const TEST: &str =
+        "up_rotates_a_ca_near_its_end_with_overlap_and_a_second_up_keeps_the_new_one";
+    let Some(bin) = pg_or_skip(TEST) else {
+        return;
+    };
+    if let Some(reason) = no_ssl_reason(&bin) {
+        pgset_tests::skip(TEST, &reason);
+        return;
+    }
+    let mut t = TestSet::new(2, 30110);
+    t.opts.tls = true;
+    let dir = t.dir().to_path_buf();
+    let tls = local::tls_dir(&dir);
+    local::up(&t.opts).await.expect("a --tls set forms");
+    local::down(&dir, false).await.unwrap();
+    // The set's CA as if made almost ten years ago: 90 days left, within its renewal window.
+    std::fs::remove_dir_all(&tls).unwrap();
+    let made = pgset_tls::now() - pgset_tls::CA_VALIDITY + pgset_tls::CA_RENEW_BEFORE / 2;
+    pgset_tls::ensure_dir(&tls, &t.opts.name, &pgset_tls::local_names(), made).unwrap();
+    let read = |f: &str| std::fs::read_to_string(tls.join(f)).unwrap();
+    let old_ca = read(files::CA_CERT);
+    assert!(pgset_tls::ca_due(&tls, pgset_tls::now()).unwrap());
+
+    local::up(&t.opts)
+        .await
+        .expect("a --tls set forms and rotates its CA");
+    let new_ca = read(files::CA_CERT);
+    assert_ne!(new_ca, old_ca);
+    assert_eq!(
+        pgset_tls::split_bundle(&new_ca).len(),
+        1,
+        "the old CA retired"
+    );
+    let facts = pgset_tls::read_cert(&new_ca).unwrap();
+    assert!(
+        facts.not_after - pgset_tls::now() > pgset_tls::CA_VALIDITY - pgset_tls::CA_RENEW_BEFORE
+    );
+    for f in [files::SERVER_CERT, files::REPLICATION_CERT] {
+        assert!(pgset_tls::signed_by(&read(f), &new_ca), "{f}");
+    }
+    assert!(!pgset_tls::ca_due(&tls, pgset_tls::now()).unwrap());
+    t.wait_for(
+        0,
+        SENDERS_SQL,
+        "pgset-1|true|TLSv1.3|/CN=replicator",
+        60 * SECOND,
+    );
+    // The server presents a certificate of the new CA.
+    if pgset_tests::tool("openssl").is_some() {
+        let served = served_certificate(t.port(0)).unwrap();
+        assert_eq!(
+            served.serial,
+            pgset_tls::read_cert(&read(files::SERVER_CERT))
+                .unwrap()
+                .serial
+        );
+    }
+    // A second up rewrites nothing.
+    let before = tls_files(&dir);
+    local::up(&t.opts).await.unwrap();
+    assert_eq!(tls_files(&dir), before);
+}
+
+#[test]
+fn what_an_agent_publishes_as_loaded_is_what_a_cluster_ca_rotation_waits_for() {
+    // The agent's digests of a member's files, as its pod annotation carries them, judged by
+    // the rotation's wait against the Secrets' texts it wrote: caught up on the same files,
+    // behind once the bundle changes.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tls");
+    pgset_tls::ensure_dir(&dir, "db", &pgset_tls::local_names(), pgset_tls::now()).unwrap();
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let pod_with = |files: &pgset_agent::tls::TlsFiles| {
+        let patch = pgset_agent::kube_api::tls_loaded_patch(&files.digests().unwrap().to_json());
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(patch).unwrap();
+        BTreeMap::from([("db-0".to_string(), pod)])
+    };
+    let files = pgset_agent::tls::TlsFiles::new(&dir);
+    let want = |bundle: &str| pgset_deploy::tls::ca_rotation::Want {
+        ca_bundle: pgset_tls::digest(bundle.as_bytes()),
+        certs: Some(pgset_tls::certs_digest(
+            &read(files::SERVER_CERT),
+            &read(files::REPLICATION_CERT),
+        )),
+    };
+    let pods = pod_with(&files);
+    let behind = pgset_deploy::tls::ca_rotation::behind;
+    assert!(behind(&pods, &want(&read(files::CA_CERT))).is_empty());
+    pgset_tls::begin_ca_rotation(&dir, "db", pgset_tls::now()).unwrap();
+    let bundle = read(files::CA_CERT);
+    assert_eq!(behind(&pods, &want(&bundle)), ["db-0"]);
+    assert!(behind(&pod_with(&files), &want(&bundle)).is_empty());
+}
+
+#[test]
+fn the_renewal_jobs_command_is_one_the_agent_takes() {
+    // The CronJob's command, run by the agent built from this tree outside a cluster: its
+    // arguments parse, and it stops at the in-cluster client with the fix, changing nothing.
+    let spec = pgset_spec::ClusterSpec::default();
+    let job = pgset_deploy::tls::renewal::objects(&spec).unwrap().cron_job;
+    let command = job
+        .spec
+        .unwrap()
+        .job_template
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers[0]
+        .command
+        .clone()
+        .unwrap();
+    assert_eq!(command[0], contract::AGENT_IMAGE_BINARY);
+    let out = pgset_command::HostCommand::new(support::agent_bin())
+        .args(&command[1..])
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .quiet()
+        .output()
+        .unwrap();
+    assert!(!out.success());
+    assert!(
+        out.stderr.contains("in-cluster configuration"),
+        "{}",
+        out.stderr
+    );
+    // A command it does not take is refused by its parser instead.
+    let bad = pgset_command::HostCommand::new(support::agent_bin())
+        .args(["renew-certs", "--namespace", "x"])
+        .quiet()
+        .output()
+        .unwrap();
+    assert!(!bad.success());
+    assert!(bad.stderr.contains("--ca-secret"), "{}", bad.stderr);
 }
 
 /// Runs a `sh -c … psql -d CONNINFO` argv of `pgset_verify::tls::psql_ssl` against member `k`

@@ -2,7 +2,7 @@
 //! `role=master|replica` (server-side apply, field manager `pgset`), annotate it with its
 //! step and a base backup's progress (`pgset.io/phase`, `pgset.io/base-backup`, a merge
 //! patch), read and write keys of the cluster's record and publish the member's data
-//! identity on its pod (merge patches), ask whether a member's pod
+//! identity and the TLS files it has loaded on its pod (merge patches), ask whether a member's pod
 //! still exists, read its own pod's grace period, read the StatefulSet's `spec.replicas` (the
 //! master drops a member's slot only when its ordinal is at or above it; a contending replica
 //! asks the members below it), and get, create and
@@ -188,6 +188,21 @@ impl PodApi {
                 &params,
                 &Patch::Merge(&identity_patch(cluster_id, system_identifier)),
             )
+            .await
+            .map(drop)
+            .map_err(|e| self.explain(e, "patch", name))
+    }
+
+    /// Publishes which TLS files the member's PostgreSQL has loaded on its pod `name`
+    /// ([`contract::tls::LOADED_ANNOTATION`], a merge patch of that annotation): a CA rotation
+    /// waits until every member names its new trust bundle.
+    pub async fn publish_tls_loaded(&self, name: &str, loaded: &serde_json::Value) -> Result<()> {
+        let params = PatchParams {
+            field_manager: Some(format!("{}-agent", contract::FIELD_MANAGER)),
+            ..PatchParams::default()
+        };
+        self.pods
+            .patch(name, &params, &Patch::Merge(&tls_loaded_patch(loaded)))
             .await
             .map(drop)
             .map_err(|e| self.explain(e, "patch", name))
@@ -416,6 +431,13 @@ pub fn identity_patch(cluster_id: &str, system_identifier: &str) -> serde_json::
     } } })
 }
 
+/// The merge patch that sets only the member's loaded-TLS annotation.
+pub fn tls_loaded_patch(loaded: &serde_json::Value) -> serde_json::Value {
+    json!({ "metadata": { "annotations": {
+        contract::tls::LOADED_ANNOTATION: loaded.to_string(),
+    } } })
+}
+
 /// What to tell the user when the API forbids a call on a pod: which verb the Role lacks.
 pub fn forbidden_message(verb: &str, namespace: &str, cluster: &str, name: &str) -> String {
     forbidden_message_on(Resource::Pods, verb, namespace, cluster, name)
@@ -462,6 +484,17 @@ mod tests {
         let p = role_patch("pgset-0", "master");
         assert_eq!(p["metadata"]["labels"], json!({"role": "master"}));
         assert_eq!(p["kind"], "Pod");
+    }
+
+    #[test]
+    fn the_tls_loaded_patch_sets_only_its_annotation() {
+        let loaded = json!({"caBundle": "aa", "certs": "bb"});
+        assert_eq!(
+            tls_loaded_patch(&loaded),
+            json!({ "metadata": { "annotations": {
+                "pgset.io/tls-loaded": r#"{"caBundle":"aa","certs":"bb"}"#
+            } } })
+        );
     }
 
     #[test]

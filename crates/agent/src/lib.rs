@@ -18,6 +18,7 @@ pub mod pgbin;
 pub mod phase;
 pub mod privilege;
 pub mod render;
+pub mod renew;
 pub mod rewind;
 pub mod role;
 pub mod run;

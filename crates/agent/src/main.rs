@@ -1,4 +1,5 @@
-//! `pgset-agent`: the container entrypoint (`run`), the init container's installer (`install`).
+//! `pgset-agent`: the container entrypoint (`run`), the init container's installer (`install`),
+//! the cluster's certificate renewal job (`renew-certs`).
 
 use std::path::PathBuf;
 
@@ -23,6 +24,22 @@ enum Command {
         /// Destination path, e.g. /pgset/bin/pgset-agent
         dest: PathBuf,
     },
+    /// Renew the cluster's server and replication certificates within 30 days of their end
+    /// (run by the CronJob `<name>-cert-renewal` with its own ServiceAccount)
+    RenewCerts {
+        /// The cluster's namespace
+        #[arg(long)]
+        namespace: String,
+        /// The CA Secret (`<name>-ca`), only read
+        #[arg(long)]
+        ca_secret: String,
+        /// The server certificate Secret (`<name>-tls-server`)
+        #[arg(long)]
+        server_secret: String,
+        /// The replication certificate Secret (`<name>-tls-replication`)
+        #[arg(long)]
+        replication_secret: String,
+    },
     /// Started by `run` next to postgres: ends the postmaster when the agent is gone or, holding
     /// the master role, stops sending heartbeats on stdin
     #[command(hide = true)]
@@ -44,6 +61,19 @@ async fn main() {
     let result = match cli.command {
         Command::Run => pgset_agent::run::run().await,
         Command::Install { dest } => pgset_agent::install::install(&dest).map(|()| 0),
+        Command::RenewCerts {
+            namespace,
+            ca_secret,
+            server_secret,
+            replication_secret,
+        } => {
+            let targets = pgset_agent::renew::RenewTargets {
+                ca_secret,
+                server_secret,
+                replication_secret,
+            };
+            pgset_agent::renew::run(&namespace, &targets).await
+        }
         Command::Watchdog { .. } => unreachable!("handled before the runtime's work"),
     };
     let code = match result {

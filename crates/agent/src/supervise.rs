@@ -876,20 +876,32 @@ impl Monitor {
         let Some(tls) = self.s.tls() else {
             return;
         };
-        if !self.tls_watch.due() || !self.tls_watch.changed(&tls) {
-            return;
-        }
-        let Some(db) = self.db.as_ref() else {
+        let Some(db) = self.db.as_ref().filter(|_| self.tls_watch.due()) else {
             return;
         };
-        match db.execute_batch("SELECT pg_reload_conf()").await {
-            Ok(()) => crate::info!(
-                "the TLS files ({}) changed: postgres reloaded them",
-                tls.server_cert().display()
-            ),
-            Err(e) => {
-                crate::info!("the TLS files changed but postgres did not reload them: {e}");
-                self.tls_watch.again();
+        if let Some(digests) = self.tls_watch.look(&tls) {
+            match db.execute_batch("SELECT pg_reload_conf()").await {
+                Ok(()) if self.tls_watch.loaded().is_some() => crate::info!(
+                    "the TLS files ({}) changed: postgres reloaded them",
+                    tls.server_cert().display()
+                ),
+                Ok(()) => {}
+                Err(e) => {
+                    crate::info!("the TLS files changed but postgres did not reload them: {e}");
+                    self.tls_watch.again();
+                    return;
+                }
+            }
+            self.tls_watch.reloaded(digests);
+        }
+        // A CA rotation waits until every member's pod names what it loaded.
+        if let (Some(api), Some(loaded)) = (&self.api, self.tls_watch.unpublished()) {
+            match api
+                .publish_tls_loaded(&self.s.pod_name, &loaded.to_json())
+                .await
+            {
+                Ok(()) => self.tls_watch.published(loaded),
+                Err(e) => crate::info!("cannot publish the TLS files loaded on the pod: {e}"),
             }
         }
     }
@@ -926,6 +938,12 @@ impl Monitor {
         }
         if let Some(p) = &self.follow_problem {
             d.insert("followProblem".into(), json!(p));
+        }
+        if let Some(loaded) = self.tls_watch.loaded() {
+            d.insert(
+                pgset_spec::contract::tls::LOADED_DETAIL.into(),
+                loaded.to_json(),
+            );
         }
         for (k, v) in &self.master_detail {
             d.insert(k.clone(), v.clone());

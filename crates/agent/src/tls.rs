@@ -4,7 +4,9 @@
 //! and the rustls connector of the agent's own (`verify-full` against the set's CA: the
 //! certificate must chain to it and name the host connected to); and [`FileWatch`], which
 //! notices new certificate files (a renewed Secret the kubelet swaps in place, a local
-//! rotation) so the supervisor has PostgreSQL reload them without a restart.
+//! rotation) so the supervisor has PostgreSQL reload them without a restart, and remembers
+//! which files it had reloaded ([`TlsLoaded`], published on the member's pod and in its
+//! `/status`: a CA rotation waits until every member has loaded its new trust bundle).
 
 use std::fs;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -13,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgset_spec::contract::{env, tls as files};
+use pgset_spec::contract::{self, env, tls as files};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -227,13 +229,58 @@ impl TlsFiles {
     }
 }
 
+/// The TLS files a member's PostgreSQL was last told to load, by digest
+/// ([`contract::tls::LOADED_ANNOTATION`] says how they are made).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsLoaded {
+    /// The SHA-256 of the CA bundle file.
+    pub ca_bundle: String,
+    /// The SHA-256 of the server certificate file's bytes then the replication certificate's.
+    pub certs: String,
+}
+
+impl TlsLoaded {
+    /// The JSON object of the annotation and the `/status` detail.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            contract::tls::LOADED_CA_BUNDLE: self.ca_bundle,
+            contract::tls::LOADED_CERTS: self.certs,
+        })
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl TlsFiles {
+    /// The digests of the CA bundle and the certificates as they are now, or `None` while one
+    /// cannot be read.
+    pub fn digests(&self) -> Option<TlsLoaded> {
+        let ca = fs::read(self.ca_cert()).ok()?;
+        let mut certs = fs::read(self.server_cert()).ok()?;
+        certs.extend(fs::read(self.client_cert()).ok()?);
+        Some(TlsLoaded {
+            ca_bundle: sha256_hex(&ca),
+            certs: sha256_hex(&certs),
+        })
+    }
+}
+
 /// Notices changed TLS files: the first look records them, a later one whose content differs
-/// says so once. Looks at most every [`FileWatch::EVERY`].
+/// says so once. Looks at most every [`FileWatch::EVERY`]. With [`FileWatch::look`] it also
+/// keeps which files PostgreSQL was told to load and whether that was published.
 #[derive(Debug, Default)]
 pub struct FileWatch {
     seen: Option<u64>,
     looked: Option<Instant>,
     again: bool,
+    loaded: Option<TlsLoaded>,
+    published: Option<TlsLoaded>,
 }
 
 impl FileWatch {
@@ -259,6 +306,44 @@ impl FileWatch {
     /// The change told was not acted on: the next readable look tells it again.
     pub fn again(&mut self) {
         self.again = true;
+    }
+
+    /// Reads the files: the digests to have PostgreSQL load (read before it is told to, so
+    /// what it loads is never older than what is published) when they changed or nothing was
+    /// loaded yet (the first look: a file may have changed since postgres started); `None`
+    /// when nothing is to do or a file cannot be read (the next look tries again).
+    pub fn look(&mut self, files: &TlsFiles) -> Option<TlsLoaded> {
+        let changed = self.changed(files);
+        if !changed && self.loaded.is_some() {
+            return None;
+        }
+        let digests = files.digests();
+        if digests.is_none() && changed {
+            self.again();
+        }
+        digests
+    }
+
+    /// PostgreSQL was told to load the files of `digests`.
+    pub fn reloaded(&mut self, digests: TlsLoaded) {
+        self.loaded = Some(digests);
+    }
+
+    /// What PostgreSQL was last told to load.
+    pub fn loaded(&self) -> Option<&TlsLoaded> {
+        self.loaded.as_ref()
+    }
+
+    /// What was loaded and not published yet.
+    pub fn unpublished(&self) -> Option<TlsLoaded> {
+        self.loaded
+            .clone()
+            .filter(|l| self.published.as_ref() != Some(l))
+    }
+
+    /// `digests` were published.
+    pub fn published(&mut self, digests: TlsLoaded) {
+        self.published = Some(digests);
     }
 }
 
@@ -296,6 +381,94 @@ mod tests {
         w.again();
         assert!(w.changed(&t), "told again after a failed reload");
         assert!(!w.changed(&t));
+    }
+
+    #[test]
+    fn the_first_look_and_every_change_are_loaded_once_and_published_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = TlsFiles::new(tmp.path());
+        for f in [
+            files::CA_CERT,
+            files::SERVER_CERT,
+            files::SERVER_KEY,
+            files::REPLICATION_CERT,
+            files::REPLICATION_KEY,
+        ] {
+            write(tmp.path(), f, f, 0o600);
+        }
+        let mut w = FileWatch::default();
+        // The first look: load what is there (postgres may have started on older files).
+        let first = w.look(&t).expect("the first look loads");
+        assert_eq!(first.ca_bundle, sha256_hex(files::CA_CERT.as_bytes()));
+        assert_eq!(
+            first.certs,
+            sha256_hex(format!("{}{}", files::SERVER_CERT, files::REPLICATION_CERT).as_bytes())
+        );
+        assert_eq!(w.unpublished(), None, "nothing loaded yet");
+        w.reloaded(first.clone());
+        assert_eq!(w.loaded(), Some(&first));
+        assert_eq!(w.unpublished(), Some(first.clone()));
+        w.published(first.clone());
+        assert_eq!(w.unpublished(), None);
+        assert_eq!(w.look(&t), None, "nothing changed");
+        // A new bundle: loaded again, a new digest to publish.
+        write(tmp.path(), files::CA_CERT, "two CAs", 0o644);
+        let second = w.look(&t).expect("a change loads");
+        assert_ne!(second.ca_bundle, first.ca_bundle);
+        assert_eq!(second.certs, first.certs);
+        // Not loaded (postgres refused): nothing new is claimed, the next look tells it again.
+        w.again();
+        assert_eq!(w.loaded(), Some(&first));
+        assert_eq!(w.look(&t), Some(second.clone()));
+        w.reloaded(second.clone());
+        assert_eq!(w.unpublished(), Some(second));
+        assert_eq!(
+            w.loaded().unwrap().to_json()[contract::tls::LOADED_CA_BUNDLE],
+            sha256_hex(b"two CAs")
+        );
+    }
+
+    #[test]
+    fn the_agent_trusts_a_server_of_either_ca_in_a_bundle_of_two() {
+        // Two CAs made as pgset makes them (same name, other keys): the agent's rustls roots
+        // from the bundle verify a certificate of each, and not one of a third CA.
+        use rustls::client::danger::ServerCertVerifier;
+        use rustls::pki_types::{ServerName, UnixTime};
+        let t = pgset_tls::now();
+        let names = pgset_tls::local_names();
+        let (old, new, other) = (
+            pgset_tls::make_ca("db", t).unwrap(),
+            pgset_tls::make_ca("db", t).unwrap(),
+            pgset_tls::make_ca("db", t).unwrap(),
+        );
+        let bundle = pgset_tls::make_bundle(&[&old.cert_pem, &new.cert_pem]);
+        let server = |ca: &pgset_tls::Issued| {
+            pgset_tls::issue_server(ca, &names, t)
+                .unwrap()
+                .cert_pem
+                .into_bytes()
+        };
+        let certs = [server(&old), server(&new), server(&other)];
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(bundle.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        assert_eq!(roots.len(), 2);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let verify = |pem: &[u8]| {
+            let cert = CertificateDer::from_pem_slice(pem).unwrap();
+            verifier.verify_server_cert(&cert, &[], &name, &[], UnixTime::now())
+        };
+        verify(&certs[0]).expect("a server of the old CA is trusted");
+        verify(&certs[1]).expect("a server of the new CA is trusted");
+        assert!(verify(&certs[2]).is_err(), "a third CA is not");
+        // The connector takes the same bundle.
+        connector_for_ca(bundle.as_bytes(), Path::new("ca.crt")).unwrap();
     }
 
     fn write(dir: &Path, name: &str, text: &str, mode: u32) {

@@ -6,6 +6,7 @@
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Patch, PatchParams, PostParams};
@@ -34,7 +35,7 @@ impl ApplyMode {
         self == ApplyMode::ServerDryRun
     }
 
-    fn suffix(self) -> &'static str {
+    pub(crate) fn suffix(self) -> &'static str {
         match self {
             ApplyMode::Apply => "",
             ApplyMode::ServerDryRun => " (server dry run)",
@@ -252,6 +253,7 @@ pub async fn deploy(
         replica_service,
         shared_claim,
         statefulset,
+        cert_renewal,
     } = ClusterObjects::build(spec);
     let ns = spec.namespace.as_str();
     let suffix = mode.suffix();
@@ -386,6 +388,20 @@ pub async fn deploy(
             other => other,
         })?;
     changes.record(applied);
+    // The daily renewal of the certificates made above (tls.mode auto), with its own identity;
+    // otherwise none an earlier auto deploy left.
+    if cert_renewal.is_none() {
+        crate::tls::renewal::remove_leftover(client, spec, mode, progress).await?;
+    }
+    if let Some(r) = &cert_renewal {
+        changes.record(
+            apply_one::<ServiceAccount>(client, ns, &r.service_account, mode, progress).await?,
+        );
+        changes.record(apply_one::<Role>(client, ns, &r.role, mode, progress).await?);
+        changes
+            .record(apply_one::<RoleBinding>(client, ns, &r.role_binding, mode, progress).await?);
+        changes.record(apply_one::<CronJob>(client, ns, &r.cron_job, mode, progress).await?);
+    }
     Ok(changes)
 }
 

@@ -302,6 +302,9 @@ pub struct ClusterObjects {
     pub shared_claim: Option<PersistentVolumeClaim>,
     /// `<name>`: the members.
     pub statefulset: StatefulSet,
+    /// `<name>-cert-renewal` with `tls.mode: auto`: the daily job that renews the certificates,
+    /// its own ServiceAccount, Role and RoleBinding.
+    pub cert_renewal: Option<tls::renewal::CertRenewal>,
 }
 
 impl ClusterObjects {
@@ -322,6 +325,7 @@ impl ClusterObjects {
                 StorageMode::Templates => None,
             },
             statefulset: statefulset::statefulset(spec),
+            cert_renewal: tls::renewal::objects(spec),
         }
     }
 }

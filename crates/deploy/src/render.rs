@@ -59,6 +59,7 @@ fn groups(objects: &ClusterObjects) -> Result<Vec<(&'static str, Vec<String>)>> 
         replica_service,
         shared_claim,
         statefulset,
+        cert_renewal,
     } = objects;
     let mut groups = vec![
         (
@@ -87,6 +88,17 @@ fn groups(objects: &ClusterObjects) -> Result<Vec<(&'static str, Vec<String>)>> 
         groups.push(("40-claim.yaml", vec![to_yaml(claim)?]));
     }
     groups.push(("50-statefulset.yaml", vec![to_yaml(statefulset)?]));
+    if let Some(r) = cert_renewal {
+        groups.push((
+            "60-cert-renewal.yaml",
+            vec![
+                to_yaml(&r.service_account)?,
+                to_yaml(&r.role)?,
+                to_yaml(&r.role_binding)?,
+                to_yaml(&r.cron_job)?,
+            ],
+        ));
+    }
     Ok(groups)
 }
 
@@ -239,6 +251,7 @@ pub const ALL_MANIFEST_FILES: &[&str] = &[
     "30-services.yaml",
     "40-claim.yaml",
     "50-statefulset.yaml",
+    "60-cert-renewal.yaml",
     "README.md",
 ];
 
@@ -289,10 +302,14 @@ mod tests {
                 "Service",
                 "Service",
                 "PersistentVolumeClaim",
-                "StatefulSet"
+                "StatefulSet",
+                "ServiceAccount",
+                "Role",
+                "RoleBinding",
+                "CronJob"
             ]
         );
-        assert_eq!(yaml.matches("---\n").count(), 11);
+        assert_eq!(yaml.matches("---\n").count(), 15);
         assert!(!yaml.contains("kind: Secret"));
     }
 
@@ -322,6 +339,7 @@ mod tests {
                 "20-record.yaml",
                 "30-services.yaml",
                 "50-statefulset.yaml",
+                "60-cert-renewal.yaml",
                 "README.md"
             ]
         );

@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
@@ -491,6 +492,12 @@ pub async fn down(
     // Member isolation holds no data: it goes with the RBAC, purging or not.
     crate::isolation::delete(client, spec, progress).await?;
     crate::isolation::delete_drill_leftover(client, spec, progress).await?;
+    // The certificate renewal (its job holds no data): whatever the spec's TLS mode now.
+    let renewal = crate::tls::renewal::name(spec);
+    delete_reporting::<CronJob>(client, ns, &renewal, progress).await?;
+    delete_reporting::<RoleBinding>(client, ns, &renewal, progress).await?;
+    delete_reporting::<Role>(client, ns, &renewal, progress).await?;
+    delete_reporting::<ServiceAccount>(client, ns, &renewal, progress).await?;
     delete_reporting::<RoleBinding>(client, ns, &spec.role_name(), progress).await?;
     delete_reporting::<Role>(client, ns, &spec.role_name(), progress).await?;
     delete_reporting::<ServiceAccount>(client, ns, &spec.service_account_name(), progress).await?;

@@ -13,6 +13,10 @@
 //! files stay the kubelet's, so a renewed Secret reaches a running member in place (an atomic
 //! symlink swap) without the agent copying anything.
 //!
+//! The `ca.crt` members and clients get is a trust bundle ([`trust_bundle`]): the CA, or
+//! during a CA rotation the old and the new one; a CA near its end is rotated with overlap by
+//! [`ca_rotation`] (from `deploy`, or `rotate-certs --ca`), never replaced in one step.
+//!
 //! The builders and the judgement ([`judge_leaf`], [`judge_ca`]) are pure; [`ensure`] reads the
 //! cluster, then creates or patches what is missing or due.
 
@@ -98,7 +102,8 @@ pub fn leaf_secret(spec: &ClusterSpec, name: &str, leaf: &Issued, ca_cert_pem: &
     }
 }
 
-/// ConfigMap `<name>-ca-cert`: the CA's certificate alone, for clients.
+/// ConfigMap `<name>-ca-cert`: the trust bundle (the CA's certificate; old and new CA during a
+/// CA rotation), for clients.
 pub fn ca_configmap(spec: &ClusterSpec, ca_cert_pem: &str) -> ConfigMap {
     ConfigMap {
         metadata: object_meta(spec, spec.ca_configmap_name()),
@@ -266,8 +271,9 @@ pub enum Action {
 }
 
 /// The CA as read from Secret `<name>-ca` (`None`: absent): kept while valid, made when
-/// missing. A CA that is unreadable, due or past its end is never replaced by `deploy` (every
-/// member and client trusts it): one error saying what to do.
+/// missing; one near its end ([`ca_due`]) is kept here and rotated with overlap. A CA that is
+/// unreadable, not a CA or not valid now is never replaced by `deploy` (every member and
+/// client trusts it): one error saying what to do.
 pub fn judge_ca(spec: &ClusterSpec, existing: Option<&Secret>, now: Now) -> Result<Option<Issued>> {
     let name = spec.ca_secret_name();
     let Some(secret) = existing else {
@@ -285,16 +291,35 @@ pub fn judge_ca(spec: &ClusterSpec, existing: Option<&Secret>, now: Now) -> Resu
             "Secret {name} holds a certificate that is not a CA; {fix}"
         )));
     }
-    if let Some(due) = pgset_tls::needs_renewal(&pair.facts, None, None, now) {
+    if pair.facts.not_after <= now || pair.facts.not_before > now {
         return Err(Error::Tls(format!(
-            "the CA in Secret {name} cannot sign for long ({due:?}); {fix}"
+            "the CA in Secret {name} is not valid now (from {} to {}); {fix}",
+            pair.facts.not_before, pair.facts.not_after
         )));
     }
     Ok(Some(pair.issued))
 }
 
+/// Whether the CA `facts` describe is within [`pgset_tls::CA_RENEW_BEFORE`] of its end: a
+/// deploy then rotates it with overlap ([`ca_rotation`]).
+pub fn ca_due(facts: &CertFacts, now: Now) -> bool {
+    facts.not_after - now < pgset_tls::CA_RENEW_BEFORE
+}
+
+/// The trust bundle the members and clients are given: the bundle Secret `server` carries as
+/// `ca.crt` when it holds the signing CA `ca_cert_pem` (during and after a CA rotation, old and
+/// new CA), else the signing CA alone.
+pub fn trust_bundle(server: Option<&Secret>, ca_cert_pem: &str) -> String {
+    server
+        .and_then(|s| secret_text(s, files::SECRET_CA_KEY))
+        .filter(|b| pgset_tls::bundle_has(b, ca_cert_pem))
+        .unwrap_or_else(|| ca_cert_pem.to_string())
+}
+
 /// Whether a certificate Secret pgset made (`existing`) still serves: it must hold a readable
-/// certificate and key, the CA's certificate as `ca.crt`, be issued by that CA, name exactly
+/// certificate and key, the CA's certificate in its `ca.crt` (alone, or in a bundle during a
+/// CA rotation), be signed by that CA (its signature: an old CA and its successor share a
+/// name), name exactly
 /// `want_names` (the server's; `None` for the client certificate) and not be due
 /// ([`pgset_tls::needs_renewal`]).
 pub fn judge_leaf(
@@ -312,8 +337,15 @@ pub fn judge_leaf(
         Ok(pair) => pair,
         Err(e) => return Action::Renew(format!("unreadable: {e}")),
     };
-    if pair.ca_cert_pem.as_deref() != Some(ca_cert_pem) {
+    let carries_ca = pair
+        .ca_cert_pem
+        .as_deref()
+        .is_some_and(|b| pgset_tls::bundle_has(b, ca_cert_pem));
+    if !carries_ca {
         return Action::Renew("it carries another CA".into());
+    }
+    if !pgset_tls::signed_by(&pair.issued.cert_pem, ca_cert_pem) {
+        return Action::Renew("another CA signed it".into());
     }
     match pgset_tls::needs_renewal(&pair.facts, want_names, Some(&ca_common_name(spec)), now) {
         Some(why) => Action::Renew(format!("{why:?}")),
@@ -356,7 +388,9 @@ fn suffix(mode: ApplyMode) -> &'static str {
 /// Makes sure the cluster's TLS material is there: in `auto` the CA Secret, the server and
 /// replication certificate Secrets and the CA ConfigMap (each created when missing, a
 /// certificate reissued by a merge patch of its data when due, nothing written when all
-/// serve: a second deploy only reads); in `provided` the user's Secrets are read and checked
+/// serve: a second deploy only reads; a CA near its end, or a CA rotation a stopped run began,
+/// is then rotated with overlap by [`ca_rotation::rotate_ca`], which waits for the members);
+/// in `provided` the user's Secrets are read and checked
 /// ([`check_provided`]) and nothing is written; with TLS off nothing is read. One line per
 /// object to `progress` (never a key).
 pub async fn ensure(
@@ -466,6 +500,7 @@ async fn ensure_or_rotate(
         }
     };
 
+    let bundle = trust_bundle(server_read.as_ref(), &ca.cert_pem);
     let names = server_names(spec);
     // (Secret, as read, the names a server certificate must carry; None: the client's)
     let leaves: [Leaf<'_>; 2] = [
@@ -487,7 +522,7 @@ async fn ensure_or_rotate(
             None => pgset_tls::issue_client(&ca, contract::REPLICATION_USER, now),
         }
         .map_err(tls_error)?;
-        let secret = leaf_secret(spec, name, &leaf, &ca.cert_pem);
+        let secret = leaf_secret(spec, name, &leaf, &bundle);
         match action {
             Action::Create => {
                 secrets
@@ -512,13 +547,13 @@ async fn ensure_or_rotate(
         }
     }
 
-    let want_cm = ca_configmap(spec, &ca.cert_pem);
+    let want_cm = ca_configmap(spec, &bundle);
     let have = cm_read
         .as_ref()
         .and_then(|c| c.data.as_ref())
         .and_then(|d| d.get(files::CONFIGMAP_CA_KEY));
     match (cm_read.is_some(), have) {
-        (true, Some(pem)) if *pem == ca.cert_pem => {
+        (true, Some(pem)) if *pem == bundle => {
             progress(&format!("kept ConfigMap {cm_name}"));
             applied.push(Applied::Unchanged);
         }
@@ -540,6 +575,48 @@ async fn ensure_or_rotate(
                 .map_err(Error::api("create", "ConfigMap", &cm_name, ns))?;
             progress(&format!("created ConfigMap {cm_name}{suffix}"));
             applied.push(Applied::Created(format!("ConfigMap/{cm_name}")));
+        }
+    }
+    // A CA near its end, or a rotation a stopped run began: rotated with overlap, waiting for
+    // the members between steps (none yet on a first deploy: nothing to wait for).
+    let ca_ends = pgset_tls::read_cert(&ca.cert_pem)
+        .ok()
+        .filter(|f| ca_due(f, now))
+        .map(|f| f.not_after);
+    let begun = ca_read
+        .as_ref()
+        .is_some_and(|s| secret_text(s, ca_rotation::NEXT_CERT_KEY).is_some());
+    if !rotate && (ca_ends.is_some() || begun) {
+        let why = match ca_ends {
+            Some(end) => format!("the CA in Secret {ca_name} ends at {end}"),
+            None => format!("Secret {ca_name} holds a CA rotation begun earlier"),
+        };
+        let silent = match mode {
+            ApplyMode::Apply => ca_rotation::silent_members(client, spec).await?,
+            ApplyMode::ServerDryRun => Vec::new(),
+        };
+        if mode == ApplyMode::ServerDryRun {
+            progress(&format!(
+                "{why}: deploy rotates it with overlap (not in a dry run)"
+            ));
+        } else if !silent.is_empty() {
+            progress(&format!(
+                "{why}: not rotated by this deploy: {} run an agent that does not say which TLS files it loaded ({}); the next deploy rotates it once the members run this deploy's agent",
+                silent.join(", "),
+                files::LOADED_ANNOTATION
+            ));
+        } else {
+            progress(&format!("{why}: rotating it with overlap"));
+            applied.extend(
+                ca_rotation::rotate_ca(
+                    client,
+                    spec,
+                    now,
+                    ca_rotation::DEFAULT_STEP_TIMEOUT,
+                    progress,
+                )
+                .await?,
+            );
         }
     }
     if mode == ApplyMode::ServerDryRun {
@@ -709,6 +786,9 @@ pub fn connect_info(spec: &ClusterSpec) -> ConnectInfo {
         fetch_password,
     }
 }
+
+pub mod ca_rotation;
+pub mod renewal;
 
 #[cfg(test)]
 mod tests;

@@ -102,6 +102,10 @@ fn deploy_handler_over(
                     (code, obj)
                 }
             },
+            ("DELETE", p) => match store.remove(p) {
+                Some(o) => (200, o),
+                None => not_found(p),
+            },
             (_, p) => panic!("unexpected request {} {p}", call.method),
         }
     }
@@ -325,6 +329,15 @@ async fn deploy_applies_in_order_with_pgsets_field_manager_and_creates_the_secre
             "PATCH /api/v1/namespaces/default/persistentvolumeclaims/pgset-pvc",
             "GET /apis/apps/v1/namespaces/default/statefulsets/pgset",
             "PATCH /apis/apps/v1/namespaces/default/statefulsets/pgset",
+            // The certificates' daily renewal, with its own identity.
+            "GET /api/v1/namespaces/default/serviceaccounts/pgset-cert-renewal",
+            "PATCH /api/v1/namespaces/default/serviceaccounts/pgset-cert-renewal",
+            "GET /apis/rbac.authorization.k8s.io/v1/namespaces/default/roles/pgset-cert-renewal",
+            "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/default/roles/pgset-cert-renewal",
+            "GET /apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings/pgset-cert-renewal",
+            "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings/pgset-cert-renewal",
+            "GET /apis/batch/v1/namespaces/default/cronjobs/pgset-cert-renewal",
+            "PATCH /apis/batch/v1/namespaces/default/cronjobs/pgset-cert-renewal",
         ]
     );
     for call in calls.iter().filter(|c| c.method == "PATCH") {
@@ -416,8 +429,9 @@ async fn second_deploy_keeps_the_existing_secret_untouched() {
             .iter()
             .any(|l| l.starts_with("kept Secret pgset-secret"))
     );
-    // Everything else is still applied; the missing record is created.
-    assert_eq!(calls.iter().filter(|c| c.method == "PATCH").count(), 10);
+    // Everything else is still applied (the certificate renewal's four objects included);
+    // the missing record is created.
+    assert_eq!(calls.iter().filter(|c| c.method == "PATCH").count(), 14);
 }
 
 #[tokio::test]
@@ -428,8 +442,8 @@ async fn a_second_deploy_over_the_same_spec_changes_nothing_and_says_so() {
         .unwrap();
     assert_eq!(
         first.changed.len(),
-        16,
-        "12 objects and the TLS material (the CA, two certificates, the CA ConfigMap): {first:?}"
+        20,
+        "12 objects, the TLS material (the CA, two certificates, the CA ConfigMap) and the certificate renewal (ServiceAccount, Role, RoleBinding, CronJob): {first:?}"
     );
     assert_eq!(first.unchanged, 0);
     let mut lines = Vec::new();
@@ -440,8 +454,8 @@ async fn a_second_deploy_over_the_same_spec_changes_nothing_and_says_so() {
     .unwrap();
     assert!(second.changed.is_empty(), "{second:?}");
     assert_eq!(
-        second.unchanged, 16,
-        "the policy and its binding are not rewritten, nor the TLS material"
+        second.unchanged, 20,
+        "the policy and its binding are not rewritten, nor the TLS material, nor the certificate renewal"
     );
     assert!(
         lines
@@ -507,7 +521,7 @@ async fn a_cluster_without_admission_policies_gets_everything_else_and_is_told_o
             "{}",
             told[0]
         );
-        assert_eq!(outcome.changed.len(), 14, "{outcome:?}");
+        assert_eq!(outcome.changed.len(), 18, "{outcome:?}");
         assert!(outcome.changed.contains(&"StatefulSet/pgset".to_string()));
     }
 }
@@ -556,8 +570,8 @@ async fn server_dry_run_sends_dry_run_on_every_write() {
     let writes: Vec<&Call> = calls.iter().filter(|c| c.is_write()).collect();
     assert_eq!(
         writes.len(),
-        16,
-        "the policy and its binding too, and the TLS material"
+        20,
+        "the policy and its binding too, the TLS material and the certificate renewal"
     );
     for call in writes {
         assert!(
@@ -1552,6 +1566,10 @@ async fn down_scales_to_zero_waits_then_deletes_in_reverse_and_keeps_data() {
             "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/pgset-default-pgset-members",
             "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings/pgset-drill-default-pgset-isolated",
             "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/pgset-drill-default-pgset-isolated",
+            "cronjobs/pgset-cert-renewal",
+            "rolebindings/pgset-cert-renewal",
+            "roles/pgset-cert-renewal",
+            "serviceaccounts/pgset-cert-renewal",
             "rolebindings/pgset-agent",
             "roles/pgset-agent",
             "serviceaccounts/pgset-sa",
@@ -1616,6 +1634,10 @@ async fn down_purge_deletes_claims_this_clusters_volumes_the_secret_its_leases_a
             "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/pgset-default-pgset-members",
             "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings/pgset-drill-default-pgset-isolated",
             "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/pgset-drill-default-pgset-isolated",
+            "cronjobs/pgset-cert-renewal",
+            "rolebindings/pgset-cert-renewal",
+            "roles/pgset-cert-renewal",
+            "serviceaccounts/pgset-cert-renewal",
             "rolebindings/pgset-agent",
             "roles/pgset-agent",
             "serviceaccounts/pgset-sa",
@@ -2523,4 +2545,77 @@ async fn a_plain_cluster_is_not_switched_to_tls_in_place_and_nothing_is_written(
     )
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn a_renewal_job_an_auto_deploy_left_is_removed_by_a_deploy_without_auto() {
+    let (client, calls) = mock_client(deploy_handler(None));
+    deploy(&client, &spec(), ApplyMode::Apply, &mut |_: &str| {})
+        .await
+        .unwrap();
+    calls.lock().unwrap().clear();
+    let mut provided = spec().into_inner();
+    provided.tls.mode = pgset_spec::TlsMode::Off;
+    let mut lines = Vec::new();
+    // Refused (members run with TLS), but only after judging: nothing is written.
+    let _ = deploy(
+        &client,
+        &provided.clone().validated().unwrap(),
+        ApplyMode::Apply,
+        &mut |l: &str| lines.push(l.to_string()),
+    )
+    .await;
+    assert!(!calls.lock().unwrap().iter().any(Call::is_write));
+    // With the StatefulSet gone (taken down, data kept), a plain deploy removes the job.
+    let sts = format!("/apis/apps/v1/namespaces/{NS}/statefulsets/pgset");
+    let (client, calls) = mock_client(deploy_handler_over(vec![
+        (
+            format!("/apis/batch/v1/namespaces/{NS}/cronjobs/pgset-cert-renewal"),
+            json!({"metadata": {"name": "pgset-cert-renewal"}}),
+        ),
+        (
+            format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{NS}/roles/pgset-cert-renewal"),
+            json!({"metadata": {"name": "pgset-cert-renewal"}}),
+        ),
+    ]));
+    deploy(
+        &client,
+        &provided.validated().unwrap(),
+        ApplyMode::Apply,
+        &mut |l: &str| lines.push(l.to_string()),
+    )
+    .await
+    .unwrap();
+    let deletes: Vec<String> = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.method == "DELETE")
+        .map(Call::line)
+        .collect();
+    assert_eq!(
+        deletes,
+        [
+            format!("DELETE /apis/batch/v1/namespaces/{NS}/cronjobs/pgset-cert-renewal"),
+            format!(
+                "DELETE /apis/rbac.authorization.k8s.io/v1/namespaces/{NS}/rolebindings/pgset-cert-renewal"
+            ),
+            format!(
+                "DELETE /apis/rbac.authorization.k8s.io/v1/namespaces/{NS}/roles/pgset-cert-renewal"
+            ),
+            format!("DELETE /api/v1/namespaces/{NS}/serviceaccounts/pgset-cert-renewal"),
+        ]
+    );
+    assert!(
+        lines.iter().any(|l| l
+            .starts_with("deleted CronJob pgset-cert-renewal (left by a tls.mode auto deploy)")),
+        "{lines:?}"
+    );
+    assert!(
+        !calls
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|c| c.path == sts && c.method == "DELETE")
+    );
 }

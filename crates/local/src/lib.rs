@@ -5,8 +5,9 @@
 //! `<cluster>-N/` data (DATA_ROOT=DIR), `<cluster>-N.log`, `secret/` passwords (0600), `run/`
 //! sockets, `members` (the membership file) and `pgset-local.json`; with [`UpOptions::tls`],
 //! `tls/` (the set's CA, its key never leaving it, and the members' certificates, made once by
-//! `pgset-tls` and renewed when due).
+//! `pgset-tls` and renewed when due; the CA rotated with overlap by [`ca_rotation`]).
 
+pub mod ca_rotation;
 pub mod status;
 pub mod switchover;
 
@@ -749,6 +750,17 @@ pub async fn up(opts: &UpOptions) -> Result<UpReport> {
         // returns at once for a member that is already ready).
         for k in 0..opts.replicas {
             wait_ready(&opts.dir, &set, k, opts.ready_timeout).await?;
+        }
+    }
+    // A CA near its end, or a rotation a stopped run began: rotated with overlap, now that
+    // every member runs.
+    if opts.tls
+        && pgset_tls::ca_due(&tls_dir(&opts.dir), pgset_tls::now())
+            .map_err(|e| local_err(format!("the set's TLS files: {e}")))?
+    {
+        info("the set's CA is near its end (or its rotation unfinished): rotating it with overlap");
+        for line in ca_rotation::rotate_ca(&opts.dir, ca_rotation::DEFAULT_STEP_TIMEOUT).await? {
+            info(&line);
         }
     }
     Ok(report)

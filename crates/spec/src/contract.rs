@@ -507,6 +507,18 @@ pub mod tls {
     pub const SECRET_CA_KEY: &str = "ca.crt";
     /// The CA ConfigMap's key: the CA certificate clients verify the server against.
     pub const CONFIGMAP_CA_KEY: &str = "ca.crt";
+
+    /// The pod annotation where a member's agent says which TLS files its PostgreSQL has
+    /// loaded (written by the agent on its own pod only): JSON `{"caBundle": <digest>,
+    /// "certs": <digest>}`, each a SHA-256 in lowercase hex, of [`CA_CERT`]'s bytes and of
+    /// [`SERVER_CERT`]'s then [`REPLICATION_CERT`]'s bytes. A CA rotation waits on it.
+    pub const LOADED_ANNOTATION: &str = "pgset.io/tls-loaded";
+    /// The same value in the agent's `/status` detail (local mode reads it there).
+    pub const LOADED_DETAIL: &str = "tlsLoaded";
+    /// [`LOADED_ANNOTATION`]'s key of the CA bundle's digest.
+    pub const LOADED_CA_BUNDLE: &str = "caBundle";
+    /// [`LOADED_ANNOTATION`]'s key of the certificates' digest.
+    pub const LOADED_CERTS: &str = "certs";
 }
 
 /// The identity file in every member's data directory (namespace, cluster, cluster id, member,

@@ -6,6 +6,15 @@
 //!
 //! Making certificates is pure ([`make_ca`], [`issue_server`], [`issue_client`]); only
 //! [`ensure_dir`] touches files, and it rewrites nothing that is still valid.
+//!
+//! The CA file every member and client reads (`ca.crt`) is a trust bundle: one CA, or during a
+//! CA rotation the old and the new one. The signing CA is the one whose key is kept next to
+//! it ([`signing_ca`]: matched by public key, not by position). A rotation of a directory goes
+//! in three steps, each run only once every member is known to have loaded the previous one:
+//! [`begin_ca_rotation`] (the new CA joins the bundle, its key kept apart as
+//! [`CA_NEXT_KEY`]; the leaves stay the old CA's), [`switch_to_next_ca`] (the leaves are
+//! reissued by the new CA, whose key becomes the signing key) and [`retire_old_cas`] (the
+//! bundle keeps the signing CA alone). [`digest`] names what a member loaded.
 
 use std::fs;
 use std::io::Write;
@@ -28,6 +37,105 @@ pub const CA_VALIDITY: Duration = Duration::days(3650);
 pub const RENEW_BEFORE: Duration = Duration::days(7);
 /// The CA certificate's common name.
 pub const CA_COMMON_NAME: &str = "pgset CA";
+/// A CA this close to its end is replaced by a rotation with overlap (old and new CA trusted
+/// together until every leaf is the new CA's), long before any leaf it signed could outlive it.
+pub const CA_RENEW_BEFORE: Duration = Duration::days(180);
+/// A certificate this close to its end is renewed by the cluster's renewal job (run daily):
+/// well before [`RENEW_BEFORE`], so a few missed runs still leave it time.
+pub const AUTO_RENEW_BEFORE: Duration = Duration::days(30);
+/// During a cluster's CA rotation: the CA Secret's key of the new CA's certificate.
+pub const NEXT_CA_CERT_KEY: &str = "next.crt";
+/// During a cluster's CA rotation: the CA Secret's key of the new CA's key.
+pub const NEXT_CA_KEY_KEY: &str = "next.key";
+/// During a CA rotation of a directory: the new CA's key, kept apart from the signing key
+/// (`ca.key`) until every member trusts the new CA.
+pub const CA_NEXT_KEY: &str = "ca-next.key";
+
+/// The SHA-256 of `bytes`, lowercase hex: how a member names the TLS files it has loaded (the
+/// CA bundle's bytes; the server and replication certificates' bytes, one after the other),
+/// and how a rotation names the files it waits for.
+pub fn digest(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The digest of a server and a replication certificate as a member names them loaded.
+pub fn certs_digest(server_cert_pem: &str, replication_cert_pem: &str) -> String {
+    digest(
+        [server_cert_pem.as_bytes(), replication_cert_pem.as_bytes()]
+            .concat()
+            .as_slice(),
+    )
+}
+
+/// The PEM certificates of a bundle, each ending in a newline, in order.
+pub fn split_bundle(pem: &str) -> Vec<String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut out = Vec::new();
+    let mut rest = pem;
+    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
+        let Some(end) = rest[start..].find(END) else {
+            break;
+        };
+        let end = start + end + END.len();
+        out.push(format!("{}\n", &rest[start..end]));
+        rest = &rest[end..];
+    }
+    out
+}
+
+/// A bundle of `certs` (PEM), in order, each once.
+pub fn make_bundle<S: AsRef<str>>(certs: &[S]) -> String {
+    let mut seen: Vec<String> = Vec::new();
+    for c in certs.iter().flat_map(|c| split_bundle(c.as_ref())) {
+        if !seen.contains(&c) {
+            seen.push(c);
+        }
+    }
+    seen.concat()
+}
+
+/// Whether the bundle holds the certificate `cert_pem` (compared as PEM blocks, whatever
+/// surrounds them).
+pub fn bundle_has(bundle: &str, cert_pem: &str) -> bool {
+    let want = split_bundle(cert_pem);
+    want.len() == 1 && split_bundle(bundle).contains(&want[0])
+}
+
+/// Whether the certificate `cert_pem` was signed by the CA `ca_pem` (its signature verifies
+/// with the CA's public key; the names alone cannot tell an old CA from its successor).
+pub fn signed_by(cert_pem: &str, ca_pem: &str) -> bool {
+    use x509_parser::prelude::*;
+    let (Ok((_, cert)), Ok((_, ca))) = (
+        parse_x509_pem(cert_pem.as_bytes()),
+        parse_x509_pem(ca_pem.as_bytes()),
+    ) else {
+        return false;
+    };
+    let (Ok(cert), Ok(ca)) = (cert.parse_x509(), ca.parse_x509()) else {
+        return false;
+    };
+    cert.verify_signature(Some(ca.public_key())).is_ok()
+}
+
+/// The certificate of `bundle` whose public key is `key_pem`'s: the CA that key signs as.
+pub fn matching_cert(bundle: &str, key_pem: &str) -> Option<String> {
+    use x509_parser::prelude::*;
+    let key = KeyPair::from_pem(key_pem).ok()?;
+    split_bundle(bundle).into_iter().find(|c| {
+        parse_x509_pem(c.as_bytes())
+            .ok()
+            .and_then(|(_, p)| {
+                p.parse_x509().ok().map(|x| {
+                    x.public_key().subject_public_key.data.as_ref() == key.public_key_raw()
+                })
+            })
+            .unwrap_or(false)
+    })
+}
 
 /// What went wrong, with what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -368,7 +476,19 @@ fn write_pair(dir: &Path, cert: &str, key: &str, issued: &Issued) -> Result<()> 
     write_file(&dir.join(cert), &issued.cert_pem, 0o644)
 }
 
-/// Keeps the set's TLS files in `dir` (made 0700): the CA (made once, anew only when due), the
+/// Whether the CA of `dir` is to be rotated with overlap now: its signing CA is within
+/// [`CA_RENEW_BEFORE`] of its end, or a rotation is under way or not finished (the bundle holds
+/// more than the signing CA).
+pub fn ca_due(dir: &Path, now: OffsetDateTime) -> Result<bool> {
+    let Some((_, facts)) = signing_ca(dir)? else {
+        return Ok(false);
+    };
+    Ok(facts.not_after - now < CA_RENEW_BEFORE
+        || ca_rotation(dir)? != (CaRotation::Settled { others: 0 }))
+}
+
+/// Keeps the set's TLS files in `dir` (made 0700): the CA (made once, anew only past its end:
+/// near its end a rotation with overlap replaces it, [`ca_due`]), the
 /// server certificate for `names` and the replication role's client certificate, each made
 /// when missing or due ([`needs_renewal`]). Keys are written 0600. Returns one line per file
 /// made (empty when everything was still valid); nothing valid is rewritten.
@@ -383,8 +503,10 @@ pub fn ensure_dir(
         .map_err(io(format!("cannot set the mode of {}", dir.display())))?;
     let mut made = Vec::new();
     let ca_cn = format!("{CA_COMMON_NAME} {cluster}");
-    let ca = match read_pair(dir, files::CA_CERT, files::CA_KEY)? {
-        Some((ca, facts)) if needs_renewal(&facts, None, None, now).is_none() => ca,
+    let ca = match signing_ca(dir)? {
+        // Near its end it is kept: a rotation with overlap replaces it ([`ca_due`]); one
+        // past its end (or not valid yet) is trusted by no one any more and is made anew.
+        Some((ca, facts)) if facts.not_after > now && facts.not_before <= now => ca,
         old => {
             let ca = make_ca(cluster, now)?;
             write_pair(dir, files::CA_CERT, files::CA_KEY, &ca)?;
@@ -404,6 +526,7 @@ pub fn ensure_dir(
         let due = match read_pair(dir, cert, key)? {
             None => Some("made"),
             Some(_) if ca_renewed => Some("renewed"),
+            Some((leaf, _)) if !signed_by(&leaf.cert_pem, &ca.cert_pem) => Some("renewed"),
             Some((_, facts)) => needs_renewal(&facts, want, Some(&ca_cn), now).map(|_| "renewed"),
         };
         if let Some(verb) = due {
@@ -422,7 +545,7 @@ pub fn ensure_dir(
 /// valid or not, under the CA kept there (which is not touched): a rotation. Keys are written
 /// before their certificates, 0600. One line per file made.
 pub fn reissue_leaves(dir: &Path, names: &[String], now: OffsetDateTime) -> Result<Vec<String>> {
-    let ca = match read_pair(dir, files::CA_CERT, files::CA_KEY)? {
+    let ca = match signing_ca(dir)? {
         Some((ca, _)) => ca,
         None => {
             return Err(Error::Io {
@@ -449,6 +572,188 @@ pub fn reissue_leaves(dir: &Path, names: &[String], now: OffsetDateTime) -> Resu
         .iter()
         .map(|f| format!("reissued {}", dir.join(f).display()))
         .collect())
+}
+
+/// The signing CA of `dir`: the certificate of the bundle `ca.crt` that `ca.key` belongs to,
+/// with that key, and its facts; `None` when either file is missing. A key that matches no
+/// certificate of the bundle is an error naming both files.
+pub fn signing_ca(dir: &Path) -> Result<Option<(Issued, CertFacts)>> {
+    let Some((pair, _)) = read_pair(dir, files::CA_CERT, files::CA_KEY)? else {
+        return Ok(None);
+    };
+    let cert_path = dir.join(files::CA_CERT);
+    let cert_pem =
+        matching_cert(&pair.cert_pem, &pair.key_pem).ok_or_else(|| Error::Unreadable {
+            path: cert_path.clone(),
+            problem: format!(
+                "no certificate in it belongs to the key {}",
+                dir.join(files::CA_KEY).display()
+            ),
+        })?;
+    let facts = read_cert(&cert_pem).map_err(|problem| Error::Unreadable {
+        path: cert_path,
+        problem,
+    })?;
+    Ok(Some((
+        Issued {
+            cert_pem,
+            key_pem: pair.key_pem,
+        },
+        facts,
+    )))
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    fs::read_to_string(path).map_err(io(format!("cannot read {}", path.display())))
+}
+
+/// Where a CA rotation of a directory stands, read from its files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaRotation {
+    /// No rotation under way: the bundle holds the signing CA and `others` more (0 once a
+    /// rotation is complete).
+    Settled {
+        /// How many CAs besides the signing one the bundle holds.
+        others: usize,
+    },
+    /// The new CA is in the bundle and its key kept apart ([`CA_NEXT_KEY`]): the leaves are
+    /// reissued by it once every member trusts the bundle.
+    Begun,
+}
+
+/// Where the rotation of `dir` stands. A next key whose certificate is not in the bundle is an
+/// error (the bundle was replaced by hand): nothing is decided from it.
+pub fn ca_rotation(dir: &Path) -> Result<CaRotation> {
+    let (signer, _) = signing_ca(dir)?.ok_or_else(|| no_ca(dir, "rotate the CA"))?;
+    let bundle = read_text(&dir.join(files::CA_CERT))?;
+    let next = dir.join(CA_NEXT_KEY);
+    if next.exists() {
+        let key = read_text(&next)?;
+        return match matching_cert(&bundle, &key) {
+            Some(_) => Ok(CaRotation::Begun),
+            None => Err(Error::Unreadable {
+                path: dir.join(files::CA_CERT),
+                problem: format!(
+                    "it does not hold the certificate of the rotation's new key {}; remove that key to start the rotation again",
+                    next.display()
+                ),
+            }),
+        };
+    }
+    let others = split_bundle(&bundle)
+        .iter()
+        .filter(|c| **c != signer.cert_pem)
+        .count();
+    Ok(CaRotation::Settled { others })
+}
+
+fn no_ca(dir: &Path, what: &str) -> Error {
+    Error::Io {
+        action: format!(
+            "cannot {what} in {}: it holds no CA ({} and {})",
+            dir.display(),
+            files::CA_CERT,
+            files::CA_KEY
+        ),
+        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+    }
+}
+
+/// A CA rotation's first step: a new CA for `cluster` joins the bundle `ca.crt` (after the
+/// signing CA, which keeps signing), its key kept as [`CA_NEXT_KEY`] (0600). The leaves are not
+/// touched: every member goes on serving the old CA's certificates, now trusting both. A
+/// rotation already begun is kept (nothing written, no line): a run that stopped resumes.
+pub fn begin_ca_rotation(dir: &Path, cluster: &str, now: OffsetDateTime) -> Result<Vec<String>> {
+    if ca_rotation(dir)? == CaRotation::Begun {
+        return Ok(Vec::new());
+    }
+    let (signer, _) = signing_ca(dir)?.ok_or_else(|| no_ca(dir, "rotate the CA"))?;
+    let next = make_ca(cluster, now)?;
+    // The key first: a bundle never names a CA whose key is lost.
+    write_file(&dir.join(CA_NEXT_KEY), &next.key_pem, 0o600)?;
+    let bundle = read_text(&dir.join(files::CA_CERT))?;
+    let mut certs = vec![signer.cert_pem.clone()];
+    certs.extend(split_bundle(&bundle));
+    certs.push(next.cert_pem);
+    write_file(&dir.join(files::CA_CERT), &make_bundle(&certs), 0o644)?;
+    Ok(vec![format!(
+        "added a new CA to the trust bundle {} (the certificates stay the old CA's until every member trusts it)",
+        dir.join(files::CA_CERT).display()
+    )])
+}
+
+/// A CA rotation's second step, once every member trusts the bundle: the server (for `names`)
+/// and replication certificates are reissued by the new CA, whose key becomes the signing key
+/// (`ca.key`); the old CA stays in the bundle. An error, nothing written, when no rotation was
+/// begun.
+pub fn switch_to_next_ca(dir: &Path, names: &[String], now: OffsetDateTime) -> Result<Vec<String>> {
+    if ca_rotation(dir)? != CaRotation::Begun {
+        return Err(Error::Io {
+            action: format!(
+                "cannot reissue the certificates by a new CA in {}: no CA rotation was begun there ({} is missing)",
+                dir.display(),
+                CA_NEXT_KEY
+            ),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        });
+    }
+    let bundle = read_text(&dir.join(files::CA_CERT))?;
+    let key_pem = read_text(&dir.join(CA_NEXT_KEY))?;
+    let cert_pem = matching_cert(&bundle, &key_pem).expect("checked by ca_rotation");
+    let next = Issued { cert_pem, key_pem };
+    let server = issue_server(&next, names, now)?;
+    let client = issue_client(&next, contract::REPLICATION_USER, now)?;
+    write_pair(dir, files::SERVER_CERT, files::SERVER_KEY, &server)?;
+    write_pair(
+        dir,
+        files::REPLICATION_CERT,
+        files::REPLICATION_KEY,
+        &client,
+    )?;
+    fs::rename(dir.join(CA_NEXT_KEY), dir.join(files::CA_KEY)).map_err(io(format!(
+        "cannot rename {}",
+        dir.join(CA_NEXT_KEY).display()
+    )))?;
+    let mut certs = vec![next.cert_pem.clone()];
+    certs.extend(split_bundle(&bundle));
+    write_file(&dir.join(files::CA_CERT), &make_bundle(&certs), 0o644)?;
+    Ok([files::SERVER_CERT, files::REPLICATION_CERT]
+        .iter()
+        .map(|f| format!("reissued {} by the new CA", dir.join(f).display()))
+        .collect())
+}
+
+/// A CA rotation's last step, once every member has loaded the new CA's certificates (no leaf
+/// of an old CA is in use): the bundle keeps the signing CA alone. Nothing written when it
+/// already does, or while a rotation is under way (an error: its leaves are the old CA's).
+pub fn retire_old_cas(dir: &Path) -> Result<Vec<String>> {
+    match ca_rotation(dir)? {
+        CaRotation::Settled { others: 0 } => Ok(Vec::new()),
+        CaRotation::Begun => Err(Error::Io {
+            action: format!(
+                "cannot take the old CA out of {}: the certificates are not reissued by the new CA yet",
+                dir.join(files::CA_CERT).display()
+            ),
+            source: std::io::Error::from(std::io::ErrorKind::WouldBlock),
+        }),
+        CaRotation::Settled { .. } => {
+            let (signer, _) = signing_ca(dir)?.ok_or_else(|| no_ca(dir, "retire a CA"))?;
+            for f in [files::SERVER_CERT, files::REPLICATION_CERT] {
+                let leaf = read_text(&dir.join(f))?;
+                if !signed_by(&leaf, &signer.cert_pem) {
+                    return Err(Error::Unreadable {
+                        path: dir.join(f),
+                        problem: "it is not signed by the signing CA, so the old CA it needs stays in the bundle; reissue it (rotate-certs)".into(),
+                    });
+                }
+            }
+            write_file(&dir.join(files::CA_CERT), &signer.cert_pem, 0o644)?;
+            Ok(vec![format!(
+                "took the old CA out of the trust bundle {}",
+                dir.join(files::CA_CERT).display()
+            )])
+        }
+    }
 }
 
 #[cfg(test)]
@@ -670,5 +975,143 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_bundle_splits_into_its_certificates_and_the_signer_is_found_by_its_key() {
+        let t = now();
+        let (a, b) = (make_ca("db", t).unwrap(), make_ca("db", t).unwrap());
+        let bundle = make_bundle(&[&a.cert_pem, &b.cert_pem, &a.cert_pem]);
+        assert_eq!(
+            split_bundle(&bundle),
+            vec![a.cert_pem.clone(), b.cert_pem.clone()]
+        );
+        assert_eq!(matching_cert(&bundle, &b.key_pem), Some(b.cert_pem.clone()));
+        assert_eq!(matching_cert(&bundle, &a.key_pem), Some(a.cert_pem.clone()));
+        assert_eq!(matching_cert(&a.cert_pem, &b.key_pem), None);
+        // Same name, other key: only the signature tells which CA signed a leaf.
+        let leaf = issue_server(&b, &local_names(), t).unwrap();
+        assert!(signed_by(&leaf.cert_pem, &b.cert_pem));
+        assert!(!signed_by(&leaf.cert_pem, &a.cert_pem));
+        assert_eq!(digest(b"abc").len(), 64);
+        assert_eq!(
+            digest(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn a_ca_rotation_adds_the_new_ca_then_reissues_the_leaves_then_retires_the_old_ca() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("tls");
+        let t = now();
+        let names = local_names();
+        ensure_dir(&dir, "db", &names, t).unwrap();
+        let read = |f: &str| fs::read_to_string(dir.join(f)).unwrap();
+        let (old_ca, old_server, old_repl) = (
+            read(files::CA_CERT),
+            read(files::SERVER_CERT),
+            read(files::REPLICATION_CERT),
+        );
+        assert_eq!(
+            ca_rotation(&dir).unwrap(),
+            CaRotation::Settled { others: 0 }
+        );
+        let e = switch_to_next_ca(&dir, &names, t).unwrap_err().to_string();
+        assert!(e.contains("no CA rotation was begun"), "{e}");
+
+        // 1: the bundle holds both, the leaves and the signing key are untouched.
+        let made = begin_ca_rotation(&dir, "db", t).unwrap();
+        assert_eq!(made.len(), 1, "{made:?}");
+        assert_eq!(ca_rotation(&dir).unwrap(), CaRotation::Begun);
+        let bundle = split_bundle(&read(files::CA_CERT));
+        assert_eq!(bundle.len(), 2);
+        assert_eq!(bundle[0], old_ca);
+        assert_eq!(read(files::SERVER_CERT), old_server);
+        assert_eq!(read(files::REPLICATION_CERT), old_repl);
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            fs::metadata(dir.join(CA_NEXT_KEY)).unwrap().mode() & 0o777,
+            0o600
+        );
+        // A run that stopped here resumes: nothing new is made, nothing is due for ensure.
+        let before = read(files::CA_CERT);
+        assert!(begin_ca_rotation(&dir, "db", t).unwrap().is_empty());
+        assert_eq!(read(files::CA_CERT), before);
+        assert!(ensure_dir(&dir, "db", &names, t).unwrap().is_empty());
+        let e = retire_old_cas(&dir).unwrap_err().to_string();
+        assert!(e.contains("not reissued by the new CA yet"), "{e}");
+        assert_eq!(read(files::CA_CERT), before);
+
+        // 2: the leaves are the new CA's, the old CA still trusted.
+        let made = switch_to_next_ca(&dir, &names, t).unwrap();
+        assert_eq!(made.len(), 2, "{made:?}");
+        assert!(!dir.join(CA_NEXT_KEY).exists());
+        let new_ca = bundle[1].clone();
+        assert!(signed_by(&read(files::SERVER_CERT), &new_ca));
+        assert!(signed_by(&read(files::REPLICATION_CERT), &new_ca));
+        assert!(!signed_by(&read(files::SERVER_CERT), &old_ca));
+        assert_eq!(
+            split_bundle(&read(files::CA_CERT)),
+            vec![new_ca.clone(), old_ca.clone()]
+        );
+        assert_eq!(signing_ca(&dir).unwrap().unwrap().0.cert_pem, new_ca);
+        assert_eq!(
+            ca_rotation(&dir).unwrap(),
+            CaRotation::Settled { others: 1 }
+        );
+        assert!(ensure_dir(&dir, "db", &names, t).unwrap().is_empty());
+
+        // 3: the old CA leaves the bundle; a second retire writes nothing.
+        assert_eq!(retire_old_cas(&dir).unwrap().len(), 1);
+        assert_eq!(read(files::CA_CERT), new_ca);
+        assert!(retire_old_cas(&dir).unwrap().is_empty());
+        assert_eq!(
+            ca_rotation(&dir).unwrap(),
+            CaRotation::Settled { others: 0 }
+        );
+        assert!(ensure_dir(&dir, "db", &names, t).unwrap().is_empty());
+    }
+
+    #[test]
+    fn ensure_reissues_a_leaf_of_another_ca_with_the_same_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("tls");
+        let t = now();
+        ensure_dir(&dir, "db", &local_names(), t).unwrap();
+        let other = make_ca("db", t).unwrap();
+        let foreign = issue_server(&other, &local_names(), t).unwrap();
+        write_pair(&dir, files::SERVER_CERT, files::SERVER_KEY, &foreign).unwrap();
+        let made = ensure_dir(&dir, "db", &local_names(), t).unwrap();
+        assert_eq!(made.len(), 1, "{made:?}");
+        let ca = fs::read_to_string(dir.join(files::CA_CERT)).unwrap();
+        assert!(signed_by(
+            &fs::read_to_string(dir.join(files::SERVER_CERT)).unwrap(),
+            &ca
+        ));
+    }
+
+    #[test]
+    fn a_ca_near_its_end_is_kept_for_a_rotation_and_one_past_it_is_made_anew() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("tls");
+        let t = now();
+        assert!(!ca_due(&dir, t).unwrap(), "no CA: nothing to rotate");
+        ensure_dir(&dir, "db", &local_names(), t).unwrap();
+        let ca = fs::read_to_string(dir.join(files::CA_CERT)).unwrap();
+        assert!(!ca_due(&dir, t).unwrap());
+        let near = t + CA_VALIDITY - CA_RENEW_BEFORE + Duration::days(1);
+        assert!(ca_due(&dir, near).unwrap());
+        ensure_dir(&dir, "db", &local_names(), near).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.join(files::CA_CERT)).unwrap(),
+            ca,
+            "kept for the rotation"
+        );
+        begin_ca_rotation(&dir, "db", t).unwrap();
+        assert!(ca_due(&dir, t).unwrap(), "a rotation under way is finished");
+        let past = t + CA_VALIDITY + Duration::days(1);
+        let made = ensure_dir(&dir, "db", &local_names(), past).unwrap();
+        assert!(made[0].starts_with("renewed the CA"), "{made:?}");
     }
 }

@@ -91,15 +91,33 @@ fn secrets_are_in_cert_managers_shape_and_the_configmap_holds_only_the_ca_certif
 }
 
 #[test]
-fn a_valid_ca_is_kept_and_a_due_or_foreign_one_is_refused_with_the_fix() {
+fn a_valid_ca_is_kept_a_due_one_is_rotated_and_an_ended_or_foreign_one_is_refused_with_the_fix() {
     let s = spec();
     let t = pgset_tls::now();
     assert!(judge_ca(&s, None, t).unwrap().is_none());
     let ca = pgset_tls::make_ca("db", t).unwrap();
     let kept = judge_ca(&s, Some(&ca_secret(&s, &ca)), t).unwrap().unwrap();
     assert_eq!(kept.cert_pem, ca.cert_pem);
-    let late = t + pgset_tls::CA_VALIDITY - Duration::days(1);
-    let e = judge_ca(&s, Some(&ca_secret(&s, &ca)), late)
+    let facts = pgset_tls::read_cert(&ca.cert_pem).unwrap();
+    assert!(!ca_due(&facts, t));
+    // Within its renewal window: kept (to sign until the rotation's new CA takes over).
+    let due = t + pgset_tls::CA_VALIDITY - Duration::days(1);
+    assert!(ca_due(&facts, due));
+    assert!(ca_due(
+        &facts,
+        t + pgset_tls::CA_VALIDITY - pgset_tls::CA_RENEW_BEFORE + Duration::days(1)
+    ));
+    assert!(!ca_due(
+        &facts,
+        t + pgset_tls::CA_VALIDITY - pgset_tls::CA_RENEW_BEFORE - Duration::days(1)
+    ));
+    assert!(
+        judge_ca(&s, Some(&ca_secret(&s, &ca)), due)
+            .unwrap()
+            .is_some()
+    );
+    let ended = t + pgset_tls::CA_VALIDITY + Duration::days(1);
+    let e = judge_ca(&s, Some(&ca_secret(&s, &ca)), ended)
         .unwrap_err()
         .to_string();
     assert!(
@@ -253,4 +271,73 @@ fn running_members_are_never_switched_between_tls_and_plain_in_place() {
     );
     let e = switch_problem(&off, Some(&with_tls)).unwrap();
     assert!(e.contains("runs with TLS") && e.contains("keep TLS"), "{e}");
+}
+
+#[test]
+fn during_a_ca_rotation_a_leaf_with_the_bundle_is_kept_and_one_of_the_other_ca_is_renewed() {
+    let s = spec();
+    let t = pgset_tls::now();
+    let (old, new) = (
+        pgset_tls::make_ca("db", t).unwrap(),
+        pgset_tls::make_ca("db", t).unwrap(),
+    );
+    let names = server_names(&s);
+    let bundle = pgset_tls::make_bundle(&[&old.cert_pem, &new.cert_pem]);
+    let leaf = pgset_tls::issue_server(&old, &names, t).unwrap();
+    let secret = leaf_secret(&s, "db-tls-server", &leaf, &bundle);
+    let judge = |ca: &str| judge_leaf(&s, Some(&secret), "db-tls-server", Some(&names), ca, t);
+    // The old CA still signs: its leaf serves, the bundle holds it.
+    assert_eq!(judge(&old.cert_pem), Action::Keep);
+    // The new CA signs: same name, but the old CA's leaf is renewed.
+    assert_eq!(
+        judge(&new.cert_pem),
+        Action::Renew("another CA signed it".into())
+    );
+    // A CA the bundle does not hold.
+    let third = pgset_tls::make_ca("db", t).unwrap();
+    assert_eq!(
+        judge(&third.cert_pem),
+        Action::Renew("it carries another CA".into())
+    );
+    // What members and clients are given: the bundle while it holds the signing CA.
+    assert_eq!(trust_bundle(Some(&secret), &new.cert_pem), bundle);
+    assert_eq!(trust_bundle(Some(&secret), &third.cert_pem), third.cert_pem);
+    assert_eq!(trust_bundle(None, &old.cert_pem), old.cert_pem);
+}
+
+#[test]
+fn a_member_is_behind_until_its_annotation_names_the_bundle_and_the_certificates() {
+    use ca_rotation::{Want, behind};
+    use k8s_openapi::api::core::v1::Pod;
+    let pod = |annotation: Option<&str>| Pod {
+        metadata: kube::api::ObjectMeta {
+            annotations: annotation
+                .map(|a| BTreeMap::from([(files::LOADED_ANNOTATION.to_string(), a.to_string())])),
+            ..Default::default()
+        },
+        ..Pod::default()
+    };
+    let want = Want {
+        ca_bundle: "b1".into(),
+        certs: None,
+    };
+    let pods = BTreeMap::from([
+        (
+            "db-0".to_string(),
+            pod(Some(r#"{"caBundle":"b1","certs":"c0"}"#)),
+        ),
+        (
+            "db-1".to_string(),
+            pod(Some(r#"{"caBundle":"b0","certs":"c0"}"#)),
+        ),
+        ("db-2".to_string(), pod(None)),
+        ("db-3".to_string(), pod(Some("not json"))),
+    ]);
+    assert_eq!(behind(&pods, &want), ["db-1", "db-2", "db-3"]);
+    let with_certs = Want {
+        ca_bundle: "b1".into(),
+        certs: Some("c1".into()),
+    };
+    assert_eq!(behind(&pods, &with_certs), ["db-0", "db-1", "db-2", "db-3"]);
+    assert!(behind(&BTreeMap::new(), &with_certs).is_empty());
 }
