@@ -705,6 +705,17 @@ pub struct ConnectInfo {
     pub ca_file: Option<String>,
     /// The command that writes a libpq passfile with the superuser's password.
     pub fetch_password: String,
+    /// The port-forward to the master Service that the superuser connects through (pg_hba
+    /// admits it over TCP only from the loopback and `access.superuserFrom`).
+    pub port_forward: String,
+    /// [`ConnectInfo::conninfo`] through [`ConnectInfo::port_forward`]: the Service's name kept
+    /// as `host` for verify-full, `hostaddr=127.0.0.1` where to connect.
+    pub forwarded_conninfo: String,
+    /// How an application in the cluster gets a role of its own over the master's socket (its
+    /// password typed, never on a command line).
+    pub create_role: String,
+    /// The networks besides the loopback pg_hba admits the superuser from (TLS on).
+    pub superuser_from: Vec<String>,
 }
 
 impl ConnectInfo {
@@ -718,8 +729,33 @@ impl ConnectInfo {
             _ => out.push_str("# TLS is off (tls.mode: off): the connection is not encrypted.\n"),
         }
         out.push_str(&format!(
-            "# The superuser's password, into a libpq passfile (never on a command line):\n{}\n# Connect (from inside the cluster, or through a port-forward with host=127.0.0.1 and the\n# Service name kept for verification as hostaddr):\npsql \"{}\"\n",
-            self.fetch_password, self.conninfo
+            "# The superuser's password, into a libpq passfile (never on a command line):\n{}\n",
+            self.fetch_password
+        ));
+        if self.ca_file.is_none() {
+            out.push_str(&format!(
+                "# Connect from inside the cluster:\npsql \"{}\"\n# or through a port-forward:\n{} &\npsql \"{}\"\n",
+                self.conninfo, self.port_forward, self.forwarded_conninfo
+            ));
+            return out;
+        }
+        let also = if self.superuser_from.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " and {} (access.superuserFrom), where the first string works too",
+                self.superuser_from.join(", ")
+            )
+        };
+        out.push_str(&format!(
+            "# The superuser connects over TCP only from the loopback{also}: through a\n# port-forward, keeping the Service's name for verify-full:\n{} &\npsql \"{}\"\n# An application in the cluster connects as a role of its own, by password over TLS:\n#   {}\npsql \"{}\"\n",
+            self.port_forward,
+            self.forwarded_conninfo,
+            self.create_role,
+            self.conninfo.replace(
+                &format!("user={}", contract::SUPERUSER),
+                "user=app"
+            )
         ));
         out
     }
@@ -776,7 +812,29 @@ pub fn connect_info(spec: &ClusterSpec) -> ConnectInfo {
         spec.secret_name(),
         contract::secret::SUPERUSER_PASSWORD_KEY
     );
+    let master_pod = format!(
+        "$(kubectl -n {ns} get pods -l {}={},{}={} -o name)",
+        contract::labels::INSTANCE,
+        spec.name,
+        contract::labels::ROLE,
+        contract::roles::MASTER
+    );
     ConnectInfo {
+        port_forward: format!(
+            "kubectl -n {ns} port-forward svc/{} {port}:{port}",
+            spec.master_service_name()
+        ),
+        forwarded_conninfo: format!("{conninfo} hostaddr=127.0.0.1"),
+        create_role: format!(
+            "kubectl -n {ns} exec -it {master_pod} -c {} -- psql -c 'CREATE ROLE app LOGIN' -c '\\password app'",
+            contract::POSTGRES_CONTAINER
+        ),
+        superuser_from: spec
+            .access
+            .superuser_from
+            .iter()
+            .map(|n| n.to_string())
+            .collect(),
         host,
         port,
         conninfo,

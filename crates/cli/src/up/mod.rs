@@ -446,17 +446,29 @@ fn connect_help(spec: &ClusterSpec, master: Option<&str>) -> String {
             String::new(),
         ),
     };
+    // Through a port-forward, verified against the cluster's CA when it serves TLS: never a
+    // string that silently falls back to an unverified or plain connection.
+    let info = pgset_deploy::tls::connect_info(spec);
+    let fetch_ca = info
+        .fetch_ca
+        .as_ref()
+        .map(|f| format!("\x20 {f}\n"))
+        .unwrap_or_default();
     format!(
         "PostgreSQL is up: {n} member(s), {named}, Services {m} (read-write) and {r} (read-only).\n\
          Connect:\n\
          {exec}\
-         \x20 kubectl -n {ns} port-forward svc/{m} 5432:5432 &\n\
-         \x20 PGPASSWORD=\"$(kubectl -n {ns} get secret {secret} -o jsonpath='{{.data.superuser-password}}' | base64 -d)\" psql -h 127.0.0.1 -U postgres\n\
+         {fetch_ca}\
+         \x20 {forward} &\n\
+         \x20 PGPASSWORD=\"$(kubectl -n {ns} get secret {secret} -o jsonpath='{{.data.superuser-password}}' | base64 -d)\" psql \"{conninfo}\"\n\
+         Applications in the cluster, the CA and roles: {program} connect-info\n\
          Check it: {program} status; {program} verify\n",
         n = spec.replicas,
         m = spec.master_service_name(),
         r = spec.replica_service_name(),
         secret = spec.secret_name(),
+        forward = info.port_forward,
+        conninfo = info.forwarded_conninfo,
     )
 }
 
@@ -582,6 +594,12 @@ mod tests {
         assert!(help.contains("pgset-replica"));
         assert!(help.contains("get secret pgset-secret"));
         assert!(help.contains("{.data.superuser-password}"));
+        // Verified TLS through the port-forward, the CA fetched first.
+        assert!(
+            help.contains("get configmap pgset-ca-cert")
+                && help.contains("psql \"host=pgset-master.default.svc.cluster.local port=5432 user=postgres dbname=postgres sslmode=verify-full sslrootcert=pgset-ca.crt hostaddr=127.0.0.1\""),
+            "{help}"
+        );
         let unknown = connect_help(&ClusterSpec::default(), None);
         assert!(unknown.contains("master unknown ("), "{unknown}");
         assert!(!unknown.contains("exec -it"), "{unknown}");

@@ -233,6 +233,37 @@ fn connect_info_verifies_the_master_service_against_the_ca_from_the_configmap() 
     let text = info.text();
     assert!(text.contains("ConfigMap db-ca-cert key ca.crt"), "{text}");
     assert!(!text.contains("password="), "{text}");
+    // The superuser through a port-forward, the Service's name kept for verify-full.
+    assert_eq!(
+        info.port_forward,
+        "kubectl -n prod port-forward svc/db-master 5432:5432"
+    );
+    assert_eq!(
+        info.forwarded_conninfo,
+        format!("{} hostaddr=127.0.0.1", info.conninfo)
+    );
+    assert!(
+        text.contains("only from the loopback: through a")
+            && text.contains(&info.port_forward)
+            && text.contains(&info.forwarded_conninfo),
+        "{text}"
+    );
+    // An application by a role of its own, made over the master's socket.
+    assert_eq!(
+        info.create_role,
+        "kubectl -n prod exec -it $(kubectl -n prod get pods -l app.kubernetes.io/instance=db,role=master -o name) -c postgres -- psql -c 'CREATE ROLE app LOGIN' -c '\\password app'"
+    );
+    assert!(
+        text.contains("host=db-master.prod.svc.cluster.local port=5432 user=app dbname=postgres sslmode=verify-full"),
+        "{text}"
+    );
+    let mut wider = s.clone();
+    wider.access.superuser_from = vec!["10.0.0.0/8".parse().unwrap()];
+    let text = connect_info(&wider).text();
+    assert!(
+        text.contains("loopback and 10.0.0.0/8 (access.superuserFrom)"),
+        "{text}"
+    );
 
     let mut provided = s.clone();
     provided.tls.mode = TlsMode::Provided;
