@@ -147,41 +147,13 @@ async fn verify_full_reaches_the_master_plain_tcp_is_refused_and_replication_use
             out.stderr
         );
 
-        // Every WAL sender runs over TLS as the replication certificate's subject.
-        let master = pgset_deploy::master::read_master(&client, &spec)
-            .await
-            .expect("read the master")
-            .master
-            .expect("a master");
-        let senders = "SELECT r.application_name || '|' || s.ssl || '|' || s.version || '|' \
-             || coalesce(s.client_dn, '') FROM pg_stat_replication r JOIN pg_stat_ssl s \
-             USING (pid) ORDER BY 1";
+        // Every WAL sender runs over TLS 1.3 as the replication certificate's subject.
         let want = format!(
-            "{}|true|TLSv1.3|/CN={}",
+            "{}|streaming|true|TLSv1.3|/CN={}",
             spec.pod_name(1),
             contract::REPLICATION_USER
         );
-        let deadline = Instant::now() + Duration::from_secs_f64(120.0 * patience);
-        loop {
-            let out = exec
-                .run(
-                    &master,
-                    POSTGRES_CONTAINER,
-                    &pgset_verify::sql::psql_local(&[senders]),
-                )
-                .await
-                .expect("exec psql on the master");
-            if out.success() && out.stdout.trim() == want {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "WAL senders on {master}: {:?}, wanted {want:?}: {}",
-                out.stdout,
-                out.stderr
-            );
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
+        wait_for_senders(&client, &spec, &exec, &want, patience).await;
     })
     .await;
 }
@@ -264,40 +236,52 @@ async fn a_ca_rotation_ends_with_every_member_on_the_new_ca_and_streaming_over_t
             .await
             .expect("exec psql");
         assert!(out.success(), "verify-full: {}", out.failure_summary());
-        let master = pgset_deploy::master::read_master(&client, &spec)
-            .await
-            .expect("read the master")
-            .master
-            .expect("a master");
-        let senders = "SELECT r.application_name || '|' || r.state || '|' || s.ssl \
-             || '|' || coalesce(s.client_dn, '') FROM pg_stat_replication r JOIN pg_stat_ssl s \
-             USING (pid) ORDER BY 1";
         let want = format!(
-            "{}|streaming|true|/CN={}",
+            "{}|streaming|true|TLSv1.3|/CN={}",
             spec.pod_name(1),
             contract::REPLICATION_USER
         );
-        let deadline = Instant::now() + Duration::from_secs_f64(120.0 * patience);
-        loop {
-            let out = exec
-                .run(
-                    &master,
-                    POSTGRES_CONTAINER,
-                    &pgset_verify::sql::psql_local(&[senders]),
-                )
-                .await
-                .expect("exec psql on the master");
-            if out.success() && out.stdout.trim() == want {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "WAL senders on {master}: {:?}, wanted {want:?}: {}",
-                out.stdout,
-                out.stderr
-            );
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
+        wait_for_senders(&client, &spec, &exec, &want, patience).await;
     })
     .await;
+}
+
+/// Waits (120 s × patience) until the master's WAL senders read `want`:
+/// `member|state|ssl|version|client DN` rows, one a line.
+async fn wait_for_senders(
+    client: &kube::Client,
+    spec: &pgset_spec::ValidSpec,
+    exec: &PodExec,
+    want: &str,
+    patience: f64,
+) {
+    let master = pgset_deploy::master::read_master(client, spec)
+        .await
+        .expect("read the master")
+        .master
+        .expect("a master");
+    let senders = "SELECT r.application_name || '|' || r.state || '|' || s.ssl || '|' \
+         || s.version || '|' || coalesce(s.client_dn, '') FROM pg_stat_replication r \
+         JOIN pg_stat_ssl s USING (pid) ORDER BY 1";
+    let deadline = Instant::now() + Duration::from_secs_f64(120.0 * patience);
+    loop {
+        let out = exec
+            .run(
+                &master,
+                POSTGRES_CONTAINER,
+                &pgset_verify::sql::psql_local(&[senders]),
+            )
+            .await
+            .expect("exec psql on the master");
+        if out.success() && out.stdout.trim() == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "WAL senders on {master}: {:?}, wanted {want:?}: {}",
+            out.stdout,
+            out.stderr
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
