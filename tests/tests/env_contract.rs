@@ -50,6 +50,9 @@ fn deploy_and_local_mode_name_the_same_variables_but_for_the_pods_own() {
         spec.postgres.adopt_unmarked_data = opt_ins;
         if opt_ins {
             spec.tls.mode = pgset_spec::TlsMode::Off;
+        } else {
+            // As deploy writes it once it found the pod network (local mode's is the loopback).
+            spec.access.replication_from = vec!["10.244.0.0/16".parse().unwrap()];
         }
         let (opts, set) = local_twin(&spec);
         let pod = deploy_names(&spec);

@@ -78,7 +78,7 @@ async fn the_superuser_and_replication_are_admitted_only_from_their_networks_oth
     t.opts.tls = true;
     // What deploy writes for a pod: the superuser from the loopback (a port-forward), the
     // replication from the pods' network (here 127.0.0.1, the members' own address).
-    t.opts.superuser_from = None;
+    t.opts.superuser_from = pgset_spec::Cidr::loopback();
     t.opts.replication_from = vec!["127.0.0.1/32".parse().unwrap()];
     local::up(&t.opts).await.expect("a --tls set forms");
     let dir = t.dir().to_path_buf();

@@ -359,7 +359,7 @@ async fn a_diverged_replica_is_rewound_from_the_master_over_tls() {
     t.opts.tls = true;
     // No superuser over TCP at all: what a member asks of the master before a rewind, and
     // pg_rewind itself, go as the replication role by its certificate.
-    t.opts.superuser_from = Some(Vec::new());
+    t.opts.superuser_from = Vec::new();
     local::up(&t.opts).await.expect("a --tls set forms");
     let dir = t.dir().to_path_buf();
     let pw = passfile(&t, "postgres", contract::secret::SUPERUSER_PASSWORD_KEY);

@@ -134,8 +134,8 @@ pub struct UpOptions {
     /// PGSET_TLS_DIR naming it for every member.
     pub tls: bool,
     /// With `tls`, PGSET_SUPERUSER_FROM: the networks pg_hba admits the superuser from over TCP
-    /// (`None`: the agent's default, the loopback; empty: the local socket only).
-    pub superuser_from: Option<Vec<pgset_spec::Cidr>>,
+    /// (default the loopback, as in a pod; empty: the local socket only).
+    pub superuser_from: Vec<pgset_spec::Cidr>,
     /// With `tls`, PGSET_REPLICATION_FROM: the networks replication comes from (default the
     /// loopback, where every local member is).
     pub replication_from: Vec<pgset_spec::Cidr>,
@@ -168,7 +168,7 @@ impl UpOptions {
             maximum_lag_on_failover: pgset_spec::DEFAULT_MAXIMUM_LAG_ON_FAILOVER,
             synchronous: None,
             tls: false,
-            superuser_from: None,
+            superuser_from: pgset_spec::Cidr::loopback(),
             replication_from: pgset_spec::Cidr::loopback(),
         }
     }
@@ -505,7 +505,7 @@ pub fn member_contract(opts: &UpOptions, set: &LocalSet, k: i32) -> AgentEnv {
         maximum_lag_on_failover: Some(opts.maximum_lag_on_failover),
         synchronous: opts.synchronous,
         tls_dir: opts.tls.then(|| tls_dir(&opts.dir)),
-        superuser_from: opts.superuser_from.clone().filter(|_| opts.tls),
+        superuser_from: opts.tls.then(|| opts.superuser_from.clone()),
         replication_from: opts.tls.then(|| opts.replication_from.clone()),
         max_replica_lag_bytes: Some(opts.max_replica_lag.bytes),
         max_replica_lag: Some(Duration::from_secs(opts.max_replica_lag.seconds)),
