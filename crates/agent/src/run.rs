@@ -13,7 +13,7 @@ use pgset_spec::contract::{self, AgentMode, MemberPhase};
 use crate::bootstrap::{self, Plan};
 use crate::datadir;
 use crate::fence::{Fence, FenceOptions, StalePid, StaleSocketLock};
-use crate::health::{self, Health};
+use crate::health::{self, Health, milestone};
 use crate::identity::{self, MemberRef};
 use crate::kube_api::{ClusterRecord, PodApi, RecordData};
 use crate::leader::LeaderStore;
@@ -31,6 +31,7 @@ const EXIT_SIGTERM: i32 = 143;
 
 /// Runs the member; returns the process exit code.
 pub async fn run() -> Result<i32> {
+    let began = std::time::SystemTime::now();
     if let Some(user) = privilege::drop_root()? {
         crate::info!(
             "started as root: running as user `{}` (uid {})",
@@ -60,6 +61,7 @@ pub async fn run() -> Result<i32> {
         AgentMode::Local => None,
     };
     let health = Health::new(&s.pod_name, s.liveness_timeout());
+    health.mark_at(milestone::STARTED, began);
     if let Some(addr) = s.env.health_addr {
         health::serve(addr, health.clone()).await?;
     }
@@ -107,6 +109,7 @@ async fn run_member(
             return Ok(EXIT_SIGTERM);
         }
     };
+    health.mark(milestone::FENCED);
     crate::info!("holding the write fence: {}", fence.holder_description());
     let pid_file = (s.env.mode == AgentMode::Local).then(|| s.agent_pid_file());
     if let Some(f) = &pid_file {
@@ -123,6 +126,7 @@ async fn run_member(
                 break Ok(EXIT_SIGTERM);
             }
         };
+        health.mark(milestone::RECORD);
         match take_role(
             s,
             bin,
@@ -240,6 +244,7 @@ async fn member_run(
     let mut plan = tokio::task::spawn_blocking(move || bootstrap::inspect(&s2, &me2))
         .await
         .map_err(|e| Error::Failed(format!("checking the data directory: {e}")))??;
+    health.mark(milestone::IDENTITY);
     // In a cluster the record (ConfigMap `<name>-record`) tells what this cluster's master
     // initialised, also when no sibling directory is in view (templates mode).
     let record = match api {
@@ -265,6 +270,7 @@ async fn member_run(
                 return Ok(Ending::Exit(EXIT_SIGTERM));
             }
         };
+        health.mark(milestone::MASTER_ANSWERED);
         let recorded = match &record {
             Some(Ok(Some(r))) if r.cluster_id == me.cluster_id && r.system_identifier.is_some() => {
                 Some(r.clone())
@@ -303,6 +309,7 @@ async fn member_run(
             if let Some(api) = api {
                 publish_identity(s, me, api).await;
             }
+            health.mark(milestone::DATA_MADE);
         }
         _ = signals.recv() => {
             crate::info!("shutdown requested while preparing the data directory; stopping the copy");
@@ -345,6 +352,7 @@ async fn member_run(
     let mut leader_lost = None;
     if s.role == Role::Master {
         let held = role::claim(s, &lead.store, lead.timeline).await?;
+        health.mark(milestone::RECORD_HELD);
         crate::info!(
             "holding the leader record (timeline {}, renewed every {} ms, given up {} ms \
              after the last good renewal)",

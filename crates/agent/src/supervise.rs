@@ -850,8 +850,8 @@ impl Monitor {
         } else {
             (ready, reason)
         };
-        self.health.set_ready(ready, &reason);
         self.served |= ready;
+        // The step before the verdict: whoever sees the member ready sees its step too.
         self.health.set_step(match (ready, self.s.role) {
             (true, Role::Replica) if own.receiver_status.as_deref() == Some("streaming") => {
                 MemberPhase::Streaming
@@ -860,6 +860,7 @@ impl Monitor {
             (false, _) if self.served => MemberPhase::NotReady,
             (false, _) => MemberPhase::Starting,
         });
+        self.health.set_ready(ready, &reason);
         if self.health.is_ready() {
             Duration::from_secs(1)
         } else {

@@ -274,6 +274,58 @@ pub struct UpReport {
     pub already_running: Vec<String>,
     /// Members stopped because the set shrank (their data is kept).
     pub stopped: Vec<String>,
+    /// Each member started by this call: when its agent reached each step of its start.
+    pub steps: Vec<MemberSteps>,
+}
+
+/// When a member's agent reached each step and milestone of its start (its own record, from
+/// `/status`: the first time of each `pgset.io/phase` step and of each
+/// [`pgset_agent::health::milestone`]), in milliseconds since `up` began, in order.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MemberSteps {
+    /// The member.
+    pub member: String,
+    /// `(step, milliseconds since up began)`, in the order reached.
+    pub steps: Vec<(String, i64)>,
+}
+
+impl MemberSteps {
+    /// Milliseconds since `up` began when the member reached `step`, if it did.
+    pub fn at(&self, step: &str) -> Option<i64> {
+        self.steps
+            .iter()
+            .find(|(s, _)| s == step)
+            .map(|(_, at)| *at)
+    }
+
+    /// The steps of a `/status` answer, relative to `began`.
+    fn from_status(member: &str, status: &serde_json::Value, began: std::time::SystemTime) -> Self {
+        let origin = health::unix_ms(began) as i64;
+        let marks: Vec<health::Mark> =
+            serde_json::from_value(status["steps"].clone()).unwrap_or_default();
+        MemberSteps {
+            member: member.to_string(),
+            steps: marks
+                .into_iter()
+                .map(|m| (m.step, m.at_unix_ms as i64 - origin))
+                .collect(),
+        }
+    }
+}
+
+impl UpReport {
+    /// Keeps the steps of a member this call started, from its `/status` when it was ready.
+    fn note_steps(
+        &mut self,
+        member: &str,
+        status: &serde_json::Value,
+        began: std::time::SystemTime,
+    ) {
+        if self.started.iter().any(|m| m == member) {
+            self.steps
+                .push(MemberSteps::from_status(member, status, began));
+        }
+    }
 }
 
 /// One member as `status` reports it.
@@ -577,6 +629,16 @@ pub fn write_members(dir: &Path, set: &LocalSet, replicas: i32) -> Result<()> {
 
 /// Waits until member k answers ready, failing early when its agent exits.
 pub async fn wait_ready(dir: &Path, set: &LocalSet, k: i32, timeout: Duration) -> Result<()> {
+    wait_ready_status(dir, set, k, timeout).await.map(|_| ())
+}
+
+/// [`wait_ready`], returning the member's `/status` answer that said it is ready.
+pub async fn wait_ready_status(
+    dir: &Path,
+    set: &LocalSet,
+    k: i32,
+    timeout: Duration,
+) -> Result<serde_json::Value> {
     let member = set.member(k);
     let deadline = Instant::now() + timeout;
     let started = Instant::now();
@@ -594,7 +656,7 @@ pub async fn wait_ready(dir: &Path, set: &LocalSet, k: i32, timeout: Duration) -
             let ours = agent_pid(dir, &member);
             if status["member"].as_str() == Some(member.as_str()) && pid.is_some() && pid == ours {
                 if status["ready"].as_bool() == Some(true) {
-                    return Ok(());
+                    return Ok(status);
                 }
             } else if ours.is_some() {
                 return Err(local_err(format!(
@@ -700,6 +762,7 @@ pub async fn up(opts: &UpOptions) -> Result<UpReport> {
             opts.agent_bin.display()
         )));
     }
+    let began = std::time::SystemTime::now();
     let set = prepare_dir(opts)?;
     write_members(&opts.dir, &set, opts.replicas)?;
 
@@ -731,14 +794,16 @@ pub async fn up(opts: &UpOptions) -> Result<UpReport> {
             report.started.push(member);
         }
         if !opts.parallel {
-            wait_ready(&opts.dir, &set, k, opts.ready_timeout).await?;
+            let status = wait_ready_status(&opts.dir, &set, k, opts.ready_timeout).await?;
+            report.note_steps(&set.member(k), &status, began);
         }
     }
     if opts.parallel {
         // All started together: the set is ready when its slowest member is (each wait below
         // returns at once for a member that is already ready).
         for k in 0..opts.replicas {
-            wait_ready(&opts.dir, &set, k, opts.ready_timeout).await?;
+            let status = wait_ready_status(&opts.dir, &set, k, opts.ready_timeout).await?;
+            report.note_steps(&set.member(k), &status, began);
         }
     }
     Ok(report)
