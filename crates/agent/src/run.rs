@@ -432,15 +432,31 @@ async fn member_run(
     }
 }
 
-/// The longest pause between two looks for the master: a replica started beside its master
-/// (a parallel start) copies within a second of the master serving.
+/// The pause between two looks for the master while the wait is young: a replica started
+/// beside its master (a parallel start) copies within this of the master serving. A refused
+/// connection costs nothing, so a longer pause would only wait for nothing.
+const MASTER_LOOK_SOON: Duration = Duration::from_millis(100);
+/// How long the looks stay [`MASTER_LOOK_SOON`] apart: a master's initdb and first start.
+const MASTER_LOOK_SOON_FOR: Duration = Duration::from_secs(30);
+/// The longest pause between two looks for the master, after [`MASTER_LOOK_SOON_FOR`].
 const MASTER_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// The pause before the next look for the master, `waited` into the wait, after a pause of
+/// `last` (none before the first): soon while the wait is young, then backing off to
+/// [`MASTER_RETRY_MAX`].
+fn next_master_look(waited: Duration, last: Option<Duration>) -> Duration {
+    if waited < MASTER_LOOK_SOON_FOR {
+        return MASTER_LOOK_SOON;
+    }
+    last.map(|d| (d * 2).clamp(MASTER_LOOK_SOON, MASTER_RETRY_MAX))
+        .unwrap_or(MASTER_LOOK_SOON)
+}
 
 /// Waits until the master answers as the replication role, with backoff and a log line when
 /// the reason changes; an error after `s.master_wait`.
 async fn wait_for_master(s: &Settings) -> Result<(Db, MasterView)> {
     let started = Instant::now();
-    let mut delay = Duration::from_millis(250);
+    let mut last_delay = None;
     let mut last_logged: Option<(String, Instant)> = None;
     loop {
         let attempt = match Db::master(s, pg::DEADLINE).await {
@@ -464,6 +480,7 @@ async fn wait_for_master(s: &Settings) -> Result<(Db, MasterView)> {
             }
             Err(e) => e.to_string(),
         };
+        let delay = next_master_look(started.elapsed(), last_delay);
         if started.elapsed() + delay > s.master_wait() {
             return Err(Error::MasterTimeout {
                 host: s.env.master_host.clone(),
@@ -485,7 +502,7 @@ async fn wait_for_master(s: &Settings) -> Result<(Db, MasterView)> {
             last_logged = Some((why, Instant::now()));
         }
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(MASTER_RETRY_MAX);
+        last_delay = Some(delay);
     }
 }
 
@@ -1414,6 +1431,19 @@ mod tests {
         .await;
         let calls = seen.lock().unwrap().clone();
         assert_eq!(calls[0].2["data"]["reinitSystemIdentifier"], "7301");
+    }
+
+    #[test]
+    fn a_replica_looks_for_its_master_every_100_ms_for_30_s_then_backs_off_to_1_s() {
+        let ms = Duration::from_millis;
+        let s = Duration::from_secs;
+        assert_eq!(next_master_look(s(0), None), ms(100));
+        assert_eq!(next_master_look(ms(2500), Some(ms(100))), ms(100));
+        assert_eq!(next_master_look(s(29), Some(ms(100))), ms(100));
+        assert_eq!(next_master_look(s(30), Some(ms(100))), ms(200));
+        assert_eq!(next_master_look(s(31), Some(ms(200))), ms(400));
+        assert_eq!(next_master_look(s(32), Some(ms(800))), s(1));
+        assert_eq!(next_master_look(s(300), Some(s(1))), s(1));
     }
 
     #[test]

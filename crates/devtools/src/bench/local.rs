@@ -367,6 +367,7 @@ impl Bench {
             .with_context(|| format!("agent formation ({kind})"))?;
         let took = started.elapsed();
         local::down(&dir, true).await?;
+        eprintln!("      {kind}: {}", compact(&report.steps));
         Ok((took, report.steps))
     }
 
@@ -494,6 +495,7 @@ impl Bench {
                 .run()?;
         }
         std::fs::remove_dir_all(&base)?;
+        eprintln!("      raw: {}", compact(&marks));
         Ok((took, marks))
     }
 
@@ -540,6 +542,22 @@ const STEP_ORDER: [&str; 18] = [
     "streaming",
     "first-ready",
 ];
+
+/// One run's steps on one line: each member's steps as `step@seconds`.
+fn compact(members: &[MemberSteps]) -> String {
+    members
+        .iter()
+        .map(|m| {
+            let steps: Vec<String> = m
+                .steps
+                .iter()
+                .map(|(s, at)| format!("{s}@{:.2}", *at as f64 / 1000.0))
+                .collect();
+            format!("{}: {}", m.member, steps.join(" "))
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
 
 /// Every round's steps of each side of the formation benchmark.
 #[derive(Debug, Default)]
