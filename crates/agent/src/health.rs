@@ -669,6 +669,46 @@ mod tests {
     }
 
     #[test]
+    fn status_lists_each_step_and_milestone_once_at_its_first_time_in_order() {
+        let h = Health::new("pgset-1", Duration::from_secs(30));
+        h.mark(milestone::FENCED);
+        h.preparing(MemberPhase::BaseBackup, "base backup from the master");
+        h.mark(milestone::DATA_MADE);
+        h.postgres_started();
+        h.accepted();
+        h.accepted();
+        h.set_step(MemberPhase::Streaming);
+        h.set_ready(true, "streaming from the master");
+        // A later return to a step (a rejoin copies again) keeps the first time.
+        h.preparing(MemberPhase::BaseBackup, "base backup from the master");
+        h.mark(milestone::FENCED);
+        let status: serde_json::Value = serde_json::from_str(&h.answer(STATUS_PATH).1).unwrap();
+        let steps: Vec<Mark> = serde_json::from_value(status["steps"].clone()).unwrap();
+        let words: Vec<&str> = steps.iter().map(|m| m.step.as_str()).collect();
+        assert_eq!(
+            words,
+            [
+                "fence-held",
+                "base-backup",
+                "data-made",
+                "starting",
+                "postgres-accepting",
+                "streaming",
+                "first-ready",
+            ]
+        );
+        let now = unix_ms(std::time::SystemTime::now());
+        assert!(
+            steps.windows(2).all(|w| w[0].at_unix_ms <= w[1].at_unix_ms)
+                && steps
+                    .iter()
+                    .all(|m| m.at_unix_ms <= now && m.at_unix_ms + 60_000 > now),
+            "{steps:?}"
+        );
+        assert!(status["steps"][0]["atUnixMs"].is_u64(), "{status}");
+    }
+
+    #[test]
     fn answers_follow_the_state() {
         let h = Health::new("pgset-1", Duration::from_millis(50));
         assert_eq!(h.answer("/healthz").0, 200, "preparing is live");
