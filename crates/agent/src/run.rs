@@ -49,8 +49,7 @@ pub async fn run() -> Result<i32> {
         s.pgdata().display()
     );
     let bin = PgBin::find(s.env.pg_bin_dir.as_deref())?;
-    let major = bin.supported_major()?;
-    crate::info!("PostgreSQL {major} binaries in {}", bin.dir().display());
+    let major = MajorCheck::start(&bin);
     datadir::check_root(&s.env.data_root)?;
     let me = bootstrap::member_ref(&s)?;
     let api = match s.env.mode {
@@ -73,7 +72,7 @@ pub async fn run() -> Result<i32> {
             health.base_backup_readings(),
         )
     });
-    let result = run_member(&s, &bin, &me, &health, api.as_ref()).await;
+    let result = run_member(&s, &bin, &major, &me, &health, api.as_ref()).await;
     if let (Err(e), Some(publisher)) = (&result, publisher.as_mut()) {
         let step = match e {
             Error::Refused { .. } | Error::Fence { .. } => MemberPhase::Refused,
@@ -88,10 +87,50 @@ pub async fn run() -> Result<i32> {
 /// How long an agent that stops with an error waits for its last step to reach the pod.
 const LAST_STEP_WAIT: Duration = Duration::from_secs(5);
 
+/// The binaries' major version (`postgres -V`, a process of its own), asked when the agent
+/// starts and confirmed before the member changes anything (before its data is checked against
+/// the master, a slot made, a record written or initdb run): a replica waits for its master
+/// meanwhile instead of after.
+struct MajorCheck {
+    asked: tokio::sync::Mutex<Option<tokio::task::JoinHandle<Result<u32>>>>,
+    major: tokio::sync::OnceCell<u32>,
+}
+
+impl MajorCheck {
+    /// Asks `bin` its version in the background.
+    fn start(bin: &PgBin) -> MajorCheck {
+        let bin = bin.clone();
+        MajorCheck {
+            asked: tokio::sync::Mutex::new(Some(tokio::task::spawn_blocking(move || {
+                bin.supported_major()
+            }))),
+            major: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The supported major of `bin`, or the error that refuses it (asked again after a failure).
+    async fn confirmed(&self, bin: &PgBin) -> Result<u32> {
+        if let Some(major) = self.major.get() {
+            return Ok(*major);
+        }
+        let asked = self.asked.lock().await.take();
+        let major = match asked {
+            Some(task) => task.await.map_err(|e| {
+                Error::Failed(format!("asking the PostgreSQL binaries their version: {e}"))
+            })??,
+            None => bin.supported_major()?,
+        };
+        crate::info!("PostgreSQL {major} binaries in {}", bin.dir().display());
+        let _ = self.major.set(major);
+        Ok(major)
+    }
+}
+
 /// From the write fence to postgres' exit.
 async fn run_member(
     s: &Settings,
     bin: &PgBin,
+    major: &MajorCheck,
     me: &MemberRef,
     health: &Arc<Health>,
     api: Option<&PodApi>,
@@ -130,6 +169,7 @@ async fn run_member(
         match take_role(
             s,
             bin,
+            major,
             me,
             health,
             api,
@@ -171,6 +211,7 @@ enum Ending {
 async fn take_role(
     s: &Settings,
     bin: &PgBin,
+    major: &MajorCheck,
     me: &MemberRef,
     health: &Arc<Health>,
     api: Option<&PodApi>,
@@ -197,6 +238,8 @@ async fn take_role(
         ),
     }
     if let Some(api) = api {
+        // The label is the member's first change in a cluster.
+        major.confirmed(bin).await?;
         match role::label_at_start(api, s).await {
             Ok(true) => crate::info!(
                 "labelled pod {} {}={} before it serves",
@@ -217,7 +260,7 @@ async fn take_role(
         store: store.clone(),
         timeline,
     };
-    member_run(s, bin, me, health, api, signals, fence, &lead).await
+    member_run(s, bin, major, me, health, api, signals, fence, &lead).await
 }
 
 /// The leader record's store and the timeline it last named.
@@ -232,6 +275,7 @@ struct Lead {
 async fn member_run(
     s: &Settings,
     bin: &PgBin,
+    major: &MajorCheck,
     me: &MemberRef,
     health: &Arc<Health>,
     api: Option<&PodApi>,
@@ -240,6 +284,10 @@ async fn member_run(
     lead: &Lead,
 ) -> Result<Ending> {
     health.preparing(MemberPhase::Checking, "checking the data directory");
+    // The check marks unmarked data as this member's under the opt-in: a change.
+    if s.env.adopt_unmarked {
+        major.confirmed(bin).await?;
+    }
     let (s2, me2) = (s.clone(), me.clone());
     let mut plan = tokio::task::spawn_blocking(move || bootstrap::inspect(&s2, &me2))
         .await
@@ -251,6 +299,10 @@ async fn member_run(
         Some(api) => Some(api.cluster_record().await),
         None => None,
     };
+    // A master changes its data or the record next; a replica only after its master answered.
+    if s.role == Role::Master {
+        major.confirmed(bin).await?;
+    }
     let mut reinit = None;
     if s.role == Role::Master && plan == Plan::Initdb {
         reinit = check_record_before_initdb(s, me, record.as_ref())?;
@@ -271,6 +323,7 @@ async fn member_run(
             }
         };
         health.mark(milestone::MASTER_ANSWERED);
+        major.confirmed(bin).await?;
         let recorded = match &record {
             Some(Ok(Some(r))) if r.cluster_id == me.cluster_id && r.system_identifier.is_some() => {
                 Some(r.clone())
@@ -1431,6 +1484,44 @@ mod tests {
         .await;
         let calls = seen.lock().unwrap().clone();
         assert_eq!(calls[0].2["data"]["reinitSystemIdentifier"], "7301");
+    }
+
+    /// A directory of stand-in PostgreSQL binaries whose `postgres -V` prints `version`.
+    fn binaries(version: &str) -> (tempfile::TempDir, PgBin) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        for tool in [
+            "initdb",
+            "postgres",
+            "pg_basebackup",
+            "pg_isready",
+            "psql",
+            "pg_receivewal",
+        ] {
+            let path = dir.path().join(tool);
+            std::fs::write(&path, format!("#!/bin/sh\necho '{version}'\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let bin = PgBin::find(Some(dir.path())).unwrap();
+        (dir, bin)
+    }
+
+    #[tokio::test]
+    async fn the_version_asked_at_start_refuses_an_unsupported_major_and_is_asked_once() {
+        let (_dir, bin) = binaries("postgres (PostgreSQL) 12.20");
+        let e = MajorCheck::start(&bin)
+            .confirmed(&bin)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("PostgreSQL 12 is not supported"), "{e}");
+
+        let (dir, bin) = binaries("postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)");
+        let check = MajorCheck::start(&bin);
+        assert_eq!(check.confirmed(&bin).await.unwrap(), 15);
+        // Confirmed once: a second confirmation (after a switchover) runs nothing.
+        std::fs::remove_file(dir.path().join("postgres")).unwrap();
+        assert_eq!(check.confirmed(&bin).await.unwrap(), 15);
     }
 
     #[test]

@@ -764,6 +764,23 @@ pub async fn up(opts: &UpOptions) -> Result<UpReport> {
         )));
     }
     let began = std::time::SystemTime::now();
+    // The members' PostgreSQL binaries, found once here instead of by each agent (a `pg_config`
+    // process per member): the agent's own search, and the agent checks what it is given.
+    let found;
+    let bin = match opts.pg_bin_dir {
+        None => pgset_agent::pgbin::PgBin::find(None).ok(),
+        Some(_) => None,
+    };
+    let opts = match bin {
+        Some(bin) => {
+            found = UpOptions {
+                pg_bin_dir: Some(bin.dir().to_path_buf()),
+                ..opts.clone()
+            };
+            &found
+        }
+        None => opts,
+    };
     let set = prepare_dir(opts)?;
     write_members(&opts.dir, &set, opts.replicas)?;
 
