@@ -514,13 +514,20 @@ async fn wait_for_master(s: &Settings) -> Result<(Db, MasterView)> {
     loop {
         let attempt = match Db::master(s, pg::DEADLINE).await {
             Ok(db) => match pg::master_view(&db, &s.slot(), None).await {
-                Ok(view) => Ok((db, view)),
+                Ok(view) => match db.row("SELECT pg_is_in_recovery()", &[]).await {
+                    Ok(r) => Ok((db, view, r.get::<_, bool>(0))),
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),
         };
         let why = match attempt {
-            Ok(found) => {
+            // The record's holder still promoting (just after a switchover or a failover): its
+            // timeline and history are not yet the ones to copy, follow or be rewound to.
+            Ok((_, _, true)) => "it is still in recovery: a promotion under way".to_string(),
+            Ok((db, view, false)) => {
+                let found = (db, view);
                 if last_logged.is_some() {
                     crate::info!(
                         "the master {}:{} answers (database system {})",
