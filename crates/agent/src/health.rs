@@ -20,6 +20,47 @@ use tokio::net::TcpListener;
 
 use crate::{Result, io_err};
 
+/// The milestones of a member's start as `/status` lists them ([`Health::mark`]), besides the
+/// first time each [`MemberPhase`] step was entered (its annotation word).
+pub mod milestone {
+    /// The agent process began (before it read its environment).
+    pub const STARTED: &str = "agent-started";
+    /// The member's write fence is held.
+    pub const FENCED: &str = "fence-held";
+    /// The leader record was read: the member knows its role.
+    pub const RECORD: &str = "record-read";
+    /// The data directory was inspected: proven this member's, or empty.
+    pub const IDENTITY: &str = "identity-checked";
+    /// A replica's master answered.
+    pub const MASTER_ANSWERED: &str = "master-answered";
+    /// initdb, the copy or the configuration is done (identity written).
+    pub const DATA_MADE: &str = "data-made";
+    /// The master holds the leader record, just before its postgres starts.
+    pub const RECORD_HELD: &str = "record-held";
+    /// postgres accepted the agent's first connection.
+    pub const ACCEPTING: &str = "postgres-accepting";
+    /// The first verdict that the member serves its role.
+    pub const FIRST_READY: &str = "first-ready";
+}
+
+/// When a member first reached a step or milestone, as `/status` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Mark {
+    /// The step's word ([`MemberPhase::as_str`]) or a [`milestone`].
+    pub step: String,
+    /// Wall-clock time in milliseconds since the UNIX epoch (a launcher on the same host
+    /// subtracts its own start).
+    pub at_unix_ms: u64,
+}
+
+/// Milliseconds since the UNIX epoch of `t`.
+pub fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Path of the JSON status.
 pub const STATUS_PATH: &str = pgset_spec::contract::HEALTH_STATUS_PATH;
 
@@ -72,6 +113,9 @@ pub struct Status {
     /// them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub diverged: Vec<crate::rewind::KeptCopy>,
+    /// When the member first reached each step and milestone of its start, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<Mark>,
 }
 
 #[derive(Debug)]
@@ -104,6 +148,8 @@ pub struct Health {
     copied: tokio::sync::watch::Sender<Option<BaseBackupReading>>,
     /// The data root, where `/status` looks for this member's diverged copies.
     data_root: std::sync::OnceLock<std::path::PathBuf>,
+    /// The first time of each step and milestone ([`Health::mark`]).
+    marks: Mutex<Vec<Mark>>,
 }
 
 impl Health {
@@ -127,7 +173,30 @@ impl Health {
             step: tokio::sync::watch::Sender::new(MemberPhase::Fencing),
             copied: tokio::sync::watch::Sender::new(None),
             data_root: std::sync::OnceLock::new(),
+            marks: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Records that the member reached `step` now, the first time only (a later return to a
+    /// step, after a switchover or a rejoin, keeps the first time).
+    pub fn mark(&self, step: &str) {
+        self.mark_at(step, std::time::SystemTime::now());
+    }
+
+    /// Records that the member reached `step` at `at`, the first time only.
+    pub fn mark_at(&self, step: &str, at: std::time::SystemTime) {
+        let mut marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
+        if !marks.iter().any(|m| m.step == step) {
+            marks.push(Mark {
+                step: step.to_string(),
+                at_unix_ms: unix_ms(at),
+            });
+        }
+    }
+
+    /// The steps and milestones reached so far, in order.
+    pub fn marks(&self) -> Vec<Mark> {
+        self.marks.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Has `/status` list the member's diverged copies kept in `data_root`.
@@ -137,6 +206,7 @@ impl Health {
 
     /// Records the member's step; watchers see it only when it changes.
     pub fn set_step(&self, step: MemberPhase) {
+        self.mark(step.as_str());
         self.step.send_if_modified(|current| {
             let changed = *current != step;
             *current = step;
@@ -213,7 +283,10 @@ impl Health {
 
     /// postgres accepted a new connection.
     pub fn accepted(&self) {
-        self.with(|s| s.last_answer = Some(Instant::now()));
+        let first = self.with(|s| s.last_answer.replace(Instant::now()).is_none());
+        if first {
+            self.mark(milestone::ACCEPTING);
+        }
     }
 
     /// postgres refuses connections for now (starting up, recovering, shutting down) and its
@@ -246,6 +319,7 @@ impl Health {
         });
         if flipped {
             if ready {
+                self.mark(milestone::FIRST_READY);
                 crate::info!("ready: {reason}");
             } else {
                 crate::info!("not ready: {reason}");
@@ -356,6 +430,7 @@ impl Health {
                 .get()
                 .map(|root| crate::rewind::kept_copies(root, &self.member))
                 .unwrap_or_default(),
+            steps: self.marks(),
         })
     }
 
@@ -591,6 +666,46 @@ mod tests {
             Some(("GET", "/readyz"))
         );
         assert_eq!(request_path("garbage"), None);
+    }
+
+    #[test]
+    fn status_lists_each_step_and_milestone_once_at_its_first_time_in_order() {
+        let h = Health::new("pgset-1", Duration::from_secs(30));
+        h.mark(milestone::FENCED);
+        h.preparing(MemberPhase::BaseBackup, "base backup from the master");
+        h.mark(milestone::DATA_MADE);
+        h.postgres_started();
+        h.accepted();
+        h.accepted();
+        h.set_step(MemberPhase::Streaming);
+        h.set_ready(true, "streaming from the master");
+        // A later return to a step (a rejoin copies again) keeps the first time.
+        h.preparing(MemberPhase::BaseBackup, "base backup from the master");
+        h.mark(milestone::FENCED);
+        let status: serde_json::Value = serde_json::from_str(&h.answer(STATUS_PATH).1).unwrap();
+        let steps: Vec<Mark> = serde_json::from_value(status["steps"].clone()).unwrap();
+        let words: Vec<&str> = steps.iter().map(|m| m.step.as_str()).collect();
+        assert_eq!(
+            words,
+            [
+                "fence-held",
+                "base-backup",
+                "data-made",
+                "starting",
+                "postgres-accepting",
+                "streaming",
+                "first-ready",
+            ]
+        );
+        let now = unix_ms(std::time::SystemTime::now());
+        assert!(
+            steps.windows(2).all(|w| w[0].at_unix_ms <= w[1].at_unix_ms)
+                && steps
+                    .iter()
+                    .all(|m| m.at_unix_ms <= now && m.at_unix_ms + 60_000 > now),
+            "{steps:?}"
+        );
+        assert!(status["steps"][0]["atUnixMs"].is_u64(), "{status}");
     }
 
     #[test]

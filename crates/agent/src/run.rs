@@ -13,7 +13,7 @@ use pgset_spec::contract::{self, AgentMode, MemberPhase};
 use crate::bootstrap::{self, Plan};
 use crate::datadir;
 use crate::fence::{Fence, FenceOptions, StalePid, StaleSocketLock};
-use crate::health::{self, Health};
+use crate::health::{self, Health, milestone};
 use crate::identity::{self, MemberRef};
 use crate::kube_api::{ClusterRecord, PodApi, RecordData};
 use crate::leader::LeaderStore;
@@ -31,6 +31,7 @@ const EXIT_SIGTERM: i32 = 143;
 
 /// Runs the member; returns the process exit code.
 pub async fn run() -> Result<i32> {
+    let began = std::time::SystemTime::now();
     if let Some(user) = privilege::drop_root()? {
         crate::info!(
             "started as root: running as user `{}` (uid {})",
@@ -48,8 +49,7 @@ pub async fn run() -> Result<i32> {
         s.pgdata().display()
     );
     let bin = PgBin::find(s.env.pg_bin_dir.as_deref())?;
-    let major = bin.supported_major()?;
-    crate::info!("PostgreSQL {major} binaries in {}", bin.dir().display());
+    let major = MajorCheck::start(&bin);
     datadir::check_root(&s.env.data_root)?;
     let me = bootstrap::member_ref(&s)?;
     let api = match s.env.mode {
@@ -60,6 +60,7 @@ pub async fn run() -> Result<i32> {
         AgentMode::Local => None,
     };
     let health = Health::new(&s.pod_name, s.liveness_timeout());
+    health.mark_at(milestone::STARTED, began);
     if let Some(addr) = s.env.health_addr {
         health::serve(addr, health.clone()).await?;
     }
@@ -71,7 +72,7 @@ pub async fn run() -> Result<i32> {
             health.base_backup_readings(),
         )
     });
-    let result = run_member(&s, &bin, &me, &health, api.as_ref()).await;
+    let result = run_member(&s, &bin, &major, &me, &health, api.as_ref()).await;
     if let (Err(e), Some(publisher)) = (&result, publisher.as_mut()) {
         let step = match e {
             Error::Refused { .. } | Error::Fence { .. } => MemberPhase::Refused,
@@ -86,10 +87,50 @@ pub async fn run() -> Result<i32> {
 /// How long an agent that stops with an error waits for its last step to reach the pod.
 const LAST_STEP_WAIT: Duration = Duration::from_secs(5);
 
+/// The binaries' major version (`postgres -V`, a process of its own), asked when the agent
+/// starts and confirmed before the member changes anything (before its data is checked against
+/// the master, a slot made, a record written or initdb run): a replica waits for its master
+/// meanwhile instead of after.
+struct MajorCheck {
+    asked: tokio::sync::Mutex<Option<tokio::task::JoinHandle<Result<u32>>>>,
+    major: tokio::sync::OnceCell<u32>,
+}
+
+impl MajorCheck {
+    /// Asks `bin` its version in the background.
+    fn start(bin: &PgBin) -> MajorCheck {
+        let bin = bin.clone();
+        MajorCheck {
+            asked: tokio::sync::Mutex::new(Some(tokio::task::spawn_blocking(move || {
+                bin.supported_major()
+            }))),
+            major: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The supported major of `bin`, or the error that refuses it (asked again after a failure).
+    async fn confirmed(&self, bin: &PgBin) -> Result<u32> {
+        if let Some(major) = self.major.get() {
+            return Ok(*major);
+        }
+        let asked = self.asked.lock().await.take();
+        let major = match asked {
+            Some(task) => task.await.map_err(|e| {
+                Error::Failed(format!("asking the PostgreSQL binaries their version: {e}"))
+            })??,
+            None => bin.supported_major()?,
+        };
+        crate::info!("PostgreSQL {major} binaries in {}", bin.dir().display());
+        let _ = self.major.set(major);
+        Ok(major)
+    }
+}
+
 /// From the write fence to postgres' exit.
 async fn run_member(
     s: &Settings,
     bin: &PgBin,
+    major: &MajorCheck,
     me: &MemberRef,
     health: &Arc<Health>,
     api: Option<&PodApi>,
@@ -107,6 +148,7 @@ async fn run_member(
             return Ok(EXIT_SIGTERM);
         }
     };
+    health.mark(milestone::FENCED);
     crate::info!("holding the write fence: {}", fence.holder_description());
     let pid_file = (s.env.mode == AgentMode::Local).then(|| s.agent_pid_file());
     if let Some(f) = &pid_file {
@@ -123,9 +165,11 @@ async fn run_member(
                 break Ok(EXIT_SIGTERM);
             }
         };
+        health.mark(milestone::RECORD);
         match take_role(
             s,
             bin,
+            major,
             me,
             health,
             api,
@@ -167,6 +211,7 @@ enum Ending {
 async fn take_role(
     s: &Settings,
     bin: &PgBin,
+    major: &MajorCheck,
     me: &MemberRef,
     health: &Arc<Health>,
     api: Option<&PodApi>,
@@ -193,6 +238,8 @@ async fn take_role(
         ),
     }
     if let Some(api) = api {
+        // The label is the member's first change in a cluster.
+        major.confirmed(bin).await?;
         match role::label_at_start(api, s).await {
             Ok(true) => crate::info!(
                 "labelled pod {} {}={} before it serves",
@@ -213,7 +260,7 @@ async fn take_role(
         store: store.clone(),
         timeline,
     };
-    member_run(s, bin, me, health, api, signals, fence, &lead).await
+    member_run(s, bin, major, me, health, api, signals, fence, &lead).await
 }
 
 /// The leader record's store and the timeline it last named.
@@ -228,6 +275,7 @@ struct Lead {
 async fn member_run(
     s: &Settings,
     bin: &PgBin,
+    major: &MajorCheck,
     me: &MemberRef,
     health: &Arc<Health>,
     api: Option<&PodApi>,
@@ -236,16 +284,25 @@ async fn member_run(
     lead: &Lead,
 ) -> Result<Ending> {
     health.preparing(MemberPhase::Checking, "checking the data directory");
+    // The check marks unmarked data as this member's under the opt-in: a change.
+    if s.env.adopt_unmarked {
+        major.confirmed(bin).await?;
+    }
     let (s2, me2) = (s.clone(), me.clone());
     let mut plan = tokio::task::spawn_blocking(move || bootstrap::inspect(&s2, &me2))
         .await
         .map_err(|e| Error::Failed(format!("checking the data directory: {e}")))??;
+    health.mark(milestone::IDENTITY);
     // In a cluster the record (ConfigMap `<name>-record`) tells what this cluster's master
     // initialised, also when no sibling directory is in view (templates mode).
     let record = match api {
         Some(api) => Some(api.cluster_record().await),
         None => None,
     };
+    // A master changes its data or the record next; a replica only after its master answered.
+    if s.role == Role::Master {
+        major.confirmed(bin).await?;
+    }
     let mut reinit = None;
     if s.role == Role::Master && plan == Plan::Initdb {
         reinit = check_record_before_initdb(s, me, record.as_ref())?;
@@ -265,6 +322,8 @@ async fn member_run(
                 return Ok(Ending::Exit(EXIT_SIGTERM));
             }
         };
+        health.mark(milestone::MASTER_ANSWERED);
+        major.confirmed(bin).await?;
         let recorded = match &record {
             Some(Ok(Some(r))) if r.cluster_id == me.cluster_id && r.system_identifier.is_some() => {
                 Some(r.clone())
@@ -303,6 +362,7 @@ async fn member_run(
             if let Some(api) = api {
                 publish_identity(s, me, api).await;
             }
+            health.mark(milestone::DATA_MADE);
         }
         _ = signals.recv() => {
             crate::info!("shutdown requested while preparing the data directory; stopping the copy");
@@ -345,6 +405,7 @@ async fn member_run(
     let mut leader_lost = None;
     if s.role == Role::Master {
         let held = role::claim(s, &lead.store, lead.timeline).await?;
+        health.mark(milestone::RECORD_HELD);
         crate::info!(
             "holding the leader record (timeline {}, renewed every {} ms, given up {} ms \
              after the last good renewal)",
@@ -424,26 +485,49 @@ async fn member_run(
     }
 }
 
-/// The longest pause between two looks for the master: a replica started beside its master
-/// (a parallel start) copies within a second of the master serving.
+/// The pause between two looks for the master while the wait is young: a replica started
+/// beside its master (a parallel start) copies within this of the master serving. A refused
+/// connection costs nothing, so a longer pause would only wait for nothing.
+const MASTER_LOOK_SOON: Duration = Duration::from_millis(100);
+/// How long the looks stay [`MASTER_LOOK_SOON`] apart: a master's initdb and first start.
+const MASTER_LOOK_SOON_FOR: Duration = Duration::from_secs(30);
+/// The longest pause between two looks for the master, after [`MASTER_LOOK_SOON_FOR`].
 const MASTER_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// The pause before the next look for the master, `waited` into the wait, after a pause of
+/// `last` (none before the first): soon while the wait is young, then backing off to
+/// [`MASTER_RETRY_MAX`].
+fn next_master_look(waited: Duration, last: Option<Duration>) -> Duration {
+    if waited < MASTER_LOOK_SOON_FOR {
+        return MASTER_LOOK_SOON;
+    }
+    last.map(|d| (d * 2).clamp(MASTER_LOOK_SOON, MASTER_RETRY_MAX))
+        .unwrap_or(MASTER_LOOK_SOON)
+}
 
 /// Waits until the master answers as the replication role, with backoff and a log line when
 /// the reason changes; an error after `s.master_wait`.
 async fn wait_for_master(s: &Settings) -> Result<(Db, MasterView)> {
     let started = Instant::now();
-    let mut delay = Duration::from_millis(250);
+    let mut last_delay = None;
     let mut last_logged: Option<(String, Instant)> = None;
     loop {
         let attempt = match Db::master(s, pg::DEADLINE).await {
             Ok(db) => match pg::master_view(&db, &s.slot(), None).await {
-                Ok(view) => Ok((db, view)),
+                Ok(view) => match db.row("SELECT pg_is_in_recovery()", &[]).await {
+                    Ok(r) => Ok((db, view, r.get::<_, bool>(0))),
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),
         };
         let why = match attempt {
-            Ok(found) => {
+            // The record's holder still promoting (just after a switchover or a failover): its
+            // timeline and history are not yet the ones to copy, follow or be rewound to.
+            Ok((_, _, true)) => "it is still in recovery: a promotion under way".to_string(),
+            Ok((db, view, false)) => {
+                let found = (db, view);
                 if last_logged.is_some() {
                     crate::info!(
                         "the master {}:{} answers (database system {})",
@@ -456,6 +540,7 @@ async fn wait_for_master(s: &Settings) -> Result<(Db, MasterView)> {
             }
             Err(e) => e.to_string(),
         };
+        let delay = next_master_look(started.elapsed(), last_delay);
         if started.elapsed() + delay > s.master_wait() {
             return Err(Error::MasterTimeout {
                 host: s.env.master_host.clone(),
@@ -477,7 +562,7 @@ async fn wait_for_master(s: &Settings) -> Result<(Db, MasterView)> {
             last_logged = Some((why, Instant::now()));
         }
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(MASTER_RETRY_MAX);
+        last_delay = Some(delay);
     }
 }
 
@@ -1406,6 +1491,57 @@ mod tests {
         .await;
         let calls = seen.lock().unwrap().clone();
         assert_eq!(calls[0].2["data"]["reinitSystemIdentifier"], "7301");
+    }
+
+    /// A directory of stand-in PostgreSQL binaries whose `postgres -V` prints `version`.
+    fn binaries(version: &str) -> (tempfile::TempDir, PgBin) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        for tool in [
+            "initdb",
+            "postgres",
+            "pg_basebackup",
+            "pg_isready",
+            "psql",
+            "pg_receivewal",
+        ] {
+            let path = dir.path().join(tool);
+            std::fs::write(&path, format!("#!/bin/sh\necho '{version}'\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let bin = PgBin::find(Some(dir.path())).unwrap();
+        (dir, bin)
+    }
+
+    #[tokio::test]
+    async fn the_version_asked_at_start_refuses_an_unsupported_major_and_is_asked_once() {
+        let (_dir, bin) = binaries("postgres (PostgreSQL) 12.20");
+        let e = MajorCheck::start(&bin)
+            .confirmed(&bin)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("PostgreSQL 12 is not supported"), "{e}");
+
+        let (dir, bin) = binaries("postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)");
+        let check = MajorCheck::start(&bin);
+        assert_eq!(check.confirmed(&bin).await.unwrap(), 15);
+        // Confirmed once: a second confirmation (after a switchover) runs nothing.
+        std::fs::remove_file(dir.path().join("postgres")).unwrap();
+        assert_eq!(check.confirmed(&bin).await.unwrap(), 15);
+    }
+
+    #[test]
+    fn a_replica_looks_for_its_master_every_100_ms_for_30_s_then_backs_off_to_1_s() {
+        let ms = Duration::from_millis;
+        let s = Duration::from_secs;
+        assert_eq!(next_master_look(s(0), None), ms(100));
+        assert_eq!(next_master_look(ms(2500), Some(ms(100))), ms(100));
+        assert_eq!(next_master_look(s(29), Some(ms(100))), ms(100));
+        assert_eq!(next_master_look(s(30), Some(ms(100))), ms(200));
+        assert_eq!(next_master_look(s(31), Some(ms(200))), ms(400));
+        assert_eq!(next_master_look(s(32), Some(ms(800))), s(1));
+        assert_eq!(next_master_look(s(300), Some(s(1))), s(1));
     }
 
     #[test]

@@ -321,6 +321,17 @@ pub async fn supervise(
     })
 }
 
+/// The pause before the next look of a member that does not serve now: [`FIRST_SERVE_LOOK`]
+/// until it first served, within [`FIRST_SERVE_WINDOW`] of postgres' start (or of a new role),
+/// else [`NOT_READY_LOOK`].
+fn look_after(served: bool, since_start: Duration) -> Duration {
+    if !served && since_start < FIRST_SERVE_WINDOW {
+        FIRST_SERVE_LOOK
+    } else {
+        NOT_READY_LOOK
+    }
+}
+
 /// How long WAL senders may ship what was acknowledged once the backends are killed.
 const SENDERS_DRAIN: Duration = Duration::from_millis(200);
 
@@ -640,6 +651,15 @@ const SYNC_ROUND_EVERY: Duration = Duration::from_millis(500);
 const SIZE_EVERY: Duration = Duration::from_secs(10);
 /// How long a replica may not stream, while its master answers, before it is not ready.
 const NOT_STREAMING_GRACE: Duration = Duration::from_secs(10);
+/// How often a member looks at its postgres until it first serves its role: each look reads the
+/// pid file or runs a statement on the open connection, and readiness gates the next member's
+/// start, so a longer pause only waits for nothing.
+const FIRST_SERVE_LOOK: Duration = Duration::from_millis(20);
+/// How long after postgres started (or the role changed) the looks stay [`FIRST_SERVE_LOOK`]
+/// apart; a member that does not serve by then looks every [`NOT_READY_LOOK`].
+const FIRST_SERVE_WINDOW: Duration = Duration::from_secs(60);
+/// How often a member that does not serve looks again otherwise.
+const NOT_READY_LOOK: Duration = Duration::from_millis(100);
 /// How long a WAL receiver may fail to stream while the master answers before it is restarted
 /// (its connection may hang on an address that no longer answers).
 const RECEIVER_STUCK_AFTER: Duration = Duration::from_secs(3);
@@ -658,6 +678,8 @@ struct Monitor {
     labelled: bool,
     /// The member served its role since postgres started.
     served: bool,
+    /// When postgres started or the role last changed: looks are quick for a while after.
+    since: Instant,
     quiet: Quiet,
     // Replica
     not_streaming_since: Option<Instant>,
@@ -705,6 +727,7 @@ impl Monitor {
         Monitor {
             labelled: api.is_none(),
             served: false,
+            since: Instant::now(),
             s,
             settings,
             health,
@@ -747,7 +770,12 @@ impl Monitor {
 
     fn not_ready(&mut self, reason: &str) -> Duration {
         self.health.set_ready(false, reason);
-        Duration::from_millis(100)
+        self.next_look()
+    }
+
+    /// The pause before the next look of a member that does not serve now.
+    fn next_look(&self) -> Duration {
+        look_after(self.served, self.since.elapsed())
     }
 
     /// postgres refuses connections for now: it is alive while its processes do I/O (replay
@@ -772,6 +800,7 @@ impl Monitor {
                 self.labelled = self.api.is_none();
                 self.role_ready = false;
                 self.served = false;
+                self.since = Instant::now();
                 self.lag = None;
             }
             self.not_streaming_since = None;
@@ -820,14 +849,14 @@ impl Monitor {
                     return if self.served {
                         Duration::from_millis(500)
                     } else {
-                        Duration::from_millis(50)
+                        self.next_look()
                     };
                 }
             }
         }
         let own = match self.db.as_ref() {
             Some(db) => pg::own_state(db).await,
-            None => return Duration::from_millis(100),
+            None => return self.next_look(),
         };
         let own = match own {
             Ok(o) => o,
@@ -850,8 +879,8 @@ impl Monitor {
         } else {
             (ready, reason)
         };
-        self.health.set_ready(ready, &reason);
         self.served |= ready;
+        // The step before the verdict: whoever sees the member ready sees its step too.
         self.health.set_step(match (ready, self.s.role) {
             (true, Role::Replica) if own.receiver_status.as_deref() == Some("streaming") => {
                 MemberPhase::Streaming
@@ -860,12 +889,13 @@ impl Monitor {
             (false, _) if self.served => MemberPhase::NotReady,
             (false, _) => MemberPhase::Starting,
         });
+        self.health.set_ready(ready, &reason);
         if self.health.is_ready() {
             Duration::from_secs(1)
         } else {
             // Readiness gates the next member's start: look often until it serves its role.
             // Each look is a statement on the open connection, not a process.
-            Duration::from_millis(100)
+            self.next_look()
         }
     }
 
@@ -1556,6 +1586,16 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         assert!(found, "a child of this process is found");
+    }
+
+    #[test]
+    fn a_member_looks_every_20_ms_until_it_first_serves_for_a_minute_then_every_100_ms() {
+        let s = Duration::from_secs;
+        assert_eq!(look_after(false, s(0)), Duration::from_millis(20));
+        assert_eq!(look_after(false, s(59)), Duration::from_millis(20));
+        assert_eq!(look_after(false, s(60)), Duration::from_millis(100));
+        // Once it served, a member that stops serving looks as before.
+        assert_eq!(look_after(true, s(1)), Duration::from_millis(100));
     }
 
     #[test]

@@ -283,6 +283,58 @@ pub struct UpReport {
     pub already_running: Vec<String>,
     /// Members stopped because the set shrank (their data is kept).
     pub stopped: Vec<String>,
+    /// Each member started by this call: when its agent reached each step of its start.
+    pub steps: Vec<MemberSteps>,
+}
+
+/// When a member's agent reached each step and milestone of its start (its own record, from
+/// `/status`: the first time of each `pgset.io/phase` step and of each
+/// [`pgset_agent::health::milestone`]), in milliseconds since `up` began, in order.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MemberSteps {
+    /// The member.
+    pub member: String,
+    /// `(step, milliseconds since up began)`, in the order reached.
+    pub steps: Vec<(String, i64)>,
+}
+
+impl MemberSteps {
+    /// Milliseconds since `up` began when the member reached `step`, if it did.
+    pub fn at(&self, step: &str) -> Option<i64> {
+        self.steps
+            .iter()
+            .find(|(s, _)| s == step)
+            .map(|(_, at)| *at)
+    }
+
+    /// The steps of a `/status` answer, relative to `began`.
+    fn from_status(member: &str, status: &serde_json::Value, began: std::time::SystemTime) -> Self {
+        let origin = health::unix_ms(began) as i64;
+        let marks: Vec<health::Mark> =
+            serde_json::from_value(status["steps"].clone()).unwrap_or_default();
+        MemberSteps {
+            member: member.to_string(),
+            steps: marks
+                .into_iter()
+                .map(|m| (m.step, m.at_unix_ms as i64 - origin))
+                .collect(),
+        }
+    }
+}
+
+impl UpReport {
+    /// Keeps the steps of a member this call started, from its `/status` when it was ready.
+    fn note_steps(
+        &mut self,
+        member: &str,
+        status: &serde_json::Value,
+        began: std::time::SystemTime,
+    ) {
+        if self.started.iter().any(|m| m == member) {
+            self.steps
+                .push(MemberSteps::from_status(member, status, began));
+        }
+    }
 }
 
 /// One member as `status` reports it.
@@ -588,6 +640,16 @@ pub fn write_members(dir: &Path, set: &LocalSet, replicas: i32) -> Result<()> {
 
 /// Waits until member k answers ready, failing early when its agent exits.
 pub async fn wait_ready(dir: &Path, set: &LocalSet, k: i32, timeout: Duration) -> Result<()> {
+    wait_ready_status(dir, set, k, timeout).await.map(|_| ())
+}
+
+/// [`wait_ready`], returning the member's `/status` answer that said it is ready.
+pub async fn wait_ready_status(
+    dir: &Path,
+    set: &LocalSet,
+    k: i32,
+    timeout: Duration,
+) -> Result<serde_json::Value> {
     let member = set.member(k);
     let deadline = Instant::now() + timeout;
     let started = Instant::now();
@@ -605,7 +667,7 @@ pub async fn wait_ready(dir: &Path, set: &LocalSet, k: i32, timeout: Duration) -
             let ours = agent_pid(dir, &member);
             if status["member"].as_str() == Some(member.as_str()) && pid.is_some() && pid == ours {
                 if status["ready"].as_bool() == Some(true) {
-                    return Ok(());
+                    return Ok(status);
                 }
             } else if ours.is_some() {
                 return Err(local_err(format!(
@@ -642,8 +704,9 @@ pub async fn wait_ready(dir: &Path, set: &LocalSet, k: i32, timeout: Duration) -
                 log_tail(dir, &member, 15)
             )));
         }
-        // The next member starts as soon as this one is ready: poll the health endpoint often.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The next member starts as soon as this one is ready: poll the health endpoint often
+        // (an answer from the agent's cached state, no query of postgres).
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -711,6 +774,24 @@ pub async fn up(opts: &UpOptions) -> Result<UpReport> {
             opts.agent_bin.display()
         )));
     }
+    let began = std::time::SystemTime::now();
+    // The members' PostgreSQL binaries, found once here instead of by each agent (a `pg_config`
+    // process per member): the agent's own search, and the agent checks what it is given.
+    let found;
+    let bin = match opts.pg_bin_dir {
+        None => pgset_agent::pgbin::PgBin::find(None).ok(),
+        Some(_) => None,
+    };
+    let opts = match bin {
+        Some(bin) => {
+            found = UpOptions {
+                pg_bin_dir: Some(bin.dir().to_path_buf()),
+                ..opts.clone()
+            };
+            &found
+        }
+        None => opts,
+    };
     let set = prepare_dir(opts)?;
     write_members(&opts.dir, &set, opts.replicas)?;
 
@@ -742,14 +823,16 @@ pub async fn up(opts: &UpOptions) -> Result<UpReport> {
             report.started.push(member);
         }
         if !opts.parallel {
-            wait_ready(&opts.dir, &set, k, opts.ready_timeout).await?;
+            let status = wait_ready_status(&opts.dir, &set, k, opts.ready_timeout).await?;
+            report.note_steps(&set.member(k), &status, began);
         }
     }
     if opts.parallel {
         // All started together: the set is ready when its slowest member is (each wait below
         // returns at once for a member that is already ready).
         for k in 0..opts.replicas {
-            wait_ready(&opts.dir, &set, k, opts.ready_timeout).await?;
+            let status = wait_ready_status(&opts.dir, &set, k, opts.ready_timeout).await?;
+            report.note_steps(&set.member(k), &status, began);
         }
     }
     // A CA near its end, or a rotation a stopped run began: rotated with overlap, now that

@@ -8,7 +8,9 @@
 //!    start). Target ≤ 1.10×.
 //!
 //! The sides alternate, their order rotating each round, and the median counts (the host is
-//! shared); every run is printed.
+//! shared); every run is printed. Beside the formation's figures, a table of when each member
+//! reached each step (the agent's own record of its steps, [`pgset_local::MemberSteps`]; the raw
+//! tools' steps as they ended), medians per step and member, so the overhead shows per step.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -20,7 +22,7 @@ use pgset_agent::pgbin::PgBin;
 use pgset_agent::privilege::postgres_user;
 use pgset_agent::render;
 use pgset_command::HostCommand;
-use pgset_local::{self as local, UpOptions};
+use pgset_local::{self as local, MemberSteps, UpOptions};
 
 /// Base port of the benchmark sets (away from the tests' ports).
 const BENCH_PORT: u16 = 28700;
@@ -105,12 +107,16 @@ pub async fn run(formation_only: bool) -> Result<()> {
         if !formation_only {
             rows.push(bench.replica_bootstrap().await?);
         }
-        rows.extend(bench.formation().await?);
-        Ok::<_, anyhow::Error>(rows)
+        let (formation, table) = bench.formation().await?;
+        rows.extend(formation);
+        Ok::<_, anyhow::Error>((rows, Some(table)))
     }
     .await;
     bench.cleanup().await;
-    let rows = result?;
+    let (rows, table) = result?;
+    if let Some(table) = table {
+        println!("{table}");
+    }
     println!(
         "{:<44} {:>9} {:>9} {:>7} {:>8}",
         "local benchmark", "pgset", "raw", "ratio", "target"
@@ -284,17 +290,30 @@ impl Bench {
         })
     }
 
-    async fn formation(&self) -> Result<Vec<Comparison>> {
+    async fn formation(&self) -> Result<(Vec<Comparison>, String)> {
         let mut ordered_runs = Vec::new();
         let mut parallel_runs = Vec::new();
         let mut raw_runs = Vec::new();
+        let mut steps = StepRuns::default();
         for round in 1..=FORMATION_ROUNDS {
             // Rotate which side goes first, so none always runs on a cooler (or hotter) host.
             for side in (0..3).map(|i| (i + round) % 3) {
                 match side {
-                    0 => raw_runs.push(self.raw_formation(round).await?),
-                    1 => ordered_runs.push(self.agent_formation(round, false).await?),
-                    _ => parallel_runs.push(self.agent_formation(round, true).await?),
+                    0 => {
+                        let (took, marks) = self.raw_formation(round).await?;
+                        raw_runs.push(took);
+                        steps.raw.push(marks);
+                    }
+                    1 => {
+                        let (took, marks) = self.agent_formation(round, false).await?;
+                        ordered_runs.push(took);
+                        steps.ordered.push(marks);
+                    }
+                    _ => {
+                        let (took, marks) = self.agent_formation(round, true).await?;
+                        parallel_runs.push(took);
+                        steps.parallel.push(marks);
+                    }
                 }
             }
             eprintln!(
@@ -311,40 +330,51 @@ impl Bench {
             seconds(&raw_runs)
         );
         let raw = median(raw_runs);
-        Ok(vec![
-            Comparison {
-                name: "3-member formation, ordered (median)".to_string(),
-                pgset: median(ordered_runs),
-                raw,
-                target: 1.10,
-            },
-            Comparison {
-                name: "3-member formation, parallel (median)".to_string(),
-                pgset: median(parallel_runs),
-                raw,
-                target: 1.10,
-            },
-        ])
+        let table = steps.table();
+        Ok((
+            vec![
+                Comparison {
+                    name: "3-member formation, ordered (median)".to_string(),
+                    pgset: median(ordered_runs),
+                    raw,
+                    target: 1.10,
+                },
+                Comparison {
+                    name: "3-member formation, parallel (median)".to_string(),
+                    pgset: median(parallel_runs),
+                    raw,
+                    target: 1.10,
+                },
+            ],
+            table,
+        ))
     }
 
     /// `local up --replicas 3` from nothing until every member is ready, ordered or parallel.
-    async fn agent_formation(&self, round: usize, parallel: bool) -> Result<Duration> {
+    async fn agent_formation(
+        &self,
+        round: usize,
+        parallel: bool,
+    ) -> Result<(Duration, Vec<MemberSteps>)> {
         let kind = if parallel { "parallel" } else { "ordered" };
         let dir = self.root.join(format!("formation-{kind}-{round}"));
         let mut opts = self.options(&dir, 3, BENCH_PORT + 20);
         opts.parallel = parallel;
         settle()?;
         let started = Instant::now();
-        local::up(&opts)
+        let report = local::up(&opts)
             .await
             .with_context(|| format!("agent formation ({kind})"))?;
         let took = started.elapsed();
         local::down(&dir, true).await?;
-        Ok(took)
+        eprintln!("      {kind}: {}", compact(&report.steps));
+        Ok((took, report.steps))
     }
 
-    /// initdb + start + replication role + 2 × (pg_basebackup -R + pg_ctl start -w).
-    async fn raw_formation(&self, round: usize) -> Result<Duration> {
+    /// initdb + start + replication role + 2 × (pg_basebackup -R + pg_ctl start -w, until the
+    /// master shows the replica streaming on its slot), each replica after the previous
+    /// streams; the steps' ends named as the agent's steps they match.
+    async fn raw_formation(&self, round: usize) -> Result<(Duration, Vec<MemberSteps>)> {
         let base = self.root.join(format!("raw-formation-{round}"));
         self.own_dir(&base)?;
         let socket = base.join("run");
@@ -379,6 +409,11 @@ impl Bench {
                 .args(["-w", "start"])
         };
         let started = Instant::now();
+        let at = || started.elapsed().as_millis() as i64;
+        let mut marks = vec![MemberSteps {
+            member: "pgset-0".into(),
+            steps: vec![("initdb".into(), 0)],
+        }];
         let primary = base.join("p0");
         self.pg("initdb")
             .arg("-D")
@@ -394,14 +429,21 @@ impl Bench {
             ])
             .arg(format!("--pwfile={}", pwfile.display()))
             .timed_run()?;
+        marks[0].steps.push(("data-made".into(), at()));
         start(&primary, port).timed_run()?;
+        marks[0].steps.push(("postgres-accepting".into(), at()));
         self.psql(&socket, port)
             .stdin(render::role_passwords_sql(
                 "bench-replication-password",
                 "bench-superuser-password",
             ))
             .timed_run()?;
+        marks[0].steps.push(("first-ready".into(), at()));
         for k in 1..=2u16 {
+            let mut member = MemberSteps {
+                member: format!("pgset-{k}"),
+                steps: vec![("base-backup".into(), at())],
+            };
             let data = base.join(format!("p{k}"));
             self.pg("pg_basebackup")
                 .arg("-D")
@@ -426,7 +468,23 @@ impl Bench {
                 ])
                 .env("PGPASSFILE", &passfile)
                 .timed_run()?;
+            member.steps.push(("data-made".into(), at()));
             start(&data, port + k).timed_run()?;
+            member.steps.push(("postgres-accepting".into(), at()));
+            // Streaming: the master's WAL sender on the replica's slot (read live, not from a
+            // snapshot, so one statement can wait).
+            self.psql(&socket, port)
+                .arg("-c")
+                .arg(format!(
+                    "DO $$ BEGIN WHILE NOT EXISTS (SELECT 1 FROM pg_replication_slots s \
+                     JOIN pg_stat_replication r ON r.pid = s.active_pid \
+                     WHERE s.slot_name = 'raw_{k}' AND r.state = 'streaming') LOOP \
+                     PERFORM pg_sleep(0.01); END LOOP; END $$"
+                ))
+                .timed_run()?;
+            member.steps.push(("streaming".into(), at()));
+            member.steps.push(("first-ready".into(), at()));
+            marks.push(member);
         }
         let took = started.elapsed();
         for k in (0..=2).rev() {
@@ -437,7 +495,8 @@ impl Bench {
                 .run()?;
         }
         std::fs::remove_dir_all(&base)?;
-        Ok(took)
+        eprintln!("      raw: {}", compact(&marks));
+        Ok((took, marks))
     }
 
     /// Stops whatever a failed run left behind.
@@ -458,5 +517,164 @@ impl Bench {
                 nix::sys::signal::Signal::SIGTERM,
             );
         }
+    }
+}
+
+/// The steps in the order a member usually reaches them (the agent's step words and
+/// milestones); the table lists them in this order.
+const STEP_ORDER: [&str; 18] = [
+    "agent-started",
+    "fencing",
+    "fence-held",
+    "record-read",
+    "checking",
+    "identity-checked",
+    "waiting-for-master",
+    "master-answered",
+    "initdb",
+    "base-backup",
+    "configuring",
+    "data-made",
+    "record-held",
+    "starting",
+    "postgres-accepting",
+    "ready",
+    "streaming",
+    "first-ready",
+];
+
+/// One run's steps on one line: each member's steps as `step@seconds`.
+fn compact(members: &[MemberSteps]) -> String {
+    members
+        .iter()
+        .map(|m| {
+            let steps: Vec<String> = m
+                .steps
+                .iter()
+                .map(|(s, at)| format!("{s}@{:.2}", *at as f64 / 1000.0))
+                .collect();
+            format!("{}: {}", m.member, steps.join(" "))
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// Every round's steps of each side of the formation benchmark.
+#[derive(Debug, Default)]
+struct StepRuns {
+    ordered: Vec<Vec<MemberSteps>>,
+    parallel: Vec<Vec<MemberSteps>>,
+    raw: Vec<Vec<MemberSteps>>,
+}
+
+/// The median of the times `member` reached `step` over `runs` (rounds where it did not are
+/// left out), in seconds.
+fn median_step(runs: &[Vec<MemberSteps>], member: &str, step: &str) -> Option<f64> {
+    let mut at: Vec<i64> = runs
+        .iter()
+        .flat_map(|round| round.iter().filter(|m| m.member == member))
+        .filter_map(|m| m.at(step))
+        .collect();
+    if at.is_empty() {
+        return None;
+    }
+    at.sort_unstable();
+    let n = at.len();
+    let ms = if n % 2 == 1 {
+        at[n / 2] as f64
+    } else {
+        (at[n / 2 - 1] + at[n / 2]) as f64 / 2.0
+    };
+    Some(ms / 1000.0)
+}
+
+impl StepRuns {
+    /// The per-step table: for each member and step, the median seconds since the formation
+    /// began, ordered, parallel and raw, and ordered minus raw where both have the step.
+    fn table(&self) -> String {
+        let mut members: Vec<String> = [&self.ordered, &self.parallel, &self.raw]
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|m| m.member.clone())
+            .collect();
+        members.sort();
+        members.dedup();
+        let cell = |v: Option<f64>| v.map(|s| format!("{s:.2}")).unwrap_or_else(|| "-".into());
+        let mut out = format!(
+            "per step: median seconds since the formation began ({} rounds; raw: when its tool's \
+             step ended)\n{:<8} {:<20} {:>8} {:>8} {:>8} {:>9}\n",
+            self.ordered.len(),
+            "member",
+            "step",
+            "ordered",
+            "parallel",
+            "raw",
+            "ord-raw"
+        );
+        for member in &members {
+            for step in STEP_ORDER {
+                let ordered = median_step(&self.ordered, member, step);
+                let parallel = median_step(&self.parallel, member, step);
+                let raw = median_step(&self.raw, member, step);
+                if ordered.is_none() && parallel.is_none() && raw.is_none() {
+                    continue;
+                }
+                let over = match (ordered, raw) {
+                    (Some(o), Some(r)) => format!("{:+.2}", o - r),
+                    _ => String::new(),
+                };
+                out.push_str(&format!(
+                    "{member:<8} {step:<20} {:>8} {:>8} {:>8} {over:>9}\n",
+                    cell(ordered),
+                    cell(parallel),
+                    cell(raw)
+                ));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, steps: &[(&str, i64)]) -> MemberSteps {
+        MemberSteps {
+            member: name.into(),
+            steps: steps.iter().map(|(s, at)| (s.to_string(), *at)).collect(),
+        }
+    }
+
+    #[test]
+    fn the_step_table_has_the_median_of_each_step_per_member_and_the_overhead_over_raw() {
+        let runs = StepRuns {
+            ordered: vec![
+                vec![member("pgset-0", &[("initdb", 100), ("first-ready", 1000)])],
+                vec![member("pgset-0", &[("initdb", 300), ("first-ready", 3000)])],
+                vec![member("pgset-0", &[("initdb", 200), ("first-ready", 1200)])],
+            ],
+            parallel: vec![vec![member("pgset-0", &[("first-ready", 900)])]],
+            raw: vec![
+                vec![member("pgset-0", &[("initdb", 0), ("first-ready", 800)])],
+                vec![member("pgset-0", &[("initdb", 0), ("first-ready", 1000)])],
+            ],
+        };
+        assert_eq!(
+            median_step(&runs.ordered, "pgset-0", "first-ready"),
+            Some(1.2)
+        );
+        assert_eq!(median_step(&runs.raw, "pgset-0", "first-ready"), Some(0.9));
+        assert_eq!(median_step(&runs.raw, "pgset-1", "first-ready"), None);
+        let table = runs.table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        // Rows in the order a member reaches its steps; a step no side reached is left out.
+        assert!(lines[2].starts_with("pgset-0  initdb"), "{table}");
+        assert!(lines[2].ends_with("+0.20"), "{table}");
+        assert!(lines[3].starts_with("pgset-0  first-ready"), "{table}");
+        assert!(lines[3].contains("0.90"), "{table}");
+        assert!(lines[3].ends_with("+0.30"), "{table}");
     }
 }
