@@ -123,17 +123,6 @@ impl TlsFiles {
             ("sslkey", self.client_key().display().to_string()),
         ]
     }
-
-    /// The connector of the agent's own connections to the master: TLS 1.3, the server's
-    /// certificate verified against the CA and for the host name (verify-full).
-    pub fn connector(&self) -> Result<MakeRustlsConnect> {
-        let path = self.ca_cert();
-        let pem = fs::read(&path).map_err(|e| Error::DataDir {
-            path: path.clone(),
-            problem: format!("cannot read the CA certificate: {e}"),
-        })?;
-        connector_for_ca(&pem, &path)
-    }
 }
 
 /// The connector of a client of the set's members: TLS 1.3, the server's certificate verified
@@ -187,6 +176,7 @@ impl TlsFiles {
             })
         };
         let pem = read(&ca, "CA certificate")?;
+        let builder = client_config(&pem, &ca)?;
         let cert_path = self.client_cert();
         let key_path = self.client_key();
         let chain = CertificateDer::pem_slice_iter(&read(&cert_path, "replication certificate")?)
@@ -195,13 +185,19 @@ impl TlsFiles {
                 path: cert_path.clone(),
                 problem: format!("not a PEM certificate: {e}"),
             })?;
+        if chain.is_empty() {
+            return Err(Error::DataDir {
+                path: cert_path.clone(),
+                problem: "holds no PEM certificate; it must hold the replication role's client certificate".into(),
+            });
+        }
         let key =
             rustls::pki_types::PrivateKeyDer::from_pem_slice(&read(&key_path, "replication key")?)
                 .map_err(|e| Error::DataDir {
                     path: key_path.clone(),
                     problem: format!("not a PEM private key: {e}"),
                 })?;
-        let config = client_config(&pem, &ca)?
+        let config = builder
             .with_client_auth_cert(chain, key)
             .map_err(|e| Error::DataDir {
                 path: key_path.clone(),
@@ -492,9 +488,19 @@ mod tests {
         assert!(e.contains("server.key") && e.contains("mode 0600"), "{e}");
         fs::set_permissions(t.server_key(), fs::Permissions::from_mode(0o600)).unwrap();
         t.check().unwrap();
-        // Not a certificate: the connector says which file.
-        let e = t.connector().err().unwrap().to_string();
+        // Not a certificate: the connector says which file; then the client certificate.
+        let e = t.replication_connector().err().unwrap().to_string();
         assert!(e.contains("ca.crt"), "{e}");
+        let now = pgset_tls::now();
+        let ca = pgset_tls::make_ca("db", now).unwrap();
+        fs::write(t.ca_cert(), &ca.cert_pem).unwrap();
+        let e = t.replication_connector().err().unwrap().to_string();
+        assert!(e.contains("replication.crt"), "{e}");
+        let leaf =
+            pgset_tls::issue_client(&ca, pgset_spec::contract::REPLICATION_USER, now).unwrap();
+        fs::write(t.client_cert(), &leaf.cert_pem).unwrap();
+        fs::write(t.client_key(), &leaf.key_pem).unwrap();
+        t.replication_connector().unwrap();
         // From a PEM read elsewhere: the error names where it came from.
         let e = connector_for_ca(b"junk", Path::new("ConfigMap db-ca-cert"))
             .err()
