@@ -230,6 +230,41 @@ fn check_existing(existing: &Secret, name: &str) -> Result<()> {
     }
 }
 
+/// With `agent.delivery: image`, every node that may run the members must run the agent from an
+/// image volume (preflight judges the same for `up`; `deploy` alone checks it here, before any
+/// write).
+async fn image_volumes_usable(client: &Client, spec: &ValidSpec) -> Result<()> {
+    let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .list(&kube::api::ListParams::default())
+        .await
+        .map_err(Error::api("list", "Node", "", ""))?;
+    let unable: Vec<String> = nodes
+        .items
+        .iter()
+        .map(|n| crate::preflight::node_facts(n, &spec.agent.image))
+        .filter(|f| f.kept_off(spec.tolerate_control_plane).is_empty())
+        .filter(|f| !crate::preflight::runs_from_image_volumes(&f.runtime))
+        .map(|f| {
+            format!(
+                "{} ({})",
+                f.name,
+                if f.runtime.is_empty() {
+                    "unknown runtime"
+                } else {
+                    &f.runtime
+                }
+            )
+        })
+        .collect();
+    if unable.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::NoImageVolumes {
+            nodes: unable.join(", "),
+        })
+    }
+}
+
 /// Applies every object of `spec` in order (RBAC, the cluster record, Secret, Services, claim,
 /// StatefulSet), reporting one line per object to `progress`.
 pub async fn deploy(
@@ -271,6 +306,9 @@ pub async fn deploy(
         ))?;
     if let Some(problem) = crate::tls::switch_problem(spec, running.as_ref()) {
         return Err(Error::Tls(format!("{problem}; nothing was changed")));
+    }
+    if spec.agent.delivery == pgset_spec::AgentDelivery::Image {
+        image_volumes_usable(client, spec).await?;
     }
 
     if let Some(line) = network {

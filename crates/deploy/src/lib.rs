@@ -142,6 +142,15 @@ pub enum Error {
     /// The cluster's TLS material cannot be used as it is: what is wrong and what fixes it.
     #[error("{0}")]
     Tls(String),
+    /// `agent.delivery: image` on a node whose runtime cannot run the agent from an image
+    /// volume.
+    #[error(
+        "agent.delivery is image, but node(s) {nodes} cannot run the agent from an image volume (it needs containerd 2.1 or later; CRI-O mounts image volumes noexec): use agent.delivery: copy; nothing was changed"
+    )]
+    NoImageVolumes {
+        /// `name (runtime)`, comma-separated.
+        nodes: String,
+    },
     /// The StatefulSet to scale does not exist.
     #[error("StatefulSet {name} not found in namespace {namespace}: deploy the cluster first")]
     NotDeployed {

@@ -2619,3 +2619,70 @@ async fn a_renewal_job_an_auto_deploy_left_is_removed_by_a_deploy_without_auto()
             .any(|c| c.path == sts && c.method == "DELETE")
     );
 }
+
+/// A Ready, schedulable node whose kubelet reports `runtime`.
+fn node_with_runtime(name: &str, runtime: &str) -> Value {
+    json!({
+        "metadata": {"name": name},
+        "spec": {},
+        "status": {
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "nodeInfo": {
+                "architecture": "amd64", "bootID": "b", "containerRuntimeVersion": runtime,
+                "kernelVersion": "6.1", "kubeProxyVersion": "v1.36.0", "kubeletVersion": "v1.36.0",
+                "machineID": "m", "operatingSystem": "linux", "osImage": "Debian", "systemUUID": "u"
+            }
+        }
+    })
+}
+
+#[tokio::test]
+async fn image_delivery_is_refused_before_any_write_when_a_node_cannot_run_the_agent_from_an_image_volume()
+ {
+    let mut spec = ClusterSpec::default();
+    spec.agent.delivery = pgset_spec::AgentDelivery::Image;
+    let spec = spec.validated().unwrap();
+    let nodes = |runtimes: &[(&str, &str)]| {
+        json!({"apiVersion": "v1", "kind": "NodeList", "metadata": {"resourceVersion": "1"},
+               "items": runtimes.iter().map(|(n, r)| node_with_runtime(n, r)).collect::<Vec<_>>()})
+    };
+    let (client, calls) = mock_client(deploy_handler_over(vec![(
+        "/api/v1/nodes".into(),
+        nodes(&[("cp", "containerd://2.1.4"), ("w1", "cri-o://1.34.1")]),
+    )]));
+    let e = deploy(&client, &spec, ApplyMode::Apply, &mut |_: &str| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("node(s) w1 (cri-o://1.34.1)") && e.contains("agent.delivery: copy"),
+        "{e}"
+    );
+    let calls = calls.lock().unwrap().clone();
+    assert!(
+        calls.iter().all(|c| c.method == "GET"),
+        "nothing written: {:?}",
+        calls.iter().map(Call::line).collect::<Vec<_>>()
+    );
+
+    // Every node on containerd 2.1+: the StatefulSet runs the agent from the image volume.
+    let (client, calls) = mock_client(deploy_handler_over(vec![(
+        "/api/v1/nodes".into(),
+        nodes(&[("cp", "containerd://2.1.4")]),
+    )]));
+    deploy(&client, &spec, ApplyMode::Apply, &mut |_: &str| {})
+        .await
+        .unwrap();
+    let calls = calls.lock().unwrap().clone();
+    let sts = calls
+        .iter()
+        .rev()
+        .find(|c| c.method == "PATCH" && c.path.ends_with("/statefulsets/pgset"))
+        .expect("the StatefulSet applied");
+    let pod = &sts.body["spec"]["template"]["spec"];
+    assert!(pod["initContainers"].is_null(), "{pod}");
+    assert_eq!(
+        pod["volumes"][0]["image"]["reference"],
+        spec.agent.image.as_str()
+    );
+}
