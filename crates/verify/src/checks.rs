@@ -265,6 +265,16 @@ pub fn expected_replicas(spec: &ClusterSpec, master: &str) -> Vec<String> {
         .collect()
 }
 
+/// The pod verify connects through a Service from: the first replica, else (one member) the
+/// master itself. A connection to a Service that leads back to the pod it came from may arrive
+/// from the node's address, which pg_hba does not admit the replication role from.
+pub fn service_client_pod(spec: &ClusterSpec, master: &str) -> String {
+    expected_replicas(spec, master)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| master.to_string())
+}
+
 /// The master as the leader Lease (else ordinal 0) and the pods' labels say (pure): see
 /// [`pgset_deploy::master::find_master`]. `now` only dates the Lease's last renewal.
 pub fn master_view(

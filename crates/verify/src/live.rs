@@ -342,10 +342,7 @@ impl Verifier {
                 .map_err(api(format!("read Secret {name}")))?;
                 let master = self.master().await?;
                 let service = self.spec.master_service_name();
-                let from = checks::expected_replicas(&self.spec, &master)
-                    .into_iter()
-                    .next()
-                    .unwrap_or_else(|| master.clone());
+                let from = checks::service_client_pod(&self.spec, &master);
                 let plain = self
                     .run_in(&from, &tls::psql_ssl(&service, "disable", "SELECT 1"))
                     .await?;
@@ -652,10 +649,7 @@ impl Verifier {
                 tokio::time::sleep(Duration::from_millis(1500)).await;
                 // Through the master Service from a replica's pod (a connection to a Service
                 // that leads back to its own pod may arrive from the node's address).
-                let writer = checks::expected_replicas(&self.spec, &master)
-                    .into_iter()
-                    .next()
-                    .unwrap_or_else(|| master.clone());
+                let writer = checks::service_client_pod(&self.spec, &master);
                 let insert = self
                     .run_in(
                         &writer,

@@ -1306,3 +1306,12 @@ fn a_diverged_copy_an_agent_lists_is_a_warning_with_the_command_that_removes_it(
     lines[1].agent = Some(json!({"ready": true}));
     assert!(crate::status::diverged_problems(&lines, "db").is_empty());
 }
+
+#[test]
+fn service_checks_connect_from_a_replica_of_the_master_the_cluster_names_else_the_master() {
+    // The master moved to pgset-1: the first other member connects, never by ordinal alone.
+    let three = spec(3);
+    assert_eq!(checks::service_client_pod(&three, "pgset-1"), "pgset-0");
+    assert_eq!(checks::service_client_pod(&three, "pgset-0"), "pgset-1");
+    assert_eq!(checks::service_client_pod(&spec(1), "pgset-0"), "pgset-0");
+}
